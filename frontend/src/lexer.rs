@@ -1,0 +1,1 @@
+//! lexer (being written)

@@ -1,0 +1,18 @@
+//! `kc-ir`: every IR type of `kc`, the printer, the verifier and the reference interpreter.
+//!
+//! Architecture invariant: this crate knows nothing of text syntax, files, Cranelift or threads.
+
+pub mod diag;
+pub mod dim;
+pub mod dtype;
+pub mod graph;
+pub mod launch;
+pub mod span;
+pub mod tensor;
+
+pub use diag::{Code, Diagnostic, Label, Severity};
+pub use dim::Dim;
+pub use dtype::{DType, ScalarTy};
+pub use graph::*;
+pub use span::{FileId, Span};
+pub use tensor::{Tensor, TensorData};

@@ -1,0 +1,1 @@
+//! Placeholder lib so the crate builds; the suite lives in suite/.
