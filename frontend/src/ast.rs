@@ -18,7 +18,10 @@ pub struct Module {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
     /// `use "relative/path.ker";`
-    Use { path: String, span: Span },
+    Use {
+        path: String,
+        span: Span,
+    },
     Fn(FnDef),
     Kernel(KernelDef),
 }
@@ -200,11 +203,22 @@ pub enum ExprKind {
     Unary(UnaryOp, Box<Expr>),
     Binary(BinaryOp, Box<Expr>, Box<Expr>),
     /// `f(a, b, axis: -1)`; also `where(c, a, b)`, casts `f32(x)`, and every builtin.
-    Call { callee: Ident, args: Vec<Expr>, named: Vec<NamedArg> },
+    Call {
+        callee: Ident,
+        args: Vec<Expr>,
+        named: Vec<NamedArg>,
+    },
     /// `sum[k](e)`, `max[r, i](e)`, `min[r in 0..R](e)`.
-    Reduce { op: Ident, binders: Vec<IndexBinder>, body: Box<Expr> },
+    Reduce {
+        op: Ident,
+        binders: Vec<IndexBinder>,
+        body: Box<Expr>,
+    },
     /// `x[e1, e2]`
-    Index { base: Box<Expr>, indices: Vec<Expr> },
+    Index {
+        base: Box<Expr>,
+        indices: Vec<Expr>,
+    },
     /// `[a, b, c]`: a list (a permutation, a reshape's dims).
     List(Vec<Expr>),
     /// `(a, b)`: a tuple (a fn's result).

@@ -348,7 +348,8 @@ impl fmt::Display for Dim {
         if self.terms.is_empty() {
             return f.write_str("0");
         }
-        let ordered = self.terms.iter().filter(|(a, _)| !a.is_empty()).chain(self.terms.iter().filter(|(a, _)| a.is_empty()));
+        let ordered =
+            self.terms.iter().filter(|(a, _)| !a.is_empty()).chain(self.terms.iter().filter(|(a, _)| a.is_empty()));
         for (i, (atoms, c)) in ordered.enumerate() {
             let mag = c.unsigned_abs();
             if i == 0 {

@@ -206,7 +206,10 @@ pub enum ExprKind {
     /// A dim's value, as an `i32`.
     Dim(Dim),
     /// `src[idx..]`, widened to the compute type. An index outside `src` is a run-time error naming `span`.
-    Load { src: ValueId, idx: Vec<Expr> },
+    Load {
+        src: ValueId,
+        idx: Vec<Expr>,
+    },
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     /// `where(c, a, b)`: only the chosen side is evaluated.
@@ -215,10 +218,17 @@ pub enum ExprKind {
     /// is `!= 0`); to `BF16`/`F16` it rounds an `f32` to that type (the result is still an `f32` value).
     Cast(DType, Box<Expr>),
     /// Reduces `body` over `vars` (variables of the enclosing node).
-    Reduce { op: ReduceOp, vars: Vec<VarId>, body: Box<Expr> },
+    Reduce {
+        op: ReduceOp,
+        vars: Vec<VarId>,
+        body: Box<Expr>,
+    },
     /// `segment(offsets, value)`: the `e` with `src[e] <= value < src[e + 1]` for a sorted 1-D `src`
     /// (the last such `e` when groups are empty); a value outside `src[0]..src[len-1]` is a run-time error.
-    Segment { src: ValueId, value: Box<Expr> },
+    Segment {
+        src: ValueId,
+        value: Box<Expr>,
+    },
 }
 
 /// A constant. Floats are kept as `f32`, the compute type.

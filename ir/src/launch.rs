@@ -70,7 +70,11 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
     for name in args.tensors.keys() {
         let ok = graph.params.iter().any(|p| &p.name == name && matches!(p.kind, ParamKind::Tensor { .. }));
         if !ok {
-            let mut d = Diagnostic::error(Code::UnknownArg, graph.span, format!("kernel `{}` has no tensor or scalar parameter `{name}`", graph.name));
+            let mut d = Diagnostic::error(
+                Code::UnknownArg,
+                graph.span,
+                format!("kernel `{}` has no tensor or scalar parameter `{name}`", graph.name),
+            );
             if graph.params.iter().any(|p| &p.name == name) {
                 d = d.with_help(format!("`{name}` is a `dim` parameter: pass it as a dim"));
             }
@@ -80,7 +84,11 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
     for (name, &v) in &args.dims {
         let is_dim_param = graph.params.iter().any(|p| &p.name == name && p.kind == ParamKind::Dim);
         if !is_dim_param && !graph.dims.iter().any(|d| d == name) {
-            errs.push(Diagnostic::error(Code::UnknownArg, graph.span, format!("kernel `{}` has no dim `{name}`", graph.name)));
+            errs.push(Diagnostic::error(
+                Code::UnknownArg,
+                graph.span,
+                format!("kernel `{}` has no dim `{name}`", graph.name),
+            ));
             continue;
         }
         if v < 0 {
@@ -93,9 +101,19 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
     for (name, v) in &graph.fixed {
         if let Some(&g) = env.get(name) {
             if g != *v {
-                let c = graph.constraints.iter().find(|c| c.lhs.as_sym() == Some(name.as_str()) || c.rhs.as_sym() == Some(name.as_str()));
+                let c = graph
+                    .constraints
+                    .iter()
+                    .find(|c| c.lhs.as_sym() == Some(name.as_str()) || c.rhs.as_sym() == Some(name.as_str()));
                 let span = c.map_or(graph.span, |c| c.span);
-                errs.push(Diagnostic::error(Code::ConstraintBroken, span, format!("dim `{name}` is fixed to {v}, but {g} was given")).with_label(format!("`{name}` fixed here")));
+                errs.push(
+                    Diagnostic::error(
+                        Code::ConstraintBroken,
+                        span,
+                        format!("dim `{name}` is fixed to {v}, but {g} was given"),
+                    )
+                    .with_label(format!("`{name}` fixed here")),
+                );
             }
         }
         env.insert(name.clone(), *v);
@@ -108,19 +126,33 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
         match &p.kind {
             ParamKind::Dim => {
                 if !env.contains_key(&p.name) {
-                    errs.push(Diagnostic::error(Code::MissingArg, p.span, format!("dim parameter `{}` is not given", p.name)).with_label("declared here"));
+                    errs.push(
+                        Diagnostic::error(Code::MissingArg, p.span, format!("dim parameter `{}` is not given", p.name))
+                            .with_label("declared here"),
+                    );
                 }
             }
             ParamKind::Tensor { dtype, shape, .. } => {
                 let Some(t) = args.tensors.get(&p.name) else {
                     let what = if shape.is_empty() { "scalar" } else { "tensor" };
-                    errs.push(Diagnostic::error(Code::MissingArg, p.span, format!("{what} parameter `{}` is not given", p.name)).with_label("declared here"));
+                    errs.push(
+                        Diagnostic::error(
+                            Code::MissingArg,
+                            p.span,
+                            format!("{what} parameter `{}` is not given", p.name),
+                        )
+                        .with_label("declared here"),
+                    );
                     continue;
                 };
                 if t.dtype() != *dtype {
                     errs.push(
-                        Diagnostic::error(Code::ArgDType, p.span, format!("`{}` is declared {dtype} but the argument holds {}", p.name, t.dtype()))
-                            .with_label(format!("declared {dtype} here")),
+                        Diagnostic::error(
+                            Code::ArgDType,
+                            p.span,
+                            format!("`{}` is declared {dtype} but the argument holds {}", p.name, t.dtype()),
+                        )
+                        .with_label(format!("declared {dtype} here")),
                     );
                 }
                 if t.shape.len() != shape.len() {
@@ -128,7 +160,14 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
                         Diagnostic::error(
                             Code::ArgShape,
                             p.span,
-                            format!("`{}` has rank {} ([{}]) but the argument has rank {} ({})", p.name, shape.len(), fmt_dims(shape), t.shape.len(), fmt_shape(&t.shape)),
+                            format!(
+                                "`{}` has rank {} ([{}]) but the argument has rank {} ({})",
+                                p.name,
+                                shape.len(),
+                                fmt_dims(shape),
+                                t.shape.len(),
+                                fmt_shape(&t.shape)
+                            ),
                         )
                         .with_label("declared here"),
                     );
@@ -170,16 +209,24 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
             Ok(v) if v == actual as i64 => {}
             Ok(v) => {
                 let t = &args.tensors[&p.name];
-                let from: Vec<String> = d.symbols().iter().map(|s| format!("`{s}` = {} (from {})", env[s], origin[s])).collect();
+                let from: Vec<String> =
+                    d.symbols().iter().map(|s| format!("`{s}` = {} (from {})", env[s], origin[s])).collect();
                 let mut diag = Diagnostic::error(
                     Code::ArgShape,
                     p.span,
-                    format!("`{}` has shape {} but the signature needs axis {ax} to be `{d}` = {v}", p.name, fmt_shape(&t.shape)),
+                    format!(
+                        "`{}` has shape {} but the signature needs axis {ax} to be `{d}` = {v}",
+                        p.name,
+                        fmt_shape(&t.shape)
+                    ),
                 )
-                .with_label(format!("declared [{}] here", fmt_dims(match &p.kind {
-                    ParamKind::Tensor { shape, .. } => shape,
-                    ParamKind::Dim => &[],
-                })));
+                .with_label(format!(
+                    "declared [{}] here",
+                    fmt_dims(match &p.kind {
+                        ParamKind::Tensor { shape, .. } => shape,
+                        ParamKind::Dim => &[],
+                    })
+                ));
                 if !from.is_empty() {
                     diag = diag.with_note(format!("bound: {}", from.join(", ")));
                 }
@@ -187,8 +234,12 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
             }
             Err(DimError::Unbound(_)) => {
                 errs.push(
-                    Diagnostic::error(Code::ArgShape, p.span, format!("axis {ax} of `{}` has size {actual}, which fits no value of `{d}`", p.name))
-                        .with_label("declared here"),
+                    Diagnostic::error(
+                        Code::ArgShape,
+                        p.span,
+                        format!("axis {ax} of `{}` has size {actual}, which fits no value of `{d}`", p.name),
+                    )
+                    .with_label("declared here"),
                 );
             }
             Err(e) => errs.push(Diagnostic::error(Code::InexactDim, p.span, format!("`{}` axis {ax}: {e}", p.name))),
@@ -204,16 +255,25 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
         match (l, r) {
             (Ok(a), Ok(b)) => {
                 if !c.op.holds(a, b) {
-                    let vals: Vec<String> = c.lhs.symbols().union(&c.rhs.symbols()).map(|s| format!("{s} = {}", env[s])).collect();
+                    let vals: Vec<String> =
+                        c.lhs.symbols().union(&c.rhs.symbols()).map(|s| format!("{s} = {}", env[s])).collect();
                     errs.push(
-                        Diagnostic::error(Code::ConstraintBroken, c.span, format!("the launch breaks the constraint `{}`", c.text))
-                            .with_label(format!("{a} {} {b} is false", c.op.symbol()))
-                            .with_note(format!("with {}", vals.join(", "))),
+                        Diagnostic::error(
+                            Code::ConstraintBroken,
+                            c.span,
+                            format!("the launch breaks the constraint `{}`", c.text),
+                        )
+                        .with_label(format!("{a} {} {b} is false", c.op.symbol()))
+                        .with_note(format!("with {}", vals.join(", "))),
                     );
                 }
             }
             (Err(DimError::Unbound(s)), _) | (_, Err(DimError::Unbound(s))) => {
-                errs.push(Diagnostic::error(Code::MissingArg, c.span, format!("dim `{s}` has no value: give it with the launch's dims")));
+                errs.push(Diagnostic::error(
+                    Code::MissingArg,
+                    c.span,
+                    format!("dim `{s}` has no value: give it with the launch's dims"),
+                ));
             }
             (Err(e), _) | (_, Err(e)) => {
                 errs.push(Diagnostic::error(Code::InexactDim, c.span, format!("in the constraint `{}`: {e}", c.text)));
@@ -228,9 +288,16 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
         match (binding.eval(&a.lhs), binding.eval(&a.rhs)) {
             (Ok(x), Ok(y)) if x == y => {}
             (Ok(x), Ok(y)) => errs.push(
-                Diagnostic::error(Code::ConstraintBroken, a.span, format!("{}: `{}` = {x} but `{}` = {y}", a.what, a.lhs, a.rhs)).with_label("needs them equal"),
+                Diagnostic::error(
+                    Code::ConstraintBroken,
+                    a.span,
+                    format!("{}: `{}` = {x} but `{}` = {y}", a.what, a.lhs, a.rhs),
+                )
+                .with_label("needs them equal"),
             ),
-            (Err(e), _) | (_, Err(e)) => errs.push(Diagnostic::error(Code::InexactDim, a.span, format!("{}: {e}", a.what))),
+            (Err(e), _) | (_, Err(e)) => {
+                errs.push(Diagnostic::error(Code::InexactDim, a.span, format!("{}: {e}", a.what)))
+            }
         }
     }
     for o in &graph.outputs {

@@ -6,9 +6,12 @@ pub mod diag;
 pub mod dim;
 pub mod dtype;
 pub mod graph;
+pub mod interp;
 pub mod launch;
+pub mod print;
 pub mod span;
 pub mod tensor;
+pub mod verify;
 
 pub use diag::{Code, Diagnostic, Label, Severity};
 pub use dim::Dim;
