@@ -5,6 +5,7 @@
 //! Nothing here stops at the first error: each stage returns a value and a list of diagnostics.
 
 pub mod ast;
+pub mod ast_print;
 pub mod lexer;
 pub mod parser;
 pub mod render;

@@ -103,6 +103,14 @@ impl Dim {
         }
     }
 
+    /// The atom, if the dim is exactly one atom (coefficient 1).
+    pub fn as_atom(&self) -> Option<&Atom> {
+        match self.terms.as_slice() {
+            [(atoms, 1)] if atoms.len() == 1 => atoms.first(),
+            _ => None,
+        }
+    }
+
     pub fn is_one(&self) -> bool {
         self.as_const() == Some(1)
     }

@@ -180,27 +180,7 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
         }
     }
 
-    // Bind symbols: a single-symbol axis binds directly; a linear one with one unknown symbol is solved.
-    loop {
-        let mut progress = false;
-        for &(pi, ax, d, actual) in &axes {
-            let pd = d.partial_eval(&|s| env.get(s).copied());
-            if pd.as_const().is_some() {
-                continue;
-            }
-            if let Some((sym, a, b)) = pd.as_linear() {
-                let n = actual as i64 - b;
-                if a != 0 && n % a == 0 && n / a >= 0 {
-                    env.insert(sym.clone(), n / a);
-                    origin.insert(sym, format!("`{}` axis {ax}", graph.params[pi].name));
-                    progress = true;
-                }
-            }
-        }
-        if !progress {
-            break;
-        }
-    }
+    solve_axes(graph, &axes, &mut env, &mut origin);
 
     // Every axis must now agree with its argument.
     for &(pi, ax, d, actual) in &axes {
@@ -310,6 +290,58 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
     } else {
         Err(errs)
     }
+}
+
+/// Binds symbols from axes: a single-symbol axis binds directly; a linear one with one unknown symbol is
+/// solved. Repeats until nothing changes. Never overrides a known symbol.
+fn solve_axes(
+    graph: &Graph,
+    axes: &[(usize, usize, &Dim, usize)],
+    env: &mut BTreeMap<String, i64>,
+    origin: &mut BTreeMap<String, String>,
+) {
+    loop {
+        let mut progress = false;
+        for &(pi, ax, d, actual) in axes {
+            let pd = d.partial_eval(&|s| env.get(s).copied());
+            if pd.as_const().is_some() {
+                continue;
+            }
+            if let Some((sym, a, b)) = pd.as_linear() {
+                let n = actual as i64 - b;
+                if a != 0 && n % a == 0 && n / a >= 0 {
+                    env.insert(sym.clone(), n / a);
+                    origin.insert(sym, format!("`{}` axis {ax}", graph.params[pi].name));
+                    progress = true;
+                }
+            }
+        }
+        if !progress {
+            return;
+        }
+    }
+}
+
+/// The dims that the given arguments determine, without checking anything: `args.dims`, the dims fixed
+/// by the `where` clause, and those solved from the shapes of the tensors given. For callers that must
+/// make the missing arguments (random inputs) before a launch; [`bind`] then checks everything.
+pub fn infer_dims(graph: &Graph, args: &Args) -> BTreeMap<String, i64> {
+    let mut env: BTreeMap<String, i64> = args.dims.clone();
+    for (name, v) in &graph.fixed {
+        env.entry(name.clone()).or_insert(*v);
+    }
+    let mut axes = Vec::new();
+    for (pi, p) in graph.params.iter().enumerate() {
+        if let (ParamKind::Tensor { shape, .. }, Some(t)) = (&p.kind, args.tensors.get(&p.name)) {
+            if t.shape.len() == shape.len() {
+                for (ax, d) in shape.iter().enumerate() {
+                    axes.push((pi, ax, d, t.shape[ax]));
+                }
+            }
+        }
+    }
+    solve_axes(graph, &axes, &mut env, &mut BTreeMap::new());
+    env
 }
 
 /// The dtype a parameter expects, for callers that convert inputs before a launch.

@@ -1,0 +1,179 @@
+//! The command line, as clap (derive) types. Parsing only: the commands live in `commands`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  kc check kernels/*.ker
+  kc build kernels/rmsnorm.ker --emit graph
+  kc run kernels/attention.ker --dims B=1,H=4,G=2,S=64,T=64,D=32 --random 0
+  kc run kernels/rmsnorm.ker --input x=x.npy --input w=w.npy --scalar eps=1e-6 --out results/
+
+Exit status: 0 on success, 1 on an error in the input or the arguments, 2 on an internal error (a bug in kc).";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  kc check kernels/attention.ker
+  kc check kernels/*.ker --color never";
+
+const BUILD_EXAMPLES: &str = "\
+Examples:
+  kc build kernels/rmsnorm.ker                      # the graph IR of every kernel
+  kc build kernels/moe_route.ker --kernel moe_route
+  kc build kernels/adamw.ker --emit ast
+  kc build kernels/attention.ker -o attention.graph";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  kc run kernels/attention.ker --dims B=1,H=4,G=2,S=64,T=64,D=32 --random 0
+  kc run kernels/rmsnorm.ker --input x=x.npy --input w=w.npy --scalar eps=1e-6 --out results/
+  kc run kernels/moe_permute.ker --dims T=16,K=2,M=8,E=4 --random 1 --out perm/ --raw-bf16
+
+Inputs are .npy files (C order). A bf16 parameter takes a float32 array (rounded to nearest-even) or a
+uint16 array of raw bf16 bits; f16 takes float16 or float32; i32 takes int32 or int64 (values must fit).
+Each result is summarized on stdout; with --out DIR it is also written as DIR/NAME.npy (bf16 as float32,
+or as uint16 raw bits with --raw-bf16).
+--random SEED fills every input not given with seeded values: floats uniform in [-1, 1), float scalars in
+(0, 1), i32 scalars in 1..=10, bools a coin flip; i32 tensors get a range that suits their use (offsets of
+a segment are sorted, bincount sources are in 0..n, gather indices are in range of the axis they index).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kc",
+    version,
+    about = "kc: a kernel compiler for the .ker tensor language",
+    long_about = "kc: a kernel compiler for the .ker tensor language (LLM post-training kernels: attention, MoE, \
+                  optimizers), with a reference interpreter that runs kernels on .npy inputs.",
+    after_help = MAIN_EXAMPLES,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// When to color diagnostics: auto colors them when stderr is a terminal (and NO_COLOR is unset).
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto, value_name = "WHEN")]
+    pub color: Color,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Compile files and report every error, without running anything.
+    #[command(after_help = CHECK_EXAMPLES)]
+    Check(CheckArgs),
+    /// Compile a file and print what the compiler makes of it (the graph IR, or the syntax tree).
+    #[command(after_help = BUILD_EXAMPLES)]
+    Build(BuildArgs),
+    /// Run a kernel with the reference interpreter on .npy inputs or seeded random ones.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The .ker files to check.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    /// The syntax tree of the file, as parsed (before name resolution).
+    Ast,
+    /// The graph IR: typed tensor dataflow, one graph per kernel.
+    Graph,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The .ker file to compile.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Print only this kernel (graph IR only).
+    #[arg(long, short = 'k', value_name = "NAME")]
+    pub kernel: Option<String>,
+    /// What to print.
+    #[arg(long, value_enum, default_value_t = Emit::Graph, value_name = "STAGE")]
+    pub emit: Emit,
+    /// Write to this file (atomically) instead of stdout.
+    #[arg(long = "output", short = 'o', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The .ker file that holds the kernel.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The kernel to run (needed only when the file defines several).
+    #[arg(long, short = 'k', value_name = "NAME")]
+    pub kernel: Option<String>,
+    /// A tensor (or scalar) parameter from a .npy file; repeat for each input.
+    #[arg(long, short = 'i', value_name = "NAME=PATH", value_parser = parse_key_value)]
+    pub input: Vec<(String, String)>,
+    /// A scalar parameter: a float (`inf`, `-inf` allowed), an integer, or true/false, by the parameter's type.
+    #[arg(long, short = 's', value_name = "NAME=VALUE", value_parser = parse_key_value, allow_hyphen_values = true)]
+    pub scalar: Vec<(String, String)>,
+    /// Dim values, for `dim` parameters and for the shapes of random inputs: `B=1,H=8` (repeatable).
+    #[arg(long, short = 'd', value_name = "NAME=N,...", value_delimiter = ',', value_parser = parse_dim)]
+    pub dims: Vec<(String, i64)>,
+    /// Fill every input not given with values from this seed (deterministic).
+    #[arg(long, value_name = "SEED")]
+    pub random: Option<u64>,
+    /// Write each result as DIR/NAME.npy (DIR is created if its parent exists).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Write bf16 results as uint16 raw bits instead of float32.
+    #[arg(long)]
+    pub raw_bf16: bool,
+}
+
+/// `NAME=VALUE`, split at the first `=`.
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not of the form NAME=VALUE"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("`{s}` has no name before `=`"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `NAME=N` with `N` a non-negative integer.
+fn parse_dim(s: &str) -> Result<(String, i64), String> {
+    let (k, v) = parse_key_value(s)?;
+    let n: i64 = v.trim().parse().map_err(|_| format!("in `{s}`: `{v}` is not an integer"))?;
+    if n < 0 {
+        return Err(format!("in `{s}`: a dim cannot be negative"));
+    }
+    Ok((k, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dims_split_on_commas_and_repeat() {
+        let cli = Cli::try_parse_from(["kc", "run", "f.ker", "--dims", "B=1,H=8", "-d", "S=3", "--scalar", "x=-inf"])
+            .unwrap();
+        let Command::Run(r) = cli.command else { panic!() };
+        assert_eq!(r.dims, vec![("B".into(), 1), ("H".into(), 8), ("S".into(), 3)]);
+        assert_eq!(r.scalar, vec![("x".into(), "-inf".into())]);
+        assert!(Cli::try_parse_from(["kc", "run", "f.ker", "--dims", "B=x"]).is_err());
+        assert!(Cli::try_parse_from(["kc", "run", "f.ker", "--input", "novalue"]).is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! The subcommands: `check`, `build` and `run`. Each returns `Ok` or a [`Failure`]; `main` maps that to
+//! the exit status.
+
+use crate::args::{BuildArgs, CheckArgs, Emit, RunArgs};
+use crate::files;
+use kc_frontend::SourceMap;
+use kc_ir::launch::Args;
+use kc_ir::{DType, Diagnostic, Graph, ParamKind, Program, Tensor};
+use kc_runtime::{npy, random, summary};
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Why a command failed. Either way the exit status is 1.
+#[derive(Debug)]
+pub enum Failure {
+    /// The problem was already printed (rendered diagnostics).
+    Reported,
+    /// A problem to print as `error: ...`.
+    Message(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Failure {
+        Failure::Message(s)
+    }
+}
+
+/// What every command needs to know about the terminal.
+pub struct Ctx {
+    pub color: bool,
+}
+
+impl Ctx {
+    /// Prints a one-line error to stderr.
+    pub fn error(&self, msg: &str) {
+        if self.color {
+            eprintln!("\x1b[1;31merror\x1b[0m: {msg}");
+        } else {
+            eprintln!("error: {msg}");
+        }
+    }
+
+    /// Renders diagnostics to stderr; returns whether any is an error.
+    fn report(&self, diags: &[Diagnostic], sources: &SourceMap) -> bool {
+        if !diags.is_empty() {
+            eprint!("{}", kc_frontend::render(diags, sources, self.color));
+        }
+        diags.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Writes to stdout; a closed pipe (`kc build f.ker | head`) is not an error.
+fn stdout(text: &str) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::Message(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+struct Compiled {
+    name: String,
+    sources: SourceMap,
+    program: Program,
+    diags: Vec<Diagnostic>,
+}
+
+/// Reads and compiles a root file (and the files it `use`s).
+fn compile_file(path: &Path) -> Result<Compiled, String> {
+    let text = files::read_source(path)?;
+    let name = files::normalize(path).display().to_string();
+    let mut sources = SourceMap::new();
+    let root = sources.add(name.clone(), text);
+    let (program, diags) = kc_frontend::compile(&mut sources, root, &files::FsLoader);
+    Ok(Compiled { name, sources, program, diags })
+}
+
+fn kernel_names(p: &Program) -> String {
+    p.kernels.iter().map(|k| format!("`{}`", k.name)).collect::<Vec<_>>().join(", ")
+}
+
+/// The kernel named `name`, or the only one; otherwise an error listing the kernels.
+fn select_kernel<'p>(p: &'p Program, name: Option<&str>, file: &str) -> Result<&'p Graph, String> {
+    match name {
+        Some(n) => p.kernel(n).ok_or_else(|| {
+            if p.kernels.is_empty() {
+                format!("there is no kernel `{n}`: `{file}` defines no kernels")
+            } else {
+                format!("there is no kernel `{n}` in `{file}`; its kernels are: {}", kernel_names(p))
+            }
+        }),
+        None => match p.kernels.as_slice() {
+            [k] => Ok(k),
+            [] => Err(format!("`{file}` defines no kernels")),
+            _ => Err(format!(
+                "`{file}` defines {} kernels; choose one with --kernel NAME: {}",
+                p.kernels.len(),
+                kernel_names(p)
+            )),
+        },
+    }
+}
+
+pub fn check(ctx: &Ctx, a: &CheckArgs) -> Result<(), Failure> {
+    let mut failed = false;
+    for f in &a.files {
+        match compile_file(f) {
+            Err(msg) => {
+                ctx.error(&msg);
+                failed = true;
+            }
+            Ok(c) => {
+                if ctx.report(&c.diags, &c.sources) {
+                    failed = true;
+                } else {
+                    let n = c.program.kernels.len();
+                    let list = if n == 0 { String::new() } else { format!(": {}", kernel_names(&c.program)) };
+                    eprintln!("ok: {} ({n} kernel{}{list})", c.name, if n == 1 { "" } else { "s" });
+                }
+            }
+        }
+    }
+    if failed {
+        Err(Failure::Reported)
+    } else {
+        Ok(())
+    }
+}
+
+pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
+    if let Some(o) = &a.output {
+        files::check_parent(o)?;
+    }
+    let text = match a.emit {
+        Emit::Ast => {
+            if a.kernel.is_some() {
+                return Err(Failure::Message(
+                    "--kernel selects a kernel of the graph IR; --emit ast prints the whole file".to_string(),
+                ));
+            }
+            let src = files::read_source(&a.file)?;
+            let mut sources = SourceMap::new();
+            let id = sources.add(files::normalize(&a.file).display().to_string(), src.clone());
+            let (module, diags) = kc_frontend::parser::parse(id, &src);
+            if ctx.report(&diags, &sources) {
+                return Err(Failure::Reported);
+            }
+            kc_frontend::ast_print::print_module(&module)
+        }
+        Emit::Graph => {
+            let c = compile_file(&a.file)?;
+            if ctx.report(&c.diags, &c.sources) {
+                return Err(Failure::Reported);
+            }
+            match &a.kernel {
+                Some(k) => kc_ir::print::print_graph(select_kernel(&c.program, Some(k), &c.name)?),
+                None => kc_ir::print::print_program(&c.program),
+            }
+        }
+    };
+    match &a.output {
+        Some(p) => Ok(files::write_all_atomic(&[(p.clone(), text.into_bytes())])?),
+        None => stdout(&text),
+    }
+}
+
+/// `x: f32[N, D]`, `lr: f32`, `E: dim`, for messages.
+fn describe_param(kind: &ParamKind) -> String {
+    match kind {
+        ParamKind::Dim => "dim".to_string(),
+        ParamKind::Tensor { dtype, shape, inout } => {
+            let io = if *inout { "inout " } else { "" };
+            if shape.is_empty() {
+                format!("{io}{dtype}")
+            } else {
+                let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+                format!("{io}{dtype}[{}]", dims.join(", "))
+            }
+        }
+    }
+}
+
+fn param_list(g: &Graph) -> String {
+    g.params.iter().map(|p| format!("{}: {}", p.name, describe_param(&p.kind))).collect::<Vec<_>>().join(", ")
+}
+
+/// Parses a scalar argument by the parameter's dtype.
+fn parse_scalar(name: &str, dtype: DType, v: &str) -> Result<Tensor, String> {
+    let v = v.trim();
+    let t = match dtype {
+        DType::F32 | DType::BF16 | DType::F16 => {
+            let x: f32 = v.parse().map_err(|_| format!("`{name}` is {dtype}: `{v}` is not a number"))?;
+            Tensor::from_f32_as(dtype, Vec::new(), &[x])
+        }
+        DType::I32 => {
+            let x: i32 = v
+                .parse()
+                .map_err(|_| format!("`{name}` is i32: `{v}` is not an integer (from -2147483648 to 2147483647)"))?;
+            Some(Tensor::scalar_i32(x))
+        }
+        DType::Bool => {
+            let b = match v {
+                "true" => true,
+                "false" => false,
+                _ => return Err(format!("`{name}` is bool: `{v}` is neither `true` nor `false`")),
+            };
+            Tensor::new(Vec::new(), kc_ir::TensorData::Bool(vec![b]))
+        }
+    };
+    t.ok_or_else(|| format!("cannot make a scalar `{name}`"))
+}
+
+/// The launch arguments from `--dims`, `--input` and `--scalar` (not yet the random ones).
+fn launch_args(g: &Graph, a: &RunArgs) -> Result<Args, String> {
+    let mut args = Args::default();
+    for (name, v) in &a.dims {
+        if let Some(old) = args.dims.insert(name.clone(), *v) {
+            if old != *v {
+                return Err(format!("--dims gives `{name}` twice: {old} and {v}"));
+            }
+        }
+    }
+    let mut given: BTreeMap<&str, &str> = BTreeMap::new();
+    let find = |name: &str, flag: &str| -> Result<(DType, bool), String> {
+        let Some(p) = g.params.iter().find(|p| p.name == name) else {
+            return Err(format!(
+                "kernel `{}` has no parameter `{name}` (from {flag}); its parameters are: {}",
+                g.name,
+                param_list(g)
+            ));
+        };
+        match &p.kind {
+            ParamKind::Dim => Err(format!("`{name}` is a dim parameter: give it with --dims {name}=N")),
+            ParamKind::Tensor { dtype, shape, .. } => Ok((*dtype, shape.is_empty())),
+        }
+    };
+    for (name, path) in &a.input {
+        if given.insert(name, "--input").is_some() {
+            return Err(format!("`{name}` is given twice"));
+        }
+        let (dtype, _) = find(name, "--input")?;
+        let bytes = files::read_bytes(Path::new(path))?;
+        let t = npy::read_npy(&bytes).map_err(|e| format!("cannot read `{path}` (input `{name}`): {e}"))?;
+        let t = npy::to_param_dtype(t, dtype).map_err(|e| format!("input `{name}` from `{path}`: {e}"))?;
+        args.tensors.insert(name.clone(), t);
+    }
+    for (name, value) in &a.scalar {
+        if let Some(flag) = given.insert(name, "--scalar") {
+            return Err(format!("`{name}` is given twice (with {flag} and --scalar)"));
+        }
+        let (dtype, scalar) = find(name, "--scalar")?;
+        if !scalar {
+            let kind = g.params.iter().find(|p| &p.name == name).map(|p| describe_param(&p.kind)).unwrap_or_default();
+            return Err(format!("`{name}` is a tensor ({kind}): give it with --input {name}=PATH.npy"));
+        }
+        args.tensors.insert(name.clone(), parse_scalar(name, dtype, value)?);
+    }
+    Ok(args)
+}
+
+pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
+    if let Some(dir) = &a.out {
+        files::check_out_dir(dir)?;
+    }
+    let c = compile_file(&a.file)?;
+    if ctx.report(&c.diags, &c.sources) {
+        return Err(Failure::Reported);
+    }
+    let g = select_kernel(&c.program, a.kernel.as_deref(), &c.name)?;
+    let mut args = launch_args(g, a)?;
+    if let Some(seed) = a.random {
+        args = random::random_args(g, &args, seed)?;
+    }
+    let results = match kc_ir::interp::run(g, &args) {
+        Ok(r) => r,
+        Err(diags) => {
+            ctx.report(&diags, &c.sources);
+            return Err(Failure::Reported);
+        }
+    };
+    let text: String = results.iter().map(|(name, t)| summary::summarize(name, t) + "\n").collect();
+    if let Some(dir) = &a.out {
+        files::ensure_out_dir(dir)?;
+        let outs: Vec<(PathBuf, Vec<u8>)> =
+            results.iter().map(|(name, t)| (dir.join(format!("{name}.npy")), npy::write_npy(t, a.raw_bf16))).collect();
+        files::write_all_atomic(&outs)?;
+    }
+    stdout(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalars_parse_by_dtype() {
+        assert_eq!(parse_scalar("x", DType::F32, "-inf").unwrap().get_f64(0), f64::NEG_INFINITY);
+        assert_eq!(parse_scalar("x", DType::F32, "1e-6").unwrap().get_f64(0), 1e-6f32 as f64);
+        assert_eq!(parse_scalar("x", DType::BF16, "0.1").unwrap().dtype(), DType::BF16);
+        assert_eq!(parse_scalar("n", DType::I32, "7").unwrap(), Tensor::scalar_i32(7));
+        assert!(parse_scalar("n", DType::I32, "1.5").is_err());
+        assert!(parse_scalar("n", DType::I32, "99999999999").is_err());
+        assert!(parse_scalar("b", DType::Bool, "yes").is_err());
+        assert_eq!(parse_scalar("b", DType::Bool, "true").unwrap().get_f64(0), 1.0);
+        assert!(parse_scalar("x", DType::F32, "abc").unwrap_err().contains("not a number"));
+    }
+}

@@ -1,0 +1,269 @@
+//! End-to-end tests of the `kc` binary: exit statuses, messages, and files written.
+
+use kc_ir::{DType, Tensor};
+use kc_runtime::npy::{read_npy, write_npy};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A fresh, empty folder for one test, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("kc-cli-test-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn kc(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kc")).current_dir(dir).args(args).output().unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn read(path: PathBuf) -> Tensor {
+    read_npy(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+const AXPY: &str = "kernel axpy(a: f32, x: f32[N], y: f32[N]) -> z: f32[N] { z = a * x + y; }\n";
+
+#[test]
+fn help_texts_have_examples() {
+    let d = TempDir::new("help");
+    for args in [
+        &["--help"][..],
+        &["-h"][..],
+        &["check", "--help"][..],
+        &["build", "--help"][..],
+        &["run", "--help"][..],
+        &["help", "run"][..],
+    ] {
+        let o = kc(&d.0, args);
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains("Example"), "{args:?}: {}", stdout(&o));
+    }
+    let o = kc(&d.0, &["--version"]);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).starts_with("kc "));
+}
+
+#[test]
+fn usage_errors_exit_1() {
+    let d = TempDir::new("usage");
+    for args in [
+        &["frobnicate"][..],
+        &["check", "--no-such-flag", "x.ker"][..],
+        &["run"][..],
+        &["check"][..],
+        &["run", "x.ker", "--dims", "B=minus"][..],
+        &["run", "x.ker", "--color", "sometimes"][..],
+        &[][..],
+    ] {
+        let o = kc(&d.0, args);
+        assert_eq!(code(&o), 1, "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn check_reports_a_syntax_error() {
+    let d = TempDir::new("syntax");
+    d.write("bad.ker", "kernel k(x: f32[N]) -> y: f32[N] { y = x +; }\n");
+    let o = kc(&d.0, &["check", "bad.ker", "--color", "never"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("error[E0"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("internal error"), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let d = TempDir::new("missing");
+    for sub in ["check", "build", "run"] {
+        let o = kc(&d.0, &[sub, "no/such/file.ker"]);
+        assert_eq!(code(&o), 1, "{sub}: {}", stderr(&o));
+        assert!(stderr(&o).contains("no/such/file.ker"), "{sub}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn non_utf8_file_is_a_clear_error() {
+    let d = TempDir::new("utf8");
+    d.write("latin1.ker", b"// caf\xe9\nkernel k() {}\n");
+    let o = kc(&d.0, &["check", "latin1.ker"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("latin1.ker") && e.contains("UTF-8") && e.contains("offset 6"), "{e}");
+    assert!(!e.contains("internal error"), "{e}");
+}
+
+#[test]
+fn output_paths_in_missing_folders_are_errors() {
+    let d = TempDir::new("paths");
+    d.write("axpy.ker", AXPY);
+    let o = kc(&d.0, &["build", "axpy.ker", "-o", "nowhere/out.txt"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("nowhere"), "{}", stderr(&o));
+    let o = kc(&d.0, &["run", "axpy.ker", "--dims", "N=4", "--random", "0", "--out", "nowhere/deeper"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("nowhere"), "{}", stderr(&o));
+}
+
+// The tests below need the lowering and the interpreter.
+
+#[test]
+fn run_axpy_from_npy_files() {
+    let d = TempDir::new("axpy");
+    d.write("axpy.ker", AXPY);
+    let x = Tensor::from_f32(vec![4], vec![1.0, 2.0, -3.0, 0.5]).unwrap();
+    let y = Tensor::from_f32(vec![4], vec![10.0, 20.0, 30.0, 40.0]).unwrap();
+    d.write("x.npy", write_npy(&x, false));
+    d.write("y.npy", write_npy(&y, false));
+    let o = kc(&d.0, &["run", "axpy.ker", "--input", "x=x.npy", "-i", "y=y.npy", "--scalar", "a=2", "--out", "res"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("z: f32[4] sum=101"), "{}", stdout(&o));
+    let z = read(d.path("res/z.npy"));
+    assert_eq!(z, Tensor::from_f32(vec![4], vec![12.0, 24.0, 24.0, 41.0]).unwrap());
+    // No temporary file is left behind.
+    let names: Vec<String> = std::fs::read_dir(d.path("res"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["z.npy".to_string()]);
+
+    // A wrong dtype names both; a missing input is E0800.
+    let xi = Tensor::from_i32(vec![4], vec![1, 2, 3, 4]).unwrap();
+    d.write("xi.npy", write_npy(&xi, false));
+    let o = kc(&d.0, &["run", "axpy.ker", "-i", "x=xi.npy", "-i", "y=y.npy", "-s", "a=2"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("f32") && stderr(&o).contains("i32"), "{}", stderr(&o));
+    let o = kc(&d.0, &["run", "axpy.ker", "-i", "x=x.npy", "-s", "a=2", "--color", "never"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("E0800"), "{}", stderr(&o));
+}
+
+#[test]
+fn random_runs_are_reproducible() {
+    let d = TempDir::new("random");
+    d.write("axpy.ker", AXPY);
+    for out in ["r1", "r2", "r3"] {
+        let seed = if out == "r3" { "8" } else { "7" };
+        let o = kc(&d.0, &["run", "axpy.ker", "--dims", "N=33", "--random", seed, "--out", out]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let r1 = std::fs::read(d.path("r1/z.npy")).unwrap();
+    let r2 = std::fs::read(d.path("r2/z.npy")).unwrap();
+    let r3 = std::fs::read(d.path("r3/z.npy")).unwrap();
+    assert_eq!(r1, r2);
+    assert_ne!(r1, r3);
+    assert_eq!(read(d.path("r1/z.npy")).shape, vec![33]);
+}
+
+#[test]
+fn broken_where_constraint_is_e0802() {
+    let d = TempDir::new("where");
+    d.write("k.ker", "kernel k(x: f32[N]) -> y: f32[N] where N % 4 == 0 { y = x; }\n");
+    let o = kc(&d.0, &["run", "k.ker", "--dims", "N=6", "--random", "0", "--color", "never"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("E0802"), "{}", stderr(&o));
+}
+
+#[test]
+fn bf16_outputs_as_f32_or_raw_bits() {
+    let d = TempDir::new("bf16");
+    d.write("half.ker", "kernel half(x: f32[N]) -> y: bf16[N] { y = x * 0.5; }\n");
+    let x = Tensor::from_f32(vec![3], vec![1.0, 3.0, 1.0 / 3.0]).unwrap();
+    d.write("x.npy", write_npy(&x, false));
+    let expect = Tensor::from_f32_as(DType::BF16, vec![3], &[0.5, 1.5, 1.0 / 6.0]).unwrap();
+
+    let o = kc(&d.0, &["run", "half.ker", "-i", "x=x.npy", "--out", "f"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("y: bf16[3]"), "{}", stdout(&o));
+    let y = read(d.path("f/y.npy"));
+    assert_eq!(y.dtype(), DType::F32);
+    assert_eq!(y.to_f64_vec(), expect.to_f64_vec());
+
+    let o = kc(&d.0, &["run", "half.ker", "-i", "x=x.npy", "--out", "r", "--raw-bf16"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let bytes = std::fs::read(d.path("r/y.npy")).unwrap();
+    assert!(String::from_utf8_lossy(&bytes[..64]).contains("<u2"));
+    assert_eq!(read(d.path("r/y.npy")), expect);
+}
+
+#[test]
+fn kernel_choice_and_build() {
+    let d = TempDir::new("choice");
+    let two = format!("{AXPY}kernel copy(x: f32[N]) -> y: f32[N] {{ y = x; }}\n");
+    d.write("two.ker", two);
+    let o = kc(&d.0, &["run", "two.ker", "--dims", "N=2", "--random", "0"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("axpy") && stderr(&o).contains("copy"), "{}", stderr(&o));
+    let o = kc(&d.0, &["run", "two.ker", "--kernel", "copy", "--dims", "N=2", "--random", "0"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = kc(&d.0, &["build", "two.ker", "--kernel", "nope"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("axpy") && stderr(&o).contains("copy"), "{}", stderr(&o));
+    let o = kc(&d.0, &["build", "two.ker", "--kernel", "copy", "-o", "copy.txt"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = std::fs::read_to_string(d.path("copy.txt")).unwrap();
+    assert!(text.contains("copy") && !text.contains("axpy"), "{text}");
+    let o = kc(&d.0, &["build", "two.ker"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("axpy") && stdout(&o).contains("copy"));
+    let o = kc(&d.0, &["check", "two.ker"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[test]
+fn use_lines_resolve_relative_to_the_using_file() {
+    let d = TempDir::new("use");
+    std::fs::create_dir_all(d.path("lib")).unwrap();
+    d.write("lib/helpers.ker", "fn twice(x) { return 2.0 * x; }\n");
+    d.write("main.ker", "use \"lib/helpers.ker\";\nkernel k(x: f32[N]) -> y: f32[N] { y = twice(x); }\n");
+    let o = kc(&d.0, &["check", "main.ker"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let x = Tensor::from_f32(vec![2], vec![1.5, -1.0]).unwrap();
+    d.write("x.npy", write_npy(&x, false));
+    let o = kc(&d.0, &["run", "main.ker", "-i", "x=x.npy", "--out", "."]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(read(d.path("y.npy")), Tensor::from_f32(vec![2], vec![3.0, -2.0]).unwrap());
+}
+
+#[test]
+fn emit_ast_prints_the_parsed_file() {
+    let d = TempDir::new("ast");
+    d.write("axpy.ker", AXPY);
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "ast"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("axpy"), "{}", stdout(&o));
+}

@@ -1,0 +1,1331 @@
+//! Kernel signatures, statements and fn inlining.
+
+use super::tval::{fmt_shape, int};
+use super::{Bind, Lowerer, Scope, MAX_INLINE_DEPTH, MAX_NODES, MAX_UNROLL};
+use crate::ast::{self, ExprKind as A, LetTarget, StmtKind};
+use kc_ir::{
+    CmpOp, Code, Constraint, DType, Diagnostic, Dim, DimAssert, ExprKind, Graph, NodeKind, OutputDecl, Param,
+    ParamKind, Result_, ScalarTy, Span, ValueId, VarId,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A lowered expression: one value or a tuple (of a `topk` or a fn's `return (a, b)`).
+#[derive(Clone, Debug)]
+pub(crate) enum Lowered {
+    Val(super::TVal),
+    Tuple(Vec<super::TVal>),
+}
+
+impl Lowerer<'_> {
+    pub(crate) fn elem_type(&mut self, id: &ast::Ident) -> Option<DType> {
+        let d = DType::from_name(&id.name);
+        if d.is_none() {
+            let mut diag = Diagnostic::error(Code::UnknownType, id.span, format!("unknown element type `{}`", id.name))
+                .with_label("not an element type")
+                .with_note("element types are f32, bf16, f16, i32 and bool");
+            if let Some(s) = super::suggest(&id.name, DType::ALL.iter().map(|d| d.name())) {
+                diag = diag.with_help(format!("did you mean `{s}`?"));
+            }
+            self.err(diag);
+        }
+        d
+    }
+
+    /// A dim from a dim expression. `introduce` lists symbols that may be created by this use (parameter
+    /// types); `quiet` reports nothing (for probing whether an expression is made of dims).
+    pub(crate) fn dim_of(&mut self, e: &ast::Expr, introduce: Option<&mut Vec<String>>, quiet: bool) -> Option<Dim> {
+        let mut intro = introduce;
+        self.dim_rec(e, &mut intro, quiet)
+    }
+
+    fn dim_rec(&mut self, e: &ast::Expr, intro: &mut Option<&mut Vec<String>>, quiet: bool) -> Option<Dim> {
+        match &e.kind {
+            A::Int(v) => Some(Dim::constant(*v)),
+            A::Name(id) => match self.lookup(&id.name) {
+                Some(Bind::Dim(d)) => Some(d.clone()),
+                Some(Bind::Val(tv)) | Some(Bind::Let { tv, .. })
+                    if tv.as_const().is_some_and(|c| matches!(c, kc_ir::Const::I32(_))) =>
+                {
+                    match tv.as_const() {
+                        Some(kc_ir::Const::I32(v)) => Some(Dim::constant(v)),
+                        _ => None,
+                    }
+                }
+                Some(Bind::Poison) => None,
+                Some(_) => {
+                    if !quiet {
+                        self.err(
+                            Diagnostic::error(Code::BadDim, id.span, format!("`{}` is a value, not a dim", id.name))
+                                .with_note("a dimension is made of dim symbols, integers and + - * / %"),
+                        );
+                    }
+                    None
+                }
+                None => {
+                    if let Some(list) = intro.as_deref_mut() {
+                        if !list.contains(&id.name) {
+                            list.push(id.name.clone());
+                        }
+                        self.define(&id.name, Bind::Dim(Dim::sym(&id.name)));
+                        return Some(Dim::sym(&id.name));
+                    }
+                    if !quiet {
+                        let names = self.visible_names();
+                        let mut d = Diagnostic::error(Code::UnknownName, id.span, format!("unknown dim `{}`", id.name))
+                            .with_label("not defined here")
+                            .with_note(
+                                "dims are introduced by parameter types, `name: dim` parameters and `where NAME == N`",
+                            );
+                        if let Some(s) = super::suggest(&id.name, names.iter().map(|s| s.as_str())) {
+                            d = d.with_help(format!("did you mean `{s}`?"));
+                        }
+                        self.err(d);
+                    }
+                    None
+                }
+            },
+            A::Unary(ast::UnaryOp::Neg, a) => Some(self.dim_rec(a, intro, quiet)?.neg()),
+            A::Binary(op, a, b) => {
+                let x = self.dim_rec(a, intro, quiet);
+                let y = self.dim_rec(b, intro, quiet);
+                let (x, y) = (x?, y?);
+                match op {
+                    ast::BinaryOp::Add => Some(x.add(&y)),
+                    ast::BinaryOp::Sub => Some(x.sub(&y)),
+                    ast::BinaryOp::Mul => Some(x.mul(&y)),
+                    ast::BinaryOp::Div => {
+                        if y.as_const() == Some(0) {
+                            if !quiet {
+                                self.err(Diagnostic::error(Code::DivByZero, e.span, "a dim divided by zero"));
+                            }
+                            return None;
+                        }
+                        if let (Some(p), Some(q)) = (x.as_const(), y.as_const()) {
+                            if p % q != 0 {
+                                if !quiet {
+                                    self.err(
+                                        Diagnostic::error(
+                                            Code::InexactDim,
+                                            e.span,
+                                            format!("`{p} / {q}` does not divide exactly"),
+                                        )
+                                        .with_note("`/` on dims must divide exactly"),
+                                    );
+                                }
+                                return None;
+                            }
+                        }
+                        Some(x.div(&y))
+                    }
+                    ast::BinaryOp::Mod => {
+                        if y.as_const() == Some(0) {
+                            if !quiet {
+                                self.err(Diagnostic::error(Code::DivByZero, e.span, "a dim divided by zero"));
+                            }
+                            return None;
+                        }
+                        Some(x.rem(&y))
+                    }
+                    _ => {
+                        if !quiet {
+                            self.err(
+                                Diagnostic::error(
+                                    Code::BadDim,
+                                    e.span,
+                                    format!("`{}` is not a dim operation", op.symbol()),
+                                )
+                                .with_note("a dimension is made of dim symbols, integers and + - * / %"),
+                            );
+                        }
+                        None
+                    }
+                }
+            }
+            A::Error => None,
+            _ => {
+                if !quiet {
+                    self.err(
+                        Diagnostic::error(Code::BadDim, e.span, "expected a dimension")
+                            .with_note("a dimension is made of dim symbols, integers and + - * / %"),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Lowers a kernel; `None` if its signature is too broken to go on.
+    pub(crate) fn kernel(&mut self, k: &ast::KernelDef) -> Option<Graph> {
+        self.graph.name = k.name.name.clone();
+        self.graph.doc = k.doc.clone();
+        self.graph.span = k.name.span;
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        let mut dims: Vec<String> = Vec::new();
+        let mut check_dup = |lw: &mut Self, id: &ast::Ident| {
+            if let Some(prev) = seen.get(&id.name) {
+                lw.err(
+                    Diagnostic::error(Code::DuplicateParam, id.span, format!("`{}` is declared twice", id.name))
+                        .with_label("declared again here")
+                        .with_secondary(*prev, "first declared here"),
+                );
+                false
+            } else {
+                seen.insert(id.name.clone(), id.span);
+                true
+            }
+        };
+
+        // Parameters: types introduce dim symbols.
+        let mut params: Vec<(Param, Option<DType>)> = Vec::new();
+        for p in &k.params {
+            if !check_dup(self, &p.name) {
+                continue;
+            }
+            match &p.kind {
+                ast::ParamKind::Dim => {
+                    if matches!(self.lookup(&p.name.name), Some(Bind::Dim(_))) && dims.contains(&p.name.name) {
+                        // Already introduced by an earlier type: the dim parameter gives its value.
+                    } else {
+                        dims.push(p.name.name.clone());
+                        self.define(&p.name.name, Bind::Dim(Dim::sym(&p.name.name)));
+                    }
+                    params.push((Param { name: p.name.name.clone(), kind: ParamKind::Dim, span: p.span }, None));
+                }
+                ast::ParamKind::Value { inout, ty } => {
+                    let dtype = self.elem_type(&ty.elem);
+                    let mut shape = Vec::new();
+                    let mut ok = true;
+                    for d in ty.shape.iter().flatten() {
+                        match self.dim_of(d, Some(&mut dims), false) {
+                            Some(d) => shape.push(d),
+                            None => ok = false,
+                        }
+                    }
+                    if let (Some(dtype), true) = (dtype, ok) {
+                        params.push((
+                            Param {
+                                name: p.name.name.clone(),
+                                kind: ParamKind::Tensor { dtype, shape, inout: *inout },
+                                span: p.span,
+                            },
+                            Some(dtype),
+                        ));
+                    }
+                }
+            }
+        }
+        for o in &k.outputs {
+            check_dup(self, &o.name);
+        }
+        // A dim symbol and a parameter may not share a name.
+        for p in &params {
+            if matches!(p.0.kind, ParamKind::Tensor { .. }) && dims.contains(&p.0.name) {
+                self.err(Diagnostic::error(
+                    Code::DuplicateParam,
+                    p.0.span,
+                    format!("`{}` names both a tensor and a dim", p.0.name),
+                ));
+            }
+        }
+
+        // The where clause: fixed dims first, then every constraint.
+        let mut pending: Vec<(&ast::Expr, Dim, CmpOp, Dim)> = Vec::new();
+        for c in &k.constraints {
+            let A::Binary(op, a, b) = &c.kind else {
+                if !matches!(c.kind, A::Error) {
+                    self.err(
+                        Diagnostic::error(Code::BadConstraint, c.span, "a constraint must compare dims")
+                            .with_help("write e.g. `D == 128`, `H % G == 0` or `S <= T`"),
+                    );
+                }
+                continue;
+            };
+            let cmp = match op {
+                ast::BinaryOp::Eq => CmpOp::Eq,
+                ast::BinaryOp::Ne => CmpOp::Ne,
+                ast::BinaryOp::Lt => CmpOp::Lt,
+                ast::BinaryOp::Le => CmpOp::Le,
+                ast::BinaryOp::Gt => CmpOp::Gt,
+                ast::BinaryOp::Ge => CmpOp::Ge,
+                _ => {
+                    self.err(
+                        Diagnostic::error(
+                            Code::BadConstraint,
+                            c.span,
+                            format!("`{}` is not a comparison", op.symbol()),
+                        )
+                        .with_help("constraints are comparisons of dims, separated by commas (they all must hold)"),
+                    );
+                    continue;
+                }
+            };
+            // `NAME == literal` fixes (and may introduce) the dim.
+            let fix = match (&a.kind, &b.kind, cmp) {
+                (A::Name(n), A::Int(v), CmpOp::Eq) | (A::Int(v), A::Name(n), CmpOp::Eq) => Some((n, *v)),
+                _ => None,
+            };
+            if let Some((n, v)) = fix {
+                let known = matches!(self.lookup(&n.name), Some(Bind::Dim(_)));
+                if !known && self.lookup(&n.name).is_some() {
+                    self.err(Diagnostic::error(
+                        Code::BadConstraint,
+                        n.span,
+                        format!("`{}` is a value, not a dim", n.name),
+                    ));
+                    continue;
+                }
+                if let Some(prev) = self.fixed.get(&n.name) {
+                    if *prev != v {
+                        self.err(
+                            Diagnostic::error(
+                                Code::ConstraintFalse,
+                                c.span,
+                                format!("`{}` is fixed to {prev} and to {v}", n.name),
+                            )
+                            .with_label("this constraint can never hold"),
+                        );
+                    }
+                    continue;
+                }
+                if v < 0 {
+                    self.err(Diagnostic::error(
+                        Code::ConstraintFalse,
+                        c.span,
+                        format!("`{}` is a size and cannot be {v}", n.name),
+                    ));
+                    continue;
+                }
+                if !known {
+                    dims.push(n.name.clone());
+                    self.define(&n.name, Bind::Dim(Dim::sym(&n.name)));
+                }
+                self.fixed.insert(n.name.clone(), v);
+            }
+            let l = self.dim_of(a, None, false);
+            let r = self.dim_of(b, None, false);
+            if let (Some(l), Some(r)) = (l, r) {
+                pending.push((c, l, cmp, r));
+            }
+        }
+        for (name, v) in &self.fixed {
+            self.graph.fixed.push((name.clone(), *v));
+        }
+        for (c, l, cmp, r) in pending {
+            let (nl, nr) = (self.norm(&l), self.norm(&r));
+            if let (Some(x), Some(y)) = (nl.as_const(), nr.as_const()) {
+                if !cmp.holds(x, y) {
+                    self.err(
+                        Diagnostic::error(Code::ConstraintFalse, c.span, "this constraint can never hold")
+                            .with_label(format!("{x} {} {y} is false", cmp.symbol())),
+                    );
+                }
+            }
+            if cmp == CmpOp::Eq {
+                if let (Some(0), Some(kc_ir::dim::Atom::Mod(x, y))) = (nr.as_const(), single_mod(&nl)) {
+                    if let Some(c) = y.as_const() {
+                        self.divisible.push(((*x).clone(), c));
+                    }
+                }
+            }
+            let text = format!("{l} {} {r}", cmp.symbol());
+            self.graph.constraints.push(Constraint { lhs: nl, op: cmp, rhs: nr, span: c.span, text });
+        }
+
+        // Substitute fixed dims into the parameter types; every symbol must be computable at launch.
+        for (p, _) in params.iter_mut() {
+            if let ParamKind::Tensor { shape, .. } = &mut p.kind {
+                for d in shape.iter_mut() {
+                    *d = self.norm(d);
+                }
+            }
+        }
+        let solvable = self.solvable(&params.iter().map(|p| p.0.clone()).collect::<Vec<_>>());
+        for (p, _) in &params {
+            if let ParamKind::Tensor { shape, .. } = &p.kind {
+                for d in shape {
+                    for s in d.symbols() {
+                        if !solvable.contains(&s) {
+                            self.err(
+                                Diagnostic::error(
+                                    Code::OutputDimUnbound,
+                                    p.span,
+                                    format!("dim `{s}` cannot be bound from the arguments' shapes"),
+                                )
+                                .with_label(format!("`{d}` is the only place `{s}` appears"))
+                                .with_help(format!("add a parameter `{s}: dim`, or a constraint `where {s} == N`")),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        self.graph.dims = dims.clone();
+
+        // Outputs.
+        for o in &k.outputs {
+            let dtype = self.elem_type(&o.ty.elem);
+            let mut shape = Vec::new();
+            let mut ok = true;
+            for d in o.ty.shape.iter().flatten() {
+                match self.dim_of(d, None, false) {
+                    Some(x) => {
+                        let x = self.norm(&x);
+                        for s in x.symbols() {
+                            if !solvable.contains(&s) {
+                                self.err(
+                                    Diagnostic::error(
+                                        Code::OutputDimUnbound,
+                                        d.span,
+                                        format!("output dim `{s}` cannot be computed from the inputs"),
+                                    )
+                                    .with_help(format!("add a parameter `{s}: dim`, or a constraint `where {s} == N`")),
+                                );
+                                ok = false;
+                            }
+                        }
+                        shape.push(x)
+                    }
+                    None => ok = false,
+                }
+            }
+            if let (Some(dtype), true) = (dtype, ok) {
+                self.graph.outputs.push(OutputDecl { name: o.name.name.clone(), dtype, shape, span: o.span });
+            } else {
+                self.graph.outputs.push(OutputDecl {
+                    name: o.name.name.clone(),
+                    dtype: DType::F32,
+                    shape: vec![],
+                    span: o.span,
+                });
+                self.define(&o.name.name, Bind::Poison);
+            }
+        }
+
+        // Parameter nodes and bindings.
+        for (i, (p, _)) in params.iter().enumerate() {
+            if let ParamKind::Tensor { dtype, shape, inout } = &p.kind {
+                self.nodes.push(kc_ir::Node {
+                    name: Some(p.name.clone()),
+                    dtype: *dtype,
+                    shape: shape.clone(),
+                    kind: NodeKind::Param(i),
+                    span: p.span,
+                });
+                let tv = self.load_node(ValueId(self.nodes.len() as u32 - 1), p.span);
+                let b = if *inout { Bind::Inout { param: i, tv, assigned: None } } else { Bind::Val(tv) };
+                self.define(&p.name, b);
+            }
+        }
+        self.graph.params = params.into_iter().map(|p| p.0).collect();
+        for (idx, o) in k.outputs.iter().enumerate() {
+            if !matches!(self.lookup(&o.name.name), Some(Bind::Poison)) {
+                self.define(&o.name.name, Bind::Output { idx, value: None });
+            }
+        }
+
+        // The body.
+        self.scopes.push(Scope::default());
+        for s in &k.body.stmts {
+            if self.too_big {
+                break;
+            }
+            if let StmtKind::Return(_) = s.kind {
+                self.err(
+                    Diagnostic::error(Code::UnexpectedToken, s.span, "a kernel does not `return`")
+                        .with_help("assign the kernel's outputs instead: `out = ...;`"),
+                );
+                continue;
+            }
+            self.stmt(s);
+        }
+        self.scopes.pop();
+
+        // Every output and inout must be assigned.
+        let mut results = Vec::new();
+        for (idx, o) in k.outputs.iter().enumerate() {
+            match self.lookup(&o.name.name) {
+                Some(Bind::Output { value: Some((_, v)), .. }) => {
+                    results.push(Result_ { name: o.name.name.clone(), value: *v, inout: None })
+                }
+                Some(Bind::Output { value: None, .. }) => self.err(
+                    Diagnostic::error(
+                        Code::NotAssigned,
+                        o.name.span,
+                        format!("output `{}` is never assigned", o.name.name),
+                    )
+                    .with_help(format!("assign it in the body: `{} = ...;`", o.name.name)),
+                ),
+                _ => {
+                    let _ = idx;
+                }
+            }
+        }
+        for (i, p) in self.graph.params.clone().iter().enumerate() {
+            if let ParamKind::Tensor { inout: true, .. } = p.kind {
+                match self.lookup(&p.name) {
+                    Some(Bind::Inout { assigned: Some(v), .. }) => {
+                        results.push(Result_ { name: p.name.clone(), value: *v, inout: Some(i) })
+                    }
+                    Some(Bind::Inout { assigned: None, .. }) => self.err(
+                        Diagnostic::error(Code::NotAssigned, p.span, format!("inout `{}` is never assigned", p.name))
+                            .with_help("assign it in the body, or declare it without `inout`"),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        self.graph.results = results;
+        if self.diags.iter().any(|d| d.is_error()) {
+            return None;
+        }
+        self.finish();
+        Some(std::mem::replace(&mut self.graph, Graph { ..empty_graph() }))
+    }
+
+    /// The dim symbols that launch binding can compute from the parameters.
+    fn solvable(&self, params: &[Param]) -> BTreeSet<String> {
+        let mut known: BTreeSet<String> = self.fixed.keys().cloned().collect();
+        for p in params {
+            if p.kind == ParamKind::Dim {
+                known.insert(p.name.clone());
+            }
+        }
+        loop {
+            let mut progress = false;
+            for p in params {
+                if let ParamKind::Tensor { shape, .. } = &p.kind {
+                    for d in shape {
+                        let pd = d.partial_eval(&|s| known.contains(s).then_some(7));
+                        if let Some((s, _, _)) = pd.as_linear() {
+                            progress |= known.insert(s);
+                        }
+                    }
+                }
+            }
+            if !progress {
+                return known;
+            }
+        }
+    }
+
+    /// Drops the nodes no result needs (parameters stay), renumbering the rest in order.
+    fn finish(&mut self) {
+        let n = self.nodes.len();
+        let mut live = vec![false; n];
+        for r in &self.graph.results {
+            live[r.value.index()] = true;
+        }
+        for i in (0..n).rev() {
+            if matches!(self.nodes[i].kind, NodeKind::Param(_)) {
+                live[i] = true;
+            }
+            if live[i] {
+                for o in self.nodes[i].operands() {
+                    live[o.index()] = true;
+                }
+            }
+        }
+        let mut map = vec![ValueId(u32::MAX); n];
+        let mut kept = Vec::new();
+        for (i, node) in std::mem::take(&mut self.nodes).into_iter().enumerate() {
+            if live[i] {
+                map[i] = ValueId(kept.len() as u32);
+                kept.push(node);
+            }
+        }
+        for node in &mut kept {
+            match &mut node.kind {
+                NodeKind::Compute { body, .. } => remap(body, &map),
+                NodeKind::TopK { src, .. }
+                | NodeKind::ArgSort { src, .. }
+                | NodeKind::CumSum { src, .. }
+                | NodeKind::BinCount { src, .. } => *src = map[src.index()],
+                NodeKind::Param(_) => {}
+            }
+        }
+        for r in &mut self.graph.results {
+            r.value = map[r.value.index()];
+        }
+        self.graph.nodes = kept;
+    }
+
+    pub(crate) fn check_size(&mut self, span: Span) -> bool {
+        if self.nodes.len() > MAX_NODES && !self.too_big {
+            self.too_big = true;
+            self.err(
+                Diagnostic::error(
+                    Code::UnrollLimit,
+                    span,
+                    format!("the kernel unrolls to more than {MAX_NODES} operations"),
+                )
+                .with_note("`for` loops are unrolled and fns inlined at every call; reduce the trip counts"),
+            );
+        }
+        !self.too_big
+    }
+
+    pub(crate) fn stmt(&mut self, s: &ast::Stmt) {
+        if !self.check_size(s.span) {
+            return;
+        }
+        match &s.kind {
+            StmtKind::Error | StmtKind::Return(_) => {}
+            StmtKind::Let { target, ty, value } => self.let_stmt(target, ty.as_ref(), value, s.span),
+            StmtKind::Assign { name, indices, value } => self.assign(name, indices.as_deref(), value, s.span),
+            StmtKind::For { var, lo, hi, body } => {
+                let lo_v = self.loop_bound(lo);
+                let hi_v = self.loop_bound(hi);
+                let (Some(lo_v), Some(hi_v)) = (lo_v, hi_v) else { return };
+                if hi_v - lo_v > MAX_UNROLL {
+                    self.err(
+                        Diagnostic::error(
+                            Code::UnrollLimit,
+                            s.span,
+                            format!(
+                                "this loop runs {} times; loops are unrolled, at most {MAX_UNROLL} times",
+                                hi_v - lo_v
+                            ),
+                        )
+                        .with_label("too many iterations"),
+                    );
+                    return;
+                }
+                for i in lo_v..hi_v {
+                    self.scopes.push(Scope::default());
+                    self.define(&var.name, Bind::Dim(Dim::constant(i)));
+                    for st in &body.stmts {
+                        if let StmtKind::Return(_) = st.kind {
+                            self.err(Diagnostic::error(
+                                Code::UnexpectedToken,
+                                st.span,
+                                "`return` is not allowed inside a `for` loop",
+                            ));
+                            continue;
+                        }
+                        self.stmt(st);
+                    }
+                    self.scopes.pop();
+                    if self.too_big || self.diags.iter().filter(|d| d.is_error()).count() > 50 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn loop_bound(&mut self, e: &ast::Expr) -> Option<i64> {
+        let d = self.dim_of(e, None, false)?;
+        let d = self.norm(&d);
+        match d.as_const() {
+            Some(v) => Some(v),
+            None => {
+                self.err(
+                    Diagnostic::error(
+                        Code::LoopBound,
+                        e.span,
+                        format!(
+                            "a `for` bound must be a literal or a fixed dim, but `{d}` is not known at compile time"
+                        ),
+                    )
+                    .with_note("loops are unrolled at compile time")
+                    .with_help("fix the dim with `where NAME == N`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Index variables for the binders of index notation, with their explicit ranges (or `default`).
+    fn binders(&mut self, binders: &[ast::IndexBinder], defaults: Option<&[Dim]>) -> Option<Vec<VarId>> {
+        let mut vars = Vec::new();
+        let mut names: BTreeMap<&str, Span> = BTreeMap::new();
+        let mut ok = true;
+        for (k, b) in binders.iter().enumerate() {
+            if let Some(prev) = names.insert(&b.name.name, b.name.span) {
+                self.err(
+                    Diagnostic::error(
+                        Code::DuplicateIndex,
+                        b.name.span,
+                        format!("index `{}` is bound twice", b.name.name),
+                    )
+                    .with_secondary(prev, "first bound here"),
+                );
+                ok = false;
+            }
+            let explicit = match &b.range {
+                Some((lo, hi)) => {
+                    let lo_d = self.dim_of(lo, None, false);
+                    if let Some(l) = &lo_d {
+                        if self.norm(l).as_const() != Some(0) {
+                            self.err(
+                                Diagnostic::error(Code::BadRange, lo.span, "an index range must start at 0")
+                                    .with_help("shift the index in the expression instead, e.g. `x[i + 1]`"),
+                            );
+                            ok = false;
+                        }
+                    }
+                    match self.dim_of(hi, None, false) {
+                        Some(h) => Some(self.norm(&h)),
+                        None => {
+                            ok = false;
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            let extent = match (explicit, defaults.and_then(|d| d.get(k))) {
+                (Some(e), Some(d)) => {
+                    if self.dims_equal(&e, d) == Some(false) {
+                        self.err(Diagnostic::error(
+                            Code::RangeConflict,
+                            b.span,
+                            format!("index `{}` has range `{e}` here but the target's dim is `{d}`", b.name.name),
+                        ));
+                        ok = false;
+                    }
+                    Some(d.clone())
+                }
+                (e, d) => e.or_else(|| d.cloned()),
+            };
+            let v = self.new_var(&b.name.name, extent, b.name.span);
+            vars.push(v);
+        }
+        ok.then_some(vars)
+    }
+
+    /// Infers each variable's range from its plain uses (`x[.., i, ..]`) and checks they agree.
+    pub(crate) fn resolve_ranges(&mut self, vars: &[VarId]) -> bool {
+        let mut ok = true;
+        for v in vars {
+            let g = self.vars[v.index()].clone();
+            match &g.extent {
+                Some(ext) => {
+                    for (d, span, masked) in &g.uses {
+                        if !masked && self.dims_equal(d, ext) == Some(false) {
+                            self.err(
+                                Diagnostic::error(
+                                    Code::RangeConflict,
+                                    *span,
+                                    format!(
+                                        "index `{}` ranges over `{ext}` but indexes a dim of size `{d}` here",
+                                        g.name
+                                    ),
+                                )
+                                .with_label(format!("this axis is `{d}`"))
+                                .with_secondary(g.span, format!("`{}` ranges over `{ext}`", g.name))
+                                .with_help("guard the access with `where(...)`, or fix the range"),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+                None => {
+                    let Some((first, first_span, _)) = g.uses.first().cloned() else {
+                        self.err(
+                            Diagnostic::error(
+                                Code::RangeNotInferred,
+                                g.span,
+                                format!("the range of index `{}` cannot be inferred", g.name),
+                            )
+                            .with_label("never used directly as an index of a tensor")
+                            .with_help(format!("write the range explicitly: `{} in 0..N`", g.name)),
+                        );
+                        ok = false;
+                        continue;
+                    };
+                    let mut conflict = false;
+                    for (d, span, _) in &g.uses[1..] {
+                        if self.dims_equal(d, &first) == Some(false) {
+                            self.err(
+                                Diagnostic::error(Code::RangeConflict, *span, format!("index `{}` has range `{first}` here and `{d}` there", g.name))
+                                    .with_label(format!("this axis is `{d}`"))
+                                    .with_secondary(first_span, format!("this axis is `{first}`"))
+                                    .with_help(format!("write the range explicitly (`{} in 0..N`) and guard the other access with `where(...)`", g.name)),
+                            );
+                            conflict = true;
+                            break;
+                        }
+                    }
+                    if conflict {
+                        ok = false;
+                    } else {
+                        self.vars[v.index()].extent = Some(first);
+                    }
+                }
+            }
+        }
+        ok
+    }
+
+    /// Lowers index notation `[binders] = value` to a value over the binders.
+    fn index_def(
+        &mut self,
+        binders: &[ast::IndexBinder],
+        defaults: Option<&[Dim]>,
+        value: &ast::Expr,
+    ) -> Option<super::TVal> {
+        let vars = self.binders(binders, defaults)?;
+        self.scopes.push(Scope::default());
+        for (b, v) in binders.iter().zip(&vars) {
+            self.define(&b.name.name, Bind::Index(*v));
+        }
+        let n = self.collecting.len();
+        self.collecting.extend(vars.iter().copied());
+        let body = self.expr(value);
+        self.collecting.truncate(n);
+        self.scopes.pop();
+        let body = body?;
+        if body.rank() != 0 {
+            self.err(
+                Diagnostic::error(
+                    Code::RankMismatch,
+                    value.span,
+                    format!(
+                        "the right side of index notation must be one element, but this is a tensor of shape {}",
+                        fmt_shape(&body.shape)
+                    ),
+                )
+                .with_help("index every tensor on the right, e.g. `x[i, j]`"),
+            );
+            return None;
+        }
+        if !self.resolve_ranges(&vars) {
+            return None;
+        }
+        let shape = vars.iter().map(|v| self.vars[v.index()].extent.clone().unwrap_or_else(Dim::zero)).collect();
+        Some(super::TVal { shape, axes: vars, body: body.body })
+    }
+
+    fn check_new_name(&mut self, id: &ast::Ident) -> bool {
+        let scope_has = self.scopes.last().is_some_and(|s| s.names.contains_key(&id.name));
+        let shadowed = match self.lookup(&id.name) {
+            Some(Bind::Output { .. } | Bind::Inout { .. }) => Some("an output or inout"),
+            Some(Bind::Dim(_)) => Some("a dim"),
+            Some(Bind::Val(_)) if self.scopes.len() <= 2 || scope_has => Some("a parameter"),
+            _ => None,
+        };
+        if scope_has || shadowed.is_some() {
+            let what = shadowed.unwrap_or("already defined in this scope");
+            self.err(
+                Diagnostic::error(Code::Redefinition, id.span, format!("`{}` is already defined ({what})", id.name))
+                    .with_help(format!("rebind it with `{} = ...;` or choose another name", id.name)),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Checks a value against a storage type; converts i32 to float storage.
+    fn to_storage(&mut self, tv: super::TVal, storage: DType, span: Span, what: &str) -> Option<super::TVal> {
+        let want = storage.compute();
+        match (tv.ty(), want) {
+            (a, b) if a == b => Some(tv),
+            (ScalarTy::I32, ScalarTy::F32) => Some(self.convert(tv, ScalarTy::F32)),
+            (a, _) => {
+                let help = match want {
+                    ScalarTy::F32 => "convert it with `f32(...)`",
+                    ScalarTy::I32 => "convert it with `i32(...)` (truncates toward zero)",
+                    ScalarTy::Bool => "compare it, e.g. `x != 0`",
+                };
+                self.err(
+                    Diagnostic::error(Code::TypeMismatch, span, format!("{what} is {storage} but the value is {a}"))
+                        .with_help(help),
+                );
+                None
+            }
+        }
+    }
+
+    fn let_stmt(&mut self, target: &LetTarget, ty: Option<&ast::Ident>, value: &ast::Expr, span: Span) {
+        let storage = match ty {
+            Some(t) => match self.elem_type(t) {
+                Some(d) => Some(d),
+                None => {
+                    self.poison_target(target);
+                    return;
+                }
+            },
+            None => None,
+        };
+        match target {
+            LetTarget::Name(id) => {
+                if !self.check_new_name(id) {
+                    return;
+                }
+                if storage.is_none() {
+                    if let Some(d) = self.dim_of(value, None, true) {
+                        let d = self.norm(&d);
+                        self.define(&id.name, Bind::Dim(d));
+                        return;
+                    }
+                }
+                let Some(v) = self.expr_any(value) else {
+                    self.define(&id.name, Bind::Poison);
+                    return;
+                };
+                let tv = match v {
+                    Lowered::Val(tv) => tv,
+                    Lowered::Tuple(parts) => {
+                        self.err(
+                            Diagnostic::error(
+                                Code::TupleAsValue,
+                                value.span,
+                                format!("this is a tuple of {} values", parts.len()),
+                            )
+                            .with_help("destructure it: `let (a, b) = ...;` (`_` drops a part)"),
+                        );
+                        self.define(&id.name, Bind::Poison);
+                        return;
+                    }
+                };
+                self.bind_let(id, tv, storage, span);
+            }
+            LetTarget::Indexed(id, binders) => {
+                if !self.check_new_name(id) {
+                    return;
+                }
+                match self.index_def(binders, None, value) {
+                    Some(tv) => self.bind_let(id, tv, storage, span),
+                    None => self.define(&id.name, Bind::Poison),
+                }
+            }
+            LetTarget::Tuple(names, tspan) => {
+                let ok: Vec<bool> = names.iter().flatten().map(|n| self.check_new_name(n)).collect();
+                let Some(v) = self.expr_any(value) else {
+                    self.poison_target(target);
+                    return;
+                };
+                let parts = match v {
+                    Lowered::Tuple(p) => p,
+                    Lowered::Val(_) => {
+                        self.err(
+                            Diagnostic::error(
+                                Code::TupleArity,
+                                *tspan,
+                                format!("destructuring {} names from a single value", names.len()),
+                            )
+                            .with_secondary(value.span, "this is one value"),
+                        );
+                        self.poison_target(target);
+                        return;
+                    }
+                };
+                if parts.len() != names.len() {
+                    self.err(
+                        Diagnostic::error(
+                            Code::TupleArity,
+                            *tspan,
+                            format!("destructuring {} names from a tuple of {}", names.len(), parts.len()),
+                        )
+                        .with_secondary(value.span, format!("this has {} parts", parts.len())),
+                    );
+                    self.poison_target(target);
+                    return;
+                }
+                if ok.iter().any(|o| !o) {
+                    return;
+                }
+                for (n, tv) in names.iter().zip(parts) {
+                    if let Some(id) = n {
+                        self.bind_let(id, tv, storage, span);
+                    }
+                }
+            }
+        }
+    }
+
+    fn poison_target(&mut self, target: &LetTarget) {
+        match target {
+            LetTarget::Name(id) | LetTarget::Indexed(id, _) => self.define(&id.name, Bind::Poison),
+            LetTarget::Tuple(names, _) => {
+                for id in names.iter().flatten() {
+                    self.define(&id.name, Bind::Poison);
+                }
+            }
+        }
+    }
+
+    fn bind_let(&mut self, id: &ast::Ident, tv: super::TVal, storage: Option<DType>, span: Span) {
+        let storage = storage.unwrap_or_else(|| tv.ty().storage());
+        let Some(tv) = self.to_storage(tv, storage, span, &format!("`{}`", id.name)) else {
+            self.define(&id.name, Bind::Poison);
+            return;
+        };
+        let tv = self.store_or_keep(tv, storage, &id.name, span);
+        match tv {
+            Some(tv) => self.define(&id.name, Bind::Let { tv, storage }),
+            None => self.define(&id.name, Bind::Poison),
+        }
+    }
+
+    /// Materializes a bound value when it can stand alone; a value that depends on an enclosing
+    /// statement's indices stays lazy (rounded to its storage type).
+    fn store_or_keep(&mut self, tv: super::TVal, storage: DType, name: &str, span: Span) -> Option<super::TVal> {
+        if Self::outer_vars(&tv).is_empty() {
+            let v = self.materialize(&tv, storage, Some(name.to_string()), span)?;
+            Some(self.load_node(v, span))
+        } else if matches!(storage, DType::BF16 | DType::F16) {
+            let body = kc_ir::Expr::new(ExprKind::Cast(storage, Box::new(tv.body.clone())), ScalarTy::F32, span);
+            Some(super::TVal { body, ..tv })
+        } else {
+            Some(tv)
+        }
+    }
+
+    /// Fits a value to a declared shape, broadcasting it if needed.
+    fn fit_shape(&mut self, tv: super::TVal, shape: &[Dim], span: Span, what: &str) -> Option<super::TVal> {
+        if tv.shape.len() == shape.len() {
+            let mut all = true;
+            for (a, b) in tv.shape.iter().zip(shape) {
+                match self.dims_equal(a, b) {
+                    Some(true) => {}
+                    None => self.graph.asserts.push(DimAssert {
+                        lhs: a.clone(),
+                        rhs: b.clone(),
+                        span,
+                        what: format!("the value assigned to {what} has its declared shape"),
+                    }),
+                    Some(false) => all = false,
+                }
+            }
+            if all {
+                return Some(super::TVal { shape: shape.to_vec(), ..tv });
+            }
+        }
+        let fits = tv.shape.len() <= shape.len()
+            && tv.shape.iter().rev().zip(shape.iter().rev()).all(|(a, b)| a.is_one() || a == b);
+        if !fits {
+            self.err(
+                Diagnostic::error(
+                    Code::ShapeMismatch,
+                    span,
+                    format!("{what} has shape {} but the value has shape {}", fmt_shape(shape), fmt_shape(&tv.shape)),
+                )
+                .with_label(format!("this is {}", fmt_shape(&tv.shape))),
+            );
+            return None;
+        }
+        let off = shape.len() - tv.shape.len();
+        let src_shape = tv.shape.clone();
+        Some(self.reindex(&tv, shape.to_vec(), span, |v| {
+            (0..src_shape.len())
+                .map(
+                    |k| {
+                        if src_shape[k].is_one() && !shape[k + off].is_one() {
+                            int(0, span)
+                        } else {
+                            v[k + off].clone()
+                        }
+                    },
+                )
+                .collect()
+        }))
+    }
+
+    fn assign(&mut self, name: &ast::Ident, indices: Option<&[ast::IndexBinder]>, value: &ast::Expr, span: Span) {
+        enum Target {
+            Output(usize),
+            Inout(usize),
+            Let(DType, Vec<Dim>),
+        }
+        let target = match self.lookup(&name.name) {
+            None => {
+                let names = self.visible_names();
+                let mut d = Diagnostic::error(
+                    Code::AssignUnknown,
+                    name.span,
+                    format!("cannot assign to `{}`: it is not defined", name.name),
+                )
+                .with_help(format!("define it with `let {} = ...;`", name.name));
+                if let Some(s) = super::suggest(&name.name, names.iter().map(|s| s.as_str())) {
+                    d = d.with_help(format!("did you mean `{s}`?"));
+                }
+                self.err(d);
+                return;
+            }
+            Some(Bind::Poison) => return,
+            Some(Bind::Val(_)) => {
+                self.err(
+                    Diagnostic::error(
+                        Code::AssignInput,
+                        name.span,
+                        format!("cannot assign to `{}`: it is a read-only input", name.name),
+                    )
+                    .with_help(format!(
+                        "declare it `{}: inout ...` to update it in place, or assign a new `let`",
+                        name.name
+                    )),
+                );
+                return;
+            }
+            Some(Bind::Dim(_) | Bind::Index(_)) => {
+                self.err(Diagnostic::error(
+                    Code::AssignInput,
+                    name.span,
+                    format!("cannot assign to `{}`: it is a dim or an index", name.name),
+                ));
+                return;
+            }
+            Some(Bind::Output { idx, value }) => {
+                if value.is_some() {
+                    self.err(
+                        Diagnostic::error(Code::AssignTwice, name.span, format!("output `{}` is assigned twice", name.name))
+                            .with_note("every output is assigned exactly once (inside a `for` loop, an assignment runs every iteration)"),
+                    );
+                    return;
+                }
+                Target::Output(*idx)
+            }
+            Some(Bind::Inout { param, assigned, .. }) => {
+                if assigned.is_some() {
+                    self.err(
+                        Diagnostic::error(
+                            Code::AssignTwice,
+                            name.span,
+                            format!("inout `{}` is assigned twice", name.name),
+                        )
+                        .with_note("every inout is assigned exactly once; use a `let` for intermediate values")
+                        .with_note("inside a `for` loop, an assignment runs every iteration"),
+                    );
+                    return;
+                }
+                Target::Inout(*param)
+            }
+            Some(Bind::Let { tv, storage, .. }) => Target::Let(*storage, tv.shape.clone()),
+        };
+        let (dtype, shape, what) = match &target {
+            Target::Output(i) => {
+                let o = &self.graph.outputs[*i];
+                (o.dtype, o.shape.clone(), format!("output `{}`", name.name))
+            }
+            Target::Inout(p) => match &self.graph.params[*p].kind {
+                ParamKind::Tensor { dtype, shape, .. } => (*dtype, shape.clone(), format!("inout `{}`", name.name)),
+                ParamKind::Dim => return,
+            },
+            Target::Let(d, s) => (*d, s.clone(), format!("`{}`", name.name)),
+        };
+        let tv = match indices {
+            Some(binders) => {
+                if binders.len() != shape.len() {
+                    self.err(
+                        Diagnostic::error(
+                            Code::IndexCount,
+                            name.span,
+                            format!("{what} has {} dims but {} indices are given", shape.len(), binders.len()),
+                        )
+                        .with_label(format!("shape {}", fmt_shape(&shape))),
+                    );
+                    return;
+                }
+                self.index_def(binders, Some(&shape), value)
+            }
+            None => self.expr(value),
+        };
+        let Some(tv) = tv else {
+            if !matches!(target, Target::Let(..)) {
+                self.mark_assigned_poison(name);
+            }
+            return;
+        };
+        let Some(tv) = self.fit_shape(tv, &shape, value.span, &what) else { return };
+        let Some(tv) = self.to_storage(tv, dtype, value.span, &what) else { return };
+        match target {
+            Target::Let(..) => {
+                if let Some(new) = self.store_or_keep(tv, dtype, &name.name, span) {
+                    if let Some(Bind::Let { tv, .. }) = self.lookup_mut(&name.name) {
+                        *tv = new;
+                    }
+                }
+            }
+            Target::Output(idx) => {
+                let Some(v) = self.materialize(&tv, dtype, Some(name.name.clone()), span) else { return };
+                let tv = self.load_node(v, span);
+                if let Some(Bind::Output { value, .. }) = self.lookup_mut(&name.name) {
+                    *value = Some((tv, v));
+                }
+                let _ = idx;
+            }
+            Target::Inout(_) => {
+                let Some(v) = self.materialize(&tv, dtype, Some(name.name.clone()), span) else { return };
+                let new = self.load_node(v, span);
+                if let Some(Bind::Inout { tv, assigned, .. }) = self.lookup_mut(&name.name) {
+                    *tv = new;
+                    *assigned = Some(v);
+                }
+            }
+        }
+    }
+
+    /// After a failed assignment, later reads of the target stay quiet and it is not reported unassigned.
+    fn mark_assigned_poison(&mut self, name: &ast::Ident) {
+        if let Some(b) = self.lookup_mut(&name.name) {
+            *b = Bind::Poison;
+        }
+    }
+
+    /// Inlines a fn call with the given arguments (in parameter order).
+    pub(crate) fn call_fn(&mut self, f: &ast::FnDef, args: Vec<super::TVal>, span: Span) -> Option<Lowered> {
+        if self.call_stack.contains(&f.name.name) {
+            let chain = format!("{} -> {}", self.call_stack.join(" -> "), f.name.name);
+            self.err(
+                Diagnostic::error(Code::Recursion, span, format!("fn `{}` calls itself ({chain})", f.name.name))
+                    .with_secondary(f.name.span, "defined here")
+                    .with_note("fns are inlined at every call, so they cannot recurse"),
+            );
+            return None;
+        }
+        if self.call_stack.len() >= MAX_INLINE_DEPTH {
+            self.err(Diagnostic::error(
+                Code::UnrollLimit,
+                span,
+                format!("fn calls nest deeper than {MAX_INLINE_DEPTH}"),
+            ));
+            return None;
+        }
+        self.call_stack.push(f.name.name.clone());
+        self.scopes.push(Scope { names: BTreeMap::new(), barrier: true });
+        let mut ok = true;
+        for (p, a) in f.params.iter().zip(args) {
+            if let Some(ty) = &p.ty {
+                ok &= self.check_fn_param(p, ty, &a, span);
+            }
+            self.define(&p.name.name, Bind::Val(a));
+        }
+        let mut result = None;
+        if ok {
+            let n = f.body.stmts.len();
+            for (i, s) in f.body.stmts.iter().enumerate() {
+                match &s.kind {
+                    StmtKind::Return(e) if i + 1 == n => result = self.expr_any(e),
+                    StmtKind::Return(_) => {
+                        self.err(Diagnostic::error(
+                            Code::TupleArity,
+                            s.span,
+                            "`return` must be the last statement of a fn",
+                        ));
+                        break;
+                    }
+                    _ => self.stmt(s),
+                }
+            }
+            if !matches!(f.body.stmts.last().map(|s| &s.kind), Some(StmtKind::Return(_))) {
+                self.err(
+                    Diagnostic::error(
+                        Code::TupleArity,
+                        f.name.span,
+                        format!("fn `{}` does not end with `return`", f.name.name),
+                    )
+                    .with_secondary(span, "called here"),
+                );
+            }
+        }
+        self.scopes.pop();
+        self.call_stack.pop();
+        result
+    }
+
+    fn check_fn_param(&mut self, p: &ast::FnParam, ty: &ast::TypeExpr, a: &super::TVal, span: Span) -> bool {
+        let Some(dtype) = self.elem_type(&ty.elem) else { return false };
+        let ok_ty = a.ty() == dtype.compute() || (a.ty() == ScalarTy::I32 && dtype.is_float());
+        if !ok_ty {
+            self.err(
+                Diagnostic::error(
+                    Code::TypeMismatch,
+                    span,
+                    format!("argument `{}` is {} but the fn takes {dtype}", p.name.name, a.ty()),
+                )
+                .with_secondary(p.span, "parameter declared here"),
+            );
+            return false;
+        }
+        let dims = ty.shape.as_deref().unwrap_or(&[]);
+        if dims.len() != a.rank() {
+            self.err(
+                Diagnostic::error(
+                    Code::RankMismatch,
+                    span,
+                    format!(
+                        "argument `{}` has shape {} but the fn takes rank {}",
+                        p.name.name,
+                        fmt_shape(&a.shape),
+                        dims.len()
+                    ),
+                )
+                .with_secondary(p.span, "parameter declared here"),
+            );
+            return false;
+        }
+        for (d, actual) in dims.iter().zip(&a.shape) {
+            if let A::Name(n) = &d.kind {
+                if self.lookup(&n.name).is_none() {
+                    self.define(&n.name, Bind::Dim(actual.clone()));
+                    continue;
+                }
+            }
+            let Some(want) = self.dim_of(d, None, false) else { return false };
+            let want = self.norm(&want);
+            if self.dims_equal(&want, actual) == Some(false) {
+                self.err(
+                    Diagnostic::error(
+                        Code::ShapeMismatch,
+                        span,
+                        format!(
+                            "argument `{}` has shape {} but the fn takes `{want}` there",
+                            p.name.name,
+                            fmt_shape(&a.shape)
+                        ),
+                    )
+                    .with_secondary(d.span, "declared here"),
+                );
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn single_mod(d: &Dim) -> Option<kc_ir::dim::Atom> {
+    d.as_atom().cloned()
+}
+
+fn remap(e: &mut kc_ir::Expr, map: &[ValueId]) {
+    match &mut e.kind {
+        ExprKind::Load { src, idx } => {
+            *src = map[src.index()];
+            idx.iter_mut().for_each(|i| remap(i, map));
+        }
+        ExprKind::Segment { src, value } => {
+            *src = map[src.index()];
+            remap(value, map);
+        }
+        ExprKind::Const(_) | ExprKind::Var(_) | ExprKind::Dim(_) => {}
+        ExprKind::Unary(_, a) | ExprKind::Cast(_, a) => remap(a, map),
+        ExprKind::Binary(_, a, b) => {
+            remap(a, map);
+            remap(b, map)
+        }
+        ExprKind::Select(c, a, b) => {
+            remap(c, map);
+            remap(a, map);
+            remap(b, map)
+        }
+        ExprKind::Reduce { body, .. } => remap(body, map),
+    }
+}
+
+fn empty_graph() -> Graph {
+    Graph {
+        name: String::new(),
+        doc: None,
+        span: Span::default(),
+        params: Vec::new(),
+        outputs: Vec::new(),
+        dims: Vec::new(),
+        fixed: Vec::new(),
+        constraints: Vec::new(),
+        asserts: Vec::new(),
+        nodes: Vec::new(),
+        results: Vec::new(),
+    }
+}
