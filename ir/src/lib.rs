@@ -10,6 +10,7 @@ pub mod interp;
 pub mod launch;
 pub mod print;
 pub mod span;
+pub mod target;
 pub mod tensor;
 pub mod verify;
 

@@ -1,0 +1,334 @@
+//! Target descriptions: the NPU model as plain data. A chip is a TOML file (`ir/targets/*.toml` are built
+//! in); a new chip is a new file, not new code. [`Target::parse`] reads and validates one; the rest of the
+//! compiler reads figures from it and never hard-codes them.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// The built-in targets, by name.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("ascend910b", include_str!("../targets/ascend910b.toml")),
+    ("ascend950", include_str!("../targets/ascend950.toml")),
+];
+
+/// The default target.
+pub const DEFAULT: &str = "ascend910b";
+
+/// The memories a target must describe, each per core except `gm` (global memory, shared).
+pub const MEMORIES: &[&str] = &["gm", "l1", "l0a", "l0b", "l0c", "ub"];
+
+/// The pipes (units) of a core.
+pub const ENGINES: &[&str] = &["mte1", "mte2", "mte3", "fix"];
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub clock_ghz: f64,
+    pub cube_cores: u32,
+    pub vector_cores: u32,
+    /// Global-memory bandwidth of the whole chip, shared by all cores.
+    pub gm_bandwidth_gb_s: f64,
+    pub memory: Vec<Memory>,
+    pub cube: Cube,
+    pub vector: Vector,
+    pub path: Vec<Path>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    pub name: String,
+    /// Bytes.
+    pub capacity: u64,
+    /// Bytes the runtime keeps for itself.
+    #[serde(default)]
+    pub reserved: u64,
+    /// Address alignment in bytes (a power of two).
+    pub align: u64,
+}
+
+impl Memory {
+    /// The bytes a kernel may use.
+    pub fn usable(&self) -> u64 {
+        self.capacity - self.reserved
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cube {
+    /// The fractal shape of one cube instruction for 16-bit inputs.
+    pub m: u32,
+    pub k: u32,
+    pub n: u32,
+    pub macs_per_cycle: u32,
+    /// (tile n, efficiency in (0, 1]) points, sorted by n, interpolated linearly, flat outside.
+    pub efficiency: Vec<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vector {
+    pub repeat_bytes: u32,
+    pub cycles_per_repeat: f64,
+    /// How many times slower exp, sqrt and f32 division are.
+    pub slow_op_factor: f64,
+    pub startup_cycles: u32,
+    pub max_repeats: u32,
+}
+
+/// A copy path: `engine` moves data from `from` to `to`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Path {
+    pub from: String,
+    pub to: String,
+    pub engine: String,
+    /// Peak bytes per cycle.
+    pub bytes_per_cycle: u32,
+    /// (bytes in one copy, GB/s per core) points, sorted by bytes, interpolated linearly, flat outside.
+    pub curve: Vec<(f64, f64)>,
+}
+
+/// Why a target description is refused: the field and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "`{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+fn interp(points: &[(f64, f64)], x: f64) -> f64 {
+    match points {
+        [] => 0.0,
+        [(_, y)] => *y,
+        _ => {
+            if x <= points[0].0 {
+                return points[0].1;
+            }
+            for w in points.windows(2) {
+                let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+                if x <= x1 {
+                    return y0 + (y1 - y0) * (x - x0) / (x1 - x0);
+                }
+            }
+            points[points.len() - 1].1
+        }
+    }
+}
+
+impl Target {
+    /// A built-in target by name.
+    pub fn builtin(name: &str) -> Option<Target> {
+        BUILTIN.iter().find(|(n, _)| *n == name).and_then(|(_, text)| Target::parse(text).ok())
+    }
+
+    /// Parses and validates a target description; every problem is reported.
+    pub fn parse(text: &str) -> Result<Target, Vec<TargetError>> {
+        let t: Target = toml::from_str(text).map_err(|e| {
+            vec![TargetError { field: String::new(), message: e.to_string().trim_end().to_string() }]
+        })?;
+        let errs = t.validate();
+        if errs.is_empty() {
+            Ok(t)
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn validate(&self) -> Vec<TargetError> {
+        let mut errs = Vec::new();
+        let mut bad = |field: String, message: String| errs.push(TargetError { field, message });
+        if self.name.is_empty() {
+            bad("name".into(), "must not be empty".into());
+        }
+        if !(self.clock_ghz > 0.0 && self.clock_ghz < 100.0) {
+            bad("clock_ghz".into(), format!("{} is not a plausible clock in GHz", self.clock_ghz));
+        }
+        if self.cube_cores == 0 || self.vector_cores == 0 {
+            bad("cube_cores".into(), "a target needs at least one cube core and one vector core".into());
+        }
+        if self.vector_cores % self.cube_cores.max(1) != 0 {
+            bad(
+                "vector_cores".into(),
+                format!("{} vector cores do not divide evenly among {} cube cores", self.vector_cores, self.cube_cores),
+            );
+        }
+        if self.gm_bandwidth_gb_s <= 0.0 {
+            bad("gm_bandwidth_gb_s".into(), "must be positive".into());
+        }
+        for (i, m) in self.memory.iter().enumerate() {
+            let f = |x: &str| format!("memory[{i}] ({}).{x}", m.name);
+            if self.memory[..i].iter().any(|o| o.name == m.name) {
+                bad(f("name"), "is described twice".into());
+            }
+            if m.capacity == 0 {
+                bad(f("capacity"), "must be positive".into());
+            }
+            if m.reserved >= m.capacity {
+                bad(f("reserved"), format!("{} reserved bytes leave nothing of {}", m.reserved, m.capacity));
+            }
+            if !m.align.is_power_of_two() {
+                bad(f("align"), format!("{} is not a power of two", m.align));
+            }
+        }
+        for name in MEMORIES {
+            if !self.memory.iter().any(|m| m.name == *name) {
+                bad("memory".into(), format!("the memory `{name}` is not described"));
+            }
+        }
+        let c = &self.cube;
+        if c.m == 0 || c.k == 0 || c.n == 0 || c.macs_per_cycle != c.m * c.k * c.n {
+            bad(
+                "cube".into(),
+                format!("macs_per_cycle {} must equal m*k*n = {}", c.macs_per_cycle, c.m * c.k * c.n),
+            );
+        }
+        check_curve(&mut errs, "cube.efficiency", &c.efficiency, Some(1.0));
+        let v = &self.vector;
+        if v.repeat_bytes == 0 || v.cycles_per_repeat <= 0.0 || v.slow_op_factor < 1.0 || v.max_repeats == 0 {
+            errs.push(TargetError {
+                field: "vector".into(),
+                message: "repeat_bytes, cycles_per_repeat and max_repeats must be positive; slow_op_factor at least 1"
+                    .into(),
+            });
+        }
+        for (i, p) in self.path.iter().enumerate() {
+            let f = |x: &str| format!("path[{i}] ({} -> {}).{x}", p.from, p.to);
+            for (what, m) in [("from", &p.from), ("to", &p.to)] {
+                if !self.memory.iter().any(|x| &x.name == m) {
+                    errs.push(TargetError { field: f(what), message: format!("`{m}` is not a described memory") });
+                }
+            }
+            if !ENGINES.contains(&p.engine.as_str()) {
+                errs.push(TargetError {
+                    field: f("engine"),
+                    message: format!("`{}` is not an engine (one of {})", p.engine, ENGINES.join(", ")),
+                });
+            }
+            if self.path[..i].iter().any(|o| o.from == p.from && o.to == p.to) {
+                errs.push(TargetError { field: f("from"), message: "this path is described twice".into() });
+            }
+            if p.bytes_per_cycle == 0 {
+                errs.push(TargetError { field: f("bytes_per_cycle"), message: "must be positive".into() });
+            }
+            let peak = p.bytes_per_cycle as f64 * self.clock_ghz;
+            check_curve(&mut errs, &f("curve"), &p.curve, Some(peak * 1.0001));
+        }
+        // The paths every kernel needs.
+        for (from, to) in [("gm", "l1"), ("gm", "ub"), ("ub", "gm"), ("l1", "l0a"), ("l1", "l0b")] {
+            if self.path(from, to).is_none() {
+                errs.push(TargetError { field: "path".into(), message: format!("there is no `{from}` -> `{to}` path") });
+            }
+        }
+        if self.path("l0c", "gm").is_none() && self.path("l0c", "ub").is_none() {
+            errs.push(TargetError { field: "path".into(), message: "cube results (l0c) have no way out".into() });
+        }
+        errs
+    }
+
+    pub fn memory(&self, name: &str) -> Option<&Memory> {
+        self.memory.iter().find(|m| m.name == name)
+    }
+
+    pub fn path(&self, from: &str, to: &str) -> Option<&Path> {
+        self.path.iter().find(|p| p.from == from && p.to == to)
+    }
+
+    /// Cube efficiency for a tile whose n is `n`.
+    pub fn cube_efficiency(&self, n: u64) -> f64 {
+        interp(&self.cube.efficiency, n as f64)
+    }
+
+    /// Bytes per second per core for one copy of `bytes` on a path.
+    pub fn copy_rate(&self, p: &Path, bytes: u64) -> f64 {
+        interp(&p.curve, bytes as f64) * 1e9
+    }
+
+    pub fn cycles_per_second(&self) -> f64 {
+        self.clock_ghz * 1e9
+    }
+
+    /// The chip's peak cube throughput in FLOP/s (2 per MAC).
+    pub fn peak_cube_flops(&self) -> f64 {
+        2.0 * self.cube.macs_per_cycle as f64 * self.cube_cores as f64 * self.cycles_per_second()
+    }
+}
+
+fn check_curve(errs: &mut Vec<TargetError>, field: &str, pts: &[(f64, f64)], max: Option<f64>) {
+    if pts.is_empty() {
+        errs.push(TargetError { field: field.into(), message: "needs at least one point".into() });
+    }
+    for (i, (x, y)) in pts.iter().enumerate() {
+        if !(x.is_finite() && y.is_finite() && *x > 0.0 && *y > 0.0) {
+            errs.push(TargetError { field: format!("{field}[{i}]"), message: "points must be positive numbers".into() });
+        }
+        if let Some(m) = max {
+            if *y > m {
+                errs.push(TargetError { field: format!("{field}[{i}]"), message: format!("{y} is above the peak {m:.3}") });
+            }
+        }
+        if i > 0 && pts[i - 1].0 >= *x {
+            errs.push(TargetError { field: format!("{field}[{i}]"), message: "points must be sorted by their first value".into() });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_parse_and_hold_the_published_figures() {
+        let t = Target::builtin("ascend910b").expect("910b parses");
+        assert_eq!((t.cube_cores, t.vector_cores), (24, 48));
+        assert_eq!(t.memory("l0c").map(|m| m.capacity), Some(128 * 1024));
+        assert_eq!(t.memory("ub").map(|m| m.usable()), Some(184 * 1024));
+        assert!(t.path("l0c", "ub").is_none(), "910B cube results reach the vector cores only through GM");
+        let u = Target::builtin("ascend950").expect("950 parses");
+        assert_eq!(u.memory("l0c").map(|m| m.capacity), Some(256 * 1024));
+        assert!(u.path("l0c", "ub").is_some());
+        // 2 * 4096 * 24 * 1.85e9 = 363.7 TFLOP/s.
+        assert!((t.peak_cube_flops() / 1e12 - 363.7).abs() < 0.1);
+    }
+
+    #[test]
+    fn curves_interpolate() {
+        let t = Target::builtin("ascend910b").expect("parses");
+        assert!((t.cube_efficiency(16) - 0.5).abs() < 1e-9);
+        assert!((t.cube_efficiency(72) - 0.7).abs() < 1e-9);
+        assert!((t.cube_efficiency(10_000) - 0.98).abs() < 1e-9);
+        let p = t.path("gm", "l1").expect("path");
+        assert!((t.copy_rate(p, 1024) / 1e9 - 10.0).abs() < 1e-6);
+        assert!((t.copy_rate(p, 1 << 20) / 1e9 - 270.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn malformed_and_inconsistent_files_are_refused_with_the_field() {
+        let bad_toml = Target::parse("name = ").unwrap_err();
+        assert!(bad_toml[0].message.contains("line 1"), "{:?}", bad_toml);
+        let base = BUILTIN[0].1;
+        let e = Target::parse(&base.replace("align = 512", "align = 500")).unwrap_err();
+        assert!(e.iter().any(|e| e.field.contains("l0a") && e.message.contains("power of two")), "{e:?}");
+        let e = Target::parse(&base.replace("engine = \"mte1\"", "engine = \"warp\"")).unwrap_err();
+        assert!(e.iter().any(|e| e.message.contains("`warp` is not an engine")), "{e:?}");
+        let e = Target::parse(&base.replace("macs_per_cycle = 4096", "macs_per_cycle = 4000")).unwrap_err();
+        assert!(e.iter().any(|e| e.field == "cube"), "{e:?}");
+        let e = Target::parse(&base.replace("reserved = 8192", "reserved = 999999")).unwrap_err();
+        assert!(e.iter().any(|e| e.field.contains("ub") && e.field.contains("reserved")), "{e:?}");
+        let e = Target::parse(&format!("{base}\nbogus = 1\n")).unwrap_err();
+        assert!(e[0].message.contains("bogus"), "{e:?}");
+    }
+}
