@@ -137,9 +137,8 @@ impl Target {
 
     /// Parses and validates a target description; every problem is reported.
     pub fn parse(text: &str) -> Result<Target, Vec<TargetError>> {
-        let t: Target = toml::from_str(text).map_err(|e| {
-            vec![TargetError { field: String::new(), message: e.to_string().trim_end().to_string() }]
-        })?;
+        let t: Target = toml::from_str(text)
+            .map_err(|e| vec![TargetError { field: String::new(), message: e.to_string().trim_end().to_string() }])?;
         let errs = t.validate();
         if errs.is_empty() {
             Ok(t)
@@ -191,10 +190,7 @@ impl Target {
         }
         let c = &self.cube;
         if c.m == 0 || c.k == 0 || c.n == 0 || c.macs_per_cycle != c.m * c.k * c.n {
-            bad(
-                "cube".into(),
-                format!("macs_per_cycle {} must equal m*k*n = {}", c.macs_per_cycle, c.m * c.k * c.n),
-            );
+            bad("cube".into(), format!("macs_per_cycle {} must equal m*k*n = {}", c.macs_per_cycle, c.m * c.k * c.n));
         }
         check_curve(&mut errs, "cube.efficiency", &c.efficiency, Some(1.0));
         let v = &self.vector;
@@ -230,7 +226,10 @@ impl Target {
         // The paths every kernel needs.
         for (from, to) in [("gm", "l1"), ("gm", "ub"), ("ub", "gm"), ("l1", "l0a"), ("l1", "l0b")] {
             if self.path(from, to).is_none() {
-                errs.push(TargetError { field: "path".into(), message: format!("there is no `{from}` -> `{to}` path") });
+                errs.push(TargetError {
+                    field: "path".into(),
+                    message: format!("there is no `{from}` -> `{to}` path"),
+                });
             }
         }
         if self.path("l0c", "gm").is_none() && self.path("l0c", "ub").is_none() {
@@ -273,15 +272,24 @@ fn check_curve(errs: &mut Vec<TargetError>, field: &str, pts: &[(f64, f64)], max
     }
     for (i, (x, y)) in pts.iter().enumerate() {
         if !(x.is_finite() && y.is_finite() && *x > 0.0 && *y > 0.0) {
-            errs.push(TargetError { field: format!("{field}[{i}]"), message: "points must be positive numbers".into() });
+            errs.push(TargetError {
+                field: format!("{field}[{i}]"),
+                message: "points must be positive numbers".into(),
+            });
         }
         if let Some(m) = max {
             if *y > m {
-                errs.push(TargetError { field: format!("{field}[{i}]"), message: format!("{y} is above the peak {m:.3}") });
+                errs.push(TargetError {
+                    field: format!("{field}[{i}]"),
+                    message: format!("{y} is above the peak {m:.3}"),
+                });
             }
         }
         if i > 0 && pts[i - 1].0 >= *x {
-            errs.push(TargetError { field: format!("{field}[{i}]"), message: "points must be sorted by their first value".into() });
+            errs.push(TargetError {
+                field: format!("{field}[{i}]"),
+                message: "points must be sorted by their first value".into(),
+            });
         }
     }
 }

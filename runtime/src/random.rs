@@ -13,20 +13,27 @@
 //! - `i32` tensors: a range derived from how the graph uses the parameter, so that a random launch does not
 //!   stop on an out-of-range index. "Uses" look through copies: a `Compute` node whose body is exactly one
 //!   `Load` of the parameter (a reshape, a transpose, a copy) holds the same values, so its uses count too.
-//!   (a) the `src` of a `segment(src, value)`: `src` is offsets, so the values are sorted, the first is the
-//!       smallest `value` can be (0 for an index variable) and the last is one past the largest (the extent
-//!       `X` of an index variable `r in 0..X`); the ones between are random and non-decreasing (empty groups
-//!       are allowed). When the range of `value` cannot be worked out, the offsets span `0..=8`.
-//!   (b) the source of a `bincount(src, n)`: values uniform in `0..n`.
-//!   (c) a load of it used as a whole index of another load, on an axis of extent `X` (a gather such as
-//!       `table[ids[i], d]`): values in `0..X`; for an index `ids[i] / c` with an integer constant `c > 0`
-//!       (`x[order[r] / K, m]`): values in `0..X*c`.
-//!   (d) otherwise: values in `0..8`.
-//!   Where several of (b) to (d) apply, the tightest range (the intersection) is used; (a) wins over the
-//!   others, since offsets must be sorted. An empty range for a non-empty tensor is an error.
+//!
+//! Rules for `i32` tensors:
+//! - (a) the `src` of a `segment(src, value)`: `src` is offsets, so the values are sorted, the first is the
+//!   smallest `value` can be (0 for an index variable) and the last is one past the largest (the extent `X`
+//!   of an index variable `r in 0..X`); the ones between are random and non-decreasing (empty groups are
+//!   allowed). When the range of `value` cannot be worked out, the offsets span `0..=8`.
+//! - (b) the source of a `bincount(src, n)`: values uniform in `0..n`.
+//! - (c) a load of it used as a whole index of another load, on an axis of extent `X` (a gather such as
+//!   `table[ids[i], d]`): values in `0..X`; for an index `ids[i] / c` with an integer constant `c > 0`
+//!   (`x[order[r] / K, m]`): values in `0..X*c`.
+//! - (d) otherwise: values in `0..8`.
+//!
+//! Where several of (b) to (d) apply, the tightest range (the intersection) is used; (a) wins over the
+//! others, since offsets must be sorted. An empty range for a non-empty tensor is an error.
 //!
 //! Generation is deterministic for a seed: one `SmallRng` seeded with `seed_from_u64(seed)` makes the
-//! parameters in parameter order.
+//! parameters in parameter order. (The same build gives the same values; `SmallRng`'s algorithm may differ
+//! between `rand` versions and pointer widths.)
+//!
+//! The values are valid launch arguments, not meaningful data: a float tensor with the role of a variance
+//! (AdamW's `v`) gets negative values too, so results may hold NaNs.
 
 use kc_ir::dim::{floor_div, Dim, DimError};
 use kc_ir::graph::{BinOp, Const, Expr, ExprKind, Graph, IndexVar, NodeKind, ParamKind, ValueId};

@@ -155,8 +155,15 @@ impl Lowerer<'_> {
     fn name(&mut self, id: &ast::Ident) -> Option<Lowered> {
         let span = id.span;
         match self.lookup(&id.name).cloned() {
-            Some(Bind::Val(tv)) | Some(Bind::Let { tv, .. }) | Some(Bind::Inout { tv, .. }) => Some(Lowered::Val(tv)),
-            Some(Bind::Output { value: Some((tv, _)), .. }) => Some(Lowered::Val(tv)),
+            // A value read by name is located at this use (run-time errors and labels point here).
+            Some(Bind::Val(mut tv)) | Some(Bind::Let { mut tv, .. }) | Some(Bind::Inout { mut tv, .. }) => {
+                tv.body.span = span;
+                Some(Lowered::Val(tv))
+            }
+            Some(Bind::Output { value: Some((mut tv, _)), .. }) => {
+                tv.body.span = span;
+                Some(Lowered::Val(tv))
+            }
             Some(Bind::Output { value: None, .. }) => {
                 self.err(
                     Diagnostic::error(
