@@ -75,7 +75,7 @@ impl Dim {
         let mut out: Vec<(Vec<Atom>, i64)> = Vec::with_capacity(self.terms.len());
         for (atoms, c) in std::mem::take(&mut self.terms) {
             match out.last_mut() {
-                Some((a, k)) if *a == atoms => *k = k.wrapping_add(c),
+                Some((a, k)) if *a == atoms => *k = k.saturating_add(c),
                 _ => out.push((atoms, c)),
             }
         }
@@ -101,6 +101,18 @@ impl Dim {
             },
             _ => None,
         }
+    }
+
+    /// Whether every coefficient (also inside divisions) is at most `limit` in magnitude. Arithmetic on
+    /// dims saturates, so a dim built from huge numbers fails this check instead of wrapping around.
+    pub fn within(&self, limit: i64) -> bool {
+        self.terms.iter().all(|(atoms, c)| {
+            c.unsigned_abs() <= limit.unsigned_abs()
+                && atoms.iter().all(|a| match a {
+                    Atom::Sym(_) => true,
+                    Atom::Div(x, y) | Atom::Mod(x, y) => x.within(limit) && y.within(limit),
+                })
+        })
     }
 
     /// The atom, if the dim is exactly one atom (coefficient 1).
@@ -145,7 +157,7 @@ impl Dim {
     }
 
     pub fn neg(&self) -> Dim {
-        Dim { terms: self.terms.iter().map(|(a, c)| (a.clone(), c.wrapping_neg())).collect() }
+        Dim { terms: self.terms.iter().map(|(a, c)| (a.clone(), c.saturating_neg())).collect() }
     }
 
     pub fn sub(&self, o: &Dim) -> Dim {
@@ -158,7 +170,7 @@ impl Dim {
             for (a2, c2) in &o.terms {
                 let mut atoms = a1.clone();
                 atoms.extend(a2.iter().cloned());
-                terms.push((atoms, c1.wrapping_mul(*c2)));
+                terms.push((atoms, c1.saturating_mul(*c2)));
             }
         }
         let mut d = Dim { terms };

@@ -282,7 +282,8 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
     }
     for o in &graph.outputs {
         if let Err(e) = binding.shape(&o.shape) {
-            errs.push(Diagnostic::error(Code::InexactDim, o.span, format!("output `{}`: {e}", o.name)));
+            let code = if e.contains("more than 2^40") { Code::ResourceLimit } else { Code::InexactDim };
+            errs.push(Diagnostic::error(code, o.span, format!("output `{}`: {e}", o.name)));
         }
     }
     if errs.is_empty() {

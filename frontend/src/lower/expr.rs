@@ -108,13 +108,26 @@ impl Lowerer<'_> {
                 if *v > i32::MAX as i64 || *v < i32::MIN as i64 {
                     self.err(
                         Diagnostic::error(Code::BadNumber, span, format!("{v} does not fit in an i32"))
-                            .with_help("write it as a float: `{v}.0`"),
+                            .with_help(format!("write it as a float: `{v}.0`")),
                     );
                     return None;
                 }
                 TVal::scalar(Expr::constant(Const::I32(*v), span))
             }
-            A::Float(f) => TVal::scalar(Expr::constant(Const::F32(*f as f32), span)),
+            A::Float(f) => {
+                if (*f as f32).is_infinite() {
+                    self.err(
+                        Diagnostic::error(
+                            Code::BadNumber,
+                            span,
+                            format!("{f:e} does not fit in an f32 (the largest is about 3.4e38)"),
+                        )
+                        .with_help("write `inf` for infinity"),
+                    );
+                    return None;
+                }
+                TVal::scalar(Expr::constant(Const::F32(*f as f32), span))
+            }
             A::Bool(b) => TVal::scalar(Expr::constant(Const::Bool(*b), span)),
             A::Inf => TVal::scalar(Expr::constant(Const::F32(f32::INFINITY), span)),
             A::Name(id) => return self.name(id),
@@ -186,11 +199,16 @@ impl Lowerer<'_> {
             Some(Bind::Index(v)) => Some(Lowered::Val(TVal::scalar(Expr::new(ExprKind::Var(v), ScalarTy::I32, span)))),
             Some(Bind::Poison) => None,
             None => {
+                if self.fns.contains_key(&id.name) || builtin_params(&id.name, 1).is_some() {
+                    self.err(
+                        Diagnostic::error(Code::NotAValue, span, format!("`{}` is a function, not a value", id.name))
+                            .with_help(format!("call it: `{}(...)`", id.name)),
+                    );
+                    return None;
+                }
                 let mut d = Diagnostic::error(Code::UnknownName, span, format!("unknown name `{}`", id.name))
                     .with_label("not defined here");
-                if self.fns.contains_key(&id.name) || builtin_params(&id.name, 1).is_some() {
-                    d = d.with_help(format!("`{}` is a function: call it, `{}(...)`", id.name, id.name));
-                } else {
+                {
                     let names = self.visible_names();
                     if let Some(s) = super::suggest(&id.name, names.iter().map(|s| s.as_str())) {
                         d = d.with_help(format!("did you mean `{s}`?"));
@@ -460,7 +478,7 @@ impl Lowerer<'_> {
 
     /// `base[i, j, ...]`: an element access, possibly a gather.
     fn index(&mut self, base: &ast::Expr, indices: &[ast::Expr], span: Span) -> Option<TVal> {
-        let b = self.expr(base)?;
+        let mut b = self.expr(base)?;
         if indices.len() != b.rank() {
             self.err(
                 Diagnostic::error(
@@ -521,6 +539,34 @@ impl Lowerer<'_> {
         }
         if !ok {
             return None;
+        }
+        // Reading a lazy value (a reshape, a broadcast, an expression) at indices that are not plain
+        // index variables could step outside it without leaving the tensor beneath: store it, so the
+        // read is bounds-checked against the value's own shape.
+        let is_node = matches!(&b.body.kind, ExprKind::Load { idx: li, .. }
+            if li.len() == b.axes.len() && li.iter().zip(&b.axes).all(|(e, a)| e.kind == ExprKind::Var(*a)));
+        let plain = idx.iter().zip(&b.shape).all(|(e, d)| match &e.kind {
+            ExprKind::Var(_) => self.masked == 0,
+            ExprKind::Const(Const::I32(c)) => d.as_const().is_some_and(|n| *c >= 0 && *c < n),
+            _ => false,
+        });
+        if !is_node && !plain && b.rank() > 0 && Self::outer_vars(&b).is_empty() {
+            b = self.stored(&b, span)?;
+        }
+        for (e, d) in idx.iter().zip(&b.shape) {
+            if let (ExprKind::Const(Const::I32(c)), Some(n)) = (&e.kind, d.as_const()) {
+                if *c < 0 || *c >= n {
+                    self.err(
+                        Diagnostic::error(
+                            Code::IndexOutOfRange,
+                            e.span,
+                            format!("index {c} is out of range for an axis of size {n}"),
+                        )
+                        .with_secondary(base.span, format!("shape {}", fmt_shape(&b.shape))),
+                    );
+                    return None;
+                }
+            }
         }
         let mut body = self.inline(&b, &idx);
         // The access names the whole `x[...]` expression in run-time errors.
@@ -801,7 +847,9 @@ impl Lowerer<'_> {
         span: Span,
     ) -> Option<Lowered> {
         // User fns (and the standard library's) come first: they may shadow a builtin of the same name.
-        if let Some(f) = self.fns.get(&callee.name).copied() {
+        let in_std = self.fn_files.last() == Some(&self.std_file);
+        let table = if in_std { self.std_fns } else { self.fns };
+        if let Some(f) = table.get(&callee.name).copied() {
             let params: Vec<String> = f
                 .params
                 .iter()
@@ -830,7 +878,8 @@ impl Lowerer<'_> {
             let mut d =
                 Diagnostic::error(Code::UnknownFunction, callee.span, format!("unknown function `{}`", callee.name))
                     .with_label("not a builtin or fn");
-            let all: Vec<&str> = BUILTINS.iter().copied().chain(self.fns.keys().map(|s| s.as_str())).collect();
+            let fns = self.fns;
+            let all: Vec<&str> = BUILTINS.iter().copied().chain(fns.keys().map(|s| s.as_str())).collect();
             if let Some(s) = super::suggest(&callee.name, all) {
                 d = d.with_help(format!("did you mean `{s}`?"));
             }
@@ -1197,6 +1246,10 @@ impl Lowerer<'_> {
         }
         let total = |s: &[Dim]| s.iter().fold(Dim::one(), |a, d| a.mul(d));
         let (from, to) = (total(&x.shape), total(&shape));
+        if !from.within(super::MAX_DIM) || !to.within(super::MAX_DIM) {
+            self.err(Diagnostic::error(Code::BadDim, span, "`reshape` of a tensor with more than 2^40 elements"));
+            return None;
+        }
         match self.dims_equal(&from, &to) {
             Some(true) => {}
             None => self.graph.asserts.push(DimAssert {

@@ -28,6 +28,10 @@ pub const MAX_USE_DEPTH: usize = 32;
 pub const MAX_INLINE_DEPTH: usize = 64;
 /// The most graph nodes one kernel may lower to (after unrolling and inlining).
 pub const MAX_NODES: usize = 20_000;
+/// The most expression nodes lowering may build for one kernel (inlining can grow expressions fast).
+pub const MAX_WORK: usize = 4_000_000;
+/// The largest dimension (and dim coefficient) a kernel may write: the launch limit on elements.
+pub const MAX_DIM: i64 = kc_ir::launch::MAX_ELEMENTS as i64;
 /// The most iterations of one `for` loop.
 pub const MAX_UNROLL: i64 = 1024;
 
@@ -102,12 +106,23 @@ pub fn compile(sources: &mut SourceMap, root: FileId, loader: &dyn Loader) -> (P
         }
     }
 
+    let std_fns: BTreeMap<String, &ast::FnDef> = modules
+        .iter()
+        .filter(|(f, _)| *f == std_id)
+        .flat_map(|(_, m)| m.items.iter())
+        .filter_map(|i| match i {
+            Item::Fn(f) => Some((f.name.name.clone(), f)),
+            _ => None,
+        })
+        .collect();
     let mut program = Program::default();
     for k in kernels {
-        let mut lw = Lowerer::new(&fns);
+        let mut lw = Lowerer::new(&fns, &std_fns, std_id);
         let graph = lw.kernel(k);
         let failed = lw.diags.iter().any(|d| d.is_error());
-        diags.append(&mut lw.diags);
+        // An error inside an unrolled loop or an inlined fn is reported once.
+        let mut seen: BTreeSet<(Code, Span, String)> = BTreeSet::new();
+        diags.extend(lw.diags.drain(..).filter(|d| seen.insert((d.code, d.primary.span, d.message.clone()))));
         if let (Some(g), false) = (graph, failed) {
             match kc_ir::verify::verify(&g) {
                 Ok(()) => program.kernels.push(g),
@@ -221,7 +236,15 @@ pub(crate) struct Scope {
 
 /// Lowers one kernel.
 pub(crate) struct Lowerer<'a> {
+    /// The fns user code sees (user fns shadow the standard library's).
     pub fns: &'a BTreeMap<String, &'a ast::FnDef>,
+    /// The standard library's fns: what its own bodies see.
+    pub std_fns: &'a BTreeMap<String, &'a ast::FnDef>,
+    pub std_file: FileId,
+    /// Shape facts from the `where` clause and from dim divisions (all checked at launch).
+    pub equal_syms: Vec<(String, String)>,
+    /// Dim divisions `x / y` that did not simplify: each must divide exactly at launch.
+    pub divisions: Vec<(Dim, Dim, Span)>,
     pub diags: Vec<Diagnostic>,
     pub vars: Vec<GVar>,
     pub nodes: Vec<Node>,
@@ -232,18 +255,30 @@ pub(crate) struct Lowerer<'a> {
     pub divisible: Vec<(Dim, i64)>,
     pub graph: Graph,
     pub call_stack: Vec<String>,
+    /// The file of each fn being inlined (the innermost last).
+    pub fn_files: Vec<FileId>,
     /// Inside a branch of `where(c, a, b)`: element reads there may be guarded.
     pub masked: u32,
     /// The index variables being bound by the statements and reductions being lowered, whose uses count
     /// for range inference.
     pub collecting: Vec<VarId>,
     pub too_big: bool,
+    /// Expression nodes built so far, against [`MAX_WORK`].
+    pub work: usize,
 }
 
 impl<'a> Lowerer<'a> {
-    fn new(fns: &'a BTreeMap<String, &'a ast::FnDef>) -> Lowerer<'a> {
+    fn new(
+        fns: &'a BTreeMap<String, &'a ast::FnDef>,
+        std_fns: &'a BTreeMap<String, &'a ast::FnDef>,
+        std_file: FileId,
+    ) -> Lowerer<'a> {
         Lowerer {
             fns,
+            std_fns,
+            std_file,
+            equal_syms: Vec::new(),
+            divisions: Vec::new(),
             diags: Vec::new(),
             vars: Vec::new(),
             nodes: Vec::new(),
@@ -264,9 +299,11 @@ impl<'a> Lowerer<'a> {
                 results: Vec::new(),
             },
             call_stack: Vec::new(),
+            fn_files: Vec::new(),
             masked: 0,
             collecting: Vec::new(),
             too_big: false,
+            work: 0,
         }
     }
 
@@ -335,6 +372,10 @@ impl<'a> Lowerer<'a> {
         }
         // A fact `X % c == 0` lets `X` be written `c * X'`, which makes `c * (X / c)` simplify to `X`.
         let (mut pa, mut pb) = (a.clone(), b.clone());
+        for (x, y) in &self.equal_syms {
+            pa = pa.substitute(y, &Dim::sym(x));
+            pb = pb.substitute(y, &Dim::sym(x));
+        }
         for (x, c) in &self.divisible {
             if let (Some(sym), true) = (x.as_sym(), *c > 0) {
                 let scaled = Dim::constant(*c).mul(&Dim::sym(format!("{sym}'")));

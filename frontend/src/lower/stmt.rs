@@ -1,7 +1,7 @@
 //! Kernel signatures, statements and fn inlining.
 
 use super::tval::{fmt_shape, int};
-use super::{Bind, Lowerer, Scope, MAX_INLINE_DEPTH, MAX_NODES, MAX_UNROLL};
+use super::{Bind, Lowerer, Scope, MAX_DIM, MAX_INLINE_DEPTH, MAX_NODES, MAX_UNROLL, MAX_WORK};
 use crate::ast::{self, ExprKind as A, LetTarget, StmtKind};
 use kc_ir::{
     CmpOp, Code, Constraint, DType, Diagnostic, Dim, DimAssert, ExprKind, Graph, NodeKind, OutputDecl, Param,
@@ -35,10 +35,29 @@ impl Lowerer<'_> {
     /// types); `quiet` reports nothing (for probing whether an expression is made of dims).
     pub(crate) fn dim_of(&mut self, e: &ast::Expr, introduce: Option<&mut Vec<String>>, quiet: bool) -> Option<Dim> {
         let mut intro = introduce;
-        self.dim_rec(e, &mut intro, quiet)
+        let n = self.divisions.len();
+        let d = self.dim_rec(e, &mut intro, quiet);
+        if quiet && d.is_none() {
+            self.divisions.truncate(n);
+        }
+        d
     }
 
     fn dim_rec(&mut self, e: &ast::Expr, intro: &mut Option<&mut Vec<String>>, quiet: bool) -> Option<Dim> {
+        let d = self.dim_rec_inner(e, intro, quiet)?;
+        if !d.within(MAX_DIM) {
+            if !quiet {
+                self.err(
+                    Diagnostic::error(Code::BadDim, e.span, "this dimension is larger than 2^40")
+                        .with_note("no tensor may have more than 2^40 elements"),
+                );
+            }
+            return None;
+        }
+        Some(d)
+    }
+
+    fn dim_rec_inner(&mut self, e: &ast::Expr, intro: &mut Option<&mut Vec<String>>, quiet: bool) -> Option<Dim> {
         match &e.kind {
             A::Int(v) => Some(Dim::constant(*v)),
             A::Name(id) => match self.lookup(&id.name) {
@@ -115,7 +134,11 @@ impl Lowerer<'_> {
                                 return None;
                             }
                         }
-                        Some(x.div(&y))
+                        let q = x.div(&y);
+                        if q.as_atom().is_some_and(|a| matches!(a, kc_ir::dim::Atom::Div(..))) {
+                            self.divisions.push((x, y, e.span));
+                        }
+                        Some(q)
                     }
                     ast::BinaryOp::Mod => {
                         if y.as_const() == Some(0) {
@@ -177,6 +200,8 @@ impl Lowerer<'_> {
 
         // Parameters: types introduce dim symbols.
         let mut params: Vec<(Param, Option<DType>)> = Vec::new();
+        // False once any part of the signature fails to lower (its error is reported, maybe by the parser).
+        let mut sig_ok = true;
         for p in &k.params {
             if !check_dup(self, &p.name) {
                 continue;
@@ -210,6 +235,9 @@ impl Lowerer<'_> {
                             },
                             Some(dtype),
                         ));
+                    } else {
+                        sig_ok = false;
+                        self.define(&p.name.name, Bind::Poison);
                     }
                 }
             }
@@ -303,6 +331,11 @@ impl Lowerer<'_> {
             }
             let l = self.dim_of(a, None, false);
             let r = self.dim_of(b, None, false);
+            if let (Some(l), Some(r), CmpOp::Eq) = (&l, &r, cmp) {
+                if let (Some(x), Some(y)) = (l.as_sym(), r.as_sym()) {
+                    self.equal_syms.push((x.to_string(), y.to_string()));
+                }
+            }
             if let (Some(l), Some(r)) = (l, r) {
                 pending.push((c, l, cmp, r));
             }
@@ -397,6 +430,7 @@ impl Lowerer<'_> {
                     shape: vec![],
                     span: o.span,
                 });
+                sig_ok = false;
                 self.define(&o.name.name, Bind::Poison);
             }
         }
@@ -423,7 +457,9 @@ impl Lowerer<'_> {
             }
         }
 
-        // The body.
+        // The body. Divisions in the signature are checked by launch binding (E0806); those in the body
+        // become constraints.
+        self.divisions.clear();
         self.scopes.push(Scope::default());
         for s in &k.body.stmts {
             if self.too_big {
@@ -440,14 +476,16 @@ impl Lowerer<'_> {
         }
         self.scopes.pop();
 
-        // Every output and inout must be assigned.
+        // Every output and inout must be assigned (unless a statement the parser could not read, or the
+        // size limit, may have been the assignment: that error is reported already).
+        let quiet = self.too_big || has_error_stmt(&k.body);
         let mut results = Vec::new();
         for (idx, o) in k.outputs.iter().enumerate() {
             match self.lookup(&o.name.name) {
                 Some(Bind::Output { value: Some((_, v)), .. }) => {
                     results.push(Result_ { name: o.name.name.clone(), value: *v, inout: None })
                 }
-                Some(Bind::Output { value: None, .. }) => self.err(
+                Some(Bind::Output { value: None, .. }) if !quiet => self.err(
                     Diagnostic::error(
                         Code::NotAssigned,
                         o.name.span,
@@ -466,7 +504,7 @@ impl Lowerer<'_> {
                     Some(Bind::Inout { assigned: Some(v), .. }) => {
                         results.push(Result_ { name: p.name.clone(), value: *v, inout: Some(i) })
                     }
-                    Some(Bind::Inout { assigned: None, .. }) => self.err(
+                    Some(Bind::Inout { assigned: None, .. }) if !quiet => self.err(
                         Diagnostic::error(Code::NotAssigned, p.span, format!("inout `{}` is never assigned", p.name))
                             .with_help("assign it in the body, or declare it without `inout`"),
                     ),
@@ -475,11 +513,44 @@ impl Lowerer<'_> {
             }
         }
         self.graph.results = results;
-        if self.diags.iter().any(|d| d.is_error()) {
+        self.division_constraints();
+        // A kernel with an unreadable statement, a parameter or output that did not lower, or a result that
+        // is missing for any reason is not returned (its errors are reported).
+        let n_inout =
+            self.graph.params.iter().filter(|p| matches!(p.kind, ParamKind::Tensor { inout: true, .. })).count();
+        let complete = sig_ok && self.graph.results.len() == self.graph.outputs.len() + n_inout;
+        if quiet || !complete || self.diags.iter().any(|d| d.is_error()) {
             return None;
         }
         self.finish();
         Some(std::mem::replace(&mut self.graph, Graph { ..empty_graph() }))
+    }
+
+    /// Every dim division that did not simplify must divide exactly: a constraint checked at launch,
+    /// unless the `where` clause already says so.
+    fn division_constraints(&mut self) {
+        for (x, y, span) in std::mem::take(&mut self.divisions) {
+            let (nx, ny) = (self.norm(&x), self.norm(&y));
+            let rem = nx.rem(&ny);
+            if rem.as_const() == Some(0) {
+                continue;
+            }
+            let zero = Dim::zero();
+            let known = self
+                .graph
+                .constraints
+                .iter()
+                .any(|c| c.op == CmpOp::Eq && ((c.lhs == rem && c.rhs == zero) || (c.rhs == rem && c.lhs == zero)));
+            if !known {
+                self.graph.constraints.push(Constraint {
+                    lhs: rem,
+                    op: CmpOp::Eq,
+                    rhs: zero,
+                    span,
+                    text: format!("{x} % {y} == 0"),
+                });
+            }
+        }
     }
 
     /// The dim symbols that launch binding can compute from the parameters.
@@ -550,13 +621,13 @@ impl Lowerer<'_> {
     }
 
     pub(crate) fn check_size(&mut self, span: Span) -> bool {
-        if self.nodes.len() > MAX_NODES && !self.too_big {
+        if (self.nodes.len() > MAX_NODES || self.work > MAX_WORK) && !self.too_big {
             self.too_big = true;
             self.err(
                 Diagnostic::error(
                     Code::UnrollLimit,
                     span,
-                    format!("the kernel unrolls to more than {MAX_NODES} operations"),
+                    format!("the kernel unrolls to more than {MAX_NODES} operations (or {MAX_WORK} expression nodes)"),
                 )
                 .with_note("`for` loops are unrolled and fns inlined at every call; reduce the trip counts"),
             );
@@ -702,7 +773,9 @@ impl Lowerer<'_> {
             match &g.extent {
                 Some(ext) => {
                     for (d, span, masked) in &g.uses {
-                        if !masked && self.dims_equal(d, ext) == Some(false) {
+                        // An axis at least as large as the range is always in bounds.
+                        let larger = d.sub(ext).as_const().is_some_and(|c| c >= 0);
+                        if !masked && !larger && self.dims_equal(d, ext) == Some(false) {
                             self.err(
                                 Diagnostic::error(
                                     Code::RangeConflict,
@@ -802,7 +875,7 @@ impl Lowerer<'_> {
         let shadowed = match self.lookup(&id.name) {
             Some(Bind::Output { .. } | Bind::Inout { .. }) => Some("an output or inout"),
             Some(Bind::Dim(_)) => Some("a dim"),
-            Some(Bind::Val(_)) if self.scopes.len() <= 2 || scope_has => Some("a parameter"),
+            Some(Bind::Val(_)) => Some("a parameter"),
             _ => None,
         };
         if scope_has || shadowed.is_some() {
@@ -817,7 +890,14 @@ impl Lowerer<'_> {
     }
 
     /// Checks a value against a storage type; converts i32 to float storage.
-    fn to_storage(&mut self, tv: super::TVal, storage: DType, span: Span, what: &str) -> Option<super::TVal> {
+    fn to_storage(
+        &mut self,
+        tv: super::TVal,
+        storage: DType,
+        span: Span,
+        what: &str,
+        code: Code,
+    ) -> Option<super::TVal> {
         let want = storage.compute();
         match (tv.ty(), want) {
             (a, b) if a == b => Some(tv),
@@ -829,8 +909,7 @@ impl Lowerer<'_> {
                     ScalarTy::Bool => "compare it, e.g. `x != 0`",
                 };
                 self.err(
-                    Diagnostic::error(Code::TypeMismatch, span, format!("{what} is {storage} but the value is {a}"))
-                        .with_help(help),
+                    Diagnostic::error(code, span, format!("{what} is {storage} but the value is {a}")).with_help(help),
                 );
                 None
             }
@@ -855,9 +934,11 @@ impl Lowerer<'_> {
                 }
                 if storage.is_none() {
                     if let Some(d) = self.dim_of(value, None, true) {
-                        let d = self.norm(&d);
-                        self.define(&id.name, Bind::Dim(d));
-                        return;
+                        if !d.symbols().is_empty() {
+                            let d = self.norm(&d);
+                            self.define(&id.name, Bind::Dim(d));
+                            return;
+                        }
                     }
                 }
                 let Some(v) = self.expr_any(value) else {
@@ -947,8 +1028,9 @@ impl Lowerer<'_> {
     }
 
     fn bind_let(&mut self, id: &ast::Ident, tv: super::TVal, storage: Option<DType>, span: Span) {
+        let code = if storage.is_some() { Code::BadStorage } else { Code::TypeMismatch };
         let storage = storage.unwrap_or_else(|| tv.ty().storage());
-        let Some(tv) = self.to_storage(tv, storage, span, &format!("`{}`", id.name)) else {
+        let Some(tv) = self.to_storage(tv, storage, span, &format!("`{}`", id.name), code) else {
             self.define(&id.name, Bind::Poison);
             return;
         };
@@ -974,7 +1056,7 @@ impl Lowerer<'_> {
     }
 
     /// Fits a value to a declared shape, broadcasting it if needed.
-    fn fit_shape(&mut self, tv: super::TVal, shape: &[Dim], span: Span, what: &str) -> Option<super::TVal> {
+    fn fit_shape(&mut self, tv: super::TVal, shape: &[Dim], span: Span, what: &str, code: Code) -> Option<super::TVal> {
         if tv.shape.len() == shape.len() {
             let mut all = true;
             for (a, b) in tv.shape.iter().zip(shape) {
@@ -998,7 +1080,7 @@ impl Lowerer<'_> {
         if !fits {
             self.err(
                 Diagnostic::error(
-                    Code::ShapeMismatch,
+                    code,
                     span,
                     format!("{what} has shape {} but the value has shape {}", fmt_shape(shape), fmt_shape(&tv.shape)),
                 )
@@ -1122,14 +1204,18 @@ impl Lowerer<'_> {
             }
             None => self.expr(value),
         };
+        let is_let = matches!(target, Target::Let(..));
+        let (shape_code, type_code) =
+            if is_let { (Code::RebindShape, Code::RebindShape) } else { (Code::ShapeMismatch, Code::TypeMismatch) };
+        let tv = tv
+            .and_then(|tv| self.fit_shape(tv, &shape, value.span, &what, shape_code))
+            .and_then(|tv| self.to_storage(tv, dtype, value.span, &what, type_code));
         let Some(tv) = tv else {
-            if !matches!(target, Target::Let(..)) {
+            if !is_let {
                 self.mark_assigned_poison(name);
             }
             return;
         };
-        let Some(tv) = self.fit_shape(tv, &shape, value.span, &what) else { return };
-        let Some(tv) = self.to_storage(tv, dtype, value.span, &what) else { return };
         match target {
             Target::Let(..) => {
                 if let Some(new) = self.store_or_keep(tv, dtype, &name.name, span) {
@@ -1184,12 +1270,20 @@ impl Lowerer<'_> {
             return None;
         }
         self.call_stack.push(f.name.name.clone());
+        self.fn_files.push(f.name.span.file);
         self.scopes.push(Scope { names: BTreeMap::new(), barrier: true });
         let mut ok = true;
         for (p, a) in f.params.iter().zip(args) {
-            if let Some(ty) = &p.ty {
-                ok &= self.check_fn_param(p, ty, &a, span);
-            }
+            let a = match &p.ty {
+                Some(ty) => match self.check_fn_param(p, ty, a, span) {
+                    Some(a) => a,
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+                None => a,
+            };
             self.define(&p.name.name, Bind::Val(a));
         }
         let mut result = None;
@@ -1222,11 +1316,19 @@ impl Lowerer<'_> {
         }
         self.scopes.pop();
         self.call_stack.pop();
+        self.fn_files.pop();
         result
     }
 
-    fn check_fn_param(&mut self, p: &ast::FnParam, ty: &ast::TypeExpr, a: &super::TVal, span: Span) -> bool {
-        let Some(dtype) = self.elem_type(&ty.elem) else { return false };
+    /// Checks an argument against a typed fn parameter; an i32 argument of a float parameter converts.
+    fn check_fn_param(
+        &mut self,
+        p: &ast::FnParam,
+        ty: &ast::TypeExpr,
+        a: super::TVal,
+        span: Span,
+    ) -> Option<super::TVal> {
+        let Some(dtype) = self.elem_type(&ty.elem) else { return None };
         let ok_ty = a.ty() == dtype.compute() || (a.ty() == ScalarTy::I32 && dtype.is_float());
         if !ok_ty {
             self.err(
@@ -1237,7 +1339,7 @@ impl Lowerer<'_> {
                 )
                 .with_secondary(p.span, "parameter declared here"),
             );
-            return false;
+            return None;
         }
         let dims = ty.shape.as_deref().unwrap_or(&[]);
         if dims.len() != a.rank() {
@@ -1254,7 +1356,7 @@ impl Lowerer<'_> {
                 )
                 .with_secondary(p.span, "parameter declared here"),
             );
-            return false;
+            return None;
         }
         for (d, actual) in dims.iter().zip(&a.shape) {
             if let A::Name(n) = &d.kind {
@@ -1263,7 +1365,7 @@ impl Lowerer<'_> {
                     continue;
                 }
             }
-            let Some(want) = self.dim_of(d, None, false) else { return false };
+            let Some(want) = self.dim_of(d, None, false) else { return None };
             let want = self.norm(&want);
             if self.dims_equal(&want, actual) == Some(false) {
                 self.err(
@@ -1278,11 +1380,22 @@ impl Lowerer<'_> {
                     )
                     .with_secondary(d.span, "declared here"),
                 );
-                return false;
+                return None;
             }
         }
-        true
+        if a.ty() == ScalarTy::I32 && dtype.is_float() {
+            return Some(self.convert(a, ScalarTy::F32));
+        }
+        Some(a)
     }
+}
+
+fn has_error_stmt(b: &ast::Block) -> bool {
+    b.stmts.iter().any(|s| match &s.kind {
+        StmtKind::Error => true,
+        StmtKind::For { body, .. } => has_error_stmt(body),
+        _ => false,
+    })
 }
 
 fn single_mod(d: &Dim) -> Option<kc_ir::dim::Atom> {

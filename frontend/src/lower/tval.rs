@@ -98,6 +98,7 @@ impl Lowerer<'_> {
     }
 
     fn subst(&mut self, e: &Expr, map: &mut BTreeMap<VarId, Expr>) -> Expr {
+        self.work += 1;
         let kind = match &e.kind {
             ExprKind::Var(v) => match map.get(v) {
                 Some(r) => return r.clone(),
@@ -185,7 +186,7 @@ impl Lowerer<'_> {
             let db = (k + b.len()).checked_sub(n).map(|i| &b[i]);
             let d = match (da, db) {
                 (Some(x), None) | (None, Some(x)) => x.clone(),
-                (Some(x), Some(y)) if x == y => x.clone(),
+                (Some(x), Some(y)) if x == y || self.dims_equal(x, y) == Some(true) => x.clone(),
                 (Some(x), Some(y)) if x.is_one() => y.clone(),
                 (Some(x), Some(y)) if y.is_one() => x.clone(),
                 (Some(x), Some(y)) => {
