@@ -407,6 +407,28 @@ proptest! {
     }
 }
 
+/// Every whole-tensor reduction of a rank-0 value, with and without `keepdim`, is what NumPy gives: the
+/// value itself (`argmax`/`argmin`: index 0).
+#[test]
+fn reductions_of_a_scalar_follow_numpy() {
+    let src = "kernel k(x: f32) -> (s: f32, m: f32, a: f32, b: f32, i: i32, j: i32, t: f32) {\n    \
+               s = sum(x);\n    m = mean(x);\n    a = max(x);\n    b = min(x);\n    i = argmax(x);\n    \
+               j = argmin(x);\n    t = sum(x, keepdim: true);\n}\n";
+    let (sources, program, diags) = compile_src(src);
+    assert!(diags.is_empty(), "{src}\n{}", kc_frontend::render(&diags, &sources, false));
+    let g = program.kernel("k").expect("kernel k");
+    let res = kc_ir::interp::run(g, &launch_args(vec![("x", Tensor::scalar_f32(-2.5))]))
+        .unwrap_or_else(|d| panic!("{:?}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>()));
+    let got: Vec<(String, f64)> = res.iter().map(|(n, t)| (n.clone(), t.get_f64(0))).collect();
+    let want: Vec<(String, f64)> =
+        [("s", -2.5), ("m", -2.5), ("a", -2.5), ("b", -2.5), ("i", 0.0), ("j", 0.0), ("t", -2.5)]
+            .iter()
+            .map(|(n, v)| (n.to_string(), *v))
+            .collect();
+    assert_eq!(got, want);
+    assert!(res.iter().all(|(_, t)| t.shape.is_empty()), "every result is a scalar");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Index-notation reductions
 

@@ -1,15 +1,19 @@
-//! kc never panics, on any input: every prefix of every `.ker` file of the project, seeded byte mutations
-//! of them, pathological sources (deep nesting, huge lines, huge loops, deep or exploding fn inlining), and
-//! hostile launches of valid kernels in the interpreter.
+//! kc never panics, on any input: every prefix of every `.ker` file of the project (and of the standard
+//! library), seeded mutations of them, pathological sources (deep nesting, huge lines, huge loops, deep or
+//! exploding fn inlining, odd bytes), and hostile launches of valid kernels in the interpreter. Nor does it
+//! report an internal error (E0900, "a bug in kc") for a user's mistake.
 //!
 //! Compiles and renders run under `catch_unwind`, so that a panic fails the test with the input that caused
-//! it. The pathological sources run in child processes of this test binary (the ignored test
-//! `pathological_child`), because a stack overflow aborts the process and cannot be caught; the parent
-//! reports which case crashed (or did not finish within a generous watchdog) and its output.
+//! it; failures over many inputs are grouped by kind, each reported once with its shortest input. Mutants
+//! that compile are also launched in the interpreter on small random inputs. The pathological sources run
+//! in child processes of this test binary (the ignored test `pathological_child`), because a stack overflow
+//! or an allocation failure aborts the process and cannot be caught; each child gets 512 MiB of address
+//! space and a 60 s watchdog, and the parent reports which case crashed or hung, with its output.
 //!
 //! Knobs: `KC_FUZZ_SEED` (the mutation base seed, default fixed), `KC_FUZZ_ITERS` (mutations per file of
 //! `kernels/`, default 300) and `KC_FUZZ_DATA_ITERS` (per file of `tests/data/`, default 100: there are over
-//! 150 of them, and 300 each would take the suite past its time budget).
+//! 150 of them, and 300 each would take the suite past its time budget). For a soak:
+//! `KC_FUZZ_SEED=7 KC_FUZZ_ITERS=2000 KC_FUZZ_DATA_ITERS=500 cargo test -p kc-tests robustness::mutated`.
 
 use crate::common::{self, FsLoader};
 use kc_frontend::{Loader, NoLoader, SourceMap};
@@ -65,16 +69,101 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// Compiles `text` as the file `name` and renders its diagnostics (plain and colored), catching a panic.
 /// Returns the diagnostics, or the panic message (prefixed with the stage that panicked).
 fn compile_and_render(name: &str, text: &str, loader: &dyn Loader) -> Result<Vec<Diagnostic>, String> {
+    compile_render_program(name, text, loader).map(|(_, d)| d)
+}
+
+/// [`compile_and_render`], also returning the program.
+fn compile_render_program(
+    name: &str,
+    text: &str,
+    loader: &dyn Loader,
+) -> Result<(kc_ir::Program, Vec<Diagnostic>), String> {
     let mut sources = SourceMap::new();
     let root = sources.add(name, text);
-    let (_, diags) = catch_unwind(AssertUnwindSafe(|| kc_frontend::compile(&mut sources, root, loader)))
+    let (program, diags) = catch_unwind(AssertUnwindSafe(|| kc_frontend::compile(&mut sources, root, loader)))
         .map_err(|p| format!("compile panicked: {}", panic_message(&*p)))?;
     catch_unwind(AssertUnwindSafe(|| {
         let _ = kc_frontend::render(&diags, &sources, false);
         let _ = kc_frontend::render(&diags, &sources, true);
     }))
     .map_err(|p| format!("render panicked: {}", panic_message(&*p)))?;
-    Ok(diags)
+    Ok((program, diags))
+}
+
+/// Launches every kernel of `program` on small random inputs (every free dim 2, else 4, else 8, until a
+/// launch runs), catching a panic of the interpreter (an `Err` is fine: a mutated kernel may index out of
+/// range or break its constraints). Returns how many kernels ran to completion.
+fn run_small(program: &kc_ir::Program, seed: u64) -> Result<usize, String> {
+    let mut ran = 0;
+    for g in &program.kernels {
+        for size in [2i64, 4, 8] {
+            let Some(args) = small_args(g, size, seed) else { continue };
+            let limits = kc_ir::interp::Limits { max_bytes: 1 << 24 };
+            match catch_unwind(AssertUnwindSafe(|| kc_ir::interp::run_with(g, &args, &limits))) {
+                Err(p) => {
+                    return Err(format!(
+                        "the interpreter panicked on kernel `{}` (free dims {size}): {}",
+                        g.name,
+                        panic_message(&*p)
+                    ))
+                }
+                Ok(Ok(_)) => {
+                    ran += 1;
+                    break;
+                }
+                Ok(Err(_)) => {}
+            }
+        }
+    }
+    Ok(ran)
+}
+
+/// Arguments for `g` with every dim that is not fixed set to `size`, or `None` if the shapes do not evaluate
+/// to small sizes or the launch would do too much work (the interpreter has no limit on work).
+fn small_args(g: &Graph, size: i64, seed: u64) -> Option<Args> {
+    let mut env: std::collections::BTreeMap<String, i64> = g.dims.iter().map(|d| (d.clone(), size)).collect();
+    for p in &g.params {
+        if p.kind == kc_ir::ParamKind::Dim {
+            env.insert(p.name.clone(), size);
+        }
+    }
+    for (n, v) in &g.fixed {
+        env.insert(n.clone(), *v);
+    }
+    let lookup = |s: &str| env.get(s).copied();
+    let numel = |dims: Vec<&kc_ir::Dim>| -> Option<u64> {
+        dims.into_iter().try_fold(1u64, |acc, d| acc.checked_mul(u64::try_from(d.eval(&lookup).ok()?).ok()?))
+    };
+    // Iterations of every compute node's loops (an upper bound), and 16 per element of the others.
+    let mut work: u64 = 0;
+    for node in &g.nodes {
+        let n = match &node.kind {
+            kc_ir::NodeKind::Compute { vars, .. } => numel(vars.iter().map(|v| &v.extent).collect())?,
+            _ => numel(node.shape.iter().collect())?.checked_mul(16)?,
+        };
+        work = work.checked_add(n)?;
+    }
+    if work > 200_000 {
+        return None;
+    }
+    let mut rng = common::Rng::new(seed);
+    let mut args = Args::default();
+    for p in &g.params {
+        match &p.kind {
+            kc_ir::ParamKind::Dim => {
+                args.dims.insert(p.name.clone(), size);
+            }
+            kc_ir::ParamKind::Tensor { dtype, shape, .. } => {
+                let s: Vec<usize> =
+                    shape.iter().map(|d| usize::try_from(d.eval(&lookup).ok()?).ok()).collect::<Option<_>>()?;
+                if s.iter().try_fold(1usize, |a, &d| a.checked_mul(d))? > 1 << 16 {
+                    return None;
+                }
+                args.tensors.insert(p.name.clone(), common::rand_tensor(&mut rng, *dtype, &s));
+            }
+        }
+    }
+    Some(args)
 }
 
 /// Fails on an internal error (E0900: "a bug in kc"): invalid input must get a user-facing diagnostic.
@@ -209,8 +298,77 @@ fn every_prefix_of_every_file_compiles_without_panic() {
 
 const INTERESTING: &[u8] = b"()[]{},;:=+-*/@<>!019.ea_\"\n";
 
+/// Words that a word of the text may be replaced with: builtins, keywords, types, names the kernels use,
+/// awkward numbers.
+const WORDS: &[&str] = &[
+    "sum",
+    "mean",
+    "max",
+    "min",
+    "argmax",
+    "argmin",
+    "softmax",
+    "logsumexp",
+    "where",
+    "exp",
+    "sqrt",
+    "f32",
+    "bf16",
+    "f16",
+    "i32",
+    "bool",
+    "transpose",
+    "reshape",
+    "concat",
+    "topk",
+    "argsort",
+    "cumsum",
+    "bincount",
+    "segment",
+    "clamp",
+    "pow",
+    "axis",
+    "keepdim",
+    "perm",
+    "descending",
+    "exclusive",
+    "let",
+    "for",
+    "in",
+    "fn",
+    "kernel",
+    "return",
+    "inout",
+    "dim",
+    "use",
+    "true",
+    "false",
+    "inf",
+    "x",
+    "y",
+    "N",
+    "D",
+    "T",
+    "K",
+    "E",
+    "i",
+    "j",
+    "k",
+    "_",
+    "0",
+    "1",
+    "-1",
+    "2",
+    "8",
+    "0.0",
+    "1e-6",
+    "2147483648",
+    "9223372036854775807",
+];
+
 /// One mutated copy of `text`, from `seed`: one to four edits, each replacing a byte (with an interesting
-/// one or any ASCII), inserting one, deleting one, or duplicating a random slice somewhere.
+/// one or any ASCII), inserting one, deleting one, duplicating a random slice somewhere, or replacing a word
+/// with another (a builtin, a keyword, a type, a name, a number).
 fn mutate(text: &str, seed: u64) -> String {
     let mut rng = XorShift::new(seed);
     let mut b = text.as_bytes().to_vec();
@@ -222,7 +380,7 @@ fn mutate(text: &str, seed: u64) -> String {
         }
     };
     for _ in 0..1 + rng.below(4) {
-        match rng.below(4) {
+        match rng.below(5) {
             0 if !b.is_empty() => {
                 let i = rng.below(b.len());
                 b[i] = pick(&mut rng);
@@ -243,6 +401,20 @@ fn mutate(text: &str, seed: u64) -> String {
                 let to = rng.below(b.len() + 1);
                 b.splice(to..to, slice);
             }
+            4 => {
+                // Replace the word (a run of [A-Za-z0-9_.]) at a random place with another word.
+                let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'.';
+                let at = rng.below(b.len() + 1);
+                let (mut lo, mut hi) = (at, at);
+                while lo > 0 && is_word(b[lo - 1]) {
+                    lo -= 1;
+                }
+                while hi < b.len() && is_word(b[hi]) {
+                    hi += 1;
+                }
+                let w = WORDS[rng.below(WORDS.len())].as_bytes().to_vec();
+                b.splice(lo..hi, w);
+            }
             _ => {}
         }
     }
@@ -261,10 +433,11 @@ fn name_hash(path: &Path) -> u64 {
 }
 
 /// Seeded mutations of each file (300 of each kernel, 100 of each test data file) compile and render
-/// without panicking and without internal errors (E0900). A failure prints, for each kind of failure, how
+/// without panicking and without internal errors (E0900); the kernels of those that compile run in the
+/// interpreter on small random inputs without panicking. A failure prints, for each kind of failure, how
 /// often it happened and its shortest input, with its seed (the input is `mutate(file text, seed)`).
 #[test]
-fn mutated_files_compile_without_panic() {
+fn mutated_files_compile_and_run_without_panic() {
     let start = Instant::now();
     let base = env_u64("KC_FUZZ_SEED", 0x6b63_2d66_757a_7a00);
     let kernel_iters = env_u64("KC_FUZZ_ITERS", 300);
@@ -273,6 +446,7 @@ fn mutated_files_compile_without_panic() {
     let mut total = 0u64;
     let mut failures = Failures::default();
     let mut errors_seen = 0usize;
+    let mut kernels_ran = 0usize;
     let mut slowest = (Duration::ZERO, String::new());
     let files = corpus();
     for (path, text) in &files {
@@ -283,18 +457,23 @@ fn mutated_files_compile_without_panic() {
             let seed = base ^ name_hash(path) ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mutated = mutate(text, seed);
             let t = Instant::now();
-            let r = compile_and_render(&name, &mutated, &FsLoader).and_then(no_internal_error);
+            let r = compile_render_program(&name, &mutated, &FsLoader).and_then(|(program, diags)| {
+                errors_seen += diags.iter().any(|d| d.is_error()) as usize;
+                no_internal_error(diags)?;
+                kernels_ran += run_small(&program, seed)?;
+                Ok(())
+            });
             if t.elapsed() > slowest.0 {
                 slowest = (t.elapsed(), format!("{name}, seed {seed:#018x}"));
             }
-            match r {
-                Ok(d) => errors_seen += d.iter().any(|d| d.is_error()) as usize,
-                Err(msg) => failures.add(&msg, format!("{name}, mutation seed {seed:#018x}"), &mutated),
+            if let Err(msg) = r {
+                failures.add(&msg, format!("{name}, mutation seed {seed:#018x}"), &mutated);
             }
         }
     }
     eprintln!(
-        "{total} mutations of {} files ({errors_seen} with errors) in {:.2?}; the slowest took {:.2?} ({})",
+        "{total} mutations of {} files ({errors_seen} with errors, {kernels_ran} kernels run) in {:.2?}; \
+         the slowest took {:.2?} ({})",
         files.len(),
         start.elapsed(),
         slowest.0,
@@ -302,12 +481,14 @@ fn mutated_files_compile_without_panic() {
     );
     assert!(
         failures.groups.is_empty(),
-        "{} mutated files panic the compiler or give internal errors:\n{}",
+        "{} mutated files panic the compiler or the interpreter, or give internal errors:\n{}",
         failures.count(),
         failures.report()
     );
     // The mutations must exercise the error paths (a mutator that changes nothing would pass vacuously).
     assert!(errors_seen as u64 * 2 > total, "only {errors_seen} of {total} mutations gave an error");
+    // And some mutants must compile and run (else the interpreter half is vacuous).
+    assert!(kernels_ran >= 100, "only {kernels_ran} kernels of the mutated files ran");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -715,6 +896,14 @@ fn user_errors_never_become_internal_errors_or_wrong_kernels() {
         ("kernel k(x: f32[N]) -> y: f32[N * 9223372036854775807 * 2 + 4] { y[i] = f32(i); }", "k", None),
         ("kernel k(x: f32[9223372036854775807, 9223372036854775807]) -> y: f32[1] { y = reshape(x, [1]); }", "k", None),
     ];
+    // Sources that may compile or give a user error, but never an internal error.
+    let either: &[&str] = &[
+        // A reduction over an empty list of indices.
+        "kernel k(x: f32[N, D]) -> y: f32[N] {\n    y[n] = sum[](x[n, 0]);\n}\n",
+        "kernel k(x: f32[N]) -> y: f32[N] {\n    y[n] = max[](x[n]) + min[](x[n]);\n}\n",
+        // A value of shape [N / 2] assigned to an output declared [N / 3] (both opaque divisions).
+        "kernel k(x: f32[N]) -> y: f32[N / 3] {\n    y = reshape(x, [N / 2]);\n}\n",
+    ];
     let mut failures = Vec::new();
     for &(src, kernel, code) in cases {
         let diags = match compile_and_render("user_error.ker", src, &NoLoader) {
@@ -742,6 +931,12 @@ fn user_errors_never_become_internal_errors_or_wrong_kernels() {
                 "{src}\n    returns kernel `{kernel}` despite its error:\n{}",
                 kc_ir::print::print_graph(g)
             ));
+        }
+    }
+    for src in either {
+        match compile_and_render("either.ker", src, &NoLoader).and_then(no_internal_error) {
+            Ok(_) => {}
+            Err(msg) => failures.push(format!("{src}\n    {msg}")),
         }
     }
     assert!(failures.is_empty(), "{} user errors mishandled:\n{}", failures.len(), failures.join("\n"));

@@ -672,6 +672,10 @@ impl Lowerer<'_> {
             return None;
         }
         let ty = inner.ty();
+        // `sum[](e)` reduces over nothing: the value itself.
+        if vars.is_empty() {
+            return Some(if op.name == "mean" { self.convert(inner, ScalarTy::F32) } else { inner });
+        }
         let mut e = Expr::new(ExprKind::Reduce { op: rop, vars: vars.clone(), body: Box::new(inner.body) }, ty, span);
         if op.name == "mean" {
             let count = vars
@@ -1397,6 +1401,14 @@ impl Lowerer<'_> {
             "argmax" => (ReduceOp::ArgMax, true),
             _ => (ReduceOp::ArgMin, true),
         };
+        // A scalar reduces to itself (its index, 0, for argmax/argmin), as in NumPy.
+        if x.rank() == 0 {
+            return Some(match (arg, name) {
+                (true, _) => TVal::scalar(int(0, span)),
+                (false, "mean") => self.convert(x, ScalarTy::F32),
+                _ => x,
+            });
+        }
         // argmax/argmin over everything: flat index of the row-major tensor.
         if arg && axis.is_none() && x.rank() != 1 {
             let n = x.shape.iter().fold(Dim::one(), |a, d| a.mul(d));

@@ -222,7 +222,15 @@ impl Lowerer<'_> {
                     let mut ok = true;
                     for d in ty.shape.iter().flatten() {
                         match self.dim_of(d, Some(&mut dims), false) {
-                            Some(d) => shape.push(d),
+                            Some(x) if x.as_const().is_some_and(|c| c < 0) => {
+                                self.err(Diagnostic::error(
+                                    Code::BadDim,
+                                    d.span,
+                                    format!("a dimension cannot be negative (`{x}`)"),
+                                ));
+                                ok = false;
+                            }
+                            Some(x) => shape.push(x),
                             None => ok = false,
                         }
                     }
@@ -1072,6 +1080,10 @@ impl Lowerer<'_> {
                 }
             }
             if all {
+                // Equal (or checked equal at launch): the axes range over the declared dims.
+                for (a, d) in tv.axes.iter().zip(shape) {
+                    self.vars[a.index()].extent = Some(d.clone());
+                }
                 return Some(super::TVal { shape: shape.to_vec(), ..tv });
             }
         }
