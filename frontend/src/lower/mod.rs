@@ -118,6 +118,7 @@ pub fn compile(sources: &mut SourceMap, root: FileId, loader: &dyn Loader) -> (P
     let mut program = Program::default();
     for k in kernels {
         let mut lw = Lowerer::new(&fns, &std_fns, std_id);
+        lw.kernel_names = kernel_names.keys().cloned().collect();
         let graph = lw.kernel(k);
         let failed = lw.diags.iter().any(|d| d.is_error());
         // An error inside an unrolled loop or an inlined fn is reported once.
@@ -257,6 +258,10 @@ pub(crate) struct Lowerer<'a> {
     pub call_stack: Vec<String>,
     /// The file of each fn being inlined (the innermost last).
     pub fn_files: Vec<FileId>,
+    /// The span of each fn call being inlined.
+    pub call_sites: Vec<Span>,
+    /// The file's kernels (not values: a name that is one gets a clear error).
+    pub kernel_names: BTreeSet<String>,
     /// Inside a branch of `where(c, a, b)`: element reads there may be guarded.
     pub masked: u32,
     /// The index variables being bound by the statements and reductions being lowered, whose uses count
@@ -300,6 +305,8 @@ impl<'a> Lowerer<'a> {
             },
             call_stack: Vec::new(),
             fn_files: Vec::new(),
+            call_sites: Vec::new(),
+            kernel_names: BTreeSet::new(),
             masked: 0,
             collecting: Vec::new(),
             too_big: false,
@@ -307,7 +314,16 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    pub(crate) fn err(&mut self, d: Diagnostic) {
+    /// Reports an error. One that arises inside the standard library points at the user's call.
+    pub(crate) fn err(&mut self, mut d: Diagnostic) {
+        if d.primary.span.file == self.std_file {
+            if let Some(site) = self.call_sites.iter().rev().find(|s| s.file != self.std_file).copied() {
+                let inner =
+                    std::mem::replace(&mut d.primary, kc_ir::Label { span: site, message: "in this call".into() });
+                let msg = if inner.message.is_empty() { "in the standard library".to_string() } else { inner.message };
+                d.secondary.insert(0, kc_ir::Label { span: inner.span, message: msg });
+            }
+        }
         self.diags.push(d);
     }
 
@@ -427,15 +443,24 @@ pub(crate) fn suggest<'n>(name: &str, candidates: impl IntoIterator<Item = &'n s
         let a: Vec<char> = a.chars().collect();
         let b: Vec<char> = b.chars().collect();
         let mut prev: Vec<usize> = (0..=b.len()).collect();
+        let mut prev2: Vec<usize> = prev.clone();
         for i in 1..=a.len() {
             let mut cur = vec![i; b.len() + 1];
             for j in 1..=b.len() {
                 let c = if a[i - 1] == b[j - 1] { 0 } else { 1 };
                 cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + c);
+                // An adjacent transposition counts as one edit.
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    cur[j] = cur[j].min(prev2[j - 2] + 1);
+                }
             }
-            prev = cur;
+            prev2 = std::mem::replace(&mut prev, cur);
         }
         prev[b.len()]
+    }
+    // A name of one or two letters is too short to guess what was meant.
+    if name.chars().count() <= 2 {
+        return None;
     }
     let limit = (name.chars().count() / 3).max(1);
     candidates

@@ -266,7 +266,10 @@ impl Lowerer<'_> {
 
         // The where clause: fixed dims first, then every constraint.
         let mut pending: Vec<(&ast::Expr, Dim, CmpOp, Dim)> = Vec::new();
-        for c in &k.constraints {
+        // `NAME == literal` constraints come first, whatever their order: they introduce dims.
+        let mut ordered: Vec<&ast::Expr> = k.constraints.iter().collect();
+        ordered.sort_by_key(|c| fixed_dim(c).is_none());
+        for c in ordered {
             let A::Binary(op, a, b) = &c.kind else {
                 if !matches!(c.kind, A::Error) {
                     self.err(
@@ -296,13 +299,13 @@ impl Lowerer<'_> {
                 }
             };
             // `NAME == literal` fixes (and may introduce) the dim.
-            let fix = match (&a.kind, &b.kind, cmp) {
-                (A::Name(n), A::Int(v), CmpOp::Eq) | (A::Int(v), A::Name(n), CmpOp::Eq) => Some((n, *v)),
-                _ => None,
-            };
+            let fix = fixed_dim(c);
             if let Some((n, v)) = fix {
                 let known = matches!(self.lookup(&n.name), Some(Bind::Dim(_)));
-                if !known && self.lookup(&n.name).is_some() {
+                let is_value =
+                    k.params.iter().any(|p| p.name.name == n.name && matches!(p.kind, ast::ParamKind::Value { .. }))
+                        || k.outputs.iter().any(|o| o.name.name == n.name);
+                if is_value || (!known && self.lookup(&n.name).is_some()) {
                     self.err(Diagnostic::error(
                         Code::BadConstraint,
                         n.span,
@@ -380,12 +383,13 @@ impl Lowerer<'_> {
                 }
             }
         }
+        let mut unbound: BTreeSet<String> = BTreeSet::new();
         let solvable = self.solvable(&params.iter().map(|p| p.0.clone()).collect::<Vec<_>>());
         for (p, _) in &params {
             if let ParamKind::Tensor { shape, .. } = &p.kind {
                 for d in shape {
                     for s in d.symbols() {
-                        if !solvable.contains(&s) {
+                        if !solvable.contains(&s) && sig_ok && unbound.insert(s.clone()) {
                             self.err(
                                 Diagnostic::error(
                                     Code::OutputDimUnbound,
@@ -393,7 +397,9 @@ impl Lowerer<'_> {
                                     format!("dim `{s}` cannot be bound from the arguments' shapes"),
                                 )
                                 .with_label(format!("`{d}` is the only place `{s}` appears"))
-                                .with_help(format!("add a parameter `{s}: dim`, or a constraint `where {s} == N`")),
+                                .with_help(format!(
+                                    "add a parameter `{s}: dim`, or a constraint such as `where {s} == 64`"
+                                )),
                             );
                         }
                     }
@@ -412,16 +418,21 @@ impl Lowerer<'_> {
                     Some(x) => {
                         let x = self.norm(&x);
                         for s in x.symbols() {
-                            if !solvable.contains(&s) {
+                            if solvable.contains(&s) {
+                                continue;
+                            }
+                            ok = false;
+                            if sig_ok && unbound.insert(s.clone()) {
                                 self.err(
                                     Diagnostic::error(
                                         Code::OutputDimUnbound,
                                         d.span,
                                         format!("output dim `{s}` cannot be computed from the inputs"),
                                     )
-                                    .with_help(format!("add a parameter `{s}: dim`, or a constraint `where {s} == N`")),
+                                    .with_help(format!(
+                                        "add a parameter `{s}: dim`, or a constraint such as `where {s} == 64`"
+                                    )),
                                 );
-                                ok = false;
                             }
                         }
                         shape.push(x)
@@ -534,8 +545,8 @@ impl Lowerer<'_> {
         Some(std::mem::replace(&mut self.graph, Graph { ..empty_graph() }))
     }
 
-    /// Every dim division that did not simplify must divide exactly: a constraint checked at launch,
-    /// unless the `where` clause already says so.
+    /// Every dim division that did not simplify must divide exactly: checked at launch (E0806), unless
+    /// the `where` clause already says so.
     fn division_constraints(&mut self) {
         for (x, y, span) in std::mem::take(&mut self.divisions) {
             let (nx, ny) = (self.norm(&x), self.norm(&y));
@@ -549,14 +560,10 @@ impl Lowerer<'_> {
                 .constraints
                 .iter()
                 .any(|c| c.op == CmpOp::Eq && ((c.lhs == rem && c.rhs == zero) || (c.rhs == rem && c.lhs == zero)));
-            if !known {
-                self.graph.constraints.push(Constraint {
-                    lhs: rem,
-                    op: CmpOp::Eq,
-                    rhs: zero,
-                    span,
-                    text: format!("{x} % {y} == 0"),
-                });
+            let what = format!("`{x} / {y}` divides exactly");
+            if !known && !self.graph.asserts.iter().any(|d| d.what == what) {
+                // Evaluating the quotient at launch refuses an inexact division (E0806).
+                self.graph.asserts.push(DimAssert { lhs: nx.div(&ny).mul(&ny), rhs: nx, span, what });
             }
         }
     }
@@ -887,9 +894,9 @@ impl Lowerer<'_> {
             _ => None,
         };
         if scope_has || shadowed.is_some() {
-            let what = shadowed.unwrap_or("already defined in this scope");
+            let what = shadowed.map(|w| format!("it is {w}")).unwrap_or_else(|| "by a `let` in this scope".to_string());
             self.err(
-                Diagnostic::error(Code::Redefinition, id.span, format!("`{}` is already defined ({what})", id.name))
+                Diagnostic::error(Code::Redefinition, id.span, format!("`{}` is already defined: {what}", id.name))
                     .with_help(format!("rebind it with `{} = ...;` or choose another name", id.name)),
             );
             return false;
@@ -1210,6 +1217,7 @@ impl Lowerer<'_> {
                         )
                         .with_label(format!("shape {}", fmt_shape(&shape))),
                     );
+                    self.mark_assigned_poison(name);
                     return;
                 }
                 self.index_def(binders, Some(&shape), value)
@@ -1223,9 +1231,7 @@ impl Lowerer<'_> {
             .and_then(|tv| self.fit_shape(tv, &shape, value.span, &what, shape_code))
             .and_then(|tv| self.to_storage(tv, dtype, value.span, &what, type_code));
         let Some(tv) = tv else {
-            if !is_let {
-                self.mark_assigned_poison(name);
-            }
+            self.mark_assigned_poison(name);
             return;
         };
         match target {
@@ -1283,6 +1289,7 @@ impl Lowerer<'_> {
         }
         self.call_stack.push(f.name.name.clone());
         self.fn_files.push(f.name.span.file);
+        self.call_sites.push(span);
         self.scopes.push(Scope { names: BTreeMap::new(), barrier: true });
         let mut ok = true;
         for (p, a) in f.params.iter().zip(args) {
@@ -1329,6 +1336,7 @@ impl Lowerer<'_> {
         self.scopes.pop();
         self.call_stack.pop();
         self.fn_files.pop();
+        self.call_sites.pop();
         result
     }
 
@@ -1399,6 +1407,26 @@ impl Lowerer<'_> {
             return Some(self.convert(a, ScalarTy::F32));
         }
         Some(a)
+    }
+}
+
+/// `NAME == literal` (either way round, the literal possibly negated): a constraint that fixes a dim.
+fn fixed_dim(c: &ast::Expr) -> Option<(&ast::Ident, i64)> {
+    let lit = |e: &ast::Expr| match &e.kind {
+        A::Int(v) => Some(*v),
+        A::Unary(ast::UnaryOp::Neg, x) => match x.kind {
+            A::Int(v) => Some(-v),
+            _ => None,
+        },
+        _ => None,
+    };
+    match &c.kind {
+        A::Binary(ast::BinaryOp::Eq, a, b) => match (&a.kind, &b.kind) {
+            (A::Name(n), _) => lit(b).map(|v| (n, v)),
+            (_, A::Name(n)) => lit(a).map(|v| (n, v)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
