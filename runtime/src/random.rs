@@ -6,7 +6,8 @@
 //! still unknown is an error that says how to give it.
 //!
 //! Values, by dtype:
-//! - `f32`/`bf16`/`f16` tensors: uniform in `[-1, 1)`, then rounded to nearest-even for `bf16`/`f16`.
+//! - `f32`/`bf16`/`f16` tensors: uniform in `[-1, 1)` (but see rule (e)), then rounded to nearest-even for
+//!   `bf16`/`f16`.
 //! - float scalars: uniform in `(0, 1)` (after rounding), since scalars are things like `lr`, `beta1`, `eps`,
 //!   `scale`, where a negative or zero value rarely makes sense.
 //! - `bool`: a fair coin. `i32` scalars: uniform in `1..=10`.
@@ -32,8 +33,11 @@
 //! parameters in parameter order. (The same build gives the same values; `SmallRng`'s algorithm may differ
 //! between `rand` versions and pointer widths.)
 //!
-//! The values are valid launch arguments, not meaningful data: a float tensor with the role of a variance
-//! (AdamW's `v`) gets negative values too, so results may hold NaNs.
+//! - (e) a float tensor that reaches the argument of `sqrt`, `rsqrt`, `log`, `log2` or the base of `pow`
+//!   through `+`, `*` (a square needs nothing of its factors), `/`, `where` and loads (AdamW's `v`, a
+//!   variance): values in `[0, 1)`, so that the maths stays defined.
+//!
+//! The values are valid launch arguments, not meaningful data.
 
 use kc_ir::dim::{floor_div, Dim, DimError};
 use kc_ir::graph::{BinOp, Const, Expr, ExprKind, Graph, IndexVar, NodeKind, ParamKind, ValueId};
@@ -55,6 +59,7 @@ pub fn random_args(graph: &Graph, given: &Args, seed: u64) -> Result<Args, Strin
     let env = infer_dims(graph, given);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out = given.clone();
+    let nonneg = nonnegative_params(graph);
     for (pi, p) in graph.params.iter().enumerate() {
         let ParamKind::Tensor { dtype, shape, .. } = &p.kind else { continue };
         if given.tensors.contains_key(&p.name) {
@@ -80,7 +85,8 @@ pub fn random_args(graph: &Graph, given: &Args, seed: u64) -> Result<Args, Strin
                 Tensor::from_f32_as(*dtype, dims, &[x])
             }
             DType::F32 | DType::BF16 | DType::F16 => {
-                let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                let lo = if nonneg.contains(&pi) { 0.0f32 } else { -1.0 };
+                let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..1.0)).collect();
                 Tensor::from_f32_as(*dtype, dims, &v)
             }
             DType::Bool => Tensor::new(dims, TensorData::Bool((0..n).map(|_| rng.random_bool(0.5)).collect())),
@@ -513,4 +519,68 @@ mod tests {
         let err = random_args(&g, &dims(&[("V", 3), ("D", 2)]), 0).unwrap_err();
         assert!(err.contains("dim `N` is not known: give it with --dims N=N"), "{err}");
     }
+}
+
+/// The parameters whose values must not be negative for the kernel's maths to stay defined: those that
+/// reach the argument of `sqrt`/`rsqrt`/`log`/`log2` or the base of `pow` through operations that keep a
+/// non-negative result non-negative when their operands are (rule (e)).
+fn nonnegative_params(graph: &Graph) -> std::collections::BTreeSet<usize> {
+    use kc_ir::{BinOp, ExprKind, NodeKind, UnOp};
+    // Nodes that must hold non-negative values; filled from consumers to producers.
+    let mut need = vec![false; graph.nodes.len()];
+    fn want(e: &kc_ir::Expr, need: &mut [bool]) {
+        match &e.kind {
+            ExprKind::Load { src, .. } => {
+                if let Some(n) = need.get_mut(src.index()) {
+                    *n = true;
+                }
+            }
+            ExprKind::Binary(BinOp::Add | BinOp::Div | BinOp::Max | BinOp::Min, a, b) => {
+                want(a, need);
+                want(b, need);
+            }
+            ExprKind::Binary(BinOp::Mul, a, b) if a != b => {
+                want(a, need);
+                want(b, need);
+            }
+            ExprKind::Binary(BinOp::Sub, a, _) => want(a, need),
+            ExprKind::Select(_, a, b) => {
+                want(a, need);
+                want(b, need);
+            }
+            ExprKind::Cast(_, a) => want(a, need),
+            ExprKind::Reduce { body, .. } => want(body, need),
+            _ => {}
+        }
+    }
+    fn roots(e: &kc_ir::Expr, need: &mut [bool]) {
+        match &e.kind {
+            ExprKind::Unary(UnOp::Sqrt | UnOp::Rsqrt | UnOp::Log | UnOp::Log2, a) => want(a, need),
+            ExprKind::Binary(BinOp::Pow, a, _) => want(a, need),
+            _ => {}
+        }
+        e.for_each_child(|c| roots(c, need));
+    }
+    for node in &graph.nodes {
+        if let NodeKind::Compute { body, .. } = &node.kind {
+            roots(body, &mut need);
+        }
+    }
+    for i in (0..graph.nodes.len()).rev() {
+        if !need[i] {
+            continue;
+        }
+        if let NodeKind::Compute { body, .. } = &graph.nodes[i].kind {
+            want(body, &mut need);
+        }
+    }
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| match n.kind {
+            NodeKind::Param(p) if need[i] => Some(p),
+            _ => None,
+        })
+        .collect()
 }

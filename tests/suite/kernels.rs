@@ -568,3 +568,35 @@ fn muon_orthogonalize() {
 fn muon_orthogonalize_square() {
     check_muon(27, 4, 4);
 }
+
+/// `kc run --random` on every kernel gives finite results at small sizes: generated values keep the maths
+/// defined (AdamW's `v` reaches a `sqrt`, so it is made non-negative; other floats keep their sign).
+#[test]
+fn random_inputs_keep_every_kernel_finite() {
+    let cases: &[(&str, &[(&str, i64)])] = &[
+        ("adamw", &[("N", 64)]),
+        ("attention", &[("B", 1), ("H", 4), ("G", 2), ("S", 5), ("T", 7), ("D", 8)]),
+        ("cross_entropy", &[("N", 6), ("V", 11)]),
+        ("layernorm", &[("T", 3), ("D", 9)]),
+        ("moe_experts", &[("R", 9), ("M", 8), ("F", 5), ("E", 3)]),
+        ("moe_route", &[("T", 3), ("M", 8), ("E", 16)]),
+        ("muon_orthogonalize", &[("M", 4), ("N", 6)]),
+        ("rmsnorm", &[("T", 3), ("D", 9)]),
+    ];
+    for (name, dims) in cases {
+        let prog = common::compile_ok(common::repo_root().join("kernels").join(format!("{name}.ker")));
+        let g = &prog.kernels[0];
+        let mut given = kc_ir::launch::Args::default();
+        given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let a = kc_runtime::random::random_args(g, &given, 11).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if *name == "adamw" {
+            let v = &a.tensors["v"];
+            assert!(v.to_f64_vec().iter().all(|x| *x >= 0.0), "adamw: v must be non-negative");
+            let p = &a.tensors["param"];
+            assert!(p.to_f64_vec().iter().any(|x| *x < 0.0), "adamw: param is not forced non-negative");
+        }
+        for (out, t) in common::run(g, &a) {
+            assert!(t.to_f64_vec().iter().all(|x| x.is_finite()), "{name}: `{out}` has non-finite values");
+        }
+    }
+}
