@@ -43,7 +43,7 @@ impl VarId {
 }
 
 /// One kernel, lowered.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Graph {
     pub name: String,
     pub doc: Option<String>,

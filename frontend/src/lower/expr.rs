@@ -607,75 +607,9 @@ impl Lowerer<'_> {
                 return None;
             }
         };
-        let mut vars = Vec::new();
-        let mut names: BTreeMap<&str, Span> = BTreeMap::new();
-        for b in binders {
-            if let Some(prev) = names.insert(&b.name.name, b.name.span) {
-                self.err(
-                    Diagnostic::error(
-                        Code::DuplicateIndex,
-                        b.name.span,
-                        format!("index `{}` is bound twice", b.name.name),
-                    )
-                    .with_secondary(prev, "first bound here"),
-                );
-                return None;
-            }
-            if let Some(Bind::Index(_)) = self.lookup(&b.name.name) {
-                self.err(
-                    Diagnostic::error(
-                        Code::DuplicateIndex,
-                        b.name.span,
-                        format!("index `{}` is already bound by an enclosing definition", b.name.name),
-                    )
-                    .with_help("choose another name for the reduction index"),
-                );
-                return None;
-            }
-            let extent = match &b.range {
-                Some((lo, hi)) => {
-                    if let Some(l) = self.dim_of(lo, None, false) {
-                        if self.norm(&l).as_const() != Some(0) {
-                            self.err(Diagnostic::error(Code::BadRange, lo.span, "an index range must start at 0"));
-                            return None;
-                        }
-                    }
-                    let h = self.dim_of(hi, None, false)?;
-                    Some(self.norm(&h))
-                }
-                None => None,
-            };
-            vars.push(self.new_var(&b.name.name, extent, b.name.span));
-        }
-        self.scopes.push(Scope::default());
-        for (b, v) in binders.iter().zip(&vars) {
-            self.define(&b.name.name, Bind::Index(*v));
-        }
-        let n = self.collecting.len();
-        self.collecting.extend(vars.iter().copied());
-        let inner = self.expr(body);
-        self.collecting.truncate(n);
-        self.scopes.pop();
-        let inner = inner?;
-        if inner.rank() != 0 {
-            self.err(
-                Diagnostic::error(
-                    Code::RankMismatch,
-                    body.span,
-                    format!(
-                        "the body of `{}[..](...)` must be one element, but this is a tensor of shape {}",
-                        op.name,
-                        fmt_shape(&inner.shape)
-                    ),
-                )
-                .with_help("index every tensor in the body, e.g. `x[i, k]`"),
-            );
-            return None;
-        }
+        let vars = self.binders(binders, None)?;
+        let inner = self.over_indices(&vars, binders, body, &format!("the body of `{}[..](...)`", op.name))?;
         if !self.not_bool(&inner, body.span, &format!("`{}`", op.name)) {
-            return None;
-        }
-        if !self.resolve_ranges(&vars) {
             return None;
         }
         let ty = inner.ty();

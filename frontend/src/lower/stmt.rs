@@ -542,7 +542,7 @@ impl Lowerer<'_> {
             return None;
         }
         self.finish();
-        Some(std::mem::replace(&mut self.graph, Graph { ..empty_graph() }))
+        Some(std::mem::take(&mut self.graph))
     }
 
     /// Every dim division that did not simplify must divide exactly: checked at launch (E0806), unless
@@ -722,7 +722,7 @@ impl Lowerer<'_> {
     }
 
     /// Index variables for the binders of index notation, with their explicit ranges (or `default`).
-    fn binders(&mut self, binders: &[ast::IndexBinder], defaults: Option<&[Dim]>) -> Option<Vec<VarId>> {
+    pub(crate) fn binders(&mut self, binders: &[ast::IndexBinder], defaults: Option<&[Dim]>) -> Option<Vec<VarId>> {
         let mut vars = Vec::new();
         let mut names: BTreeMap<&str, Span> = BTreeMap::new();
         let mut ok = true;
@@ -735,6 +735,17 @@ impl Lowerer<'_> {
                         format!("index `{}` is bound twice", b.name.name),
                     )
                     .with_secondary(prev, "first bound here"),
+                );
+                ok = false;
+            }
+            if let Some(Bind::Index(_)) = self.lookup(&b.name.name) {
+                self.err(
+                    Diagnostic::error(
+                        Code::DuplicateIndex,
+                        b.name.span,
+                        format!("index `{}` is already bound by an enclosing definition", b.name.name),
+                    )
+                    .with_help("choose another name for this index"),
                 );
                 ok = false;
             }
@@ -854,35 +865,42 @@ impl Lowerer<'_> {
         value: &ast::Expr,
     ) -> Option<super::TVal> {
         let vars = self.binders(binders, defaults)?;
+        let body = self.over_indices(&vars, binders, value, "the right side of index notation")?;
+        let shape = vars.iter().map(|v| self.vars[v.index()].extent.clone().unwrap_or_else(Dim::zero)).collect();
+        Some(super::TVal { shape, axes: vars, body: body.body })
+    }
+
+    /// Lowers `body` with the binders' index variables in scope and their plain uses recorded, checks that
+    /// it is one element (`what` names it in the error), and infers the variables' ranges.
+    pub(crate) fn over_indices(
+        &mut self,
+        vars: &[VarId],
+        binders: &[ast::IndexBinder],
+        body: &ast::Expr,
+        what: &str,
+    ) -> Option<super::TVal> {
         self.scopes.push(Scope::default());
-        for (b, v) in binders.iter().zip(&vars) {
+        for (b, v) in binders.iter().zip(vars) {
             self.define(&b.name.name, Bind::Index(*v));
         }
         let n = self.collecting.len();
         self.collecting.extend(vars.iter().copied());
-        let body = self.expr(value);
+        let inner = self.expr(body);
         self.collecting.truncate(n);
         self.scopes.pop();
-        let body = body?;
-        if body.rank() != 0 {
+        let inner = inner?;
+        if inner.rank() != 0 {
             self.err(
                 Diagnostic::error(
                     Code::RankMismatch,
-                    value.span,
-                    format!(
-                        "the right side of index notation must be one element, but this is a tensor of shape {}",
-                        fmt_shape(&body.shape)
-                    ),
+                    body.span,
+                    format!("{what} must be one element, but this is a tensor of shape {}", fmt_shape(&inner.shape)),
                 )
-                .with_help("index every tensor on the right, e.g. `x[i, j]`"),
+                .with_help("index every tensor in it, e.g. `x[i, j]`"),
             );
             return None;
         }
-        if !self.resolve_ranges(&vars) {
-            return None;
-        }
-        let shape = vars.iter().map(|v| self.vars[v.index()].extent.clone().unwrap_or_else(Dim::zero)).collect();
-        Some(super::TVal { shape, axes: vars, body: body.body })
+        self.resolve_ranges(vars).then_some(inner)
     }
 
     fn check_new_name(&mut self, id: &ast::Ident) -> bool {
@@ -1464,21 +1482,5 @@ fn remap(e: &mut kc_ir::Expr, map: &[ValueId]) {
             remap(b, map)
         }
         ExprKind::Reduce { body, .. } => remap(body, map),
-    }
-}
-
-fn empty_graph() -> Graph {
-    Graph {
-        name: String::new(),
-        doc: None,
-        span: Span::default(),
-        params: Vec::new(),
-        outputs: Vec::new(),
-        dims: Vec::new(),
-        fixed: Vec::new(),
-        constraints: Vec::new(),
-        asserts: Vec::new(),
-        nodes: Vec::new(),
-        results: Vec::new(),
     }
 }
