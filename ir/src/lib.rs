@@ -11,6 +11,7 @@ pub mod launch;
 pub mod print;
 pub mod span;
 pub mod target;
+pub mod tile;
 pub mod tensor;
 pub mod verify;
 

@@ -5,4 +5,5 @@
 
 pub mod npy;
 pub mod random;
+pub mod sim;
 pub mod summary;

@@ -1,0 +1,372 @@
+//! The tile IR: per-core programs for the NPU model, specialized to concrete sizes.
+//!
+//! A [`TileProgram`] is one kernel lowered for one target at one set of dims. It names the tensors in
+//! global memory (GM) — the kernel's parameters and outputs, the intermediates that fusion could not keep
+//! on chip, and bounded per-core workspaces — and runs a sequence of [`Launch`]es, one per fusion group,
+//! in order. A launch has a grid of cube cores and vector cores; every cube core runs the launch's `cube`
+//! program and every vector core its `vector` program, telling themselves apart by [`SExpr::Core`]. The
+//! on-chip buffers a launch uses are declared once per launch ([`Buffer`]): each core of the buffer's kind
+//! has its own copy at the planned offset of the buffer's memory.
+//!
+//! The statements are what the hardware's units do, each on its pipe ([`Pipe`]):
+//! - the scalar unit runs loops and integer arithmetic on scalar registers ([`SVar`]);
+//! - copies move rectangular blocks between GM and the buffers, or between buffers, on MTE2, MTE1, MTE3 or
+//!   FixPipe ([`Stmt::Copy`]), or gather rows whose indices are data ([`Stmt::Gather`]);
+//! - the cube unit multiplies tiles ([`Stmt::Mmad`]: C += A · B with f32 accumulation in L0C);
+//! - the vector unit computes on UB tiles ([`Stmt::Vector`], an elementwise expression over a tile;
+//!   [`Stmt::Reduce`], a reduction along the rows or the columns of a tile), and runs the data-dependent
+//!   library operations ([`Stmt::Library`]);
+//! - flags order the pipes within a core ([`Stmt::SetFlag`]/[`Stmt::WaitFlag`], [`Stmt::Barrier`]) and
+//!   cross-core flags order a cube core and its vector cores ([`Stmt::CrossSet`]/[`Stmt::CrossWait`]).
+//!
+//! Semantics, for the simulator and the verifier:
+//! - Programs run statement by statement; the pipes of a core are asynchronous, so a statement on one pipe
+//!   that reads what another pipe wrote must be ordered after it by a wait on a flag that the writer's
+//!   pipe set after the write (or both are on the same pipe, which runs in order). The verifier checks this.
+//! - A [`Region`] is a 2-D window `rows × cols` of a tensor or buffer: element `(r, c)` is at element
+//!   offset `offset + r * row_stride + c` of the flat storage (a buffer's slot, or a GM tensor).
+//! - Buffers hold their dtype; a copy or a vector statement converts when source and destination dtypes
+//!   differ (rounding to nearest-even into bf16/f16, as a store does).
+//! - Buffers are logically row-major whatever their [`Layout`]: the layout records the fractal format the
+//!   hardware would use (and the alignment it needs), not a different indexing.
+
+use crate::dtype::DType;
+use crate::graph::{BinOp, ReduceOp, UnOp, ValueId};
+use std::collections::BTreeMap;
+
+/// A kernel lowered for a target at concrete dims.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileProgram {
+    pub kernel: String,
+    pub target: String,
+    /// The dims it is specialized to.
+    pub dims: BTreeMap<String, i64>,
+    pub tensors: Vec<GmTensor>,
+    pub launches: Vec<Launch>,
+}
+
+/// A tensor in global memory.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub u32);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GmTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub role: TensorRole,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorRole {
+    /// A kernel parameter (`params[i]`); an `inout` one is also written.
+    Param(usize),
+    /// A result of the kernel (`results[i]` of the graph).
+    Output(usize),
+    /// A whole tensor that one launch writes and a later one reads (graph node `ValueId`).
+    Intermediate(ValueId),
+    /// A bounded hand-off area, `per_core` bytes for each of the launch's cores (e.g. cube results on
+    /// their way to the vector cores on a target without a direct path).
+    Workspace { per_core: u64 },
+}
+
+/// The on-chip memories of a core.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mem {
+    L1,
+    L0A,
+    L0B,
+    L0C,
+    UB,
+}
+
+impl Mem {
+    pub const ALL: [Mem; 5] = [Mem::L1, Mem::L0A, Mem::L0B, Mem::L0C, Mem::UB];
+
+    /// The name used in target descriptions.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mem::L1 => "l1",
+            Mem::L0A => "l0a",
+            Mem::L0B => "l0b",
+            Mem::L0C => "l0c",
+            Mem::UB => "ub",
+        }
+    }
+
+    /// Whether the memory belongs to a cube core (else to a vector core).
+    pub fn on_cube(self) -> bool {
+        !matches!(self, Mem::UB)
+    }
+}
+
+/// The fractal format a buffer is in (NZ in L1 and L0C, zZ in L0A, zN in L0B; ND otherwise).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Layout {
+    ND,
+    NZ,
+    ZZ,
+    ZN,
+}
+
+/// The units of a core, each with its own instruction queue.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Pipe {
+    /// The scalar unit: loops, address arithmetic, library operations' control.
+    S,
+    /// GM → L1 / UB / L0A / L0B.
+    Mte2,
+    /// L1 → L0A / L0B (and, where the target has it, L1 → UB).
+    Mte1,
+    /// UB → GM (and, where the target has it, UB → L1).
+    Mte3,
+    /// L0C → GM / L1 (and, where the target has it, L0C → UB), converting dtype on the way.
+    Fix,
+    /// The cube unit.
+    M,
+    /// The vector unit.
+    V,
+}
+
+impl Pipe {
+    pub const ALL: [Pipe; 7] = [Pipe::S, Pipe::Mte2, Pipe::Mte1, Pipe::Mte3, Pipe::Fix, Pipe::M, Pipe::V];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pipe::S => "S",
+            Pipe::Mte2 => "MTE2",
+            Pipe::Mte1 => "MTE1",
+            Pipe::Mte3 => "MTE3",
+            Pipe::Fix => "FIX",
+            Pipe::M => "M",
+            Pipe::V => "V",
+        }
+    }
+
+    /// The engine name used in target descriptions' copy paths.
+    pub fn engine(self) -> Option<&'static str> {
+        match self {
+            Pipe::Mte1 => Some("mte1"),
+            Pipe::Mte2 => Some("mte2"),
+            Pipe::Mte3 => Some("mte3"),
+            Pipe::Fix => Some("fix"),
+            _ => None,
+        }
+    }
+}
+
+/// An on-chip buffer of a launch.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufId(pub u32);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    pub name: String,
+    pub mem: Mem,
+    pub dtype: DType,
+    /// The elements of one slot, as a tile shape (rows, cols) or any shape; slots are contiguous.
+    pub shape: Vec<u64>,
+    /// How many slots (2 for double buffering); a statement names the slot it uses.
+    pub slots: u32,
+    pub layout: Layout,
+    /// Byte offset in `mem`, assigned by the buffer planner (aligned to the memory's alignment).
+    pub offset: u64,
+}
+
+impl Buffer {
+    pub fn slot_elems(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// Bytes of one slot.
+    pub fn slot_bytes(&self) -> u64 {
+        self.slot_elems() * self.dtype.size_bytes() as u64
+    }
+
+    /// Bytes of all slots.
+    pub fn bytes(&self) -> u64 {
+        self.slot_bytes() * self.slots as u64
+    }
+}
+
+/// The unit(s) a launch uses.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Unit {
+    Cube,
+    Vector,
+    /// Cube and vector cores cooperating (cube results handed to the vector cores).
+    Mixed,
+}
+
+/// One fusion group's work on the chip.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Launch {
+    pub name: String,
+    pub unit: Unit,
+    /// Cube cores used (0 for a vector-only launch) and vector cores used.
+    pub cube_cores: u32,
+    pub vector_cores: u32,
+    pub buffers: Vec<Buffer>,
+    /// Scalar registers of the programs (names for printing; both programs share the numbering).
+    pub svars: Vec<String>,
+    pub cube: Vec<Stmt>,
+    pub vector: Vec<Stmt>,
+}
+
+/// A scalar register of a program.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SVar(pub u32);
+
+/// Integer arithmetic on the scalar unit (64-bit).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SExpr {
+    Const(i64),
+    Var(SVar),
+    /// This core's index among the launch's cores of its kind (0-based).
+    Core,
+    Bin(SBin, Box<SExpr>, Box<SExpr>),
+    /// An element of a buffer read by the scalar unit (data-dependent control or addressing): `buf`'s
+    /// slot `slot`, flat element `index`; an `i32` buffer.
+    Read { buf: BufId, slot: Box<SExpr>, index: Box<SExpr> },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SBin {
+    Add,
+    Sub,
+    Mul,
+    /// Floor division.
+    Div,
+    /// Floor remainder.
+    Mod,
+    Min,
+    Max,
+    /// Comparisons give 0 or 1.
+    Lt,
+    Le,
+    Eq,
+}
+
+/// Where a rectangular window lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Loc {
+    Gm(TensorId),
+    Buf { buf: BufId, slot: SExpr },
+}
+
+/// A 2-D window: element `(r, c)` is at flat element `offset + r * row_stride + c`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Region {
+    pub loc: Loc,
+    pub offset: SExpr,
+    pub row_stride: SExpr,
+}
+
+/// An elementwise expression over a tile: evaluated at each `(r, c)` of the statement's `rows × cols`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VExpr {
+    F32(f32),
+    I32(i64),
+    Bool(bool),
+    /// A scalar-unit value (an integer), e.g. a loop index or a dim.
+    Scalar(SExpr),
+    /// The tile's row index `r` or column index `c` (for masks: add the tile's origin).
+    Row,
+    Col,
+    /// `region[r, c]`; `Bcast` variants read `region[r, 0]` (one value per row) or `region[0, c]`.
+    Read(Region),
+    ReadRow(Region),
+    ReadCol(Region),
+    Unary(UnOp, Box<VExpr>),
+    Binary(BinOp, Box<VExpr>, Box<VExpr>),
+    Select(Box<VExpr>, Box<VExpr>, Box<VExpr>),
+    /// To f32 / i32 / bool, or rounding an f32 through bf16 / f16.
+    Cast(DType, Box<VExpr>),
+}
+
+/// The data-dependent library operations, run by a vector core's scalar unit over a UB-resident block.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LibOp {
+    /// The `k` largest of each row of `rows × cols` (largest first, ties to the lower index): values
+    /// and/or indices.
+    TopK { k: u64, values: Option<Region>, indices: Option<Region> },
+    /// Stable sort indices of each row.
+    ArgSort { descending: bool, dst: Region },
+    /// Prefix sums along each row (`carry` holds the running sum across tiles, one per row).
+    CumSum { exclusive: bool, dst: Region, carry: Option<Region> },
+    /// Counts of each value in `0..n` of the source, accumulated into `dst` (n elements).
+    BinCount { n: u64, dst: Region },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// `for var in lo..hi step step` on the scalar unit.
+    For { var: SVar, lo: SExpr, hi: SExpr, step: i64, body: Vec<Stmt> },
+    /// `var = value` on the scalar unit.
+    Set { var: SVar, value: SExpr },
+    /// Runs `then` if `cond` is not 0.
+    If { cond: SExpr, then: Vec<Stmt> },
+    /// Copies `rows × cols` elements from `src` to `dst` on `pipe`, converting dtypes if they differ.
+    Copy { pipe: Pipe, src: Region, dst: Region, rows: SExpr, cols: SExpr },
+    /// For each of `rows` rows: copies `cols` elements starting at element `index[r] * row_stride +
+    /// col_offset` of `src` (a GM tensor) to row `r` of `dst`. `index` is an i32 UB region read by the
+    /// scalar unit; an index outside `0..src_rows` stops the kernel with `span`'s error.
+    Gather {
+        pipe: Pipe,
+        src: TensorId,
+        src_rows: u64,
+        row_stride: u64,
+        col_offset: SExpr,
+        index: Region,
+        dst: Region,
+        rows: SExpr,
+        cols: SExpr,
+        span: crate::span::Span,
+    },
+    /// `c[m, n] (+)= Σ_k a[m, k] · b[k, n]` on the cube, in f32; `a` in L0A, `b` in L0B, `c` in L0C.
+    Mmad { a: Region, b: Region, c: Region, m: SExpr, k: SExpr, n: SExpr, accumulate: bool },
+    /// `dst[r, c] = expr(r, c)` for the tile `rows × cols`, on the vector unit.
+    Vector { dst: Region, rows: SExpr, cols: SExpr, expr: VExpr },
+    /// Reduces `src` (`rows × cols`) along `axis` (1: each row to one value, written to `dst[r, 0]`;
+    /// 0: each column, to `dst[0, c]`), combining with `dst`'s value if `accumulate`.
+    Reduce { op: ReduceOp, axis: u8, src: Region, dst: Region, rows: SExpr, cols: SExpr, accumulate: bool },
+    /// A library operation over `src` (`rows × cols`).
+    Library { op: LibOp, src: Region, rows: SExpr, cols: SExpr, span: crate::span::Span },
+    /// `from` signals `to` with event `event` (0..8) once its work so far is done.
+    SetFlag { from: Pipe, to: Pipe, event: u8 },
+    /// `to` waits for `from`'s signal `event`.
+    WaitFlag { from: Pipe, to: Pipe, event: u8 },
+    /// Later work on `pipe` waits for earlier work on `pipe`.
+    Barrier { pipe: Pipe },
+    /// Signals a cross-core flag (0..=10) to the partner cores (a cube core's vector cores, or back).
+    CrossSet { flag: u8 },
+    /// Waits for a cross-core flag.
+    CrossWait { flag: u8 },
+}
+
+impl Stmt {
+    /// The pipe that executes the statement.
+    pub fn pipe(&self) -> Pipe {
+        match self {
+            Stmt::For { .. } | Stmt::Set { .. } | Stmt::If { .. } | Stmt::CrossSet { .. } | Stmt::CrossWait { .. } => {
+                Pipe::S
+            }
+            Stmt::Copy { pipe, .. } | Stmt::Gather { pipe, .. } => *pipe,
+            Stmt::Mmad { .. } => Pipe::M,
+            Stmt::Vector { .. } | Stmt::Reduce { .. } => Pipe::V,
+            Stmt::Library { .. } => Pipe::S,
+            Stmt::SetFlag { from, .. } => *from,
+            Stmt::WaitFlag { to, .. } => *to,
+            Stmt::Barrier { pipe } => *pipe,
+        }
+    }
+}
+
+impl TileProgram {
+    pub fn tensor(&self, t: TensorId) -> &GmTensor {
+        &self.tensors[t.0 as usize]
+    }
+}
+
+pub mod print;
+pub mod verify;
