@@ -90,6 +90,9 @@ pub enum Emit {
     Ast,
     /// The graph IR: typed tensor dataflow, one graph per kernel.
     Graph,
+    /// The fusion groups of each kernel (cube or vector), what each reads and writes, and why every
+    /// producer and consumer left apart were not fused.
+    Fusion,
 }
 
 #[derive(Args, Debug)]

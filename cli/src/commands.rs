@@ -149,15 +149,23 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
             }
             kc_frontend::ast_print::print_module(&module)
         }
-        Emit::Graph => {
+        Emit::Graph | Emit::Fusion => {
             let c = compile_file(&a.file)?;
             if ctx.report(&c.diags, &c.sources) {
                 return Err(Failure::Reported);
             }
-            match &a.kernel {
-                Some(k) => kc_ir::print::print_graph(select_kernel(&c.program, Some(k), &c.name)?),
-                None => kc_ir::print::print_program(&c.program),
-            }
+            let graphs: Vec<&kc_ir::Graph> = match &a.kernel {
+                Some(k) => vec![select_kernel(&c.program, Some(k), &c.name)?],
+                None => c.program.kernels.iter().collect(),
+            };
+            let print = |g: &kc_ir::Graph| match a.emit {
+                Emit::Fusion => {
+                    let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::default());
+                    kc_ir::passes::fuse::print_fusion(g, &f)
+                }
+                _ => kc_ir::print::print_graph(g),
+            };
+            graphs.iter().map(|g| print(g)).collect::<Vec<_>>().join("\n")
         }
     };
     match &a.output {

@@ -18,6 +18,8 @@
 //!
 //! # Numerics
 //!
+//! (Implemented in [`crate::ops`], which every executor shares: the tile-IR simulator computes the same bits.)
+//!
 //! - Values are `f32` (every floating-point value), `i64` (every integer: `i32` loads, index variables,
 //!   dims, integer constants; index arithmetic never overflows in practice) and `bool`.
 //! - Storing a value rounds `f32` to `bf16`/`f16` to nearest-even, keeps `f32` as is; an integer stored
@@ -79,14 +81,13 @@
 
 use crate::diag::{Code, Diagnostic};
 use crate::dim::{Dim, DimError};
-use crate::dtype::{round_bf16, round_f16, DType, ScalarTy};
+use crate::dtype::{DType, ScalarTy};
 use crate::graph::{BinOp, Const, Expr, ExprKind, Graph, NodeKind, ReduceOp, TopKPart, UnOp, ValueId};
 use crate::launch::{self, fmt_dims, Args, Binding};
+use crate::ops::{self, push, Acc, CumAcc, Val};
 use crate::span::Span;
 use crate::tensor::{numel, Tensor, TensorData};
-use half::{bf16, f16};
 use std::borrow::Cow;
-use std::cmp::Ordering;
 
 /// Resource limits of one launch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,14 +148,6 @@ pub fn run_with(graph: &Graph, args: &Args, limits: &Limits) -> Result<Vec<(Stri
 // ---------------------------------------------------------------------------------------------------------
 // Values.
 
-/// A scalar value in compute type.
-#[derive(Copy, Clone, Debug, PartialEq)]
-enum Val {
-    F(f32),
-    I(i64),
-    B(bool),
-}
-
 type Res<T> = Result<T, Box<Diagnostic>>;
 
 fn internal(span: Span, msg: String) -> Diagnostic {
@@ -167,13 +160,7 @@ fn ierr(span: Span, msg: impl Into<String>) -> Box<Diagnostic> {
 
 /// The element at flat offset `off`, widened.
 fn load(t: &Tensor, off: usize) -> Option<Val> {
-    Some(match &t.data {
-        TensorData::F32(v) => Val::F(*v.get(off)?),
-        TensorData::BF16(v) => Val::F(v.get(off)?.to_f32()),
-        TensorData::F16(v) => Val::F(v.get(off)?.to_f32()),
-        TensorData::I32(v) => Val::I(i64::from(*v.get(off)?)),
-        TensorData::Bool(v) => Val::B(*v.get(off)?),
-    })
+    ops::load(&t.data, off)
 }
 
 /// An empty buffer of `dtype` with room for `n` elements.
@@ -184,136 +171,6 @@ fn alloc(dtype: DType, n: usize) -> TensorData {
         DType::F16 => TensorData::F16(Vec::with_capacity(n)),
         DType::I32 => TensorData::I32(Vec::with_capacity(n)),
         DType::Bool => TensorData::Bool(Vec::with_capacity(n)),
-    }
-}
-
-/// Stores a value (rounding `f32` to `bf16`/`f16`, wrapping integers to 32 bits). `false` if the value's
-/// type does not fit the buffer.
-fn push(data: &mut TensorData, v: Val) -> bool {
-    match (data, v) {
-        (TensorData::F32(d), Val::F(x)) => d.push(x),
-        (TensorData::BF16(d), Val::F(x)) => d.push(bf16::from_f32(x)),
-        (TensorData::F16(d), Val::F(x)) => d.push(f16::from_f32(x)),
-        (TensorData::I32(d), Val::I(x)) => d.push(x as i32),
-        (TensorData::Bool(d), Val::B(x)) => d.push(x),
-        _ => return false,
-    }
-    true
-}
-
-fn val_ty(v: Val) -> &'static str {
-    match v {
-        Val::F(_) => "f32",
-        Val::I(_) => "i32",
-        Val::B(_) => "bool",
-    }
-}
-
-/// A total order in which NaN is larger than every number (two NaNs are equal).
-fn cmp_nan_max(a: Val, b: Val) -> Ordering {
-    match (a, b) {
-        (Val::F(x), Val::F(y)) => match (x.is_nan(), y.is_nan()) {
-            (true, true) => Ordering::Equal,
-            (true, false) => Ordering::Greater,
-            (false, true) => Ordering::Less,
-            (false, false) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
-        },
-        (Val::I(x), Val::I(y)) => x.cmp(&y),
-        (Val::B(x), Val::B(y)) => x.cmp(&y),
-        // Mixed types cannot occur within one tensor.
-        _ => Ordering::Equal,
-    }
-}
-
-/// Integer division rounding toward negative infinity (`b != 0`), wrapping on `i64::MIN / -1`.
-fn floor_div(a: i64, b: i64) -> i64 {
-    let q = a.wrapping_div(b);
-    let r = a.wrapping_rem(b);
-    if r != 0 && ((r < 0) != (b < 0)) {
-        q.wrapping_sub(1)
-    } else {
-        q
-    }
-}
-
-/// The remainder of [`floor_div`]: it has the sign of `b` (`b != 0`).
-fn floor_mod(a: i64, b: i64) -> i64 {
-    let r = a.wrapping_rem(b);
-    if r != 0 && ((r < 0) != (b < 0)) {
-        r.wrapping_add(b)
-    } else {
-        r
-    }
-}
-
-/// The floor remainder of floats, exact: the sign of `b`.
-fn floor_mod_f32(a: f32, b: f32) -> f32 {
-    let r = libm::fmodf(a, b);
-    if r != 0.0 && ((r < 0.0) != (b < 0.0)) {
-        r + b
-    } else {
-        r
-    }
-}
-
-fn sigmoid64(x: f64) -> f64 {
-    1.0 / (1.0 + libm::exp(-x))
-}
-
-fn unary_f32(op: UnOp, x: f32) -> Option<f32> {
-    let d = f64::from(x);
-    Some(match op {
-        UnOp::Neg => -x,
-        UnOp::Abs => x.abs(),
-        UnOp::Exp => libm::exp(d) as f32,
-        UnOp::Exp2 => libm::exp2(d) as f32,
-        UnOp::Log => libm::log(d) as f32,
-        UnOp::Log2 => libm::log2(d) as f32,
-        UnOp::Sqrt => libm::sqrtf(x),
-        UnOp::Rsqrt => (1.0 / libm::sqrt(d)) as f32,
-        UnOp::Sin => libm::sin(d) as f32,
-        UnOp::Cos => libm::cos(d) as f32,
-        UnOp::Tanh => libm::tanh(d) as f32,
-        UnOp::Sigmoid => sigmoid64(d) as f32,
-        UnOp::Silu => (d * sigmoid64(d)) as f32,
-        UnOp::Gelu => (0.5 * d * (1.0 + libm::erf(d / std::f64::consts::SQRT_2))) as f32,
-        UnOp::Relu => {
-            if x.is_nan() || x > 0.0 {
-                x
-            } else {
-                0.0
-            }
-        }
-        UnOp::Softplus => {
-            if x.is_nan() {
-                x
-            } else {
-                (d.max(0.0) + libm::log1p(libm::exp(-d.abs()))) as f32
-            }
-        }
-        UnOp::Floor => libm::floorf(x),
-        UnOp::Ceil => libm::ceilf(x),
-        UnOp::Not => return None,
-    })
-}
-
-fn nan_min(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if b < a {
-        b
-    } else {
-        a
-    }
-}
-
-fn nan_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if b > a {
-        b
-    } else {
-        a
     }
 }
 
@@ -537,7 +394,7 @@ fn eval_node<'a>(
                     if !push(&mut data, v) {
                         return Err(ierr(
                             node.span,
-                            format!("`{}` is {} but its body gave a {}", node_name(graph, id), node.dtype, val_ty(v)),
+                            format!("`{}` is {} but its body gave a {}", node_name(graph, id), node.dtype, v.ty_name()),
                         ));
                     }
                     // Next output element, row-major.
@@ -595,10 +452,8 @@ fn eval_node<'a>(
             for o in 0..outer {
                 for n in 0..inner {
                     let at = |i: usize| vals[(o * len + i) * inner + n];
-                    order.clear();
-                    order.extend(0..len);
                     // Stable: equal values keep the lower index first.
-                    order.sort_by(|&a, &b| cmp_nan_max(at(b), at(a)));
+                    ops::sort_indices(&mut order, len, at, true);
                     for (j, &i) in order.iter().take(kk).enumerate() {
                         out[(o * kk + j) * inner + n] = match part {
                             TopKPart::Values => at(i),
@@ -619,13 +474,7 @@ fn eval_node<'a>(
             for o in 0..outer {
                 for n in 0..inner {
                     let at = |i: usize| vals[(o * len + i) * inner + n];
-                    order.clear();
-                    order.extend(0..len);
-                    if *descending {
-                        order.sort_by(|&a, &b| cmp_nan_max(at(b), at(a)));
-                    } else {
-                        order.sort_by(|&a, &b| cmp_nan_max(at(a), at(b)));
-                    }
+                    ops::sort_indices(&mut order, len, at, *descending);
                     for (j, &i) in order.iter().enumerate() {
                         out[(o * len + j) * inner + n] = Val::I(i as i64);
                     }
@@ -642,20 +491,15 @@ fn eval_node<'a>(
             let float = t.dtype().is_float();
             for o in 0..outer {
                 for n in 0..inner {
-                    let (mut fa, mut ia) = (0.0f32, 0i64);
+                    let mut acc = CumAcc::new(float);
                     for i in 0..len {
                         let at = (o * len + i) * inner + n;
-                        let x = vals[at];
                         if *exclusive {
-                            out[at] = if float { Val::F(fa) } else { Val::I(ia) };
+                            out[at] = acc.value();
                         }
-                        match x {
-                            Val::F(x) => fa += x,
-                            Val::I(x) => ia = ia.wrapping_add(x),
-                            Val::B(x) => ia = ia.wrapping_add(i64::from(x)),
-                        }
+                        acc.add(vals[at]);
                         if !*exclusive {
-                            out[at] = if float { Val::F(fa) } else { Val::I(ia) };
+                            out[at] = acc.value();
                         }
                     }
                 }
@@ -747,7 +591,7 @@ fn from_vals<'a>(graph: &Graph, id: usize, shape: &[usize], vals: &[Val]) -> Res
         if !push(&mut data, v) {
             return Err(ierr(
                 node.span,
-                format!("`{}` is {} but its operation gives a {}", node_name(graph, id), node.dtype, val_ty(v)),
+                format!("`{}` is {} but its operation gives a {}", node_name(graph, id), node.dtype, v.ty_name()),
             ));
         }
     }
@@ -914,7 +758,7 @@ impl Eval<'_, '_> {
     fn int(&mut self, e: &CE, span: Span) -> Res<i64> {
         match self.eval(e)? {
             Val::I(v) => Ok(v),
-            v => Err(ierr(span, format!("expected an i32, found a {}", val_ty(v)))),
+            v => Err(ierr(span, format!("expected an i32, found a {}", v.ty_name()))),
         }
     }
 
@@ -947,16 +791,7 @@ impl Eval<'_, '_> {
             }
             CE::Unary(op, a, span) => {
                 let a = self.eval(a)?;
-                match (op, a) {
-                    (UnOp::Not, Val::B(x)) => Ok(Val::B(!x)),
-                    (UnOp::Neg, Val::I(x)) => Ok(Val::I(x.wrapping_neg())),
-                    (UnOp::Abs, Val::I(x)) => Ok(Val::I(x.wrapping_abs())),
-                    (op, Val::F(x)) => match unary_f32(*op, x) {
-                        Some(y) => Ok(Val::F(y)),
-                        None => Err(ierr(*span, format!("{} of an f32", op.name()))),
-                    },
-                    (op, a) => Err(ierr(*span, format!("{} of a {}", op.name(), val_ty(a)))),
-                }
+                ops::unary(*op, a).map_err(|e| Box::new(e.into_diagnostic(*span, internal)))
             }
             CE::Binary(op, a, b, span) => {
                 let a = self.eval(a)?;
@@ -966,30 +801,11 @@ impl Eval<'_, '_> {
             CE::Select(c, a, b, span) => match self.eval(c)? {
                 Val::B(true) => self.eval(a),
                 Val::B(false) => self.eval(b),
-                v => Err(ierr(*span, format!("a where condition of type {}", val_ty(v)))),
+                v => Err(ierr(*span, format!("a where condition of type {}", v.ty_name()))),
             },
             CE::Cast(to, a) => {
                 let a = self.eval(a)?;
-                let f = |a: Val| match a {
-                    Val::F(x) => x,
-                    Val::I(x) => x as f32,
-                    Val::B(x) => f32::from(u8::from(x)),
-                };
-                Ok(match to {
-                    DType::F32 => Val::F(f(a)),
-                    DType::BF16 => Val::F(round_bf16(f(a))),
-                    DType::F16 => Val::F(round_f16(f(a))),
-                    DType::I32 => Val::I(match a {
-                        Val::F(x) => i64::from(x as i32),
-                        Val::I(x) => x,
-                        Val::B(x) => i64::from(x),
-                    }),
-                    DType::Bool => Val::B(match a {
-                        Val::F(x) => x != 0.0,
-                        Val::I(x) => x != 0,
-                        Val::B(x) => x,
-                    }),
-                })
+                Ok(ops::cast(*to, a))
             }
             CE::Reduce { op, ty, vars, body, span } => self.reduce(*op, *ty, vars, body, *span),
             CE::Segment { src, value, span } => {
@@ -1035,31 +851,7 @@ impl Eval<'_, '_> {
     }
 
     fn reduce(&mut self, op: ReduceOp, ty: ScalarTy, vars: &[(usize, i64)], body: &CE, span: Span) -> Res<Val> {
-        #[derive(Copy, Clone)]
-        enum Acc {
-            SumF(f32),
-            SumI(i64),
-            MaxF(f32),
-            MinF(f32),
-            MaxI(Option<i64>),
-            MinI(Option<i64>),
-            /// (index, value) of the best so far; `max` is true for argmax.
-            Arg {
-                max: bool,
-                best: Option<(i64, Val)>,
-            },
-        }
-        let mut acc = match (op, ty) {
-            (ReduceOp::Sum, ScalarTy::F32) => Acc::SumF(0.0),
-            (ReduceOp::Sum, ScalarTy::I32) => Acc::SumI(0),
-            (ReduceOp::Max, ScalarTy::F32) => Acc::MaxF(f32::NEG_INFINITY),
-            (ReduceOp::Min, ScalarTy::F32) => Acc::MinF(f32::INFINITY),
-            (ReduceOp::Max, ScalarTy::I32) => Acc::MaxI(None),
-            (ReduceOp::Min, ScalarTy::I32) => Acc::MinI(None),
-            (ReduceOp::ArgMax, _) => Acc::Arg { max: true, best: None },
-            (ReduceOp::ArgMin, _) => Acc::Arg { max: false, best: None },
-            (op, ty) => return Err(ierr(span, format!("{} of type {ty}", op.name()))),
-        };
+        let mut acc = Acc::new(op, ty).map_err(|e| Box::new(e.into_diagnostic(span, internal)))?;
         let empty = vars.iter().any(|&(_, n)| n <= 0);
         if !empty {
             for &(v, _) in vars {
@@ -1067,37 +859,8 @@ impl Eval<'_, '_> {
             }
             'iter: loop {
                 let x = self.eval(body)?;
-                acc = match (acc, x) {
-                    (Acc::SumF(a), Val::F(x)) => Acc::SumF(a + x),
-                    (Acc::SumI(a), Val::I(x)) => Acc::SumI(a.wrapping_add(x)),
-                    (Acc::MaxF(a), Val::F(x)) => Acc::MaxF(nan_max(a, x)),
-                    (Acc::MinF(a), Val::F(x)) => Acc::MinF(nan_min(a, x)),
-                    (Acc::MaxI(a), Val::I(x)) => Acc::MaxI(Some(a.map_or(x, |a| a.max(x)))),
-                    (Acc::MinI(a), Val::I(x)) => Acc::MinI(Some(a.map_or(x, |a| a.min(x)))),
-                    (Acc::Arg { max, best }, x) => {
-                        let i = vars.first().map_or(0, |&(v, _)| self.vars[v]);
-                        let better = match best {
-                            None => true,
-                            Some((_, b)) => match (b, x) {
-                                (Val::F(b), Val::F(x)) => {
-                                    !b.is_nan() && (x.is_nan() || if max { x > b } else { x < b })
-                                }
-                                (Val::I(b), Val::I(x)) => {
-                                    if max {
-                                        x > b
-                                    } else {
-                                        x < b
-                                    }
-                                }
-                                _ => return Err(ierr(span, format!("{} of a {}", op.name(), val_ty(x)))),
-                            },
-                        };
-                        Acc::Arg { max, best: if better { Some((i, x)) } else { best } }
-                    }
-                    (_, x) => {
-                        return Err(ierr(span, format!("{} of type {ty} whose body gave a {}", op.name(), val_ty(x))))
-                    }
-                };
+                let i = vars.first().map_or(0, |&(v, _)| self.vars[v]);
+                acc = acc.add(op, ty, i, x).map_err(|e| Box::new(e.into_diagnostic(span, internal)))?;
                 // Next point, the last variable innermost.
                 let mut k = vars.len();
                 loop {
@@ -1114,68 +877,12 @@ impl Eval<'_, '_> {
                 }
             }
         }
-        Ok(match acc {
-            Acc::SumF(a) | Acc::MaxF(a) | Acc::MinF(a) => Val::F(a),
-            Acc::SumI(a) => Val::I(a),
-            Acc::MaxI(a) => Val::I(a.unwrap_or(i64::from(i32::MIN))),
-            Acc::MinI(a) => Val::I(a.unwrap_or(i64::from(i32::MAX))),
-            Acc::Arg { best, .. } => Val::I(best.map_or(0, |(i, _)| i)),
-        })
+        Ok(acc.finish())
     }
 }
 
 fn binary(op: BinOp, a: Val, b: Val, span: Span) -> Res<Val> {
-    use BinOp::*;
-    Ok(match (a, b) {
-        (Val::F(x), Val::F(y)) => match op {
-            Add => Val::F(x + y),
-            Sub => Val::F(x - y),
-            Mul => Val::F(x * y),
-            Div => Val::F(x / y),
-            Mod => Val::F(floor_mod_f32(x, y)),
-            Pow => Val::F(libm::pow(f64::from(x), f64::from(y)) as f32),
-            Min => Val::F(nan_min(x, y)),
-            Max => Val::F(nan_max(x, y)),
-            Eq => Val::B(x == y),
-            Ne => Val::B(x != y),
-            Lt => Val::B(x < y),
-            Le => Val::B(x <= y),
-            Gt => Val::B(x > y),
-            Ge => Val::B(x >= y),
-            And | Or => return Err(ierr(span, format!("{} of f32 values", op.name()))),
-        },
-        (Val::I(x), Val::I(y)) => match op {
-            Add => Val::I(x.wrapping_add(y)),
-            Sub => Val::I(x.wrapping_sub(y)),
-            Mul => Val::I(x.wrapping_mul(y)),
-            Div | Mod => {
-                if y == 0 {
-                    return Err(Box::new(
-                        Diagnostic::error(Code::DivByZero, span, "integer division by zero")
-                            .with_label(format!("{x} {} 0", if op == Div { "/" } else { "%" })),
-                    ));
-                }
-                Val::I(if op == Div { floor_div(x, y) } else { floor_mod(x, y) })
-            }
-            Min => Val::I(x.min(y)),
-            Max => Val::I(x.max(y)),
-            Eq => Val::B(x == y),
-            Ne => Val::B(x != y),
-            Lt => Val::B(x < y),
-            Le => Val::B(x <= y),
-            Gt => Val::B(x > y),
-            Ge => Val::B(x >= y),
-            Pow | And | Or => return Err(ierr(span, format!("{} of i32 values", op.name()))),
-        },
-        (Val::B(x), Val::B(y)) => match op {
-            Eq => Val::B(x == y),
-            Ne => Val::B(x != y),
-            And => Val::B(x && y),
-            Or => Val::B(x || y),
-            _ => return Err(ierr(span, format!("{} of bool values", op.name()))),
-        },
-        (a, b) => return Err(ierr(span, format!("{} of a {} and a {}", op.name(), val_ty(a), val_ty(b)))),
-    })
+    ops::binary(op, a, b).map_err(|e| Box::new(e.into_diagnostic(span, internal)))
 }
 
 #[cfg(test)]
@@ -1644,8 +1351,8 @@ mod tests {
         let out = run(&b.g, &a).unwrap();
         assert_eq!(i32s(&out[0].1), vec![-4, -4, 3, 3, -2, 0]);
         assert_eq!(i32s(&out[1].1), vec![1, -1, -1, 1, 0, 0]);
-        assert_eq!(floor_div(i64::MIN, -1), i64::MIN);
-        assert_eq!(floor_mod(i64::MIN, -1), 0);
+        assert_eq!(ops::floor_div(i64::MIN, -1), i64::MIN);
+        assert_eq!(ops::floor_mod(i64::MIN, -1), 0);
 
         let mut b = B::new();
         let x = b.param("x", DType::F32, vec![s("N")]);

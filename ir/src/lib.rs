@@ -8,11 +8,13 @@ pub mod dtype;
 pub mod graph;
 pub mod interp;
 pub mod launch;
+pub mod ops;
+pub mod passes;
 pub mod print;
 pub mod span;
 pub mod target;
-pub mod tile;
 pub mod tensor;
+pub mod tile;
 pub mod verify;
 
 pub use diag::{Code, Diagnostic, Label, Severity};

@@ -1,1 +1,1411 @@
-//! The tile IR simulator (being written).
+//! The functional simulator of the tile IR: runs a [`TileProgram`] on host tensors and computes exactly
+//! what the reference interpreter ([`kc_ir::interp`]) computes for the same operations.
+//!
+//! [`run`] (or [`run_with`], with explicit [`Limits`] and returning [`Stats`]) executes a program lowered
+//! from `graph` on `args` and returns one `(name, tensor)` per entry of `graph.results`, in order.
+//!
+//! # How a run goes
+//!
+//! 1. [`launch::bind`] checks the arguments against the graph's signature (every check the interpreter
+//!    makes); its errors are returned as they are. Every dim the program is specialized to must have the
+//!    bound value (else `Code::ArgShape`: the program was compiled for other sizes).
+//! 2. Global memory is set up, one flat array per [`GmTensor`] in its dtype: a `Param(i)` is a copy of the
+//!    argument converted to the tensor's dtype (the caller's arguments are never modified, so a failed run
+//!    leaves them as they were); `Output`, `Intermediate` and `Workspace` tensors start as zeros. A
+//!    workspace holds `per_core` bytes for each core (cube and vector) of the largest launch that uses it;
+//!    its `shape` is not used. GM plus every launch's buffers must fit [`Limits::max_bytes`]
+//!    (else `Code::ResourceLimit`).
+//! 3. The launches run in order. In a launch, every cube core (`0..cube_cores`) runs the `cube` program and
+//!    every vector core (`0..vector_cores`) the `vector` program, each with its own scalar registers and its
+//!    own copy (zeros at the start of the launch) of every buffer of its kind ([`Mem::on_cube`]).
+//! 4. Cores are resumable interpreters (an explicit stack of frames), scheduled round-robin in a fixed
+//!    order (cube cores, then vector cores): a core runs until it blocks on a `CrossWait` or finishes, then
+//!    the next one runs. No threads; the result does not depend on the host.
+//! 5. The results are the final contents of the `Output(i)` tensors (`results[i]`; for an `inout` result
+//!    without an `Output` tensor, the final contents of its `Param` tensor).
+//!
+//! # Semantics
+//!
+//! - Within a core statements run in program order; intra-core flags and barriers order nothing more (the
+//!   verifier proves the program race-free) and are only counted.
+//! - Cross-core flags (ids `0..=10`): cube core `i` is paired with vector cores `i*ratio .. (i+1)*ratio`,
+//!   `ratio = vector_cores / cube_cores`. `CrossSet` adds one to the flag's counter on every partner (a
+//!   cube core's vector cores, or a vector core's cube core); `CrossWait` blocks until the core's own
+//!   counter for the flag is above 0, then takes one. A launch in which every unfinished core waits is a
+//!   deadlock: `Code::Internal`, naming the launch and the flags waited for. A set on a core without a
+//!   partner is `Code::Internal`. Counters are not capped (the hardware counts to 15; [`Stats`] records
+//!   the largest count reached).
+//! - `For { lo, hi, step }` evaluates `lo` and `hi` once and runs `var = lo, lo + step, ..` while `var < hi`
+//!   (`step` must be positive). Reading a register never set is an internal error.
+//! - `SExpr`: 64-bit wrapping arithmetic, floor division and floor remainder (a zero divisor is an
+//!   internal error: scalar arithmetic is the compiler's), comparisons give 0 or 1. `Read` reads an
+//!   element of an `i32` buffer of the core.
+//! - A [`Region`]'s element `(r, c)` is flat element `offset + r * row_stride + c` of a buffer slot (the
+//!   slot is `0..slots`; the offset must be in `0..slot_elems`) or of a GM tensor (`0..len`). Every access is
+//!   bounds-checked; a miss is `Code::Internal` naming the launch, the core, the statement (by its path in
+//!   the program: `vector[2].1.0`) and the loop variables.
+//! - Values are [`Val`]s as in the interpreter (f32, i64, bool); every operation is [`kc_ir::ops`]. Loading
+//!   widens; storing converts exactly as the interpreter stores (`f32` rounded to nearest-even into
+//!   `bf16`/`f16`, integers wrapped to 32 bits). A store of a value of another kind (an integer into a
+//!   float buffer, ...) is an internal error: copies convert between float widths only.
+//! - A statement reads all its inputs before it writes (a vector statement whose destination overlaps a
+//!   source sees the old values).
+//! - `Copy`: `rows × cols` elements. `Gather`: row `r` of `dst` is `cols` elements of `src` from
+//!   `index[r] * row_stride + col_offset`, where `index[r]` is the `i32` element `(r, 0)` of `index`; an
+//!   index outside `0..src_rows` is `Code::IndexOutOfRange` at the statement's span.
+//! - `Mmad`: `c[i, j] = (accumulate ? c[i, j] : 0) + Σ_k a[i, k] · b[k, j]`, products and sums in `f32`, k in
+//!   order (as the interpreter's sum). `a` and `b` must be floats.
+//! - `Vector`: the expression at each `(r, c)`, row-major; `Row`/`Col` are `r`/`c`, `Scalar` is the SExpr's
+//!   value as an integer, `Select` evaluates only the chosen side. An integer division by zero is
+//!   `Code::DivByZero` (at the kernel's span: vector statements carry none).
+//! - `Reduce`: axis 1 reduces each row `r` into `dst[r, 0]`, axis 0 each column `c` into `dst[0, c]`, in
+//!   index order with [`Acc`] (the interpreter's identities, NaN handling and first-index arg reductions;
+//!   the index of an arg reduction is the position in the tile). With `accumulate` the reduction continues
+//!   from `dst`'s value (a sum split across tiles gives the interpreter's bits); `argmax`/`argmin` cannot
+//!   accumulate (internal error).
+//! - `Library`, per row of `src`: `TopK` (largest first, ties to the lower index, NaN largest; `k` above
+//!   `cols` is `Code::ArgShape`), `ArgSort` (stable), `CumSum` (a float source sums in `f32`, an integer one in
+//!   `i64`; with `carry`, row `r` starts from `carry[r, 0]` and leaves its total there), `BinCount` (the
+//!   source's values, row-major, counted into `dst[0, 0..n]`, added to what is there; a value outside `0..n`
+//!   is `Code::IndexOutOfRange` at the statement's span and nothing is written).
+//! - A malformed program never panics: every broken invariant is `Code::Internal` with a message.
+
+use kc_ir::diag::{Code, Diagnostic};
+use kc_ir::dtype::DType;
+use kc_ir::graph::{BinOp, Graph, ParamKind, UnOp};
+use kc_ir::interp::Limits;
+use kc_ir::launch::{self, Args};
+use kc_ir::ops::{self, Acc, CumAcc, StoreError, Val};
+use kc_ir::span::Span;
+use kc_ir::tensor::{numel, Tensor, TensorData};
+use kc_ir::tile::{
+    BufId, Launch, LibOp, Loc, Pipe, Region, SBin, SExpr, SVar, Stmt, TensorId, TensorRole, TileProgram, VExpr,
+};
+use std::collections::BTreeMap;
+
+/// The cross-core flag ids are `0..CROSS_FLAGS`.
+const CROSS_FLAGS: usize = 11;
+/// Intra-core event ids are `0..EVENTS`.
+const EVENTS: u8 = 8;
+/// The most cores a launch may have.
+const MAX_CORES: u64 = 1 << 12;
+/// The deepest scalar or vector expression the simulator evaluates.
+const MAX_DEPTH: usize = 512;
+
+/// What the simulator counted in one launch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LaunchStats {
+    pub name: String,
+    /// Statements executed, per pipe, over all cores.
+    pub stmts: BTreeMap<Pipe, u64>,
+    /// Elements written by copies and gathers, per pipe.
+    pub elements: BTreeMap<Pipe, u64>,
+    /// Multiply-accumulates done by `Mmad`.
+    pub macs: u64,
+    /// Elements written by vector statements, reductions and library operations.
+    pub vector_elements: u64,
+    /// Cross-core `CrossSet`s executed.
+    pub cross_sets: u64,
+    /// The largest value a cross-core flag counter reached (the hardware counts up to 15).
+    pub max_cross_count: u32,
+}
+
+/// What the simulator counted, one entry per launch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub launches: Vec<LaunchStats>,
+}
+
+/// Runs `prog` (lowered from `graph`) on `args` with the default [`Limits`].
+pub fn run(prog: &TileProgram, graph: &Graph, args: &Args) -> Result<Vec<(String, Tensor)>, Vec<Diagnostic>> {
+    run_with(prog, graph, args, &Limits::default()).map(|(r, _)| r)
+}
+
+/// Runs `prog` (lowered from `graph`) on `args`: one `(name, tensor)` per entry of `graph.results`, in
+/// order, and what the simulator counted.
+pub fn run_with(
+    prog: &TileProgram,
+    graph: &Graph,
+    args: &Args,
+    limits: &Limits,
+) -> Result<(Vec<(String, Tensor)>, Stats), Vec<Diagnostic>> {
+    let binding = launch::bind(graph, args)?;
+    let span = graph.span;
+    let ierr = |msg: String| vec![internal(span, msg)];
+
+    // The program must be specialized to the launch's dims.
+    let mut errs = Vec::new();
+    for (name, &v) in &prog.dims {
+        match binding.get(name) {
+            Some(b) if b == v => {}
+            Some(b) => errs.push(
+                Diagnostic::error(
+                    Code::ArgShape,
+                    span,
+                    format!(
+                        "the tile program of `{}` was compiled for `{name}` = {v}, but the launch has `{name}` = {b}",
+                        prog.kernel
+                    ),
+                )
+                .with_help("compile the kernel for the launch's dims"),
+            ),
+            None => {
+                errs.push(internal(span, format!("the program is specialized to dim `{name}`, which the kernel lacks")))
+            }
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+
+    // Sizes of GM tensors and launches' buffers, checked before anything is allocated.
+    let mut sizes = Vec::with_capacity(prog.tensors.len());
+    let mut total: u64 = 0;
+    for (ti, t) in prog.tensors.iter().enumerate() {
+        let elems = match &t.role {
+            TensorRole::Workspace { per_core } => {
+                let cores = prog
+                    .launches
+                    .iter()
+                    .filter(|l| uses_tensor(l, TensorId(ti as u32)))
+                    .map(|l| u64::from(l.cube_cores) + u64::from(l.vector_cores))
+                    .max()
+                    .unwrap_or(0);
+                per_core.checked_mul(cores).map(|b| b / t.dtype.size_bytes() as u64)
+            }
+            _ => t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)),
+        };
+        let Some(elems) = elems.filter(|&n| n <= launch::MAX_ELEMENTS) else {
+            return Err(ierr(format!("GM tensor `{}` has more than 2^40 elements", t.name)));
+        };
+        sizes.push(elems as usize);
+        total = total.saturating_add(elems.saturating_mul(t.dtype.size_bytes() as u64));
+    }
+    let mut largest_launch: u64 = 0;
+    for l in &prog.launches {
+        let cores = u64::from(l.cube_cores) + u64::from(l.vector_cores);
+        if cores > MAX_CORES {
+            return Err(ierr(format!("launch `{}` has {cores} cores, more than {MAX_CORES}", l.name)));
+        }
+        let mut bytes: u64 = 0;
+        for b in &l.buffers {
+            let n = if b.mem.on_cube() { l.cube_cores } else { l.vector_cores };
+            let one = b
+                .shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .and_then(|e| e.checked_mul(u64::from(b.slots)))
+                .and_then(|e| e.checked_mul(b.dtype.size_bytes() as u64))
+                .filter(|&e| e <= 1 << 32);
+            let Some(one) = one else {
+                return Err(ierr(format!(
+                    "buffer `{}` of launch `{}` is larger than any on-chip memory",
+                    b.name, l.name
+                )));
+            };
+            bytes = bytes.saturating_add(one.saturating_mul(u64::from(n)));
+        }
+        largest_launch = largest_launch.max(bytes);
+    }
+    let need = total.saturating_add(largest_launch);
+    if need > limits.max_bytes {
+        return Err(vec![Diagnostic::error(
+            Code::ResourceLimit,
+            span,
+            format!(
+                "simulating `{}` needs {need} bytes ({total} of global memory, {largest_launch} of on-chip \
+                 buffers), more than the limit of {} bytes",
+                prog.kernel, limits.max_bytes
+            ),
+        )]);
+    }
+
+    // Global memory.
+    let mut gm: Vec<TensorData> = Vec::with_capacity(prog.tensors.len());
+    for (t, &elems) in prog.tensors.iter().zip(&sizes) {
+        let data = match &t.role {
+            TensorRole::Param(pi) => {
+                let p = graph
+                    .params
+                    .get(*pi)
+                    .ok_or_else(|| ierr(format!("GM tensor `{}` is parameter #{pi}, which does not exist", t.name)))?;
+                if !matches!(p.kind, ParamKind::Tensor { .. }) {
+                    return Err(ierr(format!("GM tensor `{}` is the dim parameter `{}`", t.name, p.name)));
+                }
+                let a = args
+                    .tensors
+                    .get(&p.name)
+                    .ok_or_else(|| ierr(format!("parameter `{}` has no argument after binding", p.name)))?;
+                if numel(&a.shape) != Some(a.len()) {
+                    return Err(vec![Diagnostic::error(
+                        Code::ArgShape,
+                        p.span,
+                        format!(
+                            "the argument `{}` has shape {} but holds {} elements",
+                            p.name,
+                            fmt_shape(&a.shape),
+                            a.len()
+                        ),
+                    )]);
+                }
+                let want: Vec<u64> = a.shape.iter().map(|&d| d as u64).collect();
+                if want != t.shape {
+                    return Err(ierr(format!(
+                        "GM tensor `{}` has shape {} but the argument `{}` has shape {}",
+                        t.name,
+                        fmt_shape_u64(&t.shape),
+                        p.name,
+                        fmt_shape(&a.shape)
+                    )));
+                }
+                a.cast(t.dtype).data
+            }
+            TensorRole::Output(i) if *i >= graph.results.len() => {
+                return Err(ierr(format!(
+                    "GM tensor `{}` is result #{i}, but the kernel has {} results",
+                    t.name,
+                    graph.results.len()
+                )))
+            }
+            _ => Tensor::zeros(t.dtype, vec![elems]).data,
+        };
+        gm.push(data);
+    }
+
+    // The launches.
+    let mut stats = Stats::default();
+    for (li, l) in prog.launches.iter().enumerate() {
+        let ls = run_launch(prog, graph, li, l, &mut gm)?;
+        stats.launches.push(ls);
+    }
+
+    // The results.
+    let mut sources = Vec::with_capacity(graph.results.len());
+    for (ri, r) in graph.results.iter().enumerate() {
+        let by_output = prog.tensors.iter().position(|t| t.role == TensorRole::Output(ri));
+        let by_param = r.inout.and_then(|pi| prog.tensors.iter().position(|t| t.role == TensorRole::Param(pi)));
+        let Some(ti) = by_output.or(by_param) else {
+            return Err(ierr(format!("no GM tensor holds result #{ri} (`{}`)", r.name)));
+        };
+        let t = &prog.tensors[ti];
+        let shape: Option<Vec<usize>> = t.shape.iter().map(|&d| usize::try_from(d).ok()).collect();
+        let Some(shape) = shape.filter(|s| numel(s) == Some(gm[ti].len())) else {
+            return Err(ierr(format!("GM tensor `{}` has a shape that does not match its size", t.name)));
+        };
+        if let Some(node) = graph.nodes.get(r.value.index()) {
+            let want = binding.shape(&node.shape).map_err(|e| ierr(format!("result `{}`: {e}", r.name)))?;
+            if node.dtype != t.dtype || want != shape {
+                return Err(ierr(format!(
+                    "result `{}` is {} {} but GM tensor `{}` is {} {}",
+                    r.name,
+                    node.dtype,
+                    fmt_shape(&want),
+                    t.name,
+                    t.dtype,
+                    fmt_shape(&shape)
+                )));
+            }
+        }
+        sources.push((ti, shape));
+    }
+    let mut out = Vec::with_capacity(sources.len());
+    for (k, (ti, shape)) in sources.iter().enumerate() {
+        let last_use = !sources[k + 1..].iter().any(|(o, _)| o == ti);
+        let data =
+            if last_use { std::mem::replace(&mut gm[*ti], TensorData::Bool(Vec::new())) } else { gm[*ti].clone() };
+        out.push((graph.results[k].name.clone(), Tensor { shape: shape.clone(), data }));
+    }
+    Ok((out, stats))
+}
+
+fn internal(span: Span, msg: String) -> Diagnostic {
+    Diagnostic::error(Code::Internal, span, format!("internal error in the tile simulator: {msg}"))
+}
+
+fn fmt_shape(s: &[usize]) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+fn fmt_shape_u64(s: &[u64]) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Which launches use a GM tensor (for sizing workspaces).
+
+fn uses_tensor(l: &Launch, t: TensorId) -> bool {
+    fn region(r: &Region, t: TensorId) -> bool {
+        r.loc == Loc::Gm(t)
+    }
+    fn vexpr(e: &VExpr, t: TensorId) -> bool {
+        match e {
+            VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Scalar(_) | VExpr::Row | VExpr::Col => false,
+            VExpr::Read(r) | VExpr::ReadRow(r) | VExpr::ReadCol(r) => region(r, t),
+            VExpr::Unary(_, a) | VExpr::Cast(_, a) => vexpr(a, t),
+            VExpr::Binary(_, a, b) => vexpr(a, t) || vexpr(b, t),
+            VExpr::Select(c, a, b) => vexpr(c, t) || vexpr(a, t) || vexpr(b, t),
+        }
+    }
+    fn stmts(ss: &[Stmt], t: TensorId) -> bool {
+        ss.iter().any(|s| match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => stmts(body, t),
+            Stmt::Copy { src, dst, .. } => region(src, t) || region(dst, t),
+            Stmt::Gather { src, index, dst, .. } => *src == t || region(index, t) || region(dst, t),
+            Stmt::Mmad { a, b, c, .. } => region(a, t) || region(b, t) || region(c, t),
+            Stmt::Vector { dst, expr, .. } => region(dst, t) || vexpr(expr, t),
+            Stmt::Reduce { src, dst, .. } => region(src, t) || region(dst, t),
+            Stmt::Library { op, src, .. } => {
+                region(src, t)
+                    || match op {
+                        LibOp::TopK { values, indices, .. } => {
+                            values.as_ref().is_some_and(|r| region(r, t))
+                                || indices.as_ref().is_some_and(|r| region(r, t))
+                        }
+                        LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => region(dst, t),
+                        LibOp::CumSum { dst, carry, .. } => {
+                            region(dst, t) || carry.as_ref().is_some_and(|r| region(r, t))
+                        }
+                    }
+            }
+            Stmt::Set { .. }
+            | Stmt::SetFlag { .. }
+            | Stmt::WaitFlag { .. }
+            | Stmt::Barrier { .. }
+            | Stmt::CrossSet { .. }
+            | Stmt::CrossWait { .. } => false,
+        })
+    }
+    stmts(&l.cube, t) || stmts(&l.vector, t)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Failures inside a core: completed with the core's context by the scheduler.
+
+enum Failure {
+    /// A broken invariant of the program.
+    Internal(String),
+    /// A run-time error of the kernel (an index out of range, a division by zero, ...).
+    Diag(Diagnostic),
+}
+
+type Res<T> = Result<T, Box<Failure>>;
+
+fn bug<T>(msg: impl Into<String>) -> Res<T> {
+    Err(Box::new(Failure::Internal(msg.into())))
+}
+
+/// Adds where an error happened to a failure.
+fn at_element(f: Box<Failure>, what: String) -> Box<Failure> {
+    Box::new(match *f {
+        Failure::Internal(m) => Failure::Internal(format!("{m} ({what})")),
+        Failure::Diag(d) => Failure::Diag(d.with_note(what)),
+    })
+}
+
+fn op_failure(e: ops::OpError, span: Span) -> Box<Failure> {
+    Box::new(match e {
+        ops::OpError::Type(m) => Failure::Internal(m),
+        e => Failure::Diag(e.into_diagnostic(span, internal)),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Cores.
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Cube,
+    Vector,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Cube => "cube",
+            Kind::Vector => "vector",
+        }
+    }
+}
+
+struct Loop {
+    var: usize,
+    cur: i64,
+    hi: i64,
+    step: i64,
+}
+
+/// A block being run: its statements, the next one, and the loop it is the body of.
+struct Frame<'p> {
+    body: &'p [Stmt],
+    pc: usize,
+    lp: Option<Loop>,
+}
+
+struct Core<'p> {
+    kind: Kind,
+    /// Index among the launch's cores of its kind.
+    index: u32,
+    regs: Vec<Option<i64>>,
+    frames: Vec<Frame<'p>>,
+    /// The launch's buffers; `None` for those of the other kind of core.
+    bufs: Vec<Option<TensorData>>,
+    /// Cross-core flag counters.
+    flags: [u32; CROSS_FLAGS],
+    /// Cross-core flags set since the scheduler last delivered them.
+    outbox: Vec<u8>,
+    /// The flag the core is blocked on.
+    waiting: Option<u8>,
+    done: bool,
+}
+
+/// What one launch is, for the statements of its cores.
+struct Ctx<'p> {
+    graph: &'p Graph,
+    prog: &'p TileProgram,
+    launch: &'p Launch,
+    cube_cores: u32,
+    vector_cores: u32,
+}
+
+impl Ctx<'_> {
+    fn ratio(&self) -> u32 {
+        if self.cube_cores > 0 && self.vector_cores > 0 {
+            self.vector_cores / self.cube_cores
+        } else {
+            0
+        }
+    }
+
+    /// The global indices (cube cores first) of a core's cross-core partners.
+    fn partners(&self, kind: Kind, index: u32) -> Vec<usize> {
+        let ratio = self.ratio();
+        if ratio == 0 {
+            return Vec::new();
+        }
+        match kind {
+            Kind::Cube => (index * ratio..(index + 1) * ratio).map(|v| (self.cube_cores + v) as usize).collect(),
+            Kind::Vector => {
+                let c = index / ratio;
+                if c < self.cube_cores {
+                    vec![c as usize]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+}
+
+fn run_launch(
+    prog: &TileProgram,
+    graph: &Graph,
+    li: usize,
+    l: &Launch,
+    gm: &mut [TensorData],
+) -> Result<LaunchStats, Vec<Diagnostic>> {
+    let ctx = Ctx { graph, prog, launch: l, cube_cores: l.cube_cores, vector_cores: l.vector_cores };
+    let mut stats = LaunchStats { name: l.name.clone(), ..LaunchStats::default() };
+    let mut cores: Vec<Core<'_>> = Vec::new();
+    for (kind, n, body) in [(Kind::Cube, l.cube_cores, &l.cube), (Kind::Vector, l.vector_cores, &l.vector)] {
+        for index in 0..n {
+            let bufs = l
+                .buffers
+                .iter()
+                .map(|b| {
+                    (b.mem.on_cube() == (kind == Kind::Cube)).then(|| {
+                        let n = b.slot_elems().saturating_mul(u64::from(b.slots));
+                        Tensor::zeros(b.dtype, vec![n as usize]).data
+                    })
+                })
+                .collect();
+            cores.push(Core {
+                kind,
+                index,
+                regs: vec![None; l.svars.len()],
+                frames: vec![Frame { body, pc: 0, lp: None }],
+                bufs,
+                flags: [0; CROSS_FLAGS],
+                outbox: Vec::new(),
+                waiting: None,
+                done: false,
+            });
+        }
+    }
+
+    loop {
+        let mut progress = false;
+        let mut all_done = true;
+        for ci in 0..cores.len() {
+            if cores[ci].done {
+                continue;
+            }
+            let core = &mut cores[ci];
+            let steps = run_core(&ctx, core, gm, &mut stats).map_err(|d| vec![*d])?;
+            progress |= steps > 0;
+            let (kind, index) = (core.kind, core.index);
+            let outbox = std::mem::take(&mut core.outbox);
+            if !core.done {
+                all_done = false;
+            }
+            for flag in outbox {
+                for p in ctx.partners(kind, index) {
+                    if let Some(c) = cores.get_mut(p) {
+                        let f = &mut c.flags[flag as usize];
+                        *f = f.saturating_add(1);
+                        stats.max_cross_count = stats.max_cross_count.max(*f);
+                    }
+                }
+            }
+        }
+        if all_done {
+            return Ok(stats);
+        }
+        if !progress {
+            let waits: Vec<String> = cores
+                .iter()
+                .filter(|c| !c.done)
+                .map(|c| match c.waiting {
+                    Some(f) => format!("{} core {} waits for cross-core flag {f}", c.kind.name(), c.index),
+                    None => format!("{} core {} is stuck", c.kind.name(), c.index),
+                })
+                .collect();
+            let shown = waits.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+            let more = if waits.len() > 8 { format!(" and {} more", waits.len() - 8) } else { String::new() };
+            return Err(vec![internal(
+                graph.span,
+                format!("launch #{li} `{}` deadlocks: {shown}{more}, and no core can set those flags", l.name),
+            )]);
+        }
+    }
+}
+
+/// Runs a core until it blocks on a cross-core flag or finishes; the number of statements it ran.
+fn run_core<'p>(
+    ctx: &Ctx<'p>,
+    core: &mut Core<'p>,
+    gm: &mut [TensorData],
+    stats: &mut LaunchStats,
+) -> Result<u64, Box<Diagnostic>> {
+    let mut steps = 0u64;
+    loop {
+        let Some(frame) = core.frames.last_mut() else {
+            core.done = true;
+            return Ok(steps);
+        };
+        if frame.pc >= frame.body.len() {
+            if let Some(lp) = &mut frame.lp {
+                if let Some(n) = lp.cur.checked_add(lp.step).filter(|&n| n < lp.hi) {
+                    lp.cur = n;
+                    frame.pc = 0;
+                    let var = lp.var;
+                    core.regs[var] = Some(n);
+                    continue;
+                }
+            }
+            core.frames.pop();
+            continue;
+        }
+        let body = frame.body;
+        let stmt = &body[frame.pc];
+        if let Stmt::CrossWait { flag } = stmt {
+            let f = *flag as usize;
+            if f < CROSS_FLAGS && core.flags[f] == 0 {
+                core.waiting = Some(*flag);
+                return Ok(steps);
+            }
+        }
+        core.waiting = None;
+        frame.pc += 1;
+        steps += 1;
+        *stats.stmts.entry(stmt.pipe()).or_default() += 1;
+        if let Err(f) = exec(ctx, core, gm, stats, stmt) {
+            return Err(Box::new(describe_failure(ctx, core, stmt, *f)));
+        }
+    }
+}
+
+/// The failure as a diagnostic, naming where it happened.
+fn describe_failure(ctx: &Ctx<'_>, core: &Core<'_>, stmt: &Stmt, f: Failure) -> Diagnostic {
+    let prog_name = match core.kind {
+        Kind::Cube => "cube",
+        Kind::Vector => "vector",
+    };
+    let path: Vec<String> = core.frames.iter().map(|f| f.pc.saturating_sub(1).to_string()).collect();
+    // A failing `For`/`If` has not pushed its frame; any other statement is the last frame's current one.
+    let mut vars: Vec<String> = Vec::new();
+    for fr in &core.frames {
+        if let Some(lp) = &fr.lp {
+            let name = ctx.launch.svars.get(lp.var).map_or("?", |s| s.as_str());
+            vars.push(format!("{name} = {}", lp.cur));
+        }
+    }
+    let mut place = format!(
+        "launch `{}`, {} core {}, statement {prog_name}[{}] ({})",
+        ctx.launch.name,
+        core.kind.name(),
+        core.index,
+        path.join("."),
+        stmt_name(stmt)
+    );
+    if !vars.is_empty() {
+        place.push_str(&format!(" with {}", vars.join(", ")));
+    }
+    match f {
+        Failure::Internal(m) => internal(ctx.graph.span, format!("{place}: {m}")),
+        Failure::Diag(d) => d.with_note(format!("in {place}")),
+    }
+}
+
+fn stmt_name(s: &Stmt) -> String {
+    match s {
+        Stmt::For { .. } => "for".into(),
+        Stmt::Set { .. } => "set".into(),
+        Stmt::If { .. } => "if".into(),
+        Stmt::Copy { pipe, .. } => format!("copy on {}", pipe.name()),
+        Stmt::Gather { pipe, .. } => format!("gather on {}", pipe.name()),
+        Stmt::Mmad { .. } => "mmad".into(),
+        Stmt::Vector { .. } => "vector".into(),
+        Stmt::Reduce { op, .. } => format!("reduce {}", op.name()),
+        Stmt::Library { op, .. } => match op {
+            LibOp::TopK { .. } => "topk".into(),
+            LibOp::ArgSort { .. } => "argsort".into(),
+            LibOp::CumSum { .. } => "cumsum".into(),
+            LibOp::BinCount { .. } => "bincount".into(),
+        },
+        Stmt::SetFlag { .. } => "set_flag".into(),
+        Stmt::WaitFlag { .. } => "wait_flag".into(),
+        Stmt::Barrier { .. } => "barrier".into(),
+        Stmt::CrossSet { .. } => "cross_set".into(),
+        Stmt::CrossWait { .. } => "cross_wait".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Places: resolved regions.
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Target {
+    Gm(usize),
+    Buf(usize),
+}
+
+/// A region with its scalar expressions evaluated.
+#[derive(Copy, Clone, Debug)]
+struct Place<'p> {
+    target: Target,
+    /// The flat index of the slot's first element in the storage (0 for GM).
+    base: usize,
+    /// Elements of the slot (of the tensor for GM).
+    limit: i64,
+    offset: i64,
+    stride: i64,
+    name: &'p str,
+    slot: Option<i64>,
+    dtype: DType,
+}
+
+impl Place<'_> {
+    fn what(&self) -> String {
+        match (self.target, self.slot) {
+            (Target::Buf(_), Some(s)) => format!("slot {s} of buffer `{}`", self.name),
+            (Target::Buf(_), None) => format!("buffer `{}`", self.name),
+            (Target::Gm(_), _) => format!("GM tensor `{}`", self.name),
+        }
+    }
+
+    /// The flat index in the storage of element `(r, c)`.
+    fn flat(&self, r: i64, c: i64) -> Res<usize> {
+        let off = r.checked_mul(self.stride).and_then(|x| x.checked_add(self.offset)).and_then(|x| x.checked_add(c));
+        match off {
+            Some(o) if (0..self.limit).contains(&o) => Ok(self.base + o as usize),
+            _ => bug(format!(
+                "element ({r}, {c}) of a region at offset {} with row stride {} is outside {} (0..{})",
+                self.offset,
+                self.stride,
+                self.what(),
+                self.limit
+            )),
+        }
+    }
+}
+
+/// Memory as a core sees it: GM and its own buffers.
+struct View<'a> {
+    gm: &'a mut [TensorData],
+    bufs: &'a mut [Option<TensorData>],
+}
+
+impl View<'_> {
+    fn data(&self, t: Target) -> Res<&TensorData> {
+        let d = match t {
+            Target::Gm(i) => self.gm.get(i),
+            Target::Buf(i) => self.bufs.get(i).and_then(|b| b.as_ref()),
+        };
+        match d {
+            Some(d) => Ok(d),
+            None => bug("a region names storage that does not exist"),
+        }
+    }
+
+    fn get(&self, p: &Place<'_>, r: i64, c: i64) -> Res<Val> {
+        let i = p.flat(r, c)?;
+        match ops::load(self.data(p.target)?, i) {
+            Some(v) => Ok(v),
+            None => bug(format!("flat element {i} is past the end of {}", p.what())),
+        }
+    }
+
+    fn put(&mut self, p: &Place<'_>, r: i64, c: i64, v: Val) -> Res<()> {
+        let i = p.flat(r, c)?;
+        let d = match p.target {
+            Target::Gm(t) => self.gm.get_mut(t),
+            Target::Buf(b) => self.bufs.get_mut(b).and_then(|b| b.as_mut()),
+        };
+        let Some(d) = d else {
+            return bug("a region names storage that does not exist");
+        };
+        match ops::store(d, i, v) {
+            Ok(()) => Ok(()),
+            Err(StoreError::OutOfBounds) => bug(format!("flat element {i} is past the end of {}", p.what())),
+            Err(StoreError::Type) => {
+                bug(format!("a {} value stored into {}, which holds {}", v.ty_name(), p.what(), p.dtype))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scalar expressions and regions.
+
+impl<'p> Core<'p> {
+    fn reg(&self, ctx: &Ctx<'_>, v: SVar) -> Res<i64> {
+        match self.regs.get(v.0 as usize) {
+            Some(Some(x)) => Ok(*x),
+            Some(None) => {
+                let name = ctx.launch.svars.get(v.0 as usize).map_or("?", |s| s.as_str());
+                bug(format!("scalar register `{name}` is read before it is set"))
+            }
+            None => bug(format!("scalar register #{} does not exist", v.0)),
+        }
+    }
+
+    fn set_reg(&mut self, v: SVar, x: i64) -> Res<()> {
+        match self.regs.get_mut(v.0 as usize) {
+            Some(r) => {
+                *r = Some(x);
+                Ok(())
+            }
+            None => bug(format!("scalar register #{} does not exist", v.0)),
+        }
+    }
+
+    fn s(&self, ctx: &Ctx<'_>, e: &SExpr) -> Res<i64> {
+        self.s_at(ctx, e, 0)
+    }
+
+    fn s_at(&self, ctx: &Ctx<'_>, e: &SExpr, depth: usize) -> Res<i64> {
+        if depth > MAX_DEPTH {
+            return bug("a scalar expression is nested too deeply");
+        }
+        Ok(match e {
+            SExpr::Const(v) => *v,
+            SExpr::Var(v) => self.reg(ctx, *v)?,
+            SExpr::Core => i64::from(self.index),
+            SExpr::Bin(op, a, b) => {
+                let a = self.s_at(ctx, a, depth + 1)?;
+                let b = self.s_at(ctx, b, depth + 1)?;
+                match op {
+                    SBin::Add => a.wrapping_add(b),
+                    SBin::Sub => a.wrapping_sub(b),
+                    SBin::Mul => a.wrapping_mul(b),
+                    SBin::Div | SBin::Mod if b == 0 => {
+                        return bug(format!("scalar {a} {} 0", if *op == SBin::Div { "/" } else { "%" }))
+                    }
+                    SBin::Div => ops::floor_div(a, b),
+                    SBin::Mod => ops::floor_mod(a, b),
+                    SBin::Min => a.min(b),
+                    SBin::Max => a.max(b),
+                    SBin::Lt => i64::from(a < b),
+                    SBin::Le => i64::from(a <= b),
+                    SBin::Eq => i64::from(a == b),
+                }
+            }
+            SExpr::Read { buf, slot, index } => {
+                let (bi, b) = self.buffer(ctx, *buf)?;
+                if b.dtype != DType::I32 {
+                    return bug(format!(
+                        "the scalar unit reads buffer `{}`, which holds {} (not i32)",
+                        b.name, b.dtype
+                    ));
+                }
+                let slot = self.s_at(ctx, slot, depth + 1)?;
+                let index = self.s_at(ctx, index, depth + 1)?;
+                let p = self.slot_place(bi, b, slot, index, 1)?;
+                let view = self.bufs.get(bi).and_then(|d| d.as_ref());
+                match view.and_then(|d| ops::load(d, p.flat(0, 0).ok()?)) {
+                    Some(Val::I(x)) => x,
+                    _ => return bug(format!("the scalar unit reads element {index} of {}, outside it", p.what())),
+                }
+            }
+        })
+    }
+
+    fn buffer(&self, ctx: &Ctx<'p>, buf: BufId) -> Res<(usize, &'p kc_ir::tile::Buffer)> {
+        let bi = buf.0 as usize;
+        let Some(b) = ctx.launch.buffers.get(bi) else {
+            return bug(format!("buffer #{bi} does not exist"));
+        };
+        if self.bufs.get(bi).is_none_or(|d| d.is_none()) {
+            return bug(format!(
+                "buffer `{}` is in {}, which {} cores do not have",
+                b.name,
+                b.mem.name(),
+                self.kind.name()
+            ));
+        }
+        Ok((bi, b))
+    }
+
+    fn slot_place(&self, bi: usize, b: &'p kc_ir::tile::Buffer, slot: i64, offset: i64, stride: i64) -> Res<Place<'p>> {
+        if slot < 0 || slot >= i64::from(b.slots) {
+            return bug(format!("slot {slot} of buffer `{}`, which has {} slots", b.name, b.slots));
+        }
+        let elems = b.slot_elems();
+        Ok(Place {
+            target: Target::Buf(bi),
+            base: (slot as u64 * elems) as usize,
+            limit: elems as i64,
+            offset,
+            stride,
+            name: &b.name,
+            slot: Some(slot),
+            dtype: b.dtype,
+        })
+    }
+
+    fn place(&self, ctx: &Ctx<'p>, gm: &[TensorData], r: &Region) -> Res<Place<'p>> {
+        let offset = self.s(ctx, &r.offset)?;
+        let stride = self.s(ctx, &r.row_stride)?;
+        match &r.loc {
+            Loc::Gm(t) => {
+                let ti = t.0 as usize;
+                let (Some(gt), Some(d)) = (ctx.prog.tensors.get(ti), gm.get(ti)) else {
+                    return bug(format!("GM tensor #{ti} does not exist"));
+                };
+                Ok(Place {
+                    target: Target::Gm(ti),
+                    base: 0,
+                    limit: d.len() as i64,
+                    offset,
+                    stride,
+                    name: &gt.name,
+                    slot: None,
+                    dtype: gt.dtype,
+                })
+            }
+            Loc::Buf { buf, slot } => {
+                let (bi, b) = self.buffer(ctx, *buf)?;
+                let slot = self.s(ctx, slot)?;
+                self.slot_place(bi, b, slot, offset, stride)
+            }
+        }
+    }
+}
+
+/// Checks a tile's size: not negative, and no more elements than its destination holds.
+fn tile_size(rows: i64, cols: i64, dst: &Place<'_>) -> Res<(i64, i64)> {
+    if rows < 0 || cols < 0 {
+        return bug(format!("a tile of {rows} × {cols} elements"));
+    }
+    match rows.checked_mul(cols) {
+        Some(n) if n <= dst.limit.max(0) => Ok((rows, cols)),
+        _ => bug(format!("a {rows} × {cols} tile does not fit in {} ({} elements)", dst.what(), dst.limit)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Vector expressions, compiled per statement (regions and scalars resolved).
+
+#[derive(Copy, Clone)]
+enum Bcast {
+    Elem,
+    Row,
+    Col,
+}
+
+enum CV<'p> {
+    Const(Val),
+    Row,
+    Col,
+    Read(Place<'p>, Bcast),
+    Unary(UnOp, Box<CV<'p>>),
+    Binary(BinOp, Box<CV<'p>>, Box<CV<'p>>),
+    Select(Box<CV<'p>>, Box<CV<'p>>, Box<CV<'p>>),
+    Cast(DType, Box<CV<'p>>),
+}
+
+impl<'p> Core<'p> {
+    fn compile(&self, ctx: &Ctx<'p>, gm: &[TensorData], e: &VExpr, depth: usize) -> Res<CV<'p>> {
+        if depth > MAX_DEPTH {
+            return bug("a vector expression is nested too deeply");
+        }
+        let sub = |e: &VExpr| self.compile(ctx, gm, e, depth + 1).map(Box::new);
+        Ok(match e {
+            VExpr::F32(x) => CV::Const(Val::F(*x)),
+            VExpr::I32(x) => CV::Const(Val::I(*x)),
+            VExpr::Bool(x) => CV::Const(Val::B(*x)),
+            VExpr::Scalar(s) => CV::Const(Val::I(self.s(ctx, s)?)),
+            VExpr::Row => CV::Row,
+            VExpr::Col => CV::Col,
+            VExpr::Read(r) => CV::Read(self.place(ctx, gm, r)?, Bcast::Elem),
+            VExpr::ReadRow(r) => CV::Read(self.place(ctx, gm, r)?, Bcast::Row),
+            VExpr::ReadCol(r) => CV::Read(self.place(ctx, gm, r)?, Bcast::Col),
+            VExpr::Unary(op, a) => CV::Unary(*op, sub(a)?),
+            VExpr::Binary(op, a, b) => CV::Binary(*op, sub(a)?, sub(b)?),
+            VExpr::Select(c, a, b) => CV::Select(sub(c)?, sub(a)?, sub(b)?),
+            VExpr::Cast(t, a) => CV::Cast(*t, sub(a)?),
+        })
+    }
+}
+
+impl CV<'_> {
+    fn eval(&self, view: &View<'_>, r: i64, c: i64, span: Span) -> Res<Val> {
+        Ok(match self {
+            CV::Const(v) => *v,
+            CV::Row => Val::I(r),
+            CV::Col => Val::I(c),
+            CV::Read(p, b) => match b {
+                Bcast::Elem => view.get(p, r, c)?,
+                Bcast::Row => view.get(p, r, 0)?,
+                Bcast::Col => view.get(p, 0, c)?,
+            },
+            CV::Unary(op, a) => ops::unary(*op, a.eval(view, r, c, span)?).map_err(|e| op_failure(e, span))?,
+            CV::Binary(op, a, b) => {
+                let a = a.eval(view, r, c, span)?;
+                let b = b.eval(view, r, c, span)?;
+                ops::binary(*op, a, b).map_err(|e| op_failure(e, span))?
+            }
+            CV::Select(cond, a, b) => match cond.eval(view, r, c, span)? {
+                Val::B(true) => a.eval(view, r, c, span)?,
+                Val::B(false) => b.eval(view, r, c, span)?,
+                v => return bug(format!("a select condition of type {}", v.ty_name())),
+            },
+            CV::Cast(t, a) => ops::cast(*t, a.eval(view, r, c, span)?),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Statements.
+
+fn exec<'p>(
+    ctx: &Ctx<'p>,
+    core: &mut Core<'p>,
+    gm: &mut [TensorData],
+    stats: &mut LaunchStats,
+    stmt: &'p Stmt,
+) -> Res<()> {
+    match stmt {
+        Stmt::For { var, lo, hi, step, body } => {
+            if *step <= 0 {
+                return bug(format!("a loop with step {step} (steps must be positive)"));
+            }
+            let lo = core.s(ctx, lo)?;
+            let hi = core.s(ctx, hi)?;
+            core.set_reg(*var, lo)?;
+            if lo < hi {
+                core.frames.push(Frame {
+                    body,
+                    pc: 0,
+                    lp: Some(Loop { var: var.0 as usize, cur: lo, hi, step: *step }),
+                });
+            }
+        }
+        Stmt::Set { var, value } => {
+            let v = core.s(ctx, value)?;
+            core.set_reg(*var, v)?;
+        }
+        Stmt::If { cond, then } => {
+            if core.s(ctx, cond)? != 0 {
+                core.frames.push(Frame { body: then, pc: 0, lp: None });
+            }
+        }
+        Stmt::Copy { pipe, src, dst, rows, cols } => {
+            let src = core.place(ctx, gm, src)?;
+            let dst = core.place(ctx, gm, dst)?;
+            let (rows, cols) = tile_size(core.s(ctx, rows)?, core.s(ctx, cols)?, &dst)?;
+            let mut view = View { gm, bufs: &mut core.bufs };
+            let mut vals = Vec::with_capacity((rows * cols) as usize);
+            for r in 0..rows {
+                for c in 0..cols {
+                    vals.push(view.get(&src, r, c)?);
+                }
+            }
+            if src.dtype.compute() != dst.dtype.compute() {
+                return bug(format!(
+                    "a copy from {} ({}) to {} ({}): copies convert between float types only",
+                    src.what(),
+                    src.dtype,
+                    dst.what(),
+                    dst.dtype
+                ));
+            }
+            let mut it = vals.into_iter();
+            for r in 0..rows {
+                for c in 0..cols {
+                    let Some(v) = it.next() else { return bug("a copy ran out of values") };
+                    view.put(&dst, r, c, v)?;
+                }
+            }
+            *stats.elements.entry(*pipe).or_default() += (rows * cols) as u64;
+        }
+        Stmt::Gather { pipe, src, src_rows, row_stride, col_offset, index, dst, rows, cols, span } => {
+            let ti = src.0 as usize;
+            let (Some(gt), Some(sd)) = (ctx.prog.tensors.get(ti), gm.get(ti)) else {
+                return bug(format!("GM tensor #{ti} does not exist"));
+            };
+            let col_offset = core.s(ctx, col_offset)?;
+            let index = core.place(ctx, gm, index)?;
+            let dst = core.place(ctx, gm, dst)?;
+            let (rows, cols) = tile_size(core.s(ctx, rows)?, core.s(ctx, cols)?, &dst)?;
+            if gt.dtype.compute() != dst.dtype.compute() {
+                return bug(format!("a gather from `{}` ({}) into {} ({})", gt.name, gt.dtype, dst.what(), dst.dtype));
+            }
+            let src_place = Place {
+                target: Target::Gm(ti),
+                base: 0,
+                limit: sd.len() as i64,
+                offset: col_offset,
+                stride: i64::try_from(*row_stride).unwrap_or(i64::MAX),
+                name: &gt.name,
+                slot: None,
+                dtype: gt.dtype,
+            };
+            let n_rows = i64::try_from(*src_rows).unwrap_or(i64::MAX);
+            let mut view = View { gm, bufs: &mut core.bufs };
+            let mut vals = Vec::with_capacity((rows * cols) as usize);
+            for r in 0..rows {
+                let v = match view.get(&index, r, 0)? {
+                    Val::I(v) => v,
+                    v => return bug(format!("a gather index of type {}", v.ty_name())),
+                };
+                if v < 0 || v >= n_rows {
+                    let d = Diagnostic::error(
+                        Code::IndexOutOfRange,
+                        *span,
+                        format!("index {v} is out of range for axis 0 of `{}` (size {src_rows})", gt.name),
+                    )
+                    .with_label(format!("index {v} out of 0..{src_rows}"))
+                    .with_note(format!("at row {r} of the gathered tile"));
+                    return Err(Box::new(Failure::Diag(d)));
+                }
+                for c in 0..cols {
+                    vals.push(view.get(&src_place, v, c)?);
+                }
+            }
+            let mut it = vals.into_iter();
+            for r in 0..rows {
+                for c in 0..cols {
+                    let Some(v) = it.next() else { return bug("a gather ran out of values") };
+                    view.put(&dst, r, c, v)?;
+                }
+            }
+            *stats.elements.entry(*pipe).or_default() += (rows * cols) as u64;
+        }
+        Stmt::Mmad { a, b, c, m, k, n, accumulate } => {
+            let a = core.place(ctx, gm, a)?;
+            let b = core.place(ctx, gm, b)?;
+            let cp = core.place(ctx, gm, c)?;
+            let (m, k, n) = (core.s(ctx, m)?, core.s(ctx, k)?, core.s(ctx, n)?);
+            let (m, n) = tile_size(m, n, &cp)?;
+            let (_, k) = tile_size(m, k, &a)?;
+            tile_size(k, n, &b)?;
+            let mut view = View { gm, bufs: &mut core.bufs };
+            let float = |v: Val, what: &str| match v {
+                Val::F(x) => Ok(x),
+                v => bug(format!("mmad's {what} holds {} values", v.ty_name())),
+            };
+            let mut av = Vec::with_capacity((m * k) as usize);
+            for i in 0..m {
+                for kk in 0..k {
+                    av.push(float(view.get(&a, i, kk)?, "a")?);
+                }
+            }
+            let mut bv = Vec::with_capacity((k * n) as usize);
+            for kk in 0..k {
+                for j in 0..n {
+                    bv.push(float(view.get(&b, kk, j)?, "b")?);
+                }
+            }
+            let (ku, nu) = (k as usize, n as usize);
+            let mut out = Vec::with_capacity((m * n) as usize);
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc = if *accumulate { float(view.get(&cp, i, j)?, "c")? } else { 0.0 };
+                    for kk in 0..ku {
+                        acc += av[i as usize * ku + kk] * bv[kk * nu + j as usize];
+                    }
+                    out.push(acc);
+                }
+            }
+            let mut it = out.into_iter();
+            for i in 0..m {
+                for j in 0..n {
+                    let Some(v) = it.next() else { return bug("mmad ran out of values") };
+                    view.put(&cp, i, j, Val::F(v))?;
+                }
+            }
+            stats.macs += (m * n * k) as u64;
+        }
+        Stmt::Vector { dst, rows, cols, expr } => {
+            let dst = core.place(ctx, gm, dst)?;
+            let (rows, cols) = tile_size(core.s(ctx, rows)?, core.s(ctx, cols)?, &dst)?;
+            let cv = core.compile(ctx, gm, expr, 0)?;
+            let span = ctx.graph.span;
+            let mut view = View { gm, bufs: &mut core.bufs };
+            let mut vals = Vec::with_capacity((rows * cols) as usize);
+            for r in 0..rows {
+                for c in 0..cols {
+                    let v = cv.eval(&view, r, c, span).map_err(|f| at_element(f, format!("at element ({r}, {c})")))?;
+                    vals.push(v);
+                }
+            }
+            let mut it = vals.into_iter();
+            for r in 0..rows {
+                for c in 0..cols {
+                    let Some(v) = it.next() else { return bug("a vector statement ran out of values") };
+                    view.put(&dst, r, c, v)?;
+                }
+            }
+            stats.vector_elements += (rows * cols) as u64;
+        }
+        Stmt::Reduce { op, axis, src, dst, rows, cols, accumulate } => {
+            let src = core.place(ctx, gm, src)?;
+            let dst = core.place(ctx, gm, dst)?;
+            let (rows, cols) = (core.s(ctx, rows)?, core.s(ctx, cols)?);
+            let (lines, len) = match axis {
+                1 => (rows, cols),
+                0 => (cols, rows),
+                a => return bug(format!("a reduction along axis {a} of a 2-D tile")),
+            };
+            tile_size(lines, 1, &dst)?;
+            if len < 0 {
+                return bug(format!("a tile of {rows} × {cols} elements"));
+            }
+            let ty = src.dtype.compute();
+            let view = View { gm, bufs: &mut core.bufs };
+            // Where line `l`'s element `i` is, and where its result goes.
+            let at = |l: i64, i: i64| if *axis == 1 { (l, i) } else { (i, l) };
+            let out_at = |l: i64| if *axis == 1 { (l, 0) } else { (0, l) };
+            let mut out = Vec::with_capacity(lines as usize);
+            for l in 0..lines {
+                let mut acc = if *accumulate {
+                    let (r, c) = out_at(l);
+                    Acc::start(*op, view.get(&dst, r, c)?)
+                } else {
+                    Acc::new(*op, ty)
+                }
+                .map_err(|e| op_failure(e, ctx.graph.span))?;
+                for i in 0..len {
+                    let (r, c) = at(l, i);
+                    acc = acc.add(*op, ty, i, view.get(&src, r, c)?).map_err(|e| op_failure(e, ctx.graph.span))?;
+                }
+                out.push(acc.finish());
+            }
+            let mut view = view;
+            for (l, v) in out.into_iter().enumerate() {
+                let (r, c) = out_at(l as i64);
+                view.put(&dst, r, c, v)?;
+            }
+            stats.vector_elements += lines as u64;
+        }
+        Stmt::Library { op, src, rows, cols, span } => {
+            let src = core.place(ctx, gm, src)?;
+            let (rows, cols) = (core.s(ctx, rows)?, core.s(ctx, cols)?);
+            if rows < 0 || cols < 0 {
+                return bug(format!("a tile of {rows} × {cols} elements"));
+            }
+            library(ctx, core, gm, stats, op, &src, rows, cols, *span)?;
+        }
+        Stmt::SetFlag { event, .. } | Stmt::WaitFlag { event, .. } => {
+            if *event >= EVENTS {
+                return bug(format!("event id {event} (ids are 0..{EVENTS})"));
+            }
+        }
+        Stmt::Barrier { .. } => {}
+        Stmt::CrossSet { flag } => {
+            if *flag as usize >= CROSS_FLAGS {
+                return bug(format!("cross-core flag {flag} (flags are 0..={})", CROSS_FLAGS - 1));
+            }
+            if ctx.partners(core.kind, core.index).is_empty() {
+                return bug(format!(
+                    "{} core {} sets cross-core flag {flag} but has no partner core (the launch has {} cube and {} \
+                     vector cores)",
+                    core.kind.name(),
+                    core.index,
+                    ctx.cube_cores,
+                    ctx.vector_cores
+                ));
+            }
+            core.outbox.push(*flag);
+            stats.cross_sets += 1;
+        }
+        Stmt::CrossWait { flag } => {
+            let f = *flag as usize;
+            if f >= CROSS_FLAGS {
+                return bug(format!("cross-core flag {flag} (flags are 0..={})", CROSS_FLAGS - 1));
+            }
+            // The scheduler only lets the core reach here with the counter above 0.
+            match core.flags[f].checked_sub(1) {
+                Some(n) => core.flags[f] = n,
+                None => return bug(format!("cross-core flag {flag} taken at 0")),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn library<'p>(
+    ctx: &Ctx<'p>,
+    core: &mut Core<'p>,
+    gm: &mut [TensorData],
+    stats: &mut LaunchStats,
+    op: &'p LibOp,
+    src: &Place<'p>,
+    rows: i64,
+    cols: i64,
+    span: Span,
+) -> Res<()> {
+    let row_vals = |view: &View<'_>, r: i64| -> Res<Vec<Val>> { (0..cols).map(|c| view.get(src, r, c)).collect() };
+    match op {
+        LibOp::TopK { k, values, indices } => {
+            let values = values.as_ref().map(|r| core.place(ctx, gm, r)).transpose()?;
+            let indices = indices.as_ref().map(|r| core.place(ctx, gm, r)).transpose()?;
+            let kk = i64::try_from(*k).unwrap_or(i64::MAX);
+            if kk > cols {
+                let d = Diagnostic::error(
+                    Code::ArgShape,
+                    span,
+                    format!("topk asks for the {k} largest values of rows of {cols} elements"),
+                )
+                .with_label(format!("k = {k}"));
+                return Err(Box::new(Failure::Diag(d)));
+            }
+            for p in values.iter().chain(indices.iter()) {
+                tile_size(rows, kk, p)?;
+            }
+            let mut view = View { gm, bufs: &mut core.bufs };
+            let mut order = Vec::new();
+            let mut out = Vec::with_capacity((rows * kk) as usize);
+            for r in 0..rows {
+                let vals = row_vals(&view, r)?;
+                ops::sort_indices(&mut order, vals.len(), |i| vals[i], true);
+                out.extend(order.iter().take(kk as usize).map(|&i| (vals[i], i as i64)));
+            }
+            for (n, (v, i)) in out.into_iter().enumerate() {
+                let (r, j) = (n as i64 / kk.max(1), n as i64 % kk.max(1));
+                if let Some(p) = &values {
+                    view.put(p, r, j, v)?;
+                }
+                if let Some(p) = &indices {
+                    view.put(p, r, j, Val::I(i))?;
+                }
+            }
+            stats.vector_elements += (rows * kk) as u64;
+        }
+        LibOp::ArgSort { descending, dst } => {
+            let dst = core.place(ctx, gm, dst)?;
+            tile_size(rows, cols, &dst)?;
+            let mut view = View { gm, bufs: &mut core.bufs };
+            let mut order = Vec::new();
+            let mut out = Vec::with_capacity((rows * cols) as usize);
+            for r in 0..rows {
+                let vals = row_vals(&view, r)?;
+                ops::sort_indices(&mut order, vals.len(), |i| vals[i], *descending);
+                out.extend(order.iter().map(|&i| i as i64));
+            }
+            for (n, i) in out.into_iter().enumerate() {
+                view.put(&dst, n as i64 / cols.max(1), n as i64 % cols.max(1), Val::I(i))?;
+            }
+            stats.vector_elements += (rows * cols) as u64;
+        }
+        LibOp::CumSum { exclusive, dst, carry } => {
+            let dst = core.place(ctx, gm, dst)?;
+            let carry = carry.as_ref().map(|r| core.place(ctx, gm, r)).transpose()?;
+            tile_size(rows, cols, &dst)?;
+            if let Some(p) = &carry {
+                tile_size(rows, 1, p)?;
+            }
+            let float = src.dtype.is_float();
+            let mut view = View { gm, bufs: &mut core.bufs };
+            let mut out = Vec::with_capacity((rows * cols) as usize);
+            let mut totals = Vec::with_capacity(rows as usize);
+            for r in 0..rows {
+                let mut acc = match &carry {
+                    Some(p) => CumAcc::start(float, view.get(p, r, 0)?).map_err(|e| op_failure(e, span))?,
+                    None => CumAcc::new(float),
+                };
+                for x in row_vals(&view, r)? {
+                    if *exclusive {
+                        out.push(acc.value());
+                    }
+                    acc.add(x);
+                    if !*exclusive {
+                        out.push(acc.value());
+                    }
+                }
+                totals.push(acc.value());
+            }
+            for (n, v) in out.into_iter().enumerate() {
+                view.put(&dst, n as i64 / cols.max(1), n as i64 % cols.max(1), v)?;
+            }
+            if let Some(p) = &carry {
+                for (r, v) in totals.into_iter().enumerate() {
+                    view.put(p, r as i64, 0, v)?;
+                }
+            }
+            stats.vector_elements += (rows * cols) as u64;
+        }
+        LibOp::BinCount { n, dst } => {
+            let dst = core.place(ctx, gm, dst)?;
+            let nn = i64::try_from(*n).unwrap_or(i64::MAX);
+            tile_size(1, nn, &dst)?;
+            let mut view = View { gm, bufs: &mut core.bufs };
+            let mut counts = vec![0i64; nn as usize];
+            for r in 0..rows {
+                for c in 0..cols {
+                    let v = match view.get(src, r, c)? {
+                        Val::I(v) => v,
+                        v => return bug(format!("bincount of {} values", v.ty_name())),
+                    };
+                    match usize::try_from(v).ok().and_then(|u| counts.get_mut(u)) {
+                        Some(k) => *k += 1,
+                        None => {
+                            let d = Diagnostic::error(
+                                Code::IndexOutOfRange,
+                                span,
+                                format!("bincount of {} meets the value {v}, outside 0..{n}", src.what()),
+                            )
+                            .with_label(format!("counts values in 0..{n}"))
+                            .with_note(format!("at element ({r}, {c}) of the counted tile"));
+                            return Err(Box::new(Failure::Diag(d)));
+                        }
+                    }
+                }
+            }
+            let mut out = Vec::with_capacity(counts.len());
+            for (j, k) in counts.into_iter().enumerate() {
+                match view.get(&dst, 0, j as i64)? {
+                    Val::I(x) => out.push(x.wrapping_add(k)),
+                    v => return bug(format!("bincount into {} values", v.ty_name())),
+                }
+            }
+            for (j, x) in out.into_iter().enumerate() {
+                view.put(&dst, 0, j as i64, Val::I(x))?;
+            }
+            stats.vector_elements += nn as u64;
+        }
+    }
+    Ok(())
+}

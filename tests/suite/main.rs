@@ -1,6 +1,7 @@
 //! kc's data-driven test suite: one test binary.
 
 mod common;
+mod fusion;
 mod kernels;
 mod props;
 mod reference;

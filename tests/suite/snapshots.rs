@@ -218,6 +218,26 @@ fn kernels() {
     insta::glob!("../../kernels", "*.ker", |path| snapshot_ok("kernels", &root, path));
 }
 
+/// The fusion groups of every kernel (`kc build --emit fusion`): fusion does not depend on the target.
+#[test]
+fn fusion() {
+    let root = workspace_root();
+    insta::glob!("../../kernels", "*.ker", |path| {
+        let c = compile(&root, path);
+        assert!(c.diags.is_empty(), "{} must compile without diagnostics, but:\n{}", c.name, c.rendered());
+        let text: Vec<String> = c
+            .program
+            .kernels
+            .iter()
+            .map(|g| {
+                let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::default());
+                kc_ir::passes::fuse::print_fusion(g, &f)
+            })
+            .collect();
+        insta::assert_snapshot!("fusion", text.join("\n"));
+    });
+}
+
 #[test]
 fn ok() {
     let root = data_dir();

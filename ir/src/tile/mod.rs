@@ -227,7 +227,11 @@ pub enum SExpr {
     Bin(SBin, Box<SExpr>, Box<SExpr>),
     /// An element of a buffer read by the scalar unit (data-dependent control or addressing): `buf`'s
     /// slot `slot`, flat element `index`; an `i32` buffer.
-    Read { buf: BufId, slot: Box<SExpr>, index: Box<SExpr> },
+    Read {
+        buf: BufId,
+        slot: Box<SExpr>,
+        index: Box<SExpr>,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,3 @@
+//! Passes over the graph IR. Each is a function of its input and a config; none keeps hidden state.
+
+pub mod fuse;
