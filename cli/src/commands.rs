@@ -160,7 +160,7 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
             };
             let print = |g: &kc_ir::Graph| match a.emit {
                 Emit::Fusion => {
-                    let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::default());
+                    let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::from_hints(g));
                     kc_ir::passes::fuse::print_fusion(g, &f)
                 }
                 _ => kc_ir::print::print_graph(g),

@@ -267,3 +267,23 @@ fn emit_ast_prints_the_parsed_file() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("axpy"), "{}", stdout(&o));
 }
+
+/// `kc build --emit fusion` honours `#[unfused]` written in the source, and `--emit graph` prints the hints.
+#[test]
+fn build_emit_fusion_honours_schedule_hints() {
+    let d = TempDir::new("hints");
+    d.write(
+        "hints.ker",
+        "kernel k(x: f32[N]) -> y: f32[N] {\n    #[unfused] let e = exp(x);\n    #[tile(N: 256)] y = e * 2.0;\n}\n",
+    );
+    let o = kc(&d.0, &["build", "hints.ker", "--emit", "fusion"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("2 groups"), "{text}");
+    assert!(text.contains("%1 e -> %2 y: a schedule hint keeps them apart"), "{text}");
+    let o = kc(&d.0, &["build", "hints.ker"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("= compute [n] exp(%0[n])  #[unfused]\n"), "{text}");
+    assert!(text.contains("  #[tile(N: 256)]\n"), "{text}");
+}

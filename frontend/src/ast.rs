@@ -97,9 +97,21 @@ pub struct Block {
     pub span: Span,
 }
 
+/// A statement, with the attributes written before it. `span` covers the statement without its attributes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stmt {
+    pub attrs: Vec<Attr>,
     pub kind: StmtKind,
+    pub span: Span,
+}
+
+/// An attribute before a statement: `#[unfused]`, `#[unfused()]` (no arguments), `#[tile(t: 64, d: 128)]`.
+/// The parser accepts any name and named arguments; lowering checks them (schedule hints).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attr {
+    pub name: Ident,
+    pub args: Vec<NamedArg>,
+    /// From `#` to `]`.
     pub span: Span,
 }
 

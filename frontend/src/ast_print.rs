@@ -1,5 +1,6 @@
-//! Prints an AST back as `.ker` text in a canonical form: 4-space indentation, one statement per line, and
-//! every binary operation in parentheses so the text shows how it parsed. This is `kc build --emit ast`.
+//! Prints an AST back as `.ker` text in a canonical form: 4-space indentation, one statement per line (after
+//! its attributes, on the same line), and every binary operation in parentheses so the text shows how it parsed.
+//! This is `kc build --emit ast`.
 //! The output of a parsed module re-parses to the same AST (spans aside).
 
 use crate::ast::*;
@@ -143,6 +144,10 @@ fn block(out: &mut String, b: &Block, level: usize) {
 
 fn stmt(out: &mut String, s: &Stmt, level: usize) {
     indent(out, level);
+    for a in &s.attrs {
+        attr(out, a);
+        out.push(' ');
+    }
     match &s.kind {
         StmtKind::Let { target, ty, value } => {
             out.push_str("let ");
@@ -196,6 +201,25 @@ fn stmt(out: &mut String, s: &Stmt, level: usize) {
         }
         StmtKind::Error => out.push_str("<error>;\n"),
     }
+}
+
+/// `#[name]`, or `#[name(a: 1, b: 2)]` (an attribute with no arguments prints without parentheses).
+fn attr(out: &mut String, a: &Attr) {
+    out.push_str("#[");
+    out.push_str(&a.name.name);
+    if !a.args.is_empty() {
+        out.push('(');
+        for (i, n) in a.args.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&n.name.name);
+            out.push_str(": ");
+            expr(out, &n.value);
+        }
+        out.push(')');
+    }
+    out.push(']');
 }
 
 fn index_binders(out: &mut String, binders: &[IndexBinder]) {

@@ -63,6 +63,8 @@ pub enum Token {
     AndAnd,
     OrOr,
     Bang,
+    /// `#`, which starts an attribute: `#[unfused]`.
+    Hash,
     /// Text the lexer could not read (already reported); the parser treats it as a broken expression.
     Error,
 }
@@ -124,6 +126,7 @@ impl Token {
             Token::AndAnd => "&&",
             Token::OrOr => "||",
             Token::Bang => "!",
+            Token::Hash => "#",
             Token::Ident(_) | Token::Int(_) | Token::Float(_) | Token::Str(_) | Token::DocComment(_) | Token::Error => {
                 ""
             }
@@ -232,6 +235,8 @@ enum Raw {
     OrOr,
     #[token("!")]
     Bang,
+    #[token("#")]
+    Hash,
 }
 
 fn fixed(raw: Raw) -> Option<Token> {
@@ -276,6 +281,7 @@ fn fixed(raw: Raw) -> Option<Token> {
         Raw::AndAnd => Token::AndAnd,
         Raw::OrOr => Token::OrOr,
         Raw::Bang => Token::Bang,
+        Raw::Hash => Token::Hash,
         Raw::Whitespace
         | Raw::Comment
         | Raw::Doc
@@ -317,7 +323,6 @@ fn invalid_token(file: FileId, src: &str, start: usize, end: usize) -> Diagnosti
         "|" => d.with_help("the logical or is `||`"),
         "." => d.with_help("a range is written `LO..HI`; a float literal needs digits on both sides of `.`"),
         "'" => d.with_help("string literals use double quotes"),
-        "#" => d.with_help("comments start with `//`"),
         _ => d,
     }
 }
@@ -504,6 +509,26 @@ mod tests {
                 Token::Minus
             ]
         );
+    }
+
+    #[test]
+    fn attributes() {
+        assert_eq!(
+            kinds("#[tile(t: 64)]"),
+            vec![
+                Token::Hash,
+                Token::LBracket,
+                Token::Ident("tile".into()),
+                Token::LParen,
+                Token::Ident("t".into()),
+                Token::Colon,
+                Token::Int(64),
+                Token::RParen,
+                Token::RBracket
+            ]
+        );
+        let (_, d) = lex(FileId(0), "# [unfused]");
+        assert!(d.is_empty());
     }
 
     #[test]

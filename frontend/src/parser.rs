@@ -10,7 +10,7 @@
 //! operators and brackets, give `E0012` and the item that holds them is left out. A file reports at most
 //! [`MAX_DIAGNOSTICS`] diagnostics.
 
-use crate::ast::{Expr, ExprKind, Ident, IndexBinder, Module, NamedArg};
+use crate::ast::{Attr, Expr, ExprKind, Ident, IndexBinder, Module, NamedArg};
 use crate::lexer::{self, Token};
 use kc_ir::{Code, Diagnostic, FileId, Span};
 use lalrpop_util::{ErrorRecovery, ParseError};
@@ -201,6 +201,22 @@ impl Ctx<'_> {
         Expr { kind: ExprKind::Call { callee, args: pos, named }, span: self.span(l, r) }
     }
 
+    /// `#[name(args)]`: an attribute's arguments are named; a positional one is reported (`E0605`) and dropped.
+    pub(crate) fn attr(&self, name: Ident, args: Vec<Arg>, l: usize, r: usize) -> Attr {
+        let mut named = Vec::new();
+        for a in args {
+            match a {
+                Arg::Named(n, value) => named.push(NamedArg { name: n, value }),
+                Arg::Pos(e) => self.diag(
+                    Diagnostic::error(Code::BadHint, e.span, format!("the arguments of `#[{}]` are named", name.name))
+                        .with_label("an argument without a name")
+                        .with_help("name the axis it applies to: `#[tile(t: 64)]`"),
+                ),
+            }
+        }
+        Attr { name, args: named, span: self.span(l, r) }
+    }
+
     /// The source text of a token, shortened for a message.
     fn token_text(&self, l: usize, r: usize, tok: &Token) -> String {
         match tok {
@@ -232,8 +248,20 @@ impl Ctx<'_> {
                 };
                 let mut d = Diagnostic::error(Code::UnexpectedToken, self.span(l, r), msg).with_label(label);
                 let expects = |t: &str| expected.iter().any(|e| e == t);
-                if matches!(tok, Token::Kernel | Token::Fn | Token::Let | Token::Return | Token::For | Token::RBrace)
-                    && expects("\";\"")
+                let after_hash = self.src.get(..l).is_some_and(|s| s.trim_end().ends_with('#'));
+                if after_hash && expects("\"[\"") {
+                    d = d.with_help("`#` starts an attribute such as `#[unfused]`; comments start with `//`");
+                } else if tok == Token::Hash && !expects("\"#\"") {
+                    d = d.with_help("`#[...]` is an attribute, written before a statement; comments start with `//`");
+                } else if !expects("\"}\"")
+                    && expects("\"let\"")
+                    && self.src.get(..l).is_some_and(|s| s.trim_end().ends_with(']'))
+                {
+                    d = d.with_help("an attribute such as `#[unfused]` stands before the statement it applies to");
+                } else if matches!(
+                    tok,
+                    Token::Kernel | Token::Fn | Token::Let | Token::Return | Token::For | Token::RBrace
+                ) && expects("\";\"")
                 {
                     d = d.with_help("a statement ends with `;`: is one missing before this?");
                 } else if matches!(tok, Token::Kernel | Token::Fn | Token::Use | Token::DocComment(_))
@@ -288,7 +316,8 @@ fn describe_expected(expected: &[String]) -> Option<String> {
     let mut parts: Vec<String> = Vec::new();
     for e in expected {
         let e = e.as_str();
-        if e == "BAD" || e == "DOC" {
+        // Attributes (`#`) may start any statement; listing them would only add noise.
+        if e == "BAD" || e == "DOC" || e == "\"#\"" {
             continue;
         }
         if (is_expr && EXPR_START.contains(&e)) || (is_op && (BINARY_OPS.contains(&e) || e == "\"[\"" || e == "\"(\""))

@@ -343,11 +343,74 @@ fn assert_round_trip(src: &str) {
     assert_eq!(print_module(&m2), p1);
 }
 
+/// Schedule hints: attributes before statements (any statement parses; lowering says where they apply).
+const HINTS: &str = "kernel k(x: f32[T, D], m: inout f32[N]) -> (y: f32[T, D], s: f32[T]) {
+    #[unfused] let a = x * 2.0;
+    #[tile(t: 64, d: 128,)] y[t, d] = a[t, d];
+    #[unfused()] #[tile(N: 1024)]
+    m = m + 1.0;
+    # [ unfused ] s = sum(a, axis: 1);
+    #[unfused] for i in 0..2 { #[tile(t: 8)] let b[t] = s[t]; }
+    #[whatever(a: -1, b: x + 1)] let c = 1;
+}
+";
+
 #[test]
 fn printed_ast_reparses_to_the_same_ast() {
     assert_round_trip(CONTRACT);
     assert_round_trip(EXTRAS);
+    assert_round_trip(HINTS);
     assert_round_trip("fn f() { return ((a,), (), [], -x[0], (-x)[0], 1e300, 1e-7, 2.0, 0.1 + 0.2); }");
+}
+
+#[test]
+fn attributes_parse_before_statements() {
+    let (m, d) = parse0(HINTS);
+    assert!(d.is_empty(), "{d:#?}");
+    let k = kernel(&m, "k");
+    let attrs: Vec<Vec<&str>> =
+        k.body.stmts.iter().map(|s| s.attrs.iter().map(|a| a.name.name.as_str()).collect()).collect();
+    assert_eq!(
+        attrs,
+        [vec!["unfused"], vec!["tile"], vec!["unfused", "tile"], vec!["unfused"], vec!["unfused"], vec!["whatever"]]
+    );
+    let s1 = &k.body.stmts[1];
+    let args: Vec<&str> = s1.attrs[0].args.iter().map(|a| a.name.name.as_str()).collect();
+    assert_eq!(args, ["t", "d"]);
+    assert_eq!(&HINTS[s1.attrs[0].span.range()], "#[tile(t: 64, d: 128,)]");
+    assert_eq!(&HINTS[s1.span.range()], "y[t, d] = a[t, d];", "a statement's span leaves out its attributes");
+    assert!(k.body.stmts[2].attrs[0].args.is_empty(), "`#[unfused()]` has no arguments");
+    let StmtKind::For { body, .. } = &k.body.stmts[4].kind else { panic!("a for") };
+    assert_eq!(body.stmts[0].attrs[0].name.name, "tile");
+    let printed = print_module(&m);
+    assert!(printed.contains("    #[unfused] #[tile(N: 1024)] m = (m + 1.0);\n"), "{printed}");
+    assert!(printed.contains("    #[tile(t: 64, d: 128)] y[t, d] = a[t, d];\n"), "{printed}");
+}
+
+#[test]
+fn attribute_errors() {
+    // A positional argument: named arguments only.
+    let (m, d) = parse0("kernel k() { #[tile(64, t: 8)] let a = 1; }");
+    assert_eq!(codes(&d), [Code::BadHint]);
+    assert_eq!(d[0].message, "the arguments of `#[tile]` are named");
+    assert_eq!(kernel(&m, "k").body.stmts[0].attrs[0].args.len(), 1);
+    // `#` is no longer a comment: the error says so.
+    let (_, d) = parse0("kernel k() { # a comment\n let a = 1; }");
+    assert_eq!(codes(&d), [Code::UnexpectedToken]);
+    assert!(d[0].notes.iter().any(|n| n.contains("comments start with `//`")), "{d:#?}");
+    let (_, d) = parse0("# a comment\nkernel k() { let a = 1; }");
+    assert_eq!(codes(&d), [Code::UnexpectedToken]);
+    assert!(d[0].notes.iter().any(|n| n.contains("comments start with `//`")), "{d:#?}");
+    // An attribute with no statement after it.
+    let (_, d) = parse0("kernel k() { let a = 1; #[unfused] }");
+    assert_eq!(codes(&d), [Code::UnexpectedToken]);
+    assert!(d[0].notes.iter().any(|n| n.contains("stands before the statement")), "{d:#?}");
+    // Broken attributes are recovered from like any statement.
+    let (m, d) = parse0("kernel k() { #[tile(t: )] let a = 1; #[] let b = 2; #[unfused] let c = 3; }");
+    assert_eq!(codes(&d), [Code::UnexpectedToken; 2], "{d:#?}");
+    let k = kernel(&m, "k");
+    assert_eq!(k.body.stmts.len(), 3);
+    assert_eq!(k.body.stmts[2].attrs.len(), 1);
 }
 
 #[test]
@@ -584,6 +647,9 @@ fn random_token_soup_parses_and_renders_without_panic() {
         "/// d\n",
         "$",
         "\n",
+        "#",
+        "#[unfused]",
+        "#[tile(x: 8)]",
     ];
     let mut rng = Rng(0x1234_5678_9abc_def1);
     for _ in 0..2000 {

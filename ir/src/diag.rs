@@ -86,6 +86,9 @@ codes! {
     ConstraintFalse = "E0601": "constraints that can never hold",
     OutputDimUnbound = "E0602": "an output dimension that cannot be computed from the inputs",
     BadDim = "E0603": "a dimension expression that is not made of dims and integers",
+    // Schedule hints.
+    UnknownHint = "E0604": "a schedule hint that kc does not know",
+    BadHint = "E0605": "a schedule hint with arguments it does not take",
     // Assignments.
     AssignInput = "E0700": "an assignment to a read-only input",
     AssignTwice = "E0701": "an output or inout assigned more than once",

@@ -62,6 +62,28 @@ pub struct Graph {
     /// What each output and each `inout` parameter holds at the end: declared outputs first (in order),
     /// then `inout` parameters (in parameter order).
     pub results: Vec<Result_>,
+    /// Schedule hints the author attached to statements.
+    pub hints: Vec<Hint>,
+}
+
+/// A schedule hint on the node a statement defines (or, when the statement's value is an existing node,
+/// that node), in source order: `#[unfused]` keeps it out of fusion (its own group, stored);
+/// `#[tile(t: 64, d: 128)]` asks for tile sizes along its axes (to be checked by the tiler against the
+/// target's buffers: one that cannot be honoured is an error, never ignored).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hint {
+    pub node: ValueId,
+    pub kind: HintKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum HintKind {
+    Unfused,
+    /// (axis, tile size) pairs, each axis once, each size at least 1. An axis is named by an output index
+    /// variable of a `Compute` node (`t`), or by a dim symbol of the node's shape (`T`: every axis of that
+    /// size).
+    Tile(Vec<(String, u64)>),
 }
 
 #[derive(Clone, Debug, PartialEq)]

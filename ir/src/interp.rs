@@ -973,6 +973,7 @@ mod tests {
                     asserts: vec![],
                     nodes: vec![],
                     results: vec![],
+                    hints: Vec::new(),
                 },
             }
         }

@@ -38,6 +38,9 @@
 //!   The operand of a prefix `-`/`!` is parenthesized unless it is an atom: `-(a + b)`, `-(-x)`, `-(-1.0)`.
 //! - A dim value prints with `Dim`'s `Display` (`T - S` shows as `-S + T`) and is parenthesized like the
 //!   expression it displays as: a sum like an `+`, a product or quotient like a `*`, `-K` like a negation.
+//! - A node's schedule hints follow its line after two spaces, in the order of `Graph::hints`, as written in
+//!   source: `%3 rstd: f32[T] = compute [t] ...  #[unfused] #[tile(t: 64)]`. A hint on a node that does not
+//!   exist prints after the nodes as `hint on %?12: #[unfused]`.
 //! - `f32` constants print in the shortest form that round-trips: positional notation (always with a `.`)
 //!   for decimal exponents in `-5..16`, scientific otherwise (`1e-7`, `3.5e20`); `inf`, `-inf`, `nan`.
 
@@ -98,7 +101,15 @@ pub fn print_graph(g: &Graph) -> String {
     for (i, node) in g.nodes.iter().enumerate() {
         out.push_str("  ");
         out.push_str(&print_node(g, i, node));
+        let hints: Vec<String> = g.hints.iter().filter(|h| h.node.index() == i).map(|h| print_hint(&h.kind)).collect();
+        if !hints.is_empty() {
+            out.push_str("  ");
+            out.push_str(&hints.join(" "));
+        }
         out.push('\n');
+    }
+    for h in g.hints.iter().filter(|h| h.node.index() >= g.nodes.len()) {
+        let _ = writeln!(out, "  hint on {}: {}", value_ref(g, h.node), print_hint(&h.kind));
     }
     out.push_str("  return");
     for (i, r) in g.results.iter().enumerate() {
@@ -121,6 +132,17 @@ pub fn print_program(p: &Program) -> String {
 pub fn print_expr(g: &Graph, vars: &[IndexVar], e: &Expr) -> String {
     let names = var_names(vars);
     ExprPrinter { g, vars, names: &names }.expr(e).text
+}
+
+/// A schedule hint as written in source: `#[unfused]`, `#[tile(t: 64, d: 128)]`.
+pub fn print_hint(h: &HintKind) -> String {
+    match h {
+        HintKind::Unfused => "#[unfused]".to_string(),
+        HintKind::Tile(axes) => {
+            let axes: Vec<String> = axes.iter().map(|(a, n)| format!("{a}: {n}")).collect();
+            format!("#[tile({})]", axes.join(", "))
+        }
+    }
 }
 
 /// `bf16[T, D]`; a scalar is just `f32`.
@@ -476,6 +498,7 @@ mod tests {
             asserts: Vec::new(),
             nodes,
             results: Vec::new(),
+            hints: Vec::new(),
         }
     }
 
@@ -552,6 +575,28 @@ kernel rmsnorm(x: bf16[T, D], w: bf16[D], eps: f32) -> (y: bf16[T, D], rstd: f32
 }
 ";
         assert_eq!(print_graph(&rmsnorm()), expected);
+    }
+
+    #[test]
+    fn prints_hints_after_their_node() {
+        let mut g = rmsnorm();
+        let sp = Span::default();
+        g.hints = vec![
+            Hint { node: ValueId(3), kind: HintKind::Unfused, span: sp },
+            Hint { node: ValueId(4), kind: HintKind::Tile(vec![("t".into(), 64), ("d".into(), 128)]), span: sp },
+            Hint { node: ValueId(3), kind: HintKind::Tile(vec![("t".into(), 8)]), span: sp },
+            Hint { node: ValueId(9), kind: HintKind::Unfused, span: sp },
+        ];
+        let text = print_graph(&g);
+        assert!(
+            text.contains(
+                "  %3 rstd: f32[T] = compute [t] rsqrt(sum[d < D](%0[t, d] * %0[t, d]) / f32(D) + %2)  \
+                 #[unfused] #[tile(t: 8)]\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("%1[d]  #[tile(t: 64, d: 128)]\n  hint on %?9: #[unfused]\n  return"), "{text}");
+        assert_eq!(print_hint(&HintKind::Tile(vec![("N".into(), 1024)])), "#[tile(N: 1024)]");
     }
 
     /// A graph with every node kind and every expression kind.

@@ -5,12 +5,13 @@
 //! (`%9: in `%2[n] + segment(%7, n)`: `add` operands have different types f32 and i32`), shortened past 80
 //! characters. Errors about the signature and the result list have no node, except a result whose value has
 //! the wrong type, which is reported at that value. Errors come in a fixed order: signature names, then each
-//! node in order (expressions parents first), then results.
+//! node in order (expressions parents first), then results, then schedule hints (each on a node that exists;
+//! a tile hint names axes of its node, each once, with sizes of at least 1, and a node has one tile hint).
 
 use crate::dim::Dim;
 use crate::dtype::{DType, ScalarTy};
 use crate::graph::*;
-use crate::print::{print_expr, print_type, value_ref, var_names};
+use crate::print::{print_expr, print_hint, print_type, value_ref, var_names};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -39,6 +40,7 @@ pub fn verify(g: &Graph) -> Result<(), Vec<VerifyError>> {
         v.node(i);
     }
     v.results();
+    v.hints();
     if v.errors.is_empty() {
         Ok(())
     } else {
@@ -419,6 +421,61 @@ impl<'a> Verifier<'a> {
         }
     }
 
+    /// Schedule hints: on nodes that exist; a tile hint names axes of its node (an index variable of a
+    /// `Compute` node's output axes, or a dim symbol of its shape), each once, with a size of at least 1; a
+    /// node has at most one tile hint.
+    fn hints(&mut self) {
+        let g = self.g;
+        let mut tiled: HashMap<usize, usize> = HashMap::new();
+        for (k, h) in g.hints.iter().enumerate() {
+            let text = print_hint(&h.kind);
+            let at = h.node.index();
+            let Some(node) = g.nodes.get(at) else {
+                self.err(
+                    None,
+                    format!("hint {k} `{text}` is on %?{}, which is out of range ({} nodes)", h.node.0, g.nodes.len()),
+                );
+                continue;
+            };
+            let HintKind::Tile(axes) = &h.kind else { continue };
+            if let Some(first) = tiled.insert(at, k) {
+                self.err(Some(at), format!("two tile hints: hint {first} and hint {k} `{text}`"));
+            }
+            if axes.is_empty() {
+                self.err(Some(at), format!("hint {k} `{text}` tiles no axis"));
+            }
+            let mut names: Vec<String> = Vec::new();
+            if let NodeKind::Compute { vars, .. } = &node.kind {
+                let printed = var_names(vars);
+                for (iv, shown) in vars.iter().zip(printed).take(node.rank()) {
+                    names.push(iv.name.clone());
+                    names.push(shown);
+                }
+            }
+            names.extend(node.shape.iter().filter_map(|d| d.as_sym().map(str::to_string)));
+            for (i, (axis, size)) in axes.iter().enumerate() {
+                if axes[..i].iter().any(|(a, _)| a == axis) {
+                    self.err(Some(at), format!("hint {k} `{text}` tiles `{axis}` twice"));
+                } else if !names.contains(axis) {
+                    let mut unique: Vec<&str> = Vec::new();
+                    for n in &names {
+                        if !unique.contains(&n.as_str()) {
+                            unique.push(n);
+                        }
+                    }
+                    let shown = if unique.is_empty() { "none".to_string() } else { unique.join(", ") };
+                    self.err(
+                        Some(at),
+                        format!("hint {k} `{text}` tiles `{axis}`, which is not an axis of the node (axes: {shown})"),
+                    );
+                }
+                if *size == 0 {
+                    self.err(Some(at), format!("hint {k} `{text}` gives `{axis}` a tile size of 0"));
+                }
+            }
+        }
+    }
+
     /// One result per output (in order), then one per `inout` parameter (in parameter order).
     fn results(&mut self) {
         let g = self.g;
@@ -668,6 +725,7 @@ mod tests {
                 compute(Some("m"), DType::F32, vec![n.clone()], vec![iv("n", n.clone()), iv("e", ee.clone())], m_body),
             ],
             results: vec![result("y", 4, None), result("s", 3, None), result("k", 5, None), result("m", 9, Some(2))],
+            hints: Vec::new(),
         }
     }
 
@@ -1167,6 +1225,41 @@ mod tests {
         assert_eq!(es.len(), 2, "{es:#?}");
         assert_eq!(es[0].to_string(), "kernel name `good` is used by kernels 0 and 1");
         assert_eq!(es[1].to_string(), "kernel `good`: no result for inout parameter `m`");
+    }
+
+    #[test]
+    fn hints() {
+        let sp = Span::default();
+        let tile = |axes: &[(&str, u64)]| HintKind::Tile(axes.iter().map(|(a, n)| (a.to_string(), *n)).collect());
+        let mut g = good();
+        g.hints = vec![
+            Hint { node: ValueId(4), kind: HintKind::Unfused, span: sp },
+            Hint { node: ValueId(4), kind: tile(&[("t", 64), ("D", 128)]), span: sp },
+            Hint { node: ValueId(0), kind: tile(&[("T", 8)]), span: sp },
+            Hint { node: ValueId(5), kind: HintKind::Unfused, span: sp },
+        ];
+        assert_eq!(verify(&g), Ok(()));
+        let add = |h: Hint| move |g: &mut Graph| g.hints.push(h);
+        one_error(
+            add(Hint { node: ValueId(40), kind: HintKind::Unfused, span: sp }),
+            None,
+            "%?40, which is out of range",
+        );
+        one_error(add(Hint { node: ValueId(3), kind: tile(&[("x", 4)]), span: sp }), Some(3), "axes: t, T");
+        one_error(add(Hint { node: ValueId(3), kind: tile(&[("d", 4)]), span: sp }), Some(3), "not an axis");
+        one_error(add(Hint { node: ValueId(3), kind: tile(&[("t", 0)]), span: sp }), Some(3), "tile size of 0");
+        one_error(add(Hint { node: ValueId(3), kind: tile(&[("t", 4), ("t", 8)]), span: sp }), Some(3), "twice");
+        one_error(add(Hint { node: ValueId(3), kind: tile(&[]), span: sp }), Some(3), "tiles no axis");
+        one_error(
+            |g| {
+                g.hints.push(Hint { node: ValueId(4), kind: tile(&[("d", 2)]), span: sp });
+                g.hints.push(Hint { node: ValueId(4), kind: tile(&[("t", 2)]), span: sp });
+            },
+            Some(4),
+            "two tile hints: hint 0 and hint 1",
+        );
+        let text = crate::print::print_graph(&g);
+        assert!(text.contains("  #[unfused] #[tile(t: 64, D: 128)]\n"), "{text}");
     }
 
     #[test]

@@ -331,6 +331,7 @@ mod tests {
             asserts: Vec::new(),
             nodes,
             results: Vec::new(),
+            hints: Vec::new(),
         }
     }
 

@@ -153,3 +153,46 @@ fn unfused_hint_keeps_a_node_apart() {
     assert_eq!(f.groups[k].nodes, vec![rstd]);
     assert!(f.unfused.iter().any(|u| u.producer == rstd && u.reason.contains("schedule hint")));
 }
+
+/// Compiles a source string that must compile without diagnostics.
+fn compile_src(src: &str) -> Graph {
+    let mut sources = kc_frontend::SourceMap::new();
+    let id = sources.add("hints.ker", src);
+    let (program, diags) = kc_frontend::compile(&mut sources, id, &common::FsLoader);
+    assert!(diags.is_empty(), "{}", kc_frontend::render(&diags, &sources, false));
+    program.kernels.into_iter().next().expect("one kernel")
+}
+
+/// `#[unfused]` written in source reaches fusion through `FusionConfig::from_hints`: the value gets its own
+/// group and is stored, where without the hint it is fused with its consumer.
+#[test]
+fn unfused_in_source_keeps_a_node_apart() {
+    let src = "kernel k(x: f32[T, D], w: f32[D]) -> y: f32[T, D] {
+    #[unfused] let r[t] = rsqrt(sum[d](x[t, d] * x[t, d]) / D + 1e-6);
+    #[tile(t: 8)] y[t, d] = x[t, d] * r[t] * w[d];
+}
+";
+    let g = compile_src(src);
+    let r = ValueId(g.nodes.iter().position(|n| n.name.as_deref() == Some("r")).expect("r") as u32);
+    let y = g.results[0].value;
+    let cfg = FusionConfig::from_hints(&g);
+    assert_eq!(cfg.unfused, BTreeSet::from([r]), "only `r` is unfused (a tile hint is not)");
+    let f = fuse(&g, &cfg);
+    let text = kc_ir::passes::fuse::print_fusion(&g, &f);
+    let k = f.group_of[r.index()].expect("r is grouped");
+    assert_eq!(f.groups[k].nodes, vec![r], "{text}");
+    assert!(f.groups[k].stored.contains(&r), "{text}");
+    assert_ne!(f.group_of[y.index()], Some(k), "{text}");
+    assert!(
+        f.unfused.iter().any(|u| u.producer == r && u.consumer == y && u.reason.contains("schedule hint")),
+        "{text}"
+    );
+    // The same kernel without the hint fuses `r` into `y`'s group: the hint is what keeps it apart.
+    let plain = compile_src(&src.replace("#[unfused] ", ""));
+    assert!(plain.hints.iter().all(|h| h.kind != kc_ir::HintKind::Unfused));
+    let f = fuse(&plain, &FusionConfig::from_hints(&plain));
+    assert_eq!(f.group_of[r.index()], f.group_of[y.index()], "{}", kc_ir::passes::fuse::print_fusion(&plain, &f));
+    // The graph IR shows the hints.
+    let printed = kc_ir::print::print_graph(&g);
+    assert!(printed.contains("#[unfused]") && printed.contains("#[tile(t: 8)]"), "{printed}");
+}

@@ -2,6 +2,7 @@
 
 mod common;
 mod fusion;
+mod hints;
 mod kernels;
 mod props;
 mod reference;

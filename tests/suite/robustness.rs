@@ -364,6 +364,10 @@ const WORDS: &[&str] = &[
     "1e-6",
     "2147483648",
     "9223372036854775807",
+    "unfused",
+    "tile",
+    "#[unfused]",
+    "#[tile(t: 64)]",
 ];
 
 /// One mutated copy of `text`, from `seed`: one to four edits, each replacing a byte (with an interesting

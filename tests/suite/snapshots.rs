@@ -230,7 +230,7 @@ fn fusion() {
             .kernels
             .iter()
             .map(|g| {
-                let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::default());
+                let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::from_hints(g));
                 kc_ir::passes::fuse::print_fusion(g, &f)
             })
             .collect();

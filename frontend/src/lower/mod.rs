@@ -9,6 +9,7 @@
 //! reported as E0900). Lowering never stops at the first error.
 
 mod expr;
+mod hint;
 mod stmt;
 mod tval;
 
@@ -199,6 +200,19 @@ fn load_file(
     }
     stack.pop();
     modules.push((file, module));
+}
+
+/// What a `let` or an assignment bound, for the schedule hints written before it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum StmtBound {
+    /// A stored value: a new node, or an existing one when the value is exactly that node.
+    Node(kc_ir::ValueId),
+    /// A `let` of a dim (`let R = H / G;`): no value is stored.
+    Dim,
+    /// A value inside an inlined fn called from index notation: computed element by element, never stored.
+    Lazy,
+    /// The statement failed (its error is reported).
+    Failed,
 }
 
 /// What a name stands for while lowering.

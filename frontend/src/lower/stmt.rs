@@ -1,7 +1,7 @@
 //! Kernel signatures, statements and fn inlining.
 
 use super::tval::{fmt_shape, int};
-use super::{Bind, Lowerer, Scope, MAX_DIM, MAX_INLINE_DEPTH, MAX_NODES, MAX_UNROLL, MAX_WORK};
+use super::{Bind, Lowerer, Scope, StmtBound, MAX_DIM, MAX_INLINE_DEPTH, MAX_NODES, MAX_UNROLL, MAX_WORK};
 use crate::ast::{self, ExprKind as A, LetTarget, StmtKind};
 use kc_ir::{
     CmpOp, Code, Constraint, DType, Diagnostic, Dim, DimAssert, ExprKind, Graph, NodeKind, OutputDecl, Param,
@@ -632,6 +632,14 @@ impl Lowerer<'_> {
         for r in &mut self.graph.results {
             r.value = map[r.value.index()];
         }
+        // A hint on a node no result needs goes with it: nothing is computed there.
+        self.graph.hints.retain_mut(|h| match map.get(h.node.index()) {
+            Some(&v) if v.0 != u32::MAX => {
+                h.node = v;
+                true
+            }
+            _ => false,
+        });
         self.graph.nodes = kept;
     }
 
@@ -654,10 +662,21 @@ impl Lowerer<'_> {
         if !self.check_size(s.span) {
             return;
         }
+        let hints = self.read_hints(s);
         match &s.kind {
             StmtKind::Error | StmtKind::Return(_) => {}
-            StmtKind::Let { target, ty, value } => self.let_stmt(target, ty.as_ref(), value, s.span),
-            StmtKind::Assign { name, indices, value } => self.assign(name, indices.as_deref(), value, s.span),
+            StmtKind::Let { target, ty, value } => {
+                let bound = self.let_stmt(target, ty.as_ref(), value, s.span);
+                match target {
+                    LetTarget::Name(id) => self.attach_hints(hints, bound, id, None),
+                    LetTarget::Indexed(id, binders) => self.attach_hints(hints, bound, id, Some(binders)),
+                    LetTarget::Tuple(..) => {}
+                }
+            }
+            StmtKind::Assign { name, indices, value } => {
+                let bound = self.assign(name, indices.as_deref(), value, s.span);
+                self.attach_hints(hints, bound, name, indices.as_deref());
+            }
             StmtKind::For { var, lo, hi, body } => {
                 let lo_v = self.loop_bound(lo);
                 let hi_v = self.loop_bound(hi);
@@ -949,13 +968,14 @@ impl Lowerer<'_> {
         }
     }
 
-    fn let_stmt(&mut self, target: &LetTarget, ty: Option<&ast::Ident>, value: &ast::Expr, span: Span) {
+    /// Lowers a `let`; returns what it bound (a tuple binds several values: `Failed`, it takes no hints).
+    fn let_stmt(&mut self, target: &LetTarget, ty: Option<&ast::Ident>, value: &ast::Expr, span: Span) -> StmtBound {
         let storage = match ty {
             Some(t) => match self.elem_type(t) {
                 Some(d) => Some(d),
                 None => {
                     self.poison_target(target);
-                    return;
+                    return StmtBound::Failed;
                 }
             },
             None => None,
@@ -963,20 +983,20 @@ impl Lowerer<'_> {
         match target {
             LetTarget::Name(id) => {
                 if !self.check_new_name(id) {
-                    return;
+                    return StmtBound::Failed;
                 }
                 if storage.is_none() {
                     if let Some(d) = self.dim_of(value, None, true) {
                         if !d.symbols().is_empty() {
                             let d = self.norm(&d);
                             self.define(&id.name, Bind::Dim(d));
-                            return;
+                            return StmtBound::Dim;
                         }
                     }
                 }
                 let Some(v) = self.expr_any(value) else {
                     self.define(&id.name, Bind::Poison);
-                    return;
+                    return StmtBound::Failed;
                 };
                 let tv = match v {
                     Lowered::Val(tv) => tv,
@@ -990,25 +1010,28 @@ impl Lowerer<'_> {
                             .with_help("destructure it: `let (a, b) = ...;` (`_` drops a part)"),
                         );
                         self.define(&id.name, Bind::Poison);
-                        return;
+                        return StmtBound::Failed;
                     }
                 };
-                self.bind_let(id, tv, storage, span);
+                self.bind_let(id, tv, storage, span)
             }
             LetTarget::Indexed(id, binders) => {
                 if !self.check_new_name(id) {
-                    return;
+                    return StmtBound::Failed;
                 }
                 match self.index_def(binders, None, value) {
                     Some(tv) => self.bind_let(id, tv, storage, span),
-                    None => self.define(&id.name, Bind::Poison),
+                    None => {
+                        self.define(&id.name, Bind::Poison);
+                        StmtBound::Failed
+                    }
                 }
             }
             LetTarget::Tuple(names, tspan) => {
                 let ok: Vec<bool> = names.iter().flatten().map(|n| self.check_new_name(n)).collect();
                 let Some(v) = self.expr_any(value) else {
                     self.poison_target(target);
-                    return;
+                    return StmtBound::Failed;
                 };
                 let parts = match v {
                     Lowered::Tuple(p) => p,
@@ -1022,7 +1045,7 @@ impl Lowerer<'_> {
                             .with_secondary(value.span, "this is one value"),
                         );
                         self.poison_target(target);
-                        return;
+                        return StmtBound::Failed;
                     }
                 };
                 if parts.len() != names.len() {
@@ -1035,16 +1058,17 @@ impl Lowerer<'_> {
                         .with_secondary(value.span, format!("this has {} parts", parts.len())),
                     );
                     self.poison_target(target);
-                    return;
+                    return StmtBound::Failed;
                 }
                 if ok.iter().any(|o| !o) {
-                    return;
+                    return StmtBound::Failed;
                 }
                 for (n, tv) in names.iter().zip(parts) {
                     if let Some(id) = n {
                         self.bind_let(id, tv, storage, span);
                     }
                 }
+                StmtBound::Failed
             }
         }
     }
@@ -1060,31 +1084,42 @@ impl Lowerer<'_> {
         }
     }
 
-    fn bind_let(&mut self, id: &ast::Ident, tv: super::TVal, storage: Option<DType>, span: Span) {
+    fn bind_let(&mut self, id: &ast::Ident, tv: super::TVal, storage: Option<DType>, span: Span) -> StmtBound {
         let code = if storage.is_some() { Code::BadStorage } else { Code::TypeMismatch };
         let storage = storage.unwrap_or_else(|| tv.ty().storage());
         let Some(tv) = self.to_storage(tv, storage, span, &format!("`{}`", id.name), code) else {
             self.define(&id.name, Bind::Poison);
-            return;
+            return StmtBound::Failed;
         };
-        let tv = self.store_or_keep(tv, storage, &id.name, span);
-        match tv {
-            Some(tv) => self.define(&id.name, Bind::Let { tv, storage }),
-            None => self.define(&id.name, Bind::Poison),
+        match self.store_or_keep(tv, storage, &id.name, span) {
+            Some((tv, bound)) => {
+                self.define(&id.name, Bind::Let { tv, storage });
+                bound
+            }
+            None => {
+                self.define(&id.name, Bind::Poison);
+                StmtBound::Failed
+            }
         }
     }
 
-    /// Materializes a bound value when it can stand alone; a value that depends on an enclosing
-    /// statement's indices stays lazy (rounded to its storage type).
-    fn store_or_keep(&mut self, tv: super::TVal, storage: DType, name: &str, span: Span) -> Option<super::TVal> {
+    /// Materializes a bound value when it can stand alone (`StmtBound::Node`); a value that depends on an
+    /// enclosing statement's indices stays lazy (rounded to its storage type; `StmtBound::Lazy`).
+    fn store_or_keep(
+        &mut self,
+        tv: super::TVal,
+        storage: DType,
+        name: &str,
+        span: Span,
+    ) -> Option<(super::TVal, StmtBound)> {
         if Self::outer_vars(&tv).is_empty() {
             let v = self.materialize(&tv, storage, Some(name.to_string()), span)?;
-            Some(self.load_node(v, span))
+            Some((self.load_node(v, span), StmtBound::Node(v)))
         } else if matches!(storage, DType::BF16 | DType::F16) {
             let body = kc_ir::Expr::new(ExprKind::Cast(storage, Box::new(tv.body.clone())), ScalarTy::F32, span);
-            Some(super::TVal { body, ..tv })
+            Some((super::TVal { body, ..tv }, StmtBound::Lazy))
         } else {
-            Some(tv)
+            Some((tv, StmtBound::Lazy))
         }
     }
 
@@ -1142,7 +1177,14 @@ impl Lowerer<'_> {
         }))
     }
 
-    fn assign(&mut self, name: &ast::Ident, indices: Option<&[ast::IndexBinder]>, value: &ast::Expr, span: Span) {
+    /// Lowers an assignment; returns the node it bound.
+    fn assign(
+        &mut self,
+        name: &ast::Ident,
+        indices: Option<&[ast::IndexBinder]>,
+        value: &ast::Expr,
+        span: Span,
+    ) -> StmtBound {
         enum Target {
             Output(usize),
             Inout(usize),
@@ -1161,9 +1203,9 @@ impl Lowerer<'_> {
                     d = d.with_help(format!("did you mean `{s}`?"));
                 }
                 self.err(d);
-                return;
+                return StmtBound::Failed;
             }
-            Some(Bind::Poison) => return,
+            Some(Bind::Poison) => return StmtBound::Failed,
             Some(Bind::Val(_)) => {
                 self.err(
                     Diagnostic::error(
@@ -1176,7 +1218,7 @@ impl Lowerer<'_> {
                         name.name
                     )),
                 );
-                return;
+                return StmtBound::Failed;
             }
             Some(Bind::Dim(_) | Bind::Index(_)) => {
                 self.err(Diagnostic::error(
@@ -1184,7 +1226,7 @@ impl Lowerer<'_> {
                     name.span,
                     format!("cannot assign to `{}`: it is a dim or an index", name.name),
                 ));
-                return;
+                return StmtBound::Failed;
             }
             Some(Bind::Output { idx, value }) => {
                 if value.is_some() {
@@ -1192,7 +1234,7 @@ impl Lowerer<'_> {
                         Diagnostic::error(Code::AssignTwice, name.span, format!("output `{}` is assigned twice", name.name))
                             .with_note("every output is assigned exactly once (inside a `for` loop, an assignment runs every iteration)"),
                     );
-                    return;
+                    return StmtBound::Failed;
                 }
                 Target::Output(*idx)
             }
@@ -1207,7 +1249,7 @@ impl Lowerer<'_> {
                         .with_note("every inout is assigned exactly once; use a `let` for intermediate values")
                         .with_note("inside a `for` loop, an assignment runs every iteration"),
                     );
-                    return;
+                    return StmtBound::Failed;
                 }
                 Target::Inout(*param)
             }
@@ -1220,7 +1262,7 @@ impl Lowerer<'_> {
             }
             Target::Inout(p) => match &self.graph.params[*p].kind {
                 ParamKind::Tensor { dtype, shape, .. } => (*dtype, shape.clone(), format!("inout `{}`", name.name)),
-                ParamKind::Dim => return,
+                ParamKind::Dim => return StmtBound::Failed,
             },
             Target::Let(d, s) => (*d, s.clone(), format!("`{}`", name.name)),
         };
@@ -1236,7 +1278,7 @@ impl Lowerer<'_> {
                         .with_label(format!("shape {}", fmt_shape(&shape))),
                     );
                     self.mark_assigned_poison(name);
-                    return;
+                    return StmtBound::Failed;
                 }
                 self.index_def(binders, Some(&shape), value)
             }
@@ -1250,31 +1292,39 @@ impl Lowerer<'_> {
             .and_then(|tv| self.to_storage(tv, dtype, value.span, &what, type_code));
         let Some(tv) = tv else {
             self.mark_assigned_poison(name);
-            return;
+            return StmtBound::Failed;
         };
         match target {
-            Target::Let(..) => {
-                if let Some(new) = self.store_or_keep(tv, dtype, &name.name, span) {
+            Target::Let(..) => match self.store_or_keep(tv, dtype, &name.name, span) {
+                Some((new, bound)) => {
                     if let Some(Bind::Let { tv, .. }) = self.lookup_mut(&name.name) {
                         *tv = new;
                     }
+                    bound
                 }
-            }
+                None => StmtBound::Failed,
+            },
             Target::Output(idx) => {
-                let Some(v) = self.materialize(&tv, dtype, Some(name.name.clone()), span) else { return };
+                let Some(v) = self.materialize(&tv, dtype, Some(name.name.clone()), span) else {
+                    return StmtBound::Failed;
+                };
                 let tv = self.load_node(v, span);
                 if let Some(Bind::Output { value, .. }) = self.lookup_mut(&name.name) {
                     *value = Some((tv, v));
                 }
                 let _ = idx;
+                StmtBound::Node(v)
             }
             Target::Inout(_) => {
-                let Some(v) = self.materialize(&tv, dtype, Some(name.name.clone()), span) else { return };
+                let Some(v) = self.materialize(&tv, dtype, Some(name.name.clone()), span) else {
+                    return StmtBound::Failed;
+                };
                 let new = self.load_node(v, span);
                 if let Some(Bind::Inout { tv, assigned, .. }) = self.lookup_mut(&name.name) {
                     *tv = new;
                     *assigned = Some(v);
                 }
+                StmtBound::Node(v)
             }
         }
     }
@@ -1328,7 +1378,11 @@ impl Lowerer<'_> {
             let n = f.body.stmts.len();
             for (i, s) in f.body.stmts.iter().enumerate() {
                 match &s.kind {
-                    StmtKind::Return(e) if i + 1 == n => result = self.expr_any(e),
+                    StmtKind::Return(e) if i + 1 == n => {
+                        // A `return` takes no hints: this reports any.
+                        let _ = self.read_hints(s);
+                        result = self.expr_any(e)
+                    }
                     StmtKind::Return(_) => {
                         self.err(Diagnostic::error(
                             Code::TupleArity,

@@ -23,7 +23,7 @@
 //! For every producer and consumer left in different groups, the result says why.
 
 use crate::dim::Dim;
-use crate::graph::{BinOp, Expr, ExprKind, Graph, NodeKind, ReduceOp, ValueId, VarId};
+use crate::graph::{BinOp, Expr, ExprKind, Graph, HintKind, NodeKind, ReduceOp, ValueId, VarId};
 use crate::print::print_type;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -33,6 +33,19 @@ use std::fmt::Write;
 #[derive(Clone, Debug, Default)]
 pub struct FusionConfig {
     pub unfused: BTreeSet<ValueId>,
+}
+
+impl FusionConfig {
+    /// The configuration the graph's schedule hints ask for: every node with `#[unfused]` is kept apart.
+    pub fn from_hints(g: &Graph) -> FusionConfig {
+        let unfused = g
+            .hints
+            .iter()
+            .filter(|h| h.kind == HintKind::Unfused && h.node.index() < g.nodes.len())
+            .map(|h| h.node)
+            .collect();
+        FusionConfig { unfused }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -29,6 +29,8 @@
 //!   differ (rounding to nearest-even into bf16/f16, as a store does).
 //! - Buffers are logically row-major whatever their [`Layout`]: the layout records the fractal format the
 //!   hardware would use (and the alignment it needs), not a different indexing.
+//! - Copies convert between float dtypes only; buffers hold zeros at the start of a launch; a scalar-unit
+//!   division by zero is a compiler bug (the tiler's arithmetic), not a user error.
 
 use crate::dtype::DType;
 use crate::graph::{BinOp, ReduceOp, UnOp, ValueId};
@@ -65,8 +67,8 @@ pub enum TensorRole {
     Output(usize),
     /// A whole tensor that one launch writes and a later one reads (graph node `ValueId`).
     Intermediate(ValueId),
-    /// A bounded hand-off area, `per_core` bytes for each of the launch's cores (e.g. cube results on
-    /// their way to the vector cores on a target without a direct path).
+    /// A bounded hand-off area, `per_core` bytes for each cube and vector core of the launch that uses it
+    /// (e.g. cube results on their way to the vector cores on a target without a direct path).
     Workspace { per_core: u64 },
 }
 
@@ -296,15 +298,16 @@ pub enum LibOp {
     TopK { k: u64, values: Option<Region>, indices: Option<Region> },
     /// Stable sort indices of each row.
     ArgSort { descending: bool, dst: Region },
-    /// Prefix sums along each row (`carry` holds the running sum across tiles, one per row).
+    /// Prefix sums along each row. With `carry`, row `r` starts from `carry[r, 0]` (initialized by the
+    /// program) and its running total is written back there, so a row can span several tiles.
     CumSum { exclusive: bool, dst: Region, carry: Option<Region> },
-    /// Counts of each value in `0..n` of the source, accumulated into `dst` (n elements).
+    /// Counts of each value in `0..n` of the source (row-major), added into `dst[0, 0..n]`.
     BinCount { n: u64, dst: Region },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stmt {
-    /// `for var in lo..hi step step` on the scalar unit.
+    /// `for var in lo..hi step step` on the scalar unit; `step > 0`; `lo` and `hi` are evaluated once.
     For { var: SVar, lo: SExpr, hi: SExpr, step: i64, body: Vec<Stmt> },
     /// `var = value` on the scalar unit.
     Set { var: SVar, value: SExpr },
@@ -313,8 +316,10 @@ pub enum Stmt {
     /// Copies `rows × cols` elements from `src` to `dst` on `pipe`, converting dtypes if they differ.
     Copy { pipe: Pipe, src: Region, dst: Region, rows: SExpr, cols: SExpr },
     /// For each of `rows` rows: copies `cols` elements starting at element `index[r] * row_stride +
-    /// col_offset` of `src` (a GM tensor) to row `r` of `dst`. `index` is an i32 UB region read by the
-    /// scalar unit; an index outside `0..src_rows` stops the kernel with `span`'s error.
+    /// col_offset` of `src` (a GM tensor) to row `r` of `dst`. `index` is in the core's own memory (UB on
+    /// a vector core, L1 on a cube core). `index` is an i32 UB region read by the
+    /// scalar unit (`index[r]` is its element `(r, 0)`); an index outside `0..src_rows` stops the kernel
+    /// with `span`'s error.
     Gather {
         pipe: Pipe,
         src: TensorId,
@@ -332,7 +337,8 @@ pub enum Stmt {
     /// `dst[r, c] = expr(r, c)` for the tile `rows × cols`, on the vector unit.
     Vector { dst: Region, rows: SExpr, cols: SExpr, expr: VExpr },
     /// Reduces `src` (`rows × cols`) along `axis` (1: each row to one value, written to `dst[r, 0]`;
-    /// 0: each column, to `dst[0, c]`), combining with `dst`'s value if `accumulate`.
+    /// 0: each column, to `dst[0, c]`). With `accumulate` (sum, max, min only), the reduction continues from
+    /// `dst`'s value. An argmax/argmin index is the position within the tile.
     Reduce { op: ReduceOp, axis: u8, src: Region, dst: Region, rows: SExpr, cols: SExpr, accumulate: bool },
     /// A library operation over `src` (`rows × cols`).
     Library { op: LibOp, src: Region, rows: SExpr, cols: SExpr, span: crate::span::Span },
@@ -342,7 +348,10 @@ pub enum Stmt {
     WaitFlag { from: Pipe, to: Pipe, event: u8 },
     /// Later work on `pipe` waits for earlier work on `pipe`.
     Barrier { pipe: Pipe },
-    /// Signals a cross-core flag (0..=10) to the partner cores (a cube core's vector cores, or back).
+    /// Signals a cross-core flag (0..=10) to the partner cores once all the work this core issued before it
+    /// is done. With `ratio` the target's vector cores per cube core, cube core `i` is paired with vector
+    /// cores `i * ratio .. (i + 1) * ratio`; a mixed launch uses whole groups (`vector_cores ==
+    /// cube_cores * ratio`), so the launch's own counts give the same ratio.
     CrossSet { flag: u8 },
     /// Waits for a cross-core flag.
     CrossWait { flag: u8 },
