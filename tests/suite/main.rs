@@ -8,3 +8,4 @@ mod props;
 mod reference;
 mod robustness;
 mod snapshots;
+mod tiling;

@@ -1,3 +1,4 @@
 //! Passes over the graph IR. Each is a function of its input and a config; none keeps hidden state.
 
 pub mod fuse;
+pub mod tile;

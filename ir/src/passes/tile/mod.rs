@@ -1,0 +1,201 @@
+//! Tiling: from fusion groups to the tile IR, for one target at concrete dims.
+//!
+//! The pieces every group kind shares live here: the table of global-memory tensors ([`plan_gm`]), the
+//! order in which groups run ([`group_order`]), a builder for launches ([`LaunchBuilder`]) whose buffers the
+//! planner places ([`LaunchBuilder::finish`]: offsets aligned to each memory's alignment, every buffer live
+//! for the whole launch, a capacity error naming the memory, its buffers and the bytes), and the split of
+//! rows across cores. Each group kind has its own module that builds its launch:
+//! - [`vector`]: elementwise vector groups, streamed through UB in double-buffered chunks
+//!   (MTE2 → V → MTE3 with the flags that order them).
+
+pub mod vector;
+
+use crate::diag::{Code, Diagnostic};
+use crate::dim::Dim;
+use crate::dtype::DType;
+use crate::graph::{Graph, NodeKind, ParamKind, ValueId};
+use crate::launch::Binding;
+use crate::passes::fuse::Fusion;
+use crate::target::Target;
+use crate::tile::*;
+use std::collections::BTreeMap;
+
+/// The global-memory tensors of a program and which graph value each holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GmPlan {
+    pub tensors: Vec<GmTensor>,
+    /// The tensor holding each parameter node, each result, and each value stored for another group.
+    pub of: BTreeMap<ValueId, TensorId>,
+}
+
+fn shape_of(b: &Binding, dims: &[Dim], what: &str) -> Result<Vec<u64>, Diagnostic> {
+    b.shape(dims)
+        .map(|s| s.into_iter().map(|d| d as u64).collect())
+        .map_err(|e| Diagnostic::error(Code::InexactDim, crate::span::Span::default(), format!("{what}: {e}")))
+}
+
+/// Lays out global memory: the parameters, one tensor per result, and the intermediates that fusion stores.
+pub fn plan_gm(g: &Graph, f: &Fusion, b: &Binding) -> Result<GmPlan, Diagnostic> {
+    let mut tensors = Vec::new();
+    let mut of = BTreeMap::new();
+    for (i, p) in g.params.iter().enumerate() {
+        if let ParamKind::Tensor { dtype, shape, .. } = &p.kind {
+            let id = TensorId(tensors.len() as u32);
+            tensors.push(GmTensor {
+                name: p.name.clone(),
+                dtype: *dtype,
+                shape: shape_of(b, shape, &p.name)?,
+                role: TensorRole::Param(i),
+            });
+            if let Some(v) = g.nodes.iter().position(|n| n.kind == NodeKind::Param(i)) {
+                of.insert(ValueId(v as u32), id);
+            }
+        }
+    }
+    for (i, r) in g.results.iter().enumerate() {
+        let node = g.node(r.value);
+        let id = TensorId(tensors.len() as u32);
+        tensors.push(GmTensor {
+            name: r.name.clone(),
+            dtype: node.dtype,
+            shape: shape_of(b, &node.shape, &r.name)?,
+            role: TensorRole::Output(i),
+        });
+        of.entry(r.value).or_insert(id);
+    }
+    for gr in &f.groups {
+        for v in &gr.stored {
+            if of.contains_key(v) {
+                continue;
+            }
+            let node = g.node(*v);
+            let name = node.name.clone().unwrap_or_else(|| format!("t{}", v.0));
+            let id = TensorId(tensors.len() as u32);
+            tensors.push(GmTensor {
+                name: name.clone(),
+                dtype: node.dtype,
+                shape: shape_of(b, &node.shape, &name)?,
+                role: TensorRole::Intermediate(*v),
+            });
+            of.insert(*v, id);
+        }
+    }
+    Ok(GmPlan { tensors, of })
+}
+
+/// An order in which the groups can run: each after every group whose stored values it reads.
+pub fn group_order(f: &Fusion) -> Option<Vec<usize>> {
+    let n = f.groups.len();
+    let mut done = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    for _ in 0..n {
+        let next = (0..n).find(|&k| {
+            !done[k]
+                && f.groups[k].inputs.iter().all(|i| match f.group_of[i.index()] {
+                    Some(p) => p == k || done[p],
+                    None => true,
+                })
+        })?;
+        done[next] = true;
+        order.push(next);
+    }
+    Some(order)
+}
+
+/// Builds one launch: buffers, scalar registers and the two programs.
+pub struct LaunchBuilder<'t> {
+    pub target: &'t Target,
+    pub launch: Launch,
+}
+
+impl<'t> LaunchBuilder<'t> {
+    pub fn new(target: &'t Target, name: impl Into<String>, unit: Unit, cube_cores: u32, vector_cores: u32) -> Self {
+        LaunchBuilder {
+            target,
+            launch: Launch {
+                name: name.into(),
+                unit,
+                cube_cores,
+                vector_cores,
+                buffers: Vec::new(),
+                svars: Vec::new(),
+                cube: Vec::new(),
+                vector: Vec::new(),
+            },
+        }
+    }
+
+    pub fn buffer(&mut self, name: impl Into<String>, mem: Mem, dtype: DType, shape: Vec<u64>, slots: u32) -> BufId {
+        let layout = match mem {
+            Mem::UB => Layout::ND,
+            Mem::L0A => Layout::ZZ,
+            Mem::L0B => Layout::ZN,
+            Mem::L1 | Mem::L0C => Layout::NZ,
+        };
+        self.launch.buffers.push(Buffer { name: name.into(), mem, dtype, shape, slots, layout, offset: 0 });
+        BufId(self.launch.buffers.len() as u32 - 1)
+    }
+
+    pub fn svar(&mut self, name: impl Into<String>) -> SVar {
+        self.launch.svars.push(name.into());
+        SVar(self.launch.svars.len() as u32 - 1)
+    }
+
+    /// Places every buffer in its memory (aligned, in declaration order) and checks the capacities.
+    /// `why` names what chose the sizes, for the error (a schedule hint, or the tiler itself).
+    pub fn finish(mut self, why: &str) -> Result<Launch, Diagnostic> {
+        let mut errs = Vec::new();
+        for mem in Mem::ALL {
+            let Some(m) = self.target.memory(mem.name()) else { continue };
+            let mut at = 0u64;
+            let mut used = Vec::new();
+            for b in self.launch.buffers.iter_mut().filter(|b| b.mem == mem) {
+                let slot = b.slot_bytes().div_ceil(m.align) * m.align;
+                at = at.div_ceil(m.align) * m.align;
+                b.offset = at;
+                at += slot * b.slots as u64;
+                used.push(format!("{} {}", b.name, slot * b.slots as u64));
+            }
+            if at > m.usable() {
+                errs.push(format!("{}: {at} bytes needed ({}), {} available", mem.name(), used.join(", "), m.usable()));
+            }
+        }
+        if errs.is_empty() {
+            Ok(self.launch)
+        } else {
+            Err(Diagnostic::error(
+                Code::BadHint,
+                crate::span::Span::default(),
+                format!(
+                    "launch `{}` does not fit the target `{}` ({why}): {}",
+                    self.launch.name,
+                    self.target.name,
+                    errs.join("; ")
+                ),
+            ))
+        }
+    }
+}
+
+/// Shorthands for scalar expressions.
+pub fn c(v: i64) -> SExpr {
+    SExpr::Const(v)
+}
+
+pub fn v(x: SVar) -> SExpr {
+    SExpr::Var(x)
+}
+
+pub fn bin(op: SBin, a: SExpr, b: SExpr) -> SExpr {
+    SExpr::Bin(op, Box::new(a), Box::new(b))
+}
+
+/// A region of a GM tensor, one row of `len` elements at `offset`.
+pub fn gm_row(t: TensorId, offset: SExpr) -> Region {
+    Region { loc: Loc::Gm(t), offset, row_stride: c(0) }
+}
+
+/// A region of a buffer slot, starting at element 0, rows `row_stride` apart.
+pub fn buf_region(b: BufId, slot: u32, row_stride: i64) -> Region {
+    Region { loc: Loc::Buf { buf: b, slot: c(slot as i64) }, offset: c(0), row_stride: c(row_stride) }
+}

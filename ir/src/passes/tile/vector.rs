@@ -1,0 +1,241 @@
+//! Elementwise vector groups: every member is elementwise over one shape, and every read is at the
+//! member's own indices (or of a scalar). The launch streams the flattened elements through UB in chunks,
+//! split across the vector cores (core `i` takes chunks `i`, `i + cores`, ...), two slots deep so that the
+//! copy-in of one chunk (MTE2), the vector work on another (V) and the copy-out of a third (MTE3) overlap:
+//!
+//! ```text
+//! for off in core*C .. N step 2*cores*C:            (unrolled by slot: slot 0 at off, slot 1 at off + cores*C)
+//!   wait V->MTE2 #s;  copy.MTE2 inputs -> in[s];  set MTE2->V #s
+//!   wait MTE2->V #s;  wait MTE3->V #s;  vector members -> buffers[s];  set V->MTE2 #s;  set V->MTE3 #s
+//!   wait V->MTE3 #s;  copy.MTE3 stored members -> GM;  set MTE3->V #s
+//! ```
+//! Each flag pair is primed before the loop (the slots start free) and drained after it, so every wait
+//! has its set. Each input is read from global memory once and each stored value written once.
+
+use super::{bin, buf_region, c, gm_row, v, GmPlan, LaunchBuilder};
+use crate::diag::Diagnostic;
+use crate::graph::{Expr, ExprKind, Graph, NodeKind, ValueId};
+use crate::launch::Binding;
+use crate::passes::fuse::Group;
+use crate::target::Target;
+use crate::tile::*;
+use std::collections::BTreeMap;
+
+/// How a member reads a value: at its own (flat) index, or a scalar.
+#[derive(Copy, Clone, Debug, PartialEq)]
+enum Access {
+    Same,
+    Scalar,
+}
+
+/// The reads of a body, if every one is elementwise (at the node's own indices) or of a scalar, and the body
+/// has no reduction or segment.
+fn accesses(g: &Graph, node: ValueId, out: &mut BTreeMap<ValueId, Access>) -> bool {
+    let n = g.node(node);
+    let NodeKind::Compute { body, .. } = &n.kind else { return false };
+    let rank = n.rank();
+    let mut ok = true;
+    body.walk(&mut |e| match &e.kind {
+        ExprKind::Reduce { .. } | ExprKind::Segment { .. } => ok = false,
+        ExprKind::Load { src, idx } => {
+            let s = g.node(*src);
+            let acc = if s.rank() == 0 {
+                Access::Scalar
+            } else if s.shape == n.shape
+                && idx.len() == rank
+                && idx.iter().enumerate().all(|(k, i)| matches!(i.kind, ExprKind::Var(x) if x.index() == k))
+            {
+                Access::Same
+            } else {
+                ok = false;
+                return;
+            };
+            if out.insert(*src, acc).is_some_and(|a| a != acc) {
+                ok = false;
+            }
+        }
+        _ => {}
+    });
+    ok
+}
+
+/// The launch for an elementwise vector group, or `None` if the group is not elementwise.
+pub fn elementwise(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    b: &Binding,
+) -> Option<Result<Launch, Diagnostic>> {
+    let shape = &g.node(*group.nodes.first()?).shape;
+    let mut reads: BTreeMap<ValueId, Access> = BTreeMap::new();
+    for m in &group.nodes {
+        if &g.node(*m).shape != shape || !accesses(g, *m, &mut reads) {
+            return None;
+        }
+    }
+    let dims: Vec<i64> = shape.iter().map(|d| b.eval(d).ok()).collect::<Option<Vec<_>>>()?;
+    let total: i64 = dims.iter().product();
+    let inputs: Vec<(ValueId, Access)> =
+        reads.iter().filter(|(s, _)| !group.nodes.contains(s)).map(|(s, a)| (*s, *a)).collect();
+    // Every input and stored value must be in global memory.
+    if inputs.iter().any(|(s, _)| !gm.of.contains_key(s)) || group.stored.iter().any(|s| !gm.of.contains_key(s)) {
+        return None;
+    }
+
+    // Chunk size: the largest multiple of 256 elements whose buffers (two slots each) fit in UB.
+    let ub = target.memory("ub")?;
+    let per_elem: u64 = inputs
+        .iter()
+        .filter(|(_, a)| *a == Access::Same)
+        .map(|(s, _)| g.node(*s).dtype.size_bytes() as u64)
+        .chain(group.nodes.iter().map(|m| g.node(*m).dtype.size_bytes() as u64))
+        .sum::<u64>()
+        * 2;
+    let scalars = inputs.iter().filter(|(_, a)| *a == Access::Scalar).count() as u64 * ub.align;
+    let budget = ub.usable().saturating_sub(scalars + ub.align * (inputs.len() + group.nodes.len()) as u64 * 2);
+    let chunk = ((budget / per_elem.max(1)) / 256 * 256)
+        .clamp(256, 16 * 1024)
+        .min((total.max(1) as u64).next_multiple_of(256)) as i64;
+    let cores = (target.vector_cores as i64).min((total + chunk - 1) / chunk).max(1) as u32;
+
+    let mut lb = LaunchBuilder::new(target, name, Unit::Vector, 0, cores);
+    let mut bufs: BTreeMap<ValueId, BufId> = BTreeMap::new();
+    let label = |x: ValueId| g.node(x).name.clone().unwrap_or_else(|| format!("t{}", x.0));
+    for (s, a) in &inputs {
+        let (shape, slots) = if *a == Access::Scalar { (vec![1], 1) } else { (vec![chunk as u64], 2) };
+        bufs.insert(*s, lb.buffer(format!("{}_in", label(*s)), Mem::UB, g.node(*s).dtype, shape, slots));
+    }
+    for m in &group.nodes {
+        bufs.insert(*m, lb.buffer(label(*m), Mem::UB, g.node(*m).dtype, vec![chunk as u64], 2));
+    }
+    let off = lb.svar("off");
+    let len = lb.svar("len");
+    let mut prog = Vec::new();
+    // Scalars once, before the loop.
+    for (s, a) in &inputs {
+        if *a == Access::Scalar {
+            prog.push(Stmt::Copy {
+                pipe: Pipe::Mte2,
+                src: gm_row(gm.of[s], c(0)),
+                dst: buf_region(bufs[s], 0, 0),
+                rows: c(1),
+                cols: c(1),
+            });
+        }
+    }
+    if inputs.iter().any(|(_, a)| *a == Access::Scalar) {
+        prog.push(Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: 2 });
+        prog.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: 2 });
+    }
+    for s in 0..2u8 {
+        prog.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
+        prog.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
+    }
+    let stride = cores as i64 * chunk;
+    let mut body = Vec::new();
+    for slot in 0..2u32 {
+        let ev = slot as u8;
+        let mut st = Vec::new();
+        st.push(Stmt::Set { var: len, value: bin(SBin::Min, c(chunk), bin(SBin::Sub, c(total), v(off))) });
+        st.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: ev });
+        for (s, a) in &inputs {
+            if *a == Access::Same {
+                st.push(Stmt::Copy {
+                    pipe: Pipe::Mte2,
+                    src: gm_row(gm.of[s], v(off)),
+                    dst: buf_region(bufs[s], slot, 0),
+                    rows: c(1),
+                    cols: v(len),
+                });
+            }
+        }
+        st.push(Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: ev });
+        st.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: ev });
+        st.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: ev });
+        for m in &group.nodes {
+            let NodeKind::Compute { body: e, vars } = &g.node(*m).kind else { return None };
+            let strides: Vec<i64> = (0..dims.len()).map(|k| dims[k + 1..].iter().product()).collect();
+            let expr = vexpr(e, &bufs, &inputs, slot, b, off, &dims, &strides, vars.len())?;
+            st.push(Stmt::Vector { dst: buf_region(bufs[m], slot, 0), rows: c(1), cols: v(len), expr });
+        }
+        st.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: ev });
+        st.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte3, event: ev });
+        st.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte3, event: ev });
+        for m in &group.stored {
+            st.push(Stmt::Copy {
+                pipe: Pipe::Mte3,
+                src: buf_region(bufs[m], slot, 0),
+                dst: gm_row(gm.of[m], v(off)),
+                rows: c(1),
+                cols: v(len),
+            });
+        }
+        st.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: ev });
+        if slot == 0 {
+            body.extend(st);
+            body.push(Stmt::Set { var: off, value: bin(SBin::Add, v(off), c(stride)) });
+        } else {
+            body.push(Stmt::If { cond: bin(SBin::Lt, v(off), c(total)), then: st });
+        }
+    }
+    let base = lb.svar("base");
+    prog.push(Stmt::For {
+        var: base,
+        lo: bin(SBin::Mul, SExpr::Core, c(chunk)),
+        hi: c(total),
+        step: 2 * stride,
+        body: std::iter::once(Stmt::Set { var: off, value: v(base) }).chain(body).collect(),
+    });
+    for s in 0..2u8 {
+        prog.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
+        prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
+    }
+    lb.launch.vector = prog;
+    Some(lb.finish("chunk sizes chosen by the tiler"))
+}
+
+/// A member's body as a vector expression over one chunk: element `c` of the chunk is flat element
+/// `off + c` of the shape.
+#[allow(clippy::too_many_arguments)]
+fn vexpr(
+    e: &Expr,
+    bufs: &BTreeMap<ValueId, BufId>,
+    inputs: &[(ValueId, Access)],
+    slot: u32,
+    b: &Binding,
+    off: SVar,
+    dims: &[i64],
+    strides: &[i64],
+    rank: usize,
+) -> Option<VExpr> {
+    let r = |x: &Expr| vexpr(x, bufs, inputs, slot, b, off, dims, strides, rank);
+    Some(match &e.kind {
+        ExprKind::Const(crate::graph::Const::F32(x)) => VExpr::F32(*x),
+        ExprKind::Const(crate::graph::Const::I32(x)) => VExpr::I32(*x),
+        ExprKind::Const(crate::graph::Const::Bool(x)) => VExpr::Bool(*x),
+        // An index variable's value: unravel the flat index `off + c`.
+        ExprKind::Var(x) if x.index() < rank => {
+            let k = x.index();
+            let flat = VExpr::Binary(crate::graph::BinOp::Add, Box::new(VExpr::Scalar(v(off))), Box::new(VExpr::Col));
+            let q = VExpr::Binary(crate::graph::BinOp::Div, Box::new(flat), Box::new(VExpr::I32(strides[k])));
+            VExpr::Binary(crate::graph::BinOp::Mod, Box::new(q), Box::new(VExpr::I32(dims[k])))
+        }
+        ExprKind::Var(_) => return None,
+        ExprKind::Dim(d) => VExpr::I32(b.eval(d).ok()?),
+        ExprKind::Load { src, .. } => {
+            let scalar = inputs.iter().any(|(s, a)| s == src && *a == Access::Scalar);
+            if scalar {
+                VExpr::ReadRow(buf_region(*bufs.get(src)?, 0, 0))
+            } else {
+                VExpr::Read(buf_region(*bufs.get(src)?, slot, 0))
+            }
+        }
+        ExprKind::Unary(op, a) => VExpr::Unary(*op, Box::new(r(a)?)),
+        ExprKind::Binary(op, a, x) => VExpr::Binary(*op, Box::new(r(a)?), Box::new(r(x)?)),
+        ExprKind::Select(cnd, a, x) => VExpr::Select(Box::new(r(cnd)?), Box::new(r(a)?), Box::new(r(x)?)),
+        ExprKind::Cast(t, a) => VExpr::Cast(*t, Box::new(r(a)?)),
+        ExprKind::Reduce { .. } | ExprKind::Segment { .. } => return None,
+    })
+}
