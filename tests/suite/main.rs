@@ -9,3 +9,6 @@ mod reference;
 mod robustness;
 mod snapshots;
 mod tiling;
+mod tiling_cube;
+mod tiling_lib;
+mod tiling_rows;

@@ -8,6 +8,9 @@
 //! - [`vector`]: elementwise vector groups, streamed through UB in double-buffered chunks
 //!   (MTE2 → V → MTE3 with the flags that order them).
 
+pub mod cube;
+pub mod library;
+pub mod rows;
 pub mod vector;
 
 use crate::diag::{Code, Diagnostic};
