@@ -6,6 +6,7 @@ pub mod diag;
 pub mod dim;
 pub mod dtype;
 pub mod graph;
+mod infix;
 pub mod interp;
 pub mod launch;
 pub mod ops;

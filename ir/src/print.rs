@@ -47,6 +47,7 @@
 use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::graph::*;
+use crate::infix::*;
 use std::fmt::Write;
 
 /// The text of a whole kernel, ending with a newline.
@@ -254,35 +255,6 @@ fn print_node(g: &Graph, i: usize, node: &Node) -> String {
     s
 }
 
-/// Precedence levels, lowest first.
-const P_OR: u8 = 1;
-const P_AND: u8 = 2;
-const P_CMP: u8 = 3;
-const P_ADD: u8 = 4;
-const P_MUL: u8 = 5;
-const P_UNARY: u8 = 6;
-const P_ATOM: u8 = 7;
-
-/// A printed sub-expression and the precedence of its outermost operator.
-struct Printed {
-    text: String,
-    prec: u8,
-}
-
-impl Printed {
-    fn atom(text: String) -> Printed {
-        Printed { text, prec: P_ATOM }
-    }
-
-    fn paren_if(self, cond: bool) -> String {
-        if cond {
-            format!("({})", self.text)
-        } else {
-            self.text
-        }
-    }
-}
-
 struct ExprPrinter<'a> {
     g: &'a Graph,
     vars: &'a [IndexVar],
@@ -353,17 +325,6 @@ impl ExprPrinter<'_> {
             }
         }
     }
-}
-
-fn bin_prec(op: BinOp) -> Option<u8> {
-    Some(match op {
-        BinOp::Or => P_OR,
-        BinOp::And => P_AND,
-        BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => P_CMP,
-        BinOp::Add | BinOp::Sub => P_ADD,
-        BinOp::Mul | BinOp::Div | BinOp::Mod => P_MUL,
-        BinOp::Pow | BinOp::Min | BinOp::Max => return None,
-    })
 }
 
 /// A dim value, with the precedence of the outermost operator of its display.

@@ -73,6 +73,7 @@
 
 use super::*;
 use crate::graph::Const;
+use crate::infix::*;
 use crate::print::print_const;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
@@ -249,47 +250,6 @@ pub(crate) fn unique_names(raw: &[&str], prefix: &str, reserved: &[&str]) -> Vec
 }
 
 /// Precedence levels, lowest first.
-const P_OR: u8 = 1;
-const P_AND: u8 = 2;
-const P_CMP: u8 = 3;
-const P_ADD: u8 = 4;
-const P_MUL: u8 = 5;
-const P_UNARY: u8 = 6;
-const P_ATOM: u8 = 7;
-
-/// A printed sub-expression and the precedence of its outermost operator.
-struct Printed {
-    text: String,
-    prec: u8,
-}
-
-impl Printed {
-    fn atom(text: String) -> Printed {
-        Printed { text, prec: P_ATOM }
-    }
-
-    fn number(text: String) -> Printed {
-        let prec = if text.starts_with('-') { P_UNARY } else { P_ATOM };
-        Printed { text, prec }
-    }
-
-    fn paren_if(self, cond: bool) -> String {
-        if cond {
-            format!("({})", self.text)
-        } else {
-            self.text
-        }
-    }
-
-    /// `a op b` with minimal parentheses: left-associative; comparisons non-associative; a right operand
-    /// starting with a minus sign is parenthesized.
-    fn infix(a: Printed, sym: &str, b: Printed, p: u8) -> Printed {
-        let pa = a.prec < p || (p == P_CMP && a.prec == p);
-        let pb = b.prec <= p || b.text.starts_with('-');
-        Printed { text: format!("{} {sym} {}", a.paren_if(pa), b.paren_if(pb)), prec: p }
-    }
-}
-
 /// Prints the statements and expressions of one launch, with its names resolved once.
 pub(crate) struct Printer {
     tensors: Vec<String>,
