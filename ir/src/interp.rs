@@ -94,12 +94,16 @@ use std::borrow::Cow;
 pub struct Limits {
     /// The most bytes all node values together may take (parameters included).
     pub max_bytes: u64,
+    /// The most scalar body evaluations a launch may take (output elements times reduction ranges, summed
+    /// over the nodes): a launch estimated above it is refused before it starts rather than running for
+    /// hours.
+    pub max_work: u64,
 }
 
 impl Default for Limits {
     /// 8 GiB.
     fn default() -> Limits {
-        Limits { max_bytes: 8 << 30 }
+        Limits { max_bytes: 8 << 30, max_work: 10_000_000_000 }
     }
 }
 
@@ -265,6 +269,38 @@ fn plan(graph: &Graph, binding: &Binding, limits: &Limits) -> Result<Plan, Vec<D
     }
     if !errs.is_empty() {
         return Err(errs);
+    }
+
+    // The work: each Compute node evaluates its body once per output element and reduction step.
+    let mut work: u64 = 0;
+    let mut heaviest: Option<(u64, usize)> = None;
+    for (id, (node, (shape, ext))) in graph.nodes.iter().zip(shapes.iter().zip(&extents)).enumerate() {
+        if let NodeKind::Compute { .. } = node.kind {
+            let elems = numel(shape).map_or(u64::MAX, |n| n as u64);
+            let steps = ext.iter().skip(shape.len()).fold(1u64, |a, &n| a.saturating_mul(n.max(1) as u64));
+            let w = elems.saturating_mul(steps);
+            work = work.saturating_add(w);
+            if heaviest.is_none_or(|(b, _)| w > b) {
+                heaviest = Some((w, id));
+            }
+        }
+    }
+    if work > limits.max_work {
+        let mut d = Diagnostic::error(
+            Code::ResourceLimit,
+            graph.span,
+            format!(
+                "running `{}` in the interpreter would take about {work} evaluations, more than the limit of {}",
+                graph.name, limits.max_work
+            ),
+        )
+        .with_help("the reference interpreter is meant for small sizes: use smaller dims");
+        if let Some((w, id)) = heaviest {
+            if let Some(node) = graph.nodes.get(id) {
+                d = d.with_secondary(node.span, format!("`{}` alone takes about {w}", node_name(graph, id)));
+            }
+        }
+        return Err(vec![d]);
     }
 
     let mut total: u64 = 0;
@@ -1640,7 +1676,7 @@ mod tests {
         let o = b.compute("out", DType::F32, vec![s("N"), s("N")], &[], cf(1.0));
         b.output("out", o);
         let a = args(vec![], vec![("N", 1 << 19)]);
-        let e = match run_with(&b.g, &a, &Limits { max_bytes: 1024 }) {
+        let e = match run_with(&b.g, &a, &Limits { max_bytes: 1024, ..Limits::default() }) {
             Err(e) => e,
             Ok(_) => panic!("expected a refusal"),
         };
@@ -1651,9 +1687,13 @@ mod tests {
         assert_eq!(err1(&b.g, &a).code, Code::ResourceLimit);
         // A small launch fits a small limit exactly.
         let a = args(vec![], vec![("N", 16)]);
-        let r = run_with(&b.g, &a, &Limits { max_bytes: 1024 }).unwrap();
+        let r = run_with(&b.g, &a, &Limits { max_bytes: 1024, ..Limits::default() }).unwrap();
         assert_eq!(f32s(&r[0].1), vec![1.0; 256]);
-        assert!(run_with(&b.g, &a, &Limits { max_bytes: 1023 }).is_err());
+        assert!(run_with(&b.g, &a, &Limits { max_bytes: 1023, ..Limits::default() }).is_err());
+        // The same launch within the bytes but over a work limit is refused too, naming the work.
+        let e = run_with(&b.g, &a, &Limits { max_work: 10, ..Limits::default() }).unwrap_err();
+        assert_eq!(e[0].code, Code::ResourceLimit);
+        assert!(e[0].message.contains("evaluations"), "{}", e[0].message);
     }
 
     #[test]

@@ -31,8 +31,9 @@
 //!   verifier proves the program race-free) and are only counted.
 //! - Cross-core flags (ids `0..=10`): cube core `i` is paired with vector cores `i*ratio .. (i+1)*ratio`,
 //!   `ratio = vector_cores / cube_cores`. `CrossSet` adds one to the flag's counter on every partner (a
-//!   cube core's vector cores, or a vector core's cube core); `CrossWait` blocks until the core's own
-//!   counter for the flag is above 0, then takes one. A launch in which every unfinished core waits is a
+//!   cube core's vector cores, or a vector core's cube core), kept per sender: a cube core's `CrossWait`
+//!   needs a set from each of its vector cores (the hardware's cube-waits-for-all mode). `CrossWait` blocks
+//!   until every such counter of the flag is above 0, then takes one from each. A launch in which every unfinished core waits is a
 //!   deadlock: `Code::Internal`, naming the launch and the flags waited for. A set on a core without a
 //!   partner is `Code::Internal`. Counters are not capped (the hardware counts to 15; [`Stats`] records
 //!   the largest count reached).
@@ -455,8 +456,9 @@ struct Core<'p> {
     frames: Vec<Frame<'p>>,
     /// The launch's buffers; `None` for those of the other kind of core.
     bufs: Vec<Option<TensorData>>,
-    /// Cross-core flag counters.
-    flags: [u32; CROSS_FLAGS],
+    /// Cross-core flag counters, one row per partner core: a wait needs a set from every partner (a cube core
+    /// waits for each of its vector cores; a vector core for its cube core).
+    flags: Vec<[u32; CROSS_FLAGS]>,
     /// Cross-core flags set since the scheduler last delivered them.
     outbox: Vec<u8>,
     /// The flag the core is blocked on.
@@ -530,7 +532,7 @@ fn run_launch(
                 regs: vec![None; l.svars.len()],
                 frames: vec![Frame { body, pc: 0, lp: None }],
                 bufs,
-                flags: [0; CROSS_FLAGS],
+                flags: vec![[0; CROSS_FLAGS]; ctx.partners(kind, index).len().max(1)],
                 outbox: Vec::new(),
                 waiting: None,
                 done: false,
@@ -553,10 +555,15 @@ fn run_launch(
             if !core.done {
                 all_done = false;
             }
+            // The sender's row among its partner's counters: a vector core's position in its group.
+            let row = match kind {
+                Kind::Vector => (index % ctx.ratio().max(1)) as usize,
+                Kind::Cube => 0,
+            };
             for flag in outbox {
                 for p in ctx.partners(kind, index) {
-                    if let Some(c) = cores.get_mut(p) {
-                        let f = &mut c.flags[flag as usize];
+                    if let Some(f) = cores.get_mut(p).and_then(|c| c.flags.get_mut(row)) {
+                        let f = &mut f[flag as usize];
                         *f = f.saturating_add(1);
                         stats.max_cross_count = stats.max_cross_count.max(*f);
                     }
@@ -615,7 +622,7 @@ fn run_core<'p>(
         let stmt = &body[frame.pc];
         if let Stmt::CrossWait { flag } = stmt {
             let f = *flag as usize;
-            if f < CROSS_FLAGS && core.flags[f] == 0 {
+            if f < CROSS_FLAGS && core.flags.iter().any(|row| row[f] == 0) {
                 core.waiting = Some(*flag);
                 return Ok(steps);
             }
@@ -1261,10 +1268,12 @@ fn exec<'p>(
             if f >= CROSS_FLAGS {
                 return bug(format!("cross-core flag {flag} (flags are 0..={})", CROSS_FLAGS - 1));
             }
-            // The scheduler only lets the core reach here with the counter above 0.
-            match core.flags[f].checked_sub(1) {
-                Some(n) => core.flags[f] = n,
-                None => return bug(format!("cross-core flag {flag} taken at 0")),
+            // The scheduler only lets the core reach here with every partner's counter above 0.
+            for row in core.flags.iter_mut() {
+                match row[f].checked_sub(1) {
+                    Some(n) => row[f] = n,
+                    None => return bug(format!("cross-core flag {flag} taken at 0")),
+                }
             }
         }
     }
@@ -2099,7 +2108,8 @@ mod tests {
     // ----- (5) mixed launch, cross-core flags -----
 
     /// `c = a @ b` (f32 [4, 8] × [8, 6]) on 1 cube core into a GM workspace; 2 vector cores wait for it,
-    /// compute `y = relu(c) + 1` for 2 rows each and signal back; the cube waits for `acks` signals.
+    /// compute `y = relu(c) + 1` for 2 rows each and signal back; the cube waits `acks` times (each wait
+    /// takes one signal from each of its vector cores).
     fn mixed(vector_wait_flag: u8, acks: usize) -> (TileProgram, Graph) {
         let (m, k, n) = (4i64, 8i64, 6i64);
         let mut g = G::new("mixed");
@@ -2175,27 +2185,27 @@ mod tests {
 
     #[test]
     fn mixed_launch_hands_off_through_a_workspace() {
-        let (prog, g) = mixed(0, 2);
+        // One wait of the cube core takes the acknowledgement of each of its two vector cores.
+        let (prog, g) = mixed(0, 1);
         let a = args(vec![("a", tensor(DType::F32, &[4, 8], 21)), ("b", tensor(DType::F32, &[8, 6], 22))]);
         same(&prog, &g, &a);
         let (_, stats) = run_with(&prog, &g, &a, &Limits::default()).unwrap();
         assert_eq!(stats.launches[0].cross_sets, 3);
-        // Both vector cores acknowledge before the cube core runs again.
-        assert_eq!(stats.launches[0].max_cross_count, 2);
+        assert_eq!(stats.launches[0].max_cross_count, 1);
     }
 
     #[test]
     fn deadlocks_are_reported_not_hung() {
         let a = args(vec![("a", tensor(DType::F32, &[4, 8], 21)), ("b", tensor(DType::F32, &[8, 6], 22))]);
         // The vector cores wait for a flag nobody sets.
-        let (prog, g) = mixed(1, 2);
+        let (prog, g) = mixed(1, 1);
         let e = sim_err(&prog, &g, &a);
         assert_eq!(e.code, Code::Internal);
         assert!(e.message.contains("deadlock") && e.message.contains("`mixed`"), "{}", e.message);
         assert!(e.message.contains("vector core 0 waits for cross-core flag 1"), "{}", e.message);
         assert!(e.message.contains("cube core 0 waits for cross-core flag 2"), "{}", e.message);
-        // The cube waits for one acknowledgement more than its two vector cores send.
-        let (prog, g) = mixed(0, 3);
+        // The cube waits twice, but each of its vector cores acknowledges once.
+        let (prog, g) = mixed(0, 2);
         let e = sim_err(&prog, &g, &a);
         assert_eq!(e.code, Code::Internal);
         assert!(e.message.contains("cube core 0 waits for cross-core flag 2"), "{}", e.message);
@@ -2681,7 +2691,7 @@ mod tests {
                 (p, g, args(vec![("x", tensor(DType::F32, &[10, 6], 11)), ("idx", idx)]))
             },
             {
-                let (p, g) = mixed(0, 2);
+                let (p, g) = mixed(0, 1);
                 (p, g, args(vec![("a", tensor(DType::F32, &[4, 8], 21)), ("b", tensor(DType::F32, &[8, 6], 22))]))
             },
             {
@@ -2727,7 +2737,7 @@ mod tests {
     fn resource_limits_are_checked_before_allocating() {
         let (prog, g) = elementwise(16);
         let a = args(vec![("x", tensor(DType::BF16, &[37, 70], 1)), ("w", tensor(DType::BF16, &[70], 2))]);
-        let e = run_with(&prog, &g, &a, &Limits { max_bytes: 1000 }).unwrap_err();
+        let e = run_with(&prog, &g, &a, &Limits { max_bytes: 1000, ..Limits::default() }).unwrap_err();
         assert_eq!(e[0].code, Code::ResourceLimit);
         let (mut prog, g) = elementwise(16);
         prog.launches[0].buffers[0].shape = vec![1 << 40, 1 << 20];

@@ -98,7 +98,7 @@ fn run_small(program: &kc_ir::Program, seed: u64) -> Result<usize, String> {
     for g in &program.kernels {
         for size in [2i64, 4, 8] {
             let Some(args) = small_args(g, size, seed) else { continue };
-            let limits = kc_ir::interp::Limits { max_bytes: 1 << 24 };
+            let limits = kc_ir::interp::Limits { max_bytes: 1 << 24, ..Default::default() };
             match catch_unwind(AssertUnwindSafe(|| kc_ir::interp::run_with(g, &args, &limits))) {
                 Err(p) => {
                     return Err(format!(
@@ -1159,4 +1159,19 @@ fn tensor_only(name: &str, t: Tensor) -> Args {
     let mut a = Args::default();
     a.tensors.insert(name.into(), t);
     a
+}
+
+/// A launch whose work is absurd (a reduction over 10^11 elements) is refused at once with a resource
+/// error, instead of running for hours.
+#[test]
+fn absurd_work_is_refused_before_running() {
+    let src = "kernel k(x: f32[N]) -> y: f32[N] { y[n] = sum[r in 0..100000000000](x[n]); }";
+    let mut sources = kc_frontend::SourceMap::new();
+    let id = sources.add("absurd.ker", src);
+    let (prog, diags) = kc_frontend::compile(&mut sources, id, &kc_frontend::NoLoader);
+    assert!(diags.is_empty(), "{}", kc_frontend::render(&diags, &sources, false));
+    let mut args = kc_ir::launch::Args::default();
+    args.tensors.insert("x".into(), kc_ir::Tensor::from_f32(vec![4], vec![1.0; 4]).expect("tensor"));
+    let e = kc_ir::interp::run(&prog.kernels[0], &args).expect_err("refused");
+    assert_eq!(e[0].code, kc_ir::Code::ResourceLimit, "{}", e[0].message);
 }

@@ -1,1 +1,266 @@
-//! (being written)
+//! Matmul groups on the cube, end to end: fuse → tile (the cube tiler for matmul groups, the elementwise
+//! tiler for the rest) → verify → simulate → compare with the interpreter, at sizes with remainders in
+//! every dim, on both targets, with and without an epilogue on the vector cores.
+
+use crate::common;
+use kc_ir::dtype::DType;
+use kc_ir::passes::fuse::{fuse, FusionConfig, GroupKind};
+use kc_ir::passes::tile::{cube, group_order, plan_gm, vector};
+use kc_ir::target::Target;
+use kc_ir::tile::{TileProgram, Unit};
+use kc_ir::Graph;
+
+/// Compiles a kernel source given as text (through a file in the temp directory).
+fn compile_src(name: &str, src: &str) -> Graph {
+    let dir = std::env::temp_dir().join(format!("kc-tiling-cube-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{name}.ker"));
+    std::fs::write(&path, src).expect("write kernel");
+    let prog = common::compile_ok(&path);
+    prog.kernel(name).unwrap_or_else(|| panic!("no kernel `{name}`")).clone()
+}
+
+/// Tiles every group: matmul groups on the cube, the others as elementwise vector groups.
+fn tile(g: &Graph, args: &kc_ir::launch::Args, target: &Target) -> TileProgram {
+    let f = fuse(g, &FusionConfig::default());
+    let b = kc_ir::launch::bind(g, args).unwrap_or_else(|e| panic!("bind: {e:?}"));
+    let mut gm = plan_gm(g, &f, &b).expect("gm plan");
+    let mut launches = Vec::new();
+    for k in group_order(&f).expect("the groups can be ordered") {
+        let name = format!("{}.{k}", g.name);
+        let group = &f.groups[k];
+        if group.kind == GroupKind::Matmul {
+            let (l, ws) = cube::matmul_with_workspace(g, group, &name, &gm, target, &b)
+                .unwrap_or_else(|| panic!("{}: group {k} is not a matmul the cube tiler handles", g.name))
+                .unwrap_or_else(|e| panic!("{}: {e}", g.name));
+            if let Some(ws) = ws {
+                gm.tensors.push(ws);
+            }
+            launches.push(l);
+        } else {
+            let l = vector::elementwise(g, group, &name, &gm, target, &b)
+                .unwrap_or_else(|| panic!("{}: group {k} is not elementwise", g.name))
+                .unwrap_or_else(|e| panic!("{}: {e}", g.name));
+            launches.push(l);
+        }
+    }
+    TileProgram {
+        kernel: g.name.clone(),
+        target: target.name.clone(),
+        dims: b.dims.clone(),
+        tensors: gm.tensors,
+        launches,
+    }
+}
+
+/// One ulp of a bf16 at `x`.
+fn bf16_ulp(x: f64) -> f64 {
+    let a = x.abs().max(f64::MIN_POSITIVE);
+    2f64.powi(a.log2().floor() as i32 - 7)
+}
+
+/// Tiles `g` at `dims` on `target`, verifies, simulates and compares with the interpreter; gives the
+/// program.
+fn check(g: &Graph, dims: &[(&str, i64)], target: &str, seed: u64) -> TileProgram {
+    let target = Target::builtin(target).expect("builtin target");
+    let mut given = kc_ir::launch::Args::default();
+    given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let args = kc_runtime::random::random_args(g, &given, seed).expect("random args");
+    let tp = tile(g, &args, &target);
+    if let Err(errs) = kc_ir::tile::verify::verify(&tp, &target) {
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        panic!(
+            "{} {dims:?} on {}: the tile program does not verify:\n{}\n{}",
+            g.name,
+            target.name,
+            msgs.join("\n"),
+            kc_ir::tile::print::print_program(&tp)
+        );
+    }
+    let want = common::run(g, &args);
+    let got = kc_runtime::sim::run(&tp, g, &args).unwrap_or_else(|e| panic!("{}: sim: {e:?}", g.name));
+    assert_eq!(want.len(), got.len());
+    for ((n, w), (_, s)) in want.iter().zip(&got) {
+        let (wv, sv) = (w.to_f64_vec(), s.to_f64_vec());
+        assert_eq!(wv.len(), sv.len(), "{}.{n}: element count", g.name);
+        for (i, (a, b)) in wv.iter().zip(&sv).enumerate() {
+            let ok = match w.dtype() {
+                DType::BF16 => (a - b).abs() <= bf16_ulp(*a),
+                _ => (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-30,
+            };
+            assert!(
+                ok || (a.is_nan() && b.is_nan()),
+                "{}.{n}[{i}] {dims:?} on {}: interp {a} vs sim {b}",
+                g.name,
+                target.name
+            );
+        }
+    }
+    tp
+}
+
+#[test]
+fn matmul_tiles_verify_and_match_the_interpreter() {
+    let g = common::kernel("matmul", "matmul");
+    for target in ["ascend910b", "ascend950"] {
+        for (m, k, n) in [(1, 1, 1), (16, 16, 16), (33, 40, 17), (130, 70, 257)] {
+            let tp = check(&g, &[("M", m), ("K", k), ("N", n)], target, (m * k * n) as u64);
+            assert_eq!(tp.launches.len(), 1);
+            assert_eq!(tp.launches[0].unit, Unit::Cube, "no epilogue: FixPipe writes the result");
+        }
+        // Remainders in every dim, and K split into several steps.
+        check(&g, &[("M", 130), ("K", 257), ("N", 70)], target, 9);
+    }
+}
+
+const EPILOGUE: &str = "
+kernel epi(x: bf16[T, M], w: bf16[E, M], bias: f32[E]) -> y: f32[T, E] {
+    y = sigmoid(x @ transpose(w)) + bias;
+}
+";
+
+const EPILOGUE_BF16: &str = "
+kernel epib(x: bf16[T, M], w: bf16[E, M], bias: f32[E]) -> y: bf16[T, E] {
+    y = sigmoid(x @ transpose(w)) + bias;
+}
+";
+
+#[test]
+fn transposed_matmul_with_an_epilogue_runs_on_the_vector_cores() {
+    for (name, src) in [("epi", EPILOGUE), ("epib", EPILOGUE_BF16)] {
+        let g = compile_src(name, src);
+        for target in ["ascend910b", "ascend950"] {
+            for (t, m, e) in [(1, 1, 1), (16, 16, 16), (33, 17, 40), (130, 257, 70)] {
+                let tp = check(&g, &[("T", t), ("M", m), ("E", e)], target, (t + m + e) as u64);
+                assert_eq!(tp.launches.len(), 1);
+                let l = &tp.launches[0];
+                assert_eq!(l.unit, Unit::Mixed);
+                assert_eq!(l.vector_cores, l.cube_cores * 2);
+            }
+        }
+    }
+}
+
+const EPILOGUE_MIXED: &str = "
+kernel epi2(x: bf16[T, M], w: bf16[M, E], r: f32[T, E], s: f32[T], alpha: f32) -> y: bf16[T, E] {
+    let h = x @ w;
+    y[t, e] = h[t, e] * alpha + r[t, e] + s[t];
+}
+";
+
+/// An epilogue reading a whole tile of another tensor, a vector along m and a scalar.
+#[test]
+fn epilogue_reads_tiles_row_vectors_and_scalars() {
+    let g = compile_src("epi2", EPILOGUE_MIXED);
+    for target in ["ascend910b", "ascend950"] {
+        for (t, m, e) in [(1, 1, 1), (33, 17, 40), (130, 257, 70)] {
+            let tp = check(&g, &[("T", t), ("M", m), ("E", e)], target, 7);
+            assert_eq!(tp.launches[0].unit, Unit::Mixed);
+        }
+    }
+}
+
+const TRANSPOSED_A: &str = "
+kernel mta(a: bf16[K, M], b: bf16[K, N]) -> c: f32[M, N] {
+    c = transpose(a) @ b;
+}
+";
+
+const BATCHED: &str = "
+kernel bmm(a: bf16[B, M, K], b: bf16[B, K, N]) -> c: bf16[B, M, N] {
+    c = a @ b;
+}
+";
+
+#[test]
+fn transposed_a_and_batched_matmuls() {
+    let ta = compile_src("mta", TRANSPOSED_A);
+    let bmm = compile_src("bmm", BATCHED);
+    for target in ["ascend910b", "ascend950"] {
+        for (m, k, n) in [(1, 1, 1), (33, 40, 17), (130, 257, 70)] {
+            let tp = check(&ta, &[("M", m), ("K", k), ("N", n)], target, 3);
+            assert_eq!(tp.launches[0].unit, Unit::Cube);
+            let tp = check(&bmm, &[("B", 3), ("M", m), ("K", k), ("N", n)], target, 4);
+            assert_eq!(tp.launches[0].unit, Unit::Cube);
+        }
+    }
+}
+
+/// More blocks than cube cores: a core runs several blocks, reusing its L0C, its L1/L0 slots (which keep
+/// alternating across blocks) and, with an epilogue, its workspace (handed back by cross flag 1).
+#[test]
+fn cores_run_several_blocks() {
+    let mm = common::kernel("matmul", "matmul");
+    let epi = compile_src("epi", EPILOGUE);
+    let tp = check(&mm, &[("M", 600), ("K", 40), ("N", 520)], "ascend910b", 11);
+    let l = &tp.launches[0];
+    assert_eq!(l.cube_cores, 24);
+    let tp = check(&epi, &[("T", 600), ("M", 40), ("E", 520)], "ascend910b", 12);
+    let l = &tp.launches[0];
+    assert_eq!((l.cube_cores, l.vector_cores), (24, 48));
+}
+
+/// The cross-core hand-off is what orders the workspace: without the vector cores' wait on flag 0, the
+/// verifier reports the race.
+#[test]
+fn the_workspace_hand_off_needs_its_cross_flag() {
+    let g = compile_src("epi", EPILOGUE);
+    let target = Target::builtin("ascend910b").expect("target");
+    let mut given = kc_ir::launch::Args::default();
+    given.dims = [("T", 40), ("M", 24), ("E", 30)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let args = kc_runtime::random::random_args(&g, &given, 1).expect("args");
+    let mut tp = tile(&g, &args, &target);
+    assert!(kc_ir::tile::verify::verify(&tp, &target).is_ok());
+    fn strip(body: &mut Vec<kc_ir::tile::Stmt>) {
+        use kc_ir::tile::Stmt;
+        body.retain(|s| !matches!(s, Stmt::CrossWait { flag: 0 }));
+        for s in body.iter_mut() {
+            match s {
+                Stmt::For { body, .. } => strip(body),
+                Stmt::If { then, .. } => strip(then),
+                _ => {}
+            }
+        }
+    }
+    strip(&mut tp.launches[0].vector);
+    let errs = kc_ir::tile::verify::verify(&tp, &target).expect_err("the race is found");
+    assert!(errs.iter().any(|e| e.to_string().contains("_ws")), "{errs:?}");
+}
+
+/// f32 operands are not multiplied on the cube (for now): the tiler declines the group.
+#[test]
+fn f32_operands_are_declined() {
+    let g = compile_src("mmf", "kernel mmf(a: f32[M, K], b: f32[K, N]) -> c: f32[M, N] {\n    c = a @ b;\n}\n");
+    let target = Target::builtin("ascend910b").expect("target");
+    let mut given = kc_ir::launch::Args::default();
+    given.dims = [("M", 4), ("K", 4), ("N", 4)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let args = kc_runtime::random::random_args(&g, &given, 1).expect("args");
+    let f = fuse(&g, &FusionConfig::default());
+    let b = kc_ir::launch::bind(&g, &args).expect("bind");
+    let gm = plan_gm(&g, &f, &b).expect("gm");
+    let mm: Vec<_> = f.groups.iter().filter(|gr| gr.kind == GroupKind::Matmul).collect();
+    assert!(!mm.is_empty());
+    for gr in mm {
+        assert!(cube::matmul(&g, gr, "mmf", &gm, &target, &b).is_none());
+    }
+}
+
+const TWO_OUTPUTS: &str = "
+kernel two(x: bf16[T, M], w: bf16[M, E]) -> (h: f32[T, E], y: bf16[T, E]) {
+    h = x @ w;
+    y = h * sigmoid(h);
+}
+";
+
+/// The matmul itself is a result as well as the epilogue's input: the vector cores store both.
+#[test]
+fn the_matmul_and_its_epilogue_are_both_stored() {
+    let g = compile_src("two", TWO_OUTPUTS);
+    for target in ["ascend910b", "ascend950"] {
+        for (t, m, e) in [(1, 1, 1), (33, 17, 40), (130, 257, 70)] {
+            let tp = check(&g, &[("T", t), ("M", m), ("E", e)], target, 13);
+            assert_eq!(tp.launches.len(), 1);
+            assert_eq!(tp.launches[0].unit, Unit::Mixed);
+        }
+    }
+}

@@ -329,42 +329,24 @@ impl<'a> Lowerer<'a> {
         self.diags.push(d);
     }
 
+    /// The scopes a name can be found in: from the innermost fn body's outermost scope (a barrier: fns
+    /// are lexically closed) or from the kernel's, to the innermost.
+    fn visible(&self) -> std::ops::Range<usize> {
+        self.scopes.iter().rposition(|s| s.barrier).unwrap_or(0)..self.scopes.len()
+    }
+
     pub(crate) fn lookup(&self, name: &str) -> Option<&Bind> {
-        for s in self.scopes.iter().rev() {
-            if let Some(b) = s.names.get(name) {
-                return Some(b);
-            }
-            if s.barrier {
-                // Dims and nothing else cross into a fn body from the kernel's scope? No: fns are lexically
-                // closed; only the outermost (kernel signature) dims would be visible, and they are not.
-                break;
-            }
-        }
-        None
+        self.scopes[self.visible()].iter().rev().find_map(|s| s.names.get(name))
     }
 
     pub(crate) fn lookup_mut(&mut self, name: &str) -> Option<&mut Bind> {
-        for s in self.scopes.iter_mut().rev() {
-            if s.names.contains_key(name) {
-                return s.names.get_mut(name);
-            }
-            if s.barrier {
-                break;
-            }
-        }
-        None
+        let r = self.visible();
+        self.scopes[r].iter_mut().rev().find_map(|s| s.names.get_mut(name))
     }
 
     /// Every name visible here, for "did you mean" suggestions.
     pub(crate) fn visible_names(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for s in self.scopes.iter().rev() {
-            out.extend(s.names.keys().cloned());
-            if s.barrier {
-                break;
-            }
-        }
-        out
+        self.scopes[self.visible()].iter().rev().flat_map(|s| s.names.keys().cloned()).collect()
     }
 
     pub(crate) fn define(&mut self, name: &str, b: Bind) {

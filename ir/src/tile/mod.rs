@@ -353,7 +353,8 @@ pub enum Stmt {
     /// cores `i * ratio .. (i + 1) * ratio`; a mixed launch uses whole groups (`vector_cores ==
     /// cube_cores * ratio`), so the launch's own counts give the same ratio.
     CrossSet { flag: u8 },
-    /// Waits for a cross-core flag.
+    /// Waits for a cross-core flag: a vector core's n-th wait consumes its cube core's n-th set; a cube
+    /// core's n-th wait consumes the n-th set of each of its vector cores (it waits for all of them).
     CrossWait { flag: u8 },
 }
 

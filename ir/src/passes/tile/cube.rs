@@ -1,1 +1,726 @@
-//! (being written)
+//! Matmul groups on the cube: `c[.., m, n] = Σ_k a[.., m, k] · b[.., k, n]` with both factors plain loads of
+//! bf16 or f16 GM tensors (either one may be transposed: `x @ transpose(w)` loads `w[n, k]`), leading batch
+//! axes iterated in an outer loop, and an optional elementwise epilogue.
+//!
+//! Tiling (CANN's `TCubeTiling`): base blocks `bm × bn × bk`, multiples of the 16-wide fractal, with
+//! `bm·bn·4 ≤ L0C/2`, `bm·bk·2 ≤ L0A/2` and `bk·bn·2 ≤ L0B/2`; remainders are partial tiles (a smaller
+//! `rows × cols` window: nothing is padded in GM). The (batch, m-block, n-block) triples are dealt to the
+//! cube cores round-robin; K is not split across cores. Per block, on each cube core:
+//!
+//! ```text
+//! wait FIX->M                                   (L0C free: the previous block's result is out)
+//! for each k step (slot s = step mod 2, counted across blocks so that slots strictly alternate):
+//!   wait MTE1->MTE2;  copy.MTE2 a, b tiles GM -> L1[s];            set MTE2->MTE1
+//!   wait MTE2->MTE1;  wait M->MTE1;  copy.MTE1 L1[s] -> L0A[s], L0B[s];  set MTE1->MTE2;  set MTE1->M
+//!   wait MTE1->M;     mmad L0A[s] · L0B[s] (+)-> L0C;               set M->MTE1
+//! set M->FIX; wait M->FIX; copy.FIX L0C -> GM (converting f32 to the output dtype); set FIX->M
+//! ```
+//! Each pipe pair uses one event; flags are matched in order (the n-th wait takes the n-th set), so the
+//! two "slot free" flags primed before the loop let the copy-in of step i+1 overlap the mmad of step i.
+//! Every primed flag is drained after the loop.
+//!
+//! A transposed operand is copied GM -> L1 as it lies (contiguous rows: `w[n0.., k0..]` as a `bn × bk`
+//! tile), and transposed on the way L1 -> L0B by MTE1 (as the hardware's `load2d` with transpose does):
+//! one copy per k of the step, reading a column of the L1 tile (row stride `bk`, one element per row) and
+//! writing a row of L0B (row stride 1). A transposed `a` is handled the same way into L0A.
+//!
+//! The output: if the group's other members are only casts of the matmul (or there are none), FixPipe
+//! copies L0C straight to each stored member's GM tensor, converting the dtype (a `Unit::Cube` launch).
+//! Otherwise the epilogue runs on the vector cores (a `Unit::Mixed` launch with `ratio` vector cores per
+//! cube core). On ascend910b cube results reach the vector cores only through GM; on ascend950 we use the
+//! same path (simplest; the direct L0C -> UB path is left for later): each cube core has a GM workspace
+//! (tensor role `Workspace`) with one `bm × bn` f32 area per block it runs; after FixPipe writes a block
+//! into its area the cube core sets cross flag 0; each of its vector cores waits on flag 0, copies its
+//! share of the block's rows (split between the `ratio` vector cores) into UB, evaluates the epilogue
+//! members there and stores every stored member to GM (MTE3).
+//!
+//! Why one area per block rather than a reused one: handing a reused area back needs the cube core to
+//! wait for *all* its vector cores. The verifier models a cube core's n-th cross wait as consuming the
+//! n-th set of each of its vector cores (a barrier, like the hardware's AIC-waits-for-both-AIVs mode), but
+//! the simulator counts sets from any partner, so no flag protocol is both verified and simulated
+//! correctly; with one area per block there is no back channel. The cost is workspace memory (the
+//! blocks of a core times `bm·bn·4` bytes, for each core of the launch) and that a cube core may run
+//! ahead of its vector cores by more than the hardware's 15 counts of a cross flag when it runs more than
+//! 15 blocks (the simulator does not cap counters).
+//!
+//! The workspace tensor is not in the [`GmPlan`] the caller passes: the launch refers to it as tensor
+//! `gm.tensors.len()`, and [`matmul_with_workspace`] returns the [`GmTensor`] to append there.
+
+use super::{bin, c, v, GmPlan, LaunchBuilder};
+use crate::diag::Diagnostic;
+use crate::dtype::DType;
+use crate::graph::{Expr, ExprKind, Graph, NodeKind, ReduceOp, ValueId};
+use crate::launch::Binding;
+use crate::passes::fuse::{contraction, Group, GroupKind};
+use crate::target::Target;
+use crate::tile::*;
+use std::collections::BTreeMap;
+
+/// The launch for a matmul group, or `None` if the group is not one this tiler handles. A launch that
+/// uses a workspace refers to tensor `gm.tensors.len()` (see [`matmul_with_workspace`]).
+pub fn matmul(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    b: &Binding,
+) -> Option<Result<Launch, Diagnostic>> {
+    matmul_with_workspace(g, group, name, gm, target, b).map(|r| r.map(|(l, _)| l))
+}
+
+/// [`matmul`], with the workspace tensor the launch uses (as tensor `gm.tensors.len()`), if it uses one:
+/// the caller appends it to the program's tensors.
+pub fn matmul_with_workspace(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    b: &Binding,
+) -> Option<Result<(Launch, Option<GmTensor>), Diagnostic>> {
+    let plan = analyze(g, group, gm, b)?;
+    Some(build(g, group, name, gm, target, b, &plan))
+}
+
+/// A factor of the contraction.
+#[derive(Clone, Debug)]
+struct Operand {
+    tensor: TensorId,
+    /// Whether the factor is indexed `[.., k, m]` (for `a`) or `[.., n, k]` (for `b`).
+    transposed: bool,
+}
+
+/// How an epilogue member reads a value from outside the group.
+#[derive(Copy, Clone, Debug, PartialEq)]
+enum Ext {
+    /// At the member's own indices (a tile like the result's).
+    Tile,
+    /// A vector along n (`bias[n]`): one value per column.
+    Col,
+    /// A vector along m: one value per row.
+    Row,
+    /// A scalar.
+    Scalar,
+}
+
+struct Plan {
+    anchor: ValueId,
+    a: Operand,
+    b: Operand,
+    dtype: DType,
+    batch_dims: Vec<i64>,
+    m: i64,
+    n: i64,
+    k: i64,
+    /// The epilogue members (every member but the anchor), in graph order; empty on the direct path.
+    epilogue: Vec<ValueId>,
+    /// Whether FixPipe writes the results directly (no epilogue, or casts only).
+    direct: bool,
+    ext: BTreeMap<ValueId, Ext>,
+}
+
+/// Whether `idx` is exactly the variables `want`, in order.
+fn is_vars(idx: &[Expr], want: &[usize]) -> bool {
+    idx.len() == want.len() && idx.iter().zip(want).all(|(e, w)| matches!(e.kind, ExprKind::Var(x) if x.index() == *w))
+}
+
+fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
+    if group.kind != GroupKind::Matmul {
+        return None;
+    }
+    let anchor = *group.nodes.iter().find(|v| contraction(g, **v).is_some())?;
+    let con = contraction(g, anchor)?;
+    let node = g.node(anchor);
+    let rank = node.rank();
+    if con.grouped || con.count != 1 || con.k.len() != 1 || con.m.len() != 1 || con.n.len() != 1 || rank < 2 {
+        return None;
+    }
+    let nb = rank - 2;
+    if con.batch != (0..nb).collect::<Vec<_>>() || con.m != vec![nb] || con.n != vec![nb + 1] {
+        return None;
+    }
+    let NodeKind::Compute { body, vars } = &node.kind else { return None };
+    let ExprKind::Reduce { op: ReduceOp::Sum, vars: ks, body: inner } = &body.kind else { return None };
+    let kv = *ks.first()?;
+    if ks.len() != 1 || kv != con.k[0] {
+        return None;
+    }
+    let ExprKind::Binary(crate::graph::BinOp::Mul, x, y) = &inner.kind else { return None };
+    let k = b.eval(&vars.get(kv.index())?.extent).ok()?;
+    let dims: Vec<i64> = node.shape.iter().map(|d| b.eval(d).ok()).collect::<Option<Vec<_>>>()?;
+    let (m, n) = (dims[nb], dims[nb + 1]);
+    let batch: Vec<usize> = (0..nb).collect();
+    // One factor as an operand: `first` is the output axis it shares with the result besides the batch.
+    let operand = |e: &Expr, axis: usize| -> Option<Operand> {
+        let ExprKind::Load { src, idx } = &e.kind else { return None };
+        let tensor = *gm.of.get(src)?;
+        if idx.len() != nb + 2 || !is_vars(&idx[..nb], &batch) {
+            return None;
+        }
+        let s = g.node(*src);
+        let sd: Vec<i64> = s.shape.iter().map(|d| b.eval(d).ok()).collect::<Option<Vec<_>>>()?;
+        if sd[..nb] != dims[..nb] {
+            return None;
+        }
+        let rest = &idx[nb..];
+        let normal = if axis == nb { [axis, kv.index()] } else { [kv.index(), axis] };
+        let swapped = [normal[1], normal[0]];
+        if is_vars(rest, &normal) {
+            Some(Operand { tensor, transposed: false })
+        } else if is_vars(rest, &swapped) {
+            Some(Operand { tensor, transposed: true })
+        } else {
+            None
+        }
+    };
+    let (a, bo) = match (operand(x, nb), operand(y, nb + 1)) {
+        (Some(a), Some(bo)) => (a, bo),
+        _ => (operand(y, nb)?, operand(x, nb + 1)?),
+    };
+    let (da, db) = (gm.tensors.get(a.tensor.0 as usize)?.dtype, gm.tensors.get(bo.tensor.0 as usize)?.dtype);
+    if da != db || !matches!(da, DType::BF16 | DType::F16) || k < 1 {
+        return None;
+    }
+    if !node.dtype.is_float() {
+        return None;
+    }
+    // The epilogue.
+    let rank_vars: Vec<usize> = (0..rank).collect();
+    let epilogue: Vec<ValueId> = group.nodes.iter().copied().filter(|x| *x != anchor).collect();
+    let mut ext = BTreeMap::new();
+    let mut direct = true;
+    for mem in &epilogue {
+        let mn = g.node(*mem);
+        if mn.shape != node.shape || !mn.dtype.is_float() && mn.dtype != DType::I32 && mn.dtype != DType::Bool {
+            return None;
+        }
+        let NodeKind::Compute { body, vars } = &mn.kind else { return None };
+        if vars.len() != rank {
+            return None;
+        }
+        // Cast-only: the anchor at its own indices, possibly through a cast to the member's dtype.
+        let load_anchor =
+            |e: &Expr| matches!(&e.kind, ExprKind::Load { src, idx } if *src == anchor && is_vars(idx, &rank_vars));
+        let cast_only = mn.dtype.is_float()
+            && (load_anchor(body) || matches!(&body.kind, ExprKind::Cast(t, e) if *t == mn.dtype && load_anchor(e)));
+        if !cast_only {
+            direct = false;
+        }
+        let mut ok = true;
+        body.walk(&mut |e| match &e.kind {
+            ExprKind::Reduce { .. } | ExprKind::Segment { .. } => ok = false,
+            ExprKind::Var(x) if x.index() >= rank => ok = false,
+            ExprKind::Load { src, idx } => {
+                if group.nodes.contains(src) {
+                    if !is_vars(idx, &rank_vars) {
+                        ok = false;
+                    }
+                    return;
+                }
+                if !gm.of.contains_key(src) {
+                    ok = false;
+                    return;
+                }
+                let s = g.node(*src);
+                let kind = if s.rank() == 0 {
+                    Ext::Scalar
+                } else if s.shape == node.shape && is_vars(idx, &rank_vars) {
+                    Ext::Tile
+                } else if s.rank() == 1 && s.shape[0] == node.shape[nb + 1] && is_vars(idx, &[nb + 1]) {
+                    Ext::Col
+                } else if s.rank() == 1 && s.shape[0] == node.shape[nb] && is_vars(idx, &[nb]) {
+                    Ext::Row
+                } else {
+                    ok = false;
+                    return;
+                };
+                if ext.insert(*src, kind).is_some_and(|old| old != kind) {
+                    ok = false;
+                }
+            }
+            _ => {}
+        });
+        if !ok {
+            return None;
+        }
+    }
+    if group.stored.iter().any(|s| !gm.of.contains_key(s) || !group.nodes.contains(s)) {
+        return None;
+    }
+    Some(Plan {
+        anchor,
+        a,
+        b: bo,
+        dtype: da,
+        batch_dims: dims[..nb].to_vec(),
+        m,
+        n,
+        k,
+        epilogue: if direct { Vec::new() } else { epilogue },
+        direct,
+        ext,
+    })
+}
+
+/// Base block sizes (bm, bn, bk) for the target, within the L0 budgets (half of each memory: two slots).
+fn base_blocks(target: &Target, m: i64, n: i64, k: i64, esize: i64) -> Option<(i64, i64, i64)> {
+    let l0a = target.memory("l0a")?.usable() as i64 / 2;
+    let l0b = target.memory("l0b")?.usable() as i64 / 2;
+    let l0c = target.memory("l0c")?.usable() as i64 / 2;
+    let r16 = |x: i64| (x.max(1) + 15) / 16 * 16;
+    let mut bm = r16(m).min(128);
+    let mut bn = r16(n).min(128);
+    while bm * bn * 4 > l0c && (bm > 16 || bn > 16) {
+        if bn >= bm {
+            bn -= 16;
+        } else {
+            bm -= 16;
+        }
+    }
+    if bm * bn * 4 > l0c {
+        return None;
+    }
+    let mut bk = r16(k).min(256);
+    while bk > 16 && (bm * bk * esize > l0a || bk * bn * esize > l0b) {
+        bk -= 16;
+    }
+    if bm * bk * esize > l0a || bk * bn * esize > l0b {
+        return None;
+    }
+    Some((bm, bn, bk))
+}
+
+fn region(loc: Loc, offset: SExpr, row_stride: SExpr) -> Region {
+    Region { loc, offset, row_stride }
+}
+
+fn bslot(buf: BufId, slot: SExpr) -> Loc {
+    Loc::Buf { buf, slot }
+}
+
+fn add(a: SExpr, b: SExpr) -> SExpr {
+    bin(SBin::Add, a, b)
+}
+
+fn mul(a: SExpr, b: SExpr) -> SExpr {
+    bin(SBin::Mul, a, b)
+}
+
+fn flag(from: Pipe, to: Pipe) -> [Stmt; 2] {
+    [Stmt::SetFlag { from, to, event: 0 }, Stmt::WaitFlag { from, to, event: 0 }]
+}
+
+fn build(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    bd: &Binding,
+    p: &Plan,
+) -> Result<(Launch, Option<GmTensor>), Diagnostic> {
+    let internal = |msg: &str| {
+        Diagnostic::error(
+            crate::diag::Code::Internal,
+            crate::span::Span::default(),
+            format!("matmul launch `{name}`: {msg}"),
+        )
+    };
+    let esize = p.dtype.size_bytes() as i64;
+    let (m, n, k) = (p.m, p.n, p.k);
+    let (bm, bn, bk) = base_blocks(target, m, n, k, esize).ok_or_else(|| internal("no base block fits L0"))?;
+    let (mb, nbk) = ((m + bm - 1) / bm, (n + bn - 1) / bn);
+    let batches: i64 = p.batch_dims.iter().product();
+    let blocks = batches * mb * nbk;
+    let ratio = (target.vector_cores / target.cube_cores.max(1)).max(1);
+    let cubes = (target.cube_cores as i64).min(blocks).max(1) as u32;
+    let (unit, vcores) = if p.direct { (Unit::Cube, 0) } else { (Unit::Mixed, cubes * ratio) };
+    let mut lb = LaunchBuilder::new(target, name, unit, cubes, vcores);
+    let (ua, ub_) = (bm as u64, bn as u64);
+    let a1_shape = if p.a.transposed { vec![bk as u64, ua] } else { vec![ua, bk as u64] };
+    let b1_shape = if p.b.transposed { vec![ub_, bk as u64] } else { vec![bk as u64, ub_] };
+    let a1 = lb.buffer("a_l1", Mem::L1, p.dtype, a1_shape, 2);
+    let b1 = lb.buffer("b_l1", Mem::L1, p.dtype, b1_shape, 2);
+    let a0 = lb.buffer("a_l0a", Mem::L0A, p.dtype, vec![ua, bk as u64], 2);
+    let b0 = lb.buffer("b_l0b", Mem::L0B, p.dtype, vec![bk as u64, ub_], 2);
+    let c0 = lb.buffer("c_l0c", Mem::L0C, DType::F32, vec![ua, ub_], 1);
+    let blk = lb.svar("blk");
+    let bi = lb.svar("bi");
+    let m0 = lb.svar("m0");
+    let n0 = lb.svar("n0");
+    let rows = lb.svar("rows");
+    let cols = lb.svar("cols");
+    let kk = lb.svar("k0");
+    let kl = lb.svar("klen");
+    let it = lb.svar("it");
+    let s = lb.svar("slot");
+    let jj = lb.svar("j");
+
+    // The block's coordinates, from `blk`.
+    let coords = |stmts: &mut Vec<Stmt>| {
+        stmts.push(Stmt::Set { var: bi, value: bin(SBin::Div, v(blk), c(mb * nbk)) });
+        let r = bin(SBin::Mod, v(blk), c(mb * nbk));
+        stmts.push(Stmt::Set { var: m0, value: mul(bin(SBin::Div, r.clone(), c(nbk)), c(bm)) });
+        stmts.push(Stmt::Set { var: n0, value: mul(bin(SBin::Mod, r, c(nbk)), c(bn)) });
+        stmts.push(Stmt::Set { var: rows, value: bin(SBin::Min, c(bm), bin(SBin::Sub, c(m), v(m0))) });
+        stmts.push(Stmt::Set { var: cols, value: bin(SBin::Min, c(bn), bin(SBin::Sub, c(n), v(n0))) });
+    };
+
+    // One k step.
+    let step = |accumulate: bool| -> Vec<Stmt> {
+        let sl = || v(s);
+        let mut st = vec![
+            Stmt::Set { var: kl, value: bin(SBin::Min, c(bk), bin(SBin::Sub, c(k), v(kk))) },
+            Stmt::Set { var: s, value: bin(SBin::Mod, v(it), c(2)) },
+            Stmt::WaitFlag { from: Pipe::Mte1, to: Pipe::Mte2, event: 0 },
+        ];
+        // GM -> L1, as the operands lie in GM.
+        let abase = mul(v(bi), c(m * k));
+        let (asrc, astride, arows, acols, adst_stride) = if p.a.transposed {
+            (add(abase, add(mul(v(kk), c(m)), v(m0))), m, v(kl), v(rows), bm)
+        } else {
+            (add(abase, add(mul(v(m0), c(k)), v(kk))), k, v(rows), v(kl), bk)
+        };
+        st.push(Stmt::Copy {
+            pipe: Pipe::Mte2,
+            src: region(Loc::Gm(p.a.tensor), asrc, c(astride)),
+            dst: region(bslot(a1, sl()), c(0), c(adst_stride)),
+            rows: arows,
+            cols: acols,
+        });
+        let bbase = mul(v(bi), c(k * n));
+        let (bsrc, bstride, brows, bcols, bdst_stride) = if p.b.transposed {
+            (add(bbase, add(mul(v(n0), c(k)), v(kk))), k, v(cols), v(kl), bk)
+        } else {
+            (add(bbase, add(mul(v(kk), c(n)), v(n0))), n, v(kl), v(cols), bn)
+        };
+        st.push(Stmt::Copy {
+            pipe: Pipe::Mte2,
+            src: region(Loc::Gm(p.b.tensor), bsrc, c(bstride)),
+            dst: region(bslot(b1, sl()), c(0), c(bdst_stride)),
+            rows: brows,
+            cols: bcols,
+        });
+        st.extend(flag(Pipe::Mte2, Pipe::Mte1));
+        st.push(Stmt::WaitFlag { from: Pipe::M, to: Pipe::Mte1, event: 0 });
+        // L1 -> L0A: a transposed tile column by column (column j of the `kl × rows` L1 tile is row j of L0A
+        // read down... i.e. L0A column j = L1 row j).
+        if p.a.transposed {
+            st.push(Stmt::For {
+                var: jj,
+                lo: c(0),
+                hi: v(kl),
+                step: 1,
+                body: vec![Stmt::Copy {
+                    pipe: Pipe::Mte1,
+                    src: region(bslot(a1, sl()), mul(v(jj), c(bm)), c(1)),
+                    dst: region(bslot(a0, sl()), v(jj), c(bk)),
+                    rows: v(rows),
+                    cols: c(1),
+                }],
+            });
+        } else {
+            st.push(Stmt::Copy {
+                pipe: Pipe::Mte1,
+                src: region(bslot(a1, sl()), c(0), c(bk)),
+                dst: region(bslot(a0, sl()), c(0), c(bk)),
+                rows: v(rows),
+                cols: v(kl),
+            });
+        }
+        // L1 -> L0B: a transposed (`cols × kl`) tile column by column: L1 column j becomes L0B row j.
+        if p.b.transposed {
+            st.push(Stmt::For {
+                var: jj,
+                lo: c(0),
+                hi: v(kl),
+                step: 1,
+                body: vec![Stmt::Copy {
+                    pipe: Pipe::Mte1,
+                    src: region(bslot(b1, sl()), v(jj), c(bk)),
+                    dst: region(bslot(b0, sl()), mul(v(jj), c(bn)), c(1)),
+                    rows: v(cols),
+                    cols: c(1),
+                }],
+            });
+        } else {
+            st.push(Stmt::Copy {
+                pipe: Pipe::Mte1,
+                src: region(bslot(b1, sl()), c(0), c(bn)),
+                dst: region(bslot(b0, sl()), c(0), c(bn)),
+                rows: v(kl),
+                cols: v(cols),
+            });
+        }
+        st.push(Stmt::SetFlag { from: Pipe::Mte1, to: Pipe::Mte2, event: 0 });
+        st.extend(flag(Pipe::Mte1, Pipe::M));
+        st.push(Stmt::Mmad {
+            a: region(bslot(a0, sl()), c(0), c(bk)),
+            b: region(bslot(b0, sl()), c(0), c(bn)),
+            c: region(bslot(c0, c(0)), c(0), c(bn)),
+            m: v(rows),
+            k: v(kl),
+            n: v(cols),
+            accumulate,
+        });
+        st.push(Stmt::SetFlag { from: Pipe::M, to: Pipe::Mte1, event: 0 });
+        st.push(Stmt::Set { var: it, value: add(v(it), c(1)) });
+        st
+    };
+
+    // The workspace (mixed path): `bm × bn` f32 per core; cube core `i`'s block at `i * bm * bn`.
+    let ws_id = TensorId(gm.tensors.len() as u32);
+    // One `bm × bn` area per block a cube core runs (no area is reused within the launch: see the module
+    // comment), and as much for every core of the launch, as the simulator sizes workspaces.
+    let per_core_blocks = (blocks + cubes as i64 - 1) / cubes as i64;
+    let ws_elems = per_core_blocks * bm * bn;
+    let workspace = (!p.direct).then(|| GmTensor {
+        name: format!("{name}_ws"),
+        dtype: DType::F32,
+        shape: vec![(cubes + vcores) as u64, ws_elems as u64],
+        role: TensorRole::Workspace { per_core: (ws_elems * 4) as u64 },
+    });
+
+    // The cube program.
+    let mut cube = vec![Stmt::Set { var: it, value: c(0) }];
+    for _ in 0..2 {
+        cube.push(Stmt::SetFlag { from: Pipe::Mte1, to: Pipe::Mte2, event: 0 });
+        cube.push(Stmt::SetFlag { from: Pipe::M, to: Pipe::Mte1, event: 0 });
+    }
+    cube.push(Stmt::SetFlag { from: Pipe::Fix, to: Pipe::M, event: 0 });
+    let mut body = Vec::new();
+    coords(&mut body);
+    body.push(Stmt::WaitFlag { from: Pipe::Fix, to: Pipe::M, event: 0 });
+    body.push(Stmt::Set { var: kk, value: c(0) });
+    body.extend(step(false));
+    body.push(Stmt::For { var: kk, lo: c(bk), hi: c(k), step: bk, body: step(true) });
+    body.extend(flag(Pipe::M, Pipe::Fix));
+    let out_off = add(mul(v(bi), c(m * n)), add(mul(v(m0), c(n)), v(n0)));
+    if p.direct {
+        for st in &group.stored {
+            body.push(Stmt::Copy {
+                pipe: Pipe::Fix,
+                src: region(bslot(c0, c(0)), c(0), c(bn)),
+                dst: region(Loc::Gm(gm.of[st]), out_off.clone(), c(n)),
+                rows: v(rows),
+                cols: v(cols),
+            });
+        }
+    } else {
+        body.push(Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: region(bslot(c0, c(0)), c(0), c(bn)),
+            dst: region(
+                Loc::Gm(ws_id),
+                add(mul(SExpr::Core, c(ws_elems)), mul(bin(SBin::Div, v(blk), c(cubes as i64)), c(bm * bn))),
+                c(bn),
+            ),
+            rows: v(rows),
+            cols: v(cols),
+        });
+    }
+    body.push(Stmt::SetFlag { from: Pipe::Fix, to: Pipe::M, event: 0 });
+    if !p.direct {
+        body.push(Stmt::CrossSet { flag: 0 });
+    }
+    cube.push(Stmt::For { var: blk, lo: SExpr::Core, hi: c(blocks), step: cubes as i64, body });
+    for _ in 0..2 {
+        cube.push(Stmt::WaitFlag { from: Pipe::Mte1, to: Pipe::Mte2, event: 0 });
+        cube.push(Stmt::WaitFlag { from: Pipe::M, to: Pipe::Mte1, event: 0 });
+    }
+    cube.push(Stmt::WaitFlag { from: Pipe::Fix, to: Pipe::M, event: 0 });
+
+    if !p.direct {
+        let vector = epilogue_program(g, group, gm, bd, p, &mut lb, ws_id, (bm, bn), (mb, nbk), blocks, cubes, ratio)
+            .ok_or_else(|| internal("the epilogue cannot be lowered"))?;
+        lb.launch.vector = vector;
+    }
+    lb.launch.cube = cube;
+    let l = lb.finish("base block sizes chosen by the tiler")?;
+    Ok((l, workspace))
+}
+
+/// The vector cores' program: wait for each block of their cube core in the workspace, evaluate the
+/// epilogue on their share of its rows and store the stored members.
+#[allow(clippy::too_many_arguments)]
+fn epilogue_program(
+    g: &Graph,
+    group: &Group,
+    gm: &GmPlan,
+    bd: &Binding,
+    p: &Plan,
+    lb: &mut LaunchBuilder<'_>,
+    ws_id: TensorId,
+    (bm, bn): (i64, i64),
+    (mb, nbk): (i64, i64),
+    blocks: i64,
+    cubes: u32,
+    ratio: u32,
+) -> Option<Vec<Stmt>> {
+    let (m, n) = (p.m, p.n);
+    let hr = (bm + ratio as i64 - 1) / ratio as i64;
+    let per_core_blocks = (blocks + cubes as i64 - 1) / cubes as i64;
+    let label = |x: ValueId| g.node(x).name.clone().unwrap_or_else(|| format!("t{}", x.0));
+    let tile = vec![hr as u64, bn as u64];
+    let mut bufs: BTreeMap<ValueId, BufId> = BTreeMap::new();
+    bufs.insert(
+        p.anchor,
+        lb.buffer(format!("{}_ub", label(p.anchor)), Mem::UB, g.node(p.anchor).dtype, tile.clone(), 1),
+    );
+    for (src, e) in &p.ext {
+        let shape = match e {
+            Ext::Tile => tile.clone(),
+            Ext::Col => vec![1, bn as u64],
+            Ext::Row => vec![hr as u64, 1],
+            Ext::Scalar => vec![1],
+        };
+        bufs.insert(*src, lb.buffer(format!("{}_ub", label(*src)), Mem::UB, g.node(*src).dtype, shape, 1));
+    }
+    for mem in &p.epilogue {
+        bufs.insert(*mem, lb.buffer(format!("{}_ub", label(*mem)), Mem::UB, g.node(*mem).dtype, tile.clone(), 1));
+    }
+    let blk = lb.svar("vblk");
+    let bi = lb.svar("vbi");
+    let m0 = lb.svar("vm0");
+    let n0 = lb.svar("vn0");
+    let rows = lb.svar("vrows");
+    let cols = lb.svar("vcols");
+    let r0 = lb.svar("r0");
+    let rc = lb.svar("rc");
+    let sub = bin(SBin::Mod, SExpr::Core, c(ratio as i64));
+    let mine = bin(SBin::Div, SExpr::Core, c(ratio as i64));
+
+    let mut prog = vec![
+        Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: 0 },
+        Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 },
+    ];
+    let mut body = vec![
+        Stmt::Set { var: bi, value: bin(SBin::Div, v(blk), c(mb * nbk)) },
+        Stmt::Set { var: m0, value: mul(bin(SBin::Div, bin(SBin::Mod, v(blk), c(mb * nbk)), c(nbk)), c(bm)) },
+        Stmt::Set { var: n0, value: mul(bin(SBin::Mod, bin(SBin::Mod, v(blk), c(mb * nbk)), c(nbk)), c(bn)) },
+        Stmt::Set { var: rows, value: bin(SBin::Min, c(bm), bin(SBin::Sub, c(m), v(m0))) },
+        Stmt::Set { var: cols, value: bin(SBin::Min, c(bn), bin(SBin::Sub, c(n), v(n0))) },
+        Stmt::Set { var: r0, value: mul(sub, c(hr)) },
+        Stmt::Set { var: rc, value: bin(SBin::Min, c(hr), bin(SBin::Sub, v(rows), v(r0))) },
+        Stmt::CrossWait { flag: 0 },
+    ];
+    let mut work = vec![Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: 0 }];
+    work.push(Stmt::Copy {
+        pipe: Pipe::Mte2,
+        src: region(
+            Loc::Gm(ws_id),
+            add(
+                add(mul(mine, c(per_core_blocks * bm * bn)), mul(bin(SBin::Div, v(blk), c(cubes as i64)), c(bm * bn))),
+                mul(v(r0), c(bn)),
+            ),
+            c(bn),
+        ),
+        dst: region(bslot(bufs[&p.anchor], c(0)), c(0), c(bn)),
+        rows: v(rc),
+        cols: v(cols),
+    });
+    // The tile's origin in the output: batch, row, column.
+    let row0 = add(v(m0), v(r0));
+    let tile_off = add(mul(v(bi), c(m * n)), add(mul(row0.clone(), c(n)), v(n0)));
+    for (src, e) in &p.ext {
+        let t = *gm.of.get(src)?;
+        let (s_off, stride, r, cc, dstride) = match e {
+            Ext::Tile => (tile_off.clone(), c(n), v(rc), v(cols), bn),
+            Ext::Col => (v(n0), c(0), c(1), v(cols), bn),
+            Ext::Row => (row0.clone(), c(1), v(rc), c(1), 1),
+            Ext::Scalar => (c(0), c(0), c(1), c(1), 0),
+        };
+        work.push(Stmt::Copy {
+            pipe: Pipe::Mte2,
+            src: region(Loc::Gm(t), s_off, stride),
+            dst: region(bslot(bufs[src], c(0)), c(0), c(dstride)),
+            rows: r,
+            cols: cc,
+        });
+    }
+    work.extend(flag(Pipe::Mte2, Pipe::V));
+    work.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });
+    let rank = p.batch_dims.len() + 2;
+    let env = Env { bufs: &bufs, ext: &p.ext, bd, bn, rank, batch_dims: &p.batch_dims, bi, row0: row0.clone(), n0 };
+    for mem in &p.epilogue {
+        let NodeKind::Compute { body: e, .. } = &g.node(*mem).kind else { return None };
+        let expr = vexpr(e, &env)?;
+        work.push(Stmt::Vector { dst: region(bslot(bufs[mem], c(0)), c(0), c(bn)), rows: v(rc), cols: v(cols), expr });
+    }
+    work.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: 0 });
+    work.extend(flag(Pipe::V, Pipe::Mte3));
+    for st in &group.stored {
+        work.push(Stmt::Copy {
+            pipe: Pipe::Mte3,
+            src: region(bslot(*bufs.get(st)?, c(0)), c(0), c(bn)),
+            dst: region(Loc::Gm(*gm.of.get(st)?), tile_off.clone(), c(n)),
+            rows: v(rc),
+            cols: v(cols),
+        });
+    }
+    work.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });
+    body.push(Stmt::If { cond: bin(SBin::Lt, c(0), v(rc)), then: work });
+    prog.push(Stmt::For { var: blk, lo: mine_expr(ratio), hi: c(blocks), step: cubes as i64, body });
+    prog.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: 0 });
+    prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });
+    Some(prog)
+}
+
+fn mine_expr(ratio: u32) -> SExpr {
+    bin(SBin::Div, SExpr::Core, c(ratio as i64))
+}
+
+/// What an epilogue body's translation needs.
+struct Env<'a> {
+    bufs: &'a BTreeMap<ValueId, BufId>,
+    ext: &'a BTreeMap<ValueId, Ext>,
+    bd: &'a Binding,
+    bn: i64,
+    rank: usize,
+    batch_dims: &'a [i64],
+    bi: SVar,
+    /// The tile's first row (in the output's m axis) and first column.
+    row0: SExpr,
+    n0: SVar,
+}
+
+/// An epilogue member's body as a vector expression over the tile (`rc × cols` at `(row0, n0)`).
+fn vexpr(e: &Expr, env: &Env<'_>) -> Option<VExpr> {
+    use crate::graph::BinOp;
+    let r = |x: &Expr| vexpr(x, env);
+    let nb = env.rank - 2;
+    Some(match &e.kind {
+        ExprKind::Const(crate::graph::Const::F32(x)) => VExpr::F32(*x),
+        ExprKind::Const(crate::graph::Const::I32(x)) => VExpr::I32(*x),
+        ExprKind::Const(crate::graph::Const::Bool(x)) => VExpr::Bool(*x),
+        ExprKind::Var(x) if x.index() < nb => {
+            let k = x.index();
+            let stride: i64 = env.batch_dims[k + 1..].iter().product();
+            VExpr::Scalar(bin(SBin::Mod, bin(SBin::Div, v(env.bi), c(stride)), c(env.batch_dims[k])))
+        }
+        ExprKind::Var(x) if x.index() == nb => {
+            VExpr::Binary(BinOp::Add, Box::new(VExpr::Scalar(env.row0.clone())), Box::new(VExpr::Row))
+        }
+        ExprKind::Var(x) if x.index() == nb + 1 => {
+            VExpr::Binary(BinOp::Add, Box::new(VExpr::Scalar(v(env.n0))), Box::new(VExpr::Col))
+        }
+        ExprKind::Var(_) => return None,
+        ExprKind::Dim(d) => VExpr::I32(env.bd.eval(d).ok()?),
+        ExprKind::Load { src, .. } => {
+            let buf = *env.bufs.get(src)?;
+            let at = |stride: i64| region(bslot(buf, c(0)), c(0), c(stride));
+            match env.ext.get(src) {
+                None | Some(Ext::Tile) => VExpr::Read(at(env.bn)),
+                Some(Ext::Col) => VExpr::ReadCol(at(env.bn)),
+                Some(Ext::Row) => VExpr::ReadRow(at(1)),
+                Some(Ext::Scalar) => VExpr::ReadRow(at(0)),
+            }
+        }
+        ExprKind::Unary(op, a) => VExpr::Unary(*op, Box::new(r(a)?)),
+        ExprKind::Binary(op, a, x) => VExpr::Binary(*op, Box::new(r(a)?), Box::new(r(x)?)),
+        ExprKind::Select(cnd, a, x) => VExpr::Select(Box::new(r(cnd)?), Box::new(r(a)?), Box::new(r(x)?)),
+        ExprKind::Cast(t, a) => VExpr::Cast(*t, Box::new(r(a)?)),
+        ExprKind::Reduce { .. } | ExprKind::Segment { .. } => return None,
+    })
+}
