@@ -271,38 +271,6 @@ fn plan(graph: &Graph, binding: &Binding, limits: &Limits) -> Result<Plan, Vec<D
         return Err(errs);
     }
 
-    // The work: each Compute node evaluates its body once per output element and reduction step.
-    let mut work: u64 = 0;
-    let mut heaviest: Option<(u64, usize)> = None;
-    for (id, (node, (shape, ext))) in graph.nodes.iter().zip(shapes.iter().zip(&extents)).enumerate() {
-        if let NodeKind::Compute { .. } = node.kind {
-            let elems = numel(shape).map_or(u64::MAX, |n| n as u64);
-            let steps = ext.iter().skip(shape.len()).fold(1u64, |a, &n| a.saturating_mul(n.max(1) as u64));
-            let w = elems.saturating_mul(steps);
-            work = work.saturating_add(w);
-            if heaviest.is_none_or(|(b, _)| w > b) {
-                heaviest = Some((w, id));
-            }
-        }
-    }
-    if work > limits.max_work {
-        let mut d = Diagnostic::error(
-            Code::ResourceLimit,
-            graph.span,
-            format!(
-                "running `{}` in the interpreter would take about {work} evaluations, more than the limit of {}",
-                graph.name, limits.max_work
-            ),
-        )
-        .with_help("the reference interpreter is meant for small sizes: use smaller dims");
-        if let Some((w, id)) = heaviest {
-            if let Some(node) = graph.nodes.get(id) {
-                d = d.with_secondary(node.span, format!("`{}` alone takes about {w}", node_name(graph, id)));
-            }
-        }
-        return Err(vec![d]);
-    }
-
     let mut total: u64 = 0;
     let mut largest: Option<(u64, usize)> = None;
     for (id, (node, shape)) in graph.nodes.iter().zip(shapes.iter()).enumerate() {
@@ -338,6 +306,39 @@ fn plan(graph: &Graph, binding: &Binding, limits: &Limits) -> Result<Plan, Vec<D
         }
         return Err(vec![d]);
     }
+
+    // The work: each Compute node evaluates its body once per output element and reduction step.
+    let mut work: u64 = 0;
+    let mut heaviest: Option<(u64, usize)> = None;
+    for (id, (node, (shape, ext))) in graph.nodes.iter().zip(shapes.iter().zip(&extents)).enumerate() {
+        if let NodeKind::Compute { .. } = node.kind {
+            let elems = numel(shape).map_or(u64::MAX, |n| n as u64);
+            let steps = ext.iter().skip(shape.len()).fold(1u64, |a, &n| a.saturating_mul(n.max(1) as u64));
+            let w = elems.saturating_mul(steps);
+            work = work.saturating_add(w);
+            if heaviest.is_none_or(|(b, _)| w > b) {
+                heaviest = Some((w, id));
+            }
+        }
+    }
+    if work > limits.max_work {
+        let mut d = Diagnostic::error(
+            Code::ResourceLimit,
+            graph.span,
+            format!(
+                "running `{}` in the interpreter would take about {work} evaluations, more than the limit of {}",
+                graph.name, limits.max_work
+            ),
+        )
+        .with_help("the reference interpreter is meant for small sizes: use smaller dims");
+        if let Some((w, id)) = heaviest {
+            if let Some(node) = graph.nodes.get(id) {
+                d = d.with_secondary(node.span, format!("`{}` alone takes about {w}", node_name(graph, id)));
+            }
+        }
+        return Err(vec![d]);
+    }
+
     Ok(Plan { shapes, extents })
 }
 
