@@ -345,3 +345,18 @@ pub fn round_bf16(x: f64) -> f64 {
         r
     }
 }
+
+/// Checks a tile program with the verifier, failing with every error and the program's text.
+pub fn verify_tiled(g: &Graph, tp: &kc_ir::tile::TileProgram, target: &kc_ir::target::Target) {
+    if let Err(errs) = kc_ir::tile::verify::verify(tp, target) {
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        panic!(
+            "{} on {} ({:?}): the tile program does not verify:\n{}\n{}",
+            g.name,
+            target.name,
+            tp.dims,
+            msgs.join("\n"),
+            kc_ir::tile::print::print_program(tp)
+        );
+    }
+}

@@ -67,16 +67,7 @@ fn check(g: &Graph, dims: &[(&str, i64)], target: &str, seed: u64) -> TileProgra
     given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     let args = kc_runtime::random::random_args(g, &given, seed).expect("random args");
     let tp = tile(g, &args, &target);
-    if let Err(errs) = kc_ir::tile::verify::verify(&tp, &target) {
-        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        panic!(
-            "{} {dims:?} on {}: the tile program does not verify:\n{}\n{}",
-            g.name,
-            target.name,
-            msgs.join("\n"),
-            kc_ir::tile::print::print_program(&tp)
-        );
-    }
+    common::verify_tiled(g, &tp, &target);
     let want = common::run(g, &args);
     let got = kc_runtime::sim::run(&tp, g, &args).unwrap_or_else(|e| panic!("{}: sim: {e:?}", g.name));
     assert_eq!(want.len(), got.len());

@@ -54,16 +54,7 @@ fn tile(g: &Graph, args: &Args, target: &Target) -> TileProgram {
 fn check(g: &Graph, args: &Args, target: &str) -> TileProgram {
     let target = Target::builtin(target).expect("builtin target");
     let tp = tile(g, args, &target);
-    if let Err(errs) = kc_ir::tile::verify::verify(&tp, &target) {
-        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        panic!(
-            "{} on {}: the tile program does not verify:\n{}\n{}",
-            g.name,
-            target.name,
-            msgs.join("\n"),
-            kc_ir::tile::print::print_program(&tp)
-        );
-    }
+    common::verify_tiled(g, &tp, &target);
     let want = common::run(g, args);
     let got = kc_runtime::sim::run(&tp, g, args).unwrap_or_else(|e| panic!("{}: sim: {e:?}", g.name));
     assert_eq!(want.len(), got.len());
@@ -420,10 +411,7 @@ fn moe_kernels_library_groups_tile_and_verify() {
                 tensors: gm.tensors,
                 launches,
             };
-            if let Err(errs) = kc_ir::tile::verify::verify(&tp, &target) {
-                let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-                panic!("{file} on {}: {}", target.name, msgs.join("\n"));
-            }
+            common::verify_tiled(g, &tp, &target);
         }
     }
 }

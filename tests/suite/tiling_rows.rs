@@ -47,16 +47,7 @@ fn check_prog(prog: &kc_ir::Program, dims: &[(&str, i64)], target: &str, seed: u
         let args = kc_runtime::random::random_args(g, &given, seed).expect("random args");
         let (tp, n) = tile_rows(g, &args, &target);
         assert_eq!(n, skipped, "{}: groups not handled by `rows`", g.name);
-        if let Err(errs) = kc_ir::tile::verify::verify(&tp, &target) {
-            let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-            panic!(
-                "{} on {} at {dims:?}: the tile program does not verify:\n{}\n{}",
-                g.name,
-                target.name,
-                msgs.join("\n"),
-                kc_ir::tile::print::print_program(&tp)
-            );
-        }
+        common::verify_tiled(g, &tp, &target);
         let want = common::run(g, &args);
         let got = kc_runtime::sim::run(&tp, g, &args).unwrap_or_else(|e| panic!("{}: sim: {e:?}", g.name));
         assert_eq!(want.len(), got.len());
@@ -261,10 +252,7 @@ fn tiling_rows_every_kernel_declines_or_verifies() {
                     tensors: gm.tensors.clone(),
                     launches: vec![l.clone()],
                 };
-                if let Err(errs) = kc_ir::tile::verify::verify(&tp, &target) {
-                    let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-                    panic!("{}.{k} does not verify:\n{}", g.name, msgs.join("\n"));
-                }
+                common::verify_tiled(g, &tp, &target);
                 all.push((k, l));
             }
             // Every group taken: the whole kernel runs as in the interpreter.
