@@ -22,13 +22,18 @@ Examples:
   kc build kernels/rmsnorm.ker                      # the graph IR of every kernel
   kc build kernels/moe_route.ker --kernel moe_route
   kc build kernels/adamw.ker --emit ast
-  kc build kernels/attention.ker -o attention.graph";
+  kc build kernels/attention.ker -o attention.graph
+  kc build kernels/rmsnorm.ker --emit fusion
+  kc build kernels/rmsnorm.ker --emit tiled --dims T=4096,D=4096 --target ascend950
+  kc build kernels/adamw.ker --emit report --dims N=1048576 --format json
+  kc build kernels/softmax.ker --emit tiled --dims R=7,C=1000 --target my_npu.toml";
 
 const RUN_EXAMPLES: &str = "\
 Examples:
   kc run kernels/attention.ker --dims B=1,H=4,G=2,S=64,T=64,D=32 --random 0
   kc run kernels/rmsnorm.ker --input x=x.npy --input w=w.npy --scalar eps=1e-6 --out results/
   kc run kernels/moe_permute.ker --dims T=16,K=2,M=8,E=4 --random 1 --out perm/ --raw-bf16
+  kc run kernels/rmsnorm.ker --dims T=7,D=1000 --random 0 --backend sim --target ascend950
 
 Inputs are .npy files (C order). A bf16 parameter takes a float32 array (rounded to nearest-even) or a
 uint16 array of raw bf16 bits; f16 takes float16 or float32; i32 takes int32 or int64 (values must fit).
@@ -93,6 +98,24 @@ pub enum Emit {
     /// The fusion groups of each kernel (cube or vector), what each reads and writes, and why every
     /// producer and consumer left apart were not fused.
     Fusion,
+    /// The tile IR of each kernel for the target at the given --dims: per-core programs, buffer maps.
+    Tiled,
+    /// A static report of each kernel at the given --dims: groups, grids, tiles, buffers, traffic, work.
+    Report,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// The reference interpreter (the graph IR, op by op).
+    Interp,
+    /// The functional simulator of the tile IR (per-core programs for the target, run on the host).
+    Sim,
 }
 
 #[derive(Args, Debug)]
@@ -109,6 +132,15 @@ pub struct BuildArgs {
     /// Write to this file (atomically) instead of stdout.
     #[arg(long = "output", short = 'o', value_name = "PATH")]
     pub output: Option<PathBuf>,
+    /// The target: a built-in name (ascend910b, ascend950) or the path of a target TOML file.
+    #[arg(long, default_value = "ascend910b", value_name = "NAME|PATH")]
+    pub target: String,
+    /// Dim values to specialize to (needed by --emit tiled and report): `B=1,H=8` (repeatable).
+    #[arg(long, short = 'd', value_name = "NAME=N,...", value_delimiter = ',', value_parser = parse_dim)]
+    pub dims: Vec<(String, i64)>,
+    /// The report's format (--emit report only).
+    #[arg(long, value_enum, default_value_t = Format::Text, value_name = "FORMAT")]
+    pub format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +169,12 @@ pub struct RunArgs {
     /// Write bf16 results as uint16 raw bits instead of float32.
     #[arg(long)]
     pub raw_bf16: bool,
+    /// What runs the kernel: the reference interpreter, or the tile IR's simulator for --target.
+    #[arg(long, value_enum, default_value_t = Backend::Interp, value_name = "BACKEND")]
+    pub backend: Backend,
+    /// The target for --backend sim: a built-in name (ascend910b, ascend950) or a target TOML file.
+    #[arg(long, default_value = "ascend910b", value_name = "NAME|PATH")]
+    pub target: String,
 }
 
 /// `NAME=VALUE`, split at the first `=`.

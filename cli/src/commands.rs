@@ -1,7 +1,7 @@
 //! The subcommands: `check`, `build` and `run`. Each returns `Ok` or a [`Failure`]; `main` maps that to
 //! the exit status.
 
-use crate::args::{BuildArgs, CheckArgs, Emit, RunArgs};
+use crate::args::{Backend, BuildArgs, CheckArgs, Emit, RunArgs};
 use crate::files;
 use kc_frontend::SourceMap;
 use kc_ir::launch::Args;
@@ -149,6 +149,67 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
             }
             kc_frontend::ast_print::print_module(&module)
         }
+        Emit::Tiled | Emit::Report => {
+            let target = load_target(&a.target)?;
+            let c = compile_file(&a.file)?;
+            if ctx.report(&c.diags, &c.sources) {
+                return Err(Failure::Reported);
+            }
+            let graphs: Vec<&kc_ir::Graph> = match &a.kernel {
+                Some(k) => vec![select_kernel(&c.program, Some(k), &c.name)?],
+                None => c.program.kernels.iter().collect(),
+            };
+            let dims = dim_map(&a.dims)?;
+            for (name, _) in &dims {
+                if !graphs.iter().any(|g| knows_dim(g, name)) {
+                    return Err(Failure::Message(format!(
+                        "--dims gives `{name}`, which no kernel built here has; their dims: {}",
+                        graphs
+                            .iter()
+                            .map(|g| format!("`{}`: {}", g.name, g.dims.join(", ")))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )));
+                }
+            }
+            let mut programs = Vec::new();
+            for g in &graphs {
+                let own: BTreeMap<String, i64> =
+                    dims.iter().filter(|(k, _)| knows_dim(g, k)).map(|(k, v)| (k.clone(), *v)).collect();
+                let tp = match tile_kernel(g, &own, &target) {
+                    Ok(tp) => tp,
+                    Err(diags) => {
+                        ctx.report(&diags, &c.sources);
+                        return Err(Failure::Reported);
+                    }
+                };
+                programs.push((*g, tp));
+            }
+            match a.emit {
+                Emit::Tiled => {
+                    programs.iter().map(|(_, tp)| kc_ir::tile::print::print_program(tp)).collect::<Vec<_>>().join("\n")
+                }
+                _ => {
+                    let reports: Vec<kc_ir::report::Report> = programs
+                        .iter()
+                        .map(|(g, tp)| {
+                            kc_ir::report::report(
+                                g,
+                                &kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::from_hints(g)),
+                                tp,
+                                &target,
+                            )
+                        })
+                        .collect();
+                    match a.format {
+                        crate::args::Format::Text => {
+                            reports.iter().map(kc_ir::report::Report::text).collect::<Vec<_>>().join("\n")
+                        }
+                        crate::args::Format::Json => kc_ir::report::json(&reports),
+                    }
+                }
+            }
+        }
         Emit::Graph | Emit::Fusion => {
             let c = compile_file(&a.file)?;
             if ctx.report(&c.diags, &c.sources) {
@@ -172,6 +233,70 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
         Some(p) => Ok(files::write_all_atomic(&[(p.clone(), text.into_bytes())])?),
         None => stdout(&text),
     }
+}
+
+/// A built-in target by name, or a target description file.
+fn load_target(spec: &str) -> Result<kc_ir::target::Target, String> {
+    if let Some(t) = kc_ir::target::Target::builtin(spec) {
+        return Ok(t);
+    }
+    let path = Path::new(spec);
+    if !path.exists() && !spec.contains('/') && !spec.ends_with(".toml") {
+        return Err(format!(
+            "there is no built-in target `{spec}` (the built-in ones: ascend910b, ascend950), nor a file of that name"
+        ));
+    }
+    let text = files::read_source(path)?;
+    kc_ir::target::Target::parse(&text).map_err(|errs| {
+        let lines: Vec<String> = errs.iter().map(|e| format!("  {e}")).collect();
+        format!("the target file `{spec}` is not valid:\n{}", lines.join("\n"))
+    })
+}
+
+/// `--dims` as a map; a dim given twice with different values is an error.
+fn dim_map(dims: &[(String, i64)]) -> Result<BTreeMap<String, i64>, String> {
+    let mut out = BTreeMap::new();
+    for (name, v) in dims {
+        if let Some(old) = out.insert(name.clone(), *v) {
+            if old != *v {
+                return Err(format!("--dims gives `{name}` twice: {old} and {v}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `name` is a dim of the kernel (a `dim` parameter or a symbol of its shapes).
+fn knows_dim(g: &Graph, name: &str) -> bool {
+    g.dims.iter().any(|d| d == name) || g.params.iter().any(|p| p.name == name && p.kind == ParamKind::Dim)
+}
+
+/// Fuses and tiles a kernel for `target` at `dims`, verifying the tile program.
+fn tile_kernel(
+    g: &Graph,
+    dims: &BTreeMap<String, i64>,
+    target: &kc_ir::target::Target,
+) -> Result<kc_ir::tile::TileProgram, Vec<Diagnostic>> {
+    let b = kc_ir::launch::bind_dims(g, dims)?;
+    tile_bound(g, &b, target)
+}
+
+fn tile_bound(
+    g: &Graph,
+    b: &kc_ir::launch::Binding,
+    target: &kc_ir::target::Target,
+) -> Result<kc_ir::tile::TileProgram, Vec<Diagnostic>> {
+    let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::from_hints(g));
+    let tp = kc_ir::passes::tile::tile(g, &f, b, target).map_err(|d| vec![d])?;
+    if let Err(errs) = kc_ir::tile::verify::verify(&tp, target) {
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        return Err(vec![Diagnostic::error(
+            kc_ir::Code::Internal,
+            g.span,
+            format!("kernel `{}`: the tile program does not verify (a bug in kc):\n{}", g.name, msgs.join("\n")),
+        )]);
+    }
+    Ok(tp)
 }
 
 /// `x: f32[N, D]`, `lr: f32`, `E: dim`, for messages.
@@ -281,7 +406,17 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
     if let Some(seed) = a.random {
         args = random::random_args(g, &args, seed)?;
     }
-    let results = match kc_ir::interp::run(g, &args) {
+    let run = match a.backend {
+        Backend::Interp => kc_ir::interp::run(g, &args),
+        Backend::Sim => {
+            let target = load_target(&a.target)?;
+            match kc_ir::launch::bind(g, &args).and_then(|b| tile_bound(g, &b, &target)) {
+                Ok(tp) => kc_runtime::sim::run(&tp, g, &args),
+                Err(d) => Err(d),
+            }
+        }
+    };
+    let results = match run {
         Ok(r) => r,
         Err(diags) => {
             ctx.report(&diags, &c.sources);

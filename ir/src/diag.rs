@@ -89,6 +89,8 @@ codes! {
     // Schedule hints.
     UnknownHint = "E0604": "a schedule hint that kc does not know",
     BadHint = "E0605": "a schedule hint with arguments it does not take",
+    NoTiling = "E0606": "a fusion group that no tiling template handles",
+    OverCapacity = "E0607": "tiles whose buffers do not fit the target's memories",
     // Assignments.
     AssignInput = "E0700": "an assignment to a read-only input",
     AssignTwice = "E0701": "an output or inout assigned more than once",

@@ -63,6 +63,16 @@ fn fmt_shape(s: &[usize]) -> String {
 
 /// Checks the arguments against the kernel's signature and binds every dim. Collects every error it can.
 pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
+    bind_impl(graph, args, false)
+}
+
+/// Binds every dim from `dims` alone (and the `where` clause), for compiling a kernel at concrete sizes
+/// without its tensors (`kc build --dims`): every dim a parameter or an output uses must be given or fixed.
+pub fn bind_dims(graph: &Graph, dims: &BTreeMap<String, i64>) -> Result<Binding, Vec<Diagnostic>> {
+    bind_impl(graph, &Args { tensors: BTreeMap::new(), dims: dims.clone() }, true)
+}
+
+fn bind_impl(graph: &Graph, args: &Args, dims_only: bool) -> Result<Binding, Vec<Diagnostic>> {
     let mut errs = Vec::new();
     let mut env: BTreeMap<String, i64> = BTreeMap::new();
     let mut origin: BTreeMap<String, String> = BTreeMap::new();
@@ -134,6 +144,9 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
             }
             ParamKind::Tensor { dtype, shape, .. } => {
                 let Some(t) = args.tensors.get(&p.name) else {
+                    if dims_only {
+                        continue;
+                    }
                     let what = if shape.is_empty() { "scalar" } else { "tensor" };
                     errs.push(
                         Diagnostic::error(
@@ -264,6 +277,23 @@ pub fn bind(graph: &Graph, args: &Args) -> Result<Binding, Vec<Diagnostic>> {
         return Err(errs);
     }
     let binding = Binding { dims: env };
+    if dims_only {
+        for p in &graph.params {
+            if let ParamKind::Tensor { shape, .. } = &p.kind {
+                if let Err(e) = binding.shape(shape) {
+                    let code = if e.contains("more than 2^40") { Code::ResourceLimit } else { Code::MissingArg };
+                    errs.push(
+                        Diagnostic::error(code, p.span, format!("the shape of `{}`: {e}", p.name))
+                            .with_label("declared here")
+                            .with_help("give every dim with --dims NAME=N,..."),
+                    );
+                }
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+    }
     for a in &graph.asserts {
         match (binding.eval(&a.lhs), binding.eval(&a.rhs)) {
             (Ok(x), Ok(y)) if x == y => {}

@@ -12,6 +12,7 @@ pub mod launch;
 pub mod ops;
 pub mod passes;
 pub mod print;
+pub mod report;
 pub mod span;
 pub mod target;
 pub mod tensor;

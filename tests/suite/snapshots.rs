@@ -43,6 +43,8 @@ const NOT_FROM_SOURCE: &[Code] = &[
     Code::ArgDType,
     Code::UnknownArg,
     Code::ResourceLimit,
+    Code::NoTiling,
+    Code::OverCapacity,
     Code::Internal,
 ];
 

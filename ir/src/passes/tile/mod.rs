@@ -167,7 +167,7 @@ impl<'t> LaunchBuilder<'t> {
             Ok(self.launch)
         } else {
             Err(Diagnostic::error(
-                Code::BadHint,
+                Code::OverCapacity,
                 crate::span::Span::default(),
                 format!(
                     "launch `{}` does not fit the target `{}` ({why}): {}",
@@ -201,4 +201,87 @@ pub fn gm_row(t: TensorId, offset: SExpr) -> Region {
 /// A region of a buffer slot, starting at element 0, rows `row_stride` apart.
 pub fn buf_region(b: BufId, slot: u32, row_stride: i64) -> Region {
     Region { loc: Loc::Buf { buf: b, slot: c(slot as i64) }, offset: c(0), row_stride: c(row_stride) }
+}
+
+/// What a template makes of one group: its launches, run in order (a group may need several, e.g. a
+/// reduction across cores: partial results, then their combination), and the workspace tensors they use.
+/// Workspace `i` is referred to as tensor `gm.tensors.len() + i` of the plan the template was given; the
+/// caller appends them to the program's tensors in order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tiled {
+    pub launches: Vec<Launch>,
+    pub workspaces: Vec<GmTensor>,
+}
+
+impl Tiled {
+    pub fn one(l: Launch) -> Tiled {
+        Tiled { launches: vec![l], workspaces: Vec::new() }
+    }
+}
+
+/// Tiles one group with the first template that takes it (`None`: no template does).
+pub fn tile_group(
+    g: &Graph,
+    group: &crate::passes::fuse::Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    b: &Binding,
+) -> Option<Result<Tiled, Diagnostic>> {
+    if let Some(r) = vector::elementwise(g, group, name, gm, target, b) {
+        return Some(r.map(Tiled::one));
+    }
+    if let Some(r) = rows::rows(g, group, name, gm, target, b) {
+        return Some(r.map(Tiled::one));
+    }
+    if let Some(r) = library::library(g, group, name, gm, target, b) {
+        return Some(r.map(Tiled::one));
+    }
+    cube::matmul_with_workspace(g, group, name, gm, target, b)
+        .map(|r| r.map(|(l, ws)| Tiled { launches: vec![l], workspaces: ws.into_iter().collect() }))
+}
+
+/// Lowers a fused kernel to the tile IR for `target` at the dims of `b`: the launches of each group, in an
+/// order that respects the groups' dependences. A group no template takes is an error naming it.
+pub fn tile(g: &Graph, f: &Fusion, b: &Binding, target: &Target) -> Result<TileProgram, Diagnostic> {
+    let mut gm = plan_gm(g, f, b)?;
+    let order = group_order(f).ok_or_else(|| {
+        Diagnostic::error(Code::Internal, g.span, format!("kernel `{}`: the fusion groups form a cycle", g.name))
+    })?;
+    let mut launches = Vec::new();
+    for k in order {
+        let group = &f.groups[k];
+        let name = format!("{}.g{k}", g.name);
+        match tile_group(g, group, &name, &gm, target, b) {
+            Some(Ok(t)) => {
+                gm.tensors.extend(t.workspaces);
+                launches.extend(t.launches);
+            }
+            Some(Err(e)) => return Err(e),
+            None => {
+                let members: Vec<String> = group
+                    .nodes
+                    .iter()
+                    .map(|n| g.node(*n).name.clone().unwrap_or_else(|| format!("%{}", n.0)))
+                    .collect();
+                return Err(Diagnostic::error(
+                    Code::NoTiling,
+                    g.node(group.nodes[0]).span,
+                    format!(
+                        "kernel `{}`: no tiling template takes group {k} ({} group of {})",
+                        g.name,
+                        group.kind.name(),
+                        members.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(TileProgram {
+        kernel: g.name.clone(),
+        target: target.name.clone(),
+        dims: b.dims.clone(),
+        tensors: gm.tensors,
+        launches,
+    })
 }
