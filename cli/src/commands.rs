@@ -172,42 +172,38 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
                     )));
                 }
             }
-            let mut programs = Vec::new();
+            let mut texts = Vec::new();
+            let mut reports = Vec::new();
             for g in &graphs {
                 let own: BTreeMap<String, i64> =
                     dims.iter().filter(|(k, _)| knows_dim(g, k)).map(|(k, v)| (k.clone(), *v)).collect();
-                let tp = match tile_kernel(g, &own, &target) {
-                    Ok(tp) => tp,
+                let built = kc_ir::launch::bind_dims(g, &own).and_then(|b| tile_bound(g, &b, &target));
+                let (f, tp, of_group) = match built {
+                    Ok(x) => x,
                     Err(diags) => {
                         ctx.report(&diags, &c.sources);
                         return Err(Failure::Reported);
                     }
                 };
-                programs.push((*g, tp));
-            }
-            match a.emit {
-                Emit::Tiled => {
-                    programs.iter().map(|(_, tp)| kc_ir::tile::print::print_program(tp)).collect::<Vec<_>>().join("\n")
+                if a.emit == Emit::Tiled {
+                    texts.push(kc_ir::tile::print::print_program(&tp));
+                    continue;
                 }
-                _ => {
-                    let reports: Vec<kc_ir::report::Report> = programs
-                        .iter()
-                        .map(|(g, tp)| {
-                            kc_ir::report::report(
-                                g,
-                                &kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::from_hints(g)),
-                                tp,
-                                &target,
-                            )
-                        })
-                        .collect();
-                    match a.format {
-                        crate::args::Format::Text => {
-                            reports.iter().map(kc_ir::report::Report::text).collect::<Vec<_>>().join("\n")
-                        }
-                        crate::args::Format::Json => kc_ir::report::json(&reports),
+                let ints = int_inputs(g, &own, &tp)?;
+                match kc_ir::report::report(g, &f, &tp, &of_group, &target, &ints) {
+                    Ok(r) => reports.push(r),
+                    Err(d) => {
+                        ctx.report(&[d], &c.sources);
+                        return Err(Failure::Reported);
                     }
                 }
+            }
+            match (a.emit, a.format) {
+                (Emit::Tiled, _) => texts.join("\n"),
+                (_, crate::args::Format::Text) => {
+                    reports.iter().map(kc_ir::report::Report::text).collect::<Vec<_>>().join("\n")
+                }
+                (_, crate::args::Format::Json) => kc_ir::report::json(&reports),
             }
         }
         Emit::Graph | Emit::Fusion => {
@@ -271,23 +267,35 @@ fn knows_dim(g: &Graph, name: &str) -> bool {
     g.dims.iter().any(|d| d == name) || g.params.iter().any(|p| p.name == name && p.kind == ParamKind::Dim)
 }
 
-/// Fuses and tiles a kernel for `target` at `dims`, verifying the tile program.
-fn tile_kernel(
+/// The integer tensors a report follows data-dependent control through: seeded random values (seed 0, by
+/// the rules of `kc run --random`) for every `i32` tensor parameter, by GM tensor.
+fn int_inputs(
     g: &Graph,
     dims: &BTreeMap<String, i64>,
-    target: &kc_ir::target::Target,
-) -> Result<kc_ir::tile::TileProgram, Vec<Diagnostic>> {
-    let b = kc_ir::launch::bind_dims(g, dims)?;
-    tile_bound(g, &b, target)
+    tp: &kc_ir::tile::TileProgram,
+) -> Result<kc_ir::report::IntData, String> {
+    let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+    let a = random::random_int_args(g, &given, 0)?;
+    let mut out = kc_ir::report::IntData::new();
+    for (i, t) in tp.tensors.iter().enumerate() {
+        if let kc_ir::tile::TensorRole::Param(p) = t.role {
+            if let Some(v) = g.params.get(p).and_then(|p| a.tensors.get(&p.name)) {
+                out.insert(kc_ir::tile::TensorId(i as u32), v.to_f64_vec().into_iter().map(|x| x as i64).collect());
+            }
+        }
+    }
+    Ok(out)
 }
 
+/// Fuses and tiles a kernel for `target` at the dims of `b`, verifying the tile program; also returns the
+/// fusion and the group of each launch.
 fn tile_bound(
     g: &Graph,
     b: &kc_ir::launch::Binding,
     target: &kc_ir::target::Target,
-) -> Result<kc_ir::tile::TileProgram, Vec<Diagnostic>> {
+) -> Result<(kc_ir::passes::fuse::Fusion, kc_ir::tile::TileProgram, Vec<usize>), Vec<Diagnostic>> {
     let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::from_hints(g));
-    let tp = kc_ir::passes::tile::tile(g, &f, b, target).map_err(|d| vec![d])?;
+    let (tp, of_group) = kc_ir::passes::tile::tile_with_groups(g, &f, b, target).map_err(|d| vec![d])?;
     if let Err(errs) = kc_ir::tile::verify::verify(&tp, target) {
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         return Err(vec![Diagnostic::error(
@@ -296,7 +304,7 @@ fn tile_bound(
             format!("kernel `{}`: the tile program does not verify (a bug in kc):\n{}", g.name, msgs.join("\n")),
         )]);
     }
-    Ok(tp)
+    Ok((f, tp, of_group))
 }
 
 /// `x: f32[N, D]`, `lr: f32`, `E: dim`, for messages.
@@ -411,7 +419,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
         Backend::Sim => {
             let target = load_target(&a.target)?;
             match kc_ir::launch::bind(g, &args).and_then(|b| tile_bound(g, &b, &target)) {
-                Ok(tp) => kc_runtime::sim::run(&tp, g, &args),
+                Ok((_, tp, _)) => kc_runtime::sim::run(&tp, g, &args),
                 Err(d) => Err(d),
             }
         }

@@ -287,3 +287,75 @@ fn build_emit_fusion_honours_schedule_hints() {
     assert!(text.contains("= compute [n] exp(%0[n])  #[unfused]\n"), "{text}");
     assert!(text.contains("  #[tile(N: 256)]\n"), "{text}");
 }
+
+/// `kc build --emit tiled|report` need dims; they take a built-in target or a target file, and a broken
+/// target file is a clear error naming the field.
+#[test]
+fn build_tiled_and_report() {
+    let d = TempDir::new("tiled");
+    d.write("axpy.ker", AXPY);
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "tiled", "--dims", "N=1000"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("kernel axpy  target ascend910b  dims N = 1000"), "{}", stdout(&o));
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "tiled", "--dims", "N=1000", "--target", "ascend950"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("target ascend950"), "{}", stdout(&o));
+    // Without the dims: the missing dim is named.
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "tiled"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("`N`"), "{}", stderr(&o));
+    // A dim the kernel does not have.
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "tiled", "--dims", "N=4,Q=3"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("`Q`"), "{}", stderr(&o));
+    // Targets: an unknown name, a file that is not TOML, a file with a bad field.
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "tiled", "--dims", "N=4", "--target", "ascend9000"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("no built-in target `ascend9000`"), "{}", stderr(&o));
+    d.write("bad.toml", "name = 3\n");
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "tiled", "--dims", "N=4", "--target", "bad.toml"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("bad.toml") && stderr(&o).contains("not valid"), "{}", stderr(&o));
+    let good = include_str!("../../ir/targets/ascend910b.toml");
+    d.write("tiny.toml", good.replace("name = \"ascend910b\"", "name = \"tiny\""));
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "tiled", "--dims", "N=4", "--target", "tiny.toml"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("target tiny"), "{}", stdout(&o));
+    // The report, as text and as JSON with the documented fields.
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "report", "--dims", "N=1000"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("gm_bytes_read       8000"), "{}", stdout(&o));
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "report", "--dims", "N=1000", "--format", "json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("valid JSON");
+    let k = &v["kernels"][0];
+    assert_eq!(k["name"], "axpy");
+    assert_eq!(k["target"], "ascend910b");
+    assert_eq!(k["dims"]["N"], 1000);
+    assert_eq!(k["gm_bytes_read"], 8000);
+    assert_eq!(k["gm_bytes_written"], 4000);
+    assert_eq!(k["cube_flops"], 0);
+    assert_eq!(k["vector_elements"], 1000);
+    assert_eq!(k["gm_workspace_bytes"], 0);
+    assert_eq!(k["gm_intermediates"], serde_json::json!([]));
+    assert_eq!(k["groups"].as_array().map(|g| g.len()), Some(1));
+}
+
+/// `kc run --backend sim` runs the tile program and gives the interpreter's results.
+#[test]
+fn run_backend_sim_matches_interp() {
+    let d = TempDir::new("sim");
+    d.write("axpy.ker", AXPY);
+    let a = kc(&d.0, &["run", "axpy.ker", "--dims", "N=1001", "--random", "3", "--out", "interp"]);
+    assert_eq!(code(&a), 0, "{}", stderr(&a));
+    for t in ["ascend910b", "ascend950"] {
+        let out = format!("sim_{t}");
+        let b = kc(
+            &d.0,
+            &["run", "axpy.ker", "--dims", "N=1001", "--random", "3", "--backend", "sim", "--target", t, "--out", &out],
+        );
+        assert_eq!(code(&b), 0, "{}", stderr(&b));
+        assert_eq!(stdout(&a), stdout(&b));
+        assert_eq!(read(d.path("interp/z.npy")), read(d.path(&format!("{out}/z.npy"))));
+    }
+}

@@ -56,13 +56,24 @@ const DEFAULT_INT_RANGE: (i64, i64) = (0, 8);
 
 /// Returns `given` plus seeded random values for every tensor or scalar parameter that `given` lacks.
 pub fn random_args(graph: &Graph, given: &Args, seed: u64) -> Result<Args, String> {
+    random_impl(graph, given, seed, false)
+}
+
+/// Like [`random_args`], but makes only the `i32` tensors (not scalars): the data that control can depend
+/// on (offsets, indices), for counting a tile program's work without allocating its float tensors. The
+/// values follow the same rules, from an own sequence of the seed (they differ from `random_args`'s).
+pub fn random_int_args(graph: &Graph, given: &Args, seed: u64) -> Result<Args, String> {
+    random_impl(graph, given, seed, true)
+}
+
+fn random_impl(graph: &Graph, given: &Args, seed: u64, ints_only: bool) -> Result<Args, String> {
     let env = infer_dims(graph, given);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out = given.clone();
     let nonneg = nonnegative_params(graph);
     for (pi, p) in graph.params.iter().enumerate() {
         let ParamKind::Tensor { dtype, shape, .. } = &p.kind else { continue };
-        if given.tensors.contains_key(&p.name) {
+        if given.tensors.contains_key(&p.name) || (ints_only && (*dtype != DType::I32 || shape.is_empty())) {
             continue;
         }
         let dims = eval_shape(&p.name, shape, &env)?;

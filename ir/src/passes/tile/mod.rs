@@ -244,17 +244,29 @@ pub fn tile_group(
 /// Lowers a fused kernel to the tile IR for `target` at the dims of `b`: the launches of each group, in an
 /// order that respects the groups' dependences. A group no template takes is an error naming it.
 pub fn tile(g: &Graph, f: &Fusion, b: &Binding, target: &Target) -> Result<TileProgram, Diagnostic> {
+    tile_with_groups(g, f, b, target).map(|(p, _)| p)
+}
+
+/// [`tile`], with the fusion group of each launch.
+pub fn tile_with_groups(
+    g: &Graph,
+    f: &Fusion,
+    b: &Binding,
+    target: &Target,
+) -> Result<(TileProgram, Vec<usize>), Diagnostic> {
     let mut gm = plan_gm(g, f, b)?;
     let order = group_order(f).ok_or_else(|| {
         Diagnostic::error(Code::Internal, g.span, format!("kernel `{}`: the fusion groups form a cycle", g.name))
     })?;
     let mut launches = Vec::new();
+    let mut of_group = Vec::new();
     for k in order {
         let group = &f.groups[k];
         let name = format!("{}.g{k}", g.name);
         match tile_group(g, group, &name, &gm, target, b) {
             Some(Ok(t)) => {
                 gm.tensors.extend(t.workspaces);
+                of_group.extend(t.launches.iter().map(|_| k));
                 launches.extend(t.launches);
             }
             Some(Err(e)) => return Err(e),
@@ -277,11 +289,12 @@ pub fn tile(g: &Graph, f: &Fusion, b: &Binding, target: &Target) -> Result<TileP
             }
         }
     }
-    Ok(TileProgram {
+    let p = TileProgram {
         kernel: g.name.clone(),
         target: target.name.clone(),
         dims: b.dims.clone(),
         tensors: gm.tensors,
         launches,
-    })
+    };
+    Ok((p, of_group))
 }

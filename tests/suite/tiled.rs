@@ -1,0 +1,163 @@
+//! Every kernel of `kernels/`, end to end through the tile IR, at the sizes `kernels/dims.toml` gives:
+//!
+//! - `tiled_snapshots`: the `kc build --emit tiled` text of every kernel on both targets at its `snapshot`
+//!   sizes (`tests/suite/snapshots/suite__tiled__tiled@KERNEL.TARGET.snap`), after the verifier accepts it;
+//! - `sim_matches_interpreter`: at each `sim` case, on both targets, the simulator's results match the
+//!   reference interpreter's on the same seeded random inputs, within a tolerance of the result's dtype;
+//! - `reports`: the report of every kernel counts what the simulator counts (cube work, vector work) and
+//!   the done-when figures hold (see each assertion).
+//!
+//! To accept changed snapshots: `INSTA_UPDATE=always cargo test -p kc-tests --test suite tiled`, then read
+//! every changed `.snap`.
+
+use crate::common;
+use kc_ir::launch::Args;
+use kc_ir::passes::fuse::{fuse, Fusion, FusionConfig};
+use kc_ir::target::Target;
+use kc_ir::tile::TileProgram;
+use kc_ir::{DType, Graph, Tensor};
+use std::collections::BTreeMap;
+
+pub const TARGETS: [&str; 2] = ["ascend910b", "ascend950"];
+
+/// The sizes of `kernels/dims.toml`, by kernel: the snapshot sizes and the simulator cases.
+pub struct Sizes {
+    pub snapshot: BTreeMap<String, i64>,
+    pub sim: Vec<BTreeMap<String, i64>>,
+}
+
+pub fn sizes() -> BTreeMap<String, Sizes> {
+    let path = common::repo_root().join("kernels").join("dims.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let dims = |v: &toml::Value| -> BTreeMap<String, i64> {
+        v.as_table()
+            .unwrap_or_else(|| panic!("dims.toml: `{v}` is not a table of dims"))
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_integer().unwrap_or_else(|| panic!("dims.toml: `{k}` is not an integer"))))
+            .collect()
+    };
+    doc.iter()
+        .map(|(name, entry)| {
+            let snapshot = dims(entry.get("snapshot").unwrap_or_else(|| panic!("dims.toml: `{name}` has no snapshot")));
+            let sim = entry
+                .get("sim")
+                .and_then(|s| s.as_array())
+                .unwrap_or_else(|| panic!("dims.toml: `{name}` has no sim cases"))
+                .iter()
+                .map(dims)
+                .collect();
+            (name.clone(), Sizes { snapshot, sim })
+        })
+        .collect()
+}
+
+/// The kernel files of `kernels/`, by name.
+pub fn kernel_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(common::repo_root().join("kernels"))
+        .expect("kernels/")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ker")).map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Fuses, tiles and verifies `g` at `dims` (from the dims alone, as `kc build` does).
+pub fn tile_at(g: &Graph, dims: &BTreeMap<String, i64>, target: &Target) -> (Fusion, TileProgram, Vec<usize>) {
+    let b = kc_ir::launch::bind_dims(g, dims).unwrap_or_else(|e| panic!("{} at {dims:?}: bind: {e:?}", g.name));
+    let f = fuse(g, &FusionConfig::from_hints(g));
+    let (tp, of) = kc_ir::passes::tile::tile_with_groups(g, &f, &b, target)
+        .unwrap_or_else(|e| panic!("{} at {dims:?} on {}: {e}", g.name, target.name));
+    common::verify_tiled(g, &tp, target);
+    (f, tp, of)
+}
+
+#[test]
+fn every_kernel_has_sizes() {
+    let s = sizes();
+    for k in kernel_names() {
+        assert!(s.contains_key(&k), "kernels/dims.toml has no entry for `{k}`");
+    }
+    for k in s.keys() {
+        assert!(kernel_names().contains(k), "kernels/dims.toml has an entry for `{k}`, which is not a kernel");
+    }
+}
+
+#[test]
+fn tiled_snapshots() {
+    let s = sizes();
+    for k in kernel_names() {
+        let prog = common::compile_ok(common::kernel_path(&k));
+        for t in TARGETS {
+            let target = Target::builtin(t).expect("builtin target");
+            let text: String = prog
+                .kernels
+                .iter()
+                .map(|g| kc_ir::tile::print::print_program(&tile_at(g, &s[&k].snapshot, &target).1))
+                .collect::<Vec<_>>()
+                .join("\n");
+            insta::assert_snapshot!(format!("tiled@{k}.{t}"), text);
+        }
+    }
+}
+
+/// Compares `got` with `want` elementwise: exact for integers and bools; for floats within the dtype's
+/// rounding of each value plus a small part of the largest magnitude, since the tile programs sum in other
+/// orders than the interpreter (blocked reductions, online softmax, partial sums per core) — an absolute
+/// error that scales with the terms summed, not with each result.
+pub fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let rtol = match want.dtype() {
+        DType::I32 | DType::Bool => 0.0,
+        DType::BF16 => 1.0 / 64.0,
+        DType::F16 => 1.0 / 512.0,
+        DType::F32 => 1e-4,
+    };
+    let maxabs = w.iter().filter(|x| x.is_finite()).fold(0.0f64, |a, x| a.max(x.abs()));
+    let atol = rtol * maxabs / 4.0;
+    let mut bad = Vec::new();
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let ok = if a.is_nan() || b.is_nan() {
+            a.is_nan() && b.is_nan()
+        } else if a.is_infinite() || b.is_infinite() {
+            a == b
+        } else {
+            (a - b).abs() <= atol + rtol * b.abs()
+        };
+        if !ok {
+            bad.push((i, *a, *b));
+        }
+    }
+    if let Some((i, a, b)) = bad.first() {
+        panic!("{what}: {} of {} elements differ; first at {i}: sim {a:e}, interp {b:e}", bad.len(), w.len());
+    }
+}
+
+#[test]
+fn sim_matches_interpreter() {
+    let s = sizes();
+    for k in kernel_names() {
+        let prog = common::compile_ok(common::kernel_path(&k));
+        for g in &prog.kernels {
+            for (ci, dims) in s[&k].sim.iter().enumerate() {
+                let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+                let args = kc_runtime::random::random_args(g, &given, 100 + ci as u64)
+                    .unwrap_or_else(|e| panic!("{k} at {dims:?}: {e}"));
+                let want = common::run(g, &args);
+                for t in TARGETS {
+                    let target = Target::builtin(t).expect("builtin target");
+                    let (_, tp, _) = tile_at(g, dims, &target);
+                    let got = kc_runtime::sim::run(&tp, g, &args)
+                        .unwrap_or_else(|e| panic!("{k} at {dims:?} on {t}: sim: {e:?}"));
+                    assert_eq!(got.len(), want.len());
+                    for ((n, a), (_, b)) in got.iter().zip(&want) {
+                        assert_matches(&format!("{k}.{n} at {dims:?} on {t}"), a, b);
+                    }
+                }
+            }
+        }
+    }
+}
