@@ -161,3 +161,51 @@ fn sim_matches_interpreter() {
         }
     }
 }
+
+/// Build-time errors (tile hints, capacity, groups no template takes): each `tests/data/build_err/*.ker`
+/// starts with the `kc build` line it is built with (`// kc build --emit tiled --dims A=1,B=2`, optionally
+/// `--target NAME`), must fail with the code its file name starts with, at a span inside the file; the
+/// snapshot is the rendered diagnostic as `kc build` prints it.
+#[test]
+fn build_errors() {
+    insta::glob!("../data/build_err", "*.ker", |path| {
+        let text = std::fs::read_to_string(path).expect("read the fixture");
+        let file = path.file_name().and_then(|n| n.to_str()).expect("file name").to_string();
+        let first = text.lines().next().unwrap_or_default();
+        let words: Vec<&str> = first.split_whitespace().collect();
+        assert!(first.starts_with("// kc build"), "{file}: the first line must be the `// kc build ...` line");
+        let flag = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)).copied();
+        let dims: BTreeMap<String, i64> = flag("--dims")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("{file}: bad --dims `{kv}`"));
+                (k.to_string(), v.parse().unwrap_or_else(|_| panic!("{file}: bad dim `{kv}`")))
+            })
+            .collect();
+        let target = Target::builtin(flag("--target").unwrap_or("ascend910b")).expect("builtin target");
+        let mut sources = kc_frontend::SourceMap::new();
+        let id = sources.add(format!("build_err/{file}"), text.clone());
+        let (program, diags) = kc_frontend::compile(&mut sources, id, &common::FsLoader);
+        assert!(diags.is_empty(), "{file} must compile: {}", kc_frontend::render(&diags, &sources, false));
+        let mut errs = Vec::new();
+        for g in &program.kernels {
+            let b = kc_ir::launch::bind_dims(g, &dims).unwrap_or_else(|e| panic!("{file}: bind: {e:?}"));
+            let f = fuse(g, &FusionConfig::from_hints(g));
+            if let Err(e) = kc_ir::passes::tile::tile(g, &f, &b, &target) {
+                errs.push(e);
+            }
+        }
+        let want = &file[..5];
+        assert!(errs.iter().any(|d| d.code.as_str() == want), "{file}: no {want} among {errs:?}");
+        for d in &errs {
+            assert!(
+                (d.primary.span.end as usize) <= text.len() && d.primary.span.start <= d.primary.span.end,
+                "{file}: span"
+            );
+            assert_ne!(d.primary.span, kc_ir::Span::default(), "{file}: the error must point into the source");
+        }
+        insta::assert_snapshot!(kc_frontend::render(&errs, &sources, false));
+    });
+}

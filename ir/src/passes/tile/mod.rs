@@ -146,7 +146,12 @@ impl<'t> LaunchBuilder<'t> {
 
     /// Places every buffer in its memory (aligned, in declaration order) and checks the capacities.
     /// `why` names what chose the sizes, for the error (a schedule hint, or the tiler itself).
-    pub fn finish(mut self, why: &str) -> Result<Launch, Diagnostic> {
+    pub fn finish(self, why: &str) -> Result<Launch, Diagnostic> {
+        self.finish_at(crate::span::Span::default(), why)
+    }
+
+    /// [`finish`](Self::finish), with the error at `span` (the schedule hint that chose the sizes).
+    pub fn finish_at(mut self, span: crate::span::Span, why: &str) -> Result<Launch, Diagnostic> {
         let mut errs = Vec::new();
         for mem in Mem::ALL {
             let Some(m) = self.target.memory(mem.name()) else { continue };
@@ -166,18 +171,74 @@ impl<'t> LaunchBuilder<'t> {
         if errs.is_empty() {
             Ok(self.launch)
         } else {
-            Err(Diagnostic::error(
+            let d = Diagnostic::error(
                 Code::OverCapacity,
-                crate::span::Span::default(),
+                span,
                 format!(
                     "launch `{}` does not fit the target `{}` ({why}): {}",
                     self.launch.name,
                     self.target.name,
                     errs.join("; ")
                 ),
-            ))
+            );
+            Err(if span == crate::span::Span::default() {
+                d
+            } else {
+                d.with_label("the hint that chose the tile sizes")
+            })
         }
     }
+}
+
+/// A `#[tile(...)]` hint on a member of a group, with its axes resolved to positions of the member's shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileHint {
+    pub node: ValueId,
+    /// (axis of the node's shape, tile size), in axis order.
+    pub axes: Vec<(usize, u64)>,
+    pub span: crate::span::Span,
+    /// The hint as written, for messages: `#[tile(t: 64)]`.
+    pub text: String,
+}
+
+/// The tile hints on the members of `group`. An axis is named by an output index variable of a `Compute`
+/// node, or by a dim symbol of the node's shape (every axis of that size).
+pub fn tile_hints(g: &Graph, group: &crate::passes::fuse::Group) -> Vec<TileHint> {
+    let mut out = Vec::new();
+    for h in &g.hints {
+        let crate::graph::HintKind::Tile(list) = &h.kind else { continue };
+        if !group.nodes.contains(&h.node) || h.node.index() >= g.nodes.len() {
+            continue;
+        }
+        let node = g.node(h.node);
+        let vars: Vec<&str> = match &node.kind {
+            NodeKind::Compute { vars, .. } => vars.iter().map(|v| v.name.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        let mut axes = Vec::new();
+        for (name, size) in list {
+            match vars.iter().position(|v| v == name) {
+                Some(a) => axes.push((a, *size)),
+                None => {
+                    for (a, d) in node.shape.iter().enumerate() {
+                        if d.as_sym() == Some(name.as_str()) {
+                            axes.push((a, *size));
+                        }
+                    }
+                }
+            }
+        }
+        axes.sort();
+        axes.dedup_by_key(|(a, _)| *a);
+        let args: Vec<String> = list.iter().map(|(a, s)| format!("{a}: {s}")).collect();
+        out.push(TileHint { node: h.node, axes, span: h.span, text: format!("#[tile({})]", args.join(", ")) });
+    }
+    out
+}
+
+/// The error for a tile hint that a template cannot honour as asked.
+pub fn hint_error(h: &TileHint, why: String) -> Diagnostic {
+    Diagnostic::error(Code::BadHint, h.span, format!("{} cannot be honoured: {why}", h.text)).with_label("this hint")
 }
 
 /// Shorthands for scalar expressions.
@@ -228,17 +289,26 @@ pub fn tile_group(
     target: &Target,
     b: &Binding,
 ) -> Option<Result<Tiled, Diagnostic>> {
+    // Templates that choose their own tiles refuse tile hints rather than ignore them.
+    let hints = tile_hints(g, group);
+    let no_hints = |r: Result<Tiled, Diagnostic>, what: &str| -> Result<Tiled, Diagnostic> {
+        match hints.first() {
+            Some(h) => Err(hint_error(h, format!("{what} choose their own tiles and take no tile sizes"))),
+            None => r,
+        }
+    };
     if let Some(r) = vector::elementwise(g, group, name, gm, target, b) {
         return Some(r.map(Tiled::one));
     }
     if let Some(r) = rows::rows(g, group, name, gm, target, b) {
-        return Some(r.map(Tiled::one));
+        return Some(no_hints(r.map(Tiled::one), "row-wise groups"));
     }
     if let Some(r) = library::library(g, group, name, gm, target, b) {
-        return Some(r.map(Tiled::one));
+        return Some(no_hints(r.map(Tiled::one), "library operations (top-k, sorting, prefix sums, histograms)"));
     }
-    cube::matmul_with_workspace(g, group, name, gm, target, b)
-        .map(|r| r.map(|(l, ws)| Tiled { launches: vec![l], workspaces: ws.into_iter().collect() }))
+    cube::matmul_with_workspace(g, group, name, gm, target, b).map(|r| {
+        no_hints(r.map(|(l, ws)| Tiled { launches: vec![l], workspaces: ws.into_iter().collect() }), "matmuls")
+    })
 }
 
 /// Lowers a fused kernel to the tile IR for `target` at the dims of `b`: the launches of each group, in an

@@ -12,7 +12,7 @@
 //! Each flag pair is primed before the loop (the slots start free) and drained after it, so every wait
 //! has its set. Each input is read from global memory once and each stored value written once.
 
-use super::{bin, buf_region, c, gm_row, v, GmPlan, LaunchBuilder};
+use super::{bin, buf_region, c, gm_row, hint_error, tile_hints, v, GmPlan, LaunchBuilder, TileHint};
 use crate::diag::Diagnostic;
 use crate::graph::{Expr, ExprKind, Graph, NodeKind, ValueId};
 use crate::launch::Binding;
@@ -84,7 +84,8 @@ pub fn elementwise(
         return None;
     }
 
-    // Chunk size: the largest multiple of 256 elements whose buffers (two slots each) fit in UB.
+    // Chunk size: the largest multiple of 256 elements whose buffers (two slots each) fit in UB, or the
+    // chunk the members' tile hints ask for.
     let ub = target.memory("ub")?;
     let per_elem: u64 = inputs
         .iter()
@@ -95,9 +96,17 @@ pub fn elementwise(
         * 2;
     let scalars = inputs.iter().filter(|(_, a)| *a == Access::Scalar).count() as u64 * ub.align;
     let budget = ub.usable().saturating_sub(scalars + ub.align * (inputs.len() + group.nodes.len()) as u64 * 2);
-    let chunk = ((budget / per_elem.max(1)) / 256 * 256)
-        .clamp(256, 16 * 1024)
-        .min((total.max(1) as u64).next_multiple_of(256)) as i64;
+    let hints = tile_hints(g, group);
+    let hinted = match hinted_chunk(&hints, &dims) {
+        Ok(h) => h,
+        Err(e) => return Some(Err(e)),
+    };
+    let chunk = match &hinted {
+        Some((n, _)) => (*n).max(1),
+        None => ((budget / per_elem.max(1)) / 256 * 256)
+            .clamp(256, 16 * 1024)
+            .min((total.max(1) as u64).next_multiple_of(256)) as i64,
+    };
     let cores = (target.vector_cores as i64).min((total + chunk - 1) / chunk).max(1) as u32;
 
     let mut lb = LaunchBuilder::new(target, name, Unit::Vector, 0, cores);
@@ -193,7 +202,10 @@ pub fn elementwise(
         prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
     }
     lb.launch.vector = prog;
-    Some(lb.finish("chunk sizes chosen by the tiler"))
+    Some(match &hinted {
+        Some((_, h)) => lb.finish_at(h.span, &format!("the chunk asked for by {}", h.text)),
+        None => lb.finish("chunk sizes chosen by the tiler"),
+    })
 }
 
 /// A member's body as a vector expression over one chunk: element `c` of the chunk is flat element
@@ -238,4 +250,54 @@ fn vexpr(
         ExprKind::Cast(t, a) => VExpr::Cast(*t, Box::new(r(a)?)),
         ExprKind::Reduce { .. } | ExprKind::Segment { .. } => return None,
     })
+}
+
+/// The chunk (in elements) that the tile hints on an elementwise group ask for, with the hint that sets it.
+/// The template streams contiguous chunks of the flattened space, so a tile must be a block of whole inner
+/// rows: below the outermost axis whose tile is smaller than its extent, every axis is whole (not hinted,
+/// or hinted at least its extent), and above it every hinted axis has tile 1. Every hint of the group must
+/// ask for the same chunk.
+fn hinted_chunk(hints: &[TileHint], dims: &[i64]) -> Result<Option<(i64, TileHint)>, Diagnostic> {
+    let mut out: Option<(i64, TileHint)> = None;
+    for h in hints {
+        let tile = |a: usize| h.axes.iter().find(|(x, _)| *x == a).map(|(_, s)| *s as i64);
+        let split = (0..dims.len()).find(|&a| tile(a).is_some_and(|t| t < dims[a]));
+        let chunk = match split {
+            None => dims.iter().product::<i64>(),
+            Some(a) => {
+                if let Some(b) = (0..a).find(|&b| tile(b).is_some_and(|t| t != 1 && t < dims[b])) {
+                    return Err(hint_error(
+                        h,
+                        format!(
+                            "elementwise work streams contiguous chunks of whole inner rows: a tile of {} along axis \
+                             {b} with a partial tile along inner axis {a} is not a contiguous chunk",
+                            tile(b).unwrap_or(0)
+                        ),
+                    ));
+                }
+                if let Some(b) = (a + 1..dims.len()).find(|&b| tile(b).is_some_and(|t| t < dims[b])) {
+                    return Err(hint_error(
+                        h,
+                        format!(
+                            "elementwise work streams contiguous chunks of whole inner rows: axis {b} ({} elements) \
+                             must be whole inside a tile that splits axis {a}",
+                            dims[b]
+                        ),
+                    ));
+                }
+                tile(a).unwrap_or(1) * dims[a + 1..].iter().product::<i64>()
+            }
+        };
+        match &out {
+            Some((c, first)) if *c != chunk => {
+                return Err(hint_error(
+                    h,
+                    format!("it asks for chunks of {chunk} elements, but {} asks for {c}", first.text),
+                ))
+            }
+            Some(_) => {}
+            None => out = Some((chunk, h.clone())),
+        }
+    }
+    Ok(out)
 }
