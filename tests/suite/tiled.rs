@@ -209,3 +209,139 @@ fn build_errors() {
         insta::assert_snapshot!(kc_frontend::render(&errs, &sources, false));
     });
 }
+
+/// The integer inputs a report follows, as `kc build --emit report` makes them (seeded random `i32`
+/// tensors), by GM tensor.
+fn int_data(g: &Graph, tp: &TileProgram, args: &Args) -> kc_ir::report::IntData {
+    let mut out = kc_ir::report::IntData::new();
+    for (i, t) in tp.tensors.iter().enumerate() {
+        if let kc_ir::tile::TensorRole::Param(p) = t.role {
+            if let Some(v) = g.params.get(p).and_then(|p| args.tensors.get(&p.name)) {
+                if v.dtype() == DType::I32 {
+                    out.insert(kc_ir::tile::TensorId(i as u32), v.to_f64_vec().into_iter().map(|x| x as i64).collect());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn report_at(g: &Graph, dims: &BTreeMap<String, i64>, target: &Target) -> kc_ir::report::Report {
+    let (f, tp, of) = tile_at(g, dims, target);
+    let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+    let ints = kc_runtime::random::random_int_args(g, &given, 0).expect("int args");
+    kc_ir::report::report(g, &f, &tp, &of, target, &int_data(g, &tp, &ints)).expect("report")
+}
+
+/// The report counts exactly what the simulator counts when it runs the program: cube work (2 flops per
+/// multiply-accumulate) and vector work, per launch, for every kernel on both targets.
+#[test]
+fn report_counts_match_the_simulator() {
+    let s = sizes();
+    for k in kernel_names() {
+        let prog = common::compile_ok(common::kernel_path(&k));
+        for g in &prog.kernels {
+            let dims = &s[&k].snapshot;
+            let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+            let args = kc_runtime::random::random_args(g, &given, 1).expect("args");
+            for t in TARGETS {
+                let target = Target::builtin(t).expect("target");
+                let (_, tp, _) = tile_at(g, dims, &target);
+                let (_, stats) = kc_runtime::sim::run_with(&tp, g, &args, &kc_ir::interp::Limits::default())
+                    .unwrap_or_else(|e| panic!("{k} on {t}: {e:?}"));
+                let counts = kc_ir::report::count(&tp, &int_data(g, &tp, &args)).expect("count");
+                assert_eq!(counts.len(), stats.launches.len());
+                for (c, st) in counts.iter().zip(&stats.launches) {
+                    assert_eq!(c.cube_flops, 2 * st.macs, "{k} on {t}, launch {}: cube flops", st.name);
+                    assert_eq!(c.vector_elements, st.vector_elements, "{k} on {t}, launch {}: vector work", st.name);
+                    let stmts: u64 = c.stmts.values().sum();
+                    let sim_stmts: u64 = st.stmts.values().sum();
+                    assert_eq!(stmts, sim_stmts, "{k} on {t}, launch {}: statements executed", st.name);
+                }
+            }
+        }
+    }
+}
+
+fn dims_of(list: &[(&str, i64)]) -> BTreeMap<String, i64> {
+    list.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn compile_src(name: &str, src: &str) -> kc_ir::Program {
+    let path = std::env::temp_dir().join(format!("kc_tiled_{}_{name}.ker", std::process::id()));
+    std::fs::write(&path, src).expect("write the kernel");
+    let prog = common::compile_ok(&path);
+    let _ = std::fs::remove_file(&path);
+    prog
+}
+
+/// The figures the fusion-and-tiling issue asks of the report on ascend910b.
+#[test]
+fn report_done_when_figures() {
+    let target = Target::builtin("ascend910b").expect("target");
+    let one = |k: &str| common::compile_ok(common::kernel_path(k)).kernels.remove(0);
+
+    // AdamW: one group; every input read once and every output written once.
+    let g = one("adamw");
+    let r = report_at(&g, &dims_of(&[("N", 100_003)]), &target);
+    assert_eq!(r.groups.len(), 1);
+    let (_, tp, _) = tile_at(&g, &dims_of(&[("N", 100_003)]), &target);
+    let bytes = |role: fn(&kc_ir::tile::TensorRole) -> bool| -> u64 {
+        tp.tensors
+            .iter()
+            .filter(|t| role(&t.role) && !t.shape.is_empty())
+            .map(|t| t.shape.iter().product::<u64>() * t.dtype.size_bytes() as u64)
+            .sum()
+    };
+    let inputs = bytes(|r| matches!(r, kc_ir::tile::TensorRole::Param(_)));
+    let outputs = bytes(|r| matches!(r, kc_ir::tile::TensorRole::Output(_)));
+    assert_eq!(r.totals.gm_bytes_read, inputs);
+    assert_eq!(r.totals.gm_bytes_written, outputs);
+
+    // Row-wise kernels: nothing bigger than one value per row crosses global memory between groups.
+    for (k, dims, rows) in [
+        ("rmsnorm", dims_of(&[("T", 37), ("D", 4099)]), 37u64),
+        ("softmax", dims_of(&[("N", 37), ("D", 4099)]), 37),
+        ("cross_entropy", dims_of(&[("N", 37), ("V", 5003)]), 37),
+    ] {
+        let r = report_at(&one(k), &dims, &target);
+        for i in &r.gm_intermediates {
+            assert!(i.elements <= rows, "{k}: intermediate `{}` has {} elements", i.name, i.elements);
+        }
+    }
+
+    // Attention: [B, H, S, T] never in global memory; two matmuls' worth of cube work, about half with the
+    // causal mask.
+    let (b, h, gk, s, t, d) = (1i64, 2i64, 1i64, 512i64, 512i64, 64i64);
+    let dims = dims_of(&[("B", b), ("H", h), ("G", gk), ("S", s), ("T", t), ("D", d)]);
+    let bhst = (b * h * s * t) as u64;
+    for k in ["attention", "attention_bwd"] {
+        let g = one(k);
+        let r = report_at(&g, &dims, &target);
+        assert!(r.gm_intermediates.iter().all(|i| i.elements < bhst), "{k}: a [B, H, S, T] intermediate");
+        let (_, tp, _) = tile_at(&g, &dims, &target);
+        for tn in &tp.tensors {
+            let n: u64 = tn.shape.iter().product();
+            assert!(n < bhst, "{k}: GM tensor `{}` has {n} elements", tn.name);
+        }
+    }
+    let full = (4 * b * h * s * t * d) as f64;
+    let causal = report_at(&one("attention"), &dims, &target).totals.cube_flops as f64;
+    assert!(causal <= 0.55 * full, "causal attention: {causal} cube flops, more than 55% of {full}");
+    let src = std::fs::read_to_string(common::kernel_path("attention")).expect("read");
+    let open = src.replace(
+        "let s[b, h, i, j] = where(j <= i + (T - S),\n                              scale * sum[d](q[b, h, i, d] * k[b, h / R, j, d]),\n                              -inf);",
+        "let s[b, h, i, j] = scale * sum[d](q[b, h, i, d] * k[b, h / R, j, d]);",
+    );
+    assert_ne!(open, src, "the non-causal variant must differ from the kernel");
+    let g = compile_src("attention_open", &open).kernels.remove(0);
+    let flops = report_at(&g, &dims, &target).totals.cube_flops as f64;
+    assert!((flops - full).abs() <= 0.02 * full, "attention without a mask: {flops} cube flops, want {full} ± 2%");
+
+    // MoE experts: the three matmuls of each row once.
+    let (rr, m, f, e) = (512i64, 128i64, 96i64, 8i64);
+    let r = report_at(&one("moe_experts"), &dims_of(&[("R", rr), ("M", m), ("F", f), ("E", e)]), &target);
+    let want = (6 * rr * m * f) as f64;
+    let got = r.totals.cube_flops as f64;
+    assert!((got - want).abs() <= 0.10 * want, "moe_experts: {got} cube flops, want {want} ± 10%");
+}
