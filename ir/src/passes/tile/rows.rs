@@ -21,6 +21,45 @@
 //! tile's origin. `Reduce` sums each row in column order, as the interpreter does, so the results are
 //! bit-exact.
 //!
+//! # Gathers
+//!
+//! A read that fits none of the forms above, whose indices are computed (from data, `x[order[r] / K, m]`,
+//! or arithmetic, `c[e - 1]`) or use a looped reduction's variable (below), is gathered from GM (the source
+//! must be in GM, not a member of the group):
+//! - a row gather when the trailing indices are the tile's column variables in order over axes of their
+//!   extents and the leading ones do not use the columns (`x[order[r] / K, m]`, `ys[pos[..], m]`): a vector
+//!   statement computes the flat leading index into an `[Rt, 1]` i32 buffer, and one [`Stmt::Gather`] copies
+//!   the whole source rows into an `[Rt, W]` buffer;
+//! - otherwise an element gather: the flat index per tile element into an i32 buffer (`[Rt, 1]` when no
+//!   index uses the columns, `logits[n, target[n]]`, else `[Rt, W]`, `s[t, chosen[t, j]]`), and a gather of
+//!   one element per index (`cols = 1`, the source seen as a column of all its elements).
+//!
+//! The index is computed with the interpreter's bounds semantics: each axis's index that is not provably in
+//! range (a variable whose extent fits the axis, or such a constant) is checked against its own axis, and
+//! any miss makes the flat index -1, which the gather reports as `Code::IndexOutOfRange` at the load's span
+//! (as the interpreter does; a flat check alone would let `[0, V]` through as `[1, 0]`). A gather under
+//! `where` conditions uses index 0 where they are false — the interpreter never evaluates the load there —
+//! so a masked lane neither faults nor reads out of bounds. (A condition that depends on columns the
+//! gather does not have — a row gather under a per-column `where` — is refused.) The hand-off, in the
+//! V phase of a block:
+//!
+//! ```text
+//! vector idx = where(guard, where(in range per axis, flat, -1), 0)
+//! set/wait V->S #3                         (the scalar unit reads the indices)
+//! gather.MTE2 src[idx] -> g
+//! set/wait MTE2->V #3                      (the vector unit reads g)
+//! ```
+//!
+//! A reduction whose body uses the member's own columns (`y[t, m] = sum[j](w[t, j] * ys[pos[t * K + j],
+//! m])`) is looped: an identity fill of an `[Rt, W]` accumulator, then a scalar loop over the reduction
+//! variables (first outermost, as the interpreter's) that computes the body over the tile (gathering what
+//! it reads at the loop variable) and folds it in with an accumulating one-column `Reduce` — the
+//! interpreter's accumulation, in its order, so the results are bit-exact.
+//!
+//! The group's own row axes are tried first with direct reads only; then `1..=parallel` leading axes with
+//! gathers and looped reductions (a group `[T, E]` whose member reads `groups[t, g]` under a sum over `g`
+//! becomes one row axis with `E` columns and a loop over `g`).
+//!
 //! The launch splits the row blocks across the vector cores (core `i` takes blocks `i`, `i + cores`, ...)
 //! with the loop, slots and flag discipline of the elementwise template ([`super::vector`]):
 //!
@@ -28,15 +67,20 @@
 //! prelude: copy.MTE2 column-broadcast and scalar inputs; set/wait MTE2->V #2
 //! for off in core*Rt .. R step 2*cores*Rt:          (slot 0 at off, slot 1 at off + cores*Rt)
 //!   wait V->MTE2 #s;  copy.MTE2 row-aligned inputs -> in[s];  set MTE2->V #s
-//!   wait MTE2->V #s;  wait MTE3->V #s;  members (with their reductions);  set V->MTE2 #s;  set V->MTE3 #s
+//!   wait MTE2->V #s;  wait MTE3->V #s;  members (with their reductions and gathers, above);
+//!   set V->MTE2 #s;  set V->MTE3 #s
 //!   wait V->MTE3 #s;  copy.MTE3 stored members -> GM;  set MTE3->V #s
 //! ```
 //!
-//! Not handled (the function returns `None`): reads through data (gathers), segments, reductions across
-//! rows (a column reduction like RMSNorm backward's `dw[d] = sum[t](..)`), nested reductions, argmax and
-//! argmin, reads at shifted or permuted indices, and rows too wide for even one row of every buffer to fit
-//! in UB — those need the columns chunked with multi-pass or online statistics (a running max and a
-//! rescaled sum), which is the next step.
+//! The gather and accumulator buffers have one slot: the block's V phase waits for its gathers, so the next
+//! block's gather (issued after the scalar unit waited for that block's index) cannot overtake a read.
+//!
+//! Not handled (the function returns `None`): segments, reductions across rows (a column reduction like
+//! RMSNorm backward's `dw[d] = sum[t](..)`) and reads at permuted plain variables (left to a template that
+//! copies blocks), nested reductions and reductions inside an index, argmax and argmin, gathers from a
+//! member of the group or from a tensor of more than `i32::MAX` elements, and rows too wide for even one
+//! row of every buffer to fit in UB — those need the columns chunked with multi-pass or online statistics
+//! (a running max and a rescaled sum), which is the next step.
 
 use super::{bin, buf_region, c, v, GmPlan, LaunchBuilder};
 use crate::diag::Diagnostic;
