@@ -21,6 +21,45 @@
 //! tile's origin. `Reduce` sums each row in column order, as the interpreter does, so the results are
 //! bit-exact.
 //!
+//! # Gathers
+//!
+//! A read that fits none of the forms above, whose indices are computed (from data, `x[order[r] / K, m]`,
+//! or arithmetic, `c[e - 1]`) or use a looped reduction's variable (below), is gathered from GM (the source
+//! must be in GM, not a member of the group):
+//! - a row gather when the trailing indices are the tile's column variables in order over axes of their
+//!   extents and the leading ones do not use the columns (`x[order[r] / K, m]`, `ys[pos[..], m]`): a vector
+//!   statement computes the flat leading index into an `[Rt, 1]` i32 buffer, and one [`Stmt::Gather`] copies
+//!   the whole source rows into an `[Rt, W]` buffer;
+//! - otherwise an element gather: the flat index per tile element into an i32 buffer (`[Rt, 1]` when no
+//!   index uses the columns, `logits[n, target[n]]`, else `[Rt, W]`, `s[t, chosen[t, j]]`), and a gather of
+//!   one element per index (`cols = 1`, the source seen as a column of all its elements).
+//!
+//! The index is computed with the interpreter's bounds semantics: each axis's index that is not provably in
+//! range (a variable whose extent fits the axis, or such a constant) is checked against its own axis, and
+//! any miss makes the flat index -1, which the gather reports as `Code::IndexOutOfRange` at the load's span
+//! (as the interpreter does; a flat check alone would let `[0, V]` through as `[1, 0]`). A gather under
+//! `where` conditions uses index 0 where they are false — the interpreter never evaluates the load there —
+//! so a masked lane neither faults nor reads out of bounds. (A condition that depends on columns the
+//! gather does not have — a row gather under a per-column `where` — is refused.) The hand-off, in the
+//! V phase of a block:
+//!
+//! ```text
+//! vector idx = where(guard, where(in range per axis, flat, -1), 0)
+//! set/wait V->S #3                         (the scalar unit reads the indices)
+//! gather.MTE2 src[idx] -> g
+//! set/wait MTE2->V #3                      (the vector unit reads g)
+//! ```
+//!
+//! A reduction whose body uses the member's own columns (`y[t, m] = sum[j](w[t, j] * ys[pos[t * K + j],
+//! m])`) is looped: an identity fill of an `[Rt, W]` accumulator, then a scalar loop over the reduction
+//! variables (first outermost, as the interpreter's) that computes the body over the tile (gathering what
+//! it reads at the loop variable) and folds it in with an accumulating one-column `Reduce` — the
+//! interpreter's accumulation, in its order, so the results are bit-exact.
+//!
+//! The group's own row axes are tried first with direct reads only; then `1..=parallel` leading axes with
+//! gathers and looped reductions (a group `[T, E]` whose member reads `groups[t, g]` under a sum over `g`
+//! becomes one row axis with `E` columns and a loop over `g`).
+//!
 //! The launch splits the row blocks across the vector cores (core `i` takes blocks `i`, `i + cores`, ...)
 //! with the loop, slots and flag discipline of the elementwise template ([`super::vector`]):
 //!
@@ -28,15 +67,20 @@
 //! prelude: copy.MTE2 column-broadcast and scalar inputs; set/wait MTE2->V #2
 //! for off in core*Rt .. R step 2*cores*Rt:          (slot 0 at off, slot 1 at off + cores*Rt)
 //!   wait V->MTE2 #s;  copy.MTE2 row-aligned inputs -> in[s];  set MTE2->V #s
-//!   wait MTE2->V #s;  wait MTE3->V #s;  members (with their reductions);  set V->MTE2 #s;  set V->MTE3 #s
+//!   wait MTE2->V #s;  wait MTE3->V #s;  members (with their reductions and gathers, above);
+//!   set V->MTE2 #s;  set V->MTE3 #s
 //!   wait V->MTE3 #s;  copy.MTE3 stored members -> GM;  set MTE3->V #s
 //! ```
 //!
-//! Not handled (the function returns `None`): reads through data (gathers), segments, reductions across
-//! rows (a column reduction like RMSNorm backward's `dw[d] = sum[t](..)`), nested reductions, argmax and
-//! argmin, reads at shifted or permuted indices, and rows too wide for even one row of every buffer to fit
-//! in UB — those need the columns chunked with multi-pass or online statistics (a running max and a
-//! rescaled sum), which is the next step.
+//! The gather and accumulator buffers have one slot: the block's V phase waits for its gathers, so the next
+//! block's gather (issued after the scalar unit waited for that block's index) cannot overtake a read.
+//!
+//! Not handled (the function returns `None`): segments, reductions across rows (a column reduction like
+//! RMSNorm backward's `dw[d] = sum[t](..)`) and reads at permuted plain variables (left to a template that
+//! copies blocks), nested reductions and reductions inside an index, argmax and argmin, gathers from a
+//! member of the group or from a tensor of more than `i32::MAX` elements, and rows too wide for even one
+//! row of every buffer to fit in UB — those need the columns chunked with multi-pass or online statistics
+//! (a running max and a rescaled sum), which is the next step.
 
 use super::{bin, buf_region, c, v, GmPlan, LaunchBuilder};
 use crate::diag::Diagnostic;
@@ -72,6 +116,37 @@ struct Red {
     dtype: DType,
     /// The body is a bare row-aligned read of width `width`: reduced in place, no temporary.
     direct: bool,
+    /// The body reads the member's own columns: a scalar loop over the reduction variables (their extents
+    /// here), accumulating into an `[Rt, width]` buffer (`width` the member's columns).
+    looped: Option<Vec<i64>>,
+}
+
+/// How one load of a member is read, in traversal order.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum LoadPlan {
+    /// From the source's UB copy, as its [`Src`] says.
+    Direct,
+    /// Gathered from GM (`Gather` number).
+    Gather(usize),
+}
+
+/// A gather from GM: an index computed by the vector unit into an `[Rt, idx_width]` i32 buffer, then a
+/// [`Stmt::Gather`] into an `[Rt, width]` buffer.
+#[derive(Clone, Debug)]
+struct Gat {
+    src: ValueId,
+    /// A row gather (the source's trailing axes are the tile's columns, read whole); else an element gather.
+    row: bool,
+    width: i64,
+    idx_width: i64,
+}
+
+/// What the analysis found in one member, in traversal order (the translation walks the same order).
+#[derive(Clone, Debug, Default)]
+struct Plan {
+    reds: Vec<Red>,
+    gathers: Vec<Gat>,
+    loads: Vec<LoadPlan>,
 }
 
 /// The columns of the tile an expression is evaluated over: the variables that index them, with extents.
@@ -95,6 +170,8 @@ struct Member<'a> {
     rows: &'a [i64],
     /// Evaluated extents of every index variable of the member.
     ext: Vec<i64>,
+    /// Whether gathers and looped reductions may be used.
+    allow: bool,
 }
 
 fn dtype_of(t: ScalarTy) -> Option<DType> {
@@ -116,6 +193,30 @@ fn prod(xs: &[i64]) -> i64 {
 
 fn is_var(e: &Expr, k: usize) -> bool {
     matches!(e.kind, ExprKind::Var(x) if x.index() == k)
+}
+
+/// Whether `e` uses one of the variables `vars` (or a segment, conservatively).
+fn mentions(e: &Expr, vars: &[usize]) -> bool {
+    let mut found = false;
+    e.walk(&mut |x| match &x.kind {
+        ExprKind::Var(v) if vars.contains(&v.index()) => found = true,
+        ExprKind::Segment { .. } => found = true,
+        _ => {}
+    });
+    found
+}
+
+/// The trailing axes of a gather source that are the tile's columns (`None`: an element gather): the last
+/// indices are the columns' variables in order over axes of the columns' extents, and the others do not use
+/// the columns.
+fn row_split(idx: &[Expr], sdims: &[i64], cols: &Cols) -> Option<usize> {
+    let nc = cols.vars.len();
+    if nc == 0 || idx.len() <= nc || sdims.len() != idx.len() {
+        return None;
+    }
+    let q = idx.len() - nc;
+    let tail = idx[q..].iter().zip(&cols.vars).all(|(e, k)| is_var(e, *k)) && sdims[q..] == *cols.extents;
+    (tail && idx[..q].iter().all(|e| !mentions(e, &cols.vars))).then_some(q)
 }
 
 impl Member<'_> {
@@ -154,35 +255,69 @@ impl Member<'_> {
         bcast.then_some(Src { kind: Kind::Cols, width: cols.width() })
     }
 
-    /// Checks `e` under `cols`, recording the reads in `srcs` and the reductions in `reds`.
+    /// Checks `e` under `cols` (and the looped reductions' variables `scalars`), recording the reads in
+    /// `srcs` and the reductions, gathers and loads in `plan`.
     fn scan(
         &self,
         e: &Expr,
         cols: &Cols,
+        scalars: &[usize],
         in_reduce: bool,
         srcs: &mut BTreeMap<ValueId, Src>,
-        reds: &mut Vec<Red>,
+        plan: &mut Plan,
     ) -> Option<()> {
         match &e.kind {
             ExprKind::Const(_) => Some(()),
             ExprKind::Dim(d) => self.b.eval(d).ok().map(|_| ()),
-            ExprKind::Var(x) => (x.index() < self.p || cols.vars.contains(&x.index())).then_some(()),
+            ExprKind::Var(x) => {
+                let k = x.index();
+                (k < self.p || cols.vars.contains(&k) || scalars.contains(&k)).then_some(())
+            }
             ExprKind::Load { src, idx } => {
-                let s = self.classify(*src, idx, cols)?;
-                if *srcs.entry(*src).or_insert(s) != s {
+                let at = plan.loads.len();
+                plan.loads.push(LoadPlan::Direct);
+                if let Some(s) = self.classify(*src, idx, cols) {
+                    if *srcs.entry(*src).or_insert(s) == s {
+                        return Some(());
+                    }
+                }
+                // A gather from GM: for an index computed from data or arithmetic, or a looped reduction's
+                // variable; a read at plain variables in another order (a transposition, a reduction across
+                // rows) is for a template that copies blocks, not one element at a time.
+                let plain = idx.iter().all(|x| match x.kind {
+                    ExprKind::Var(v) => !scalars.contains(&v.index()),
+                    ExprKind::Const(_) => true,
+                    _ => false,
+                });
+                if !self.allow || plain {
                     return None;
+                }
+                let sdims = eval_dims(self.b, &self.g.node(*src).shape)?;
+                let numel = prod(&sdims);
+                if sdims.is_empty() || idx.len() != sdims.len() || numel <= 0 || numel > i32::MAX as i64 {
+                    return None;
+                }
+                let q = row_split(idx, &sdims, cols);
+                let row_only = q.is_some() || idx.iter().all(|x| !mentions(x, &cols.vars));
+                let ictx = if row_only { Cols { vars: vec![], extents: vec![] } } else { cols.clone() };
+                let width = if q.is_some() || !row_only { cols.width() } else { 1 };
+                plan.loads[at] = LoadPlan::Gather(plan.gathers.len());
+                plan.gathers.push(Gat { src: *src, row: q.is_some(), width, idx_width: ictx.width() });
+                for x in &idx[..q.unwrap_or(idx.len())] {
+                    // No reductions inside an index (`in_reduce`).
+                    self.scan(x, &ictx, scalars, true, srcs, plan)?;
                 }
                 Some(())
             }
-            ExprKind::Unary(_, a) | ExprKind::Cast(_, a) => self.scan(a, cols, in_reduce, srcs, reds),
+            ExprKind::Unary(_, a) | ExprKind::Cast(_, a) => self.scan(a, cols, scalars, in_reduce, srcs, plan),
             ExprKind::Binary(_, a, x) => {
-                self.scan(a, cols, in_reduce, srcs, reds)?;
-                self.scan(x, cols, in_reduce, srcs, reds)
+                self.scan(a, cols, scalars, in_reduce, srcs, plan)?;
+                self.scan(x, cols, scalars, in_reduce, srcs, plan)
             }
             ExprKind::Select(cnd, a, x) => {
-                self.scan(cnd, cols, in_reduce, srcs, reds)?;
-                self.scan(a, cols, in_reduce, srcs, reds)?;
-                self.scan(x, cols, in_reduce, srcs, reds)
+                self.scan(cnd, cols, scalars, in_reduce, srcs, plan)?;
+                self.scan(a, cols, scalars, in_reduce, srcs, plan)?;
+                self.scan(x, cols, scalars, in_reduce, srcs, plan)
             }
             ExprKind::Reduce { op, vars, body } => {
                 if in_reduce || !matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) || vars.is_empty() {
@@ -190,16 +325,29 @@ impl Member<'_> {
                 }
                 let vs: Vec<usize> = vars.iter().map(|x| x.index()).collect();
                 let extents: Vec<i64> = vs.iter().map(|k| self.ext.get(*k).copied()).collect::<Option<_>>()?;
-                if vs.iter().any(|k| *k < self.p) || extents.iter().any(|x| *x <= 0) {
+                if vs.iter().any(|k| *k < self.p || cols.vars.contains(k) || scalars.contains(k))
+                    || extents.iter().any(|x| *x <= 0)
+                {
                     return None;
                 }
-                let inner = Cols { vars: vs, extents };
                 let dtype = dtype_of(body.ty)?;
-                let at = reds.len();
-                reds.push(Red { width: inner.width(), dtype, direct: false });
-                self.scan(body, &inner, true, srcs, reds)?;
+                let at = plan.reds.len();
+                if mentions(body, &cols.vars) {
+                    // The body reads the member's columns: loop over the reduction variables.
+                    if !self.allow || prod(&extents) == i64::MAX {
+                        return None;
+                    }
+                    plan.reds.push(Red { width: cols.width(), dtype, direct: false, looped: Some(extents) });
+                    let sc: Vec<usize> = scalars.iter().copied().chain(vs).collect();
+                    return self.scan(body, cols, &sc, true, srcs, plan);
+                }
+                let inner = Cols { vars: vs, extents };
+                plan.reds.push(Red { width: inner.width(), dtype, direct: false, looped: None });
+                let first_load = plan.loads.len();
+                self.scan(body, &inner, scalars, true, srcs, plan)?;
                 if let ExprKind::Load { src, .. } = &body.kind {
-                    reds[at].direct = srcs.get(src).is_some_and(|s| s.kind == Kind::Rows && s.width > 1);
+                    plan.reds[at].direct = plan.loads.get(first_load) == Some(&LoadPlan::Direct)
+                        && srcs.get(src).is_some_and(|s| s.kind == Kind::Rows && s.width > 1);
                 }
                 Some(())
             }
@@ -211,6 +359,10 @@ impl Member<'_> {
 /// The launch for a row-wise vector group, or `None` if the group does not have that form (see the module
 /// documentation), or if even one row of every buffer does not fit in UB (chunking the columns with
 /// multi-pass or online statistics is not done yet).
+///
+/// The group's own row axes are tried first with only direct reads (the form the template had before
+/// gathers); then `1..=parallel` leading axes as rows (the rest become columns, so that a row gather reads
+/// whole rows and a reduction may read the group's later axes), with gathers and looped reductions.
 pub fn rows(
     g: &Graph,
     group: &Group,
@@ -220,6 +372,24 @@ pub fn rows(
     b: &Binding,
 ) -> Option<Result<Launch, Diagnostic>> {
     let p = group.parallel;
+    if let Some(r) = rows_at(g, group, name, gm, target, b, p, false) {
+        return Some(r);
+    }
+    (1..=p).find_map(|q| rows_at(g, group, name, gm, target, b, q, true))
+}
+
+/// The launch with the first `p` axes of the group's space as rows; `allow`: gathers and looped reductions.
+#[allow(clippy::too_many_arguments)]
+fn rows_at(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    b: &Binding,
+    p: usize,
+    allow: bool,
+) -> Option<Result<Launch, Diagnostic>> {
     if group.kind != GroupKind::Vector || p == 0 || group.space.len() < p || group.nodes.is_empty() {
         return None;
     }
@@ -229,9 +399,9 @@ pub fn rows(
         return None;
     }
 
-    // Analysis: every member, its columns, its reads and its reductions.
+    // Analysis: every member, its columns, its reads, reductions and gathers.
     let mut srcs: BTreeMap<ValueId, Src> = BTreeMap::new();
-    let mut members: Vec<(ValueId, Cols, Vec<Red>, Vec<i64>)> = Vec::new();
+    let mut members: Vec<(ValueId, Cols, Plan, Vec<i64>)> = Vec::new();
     for m in &group.nodes {
         let node = g.node(*m);
         let NodeKind::Compute { vars, body } = &node.kind else { return None };
@@ -244,14 +414,19 @@ pub fn rows(
         if cols.width() <= 0 {
             return None;
         }
-        let mem = Member { g, b, p, rows: &rows_dims, ext };
-        let mut reds = Vec::new();
-        mem.scan(body, &cols, false, &mut srcs, &mut reds)?;
-        members.push((*m, cols, reds, mem.ext));
+        let mem = Member { g, b, p, rows: &rows_dims, ext, allow };
+        let mut plan = Plan::default();
+        mem.scan(body, &cols, &[], false, &mut srcs, &mut plan)?;
+        members.push((*m, cols, plan, mem.ext));
     }
-    // Members are read as rows of their own width.
+    // Members are read as rows of their own width; gathers read GM tensors that are not members.
     for (m, cols, _, _) in &members {
         if srcs.get(m).is_some_and(|s| *s != Src { kind: Kind::Rows, width: cols.width() }) {
+            return None;
+        }
+    }
+    for (_, _, plan, _) in &members {
+        if plan.gathers.iter().any(|x| group.nodes.contains(&x.src) || !gm.of.contains_key(&x.src)) {
             return None;
         }
     }
@@ -280,15 +455,20 @@ pub fn rows(
                 Kind::Scalar => place(size(*s), 1),
             }
         }
-        for (m, cols, reds, _) in &members {
+        for (m, cols, plan, _) in &members {
             let slots = if group.stored.contains(m) { 2 } else { 1 };
             place(rt.saturating_mul(cols.width() as u64).saturating_mul(size(*m)), slots);
-            for r in reds {
+            for r in &plan.reds {
                 let sz = r.dtype.size_bytes() as u64;
                 if !r.direct {
                     place(rt.saturating_mul(r.width as u64).saturating_mul(sz), 1);
                 }
-                place(rt.saturating_mul(sz), 1);
+                let out = if r.looped.is_some() { r.width as u64 } else { 1 };
+                place(rt.saturating_mul(out).saturating_mul(sz), 1);
+            }
+            for x in &plan.gathers {
+                place(rt.saturating_mul(x.idx_width as u64).saturating_mul(4), 1);
+                place(rt.saturating_mul(x.width as u64).saturating_mul(size(x.src)), 1);
             }
         }
         at <= ub.usable()
@@ -323,22 +503,50 @@ pub fn rows(
         let id = lb.buffer(format!("{}_in", label(*s)), Mem::UB, g.node(*s).dtype, shape, slots);
         bufs.insert(*s, (id, slots));
     }
-    // Per member, per reduction: the body temporary (unless direct) and the result.
-    let mut red_bufs: Vec<Vec<(Option<BufId>, BufId)>> = Vec::new();
-    for (m, cols, reds, _) in &members {
+    // Per member, per reduction: the body temporary (unless direct), the result (and a looped one's loop
+    // registers); per gather: the index and the gathered values.
+    let mut red_bufs: Vec<Vec<RedBufs>> = Vec::new();
+    let mut gat_bufs: Vec<Vec<(BufId, BufId)>> = Vec::new();
+    for (m, cols, plan, _) in &members {
         let slots = if group.stored.contains(m) { 2 } else { 1 };
         let shape = slot_shape(rt as u64, cols.width() as u64, size(*m), align);
         let id = lb.buffer(label(*m), Mem::UB, g.node(*m).dtype, shape, slots);
         bufs.insert(*m, (id, slots));
         let mut rb = Vec::new();
-        for (i, r) in reds.iter().enumerate() {
+        for (i, r) in plan.reds.iter().enumerate() {
             let tmp = (!r.direct).then(|| {
                 lb.buffer(format!("{}_red{i}_body", label(*m)), Mem::UB, r.dtype, vec![rt as u64, r.width as u64], 1)
             });
-            let out = lb.buffer(format!("{}_red{i}", label(*m)), Mem::UB, r.dtype, vec![rt as u64, 1], 1);
-            rb.push((tmp, out));
+            let ow = if r.looped.is_some() { r.width as u64 } else { 1 };
+            let out = lb.buffer(format!("{}_red{i}", label(*m)), Mem::UB, r.dtype, vec![rt as u64, ow], 1);
+            let svars = match &r.looped {
+                Some(ex) => std::iter::once(lb.svar(format!("{}_red{i}_it", label(*m))))
+                    .chain((0..ex.len()).map(|k| lb.svar(format!("{}_red{i}_v{k}", label(*m)))))
+                    .collect(),
+                None => Vec::new(),
+            };
+            rb.push(RedBufs { tmp, out, svars });
         }
         red_bufs.push(rb);
+        let mut gb = Vec::new();
+        for (i, x) in plan.gathers.iter().enumerate() {
+            let ib = lb.buffer(
+                format!("{}_g{i}_idx", label(*m)),
+                Mem::UB,
+                DType::I32,
+                vec![rt as u64, x.idx_width as u64],
+                1,
+            );
+            let db = lb.buffer(
+                format!("{}_g{i}", label(*m)),
+                Mem::UB,
+                g.node(x.src).dtype,
+                vec![rt as u64, x.width as u64],
+                1,
+            );
+            gb.push((ib, db));
+        }
+        gat_bufs.push(gb);
     }
     let off = lb.svar("off");
     let len = lb.svar("len");
@@ -393,20 +601,27 @@ pub fn rows(
         st.push(Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: ev });
         st.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: ev });
         st.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: ev });
-        for ((m, cols, _, ext), rb) in members.iter().zip(&red_bufs) {
+        for (((m, cols, plan, ext), rb), gb) in members.iter().zip(&red_bufs).zip(&gat_bufs) {
             let NodeKind::Compute { body: e, .. } = &g.node(*m).kind else { return None };
             let mut tr = Translate {
+                g,
                 b,
+                gm,
                 srcs: &srcs,
                 bufs: &bufs,
+                plan,
                 reds: rb,
+                gbufs: gb,
                 next: 0,
+                next_load: 0,
                 slot,
                 off,
                 len,
                 rows: &rows_dims,
                 row_strides: &row_strides,
                 ext,
+                scalars: Vec::new(),
+                guard: Guard::True,
                 pre: Vec::new(),
             };
             let expr = tr.vexpr(e, cols)?;
@@ -468,14 +683,70 @@ fn slot_shape(rows: u64, cols: u64, size: u64, align: u64) -> Vec<u64> {
     }
 }
 
-/// Translates one member's body for one slot; reductions emit their statements into `pre`.
+/// A reduction's buffers: the body temporary (unless direct), the result, and for a looped one its
+/// registers (the flat iteration, then one per reduction variable).
+#[derive(Clone, Debug)]
+struct RedBufs {
+    tmp: Option<BufId>,
+    out: BufId,
+    svars: Vec<SVar>,
+}
+
+/// The condition under which the expression being translated is evaluated (the `where` branches around
+/// it), as a vector expression in the current tile's columns; `Unknown` when it cannot be expressed there
+/// (then a gather is refused, rather than evaluated where the interpreter would not).
+#[derive(Clone, Debug)]
+enum Guard {
+    True,
+    If(VExpr),
+    Unknown,
+}
+
+impl Guard {
+    fn and(&self, c: VExpr) -> Guard {
+        match self {
+            Guard::True => Guard::If(c),
+            Guard::If(g) => Guard::If(ibin(BinOp::And, g.clone(), c)),
+            Guard::Unknown => Guard::Unknown,
+        }
+    }
+
+    /// The guard in a tile whose columns are others (a row-wise one stays valid).
+    fn rows_only(&self) -> Guard {
+        match self {
+            Guard::If(g) if !row_wise(g) => Guard::Unknown,
+            x => x.clone(),
+        }
+    }
+}
+
+/// Whether `e` has one value per row (no column index, no per-column read).
+fn row_wise(e: &VExpr) -> bool {
+    match e {
+        VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Scalar(_) | VExpr::Row | VExpr::ReadRow(_) => true,
+        VExpr::Col | VExpr::Read(_) | VExpr::ReadCol(_) => false,
+        VExpr::Unary(_, a) | VExpr::Cast(_, a) => row_wise(a),
+        VExpr::Binary(_, a, b) => row_wise(a) && row_wise(b),
+        VExpr::Select(c, a, b) => row_wise(c) && row_wise(a) && row_wise(b),
+    }
+}
+
+/// The intra-core event the gathers' hand-offs use (0 and 1 are the slots, 2 the prelude).
+const GATHER_EVENT: u8 = 3;
+
+/// Translates one member's body for one slot; reductions and gathers emit their statements into `pre`.
 struct Translate<'a> {
+    g: &'a Graph,
     b: &'a Binding,
+    gm: &'a GmPlan,
     srcs: &'a BTreeMap<ValueId, Src>,
     bufs: &'a BTreeMap<ValueId, (BufId, u32)>,
-    /// The member's reduction buffers, in traversal order (as the analysis found them).
-    reds: &'a [(Option<BufId>, BufId)],
+    /// The analysis of the member: its reductions, gathers and loads in traversal order.
+    plan: &'a Plan,
+    reds: &'a [RedBufs],
+    gbufs: &'a [(BufId, BufId)],
     next: usize,
+    next_load: usize,
     slot: u32,
     off: SVar,
     len: SVar,
@@ -483,11 +754,18 @@ struct Translate<'a> {
     row_strides: &'a [i64],
     /// The evaluated extents of the member's index variables.
     ext: &'a [i64],
+    /// The looped reductions' variables in scope and their registers.
+    scalars: Vec<(usize, SVar)>,
+    guard: Guard,
     pre: Vec<Stmt>,
 }
 
 fn ibin(op: BinOp, a: VExpr, b: VExpr) -> VExpr {
     VExpr::Binary(op, Box::new(a), Box::new(b))
+}
+
+fn select(c: VExpr, a: VExpr, b: VExpr) -> VExpr {
+    VExpr::Select(Box::new(c), Box::new(a), Box::new(b))
 }
 
 /// `(flat / stride) % dim`, skipping the trivial parts.
@@ -500,7 +778,111 @@ fn unravel(flat: VExpr, stride: i64, dim: i64, outer: bool) -> VExpr {
     }
 }
 
+/// The value a looped reduction starts from (the interpreter's identity; for an integer max/min, the
+/// type's bound, which the first value replaces as "none yet" does).
+fn identity(op: ReduceOp, dtype: DType) -> Option<VExpr> {
+    Some(match (op, dtype) {
+        (ReduceOp::Sum, DType::F32) => VExpr::F32(0.0),
+        (ReduceOp::Max, DType::F32) => VExpr::F32(f32::NEG_INFINITY),
+        (ReduceOp::Min, DType::F32) => VExpr::F32(f32::INFINITY),
+        (ReduceOp::Sum, DType::I32) => VExpr::I32(0),
+        (ReduceOp::Max, DType::I32) => VExpr::I32(i32::MIN as i64),
+        (ReduceOp::Min, DType::I32) => VExpr::I32(i32::MAX as i64),
+        _ => return None,
+    })
+}
+
 impl Translate<'_> {
+    /// The extent of index variable `k` (a row variable's is its row dim).
+    fn extent(&self, k: usize) -> Option<i64> {
+        if k < self.rows.len() {
+            Some(self.rows[k])
+        } else {
+            self.ext.get(k).copied()
+        }
+    }
+
+    /// Whether index `e` is always in `0..n`: a variable whose extent is at most `n`, or such a constant.
+    fn safe(&self, e: &Expr, n: i64) -> bool {
+        match e.kind {
+            ExprKind::Var(x) => self.extent(x.index()).is_some_and(|x| (0..=n).contains(&x)),
+            ExprKind::Const(Const::I32(c)) => (0..n).contains(&c),
+            _ => false,
+        }
+    }
+
+    /// A gather of `src[idx]` (the analysis's gather `gi`): the index into an i32 buffer by the vector unit
+    /// (an index outside its axis makes the flat index -1, which the gather reports as the interpreter
+    /// does; where the guard is false the index is 0, which is safe), then the gather on MTE2.
+    fn gather(&mut self, gi: usize, src: ValueId, idx: &[Expr], span: crate::span::Span, cols: &Cols) -> Option<VExpr> {
+        let gat = self.plan.gathers.get(gi)?.clone();
+        let (ib, db) = *self.gbufs.get(gi)?;
+        let sdims = eval_dims(self.b, &self.g.node(src).shape)?;
+        let q = if gat.row { idx.len().checked_sub(cols.vars.len())? } else { idx.len() };
+        let row_ctx = gat.idx_width == 1 && cols.width() != 1;
+        let ictx = if gat.idx_width == 1 { Cols { vars: vec![], extents: vec![] } } else { cols.clone() };
+        let guard = if row_ctx { self.guard.rows_only() } else { self.guard.clone() };
+        let saved = std::mem::replace(&mut self.guard, guard.clone());
+        let mut flat: Option<VExpr> = None;
+        let mut ok: Option<VExpr> = None;
+        for k in 0..q {
+            let ix = self.vexpr(&idx[k], &ictx)?;
+            if !self.safe(&idx[k], sdims[k]) {
+                let lo = ibin(BinOp::Ge, ix.clone(), VExpr::I32(0));
+                let hi = ibin(BinOp::Lt, ix.clone(), VExpr::I32(sdims[k]));
+                let both = ibin(BinOp::And, lo, hi);
+                ok = Some(match ok {
+                    Some(o) => ibin(BinOp::And, o, both),
+                    None => both,
+                });
+            }
+            let st = prod(&sdims[k + 1..q]);
+            let term = if st == 1 { ix } else { ibin(BinOp::Mul, ix, VExpr::I32(st)) };
+            flat = Some(match flat {
+                Some(f) => ibin(BinOp::Add, f, term),
+                None => term,
+            });
+        }
+        self.guard = saved;
+        let mut ie = flat?;
+        if let Some(o) = ok {
+            ie = select(o, ie, VExpr::I32(-1));
+        }
+        match guard {
+            Guard::True => {}
+            Guard::If(gd) => ie = select(gd, ie, VExpr::I32(0)),
+            Guard::Unknown => return None,
+        }
+        let iw = gat.idx_width;
+        self.pre.push(Stmt::Vector { dst: buf_region(ib, 0, iw), rows: v(self.len), cols: c(iw), expr: ie });
+        self.pre.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::S, event: GATHER_EVENT });
+        self.pre.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::S, event: GATHER_EVENT });
+        let (rows, ncols, dst) = if gat.row {
+            (v(self.len), c(gat.width), buf_region(db, 0, gat.width))
+        } else {
+            (bin(SBin::Mul, v(self.len), c(iw)), c(1), buf_region(db, 0, 1))
+        };
+        self.pre.push(Stmt::Gather {
+            pipe: Pipe::Mte2,
+            src: *self.gm.of.get(&src)?,
+            src_rows: prod(&sdims[..q]) as u64,
+            row_stride: prod(&sdims[q..]) as u64,
+            col_offset: c(0),
+            index: buf_region(ib, 0, 1),
+            dst,
+            rows,
+            cols: ncols,
+            span,
+        });
+        self.pre.push(Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: GATHER_EVENT });
+        self.pre.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: GATHER_EVENT });
+        Some(if gat.width == 1 {
+            VExpr::ReadRow(buf_region(db, 0, 1))
+        } else {
+            VExpr::Read(buf_region(db, 0, gat.width))
+        })
+    }
+
     fn vexpr(&mut self, e: &Expr, cols: &Cols) -> Option<VExpr> {
         Some(match &e.kind {
             ExprKind::Const(Const::F32(x)) => VExpr::F32(*x),
@@ -509,7 +891,9 @@ impl Translate<'_> {
             ExprKind::Dim(d) => VExpr::I32(self.b.eval(d).ok()?),
             ExprKind::Var(x) => {
                 let k = x.index();
-                if k < self.rows.len() {
+                if let Some((_, sv)) = self.scalars.iter().find(|(y, _)| *y == k) {
+                    VExpr::Scalar(v(*sv))
+                } else if k < self.rows.len() {
                     let flat = ibin(BinOp::Add, VExpr::Scalar(v(self.off)), VExpr::Row);
                     unravel(flat, self.row_strides[k], self.rows[k], k == 0)
                 } else {
@@ -518,7 +902,12 @@ impl Translate<'_> {
                     unravel(VExpr::Col, st, cols.extents[j], j == 0)
                 }
             }
-            ExprKind::Load { src, .. } => {
+            ExprKind::Load { src, idx } => {
+                let lp = *self.plan.loads.get(self.next_load)?;
+                self.next_load += 1;
+                if let LoadPlan::Gather(gi) = lp {
+                    return self.gather(gi, *src, idx, e.span, cols);
+                }
                 let s = *self.srcs.get(src)?;
                 let (buf, slots) = *self.bufs.get(src)?;
                 let slot = if slots > 1 { self.slot } else { 0 };
@@ -537,18 +926,31 @@ impl Translate<'_> {
             }
             ExprKind::Select(cnd, a, x) => {
                 let cnd = self.vexpr(cnd, cols)?;
-                let a = self.vexpr(a, cols)?;
-                VExpr::Select(Box::new(cnd), Box::new(a), Box::new(self.vexpr(x, cols)?))
+                let saved = self.guard.clone();
+                self.guard = saved.and(cnd.clone());
+                let a = self.vexpr(a, cols);
+                self.guard = saved.and(VExpr::Unary(crate::graph::UnOp::Not, Box::new(cnd.clone())));
+                let x = self.vexpr(x, cols);
+                self.guard = saved;
+                select(cnd, a?, x?)
             }
             ExprKind::Reduce { op, vars, body } => {
-                let (tmp, out) = *self.reds.get(self.next)?;
+                let at = self.next;
+                let rb = self.reds.get(at)?.clone();
+                let red = self.plan.reds.get(at)?.clone();
                 self.next += 1;
                 let vs: Vec<usize> = vars.iter().map(|x| x.index()).collect();
+                if let Some(extents) = &red.looped {
+                    return self.looped(*op, &vs, extents, body, &rb, &red, cols);
+                }
                 let extents: Vec<i64> = vs.iter().map(|k| self.ext.get(*k).copied()).collect::<Option<_>>()?;
                 let inner = Cols { vars: vs, extents };
                 let w = inner.width();
-                let bv = self.vexpr(body, &inner)?;
-                let src = match (tmp, bv) {
+                let saved = self.guard.clone();
+                self.guard = saved.rows_only();
+                let bv = self.vexpr(body, &inner);
+                self.guard = saved;
+                let src = match (rb.tmp, bv?) {
                     (None, VExpr::Read(r)) => r,
                     (Some(t), bv) => {
                         let r = buf_region(t, 0, w);
@@ -561,14 +963,71 @@ impl Translate<'_> {
                     op: *op,
                     axis: 1,
                     src,
-                    dst: buf_region(out, 0, 1),
+                    dst: buf_region(rb.out, 0, 1),
                     rows: v(self.len),
                     cols: c(w),
                     accumulate: false,
                 });
-                VExpr::ReadRow(buf_region(out, 0, 1))
+                VExpr::ReadRow(buf_region(rb.out, 0, 1))
             }
             ExprKind::Segment { .. } => return None,
         })
+    }
+
+    /// A reduction whose body reads the tile's columns: a scalar loop over the reduction variables (the
+    /// first outermost, as the interpreter's), each iteration computing the body over the tile and folding
+    /// it into the accumulator with an accumulating `Reduce` of one element per row (the interpreter's
+    /// accumulation, bit for bit).
+    #[allow(clippy::too_many_arguments)]
+    fn looped(
+        &mut self,
+        op: ReduceOp,
+        vs: &[usize],
+        extents: &[i64],
+        body: &Expr,
+        rb: &RedBufs,
+        red: &Red,
+        cols: &Cols,
+    ) -> Option<VExpr> {
+        let w = cols.width();
+        let tmp = rb.tmp?;
+        let (it, regs) = rb.svars.split_first()?;
+        if regs.len() != vs.len() || extents.len() != vs.len() {
+            return None;
+        }
+        let outer_pre = std::mem::take(&mut self.pre);
+        let n0 = self.scalars.len();
+        self.scalars.extend(vs.iter().copied().zip(regs.iter().copied()));
+        let bv = self.vexpr(body, cols);
+        self.scalars.truncate(n0);
+        let inner_pre = std::mem::replace(&mut self.pre, outer_pre);
+        let bv = bv?;
+        let mut lbody = Vec::new();
+        for (k, r) in regs.iter().enumerate() {
+            let st = prod(&extents[k + 1..]);
+            let q = if st == 1 { v(*it) } else { bin(SBin::Div, v(*it), c(st)) };
+            let value = if k == 0 { q } else { bin(SBin::Mod, q, c(extents[k])) };
+            lbody.push(Stmt::Set { var: *r, value });
+        }
+        lbody.extend(inner_pre);
+        lbody.push(Stmt::Vector { dst: buf_region(tmp, 0, w), rows: v(self.len), cols: c(w), expr: bv });
+        let flat = |b: BufId| Region { loc: Loc::Buf { buf: b, slot: c(0) }, offset: c(0), row_stride: c(1) };
+        lbody.push(Stmt::Reduce {
+            op,
+            axis: 1,
+            src: flat(tmp),
+            dst: flat(rb.out),
+            rows: bin(SBin::Mul, v(self.len), c(w)),
+            cols: c(1),
+            accumulate: true,
+        });
+        self.pre.push(Stmt::Vector {
+            dst: buf_region(rb.out, 0, w),
+            rows: v(self.len),
+            cols: c(w),
+            expr: identity(op, red.dtype)?,
+        });
+        self.pre.push(Stmt::For { var: *it, lo: c(0), hi: c(prod(extents)), step: 1, body: lbody });
+        Some(if w == 1 { VExpr::ReadRow(buf_region(rb.out, 0, 1)) } else { VExpr::Read(buf_region(rb.out, 0, w)) })
     }
 }

@@ -1,0 +1,227 @@
+//! Row-wise tiling with gathers, end to end: the MoE kernels (a row gather `x[order[r] / K, m]`, a shifted
+//! read under a guard `c[e - 1]`, a sum over gathered rows `sum[j](w[t, j] * ys[pos[t * K + j], m])`, element
+//! gathers `s[t, chosen[t, j]]`, a reduction over the group's later axes) and cross-entropy's guarded element
+//! gather `logits[n, target[n]]` are fused and tiled — every vector group with `rows`, the other groups with
+//! whatever template takes them — verified, run by the simulator and compared with the interpreter bit for
+//! bit: the gathers move values unchanged, and the looped reduction folds its terms in the interpreter's
+//! order starting from its identity, so every operation is the interpreter's in the interpreter's order.
+//! Out-of-range indices must stop the simulator with the interpreter's error (code and span), axis by axis.
+
+use crate::common;
+use kc_ir::diag::Code;
+use kc_ir::dtype::DType;
+use kc_ir::launch::Args;
+use kc_ir::passes::fuse::{fuse, FusionConfig, GroupKind};
+use kc_ir::passes::tile::{group_order, plan_gm, rows, tile_group};
+use kc_ir::target::Target;
+use kc_ir::tile::{Pipe, Stmt, TileProgram};
+use kc_ir::Graph;
+
+const TARGETS: [&str; 2] = ["ascend910b", "ascend950"];
+
+/// Tiles every group of `g`: vector groups with a parallel space must be taken by `rows`; the others go
+/// through `tile_group`, and those no template takes are left out (their count is returned).
+fn tile_all(g: &Graph, args: &Args, target: &Target) -> (TileProgram, usize) {
+    let f = fuse(g, &FusionConfig::default());
+    let b = kc_ir::launch::bind(g, args).unwrap_or_else(|e| panic!("bind: {e:?}"));
+    let mut gm = plan_gm(g, &f, &b).expect("gm plan");
+    let mut launches = Vec::new();
+    let mut skipped = 0;
+    for k in group_order(&f).expect("the groups can be ordered") {
+        let group = &f.groups[k];
+        let name = format!("{}.g{k}", g.name);
+        if group.kind == GroupKind::Vector && group.parallel > 0 {
+            let l = rows::rows(g, group, &name, &gm, target, &b)
+                .unwrap_or_else(|| panic!("{name} on {} ({:?}): not taken by `rows`", target.name, b.dims));
+            launches.push(l.unwrap_or_else(|e| panic!("{name}: {e}")));
+            continue;
+        }
+        match tile_group(g, group, &name, &gm, target, &b) {
+            Some(t) => {
+                let t = t.unwrap_or_else(|e| panic!("{name}: {e}"));
+                gm.tensors.extend(t.workspaces);
+                launches.extend(t.launches);
+            }
+            None => skipped += 1,
+        }
+    }
+    let tp = TileProgram {
+        kernel: g.name.clone(),
+        target: target.name.clone(),
+        dims: b.dims.clone(),
+        tensors: gm.tensors,
+        launches,
+    };
+    (tp, skipped)
+}
+
+/// Tiles, verifies, simulates and compares `g` on `args`; `skip` names results that depend on groups no
+/// template takes yet (`skipped` of them), which are not compared.
+fn check_args(g: &Graph, args: &Args, target: &str, skip: &[&str], skipped: usize) {
+    let target = Target::builtin(target).expect("builtin target");
+    let (tp, n) = tile_all(g, args, &target);
+    assert_eq!(n, skipped, "{}: groups no template takes", g.name);
+    common::verify_tiled(g, &tp, &target);
+    let want = common::run(g, args);
+    let got = kc_runtime::sim::run(&tp, g, args).unwrap_or_else(|e| panic!("{}: sim: {e:?}", g.name));
+    assert_eq!(want.len(), got.len());
+    for ((n, w), (_, s)) in want.iter().zip(&got) {
+        if skip.contains(&n.as_str()) {
+            continue;
+        }
+        let (wv, sv) = (w.to_f64_vec(), s.to_f64_vec());
+        assert_eq!(wv.len(), sv.len());
+        for (i, (a, b)) in wv.iter().zip(&sv).enumerate() {
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{}.{n}[{i}] on {} at {:?}: interp {a} vs sim {b}",
+                g.name,
+                target.name,
+                args.dims
+            );
+        }
+    }
+}
+
+fn random(g: &Graph, dims: &[(&str, i64)], seed: u64) -> Args {
+    let given = Args { dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(), ..Default::default() };
+    kc_runtime::random::random_args(g, &given, seed).expect("random args")
+}
+
+fn check(file: &str, dims: &[(&str, i64)], seed: u64) {
+    let g = common::kernel(file, file);
+    let args = random(&g, dims, seed);
+    for target in TARGETS {
+        check_args(&g, &args, target, &[], 0);
+    }
+}
+
+/// Compiles a kernel given as source text (through a file in the temporary directory).
+fn compile_src(name: &str, src: &str) -> Graph {
+    let path = std::env::temp_dir().join(format!("kc_tiling_gather_{}_{name}.ker", std::process::id()));
+    std::fs::write(&path, src).expect("write the kernel");
+    let prog = common::compile_ok(&path);
+    let _ = std::fs::remove_file(&path);
+    prog.kernels.into_iter().next().expect("one kernel")
+}
+
+/// `xs[r, m] = x[order[r] / K, m]` gathers whole rows; `offsets[e] = where(e == 0, 0, c[e - 1])` reads a
+/// shifted index under its guard. Sizes 1, primes, and more rows than 48 / 64 cores (several per core).
+#[test]
+fn tiling_gather_moe_permute() {
+    for (t, k, m, e) in [(1, 1, 1, 1), (9, 2, 40, 4), (13, 3, 7, 5), (1, 2, 3, 1), (67, 1, 17, 3)] {
+        check("moe_permute", &[("T", t), ("K", k), ("M", m), ("E", e)], (t * 31 + m) as u64);
+    }
+}
+
+/// `y[t, m] = sum[j](w[t, j] * ys[pos[t * K + j], m])`: a loop over `j` gathering `pos` (an element), then
+/// `ys`'s row, folded into the accumulator in `j` order.
+#[test]
+fn tiling_gather_moe_combine() {
+    for (t, k, m) in [(1, 1, 1), (9, 2, 40), (7, 3, 13), (65, 2, 5)] {
+        check("moe_combine", &[("T", t), ("K", k), ("M", m)], (t + k * 7) as u64);
+    }
+}
+
+/// The routing kernel: group 4 reads `groups[t, g]` under a sum over `g` (tiled with one row axis and a loop
+/// over `g`), group 6 gathers `s[t, chosen[t, j]]` and normalizes by the row sum.
+#[test]
+fn tiling_gather_moe_route() {
+    for (t, m, e) in [(1, 1, 16), (9, 40, 16), (5, 3, 24), (49, 2, 16)] {
+        check("moe_route", &[("T", t), ("M", m), ("E", e)], (t * 3 + e) as u64);
+    }
+}
+
+/// Rows wider than UB holds many of: blocks of a few rows, more blocks than cores, so both slots of the
+/// double buffer are used; the gather moves exactly the rows (and the row gather one index per row).
+#[test]
+fn tiling_gather_row_gather_moves_whole_rows() {
+    let g = common::kernel("moe_permute", "moe_permute");
+    let (t, k, m, e) = (67i64, 2i64, 20000i64, 3i64);
+    let args = random(&g, &[("T", t), ("K", k), ("M", m), ("E", e)], 5);
+    for target in TARGETS {
+        check_args(&g, &args, target, &[], 0);
+        let tgt = Target::builtin(target).expect("builtin target");
+        let (tp, _) = tile_all(&g, &args, &tgt);
+        let li = tp.launches.iter().position(|l| l.name == "moe_permute.g1").expect("the xs launch");
+        let blocks = |s: &[Stmt]| -> usize {
+            fn count(s: &[Stmt]) -> usize {
+                s.iter()
+                    .map(|x| match x {
+                        Stmt::Gather { .. } => 1,
+                        Stmt::For { body, .. } => count(body),
+                        Stmt::If { then, .. } => count(then),
+                        _ => 0,
+                    })
+                    .sum()
+            }
+            count(s)
+        };
+        assert_eq!(blocks(&tp.launches[li].vector), 2, "one row gather per slot");
+        let (_, stats) = kc_runtime::sim::run_with(&tp, &g, &args, &kc_ir::interp::Limits::default())
+            .unwrap_or_else(|e| panic!("sim: {e:?}"));
+        let st = &stats.launches[li];
+        // MTE2 moves `order` (one element per row) and the gathered rows, nothing else.
+        assert_eq!(st.elements.get(&Pipe::Mte2).copied(), Some((t * k + t * k * m) as u64), "{target}");
+        // A copy and a gather per block, and more blocks than cores: both slots are used.
+        assert!(st.stmts.get(&Pipe::Mte2).copied().unwrap_or(0) > 2 * tp.launches[li].vector_cores as u64);
+    }
+}
+
+/// Cross-entropy's row group: `loss[n] = where(target[n] >= 0, lse[n] - logits[n, target[n]], 0.0)`, with
+/// some negative targets (ignored rows, where the interpreter never evaluates the load). Group 0 (the
+/// scalar `n_valid`) is another template's; `dlogits` reads it, so only `loss` is compared.
+#[test]
+fn tiling_gather_cross_entropy_negative_targets() {
+    let g = common::kernel("cross_entropy", "cross_entropy");
+    for (n, v) in [(1, 1), (7, 1000), (13, 31), (50, 7)] {
+        let mut rng = common::Rng::new((n * v) as u64);
+        let logits = common::rand_tensor(&mut rng, DType::BF16, &[n as usize, v as usize]);
+        let target: Vec<i32> =
+            (0..n).map(|i| if i % 3 == 1 { -1 - (i % 5) as i32 } else { rng.int(0, v as i32) }).collect();
+        let tt = common::i32_tensor(&[n as usize], target);
+        let args = common::args(&[("logits", &logits), ("target", &tt)], &[]);
+        for target in TARGETS {
+            check_args(&g, &args, target, &["dlogits"], 1);
+        }
+    }
+    // Random targets too.
+    let args = random(&g, &[("N", 11), ("V", 97)], 3);
+    check_args(&g, &args, "ascend910b", &["dlogits"], 1);
+}
+
+/// An unguarded out-of-range index stops the simulator with the interpreter's error (same code, same span),
+/// per axis: `t[n] = V` at `n = 0` or `-1` at `n = 1` would still be inside the flat tensor.
+#[test]
+fn tiling_gather_out_of_range_index() {
+    let g = compile_src(
+        "pick",
+        "kernel pick(x: f32[N, V], t: i32[N]) -> (y: f32[N], z: f32[N, V]) {\n\
+         \x20   y[n] = x[n, t[n]] * 2.0;\n\
+         \x20   z[n, v] = x[n, (t[n] + v) % V] + 1.0;\n\
+         }\n",
+    );
+    let (n, v) = (5usize, 9usize);
+    let mut rng = common::Rng::new(1);
+    let x = common::rand_tensor(&mut rng, DType::F32, &[n, v]);
+    for bad in [vec![9, 0, 1, 2, 3], vec![0, -1, 1, 2, 3], vec![0, 1, 2, 3, 100]] {
+        let tt = common::i32_tensor(&[n], bad.clone());
+        let args = common::args(&[("x", &x), ("t", &tt)], &[]);
+        let ie = kc_ir::interp::run(&g, &args).expect_err("the interpreter refuses the index");
+        for target in TARGETS {
+            let tgt = Target::builtin(target).expect("builtin target");
+            let (tp, skipped) = tile_all(&g, &args, &tgt);
+            assert_eq!(skipped, 0);
+            common::verify_tiled(&g, &tp, &tgt);
+            let se = kc_runtime::sim::run(&tp, &g, &args).expect_err("the simulator refuses the index");
+            assert_eq!(se[0].code, Code::IndexOutOfRange, "{bad:?} on {target}: {}", se[0].message);
+            assert_eq!((se[0].code, se[0].primary.span), (ie[0].code, ie[0].primary.span), "{bad:?} on {target}");
+        }
+    }
+    // In range, both members match (the element gather of `z` has a column per `v`).
+    let tt = common::i32_tensor(&[n], vec![8, 0, 3, 3, 1]);
+    let args = common::args(&[("x", &x), ("t", &tt)], &[]);
+    for target in TARGETS {
+        check_args(&g, &args, target, &[], 0);
+    }
+}
