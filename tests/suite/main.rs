@@ -10,5 +10,6 @@ mod robustness;
 mod snapshots;
 mod tiling;
 mod tiling_cube;
+mod tiling_grouped;
 mod tiling_lib;
 mod tiling_rows;

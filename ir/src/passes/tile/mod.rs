@@ -9,6 +9,7 @@
 //!   (MTE2 → V → MTE3 with the flags that order them).
 
 pub mod cube;
+pub mod grouped;
 pub mod library;
 pub mod rows;
 pub mod vector;
@@ -236,6 +237,9 @@ pub fn tile_group(
     }
     if let Some(r) = library::library(g, group, name, gm, target, b) {
         return Some(r.map(Tiled::one));
+    }
+    if let Some(r) = grouped::grouped(g, group, name, gm, target, b) {
+        return Some(r);
     }
     cube::matmul_with_workspace(g, group, name, gm, target, b)
         .map(|r| r.map(|(l, ws)| Tiled { launches: vec![l], workspaces: ws.into_iter().collect() }))
