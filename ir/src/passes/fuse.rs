@@ -298,6 +298,11 @@ fn segment_of_grouped(
     gid
 }
 
+/// Whether `v` is a `segment(..)` lookup.
+fn is_segment(g: &Graph, v: ValueId) -> bool {
+    matches!(&g.node(v).kind, NodeKind::Compute { body, .. } if matches!(body.kind, ExprKind::Segment { .. }))
+}
+
 fn hinted_group(members: &BTreeSet<ValueId>, hinted: &impl Fn(ValueId) -> bool) -> bool {
     members.iter().any(|m| hinted(*m))
 }
@@ -813,6 +818,11 @@ fn why(g: &Graph, p: ValueId, c: ValueId, pg: Option<&Group>, cg: &Group, cfg: &
         }
         (_, GroupKind::Library) => "a library operation reads its whole input from global memory".into(),
         (_, GroupKind::Score) => "the flash (score) group streams its inputs from global memory, tile by tile".into(),
+        (_, GroupKind::GroupedMatmul) if is_segment(g, p) => {
+            "the segment lookup is read elsewhere too (or not only as an expert index), so it is stored once \
+             for all its readers rather than recomputed from the offsets"
+                .into()
+        }
         (_, GroupKind::Matmul | GroupKind::GroupedMatmul) => {
             "the cube reads matmul operands from global memory (L1), not from the vector unit".into()
         }
