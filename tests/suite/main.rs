@@ -11,5 +11,6 @@ mod snapshots;
 mod tiling;
 mod tiling_cube;
 mod tiling_gather;
+mod tiling_grouped;
 mod tiling_lib;
 mod tiling_rows;

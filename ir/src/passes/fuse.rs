@@ -13,6 +13,9 @@
 //!    disjoint sets of output axes (`M` and `N`, besides shared batch axes) and both use every `k` directly
 //!    is a matmul; if a factor is indexed through data (`w1[e[r], f, m]`) it is a grouped matmul. Each forms
 //!    a cube group; [`epilogue`] consumers (elementwise, same shape, reading it at its own indices) join it.
+//!    A `segment(offsets, r)` node read only as the expert index of one grouped-matmul group's weights
+//!    ([`segment_of_grouped`], rule 2b) joins that group: the group reads `offsets` itself and finds each
+//!    expert's rows from it, so the expert ids `e[R]` are never stored.
 //! 3. Library nodes (top-k, sorting, prefix sums, histograms) each form a group.
 //! 4. [`is_copy`] nodes (a reshape, a transpose, a cast: one load and nothing else) are inlined into each
 //!    consumer: they are re-indexings, not work.
@@ -245,6 +248,63 @@ pub fn contraction(g: &Graph, v: ValueId) -> Option<Contraction> {
     c.count = found.len();
     c.grouped = found.iter().any(|f| f.grouped);
     Some(c)
+}
+
+/// Rule 2b: `v` is a segment lookup over its own rows (`e[r] = segment(offsets, r)`, any rank, the value an
+/// expression of `v`'s variables) whose every consumer is in one grouped-matmul group and reads `v` only
+/// inside the index of another load (`w1[e[r], f, m]`: choosing the expert's weights). Such a node is
+/// absorbed into that group, which then reads `offsets` directly: the tiler finds each expert's rows from
+/// the offsets, and no `e` tensor is stored. Returns the group.
+fn segment_of_grouped(
+    g: &Graph,
+    v: ValueId,
+    cons: &[Vec<ValueId>],
+    group_of: &[Option<usize>],
+    kind_of: impl Fn(usize) -> GroupKind,
+) -> Option<usize> {
+    let NodeKind::Compute { body, .. } = &g.node(v).kind else { return None };
+    let ExprKind::Segment { value, .. } = &body.kind else { return None };
+    if has_load(value) {
+        return None;
+    }
+    let mut gid = None;
+    for &c in cons.get(v.index())? {
+        let k = group_of[c.index()]?;
+        if kind_of(k) != GroupKind::GroupedMatmul || gid.is_some_and(|x| x != k) {
+            return None;
+        }
+        gid = Some(k);
+        // Every load of `v` in `c` must be inside another load's index.
+        let NodeKind::Compute { body: cb, .. } = &g.node(c).kind else { return None };
+        let (mut total, mut inside) = (0usize, 0usize);
+        cb.walk(&mut |e| {
+            if matches!(&e.kind, ExprKind::Load { src, .. } if *src == v) {
+                total += 1;
+            }
+            if let ExprKind::Load { src, idx } = &e.kind {
+                if *src != v {
+                    for i in idx {
+                        i.walk(&mut |x| {
+                            inside += matches!(&x.kind, ExprKind::Load { src, .. } if *src == v) as usize;
+                        });
+                    }
+                }
+            }
+        });
+        if total == 0 || inside != total {
+            return None;
+        }
+    }
+    gid
+}
+
+/// Whether `v` is a `segment(..)` lookup.
+fn is_segment(g: &Graph, v: ValueId) -> bool {
+    matches!(&g.node(v).kind, NodeKind::Compute { body, .. } if matches!(body.kind, ExprKind::Segment { .. }))
+}
+
+fn hinted_group(members: &BTreeSet<ValueId>, hinted: &impl Fn(ValueId) -> bool) -> bool {
+    members.iter().any(|m| hinted(*m))
 }
 
 /// A copy: the body is one load at plain (or affine) indices, maybe converted: a re-indexing (rule 4).
@@ -540,6 +600,19 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
         }
         groups.push((kind, set, 0));
     }
+    // Rule 2b: a segment lookup read only as the expert index of grouped-matmul weights joins that group.
+    for i in 0..n {
+        let v = ValueId(i as u32);
+        if group_of[i].is_some() || results.contains(&v) || hinted(v) {
+            continue;
+        }
+        if let Some(gid) = segment_of_grouped(g, v, &cons, &group_of, |k| groups[k].0) {
+            if !hinted_group(&groups[gid].1, &hinted) {
+                group_of[i] = Some(gid);
+                groups[gid].1.insert(v);
+            }
+        }
+    }
     // Rule 4: copies are inlined into their consumers (unless a result, hinted, or already grouped).
     let mut inlined: BTreeSet<ValueId> = BTreeSet::new();
     for i in 0..n {
@@ -745,6 +818,11 @@ fn why(g: &Graph, p: ValueId, c: ValueId, pg: Option<&Group>, cg: &Group, cfg: &
         }
         (_, GroupKind::Library) => "a library operation reads its whole input from global memory".into(),
         (_, GroupKind::Score) => "the flash (score) group streams its inputs from global memory, tile by tile".into(),
+        (_, GroupKind::GroupedMatmul) if is_segment(g, p) => {
+            "the segment lookup is read elsewhere too (or not only as an expert index), so it is stored once \
+             for all its readers rather than recomputed from the offsets"
+                .into()
+        }
         (_, GroupKind::Matmul | GroupKind::GroupedMatmul) => {
             "the cube reads matmul operands from global memory (L1), not from the vector unit".into()
         }

@@ -9,6 +9,7 @@
 //!   (MTE2 → V → MTE3 with the flags that order them).
 
 pub mod cube;
+pub mod grouped;
 pub mod library;
 pub mod rows;
 pub mod vector;
@@ -305,6 +306,9 @@ pub fn tile_group(
     }
     if let Some(r) = library::library(g, group, name, gm, target, b) {
         return Some(no_hints(r.map(Tiled::one), "library operations (top-k, sorting, prefix sums, histograms)"));
+    }
+    if let Some(r) = grouped::grouped(g, group, name, gm, target, b) {
+        return Some(no_hints(r, "grouped matmuls"));
     }
     cube::matmul_with_workspace(g, group, name, gm, target, b).map(|r| {
         no_hints(r.map(|(l, ws)| Tiled { launches: vec![l], workspaces: ws.into_iter().collect() }), "matmuls")

@@ -1,0 +1,195 @@
+//! The grouped matmul template (`moe_experts` on the cube), end to end: fuse → tile → verify → simulate →
+//! compare with the interpreter, on both targets, at awkward shapes and with random, skewed, empty and
+//! out-of-range expert offsets; plus the counted cube work and the absence of a per-row structure.
+
+use crate::common;
+use kc_ir::diag::Code;
+use kc_ir::launch::Args;
+use kc_ir::passes::fuse::{fuse, FusionConfig, GroupKind};
+use kc_ir::target::Target;
+use kc_ir::tile::{Pipe, TileProgram};
+use kc_ir::{DType, Graph, Tensor};
+
+const TARGETS: [&str; 2] = ["ascend910b", "ascend950"];
+
+fn kernel() -> Graph {
+    common::kernel("moe_experts", "moe_experts")
+}
+
+/// Random inputs at `(R, M, F, E)`, with `offsets` if given (else `random_args`' sorted offsets over 0..R).
+fn inputs(g: &Graph, (r, m, f, e): (i64, i64, i64, i64), offsets: Option<Vec<i32>>, seed: u64) -> Args {
+    let mut given = Args::default();
+    for (k, x) in [("R", r), ("M", m), ("F", f), ("E", e)] {
+        given.dims.insert(k.to_string(), x);
+    }
+    if let Some(o) = offsets {
+        given.tensors.insert("offsets".into(), common::i32_tensor(&[o.len()], o));
+    }
+    kc_runtime::random::random_args(g, &given, seed).expect("random args")
+}
+
+fn program(g: &Graph, args: &Args, target: &Target) -> TileProgram {
+    let f = fuse(g, &FusionConfig::default());
+    let b = kc_ir::launch::bind(g, args).unwrap_or_else(|e| panic!("bind: {e:?}"));
+    let tp = kc_ir::passes::tile::tile(g, &f, &b, target).unwrap_or_else(|e| panic!("tile: {e}"));
+    common::verify_tiled(g, &tp, target);
+    tp
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.to_f64_vec()
+}
+
+fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Per element of `ys`, `Σ_f |h[r, f] · w2[e, m, f]|` (in f64; `e` the row's expert for sorted offsets).
+fn magnitudes(args: &Args, (r, m, f, e): (i64, i64, i64, i64)) -> Vec<f64> {
+    let (r, m, f) = (r as usize, m as usize, f as usize);
+    let t = |n: &str| f64s(&args.tensors[n]);
+    let (xs, w1, w3, w2) = (t("xs"), t("w1"), t("w3"), t("w2"));
+    let off = t("offsets");
+    let mut out = vec![0.0; r * m];
+    for row in 0..r {
+        let ex = (0..e as usize).rev().find(|&x| off[x] <= row as f64).unwrap_or(0);
+        let h: Vec<f64> = (0..f)
+            .map(|j| {
+                let dot = |w: &[f64]| (0..m).map(|k| xs[row * m + k] * w[(ex * f + j) * m + k]).sum::<f64>();
+                silu(dot(&w1)) * dot(&w3)
+            })
+            .collect();
+        for col in 0..m {
+            out[row * m + col] = (0..f).map(|j| (h[j] * w2[(ex * m + col) * f + j]).abs()).sum();
+        }
+    }
+    out
+}
+
+/// Tiles, verifies, simulates and compares `ys` with the interpreter; returns the simulator's statistics.
+///
+/// Tolerance: the cube multiplies bf16 operands, so `h` (f32 in the graph) is rounded to bf16 before the
+/// second matmul: each term `h·w2` is off by at most 2^-9 of itself, the sum by 2^-9 `Σ|h·w2|` (we allow
+/// 2^-8 for the f32 arithmetic). Both sides then round the f32 sum to bf16, which may land one bf16 ulp
+/// (2^-7 of the value) apart. Everything before the rounding of `h` is bit-exact (k-ordered f32 sums).
+fn check(dims: (i64, i64, i64, i64), offsets: Option<Vec<i32>>, target: &str, seed: u64) -> kc_runtime::sim::Stats {
+    let g = kernel();
+    let target = Target::builtin(target).expect("target");
+    let args = inputs(&g, dims, offsets, seed);
+    let tp = program(&g, &args, &target);
+    let want = common::run(&g, &args);
+    let (got, stats) = kc_runtime::sim::run_with(&tp, &g, &args, &Default::default())
+        .unwrap_or_else(|e| panic!("sim at {dims:?} on {}: {e:?}", target.name));
+    let (w, s) = (f64s(&want[0].1), f64s(&got[0].1));
+    let mag = magnitudes(&args, dims);
+    assert_eq!(w.len(), s.len());
+    for (i, (a, b)) in w.iter().zip(&s).enumerate() {
+        let tol = mag[i] / 256.0 + a.abs() / 128.0 + 1e-6;
+        assert!(
+            (a - b).abs() <= tol,
+            "ys[{i}] at {dims:?} on {} (offsets {:?}): interp {a} vs sim {b} (tol {tol})",
+            target.name,
+            f64s(&args.tensors["offsets"])
+        );
+    }
+    let (r, m, f, _) = dims;
+    let macs: u64 = stats.launches.iter().map(|l| l.macs).sum();
+    assert_eq!(macs, 3 * (r * m * f) as u64, "cube MACs at {dims:?} on {}", target.name);
+    stats
+}
+
+#[test]
+fn random_offsets_at_awkward_shapes() {
+    let shapes = [(1, 1, 1, 1), (7, 5, 3, 2), (13, 17, 19, 3), (37, 20, 24, 5), (129, 16, 9, 2), (23, 33, 31, 7)];
+    for (i, dims) in shapes.into_iter().enumerate() {
+        for t in TARGETS {
+            check(dims, None, t, 11 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn skewed_and_empty_experts() {
+    let r = 41;
+    let cases: Vec<((i64, i64, i64, i64), Vec<i32>)> = vec![
+        // Every row in one expert: first, middle, last.
+        ((r, 18, 20, 4), vec![0, r as i32, r as i32, r as i32, r as i32]),
+        ((r, 18, 20, 4), vec![0, 0, r as i32, r as i32, r as i32]),
+        ((r, 18, 20, 4), vec![0, 0, 0, 0, r as i32]),
+        // An empty expert between two others; uneven sizes.
+        ((r, 7, 11, 3), vec![0, 17, 17, r as i32]),
+        ((r, 7, 11, 5), vec![0, 1, 2, 2, 40, r as i32]),
+        // One expert.
+        ((r, 16, 32, 1), vec![0, r as i32]),
+        // Offsets reaching beyond the rows on both sides (still every row inside one segment).
+        ((r, 9, 5, 3), vec![-4, 10, 30, r as i32 + 6]),
+        // Just above a row tile: all 129 rows in one expert, and a split at the tile edge.
+        ((129, 5, 6, 2), vec![0, 0, 129]),
+        ((129, 5, 6, 2), vec![0, 128, 129]),
+    ];
+    for (i, (dims, off)) in cases.into_iter().enumerate() {
+        for t in TARGETS {
+            check(dims, Some(off.clone()), t, 100 + i as u64);
+        }
+    }
+}
+
+/// Offsets that leave a row outside every segment: the interpreter stops with `IndexOutOfRange`, and so
+/// does the simulator.
+#[test]
+fn rows_outside_the_offsets_are_the_interpreters_error() {
+    let g = kernel();
+    let dims = (9, 5, 6, 3);
+    for off in [vec![1, 3, 5, 9], vec![0, 3, 5, 8], vec![0, 0, 0, 0], vec![2, 2, 2, 2]] {
+        let args = inputs(&g, dims, Some(off.clone()), 5);
+        let ie = kc_ir::interp::run(&g, &args).expect_err("the interpreter refuses the offsets");
+        assert_eq!(ie[0].code, Code::IndexOutOfRange, "{off:?}");
+        for t in TARGETS {
+            let target = Target::builtin(t).expect("target");
+            let tp = program(&g, &args, &target);
+            let se = kc_runtime::sim::run(&tp, &g, &args).expect_err("the simulator refuses the offsets");
+            assert_eq!(se[0].code, Code::IndexOutOfRange, "{off:?} on {t}: {se:?}");
+            assert_eq!(se[0].primary.span, ie[0].primary.span, "{off:?} on {t}: the segment's span");
+        }
+    }
+}
+
+/// The cube does each row's work once: 3·R·M·F multiply-accumulates whatever the split over experts
+/// (checked in `check`), here with many experts and few rows (most tiles partial).
+#[test]
+fn cube_macs_are_three_r_m_f() {
+    for t in TARGETS {
+        check((10, 24, 40, 8), Some(vec![0, 1, 1, 4, 4, 5, 9, 9, 10]), t, 3);
+    }
+}
+
+/// No per-row structure: the expert ids are not stored, fusion makes one group reading `offsets`, and an
+/// expert with many rows is multiplied in row tiles (far fewer cube statements than rows).
+#[test]
+fn tiles_of_rows_not_rows() {
+    let g = kernel();
+    let f = fuse(&g, &FusionConfig::default());
+    assert_eq!(f.groups.len(), 1, "one group");
+    assert_eq!(f.groups[0].kind, GroupKind::GroupedMatmul);
+    let offsets = g.params.iter().position(|p| p.name == "offsets").expect("offsets");
+    let off_node = g.nodes.iter().position(|n| n.kind == kc_ir::graph::NodeKind::Param(offsets)).expect("node");
+    assert!(f.groups[0].inputs.contains(&kc_ir::graph::ValueId(off_node as u32)), "the group reads offsets");
+    let r = 100;
+    for t in TARGETS {
+        let target = Target::builtin(t).expect("target");
+        let args = inputs(&g, (r, 16, 16, 3), Some(vec![0, 0, r as i32, r as i32]), 1);
+        let tp = program(&g, &args, &target);
+        for tensor in &tp.tensors {
+            assert!(
+                !(tensor.dtype == DType::I32 && tensor.shape == [r as u64]),
+                "an expert-id tensor `{}` in GM on {t}",
+                tensor.name
+            );
+        }
+        let stats = check((r, 16, 16, 3), Some(vec![0, 0, r as i32, r as i32]), t, 1);
+        for l in &stats.launches {
+            let m = l.stmts.get(&Pipe::M).copied().unwrap_or(0);
+            assert!(m < r as u64, "{}: {m} cube statements for {r} rows of one expert on {t}", l.name);
+        }
+    }
+}
