@@ -11,6 +11,7 @@
 pub mod cube;
 pub mod library;
 pub mod rows;
+pub mod score_bwd;
 pub mod vector;
 
 use crate::diag::{Code, Diagnostic};
@@ -233,6 +234,9 @@ pub fn tile_group(
     }
     if let Some(r) = rows::rows(g, group, name, gm, target, b) {
         return Some(r.map(Tiled::one));
+    }
+    if let Some(r) = score_bwd::score_bwd(g, group, name, gm, target, b) {
+        return Some(r);
     }
     if let Some(r) = library::library(g, group, name, gm, target, b) {
         return Some(r.map(Tiled::one));
