@@ -64,7 +64,11 @@ fn check(d: &[(&str, i64)], target: &str, seed: u64) {
         assert!(big.is_finite(), "{n}: the reference is not finite");
         for (i, (a, b)) in wv.iter().zip(&sv).enumerate() {
             let tol = big * 2f64.powi(-6) + 2.0 * bf16_ulp(*a);
-            assert!((a - b).abs() <= tol, "{n}[{i}] on {} at {d:?}: interp {a} vs sim {b} (tolerance {tol})", target.name);
+            assert!(
+                (a - b).abs() <= tol,
+                "{n}[{i}] on {} at {d:?}: interp {a} vs sim {b} (tolerance {tol})",
+                target.name
+            );
         }
     }
 }
@@ -116,9 +120,13 @@ fn no_score_tensor_in_gm_and_bounded_workspace() {
             let tp = tiled(&g, &a, &target);
             let bhst = (b * h * s * t) as u64;
             for x in &tp.tensors {
-                let n: u64 = x.shape.iter().product();
-                assert_ne!(n, bhst, "tensor `{}` has B·H·S·T elements", x.name);
+                // A workspace's shape is all its cores' areas; what one core uses is `per_core`.
+                let n: u64 = match x.role {
+                    TensorRole::Workspace { per_core } => per_core / x.dtype.size_bytes() as u64,
+                    _ => x.shape.iter().product(),
+                };
                 assert!(n < bhst, "tensor `{}` ({n} elements) is as large as a score tensor", x.name);
+                assert!(!x.shape.ends_with(&[s as u64, t as u64]), "tensor `{}` is [.., S, T]", x.name);
             }
             let ws: Vec<u64> = tp
                 .tensors
@@ -153,4 +161,25 @@ fn causal_skipping_reduces_macs() {
     // 64-wide blocks on a 4 × 4 block grid: 10 of the 16 blocks have unmasked entries.
     assert_eq!(macs, full * 10 / 16, "cube MACs with causal skipping");
     assert!(macs * 3 < full * 2);
+}
+
+/// The forward attention's score group (its output contracts over `j` only, `lse` is a reduction member) is
+/// not this template's: `score_bwd` returns `None` for it.
+#[test]
+fn forward_group_is_not_taken() {
+    let g = common::kernel("attention", "attention");
+    let a = args(&g, &[("B", 1), ("H", 2), ("G", 1), ("S", 5), ("T", 7), ("D", 16)], 9);
+    let f = fuse(&g, &FusionConfig::default());
+    let b = kc_ir::launch::bind(&g, &a).expect("bind");
+    let gm = kc_ir::passes::tile::plan_gm(&g, &f, &b).expect("gm");
+    let target = Target::builtin("ascend910b").expect("target");
+    let mut scores = 0;
+    for (k, group) in f.groups.iter().enumerate() {
+        if group.kind == kc_ir::passes::fuse::GroupKind::Score {
+            scores += 1;
+            let name = format!("attention.g{k}");
+            assert!(kc_ir::passes::tile::score_bwd::score_bwd(&g, group, &name, &gm, &target, &b).is_none());
+        }
+    }
+    assert_eq!(scores, 1, "the forward has one score group");
 }

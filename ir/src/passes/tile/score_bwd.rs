@@ -372,7 +372,8 @@ fn scan_member(
             let ExprKind::Binary(BinOp::Mul, f1, f2) = &body.kind else { return None };
             let (l1, l2) = (load(f1)?, load(f2)?);
             let s1 = shape(g, l1.0, b)?;
-            let (ra, rb) = if s1.len() == 4 && s1[2] == p.s && s1[1] == p.h && s1[0] == p.bsz { (l1, l2) } else { (l2, l1) };
+            let (ra, rb) =
+                if s1.len() == 4 && s1[2] == p.s && s1[1] == p.h && s1[0] == p.bsz { (l1, l2) } else { (l2, l1) };
             let (sa, sb) = (shape(g, ra.0, b)?, shape(g, rb.0, b)?);
             if sa.len() != 4 || sb.len() != 4 || in_group(ra.0) || in_group(rb.0) {
                 return None;
@@ -522,7 +523,8 @@ fn build(
     let r = p.h / p.g;
     let (ni, nj) = ((p.s + blk - 1) / blk, (p.t + blk - 1) / blk);
     let units = |side: Side| if side == Side::Col { p.bsz * p.g * nj } else { p.bsz * p.h * ni };
-    let sides: Vec<Side> = [Side::Col, Side::Row].into_iter().filter(|s| p.outputs.iter().any(|o| o.side == *s)).collect();
+    let sides: Vec<Side> =
+        [Side::Col, Side::Row].into_iter().filter(|s| p.outputs.iter().any(|o| o.side == *s)).collect();
     let cubes_of = |side: Side| (target.cube_cores as i64).min(units(side)).max(1);
     let max_cores = sides.iter().map(|s| cubes_of(*s) * (1 + ratio)).max().unwrap_or(1);
     let wsf_elems = p.mms.len() as i64 * blk * blk;
@@ -663,9 +665,7 @@ fn build_side(
                 inner.extend(step);
                 // i-blocks with an unmasked entry: the last row reaches column j0 (i + off >= j0).
                 let ilo = match p.causal {
-                    Some(off) => {
-                        mul(bin(SBin::Max, c(0), div(sub(v(j0), c(off)), c(blk))), c(blk))
-                    }
+                    Some(off) => mul(bin(SBin::Max, c(0), div(sub(v(j0), c(off)), c(blk))), c(blk)),
                     None => c(0),
                 };
                 let per_head = vec![
@@ -694,13 +694,10 @@ fn build_side(
         body.extend(unit_epi);
         Stmt::For { var: u, lo, hi: c(units_of(side, p, ni, nj)), step: cubes, body }
     };
-    let row_off = || -> SExpr {
-        mul(add(mul(add(mul(v(bb), c(h)), v(hh)), c(s)), v(i0)), c(d))
-    };
+    let row_off = || -> SExpr { mul(add(mul(add(mul(v(bb), c(h)), v(hh)), c(s)), v(i0)), c(d)) };
     let col_off = || -> SExpr { mul(add(mul(add(mul(v(bb), c(gg)), v(gv)), c(t)), v(j0)), c(d)) };
-    let load_row = |t_: TensorId| {
-        copy(Pipe::Mte2, rg(Loc::Gm(t_), row_off(), d), rg(bs(l1_row[&t_]), c(0), dp), v(rows), c(d))
-    };
+    let load_row =
+        |t_: TensorId| copy(Pipe::Mte2, rg(Loc::Gm(t_), row_off(), d), rg(bs(l1_row[&t_]), c(0), dp), v(rows), c(d));
     let load_col =
         |t_: TensorId| copy(Pipe::Mte2, rg(Loc::Gm(t_), col_off(), d), rg(bs(l1_col[&t_]), c(0), dp), v(cols), c(d));
     let wsf_base = mul(SExpr::Core, c(p.mms.len() as i64 * blk * blk));
@@ -710,10 +707,18 @@ fn build_side(
     let mut unit_pro = vec![wait(Pipe::Mte1, Pipe::Mte2, 0)];
     let mut step = vec![wait(Pipe::Mte1, Pipe::Mte2, 0)];
     for &t_ in &rowops {
-        if side == Side::Row { unit_pro.push(load_row(t_)) } else { step.push(load_row(t_)) }
+        if side == Side::Row {
+            unit_pro.push(load_row(t_))
+        } else {
+            step.push(load_row(t_))
+        }
     }
     for &t_ in &colops {
-        if side == Side::Col { unit_pro.push(load_col(t_)) } else { step.push(load_col(t_)) }
+        if side == Side::Col {
+            unit_pro.push(load_col(t_))
+        } else {
+            step.push(load_col(t_))
+        }
     }
     unit_pro.push(set(Pipe::Mte1, Pipe::Mte2, 0));
     unit_pro.push(wait(Pipe::Fix, Pipe::M, 1));
@@ -787,7 +792,13 @@ fn build_side(
                     lo: c(0),
                     hi: v(cols),
                     step: 1,
-                    body: vec![copy(Pipe::Mte1, rg(bs(fb), v(x), blk), rg(bs(a0), mul(v(x), c(blk)), 1), v(rows), c(1))],
+                    body: vec![copy(
+                        Pipe::Mte1,
+                        rg(bs(fb), v(x), blk),
+                        rg(bs(a0), mul(v(x), c(blk)), 1),
+                        v(rows),
+                        c(1),
+                    )],
                 });
                 step.push(copy(Pipe::Mte1, rg(bs(l1_row[&o.x]), c(0), dp), rg(bs(b0), c(0), dp), v(rows), c(d)));
                 (v(cols), v(rows))
