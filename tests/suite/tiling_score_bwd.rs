@@ -183,3 +183,24 @@ fn forward_group_is_not_taken() {
     }
     assert_eq!(scores, 1, "the forward has one score group");
 }
+
+/// Shapes where the operands' shapes alone are ambiguous (G = H, S = T = D): the roles come from the indices.
+#[test]
+fn ambiguous_shapes() {
+    for t in TARGETS {
+        check(&dims(1, 2, 2, 16, 16, 16), t, 10);
+    }
+}
+
+/// A large `D` falls back to smaller blocks; one too large for even 16-wide blocks is a capacity error (E0607).
+#[test]
+fn large_d_smaller_blocks_or_capacity_error() {
+    check(&dims(1, 1, 1, 3, 40, 300), "ascend910b", 11);
+    let g = graph();
+    let target = Target::builtin("ascend910b").expect("target");
+    let a = args(&g, &dims(1, 1, 1, 2, 3, 1100), 12);
+    let f = fuse(&g, &FusionConfig::default());
+    let b = kc_ir::launch::bind(&g, &a).expect("bind");
+    let e = tile(&g, &f, &b, &target).expect_err("D = 1100 does not fit L0C");
+    assert_eq!(e.code, kc_ir::diag::Code::OverCapacity, "{e}");
+}

@@ -195,10 +195,11 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
         causal: None,
     };
     let in_group = |x: ValueId| group.nodes.contains(&x);
-    // Score members: the group's nodes shaped like the space, not stored.
+    // Score members: the group's nodes that are not stored (each shaped like the space); the stored ones are
+    // the outputs.
     for &m in &group.nodes {
-        if shape(g, m, b)? == space {
-            if group.stored.contains(&m) || g.node(m).rank() != 4 {
+        if !group.stored.contains(&m) {
+            if shape(g, m, b)? != space || g.node(m).rank() != 4 {
                 return None;
             }
             p.members.push(m);
@@ -256,45 +257,32 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
             return None;
         }
         let xshape = shape(g, xsrc, b)?;
-        let side = if oshape == vec![bsz, h, s, p.d] && rvars.len() == 1 {
-            // out[b, h, i, d] = Σ_j m[b, h, i, j] · X[b, h / R, j, d]
+        // out[b, h, i, d] = Σ_j m[b, h, i, j] · X[b, h / R, j, d]
+        let row_side = oshape == vec![bsz, h, s, p.d] && rvars.len() == 1 && xshape == vec![bsz, gg, t, p.d] && {
             let j = rvars[0].index();
-            let ok = xshape == vec![bsz, gg, t, p.d]
-                && idx_is(midx, &envs, b, &|e| vec![e[0], e[1], e[2], e[j]])
-                && idx_is(xidx, &envs, b, &|e| vec![e[0], e[1] / r, e[j], e[3]]);
-            if !ok {
-                return None;
-            }
-            Side::Row
-        } else if oshape == vec![bsz, gg, t, p.d] && (1..=2).contains(&rvars.len()) {
-            // out[b, g, j, d] = Σ_{r, i} m[b, gR + r, i, j] · X[b, gR + r, i, d]
-            if xshape != vec![bsz, h, s, p.d] {
-                return None;
-            }
-            let orders: Vec<(Option<usize>, usize)> = if rvars.len() == 1 {
-                if r != 1 {
-                    return None;
-                }
-                vec![(None, rvars[0].index())]
-            } else {
-                vec![(Some(rvars[0].index()), rvars[1].index()), (Some(rvars[1].index()), rvars[0].index())]
+            idx_is(midx, &envs, b, &|e| vec![e[0], e[1], e[2], e[j]])
+                && idx_is(xidx, &envs, b, &|e| vec![e[0], e[1] / r, e[j], e[3]])
+        };
+        // out[b, g, j, d] = Σ_{r, i} m[b, gR + r, i, j] · X[b, gR + r, i, d] (the r sum may be absent if R = 1)
+        let col_side = !row_side && oshape == vec![bsz, gg, t, p.d] && xshape == vec![bsz, h, s, p.d] && {
+            let orders: Vec<(Option<usize>, usize)> = match rvars.len() {
+                1 if r == 1 => vec![(None, rvars[0].index())],
+                2 => vec![(Some(rvars[0].index()), rvars[1].index()), (Some(rvars[1].index()), rvars[0].index())],
+                _ => vec![],
             };
-            let ok = orders.iter().any(|&(rv, iv)| {
-                if let Some(rv) = rv {
-                    if ex[rv] != r || ex[iv] != s {
-                        return false;
-                    }
+            orders.iter().any(|&(rv, iv)| {
+                if rv.is_some_and(|rv| ex[rv] != r) || ex[iv] != s {
+                    return false;
                 }
                 let head = |e: &[i64]| e[1] * r + rv.map_or(0, |k| e[k]);
                 idx_is(midx, &envs, b, &|e| vec![e[0], head(e), e[iv], e[2]])
                     && idx_is(xidx, &envs, b, &|e| vec![e[0], head(e), e[iv], e[3]])
-            });
-            if !ok {
-                return None;
-            }
-            Side::Col
-        } else {
-            return None;
+            })
+        };
+        let side = match (row_side, col_side) {
+            (true, _) => Side::Row,
+            (_, true) => Side::Col,
+            _ => return None,
         };
         let x = *gm.of.get(&xsrc)?;
         let out = *gm.of.get(&o)?;
@@ -371,31 +359,34 @@ fn scan_member(
             let dv = vars[0].index();
             let ExprKind::Binary(BinOp::Mul, f1, f2) = &body.kind else { return None };
             let (l1, l2) = (load(f1)?, load(f2)?);
-            let s1 = shape(g, l1.0, b)?;
-            let (ra, rb) =
-                if s1.len() == 4 && s1[2] == p.s && s1[1] == p.h && s1[0] == p.bsz { (l1, l2) } else { (l2, l1) };
-            let (sa, sb) = (shape(g, ra.0, b)?, shape(g, rb.0, b)?);
-            if sa.len() != 4 || sb.len() != 4 || in_group(ra.0) || in_group(rb.0) {
-                return None;
-            }
-            let (d, gg) = (sa[3], sb[1]);
-            if sa != vec![p.bsz, p.h, p.s, d] || sb != vec![p.bsz, gg, p.t, d] || gg < 1 || p.h % gg != 0 {
-                return None;
-            }
-            if (p.d != 0 && p.d != d) || (p.g != 0 && p.g != gg) {
-                return None;
-            }
-            let r = p.h / gg;
-            if !idx_is(ra.1, envs, b, &|e| vec![e[0], e[1], e[2], e[dv]])
-                || !idx_is(rb.1, envs, b, &|e| vec![e[0], e[1] / r, e[3], e[dv]])
-            {
-                return None;
-            }
+            // Which factor is the row operand ([b, h, i, d]) and which the column one ([b, h / R, j, d]): the
+            // one whose indices say so (both orders are tried: the shapes alone are ambiguous when G = H, S = T).
+            let fits = |ra: (ValueId, &[Expr]), rb: (ValueId, &[Expr])| -> Option<(i64, i64)> {
+                let (sa, sb) = (shape(g, ra.0, b)?, shape(g, rb.0, b)?);
+                if sa.len() != 4 || sb.len() != 4 || in_group(ra.0) || in_group(rb.0) {
+                    return None;
+                }
+                let (d, gg) = (sa[3], sb[1]);
+                if sa != vec![p.bsz, p.h, p.s, d] || sb != vec![p.bsz, gg, p.t, d] || gg < 1 || p.h % gg != 0 {
+                    return None;
+                }
+                if (p.d != 0 && p.d != d) || (p.g != 0 && p.g != gg) {
+                    return None;
+                }
+                if g.node(ra.0).dtype != DType::BF16 || g.node(rb.0).dtype != DType::BF16 {
+                    return None;
+                }
+                let r = p.h / gg;
+                let ok = idx_is(ra.1, envs, b, &|e| vec![e[0], e[1], e[2], e[dv]])
+                    && idx_is(rb.1, envs, b, &|e| vec![e[0], e[1] / r, e[3], e[dv]]);
+                ok.then_some((d, gg))
+            };
+            let ((ra, rb), (d, gg)) = match fits(l1, l2) {
+                Some(x) => ((l1, l2), x),
+                None => ((l2, l1), fits(l2, l1)?),
+            };
             p.d = d;
             p.g = gg;
-            if g.node(ra.0).dtype != DType::BF16 || g.node(rb.0).dtype != DType::BF16 {
-                return None;
-            }
             let mm = ScoreMm { a: *gm.of.get(&ra.0)?, b: *gm.of.get(&rb.0)? };
             p.mms.push(mm);
         }
