@@ -14,3 +14,4 @@ mod tiling_gather;
 mod tiling_grouped;
 mod tiling_lib;
 mod tiling_rows;
+mod tiling_score_bwd;
