@@ -12,3 +12,4 @@ mod tiling;
 mod tiling_cube;
 mod tiling_lib;
 mod tiling_rows;
+mod tiling_score;

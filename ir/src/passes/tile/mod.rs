@@ -11,6 +11,7 @@
 pub mod cube;
 pub mod library;
 pub mod rows;
+pub mod score;
 pub mod vector;
 
 use crate::diag::{Code, Diagnostic};
@@ -236,6 +237,9 @@ pub fn tile_group(
     }
     if let Some(r) = library::library(g, group, name, gm, target, b) {
         return Some(r.map(Tiled::one));
+    }
+    if let Some(r) = score::score(g, group, name, gm, target, b) {
+        return Some(r);
     }
     cube::matmul_with_workspace(g, group, name, gm, target, b)
         .map(|r| r.map(|(l, ws)| Tiled { launches: vec![l], workspaces: ws.into_iter().collect() }))
