@@ -15,3 +15,4 @@ mod tiling_grouped;
 mod tiling_lib;
 mod tiling_rows;
 mod tiling_score_bwd;
+mod tiling_score;

@@ -12,6 +12,7 @@ pub mod cube;
 pub mod grouped;
 pub mod library;
 pub mod rows;
+pub mod score;
 pub mod score_bwd;
 pub mod vector;
 
@@ -305,11 +306,14 @@ pub fn tile_group(
     if let Some(r) = rows::rows(g, group, name, gm, target, b) {
         return Some(no_hints(r.map(Tiled::one), "row-wise groups"));
     }
-    if let Some(r) = score_bwd::score_bwd(g, group, name, gm, target, b) {
-        return Some(r);
-    }
     if let Some(r) = library::library(g, group, name, gm, target, b) {
         return Some(no_hints(r.map(Tiled::one), "library operations (top-k, sorting, prefix sums, histograms)"));
+    }
+    if let Some(r) = score_bwd::score_bwd(g, group, name, gm, target, b) {
+        return Some(no_hints(r, "attention backward groups"));
+    }
+    if let Some(r) = score::score(g, group, name, gm, target, b) {
+        return Some(no_hints(r, "attention (score) groups"));
     }
     if let Some(r) = grouped::grouped(g, group, name, gm, target, b) {
         return Some(no_hints(r, "grouped matmuls"));

@@ -1,0 +1,260 @@
+//! Score (flash-attention) groups, end to end: attention and a Newton-Schulz step are fused, tiled by the
+//! `score` template, verified and simulated on both targets at awkward shapes, and compared with the
+//! interpreter. Structural checks: the cube does exactly the two contractions' MACs (fewer with the causal
+//! mask: fully masked blocks are skipped), the workspaces do not grow with `S` and `T`, and no GM tensor
+//! holds the `[B, H, S, T]` scores.
+
+use crate::common;
+use kc_ir::passes::fuse::{fuse, FusionConfig, GroupKind};
+use kc_ir::passes::tile::{group_order, plan_gm, score, tile};
+use kc_ir::target::Target;
+use kc_ir::tile::{TensorRole, TileProgram};
+use kc_ir::Graph;
+
+const TARGETS: [&str; 2] = ["ascend910b", "ascend950"];
+
+/// Compiles a kernel given as text (through a file in the temp directory).
+fn compile_src(name: &str, src: &str) -> Graph {
+    let dir = std::env::temp_dir().join(format!("kc-tiling-score-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{name}.ker"));
+    std::fs::write(&path, src).expect("write kernel");
+    let prog = common::compile_ok(&path);
+    prog.kernel(name).unwrap_or_else(|| panic!("no kernel `{name}`")).clone()
+}
+
+/// Attention without the causal `where`.
+const NONCAUSAL: &str = "
+kernel attention_nc(q: bf16[B, H, S, D], k: bf16[B, G, T, D], v: bf16[B, G, T, D], scale: f32)
+    -> (o: bf16[B, H, S, D], lse: f32[B, H, S])
+    where H % G == 0
+{
+    let R = H / G;
+    let s[b, h, i, j] = scale * sum[d](q[b, h, i, d] * k[b, h / R, j, d]);
+    lse = logsumexp(s, axis: -1);
+    o[b, h, i, d] = sum[j](exp(s[b, h, i, j] - lse[b, h, i]) * v[b, h / R, j, d]);
+}
+";
+
+/// One Newton-Schulz step of Muon, from parameters: the score group alone.
+const NS_STEP: &str = "
+kernel ns_step(x: bf16[M, N], a: bf16[M, M]) -> o: bf16[M, N] where M <= N {
+    let b: bf16 = -4.7750 * a + 2.0315 * (a @ a);
+    o = 3.4445 * x + b @ x;
+}
+";
+
+fn args_for(g: &Graph, dims: &[(&str, i64)], seed: u64) -> kc_ir::launch::Args {
+    let given =
+        kc_ir::launch::Args { dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(), ..Default::default() };
+    kc_runtime::random::random_args(g, &given, seed).expect("random args")
+}
+
+/// The whole kernel through `tile()`, verified.
+fn tiled(g: &Graph, args: &kc_ir::launch::Args, target: &Target) -> TileProgram {
+    let f = fuse(g, &FusionConfig::default());
+    assert!(f.groups.iter().any(|gr| gr.kind == GroupKind::Score), "{}: no score group", g.name);
+    let b = kc_ir::launch::bind(g, args).unwrap_or_else(|e| panic!("bind: {e:?}"));
+    let tp = tile(g, &f, &b, target).unwrap_or_else(|e| panic!("{}: tile: {e}", g.name));
+    common::verify_tiled(g, &tp, target);
+    tp
+}
+
+/// Runs interpreter and simulator; compares each result within `atol + rtol·|want|` (per result name).
+fn compare(
+    g: &Graph,
+    tp: &TileProgram,
+    args: &kc_ir::launch::Args,
+    tol: &dyn Fn(&str) -> (f64, f64),
+) -> kc_runtime::sim::Stats {
+    let want = common::run(g, args);
+    let (got, stats) = kc_runtime::sim::run_with(tp, g, args, &kc_ir::interp::Limits::default())
+        .unwrap_or_else(|e| panic!("{}: sim: {e:?}", g.name));
+    assert_eq!(want.len(), got.len());
+    for ((n, w), (_, s)) in want.iter().zip(&got) {
+        let (atol, rtol) = tol(n);
+        let (wv, sv) = (w.to_f64_vec(), s.to_f64_vec());
+        assert_eq!(wv.len(), sv.len(), "{}: {n}: length", g.name);
+        for (i, (a, b)) in wv.iter().zip(&sv).enumerate() {
+            assert!(
+                (a - b).abs() <= atol + rtol * a.abs() || a == b,
+                "{} on {} ({:?}): {n}[{i}]: interpreter {a}, simulator {b}",
+                g.name,
+                tp.target,
+                tp.dims
+            );
+        }
+    }
+    stats
+}
+
+/// Attention's tolerances. The online softmax sums `l` and `o` block by block, rescaling the partial sums
+/// when the running maximum grows, and rounds the probabilities to bf16 for the cube, where the
+/// interpreter sums `exp(s - lse)·v` over all `j` in order in f32: `o` (bf16) agrees to bf16 rounding, `lse`
+/// (f32, a log of a sum of positive terms) to a few f32 ulps of relative error.
+fn attn_tol(name: &str) -> (f64, f64) {
+    if name == "lse" {
+        (1e-5, 1e-5)
+    } else {
+        (4e-3, 1.6e-2)
+    }
+}
+
+fn attn_dims(b: i64, h: i64, gk: i64, s: i64, t: i64, d: i64) -> Vec<(&'static str, i64)> {
+    vec![("B", b), ("H", h), ("G", gk), ("S", s), ("T", t), ("D", d)]
+}
+
+#[test]
+fn attention_matches_the_interpreter_at_awkward_shapes() {
+    let g = common::kernel("attention", "attention");
+    let shapes = [(1, 1, 1, 1, 1, 16), (1, 4, 2, 5, 7, 8), (2, 2, 1, 17, 33, 32), (1, 2, 2, 130, 131, 64)];
+    for target in TARGETS {
+        let target = Target::builtin(target).expect("builtin target");
+        for (seed, &(b, h, gk, s, t, d)) in shapes.iter().enumerate() {
+            let args = args_for(&g, &attn_dims(b, h, gk, s, t, d), seed as u64);
+            let tp = tiled(&g, &args, &target);
+            compare(&g, &tp, &args, &attn_tol);
+        }
+    }
+}
+
+#[test]
+fn attention_noncausal_matches_and_does_exactly_two_matmuls_of_macs() {
+    let g = compile_src("attention_nc", NONCAUSAL);
+    for target in TARGETS {
+        let target = Target::builtin(target).expect("builtin target");
+        for &(b, h, gk, s, t, d) in &[(1, 2, 1, 19, 37, 16), (2, 1, 1, 70, 130, 8)] {
+            let args = args_for(&g, &attn_dims(b, h, gk, s, t, d), 7);
+            let tp = tiled(&g, &args, &target);
+            let stats = compare(&g, &tp, &args, &attn_tol);
+            let macs: u64 = stats.launches.iter().map(|l| l.macs).sum();
+            assert_eq!(macs, (2 * b * h * s * t * d) as u64, "{}: MACs at {:?}", target.name, tp.dims);
+        }
+    }
+}
+
+#[test]
+fn causal_attention_skips_fully_masked_blocks() {
+    let g = common::kernel("attention", "attention");
+    // Blocks of 64 rows: the i-block `ib` computes the columns `0..(ib + 1)·64` its last row sees, so
+    // the fraction is (n + 1) / 2n for n = S / 64 blocks: 54% at S = T = 768.
+    let (b, h, s, t, d) = (1, 1, 768, 768, 16);
+    let args = args_for(&g, &attn_dims(b, h, 1, s, t, d), 3);
+    let target = Target::builtin("ascend910b").expect("builtin target");
+    let tp = tiled(&g, &args, &target);
+    let stats = compare(&g, &tp, &args, &attn_tol);
+    let macs: u64 = stats.launches.iter().map(|l| l.macs).sum();
+    let full = (2 * b * h * s * t * d) as u64;
+    assert!(macs * 100 <= full * 55, "causal MACs {macs} of {full}");
+}
+
+#[test]
+fn workspaces_are_bounded_and_the_scores_never_reach_gm() {
+    let g = common::kernel("attention", "attention");
+    for target in TARGETS {
+        let target = Target::builtin(target).expect("builtin target");
+        let mut per_core = Vec::new();
+        for (s, t) in [(200, 300), (333, 517)] {
+            let (b, h) = (1, 2);
+            let args = args_for(&g, &attn_dims(b, h, 1, s, t, 16), 1);
+            let f = fuse(&g, &FusionConfig::default());
+            let bd = kc_ir::launch::bind(&g, &args).expect("bind");
+            let tp = tile(&g, &f, &bd, &target).expect("tile");
+            let scores = (b * h * s * t) as u64;
+            for ten in tp.tensors.iter().filter(|t| !matches!(t.role, TensorRole::Workspace { .. })) {
+                let n: u64 = ten.shape.iter().product();
+                assert!(n < scores, "{}: tensor {} has {n} elements (scores: {scores})", target.name, ten.name);
+            }
+            let ws: Vec<u64> = tp
+                .tensors
+                .iter()
+                .filter_map(|t| match t.role {
+                    TensorRole::Workspace { per_core } => Some(per_core),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(ws.len(), 3, "{}: the score ring's workspaces", target.name);
+            per_core.push(ws);
+        }
+        assert_eq!(per_core[0], per_core[1], "{}: workspace sizes depend on S, T", target.name);
+    }
+}
+
+#[test]
+fn newton_schulz_step_matches_the_interpreter() {
+    // The second contraction accumulates over Z's column blocks in L0C, in order, as the interpreter
+    // sums; `b` is rounded to bf16 as the graph says. Only the sum of `a·a` over one block at a time and
+    // then the epilogue may differ by the last bf16 bit of `o` (the f32 sums are the same: equality is
+    // expected, a bf16 ulp allowed).
+    let g = compile_src("ns_step", NS_STEP);
+    for target in TARGETS {
+        let target = Target::builtin(target).expect("builtin target");
+        for (m, n) in [(40, 70), (13, 29), (1, 1), (130, 131)] {
+            let args = args_for(&g, &[("M", m), ("N", n)], 5);
+            let tp = tiled(&g, &args, &target);
+            let stats = compare(&g, &tp, &args, &|_| (0.0, 8e-3));
+            let macs: u64 = stats.launches.iter().map(|l| l.macs).sum();
+            assert_eq!(macs, (m * m * m + m * m * n) as u64, "{}: MACs", target.name);
+        }
+    }
+}
+
+#[test]
+fn muon_score_groups_tile_and_verify() {
+    // Muon's group 0 (the global norm, a scalar reduction) belongs to another template: if the whole
+    // kernel tiles, compare it with the interpreter; the score groups are tiled and verified either way.
+    let g = common::kernel("muon_orthogonalize", "muon_orthogonalize");
+    for target in TARGETS {
+        let target = Target::builtin(target).expect("builtin target");
+        for (m, n) in [(40, 70), (17, 31)] {
+            let args = args_for(&g, &[("M", m), ("N", n)], 2);
+            let f = fuse(&g, &FusionConfig::default());
+            let bd = kc_ir::launch::bind(&g, &args).expect("bind");
+            let mut gm = plan_gm(&g, &f, &bd).expect("gm");
+            let mut launches = Vec::new();
+            let mut count = 0;
+            for k in group_order(&f).expect("order") {
+                let gr = &f.groups[k];
+                if gr.kind != GroupKind::Score {
+                    continue;
+                }
+                let t = score::score(&g, gr, &format!("muon.g{k}"), &gm, &target, &bd)
+                    .unwrap_or_else(|| panic!("group {k} not taken"))
+                    .unwrap_or_else(|e| panic!("group {k}: {e}"));
+                gm.tensors.extend(t.workspaces);
+                launches.extend(t.launches);
+                count += 1;
+            }
+            assert_eq!(count, 5);
+            let tp = TileProgram {
+                kernel: g.name.clone(),
+                target: target.name.clone(),
+                dims: bd.dims.clone(),
+                tensors: gm.tensors,
+                launches,
+            };
+            common::verify_tiled(&g, &tp, &target);
+            if let Ok(full) = tile(&g, &f, &bd, &target) {
+                common::verify_tiled(&g, &full, &target);
+                // Five steps of bf16 rounding with slightly different sums: bf16-level agreement.
+                compare(&g, &full, &args, &|_| (2e-2, 3e-2));
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_backward_is_left_to_its_own_template() {
+    let g = common::kernel("attention_bwd", "attention_bwd");
+    let args = args_for(&g, &attn_dims(1, 2, 1, 5, 7, 8), 0);
+    let f = fuse(&g, &FusionConfig::default());
+    let bd = kc_ir::launch::bind(&g, &args).expect("bind");
+    let gm = plan_gm(&g, &f, &bd).expect("gm");
+    let target = Target::builtin("ascend910b").expect("builtin target");
+    for gr in f.groups.iter().filter(|gr| gr.kind == GroupKind::Score) {
+        let names: Vec<String> = gr.stored.iter().map(|v| g.node(*v).name.clone().unwrap_or_default()).collect();
+        if names.iter().any(|n| n.starts_with("dq") || n.starts_with("dk") || n.starts_with("dv")) {
+            assert!(score::score(&g, gr, "bwd", &gm, &target, &bd).is_none(), "score took {names:?}");
+        }
+    }
+}
