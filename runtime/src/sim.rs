@@ -473,15 +473,13 @@ struct Ctx<'p> {
     launch: &'p Launch,
     cube_cores: u32,
     vector_cores: u32,
+    /// Vector cores per cube core (0 without cube cores), computed once per launch.
+    ratio: u32,
 }
 
 impl Ctx<'_> {
     fn ratio(&self) -> u32 {
-        if self.cube_cores > 0 && self.vector_cores > 0 {
-            self.vector_cores / self.cube_cores
-        } else {
-            0
-        }
+        self.ratio
     }
 
     /// The global indices (cube cores first) of a core's cross-core partners.
@@ -493,7 +491,7 @@ impl Ctx<'_> {
         match kind {
             Kind::Cube => (index * ratio..(index + 1) * ratio).map(|v| (self.cube_cores + v) as usize).collect(),
             Kind::Vector => {
-                let c = index / ratio;
+                let c = index.checked_div(ratio).unwrap_or(u32::MAX);
                 if c < self.cube_cores {
                     vec![c as usize]
                 } else {
@@ -511,7 +509,12 @@ fn run_launch(
     l: &Launch,
     gm: &mut [TensorData],
 ) -> Result<LaunchStats, Vec<Diagnostic>> {
-    let ctx = Ctx { graph, prog, launch: l, cube_cores: l.cube_cores, vector_cores: l.vector_cores };
+    // The ratio is computed here, once, through `black_box`: computed inside the core loop below, a guarded
+    // `vector_cores / cube_cores` was hoisted above its guard by rustc 1.95's release build (LLVM) and a
+    // vector-only launch (cube_cores == 0) died of SIGFPE.
+    let cube = std::hint::black_box(l.cube_cores);
+    let ratio = if cube == 0 { 0 } else { l.vector_cores / cube };
+    let ctx = Ctx { graph, prog, launch: l, cube_cores: l.cube_cores, vector_cores: l.vector_cores, ratio };
     let mut stats = LaunchStats { name: l.name.clone(), ..LaunchStats::default() };
     let mut cores: Vec<Core<'_>> = Vec::new();
     for (kind, n, body) in [(Kind::Cube, l.cube_cores, &l.cube), (Kind::Vector, l.vector_cores, &l.vector)] {
