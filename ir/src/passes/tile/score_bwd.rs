@@ -749,10 +749,10 @@ fn build_side(
     }
     step.push(set(Pipe::M, Pipe::Fix, 0));
     step.push(wait(Pipe::M, Pipe::Fix, 0));
-    for k in 0..p.mms.len() {
+    for (k, &cs) in c_s.iter().enumerate() {
         step.push(copy(
             Pipe::Fix,
-            rg(bs(c_s[k]), c(0), blk),
+            rg(bs(cs), c(0), blk),
             rg(Loc::Gm(wsf), add(wsf_base.clone(), c(k as i64 * blk * blk)), blk),
             v(rows),
             v(cols),
