@@ -108,6 +108,16 @@ fn random_offsets_at_awkward_shapes() {
     }
 }
 
+/// Several k steps (the double-buffered loop) and several n-blocks in both launches.
+#[test]
+fn several_k_steps_and_n_blocks() {
+    for (i, dims) in [(5, 300, 140, 2), (20, 130, 260, 3)].into_iter().enumerate() {
+        for t in TARGETS {
+            check(dims, None, t, 40 + i as u64);
+        }
+    }
+}
+
 #[test]
 fn skewed_and_empty_experts() {
     let r = 41;

@@ -7,6 +7,8 @@
 //! rows across cores. Each group kind has its own module that builds its launch:
 //! - [`vector`]: elementwise vector groups, streamed through UB in double-buffered chunks
 //!   (MTE2 → V → MTE3 with the flags that order them).
+//! - [`grouped`]: grouped matmuls (a mixture of experts' SwiGLU feed-forward): tiles of rows within one
+//!   expert, found from the `offsets` the group reads, in two launches with `h` in GM between them.
 
 pub mod cube;
 pub mod grouped;
