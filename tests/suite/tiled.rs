@@ -345,3 +345,37 @@ fn report_done_when_figures() {
     let got = r.totals.cube_flops as f64;
     assert!((got - want).abs() <= 0.10 * want, "moe_experts: {got} cube flops, want {want} ± 10%");
 }
+
+/// Tile hints that fit are honoured exactly, and the program still computes the interpreter's results: an
+/// elementwise chunk of 3 whole rows, a 32 x 64 matmul base block.
+#[test]
+fn tile_hints_are_honoured() {
+    let ew = compile_src(
+        "hint_ew",
+        "kernel k(x: f32[T, D]) -> y: f32[T, D] {\n    #[tile(t: 3)] y[t, d] = exp(x[t, d]) * 2.0;\n}\n",
+    );
+    let mm = compile_src(
+        "hint_mm",
+        "kernel mm(a: bf16[M, K], b: bf16[K, N]) -> c: bf16[M, N] {\n    #[tile(i: 32, j: 64)] c[i, j] = \
+         sum[k](a[i, k] * b[k, j]);\n}\n",
+    );
+    for t in TARGETS {
+        let target = Target::builtin(t).expect("target");
+        let g = &ew.kernels[0];
+        let dims = dims_of(&[("T", 10), ("D", 37)]);
+        let (_, tp, _) = tile_at(g, &dims, &target);
+        assert!(tp.launches[0].buffers.iter().all(|b| b.shape == vec![3 * 37]), "{t}: {:?}", tp.launches[0].buffers);
+        let args = kc_runtime::random::random_args(g, &Args { tensors: BTreeMap::new(), dims }, 5).expect("args");
+        let got = kc_runtime::sim::run(&tp, g, &args).expect("sim");
+        assert_eq!(got, common::run(g, &args));
+
+        let g = &mm.kernels[0];
+        let dims = dims_of(&[("M", 100), ("K", 70), ("N", 130)]);
+        let (_, tp, _) = tile_at(g, &dims, &target);
+        let l0c = tp.launches[0].buffers.iter().find(|b| b.mem == kc_ir::tile::Mem::L0C).expect("an L0C buffer");
+        assert_eq!(l0c.shape, vec![32, 64], "{t}");
+        let args = kc_runtime::random::random_args(g, &Args { tensors: BTreeMap::new(), dims }, 5).expect("args");
+        let got = kc_runtime::sim::run(&tp, g, &args).expect("sim");
+        assert_eq!(got, common::run(g, &args));
+    }
+}

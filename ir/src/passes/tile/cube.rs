@@ -291,6 +291,77 @@ fn base_blocks(target: &Target, m: i64, n: i64, k: i64, esize: i64) -> Option<(i
     Some((bm, bn, bk))
 }
 
+/// The base block (bm, bn) that the tile hints on a matmul group ask for, with the hint: a tile along the
+/// result's row axis sets `bm`, along its column axis `bn` (each a multiple of the 16-wide fractal, or at
+/// least the axis); the other is the tiler's choice (at most 128). Batch axes are taken one at a time, so a
+/// batch tile must be 1. Every hint of the group must agree.
+fn hinted_blocks(
+    hints: &[super::TileHint],
+    nb: usize,
+    m: i64,
+    n: i64,
+) -> Result<Option<(i64, i64, super::TileHint)>, Diagnostic> {
+    let r16 = |x: i64| (x.max(1) + 15) / 16 * 16;
+    let mut out: Option<(i64, i64, super::TileHint)> = None;
+    for h in hints {
+        let mut bm = None;
+        let mut bn = None;
+        for &(a, size) in &h.axes {
+            let size = size as i64;
+            if a < nb {
+                if size != 1 {
+                    return Err(super::hint_error(
+                        h,
+                        format!("a matmul takes its batch axes one at a time: the tile of batch axis {a} must be 1"),
+                    ));
+                }
+                continue;
+            }
+            let extent = if a == nb { m } else { n };
+            let block = if size >= extent { r16(extent) } else { size };
+            if block % 16 != 0 {
+                return Err(super::hint_error(
+                    h,
+                    format!(
+                        "cube tiles are multiples of the 16 x 16 fractal: {size} along axis {a} is not (use a \
+                         multiple of 16, or at least the axis's {extent})"
+                    ),
+                ));
+            }
+            if a == nb {
+                bm = Some(block);
+            } else {
+                bn = Some(block);
+            }
+        }
+        let bm = bm.unwrap_or_else(|| r16(m).min(128));
+        let bn = bn.unwrap_or_else(|| r16(n).min(128));
+        match &out {
+            Some((om, on, first)) if (*om, *on) != (bm, bn) => {
+                return Err(super::hint_error(
+                    h,
+                    format!("it asks for {bm} x {bn} base blocks, but {} asks for {om} x {on}", first.text),
+                ))
+            }
+            Some(_) => {}
+            None => out = Some((bm, bn, h.clone())),
+        }
+    }
+    Ok(out)
+}
+
+/// The k step for hinted base blocks: the largest multiple of 16 (at most 256 and the padded K) whose L0A
+/// and L0B tiles fit half of their memories, or 16 (the capacity check then names what does not fit).
+fn hinted_bk(target: &Target, bm: i64, bn: i64, k: i64, esize: i64) -> i64 {
+    let l0a = target.memory("l0a").map_or(0, |m| m.usable() as i64 / 2);
+    let l0b = target.memory("l0b").map_or(0, |m| m.usable() as i64 / 2);
+    let mut bk = ((k.max(1) + 15) / 16 * 16).min(256);
+    while bk > 16 && (bm * bk * esize > l0a || bk * bn * esize > l0b) {
+        bk -= 16;
+    }
+    bk
+}
+
 fn region(loc: Loc, offset: SExpr, row_stride: SExpr) -> Region {
     Region { loc, offset, row_stride }
 }
@@ -329,7 +400,11 @@ fn build(
     };
     let esize = p.dtype.size_bytes() as i64;
     let (m, n, k) = (p.m, p.n, p.k);
-    let (bm, bn, bk) = base_blocks(target, m, n, k, esize).ok_or_else(|| internal("no base block fits L0"))?;
+    let hint = hinted_blocks(&super::tile_hints(g, group), p.batch_dims.len(), m, n)?;
+    let (bm, bn, bk) = match &hint {
+        Some((hm, hn, _)) => (*hm, *hn, hinted_bk(target, *hm, *hn, k, esize)),
+        None => base_blocks(target, m, n, k, esize).ok_or_else(|| internal("no base block fits L0"))?,
+    };
     let (mb, nbk) = ((m + bm - 1) / bm, (n + bn - 1) / bn);
     let batches: i64 = p.batch_dims.iter().product();
     let blocks = batches * mb * nbk;
@@ -537,7 +612,10 @@ fn build(
         lb.launch.vector = vector;
     }
     lb.launch.cube = cube;
-    let l = lb.finish("base block sizes chosen by the tiler")?;
+    let l = match &hint {
+        Some((_, _, h)) => lb.finish_at(h.span, &format!("the base block {bm} x {bn} x {bk} asked for by {}", h.text))?,
+        None => lb.finish("base block sizes chosen by the tiler")?,
+    };
     Ok((l, workspace))
 }
 

@@ -320,9 +320,8 @@ pub fn tile_group(
     if let Some(r) = grouped::grouped(g, group, name, gm, target, b) {
         return Some(no_hints(r, "grouped matmuls"));
     }
-    cube::matmul_with_workspace(g, group, name, gm, target, b).map(|r| {
-        no_hints(r.map(|(l, ws)| Tiled { launches: vec![l], workspaces: ws.into_iter().collect() }), "matmuls")
-    })
+    cube::matmul_with_workspace(g, group, name, gm, target, b)
+        .map(|r| r.map(|(l, ws)| Tiled { launches: vec![l], workspaces: ws.into_iter().collect() }))
 }
 
 /// Lowers a fused kernel to the tile IR for `target` at the dims of `b`: the launches of each group, in an
