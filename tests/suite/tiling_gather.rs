@@ -225,3 +225,36 @@ fn tiling_gather_out_of_range_index() {
         check_args(&g, &args, target, &[], 0);
     }
 }
+
+/// The mechanisms beyond the four kernels: a looped max over gathered rows, a looped integer sum, a read
+/// shifted along the columns under a per-column guard, and a guarded element gather inside a column
+/// reduction; shapes 1, primes, and rows of a few elements.
+#[test]
+fn tiling_gather_general_forms() {
+    let g = compile_src(
+        "forms",
+        "kernel forms(x: f32[R, M], idx: i32[T, J], n: i32[T, J]) -> (a: f32[T, M], b: i32[T, M], c: f32[R, M], d: f32[T]) {\n\
+         \x20   a[t, m] = max[j](x[idx[t, j], m] * 0.5);\n\
+         \x20   b[t, m] = sum[j](n[t, j] * (m + 1));\n\
+         \x20   c[r, m] = where(m + 1 < M, x[r, m + 1] - x[r, m], 0.0);\n\
+         \x20   d[t] = sum[j](where(idx[t, j] > 0, x[idx[t, j] - 1, j % M], -1.0));\n\
+         }\n",
+    );
+    for (t, r, m, j) in [(1, 1, 1, 1), (7, 5, 13, 3), (3, 11, 2, 4), (70, 9, 3, 2)] {
+        let mut rng = common::Rng::new((t * 100 + m) as u64);
+        let x = common::rand_tensor(&mut rng, DType::F32, &[r as usize, m as usize]);
+        let idx: Vec<i32> = (0..t * j).map(|_| rng.int(0, r as i32)).collect();
+        let n: Vec<i32> = (0..t * j).map(|_| rng.int(-50, 50)).collect();
+        let args = common::args(
+            &[
+                ("x", &x),
+                ("idx", &common::i32_tensor(&[t as usize, j as usize], idx)),
+                ("n", &common::i32_tensor(&[t as usize, j as usize], n)),
+            ],
+            &[],
+        );
+        for target in TARGETS {
+            check_args(&g, &args, target, &[], 0);
+        }
+    }
+}

@@ -137,6 +137,8 @@ struct Gat {
     src: ValueId,
     /// A row gather (the source's trailing axes are the tile's columns, read whole); else an element gather.
     row: bool,
+    /// The indices do not use the tile's columns: one index per row.
+    row_only: bool,
     width: i64,
     idx_width: i64,
 }
@@ -302,7 +304,7 @@ impl Member<'_> {
                 let ictx = if row_only { Cols { vars: vec![], extents: vec![] } } else { cols.clone() };
                 let width = if q.is_some() || !row_only { cols.width() } else { 1 };
                 plan.loads[at] = LoadPlan::Gather(plan.gathers.len());
-                plan.gathers.push(Gat { src: *src, row: q.is_some(), width, idx_width: ictx.width() });
+                plan.gathers.push(Gat { src: *src, row: q.is_some(), row_only, width, idx_width: ictx.width() });
                 for x in &idx[..q.unwrap_or(idx.len())] {
                     // No reductions inside an index (`in_reduce`).
                     self.scan(x, &ictx, scalars, true, srcs, plan)?;
@@ -819,9 +821,8 @@ impl Translate<'_> {
         let (ib, db) = *self.gbufs.get(gi)?;
         let sdims = eval_dims(self.b, &self.g.node(src).shape)?;
         let q = if gat.row { idx.len().checked_sub(cols.vars.len())? } else { idx.len() };
-        let row_ctx = gat.idx_width == 1 && cols.width() != 1;
-        let ictx = if gat.idx_width == 1 { Cols { vars: vec![], extents: vec![] } } else { cols.clone() };
-        let guard = if row_ctx { self.guard.rows_only() } else { self.guard.clone() };
+        let ictx = if gat.row_only { Cols { vars: vec![], extents: vec![] } } else { cols.clone() };
+        let guard = if gat.row_only { self.guard.rows_only() } else { self.guard.clone() };
         let saved = std::mem::replace(&mut self.guard, guard.clone());
         let mut flat: Option<VExpr> = None;
         let mut ok: Option<VExpr> = None;
