@@ -119,13 +119,8 @@ fn attention_matches_the_interpreter_at_awkward_shapes() {
     let g = common::kernel("attention", "attention");
     // The last shape has more tasks (batch × i-blocks) than either target has cube cores: a core runs
     // several, one after the other, over the same ring.
-    let shapes = [
-        (1, 1, 1, 1, 1, 16),
-        (1, 4, 2, 5, 7, 8),
-        (2, 2, 1, 17, 33, 32),
-        (1, 2, 2, 130, 131, 64),
-        (5, 8, 4, 17, 20, 8),
-    ];
+    let shapes =
+        [(1, 1, 1, 1, 1, 16), (1, 4, 2, 5, 7, 8), (2, 2, 1, 17, 33, 32), (1, 2, 2, 130, 131, 64), (5, 8, 4, 17, 20, 8)];
     for target in TARGETS {
         let target = Target::builtin(target).expect("builtin target");
         for (seed, &(b, h, gk, s, t, d)) in shapes.iter().enumerate() {

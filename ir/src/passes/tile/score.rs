@@ -60,6 +60,8 @@
 //! within rounding, not bit for bit. The accumulate mode sums over `j` in order in L0C, like the
 //! interpreter.
 //!
+//! Set `KC_SCORE_DEBUG` to have the template name the line of `score.rs` where it declines a group.
+//!
 //! Not handled (`None`): several contractions in the score shape (attention's backward), a `k` or `Dv`
 //! too large for one L0 tile, statistics other than the above, reads of GM tensors other than scalars in
 //! tile members and statistics.
@@ -195,6 +197,9 @@ fn operand(
     let tensor = *gm.of.get(src)?;
     let shape = dims_of(g, *src, bd)?;
     let n = idx.len();
+    if shape.len() != n {
+        bail!();
+    }
     let transposed = if is_var(&idx[n - 2], row_var) && is_var(&idx[n - 1], col_var) {
         false
     } else if is_var(&idx[n - 2], col_var) && is_var(&idx[n - 1], row_var) {
