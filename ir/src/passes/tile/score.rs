@@ -60,6 +60,8 @@
 //! within rounding, not bit for bit. The accumulate mode sums over `j` in order in L0C, like the
 //! interpreter.
 //!
+//! Set `KC_SCORE_DEBUG` to have the template name the line of `score.rs` where it declines a group.
+//!
 //! Not handled (`None`): several contractions in the score shape (attention's backward), a `k` or `Dv`
 //! too large for one L0 tile, statistics other than the above, reads of GM tensors other than scalars in
 //! tile members and statistics.
@@ -116,7 +118,6 @@ struct Plan {
     t: i64,
     d: i64,
     dv: i64,
-    anchor: ValueId,
     a: Operand,
     b: Operand,
     vop: Operand,
@@ -178,6 +179,7 @@ fn dims_of(g: &Graph, x: ValueId, bd: &Binding) -> Option<Vec<i64>> {
 }
 
 /// A load of a GM tensor outside the group as an operand whose logical tile is `(row_var, col_var)`.
+#[allow(clippy::too_many_arguments)]
 fn operand(
     g: &Graph,
     group: &Group,
@@ -195,6 +197,9 @@ fn operand(
     let tensor = *gm.of.get(src)?;
     let shape = dims_of(g, *src, bd)?;
     let n = idx.len();
+    if shape.len() != n {
+        bail!();
+    }
     let transposed = if is_var(&idx[n - 2], row_var) && is_var(&idx[n - 1], col_var) {
         false
     } else if is_var(&idx[n - 2], col_var) && is_var(&idx[n - 1], row_var) {
@@ -291,7 +296,7 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, bd: &Binding) -> Option<Plan> 
         (Some(a), Some(b)) => (a, b),
         _ => (operand(g, group, gm, bd, y, nb, nb, kv)?, operand(g, group, gm, bd, x, nb, kv, nb + 1)?),
     };
-    if a.dtype != b.dtype || d < 1 || !an.dtype.is_float() {
+    if a.dtype != b.dtype || d < 1 || t < 1 || !an.dtype.is_float() {
         bail!();
     }
     // The causal mask.
@@ -558,7 +563,6 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, bd: &Binding) -> Option<Plan> 
         t,
         d,
         dv,
-        anchor,
         a,
         b,
         vop,
@@ -919,7 +923,7 @@ fn build(
     let vbase = lb.svar("vbase");
 
     let own = |core: SExpr, per: i64| mul(core, c(per));
-    let coords = |q: &mut Seq, mine: SExpr| {
+    let coords = |q: &mut Seq| {
         q.s(Stmt::Set { var: bi, value: bin(SBin::Div, v(task), c(nib)) });
         q.s(Stmt::Set { var: i0, value: mul(bin(SBin::Mod, v(task), c(nib)), c(bm)) });
         q.s(Stmt::Set { var: rows, value: min(c(bm), sub(c(s), v(i0))) });
@@ -929,7 +933,6 @@ fn build(
             None => c(njall),
         };
         q.s(Stmt::Set { var: nj, value: n });
-        let _ = mine;
     };
     // A j-block's columns: with the causal mask, only those some row of the i-block sees (`j < i0 + rows +
     // e`); the columns after them are masked for every row and contribute nothing.
@@ -1048,7 +1051,7 @@ fn build(
         operand_base(&p.vop, bi, &p.batch_dims, bd)?,
     );
     cq.for_(task, SExpr::Core, c(tasks), cubes, |q| {
-        coords(q, SExpr::Core);
+        coords(q);
         q.s(Stmt::Set { var: abase, value: bases.0.clone() });
         q.s(Stmt::Set { var: bbase, value: bases.1.clone() });
         q.s(Stmt::Set { var: vbase, value: bases.2.clone() });
@@ -1373,16 +1376,14 @@ fn build(
             });
         }
     };
-    let tile_off = |x: ValueId| -> SExpr {
-        let _ = x;
-        add(mul(v(bi), c(s * dv)), mul(row0.clone(), c(dv)))
-    };
+    // A consumer-shaped tile's offset in GM.
+    let tile_off = || add(mul(v(bi), c(s * dv)), mul(row0.clone(), c(dv)));
     let ext_ids: Vec<(BufId, TensorId)> =
         p.ext_tiles.iter().map(|x| gm.of.get(x).map(|t| (otiles[x].0, *t))).collect::<Option<_>>()?;
     let stored: Vec<(ValueId, TensorId)> =
         group.stored.iter().map(|x| gm.of.get(x).map(|t| (*x, *t))).collect::<Option<_>>()?;
     vq.for_(task, mine.clone(), c(tasks), cubes, |q| {
-        coords(q, mine.clone());
+        coords(q);
         q.s(Stmt::Set { var: r0, value: mul(subc.clone(), c(hr)) });
         q.s(Stmt::Set { var: rc, value: min(c(hr), sub(v(rows), v(r0))) });
         q.if_(lt(c(0), v(rc)), |q| {
@@ -1426,7 +1427,7 @@ fn build(
                     Pipe::Mte2,
                     Stmt::Copy {
                         pipe: Pipe::Mte2,
-                        src: reg(Loc::Gm(*t), tile_off(p.consumer), dv),
+                        src: reg(Loc::Gm(*t), tile_off(), dv),
                         dst: ub(*b, c(0), dv),
                         rows: v(rc),
                         cols: c(dv),
@@ -1446,7 +1447,7 @@ fn build(
                         Stmt::Copy {
                             pipe: Pipe::Mte3,
                             src: ub(*b, c(0), dv),
-                            dst: reg(Loc::Gm(*tt), tile_off(*x), dv),
+                            dst: reg(Loc::Gm(*tt), tile_off(), dv),
                             rows: v(rc),
                             cols: c(dv),
                         },
@@ -1468,6 +1469,5 @@ fn build(
     });
     vq.on(Pipe::Mte2);
     lb.launch.vector = vq.stmts;
-    let _ = (p.anchor, p.d);
     Some(lb.finish("block sizes chosen by the score tiler").map(|l| Tiled { launches: vec![l], workspaces }))
 }
