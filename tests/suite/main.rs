@@ -11,4 +11,5 @@ mod snapshots;
 mod tiling;
 mod tiling_cube;
 mod tiling_lib;
+mod tiling_reduce;
 mod tiling_rows;

@@ -10,6 +10,7 @@
 
 pub mod cube;
 pub mod library;
+pub mod reduce;
 pub mod rows;
 pub mod vector;
 
@@ -230,6 +231,9 @@ pub fn tile_group(
 ) -> Option<Result<Tiled, Diagnostic>> {
     if let Some(r) = vector::elementwise(g, group, name, gm, target, b) {
         return Some(r.map(Tiled::one));
+    }
+    if let Some(r) = reduce::reduce(g, group, name, gm, target, b) {
+        return Some(r);
     }
     if let Some(r) = rows::rows(g, group, name, gm, target, b) {
         return Some(r.map(Tiled::one));
