@@ -13,6 +13,7 @@ mod tiling_cube;
 mod tiling_gather;
 mod tiling_grouped;
 mod tiling_lib;
+mod tiling_reduce;
 mod tiling_rows;
 mod tiling_score_bwd;
 mod tiling_score;

@@ -13,6 +13,7 @@
 pub mod cube;
 pub mod grouped;
 pub mod library;
+pub mod reduce;
 pub mod rows;
 pub mod score;
 pub mod score_bwd;
@@ -304,6 +305,9 @@ pub fn tile_group(
     };
     if let Some(r) = vector::elementwise(g, group, name, gm, target, b) {
         return Some(r.map(Tiled::one));
+    }
+    if let Some(r) = reduce::reduce(g, group, name, gm, target, b) {
+        return Some(r);
     }
     if let Some(r) = rows::rows(g, group, name, gm, target, b) {
         return Some(no_hints(r.map(Tiled::one), "row-wise groups"));
