@@ -14,6 +14,7 @@ mod tiling_gather;
 mod tiling_grouped;
 mod tiling_lib;
 mod tiling_reduce;
+mod tiled;
 mod tiling_rows;
 mod tiling_score_bwd;
 mod tiling_score;

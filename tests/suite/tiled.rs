@@ -107,6 +107,12 @@ fn tiled_snapshots() {
 /// orders than the interpreter (blocked reductions, online softmax, partial sums per core) — an absolute
 /// error that scales with the terms summed, not with each result.
 pub fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
+    assert_matches_within(what, got, want, 0.25)
+}
+
+/// [`assert_matches`] with the absolute part of the tolerance `frac` × the dtype's relative tolerance × the
+/// largest magnitude.
+pub fn assert_matches_within(what: &str, got: &Tensor, want: &Tensor, frac: f64) {
     assert_eq!(got.shape, want.shape, "{what}: shape");
     assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
     let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
@@ -117,7 +123,7 @@ pub fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
         DType::F32 => 1e-4,
     };
     let maxabs = w.iter().filter(|x| x.is_finite()).fold(0.0f64, |a, x| a.max(x.abs()));
-    let atol = rtol * maxabs / 4.0;
+    let atol = rtol * maxabs * frac;
     let mut bad = Vec::new();
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let ok = if a.is_nan() || b.is_nan() {
@@ -154,7 +160,12 @@ fn sim_matches_interpreter() {
                         .unwrap_or_else(|e| panic!("{k} at {dims:?} on {t}: sim: {e:?}"));
                     assert_eq!(got.len(), want.len());
                     for ((n, a), (_, b)) in got.iter().zip(&want) {
-                        assert_matches(&format!("{k}.{n} at {dims:?} on {t}"), a, b);
+                        // Muon's five bf16 Newton-Schulz steps amplify a one-ulp difference of the global
+                        // norm (the simulator sums it in per-core partials): after one step 92% of the
+                        // values are identical and the rest one bf16 ulp apart, after five the largest
+                        // difference is about 2% of the largest value (measured at M = 67, N = 131).
+                        let frac = if k == "muon_orthogonalize" { 2.0 } else { 0.25 };
+                        assert_matches_within(&format!("{k}.{n} at {dims:?} on {t}"), a, b, frac);
                     }
                 }
             }
@@ -319,15 +330,37 @@ fn report_done_when_figures() {
         let g = one(k);
         let r = report_at(&g, &dims, &target);
         assert!(r.gm_intermediates.iter().all(|i| i.elements < bhst), "{k}: a [B, H, S, T] intermediate");
+        // Workspaces are bounded per core: the same at twice the sequence lengths.
         let (_, tp, _) = tile_at(&g, &dims, &target);
+        let mut bigger = dims.clone();
+        bigger.insert("S".into(), 2 * s);
+        bigger.insert("T".into(), 2 * t);
+        let (_, tp2, _) = tile_at(&g, &bigger, &target);
+        let per_core = |tp: &TileProgram| -> Vec<u64> {
+            tp.tensors
+                .iter()
+                .filter_map(|t| match t.role {
+                    kc_ir::tile::TensorRole::Workspace { per_core } => Some(per_core),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(!per_core(&tp).is_empty(), "{k}: cube results reach the vector cores through a workspace");
+        assert_eq!(per_core(&tp), per_core(&tp2), "{k}: workspaces grow with S and T");
         for tn in &tp.tensors {
             let n: u64 = tn.shape.iter().product();
-            assert!(n < bhst, "{k}: GM tensor `{}` has {n} elements", tn.name);
+            if !matches!(tn.role, kc_ir::tile::TensorRole::Workspace { .. }) {
+                assert!(n < bhst, "{k}: GM tensor `{}` has {n} elements", tn.name);
+            }
         }
     }
     let full = (4 * b * h * s * t * d) as f64;
-    let causal = report_at(&one("attention"), &dims, &target).totals.cube_flops as f64;
-    assert!(causal <= 0.55 * full, "causal attention: {causal} cube flops, more than 55% of {full}");
+    // The causal fraction falls towards one half as the sequence grows (the diagonal blocks are the
+    // excess): at S = T = 1024 it must be at most 55%.
+    let causal_dims = dims_of(&[("B", b), ("H", h), ("G", gk), ("S", 1024), ("T", 1024), ("D", d)]);
+    let causal = report_at(&one("attention"), &causal_dims, &target).totals.cube_flops as f64;
+    let full_1024 = (4 * b * h * 1024 * 1024 * d) as f64;
+    assert!(causal <= 0.55 * full_1024, "causal attention: {causal} cube flops, more than 55% of {full_1024}");
     let src = std::fs::read_to_string(common::kernel_path("attention")).expect("read");
     let open = src.replace(
         "let s[b, h, i, j] = where(j <= i + (T - S),\n                              scale * sum[d](q[b, h, i, d] * k[b, h / R, j, d]),\n                              -inf);",
@@ -364,7 +397,10 @@ fn tile_hints_are_honoured() {
         let g = &ew.kernels[0];
         let dims = dims_of(&[("T", 10), ("D", 37)]);
         let (_, tp, _) = tile_at(g, &dims, &target);
-        assert!(tp.launches[0].buffers.iter().all(|b| b.shape == vec![3 * 37]), "{t}: {:?}", tp.launches[0].buffers);
+        // Chunks of 3 rows of 37 (111 elements), in slots padded to 128 for UB's 32-byte alignment.
+        assert!(tp.launches[0].buffers.iter().all(|b| b.shape == vec![128]), "{t}: {:?}", tp.launches[0].buffers);
+        let text = kc_ir::tile::print::print_program(&tp);
+        assert!(text.contains("min(111, "), "{t}: the chunk is 111 elements:\n{text}");
         let args = kc_runtime::random::random_args(g, &Args { tensors: BTreeMap::new(), dims }, 5).expect("args");
         let got = kc_runtime::sim::run(&tp, g, &args).expect("sim");
         assert_eq!(got, common::run(g, &args));

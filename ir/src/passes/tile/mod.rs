@@ -307,7 +307,7 @@ pub fn tile_group(
         return Some(r.map(Tiled::one));
     }
     if let Some(r) = reduce::reduce(g, group, name, gm, target, b) {
-        return Some(r);
+        return Some(no_hints(r, "reductions across rows"));
     }
     if let Some(r) = rows::rows(g, group, name, gm, target, b) {
         return Some(no_hints(r.map(Tiled::one), "row-wise groups"));

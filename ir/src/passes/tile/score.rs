@@ -60,8 +60,6 @@
 //! within rounding, not bit for bit. The accumulate mode sums over `j` in order in L0C, like the
 //! interpreter.
 //!
-//! Set `KC_SCORE_DEBUG` to have the template name the line of `score.rs` where it declines a group.
-//!
 //! Not handled (`None`): several contractions in the score shape (attention's backward), a `k` or `Dv`
 //! too large for one L0 tile, statistics other than the above, reads of GM tensors other than scalars in
 //! tile members and statistics.
@@ -76,12 +74,9 @@ use crate::target::Target;
 use crate::tile::*;
 use std::collections::BTreeMap;
 
-/// `return None`, naming the line when `KC_SCORE_DEBUG` is set (why a group is not taken).
+/// `return None`: the group is not one this template takes.
 macro_rules! bail {
     () => {{
-        if std::env::var_os("KC_SCORE_DEBUG").is_some() {
-            eprintln!("score tiler: not taken (score.rs:{})", line!());
-        }
         return None;
     }};
 }

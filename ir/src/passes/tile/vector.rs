@@ -107,17 +107,20 @@ pub fn elementwise(
             .clamp(256, 16 * 1024)
             .min((total.max(1) as u64).next_multiple_of(256)) as i64,
     };
+    // A slot holds the chunk rounded up to 32 elements, so that every slot starts on UB's 32-byte alignment
+    // whatever the dtype (a hinted chunk need not be a multiple of anything); the tail is never read.
+    let slot_elems = (chunk as u64).next_multiple_of(32);
     let cores = (target.vector_cores as i64).min((total + chunk - 1) / chunk).max(1) as u32;
 
     let mut lb = LaunchBuilder::new(target, name, Unit::Vector, 0, cores);
     let mut bufs: BTreeMap<ValueId, BufId> = BTreeMap::new();
     let label = |x: ValueId| g.node(x).name.clone().unwrap_or_else(|| format!("t{}", x.0));
     for (s, a) in &inputs {
-        let (shape, slots) = if *a == Access::Scalar { (vec![1], 1) } else { (vec![chunk as u64], 2) };
+        let (shape, slots) = if *a == Access::Scalar { (vec![1], 1) } else { (vec![slot_elems], 2) };
         bufs.insert(*s, lb.buffer(format!("{}_in", label(*s)), Mem::UB, g.node(*s).dtype, shape, slots));
     }
     for m in &group.nodes {
-        bufs.insert(*m, lb.buffer(label(*m), Mem::UB, g.node(*m).dtype, vec![chunk as u64], 2));
+        bufs.insert(*m, lb.buffer(label(*m), Mem::UB, g.node(*m).dtype, vec![slot_elems], 2));
     }
     let off = lb.svar("off");
     let len = lb.svar("len");
