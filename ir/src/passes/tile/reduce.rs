@@ -116,12 +116,13 @@ fn prod(xs: &[i64]) -> Option<i64> {
 
 /// `ceil(a / b)` for `a ≥ 0`, `b > 0`.
 fn div_up(a: i64, b: i64) -> i64 {
-    (a + b - 1) / b.max(1)
+    let b = b.max(1);
+    a / b + (a % b != 0) as i64
 }
 
 /// `a` rounded up to a multiple of `m > 0`.
 fn round_up(a: i64, m: i64) -> i64 {
-    div_up(a, m) * m
+    div_up(a, m).saturating_mul(m)
 }
 
 fn is_var(e: &Expr, k: usize) -> bool {
