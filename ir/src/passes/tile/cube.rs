@@ -613,7 +613,9 @@ fn build(
     }
     lb.launch.cube = cube;
     let l = match &hint {
-        Some((_, _, h)) => lb.finish_at(h.span, &format!("the base block {bm} x {bn} x {bk} asked for by {}", h.text))?,
+        Some((_, _, h)) => {
+            lb.finish_at(h.span, &format!("the base block {bm} x {bn} x {bk} asked for by {}", h.text))?
+        }
         None => lb.finish("base block sizes chosen by the tiler")?,
     };
     Ok((l, workspace))
