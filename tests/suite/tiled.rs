@@ -380,7 +380,7 @@ fn report_done_when_figures() {
 }
 
 /// Tile hints that fit are honoured exactly, and the program still computes the interpreter's results: an
-/// elementwise chunk of 3 whole rows, a 32 x 64 matmul base block.
+/// elementwise chunk of 3 whole rows, a 32 x 64 matmul base block, row blocks of 3 rows with a reduction.
 #[test]
 fn tile_hints_are_honoured() {
     let ew = compile_src(
@@ -392,8 +392,22 @@ fn tile_hints_are_honoured() {
         "kernel mm(a: bf16[M, K], b: bf16[K, N]) -> c: bf16[M, N] {\n    #[tile(i: 32, j: 64)] c[i, j] = \
          sum[k](a[i, k] * b[k, j]);\n}\n",
     );
+    let rows = compile_src(
+        "hint_rows",
+        "kernel rms(x: bf16[T, D], w: bf16[D]) -> (y: bf16[T, D], rstd: f32[T]) {\n    #[tile(t: 3)] rstd[t] = \
+         rsqrt(sum[d](f32(x[t, d]) * f32(x[t, d])) / D + 1e-6);\n    y[t, d] = x[t, d] * rstd[t] * w[d];\n}\n",
+    );
     for t in TARGETS {
         let target = Target::builtin(t).expect("target");
+        let g = &rows.kernels[0];
+        let dims = dims_of(&[("T", 10), ("D", 37)]);
+        let (_, tp, _) = tile_at(g, &dims, &target);
+        let red = tp.launches[0].buffers.iter().find(|b| b.name == "rstd_red0").expect("the row sums' buffer");
+        assert_eq!(red.shape, vec![3, 1], "{t}: blocks of 3 rows");
+        let args = kc_runtime::random::random_args(g, &Args { tensors: BTreeMap::new(), dims }, 5).expect("args");
+        let got = kc_runtime::sim::run(&tp, g, &args).expect("sim");
+        assert_eq!(got, common::run(g, &args));
+
         let g = &ew.kernels[0];
         let dims = dims_of(&[("T", 10), ("D", 37)]);
         let (_, tp, _) = tile_at(g, &dims, &target);

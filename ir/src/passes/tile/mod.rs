@@ -310,7 +310,7 @@ pub fn tile_group(
         return Some(no_hints(r, "reductions across rows"));
     }
     if let Some(r) = rows::rows(g, group, name, gm, target, b) {
-        return Some(no_hints(r.map(Tiled::one), "row-wise groups"));
+        return Some(r.map(Tiled::one));
     }
     if let Some(r) = library::library(g, group, name, gm, target, b) {
         return Some(no_hints(r.map(Tiled::one), "library operations (top-k, sorting, prefix sums, histograms)"));

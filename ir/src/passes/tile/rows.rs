@@ -488,7 +488,14 @@ fn rows_at(
             hi = mid - 1;
         }
     }
-    let rt = lo as i64;
+    let hint = match hinted_rows(&super::tile_hints(g, group), g, b, &rows_dims) {
+        Ok(h) => h,
+        Err(e) => return Some(Err(e)),
+    };
+    let rt = match &hint {
+        Some((r, _)) => (*r).min(total.max(1)),
+        None => lo as i64,
+    };
     let cores = (target.vector_cores as i64).min(total / rt + (total % rt != 0) as i64).max(1) as u32;
 
     // Buffers.
@@ -671,7 +678,10 @@ fn rows_at(
         prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
     }
     lb.launch.vector = prog;
-    Some(lb.finish("row blocks chosen by the tiler"))
+    Some(match &hint {
+        Some((_, h)) => lb.finish_at(h.span, &format!("blocks of {rt} rows asked for by {}", h.text)),
+        None => lb.finish("row blocks chosen by the tiler"),
+    })
 }
 
 /// The shape of a slot of `rows × cols` elements of `size` bytes: `[rows, cols]` when its bytes are a
@@ -1031,4 +1041,73 @@ impl Translate<'_> {
         self.pre.push(Stmt::For { var: *it, lo: c(0), hi: c(prod(extents)), step: 1, body: lbody });
         Some(if w == 1 { VExpr::ReadRow(buf_region(rb.out, 0, 1)) } else { VExpr::Read(buf_region(rb.out, 0, w)) })
     }
+}
+
+/// The rows per block that the tile hints on a row-wise group ask for, with the hint. Blocks are runs of
+/// whole rows of the flattened row axes `rows_dims`, so: a tile along a row axis sets the block, with every
+/// later row axis whole and every earlier hinted row axis 1 (as for elementwise chunks); a tile along a
+/// column (inner) axis must be the whole axis, since a row is never split. Every hint must agree.
+fn hinted_rows(
+    hints: &[super::TileHint],
+    g: &Graph,
+    b: &Binding,
+    rows_dims: &[i64],
+) -> Result<Option<(i64, super::TileHint)>, Diagnostic> {
+    let p = rows_dims.len();
+    let mut out: Option<(i64, super::TileHint)> = None;
+    for h in hints {
+        let tile = |a: usize| h.axes.iter().find(|(x, _)| *x == a).map(|(_, s)| *s as i64);
+        for &(a, size) in &h.axes {
+            if a < p {
+                continue;
+            }
+            let extent = g.node(h.node).shape.get(a).and_then(|d| b.eval(d).ok()).unwrap_or(0);
+            if (size as i64) < extent {
+                return Err(super::hint_error(
+                    h,
+                    format!(
+                        "a row-wise group keeps whole rows in UB (a reduction or a per-row value runs along \
+                         them): the tile of axis {a} must be the whole axis ({extent})"
+                    ),
+                ));
+            }
+        }
+        let split = (0..p).find(|&a| tile(a).is_some_and(|t| t < rows_dims[a]));
+        let rt = match split {
+            None => rows_dims.iter().product::<i64>(),
+            Some(a) => {
+                if let Some(x) = (0..a).find(|&x| tile(x).is_some_and(|t| t != 1 && t < rows_dims[x])) {
+                    return Err(super::hint_error(
+                        h,
+                        format!(
+                            "row blocks are runs of whole rows: a tile of {} along axis {x} above a partial \
+                                 tile of axis {a} is not one",
+                            tile(x).unwrap_or(0)
+                        ),
+                    ));
+                }
+                if let Some(x) = (a + 1..p).find(|&x| tile(x).is_some_and(|t| t < rows_dims[x])) {
+                    return Err(super::hint_error(
+                        h,
+                        format!(
+                            "row blocks are runs of whole rows: axis {x} must be whole inside a tile that \
+                                 splits axis {a}"
+                        ),
+                    ));
+                }
+                tile(a).unwrap_or(1) * rows_dims[a + 1..].iter().product::<i64>()
+            }
+        };
+        match &out {
+            Some((r, first)) if *r != rt => {
+                return Err(super::hint_error(
+                    h,
+                    format!("it asks for blocks of {rt} rows, but {} asks for {r}", first.text),
+                ))
+            }
+            Some(_) => {}
+            None => out = Some((rt.max(1), h.clone())),
+        }
+    }
+    Ok(out)
 }
