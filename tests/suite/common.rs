@@ -360,3 +360,28 @@ pub fn verify_tiled(g: &Graph, tp: &kc_ir::tile::TileProgram, target: &kc_ir::ta
         );
     }
 }
+
+/// Asserts that the simulator's tensor `got` is the interpreter's `want` bit for bit (shape, dtype, and every
+/// value's bits; NaNs match NaNs). `what` names it in the failure, with the first differing element.
+pub fn assert_same_bits(what: &str, want: &Tensor, got: &Tensor) {
+    assert_eq!(want.shape, got.shape, "{what}: shape");
+    assert_eq!(want.dtype(), got.dtype(), "{what}: dtype");
+    let (wv, gv) = (want.to_f64_vec(), got.to_f64_vec());
+    for (i, (a, b)) in wv.iter().zip(&gv).enumerate() {
+        assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{what}[{i}]: interp {a} vs sim {b}");
+    }
+}
+
+/// The statements of a program (nested bodies included) for which `f` holds.
+pub fn count_stmts(s: &[kc_ir::tile::Stmt], f: &dyn Fn(&kc_ir::tile::Stmt) -> bool) -> usize {
+    use kc_ir::tile::Stmt;
+    s.iter()
+        .map(|x| {
+            f(x) as usize
+                + match x {
+                    Stmt::For { body, .. } | Stmt::If { then: body, .. } => count_stmts(body, f),
+                    _ => 0,
+                }
+        })
+        .sum()
+}

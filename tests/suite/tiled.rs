@@ -106,12 +106,7 @@ fn tiled_snapshots() {
 /// rounding of each value plus a small part of the largest magnitude, since the tile programs sum in other
 /// orders than the interpreter (blocked reductions, online softmax, partial sums per core) — an absolute
 /// error that scales with the terms summed, not with each result.
-pub fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
-    assert_matches_within(what, got, want, 0.25)
-}
-
-/// [`assert_matches`] with the absolute part of the tolerance `frac` × the dtype's relative tolerance × the
-/// largest magnitude.
+/// The absolute part of the tolerance is `frac` × the dtype's relative tolerance × the largest magnitude.
 pub fn assert_matches_within(what: &str, got: &Tensor, want: &Tensor, frac: f64) {
     assert_eq!(got.shape, want.shape, "{what}: shape");
     assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");

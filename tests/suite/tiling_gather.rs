@@ -69,17 +69,7 @@ fn check_args(g: &Graph, args: &Args, target: &str, skip: &[&str], skipped: usiz
         if skip.contains(&n.as_str()) {
             continue;
         }
-        let (wv, sv) = (w.to_f64_vec(), s.to_f64_vec());
-        assert_eq!(wv.len(), sv.len());
-        for (i, (a, b)) in wv.iter().zip(&sv).enumerate() {
-            assert!(
-                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-                "{}.{n}[{i}] on {} at {:?}: interp {a} vs sim {b}",
-                g.name,
-                target.name,
-                args.dims
-            );
-        }
+        common::assert_same_bits(&format!("{}.{n} on {} at {:?}", g.name, target.name, args.dims), w, s);
     }
 }
 

@@ -59,17 +59,7 @@ fn check(g: &Graph, args: &Args, target: &str) -> TileProgram {
     let got = kc_runtime::sim::run(&tp, g, args).unwrap_or_else(|e| panic!("{}: sim: {e:?}", g.name));
     assert_eq!(want.len(), got.len());
     for ((n, w), (_, s)) in want.iter().zip(&got) {
-        assert_eq!(w.shape, s.shape, "{}.{n} on {}", g.name, target.name);
-        assert_eq!(w.dtype(), s.dtype(), "{}.{n} on {}", g.name, target.name);
-        let (wv, sv) = (w.to_f64_vec(), s.to_f64_vec());
-        for (i, (a, b)) in wv.iter().zip(&sv).enumerate() {
-            assert!(
-                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-                "{}.{n}[{i}] on {}: interp {a} vs sim {b}",
-                g.name,
-                target.name
-            );
-        }
+        common::assert_same_bits(&format!("{}.{n} on {}", g.name, target.name), w, s);
     }
     tp
 }

@@ -201,17 +201,7 @@ fn tiling_reduce_rmsnorm_bwd_structure() {
     let rt = x.slot_elems() / dc;
     assert!(l.vector_cores > 1 && rt < t, "{} cores, {rt} rows per block", l.vector_cores);
     // One axis-0 reduction per slot of the row loop.
-    fn count(s: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
-        s.iter()
-            .map(|x| {
-                f(x) as usize
-                    + match x {
-                        Stmt::For { body, .. } | Stmt::If { then: body, .. } => count(body, f),
-                        _ => 0,
-                    }
-            })
-            .sum()
-    }
+    let count = common::count_stmts;
     assert_eq!(count(&l.vector, &|s| matches!(s, Stmt::Reduce { axis: 0, accumulate: true, .. })), 2);
     let stats = check(&g, &tp, &args, &target, &[]);
     let st = &stats.launches[li];

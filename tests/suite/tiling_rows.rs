@@ -55,16 +55,7 @@ fn check_prog(prog: &kc_ir::Program, dims: &[(&str, i64)], target: &str, seed: u
             if skip.contains(&n.as_str()) {
                 continue;
             }
-            let (wv, sv) = (w.to_f64_vec(), s.to_f64_vec());
-            assert_eq!(wv.len(), sv.len());
-            for (i, (a, b)) in wv.iter().zip(&sv).enumerate() {
-                assert!(
-                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-                    "{}.{n}[{i}] on {} at {dims:?}: interp {a} vs sim {b}",
-                    g.name,
-                    target.name
-                );
-            }
+            common::assert_same_bits(&format!("{}.{n} on {} at {dims:?}", g.name, target.name), w, s);
         }
     }
 }
@@ -171,17 +162,7 @@ fn tiling_rows_rmsnorm_structure() {
     let (tp, n) = tile_rows(g, &args, &target);
     assert_eq!((tp.launches.len(), n), (1, 0));
     let l = &tp.launches[0];
-    fn count(s: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
-        s.iter()
-            .map(|x| {
-                f(x) as usize
-                    + match x {
-                        Stmt::For { body, .. } | Stmt::If { then: body, .. } => count(body, f),
-                        _ => 0,
-                    }
-            })
-            .sum()
-    }
+    let count = common::count_stmts;
     // Per slot: one reduce, and three vector statements (the reduction body, rstd, y).
     assert_eq!(count(&l.vector, &|s| matches!(s, Stmt::Reduce { .. })), 2);
     assert_eq!(count(&l.vector, &|s| matches!(s, Stmt::Vector { .. })), 6);
@@ -272,13 +253,7 @@ fn tiling_rows_every_kernel_declines_or_verifies() {
             let want = common::run(g, &args);
             let got = kc_runtime::sim::run(&tp, g, &args).unwrap_or_else(|e| panic!("{}: sim: {e:?}", g.name));
             for ((n, w), (_, s)) in want.iter().zip(&got) {
-                for (i, (a, b)) in w.to_f64_vec().iter().zip(&s.to_f64_vec()).enumerate() {
-                    assert!(
-                        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-                        "{}.{n}[{i}]: interp {a} vs sim {b}",
-                        g.name
-                    );
-                }
+                common::assert_same_bits(&format!("{}.{n}", g.name), w, s);
             }
             compared += 1;
         }
