@@ -46,7 +46,7 @@
 //! The workspace tensor is not in the [`GmPlan`] the caller passes: the launch refers to it as tensor
 //! `gm.tensors.len()`, and [`matmul_with_workspace`] returns the [`GmTensor`] to append there.
 
-use super::{bin, c, v, GmPlan, LaunchBuilder};
+use super::{add, bin, c, flag, mul, v, GmPlan, LaunchBuilder};
 use crate::diag::Diagnostic;
 use crate::dtype::DType;
 use crate::graph::{Expr, ExprKind, Graph, NodeKind, ReduceOp, ValueId};
@@ -368,18 +368,6 @@ fn region(loc: Loc, offset: SExpr, row_stride: SExpr) -> Region {
 
 fn bslot(buf: BufId, slot: SExpr) -> Loc {
     Loc::Buf { buf, slot }
-}
-
-fn add(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Add, a, b)
-}
-
-fn mul(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Mul, a, b)
-}
-
-fn flag(from: Pipe, to: Pipe) -> [Stmt; 2] {
-    [Stmt::SetFlag { from, to, event: 0 }, Stmt::WaitFlag { from, to, event: 0 }]
 }
 
 fn build(

@@ -74,7 +74,7 @@
 //! Rounding: the matmuls accumulate in f32 in k order and `epi` runs in f32, so `h` is the interpreter's
 //! `h` rounded to bf16; `ys` differs from the interpreter's (which multiplies the f32 `h`) by that rounding.
 
-use super::{bin, c, v, GmPlan, LaunchBuilder, Tiled};
+use super::{add, bin, c, flag, max, min, mul, sub, v, GmPlan, LaunchBuilder, Tiled};
 use crate::diag::Diagnostic;
 use crate::dtype::DType;
 use crate::graph::{BinOp, Expr, ExprKind, Graph, NodeKind, ReduceOp, ValueId};
@@ -292,30 +292,6 @@ fn rg(loc: Loc, offset: SExpr, row_stride: SExpr) -> Region {
 
 fn bs(buf: BufId, slot: SExpr) -> Loc {
     Loc::Buf { buf, slot }
-}
-
-fn add(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Add, a, b)
-}
-
-fn mul(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Mul, a, b)
-}
-
-fn min(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Min, a, b)
-}
-
-fn max(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Max, a, b)
-}
-
-fn sub(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Sub, a, b)
-}
-
-fn flag(from: Pipe, to: Pipe) -> [Stmt; 2] {
-    [Stmt::SetFlag { from, to, event: 0 }, Stmt::WaitFlag { from, to, event: 0 }]
 }
 
 /// The registers of the work-item walk.

@@ -260,6 +260,46 @@ pub fn bin(op: SBin, a: SExpr, b: SExpr) -> SExpr {
     SExpr::Bin(op, Box::new(a), Box::new(b))
 }
 
+/// `a + b` on the scalar unit.
+pub fn add(a: SExpr, b: SExpr) -> SExpr {
+    bin(SBin::Add, a, b)
+}
+
+/// `a - b` on the scalar unit.
+pub fn sub(a: SExpr, b: SExpr) -> SExpr {
+    bin(SBin::Sub, a, b)
+}
+
+/// `a * b` on the scalar unit.
+pub fn mul(a: SExpr, b: SExpr) -> SExpr {
+    bin(SBin::Mul, a, b)
+}
+
+/// `a / b` (floor division) on the scalar unit.
+pub fn div(a: SExpr, b: SExpr) -> SExpr {
+    bin(SBin::Div, a, b)
+}
+
+/// `min(a, b)` on the scalar unit.
+pub fn min(a: SExpr, b: SExpr) -> SExpr {
+    bin(SBin::Min, a, b)
+}
+
+/// `max(a, b)` on the scalar unit.
+pub fn max(a: SExpr, b: SExpr) -> SExpr {
+    bin(SBin::Max, a, b)
+}
+
+/// `a < b` (0 or 1) on the scalar unit.
+pub fn lt(a: SExpr, b: SExpr) -> SExpr {
+    bin(SBin::Lt, a, b)
+}
+
+/// A flag from `from` to `to` (event 0), set and at once waited for: `to`'s later work follows `from`'s.
+pub fn flag(from: Pipe, to: Pipe) -> [Stmt; 2] {
+    [Stmt::SetFlag { from, to, event: 0 }, Stmt::WaitFlag { from, to, event: 0 }]
+}
+
 /// A region of a GM tensor, one row of `len` elements at `offset`.
 pub fn gm_row(t: TensorId, offset: SExpr) -> Region {
     Region { loc: Loc::Gm(t), offset, row_stride: c(0) }

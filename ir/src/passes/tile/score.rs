@@ -64,7 +64,7 @@
 //! too large for one L0 tile, statistics other than the above, reads of GM tensors other than scalars in
 //! tile members and statistics.
 
-use super::{bin, c, v, GmPlan, LaunchBuilder, Tiled};
+use super::{add, bin, c, lt, min, mul, sub, v, GmPlan, LaunchBuilder, Tiled};
 use crate::diag::Diagnostic;
 use crate::dtype::DType;
 use crate::graph::{BinOp, Const, Expr, ExprKind, Graph, NodeKind, ReduceOp, UnOp, ValueId};
@@ -662,21 +662,6 @@ impl Seq {
     }
 }
 
-fn add(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Add, a, b)
-}
-fn sub(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Sub, a, b)
-}
-fn mul(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Mul, a, b)
-}
-fn min(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Min, a, b)
-}
-fn lt(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Lt, a, b)
-}
 fn reg(loc: Loc, offset: SExpr, row_stride: i64) -> Region {
     Region { loc, offset, row_stride: c(row_stride) }
 }

@@ -55,7 +55,7 @@
 //! Not handled: several score contractions with different `D`, outputs with another epilogue than a
 //! scalar factor, score members read at shifted indices, `D` so large that even 16-wide blocks overflow L0C.
 
-use super::{bin, c, v, GmPlan, LaunchBuilder, Tiled};
+use super::{add, bin, c, div, min, mul, sub, v, GmPlan, LaunchBuilder, Tiled};
 use crate::diag::Diagnostic;
 use crate::dtype::DType;
 use crate::graph::{BinOp, Const, Expr, ExprKind, Graph, NodeKind, ReduceOp, ValueId};
@@ -455,26 +455,6 @@ pub fn score_bwd(
 
 fn r16(x: i64) -> i64 {
     (x + 15) / 16 * 16
-}
-
-fn add(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Add, a, b)
-}
-
-fn sub(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Sub, a, b)
-}
-
-fn mul(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Mul, a, b)
-}
-
-fn min(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Min, a, b)
-}
-
-fn div(a: SExpr, b: SExpr) -> SExpr {
-    bin(SBin::Div, a, b)
 }
 
 fn md(a: SExpr, b: SExpr) -> SExpr {
