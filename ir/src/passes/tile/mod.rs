@@ -300,6 +300,23 @@ pub fn flag(from: Pipe, to: Pipe) -> [Stmt; 2] {
     [Stmt::SetFlag { from, to, event: 0 }, Stmt::WaitFlag { from, to, event: 0 }]
 }
 
+/// The loop of a double-buffered stream over `0..n`: block `i` of this core starts at `lo + i * stride`,
+/// and the blocks alternate between slot 0 and slot 1 (`slots[s]` is the work of a block in slot `s`, at
+/// `off`):
+///
+/// ```text
+/// for base in lo .. n step 2 * stride { off = base; slot 0; off = off + stride; if off < n { slot 1 } }
+/// ```
+pub fn two_slot_loop(lb: &mut LaunchBuilder, off: SVar, lo: SExpr, n: i64, stride: i64, slots: [Vec<Stmt>; 2]) -> Stmt {
+    let base = lb.svar("base");
+    let [first, second] = slots;
+    let mut body = vec![Stmt::Set { var: off, value: v(base) }];
+    body.extend(first);
+    body.push(Stmt::Set { var: off, value: add(v(off), c(stride)) });
+    body.push(Stmt::If { cond: lt(v(off), c(n)), then: second });
+    Stmt::For { var: base, lo, hi: c(n), step: stride.saturating_mul(2), body }
+}
+
 /// A region of a GM tensor, one row of `len` elements at `offset`.
 pub fn gm_row(t: TensorId, offset: SExpr) -> Region {
     Region { loc: Loc::Gm(t), offset, row_stride: c(0) }

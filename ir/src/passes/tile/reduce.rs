@@ -484,7 +484,7 @@ fn stream(
     load: &dyn Fn(u32) -> Vec<Stmt>,
     work: &mut dyn FnMut(u32) -> Option<Vec<Stmt>>,
 ) -> Option<Stmt> {
-    let mut body = Vec::new();
+    let mut slots: [Vec<Stmt>; 2] = Default::default();
     for slot in 0..2u32 {
         let ev = slot as u8;
         let mut st = vec![
@@ -496,21 +496,9 @@ fn stream(
         st.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: ev });
         st.extend(work(slot)?);
         st.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: ev });
-        if slot == 0 {
-            body.extend(st);
-            body.push(Stmt::Set { var: off, value: bin(SBin::Add, v(off), c(stride)) });
-        } else {
-            body.push(Stmt::If { cond: bin(SBin::Lt, v(off), c(n)), then: st });
-        }
+        slots[slot as usize] = st;
     }
-    let base = lb.svar("base");
-    Some(Stmt::For {
-        var: base,
-        lo,
-        hi: c(n),
-        step: stride.saturating_mul(2),
-        body: std::iter::once(Stmt::Set { var: off, value: v(base) }).chain(body).collect(),
-    })
+    Some(super::two_slot_loop(lb, off, lo, n, stride, slots))
 }
 
 /// Copies the scalar inputs into their buffers, then orders the vector unit after them (event `ev`).

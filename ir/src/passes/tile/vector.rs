@@ -12,7 +12,7 @@
 //! Each flag pair is primed before the loop (the slots start free) and drained after it, so every wait
 //! has its set. Each input is read from global memory once and each stored value written once.
 
-use super::{bin, buf_region, c, gm_row, hint_error, tile_hints, v, GmPlan, LaunchBuilder, TileHint};
+use super::{bin, buf_region, c, gm_row, hint_error, tile_hints, two_slot_loop, v, GmPlan, LaunchBuilder, TileHint};
 use crate::diag::Diagnostic;
 use crate::graph::{Expr, ExprKind, Graph, NodeKind, ValueId};
 use crate::launch::Binding;
@@ -146,7 +146,7 @@ pub fn elementwise(
         prog.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
     }
     let stride = cores as i64 * chunk;
-    let mut body = Vec::new();
+    let mut slots: [Vec<Stmt>; 2] = Default::default();
     for slot in 0..2u32 {
         let ev = slot as u8;
         let mut st = Vec::new();
@@ -185,21 +185,9 @@ pub fn elementwise(
             });
         }
         st.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: ev });
-        if slot == 0 {
-            body.extend(st);
-            body.push(Stmt::Set { var: off, value: bin(SBin::Add, v(off), c(stride)) });
-        } else {
-            body.push(Stmt::If { cond: bin(SBin::Lt, v(off), c(total)), then: st });
-        }
+        slots[slot as usize] = st;
     }
-    let base = lb.svar("base");
-    prog.push(Stmt::For {
-        var: base,
-        lo: bin(SBin::Mul, SExpr::Core, c(chunk)),
-        hi: c(total),
-        step: 2 * stride,
-        body: std::iter::once(Stmt::Set { var: off, value: v(base) }).chain(body).collect(),
-    });
+    prog.push(two_slot_loop(&mut lb, off, bin(SBin::Mul, SExpr::Core, c(chunk)), total, stride, slots));
     for s in 0..2u8 {
         prog.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
         prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
