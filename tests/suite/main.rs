@@ -16,6 +16,6 @@ mod tiling_grouped;
 mod tiling_lib;
 mod tiling_reduce;
 mod tiling_rows;
-mod tiling_wide;
 mod tiling_score;
 mod tiling_score_bwd;
+mod tiling_wide;

@@ -37,7 +37,13 @@ fn tile_all(g: &Graph, args: &Args, target: &Target) -> TileProgram {
         gm.tensors.extend(t.workspaces);
         launches.extend(t.launches);
     }
-    TileProgram { kernel: g.name.clone(), target: target.name.clone(), dims: b.dims.clone(), tensors: gm.tensors, launches }
+    TileProgram {
+        kernel: g.name.clone(),
+        target: target.name.clone(),
+        dims: b.dims.clone(),
+        tensors: gm.tensors,
+        launches,
+    }
 }
 
 /// Tiles, verifies, simulates and compares `g` on `args` bit for bit; returns the program and the stats.

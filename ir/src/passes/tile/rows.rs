@@ -75,12 +75,57 @@
 //! The gather and accumulator buffers have one slot: the block's V phase waits for its gathers, so the next
 //! block's gather (issued after the scalar unit waited for that block's index) cannot overtake a read.
 //!
+//! # Rows wider than UB: column chunks, several passes
+//!
+//! When not even one row of every buffer fits in UB (vocabulary-sized rows: softmax or cross-entropy over
+//! 32000 or 152064 columns), the rows are walked in chunks of `Wc` columns (the widest multiple of 16 whose
+//! buffers fit, with blocks of `Rt ≤ 8` rows; the last chunk partial), in several passes over the columns.
+//! Members of the row width are never stored in UB whole: wherever one is read it is recomputed from its
+//! body, chunk by chunk, from the inputs re-read from GM in each pass. Members of width 1 (per row) keep an
+//! `[Rt, 1]` buffer; each is complete after pass `k`: the latest pass of the per-row values it reads (through
+//! recomputed members too), or of its reductions, a reduction running in the pass after everything its body
+//! reads is complete. A reduction folds each chunk into its `[Rt, 1]` accumulator (an identity fill before
+//! the pass, then `Reduce { accumulate: true }` per chunk, in column order: bit-exact with the interpreter).
+//! A stored full-width member is computed and written chunk by chunk in the pass after its per-row inputs are
+//! complete. Softmax: pass 1 the row max, pass 2 the sum of `exp(x - m)`, pass 3 `y`; cross-entropy: max,
+//! sum, then `lse` and `loss` per row (its `logits[n, target[n]]` an element gather, as above), `dlogits` in
+//! pass 3. The per-core program (events 0/1 the chunk slots, 2 the per-row inputs, 3 the gathers, 4 and 5
+//! the block's per-row loads and stores):
+//!
+//! ```text
+//! prelude: copy.MTE2 scalar inputs; set/wait MTE2->V #2
+//! set V->MTE2 #4;  set MTE3->V #5
+//! for off in core*Rt .. R step cores*Rt:
+//!   wait V->MTE2 #4;  copy.MTE2 per-row inputs (target[n]);  set/wait MTE2->V #2;  wait MTE3->V #5
+//!   per-row members complete before any pass
+//!   for pass k in 1..=passes:
+//!     fill the pass's accumulators with the identity
+//!     set V->MTE2 #0, #1;  set MTE3->V #0, #1
+//!     for col in 0 .. W step 2*Wc:                     (slot 0 at col, slot 1 at col + Wc)
+//!       wait V->MTE2 #s;  copy.MTE2 row-width and column-broadcast input chunks -> in[s];  set MTE2->V #s
+//!       wait MTE2->V #s;  wait MTE3->V #s
+//!       per reduction of pass k: body -> tmp;  reduce (accumulate) tmp -> acc
+//!       per stored full-width member of pass k: body -> out[s]
+//!       set V->MTE2 #s;  set V->MTE3 #s
+//!       wait V->MTE3 #s;  copy.MTE3 out[s] -> GM;  set MTE3->V #s
+//!     wait V->MTE2 #0, #1;  wait MTE3->V #0, #1       (drain: the next pass primes again)
+//!     per-row members complete after pass k (their gathers as above)
+//!   set V->MTE2 #4;  set/wait V->MTE3 #5;  copy.MTE3 stored per-row members -> GM;  set MTE3->V #5
+//! wait V->MTE2 #4;  wait MTE3->V #5
+//! ```
+//!
+//! Chunked mode takes: members of the row width `W` (no reductions, no gathers) or of width 1; reductions
+//! of width `W`, not looped, whose loads are direct; element gathers of one element per row outside the
+//! reductions; inputs read row-aligned (width `W` or 1), column-broadcast over `W`, or scalar; at most 8
+//! passes. Tile hints are not applied in this mode.
+//!
 //! Not handled (the function returns `None`): segments, reductions across rows (a column reduction like
 //! RMSNorm backward's `dw[d] = sum[t](..)`) and reads at permuted plain variables (left to a template that
 //! copies blocks), nested reductions and reductions inside an index, argmax and argmin, gathers from a
-//! member of the group or from a tensor of more than `i32::MAX` elements, and rows too wide for even one
-//! row of every buffer to fit in UB — those need the columns chunked with multi-pass or online statistics
-//! (a running max and a rescaled sum), which is the next step.
+//! member of the group or from a tensor of more than `i32::MAX` elements; and, for rows too wide for UB,
+//! anything outside the chunked mode's forms above (a row gather, a looped reduction, a gather in a
+//! full-width member or inside a reduction, a reduction in a full-width member, members of several widths).
+//! An online (running max, rescaled sum) variant would save softmax's first pass; it is not done.
 
 use super::{bin, buf_region, c, v, GmPlan, LaunchBuilder};
 use crate::diag::Diagnostic;
@@ -359,8 +404,7 @@ impl Member<'_> {
 }
 
 /// The launch for a row-wise vector group, or `None` if the group does not have that form (see the module
-/// documentation), or if even one row of every buffer does not fit in UB (chunking the columns with
-/// multi-pass or online statistics is not done yet).
+/// documentation); when even one row of every buffer does not fit in UB, the column-chunked mode.
 ///
 /// The group's own row axes are tried first with only direct reads (the form the template had before
 /// gathers); then `1..=parallel` leading axes as rows (the rest become columns, so that a row gather reads
@@ -1213,7 +1257,13 @@ fn reductions(e: &Expr) -> Vec<(ReduceOp, &Expr, Vec<usize>)> {
 
 /// The pass after which the per-row values read by `e` are complete (full-width members read are
 /// recomputed, so what they read counts; reductions are skipped: the caller handles them).
-fn need(g: &Graph, e: &Expr, ready: &BTreeMap<ValueId, usize>, wide: &BTreeMap<ValueId, (Cols, Vec<i64>)>, depth: usize) -> usize {
+fn need(
+    g: &Graph,
+    e: &Expr,
+    ready: &BTreeMap<ValueId, usize>,
+    wide: &BTreeMap<ValueId, (Cols, Vec<i64>)>,
+    depth: usize,
+) -> usize {
     let mut n = 0;
     if depth > 64 {
         return usize::MAX / 2;
@@ -1349,6 +1399,19 @@ fn chunked(
         return None;
     }
 
+    // A reduction of a bare row-aligned read of an input reduces the input's chunk in place.
+    let mut bare: BTreeMap<(ValueId, usize), bool> = BTreeMap::new();
+    for (m, _, plan, _) in members {
+        let NodeKind::Compute { body, .. } = &g.node(*m).kind else { return None };
+        for (i, (_, e, _)) in reductions(body).iter().enumerate() {
+            let input = matches!(&e.kind, ExprKind::Load { src, .. } if !wide.contains_key(src));
+            bare.insert((*m, i), input && plan.reds.get(i).is_some_and(|r| r.direct));
+        }
+        if reductions(body).len() != plan.reds.len() {
+            return None;
+        }
+    }
+
     // Rows per block and chunk width: the widest chunk (a multiple of 16 columns) whose buffers fit.
     let ub = target.memory("ub")?;
     let align = ub.align.max(1);
@@ -1374,9 +1437,11 @@ fn chunked(
                 continue;
             }
             place(rt.saturating_mul(size(*m)), 1);
-            for r in &plan.reds {
+            for (i, r) in plan.reds.iter().enumerate() {
                 let sz = r.dtype.size_bytes() as u64;
-                place(rt.saturating_mul(wc).saturating_mul(sz), 1);
+                if !bare[&(*m, i)] {
+                    place(rt.saturating_mul(wc).saturating_mul(sz), 1);
+                }
                 place(rt.saturating_mul(sz), 1);
             }
             for x in &plan.gathers {
@@ -1442,15 +1507,17 @@ fn chunked(
             let id = lb.buffer(label(*m), Mem::UB, g.node(*m).dtype, vec![rt as u64, 1], 1);
             bufs.insert(*m, (id, 1));
             for (i, r) in plan.reds.iter().enumerate() {
-                let tmp = lb.buffer(
-                    format!("{}_red{i}_body", label(*m)),
-                    Mem::UB,
-                    r.dtype,
-                    slot_shape(rt as u64, wc as u64, r.dtype.size_bytes() as u64, align),
-                    1,
-                );
+                let tmp = (!bare[&(*m, i)]).then(|| {
+                    lb.buffer(
+                        format!("{}_red{i}_body", label(*m)),
+                        Mem::UB,
+                        r.dtype,
+                        slot_shape(rt as u64, wc as u64, r.dtype.size_bytes() as u64, align),
+                        1,
+                    )
+                });
                 let out = lb.buffer(format!("{}_red{i}", label(*m)), Mem::UB, r.dtype, vec![rt as u64, 1], 1);
-                rb.push(RedBufs { tmp: Some(tmp), out, svars: Vec::new() });
+                rb.push(RedBufs { tmp, out, svars: Vec::new() });
             }
             for (i, x) in plan.gathers.iter().enumerate() {
                 let ib = lb.buffer(format!("{}_g{i}_idx", label(*m)), Mem::UB, DType::I32, vec![rt as u64, 1], 1);
@@ -1579,12 +1646,19 @@ fn chunked(
                 if !tr.pre.is_empty() {
                     return None;
                 }
-                let tmp = red_bufs[i][j].tmp?;
-                st.push(Stmt::Vector { dst: buf_region(tmp, 0, wc), rows: v(len), cols: v(clen), expr: bv });
+                let src = match (red_bufs[i][j].tmp, bv) {
+                    (None, VExpr::Read(r)) => r,
+                    (Some(t), bv) => {
+                        let r = buf_region(t, 0, wc);
+                        st.push(Stmt::Vector { dst: r.clone(), rows: v(len), cols: v(clen), expr: bv });
+                        r
+                    }
+                    (None, _) => return None,
+                };
                 st.push(Stmt::Reduce {
                     op,
                     axis: 1,
-                    src: buf_region(tmp, 0, wc),
+                    src,
                     dst: buf_region(red_bufs[i][j].out, 0, 1),
                     rows: v(len),
                     cols: v(clen),
