@@ -18,3 +18,4 @@ mod tiling_reduce;
 mod tiling_rows;
 mod tiling_score;
 mod tiling_score_bwd;
+mod tiling_wide;

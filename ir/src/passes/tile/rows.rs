@@ -75,12 +75,57 @@
 //! The gather and accumulator buffers have one slot: the block's V phase waits for its gathers, so the next
 //! block's gather (issued after the scalar unit waited for that block's index) cannot overtake a read.
 //!
+//! # Rows wider than UB: column chunks, several passes
+//!
+//! When not even one row of every buffer fits in UB (vocabulary-sized rows: softmax or cross-entropy over
+//! 32000 or 152064 columns), the rows are walked in chunks of `Wc` columns (the widest multiple of 16 whose
+//! buffers fit, with blocks of `Rt ≤ 8` rows; the last chunk partial), in several passes over the columns.
+//! Members of the row width are never stored in UB whole: wherever one is read it is recomputed from its
+//! body, chunk by chunk, from the inputs re-read from GM in each pass. Members of width 1 (per row) keep an
+//! `[Rt, 1]` buffer; each is complete after pass `k`: the latest pass of the per-row values it reads (through
+//! recomputed members too), or of its reductions, a reduction running in the pass after everything its body
+//! reads is complete. A reduction folds each chunk into its `[Rt, 1]` accumulator (an identity fill before
+//! the pass, then `Reduce { accumulate: true }` per chunk, in column order: bit-exact with the interpreter).
+//! A stored full-width member is computed and written chunk by chunk in the pass after its per-row inputs are
+//! complete. Softmax: pass 1 the row max, pass 2 the sum of `exp(x - m)`, pass 3 `y`; cross-entropy: max,
+//! sum, then `lse` and `loss` per row (its `logits[n, target[n]]` an element gather, as above), `dlogits` in
+//! pass 3. The per-core program (events 0/1 the chunk slots, 2 the per-row inputs, 3 the gathers, 4 and 5
+//! the block's per-row loads and stores):
+//!
+//! ```text
+//! prelude: copy.MTE2 scalar inputs; set/wait MTE2->V #2
+//! set V->MTE2 #4;  set MTE3->V #5
+//! for off in core*Rt .. R step cores*Rt:
+//!   wait V->MTE2 #4;  copy.MTE2 per-row inputs (target[n]);  set/wait MTE2->V #2;  wait MTE3->V #5
+//!   per-row members complete before any pass
+//!   for pass k in 1..=passes:
+//!     fill the pass's accumulators with the identity
+//!     set V->MTE2 #0, #1;  set MTE3->V #0, #1
+//!     for col in 0 .. W step 2*Wc:                     (slot 0 at col, slot 1 at col + Wc)
+//!       wait V->MTE2 #s;  copy.MTE2 row-width and column-broadcast input chunks -> in[s];  set MTE2->V #s
+//!       wait MTE2->V #s;  wait MTE3->V #s
+//!       per reduction of pass k: body -> tmp;  reduce (accumulate) tmp -> acc
+//!       per stored full-width member of pass k: body -> out[s]
+//!       set V->MTE2 #s;  set V->MTE3 #s
+//!       wait V->MTE3 #s;  copy.MTE3 out[s] -> GM;  set MTE3->V #s
+//!     wait V->MTE2 #0, #1;  wait MTE3->V #0, #1       (drain: the next pass primes again)
+//!     per-row members complete after pass k (their gathers as above)
+//!   set V->MTE2 #4;  set/wait V->MTE3 #5;  copy.MTE3 stored per-row members -> GM;  set MTE3->V #5
+//! wait V->MTE2 #4;  wait MTE3->V #5
+//! ```
+//!
+//! Chunked mode takes: members of the row width `W` (no reductions, no gathers) or of width 1; reductions
+//! of width `W`, not looped, whose loads are direct; element gathers of one element per row outside the
+//! reductions; inputs read row-aligned (width `W` or 1), column-broadcast over `W`, or scalar; at most 8
+//! passes. Tile hints are not applied in this mode.
+//!
 //! Not handled (the function returns `None`): segments, reductions across rows (a column reduction like
 //! RMSNorm backward's `dw[d] = sum[t](..)`) and reads at permuted plain variables (left to a template that
 //! copies blocks), nested reductions and reductions inside an index, argmax and argmin, gathers from a
-//! member of the group or from a tensor of more than `i32::MAX` elements, and rows too wide for even one
-//! row of every buffer to fit in UB — those need the columns chunked with multi-pass or online statistics
-//! (a running max and a rescaled sum), which is the next step.
+//! member of the group or from a tensor of more than `i32::MAX` elements; and, for rows too wide for UB,
+//! anything outside the chunked mode's forms above (a row gather, a looped reduction, a gather in a
+//! full-width member or inside a reduction, a reduction in a full-width member, members of several widths).
+//! An online (running max, rescaled sum) variant would save softmax's first pass; it is not done.
 
 use super::{bin, buf_region, c, v, GmPlan, LaunchBuilder};
 use crate::diag::Diagnostic;
@@ -359,8 +404,7 @@ impl Member<'_> {
 }
 
 /// The launch for a row-wise vector group, or `None` if the group does not have that form (see the module
-/// documentation), or if even one row of every buffer does not fit in UB (chunking the columns with
-/// multi-pass or online statistics is not done yet).
+/// documentation); when even one row of every buffer does not fit in UB, the column-chunked mode.
 ///
 /// The group's own row axes are tried first with only direct reads (the form the template had before
 /// gathers); then `1..=parallel` leading axes as rows (the rest become columns, so that a row gather reads
@@ -476,7 +520,9 @@ fn rows_at(
         at <= ub.usable()
     };
     if !fits(1) {
-        return None;
+        let m: Vec<(ValueId, &Cols, &Plan, &[i64])> =
+            members.iter().map(|(m, c, p, e)| (*m, c, p, e.as_slice())).collect();
+        return chunked(g, group, name, gm, target, b, &rows_dims, &srcs, &m, &inputs);
     }
     let share = (total.max(1) as u64).div_ceil(target.vector_cores.max(1) as u64);
     let (mut lo, mut hi) = (1u64, share.max(1));
@@ -632,6 +678,7 @@ fn rows_at(
                 scalars: Vec::new(),
                 guard: Guard::True,
                 pre: Vec::new(),
+                chunk: None,
             };
             let expr = tr.vexpr(e, cols)?;
             st.append(&mut tr.pre);
@@ -770,6 +817,8 @@ struct Translate<'a> {
     scalars: Vec<(usize, SVar)>,
     guard: Guard,
     pre: Vec<Stmt>,
+    /// Column-chunked mode (see [`chunked`]): the chunk's first column and the context.
+    chunk: Option<(SVar, &'a ChunkCtx)>,
 }
 
 fn ibin(op: BinOp, a: VExpr, b: VExpr) -> VExpr {
@@ -821,6 +870,47 @@ impl Translate<'_> {
             ExprKind::Const(Const::I32(c)) => (0..n).contains(&c),
             _ => false,
         }
+    }
+
+    /// A load in column-chunked mode: a full-width member is recomputed from its body (inlined), anything
+    /// else is read from its UB copy (a chunk of `wc` columns, a per-row `[Rt, 1]` value, a scalar).
+    fn chunk_load(&mut self, src: ValueId) -> Option<VExpr> {
+        let (_, ctx) = self.chunk?;
+        if let Some((cols, ext)) = ctx.wide.get(&src) {
+            let NodeKind::Compute { body, .. } = &self.g.node(src).kind else { return None };
+            let mut tr = Translate {
+                g: self.g,
+                b: self.b,
+                gm: self.gm,
+                srcs: self.srcs,
+                bufs: self.bufs,
+                plan: &ctx.direct,
+                reds: &[],
+                gbufs: &[],
+                next: 0,
+                next_load: 0,
+                slot: self.slot,
+                off: self.off,
+                len: self.len,
+                rows: self.rows,
+                row_strides: self.row_strides,
+                ext,
+                scalars: Vec::new(),
+                guard: Guard::True,
+                pre: Vec::new(),
+                chunk: self.chunk,
+            };
+            let e = tr.vexpr(body, cols)?;
+            return tr.pre.is_empty().then_some(e);
+        }
+        let s = *self.srcs.get(&src)?;
+        let (buf, _) = *self.bufs.get(&src)?;
+        Some(match s.kind {
+            Kind::Scalar => VExpr::ReadRow(buf_region(buf, 0, 0)),
+            Kind::Cols => VExpr::ReadCol(buf_region(buf, self.slot, 0)),
+            Kind::Rows if s.width == 1 => VExpr::ReadRow(buf_region(buf, 0, 1)),
+            Kind::Rows => VExpr::Read(buf_region(buf, self.slot, ctx.wc)),
+        })
     }
 
     /// A gather of `src[idx]` (the analysis's gather `gi`): the index into an i32 buffer by the vector unit
@@ -910,7 +1000,11 @@ impl Translate<'_> {
                 } else {
                     let j = cols.vars.iter().position(|y| *y == k)?;
                     let st = prod(&cols.extents[j + 1..]);
-                    unravel(VExpr::Col, st, cols.extents[j], j == 0)
+                    let col = match self.chunk {
+                        Some((co, _)) => ibin(BinOp::Add, VExpr::Col, VExpr::Scalar(v(co))),
+                        None => VExpr::Col,
+                    };
+                    unravel(col, st, cols.extents[j], j == 0)
                 }
             }
             ExprKind::Load { src, idx } => {
@@ -918,6 +1012,9 @@ impl Translate<'_> {
                 self.next_load += 1;
                 if let LoadPlan::Gather(gi) = lp {
                     return self.gather(gi, *src, idx, e.span, cols);
+                }
+                if self.chunk.is_some() {
+                    return self.chunk_load(*src);
                 }
                 let s = *self.srcs.get(src)?;
                 let (buf, slots) = *self.bufs.get(src)?;
@@ -950,6 +1047,11 @@ impl Translate<'_> {
                 let rb = self.reds.get(at)?.clone();
                 let red = self.plan.reds.get(at)?.clone();
                 self.next += 1;
+                if self.chunk.is_some() {
+                    // Computed by the chunk passes: its loads are all direct (checked by the analysis).
+                    self.next_load += count_loads(body);
+                    return Some(VExpr::ReadRow(buf_region(rb.out, 0, 1)));
+                }
                 let vs: Vec<usize> = vars.iter().map(|x| x.index()).collect();
                 if let Some(extents) = &red.looped {
                     return self.looped(*op, &vs, extents, body, &rb, &red, cols);
@@ -1111,3 +1213,574 @@ fn hinted_rows(
     }
     Ok(out)
 }
+
+/// What the column-chunked translation needs: the chunk width, the full-width members (recomputed from
+/// their bodies wherever they are read: their columns and index extents), and a plan of direct loads.
+struct ChunkCtx {
+    wc: i64,
+    wide: BTreeMap<ValueId, (Cols, Vec<i64>)>,
+    direct: Plan,
+}
+
+/// The loads of `e` (every one: the chunked mode only counts bodies whose loads are all direct).
+fn count_loads(e: &Expr) -> usize {
+    let mut n = 0;
+    e.walk(&mut |x| {
+        if matches!(x.kind, ExprKind::Load { .. }) {
+            n += 1
+        }
+    });
+    n
+}
+
+/// Whether every load in `e` is at plain variables and constants (so it is a direct read, never a gather).
+fn plain_loads(e: &Expr) -> bool {
+    let mut ok = true;
+    e.walk(&mut |x| {
+        if let ExprKind::Load { idx, .. } = &x.kind {
+            ok &= idx.iter().all(|i| matches!(i.kind, ExprKind::Var(_) | ExprKind::Const(_)));
+        }
+    });
+    ok
+}
+
+/// The reductions of `e` in traversal order (the order of the analysis and of [`Translate::vexpr`]).
+fn reductions(e: &Expr) -> Vec<(ReduceOp, &Expr, Vec<usize>)> {
+    let mut out = Vec::new();
+    e.walk(&mut |x| {
+        if let ExprKind::Reduce { op, vars, body } = &x.kind {
+            out.push((*op, &**body, vars.iter().map(|v| v.index()).collect()));
+        }
+    });
+    out
+}
+
+/// The pass after which the per-row values read by `e` are complete (full-width members read are
+/// recomputed, so what they read counts; reductions are skipped: the caller handles them).
+fn need(
+    g: &Graph,
+    e: &Expr,
+    ready: &BTreeMap<ValueId, usize>,
+    wide: &BTreeMap<ValueId, (Cols, Vec<i64>)>,
+    depth: usize,
+) -> usize {
+    let mut n = 0;
+    if depth > 64 {
+        return usize::MAX / 2;
+    }
+    let mut stack = vec![e];
+    while let Some(x) = stack.pop() {
+        match &x.kind {
+            ExprKind::Reduce { .. } => continue,
+            ExprKind::Load { src, .. } => {
+                if let Some(r) = ready.get(src) {
+                    n = n.max(*r);
+                } else if wide.contains_key(src) {
+                    if let NodeKind::Compute { body, .. } = &g.node(*src).kind {
+                        n = n.max(need(g, body, ready, wide, depth + 1));
+                    }
+                }
+            }
+            _ => {}
+        }
+        x.for_each_child(|c| stack.push(c));
+    }
+    n
+}
+
+/// The column-chunked launch of a row-wise group whose rows do not fit in UB (see the module docs), or
+/// `None` if the group uses what this mode does not handle.
+#[allow(clippy::too_many_arguments)]
+fn chunked(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    b: &Binding,
+    rows_dims: &[i64],
+    srcs: &BTreeMap<ValueId, Src>,
+    members: &[(ValueId, &Cols, &Plan, &[i64])],
+    inputs: &[(ValueId, Src)],
+) -> Option<Result<Launch, Diagnostic>> {
+    let total = prod(rows_dims);
+    // The row width: every full-width member, reduction and row-aligned input has it.
+    let mut w = 1i64;
+    for (_, cols, plan, _) in members {
+        w = w.max(cols.width());
+        for r in &plan.reds {
+            w = w.max(r.width);
+        }
+    }
+    if w <= 1 || w == i64::MAX || total <= 0 {
+        return None;
+    }
+    let mut wide: BTreeMap<ValueId, (Cols, Vec<i64>)> = BTreeMap::new();
+    let mut narrow: Vec<ValueId> = Vec::new();
+    let mut nloads = 0usize;
+    for (m, cols, plan, ext) in members {
+        let NodeKind::Compute { body, .. } = &g.node(*m).kind else { return None };
+        nloads += count_loads(body);
+        if plan.reds.iter().any(|r| r.looped.is_some() || r.width != w) {
+            return None;
+        }
+        if cols.width() == w {
+            // Recomputed chunk by chunk: no reductions, no gathers.
+            if !plan.reds.is_empty() || !plan.gathers.is_empty() {
+                return None;
+            }
+            wide.insert(*m, ((*cols).clone(), ext.to_vec()));
+        } else if cols.width() == 1 {
+            // Gathers of one element per row only, outside the reductions.
+            if plan.gathers.iter().any(|x| !x.row_only || x.width != 1 || x.idx_width != 1 || x.row)
+                || reductions(body).iter().any(|(_, e, _)| !plain_loads(e))
+            {
+                return None;
+            }
+            narrow.push(*m);
+        } else {
+            return None;
+        }
+    }
+    for (_, s) in inputs {
+        let ok = match s.kind {
+            Kind::Rows => s.width == 1 || s.width == w,
+            Kind::Cols => s.width == w,
+            Kind::Scalar => true,
+        };
+        if !ok {
+            return None;
+        }
+    }
+    // When each per-row member is complete: after pass `ready` (0: before the first pass). A reduction
+    // runs in the pass after everything its body reads is complete.
+    let mut ready: BTreeMap<ValueId, usize> = narrow.iter().map(|m| (*m, 0)).collect();
+    for _ in 0..=narrow.len() {
+        let mut changed = false;
+        for m in &narrow {
+            let NodeKind::Compute { body, .. } = &g.node(*m).kind else { return None };
+            let mut r = need(g, body, &ready, &wide, 0);
+            for (_, e, _) in reductions(body) {
+                r = r.max(need(g, e, &ready, &wide, 0) + 1);
+            }
+            if ready[m] != r {
+                ready.insert(*m, r);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let max_pass = 8usize;
+    if ready.values().any(|r| *r > max_pass) {
+        return None;
+    }
+    // Per pass: the reductions (member index, reduction index) and the stored full-width members.
+    let mut red_pass: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, (m, _, _, _)) in members.iter().enumerate() {
+        if let NodeKind::Compute { body, .. } = &g.node(*m).kind {
+            if ready.contains_key(m) {
+                for (j, (_, e, _)) in reductions(body).iter().enumerate() {
+                    red_pass.push((i, j, need(g, e, &ready, &wide, 0) + 1));
+                }
+            }
+        }
+    }
+    let mut store_pass: Vec<(ValueId, usize)> = Vec::new();
+    for m in &group.stored {
+        if wide.contains_key(m) {
+            let NodeKind::Compute { body, .. } = &g.node(*m).kind else { return None };
+            store_pass.push((*m, need(g, body, &ready, &wide, 0) + 1));
+        }
+    }
+    let passes = red_pass.iter().map(|x| x.2).chain(store_pass.iter().map(|x| x.1)).max().unwrap_or(0);
+    if passes == 0 || passes > max_pass {
+        return None;
+    }
+
+    // A reduction of a bare row-aligned read of an input reduces the input's chunk in place.
+    let mut bare: BTreeMap<(ValueId, usize), bool> = BTreeMap::new();
+    for (m, _, plan, _) in members {
+        let NodeKind::Compute { body, .. } = &g.node(*m).kind else { return None };
+        for (i, (_, e, _)) in reductions(body).iter().enumerate() {
+            let input = matches!(&e.kind, ExprKind::Load { src, .. } if !wide.contains_key(src));
+            bare.insert((*m, i), input && plan.reds.get(i).is_some_and(|r| r.direct));
+        }
+        if reductions(body).len() != plan.reds.len() {
+            return None;
+        }
+    }
+
+    // Rows per block and chunk width: the widest chunk (a multiple of 16 columns) whose buffers fit.
+    let ub = target.memory("ub")?;
+    let align = ub.align.max(1);
+    let size = |x: ValueId| g.node(x).dtype.size_bytes() as u64;
+    let fits = |rt: u64, wc: u64| -> bool {
+        let mut at = 0u64;
+        let mut place = |bytes: u64, slots: u64| {
+            at = at.saturating_add(bytes.div_ceil(align).saturating_mul(align).saturating_mul(slots))
+        };
+        for (s, k) in inputs {
+            match k.kind {
+                Kind::Rows if k.width == 1 => place(rt.saturating_mul(size(*s)), 1),
+                Kind::Rows => place(rt.saturating_mul(wc).saturating_mul(size(*s)), 2),
+                Kind::Cols => place(wc.saturating_mul(size(*s)), 2),
+                Kind::Scalar => place(size(*s), 1),
+            }
+        }
+        for (m, _, plan, _) in members {
+            if wide.contains_key(m) {
+                if group.stored.contains(m) {
+                    place(rt.saturating_mul(wc).saturating_mul(size(*m)), 2);
+                }
+                continue;
+            }
+            place(rt.saturating_mul(size(*m)), 1);
+            for (i, r) in plan.reds.iter().enumerate() {
+                let sz = r.dtype.size_bytes() as u64;
+                if !bare[&(*m, i)] {
+                    place(rt.saturating_mul(wc).saturating_mul(sz), 1);
+                }
+                place(rt.saturating_mul(sz), 1);
+            }
+            for x in &plan.gathers {
+                place(rt.saturating_mul(4), 1);
+                place(rt.saturating_mul(size(x.src)), 1);
+            }
+        }
+        at <= ub.usable()
+    };
+    let share = (total as u64).div_ceil(target.vector_cores.max(1) as u64).max(1);
+    let gran = 16u64;
+    let wmax = (w as u64).div_ceil(gran);
+    let widest = |rt: u64| -> u64 {
+        let (mut lo, mut hi) = (0u64, wmax);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(rt, mid * gran) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        (lo * gran).min(w as u64)
+    };
+    let mut rt = share.min(8);
+    let mut wc = widest(rt);
+    while rt > 1 && wc < 1024.min(w as u64) {
+        rt /= 2;
+        wc = widest(rt);
+    }
+    if wc == 0 {
+        return None;
+    }
+    let (rt, wc) = (rt as i64, wc as i64);
+    let cores = (target.vector_cores as i64).min(total / rt + (total % rt != 0) as i64).max(1) as u32;
+
+    // Buffers.
+    let mut lb = LaunchBuilder::new(target, name, Unit::Vector, 0, cores);
+    let label = |x: ValueId| g.node(x).name.clone().unwrap_or_else(|| format!("t{}", x.0));
+    let mut bufs: BTreeMap<ValueId, (BufId, u32)> = BTreeMap::new();
+    for (s, k) in inputs {
+        let (shape, slots) = match k.kind {
+            Kind::Rows if k.width == 1 => (vec![rt as u64, 1], 1),
+            Kind::Rows => (slot_shape(rt as u64, wc as u64, size(*s), align), 2),
+            Kind::Cols => (slot_shape(1, wc as u64, size(*s), align), 2),
+            Kind::Scalar => (vec![1], 1),
+        };
+        let id = lb.buffer(format!("{}_in", label(*s)), Mem::UB, g.node(*s).dtype, shape, slots);
+        bufs.insert(*s, (id, slots));
+    }
+    let mut red_bufs: Vec<Vec<RedBufs>> = Vec::new();
+    let mut gat_bufs: Vec<Vec<(BufId, BufId)>> = Vec::new();
+    for (m, _, plan, _) in members {
+        let mut rb = Vec::new();
+        let mut gb = Vec::new();
+        if wide.contains_key(m) {
+            if group.stored.contains(m) {
+                let shape = slot_shape(rt as u64, wc as u64, size(*m), align);
+                let id = lb.buffer(label(*m), Mem::UB, g.node(*m).dtype, shape, 2);
+                bufs.insert(*m, (id, 2));
+            }
+        } else {
+            let id = lb.buffer(label(*m), Mem::UB, g.node(*m).dtype, vec![rt as u64, 1], 1);
+            bufs.insert(*m, (id, 1));
+            for (i, r) in plan.reds.iter().enumerate() {
+                let tmp = (!bare[&(*m, i)]).then(|| {
+                    lb.buffer(
+                        format!("{}_red{i}_body", label(*m)),
+                        Mem::UB,
+                        r.dtype,
+                        slot_shape(rt as u64, wc as u64, r.dtype.size_bytes() as u64, align),
+                        1,
+                    )
+                });
+                let out = lb.buffer(format!("{}_red{i}", label(*m)), Mem::UB, r.dtype, vec![rt as u64, 1], 1);
+                rb.push(RedBufs { tmp, out, svars: Vec::new() });
+            }
+            for (i, x) in plan.gathers.iter().enumerate() {
+                let ib = lb.buffer(format!("{}_g{i}_idx", label(*m)), Mem::UB, DType::I32, vec![rt as u64, 1], 1);
+                let db = lb.buffer(format!("{}_g{i}", label(*m)), Mem::UB, g.node(x.src).dtype, vec![rt as u64, 1], 1);
+                gb.push((ib, db));
+            }
+        }
+        red_bufs.push(rb);
+        gat_bufs.push(gb);
+    }
+    let off = lb.svar("off");
+    let len = lb.svar("len");
+    let col = lb.svar("col");
+    let clen = lb.svar("clen");
+    let cbase = lb.svar("cbase");
+    let ctx = ChunkCtx {
+        wc,
+        wide: wide.clone(),
+        direct: Plan { reds: Vec::new(), gathers: Vec::new(), loads: vec![LoadPlan::Direct; nloads + 1] },
+    };
+    let row_strides: Vec<i64> = (0..rows_dims.len()).map(|k| prod(&rows_dims[k + 1..])).collect();
+    macro_rules! mk {
+        ($plan:expr, $reds:expr, $gbufs:expr, $ext:expr, $slot:expr) => {
+            Translate {
+                g,
+                b,
+                gm,
+                srcs,
+                bufs: &bufs,
+                plan: $plan,
+                reds: $reds,
+                gbufs: $gbufs,
+                next: 0,
+                next_load: 0,
+                slot: $slot,
+                off,
+                len,
+                rows: rows_dims,
+                row_strides: &row_strides,
+                ext: $ext,
+                scalars: Vec::new(),
+                guard: Guard::True,
+                pre: Vec::new(),
+                chunk: Some((col, &ctx)),
+            }
+        };
+    }
+
+    // The per-row members complete after pass `k`, computed once per block.
+    let narrow_phase = |k: usize| -> Option<Vec<Stmt>> {
+        let mut st = Vec::new();
+        for (i, (m, cols, plan, ext)) in members.iter().enumerate() {
+            if ready.get(m) != Some(&k) {
+                continue;
+            }
+            let NodeKind::Compute { body, .. } = &g.node(*m).kind else { return None };
+            let mut tr = mk!(plan, &red_bufs[i], &gat_bufs[i], ext, 0);
+            let e = tr.vexpr(body, cols)?;
+            st.append(&mut tr.pre);
+            st.push(Stmt::Vector { dst: buf_region(bufs[m].0, 0, 1), rows: v(len), cols: c(1), expr: e });
+        }
+        Some(st)
+    };
+
+    // One pass over the columns of a block: the chunk loop, double-buffered as the row loop of the
+    // whole-row mode.
+    let pass = |k: usize| -> Option<Vec<Stmt>> {
+        let mut pre = Vec::new();
+        for &(i, j, p) in &red_pass {
+            if p != k {
+                continue;
+            }
+            let (m, _, plan, _) = &members[i];
+            let _ = m;
+            let r = plan.reds.get(j)?;
+            let NodeKind::Compute { body, .. } = &g.node(members[i].0).kind else { return None };
+            let (op, _, _) = reductions(body).get(j).cloned()?;
+            pre.push(Stmt::Vector {
+                dst: buf_region(red_bufs[i][j].out, 0, 1),
+                rows: v(len),
+                cols: c(1),
+                expr: identity(op, r.dtype)?,
+            });
+        }
+        for s in 0..2u8 {
+            pre.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
+            pre.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
+        }
+        let stores: Vec<ValueId> = store_pass.iter().filter(|x| x.1 == k).map(|x| x.0).collect();
+        let mut lbody = Vec::new();
+        for slot in 0..2u32 {
+            let ev = slot as u8;
+            let mut st = Vec::new();
+            st.push(Stmt::Set { var: clen, value: bin(SBin::Min, c(wc), bin(SBin::Sub, c(w), v(col))) });
+            st.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: ev });
+            for (s, kd) in inputs {
+                let (src, rows) = match kd.kind {
+                    Kind::Rows if kd.width == w => (
+                        Region {
+                            loc: Loc::Gm(gm.of[s]),
+                            offset: bin(SBin::Add, bin(SBin::Mul, v(off), c(w)), v(col)),
+                            row_stride: c(w),
+                        },
+                        v(len),
+                    ),
+                    Kind::Cols => (Region { loc: Loc::Gm(gm.of[s]), offset: v(col), row_stride: c(0) }, c(1)),
+                    _ => continue,
+                };
+                let dst = buf_region(bufs[s].0, slot, if kd.kind == Kind::Cols { 0 } else { wc });
+                st.push(Stmt::Copy { pipe: Pipe::Mte2, src, dst, rows, cols: v(clen) });
+            }
+            st.push(Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: ev });
+            st.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: ev });
+            st.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: ev });
+            for &(i, j, p) in &red_pass {
+                if p != k {
+                    continue;
+                }
+                let (m, _, _, ext) = &members[i];
+                let NodeKind::Compute { body, .. } = &g.node(*m).kind else { return None };
+                let (op, e, vs) = reductions(body).get(j).cloned()?;
+                let extents: Vec<i64> = vs.iter().map(|x| ext.get(*x).copied()).collect::<Option<_>>()?;
+                let inner = Cols { vars: vs, extents };
+                let mut tr = mk!(&ctx.direct, &[], &[], ext, slot);
+                let bv = tr.vexpr(e, &inner)?;
+                if !tr.pre.is_empty() {
+                    return None;
+                }
+                let src = match (red_bufs[i][j].tmp, bv) {
+                    (None, VExpr::Read(r)) => r,
+                    (Some(t), bv) => {
+                        let r = buf_region(t, 0, wc);
+                        st.push(Stmt::Vector { dst: r.clone(), rows: v(len), cols: v(clen), expr: bv });
+                        r
+                    }
+                    (None, _) => return None,
+                };
+                st.push(Stmt::Reduce {
+                    op,
+                    axis: 1,
+                    src,
+                    dst: buf_region(red_bufs[i][j].out, 0, 1),
+                    rows: v(len),
+                    cols: v(clen),
+                    accumulate: true,
+                });
+            }
+            for m in &stores {
+                let (cols, ext) = wide.get(m)?;
+                let NodeKind::Compute { body, .. } = &g.node(*m).kind else { return None };
+                let mut tr = mk!(&ctx.direct, &[], &[], ext, slot);
+                let e = tr.vexpr(body, cols)?;
+                if !tr.pre.is_empty() {
+                    return None;
+                }
+                st.push(Stmt::Vector { dst: buf_region(bufs[m].0, slot, wc), rows: v(len), cols: v(clen), expr: e });
+            }
+            st.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: ev });
+            st.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte3, event: ev });
+            st.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte3, event: ev });
+            for m in &stores {
+                st.push(Stmt::Copy {
+                    pipe: Pipe::Mte3,
+                    src: buf_region(bufs[m].0, slot, wc),
+                    dst: Region {
+                        loc: Loc::Gm(gm.of[m]),
+                        offset: bin(SBin::Add, bin(SBin::Mul, v(off), c(w)), v(col)),
+                        row_stride: c(w),
+                    },
+                    rows: v(len),
+                    cols: v(clen),
+                });
+            }
+            st.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: ev });
+            if slot == 0 {
+                lbody.extend(st);
+                lbody.push(Stmt::Set { var: col, value: bin(SBin::Add, v(col), c(wc)) });
+            } else {
+                lbody.push(Stmt::If { cond: bin(SBin::Lt, v(col), c(w)), then: st });
+            }
+        }
+        pre.push(Stmt::For {
+            var: cbase,
+            lo: c(0),
+            hi: c(w),
+            step: wc.saturating_mul(2),
+            body: std::iter::once(Stmt::Set { var: col, value: v(cbase) }).chain(lbody).collect(),
+        });
+        for s in 0..2u8 {
+            pre.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
+            pre.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
+        }
+        Some(pre)
+    };
+
+    let mut prog = Vec::new();
+    let mut once = false;
+    for (s, k) in inputs {
+        if k.kind == Kind::Scalar {
+            once = true;
+            prog.push(Stmt::Copy {
+                pipe: Pipe::Mte2,
+                src: Region { loc: Loc::Gm(gm.of[s]), offset: c(0), row_stride: c(0) },
+                dst: buf_region(bufs[s].0, 0, 0),
+                rows: c(1),
+                cols: c(1),
+            });
+        }
+    }
+    if once {
+        prog.push(Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: 2 });
+        prog.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: 2 });
+    }
+    let row_ins: Vec<ValueId> =
+        inputs.iter().filter(|(_, k)| k.kind == Kind::Rows && k.width == 1).map(|(s, _)| *s).collect();
+    let narrow_stored: Vec<ValueId> = group.stored.iter().copied().filter(|m| ready.contains_key(m)).collect();
+    prog.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: ROW_IN_EVENT });
+    prog.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: ROW_OUT_EVENT });
+    let mut blk = vec![Stmt::Set { var: len, value: bin(SBin::Min, c(rt), bin(SBin::Sub, c(total), v(off))) }];
+    blk.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: ROW_IN_EVENT });
+    for s in &row_ins {
+        blk.push(Stmt::Copy {
+            pipe: Pipe::Mte2,
+            src: Region { loc: Loc::Gm(gm.of[s]), offset: v(off), row_stride: c(1) },
+            dst: buf_region(bufs[s].0, 0, 1),
+            rows: v(len),
+            cols: c(1),
+        });
+    }
+    blk.push(Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: 2 });
+    blk.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: 2 });
+    blk.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: ROW_OUT_EVENT });
+    blk.extend(narrow_phase(0)?);
+    for k in 1..=passes {
+        blk.extend(pass(k)?);
+        blk.extend(narrow_phase(k)?);
+    }
+    blk.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: ROW_IN_EVENT });
+    blk.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte3, event: ROW_OUT_EVENT });
+    blk.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte3, event: ROW_OUT_EVENT });
+    for m in &narrow_stored {
+        blk.push(Stmt::Copy {
+            pipe: Pipe::Mte3,
+            src: buf_region(bufs[m].0, 0, 1),
+            dst: Region { loc: Loc::Gm(gm.of[m]), offset: v(off), row_stride: c(1) },
+            rows: v(len),
+            cols: c(1),
+        });
+    }
+    blk.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: ROW_OUT_EVENT });
+    prog.push(Stmt::For {
+        var: off,
+        lo: bin(SBin::Mul, SExpr::Core, c(rt)),
+        hi: c(total),
+        step: (cores as i64).saturating_mul(rt),
+        body: blk,
+    });
+    prog.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: ROW_IN_EVENT });
+    prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: ROW_OUT_EVENT });
+    lb.launch.vector = prog;
+    Some(lb.finish(&format!("rows wider than UB: blocks of {rt} rows in chunks of {wc} columns, {passes} passes")))
+}
+
+/// The chunked mode's per-block events: row-aligned per-row inputs (V->MTE2) and per-row stores.
+const ROW_IN_EVENT: u8 = 4;
+const ROW_OUT_EVENT: u8 = 5;
