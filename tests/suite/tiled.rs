@@ -309,6 +309,9 @@ fn report_done_when_figures() {
         ("rmsnorm", dims_of(&[("T", 37), ("D", 4099)]), 37u64),
         ("softmax", dims_of(&[("N", 37), ("D", 4099)]), 37),
         ("cross_entropy", dims_of(&[("N", 37), ("V", 5003)]), 37),
+        // Rows wider than UB (vocabulary-sized): chunked along the columns, still one value per row at most.
+        ("softmax", dims_of(&[("N", 37), ("D", 32_000)]), 37),
+        ("cross_entropy", dims_of(&[("N", 37), ("V", 152_064)]), 37),
     ] {
         let r = report_at(&one(k), &dims, &target);
         for i in &r.gm_intermediates {
