@@ -129,9 +129,9 @@ fn tiling_rows_masks_and_two_row_axes() {
     }
 }
 
-/// A row too wide for UB is not handled (column chunking is the next step).
+/// A row too wide for UB is taken in the column-chunked mode (see `tiling_wide`), not left out.
 #[test]
-fn tiling_rows_too_wide_rows_are_left_out() {
+fn tiling_rows_too_wide_rows_are_chunked() {
     let prog = common::compile_ok(common::kernel_path("softmax"));
     let g = &prog.kernels[0];
     let given = kc_ir::launch::Args {
@@ -144,7 +144,8 @@ fn tiling_rows_too_wide_rows_are_left_out() {
     let args = kc_runtime::random::random_args(g, &given, 1).expect("args");
     let b = kc_ir::launch::bind(g, &args).expect("bind");
     let gm = plan_gm(g, &f, &b).expect("gm plan");
-    assert!(rows::rows(g, &f.groups[0], "softmax.0", &gm, &target, &b).is_none());
+    let l = rows::rows(g, &f.groups[0], "softmax.0", &gm, &target, &b).expect("taken").expect("fits");
+    assert!(l.svars.iter().any(|s| s == "clen"), "column-chunked");
 }
 
 /// RMSNorm's launch: per row block, the reduction body `x * x` into a temporary, one reduce, `rstd` and

@@ -76,8 +76,7 @@ fn random(g: &Graph, dims: &[(&str, i64)], seed: u64) -> Args {
     kc_runtime::random::random_args(g, &given, seed).expect("random args")
 }
 
-/// Whether a launch of `tp` is in chunked mode (its name says so in the capacity report is not kept, so
-/// look for the chunk loop's register).
+/// Whether a launch of `tp` is in the column-chunked mode (it has the chunk loop's `clen` register).
 fn chunked(tp: &TileProgram) -> bool {
     tp.launches.iter().any(|l| l.svars.iter().any(|s| s == "clen"))
 }

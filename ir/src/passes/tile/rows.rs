@@ -1590,9 +1590,7 @@ fn chunked(
             if p != k {
                 continue;
             }
-            let (m, _, plan, _) = &members[i];
-            let _ = m;
-            let r = plan.reds.get(j)?;
+            let r = members[i].2.reds.get(j)?;
             let NodeKind::Compute { body, .. } = &g.node(members[i].0).kind else { return None };
             let (op, _, _) = reductions(body).get(j).cloned()?;
             pre.push(Stmt::Vector {
