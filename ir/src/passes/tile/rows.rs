@@ -520,6 +520,22 @@ fn rows_at(
         at <= ub.usable()
     };
     if !fits(1) {
+        // A tile hint asks for blocks of whole rows, which cannot be had here: an error, not a chunked
+        // program that ignores it.
+        if let Some(h) = super::tile_hints(g, group).first() {
+            return Some(Err(Diagnostic::error(
+                crate::diag::Code::OverCapacity,
+                h.span,
+                format!(
+                    "{} asks for blocks of whole rows, but one row of launch `{name}` does not fit the {} bytes of \
+                     UB of the target `{}` (without the hint, kc walks such rows in column chunks)",
+                    h.text,
+                    ub.usable(),
+                    target.name
+                ),
+            )
+            .with_label("the hint that chose the tile sizes")));
+        }
         let m: Vec<(ValueId, &Cols, &Plan, &[i64])> =
             members.iter().map(|(m, c, p, e)| (*m, c, p, e.as_slice())).collect();
         return chunked(g, group, name, gm, target, b, &rows_dims, &srcs, &m, &inputs);
