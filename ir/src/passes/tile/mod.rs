@@ -300,15 +300,14 @@ pub fn flag(from: Pipe, to: Pipe) -> [Stmt; 2] {
     [Stmt::SetFlag { from, to, event: 0 }, Stmt::WaitFlag { from, to, event: 0 }]
 }
 
-/// The loop of a double-buffered stream over `0..n`: block `i` of this core starts at `lo + i * stride`,
-/// and the blocks alternate between slot 0 and slot 1 (`slots[s]` is the work of a block in slot `s`, at
-/// `off`):
+/// The loop (over `base`) of a double-buffered stream over `lo..n`: block `i` of this core starts at
+/// `lo + i * stride`, and the blocks alternate between slot 0 and slot 1 (`slots[s]` is the work of a block
+/// in slot `s`, at `off`):
 ///
 /// ```text
 /// for base in lo .. n step 2 * stride { off = base; slot 0; off = off + stride; if off < n { slot 1 } }
 /// ```
-pub fn two_slot_loop(lb: &mut LaunchBuilder, off: SVar, lo: SExpr, n: i64, stride: i64, slots: [Vec<Stmt>; 2]) -> Stmt {
-    let base = lb.svar("base");
+pub fn two_slot_loop(base: SVar, off: SVar, lo: SExpr, n: i64, stride: i64, slots: [Vec<Stmt>; 2]) -> Stmt {
     let [first, second] = slots;
     let mut body = vec![Stmt::Set { var: off, value: v(base) }];
     body.extend(first);

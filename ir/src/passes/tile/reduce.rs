@@ -498,7 +498,7 @@ fn stream(
         st.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: ev });
         slots[slot as usize] = st;
     }
-    Some(super::two_slot_loop(lb, off, lo, n, stride, slots))
+    Some(super::two_slot_loop(lb.svar("base"), off, lo, n, stride, slots))
 }
 
 /// Copies the scalar inputs into their buffers, then orders the vector unit after them (event `ev`).

@@ -648,7 +648,7 @@ fn rows_at(
     }
     let stride = cores as i64 * rt;
     let row_strides: Vec<i64> = (0..p).map(|k| prod(&rows_dims[k + 1..])).collect();
-    let mut body = Vec::new();
+    let mut slots: [Vec<Stmt>; 2] = Default::default();
     for slot in 0..2u32 {
         let ev = slot as u8;
         let mut st = Vec::new();
@@ -721,21 +721,10 @@ fn rows_at(
             });
         }
         st.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: ev });
-        if slot == 0 {
-            body.extend(st);
-            body.push(Stmt::Set { var: off, value: bin(SBin::Add, v(off), c(stride)) });
-        } else {
-            body.push(Stmt::If { cond: bin(SBin::Lt, v(off), c(total)), then: st });
-        }
+        slots[slot as usize] = st;
     }
     let base = lb.svar("base");
-    prog.push(Stmt::For {
-        var: base,
-        lo: bin(SBin::Mul, SExpr::Core, c(rt)),
-        hi: c(total),
-        step: stride.saturating_mul(2),
-        body: std::iter::once(Stmt::Set { var: off, value: v(base) }).chain(body).collect(),
-    });
+    prog.push(super::two_slot_loop(base, off, bin(SBin::Mul, SExpr::Core, c(rt)), total, stride, slots));
     for s in 0..2u8 {
         prog.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
         prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
@@ -1621,7 +1610,7 @@ fn chunked(
             pre.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
         }
         let stores: Vec<ValueId> = store_pass.iter().filter(|x| x.1 == k).map(|x| x.0).collect();
-        let mut lbody = Vec::new();
+        let mut lslots: [Vec<Stmt>; 2] = Default::default();
         for slot in 0..2u32 {
             let ev = slot as u8;
             let mut st = Vec::new();
@@ -1706,20 +1695,9 @@ fn chunked(
                 });
             }
             st.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: ev });
-            if slot == 0 {
-                lbody.extend(st);
-                lbody.push(Stmt::Set { var: col, value: bin(SBin::Add, v(col), c(wc)) });
-            } else {
-                lbody.push(Stmt::If { cond: bin(SBin::Lt, v(col), c(w)), then: st });
-            }
+            lslots[slot as usize] = st;
         }
-        pre.push(Stmt::For {
-            var: cbase,
-            lo: c(0),
-            hi: c(w),
-            step: wc.saturating_mul(2),
-            body: std::iter::once(Stmt::Set { var: col, value: v(cbase) }).chain(lbody).collect(),
-        });
+        pre.push(super::two_slot_loop(cbase, col, c(0), w, wc, lslots));
         for s in 0..2u8 {
             pre.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
             pre.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });

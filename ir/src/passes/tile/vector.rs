@@ -187,7 +187,8 @@ pub fn elementwise(
         st.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: ev });
         slots[slot as usize] = st;
     }
-    prog.push(two_slot_loop(&mut lb, off, bin(SBin::Mul, SExpr::Core, c(chunk)), total, stride, slots));
+    let base = lb.svar("base");
+    prog.push(two_slot_loop(base, off, bin(SBin::Mul, SExpr::Core, c(chunk)), total, stride, slots));
     for s in 0..2u8 {
         prog.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
         prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
