@@ -29,11 +29,7 @@ fn inputs(g: &Graph, (r, m, f, e): (i64, i64, i64, i64), offsets: Option<Vec<i32
 }
 
 fn program(g: &Graph, args: &Args, target: &Target) -> TileProgram {
-    let f = fuse(g, &FusionConfig::default());
-    let b = kc_ir::launch::bind(g, args).unwrap_or_else(|e| panic!("bind: {e:?}"));
-    let tp = kc_ir::passes::tile::tile(g, &f, &b, target).unwrap_or_else(|e| panic!("tile: {e}"));
-    common::verify_tiled(g, &tp, target);
-    tp
+    common::tile_kernel(g, args, target)
 }
 
 fn f64s(t: &Tensor) -> Vec<f64> {

@@ -12,7 +12,7 @@
 use crate::common;
 use kc_ir::graph::{Result_, ValueId};
 use kc_ir::passes::fuse::{fuse, FusionConfig};
-use kc_ir::passes::tile::{group_order, plan_gm, reduce, tile, tile_group};
+use kc_ir::passes::tile::{group_order, plan_gm, reduce, tile_group};
 use kc_ir::target::Target;
 use kc_ir::tile::{Stmt, TensorRole, TileProgram};
 use kc_ir::Graph;
@@ -121,9 +121,7 @@ fn compile_src(name: &str, src: &str) -> kc_ir::Program {
 
 /// Tiles the whole kernel with `tile()`.
 fn tile_all(g: &Graph, args: &kc_ir::launch::Args, target: &Target) -> TileProgram {
-    let f = fuse(g, &FusionConfig::default());
-    let b = kc_ir::launch::bind(g, args).unwrap_or_else(|e| panic!("bind: {e:?}"));
-    tile(g, &f, &b, target).unwrap_or_else(|e| panic!("{}: {e}", g.name))
+    common::tile_kernel(g, args, target)
 }
 
 /// Cross-entropy's `n_valid = max(sum(f32(target >= 0)), 1.0)`: a count, exact in f32 in any order, so

@@ -64,10 +64,7 @@ fn args_for(g: &Graph, dims: &[(&str, i64)], seed: u64) -> kc_ir::launch::Args {
 fn tiled(g: &Graph, args: &kc_ir::launch::Args, target: &Target) -> TileProgram {
     let f = fuse(g, &FusionConfig::default());
     assert!(f.groups.iter().any(|gr| gr.kind == GroupKind::Score), "{}: no score group", g.name);
-    let b = kc_ir::launch::bind(g, args).unwrap_or_else(|e| panic!("bind: {e:?}"));
-    let tp = tile(g, &f, &b, target).unwrap_or_else(|e| panic!("{}: tile: {e}", g.name));
-    common::verify_tiled(g, &tp, target);
-    tp
+    common::tile_kernel(g, args, target)
 }
 
 /// Runs interpreter and simulator; compares each result within `atol + rtol·|want|` (per result name).

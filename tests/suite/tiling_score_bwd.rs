@@ -35,9 +35,7 @@ fn args(g: &Graph, dims: &[(&str, i64)], seed: u64) -> kc_ir::launch::Args {
 }
 
 fn tiled(g: &Graph, args: &kc_ir::launch::Args, target: &Target) -> TileProgram {
-    let f = fuse(g, &FusionConfig::default());
-    let b = kc_ir::launch::bind(g, args).unwrap_or_else(|e| panic!("bind: {e:?}"));
-    tile(g, &f, &b, target).unwrap_or_else(|e| panic!("{} on {}: {e}", g.name, target.name))
+    common::tile_kernel(g, args, target)
 }
 
 /// Tiles, verifies, simulates and compares with the interpreter.
