@@ -2,6 +2,7 @@
 //!
 //! Architecture invariant: this crate knows nothing of text syntax, files, Cranelift or threads.
 
+pub mod cost;
 pub mod diag;
 pub mod dim;
 pub mod dtype;

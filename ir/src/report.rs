@@ -56,7 +56,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, o: &Counts) {
+    pub(crate) fn add(&mut self, o: &Counts) {
         self.gm_bytes_read += o.gm_bytes_read;
         self.gm_bytes_written += o.gm_bytes_written;
         self.gm_workspace_read += o.gm_workspace_read;
@@ -73,24 +73,46 @@ impl Counts {
     }
 }
 
-struct Walker<'a> {
-    prog: &'a TileProgram,
-    launch: &'a Launch,
-    ints: &'a IntData,
-    core: i64,
-    vars: Vec<Option<i64>>,
+/// Walks one core's program without data: evaluates the scalar unit's arithmetic, follows integer values
+/// into buffers (for data-dependent control), and counts what each statement moves and computes. Shared
+/// with the cycle model ([`crate::cost`]), which drives it statement by statement.
+pub(crate) struct Walker<'a> {
+    pub(crate) prog: &'a TileProgram,
+    pub(crate) launch: &'a Launch,
+    pub(crate) ints: &'a IntData,
+    pub(crate) core: i64,
+    pub(crate) vars: Vec<Option<i64>>,
     /// Known `i32` contents of buffer slots: (buffer, slot) -> flat element -> value.
-    known: BTreeMap<(u32, i64), BTreeMap<i64, i64>>,
-    counts: Counts,
-    steps: &'a mut u64,
+    pub(crate) known: BTreeMap<(u32, i64), BTreeMap<i64, i64>>,
+    pub(crate) counts: Counts,
+    pub(crate) steps: &'a std::cell::Cell<u64>,
 }
 
 fn err(msg: String) -> Diagnostic {
     Diagnostic::error(Code::Internal, crate::span::Span::default(), msg)
 }
 
-impl Walker<'_> {
-    fn eval(&self, e: &SExpr) -> Result<i64, Diagnostic> {
+impl<'a> Walker<'a> {
+    pub(crate) fn new(
+        prog: &'a TileProgram,
+        launch: &'a Launch,
+        ints: &'a IntData,
+        core: i64,
+        steps: &'a std::cell::Cell<u64>,
+    ) -> Self {
+        Walker {
+            prog,
+            launch,
+            ints,
+            core,
+            vars: vec![None; launch.svars.len()],
+            known: BTreeMap::new(),
+            counts: Counts::default(),
+            steps,
+        }
+    }
+
+    pub(crate) fn eval(&self, e: &SExpr) -> Result<i64, Diagnostic> {
         Ok(match e {
             SExpr::Const(v) => *v,
             SExpr::Var(v) => self.vars.get(v.0 as usize).copied().flatten().ok_or_else(|| {
@@ -215,9 +237,10 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn stmt(&mut self, s: &Stmt) -> Result<(), Diagnostic> {
-        *self.steps += 1;
-        if *self.steps > MAX_STEPS {
+    /// Counts one more statement walked; an error past [`MAX_STEPS`].
+    pub(crate) fn step(&mut self) -> Result<(), Diagnostic> {
+        self.steps.set(self.steps.get() + 1);
+        if self.steps.get() > MAX_STEPS {
             return Err(Diagnostic::error(
                 Code::ResourceLimit,
                 crate::span::Span::default(),
@@ -227,6 +250,11 @@ impl Walker<'_> {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Result<(), Diagnostic> {
+        self.step()?;
         *self.counts.stmts.entry(s.pipe()).or_default() += 1;
         match s {
             Stmt::For { var, lo, hi, step, body } => {
@@ -250,6 +278,15 @@ impl Walker<'_> {
                     self.block(then)?;
                 }
             }
+            _ => self.leaf(s)?,
+        }
+        Ok(())
+    }
+
+    /// What a statement other than `For`, `Set` and `If` moves and computes (the caller counts the step).
+    pub(crate) fn leaf(&mut self, s: &Stmt) -> Result<(), Diagnostic> {
+        match s {
+            Stmt::For { .. } | Stmt::Set { .. } | Stmt::If { .. } => {}
             Stmt::Copy { pipe, src, dst, rows, cols } => {
                 let (r, c) = (self.eval(rows)?.max(0), self.eval(cols)?.max(0));
                 let n = (r * c) as u64;
@@ -312,7 +349,7 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn set(&mut self, v: SVar, x: i64) -> Result<(), Diagnostic> {
+    pub(crate) fn set(&mut self, v: SVar, x: i64) -> Result<(), Diagnostic> {
         let slot = self
             .vars
             .get_mut(v.0 as usize)
@@ -324,22 +361,13 @@ impl Walker<'_> {
 
 /// Counts what each launch of `prog` moves and computes (see the module documentation).
 pub fn count(prog: &TileProgram, ints: &IntData) -> Result<Vec<Counts>, Diagnostic> {
-    let mut steps = 0u64;
+    let steps = std::cell::Cell::new(0u64);
     let mut out = Vec::new();
     for l in &prog.launches {
         let mut total = Counts::default();
         for (cores, program) in [(l.cube_cores, &l.cube), (l.vector_cores, &l.vector)] {
             for core in 0..cores {
-                let mut w = Walker {
-                    prog,
-                    launch: l,
-                    ints,
-                    core: core as i64,
-                    vars: vec![None; l.svars.len()],
-                    known: BTreeMap::new(),
-                    counts: Counts::default(),
-                    steps: &mut steps,
-                };
+                let mut w = Walker::new(prog, l, ints, core as i64, &steps);
                 w.block(program)?;
                 total.add(&w.counts);
             }
@@ -371,6 +399,8 @@ pub struct LaunchReport {
     /// Bytes used and usable, per memory the launch uses.
     pub memory: Vec<(Mem, u64, u64)>,
     pub counts: Counts,
+    /// The index of the launch in the program (and in the estimate).
+    pub index: usize,
 }
 
 /// One fusion group.
@@ -402,6 +432,8 @@ pub struct Report {
     pub totals: Counts,
     pub gm_workspace_bytes: u64,
     pub gm_intermediates: Vec<Intermediate>,
+    /// The cycle model's estimate (launches in the order of `groups`' launches).
+    pub estimate: crate::cost::Estimate,
 }
 
 fn value_name(g: &Graph, v: crate::graph::ValueId) -> String {
@@ -418,7 +450,8 @@ pub fn report(
     target: &Target,
     ints: &IntData,
 ) -> Result<Report, Diagnostic> {
-    let counts = count(prog, ints)?;
+    let (estimate, _) = crate::cost::estimate(prog, target, ints, false)?;
+    let counts: Vec<Counts> = estimate.launches.iter().map(|l| l.counts.clone()).collect();
     let mut groups: Vec<GroupReport> = Vec::new();
     for (i, l) in prog.launches.iter().enumerate() {
         let k = launch_group.get(i).copied().unwrap_or(usize::MAX);
@@ -463,6 +496,7 @@ pub fn report(
             buffers,
             memory,
             counts: counts.get(i).cloned().unwrap_or_default(),
+            index: i,
         };
         if let Some(gr) = groups.last_mut() {
             gr.launches.push(lr);
@@ -507,6 +541,7 @@ pub fn report(
         totals,
         gm_workspace_bytes,
         gm_intermediates,
+        estimate,
     })
 }
 
@@ -524,6 +559,14 @@ fn uses(l: &Launch, t: TensorId) -> bool {
         })
     }
     stmts(&l.cube, t) || stmts(&l.vector, t)
+}
+
+fn busy_text(b: &BTreeMap<Pipe, f64>) -> String {
+    b.iter().map(|(p, f)| format!("{} {:.0}%", p.name(), 100.0 * f)).collect::<Vec<_>>().join(", ")
+}
+
+fn busy_json(b: &BTreeMap<Pipe, f64>) -> serde_json::Value {
+    serde_json::Value::Object(b.iter().map(|(p, f)| (p.name().to_string(), json!(f))).collect())
 }
 
 fn unit_name(u: Unit) -> &'static str {
@@ -578,6 +621,21 @@ impl Report {
                     c.cube_flops,
                     c.vector_elements
                 );
+                if let Some(e) = self.estimate.launches.get(l.index) {
+                    let dil = if e.gm_dilation > 1.0 + 1e-6 {
+                        format!(", GM copies slowed {:.2}x by the shared bandwidth", e.gm_dilation)
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(
+                        s,
+                        "    estimate {:.0} cycles ({:.2} us), bound {}{dil}; busy {}",
+                        e.cycles,
+                        e.cycles / (self.estimate.clock_ghz * 1e3),
+                        e.bound(),
+                        busy_text(&e.pipe_busy())
+                    );
+                }
             }
         }
         let t = &self.totals;
@@ -587,6 +645,26 @@ impl Report {
         let _ = writeln!(s, "  cube_flops          {}", t.cube_flops);
         let _ = writeln!(s, "  vector_elements     {}", t.vector_elements);
         let _ = writeln!(s, "  gm_workspace_bytes  {}", self.gm_workspace_bytes);
+        let e = &self.estimate;
+        let _ = writeln!(s, "estimate:");
+        let _ = writeln!(s, "  cycles              {:.0}", e.cycles());
+        let _ = writeln!(s, "  time_us             {:.2}", e.time_us());
+        let _ = writeln!(s, "  bound               {}", e.bound());
+        let _ = writeln!(s, "  pipe_busy           {}", busy_text(&e.pipe_busy()));
+        let _ = writeln!(
+            s,
+            "  cube                {:.2} TFLOP/s = {:.1}% of peak {:.2} TFLOP/s",
+            e.cube_flops_per_s() / 1e12,
+            100.0 * e.cube_flops_per_s() / e.peak_cube_flops_per_s,
+            e.peak_cube_flops_per_s / 1e12
+        );
+        let _ = writeln!(
+            s,
+            "  gm                  {:.1} GB/s = {:.1}% of peak {:.1} GB/s (L2 hits included)",
+            e.gm_bytes_per_s() / 1e9,
+            100.0 * e.gm_bytes_per_s() / e.peak_gm_bytes_per_s,
+            e.peak_gm_bytes_per_s / 1e9
+        );
         if self.gm_intermediates.is_empty() {
             let _ = writeln!(s, "gm_intermediates: none");
         } else {
@@ -634,8 +712,19 @@ impl Report {
                 .iter()
                 .map(|(m, used, usable)| (m.name().to_string(), json!({"used": used, "usable": usable})))
                 .collect();
+            let est = self.estimate.launches.get(l.index).map(|e| {
+                json!({
+                    "cycles": e.cycles,
+                    "time_us": e.cycles / (self.estimate.clock_ghz * 1e3),
+                    "pipe_busy": busy_json(&e.pipe_busy()),
+                    "bound": e.bound(),
+                    "gm_dilation": e.gm_dilation,
+                    "hbm_bytes": e.hbm_bytes,
+                })
+            });
             json!({
                 "name": l.name,
+                "estimate": est,
                 "unit": unit_name(l.unit),
                 "grid": {"cube_cores": l.cube_cores, "vector_cores": l.vector_cores},
                 "buffers": buffers,
@@ -662,7 +751,17 @@ impl Report {
             })
             .collect();
         let t = &self.totals;
+        let e = &self.estimate;
         json!({
+            "cycles": e.cycles(),
+            "time_us": e.time_us(),
+            "pipe_busy": busy_json(&e.pipe_busy()),
+            "bound": e.bound(),
+            "peak_cube_flops_per_s": e.peak_cube_flops_per_s,
+            "peak_gm_bytes_per_s": e.peak_gm_bytes_per_s,
+            "cube_flops_per_s": e.cube_flops_per_s(),
+            "gm_bytes_per_s": e.gm_bytes_per_s(),
+            "hbm_bytes": e.launches.iter().map(|l| l.hbm_bytes).sum::<u64>(),
             "name": self.name,
             "target": self.target,
             "dims": self.dims,

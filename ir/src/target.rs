@@ -31,6 +31,13 @@ pub struct Target {
     pub vector_cores: u32,
     /// Global-memory bandwidth of the whole chip, shared by all cores.
     pub gm_bandwidth_gb_s: f64,
+    /// The L2 cache in front of global memory, shared by all cores (bytes; 0: none). Data a launch reads
+    /// again while its footprint fits here comes from L2, not HBM.
+    #[serde(default)]
+    pub l2_bytes: u64,
+    /// The L2's bandwidth to all cores together (defaults to `gm_bandwidth_gb_s`).
+    #[serde(default)]
+    pub l2_bandwidth_gb_s: f64,
     pub memory: Vec<Memory>,
     pub cube: Cube,
     pub vector: Vector,
@@ -167,6 +174,9 @@ impl Target {
         }
         if self.gm_bandwidth_gb_s <= 0.0 {
             bad("gm_bandwidth_gb_s".into(), "must be positive".into());
+        }
+        if self.l2_bandwidth_gb_s < 0.0 || !self.l2_bandwidth_gb_s.is_finite() {
+            bad("l2_bandwidth_gb_s".into(), "must be a non-negative number".into());
         }
         for (i, m) in self.memory.iter().enumerate() {
             let f = |x: &str| format!("memory[{i}] ({}).{x}", m.name);
