@@ -30,6 +30,7 @@
 //! optionally a [`timeline::Timeline`] of every instruction.
 
 pub mod timeline;
+pub mod trace;
 
 use crate::diag::Diagnostic;
 use crate::dtype::DType;
@@ -358,8 +359,11 @@ impl Estimate {
 /// One scheduled unit of a core's program: a block being walked, or a loop between iterations.
 enum Frame<'a> {
     Block { stmts: &'a [Stmt], i: usize },
-    Loop { var: SVar, next: i64, hi: i64, step: i64, body: &'a [Stmt] },
+    Loop { var: SVar, next: i64, hi: i64, step: i64, body: &'a [Stmt], done: u64 },
 }
+
+/// Iterations of a core's outermost loop simulated before the rest is extrapolated (ranking only).
+const EXTRAPOLATE_AFTER: u64 = 3;
 
 /// The timing state of one core.
 struct CoreSim<'a> {
@@ -376,6 +380,11 @@ struct CoreSim<'a> {
     /// Cross-core waits consumed, by flag id.
     cross_waits: Vec<usize>,
     done: bool,
+    /// Whether the outermost loop may be extrapolated from its first iterations (ranking mode, on a core
+    /// that waits on no other core).
+    extrapolate: bool,
+    /// (time all work is done, busy per pipe) at the start of each of the outermost loop's iterations.
+    marks: Vec<(f64, [f64; 7])>,
 }
 
 fn pipe_index(p: Pipe) -> usize {
@@ -504,7 +513,36 @@ impl<'a> CoreSim<'a> {
             flags: HashMap::new(),
             cross_waits: vec![0; 16],
             done: false,
+            extrapolate: false,
+            marks: Vec::new(),
         }
+    }
+
+    /// Skips the rest of the outermost loop (`remaining` iterations) if its iterations have reached a
+    /// steady state: every time moves on by the last iteration's span, and every pipe's busy time by its
+    /// busy time in that iteration. Only for ranking: counts and scalar registers are not advanced.
+    fn skip_ahead(&mut self, remaining: u64) -> bool {
+        let n = self.marks.len();
+        if n < 2 || remaining == 0 {
+            return false;
+        }
+        let (t1, b1) = self.marks[n - 1];
+        let (t0, b0) = self.marks[n - 2];
+        let d = (t1 - t0) * remaining as f64;
+        if !(d >= 0.0) {
+            return false;
+        }
+        self.ts += d;
+        for i in 0..7 {
+            self.free[i] += d;
+            self.busy[i] += (b1[i] - b0[i]) * remaining as f64;
+        }
+        for q in self.flags.values_mut() {
+            for t in q.iter_mut() {
+                *t += d;
+            }
+        }
+        true
     }
 
     /// The time all work issued so far is done.
@@ -547,6 +585,7 @@ impl<'a> CoreSim<'a> {
         let prog = self.w.prog;
         let launch = self.w.launch;
         loop {
+            let depth = self.frames.len();
             let Some(frame) = self.frames.last_mut() else {
                 self.done = true;
                 return Ok(Progress::Done);
@@ -596,11 +635,28 @@ impl<'a> CoreSim<'a> {
                     *i += 1;
                     s
                 }
-                Frame::Loop { var, next, hi, step, body } => {
+                Frame::Loop { next, hi, step, done, .. } => {
                     if *next >= *hi {
                         self.frames.pop();
                         continue;
                     }
+                    let outermost = self.extrapolate && depth == 2;
+                    if outermost {
+                        let (nx, h, st, dn) = (*next, *hi, *step, *done);
+                        let all = self.all_done();
+                        self.marks.push((all, self.busy));
+                        if dn >= EXTRAPOLATE_AFTER {
+                            let remaining = ((h - nx) as u64).div_ceil(st as u64);
+                            if self.skip_ahead(remaining) {
+                                self.frames.pop();
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(Frame::Loop { var, next, step, body, done, .. }) = self.frames.last_mut() else {
+                        continue;
+                    };
+                    *done += 1;
                     let (v, b) = (*var, *body);
                     let cur = *next;
                     *next = next.saturating_add(*step);
@@ -623,7 +679,7 @@ impl<'a> CoreSim<'a> {
                         ));
                     }
                     self.scalar(SCALAR_ISSUE);
-                    self.frames.push(Frame::Loop { var: *var, next: lo, hi, step: *step, body });
+                    self.frames.push(Frame::Loop { var: *var, next: lo, hi, step: *step, body, done: 0 });
                 }
                 Stmt::Set { var, value } => {
                     let v = self.w.eval(value)?;
@@ -748,7 +804,8 @@ fn simulate_launch(
     costs: &Costs,
     steps: &Cell<u64>,
     rec: &mut Recorder,
-) -> Result<(f64, BTreeMap<Pipe, (f64, u32)>, Counts), Diagnostic> {
+    sample: Option<usize>,
+) -> Result<Simulated, Diagnostic> {
     let mut end = 0.0f64;
     let mut busy = [0.0f64; 7];
     let mut cube_used = [false; 7];
@@ -770,12 +827,20 @@ fn simulate_launch(
         groups.extend((0..l.cube_cores).map(|c| vec![CoreRef { cube: true, index: c }]));
         groups.extend((0..l.vector_cores).map(|v| vec![CoreRef { cube: false, index: v }]));
     }
+    let total_groups = groups.len();
+    if let Some(n) = sample {
+        groups.truncate(n.max(1));
+    }
+    let scale = total_groups as f64 / groups.len().max(1) as f64;
     for g in groups {
+        let lone = g.len() == 1;
         let mut sims: Vec<CoreSim> = g
             .iter()
             .map(|id| {
                 let program: &[Stmt] = if id.cube { &l.cube } else { &l.vector };
-                CoreSim::new(*id, Walker::new(prog, l, ints, id.index as i64, steps), program)
+                let mut c = CoreSim::new(*id, Walker::new(prog, l, ints, id.index as i64, steps), program);
+                c.extrapolate = sample.is_some() && lone;
+                c
             })
             .collect();
         let mut sets: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); 16]; g.len()];
@@ -822,11 +887,15 @@ fn simulate_launch(
     for (i, p) in Pipe::ALL.iter().enumerate() {
         let cores = if cube_used[i] { l.cube_cores } else { 0 } + if vec_used[i] { l.vector_cores } else { 0 };
         if cores > 0 {
-            out.insert(*p, (busy[i], cores));
+            out.insert(*p, (busy[i] * scale, cores));
         }
     }
-    Ok((end, out, counts))
+    Ok((end, out, counts, scale))
 }
+
+/// A launch's simulation: cycles, per-pipe busy sums (and cores), counts of the cores simulated, and the
+/// factor from those cores to all (1 unless sampled).
+type Simulated = (f64, BTreeMap<Pipe, (f64, u32)>, Counts, f64);
 
 /// Bytes a launch must move from and to HBM: the footprint of the GM tensors it touches when that fits in
 /// L2, else all its traffic.
@@ -877,6 +946,23 @@ pub fn estimate(
     ints: &IntData,
     record: bool,
 ) -> Result<(Estimate, Option<Timeline>), Diagnostic> {
+    estimate_with(prog, target, ints, record, None)
+}
+
+/// A quick estimate of one launch for ranking candidate tilings: only the first `groups` core groups (a
+/// cube core with its vector cores, or a lone core) are simulated — with work dealt round-robin, the first
+/// cores have the most — and the launch's GM traffic is scaled up from theirs. Returns cycles.
+pub fn rank_launch(prog: &TileProgram, target: &Target, ints: &IntData, groups: usize) -> Result<f64, Diagnostic> {
+    Ok(estimate_with(prog, target, ints, false, Some(groups))?.0.cycles())
+}
+
+fn estimate_with(
+    prog: &TileProgram,
+    target: &Target,
+    ints: &IntData,
+    record: bool,
+    sample: Option<usize>,
+) -> Result<(Estimate, Option<Timeline>), Diagnostic> {
     let steps = Cell::new(0u64);
     let mut launches = Vec::new();
     let mut timeline = Timeline {
@@ -900,8 +986,8 @@ pub fn estimate(
                 truncated: false,
             };
             let costs = Costs { target, gm_dilation: dilation };
-            let (cycles, busy, counts) = simulate_launch(prog, l, ints, &costs, &steps, &mut rec)?;
-            let traffic = counts.gm_bytes_read + counts.gm_bytes_written;
+            let (cycles, busy, counts, scale) = simulate_launch(prog, l, ints, &costs, &steps, &mut rec, sample)?;
+            let traffic = ((counts.gm_bytes_read + counts.gm_bytes_written) as f64 * scale) as u64;
             let hbm = hbm_bytes(prog, l, target, traffic);
             // The rate the chip can serve this launch's GM traffic at, in bytes per cycle.
             let reuse = if hbm > 0 { traffic as f64 / hbm as f64 } else { 1.0 };
@@ -929,8 +1015,8 @@ pub fn estimate(
             };
             rec.on = !rec.truncated;
             let costs = Costs { target, gm_dilation: dilation };
-            let again = simulate_launch(prog, l, ints, &costs, &steps, &mut rec)?;
-            (cycles, busy, counts) = again;
+            let again = simulate_launch(prog, l, ints, &costs, &steps, &mut rec, sample)?;
+            (cycles, busy, counts, _) = again;
             timeline.truncated |= rec.truncated;
             timeline.slices.extend(rec.slices);
             timeline.flows.extend(rec.flows);

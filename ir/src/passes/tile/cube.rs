@@ -80,7 +80,133 @@ pub fn matmul_with_workspace(
     b: &Binding,
 ) -> Option<Result<(Launch, Option<GmTensor>), Diagnostic>> {
     let plan = analyze(g, group, gm, b)?;
-    Some(build(g, group, name, gm, target, b, &plan))
+    Some(tuned(g, group, name, gm, target, b, &plan).map(|(l, ws, _)| (l, ws)))
+}
+
+/// [`matmul_with_workspace`], with the candidates the model weighed (empty when a hint fixed the blocks).
+pub fn matmul_tuned(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    b: &Binding,
+) -> Option<Result<(Launch, Option<GmTensor>, Vec<super::Candidate>), Diagnostic>> {
+    let plan = analyze(g, group, gm, b)?;
+    Some(tuned(g, group, name, gm, target, b, &plan))
+}
+
+/// A matmul tiling: base blocks `bm × bn × bk` (L0), `kf` of K resident in L1 per step (a multiple of
+/// `bk`), and whether L0C is double-buffered (the FixPipe of one block overlaps the next block's mmads).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Blocks {
+    pub bm: i64,
+    pub bn: i64,
+    pub bk: i64,
+    pub kf: i64,
+    pub l0c_slots: u32,
+}
+
+impl Blocks {
+    fn text(&self) -> String {
+        format!("bm {} bn {} bk {} kf {} l0c x{}", self.bm, self.bn, self.bk, self.kf, self.l0c_slots)
+    }
+}
+
+/// The candidate tilings of an `m × n × k` matmul with `esize`-byte inputs that fit the target: base blocks
+/// from 16 up to 256 (bm, bn) and 256 (bk) within L0A/L0B (two slots each) and L0C (one or two slots),
+/// L1 depths `kf` (multiples of `bk`, two slots of both operands within L1). Sizes past the (padded)
+/// problem are not tried.
+pub fn candidates(target: &Target, m: i64, n: i64, k: i64, esize: i64) -> Vec<Blocks> {
+    let (Some(l0a), Some(l0b), Some(l0c), Some(l1)) = (
+        target.memory("l0a").map(|x| x.usable() as i64),
+        target.memory("l0b").map(|x| x.usable() as i64),
+        target.memory("l0c").map(|x| x.usable() as i64),
+        target.memory("l1").map(|x| x.usable() as i64),
+    ) else {
+        return Vec::new();
+    };
+    let r16 = |x: i64| (x.max(1) + 15) / 16 * 16;
+    let sizes = |limit: i64, top: i64| -> Vec<i64> {
+        let mut v: Vec<i64> = [16, 32, 64, 128, 192, 256].into_iter().filter(|x| *x <= top).collect();
+        let cap = r16(limit);
+        v.retain(|x| *x <= cap);
+        if cap < top && !v.contains(&cap) {
+            v.push(cap);
+        }
+        v.sort_unstable();
+        v
+    };
+    let mut out = Vec::new();
+    for bm in sizes(m, 256) {
+        for bn in sizes(n, 256) {
+            for l0c_slots in [1u32, 2] {
+                if bm * bn * 4 * l0c_slots as i64 > l0c {
+                    continue;
+                }
+                for bk in sizes(k, 256).into_iter().filter(|x| *x >= 32 || k <= 16) {
+                    if bm * bk * esize * 2 > l0a || bk * bn * esize * 2 > l0b {
+                        continue;
+                    }
+                    let kmax = r16(k);
+                    for mult in [1i64, 2, 4] {
+                        let kf = bk * mult;
+                        if mult > 1 && kf > kmax.max(bk) {
+                            break;
+                        }
+                        if 2 * (bm + bn) * kf * esize > l1 {
+                            break;
+                        }
+                        out.push(Blocks { bm, bn, bk, kf, l0c_slots });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Builds the launch for every candidate, ranks them with the cycle model and keeps the fastest (ties to
+/// the earlier candidate); a tile hint fixes the base block instead.
+fn tuned(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    bd: &Binding,
+    p: &Plan,
+) -> Result<(Launch, Option<GmTensor>, Vec<super::Candidate>), Diagnostic> {
+    let esize = p.dtype.size_bytes() as i64;
+    let hint = hinted_blocks(&super::tile_hints(g, group), p.batch_dims.len(), p.m, p.n)?;
+    if let Some((hm, hn, h)) = hint {
+        let bk = hinted_bk(target, hm, hn, p.k, esize);
+        let blocks = Blocks { bm: hm, bn: hn, bk, kf: bk, l0c_slots: 1 };
+        let (l, ws) = build(g, group, name, gm, target, bd, p, blocks, Some(&h))?;
+        return Ok((l, ws, Vec::new()));
+    }
+    let cands = candidates(target, p.m, p.n, p.k, esize);
+    let mut weighed = Vec::new();
+    let mut best: Option<(f64, Launch, Option<GmTensor>)> = None;
+    for cand in cands {
+        let Ok((l, ws)) = build(g, group, name, gm, target, bd, p, cand, None) else { continue };
+        let cycles = super::rank(gm, &l, ws.as_ref(), target)?;
+        weighed.push(super::Candidate { launch: name.to_string(), what: cand.text(), cycles, chosen: false });
+        if best.as_ref().is_none_or(|(c, _, _)| cycles < *c) {
+            best = Some((cycles, l, ws));
+        }
+    }
+    let Some((cycles, l, ws)) = best else {
+        return Err(Diagnostic::error(
+            crate::diag::Code::Internal,
+            crate::span::Span::default(),
+            format!("matmul launch `{name}`: no base block fits L0"),
+        ));
+    };
+    if let Some(c) = weighed.iter_mut().find(|c| c.cycles == cycles) {
+        c.chosen = true;
+    }
+    Ok((l, ws, weighed))
 }
 
 /// A factor of the contraction.
@@ -263,34 +389,6 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
     })
 }
 
-/// Base block sizes (bm, bn, bk) for the target, within the L0 budgets (half of each memory: two slots).
-fn base_blocks(target: &Target, m: i64, n: i64, k: i64, esize: i64) -> Option<(i64, i64, i64)> {
-    let l0a = target.memory("l0a")?.usable() as i64 / 2;
-    let l0b = target.memory("l0b")?.usable() as i64 / 2;
-    let l0c = target.memory("l0c")?.usable() as i64 / 2;
-    let r16 = |x: i64| (x.max(1) + 15) / 16 * 16;
-    let mut bm = r16(m).min(128);
-    let mut bn = r16(n).min(128);
-    while bm * bn * 4 > l0c && (bm > 16 || bn > 16) {
-        if bn >= bm {
-            bn -= 16;
-        } else {
-            bm -= 16;
-        }
-    }
-    if bm * bn * 4 > l0c {
-        return None;
-    }
-    let mut bk = r16(k).min(256);
-    while bk > 16 && (bm * bk * esize > l0a || bk * bn * esize > l0b) {
-        bk -= 16;
-    }
-    if bm * bk * esize > l0a || bk * bn * esize > l0b {
-        return None;
-    }
-    Some((bm, bn, bk))
-}
-
 /// The base block (bm, bn) that the tile hints on a matmul group ask for, with the hint: a tile along the
 /// result's row axis sets `bm`, along its column axis `bn` (each a multiple of the 16-wide fractal, or at
 /// least the axis); the other is the tiler's choice (at most 128). Batch axes are taken one at a time, so a
@@ -370,6 +468,7 @@ fn bslot(buf: BufId, slot: SExpr) -> Loc {
     Loc::Buf { buf, slot }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build(
     g: &Graph,
     group: &Group,
@@ -378,6 +477,8 @@ fn build(
     target: &Target,
     bd: &Binding,
     p: &Plan,
+    blocks_: Blocks,
+    hint: Option<&super::TileHint>,
 ) -> Result<(Launch, Option<GmTensor>), Diagnostic> {
     let internal = |msg: &str| {
         Diagnostic::error(
@@ -386,13 +487,8 @@ fn build(
             format!("matmul launch `{name}`: {msg}"),
         )
     };
-    let esize = p.dtype.size_bytes() as i64;
     let (m, n, k) = (p.m, p.n, p.k);
-    let hint = hinted_blocks(&super::tile_hints(g, group), p.batch_dims.len(), m, n)?;
-    let (bm, bn, bk) = match &hint {
-        Some((hm, hn, _)) => (*hm, *hn, hinted_bk(target, *hm, *hn, k, esize)),
-        None => base_blocks(target, m, n, k, esize).ok_or_else(|| internal("no base block fits L0"))?,
-    };
+    let Blocks { bm, bn, bk, kf, l0c_slots } = blocks_;
     let (mb, nbk) = ((m + bm - 1) / bm, (n + bn - 1) / bn);
     let batches: i64 = p.batch_dims.iter().product();
     let blocks = batches * mb * nbk;
@@ -401,13 +497,13 @@ fn build(
     let (unit, vcores) = if p.direct { (Unit::Cube, 0) } else { (Unit::Mixed, cubes * ratio) };
     let mut lb = LaunchBuilder::new(target, name, unit, cubes, vcores);
     let (ua, ub_) = (bm as u64, bn as u64);
-    let a1_shape = if p.a.transposed { vec![bk as u64, ua] } else { vec![ua, bk as u64] };
-    let b1_shape = if p.b.transposed { vec![ub_, bk as u64] } else { vec![bk as u64, ub_] };
+    let a1_shape = if p.a.transposed { vec![kf as u64, ua] } else { vec![ua, kf as u64] };
+    let b1_shape = if p.b.transposed { vec![ub_, kf as u64] } else { vec![kf as u64, ub_] };
     let a1 = lb.buffer("a_l1", Mem::L1, p.dtype, a1_shape, 2);
     let b1 = lb.buffer("b_l1", Mem::L1, p.dtype, b1_shape, 2);
     let a0 = lb.buffer("a_l0a", Mem::L0A, p.dtype, vec![ua, bk as u64], 2);
     let b0 = lb.buffer("b_l0b", Mem::L0B, p.dtype, vec![bk as u64, ub_], 2);
-    let c0 = lb.buffer("c_l0c", Mem::L0C, DType::F32, vec![ua, ub_], 1);
+    let c0 = lb.buffer("c_l0c", Mem::L0C, DType::F32, vec![ua, ub_], l0c_slots);
     let blk = lb.svar("blk");
     let bi = lb.svar("bi");
     let m0 = lb.svar("m0");
@@ -430,20 +526,28 @@ fn build(
         stmts.push(Stmt::Set { var: cols, value: bin(SBin::Min, c(bn), bin(SBin::Sub, c(n), v(n0))) });
     };
 
-    // One k step.
-    let step = |accumulate: bool| -> Vec<Stmt> {
+    let k2 = lb.svar("k2");
+    let kl1 = lb.svar("klen1");
+    let jt = lb.svar("jt");
+    let s0 = lb.svar("slot0");
+    let cs = lb.svar("cslot");
+    let nb_done = lb.svar("nblk");
+
+    // One L1 step: `kf` of K for both operands into L1 slot `it mod 2`, then the L0 steps over it.
+    let step = || -> Vec<Stmt> {
         let sl = || v(s);
+        let sl0 = || v(s0);
         let mut st = vec![
-            Stmt::Set { var: kl, value: bin(SBin::Min, c(bk), bin(SBin::Sub, c(k), v(kk))) },
+            Stmt::Set { var: kl1, value: bin(SBin::Min, c(kf), bin(SBin::Sub, c(k), v(kk))) },
             Stmt::Set { var: s, value: bin(SBin::Mod, v(it), c(2)) },
             Stmt::WaitFlag { from: Pipe::Mte1, to: Pipe::Mte2, event: 0 },
         ];
         // GM -> L1, as the operands lie in GM.
         let abase = mul(v(bi), c(m * k));
         let (asrc, astride, arows, acols, adst_stride) = if p.a.transposed {
-            (add(abase, add(mul(v(kk), c(m)), v(m0))), m, v(kl), v(rows), bm)
+            (add(abase, add(mul(v(kk), c(m)), v(m0))), m, v(kl1), v(rows), bm)
         } else {
-            (add(abase, add(mul(v(m0), c(k)), v(kk))), k, v(rows), v(kl), bk)
+            (add(abase, add(mul(v(m0), c(k)), v(kk))), k, v(rows), v(kl1), kf)
         };
         st.push(Stmt::Copy {
             pipe: Pipe::Mte2,
@@ -454,9 +558,9 @@ fn build(
         });
         let bbase = mul(v(bi), c(k * n));
         let (bsrc, bstride, brows, bcols, bdst_stride) = if p.b.transposed {
-            (add(bbase, add(mul(v(n0), c(k)), v(kk))), k, v(cols), v(kl), bk)
+            (add(bbase, add(mul(v(n0), c(k)), v(kk))), k, v(cols), v(kl1), kf)
         } else {
-            (add(bbase, add(mul(v(kk), c(n)), v(n0))), n, v(kl), v(cols), bn)
+            (add(bbase, add(mul(v(kk), c(n)), v(n0))), n, v(kl1), v(cols), bn)
         };
         st.push(Stmt::Copy {
             pipe: Pipe::Mte2,
@@ -466,68 +570,78 @@ fn build(
             cols: bcols,
         });
         st.extend(flag(Pipe::Mte2, Pipe::Mte1));
-        st.push(Stmt::WaitFlag { from: Pipe::M, to: Pipe::Mte1, event: 0 });
-        // L1 -> L0A: a transposed tile column by column (column j of the `kl × rows` L1 tile is row j of L0A
-        // read down... i.e. L0A column j = L1 row j).
+        // The L0 steps over the L1 tile.
+        let mut inner = vec![
+            Stmt::Set { var: kl, value: bin(SBin::Min, c(bk), bin(SBin::Sub, v(kl1), v(k2))) },
+            Stmt::Set { var: s0, value: bin(SBin::Mod, v(jt), c(2)) },
+            Stmt::WaitFlag { from: Pipe::M, to: Pipe::Mte1, event: 0 },
+        ];
+        // L1 -> L0A: a transposed (`kl1 × rows`) tile row by row: L1 row k2 + j becomes L0A column j.
         if p.a.transposed {
-            st.push(Stmt::For {
+            inner.push(Stmt::For {
                 var: jj,
                 lo: c(0),
                 hi: v(kl),
                 step: 1,
                 body: vec![Stmt::Copy {
                     pipe: Pipe::Mte1,
-                    src: region(bslot(a1, sl()), mul(v(jj), c(bm)), c(1)),
-                    dst: region(bslot(a0, sl()), v(jj), c(bk)),
+                    src: region(bslot(a1, sl()), mul(add(v(k2), v(jj)), c(bm)), c(1)),
+                    dst: region(bslot(a0, sl0()), v(jj), c(bk)),
                     rows: v(rows),
                     cols: c(1),
                 }],
             });
         } else {
-            st.push(Stmt::Copy {
+            inner.push(Stmt::Copy {
                 pipe: Pipe::Mte1,
-                src: region(bslot(a1, sl()), c(0), c(bk)),
-                dst: region(bslot(a0, sl()), c(0), c(bk)),
+                src: region(bslot(a1, sl()), v(k2), c(kf)),
+                dst: region(bslot(a0, sl0()), c(0), c(bk)),
                 rows: v(rows),
                 cols: v(kl),
             });
         }
-        // L1 -> L0B: a transposed (`cols × kl`) tile column by column: L1 column j becomes L0B row j.
+        // L1 -> L0B: a transposed (`cols × kl1`) tile column by column: L1 column k2 + j becomes L0B row j.
         if p.b.transposed {
-            st.push(Stmt::For {
+            inner.push(Stmt::For {
                 var: jj,
                 lo: c(0),
                 hi: v(kl),
                 step: 1,
                 body: vec![Stmt::Copy {
                     pipe: Pipe::Mte1,
-                    src: region(bslot(b1, sl()), v(jj), c(bk)),
-                    dst: region(bslot(b0, sl()), mul(v(jj), c(bn)), c(1)),
+                    src: region(bslot(b1, sl()), add(v(k2), v(jj)), c(kf)),
+                    dst: region(bslot(b0, sl0()), mul(v(jj), c(bn)), c(1)),
                     rows: v(cols),
                     cols: c(1),
                 }],
             });
         } else {
-            st.push(Stmt::Copy {
+            inner.push(Stmt::Copy {
                 pipe: Pipe::Mte1,
-                src: region(bslot(b1, sl()), c(0), c(bn)),
-                dst: region(bslot(b0, sl()), c(0), c(bn)),
+                src: region(bslot(b1, sl()), mul(v(k2), c(bn)), c(bn)),
+                dst: region(bslot(b0, sl0()), c(0), c(bn)),
                 rows: v(kl),
                 cols: v(cols),
             });
         }
-        st.push(Stmt::SetFlag { from: Pipe::Mte1, to: Pipe::Mte2, event: 0 });
-        st.extend(flag(Pipe::Mte1, Pipe::M));
-        st.push(Stmt::Mmad {
-            a: region(bslot(a0, sl()), c(0), c(bk)),
-            b: region(bslot(b0, sl()), c(0), c(bn)),
-            c: region(bslot(c0, c(0)), c(0), c(bn)),
+        inner.extend(flag(Pipe::Mte1, Pipe::M));
+        let mmad = |accumulate: bool| Stmt::Mmad {
+            a: region(bslot(a0, sl0()), c(0), c(bk)),
+            b: region(bslot(b0, sl0()), c(0), c(bn)),
+            c: region(bslot(c0, v(cs)), c(0), c(bn)),
             m: v(rows),
             k: v(kl),
             n: v(cols),
             accumulate,
-        });
-        st.push(Stmt::SetFlag { from: Pipe::M, to: Pipe::Mte1, event: 0 });
+        };
+        // The block's first mmad starts the accumulator; the others add to it.
+        let at = add(v(kk), v(k2));
+        inner.push(Stmt::If { cond: bin(SBin::Eq, at.clone(), c(0)), then: vec![mmad(false)] });
+        inner.push(Stmt::If { cond: bin(SBin::Lt, c(0), at), then: vec![mmad(true)] });
+        inner.push(Stmt::SetFlag { from: Pipe::M, to: Pipe::Mte1, event: 0 });
+        inner.push(Stmt::Set { var: jt, value: add(v(jt), c(1)) });
+        st.push(Stmt::For { var: k2, lo: c(0), hi: v(kl1), step: bk, body: inner });
+        st.push(Stmt::SetFlag { from: Pipe::Mte1, to: Pipe::Mte2, event: 0 });
         st.push(Stmt::Set { var: it, value: add(v(it), c(1)) });
         st
     };
@@ -545,26 +659,32 @@ fn build(
         role: TensorRole::Workspace { per_core: (ws_elems * 4) as u64 },
     });
 
-    // The cube program.
-    let mut cube = vec![Stmt::Set { var: it, value: c(0) }];
+    // The cube program. L0C has `l0c_slots` slots: with two, the FixPipe of a block overlaps the next
+    // block's mmads (FIX->M is primed once per slot).
+    let mut cube = vec![
+        Stmt::Set { var: it, value: c(0) },
+        Stmt::Set { var: jt, value: c(0) },
+        Stmt::Set { var: nb_done, value: c(0) },
+    ];
     for _ in 0..2 {
         cube.push(Stmt::SetFlag { from: Pipe::Mte1, to: Pipe::Mte2, event: 0 });
         cube.push(Stmt::SetFlag { from: Pipe::M, to: Pipe::Mte1, event: 0 });
     }
-    cube.push(Stmt::SetFlag { from: Pipe::Fix, to: Pipe::M, event: 0 });
+    for _ in 0..l0c_slots {
+        cube.push(Stmt::SetFlag { from: Pipe::Fix, to: Pipe::M, event: 0 });
+    }
     let mut body = Vec::new();
     coords(&mut body);
+    body.push(Stmt::Set { var: cs, value: bin(SBin::Mod, v(nb_done), c(l0c_slots as i64)) });
     body.push(Stmt::WaitFlag { from: Pipe::Fix, to: Pipe::M, event: 0 });
-    body.push(Stmt::Set { var: kk, value: c(0) });
-    body.extend(step(false));
-    body.push(Stmt::For { var: kk, lo: c(bk), hi: c(k), step: bk, body: step(true) });
+    body.push(Stmt::For { var: kk, lo: c(0), hi: c(k), step: kf, body: step() });
     body.extend(flag(Pipe::M, Pipe::Fix));
     let out_off = add(mul(v(bi), c(m * n)), add(mul(v(m0), c(n)), v(n0)));
     if p.direct {
         for st in &group.stored {
             body.push(Stmt::Copy {
                 pipe: Pipe::Fix,
-                src: region(bslot(c0, c(0)), c(0), c(bn)),
+                src: region(bslot(c0, v(cs)), c(0), c(bn)),
                 dst: region(Loc::Gm(gm.of[st]), out_off.clone(), c(n)),
                 rows: v(rows),
                 cols: v(cols),
@@ -573,7 +693,7 @@ fn build(
     } else {
         body.push(Stmt::Copy {
             pipe: Pipe::Fix,
-            src: region(bslot(c0, c(0)), c(0), c(bn)),
+            src: region(bslot(c0, v(cs)), c(0), c(bn)),
             dst: region(
                 Loc::Gm(ws_id),
                 add(mul(SExpr::Core, c(ws_elems)), mul(bin(SBin::Div, v(blk), c(cubes as i64)), c(bm * bn))),
@@ -587,12 +707,15 @@ fn build(
     if !p.direct {
         body.push(Stmt::CrossSet { flag: 0 });
     }
+    body.push(Stmt::Set { var: nb_done, value: add(v(nb_done), c(1)) });
     cube.push(Stmt::For { var: blk, lo: SExpr::Core, hi: c(blocks), step: cubes as i64, body });
     for _ in 0..2 {
         cube.push(Stmt::WaitFlag { from: Pipe::Mte1, to: Pipe::Mte2, event: 0 });
         cube.push(Stmt::WaitFlag { from: Pipe::M, to: Pipe::Mte1, event: 0 });
     }
-    cube.push(Stmt::WaitFlag { from: Pipe::Fix, to: Pipe::M, event: 0 });
+    for _ in 0..l0c_slots {
+        cube.push(Stmt::WaitFlag { from: Pipe::Fix, to: Pipe::M, event: 0 });
+    }
 
     if !p.direct {
         let vector = epilogue_program(g, group, gm, bd, p, &mut lb, ws_id, (bm, bn), (mb, nbk), blocks, cubes, ratio)
@@ -600,10 +723,8 @@ fn build(
         lb.launch.vector = vector;
     }
     lb.launch.cube = cube;
-    let l = match &hint {
-        Some((_, _, h)) => {
-            lb.finish_at(h.span, &format!("the base block {bm} x {bn} x {bk} asked for by {}", h.text))?
-        }
+    let l = match hint {
+        Some(h) => lb.finish_at(h.span, &format!("the base block {bm} x {bn} x {bk} asked for by {}", h.text))?,
         None => lb.finish("base block sizes chosen by the tiler")?,
     };
     Ok((l, workspace))
@@ -662,6 +783,7 @@ fn epilogue_program(
     let mut prog = vec![
         Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: 0 },
         Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 },
+        Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::Mte2, event: 0 },
     ];
     let mut body = vec![
         Stmt::Set { var: bi, value: bin(SBin::Div, v(blk), c(mb * nbk)) },
@@ -673,7 +795,12 @@ fn epilogue_program(
         Stmt::Set { var: rc, value: bin(SBin::Min, c(hr), bin(SBin::Sub, v(rows), v(r0))) },
         Stmt::CrossWait { flag: 0 },
     ];
-    let mut work = vec![Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: 0 }];
+    // MTE2 refills the tiles once V has read them and MTE3 has stored them (a stored member may be the
+    // anchor's own tile, which MTE2 writes).
+    let mut work = vec![
+        Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: 0 },
+        Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::Mte2, event: 0 },
+    ];
     work.push(Stmt::Copy {
         pipe: Pipe::Mte2,
         src: region(
@@ -728,10 +855,12 @@ fn epilogue_program(
         });
     }
     work.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });
+    work.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::Mte2, event: 0 });
     body.push(Stmt::If { cond: bin(SBin::Lt, c(0), v(rc)), then: work });
     prog.push(Stmt::For { var: blk, lo: mine_expr(ratio), hi: c(blocks), step: cubes as i64, body });
     prog.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: 0 });
     prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });
+    prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::Mte2, event: 0 });
     Some(prog)
 }
 

@@ -597,7 +597,7 @@ fn build(g: &Graph, name: &str, gm: &GmPlan, target: &Target, p: &Plan) -> Resul
     let mm = Mm { a: h_id, ws: &w2, n: p.m, k: p.f, bm, bn, bk };
     lb.launch.cube = cube_program(&mut lb, p, &mm, cubes, &Out::Direct(p.ys));
     let l2 = lb.finish("base block sizes chosen by the tiler")?;
-    Ok(Tiled { launches: vec![l1, l2], workspaces: vec![workspace, h_t] })
+    Ok(Tiled { launches: vec![l1, l2], workspaces: vec![workspace, h_t], tuning: Vec::new() })
 }
 
 /// Launch 1's vector program: the `segment` range check, then per item of its cube core: wait for the

@@ -334,12 +334,44 @@ pub fn buf_region(b: BufId, slot: u32, row_stride: i64) -> Region {
 pub struct Tiled {
     pub launches: Vec<Launch>,
     pub workspaces: Vec<GmTensor>,
+    /// The candidate tilings the template weighed with the cost model (empty if it had one choice).
+    pub tuning: Vec<Candidate>,
 }
 
 impl Tiled {
     pub fn one(l: Launch) -> Tiled {
-        Tiled { launches: vec![l], workspaces: Vec::new() }
+        Tiled { launches: vec![l], workspaces: Vec::new(), tuning: Vec::new() }
     }
+}
+
+/// A candidate tiling a template weighed, with the cycles the model estimates for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// The launch it is a candidate for.
+    pub launch: String,
+    /// The template's parameters, e.g. `bm 128 bn 256 bk 64 kf 256 l0c x1`.
+    pub what: String,
+    pub cycles: f64,
+    /// Whether the tiler kept it.
+    pub chosen: bool,
+}
+
+/// How many core groups [`rank`] simulates.
+pub const RANK_GROUPS: usize = 1;
+
+/// The estimated cycles of a candidate launch (with its workspace, if it has one) over the program's GM
+/// tensors so far: [`crate::cost::rank_launch`] on a program of that one launch.
+pub fn rank(gm: &GmPlan, l: &Launch, ws: Option<&GmTensor>, target: &Target) -> Result<f64, Diagnostic> {
+    let mut tensors = gm.tensors.clone();
+    tensors.extend(ws.cloned());
+    let prog = TileProgram {
+        kernel: l.name.clone(),
+        target: target.name.clone(),
+        dims: BTreeMap::new(),
+        tensors,
+        launches: vec![l.clone()],
+    };
+    crate::cost::rank_launch(&prog, target, &crate::report::IntData::new(), RANK_GROUPS)
 }
 
 /// Tiles one group with the first template that takes it (`None`: no template does).
@@ -380,8 +412,8 @@ pub fn tile_group(
     if let Some(r) = grouped::grouped(g, group, name, gm, target, b) {
         return Some(no_hints(r, "grouped matmuls"));
     }
-    cube::matmul_with_workspace(g, group, name, gm, target, b)
-        .map(|r| r.map(|(l, ws)| Tiled { launches: vec![l], workspaces: ws.into_iter().collect() }))
+    cube::matmul_tuned(g, group, name, gm, target, b)
+        .map(|r| r.map(|(l, ws, tuning)| Tiled { launches: vec![l], workspaces: ws.into_iter().collect(), tuning }))
 }
 
 /// Lowers a fused kernel to the tile IR for `target` at the dims of `b`: the launches of each group, in an
@@ -397,18 +429,30 @@ pub fn tile_with_groups(
     b: &Binding,
     target: &Target,
 ) -> Result<(TileProgram, Vec<usize>), Diagnostic> {
+    tile_tuned(g, f, b, target).map(|(p, k, _)| (p, k))
+}
+
+/// [`tile_with_groups`], with the candidate tilings the templates weighed (`kc build --emit tuning`).
+pub fn tile_tuned(
+    g: &Graph,
+    f: &Fusion,
+    b: &Binding,
+    target: &Target,
+) -> Result<(TileProgram, Vec<usize>, Vec<Candidate>), Diagnostic> {
     let mut gm = plan_gm(g, f, b)?;
     let order = group_order(f).ok_or_else(|| {
         Diagnostic::error(Code::Internal, g.span, format!("kernel `{}`: the fusion groups form a cycle", g.name))
     })?;
     let mut launches = Vec::new();
     let mut of_group = Vec::new();
+    let mut tuning = Vec::new();
     for k in order {
         let group = &f.groups[k];
         let name = format!("{}.g{k}", g.name);
         match tile_group(g, group, &name, &gm, target, b) {
             Some(Ok(t)) => {
                 gm.tensors.extend(t.workspaces);
+                tuning.extend(t.tuning);
                 of_group.extend(t.launches.iter().map(|_| k));
                 launches.extend(t.launches);
             }
@@ -439,5 +483,5 @@ pub fn tile_with_groups(
         tensors: gm.tensors,
         launches,
     };
-    Ok((p, of_group))
+    Ok((p, of_group, tuning))
 }

@@ -744,7 +744,7 @@ fn whole(
         Ok(l) => l,
         Err(e) => return Some(Err(e)),
     };
-    Some(Ok(Tiled { launches: vec![first, second], workspaces }))
+    Some(Ok(Tiled { launches: vec![first, second], workspaces, tuning: Vec::new() }))
 }
 
 /// Column reductions: column blocks across the cores, row blocks down each reduction.

@@ -1449,5 +1449,9 @@ fn build(
     });
     vq.on(Pipe::Mte2);
     lb.launch.vector = vq.stmts;
-    Some(lb.finish("block sizes chosen by the score tiler").map(|l| Tiled { launches: vec![l], workspaces }))
+    Some(lb.finish("block sizes chosen by the score tiler").map(|l| Tiled {
+        launches: vec![l],
+        workspaces,
+        tuning: Vec::new(),
+    }))
 }

@@ -523,7 +523,7 @@ fn build(
         let l = build_side(g, &lname, gm, target, bd, p, blk, side, cubes, ratio, r, (ni, nj), (wsf, wsb))?;
         launches.push(l);
     }
-    Ok(Tiled { launches, workspaces })
+    Ok(Tiled { launches, workspaces, tuning: Vec::new() })
 }
 
 #[allow(clippy::too_many_arguments)]
