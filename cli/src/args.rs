@@ -26,6 +26,9 @@ Examples:
   kc build kernels/rmsnorm.ker --emit fusion
   kc build kernels/rmsnorm.ker --emit tiled --dims T=4096,D=4096 --target ascend950
   kc build kernels/adamw.ker --emit report --dims N=1048576 --format json
+  kc build kernels/matmul.ker --emit trace --dims M=1024,N=1024,K=1024 -o matmul.trace.json
+  kc build kernels/matmul.ker --emit timeline --dims M=1024,N=1024,K=1024 -o matmul.html
+  kc build kernels/matmul.ker --emit tuning --dims M=4096,N=4096,K=4096
   kc build kernels/softmax.ker --emit tiled --dims R=7,C=1000 --target my_npu.toml";
 
 const RUN_EXAMPLES: &str = "\
@@ -100,8 +103,16 @@ pub enum Emit {
     Fusion,
     /// The tile IR of each kernel for the target at the given --dims: per-core programs, buffer maps.
     Tiled,
-    /// A static report of each kernel at the given --dims: groups, grids, tiles, buffers, traffic, work.
+    /// A static report of each kernel at the given --dims: groups, grids, tiles, buffers, traffic, work,
+    /// and the cost model's estimate (cycles, time, pipe busy fractions, the bound).
     Report,
+    /// The cost model's timeline of one kernel as a Chrome trace-event JSON file (open it in Perfetto or
+    /// chrome://tracing): one process per core, one thread per pipe, flags as flow events.
+    Trace,
+    /// The same timeline as a self-contained HTML page (inline SVG) for a quick look in a browser.
+    Timeline,
+    /// The candidate tilings the tiler weighed for each launch, with the cycles the model estimates.
+    Tuning,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -135,10 +146,11 @@ pub struct BuildArgs {
     /// The target: a built-in name (ascend910b, ascend950) or the path of a target TOML file.
     #[arg(long, default_value = "ascend910b", value_name = "NAME|PATH")]
     pub target: String,
-    /// Dim values to specialize to (needed by --emit tiled and report): `B=1,H=8` (repeatable).
+    /// Dim values to specialize to (needed by --emit tiled, report, trace, timeline and tuning): `B=1,H=8`
+    /// (repeatable).
     #[arg(long, short = 'd', value_name = "NAME=N,...", value_delimiter = ',', value_parser = parse_dim)]
     pub dims: Vec<(String, i64)>,
-    /// The report's format (--emit report only).
+    /// The format of --emit report and --emit tuning.
     #[arg(long, value_enum, default_value_t = Format::Text, value_name = "FORMAT")]
     pub format: Format,
 }

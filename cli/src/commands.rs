@@ -149,7 +149,7 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
             }
             kc_frontend::ast_print::print_module(&module)
         }
-        Emit::Tiled | Emit::Report => {
+        Emit::Tiled | Emit::Report | Emit::Trace | Emit::Timeline | Emit::Tuning => {
             let target = load_target(&a.target)?;
             let c = compile_file(&a.file)?;
             if ctx.report(&c.diags, &c.sources) {
@@ -172,13 +172,21 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
                     )));
                 }
             }
+            if matches!(a.emit, Emit::Trace | Emit::Timeline) && graphs.len() > 1 {
+                return Err(Failure::Message(format!(
+                    "--emit {} draws one kernel: choose it with --kernel (this file has {})",
+                    if a.emit == Emit::Trace { "trace" } else { "timeline" },
+                    kernel_names(&c.program)
+                )));
+            }
             let mut texts = Vec::new();
             let mut reports = Vec::new();
+            let mut tunings = Vec::new();
             for g in &graphs {
                 let own: BTreeMap<String, i64> =
                     dims.iter().filter(|(k, _)| knows_dim(g, k)).map(|(k, v)| (k.clone(), *v)).collect();
                 let built = kc_ir::launch::bind_dims(g, &own).and_then(|b| tile_bound(g, &b, &target));
-                let (f, tp, of_group) = match built {
+                let (f, tp, of_group, tuning) = match built {
                     Ok(x) => x,
                     Err(diags) => {
                         ctx.report(&diags, &c.sources);
@@ -189,7 +197,35 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
                     texts.push(kc_ir::tile::print::print_program(&tp));
                     continue;
                 }
+                if a.emit == Emit::Tuning {
+                    tunings.push(tuning_report(g, &tp, &target, &tuning));
+                    continue;
+                }
                 let ints = int_inputs(g, &own, &tp)?;
+                if matches!(a.emit, Emit::Trace | Emit::Timeline) {
+                    let timeline = match kc_ir::cost::estimate(&tp, &target, &ints, true) {
+                        Ok((_, Some(t))) => t,
+                        Ok((_, None)) => return Err(Failure::Message("the cost model recorded no timeline".into())),
+                        Err(d) => {
+                            ctx.report(&[d], &c.sources);
+                            return Err(Failure::Reported);
+                        }
+                    };
+                    if timeline.truncated {
+                        ctx.error(&format!(
+                            "note: the timeline of `{}` stops after {} slices (the estimate covers everything); \
+                             build it at smaller --dims to see all of it",
+                            g.name,
+                            kc_ir::cost::MAX_SLICES
+                        ));
+                    }
+                    texts.push(if a.emit == Emit::Trace {
+                        kc_ir::cost::trace::chrome_trace(&timeline)
+                    } else {
+                        kc_ir::cost::trace::html_timeline(&timeline)
+                    });
+                    continue;
+                }
                 match kc_ir::report::report(g, &f, &tp, &of_group, &target, &ints) {
                     Ok(r) => reports.push(r),
                     Err(d) => {
@@ -199,7 +235,16 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
                 }
             }
             match (a.emit, a.format) {
-                (Emit::Tiled, _) => texts.join("\n"),
+                (Emit::Tiled | Emit::Trace | Emit::Timeline, _) => texts.join("\n"),
+                (Emit::Tuning, crate::args::Format::Text) => {
+                    tunings.iter().map(|t| t.0.clone()).collect::<Vec<_>>().join("\n")
+                }
+                (Emit::Tuning, crate::args::Format::Json) => {
+                    let doc = serde_json::json!({"kernels": tunings.iter().map(|t| t.1.clone()).collect::<Vec<_>>()});
+                    let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
+                    s.push('\n');
+                    s
+                }
                 (_, crate::args::Format::Text) => {
                     reports.iter().map(kc_ir::report::Report::text).collect::<Vec<_>>().join("\n")
                 }
@@ -287,15 +332,48 @@ fn int_inputs(
     Ok(out)
 }
 
-/// Fuses and tiles a kernel for `target` at the dims of `b`, verifying the tile program; also returns the
-/// fusion and the group of each launch.
-fn tile_bound(
+/// The candidate tilings of a kernel, as text and as JSON.
+fn tuning_report(
     g: &Graph,
-    b: &kc_ir::launch::Binding,
+    tp: &kc_ir::tile::TileProgram,
     target: &kc_ir::target::Target,
-) -> Result<(kc_ir::passes::fuse::Fusion, kc_ir::tile::TileProgram, Vec<usize>), Vec<Diagnostic>> {
+    cands: &[kc_ir::passes::tile::Candidate],
+) -> (String, serde_json::Value) {
+    use std::fmt::Write;
+    let us = |cycles: f64| cycles / (target.clock_ghz * 1e3);
+    let dims: Vec<String> = tp.dims.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+    let mut s = format!("kernel {}  target {}  dims {}\n", g.name, target.name, dims.join(", "));
+    let mut json_launches = Vec::new();
+    for l in &tp.launches {
+        let mut mine: Vec<&kc_ir::passes::tile::Candidate> = cands.iter().filter(|c| c.launch == l.name).collect();
+        if mine.is_empty() {
+            let _ = writeln!(s, "launch {}: one tiling, nothing to weigh", l.name);
+            json_launches.push(serde_json::json!({"launch": l.name, "candidates": []}));
+            continue;
+        }
+        mine.sort_by(|a, b| a.cycles.total_cmp(&b.cycles));
+        let _ = writeln!(s, "launch {}: {} candidates, fastest first (* = chosen)", l.name, mine.len());
+        for c in &mine {
+            let mark = if c.chosen { "*" } else { " " };
+            let _ = writeln!(s, "  {mark} {:<40} {:>12.0} cycles {:>12.2} us", c.what, c.cycles, us(c.cycles));
+        }
+        let list: Vec<serde_json::Value> = mine
+            .iter()
+            .map(|c| serde_json::json!({"what": c.what, "cycles": c.cycles, "time_us": us(c.cycles), "chosen": c.chosen}))
+            .collect();
+        json_launches.push(serde_json::json!({"launch": l.name, "candidates": list}));
+    }
+    let json = serde_json::json!({"name": g.name, "target": target.name, "dims": tp.dims, "launches": json_launches});
+    (s, json)
+}
+
+type Built = (kc_ir::passes::fuse::Fusion, kc_ir::tile::TileProgram, Vec<usize>, Vec<kc_ir::passes::tile::Candidate>);
+
+/// Fuses and tiles a kernel for `target` at the dims of `b`, verifying the tile program; also returns the
+/// fusion, the group of each launch and the candidate tilings weighed.
+fn tile_bound(g: &Graph, b: &kc_ir::launch::Binding, target: &kc_ir::target::Target) -> Result<Built, Vec<Diagnostic>> {
     let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::from_hints(g));
-    let (tp, of_group) = kc_ir::passes::tile::tile_with_groups(g, &f, b, target).map_err(|d| vec![d])?;
+    let (tp, of_group, tuning) = kc_ir::passes::tile::tile_tuned(g, &f, b, target).map_err(|d| vec![d])?;
     if let Err(errs) = kc_ir::tile::verify::verify(&tp, target) {
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         return Err(vec![Diagnostic::error(
@@ -304,7 +382,7 @@ fn tile_bound(
             format!("kernel `{}`: the tile program does not verify (a bug in kc):\n{}", g.name, msgs.join("\n")),
         )]);
     }
-    Ok((f, tp, of_group))
+    Ok((f, tp, of_group, tuning))
 }
 
 /// `x: f32[N, D]`, `lr: f32`, `E: dim`, for messages.
@@ -419,7 +497,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
         Backend::Sim => {
             let target = load_target(&a.target)?;
             match kc_ir::launch::bind(g, &args).and_then(|b| tile_bound(g, &b, &target)) {
-                Ok((_, tp, _)) => kc_runtime::sim::run(&tp, g, &args),
+                Ok((_, tp, _, _)) => kc_runtime::sim::run(&tp, g, &args),
                 Err(d) => Err(d),
             }
         }
