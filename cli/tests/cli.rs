@@ -339,6 +339,60 @@ fn build_tiled_and_report() {
     assert_eq!(k["gm_workspace_bytes"], 0);
     assert_eq!(k["gm_intermediates"], serde_json::json!([]));
     assert_eq!(k["groups"].as_array().map(|g| g.len()), Some(1));
+    // The cost model's fields: cycles and time agree with the clock, busy fractions are fractions, the
+    // bound is a pipe (or GM), the peaks are the target's.
+    let cycles = k["cycles"].as_f64().expect("cycles");
+    let time_us = k["time_us"].as_f64().expect("time_us");
+    assert!(cycles > 0.0 && (time_us - cycles / 1850.0).abs() < 1e-6 * time_us.max(1.0), "{k}");
+    let busy = k["pipe_busy"].as_object().expect("pipe_busy");
+    assert!(busy.contains_key("V") && busy.contains_key("MTE2"), "{k}");
+    assert!(busy.values().all(|f| f.as_f64().is_some_and(|f| (0.0..=1.0 + 1e-9).contains(&f))), "{k}");
+    let bound = k["bound"].as_str().expect("bound");
+    assert!(["S", "MTE2", "MTE1", "MTE3", "FIX", "M", "V", "GM"].contains(&bound), "{bound}");
+    assert!((k["peak_cube_flops_per_s"].as_f64().expect("peak") / 1e12 - 363.72).abs() < 0.01);
+    assert_eq!(k["peak_gm_bytes_per_s"].as_f64(), Some(1.6e12));
+    let l = &k["groups"][0]["launches"][0]["estimate"];
+    assert_eq!(l["cycles"].as_f64(), Some(cycles), "one launch: its cycles are the kernel's");
+}
+
+/// `kc build --emit trace` writes a Chrome trace-event file, `--emit timeline` an HTML page, `--emit
+/// tuning` the candidates the tiler weighed; trace and timeline draw one kernel.
+#[test]
+fn build_trace_timeline_and_tuning() {
+    let d = TempDir::new("trace");
+    d.write("axpy.ker", AXPY);
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "trace", "--dims", "N=100000", "-o", "axpy.json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path("axpy.json")).expect("read")).expect("a JSON trace");
+    let events = v["traceEvents"].as_array().expect("traceEvents");
+    let slices: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    assert!(slices.iter().any(|e| e["cat"] == "MTE2") && slices.iter().any(|e| e["cat"] == "V"), "{v}");
+    assert!(events.iter().any(|e| e["ph"] == "M" && e["args"]["name"] == "vector 0"), "one process per core");
+    assert!(events.iter().any(|e| e["ph"] == "s") && events.iter().any(|e| e["ph"] == "f"), "flags as flows");
+    assert_eq!(v["otherData"]["kernel"], "axpy");
+    let o = kc(&d.0, &["build", "axpy.ker", "--emit", "timeline", "--dims", "N=100000", "-o", "axpy.html"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let html = String::from_utf8(std::fs::read(d.path("axpy.html")).expect("read")).expect("utf-8");
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<svg") && html.contains("axpy"), "{html}");
+    // Tuning: a matmul weighs candidates and marks the one it kept.
+    d.write("mm.ker", "kernel mm(a: bf16[M, K], b: bf16[K, N]) -> c: bf16[M, N] {\n    c = a @ b;\n}\n");
+    let o = kc(&d.0, &["build", "mm.ker", "--emit", "tuning", "--dims", "M=512,N=512,K=512"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("launch mm.g0:") && text.contains("candidates"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.trim_start().starts_with('*')).count(), 1, "{text}");
+    let o = kc(&d.0, &["build", "mm.ker", "--emit", "tuning", "--dims", "M=512,N=512,K=512", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let cands = v["kernels"][0]["launches"][0]["candidates"].as_array().expect("candidates");
+    assert!(cands.len() > 10 && cands[0]["chosen"] == true, "fastest first, and kept: {v}");
+    // Two kernels in a file: trace needs --kernel.
+    d.write("two.ker", format!("{AXPY}\nkernel neg(x: f32[N]) -> y: f32[N] {{\n    y = -x;\n}}\n"));
+    let o = kc(&d.0, &["build", "two.ker", "--emit", "trace", "--dims", "N=10"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("--kernel"), "{}", stderr(&o));
+    let o = kc(&d.0, &["build", "two.ker", "--emit", "trace", "--dims", "N=10", "--kernel", "neg"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
 /// `kc run --backend sim` runs the tile program and gives the interpreter's results.

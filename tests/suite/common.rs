@@ -396,3 +396,12 @@ pub fn tile_kernel(g: &Graph, args: &Args, target: &kc_ir::target::Target) -> kc
     verify_tiled(g, &tp, target);
     tp
 }
+
+/// Compiles `src` (written to a temporary file named after `name`), which must compile cleanly.
+pub fn compile_ok_src(name: &str, src: &str) -> kc_ir::Program {
+    let path = std::env::temp_dir().join(format!("kc_suite_{}_{name}.ker", std::process::id()));
+    std::fs::write(&path, src).expect("write the kernel");
+    let prog = compile_ok(&path);
+    let _ = std::fs::remove_file(&path);
+    prog
+}

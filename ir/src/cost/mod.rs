@@ -999,9 +999,10 @@ fn estimate_with(
                 dilation *= need / chip;
                 continue;
             }
-            break (cycles, busy, counts, hbm);
+            // Whatever the iteration left, the launch cannot end before the chip has moved its bytes.
+            break (cycles.max(traffic as f64 / chip), busy, counts, hbm);
         };
-        let (mut cycles, mut busy, mut counts, hbm) = result;
+        let (cycles, mut busy, mut counts, hbm) = result;
         if record {
             // The final pass again, recording (the walk is deterministic: same figures).
             let mut rec = Recorder {
@@ -1016,7 +1017,7 @@ fn estimate_with(
             rec.on = !rec.truncated;
             let costs = Costs { target, gm_dilation: dilation };
             let again = simulate_launch(prog, l, ints, &costs, &steps, &mut rec, sample)?;
-            (cycles, busy, counts, _) = again;
+            (_, busy, counts, _) = again;
             timeline.truncated |= rec.truncated;
             timeline.slices.extend(rec.slices);
             timeline.flows.extend(rec.flows);
