@@ -383,8 +383,9 @@ struct CoreSim<'a> {
     /// Whether the outermost loop may be extrapolated from its first iterations (ranking mode, on a core
     /// that waits on no other core).
     extrapolate: bool,
-    /// (time all work is done, busy per pipe) at the start of each of the outermost loop's iterations.
-    marks: Vec<(f64, [f64; 7])>,
+    /// (time all work is done, busy per pipe, GM bytes read and written, cube flops, vector elements) at
+    /// the start of each of the outermost loop's iterations.
+    marks: Vec<(f64, [f64; 7], [u64; 4])>,
 }
 
 fn pipe_index(p: Pipe) -> usize {
@@ -526,8 +527,8 @@ impl<'a> CoreSim<'a> {
         if n < 2 || remaining == 0 {
             return false;
         }
-        let (t1, b1) = self.marks[n - 1];
-        let (t0, b0) = self.marks[n - 2];
+        let (t1, b1, c1) = self.marks[n - 1];
+        let (t0, b0, c0) = self.marks[n - 2];
         let d = (t1 - t0) * remaining as f64;
         if !(d >= 0.0) {
             return false;
@@ -542,6 +543,13 @@ impl<'a> CoreSim<'a> {
                 *t += d;
             }
         }
+        // What the skipped iterations move and compute (the launch's GM traffic decides its bandwidth).
+        let more = |i: usize| c1[i].saturating_sub(c0[i]) * remaining;
+        let c = &mut self.w.counts;
+        c.gm_bytes_read += more(0);
+        c.gm_bytes_written += more(1);
+        c.cube_flops += more(2);
+        c.vector_elements += more(3);
         true
     }
 
@@ -644,7 +652,9 @@ impl<'a> CoreSim<'a> {
                     if outermost {
                         let (nx, h, st, dn) = (*next, *hi, *step, *done);
                         let all = self.all_done();
-                        self.marks.push((all, self.busy));
+                        let c = &self.w.counts;
+                        let figures = [c.gm_bytes_read, c.gm_bytes_written, c.cube_flops, c.vector_elements];
+                        self.marks.push((all, self.busy, figures));
                         if dn >= EXTRAPOLATE_AFTER {
                             let remaining = ((h - nx) as u64).div_ceil(st as u64);
                             if self.skip_ahead(remaining) {

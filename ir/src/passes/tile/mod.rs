@@ -391,8 +391,8 @@ pub fn tile_group(
             None => r,
         }
     };
-    if let Some(r) = vector::elementwise(g, group, name, gm, target, b) {
-        return Some(r.map(Tiled::one));
+    if let Some(r) = vector::elementwise_tuned(g, group, name, gm, target, b) {
+        return Some(r.map(|(l, tuning)| Tiled { launches: vec![l], workspaces: Vec::new(), tuning }));
     }
     if let Some(r) = reduce::reduce(g, group, name, gm, target, b) {
         return Some(no_hints(r, "reductions across rows"));

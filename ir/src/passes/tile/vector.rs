@@ -68,6 +68,68 @@ pub fn elementwise(
     target: &Target,
     b: &Binding,
 ) -> Option<Result<Launch, Diagnostic>> {
+    elementwise_tuned(g, group, name, gm, target, b).map(|r| r.map(|(l, _)| l))
+}
+
+/// [`elementwise`], choosing the chunk with the cost model: every chunk from 256 elements up to the
+/// largest that fits UB (powers of two, and that largest) is built and ranked, and the fastest kept; with
+/// the candidates weighed. A tile hint fixes the chunk instead.
+pub fn elementwise_tuned(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    b: &Binding,
+) -> Option<Result<(Launch, Vec<super::Candidate>), Diagnostic>> {
+    let (first, largest, hinted) = match elementwise_with(g, group, name, gm, target, b, None)? {
+        Ok(x) => x,
+        Err(e) => return Some(Err(e)),
+    };
+    if hinted || largest <= 256 {
+        return Some(Ok((first, Vec::new())));
+    }
+    let mut chunks: Vec<i64> = (8..).map(|p| 1i64 << p).take_while(|c| *c < largest).collect();
+    chunks.push(largest);
+    let mut best: Option<(f64, Launch)> = None;
+    let mut weighed = Vec::new();
+    for chunk in chunks {
+        let l = match elementwise_with(g, group, name, gm, target, b, Some(chunk))? {
+            Ok((l, _, _)) => l,
+            Err(_) => continue,
+        };
+        let cycles = match super::rank(gm, &l, None, target) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        weighed.push(super::Candidate {
+            launch: name.to_string(),
+            what: format!("chunk {chunk}"),
+            cycles,
+            chosen: false,
+        });
+        if best.as_ref().is_none_or(|(c, _)| cycles < *c) {
+            best = Some((cycles, l));
+        }
+    }
+    let (cycles, l) = best.unwrap_or((0.0, first));
+    if let Some(c) = weighed.iter_mut().find(|c| c.cycles == cycles) {
+        c.chosen = true;
+    }
+    Some(Ok((l, weighed)))
+}
+
+/// The launch with chunk `forced` (or the hinted chunk, or the largest that fits UB), the largest chunk
+/// that fits (at most the padded element count), and whether a hint chose the chunk.
+fn elementwise_with(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    b: &Binding,
+    forced: Option<i64>,
+) -> Option<Result<(Launch, i64, bool), Diagnostic>> {
     let shape = &g.node(*group.nodes.first()?).shape;
     let mut reads: BTreeMap<ValueId, Access> = BTreeMap::new();
     for m in &group.nodes {
@@ -101,11 +163,13 @@ pub fn elementwise(
         Ok(h) => h,
         Err(e) => return Some(Err(e)),
     };
-    let chunk = match &hinted {
-        Some((n, _)) => (*n).max(1),
-        None => ((budget / per_elem.max(1)) / 256 * 256)
-            .clamp(256, 16 * 1024)
-            .min((total.max(1) as u64).next_multiple_of(256)) as i64,
+    let largest = ((budget / per_elem.max(1)) / 256 * 256)
+        .clamp(256, 32 * 1024)
+        .min((total.max(1) as u64).next_multiple_of(256)) as i64;
+    let chunk = match (&hinted, forced) {
+        (Some((n, _)), _) => (*n).max(1),
+        (None, Some(f)) => f.max(1),
+        (None, None) => largest,
     };
     // A slot holds the chunk rounded up to 32 elements, so that every slot starts on UB's 32-byte alignment
     // whatever the dtype (a hinted chunk need not be a multiple of anything); the tail is never read.
@@ -194,10 +258,14 @@ pub fn elementwise(
         prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
     }
     lb.launch.vector = prog;
-    Some(match &hinted {
-        Some((_, h)) => lb.finish_at(h.span, &format!("the chunk asked for by {}", h.text)),
-        None => lb.finish("chunk sizes chosen by the tiler"),
-    })
+    let is_hinted = hinted.is_some();
+    Some(
+        match &hinted {
+            Some((_, h)) => lb.finish_at(h.span, &format!("the chunk asked for by {}", h.text)),
+            None => lb.finish("chunk sizes chosen by the tiler"),
+        }
+        .map(|l| (l, largest, is_hinted)),
+    )
 }
 
 /// A member's body as a vector expression over one chunk: element `c` of the chunk is flat element
