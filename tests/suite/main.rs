@@ -1,6 +1,7 @@
 //! kc's data-driven test suite: one test binary.
 
 mod common;
+mod cost;
 mod estimate;
 mod fusion;
 mod hints;
