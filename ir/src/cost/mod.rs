@@ -273,16 +273,20 @@ impl LaunchEstimate {
             .collect()
     }
 
-    /// What limits the launch: `GM` when the shared global-memory bandwidth does, else the busiest pipe.
+    /// What limits the launch: `GM` when the shared global-memory bandwidth does, else the busiest pipe
+    /// (ties to the earlier pipe of [`Pipe::ALL`]).
     pub fn bound(&self) -> String {
         if self.gm_dilation > 1.0 + 1e-6 {
             return "GM".to_string();
         }
-        self.pipe_busy()
-            .into_iter()
-            .filter(|(p, _)| *p != Pipe::S)
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or_else(|| "S".to_string(), |(p, _)| p.name().to_string())
+        // The scalar unit counts too: library operations (sorting, histograms) run on it.
+        let mut best: Option<(Pipe, f64)> = None;
+        for (p, f) in self.pipe_busy() {
+            if best.is_none_or(|(_, b)| f > b) {
+                best = Some((p, f));
+            }
+        }
+        best.map_or_else(|| "S".to_string(), |(p, _)| p.name().to_string())
     }
 }
 
