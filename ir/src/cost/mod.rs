@@ -534,7 +534,7 @@ impl<'a> CoreSim<'a> {
         let (t1, b1, c1) = self.marks[n - 1];
         let (t0, b0, c0) = self.marks[n - 2];
         let d = (t1 - t0) * remaining as f64;
-        if !(d >= 0.0) {
+        if d.is_nan() || d < 0.0 {
             return false;
         }
         self.ts += d;
@@ -860,14 +860,14 @@ fn simulate_launch(
         let mut sets: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); 16]; g.len()];
         loop {
             let mut progressed = false;
-            for i in 0..sims.len() {
-                if sims[i].done {
+            for (i, sim) in sims.iter_mut().enumerate() {
+                if sim.done {
                     continue;
                 }
-                let before = sims[i].w.steps.get();
-                match sims[i].advance(costs, rec, i, &g, &mut sets)? {
+                let before = sim.w.steps.get();
+                match sim.advance(costs, rec, i, &g, &mut sets)? {
                     Progress::Done => progressed = true,
-                    Progress::Blocked => progressed |= sims[i].w.steps.get() != before,
+                    Progress::Blocked => progressed |= sim.w.steps.get() != before,
                 }
             }
             if sims.iter().all(|s| s.done) {

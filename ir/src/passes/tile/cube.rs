@@ -91,10 +91,13 @@ pub fn matmul_tuned(
     gm: &GmPlan,
     target: &Target,
     b: &Binding,
-) -> Option<Result<(Launch, Option<GmTensor>, Vec<super::Candidate>), Diagnostic>> {
+) -> Option<Result<TunedLaunch, Diagnostic>> {
     let plan = analyze(g, group, gm, b)?;
     Some(tuned(g, group, name, gm, target, b, &plan))
 }
+
+/// A launch, the workspace it uses (if any) and the candidates weighed for it.
+pub type TunedLaunch = (Launch, Option<GmTensor>, Vec<super::Candidate>);
 
 /// A matmul tiling: base blocks `bm × bn × bk` (L0), `kf` of K resident in L1 per step (a multiple of
 /// `bk`), and whether L0C is double-buffered (the FixPipe of one block overlaps the next block's mmads).
@@ -176,7 +179,7 @@ fn tuned(
     target: &Target,
     bd: &Binding,
     p: &Plan,
-) -> Result<(Launch, Option<GmTensor>, Vec<super::Candidate>), Diagnostic> {
+) -> Result<TunedLaunch, Diagnostic> {
     let esize = p.dtype.size_bytes() as i64;
     let hint = hinted_blocks(&super::tile_hints(g, group), p.batch_dims.len(), p.m, p.n)?;
     if let Some((hm, hn, h)) = hint {
