@@ -189,26 +189,19 @@ fn tuned(
         return Ok((l, ws, Vec::new()));
     }
     let cands = candidates(target, p.m, p.n, p.k, esize);
-    let mut weighed = Vec::new();
-    let mut best: Option<(f64, Launch, Option<GmTensor>)> = None;
+    let mut tuner = super::Tuner::new(name);
     for cand in cands {
         let Ok((l, ws)) = build(g, group, name, gm, target, bd, p, cand, None) else { continue };
         let cycles = super::rank(gm, &l, ws.as_ref(), target)?;
-        weighed.push(super::Candidate { launch: name.to_string(), what: cand.text(), cycles, chosen: false });
-        if best.as_ref().is_none_or(|(c, _, _)| cycles < *c) {
-            best = Some((cycles, l, ws));
-        }
+        tuner.offer(cand.text(), cycles, (l, ws));
     }
-    let Some((cycles, l, ws)) = best else {
+    let Some(((l, ws), weighed)) = tuner.finish() else {
         return Err(Diagnostic::error(
             crate::diag::Code::Internal,
             crate::span::Span::default(),
             format!("matmul launch `{name}`: no base block fits L0"),
         ));
     };
-    if let Some(c) = weighed.iter_mut().find(|c| c.cycles == cycles) {
-        c.chosen = true;
-    }
     Ok((l, ws, weighed))
 }
 

@@ -356,6 +356,36 @@ pub struct Candidate {
     pub chosen: bool,
 }
 
+/// Keeps the fastest of the candidates offered to it (the first of equals: deterministic) and the list of
+/// all it weighed.
+pub struct Tuner<T> {
+    launch: String,
+    weighed: Vec<Candidate>,
+    best: Option<(usize, T)>,
+}
+
+impl<T> Tuner<T> {
+    pub fn new(launch: &str) -> Self {
+        Tuner { launch: launch.to_string(), weighed: Vec::new(), best: None }
+    }
+
+    /// Offers a candidate described by `what` that the model estimates at `cycles`.
+    pub fn offer(&mut self, what: String, cycles: f64, value: T) {
+        let i = self.weighed.len();
+        self.weighed.push(Candidate { launch: self.launch.clone(), what, cycles, chosen: false });
+        if self.best.as_ref().is_none_or(|(b, _)| cycles < self.weighed[*b].cycles) {
+            self.best = Some((i, value));
+        }
+    }
+
+    /// The kept candidate and everything weighed (the kept one marked), or `None` if nothing was offered.
+    pub fn finish(mut self) -> Option<(T, Vec<Candidate>)> {
+        let (i, value) = self.best?;
+        self.weighed[i].chosen = true;
+        Some((value, self.weighed))
+    }
+}
+
 /// How many core groups [`rank`] simulates.
 pub const RANK_GROUPS: usize = 1;
 

@@ -91,8 +91,7 @@ pub fn elementwise_tuned(
     }
     let mut chunks: Vec<i64> = (8..).map(|p| 1i64 << p).take_while(|c| *c < largest).collect();
     chunks.push(largest);
-    let mut best: Option<(f64, Launch)> = None;
-    let mut weighed = Vec::new();
+    let mut tuner = super::Tuner::new(name);
     for chunk in chunks {
         let l = match elementwise_with(g, group, name, gm, target, b, Some(chunk))? {
             Ok((l, _, _)) => l,
@@ -102,21 +101,9 @@ pub fn elementwise_tuned(
             Ok(c) => c,
             Err(e) => return Some(Err(e)),
         };
-        weighed.push(super::Candidate {
-            launch: name.to_string(),
-            what: format!("chunk {chunk}"),
-            cycles,
-            chosen: false,
-        });
-        if best.as_ref().is_none_or(|(c, _)| cycles < *c) {
-            best = Some((cycles, l));
-        }
+        tuner.offer(format!("chunk {chunk}"), cycles, l);
     }
-    let (cycles, l) = best.unwrap_or((0.0, first));
-    if let Some(c) = weighed.iter_mut().find(|c| c.cycles == cycles) {
-        c.chosen = true;
-    }
-    Some(Ok((l, weighed)))
+    Some(Ok(tuner.finish().unwrap_or((first, Vec::new()))))
 }
 
 /// The launch with chunk `forced` (or the hinted chunk, or the largest that fits UB), the largest chunk
