@@ -919,6 +919,7 @@ fn build(
     let oc = lb.buffer("o_l0c", Mem::L0C, DType::F32, sh(bm, dv), 1);
 
     let task = lb.svar("task");
+    let tk = lb.svar("tk");
     let bi = lb.svar("bi");
     let i0 = lb.svar("i0");
     let rows = lb.svar("rows");
@@ -938,9 +939,34 @@ fn build(
     let vbase = lb.svar("vbase");
 
     let own = |core: SExpr, per: i64| mul(core, c(per));
+    // Tasks: with the causal mask, the i-blocks' work grows with i: the longest first (all batches' last
+    // i-blocks, then the ones before), dealt to the cube cores in rounds that alternate direction (core 0
+    // first, then core 0 last), so the cores' totals differ by little. Task `k` of round `r`, at position
+    // `pos` (the core), is `r * cubes + pos` in even rounds and `r * cubes + cubes - 1 - pos` in odd ones.
+    let rounds = (tasks + cubes - 1) / cubes;
+    let task_loop = |start: SExpr, body: Vec<Stmt>| -> Stmt {
+        if p.causal.is_none() {
+            return Stmt::For { var: task, lo: start, hi: c(tasks), step: cubes, body };
+        }
+        let r = bin(SBin::Div, v(task), c(cubes));
+        let odd = bin(SBin::Mod, r.clone(), c(2));
+        let k = add(add(mul(r, c(cubes)), start.clone()), mul(odd, sub(c(cubes - 1), mul(c(2), start.clone()))));
+        Stmt::For {
+            var: task,
+            lo: start,
+            hi: c(rounds * cubes),
+            step: cubes,
+            body: vec![Stmt::Set { var: tk, value: k }, Stmt::If { cond: lt(v(tk), c(tasks)), then: body }],
+        }
+    };
     let coords = |q: &mut Vec<Stmt>| {
-        q.push(Stmt::Set { var: bi, value: bin(SBin::Div, v(task), c(nib)) });
-        q.push(Stmt::Set { var: i0, value: mul(bin(SBin::Mod, v(task), c(nib)), c(bm)) });
+        if p.causal.is_some() {
+            q.push(Stmt::Set { var: bi, value: bin(SBin::Mod, v(tk), c(batches)) });
+            q.push(Stmt::Set { var: i0, value: mul(sub(c(nib - 1), bin(SBin::Div, v(tk), c(batches))), c(bm)) });
+        } else {
+            q.push(Stmt::Set { var: bi, value: bin(SBin::Div, v(task), c(nib)) });
+            q.push(Stmt::Set { var: i0, value: mul(bin(SBin::Mod, v(task), c(nib)), c(bm)) });
+        }
         q.push(Stmt::Set { var: rows, value: min(c(bm), sub(c(s), v(i0))) });
         let n = match p.causal {
             // The last visible column of the block's last row is i0 + rows - 1 + e.
@@ -1164,7 +1190,7 @@ fn build(
         body.push(setf(Fix, M, EV_OC));
         body.push(Stmt::CrossSet { flag: F_O });
     }
-    cq.push(Stmt::For { var: task, lo: SExpr::Core, hi: c(tasks), step: cubes, body });
+    cq.push(task_loop(SExpr::Core, body));
     cq.extend(drain(&cube_free));
     lb.launch.cube = cq;
 
@@ -1557,7 +1583,7 @@ fn build(
     fin.push(setf(Mte3, V, EV_OUT));
     fin.push(waitf(Mte3, V, EV_OUT));
     body.push(Stmt::If { cond: lt(c(0), v(rc)), then: fin });
-    vq.push(Stmt::For { var: task, lo: mine.clone(), hi: c(tasks), step: cubes, body });
+    vq.push(task_loop(mine.clone(), body));
     vq.extend(drain(&vec_free));
     lb.launch.vector = vq;
     Some(lb.finish("block sizes chosen by the score tiler").map(|l| Tiled { launches: vec![l], workspaces }))
