@@ -814,14 +814,6 @@ fn drain(flags: &[(Pipe, Pipe, u8)]) -> Vec<Stmt> {
     flags.iter().map(|&(f, t, e)| waitf(f, t, e)).collect()
 }
 
-/// A loop over `0..n` (`n` a register) two blocks at a time, so that block `j` uses the static slot `j % 2`:
-/// `for jb in 0..n step 2 { body(jb, 0); if jb + 1 < n { body(jb + 1, 1) } }`.
-fn pair_loop(jb: SVar, n: SExpr, body: impl Fn(SExpr, i64) -> Vec<Stmt>) -> Stmt {
-    let mut b = body(v(jb), 0);
-    b.push(Stmt::If { cond: lt(add(v(jb), c(1)), n.clone()), then: body(add(v(jb), c(1)), 1) });
-    Stmt::For { var: jb, lo: c(0), hi: n, step: 2, body: b }
-}
-
 fn build(
     g: &Graph,
     group: &Group,
@@ -843,18 +835,19 @@ fn build(
     let ratio = (target.vector_cores / target.cube_cores.max(1)).max(1) as i64;
     let online = p.online.is_some();
     let has_l = p.stats.iter().any(|(_, s)| matches!(s, Stat::SumExp { .. }));
-    let fits = |bm: i64, bn: i64| {
-        bm * d16 * esz + bm * bn * vsz <= l0a
-            && d16 * bn * esz + bn * dv16 * vsz <= l0b
-            && (bm * bn + bm * dv16) * 4 <= l0c
+    let fits = |bm: i64, bc: i64| {
+        bm * d16 * esz + bm * bc * vsz <= l0a
+            && d16 * bc * esz + bc * dv16 * vsz <= l0b
+            && (bm * bc + bm * dv16) * 4 <= l0c
     };
     // UB of a vector core (each buffer rounded up to 32 bytes, all live at once).
     let ub_need = |bm: i64, bn: i64| {
         let hr = (bm + ratio - 1) / ratio;
         let r32 = |b: i64| (b + 31) / 32 * 32;
         let size = |x: ValueId| g.node(x).dtype.size_bytes() as i64;
+        // The contraction's tile (`raw`), the anchor's in place, and p.
         let mut n = r32(hr * bn * 4) + r32(hr * bn * vsz);
-        n += p.tiles.iter().chain(&p.zext).map(|x| r32(hr * bn * size(*x))).sum::<i64>();
+        n += p.tiles[1..].iter().chain(&p.zext).map(|x| r32(hr * bn * size(*x))).sum::<i64>();
         if !online && has_l {
             n += r32(hr * bn * 4);
         }
@@ -867,16 +860,20 @@ fn build(
             .sum::<i64>();
         n <= ubcap
     };
-    // The largest tile (rows × columns) that fits, preferring more columns.
+    // The largest cube tile (rows × columns) that fits, preferring more columns.
     let mut best: Option<(i64, i64)> = None;
     for bm in (1..=r16(s).min(128) / 16).rev().map(|k| k * 16) {
-        for bn in (1..=r16(t).min(128) / 16).rev().map(|k| k * 16) {
-            if fits(bm, bn) && ub_need(bm, bn) && best.is_none_or(|(m, n)| bm * bn > m * n) {
-                best = Some((bm, bn));
+        for bc in (1..=r16(t).min(128) / 16).rev().map(|k| k * 16) {
+            if fits(bm, bc) && ub_need(bm, bc) && best.is_none_or(|(m, n)| bm * bc > m * n) {
+                best = Some((bm, bc));
             }
         }
     }
-    let Some((bm, bn)) = best else { bail!() }; // k or the consumer's columns too large for one L0 tile
+    let Some((bm, bc)) = best else { bail!() }; // k or the consumer's columns too large for one L0 tile
+                                                // The vector cores take two cube tiles' columns at once where UB has room: half the p·v tiles (and
+                                                // their rescaling), half the per-block statistics work.
+    let nh = if t > bc && ub_need(bm, 2 * bc) { 2 } else { 1 };
+    let bn = nh * bc;
     let nb = p.nb;
     let nib = (s + bm - 1) / bm;
     let njall = (t + bn - 1) / bn;
@@ -905,17 +902,17 @@ fn build(
     // Cube buffers: the L1 tiles of k, p and v double-buffered; one tile of each in L0.
     let sh = |r: i64, c: i64| vec![r as u64, c as u64];
     let a1_stride = if p.a.transposed { bm } else { d };
-    let b1_stride = if p.b.transposed { d } else { bn };
-    let v1_stride = if p.vop.transposed { bn } else { dv };
+    let b1_stride = if p.b.transposed { d } else { bc };
+    let v1_stride = if p.vop.transposed { bc } else { dv };
     let a1 = lb.buffer("a_l1", Mem::L1, p.a.dtype, if p.a.transposed { sh(d, bm) } else { sh(bm, d) }, 1);
-    let b1 = lb.buffer("b_l1", Mem::L1, p.b.dtype, if p.b.transposed { sh(bn, d) } else { sh(d, bn) }, 2);
-    let p1 = lb.buffer("p_l1", Mem::L1, p.vop.dtype, sh(bm, bn), 2);
-    let v1 = lb.buffer("v_l1", Mem::L1, p.vop.dtype, if p.vop.transposed { sh(dv, bn) } else { sh(bn, dv) }, 2);
+    let b1 = lb.buffer("b_l1", Mem::L1, p.b.dtype, if p.b.transposed { sh(bc, d) } else { sh(d, bc) }, 2);
+    let p1 = lb.buffer("p_l1", Mem::L1, p.vop.dtype, sh(bm, bc), 2);
+    let v1 = lb.buffer("v_l1", Mem::L1, p.vop.dtype, if p.vop.transposed { sh(dv, bc) } else { sh(bc, dv) }, 2);
     let a0 = lb.buffer("a_l0a", Mem::L0A, p.a.dtype, sh(bm, d), 1);
-    let p0 = lb.buffer("p_l0a", Mem::L0A, p.vop.dtype, sh(bm, bn), 1);
-    let b0 = lb.buffer("b_l0b", Mem::L0B, p.b.dtype, sh(d, bn), 1);
-    let v0 = lb.buffer("v_l0b", Mem::L0B, p.vop.dtype, sh(bn, dv), 1);
-    let sc = lb.buffer("s_l0c", Mem::L0C, DType::F32, sh(bm, bn), 1);
+    let p0 = lb.buffer("p_l0a", Mem::L0A, p.vop.dtype, sh(bm, bc), 1);
+    let b0 = lb.buffer("b_l0b", Mem::L0B, p.b.dtype, sh(d, bc), 1);
+    let v0 = lb.buffer("v_l0b", Mem::L0B, p.vop.dtype, sh(bc, dv), 1);
+    let sc = lb.buffer("s_l0c", Mem::L0C, DType::F32, sh(bm, bc), 1);
     let oc = lb.buffer("o_l0c", Mem::L0C, DType::F32, sh(bm, dv), 1);
 
     let task = lb.svar("task");
@@ -933,6 +930,8 @@ fn build(
     let pcl = lb.svar("pcl");
     let jj = lb.svar("jj");
     let abase = lb.svar("abase");
+    let hj0 = lb.svar("hj0");
+    let hcl = lb.svar("hcl");
     let hrows = lb.svar("hrows");
     let hcols = lb.svar("hcols");
     let bbase = lb.svar("bbase");
@@ -1018,102 +1017,148 @@ fn build(
     };
 
     // ---- The cube program.
-    let stage_s = |j: SExpr, k: i64| -> Vec<Stmt> {
+    // A block of `bn` columns is `nh` chunks of `bc` (the L0 tiles' columns); chunk `h` uses L1 slot `h`.
+    // `chunk(h, j0, cl)` sets `hj0`/`hcl`: the chunk's first column and its columns (≤ 0: none).
+    let chunk = |q: &mut Vec<Stmt>, h: i64, j0: SVar, cl: SVar| {
+        q.push(Stmt::Set { var: hj0, value: add(v(j0), c(h * bc)) });
+        q.push(Stmt::Set { var: hcl, value: min(c(bc), sub(v(cl), c(h * bc))) });
+    };
+    // Chunk 0 always has columns; the others may not.
+    let when_live = |h: i64, then: Vec<Stmt>| -> Vec<Stmt> {
+        if h == 0 {
+            then
+        } else {
+            vec![Stmt::If { cond: lt(c(0), v(hcl)), then }]
+        }
+    };
+    let stage_s = |j: SExpr| -> Vec<Stmt> {
         let mut q = Vec::new();
         set_j(&mut q, sj, sj0, scl, j);
-        q.push(waitf(Mte1, Mte2, EV_B1 + k as u8));
-        q.push(gm_to_l1(&p.b, v(bbase), (c(0), v(sj0)), (c(d), v(scl)), bs(b1, k, c(0), b1_stride)));
-        q.push(setf(Mte2, Mte1, EV_B1 + k as u8));
-        q.push(waitf(Mte2, Mte1, EV_B1 + k as u8));
-        q.push(waitf(M, Mte1, EV_B0));
-        q.push(l1_to_l0(p.b.transposed, b1, k, b1_stride, b0, bn, (c(d), v(scl)), jj));
-        q.push(setf(Mte1, Mte2, EV_B1 + k as u8));
-        q.push(setf(Mte1, M, EV_B0));
-        q.push(waitf(Mte1, M, EV_B0));
-        q.push(waitf(Fix, M, EV_SC));
-        let mm = |r0: i64, m: SExpr, n: SExpr| Stmt::Mmad {
-            a: ub(a0, c(r0 * d), d),
-            b: ub(b0, c(0), bn),
-            c: ub(sc, c(r0 * bn), bn),
-            m,
-            k: c(d),
-            n,
-            accumulate: false,
-        };
-        split(&mut q, sj0, scl, mm(0, v(rows), v(scl)), &|h| mm(h * hr, v(hrows), v(hcols)));
-        q.push(setf(M, Mte1, EV_B0));
-        q.push(setf(M, Fix, EV_SC));
-        q.push(waitf(M, Fix, EV_SC));
-        let fix = |r0: i64, rows: SExpr, cols: SExpr| Stmt::Copy {
-            pipe: Fix,
-            src: ub(sc, c(r0 * bn), bn),
-            dst: reg(Loc::Gm(ws_s), add(add(own(SExpr::Core, per_s), ring(sj, bm * bn)), c(r0 * bn)), bn),
-            rows,
-            cols,
-        };
-        split(&mut q, sj0, scl, fix(0, v(rows), v(scl)), &|h| fix(h * hr, v(hrows), v(hcols)));
-        q.push(setf(Fix, M, EV_SC));
+        for h in 0..nh {
+            let hu = h as u8;
+            chunk(&mut q, h, sj0, scl);
+            let mut w = vec![waitf(Mte1, Mte2, EV_B1 + hu)];
+            w.push(gm_to_l1(&p.b, v(bbase), (c(0), v(hj0)), (c(d), v(hcl)), bs(b1, h, c(0), b1_stride)));
+            w.push(setf(Mte2, Mte1, EV_B1 + hu));
+            w.push(waitf(Mte2, Mte1, EV_B1 + hu));
+            w.push(waitf(M, Mte1, EV_B0));
+            w.push(l1_to_l0(p.b.transposed, b1, h, b1_stride, b0, bc, (c(d), v(hcl)), jj));
+            w.push(setf(Mte1, Mte2, EV_B1 + hu));
+            w.push(setf(Mte1, M, EV_B0));
+            w.push(waitf(Mte1, M, EV_B0));
+            w.push(waitf(Fix, M, EV_SC));
+            let mm = |r0: i64, m: SExpr, n: SExpr| Stmt::Mmad {
+                a: ub(a0, c(r0 * d), d),
+                b: ub(b0, c(0), bc),
+                c: ub(sc, c(r0 * bc), bc),
+                m,
+                k: c(d),
+                n,
+                accumulate: false,
+            };
+            split(&mut w, hj0, hcl, mm(0, v(rows), v(hcl)), &|b| mm(b * hr, v(hrows), v(hcols)));
+            w.push(setf(M, Mte1, EV_B0));
+            w.push(setf(M, Fix, EV_SC));
+            w.push(waitf(M, Fix, EV_SC));
+            let fix = |r0: i64, rows: SExpr, cols: SExpr| Stmt::Copy {
+                pipe: Fix,
+                src: ub(sc, c(r0 * bc), bc),
+                dst: reg(Loc::Gm(ws_s), add(add(own(SExpr::Core, per_s), ring(sj, bm * bn)), c(r0 * bn + h * bc)), bn),
+                rows,
+                cols,
+            };
+            split(&mut w, hj0, hcl, fix(0, v(rows), v(hcl)), &|b| fix(b * hr, v(hrows), v(hcols)));
+            w.push(setf(Fix, M, EV_SC));
+            q.extend(when_live(h, w));
+        }
         q.push(Stmt::CrossSet { flag: F_S });
         q
     };
-    let stage_pv = |j: SExpr, k: i64| -> Vec<Stmt> {
+    let stage_pv = |j: SExpr| -> Vec<Stmt> {
         let mut q = Vec::new();
-        let ku = k as u8;
         set_j(&mut q, pj, pj0, pcl, j);
-        // v's tile does not depend on the vector cores: loaded before waiting for p.
-        q.push(waitf(Mte1, Mte2, EV_V1 + ku));
-        q.push(gm_to_l1(&p.vop, v(vbase), (v(pj0), c(0)), (v(pcl), c(dv)), bs(v1, k, c(0), v1_stride)));
-        q.push(setf(Mte2, Mte1, EV_V1 + ku));
-        q.push(waitf(Mte2, Mte1, EV_V1 + ku));
-        q.push(waitf(M, Mte1, EV_V0));
-        q.push(l1_to_l0(p.vop.transposed, v1, k, v1_stride, v0, dv, (v(pcl), c(dv)), jj));
-        q.push(setf(Mte1, Mte2, EV_V1 + ku));
-        q.push(setf(Mte1, M, EV_V0));
-        q.push(Stmt::CrossWait { flag: F_P });
-        q.push(waitf(Mte1, Mte2, EV_P1 + ku));
-        q.push(Stmt::Copy {
-            pipe: Mte2,
-            src: reg(Loc::Gm(ws_p), add(own(SExpr::Core, per_s), ring(pj, bm * bn)), bn),
-            dst: bs(p1, k, c(0), bn),
-            rows: v(rows),
-            cols: v(pcl),
-        });
-        q.push(setf(Mte2, Mte1, EV_P1 + ku));
-        q.push(waitf(Mte2, Mte1, EV_P1 + ku));
-        q.push(waitf(M, Mte1, EV_P0));
-        q.push(Stmt::Copy { pipe: Mte1, src: bs(p1, k, c(0), bn), dst: ub(p0, c(0), bn), rows: v(rows), cols: v(pcl) });
-        q.push(setf(Mte1, Mte2, EV_P1 + ku));
-        q.push(setf(Mte1, M, EV_P0));
-        q.push(waitf(Mte1, M, EV_V0));
-        q.push(waitf(Mte1, M, EV_P0));
-        let mm = |accumulate| Stmt::Mmad {
-            a: ub(p0, c(0), bn),
-            b: ub(v0, c(0), dv),
-            c: ub(oc, c(0), dv),
-            m: v(rows),
-            k: v(pcl),
-            n: c(dv),
-            accumulate,
-        };
-        if online {
-            q.push(waitf(Fix, M, EV_OC));
-            // A band without visible columns leaves its rows of O stale: its vector core skips the update.
-            let band_mm = |h: i64| Stmt::Mmad {
-                a: ub(p0, c(h * hr * bn), bn),
-                b: ub(v0, c(0), dv),
-                c: ub(oc, c(h * hr * dv), dv),
-                m: v(hrows),
-                k: v(hcols),
-                n: c(dv),
-                accumulate: false,
-            };
-            split(&mut q, pj0, pcl, mm(false), &band_mm);
-        } else {
-            q.push(Stmt::If { cond: bin(SBin::Eq, v(pj), c(0)), then: vec![mm(false)] });
-            q.push(Stmt::If { cond: lt(c(0), v(pj)), then: vec![mm(true)] });
+        // v's tiles do not depend on the vector cores: loaded before waiting for p.
+        for h in 0..nh {
+            let hu = h as u8;
+            chunk(&mut q, h, pj0, pcl);
+            let w = vec![
+                waitf(Mte1, Mte2, EV_V1 + hu),
+                gm_to_l1(&p.vop, v(vbase), (v(hj0), c(0)), (v(hcl), c(dv)), bs(v1, h, c(0), v1_stride)),
+                setf(Mte2, Mte1, EV_V1 + hu),
+            ];
+            q.extend(when_live(h, w));
         }
-        q.push(setf(M, Mte1, EV_V0));
-        q.push(setf(M, Mte1, EV_P0));
+        q.push(Stmt::CrossWait { flag: F_P });
+        for h in 0..nh {
+            let hu = h as u8;
+            chunk(&mut q, h, pj0, pcl);
+            let w = vec![
+                waitf(Mte1, Mte2, EV_P1 + hu),
+                Stmt::Copy {
+                    pipe: Mte2,
+                    src: reg(Loc::Gm(ws_p), add(add(own(SExpr::Core, per_s), ring(pj, bm * bn)), c(h * bc)), bn),
+                    dst: bs(p1, h, c(0), bc),
+                    rows: v(rows),
+                    cols: v(hcl),
+                },
+                setf(Mte2, Mte1, EV_P1 + hu),
+            ];
+            q.extend(when_live(h, w));
+        }
+        for h in 0..nh {
+            let hu = h as u8;
+            chunk(&mut q, h, pj0, pcl);
+            let mut w = vec![waitf(Mte2, Mte1, EV_V1 + hu), waitf(M, Mte1, EV_V0)];
+            w.push(l1_to_l0(p.vop.transposed, v1, h, v1_stride, v0, dv, (v(hcl), c(dv)), jj));
+            w.push(setf(Mte1, Mte2, EV_V1 + hu));
+            w.push(setf(Mte1, M, EV_V0));
+            w.push(waitf(Mte2, Mte1, EV_P1 + hu));
+            w.push(waitf(M, Mte1, EV_P0));
+            w.push(Stmt::Copy {
+                pipe: Mte1,
+                src: bs(p1, h, c(0), bc),
+                dst: ub(p0, c(0), bc),
+                rows: v(rows),
+                cols: v(hcl),
+            });
+            w.push(setf(Mte1, Mte2, EV_P1 + hu));
+            w.push(setf(Mte1, M, EV_P0));
+            w.push(waitf(Mte1, M, EV_V0));
+            w.push(waitf(Mte1, M, EV_P0));
+            let mm = |accumulate| Stmt::Mmad {
+                a: ub(p0, c(0), bc),
+                b: ub(v0, c(0), dv),
+                c: ub(oc, c(0), dv),
+                m: v(rows),
+                k: v(hcl),
+                n: c(dv),
+                accumulate,
+            };
+            if online {
+                if h == 0 {
+                    w.push(waitf(Fix, M, EV_OC));
+                }
+                // A band without visible columns leaves its rows of O stale: its vector core skips the update.
+                let band_mm = |b: i64| Stmt::Mmad {
+                    a: ub(p0, c(b * hr * bc), bc),
+                    b: ub(v0, c(0), dv),
+                    c: ub(oc, c(b * hr * dv), dv),
+                    m: v(hrows),
+                    k: v(hcols),
+                    n: c(dv),
+                    accumulate: h > 0,
+                };
+                split(&mut w, hj0, hcl, mm(h > 0), &band_mm);
+            } else if h == 0 {
+                w.push(Stmt::If { cond: bin(SBin::Eq, v(pj), c(0)), then: vec![mm(false)] });
+                w.push(Stmt::If { cond: lt(c(0), v(pj)), then: vec![mm(true)] });
+            } else {
+                w.push(mm(true));
+            }
+            w.push(setf(M, Mte1, EV_V0));
+            w.push(setf(M, Mte1, EV_P0));
+            q.extend(when_live(h, w));
+        }
         if online {
             q.push(setf(M, Fix, EV_OC));
             q.push(waitf(M, Fix, EV_OC));
@@ -1167,15 +1212,12 @@ fn build(
     if !online {
         body.push(waitf(Fix, M, EV_OC));
     }
-    body.extend(stage_s(c(0), 0));
-    body.push(Stmt::If { cond: lt(c(1), v(nj)), then: stage_s(c(1), 1) });
-    // Iteration j: S(j+2) (into the L1 slot of j's parity), then p(j)·v(j).
-    body.push(pair_loop(jb, v(nj), |j, k| {
-        let next = add(j.clone(), c(2));
-        let mut q = vec![Stmt::If { cond: lt(next.clone(), v(nj)), then: stage_s(next, k) }];
-        q.extend(stage_pv(j, k));
-        q
-    }));
+    body.extend(stage_s(c(0)));
+    body.push(Stmt::If { cond: lt(c(1), v(nj)), then: stage_s(c(1)) });
+    // Iteration j: S(j+2), then p(j)·v(j).
+    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(2)), v(nj)), then: stage_s(add(v(jb), c(2))) }];
+    it.extend(stage_pv(v(jb)));
+    body.push(Stmt::For { var: jb, lo: c(0), hi: v(nj), step: 1, body: it });
     body.push(setf(M, Mte1, EV_A0));
     if !online {
         body.push(setf(M, Fix, EV_OC));
@@ -1198,7 +1240,9 @@ fn build(
     let tile = sh(hr, bn);
     let raw = lb.buffer("raw_ub", Mem::UB, DType::F32, tile.clone(), 1);
     let mut tiles: BTreeMap<ValueId, (BufId, i64)> = BTreeMap::new();
-    for &z in &p.tiles {
+    // The anchor in place of its contraction.
+    tiles.insert(p.tiles[0], (raw, bn));
+    for &z in &p.tiles[1..] {
         let b = lb.buffer(format!("{}_ub", label(z)), Mem::UB, g.node(z).dtype, tile.clone(), 1);
         tiles.insert(z, (b, bn));
     }
@@ -1378,7 +1422,6 @@ fn build(
                 _ => t0.push(vec_st(ub(*b, c(0), bn), v(vcl), e.clone())),
             }
         }
-        t0.push(setf(V, Mte2, EV_RAW));
         w.push(live(t0));
         if let Some(xs) = shift {
             w.push(vec_st(ub(x_old, c(0), 1), c(1), VExpr::ReadRow(ub(rowb[&xs], c(0), 1))));
@@ -1435,6 +1478,8 @@ fn build(
         let mut t1 = Vec::new();
         t1.push(waitf(Mte3, V, EV_PUB));
         t1.push(vec_st(ub(p_ub, c(0), bn), v(vcl), VExpr::Read(ub(src, c(0), bn))));
+        // The score tile (raw, the anchor in place, e) is read for the last time.
+        t1.push(setf(V, Mte2, EV_RAW));
         t1.push(setf(V, Mte3, EV_PUB));
         t1.push(waitf(V, Mte3, EV_PUB));
         t1.push(Stmt::Copy {
