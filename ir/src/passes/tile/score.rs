@@ -17,42 +17,60 @@
 //! - *epilogue* members elementwise over the consumer (with GM tiles of the consumer's shape or scalars);
 //! - the stored members are the consumer, epilogue members or statistics (never a tile member).
 //!
-//! Blocks: `bm` rows of `i` (≤ 64) by `bn` columns of `j` (≤ 128), the whole `k` (`D`) and the whole `n`
-//! (`Dv`) at once, each a multiple of 16 and within L0. A task is one (batch, i-block); tasks are dealt to
-//! the cube cores round-robin; the rows of an i-block are split between the `ratio` vector cores of the cube
-//! core (`hr = ⌈bm / ratio⌉` each). A mask `where(j <= i + e, .., -inf)` with a constant `e ≥ 0` (causal
-//! attention, `e = T - S`) limits the j-blocks of an i-block to those with a visible column (fully masked
-//! blocks are skipped; partly masked ones are masked by the vector unit evaluating the `where`).
+//! Blocks: `bm` rows of `i` (≤ 128) by `bc` columns of `j` (≤ 128) per cube tile, the whole `k` (`D`) and
+//! the whole `n` (`Dv`) at once, each a multiple of 16 and within L0 (the largest `bm·bc` that fits L0 and
+//! UB). A *block* is `bn = nh·bc` columns: `nh = 2` cube tiles where the vector cores' UB holds that width
+//! (else 1), so the online statistics, the p·v hand-off and O's rescaling happen once per two cube tiles. A
+//! task is one (batch, i-block); the rows of an i-block are split between the `ratio` vector cores of the
+//! cube core (`hr = ⌈bm / ratio⌉` each, a *band*). Tasks are dealt to the cube cores round-robin; with the
+//! causal mask the longest (last) i-blocks first, in rounds of alternating direction, which balances the
+//! cores. A mask `where(j <= i + e, .., -inf)` with a constant `e ≥ 0` (causal attention, `e = T - S`) limits
+//! the blocks of an i-block to those with a visible column, and each block's columns to those its rows see
+//! (fully masked blocks are skipped). A cube tile whose first row does not see all its columns (the
+//! diagonal) is multiplied and written band by band, each band only as wide as its rows see; the vector
+//! unit evaluates the mask only on such blocks (elsewhere the anchor without the `where`).
 //!
-//! Workspaces (GM, per cube core, independent of `S` and `T`): `ws_s` 2 × `bm·bn` f32 (score tiles),
-//! `ws_p` 2 × `bm·bn` (p, in `v`'s dtype), `ws_o` 2 × `bm·Dv` f32 (p·v tiles). Slot = j-block mod 2.
+//! Workspaces (GM, per cube core, independent of `S` and `T`), rings of three slots (block j in slot j % 3):
+//! `ws_s` 3 × `bm·bn` f32 (score tiles), `ws_p` 3 × `bm·bn` (p, in `v`'s dtype), `ws_o` 3 × `bm·Dv` f32
+//! (p·v tiles).
 //!
 //! ```text
-//! cube core, per task:                          vector core (its hr rows), per task:
+//! cube core, per task:                          vector core (its band of rows), per task:
 //!   q tile GM->L1->L0A                            m = -inf, l = 0, O = 0, x = X(m)
-//!   S(0)                                          SOFTMAX(0)
+//!   S(0); S(1)                                    SOFTMAX(0); SOFTMAX(1)
 //!   for j in 0..nj:                               for j in 0..nj:
-//!     if j+1 < nj: S(j+1)                           if j+1 < nj: SOFTMAX(j+1)
+//!     if j+2 < nj: S(j+2)                           if j+2 < nj: SOFTMAX(j+2)
 //!     PV(j)                                         [online] UPDATE(j)
 //!   [accumulate] FIX L0C -> ws_o; cross_set #2    [accumulate] cross_wait #2; ws_o -> UB
 //!                                                 o = O / l (online) ; epilogue ; stats ; MTE3 -> GM
-//! S(j):  k tile GM->L1->L0B; mmad -> L0C; FIX -> ws_s[j%2]; cross_set #0
-//! PV(j): cross_wait #1; p tile ws_p[j%2]->L1->L0A; v tile GM->L1->L0B; mmad -> L0C (accumulating over j
-//!        in accumulate mode); [online] FIX -> ws_o[j%2]; cross_set #2
-//! SOFTMAX(j): cross_wait #0; ws_s[j%2] -> UB; tile members; m = max(m, rowmax z); x_old = x; x = X(m);
-//!        alpha[j%2] = l > 0 ? exp(x_old - x) : 0; e = exp(z - x); l = l·alpha + rowsum(e);
-//!        p = e (online) or z (accumulate), cast to v's dtype; UB -> ws_p[j%2]; cross_set #1
-//! UPDATE(j): cross_wait #2; ws_o[j%2] -> UB; O = O·alpha[j%2] + pv
+//! S(j):  per cube tile h of the block: k tile GM->L1[h]->L0B; mmad -> L0C (whole, or band by band);
+//!        FIX -> ws_s[j%3] (the same); then cross_set #0
+//! PV(j): v tiles GM->L1[h]; cross_wait #1; p tiles ws_p[j%3]->L1[h]; per h: L1->L0A/L0B, mmad -> L0C
+//!        (accumulating over h, and over j in accumulate mode); [online] FIX -> ws_o[j%3]; cross_set #2
+//! SOFTMAX(j): cross_wait #0; ws_s[j%3] -> UB; tile members (the anchor in place); m = max(m, rowmax z);
+//!        x_old = x; x = X(m); alpha[j%3] = l > 0 ? exp(x_old - x) : 0; e = exp(z - x) (in place of z in
+//!        online mode); l = l·alpha + rowsum(e); p = e (online) or z (accumulate), cast to v's dtype;
+//!        UB -> ws_p[j%3]; cross_set #1
+//! UPDATE(j): cross_wait #2; ws_o[j%3] -> UB; O = O·alpha[j%3] + pv (skipped when the band sees no column
+//!        of block j: the cube left its rows of the p·v tile stale, and alpha is 1)
 //! ```
 //! Ring discipline: flag #0 (cube → vector) says a score tile is in `ws_s`, #1 (vector → cube, the cube
 //! core waits for all its vector cores) says `p` is in `ws_p` *and* hands back the `ws_s` slot it was
 //! computed from, #2 (cube → vector) says a `p·v` tile is in `ws_o`. The other slot hand-backs follow from
-//! the order of the two programs: the cube writes `ws_s[j%2]` again for j+2 only after waiting for p(j); the
-//! vector cores write `ws_p[j%2]` for j+2 only after the cube's set of #0 for j+2, issued after its read of
-//! p(j); the cube writes `ws_o[j%2]` for j+2 after waiting for p(j+2), which the vector cores set after
-//! UPDATE(j). So two slots per stage let the cube compute S(j+1) while the vector cores work on j.
-//! Within a core the pipes are serialized (each statement on another pipe than the previous one waits for
-//! a flag from it); the overlap is between the cube and the vector cores.
+//! the order of the two programs: the cube writes `ws_s[j%3]` for j+3 (in iteration j+1) after waiting for
+//! p(j); the vector cores write `ws_p[j%3]` for j+3 only after the cube's set of #0 for j+3, issued after its
+//! read of p(j); the cube writes `ws_o[j%3]` for j+3 after waiting for p(j+3), which the vector cores set
+//! after UPDATE(j). So the cube computes S(j+2) before it waits for p(j), and the vector cores have two
+//! blocks of scores in hand while the cube multiplies p(j)·v(j).
+//!
+//! Within a core the pipes overlap: every on-chip tile has a "full" flag (producer pipe → consumer pipe)
+//! and a "free" flag (consumer → producer) per slot, the free flags primed before the task loop and drained
+//! after it. On the cube core the k, p and v tiles have two L1 slots (cube tile h of a block in slot h), so
+//! MTE2 loads the next tile while MTE1 and the cube work on the current one, and FixPipe writes S(j) while
+//! the cube multiplies; L0 holds one tile of each operand (q, k, p, v; S and O in L0C), which at 128 × 128
+//! fills L0A, L0B and L0C. On a vector core MTE2 loads a p·v tile while the vector unit works on scores,
+//! and the next block's scores once the current block's p is cast (the raw scores, the anchor and e share
+//! one UB tile); MTE3 writes p while the vector unit goes on.
 //!
 //! Numerics: the anchor and tile members are evaluated as the interpreter does (f32, the same
 //! expressions); the maxima are exact; `l` and `O` are summed block by block with rescaling (online
