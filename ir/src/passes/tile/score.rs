@@ -17,42 +17,60 @@
 //! - *epilogue* members elementwise over the consumer (with GM tiles of the consumer's shape or scalars);
 //! - the stored members are the consumer, epilogue members or statistics (never a tile member).
 //!
-//! Blocks: `bm` rows of `i` (≤ 64) by `bn` columns of `j` (≤ 128), the whole `k` (`D`) and the whole `n`
-//! (`Dv`) at once, each a multiple of 16 and within L0. A task is one (batch, i-block); tasks are dealt to
-//! the cube cores round-robin; the rows of an i-block are split between the `ratio` vector cores of the cube
-//! core (`hr = ⌈bm / ratio⌉` each). A mask `where(j <= i + e, .., -inf)` with a constant `e ≥ 0` (causal
-//! attention, `e = T - S`) limits the j-blocks of an i-block to those with a visible column (fully masked
-//! blocks are skipped; partly masked ones are masked by the vector unit evaluating the `where`).
+//! Blocks: `bm` rows of `i` (≤ 128) by `bc` columns of `j` (≤ 128) per cube tile, the whole `k` (`D`) and
+//! the whole `n` (`Dv`) at once, each a multiple of 16 and within L0 (the largest `bm·bc` that fits L0 and
+//! UB). A *block* is `bn = nh·bc` columns: `nh = 2` cube tiles where the vector cores' UB holds that width
+//! (else 1), so the online statistics, the p·v hand-off and O's rescaling happen once per two cube tiles. A
+//! task is one (batch, i-block); the rows of an i-block are split between the `ratio` vector cores of the
+//! cube core (`hr = ⌈bm / ratio⌉` each, a *band*). Tasks are dealt to the cube cores round-robin; with the
+//! causal mask the longest (last) i-blocks first, in rounds of alternating direction, which balances the
+//! cores. A mask `where(j <= i + e, .., -inf)` with a constant `e ≥ 0` (causal attention, `e = T - S`) limits
+//! the blocks of an i-block to those with a visible column, and each block's columns to those its rows see
+//! (fully masked blocks are skipped). A cube tile whose first row does not see all its columns (the
+//! diagonal) is multiplied and written band by band, each band only as wide as its rows see; the vector
+//! unit evaluates the mask only on such blocks (elsewhere the anchor without the `where`).
 //!
-//! Workspaces (GM, per cube core, independent of `S` and `T`): `ws_s` 2 × `bm·bn` f32 (score tiles),
-//! `ws_p` 2 × `bm·bn` (p, in `v`'s dtype), `ws_o` 2 × `bm·Dv` f32 (p·v tiles). Slot = j-block mod 2.
+//! Workspaces (GM, per cube core, independent of `S` and `T`), rings of three slots (block j in slot j % 3):
+//! `ws_s` 3 × `bm·bn` f32 (score tiles), `ws_p` 3 × `bm·bn` (p, in `v`'s dtype), `ws_o` 3 × `bm·Dv` f32
+//! (p·v tiles).
 //!
 //! ```text
-//! cube core, per task:                          vector core (its hr rows), per task:
+//! cube core, per task:                          vector core (its band of rows), per task:
 //!   q tile GM->L1->L0A                            m = -inf, l = 0, O = 0, x = X(m)
-//!   S(0)                                          SOFTMAX(0)
+//!   S(0); S(1)                                    SOFTMAX(0); SOFTMAX(1)
 //!   for j in 0..nj:                               for j in 0..nj:
-//!     if j+1 < nj: S(j+1)                           if j+1 < nj: SOFTMAX(j+1)
+//!     if j+2 < nj: S(j+2)                           if j+2 < nj: SOFTMAX(j+2)
 //!     PV(j)                                         [online] UPDATE(j)
 //!   [accumulate] FIX L0C -> ws_o; cross_set #2    [accumulate] cross_wait #2; ws_o -> UB
 //!                                                 o = O / l (online) ; epilogue ; stats ; MTE3 -> GM
-//! S(j):  k tile GM->L1->L0B; mmad -> L0C; FIX -> ws_s[j%2]; cross_set #0
-//! PV(j): cross_wait #1; p tile ws_p[j%2]->L1->L0A; v tile GM->L1->L0B; mmad -> L0C (accumulating over j
-//!        in accumulate mode); [online] FIX -> ws_o[j%2]; cross_set #2
-//! SOFTMAX(j): cross_wait #0; ws_s[j%2] -> UB; tile members; m = max(m, rowmax z); x_old = x; x = X(m);
-//!        alpha[j%2] = l > 0 ? exp(x_old - x) : 0; e = exp(z - x); l = l·alpha + rowsum(e);
-//!        p = e (online) or z (accumulate), cast to v's dtype; UB -> ws_p[j%2]; cross_set #1
-//! UPDATE(j): cross_wait #2; ws_o[j%2] -> UB; O = O·alpha[j%2] + pv
+//! S(j):  per cube tile h of the block: k tile GM->L1[h]->L0B; mmad -> L0C (whole, or band by band);
+//!        FIX -> ws_s[j%3] (the same); then cross_set #0
+//! PV(j): v tiles GM->L1[h]; cross_wait #1; p tiles ws_p[j%3]->L1[h]; per h: L1->L0A/L0B, mmad -> L0C
+//!        (accumulating over h, and over j in accumulate mode); [online] FIX -> ws_o[j%3]; cross_set #2
+//! SOFTMAX(j): cross_wait #0; ws_s[j%3] -> UB; tile members (the anchor in place); m = max(m, rowmax z);
+//!        x_old = x; x = X(m); alpha[j%3] = l > 0 ? exp(x_old - x) : 0; e = exp(z - x) (in place of z in
+//!        online mode); l = l·alpha + rowsum(e); p = e (online) or z (accumulate), cast to v's dtype;
+//!        UB -> ws_p[j%3]; cross_set #1
+//! UPDATE(j): cross_wait #2; ws_o[j%3] -> UB; O = O·alpha[j%3] + pv (skipped when the band sees no column
+//!        of block j: the cube left its rows of the p·v tile stale, and alpha is 1)
 //! ```
 //! Ring discipline: flag #0 (cube → vector) says a score tile is in `ws_s`, #1 (vector → cube, the cube
 //! core waits for all its vector cores) says `p` is in `ws_p` *and* hands back the `ws_s` slot it was
 //! computed from, #2 (cube → vector) says a `p·v` tile is in `ws_o`. The other slot hand-backs follow from
-//! the order of the two programs: the cube writes `ws_s[j%2]` again for j+2 only after waiting for p(j); the
-//! vector cores write `ws_p[j%2]` for j+2 only after the cube's set of #0 for j+2, issued after its read of
-//! p(j); the cube writes `ws_o[j%2]` for j+2 after waiting for p(j+2), which the vector cores set after
-//! UPDATE(j). So two slots per stage let the cube compute S(j+1) while the vector cores work on j.
-//! Within a core the pipes are serialized (each statement on another pipe than the previous one waits for
-//! a flag from it); the overlap is between the cube and the vector cores.
+//! the order of the two programs: the cube writes `ws_s[j%3]` for j+3 (in iteration j+1) after waiting for
+//! p(j); the vector cores write `ws_p[j%3]` for j+3 only after the cube's set of #0 for j+3, issued after its
+//! read of p(j); the cube writes `ws_o[j%3]` for j+3 after waiting for p(j+3), which the vector cores set
+//! after UPDATE(j). So the cube computes S(j+2) before it waits for p(j), and the vector cores have two
+//! blocks of scores in hand while the cube multiplies p(j)·v(j).
+//!
+//! Within a core the pipes overlap: every on-chip tile has a "full" flag (producer pipe → consumer pipe)
+//! and a "free" flag (consumer → producer) per slot, the free flags primed before the task loop and drained
+//! after it. On the cube core the k, p and v tiles have two L1 slots (cube tile h of a block in slot h), so
+//! MTE2 loads the next tile while MTE1 and the cube work on the current one, and FixPipe writes S(j) while
+//! the cube multiplies; L0 holds one tile of each operand (q, k, p, v; S and O in L0C), which at 128 × 128
+//! fills L0A, L0B and L0C. On a vector core MTE2 loads a p·v tile while the vector unit works on scores,
+//! and the next block's scores once the current block's p is cast (the raw scores, the anchor and e share
+//! one UB tile); MTE3 writes p while the vector unit goes on.
 //!
 //! Numerics: the anchor and tile members are evaluated as the interpreter does (f32, the same
 //! expressions); the maxima are exact; `l` and `O` are summed block by block with rescaling (online
@@ -618,48 +636,14 @@ fn fold(e: SExpr) -> SExpr {
         e => e,
     }
 }
-
-/// A statement sequence on one core whose pipes are serialized: a statement on another pipe than the
-/// previous one first waits for a flag the previous pipe sets. Loop and `if` bodies start and end on the
-/// pipe current at their entry, so the order holds across iterations.
-struct Seq {
-    stmts: Vec<Stmt>,
-    cur: Pipe,
+/// `from` signals `to` with event `ev`.
+fn setf(from: Pipe, to: Pipe, ev: u8) -> Stmt {
+    Stmt::SetFlag { from, to, event: ev }
 }
 
-impl Seq {
-    fn new(cur: Pipe) -> Seq {
-        Seq { stmts: Vec::new(), cur }
-    }
-    fn on(&mut self, p: Pipe) {
-        if p != self.cur {
-            self.stmts.push(Stmt::SetFlag { from: self.cur, to: p, event: 0 });
-            self.stmts.push(Stmt::WaitFlag { from: self.cur, to: p, event: 0 });
-            self.cur = p;
-        }
-    }
-    fn op(&mut self, p: Pipe, s: Stmt) {
-        self.on(p);
-        self.stmts.push(s);
-    }
-    /// A scalar statement (register, cross flag): ordered by issue.
-    fn s(&mut self, s: Stmt) {
-        self.stmts.push(s);
-    }
-    fn body(&self, f: impl FnOnce(&mut Seq)) -> Vec<Stmt> {
-        let mut sub = Seq::new(self.cur);
-        f(&mut sub);
-        sub.on(self.cur);
-        sub.stmts
-    }
-    fn for_(&mut self, var: SVar, lo: SExpr, hi: SExpr, step: i64, f: impl FnOnce(&mut Seq)) {
-        let body = self.body(f);
-        self.stmts.push(Stmt::For { var, lo, hi, step, body });
-    }
-    fn if_(&mut self, cond: SExpr, f: impl FnOnce(&mut Seq)) {
-        let then = self.body(f);
-        self.stmts.push(Stmt::If { cond, then });
-    }
+/// `to` waits for `from`'s event `ev`.
+fn waitf(from: Pipe, to: Pipe, ev: u8) -> Stmt {
+    Stmt::WaitFlag { from, to, event: ev }
 }
 
 fn reg(loc: Loc, offset: SExpr, row_stride: i64) -> Region {
@@ -668,64 +652,58 @@ fn reg(loc: Loc, offset: SExpr, row_stride: i64) -> Region {
 fn ub(b: BufId, offset: SExpr, row_stride: i64) -> Region {
     reg(Loc::Buf { buf: b, slot: c(0) }, offset, row_stride)
 }
+/// A window of slot `slot` of buffer `b`.
+fn bs(b: BufId, slot: i64, offset: SExpr, row_stride: i64) -> Region {
+    reg(Loc::Buf { buf: b, slot: c(slot) }, offset, row_stride)
+}
 
-/// Loads a logical operand tile `rows × cols` at `(r0, c0)` into an L0 buffer (row stride `ld0`) through
-/// an L1 buffer (`l1`, `l1_stride`: the tile as it lies: `cols` of `ld0` if normal, `rows` if transposed).
+/// The MTE2 copy of a logical operand tile `rows × cols` at `(r0, c0)` into `l1` (as the tile lies in GM:
+/// a transposed operand's tile as `cols × rows`).
+fn gm_to_l1(op: &Operand, base: SExpr, (r0, c0): (SExpr, SExpr), (rows, cols): (SExpr, SExpr), l1: Region) -> Stmt {
+    let ld = *op.shape.last().unwrap_or(&1);
+    let (off, rows, cols) = if op.transposed {
+        (add(base, add(mul(c0, c(ld)), r0)), cols, rows)
+    } else {
+        (add(base, add(mul(r0, c(ld)), c0)), rows, cols)
+    };
+    Stmt::Copy { pipe: Pipe::Mte2, src: reg(Loc::Gm(op.tensor), off, ld), dst: l1, rows, cols }
+}
+
+/// The MTE1 move of a logical tile `rows × cols` from slot `slot` of `l1` (row stride `l1_stride`) to `l0`
+/// (row stride `ld0`). A transposed operand lies in L1 as `cols × rows`: its L1 row `t` becomes L0 column
+/// `t`, one copy per row.
 #[allow(clippy::too_many_arguments)]
-fn load_operand(
-    q: &mut Seq,
-    op: &Operand,
-    base: SExpr,
-    (r0, c0): (SExpr, SExpr),
-    (rows, cols): (SExpr, SExpr),
+fn l1_to_l0(
+    transposed: bool,
     l1: BufId,
+    slot: i64,
     l1_stride: i64,
     l0: BufId,
     ld0: i64,
+    (rows, cols): (SExpr, SExpr),
     jj: SVar,
-) {
-    let ld = *op.shape.last().unwrap_or(&1);
-    if !op.transposed {
-        q.op(
-            Pipe::Mte2,
-            Stmt::Copy {
-                pipe: Pipe::Mte2,
-                src: reg(Loc::Gm(op.tensor), add(base, add(mul(r0, c(ld)), c0)), ld),
-                dst: ub(l1, c(0), l1_stride),
-                rows: rows.clone(),
-                cols: cols.clone(),
-            },
-        );
-        q.op(
-            Pipe::Mte1,
-            Stmt::Copy { pipe: Pipe::Mte1, src: ub(l1, c(0), l1_stride), dst: ub(l0, c(0), ld0), rows, cols },
-        );
-    } else {
-        q.op(
-            Pipe::Mte2,
-            Stmt::Copy {
-                pipe: Pipe::Mte2,
-                src: reg(Loc::Gm(op.tensor), add(base, add(mul(c0, c(ld)), r0)), ld),
-                dst: ub(l1, c(0), l1_stride),
-                rows: cols.clone(),
-                cols: rows.clone(),
-            },
-        );
-        // L1 row t (a column of the logical tile) becomes L0 column t.
-        q.on(Pipe::Mte1);
-        q.s(Stmt::For {
-            var: jj,
-            lo: c(0),
-            hi: cols,
-            step: 1,
-            body: vec![Stmt::Copy {
-                pipe: Pipe::Mte1,
-                src: ub(l1, mul(v(jj), c(l1_stride)), 1),
-                dst: ub(l0, v(jj), ld0),
-                rows,
-                cols: c(1),
-            }],
-        });
+) -> Stmt {
+    if !transposed {
+        return Stmt::Copy {
+            pipe: Pipe::Mte1,
+            src: bs(l1, slot, c(0), l1_stride),
+            dst: bs(l0, 0, c(0), ld0),
+            rows,
+            cols,
+        };
+    }
+    Stmt::For {
+        var: jj,
+        lo: c(0),
+        hi: cols,
+        step: 1,
+        body: vec![Stmt::Copy {
+            pipe: Pipe::Mte1,
+            src: bs(l1, slot, mul(v(jj), c(l1_stride)), 1),
+            dst: bs(l0, 0, v(jj), ld0),
+            rows,
+            cols: c(1),
+        }],
     }
 }
 
@@ -819,6 +797,41 @@ fn r16(x: i64) -> i64 {
     (x.max(1) + 15) / 16 * 16
 }
 
+/// Slots of the GM rings (scores, p, p·v tiles) and of `alpha`: block j in slot j % RING, so the cube core
+/// computes S(j+2) before it waits for p(j), and the vector cores work on block j+2 before the update with
+/// p(j)·v(j).
+const RING: i64 = 3;
+
+// Flag events of the cube core. MTE2 <-> MTE1 (L1 tiles; `+ slot` for the double-buffered ones):
+const EV_A1: u8 = 0;
+const EV_B1: u8 = 1;
+const EV_P1: u8 = 3;
+const EV_V1: u8 = 5;
+// MTE1 <-> M (L0A / L0B tiles):
+const EV_A0: u8 = 0;
+const EV_B0: u8 = 1;
+const EV_P0: u8 = 2;
+const EV_V0: u8 = 3;
+// M <-> FIX (L0C tiles):
+const EV_SC: u8 = 0;
+const EV_OC: u8 = 1;
+// Vector core: MTE2 <-> V (`raw` and the score-shaped GM tiles: 0; `pv`: 1; one-off loads: 2), V <-> MTE3
+// (`p`: 0; the task's results: 1).
+const EV_RAW: u8 = 0;
+const EV_PV: u8 = 1;
+const EV_ONCE: u8 = 2;
+const EV_PUB: u8 = 0;
+const EV_OUT: u8 = 1;
+
+/// The "slot free" flags a program primes before its work and drains after it: `(from, to, event)`, set
+/// by the consumer `from` for the producer `to`.
+fn prime(flags: &[(Pipe, Pipe, u8)]) -> Vec<Stmt> {
+    flags.iter().map(|&(f, t, e)| setf(f, t, e)).collect()
+}
+fn drain(flags: &[(Pipe, Pipe, u8)]) -> Vec<Stmt> {
+    flags.iter().map(|&(f, t, e)| waitf(f, t, e)).collect()
+}
+
 fn build(
     g: &Graph,
     group: &Group,
@@ -828,6 +841,7 @@ fn build(
     bd: &Binding,
     p: &Plan,
 ) -> Option<Result<Tiled, Diagnostic>> {
+    use Pipe::{Fix, Mte1, Mte2, Mte3, M, V};
     let (s, t, d, dv) = (p.s, p.t, p.d, p.dv);
     let esz = p.a.dtype.size_bytes() as i64;
     let vsz = p.vop.dtype.size_bytes() as i64;
@@ -835,25 +849,54 @@ fn build(
     let l0a = target.memory("l0a")?.usable() as i64;
     let l0b = target.memory("l0b")?.usable() as i64;
     let l0c = target.memory("l0c")?.usable() as i64;
-    let bm = r16(s).min(64);
-    let mut bn = r16(t).min(128);
-    let fits = |bn: i64| {
-        bm * d16 * esz + bm * bn * vsz <= l0a
-            && d16 * bn * esz + bn * dv16 * vsz <= l0b
-            && (bm * bn + bm * dv16) * 4 <= l0c
+    let ubcap = target.memory("ub")?.usable() as i64;
+    let ratio = (target.vector_cores / target.cube_cores.max(1)).max(1) as i64;
+    let online = p.online.is_some();
+    let has_l = p.stats.iter().any(|(_, s)| matches!(s, Stat::SumExp { .. }));
+    let fits = |bm: i64, bc: i64| {
+        bm * d16 * esz + bm * bc * vsz <= l0a
+            && d16 * bc * esz + bc * dv16 * vsz <= l0b
+            && (bm * bc + bm * dv16) * 4 <= l0c
     };
-    while bn > 16 && !fits(bn) {
-        bn -= 16;
+    // UB of a vector core (each buffer rounded up to 32 bytes, all live at once).
+    let ub_need = |bm: i64, bn: i64| {
+        let hr = (bm + ratio - 1) / ratio;
+        let r32 = |b: i64| (b + 31) / 32 * 32;
+        let size = |x: ValueId| g.node(x).dtype.size_bytes() as i64;
+        // The contraction's tile (`raw`), the anchor's in place, and p.
+        let mut n = r32(hr * bn * 4) + r32(hr * bn * vsz);
+        n += p.tiles[1..].iter().chain(&p.zext).map(|x| r32(hr * bn * size(*x))).sum::<i64>();
+        if !online && has_l {
+            n += r32(hr * bn * 4);
+        }
+        n += (p.stats.len() as i64 + 1) * r32(hr * 4) + r32(RING * hr * 4) + 32 * p.scalars.len() as i64;
+        n += r32(hr * dv * 4) * if online { 2 } else { 1 };
+        n += std::iter::once(&p.consumer)
+            .chain(&p.epilogue)
+            .chain(&p.ext_tiles)
+            .map(|x| r32(hr * dv * size(*x)))
+            .sum::<i64>();
+        n <= ubcap
+    };
+    // The largest cube tile (rows × columns) that fits, preferring more columns.
+    let mut best: Option<(i64, i64)> = None;
+    for bm in (1..=r16(s).min(128) / 16).rev().map(|k| k * 16) {
+        for bc in (1..=r16(t).min(128) / 16).rev().map(|k| k * 16) {
+            if fits(bm, bc) && ub_need(bm, bc) && best.is_none_or(|(m, n)| bm * bc > m * n) {
+                best = Some((bm, bc));
+            }
+        }
     }
-    if !fits(bn) {
-        bail!(); // k or the consumer's columns too large for one L0 tile
-    }
+    let Some((bm, bc)) = best else { bail!() }; // k or the consumer's columns too large for one L0 tile
+                                                // The vector cores take two cube tiles' columns at once where UB has room: half the p·v tiles (and
+                                                // their rescaling), half the per-block statistics work.
+    let nh = if t > bc && ub_need(bm, 2 * bc) { 2 } else { 1 };
+    let bn = nh * bc;
     let nb = p.nb;
     let nib = (s + bm - 1) / bm;
     let njall = (t + bn - 1) / bn;
     let batches: i64 = p.batch_dims.iter().product();
     let tasks = batches * nib;
-    let ratio = (target.vector_cores / target.cube_cores.max(1)).max(1) as i64;
     let cubes = (target.cube_cores as i64).min(tasks).max(1);
     let vcores = cubes * ratio;
     let hr = (bm + ratio - 1) / ratio;
@@ -863,7 +906,9 @@ fn build(
     // Workspaces (tensor ids after the plan's).
     let n0 = gm.tensors.len() as u32;
     let (ws_s, ws_p, ws_o) = (TensorId(n0), TensorId(n0 + 1), TensorId(n0 + 2));
-    let (per_s, per_o) = (2 * bm * bn, 2 * bm * dv);
+    let (per_s, per_o) = (RING * bm * bn, RING * bm * dv);
+    // The ring slot of block `j`.
+    let ring = |j: SVar, per: i64| mul(bin(SBin::Mod, v(j), c(RING)), c(per));
     let ws = |nm: &str, dt: DType, per: i64| GmTensor {
         name: format!("{name}_{nm}"),
         dtype: dt,
@@ -872,20 +917,24 @@ fn build(
     };
     let workspaces = vec![ws("ws_s", DType::F32, per_s), ws("ws_p", p.vop.dtype, per_s), ws("ws_o", DType::F32, per_o)];
 
-    // Cube buffers.
+    // Cube buffers: the L1 tiles of k, p and v double-buffered; one tile of each in L0.
     let sh = |r: i64, c: i64| vec![r as u64, c as u64];
+    let a1_stride = if p.a.transposed { bm } else { d };
+    let b1_stride = if p.b.transposed { d } else { bc };
+    let v1_stride = if p.vop.transposed { bc } else { dv };
     let a1 = lb.buffer("a_l1", Mem::L1, p.a.dtype, if p.a.transposed { sh(d, bm) } else { sh(bm, d) }, 1);
-    let b1 = lb.buffer("b_l1", Mem::L1, p.b.dtype, if p.b.transposed { sh(bn, d) } else { sh(d, bn) }, 1);
-    let p1 = lb.buffer("p_l1", Mem::L1, p.vop.dtype, sh(bm, bn), 1);
-    let v1 = lb.buffer("v_l1", Mem::L1, p.vop.dtype, if p.vop.transposed { sh(dv, bn) } else { sh(bn, dv) }, 1);
+    let b1 = lb.buffer("b_l1", Mem::L1, p.b.dtype, if p.b.transposed { sh(bc, d) } else { sh(d, bc) }, 2);
+    let p1 = lb.buffer("p_l1", Mem::L1, p.vop.dtype, sh(bm, bc), 2);
+    let v1 = lb.buffer("v_l1", Mem::L1, p.vop.dtype, if p.vop.transposed { sh(dv, bc) } else { sh(bc, dv) }, 2);
     let a0 = lb.buffer("a_l0a", Mem::L0A, p.a.dtype, sh(bm, d), 1);
-    let p0 = lb.buffer("p_l0a", Mem::L0A, p.vop.dtype, sh(bm, bn), 1);
-    let b0 = lb.buffer("b_l0b", Mem::L0B, p.b.dtype, sh(d, bn), 1);
-    let v0 = lb.buffer("v_l0b", Mem::L0B, p.vop.dtype, sh(bn, dv), 1);
-    let sc = lb.buffer("s_l0c", Mem::L0C, DType::F32, sh(bm, bn), 1);
+    let p0 = lb.buffer("p_l0a", Mem::L0A, p.vop.dtype, sh(bm, bc), 1);
+    let b0 = lb.buffer("b_l0b", Mem::L0B, p.b.dtype, sh(d, bc), 1);
+    let v0 = lb.buffer("v_l0b", Mem::L0B, p.vop.dtype, sh(bc, dv), 1);
+    let sc = lb.buffer("s_l0c", Mem::L0C, DType::F32, sh(bm, bc), 1);
     let oc = lb.buffer("o_l0c", Mem::L0C, DType::F32, sh(bm, dv), 1);
 
     let task = lb.svar("task");
+    let tk = lb.svar("tk");
     let bi = lb.svar("bi");
     let i0 = lb.svar("i0");
     let rows = lb.svar("rows");
@@ -899,181 +948,319 @@ fn build(
     let pcl = lb.svar("pcl");
     let jj = lb.svar("jj");
     let abase = lb.svar("abase");
+    let hj0 = lb.svar("hj0");
+    let hcl = lb.svar("hcl");
+    let hrows = lb.svar("hrows");
+    let hcols = lb.svar("hcols");
     let bbase = lb.svar("bbase");
     let vbase = lb.svar("vbase");
 
     let own = |core: SExpr, per: i64| mul(core, c(per));
-    let coords = |q: &mut Seq| {
-        q.s(Stmt::Set { var: bi, value: bin(SBin::Div, v(task), c(nib)) });
-        q.s(Stmt::Set { var: i0, value: mul(bin(SBin::Mod, v(task), c(nib)), c(bm)) });
-        q.s(Stmt::Set { var: rows, value: min(c(bm), sub(c(s), v(i0))) });
+    // Tasks: with the causal mask, the i-blocks' work grows with i: the longest first (all batches' last
+    // i-blocks, then the ones before), dealt to the cube cores in rounds that alternate direction (core 0
+    // first, then core 0 last), so the cores' totals differ by little. Task `k` of round `r`, at position
+    // `pos` (the core), is `r * cubes + pos` in even rounds and `r * cubes + cubes - 1 - pos` in odd ones.
+    let rounds = (tasks + cubes - 1) / cubes;
+    let task_loop = |start: SExpr, body: Vec<Stmt>| -> Stmt {
+        if p.causal.is_none() {
+            return Stmt::For { var: task, lo: start, hi: c(tasks), step: cubes, body };
+        }
+        let r = bin(SBin::Div, v(task), c(cubes));
+        let odd = bin(SBin::Mod, r.clone(), c(2));
+        let k = add(add(mul(r, c(cubes)), start.clone()), mul(odd, sub(c(cubes - 1), mul(c(2), start.clone()))));
+        Stmt::For {
+            var: task,
+            lo: start,
+            hi: c(rounds * cubes),
+            step: cubes,
+            body: vec![Stmt::Set { var: tk, value: k }, Stmt::If { cond: lt(v(tk), c(tasks)), then: body }],
+        }
+    };
+    let coords = |q: &mut Vec<Stmt>| {
+        if p.causal.is_some() {
+            q.push(Stmt::Set { var: bi, value: bin(SBin::Mod, v(tk), c(batches)) });
+            q.push(Stmt::Set { var: i0, value: mul(sub(c(nib - 1), bin(SBin::Div, v(tk), c(batches))), c(bm)) });
+        } else {
+            q.push(Stmt::Set { var: bi, value: bin(SBin::Div, v(task), c(nib)) });
+            q.push(Stmt::Set { var: i0, value: mul(bin(SBin::Mod, v(task), c(nib)), c(bm)) });
+        }
+        q.push(Stmt::Set { var: rows, value: min(c(bm), sub(c(s), v(i0))) });
         let n = match p.causal {
             // The last visible column of the block's last row is i0 + rows - 1 + e.
             Some(e) => min(c(njall), bin(SBin::Div, add(add(v(i0), v(rows)), c(e + bn - 1)), c(bn))),
             None => c(njall),
         };
-        q.s(Stmt::Set { var: nj, value: n });
+        q.push(Stmt::Set { var: nj, value: n });
     };
     // A j-block's columns: with the causal mask, only those some row of the i-block sees (`j < i0 + rows +
     // e`); the columns after them are masked for every row and contribute nothing.
-    let set_j = |q: &mut Seq, j: SVar, j0: SVar, cl: SVar, value: SExpr| {
-        q.s(Stmt::Set { var: j, value });
-        q.s(Stmt::Set { var: j0, value: mul(v(j), c(bn)) });
+    // `row_end`: the end of the rows that must see the columns (the i-block's, or a vector core's).
+    let set_j_rows = |q: &mut Vec<Stmt>, j: SVar, j0: SVar, cl: SVar, value: SExpr, row_end: SExpr| {
+        q.push(Stmt::Set { var: j, value });
+        q.push(Stmt::Set { var: j0, value: mul(v(j), c(bn)) });
         let mut n = min(c(bn), sub(c(t), v(j0)));
         if let Some(e) = p.causal {
-            n = min(n, sub(add(add(v(i0), v(rows)), c(e)), v(j0)));
+            n = min(n, sub(add(row_end, c(e)), v(j0)));
         }
-        q.s(Stmt::Set { var: cl, value: n });
+        q.push(Stmt::Set { var: cl, value: n });
     };
-    let slot = |j: SVar, per: i64| mul(bin(SBin::Mod, v(j), c(2)), c(per));
+    let set_j = |q: &mut Vec<Stmt>, j: SVar, j0: SVar, cl: SVar, value: SExpr| {
+        set_j_rows(q, j, j0, cl, value, add(v(i0), v(rows)))
+    };
+    // With the causal mask, a block some of whose rows see only some of its columns (`j0 + cl - 1 > i0 + e`:
+    // the i-block's first row does not see its last column) is computed in row bands of `hr`, one per vector
+    // core, each only as wide as its rows see; the other blocks at once. `band(h)` sets `hrows × hcols` of
+    // band `h` of the block at `j0` with `cl` columns; `diag(j0, cl)` the condition.
+    let diag = |j0: SVar, cl: SVar| p.causal.map(|e| lt(add(v(i0), c(e)), sub(add(v(j0), v(cl)), c(1))));
+    let band = |q: &mut Vec<Stmt>, h: i64, j0: SVar, cl: SVar| {
+        q.push(Stmt::Set { var: hrows, value: min(c(hr), sub(v(rows), c(h * hr))) });
+        let e = p.causal.unwrap_or(0);
+        let cols = min(v(cl), sub(add(add(v(i0), c(h * hr + e)), v(hrows)), v(j0)));
+        q.push(Stmt::Set { var: hcols, value: cols });
+    };
+    let band_live = || lt(c(0), min(v(hrows), v(hcols)));
+    // `whole` for the blocks every row sees whole, else `per_band(h)` for each band with work.
+    let split = |q: &mut Vec<Stmt>, j0: SVar, cl: SVar, whole: Stmt, per_band: &dyn Fn(i64) -> Stmt| match diag(j0, cl)
+    {
+        None => q.push(whole),
+        Some(d) => {
+            let mut bands = Vec::new();
+            for h in 0..ratio {
+                band(&mut bands, h, j0, cl);
+                bands.push(Stmt::If { cond: band_live(), then: vec![per_band(h)] });
+            }
+            q.push(Stmt::If { cond: bin(SBin::Eq, d.clone(), c(0)), then: vec![whole] });
+            q.push(Stmt::If { cond: d, then: bands });
+        }
+    };
 
     // ---- The cube program.
-    let online = p.online.is_some();
-    let stage_s = |q: &mut Seq, j: SExpr| {
-        set_j(q, sj, sj0, scl, j);
-        load_operand(
-            q,
-            &p.b,
-            v(bbase),
-            (c(0), v(sj0)),
-            (c(d), v(scl)),
-            b1,
-            if p.b.transposed { d } else { bn },
-            b0,
-            bn,
-            jj,
-        );
-        q.op(
-            Pipe::M,
-            Stmt::Mmad {
-                a: ub(a0, c(0), d),
-                b: ub(b0, c(0), bn),
-                c: ub(sc, c(0), bn),
-                m: v(rows),
-                k: c(d),
-                n: v(scl),
-                accumulate: false,
-            },
-        );
-        q.op(
-            Pipe::Fix,
-            Stmt::Copy {
-                pipe: Pipe::Fix,
-                src: ub(sc, c(0), bn),
-                dst: reg(Loc::Gm(ws_s), add(own(SExpr::Core, per_s), slot(sj, bm * bn)), bn),
-                rows: v(rows),
-                cols: v(scl),
-            },
-        );
-        q.s(Stmt::CrossSet { flag: F_S });
+    // A block of `bn` columns is `nh` chunks of `bc` (the L0 tiles' columns); chunk `h` uses L1 slot `h`.
+    // `chunk(h, j0, cl)` sets `hj0`/`hcl`: the chunk's first column and its columns (≤ 0: none).
+    let chunk = |q: &mut Vec<Stmt>, h: i64, j0: SVar, cl: SVar| {
+        q.push(Stmt::Set { var: hj0, value: add(v(j0), c(h * bc)) });
+        q.push(Stmt::Set { var: hcl, value: min(c(bc), sub(v(cl), c(h * bc))) });
     };
-    let stage_pv = |q: &mut Seq, j: SExpr| {
-        set_j(q, pj, pj0, pcl, j);
-        q.s(Stmt::CrossWait { flag: F_P });
-        q.op(
-            Pipe::Mte2,
-            Stmt::Copy {
-                pipe: Pipe::Mte2,
-                src: reg(Loc::Gm(ws_p), add(own(SExpr::Core, per_s), slot(pj, bm * bn)), bn),
-                dst: ub(p1, c(0), bn),
-                rows: v(rows),
-                cols: v(pcl),
-            },
-        );
-        q.op(
-            Pipe::Mte1,
-            Stmt::Copy { pipe: Pipe::Mte1, src: ub(p1, c(0), bn), dst: ub(p0, c(0), bn), rows: v(rows), cols: v(pcl) },
-        );
-        load_operand(
-            q,
-            &p.vop,
-            v(vbase),
-            (v(pj0), c(0)),
-            (v(pcl), c(dv)),
-            v1,
-            if p.vop.transposed { bn } else { dv },
-            v0,
-            dv,
-            jj,
-        );
-        let mm = |accumulate| Stmt::Mmad {
-            a: ub(p0, c(0), bn),
-            b: ub(v0, c(0), dv),
-            c: ub(oc, c(0), dv),
-            m: v(rows),
-            k: v(pcl),
-            n: c(dv),
-            accumulate,
-        };
-        if online {
-            q.op(Pipe::M, mm(false));
-            q.op(
-                Pipe::Fix,
-                Stmt::Copy {
-                    pipe: Pipe::Fix,
-                    src: ub(oc, c(0), dv),
-                    dst: reg(Loc::Gm(ws_o), add(own(SExpr::Core, per_o), slot(pj, bm * dv)), dv),
-                    rows: v(rows),
-                    cols: c(dv),
-                },
-            );
-            q.s(Stmt::CrossSet { flag: F_O });
+    // Chunk 0 always has columns; the others may not.
+    let when_live = |h: i64, then: Vec<Stmt>| -> Vec<Stmt> {
+        if h == 0 {
+            then
         } else {
-            q.on(Pipe::M);
-            q.if_(bin(SBin::Eq, v(pj), c(0)), |q| q.op(Pipe::M, mm(false)));
-            q.if_(lt(c(0), v(pj)), |q| q.op(Pipe::M, mm(true)));
+            vec![Stmt::If { cond: lt(c(0), v(hcl)), then }]
         }
     };
-    let mut cq = Seq::new(Pipe::Mte2);
+    let stage_s = |j: SExpr| -> Vec<Stmt> {
+        let mut q = Vec::new();
+        set_j(&mut q, sj, sj0, scl, j);
+        for h in 0..nh {
+            let hu = h as u8;
+            chunk(&mut q, h, sj0, scl);
+            let mut w = vec![waitf(Mte1, Mte2, EV_B1 + hu)];
+            w.push(gm_to_l1(&p.b, v(bbase), (c(0), v(hj0)), (c(d), v(hcl)), bs(b1, h, c(0), b1_stride)));
+            w.push(setf(Mte2, Mte1, EV_B1 + hu));
+            w.push(waitf(Mte2, Mte1, EV_B1 + hu));
+            w.push(waitf(M, Mte1, EV_B0));
+            w.push(l1_to_l0(p.b.transposed, b1, h, b1_stride, b0, bc, (c(d), v(hcl)), jj));
+            w.push(setf(Mte1, Mte2, EV_B1 + hu));
+            w.push(setf(Mte1, M, EV_B0));
+            w.push(waitf(Mte1, M, EV_B0));
+            w.push(waitf(Fix, M, EV_SC));
+            let mm = |r0: i64, m: SExpr, n: SExpr| Stmt::Mmad {
+                a: ub(a0, c(r0 * d), d),
+                b: ub(b0, c(0), bc),
+                c: ub(sc, c(r0 * bc), bc),
+                m,
+                k: c(d),
+                n,
+                accumulate: false,
+            };
+            split(&mut w, hj0, hcl, mm(0, v(rows), v(hcl)), &|b| mm(b * hr, v(hrows), v(hcols)));
+            w.push(setf(M, Mte1, EV_B0));
+            w.push(setf(M, Fix, EV_SC));
+            w.push(waitf(M, Fix, EV_SC));
+            let fix = |r0: i64, rows: SExpr, cols: SExpr| Stmt::Copy {
+                pipe: Fix,
+                src: ub(sc, c(r0 * bc), bc),
+                dst: reg(Loc::Gm(ws_s), add(add(own(SExpr::Core, per_s), ring(sj, bm * bn)), c(r0 * bn + h * bc)), bn),
+                rows,
+                cols,
+            };
+            split(&mut w, hj0, hcl, fix(0, v(rows), v(hcl)), &|b| fix(b * hr, v(hrows), v(hcols)));
+            w.push(setf(Fix, M, EV_SC));
+            q.extend(when_live(h, w));
+        }
+        q.push(Stmt::CrossSet { flag: F_S });
+        q
+    };
+    let stage_pv = |j: SExpr| -> Vec<Stmt> {
+        let mut q = Vec::new();
+        set_j(&mut q, pj, pj0, pcl, j);
+        // v's tiles do not depend on the vector cores: loaded before waiting for p.
+        for h in 0..nh {
+            let hu = h as u8;
+            chunk(&mut q, h, pj0, pcl);
+            let w = vec![
+                waitf(Mte1, Mte2, EV_V1 + hu),
+                gm_to_l1(&p.vop, v(vbase), (v(hj0), c(0)), (v(hcl), c(dv)), bs(v1, h, c(0), v1_stride)),
+                setf(Mte2, Mte1, EV_V1 + hu),
+            ];
+            q.extend(when_live(h, w));
+        }
+        q.push(Stmt::CrossWait { flag: F_P });
+        for h in 0..nh {
+            let hu = h as u8;
+            chunk(&mut q, h, pj0, pcl);
+            let w = vec![
+                waitf(Mte1, Mte2, EV_P1 + hu),
+                Stmt::Copy {
+                    pipe: Mte2,
+                    src: reg(Loc::Gm(ws_p), add(add(own(SExpr::Core, per_s), ring(pj, bm * bn)), c(h * bc)), bn),
+                    dst: bs(p1, h, c(0), bc),
+                    rows: v(rows),
+                    cols: v(hcl),
+                },
+                setf(Mte2, Mte1, EV_P1 + hu),
+            ];
+            q.extend(when_live(h, w));
+        }
+        for h in 0..nh {
+            let hu = h as u8;
+            chunk(&mut q, h, pj0, pcl);
+            let mut w = vec![waitf(Mte2, Mte1, EV_V1 + hu), waitf(M, Mte1, EV_V0)];
+            w.push(l1_to_l0(p.vop.transposed, v1, h, v1_stride, v0, dv, (v(hcl), c(dv)), jj));
+            w.push(setf(Mte1, Mte2, EV_V1 + hu));
+            w.push(setf(Mte1, M, EV_V0));
+            w.push(waitf(Mte2, Mte1, EV_P1 + hu));
+            w.push(waitf(M, Mte1, EV_P0));
+            w.push(Stmt::Copy {
+                pipe: Mte1,
+                src: bs(p1, h, c(0), bc),
+                dst: ub(p0, c(0), bc),
+                rows: v(rows),
+                cols: v(hcl),
+            });
+            w.push(setf(Mte1, Mte2, EV_P1 + hu));
+            w.push(setf(Mte1, M, EV_P0));
+            w.push(waitf(Mte1, M, EV_V0));
+            w.push(waitf(Mte1, M, EV_P0));
+            let mm = |accumulate| Stmt::Mmad {
+                a: ub(p0, c(0), bc),
+                b: ub(v0, c(0), dv),
+                c: ub(oc, c(0), dv),
+                m: v(rows),
+                k: v(hcl),
+                n: c(dv),
+                accumulate,
+            };
+            if online {
+                if h == 0 {
+                    w.push(waitf(Fix, M, EV_OC));
+                }
+                // A band without visible columns leaves its rows of O stale: its vector core skips the update.
+                let band_mm = |b: i64| Stmt::Mmad {
+                    a: ub(p0, c(b * hr * bc), bc),
+                    b: ub(v0, c(0), dv),
+                    c: ub(oc, c(b * hr * dv), dv),
+                    m: v(hrows),
+                    k: v(hcols),
+                    n: c(dv),
+                    accumulate: h > 0,
+                };
+                split(&mut w, hj0, hcl, mm(h > 0), &band_mm);
+            } else if h == 0 {
+                w.push(Stmt::If { cond: bin(SBin::Eq, v(pj), c(0)), then: vec![mm(false)] });
+                w.push(Stmt::If { cond: lt(c(0), v(pj)), then: vec![mm(true)] });
+            } else {
+                w.push(mm(true));
+            }
+            w.push(setf(M, Mte1, EV_V0));
+            w.push(setf(M, Mte1, EV_P0));
+            q.extend(when_live(h, w));
+        }
+        if online {
+            q.push(setf(M, Fix, EV_OC));
+            q.push(waitf(M, Fix, EV_OC));
+            q.push(Stmt::Copy {
+                pipe: Fix,
+                src: ub(oc, c(0), dv),
+                dst: reg(Loc::Gm(ws_o), add(own(SExpr::Core, per_o), ring(pj, bm * dv)), dv),
+                rows: v(rows),
+                cols: c(dv),
+            });
+            q.push(setf(Fix, M, EV_OC));
+            q.push(Stmt::CrossSet { flag: F_O });
+        }
+        q
+    };
     let bases = (
         operand_base(&p.a, bi, &p.batch_dims, bd)?,
         operand_base(&p.b, bi, &p.batch_dims, bd)?,
         operand_base(&p.vop, bi, &p.batch_dims, bd)?,
     );
-    cq.for_(task, SExpr::Core, c(tasks), cubes, |q| {
-        coords(q);
-        q.s(Stmt::Set { var: abase, value: bases.0.clone() });
-        q.s(Stmt::Set { var: bbase, value: bases.1.clone() });
-        q.s(Stmt::Set { var: vbase, value: bases.2.clone() });
-        load_operand(
-            q,
-            &p.a,
-            v(abase),
-            (v(i0), c(0)),
-            (v(rows), c(d)),
-            a1,
-            if p.a.transposed { bm } else { d },
-            a0,
-            d,
-            jj,
-        );
-        stage_s(q, c(0));
-        q.for_(jb, c(0), v(nj), 1, |q| {
-            q.if_(lt(add(v(jb), c(1)), v(nj)), |q| stage_s(q, add(v(jb), c(1))));
-            stage_pv(q, v(jb));
+    let cube_free = [
+        (Mte1, Mte2, EV_A1),
+        (Mte1, Mte2, EV_B1),
+        (Mte1, Mte2, EV_B1 + 1),
+        (Mte1, Mte2, EV_P1),
+        (Mte1, Mte2, EV_P1 + 1),
+        (Mte1, Mte2, EV_V1),
+        (Mte1, Mte2, EV_V1 + 1),
+        (M, Mte1, EV_A0),
+        (M, Mte1, EV_B0),
+        (M, Mte1, EV_P0),
+        (M, Mte1, EV_V0),
+        (Fix, M, EV_SC),
+        (Fix, M, EV_OC),
+    ];
+    let mut cq = prime(&cube_free);
+    let mut body = Vec::new();
+    coords(&mut body);
+    body.push(Stmt::Set { var: abase, value: bases.0.clone() });
+    body.push(Stmt::Set { var: bbase, value: bases.1.clone() });
+    body.push(Stmt::Set { var: vbase, value: bases.2.clone() });
+    body.push(waitf(Mte1, Mte2, EV_A1));
+    body.push(gm_to_l1(&p.a, v(abase), (v(i0), c(0)), (v(rows), c(d)), bs(a1, 0, c(0), a1_stride)));
+    body.push(setf(Mte2, Mte1, EV_A1));
+    body.push(waitf(Mte2, Mte1, EV_A1));
+    body.push(waitf(M, Mte1, EV_A0));
+    body.push(l1_to_l0(p.a.transposed, a1, 0, a1_stride, a0, d, (v(rows), c(d)), jj));
+    body.push(setf(Mte1, Mte2, EV_A1));
+    body.push(setf(Mte1, M, EV_A0));
+    body.push(waitf(Mte1, M, EV_A0));
+    if !online {
+        body.push(waitf(Fix, M, EV_OC));
+    }
+    body.extend(stage_s(c(0)));
+    body.push(Stmt::If { cond: lt(c(1), v(nj)), then: stage_s(c(1)) });
+    // Iteration j: S(j+2), then p(j)·v(j).
+    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(2)), v(nj)), then: stage_s(add(v(jb), c(2))) }];
+    it.extend(stage_pv(v(jb)));
+    body.push(Stmt::For { var: jb, lo: c(0), hi: v(nj), step: 1, body: it });
+    body.push(setf(M, Mte1, EV_A0));
+    if !online {
+        body.push(setf(M, Fix, EV_OC));
+        body.push(waitf(M, Fix, EV_OC));
+        body.push(Stmt::Copy {
+            pipe: Fix,
+            src: ub(oc, c(0), dv),
+            dst: reg(Loc::Gm(ws_o), own(SExpr::Core, per_o), dv),
+            rows: v(rows),
+            cols: c(dv),
         });
-        if !online {
-            q.op(
-                Pipe::Fix,
-                Stmt::Copy {
-                    pipe: Pipe::Fix,
-                    src: ub(oc, c(0), dv),
-                    dst: reg(Loc::Gm(ws_o), own(SExpr::Core, per_o), dv),
-                    rows: v(rows),
-                    cols: c(dv),
-                },
-            );
-            q.s(Stmt::CrossSet { flag: F_O });
-        }
-    });
-    cq.on(Pipe::Mte2);
-    lb.launch.cube = cq.stmts;
+        body.push(setf(Fix, M, EV_OC));
+        body.push(Stmt::CrossSet { flag: F_O });
+    }
+    cq.push(task_loop(SExpr::Core, body));
+    cq.extend(drain(&cube_free));
+    lb.launch.cube = cq;
 
     // ---- The vector program.
     let tile = sh(hr, bn);
     let raw = lb.buffer("raw_ub", Mem::UB, DType::F32, tile.clone(), 1);
     let mut tiles: BTreeMap<ValueId, (BufId, i64)> = BTreeMap::new();
-    for &z in &p.tiles {
+    // The anchor in place of its contraction.
+    tiles.insert(p.tiles[0], (raw, bn));
+    for &z in &p.tiles[1..] {
         let b = lb.buffer(format!("{}_ub", label(z)), Mem::UB, g.node(z).dtype, tile.clone(), 1);
         tiles.insert(z, (b, bn));
     }
@@ -1083,11 +1270,14 @@ fn build(
         tiles.insert(x, (b, bn));
         zext_ids.push((b, *gm.of.get(&x)?));
     }
-    let e_ub = p.online.map(|_| lb.buffer("e_ub", Mem::UB, DType::F32, tile.clone(), 1));
-    let has_l = p.stats.iter().any(|(_, s)| matches!(s, Stat::SumExp { .. }));
-    let e_ub = match (e_ub, has_l) {
-        (Some(e), _) => Some(e),
-        (None, true) => Some(lb.buffer("e_ub", Mem::UB, DType::F32, tile.clone(), 1)),
+    let lstat = p.stats.iter().find_map(|(x, s)| match s {
+        Stat::SumExp { z, x: sh } => Some((*x, *z, *sh)),
+        _ => None,
+    });
+    // e = exp(z - x): in place of z in the online mode (p is e; z is not read after it).
+    let e_ub = match (online, lstat) {
+        (true, Some((_, z, _))) => Some(tiles[&z].0),
+        (_, Some(_)) => Some(lb.buffer("e_ub", Mem::UB, DType::F32, tile.clone(), 1)),
         _ => None,
     };
     let p_ub = lb.buffer("p_ub", Mem::UB, p.vop.dtype, tile.clone(), 1);
@@ -1095,12 +1285,8 @@ fn build(
     for (x, _) in &p.stats {
         rowb.insert(*x, lb.buffer(format!("{}_ub", label(*x)), Mem::UB, g.node(*x).dtype, sh(hr, 1), 1));
     }
-    let lstat = p.stats.iter().find_map(|(x, s)| match s {
-        Stat::SumExp { z, x: sh } => Some((*x, *z, *sh)),
-        _ => None,
-    });
     let x_old = lb.buffer("x_old_ub", Mem::UB, DType::F32, sh(hr, 1), 1);
-    let alpha = lb.buffer("alpha_ub", Mem::UB, DType::F32, sh(2 * hr, 1), 1);
+    let alpha = lb.buffer("alpha_ub", Mem::UB, DType::F32, sh(RING * hr, 1), 1);
     let mut scal: BTreeMap<ValueId, BufId> = BTreeMap::new();
     for &x in &p.scalars {
         scal.insert(x, lb.buffer(format!("{}_ub", label(x)), Mem::UB, g.node(x).dtype, vec![8], 1));
@@ -1188,173 +1374,181 @@ fn build(
         p.tiles.iter().map(|z| Some((tiles[z].0, vexpr(body_of(*z)?, &cx)?))).collect()
     };
     let Some(tile_e) = tile_exprs(vj0) else { bail!() };
+    // With the causal mask, the anchor without it: for the blocks whose columns all of this core's rows see.
+    let open = match (p.causal, body_of(p.tiles[0]).map(|b| &b.kind)) {
+        (Some(e), Some(ExprKind::Select(_, val, _))) => Some((e, vexpr(val, &cx_tile(vj0))?)),
+        _ => None,
+    };
     let mut epi = Vec::new();
     for &x in &p.epilogue {
         epi.push((otiles[&x].0, vexpr(body_of(x)?, &cx_out)?));
     }
 
-    let mut vq = Seq::new(Pipe::Mte2);
+    let vec_free = [(V, Mte2, EV_RAW), (V, Mte2, EV_PV), (Mte3, V, EV_PUB)];
+    let mut vq = prime(&vec_free);
     for (x, b) in &scal {
-        vq.op(
-            Pipe::Mte2,
-            Stmt::Copy {
-                pipe: Pipe::Mte2,
-                src: reg(Loc::Gm(*gm.of.get(x)?), c(0), 0),
-                dst: ub(*b, c(0), 0),
-                rows: c(1),
-                cols: c(1),
-            },
-        );
+        vq.push(Stmt::Copy {
+            pipe: Mte2,
+            src: reg(Loc::Gm(*gm.of.get(x)?), c(0), 0),
+            dst: ub(*b, c(0), 0),
+            rows: c(1),
+            cols: c(1),
+        });
     }
-    let softmax = |q: &mut Seq, j: SExpr| {
-        set_j(q, vj, vj0, vcl, j);
-        q.s(Stmt::CrossWait { flag: F_S });
-        q.if_(lt(c(0), v(rc)), |q| {
-            q.op(
-                Pipe::Mte2,
-                Stmt::Copy {
-                    pipe: Pipe::Mte2,
-                    src: reg(
-                        Loc::Gm(ws_s),
-                        add(add(own(mine.clone(), per_s), slot(vj, bm * bn)), mul(v(r0), c(bn))),
-                        bn,
-                    ),
-                    dst: ub(raw, c(0), bn),
-                    rows: v(rc),
-                    cols: v(vcl),
-                },
-            );
-            for (b, tz) in &zext_ids {
-                q.op(
-                    Pipe::Mte2,
-                    Stmt::Copy {
-                        pipe: Pipe::Mte2,
-                        src: reg(Loc::Gm(*tz), add(mul(v(bi), c(s * t)), add(mul(row0.clone(), c(t)), v(vj0))), t),
-                        dst: ub(*b, c(0), bn),
-                        rows: v(rc),
-                        cols: v(vcl),
-                    },
-                );
-            }
-            for (b, e) in &tile_e {
-                q.op(Pipe::V, vec_st(ub(*b, c(0), bn), v(vcl), e.clone()));
-            }
-            if let Some(xs) = shift {
-                q.op(Pipe::V, vec_st(ub(x_old, c(0), 1), c(1), VExpr::ReadRow(ub(rowb[&xs], c(0), 1))));
-            }
-            for (x, st) in &p.stats {
-                if let Stat::Max(z) = st {
-                    q.op(
-                        Pipe::V,
-                        Stmt::Reduce {
-                            op: ReduceOp::Max,
-                            axis: 1,
-                            src: ub(tiles[z].0, c(0), bn),
-                            dst: ub(rowb[x], c(0), 1),
-                            rows: v(rc),
-                            cols: v(vcl),
-                            accumulate: true,
-                        },
-                    );
-                }
-            }
-            for (b, e) in &elem_loop {
-                q.op(Pipe::V, vec_st(ub(*b, c(0), 1), c(1), e.clone()));
-            }
-            if let (Some((l, z, xs)), Some(e_ub)) = (lstat, e_ub) {
-                let aslot = mul(bin(SBin::Mod, v(vj), c(2)), c(hr));
-                // alpha = l > 0 ? exp(x_old - x) : 0 (nothing accumulated yet: l and O are 0).
-                let a = VExpr::Select(
-                    Box::new(VExpr::Binary(BinOp::Gt, rr(rowb[&l]), Box::new(VExpr::F32(0.0)))),
-                    Box::new(VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, rr(x_old), rr(rowb[&xs]))))),
-                    Box::new(VExpr::F32(0.0)),
-                );
-                q.op(Pipe::V, vec_st(ub(alpha, aslot.clone(), 1), c(1), a));
-                let e = VExpr::Unary(
-                    UnOp::Exp,
-                    Box::new(VExpr::Binary(
-                        BinOp::Sub,
-                        Box::new(VExpr::Read(ub(tiles[&z].0, c(0), bn))),
-                        rr(rowb[&xs]),
-                    )),
-                );
-                q.op(Pipe::V, vec_st(ub(e_ub, c(0), bn), v(vcl), e));
-                q.op(
-                    Pipe::V,
-                    vec_st(
-                        ub(rowb[&l], c(0), 1),
-                        c(1),
-                        VExpr::Binary(BinOp::Mul, rr(rowb[&l]), Box::new(VExpr::ReadRow(ub(alpha, aslot, 1)))),
-                    ),
-                );
-                q.op(
-                    Pipe::V,
-                    Stmt::Reduce {
-                        op: ReduceOp::Sum,
-                        axis: 1,
-                        src: ub(e_ub, c(0), bn),
-                        dst: ub(rowb[&l], c(0), 1),
-                        rows: v(rc),
-                        cols: v(vcl),
-                        accumulate: true,
-                    },
-                );
-            }
-            let src = match (online, e_ub) {
-                (true, Some(e)) => e,
-                _ => tiles[&p.pz].0,
-            };
-            q.op(Pipe::V, vec_st(ub(p_ub, c(0), bn), v(vcl), VExpr::Read(ub(src, c(0), bn))));
-            q.op(
-                Pipe::Mte3,
-                Stmt::Copy {
-                    pipe: Pipe::Mte3,
-                    src: ub(p_ub, c(0), bn),
-                    dst: reg(
-                        Loc::Gm(ws_p),
-                        add(add(own(mine.clone(), per_s), slot(vj, bm * bn)), mul(v(r0), c(bn))),
-                        bn,
-                    ),
-                    rows: v(rc),
-                    cols: v(vcl),
-                },
-            );
+    vq.push(setf(Mte2, V, EV_ONCE));
+    vq.push(waitf(Mte2, V, EV_ONCE));
+    let softmax = |j: SExpr| -> Vec<Stmt> {
+        let mut q = Vec::new();
+        set_j_rows(&mut q, vj, vj0, vcl, j, add(row0.clone(), v(rc)));
+        q.push(Stmt::CrossWait { flag: F_S });
+        let live = |then: Vec<Stmt>| Stmt::If { cond: lt(c(0), v(vcl)), then };
+        let mut w = Vec::new();
+        let mut t0 = vec![waitf(V, Mte2, EV_RAW)];
+        t0.push(Stmt::Copy {
+            pipe: Mte2,
+            src: reg(Loc::Gm(ws_s), add(add(own(mine.clone(), per_s), ring(vj, bm * bn)), mul(v(r0), c(bn))), bn),
+            dst: ub(raw, c(0), bn),
+            rows: v(rc),
+            cols: v(vcl),
         });
-        q.s(Stmt::CrossSet { flag: F_P });
-    };
-    let fetch_pv = |q: &mut Seq, off: SExpr| {
-        q.s(Stmt::CrossWait { flag: F_O });
-        q.if_(lt(c(0), v(rc)), |q| {
-            q.op(
-                Pipe::Mte2,
-                Stmt::Copy {
-                    pipe: Pipe::Mte2,
-                    src: reg(Loc::Gm(ws_o), add(add(own(mine.clone(), per_o), off), mul(v(r0), c(dv))), dv),
-                    dst: ub(pv_ub, c(0), dv),
-                    rows: v(rc),
-                    cols: c(dv),
-                },
-            );
-        });
-    };
-    let update = |q: &mut Seq, j: SExpr| {
-        set_j(q, uj, uj0, ucl, j);
-        fetch_pv(q, slot(uj, bm * dv));
-        if let Some(o) = oacc {
-            let aslot = mul(bin(SBin::Mod, v(uj), c(2)), c(hr));
-            q.if_(lt(c(0), v(rc)), |q| {
-                let e = VExpr::Binary(
-                    BinOp::Add,
-                    Box::new(VExpr::Binary(
-                        BinOp::Mul,
-                        Box::new(VExpr::Read(ub(o, c(0), dv))),
-                        Box::new(VExpr::ReadRow(ub(alpha, aslot, 1))),
-                    )),
-                    Box::new(VExpr::Read(ub(pv_ub, c(0), dv))),
-                );
-                q.op(Pipe::V, vec_st(ub(o, c(0), dv), c(dv), e));
+        for (b, tz) in &zext_ids {
+            t0.push(Stmt::Copy {
+                pipe: Mte2,
+                src: reg(Loc::Gm(*tz), add(mul(v(bi), c(s * t)), add(mul(row0.clone(), c(t)), v(vj0))), t),
+                dst: ub(*b, c(0), bn),
+                rows: v(rc),
+                cols: v(vcl),
             });
         }
+        t0.push(setf(Mte2, V, EV_RAW));
+        t0.push(waitf(Mte2, V, EV_RAW));
+        for (i, (b, e)) in tile_e.iter().enumerate() {
+            match (&open, i) {
+                (Some((ce, oe)), 0) => {
+                    // Every column of the block visible to this core's first row: no mask.
+                    let last = add(v(vj0), sub(v(vcl), c(1)));
+                    let first = add(row0.clone(), c(*ce));
+                    t0.push(Stmt::If {
+                        cond: bin(SBin::Le, last.clone(), first.clone()),
+                        then: vec![vec_st(ub(*b, c(0), bn), v(vcl), oe.clone())],
+                    });
+                    t0.push(Stmt::If {
+                        cond: lt(first, last),
+                        then: vec![vec_st(ub(*b, c(0), bn), v(vcl), e.clone())],
+                    });
+                }
+                _ => t0.push(vec_st(ub(*b, c(0), bn), v(vcl), e.clone())),
+            }
+        }
+        w.push(live(t0));
+        if let Some(xs) = shift {
+            w.push(vec_st(ub(x_old, c(0), 1), c(1), VExpr::ReadRow(ub(rowb[&xs], c(0), 1))));
+        }
+        for (x, st) in &p.stats {
+            if let Stat::Max(z) = st {
+                w.push(live(vec![Stmt::Reduce {
+                    op: ReduceOp::Max,
+                    axis: 1,
+                    src: ub(tiles[z].0, c(0), bn),
+                    dst: ub(rowb[x], c(0), 1),
+                    rows: v(rc),
+                    cols: v(vcl),
+                    accumulate: true,
+                }]));
+            }
+        }
+        for (b, e) in &elem_loop {
+            w.push(vec_st(ub(*b, c(0), 1), c(1), e.clone()));
+        }
+        if let (Some((l, z, xs)), Some(e_ub)) = (lstat, e_ub) {
+            let aslot = ring(vj, hr);
+            // alpha = l > 0 ? exp(x_old - x) : 0 (nothing accumulated yet: l and O are 0).
+            let a = VExpr::Select(
+                Box::new(VExpr::Binary(BinOp::Gt, rr(rowb[&l]), Box::new(VExpr::F32(0.0)))),
+                Box::new(VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, rr(x_old), rr(rowb[&xs]))))),
+                Box::new(VExpr::F32(0.0)),
+            );
+            w.push(vec_st(ub(alpha, aslot.clone(), 1), c(1), a));
+            let e = VExpr::Unary(
+                UnOp::Exp,
+                Box::new(VExpr::Binary(BinOp::Sub, Box::new(VExpr::Read(ub(tiles[&z].0, c(0), bn))), rr(rowb[&xs]))),
+            );
+            w.push(live(vec![vec_st(ub(e_ub, c(0), bn), v(vcl), e)]));
+            w.push(vec_st(
+                ub(rowb[&l], c(0), 1),
+                c(1),
+                VExpr::Binary(BinOp::Mul, rr(rowb[&l]), Box::new(VExpr::ReadRow(ub(alpha, aslot, 1)))),
+            ));
+            w.push(live(vec![Stmt::Reduce {
+                op: ReduceOp::Sum,
+                axis: 1,
+                src: ub(e_ub, c(0), bn),
+                dst: ub(rowb[&l], c(0), 1),
+                rows: v(rc),
+                cols: v(vcl),
+                accumulate: true,
+            }]));
+        }
+        let src = match (online, e_ub) {
+            (true, Some(e)) => e,
+            _ => tiles[&p.pz].0,
+        };
+        let mut t1 = Vec::new();
+        t1.push(waitf(Mte3, V, EV_PUB));
+        t1.push(vec_st(ub(p_ub, c(0), bn), v(vcl), VExpr::Read(ub(src, c(0), bn))));
+        // The score tile (raw, the anchor in place, e) is read for the last time.
+        t1.push(setf(V, Mte2, EV_RAW));
+        t1.push(setf(V, Mte3, EV_PUB));
+        t1.push(waitf(V, Mte3, EV_PUB));
+        t1.push(Stmt::Copy {
+            pipe: Mte3,
+            src: ub(p_ub, c(0), bn),
+            dst: reg(Loc::Gm(ws_p), add(add(own(mine.clone(), per_s), ring(vj, bm * bn)), mul(v(r0), c(bn))), bn),
+            rows: v(rc),
+            cols: v(vcl),
+        });
+        t1.push(setf(Mte3, V, EV_PUB));
+        w.push(live(t1));
+        q.push(Stmt::If { cond: lt(c(0), v(rc)), then: w });
+        q.push(Stmt::CrossSet { flag: F_P });
+        q
+    };
+    // The p·v tile of the cube core's slot `k` into `pv_ub` (the caller waits for it and frees it).
+    let fetch_pv = |j_slot: SExpr| -> Vec<Stmt> {
+        vec![
+            waitf(V, Mte2, EV_PV),
+            Stmt::Copy {
+                pipe: Mte2,
+                src: reg(Loc::Gm(ws_o), add(add(own(mine.clone(), per_o), j_slot), mul(v(r0), c(dv))), dv),
+                dst: ub(pv_ub, c(0), dv),
+                rows: v(rc),
+                cols: c(dv),
+            },
+            setf(Mte2, V, EV_PV),
+            waitf(Mte2, V, EV_PV),
+        ]
+    };
+    let update = |j: SExpr| -> Vec<Stmt> {
+        let mut q = Vec::new();
+        set_j_rows(&mut q, uj, uj0, ucl, j, add(row0.clone(), v(rc)));
+        q.push(Stmt::CrossWait { flag: F_O });
+        let mut w = fetch_pv(ring(uj, bm * dv));
+        if let Some(o) = oacc {
+            let e = VExpr::Binary(
+                BinOp::Add,
+                Box::new(VExpr::Binary(
+                    BinOp::Mul,
+                    Box::new(VExpr::Read(ub(o, c(0), dv))),
+                    Box::new(VExpr::ReadRow(ub(alpha, ring(uj, hr), 1))),
+                )),
+                Box::new(VExpr::Read(ub(pv_ub, c(0), dv))),
+            );
+            w.push(vec_st(ub(o, c(0), dv), c(dv), e));
+        }
+        w.push(setf(V, Mte2, EV_PV));
+        // No visible column for this core's rows in block j: alpha is 1 (or l and O are 0), nothing to add.
+        q.push(Stmt::If { cond: lt(c(0), min(v(rc), v(ucl))), then: w });
+        q
     };
     // A consumer-shaped tile's offset in GM.
     let tile_off = || add(mul(v(bi), c(s * dv)), mul(row0.clone(), c(dv)));
@@ -1362,93 +1556,99 @@ fn build(
         p.ext_tiles.iter().map(|x| gm.of.get(x).map(|t| (otiles[x].0, *t))).collect::<Option<_>>()?;
     let stored: Vec<(ValueId, TensorId)> =
         group.stored.iter().map(|x| gm.of.get(x).map(|t| (*x, *t))).collect::<Option<_>>()?;
-    vq.for_(task, mine.clone(), c(tasks), cubes, |q| {
-        coords(q);
-        q.s(Stmt::Set { var: r0, value: mul(subc.clone(), c(hr)) });
-        q.s(Stmt::Set { var: rc, value: min(c(hr), sub(v(rows), v(r0))) });
-        q.if_(lt(c(0), v(rc)), |q| {
-            for (x, st) in &p.stats {
-                let init = match st {
-                    Stat::Max(_) => VExpr::F32(f32::NEG_INFINITY),
-                    Stat::SumExp { .. } => VExpr::F32(0.0),
-                    Stat::Elem => continue,
-                };
-                q.op(Pipe::V, vec_st(ub(rowb[x], c(0), 1), c(1), init));
-            }
-            for (b, e) in &elem_loop {
-                q.op(Pipe::V, vec_st(ub(*b, c(0), 1), c(1), e.clone()));
-            }
-            if let Some(o) = oacc {
-                q.op(Pipe::V, vec_st(ub(o, c(0), dv), c(dv), VExpr::F32(0.0)));
-            }
-        });
-        softmax(q, c(0));
-        q.for_(jb, c(0), v(nj), 1, |q| {
-            q.if_(lt(add(v(jb), c(1)), v(nj)), |q| softmax(q, add(v(jb), c(1))));
-            if online {
-                update(q, v(jb));
-            }
-        });
-        if !online {
-            fetch_pv(q, c(0));
+    let mut body = Vec::new();
+    coords(&mut body);
+    body.push(Stmt::Set { var: r0, value: mul(subc.clone(), c(hr)) });
+    body.push(Stmt::Set { var: rc, value: min(c(hr), sub(v(rows), v(r0))) });
+    let mut init = Vec::new();
+    for (x, st) in &p.stats {
+        let v0 = match st {
+            Stat::Max(_) => VExpr::F32(f32::NEG_INFINITY),
+            Stat::SumExp { .. } => VExpr::F32(0.0),
+            Stat::Elem => continue,
+        };
+        init.push(vec_st(ub(rowb[x], c(0), 1), c(1), v0));
+    }
+    for (b, e) in &elem_loop {
+        init.push(vec_st(ub(*b, c(0), 1), c(1), e.clone()));
+    }
+    if let Some(o) = oacc {
+        init.push(vec_st(ub(o, c(0), dv), c(dv), VExpr::F32(0.0)));
+    }
+    body.push(Stmt::If { cond: lt(c(0), v(rc)), then: init });
+    body.extend(softmax(c(0)));
+    body.push(Stmt::If { cond: lt(c(1), v(nj)), then: softmax(c(1)) });
+    // Iteration j: the softmax of block j+2 (its scores were computed while the cube waited for p(j)), then
+    // the update with p(j)·v(j).
+    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(2)), v(nj)), then: softmax(add(v(jb), c(2))) }];
+    if online {
+        it.extend(update(v(jb)));
+    }
+    body.push(Stmt::For { var: jb, lo: c(0), hi: v(nj), step: 1, body: it });
+    if !online {
+        body.push(Stmt::CrossWait { flag: F_O });
+    }
+    let mut fin = Vec::new();
+    if !online {
+        fin.extend(fetch_pv(c(0)));
+    }
+    // The consumer's value, then the epilogue and the final statistics.
+    let (cb, _) = otiles[&p.consumer];
+    let cons = match (p.online, oacc) {
+        (Some((l, _)), Some(o)) => VExpr::Binary(BinOp::Div, Box::new(VExpr::Read(ub(o, c(0), dv))), rr(rowb[&l])),
+        _ => VExpr::Read(ub(pv_ub, c(0), dv)),
+    };
+    fin.push(vec_st(ub(cb, c(0), dv), c(dv), cons));
+    if !online {
+        fin.push(setf(V, Mte2, EV_PV));
+    }
+    if !ext_ids.is_empty() {
+        for (b, tt) in &ext_ids {
+            fin.push(Stmt::Copy {
+                pipe: Mte2,
+                src: reg(Loc::Gm(*tt), tile_off(), dv),
+                dst: ub(*b, c(0), dv),
+                rows: v(rc),
+                cols: c(dv),
+            });
         }
-        q.if_(lt(c(0), v(rc)), |q| {
-            // The consumer's value, then the epilogue and the final statistics.
-            let (cb, _) = otiles[&p.consumer];
-            let cons = match (p.online, oacc) {
-                (Some((l, _)), Some(o)) => {
-                    VExpr::Binary(BinOp::Div, Box::new(VExpr::Read(ub(o, c(0), dv))), rr(rowb[&l]))
-                }
-                _ => VExpr::Read(ub(pv_ub, c(0), dv)),
-            };
-            q.op(Pipe::V, vec_st(ub(cb, c(0), dv), c(dv), cons));
-            for (b, t) in &ext_ids {
-                q.op(
-                    Pipe::Mte2,
-                    Stmt::Copy {
-                        pipe: Pipe::Mte2,
-                        src: reg(Loc::Gm(*t), tile_off(), dv),
-                        dst: ub(*b, c(0), dv),
-                        rows: v(rc),
-                        cols: c(dv),
-                    },
-                );
-            }
-            for (b, e) in &epi {
-                q.op(Pipe::V, vec_st(ub(*b, c(0), dv), c(dv), e.clone()));
-            }
-            for (b, e) in &elem_all {
-                q.op(Pipe::V, vec_st(ub(*b, c(0), 1), c(1), e.clone()));
-            }
-            for (x, tt) in &stored {
-                if let Some((b, _)) = otiles.get(x) {
-                    q.op(
-                        Pipe::Mte3,
-                        Stmt::Copy {
-                            pipe: Pipe::Mte3,
-                            src: ub(*b, c(0), dv),
-                            dst: reg(Loc::Gm(*tt), tile_off(), dv),
-                            rows: v(rc),
-                            cols: c(dv),
-                        },
-                    );
-                } else if let Some(b) = rowb.get(x) {
-                    q.op(
-                        Pipe::Mte3,
-                        Stmt::Copy {
-                            pipe: Pipe::Mte3,
-                            src: ub(*b, c(0), 1),
-                            dst: reg(Loc::Gm(*tt), add(mul(v(bi), c(s)), row0.clone()), 1),
-                            rows: v(rc),
-                            cols: c(1),
-                        },
-                    );
-                }
-            }
-        });
-    });
-    vq.on(Pipe::Mte2);
-    lb.launch.vector = vq.stmts;
+        fin.push(setf(Mte2, V, EV_ONCE));
+        fin.push(waitf(Mte2, V, EV_ONCE));
+    }
+    for (b, e) in &epi {
+        fin.push(vec_st(ub(*b, c(0), dv), c(dv), e.clone()));
+    }
+    for (b, e) in &elem_all {
+        fin.push(vec_st(ub(*b, c(0), 1), c(1), e.clone()));
+    }
+    fin.push(setf(V, Mte3, EV_OUT));
+    fin.push(waitf(V, Mte3, EV_OUT));
+    for (x, tt) in &stored {
+        if let Some((b, _)) = otiles.get(x) {
+            fin.push(Stmt::Copy {
+                pipe: Mte3,
+                src: ub(*b, c(0), dv),
+                dst: reg(Loc::Gm(*tt), tile_off(), dv),
+                rows: v(rc),
+                cols: c(dv),
+            });
+        } else if let Some(b) = rowb.get(x) {
+            fin.push(Stmt::Copy {
+                pipe: Mte3,
+                src: ub(*b, c(0), 1),
+                dst: reg(Loc::Gm(*tt), add(mul(v(bi), c(s)), row0.clone()), 1),
+                rows: v(rc),
+                cols: c(1),
+            });
+        }
+    }
+    // The next task's statistics and results overwrite what MTE3 reads.
+    fin.push(setf(Mte3, V, EV_OUT));
+    fin.push(waitf(Mte3, V, EV_OUT));
+    body.push(Stmt::If { cond: lt(c(0), v(rc)), then: fin });
+    vq.push(task_loop(mine.clone(), body));
+    vq.extend(drain(&vec_free));
+    lb.launch.vector = vq;
     Some(lb.finish("block sizes chosen by the score tiler").map(|l| Tiled {
         launches: vec![l],
         workspaces,
