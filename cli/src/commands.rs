@@ -41,6 +41,15 @@ impl Ctx {
         }
     }
 
+    /// Prints a one-line note to stderr (something the user should know; not an error).
+    pub fn note(&self, msg: &str) {
+        if self.color {
+            eprintln!("\x1b[1;36mnote\x1b[0m: {msg}");
+        } else {
+            eprintln!("note: {msg}");
+        }
+    }
+
     /// Renders diagnostics to stderr; returns whether any is an error.
     fn report(&self, diags: &[Diagnostic], sources: &SourceMap) -> bool {
         if !diags.is_empty() {
@@ -212,9 +221,9 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
                         }
                     };
                     if timeline.truncated {
-                        ctx.error(&format!(
-                            "note: the timeline of `{}` stops after {} slices (the estimate covers everything); \
-                             build it at smaller --dims to see all of it",
+                        ctx.note(&format!(
+                            "the timeline of `{}` keeps its first {} slices (the first cores, in order; the \
+                             estimate covers everything): build it at smaller --dims to see all of it",
                             g.name,
                             kc_ir::cost::MAX_SLICES
                         ));
