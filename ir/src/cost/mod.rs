@@ -611,7 +611,13 @@ impl<'a> CoreSim<'a> {
                     let s = &stmts[*i];
                     // A cross wait that cannot go on leaves the statement to be retried.
                     if let Stmt::CrossWait { flag } = s {
-                        let n = self.cross_waits[*flag as usize];
+                        let Some(&n) = self.cross_waits.get(*flag as usize) else {
+                            return Err(crate::diag::Diagnostic::error(
+                                crate::diag::Code::Internal,
+                                crate::span::Span::default(),
+                                format!("launch `{}`: cross-core flag {flag} is out of range", launch.name),
+                            ));
+                        };
                         let partners: Vec<usize> = (0..ids.len()).filter(|&j| ids[j].cube != ids[me].cube).collect();
                         let mut when = if partners.is_empty() { None } else { Some(0.0f64) };
                         for &j in &partners {
@@ -627,7 +633,9 @@ impl<'a> CoreSim<'a> {
                                 *i += 1;
                                 self.w.step()?;
                                 *self.w.counts.stmts.entry(Pipe::S).or_default() += 1;
-                                self.cross_waits[*flag as usize] += 1;
+                                if let Some(w) = self.cross_waits.get_mut(*flag as usize) {
+                                    *w += 1;
+                                }
                                 let before = self.ts;
                                 self.ts = self.ts.max(t);
                                 self.scalar(SCALAR_ISSUE);
@@ -989,7 +997,11 @@ fn estimate_with(
     for (li, l) in prog.launches.iter().enumerate() {
         let mut dilation = 1.0f64;
         let mut attempt = 0;
+        // Statements walked before this launch: each simulation of it (a retry at a new dilation, the
+        // recording pass) counts against the limit once, as the report's walk does.
+        let walked = steps.get();
         let result = loop {
+            steps.set(walked);
             let mut rec = Recorder {
                 on: false,
                 launch: li as u32,
@@ -1019,6 +1031,7 @@ fn estimate_with(
         let (cycles, mut busy, mut counts, hbm) = result;
         if record {
             // The final pass again, recording (the walk is deterministic: same figures).
+            steps.set(walked);
             let mut rec = Recorder {
                 on: true,
                 launch: li as u32,
