@@ -2,7 +2,7 @@
 //! overlap double buffering buys, and tile choice by the model.
 
 use crate::common;
-use crate::tiled::{kernel_names, sizes, tile_at, TARGETS};
+use crate::tiled::{int_data, kernel_names, sizes, tile_at, TARGETS};
 use kc_ir::cost::{estimate, Estimate};
 use kc_ir::report::IntData;
 use kc_ir::target::Target;
@@ -72,17 +72,7 @@ fn every_kernel_is_estimated() {
                 let (_, tp, _) = tile_at(g, dims, &target);
                 let given = kc_ir::launch::Args { tensors: BTreeMap::new(), dims: dims.clone() };
                 let ints = kc_runtime::random::random_int_args(g, &given, 0).expect("int args");
-                let mut data = IntData::new();
-                for (i, t) in tp.tensors.iter().enumerate() {
-                    if let kc_ir::tile::TensorRole::Param(p) = t.role {
-                        if let Some(v) = g.params.get(p).and_then(|p| ints.tensors.get(&p.name)) {
-                            data.insert(
-                                kc_ir::tile::TensorId(i as u32),
-                                v.to_f64_vec().into_iter().map(|x| x as i64).collect(),
-                            );
-                        }
-                    }
-                }
+                let data = int_data(g, &tp, &ints);
                 let (e, tl) = estimate(&tp, &target, &data, true).unwrap_or_else(|d| panic!("{k} on {tn}: {d}"));
                 let what = format!("{k} on {tn}");
                 assert!(e.cycles().is_finite() && e.cycles() > 0.0, "{what}: {} cycles", e.cycles());

@@ -218,7 +218,8 @@ fn build_errors() {
 
 /// The integer inputs a report follows, as `kc build --emit report` makes them (seeded random `i32`
 /// tensors), by GM tensor.
-fn int_data(g: &Graph, tp: &TileProgram, args: &Args) -> kc_ir::report::IntData {
+/// The `i32` tensor parameters of `args`, by GM tensor of `tp`: what data-dependent control follows.
+pub fn int_data(g: &Graph, tp: &TileProgram, args: &Args) -> kc_ir::report::IntData {
     let mut out = kc_ir::report::IntData::new();
     for (i, t) in tp.tensors.iter().enumerate() {
         if let kc_ir::tile::TensorRole::Param(p) = t.role {
