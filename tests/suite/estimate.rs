@@ -174,3 +174,27 @@ fn the_tiler_keeps_the_models_best_tiling() {
     let (forced, _) = estimate(&tp2, &t, &IntData::new(), false).expect("estimate");
     assert!(tuned.cycles() * 2.0 < forced.cycles(), "tuned {} vs 16 x 16 {}", tuned.cycles(), forced.cycles());
 }
+
+/// Ranking simulates one core group and extrapolates steady loops; for the kept candidate that quick
+/// figure agrees with the full estimate, with a vector epilogue (cube and vector cores working together)
+/// and without.
+#[test]
+fn ranking_agrees_with_the_full_estimate() {
+    let t = Target::builtin("ascend910b").expect("target");
+    let src = "kernel mm(a: bf16[M, K], b: bf16[K, N], bias: f32[N]) -> (c: bf16[M, N], d: bf16[M, N]) {\n    \
+               c = a @ b;\n    d = relu(a @ b + bias);\n}\n";
+    let prog = common::compile_ok_src("ranking", src);
+    let g = &prog.kernels[0];
+    let dims = dims_of(&[("M", 2048), ("N", 1024), ("K", 1024)]);
+    let b = kc_ir::launch::bind_dims(g, &dims).expect("bind");
+    let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::from_hints(g));
+    let (tp, _, cands) = kc_ir::passes::tile::tile_tuned(g, &f, &b, &t).expect("tile");
+    let (e, _) = estimate(&tp, &t, &IntData::new(), false).expect("estimate");
+    let mixed = tp.launches.iter().filter(|l| l.unit == kc_ir::tile::Unit::Mixed).count();
+    assert!(mixed >= 1, "the epilogue runs on the vector cores");
+    for (l, le) in tp.launches.iter().zip(&e.launches) {
+        let kept = cands.iter().find(|c| c.launch == l.name && c.chosen).expect("a kept candidate");
+        let ratio = kept.cycles / le.cycles;
+        assert!((0.9..=1.1).contains(&ratio), "{}: ranked {} vs estimated {}", l.name, kept.cycles, le.cycles);
+    }
+}

@@ -384,9 +384,12 @@ struct CoreSim<'a> {
     /// Cross-core waits consumed, by flag id.
     cross_waits: Vec<usize>,
     done: bool,
-    /// Whether the outermost loop may be extrapolated from its first iterations (ranking mode, on a core
-    /// that waits on no other core).
+    /// Whether the outermost loop may be extrapolated from its first iterations (ranking mode).
     extrapolate: bool,
+    /// With partners, a core pauses at the extrapolation point instead of skipping ahead at once, so that
+    /// its partners catch up with it first; `horizon` holds the iterations it will skip.
+    pause_at_horizon: bool,
+    horizon: Option<u64>,
     /// (time all work is done, busy per pipe, GM bytes read and written, cube flops, vector elements) at
     /// the start of each of the outermost loop's iterations.
     marks: Vec<(f64, [f64; 7], [u64; 4])>,
@@ -401,6 +404,9 @@ enum Progress {
     Done,
     /// Waiting on cross flag `flag` (not yet set by the partner).
     Blocked,
+    /// Paused at the start of an iteration of its outermost loop past which it will be extrapolated
+    /// (ranking a core that works with partners).
+    Horizon,
 }
 
 struct Recorder {
@@ -519,6 +525,8 @@ impl<'a> CoreSim<'a> {
             cross_waits: vec![0; 16],
             done: false,
             extrapolate: false,
+            pause_at_horizon: false,
+            horizon: None,
             marks: Vec::new(),
         }
     }
@@ -669,6 +677,10 @@ impl<'a> CoreSim<'a> {
                         self.marks.push((all, self.busy, figures));
                         if dn >= EXTRAPOLATE_AFTER {
                             let remaining = ((h - nx) as u64).div_ceil(st as u64);
+                            if self.pause_at_horizon {
+                                self.horizon = Some(remaining);
+                                return Ok(Progress::Horizon);
+                            }
                             if self.skip_ahead(remaining) {
                                 self.frames.pop();
                                 continue;
@@ -861,7 +873,8 @@ fn simulate_launch(
             .map(|id| {
                 let program: &[Stmt] = if id.cube { &l.cube } else { &l.vector };
                 let mut c = CoreSim::new(*id, Walker::new(prog, l, ints, id.index as i64, steps), program);
-                c.extrapolate = sample.is_some() && lone;
+                c.extrapolate = sample.is_some();
+                c.pause_at_horizon = sample.is_some() && !lone;
                 c
             })
             .collect();
@@ -869,16 +882,28 @@ fn simulate_launch(
         loop {
             let mut progressed = false;
             for (i, sim) in sims.iter_mut().enumerate() {
-                if sim.done {
+                if sim.done || sim.horizon.is_some() {
                     continue;
                 }
                 let before = sim.w.steps.get();
                 match sim.advance(costs, rec, i, &g, &mut sets)? {
-                    Progress::Done => progressed = true,
+                    Progress::Done | Progress::Horizon => progressed = true,
                     Progress::Blocked => progressed |= sim.w.steps.get() != before,
                 }
             }
             if sims.iter().all(|s| s.done) {
+                break;
+            }
+            // Ranking: once every core has paused at its extrapolation point (or finished, or waits on a
+            // paused partner), each paused core skips the rest of its outermost loop at its steady rate.
+            let paused = sims.iter().any(|s| s.horizon.is_some());
+            if paused && (!progressed || sims.iter().all(|s| s.done || s.horizon.is_some())) {
+                for s in sims.iter_mut() {
+                    if let Some(rem) = s.horizon.take() {
+                        s.skip_ahead(rem);
+                    }
+                    s.done = true;
+                }
                 break;
             }
             if !progressed {
@@ -920,8 +945,9 @@ fn simulate_launch(
 type Simulated = (f64, BTreeMap<Pipe, (f64, u32)>, Counts, f64);
 
 /// Bytes a launch must move from and to HBM: the footprint of the GM tensors it touches when that fits in
-/// L2, else all its traffic.
-fn hbm_bytes(prog: &TileProgram, l: &Launch, target: &Target, traffic: u64) -> u64 {
+/// L2, else all its traffic. A workspace counts the bytes written to it (at most its size): a workspace is
+/// sized for every core of the launch, not all of which use it.
+fn hbm_bytes(prog: &TileProgram, l: &Launch, target: &Target, traffic: u64, ws_written: u64) -> u64 {
     let mut seen = std::collections::BTreeSet::new();
     fn regions(ss: &[Stmt], out: &mut std::collections::BTreeSet<u32>) {
         for s in ss {
@@ -946,14 +972,15 @@ fn hbm_bytes(prog: &TileProgram, l: &Launch, target: &Target, traffic: u64) -> u
     }
     regions(&l.cube, &mut seen);
     regions(&l.vector, &mut seen);
-    let footprint: u64 = seen
-        .iter()
-        .filter_map(|t| prog.tensors.get(*t as usize))
-        .map(|t| match t.role {
-            TensorRole::Workspace { per_core } => per_core * (l.cube_cores + l.vector_cores) as u64,
-            _ => t.shape.iter().product::<u64>() * t.dtype.size_bytes() as u64,
-        })
-        .sum();
+    let mut workspaces = 0u64;
+    let mut footprint: u64 = 0;
+    for t in seen.iter().filter_map(|t| prog.tensors.get(*t as usize)) {
+        match t.role {
+            TensorRole::Workspace { per_core } => workspaces += per_core * (l.cube_cores + l.vector_cores) as u64,
+            _ => footprint += t.shape.iter().product::<u64>() * t.dtype.size_bytes() as u64,
+        }
+    }
+    footprint += workspaces.min(ws_written);
     if footprint <= target.l2_bytes {
         footprint.min(traffic)
     } else {
@@ -1014,7 +1041,8 @@ fn estimate_with(
             let costs = Costs { target, gm_dilation: dilation };
             let (cycles, busy, counts, scale) = simulate_launch(prog, l, ints, &costs, &steps, &mut rec, sample)?;
             let traffic = ((counts.gm_bytes_read + counts.gm_bytes_written) as f64 * scale) as u64;
-            let hbm = hbm_bytes(prog, l, target, traffic);
+            let ws_written = (counts.gm_workspace_written as f64 * scale) as u64;
+            let hbm = hbm_bytes(prog, l, target, traffic, ws_written);
             // The rate the chip can serve this launch's GM traffic at, in bytes per cycle.
             let reuse = if hbm > 0 { traffic as f64 / hbm as f64 } else { 1.0 };
             let chip = (target.gm_bandwidth_gb_s * reuse).min(target.l2_bandwidth_gb_s.max(target.gm_bandwidth_gb_s))
