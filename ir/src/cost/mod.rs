@@ -23,7 +23,11 @@
 //! fits in L2 (re-reads hit L2), else all its traffic; the chip serves the launch's traffic at
 //! `gm_bandwidth × traffic / hbm_bytes`, at most the L2 bandwidth. When the launch simulated with per-core
 //! copy rates asks for more, every GM copy is slowed by the same factor and the launch simulated again,
-//! until it fits ([`LaunchEstimate::gm_dilation`]).
+//! until it fits (at most six times; [`LaunchEstimate::gm_dilation`]), and a launch never ends before the
+//! chip could have moved its traffic.
+//!
+//! For ranking candidate tilings, [`rank_launch`] simulates only the first core group and extrapolates
+//! each core's outermost loop from its first iterations (see [`CoreSim::skip_ahead`]).
 //!
 //! Launches run one after another. The result ([`Estimate`]) gives each launch's and the kernel's cycles,
 //! each pipe's busy fraction, the bound (the pipe that limits, or `GM` when the shared bandwidth does), and
