@@ -27,7 +27,7 @@
 //! chip could have moved its traffic.
 //!
 //! For ranking candidate tilings, [`rank_launch`] simulates only the first core group and extrapolates
-//! each core's outermost loop from its first iterations (see [`CoreSim::skip_ahead`]).
+//! each core's outermost loop from its first iterations once they repeat at a steady rate.
 //!
 //! Launches run one after another. The result ([`Estimate`]) gives each launch's and the kernel's cycles,
 //! each pipe's busy fraction, the bound (the pipe that limits, or `GM` when the shared bandwidth does), and
