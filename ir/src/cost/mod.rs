@@ -27,7 +27,7 @@
 //! chip could have moved its traffic.
 //!
 //! For ranking candidate tilings, [`rank_launch`] simulates only the first core group and extrapolates
-//! each core's outermost loop from its first iterations once they repeat at a steady rate.
+//! each core's outermost loop from its first three iterations (the third one's span and work, repeated).
 //!
 //! Launches run one after another. The result ([`Estimate`]) gives each launch's and the kernel's cycles,
 //! each pipe's busy fraction, the bound (the pipe that limits, or `GM` when the shared bandwidth does), and
@@ -535,9 +535,10 @@ impl<'a> CoreSim<'a> {
         }
     }
 
-    /// Skips the rest of the outermost loop (`remaining` iterations) if its iterations have reached a
-    /// steady state: every time moves on by the last iteration's span, and every pipe's busy time by its
-    /// busy time in that iteration. Only for ranking: counts and scalar registers are not advanced.
+    /// Skips the rest of the outermost loop (`remaining` iterations), taking the last iteration simulated
+    /// as the steady state: every time moves on by its span, every pipe's busy time by its busy time, and
+    /// the GM traffic, cube flops and vector elements by its amounts. Only for ranking: the other counts
+    /// and the scalar registers are not advanced. `false` if there is no iteration to go by.
     fn skip_ahead(&mut self, remaining: u64) -> bool {
         let n = self.marks.len();
         if n < 2 || remaining == 0 {
