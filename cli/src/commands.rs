@@ -381,8 +381,7 @@ type Built = (kc_ir::passes::fuse::Fusion, kc_ir::tile::TileProgram, Vec<usize>,
 /// Fuses and tiles a kernel for `target` at the dims of `b`, verifying the tile program; also returns the
 /// fusion, the group of each launch and the candidate tilings weighed.
 fn tile_bound(g: &Graph, b: &kc_ir::launch::Binding, target: &kc_ir::target::Target) -> Result<Built, Vec<Diagnostic>> {
-    let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::from_hints(g));
-    let (tp, of_group, tuning) = kc_ir::passes::tile::tile_tuned(g, &f, b, target).map_err(|d| vec![d])?;
+    let (f, tp, of_group, tuning) = kc_ir::passes::tile::fuse_and_tile(g, b, target).map_err(|d| vec![d])?;
     if let Err(errs) = kc_ir::tile::verify::verify(&tp, target) {
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         return Err(vec![Diagnostic::error(

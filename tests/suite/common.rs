@@ -389,9 +389,8 @@ pub fn count_stmts(s: &[kc_ir::tile::Stmt], f: &dyn Fn(&kc_ir::tile::Stmt) -> bo
 /// Fuses `g` (with its schedule hints), binds `args`, tiles the whole kernel for `target` and verifies the
 /// tile program; panics with the reason if any step fails.
 pub fn tile_kernel(g: &Graph, args: &Args, target: &kc_ir::target::Target) -> kc_ir::tile::TileProgram {
-    let f = kc_ir::passes::fuse::fuse(g, &kc_ir::passes::fuse::FusionConfig::from_hints(g));
     let b = kc_ir::launch::bind(g, args).unwrap_or_else(|e| panic!("{}: bind: {e:?}", g.name));
-    let tp = kc_ir::passes::tile::tile(g, &f, &b, target)
+    let (_, tp, _, _) = kc_ir::passes::tile::fuse_and_tile(g, &b, target)
         .unwrap_or_else(|e| panic!("{} on {} at {:?}: {e}", g.name, target.name, b.dims));
     verify_tiled(g, &tp, target);
     tp

@@ -66,8 +66,7 @@ pub fn kernel_names() -> Vec<String> {
 /// Fuses, tiles and verifies `g` at `dims` (from the dims alone, as `kc build` does).
 pub fn tile_at(g: &Graph, dims: &BTreeMap<String, i64>, target: &Target) -> (Fusion, TileProgram, Vec<usize>) {
     let b = kc_ir::launch::bind_dims(g, dims).unwrap_or_else(|e| panic!("{} at {dims:?}: bind: {e:?}", g.name));
-    let f = fuse(g, &FusionConfig::from_hints(g));
-    let (tp, of) = kc_ir::passes::tile::tile_with_groups(g, &f, &b, target)
+    let (f, tp, of, _) = kc_ir::passes::tile::fuse_and_tile(g, &b, target)
         .unwrap_or_else(|e| panic!("{} at {dims:?} on {}: {e}", g.name, target.name));
     common::verify_tiled(g, &tp, target);
     (f, tp, of)
@@ -198,8 +197,7 @@ fn build_errors() {
         let mut errs = Vec::new();
         for g in &program.kernels {
             let b = kc_ir::launch::bind_dims(g, &dims).unwrap_or_else(|e| panic!("{file}: bind: {e:?}"));
-            let f = fuse(g, &FusionConfig::from_hints(g));
-            if let Err(e) = kc_ir::passes::tile::tile(g, &f, &b, &target) {
+            if let Err(e) = kc_ir::passes::tile::fuse_and_tile(g, &b, &target) {
                 errs.push(e);
             }
         }
@@ -427,4 +425,25 @@ fn tile_hints_are_honoured() {
         let got = kc_runtime::sim::run(&tp, g, &args).expect("sim");
         assert_eq!(got, common::run(g, &args));
     }
+}
+
+/// A score (flash) group that the score template cannot tile at the sizes asked for (Muon's value, `N`
+/// columns wide, does not fit the on-chip accumulators) is fused again without it: matmuls with
+/// epilogues, the score-shaped values in GM. At small `N` the score group stays.
+#[test]
+fn a_score_group_too_wide_falls_back_to_matmuls() {
+    let target = Target::builtin("ascend910b").expect("target");
+    let g = common::compile_ok(common::kernel_path("muon_orthogonalize")).kernels.remove(0);
+    let kinds = |m: i64, n: i64| -> Vec<kc_ir::passes::fuse::GroupKind> {
+        let (f, _, _) = tile_at(&g, &dims_of(&[("M", m), ("N", n)]), &target);
+        f.groups.iter().map(|gr| gr.kind).collect()
+    };
+    let score = kc_ir::passes::fuse::GroupKind::Score;
+    assert_eq!(kinds(40, 70).iter().filter(|k| **k == score).count(), 5, "one score group per step");
+    let wide = kinds(33, 2100);
+    assert!(!wide.contains(&score), "{wide:?}");
+    assert!(wide.iter().filter(|k| **k == kc_ir::passes::fuse::GroupKind::Matmul).count() >= 15, "{wide:?}");
+    // Plain fusion, which knows no sizes, still forms the score groups.
+    let f = fuse(&g, &FusionConfig::from_hints(&g));
+    assert_eq!(f.groups.iter().filter(|gr| gr.kind == score).count(), 5);
 }

@@ -36,6 +36,10 @@ use std::fmt::Write;
 #[derive(Clone, Debug, Default)]
 pub struct FusionConfig {
     pub unfused: BTreeSet<ValueId>,
+    /// Nodes that must not be part of a score (flash) group: the tiler found no score tiling for the group
+    /// they were in at the sizes it was asked for, so they are fused by the other rules instead (see
+    /// [`crate::passes::tile::fuse_and_tile`]).
+    pub no_score: BTreeSet<ValueId>,
 }
 
 impl FusionConfig {
@@ -47,7 +51,7 @@ impl FusionConfig {
             .filter(|h| h.kind == HintKind::Unfused && h.node.index() < g.nodes.len())
             .map(|h| h.node)
             .collect();
-        FusionConfig { unfused }
+        FusionConfig { unfused, no_score: BTreeSet::new() }
     }
 }
 
@@ -535,7 +539,7 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
 
     // Rule 1.
     for set in score_groups(g, &cons, &results) {
-        if set.iter().any(|v| hinted(*v)) {
+        if set.iter().any(|v| hinted(*v) || cfg.no_score.contains(v)) {
             continue;
         }
         let id = groups.len();

@@ -462,16 +462,54 @@ pub fn tile_with_groups(
     tile_tuned(g, f, b, target).map(|(p, k, _)| (p, k))
 }
 
+/// A tiled kernel: the program, the fusion group of each launch, and the candidate tilings weighed.
+pub type TiledKernel = (TileProgram, Vec<usize>, Vec<Candidate>);
+
 /// [`tile_with_groups`], with the candidate tilings the templates weighed (`kc build --emit tuning`).
-pub fn tile_tuned(
+pub fn tile_tuned(g: &Graph, f: &Fusion, b: &Binding, target: &Target) -> Result<TiledKernel, Diagnostic> {
+    tile_or_fail(g, f, b, target).map_err(|(_, d)| d)
+}
+
+/// Fuses `g` (honouring its hints) and tiles it. A score (flash) group that no template can tile at these
+/// sizes — a value too wide for the on-chip accumulators, say — is fused again by the other rules (its
+/// members become matmuls with epilogues and vector groups, with the score-shaped values in GM), and tiled
+/// again; any other failure is the error.
+pub fn fuse_and_tile(
+    g: &Graph,
+    b: &Binding,
+    target: &Target,
+) -> Result<(Fusion, TileProgram, Vec<usize>, Vec<Candidate>), Diagnostic> {
+    let mut cfg = crate::passes::fuse::FusionConfig::from_hints(g);
+    loop {
+        let f = crate::passes::fuse::fuse(g, &cfg);
+        match tile_or_fail(g, &f, b, target) {
+            Ok((p, k, t)) => return Ok((f, p, k, t)),
+            Err((Some(k), d)) => {
+                let gr = &f.groups[k];
+                if gr.kind != crate::passes::fuse::GroupKind::Score || gr.nodes.iter().all(|v| cfg.no_score.contains(v))
+                {
+                    return Err(d);
+                }
+                cfg.no_score.extend(gr.nodes.iter().copied());
+            }
+            Err((None, d)) => return Err(d),
+        }
+    }
+}
+
+/// [`tile_tuned`]; a failure says which group no template took, if that is what failed.
+fn tile_or_fail(
     g: &Graph,
     f: &Fusion,
     b: &Binding,
     target: &Target,
-) -> Result<(TileProgram, Vec<usize>, Vec<Candidate>), Diagnostic> {
-    let mut gm = plan_gm(g, f, b)?;
+) -> Result<TiledKernel, (Option<usize>, Diagnostic)> {
+    let mut gm = plan_gm(g, f, b).map_err(|d| (None, d))?;
     let order = group_order(f).ok_or_else(|| {
-        Diagnostic::error(Code::Internal, g.span, format!("kernel `{}`: the fusion groups form a cycle", g.name))
+        (
+            None,
+            Diagnostic::error(Code::Internal, g.span, format!("kernel `{}`: the fusion groups form a cycle", g.name)),
+        )
     })?;
     let mut launches = Vec::new();
     let mut of_group = Vec::new();
@@ -486,21 +524,24 @@ pub fn tile_tuned(
                 of_group.extend(t.launches.iter().map(|_| k));
                 launches.extend(t.launches);
             }
-            Some(Err(e)) => return Err(e),
+            Some(Err(e)) => return Err((None, e)),
             None => {
                 let members: Vec<String> = group
                     .nodes
                     .iter()
                     .map(|n| g.node(*n).name.clone().unwrap_or_else(|| format!("%{}", n.0)))
                     .collect();
-                return Err(Diagnostic::error(
-                    Code::NoTiling,
-                    g.node(group.nodes[0]).span,
-                    format!(
-                        "kernel `{}`: no tiling template takes group {k} ({} group of {})",
-                        g.name,
-                        group.kind.name(),
-                        members.join(", ")
+                return Err((
+                    Some(k),
+                    Diagnostic::error(
+                        Code::NoTiling,
+                        g.node(group.nodes[0]).span,
+                        format!(
+                            "kernel `{}`: no tiling template takes group {k} ({} group of {})",
+                            g.name,
+                            group.kind.name(),
+                            members.join(", ")
+                        ),
                     ),
                 ));
             }
