@@ -427,8 +427,8 @@ pub fn tile_group(
     if let Some(r) = reduce::reduce(g, group, name, gm, target, b) {
         return Some(no_hints(r, "reductions across rows"));
     }
-    if let Some(r) = rows::rows(g, group, name, gm, target, b) {
-        return Some(r.map(Tiled::one));
+    if let Some(r) = rows::rows_tuned(g, group, name, gm, target, b) {
+        return Some(r.map(|(l, tuning)| Tiled { launches: vec![l], workspaces: Vec::new(), tuning }));
     }
     if let Some(r) = library::library(g, group, name, gm, target, b) {
         return Some(no_hints(r.map(Tiled::one), "library operations (top-k, sorting, prefix sums, histograms)"));

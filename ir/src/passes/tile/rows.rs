@@ -417,11 +417,53 @@ pub fn rows(
     target: &Target,
     b: &Binding,
 ) -> Option<Result<Launch, Diagnostic>> {
+    rows_tuned(g, group, name, gm, target, b).map(|r| r.map(|(l, _)| l))
+}
+
+/// [`rows`], choosing the row block with the cost model: every power of two below the most rows that fit
+/// UB (and that most) is built and ranked, and the fastest kept; with the candidates weighed. A tile hint,
+/// or rows too wide for UB (walked in column chunks), leave nothing to choose.
+pub fn rows_tuned(
+    g: &Graph,
+    group: &Group,
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    b: &Binding,
+) -> Option<Result<(Launch, Vec<super::Candidate>), Diagnostic>> {
     let p = group.parallel;
-    if let Some(r) = rows_at(g, group, name, gm, target, b, p, false) {
-        return Some(r);
+    let most = std::cell::Cell::new(None);
+    // Each attempt reports its own most rows (an attempt that fails later must not leave its figure).
+    let attempt = |q: usize, allow: bool| {
+        most.set(None);
+        rows_at(g, group, name, gm, target, b, q, allow, None, &most)
+    };
+    let (q, allow, first) = match attempt(p, false) {
+        Some(r) => (p, false, r),
+        None => (1..=p).find_map(|q| attempt(q, true).map(|r| (q, true, r)))?,
+    };
+    let first = match first {
+        Ok(l) => l,
+        Err(e) => return Some(Err(e)),
+    };
+    let Some(lo) = most.get().filter(|lo| *lo > 1) else { return Some(Ok((first, Vec::new()))) };
+    // Largest first: on a tie the larger block (fewer, longer instructions) is kept.
+    let mut blocks: Vec<i64> = (0..).map(|k| 1i64 << k).take_while(|r| *r < lo).collect();
+    blocks.push(lo);
+    blocks.reverse();
+    let mut tuner = super::Tuner::new(name);
+    for rt in blocks {
+        let l = match rows_at(g, group, name, gm, target, b, q, allow, Some(rt), &most)? {
+            Ok(l) => l,
+            Err(_) => continue,
+        };
+        let cycles = match super::rank(gm, &l, None, target) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        tuner.offer(format!("rows {rt}"), cycles, l);
     }
-    (1..=p).find_map(|q| rows_at(g, group, name, gm, target, b, q, true))
+    Some(Ok(tuner.finish().unwrap_or((first, Vec::new()))))
 }
 
 /// The launch with the first `p` axes of the group's space as rows; `allow`: gathers and looped reductions.
@@ -435,6 +477,8 @@ fn rows_at(
     b: &Binding,
     p: usize,
     allow: bool,
+    forced: Option<i64>,
+    most: &std::cell::Cell<Option<i64>>,
 ) -> Option<Result<Launch, Diagnostic>> {
     if group.kind != GroupKind::Vector || p == 0 || group.space.len() < p || group.nodes.is_empty() {
         return None;
@@ -554,9 +598,13 @@ fn rows_at(
         Ok(h) => h,
         Err(e) => return Some(Err(e)),
     };
+    // Without a hint, the most rows that fit (reported through `most` for tuning) or the block asked for.
     let rt = match &hint {
         Some((r, _)) => (*r).min(total.max(1)),
-        None => lo as i64,
+        None => {
+            most.set(Some(lo as i64));
+            forced.map_or(lo as i64, |f| f.clamp(1, lo as i64))
+        }
     };
     let cores = (target.vector_cores as i64).min(total / rt + (total % rt != 0) as i64).max(1) as u32;
 

@@ -89,8 +89,10 @@ pub fn elementwise_tuned(
     if hinted || largest <= 256 {
         return Some(Ok((first, Vec::new())));
     }
+    // Largest first: on a tie the larger chunk (fewer, longer instructions) is kept.
     let mut chunks: Vec<i64> = (8..).map(|p| 1i64 << p).take_while(|c| *c < largest).collect();
     chunks.push(largest);
+    chunks.reverse();
     let mut tuner = super::Tuner::new(name);
     for chunk in chunks {
         let l = match elementwise_with(g, group, name, gm, target, b, Some(chunk))? {
