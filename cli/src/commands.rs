@@ -360,15 +360,30 @@ fn tuning_report(
             json_launches.push(serde_json::json!({"launch": l.name, "candidates": []}));
             continue;
         }
-        mine.sort_by(|a, b| a.cycles.total_cmp(&b.cycles));
+        mine.sort_by(|a, b| b.simulated.cmp(&a.simulated).then(a.cycles.total_cmp(&b.cycles)));
         let _ = writeln!(s, "launch {}: {} candidates, fastest first (* = chosen)", l.name, mine.len());
-        for c in &mine {
+        let (sim, bound): (Vec<&&kc_ir::passes::tile::Candidate>, Vec<_>) = mine.iter().partition(|c| c.simulated);
+        for c in &sim {
             let mark = if c.chosen { "*" } else { " " };
             let _ = writeln!(s, "  {mark} {:<40} {:>12.0} cycles {:>12.2} us", c.what, c.cycles, us(c.cycles));
         }
+        if !bound.is_empty() {
+            let _ = writeln!(
+                s,
+                "  and {} more, not simulated (only candidates whose lower bound beats the best estimate so far \
+                 are, the lowest bounds first, at most 16):",
+                bound.len()
+            );
+            for c in &bound {
+                let _ = writeln!(s, "    {:<40} >= {:>9.0} cycles {:>12.2} us", c.what, c.cycles, us(c.cycles));
+            }
+        }
         let list: Vec<serde_json::Value> = mine
             .iter()
-            .map(|c| serde_json::json!({"what": c.what, "cycles": c.cycles, "time_us": us(c.cycles), "chosen": c.chosen}))
+            .map(|c| {
+                serde_json::json!({"what": c.what, "cycles": c.cycles, "time_us": us(c.cycles), "chosen": c.chosen,
+                                   "simulated": c.simulated})
+            })
             .collect();
         json_launches.push(serde_json::json!({"launch": l.name, "candidates": list}));
     }

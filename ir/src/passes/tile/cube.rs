@@ -169,8 +169,35 @@ pub fn candidates(target: &Target, m: i64, n: i64, k: i64, esize: i64) -> Vec<Bl
     out
 }
 
-/// Builds the launch for every candidate, ranks them with the cycle model and keeps the fastest (ties to
-/// the earlier candidate); a tile hint fixes the base block instead.
+/// The most matmul candidates (those with the lowest bounds) the model simulates.
+const SIMULATED: usize = 16;
+
+/// A lower bound on a candidate's cycles on one cube core: the core with the most blocks, each block as long
+/// as its busiest pipe (cube, MTE2 or MTE1, full tiles at the target's rates; FixPipe added to the cube's
+/// chain when L0C has one slot).
+fn lower_bound(target: &Target, p: &Plan, c: Blocks) -> f64 {
+    let costs = crate::cost::Costs { target, gm_dilation: 1.0 };
+    let e = p.dtype.size_bytes() as u64;
+    let (bm, bn, bk, kf) = (c.bm.min(p.m.max(1)), c.bn.min(p.n.max(1)), c.bk, c.kf);
+    let batches: i64 = p.batch_dims.iter().product();
+    let blocks = batches * ((p.m + c.bm - 1) / c.bm) * ((p.n + c.bn - 1) / c.bn);
+    let cores = (target.cube_cores as i64).min(blocks).max(1);
+    let per_core = ((blocks + cores - 1) / cores) as f64;
+    let (k1, k0) = (((p.k + kf - 1) / kf) as f64, ((p.k + bk - 1) / bk) as f64);
+    let kl = bk.min(p.k.max(1));
+    let m_pipe = k0 * costs.mmad_cycles(bm, kl, bn, e);
+    let fix = costs.copy_cycles("l0c", "gm", (bm * bn) as u64 * 4);
+    let mte2 = k1
+        * (costs.copy_cycles("gm", "l1", (bm * kf.min(p.k)) as u64 * e)
+            + costs.copy_cycles("gm", "l1", (kf.min(p.k) * bn) as u64 * e));
+    let mte1 = k0
+        * (costs.copy_cycles("l1", "l0a", (bm * kl) as u64 * e) + costs.copy_cycles("l1", "l0b", (kl * bn) as u64 * e));
+    let cube = if c.l0c_slots == 1 { m_pipe + fix } else { m_pipe };
+    per_core * cube.max(mte2).max(mte1)
+}
+
+/// Builds the candidates with the lowest bounds, ranks them with the cycle model and keeps the fastest (ties
+/// to the earlier candidate); a tile hint fixes the base block instead.
 fn tuned(
     g: &Graph,
     group: &Group,
@@ -189,11 +216,23 @@ fn tuned(
         return Ok((l, ws, Vec::new()));
     }
     let cands = candidates(target, p.m, p.n, p.k, esize);
+    // Simulate the candidates with the best lower bounds; the others cannot do better than their bound.
+    let mut scored: Vec<(f64, Blocks)> = cands.into_iter().map(|c| (lower_bound(target, p, c), c)).collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut tuner = super::Tuner::new(name);
-    for cand in cands {
+    let mut simulated = 0;
+    let mut best = f64::INFINITY;
+    for (bound, cand) in scored {
+        // Branch and bound: a candidate whose bound is no better than the best estimate so far cannot win.
+        if simulated >= SIMULATED || bound >= best {
+            tuner.bound_only(cand.text(), bound);
+            continue;
+        }
         let Ok((l, ws)) = build(g, group, name, gm, target, bd, p, cand, None) else { continue };
         let cycles = super::rank(gm, &l, ws.as_ref(), target)?;
+        best = best.min(cycles);
         tuner.offer(cand.text(), cycles, (l, ws));
+        simulated += 1;
     }
     let Some(((l, ws), weighed)) = tuner.finish() else {
         return Err(Diagnostic::error(

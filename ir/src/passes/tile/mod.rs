@@ -351,9 +351,13 @@ pub struct Candidate {
     pub launch: String,
     /// The template's parameters, e.g. `bm 128 bn 256 bk 64 kf 256 l0c x1`.
     pub what: String,
+    /// The model's estimate, or (when `simulated` is false) a lower bound on it.
     pub cycles: f64,
     /// Whether the tiler kept it.
     pub chosen: bool,
+    /// Whether the model simulated it; a candidate whose lower bound was beaten by enough simulated ones
+    /// is not simulated.
+    pub simulated: bool,
 }
 
 /// Keeps the fastest of the candidates offered to it (the first of equals: deterministic) and the list of
@@ -372,10 +376,15 @@ impl<T> Tuner<T> {
     /// Offers a candidate described by `what` that the model estimates at `cycles`.
     pub fn offer(&mut self, what: String, cycles: f64, value: T) {
         let i = self.weighed.len();
-        self.weighed.push(Candidate { launch: self.launch.clone(), what, cycles, chosen: false });
+        self.weighed.push(Candidate { launch: self.launch.clone(), what, cycles, chosen: false, simulated: true });
         if self.best.as_ref().is_none_or(|(b, _)| cycles < self.weighed[*b].cycles) {
             self.best = Some((i, value));
         }
+    }
+
+    /// Records a candidate left out for its lower bound `cycles` (never kept).
+    pub fn bound_only(&mut self, what: String, cycles: f64) {
+        self.weighed.push(Candidate { launch: self.launch.clone(), what, cycles, chosen: false, simulated: false });
     }
 
     /// The kept candidate and everything weighed (the kept one marked), or `None` if nothing was offered.
