@@ -395,6 +395,25 @@ impl<T> Tuner<T> {
     }
 }
 
+/// Builds the launch for each of `params` (`build` gives `None` for one it cannot build), ranks them with
+/// [`rank`] and keeps the fastest: the kept launch and every candidate weighed, or `None` if none was built.
+pub fn tune<P: Copy>(
+    name: &str,
+    gm: &GmPlan,
+    target: &Target,
+    params: Vec<P>,
+    what: impl Fn(P) -> String,
+    mut build: impl FnMut(P) -> Option<Launch>,
+) -> Result<Option<(Launch, Vec<Candidate>)>, Diagnostic> {
+    let mut tuner = Tuner::new(name);
+    for p in params {
+        let Some(l) = build(p) else { continue };
+        let cycles = rank(gm, &l, None, target)?;
+        tuner.offer(what(p), cycles, l);
+    }
+    Ok(tuner.finish())
+}
+
 /// How many core groups [`rank`] simulates.
 pub const RANK_GROUPS: usize = 1;
 

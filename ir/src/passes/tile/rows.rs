@@ -451,19 +451,15 @@ pub fn rows_tuned(
     let mut blocks: Vec<i64> = (0..).map(|k| 1i64 << k).take_while(|r| *r < lo).collect();
     blocks.push(lo);
     blocks.reverse();
-    let mut tuner = super::Tuner::new(name);
-    for rt in blocks {
-        let l = match rows_at(g, group, name, gm, target, b, q, allow, Some(rt), &most)? {
-            Ok(l) => l,
-            Err(_) => continue,
-        };
-        let cycles = match super::rank(gm, &l, None, target) {
-            Ok(c) => c,
-            Err(e) => return Some(Err(e)),
-        };
-        tuner.offer(format!("rows {rt}"), cycles, l);
-    }
-    Some(Ok(tuner.finish().unwrap_or((first, Vec::new()))))
+    let tuned = super::tune(
+        name,
+        gm,
+        target,
+        blocks,
+        |rt| format!("rows {rt}"),
+        |rt| rows_at(g, group, name, gm, target, b, q, allow, Some(rt), &most).and_then(Result::ok),
+    );
+    Some(tuned.map(|t| t.unwrap_or((first, Vec::new()))))
 }
 
 /// The launch with the first `p` axes of the group's space as rows; `allow`: gathers and looped reductions.

@@ -93,19 +93,15 @@ pub fn elementwise_tuned(
     let mut chunks: Vec<i64> = (8..).map(|p| 1i64 << p).take_while(|c| *c < largest).collect();
     chunks.push(largest);
     chunks.reverse();
-    let mut tuner = super::Tuner::new(name);
-    for chunk in chunks {
-        let l = match elementwise_with(g, group, name, gm, target, b, Some(chunk))? {
-            Ok((l, _, _)) => l,
-            Err(_) => continue,
-        };
-        let cycles = match super::rank(gm, &l, None, target) {
-            Ok(c) => c,
-            Err(e) => return Some(Err(e)),
-        };
-        tuner.offer(format!("chunk {chunk}"), cycles, l);
-    }
-    Some(Ok(tuner.finish().unwrap_or((first, Vec::new()))))
+    let tuned = super::tune(
+        name,
+        gm,
+        target,
+        chunks,
+        |c| format!("chunk {c}"),
+        |chunk| elementwise_with(g, group, name, gm, target, b, Some(chunk)).and_then(Result::ok).map(|(l, _, _)| l),
+    );
+    Some(tuned.map(|t| t.unwrap_or((first, Vec::new()))))
 }
 
 /// The launch with chunk `forced` (or the hinted chunk, or the largest that fits UB), the largest chunk
