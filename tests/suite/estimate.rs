@@ -205,3 +205,35 @@ fn ranking_agrees_with_the_full_estimate() {
         assert!((0.9..=1.1).contains(&ratio), "{}: ranked {} vs estimated {}", l.name, kept.cycles, le.cycles);
     }
 }
+
+/// Every kernel tiles, tuned, at its production size (`report` in kernels/dims.toml) and the model
+/// estimates it: a positive time, a bound, and work that matches the kernel (cube flops only where there is
+/// a matmul).
+#[test]
+fn every_kernel_estimates_at_production_sizes() {
+    let t = Target::builtin("ascend910b").expect("target");
+    let s = sizes();
+    let mut table = Vec::new();
+    for k in kernel_names() {
+        let prog = common::compile_ok(common::kernel_path(&k));
+        for g in &prog.kernels {
+            let dims = &s[&k].report;
+            let (_, tp, _) = tile_at(g, dims, &t);
+            let given = kc_ir::launch::Args { tensors: BTreeMap::new(), dims: dims.clone() };
+            let ints = kc_runtime::random::random_int_args(g, &given, 0).expect("int args");
+            let (e, _) = estimate(&tp, &t, &int_data(g, &tp, &ints), false).unwrap_or_else(|d| panic!("{k}: {d}"));
+            assert!(e.time_us() > 0.0 && e.time_us().is_finite(), "{k}: {} us", e.time_us());
+            let has_cube = tp.launches.iter().any(|l| l.cube_cores > 0);
+            assert_eq!(e.cube_flops() > 0, has_cube, "{}: cube work only where cube cores run", g.name);
+            table.push(format!(
+                "{:<20} {:>10.1} us  bound {:<4}  cube {:>5.1}%  gm {:>7.1} GB/s",
+                g.name,
+                e.time_us(),
+                e.bound(),
+                100.0 * e.cube_flops_per_s() / e.peak_cube_flops_per_s,
+                e.gm_bytes_per_s() / 1e9
+            ));
+        }
+    }
+    eprintln!("{}", table.join("\n"));
+}

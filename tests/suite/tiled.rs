@@ -20,10 +20,13 @@ use std::collections::BTreeMap;
 
 pub const TARGETS: [&str; 2] = ["ascend910b", "ascend950"];
 
-/// The sizes of `kernels/dims.toml`, by kernel: the snapshot sizes and the simulator cases.
+/// The sizes of `kernels/dims.toml`, by kernel: the snapshot sizes, the simulator cases and the production
+/// sizes.
 pub struct Sizes {
     pub snapshot: BTreeMap<String, i64>,
     pub sim: Vec<BTreeMap<String, i64>>,
+    /// Production (benchmark) sizes.
+    pub report: BTreeMap<String, i64>,
 }
 
 pub fn sizes() -> BTreeMap<String, Sizes> {
@@ -47,7 +50,8 @@ pub fn sizes() -> BTreeMap<String, Sizes> {
                 .iter()
                 .map(dims)
                 .collect();
-            (name.clone(), Sizes { snapshot, sim })
+            let report = dims(entry.get("report").unwrap_or_else(|| panic!("dims.toml: `{name}` has no report size")));
+            (name.clone(), Sizes { snapshot, sim, report })
         })
         .collect()
 }
