@@ -2,16 +2,12 @@
 //! overlap double buffering buys, and tile choice by the model.
 
 use crate::common;
-use crate::tiled::{int_data, kernel_names, sizes, tile_at, TARGETS};
+use crate::tiled::{dims_of, int_data, kernel_names, sizes, tile_at, TARGETS};
 use kc_ir::cost::{estimate, Estimate};
 use kc_ir::report::IntData;
 use kc_ir::target::Target;
 use kc_ir::tile::{Pipe, TileProgram};
 use std::collections::BTreeMap;
-
-fn dims_of(list: &[(&str, i64)]) -> BTreeMap<String, i64> {
-    list.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-}
 
 fn estimate_at(kernel: &str, dims: &BTreeMap<String, i64>, target: &Target) -> (TileProgram, Estimate) {
     let g = common::compile_ok(common::kernel_path(kernel)).kernels.remove(0);

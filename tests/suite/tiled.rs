@@ -272,16 +272,8 @@ fn report_counts_match_the_simulator() {
     }
 }
 
-fn dims_of(list: &[(&str, i64)]) -> BTreeMap<String, i64> {
+pub fn dims_of(list: &[(&str, i64)]) -> BTreeMap<String, i64> {
     list.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-}
-
-fn compile_src(name: &str, src: &str) -> kc_ir::Program {
-    let path = std::env::temp_dir().join(format!("kc_tiled_{}_{name}.ker", std::process::id()));
-    std::fs::write(&path, src).expect("write the kernel");
-    let prog = common::compile_ok(&path);
-    let _ = std::fs::remove_file(&path);
-    prog
 }
 
 /// The figures the fusion-and-tiling issue asks of the report on ascend910b.
@@ -368,7 +360,7 @@ fn report_done_when_figures() {
         "let s[b, h, i, j] = scale * sum[d](q[b, h, i, d] * k[b, h / R, j, d]);",
     );
     assert_ne!(open, src, "the non-causal variant must differ from the kernel");
-    let g = compile_src("attention_open", &open).kernels.remove(0);
+    let g = common::compile_ok_src("attention_open", &open).kernels.remove(0);
     let flops = report_at(&g, &dims, &target).totals.cube_flops as f64;
     assert!((flops - full).abs() <= 0.02 * full, "attention without a mask: {flops} cube flops, want {full} ± 2%");
 
@@ -384,16 +376,16 @@ fn report_done_when_figures() {
 /// elementwise chunk of 3 whole rows, a 32 x 64 matmul base block, row blocks of 3 rows with a reduction.
 #[test]
 fn tile_hints_are_honoured() {
-    let ew = compile_src(
+    let ew = common::compile_ok_src(
         "hint_ew",
         "kernel k(x: f32[T, D]) -> y: f32[T, D] {\n    #[tile(t: 3)] y[t, d] = exp(x[t, d]) * 2.0;\n}\n",
     );
-    let mm = compile_src(
+    let mm = common::compile_ok_src(
         "hint_mm",
         "kernel mm(a: bf16[M, K], b: bf16[K, N]) -> c: bf16[M, N] {\n    #[tile(i: 32, j: 64)] c[i, j] = \
          sum[k](a[i, k] * b[k, j]);\n}\n",
     );
-    let rows = compile_src(
+    let rows = common::compile_ok_src(
         "hint_rows",
         "kernel rms(x: bf16[T, D], w: bf16[D]) -> (y: bf16[T, D], rstd: f32[T]) {\n    #[tile(t: 3)] rstd[t] = \
          rsqrt(sum[d](f32(x[t, d]) * f32(x[t, d])) / D + 1e-6);\n    y[t, d] = x[t, d] * rstd[t] * w[d];\n}\n",

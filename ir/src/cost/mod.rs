@@ -425,6 +425,11 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// A recorder for launch `launch` starting at cycle `offset`; `on`: whether it records at all.
+    fn new(launch: u32, offset: f64, on: bool) -> Self {
+        Recorder { on, launch, offset, slices: Vec::new(), flows: Vec::new(), last: HashMap::new(), truncated: false }
+    }
+
     fn slice(&mut self, core: CoreRef, pipe: Pipe, start: f64, end: f64, name: &str, amount: u64) {
         if !self.on {
             return;
@@ -484,10 +489,7 @@ fn mem_name(l: &Launch, loc: &Loc) -> &'static str {
 }
 
 fn loc_bytes(prog: &TileProgram, l: &Launch, loc: &Loc) -> u64 {
-    match loc {
-        Loc::Gm(t) => prog.tensors.get(t.0 as usize).map_or(4, |t| t.dtype.size_bytes() as u64),
-        Loc::Buf { buf, .. } => l.buffers.get(buf.0 as usize).map_or(4, |b| b.dtype.size_bytes() as u64),
-    }
+    loc_dtype(prog, l, loc).size_bytes() as u64
 }
 
 fn loc_dtype(prog: &TileProgram, l: &Launch, loc: &Loc) -> DType {
@@ -1034,15 +1036,7 @@ fn estimate_with(
         let walked = steps.get();
         let result = loop {
             steps.set(walked);
-            let mut rec = Recorder {
-                on: false,
-                launch: li as u32,
-                offset,
-                slices: Vec::new(),
-                flows: Vec::new(),
-                last: HashMap::new(),
-                truncated: false,
-            };
+            let mut rec = Recorder::new(li as u32, offset, false);
             let costs = Costs { target, gm_dilation: dilation };
             let (cycles, busy, counts, scale) = simulate_launch(prog, l, ints, &costs, &steps, &mut rec, sample)?;
             let traffic = ((counts.gm_bytes_read + counts.gm_bytes_written) as f64 * scale) as u64;
@@ -1065,16 +1059,9 @@ fn estimate_with(
         if record {
             // The final pass again, recording (the walk is deterministic: same figures).
             steps.set(walked);
-            let mut rec = Recorder {
-                on: true,
-                launch: li as u32,
-                offset,
-                slices: Vec::new(),
-                flows: Vec::new(),
-                last: HashMap::new(),
-                truncated: timeline.truncated,
-            };
-            rec.on = !rec.truncated;
+            // Once the timeline is full, later launches record nothing (and say so).
+            let mut rec = Recorder::new(li as u32, offset, !timeline.truncated);
+            rec.truncated = timeline.truncated;
             let costs = Costs { target, gm_dilation: dilation };
             let again = simulate_launch(prog, l, ints, &costs, &steps, &mut rec, sample)?;
             (_, busy, counts, _) = again;

@@ -395,6 +395,15 @@ impl<T> Tuner<T> {
     }
 }
 
+/// Candidate sizes for a tuner: every power of two from `2^from_exp` below `top`, and `top`, largest first
+/// (so that on a tie the larger size, with fewer and longer instructions, is kept).
+pub fn powers_below(from_exp: u32, top: i64) -> Vec<i64> {
+    let mut v: Vec<i64> = (from_exp..62).map(|p| 1i64 << p).take_while(|x| *x < top).collect();
+    v.push(top);
+    v.reverse();
+    v
+}
+
 /// Builds the launch for each of `params` (`build` gives `None` for one it cannot build), ranks them with
 /// [`rank`] and keeps the fastest: the kept launch and every candidate weighed, or `None` if none was built.
 pub fn tune<P: Copy>(

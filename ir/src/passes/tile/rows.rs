@@ -447,15 +447,11 @@ pub fn rows_tuned(
         Err(e) => return Some(Err(e)),
     };
     let Some(lo) = most.get().filter(|lo| *lo > 1) else { return Some(Ok((first, Vec::new()))) };
-    // Largest first: on a tie the larger block (fewer, longer instructions) is kept.
-    let mut blocks: Vec<i64> = (0..).map(|k| 1i64 << k).take_while(|r| *r < lo).collect();
-    blocks.push(lo);
-    blocks.reverse();
     let tuned = super::tune(
         name,
         gm,
         target,
-        blocks,
+        super::powers_below(0, lo),
         |rt| format!("rows {rt}"),
         |rt| rows_at(g, group, name, gm, target, b, q, allow, Some(rt), &most).and_then(Result::ok),
     );

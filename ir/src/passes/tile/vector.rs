@@ -89,15 +89,11 @@ pub fn elementwise_tuned(
     if hinted || largest <= 256 {
         return Some(Ok((first, Vec::new())));
     }
-    // Largest first: on a tie the larger chunk (fewer, longer instructions) is kept.
-    let mut chunks: Vec<i64> = (8..).map(|p| 1i64 << p).take_while(|c| *c < largest).collect();
-    chunks.push(largest);
-    chunks.reverse();
     let tuned = super::tune(
         name,
         gm,
         target,
-        chunks,
+        super::powers_below(8, largest),
         |c| format!("chunk {c}"),
         |chunk| elementwise_with(g, group, name, gm, target, b, Some(chunk)).and_then(Result::ok).map(|(l, _, _)| l),
     );
