@@ -29,7 +29,9 @@ Examples:
   kc build kernels/matmul.ker --emit trace --dims M=1024,N=1024,K=1024 -o matmul.trace.json
   kc build kernels/matmul.ker --emit timeline --dims M=1024,N=1024,K=1024 -o matmul.html
   kc build kernels/matmul.ker --emit tuning --dims M=4096,N=4096,K=4096
-  kc build kernels/softmax.ker --emit tiled --dims R=7,C=1000 --target my_npu.toml";
+  kc build kernels/softmax.ker --emit tiled --dims R=7,C=1000 --target my_npu.toml
+  kc build kernels/softmax.ker --emit clif --dims R=7,C=1000
+  kc build kernels/softmax.ker --emit asm --dims R=7,C=1000";
 
 const RUN_EXAMPLES: &str = "\
 Examples:
@@ -37,6 +39,7 @@ Examples:
   kc run kernels/rmsnorm.ker --input x=x.npy --input w=w.npy --scalar eps=1e-6 --out results/
   kc run kernels/moe_permute.ker --dims T=16,K=2,M=8,E=4 --random 1 --out perm/ --raw-bf16
   kc run kernels/rmsnorm.ker --dims T=7,D=1000 --random 0 --backend sim --target ascend950
+  kc run kernels/matmul.ker --dims M=512,N=512,K=512 --random 0 --check --threads 2 -v
 
 Inputs are .npy files (C order). A bf16 parameter takes a float32 array (rounded to nearest-even) or a
 uint16 array of raw bf16 bits; f16 takes float16 or float32; i32 takes int32 or int64 (values must fit).
@@ -80,7 +83,7 @@ pub enum Command {
     /// Compile a file and print what the compiler makes of it (the graph IR, or the syntax tree).
     #[command(after_help = BUILD_EXAMPLES)]
     Build(BuildArgs),
-    /// Run a kernel with the reference interpreter on .npy inputs or seeded random ones.
+    /// Run a kernel (compiled to host machine code, or interpreted) on .npy inputs or seeded random ones.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
 }
@@ -113,6 +116,10 @@ pub enum Emit {
     Timeline,
     /// The candidate tilings the tiler weighed for each launch, with the cycles the model estimates.
     Tuning,
+    /// The Cranelift IR of each core program as the JIT compiles it for the host (at the given --dims).
+    Clif,
+    /// The host machine code of each core program (Cranelift's disassembly, at the given --dims).
+    Asm,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -123,6 +130,8 @@ pub enum Format {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
+    /// Host machine code compiled by Cranelift from the tile IR, run on --threads threads.
+    Jit,
     /// The reference interpreter (the graph IR, op by op).
     Interp,
     /// The functional simulator of the tile IR (per-core programs for the target, run on the host).
@@ -181,12 +190,24 @@ pub struct RunArgs {
     /// Write bf16 results as uint16 raw bits instead of float32.
     #[arg(long)]
     pub raw_bf16: bool,
-    /// What runs the kernel: the reference interpreter, or the tile IR's simulator for --target.
-    #[arg(long, value_enum, default_value_t = Backend::Interp, value_name = "BACKEND")]
+    /// What runs the kernel: machine code from the JIT, the reference interpreter, or the tile IR's
+    /// simulator, both tiled for --target.
+    #[arg(long, value_enum, default_value_t = Backend::Jit, value_name = "BACKEND")]
     pub backend: Backend,
-    /// The target for --backend sim: a built-in name (ascend910b, ascend950) or a target TOML file.
+    /// The target the kernel is tiled for (--backend jit and sim): a built-in name (ascend910b, ascend950)
+    /// or a target TOML file.
     #[arg(long, default_value = "ascend910b", value_name = "NAME|PATH")]
     pub target: String,
+    /// Host threads for --backend jit (default: every core of the host).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+    /// Also run the reference interpreter and print the largest absolute and relative error of each
+    /// result; fail if one is beyond its dtype's tolerance.
+    #[arg(long)]
+    pub check: bool,
+    /// Print the time each stage took (parse and lower, fuse and tile, code generation, run) to stderr.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
 }
 
 /// `NAME=VALUE`, split at the first `=`.

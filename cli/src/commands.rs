@@ -158,7 +158,7 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
             }
             kc_frontend::ast_print::print_module(&module)
         }
-        Emit::Tiled | Emit::Report | Emit::Trace | Emit::Timeline | Emit::Tuning => {
+        Emit::Tiled | Emit::Report | Emit::Trace | Emit::Timeline | Emit::Tuning | Emit::Clif | Emit::Asm => {
             let target = load_target(&a.target)?;
             let c = compile_file(&a.file)?;
             if ctx.report(&c.diags, &c.sources) {
@@ -206,6 +206,27 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
                     texts.push(kc_ir::tile::print::print_program(&tp));
                     continue;
                 }
+                if matches!(a.emit, Emit::Clif | Emit::Asm) {
+                    let clif = a.emit == Emit::Clif;
+                    let opts = kc_codegen::Options { verify: true, keep_clif: clif, keep_asm: !clif };
+                    let code = match kc_codegen::compile(&tp, &opts) {
+                        Ok(c) => c,
+                        Err(d) => {
+                            ctx.report(&[d], &c.sources);
+                            return Err(Failure::Reported);
+                        }
+                    };
+                    let fns = if clif { &code.clif } else { &code.asm };
+                    for (name, body) in fns {
+                        texts.push(format!(
+                            "; kernel {} target {} dims {dims_text}: {name}\n{body}",
+                            g.name,
+                            tp.target,
+                            dims_text = fmt_dims(&tp.dims)
+                        ));
+                    }
+                    continue;
+                }
                 if a.emit == Emit::Tuning {
                     tunings.push(tuning_report(g, &tp, &target, &tuning));
                     continue;
@@ -244,7 +265,7 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
                 }
             }
             match (a.emit, a.format) {
-                (Emit::Tiled | Emit::Trace | Emit::Timeline, _) => texts.join("\n"),
+                (Emit::Tiled | Emit::Trace | Emit::Timeline | Emit::Clif | Emit::Asm, _) => texts.join("\n"),
                 (Emit::Tuning, crate::args::Format::Text) => {
                     tunings.iter().map(|t| t.0.clone()).collect::<Vec<_>>().join("\n")
                 }
@@ -283,6 +304,11 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
         Some(p) => Ok(files::write_all_atomic(&[(p.clone(), text.into_bytes())])?),
         None => stdout(&text),
     }
+}
+
+/// `A = 1, B = 2`.
+fn fmt_dims(d: &BTreeMap<String, i64>) -> String {
+    d.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ")
 }
 
 /// A built-in target by name, or a target description file.
@@ -506,6 +532,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
     if let Some(dir) = &a.out {
         files::check_out_dir(dir)?;
     }
+    let mut clock = Stages::new(a.verbose);
     let c = compile_file(&a.file)?;
     if ctx.report(&c.diags, &c.sources) {
         return Err(Failure::Reported);
@@ -515,12 +542,35 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
     if let Some(seed) = a.random {
         args = random::random_args(g, &args, seed)?;
     }
+    clock.lap("parse, lower and read inputs");
+    let threads = a.threads.map(|t| t as usize).unwrap_or_else(host_threads);
     let run = match a.backend {
-        Backend::Interp => kc_ir::interp::run(g, &args),
-        Backend::Sim => {
+        Backend::Interp => {
+            let r = kc_ir::interp::run(g, &args);
+            clock.lap("interpret");
+            r
+        }
+        Backend::Sim | Backend::Jit => {
             let target = load_target(&a.target)?;
             match kc_ir::launch::bind(g, &args).and_then(|b| tile_bound(g, &b, &target)) {
-                Ok((_, tp, _, _)) => kc_runtime::sim::run(&tp, g, &args),
+                Ok((_, tp, _, _)) => {
+                    clock.lap("fuse, tile and verify");
+                    if a.backend == Backend::Sim {
+                        let r = kc_runtime::sim::run(&tp, g, &args);
+                        clock.lap("simulate");
+                        r
+                    } else {
+                        match kc_codegen::compile(&tp, &kc_codegen::Options::default()) {
+                            Ok(code) => {
+                                clock.lap("generate code (Cranelift)");
+                                let r = code.run(&tp, g, &args, threads, &kc_ir::interp::Limits::default());
+                                clock.lap(&format!("run ({threads} thread{})", if threads == 1 { "" } else { "s" }));
+                                r.map(|(r, _)| r)
+                            }
+                            Err(d) => Err(vec![d]),
+                        }
+                    }
+                }
                 Err(d) => Err(d),
             }
         }
@@ -532,14 +582,94 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
             return Err(Failure::Reported);
         }
     };
-    let text: String = results.iter().map(|(name, t)| summary::summarize(name, t) + "\n").collect();
-    if let Some(dir) = &a.out {
-        files::ensure_out_dir(dir)?;
-        let outs: Vec<(PathBuf, Vec<u8>)> =
-            results.iter().map(|(name, t)| (dir.join(format!("{name}.npy")), npy::write_npy(t, a.raw_bf16))).collect();
-        files::write_all_atomic(&outs)?;
+    let mut text: String = results.iter().map(|(name, t)| summary::summarize(name, t) + "\n").collect();
+    let mut failed = Vec::new();
+    if a.check {
+        let want = match kc_ir::interp::run(g, &args) {
+            Ok(w) => w,
+            Err(diags) => {
+                ctx.report(&diags, &c.sources);
+                return Err(Failure::Reported);
+            }
+        };
+        clock.lap("interpret (--check)");
+        for ((name, got), (_, want)) in results.iter().zip(&want) {
+            let cmp = kc_runtime::compare::compare(got, want);
+            let verdict = if cmp.ok() {
+                "ok".to_string()
+            } else if !cmp.same_shape {
+                failed.push(name.clone());
+                "FAILED: the shape or dtype differs".to_string()
+            } else {
+                failed.push(name.clone());
+                format!(
+                    "FAILED: {} elements beyond tolerance, the first at flat index {}",
+                    cmp.bad,
+                    cmp.first_bad.unwrap_or(0)
+                )
+            };
+            text.push_str(&format!(
+                "check {name}: max abs error {:.3e}, max rel error {:.3e} (tolerance {:.1e} of the value and of the largest value): {verdict}\n",
+                cmp.max_abs,
+                cmp.max_rel,
+                kc_runtime::compare::rtol(want.dtype())
+            ));
+        }
     }
-    stdout(&text)
+    if failed.is_empty() {
+        if let Some(dir) = &a.out {
+            files::ensure_out_dir(dir)?;
+            let outs: Vec<(PathBuf, Vec<u8>)> = results
+                .iter()
+                .map(|(name, t)| (dir.join(format!("{name}.npy")), npy::write_npy(t, a.raw_bf16)))
+                .collect();
+            files::write_all_atomic(&outs)?;
+        }
+    }
+    clock.report();
+    stdout(&text)?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Message(format!(
+            "--check: {} differ{} from the interpreter beyond tolerance{}",
+            failed.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+            if failed.len() == 1 { "s" } else { "" },
+            if a.out.is_some() { " (nothing was written)" } else { "" }
+        )))
+    }
+}
+
+/// The host's cores, for the default --threads.
+fn host_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Wall-clock time per stage, printed to stderr with -v.
+struct Stages {
+    on: bool,
+    last: std::time::Instant,
+    laps: Vec<(String, std::time::Duration)>,
+}
+
+impl Stages {
+    fn new(on: bool) -> Stages {
+        Stages { on, last: std::time::Instant::now(), laps: Vec::new() }
+    }
+
+    fn lap(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        self.laps.push((what.to_string(), now - self.last));
+        self.last = now;
+    }
+
+    fn report(&self) {
+        if self.on {
+            for (what, d) in &self.laps {
+                eprintln!("{:>10.3} ms  {what}", d.as_secs_f64() * 1e3);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

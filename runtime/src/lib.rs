@@ -3,6 +3,9 @@
 //!
 //! Like every crate but the CLI, it does no IO of its own: it turns bytes into tensors and back.
 
+pub mod compare;
+pub mod gm;
+pub mod native;
 pub mod npy;
 pub mod random;
 pub mod sim;

@@ -73,17 +73,16 @@
 //!   is `Code::IndexOutOfRange` at the statement's span and nothing is written).
 //! - A malformed program never panics: every broken invariant is `Code::Internal` with a message.
 
+use crate::gm;
 use kc_ir::diag::{Code, Diagnostic};
 use kc_ir::dtype::DType;
-use kc_ir::graph::{BinOp, Graph, ParamKind, UnOp};
+use kc_ir::graph::{BinOp, Graph, UnOp};
 use kc_ir::interp::Limits;
-use kc_ir::launch::{self, Args};
+use kc_ir::launch::Args;
 use kc_ir::ops::{self, Acc, CumAcc, StoreError, Val};
 use kc_ir::span::Span;
-use kc_ir::tensor::{numel, Tensor, TensorData};
-use kc_ir::tile::{
-    BufId, Launch, LibOp, Loc, Pipe, Region, SBin, SExpr, SVar, Stmt, TensorId, TensorRole, TileProgram, VExpr,
-};
+use kc_ir::tensor::{Tensor, TensorData};
+use kc_ir::tile::{BufId, Launch, LibOp, Loc, Pipe, Region, SBin, SExpr, SVar, Stmt, TileProgram, VExpr};
 use std::collections::BTreeMap;
 
 /// The cross-core flag ids are `0..CROSS_FLAGS`.
@@ -91,7 +90,6 @@ const CROSS_FLAGS: usize = 11;
 /// Intra-core event ids are `0..EVENTS`.
 const EVENTS: u8 = 8;
 /// The most cores a launch may have.
-const MAX_CORES: u64 = 1 << 12;
 /// The deepest scalar or vector expression the simulator evaluates.
 const MAX_DEPTH: usize = 512;
 
@@ -120,7 +118,7 @@ pub struct Stats {
 }
 
 /// One `(name, tensor)` per entry of `graph.results`, in order.
-pub type Results = Vec<(String, Tensor)>;
+pub use crate::gm::Results;
 
 /// Runs `prog` (lowered from `graph`) on `args` with the default [`Limits`].
 pub fn run(prog: &TileProgram, graph: &Graph, args: &Args) -> Result<Results, Vec<Diagnostic>> {
@@ -135,254 +133,22 @@ pub fn run_with(
     args: &Args,
     limits: &Limits,
 ) -> Result<(Results, Stats), Vec<Diagnostic>> {
-    let binding = launch::bind(graph, args)?;
-    let span = graph.span;
-    let ierr = |msg: String| vec![internal(span, msg)];
-
-    // The program must be specialized to the launch's dims.
-    let mut errs = Vec::new();
-    for (name, &v) in &prog.dims {
-        match binding.get(name) {
-            Some(b) if b == v => {}
-            Some(b) => errs.push(
-                Diagnostic::error(
-                    Code::ArgShape,
-                    span,
-                    format!(
-                        "the tile program of `{}` was compiled for `{name}` = {v}, but the launch has `{name}` = {b}",
-                        prog.kernel
-                    ),
-                )
-                .with_help("compile the kernel for the launch's dims"),
-            ),
-            None => {
-                errs.push(internal(span, format!("the program is specialized to dim `{name}`, which the kernel lacks")))
-            }
-        }
-    }
-    if !errs.is_empty() {
-        return Err(errs);
-    }
-
-    // Sizes of GM tensors and launches' buffers, checked before anything is allocated.
-    let mut sizes = Vec::with_capacity(prog.tensors.len());
-    let mut total: u64 = 0;
-    for (ti, t) in prog.tensors.iter().enumerate() {
-        let elems = match &t.role {
-            TensorRole::Workspace { per_core } => {
-                let cores = prog
-                    .launches
-                    .iter()
-                    .filter(|l| uses_tensor(l, TensorId(ti as u32)))
-                    .map(|l| u64::from(l.cube_cores) + u64::from(l.vector_cores))
-                    .max()
-                    .unwrap_or(0);
-                per_core.checked_mul(cores).map(|b| b / t.dtype.size_bytes() as u64)
-            }
-            _ => t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)),
-        };
-        let Some(elems) = elems.filter(|&n| n <= launch::MAX_ELEMENTS) else {
-            return Err(ierr(format!("GM tensor `{}` has more than 2^40 elements", t.name)));
-        };
-        sizes.push(elems as usize);
-        total = total.saturating_add(elems.saturating_mul(t.dtype.size_bytes() as u64));
-    }
-    let mut largest_launch: u64 = 0;
-    for l in &prog.launches {
-        let cores = u64::from(l.cube_cores) + u64::from(l.vector_cores);
-        if cores > MAX_CORES {
-            return Err(ierr(format!("launch `{}` has {cores} cores, more than {MAX_CORES}", l.name)));
-        }
-        let mut bytes: u64 = 0;
-        for b in &l.buffers {
-            let n = if b.mem.on_cube() { l.cube_cores } else { l.vector_cores };
-            let one = b
-                .shape
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .and_then(|e| e.checked_mul(u64::from(b.slots)))
-                .and_then(|e| e.checked_mul(b.dtype.size_bytes() as u64))
-                .filter(|&e| e <= 1 << 32);
-            let Some(one) = one else {
-                return Err(ierr(format!(
-                    "buffer `{}` of launch `{}` is larger than any on-chip memory",
-                    b.name, l.name
-                )));
-            };
-            bytes = bytes.saturating_add(one.saturating_mul(u64::from(n)));
-        }
-        largest_launch = largest_launch.max(bytes);
-    }
-    let need = total.saturating_add(largest_launch);
-    if need > limits.max_bytes {
-        return Err(vec![Diagnostic::error(
-            Code::ResourceLimit,
-            span,
-            format!(
-                "simulating `{}` needs {need} bytes ({total} of global memory, {largest_launch} of on-chip \
-                 buffers), more than the limit of {} bytes",
-                prog.kernel, limits.max_bytes
-            ),
-        )]);
-    }
-
-    // Global memory.
-    let mut gm: Vec<TensorData> = Vec::with_capacity(prog.tensors.len());
-    for (t, &elems) in prog.tensors.iter().zip(&sizes) {
-        let data = match &t.role {
-            TensorRole::Param(pi) => {
-                let p = graph
-                    .params
-                    .get(*pi)
-                    .ok_or_else(|| ierr(format!("GM tensor `{}` is parameter #{pi}, which does not exist", t.name)))?;
-                if !matches!(p.kind, ParamKind::Tensor { .. }) {
-                    return Err(ierr(format!("GM tensor `{}` is the dim parameter `{}`", t.name, p.name)));
-                }
-                let a = args
-                    .tensors
-                    .get(&p.name)
-                    .ok_or_else(|| ierr(format!("parameter `{}` has no argument after binding", p.name)))?;
-                if numel(&a.shape) != Some(a.len()) {
-                    return Err(vec![Diagnostic::error(
-                        Code::ArgShape,
-                        p.span,
-                        format!(
-                            "the argument `{}` has shape {} but holds {} elements",
-                            p.name,
-                            fmt_shape(&a.shape),
-                            a.len()
-                        ),
-                    )]);
-                }
-                let want: Vec<u64> = a.shape.iter().map(|&d| d as u64).collect();
-                if want != t.shape {
-                    return Err(ierr(format!(
-                        "GM tensor `{}` has shape {} but the argument `{}` has shape {}",
-                        t.name,
-                        fmt_shape_u64(&t.shape),
-                        p.name,
-                        fmt_shape(&a.shape)
-                    )));
-                }
-                a.cast(t.dtype).data
-            }
-            TensorRole::Output(i) if *i >= graph.results.len() => {
-                return Err(ierr(format!(
-                    "GM tensor `{}` is result #{i}, but the kernel has {} results",
-                    t.name,
-                    graph.results.len()
-                )))
-            }
-            _ => Tensor::zeros(t.dtype, vec![elems]).data,
-        };
-        gm.push(data);
-    }
-
+    let (binding, mut gm) = gm::setup(prog, graph, args, limits, "simulating")?;
     // The launches.
     let mut stats = Stats::default();
     for (li, l) in prog.launches.iter().enumerate() {
         let ls = run_launch(prog, graph, li, l, &mut gm)?;
         stats.launches.push(ls);
     }
-
-    // The results.
-    let mut sources = Vec::with_capacity(graph.results.len());
-    for (ri, r) in graph.results.iter().enumerate() {
-        let by_output = prog.tensors.iter().position(|t| t.role == TensorRole::Output(ri));
-        let by_param = r.inout.and_then(|pi| prog.tensors.iter().position(|t| t.role == TensorRole::Param(pi)));
-        let Some(ti) = by_output.or(by_param) else {
-            return Err(ierr(format!("no GM tensor holds result #{ri} (`{}`)", r.name)));
-        };
-        let t = &prog.tensors[ti];
-        let shape: Option<Vec<usize>> = t.shape.iter().map(|&d| usize::try_from(d).ok()).collect();
-        let Some(shape) = shape.filter(|s| numel(s) == Some(gm[ti].len())) else {
-            return Err(ierr(format!("GM tensor `{}` has a shape that does not match its size", t.name)));
-        };
-        if let Some(node) = graph.nodes.get(r.value.index()) {
-            let want = binding.shape(&node.shape).map_err(|e| ierr(format!("result `{}`: {e}", r.name)))?;
-            if node.dtype != t.dtype || want != shape {
-                return Err(ierr(format!(
-                    "result `{}` is {} {} but GM tensor `{}` is {} {}",
-                    r.name,
-                    node.dtype,
-                    fmt_shape(&want),
-                    t.name,
-                    t.dtype,
-                    fmt_shape(&shape)
-                )));
-            }
-        }
-        sources.push((ti, shape));
-    }
-    let mut out = Vec::with_capacity(sources.len());
-    for (k, (ti, shape)) in sources.iter().enumerate() {
-        let last_use = !sources[k + 1..].iter().any(|(o, _)| o == ti);
-        let data =
-            if last_use { std::mem::replace(&mut gm[*ti], TensorData::Bool(Vec::new())) } else { gm[*ti].clone() };
-        out.push((graph.results[k].name.clone(), Tensor { shape: shape.clone(), data }));
-    }
-    Ok((out, stats))
+    Ok((gm::results(prog, graph, &binding, gm)?, stats))
 }
 
 fn internal(span: Span, msg: String) -> Diagnostic {
     Diagnostic::error(Code::Internal, span, format!("internal error in the tile simulator: {msg}"))
 }
 
-fn fmt_shape(s: &[usize]) -> String {
-    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
-}
-
-fn fmt_shape_u64(s: &[u64]) -> String {
-    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Which launches use a GM tensor (for sizing workspaces).
-
-fn uses_tensor(l: &Launch, t: TensorId) -> bool {
-    fn region(r: &Region, t: TensorId) -> bool {
-        r.loc == Loc::Gm(t)
-    }
-    fn vexpr(e: &VExpr, t: TensorId) -> bool {
-        match e {
-            VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Scalar(_) | VExpr::Row | VExpr::Col => false,
-            VExpr::Read(r) | VExpr::ReadRow(r) | VExpr::ReadCol(r) => region(r, t),
-            VExpr::Unary(_, a) | VExpr::Cast(_, a) => vexpr(a, t),
-            VExpr::Binary(_, a, b) => vexpr(a, t) || vexpr(b, t),
-            VExpr::Select(c, a, b) => vexpr(c, t) || vexpr(a, t) || vexpr(b, t),
-        }
-    }
-    fn stmts(ss: &[Stmt], t: TensorId) -> bool {
-        ss.iter().any(|s| match s {
-            Stmt::For { body, .. } | Stmt::If { then: body, .. } => stmts(body, t),
-            Stmt::Copy { src, dst, .. } => region(src, t) || region(dst, t),
-            Stmt::Gather { src, index, dst, .. } => *src == t || region(index, t) || region(dst, t),
-            Stmt::Mmad { a, b, c, .. } => region(a, t) || region(b, t) || region(c, t),
-            Stmt::Vector { dst, expr, .. } => region(dst, t) || vexpr(expr, t),
-            Stmt::Reduce { src, dst, .. } => region(src, t) || region(dst, t),
-            Stmt::Library { op, src, .. } => {
-                region(src, t)
-                    || match op {
-                        LibOp::TopK { values, indices, .. } => {
-                            values.as_ref().is_some_and(|r| region(r, t))
-                                || indices.as_ref().is_some_and(|r| region(r, t))
-                        }
-                        LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => region(dst, t),
-                        LibOp::CumSum { dst, carry, .. } => {
-                            region(dst, t) || carry.as_ref().is_some_and(|r| region(r, t))
-                        }
-                    }
-            }
-            Stmt::Set { .. }
-            | Stmt::SetFlag { .. }
-            | Stmt::WaitFlag { .. }
-            | Stmt::Barrier { .. }
-            | Stmt::CrossSet { .. }
-            | Stmt::CrossWait { .. } => false,
-        })
-    }
-    stmts(&l.cube, t) || stmts(&l.vector, t)
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Failures inside a core: completed with the core's context by the scheduler.
@@ -1436,11 +1202,12 @@ mod tests {
     use super::*;
     use kc_ir::dim::Dim;
     use kc_ir::dtype::ScalarTy;
+    use kc_ir::graph::ParamKind;
     use kc_ir::graph::{
         Const, Expr, ExprKind, IndexVar, Node, NodeKind, OutputDecl, Param, ReduceOp, Result_, TopKPart, ValueId, VarId,
     };
     use kc_ir::span::FileId;
-    use kc_ir::tile::{Buffer, GmTensor, Layout, Mem, Unit};
+    use kc_ir::tile::{Buffer, GmTensor, Layout, Mem, TensorId, TensorRole, Unit};
 
     // ----- graphs -----
 

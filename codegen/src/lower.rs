@@ -1,0 +1,1732 @@
+//! Lowering tile IR to Cranelift IR.
+//!
+//! One function per core program, `fn(ctx: *mut CoreCtx) -> i32` ([`kc_runtime::native`]): the entry block
+//! loads the GM and buffer base addresses and the core index from `ctx`; every scalar register is a
+//! Cranelift variable (`i64`); loops stay loops. A statement's regions are resolved once (base address of
+//! the slot, offset, row stride) and bounds-checked once for the whole `rows × cols` window: an access
+//! outside its buffer slot or GM tensor — which a verified program never makes, but data-dependent offsets
+//! could — stops the core with an internal error naming the statement, instead of touching memory.
+//!
+//! - Intra-core flags and barriers emit nothing: a core's statements run in program order on the host, which
+//!   is one of the orders the flags allow (the verifier proves the program race-free).
+//! - Cross-core flags call [`kc_rt_cross_set`](kc_runtime::native::kc_rt_cross_set) /
+//!   [`kc_rt_cross_wait`](kc_runtime::native::kc_rt_cross_wait), which may suspend the core's coroutine.
+//! - `Copy` and `Gather` call the runtime's copy routines (row by row, converting float dtypes with
+//!   round-to-nearest-even); `Mmad` calls the host cube routine [`kc_mmad`](kc_runtime::host::mmad);
+//!   `Reduce` and `Library` call host routines with the interpreter's order and NaN rules.
+//! - `Vector` statements are compiled inline. Sub-expressions that do not depend on the column (constants,
+//!   scalar-unit values, `Row`, per-row broadcasts `ReadRow`) are computed once per row (or once per
+//!   statement) as scalars. When every column-dependent node is a float or a mask and the destination is
+//!   `f32` or `bf16`, the column loop runs on `f32x4` vectors, two per iteration, with a scalar tail that
+//!   uses the same vector code on lane 0 (so a tail element gets the same bits as a body element).
+//!   Otherwise the statement is compiled element by element on scalars (`f32`, `i64`, `i8` booleans) with
+//!   the interpreter's integer semantics (64-bit wrapping arithmetic, floor division, a division by zero
+//!   stops the launch with `E0403`-style `DivByZero`). bf16 values are widened and rounded
+//!   (nearest-even) in registers. A statement whose destination buffer is also read at another window is
+//!   computed into a stack temporary first (a statement reads all its inputs before it writes).
+//! - `pow` and float `%` call `libm` through the runtime (exact, as the interpreter); `f16` conversions call
+//!   the runtime too.
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::Endianness;
+use cranelift_codegen::ir::{
+    types, AbiParam, Block, FuncRef, InstBuilder, MemFlagsData, Signature, StackSlotData, StackSlotKind, Type,
+    UserFuncName, Value,
+};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use kc_ir::diag::{Code, Diagnostic};
+use kc_ir::dtype::DType;
+use kc_ir::graph::{BinOp, Graph, UnOp};
+use kc_ir::interp::Limits;
+use kc_ir::launch::Args;
+use kc_ir::span::Span;
+use kc_ir::tile::{BufId, Launch, LibOp, Loc, Region, SBin, SExpr, Stmt, TensorId, TensorRole, TileProgram, VExpr};
+use kc_runtime::gm::Results;
+use kc_runtime::native::{self, CoreFn, LibKind, NativeLaunch, NativeStats, Site};
+use std::collections::BTreeMap;
+
+/// What to compile, and what to keep.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Run Cranelift's IR verifier on every function.
+    pub verify: bool,
+    /// Keep each function's Cranelift IR text ([`Compiled::clif`]).
+    pub keep_clif: bool,
+    /// Keep each function's disassembly ([`Compiled::asm`]).
+    pub keep_asm: bool,
+}
+
+/// One compiled launch: its two core functions and its failure sites.
+pub struct CompiledLaunch {
+    pub name: String,
+    pub cube: Option<CoreFn>,
+    pub vector: Option<CoreFn>,
+    pub sites: Vec<Site>,
+}
+
+/// A compiled program. The machine code lives as long as this value.
+pub struct Compiled {
+    module: Option<JITModule>,
+    pub launches: Vec<CompiledLaunch>,
+    /// `(function name, Cranelift IR)` per function, if asked for.
+    pub clif: Vec<(String, String)>,
+    /// `(function name, disassembly)` per function, if asked for.
+    pub asm: Vec<(String, String)>,
+}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: the function pointers in `launches` are dropped with `self` and never called after.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+// The pointers are plain code addresses; the module is only touched again when dropped.
+unsafe impl Send for Compiled {}
+unsafe impl Sync for Compiled {}
+
+impl Compiled {
+    /// Runs the program (lowered from `graph`) on `args` with `threads` host threads.
+    pub fn run(
+        &self,
+        prog: &TileProgram,
+        graph: &Graph,
+        args: &Args,
+        threads: usize,
+        limits: &Limits,
+    ) -> Result<(Results, NativeStats), Vec<Diagnostic>> {
+        let launches: Vec<NativeLaunch<'_>> =
+            self.launches.iter().map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites }).collect();
+        native::run(prog, graph, args, &launches, threads, limits)
+    }
+}
+
+fn internal(span: Span, msg: impl Into<String>) -> Diagnostic {
+    Diagnostic::error(Code::Internal, span, format!("internal error in the JIT code generator: {}", msg.into()))
+}
+
+/// The host routines the compiled code calls: (symbol, address, parameter types, result types).
+fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
+    use types::{F32, I32, I64};
+    vec![
+        ("kc_rt_fail", native::kc_rt_fail as *const u8, vec![I64; 6], vec![I32]),
+        ("kc_rt_cross_set", native::kc_rt_cross_set as *const u8, vec![I64; 3], vec![I32]),
+        ("kc_rt_cross_wait", native::kc_rt_cross_wait as *const u8, vec![I64; 3], vec![I32]),
+        ("kc_rt_copy", native::kc_rt_copy as *const u8, vec![I64], vec![]),
+        ("kc_rt_gather", native::kc_rt_gather as *const u8, vec![I64; 3], vec![I32]),
+        ("kc_rt_reduce", native::kc_rt_reduce as *const u8, vec![I64; 3], vec![I32]),
+        ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
+        ("kc_mmad", native::kc_rt_mmad_portable as *const u8, vec![I64; 12], vec![]),
+        ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
+        ("kc_rt_fmodf", native::kc_rt_fmodf as *const u8, vec![F32, F32], vec![F32]),
+        ("kc_rt_unary", native::kc_rt_unary as *const u8, vec![I64, F32], vec![F32]),
+        ("kc_rt_f16_to_f32", native::kc_rt_f16_to_f32 as *const u8, vec![I32], vec![F32]),
+        ("kc_rt_f32_to_f16", native::kc_rt_f32_to_f16 as *const u8, vec![F32], vec![I32]),
+    ]
+}
+
+/// Compiles every launch of `prog`.
+pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnostic> {
+    let span = Span::default();
+    let mut flags = settings::builder();
+    let set =
+        |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| internal(span, format!("{k}: {e}")));
+    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "enable_verifier", if opts.verify { "true" } else { "false" })?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", "false")?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| internal(span, format!("the host is not supported by Cranelift: {e}")))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| internal(span, format!("cannot configure Cranelift for the host: {e}")))?;
+    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+    let routines = host_routines();
+    for (name, ptr, _, _) in &routines {
+        jb.symbol(*name, *ptr);
+    }
+    let mut module = JITModule::new(jb);
+    let mut host = BTreeMap::new();
+    for (name, _, params, rets) in &routines {
+        let mut sig = module.make_signature();
+        sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+        sig.returns.extend(rets.iter().map(|&t| AbiParam::new(t)));
+        let id = module
+            .declare_function(name, Linkage::Import, &sig)
+            .map_err(|e| internal(span, format!("declaring `{name}`: {e}")))?;
+        host.insert(*name, id);
+    }
+    let mut core_sig = module.make_signature();
+    core_sig.params.push(AbiParam::new(types::I64));
+    core_sig.returns.push(AbiParam::new(types::I32));
+
+    let mut fctx = FunctionBuilderContext::new();
+    let mut ctx = module.make_context();
+    let mut out = Compiled { module: None, launches: Vec::new(), clif: Vec::new(), asm: Vec::new() };
+    let mut ids: Vec<(Option<FuncId>, Option<FuncId>)> = Vec::new();
+    for (li, l) in prog.launches.iter().enumerate() {
+        let mut sites = Vec::new();
+        let mut pair = (None, None);
+        for (cube, body, n) in [(true, &l.cube, l.cube_cores), (false, &l.vector, l.vector_cores)] {
+            if n == 0 {
+                continue;
+            }
+            let name = format!("launch{li}_{}", if cube { "cube" } else { "vector" });
+            let id = module
+                .declare_function(&name, Linkage::Local, &core_sig)
+                .map_err(|e| internal(span, format!("declaring `{name}`: {e}")))?;
+            ctx.clear();
+            ctx.func.signature = core_sig.clone();
+            ctx.func.name = UserFuncName::user(0, id.as_u32());
+            if opts.keep_asm {
+                ctx.set_disasm(true);
+            }
+            {
+                let mut fns = BTreeMap::new();
+                for (name, id) in &host {
+                    fns.insert(*name, module.declare_func_in_func(*id, &mut ctx.func));
+                }
+                let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                let mut g = Gen::new(prog, l, cube, &mut b, fns, &mut sites, &name);
+                g.program(body)?;
+                b.seal_all_blocks();
+                b.finalize(module.target_config());
+            }
+            if opts.keep_clif {
+                out.clif.push((name.clone(), ctx.func.display().to_string()));
+            }
+            module
+                .define_function(id, &mut ctx)
+                .map_err(|e| internal(span, format!("Cranelift rejected `{name}` of launch `{}`: {e:?}", l.name)))?;
+            if opts.keep_asm {
+                if let Some(code) = ctx.compiled_code().and_then(|c| c.vcode.clone()) {
+                    out.asm.push((name.clone(), code));
+                }
+            }
+            if cube {
+                pair.0 = Some(id);
+            } else {
+                pair.1 = Some(id);
+            }
+        }
+        ids.push(pair);
+        out.launches.push(CompiledLaunch { name: l.name.clone(), cube: None, vector: None, sites });
+    }
+    module.finalize_definitions().map_err(|e| internal(span, format!("linking: {e}")))?;
+    for (cl, (c, v)) in out.launches.iter_mut().zip(ids) {
+        // SAFETY: each function was defined with the core signature, `extern "C" fn(*mut CoreCtx) -> i32`.
+        cl.cube = c.map(|id| unsafe { std::mem::transmute::<*const u8, CoreFn>(module.get_finalized_function(id)) });
+        cl.vector = v.map(|id| unsafe { std::mem::transmute::<*const u8, CoreFn>(module.get_finalized_function(id)) });
+    }
+    out.module = Some(module);
+    Ok(out)
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// The function generator.
+
+/// A resolved region: the address of its storage's first element (the slot's, for a buffer), the region's
+/// offset and row stride in elements, and what bounds it.
+#[derive(Clone)]
+struct Res {
+    base: Value,
+    dtype: DType,
+    offset: Value,
+    stride: Value,
+    limit: u64,
+    what: String,
+}
+
+/// A scalar value of the element computation.
+#[derive(Copy, Clone)]
+enum SV {
+    F(Value),
+    I(Value),
+    B(Value),
+}
+
+/// The kind of a vector-expression node: how it varies over the tile.
+#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Var {
+    Const,
+    Row,
+    Elem,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+enum Ty {
+    F,
+    I,
+    B,
+}
+
+struct Gen<'a, 'b, 'p> {
+    prog: &'p TileProgram,
+    launch: &'p Launch,
+    cube: bool,
+    b: &'a mut FunctionBuilder<'b>,
+    fns: BTreeMap<&'static str, FuncRef>,
+    sites: &'a mut Vec<Site>,
+    ctx: Value,
+    gm: Vec<Value>,
+    bufs: Vec<Option<Value>>,
+    core: Value,
+    vars: Vec<Variable>,
+    exit: Block,
+    path: Vec<usize>,
+    name: String,
+}
+
+/// Loads and stores of the compiled code: not trapping (every window was checked), not known aligned.
+const TRUSTED: MemFlagsData = MemFlagsData::new().with_notrap();
+/// Bitcasts between vector shapes: lanes in little-endian order.
+const LE: MemFlagsData = MemFlagsData::new().with_endianness(Endianness::Little);
+
+impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
+    fn new(
+        prog: &'p TileProgram,
+        launch: &'p Launch,
+        cube: bool,
+        b: &'a mut FunctionBuilder<'b>,
+        fns: BTreeMap<&'static str, FuncRef>,
+        sites: &'a mut Vec<Site>,
+        name: &str,
+    ) -> Self {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let ctx = b.block_params(entry)[0];
+        let gm_arr = b.ins().load(types::I64, TRUSTED, ctx, native::CTX_GM);
+        let buf_arr = b.ins().load(types::I64, TRUSTED, ctx, native::CTX_BUFS);
+        let core = b.ins().load(types::I64, TRUSTED, ctx, native::CTX_CORE);
+        let gm = (0..prog.tensors.len()).map(|i| b.ins().load(types::I64, TRUSTED, gm_arr, (i * 8) as i32)).collect();
+        let bufs = launch
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(i, buf)| {
+                (buf.mem.on_cube() == cube).then(|| b.ins().load(types::I64, TRUSTED, buf_arr, (i * 8) as i32))
+            })
+            .collect();
+        let vars = (0..launch.svars.len())
+            .map(|_| {
+                let v = b.declare_var(types::I64);
+                let z = b.ins().iconst(types::I64, 0);
+                b.def_var(v, z);
+                v
+            })
+            .collect();
+        let exit = b.create_block();
+        b.append_block_param(exit, types::I32);
+        Gen {
+            prog,
+            launch,
+            cube,
+            b,
+            fns,
+            sites,
+            ctx,
+            gm,
+            bufs,
+            core,
+            vars,
+            exit,
+            path: Vec::new(),
+            name: name.to_string(),
+        }
+    }
+
+    fn program(&mut self, body: &'p [Stmt]) -> Result<(), Diagnostic> {
+        self.stmts(body)?;
+        let ok = self.b.ins().iconst(types::I32, 0);
+        self.b.ins().jump(self.exit, &[ok.into()]);
+        self.b.switch_to_block(self.exit);
+        let st = self.b.block_params(self.exit)[0];
+        self.b.ins().return_(&[st]);
+        Ok(())
+    }
+
+    fn err(&self, msg: impl Into<String>) -> Diagnostic {
+        internal(Span::default(), format!("{} at {}: {}", self.name, self.here(), msg.into()))
+    }
+
+    /// The statement's path, as the simulator names it: `vector[3.2]`.
+    fn here(&self) -> String {
+        let p: Vec<String> = self.path.iter().map(|i| i.to_string()).collect();
+        format!("{}[{}]", if self.cube { "cube" } else { "vector" }, p.join("."))
+    }
+
+    fn site(&mut self, s: Site) -> i64 {
+        self.sites.push(s);
+        (self.sites.len() - 1) as i64
+    }
+
+    fn iconst(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(types::I64, v)
+    }
+
+    fn call(&mut self, name: &'static str, args: &[Value]) -> Option<Value> {
+        let f = self.fns[name];
+        let inst = self.b.ins().call(f, args);
+        self.b.inst_results(inst).first().copied()
+    }
+
+    /// Branches to the exit with `status` if it is not 0.
+    fn check_status(&mut self, status: Value) {
+        let cont = self.b.create_block();
+        self.b.ins().brif(status, self.exit, &[status.into()], cont, &[]);
+        self.b.switch_to_block(cont);
+    }
+
+    /// If `bad` (an i8 truth value), records a failure at `site` with `vals` and stops.
+    fn fail_if(&mut self, bad: Value, site: i64, vals: [Value; 4]) {
+        let fail = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.set_cold_block(fail);
+        self.b.ins().brif(bad, fail, &[], cont, &[]);
+        self.b.switch_to_block(fail);
+        let s = self.iconst(site);
+        let st = self.call("kc_rt_fail", &[self.ctx, s, vals[0], vals[1], vals[2], vals[3]]).expect("a status");
+        self.b.ins().jump(self.exit, &[st.into()]);
+        self.b.switch_to_block(cont);
+    }
+
+    /// Stops with an internal error if `bad`.
+    fn internal_if(&mut self, bad: Value, msg: String) {
+        let site = self.site(Site::Internal(msg));
+        let z = self.iconst(0);
+        self.fail_if(bad, site, [z; 4]);
+    }
+
+    // ----- statements -----
+
+    fn stmts(&mut self, body: &'p [Stmt]) -> Result<(), Diagnostic> {
+        for (i, s) in body.iter().enumerate() {
+            self.path.push(i);
+            self.stmt(s)?;
+            self.path.pop();
+        }
+        Ok(())
+    }
+
+    fn stmt(&mut self, s: &'p Stmt) -> Result<(), Diagnostic> {
+        match s {
+            Stmt::For { var, lo, hi, step, body } => {
+                if *step <= 0 {
+                    return Err(self.err(format!("a loop with step {step}")));
+                }
+                let v = self.var(*var)?;
+                let lo = self.sexpr(lo)?;
+                let hi = self.sexpr(hi)?;
+                self.b.def_var(v, lo);
+                let head = self.b.create_block();
+                let body_b = self.b.create_block();
+                let done = self.b.create_block();
+                self.b.ins().jump(head, &[]);
+                self.b.switch_to_block(head);
+                let cur = self.b.use_var(v);
+                let c = self.b.ins().icmp(IntCC::SignedLessThan, cur, hi);
+                self.b.ins().brif(c, body_b, &[], done, &[]);
+                self.b.switch_to_block(body_b);
+                self.stmts(body)?;
+                let cur = self.b.use_var(v);
+                let next = self.b.ins().iadd_imm_s(cur, *step);
+                self.b.def_var(v, next);
+                self.b.ins().jump(head, &[]);
+                self.b.switch_to_block(done);
+            }
+            Stmt::Set { var, value } => {
+                let v = self.var(*var)?;
+                let x = self.sexpr(value)?;
+                self.b.def_var(v, x);
+            }
+            Stmt::If { cond, then } => {
+                let c = self.sexpr(cond)?;
+                let t = self.b.create_block();
+                let done = self.b.create_block();
+                self.b.ins().brif(c, t, &[], done, &[]);
+                self.b.switch_to_block(t);
+                self.stmts(then)?;
+                self.b.ins().jump(done, &[]);
+                self.b.switch_to_block(done);
+            }
+            Stmt::Copy { src, dst, rows, cols, .. } => {
+                let rows = self.sexpr(rows)?;
+                let cols = self.sexpr(cols)?;
+                let s = self.region(src, "the copy's source")?;
+                let d = self.region(dst, "the copy's destination")?;
+                if s.dtype.compute() != d.dtype.compute() {
+                    return Err(self.err(format!("a copy from {} to {}", s.dtype, d.dtype)));
+                }
+                self.check(&s, rows, cols);
+                self.check(&d, rows, cols);
+                let mut w = self.region_words(&d);
+                w.extend(self.region_words(&s));
+                w.extend([rows, cols]);
+                let a = self.words(&w);
+                self.call("kc_rt_copy", &[a]);
+            }
+            Stmt::Gather { src, src_rows, row_stride, col_offset, index, dst, rows, cols, span, .. } => {
+                let rows = self.sexpr(rows)?;
+                let cols = self.sexpr(cols)?;
+                let t = self.prog.tensor(*src);
+                let d = self.region(dst, "the gather's destination")?;
+                let ix = self.region(index, "the gather's index")?;
+                if ix.dtype != DType::I32 || t.dtype.compute() != d.dtype.compute() {
+                    return Err(self.err("a gather of mismatched dtypes"));
+                }
+                let one = self.iconst(1);
+                self.check(&d, rows, cols);
+                self.check(&ix, rows, one);
+                // Every row of the source, at the column window, is inside the tensor.
+                let co = self.sexpr(col_offset)?;
+                let limit = self.gm_len(*src)?;
+                let stride = self.iconst(*row_stride as i64);
+                let src_res = Res {
+                    base: self.gm[src.0 as usize],
+                    dtype: t.dtype,
+                    offset: co,
+                    stride,
+                    limit,
+                    what: format!("the rows of GM tensor `{}`", t.name),
+                };
+                let n_rows = self.iconst(*src_rows as i64);
+                if *src_rows > 0 {
+                    self.check(&src_res, n_rows, cols);
+                }
+                let site = self.site(Site::Gather { span: *span, tensor: t.name.clone(), src_rows: *src_rows });
+                let mut w = self.region_words(&d);
+                let sp = self.gm[src.0 as usize];
+                let sdt = self.iconst(native::dtype_code(t.dtype));
+                let rs = self.iconst(*row_stride as i64);
+                let ip = self.elem_addr(&ix, None, None);
+                w.extend([sp, sdt, n_rows, rs, co, ip, ix.stride, rows, cols]);
+                let a = self.words(&w);
+                let s = self.iconst(site);
+                let st = self.call("kc_rt_gather", &[self.ctx, s, a]).expect("a status");
+                self.check_status(st);
+            }
+            Stmt::Mmad { a, b, c, m, k, n, accumulate } => {
+                let (m, k, n) = (self.sexpr(m)?, self.sexpr(k)?, self.sexpr(n)?);
+                let ra = self.region(a, "mmad's a")?;
+                let rb = self.region(b, "mmad's b")?;
+                let rc = self.region(c, "mmad's c")?;
+                if !ra.dtype.is_float() || !rb.dtype.is_float() || rc.dtype != DType::F32 {
+                    return Err(self.err("an mmad of non-float operands or a non-f32 accumulator"));
+                }
+                self.check(&ra, m, k);
+                self.check(&rb, k, n);
+                self.check(&rc, m, n);
+                let pa = self.elem_addr(&ra, None, None);
+                let pb = self.elem_addr(&rb, None, None);
+                let pc = self.elem_addr(&rc, None, None);
+                let da = self.iconst(native::dtype_code(ra.dtype));
+                let db = self.iconst(native::dtype_code(rb.dtype));
+                let acc = self.iconst(i64::from(*accumulate));
+                self.call("kc_mmad", &[pa, da, ra.stride, pb, db, rb.stride, pc, rc.stride, m, k, n, acc]);
+            }
+            Stmt::Vector { dst, rows, cols, expr } => self.vector(dst, rows, cols, expr)?,
+            Stmt::Reduce { op, axis, src, dst, rows, cols, accumulate } => {
+                if *axis > 1 {
+                    return Err(self.err(format!("a reduction along axis {axis}")));
+                }
+                let rows = self.sexpr(rows)?;
+                let cols = self.sexpr(cols)?;
+                let s = self.region(src, "the reduction's source")?;
+                let d = self.region(dst, "the reduction's destination")?;
+                let one = self.iconst(1);
+                self.check(&s, rows, cols);
+                if *axis == 1 {
+                    self.check(&d, rows, one);
+                } else {
+                    self.check(&d, one, cols);
+                }
+                let site = self.site(Site::Reduce { op: *op, what: s.what.clone() });
+                let mut w = self.region_words(&d);
+                w.extend(self.region_words(&s));
+                let ax = self.iconst(i64::from(*axis));
+                let acc = self.iconst(i64::from(*accumulate));
+                w.extend([rows, cols, ax, acc]);
+                let a = self.words(&w);
+                let sv = self.iconst(site);
+                let st = self.call("kc_rt_reduce", &[self.ctx, sv, a]).expect("a status");
+                self.check_status(st);
+            }
+            Stmt::Library { op, src, rows, cols, span } => {
+                let rows = self.sexpr(rows)?;
+                let cols = self.sexpr(cols)?;
+                let s = self.region(src, "the library operation's source")?;
+                self.check(&s, rows, cols);
+                let one = self.iconst(1);
+                let mut outs: Vec<Res> = Vec::new();
+                let kind = match op {
+                    LibOp::TopK { k, values, indices } => {
+                        let kk = self.iconst(*k as i64);
+                        // The outputs are checked against `k` columns; `k > cols` is the routine's error.
+                        for r in [values, indices].into_iter().flatten() {
+                            let x = self.region(r, "topk's output")?;
+                            self.check(&x, rows, kk);
+                            outs.push(x);
+                        }
+                        LibKind::TopK { k: *k, values: values.is_some(), indices: indices.is_some() }
+                    }
+                    LibOp::ArgSort { descending, dst } => {
+                        let x = self.region(dst, "argsort's output")?;
+                        self.check(&x, rows, cols);
+                        outs.push(x);
+                        LibKind::ArgSort { descending: *descending }
+                    }
+                    LibOp::CumSum { exclusive, dst, carry } => {
+                        let x = self.region(dst, "cumsum's output")?;
+                        self.check(&x, rows, cols);
+                        outs.push(x);
+                        if let Some(c) = carry {
+                            let x = self.region(c, "cumsum's carry")?;
+                            self.check(&x, rows, one);
+                            outs.push(x);
+                        }
+                        LibKind::CumSum { exclusive: *exclusive, carry: carry.is_some() }
+                    }
+                    LibOp::BinCount { n, dst } => {
+                        let x = self.region(dst, "bincount's output")?;
+                        let nn = self.iconst(*n as i64);
+                        self.check(&x, one, nn);
+                        outs.push(x);
+                        LibKind::BinCount { n: *n }
+                    }
+                };
+                let site = self.site(Site::Library { span: *span, op: kind, what: s.what.clone() });
+                let mut w = self.region_words(&s);
+                w.extend([rows, cols]);
+                for o in &outs {
+                    w.extend(self.region_words(o));
+                }
+                while w.len() < 11 {
+                    let z = self.iconst(0);
+                    w.push(z);
+                }
+                let a = self.words(&w);
+                let sv = self.iconst(site);
+                let st = self.call("kc_rt_library", &[self.ctx, sv, a]).expect("a status");
+                self.check_status(st);
+            }
+            Stmt::SetFlag { .. } | Stmt::WaitFlag { .. } | Stmt::Barrier { .. } => {}
+            Stmt::CrossSet { flag } | Stmt::CrossWait { flag } => {
+                let set = matches!(s, Stmt::CrossSet { .. });
+                let site = self.site(Site::Internal(format!(
+                    "{} cross-core flag {flag} at {} without a partner core (or a flag id above 10)",
+                    if set { "sets" } else { "waits for" },
+                    self.here()
+                )));
+                let f = self.iconst(i64::from(*flag));
+                let sv = self.iconst(site);
+                let name = if set { "kc_rt_cross_set" } else { "kc_rt_cross_wait" };
+                let st = self.call(name, &[self.ctx, f, sv]).expect("a status");
+                self.check_status(st);
+            }
+        }
+        Ok(())
+    }
+
+    fn var(&self, v: kc_ir::tile::SVar) -> Result<Variable, Diagnostic> {
+        self.vars.get(v.0 as usize).copied().ok_or_else(|| self.err(format!("register #{} is not declared", v.0)))
+    }
+
+    /// Stores `words` (i64 values) in a stack slot; its address.
+    fn words(&mut self, words: &[Value]) -> Value {
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (words.len() * 8) as u32,
+            3,
+        ));
+        for (i, w) in words.iter().enumerate() {
+            self.b.ins().stack_store(types::I64, *w, slot, (i * 8) as i32);
+        }
+        self.b.ins().stack_addr(types::I64, slot, 0)
+    }
+
+    /// `[address of (0, 0), dtype code, row stride]`.
+    fn region_words(&mut self, r: &Res) -> Vec<Value> {
+        let p = self.elem_addr(r, None, None);
+        let d = self.iconst(native::dtype_code(r.dtype));
+        vec![p, d, r.stride]
+    }
+
+    // ----- scalar expressions -----
+
+    fn sexpr(&mut self, e: &SExpr) -> Result<Value, Diagnostic> {
+        Ok(match e {
+            SExpr::Const(c) => self.iconst(*c),
+            SExpr::Var(v) => {
+                let v = self.var(*v)?;
+                self.b.use_var(v)
+            }
+            SExpr::Core => self.core,
+            SExpr::Bin(op, a, b) => {
+                let a = self.sexpr(a)?;
+                let b = self.sexpr(b)?;
+                match op {
+                    SBin::Add => self.b.ins().iadd(a, b),
+                    SBin::Sub => self.b.ins().isub(a, b),
+                    SBin::Mul => self.b.ins().imul(a, b),
+                    SBin::Min => self.b.ins().smin(a, b),
+                    SBin::Max => self.b.ins().smax(a, b),
+                    SBin::Lt => self.cmp(IntCC::SignedLessThan, a, b),
+                    SBin::Le => self.cmp(IntCC::SignedLessThanOrEqual, a, b),
+                    SBin::Eq => self.cmp(IntCC::Equal, a, b),
+                    SBin::Div | SBin::Mod => {
+                        if let SExpr::Const(c) = **e_rhs(e) {
+                            if c > 0 {
+                                return Ok(self.floor_divmod_pos(a, b, *op == SBin::Div));
+                            }
+                        }
+                        let z = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+                        let msg = format!("a scalar-unit division by zero at {}", self.here());
+                        self.internal_if(z, msg);
+                        self.floor_divmod(a, b, *op == SBin::Div)
+                    }
+                }
+            }
+            SExpr::Read { buf, slot, index } => {
+                let slot = self.sexpr(slot)?;
+                let index = self.sexpr(index)?;
+                let (base, bdt, elems, slots, name) = self.buffer(*buf)?;
+                if bdt != DType::I32 {
+                    return Err(self.err(format!("a scalar read of buffer `{name}`, which holds {bdt}")));
+                }
+                let flat = self.b.ins().imul_imm_s(slot, elems as i64);
+                let flat = self.b.ins().iadd(flat, index);
+                let lim = self.iconst(elems as i64 * i64::from(slots));
+                let lo = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, index, 0);
+                let hi = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, index, elems as i64);
+                let s_lo = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, slot, 0);
+                let s_hi = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, flat, lim);
+                let bad = self.b.ins().bor(lo, hi);
+                let bad2 = self.b.ins().bor(s_lo, s_hi);
+                let bad = self.b.ins().bor(bad, bad2);
+                let msg = format!("a scalar read outside buffer `{name}` at {}", self.here());
+                self.internal_if(bad, msg);
+                let off = self.b.ins().ishl_imm_s(flat, 2);
+                let addr = self.b.ins().iadd(base, off);
+                let v = self.b.ins().load(types::I32, TRUSTED, addr, 0);
+                self.b.ins().sextend(types::I64, v)
+            }
+        })
+    }
+
+    fn cmp(&mut self, cc: IntCC, a: Value, b: Value) -> Value {
+        let c = self.b.ins().icmp(cc, a, b);
+        self.b.ins().uextend(types::I64, c)
+    }
+
+    /// Floor division or remainder by a positive divisor.
+    fn floor_divmod_pos(&mut self, a: Value, b: Value, div: bool) -> Value {
+        let q = self.b.ins().sdiv(a, b);
+        let r = self.b.ins().srem(a, b);
+        let neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, r, 0);
+        if div {
+            let q1 = self.b.ins().iadd_imm_s(q, -1);
+            self.b.ins().select(neg, q1, q)
+        } else {
+            let r1 = self.b.ins().iadd(r, b);
+            self.b.ins().select(neg, r1, r)
+        }
+    }
+
+    /// Floor division or remainder (`b != 0`), wrapping on `MIN / -1` as the interpreter does.
+    fn floor_divmod(&mut self, a: Value, b: Value, div: bool) -> Value {
+        // x86 traps on MIN / -1: divide by 1 instead and fix the result up.
+        let m1 = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
+        let one = self.iconst(1);
+        let bb = self.b.ins().select(m1, one, b);
+        let q = self.b.ins().sdiv(a, bb);
+        let r = self.b.ins().srem(a, bb);
+        let rnz = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+        let rneg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, r, 0);
+        let bneg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, bb, 0);
+        let diff = self.b.ins().bxor(rneg, bneg);
+        let adj = self.b.ins().band(rnz, diff);
+        if div {
+            let q1 = self.b.ins().iadd_imm_s(q, -1);
+            let q = self.b.ins().select(adj, q1, q);
+            let nq = self.b.ins().ineg(a);
+            self.b.ins().select(m1, nq, q)
+        } else {
+            let r1 = self.b.ins().iadd(r, bb);
+            let r = self.b.ins().select(adj, r1, r);
+            let z = self.iconst(0);
+            self.b.ins().select(m1, z, r)
+        }
+    }
+
+    // ----- regions -----
+
+    fn buffer(&self, buf: BufId) -> Result<(Value, DType, u64, u32, String), Diagnostic> {
+        let b = self.launch.buffers.get(buf.0 as usize).ok_or_else(|| self.err(format!("buffer #{}", buf.0)))?;
+        let base = self.bufs[buf.0 as usize].ok_or_else(|| {
+            self.err(format!("buffer `{}` in {} belongs to the other kind of core", b.name, b.mem.name()))
+        })?;
+        Ok((base, b.dtype, b.slot_elems(), b.slots, b.name.clone()))
+    }
+
+    fn gm_len(&self, t: TensorId) -> Result<u64, Diagnostic> {
+        let g = self.prog.tensors.get(t.0 as usize).ok_or_else(|| self.err(format!("GM tensor #{}", t.0)))?;
+        Ok(match g.role {
+            TensorRole::Workspace { per_core } => {
+                let cores = self
+                    .prog
+                    .launches
+                    .iter()
+                    .filter(|l| kc_runtime::gm::uses_tensor(l, t))
+                    .map(|l| u64::from(l.cube_cores) + u64::from(l.vector_cores))
+                    .max()
+                    .unwrap_or(0);
+                per_core.saturating_mul(cores) / g.dtype.size_bytes() as u64
+            }
+            _ => g.shape.iter().product(),
+        })
+    }
+
+    fn region(&mut self, r: &Region, what: &str) -> Result<Res, Diagnostic> {
+        let offset = self.sexpr(&r.offset)?;
+        let stride = self.sexpr(&r.row_stride)?;
+        match &r.loc {
+            Loc::Gm(t) => {
+                let g = self.prog.tensors.get(t.0 as usize).ok_or_else(|| self.err(format!("GM tensor #{}", t.0)))?;
+                let limit = self.gm_len(*t)?;
+                Ok(Res {
+                    base: self.gm[t.0 as usize],
+                    dtype: g.dtype,
+                    offset,
+                    stride,
+                    limit,
+                    what: format!("{what} in GM tensor `{}` at {}", g.name, self.here()),
+                })
+            }
+            Loc::Buf { buf, slot } => {
+                let (base, dtype, elems, slots, name) = self.buffer(*buf)?;
+                let base = if slots == 1 && matches!(slot, SExpr::Const(0)) {
+                    base
+                } else {
+                    let s = self.sexpr(slot)?;
+                    let lo = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, s, 0);
+                    let hi = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, s, i64::from(slots));
+                    let bad = self.b.ins().bor(lo, hi);
+                    let msg = format!("a slot outside buffer `{name}` ({slots} slots) for {what} at {}", self.here());
+                    self.internal_if(bad, msg);
+                    let off = self.b.ins().imul_imm_s(s, (elems * dtype.size_bytes() as u64) as i64);
+                    self.b.ins().iadd(base, off)
+                };
+                Ok(Res {
+                    base,
+                    dtype,
+                    offset,
+                    stride,
+                    limit: elems,
+                    what: format!("{what} in buffer `{name}` at {}", self.here()),
+                })
+            }
+        }
+    }
+
+    /// Stops unless the `rows × cols` window of `r` is inside its storage (nothing is checked for an empty
+    /// window; negative sizes, offsets and row strides fail). Overflow-free in 64 bits: every term is
+    /// compared with the limit (at most 2^40) before it is added.
+    fn check(&mut self, r: &Res, rows: Value, cols: Value) {
+        let site = self.site(Site::Bounds { what: r.what.clone(), limit: r.limit });
+        let lim = r.limit as i64;
+        let neg_r = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, rows, 0);
+        let neg_c = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, cols, 0);
+        let neg = self.b.ins().bor(neg_r, neg_c);
+        let z_r = self.b.ins().icmp_imm_s(IntCC::Equal, rows, 0);
+        let z_c = self.b.ins().icmp_imm_s(IntCC::Equal, cols, 0);
+        let empty = self.b.ins().bor(z_r, z_c);
+        let neg_o = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, r.offset, 0);
+        let neg_s = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, r.stride, 0);
+        let big_o = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThan, r.offset, lim);
+        let big_c = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThan, cols, lim);
+        let r1 = self.b.ins().iadd_imm_s(rows, -1);
+        let hi = self.b.ins().umulhi(r1, r.stride);
+        let ovf = self.b.ins().icmp_imm_s(IntCC::NotEqual, hi, 0);
+        let span = self.b.ins().imul(r1, r.stride);
+        let big_span = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThan, span, lim);
+        let end = self.b.ins().iadd(r.offset, span);
+        let end = self.b.ins().iadd(end, cols);
+        let past = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThan, end, lim);
+        let mut out = neg_o;
+        for x in [neg_s, big_o, big_c, ovf, big_span, past] {
+            out = self.b.ins().bor(out, x);
+        }
+        let nonempty = self.b.ins().bxor_imm_s(empty, 1);
+        let out = self.b.ins().band(out, nonempty);
+        let bad = self.b.ins().bor(out, neg);
+        self.fail_if(bad, site, [r.offset, r.stride, rows, cols]);
+    }
+
+    /// The address of element `(r, c)` of a region (`None` for 0).
+    fn elem_addr(&mut self, x: &Res, r: Option<Value>, c: Option<Value>) -> Value {
+        let mut flat = x.offset;
+        if let Some(r) = r {
+            let rs = self.b.ins().imul(r, x.stride);
+            flat = self.b.ins().iadd(flat, rs);
+        }
+        if let Some(c) = c {
+            flat = self.b.ins().iadd(flat, c);
+        }
+        let sz = x.dtype.size_bytes() as i64;
+        let bytes = if sz == 1 { flat } else { self.b.ins().imul_imm_s(flat, sz) };
+        self.b.ins().iadd(x.base, bytes)
+    }
+}
+
+/// The right operand of a binary scalar expression.
+fn e_rhs(e: &SExpr) -> &Box<SExpr> {
+    match e {
+        SExpr::Bin(_, _, b) => b,
+        _ => unreachable!("e_rhs of a non-binary expression"),
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Vector statements.
+
+/// Per-node facts of a vector expression.
+fn ty_of(prog: &TileProgram, l: &Launch, e: &VExpr) -> Option<Ty> {
+    let dt = |r: &Region| -> Option<DType> {
+        match &r.loc {
+            Loc::Gm(t) => prog.tensors.get(t.0 as usize).map(|g| g.dtype),
+            Loc::Buf { buf, .. } => l.buffers.get(buf.0 as usize).map(|b| b.dtype),
+        }
+    };
+    let of = |d: DType| match d {
+        DType::F32 | DType::BF16 | DType::F16 => Ty::F,
+        DType::I32 => Ty::I,
+        DType::Bool => Ty::B,
+    };
+    Some(match e {
+        VExpr::F32(_) => Ty::F,
+        VExpr::I32(_) | VExpr::Scalar(_) | VExpr::Row | VExpr::Col => Ty::I,
+        VExpr::Bool(_) => Ty::B,
+        VExpr::Read(r) | VExpr::ReadRow(r) | VExpr::ReadCol(r) => of(dt(r)?),
+        VExpr::Unary(UnOp::Not, _) => Ty::B,
+        VExpr::Unary(_, a) => ty_of(prog, l, a)?,
+        VExpr::Binary(op, a, _) => match op {
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::And | BinOp::Or => Ty::B,
+            _ => ty_of(prog, l, a)?,
+        },
+        VExpr::Select(_, a, _) => ty_of(prog, l, a)?,
+        VExpr::Cast(d, _) => of(*d),
+    })
+}
+
+fn var_of(e: &VExpr) -> Var {
+    match e {
+        VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Scalar(_) => Var::Const,
+        VExpr::Row | VExpr::ReadRow(_) => Var::Row,
+        VExpr::Col | VExpr::Read(_) | VExpr::ReadCol(_) => Var::Elem,
+        VExpr::Unary(_, a) | VExpr::Cast(_, a) => var_of(a),
+        VExpr::Binary(_, a, b) => var_of(a).max(var_of(b)),
+        VExpr::Select(c, a, b) => var_of(c).max(var_of(a)).max(var_of(b)),
+    }
+}
+
+/// Whether the column-dependent part of `e` can run on `f32x4` lanes.
+fn simd_ok(prog: &TileProgram, l: &Launch, e: &VExpr) -> bool {
+    if var_of(e) != Var::Elem {
+        return true;
+    }
+    let Some(t) = ty_of(prog, l, e) else { return false };
+    if t == Ty::I {
+        return false;
+    }
+    let rdt = |r: &Region| match &r.loc {
+        Loc::Gm(t) => prog.tensors.get(t.0 as usize).map(|g| g.dtype),
+        Loc::Buf { buf, .. } => l.buffers.get(buf.0 as usize).map(|b| b.dtype),
+    };
+    match e {
+        VExpr::Col => false,
+        VExpr::Read(r) | VExpr::ReadCol(r) => matches!(rdt(r), Some(DType::F32 | DType::BF16)),
+        VExpr::Unary(op, a) => {
+            !matches!(op, UnOp::Not) && simd_ok(prog, l, a) || (*op == UnOp::Not && simd_ok(prog, l, a))
+        }
+        VExpr::Cast(d, a) => match d {
+            DType::F32 | DType::BF16 | DType::Bool => simd_ok(prog, l, a) && ty_of(prog, l, a) != Some(Ty::I),
+            _ => false,
+        },
+        VExpr::Binary(op, a, b) => {
+            let ta = ty_of(prog, l, a);
+            let tb = ty_of(prog, l, b);
+            if ta == Some(Ty::I) || tb == Some(Ty::I) {
+                return false;
+            }
+            let _ = op;
+            simd_ok(prog, l, a) && simd_ok(prog, l, b)
+        }
+        VExpr::Select(c, a, b) => {
+            ty_of(prog, l, c) == Some(Ty::B) && simd_ok(prog, l, c) && simd_ok(prog, l, a) && simd_ok(prog, l, b)
+        }
+        _ => true,
+    }
+}
+
+/// Where the element loop is: the row index and, in the column loop, the column index.
+#[derive(Copy, Clone)]
+struct At {
+    r: Value,
+    c: Value,
+    /// Lane-0-only (a tail element): reads load one element.
+    tail: bool,
+}
+
+/// The regions a vector expression reads, resolved once per statement, by the address of the `Region`.
+type Reads = Vec<(*const Region, Res)>;
+
+impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
+    fn vector(&mut self, dst: &'p Region, rows: &SExpr, cols: &SExpr, expr: &'p VExpr) -> Result<(), Diagnostic> {
+        let rows = self.sexpr(rows)?;
+        let cols = self.sexpr(cols)?;
+        let d = self.region(dst, "the vector statement's destination")?;
+        let Some(ty) = ty_of(self.prog, self.launch, expr) else {
+            return Err(self.err("a vector expression names storage that does not exist"));
+        };
+        let want = match d.dtype {
+            DType::F32 | DType::BF16 | DType::F16 => Ty::F,
+            DType::I32 => Ty::I,
+            DType::Bool => Ty::B,
+        };
+        if ty != want {
+            return Err(self.err(format!("a {ty:?} value stored into {} ({})", d.what, d.dtype)));
+        }
+        self.check(&d, rows, cols);
+        // Resolve and check every region read.
+        let mut reads: Reads = Vec::new();
+        let mut regions = Vec::new();
+        collect_reads(expr, &mut regions);
+        let one = self.iconst(1);
+        let mut hazard = false;
+        for (kind, r) in regions {
+            let x = self.region(r, "a vector operand")?;
+            match kind {
+                0 => self.check(&x, rows, cols),
+                1 => self.check(&x, rows, one),
+                _ => self.check(&x, one, cols),
+            }
+            if let (Loc::Buf { buf: a, .. }, Loc::Buf { buf: b, .. }) = (&r.loc, &dst.loc) {
+                if a == b && !(kind == 0 && r == dst) {
+                    hazard = true;
+                }
+            }
+            reads.push((r as *const Region, x));
+        }
+        // A destination also read at another window: compute into a temporary first.
+        let (target, temp) = if hazard {
+            let (_, dtype, elems, _, name) = match &dst.loc {
+                Loc::Buf { buf, .. } => self.buffer(*buf)?,
+                Loc::Gm(_) => return Err(self.err("a vector statement into GM")),
+            };
+            let bytes = (elems * dtype.size_bytes() as u64) as u32;
+            let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes.max(8), 6));
+            let base = self.b.ins().stack_addr(types::I64, slot, 0);
+            let zero = self.iconst(0);
+            let n = self.b.ins().imul(rows, cols);
+            let big = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, n, elems as i64);
+            let msg = format!("a tile larger than buffer `{name}` at {}", self.here());
+            self.internal_if(big, msg);
+            let t = Res { base, dtype, offset: zero, stride: cols, limit: elems, what: format!("a copy of `{name}`") };
+            (t.clone(), Some(t))
+        } else {
+            (d.clone(), None)
+        };
+        let simd = simd_ok(self.prog, self.launch, expr) && matches!(d.dtype, DType::F32 | DType::BF16);
+        // Statement-invariant sub-expressions, once.
+        let mut consts: BTreeMap<*const VExpr, SV> = BTreeMap::new();
+        let zero = self.iconst(0);
+        let at0 = At { r: zero, c: zero, tail: true };
+        self.hoist(expr, Var::Const, &reads, at0, &mut consts)?;
+
+        // for r in 0..rows
+        let rv = self.b.declare_var(types::I64);
+        self.b.def_var(rv, zero);
+        let rhead = self.b.create_block();
+        let rbody = self.b.create_block();
+        let rdone = self.b.create_block();
+        self.b.ins().jump(rhead, &[]);
+        self.b.switch_to_block(rhead);
+        let r = self.b.use_var(rv);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, r, rows);
+        self.b.ins().brif(more, rbody, &[], rdone, &[]);
+        self.b.switch_to_block(rbody);
+        let r = self.b.use_var(rv);
+        let mut row_vals = consts.clone();
+        self.hoist(expr, Var::Row, &reads, At { r, c: zero, tail: true }, &mut row_vals)?;
+        let cv = self.b.declare_var(types::I64);
+        self.b.def_var(cv, zero);
+        if simd {
+            // Two vectors a step while 8 columns remain, then one while 4 remain.
+            for width in [8i64, 4] {
+                let head = self.b.create_block();
+                let body = self.b.create_block();
+                let done = self.b.create_block();
+                self.b.ins().jump(head, &[]);
+                self.b.switch_to_block(head);
+                let c = self.b.use_var(cv);
+                let end = self.b.ins().iadd_imm_s(c, width);
+                let fits = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, cols);
+                self.b.ins().brif(fits, body, &[], done, &[]);
+                self.b.switch_to_block(body);
+                let c = self.b.use_var(cv);
+                let mut vals = Vec::new();
+                for k in 0..width / 4 {
+                    let ck = self.b.ins().iadd_imm_s(c, 4 * k);
+                    let v = self.vx(expr, &reads, &row_vals, At { r, c: ck, tail: false })?;
+                    vals.push((ck, v));
+                }
+                for (ck, v) in vals {
+                    self.store_x4(&target, r, ck, v);
+                }
+                let next = self.b.ins().iadd_imm_s(c, width);
+                self.b.def_var(cv, next);
+                self.b.ins().jump(head, &[]);
+                self.b.switch_to_block(done);
+            }
+        }
+        // The remaining columns one by one (all of them without SIMD).
+        {
+            let head = self.b.create_block();
+            let body = self.b.create_block();
+            let done = self.b.create_block();
+            self.b.ins().jump(head, &[]);
+            self.b.switch_to_block(head);
+            let c = self.b.use_var(cv);
+            let fits = self.b.ins().icmp(IntCC::SignedLessThan, c, cols);
+            self.b.ins().brif(fits, body, &[], done, &[]);
+            self.b.switch_to_block(body);
+            let c = self.b.use_var(cv);
+            let at = At { r, c, tail: true };
+            if simd {
+                let v = self.vx(expr, &reads, &row_vals, at)?;
+                let lane = self.b.ins().extractlane(v, 0);
+                self.store_scalar(&target, r, c, SV::F(lane));
+            } else {
+                let v = self.sx(expr, &reads, &row_vals, at)?;
+                self.store_scalar(&target, r, c, v);
+            }
+            let next = self.b.ins().iadd_imm_s(c, 1);
+            self.b.def_var(cv, next);
+            self.b.ins().jump(head, &[]);
+            self.b.switch_to_block(done);
+        }
+        let r = self.b.use_var(rv);
+        let next = self.b.ins().iadd_imm_s(r, 1);
+        self.b.def_var(rv, next);
+        self.b.ins().jump(rhead, &[]);
+        self.b.switch_to_block(rdone);
+        if let Some(t) = temp {
+            let mut w = self.region_words(&d);
+            w.extend(self.region_words(&t));
+            w.extend([rows, cols]);
+            let a = self.words(&w);
+            self.call("kc_rt_copy", &[a]);
+        }
+        Ok(())
+    }
+
+    /// Computes, as scalars, the maximal sub-expressions of `e` that vary at most as `level` (and are not
+    /// leaves that are free to compute anyway), into `out`.
+    fn hoist(
+        &mut self,
+        e: &'p VExpr,
+        level: Var,
+        reads: &Reads,
+        at: At,
+        out: &mut BTreeMap<*const VExpr, SV>,
+    ) -> Result<(), Diagnostic> {
+        let v = var_of(e);
+        if v == level {
+            if !out.contains_key(&(e as *const VExpr)) && !has_div(e) {
+                let s = self.sx(e, reads, out, at)?;
+                out.insert(e as *const VExpr, s);
+            }
+            return Ok(());
+        }
+        if v < level {
+            return Ok(());
+        }
+        match e {
+            VExpr::Unary(_, a) | VExpr::Cast(_, a) => self.hoist(a, level, reads, at, out),
+            VExpr::Binary(_, a, b) => {
+                self.hoist(a, level, reads, at, out)?;
+                self.hoist(b, level, reads, at, out)
+            }
+            VExpr::Select(c, a, b) => {
+                self.hoist(c, level, reads, at, out)?;
+                self.hoist(a, level, reads, at, out)?;
+                self.hoist(b, level, reads, at, out)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn read_res<'r>(&self, reads: &'r Reads, r: &Region) -> Result<&'r Res, Diagnostic> {
+        reads
+            .iter()
+            .find(|(p, _)| std::ptr::eq(*p, r))
+            .map(|(_, x)| x)
+            .ok_or_else(|| self.err("a vector operand was not resolved"))
+    }
+
+    // ----- scalar element code -----
+
+    fn sx(&mut self, e: &VExpr, reads: &Reads, hoisted: &BTreeMap<*const VExpr, SV>, at: At) -> Result<SV, Diagnostic> {
+        if let Some(v) = hoisted.get(&(e as *const VExpr)) {
+            return Ok(*v);
+        }
+        Ok(match e {
+            VExpr::F32(x) => SV::F(self.b.ins().f32const(*x)),
+            VExpr::I32(x) => SV::I(self.iconst(*x)),
+            VExpr::Bool(x) => SV::B(self.b.ins().iconst(types::I8, i64::from(*x))),
+            VExpr::Scalar(s) => SV::I(self.sexpr(s)?),
+            VExpr::Row => SV::I(at.r),
+            VExpr::Col => SV::I(at.c),
+            VExpr::Read(r) | VExpr::ReadRow(r) | VExpr::ReadCol(r) => {
+                let x = self.read_res(reads, r)?.clone();
+                let zero = self.iconst(0);
+                let (rr, cc) = match e {
+                    VExpr::Read(_) => (at.r, at.c),
+                    VExpr::ReadRow(_) => (at.r, zero),
+                    _ => (zero, at.c),
+                };
+                self.load_scalar(&x, rr, cc)
+            }
+            VExpr::Unary(op, a) => {
+                let a = self.sx(a, reads, hoisted, at)?;
+                self.unary_scalar(*op, a)?
+            }
+            VExpr::Binary(op, a, b) => {
+                let a = self.sx(a, reads, hoisted, at)?;
+                let b = self.sx(b, reads, hoisted, at)?;
+                self.binary_scalar(*op, a, b)?
+            }
+            VExpr::Select(c, a, b) => {
+                let c = match self.sx(c, reads, hoisted, at)? {
+                    SV::B(c) => c,
+                    _ => return Err(self.err("a select on a non-bool condition")),
+                };
+                if has_div(a) || has_div(b) {
+                    // Only the chosen side runs: it may divide by zero.
+                    let tb = self.b.create_block();
+                    let fb = self.b.create_block();
+                    let done = self.b.create_block();
+                    self.b.ins().brif(c, tb, &[], fb, &[]);
+                    self.b.switch_to_block(tb);
+                    let x = self.sx(a, reads, hoisted, at)?;
+                    let (t, xv) = sv_parts(x);
+                    let p = self.b.append_block_param(done, cl_ty(t));
+                    self.b.ins().jump(done, &[xv.into()]);
+                    self.b.switch_to_block(fb);
+                    let y = self.sx(b, reads, hoisted, at)?;
+                    let (_, yv) = sv_parts(y);
+                    self.b.ins().jump(done, &[yv.into()]);
+                    self.b.switch_to_block(done);
+                    sv_make(t, p)
+                } else {
+                    let x = self.sx(a, reads, hoisted, at)?;
+                    let y = self.sx(b, reads, hoisted, at)?;
+                    let (t, xv) = sv_parts(x);
+                    let (_, yv) = sv_parts(y);
+                    sv_make(t, self.b.ins().select(c, xv, yv))
+                }
+            }
+            VExpr::Cast(d, a) => {
+                let a = self.sx(a, reads, hoisted, at)?;
+                self.cast_scalar(*d, a)
+            }
+        })
+    }
+
+    fn load_scalar(&mut self, x: &Res, r: Value, c: Value) -> SV {
+        let addr = self.elem_addr(x, Some(r), Some(c));
+        match x.dtype {
+            DType::F32 => SV::F(self.b.ins().load(types::F32, TRUSTED, addr, 0)),
+            DType::BF16 => {
+                let h = self.b.ins().uload16(types::I32, TRUSTED, addr, 0);
+                let w = self.b.ins().ishl_imm_s(h, 16);
+                SV::F(self.b.ins().bitcast(types::F32, LE, w))
+            }
+            DType::F16 => {
+                let h = self.b.ins().uload16(types::I32, TRUSTED, addr, 0);
+                SV::F(self.call("kc_rt_f16_to_f32", &[h]).expect("a value"))
+            }
+            DType::I32 => SV::I(self.b.ins().sload32(TRUSTED, addr, 0)),
+            DType::Bool => SV::B(self.b.ins().load(types::I8, TRUSTED, addr, 0)),
+        }
+    }
+
+    fn store_scalar(&mut self, x: &Res, r: Value, c: Value, v: SV) {
+        let addr = self.elem_addr(x, Some(r), Some(c));
+        match (x.dtype, v) {
+            (DType::F32, SV::F(v)) => {
+                self.b.ins().store(TRUSTED, v, addr, 0);
+            }
+            (DType::BF16, SV::F(v)) => {
+                let bits = self.bf16_bits(v);
+                self.b.ins().istore16(TRUSTED, bits, addr, 0);
+            }
+            (DType::F16, SV::F(v)) => {
+                let bits = self.call("kc_rt_f32_to_f16", &[v]).expect("a value");
+                self.b.ins().istore16(TRUSTED, bits, addr, 0);
+            }
+            (DType::I32, SV::I(v)) => {
+                self.b.ins().istore32(TRUSTED, v, addr, 0);
+            }
+            (DType::Bool, SV::B(v)) => {
+                self.b.ins().store(TRUSTED, v, addr, 0);
+            }
+            _ => unreachable!("the statement's type was checked against its destination"),
+        }
+    }
+
+    /// The bf16 bits (in the low 16 bits of an i32) of an f32, rounded to nearest-even; NaN stays a quiet NaN.
+    fn bf16_bits(&mut self, v: Value) -> Value {
+        let w = self.b.ins().bitcast(types::I32, LE, v);
+        let lsb = self.b.ins().ushr_imm_s(w, 16);
+        let lsb = self.b.ins().band_imm_s(lsb, 1);
+        let bias = self.b.ins().iadd_imm_s(lsb, 0x7FFF);
+        let rounded = self.b.ins().iadd(w, bias);
+        let rounded = self.b.ins().ushr_imm_s(rounded, 16);
+        let nan_bits = self.b.ins().ushr_imm_s(w, 16);
+        let nan_bits = self.b.ins().bor_imm_s(nan_bits, 0x40);
+        let is_nan = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+        self.b.ins().select(is_nan, nan_bits, rounded)
+    }
+
+    fn unary_scalar(&mut self, op: UnOp, a: SV) -> Result<SV, Diagnostic> {
+        Ok(match (op, a) {
+            (UnOp::Not, SV::B(x)) => SV::B(self.b.ins().bxor_imm_s(x, 1)),
+            (UnOp::Neg, SV::I(x)) => SV::I(self.b.ins().ineg(x)),
+            (UnOp::Abs, SV::I(x)) => SV::I(self.b.ins().iabs(x)),
+            (op, SV::F(x)) => SV::F(match op {
+                UnOp::Neg => self.b.ins().fneg(x),
+                UnOp::Abs => self.b.ins().fabs(x),
+                UnOp::Sqrt => self.b.ins().sqrt(x),
+                UnOp::Floor => self.b.ins().floor(x),
+                UnOp::Ceil => self.b.ins().ceil(x),
+                UnOp::Relu => {
+                    let z = self.b.ins().f32const(0.0);
+                    let keep = self.b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, z);
+                    self.b.ins().select(keep, x, z)
+                }
+                UnOp::Not => return Err(self.err("not of an f32")),
+                _ => {
+                    let v = self.splat(SV::F(x));
+                    let r = self.unary_x4(op, v);
+                    self.b.ins().extractlane(r, 0)
+                }
+            }),
+            (op, _) => return Err(self.err(format!("{} of a non-float", op.name()))),
+        })
+    }
+
+    fn binary_scalar(&mut self, op: BinOp, a: SV, b: SV) -> Result<SV, Diagnostic> {
+        use BinOp::*;
+        Ok(match (a, b) {
+            (SV::F(x), SV::F(y)) => match op {
+                Add => SV::F(self.b.ins().fadd(x, y)),
+                Sub => SV::F(self.b.ins().fsub(x, y)),
+                Mul => SV::F(self.b.ins().fmul(x, y)),
+                Div => SV::F(self.b.ins().fdiv(x, y)),
+                Mod => SV::F(self.call("kc_rt_fmodf", &[x, y]).expect("a value")),
+                Pow => SV::F(self.call("kc_rt_powf", &[x, y]).expect("a value")),
+                Min | Max => {
+                    let vx = self.splat(SV::F(x));
+                    let vy = self.splat(SV::F(y));
+                    let r = if op == Min { self.b.ins().fmin(vx, vy) } else { self.b.ins().fmax(vx, vy) };
+                    SV::F(self.b.ins().extractlane(r, 0))
+                }
+                Eq => SV::B(self.b.ins().fcmp(FloatCC::Equal, x, y)),
+                Ne => SV::B(self.b.ins().fcmp(FloatCC::NotEqual, x, y)),
+                Lt => SV::B(self.b.ins().fcmp(FloatCC::LessThan, x, y)),
+                Le => SV::B(self.b.ins().fcmp(FloatCC::LessThanOrEqual, x, y)),
+                Gt => SV::B(self.b.ins().fcmp(FloatCC::GreaterThan, x, y)),
+                Ge => SV::B(self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, y)),
+                And | Or => return Err(self.err("and/or of floats")),
+            },
+            (SV::I(x), SV::I(y)) => match op {
+                Add => SV::I(self.b.ins().iadd(x, y)),
+                Sub => SV::I(self.b.ins().isub(x, y)),
+                Mul => SV::I(self.b.ins().imul(x, y)),
+                Div | Mod => {
+                    let z = self.b.ins().icmp_imm_s(IntCC::Equal, y, 0);
+                    let site = self.site(Site::DivByZero);
+                    let which = self.iconst(i64::from(op == Mod));
+                    let zero = self.iconst(0);
+                    self.fail_if(z, site, [x, which, zero, zero]);
+                    SV::I(self.floor_divmod(x, y, op == Div))
+                }
+                Min => SV::I(self.b.ins().smin(x, y)),
+                Max => SV::I(self.b.ins().smax(x, y)),
+                Eq => SV::B(self.b.ins().icmp(IntCC::Equal, x, y)),
+                Ne => SV::B(self.b.ins().icmp(IntCC::NotEqual, x, y)),
+                Lt => SV::B(self.b.ins().icmp(IntCC::SignedLessThan, x, y)),
+                Le => SV::B(self.b.ins().icmp(IntCC::SignedLessThanOrEqual, x, y)),
+                Gt => SV::B(self.b.ins().icmp(IntCC::SignedGreaterThan, x, y)),
+                Ge => SV::B(self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, x, y)),
+                Pow | And | Or => return Err(self.err(format!("{} of integers", op.name()))),
+            },
+            (SV::B(x), SV::B(y)) => match op {
+                Eq => SV::B(self.b.ins().icmp(IntCC::Equal, x, y)),
+                Ne => SV::B(self.b.ins().icmp(IntCC::NotEqual, x, y)),
+                And => SV::B(self.b.ins().band(x, y)),
+                Or => SV::B(self.b.ins().bor(x, y)),
+                _ => return Err(self.err(format!("{} of booleans", op.name()))),
+            },
+            _ => return Err(self.err(format!("{} of mixed types", op.name()))),
+        })
+    }
+
+    fn cast_scalar(&mut self, d: DType, a: SV) -> SV {
+        let to_f = |g: &mut Self, a: SV| match a {
+            SV::F(x) => x,
+            SV::I(x) => g.b.ins().fcvt_from_sint(types::F32, x),
+            SV::B(x) => {
+                let w = g.b.ins().uextend(types::I32, x);
+                g.b.ins().fcvt_from_uint(types::F32, w)
+            }
+        };
+        match d {
+            DType::F32 => SV::F(to_f(self, a)),
+            DType::BF16 => {
+                let f = to_f(self, a);
+                let bits = self.bf16_bits(f);
+                let w = self.b.ins().ishl_imm_s(bits, 16);
+                SV::F(self.b.ins().bitcast(types::F32, LE, w))
+            }
+            DType::F16 => {
+                let f = to_f(self, a);
+                let bits = self.call("kc_rt_f32_to_f16", &[f]).expect("a value");
+                SV::F(self.call("kc_rt_f16_to_f32", &[bits]).expect("a value"))
+            }
+            DType::I32 => SV::I(match a {
+                SV::F(x) => {
+                    let i = self.b.ins().fcvt_to_sint_sat(types::I32, x);
+                    self.b.ins().sextend(types::I64, i)
+                }
+                SV::I(x) => x,
+                SV::B(x) => self.b.ins().uextend(types::I64, x),
+            }),
+            DType::Bool => SV::B(match a {
+                SV::F(x) => {
+                    let z = self.b.ins().f32const(0.0);
+                    self.b.ins().fcmp(FloatCC::NotEqual, x, z)
+                }
+                SV::I(x) => self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0),
+                SV::B(x) => x,
+            }),
+        }
+    }
+
+    // ----- f32x4 element code -----
+
+    /// A scalar (float or mask) as a vector: f32 splat, booleans as all-ones / all-zeros lanes (as f32x4 bits).
+    fn splat(&mut self, s: SV) -> Value {
+        match s {
+            SV::F(x) => self.b.ins().splat(types::F32X4, x),
+            SV::B(x) => {
+                let w = self.b.ins().uextend(types::I32, x);
+                let m = self.b.ins().ineg(w);
+                let v = self.b.ins().splat(types::I32X4, m);
+                self.b.ins().bitcast(types::F32X4, LE, v)
+            }
+            SV::I(x) => {
+                let f = self.b.ins().fcvt_from_sint(types::F32, x);
+                self.b.ins().splat(types::F32X4, f)
+            }
+        }
+    }
+
+    /// Four lanes of a float or mask expression at columns `c..c+4` (lane 0 only in a tail). Masks are
+    /// f32x4 values whose lanes are all ones or all zeros.
+    fn vx(
+        &mut self,
+        e: &VExpr,
+        reads: &Reads,
+        hoisted: &BTreeMap<*const VExpr, SV>,
+        at: At,
+    ) -> Result<Value, Diagnostic> {
+        if let Some(v) = hoisted.get(&(e as *const VExpr)) {
+            return Ok(self.splat(*v));
+        }
+        if var_of(e) != Var::Elem {
+            let s = self.sx(e, reads, hoisted, at)?;
+            return Ok(self.splat(s));
+        }
+        Ok(match e {
+            VExpr::Read(r) | VExpr::ReadCol(r) => {
+                let x = self.read_res(reads, r)?.clone();
+                let rr = if matches!(e, VExpr::Read(_)) { at.r } else { self.iconst(0) };
+                if at.tail {
+                    let s = self.load_scalar(&x, rr, at.c);
+                    self.splat(s)
+                } else {
+                    let addr = self.elem_addr(&x, Some(rr), Some(at.c));
+                    match x.dtype {
+                        DType::F32 => self.b.ins().load(types::F32X4, TRUSTED, addr, 0),
+                        DType::BF16 => {
+                            let q = self.b.ins().load(types::I64, TRUSTED, addr, 0);
+                            let v = self.b.ins().scalar_to_vector(types::I64X2, q);
+                            let h = self.b.ins().bitcast(types::I16X8, LE, v);
+                            let w = self.b.ins().uwiden_low(h);
+                            let w = self.b.ins().ishl_imm_s(w, 16);
+                            self.b.ins().bitcast(types::F32X4, LE, w)
+                        }
+                        _ => return Err(self.err("a vector read of a non-float")),
+                    }
+                }
+            }
+            VExpr::Unary(op, a) => {
+                let a = self.vx(a, reads, hoisted, at)?;
+                match op {
+                    UnOp::Not => {
+                        let i = self.b.ins().bitcast(types::I32X4, LE, a);
+                        let n = self.b.ins().bnot(i);
+                        self.b.ins().bitcast(types::F32X4, LE, n)
+                    }
+                    _ => self.unary_x4(*op, a),
+                }
+            }
+            VExpr::Binary(op, x, y) => {
+                let tx = ty_of(self.prog, self.launch, x);
+                let a = self.vx(x, reads, hoisted, at)?;
+                let b = self.vx(y, reads, hoisted, at)?;
+                self.binary_x4(*op, tx == Some(Ty::B), a, b)?
+            }
+            VExpr::Select(c, x, y) => {
+                let m = self.vx(c, reads, hoisted, at)?;
+                let a = self.vx(x, reads, hoisted, at)?;
+                let b = self.vx(y, reads, hoisted, at)?;
+                self.b.ins().bitselect(m, a, b)
+            }
+            VExpr::Cast(d, a) => {
+                let ta = ty_of(self.prog, self.launch, a);
+                let v = self.vx(a, reads, hoisted, at)?;
+                match (d, ta) {
+                    (DType::F32, Some(Ty::F)) => v,
+                    (DType::F32, Some(Ty::B)) => {
+                        let one = self.b.ins().f32const(1.0);
+                        let one = self.b.ins().splat(types::F32X4, one);
+                        self.b.ins().band(v, one)
+                    }
+                    (DType::BF16, Some(Ty::F)) => {
+                        let bits = self.bf16_bits_x4(v);
+                        let w = self.b.ins().ishl_imm_s(bits, 16);
+                        self.b.ins().bitcast(types::F32X4, LE, w)
+                    }
+                    (DType::BF16, Some(Ty::B)) => {
+                        let one = self.b.ins().f32const(1.0);
+                        let one = self.b.ins().splat(types::F32X4, one);
+                        self.b.ins().band(v, one)
+                    }
+                    (DType::Bool, Some(Ty::F)) => {
+                        let z = self.b.ins().f32const(0.0);
+                        let z = self.b.ins().splat(types::F32X4, z);
+                        let m = self.b.ins().fcmp(FloatCC::NotEqual, v, z);
+                        self.b.ins().bitcast(types::F32X4, LE, m)
+                    }
+                    (DType::Bool, Some(Ty::B)) => v,
+                    _ => return Err(self.err("a vector cast the SIMD path does not take")),
+                }
+            }
+            _ => return Err(self.err("a column-dependent node the SIMD path does not take")),
+        })
+    }
+
+    fn unary_x4(&mut self, op: UnOp, a: Value) -> Value {
+        match op {
+            UnOp::Neg => self.b.ins().fneg(a),
+            UnOp::Abs => self.b.ins().fabs(a),
+            UnOp::Sqrt => self.b.ins().sqrt(a),
+            UnOp::Floor => self.b.ins().floor(a),
+            UnOp::Ceil => self.b.ins().ceil(a),
+            UnOp::Rsqrt => {
+                let s = self.b.ins().sqrt(a);
+                let one = self.b.ins().f32const(1.0);
+                let one = self.b.ins().splat(types::F32X4, one);
+                self.b.ins().fdiv(one, s)
+            }
+            UnOp::Relu => {
+                let z = self.b.ins().f32const(0.0);
+                let z = self.b.ins().splat(types::F32X4, z);
+                let gt = self.b.ins().fcmp(FloatCC::GreaterThan, a, z);
+                let nan = self.b.ins().fcmp(FloatCC::Unordered, a, a);
+                let keep = self.b.ins().bor(gt, nan);
+                let keep = self.b.ins().bitcast(types::F32X4, LE, keep);
+                self.b.ins().bitselect(keep, a, z)
+            }
+            _ => {
+                // Lane by lane through the runtime (exact, as the interpreter).
+                let code = self.iconst(UnOp::ALL.iter().position(|&o| o == op).unwrap_or(0) as i64);
+                let mut out = a;
+                for lane in 0..4u8 {
+                    let x = self.b.ins().extractlane(a, lane);
+                    let r = self.call("kc_rt_unary", &[code, x]).expect("a value");
+                    out = self.b.ins().insertlane(out, r, lane);
+                }
+                out
+            }
+        }
+    }
+
+    fn binary_x4(&mut self, op: BinOp, bools: bool, a: Value, b: Value) -> Result<Value, Diagnostic> {
+        use BinOp::*;
+        let mask = |g: &mut Self, m: Value| g.b.ins().bitcast(types::F32X4, LE, m);
+        Ok(if bools {
+            let ia = self.b.ins().bitcast(types::I32X4, LE, a);
+            let ib = self.b.ins().bitcast(types::I32X4, LE, b);
+            let r = match op {
+                Eq => self.b.ins().icmp(IntCC::Equal, ia, ib),
+                Ne => self.b.ins().icmp(IntCC::NotEqual, ia, ib),
+                And => self.b.ins().band(ia, ib),
+                Or => self.b.ins().bor(ia, ib),
+                _ => return Err(self.err(format!("{} of booleans", op.name()))),
+            };
+            mask(self, r)
+        } else {
+            match op {
+                Add => self.b.ins().fadd(a, b),
+                Sub => self.b.ins().fsub(a, b),
+                Mul => self.b.ins().fmul(a, b),
+                Div => self.b.ins().fdiv(a, b),
+                Min => self.b.ins().fmin(a, b),
+                Max => self.b.ins().fmax(a, b),
+                Mod | Pow => {
+                    let f = if op == Mod { "kc_rt_fmodf" } else { "kc_rt_powf" };
+                    let mut out = self.b.ins().f32const(0.0);
+                    out = self.b.ins().splat(types::F32X4, out);
+                    for lane in 0..4u8 {
+                        let x = self.b.ins().extractlane(a, lane);
+                        let y = self.b.ins().extractlane(b, lane);
+                        let r = self.call(f, &[x, y]).expect("a value");
+                        out = self.b.ins().insertlane(out, r, lane);
+                    }
+                    out
+                }
+                Eq | Ne | Lt | Le | Gt | Ge => {
+                    let cc = match op {
+                        Eq => FloatCC::Equal,
+                        Ne => FloatCC::NotEqual,
+                        Lt => FloatCC::LessThan,
+                        Le => FloatCC::LessThanOrEqual,
+                        Gt => FloatCC::GreaterThan,
+                        _ => FloatCC::GreaterThanOrEqual,
+                    };
+                    let m = self.b.ins().fcmp(cc, a, b);
+                    mask(self, m)
+                }
+                And | Or => return Err(self.err("and/or of floats")),
+            }
+        })
+    }
+
+    /// bf16 bits of four f32 lanes, rounded to nearest-even (an i32x4, bits in the low halves).
+    fn bf16_bits_x4(&mut self, v: Value) -> Value {
+        let w = self.b.ins().bitcast(types::I32X4, LE, v);
+        let lsb = self.b.ins().ushr_imm_s(w, 16);
+        let one = self.b.ins().iconst(types::I32, 1);
+        let one = self.b.ins().splat(types::I32X4, one);
+        let lsb = self.b.ins().band(lsb, one);
+        let bias = self.b.ins().iconst(types::I32, 0x7FFF);
+        let bias = self.b.ins().splat(types::I32X4, bias);
+        let bias = self.b.ins().iadd(lsb, bias);
+        let rounded = self.b.ins().iadd(w, bias);
+        let rounded = self.b.ins().ushr_imm_s(rounded, 16);
+        let nan_bits = self.b.ins().ushr_imm_s(w, 16);
+        let q = self.b.ins().iconst(types::I32, 0x40);
+        let q = self.b.ins().splat(types::I32X4, q);
+        let nan_bits = self.b.ins().bor(nan_bits, q);
+        let is_nan = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+        self.b.ins().bitselect(is_nan, nan_bits, rounded)
+    }
+
+    fn store_x4(&mut self, x: &Res, r: Value, c: Value, v: Value) {
+        let addr = self.elem_addr(x, Some(r), Some(c));
+        match x.dtype {
+            DType::F32 => {
+                self.b.ins().store(TRUSTED, v, addr, 0);
+            }
+            _ => {
+                let bits = self.bf16_bits_x4(v);
+                let h = self.b.ins().unarrow(bits, bits);
+                let q = self.b.ins().bitcast(types::I64X2, LE, h);
+                let q = self.b.ins().extractlane(q, 0);
+                self.b.ins().store(TRUSTED, q, addr, 0);
+            }
+        }
+    }
+}
+
+fn sv_parts(v: SV) -> (Ty, Value) {
+    match v {
+        SV::F(x) => (Ty::F, x),
+        SV::I(x) => (Ty::I, x),
+        SV::B(x) => (Ty::B, x),
+    }
+}
+
+fn sv_make(t: Ty, v: Value) -> SV {
+    match t {
+        Ty::F => SV::F(v),
+        Ty::I => SV::I(v),
+        Ty::B => SV::B(v),
+    }
+}
+
+fn cl_ty(t: Ty) -> Type {
+    match t {
+        Ty::F => types::F32,
+        Ty::I => types::I64,
+        Ty::B => types::I8,
+    }
+}
+
+/// Whether an expression contains an integer division or remainder (which can fail, so it is not computed
+/// speculatively).
+fn has_div(e: &VExpr) -> bool {
+    match e {
+        VExpr::Binary(op, a, b) => matches!(op, BinOp::Div | BinOp::Mod) || has_div(a) || has_div(b),
+        VExpr::Unary(_, a) | VExpr::Cast(_, a) => has_div(a),
+        VExpr::Select(c, a, b) => has_div(c) || has_div(a) || has_div(b),
+        _ => false,
+    }
+}
+
+/// The regions an expression reads: (0 element, 1 row broadcast, 2 column broadcast).
+fn collect_reads<'e>(e: &'e VExpr, out: &mut Vec<(u8, &'e Region)>) {
+    match e {
+        VExpr::Read(r) => out.push((0, r)),
+        VExpr::ReadRow(r) => out.push((1, r)),
+        VExpr::ReadCol(r) => out.push((2, r)),
+        VExpr::Unary(_, a) | VExpr::Cast(_, a) => collect_reads(a, out),
+        VExpr::Binary(_, a, b) => {
+            collect_reads(a, out);
+            collect_reads(b, out);
+        }
+        VExpr::Select(c, a, b) => {
+            collect_reads(c, out);
+            collect_reads(a, out);
+            collect_reads(b, out);
+        }
+        _ => {}
+    }
+}
+
+#[allow(dead_code)]
+fn sig(params: &[Type], rets: &[Type], module: &JITModule) -> Signature {
+    let mut s = module.make_signature();
+    s.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+    s.returns.extend(rets.iter().map(|&t| AbiParam::new(t)));
+    s
+}

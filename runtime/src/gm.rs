@@ -1,0 +1,282 @@
+//! Global memory for the executors of tile programs (the simulator and the JIT): the checks of a launch's
+//! arguments against the kernel and the program, one flat array per GM tensor, and the results read back.
+
+use kc_ir::diag::{Code, Diagnostic};
+use kc_ir::graph::{Graph, ParamKind};
+use kc_ir::interp::Limits;
+use kc_ir::launch::{self, Args, Binding};
+use kc_ir::span::Span;
+use kc_ir::tensor::{numel, Tensor, TensorData};
+use kc_ir::tile::{Launch, LibOp, Loc, Region, Stmt, TensorId, TensorRole, TileProgram, VExpr};
+
+/// The most cores a launch may have.
+pub const MAX_CORES: u64 = 1 << 12;
+
+/// One `(name, tensor)` per entry of `graph.results`, in order.
+pub type Results = Vec<(String, Tensor)>;
+
+/// Binds `args` to `graph`'s signature (every check the interpreter makes), checks that `prog` is
+/// specialized to the bound dims and that GM plus the largest launch's buffers fit `limits.max_bytes`, and
+/// sets up global memory: a `Param(i)` tensor is a copy of the argument converted to the tensor's dtype (the
+/// caller's arguments are never modified, so a failed run leaves them as they were); every other tensor
+/// starts as zeros; a workspace holds `per_core` bytes for each core of the largest launch that uses it.
+/// `who` names the executor in messages ("simulating", "running").
+pub fn setup(
+    prog: &TileProgram,
+    graph: &Graph,
+    args: &Args,
+    limits: &Limits,
+    who: &str,
+) -> Result<(Binding, Vec<TensorData>), Vec<Diagnostic>> {
+    let binding = launch::bind(graph, args)?;
+    let span = graph.span;
+    let ierr = |msg: String| vec![internal(span, msg)];
+
+    // The program must be specialized to the launch's dims.
+    let mut errs = Vec::new();
+    for (name, &v) in &prog.dims {
+        match binding.get(name) {
+            Some(b) if b == v => {}
+            Some(b) => errs.push(
+                Diagnostic::error(
+                    Code::ArgShape,
+                    span,
+                    format!(
+                        "the tile program of `{}` was compiled for `{name}` = {v}, but the launch has `{name}` = {b}",
+                        prog.kernel
+                    ),
+                )
+                .with_help("compile the kernel for the launch's dims"),
+            ),
+            None => {
+                errs.push(internal(span, format!("the program is specialized to dim `{name}`, which the kernel lacks")))
+            }
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+
+    // Sizes of GM tensors and launches' buffers, checked before anything is allocated.
+    let mut sizes = Vec::with_capacity(prog.tensors.len());
+    let mut total: u64 = 0;
+    for (ti, t) in prog.tensors.iter().enumerate() {
+        let elems = match &t.role {
+            TensorRole::Workspace { per_core } => {
+                let cores = prog
+                    .launches
+                    .iter()
+                    .filter(|l| uses_tensor(l, TensorId(ti as u32)))
+                    .map(|l| u64::from(l.cube_cores) + u64::from(l.vector_cores))
+                    .max()
+                    .unwrap_or(0);
+                per_core.checked_mul(cores).map(|b| b / t.dtype.size_bytes() as u64)
+            }
+            _ => t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)),
+        };
+        let Some(elems) = elems.filter(|&n| n <= launch::MAX_ELEMENTS) else {
+            return Err(ierr(format!("GM tensor `{}` has more than 2^40 elements", t.name)));
+        };
+        sizes.push(elems as usize);
+        total = total.saturating_add(elems.saturating_mul(t.dtype.size_bytes() as u64));
+    }
+    let mut largest_launch: u64 = 0;
+    for l in &prog.launches {
+        let cores = u64::from(l.cube_cores) + u64::from(l.vector_cores);
+        if cores > MAX_CORES {
+            return Err(ierr(format!("launch `{}` has {cores} cores, more than {MAX_CORES}", l.name)));
+        }
+        let mut bytes: u64 = 0;
+        for b in &l.buffers {
+            let n = if b.mem.on_cube() { l.cube_cores } else { l.vector_cores };
+            let one = b
+                .shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .and_then(|e| e.checked_mul(u64::from(b.slots)))
+                .and_then(|e| e.checked_mul(b.dtype.size_bytes() as u64))
+                .filter(|&e| e <= 1 << 32);
+            let Some(one) = one else {
+                return Err(ierr(format!(
+                    "buffer `{}` of launch `{}` is larger than any on-chip memory",
+                    b.name, l.name
+                )));
+            };
+            bytes = bytes.saturating_add(one.saturating_mul(u64::from(n)));
+        }
+        largest_launch = largest_launch.max(bytes);
+    }
+    let need = total.saturating_add(largest_launch);
+    if need > limits.max_bytes {
+        return Err(vec![Diagnostic::error(
+            Code::ResourceLimit,
+            span,
+            format!(
+                "{who} `{}` needs {need} bytes ({total} of global memory, {largest_launch} of on-chip \
+                 buffers), more than the limit of {} bytes",
+                prog.kernel, limits.max_bytes
+            ),
+        )]);
+    }
+
+    // Global memory.
+    let mut gm: Vec<TensorData> = Vec::with_capacity(prog.tensors.len());
+    for (t, &elems) in prog.tensors.iter().zip(&sizes) {
+        let data = match &t.role {
+            TensorRole::Param(pi) => {
+                let p = graph
+                    .params
+                    .get(*pi)
+                    .ok_or_else(|| ierr(format!("GM tensor `{}` is parameter #{pi}, which does not exist", t.name)))?;
+                if !matches!(p.kind, ParamKind::Tensor { .. }) {
+                    return Err(ierr(format!("GM tensor `{}` is the dim parameter `{}`", t.name, p.name)));
+                }
+                let a = args
+                    .tensors
+                    .get(&p.name)
+                    .ok_or_else(|| ierr(format!("parameter `{}` has no argument after binding", p.name)))?;
+                if numel(&a.shape) != Some(a.len()) {
+                    return Err(vec![Diagnostic::error(
+                        Code::ArgShape,
+                        p.span,
+                        format!(
+                            "the argument `{}` has shape {} but holds {} elements",
+                            p.name,
+                            fmt_shape(&a.shape),
+                            a.len()
+                        ),
+                    )]);
+                }
+                let want: Vec<u64> = a.shape.iter().map(|&d| d as u64).collect();
+                if want != t.shape {
+                    return Err(ierr(format!(
+                        "GM tensor `{}` has shape {} but the argument `{}` has shape {}",
+                        t.name,
+                        fmt_shape_u64(&t.shape),
+                        p.name,
+                        fmt_shape(&a.shape)
+                    )));
+                }
+                a.cast(t.dtype).data
+            }
+            TensorRole::Output(i) if *i >= graph.results.len() => {
+                return Err(ierr(format!(
+                    "GM tensor `{}` is result #{i}, but the kernel has {} results",
+                    t.name,
+                    graph.results.len()
+                )))
+            }
+            _ => Tensor::zeros(t.dtype, vec![elems]).data,
+        };
+        gm.push(data);
+    }
+
+    Ok((binding, gm))
+}
+
+/// The results: the final contents of the `Output(i)` tensors (`results[i]`; for an `inout` result without
+/// an `Output` tensor, the final contents of its `Param` tensor), checked against the kernel's result types.
+pub fn results(
+    prog: &TileProgram,
+    graph: &Graph,
+    binding: &Binding,
+    mut gm: Vec<TensorData>,
+) -> Result<Results, Vec<Diagnostic>> {
+    let span = graph.span;
+    let ierr = |msg: String| vec![internal(span, msg)];
+    // The results.
+    let mut sources = Vec::with_capacity(graph.results.len());
+    for (ri, r) in graph.results.iter().enumerate() {
+        let by_output = prog.tensors.iter().position(|t| t.role == TensorRole::Output(ri));
+        let by_param = r.inout.and_then(|pi| prog.tensors.iter().position(|t| t.role == TensorRole::Param(pi)));
+        let Some(ti) = by_output.or(by_param) else {
+            return Err(ierr(format!("no GM tensor holds result #{ri} (`{}`)", r.name)));
+        };
+        let t = &prog.tensors[ti];
+        let shape: Option<Vec<usize>> = t.shape.iter().map(|&d| usize::try_from(d).ok()).collect();
+        let Some(shape) = shape.filter(|s| numel(s) == Some(gm[ti].len())) else {
+            return Err(ierr(format!("GM tensor `{}` has a shape that does not match its size", t.name)));
+        };
+        if let Some(node) = graph.nodes.get(r.value.index()) {
+            let want = binding.shape(&node.shape).map_err(|e| ierr(format!("result `{}`: {e}", r.name)))?;
+            if node.dtype != t.dtype || want != shape {
+                return Err(ierr(format!(
+                    "result `{}` is {} {} but GM tensor `{}` is {} {}",
+                    r.name,
+                    node.dtype,
+                    fmt_shape(&want),
+                    t.name,
+                    t.dtype,
+                    fmt_shape(&shape)
+                )));
+            }
+        }
+        sources.push((ti, shape));
+    }
+    let mut out = Vec::with_capacity(sources.len());
+    for (k, (ti, shape)) in sources.iter().enumerate() {
+        let last_use = !sources[k + 1..].iter().any(|(o, _)| o == ti);
+        let data =
+            if last_use { std::mem::replace(&mut gm[*ti], TensorData::Bool(Vec::new())) } else { gm[*ti].clone() };
+        out.push((graph.results[k].name.clone(), Tensor { shape: shape.clone(), data }));
+    }
+    Ok(out)
+}
+
+pub(crate) fn internal(span: Span, msg: String) -> Diagnostic {
+    Diagnostic::error(Code::Internal, span, format!("internal error in the tile executor: {msg}"))
+}
+
+pub(crate) fn fmt_shape(s: &[usize]) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+fn fmt_shape_u64(s: &[u64]) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+/// Whether a launch reads or writes GM tensor `t`.
+pub fn uses_tensor(l: &Launch, t: TensorId) -> bool {
+    fn region(r: &Region, t: TensorId) -> bool {
+        r.loc == Loc::Gm(t)
+    }
+    fn vexpr(e: &VExpr, t: TensorId) -> bool {
+        match e {
+            VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Scalar(_) | VExpr::Row | VExpr::Col => false,
+            VExpr::Read(r) | VExpr::ReadRow(r) | VExpr::ReadCol(r) => region(r, t),
+            VExpr::Unary(_, a) | VExpr::Cast(_, a) => vexpr(a, t),
+            VExpr::Binary(_, a, b) => vexpr(a, t) || vexpr(b, t),
+            VExpr::Select(c, a, b) => vexpr(c, t) || vexpr(a, t) || vexpr(b, t),
+        }
+    }
+    fn stmts(ss: &[Stmt], t: TensorId) -> bool {
+        ss.iter().any(|s| match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => stmts(body, t),
+            Stmt::Copy { src, dst, .. } => region(src, t) || region(dst, t),
+            Stmt::Gather { src, index, dst, .. } => *src == t || region(index, t) || region(dst, t),
+            Stmt::Mmad { a, b, c, .. } => region(a, t) || region(b, t) || region(c, t),
+            Stmt::Vector { dst, expr, .. } => region(dst, t) || vexpr(expr, t),
+            Stmt::Reduce { src, dst, .. } => region(src, t) || region(dst, t),
+            Stmt::Library { op, src, .. } => {
+                region(src, t)
+                    || match op {
+                        LibOp::TopK { values, indices, .. } => {
+                            values.as_ref().is_some_and(|r| region(r, t))
+                                || indices.as_ref().is_some_and(|r| region(r, t))
+                        }
+                        LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => region(dst, t),
+                        LibOp::CumSum { dst, carry, .. } => {
+                            region(dst, t) || carry.as_ref().is_some_and(|r| region(r, t))
+                        }
+                    }
+            }
+            Stmt::Set { .. }
+            | Stmt::SetFlag { .. }
+            | Stmt::WaitFlag { .. }
+            | Stmt::Barrier { .. }
+            | Stmt::CrossSet { .. }
+            | Stmt::CrossWait { .. } => false,
+        })
+    }
+    stmts(&l.cube, t) || stmts(&l.vector, t)
+}

@@ -1,0 +1,1030 @@
+//! Running compiled tile programs on the host: the ABI of a compiled core program, the host routines it
+//! calls, and the executor that runs a program's launches on a pool of threads.
+//!
+//! # The core ABI
+//!
+//! Each launch's `cube` and `vector` programs are compiled (by `kc-codegen`) to one function each,
+//! [`CoreFn`]: `extern "C" fn(*mut CoreCtx) -> i32`, returning 0 when the core finished, and not 0 when it
+//! stopped on a failure, which it recorded with [`kc_rt_fail`] (or a host routine recorded). [`CoreCtx`] is
+//! `#[repr(C)]`; the code reads its fields at the `CTX_*` offsets:
+//! - `gm`: the base address of every GM tensor, indexed by [`TensorId`](kc_ir::tile::TensorId);
+//! - `bufs`: the base address of every buffer of the launch that belongs to this core's kind, indexed by
+//!   [`BufId`](kc_ir::tile::BufId) (slot `s` starts `s * slot_bytes` after it); buffers hold zeros when the
+//!   core starts, as on the NPU model;
+//! - `core`: the core's index among the launch's cores of its kind;
+//! - `state`: the executor's per-core state, passed back to the host routines.
+//!
+//! Element dtypes are passed to host routines as codes: [`dtype_code`].
+//!
+//! # Scheduling, and why it cannot deadlock
+//!
+//! A mixed launch's cube core `i` and its vector cores `i*ratio .. (i+1)*ratio` wait on each other's
+//! cross-core flags. They form one schedulable unit: each member runs on its own coroutine stack
+//! (`corosensei`), all on one host thread, resumed round-robin; a `CrossWait` whose flag has not been set
+//! suspends its coroutine ([`kc_rt_cross_wait`]) so that its partners run. Cores without partners are units
+//! of their own. Units are independent, so the threads of the pool take them in any order, one at a time,
+//! and whatever the number of threads (1 included) every unit runs to its end. A unit in which every
+//! unfinished core waits is a deadlock of the program: the waits return an abort status, the cores return,
+//! and the launch fails with `Code::Internal`.
+//!
+//! # Failures
+//!
+//! A core that meets a run-time error of the kernel (an out-of-range gather index, an integer division by
+//! zero) or a broken invariant (an access outside a buffer) records the failure's [`Site`] and values and
+//! returns. The other cores run on (their cross-core waits return at once); the launch then fails with the
+//! diagnostic of the first failing core in core order. Global memory is the executor's own copy of the
+//! arguments, so a failed launch leaves the caller's tensors as they were.
+
+use crate::gm::{self, Results};
+use corosensei::stack::DefaultStack;
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+use kc_ir::diag::{Code, Diagnostic};
+use kc_ir::dtype::DType;
+use kc_ir::graph::{Graph, ReduceOp};
+use kc_ir::interp::Limits;
+use kc_ir::launch::Args;
+use kc_ir::ops::{self, Acc, CumAcc, Val};
+use kc_ir::span::Span;
+use kc_ir::tensor::TensorData;
+use kc_ir::tile::{Launch, TileProgram};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// A compiled core program.
+pub type CoreFn = unsafe extern "C" fn(*mut CoreCtx) -> i32;
+
+/// What a compiled core program sees (see the module documentation).
+#[repr(C)]
+pub struct CoreCtx {
+    pub gm: *const *mut u8,
+    pub bufs: *const *mut u8,
+    pub core: i64,
+    pub state: *mut CoreState,
+}
+
+/// Byte offsets of [`CoreCtx`]'s fields.
+pub const CTX_GM: i32 = 0;
+pub const CTX_BUFS: i32 = 8;
+pub const CTX_CORE: i32 = 16;
+
+/// The cross-core flag ids are `0..CROSS_FLAGS`.
+pub const CROSS_FLAGS: usize = 11;
+
+/// Status codes a core program returns.
+pub const STATUS_OK: i32 = 0;
+pub const STATUS_FAILED: i32 = 1;
+/// A cross-core wait gave up: the unit deadlocked or another core failed.
+pub const STATUS_ABORTED: i32 = 2;
+
+/// The dtype code host routines take: f32 0, bf16 1, f16 2, i32 3, bool 4.
+pub fn dtype_code(d: DType) -> i64 {
+    match d {
+        DType::F32 => 0,
+        DType::BF16 => 1,
+        DType::F16 => 2,
+        DType::I32 => 3,
+        DType::Bool => 4,
+    }
+}
+
+fn dtype_of(code: i64) -> Option<DType> {
+    Some(match code {
+        0 => DType::F32,
+        1 => DType::BF16,
+        2 => DType::F16,
+        3 => DType::I32,
+        4 => DType::Bool,
+        _ => return None,
+    })
+}
+
+/// A place in a compiled program that can fail, with what is needed to describe the failure. The values
+/// recorded with it (`vals`) are documented per variant.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Site {
+    /// A broken invariant, fully described at compile time (`vals`: unused).
+    Internal(String),
+    /// An access outside its storage: `what` names the statement and the region (`vals`: offset, row
+    /// stride, rows, cols; `limit`: the storage's elements).
+    Bounds { what: String, limit: u64 },
+    /// A gather index outside `0..src_rows` (`vals`: the index, the row of the tile).
+    Gather { span: Span, tensor: String, src_rows: u64 },
+    /// An integer division by zero in a vector statement, reported at the kernel's span as the simulator
+    /// does (`vals`: the dividend, 0 for `/` and 1 for `%`).
+    DivByZero,
+    /// A library operation: its description (the run-time checks are the host routine's).
+    Library { span: Span, op: LibKind, what: String },
+    /// A reduction (`vals`: unused; failures are type errors, internal).
+    Reduce { op: ReduceOp, what: String },
+}
+
+/// The library operations, as the host routine [`kc_rt_library`] takes them.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum LibKind {
+    TopK { k: u64, values: bool, indices: bool },
+    ArgSort { descending: bool },
+    CumSum { exclusive: bool, carry: bool },
+    BinCount { n: u64 },
+}
+
+/// A compiled launch as the executor runs it.
+pub struct NativeLaunch<'a> {
+    pub cube: Option<CoreFn>,
+    pub vector: Option<CoreFn>,
+    pub sites: &'a [Site],
+}
+
+/// The executor's state of one core, reached by host routines through [`CoreCtx::state`].
+pub struct CoreState {
+    yielder: *const Yielder<(), ()>,
+    unit: *mut UnitState,
+    /// The core's position in its unit: 0 the cube core (if any), then its vector cores.
+    member: usize,
+    sites: *const [Site],
+    abort: *const AtomicBool,
+    failure: Option<(usize, [i64; 4])>,
+}
+
+/// Cross-core flag counters of a unit: `inbox[member][sender][flag]`.
+struct UnitState {
+    has_cube: bool,
+    members: usize,
+    inbox: Vec<Vec<[u32; CROSS_FLAGS]>>,
+    /// Bumped on every set and every consumed wait: no change over a round of resumes is a deadlock.
+    events: u64,
+    deadlocked: bool,
+    max_count: u32,
+}
+
+unsafe fn state<'a>(ctx: *mut CoreCtx) -> &'a mut CoreState {
+    // SAFETY: the executor passes a live context whose `state` outlives the call.
+    unsafe { &mut *(*ctx).state }
+}
+
+/// Records a failure at `site` with its values; returns [`STATUS_FAILED`], which the core returns.
+///
+/// # Safety
+/// `ctx` is the context the executor passed to the calling core program.
+pub unsafe extern "C" fn kc_rt_fail(ctx: *mut CoreCtx, site: i64, a: i64, b: i64, c: i64, d: i64) -> i32 {
+    let st = unsafe { state(ctx) };
+    fail(st, site as usize, [a, b, c, d])
+}
+
+fn fail(st: &mut CoreState, site: usize, vals: [i64; 4]) -> i32 {
+    if st.failure.is_none() {
+        st.failure = Some((site, vals));
+    }
+    // SAFETY: the launch's abort flag outlives its cores.
+    unsafe { &*st.abort }.store(true, Ordering::Relaxed);
+    STATUS_FAILED
+}
+
+/// `CrossSet`: one more signal of `flag` to each partner of the core.
+///
+/// # Safety
+/// `ctx` is the context the executor passed to the calling core program.
+pub unsafe extern "C" fn kc_rt_cross_set(ctx: *mut CoreCtx, flag: i64, site: i64) -> i32 {
+    let st = unsafe { state(ctx) };
+    // SAFETY: the unit state outlives its cores; one thread runs a unit.
+    let unit = unsafe { &mut *st.unit };
+    let f = flag as usize;
+    if f >= CROSS_FLAGS || !unit.has_cube || unit.members < 2 {
+        return fail(st, site as usize, [flag, 0, 0, 0]);
+    }
+    if st.member == 0 {
+        for m in 1..unit.members {
+            let c = &mut unit.inbox[m][0][f];
+            *c = c.saturating_add(1);
+            unit.max_count = unit.max_count.max(*c);
+        }
+    } else {
+        let c = &mut unit.inbox[0][st.member - 1][f];
+        *c = c.saturating_add(1);
+        unit.max_count = unit.max_count.max(*c);
+    }
+    unit.events += 1;
+    STATUS_OK
+}
+
+/// `CrossWait`: waits (suspending the core's coroutine) until every partner has signalled `flag`, then
+/// takes one signal from each. Returns [`STATUS_ABORTED`] if the unit deadlocked or the launch failed.
+///
+/// # Safety
+/// `ctx` is the context the executor passed to the calling core program.
+pub unsafe extern "C" fn kc_rt_cross_wait(ctx: *mut CoreCtx, flag: i64, site: i64) -> i32 {
+    let st = unsafe { state(ctx) };
+    let f = flag as usize;
+    {
+        let unit = unsafe { &*st.unit };
+        if f >= CROSS_FLAGS || !unit.has_cube || unit.members < 2 {
+            return fail(st, site as usize, [flag, 1, 0, 0]);
+        }
+    }
+    loop {
+        // SAFETY: as in `kc_rt_cross_set`; no reference to the unit is held across the suspension.
+        let unit = unsafe { &mut *st.unit };
+        let inbox = &mut unit.inbox[st.member];
+        if inbox.iter().all(|row| row[f] > 0) {
+            for row in inbox.iter_mut() {
+                row[f] -= 1;
+            }
+            unit.events += 1;
+            return STATUS_OK;
+        }
+        if unit.deadlocked || unsafe { &*st.abort }.load(Ordering::Relaxed) {
+            return STATUS_ABORTED;
+        }
+        // SAFETY: the yielder belongs to the coroutine this code runs on.
+        unsafe { &*st.yielder }.suspend(());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Element access by dtype code, for the host routines that are not on a hot path.
+
+unsafe fn load(p: *const u8, d: DType, i: isize) -> Val {
+    // SAFETY: the caller checked that element `i` is inside the storage.
+    unsafe {
+        match d {
+            DType::F32 => Val::F(*(p as *const f32).offset(i)),
+            DType::BF16 => Val::F(half::bf16::from_bits(*(p as *const u16).offset(i)).to_f32()),
+            DType::F16 => Val::F(half::f16::from_bits(*(p as *const u16).offset(i)).to_f32()),
+            DType::I32 => Val::I(i64::from(*(p as *const i32).offset(i))),
+            DType::Bool => Val::B(*p.offset(i) != 0),
+        }
+    }
+}
+
+/// Stores as [`ops::store`] does; a value of another kind is stored as its conversion (never happens in a
+/// verified program).
+unsafe fn store(p: *mut u8, d: DType, i: isize, v: Val) {
+    let f = |v: Val| match v {
+        Val::F(x) => x,
+        Val::I(x) => x as f32,
+        Val::B(x) => f32::from(u8::from(x)),
+    };
+    // SAFETY: the caller checked that element `i` is inside the storage.
+    unsafe {
+        match d {
+            DType::F32 => *(p as *mut f32).offset(i) = f(v),
+            DType::BF16 => *(p as *mut u16).offset(i) = half::bf16::from_f32(f(v)).to_bits(),
+            DType::F16 => *(p as *mut u16).offset(i) = half::f16::from_f32(f(v)).to_bits(),
+            DType::I32 => {
+                *(p as *mut i32).offset(i) = match v {
+                    Val::I(x) => x as i32,
+                    Val::F(x) => x as i32,
+                    Val::B(x) => i32::from(x),
+                }
+            }
+            DType::Bool => {
+                *p.offset(i) = u8::from(match v {
+                    Val::B(x) => x,
+                    Val::I(x) => x != 0,
+                    Val::F(x) => x != 0.0,
+                })
+            }
+        }
+    }
+}
+
+/// A region passed to a host routine: base address (of the element `(0, 0)`), dtype code, row stride.
+#[derive(Copy, Clone)]
+struct Reg {
+    p: *mut u8,
+    d: DType,
+    stride: isize,
+}
+
+impl Reg {
+    /// Reads three words `[ptr, dtype, stride]`.
+    unsafe fn at(w: *const i64) -> Option<Reg> {
+        // SAFETY: the caller passes an argument block of the documented length.
+        let (p, d, s) = unsafe { (*w, *w.add(1), *w.add(2)) };
+        Some(Reg { p: p as *mut u8, d: dtype_of(d)?, stride: s as isize })
+    }
+    fn idx(&self, r: i64, c: i64) -> isize {
+        r as isize * self.stride + c as isize
+    }
+    unsafe fn get(&self, r: i64, c: i64) -> Val {
+        unsafe { load(self.p, self.d, self.idx(r, c)) }
+    }
+    unsafe fn put(&self, r: i64, c: i64, v: Val) {
+        unsafe { store(self.p, self.d, self.idx(r, c), v) }
+    }
+}
+
+/// `Copy`: `args` = `[dst, dst_dtype, dst_stride, src, src_dtype, src_stride, rows, cols]` (addresses of the
+/// `(0, 0)` elements, strides in elements). Same dtypes copy row by row; float dtypes convert (rounding to
+/// nearest-even). The compiled code checked the bounds.
+///
+/// # Safety
+/// The regions are inside their storage.
+pub unsafe extern "C" fn kc_rt_copy(args: *const i64) {
+    let (Some(dst), Some(src)) = (unsafe { Reg::at(args) }, unsafe { Reg::at(args.add(3)) }) else { return };
+    let (rows, cols) = unsafe { (*args.add(6), *args.add(7)) };
+    if rows <= 0 || cols <= 0 {
+        return;
+    }
+    let cols_u = cols as usize;
+    unsafe {
+        if dst.d == src.d {
+            let es = dst.d.size_bytes();
+            for r in 0..rows {
+                let s = src.p.offset(src.idx(r, 0) * es as isize);
+                let d = dst.p.offset(dst.idx(r, 0) * es as isize);
+                std::ptr::copy(s, d, cols_u * es);
+            }
+            return;
+        }
+        for r in 0..rows {
+            let s = src.p.offset(src.idx(r, 0) * src.d.size_bytes() as isize);
+            let d = dst.p.offset(dst.idx(r, 0) * dst.d.size_bytes() as isize);
+            convert_row(d, dst.d, s, src.d, cols_u);
+        }
+    }
+}
+
+/// Converts `n` elements between float dtypes (other pairs convert as a store would).
+unsafe fn convert_row(d: *mut u8, dd: DType, s: *const u8, sd: DType, n: usize) {
+    use half::slice::HalfFloatSliceExt;
+    unsafe {
+        match (sd, dd) {
+            (DType::F32, DType::BF16) => std::slice::from_raw_parts_mut(d as *mut half::bf16, n)
+                .convert_from_f32_slice(std::slice::from_raw_parts(s as *const f32, n)),
+            (DType::F32, DType::F16) => std::slice::from_raw_parts_mut(d as *mut half::f16, n)
+                .convert_from_f32_slice(std::slice::from_raw_parts(s as *const f32, n)),
+            (DType::BF16, DType::F32) => std::slice::from_raw_parts(s as *const half::bf16, n)
+                .convert_to_f32_slice(std::slice::from_raw_parts_mut(d as *mut f32, n)),
+            (DType::F16, DType::F32) => std::slice::from_raw_parts(s as *const half::f16, n)
+                .convert_to_f32_slice(std::slice::from_raw_parts_mut(d as *mut f32, n)),
+            _ => {
+                for i in 0..n as isize {
+                    store(d, dd, i, load(s, sd, i));
+                }
+            }
+        }
+    }
+}
+
+/// `Gather`: `args` = `[dst, dst_dtype, dst_stride, src, src_dtype, src_rows, row_stride, col_offset,
+/// index, index_stride, rows, cols]` (`src` the tensor's base, `index` an i32 region's `(0, 0)`). An index
+/// outside `0..src_rows` fails at `site` ([`Site::Gather`]).
+///
+/// # Safety
+/// `ctx` is the calling core's; the regions are inside their storage (the source rows are checked here).
+pub unsafe extern "C" fn kc_rt_gather(ctx: *mut CoreCtx, site: i64, args: *const i64) -> i32 {
+    unsafe {
+        let st = state(ctx);
+        let Some(dst) = Reg::at(args) else { return fail(st, site as usize, [0; 4]) };
+        let Some(sd) = dtype_of(*args.add(4)) else { return fail(st, site as usize, [0; 4]) };
+        let src = *args.add(3) as *const u8;
+        let (src_rows, row_stride, col_offset) = (*args.add(5), *args.add(6), *args.add(7));
+        let index = *args.add(8) as *const i32;
+        let istride = *args.add(9) as isize;
+        let (rows, cols) = (*args.add(10), *args.add(11));
+        for r in 0..rows {
+            let v = i64::from(*index.offset(r as isize * istride));
+            if v < 0 || v >= src_rows {
+                return fail(st, site as usize, [v, r, 0, 0]);
+            }
+        }
+        for r in 0..rows {
+            let v = i64::from(*index.offset(r as isize * istride));
+            let s = src.offset(((v * row_stride + col_offset) as isize) * sd.size_bytes() as isize);
+            let d = dst.p.offset(dst.idx(r, 0) * dst.d.size_bytes() as isize);
+            if sd == dst.d {
+                std::ptr::copy(s, d, cols as usize * sd.size_bytes());
+            } else {
+                convert_row(d, dst.d, s, sd, cols as usize);
+            }
+        }
+        STATUS_OK
+    }
+}
+
+/// `Reduce`: `args` = `[dst, dst_dtype, dst_stride, src, src_dtype, src_stride, rows, cols, axis,
+/// accumulate]`, the reduction at `site` ([`Site::Reduce`]), with the interpreter's order and NaN rules
+/// ([`Acc`]): a sum is sequential, so its bits are the interpreter's.
+///
+/// # Safety
+/// `ctx` is the calling core's; the regions are inside their storage.
+pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const i64) -> i32 {
+    unsafe {
+        let st = state(ctx);
+        let Some(Site::Reduce { op, .. }) = (&*st.sites).get(site as usize).cloned() else {
+            return fail(st, site as usize, [0; 4]);
+        };
+        let (Some(dst), Some(src)) = (Reg::at(args), Reg::at(args.add(3))) else {
+            return fail(st, site as usize, [0; 4]);
+        };
+        let (rows, cols, axis, accumulate) = (*args.add(6), *args.add(7), *args.add(8), *args.add(9) != 0);
+        let ty = src.d.compute();
+        let (lines, len) = if axis == 1 { (rows, cols) } else { (cols, rows) };
+        let at = |l: i64, i: i64| if axis == 1 { (l, i) } else { (i, l) };
+        let out_at = |l: i64| if axis == 1 { (l, 0) } else { (0, l) };
+        if src.d == DType::F32 && dst.d == DType::F32 && matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) {
+            // The common case, without `Val`s: the same order and NaN rules as `Acc`.
+            let s = src.p as *const f32;
+            let d = dst.p as *mut f32;
+            for l in 0..lines {
+                let (orow, ocol) = out_at(l);
+                let o = dst.idx(orow, ocol);
+                let mut acc = if accumulate {
+                    *d.offset(o)
+                } else {
+                    match op {
+                        ReduceOp::Sum => 0.0,
+                        ReduceOp::Max => f32::NEG_INFINITY,
+                        _ => f32::INFINITY,
+                    }
+                };
+                for i in 0..len {
+                    let (r, c) = at(l, i);
+                    let x = *s.offset(src.idx(r, c));
+                    acc = match op {
+                        ReduceOp::Sum => acc + x,
+                        ReduceOp::Max => ops::nan_max(acc, x),
+                        _ => ops::nan_min(acc, x),
+                    };
+                }
+                *d.offset(o) = acc;
+            }
+            return STATUS_OK;
+        }
+        let mut out = Vec::with_capacity(lines.max(0) as usize);
+        for l in 0..lines {
+            let acc = if accumulate {
+                let (r, c) = out_at(l);
+                Acc::start(op, dst.get(r, c))
+            } else {
+                Acc::new(op, ty)
+            };
+            let Ok(mut acc) = acc else { return fail(st, site as usize, [0; 4]) };
+            for i in 0..len {
+                let (r, c) = at(l, i);
+                match acc.add(op, ty, i, src.get(r, c)) {
+                    Ok(a) => acc = a,
+                    Err(_) => return fail(st, site as usize, [0; 4]),
+                }
+            }
+            out.push(acc.finish());
+        }
+        for (l, v) in out.into_iter().enumerate() {
+            let (r, c) = out_at(l as i64);
+            dst.put(r, c, v);
+        }
+        STATUS_OK
+    }
+}
+
+/// `Library`: `args` = `[src, src_dtype, src_stride, rows, cols, out1 (3 words), out2 (3 words)]`, the
+/// operation described by `site` ([`Site::Library`]): TopK's outputs are values then indices (each
+/// present only if the site says so), ArgSort's and CumSum's the destination then CumSum's carry,
+/// BinCount's the destination. Semantics as the simulator's.
+///
+/// # Safety
+/// `ctx` is the calling core's; the regions are inside their storage.
+pub unsafe extern "C" fn kc_rt_library(ctx: *mut CoreCtx, site: i64, args: *const i64) -> i32 {
+    unsafe {
+        let st = state(ctx);
+        let Some(Site::Library { op, .. }) = (&*st.sites).get(site as usize).cloned() else {
+            return fail(st, site as usize, [0; 4]);
+        };
+        let Some(src) = Reg::at(args) else { return fail(st, site as usize, [0; 4]) };
+        let (rows, cols) = (*args.add(3), *args.add(4));
+        let out1 = Reg::at(args.add(5));
+        let out2 = Reg::at(args.add(8));
+        let row_vals = |r: i64| -> Vec<Val> { (0..cols).map(|c| src.get(r, c)).collect() };
+        match op {
+            LibKind::TopK { k, values, indices } => {
+                let kk = k as i64;
+                if kk > cols {
+                    return fail(st, site as usize, [cols, 1, 0, 0]);
+                }
+                let (vr, ir) = match (values, indices) {
+                    (true, true) => (out1, out2),
+                    (true, false) => (out1, None),
+                    (false, true) => (None, out1),
+                    (false, false) => (None, None),
+                };
+                let mut order = Vec::new();
+                let mut out = Vec::with_capacity((rows * kk).max(0) as usize);
+                for r in 0..rows {
+                    let vals = row_vals(r);
+                    ops::sort_indices(&mut order, vals.len(), |i| vals[i], true);
+                    out.extend(order.iter().take(kk as usize).map(|&i| (vals[i], i as i64)));
+                }
+                for (n, (v, i)) in out.into_iter().enumerate() {
+                    let (r, j) = (n as i64 / kk.max(1), n as i64 % kk.max(1));
+                    if let Some(p) = &vr {
+                        p.put(r, j, v);
+                    }
+                    if let Some(p) = &ir {
+                        p.put(r, j, Val::I(i));
+                    }
+                }
+            }
+            LibKind::ArgSort { descending } => {
+                let Some(dst) = out1 else { return fail(st, site as usize, [0; 4]) };
+                let mut order = Vec::new();
+                let mut out = Vec::with_capacity((rows * cols).max(0) as usize);
+                for r in 0..rows {
+                    let vals = row_vals(r);
+                    ops::sort_indices(&mut order, vals.len(), |i| vals[i], descending);
+                    out.extend(order.iter().map(|&i| i as i64));
+                }
+                for (n, i) in out.into_iter().enumerate() {
+                    dst.put(n as i64 / cols.max(1), n as i64 % cols.max(1), Val::I(i));
+                }
+            }
+            LibKind::CumSum { exclusive, carry } => {
+                let Some(dst) = out1 else { return fail(st, site as usize, [0; 4]) };
+                let carry = if carry { out2 } else { None };
+                let float = src.d.is_float();
+                let mut out = Vec::with_capacity((rows * cols).max(0) as usize);
+                let mut totals = Vec::with_capacity(rows.max(0) as usize);
+                for r in 0..rows {
+                    let mut acc = match &carry {
+                        Some(p) => match CumAcc::start(float, p.get(r, 0)) {
+                            Ok(a) => a,
+                            Err(_) => return fail(st, site as usize, [0; 4]),
+                        },
+                        None => CumAcc::new(float),
+                    };
+                    for x in row_vals(r) {
+                        if exclusive {
+                            out.push(acc.value());
+                        }
+                        acc.add(x);
+                        if !exclusive {
+                            out.push(acc.value());
+                        }
+                    }
+                    totals.push(acc.value());
+                }
+                for (n, v) in out.into_iter().enumerate() {
+                    dst.put(n as i64 / cols.max(1), n as i64 % cols.max(1), v);
+                }
+                if let Some(p) = &carry {
+                    for (r, v) in totals.into_iter().enumerate() {
+                        p.put(r as i64, 0, v);
+                    }
+                }
+            }
+            LibKind::BinCount { n } => {
+                let Some(dst) = out1 else { return fail(st, site as usize, [0; 4]) };
+                let mut counts = vec![0i64; n as usize];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let v = match src.get(r, c) {
+                            Val::I(v) => v,
+                            _ => return fail(st, site as usize, [0, 0, 0, 1]),
+                        };
+                        match usize::try_from(v).ok().and_then(|u| counts.get_mut(u)) {
+                            Some(k) => *k += 1,
+                            None => return fail(st, site as usize, [v, r, c, 0]),
+                        }
+                    }
+                }
+                for (j, k) in counts.into_iter().enumerate() {
+                    if let Val::I(x) = dst.get(0, j as i64) {
+                        dst.put(0, j as i64, Val::I(x.wrapping_add(k)));
+                    }
+                }
+            }
+        }
+        STATUS_OK
+    }
+}
+
+/// `pow` of floats, as the interpreter computes it (in f64, rounded once).
+pub extern "C" fn kc_rt_powf(x: f32, y: f32) -> f32 {
+    libm::pow(f64::from(x), f64::from(y)) as f32
+}
+
+/// The floor remainder of floats, as the interpreter computes it.
+pub extern "C" fn kc_rt_fmodf(x: f32, y: f32) -> f32 {
+    ops::floor_mod_f32(x, y)
+}
+
+/// A unary operation by its position in [`UnOp::ALL`](kc_ir::graph::UnOp::ALL), exactly as the interpreter
+/// computes it (`not` and unknown codes give NaN).
+pub extern "C" fn kc_rt_unary(op: i64, x: f32) -> f32 {
+    kc_ir::graph::UnOp::ALL.get(op as usize).and_then(|&o| ops::unary_f32(o, x)).unwrap_or(f32::NAN)
+}
+
+/// f16 bits (the low 16 bits of `h`) to f32, exactly.
+pub extern "C" fn kc_rt_f16_to_f32(h: i32) -> f32 {
+    half::f16::from_bits(h as u16).to_f32()
+}
+
+/// f32 to f16 bits, rounded to nearest-even.
+pub extern "C" fn kc_rt_f32_to_f16(x: f32) -> i32 {
+    i32::from(half::f16::from_f32(x).to_bits())
+}
+
+/// The portable cube routine: `c = (accumulate ? c : 0) + a · b`, sequential in `k`, f32 accumulation; the
+/// dtypes by code (f32, bf16, f16). The argument order is the host cube routine's.
+///
+/// # Safety
+/// The three windows are inside their storage.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kc_rt_mmad_portable(
+    a: *const u8,
+    a_dtype: i64,
+    lda: i64,
+    b: *const u8,
+    b_dtype: i64,
+    ldb: i64,
+    c: *mut f32,
+    ldc: i64,
+    m: i64,
+    k: i64,
+    n: i64,
+    accumulate: i64,
+) {
+    let (Some(da), Some(db)) = (dtype_of(a_dtype), dtype_of(b_dtype)) else { return };
+    let f = |v: Val| if let Val::F(x) = v { x } else { 0.0 };
+    unsafe {
+        for i in 0..m as isize {
+            for j in 0..n as isize {
+                let cij = c.offset(i * ldc as isize + j);
+                let mut acc = if accumulate != 0 { *cij } else { 0.0 };
+                for p in 0..k as isize {
+                    acc += f(load(a, da, i * lda as isize + p)) * f(load(b, db, p * ldb as isize + j));
+                }
+                *cij = acc;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The executor.
+
+/// What the executor measured of one launch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NativeStats {
+    /// The largest value a cross-core flag counter reached, per launch.
+    pub max_cross_count: Vec<u32>,
+}
+
+/// Raw pointers shared with the worker threads.
+#[derive(Copy, Clone)]
+struct Shared<T>(T);
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+/// Runs `prog` (lowered from `graph`, compiled to `launches`, one per `prog.launches` entry) on `args` with
+/// `threads` host threads. Arguments and limits are checked as the simulator checks them.
+pub fn run(
+    prog: &TileProgram,
+    graph: &Graph,
+    args: &Args,
+    launches: &[NativeLaunch<'_>],
+    threads: usize,
+    limits: &Limits,
+) -> Result<(Results, NativeStats), Vec<Diagnostic>> {
+    if launches.len() != prog.launches.len() {
+        return Err(vec![gm::internal(
+            graph.span,
+            format!("{} compiled launches for a program of {}", launches.len(), prog.launches.len()),
+        )]);
+    }
+    let (binding, mut mem) = gm::setup(prog, graph, args, limits, "running")?;
+    let ptrs: Vec<*mut u8> = mem.iter_mut().map(data_ptr).collect();
+    let mut stats = NativeStats::default();
+    for (li, (l, nl)) in prog.launches.iter().zip(launches).enumerate() {
+        let max = run_launch(graph, li, l, nl, &ptrs, threads.max(1))?;
+        stats.max_cross_count.push(max);
+    }
+    Ok((gm::results(prog, graph, &binding, mem)?, stats))
+}
+
+fn data_ptr(d: &mut TensorData) -> *mut u8 {
+    match d {
+        TensorData::F32(v) => v.as_mut_ptr() as *mut u8,
+        TensorData::BF16(v) => v.as_mut_ptr() as *mut u8,
+        TensorData::F16(v) => v.as_mut_ptr() as *mut u8,
+        TensorData::I32(v) => v.as_mut_ptr() as *mut u8,
+        TensorData::Bool(v) => v.as_mut_ptr() as *mut u8,
+    }
+}
+
+/// A unit of scheduling: an optional cube core and its vector cores.
+#[derive(Clone, Debug)]
+struct Unit {
+    cube: Option<u32>,
+    vectors: Vec<u32>,
+}
+
+fn units(l: &Launch) -> Vec<Unit> {
+    let (c, v) = (l.cube_cores, l.vector_cores);
+    let ratio = if c == 0 { 0 } else { v / c };
+    let mut out = Vec::new();
+    let mut grouped = 0;
+    for i in 0..c {
+        let vectors: Vec<u32> = if ratio > 0 { (i * ratio..(i + 1) * ratio).collect() } else { Vec::new() };
+        grouped = grouped.max(if ratio > 0 { (i + 1) * ratio } else { 0 });
+        out.push(Unit { cube: Some(i), vectors });
+    }
+    for j in grouped..v {
+        out.push(Unit { cube: None, vectors: vec![j] });
+    }
+    out
+}
+
+const ALIGN: usize = 64;
+const STACK_BYTES: usize = 1 << 20;
+
+/// Byte offsets of each buffer of one kind in a core's scratch, and the total.
+fn layout(l: &Launch, cube: bool) -> (Vec<Option<usize>>, usize) {
+    let mut off = 0usize;
+    let mut offs = Vec::with_capacity(l.buffers.len());
+    for b in &l.buffers {
+        if b.mem.on_cube() == cube {
+            offs.push(Some(off));
+            off += (b.bytes() as usize).div_ceil(ALIGN) * ALIGN;
+        } else {
+            offs.push(None);
+        }
+    }
+    (offs, off)
+}
+
+/// A failure of one core: (kind order, core index, site, values).
+type CoreFailure = (u8, u32, usize, [i64; 4]);
+
+fn run_launch(
+    graph: &Graph,
+    li: usize,
+    l: &Launch,
+    nl: &NativeLaunch<'_>,
+    gm: &[*mut u8],
+    threads: usize,
+) -> Result<u32, Vec<Diagnostic>> {
+    let units = units(l);
+    let (cube_offs, cube_bytes) = layout(l, true);
+    let (vec_offs, vec_bytes) = layout(l, false);
+    let abort = AtomicBool::new(false);
+    let next = AtomicUsize::new(0);
+    let failures: Mutex<Vec<CoreFailure>> = Mutex::new(Vec::new());
+    let deadlocks: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let max_count = AtomicUsize::new(0);
+    let gm = Shared(gm.as_ptr());
+    let work = || {
+        let mut stacks: Vec<DefaultStack> = Vec::new();
+        let mut scratch: Vec<u8> = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(unit) = units.get(i) else { break };
+            let r = run_unit(
+                unit,
+                nl,
+                gm,
+                (&cube_offs, cube_bytes),
+                (&vec_offs, vec_bytes),
+                &abort,
+                &mut stacks,
+                &mut scratch,
+            );
+            match r {
+                Ok((fails, max)) => {
+                    max_count.fetch_max(max as usize, Ordering::Relaxed);
+                    if !fails.is_empty() {
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).extend(fails);
+                    }
+                }
+                Err(msg) => {
+                    abort.store(true, Ordering::Relaxed);
+                    deadlocks.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+                }
+            }
+        }
+    };
+    let threads = threads.min(units.len()).max(1);
+    if threads == 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(work);
+            }
+        });
+    }
+    let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    failures.sort_by_key(|f| (f.0, f.1));
+    if let Some(&(kind, core, site, vals)) = failures.first() {
+        return Err(vec![describe(graph, l, nl, kind, core, site, vals)]);
+    }
+    let deadlocks = deadlocks.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = deadlocks.first() {
+        return Err(vec![gm::internal(graph.span, format!("launch #{li} `{}` deadlocks: {d}", l.name))]);
+    }
+    Ok(max_count.load(Ordering::Relaxed) as u32)
+}
+
+fn describe(
+    graph: &Graph,
+    l: &Launch,
+    nl: &NativeLaunch<'_>,
+    kind: u8,
+    core: u32,
+    site: usize,
+    v: [i64; 4],
+) -> Diagnostic {
+    let who = format!("{} core {core} of launch `{}`", if kind == 0 { "cube" } else { "vector" }, l.name);
+    let span = graph.span;
+    match nl.sites.get(site) {
+        None => gm::internal(span, format!("{who} failed at unknown site #{site}")),
+        Some(Site::Internal(msg)) => gm::internal(span, format!("{who}: {msg}")),
+        Some(Site::Bounds { what, limit }) => gm::internal(
+            span,
+            format!(
+                "{who}: {what}: {} × {} elements at offset {} with row stride {} are outside 0..{limit}",
+                v[2], v[3], v[0], v[1]
+            ),
+        ),
+        Some(Site::Gather { span, tensor, src_rows }) => Diagnostic::error(
+            Code::IndexOutOfRange,
+            *span,
+            format!("index {} is out of range for axis 0 of `{tensor}` (size {src_rows})", v[0]),
+        )
+        .with_label(format!("index {} out of 0..{src_rows}", v[0]))
+        .with_note(format!("at row {} of the gathered tile", v[1])),
+        Some(Site::DivByZero) => Diagnostic::error(Code::DivByZero, span, "integer division by zero")
+            .with_label(format!("{} {} 0", v[0], if v[1] == 0 { "/" } else { "%" })),
+        Some(Site::Library { span, op, what }) => match op {
+            LibKind::TopK { k, .. } if v[1] == 1 => Diagnostic::error(
+                Code::ArgShape,
+                *span,
+                format!("topk asks for the {k} largest values of rows of {} elements", v[0]),
+            )
+            .with_label(format!("k = {k}")),
+            LibKind::BinCount { n } if v[3] == 0 => Diagnostic::error(
+                Code::IndexOutOfRange,
+                *span,
+                format!("bincount of {what} meets the value {}, outside 0..{n}", v[0]),
+            )
+            .with_label(format!("counts values in 0..{n}"))
+            .with_note(format!("at element ({}, {}) of the counted tile", v[1], v[2])),
+            _ => gm::internal(*span, format!("{who}: the library operation on {what} met values of the wrong type")),
+        },
+        Some(Site::Reduce { op, what }) => {
+            gm::internal(span, format!("{who}: the {} reduction of {what} met values of the wrong type", op.name()))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_unit(
+    unit: &Unit,
+    nl: &NativeLaunch<'_>,
+    gm: Shared<*const *mut u8>,
+    cube_layout: (&[Option<usize>], usize),
+    vec_layout: (&[Option<usize>], usize),
+    abort: &AtomicBool,
+    stacks: &mut Vec<DefaultStack>,
+    scratch: &mut Vec<u8>,
+) -> Result<(Vec<CoreFailure>, u32), String> {
+    // The members: (kind 0 cube / 1 vector, core index, function, buffer offsets, bytes).
+    let mut members: Vec<(u8, u32, Option<CoreFn>, &[Option<usize>], usize)> = Vec::new();
+    if let Some(c) = unit.cube {
+        members.push((0, c, nl.cube, cube_layout.0, cube_layout.1));
+    }
+    for &v in &unit.vectors {
+        members.push((1, v, nl.vector, vec_layout.0, vec_layout.1));
+    }
+    let total: usize = members.iter().map(|m| m.4).sum::<usize>() + ALIGN;
+    if scratch.len() < total {
+        *scratch = vec![0u8; total];
+    }
+    let base = scratch.as_mut_ptr();
+    let base = unsafe { base.add(base.align_offset(ALIGN)) };
+    // Buffers hold zeros when a core starts.
+    unsafe { std::ptr::write_bytes(base, 0, total - ALIGN) };
+    let n = members.len();
+    let mut unit_state = UnitState {
+        has_cube: unit.cube.is_some(),
+        members: n,
+        inbox: (0..n)
+            .map(|m| {
+                let senders = if m == 0 && unit.cube.is_some() { (n - 1).max(1) } else { 1 };
+                vec![[0u32; CROSS_FLAGS]; senders]
+            })
+            .collect(),
+        events: 0,
+        deadlocked: false,
+        max_count: 0,
+    };
+    let up: *mut UnitState = &mut unit_state;
+    let mut bufs: Vec<Vec<*mut u8>> = Vec::with_capacity(n);
+    let mut off = 0usize;
+    for m in &members {
+        bufs.push(m.3.iter().map(|o| o.map_or(std::ptr::null_mut(), |o| unsafe { base.add(off + o) })).collect());
+        off += m.4;
+    }
+    let mut states: Vec<CoreState> = (0..n)
+        .map(|i| CoreState {
+            yielder: std::ptr::null(),
+            unit: up,
+            member: i,
+            sites: nl.sites as *const [Site],
+            abort,
+            failure: None,
+        })
+        .collect();
+    let sp = states.as_mut_ptr();
+    let mut ctxs: Vec<CoreCtx> = (0..n)
+        .map(|i| CoreCtx {
+            gm: gm.0,
+            bufs: bufs[i].as_ptr(),
+            core: i64::from(members[i].1),
+            state: unsafe { sp.add(i) },
+        })
+        .collect();
+    let mut failures = Vec::new();
+    if n == 1 {
+        // A core without partners runs on the thread's own stack; a cross-core wait fails before suspending.
+        let ctx: *mut CoreCtx = &mut ctxs[0];
+        if let Some(f) = members[0].2 {
+            let status = unsafe { f(ctx) };
+            if status != STATUS_OK {
+                if let Some((site, vals)) = unsafe { (*sp).failure } {
+                    failures.push((members[0].0, members[0].1, site, vals));
+                }
+            }
+        }
+        return Ok((failures, 0));
+    }
+    // Coroutines, one per member, round-robin.
+    type Co = Coroutine<(), (), i32, DefaultStack>;
+    let mut cos: Vec<Option<Co>> = Vec::with_capacity(n);
+    for i in 0..n {
+        let stack = match stacks.pop() {
+            Some(s) => s,
+            None => DefaultStack::new(STACK_BYTES).map_err(|e| format!("cannot allocate a core's stack: {e}"))?,
+        };
+        let ctx = Shared(&mut ctxs[i] as *mut CoreCtx);
+        let f = members[i].2;
+        let co: Co = Coroutine::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
+            let ctx = ctx;
+            let Some(f) = f else { return STATUS_OK };
+            // SAFETY: the context and its state live until the coroutine has finished (below).
+            unsafe {
+                (*(*ctx.0).state).yielder = y;
+                f(ctx.0)
+            }
+        });
+        cos.push(Some(co));
+    }
+    let mut status = vec![None; n];
+    let mut last_events = u64::MAX;
+    loop {
+        let mut all_done = true;
+        for i in 0..n {
+            let Some(co) = cos[i].as_mut() else { continue };
+            match co.resume(()) {
+                CoroutineResult::Return(s) => {
+                    status[i] = Some(s);
+                    if let Some(co) = cos[i].take() {
+                        stacks.push(co.into_stack());
+                    }
+                    unsafe { (*up).events += 1 };
+                }
+                CoroutineResult::Yield(()) => all_done = false,
+            }
+        }
+        if all_done {
+            break;
+        }
+        let events = unsafe { (*up).events };
+        if events == last_events {
+            // A whole round without a set, a consumed wait or a finished core: every core waits.
+            unsafe { (*up).deadlocked = true };
+        }
+        last_events = events;
+    }
+    for i in 0..n {
+        if status[i] != Some(STATUS_OK) {
+            if let Some((site, vals)) = unsafe { (*sp.add(i)).failure } {
+                failures.push((members[i].0, members[i].1, site, vals));
+            }
+        }
+    }
+    let (deadlocked, max_count) = unsafe { ((*up).deadlocked, (*up).max_count) };
+    drop(ctxs);
+    drop(states);
+    if deadlocked && failures.is_empty() && !abort.load(Ordering::Relaxed) {
+        let who: Vec<String> = members
+            .iter()
+            .zip(&status)
+            .filter(|(_, s)| **s == Some(STATUS_ABORTED))
+            .map(|(m, _)| {
+                format!("{} core {} waits for a cross-core flag", if m.0 == 0 { "cube" } else { "vector" }, m.1)
+            })
+            .collect();
+        return Err(format!("{}, and no core can set it", who.join(", ")));
+    }
+    Ok((failures, max_count))
+}
