@@ -1,1 +1,3 @@
 //! kc-codegen
+
+pub mod math;
