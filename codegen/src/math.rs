@@ -21,7 +21,8 @@
 //! - `exp`: `k = nearest(x·log2 e)`, `r = x − k·ln2` with ln2 split in two (Cody–Waite; the high part has 40
 //!   bits so `k·ln2_hi` is exact), `e^r` by its Taylor polynomial of degree 11 on `|r| ≤ ln2/2` (truncation
 //!   error < 1e-14), scaled by `2^k` as two factors `2^⌊k/2⌋·2^(k−⌊k/2⌋)` built from exponent bits, so overflow
-//!   and underflow happen exactly at the right place; `x` is first clamped to ±1000.
+//!   and underflow happen exactly at the right place; `x` is first clamped to [-200, 1000] (`e^-200` is far
+//!   below every `f32` but a normal `f64`, so intermediate results never go denormal).
 //! - `exp2`: `k = nearest(x)`, `r = x − k` (exact), then `e^(r·ln2)` as above.
 //! - `log`/`log2`: `x = 2^e·m` with `m ∈ [√½, √2)` from the exponent bits, `f = m − 1`, `s = f/(2+f)`,
 //!   `log(1+f) = f − f²/2 + s·(f²/2 + R(s²))` (the fdlibm arrangement) with `R` the atanh Taylor series
@@ -220,9 +221,10 @@ fn clamp64(b: &mut FunctionBuilder, x: Value, lo: f64, hi: f64) -> Value {
     b.ins().fmax(t, l)
 }
 
-/// `e^x` in f64 (relative error ~1e-15); +inf/0 beyond the f64 range; NaN propagates.
+/// `e^x` in f64 (relative error ~1e-15); +inf beyond the f64 range; NaN propagates. `x` is clamped below at
+/// -200 (`e^-200 ≈ 1.4e-87`, far below every `f32` and still a normal `f64`, so no slow denormal arithmetic).
 fn exp64(b: &mut FunctionBuilder, x: Value) -> Value {
-    let x = clamp64(b, x, -1000.0, 1000.0);
+    let x = clamp64(b, x, -200.0, 1000.0);
     let l2e = f64s(b, LOG2E);
     let t = b.ins().fmul(x, l2e);
     let k = b.ins().nearest(t);
@@ -238,7 +240,7 @@ fn exp64(b: &mut FunctionBuilder, x: Value) -> Value {
 
 /// `2^x` in f64.
 fn exp2_64(b: &mut FunctionBuilder, x: Value) -> Value {
-    let x = clamp64(b, x, -1100.0, 1100.0);
+    let x = clamp64(b, x, -300.0, 1100.0);
     let k = b.ins().nearest(x);
     let r = b.ins().fsub(x, k);
     let ln2 = f64s(b, LN2);
