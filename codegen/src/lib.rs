@@ -1,10 +1,11 @@
 //! `kc-codegen`: tile IR to Cranelift IR to host machine code.
 //!
-//! [`compile`] turns a [`TileProgram`] into one JIT module: each launch's `cube` and `vector` programs
-//! become one function each, of the core ABI defined in [`kc_runtime::native`]; [`Compiled::run`] runs
-//! them with the runtime's executor. How each statement is lowered is documented in [`lower`]; the
-//! vectorized approximations of transcendental functions and the bf16/f16 conversions are in [`math`].
+//! [`compile`] turns a [`TileProgram`](kc_ir::tile::TileProgram) into one JIT module: each launch's `cube`
+//! and `vector` programs become one function each, of the core ABI defined in [`kc_runtime::native`];
+//! [`Compiled::run`] runs them with the runtime's executor. How each statement is lowered is documented in
+//! [`lower`]; the vectorized transcendental functions and the bf16/f16 conversions are in [`math`].
 
 pub mod lower;
+pub mod math;
 
 pub use lower::{compile, Compiled, CompiledLaunch, Options};

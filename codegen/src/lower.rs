@@ -24,8 +24,10 @@
 //!   stops the launch with `E0403`-style `DivByZero`). bf16 values are widened and rounded
 //!   (nearest-even) in registers. A statement whose destination buffer is also read at another window is
 //!   computed into a stack temporary first (a statement reads all its inputs before it writes).
-//! - `pow` and float `%` call `libm` through the runtime (exact, as the interpreter); `f16` conversions call
-//!   the runtime too.
+//! - Transcendental functions are inline `f32x4` code ([`crate::math`]: evaluated in f64 lanes and rounded
+//!   once, within 1 ulp of the interpreter); `min`/`max` propagate NaN as the interpreter does. `pow` and
+//!   float `%` call `libm` through the runtime (exact, as the interpreter); `f16` conversions call the
+//!   runtime too.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::Endianness;
@@ -124,7 +126,6 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_mmad", native::kc_rt_mmad_portable as *const u8, vec![I64; 12], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
         ("kc_rt_fmodf", native::kc_rt_fmodf as *const u8, vec![F32, F32], vec![F32]),
-        ("kc_rt_unary", native::kc_rt_unary as *const u8, vec![I64, F32], vec![F32]),
         ("kc_rt_f16_to_f32", native::kc_rt_f16_to_f32 as *const u8, vec![I32], vec![F32]),
         ("kc_rt_f32_to_f16", native::kc_rt_f32_to_f16 as *const u8, vec![F32], vec![I32]),
     ]
@@ -1344,7 +1345,11 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 Min | Max => {
                     let vx = self.splat(SV::F(x));
                     let vy = self.splat(SV::F(y));
-                    let r = if op == Min { self.b.ins().fmin(vx, vy) } else { self.b.ins().fmax(vx, vy) };
+                    let r = if op == Min {
+                        crate::math::nan_min_f32x4(self.b, vx, vy)
+                    } else {
+                        crate::math::nan_max_f32x4(self.b, vx, vy)
+                    };
                     SV::F(self.b.ins().extractlane(r, 0))
                 }
                 Eq => SV::B(self.b.ins().fcmp(FloatCC::Equal, x, y)),
@@ -1566,17 +1571,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let keep = self.b.ins().bitcast(types::F32X4, LE, keep);
                 self.b.ins().bitselect(keep, a, z)
             }
-            _ => {
-                // Lane by lane through the runtime (exact, as the interpreter).
-                let code = self.iconst(UnOp::ALL.iter().position(|&o| o == op).unwrap_or(0) as i64);
-                let mut out = a;
-                for lane in 0..4u8 {
-                    let x = self.b.ins().extractlane(a, lane);
-                    let r = self.call("kc_rt_unary", &[code, x]).expect("a value");
-                    out = self.b.ins().insertlane(out, r, lane);
-                }
-                out
-            }
+            _ => crate::math::unary_f32x4(self.b, op, a),
         }
     }
 
@@ -1600,8 +1595,8 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 Sub => self.b.ins().fsub(a, b),
                 Mul => self.b.ins().fmul(a, b),
                 Div => self.b.ins().fdiv(a, b),
-                Min => self.b.ins().fmin(a, b),
-                Max => self.b.ins().fmax(a, b),
+                Min => crate::math::nan_min_f32x4(self.b, a, b),
+                Max => crate::math::nan_max_f32x4(self.b, a, b),
                 Mod | Pow => {
                     let f = if op == Mod { "kc_rt_fmodf" } else { "kc_rt_powf" };
                     let mut out = self.b.ins().f32const(0.0);

@@ -607,12 +607,6 @@ pub extern "C" fn kc_rt_fmodf(x: f32, y: f32) -> f32 {
     ops::floor_mod_f32(x, y)
 }
 
-/// A unary operation by its position in [`UnOp::ALL`](kc_ir::graph::UnOp::ALL), exactly as the interpreter
-/// computes it (`not` and unknown codes give NaN).
-pub extern "C" fn kc_rt_unary(op: i64, x: f32) -> f32 {
-    kc_ir::graph::UnOp::ALL.get(op as usize).and_then(|&o| ops::unary_f32(o, x)).unwrap_or(f32::NAN)
-}
-
 /// f16 bits (the low 16 bits of `h`) to f32, exactly.
 pub extern "C" fn kc_rt_f16_to_f32(h: i32) -> f32 {
     half::f16::from_bits(h as u16).to_f32()
