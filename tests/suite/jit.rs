@@ -52,3 +52,123 @@ fn jit_matches_interpreter() {
         }
     }
 }
+
+/// Every kernel of the `tests/data/ok` fixtures that tiles at dims of 7 runs under the JIT and matches the
+/// interpreter (casts, integer division, masks, gathers, reductions, scalar outputs, ...).
+#[test]
+fn jit_matches_interpreter_on_the_fixtures() {
+    let dir = common::repo_root().join("tests/data/ok");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("fixtures").flatten().map(|e| e.path()).collect();
+    files.sort();
+    let target = Target::builtin("ascend910b").expect("target");
+    let mut ran = 0;
+    for f in files.iter().filter(|p| p.extension().is_some_and(|e| e == "ker")) {
+        let prog = common::compile_ok(f);
+        for g in &prog.kernels {
+            let dims: BTreeMap<String, i64> = g.dims.iter().map(|d| (d.clone(), 7)).collect();
+            let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+            let Ok(args) = kc_runtime::random::random_args(g, &given, 3) else { continue };
+            let Ok(want) = kc_ir::interp::run(g, &args) else { continue };
+            let Ok(b) = kc_ir::launch::bind(g, &args) else { continue };
+            // Kernels no template tiles yet (E0606) are the tiler's gaps, not the JIT's.
+            let Ok((_, tp, _, _)) = kc_ir::passes::tile::fuse_and_tile(g, &b, &target) else { continue };
+            let compiled = kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("{}: {e:?}", g.name));
+            for threads in [1, 2] {
+                let (got, _) = compiled
+                    .run(&tp, g, &args, threads, &Limits::default())
+                    .unwrap_or_else(|e| panic!("{} ({}): {e:?}", g.name, f.display()));
+                for ((n, a), (_, b)) in got.iter().zip(&want) {
+                    assert_matches_within(&format!("{}.{n} ({})", g.name, f.display()), a, b, 0.25);
+                }
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 15, "only {ran} fixture kernels ran under the JIT");
+}
+
+fn jit_run(g: &kc_ir::Graph, tp: &kc_ir::tile::TileProgram, args: &Args) -> Result<(), Vec<kc_ir::Diagnostic>> {
+    let compiled = kc_codegen::compile(tp, &opts()).expect("compiles");
+    compiled.run(tp, g, args, 2, &Limits::default()).map(|_| ())
+}
+
+/// An unguarded out-of-range index read from data stops the launch with the interpreter's error (same code,
+/// same span), and the `inout` tensor the kernel updates is left exactly as it was.
+#[test]
+fn jit_out_of_range_index_stops_and_leaves_inout_alone() {
+    use kc_ir::{Code, DType};
+    let g = common::compile_ok_src(
+        "jit_pick",
+        "kernel pick(x: f32[N, V], t: i32[N], acc: inout f32[N]) -> (z: f32[N, V]) {\n\
+         \x20   acc[n] = acc[n] + x[n, t[n]] * 2.0;\n\
+         \x20   z[n, v] = x[n, (t[n] + v) % V] + 1.0;\n\
+         }\n",
+    )
+    .kernels
+    .remove(0);
+    let (n, v) = (5usize, 9usize);
+    let mut rng = common::Rng::new(1);
+    let x = common::rand_tensor(&mut rng, DType::F32, &[n, v]);
+    let acc = common::rand_tensor(&mut rng, DType::F32, &[n]);
+    let target = Target::builtin("ascend910b").expect("target");
+    let dims = BTreeMap::from([("N".to_string(), n as i64), ("V".to_string(), v as i64)]);
+    let (_, tp, _) = tile_at(&g, &dims, &target);
+    let good = common::i32_tensor(&[n], vec![0, 1, 2, 3, 8]);
+    let args = common::args(&[("x", &x), ("t", &good), ("acc", &acc)], &[]);
+    jit_run(&g, &tp, &args).expect("in-range indices run");
+    for bad in [vec![9, 0, 1, 2, 3], vec![0, -1, 1, 2, 3], vec![0, 1, 2, 3, 100]] {
+        let tt = common::i32_tensor(&[n], bad.clone());
+        let args = common::args(&[("x", &x), ("t", &tt), ("acc", &acc)], &[]);
+        let before = args.clone();
+        let ie = kc_ir::interp::run(&g, &args).expect_err("the interpreter refuses the index");
+        let je = jit_run(&g, &tp, &args).expect_err("the JIT refuses the index");
+        assert_eq!(je[0].code, Code::IndexOutOfRange, "{bad:?}: {}", je[0].message);
+        assert_eq!(je[0].primary.span, ie[0].primary.span, "{bad:?}: the error points at the same access");
+        assert_eq!(args, before, "the arguments, `acc` included, are untouched");
+    }
+}
+
+/// A launch that does not fit the kernel's signature is refused before anything runs, with the
+/// interpreter's errors: a wrong dtype, a wrong rank, a broken `where` constraint, a program compiled for
+/// other dims.
+#[test]
+fn jit_refuses_malformed_launches() {
+    use kc_ir::{Code, DType, Tensor};
+    let target = Target::builtin("ascend910b").expect("target");
+    let adamw = common::compile_ok(common::kernel_path("adamw")).kernels.remove(0);
+    let dims = BTreeMap::from([("N".to_string(), 100)]);
+    let (_, tp, _) = tile_at(&adamw, &dims, &target);
+    let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+    let good = kc_runtime::random::random_args(&adamw, &given, 1).expect("args");
+    jit_run(&adamw, &tp, &good).expect("a good launch runs");
+    let with = |name: &str, t: Tensor| {
+        let mut a = good.clone();
+        a.tensors.insert(name.to_string(), t);
+        a
+    };
+    let e = jit_run(&adamw, &tp, &with("grad", Tensor::zeros(DType::F32, vec![100]))).unwrap_err();
+    assert_eq!(e[0].code, Code::ArgDType, "{}", e[0].message);
+    let e = jit_run(&adamw, &tp, &with("m", Tensor::zeros(DType::F32, vec![10, 10]))).unwrap_err();
+    assert_eq!(e[0].code, Code::ArgShape, "{}", e[0].message);
+    let e = jit_run(&adamw, &tp, &with("m", Tensor::zeros(DType::F32, vec![101]))).unwrap_err();
+    assert_eq!(e[0].code, Code::ArgShape, "{}", e[0].message);
+    // The program was compiled for N = 100: a consistent launch at N = 50 is refused too.
+    let small = Args { tensors: BTreeMap::new(), dims: BTreeMap::from([("N".to_string(), 50)]) };
+    let small = kc_runtime::random::random_args(&adamw, &small, 1).expect("args");
+    let e = jit_run(&adamw, &tp, &small).unwrap_err();
+    assert_eq!(e[0].code, Code::ArgShape, "{}", e[0].message);
+    assert!(e[0].message.contains("compiled for"), "{}", e[0].message);
+
+    let att = common::compile_ok(common::kernel_path("attention")).kernels.remove(0);
+    let d = |h: i64, g: i64| {
+        BTreeMap::from([("B", 1), ("H", h), ("G", g), ("S", 5), ("T", 7), ("D", 8)].map(|(k, v)| (k.to_string(), v)))
+    };
+    let (_, tp, _) = tile_at(&att, &d(4, 2), &target);
+    let mut rng = common::Rng::new(2);
+    let mk = |rng: &mut common::Rng, shape: &[usize]| common::rand_tensor(rng, DType::BF16, shape);
+    let (q, k, v) = (mk(&mut rng, &[1, 3, 5, 8]), mk(&mut rng, &[1, 2, 7, 8]), mk(&mut rng, &[1, 2, 7, 8]));
+    let scale = Tensor::scalar_f32(0.35);
+    let args = common::args(&[("q", &q), ("k", &k), ("v", &v), ("scale", &scale)], &[]);
+    let e = jit_run(&att, &tp, &args).unwrap_err();
+    assert_eq!(e[0].code, Code::ConstraintBroken, "H = 3, G = 2 breaks `H % G == 0`: {}", e[0].message);
+}
