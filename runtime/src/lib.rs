@@ -3,6 +3,7 @@
 //!
 //! Like every crate but the CLI, it does no IO of its own: it turns bytes into tensors and back.
 
+pub mod host;
 pub mod npy;
 pub mod random;
 pub mod sim;
