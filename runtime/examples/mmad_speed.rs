@@ -1,13 +1,17 @@
 //! Times every path of the host mmad (`kc_runtime::host::mmad`) on bf16 × bf16 tiles the JIT calls it with,
-//! and prints GFLOP/s (2·m·n·k per call, packing included). Run with `cargo run --release -p kc-runtime
-//! --example mmad_speed`.
+//! and prints GFLOP/s (2·m·n·k per call, packing included; best of 20 rounds, so a busy machine still gives
+//! a fair figure). Run with `cargo run --release -p kc-runtime --example mmad_speed [m k n]`.
 
 use half::bf16;
 use kc_runtime::host::mmad::{mmad_with, supported, Operand, Path};
 use std::time::Instant;
 
 fn main() {
-    let shapes = [(128, 256, 128), (256, 256, 256), (128, 512, 256), (64, 256, 64), (32, 64, 32)];
+    let args: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().expect("m k n")).collect();
+    let shapes = match args[..] {
+        [m, k, n] => vec![(m, k, n)],
+        _ => vec![(128, 256, 128), (256, 256, 256), (128, 512, 256), (64, 256, 64), (32, 64, 32), (17, 100, 130)],
+    };
     for (m, k, n) in shapes {
         let a: Vec<bf16> = (0..m * k).map(|i| bf16::from_f32(((i * 7 % 13) as f32 - 6.0) / 8.0)).collect();
         let b: Vec<bf16> = (0..k * n).map(|i| bf16::from_f32(((i * 5 % 11) as f32 - 5.0) / 8.0)).collect();
@@ -21,13 +25,13 @@ fn main() {
             }
             let mut call = || mmad_with(path, Operand::Bf16(&a), k, Operand::Bf16(&b), n, &mut c, n, (m, k, n), true);
             call();
-            // Enough calls for ~0.3 s, best of 5 rounds.
+            // Rounds of ~20 ms, best of 20.
             let t = Instant::now();
             call();
             let once = t.elapsed().as_secs_f64().max(1e-7);
-            let reps = ((0.06 / once) as usize).clamp(1, 100_000);
+            let reps = ((0.02 / once) as usize).clamp(1, 100_000);
             let mut best = f64::INFINITY;
-            for _ in 0..5 {
+            for _ in 0..20 {
                 let t = Instant::now();
                 for _ in 0..reps {
                     call();

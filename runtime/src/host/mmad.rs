@@ -31,8 +31,10 @@
 //!    `b` is packed per call into the VNNI layout (see [`pack_b_vnni`]) in a thread-local scratch buffer;
 //!    `a` is read in place (stride `lda * 2` bytes) when `k` is a multiple of 32, except a last partial
 //!    block of rows, which is copied zero-padded to 16 rows; otherwise `a` is copied zero-padded to a
-//!    multiple of 32 columns. Edge tiles of `c` go through a scratch tile. The tile configuration (palette
-//!    1, every tile 16 rows × 64 bytes) is loaded once per thread and left loaded.
+//!    multiple of 32 columns. Edge tiles of `c` go through a scratch tile. Loops: k in chunks of 256 (so a
+//!    block's two A and two B panels, 32 KiB, stay in L1), then 32-row blocks of `c`, then 32-column
+//!    blocks. The tile configuration (palette 1, every tile 16 rows × 64 bytes) is loaded once per thread
+//!    (a thread-local flag) and left loaded: nothing else in the process may change it.
 //! 2. [`Path::Avx512`] (AVX-512F and AVX-512BW): every dtype pair. `b` is converted to f32 and packed into
 //!    panels of 32 columns (`[panel][p][32]`, zero-padded); `a` is read in place when f32, else converted to
 //!    f32 one block of 8 rows at a time. A micro-kernel keeps an 8 × 32 block of `c` in 16 zmm registers and
@@ -738,29 +740,41 @@ mod amx {
         }
 
         /// Before the block: copies the valid part of `c` into the scratch tile (zeros elsewhere).
+        ///
+        /// # Safety
+        ///
+        /// The valid part of `c` readable, `tmp` writable for 256 f32; AVX-512F.
+        #[target_feature(enable = "avx512f")]
         unsafe fn stage_in(&self) {
             if !self.full() {
-                // SAFETY: `tmp` holds 256 f32; the valid part of `c` is inside the caller's block.
+                let mask = mask32(self.cols) as u16;
+                // SAFETY: masked loads stay inside the valid columns of the valid rows.
                 unsafe {
                     for r in 0..16 {
-                        for j in 0..16 {
-                            let v = if r < self.rows && j < self.cols { *self.c.add(r * self.ldc + j) } else { 0.0 };
-                            *self.tmp.add(r * 16 + j) = v;
-                        }
+                        let v = if r < self.rows {
+                            _mm512_maskz_loadu_ps(mask, self.c.add(r * self.ldc))
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                        _mm512_storeu_ps(self.tmp.add(r * 16), v);
                     }
                 }
             }
         }
 
         /// After the block: copies the valid part of the scratch tile back to `c`.
+        ///
+        /// # Safety
+        ///
+        /// As [`CTile::stage_in`], `c` writable.
+        #[target_feature(enable = "avx512f")]
         unsafe fn stage_out(&self) {
             if !self.full() {
-                // SAFETY: as `stage_in`.
+                let mask = mask32(self.cols) as u16;
+                // SAFETY: masked stores stay inside the valid columns of the valid rows.
                 unsafe {
                     for r in 0..self.rows {
-                        for j in 0..self.cols {
-                            *self.c.add(r * self.ldc + j) = *self.tmp.add(r * 16 + j);
-                        }
+                        _mm512_mask_storeu_ps(self.c.add(r * self.ldc), mask, _mm512_loadu_ps(self.tmp.add(r * 16)));
                     }
                 }
             }
@@ -873,32 +887,32 @@ mod amx {
         unsafe {
             let lo_idx = _mm512_loadu_si512(lo_idx.as_ptr().cast());
             let hi_idx = _mm512_loadu_si512(hi_idx.as_ptr().cast());
-            for pp in 0..kp / 2 {
-                let (r0, r1) = (2 * pp, 2 * pp + 1);
-                let mut j0 = 0;
-                while j0 < panels * 16 {
-                    let mask = mask32(n - j0);
-                    let x0 = if r0 < k {
-                        _mm512_maskz_loadu_epi16(mask, b.add(r0 * ldb + j0).cast())
+            // Column chunk outer, so the stores run down two panels sequentially.
+            let mut j0 = 0;
+            while j0 < panels * 16 {
+                let mask = mask32(n - j0);
+                let q = j0 / 16;
+                let lo_dst = dst.add(q * pstride);
+                let hi_dst = if q + 1 < panels { Some(dst.add((q + 1) * pstride)) } else { None };
+                let src = b.add(j0);
+                for pp in 0..kp / 2 {
+                    let (r0, r1) = (2 * pp, 2 * pp + 1);
+                    let (x0, x1) = if r1 < k {
+                        (
+                            _mm512_maskz_loadu_epi16(mask, src.add(r0 * ldb).cast()),
+                            _mm512_maskz_loadu_epi16(mask, src.add(r1 * ldb).cast()),
+                        )
+                    } else if r0 < k {
+                        (_mm512_maskz_loadu_epi16(mask, src.add(r0 * ldb).cast()), _mm512_setzero_si512())
                     } else {
-                        _mm512_setzero_si512()
+                        (_mm512_setzero_si512(), _mm512_setzero_si512())
                     };
-                    let x1 = if r1 < k {
-                        _mm512_maskz_loadu_epi16(mask, b.add(r1 * ldb + j0).cast())
-                    } else {
-                        _mm512_setzero_si512()
-                    };
-                    let q = j0 / 16;
-                    _mm512_storeu_si512(
-                        dst.add(q * pstride + pp * 32).cast(),
-                        _mm512_permutex2var_epi16(x0, lo_idx, x1),
-                    );
-                    if q + 1 < panels {
-                        let hi = _mm512_permutex2var_epi16(x0, hi_idx, x1);
-                        _mm512_storeu_si512(dst.add((q + 1) * pstride + pp * 32).cast(), hi);
+                    _mm512_storeu_si512(lo_dst.add(pp * 32).cast(), _mm512_permutex2var_epi16(x0, lo_idx, x1));
+                    if let Some(hi_dst) = hi_dst {
+                        _mm512_storeu_si512(hi_dst.add(pp * 32).cast(), _mm512_permutex2var_epi16(x0, hi_idx, x1));
                     }
-                    j0 += 32;
                 }
+                j0 += 32;
             }
         }
     }
@@ -927,6 +941,9 @@ mod amx {
             }
         }
     }
+
+    /// k steps (of 32) per pass over `c`: a pair of A panels and a pair of B panels is then 32 KiB.
+    const KC_STEPS: usize = 8;
 
     /// The AMX path (bf16 × bf16).
     ///
@@ -989,42 +1006,57 @@ mod amx {
                 cols: n.saturating_sub(j0).min(16),
                 tmp: cp.add(slot * 256),
             };
-            let mut j0 = 0;
-            while j0 < n {
-                let tn = if n - j0 > 16 { 2 } else { 1 };
-                let q = j0 / 16;
-                let b_pan = [bp.add(q * kp * 32).cast_const(), bp.add((q + tn - 1) * kp * 32).cast_const()];
+            // k in chunks of KC_STEPS steps, so a block's A and B panels stay in L1 (C is reloaded per chunk).
+            let mut s0 = 0;
+            loop {
+                let chunk = (steps - s0).min(KC_STEPS);
+                let acc = x.accumulate || s0 > 0;
                 let mut i0 = 0;
                 while i0 < m {
                     let tm = if m - i0 > 16 { 2 } else { 1 };
-                    let (a0, a_stride) = a_panel(i0);
-                    let (a1, a1_stride) = a_panel(i0 + 16 * (tm - 1));
-                    let ct = [
-                        [c_tile(i0, j0, 0), c_tile(i0, j0 + 16, 1)],
-                        [c_tile(i0 + 16, j0, 2), c_tile(i0 + 16, j0 + 16, 3)],
-                    ];
-                    if a_stride != a1_stride {
-                        // The second tile row is the packed tail and the first is in place: one at a time.
-                        for (ti, (ap_, st)) in [(a0, a_stride), (a1, a1_stride)].into_iter().enumerate() {
-                            let row = [ct[ti], ct[ti]];
-                            if tn == 2 {
-                                block::<1, 2>([ap_, ap_], st, b_pan, steps, &row, x.accumulate);
-                            } else {
-                                block::<1, 1>([ap_, ap_], st, b_pan, steps, &row, x.accumulate);
+                    let mut j0 = 0;
+                    while j0 < n {
+                        let tn = if n - j0 > 16 { 2 } else { 1 };
+                        let q = j0 / 16;
+                        let b_pan = [
+                            bp.add(q * kp * 32 + s0 * 1024).cast_const(),
+                            bp.add((q + tn - 1) * kp * 32 + s0 * 1024).cast_const(),
+                        ];
+                        let (a0, a_stride) = a_panel(i0);
+                        let a0 = a0.add(s0 * 64);
+                        let (a1, a1_stride) = a_panel(i0 + 16 * (tm - 1));
+                        let a1 = a1.add(s0 * 64);
+                        let ct = [
+                            [c_tile(i0, j0, 0), c_tile(i0, j0 + 16, 1)],
+                            [c_tile(i0 + 16, j0, 2), c_tile(i0 + 16, j0 + 16, 3)],
+                        ];
+                        if a_stride != a1_stride {
+                            // The second tile row is the packed tail and the first is in place: one at a time.
+                            for (ti, (ap_, st)) in [(a0, a_stride), (a1, a1_stride)].into_iter().enumerate() {
+                                let row = [ct[ti], ct[ti]];
+                                if tn == 2 {
+                                    block::<1, 2>([ap_, ap_], st, b_pan, chunk, &row, acc);
+                                } else {
+                                    block::<1, 1>([ap_, ap_], st, b_pan, chunk, &row, acc);
+                                }
+                            }
+                        } else {
+                            let a = [a0, a1];
+                            match (tm, tn) {
+                                (2, 2) => block::<2, 2>(a, a_stride, b_pan, chunk, &ct, acc),
+                                (2, _) => block::<2, 1>(a, a_stride, b_pan, chunk, &ct, acc),
+                                (_, 2) => block::<1, 2>(a, a_stride, b_pan, chunk, &ct, acc),
+                                _ => block::<1, 1>(a, a_stride, b_pan, chunk, &ct, acc),
                             }
                         }
-                    } else {
-                        let a = [a0, a1];
-                        match (tm, tn) {
-                            (2, 2) => block::<2, 2>(a, a_stride, b_pan, steps, &ct, x.accumulate),
-                            (2, _) => block::<2, 1>(a, a_stride, b_pan, steps, &ct, x.accumulate),
-                            (_, 2) => block::<1, 2>(a, a_stride, b_pan, steps, &ct, x.accumulate),
-                            _ => block::<1, 1>(a, a_stride, b_pan, steps, &ct, x.accumulate),
-                        }
+                        j0 += 32;
                     }
                     i0 += 32;
                 }
-                j0 += 32;
+                s0 += chunk;
+                if s0 >= steps {
+                    break;
+                }
             }
         }
     }
