@@ -28,13 +28,15 @@
 //!    `XFEATURE_XTILEDATA` through `arch_prctl(ARCH_REQ_XCOMP_PERM)`): bf16 × bf16 only; other dtypes take
 //!    the AVX-512 path. Tiles of 16 × 16 f32 of `c` are accumulated 2 × 2 at a time (`tmm0..3`) from two
 //!    16 × 32 bf16 tiles of `a` (`tmm4..5`) and two 16-pair × 16 tiles of `b` (`tmm6..7`) with `tdpbf16ps`.
-//!    `b` is packed per call into the VNNI layout (see [`pack_b_vnni`]) in a thread-local scratch buffer;
+//!    `b` is packed per call into the VNNI layout (one panel per 16 columns, `k` padded to a multiple of
+//!    32; element `(p, j)` of a panel at `[(p / 2) * 32 + 2 j + p % 2]`) in a thread-local scratch buffer;
 //!    `a` is read in place (stride `lda * 2` bytes) when `k` is a multiple of 32, except a last partial
 //!    block of rows, which is copied zero-padded to 16 rows; otherwise `a` is copied zero-padded to a
 //!    multiple of 32 columns. Edge tiles of `c` go through a scratch tile. Loops: k in chunks of 256 (so a
 //!    block's two A and two B panels, 32 KiB, stay in L1), then 32-row blocks of `c`, then 32-column
 //!    blocks. The tile configuration (palette 1, every tile 16 rows × 64 bytes) is loaded once per thread
-//!    (a thread-local flag) and left loaded: nothing else in the process may change it.
+//!    (a thread-local flag) and left loaded ([`release_tiles`] releases it): nothing else in the process
+//!    may change it.
 //! 2. [`Path::Avx512`] (AVX-512F and AVX-512BW): every dtype pair. `b` is converted to f32 and packed into
 //!    panels of 32 columns (`[panel][p][32]`, zero-padded); `a` is read in place when f32, else converted to
 //!    f32 one block of 8 rows at a time. A micro-kernel keeps an 8 × 32 block of `c` in 16 zmm registers and
@@ -101,6 +103,15 @@ pub fn supported(path: Path) -> bool {
         Path::Avx512 => avx512_ok(),
         Path::Portable => true,
     }
+}
+
+/// Returns the calling thread's AMX tile state to its initial state (`tilerelease`), if an AMX call on it
+/// loaded a configuration; the next AMX call on the thread loads it again. Optional: a thread that will not
+/// multiply again (e.g. a JIT worker going idle) can call it so context switches stop saving its 8 KiB of
+/// tile registers.
+pub fn release_tiles() {
+    #[cfg(target_arch = "x86_64")]
+    amx::release();
 }
 
 /// The path [`kc_mmad`] and [`mmad`] take on this machine (for bf16 × bf16; other dtypes fall from
@@ -649,6 +660,15 @@ mod amx {
             // SAFETY: a valid 64-byte configuration.
             unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) };
             CONFIGURED.with(|c| c.set(true));
+        }
+    }
+
+    /// Releases this thread's tile state (`tilerelease`) if it configured it.
+    pub(super) fn release() {
+        if CONFIGURED.with(|c| c.replace(false)) {
+            // SAFETY: AMX was configured on this thread, so the instruction exists and is permitted; it only
+            // resets tile registers and configuration, which nothing holds between calls.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
         }
     }
 
@@ -1260,12 +1280,26 @@ mod tests {
         assert_eq!(c, [0.0, 0.0, 5.0, 0.0, 0.0, 5.0]);
     }
 
+    /// After [`release_tiles`] the next call configures the tiles again.
+    #[test]
+    fn host_mmad_release_tiles() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        for _ in 0..2 {
+            check(path(), &mut rng, (33, 64, 40), Dtype::Bf16, Dtype::Bf16, 1, true);
+            release_tiles();
+            release_tiles();
+        }
+    }
+
     /// Two threads at once, each with its own tile configuration and scratch.
     #[test]
     fn host_mmad_two_threads() {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
         let run = |seed: u64| {
+            let start = start.clone();
             move || {
                 let mut rng = SmallRng::seed_from_u64(seed);
+                start.wait();
                 for _ in 0..3 {
                     for &shape in &SHAPES {
                         check(path(), &mut rng, shape, Dtype::Bf16, Dtype::Bf16, 1, seed.is_multiple_of(2));
