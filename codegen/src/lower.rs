@@ -123,7 +123,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_gather", native::kc_rt_gather as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_reduce", native::kc_rt_reduce as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
-        ("kc_mmad", native::kc_rt_mmad_portable as *const u8, vec![I64; 12], vec![]),
+        ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
         ("kc_rt_fmodf", native::kc_rt_fmodf as *const u8, vec![F32, F32], vec![F32]),
         ("kc_rt_f16_to_f32", native::kc_rt_f16_to_f32 as *const u8, vec![I32], vec![F32]),

@@ -617,42 +617,6 @@ pub extern "C" fn kc_rt_f32_to_f16(x: f32) -> i32 {
     i32::from(half::f16::from_f32(x).to_bits())
 }
 
-/// The portable cube routine: `c = (accumulate ? c : 0) + a · b`, sequential in `k`, f32 accumulation; the
-/// dtypes by code (f32, bf16, f16). The argument order is the host cube routine's.
-///
-/// # Safety
-/// The three windows are inside their storage.
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn kc_rt_mmad_portable(
-    a: *const u8,
-    a_dtype: i64,
-    lda: i64,
-    b: *const u8,
-    b_dtype: i64,
-    ldb: i64,
-    c: *mut f32,
-    ldc: i64,
-    m: i64,
-    k: i64,
-    n: i64,
-    accumulate: i64,
-) {
-    let (Some(da), Some(db)) = (dtype_of(a_dtype), dtype_of(b_dtype)) else { return };
-    let f = |v: Val| if let Val::F(x) = v { x } else { 0.0 };
-    unsafe {
-        for i in 0..m as isize {
-            for j in 0..n as isize {
-                let cij = c.offset(i * ldc as isize + j);
-                let mut acc = if accumulate != 0 { *cij } else { 0.0 };
-                for p in 0..k as isize {
-                    acc += f(load(a, da, i * lda as isize + p)) * f(load(b, db, p * ldb as isize + j));
-                }
-                *cij = acc;
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // The executor.
 

@@ -1,0 +1,1323 @@
+//! The host cube unit: a matrix multiply-accumulate on small tiles, called by JIT-compiled kernel code
+//! through [`kc_mmad`].
+//!
+//! # Contract
+//!
+//! ```text
+//! c[i*ldc + j] = (accumulate ? c[i*ldc + j] : 0.0) + Σ_{p<k} a[i*lda + p] * b[p*ldb + j]     for i < m, j < n
+//! ```
+//!
+//! - `a` is `m × k`, row-major, row stride `lda` elements; `b` is `k × n`, row-major, row stride `ldb`
+//!   elements; `c` is `m × n` f32, row stride `ldc` elements. Nothing outside the `m × n` block of `c` is
+//!   written, and nothing outside the `m × k` / `k × n` blocks of `a` / `b` is read.
+//! - The elements of `a` and `b` are [`Dtype::F32`], [`Dtype::Bf16`] or [`Dtype::F16`] (codes 0, 1, 2; the
+//!   two operands may differ). Products and sums are in f32.
+//! - Any `m, k, n ≥ 0`. With `k == 0` and no accumulate the block of `c` is set to zero; with `m == 0` or
+//!   `n == 0` nothing is touched.
+//! - The order of summation depends on the path. [`Path::Portable`] sums sequentially,
+//!   `acc = c_or_0; for p in 0..k { acc = acc + a_ip * b_pj }` with a rounded f32 product and a rounded f32
+//!   add per step, so it is bit-identical to the obvious scalar f32 loop. The vector paths reassociate
+//!   (AMX sums pairs of products inside `tdpbf16ps`, and flushes denormals) and agree with it to rounding.
+//!
+//! # Paths
+//!
+//! Chosen once per process from the CPU's features ([`path`]); [`mmad_with`] / [`mmad_raw`] force one for
+//! tests and benchmarks.
+//!
+//! 1. [`Path::Amx`] (x86-64 with AMX-TILE, AMX-BF16 and AVX-512BW, and the Linux kernel granting
+//!    `XFEATURE_XTILEDATA` through `arch_prctl(ARCH_REQ_XCOMP_PERM)`): bf16 × bf16 only; other dtypes take
+//!    the AVX-512 path. Tiles of 16 × 16 f32 of `c` are accumulated 2 × 2 at a time (`tmm0..3`) from two
+//!    16 × 32 bf16 tiles of `a` (`tmm4..5`) and two 16-pair × 16 tiles of `b` (`tmm6..7`) with `tdpbf16ps`.
+//!    `b` is packed per call into the VNNI layout (one panel per 16 columns, `k` padded to a multiple of
+//!    32; element `(p, j)` of a panel at `[(p / 2) * 32 + 2 j + p % 2]`) in a thread-local scratch buffer;
+//!    `a` is read in place (stride `lda * 2` bytes) when `k` is a multiple of 32, except a last partial
+//!    block of rows, which is copied zero-padded to 16 rows; otherwise `a` is copied zero-padded to a
+//!    multiple of 32 columns. Edge tiles of `c` go through a scratch tile. Loops: k in chunks of 256 (so a
+//!    block's two A and two B panels, 32 KiB, stay in L1), then 32-row blocks of `c`, then 32-column
+//!    blocks. The tile configuration (palette 1, every tile 16 rows × 64 bytes) is loaded once per thread
+//!    (a thread-local flag) and left loaded ([`release_tiles`] releases it): nothing else in the process
+//!    may change it.
+//! 2. [`Path::Avx512`] (AVX-512F and AVX-512BW): every dtype pair. `b` is converted to f32 and packed into
+//!    panels of 32 columns (`[panel][p][32]`, zero-padded); `a` is read in place when f32, else converted to
+//!    f32 one block of 8 rows at a time. A micro-kernel keeps an 8 × 32 block of `c` in 16 zmm registers and
+//!    does one broadcast and two FMAs per element of `a`.
+//! 3. [`Path::Portable`]: plain Rust, the reference described above.
+//!
+//! Scratch memory is thread-local, grows to the largest call seen and is reused: a steady-state call does not
+//! allocate.
+
+use std::cell::{Cell, RefCell};
+use std::sync::OnceLock;
+
+/// The element type of an operand, with the code the JIT passes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    /// Code 0: IEEE single.
+    F32 = 0,
+    /// Code 1: bfloat16, as its `u16` bits.
+    Bf16 = 1,
+    /// Code 2: IEEE half, as its `u16` bits.
+    F16 = 2,
+}
+
+impl Dtype {
+    /// The dtype with JIT code `code`, if any.
+    pub fn from_code(code: i64) -> Option<Dtype> {
+        match code {
+            0 => Some(Dtype::F32),
+            1 => Some(Dtype::Bf16),
+            2 => Some(Dtype::F16),
+            _ => None,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 | Dtype::F16 => 2,
+        }
+    }
+}
+
+/// An implementation of the multiply-accumulate.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// Intel AMX tiles (bf16 × bf16 only).
+    Amx,
+    /// AVX-512 FMA micro-kernel (every dtype).
+    Avx512,
+    /// Plain Rust, sequential sums.
+    Portable,
+}
+
+impl Path {
+    /// Every path, fastest first.
+    pub const ALL: [Path; 3] = [Path::Amx, Path::Avx512, Path::Portable];
+}
+
+/// Whether `path` can run on this machine (for [`Path::Amx`]: the CPU has it and the kernel allowed it).
+pub fn supported(path: Path) -> bool {
+    match path {
+        Path::Amx => amx_ok(),
+        Path::Avx512 => avx512_ok(),
+        Path::Portable => true,
+    }
+}
+
+/// Returns the calling thread's AMX tile state to its initial state (`tilerelease`), if an AMX call on it
+/// loaded a configuration; the next AMX call on the thread loads it again. Optional: a thread that will not
+/// multiply again (e.g. a JIT worker going idle) can call it so context switches stop saving its 8 KiB of
+/// tile registers.
+pub fn release_tiles() {
+    #[cfg(target_arch = "x86_64")]
+    amx::release();
+}
+
+/// The path [`kc_mmad`] and [`mmad`] take on this machine (for bf16 × bf16; other dtypes fall from
+/// [`Path::Amx`] to [`Path::Avx512`]). Detected once and cached.
+pub fn path() -> Path {
+    static BEST: OnceLock<Path> = OnceLock::new();
+    *BEST.get_or_init(|| Path::ALL.into_iter().find(|&p| supported(p)).unwrap_or(Path::Portable))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_ok() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_ok() -> bool {
+    false
+}
+
+/// AMX in the CPU (CPUID leaf 7: EDX bit 24 AMX-TILE, bit 22 AMX-BF16), AVX-512 for the packing, and the
+/// kernel's permission to use the tile data state (asked for once per process).
+#[cfg(target_arch = "x86_64")]
+fn amx_ok() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        if __cpuid(0).eax < 7 || !avx512_ok() {
+            return false;
+        }
+        let edx = __cpuid_count(7, 0).edx;
+        let cpu = edx & (1 << 24) != 0 && edx & (1 << 22) != 0;
+        cpu && amx::request_permission()
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn amx_ok() -> bool {
+    false
+}
+
+/// A read-only operand for [`mmad`]: the elements of a row-major matrix.
+#[derive(Copy, Clone, Debug)]
+pub enum Operand<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+    F16(&'a [half::f16]),
+}
+
+impl Operand<'_> {
+    /// The dtype of the elements.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Operand::F32(_) => Dtype::F32,
+            Operand::Bf16(_) => Dtype::Bf16,
+            Operand::F16(_) => Dtype::F16,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Operand::F32(s) => s.len(),
+            Operand::Bf16(s) => s.len(),
+            Operand::F16(s) => s.len(),
+        }
+    }
+
+    fn ptr(&self) -> *const u8 {
+        match self {
+            Operand::F32(s) => s.as_ptr().cast(),
+            Operand::Bf16(s) => s.as_ptr().cast(),
+            Operand::F16(s) => s.as_ptr().cast(),
+        }
+    }
+}
+
+/// The elements a `rows × cols` matrix with row stride `ld` spans (0 when empty).
+fn span(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
+}
+
+/// [`mmad_with`] on the best path ([`path`]).
+#[allow(clippy::too_many_arguments)]
+pub fn mmad(
+    a: Operand,
+    lda: usize,
+    b: Operand,
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+) {
+    mmad_with(path(), a, lda, b, ldb, c, ldc, (m, k, n), accumulate)
+}
+
+/// The multiply-accumulate of the module's contract on slices, asking for `path` (which falls back as in
+/// [`mmad_raw`]).
+///
+/// # Panics
+///
+/// If a slice is shorter than the block it holds, or a row stride is smaller than the row (`lda < k`,
+/// `ldb < n`, `ldc < n` when the matrix has more than one row).
+#[allow(clippy::too_many_arguments)]
+pub fn mmad_with(
+    path: Path,
+    a: Operand,
+    lda: usize,
+    b: Operand,
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+) {
+    assert!(m <= 1 || k == 0 || lda >= k, "mmad: lda {lda} < k {k}");
+    assert!(k <= 1 || n == 0 || ldb >= n, "mmad: ldb {ldb} < n {n}");
+    assert!(m <= 1 || n == 0 || ldc >= n, "mmad: ldc {ldc} < n {n}");
+    assert!(a.len() >= span(m, k, lda), "mmad: a has {} elements, needs {}", a.len(), span(m, k, lda));
+    assert!(b.len() >= span(k, n, ldb), "mmad: b has {} elements, needs {}", b.len(), span(k, n, ldb));
+    assert!(c.len() >= span(m, n, ldc), "mmad: c has {} elements, needs {}", c.len(), span(m, n, ldc));
+    // SAFETY: the asserts above keep every access of the contract inside the slices, and `c` (a unique
+    // borrow) cannot overlap `a` or `b`.
+    unsafe {
+        mmad_raw(path, a.ptr(), a.dtype(), lda, b.ptr(), b.dtype(), ldb, c.as_mut_ptr(), ldc, m, k, n, accumulate)
+    }
+}
+
+/// The multiply-accumulate of the module's contract on raw pointers, on `path` if it can run here: an
+/// unsupported path, or [`Path::Amx`] with operands other than bf16 × bf16, falls back to the next path of
+/// [`Path::ALL`] that can.
+///
+/// # Safety
+///
+/// `a` must be valid for reads of the `m × k` block with row stride `lda` elements of `a_dtype`, `b` of the
+/// `k × n` block with row stride `ldb`, `c` valid for reads and writes of the `m × n` block with row stride
+/// `ldc`, and the block of `c` must not overlap the others. No alignment is required.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn mmad_raw(
+    path: Path,
+    a: *const u8,
+    a_dtype: Dtype,
+    lda: usize,
+    b: *const u8,
+    b_dtype: Dtype,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let bf16 = a_dtype == Dtype::Bf16 && b_dtype == Dtype::Bf16;
+    let path = match path {
+        Path::Amx if bf16 && supported(Path::Amx) => Path::Amx,
+        Path::Amx | Path::Avx512 if supported(Path::Avx512) => Path::Avx512,
+        _ => Path::Portable,
+    };
+    let args = Args { a, a_dtype, lda, b, b_dtype, ldb, c, ldc, m, k, n, accumulate };
+    // SAFETY: the caller's guarantees, and the path was checked to be supported.
+    unsafe {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx => with_scratch(|s| amx::mmad(&args, s)),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => with_scratch(|s| avx512::mmad(&args, s)),
+            _ => portable(&args),
+        }
+    }
+}
+
+/// The entry point JIT-compiled code calls (by its address): the module's contract with dtype codes
+/// (0 f32, 1 bf16, 2 f16) on the best path. Does nothing if a dtype code is unknown or a size or stride is
+/// negative. Never unwinds.
+///
+/// # Safety
+///
+/// As [`mmad_raw`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kc_mmad(
+    a: *const u8,
+    a_dtype: i64,
+    lda: i64,
+    b: *const u8,
+    b_dtype: i64,
+    ldb: i64,
+    c: *mut f32,
+    ldc: i64,
+    m: i64,
+    k: i64,
+    n: i64,
+    accumulate: i64,
+) {
+    let (Some(ad), Some(bd)) = (Dtype::from_code(a_dtype), Dtype::from_code(b_dtype)) else { return };
+    if [lda, ldb, ldc, m, k, n].iter().any(|&v| v < 0) {
+        return;
+    }
+    let u = |v: i64| v as usize;
+    // SAFETY: the caller's guarantees.
+    unsafe { mmad_raw(path(), a, ad, u(lda), b, bd, u(ldb), c, u(ldc), u(m), u(k), u(n), accumulate != 0) }
+}
+
+/// The arguments of one call, checked and converted.
+struct Args {
+    a: *const u8,
+    a_dtype: Dtype,
+    lda: usize,
+    b: *const u8,
+    b_dtype: Dtype,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+}
+
+/// Element `idx` of an operand of dtype `d`, as f32.
+///
+/// # Safety
+///
+/// `ptr` must be valid for reading element `idx`.
+#[inline(always)]
+unsafe fn load(ptr: *const u8, d: Dtype, idx: usize) -> f32 {
+    // SAFETY: the caller's guarantee; unaligned reads.
+    unsafe {
+        match d {
+            Dtype::F32 => ptr.cast::<f32>().add(idx).read_unaligned(),
+            Dtype::Bf16 => f32::from_bits((ptr.cast::<u16>().add(idx).read_unaligned() as u32) << 16),
+            Dtype::F16 => half::f16::from_bits(ptr.cast::<u16>().add(idx).read_unaligned()).to_f32(),
+        }
+    }
+}
+
+/// The portable path: sequential sums in f32.
+///
+/// # Safety
+///
+/// As [`mmad_raw`].
+unsafe fn portable(x: &Args) {
+    for i in 0..x.m {
+        for j in 0..x.n {
+            // SAFETY: indices inside the blocks the caller vouches for.
+            unsafe {
+                let cij = x.c.add(i * x.ldc + j);
+                let mut acc = if x.accumulate { cij.read_unaligned() } else { 0.0 };
+                for p in 0..x.k {
+                    acc += load(x.a, x.a_dtype, i * x.lda + p) * load(x.b, x.b_dtype, p * x.ldb + j);
+                }
+                cij.write_unaligned(acc);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scratch memory.
+
+/// One 64-byte, 64-byte-aligned unit of scratch.
+#[derive(Copy, Clone)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A thread's scratch buffer: grows, never shrinks.
+#[derive(Default)]
+struct Scratch(Vec<Line>);
+
+impl Scratch {
+    /// At least `bytes` bytes, 64-byte aligned, contents unspecified.
+    fn get(&mut self, bytes: usize) -> *mut u8 {
+        let lines = bytes.div_ceil(64).max(1);
+        if self.0.len() < lines {
+            self.0.resize(lines, Line([0; 64]));
+        }
+        self.0.as_mut_ptr().cast()
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch (or a fresh one if it is unavailable: re-entered, or the thread is
+/// exiting).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut f = Some(f);
+    let r = SCRATCH.try_with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => Some((f.take().expect("f is taken once"))(&mut s)),
+        Err(_) => None,
+    });
+    match r {
+        Ok(Some(r)) => r,
+        _ => (f.take().expect("f is taken once"))(&mut Scratch::default()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// AVX-512.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Args, Dtype, Scratch};
+    use std::arch::x86_64::*;
+
+    /// Rows of `c` per micro-kernel call.
+    const MR: usize = 8;
+    /// Columns of `c` per micro-kernel call (two zmm).
+    const NR: usize = 32;
+
+    /// The mask of the first `w` (≤ 32) lanes.
+    #[inline(always)]
+    pub(super) fn mask32(w: usize) -> u32 {
+        if w >= 32 {
+            !0
+        } else {
+            (1u32 << w) - 1
+        }
+    }
+
+    /// Converts `w ≤ 32` elements of dtype `d` at `src` to f32 at `dst[0..32]`, zeros after `w`.
+    ///
+    /// # Safety
+    ///
+    /// `src` valid for `w` elements, `dst` for 32 f32; AVX-512F/BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn convert32(src: *const u8, d: Dtype, w: usize, dst: *mut f32) {
+        let mask = mask32(w);
+        let (lo, hi) = (mask as u16, (mask >> 16) as u16);
+        // SAFETY: masked loads touch only the first `w` elements; `dst` holds 32.
+        unsafe {
+            let (x0, x1) = match d {
+                Dtype::F32 => {
+                    let s = src.cast::<f32>();
+                    (_mm512_maskz_loadu_ps(lo, s), _mm512_maskz_loadu_ps(hi, s.add(16)))
+                }
+                Dtype::Bf16 => {
+                    let v = _mm512_maskz_loadu_epi16(mask, src.cast());
+                    let h0 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v));
+                    let h1 = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(v));
+                    (_mm512_castsi512_ps(_mm512_slli_epi32::<16>(h0)), _mm512_castsi512_ps(_mm512_slli_epi32::<16>(h1)))
+                }
+                Dtype::F16 => {
+                    let v = _mm512_maskz_loadu_epi16(mask, src.cast());
+                    (_mm512_cvtph_ps(_mm512_castsi512_si256(v)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(v)))
+                }
+            };
+            _mm512_storeu_ps(dst, x0);
+            _mm512_storeu_ps(dst.add(16), x1);
+        }
+    }
+
+    /// Converts a row of `len` elements of dtype `d` at `src` to f32 at `dst` (which holds `len` rounded up
+    /// to 32; the padding gets zeros).
+    ///
+    /// # Safety
+    ///
+    /// As [`convert32`].
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn convert_row(src: *const u8, d: Dtype, len: usize, dst: *mut f32) {
+        let mut p = 0;
+        while p < len {
+            // SAFETY: `p < len`, so the chunk starts inside both rows.
+            unsafe { convert32(src.add(p * d.size()), d, len - p, dst.add(p)) };
+            p += 32;
+        }
+    }
+
+    /// The AVX-512 path.
+    ///
+    /// # Safety
+    ///
+    /// As [`super::mmad_raw`], and AVX-512F/BW present.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn mmad(x: &Args, s: &mut Scratch) {
+        let (m, k, n) = (x.m, x.k, x.n);
+        let panels = n.div_ceil(NR);
+        let kr = k.div_ceil(32) * 32;
+        // B: [panel][p][32] f32; A block: [MR][kr] f32 when A is not f32.
+        let b_len = panels * k * NR;
+        let a_len = if x.a_dtype == Dtype::F32 { 0 } else { MR * kr };
+        let base = s.get((b_len + a_len) * 4).cast::<f32>();
+        // SAFETY: scratch holds `b_len + a_len` f32; every read of `a`, `b`, `c` is inside the caller's blocks.
+        unsafe {
+            let bp = base;
+            let ap = base.add(b_len);
+            for p in 0..k {
+                for jb in 0..panels {
+                    let j0 = jb * NR;
+                    convert32(
+                        x.b.add((p * x.ldb + j0) * x.b_dtype.size()),
+                        x.b_dtype,
+                        n - j0,
+                        bp.add((jb * k + p) * NR),
+                    );
+                }
+            }
+            let mut i0 = 0;
+            while i0 < m {
+                let mr = (m - i0).min(MR);
+                let (a_blk, lda) = if x.a_dtype == Dtype::F32 {
+                    (x.a.cast::<f32>().add(i0 * x.lda), x.lda)
+                } else {
+                    for r in 0..mr {
+                        convert_row(x.a.add((i0 + r) * x.lda * x.a_dtype.size()), x.a_dtype, k, ap.add(r * kr));
+                    }
+                    (ap.cast_const(), kr)
+                };
+                for jb in 0..panels {
+                    let j0 = jb * NR;
+                    let mask = mask32(n - j0);
+                    let c = x.c.add(i0 * x.ldc + j0);
+                    let b = bp.add(jb * k * NR);
+                    match mr {
+                        8 => kernel::<8>(a_blk, lda, b, k, c, x.ldc, mask, x.accumulate),
+                        7 => kernel::<7>(a_blk, lda, b, k, c, x.ldc, mask, x.accumulate),
+                        6 => kernel::<6>(a_blk, lda, b, k, c, x.ldc, mask, x.accumulate),
+                        5 => kernel::<5>(a_blk, lda, b, k, c, x.ldc, mask, x.accumulate),
+                        4 => kernel::<4>(a_blk, lda, b, k, c, x.ldc, mask, x.accumulate),
+                        3 => kernel::<3>(a_blk, lda, b, k, c, x.ldc, mask, x.accumulate),
+                        2 => kernel::<2>(a_blk, lda, b, k, c, x.ldc, mask, x.accumulate),
+                        _ => kernel::<1>(a_blk, lda, b, k, c, x.ldc, mask, x.accumulate),
+                    }
+                }
+                i0 += MR;
+            }
+        }
+    }
+
+    /// `R × 32` block of `c` (columns masked by `mask`) += `R × k` f32 `a` (row stride `lda`) times a packed
+    /// `k × 32` panel `b`.
+    ///
+    /// # Safety
+    ///
+    /// Pointers valid for those blocks; AVX-512F.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn kernel<const R: usize>(
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+        mask: u32,
+        accumulate: bool,
+    ) {
+        let (m0, m1) = (mask as u16, (mask >> 16) as u16);
+        let mut c0 = [_mm512_setzero_ps(); R];
+        let mut c1 = [_mm512_setzero_ps(); R];
+        // SAFETY: masked accesses of `c` stay inside the block; `a` rows have `k` elements, `b` `k × 32`.
+        unsafe {
+            if accumulate {
+                for r in 0..R {
+                    c0[r] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
+                    c1[r] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+                }
+            }
+            for p in 0..k {
+                let b0 = _mm512_loadu_ps(b.add(p * 32));
+                let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+                for r in 0..R {
+                    let av = _mm512_set1_ps(*a.add(r * lda + p));
+                    c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
+                    c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
+                }
+            }
+            for r in 0..R {
+                _mm512_mask_storeu_ps(c.add(r * ldc), m0, c0[r]);
+                _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, c1[r]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// AMX.
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::avx512::mask32;
+    use super::{Args, Cell, Scratch};
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    /// Asks Linux for the AMX tile data state: `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`.
+    /// Permission is per process and is kept once granted.
+    pub(super) fn request_permission() -> bool {
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        let ret: i64;
+        // SAFETY: a plain system call; it only changes the process's permitted extended states. The kernel
+        // clobbers rcx and r11.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+
+    thread_local! {
+        /// Whether this thread has loaded the tile configuration.
+        static CONFIGURED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The tile configuration: palette 1, tiles 0..8 of 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    const CONFIG: TileConfig = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64; // colsb, u16 little-endian
+            c[48 + t] = 16; // rows
+            t += 1;
+        }
+        TileConfig(c)
+    };
+
+    /// Loads the tile configuration if this thread has not.
+    ///
+    /// # Safety
+    ///
+    /// AMX present and permitted.
+    unsafe fn configure() {
+        if !CONFIGURED.with(|c| c.get()) {
+            // SAFETY: a valid 64-byte configuration.
+            unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) };
+            CONFIGURED.with(|c| c.set(true));
+        }
+    }
+
+    /// Releases this thread's tile state (`tilerelease`) if it configured it.
+    pub(super) fn release() {
+        if CONFIGURED.with(|c| c.replace(false)) {
+            // SAFETY: AMX was configured on this thread, so the instruction exists and is permitted; it only
+            // resets tile registers and configuration, which nothing holds between calls.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
+    }
+
+    /// `tileloadd tmm{T}, [ptr + stride]` (16 rows of 64 bytes).
+    #[inline(always)]
+    unsafe fn load<const T: usize>(ptr: *const u8, stride: usize) {
+        // SAFETY: the caller's: 16 rows of 64 bytes at `ptr` with `stride` are readable.
+        unsafe {
+            match T {
+                0 => asm!("tileloadd tmm0, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
+                1 => asm!("tileloadd tmm1, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
+                2 => asm!("tileloadd tmm2, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
+                3 => asm!("tileloadd tmm3, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
+                4 => asm!("tileloadd tmm4, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
+                5 => asm!("tileloadd tmm5, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
+                6 => asm!("tileloadd tmm6, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
+                _ => asm!("tileloadd tmm7, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
+            }
+        }
+    }
+
+    /// `tilestored [ptr + stride], tmm{T}` for the accumulators `T < 4`.
+    #[inline(always)]
+    unsafe fn store<const T: usize>(ptr: *mut u8, stride: usize) {
+        // SAFETY: the caller's: 16 rows of 64 bytes at `ptr` with `stride` are writable.
+        unsafe {
+            match T {
+                0 => asm!("tilestored [{}+{}*1], tmm0", in(reg) ptr, in(reg) stride, options(nostack)),
+                1 => asm!("tilestored [{}+{}*1], tmm1", in(reg) ptr, in(reg) stride, options(nostack)),
+                2 => asm!("tilestored [{}+{}*1], tmm2", in(reg) ptr, in(reg) stride, options(nostack)),
+                _ => asm!("tilestored [{}+{}*1], tmm3", in(reg) ptr, in(reg) stride, options(nostack)),
+            }
+        }
+    }
+
+    /// `tilezero tmm{T}` for the accumulators.
+    #[inline(always)]
+    unsafe fn zero<const T: usize>() {
+        // SAFETY: touches only a tile register.
+        unsafe {
+            match T {
+                0 => asm!("tilezero tmm0", options(nostack, nomem)),
+                1 => asm!("tilezero tmm1", options(nostack, nomem)),
+                2 => asm!("tilezero tmm2", options(nostack, nomem)),
+                _ => asm!("tilezero tmm3", options(nostack, nomem)),
+            }
+        }
+    }
+
+    /// `tdpbf16ps` into accumulator `tmm{2*TI + TJ}` from A tile `tmm{4+TI}` and B tile `tmm{6+TJ}`.
+    #[inline(always)]
+    unsafe fn dot<const TI: usize, const TJ: usize>() {
+        // SAFETY: touches only tile registers.
+        unsafe {
+            match (TI, TJ) {
+                (0, 0) => asm!("tdpbf16ps tmm0, tmm4, tmm6", options(nostack, nomem)),
+                (0, 1) => asm!("tdpbf16ps tmm1, tmm4, tmm7", options(nostack, nomem)),
+                (1, 0) => asm!("tdpbf16ps tmm2, tmm5, tmm6", options(nostack, nomem)),
+                _ => asm!("tdpbf16ps tmm3, tmm5, tmm7", options(nostack, nomem)),
+            }
+        }
+    }
+
+    /// Where a 16 × 16 f32 tile of `c` lives during a block: in place, or in a scratch tile (edges).
+    #[derive(Copy, Clone)]
+    struct CTile {
+        /// The tile's first element in `c`.
+        c: *mut f32,
+        ldc: usize,
+        /// Valid rows and columns (≤ 16; 0 when the tile is outside `c` entirely).
+        rows: usize,
+        cols: usize,
+        /// A 16 × 16 scratch tile, used when `rows` or `cols` < 16.
+        tmp: *mut f32,
+    }
+
+    impl CTile {
+        fn full(&self) -> bool {
+            self.rows == 16 && self.cols == 16
+        }
+
+        /// The address and byte stride `tileloadd` / `tilestored` use.
+        fn at(&self) -> (*mut u8, usize) {
+            if self.full() {
+                (self.c.cast(), self.ldc * 4)
+            } else {
+                (self.tmp.cast(), 64)
+            }
+        }
+
+        /// Before the block: copies the valid part of `c` into the scratch tile (zeros elsewhere).
+        ///
+        /// # Safety
+        ///
+        /// The valid part of `c` readable, `tmp` writable for 256 f32; AVX-512F.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn stage_in(&self) {
+            if !self.full() {
+                let mask = mask32(self.cols) as u16;
+                // SAFETY: masked loads stay inside the valid columns of the valid rows.
+                unsafe {
+                    for r in 0..16 {
+                        let v = if r < self.rows {
+                            _mm512_maskz_loadu_ps(mask, self.c.add(r * self.ldc))
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                        _mm512_storeu_ps(self.tmp.add(r * 16), v);
+                    }
+                }
+            }
+        }
+
+        /// After the block: copies the valid part of the scratch tile back to `c`.
+        ///
+        /// # Safety
+        ///
+        /// As [`CTile::stage_in`], `c` writable.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn stage_out(&self) {
+            if !self.full() {
+                let mask = mask32(self.cols) as u16;
+                // SAFETY: masked stores stay inside the valid columns of the valid rows.
+                unsafe {
+                    for r in 0..self.rows {
+                        _mm512_mask_storeu_ps(self.c.add(r * self.ldc), mask, _mm512_loadu_ps(self.tmp.add(r * 16)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One block of `TM × TN` tiles of `c`: `a[ti]` is the 16-row A panel of tile row `ti` (row stride
+    /// `a_stride` bytes, 64 bytes per k step), `b[tj]` the VNNI panel of tile column `tj` (1024 bytes per k
+    /// step).
+    ///
+    /// # Safety
+    ///
+    /// Tiles configured; every panel holds `steps` k steps; the C tiles as described by [`CTile`].
+    #[inline(always)]
+    unsafe fn block<const TM: usize, const TN: usize>(
+        a: [*const u8; 2],
+        a_stride: usize,
+        b: [*const u8; 2],
+        steps: usize,
+        ct: &[[CTile; 2]; 2],
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's.
+        unsafe {
+            let c_in = |ti: usize, tj: usize| ct[ti][tj];
+            // Initialise the accumulators.
+            macro_rules! start {
+                ($ti:literal, $tj:literal) => {{
+                    let t = c_in($ti, $tj);
+                    if accumulate {
+                        t.stage_in();
+                        let (p, s) = t.at();
+                        load::<{ 2 * $ti + $tj }>(p, s);
+                    } else {
+                        zero::<{ 2 * $ti + $tj }>();
+                    }
+                }};
+            }
+            macro_rules! finish {
+                ($ti:literal, $tj:literal) => {{
+                    let t = c_in($ti, $tj);
+                    let (p, s) = t.at();
+                    store::<{ 2 * $ti + $tj }>(p, s);
+                    t.stage_out();
+                }};
+            }
+            start!(0, 0);
+            if TN == 2 {
+                start!(0, 1);
+            }
+            if TM == 2 {
+                start!(1, 0);
+                if TN == 2 {
+                    start!(1, 1);
+                }
+            }
+            for s in 0..steps {
+                load::<4>(a[0].add(s * 64), a_stride);
+                if TM == 2 {
+                    load::<5>(a[1].add(s * 64), a_stride);
+                }
+                load::<6>(b[0].add(s * 1024), 64);
+                if TN == 2 {
+                    load::<7>(b[1].add(s * 1024), 64);
+                }
+                dot::<0, 0>();
+                if TN == 2 {
+                    dot::<0, 1>();
+                }
+                if TM == 2 {
+                    dot::<1, 0>();
+                    if TN == 2 {
+                        dot::<1, 1>();
+                    }
+                }
+            }
+            finish!(0, 0);
+            if TN == 2 {
+                finish!(0, 1);
+            }
+            if TM == 2 {
+                finish!(1, 0);
+                if TN == 2 {
+                    finish!(1, 1);
+                }
+            }
+        }
+    }
+
+    /// Packs `b` (`k × n` bf16, row stride `ldb`) into the VNNI layout `tdpbf16ps` wants, one panel per 16
+    /// columns (`n` rounded up to 16; zero-padded): panel `q` holds `kp / 2` rows of 64 bytes, row `pp`
+    /// being `b[2pp][16q + j], b[2pp+1][16q + j]` for `j < 16`, interleaved. So element `(p, j)` of the
+    /// panel is at `[(p / 2) * 32 + 2 j + p % 2]`. Rows `p ≥ k` (up to `kp`) are zeros.
+    ///
+    /// # Safety
+    ///
+    /// `b` readable for the block, `dst` writable for `n.div_ceil(16) * kp * 16` u16; AVX-512BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_b_vnni(b: *const u16, ldb: usize, k: usize, n: usize, kp: usize, dst: *mut u16) {
+        let panels = n.div_ceil(16);
+        let pstride = kp * 16;
+        let mut lo_idx = [0u16; 32];
+        let mut hi_idx = [0u16; 32];
+        for t in 0..32 {
+            let from = if t % 2 == 0 { 0 } else { 32 };
+            lo_idx[t] = (from + t / 2) as u16;
+            hi_idx[t] = (from + 16 + t / 2) as u16;
+        }
+        // SAFETY: masked loads stay inside row `p < k` of the block; stores inside `dst`.
+        unsafe {
+            let lo_idx = _mm512_loadu_si512(lo_idx.as_ptr().cast());
+            let hi_idx = _mm512_loadu_si512(hi_idx.as_ptr().cast());
+            // Column chunk outer, so the stores run down two panels sequentially.
+            let mut j0 = 0;
+            while j0 < panels * 16 {
+                let mask = mask32(n - j0);
+                let q = j0 / 16;
+                let lo_dst = dst.add(q * pstride);
+                let hi_dst = if q + 1 < panels { Some(dst.add((q + 1) * pstride)) } else { None };
+                let src = b.add(j0);
+                for pp in 0..kp / 2 {
+                    let (r0, r1) = (2 * pp, 2 * pp + 1);
+                    let (x0, x1) = if r1 < k {
+                        (
+                            _mm512_maskz_loadu_epi16(mask, src.add(r0 * ldb).cast()),
+                            _mm512_maskz_loadu_epi16(mask, src.add(r1 * ldb).cast()),
+                        )
+                    } else if r0 < k {
+                        (_mm512_maskz_loadu_epi16(mask, src.add(r0 * ldb).cast()), _mm512_setzero_si512())
+                    } else {
+                        (_mm512_setzero_si512(), _mm512_setzero_si512())
+                    };
+                    _mm512_storeu_si512(lo_dst.add(pp * 32).cast(), _mm512_permutex2var_epi16(x0, lo_idx, x1));
+                    if let Some(hi_dst) = hi_dst {
+                        _mm512_storeu_si512(hi_dst.add(pp * 32).cast(), _mm512_permutex2var_epi16(x0, hi_idx, x1));
+                    }
+                }
+                j0 += 32;
+            }
+        }
+    }
+
+    /// Copies `rows` rows of `k` bf16 (row stride `lda`) to `dst` with row stride `kp`, zero-padded to `kp`
+    /// columns and `rows_to` rows.
+    ///
+    /// # Safety
+    ///
+    /// `a` readable for the block, `dst` writable for `rows_to * kp` u16; AVX-512BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn pack_a(a: *const u16, lda: usize, rows: usize, rows_to: usize, k: usize, kp: usize, dst: *mut u16) {
+        // SAFETY: masked loads inside row `r < rows`; stores inside `dst`.
+        unsafe {
+            for r in 0..rows_to {
+                let mut p = 0;
+                while p < kp {
+                    let v = if r < rows && p < k {
+                        _mm512_maskz_loadu_epi16(mask32(k - p), a.add(r * lda + p).cast())
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    _mm512_storeu_si512(dst.add(r * kp + p).cast(), v);
+                    p += 32;
+                }
+            }
+        }
+    }
+
+    /// k steps (of 32) per pass over `c`: a pair of A panels and a pair of B panels is then 32 KiB.
+    const KC_STEPS: usize = 8;
+
+    /// The AMX path (bf16 × bf16).
+    ///
+    /// # Safety
+    ///
+    /// As [`super::mmad_raw`], and AMX supported and permitted.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn mmad(x: &Args, s: &mut Scratch) {
+        let (m, k, n) = (x.m, x.k, x.n);
+        let kp = k.div_ceil(32).max(1) * 32;
+        let steps = k.div_ceil(32);
+        let panels = n.div_ceil(16);
+        let mp = m.div_ceil(16) * 16;
+        // A in place when k is a multiple of 32 (except a partial last tile row); else all of A copied.
+        let a_in_place = k % 32 == 0;
+        let a_rows = if a_in_place {
+            if m % 16 != 0 {
+                16
+            } else {
+                0
+            }
+        } else {
+            mp
+        };
+        let b_bytes = panels * kp * 32;
+        let a_bytes = a_rows * kp * 2;
+        let c_bytes = 4 * 16 * 16 * 4;
+        let base = s.get(b_bytes + a_bytes + c_bytes);
+        // SAFETY: scratch holds the three regions (each a multiple of 64 bytes); the blocks of `a`, `b`, `c`
+        // are the caller's.
+        unsafe {
+            configure();
+            let bp = base;
+            let ap = base.add(b_bytes);
+            let cp = base.add(b_bytes + a_bytes).cast::<f32>();
+            pack_b_vnni(x.b.cast(), x.ldb, k, n, kp, bp.cast());
+            let a16 = x.a.cast::<u16>();
+            if a_in_place {
+                if m % 16 != 0 {
+                    let i0 = m / 16 * 16;
+                    pack_a(a16.add(i0 * x.lda), x.lda, m - i0, 16, k, kp, ap.cast());
+                }
+            } else {
+                pack_a(a16, x.lda, m, mp, k, kp, ap.cast());
+            }
+            // The A panel of the tile row starting at row `i0`, and its byte stride.
+            let a_panel = |i0: usize| -> (*const u8, usize) {
+                if !a_in_place {
+                    (ap.add(i0 * kp * 2).cast_const(), kp * 2)
+                } else if i0 + 16 <= m {
+                    (x.a.add(i0 * x.lda * 2), x.lda * 2)
+                } else {
+                    (ap.cast_const(), kp * 2)
+                }
+            };
+            let c_tile = |i0: usize, j0: usize, slot: usize| CTile {
+                c: x.c.add(i0 * x.ldc + j0),
+                ldc: x.ldc,
+                rows: m.saturating_sub(i0).min(16),
+                cols: n.saturating_sub(j0).min(16),
+                tmp: cp.add(slot * 256),
+            };
+            // k in chunks of KC_STEPS steps, so a block's A and B panels stay in L1 (C is reloaded per chunk).
+            let mut s0 = 0;
+            loop {
+                let chunk = (steps - s0).min(KC_STEPS);
+                let acc = x.accumulate || s0 > 0;
+                let mut i0 = 0;
+                while i0 < m {
+                    let tm = if m - i0 > 16 { 2 } else { 1 };
+                    let mut j0 = 0;
+                    while j0 < n {
+                        let tn = if n - j0 > 16 { 2 } else { 1 };
+                        let q = j0 / 16;
+                        let b_pan = [
+                            bp.add(q * kp * 32 + s0 * 1024).cast_const(),
+                            bp.add((q + tn - 1) * kp * 32 + s0 * 1024).cast_const(),
+                        ];
+                        let (a0, a_stride) = a_panel(i0);
+                        let a0 = a0.add(s0 * 64);
+                        let (a1, a1_stride) = a_panel(i0 + 16 * (tm - 1));
+                        let a1 = a1.add(s0 * 64);
+                        let ct = [
+                            [c_tile(i0, j0, 0), c_tile(i0, j0 + 16, 1)],
+                            [c_tile(i0 + 16, j0, 2), c_tile(i0 + 16, j0 + 16, 3)],
+                        ];
+                        if a_stride != a1_stride {
+                            // The second tile row is the packed tail and the first is in place: one at a time.
+                            for (ti, (ap_, st)) in [(a0, a_stride), (a1, a1_stride)].into_iter().enumerate() {
+                                let row = [ct[ti], ct[ti]];
+                                if tn == 2 {
+                                    block::<1, 2>([ap_, ap_], st, b_pan, chunk, &row, acc);
+                                } else {
+                                    block::<1, 1>([ap_, ap_], st, b_pan, chunk, &row, acc);
+                                }
+                            }
+                        } else {
+                            let a = [a0, a1];
+                            match (tm, tn) {
+                                (2, 2) => block::<2, 2>(a, a_stride, b_pan, chunk, &ct, acc),
+                                (2, _) => block::<2, 1>(a, a_stride, b_pan, chunk, &ct, acc),
+                                (_, 2) => block::<1, 2>(a, a_stride, b_pan, chunk, &ct, acc),
+                                _ => block::<1, 1>(a, a_stride, b_pan, chunk, &ct, acc),
+                            }
+                        }
+                        j0 += 32;
+                    }
+                    i0 += 32;
+                }
+                s0 += chunk;
+                if s0 >= steps {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// A matrix in one dtype, with its values as f32 (exactly representable in the dtype).
+    struct Mat {
+        dtype: Dtype,
+        f32s: Vec<f32>,
+        bf16s: Vec<bf16>,
+        f16s: Vec<f16>,
+    }
+
+    impl Mat {
+        fn random(rng: &mut SmallRng, dtype: Dtype, len: usize) -> Mat {
+            let raw: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let bf16s: Vec<bf16> = raw.iter().map(|&v| bf16::from_f32(v)).collect();
+            let f16s: Vec<f16> = raw.iter().map(|&v| f16::from_f32(v)).collect();
+            let f32s = match dtype {
+                Dtype::F32 => raw,
+                Dtype::Bf16 => bf16s.iter().map(|v| v.to_f32()).collect(),
+                Dtype::F16 => f16s.iter().map(|v| v.to_f32()).collect(),
+            };
+            Mat { dtype, f32s, bf16s, f16s }
+        }
+
+        fn operand(&self) -> Operand<'_> {
+            match self.dtype {
+                Dtype::F32 => Operand::F32(&self.f32s),
+                Dtype::Bf16 => Operand::Bf16(&self.bf16s),
+                Dtype::F16 => Operand::F16(&self.f16s),
+            }
+        }
+    }
+
+    const SHAPES: [(usize, usize, usize); 10] = [
+        (1, 1, 1),
+        (3, 5, 7),
+        (16, 32, 16),
+        (17, 33, 129),
+        (33, 64, 17),
+        (128, 128, 128),
+        (130, 257, 70),
+        (64, 512, 256),
+        (5, 0, 9),
+        (48, 96, 48),
+    ];
+
+    const SENTINEL: f32 = 1234.5;
+
+    /// Runs one case on `path` and checks it against an f64 reference (and, for the portable path, a
+    /// sequential f32 loop, bit for bit), and that nothing of `c` outside the block changed.
+    fn check(
+        path: Path,
+        rng: &mut SmallRng,
+        (m, k, n): (usize, usize, usize),
+        ad: Dtype,
+        bd: Dtype,
+        pad: usize,
+        acc: bool,
+    ) {
+        let (lda, ldb, ldc) = (k + pad, n + 2 * pad, n + 3 * pad);
+        let a = Mat::random(rng, ad, m * lda);
+        let b = Mat::random(rng, bd, k * ldb);
+        let mut c: Vec<f32> = (0..m * ldc).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        for i in 0..m {
+            for j in n..ldc {
+                c[i * ldc + j] = SENTINEL;
+            }
+        }
+        let c0 = c.clone();
+        mmad_with(path, a.operand(), lda, b.operand(), ldb, &mut c, ldc, (m, k, n), acc);
+        let what = format!("{path:?} {ad:?}x{bd:?} m={m} k={k} n={n} pad={pad} acc={acc}");
+        for i in 0..m {
+            for j in 0..n {
+                let init = if acc { c0[i * ldc + j] } else { 0.0 };
+                let (mut exact, mut mag) = (init as f64, init.abs() as f64);
+                let mut seq = init;
+                for p in 0..k {
+                    let (x, y) = (a.f32s[i * lda + p], b.f32s[p * ldb + j]);
+                    exact += x as f64 * y as f64;
+                    mag += (x as f64 * y as f64).abs();
+                    seq += x * y;
+                }
+                let got = c[i * ldc + j];
+                if path == Path::Portable || (k == 0 && !acc) {
+                    assert_eq!(got.to_bits(), seq.to_bits(), "{what}: c[{i}][{j}] = {got}, sequential {seq}");
+                }
+                let err = (got as f64 - exact).abs();
+                assert!(
+                    err <= 1e-5 * mag + 1e-30,
+                    "{what}: c[{i}][{j}] = {got}, exact {exact}, err {err:e}, Σ|ab| {mag}"
+                );
+            }
+            for j in n..ldc {
+                assert_eq!(c[i * ldc + j], SENTINEL, "{what}: c[{i}][{j}] outside the block was written");
+            }
+        }
+    }
+
+    fn available(path: Path) -> bool {
+        let ok = supported(path);
+        if !ok {
+            eprintln!("skipping {path:?}: this machine does not have it");
+        }
+        ok
+    }
+
+    fn all_dtypes(path: Path) {
+        if !available(path) {
+            return;
+        }
+        let dtypes = [Dtype::F32, Dtype::Bf16, Dtype::F16];
+        let mut rng = SmallRng::seed_from_u64(7);
+        for &shape in &SHAPES {
+            for ad in dtypes {
+                for bd in dtypes {
+                    if path == Path::Amx && (ad != Dtype::Bf16 || bd != Dtype::Bf16) {
+                        continue;
+                    }
+                    for (pad, acc) in [(0, false), (0, true), (3, false), (5, true)] {
+                        check(path, &mut rng, shape, ad, bd, pad, acc);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn host_mmad_portable() {
+        all_dtypes(Path::Portable);
+    }
+
+    #[test]
+    fn host_mmad_avx512() {
+        all_dtypes(Path::Avx512);
+    }
+
+    #[test]
+    fn host_mmad_amx() {
+        all_dtypes(Path::Amx);
+    }
+
+    /// Every size of the edge cases of the AMX blocking (tile rows, columns, k steps) around 16 and 32.
+    #[test]
+    fn host_mmad_edges() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        for path in Path::ALL {
+            if !available(path) {
+                continue;
+            }
+            for m in [1, 15, 16, 17, 31, 32, 33, 47, 48, 49] {
+                for n in [1, 16, 17, 32, 33, 48, 50] {
+                    for k in [1, 2, 31, 32, 33, 64] {
+                        check(path, &mut rng, (m, k, n), Dtype::Bf16, Dtype::Bf16, m % 3, n % 2 == 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AMX path on a non-bf16 pair falls back (and still computes the contract).
+    #[test]
+    fn host_mmad_amx_falls_back() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        check(Path::Amx, &mut rng, (17, 33, 40), Dtype::F16, Dtype::Bf16, 1, true);
+        check(Path::Amx, &mut rng, (17, 33, 40), Dtype::F32, Dtype::F32, 0, false);
+    }
+
+    /// The JIT's entry point: codes, k = 0, and invalid arguments.
+    #[test]
+    fn host_mmad_entry_point() {
+        let a = [bf16::from_f32(1.0), bf16::from_f32(2.0)];
+        let b = [f16::from_f32(3.0), f16::from_f32(4.0)];
+        let mut c = [10.0f32];
+        unsafe {
+            kc_mmad(a.as_ptr().cast(), 1, 2, b.as_ptr().cast(), 2, 1, c.as_mut_ptr(), 1, 1, 2, 1, 1);
+        }
+        assert_eq!(c, [21.0]);
+        unsafe {
+            kc_mmad(a.as_ptr().cast(), 1, 2, b.as_ptr().cast(), 2, 1, c.as_mut_ptr(), 1, 1, 2, 1, 0);
+        }
+        assert_eq!(c, [11.0]);
+        // Unknown dtype codes, negative sizes: nothing happens.
+        unsafe {
+            kc_mmad(a.as_ptr().cast(), 3, 2, b.as_ptr().cast(), 2, 1, c.as_mut_ptr(), 1, 1, 2, 1, 0);
+            kc_mmad(a.as_ptr().cast(), 1, 2, b.as_ptr().cast(), -1, 1, c.as_mut_ptr(), 1, 1, 2, 1, 0);
+            kc_mmad(a.as_ptr().cast(), 1, 2, b.as_ptr().cast(), 2, 1, c.as_mut_ptr(), 1, -1, 2, 1, 0);
+        }
+        assert_eq!(c, [11.0]);
+        // k = 0 without accumulate zeroes the block.
+        let mut c = [5.0f32; 6];
+        unsafe { kc_mmad(a.as_ptr().cast(), 1, 0, b.as_ptr().cast(), 2, 3, c.as_mut_ptr(), 3, 2, 0, 2, 0) };
+        assert_eq!(c, [0.0, 0.0, 5.0, 0.0, 0.0, 5.0]);
+    }
+
+    /// After [`release_tiles`] the next call configures the tiles again.
+    #[test]
+    fn host_mmad_release_tiles() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        for _ in 0..2 {
+            check(path(), &mut rng, (33, 64, 40), Dtype::Bf16, Dtype::Bf16, 1, true);
+            release_tiles();
+            release_tiles();
+        }
+    }
+
+    /// Two threads at once, each with its own tile configuration and scratch.
+    #[test]
+    fn host_mmad_two_threads() {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let run = |seed: u64| {
+            let start = start.clone();
+            move || {
+                let mut rng = SmallRng::seed_from_u64(seed);
+                start.wait();
+                for _ in 0..3 {
+                    for &shape in &SHAPES {
+                        check(path(), &mut rng, shape, Dtype::Bf16, Dtype::Bf16, 1, seed.is_multiple_of(2));
+                        check(path(), &mut rng, shape, Dtype::F16, Dtype::F32, 0, true);
+                    }
+                }
+            }
+        };
+        let t1 = std::thread::spawn(run(1));
+        let t2 = std::thread::spawn(run(2));
+        t1.join().unwrap();
+        t2.join().unwrap();
+    }
+
+    #[test]
+    fn host_mmad_path_is_best() {
+        eprintln!("mmad path on this machine: {:?}", path());
+        assert!(supported(path()));
+        assert_eq!(path(), Path::ALL.into_iter().find(|&p| supported(p)).unwrap());
+    }
+}

@@ -1,0 +1,3 @@
+//! Host implementations of the units JIT-compiled kernels call into.
+
+pub mod mmad;
