@@ -152,7 +152,7 @@ pub struct BuildArgs {
     /// Write to this file (atomically) instead of stdout.
     #[arg(long = "output", short = 'o', value_name = "PATH")]
     pub output: Option<PathBuf>,
-    /// The target: a built-in name (ascend910b, ascend950) or the path of a target TOML file.
+    /// The target: a built-in name (ascend910b, ascend950, host) or the path of a target TOML file.
     #[arg(long, default_value = "ascend910b", value_name = "NAME|PATH")]
     pub target: String,
     /// Dim values to specialize to (needed by --emit tiled, report, trace, timeline and tuning): `B=1,H=8`
@@ -194,10 +194,10 @@ pub struct RunArgs {
     /// simulator, both tiled for --target.
     #[arg(long, value_enum, default_value_t = Backend::Jit, value_name = "BACKEND")]
     pub backend: Backend,
-    /// The target the kernel is tiled for (--backend jit and sim): a built-in name (ascend910b, ascend950)
-    /// or a target TOML file.
-    #[arg(long, default_value = "ascend910b", value_name = "NAME|PATH")]
-    pub target: String,
+    /// The target the kernel is tiled for: a built-in name (ascend910b, ascend950, host) or a target TOML
+    /// file. Default: `host` for --backend jit (tiles sized for the host's caches), ascend910b for sim.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub target: Option<String>,
     /// Host threads for --backend jit (default: every core of the host).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,

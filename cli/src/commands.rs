@@ -319,7 +319,7 @@ fn load_target(spec: &str) -> Result<kc_ir::target::Target, String> {
     let path = Path::new(spec);
     if !path.exists() && !spec.contains('/') && !spec.ends_with(".toml") {
         return Err(format!(
-            "there is no built-in target `{spec}` (the built-in ones: ascend910b, ascend950), nor a file of that name"
+            "there is no built-in target `{spec}` (the built-in ones: ascend910b, ascend950, host), nor a file of that name"
         ));
     }
     let text = files::read_source(path)?;
@@ -551,7 +551,8 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
             r
         }
         Backend::Sim | Backend::Jit => {
-            let target = load_target(&a.target)?;
+            let default = if a.backend == Backend::Jit { "host" } else { kc_ir::target::DEFAULT };
+            let target = load_target(a.target.as_deref().unwrap_or(default))?;
             match kc_ir::launch::bind(g, &args).and_then(|b| tile_bound(g, &b, &target)) {
                 Ok((_, tp, _, _)) => {
                     clock.lap("fuse, tile and verify");

@@ -5,6 +5,7 @@
 //! [`Compiled::run`] runs them with the runtime's executor. How each statement is lowered is documented in
 //! [`lower`]; the vectorized transcendental functions and the bf16/f16 conversions are in [`math`].
 
+pub mod forward;
 pub mod lower;
 pub mod math;
 

@@ -67,6 +67,8 @@ pub struct CompiledLaunch {
     pub cube: Option<CoreFn>,
     pub vector: Option<CoreFn>,
     pub sites: Vec<Site>,
+    /// The buffers the compiled code uses (after copy forwarding), by buffer id.
+    pub used: Vec<bool>,
 }
 
 /// A compiled program. The machine code lives as long as this value.
@@ -102,8 +104,11 @@ impl Compiled {
         threads: usize,
         limits: &Limits,
     ) -> Result<(Results, NativeStats), Vec<Diagnostic>> {
-        let launches: Vec<NativeLaunch<'_>> =
-            self.launches.iter().map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites }).collect();
+        let launches: Vec<NativeLaunch<'_>> = self
+            .launches
+            .iter()
+            .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
+            .collect();
         native::run(prog, graph, args, &launches, threads, limits)
     }
 }
@@ -172,6 +177,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
     for (li, l) in prog.launches.iter().enumerate() {
         let mut sites = Vec::new();
         let mut pair = (None, None);
+        let mut used = vec![false; l.buffers.len()];
         for (cube, body, n) in [(true, &l.cube, l.cube_cores), (false, &l.vector, l.vector_cores)] {
             if n == 0 {
                 continue;
@@ -192,8 +198,14 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                     fns.insert(*name, module.declare_func_in_func(*id, &mut ctx.func));
                 }
                 let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-                let mut g = Gen::new(prog, l, cube, &mut b, fns, &mut sites, &name);
-                g.program(body)?;
+                let body = crate::forward::forward(prog, l, body);
+                for b in crate::forward::referenced(&body) {
+                    if let Some(u) = used.get_mut(b.0 as usize) {
+                        *u = true;
+                    }
+                }
+                let mut g = Gen::new(prog, l, &body, cube, &mut b, fns, &mut sites, &name);
+                g.program(&body)?;
                 b.seal_all_blocks();
                 b.finalize(module.target_config());
             }
@@ -215,7 +227,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
             }
         }
         ids.push(pair);
-        out.launches.push(CompiledLaunch { name: l.name.clone(), cube: None, vector: None, sites });
+        out.launches.push(CompiledLaunch { name: l.name.clone(), cube: None, vector: None, sites, used });
     }
     module.finalize_definitions().map_err(|e| internal(span, format!("linking: {e}")))?;
     for (cl, (c, v)) in out.launches.iter_mut().zip(ids) {
@@ -288,9 +300,11 @@ const TRUSTED: MemFlagsData = MemFlagsData::new().with_notrap();
 const LE: MemFlagsData = MemFlagsData::new().with_endianness(Endianness::Little);
 
 impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         prog: &'p TileProgram,
         launch: &'p Launch,
+        body: &[Stmt],
         cube: bool,
         b: &'a mut FunctionBuilder<'b>,
         fns: BTreeMap<&'static str, FuncRef>,
@@ -305,12 +319,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         let buf_arr = b.ins().load(types::I64, TRUSTED, ctx, native::CTX_BUFS);
         let core = b.ins().load(types::I64, TRUSTED, ctx, native::CTX_CORE);
         let gm = (0..prog.tensors.len()).map(|i| b.ins().load(types::I64, TRUSTED, gm_arr, (i * 8) as i32)).collect();
+        let used = crate::forward::referenced(body);
         let bufs = launch
             .buffers
             .iter()
             .enumerate()
             .map(|(i, buf)| {
-                (buf.mem.on_cube() == cube).then(|| b.ins().load(types::I64, TRUSTED, buf_arr, (i * 8) as i32))
+                (buf.mem.on_cube() == cube && used.contains(&kc_ir::tile::BufId(i as u32)))
+                    .then(|| b.ins().load(types::I64, TRUSTED, buf_arr, (i * 8) as i32))
             })
             .collect();
         let vars = (0..launch.svars.len())

@@ -9,6 +9,7 @@ use std::fmt;
 pub const BUILTIN: &[(&str, &str)] = &[
     ("ascend910b", include_str!("../targets/ascend910b.toml")),
     ("ascend950", include_str!("../targets/ascend950.toml")),
+    ("host", include_str!("../targets/host.toml")),
 ];
 
 /// The default target.

@@ -28,6 +28,20 @@ pub fn setup(
     limits: &Limits,
     who: &str,
 ) -> Result<(Binding, Vec<TensorData>), Vec<Diagnostic>> {
+    setup_borrowing(prog, graph, args, limits, who, &|_| false)
+}
+
+/// [`setup`], except that a `Param` tensor for which `borrow` is true and whose argument already has the
+/// tensor's dtype is not copied: its entry is left empty (`Bool(vec![])`) and the caller reads the
+/// argument in place (for tensors that no statement writes).
+pub fn setup_borrowing(
+    prog: &TileProgram,
+    graph: &Graph,
+    args: &Args,
+    limits: &Limits,
+    who: &str,
+    borrow: &dyn Fn(TensorId) -> bool,
+) -> Result<(Binding, Vec<TensorData>), Vec<Diagnostic>> {
     let binding = launch::bind(graph, args)?;
     let span = graph.span;
     let ierr = |msg: String| vec![internal(span, msg)];
@@ -157,7 +171,11 @@ pub fn setup(
                         fmt_shape(&a.shape)
                     )));
                 }
-                a.cast(t.dtype).data
+                if a.dtype() == t.dtype && borrow(TensorId(gm.len() as u32)) {
+                    TensorData::Bool(Vec::new())
+                } else {
+                    a.cast(t.dtype).data
+                }
             }
             TensorRole::Output(i) if *i >= graph.results.len() => {
                 return Err(ierr(format!(
@@ -233,6 +251,49 @@ pub(crate) fn fmt_shape(s: &[usize]) -> String {
 
 fn fmt_shape_u64(s: &[u64]) -> String {
     format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+/// The GM tensors some statement of the program writes (copies, gathers, vector statements, reductions,
+/// library operations and mmads into GM).
+pub fn written(prog: &TileProgram) -> std::collections::BTreeSet<TensorId> {
+    fn region(r: &Region, out: &mut std::collections::BTreeSet<TensorId>) {
+        if let Loc::Gm(t) = r.loc {
+            out.insert(t);
+        }
+    }
+    fn stmts(ss: &[Stmt], out: &mut std::collections::BTreeSet<TensorId>) {
+        for s in ss {
+            match s {
+                Stmt::For { body, .. } | Stmt::If { then: body, .. } => stmts(body, out),
+                Stmt::Copy { dst, .. }
+                | Stmt::Gather { dst, .. }
+                | Stmt::Vector { dst, .. }
+                | Stmt::Reduce { dst, .. } => region(dst, out),
+                Stmt::Mmad { c, .. } => region(c, out),
+                Stmt::Library { op, .. } => match op {
+                    LibOp::TopK { values, indices, .. } => {
+                        for r in values.iter().chain(indices.iter()) {
+                            region(r, out);
+                        }
+                    }
+                    LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => region(dst, out),
+                    LibOp::CumSum { dst, carry, .. } => {
+                        region(dst, out);
+                        if let Some(c) = carry {
+                            region(c, out);
+                        }
+                    }
+                },
+                _ => {}
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for l in &prog.launches {
+        stmts(&l.cube, &mut out);
+        stmts(&l.vector, &mut out);
+    }
+    out
 }
 
 /// Whether a launch reads or writes GM tensor `t`.

@@ -46,7 +46,7 @@ use kc_ir::launch::Args;
 use kc_ir::ops::{self, Acc, CumAcc, Val};
 use kc_ir::span::Span;
 use kc_ir::tensor::TensorData;
-use kc_ir::tile::{Launch, TileProgram};
+use kc_ir::tile::{Launch, TensorRole, TileProgram};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -132,6 +132,9 @@ pub struct NativeLaunch<'a> {
     pub cube: Option<CoreFn>,
     pub vector: Option<CoreFn>,
     pub sites: &'a [Site],
+    /// The buffers (by [`BufId`](kc_ir::tile::BufId)) the compiled code uses; only these get scratch
+    /// memory (zeroed when a core starts). `None`: every buffer.
+    pub used: Option<&'a [bool]>,
 }
 
 /// The executor's state of one core, reached by host routines through [`CoreCtx::state`].
@@ -326,20 +329,70 @@ pub unsafe extern "C" fn kc_rt_copy(args: *const i64) {
         return;
     }
     let cols_u = cols as usize;
+    let (ss, ds) = (src.d.size_bytes(), dst.d.size_bytes());
+    // Overlapping windows (never made by the tiler) go through a copy of the source: reads before writes.
+    let span = |r: &Reg, es: usize| {
+        let a = r.p as usize;
+        (a, a + ((rows - 1) as usize * r.stride.max(0) as usize + cols_u) * es)
+    };
+    let ((s0, s1), (d0, d1)) = (span(&src, ss), span(&dst, ds));
+    if s0 < d1 && d0 < s1 {
+        let n = (s1 - s0).div_ceil(8);
+        let mut tmp = vec![0u64; n];
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.p, tmp.as_mut_ptr() as *mut u8, s1 - s0);
+            let mut w = [0i64; 8];
+            std::ptr::copy_nonoverlapping(args, w.as_mut_ptr(), 8);
+            w[3] = tmp.as_mut_ptr() as i64;
+            kc_rt_copy(w.as_ptr());
+        }
+        return;
+    }
     unsafe {
         if dst.d == src.d {
-            let es = dst.d.size_bytes();
+            let row = cols_u * ss;
+            if rows == 1 || (src.stride == cols as isize && dst.stride == cols as isize) {
+                std::ptr::copy_nonoverlapping(src.p, dst.p, rows as usize * row);
+                return;
+            }
             for r in 0..rows {
-                let s = src.p.offset(src.idx(r, 0) * es as isize);
-                let d = dst.p.offset(dst.idx(r, 0) * es as isize);
-                std::ptr::copy(s, d, cols_u * es);
+                let s = src.p.offset(src.idx(r, 0) * ss as isize);
+                let d = dst.p.offset(dst.idx(r, 0) * ds as isize);
+                copy_small(s, d, row);
             }
             return;
         }
         for r in 0..rows {
-            let s = src.p.offset(src.idx(r, 0) * src.d.size_bytes() as isize);
-            let d = dst.p.offset(dst.idx(r, 0) * dst.d.size_bytes() as isize);
+            let s = src.p.offset(src.idx(r, 0) * ss as isize);
+            let d = dst.p.offset(dst.idx(r, 0) * ds as isize);
             convert_row(d, dst.d, s, src.d, cols_u);
+        }
+    }
+}
+
+/// Copies `n` bytes between non-overlapping places: inline 64- and 16-byte moves for the short rows of
+/// tiles (a `memcpy` call per row costs more than the row), `memcpy` for long ones.
+#[inline]
+unsafe fn copy_small(s: *const u8, d: *mut u8, n: usize) {
+    unsafe {
+        if n > 1024 {
+            std::ptr::copy_nonoverlapping(s, d, n);
+            return;
+        }
+        let mut i = 0;
+        while i + 64 <= n {
+            let v = std::ptr::read_unaligned(s.add(i) as *const [u64; 8]);
+            std::ptr::write_unaligned(d.add(i) as *mut [u64; 8], v);
+            i += 64;
+        }
+        while i + 16 <= n {
+            let v = std::ptr::read_unaligned(s.add(i) as *const [u64; 2]);
+            std::ptr::write_unaligned(d.add(i) as *mut [u64; 2], v);
+            i += 16;
+        }
+        while i < n {
+            *d.add(i) = *s.add(i);
+            i += 1;
         }
     }
 }
@@ -349,12 +402,25 @@ unsafe fn convert_row(d: *mut u8, dd: DType, s: *const u8, sd: DType, n: usize) 
     use half::slice::HalfFloatSliceExt;
     unsafe {
         match (sd, dd) {
-            (DType::F32, DType::BF16) => std::slice::from_raw_parts_mut(d as *mut half::bf16, n)
-                .convert_from_f32_slice(std::slice::from_raw_parts(s as *const f32, n)),
+            (DType::F32, DType::BF16) => {
+                // Round to nearest-even without branches (vectorized by the compiler); NaN stays quiet NaN.
+                let src = std::slice::from_raw_parts(s as *const u32, n);
+                let dst = std::slice::from_raw_parts_mut(d as *mut u16, n);
+                for (o, &b) in dst.iter_mut().zip(src) {
+                    let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1))) >> 16;
+                    let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
+                    *o = if nan { ((b >> 16) | 0x40) as u16 } else { rounded as u16 };
+                }
+            }
             (DType::F32, DType::F16) => std::slice::from_raw_parts_mut(d as *mut half::f16, n)
                 .convert_from_f32_slice(std::slice::from_raw_parts(s as *const f32, n)),
-            (DType::BF16, DType::F32) => std::slice::from_raw_parts(s as *const half::bf16, n)
-                .convert_to_f32_slice(std::slice::from_raw_parts_mut(d as *mut f32, n)),
+            (DType::BF16, DType::F32) => {
+                let src = std::slice::from_raw_parts(s as *const u16, n);
+                let dst = std::slice::from_raw_parts_mut(d as *mut u32, n);
+                for (o, &h) in dst.iter_mut().zip(src) {
+                    *o = u32::from(h) << 16;
+                }
+            }
             (DType::F16, DType::F32) => std::slice::from_raw_parts(s as *const half::f16, n)
                 .convert_to_f32_slice(std::slice::from_raw_parts_mut(d as *mut f32, n)),
             _ => {
@@ -649,14 +715,49 @@ pub fn run(
             format!("{} compiled launches for a program of {}", launches.len(), prog.launches.len()),
         )]);
     }
-    let (binding, mut mem) = gm::setup(prog, graph, args, limits, "running")?;
-    let ptrs: Vec<*mut u8> = mem.iter_mut().map(data_ptr).collect();
+    let t0 = std::time::Instant::now();
+    // Parameters no statement writes are read in place (the compiled code never writes them).
+    // (Not an `inout` parameter: a result may be read back from it.)
+    let written = gm::written(prog);
+    let borrow = |t: kc_ir::tile::TensorId| {
+        !written.contains(&t)
+            && match prog.tensors.get(t.0 as usize).map(|g| &g.role) {
+                Some(TensorRole::Param(p)) => !graph.results.iter().any(|r| r.inout == Some(*p)),
+                _ => false,
+            }
+    };
+    let (binding, mut mem) = gm::setup_borrowing(prog, graph, args, limits, "running", &borrow)?;
+    let mut ptrs: Vec<*mut u8> = mem.iter_mut().map(data_ptr).collect();
+    for (i, t) in prog.tensors.iter().enumerate() {
+        if let (TensorRole::Param(p), true) = (&t.role, mem[i].is_empty()) {
+            let arg = graph.params.get(*p).and_then(|p| args.tensors.get(&p.name));
+            if let Some(a) = arg.filter(|a| a.dtype() == t.dtype && !a.data.is_empty()) {
+                ptrs[i] = const_ptr(&a.data) as *mut u8;
+            }
+        }
+    }
+    let t1 = std::time::Instant::now();
     let mut stats = NativeStats::default();
     for (li, (l, nl)) in prog.launches.iter().zip(launches).enumerate() {
         let max = run_launch(graph, li, l, nl, &ptrs, threads.max(1))?;
         stats.max_cross_count.push(max);
     }
-    Ok((gm::results(prog, graph, &binding, mem)?, stats))
+    let t2 = std::time::Instant::now();
+    let r = gm::results(prog, graph, &binding, mem)?;
+    if std::env::var_os("KC_TIME").is_some() {
+        eprintln!("setup {:?} launches {:?} results {:?}", t1 - t0, t2 - t1, t2.elapsed());
+    }
+    Ok((r, stats))
+}
+
+fn const_ptr(d: &TensorData) -> *const u8 {
+    match d {
+        TensorData::F32(v) => v.as_ptr() as *const u8,
+        TensorData::BF16(v) => v.as_ptr() as *const u8,
+        TensorData::F16(v) => v.as_ptr() as *const u8,
+        TensorData::I32(v) => v.as_ptr() as *const u8,
+        TensorData::Bool(v) => v.as_ptr() as *const u8,
+    }
 }
 
 fn data_ptr(d: &mut TensorData) -> *mut u8 {
@@ -696,11 +797,11 @@ const ALIGN: usize = 64;
 const STACK_BYTES: usize = 1 << 20;
 
 /// Byte offsets of each buffer of one kind in a core's scratch, and the total.
-fn layout(l: &Launch, cube: bool) -> (Vec<Option<usize>>, usize) {
+fn layout(l: &Launch, cube: bool, used: Option<&[bool]>) -> (Vec<Option<usize>>, usize) {
     let mut off = 0usize;
     let mut offs = Vec::with_capacity(l.buffers.len());
-    for b in &l.buffers {
-        if b.mem.on_cube() == cube {
+    for (i, b) in l.buffers.iter().enumerate() {
+        if b.mem.on_cube() == cube && used.is_none_or(|u| u.get(i).copied().unwrap_or(true)) {
             offs.push(Some(off));
             off += (b.bytes() as usize).div_ceil(ALIGN) * ALIGN;
         } else {
@@ -722,8 +823,8 @@ fn run_launch(
     threads: usize,
 ) -> Result<u32, Vec<Diagnostic>> {
     let units = units(l);
-    let (cube_offs, cube_bytes) = layout(l, true);
-    let (vec_offs, vec_bytes) = layout(l, false);
+    let (cube_offs, cube_bytes) = layout(l, true, nl.used);
+    let (vec_offs, vec_bytes) = layout(l, false, nl.used);
     let abort = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
     let failures: Mutex<Vec<CoreFailure>> = Mutex::new(Vec::new());

@@ -27,7 +27,7 @@ fn jit_matches_interpreter() {
                 let args = kc_runtime::random::random_args(g, &given, 100 + ci as u64)
                     .unwrap_or_else(|e| panic!("{k} at {dims:?}: {e}"));
                 let want = common::run(g, &args);
-                for t in TARGETS {
+                for t in TARGETS.iter().chain(&["host"]) {
                     let target = Target::builtin(t).expect("builtin target");
                     let (_, tp, _) = tile_at(g, dims, &target);
                     let compiled =

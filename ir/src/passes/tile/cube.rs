@@ -217,8 +217,9 @@ fn tuned(
     }
     let cands = candidates(target, p.m, p.n, p.k, esize);
     // Simulate the candidates with the best lower bounds; the others cannot do better than their bound.
+    // Among equal bounds the deeper k steps come first (so a tie keeps fewer, larger copies and mmads).
     let mut scored: Vec<(f64, Blocks)> = cands.into_iter().map(|c| (lower_bound(target, p, c), c)).collect();
-    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0).then((b.1.bk, b.1.kf).cmp(&(a.1.bk, a.1.kf))));
     let mut tuner = super::Tuner::new(name);
     let mut simulated = 0;
     let mut best = f64::INFINITY;
