@@ -55,7 +55,7 @@ Examples:
   kc bench --calibrate --threads 2                  # measure this host's peaks once (per thread count)
   kc bench kernels/matmul.ker --dims M=2048,N=2048,K=2048 --threads 2
   kc bench kernels/adamw.ker --dims N=16777216 --format json
-  kc bench kernels/moe_permute.ker --dims T=4096,K=2,M=8192,E=64 --random 3
+  kc bench kernels/moe_experts.ker --dims R=512,M=256,F=512,E=8 --random 3   # valid sorted offsets
   kc bench kernels/rmsnorm.ker --input x=x.npy --input w=w.npy --scalar eps=1e-6 --backend sim
 
 The kernel is compiled once and its inputs are made once; then --warmup runs, then timed runs until both

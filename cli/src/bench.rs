@@ -107,13 +107,18 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
     let s = stats(&times);
     let gflops = flop as f64 / s.median / 1e9;
     let gbps = bytes as f64 / s.median / 1e9;
-    let peaks =
-        read_peaks(&a.peaks).ok().and_then(|p| p.get("peaks").and_then(|m| m.get(threads.to_string())).cloned());
+    let (peaks, peaks_ok) = match read_peaks(&a.peaks) {
+        Ok(p) => (p.get("peaks").and_then(|m| m.get(threads.to_string())).cloned(), true),
+        Err(msg) => {
+            ctx.note(&msg);
+            (None, false)
+        }
+    };
     let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).filter(|x| *x > 0.0);
     let matrix_fraction = peaks.as_ref().and_then(|p| num(p, "matrix_gflops")).map(|peak| gflops / peak);
     let memory_fraction = peaks.as_ref().and_then(|p| num(p, "memory_gbps")).map(|peak| gbps / peak);
     let unit = peaks.as_ref().and_then(|p| p.get("matrix_unit")).and_then(Value::as_str).unwrap_or("?").to_string();
-    if peaks.is_none() {
+    if peaks.is_none() && peaks_ok {
         ctx.note(&format!(
             "no peaks for {threads} thread{} in `{}`: run `kc bench --calibrate --threads {threads}` to measure them \
              and see the fraction of the roofline",
@@ -126,7 +131,10 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
         Backend::Sim => "sim",
         Backend::Interp => "interp",
     };
-    let dims: Vec<String> = tp.dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // The kernel's dims in the order it declares them, then any other.
+    let mut order: Vec<&String> = g.dims.iter().filter(|d| tp.dims.contains_key(*d)).collect();
+    order.extend(tp.dims.keys().filter(|k| !g.dims.contains(k)));
+    let dims: Vec<String> = order.iter().map(|k| format!("{k}={}", tp.dims[*k])).collect();
     let text = match a.format {
         Format::Json => {
             let doc = json!({
