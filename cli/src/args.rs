@@ -9,6 +9,7 @@ Examples:
   kc build kernels/rmsnorm.ker --emit graph
   kc run kernels/attention.ker --dims B=1,H=4,G=2,S=64,T=64,D=32 --random 0
   kc run kernels/rmsnorm.ker --input x=x.npy --input w=w.npy --scalar eps=1e-6 --out results/
+  kc bench kernels/matmul.ker --dims M=2048,N=2048,K=2048 --threads 2
 
 Exit status: 0 on success, 1 on an error in the input or the arguments, 2 on an internal error (a bug in kc).";
 
@@ -49,6 +50,30 @@ or as uint16 raw bits with --raw-bf16).
 (0, 1), i32 scalars in 1..=10, bools a coin flip; i32 tensors get a range that suits their use (offsets of
 a segment are sorted, bincount sources are in 0..n, gather indices are in range of the axis they index).";
 
+const BENCH_EXAMPLES: &str = "\
+Examples:
+  kc bench --calibrate --threads 2                  # measure this host's peaks once (per thread count)
+  kc bench kernels/matmul.ker --dims M=2048,N=2048,K=2048 --threads 2
+  kc bench kernels/adamw.ker --dims N=16777216 --format json
+  kc bench kernels/moe_experts.ker --dims R=512,M=256,F=512,E=8 --random 3   # valid sorted offsets
+  kc bench kernels/rmsnorm.ker --input x=x.npy --input w=w.npy --scalar eps=1e-6 --backend sim
+
+The kernel is compiled once and its inputs are made once; then --warmup runs, then timed runs until both
+--min-iterations and --min-time are reached (at most 10000). A timed run is one call of the backend on the
+prepared inputs, including setting up global memory and building the result tensors (as a framework op
+allocates its output). Printed: the median, min and max time, GFLOP/s and GB/s, and with measured peaks the
+fraction of the host's roofline.
+FLOP = matrix FLOPs (2 per multiply-add) plus one per vector element written, summed over the kernel's
+launches (the counts of `kc build --emit report`). Bytes = every tensor argument plus every result: what the
+kernel must move at least.
+Inputs not given with --input/--scalar are generated from --random SEED (default 0) as in `kc run`: floats
+uniform in [-1, 1), float scalars in (0, 1), i32 scalars in 1..=10; i32 tensors get values valid for their
+use (the offsets of a segment, e.g. MoE expert offsets, are sorted from 0 to the segmented extent, bincount
+sources are in 0..n, gather indices are in range of the axis they index). When a kernel needs index data
+its signature cannot describe, give it with --input NAME=PATH.npy.
+Peaks come from `kc bench --calibrate --threads N` (bf16 mmad 256x256x256 tiles on the host's matrix unit:
+amx, avx512 or portable; and copy bandwidth over 256 MiB, read+write), stored per thread count in --peaks.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kc",
@@ -86,6 +111,10 @@ pub enum Command {
     /// Run a kernel (compiled to host machine code, or interpreted) on .npy inputs or seeded random ones.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Time a kernel on the host (compiled once, warmed up, timed for a stable median) against the host's
+    /// measured peaks; or measure those peaks with --calibrate.
+    #[command(after_help = BENCH_EXAMPLES)]
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -208,6 +237,67 @@ pub struct RunArgs {
     /// Print the time each stage took (parse and lower, fuse and tile, code generation, run) to stderr.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The .ker file that holds the kernel (not with --calibrate).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The kernel to time (needed only when the file defines several).
+    #[arg(long, short = 'k', value_name = "NAME")]
+    pub kernel: Option<String>,
+    /// A tensor (or scalar) parameter from a .npy file; repeat for each input.
+    #[arg(long, short = 'i', value_name = "NAME=PATH", value_parser = parse_key_value)]
+    pub input: Vec<(String, String)>,
+    /// A scalar parameter: a float (`inf`, `-inf` allowed), an integer, or true/false, by the parameter's type.
+    #[arg(long, short = 's', value_name = "NAME=VALUE", value_parser = parse_key_value, allow_hyphen_values = true)]
+    pub scalar: Vec<(String, String)>,
+    /// Dim values, for `dim` parameters and for the shapes of generated inputs: `B=1,H=8` (repeatable).
+    #[arg(long, short = 'd', value_name = "NAME=N,...", value_delimiter = ',', value_parser = parse_dim)]
+    pub dims: Vec<(String, i64)>,
+    /// The seed of the inputs not given with --input or --scalar.
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    pub random: u64,
+    /// Host threads for --backend jit and --calibrate (default: every core of the host).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+    /// The target the kernel is tiled for: a built-in name (ascend910b, ascend950) or a target TOML file.
+    #[arg(long, default_value = "ascend910b", value_name = "NAME|PATH")]
+    pub target: String,
+    /// What runs the kernel: machine code from the JIT, the reference interpreter, or the tile IR's simulator.
+    #[arg(long, value_enum, default_value_t = Backend::Jit, value_name = "BACKEND")]
+    pub backend: Backend,
+    /// The format of the result: a line of text, or a JSON object.
+    #[arg(long, value_enum, default_value_t = Format::Text, value_name = "FORMAT")]
+    pub format: Format,
+    /// Untimed runs before the timed ones.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub warmup: u32,
+    /// Time at least this many runs.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub min_iterations: u32,
+    /// Keep timing runs until this many seconds have passed (and --min-iterations are done; at most 10000 runs).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_seconds)]
+    pub min_time: f64,
+    /// The file of the host's measured peaks (read by a bench, written by --calibrate).
+    #[arg(long, value_name = "FILE", default_value = ".kc-peaks.json")]
+    pub peaks: PathBuf,
+    /// Measure the host's peaks (matrix FLOP/s, memory bandwidth) on --threads threads and store them in --peaks.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Seconds each calibration measurement runs (for tests).
+    #[arg(long, hide = true, value_name = "SECONDS", default_value_t = 0.5, value_parser = parse_seconds)]
+    pub calibrate_seconds: f64,
+}
+
+/// A non-negative, finite number of seconds.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let x: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !x.is_finite() || x < 0.0 {
+        return Err(format!("`{s}` is not a non-negative number of seconds"));
+    }
+    Ok(x)
 }
 
 /// `NAME=VALUE`, split at the first `=`.

@@ -1,4 +1,4 @@
-//! The subcommands: `check`, `build` and `run`. Each returns `Ok` or a [`Failure`]; `main` maps that to
+//! The subcommands: `check`, `build` and `run` (`bench` is in its own module). Each returns `Ok` or a [`Failure`]; `main` maps that to
 //! the exit status.
 
 use crate::args::{Backend, BuildArgs, CheckArgs, Emit, RunArgs};
@@ -51,7 +51,7 @@ impl Ctx {
     }
 
     /// Renders diagnostics to stderr; returns whether any is an error.
-    fn report(&self, diags: &[Diagnostic], sources: &SourceMap) -> bool {
+    pub(crate) fn report(&self, diags: &[Diagnostic], sources: &SourceMap) -> bool {
         if !diags.is_empty() {
             eprint!("{}", kc_frontend::render(diags, sources, self.color));
         }
@@ -60,7 +60,7 @@ impl Ctx {
 }
 
 /// Writes to stdout; a closed pipe (`kc build f.ker | head`) is not an error.
-fn stdout(text: &str) -> Result<(), Failure> {
+pub(crate) fn stdout(text: &str) -> Result<(), Failure> {
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
@@ -69,15 +69,15 @@ fn stdout(text: &str) -> Result<(), Failure> {
     }
 }
 
-struct Compiled {
-    name: String,
-    sources: SourceMap,
-    program: Program,
-    diags: Vec<Diagnostic>,
+pub(crate) struct Compiled {
+    pub name: String,
+    pub sources: SourceMap,
+    pub program: Program,
+    pub diags: Vec<Diagnostic>,
 }
 
 /// Reads and compiles a root file (and the files it `use`s).
-fn compile_file(path: &Path) -> Result<Compiled, String> {
+pub(crate) fn compile_file(path: &Path) -> Result<Compiled, String> {
     let text = files::read_source(path)?;
     let name = files::normalize(path).display().to_string();
     let mut sources = SourceMap::new();
@@ -91,7 +91,7 @@ fn kernel_names(p: &Program) -> String {
 }
 
 /// The kernel named `name`, or the only one; otherwise an error listing the kernels.
-fn select_kernel<'p>(p: &'p Program, name: Option<&str>, file: &str) -> Result<&'p Graph, String> {
+pub(crate) fn select_kernel<'p>(p: &'p Program, name: Option<&str>, file: &str) -> Result<&'p Graph, String> {
     match name {
         Some(n) => p.kernel(n).ok_or_else(|| {
             if p.kernels.is_empty() {
@@ -312,7 +312,7 @@ fn fmt_dims(d: &BTreeMap<String, i64>) -> String {
 }
 
 /// A built-in target by name, or a target description file.
-fn load_target(spec: &str) -> Result<kc_ir::target::Target, String> {
+pub(crate) fn load_target(spec: &str) -> Result<kc_ir::target::Target, String> {
     if let Some(t) = kc_ir::target::Target::builtin(spec) {
         return Ok(t);
     }
@@ -417,11 +417,16 @@ fn tuning_report(
     (s, json)
 }
 
-type Built = (kc_ir::passes::fuse::Fusion, kc_ir::tile::TileProgram, Vec<usize>, Vec<kc_ir::passes::tile::Candidate>);
+pub(crate) type Built =
+    (kc_ir::passes::fuse::Fusion, kc_ir::tile::TileProgram, Vec<usize>, Vec<kc_ir::passes::tile::Candidate>);
 
 /// Fuses and tiles a kernel for `target` at the dims of `b`, verifying the tile program; also returns the
 /// fusion, the group of each launch and the candidate tilings weighed.
-fn tile_bound(g: &Graph, b: &kc_ir::launch::Binding, target: &kc_ir::target::Target) -> Result<Built, Vec<Diagnostic>> {
+pub(crate) fn tile_bound(
+    g: &Graph,
+    b: &kc_ir::launch::Binding,
+    target: &kc_ir::target::Target,
+) -> Result<Built, Vec<Diagnostic>> {
     let (f, tp, of_group, tuning) = kc_ir::passes::tile::fuse_and_tile(g, b, target).map_err(|d| vec![d])?;
     if let Err(errs) = kc_ir::tile::verify::verify(&tp, target) {
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
@@ -481,9 +486,14 @@ fn parse_scalar(name: &str, dtype: DType, v: &str) -> Result<Tensor, String> {
 }
 
 /// The launch arguments from `--dims`, `--input` and `--scalar` (not yet the random ones).
-fn launch_args(g: &Graph, a: &RunArgs) -> Result<Args, String> {
+pub(crate) fn launch_args(
+    g: &Graph,
+    dims: &[(String, i64)],
+    input: &[(String, String)],
+    scalar: &[(String, String)],
+) -> Result<Args, String> {
     let mut args = Args::default();
-    for (name, v) in &a.dims {
+    for (name, v) in dims {
         if let Some(old) = args.dims.insert(name.clone(), *v) {
             if old != *v {
                 return Err(format!("--dims gives `{name}` twice: {old} and {v}"));
@@ -504,7 +514,7 @@ fn launch_args(g: &Graph, a: &RunArgs) -> Result<Args, String> {
             ParamKind::Tensor { dtype, shape, .. } => Ok((*dtype, shape.is_empty())),
         }
     };
-    for (name, path) in &a.input {
+    for (name, path) in input {
         if given.insert(name, "--input").is_some() {
             return Err(format!("`{name}` is given twice"));
         }
@@ -514,7 +524,7 @@ fn launch_args(g: &Graph, a: &RunArgs) -> Result<Args, String> {
         let t = npy::to_param_dtype(t, dtype).map_err(|e| format!("input `{name}` from `{path}`: {e}"))?;
         args.tensors.insert(name.clone(), t);
     }
-    for (name, value) in &a.scalar {
+    for (name, value) in scalar {
         if let Some(flag) = given.insert(name, "--scalar") {
             return Err(format!("`{name}` is given twice (with {flag} and --scalar)"));
         }
@@ -538,7 +548,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
         return Err(Failure::Reported);
     }
     let g = select_kernel(&c.program, a.kernel.as_deref(), &c.name)?;
-    let mut args = launch_args(g, a)?;
+    let mut args = launch_args(g, &a.dims, &a.input, &a.scalar)?;
     if let Some(seed) = a.random {
         args = random::random_args(g, &args, seed)?;
     }
@@ -642,7 +652,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
 }
 
 /// The host's cores, for the default --threads.
-fn host_threads() -> usize {
+pub(crate) fn host_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 

@@ -1,10 +1,11 @@
-//! `kc`, the command: `check`, `build` and `run` `.ker` files. The only crate of the workspace that reads
+//! `kc`, the command: `check`, `build`, `run` and `bench` `.ker` files. The only crate of the workspace that reads
 //! files, parses arguments and prints.
 //!
 //! Exit status: 0 on success; 1 on a user error (a diagnostic, a bad argument, a file that cannot be read
 //! or written); 2 on an internal error (a panic: a bug in kc).
 
 mod args;
+mod bench;
 mod commands;
 mod files;
 
@@ -67,6 +68,7 @@ fn real_main() -> u8 {
         Command::Check(a) => commands::check(&ctx, a),
         Command::Build(a) => commands::build(&ctx, a),
         Command::Run(a) => commands::run(&ctx, a),
+        Command::Bench(a) => bench::bench(&ctx, a),
     };
     match result {
         Ok(()) => 0,

@@ -68,6 +68,7 @@ fn help_texts_have_examples() {
         &["build", "--help"][..],
         &["run", "--help"][..],
         &["help", "run"][..],
+        &["bench", "--help"][..],
     ] {
         let o = kc(&d.0, args);
         assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
@@ -412,4 +413,74 @@ fn run_backend_sim_matches_interp() {
         assert_eq!(stdout(&a), stdout(&b));
         assert_eq!(read(d.path("interp/z.npy")), read(d.path(&format!("{out}/z.npy"))));
     }
+}
+
+fn kernel_file(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels").join(name).display().to_string()
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+#[test]
+fn bench_times_a_kernel_as_json() {
+    let d = TempDir::new("bench");
+    let adamw = kernel_file("adamw.ker");
+    let peaks = d.path("peaks.json").display().to_string();
+    let base = [
+        "bench",
+        &adamw,
+        "--dims",
+        "N=1000",
+        "--min-time",
+        "0",
+        "--min-iterations",
+        "3",
+        "--threads",
+        "1",
+        "--peaks",
+        &peaks,
+    ];
+    let o = kc(&d.0, &[&base[..], &["--format", "json"]].concat());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_of(&o);
+    for field in ["median_s", "min_s", "max_s", "iterations", "gflops", "gbps"] {
+        assert!(v.get(field).is_some_and(|x| x.is_number()), "{field} in {v}");
+    }
+    assert!(v["iterations"].as_u64().unwrap() >= 3);
+    let (min, med, max) = (v["min_s"].as_f64().unwrap(), v["median_s"].as_f64().unwrap(), v["max_s"].as_f64().unwrap());
+    assert!(0.0 < min && min <= med && med <= max, "{v}");
+    assert!(v["gflops"].as_f64().unwrap() > 0.0 && v["gbps"].as_f64().unwrap() > 0.0);
+    assert!(v["matrix_fraction"].is_null());
+    assert!(stderr(&o).contains("kc bench --calibrate --threads 1"), "{}", stderr(&o));
+
+    // Calibrate (briefly), then the same bench reports the fractions of the roofline.
+    let o = kc(&d.0, &["bench", "--calibrate", "--threads", "1", "--peaks", &peaks, "--calibrate-seconds", "0.05"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&peaks).unwrap()).unwrap();
+    let p = &file["peaks"]["1"];
+    assert_eq!(p["threads"], 1);
+    assert!(p["matrix_gflops"].as_f64().unwrap() > 0.0, "{file}");
+    assert!(p["memory_gbps"].as_f64().unwrap() > 0.0, "{file}");
+    assert!(["amx", "avx512", "portable"].contains(&p["matrix_unit"].as_str().unwrap()), "{file}");
+    let o = kc(&d.0, &base);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("% of matrix peak") && stdout(&o).contains("% of memory bandwidth"), "{}", stdout(&o));
+    let o = kc(&d.0, &[&base[..], &["--format", "json"]].concat());
+    let v = json_of(&o);
+    assert!(v["matrix_fraction"].as_f64().unwrap() > 0.0 && v["memory_fraction"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[test]
+fn bench_argument_errors() {
+    let d = TempDir::new("bench-errors");
+    let o = kc(&d.0, &["bench"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("needs the FILE"), "{}", stderr(&o));
+    let o = kc(&d.0, &["bench", "--min-time", "-1", "f.ker"]);
+    assert_eq!(code(&o), 1);
+    let o = kc(&d.0, &["bench", "--calibrate", "f.ker"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("takes no FILE"), "{}", stderr(&o));
 }
