@@ -262,9 +262,10 @@ pub struct BenchArgs {
     /// Host threads for --backend jit and --calibrate (default: every core of the host).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
-    /// The target the kernel is tiled for: a built-in name (ascend910b, ascend950) or a target TOML file.
-    #[arg(long, default_value = "ascend910b", value_name = "NAME|PATH")]
-    pub target: String,
+    /// The target the kernel is tiled for: a built-in name (ascend910b, ascend950, host) or a target TOML
+    /// file. Default: `host` for --backend jit, ascend910b otherwise.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub target: Option<String>,
     /// What runs the kernel: machine code from the JIT, the reference interpreter, or the tile IR's simulator.
     #[arg(long, value_enum, default_value_t = Backend::Jit, value_name = "BACKEND")]
     pub backend: Backend,

@@ -3,7 +3,7 @@
 
 use crate::args::{Backend, BenchArgs, Format};
 use crate::commands::{
-    compile_file, host_threads, launch_args, load_target, select_kernel, stdout, tile_bound, Ctx, Failure,
+    compile_file, host_threads, launch_args, load_target, select_kernel, stdout, tile_checked, Ctx, Failure,
 };
 use crate::files;
 use kc_ir::launch::Args;
@@ -42,9 +42,11 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
     let g = select_kernel(&c.program, a.kernel.as_deref(), &c.name)?;
     let given = launch_args(g, &a.dims, &a.input, &a.scalar)?;
     let args = random::random_args(g, &given, a.random)?;
-    let target = load_target(&a.target)?;
+    let default = if a.backend == Backend::Jit { "host" } else { kc_ir::target::DEFAULT };
+    let target = load_target(a.target.as_deref().unwrap_or(default))?;
     // Every backend is tiled: the work counts come from the tile program.
-    let tp = match kc_ir::launch::bind(g, &args).and_then(|b| tile_bound(g, &b, &target)) {
+    let verify = a.backend != Backend::Jit;
+    let tp = match kc_ir::launch::bind(g, &args).and_then(|b| tile_checked(g, &b, &target, verify)) {
         Ok((_, tp, _, _)) => tp,
         Err(d) => {
             ctx.report(&d, &c.sources);

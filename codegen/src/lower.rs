@@ -978,9 +978,9 @@ fn simd_ok(prog: &TileProgram, l: &Launch, e: &VExpr) -> bool {
             let ta = ty_of(prog, l, a);
             let tb = ty_of(prog, l, b);
             if ta == Some(Ty::I) || tb == Some(Ty::I) {
-                return false;
+                // Integer comparisons of `±c + row-level terms` with a row-level value (masks on the column).
+                return is_cmp(*op) && int_cmp_parts(prog, l, a, b).is_some();
             }
-            let _ = op;
             simd_ok(prog, l, a) && simd_ok(prog, l, b)
         }
         VExpr::Select(c, a, b) => {
@@ -988,6 +988,63 @@ fn simd_ok(prog: &TileProgram, l: &Launch, e: &VExpr) -> bool {
         }
         _ => true,
     }
+}
+
+fn is_cmp(op: BinOp) -> bool {
+    matches!(op, BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge)
+}
+
+/// `e` as `a·c + Σ ±term` with `a` = ±1 and every term a column-independent integer: `a`, and the terms
+/// (negated or not) in `out`.
+fn affine<'e>(
+    prog: &TileProgram,
+    l: &Launch,
+    e: &'e VExpr,
+    neg: bool,
+    out: &mut Vec<(bool, &'e VExpr)>,
+) -> Option<i64> {
+    let row_int = |x: &VExpr| var_of(x) != Var::Elem && ty_of(prog, l, x) == Some(Ty::I);
+    match e {
+        VExpr::Col => Some(if neg { -1 } else { 1 }),
+        VExpr::Unary(UnOp::Neg, x) => affine(prog, l, x, !neg, out),
+        VExpr::Binary(op @ (BinOp::Add | BinOp::Sub), x, y) => {
+            if var_of(x) == Var::Elem && row_int(y) {
+                out.push((neg ^ (*op == BinOp::Sub), y));
+                affine(prog, l, x, neg, out)
+            } else if var_of(y) == Var::Elem && row_int(x) {
+                out.push((neg, x));
+                affine(prog, l, y, neg ^ (*op == BinOp::Sub), out)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A comparison `x op y` of integers where one side is affine in the column and the other is
+/// column-independent: (the affine side is `x`, `a`, the affine side's terms, the other side).
+#[allow(clippy::type_complexity)]
+fn int_cmp_parts<'e>(
+    prog: &TileProgram,
+    l: &Launch,
+    x: &'e VExpr,
+    y: &'e VExpr,
+) -> Option<(bool, i64, Vec<(bool, &'e VExpr)>, &'e VExpr)> {
+    let row_int = |e: &VExpr| var_of(e) != Var::Elem && ty_of(prog, l, e) == Some(Ty::I);
+    let mut terms = Vec::new();
+    if row_int(y) {
+        if let Some(a) = affine(prog, l, x, false, &mut terms) {
+            return Some((true, a, terms, y));
+        }
+    }
+    terms.clear();
+    if row_int(x) {
+        if let Some(a) = affine(prog, l, y, false, &mut terms) {
+            return Some((false, a, terms, x));
+        }
+    }
+    None
 }
 
 /// Where the element loop is: the row index and, in the column loop, the column index.
@@ -1518,6 +1575,48 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     }
                     _ => self.unary_x4(*op, a),
                 }
+            }
+            VExpr::Binary(op, x, y) if ty_of(self.prog, self.launch, x) == Some(Ty::I) => {
+                let Some((left, a, terms, other)) = int_cmp_parts(self.prog, self.launch, x, y) else {
+                    return Err(self.err("an integer column expression the SIMD path does not take"));
+                };
+                // a·c + b OP other  ⟺  a·lane OP (other - b - a·c0), exactly, in i64; the right side is
+                // clamped to [-8, 8] (lanes are 0..4, so the outcome is unchanged) and compared in i32 lanes.
+                let mut t = match self.sx(other, reads, hoisted, at)? {
+                    SV::I(v) => v,
+                    _ => return Err(self.err("a non-integer comparison operand")),
+                };
+                for (neg, term) in terms {
+                    let v = match self.sx(term, reads, hoisted, at)? {
+                        SV::I(v) => v,
+                        _ => return Err(self.err("a non-integer column term")),
+                    };
+                    t = if neg { self.b.ins().iadd(t, v) } else { self.b.ins().isub(t, v) };
+                }
+                let ac0 = if a == 1 { at.c } else { self.b.ins().ineg(at.c) };
+                let d = self.b.ins().isub(t, ac0);
+                let lo = self.iconst(-8);
+                let hi = self.iconst(8);
+                let d = self.b.ins().smax(d, lo);
+                let d = self.b.ins().smin(d, hi);
+                let d = self.b.ins().ireduce(types::I32, d);
+                let dv = self.b.ins().splat(types::I32X4, d);
+                let z = self.b.ins().iconst(types::I32, 0);
+                let mut lanes = self.b.ins().splat(types::I32X4, z);
+                for i in 1..4u8 {
+                    let v = self.b.ins().iconst(types::I32, a * i64::from(i));
+                    lanes = self.b.ins().insertlane(lanes, v, i);
+                }
+                let cc = match (op, left) {
+                    (BinOp::Eq, _) => IntCC::Equal,
+                    (BinOp::Ne, _) => IntCC::NotEqual,
+                    (BinOp::Lt, true) | (BinOp::Gt, false) => IntCC::SignedLessThan,
+                    (BinOp::Le, true) | (BinOp::Ge, false) => IntCC::SignedLessThanOrEqual,
+                    (BinOp::Gt, true) | (BinOp::Lt, false) => IntCC::SignedGreaterThan,
+                    _ => IntCC::SignedGreaterThanOrEqual,
+                };
+                let m = self.b.ins().icmp(cc, lanes, dv);
+                self.b.ins().bitcast(types::F32X4, LE, m)
             }
             VExpr::Binary(op, x, y) => {
                 let tx = ty_of(self.prog, self.launch, x);

@@ -173,6 +173,19 @@ pub fn setup_borrowing(
                 }
                 if a.dtype() == t.dtype && borrow(TensorId(gm.len() as u32)) {
                     TensorData::Bool(Vec::new())
+                } else if a.dtype() == t.dtype {
+                    // A copy in huge pages (a written parameter: the caller's tensor stays as it was).
+                    let mut z = Tensor::zeros(t.dtype, vec![elems]).data;
+                    huge_pages(&mut z);
+                    match (&mut z, &a.data) {
+                        (TensorData::F32(d), TensorData::F32(s)) => d.copy_from_slice(s),
+                        (TensorData::BF16(d), TensorData::BF16(s)) => d.copy_from_slice(s),
+                        (TensorData::F16(d), TensorData::F16(s)) => d.copy_from_slice(s),
+                        (TensorData::I32(d), TensorData::I32(s)) => d.copy_from_slice(s),
+                        (TensorData::Bool(d), TensorData::Bool(s)) => d.copy_from_slice(s),
+                        _ => z = a.data.clone(),
+                    }
+                    z
                 } else {
                     a.cast(t.dtype).data
                 }
@@ -184,7 +197,11 @@ pub fn setup_borrowing(
                     graph.results.len()
                 )))
             }
-            _ => Tensor::zeros(t.dtype, vec![elems]).data,
+            _ => {
+                let mut z = Tensor::zeros(t.dtype, vec![elems]).data;
+                huge_pages(&mut z);
+                z
+            }
         };
         gm.push(data);
     }
@@ -239,6 +256,43 @@ pub fn results(
         out.push((graph.results[k].name.clone(), Tensor { shape: shape.clone(), data }));
     }
     Ok(out)
+}
+
+/// Asks Linux for transparent huge pages on a large zeroed tensor (its pages are touched for the first time
+/// by the kernel's writes: 512 times fewer page faults). Advice only: nothing changes if it is refused.
+fn huge_pages(d: &mut TensorData) {
+    const HUGE: usize = 2 << 20;
+    let (p, bytes) = match d {
+        TensorData::F32(v) => (v.as_mut_ptr() as usize, v.len() * 4),
+        TensorData::BF16(v) => (v.as_mut_ptr() as usize, v.len() * 2),
+        TensorData::F16(v) => (v.as_mut_ptr() as usize, v.len() * 2),
+        TensorData::I32(v) => (v.as_mut_ptr() as usize, v.len() * 4),
+        TensorData::Bool(v) => (v.as_mut_ptr() as usize, v.len()),
+    };
+    let start = p.div_ceil(HUGE) * HUGE;
+    let end = (p + bytes) / HUGE * HUGE;
+    if end <= start {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        const SYS_MADVISE: i64 = 28;
+        const MADV_HUGEPAGE: i64 = 14;
+        // SAFETY: madvise on whole pages inside a live allocation of ours; MADV_HUGEPAGE changes no contents.
+        // The kernel clobbers rcx and r11.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") SYS_MADVISE => _,
+                in("rdi") start,
+                in("rsi") end - start,
+                in("rdx") MADV_HUGEPAGE,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+    }
 }
 
 pub(crate) fn internal(span: Span, msg: String) -> Diagnostic {

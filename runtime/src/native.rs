@@ -469,8 +469,8 @@ pub unsafe extern "C" fn kc_rt_gather(ctx: *mut CoreCtx, site: i64, args: *const
 }
 
 /// `Reduce`: `args` = `[dst, dst_dtype, dst_stride, src, src_dtype, src_stride, rows, cols, axis,
-/// accumulate]`, the reduction at `site` ([`Site::Reduce`]), with the interpreter's order and NaN rules
-/// ([`Acc`]): a sum is sequential, so its bits are the interpreter's.
+/// accumulate]`, the reduction at `site` ([`Site::Reduce`]), with the interpreter's NaN rules ([`Acc`]);
+/// float sums along a row use 8 running sums (see the fast path), everything else the interpreter's order.
 ///
 /// # Safety
 /// `ctx` is the calling core's; the regions are inside their storage.
@@ -488,32 +488,65 @@ pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const
         let (lines, len) = if axis == 1 { (rows, cols) } else { (cols, rows) };
         let at = |l: i64, i: i64| if axis == 1 { (l, i) } else { (i, l) };
         let out_at = |l: i64| if axis == 1 { (l, 0) } else { (0, l) };
-        if src.d == DType::F32 && dst.d == DType::F32 && matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) {
-            // The common case, without `Val`s: the same order and NaN rules as `Acc`.
-            let s = src.p as *const f32;
+        if matches!(src.d, DType::F32 | DType::BF16)
+            && dst.d == DType::F32
+            && matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min)
+        {
+            // The common case, without `Val`s. Max and min give the interpreter's values whatever the order
+            // (NaN wins either way); a sum along a row is split over 8 running sums (a different rounding
+            // from the interpreter's sequential sum, within the tolerance of `kc run --check`); a sum along a
+            // column is sequential per column, as the interpreter's.
             let d = dst.p as *mut f32;
-            for l in 0..lines {
-                let (orow, ocol) = out_at(l);
-                let o = dst.idx(orow, ocol);
-                let mut acc = if accumulate {
-                    *d.offset(o)
+            let get = |r: i64, c: i64| -> f32 {
+                let i = src.idx(r, c);
+                if src.d == DType::F32 {
+                    *(src.p as *const f32).offset(i)
                 } else {
-                    match op {
-                        ReduceOp::Sum => 0.0,
-                        ReduceOp::Max => f32::NEG_INFINITY,
-                        _ => f32::INFINITY,
-                    }
-                };
-                for i in 0..len {
-                    let (r, c) = at(l, i);
-                    let x = *s.offset(src.idx(r, c));
-                    acc = match op {
-                        ReduceOp::Sum => acc + x,
-                        ReduceOp::Max => ops::nan_max(acc, x),
-                        _ => ops::nan_min(acc, x),
-                    };
+                    f32::from_bits(u32::from(*(src.p as *const u16).offset(i)) << 16)
                 }
-                *d.offset(o) = acc;
+            };
+            let init = match op {
+                ReduceOp::Sum => 0.0,
+                ReduceOp::Max => f32::NEG_INFINITY,
+                _ => f32::INFINITY,
+            };
+            let comb = |a: f32, x: f32| match op {
+                ReduceOp::Sum => a + x,
+                ReduceOp::Max => ops::nan_max(a, x),
+                _ => ops::nan_min(a, x),
+            };
+            if axis == 1 {
+                for r in 0..rows {
+                    let o = dst.idx(r, 0);
+                    let mut acc = if accumulate { *d.offset(o) } else { init };
+                    let mut lanes = [init; 8];
+                    let mut c = 0;
+                    while c + 8 <= cols {
+                        for (j, l) in lanes.iter_mut().enumerate() {
+                            *l = comb(*l, get(r, c + j as i64));
+                        }
+                        c += 8;
+                    }
+                    let mut tail = init;
+                    while c < cols {
+                        tail = comb(tail, get(r, c));
+                        c += 1;
+                    }
+                    let part = lanes.iter().fold(init, |a, &x| comb(a, x));
+                    acc = comb(comb(acc, part), tail);
+                    *d.offset(o) = acc;
+                }
+            } else {
+                let mut accs: Vec<f32> =
+                    (0..cols).map(|c| if accumulate { *d.offset(dst.idx(0, c)) } else { init }).collect();
+                for r in 0..rows {
+                    for (c, a) in accs.iter_mut().enumerate() {
+                        *a = comb(*a, get(r, c as i64));
+                    }
+                }
+                for (c, a) in accs.into_iter().enumerate() {
+                    *d.offset(dst.idx(0, c as i64)) = a;
+                }
             }
             return STATUS_OK;
         }
@@ -770,6 +803,24 @@ fn data_ptr(d: &mut TensorData) -> *mut u8 {
     }
 }
 
+/// The process's thread pool of `n` threads, started once and kept (a launch must not pay for starting
+/// threads: small kernels take microseconds).
+fn pool(n: usize) -> Result<std::sync::Arc<rayon::ThreadPool>, String> {
+    static POOLS: Mutex<Vec<(usize, std::sync::Arc<rayon::ThreadPool>)>> = Mutex::new(Vec::new());
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = pools.iter().find(|(k, _)| *k == n) {
+        return Ok(p.clone());
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("kc-worker-{i}"))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let p = std::sync::Arc::new(p);
+    pools.push((n, p.clone()));
+    Ok(p)
+}
+
 /// A unit of scheduling: an optional cube core and its vector cores.
 #[derive(Clone, Debug)]
 struct Unit {
@@ -865,11 +916,12 @@ fn run_launch(
     if threads == 1 {
         work();
     } else {
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(work);
+        match pool(threads) {
+            Ok(p) => {
+                p.broadcast(|_| work());
             }
-        });
+            Err(e) => return Err(vec![gm::internal(graph.span, format!("cannot start {threads} threads: {e}"))]),
+        }
     }
     let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     failures.sort_by_key(|f| (f.0, f.1));
@@ -1086,4 +1138,102 @@ fn run_unit(
         return Err(format!("{}, and no core can set it", who.join(", ")));
     }
     Ok((failures, max_count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn words(v: &[i64]) -> Vec<i64> {
+        v.to_vec()
+    }
+
+    /// Copies convert f32 → bf16 with round-to-nearest-even exactly as `half` does (NaN stays NaN), widen
+    /// exactly, and copy strided windows of any dtype.
+    #[test]
+    fn copies_convert_and_stride() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let mut src: Vec<f32> = (0..4096).map(|_| f32::from_bits(rng.random::<u32>())).collect();
+        src.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1.0 + f32::EPSILON, 3.0e38]);
+        let n = src.len();
+        let mut dst = vec![0u16; n];
+        let a = words(&[dst.as_mut_ptr() as i64, 1, n as i64, src.as_ptr() as i64, 0, n as i64, 1, n as i64]);
+        unsafe { kc_rt_copy(a.as_ptr()) };
+        for (x, &b) in src.iter().zip(&dst) {
+            let want = half::bf16::from_f32(*x);
+            if x.is_nan() {
+                assert!(half::bf16::from_bits(b).is_nan());
+            } else {
+                assert_eq!(b, want.to_bits(), "{x:e}");
+            }
+        }
+        let mut back = vec![0f32; n];
+        let a = words(&[back.as_mut_ptr() as i64, 0, n as i64, dst.as_ptr() as i64, 1, n as i64, 1, n as i64]);
+        unsafe { kc_rt_copy(a.as_ptr()) };
+        for (&b, &y) in dst.iter().zip(&back) {
+            let w = half::bf16::from_bits(b).to_f32();
+            assert!(w.to_bits() == y.to_bits() || (w.is_nan() && y.is_nan()));
+        }
+        // A 3 × 5 window with row strides 7 (source) and 6 (destination), i32.
+        let s: Vec<i32> = (0..21).collect();
+        let mut d = vec![-1i32; 18];
+        let a = words(&[d.as_mut_ptr() as i64, 3, 6, s.as_ptr() as i64 + 4, 3, 7, 3, 5]);
+        unsafe { kc_rt_copy(a.as_ptr()) };
+        assert_eq!(d, vec![1, 2, 3, 4, 5, -1, 8, 9, 10, 11, 12, -1, 15, 16, 17, 18, 19, -1]);
+    }
+
+    /// The reduction fast path: max and min equal the interpreter's (`Acc`), NaN included; a row sum is
+    /// within f32 rounding of the sequential sum; a column sum is the sequential sum exactly.
+    #[test]
+    fn reductions_match_the_interpreter() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        let (rows, cols) = (5i64, 37i64);
+        let mut x: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+        x[(2 * cols + 9) as usize] = f32::NAN;
+        let reference = |op: ReduceOp, axis: i64, l: i64| -> f32 {
+            let mut acc = Acc::new(op, kc_ir::ScalarTy::F32).unwrap();
+            let len = if axis == 1 { cols } else { rows };
+            for i in 0..len {
+                let v = if axis == 1 { x[(l * cols + i) as usize] } else { x[(i * cols + l) as usize] };
+                acc = acc.add(op, kc_ir::ScalarTy::F32, i, Val::F(v)).unwrap();
+            }
+            match acc.finish() {
+                Val::F(v) => v,
+                _ => unreachable!(),
+            }
+        };
+        let mut sites = vec![Site::Reduce { op: ReduceOp::Sum, what: "x".into() }];
+        for op in [ReduceOp::Max, ReduceOp::Min, ReduceOp::Sum] {
+            sites[0] = Site::Reduce { op, what: "x".into() };
+            for axis in [1i64, 0] {
+                let lines = if axis == 1 { rows } else { cols };
+                let mut out = vec![0f32; lines as usize];
+                let stride = if axis == 1 { 1 } else { cols };
+                let a = words(&[out.as_mut_ptr() as i64, 0, stride, x.as_ptr() as i64, 0, cols, rows, cols, axis, 0]);
+                let abort = AtomicBool::new(false);
+                let mut st = CoreState {
+                    yielder: std::ptr::null(),
+                    unit: std::ptr::null_mut(),
+                    member: 0,
+                    sites: sites.as_slice() as *const [Site],
+                    abort: &abort,
+                    failure: None,
+                };
+                let mut ctx = CoreCtx { gm: std::ptr::null(), bufs: std::ptr::null(), core: 0, state: &mut st };
+                assert_eq!(unsafe { kc_rt_reduce(&mut ctx, 0, a.as_ptr()) }, STATUS_OK);
+                for (l, got) in out.iter().enumerate() {
+                    let want = reference(op, axis, l as i64);
+                    let ok = if want.is_nan() {
+                        got.is_nan()
+                    } else if op == ReduceOp::Sum && axis == 1 {
+                        (got - want).abs() <= 1e-5 * 4.0 * cols as f32
+                    } else {
+                        got.to_bits() == want.to_bits()
+                    };
+                    assert!(ok, "{op:?} axis {axis} line {l}: {got} vs {want}");
+                }
+            }
+        }
+    }
 }

@@ -172,3 +172,37 @@ fn jit_refuses_malformed_launches() {
     let e = jit_run(&att, &tp, &args).unwrap_err();
     assert_eq!(e[0].code, Code::ConstraintBroken, "H = 3, G = 2 breaks `H % G == 0`: {}", e[0].message);
 }
+
+/// A mixed launch whose vector cores wait for a flag their cube core never sets is a deadlock of the
+/// program: the launch fails with an internal error naming the waiting cores, on 1 and 2 threads, instead
+/// of hanging; a cross-core set on a core without partners is refused the same way.
+#[test]
+fn jit_reports_deadlocks_and_partnerless_flags() {
+    use kc_ir::tile::{Stmt, Unit};
+    let target = Target::builtin("ascend910b").expect("target");
+    let g = common::compile_ok(common::kernel_path("adamw")).kernels.remove(0);
+    let dims = BTreeMap::from([("N".to_string(), 8)]);
+    let (_, tp, _) = tile_at(&g, &dims, &target);
+    let args = kc_runtime::random::random_args(&g, &Args { tensors: BTreeMap::new(), dims }, 1).expect("args");
+    let mut dead = tp.clone();
+    let mut l = dead.launches[0].clone();
+    l.unit = Unit::Mixed;
+    l.cube_cores = 1;
+    l.vector_cores = 2;
+    l.cube = vec![Stmt::CrossWait { flag: 3 }];
+    l.vector = vec![Stmt::CrossWait { flag: 2 }];
+    dead.launches.insert(0, l.clone());
+    let compiled = kc_codegen::compile(&dead, &opts()).expect("compiles");
+    for threads in [1, 2] {
+        let e = compiled.run(&dead, &g, &args, threads, &Limits::default()).expect_err("a deadlock");
+        assert_eq!(e[0].code, kc_ir::Code::Internal);
+        assert!(e[0].message.contains("deadlocks") && e[0].message.contains("vector core 1"), "{}", e[0].message);
+    }
+    let mut lonely = tp.clone();
+    let mut l = lonely.launches[0].clone();
+    l.vector.insert(0, Stmt::CrossSet { flag: 1 });
+    lonely.launches[0] = l;
+    let compiled = kc_codegen::compile(&lonely, &opts()).expect("compiles");
+    let e = compiled.run(&lonely, &g, &args, 2, &Limits::default()).expect_err("no partner");
+    assert!(e[0].message.contains("without a partner core"), "{}", e[0].message);
+}
