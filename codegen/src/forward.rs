@@ -152,6 +152,11 @@ fn writes(s: &Stmt, bufs: &mut BTreeSet<BufId>, gm: &mut BTreeSet<TensorId>) {
     }
 }
 
+/// The GM tensors some statement of the launch (cube or vector program) writes.
+pub fn gm_written(launch: &Launch) -> BTreeSet<TensorId> {
+    gm_writes(&launch.cube).union(&gm_writes(&launch.vector)).copied().collect()
+}
+
 fn gm_writes(body: &[Stmt]) -> BTreeSet<TensorId> {
     let (mut b, mut g) = (BTreeSet::new(), BTreeSet::new());
     for s in body {

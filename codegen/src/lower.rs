@@ -292,6 +292,8 @@ struct Gen<'a, 'b, 'p> {
     exit: Block,
     path: Vec<usize>,
     name: String,
+    /// The GM tensors some statement of the launch writes.
+    gm_written: std::collections::BTreeSet<TensorId>,
 }
 
 /// Loads and stores of the compiled code: not trapping (every window was checked), not known aligned.
@@ -354,6 +356,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             exit,
             path: Vec::new(),
             name: name.to_string(),
+            gm_written: crate::forward::gm_written(launch),
         }
     }
 
@@ -543,7 +546,10 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let pc = self.elem_addr(&rc, None, None);
                 let da = self.iconst(native::dtype_code(ra.dtype));
                 let db = self.iconst(native::dtype_code(rb.dtype));
-                let acc = self.iconst(i64::from(*accumulate));
+                // Bit 1: `b` is in a GM tensor no statement of the launch writes, so the host routine may keep
+                // its packed form for the rest of the launch.
+                let b_const = matches!(b.loc, Loc::Gm(t) if !self.gm_written.contains(&t));
+                let acc = self.iconst(i64::from(*accumulate) | (i64::from(b_const) << 1));
                 self.call("kc_mmad", &[pa, da, ra.stride, pb, db, rb.stride, pc, rc.stride, m, k, n, acc]);
             }
             Stmt::Vector { dst, rows, cols, expr } => self.vector(dst, rows, cols, expr)?,

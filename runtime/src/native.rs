@@ -883,6 +883,8 @@ fn run_launch(
     let max_count = AtomicUsize::new(0);
     let gm = Shared(gm.as_ptr());
     let work = || {
+        // Packed matrix operands kept by the host cube routine are valid for one launch only.
+        crate::host::mmad::clear_b_cache();
         let mut stacks: Vec<DefaultStack> = Vec::new();
         let mut scratch: Vec<u8> = Vec::new();
         loop {

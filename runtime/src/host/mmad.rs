@@ -277,7 +277,7 @@ pub unsafe fn mmad_raw(
         Path::Amx | Path::Avx512 if supported(Path::Avx512) => Path::Avx512,
         _ => Path::Portable,
     };
-    let args = Args { a, a_dtype, lda, b, b_dtype, ldb, c, ldc, m, k, n, accumulate };
+    let args = Args { a, a_dtype, lda, b, b_dtype, ldb, c, ldc, m, k, n, accumulate, b_const: false };
     // SAFETY: the caller's guarantees, and the path was checked to be supported.
     unsafe {
         match path {
@@ -292,7 +292,10 @@ pub unsafe fn mmad_raw(
 
 /// The entry point JIT-compiled code calls (by its address): the module's contract with dtype codes
 /// (0 f32, 1 bf16, 2 f16) on the best path. Does nothing if a dtype code is unknown or a size or stride is
-/// negative. Never unwinds.
+/// negative. Never unwinds. `accumulate` is a set of bits: bit 0 accumulates into `c`; bit 1 says that `b`
+/// will not change until the thread's next [`clear_b_cache`], so the AMX path may keep its packed form and
+/// reuse it for the next call with the same `b` window (the JIT sets it for operands in GM tensors that no
+/// statement of the launch writes).
 ///
 /// # Safety
 ///
@@ -317,8 +320,52 @@ pub unsafe extern "C" fn kc_mmad(
         return;
     }
     let u = |v: i64| v as usize;
+    let (m, k, n) = (u(m), u(k), u(n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    let acc = accumulate & 1 != 0;
+    let b_const = accumulate & 2 != 0;
+    if b_const && ad == Dtype::Bf16 && bd == Dtype::Bf16 && supported(Path::Amx) && path() == Path::Amx {
+        let args = Args {
+            a,
+            a_dtype: ad,
+            lda: u(lda),
+            b,
+            b_dtype: bd,
+            ldb: u(ldb),
+            c,
+            ldc: u(ldc),
+            m,
+            k,
+            n,
+            accumulate: acc,
+            b_const,
+        };
+        // SAFETY: the caller's guarantees; AMX is supported.
+        unsafe { with_scratch(|s| amx::mmad(&args, s)) };
+        return;
+    }
     // SAFETY: the caller's guarantees.
-    unsafe { mmad_raw(path(), a, ad, u(lda), b, bd, u(ldb), c, u(ldc), u(m), u(k), u(n), accumulate != 0) }
+    unsafe { mmad_raw(path(), a, ad, u(lda), b, bd, u(ldb), c, u(ldc), m, k, n, acc) }
+}
+
+/// Forgets the packed `b` operands this thread kept (see `kc_mmad`'s `accumulate` bit 1). The executor
+/// calls it on each thread before a launch: a kept operand is valid only while its memory is unchanged.
+pub fn clear_b_cache() {
+    let _ = B_CACHE.try_with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            c.clear();
+        }
+    });
+}
+
+/// Packed `b` operands by (address, ldb, k, n): at most `B_CACHE_ENTRIES`, forgotten all at once when full.
+#[cfg(target_arch = "x86_64")]
+const B_CACHE_ENTRIES: usize = 64;
+
+thread_local! {
+    static B_CACHE: RefCell<Vec<((usize, usize, usize, usize), Vec<Line>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The arguments of one call, checked and converted.
@@ -335,6 +382,8 @@ struct Args {
     k: usize,
     n: usize,
     accumulate: bool,
+    /// `b` does not change until [`clear_b_cache`] is called on this thread: its packed form may be kept.
+    b_const: bool,
 }
 
 /// Element `idx` of an operand of dtype `d`, as f32.
@@ -999,7 +1048,35 @@ mod amx {
             let bp = base;
             let ap = base.add(b_bytes);
             let cp = base.add(b_bytes + a_bytes).cast::<f32>();
-            pack_b_vnni(x.b.cast(), x.ldb, k, n, kp, bp.cast());
+            // A `b` that does not change is packed once per launch and thread (B_CACHE).
+            let mut cached: Option<*const u8> = None;
+            if x.b_const {
+                let key = (x.b as usize, x.ldb, k, n);
+                cached = super::B_CACHE
+                    .try_with(|c| {
+                        let mut c = c.try_borrow_mut().ok()?;
+                        if let Some((_, v)) = c.iter().find(|(kk, _)| *kk == key) {
+                            return Some(v.as_ptr().cast::<u8>());
+                        }
+                        if c.len() >= super::B_CACHE_ENTRIES {
+                            c.clear();
+                        }
+                        let mut v = vec![super::Line([0; 64]); b_bytes.div_ceil(64)];
+                        pack_b_vnni(x.b.cast(), x.ldb, k, n, kp, v.as_mut_ptr().cast());
+                        let p = v.as_ptr().cast::<u8>();
+                        c.push((key, v));
+                        Some(p)
+                    })
+                    .ok()
+                    .flatten();
+            }
+            let bp = match cached {
+                Some(p) => p.cast_mut(),
+                None => {
+                    pack_b_vnni(x.b.cast(), x.ldb, k, n, kp, bp.cast());
+                    bp
+                }
+            };
             let a16 = x.a.cast::<u16>();
             if a_in_place {
                 if m % 16 != 0 {
@@ -1251,6 +1328,45 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(3);
         check(Path::Amx, &mut rng, (17, 33, 40), Dtype::F16, Dtype::Bf16, 1, true);
         check(Path::Amx, &mut rng, (17, 33, 40), Dtype::F32, Dtype::F32, 0, false);
+    }
+
+    /// A `b` marked unchanging (bit 1 of `accumulate`) is packed once and reused while the thread's cache
+    /// lives; after `clear_b_cache` new contents at the same address are seen.
+    #[test]
+    fn host_mmad_keeps_packed_b_until_cleared() {
+        let (m, k, n) = (32usize, 64usize, 48usize);
+        let a: Vec<u16> = (0..m * k).map(|i| bf16::from_f32(((i % 7) as f32) - 3.0).to_bits()).collect();
+        let mut b: Vec<u16> = (0..k * n).map(|i| bf16::from_f32(((i % 5) as f32) - 2.0).to_bits()).collect();
+        let reference = |b: &[u16]| -> Vec<f32> {
+            let mut c = vec![0f32; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    for p in 0..k {
+                        c[i * n + j] += bf16::from_bits(a[i * k + p]).to_f32() * bf16::from_bits(b[p * n + j]).to_f32();
+                    }
+                }
+            }
+            c
+        };
+        let run = |b: &[u16]| -> Vec<f32> {
+            let mut c = vec![0f32; m * n];
+            let (mi, ki, ni) = (m as i64, k as i64, n as i64);
+            // SAFETY: the three windows are the vectors' own.
+            unsafe { kc_mmad(a.as_ptr().cast(), 1, ki, b.as_ptr().cast(), 1, ni, c.as_mut_ptr(), ni, mi, ki, ni, 2) };
+            c
+        };
+        clear_b_cache();
+        assert_eq!(run(&b), reference(&b));
+        assert_eq!(run(&b), reference(&b), "the kept packing gives the same result");
+        let old = reference(&b);
+        for x in b.iter_mut() {
+            *x = bf16::from_f32(1.0).to_bits();
+        }
+        if supported(Path::Amx) {
+            assert_eq!(run(&b), old, "until the cache is cleared, the packed old b is used (the contract)");
+        }
+        clear_b_cache();
+        assert_eq!(run(&b), reference(&b), "after clearing, the new contents");
     }
 
     /// The JIT's entry point: codes, k = 0, and invalid arguments.
