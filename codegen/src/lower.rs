@@ -25,9 +25,9 @@
 //!   (nearest-even) in registers. A statement whose destination buffer is also read at another window is
 //!   computed into a stack temporary first (a statement reads all its inputs before it writes).
 //! - Transcendental functions are inline `f32x4` code ([`crate::math`]: evaluated in f64 lanes and rounded
-//!   once, within 1 ulp of the interpreter); `min`/`max` propagate NaN as the interpreter does. `pow` and
-//!   float `%` call `libm` through the runtime (exact, as the interpreter); `f16` conversions call the
-//!   runtime too.
+//!   once, within 1 ulp of the interpreter); `min`/`max` propagate NaN as the interpreter does; bf16 and
+//!   f16 conversions are done in registers with round-to-nearest-even. `pow` and float `%` call `libm`
+//!   through the runtime (exact, as the interpreter).
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::Endianness;
@@ -131,8 +131,6 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
         ("kc_rt_fmodf", native::kc_rt_fmodf as *const u8, vec![F32, F32], vec![F32]),
-        ("kc_rt_f16_to_f32", native::kc_rt_f16_to_f32 as *const u8, vec![I32], vec![F32]),
-        ("kc_rt_f32_to_f16", native::kc_rt_f32_to_f16 as *const u8, vec![F32], vec![I32]),
     ]
 }
 
@@ -1339,7 +1337,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             }
             DType::F16 => {
                 let h = self.b.ins().uload16(types::I32, TRUSTED, addr, 0);
-                SV::F(self.call("kc_rt_f16_to_f32", &[h]).expect("a value"))
+                SV::F(self.f16_widen(h))
             }
             DType::I32 => SV::I(self.b.ins().sload32(TRUSTED, addr, 0)),
             DType::Bool => SV::B(self.b.ins().load(types::I8, TRUSTED, addr, 0)),
@@ -1357,7 +1355,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 self.b.ins().istore16(TRUSTED, bits, addr, 0);
             }
             (DType::F16, SV::F(v)) => {
-                let bits = self.call("kc_rt_f32_to_f16", &[v]).expect("a value");
+                let bits = self.f16_bits(v);
                 self.b.ins().istore16(TRUSTED, bits, addr, 0);
             }
             (DType::I32, SV::I(v)) => {
@@ -1368,6 +1366,20 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             }
             _ => unreachable!("the statement's type was checked against its destination"),
         }
+    }
+
+    /// An f16 (the low 16 bits of an i32) widened to f32 exactly, in registers.
+    fn f16_widen(&mut self, h: Value) -> Value {
+        let v = self.b.ins().splat(types::I32X4, h);
+        let f = crate::math::f16_to_f32x4(self.b, v);
+        self.b.ins().extractlane(f, 0)
+    }
+
+    /// The f16 bits (in the low 16 bits of an i32) of an f32, rounded to nearest-even, in registers.
+    fn f16_bits(&mut self, x: Value) -> Value {
+        let v = self.b.ins().splat(types::F32X4, x);
+        let h = crate::math::f32x4_to_f16(self.b, v);
+        self.b.ins().extractlane(h, 0)
     }
 
     /// The bf16 bits (in the low 16 bits of an i32) of an f32, rounded to nearest-even; NaN stays a quiet NaN.
@@ -1491,8 +1503,8 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             }
             DType::F16 => {
                 let f = to_f(self, a);
-                let bits = self.call("kc_rt_f32_to_f16", &[f]).expect("a value");
-                SV::F(self.call("kc_rt_f16_to_f32", &[bits]).expect("a value"))
+                let bits = self.f16_bits(f);
+                SV::F(self.f16_widen(bits))
             }
             DType::I32 => SV::I(match a {
                 SV::F(x) => {

@@ -706,16 +706,6 @@ pub extern "C" fn kc_rt_fmodf(x: f32, y: f32) -> f32 {
     ops::floor_mod_f32(x, y)
 }
 
-/// f16 bits (the low 16 bits of `h`) to f32, exactly.
-pub extern "C" fn kc_rt_f16_to_f32(h: i32) -> f32 {
-    half::f16::from_bits(h as u16).to_f32()
-}
-
-/// f32 to f16 bits, rounded to nearest-even.
-pub extern "C" fn kc_rt_f32_to_f16(x: f32) -> i32 {
-    i32::from(half::f16::from_f32(x).to_bits())
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // The executor.
 
