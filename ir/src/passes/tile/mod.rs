@@ -438,7 +438,65 @@ pub fn rank(gm: &GmPlan, l: &Launch, ws: Option<&GmTensor>, target: &Target) -> 
         tensors,
         launches: vec![l.clone()],
     };
-    crate::cost::rank_launch(&prog, target, &crate::report::IntData::new(), RANK_GROUPS)
+    // Launches that differ only in which tensors they name (the five Newton–Schulz steps of Muon, say) are
+    // ranked once: the estimate depends on the program's text and its tensors' dtypes, shapes and roles.
+    let key = rank_key(&prog, target);
+    if let Some(c) = RANKS.with(|m| m.borrow().get(&key).copied()) {
+        return Ok(c);
+    }
+    let c = crate::cost::rank_launch(&prog, target, &crate::report::IntData::new(), RANK_GROUPS)?;
+    RANKS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= 4096 {
+            m.clear();
+        }
+        m.insert(key, c);
+    });
+    Ok(c)
+}
+
+thread_local! {
+    /// [`rank`]'s results by [`rank_key`].
+    static RANKS: std::cell::RefCell<std::collections::HashMap<String, f64>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// What [`rank`]'s estimate depends on, as text: the target (its whole description), the launch as printed
+/// with its name dropped and its GM tensors numbered in order of first appearance, and those tensors'
+/// dtypes, shapes and roles.
+fn rank_key(prog: &TileProgram, target: &Target) -> String {
+    let mut p = prog.clone();
+    for (i, t) in p.tensors.iter_mut().enumerate() {
+        t.name = format!("\u{1}{i}\u{2}");
+    }
+    let mut l = p.launches[0].clone();
+    l.name = String::new();
+    let text = crate::tile::print::print_launch(&p, &l);
+    let mut order: Vec<usize> = Vec::new();
+    let mut key = format!("{target:?}\n");
+    let mut rest = text.as_str();
+    while let Some(a) = rest.find('\u{1}') {
+        key.push_str(&rest[..a]);
+        let Some(b) = rest[a..].find('\u{2}') else { break };
+        let i: usize = rest[a + 1..a + b].parse().unwrap_or(usize::MAX);
+        let n = order.iter().position(|&x| x == i).unwrap_or_else(|| {
+            order.push(i);
+            order.len() - 1
+        });
+        key.push_str(&format!("T{n}"));
+        rest = &rest[a + b + 1..];
+    }
+    key.push_str(rest);
+    for i in order {
+        if let Some(t) = prog.tensors.get(i) {
+            let role = match &t.role {
+                TensorRole::Workspace { per_core } => format!("ws{per_core}"),
+                _ => "gm".to_string(),
+            };
+            key.push_str(&format!("\n{} {:?} {role}", t.dtype, t.shape));
+        }
+    }
+    key
 }
 
 /// Tiles one group with the first template that takes it (`None`: no template does).
