@@ -477,10 +477,12 @@ fn scale2_32(b: &mut FunctionBuilder, p: Value, n: Value) -> Value {
 
 /// Cephes `expf` polynomial: `e^r ≈ 1 + r + r²·P(r)` on `|r| ≤ ln2/2` (S. L. Moshier, Cephes Math Library,
 /// `expf.c`; relative error ~1e-7 ≈ ½ ulp).
+#[allow(clippy::excessive_precision)] // quoted verbatim from Cephes
 const EXPF_P: [f32; 6] =
     [5.0000001201e-1, 1.6666665459e-1, 4.1665795894e-2, 8.3334519073e-3, 1.3981999507e-3, 1.9875691500e-4];
 /// ln 2 in two parts (Cephes `expf.c`/`logf.c`): `C1` has 9 significant bits, so `n·C1` is exact for `|n| < 2^15`.
 const LN2_C1: f32 = 0.693359375;
+#[allow(clippy::excessive_precision)] // quoted verbatim from Cephes
 const LN2_C2: f32 = -2.12194440e-4;
 
 /// The parts of `e^x` in `f32`: `(p, s1, s2)` with `e^x ≈ (p·s1)·s2`, `p ∈ [0.7, 1.42]` and `s1`, `s2` normal
@@ -518,6 +520,7 @@ fn exp32(b: &mut FunctionBuilder, x: Value) -> Value {
 }
 
 /// Cephes `exp2f` polynomial: `2^r ≈ 1 + r·P(r)` on `|r| ≤ ½` (`exp2f.c`).
+#[allow(clippy::excessive_precision)] // quoted verbatim from Cephes
 const EXP2F_P: [f32; 6] = [
     6.931472028550421e-1,
     2.402264791363012e-1,
@@ -541,6 +544,7 @@ fn exp2_32(b: &mut FunctionBuilder, x: Value) -> Value {
 }
 
 /// Cephes `logf` polynomial: `log(1+f) ≈ f − f²/2 + f³·P(f)` for `1+f ∈ [√½, √2)` (`logf.c`).
+#[allow(clippy::excessive_precision)] // quoted verbatim from Cephes
 const LOGF_P: [f32; 9] = [
     3.3333331174e-1,
     -2.4999993993e-1,
@@ -625,6 +629,7 @@ fn copysign32(b: &mut FunctionBuilder, mag: Value, sgn: Value) -> Value {
 }
 
 /// Cephes `tanhf` polynomial: `tanh x ≈ x + x·z·P(z)`, `z = x²`, for `|x| < 0.625` (`tanhf.c`).
+#[allow(clippy::excessive_precision)] // quoted verbatim from Cephes
 const TANHF_P: [f32; 5] = [-3.33332819422e-1, 1.33314422036e-1, -5.37397155531e-2, 2.06390887954e-2, -5.70498872745e-3];
 
 /// `tanh(x)`: the Cephes polynomial for `|x| < 0.625`, else `±(1 − 2/(e^(2|x|) + 1))` (±1 once `e^(2|x|)`
