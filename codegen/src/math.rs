@@ -58,10 +58,10 @@
 //!   the result is far below the smallest `f32` anyway), and `1 + erf(z)` is `2 − erfc(z)` or `erfc(−z)`.
 //!
 //! Speed (`codegen/tests/math.rs`, `timing`, ns per element on one core of the AVX-512 development host, for
-//! arguments in [-10, 10]; in parentheses the `f64`-lane versions, on [-100, 105)): `exp` 1.0 (5.5), `exp2` 0.75 (4.6), `log`
-//! 1.8 (3.0), `log2` 1.9 (3.1), `tanh` 2.0 (7.5), `sigmoid` 1.5 (5.5), `silu` 1.8 (5.6), `softplus` 4.4
-//! (12.6). Results in the subnormal range (e.g. `exp(x)` for −104 < x < −87.3) take a microcode assist on x86
-//! and cost 2–3 times as much; deeper underflow (masked `−1e9`/`−inf` arguments) does not.
+//! arguments in [-10, 10]; in parentheses the `f64`-lane versions, on [-100, 105)): `exp` 1.0 (5.5), `exp2`
+//! 0.75 (4.6), `log` 1.8 (3.0), `log2` 1.9 (3.1), `tanh` 2.0 (7.5), `sigmoid` 1.5 (5.5), `silu` 1.8 (5.6),
+//! `softplus` 4.4 (12.6). Results in the subnormal range (e.g. `exp(x)` for −104 < x < −87.3) take a microcode
+//! assist on x86 and cost 2–3 times as much; deeper underflow (masked `−1e9`/`−inf` arguments) does not.
 //!
 //! `sqrt`, `floor`, `ceil`, `neg`, `abs` and `relu` are exact; `rsqrt` is `1/sqrt(x)` in `f32` (two roundings,
 //! at most 1 ulp off the once-rounded reference).
