@@ -3,8 +3,8 @@
 //! Every function here takes and returns 128-bit vectors and uses only instructions that the x86-64
 //! backend lowers with SSE4.1 (no FMA, no AVX): lane-wise float arithmetic, `sqrt`, `floor`/`ceil`/`nearest`,
 //! `fcmp`, `bitselect`, bitwise ops, `iadd`/`isub`, shifts by constants, `bitcast`, `shuffle`,
-//! `fcvt_from_sint` (`I32X4` → `F32X4`), `fvpromote_low`/`fvdemote` and splatted constants. Scalars are computed by splatting into a vector and
-//! extracting lane 0, so scalar tails get bit-identical results.
+//! `fcvt_from_sint` (`I32X4` → `F32X4`), `fvpromote_low`/`fvdemote` and splatted constants. Scalars are
+//! computed by splatting into a vector and extracting lane 0, so scalar tails get bit-identical results.
 //!
 //! # Method
 //!
