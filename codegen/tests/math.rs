@@ -325,6 +325,122 @@ fn unary_ops_match_reference() {
 }
 
 #[test]
+fn special_cases() {
+    use UnOp::*;
+    let inf = f32::INFINITY;
+    let cases: &[(UnOp, f32, f32)] = &[
+        (Exp, inf, inf),
+        (Exp, -inf, 0.0),
+        (Exp, 89.0, inf),
+        (Exp, -1e9, 0.0),
+        (Exp, -104.0, 0.0),
+        (Exp, 0.0, 1.0),
+        (Exp2, 128.0, inf),
+        (Exp2, -149.0, f32::from_bits(1)),
+        (Exp2, -126.0, f32::MIN_POSITIVE),
+        (Exp2, -inf, 0.0),
+        (Exp2, 10.0, 1024.0),
+        (Log, 0.0, -inf),
+        (Log, -0.0, -inf),
+        (Log, -1.0, f32::NAN),
+        (Log, -inf, f32::NAN),
+        (Log, inf, inf),
+        (Log, 1.0, 0.0),
+        (Log2, 0.0, -inf),
+        (Log2, -1e-30, f32::NAN),
+        (Log2, inf, inf),
+        (Log2, f32::from_bits(1), -149.0),
+        (Log2, 1024.0, 10.0),
+        (Tanh, 20.0, 1.0),
+        (Tanh, -20.0, -1.0),
+        (Tanh, inf, 1.0),
+        (Tanh, -inf, -1.0),
+        (Tanh, 1e-30, 1e-30),
+        (Tanh, -1e-30, -1e-30),
+        (Sigmoid, 20.0, 1.0),
+        (Sigmoid, inf, 1.0),
+        (Sigmoid, -inf, 0.0),
+        (Sigmoid, -200.0, 0.0),
+        (Silu, inf, inf),
+        (Silu, -inf, f32::NAN),
+        (Silu, -1e9, -0.0),
+        (Silu, 1e30, 1e30),
+        (Softplus, inf, inf),
+        (Softplus, -inf, 0.0),
+        (Softplus, 1e30, 1e30),
+        (Softplus, -200.0, 0.0),
+    ];
+    let mut ops: Vec<UnOp> = cases.iter().map(|c| c.0).collect();
+    ops.dedup();
+    let kinds: Vec<Kind> = ops.iter().map(|&o| Kind::Un(o)).collect();
+    let (_module, fns) = jit(&kinds);
+    for &(op, x, want) in cases {
+        let f = fns[ops.iter().position(|&o| o == op).unwrap()];
+        let src = vec![x.to_bits(); 4];
+        let got = f32::from_bits(run(f, &src, &src)[0]);
+        assert!(got == want || (got.is_nan() && want.is_nan()), "{}({x:e}) = {got:e}, want {want:e}", op.name());
+        if !want.is_nan() {
+            assert_eq!(got.is_sign_negative(), want.is_sign_negative(), "{}({x:e}) = {got:e}: sign", op.name());
+        }
+    }
+    // NaN in, NaN out.
+    for (i, op) in ops.iter().enumerate() {
+        let src = vec![f32::NAN.to_bits(); 4];
+        assert!(f32::from_bits(run(fns[i], &src, &src)[0]).is_nan(), "{}(NaN)", op.name());
+    }
+}
+
+/// ns/element of each transcendental operation on L1-resident buffers of three kinds of input: moderate values
+/// (`[-10, 10]`), the wide sweep `[-100, 105)` of `unary_ops_match_reference` (which includes arguments whose
+/// results underflow or overflow) and "masked" values (`-1e9` and `-inf`, as in masked softmax). Run with
+/// `cargo test --release -p kc-codegen --test math timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn timing() {
+    let ops = [
+        UnOp::Exp,
+        UnOp::Exp2,
+        UnOp::Log,
+        UnOp::Log2,
+        UnOp::Tanh,
+        UnOp::Sigmoid,
+        UnOp::Silu,
+        UnOp::Softplus,
+        UnOp::Sin,
+        UnOp::Cos,
+        UnOp::Gelu,
+    ];
+    let kinds: Vec<Kind> = ops.iter().map(|&o| Kind::Un(o)).collect();
+    let (_module, fns) = jit(&kinds);
+    let n = 4096;
+    let sets: [(&str, Vec<u32>); 3] = [
+        ("[-10, 10]", (0..n).map(|i| (i as f32 * 20.0 / n as f32 - 10.0).to_bits()).collect()),
+        ("[-100, 105)", (0..n).map(|i| (i as f32 * 0.05 - 100.0).to_bits()).collect()),
+        ("masked", (0..n).map(|i| if i % 2 == 0 { -1e9f32 } else { f32::NEG_INFINITY }.to_bits()).collect()),
+    ];
+    let mut out = vec![0u32; n];
+    println!("{:>9}  {:>11}  {:>11}  {:>11}", "ns/elem", sets[0].0, sets[1].0, sets[2].0);
+    for (&op, &f) in ops.iter().zip(&fns) {
+        let ns: Vec<f64> = sets
+            .iter()
+            .map(|(_, src)| {
+                (0..20)
+                    .map(|_| {
+                        let t0 = std::time::Instant::now();
+                        for _ in 0..20 {
+                            // SAFETY: both buffers hold `n` elements, a multiple of 4.
+                            unsafe { f(src.as_ptr(), src.as_ptr(), out.as_mut_ptr(), n as i64) };
+                        }
+                        t0.elapsed().as_secs_f64() * 1e9 / (20 * n) as f64
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        println!("{:>9}  {:>11.2}  {:>11.2}  {:>11.2}", op.name(), ns[0], ns[1], ns[2]);
+    }
+}
+
+#[test]
 fn scalar_lane_is_the_vector_lane() {
     // Lane-independence: the same value in every lane position gives the same bits.
     let kinds: Vec<Kind> = [UnOp::Exp, UnOp::Sin, UnOp::Gelu, UnOp::Log].iter().map(|&o| Kind::Un(o)).collect();
