@@ -14,9 +14,18 @@
 //!    mmads read that slot with the same row stride — at an offset `X * stride` (a row shift) or another
 //!    offset (a column shift) — with nothing in between that writes the buffer or assigns a register of
 //!    the copy's windows: the operand reads GM at the corresponding offset.
-//! 3. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
+//! 3. **Vector reads.** The same for the vector unit: a `Copy` (same dtype) from a GM tensor that no
+//!    statement of the launch writes into a UB window `D`, followed in the same list (or inside `If`/`For`
+//!    bodies, checked whole) by `Vector` operands or `Reduce` sources that are exactly `D` with sizes that
+//!    stay inside the copied window, with nothing in between that writes the buffer or assigns a register
+//!    of the windows or sizes: the read goes to the copy's GM source (see `vec_reads`).
+//! 4. **Vector writes.** A `Vector` statement writing a UB window that a following `Copy` moves unchanged
+//!    (or f32 → bf16/f16) to a GM tensor that nothing else in the launch reads or writes, when the buffer
+//!    has no other reader: the statement stores to GM and the copy goes (see `vec_writes`).
+//! 5. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
 //!
-//! The result is the same (the same elements reach the mmad); only the host's work changes.
+//! The result is the same (the same elements reach the mmad or the vector unit, and the same bits reach
+//! GM); only the host's work changes.
 
 use kc_ir::dtype::DType;
 use kc_ir::tile::{BufId, Launch, LibOp, Loc, Region, SExpr, SVar, Stmt, TensorId, TileProgram, VExpr};
@@ -644,10 +653,10 @@ impl VecFw<'_> {
         match s {
             Stmt::For { body, .. } | Stmt::If { then: body, .. } => body.iter_mut().for_each(|t| self.rewrite(t)),
             Stmt::Vector { rows, cols, expr, .. } => self.rewrite_expr(expr, rows, cols),
-            Stmt::Reduce { src, rows, cols, .. } => {
-                if *src == *self.dst && within(rows, self.rows) && within(cols, self.cols) {
-                    *src = self.src.clone();
-                }
+            Stmt::Reduce { src, rows, cols, .. }
+                if *src == *self.dst && within(rows, self.rows) && within(cols, self.cols) =>
+            {
+                *src = self.src.clone();
             }
             _ => {}
         }
@@ -1016,10 +1025,11 @@ mod tests {
         (p, l)
     }
 
+    /// The launch's `b = a * 2` statement.
     fn vector_stmt(body: &[Stmt]) -> Option<&Stmt> {
         for s in body {
             match s {
-                Stmt::Vector { .. } => return Some(s),
+                Stmt::Vector { expr: VExpr::Binary(..), .. } => return Some(s),
                 Stmt::For { body, .. } | Stmt::If { then: body, .. } => {
                     if let Some(v) = vector_stmt(body) {
                         return Some(v);
@@ -1155,7 +1165,7 @@ mod tests {
     fn softmax_reads_and_writes_gm() {
         let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../kernels/softmax.ker")).unwrap();
         let mut sm = kc_frontend::SourceMap::new();
-        let id = sm.add("softmax.ker".into(), src);
+        let id = sm.add("softmax.ker", src);
         let (prog, diags) = kc_frontend::compile(&mut sm, id, &kc_frontend::NoLoader);
         assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
         let g = &prog.kernels[0];
