@@ -14,9 +14,18 @@
 //!    mmads read that slot with the same row stride — at an offset `X * stride` (a row shift) or another
 //!    offset (a column shift) — with nothing in between that writes the buffer or assigns a register of
 //!    the copy's windows: the operand reads GM at the corresponding offset.
-//! 3. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
+//! 3. **Vector reads.** The same for the vector unit: a `Copy` (same dtype) from a GM tensor that no
+//!    statement of the launch writes into a UB window `D`, followed in the same list (or inside `If`/`For`
+//!    bodies, checked whole) by `Vector` operands or `Reduce` sources that are exactly `D` with sizes that
+//!    stay inside the copied window, with nothing in between that writes the buffer or assigns a register
+//!    of the windows or sizes: the read goes to the copy's GM source (see `vec_reads`).
+//! 4. **Vector writes.** A `Vector` statement writing a UB window that a following `Copy` moves unchanged
+//!    (or f32 → bf16/f16) to a GM tensor that nothing else in the launch reads or writes, when the buffer
+//!    has no other reader: the statement stores to GM and the copy goes (see `vec_writes`).
+//! 5. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
 //!
-//! The result is the same (the same elements reach the mmad); only the host's work changes.
+//! The result is the same (the same elements reach the mmad or the vector unit, and the same bits reach
+//! GM); only the host's work changes.
 
 use kc_ir::dtype::DType;
 use kc_ir::tile::{BufId, Launch, LibOp, Loc, Region, SExpr, SVar, Stmt, TensorId, TileProgram, VExpr};
@@ -29,6 +38,9 @@ pub fn forward(prog: &TileProgram, launch: &Launch, body: &[Stmt]) -> Vec<Stmt> 
     let dt = Dtypes { prog, launch };
     l0(&mut out, &dt);
     l1(&mut out, &gm_written, &dt);
+    vec_reads(&mut out, &gm_written, &dt);
+    // Vector statements run on vector cores only: the other program is the cube's.
+    vec_writes(&mut out, launch, &launch.cube, &dt);
     // Buffers no longer read: drop the copies into them (which may leave their sources unread in turn).
     loop {
         let mut read = BTreeSet::new();
@@ -541,6 +553,371 @@ impl L1<'_> {
     }
 }
 
+// ----- level 3: vector reads of UB windows filled from read-only GM -----
+
+/// Forwards the vector unit's reads of UB windows that a copy filled from read-only GM.
+///
+/// A `Copy` (same dtype) from a GM tensor that no statement of the launch writes into a window `D` of a
+/// buffer `x`, with `rows × cols` = `R × C`, is followed in the same statement list by statements that
+/// read `D`. A later `Vector` operand `Read(D)` / `ReadRow(D)` / `ReadCol(D)` or `Reduce` source `D` reads
+/// the copy's source instead, when:
+/// - the read stays inside the copied window: the statement's sizes are `R × C` (syntactically; or both
+///   are constants no larger), or, for a broadcast read, the broadcast axis is covered (a `ReadRow` reads
+///   column 0 only, so the statement's column count need not match, but the copy must have copied at
+///   least one column: `C` is a positive constant or equal to the statement's column count, which is
+///   positive whenever the statement evaluates anything); then element `(r, c)` of `D` holds element
+///   `(r, c)` of the source, bit for bit (same dtype, no conversion);
+/// - nothing between the copy and the read writes `x` (which would change `D`), nor assigns a register
+///   the windows or the sizes use (which would move `D` or the source); for a `For` loop or an `If`, its
+///   whole body is checked, as the body may run many times;
+/// - the source cannot have changed: no statement of the launch (cube or vector program) writes the GM
+///   tensor, so its contents are fixed for the whole launch;
+/// - the windows' offsets and sizes read no buffer (`SExpr::Read`), so they cannot change through a
+///   buffer write either.
+///
+/// A statement that itself writes `x` is left alone (a read of `x` in the statement that also writes it
+/// may see its own writes in the interpreter's element order; keeping the UB read keeps that behaviour),
+/// and ends the forwarding. The JIT checks each read region against its storage, so a GM operand is as
+/// valid as a UB one; the GM region lies inside the tensor because the copy read exactly that window.
+fn vec_reads(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, dt: &Dtypes<'_>) {
+    for i in 0..body.len() {
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = &mut body[i] {
+            vec_reads(b, gm_written, dt);
+        }
+        let Stmt::Copy { src, dst, .. } = &body[i] else { continue };
+        let (Loc::Gm(t), Some(x)) = (&src.loc, buf_of(dst)) else { continue };
+        if gm_written.contains(t) || !dt.same(src, dst) {
+            continue;
+        }
+        let mut dep = BTreeSet::new();
+        region_sexpr_reads(&body[i], &mut dep);
+        if !dep.is_empty() {
+            continue;
+        }
+        let Stmt::Copy { src, dst, rows, cols, .. } = &body[i] else { continue };
+        let (src, dst, rows, cols) = (src.clone(), dst.clone(), rows.clone(), cols.clone());
+        let mut vars = BTreeSet::new();
+        region_vars(&src, &mut vars);
+        region_vars(&dst, &mut vars);
+        svars(&rows, &mut vars);
+        svars(&cols, &mut vars);
+        let v = VecFw { x, dst: &dst, src: &src, rows: &rows, cols: &cols, vars: &vars };
+        for s in body[i + 1..].iter_mut() {
+            if !v.visit(s) {
+                break;
+            }
+        }
+    }
+}
+
+struct VecFw<'a> {
+    x: BufId,
+    dst: &'a Region,
+    src: &'a Region,
+    rows: &'a SExpr,
+    cols: &'a SExpr,
+    vars: &'a BTreeSet<SVar>,
+}
+
+/// Whether a statement size `s` is at most the copy's size `c` on every run: the same expression, or
+/// constants in order.
+fn within(s: &SExpr, c: &SExpr) -> bool {
+    match (s, c) {
+        (SExpr::Const(a), SExpr::Const(b)) => a <= b,
+        _ => s == c,
+    }
+}
+
+/// Whether the copy's size `c` is positive whenever the statement (of size `s` on that axis) evaluates any
+/// element.
+fn covers(s: &SExpr, c: &SExpr) -> bool {
+    matches!(c, SExpr::Const(n) if *n >= 1) || s == c
+}
+
+impl VecFw<'_> {
+    /// Forwards the reads of `s`; false once `s` ends the copy's validity.
+    fn visit(&self, s: &mut Stmt) -> bool {
+        if self.breaks(s) {
+            return false;
+        }
+        self.rewrite(s);
+        true
+    }
+
+    /// Whether `s` (anywhere in it, loop and branch bodies included) writes the buffer or assigns a register
+    /// the windows use.
+    fn breaks(&self, s: &Stmt) -> bool {
+        let (mut bufs, mut gm) = (BTreeSet::new(), BTreeSet::new());
+        writes(s, &mut bufs, &mut gm);
+        let mut set = BTreeSet::new();
+        sets(s, &mut set);
+        bufs.contains(&self.x) || !set.is_disjoint(self.vars)
+    }
+
+    fn rewrite(&self, s: &mut Stmt) {
+        match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => body.iter_mut().for_each(|t| self.rewrite(t)),
+            Stmt::Vector { rows, cols, expr, .. } => self.rewrite_expr(expr, rows, cols),
+            Stmt::Reduce { src, rows, cols, .. }
+                if *src == *self.dst && within(rows, self.rows) && within(cols, self.cols) =>
+            {
+                *src = self.src.clone();
+            }
+            _ => {}
+        }
+    }
+
+    fn rewrite_expr(&self, e: &mut VExpr, rows: &SExpr, cols: &SExpr) {
+        match e {
+            VExpr::Read(r) => {
+                if *r == *self.dst && within(rows, self.rows) && within(cols, self.cols) {
+                    *r = self.src.clone();
+                }
+            }
+            VExpr::ReadRow(r) => {
+                if *r == *self.dst && within(rows, self.rows) && covers(cols, self.cols) {
+                    *r = self.src.clone();
+                }
+            }
+            VExpr::ReadCol(r) => {
+                if *r == *self.dst && covers(rows, self.rows) && within(cols, self.cols) {
+                    *r = self.src.clone();
+                }
+            }
+            VExpr::Unary(_, a) | VExpr::Cast(_, a) => self.rewrite_expr(a, rows, cols),
+            VExpr::Binary(_, a, b) => {
+                self.rewrite_expr(a, rows, cols);
+                self.rewrite_expr(b, rows, cols);
+            }
+            VExpr::Select(c, a, b) => {
+                self.rewrite_expr(c, rows, cols);
+                self.rewrite_expr(a, rows, cols);
+                self.rewrite_expr(b, rows, cols);
+            }
+            VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Scalar(_) | VExpr::Row | VExpr::Col => {}
+        }
+    }
+}
+
+// ----- level 4: vector results stored straight to GM -----
+
+/// The GM tensors a program reads.
+fn gm_reads(body: &[Stmt], out: &mut BTreeSet<TensorId>) {
+    fn gm(r: &Region, out: &mut BTreeSet<TensorId>) {
+        if let Loc::Gm(t) = &r.loc {
+            out.insert(*t);
+        }
+    }
+    fn vexpr(e: &VExpr, out: &mut BTreeSet<TensorId>) {
+        match e {
+            VExpr::Read(r) | VExpr::ReadRow(r) | VExpr::ReadCol(r) => gm(r, out),
+            VExpr::Unary(_, a) | VExpr::Cast(_, a) => vexpr(a, out),
+            VExpr::Binary(_, a, b) => {
+                vexpr(a, out);
+                vexpr(b, out);
+            }
+            VExpr::Select(c, a, b) => {
+                vexpr(c, out);
+                vexpr(a, out);
+                vexpr(b, out);
+            }
+            _ => {}
+        }
+    }
+    for s in body {
+        match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => gm_reads(body, out),
+            Stmt::Copy { src, .. } | Stmt::Library { src, .. } => gm(src, out),
+            Stmt::Gather { src, .. } => {
+                out.insert(*src);
+            }
+            Stmt::Mmad { a, b, c, accumulate, .. } => {
+                gm(a, out);
+                gm(b, out);
+                if *accumulate {
+                    gm(c, out);
+                }
+            }
+            Stmt::Vector { expr, .. } => vexpr(expr, out),
+            Stmt::Reduce { src, dst, accumulate, .. } => {
+                gm(src, out);
+                if *accumulate {
+                    gm(dst, out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether a vector result stored as dtype `via` and then copied into `to` ends up with the bits that storing
+/// it into `to` directly gives: the same dtype, or an f32 intermediate (exact for every value the vector unit
+/// computes) converted once, to nearest-even, by the copy as by the store.
+fn store_through(via: Option<DType>, to: Option<DType>) -> bool {
+    match (via, to) {
+        (Some(a), Some(b)) if a == b => true,
+        (Some(DType::F32), Some(DType::BF16 | DType::F16)) => true,
+        _ => false,
+    }
+}
+
+/// The pairs `(i, j)` of a statement list where the `Vector` statement `i` writes a window `W` of buffer
+/// `y` and the `Copy` `j` copies exactly `W` (same sizes) to GM, with nothing in between that writes `y`
+/// or the copy's GM tensor, or assigns a register of the windows or sizes.
+fn store_pairs(body: &[Stmt], y: BufId) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (j, s) in body.iter().enumerate() {
+        let Stmt::Copy { src, dst, rows, cols, .. } = s else { continue };
+        let Loc::Gm(g) = &dst.loc else { continue };
+        if buf_of(src) != Some(y) {
+            continue;
+        }
+        let mut vars = BTreeSet::new();
+        region_vars(src, &mut vars);
+        region_vars(dst, &mut vars);
+        svars(rows, &mut vars);
+        svars(cols, &mut vars);
+        // Buffers the windows' offsets and sizes read (data-dependent addressing): they must not change either.
+        let mut dep = BTreeSet::new();
+        region_sexpr_reads(s, &mut dep);
+        dep.insert(y);
+        for i in (0..j).rev() {
+            if let Stmt::Vector { dst: w, rows: r, cols: c, .. } = &body[i] {
+                if w == src && r == rows && c == cols {
+                    out.push((i, j));
+                    break;
+                }
+            }
+            let (mut bufs, mut gm) = (BTreeSet::new(), BTreeSet::new());
+            writes(&body[i], &mut bufs, &mut gm);
+            let mut set = BTreeSet::new();
+            sets(&body[i], &mut set);
+            if !bufs.is_disjoint(&dep) || gm.contains(g) || !set.is_disjoint(&vars) {
+                break;
+            }
+        }
+    }
+    // A statement whose result two copies take stays (it can store to only one place).
+    let mut seen = std::collections::BTreeMap::new();
+    for (i, _) in &out {
+        *seen.entry(*i).or_insert(0) += 1;
+    }
+    out.retain(|(i, _)| seen[i] == 1);
+    out
+}
+
+/// Makes every paired vector statement of `y` store to the copy's GM window and drops the copies.
+fn store_direct(body: &mut Vec<Stmt>, y: BufId) {
+    for s in body.iter_mut() {
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
+            store_direct(b, y);
+        }
+    }
+    let pairs = store_pairs(body, y);
+    let mut drop = BTreeSet::new();
+    for (i, j) in pairs {
+        let Stmt::Copy { dst: g, .. } = &body[j] else { continue };
+        let g = g.clone();
+        if let Stmt::Vector { dst, .. } = &mut body[i] {
+            *dst = g;
+        }
+        drop.insert(j);
+    }
+    let mut k = 0;
+    body.retain(|_| {
+        k += 1;
+        !drop.contains(&(k - 1))
+    });
+}
+
+/// Stores vector results straight into GM instead of through a UB buffer and a copy.
+///
+/// A `Vector` statement writing a window `W` of a buffer `y`, followed in the same statement list by a
+/// `Copy` of exactly `W` (same region, same `rows` and `cols` expressions) to a GM window `G`, with nothing
+/// in between that writes `y` or `G`'s tensor or assigns a register of the windows or sizes: the statement
+/// writes `G` and the copy goes. This is done for a buffer `y` only when it holds for all of `y`, and:
+/// - after the rewrite nothing in the program reads `y` (its only readers were those copies), so the values
+///   no longer stored there are never missed;
+/// - no statement of the launch (either program) reads `G`'s tensor, and after the rewrite no copy writes
+///   it, and the other program does not write it: the tensor's writes are exactly the rewritten statements,
+///   so storing earlier (at the vector statement instead of at the copy) is not observable within the
+///   launch, and the same elements get the same values;
+/// - the values are the same bits: the copy moved them unchanged (same dtype) or converted an f32 buffer
+///   to bf16/f16 with the rounding to nearest-even that the vector store into that dtype does (the vector
+///   unit computes in f32, so storing into an f32 buffer first is exact).
+fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes<'_>) {
+    let mut read = BTreeSet::new();
+    gm_reads(&launch.cube, &mut read);
+    gm_reads(&launch.vector, &mut read);
+    gm_reads(body, &mut read);
+    let other_written = gm_writes(other);
+    // The candidate buffers: sources of copies to GM.
+    fn copy_srcs(body: &[Stmt], out: &mut BTreeSet<BufId>) {
+        for s in body {
+            match s {
+                Stmt::For { body, .. } | Stmt::If { then: body, .. } => copy_srcs(body, out),
+                Stmt::Copy { src, dst: Region { loc: Loc::Gm(_), .. }, .. } => out.extend(buf_of(src)),
+                _ => {}
+            }
+        }
+    }
+    let mut ys = BTreeSet::new();
+    copy_srcs(body, &mut ys);
+    for y in ys {
+        // The tensors the copies from `y` write, and whether the dtypes allow a direct store.
+        fn targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId>) -> bool {
+            let mut ok = true;
+            for s in body {
+                match s {
+                    Stmt::For { body, .. } | Stmt::If { then: body, .. } => ok &= targets(body, y, dt, out),
+                    Stmt::Copy { src, dst, .. } if buf_of(src) == Some(y) => {
+                        if let Loc::Gm(g) = &dst.loc {
+                            out.insert(*g);
+                        }
+                        ok &= store_through(dt.of(src), dt.of(dst));
+                    }
+                    _ => {}
+                }
+            }
+            ok
+        }
+        let mut gs = BTreeSet::new();
+        if !targets(body, y, dt, &mut gs) || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written) {
+            continue;
+        }
+        let mut new = body.clone();
+        store_direct(&mut new, y);
+        let mut r = BTreeSet::new();
+        reads_of(&new, &mut r);
+        if r.contains(&y) {
+            continue;
+        }
+        // No copy (of any buffer) writes the tensors any more: the rewritten statements are their only writers.
+        let mut still = BTreeSet::new();
+        fn copy_dsts(body: &[Stmt], out: &mut BTreeSet<TensorId>) {
+            for s in body {
+                match s {
+                    Stmt::For { body, .. } | Stmt::If { then: body, .. } => copy_dsts(body, out),
+                    Stmt::Copy { dst: Region { loc: Loc::Gm(g), .. }, .. } => {
+                        out.insert(*g);
+                    }
+                    Stmt::Gather { .. } | Stmt::Mmad { .. } | Stmt::Reduce { .. } | Stmt::Library { .. } => {
+                        let (mut b, mut g) = (BTreeSet::new(), BTreeSet::new());
+                        writes(s, &mut b, &mut g);
+                        out.extend(g);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        copy_dsts(&new, &mut still);
+        if !still.is_disjoint(&gs) {
+            continue;
+        }
+        *body = new;
+    }
+}
+
 // ----- dead copies -----
 
 /// Drops the copies into buffers that are never read; whether any was dropped.
@@ -554,4 +931,265 @@ fn drop_dead(body: &mut Vec<Stmt>, read: &BTreeSet<BufId>) -> bool {
         }
     }
     dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kc_ir::graph::BinOp;
+    use kc_ir::tile::{Buffer, GmTensor, Layout, Mem, Pipe, SBin, TensorRole, Unit};
+
+    fn count(body: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
+        body.iter()
+            .map(|s| {
+                usize::from(f(s))
+                    + match s {
+                        Stmt::For { body, .. } | Stmt::If { then: body, .. } => count(body, f),
+                        _ => 0,
+                    }
+            })
+            .sum()
+    }
+
+    fn is_copy(s: &Stmt) -> bool {
+        matches!(s, Stmt::Copy { .. })
+    }
+
+    fn gm_at(t: u32, off: SExpr, ld: i64) -> Region {
+        Region { loc: Loc::Gm(TensorId(t)), offset: off, row_stride: SExpr::Const(ld) }
+    }
+
+    fn ub(b: u32, ld: i64) -> Region {
+        Region {
+            loc: Loc::Buf { buf: BufId(b), slot: SExpr::Const(0) },
+            offset: SExpr::Const(0),
+            row_stride: SExpr::Const(ld),
+        }
+    }
+
+    fn var(v: u32) -> SExpr {
+        SExpr::Var(SVar(v))
+    }
+
+    /// A vector launch over `x: f32[8, 16]` (t0) into `y: f32[8, 16]` (t1), with UB buffers `a` (0) and `b` (1),
+    /// f32[2, 16]; `mid` goes between the copy in and the vector statement.
+    fn launch(mid: Vec<Stmt>) -> (TileProgram, Launch) {
+        let gm = |name: &str, role| GmTensor { name: name.into(), dtype: DType::F32, shape: vec![8, 16], role };
+        let buf = |name: &str| Buffer {
+            name: name.into(),
+            mem: Mem::UB,
+            dtype: DType::F32,
+            shape: vec![2, 16],
+            slots: 1,
+            layout: Layout::ND,
+            offset: 0,
+        };
+        let rows = var(1);
+        let off = SExpr::Bin(SBin::Mul, Box::new(var(0)), Box::new(SExpr::Const(16)));
+        let mut body = vec![
+            Stmt::Set { var: SVar(1), value: SExpr::Const(2) },
+            Stmt::Copy {
+                pipe: Pipe::Mte2,
+                src: gm_at(0, off.clone(), 16),
+                dst: ub(0, 16),
+                rows: rows.clone(),
+                cols: SExpr::Const(16),
+            },
+        ];
+        body.extend(mid);
+        body.push(Stmt::Vector {
+            dst: ub(1, 16),
+            rows: rows.clone(),
+            cols: SExpr::Const(16),
+            expr: VExpr::Binary(BinOp::Mul, Box::new(VExpr::Read(ub(0, 16))), Box::new(VExpr::F32(2.0))),
+        });
+        body.push(Stmt::Copy {
+            pipe: Pipe::Mte3,
+            src: ub(1, 16),
+            dst: gm_at(1, off, 16),
+            rows,
+            cols: SExpr::Const(16),
+        });
+        let l = Launch {
+            name: "l".into(),
+            unit: Unit::Vector,
+            cube_cores: 0,
+            vector_cores: 1,
+            buffers: vec![buf("a"), buf("b")],
+            svars: vec!["i".into(), "n".into()],
+            cube: vec![],
+            vector: vec![Stmt::For { var: SVar(0), lo: SExpr::Const(0), hi: SExpr::Const(8), step: 2, body }],
+        };
+        let p = TileProgram {
+            kernel: "k".into(),
+            target: "host".into(),
+            dims: Default::default(),
+            tensors: vec![gm("x", TensorRole::Param(0)), gm("y", TensorRole::Output(0))],
+            launches: vec![l.clone()],
+        };
+        (p, l)
+    }
+
+    /// The launch's `b = a * 2` statement.
+    fn vector_stmt(body: &[Stmt]) -> Option<&Stmt> {
+        for s in body {
+            match s {
+                Stmt::Vector { expr: VExpr::Binary(..), .. } => return Some(s),
+                Stmt::For { body, .. } | Stmt::If { then: body, .. } => {
+                    if let Some(v) = vector_stmt(body) {
+                        return Some(v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn vector_reads_and_writes_go_to_gm() {
+        let (p, l) = launch(vec![Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: 0 }]);
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(count(&out, &is_copy), 0, "{out:#?}");
+        let Some(Stmt::Vector { dst, expr: VExpr::Binary(_, a, _), .. }) = vector_stmt(&out) else { panic!() };
+        assert!(matches!(dst.loc, Loc::Gm(TensorId(1))));
+        assert!(matches!(&**a, VExpr::Read(Region { loc: Loc::Gm(TensorId(0)), .. })));
+        assert!(referenced(&out).is_empty());
+    }
+
+    #[test]
+    fn no_read_forwarding_past_a_register_change_or_a_buffer_write() {
+        for mid in [
+            Stmt::Set { var: SVar(1), value: SExpr::Const(1) },
+            Stmt::Vector { dst: ub(0, 16), rows: SExpr::Const(1), cols: SExpr::Const(1), expr: VExpr::F32(0.0) },
+            Stmt::If {
+                cond: SExpr::Const(1),
+                then: vec![Stmt::For { var: SVar(0), lo: SExpr::Const(0), hi: SExpr::Const(1), step: 1, body: vec![] }],
+            },
+        ] {
+            let (p, l) = launch(vec![mid.clone()]);
+            let out = forward(&p, &l, &l.vector);
+            assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte2, .. })), 1, "{mid:?}");
+            let Some(Stmt::Vector { expr: VExpr::Binary(_, a, _), .. }) = vector_stmt(&out) else { panic!() };
+            assert!(matches!(&**a, VExpr::Read(Region { loc: Loc::Buf { .. }, .. })), "{mid:?}");
+        }
+    }
+
+    #[test]
+    fn no_read_forwarding_from_a_tensor_the_launch_writes() {
+        let (p, mut l) = launch(vec![]);
+        // The launch also writes x.
+        let Stmt::For { body, .. } = &mut l.vector[0] else { panic!() };
+        body.push(Stmt::Copy {
+            pipe: Pipe::Mte3,
+            src: ub(1, 16),
+            dst: gm_at(0, SExpr::Const(0), 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(16),
+        });
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte2, .. })), 1);
+        // `b` is read by the second copy out: its vector statement keeps writing it.
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. })), 2);
+    }
+
+    #[test]
+    fn no_read_forwarding_with_a_conversion_or_a_larger_statement() {
+        let (mut p, l) = launch(vec![]);
+        p.tensors[0].dtype = DType::BF16;
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte2, .. })), 1);
+
+        let (p, mut l) = launch(vec![]);
+        let Stmt::For { body, .. } = &mut l.vector[0] else { panic!() };
+        for s in body.iter_mut() {
+            if let Stmt::Vector { rows, .. } = s {
+                *rows = SExpr::Const(2);
+            }
+        }
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte2, .. })), 1);
+    }
+
+    #[test]
+    fn no_write_forwarding_when_the_result_is_read_again_or_the_output_is_read() {
+        // The result buffer is also read by another statement.
+        let extra = Stmt::Reduce {
+            op: kc_ir::graph::ReduceOp::Sum,
+            axis: 1,
+            src: ub(1, 16),
+            dst: ub(0, 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(16),
+            accumulate: false,
+        };
+        let (p, mut l) = launch(vec![]);
+        let Stmt::For { body, .. } = &mut l.vector[0] else { panic!() };
+        body.push(extra);
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. })), 1);
+
+        // The output tensor is read in the launch.
+        let (p, mut l) = launch(vec![]);
+        let Stmt::For { body, .. } = &mut l.vector[0] else { panic!() };
+        body.push(Stmt::Copy {
+            pipe: Pipe::Mte2,
+            src: gm_at(1, SExpr::Const(0), 16),
+            dst: ub(0, 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(16),
+        });
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. })), 1);
+
+        // The result copied to two tensors: kept (a statement stores to one place).
+        let (mut p, mut l) = launch(vec![]);
+        p.tensors.push(p.tensors[1].clone());
+        let Stmt::For { body, .. } = &mut l.vector[0] else { panic!() };
+        let Some(Stmt::Copy { rows, .. }) = body.last() else { panic!() };
+        let copy2 = Stmt::Copy {
+            pipe: Pipe::Mte3,
+            src: ub(1, 16),
+            dst: gm_at(2, SExpr::Const(0), 16),
+            rows: rows.clone(),
+            cols: SExpr::Const(16),
+        };
+        body.push(copy2);
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. })), 2);
+
+        // A bf16 buffer copied out to f32 (the copy widens a rounded value): kept.
+        let (mut p, mut l) = launch(vec![]);
+        l.buffers[1].dtype = DType::BF16;
+        p.launches[0] = l.clone();
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. })), 1);
+    }
+
+    #[test]
+    fn softmax_reads_and_writes_gm() {
+        let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../kernels/softmax.ker")).unwrap();
+        let mut sm = kc_frontend::SourceMap::new();
+        let id = sm.add("softmax.ker", src);
+        let (prog, diags) = kc_frontend::compile(&mut sm, id, &kc_frontend::NoLoader);
+        assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+        let g = &prog.kernels[0];
+        let dims = [("N".to_string(), 13), ("D".to_string(), 200)].into_iter().collect();
+        let b = kc_ir::launch::bind_dims(g, &dims).unwrap();
+        let target = kc_ir::target::Target::builtin("host").unwrap();
+        let (_, tp, _, _) = kc_ir::passes::tile::fuse_and_tile(g, &b, &target).unwrap();
+        for l in &tp.launches {
+            let before = count(&l.vector, &is_copy);
+            assert!(before > 0);
+            let out = forward(&tp, l, &l.vector);
+            // x is read and y written in place: no copies and no UB windows of them.
+            assert_eq!(count(&out, &is_copy), 0, "{}", before);
+            let gm_reads_of_x = count(&out, &|s| {
+                let mut r = BTreeSet::new();
+                gm_reads(std::slice::from_ref(s), &mut r);
+                matches!(s, Stmt::Vector { .. } | Stmt::Reduce { .. }) && r.contains(&TensorId(0))
+            });
+            assert!(gm_reads_of_x > 0);
+        }
+    }
 }
