@@ -169,6 +169,21 @@ pub fn gm_written(launch: &Launch) -> BTreeSet<TensorId> {
     gm_writes(&launch.cube).union(&gm_writes(&launch.vector)).copied().collect()
 }
 
+/// What `s` (loop and branch bodies included) changes: the buffers and GM tensors it writes and the registers
+/// it assigns.
+fn effects(s: &Stmt) -> (BTreeSet<BufId>, BTreeSet<TensorId>, BTreeSet<SVar>) {
+    let (mut bufs, mut gm, mut set) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    writes(s, &mut bufs, &mut gm);
+    sets(s, &mut set);
+    (bufs, gm, set)
+}
+
+/// Whether `s` writes `buf` or assigns one of `vars`: what ends a forwarded window's validity.
+fn writes_buf_or_sets(s: &Stmt, buf: BufId, vars: &BTreeSet<SVar>) -> bool {
+    let (bufs, _, set) = effects(s);
+    bufs.contains(&buf) || !set.is_disjoint(vars)
+}
+
 fn gm_writes(body: &[Stmt]) -> BTreeSet<TensorId> {
     let (mut b, mut g) = (BTreeSet::new(), BTreeSet::new());
     for s in body {
@@ -419,10 +434,7 @@ impl Fw<'_> {
 
     /// Whether `s` writes the buffer or the source storage, or assigns a register the windows use.
     fn breaks(&self, s: &Stmt) -> bool {
-        let (mut bufs, mut gm) = (BTreeSet::new(), BTreeSet::new());
-        writes(s, &mut bufs, &mut gm);
-        let mut set = BTreeSet::new();
-        sets(s, &mut set);
+        let (bufs, gm, set) = effects(s);
         bufs.contains(&self.x)
             || !bufs.is_disjoint(self.src_bufs)
             || !gm.is_disjoint(self.src_gm)
@@ -507,11 +519,7 @@ impl L1<'_> {
     }
 
     fn breaks(&self, s: &Stmt) -> bool {
-        let (mut bufs, mut gm) = (BTreeSet::new(), BTreeSet::new());
-        writes(s, &mut bufs, &mut gm);
-        let mut set = BTreeSet::new();
-        sets(s, &mut set);
-        bufs.contains(&self.y) || !set.is_disjoint(self.vars)
+        writes_buf_or_sets(s, self.y, self.vars)
     }
 
     /// Rewrites the mmad operands that read the slot.
@@ -647,11 +655,7 @@ impl VecFw<'_> {
     /// Whether `s` (anywhere in it, loop and branch bodies included) writes the buffer or assigns a register
     /// the windows use.
     fn breaks(&self, s: &Stmt) -> bool {
-        let (mut bufs, mut gm) = (BTreeSet::new(), BTreeSet::new());
-        writes(s, &mut bufs, &mut gm);
-        let mut set = BTreeSet::new();
-        sets(s, &mut set);
-        bufs.contains(&self.x) || !set.is_disjoint(self.vars)
+        writes_buf_or_sets(s, self.x, self.vars)
     }
 
     fn rewrite(&self, s: &mut Stmt) {

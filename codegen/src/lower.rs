@@ -441,21 +441,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let lo = self.sexpr(lo)?;
                 let hi = self.sexpr(hi)?;
                 self.b.def_var(v, lo);
-                let head = self.b.create_block();
-                let body_b = self.b.create_block();
-                let done = self.b.create_block();
-                self.b.ins().jump(head, &[]);
-                self.b.switch_to_block(head);
-                let cur = self.b.use_var(v);
-                let c = self.b.ins().icmp(IntCC::SignedLessThan, cur, hi);
-                self.b.ins().brif(c, body_b, &[], done, &[]);
-                self.b.switch_to_block(body_b);
-                self.stmts(body)?;
-                let cur = self.b.use_var(v);
-                let next = self.b.ins().iadd_imm_s(cur, *step);
-                self.b.def_var(v, next);
-                self.b.ins().jump(head, &[]);
-                self.b.switch_to_block(done);
+                self.loop_while_fits(v, 1, hi, *step, |g, _| g.stmts(body))?;
             }
             Stmt::Set { var, value } => {
                 let v = self.var(*var)?;
@@ -655,6 +641,40 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
 
     fn var(&self, v: kc_ir::tile::SVar) -> Result<Variable, Diagnostic> {
         self.vars.get(v.0 as usize).copied().ok_or_else(|| self.err(format!("register #{} is not declared", v.0)))
+    }
+
+    /// `while v + extent <= limit { body(v); v += step }` (for `extent` 1: `while v < limit`), `v` set by the
+    /// caller; the body gets `v`'s value.
+    fn loop_while_fits(
+        &mut self,
+        v: Variable,
+        extent: i64,
+        limit: Value,
+        step: i64,
+        body: impl FnOnce(&mut Self, Value) -> Result<(), Diagnostic>,
+    ) -> Result<(), Diagnostic> {
+        let head = self.b.create_block();
+        let body_b = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(head);
+        let cur = self.b.use_var(v);
+        let fits = if extent == 1 {
+            self.b.ins().icmp(IntCC::SignedLessThan, cur, limit)
+        } else {
+            let end = self.b.ins().iadd_imm_s(cur, extent);
+            self.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, limit)
+        };
+        self.b.ins().brif(fits, body_b, &[], done, &[]);
+        self.b.switch_to_block(body_b);
+        let cur = self.b.use_var(v);
+        body(self, cur)?;
+        let cur = self.b.use_var(v);
+        let next = self.b.ins().iadd_imm_s(cur, step);
+        self.b.def_var(v, next);
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(done);
+        Ok(())
     }
 
     /// Stores `words` (i64 values) in a stack slot; its address.
@@ -1129,80 +1149,42 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         // for r in 0..rows
         let rv = self.b.declare_var(types::I64);
         self.b.def_var(rv, zero);
-        let rhead = self.b.create_block();
-        let rbody = self.b.create_block();
-        let rdone = self.b.create_block();
-        self.b.ins().jump(rhead, &[]);
-        self.b.switch_to_block(rhead);
-        let r = self.b.use_var(rv);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, r, rows);
-        self.b.ins().brif(more, rbody, &[], rdone, &[]);
-        self.b.switch_to_block(rbody);
-        let r = self.b.use_var(rv);
-        let mut row_vals = consts.clone();
-        self.hoist(expr, Var::Row, &reads, At { r, c: zero, tail: true }, &mut row_vals)?;
-        let cv = self.b.declare_var(types::I64);
-        self.b.def_var(cv, zero);
-        if simd {
-            // Two vectors a step while 8 columns remain, then one while 4 remain.
-            for width in [8i64, 4] {
-                let head = self.b.create_block();
-                let body = self.b.create_block();
-                let done = self.b.create_block();
-                self.b.ins().jump(head, &[]);
-                self.b.switch_to_block(head);
-                let c = self.b.use_var(cv);
-                let end = self.b.ins().iadd_imm_s(c, width);
-                let fits = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, cols);
-                self.b.ins().brif(fits, body, &[], done, &[]);
-                self.b.switch_to_block(body);
-                let c = self.b.use_var(cv);
-                let mut vals = Vec::new();
-                for k in 0..width / 4 {
-                    let ck = self.b.ins().iadd_imm_s(c, 4 * k);
-                    let v = self.vx(expr, &reads, &row_vals, At { r, c: ck, tail: false })?;
-                    vals.push((ck, v));
-                }
-                for (ck, v) in vals {
-                    self.store_x4(&target, r, ck, v);
-                }
-                let next = self.b.ins().iadd_imm_s(c, width);
-                self.b.def_var(cv, next);
-                self.b.ins().jump(head, &[]);
-                self.b.switch_to_block(done);
-            }
-        }
-        // The remaining columns one by one (all of them without SIMD).
-        {
-            let head = self.b.create_block();
-            let body = self.b.create_block();
-            let done = self.b.create_block();
-            self.b.ins().jump(head, &[]);
-            self.b.switch_to_block(head);
-            let c = self.b.use_var(cv);
-            let fits = self.b.ins().icmp(IntCC::SignedLessThan, c, cols);
-            self.b.ins().brif(fits, body, &[], done, &[]);
-            self.b.switch_to_block(body);
-            let c = self.b.use_var(cv);
-            let at = At { r, c, tail: true };
+        self.loop_while_fits(rv, 1, rows, 1, |g, r| {
+            let mut row_vals = consts.clone();
+            g.hoist(expr, Var::Row, &reads, At { r, c: zero, tail: true }, &mut row_vals)?;
+            let cv = g.b.declare_var(types::I64);
+            g.b.def_var(cv, zero);
             if simd {
-                let v = self.vx(expr, &reads, &row_vals, at)?;
-                let lane = self.b.ins().extractlane(v, 0);
-                self.store_scalar(&target, r, c, SV::F(lane));
-            } else {
-                let v = self.sx(expr, &reads, &row_vals, at)?;
-                self.store_scalar(&target, r, c, v);
+                // Two vectors a step while 8 columns remain, then one while 4 remain.
+                for width in [8i64, 4] {
+                    g.loop_while_fits(cv, width, cols, width, |g, c| {
+                        let mut vals = Vec::new();
+                        for k in 0..width / 4 {
+                            let ck = g.b.ins().iadd_imm_s(c, 4 * k);
+                            let v = g.vx(expr, &reads, &row_vals, At { r, c: ck, tail: false })?;
+                            vals.push((ck, v));
+                        }
+                        for (ck, v) in vals {
+                            g.store_x4(&target, r, ck, v);
+                        }
+                        Ok(())
+                    })?;
+                }
             }
-            let next = self.b.ins().iadd_imm_s(c, 1);
-            self.b.def_var(cv, next);
-            self.b.ins().jump(head, &[]);
-            self.b.switch_to_block(done);
-        }
-        let r = self.b.use_var(rv);
-        let next = self.b.ins().iadd_imm_s(r, 1);
-        self.b.def_var(rv, next);
-        self.b.ins().jump(rhead, &[]);
-        self.b.switch_to_block(rdone);
+            // The remaining columns one by one (all of them without SIMD).
+            g.loop_while_fits(cv, 1, cols, 1, |g, c| {
+                let at = At { r, c, tail: true };
+                if simd {
+                    let v = g.vx(expr, &reads, &row_vals, at)?;
+                    let lane = g.b.ins().extractlane(v, 0);
+                    g.store_scalar(&target, r, c, SV::F(lane));
+                } else {
+                    let v = g.sx(expr, &reads, &row_vals, at)?;
+                    g.store_scalar(&target, r, c, v);
+                }
+                Ok(())
+            })
+        })?;
         if let Some(t) = temp {
             let mut w = self.region_words(&d);
             w.extend(self.region_words(&t));

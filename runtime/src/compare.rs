@@ -39,6 +39,11 @@ pub fn rtol(d: DType) -> f64 {
 
 /// Compares `got` with the reference `want`.
 pub fn compare(got: &Tensor, want: &Tensor) -> Comparison {
+    compare_within(got, want, 1.0)
+}
+
+/// [`compare`] with the `absmax` term scaled by `frac` (the tests use tighter or looser ones).
+pub fn compare_within(got: &Tensor, want: &Tensor, frac: f64) -> Comparison {
     let same_shape = got.shape == want.shape && got.dtype() == want.dtype();
     let mut c = Comparison { max_abs: 0.0, max_rel: 0.0, bad: 0, first_bad: None, same_shape };
     if !same_shape {
@@ -60,7 +65,7 @@ pub fn compare(got: &Tensor, want: &Tensor) -> Comparison {
             } else if d > 0.0 {
                 c.max_rel = f64::INFINITY;
             }
-            d <= rt * b.abs() + rt * absmax
+            d <= rt * b.abs() + rt * absmax * frac
         };
         if !ok {
             c.bad += 1;

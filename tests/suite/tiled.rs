@@ -113,30 +113,10 @@ fn tiled_snapshots() {
 pub fn assert_matches_within(what: &str, got: &Tensor, want: &Tensor, frac: f64) {
     assert_eq!(got.shape, want.shape, "{what}: shape");
     assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
-    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
-    let rtol = match want.dtype() {
-        DType::I32 | DType::Bool => 0.0,
-        DType::BF16 => 1.0 / 64.0,
-        DType::F16 => 1.0 / 512.0,
-        DType::F32 => 1e-4,
-    };
-    let maxabs = w.iter().filter(|x| x.is_finite()).fold(0.0f64, |a, x| a.max(x.abs()));
-    let atol = rtol * maxabs * frac;
-    let mut bad = Vec::new();
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let ok = if a.is_nan() || b.is_nan() {
-            a.is_nan() && b.is_nan()
-        } else if a.is_infinite() || b.is_infinite() {
-            a == b
-        } else {
-            (a - b).abs() <= atol + rtol * b.abs()
-        };
-        if !ok {
-            bad.push((i, *a, *b));
-        }
-    }
-    if let Some((i, a, b)) = bad.first() {
-        panic!("{what}: {} of {} elements differ; first at {i}: sim {a:e}, interp {b:e}", bad.len(), w.len());
+    let c = kc_runtime::compare::compare_within(got, want, frac);
+    if let Some(i) = c.first_bad {
+        let (g, w) = (got.get_f64(i), want.get_f64(i));
+        panic!("{what}: {} of {} elements differ; first at {i}: got {g:e}, interp {w:e}", c.bad, want.len());
     }
 }
 
