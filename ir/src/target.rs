@@ -39,6 +39,10 @@ pub struct Target {
     /// The L2's bandwidth to all cores together (defaults to `gm_bandwidth_gb_s`).
     #[serde(default)]
     pub l2_bandwidth_gb_s: f64,
+    /// The most candidate tilings of one matmul launch the tiler simulates (default 16). The host target
+    /// spends less: its programs are compiled at run time, where compile time counts.
+    #[serde(default)]
+    pub tuning_simulations: Option<u32>,
     pub memory: Vec<Memory>,
     pub cube: Cube,
     pub vector: Vector,

@@ -225,7 +225,8 @@ fn tuned(
     let mut best = f64::INFINITY;
     for (bound, cand) in scored {
         // Branch and bound: a candidate whose bound is no better than the best estimate so far cannot win.
-        if simulated >= SIMULATED || bound >= best {
+        let budget = target.tuning_simulations.map_or(SIMULATED, |n| n.max(1) as usize);
+        if simulated >= budget || bound >= best {
             tuner.bound_only(cand.text(), bound);
             continue;
         }
