@@ -575,28 +575,25 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
             clock.lap("interpret");
             r
         }
-        Backend::Sim | Backend::Jit => {
-            let default = if a.backend == Backend::Jit { "host" } else { kc_ir::target::DEFAULT };
-            let target = load_target(a.target.as_deref().unwrap_or(default))?;
-            let verify = a.backend == Backend::Sim;
-            match kc_ir::launch::bind(g, &args).and_then(|b| tile_checked(g, &b, &target, verify)) {
+        Backend::Sim => {
+            let target = load_target(a.target.as_deref().unwrap_or(kc_ir::target::DEFAULT))?;
+            match kc_ir::launch::bind(g, &args).and_then(|b| tile_checked(g, &b, &target, true)) {
                 Ok((_, tp, _, _)) => {
-                    clock.lap(if verify { "fuse, tile and verify" } else { "fuse and tile" });
-                    if a.backend == Backend::Sim {
-                        let r = kc_runtime::sim::run(&tp, g, &args);
-                        clock.lap("simulate");
-                        r
-                    } else {
-                        match kc_codegen::compile(&tp, &kc_codegen::Options::default()) {
-                            Ok(code) => {
-                                clock.lap("generate code (Cranelift)");
-                                let r = code.run(&tp, g, &args, threads, &kc_ir::interp::Limits::default());
-                                clock.lap(&format!("run ({threads} thread{})", if threads == 1 { "" } else { "s" }));
-                                r.map(|(r, _)| r)
-                            }
-                            Err(d) => Err(vec![d]),
-                        }
-                    }
+                    clock.lap("fuse, tile and verify");
+                    let r = kc_runtime::sim::run(&tp, g, &args);
+                    clock.lap("simulate");
+                    r
+                }
+                Err(d) => Err(d),
+            }
+        }
+        Backend::Jit => {
+            let target = load_target(a.target.as_deref().unwrap_or("host"))?;
+            match kc_ir::launch::bind(g, &args).and_then(|b| jit_kernel(g, &b, &target, &mut clock)) {
+                Ok(k) => {
+                    let r = k.code.run(&k.program, g, &args, threads, &kc_ir::interp::Limits::default());
+                    clock.lap(&format!("run ({threads} thread{})", if threads == 1 { "" } else { "s" }));
+                    r.map(|(r, _)| r)
                 }
                 Err(d) => Err(d),
             }
@@ -667,24 +664,52 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
     }
 }
 
+/// The kernel `g` at the dims of `b`, tiled for `target` (without the tile verifier: see [`tile_checked`])
+/// and compiled by the JIT, through the process's cache of compiled kernels (keyed by the kernel's lowered
+/// graph, the dims and the target). Laps `clock` per stage.
+pub(crate) fn jit_kernel(
+    g: &Graph,
+    b: &kc_ir::launch::Binding,
+    target: &kc_ir::target::Target,
+    clock: &mut Stages,
+) -> Result<std::sync::Arc<kc_codegen::cache::Kernel>, Vec<Diagnostic>> {
+    let key = kc_codegen::cache::Key {
+        source: format!("{g:?}"),
+        kernel: g.name.clone(),
+        dims: b.dims.clone(),
+        target: format!("{target:?}"),
+    };
+    let (k, cached) = kc_codegen::cache::get_or_compile(key, || {
+        let (_, program, _, _) = tile_checked(g, b, target, false)?;
+        clock.lap("fuse and tile");
+        let code = kc_codegen::compile(&program, &kc_codegen::Options::default()).map_err(|d| vec![d])?;
+        clock.lap("generate code (Cranelift)");
+        Ok(kc_codegen::cache::Kernel { program, code })
+    })?;
+    if cached {
+        clock.lap("compiled kernel from the cache");
+    }
+    Ok(k)
+}
+
 /// The host's cores, for the default --threads.
 pub(crate) fn host_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Wall-clock time per stage, printed to stderr with -v.
-struct Stages {
+pub(crate) struct Stages {
     on: bool,
     last: std::time::Instant,
     laps: Vec<(String, std::time::Duration)>,
 }
 
 impl Stages {
-    fn new(on: bool) -> Stages {
+    pub(crate) fn new(on: bool) -> Stages {
         Stages { on, last: std::time::Instant::now(), laps: Vec::new() }
     }
 
-    fn lap(&mut self, what: &str) {
+    pub(crate) fn lap(&mut self, what: &str) {
         let now = std::time::Instant::now();
         self.laps.push((what.to_string(), now - self.last));
         self.last = now;

@@ -3,8 +3,10 @@
 //! [`compile`] turns a [`TileProgram`](kc_ir::tile::TileProgram) into one JIT module: each launch's `cube`
 //! and `vector` programs become one function each, of the core ABI defined in [`kc_runtime::native`];
 //! [`Compiled::run`] runs them with the runtime's executor. How each statement is lowered is documented in
-//! [`lower`]; the vectorized transcendental functions and the bf16/f16 conversions are in [`math`].
+//! [`lower`]; the vectorized transcendental functions and the bf16/f16 conversions are in [`math`]; compiled
+//! kernels are kept per process in [`cache`], keyed by source, kernel, dims and target.
 
+pub mod cache;
 pub mod forward;
 pub mod lower;
 pub mod math;

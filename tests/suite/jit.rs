@@ -206,3 +206,37 @@ fn jit_reports_deadlocks_and_partnerless_flags() {
     let e = compiled.run(&lonely, &g, &args, 2, &Limits::default()).expect_err("no partner");
     assert!(e[0].message.contains("without a partner core"), "{}", e[0].message);
 }
+
+/// Compiled kernels are cached in the process by source, kernel, dims and target: the second request is
+/// served without building, other dims build again, and a failed build is not kept.
+#[test]
+fn jit_cache_keys_by_source_dims_and_target() {
+    use kc_codegen::cache::{get_or_compile, Kernel, Key};
+    let target = Target::builtin("host").expect("target");
+    let g = common::compile_ok(common::kernel_path("softmax")).kernels.remove(0);
+    let key = |n: i64| Key {
+        source: format!("{g:?} jit_cache_test"),
+        kernel: g.name.clone(),
+        dims: BTreeMap::from([("N".to_string(), n), ("D".to_string(), 9)]),
+        target: format!("{target:?}"),
+    };
+    let builds = std::cell::Cell::new(0);
+    let build = |n: i64| {
+        builds.set(builds.get() + 1);
+        let (_, program, _) = tile_at(&g, &BTreeMap::from([("N".to_string(), n), ("D".to_string(), 9)]), &target);
+        let code = kc_codegen::compile(&program, &opts()).map_err(|d| vec![d])?;
+        Ok(Kernel { program, code })
+    };
+    let (a, hit_a) = get_or_compile(key(3), || build(3)).expect("builds");
+    let (b, hit_b) = get_or_compile(key(3), || build(3)).expect("cached");
+    assert!(!hit_a && hit_b && std::sync::Arc::ptr_eq(&a, &b));
+    assert_eq!(builds.get(), 1);
+    let (c, hit_c) = get_or_compile(key(4), || build(4)).expect("builds");
+    assert!(!hit_c && !std::sync::Arc::ptr_eq(&a, &c));
+    assert_eq!(c.program.dims.get("N"), Some(&4));
+    assert_eq!(builds.get(), 2);
+    let failed = get_or_compile(key(5), || Err(vec![kc_ir::Diagnostic::error(kc_ir::Code::Internal, g.span, "no")]));
+    assert!(failed.is_err());
+    let (_, hit) = get_or_compile(key(5), || build(5)).expect("builds after a failure");
+    assert!(!hit, "a failed build is not cached");
+}
