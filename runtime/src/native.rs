@@ -741,7 +741,9 @@ unsafe impl<T> Send for Shared<T> {}
 unsafe impl<T> Sync for Shared<T> {}
 
 /// Runs `prog` (lowered from `graph`, compiled to `launches`, one per `prog.launches` entry) on `args` with
-/// `threads` host threads. Arguments and limits are checked as the simulator checks them.
+/// `threads` host threads. Arguments and limits are checked as the simulator checks them. With the
+/// environment variable `KC_TIME` set, the time of global-memory setup, the launches and the results is
+/// printed to stderr (for profiling; `codegen/examples/time_kernel` uses it).
 pub fn run(
     prog: &TileProgram,
     graph: &Graph,
