@@ -193,14 +193,9 @@ pub struct BuildArgs {
     pub format: Format,
 }
 
+/// The inputs of a launch, as `kc run` and `kc bench` take them.
 #[derive(Args, Debug)]
-pub struct RunArgs {
-    /// The .ker file that holds the kernel.
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-    /// The kernel to run (needed only when the file defines several).
-    #[arg(long, short = 'k', value_name = "NAME")]
-    pub kernel: Option<String>,
+pub struct InputArgs {
     /// A tensor (or scalar) parameter from a .npy file; repeat for each input.
     #[arg(long, short = 'i', value_name = "NAME=PATH", value_parser = parse_key_value)]
     pub input: Vec<(String, String)>,
@@ -210,6 +205,18 @@ pub struct RunArgs {
     /// Dim values, for `dim` parameters and for the shapes of random inputs: `B=1,H=8` (repeatable).
     #[arg(long, short = 'd', value_name = "NAME=N,...", value_delimiter = ',', value_parser = parse_dim)]
     pub dims: Vec<(String, i64)>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The .ker file that holds the kernel.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The kernel to run (needed only when the file defines several).
+    #[arg(long, short = 'k', value_name = "NAME")]
+    pub kernel: Option<String>,
+    #[command(flatten)]
+    pub inputs: InputArgs,
     /// Fill every input not given with values from this seed (deterministic).
     #[arg(long, value_name = "SEED")]
     pub random: Option<u64>,
@@ -247,15 +254,8 @@ pub struct BenchArgs {
     /// The kernel to time (needed only when the file defines several).
     #[arg(long, short = 'k', value_name = "NAME")]
     pub kernel: Option<String>,
-    /// A tensor (or scalar) parameter from a .npy file; repeat for each input.
-    #[arg(long, short = 'i', value_name = "NAME=PATH", value_parser = parse_key_value)]
-    pub input: Vec<(String, String)>,
-    /// A scalar parameter: a float (`inf`, `-inf` allowed), an integer, or true/false, by the parameter's type.
-    #[arg(long, short = 's', value_name = "NAME=VALUE", value_parser = parse_key_value, allow_hyphen_values = true)]
-    pub scalar: Vec<(String, String)>,
-    /// Dim values, for `dim` parameters and for the shapes of generated inputs: `B=1,H=8` (repeatable).
-    #[arg(long, short = 'd', value_name = "NAME=N,...", value_delimiter = ',', value_parser = parse_dim)]
-    pub dims: Vec<(String, i64)>,
+    #[command(flatten)]
+    pub inputs: InputArgs,
     /// The seed of the inputs not given with --input or --scalar.
     #[arg(long, value_name = "SEED", default_value_t = 0)]
     pub random: u64,
@@ -336,8 +336,8 @@ mod tests {
         let cli = Cli::try_parse_from(["kc", "run", "f.ker", "--dims", "B=1,H=8", "-d", "S=3", "--scalar", "x=-inf"])
             .unwrap();
         let Command::Run(r) = cli.command else { panic!() };
-        assert_eq!(r.dims, vec![("B".into(), 1), ("H".into(), 8), ("S".into(), 3)]);
-        assert_eq!(r.scalar, vec![("x".into(), "-inf".into())]);
+        assert_eq!(r.inputs.dims, vec![("B".into(), 1), ("H".into(), 8), ("S".into(), 3)]);
+        assert_eq!(r.inputs.scalar, vec![("x".into(), "-inf".into())]);
         assert!(Cli::try_parse_from(["kc", "run", "f.ker", "--dims", "B=x"]).is_err());
         assert!(Cli::try_parse_from(["kc", "run", "f.ker", "--input", "novalue"]).is_err());
     }

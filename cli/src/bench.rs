@@ -40,7 +40,7 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
         return Err(Failure::Reported);
     }
     let g = select_kernel(&c.program, a.kernel.as_deref(), &c.name)?;
-    let given = launch_args(g, &a.dims, &a.input, &a.scalar)?;
+    let given = launch_args(g, &a.inputs)?;
     let args = random::random_args(g, &given, a.random)?;
     let default = if a.backend == Backend::Jit { "host" } else { kc_ir::target::DEFAULT };
     let target = load_target(a.target.as_deref().unwrap_or(default))?;

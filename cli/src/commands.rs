@@ -501,12 +501,8 @@ fn parse_scalar(name: &str, dtype: DType, v: &str) -> Result<Tensor, String> {
 }
 
 /// The launch arguments from `--dims`, `--input` and `--scalar` (not yet the random ones).
-pub(crate) fn launch_args(
-    g: &Graph,
-    dims: &[(String, i64)],
-    input: &[(String, String)],
-    scalar: &[(String, String)],
-) -> Result<Args, String> {
+pub(crate) fn launch_args(g: &Graph, inputs: &crate::args::InputArgs) -> Result<Args, String> {
+    let (dims, input, scalar) = (&inputs.dims, &inputs.input, &inputs.scalar);
     let mut args = Args::default();
     for (name, v) in dims {
         if let Some(old) = args.dims.insert(name.clone(), *v) {
@@ -563,7 +559,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
         return Err(Failure::Reported);
     }
     let g = select_kernel(&c.program, a.kernel.as_deref(), &c.name)?;
-    let mut args = launch_args(g, &a.dims, &a.input, &a.scalar)?;
+    let mut args = launch_args(g, &a.inputs)?;
     if let Some(seed) = a.random {
         args = random::random_args(g, &args, seed)?;
     }

@@ -178,6 +178,25 @@ fn effects(s: &Stmt) -> (BTreeSet<BufId>, BTreeSet<TensorId>, BTreeSet<SVar>) {
     (bufs, gm, set)
 }
 
+/// A forwarding in progress along the statements after its copy (levels 2 and 3).
+trait Walk {
+    /// Whether `s` (loop and branch bodies included) ends the forwarded window's validity.
+    fn breaks(&self, s: &Stmt) -> bool;
+
+    /// Rewrites the reads of the window in `s` (bodies included).
+    fn rewrite(&self, s: &mut Stmt);
+
+    /// Forwards in `s`; false once `s` ends the window's validity. A loop or branch is taken or refused as a
+    /// whole: its body may run many times, so a write anywhere in it ends the validity before it.
+    fn visit(&self, s: &mut Stmt) -> bool {
+        if self.breaks(s) {
+            return false;
+        }
+        self.rewrite(s);
+        true
+    }
+}
+
 /// Whether `s` writes `buf` or assigns one of `vars`: what ends a forwarded window's validity.
 fn writes_buf_or_sets(s: &Stmt, buf: BufId, vars: &BTreeSet<SVar>) -> bool {
     let (bufs, _, set) = effects(s);
@@ -477,47 +496,7 @@ struct L1<'a> {
     vars: &'a BTreeSet<SVar>,
 }
 
-impl L1<'_> {
-    fn visit(&self, s: &mut Stmt) -> bool {
-        match s {
-            Stmt::For { lo, hi, body, var, .. } => {
-                let mut r = BTreeSet::new();
-                sexpr_reads(lo, &mut r);
-                sexpr_reads(hi, &mut r);
-                if r.contains(&self.y) || self.vars.contains(var) {
-                    return false;
-                }
-                // The loop body runs many times: it must not write the slot or assign the windows' registers
-                // anywhere, before or after the mmads.
-                if body.iter().any(|s| self.breaks(s)) {
-                    return false;
-                }
-                for t in body.iter_mut() {
-                    self.rewrite(t);
-                }
-                true
-            }
-            Stmt::If { cond, then } => {
-                let mut r = BTreeSet::new();
-                sexpr_reads(cond, &mut r);
-                if r.contains(&self.y) || then.iter().any(|s| self.breaks(s)) {
-                    return false;
-                }
-                for t in then.iter_mut() {
-                    self.rewrite(t);
-                }
-                true
-            }
-            s => {
-                if self.breaks(s) {
-                    return false;
-                }
-                self.rewrite(s);
-                true
-            }
-        }
-    }
-
+impl Walk for L1<'_> {
     fn breaks(&self, s: &Stmt) -> bool {
         writes_buf_or_sets(s, self.y, self.vars)
     }
@@ -536,7 +515,9 @@ impl L1<'_> {
             _ => {}
         }
     }
+}
 
+impl L1<'_> {
     /// The GM window an operand in the slot stands for.
     fn translate(&self, r: &Region) -> Option<Region> {
         let Loc::Buf { buf, slot } = &r.loc else { return None };
@@ -642,16 +623,7 @@ fn covers(s: &SExpr, c: &SExpr) -> bool {
     matches!(c, SExpr::Const(n) if *n >= 1) || s == c
 }
 
-impl VecFw<'_> {
-    /// Forwards the reads of `s`; false once `s` ends the copy's validity.
-    fn visit(&self, s: &mut Stmt) -> bool {
-        if self.breaks(s) {
-            return false;
-        }
-        self.rewrite(s);
-        true
-    }
-
+impl Walk for VecFw<'_> {
     /// Whether `s` (anywhere in it, loop and branch bodies included) writes the buffer or assigns a register
     /// the windows use.
     fn breaks(&self, s: &Stmt) -> bool {
@@ -670,7 +642,9 @@ impl VecFw<'_> {
             _ => {}
         }
     }
+}
 
+impl VecFw<'_> {
     fn rewrite_expr(&self, e: &mut VExpr, rows: &SExpr, cols: &SExpr) {
         match e {
             VExpr::Read(r) => {

@@ -268,24 +268,34 @@ pub unsafe fn mmad_raw(
     n: usize,
     accumulate: bool,
 ) {
-    if m == 0 || n == 0 {
+    let args = Args { a, a_dtype, lda, b, b_dtype, ldb, c, ldc, m, k, n, accumulate, b_const: false };
+    // SAFETY: the caller's guarantees.
+    unsafe { dispatch(path, &args) }
+}
+
+/// Runs one call on `path`, or on the next path that can take it (AMX takes bf16 × bf16 only).
+///
+/// # Safety
+///
+/// As [`mmad_raw`], for `x`'s blocks.
+unsafe fn dispatch(path: Path, x: &Args) {
+    if x.m == 0 || x.n == 0 {
         return;
     }
-    let bf16 = a_dtype == Dtype::Bf16 && b_dtype == Dtype::Bf16;
+    let bf16 = x.a_dtype == Dtype::Bf16 && x.b_dtype == Dtype::Bf16;
     let path = match path {
         Path::Amx if bf16 && supported(Path::Amx) => Path::Amx,
         Path::Amx | Path::Avx512 if supported(Path::Avx512) => Path::Avx512,
         _ => Path::Portable,
     };
-    let args = Args { a, a_dtype, lda, b, b_dtype, ldb, c, ldc, m, k, n, accumulate, b_const: false };
     // SAFETY: the caller's guarantees, and the path was checked to be supported.
     unsafe {
         match path {
             #[cfg(target_arch = "x86_64")]
-            Path::Amx => with_scratch(|s| amx::mmad(&args, s)),
+            Path::Amx => with_scratch(|s| amx::mmad(x, s)),
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => with_scratch(|s| avx512::mmad(&args, s)),
-            _ => portable(&args),
+            Path::Avx512 => with_scratch(|s| avx512::mmad(x, s)),
+            _ => portable(x),
         }
     }
 }
@@ -320,34 +330,23 @@ pub unsafe extern "C" fn kc_mmad(
         return;
     }
     let u = |v: i64| v as usize;
-    let (m, k, n) = (u(m), u(k), u(n));
-    if m == 0 || n == 0 {
-        return;
-    }
-    let acc = accumulate & 1 != 0;
-    let b_const = accumulate & 2 != 0;
-    if b_const && ad == Dtype::Bf16 && bd == Dtype::Bf16 && supported(Path::Amx) && path() == Path::Amx {
-        let args = Args {
-            a,
-            a_dtype: ad,
-            lda: u(lda),
-            b,
-            b_dtype: bd,
-            ldb: u(ldb),
-            c,
-            ldc: u(ldc),
-            m,
-            k,
-            n,
-            accumulate: acc,
-            b_const,
-        };
-        // SAFETY: the caller's guarantees; AMX is supported.
-        unsafe { with_scratch(|s| amx::mmad(&args, s)) };
-        return;
-    }
+    let args = Args {
+        a,
+        a_dtype: ad,
+        lda: u(lda),
+        b,
+        b_dtype: bd,
+        ldb: u(ldb),
+        c,
+        ldc: u(ldc),
+        m: u(m),
+        k: u(k),
+        n: u(n),
+        accumulate: accumulate & 1 != 0,
+        b_const: accumulate & 2 != 0,
+    };
     // SAFETY: the caller's guarantees.
-    unsafe { mmad_raw(path(), a, ad, u(lda), b, bd, u(ldb), c, u(ldc), m, k, n, acc) }
+    unsafe { dispatch(path(), &args) }
 }
 
 /// Forgets the packed `b` operands this thread kept (see `kc_mmad`'s `accumulate` bit 1). The executor
