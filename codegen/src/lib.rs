@@ -11,4 +11,4 @@ pub mod forward;
 pub mod lower;
 pub mod math;
 
-pub use lower::{compile, Compiled, CompiledLaunch, Options};
+pub use lower::{compile, Compiled, CompiledLaunch, Options, MAX_STATEMENTS};

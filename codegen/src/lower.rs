@@ -134,13 +134,46 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
     ]
 }
 
+/// The most tile statements (in all launches, loop bodies counted once) the JIT compiles: a few seconds of
+/// Cranelift's time on this project's machines.
+pub const MAX_STATEMENTS: usize = 4000;
+
+/// The statements of `body`, loops' bodies included.
+fn count_stmts(body: &[Stmt]) -> usize {
+    body.iter()
+        .map(|s| {
+            1 + match s {
+                Stmt::For { body, .. } => count_stmts(body),
+                Stmt::If { then, .. } => count_stmts(then),
+                _ => 0,
+            }
+        })
+        .sum()
+}
+
 /// Compiles every launch of `prog`.
 pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnostic> {
     let span = Span::default();
     let mut flags = settings::builder();
     let set =
         |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| internal(span, format!("{k}: {e}")));
+    // Cranelift's register allocation grows faster than the function: a program of tens of thousands of
+    // statements (a long unrolled chain) would take minutes. Such a program is refused, with the way out.
+    let stmts: usize = prog.launches.iter().map(|l| count_stmts(&l.cube) + count_stmts(&l.vector)).sum();
+    if stmts > MAX_STATEMENTS {
+        return Err(Diagnostic::error(
+            Code::ResourceLimit,
+            span,
+            format!(
+                "kernel `{}` lowers to {stmts} tile statements, more than the {MAX_STATEMENTS} the JIT compiles \
+                 (its compile time grows faster than the program)",
+                prog.kernel
+            ),
+        )
+        .with_note("run it with `--backend sim` or `--backend interp`, or split it into several kernels"));
+    }
     set(&mut flags, "opt_level", "speed")?;
+
     set(&mut flags, "enable_verifier", if opts.verify { "true" } else { "false" })?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
@@ -292,6 +325,10 @@ struct Gen<'a, 'b, 'p> {
     name: String,
     /// The GM tensors some statement of the launch writes.
     gm_written: std::collections::BTreeSet<TensorId>,
+    /// The row and column counters of vector statements, shared by all of them (their loops never nest):
+    /// Cranelift's SSA builder keeps a map over the blocks per variable, so a pair per statement would
+    /// make a function of many statements quadratic in memory.
+    elem_vars: Option<(Variable, Variable)>,
 }
 
 /// Loads and stores of the compiled code: not trapping (every window was checked), not known aligned.
@@ -355,6 +392,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             path: Vec::new(),
             name: name.to_string(),
             gm_written: crate::forward::gm_written(launch),
+            elem_vars: None,
         }
     }
 
@@ -1147,12 +1185,18 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         self.hoist(expr, Var::Const, &reads, at0, &mut consts)?;
 
         // for r in 0..rows
-        let rv = self.b.declare_var(types::I64);
+        let (rv, cv) = match self.elem_vars {
+            Some(p) => p,
+            None => {
+                let p = (self.b.declare_var(types::I64), self.b.declare_var(types::I64));
+                self.elem_vars = Some(p);
+                p
+            }
+        };
         self.b.def_var(rv, zero);
         self.loop_while_fits(rv, 1, rows, 1, |g, r| {
             let mut row_vals = consts.clone();
             g.hoist(expr, Var::Row, &reads, At { r, c: zero, tail: true }, &mut row_vals)?;
-            let cv = g.b.declare_var(types::I64);
             g.b.def_var(cv, zero);
             if simd {
                 // Two vectors a step while 8 columns remain, then one while 4 remain.

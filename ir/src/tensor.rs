@@ -1,6 +1,7 @@
 //! Host tensors: dense, row-major, owning their data.
 
 use crate::dtype::DType;
+use half::vec::HalfBitsVecExt;
 use half::{bf16, f16};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -46,8 +47,10 @@ impl Tensor {
         let n = numel(&shape).expect("tensor size overflows usize");
         let data = match dtype {
             DType::F32 => TensorData::F32(vec![0.0; n]),
-            DType::BF16 => TensorData::BF16(vec![bf16::ZERO; n]),
-            DType::F16 => TensorData::F16(vec![f16::ZERO; n]),
+            // Zeroed `u16`s reinterpreted (same layout): a large zeroed vector is fresh pages that are mapped
+            // on first touch, where `vec![bf16::ZERO; n]` would write every element now.
+            DType::BF16 => TensorData::BF16(vec![0u16; n].reinterpret_into()),
+            DType::F16 => TensorData::F16(vec![0u16; n].reinterpret_into()),
             DType::I32 => TensorData::I32(vec![0; n]),
             DType::Bool => TensorData::Bool(vec![false; n]),
         };

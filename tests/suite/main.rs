@@ -5,6 +5,7 @@ mod cost;
 mod estimate;
 mod fusion;
 mod hints;
+mod huge;
 mod jit;
 mod kernels;
 mod props;

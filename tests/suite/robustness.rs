@@ -1175,3 +1175,72 @@ fn absurd_work_is_refused_before_running() {
     let e = kc_ir::interp::run(&prog.kernels[0], &args).expect_err("refused");
     assert_eq!(e[0].code, kc_ir::Code::ResourceLimit, "{}", e[0].message);
 }
+
+/// A kernel of `updates` chained elementwise updates of 19 values each (19 × `updates` graph nodes, one
+/// fused group).
+fn long_chain(updates: usize) -> String {
+    let lets: String = (0..19).map(|j| format!("    let a{j} = x;\n")).collect();
+    let body: String =
+        (0..19).map(|j| format!("        a{j} = a{j} * 1.0001 + a{} * 0.001;\n", (j + 1) % 19)).collect();
+    format!(
+        "kernel k(x: f32[N, D]) -> y: f32[N, D] {{\n{lets}    for i in 0..{updates} {{\n{body}    }}\n    y = a0 + a1;\n}}\n"
+    )
+}
+
+/// Fusion and the elementwise template are linear in the length of a chain: 18,849 nodes (near the node
+/// limit) fuse into one group, which the template computes with as many UB buffers as values alive at
+/// once (here 20), not one per member. (Fusing this chain took minutes when a merge cost the size of the
+/// group, and the template ran out of UB with a buffer per member.)
+#[test]
+fn a_chain_near_the_node_limit_fuses_and_tiles_with_few_buffers() {
+    let prog = crate::common::compile_ok_src("chain", &long_chain(1000));
+    let g = &prog.kernels[0];
+    assert!(g.nodes.len() > 18_000, "{} nodes", g.nodes.len());
+    let f = kc_ir::passes::fuse::fuse(g, &Default::default());
+    assert_eq!(f.groups.len(), 1, "one elementwise group");
+    let target = kc_ir::target::Target::builtin("ascend910b").expect("target");
+    let dims = std::collections::BTreeMap::from([("N".to_string(), 5), ("D".to_string(), 33)]);
+    let b = kc_ir::launch::bind_dims(g, &dims).expect("binds");
+    let (_, tp, _, _) = kc_ir::passes::tile::fuse_and_tile(g, &b, &target).expect("tiles");
+    let ub: Vec<_> = tp.launches[0].buffers.iter().filter(|b| b.mem == kc_ir::tile::Mem::UB).collect();
+    // x's input buffer, the 19 live values and y.
+    assert!(ub.len() <= 21, "{} UB buffers: {:?}", ub.len(), ub.iter().map(|b| &b.name).collect::<Vec<_>>());
+}
+
+/// A shorter chain (950 nodes) runs in the simulator and under the JIT with the interpreter's results,
+/// with its buffers reused.
+#[test]
+fn buffers_reused_along_a_chain_keep_the_results() {
+    let prog = crate::common::compile_ok_src("chain", &long_chain(50));
+    let g = &prog.kernels[0];
+    let dims = std::collections::BTreeMap::from([("N".to_string(), 3), ("D".to_string(), 257)]);
+    let given = kc_ir::launch::Args { tensors: Default::default(), dims: dims.clone() };
+    let args = kc_runtime::random::random_args(g, &given, 5).expect("args");
+    let want = crate::common::run(g, &args);
+    for t in ["ascend910b", "host"] {
+        let target = kc_ir::target::Target::builtin(t).expect("target");
+        let (_, tp, _) = crate::tiled::tile_at(g, &dims, &target);
+        let sim = kc_runtime::sim::run(&tp, g, &args).expect("sim");
+        let code = kc_codegen::compile(&tp, &Default::default()).expect("compiles");
+        let (jit, _) = code.run(&tp, g, &args, 2, &kc_ir::interp::Limits::default()).expect("runs");
+        for got in [&sim, &jit] {
+            crate::tiled::assert_matches_within(&format!("chain on {t}"), &got[0].1, &want[0].1, 0.25);
+        }
+    }
+}
+
+/// A program too long for Cranelift to compile in a few seconds is refused by the JIT with a resource
+/// error that names the way out, instead of compiling for minutes.
+#[test]
+fn the_jit_refuses_programs_too_long_to_compile_quickly() {
+    let prog = crate::common::compile_ok_src("chain", &long_chain(300));
+    let g = &prog.kernels[0];
+    let target = kc_ir::target::Target::builtin("host").expect("target");
+    let dims = std::collections::BTreeMap::from([("N".to_string(), 4), ("D".to_string(), 8)]);
+    let b = kc_ir::launch::bind_dims(g, &dims).expect("binds");
+    let (_, tp, _, _) = kc_ir::passes::tile::fuse_and_tile(g, &b, &target).expect("tiles");
+    let e = kc_codegen::compile(&tp, &Default::default()).err().expect("refused");
+    assert_eq!(e.code, kc_ir::Code::ResourceLimit, "{}", e.message);
+    assert!(e.message.contains(&kc_codegen::MAX_STATEMENTS.to_string()), "{}", e.message);
+    assert!(e.notes.iter().any(|n| n.contains("--backend sim")), "{:?}", e.notes);
+}

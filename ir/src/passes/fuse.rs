@@ -637,6 +637,13 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
         x
     }
     let mut space_of: Vec<Vec<Dim>> = groups.iter().map(|_| Vec::new()).collect();
+    // Per group, the consumers of its members outside it (kept for the cycle check, so that a merge costs
+    // the size of this frontier rather than of the group: a 20,000-node chain fuses in linear time).
+    let mut ext: Vec<BTreeSet<ValueId>> = groups.iter().map(|_| BTreeSet::new()).collect();
+    // Vector groups only hold nodes up to the one being placed, so a path that leaves a merged group and
+    // comes back must run through lower-numbered nodes: the cycle check stops at higher ones when every
+    // edge of the graph goes forward (as the frontend builds it; otherwise it searches everything).
+    let forward = cons.iter().enumerate().all(|(p, cs)| cs.iter().all(|c| c.index() > p));
     for i in 0..n {
         let v = ValueId(i as u32);
         if group_of[i].is_some() || inlined.contains(&v) || matches!(g.nodes[i].kind, NodeKind::Param(_)) {
@@ -645,40 +652,54 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
         let gid = groups.len();
         groups.push((GroupKind::Vector, BTreeSet::from([v]), parallel_rank(g, v)));
         space_of.push(g.nodes[i].shape.clone());
+        ext.push(cons[i].iter().copied().filter(|c| *c != v).collect());
         parent.push(gid);
         group_of[i] = Some(gid);
         if hinted(v) {
             continue;
         }
+        // The values `v` loads directly: row locality only concerns those (a node that computes nothing
+        // elementwise has no row-local reads at all).
+        let compute = matches!(g.nodes[i].kind, NodeKind::Compute { .. });
+        let loads = direct_loads(g, v);
         for p in sources(g, v, &inlined) {
             let Some(pg) = group_of[p.index()] else { continue };
             let (pr, cr) = (root(&mut parent, pg), root(&mut parent, gid));
-            if pr == cr || groups[pr].0 != GroupKind::Vector || groups[pr].1.iter().any(|m| hinted(*m)) {
+            if pr == cr || groups[pr].0 != GroupKind::Vector || cfg.unfused.iter().any(|h| groups[pr].1.contains(h)) {
                 continue;
             }
             let limit = groups[pr].2.min(groups[cr].2);
             let scalar = space_of[pr].is_empty() && space_of[cr].is_empty();
-            let members: Vec<ValueId> = groups[pr].1.iter().copied().collect();
+            let read: Vec<ValueId> = loads.iter().copied().filter(|m| groups[pr].1.contains(m)).collect();
             let mut q = limit;
             while q > 0
                 && !(space_of[pr].len() >= q
                     && space_of[cr].len() >= q
                     && space_of[pr][..q] == space_of[cr][..q]
-                    && members.iter().all(|m| row_local(g, v, *m, q)))
+                    && compute
+                    && read.iter().all(|m| row_local(g, v, *m, q)))
             {
                 q -= 1;
             }
             if q == 0 && !scalar {
                 continue;
             }
-            let union: BTreeSet<ValueId> = groups[pr].1.union(&groups[cr].1).copied().collect();
-            if cycles(&cons, &union) {
+            let (a, b) = (&groups[pr].1, &groups[cr].1);
+            let frontier: Vec<ValueId> =
+                ext[pr].iter().chain(&ext[cr]).copied().filter(|x| !a.contains(x) && !b.contains(x)).collect();
+            let bound = if forward { Some(v) } else { None };
+            if cycles_from(&cons, frontier.clone(), &|x| a.contains(&x) || b.contains(&x), bound) {
                 continue;
             }
-            // Merge `pr` into `cr`: the union runs over the shorter common rows.
-            let moved = std::mem::take(&mut groups[pr].1);
+            // Merge `pr` into `cr`: the union runs over the shorter common rows. The smaller set moves.
+            let mut moved = std::mem::take(&mut groups[pr].1);
+            if moved.len() > groups[cr].1.len() {
+                std::mem::swap(&mut moved, &mut groups[cr].1);
+            }
             groups[cr].1.extend(moved);
             groups[cr].2 = q;
+            ext[cr] = frontier.into_iter().collect();
+            ext[pr].clear();
             if space_of[pr].len() > space_of[cr].len() {
                 space_of[cr] = space_of[pr].clone();
             }
@@ -761,21 +782,45 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
 
 /// Whether a path leaves `set` and comes back into it: fusing `set` would make a cycle between groups.
 fn cycles(cons: &[Vec<ValueId>], set: &BTreeSet<ValueId>) -> bool {
+    let start = set.iter().flat_map(|m| cons[m.index()].iter().copied()).filter(|c| !set.contains(c)).collect();
+    cycles_from(cons, start, &|x| set.contains(&x), None)
+}
+
+/// Whether a path from `start` (nodes outside a set) reaches a node `inside` the set. With `bound`, the
+/// set's highest node, the search skips nodes above it (every edge goes forward, so none leads back).
+fn cycles_from(
+    cons: &[Vec<ValueId>],
+    mut stack: Vec<ValueId>,
+    inside: &dyn Fn(ValueId) -> bool,
+    bound: Option<ValueId>,
+) -> bool {
     let mut seen: BTreeSet<ValueId> = BTreeSet::new();
-    let mut stack: Vec<ValueId> =
-        set.iter().flat_map(|m| cons[m.index()].iter().copied()).filter(|c| !set.contains(c)).collect();
     while let Some(x) = stack.pop() {
-        if !seen.insert(x) {
+        if bound.is_some_and(|b| x > b) || !seen.insert(x) {
             continue;
         }
         for &c in &cons[x.index()] {
-            if set.contains(&c) {
+            if inside(c) {
                 return true;
             }
             stack.push(c);
         }
     }
     false
+}
+
+/// The values `v`'s body loads (or segments) directly.
+fn direct_loads(g: &Graph, v: ValueId) -> BTreeSet<ValueId> {
+    let mut out = BTreeSet::new();
+    if let NodeKind::Compute { body, .. } = &g.node(v).kind {
+        body.walk(&mut |e| match &e.kind {
+            ExprKind::Load { src, .. } | ExprKind::Segment { src, .. } => {
+                out.insert(*src);
+            }
+            _ => {}
+        });
+    }
+    out
 }
 
 /// The values a node reads, looking through inlined copies.

@@ -122,8 +122,8 @@
 //! Not handled (the function returns `None`): segments, reductions across rows (a column reduction like
 //! RMSNorm backward's `dw[d] = sum[t](..)`) and reads at permuted plain variables (left to a template that
 //! copies blocks), nested reductions and reductions inside an index, argmax and argmin, gathers from a
-//! member of the group or from a tensor of more than `i32::MAX` elements; and, for rows too wide for UB,
-//! anything outside the chunked mode's forms above (a row gather, a looped reduction, a gather in a
+//! member of the group or among more than `i32::MAX` rows (elements, for an element gather); and, for rows
+//! too wide for UB, anything outside the chunked mode's forms above (a row gather, a looped reduction, a gather in a
 //! full-width member or inside a reduction, a reduction in a full-width member, members of several widths).
 //! An online (running max, rescaled sum) variant would save softmax's first pass; it is not done.
 
@@ -340,11 +340,14 @@ impl Member<'_> {
                     return None;
                 }
                 let sdims = eval_dims(self.b, &self.g.node(*src).shape)?;
-                let numel = prod(&sdims);
-                if sdims.is_empty() || idx.len() != sdims.len() || numel <= 0 || numel > i32::MAX as i64 {
+                let q = row_split(idx, &sdims, cols);
+                // The gather's row index is computed in an i32 buffer: the rows it picks among (all the
+                // elements, for an element gather) must be numbered in 32 bits. Each row's offset, index
+                // times row length, is 64-bit.
+                let picked = prod(&sdims[..q.unwrap_or(sdims.len())]);
+                if sdims.is_empty() || idx.len() != sdims.len() || prod(&sdims) <= 0 || picked > i32::MAX as i64 {
                     return None;
                 }
-                let q = row_split(idx, &sdims, cols);
                 let row_only = q.is_some() || idx.iter().all(|x| !mentions(x, &cols.vars));
                 let ictx = if row_only { Cols { vars: vec![], extents: vec![] } } else { cols.clone() };
                 let width = if q.is_some() || !row_only { cols.width() } else { 1 };

@@ -130,15 +130,16 @@ fn elementwise_with(
     // Chunk size: the largest multiple of 256 elements whose buffers (two slots each) fit in UB, or the
     // chunk the members' tile hints ask for.
     let ub = target.memory("ub")?;
+    let (home, homes) = member_buffers(g, group);
     let per_elem: u64 = inputs
         .iter()
         .filter(|(_, a)| *a == Access::Same)
         .map(|(s, _)| g.node(*s).dtype.size_bytes() as u64)
-        .chain(group.nodes.iter().map(|m| g.node(*m).dtype.size_bytes() as u64))
+        .chain(homes.iter().map(|m| g.node(*m).dtype.size_bytes() as u64))
         .sum::<u64>()
         * 2;
     let scalars = inputs.iter().filter(|(_, a)| *a == Access::Scalar).count() as u64 * ub.align;
-    let budget = ub.usable().saturating_sub(scalars + ub.align * (inputs.len() + group.nodes.len()) as u64 * 2);
+    let budget = ub.usable().saturating_sub(scalars + ub.align * (inputs.len() + homes.len()) as u64 * 2);
     let hints = tile_hints(g, group);
     let hinted = match hinted_chunk(&hints, &dims) {
         Ok(h) => h,
@@ -164,8 +165,12 @@ fn elementwise_with(
         let (shape, slots) = if *a == Access::Scalar { (vec![1], 1) } else { (vec![slot_elems], 2) };
         bufs.insert(*s, lb.buffer(format!("{}_in", label(*s)), Mem::UB, g.node(*s).dtype, shape, slots));
     }
-    for m in &group.nodes {
+    for m in &homes {
         bufs.insert(*m, lb.buffer(label(*m), Mem::UB, g.node(*m).dtype, vec![slot_elems], 2));
+    }
+    for m in &group.nodes {
+        let at = bufs[&home[m]];
+        bufs.insert(*m, at);
     }
     let off = lb.svar("off");
     let len = lb.svar("len");
@@ -247,6 +252,49 @@ fn elementwise_with(
         }
         .map(|l| (l, largest, is_hinted)),
     )
+}
+
+/// Which member's buffer each member is computed into (`home`), and the members that own a buffer, in
+/// order. Members run in order, each once per chunk, so a member that is not stored can hand its buffer to
+/// a later member of the same dtype once its last reader has run: the buffers are as many as the values
+/// alive at once, not as many as the members (a chain of a thousand updates needs two). A member never
+/// writes over a value it reads.
+fn member_buffers(g: &Graph, group: &Group) -> (BTreeMap<ValueId, ValueId>, Vec<ValueId>) {
+    let pos: BTreeMap<ValueId, usize> = group.nodes.iter().enumerate().map(|(i, m)| (*m, i)).collect();
+    // The last member that reads each member (a stored member stays until the copy-out, after all).
+    let mut last: BTreeMap<ValueId, usize> = BTreeMap::new();
+    for (i, m) in group.nodes.iter().enumerate() {
+        for o in g.node(*m).operands() {
+            if pos.contains_key(&o) {
+                last.insert(o, i);
+            }
+        }
+    }
+    // When each unstored member's value dies: after its last reader, or at once if nothing reads it.
+    let mut dies: BTreeMap<usize, Vec<ValueId>> = BTreeMap::new();
+    for (i, m) in group.nodes.iter().enumerate() {
+        if !group.stored.contains(m) {
+            dies.entry(last.get(m).copied().unwrap_or(i)).or_default().push(*m);
+        }
+    }
+    let mut home = BTreeMap::new();
+    let mut homes = Vec::new();
+    let mut free: Vec<ValueId> = Vec::new();
+    for (i, m) in group.nodes.iter().enumerate() {
+        let dtype = g.node(*m).dtype;
+        let h = match free.iter().position(|f| g.node(*f).dtype == dtype) {
+            Some(k) => free.swap_remove(k),
+            None => {
+                homes.push(*m);
+                *m
+            }
+        };
+        home.insert(*m, h);
+        for x in dies.get(&i).into_iter().flatten() {
+            free.push(home[x]);
+        }
+    }
+    (home, homes)
 }
 
 /// A member's body as a vector expression over one chunk: element `c` of the chunk is flat element
