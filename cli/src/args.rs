@@ -205,6 +205,47 @@ pub struct InputArgs {
     /// Dim values, for `dim` parameters and for the shapes of random inputs: `B=1,H=8` (repeatable).
     #[arg(long, short = 'd', value_name = "NAME=N,...", value_delimiter = ',', value_parser = parse_dim)]
     pub dims: Vec<(String, i64)>,
+    /// The most memory a launch may take for its tensors and buffers, in bytes or with a K, M, G or T
+    /// suffix (powers of 1024): a launch that needs more is refused before anything is allocated (E0808).
+    /// Default: 90% of the memory the system has available when kc starts (8G if it cannot tell).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+}
+
+impl InputArgs {
+    /// The launch limits: `--max-memory`, or 90% of the memory available now.
+    pub fn limits(&self) -> kc_ir::interp::Limits {
+        let max_bytes = self.max_memory.or_else(|| available_memory().map(|m| m / 10 * 9)).unwrap_or(8 << 30);
+        kc_ir::interp::Limits { max_bytes, ..kc_ir::interp::Limits::default() }
+    }
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes (Linux), or `None`.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// A size: bytes, or a number with a K, M, G or T suffix (binary; `B`, `iB` and lowercase accepted).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix(['b', 'B']).unwrap_or(t);
+    let t = t.strip_suffix('i').unwrap_or(t);
+    let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a size (say 512M, 16G or a number of bytes)"))?;
+    let bytes = n * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes >= u64::MAX as f64 {
+        return Err(format!("`{s}` is not a usable size: give at least one byte"));
+    }
+    Ok(bytes as u64)
 }
 
 #[derive(Args, Debug)]

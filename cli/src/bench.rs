@@ -72,19 +72,19 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
     } else {
         None
     };
-    let limits = kc_ir::interp::Limits::default();
+    let limits = a.inputs.limits();
     let once = || -> Result<Vec<(String, Tensor)>, Vec<Diagnostic>> {
         match (a.backend, &code) {
             (Backend::Jit, Some(code)) => code.run(&tp, g, &args, threads, &limits).map(|(r, _)| r),
-            (Backend::Sim, _) => kc_runtime::sim::run(&tp, g, &args),
-            _ => kc_ir::interp::run(g, &args),
+            (Backend::Sim, _) => kc_runtime::sim::run_with(&tp, g, &args, &limits).map(|(r, _)| r),
+            _ => kc_ir::interp::run_with(g, &args, &limits),
         }
     };
     // The first run (warm-up or timed) also checks the kernel runs at all, and gives the result bytes.
     let check = |r: Result<Vec<(String, Tensor)>, Vec<Diagnostic>>| match r {
         Ok(r) => Ok(r),
         Err(d) => {
-            ctx.report(&d, &c.sources);
+            ctx.report(&crate::commands::memory_note(d, &a.inputs), &c.sources);
             Err(Failure::Reported)
         }
     };

@@ -565,9 +565,10 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
     }
     clock.lap("parse, lower and read inputs");
     let threads = a.threads.map(|t| t as usize).unwrap_or_else(host_threads);
+    let limits = a.inputs.limits();
     let run = match a.backend {
         Backend::Interp => {
-            let r = kc_ir::interp::run(g, &args);
+            let r = kc_ir::interp::run_with(g, &args, &limits);
             clock.lap("interpret");
             r
         }
@@ -576,7 +577,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
             match kc_ir::launch::bind(g, &args).and_then(|b| tile_checked(g, &b, &target, true)) {
                 Ok((_, tp, _, _)) => {
                     clock.lap("fuse, tile and verify");
-                    let r = kc_runtime::sim::run(&tp, g, &args);
+                    let r = kc_runtime::sim::run_with(&tp, g, &args, &limits).map(|(r, _)| r);
                     clock.lap("simulate");
                     r
                 }
@@ -587,7 +588,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
             let target = load_target(a.target.as_deref().unwrap_or("host"))?;
             match kc_ir::launch::bind(g, &args).and_then(|b| jit_kernel(g, &b, &target, &mut clock)) {
                 Ok(k) => {
-                    let r = k.code.run(&k.program, g, &args, threads, &kc_ir::interp::Limits::default());
+                    let r = k.code.run(&k.program, g, &args, threads, &limits);
                     clock.lap(&format!("run ({threads} thread{})", if threads == 1 { "" } else { "s" }));
                     r.map(|(r, _)| r)
                 }
@@ -598,6 +599,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
     let results = match run {
         Ok(r) => r,
         Err(diags) => {
+            let diags = memory_note(diags, &a.inputs);
             ctx.report(&diags, &c.sources);
             return Err(Failure::Reported);
         }
@@ -605,7 +607,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<(), Failure> {
     let mut text: String = results.iter().map(|(name, t)| summary::summarize(name, t) + "\n").collect();
     let mut failed = Vec::new();
     if a.check {
-        let want = match kc_ir::interp::run(g, &args) {
+        let want = match kc_ir::interp::run_with(g, &args, &limits) {
             Ok(w) => w,
             Err(diags) => {
                 ctx.report(&diags, &c.sources);
@@ -736,4 +738,23 @@ mod tests {
         assert_eq!(parse_scalar("b", DType::Bool, "true").unwrap().get_f64(0), 1.0);
         assert!(parse_scalar("x", DType::F32, "abc").unwrap_err().contains("not a number"));
     }
+}
+
+/// Adds to a refusal for memory (E0808 with a byte limit) where its limit came from and how to set it.
+pub fn memory_note(diags: Vec<Diagnostic>, inputs: &crate::args::InputArgs) -> Vec<Diagnostic> {
+    diags
+        .into_iter()
+        .map(|d| {
+            if d.code == kc_ir::Code::ResourceLimit && d.message.contains("bytes") {
+                let whence = if inputs.max_memory.is_some() {
+                    "the limit is --max-memory's"
+                } else {
+                    "the limit is 90% of the memory the system had available"
+                };
+                d.with_note(format!("{whence}; `--max-memory SIZE` (for example 16G) sets it"))
+            } else {
+                d
+            }
+        })
+        .collect()
 }

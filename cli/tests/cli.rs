@@ -484,3 +484,72 @@ fn bench_argument_errors() {
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("takes no FILE"), "{}", stderr(&o));
 }
+
+/// A launch that needs more memory than `--max-memory` is refused with E0808 before anything runs, with
+/// a note on where the limit comes from; nothing is written.
+#[test]
+fn launches_over_the_memory_limit_are_refused() {
+    let d = TempDir::new("maxmem");
+    d.write("big.ker", "kernel big(x: f32[N, N]) -> y: f32[N, N] { y = x * 2.0 + 1.0; }\n");
+    for backend in ["jit", "sim", "interp"] {
+        let out = format!("out-{backend}");
+        let o = kc(
+            &d.0,
+            &[
+                "run",
+                "big.ker",
+                "--dims",
+                "N=4096",
+                "--random",
+                "1",
+                "--max-memory",
+                "16M",
+                "--backend",
+                backend,
+                "--out",
+                &out,
+            ],
+        );
+        assert_eq!(code(&o), 1, "{backend}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("error[E0808]") && e.contains("more than the limit of 16777216 bytes"), "{backend}: {e}");
+        assert!(e.contains("--max-memory"), "{backend}: {e}");
+        assert!(!d.path(&out).exists(), "{backend}: an output folder was made");
+        // Within the limit it runs.
+        let o = kc(
+            &d.0,
+            &["run", "big.ker", "--dims", "N=64", "--random", "1", "--max-memory", "16M", "--backend", backend],
+        );
+        assert_eq!(code(&o), 0, "{backend}: {}", stderr(&o));
+    }
+    let o = kc(&d.0, &["run", "big.ker", "--dims", "N=4", "--random", "1", "--max-memory", "lots"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("is not a size"), "{}", stderr(&o));
+}
+
+/// A run that fails part way (an index out of range, found while running) leaves the output files of an
+/// earlier run exactly as they were, and no temporary files beside them.
+#[test]
+fn a_failing_run_leaves_earlier_outputs_whole() {
+    let d = TempDir::new("nolost");
+    d.write(
+        "pick.ker",
+        "kernel pick(x: f32[N], t: i32[K]) -> (y: f32[K], z: f32[N]) { y[k] = x[t[k]]; z = x * 2.0; }\n",
+    );
+    let x = Tensor::from_f32(vec![4], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+    d.write("x.npy", write_npy(&x, false));
+    d.write("good.npy", write_npy(&Tensor::from_i32(vec![2], vec![3, 0]).unwrap(), false));
+    d.write("bad.npy", write_npy(&Tensor::from_i32(vec![2], vec![1, 9]).unwrap(), false));
+    let o = kc(&d.0, &["run", "pick.ker", "-i", "x=x.npy", "-i", "t=good.npy", "--out", "o"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let before: Vec<_> = ["o/y.npy", "o/z.npy"].iter().map(|p| std::fs::read(d.path(p)).unwrap()).collect();
+    for backend in ["jit", "sim", "interp"] {
+        let o = kc(&d.0, &["run", "pick.ker", "-i", "x=x.npy", "-i", "t=bad.npy", "--out", "o", "--backend", backend]);
+        assert_eq!(code(&o), 1, "{backend}: {}", stderr(&o));
+        assert!(stderr(&o).contains("error[E0803]"), "{backend}: {}", stderr(&o));
+        let after: Vec<_> = ["o/y.npy", "o/z.npy"].iter().map(|p| std::fs::read(d.path(p)).unwrap()).collect();
+        assert_eq!(before, after, "{backend}: outputs changed");
+        let names: Vec<_> = std::fs::read_dir(d.path("o")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names.len(), 2, "{backend}: {names:?}");
+    }
+}
