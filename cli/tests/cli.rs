@@ -553,3 +553,34 @@ fn a_failing_run_leaves_earlier_outputs_whole() {
         assert_eq!(names.len(), 2, "{backend}: {names:?}");
     }
 }
+
+/// A run killed at any moment leaves no half-written `.npy`: each output file either is not there or is
+/// whole (outputs are written to temporary files, then renamed). The kills land at several points of a
+/// run that writes 64 MiB.
+#[test]
+fn a_killed_run_leaves_no_half_written_output() {
+    let d = TempDir::new("killed");
+    d.write("big.ker", "kernel big(x: f32[N, N]) -> y: f32[N, N] { y = x * 2.0 + 1.0; }\n");
+    for (i, ms) in [0u64, 20, 60, 120, 250, 500, 1000, 2000].iter().enumerate() {
+        let out = format!("o{i}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kc"))
+            .current_dir(&d.0)
+            .args(["run", "big.ker", "--dims", "N=4096", "--random", "1", "--out", &out])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(*ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let y = d.path(&format!("{out}/y.npy"));
+        if y.exists() {
+            let t = read(y);
+            assert_eq!(t.shape, vec![4096, 4096], "killed after {ms} ms");
+        }
+    }
+    // And a run left alone writes the whole output.
+    let o = kc(&d.0, &["run", "big.ker", "--dims", "N=4096", "--random", "1", "--out", "last"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(read(d.path("last/y.npy")).shape, vec![4096, 4096]);
+}
