@@ -688,7 +688,12 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
             let frontier: Vec<ValueId> =
                 ext[pr].iter().chain(&ext[cr]).copied().filter(|x| !a.contains(x) && !b.contains(x)).collect();
             let bound = if forward { Some(v) } else { None };
-            if cycles_from(&cons, frontier.clone(), &|x| a.contains(&x) || b.contains(&x), bound) {
+            let unit = |x: ValueId| -> Option<usize> {
+                let r = find(&parent, group_of[x.index()]?);
+                (r != pr && r != cr).then_some(r)
+            };
+            let members = |r: usize| groups[r].1.iter().copied().collect::<Vec<_>>();
+            if group_cycle(&cons, frontier.clone(), &|x| a.contains(&x) || b.contains(&x), &unit, &members, bound) {
                 continue;
             }
             // Merge `pr` into `cr`: the union runs over the shorter common rows. The smaller set moves.
@@ -782,28 +787,64 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
 
 /// Whether a path leaves `set` and comes back into it: fusing `set` would make a cycle between groups.
 fn cycles(cons: &[Vec<ValueId>], set: &BTreeSet<ValueId>) -> bool {
-    let start = set.iter().flat_map(|m| cons[m.index()].iter().copied()).filter(|c| !set.contains(c)).collect();
-    cycles_from(cons, start, &|x| set.contains(&x), None)
-}
-
-/// Whether a path from `start` (nodes outside a set) reaches a node `inside` the set. With `bound`, the
-/// set's highest node, the search skips nodes above it (every edge goes forward, so none leads back).
-fn cycles_from(
-    cons: &[Vec<ValueId>],
-    mut stack: Vec<ValueId>,
-    inside: &dyn Fn(ValueId) -> bool,
-    bound: Option<ValueId>,
-) -> bool {
     let mut seen: BTreeSet<ValueId> = BTreeSet::new();
+    let mut stack: Vec<ValueId> =
+        set.iter().flat_map(|m| cons[m.index()].iter().copied()).filter(|c| !set.contains(c)).collect();
     while let Some(x) = stack.pop() {
-        if bound.is_some_and(|b| x > b) || !seen.insert(x) {
+        if !seen.insert(x) {
             continue;
         }
         for &c in &cons[x.index()] {
-            if inside(c) {
+            if set.contains(&c) {
                 return true;
             }
             stack.push(c);
+        }
+    }
+    false
+}
+
+/// The root of `x` in the union-find `parent`, without compressing paths.
+fn find(parent: &[usize], mut x: usize) -> usize {
+    while parent[x] != x {
+        x = parent[x];
+    }
+    x
+}
+
+/// Whether a path from `start` (nodes outside a set about to become one group) reaches the set again,
+/// where a node of another group (`unit`) stands for the whole group: a group runs as one launch, so
+/// anything that reads any of its members waits for all its inputs. (A path that only goes through
+/// nodes can miss a cycle between groups: the set reads one member of a matmul group while another of its
+/// members reads the set.) With `bound`, the set's highest node, ungrouped nodes above it are skipped:
+/// every edge goes forward, so none leads back.
+fn group_cycle(
+    cons: &[Vec<ValueId>],
+    mut stack: Vec<ValueId>,
+    inside: &dyn Fn(ValueId) -> bool,
+    unit: &dyn Fn(ValueId) -> Option<usize>,
+    members: &dyn Fn(usize) -> Vec<ValueId>,
+    bound: Option<ValueId>,
+) -> bool {
+    let mut seen: BTreeSet<ValueId> = BTreeSet::new();
+    let mut seen_units: BTreeSet<usize> = BTreeSet::new();
+    while let Some(x) = stack.pop() {
+        if inside(x) {
+            return true;
+        }
+        if !seen.insert(x) {
+            continue;
+        }
+        match unit(x) {
+            Some(u) => {
+                if seen_units.insert(u) {
+                    for m in members(u) {
+                        stack.extend(cons[m.index()].iter().copied());
+                    }
+                }
+            }
+            None if bound.is_some_and(|b| x > b) => {}
+            None => stack.extend(cons[x.index()].iter().copied()),
         }
     }
     false
