@@ -920,8 +920,9 @@ impl Translate<'_> {
         }
     }
 
-    /// A load in column-chunked mode: a full-width member is recomputed from its body (inlined), anything
-    /// else is read from its UB copy (a chunk of `wc` columns, a per-row `[Rt, 1]` value, a scalar).
+    /// A load in column-chunked mode: a full-width member is recomputed from its body (inlined, and rounded
+    /// to its dtype), anything else is read from its UB copy (a chunk of `wc` columns, a per-row `[Rt, 1]`
+    /// value, a scalar).
     fn chunk_load(&mut self, src: ValueId) -> Option<VExpr> {
         let (_, ctx) = self.chunk?;
         if let Some((cols, ext)) = ctx.wide.get(&src) {
@@ -949,6 +950,9 @@ impl Translate<'_> {
                 chunk: self.chunk,
             };
             let e = tr.vexpr(body, cols)?;
+            // The member's value is what it stores: a bf16 or f16 member is read rounded, as from its buffer.
+            let dtype = self.g.node(src).dtype;
+            let e = if matches!(dtype, DType::BF16 | DType::F16) { VExpr::Cast(dtype, Box::new(e)) } else { e };
             return tr.pre.is_empty().then_some(e);
         }
         let s = *self.srcs.get(&src)?;
