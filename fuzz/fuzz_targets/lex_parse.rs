@@ -13,7 +13,13 @@ fuzz_target!(|data: &[u8]| {
     let (module, diags) = kc_frontend::parser::parse(file, &src);
     for d in &diags {
         let s = d.primary.span;
-        assert!(s.start <= s.end && s.end as usize <= src.len(), "diagnostic span {}..{} of {}", s.start, s.end, src.len());
+        assert!(
+            s.start <= s.end && s.end as usize <= src.len(),
+            "diagnostic span {}..{} of {}",
+            s.start,
+            s.end,
+            src.len()
+        );
     }
     let _ = kc_frontend::ast_print::print_module(&module);
 });

@@ -59,7 +59,8 @@ pub fn small_dims(g: &kc_ir::Graph, size: i64) -> Option<kc_ir::launch::Args> {
     let mut total: u64 = 0;
     for p in &g.params {
         if let kc_ir::ParamKind::Tensor { shape, .. } = &p.kind {
-            let n = shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(u64::try_from(d.eval(&lookup).ok()?).ok()?))?;
+            let n =
+                shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(u64::try_from(d.eval(&lookup).ok()?).ok()?))?;
             total = total.checked_add(n)?;
         }
     }

@@ -1,9 +1,7 @@
 //! Kernel signatures, statements and fn inlining.
 
 use super::tval::{fmt_shape, int};
-use super::{
-    Bind, Lowerer, Scope, StmtBound, MAX_DIM, MAX_INLINE_DEPTH, MAX_NODES, MAX_STEPS, MAX_UNROLL, MAX_WORK,
-};
+use super::{Bind, Lowerer, Scope, StmtBound, MAX_DIM, MAX_INLINE_DEPTH, MAX_NODES, MAX_STEPS, MAX_UNROLL, MAX_WORK};
 use crate::ast::{self, ExprKind as A, LetTarget, StmtKind};
 use kc_ir::{
     CmpOp, Code, Constraint, DType, Diagnostic, Dim, DimAssert, ExprKind, Graph, NodeKind, OutputDecl, Param,
