@@ -592,6 +592,16 @@ fn pathological(name: &str) -> Option<(String, Expect)> {
             );
             (scalar_kernel(&body), Expect::Code(Code::UnrollLimit))
         }
+        "nested_empty_for_loops_2_pow_60" => {
+            // The same, with bodies that build nothing (found by cargo fuzz): no node limit is ever reached,
+            // so only the limit on statements and iterations stops it.
+            let body = format!(
+                "{}        let t = x;\n{}    y = x;",
+                (0..60).map(|i| format!("    for i{i} in 0..2 {{\n")).collect::<String>(),
+                repeat("    }\n", 60)
+            );
+            (scalar_kernel(&body), Expect::Code(Code::UnrollLimit))
+        }
         "fn_chain_1000" => {
             let mut src: String = (0..1000).map(|i| format!("fn f{i}(v) {{ return f{}(v) + 1.0; }}\n", i + 1)).collect();
             src += "fn f1000(v) { return v; }\n";
@@ -684,6 +694,7 @@ const PATHOLOGICAL: &[&str] = &[
     "for_loop_1e9",
     "for_loop_i64_max",
     "nested_for_loops_2_pow_60",
+    "nested_empty_for_loops_2_pow_60",
     "fn_chain_1000",
     "fn_fanout_2_pow_40",
     "nested_dbl_calls_40",

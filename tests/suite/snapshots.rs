@@ -5,6 +5,9 @@
 //! - `tests/data/err/**/*.ker` must produce at least one error, among them the code the file name starts
 //!   with (`E0100_unknown_name.ker` must report `E0100`); the snapshot is the rendered diagnostics, without
 //!   color, as `kc check` prints them.
+//! - `tests/data/fuzz/*.ker` (minimized inputs that crashed or hung the compiler under `cargo fuzz`, see
+//!   `docs/fuzzing.md`) may compile or not, but never with an internal error; the snapshot is the rendered
+//!   diagnostics and the names of the kernels that lowered.
 //! - Every diagnostic of every fixture is checked structurally: its spans lie inside their file's text, on
 //!   char boundaries, with `start <= end`; source names are relative (`err/E0100_unknown_name.ker`); the
 //!   output is the same when the file is compiled twice.
@@ -296,6 +299,30 @@ fn err() {
         }
         check_deterministic(&c, &root, path);
         insta::assert_snapshot!(rendered);
+    });
+}
+
+#[test]
+fn fuzz() {
+    let root = data_dir();
+    insta::glob!("../data/fuzz", "*.ker", |path| {
+        let c = compile(&root, path);
+        let first_line = c.sources.get(kc_ir::FileId(0)).and_then(|f| f.text.lines().next()).unwrap_or("");
+        assert!(
+            first_line.starts_with("// "),
+            "{}: the first line must be a `//` comment saying what the fuzzer found and what it gives now",
+            c.name
+        );
+        check_structure(&c, &root);
+        let rendered = c.rendered();
+        assert!(
+            !c.diags.iter().any(|d| d.code == Code::Internal),
+            "{}: an internal compiler error (a bug in kc) on this input:\n{rendered}",
+            c.name
+        );
+        check_deterministic(&c, &root, path);
+        let kernels: Vec<&str> = c.program.kernels.iter().map(|g| g.name.as_str()).collect();
+        insta::assert_snapshot!(format!("{rendered}\nkernels lowered: {kernels:?}\n"));
     });
 }
 

@@ -35,6 +35,10 @@ pub const MAX_WORK: usize = 4_000_000;
 pub const MAX_DIM: i64 = kc_ir::launch::MAX_ELEMENTS as i64;
 /// The most iterations of one `for` loop.
 pub const MAX_UNROLL: i64 = 1024;
+/// The most statements and `for` iterations lowering may go through for one kernel, after unrolling and
+/// inlining: nested loops whose bodies build nothing (empty, or only aliases and errors) never reach
+/// [`MAX_NODES`] or [`MAX_WORK`], but still take time for every iteration.
+pub const MAX_STEPS: usize = 100_000;
 
 /// Compiles the file `root` of `sources` (and every file it `use`s, read through `loader` and added to
 /// `sources`), with the standard library in scope, to a program of lowered, verified kernels.
@@ -284,6 +288,8 @@ pub(crate) struct Lowerer<'a> {
     pub too_big: bool,
     /// Expression nodes built so far, against [`MAX_WORK`].
     pub work: usize,
+    /// Statements and `for` iterations gone through so far, against [`MAX_STEPS`].
+    pub steps: usize,
 }
 
 impl<'a> Lowerer<'a> {
@@ -313,6 +319,7 @@ impl<'a> Lowerer<'a> {
             collecting: Vec::new(),
             too_big: false,
             work: 0,
+            steps: 0,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Kernel signatures, statements and fn inlining.
 
 use super::tval::{fmt_shape, int};
-use super::{Bind, Lowerer, Scope, StmtBound, MAX_DIM, MAX_INLINE_DEPTH, MAX_NODES, MAX_UNROLL, MAX_WORK};
+use super::{Bind, Lowerer, Scope, StmtBound, MAX_DIM, MAX_INLINE_DEPTH, MAX_NODES, MAX_STEPS, MAX_UNROLL, MAX_WORK};
 use crate::ast::{self, ExprKind as A, LetTarget, StmtKind};
 use kc_ir::{
     CmpOp, Code, Constraint, DType, Diagnostic, Dim, DimAssert, ExprKind, Graph, NodeKind, OutputDecl, Param,
@@ -644,21 +644,26 @@ impl Lowerer<'_> {
     }
 
     pub(crate) fn check_size(&mut self, span: Span) -> bool {
-        if (self.nodes.len() > MAX_NODES || self.work > MAX_WORK) && !self.too_big {
-            self.too_big = true;
-            self.err(
-                Diagnostic::error(
-                    Code::UnrollLimit,
-                    span,
-                    format!("the kernel unrolls to more than {MAX_NODES} operations (or {MAX_WORK} expression nodes)"),
-                )
-                .with_note("`for` loops are unrolled and fns inlined at every call; reduce the trip counts"),
-            );
+        if self.too_big {
+            return false;
         }
-        !self.too_big
+        let message = if self.nodes.len() > MAX_NODES || self.work > MAX_WORK {
+            format!("the kernel unrolls to more than {MAX_NODES} operations (or {MAX_WORK} expression nodes)")
+        } else if self.steps > MAX_STEPS {
+            format!("the kernel unrolls to more than {MAX_STEPS} statements and loop iterations")
+        } else {
+            return true;
+        };
+        self.too_big = true;
+        self.err(
+            Diagnostic::error(Code::UnrollLimit, span, message)
+                .with_note("`for` loops are unrolled and fns inlined at every call; reduce the trip counts"),
+        );
+        false
     }
 
     pub(crate) fn stmt(&mut self, s: &ast::Stmt) {
+        self.steps += 1;
         if !self.check_size(s.span) {
             return;
         }
@@ -696,6 +701,12 @@ impl Lowerer<'_> {
                     return;
                 }
                 for i in lo_v..hi_v {
+                    // An iteration is a step even when its body is empty. (The other limits are checked
+                    // by the statements, which point at the innermost one.)
+                    self.steps += 1;
+                    if self.steps > MAX_STEPS && !self.check_size(s.span) {
+                        break;
+                    }
                     self.scopes.push(Scope::default());
                     self.define(&var.name, Bind::Dim(Dim::constant(i)));
                     for st in &body.stmts {
