@@ -264,22 +264,38 @@ impl Gen {
             let (v, d) = self.rng.pick(ctx).clone();
             return E::leaf(format!("f32({v}) / {d}"), 1.0);
         }
-        let dims: Vec<&String> = ctx.iter().map(|(_, d)| d).collect();
+        // The context's dims, once each, in order. A value broadcast over an element-wise result must hold
+        // a leading or a trailing run of its dims: a vector along a middle axis (or two axes around one) is
+        // a tiler gap (E0606), as are literal-1 axes in most templates: those are rare.
+        let mut dims: Vec<String> = Vec::new();
+        for (_, d) in ctx {
+            if !dims.contains(d) {
+                dims.push(d.clone());
+            }
+        }
+        let loose = self.rng.chance(0.03);
+        let run = |shape: &[String]| -> bool {
+            let s: Vec<&String> = shape.iter().filter(|d| *d != "1").collect();
+            let n = s.len();
+            n <= dims.len()
+                && (s.iter().zip(&dims).all(|(a, b)| *a == b) || s.iter().zip(&dims[dims.len() - n..]).all(|(a, b)| *a == b))
+        };
         let cands: Vec<Val> = self
             .pool
             .iter()
-            .filter(|v| !v.int && v.shape.iter().all(|d| d == "1" || dims.contains(&d)))
+            .filter(|v| {
+                !v.int
+                    && v.shape.iter().all(|d| d == "1" || dims.contains(d))
+                    && (loose || run(&v.shape) && !v.shape.iter().any(|d| d == "1"))
+            })
             .cloned()
             .collect();
         let v = if cands.is_empty() || self.rng.chance(0.3) {
-            // A new parameter over a random subset of the context's dims, in order.
-            let mut shape: Vec<String> = Vec::new();
-            for (_, d) in ctx {
-                if !shape.contains(d) && self.rng.chance(0.7) {
-                    shape.push(d.clone());
-                }
-            }
-            if shape.len() == 1 && self.rng.chance(0.2) {
+            // A new parameter over a leading or trailing run of the context's dims.
+            let k = self.rng.below(dims.len() + 1);
+            let mut shape: Vec<String> =
+                if self.rng.chance(0.5) { dims[..k].to_vec() } else { dims[dims.len() - k..].to_vec() };
+            if loose && shape.len() == 1 {
                 shape.push("1".to_string());
             }
             self.param(&shape)
@@ -308,17 +324,18 @@ impl Gen {
         if depth == 0 || self.rng.chance(0.2) {
             return self.leaf(ctx);
         }
-        match self.rng.below(9) {
-            0..=2 => {
+        // (Reductions nested in an element-wise expression are a frequent tiler gap, E0606: rarer.)
+        match self.rng.below(27) {
+            0..=8 => {
                 let a = self.expr(ctx, depth - 1);
                 let b = self.expr(ctx, depth - 1);
                 self.binary(a, b)
             }
-            3..=4 => {
+            9..=14 => {
                 let a = self.expr(ctx, depth - 1);
                 self.unary(a)
             }
-            5 => {
+            15..=17 => {
                 // A mask: an integer comparison of the index variables, or a float one of deterministic values.
                 let c = self.cond(ctx);
                 let a = self.expr(ctx, depth - 1);
@@ -330,8 +347,8 @@ impl Gen {
                 r.terms = r.terms.max(c.terms);
                 r
             }
-            6 => self.cast_expr(ctx, depth),
-            7 if ctx.len() < 4 => self.inner_reduce(ctx, depth),
+            18..=20 => self.cast_expr(ctx, depth),
+            21 if ctx.len() < 4 => self.inner_reduce(ctx, depth),
             _ => {
                 let a = self.expr(ctx, depth - 1);
                 let b = self.leaf(ctx);
@@ -429,7 +446,8 @@ impl Gen {
     /// A reduction inside an index-notation expression, over a new index variable.
     fn inner_reduce(&mut self, ctx: &Ctx, depth: u32) -> E {
         let dims = self.known_dims();
-        let d = self.rng.pick(&dims).clone();
+        let fresh_dims: Vec<String> = dims.iter().filter(|d| !ctx.iter().any(|(_, x)| x == *d)).cloned().collect();
+        let d = if fresh_dims.is_empty() { self.rng.pick(&dims).clone() } else { self.rng.pick(&fresh_dims).clone() };
         let v = self.fresh(&d.to_lowercase());
         let mut inner = ctx.clone();
         inner.push((v.clone(), d.clone()));
@@ -441,23 +459,46 @@ impl Gen {
         // The body must read the new variable: a product with a leaf over it.
         let x = self.leaf_over(&inner, &d);
         let body = self.expr(&inner, depth.saturating_sub(2));
-        let body = x.join(&body, format!("({}) * ({})", x.s, body.s), x.b * body.b);
-        self.f.reduction = true;
         let op = *self.rng.pick(&["sum", "max", "min", "mean"]);
+        // A sum of a product of two loads is a contraction, which the cube takes only of bf16 operands: an
+        // f32 one is a tiler gap (E0606). Sums here add instead.
+        let body = if op == "sum" {
+            x.join(&body, format!("{} + ({})", x.s, body.s), x.b + body.b)
+        } else {
+            x.join(&body, format!("({}) * ({})", x.s, body.s), x.b * body.b)
+        };
+        self.f.reduction = true;
         let b = if op == "sum" { body.b * n as f64 } else { body.b };
         let mut r = body.with(format!("{op}[{v} in 0..{d}]({})", body.s), b, false);
         r.terms = body.terms * n;
         r
     }
 
-    /// A leaf that reads dim `d` (a new parameter if none in scope does).
+    /// A leaf with no literal-1 dims (the cube's epilogue does not take them).
+    fn leaf_no1(&mut self, ctx: &Ctx) -> E {
+        for _ in 0..8 {
+            let e = self.leaf(ctx);
+            if !e.s.contains(", 0]") && !e.s.contains("[0") {
+                return e;
+            }
+        }
+        E::leaf("0.5".into(), 0.5)
+    }
+
+    /// A leaf that reads dim `d` (a new parameter if none in scope does), and another dim of `ctx` too
+    /// when there is one (a reduction inside an expression that does not depend on the expression's indices
+    /// is a tiler gap, E0606).
     fn leaf_over(&mut self, ctx: &Ctx, d: &str) -> E {
         let dims: Vec<&String> = ctx.iter().map(|(_, x)| x).collect();
+        let other = ctx.iter().any(|(_, x)| x != d);
         let cands: Vec<Val> = self
             .pool
             .iter()
             .filter(|v| {
-                !v.int && v.shape.iter().any(|x| x == d) && v.shape.iter().all(|x| x == "1" || dims.contains(&x))
+                !v.int
+                    && v.shape.iter().any(|x| x == d)
+                    && v.shape.iter().all(|x| x == "1" || dims.contains(&x))
+                    && (!other || v.shape.iter().any(|x| x != d && x != "1"))
             })
             .cloned()
             .collect();
@@ -468,6 +509,12 @@ impl Gen {
                     shape.push(x.clone());
                 }
             }
+            if other && shape.len() < 2 {
+                if let Some((_, x)) = ctx.iter().find(|(_, x)| x != d) {
+                    shape.push(x.clone());
+                }
+            }
+            shape.sort_by_key(|x| order(x));
             self.param(&shape)
         } else {
             self.rng.pick(&cands).clone()
@@ -548,7 +595,7 @@ impl Gen {
             let k = self.rng.below(shape.len() + 1);
             let mut s: Vec<String> = shape[shape.len() - k..].to_vec();
             for d in s.iter_mut() {
-                if self.rng.chance(0.15) {
+                if self.rng.chance(0.03) {
                     *d = "1".into();
                 }
             }
@@ -663,6 +710,10 @@ impl Gen {
         if red.is_empty() {
             red.push(keep.pop().unwrap_or_else(|| full[0].clone()));
         }
+        // Down to a scalar only now and then (a tiler gap for some bodies).
+        if keep.is_empty() && full.len() > 1 && self.rng.chance(0.7) {
+            keep.push(red.remove(0));
+        }
         let ctx: Ctx = full.iter().map(|d| (d.to_lowercase(), d.clone())).collect();
         let x = self.leaf_over(&ctx, &red[0]);
         let body = self.expr(&ctx, 2);
@@ -704,20 +755,11 @@ impl Gen {
         let full = self.wfull(&shape);
         let x = self.binary(x, full);
         let r = shape.len();
-        let op = *self.rng.pick(&["sum", "max", "min", "mean", "argmax", "argmin"]);
-        if op.starts_with("arg") && !x.det {
-            // argmax of values that may differ in their last bits may pick another index: only exact values.
-            let v = self.param(&shape);
-            let ax = self.rng.below(r);
-            let out: Vec<String> = shape.iter().enumerate().filter(|(i, _)| *i != ax).map(|(_, d)| d.clone()).collect();
-            let e = E::leaf(format!("{op}({} * 2.0, axis: {ax})", v.name), 0.0);
-            self.output(&out, e, false, true);
-            return;
-        }
-        if self.rng.chance(0.25) {
+        // (argmax and argmin: no template tiles them, E0606.)
+        let op = *self.rng.pick(&["sum", "max", "min", "mean"]);
+        if self.rng.chance(0.12) {
             // Over everything: a scalar.
             let n: u64 = shape.iter().map(|d| self.sizes[d] as u64).product();
-            let op = if op.starts_with("arg") { "sum" } else { op };
             let b = if op == "sum" { x.b * n as f64 } else { x.b };
             let mut e = x.with(format!("{op}({})", x.s), b, false);
             e.terms = x.terms * n;
@@ -728,12 +770,6 @@ impl Gen {
         let ax = self.rng.below(r);
         let axis = if self.rng.chance(0.5) { ax as i64 } else { ax as i64 - r as i64 };
         let n = self.sizes[&shape[ax]] as u64;
-        if op.starts_with("arg") {
-            let out: Vec<String> = shape.iter().enumerate().filter(|(i, _)| *i != ax).map(|(_, d)| d.clone()).collect();
-            let e = x.with(format!("{op}({}, axis: {axis})", x.s), 0.0, false);
-            self.output(&out, e, false, true);
-            return;
-        }
         if self.rng.chance(0.3) {
             let m = *self.rng.pick(&["max", "sum", "mean"]);
             let b = if m == "sum" { x.b * n as f64 } else { x.b };
@@ -770,7 +806,7 @@ impl Gen {
             return self.ew_index();
         }
         let n = self.sizes[&k] as u64;
-        let batched = self.rng.chance(0.2) && self.sizes[&a] * self.sizes[&b] * 4 <= 20_000;
+        let batched = self.rng.chance(0.2) && self.sizes[&a] * self.sizes[&b] * 4 <= 20_000 && a != "H" && b != "H";
         let h = "H".to_string();
         if batched {
             self.sizes.entry(h.clone()).or_insert(*[2, 3].get(self.rng.below(2)).unwrap_or(&2));
@@ -820,7 +856,13 @@ impl Gen {
         let idx: Vec<String> = out_shape.iter().map(|d| d.to_lowercase()).collect();
         ce.s = format!("{name}[{}]", idx.join(", "));
         let epi = if self.rng.chance(0.6) {
-            let bias = self.leaf(&ctx);
+            // The cube's epilogue reads tensors of the result's shape, or rows and columns of a 2-D one.
+            let bias = if batched { self.wfull(&out_shape) } else { self.leaf_no1(&ctx) };
+            let bias = if batched {
+                E { s: format!("{}[{}]", bias.s, idx.join(", ")), ..bias }
+            } else {
+                bias
+            };
             let t = self.unary(ce.clone());
             let t = self.tame(t);
             t.join(&bias, format!("{} + {}", t.s, bias.s), t.b + bias.b)
