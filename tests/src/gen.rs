@@ -770,7 +770,10 @@ impl Gen {
         let ax = self.rng.below(r);
         let axis = if self.rng.chance(0.5) { ax as i64 } else { ax as i64 - r as i64 };
         let n = self.sizes[&shape[ax]] as u64;
-        if self.rng.chance(0.3) {
+        // (Along the last axis of a matrix: along another, or of a vector, the broadcast back is a tiler gap.)
+        if r >= 2 && self.rng.chance(0.3) {
+            let (ax, axis) = (r - 1, if self.rng.chance(0.5) { -1 } else { r as i64 - 1 });
+            let n = self.sizes[&shape[ax]] as u64;
             let m = *self.rng.pick(&["max", "sum", "mean"]);
             let b = if m == "sum" { x.b * n as f64 } else { x.b };
             let mut e = x.with(format!("({}) - {m}({}, axis: {axis}, keepdim: true)", x.s, x.s), x.b + b, false);
