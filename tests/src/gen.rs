@@ -65,6 +65,7 @@ pub struct Features {
     pub cast: bool,
     pub inout: bool,
     pub softmax: bool,
+    pub library: bool,
     pub broadcast: bool,
     pub bf16: bool,
 }
@@ -162,6 +163,10 @@ struct Gen {
     results: BTreeMap<String, ResultInfo>,
     f: Features,
     next: usize,
+    /// The largest result the generator makes, in elements.
+    max_elems: i64,
+    /// Inside the body of a reduction: reductions nested in reductions are mostly a tiler gap (E0606).
+    in_reduction: bool,
 }
 
 /// An index variable in scope: its name and its dim.
@@ -348,7 +353,7 @@ impl Gen {
                 r
             }
             18..=20 => self.cast_expr(ctx, depth),
-            21 if ctx.len() < 4 => self.inner_reduce(ctx, depth),
+            21 if ctx.len() < 4 && !self.in_reduction => self.inner_reduce(ctx, depth),
             _ => {
                 let a = self.expr(ctx, depth - 1);
                 let b = self.leaf(ctx);
@@ -370,7 +375,17 @@ impl Gen {
 
     fn unary(&mut self, a: E) -> E {
         let s = &a.s;
-        match self.rng.below(13) {
+        match self.rng.below(20) {
+            13 if a.b <= 6.0 => a.with(format!("exp2({s})"), a.b.exp2(), false),
+            13 => a.with(format!("log2(abs({s}) + 0.5)"), (a.b + 0.5).log2().abs().max(1.0), false),
+            14 => a.with(format!("sin({s})"), 1.0, false),
+            15 => a.with(format!("cos({s})"), 1.0, false),
+            // Exact: floor of a multiple by a power of two, the floor remainder by a constant.
+            16 => a.with(format!("floor(({s}) * 4.0) / 4.0"), a.b + 0.25, true),
+            17 => a.with(format!("ceil({s})"), a.b + 1.0, true),
+            18 if a.det => a.with(format!("({s}) % 0.75"), 0.75, true),
+            18 => a.with(format!("clamp({s}, -0.5, 0.75)"), 0.75, true),
+            19 => a.with(format!("clamp({s}, 0.25, -0.25)"), 0.25, true),
             0 if a.b <= 6.0 => a.with(format!("exp({s})"), a.b.exp(), false),
             0 => a.with(format!("exp(tanh({s}))"), 1f64.exp(), false),
             1 => a.with(format!("log(abs({s}) + 0.5)"), (a.b + 0.5).ln().abs().max(0.7), false),
@@ -458,7 +473,9 @@ impl Gen {
         }
         // The body must read the new variable: a product with a leaf over it.
         let x = self.leaf_over(&inner, &d);
+        self.in_reduction = true;
         let body = self.expr(&inner, depth.saturating_sub(2));
+        self.in_reduction = false;
         let op = *self.rng.pick(&["sum", "max", "min", "mean"]);
         // A sum of a product of two loads is a contraction, which the cube takes only of bf16 operands: an
         // f32 one is a tiler gap (E0606). Sums here add instead.
@@ -672,7 +689,7 @@ impl Gen {
         // reads are a tiler gap, E0606).
         s.sort_by_key(|d| order(d));
         // Keep results small enough for the interpreter.
-        while s.len() > 1 && s.iter().map(|d| self.sizes[d]).product::<i64>() > 20_000 {
+        while s.len() > 1 && s.iter().map(|d| self.sizes[d]).product::<i64>() > self.max_elems {
             s.pop();
         }
         s
@@ -716,7 +733,9 @@ impl Gen {
         }
         let ctx: Ctx = full.iter().map(|d| (d.to_lowercase(), d.clone())).collect();
         let x = self.leaf_over(&ctx, &red[0]);
+        self.in_reduction = true;
         let body = self.expr(&ctx, 2);
+        self.in_reduction = false;
         let mut body = x.join(&body, format!("({}) * ({})", x.s, body.s), x.b * body.b);
         let op = *self.rng.pick(&["sum", "sum", "max", "min", "mean"]);
         if op == "sum" && self.rng.chance(0.3) {
@@ -746,7 +765,7 @@ impl Gen {
         if shape.len() == 1 && self.rng.chance(0.5) {
             let dims = self.known_dims();
             let d = self.rng.pick(&dims).clone();
-            if !shape.contains(&d) && self.sizes[&d] * self.sizes[&shape[0]] <= 20_000 {
+            if !shape.contains(&d) && self.sizes[&d] * self.sizes[&shape[0]] <= self.max_elems {
                 shape.push(d);
             }
         }
@@ -901,18 +920,39 @@ impl Gen {
         let n = "N".to_string();
         self.sizes.entry(n.clone()).or_insert(*self.rng.pick(&[1, 3, 7, 17, 33, 100]));
         self.sizes.entry("V".into()).or_insert(*self.rng.pick(&[1, 2, 5, 17, 64, 129]));
-        if d == n || d == "V" || self.sizes[&d] * self.sizes["N"] > 20_000 {
+        if d == n || d == "V" || d == "J" || self.sizes[&d] * self.sizes["N"] > self.max_elems {
             return self.ew_index();
         }
         let ids = self.fresh("ids");
-        self.params.push(format!("{ids}: i32[{n}]"));
         let table = self.param(&["V".to_string(), d.clone()]);
         let (nv, dv) = (n.to_lowercase(), d.to_lowercase());
         let ctx: Ctx = vec![(nv.clone(), n.clone()), (dv.clone(), d.clone())];
-        let g = E::leaf(format!("{}[{ids}[{nv}], {dv}]", table.name), 1.0);
+        // The index: `ids[n]`, `ids[n] / 2` (random_args makes its values in range for both), or a sum of
+        // the rows of a 2-D index `ids[n, j]`.
+        let g = match self.rng.below(4) {
+            0 => {
+                self.params.push(format!("{ids}: i32[{n}]"));
+                E::leaf(format!("{}[{ids}[{nv}] / 2, {dv}]", table.name), 1.0)
+            }
+            1 => {
+                self.sizes.entry("J".into()).or_insert(*self.rng.pick(&[1, 2, 3, 5]));
+                self.params.push(format!("{ids}: i32[{n}, J]"));
+                let mut e = E::leaf(format!("sum[j in 0..J]({}[{ids}[{nv}, j], {dv}])", table.name), 5.0);
+                e.det = false;
+                e.terms = self.sizes["J"] as u64;
+                self.f.reduction = true;
+                e
+            }
+            _ => {
+                self.params.push(format!("{ids}: i32[{n}]"));
+                E::leaf(format!("{}[{ids}[{nv}], {dv}]", table.name), 1.0)
+            }
+        };
         // The index parameter's dim: make `N` known by an index read.
-        self.pool.push(Val { name: ids.clone(), shape: vec![n.clone()], int: true, e: E::leaf(String::new(), 8.0) });
-        if self.rng.chance(0.4) {
+        let ids_shape = if g.s.contains("j in 0..J") { vec![n.clone(), "J".to_string()] } else { vec![n.clone()] };
+        self.pool.push(Val { name: ids.clone(), shape: ids_shape, int: true, e: E::leaf(String::new(), 8.0) });
+        // (A gather summed over `j` summed again is a tiler gap, E0606.)
+        if self.rng.chance(0.4) && !g.s.starts_with("sum[j") {
             let w = self.leaf(&vec![(dv.clone(), d.clone())]);
             let red = self.sizes[&d] as u64;
             let mut e = g.join(&w, format!("sum[{dv} in 0..{d}]({} * {})", g.s, w.s), red as f64 * w.b);
@@ -936,7 +976,7 @@ impl Gen {
         let a = self.rng.pick(&dims).clone();
         let b = self.rng.pick(&dims).clone();
         // Over a whole vector the softmax's reduction feeds its own group: a tiler gap (E0606); rows only.
-        if a == b || self.sizes[&a] * self.sizes[&b] > 20_000 {
+        if a == b || self.sizes[&a] * self.sizes[&b] > self.max_elems {
             return self.ew_index();
         }
         let shape = if order(&a) <= order(&b) { vec![a, b] } else { vec![b, a] };
@@ -991,8 +1031,98 @@ impl Gen {
             x = E::leaf("1.5".into(), 1.5);
         }
         let k = *self.rng.pick(&[3, 5, 7]);
-        let e = E::leaf(format!("(i32(({}) * 16.0) + 100) % {k} - i32(({}) * 4.0)", x.s, x.s), 0.0);
-        self.output(&shape, e, true, true);
+        match self.rng.below(4) {
+            0 => {
+                let e = E::leaf(format!("(i32(({}) * 16.0) + 100) % {k} - i32(({}) * 4.0)", x.s, x.s), 0.0);
+                self.output(&shape, e, true, true);
+            }
+            1 => {
+                // Integer arithmetic on an i32 parameter (values 0..8): floor division and remainder of
+                // negative values, min, max, abs.
+                let q = self.fresh("q");
+                let dims: Vec<String> = shape.clone();
+                self.params.push(format!("{q}: {}", ty("i32", &dims)));
+                let vars: Vec<String> = dims.iter().map(|d| d.to_lowercase()).collect();
+                let qa = format!("{q}[{}]", vars.join(", "));
+                let m = *self.rng.pick(&[2, 3, 5]);
+                let e = match self.rng.below(4) {
+                    0 => format!("({qa} - 4) / {m} + ({qa} - 5) % {m}"),
+                    1 => format!("max({qa} * {k} - 20, -{m}) / 2 - min({qa}, {m})"),
+                    2 => format!("abs({qa} - 4) * ({qa} % {m}) - {qa} / {m}"),
+                    _ => format!("where({qa} > {m}, ({qa} - 9) / {m}, -{qa} % {m})"),
+                };
+                let as_float = self.rng.chance(0.3);
+                if as_float {
+                    let e = E::leaf(format!("f32({e}) / 4.0 + {x}", x = x.s), x.b + 8.0);
+                    self.output(&shape, e, true, false);
+                } else {
+                    self.output(&shape, E::leaf(e, 0.0), true, true);
+                }
+            }
+            2 => {
+                // A bool result, of a comparison of exact values.
+                let c = self.cond(&ctx);
+                let name = self.fresh("o");
+                self.outputs.push(format!("{name}: {}", ty("bool", &shape)));
+                let vars: Vec<String> = shape.iter().map(|d| d.to_lowercase()).collect();
+                self.body.push(format!("{name}[{}] = {} || {} == 0.0;", vars.join(", "), c.s, x.s));
+                self.results.insert(name, ResultInfo { terms: 1, bf16_rounded: false });
+            }
+            _ => {
+                let e = E::leaf(format!("i32(floor(({}) * 8.0)) / {k}", x.s), 0.0);
+                self.output(&shape, e, true, true);
+            }
+        }
+    }
+
+    /// A library operation along the last axis: `cumsum`, `topk`, `argsort` (the last two of exact values
+    /// only: values that may differ in their last bits may sort differently).
+    fn library(&mut self) {
+        self.f.library = true;
+        let mut shape = self.shape();
+        if shape.len() > 2 {
+            shape.truncate(2);
+        }
+        let x = if self.rng.chance(0.5) {
+            self.wfull(&shape)
+        } else {
+            let x = self.wexpr(&shape, 2);
+            let full = self.wfull(&shape);
+            self.binary(x, full)
+        };
+        let last = shape.last().cloned().unwrap_or_default();
+        let n = self.sizes[&last];
+        let r = self.rng.below(3);
+        if r == 0 || !x.det {
+            let excl = if self.rng.chance(0.3) { ", exclusive: true" } else { "" };
+            let mut e = x.with(format!("cumsum({}, axis: -1{excl})", x.s), x.b * n as f64, false);
+            e.terms = x.terms * n as u64;
+            let e = self.tame(e);
+            self.output(&shape, e, false, false);
+            return;
+        }
+        if r == 1 {
+            let k = *self.rng.pick(&[1, 2, 4, 8]);
+            let k = k.min(n);
+            let (v, i) = (self.fresh("tv"), self.fresh("ti"));
+            self.body.push(format!("let ({v}, {i}) = topk({}, {k});", x.s));
+            let mut out = shape.clone();
+            if let Some(l) = out.last_mut() {
+                *l = k.to_string();
+            }
+            let ov = self.fresh("o");
+            let oi = self.fresh("o");
+            self.outputs.push(format!("{ov}: {}", ty("f32", &out)));
+            self.outputs.push(format!("{oi}: {}", ty("i32", &out)));
+            self.body.push(format!("{ov} = {v};"));
+            self.body.push(format!("{oi} = {i};"));
+            self.results.insert(ov, ResultInfo { terms: 1, bf16_rounded: false });
+            self.results.insert(oi, ResultInfo { terms: 1, bf16_rounded: false });
+            return;
+        }
+        let desc = if self.rng.chance(0.5) { ", descending: true" } else { "" };
+        let e = E::leaf(format!("argsort({}{desc})", x.s), 0.0);
+        self.output(&shape, e, false, true);
     }
 
     /// An `inout` parameter updated in place.
@@ -1019,8 +1149,14 @@ impl Gen {
 pub fn generate(seed: u64) -> Program {
     let mut rng = Rng::new(seed);
     let mut sizes = BTreeMap::new();
-    // A and B small enough that A * B stays below 20_000.
-    loop {
+    // A and B small enough that A * B stays below 20_000; or now and then a few rows too wide for the
+    // vector cores' buffers (walked in column chunks).
+    let wide = rng.chance(0.06);
+    if wide {
+        sizes.insert("A".to_string(), *rng.pick(&[1, 2, 3]));
+        sizes.insert("B".to_string(), *rng.pick(&[4097, 20011, 40003]));
+    }
+    while !wide {
         let a = *rng.pick(&SIZES);
         let b = *rng.pick(&SIZES);
         if a * b <= 20_000 {
@@ -1040,11 +1176,14 @@ pub fn generate(seed: u64) -> Program {
         results: BTreeMap::new(),
         f: Features::default(),
         next: 0,
+        max_elems: if wide { 130_000 } else { 20_000 },
+        in_reduction: false,
     };
     g.param(&["A".to_string(), "B".to_string()]);
-    let n = 1 + g.rng.below(3);
+    let n = 1 + g.rng.below(4);
     for _ in 0..n {
-        match g.rng.below(12) {
+        match g.rng.below(13) {
+            12 => g.library(),
             0 | 1 => g.ew_index(),
             2 => g.ew_whole(),
             3 | 4 => g.contraction(),

@@ -23,13 +23,13 @@ fn random_programs_agree() {
     let n = env_u64("KC_DIFF_PROGRAMS", 300);
     let base = env_u64("KC_DIFF_SEED", 7) << 32;
     let (mut everywhere, mut refused) = (0u64, 0u64);
-    let mut mix = [0u64; 9];
+    let mut mix = [0u64; 10];
     let mut failures = Vec::new();
     for i in 0..n {
         let p = gen::generate(base + i);
         let f = &p.features;
         for (k, on) in
-            [f.contraction, f.gather, f.reduction, f.mask, f.cast, f.inout, f.softmax, f.broadcast, f.bf16]
+            [f.contraction, f.gather, f.reduction, f.mask, f.cast, f.inout, f.softmax, f.library, f.broadcast, f.bf16]
                 .into_iter()
                 .enumerate()
         {
@@ -46,7 +46,8 @@ fn random_programs_agree() {
     assert!(failures.is_empty(), "{} of {n} programs disagree; the first:\n{}", failures.len(), failures[0]);
     assert!(everywhere * 10 >= n * 9, "only {everywhere} of {n} programs ran on every executor (E0606 elsewhere)");
     assert!(refused * 20 <= n, "{refused} of {n} programs stop with a run-time error: a generator bug");
-    let names = ["contraction", "gather", "reduction", "mask", "cast", "inout", "softmax", "broadcast", "bf16"];
+    let names =
+        ["contraction", "gather", "reduction", "mask", "cast", "inout", "softmax", "library op", "broadcast", "bf16"];
     for (name, c) in names.iter().zip(mix) {
         assert!(c * 10 >= n, "only {c} of {n} programs have a {name}: the generator's mix is off");
     }
