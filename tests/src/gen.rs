@@ -1136,15 +1136,26 @@ impl Gen {
         }
         self.params.push(format!("{name}: inout {}", ty(dtype, &shape)));
         let ctx = Self::ctx_of(&shape);
-        let e = self.expr(&ctx, 2);
-        let vars: Vec<String> = shape.iter().map(|d| d.to_lowercase()).collect();
-        let m = format!("{name}[{}]", vars.join(", "));
-        self.body.push(format!("{m} = 0.9 * {m} + 0.1 * ({});", e.s));
+        let e = if self.rng.chance(0.3) {
+            // Whole-tensor form.
+            let e = self.wexpr(&shape, 2);
+            self.body.push(format!("{name} = {name} * 0.9 + 0.1 * ({});", e.s));
+            e
+        } else {
+            let e = self.expr(&ctx, 2);
+            let vars: Vec<String> = shape.iter().map(|d| d.to_lowercase()).collect();
+            let m = format!("{name}[{}]", vars.join(", "));
+            self.body.push(format!("{m} = 0.9 * {m} + 0.1 * ({});", e.s));
+            e
+        };
         self.inouts.push(name.clone());
-        self.results.insert(name, ResultInfo { terms: e.terms, bf16_rounded: e.bf16_rounded });
+        self.results.insert(name.clone(), ResultInfo { terms: e.terms, bf16_rounded: e.bf16_rounded });
+        // Later statements read the new value, as stored (rounded to bf16 for a bf16 inout).
+        let mut read = e.with(String::new(), 0.9 + 0.1 * e.b, e.det);
+        read.bf16_rounded |= dtype == "bf16" && !e.det;
+        self.pool.push(Val { name, shape, int: false, e: read });
     }
 }
-
 /// The kernel of `seed`.
 pub fn generate(seed: u64) -> Program {
     let mut rng = Rng::new(seed);
