@@ -156,7 +156,6 @@ struct Gen {
     rng: Rng,
     sizes: BTreeMap<String, i64>,
     params: Vec<String>,
-    inouts: Vec<String>,
     outputs: Vec<String>,
     body: Vec<String>,
     pool: Vec<Val>,
@@ -318,8 +317,8 @@ impl Gen {
 
     fn tame(&mut self, e: E) -> E {
         if e.b > 64.0 {
-            let s = format!("tanh({} / {:.1})", e.s, (e.b / 4.0).ceil());
-            e.with(s, 4.0_f64.tanh().max(1.0), false)
+            let s = format!("tanh(({}) / {:.1})", e.s, (e.b / 4.0).ceil());
+            e.with(s, 1.0, false)
         } else {
             e
         }
@@ -1148,7 +1147,6 @@ impl Gen {
             self.body.push(format!("{m} = 0.9 * {m} + 0.1 * ({});", e.s));
             e
         };
-        self.inouts.push(name.clone());
         self.results.insert(name.clone(), ResultInfo { terms: e.terms, bf16_rounded: e.bf16_rounded });
         // Later statements read the new value, as stored (rounded to bf16 for a bf16 inout).
         let mut read = e.with(String::new(), 0.9 + 0.1 * e.b, e.det);
@@ -1180,7 +1178,6 @@ pub fn generate(seed: u64) -> Program {
         rng,
         sizes,
         params: vec![],
-        inouts: vec![],
         outputs: vec![],
         body: vec![],
         pool: vec![],
