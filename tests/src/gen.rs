@@ -823,7 +823,7 @@ impl Gen {
         };
         let (a, b) = if order(&a) <= order(&b) { (a, b) } else { (b, a) };
         let (sa, sb, sk) = (self.sizes[&a], self.sizes[&b], self.sizes[&k]);
-        if a == b || sa * sb > 20_000 || sa * sk > 20_000 || sk * sb > 20_000 || sa * sb * sk > 1 << 21 {
+        if a == b || k == a || k == b || sa * sb > 20_000 || sa * sk > 20_000 || sk * sb > 20_000 || sa * sb * sk > 1 << 21 {
             return self.ew_index();
         }
         let n = self.sizes[&k] as u64;
