@@ -225,7 +225,13 @@ pub fn check(
                 .map_err(|p| format!("JIT on {t} panics while compiling: {}", panic_text(p)))?
                 .map_err(|d| format!("JIT on {t} does not compile: {}: {}", d.code.as_str(), d.message))?;
             // Both thread counts on the host; one, alternating with the seed, on the Ascend targets.
-            let threads: &[usize] = if t == "host" { &[1, 2] } else if seed % 2 == 0 { &[2] } else { &[1] };
+            let threads: &[usize] = if t == "host" {
+                &[1, 2]
+            } else if seed % 2 == 0 {
+                &[2]
+            } else {
+                &[1]
+            };
             for &n in threads {
                 let got = catch_unwind(AssertUnwindSafe(|| compiled.run(&tp, g, &args, n, &Limits::default())))
                     .map_err(|p| format!("JIT on {t} ({n} threads) panics: {}", panic_text(p)))?

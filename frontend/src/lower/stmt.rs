@@ -565,9 +565,17 @@ impl Lowerer<'_> {
                 .map(|(i, d)| kc_ir::graph::IndexVar { name: format!("i{i}"), extent: d.clone() })
                 .collect();
             let ty = dtype.compute();
-            let idx = (0..shape.len()).map(|i| kc_ir::Expr::new(ExprKind::Var(VarId(i as u32)), ScalarTy::I32, span)).collect();
+            let idx = (0..shape.len())
+                .map(|i| kc_ir::Expr::new(ExprKind::Var(VarId(i as u32)), ScalarTy::I32, span))
+                .collect();
             let body = kc_ir::Expr::new(ExprKind::Load { src: r.value, idx }, ty, span);
-            self.nodes.push(kc_ir::Node { name: Some(r.name.clone()), dtype, shape, kind: NodeKind::Compute { vars, body }, span });
+            self.nodes.push(kc_ir::Node {
+                name: Some(r.name.clone()),
+                dtype,
+                shape,
+                kind: NodeKind::Compute { vars, body },
+                span,
+            });
             r.value = ValueId(self.nodes.len() as u32 - 1);
             seen.insert(r.value);
         }
