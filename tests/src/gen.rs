@@ -381,8 +381,10 @@ impl Gen {
             14 => a.with(format!("sin({s})"), 1.0, false),
             15 => a.with(format!("cos({s})"), 1.0, false),
             // Exact: floor of a multiple by a power of two, the floor remainder by a constant.
-            16 => a.with(format!("floor(({s}) * 4.0) / 4.0"), a.b + 0.25, true),
-            17 => a.with(format!("ceil({s})"), a.b + 1.0, true),
+            // (Of exact values only: a step of a value that may differ in its last bits may land elsewhere.)
+            16 if a.det => a.with(format!("floor(({s}) * 4.0) / 4.0"), a.b + 0.25, true),
+            17 if a.det => a.with(format!("ceil({s})"), a.b + 1.0, true),
+            16 | 17 => a.with(format!("clamp({s}, -0.75, 0.5)"), 0.75, true),
             18 if a.det => a.with(format!("({s}) % 0.75"), 0.75, true),
             18 => a.with(format!("clamp({s}, -0.5, 0.75)"), 0.75, true),
             19 => a.with(format!("clamp({s}, 0.25, -0.25)"), 0.25, true),
