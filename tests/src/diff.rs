@@ -7,7 +7,7 @@
 //! Integers and booleans must be equal. Float element `i` of a result passes when
 //!
 //! ```text
-//! |got - want| <= r * |want| + absmax * (r / 4 + 4 * T * 2^-24 + f)
+//! |got - want| <= r * |want| + absmax * (r / 4 + f) + max(absmax, sqrt(T) * B) * 4 * T * 2^-24
 //! ```
 //!
 //! - `r` is the relative tolerance of the result's dtype ([`kc_runtime::compare::rtol`]: 1e-4 for f32, 1/64
@@ -15,13 +15,14 @@
 //!   of the JIT's transcendentals. When some value behind the result was rounded to bf16 after a computation
 //!   that may differ in its last bits (a reduction, a transcendental: [`ResultInfo::bf16_rounded`]), that
 //!   rounding may land one bf16 unit apart, so `r` is bf16's whatever the result's dtype.
-//! - `absmax` is the largest finite magnitude of the reference result: the scale of the partial sums.
+//! - `absmax` is the largest finite magnitude of the reference result.
 //! - `4 * T * 2^-24` is the summation order. The executors sum in other orders than the interpreter (blocked
 //!   and per-core partial sums, the cube's own order, online softmax). Reordering a sum of `T` terms
 //!   accumulated in f32 (unit roundoff `u = 2^-24`) changes it by about `sqrt(T) * u` times the magnitude of
 //!   the partial sums, for terms of random signs (the worst case is `(T - 1) * u * sum |x_i|`). The
-//!   partial sums are of the order of the result, so `T * u * absmax` is that typical error with a margin
-//!   of `sqrt(T)`, times 4. `T` is [`ResultInfo::terms`]: the length of the reduction behind the result
+//!   partial sums are of the order of the result (`absmax`), or, when the sum cancels, of `sqrt(T)` terms
+//!   (`sqrt(T) * term_bound`, [`ResultInfo::term_bound`]); `T * u` times the larger is that typical error
+//!   with a margin of `sqrt(T)`, times 4. `T` is [`ResultInfo::terms`]: the length of the reduction behind the result
 //!   (the product of nested reductions' lengths), so a long reduction gets a proportionally looser bound
 //!   and an elementwise result none.
 //! - `f = 2^-8 * sqrt(T)` when a bf16 rounding may differ (above) and the rounded values are then summed:
@@ -76,7 +77,9 @@ pub fn tolerance(want_i: f64, absmax: f64, dtype: DType, info: &ResultInfo) -> f
     };
     let t = info.terms.max(1) as f64;
     let flips = if info.bf16_rounded { 2f64.powi(-8) * t.sqrt() } else { 0.0 };
-    r * want_i.abs() + absmax * (r / 4.0 + 4.0 * t * 2f64.powi(-24) + flips)
+    // The partial sums: of the order of the result, or of `sqrt(T)` terms when the sum cancels.
+    let partial = absmax.max(t.sqrt() * info.term_bound);
+    r * want_i.abs() + absmax * (r / 4.0 + flips) + partial * 4.0 * t * 2f64.powi(-24)
 }
 
 /// Compares `got` with the reference `want`; `Err` names the first element out of tolerance.
@@ -246,7 +249,7 @@ pub fn check(
 
 /// Checks a generated program; a failure's text carries the seed, the dims and the source.
 pub fn check_program(p: &crate::gen::Program) -> Result<Report, String> {
-    check(&p.source, &p.dims, p.seed, &p.results, &ResultInfo { terms: 1, bf16_rounded: false })
+    check(&p.source, &p.dims, p.seed, &p.results, &ResultInfo { terms: 1, ..ResultInfo::default() })
         .map_err(|e| format!("seed {}, dims {}:\n{e}\nsource:\n{}", p.seed, p.dims_text(), p.source))
 }
 
@@ -254,7 +257,7 @@ pub fn check_program(p: &crate::gen::Program) -> Result<Report, String> {
 /// result, from a line `// terms: 257` (1 without).
 pub fn fixture_header(text: &str) -> Result<(BTreeMap<String, i64>, ResultInfo), String> {
     let mut dims = None;
-    let mut info = ResultInfo { terms: 1, bf16_rounded: false };
+    let mut info = ResultInfo { terms: 1, ..ResultInfo::default() };
     for line in text.lines() {
         let l = line.trim();
         if let Some(d) = l.strip_prefix("// dims:") {

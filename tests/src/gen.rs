@@ -80,6 +80,9 @@ pub struct ResultInfo {
     /// may carry out with different last bits (a reduction, a transcendental): that rounding can then differ
     /// by one bf16 unit, whatever the result's own dtype.
     pub bf16_rounded: bool,
+    /// A bound of the magnitudes of the terms of those sums (0 when unknown): with `terms`, the scale of the
+    /// partial sums when the sum cancels (`sqrt(terms) * term_bound` for terms of random signs).
+    pub term_bound: f64,
 }
 
 /// A generated kernel.
@@ -112,14 +115,16 @@ struct E {
     /// See [`ResultInfo::terms`].
     terms: u64,
     bf16_rounded: bool,
+    /// See [`ResultInfo::term_bound`].
+    tb: f64,
 }
 
 impl E {
     fn leaf(s: String, b: f64) -> E {
-        E { s, b, det: true, terms: 1, bf16_rounded: false }
+        E { s, b, det: true, terms: 1, bf16_rounded: false, tb: 0.0 }
     }
     fn with(&self, s: String, b: f64, det: bool) -> E {
-        E { s, b, det: det && self.det, terms: self.terms, bf16_rounded: self.bf16_rounded }
+        E { s, b, det: det && self.det, terms: self.terms, bf16_rounded: self.bf16_rounded, tb: self.tb }
     }
     fn join(&self, o: &E, s: String, b: f64) -> E {
         E {
@@ -127,6 +132,7 @@ impl E {
             b,
             det: self.det && o.det,
             terms: self.terms.max(o.terms),
+            tb: self.tb.max(o.tb),
             bf16_rounded: self.bf16_rounded || o.bf16_rounded,
         }
     }
@@ -490,6 +496,7 @@ impl Gen {
         let b = if op == "sum" { body.b * n as f64 } else { body.b };
         let mut r = body.with(format!("{op}[{v} in 0..{d}]({})", body.s), b, false);
         r.terms = body.terms * n;
+        r.tb = r.tb.max(body.b);
         r
     }
 
@@ -660,7 +667,8 @@ impl Gen {
         };
         self.body.push(format!("{lhs} = {};", e.s));
         let rounded = (dtype == "bf16" || dtype == "f16") && !e.det;
-        self.results.insert(name.clone(), ResultInfo { terms: e.terms, bf16_rounded: e.bf16_rounded });
+        self.results
+            .insert(name.clone(), ResultInfo { terms: e.terms, bf16_rounded: e.bf16_rounded, term_bound: e.tb });
         let mut read = e.clone();
         read.bf16_rounded |= rounded;
         read.s = String::new();
@@ -748,6 +756,7 @@ impl Gen {
         let b = if op == "sum" { body.b * n as f64 } else { body.b };
         let mut e = body.with(format!("{op}[{}]({})", ranges.join(", "), body.s), b, false);
         e.terms = body.terms * n;
+        e.tb = e.tb.max(body.b);
         if self.rng.chance(0.4) {
             let kctx = Self::ctx_of(&keep);
             let l = self.leaf(&kctx);
@@ -781,6 +790,7 @@ impl Gen {
             let b = if op == "sum" { x.b * n as f64 } else { x.b };
             let mut e = x.with(format!("{op}({})", x.s), b, false);
             e.terms = x.terms * n;
+            e.tb = e.tb.max(x.b);
             let e = self.tame(e);
             self.output(&[], e, false, false);
             return;
@@ -796,6 +806,7 @@ impl Gen {
             let b = if m == "sum" { x.b * n as f64 } else { x.b };
             let mut e = x.with(format!("({}) - {m}({}, axis: {axis}, keepdim: true)", x.s, x.s), x.b + b, false);
             e.terms = x.terms * n;
+            e.tb = e.tb.max(x.b);
             let e = self.tame(e);
             self.output(&shape, e, false, false);
             return;
@@ -804,6 +815,7 @@ impl Gen {
         let b = if op == "sum" { x.b * n as f64 } else { x.b };
         let mut e = x.with(format!("{op}({}, axis: {axis})", x.s), b, false);
         e.terms = x.terms * n;
+        e.tb = e.tb.max(x.b);
         let e = self.tame(e);
         self.output(&out, e, false, false);
     }
@@ -855,6 +867,7 @@ impl Gen {
             let mut e = E::leaf(s, n as f64);
             e.det = false;
             e.terms = n;
+            e.tb = 1.0;
             (vec![a.clone(), b.clone()], e)
         } else {
             let xs = x.name.clone();
@@ -868,6 +881,7 @@ impl Gen {
             let mut e = E::leaf(format!("{xs} @ {ws}"), n as f64);
             e.det = false;
             e.terms = n;
+            e.tb = 1.0;
             (sh(&[&a, &b]), e)
         };
         // Through a let (maybe stored in bf16), with an epilogue.
@@ -944,6 +958,7 @@ impl Gen {
                 let mut e = E::leaf(format!("sum[j in 0..J]({}[{ids}[{nv}, j], {dv}])", table.name), 5.0);
                 e.det = false;
                 e.terms = self.sizes["J"] as u64;
+                e.tb = 1.0;
                 self.f.reduction = true;
                 e
             }
@@ -962,6 +977,7 @@ impl Gen {
             let mut e = g.join(&w, format!("sum[{dv} in 0..{d}]({} * {})", g.s, w.s), red as f64 * w.b);
             e.det = false;
             e.terms = red;
+            e.tb = e.tb.max(w.b);
             self.f.reduction = true;
             let e = self.tame(e);
             self.output(std::slice::from_ref(&n), e, true, false);
@@ -1006,6 +1022,7 @@ impl Gen {
             x.with(format!("softmax({s}, axis: -1)"), 1.0, false)
         };
         e.terms = x.terms * n;
+        e.tb = 1.0; // exp(x - max) <= 1
         let out: Vec<String> = if lse { shape[..shape.len() - 1].to_vec() } else { shape };
         self.output(&out, e, false, false);
     }
@@ -1070,7 +1087,7 @@ impl Gen {
                 self.outputs.push(format!("{name}: {}", ty("bool", &shape)));
                 let vars: Vec<String> = shape.iter().map(|d| d.to_lowercase()).collect();
                 self.body.push(format!("{name}[{}] = {} || {} == 0.0;", vars.join(", "), c.s, x.s));
-                self.results.insert(name, ResultInfo { terms: 1, bf16_rounded: false });
+                self.results.insert(name, ResultInfo::default());
             }
             _ => {
                 let e = E::leaf(format!("i32(floor(({}) * 8.0)) / {k}", x.s), 0.0);
@@ -1101,6 +1118,7 @@ impl Gen {
             let excl = if self.rng.chance(0.3) { ", exclusive: true" } else { "" };
             let mut e = x.with(format!("cumsum({}, axis: -1{excl})", x.s), x.b * n as f64, false);
             e.terms = x.terms * n as u64;
+            e.tb = e.tb.max(x.b);
             let e = self.tame(e);
             self.output(&shape, e, false, false);
             return;
@@ -1120,8 +1138,8 @@ impl Gen {
             self.outputs.push(format!("{oi}: {}", ty("i32", &out)));
             self.body.push(format!("{ov} = {v};"));
             self.body.push(format!("{oi} = {i};"));
-            self.results.insert(ov, ResultInfo { terms: 1, bf16_rounded: false });
-            self.results.insert(oi, ResultInfo { terms: 1, bf16_rounded: false });
+            self.results.insert(ov, ResultInfo::default());
+            self.results.insert(oi, ResultInfo::default());
             return;
         }
         let desc = if self.rng.chance(0.5) { ", descending: true" } else { "" };
@@ -1152,7 +1170,8 @@ impl Gen {
             self.body.push(format!("{m} = 0.9 * {m} + 0.1 * ({});", e.s));
             e
         };
-        self.results.insert(name.clone(), ResultInfo { terms: e.terms, bf16_rounded: e.bf16_rounded });
+        self.results
+            .insert(name.clone(), ResultInfo { terms: e.terms, bf16_rounded: e.bf16_rounded, term_bound: e.tb });
         // Later statements read the new value, as stored (rounded to bf16 for a bf16 inout).
         let mut read = e.with(String::new(), 0.9 + 0.1 * e.b, e.det);
         read.bf16_rounded |= dtype == "bf16" && !e.det;

@@ -71,7 +71,7 @@ fn comparison_catches_perturbed_results() {
     let n = 257;
     let want: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin()).collect();
     let w = Tensor::from_f32(vec![n], want.clone()).unwrap();
-    let long = ResultInfo { terms: 257, bf16_rounded: false };
+    let long = ResultInfo { terms: 257, ..ResultInfo::default() };
     assert!(diff::compare(&w, &w, &long).is_ok());
     let mut bad = want.clone();
     bad[100] += 0.01;
@@ -82,7 +82,7 @@ fn comparison_catches_perturbed_results() {
     close[100] += 1.2e-4;
     assert!(diff::compare(&Tensor::from_f32(vec![n], close.clone()).unwrap(), &w, &long).is_ok());
     // ... but not for an element-wise result (8.9e-5).
-    let elem = ResultInfo { terms: 1, bf16_rounded: false };
+    let elem = ResultInfo { terms: 1, ..ResultInfo::default() };
     assert!(diff::compare(&Tensor::from_f32(vec![n], close).unwrap(), &w, &elem).is_err());
     // bf16: four units of 2^-8 at 1.0 fail, one passes.
     let wb = Tensor::from_f32_as(DType::BF16, vec![2], &[1.0, 0.5]).unwrap();
