@@ -122,7 +122,7 @@ fn fixtures_agree() {
 /// Bugs the random runs found that are not fixed yet (`tests/data/diff/known/*.ker`; each says what is wrong).
 /// `cargo test -p kc-tests --test suite differential::known -- --ignored` shows whether they still fail.
 #[test]
-#[ignore = "known failures: the simulator reads a bf16 inout's update unrounded on wide rows; fusion makes a cycle of groups (E0900)"]
+#[ignore = "known failures: the simulator reads bf16 inouts and outputs unrounded on wide rows; fusion makes a cycle of groups (E0900)"]
 fn known_failures_agree() {
     let dir = crate::common::repo_root().join("tests/data/diff/known");
     let mut files: Vec<_> =
