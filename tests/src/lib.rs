@@ -1,1 +1,4 @@
-//! Placeholder lib so the crate builds; the suite lives in suite/.
+//! kc's test support: the random kernel generator and the differential runner (the suite lives in suite/).
+
+pub mod diff;
+pub mod gen;

@@ -2,6 +2,7 @@
 
 mod common;
 mod cost;
+mod differential;
 mod estimate;
 mod fusion;
 mod hints;

@@ -531,6 +531,7 @@ impl Lowerer<'_> {
                 }
             }
         }
+        self.copy_shared_results(&mut results);
         self.graph.results = results;
         self.division_constraints();
         // A kernel with an unreadable statement, a parameter or output that did not lower, or a result that
@@ -543,6 +544,41 @@ impl Lowerer<'_> {
         }
         self.finish();
         Some(std::mem::take(&mut self.graph))
+    }
+
+    /// Gives every result a value of its own: a result whose value is a parameter (`y = x;`, `m = x;` for an
+    /// `inout` m, `y = m;` before `m` is updated) or the value of an earlier result (`b = a;`) gets a copy
+    /// node. The tile programs write each result to its own tensor from the group that computes its value;
+    /// a shared value is written once, to the first tensor that holds it, and the other result's tensor was
+    /// never written.
+    fn copy_shared_results(&mut self, results: &mut [Result_]) {
+        let mut seen = BTreeSet::new();
+        for r in results.iter_mut() {
+            let node = &self.nodes[r.value.index()];
+            if !matches!(node.kind, NodeKind::Param(_)) && seen.insert(r.value) {
+                continue;
+            }
+            let (dtype, shape, span) = (node.dtype, node.shape.clone(), node.span);
+            let vars: Vec<kc_ir::graph::IndexVar> = shape
+                .iter()
+                .enumerate()
+                .map(|(i, d)| kc_ir::graph::IndexVar { name: format!("i{i}"), extent: d.clone() })
+                .collect();
+            let ty = dtype.compute();
+            let idx = (0..shape.len())
+                .map(|i| kc_ir::Expr::new(ExprKind::Var(VarId(i as u32)), ScalarTy::I32, span))
+                .collect();
+            let body = kc_ir::Expr::new(ExprKind::Load { src: r.value, idx }, ty, span);
+            self.nodes.push(kc_ir::Node {
+                name: Some(r.name.clone()),
+                dtype,
+                shape,
+                kind: NodeKind::Compute { vars, body },
+                span,
+            });
+            r.value = ValueId(self.nodes.len() as u32 - 1);
+            seen.insert(r.value);
+        }
     }
 
     /// Every dim division that did not simplify must divide exactly: checked at launch (E0806), unless
