@@ -125,13 +125,14 @@ pub fn compare(got: &Tensor, want: &Tensor, info: &ResultInfo) -> Result<(), Str
     }
 }
 
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+/// The message of a caught panic.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
         s.clone()
     } else {
-        "a panic".to_string()
+        "(a panic with a non-string payload)".to_string()
     }
 }
 
@@ -189,7 +190,7 @@ pub fn check(
     let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
     let args = kc_runtime::random::random_args(g, &given, seed).map_err(|e| format!("random_args: {e}"))?;
     let want = catch_unwind(AssertUnwindSafe(|| kc_ir::interp::run(g, &args)))
-        .map_err(|p| format!("interpreter panics: {}", panic_text(p)))?;
+        .map_err(|p| format!("interpreter panics: {}", panic_message(&*p)))?;
     let mut report = Report { refused: want.is_err(), ..Report::default() };
     let b = kc_ir::launch::bind(g, &args);
     let b = match (b, &want) {
@@ -203,7 +204,7 @@ pub fn check(
     for t in targets {
         let target = Target::builtin(t).ok_or_else(|| format!("no target {t}"))?;
         let tiled = catch_unwind(AssertUnwindSafe(|| kc_ir::passes::tile::fuse_and_tile(g, &b, &target)))
-            .map_err(|p| format!("tiler on {t} panics: {}", panic_text(p)))?;
+            .map_err(|p| format!("tiler on {t} panics: {}", panic_message(&*p)))?;
         let tp = match tiled {
             Ok((_, tp, _, _)) => tp,
             Err(d) if d.code == kc_ir::Code::NoTiling => {
@@ -218,14 +219,14 @@ pub fn check(
         }
         if SIM_TARGETS.contains(&t) {
             let got = catch_unwind(AssertUnwindSafe(|| kc_runtime::sim::run(&tp, g, &args)))
-                .map_err(|p| format!("sim on {t} panics: {}", panic_text(p)))?;
+                .map_err(|p| format!("sim on {t} panics: {}", panic_message(&*p)))?;
             check_run(&format!("sim on {t}"), got, &want, &info_of)?;
             report.runs += 1;
         }
         if JIT_TARGETS.contains(&t) {
             let opts = kc_codegen::Options { verify: true, ..Default::default() };
             let compiled = catch_unwind(AssertUnwindSafe(|| kc_codegen::compile(&tp, &opts)))
-                .map_err(|p| format!("JIT on {t} panics while compiling: {}", panic_text(p)))?
+                .map_err(|p| format!("JIT on {t} panics while compiling: {}", panic_message(&*p)))?
                 .map_err(|d| format!("JIT on {t} does not compile: {}: {}", d.code.as_str(), d.message))?;
             // Both thread counts on the host; one, alternating with the seed, on the Ascend targets.
             let threads: &[usize] = if t == "host" {
@@ -237,7 +238,7 @@ pub fn check(
             };
             for &n in threads {
                 let got = catch_unwind(AssertUnwindSafe(|| compiled.run(&tp, g, &args, n, &Limits::default())))
-                    .map_err(|p| format!("JIT on {t} ({n} threads) panics: {}", panic_text(p)))?
+                    .map_err(|p| format!("JIT on {t} ({n} threads) panics: {}", panic_message(&*p)))?
                     .map(|(r, _)| r);
                 check_run(&format!("JIT on {t}, {n} threads"), got, &want, &info_of)?;
                 report.runs += 1;

@@ -56,15 +56,7 @@ fn corpus() -> Vec<(PathBuf, String)> {
     files
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a panic with a non-string payload)".to_string()
-    }
-}
+use kc_tests::diff::panic_message;
 
 /// Compiles `text` as the file `name` and renders its diagnostics (plain and colored), catching a panic.
 /// Returns the diagnostics, or the panic message (prefixed with the stage that panicked).
