@@ -272,6 +272,36 @@ fn vector_ops_run_at_the_published_rate() {
 }
 
 #[test]
+fn a_multiply_add_is_one_instruction() {
+    use kc_ir::cost::vector_ops;
+    let region = |b: u32| Region {
+        loc: Loc::Buf { buf: BufId(b), slot: SExpr::Const(0) },
+        offset: SExpr::Const(0),
+        row_stride: SExpr::Const(64),
+    };
+    let tile = |b: u32| Box::new(VExpr::Read(region(b)));
+    let row = |b: u32| Box::new(VExpr::ReadRow(region(b)));
+    let bin = |op, a, b| Box::new(VExpr::Binary(op, a, b));
+    let ops = |e: Box<VExpr>| {
+        let o = vector_ops(&e);
+        (o.fast, o.slow)
+    };
+    // x·y + z and z + x·y: one fused instruction (Ascend's FusedMulAdd / MulAddDst / Axpy).
+    assert_eq!(ops(bin(BinOp::Add, bin(BinOp::Mul, tile(0), row(1)), tile(2))), (1, 0));
+    assert_eq!(ops(bin(BinOp::Add, tile(2), bin(BinOp::Mul, tile(0), tile(1)))), (1, 0));
+    // x·y − m with m per row: the negation of m is hoisted, one instruction; with m a tile, two.
+    assert_eq!(ops(bin(BinOp::Sub, bin(BinOp::Mul, tile(0), tile(1)), row(2))), (1, 0));
+    assert_eq!(ops(bin(BinOp::Sub, bin(BinOp::Mul, tile(0), tile(1)), tile(2))), (2, 0));
+    // z − k·x with k per row: one; a plain difference or product: one each; exp(x − m): one plus a slow one.
+    assert_eq!(ops(bin(BinOp::Sub, tile(2), bin(BinOp::Mul, row(0), tile(1)))), (1, 0));
+    assert_eq!(ops(bin(BinOp::Sub, tile(0), row(1))), (1, 0));
+    assert_eq!(ops(Box::new(VExpr::Unary(UnOp::Exp, bin(BinOp::Sub, tile(0), row(1))))), (1, 1));
+    // Nested: (a·b + c)·d + e is two fused instructions.
+    let inner = bin(BinOp::Add, bin(BinOp::Mul, tile(0), tile(1)), tile(2));
+    assert_eq!(ops(bin(BinOp::Add, bin(BinOp::Mul, inner, tile(3)), tile(4))), (2, 0));
+}
+
+#[test]
 fn a_256th_repeat_takes_a_second_instruction() {
     // 255 repeats are one instruction; the 256th repeat is a second one, with its own start-up.
     let r255 = measure(&vector_op(64 * 255, DType::F32, false));

@@ -111,6 +111,16 @@ pub fn vector_ops(e: &VExpr) -> VectorOps {
                 };
                 o.add(f, s);
             }
+            // `x·y + z` (either order): one fused multiply-add instruction (Ascend's `FusedMulAdd`, `MulAddDst`,
+            // `Axpy`). A difference is fused too when the operand to negate is per row, per column or a scalar
+            // (its negation is hoisted out of the tile).
+            VExpr::Binary(op @ (BinOp::Add | BinOp::Sub), a, b) if fma(*op, a, b).is_some() => {
+                let (x, y, z) = fma(*op, a, b).unwrap_or((a, b, a));
+                go(x, o);
+                go(y, o);
+                go(z, o);
+                o.add(1, 0);
+            }
             VExpr::Binary(op, a, b) => {
                 go(a, o);
                 go(b, o);
@@ -135,6 +145,21 @@ pub fn vector_ops(e: &VExpr) -> VectorOps {
                 go(a, o);
                 o.add(1, 0);
             }
+        }
+    }
+    /// A value the vector unit can negate outside the tile loop.
+    fn cheap(e: &VExpr) -> bool {
+        matches!(e, VExpr::F32(_) | VExpr::I32(_) | VExpr::Scalar(_) | VExpr::ReadRow(_) | VExpr::ReadCol(_))
+    }
+    /// `(x, y, z)` when `a op b` is `x·y ± z` in one fused instruction.
+    fn fma<'a>(op: BinOp, a: &'a VExpr, b: &'a VExpr) -> Option<(&'a VExpr, &'a VExpr, &'a VExpr)> {
+        match (op, a, b) {
+            (BinOp::Add, VExpr::Binary(BinOp::Mul, x, y), z) | (BinOp::Add, z, VExpr::Binary(BinOp::Mul, x, y)) => {
+                Some((x, y, z))
+            }
+            (BinOp::Sub, VExpr::Binary(BinOp::Mul, x, y), z) if cheap(z) => Some((x, y, z)),
+            (BinOp::Sub, z, VExpr::Binary(BinOp::Mul, x, y)) if cheap(x) || cheap(y) => Some((x, y, z)),
+            _ => None,
         }
     }
     let mut o = VectorOps::default();

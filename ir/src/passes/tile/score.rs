@@ -68,9 +68,13 @@
 //! after it. On the cube core the k, p and v tiles have two L1 slots (cube tile h of a block in slot h), so
 //! MTE2 loads the next tile while MTE1 and the cube work on the current one, and FixPipe writes S(j) while
 //! the cube multiplies; L0 holds one tile of each operand (q, k, p, v; S and O in L0C), which at 128 × 128
-//! fills L0A, L0B and L0C. On a vector core MTE2 loads a p·v tile while the vector unit works on scores,
-//! and the next block's scores once the current block's p is cast (the raw scores, the anchor and e share
-//! one UB tile); MTE3 writes p while the vector unit goes on.
+//! fills L0A, L0B and L0C. On a vector core MTE2 loads a p·v tile while the vector unit works on scores;
+//! the score tiles (the raw scores, the anchor and e share one) are a ring of two UB slots where UB holds
+//! it (with fewer rows per block if need be, down to three quarters), turning once per block the core works
+//! on (`zc` counts them across tasks, so the free flag's n-th wait takes the n-th set), so MTE2 brings the
+//! next block's scores while the vector unit works on this one; MTE3 writes p while the vector unit goes
+//! on. On a diagonal block, the columns every row of the band sees are computed without the mask, which is
+//! evaluated only on the rest.
 //!
 //! Numerics: the anchor and tile members are evaluated as the interpreter does (f32, the same
 //! expressions); the maxima are exact; `l` and `O` are summed block by block with rescaling (online
@@ -735,6 +739,11 @@ struct Cx<'a> {
     scalars: &'a BTreeMap<ValueId, BufId>,
     /// The anchor's contraction, read from this tile.
     reduce: Option<(BufId, i64)>,
+    /// Where in the score tiles the statement starts (a column offset: a statement over the right part of a
+    /// block reads its tiles from there).
+    tile_off: SExpr,
+    /// The slot of the score tiles (their UB ring).
+    tile_slot: SExpr,
     bd: &'a Binding,
 }
 
@@ -759,7 +768,7 @@ fn vexpr(e: &Expr, cx: &Cx<'_>) -> Option<VExpr> {
         ExprKind::Dim(d) => VExpr::I32(cx.bd.eval(d).ok()?),
         ExprKind::Load { src, .. } => {
             if let Some((b, st)) = cx.tiles.get(src) {
-                VExpr::Read(ub(*b, c(0), *st))
+                VExpr::Read(reg(Loc::Buf { buf: *b, slot: cx.tile_slot.clone() }, cx.tile_off.clone(), *st))
             } else if let Some(b) = cx.rows.get(src) {
                 VExpr::ReadRow(ub(*b, c(0), 1))
             } else if let Some(b) = cx.scalars.get(src) {
@@ -774,7 +783,7 @@ fn vexpr(e: &Expr, cx: &Cx<'_>) -> Option<VExpr> {
         ExprKind::Cast(t, a) => VExpr::Cast(*t, Box::new(r(a)?)),
         ExprKind::Reduce { .. } => {
             let (b, st) = cx.reduce?;
-            VExpr::Read(ub(b, c(0), st))
+            VExpr::Read(reg(Loc::Buf { buf: b, slot: cx.tile_slot.clone() }, cx.tile_off.clone(), st))
         }
         ExprKind::Segment { .. } => bail!(),
     })
@@ -859,15 +868,15 @@ fn build(
             && (bm * bc + bm * dv16) * 4 <= l0c
     };
     // UB of a vector core (each buffer rounded up to 32 bytes, all live at once).
-    let ub_need = |bm: i64, bn: i64| {
+    let ub_need_slots = |bm: i64, bn: i64, zs: i64| {
         let hr = (bm + ratio - 1) / ratio;
         let r32 = |b: i64| (b + 31) / 32 * 32;
         let size = |x: ValueId| g.node(x).dtype.size_bytes() as i64;
-        // The contraction's tile (`raw`), the anchor's in place, and p.
-        let mut n = r32(hr * bn * 4) + r32(hr * bn * vsz);
-        n += p.tiles[1..].iter().chain(&p.zext).map(|x| r32(hr * bn * size(*x))).sum::<i64>();
+        // The contraction's tile (`raw`), the anchor's in place, and p; the score tiles in `zs` slots.
+        let mut n = zs * r32(hr * bn * 4) + r32(hr * bn * vsz);
+        n += zs * p.tiles[1..].iter().chain(&p.zext).map(|x| r32(hr * bn * size(*x))).sum::<i64>();
         if !online && has_l {
-            n += r32(hr * bn * 4);
+            n += zs * r32(hr * bn * 4);
         }
         n += (p.stats.len() as i64 + 1) * r32(hr * 4) + r32(RING * hr * 4) + 32 * p.scalars.len() as i64;
         n += r32(hr * dv * 4) * if online { 2 } else { 1 };
@@ -878,6 +887,7 @@ fn build(
             .sum::<i64>();
         n <= ubcap
     };
+    let ub_need = |bm: i64, bn: i64| ub_need_slots(bm, bn, 1);
     // The largest cube tile (rows × columns) that fits, preferring more columns.
     let mut best: Option<(i64, i64)> = None;
     for bm in (1..=r16(s).min(128) / 16).rev().map(|k| k * 16) {
@@ -892,6 +902,21 @@ fn build(
                                                 // their rescaling), half the per-block statistics work.
     let nh = if t > bc && ub_need(bm, 2 * bc) { 2 } else { 1 };
     let bn = nh * bc;
+    // The score tiles in a ring of two UB slots, so that MTE2 brings block j+1's scores while the vector
+    // unit works on block j: where UB holds it at these blocks, or with fewer rows per block (no fewer than
+    // three quarters of them: more rows share each k and v tile) when there are several blocks to overlap.
+    let (bm, zs) = match (t > bn, ub_need_slots(bm, bn, 2)) {
+        (_, true) => (bm, 2),
+        (false, false) => (bm, 1),
+        (true, false) => match (1..bm / 16)
+            .rev()
+            .map(|k| k * 16)
+            .find(|&m| 4 * m >= 3 * bm && fits(m, bc) && ub_need_slots(m, bn, 2))
+        {
+            Some(m) => (m, 2),
+            None => (bm, 1),
+        },
+    };
     let nb = p.nb;
     let nib = (s + bm - 1) / bm;
     let njall = (t + bn - 1) / bn;
@@ -1256,17 +1281,17 @@ fn build(
 
     // ---- The vector program.
     let tile = sh(hr, bn);
-    let raw = lb.buffer("raw_ub", Mem::UB, DType::F32, tile.clone(), 1);
+    let raw = lb.buffer("raw_ub", Mem::UB, DType::F32, tile.clone(), zs as u32);
     let mut tiles: BTreeMap<ValueId, (BufId, i64)> = BTreeMap::new();
     // The anchor in place of its contraction.
     tiles.insert(p.tiles[0], (raw, bn));
     for &z in &p.tiles[1..] {
-        let b = lb.buffer(format!("{}_ub", label(z)), Mem::UB, g.node(z).dtype, tile.clone(), 1);
+        let b = lb.buffer(format!("{}_ub", label(z)), Mem::UB, g.node(z).dtype, tile.clone(), zs as u32);
         tiles.insert(z, (b, bn));
     }
     let mut zext_ids = Vec::new();
     for &x in &p.zext {
-        let b = lb.buffer(format!("{}_ub", label(x)), Mem::UB, g.node(x).dtype, tile.clone(), 1);
+        let b = lb.buffer(format!("{}_ub", label(x)), Mem::UB, g.node(x).dtype, tile.clone(), zs as u32);
         tiles.insert(x, (b, bn));
         zext_ids.push((b, *gm.of.get(&x)?));
     }
@@ -1277,7 +1302,7 @@ fn build(
     // e = exp(z - x): in place of z in the online mode (p is e; z is not read after it).
     let e_ub = match (online, lstat) {
         (true, Some((_, z, _))) => Some(tiles[&z].0),
-        (_, Some(_)) => Some(lb.buffer("e_ub", Mem::UB, DType::F32, tile.clone(), 1)),
+        (_, Some(_)) => Some(lb.buffer("e_ub", Mem::UB, DType::F32, tile.clone(), zs as u32)),
         _ => None,
     };
     let p_ub = lb.buffer("p_ub", Mem::UB, p.vop.dtype, tile.clone(), 1);
@@ -1302,6 +1327,12 @@ fn build(
     let r0 = lb.svar("r0");
     let rc = lb.svar("rc");
     let vj = lb.svar("vj");
+    // The slot of the block being worked on: the score tiles' ring turns once per block the vector core
+    // works on, across tasks (`zc` counts them), so that its free flag's n-th wait takes the n-th set.
+    let zc = lb.svar("zc");
+    let zsl = lb.svar("zsl");
+    let zslot = if zs == 1 { c(0) } else { v(zsl) };
+    let zb = |b: BufId, offset: SExpr| reg(Loc::Buf { buf: b, slot: zslot.clone() }, offset, bn);
     let vj0 = lb.svar("vj0");
     let vcl = lb.svar("vcl");
     let uj = lb.svar("uj");
@@ -1311,18 +1342,22 @@ fn build(
     let subc = bin(SBin::Mod, SExpr::Core, c(ratio));
     let row0 = add(v(i0), v(r0));
     let empty = BTreeMap::new();
-    let cx_tile = |j0: SVar| Cx {
+    // The score tiles' context from column `off` of the block at `j0` on.
+    let cx_tile_at = |j0: SVar, off: SExpr| Cx {
         nb,
         batch_dims: &p.batch_dims,
         bi,
         row0: row0.clone(),
-        col0: Some(v(j0)),
+        col0: Some(if off == c(0) { v(j0) } else { add(v(j0), off.clone()) }),
         tiles: &tiles,
         rows: &rowb,
         scalars: &scal,
         reduce: Some((raw, bn)),
+        tile_off: off,
+        tile_slot: zslot.clone(),
         bd,
     };
+    let cx_tile = |j0: SVar| cx_tile_at(j0, c(0));
     let cx_row = Cx {
         nb,
         batch_dims: &p.batch_dims,
@@ -1333,6 +1368,8 @@ fn build(
         rows: &rowb,
         scalars: &scal,
         reduce: None,
+        tile_off: c(0),
+        tile_slot: c(0),
         bd,
     };
     let cx_out = Cx {
@@ -1345,6 +1382,8 @@ fn build(
         rows: &rowb,
         scalars: &scal,
         reduce: None,
+        tile_off: c(0),
+        tile_slot: c(0),
         bd,
     };
     let body_of = |x: ValueId| match &g.node(x).kind {
@@ -1374,6 +1413,14 @@ fn build(
         p.tiles.iter().map(|z| Some((tiles[z].0, vexpr(body_of(*z)?, &cx)?))).collect()
     };
     let Some(tile_e) = tile_exprs(vj0) else { bail!() };
+    // The anchor over a diagonal block's left part (unmasked) and its right part (masked, from column `vw`).
+    let vw = lb.svar("vw");
+    let masked_split = match (p.causal, body_of(p.tiles[0]).map(|b| &b.kind)) {
+        (Some(_), Some(ExprKind::Select(_, val, _))) => {
+            (vexpr(val, &cx_tile(vj0))?, vexpr(body_of(p.tiles[0])?, &cx_tile_at(vj0, v(vw)))?)
+        }
+        _ => (VExpr::F32(0.0), VExpr::F32(0.0)),
+    };
     // With the causal mask, the anchor without it: for the blocks whose columns all of this core's rows see.
     let open = match (p.causal, body_of(p.tiles[0]).map(|b| &b.kind)) {
         (Some(e), Some(ExprKind::Select(_, val, _))) => Some((e, vexpr(val, &cx_tile(vj0))?)),
@@ -1384,8 +1431,13 @@ fn build(
         epi.push((otiles[&x].0, vexpr(body_of(x)?, &cx_out)?));
     }
 
-    let vec_free = [(V, Mte2, EV_RAW), (V, Mte2, EV_PV), (Mte3, V, EV_PUB)];
+    // The score tiles' free flag counts their slots (the n-th wait takes the n-th set).
+    let mut vec_free = vec![(V, Mte2, EV_RAW); zs as usize];
+    vec_free.extend([(V, Mte2, EV_PV), (Mte3, V, EV_PUB)]);
     let mut vq = prime(&vec_free);
+    if zs > 1 {
+        vq.push(Stmt::Set { var: zc, value: c(0) });
+    }
     for (x, b) in &scal {
         vq.push(Stmt::Copy {
             pipe: Mte2,
@@ -1403,11 +1455,16 @@ fn build(
         q.push(Stmt::CrossWait { flag: F_S });
         let live = |then: Vec<Stmt>| Stmt::If { cond: lt(c(0), v(vcl)), then };
         let mut w = Vec::new();
-        let mut t0 = vec![waitf(V, Mte2, EV_RAW)];
+        let mut t0 = Vec::new();
+        if zs > 1 {
+            t0.push(Stmt::Set { var: zsl, value: bin(SBin::Mod, v(zc), c(zs)) });
+            t0.push(Stmt::Set { var: zc, value: add(v(zc), c(1)) });
+        }
+        t0.push(waitf(V, Mte2, EV_RAW));
         t0.push(Stmt::Copy {
             pipe: Mte2,
             src: reg(Loc::Gm(ws_s), add(add(own(mine.clone(), per_s), ring(vj, bm * bn)), mul(v(r0), c(bn))), bn),
-            dst: ub(raw, c(0), bn),
+            dst: zb(raw, c(0)),
             rows: v(rc),
             cols: v(vcl),
         });
@@ -1415,7 +1472,7 @@ fn build(
             t0.push(Stmt::Copy {
                 pipe: Mte2,
                 src: reg(Loc::Gm(*tz), add(mul(v(bi), c(s * t)), add(mul(row0.clone(), c(t)), v(vj0))), t),
-                dst: ub(*b, c(0), bn),
+                dst: zb(*b, c(0)),
                 rows: v(rc),
                 cols: v(vcl),
             });
@@ -1430,14 +1487,24 @@ fn build(
                     let first = add(row0.clone(), c(*ce));
                     t0.push(Stmt::If {
                         cond: bin(SBin::Le, last.clone(), first.clone()),
-                        then: vec![vec_st(ub(*b, c(0), bn), v(vcl), oe.clone())],
+                        then: vec![vec_st(zb(*b, c(0)), v(vcl), oe.clone())],
                     });
+                    // Else the columns up to the first row's last visible one (`vw` of them) are seen by
+                    // every row of the band: no mask there either; the mask only on the rest, the diagonal.
+                    let (oe_w, me_w) = &masked_split;
                     t0.push(Stmt::If {
-                        cond: lt(first, last),
-                        then: vec![vec_st(ub(*b, c(0), bn), v(vcl), e.clone())],
+                        cond: lt(first.clone(), last),
+                        then: vec![
+                            Stmt::Set {
+                                var: vw,
+                                value: bin(SBin::Max, c(0), min(v(vcl), sub(add(first, c(1)), v(vj0)))),
+                            },
+                            Stmt::If { cond: lt(c(0), v(vw)), then: vec![vec_st(zb(*b, c(0)), v(vw), oe_w.clone())] },
+                            vec_st(zb(*b, v(vw)), sub(v(vcl), v(vw)), me_w.clone()),
+                        ],
                     });
                 }
-                _ => t0.push(vec_st(ub(*b, c(0), bn), v(vcl), e.clone())),
+                _ => t0.push(vec_st(zb(*b, c(0)), v(vcl), e.clone())),
             }
         }
         w.push(live(t0));
@@ -1449,7 +1516,7 @@ fn build(
                 w.push(live(vec![Stmt::Reduce {
                     op: ReduceOp::Max,
                     axis: 1,
-                    src: ub(tiles[z].0, c(0), bn),
+                    src: zb(tiles[z].0, c(0)),
                     dst: ub(rowb[x], c(0), 1),
                     rows: v(rc),
                     cols: v(vcl),
@@ -1471,9 +1538,9 @@ fn build(
             w.push(vec_st(ub(alpha, aslot.clone(), 1), c(1), a));
             let e = VExpr::Unary(
                 UnOp::Exp,
-                Box::new(VExpr::Binary(BinOp::Sub, Box::new(VExpr::Read(ub(tiles[&z].0, c(0), bn))), rr(rowb[&xs]))),
+                Box::new(VExpr::Binary(BinOp::Sub, Box::new(VExpr::Read(zb(tiles[&z].0, c(0)))), rr(rowb[&xs]))),
             );
-            w.push(live(vec![vec_st(ub(e_ub, c(0), bn), v(vcl), e)]));
+            w.push(live(vec![vec_st(zb(e_ub, c(0)), v(vcl), e)]));
             w.push(vec_st(
                 ub(rowb[&l], c(0), 1),
                 c(1),
@@ -1482,7 +1549,7 @@ fn build(
             w.push(live(vec![Stmt::Reduce {
                 op: ReduceOp::Sum,
                 axis: 1,
-                src: ub(e_ub, c(0), bn),
+                src: zb(e_ub, c(0)),
                 dst: ub(rowb[&l], c(0), 1),
                 rows: v(rc),
                 cols: v(vcl),
@@ -1495,7 +1562,7 @@ fn build(
         };
         let mut t1 = Vec::new();
         t1.push(waitf(Mte3, V, EV_PUB));
-        t1.push(vec_st(ub(p_ub, c(0), bn), v(vcl), VExpr::Read(ub(src, c(0), bn))));
+        t1.push(vec_st(ub(p_ub, c(0), bn), v(vcl), VExpr::Read(zb(src, c(0)))));
         // The score tile (raw, the anchor in place, e) is read for the last time.
         t1.push(setf(V, Mte2, EV_RAW));
         t1.push(setf(V, Mte3, EV_PUB));
