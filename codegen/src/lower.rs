@@ -45,7 +45,9 @@ use kc_ir::graph::{BinOp, Graph, UnOp};
 use kc_ir::interp::Limits;
 use kc_ir::launch::Args;
 use kc_ir::span::Span;
-use kc_ir::tile::{BufId, Launch, LibOp, Loc, Region, SBin, SExpr, Stmt, TensorId, TensorRole, TileProgram, VExpr};
+use kc_ir::tile::{
+    BufId, Launch, LibOp, Loc, Region, SBin, SExpr, SVar, Stmt, TensorId, TensorRole, TileProgram, VExpr,
+};
 use kc_runtime::gm::Results;
 use kc_runtime::native::{self, CoreFn, LibKind, NativeLaunch, NativeStats, Site};
 use std::collections::BTreeMap;
@@ -125,6 +127,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_cross_set", native::kc_rt_cross_set as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_cross_wait", native::kc_rt_cross_wait as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_copy", native::kc_rt_copy as *const u8, vec![I64], vec![]),
+        ("kc_rt_copy_cols", native::kc_rt_copy_cols as *const u8, vec![I64], vec![]),
         ("kc_rt_gather", native::kc_rt_gather as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_reduce", native::kc_rt_reduce as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
@@ -469,11 +472,73 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         Ok(())
     }
 
+    /// A loop `for j in lo..hi { copy src(j) -> dst(j), rows × 1 }` whose windows move by a constant number of
+    /// elements per iteration (the tiler's transposing loads: a row of one operand becomes a column of the
+    /// other) as one call of [`native::kc_rt_copy_cols`] instead of one call per column. The windows of the
+    /// first and the last column are bounds-checked, which covers the ones between (they move by a constant
+    /// step); the loop variable ends as the loop would leave it. `false`: not such a loop (nothing emitted).
+    fn column_copies(&mut self, var: SVar, lo: &SExpr, hi: &SExpr, body: &'p [Stmt]) -> Result<bool, Diagnostic> {
+        let [Stmt::Copy { src, dst, rows, cols, .. }] = body else { return Ok(false) };
+        if *cols != SExpr::Const(1) || mentions(rows, var) || mentions(lo, var) || mentions(hi, var) {
+            return Ok(false);
+        }
+        let fixed = |r: &Region| {
+            !mentions(&r.row_stride, var) && !matches!(&r.loc, Loc::Buf { slot, .. } if mentions(slot, var))
+        };
+        let (Some(ds), Some(ss)) = (step_of(&dst.offset, var), step_of(&src.offset, var)) else { return Ok(false) };
+        if !fixed(src) || !fixed(dst) || self.loc_dtype(&src.loc) != self.loc_dtype(&dst.loc) {
+            return Ok(false);
+        }
+        let v = self.var(var)?;
+        let lo = self.sexpr(lo)?;
+        let hi = self.sexpr(hi)?;
+        let n = self.b.ins().isub(hi, lo);
+        let any = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, n, 0);
+        let work = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().brif(any, work, &[], done, &[]);
+        self.b.switch_to_block(work);
+        let rows = self.sexpr(rows)?;
+        let one = self.iconst(1);
+        // The last column's windows, then the first's (the call takes the first).
+        let last = self.b.ins().iadd_imm_s(hi, -1);
+        self.b.def_var(v, last);
+        let (s_last, d_last) = (self.region(src, "the copy's source")?, self.region(dst, "the copy's destination")?);
+        self.check(&s_last, rows, one);
+        self.check(&d_last, rows, one);
+        self.b.def_var(v, lo);
+        let (s, d) = (self.region(src, "the copy's source")?, self.region(dst, "the copy's destination")?);
+        self.check(&s, rows, one);
+        self.check(&d, rows, one);
+        let mut w = self.region_words(&d);
+        w.extend(self.region_words(&s));
+        let (ds, ss) = (self.iconst(ds), self.iconst(ss));
+        w.extend([rows, n, ds, ss]);
+        let a = self.words(&w);
+        self.call("kc_rt_copy_cols", &[a]);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        let end = self.b.ins().smax(lo, hi);
+        self.b.def_var(v, end);
+        Ok(true)
+    }
+
+    /// The dtype of a window's storage (`None`: no such tensor or buffer).
+    fn loc_dtype(&self, l: &Loc) -> Option<DType> {
+        match l {
+            Loc::Gm(t) => self.prog.tensors.get(t.0 as usize).map(|g| g.dtype),
+            Loc::Buf { buf, .. } => self.launch.buffers.get(buf.0 as usize).map(|b| b.dtype),
+        }
+    }
+
     fn stmt(&mut self, s: &'p Stmt) -> Result<(), Diagnostic> {
         match s {
             Stmt::For { var, lo, hi, step, body } => {
                 if *step <= 0 {
                     return Err(self.err(format!("a loop with step {step}")));
+                }
+                if *step == 1 && self.column_copies(*var, lo, hi, body)? {
+                    return Ok(());
                 }
                 let v = self.var(*var)?;
                 let lo = self.sexpr(lo)?;
@@ -959,6 +1024,34 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         let sz = x.dtype.size_bytes() as i64;
         let bytes = if sz == 1 { flat } else { self.b.ins().imul_imm_s(flat, sz) };
         self.b.ins().iadd(x.base, bytes)
+    }
+}
+
+/// Whether `e` reads the scalar register `v`.
+fn mentions(e: &SExpr, v: SVar) -> bool {
+    match e {
+        SExpr::Const(_) | SExpr::Core => false,
+        SExpr::Var(x) => *x == v,
+        SExpr::Bin(_, a, b) => mentions(a, v) || mentions(b, v),
+        SExpr::Read { slot, index, .. } => mentions(slot, v) || mentions(index, v),
+    }
+}
+
+/// `Some(k)` if `e` is `base + k·v` with `base` not reading `v` (sums, differences and constant multiples of
+/// `v`); `None` if `v` appears any other way.
+fn step_of(e: &SExpr, v: SVar) -> Option<i64> {
+    if !mentions(e, v) {
+        return Some(0);
+    }
+    match e {
+        SExpr::Var(_) => Some(1),
+        SExpr::Bin(SBin::Add, a, b) => step_of(a, v)?.checked_add(step_of(b, v)?),
+        SExpr::Bin(SBin::Sub, a, b) => step_of(a, v)?.checked_sub(step_of(b, v)?),
+        SExpr::Bin(SBin::Mul, a, b) => match (&**a, &**b) {
+            (SExpr::Const(k), x) | (x, SExpr::Const(k)) => step_of(x, v)?.checked_mul(*k),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -415,6 +415,71 @@ fn to_bf16_avx512(dst: &mut [u16], src: &[u32]) {
     to_bf16(dst, src)
 }
 
+/// A loop of column copies as one call: `args` = `[dst, dst_dtype, dst_stride, src, src_dtype, src_stride,
+/// rows, n, dst_step, src_step]`: for `j < n`, the `rows × 1` column at element `j · dst_step` (from the first
+/// column's `(0, 0)`) of `dst` receives the one at `j · src_step` of `src` (the tiler's transposing loads, a
+/// row of one operand becoming a column of the other). Same dtypes only (the code generator calls it for
+/// no other); windows that overlap go column by column through [`kc_rt_copy`], which handles them.
+///
+/// # Safety
+///
+/// `args` points at 10 words; every column's window is inside its storage (the caller checked the first
+/// and the last, and the steps are constant).
+pub unsafe extern "C" fn kc_rt_copy_cols(args: *const i64) {
+    let (Some(dst), Some(src)) = (unsafe { Reg::at(args) }, unsafe { Reg::at(args.add(3)) }) else { return };
+    let (rows, n, dstep, sstep) = unsafe { (*args.add(6), *args.add(7), *args.add(8), *args.add(9)) };
+    if rows <= 0 || n <= 0 {
+        return;
+    }
+    let es = src.d.size_bytes();
+    // The byte ranges both windows span, all columns included.
+    let span = |r: &Reg, step: i64| {
+        let a = r.p as isize;
+        let (lo, hi) = [
+            0,
+            (rows - 1) as isize * r.stride,
+            (n - 1) as isize * step as isize,
+            (rows - 1) as isize * r.stride + (n - 1) as isize * step as isize,
+        ]
+        .iter()
+        .fold((isize::MAX, isize::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        (a + lo * es as isize, a + (hi + 1) * es as isize)
+    };
+    let ((s0, s1), (d0, d1)) = (span(&src, sstep), span(&dst, dstep));
+    if dst.d != src.d || (s0 < d1 && d0 < s1) {
+        for j in 0..n {
+            let mut w = [0i64; 8];
+            unsafe {
+                std::ptr::copy_nonoverlapping(args, w.as_mut_ptr(), 8);
+                w[0] = dst.p.offset(j as isize * dstep as isize * dst.d.size_bytes() as isize) as i64;
+                w[3] = src.p.offset(j as isize * sstep as isize * es as isize) as i64;
+                w[7] = 1;
+                kc_rt_copy(w.as_ptr());
+            }
+        }
+        return;
+    }
+    // SAFETY: inside both windows (the caller's checks); the windows do not overlap.
+    unsafe {
+        macro_rules! cols {
+            ($t:ty) => {{
+                let (d, s) = (dst.p as *mut $t, src.p as *const $t);
+                for j in 0..n as isize {
+                    let (d, s) = (d.offset(j * dstep as isize), s.offset(j * sstep as isize));
+                    for r in 0..rows as isize {
+                        *d.offset(r * dst.stride) = *s.offset(r * src.stride);
+                    }
+                }
+            }};
+        }
+        match es {
+            1 => cols!(u8),
+            2 => cols!(u16),
+            _ => cols!(u32),
+        }
+    }
+}
+
 /// Converts `n` elements between float dtypes (other pairs convert as a store would).
 unsafe fn convert_row(d: *mut u8, dd: DType, s: *const u8, sd: DType, n: usize) {
     use half::slice::HalfFloatSliceExt;

@@ -240,3 +240,108 @@ fn jit_cache_keys_by_source_dims_and_target() {
     let (_, hit) = get_or_compile(key(5), || build(5)).expect("builds after a failure");
     assert!(!hit, "a failed build is not cached");
 }
+
+/// A loop of column copies (the tiler's transposing loads) runs as one call in the JIT: the same results as
+/// the loop run column by column (a body the call does not take), for a transpose, a loop whose windows
+/// overlap (shifting columns within one buffer, in order: the call goes column by column),
+/// a loop that converts f32 to bf16, and an empty loop, after which the loop variable is the loop's start.
+#[test]
+fn jit_column_copy_loops_match_the_loop() {
+    use kc_ir::tile::{Buffer, Launch, Layout, Loc, Mem, Pipe, Region, SExpr, SVar, Stmt, Unit};
+    use kc_ir::{DType, Tensor};
+    let g =
+        common::compile_ok_src("jit_cols", "kernel cols(x: f32[16, 16]) -> y: f32[16, 16] {\n    y = x + 0.0;\n}\n")
+            .kernels
+            .remove(0);
+    let target = Target::builtin("host").expect("target");
+    let dims = BTreeMap::new();
+    let (_, tp, _) = tile_at(&g, &dims, &target);
+    let buf = |name: &str, mem, dtype, slots| Buffer {
+        name: name.to_string(),
+        mem,
+        dtype,
+        shape: vec![16, 16],
+        slots,
+        layout: Layout::ND,
+        offset: 0,
+    };
+    let (c, v) = (SExpr::Const, |k: u32| SExpr::Var(SVar(k)));
+    let bin = |op, a: SExpr, b: SExpr| SExpr::Bin(op, Box::new(a), Box::new(b));
+    let at = |b: u32, off: SExpr, ld: i64| Region {
+        loc: Loc::Buf { buf: kc_ir::tile::BufId(b), slot: c(0) },
+        offset: off,
+        row_stride: c(ld),
+    };
+    let gm = |t: u32| Region { loc: Loc::Gm(kc_ir::tile::TensorId(t)), offset: c(0), row_stride: c(16) };
+    let copy = |src, dst, rows: SExpr, cols: SExpr| Stmt::Copy { pipe: Pipe::Mte1, src, dst, rows, cols };
+    // Buffers: 0 = x (f32), 1 = the result (f32), 2 = a bf16 tile. `jj` is svar 0, a dummy svar 1.
+    let program = |body_extra: bool| {
+        let lp = |lo: i64, hi: i64, cp: Stmt| {
+            let mut body = vec![cp];
+            if body_extra {
+                // A second statement: the loop runs column by column.
+                body.push(Stmt::Set { var: SVar(1), value: v(0) });
+            }
+            Stmt::For { var: SVar(0), lo: c(lo), hi: c(hi), step: 1, body }
+        };
+        let jj16 = bin(kc_ir::tile::SBin::Mul, v(0), c(16));
+        vec![
+            copy(gm(0), at(0, c(0), 16), c(16), c(16)),
+            // Transpose x into buffer 1: row jj of x becomes column jj.
+            lp(0, 16, copy(at(0, jj16.clone(), 1), at(1, v(0), 16), c(16), c(1))),
+            // Shift columns 12..15 of buffer 1 right by one, in place (overlapping windows).
+            lp(12, 15, copy(at(1, v(0), 16), at(1, bin(kc_ir::tile::SBin::Add, v(0), c(1)), 16), c(16), c(1))),
+            // Round columns 3..10 of buffer 1 through bf16 (a converting loop) and back.
+            lp(3, 11, copy(at(1, v(0), 16), at(2, v(0), 16), c(16), c(1))),
+            lp(3, 11, copy(at(2, v(0), 16), at(1, v(0), 16), c(16), c(1))),
+            // An empty loop: `jj` is left at 9, so column 9 of x lands in column 0 of row 0 only.
+            lp(9, 4, copy(at(0, c(0), 1), at(1, c(0), 16), c(16), c(1))),
+            copy(at(0, v(0), 16), at(1, c(0), 16), c(1), c(1)),
+            copy(at(1, c(0), 16), gm(1), c(16), c(16)),
+        ]
+    };
+    let launch = |extra: bool| Launch {
+        name: "cols".to_string(),
+        unit: Unit::Cube,
+        cube_cores: 1,
+        vector_cores: 0,
+        buffers: vec![
+            buf("x_l1", Mem::L1, DType::F32, 1),
+            buf("y_l1", Mem::L1, DType::F32, 1),
+            buf("h_l1", Mem::L1, DType::BF16, 1),
+        ],
+        svars: vec!["jj".to_string(), "dummy".to_string()],
+        cube: program(extra),
+        vector: Vec::new(),
+    };
+    let mut rng = common::Rng::new(7);
+    let x = common::rand_tensor(&mut rng, DType::F32, &[16, 16]);
+    let args = common::args(&[("x", &x)], &[]);
+    let run = |extra: bool| -> Tensor {
+        let mut p = tp.clone();
+        p.launches = vec![launch(extra)];
+        let compiled = kc_codegen::compile(&p, &opts()).expect("compiles");
+        let out = compiled.run(&p, &g, &args, 1, &Limits::default()).expect("runs").0;
+        out[0].1.clone()
+    };
+    let (fast, slow) = (run(false), run(true));
+    assert_eq!(fast, slow, "one call per loop and one call per column agree");
+    // And the expected values: the transpose puts x[c][r] at y[r][c]; the in-place shift runs column by
+    // column in order, so columns 13..15 end as column 12; columns 3..10 are rounded through bf16; y[0][0]
+    // is x[0][9].
+    let xs = x.to_f64_vec();
+    let ys = fast.to_f64_vec();
+    for r in 0..16 {
+        for col in 0..16 {
+            let t = xs[col.min(12) * 16 + r];
+            let want = if r == 0 && col == 0 {
+                xs[9]
+            } else if (3..11).contains(&col) {
+                half::bf16::from_f64(t).to_f64()
+            } else {
+                t
+            };
+            assert_eq!(ys[r * 16 + col], want, "y[{r}][{col}]");
+        }
+    }
+}
