@@ -325,6 +325,40 @@ fn jit_column_copy_loops_match_the_loop() {
         out[0].1.clone()
     };
     let (fast, slow) = (run(false), run(true));
+    // A 16-bit transpose (the call's 8 × 8 blocks) of 13 × 11 and 16 × 16 windows: y = bf16(x)ᵀ where
+    // written, zeros elsewhere.
+    for (rows, n) in [(13i64, 11i64), (16, 16), (7, 3)] {
+        let mut p = tp.clone();
+        let mut l = launch(false);
+        let jj16 = bin(kc_ir::tile::SBin::Mul, v(0), c(16));
+        l.buffers.push(buf("t_l1", Mem::L1, DType::BF16, 1));
+        l.cube = vec![
+            copy(gm(0), at(2, c(0), 16), c(16), c(16)),
+            Stmt::For {
+                var: SVar(0),
+                lo: c(0),
+                hi: c(n),
+                step: 1,
+                body: vec![copy(at(2, jj16, 1), at(3, v(0), 16), c(rows), c(1))],
+            },
+            copy(at(3, c(0), 16), at(1, c(0), 16), c(16), c(16)),
+            copy(at(1, c(0), 16), gm(1), c(16), c(16)),
+        ];
+        p.launches = vec![l];
+        let compiled = kc_codegen::compile(&p, &opts()).expect("compiles");
+        let y = compiled.run(&p, &g, &args, 1, &Limits::default()).expect("runs").0[0].1.to_f64_vec();
+        let xs = x.to_f64_vec();
+        for r in 0..16 {
+            for j in 0..16 {
+                let want = if r < rows as usize && j < n as usize {
+                    half::bf16::from_f64(xs[j * 16 + r]).to_f64()
+                } else {
+                    0.0
+                };
+                assert_eq!(y[r * 16 + j], want, "{rows} x {n}: y[{r}][{j}]");
+            }
+        }
+    }
     assert_eq!(fast, slow, "one call per loop and one call per column agree");
     // And the expected values: the transpose puts x[c][r] at y[r][c]; the in-place shift runs column by
     // column in order, so columns 13..15 end as column 12; columns 3..10 are rounded through bf16; y[0][0]
