@@ -4,6 +4,7 @@
     bench/setup.sh                    # once: a virtual environment in bench/.venv with torch and numpy
     bench/.venv/bin/python bench/run.py [--threads 1,2] [--only matmul,attention] [--out docs/perf.md]
     bench/.venv/bin/python bench/run.py --list      # the workloads, their kc kernels and sizes
+    bench/.venv/bin/python bench/run.py --verify    # the peers compute what the kernels compute (small sizes)
 
 For each workload and thread count, kc (`kc bench --format json`, the release binary, built first; under
 $CARGO_TARGET_DIR if set) and each peer run in alternation, `--rounds` times; each side's figure is the
@@ -19,7 +20,8 @@ backward; the MoE stages) come from `kc run --out DIR --raw-bf16` on those input
 
 - attention / attention_full (forward, causal / no mask; kernels/attention.ker, attention_full.ker):
   `F.scaled_dot_product_attention(q, k, v, is_causal=..., scale=1/sqrt(D), enable_gqa=True)` on the
-  un-repeated K/V (G KV heads). On the CPU it runs PyTorch's flash kernel
+  un-repeated K/V (G KV heads; is_causal masks j <= i, the kernel j <= i + T - S: the same at S = T).
+  On the CPU it runs PyTorch's flash kernel
   (`aten._scaled_dot_product_flash_attention_for_cpu`), which computes the log-sum-exp rows too (the
   kernel returns them as `lse`), so both sides do the same work.
 - attention_bwd (causal; kernels/attention_bwd.ker, given q, k, v, dout and the forward's o and lse): only
@@ -38,13 +40,17 @@ backward; the MoE stages) come from `kc run --out DIR --raw-bf16` on those input
 - moe_layer: the kernels cannot call each other (docs/language.md 7.6: kernels cannot be called), and
   the four stages are four kernels, so kc's figure is the sum of the medians of four `kc bench` runs, each
   on realistic inputs: moe_route on x (and a gate wg of scale 1/sqrt(M), so that the routing spreads over
-  the experts), moe_permute on x and route's idx, moe_experts on permute's xs and offsets, moe_combine on
-  experts' ys, permute's order and route's w (the expert weights are kc's seeded random ones). The peer is
-  a PyTorch reference on the same x and wg: sigmoid scores, group-limited top-k, stable argsort by expert,
+  the experts), moe_permute on x and route's idx, moe_experts on permute's xs and offsets and the expert
+  weights, moe_combine on experts' ys, permute's order and route's w. The peer is a PyTorch reference on
+  the same x, gate and expert weights: sigmoid scores (f32), group-limited top-k, stable argsort by expert,
   a loop over the experts (SwiGLU: silu(x w1ᵀ) * (x w3ᵀ), then w2ᵀ), index_add weighted by w.
   The layer runs at T = 1024 tokens (T·K = 8192 routed rows): at T = 4096 (32768 rows) moe_permute's
   argsort row does not fit the unified buffer and kc refuses it (E0606: argsort/top-k rows wider than UB
   need a multi-pass merge, not implemented; ir/src/passes/tile/library.rs).
+
+`--verify` checks that each peer of the newer workloads computes what its kc kernel computes: both run at
+small sizes on the same inputs (kc with `kc run`), and the peer's results must match kc's within bf16
+tolerance (1/64 of the value plus 1/64 of the largest value, as `kc run --check`); exit 1 otherwise.
 """
 
 import argparse
@@ -166,6 +172,7 @@ def data(kind, shape):
     elif kind == "moe_layer":
         t, m, e, k, f = shape
         d = dict(x=rn(t, m), wg=rn(e, m, scale=m**-0.5), bias=rn(e, dtype=torch.float32, scale=0.01))
+        d.update(w1=rn(e, f, m, scale=m**-0.5), w3=rn(e, f, m, scale=m**-0.5), w2=rn(e, m, f, scale=f**-0.5))
     else:
         raise ValueError(kind)
     _DATA[key] = d
@@ -204,7 +211,7 @@ def kc_stages(kind, shape, file, dims, kernel, tmp):
         permute = ("kernels/moe_permute.ker", f"T={t},K={k},M={m},E={e}", None, {"x": ins["x"], "idx": r["idx"]}, {})
         p = kc_run(*permute[:2], os.path.join(tmp, "permute"), None, permute[3])
         experts = ("kernels/moe_experts.ker", f"R={t * k},M={m},F={f},E={e}", None,
-                   {"xs": p["xs"], "offsets": p["offsets"]}, {})
+                   dict(xs=p["xs"], offsets=p["offsets"], **npy(w1=d["w1"], w3=d["w3"], w2=d["w2"])), {})
         x = kc_run(*experts[:2], os.path.join(tmp, "experts"), None, experts[3])
         combine = ("kernels/moe_combine.ker", f"T={t},K={k},M={m}", None,
                    {"ys": x["ys"], "order": p["order"], "w": r["w"]}, {})
@@ -295,13 +302,12 @@ def torch_peers(kind, shape):
     if kind == "moe_layer":
         t, m, e, k, f = shape
         d = data(kind, shape)
-        x, wg, bias = d["x"], d["wg"], d["bias"]
-        gen = torch.Generator().manual_seed(1)
-        w1, w3 = (torch.randn(e, f, m, generator=gen).to(torch.bfloat16) for _ in range(2))
-        w2 = torch.randn(e, m, f, generator=gen).to(torch.bfloat16)
+        x, wg, bias, w1, w3, w2 = (d[n] for n in ("x", "wg", "bias", "w1", "w3", "w2"))
+        wg32 = wg.float()
 
         def moe():
-            s = torch.sigmoid((x @ wg.T).float())  # [T, E]
+            s = torch.sigmoid(x.float() @ wg32.T)  # [T, E], f32 scores as the kernel's
+
             sb = s + bias
             top2 = sb.view(t, MOE_NG, e // MOE_NG).topk(2, dim=-1).values.sum(-1)  # [T, NG]
             groups = top2.topk(MOE_KG, dim=-1).indices
@@ -328,6 +334,77 @@ def torch_peers(kind, shape):
 
         return {"PyTorch reference (topk, sort, expert loop, index_add)": moe}
     raise ValueError(kind)
+
+
+# Small sizes for --verify, and how the kernels name the sizes of the newer workloads.
+VERIFY = [
+    # S = T for the causal ones: PyTorch's is_causal keeps j <= i (top-left), the kernels j <= i + T - S
+    # (bottom-right); the two agree when S = T, as at the benchmark sizes.
+    ("attention", (1, 4, 2, 90, 90, 32)),
+    ("attention_full", (1, 4, 2, 90, 70, 32)),
+    ("attention_bwd", (1, 4, 2, 90, 90, 32)),
+    ("muon", (40, 130)),
+    ("rmsnorm_bwd", (33, 300)),
+    ("cross_entropy", (17, 1000)),
+    ("moe_layer", (64, 128, 64, 8, 48)),
+]
+KC_DIMS = {
+    "attention": "B,H,G,S,T,D",
+    "attention_full": "B,H,G,S,T,D",
+    "attention_bwd": "B,H,G,S,T,D",
+    "muon": "M,N",
+    "rmsnorm_bwd": "T,D",
+    "cross_entropy": "N,V",
+    "moe_layer": "T,M,E,K,F",
+}
+# The tolerance of --verify, as a fraction of (|value| + the largest |value|): bf16's, as `kc run --check`;
+# Muon's five Newton-Schulz steps amplify rounding, and the plain bf16 loop rounds after every op where
+# the kernel rounds once per `let` (at 40 x 130: 0.018 off kc's result, whose largest value is 0.26; a loop
+# emulating the kernel's rounding points in f32 is within 0.0005; one step more or fewer moves it by 0.1).
+VERIFY_TOL = {"muon": 1 / 16}
+# The results each peer returns, by the names of the kc kernel's results (of the last stage for the MoE layer).
+PEER_RESULTS = {
+    "attention": ["o"],
+    "attention_full": ["o"],
+    "attention_bwd": ["dq", "dk", "dv"],
+    "muon": ["o"],
+    "rmsnorm_bwd": ["dx", "dw"],
+    "cross_entropy": ["loss", "dlogits"],
+    "moe_layer": ["y"],
+}
+
+
+def verify():
+    """Each newer workload at a small size: the peer's results against `kc run`'s on the same inputs."""
+    import numpy as np
+    import torch
+
+    bad = 0
+    for kind, shape in VERIFY:
+        dims = ",".join(f"{n}={v}" for n, v in zip(KC_DIMS[kind].split(","), shape))
+        file = next(w[2] for w in WORKLOADS if w[0] == kind)
+        with tempfile.TemporaryDirectory(prefix="kc-verify-") as tmp:
+            stages = kc_stages(kind, shape, file, dims, None, tmp)
+            f, dm, kn, ins, sc = stages[-1]
+            got = kc_run(f, dm, os.path.join(tmp, "out"), kn, ins, sc)
+            (fn,) = torch_peers(kind, shape).values()
+            res = fn()
+            res = res if isinstance(res, tuple) else (res,)
+            for name, t in zip(PEER_RESULTS[kind], res):
+                a = np.load(got[name])
+                if a.dtype == np.uint16:  # raw bf16 bits
+                    a = (a.astype(np.uint32) << 16).view(np.float32)
+                want = a.astype(np.float64)
+                have = t.detach().double().numpy().reshape(want.shape)
+                err = np.abs(have - want)
+                tol = (np.abs(want) + np.abs(want).max()) * VERIFY_TOL.get(kind, 1 / 64)
+                ok = bool((err <= tol).all())
+                bad += not ok
+                print(f"{kind} {shape_label(kind, shape)} {name}: max abs error {err.max():.3g} (largest value "
+                      f"{np.abs(want).max():.3g}; {(err / tol).max():.0%} of the tolerance): "
+                      f"{'ok' if ok else 'MISMATCH'}", flush=True)
+        _DATA.clear()
+    return 1 if bad else 0
 
 
 def numpy_peers(kind, shape):
@@ -385,6 +462,7 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--only", default=None, help="run only workloads of these kinds (comma-separated)")
     ap.add_argument("--list", action="store_true", help="print the workloads and exit")
+    ap.add_argument("--verify", action="store_true", help="check that the peers compute what the kernels compute")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-time", type=float, default=1.0)
     ap.add_argument("--min-iter", type=int, default=5, help="timed calls at least, each side")
@@ -394,6 +472,9 @@ def main():
     only = set(args.only.split(",")) if args.only else None
     if only and not only <= set(kinds):
         ap.error(f"--only: unknown kind(s) {', '.join(sorted(only - set(kinds)))}; the kinds: {', '.join(kinds)}")
+    if args.verify:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "kc-cli"], cwd=ROOT, check=True)
+        return verify()
     if args.list:
         for kind, shape, file, dims, kernel in WORKLOADS:
             print(f"{kind:15} {shape_label(kind, shape):40} {file}{' --kernel ' + kernel if kernel else ''} "
