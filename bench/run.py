@@ -37,6 +37,7 @@ backward; the MoE stages) come from `kc run --out DIR --raw-bf16` on those input
 - cross_entropy (kernels/cross_entropy.ker: per-row loss f32 and dlogits bf16, averaged over the valid
   rows): `F.cross_entropy(logits.float(), target, reduction='none')` on bf16 logits, then the gradient of
   its mean with respect to the bf16 logits (`torch.autograd.grad`): forward and backward, as the kernel.
+  A second peer calls it on the bf16 logits directly (PyTorch's bf16 path; the loss comes out in bf16).
 - moe_layer: the kernels cannot call each other (docs/language.md 7.6: kernels cannot be called), and
   the four stages are four kernels, so kc's figure is the sum of the medians of four `kc bench` runs, each
   on realistic inputs: moe_route on x (and a gate wg of scale 1/sqrt(M), so that the routing spreads over
@@ -298,7 +299,15 @@ def torch_peers(kind, shape):
             (dlogits,) = torch.autograd.grad(loss.sum() / n_valid, lg)
             return loss.detach(), dlogits
 
-        return {"F.cross_entropy fwd+bwd (bf16 logits, f32 math)": ce}
+        def ce_bf16():
+            lg = logits.detach().requires_grad_()
+            loss = F.cross_entropy(lg, target, reduction="none")
+            n_valid = max(int((target >= 0).sum()), 1)
+            (dlogits,) = torch.autograd.grad(loss.sum() / n_valid, lg)
+            return loss.detach().float(), dlogits
+
+        return {"F.cross_entropy fwd+bwd (bf16 logits, f32 math)": ce,
+                "F.cross_entropy fwd+bwd (bf16 throughout)": ce_bf16}
     if kind == "moe_layer":
         t, m, e, k, f = shape
         d = data(kind, shape)
@@ -376,9 +385,6 @@ PEER_RESULTS = {
 
 def verify():
     """Each newer workload at a small size: the peer's results against `kc run`'s on the same inputs."""
-    import numpy as np
-    import torch
-
     bad = 0
     for kind, shape in VERIFY:
         dims = ",".join(f"{n}={v}" for n, v in zip(KC_DIMS[kind].split(","), shape))
@@ -387,24 +393,32 @@ def verify():
             stages = kc_stages(kind, shape, file, dims, None, tmp)
             f, dm, kn, ins, sc = stages[-1]
             got = kc_run(f, dm, os.path.join(tmp, "out"), kn, ins, sc)
-            (fn,) = torch_peers(kind, shape).values()
-            res = fn()
-            res = res if isinstance(res, tuple) else (res,)
-            for name, t in zip(PEER_RESULTS[kind], res):
-                a = np.load(got[name])
-                if a.dtype == np.uint16:  # raw bf16 bits
-                    a = (a.astype(np.uint32) << 16).view(np.float32)
-                want = a.astype(np.float64)
-                have = t.detach().double().numpy().reshape(want.shape)
-                err = np.abs(have - want)
-                tol = (np.abs(want) + np.abs(want).max()) * VERIFY_TOL.get(kind, 1 / 64)
-                ok = bool((err <= tol).all())
-                bad += not ok
-                print(f"{kind} {shape_label(kind, shape)} {name}: max abs error {err.max():.3g} (largest value "
-                      f"{np.abs(want).max():.3g}; {(err / tol).max():.0%} of the tolerance): "
-                      f"{'ok' if ok else 'MISMATCH'}", flush=True)
+            for peer, fn in torch_peers(kind, shape).items():
+                res = fn()
+                res = res if isinstance(res, tuple) else (res,)
+                bad += check(f"{kind} {shape_label(kind, shape)} [{peer}]", kind, got, res)
         _DATA.clear()
     return 1 if bad else 0
+
+
+def check(what, kind, got, res):
+    """The peer's results `res` against kc's result files `got`: 0 if all match, else 1 (and says which)."""
+    import numpy as np
+
+    bad = 0
+    for name, t in zip(PEER_RESULTS[kind], res):
+        a = np.load(got[name])
+        if a.dtype == np.uint16:  # raw bf16 bits
+            a = (a.astype(np.uint32) << 16).view(np.float32)
+        want = a.astype(np.float64)
+        have = t.detach().double().numpy().reshape(want.shape)
+        err = np.abs(have - want)
+        tol = (np.abs(want) + np.abs(want).max()) * VERIFY_TOL.get(kind, 1 / 64)
+        ok = bool((err <= tol).all())
+        bad |= not ok
+        print(f"{what} {name}: max abs error {err.max():.3g} (largest value {np.abs(want).max():.3g}; "
+              f"{(err / tol).max():.0%} of the tolerance): {'ok' if ok else 'MISMATCH'}", flush=True)
+    return int(bad)
 
 
 def numpy_peers(kind, shape):
@@ -494,14 +508,21 @@ def main():
                 stages = kc_stages(kind, shape, file, dims, kernel, tmp)
                 peers = dict(torch_peers(kind, shape))
                 peers.update(numpy_peers(kind, shape))
-                kc_t, peer_t = [], {p: [] for p in peers}
+                kc_t, stage_t, peer_t = [], [[] for _ in stages], {p: [] for p in peers}
                 for _ in range(args.rounds):
-                    kc_t.append(sum(kc_bench(f, dm, threads, kn, args.min_time, ins, sc, args.min_iter)
-                                    for f, dm, kn, ins, sc in stages))
+                    ts = [kc_bench(f, dm, threads, kn, args.min_time, ins, sc, args.min_iter)
+                          for f, dm, kn, ins, sc in stages]
+                    kc_t.append(sum(ts))
+                    for acc, t in zip(stage_t, ts):
+                        acc.append(t)
                     for p, fn in peers.items():
                         peer_t[p].append(timeit(fn, args.min_time, args.min_iter))
                 del peers
                 _DATA.clear()
+            if len(stages) > 1:
+                print(f"{kind} {shape_label(kind, shape)} threads={threads}: kc by kernel: " + ", ".join(
+                    f"{os.path.basename(st[0])} {statistics.median(ts)*1e3:.2f} ms" for st, ts in zip(stages, stage_t)),
+                    flush=True)
             k = statistics.median(kc_t)
             for p, ts in peer_t.items():
                 t = statistics.median(ts)
