@@ -108,7 +108,8 @@ def kc_bench(file, dims, threads, kernel=None, min_time=1.0, inputs=None, scalar
 def kc_run(file, dims, out_dir, kernel=None, inputs=None, scalars=None, threads=2):
     """Runs a kernel once and writes its results as out_dir/NAME.npy (bf16 as raw bits): the next stage's inputs.
     Inputs not given are kc's seeded random ones (`--random 0`, as `kc bench` draws them)."""
-    cmd = kc_cmd("run", file, dims, threads, kernel, inputs, scalars) + ["--out", out_dir, "--raw-bf16", "--random", "0"]
+    cmd = kc_cmd("run", file, dims, threads, kernel, inputs, scalars)
+    cmd += ["--out", out_dir, "--raw-bf16", "--random", "0"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr}")
