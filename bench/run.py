@@ -498,27 +498,38 @@ def main():
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "kc-cli"], cwd=ROOT, check=True)
     import torch
 
-    rows = []
+    rows, failed = [], []
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         for kind, shape, file, dims, kernel in WORKLOADS:
             if only and kind not in only:
                 continue
-            with tempfile.TemporaryDirectory(prefix="kc-bench-") as tmp:
-                stages = kc_stages(kind, shape, file, dims, kernel, tmp)
-                peers = dict(torch_peers(kind, shape))
-                peers.update(numpy_peers(kind, shape))
-                kc_t, stage_t, peer_t = [], [[] for _ in stages], {p: [] for p in peers}
-                for _ in range(args.rounds):
-                    ts = [kc_bench(f, dm, threads, kn, args.min_time, ins, sc, args.min_iter)
-                          for f, dm, kn, ins, sc in stages]
-                    kc_t.append(sum(ts))
-                    for acc, t in zip(stage_t, ts):
-                        acc.append(t)
-                    for p, fn in peers.items():
-                        peer_t[p].append(timeit(fn, args.min_time, args.min_iter))
-                del peers
+            try:
+                with tempfile.TemporaryDirectory(prefix="kc-bench-") as tmp:
+                    stages = kc_stages(kind, shape, file, dims, kernel, tmp)
+                    peers = dict(torch_peers(kind, shape))
+                    peers.update(numpy_peers(kind, shape))
+                    kc_t, stage_t, peer_t = [], [[] for _ in stages], {p: [] for p in peers}
+                    for _ in range(args.rounds):
+                        ts = [kc_bench(f, dm, threads, kn, args.min_time, ins, sc, args.min_iter)
+                              for f, dm, kn, ins, sc in stages]
+                        kc_t.append(sum(ts))
+                        for acc, t in zip(stage_t, ts):
+                            acc.append(t)
+                        for p, fn in peers.items():
+                            peer_t[p].append(timeit(fn, args.min_time, args.min_iter))
+                    del peers
+            except RuntimeError as e:
+                # kc failed (an error, a panic): the row says so, the other workloads still run, exit status 1.
+                msg = str(e)
+                first = next((l.strip() for l in msg.splitlines() if l.lstrip().startswith(("error", "panic"))),
+                             msg.splitlines()[-1] if msg else "?")
+                print(f"{kind} {shape_label(kind, shape)} threads={threads}: kc FAILED\n{msg}", file=sys.stderr,
+                      flush=True)
+                failed.append((kind, shape_label(kind, shape), threads, first.replace("|", "/")))
+                continue
+            finally:
                 _DATA.clear()
             if len(stages) > 1:
                 print(f"{kind} {shape_label(kind, shape)} threads={threads}: kc by kernel: " + ", ".join(
@@ -546,6 +557,8 @@ def main():
     ]
     for kind, shape, threads, p, k, t in rows:
         lines.append(f"| {kind} | {shape} | {threads} | {p} | {k*1e3:.2f} | {t*1e3:.2f} | {t/k:.2f} |")
+    for kind, shape, threads, err in failed:
+        lines.append(f"| {kind} | {shape} | {threads} | — | kc failed: {err} | — | — |")
     # The table replaces what is between the markers of the output file; the rest (the analysis) stays.
     begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
     table = begin + "\n" + "\n".join(lines) + "\n" + end
@@ -560,6 +573,7 @@ def main():
         text = text.rstrip("\n") + "\n\n" + table + "\n"
     with open(args.out, "w") as f:
         f.write(text)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
