@@ -11,6 +11,8 @@ $CARGO_TARGET_DIR if set) and each peer run in alternation, `--rounds` times; ea
 median of its rounds' medians, and the table gives the ratio peer time / kc time (above 1: kc is faster).
 The machine's description and the date go at the top of the output file. Peers are timed the way `kc
 bench` times kc: warm-up calls, then timed calls of the whole operation, outputs allocated by the call.
+If kc fails on a workload (an error or a panic), its row says so with kc's first error line, the message
+goes to stderr, the other workloads still run, and the script exits with status 1.
 
 Inputs. The older workloads (matmul, softmax, rmsnorm, adamw) let `kc bench` draw its seeded random inputs
 and the peers draw theirs. The newer ones make their inputs once in PyTorch (seeded), hand the same tensors
