@@ -40,8 +40,10 @@ backward; the MoE stages) come from `kc run --out DIR --raw-bf16` on those input
   rows): `F.cross_entropy(logits.float(), target, reduction='none')` on bf16 logits, then the gradient of
   its mean with respect to the bf16 logits (`torch.autograd.grad`): forward and backward, as the kernel.
   A second peer calls it on the bf16 logits directly (PyTorch's bf16 path; the loss comes out in bf16).
-- moe_layer: the kernels cannot call each other (docs/language.md 7.6: kernels cannot be called), and
-  the four stages are four kernels, so kc's figure is the sum of the medians of four `kc bench` runs, each
+- moe_layer: kernels cannot call each other (docs/language.md 7.6). One kernel with the four bodies
+  inlined checks and fuses (14 groups), but does not tile: E0606 on its grouped-matmul group, whose
+  template needs `offsets` to be a kernel parameter, not a value computed in the kernel
+  (ir/src/passes/tile/grouped.rs). So kc's figure is the sum of the medians of four `kc bench` runs, each
   on realistic inputs: moe_route on x (and a gate wg of scale 1/sqrt(M), so that the routing spreads over
   the experts), moe_permute on x and route's idx, moe_experts on permute's xs and offsets and the expert
   weights, moe_combine on experts' ys, permute's order and route's w. The peer is a PyTorch reference on
