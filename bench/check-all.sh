@@ -5,6 +5,7 @@ cargo build --release -q -p kc-cli
 run() { local f=$1 d=$2 k=$3; for t in 1 2; do out=$(./target/release/kc run kernels/$f.ker --dims $d ${k:+--kernel $k} --random 1 --check --threads $t 2>&1); s=$?; echo "$f${k:+/$k} $d threads=$t exit=$s $(echo "$out" | grep -c ': ok') ok $(echo "$out" | grep -c FAILED) failed"; done; }
 run adamw N=100003
 run attention B=1,H=4,G=2,S=200,T=300,D=64
+run attention_full B=1,H=4,G=2,S=300,T=200,D=64
 run attention_bwd B=1,H=4,G=2,S=130,T=131,D=64
 run cross_entropy N=33,V=5003
 run layernorm T=65,D=4099

@@ -97,7 +97,7 @@ fn row_kernels_store_no_row_sized_intermediates() {
 /// Attention forward and backward never store a [B, H, S, T] value: one score group each.
 #[test]
 fn attention_keeps_scores_on_chip() {
-    for file in ["attention", "attention_bwd"] {
+    for file in ["attention", "attention_full", "attention_bwd"] {
         let (g, f) = fused(file).remove(0);
         let text = kc_ir::passes::fuse::print_fusion(&g, &f);
         let scores: Vec<&kc_ir::passes::fuse::Group> =

@@ -147,6 +147,23 @@ fn attention() {
     }
 }
 
+/// `attention_full.ker`: no mask. The cases with S < T differ from the causal result in their first rows,
+/// so a mask left in the kernel fails the comparison.
+#[test]
+fn attention_full() {
+    let g = common::kernel("attention_full", "attention_full");
+    for (ci, &dims) in ATTN_CASES.iter().enumerate() {
+        let (b, h, _, s, _, d) = dims;
+        let x = attn_inputs(300 + ci as u64, dims);
+        let out = common::run_named(&g, &attn_args(&x), &["o", "lse"]);
+        let (o, lse) = refr::attention_full(&vals(&x.q), &vals(&x.k), &vals(&x.v), x.scale as f64, dims);
+        assert_shape("o", &out[0], DType::BF16, &[b, h, s, d]);
+        assert_shape("lse", &out[1], DType::F32, &[b, h, s]);
+        assert_close(&format!("o (case {dims:?})"), &out[0], &o, Tol::BF16);
+        assert_close(&format!("lse (case {dims:?})"), &out[1], &lse, Tol::F32);
+    }
+}
+
 /// Changing key/value position `j0` changes exactly the rows that may see it: row `i` sees `j <= i + (T - S)`.
 #[test]
 fn attention_causal_mask() {

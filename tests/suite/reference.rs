@@ -144,7 +144,29 @@ pub fn attention(
     k: &[f64],
     v: &[f64],
     scale: f64,
+    dims: (usize, usize, usize, usize, usize, usize),
+) -> (Vec<f64>, Vec<f64>) {
+    attention_masked(q, k, v, scale, dims, true)
+}
+
+/// Grouped-query attention without a mask (`attention_full.ker`): every row sees every key.
+pub fn attention_full(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    scale: f64,
+    dims: (usize, usize, usize, usize, usize, usize),
+) -> (Vec<f64>, Vec<f64>) {
+    attention_masked(q, k, v, scale, dims, false)
+}
+
+fn attention_masked(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    scale: f64,
     (b_, h_, g_, s_, t_, d_): (usize, usize, usize, usize, usize, usize),
+    causal: bool,
 ) -> (Vec<f64>, Vec<f64>) {
     let r_ = h_ / g_;
     let qi = |b: usize, h: usize, i: usize, d: usize| ((b * h_ + h) * s_ + i) * d_ + d;
@@ -157,7 +179,7 @@ pub fn attention(
             for i in 0..s_ {
                 let mut s = vec![f64::NEG_INFINITY; t_];
                 for j in 0..t_ {
-                    if j + s_ <= i + t_ {
+                    if !causal || j + s_ <= i + t_ {
                         s[j] = scale * (0..d_).map(|d| q[qi(b, h, i, d)] * k[ki(b, g, j, d)]).sum::<f64>();
                     }
                 }
