@@ -469,6 +469,15 @@ pub unsafe extern "C" fn kc_rt_copy_cols(args: *const i64) {
         };
         return;
     }
+    // The other way round: each column of `src` (strided) becomes a contiguous run of `dst`.
+    #[cfg(target_arch = "x86_64")]
+    if es == 2 && dst.stride == 1 && sstep == 1 {
+        // SAFETY: as below.
+        unsafe {
+            transpose_u16(dst.p as *mut u16, dstep as isize, src.p as *const u16, src.stride, n as usize, rows as usize)
+        };
+        return;
+    }
     // SAFETY: inside both windows (the caller's checks); the windows do not overlap.
     unsafe {
         macro_rules! cols {

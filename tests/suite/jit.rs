@@ -327,7 +327,8 @@ fn jit_column_copy_loops_match_the_loop() {
     let (fast, slow) = (run(false), run(true));
     // A 16-bit transpose (the call's 8 × 8 blocks) of 13 × 11 and 16 × 16 windows: y = bf16(x)ᵀ where
     // written, zeros elsewhere.
-    for (rows, n) in [(13i64, 11i64), (16, 16), (7, 3)] {
+    // Either way round: row j of x to column j (`flip` false), or column j of x to row j.
+    for (rows, n, flip) in [(13i64, 11i64, false), (16, 16, false), (7, 3, false), (13, 11, true), (16, 16, true)] {
         let mut p = tp.clone();
         let mut l = launch(false);
         let jj16 = bin(kc_ir::tile::SBin::Mul, v(0), c(16));
@@ -339,7 +340,11 @@ fn jit_column_copy_loops_match_the_loop() {
                 lo: c(0),
                 hi: c(n),
                 step: 1,
-                body: vec![copy(at(2, jj16, 1), at(3, v(0), 16), c(rows), c(1))],
+                body: vec![if flip {
+                    copy(at(2, v(0), 16), at(3, jj16, 1), c(rows), c(1))
+                } else {
+                    copy(at(2, jj16, 1), at(3, v(0), 16), c(rows), c(1))
+                }],
             },
             copy(at(3, c(0), 16), at(1, c(0), 16), c(16), c(16)),
             copy(at(1, c(0), 16), gm(1), c(16), c(16)),
@@ -350,12 +355,12 @@ fn jit_column_copy_loops_match_the_loop() {
         let xs = x.to_f64_vec();
         for r in 0..16 {
             for j in 0..16 {
-                let want = if r < rows as usize && j < n as usize {
-                    half::bf16::from_f64(xs[j * 16 + r]).to_f64()
-                } else {
-                    0.0
-                };
-                assert_eq!(y[r * 16 + j], want, "{rows} x {n}: y[{r}][{j}]");
+                // Not flipped: y[r][j] = x[j][r] for r < rows, j < n; flipped: y[j][r] = x[r][j], the same
+                // transpose over the other window.
+                let inside =
+                    if flip { j < rows as usize && r < n as usize } else { r < rows as usize && j < n as usize };
+                let want = if inside { half::bf16::from_f64(xs[j * 16 + r]).to_f64() } else { 0.0 };
+                assert_eq!(y[r * 16 + j], want, "{rows} x {n} (flip {flip}): y[{r}][{j}]");
             }
         }
     }
