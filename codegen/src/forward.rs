@@ -13,7 +13,11 @@
 //!    a window at offset 0 of a buffer slot, followed in the same list by a `For` loop (or `If`) whose
 //!    mmads read that slot with the same row stride — at an offset `X * stride` (a row shift) or another
 //!    offset (a column shift) — with nothing in between that writes the buffer or assigns a register of
-//!    the copy's windows: the operand reads GM at the corresponding offset.
+//!    the copy's windows: the operand reads GM at the corresponding offset. The same for the source of a
+//!    loop of column copies (`for j in 0..hi { copy slot(j) -> .., rows × 1 }`, the tiler's transposing
+//!    loads) that reads column `j` of the copied window (`hi` its columns, `rows` its rows) or row `j` as a
+//!    column (`hi` its rows, `rows` its columns), the sizes compared as written and unchanged since the
+//!    copy: the loop reads GM, and the copy into L1 goes.
 //! 3. **Vector reads.** The same for the vector unit: a `Copy` (same dtype) from a GM tensor that no
 //!    statement of the launch writes into a UB window `D`, followed in the same list (or inside `If`/`For`
 //!    bodies, checked whole) by `Vector` operands or `Reduce` sources that are exactly `D` with sizes that
@@ -230,6 +234,13 @@ fn vexpr_reads(e: &VExpr, out: &mut BTreeSet<BufId>) {
         }
         _ => {}
     }
+}
+
+/// Whether `e` reads a buffer (`SExpr::Read`).
+fn has_read(e: &SExpr) -> bool {
+    let mut b = BTreeSet::new();
+    sexpr_reads(e, &mut b);
+    !b.is_empty()
 }
 
 fn sexpr_reads(e: &SExpr, out: &mut BTreeSet<BufId>) {
@@ -468,18 +479,31 @@ fn l1(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, dt: &Dtypes<'_>) {
         if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = &mut body[i] {
             l1(b, gm_written, dt);
         }
-        let Stmt::Copy { src, dst, .. } = &body[i] else { continue };
+        let Stmt::Copy { src, dst, rows, cols, .. } = &body[i] else { continue };
         let (Loc::Gm(t), Some(y)) = (&src.loc, buf_of(dst)) else { continue };
         if gm_written.contains(t) || dst.offset != SExpr::Const(0) || !dt.same(src, dst) {
             continue;
         }
-        let (src, dst) = (src.clone(), dst.clone());
+        let (src, dst, rows, cols) = (src.clone(), dst.clone(), rows.clone(), cols.clone());
         let Loc::Buf { slot, .. } = &dst.loc else { continue };
         let slot = slot.clone();
         let mut vars = BTreeSet::new();
         region_vars(&src, &mut vars);
         region_vars(&dst, &mut vars);
-        let l = L1 { y, slot: &slot, stride: &dst.row_stride, src: &src, vars: &vars };
+        let mut size_vars = BTreeSet::new();
+        svars(&rows, &mut size_vars);
+        svars(&cols, &mut size_vars);
+        let sizes_held = (!has_read(&rows) && !has_read(&cols)).into();
+        let l = L1 {
+            y,
+            slot: &slot,
+            stride: &dst.row_stride,
+            src: &src,
+            vars: &vars,
+            size: (&rows, &cols),
+            size_vars: &size_vars,
+            sizes_held,
+        };
         for s in body[i + 1..].iter_mut() {
             if !l.visit(s) {
                 break;
@@ -494,15 +518,33 @@ struct L1<'a> {
     stride: &'a SExpr,
     src: &'a Region,
     vars: &'a BTreeSet<SVar>,
+    /// The copy's `rows × cols`, the registers they read, and whether they still hold (no statement since
+    /// the copy assigned one of those registers).
+    size: (&'a SExpr, &'a SExpr),
+    size_vars: &'a BTreeSet<SVar>,
+    sizes_held: std::cell::Cell<bool>,
 }
 
 impl Walk for L1<'_> {
     fn breaks(&self, s: &Stmt) -> bool {
+        let mut set = BTreeSet::new();
+        sets(s, &mut set);
+        if !set.is_disjoint(self.size_vars) {
+            self.sizes_held.set(false);
+        }
         writes_buf_or_sets(s, self.y, self.vars)
     }
 
-    /// Rewrites the mmad operands that read the slot.
+    /// Rewrites the mmad operands that read the slot, and the sources of column-copy loops that read it.
     fn rewrite(&self, s: &mut Stmt) {
+        if let Stmt::For { var, lo, hi, step: 1, body } = s {
+            if let [Stmt::Copy { src, rows, cols: SExpr::Const(1), .. }] = &mut body[..] {
+                if let Some(g) = self.translate_column(*var, lo, hi, src, rows) {
+                    *src = g;
+                    return;
+                }
+            }
+        }
         match s {
             Stmt::For { body, .. } | Stmt::If { then: body, .. } => body.iter_mut().for_each(|t| self.rewrite(t)),
             Stmt::Mmad { a, b, .. } => {
@@ -518,6 +560,45 @@ impl Walk for L1<'_> {
 }
 
 impl L1<'_> {
+    /// The GM window that the source of `for var in lo..hi { copy src -> .., rows × 1 }` stands for, when each
+    /// iteration reads inside the copied window (the tiler's transposing loads): column `var` of it
+    /// (`src` at offset `var`, the slot's row stride, `rows` = the copy's rows, `var < hi` = the copy's
+    /// columns), or row `var` read as a column (`src` at `var · stride`, row stride 1, `rows` = the copy's
+    /// columns, `var < hi` = the copy's rows). Then element `r` of the read is element `(r, var)` (or
+    /// `(var, r)`) of the copied window, which holds that element of the GM source. The sizes are compared
+    /// as written, so they must still hold (no register they read assigned since the copy), and the loop
+    /// variable must start at 0.
+    fn translate_column(&self, var: SVar, lo: &SExpr, hi: &SExpr, r: &Region, rows: &SExpr) -> Option<Region> {
+        let Loc::Buf { buf, slot } = &r.loc else { return None };
+        if *buf != self.y || slot != self.slot || *lo != SExpr::Const(0) || !self.sizes_held.get() {
+            return None;
+        }
+        if self.vars.contains(&var) || self.size_vars.contains(&var) {
+            return None;
+        }
+        let (crows, ccols) = self.size;
+        let v = SExpr::Var(var);
+        let add = |a: &SExpr, b: SExpr| SExpr::Bin(kc_ir::tile::SBin::Add, Box::new(a.clone()), Box::new(b));
+        let mul = |a: SExpr, b: &SExpr| SExpr::Bin(kc_ir::tile::SBin::Mul, Box::new(a), Box::new(b.clone()));
+        let row_shift = matches!(&r.offset, SExpr::Bin(kc_ir::tile::SBin::Mul, a, b)
+            if (**a == v && **b == *self.stride) || (**b == v && **a == *self.stride));
+        if r.row_stride == *self.stride && r.offset == v && rows == crows && hi == ccols {
+            Some(Region {
+                loc: self.src.loc.clone(),
+                offset: add(&self.src.offset, v),
+                row_stride: self.src.row_stride.clone(),
+            })
+        } else if r.row_stride == SExpr::Const(1) && row_shift && rows == ccols && hi == crows {
+            Some(Region {
+                loc: self.src.loc.clone(),
+                offset: add(&self.src.offset, mul(v, &self.src.row_stride)),
+                row_stride: SExpr::Const(1),
+            })
+        } else {
+            None
+        }
+    }
+
     /// The GM window an operand in the slot stands for.
     fn translate(&self, r: &Region) -> Option<Region> {
         let Loc::Buf { buf, slot } = &r.loc else { return None };
@@ -1022,6 +1103,106 @@ mod tests {
             }
         }
         None
+    }
+
+    /// A cube launch: `x: f32[8, 16]` (t0) copied whole (`n` = 8 rows) into L1 buffer 0, then a loop of
+    /// column copies `for j in lo..hi` from it into buffer 1 (row `j` of buffer 1 = column `j` of x, or row
+    /// `j` of x as a column when `by_rows`), `mid` between the two.
+    fn column_loop(mid: Vec<Stmt>, lo: i64, hi: SExpr, by_rows: bool) -> (TileProgram, Launch) {
+        let (mut p, mut l) = launch(vec![]);
+        let j = var(0);
+        let l1 = |name: &str| Buffer {
+            name: name.into(),
+            mem: Mem::L1,
+            dtype: DType::F32,
+            shape: vec![16, 16],
+            slots: 1,
+            layout: Layout::ND,
+            offset: 0,
+        };
+        let at = |b: u32, off: SExpr, ld: i64| Region {
+            loc: Loc::Buf { buf: BufId(b), slot: SExpr::Const(0) },
+            offset: off,
+            row_stride: SExpr::Const(ld),
+        };
+        let mul = |a: SExpr, k: i64| SExpr::Bin(SBin::Mul, Box::new(a), Box::new(SExpr::Const(k)));
+        let (src, dst, rows) = if by_rows {
+            (at(0, mul(j.clone(), 16), 1), at(1, j.clone(), 16), SExpr::Const(16))
+        } else {
+            (at(0, j.clone(), 16), at(1, mul(j.clone(), 16), 1), var(1))
+        };
+        let mut body = vec![
+            Stmt::Set { var: SVar(1), value: SExpr::Const(8) },
+            Stmt::Copy {
+                pipe: Pipe::Mte2,
+                src: gm_at(0, SExpr::Const(0), 16),
+                dst: ub(0, 16),
+                rows: var(1),
+                cols: SExpr::Const(16),
+            },
+        ];
+        body.extend(mid);
+        body.push(Stmt::For {
+            var: SVar(0),
+            lo: SExpr::Const(lo),
+            hi,
+            step: 1,
+            body: vec![Stmt::Copy { pipe: Pipe::Mte1, src, dst, rows, cols: SExpr::Const(1) }],
+        });
+        // Buffer 1 is read (so the loop stays).
+        body.push(Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: at(1, SExpr::Const(0), 16),
+            dst: gm_at(1, SExpr::Const(0), 16),
+            rows: SExpr::Const(8),
+            cols: SExpr::Const(16),
+        });
+        l.unit = Unit::Cube;
+        l.buffers = vec![l1("a"), l1("b")];
+        l.cube = body;
+        l.vector = vec![];
+        p.launches = vec![l.clone()];
+        (p, l)
+    }
+
+    /// The source of the loop's column copy.
+    fn loop_source(body: &[Stmt]) -> Option<&Region> {
+        body.iter().find_map(|s| match s {
+            Stmt::For { body, .. } => match &body[..] {
+                [Stmt::Copy { src, .. }] => Some(src),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn column_copy_loops_read_gm() {
+        // Columns of the copied window (j < 16 = its columns, n = its rows), or its rows (j < n, 16 long).
+        for by_rows in [false, true] {
+            let hi = if by_rows { var(1) } else { SExpr::Const(16) };
+            let (p, l) =
+                column_loop(vec![Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::Mte1, event: 0 }], 0, hi, by_rows);
+            let out = forward(&p, &l, &l.cube);
+            let src = loop_source(&out).expect("the loop");
+            assert!(matches!(src.loc, Loc::Gm(TensorId(0))), "by rows {by_rows}: {out:#?}");
+            let want_stride = if by_rows { SExpr::Const(1) } else { SExpr::Const(16) };
+            assert_eq!(src.row_stride, want_stride);
+            // The copy into L1 is no longer read: it is dropped.
+            assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte2, .. })), 0, "{out:#?}");
+        }
+        // Not when the copy's rows change in between, the loop starts elsewhere, or runs to another bound.
+        let cases = [
+            (vec![Stmt::Set { var: SVar(1), value: SExpr::Const(4) }], 0, SExpr::Const(16)),
+            (vec![], 1, SExpr::Const(16)),
+            (vec![], 0, SExpr::Const(8)),
+        ];
+        for (mid, lo, hi) in cases {
+            let (p, l) = column_loop(mid, lo, hi.clone(), false);
+            let out = forward(&p, &l, &l.cube);
+            let src = loop_source(&out).expect("the loop");
+            assert!(matches!(src.loc, Loc::Buf { .. }), "lo {lo}, hi {hi:?}: {out:#?}");
+        }
     }
 
     #[test]
