@@ -36,6 +36,7 @@
 //! arguments, so a failed launch leaves the caller's tensors as they were.
 
 use crate::gm::{self, Results};
+use crate::host::rowmath;
 use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use kc_ir::diag::{Code, Diagnostic};
@@ -488,15 +489,16 @@ pub unsafe extern "C" fn kc_rt_gather(ctx: *mut CoreCtx, site: i64, args: *const
 
 /// `Reduce`: `args` = `[dst, dst_dtype, dst_stride, src, src_dtype, src_stride, rows, cols, axis,
 /// accumulate]`, the reduction at `site` ([`Site::Reduce`]), with the interpreter's NaN rules ([`Acc`]);
-/// float sums along a row use 8 running sums (see the fast path), everything else the interpreter's order.
+/// float sums along a row use 32 running sums (see the fast path), everything else the interpreter's order.
 ///
 /// # Safety
 /// `ctx` is the calling core's; the regions are inside their storage.
 pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const i64) -> i32 {
     unsafe {
         let st = state(ctx);
-        let Some(Site::Reduce { op, .. }) = (&*st.sites).get(site as usize).cloned() else {
-            return fail(st, site as usize, [0; 4]);
+        let op = match (&*st.sites).get(site as usize) {
+            Some(Site::Reduce { op, .. }) => *op,
+            _ => return fail(st, site as usize, [0; 4]),
         };
         let (Some(dst), Some(src)) = (Reg::at(args), Reg::at(args.add(3))) else {
             return fail(st, site as usize, [0; 4]);
@@ -511,7 +513,7 @@ pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const
             && matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min)
         {
             // The common case, without `Val`s. Max and min give the interpreter's values whatever the order
-            // (NaN wins either way); a sum along a row is split over 8 running sums (a different rounding
+            // (NaN wins either way); a sum along a row is split over 32 running sums (a different rounding
             // from the interpreter's sequential sum, within the tolerance of `kc run --check`); a sum along a
             // column is sequential per column, as the interpreter's.
             let d = dst.p as *mut f32;
@@ -534,25 +536,21 @@ pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const
                 _ => ops::nan_min(a, x),
             };
             if axis == 1 {
+                // Row by row, 8 lanes at a time (`host::rowmath`, vectorized for the host).
+                let n = cols.max(0) as usize;
                 for r in 0..rows {
                     let o = dst.idx(r, 0);
-                    let mut acc = if accumulate { *d.offset(o) } else { init };
-                    let mut lanes = [init; 8];
-                    let mut c = 0;
-                    while c + 8 <= cols {
-                        for (j, l) in lanes.iter_mut().enumerate() {
-                            *l = comb(*l, get(r, c + j as i64));
-                        }
-                        c += 8;
-                    }
-                    let mut tail = init;
-                    while c < cols {
-                        tail = comb(tail, get(r, c));
-                        c += 1;
-                    }
-                    let part = lanes.iter().fold(init, |a, &x| comb(a, x));
-                    acc = comb(comb(acc, part), tail);
-                    *d.offset(o) = acc;
+                    let acc = if accumulate { Some(*d.offset(o)) } else { None };
+                    let at = src.idx(r, 0);
+                    let row = if src.d == DType::F32 {
+                        rowmath::Row::F32(std::slice::from_raw_parts((src.p as *const f32).offset(at), n))
+                    } else {
+                        rowmath::Row::Bf16(std::slice::from_raw_parts((src.p as *const u16).offset(at), n))
+                    };
+                    let Some(v) = rowmath::reduce_row(op, acc, row) else {
+                        return fail(st, site as usize, [0; 4]);
+                    };
+                    *d.offset(o) = v;
                 }
             } else {
                 let mut accs: Vec<f32> =
