@@ -338,6 +338,11 @@ struct Gen<'a, 'b, 'p> {
     /// While the rest of such a statement is generated: each `exp` node and the scratch that holds its values
     /// for the current chunk.
     exp_done: Vec<(*const VExpr, StackSlot)>,
+    /// While a row of a SIMD vector statement is generated: its row-invariant values, splatted once per row
+    /// into a stack slot at an offset and loaded where used. (Cranelift recomputes pure values at their
+    /// uses; its loop-invariant code motion left the splats, selects and compares of row values inside the
+    /// column loops. A load stays where it is.)
+    row_splats: Vec<(*const VExpr, StackSlot, i32)>,
 }
 
 /// Columns per chunk of a vector statement whose `exp`s are computed by `kc_rt_exp_f32`: the arguments of a
@@ -409,6 +414,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             chunk_var: None,
             exp_scratch: Vec::new(),
             exp_done: Vec::new(),
+            row_splats: Vec::new(),
         }
     }
 
@@ -1218,6 +1224,16 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         self.loop_while_fits(rv, 1, rows, 1, |g, r| {
             let mut row_vals = consts.clone();
             g.hoist(expr, Var::Row, &reads, At { r, c: zero, tail: true }, &mut row_vals)?;
+            g.row_splats.clear();
+            if simd && !row_vals.is_empty() {
+                let bytes = 16 * row_vals.len() as u32;
+                let slot = g.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 4));
+                for (i, (&p, &sv)) in row_vals.iter().enumerate() {
+                    let v = g.splat(sv);
+                    g.b.ins().stack_store(types::I64, v, slot, 16 * i as i32);
+                    g.row_splats.push((p, slot, 16 * i as i32));
+                }
+            }
             if exps.is_empty() {
                 g.b.def_var(cv, zero);
                 return g.columns(expr, &reads, &row_vals, &target, r, cv, cols, simd);
@@ -1278,6 +1294,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 res
             })
         })?;
+        self.row_splats.clear();
         if let Some(t) = temp {
             let mut w = self.region_words(&d);
             w.extend(self.region_words(&t));
@@ -1702,6 +1719,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         at: At,
     ) -> Result<Value, Diagnostic> {
         if let Some(v) = hoisted.get(&(e as *const VExpr)) {
+            if let Some(&(_, slot, off)) = self.row_splats.iter().find(|(p, _, _)| std::ptr::eq(*p, e)) {
+                return Ok(self.b.ins().stack_load(types::I64, types::F32X4, slot, off));
+            }
             return Ok(self.splat(*v));
         }
         if let Some(&(_, slot)) = self.exp_done.iter().find(|(p, _)| std::ptr::eq(*p, e)) {
