@@ -128,6 +128,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_gather", native::kc_rt_gather as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_reduce", native::kc_rt_reduce as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_exp_f32", kc_runtime::host::rowmath::kc_rt_exp_f32 as *const u8, vec![I64; 2], vec![]),
+        ("kc_rt_f32_to_bf16", native::kc_rt_f32_to_bf16 as *const u8, vec![I64; 3], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
@@ -343,10 +344,13 @@ struct Gen<'a, 'b, 'p> {
     /// uses; its loop-invariant code motion left the splats, selects and compares of row values inside the
     /// column loops. A load stays where it is.)
     row_splats: Vec<(*const VExpr, StackSlot, i32)>,
+    /// The scratch row of [`EXP_CHUNK`] f32 results of a SIMD statement into bf16 (shared by all statements).
+    out_scratch: Option<StackSlot>,
 }
 
-/// Columns per chunk of a vector statement whose `exp`s are computed by `kc_rt_exp_f32`: the arguments of a
-/// chunk are written to a scratch row (2 KiB, in L1), exponentiated in place 16 lanes at a time, then read.
+/// Columns per chunk of a vector statement whose `exp`s are computed by `kc_rt_exp_f32` (the arguments of a
+/// chunk are written to a scratch row, 2 KiB, in L1, exponentiated in place 16 lanes at a time, then read) or
+/// whose bf16 results are rounded by `kc_rt_f32_to_bf16`.
 const EXP_CHUNK: i64 = 512;
 
 /// Loads and stores of the compiled code: not trapping (every window was checked), not known aligned.
@@ -415,6 +419,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             exp_scratch: Vec::new(),
             exp_done: Vec::new(),
             row_splats: Vec::new(),
+            out_scratch: None,
         }
     }
 
@@ -1234,12 +1239,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     g.row_splats.push((p, slot, 16 * i as i32));
                 }
             }
-            if exps.is_empty() {
+            let bf16_out = simd && target.dtype == DType::BF16;
+            if exps.is_empty() && !bf16_out {
                 g.b.def_var(cv, zero);
                 return g.columns(expr, &reads, &row_vals, &target, r, cv, cols, simd);
             }
             // By chunks of columns: each `exp`'s argument into its scratch row, `kc_rt_exp_f32` over it, then
-            // the statement with those `exp`s read from the scratch.
+            // the statement with those `exp`s read from the scratch; bf16 results go to an f32 scratch row
+            // that `kc_rt_f32_to_bf16` rounds into the destination (16 lanes at a time, the same bits).
             let chv = g.chunk_var();
             g.b.def_var(chv, zero);
             g.loop_while_fits(chv, 1, cols, EXP_CHUNK, |g, cs| {
@@ -1289,7 +1296,21 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 }
                 g.exp_done = done;
                 g.b.def_var(cv, cs);
-                let res = g.columns(expr, &reads, &row_vals, &target, r, cv, ce, simd);
+                let res = if bf16_out {
+                    let slot = g.out_slot();
+                    let base = g.b.ins().stack_addr(types::I64, slot, 0);
+                    let offset = g.b.ins().ineg(cs);
+                    let stride = g.iconst(0);
+                    let what = "a chunk of bf16 results".to_string();
+                    let out = Res { base, dtype: DType::F32, offset, stride, limit: EXP_CHUNK as u64, what };
+                    g.columns(expr, &reads, &row_vals, &out, r, cv, ce, simd).map(|()| {
+                        let dst = g.elem_addr(&target, Some(r), Some(cs));
+                        let src = g.b.ins().stack_addr(types::I64, slot, 0);
+                        g.call("kc_rt_f32_to_bf16", &[dst, src, n]);
+                    })
+                } else {
+                    g.columns(expr, &reads, &row_vals, &target, r, cv, ce, simd)
+                };
                 g.exp_done.clear();
                 res
             })
@@ -1356,6 +1377,19 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let v = self.b.declare_var(types::I64);
                 self.chunk_var = Some(v);
                 v
+            }
+        }
+    }
+
+    /// The scratch row for the f32 results of a chunk of a bf16 statement, created on first use.
+    fn out_slot(&mut self) -> StackSlot {
+        match self.out_scratch {
+            Some(s) => s,
+            None => {
+                let bytes = (EXP_CHUNK * 4) as u32;
+                let s = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 6));
+                self.out_scratch = Some(s);
+                s
             }
         }
     }

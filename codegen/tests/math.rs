@@ -567,3 +567,26 @@ fn exp_routine_is_the_inline_exp() {
         );
     }
 }
+
+/// `kc_rt_f32_to_bf16` (the host routine that rounds the f32 results of a SIMD vector statement into its bf16
+/// destination, 16 lanes at a time) gives the inline rounding's bits on every input, NaNs included.
+#[test]
+fn bf16_routine_is_the_inline_rounding() {
+    let (_module, fns) = jit(&[Kind::Bf16Narrow]);
+    let mut xs = inputs();
+    xs.extend(narrow_inputs());
+    let xs = pad4(xs);
+    let want = run(fns[0], &xs, &xs);
+    let mut got = vec![0u16; xs.len()];
+    let (mut at, mut len) = (0, 1);
+    while at < xs.len() {
+        let n = len.min(xs.len() - at);
+        // SAFETY: `n` elements from `at` are inside both buffers.
+        unsafe { kc_runtime::native::kc_rt_f32_to_bf16(got.as_mut_ptr().add(at), xs.as_ptr().add(at), n as i64) };
+        at += n;
+        len = len * 7 % 1009 + 1;
+    }
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(u32::from(g), w, "bf16({:e})", f32::from_bits(xs[i]));
+    }
+}

@@ -416,6 +416,30 @@ fn to_bf16_avx512(dst: &mut [u16], src: &[u32]) {
     to_bf16(dst, src)
 }
 
+/// `dst[i] = bf16(src[i])` for `i < n` (nothing when `n ≤ 0`): f32 bits rounded to nearest-even, NaN a quiet
+/// NaN — the bits of the JIT's inline rounding — 16 lanes at a time on AVX-512.
+///
+/// # Safety
+/// `src` points to `n` readable `f32`s and `dst` to `n` writable `u16`s, not overlapping.
+pub unsafe extern "C" fn kc_rt_f32_to_bf16(dst: *mut u16, src: *const u32, n: i64) {
+    if n <= 0 {
+        return;
+    }
+    // SAFETY: the caller passes `n` elements each.
+    let (dst, src) =
+        unsafe { (std::slice::from_raw_parts_mut(dst, n as usize), std::slice::from_raw_parts(src, n as usize)) };
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        // SAFETY: the features were detected.
+        unsafe { to_bf16_avx512(dst, src) };
+        return;
+    }
+    to_bf16(dst, src);
+}
+
 /// Converts `n` elements between float dtypes (other pairs convert as a store would).
 unsafe fn convert_row(d: *mut u8, dd: DType, s: *const u8, sd: DType, n: usize) {
     use half::slice::HalfFloatSliceExt;

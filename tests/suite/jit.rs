@@ -244,16 +244,18 @@ fn jit_cache_keys_by_source_dims_and_target() {
 /// The `exp`s of a vector statement run by chunks of columns through a host routine (`kc_rt_exp_f32`): an
 /// `exp` that is the whole statement (computed in place in an f32 destination), several `exp`s in one
 /// statement, on both sides of a `where`, of a column-only operand, nested, into bf16, overflowing and
-/// underflowing; rows narrower than a vector, around the chunk width (512) and wider than a host buffer.
+/// underflowing; and bf16 results rounded by a host routine (`kc_rt_f32_to_bf16`), with and without `exp`s;
+/// rows narrower than a vector, around the chunk width (512) and wider than a host buffer.
 #[test]
 fn jit_exps_by_chunks_match_interpreter() {
     let src = "kernel exps(x: f32[R, C], w: f32[C], b: bf16[R, C]) \
-               -> (y: f32[R, C], z: bf16[R, C], u: f32[R, C], v: bf16[R, C], t: f32[R, C]) {\n\
+               -> (y: f32[R, C], z: bf16[R, C], u: f32[R, C], v: bf16[R, C], t: f32[R, C], q: bf16[R, C]) {\n\
                y[r, c] = where(x[r, c] > 0.0, exp(x[r, c] - 1.0), exp(0.0 - x[r, c]) * 2.0) + exp(w[c]);\n\
                z[r, c] = exp(exp(x[r, c] * 0.1)) - 1.0;\n\
                u = exp(x * 0.5);\n\
                v = exp(b);\n\
                t = exp(x * 60.0);\n\
+               q[r, c] = x[r, c] * 3.0 + w[c] / x[r, c];\n\
                }\n";
     let prog = common::compile_ok_src("exps", src);
     let g = &prog.kernels[0];
