@@ -24,6 +24,14 @@
 //!   stops the launch with `E0403`-style `DivByZero`). bf16 values are widened and rounded
 //!   (nearest-even) in registers. A statement whose destination buffer is also read at another window is
 //!   computed into a stack temporary first (a statement reads all its inputs before it writes).
+//! - In a SIMD statement, the row-invariant values are splatted once per row into a stack slot and loaded
+//!   where used (Cranelift would otherwise recompute them inside the column loops). A SIMD statement with
+//!   column-dependent `exp`s or a bf16 destination runs by chunks of [`EXP_CHUNK`] columns: the argument of
+//!   each `exp` goes to a scratch row (or straight into an f32 destination when the statement is one `exp`)
+//!   that [`kc_rt_exp_f32`](kc_runtime::host::rowmath::kc_rt_exp_f32) exponentiates in place 16 lanes at a
+//!   time, then the statement reads it from there; bf16 results go to an f32 scratch row that
+//!   [`kc_rt_f32_to_bf16`](kc_runtime::native::kc_rt_f32_to_bf16) rounds into the destination. Both routines
+//!   compute the bits of the inline code (`codegen/tests/math.rs`).
 //! - Transcendental functions are inline `f32x4` code ([`crate::math`]: evaluated in f64 lanes and rounded
 //!   once, within 1 ulp of the interpreter); `min`/`max` propagate NaN as the interpreter does; bf16 and
 //!   f16 conversions are done in registers with round-to-nearest-even. `pow` and float `%` call `libm`
@@ -346,7 +354,13 @@ struct Gen<'a, 'b, 'p> {
     row_splats: Vec<(*const VExpr, StackSlot, i32)>,
     /// The scratch row of [`EXP_CHUNK`] f32 results of a SIMD statement into bf16 (shared by all statements).
     out_scratch: Option<StackSlot>,
+    /// The slot of [`SPLATS`] vectors for `row_splats` (shared by all statements: a core's stack is 1 MiB).
+    splat_slot: Option<StackSlot>,
 }
+
+/// The most row-invariant values of a statement splatted into `splat_slot`; further ones are splatted at
+/// their uses.
+const SPLATS: usize = 32;
 
 /// Columns per chunk of a vector statement whose `exp`s are computed by `kc_rt_exp_f32` (the arguments of a
 /// chunk are written to a scratch row, 2 KiB, in L1, exponentiated in place 16 lanes at a time, then read) or
@@ -420,6 +434,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             exp_done: Vec::new(),
             row_splats: Vec::new(),
             out_scratch: None,
+            splat_slot: None,
         }
     }
 
@@ -1231,9 +1246,8 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             g.hoist(expr, Var::Row, &reads, At { r, c: zero, tail: true }, &mut row_vals)?;
             g.row_splats.clear();
             if simd && !row_vals.is_empty() {
-                let bytes = 16 * row_vals.len() as u32;
-                let slot = g.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 4));
-                for (i, (&p, &sv)) in row_vals.iter().enumerate() {
+                let slot = g.splat_slot();
+                for (i, (&p, &sv)) in row_vals.iter().take(SPLATS).enumerate() {
                     let v = g.splat(sv);
                     g.b.ins().stack_store(types::I64, v, slot, 16 * i as i32);
                     g.row_splats.push((p, slot, 16 * i as i32));
@@ -1377,6 +1391,19 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let v = self.b.declare_var(types::I64);
                 self.chunk_var = Some(v);
                 v
+            }
+        }
+    }
+
+    /// The slot for the row-invariant vectors of a statement, created on first use.
+    fn splat_slot(&mut self) -> StackSlot {
+        match self.splat_slot {
+            Some(s) => s,
+            None => {
+                let bytes = (16 * SPLATS) as u32;
+                let s = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 4));
+                self.splat_slot = Some(s);
+                s
             }
         }
     }
