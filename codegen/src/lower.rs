@@ -24,6 +24,14 @@
 //!   stops the launch with `E0403`-style `DivByZero`). bf16 values are widened and rounded
 //!   (nearest-even) in registers. A statement whose destination buffer is also read at another window is
 //!   computed into a stack temporary first (a statement reads all its inputs before it writes).
+//! - In a SIMD statement, the row-invariant values are splatted once per row into a stack slot and loaded
+//!   where used (Cranelift would otherwise recompute them inside the column loops). A SIMD statement with
+//!   column-dependent `exp`s or a bf16 destination runs by chunks of [`EXP_CHUNK`] columns: the argument of
+//!   each `exp` goes to a scratch row (or straight into an f32 destination when the statement is one `exp`)
+//!   that [`kc_rt_exp_f32`](kc_runtime::host::rowmath::kc_rt_exp_f32) exponentiates in place 16 lanes at a
+//!   time, then the statement reads it from there; bf16 results go to an f32 scratch row that
+//!   [`kc_rt_f32_to_bf16`](kc_runtime::native::kc_rt_f32_to_bf16) rounds into the destination. Both routines
+//!   compute the bits of the inline code (`codegen/tests/math.rs`).
 //! - Transcendental functions are inline `f32x4` code ([`crate::math`]: evaluated in f64 lanes and rounded
 //!   once, within 1 ulp of the interpreter); `min`/`max` propagate NaN as the interpreter does; bf16 and
 //!   f16 conversions are done in registers with round-to-nearest-even. `pow` and float `%` call `libm`
@@ -32,8 +40,8 @@
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::Endianness;
 use cranelift_codegen::ir::{
-    types, AbiParam, Block, FuncRef, InstBuilder, MemFlagsData, Signature, StackSlotData, StackSlotKind, Type,
-    UserFuncName, Value,
+    types, AbiParam, Block, FuncRef, InstBuilder, MemFlagsData, Signature, StackSlot, StackSlotData, StackSlotKind,
+    Type, UserFuncName, Value,
 };
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
@@ -130,6 +138,8 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_copy_cols", native::kc_rt_copy_cols as *const u8, vec![I64], vec![]),
         ("kc_rt_gather", native::kc_rt_gather as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_reduce", native::kc_rt_reduce as *const u8, vec![I64; 3], vec![I32]),
+        ("kc_rt_exp_f32", kc_runtime::host::rowmath::kc_rt_exp_f32 as *const u8, vec![I64; 2], vec![]),
+        ("kc_rt_f32_to_bf16", native::kc_rt_f32_to_bf16 as *const u8, vec![I64; 3], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
@@ -332,7 +342,33 @@ struct Gen<'a, 'b, 'p> {
     /// Cranelift's SSA builder keeps a map over the blocks per variable, so a pair per statement would
     /// make a function of many statements quadratic in memory.
     elem_vars: Option<(Variable, Variable)>,
+    /// The column chunk of a vector statement that evaluates its `exp`s by [`EXP_CHUNK`] columns (shared too).
+    chunk_var: Option<Variable>,
+    /// Scratch rows of [`EXP_CHUNK`] `f32`s for those `exp`s, shared by all statements (the i-th `exp` of a
+    /// statement uses the i-th).
+    exp_scratch: Vec<StackSlot>,
+    /// While the rest of such a statement is generated: each `exp` node and the scratch that holds its values
+    /// for the current chunk.
+    exp_done: Vec<(*const VExpr, StackSlot)>,
+    /// While a row of a SIMD vector statement is generated: its row-invariant values, splatted once per row
+    /// into a stack slot at an offset and loaded where used. (Cranelift recomputes pure values at their
+    /// uses; its loop-invariant code motion left the splats, selects and compares of row values inside the
+    /// column loops. A load stays where it is.)
+    row_splats: Vec<(*const VExpr, StackSlot, i32)>,
+    /// The scratch row of [`EXP_CHUNK`] f32 results of a SIMD statement into bf16 (shared by all statements).
+    out_scratch: Option<StackSlot>,
+    /// The slot of [`SPLATS`] vectors for `row_splats` (shared by all statements: a core's stack is 1 MiB).
+    splat_slot: Option<StackSlot>,
 }
+
+/// The most row-invariant values of a statement splatted into `splat_slot`; further ones are splatted at
+/// their uses.
+const SPLATS: usize = 32;
+
+/// Columns per chunk of a vector statement whose `exp`s are computed by `kc_rt_exp_f32` (the arguments of a
+/// chunk are written to a scratch row, 2 KiB, in L1, exponentiated in place 16 lanes at a time, then read) or
+/// whose bf16 results are rounded by `kc_rt_f32_to_bf16`.
+const EXP_CHUNK: i64 = 512;
 
 /// Loads and stores of the compiled code: not trapping (every window was checked), not known aligned.
 const TRUSTED: MemFlagsData = MemFlagsData::new().with_notrap();
@@ -396,6 +432,12 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             name: name.to_string(),
             gm_written: crate::forward::gm_written(launch),
             elem_vars: None,
+            chunk_var: None,
+            exp_scratch: Vec::new(),
+            exp_done: Vec::new(),
+            row_splats: Vec::new(),
+            out_scratch: None,
+            splat_slot: None,
         }
     }
 
@@ -1286,42 +1328,101 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 p
             }
         };
+        // The column-dependent `exp`s, computed by chunks of columns with a host routine (16 lanes at a time).
+        let mut exps = Vec::new();
+        if simd {
+            collect_exps(expr, &mut exps);
+        }
         self.b.def_var(rv, zero);
         self.loop_while_fits(rv, 1, rows, 1, |g, r| {
             let mut row_vals = consts.clone();
             g.hoist(expr, Var::Row, &reads, At { r, c: zero, tail: true }, &mut row_vals)?;
-            g.b.def_var(cv, zero);
-            if simd {
-                // Two vectors a step while 8 columns remain, then one while 4 remain.
-                for width in [8i64, 4] {
-                    g.loop_while_fits(cv, width, cols, width, |g, c| {
-                        let mut vals = Vec::new();
-                        for k in 0..width / 4 {
-                            let ck = g.b.ins().iadd_imm_s(c, 4 * k);
-                            let v = g.vx(expr, &reads, &row_vals, At { r, c: ck, tail: false })?;
-                            vals.push((ck, v));
-                        }
-                        for (ck, v) in vals {
-                            g.store_x4(&target, r, ck, v);
-                        }
-                        Ok(())
-                    })?;
+            g.row_splats.clear();
+            if simd && !row_vals.is_empty() {
+                let slot = g.splat_slot();
+                for (i, (&p, &sv)) in row_vals.iter().take(SPLATS).enumerate() {
+                    let v = g.splat(sv);
+                    g.b.ins().stack_store(types::I64, v, slot, 16 * i as i32);
+                    g.row_splats.push((p, slot, 16 * i as i32));
                 }
             }
-            // The remaining columns one by one (all of them without SIMD).
-            g.loop_while_fits(cv, 1, cols, 1, |g, c| {
-                let at = At { r, c, tail: true };
-                if simd {
-                    let v = g.vx(expr, &reads, &row_vals, at)?;
-                    let lane = g.b.ins().extractlane(v, 0);
-                    g.store_scalar(&target, r, c, SV::F(lane));
-                } else {
-                    let v = g.sx(expr, &reads, &row_vals, at)?;
-                    g.store_scalar(&target, r, c, v);
+            let bf16_out = simd && target.dtype == DType::BF16;
+            if exps.is_empty() && !bf16_out {
+                g.b.def_var(cv, zero);
+                return g.columns(expr, &reads, &row_vals, &target, r, cv, cols, simd);
+            }
+            // By chunks of columns: each `exp`'s argument into its scratch row, `kc_rt_exp_f32` over it, then
+            // the statement with those `exp`s read from the scratch; bf16 results go to an f32 scratch row
+            // that `kc_rt_f32_to_bf16` rounds into the destination (16 lanes at a time, the same bits).
+            let chv = g.chunk_var();
+            g.b.def_var(chv, zero);
+            g.loop_while_fits(chv, 1, cols, EXP_CHUNK, |g, cs| {
+                let end = g.b.ins().iadd_imm_s(cs, EXP_CHUNK);
+                let ce = g.b.ins().smin(end, cols);
+                let n = g.b.ins().isub(ce, cs);
+                if let (VExpr::Unary(UnOp::Exp, arg), DType::F32) = (expr, target.dtype) {
+                    // The statement is one `exp` into f32: its argument straight into the destination, which
+                    // the routine then exponentiates in place.
+                    g.b.def_var(cv, cs);
+                    g.loop_while_fits(cv, 4, ce, 4, |g, c| {
+                        let v = g.vx(arg, &reads, &row_vals, At { r, c, tail: false })?;
+                        g.store_x4(&target, r, c, v);
+                        Ok(())
+                    })?;
+                    g.loop_while_fits(cv, 1, ce, 1, |g, c| {
+                        let v = g.vx(arg, &reads, &row_vals, At { r, c, tail: true })?;
+                        let lane = g.b.ins().extractlane(v, 0);
+                        g.store_scalar(&target, r, c, SV::F(lane));
+                        Ok(())
+                    })?;
+                    let base = g.elem_addr(&target, Some(r), Some(cs));
+                    g.call("kc_rt_exp_f32", &[base, n]);
+                    return Ok(());
                 }
-                Ok(())
+                let mut done = Vec::new();
+                for (i, node) in exps.iter().enumerate() {
+                    let VExpr::Unary(_, arg) = node else { unreachable!("only `exp` nodes are collected") };
+                    let slot = g.exp_slot(i);
+                    g.b.def_var(cv, cs);
+                    g.loop_while_fits(cv, 4, ce, 4, |g, c| {
+                        let v = g.vx(arg, &reads, &row_vals, At { r, c, tail: false })?;
+                        let a = g.scratch_addr(slot, c, cs);
+                        g.b.ins().store(TRUSTED, v, a, 0);
+                        Ok(())
+                    })?;
+                    g.loop_while_fits(cv, 1, ce, 1, |g, c| {
+                        let v = g.vx(arg, &reads, &row_vals, At { r, c, tail: true })?;
+                        let lane = g.b.ins().extractlane(v, 0);
+                        let a = g.scratch_addr(slot, c, cs);
+                        g.b.ins().store(TRUSTED, lane, a, 0);
+                        Ok(())
+                    })?;
+                    let base = g.b.ins().stack_addr(types::I64, slot, 0);
+                    g.call("kc_rt_exp_f32", &[base, n]);
+                    done.push((*node as *const VExpr, slot));
+                }
+                g.exp_done = done;
+                g.b.def_var(cv, cs);
+                let res = if bf16_out {
+                    let slot = g.out_slot();
+                    let base = g.b.ins().stack_addr(types::I64, slot, 0);
+                    let offset = g.b.ins().ineg(cs);
+                    let stride = g.iconst(0);
+                    let what = "a chunk of bf16 results".to_string();
+                    let out = Res { base, dtype: DType::F32, offset, stride, limit: EXP_CHUNK as u64, what };
+                    g.columns(expr, &reads, &row_vals, &out, r, cv, ce, simd).map(|()| {
+                        let dst = g.elem_addr(&target, Some(r), Some(cs));
+                        let src = g.b.ins().stack_addr(types::I64, slot, 0);
+                        g.call("kc_rt_f32_to_bf16", &[dst, src, n]);
+                    })
+                } else {
+                    g.columns(expr, &reads, &row_vals, &target, r, cv, ce, simd)
+                };
+                g.exp_done.clear();
+                res
             })
         })?;
+        self.row_splats.clear();
         if let Some(t) = temp {
             let mut w = self.region_words(&d);
             w.extend(self.region_words(&t));
@@ -1330,6 +1431,105 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             self.call("kc_rt_copy", &[a]);
         }
         Ok(())
+    }
+
+    /// The columns `cv..limit` of row `r` of a vector statement: with SIMD, two vectors a step while 8 columns
+    /// remain, then one while 4 remain, then one by one (all of them one by one without SIMD).
+    #[allow(clippy::too_many_arguments)]
+    fn columns(
+        &mut self,
+        expr: &'p VExpr,
+        reads: &Reads,
+        row_vals: &BTreeMap<*const VExpr, SV>,
+        target: &Res,
+        r: Value,
+        cv: Variable,
+        limit: Value,
+        simd: bool,
+    ) -> Result<(), Diagnostic> {
+        if simd {
+            for width in [8i64, 4] {
+                self.loop_while_fits(cv, width, limit, width, |g, c| {
+                    let mut vals = Vec::new();
+                    for k in 0..width / 4 {
+                        let ck = g.b.ins().iadd_imm_s(c, 4 * k);
+                        let v = g.vx(expr, reads, row_vals, At { r, c: ck, tail: false })?;
+                        vals.push((ck, v));
+                    }
+                    for (ck, v) in vals {
+                        g.store_x4(target, r, ck, v);
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        self.loop_while_fits(cv, 1, limit, 1, |g, c| {
+            let at = At { r, c, tail: true };
+            if simd {
+                let v = g.vx(expr, reads, row_vals, at)?;
+                let lane = g.b.ins().extractlane(v, 0);
+                g.store_scalar(target, r, c, SV::F(lane));
+            } else {
+                let v = g.sx(expr, reads, row_vals, at)?;
+                g.store_scalar(target, r, c, v);
+            }
+            Ok(())
+        })
+    }
+
+    fn chunk_var(&mut self) -> Variable {
+        match self.chunk_var {
+            Some(v) => v,
+            None => {
+                let v = self.b.declare_var(types::I64);
+                self.chunk_var = Some(v);
+                v
+            }
+        }
+    }
+
+    /// The slot for the row-invariant vectors of a statement, created on first use.
+    fn splat_slot(&mut self) -> StackSlot {
+        match self.splat_slot {
+            Some(s) => s,
+            None => {
+                let bytes = (16 * SPLATS) as u32;
+                let s = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 4));
+                self.splat_slot = Some(s);
+                s
+            }
+        }
+    }
+
+    /// The scratch row for the f32 results of a chunk of a bf16 statement, created on first use.
+    fn out_slot(&mut self) -> StackSlot {
+        match self.out_scratch {
+            Some(s) => s,
+            None => {
+                let bytes = (EXP_CHUNK * 4) as u32;
+                let s = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 6));
+                self.out_scratch = Some(s);
+                s
+            }
+        }
+    }
+
+    /// The `i`-th scratch row for `exp`s, created on first use.
+    fn exp_slot(&mut self, i: usize) -> StackSlot {
+        while self.exp_scratch.len() <= i {
+            let bytes = (EXP_CHUNK * 4) as u32;
+            let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 6));
+            self.exp_scratch.push(slot);
+        }
+        self.exp_scratch[i]
+    }
+
+    /// The address of column `c` of a scratch row whose chunk starts at column `cs`.
+    fn scratch_addr(&mut self, slot: StackSlot, c: Value, cs: Value) -> Value {
+        let base = self.b.ins().stack_addr(types::I64, slot, 0);
+        let off = self.b.ins().isub(c, cs);
+        let off = self.b.ins().ishl_imm_s(off, 2);
+        self.b.ins().iadd(base, off)
     }
 
     /// Computes, as scalars, the maximal sub-expressions of `e` that vary at most as `level` (and are not
@@ -1673,7 +1873,21 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         at: At,
     ) -> Result<Value, Diagnostic> {
         if let Some(v) = hoisted.get(&(e as *const VExpr)) {
+            if let Some(&(_, slot, off)) = self.row_splats.iter().find(|(p, _, _)| std::ptr::eq(*p, e)) {
+                return Ok(self.b.ins().stack_load(types::I64, types::F32X4, slot, off));
+            }
             return Ok(self.splat(*v));
+        }
+        if let Some(&(_, slot)) = self.exp_done.iter().find(|(p, _)| std::ptr::eq(*p, e)) {
+            // An `exp` computed for this chunk by `kc_rt_exp_f32`.
+            let cs = self.b.use_var(self.chunk_var.expect("a chunked statement"));
+            let a = self.scratch_addr(slot, at.c, cs);
+            return Ok(if at.tail {
+                let x = self.b.ins().load(types::F32, TRUSTED, a, 0);
+                self.b.ins().splat(types::F32X4, x)
+            } else {
+                self.b.ins().load(types::F32X4, TRUSTED, a, 0)
+            });
         }
         if var_of(e) != Var::Elem {
             let s = self.sx(e, reads, hoisted, at)?;
@@ -1941,6 +2155,27 @@ fn cl_ty(t: Ty) -> Type {
 
 /// Whether an expression contains an integer division or remainder (which can fail, so it is not computed
 /// speculatively).
+/// The outermost column-dependent `exp` nodes of `e` (not those inside another's argument), in order.
+fn collect_exps<'e>(e: &'e VExpr, out: &mut Vec<&'e VExpr>) {
+    if var_of(e) != Var::Elem {
+        return;
+    }
+    match e {
+        VExpr::Unary(UnOp::Exp, _) => out.push(e),
+        VExpr::Unary(_, a) | VExpr::Cast(_, a) => collect_exps(a, out),
+        VExpr::Binary(_, a, b) => {
+            collect_exps(a, out);
+            collect_exps(b, out);
+        }
+        VExpr::Select(c, a, b) => {
+            collect_exps(c, out);
+            collect_exps(a, out);
+            collect_exps(b, out);
+        }
+        _ => {}
+    }
+}
+
 fn has_div(e: &VExpr) -> bool {
     match e {
         VExpr::Binary(op, a, b) => matches!(op, BinOp::Div | BinOp::Mod) || has_div(a) || has_div(b),

@@ -6,6 +6,10 @@
 //! `fcvt_from_sint` (`I32X4` → `F32X4`), `fvpromote_low`/`fvdemote` and splatted constants. Scalars are
 //! computed by splatting into a vector and extracting lane 0, so scalar tails get bit-identical results.
 //!
+//! `exp` in SIMD vector statements runs in the host routine `kc_runtime::host::rowmath::kc_rt_exp_f32`, which
+//! performs the operations of [`exp_f32x4`] (below) in the same order, 16 lanes at a time: the same bits
+//! (`codegen/tests/math.rs` checks it on every input class), so the same error bound.
+//!
 //! # Method
 //!
 //! The hot transcendental functions (`exp`, `exp2`, `log`, `log2`, `tanh`, `sigmoid`, `silu`, `softplus`)

@@ -538,3 +538,55 @@ fn half_conversions() {
         }
     }
 }
+
+/// `kc_rt_exp_f32` (the host routine the JIT calls for the `exp`s of a vector statement, 16 lanes at a time)
+/// gives the inline `f32x4` `exp`'s bits on every input (NaN for NaN), at every length and offset, so the
+/// bound of `MAX_ULP` holds for it too.
+#[test]
+fn exp_routine_is_the_inline_exp() {
+    let (_module, fns) = jit(&[Kind::Un(UnOp::Exp)]);
+    let xs = inputs();
+    let want = run(fns[0], &xs, &xs);
+    let mut got: Vec<f32> = xs.iter().map(|&b| f32::from_bits(b)).collect();
+    // Odd lengths and offsets, so the routine's vector loop and its remainder both run.
+    let mut at = 0;
+    let mut len = 1;
+    while at < got.len() {
+        let n = len.min(got.len() - at);
+        // SAFETY: `n` elements from `at` are inside `got`.
+        unsafe { kc_runtime::host::rowmath::kc_rt_exp_f32(got.as_mut_ptr().add(at), n as i64) };
+        at += n;
+        len = len * 7 % 1009 + 1;
+    }
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let w = f32::from_bits(w);
+        assert!(
+            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+            "exp({:e}): routine {g:e}, inline {w:e}",
+            f32::from_bits(xs[i])
+        );
+    }
+}
+
+/// `kc_rt_f32_to_bf16` (the host routine that rounds the f32 results of a SIMD vector statement into its bf16
+/// destination, 16 lanes at a time) gives the inline rounding's bits on every input, NaNs included.
+#[test]
+fn bf16_routine_is_the_inline_rounding() {
+    let (_module, fns) = jit(&[Kind::Bf16Narrow]);
+    let mut xs = inputs();
+    xs.extend(narrow_inputs());
+    let xs = pad4(xs);
+    let want = run(fns[0], &xs, &xs);
+    let mut got = vec![0u16; xs.len()];
+    let (mut at, mut len) = (0, 1);
+    while at < xs.len() {
+        let n = len.min(xs.len() - at);
+        // SAFETY: `n` elements from `at` are inside both buffers.
+        unsafe { kc_runtime::native::kc_rt_f32_to_bf16(got.as_mut_ptr().add(at), xs.as_ptr().add(at), n as i64) };
+        at += n;
+        len = len * 7 % 1009 + 1;
+    }
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(u32::from(g), w, "bf16({:e})", f32::from_bits(xs[i]));
+    }
+}

@@ -384,3 +384,46 @@ fn jit_column_copy_loops_match_the_loop() {
         }
     }
 }
+
+/// The `exp`s of a vector statement run by chunks of columns through a host routine (`kc_rt_exp_f32`): an
+/// `exp` that is the whole statement (computed in place in an f32 destination), several `exp`s in one
+/// statement, on both sides of a `where`, of a column-only operand, nested, into bf16, overflowing and
+/// underflowing; and bf16 results rounded by a host routine (`kc_rt_f32_to_bf16`), with and without `exp`s;
+/// rows narrower than a vector, around the chunk width (512) and wider than a host buffer; a statement with
+/// more row-invariant values than the JIT splats once per row.
+#[test]
+fn jit_exps_by_chunks_match_interpreter() {
+    // More row-invariant values (40 constants) than the JIT keeps splatted per row (32).
+    let many: Vec<String> = (1..=40).map(|k| format!("x[r, c] * {k}.5")).collect();
+    let many = many.join(" + ");
+    let src = "kernel exps(x: f32[R, C], w: f32[C], b: bf16[R, C]) \
+               -> (y: f32[R, C], z: bf16[R, C], u: f32[R, C], v: bf16[R, C], t: f32[R, C], q: bf16[R, C]) {\n\
+               y[r, c] = where(x[r, c] > 0.0, exp(x[r, c] - 1.0), exp(0.0 - x[r, c]) * 2.0) + exp(w[c]);\n\
+               z[r, c] = exp(exp(x[r, c] * 0.1)) - 1.0;\n\
+               u = exp(x * 0.5);\n\
+               v = exp(b);\n\
+               t = exp(x * 60.0);\n\
+               q[r, c] = x[r, c] * 3.0 + w[c] / x[r, c];\n\
+               }\n"
+    .replace("q: bf16[R, C])", "q: bf16[R, C], p: f32[R, C])")
+    .replace("}\n", &format!("p[r, c] = {};\n}}\n", many));
+    let prog = common::compile_ok_src("exps", &src);
+    let g = &prog.kernels[0];
+    let target = Target::builtin("host").expect("builtin target");
+    for (r, c) in [(3, 1), (2, 3), (5, 511), (2, 512), (3, 513), (4, 1031), (1, 70_001)] {
+        let dims: BTreeMap<String, i64> = [("R".to_string(), r), ("C".to_string(), c)].into();
+        let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+        let args = kc_runtime::random::random_args(g, &given, 7 + c as u64).expect("random inputs");
+        let want = common::run(g, &args);
+        let (_, tp, _) = tile_at(g, &dims, &target);
+        let compiled = kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("exps at {dims:?}: {e:?}"));
+        for threads in [1, 2] {
+            let (got, _) = compiled
+                .run(&tp, g, &args, threads, &Limits::default())
+                .unwrap_or_else(|e| panic!("exps at {dims:?}, {threads} threads: {e:?}"));
+            for ((n, a), (_, b)) in got.iter().zip(&want) {
+                assert_matches_within(&format!("exps.{n} at {dims:?}, {threads} threads"), a, b, 0.25);
+            }
+        }
+    }
+}

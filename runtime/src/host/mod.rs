@@ -1,3 +1,4 @@
 //! Host implementations of the units JIT-compiled kernels call into.
 
 pub mod mmad;
+pub mod rowmath;
