@@ -250,36 +250,6 @@ def torch_peers(kind, shape):
             return (xf * rstd * w.float()).to(torch.bfloat16), rstd
 
         return {"PyTorch ops (bf16 in, f32 math)": rms}
-    if kind == "cross_entropy":
-        import torch.nn.functional as F
-
-        n, v = shape
-        logits, target = mk(n, v), torch.randint(0, v, (n,))
-        leaf = logits.clone().requires_grad_(True)
-
-        def fwd_bwd():
-            (g,) = torch.autograd.grad(F.cross_entropy(leaf, target), leaf)
-            return g
-
-        # kc's kernel gives the per-row loss and the gradient: the forward alone does less, the pair more
-        # (autograd keeps the softmax).
-        return {
-            "F.cross_entropy fwd (bf16)": lambda: F.cross_entropy(logits, target),
-            "F.cross_entropy fwd+bwd (bf16)": fwd_bwd,
-        }
-    if kind == "rmsnorm_bwd":
-        t, d = shape
-        x, w, dy = mk(t, d), mk(d), mk(t, d)
-        rstd = torch.rand(t, 1) + 0.5
-
-        def rms_bwd():
-            xf, wf, dyf = x.float(), w.float(), dy.float()
-            g = dyf * wf
-            c = (g * xf).mean(-1, keepdim=True)
-            dx = (rstd * (g - xf * rstd * rstd * c)).to(torch.bfloat16)
-            return dx, (dyf * xf * rstd).sum(0)
-
-        return {"PyTorch ops (bf16 in, f32 math)": rms_bwd}
     if kind == "adamw":
         (n,) = shape
         p = torch.randn(n, requires_grad=True)
@@ -472,8 +442,6 @@ WORKLOADS = [
     ("matmul", (4096, 1024, 4096), "kernels/matmul.ker", "M=4096,K=1024,N=4096", None),
     ("softmax", (8192, 4096), "kernels/softmax.ker", "N=8192,D=4096", None),
     ("rmsnorm", (8192, 4096), "kernels/rmsnorm.ker", "T=8192,D=4096", None),
-    ("rmsnorm_bwd", (8192, 4096), "kernels/rmsnorm_bwd.ker", "T=8192,D=4096", None),
-    ("cross_entropy", (4096, 32768), "kernels/cross_entropy.ker", "N=4096,V=32768", None),
     ("adamw", (16777216,), "kernels/adamw.ker", "N=16777216", None),
     ("attention", (1, 32, 8, 2048, 2048, 128), "kernels/attention.ker", "B=1,H=32,G=8,S=2048,T=2048,D=128", None),
     ("attention", (1, 32, 32, 2048, 2048, 128), "kernels/attention.ker", "B=1,H=32,G=32,S=2048,T=2048,D=128", None),
