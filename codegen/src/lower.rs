@@ -69,6 +69,8 @@ pub struct CompiledLaunch {
     pub sites: Vec<Site>,
     /// The buffers the compiled code uses (after copy forwarding), by buffer id.
     pub used: Vec<bool>,
+    /// The core programs as compiled (after copy forwarding): cube, vector.
+    pub bodies: (Vec<Stmt>, Vec<Stmt>),
 }
 
 /// A compiled program. The machine code lives as long as this value.
@@ -79,6 +81,8 @@ pub struct Compiled {
     pub clif: Vec<(String, String)>,
     /// `(function name, disassembly)` per function, if asked for.
     pub asm: Vec<(String, String)>,
+    /// Whether the program may update its `inout` tensors in place, computed on first use.
+    plan: std::sync::OnceLock<Result<kc_runtime::inplace::Plan, String>>,
 }
 
 impl Drop for Compiled {
@@ -110,6 +114,39 @@ impl Compiled {
             .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
             .collect();
         native::run(prog, graph, args, &launches, threads, limits)
+    }
+
+    /// Whether the program (`prog`, lowered from `graph`: the ones it was compiled from) may update its
+    /// `inout` tensors in place ([`kc_runtime::inplace::plan`]), or why not. Computed once.
+    pub fn in_place_plan(&self, prog: &TileProgram, graph: &Graph) -> &Result<kc_runtime::inplace::Plan, String> {
+        self.plan.get_or_init(|| {
+            let launches: Vec<kc_runtime::inplace::Compiled<'_>> = self
+                .launches
+                .iter()
+                .map(|l| kc_runtime::inplace::Compiled { cube: &l.bodies.0, vector: &l.bodies.1, sites: &l.sites })
+                .collect();
+            kc_runtime::inplace::plan(prog, graph, &launches)
+        })
+    }
+
+    /// Runs the program (compiled from `prog`, lowered from `graph`) on `args`, updating the `inout`
+    /// tensors of `args` in place when [`Self::in_place_plan`] allows it, on copies otherwise
+    /// ([`native::run_in_place`]); returns the other results.
+    pub fn run_in_place(
+        &self,
+        prog: &TileProgram,
+        graph: &Graph,
+        args: &mut Args,
+        threads: usize,
+        limits: &Limits,
+    ) -> Result<(Results, NativeStats, native::Mode), Vec<Diagnostic>> {
+        let plan = self.in_place_plan(prog, graph);
+        let launches: Vec<NativeLaunch<'_>> = self
+            .launches
+            .iter()
+            .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
+            .collect();
+        native::run_in_place(prog, graph, args, &launches, plan, threads, limits)
     }
 }
 
@@ -203,12 +240,19 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
 
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();
-    let mut out = Compiled { module: None, launches: Vec::new(), clif: Vec::new(), asm: Vec::new() };
+    let mut out = Compiled {
+        module: None,
+        launches: Vec::new(),
+        clif: Vec::new(),
+        asm: Vec::new(),
+        plan: std::sync::OnceLock::new(),
+    };
     let mut ids: Vec<(Option<FuncId>, Option<FuncId>)> = Vec::new();
     for (li, l) in prog.launches.iter().enumerate() {
         let mut sites = Vec::new();
         let mut pair = (None, None);
         let mut used = vec![false; l.buffers.len()];
+        let mut bodies = (Vec::new(), Vec::new());
         for (cube, body, n) in [(true, &l.cube, l.cube_cores), (false, &l.vector, l.vector_cores)] {
             if n == 0 {
                 continue;
@@ -239,6 +283,11 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                 g.program(&body)?;
                 b.seal_all_blocks();
                 b.finalize(module.target_config());
+                if cube {
+                    bodies.0 = body;
+                } else {
+                    bodies.1 = body;
+                }
             }
             if opts.keep_clif {
                 out.clif.push((name.clone(), ctx.func.display().to_string()));
@@ -258,7 +307,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
             }
         }
         ids.push(pair);
-        out.launches.push(CompiledLaunch { name: l.name.clone(), cube: None, vector: None, sites, used });
+        out.launches.push(CompiledLaunch { name: l.name.clone(), cube: None, vector: None, sites, used, bodies });
     }
     module.finalize_definitions().map_err(|e| internal(span, format!("linking: {e}")))?;
     for (cl, (c, v)) in out.launches.iter_mut().zip(ids) {
