@@ -75,7 +75,10 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
     let limits = a.inputs.limits();
     // The JIT updates `inout` tensors in place when the program allows it (as PyTorch's optimizers do):
     // the timed calls are repeated steps on the bench's own copy of the arguments, whose state evolves.
-    let mut state = args.clone();
+    let mut state = Args {
+        tensors: args.tensors.iter().map(|(k, t)| (k.clone(), kc_runtime::gm::huge_copy(t))).collect(),
+        dims: args.dims.clone(),
+    };
     let mut mode = None;
     let inout_bytes = |st: &Args| -> u64 {
         g.results

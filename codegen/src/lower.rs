@@ -378,6 +378,12 @@ struct Gen<'a, 'b, 'p> {
     /// Cranelift's SSA builder keeps a map over the blocks per variable, so a pair per statement would
     /// make a function of many statements quadratic in memory.
     elem_vars: Option<(Variable, Variable)>,
+    /// In a column loop: the stack slots that hold the `f32x4` splats of the hoisted sub-expressions. A
+    /// value computed before the loop must be stored there to stay there: Cranelift's e-graph pass places a
+    /// pure instruction (a splat, a product of two loaded scalars) next to its use, inside the loop, and
+    /// computes it on every iteration; a load of the slot (folded into the instruction that uses it) is
+    /// cheaper.
+    splats: BTreeMap<*const VExpr, cranelift_codegen::ir::StackSlot>,
 }
 
 /// Loads and stores of the compiled code: not trapping (every window was checked), not known aligned.
@@ -442,6 +448,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             name: name.to_string(),
             gm_written: crate::forward::gm_written(launch),
             elem_vars: None,
+            splats: BTreeMap::new(),
         }
     }
 
@@ -1247,10 +1254,27 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             let mut row_vals = consts.clone();
             g.hoist(expr, Var::Row, &reads, At { r, c: zero, tail: true }, &mut row_vals)?;
             g.b.def_var(cv, zero);
+            // The splats of the hoisted values, computed once per row, kept in stack slots.
+            let splats: BTreeMap<*const VExpr, cranelift_codegen::ir::StackSlot> = if simd {
+                let vals: Vec<(*const VExpr, SV)> =
+                    row_vals.iter().filter(|(_, v)| !matches!(v, SV::I(_))).map(|(k, v)| (*k, *v)).collect();
+                let mut m = BTreeMap::new();
+                for (k, v) in vals {
+                    let x = g.splat(v);
+                    let slot = g.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4));
+                    g.b.ins().stack_store(types::I64, x, slot, 0);
+                    m.insert(k, slot);
+                }
+                m
+            } else {
+                BTreeMap::new()
+            };
+            let pin = |g: &mut Self| g.splats = splats.clone();
             if simd {
                 // Two vectors a step while 8 columns remain, then one while 4 remain.
                 for width in [8i64, 4] {
                     g.loop_while_fits(cv, width, cols, width, |g, c| {
+                        pin(g);
                         let mut vals = Vec::new();
                         for k in 0..width / 4 {
                             let ck = g.b.ins().iadd_imm_s(c, 4 * k);
@@ -1260,12 +1284,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                         for (ck, v) in vals {
                             g.store_x4(&target, r, ck, v);
                         }
+                        g.splats.clear();
                         Ok(())
                     })?;
                 }
             }
             // The remaining columns one by one (all of them without SIMD).
             g.loop_while_fits(cv, 1, cols, 1, |g, c| {
+                pin(g);
                 let at = At { r, c, tail: true };
                 if simd {
                     let v = g.vx(expr, &reads, &row_vals, at)?;
@@ -1275,6 +1301,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     let v = g.sx(expr, &reads, &row_vals, at)?;
                     g.store_scalar(&target, r, c, v);
                 }
+                g.splats.clear();
                 Ok(())
             })
         })?;
@@ -1628,6 +1655,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         hoisted: &BTreeMap<*const VExpr, SV>,
         at: At,
     ) -> Result<Value, Diagnostic> {
+        if let Some(&slot) = self.splats.get(&(e as *const VExpr)) {
+            return Ok(self.b.ins().stack_load(types::I64, types::F32X4, slot, 0));
+        }
         if let Some(v) = hoisted.get(&(e as *const VExpr)) {
             return Ok(self.splat(*v));
         }

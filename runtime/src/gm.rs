@@ -271,6 +271,22 @@ pub fn result_sources(
     Ok(sources)
 }
 
+/// A copy of `t` in memory that Linux is asked to back with transparent huge pages (as global memory is):
+/// for callers that keep tensors across many launches, e.g. `kc bench`'s in-place steps.
+pub fn huge_copy(t: &Tensor) -> Tensor {
+    let mut z = Tensor::zeros(t.dtype(), t.shape.clone());
+    huge_pages(&mut z.data);
+    match (&mut z.data, &t.data) {
+        (TensorData::F32(d), TensorData::F32(s)) if d.len() == s.len() => d.copy_from_slice(s),
+        (TensorData::BF16(d), TensorData::BF16(s)) if d.len() == s.len() => d.copy_from_slice(s),
+        (TensorData::F16(d), TensorData::F16(s)) if d.len() == s.len() => d.copy_from_slice(s),
+        (TensorData::I32(d), TensorData::I32(s)) if d.len() == s.len() => d.copy_from_slice(s),
+        (TensorData::Bool(d), TensorData::Bool(s)) if d.len() == s.len() => d.copy_from_slice(s),
+        _ => return t.clone(),
+    }
+    z
+}
+
 /// Asks Linux for transparent huge pages on a large zeroed tensor (its pages are touched for the first time
 /// by the kernel's writes: 512 times fewer page faults). Advice only: nothing changes if it is refused.
 fn huge_pages(d: &mut TensorData) {

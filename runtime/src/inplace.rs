@@ -10,6 +10,8 @@
 //!   intra-core flags and barriers are accepted: no gathers (run-time index checks), no `SExpr::Read`
 //!   (data-dependent addressing or control), no library operations, reductions, mmads or cross-core flags,
 //!   and no vector statement with an integer division (a `DivByZero` site of the compiled code).
+//! - **Nothing is allocated during a launch.** No launch has both cube and vector cores (their cores run
+//!   as coroutines, on stacks allocated as the launch goes).
 //! - **Every run-time check of the compiled code passes.** With no data-dependent value, the scalar unit's
 //!   values are a function of the program, the core index and the dims: the walk computes every one of
 //!   them, as the JIT does (64-bit wrapping arithmetic, floor division, loops evaluating their bounds once),
@@ -58,6 +60,12 @@ pub struct Compiled<'a> {
 pub fn plan(prog: &TileProgram, graph: &Graph, launches: &[Compiled<'_>]) -> Result<Plan, String> {
     if launches.len() != prog.launches.len() {
         return Err("the compiled launches do not match the program".into());
+    }
+    for l in &prog.launches {
+        // A cube core and its vector cores run as coroutines, whose stacks are allocated during the launch.
+        if l.cube_cores > 0 && l.vector_cores > 0 {
+            return Err(format!("launch `{}` has cube and vector cores", l.name));
+        }
     }
     for l in launches {
         if let Some(s) = l.sites.iter().find(|s| !matches!(s, Site::Internal(_) | Site::Bounds { .. })) {
