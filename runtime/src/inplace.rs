@@ -35,7 +35,7 @@ use kc_ir::tile::{Launch, Loc, Region, SBin, SExpr, Stmt, TensorId, TensorRole, 
 use std::collections::BTreeMap;
 
 /// The most statements the walk executes before it gives up (the program then runs on copies).
-pub const MAX_STEPS: u64 = 1 << 23;
+pub const MAX_STEPS: u64 = 1 << 22;
 /// The most element spans of aliased tensors the walk records.
 pub const MAX_SPANS: usize = 1 << 22;
 
