@@ -33,7 +33,9 @@
 //! zero) or a broken invariant (an access outside a buffer) records the failure's [`Site`] and values and
 //! returns. The other cores run on (their cross-core waits return at once); the launch then fails with the
 //! diagnostic of the first failing core in core order. Global memory is the executor's own copy of the
-//! arguments, so a failed launch leaves the caller's tensors as they were.
+//! arguments, so a failed launch leaves the caller's tensors as they were. [`run_in_place`] writes the
+//! caller's `inout` tensors directly only for programs that [`crate::inplace::plan`] shows cannot fail
+//! once started.
 
 use crate::gm::{self, Results};
 use corosensei::stack::DefaultStack;
