@@ -73,15 +73,36 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
         None
     };
     let limits = a.inputs.limits();
-    let once = || -> Result<Vec<(String, Tensor)>, Vec<Diagnostic>> {
+    // The JIT updates `inout` tensors in place when the program allows it (as PyTorch's optimizers do):
+    // the timed calls are repeated steps on the bench's own copy of the arguments, whose state evolves.
+    let mut state = Args {
+        tensors: args.tensors.iter().map(|(k, t)| (k.clone(), kc_runtime::gm::huge_copy(t))).collect(),
+        dims: args.dims.clone(),
+    };
+    let mut mode = None;
+    let inout_bytes = |st: &Args| -> u64 {
+        g.results
+            .iter()
+            .filter_map(|r| r.inout.and_then(|p| g.params.get(p)).and_then(|p| st.tensors.get(&p.name)))
+            .map(|t| (t.len() * t.dtype().size_bytes()) as u64)
+            .sum()
+    };
+    // One call; the bytes of its results.
+    let mut once = || -> Result<u64, Vec<Diagnostic>> {
         match (a.backend, &code) {
-            (Backend::Jit, Some(code)) => code.run(&tp, g, &args, threads, &limits).map(|(r, _)| r),
-            (Backend::Sim, _) => kc_runtime::sim::run_with(&tp, g, &args, &limits).map(|(r, _)| r),
-            _ => kc_ir::interp::run_with(g, &args, &limits),
+            (Backend::Jit, Some(code)) => {
+                let (r, _, m) = code.run_in_place(&tp, g, &mut state, threads, &limits)?;
+                mode.get_or_insert(m);
+                Ok(tensor_bytes(r.iter().map(|(_, t)| t)) + inout_bytes(&state))
+            }
+            (Backend::Sim, _) => {
+                kc_runtime::sim::run_with(&tp, g, &args, &limits).map(|(r, _)| tensor_bytes(r.iter().map(|(_, t)| t)))
+            }
+            _ => kc_ir::interp::run_with(g, &args, &limits).map(|r| tensor_bytes(r.iter().map(|(_, t)| t))),
         }
     };
     // The first run (warm-up or timed) also checks the kernel runs at all, and gives the result bytes.
-    let check = |r: Result<Vec<(String, Tensor)>, Vec<Diagnostic>>| match r {
+    let check = |r: Result<u64, Vec<Diagnostic>>| match r {
         Ok(r) => Ok(r),
         Err(d) => {
             ctx.report(&crate::commands::memory_note(d, &a.inputs), &c.sources);
@@ -91,7 +112,7 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
     let mut result_bytes = None;
     for _ in 0..a.warmup {
         let r = check(once())?;
-        result_bytes.get_or_insert_with(|| tensor_bytes(r.iter().map(|(_, t)| t)));
+        result_bytes.get_or_insert(r);
     }
     let mut times: Vec<f64> = Vec::new();
     let start = Instant::now();
@@ -101,10 +122,14 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
         let r = once();
         let dt = t0.elapsed().as_secs_f64();
         let r = check(r)?;
-        result_bytes.get_or_insert_with(|| tensor_bytes(r.iter().map(|(_, t)| t)));
-        drop(r);
+        result_bytes.get_or_insert(r);
         times.push(dt);
     }
+    let in_place = match mode {
+        Some(kc_runtime::native::Mode::InPlace) => Some(true),
+        Some(kc_runtime::native::Mode::Copied(_)) => Some(false),
+        None => None,
+    };
     let bytes = tensor_bytes(args.tensors.values()) + result_bytes.unwrap_or(0);
     let s = stats(&times);
     let gflops = flop as f64 / s.median / 1e9;
@@ -146,6 +171,7 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
                 "flop": flop, "bytes": bytes, "gflops": gflops, "gbps": gbps,
                 "matrix_fraction": matrix_fraction, "memory_fraction": memory_fraction,
                 "matrix_unit": peaks.as_ref().map(|_| unit.clone()),
+                "in_place": in_place,
             });
             let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
             s.push('\n');

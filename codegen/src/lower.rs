@@ -79,6 +79,8 @@ pub struct CompiledLaunch {
     pub sites: Vec<Site>,
     /// The buffers the compiled code uses (after copy forwarding), by buffer id.
     pub used: Vec<bool>,
+    /// The core programs as compiled (after copy forwarding): cube, vector.
+    pub bodies: (Vec<Stmt>, Vec<Stmt>),
 }
 
 /// A compiled program. The machine code lives as long as this value.
@@ -89,6 +91,8 @@ pub struct Compiled {
     pub clif: Vec<(String, String)>,
     /// `(function name, disassembly)` per function, if asked for.
     pub asm: Vec<(String, String)>,
+    /// Whether the program may update its `inout` tensors in place, computed on first use.
+    plan: std::sync::OnceLock<Result<kc_runtime::inplace::Plan, String>>,
 }
 
 impl Drop for Compiled {
@@ -120,6 +124,39 @@ impl Compiled {
             .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
             .collect();
         native::run(prog, graph, args, &launches, threads, limits)
+    }
+
+    /// Whether the program (`prog`, lowered from `graph`: the ones it was compiled from) may update its
+    /// `inout` tensors in place ([`kc_runtime::inplace::plan`]), or why not. Computed once.
+    pub fn in_place_plan(&self, prog: &TileProgram, graph: &Graph) -> &Result<kc_runtime::inplace::Plan, String> {
+        self.plan.get_or_init(|| {
+            let launches: Vec<kc_runtime::inplace::Compiled<'_>> = self
+                .launches
+                .iter()
+                .map(|l| kc_runtime::inplace::Compiled { cube: &l.bodies.0, vector: &l.bodies.1, sites: &l.sites })
+                .collect();
+            kc_runtime::inplace::plan(prog, graph, &launches)
+        })
+    }
+
+    /// Runs the program (compiled from `prog`, lowered from `graph`) on `args`, updating the `inout`
+    /// tensors of `args` in place when [`Self::in_place_plan`] allows it, on copies otherwise
+    /// ([`native::run_in_place`]); returns the other results.
+    pub fn run_in_place(
+        &self,
+        prog: &TileProgram,
+        graph: &Graph,
+        args: &mut Args,
+        threads: usize,
+        limits: &Limits,
+    ) -> Result<(Results, NativeStats, native::Mode), Vec<Diagnostic>> {
+        let plan = self.in_place_plan(prog, graph);
+        let launches: Vec<NativeLaunch<'_>> = self
+            .launches
+            .iter()
+            .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
+            .collect();
+        native::run_in_place(prog, graph, args, &launches, plan, threads, limits)
     }
 }
 
@@ -216,12 +253,19 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
 
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();
-    let mut out = Compiled { module: None, launches: Vec::new(), clif: Vec::new(), asm: Vec::new() };
+    let mut out = Compiled {
+        module: None,
+        launches: Vec::new(),
+        clif: Vec::new(),
+        asm: Vec::new(),
+        plan: std::sync::OnceLock::new(),
+    };
     let mut ids: Vec<(Option<FuncId>, Option<FuncId>)> = Vec::new();
     for (li, l) in prog.launches.iter().enumerate() {
         let mut sites = Vec::new();
         let mut pair = (None, None);
         let mut used = vec![false; l.buffers.len()];
+        let mut bodies = (Vec::new(), Vec::new());
         for (cube, body, n) in [(true, &l.cube, l.cube_cores), (false, &l.vector, l.vector_cores)] {
             if n == 0 {
                 continue;
@@ -252,6 +296,11 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                 g.program(&body)?;
                 b.seal_all_blocks();
                 b.finalize(module.target_config());
+                if cube {
+                    bodies.0 = body;
+                } else {
+                    bodies.1 = body;
+                }
             }
             if opts.keep_clif {
                 out.clif.push((name.clone(), ctx.func.display().to_string()));
@@ -271,7 +320,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
             }
         }
         ids.push(pair);
-        out.launches.push(CompiledLaunch { name: l.name.clone(), cube: None, vector: None, sites, used });
+        out.launches.push(CompiledLaunch { name: l.name.clone(), cube: None, vector: None, sites, used, bodies });
     }
     module.finalize_definitions().map_err(|e| internal(span, format!("linking: {e}")))?;
     for (cl, (c, v)) in out.launches.iter_mut().zip(ids) {
@@ -359,6 +408,12 @@ struct Gen<'a, 'b, 'p> {
     out_scratch: Option<StackSlot>,
     /// The slot of [`SPLATS`] vectors for `row_splats` (shared by all statements: a core's stack is 1 MiB).
     splat_slot: Option<StackSlot>,
+    /// In a column loop: the stack slots that hold the `f32x4` splats of the hoisted sub-expressions. A
+    /// value computed before the loop must be stored there to stay there: Cranelift's e-graph pass places a
+    /// pure instruction (a splat, a product of two loaded scalars) next to its use, inside the loop, and
+    /// computes it on every iteration; a load of the slot (folded into the instruction that uses it) is
+    /// cheaper.
+    splats: BTreeMap<*const VExpr, cranelift_codegen::ir::StackSlot>,
 }
 
 /// The most row-invariant values of a statement splatted into `splat_slot`; further ones are splatted at
@@ -438,6 +493,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             row_splats: Vec::new(),
             out_scratch: None,
             splat_slot: None,
+            splats: BTreeMap::new(),
         }
     }
 
@@ -506,10 +562,17 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
     // ----- statements -----
 
     fn stmts(&mut self, body: &'p [Stmt]) -> Result<(), Diagnostic> {
-        for (i, s) in body.iter().enumerate() {
+        let mut i = 0;
+        while i < body.len() {
             self.path.push(i);
-            self.stmt(s)?;
+            let n = fusable_run(self.prog, self.launch, &body[i..]);
+            if n >= 2 {
+                self.vector_group(&body[i..i + n])?;
+            } else {
+                self.stmt(&body[i])?;
+            }
             self.path.pop();
+            i += n.max(1);
         }
         Ok(())
     }
@@ -1256,7 +1319,243 @@ struct At {
 /// The regions a vector expression reads, resolved once per statement, by the address of the `Region`.
 type Reads = Vec<(*const Region, Res)>;
 
+/// The most vector statements fused into one element loop.
+const MAX_FUSED: usize = 16;
+
+/// `e` with `x + 0`, `0 + x`, `x * 1` and constant sums and products folded (copy forwarding writes a
+/// forwarded window's offset as `source offset + shift`), so that equal windows compare equal.
+fn norm(e: &SExpr) -> SExpr {
+    match e {
+        SExpr::Bin(op @ (SBin::Add | SBin::Mul), a, b) => {
+            let (a, b) = (norm(a), norm(b));
+            match (op, &a, &b) {
+                (SBin::Add, SExpr::Const(x), SExpr::Const(y)) => SExpr::Const(x.wrapping_add(*y)),
+                (SBin::Mul, SExpr::Const(x), SExpr::Const(y)) => SExpr::Const(x.wrapping_mul(*y)),
+                (SBin::Add, x, SExpr::Const(0)) | (SBin::Add, SExpr::Const(0), x) => x.clone(),
+                (SBin::Mul, x, SExpr::Const(1)) | (SBin::Mul, SExpr::Const(1), x) => x.clone(),
+                _ => SExpr::Bin(*op, Box::new(a), Box::new(b)),
+            }
+        }
+        SExpr::Bin(op, a, b) => SExpr::Bin(*op, Box::new(norm(a)), Box::new(norm(b))),
+        _ => e.clone(),
+    }
+}
+
+/// Whether two regions are the same window of the same storage (offsets and strides compared after
+/// [`norm`]).
+fn same_window(a: &Region, b: &Region) -> bool {
+    a.loc == b.loc && norm(&a.offset) == norm(&b.offset) && norm(&a.row_stride) == norm(&b.row_stride)
+}
+
+/// Whether GM tensor `t` may share memory with another one: a parameter and a result of the same dtype and
+/// shape (an `inout` updated in place, `kc_runtime::inplace`).
+fn may_alias(prog: &TileProgram, t: TensorId) -> bool {
+    let Some(g) = prog.tensors.get(t.0 as usize) else { return true };
+    let kind = |r: &TensorRole| match r {
+        TensorRole::Param(_) => Some(0),
+        TensorRole::Output(_) => Some(1),
+        _ => None,
+    };
+    let Some(k) = kind(&g.role) else { return false };
+    prog.tensors.iter().any(|u| kind(&u.role) == Some(1 - k) && u.dtype == g.dtype && u.shape == g.shape)
+}
+
+/// Whether two regions are in the same storage (a buffer, any slot, or a GM tensor).
+fn same_storage(a: &Region, b: &Region) -> bool {
+    match (&a.loc, &b.loc) {
+        (Loc::Buf { buf: x, .. }, Loc::Buf { buf: y, .. }) => x == y,
+        (Loc::Gm(x), Loc::Gm(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// How many statements from the start of `body` run as one fused element loop (see [`Gen::vector_group`]):
+/// consecutive `Vector` statements over the same `rows × cols` (the same expressions), each on the SIMD path
+/// into `f32`/`bf16` without a hazard of its own, such that fusing changes nothing any statement reads:
+/// - a statement that reads storage another statement of the run writes reads exactly that window, element
+///   by element (so element `(r, c)` is read after an earlier statement wrote it and before a later one
+///   overwrites it, as unfused), and two statements writing one storage write the same window;
+/// - if a statement writes a GM tensor that may share memory with another ([`may_alias`]: an `inout`
+///   updated in place, `kc_runtime::inplace`), every access of the run to such tensors is an
+///   element-by-element access of the same window (offset and row stride): only accesses at the same element
+///   keep the unfused order of each element.
+/// 0 or 1: no fusion. At most [`MAX_FUSED`] statements (the check is quadratic in the run, and a long run
+/// keeps many values alive at once).
+fn fusable_run(prog: &TileProgram, l: &Launch, body: &[Stmt]) -> usize {
+    let Some(Stmt::Vector { rows, cols, .. }) = body.first() else { return 0 };
+    // (dst, reads (kind, region)) of the statements taken so far.
+    let mut taken: Vec<(&Region, Vec<(u8, &Region)>)> = Vec::new();
+    let mut gm_window: Option<(SExpr, SExpr)> = None;
+    for s in body {
+        let Stmt::Vector { dst, rows: r2, cols: c2, expr } = s else { break };
+        if taken.len() >= MAX_FUSED || r2 != rows || c2 != cols || !simd_ok(prog, l, expr) {
+            break;
+        }
+        // A statement with column-dependent `exp`s runs alone: its `exp`s go by chunks through the host
+        // routine (16 lanes), which a fused loop does not do.
+        let mut exps = Vec::new();
+        collect_exps(expr, &mut exps);
+        if !exps.is_empty() {
+            break;
+        }
+        if ty_of(prog, l, expr) != Some(Ty::F) {
+            break;
+        }
+        let dtype = match &dst.loc {
+            Loc::Gm(t) => prog.tensors.get(t.0 as usize).map(|g| g.dtype),
+            Loc::Buf { buf, .. } => l.buffers.get(buf.0 as usize).map(|b| b.dtype),
+        };
+        if !matches!(dtype, Some(DType::F32 | DType::BF16)) {
+            break;
+        }
+        let mut reads = Vec::new();
+        collect_reads(expr, &mut reads);
+        // A hazard of its own (computed into a temporary): not fused.
+        if reads.iter().any(|(k, r)| same_storage(r, dst) && !(*k == 0 && *r == dst)) {
+            break;
+        }
+        let exact = |k: u8, r: &Region, w: &Region| k == 0 && same_window(r, w);
+        let mut ok = true;
+        for (d0, r0) in &taken {
+            // This statement reads what an earlier one writes; an earlier one reads what this one writes.
+            ok &= reads.iter().all(|(k, r)| !same_storage(r, d0) || exact(*k, r, d0));
+            ok &= r0.iter().all(|(k, r)| !same_storage(r, dst) || exact(*k, r, dst));
+            ok &= !same_storage(d0, dst) || same_window(d0, dst);
+        }
+        // Accesses to GM tensors that may share memory, when the run writes one: all at one window, element
+        // by element.
+        let aliased = |r: &Region| matches!(r.loc, Loc::Gm(t) if may_alias(prog, t));
+        let mut gm_all: Vec<(u8, &Region)> = reads.iter().filter(|(_, r)| aliased(r)).copied().collect();
+        for (d0, r0) in &taken {
+            gm_all.extend(r0.iter().filter(|(_, r)| aliased(r)).copied());
+            if aliased(d0) {
+                gm_all.push((0, d0));
+            }
+        }
+        if aliased(dst) {
+            gm_all.push((0, dst));
+        }
+        let writes_gm = aliased(dst) || taken.iter().any(|(d0, _)| aliased(d0));
+        if writes_gm {
+            for (k, r) in &gm_all {
+                let here = (norm(&r.offset), norm(&r.row_stride));
+                let w = gm_window.get_or_insert_with(|| here.clone());
+                ok &= *k == 0 && here == *w;
+            }
+        }
+        if !ok {
+            break;
+        }
+        taken.push((dst, reads));
+    }
+    taken.len()
+}
+
 impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
+    /// A run of vector statements ([`fusable_run`]) as one element loop: every statement's regions are
+    /// resolved and checked first, then, for each row and each group of columns, the statements in order
+    /// (each stores its vectors before the next reads them). The memory streams of all the statements then
+    /// advance together, and their loads overlap the arithmetic of the others (a statement alone streams
+    /// one or two tensors while the others' streams wait).
+    fn vector_group(&mut self, run: &'p [Stmt]) -> Result<(), Diagnostic> {
+        let Some(Stmt::Vector { rows, cols, .. }) = run.first() else { return Err(self.err("an empty fused run")) };
+        let rows = self.sexpr(rows)?;
+        let cols = self.sexpr(cols)?;
+        let one = self.iconst(1);
+        let mut stmts: Vec<(Res, &'p VExpr)> = Vec::new();
+        let mut reads: Reads = Vec::new();
+        for s in run {
+            let Stmt::Vector { dst, expr, .. } = s else {
+                return Err(self.err("a fused run of non-vector statements"));
+            };
+            let d = self.region(dst, "the vector statement's destination")?;
+            if ty_of(self.prog, self.launch, expr) != Some(Ty::F) || !matches!(d.dtype, DType::F32 | DType::BF16) {
+                return Err(self.err("a fused vector statement that is not float"));
+            }
+            self.check(&d, rows, cols);
+            let mut regions = Vec::new();
+            collect_reads(expr, &mut regions);
+            for (kind, r) in regions {
+                let x = self.region(r, "a vector operand")?;
+                match kind {
+                    0 => self.check(&x, rows, cols),
+                    1 => self.check(&x, rows, one),
+                    _ => self.check(&x, one, cols),
+                }
+                reads.push((r as *const Region, x));
+            }
+            stmts.push((d, expr));
+        }
+        let mut consts: BTreeMap<*const VExpr, SV> = BTreeMap::new();
+        let zero = self.iconst(0);
+        let at0 = At { r: zero, c: zero, tail: true };
+        for (_, e) in &stmts {
+            self.hoist(e, Var::Const, &reads, at0, &mut consts)?;
+        }
+        let (rv, cv) = match self.elem_vars {
+            Some(p) => p,
+            None => {
+                let p = (self.b.declare_var(types::I64), self.b.declare_var(types::I64));
+                self.elem_vars = Some(p);
+                p
+            }
+        };
+        self.b.def_var(rv, zero);
+        self.loop_while_fits(rv, 1, rows, 1, |g, r| {
+            let mut row_vals = consts.clone();
+            for (_, e) in &stmts {
+                g.hoist(e, Var::Row, &reads, At { r, c: zero, tail: true }, &mut row_vals)?;
+            }
+            g.b.def_var(cv, zero);
+            let splats = g.splat_slots(&row_vals);
+            for width in [8i64, 4] {
+                g.loop_while_fits(cv, width, cols, width, |g, c| {
+                    g.splats = splats.clone();
+                    for (d, e) in &stmts {
+                        let mut vals = Vec::new();
+                        for k in 0..width / 4 {
+                            let ck = g.b.ins().iadd_imm_s(c, 4 * k);
+                            vals.push((ck, g.vx(e, &reads, &row_vals, At { r, c: ck, tail: false })?));
+                        }
+                        for (ck, v) in vals {
+                            g.store_x4(d, r, ck, v);
+                        }
+                    }
+                    g.splats.clear();
+                    Ok(())
+                })?;
+            }
+            g.loop_while_fits(cv, 1, cols, 1, |g, c| {
+                g.splats = splats.clone();
+                for (d, e) in &stmts {
+                    let v = g.vx(e, &reads, &row_vals, At { r, c, tail: true })?;
+                    let lane = g.b.ins().extractlane(v, 0);
+                    g.store_scalar(d, r, c, SV::F(lane));
+                }
+                g.splats.clear();
+                Ok(())
+            })
+        })
+    }
+
+    /// Stack slots holding the `f32x4` splats of the float and mask values of `vals` (see [`Gen::splats`]).
+    fn splat_slots(
+        &mut self,
+        vals: &BTreeMap<*const VExpr, SV>,
+    ) -> BTreeMap<*const VExpr, cranelift_codegen::ir::StackSlot> {
+        let mut m = BTreeMap::new();
+        for (k, v) in vals {
+            if matches!(v, SV::I(_)) {
+                continue;
+            }
+            let x = self.splat(*v);
+            let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4));
+            self.b.ins().stack_store(types::I64, x, slot, 0);
+            m.insert(*k, slot);
+        }
+        m
+    }
+
     fn vector(&mut self, dst: &'p Region, rows: &SExpr, cols: &SExpr, expr: &'p VExpr) -> Result<(), Diagnostic> {
         let rows = self.sexpr(rows)?;
         let cols = self.sexpr(cols)?;
@@ -1872,6 +2171,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         hoisted: &BTreeMap<*const VExpr, SV>,
         at: At,
     ) -> Result<Value, Diagnostic> {
+        if let Some(&slot) = self.splats.get(&(e as *const VExpr)) {
+            return Ok(self.b.ins().stack_load(types::I64, types::F32X4, slot, 0));
+        }
         if let Some(v) = hoisted.get(&(e as *const VExpr)) {
             if let Some(&(_, slot, off)) = self.row_splats.iter().find(|(p, _, _)| std::ptr::eq(*p, e)) {
                 return Ok(self.b.ins().stack_load(types::I64, types::F32X4, slot, off));
@@ -2211,4 +2513,119 @@ fn sig(params: &[Type], rets: &[Type], module: &JITModule) -> Signature {
     s.params.extend(params.iter().map(|&t| AbiParam::new(t)));
     s.returns.extend(rets.iter().map(|&t| AbiParam::new(t)));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kc_ir::tile::{Buffer, GmTensor, Layout, Mem, Unit};
+
+    /// `x: f32[8, 16]` (t0, a parameter), `y: f32[8, 16]` (t1, a result: may share `x`'s memory), `s: f32[4]`
+    /// (t2, a parameter that shares nothing); UB buffers 0, 1, 2 of f32[2, 16].
+    fn setup() -> (TileProgram, Launch) {
+        let gm = |name: &str, shape: Vec<u64>, role| GmTensor { name: name.into(), dtype: DType::F32, shape, role };
+        let buf = |name: &str| Buffer {
+            name: name.into(),
+            mem: Mem::UB,
+            dtype: DType::F32,
+            shape: vec![2, 16],
+            slots: 1,
+            layout: Layout::ND,
+            offset: 0,
+        };
+        let prog = TileProgram {
+            kernel: "k".into(),
+            target: "host".into(),
+            dims: BTreeMap::new(),
+            tensors: vec![
+                gm("x", vec![8, 16], TensorRole::Param(0)),
+                gm("y", vec![8, 16], TensorRole::Output(0)),
+                gm("s", vec![4], TensorRole::Param(1)),
+            ],
+            launches: Vec::new(),
+        };
+        let l = Launch {
+            name: "l".into(),
+            unit: Unit::Vector,
+            cube_cores: 0,
+            vector_cores: 1,
+            buffers: vec![buf("a"), buf("b"), buf("c")],
+            svars: vec!["off".into()],
+            cube: Vec::new(),
+            vector: Vec::new(),
+        };
+        (prog, l)
+    }
+
+    fn ub(b: u32, off: i64) -> Region {
+        Region {
+            loc: Loc::Buf { buf: BufId(b), slot: SExpr::Const(0) },
+            offset: SExpr::Const(off),
+            row_stride: SExpr::Const(16),
+        }
+    }
+
+    fn gm(t: u32, off: SExpr) -> Region {
+        Region { loc: Loc::Gm(TensorId(t)), offset: off, row_stride: SExpr::Const(16) }
+    }
+
+    fn off(plus: i64) -> SExpr {
+        SExpr::Bin(SBin::Add, Box::new(SExpr::Var(kc_ir::tile::SVar(0))), Box::new(SExpr::Const(plus)))
+    }
+
+    fn vector(dst: Region, expr: VExpr) -> Stmt {
+        Stmt::Vector { dst, rows: SExpr::Const(2), cols: SExpr::Const(16), expr }
+    }
+
+    fn plus(a: VExpr, b: VExpr) -> VExpr {
+        VExpr::Binary(BinOp::Add, Box::new(a), Box::new(b))
+    }
+
+    fn run(body: &[Stmt]) -> usize {
+        let (prog, l) = setup();
+        fusable_run(&prog, &l, body)
+    }
+
+    #[test]
+    fn fusion_keeps_what_each_statement_reads() {
+        let a_from_x = vector(ub(0, 0), plus(VExpr::Read(gm(0, off(0))), VExpr::F32(1.0)));
+        // A later statement reads the earlier one's window, element by element: fused.
+        assert_eq!(run(&[a_from_x.clone(), vector(ub(1, 0), plus(VExpr::Read(ub(0, 0)), VExpr::F32(2.0)))]), 2);
+        // ... at another window, or one value per row: not fused.
+        assert_eq!(run(&[a_from_x.clone(), vector(ub(1, 0), VExpr::Read(ub(0, 16)))]), 1);
+        assert_eq!(run(&[a_from_x.clone(), vector(ub(1, 0), VExpr::ReadRow(ub(0, 0)))]), 1);
+        // An earlier statement reads what a later one overwrites at another window: not fused.
+        assert_eq!(run(&[vector(ub(1, 0), VExpr::Read(ub(0, 16))), vector(ub(0, 0), VExpr::F32(3.0))]), 1);
+        // Two writes of one buffer at different windows: not fused; at the same window: fused.
+        assert_eq!(run(&[a_from_x.clone(), vector(ub(0, 16), VExpr::F32(3.0))]), 1);
+        assert_eq!(run(&[a_from_x.clone(), vector(ub(0, 0), VExpr::F32(3.0))]), 2);
+        // Other tile sizes: not fused.
+        let other =
+            Stmt::Vector { dst: ub(1, 0), rows: SExpr::Const(1), cols: SExpr::Const(16), expr: VExpr::F32(1.0) };
+        assert_eq!(run(&[a_from_x.clone(), other]), 1);
+        // A run stops at MAX_FUSED statements.
+        let many: Vec<Stmt> = (0..MAX_FUSED + 4).map(|_| a_from_x.clone()).collect();
+        assert_eq!(run(&many), MAX_FUSED);
+    }
+
+    #[test]
+    fn fusion_keeps_tensors_that_may_share_memory_element_by_element() {
+        // `y` (may share `x`'s memory) written at `off`: reading `x` at `off + 0` is the same window.
+        let y_at = |o: SExpr| vector(gm(1, o), plus(VExpr::Read(ub(0, 0)), VExpr::F32(1.0)));
+        let a_from_x = |o: SExpr| vector(ub(0, 0), VExpr::Read(gm(0, o)));
+        assert_eq!(run(&[a_from_x(off(0)), y_at(SExpr::Var(kc_ir::tile::SVar(0)))]), 2);
+        // At another window: `y`'s element could be written before `x`'s is read; not fused.
+        assert_eq!(run(&[a_from_x(off(16)), y_at(off(0))]), 1);
+        // One value per row of `x`: not fused.
+        let row_of_x = vector(ub(0, 0), VExpr::ReadRow(gm(0, off(0))));
+        assert_eq!(run(&[row_of_x, y_at(off(0))]), 1);
+        // `s` shares memory with nothing: read anywhere.
+        let s_row = vector(
+            ub(0, 0),
+            VExpr::ReadRow(Region { loc: Loc::Gm(TensorId(2)), offset: SExpr::Const(3), row_stride: SExpr::Const(0) }),
+        );
+        assert_eq!(run(&[s_row, y_at(off(0))]), 2);
+        assert!(may_alias(&setup().0, TensorId(0)) && may_alias(&setup().0, TensorId(1)));
+        assert!(!may_alias(&setup().0, TensorId(2)));
+    }
 }

@@ -43,6 +43,11 @@ pub struct Target {
     /// spends less: its programs are compiled at run time, where compile time counts.
     #[serde(default)]
     pub tuning_simulations: Option<u32>,
+    /// Elementwise launches give each core one contiguous run of chunks (core `i` takes chunks `i*k ..
+    /// (i+1)*k`) instead of every `cores`-th chunk (default false). On the host a core is a thread's unit
+    /// of work: a contiguous run is one sequential stream per tensor, which the CPU's prefetchers follow.
+    #[serde(default)]
+    pub contiguous_chunks: bool,
     pub memory: Vec<Memory>,
     pub cube: Cube,
     pub vector: Vector,

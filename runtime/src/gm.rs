@@ -33,7 +33,8 @@ pub fn setup(
 
 /// [`setup`], except that a `Param` tensor for which `borrow` is true and whose argument already has the
 /// tensor's dtype is not copied: its entry is left empty (`Bool(vec![])`) and the caller reads the
-/// argument in place (for tensors that no statement writes).
+/// argument in place (for tensors that no statement writes, or updated in place); an `Output` tensor for
+/// which `borrow` is true is not allocated either (it is written into an `inout` argument's memory).
 pub fn setup_borrowing(
     prog: &TileProgram,
     graph: &Graph,
@@ -197,6 +198,7 @@ pub fn setup_borrowing(
                     graph.results.len()
                 )))
             }
+            TensorRole::Output(_) if borrow(TensorId(gm.len() as u32)) => TensorData::Bool(Vec::new()),
             _ => {
                 let mut z = Tensor::zeros(t.dtype, vec![elems]).data;
                 huge_pages(&mut z);
@@ -217,9 +219,27 @@ pub fn results(
     binding: &Binding,
     mut gm: Vec<TensorData>,
 ) -> Result<Results, Vec<Diagnostic>> {
+    let sources = result_sources(prog, graph, binding, &|ti| gm[ti].len())?;
+    let mut out = Vec::with_capacity(sources.len());
+    for (k, (ti, shape)) in sources.iter().enumerate() {
+        let last_use = !sources[k + 1..].iter().any(|(o, _)| o == ti);
+        let data =
+            if last_use { std::mem::replace(&mut gm[*ti], TensorData::Bool(Vec::new())) } else { gm[*ti].clone() };
+        out.push((graph.results[k].name.clone(), Tensor { shape: shape.clone(), data }));
+    }
+    Ok(out)
+}
+
+/// For each of `graph.results`, the GM tensor that holds it and its shape, checked against the kernel's
+/// result types (`len(ti)`: the elements GM tensor `ti` holds).
+pub fn result_sources(
+    prog: &TileProgram,
+    graph: &Graph,
+    binding: &Binding,
+    len: &dyn Fn(usize) -> usize,
+) -> Result<Vec<(usize, Vec<usize>)>, Vec<Diagnostic>> {
     let span = graph.span;
     let ierr = |msg: String| vec![internal(span, msg)];
-    // The results.
     let mut sources = Vec::with_capacity(graph.results.len());
     for (ri, r) in graph.results.iter().enumerate() {
         let by_output = prog.tensors.iter().position(|t| t.role == TensorRole::Output(ri));
@@ -229,7 +249,7 @@ pub fn results(
         };
         let t = &prog.tensors[ti];
         let shape: Option<Vec<usize>> = t.shape.iter().map(|&d| usize::try_from(d).ok()).collect();
-        let Some(shape) = shape.filter(|s| numel(s) == Some(gm[ti].len())) else {
+        let Some(shape) = shape.filter(|s| numel(s) == Some(len(ti))) else {
             return Err(ierr(format!("GM tensor `{}` has a shape that does not match its size", t.name)));
         };
         if let Some(node) = graph.nodes.get(r.value.index()) {
@@ -248,14 +268,23 @@ pub fn results(
         }
         sources.push((ti, shape));
     }
-    let mut out = Vec::with_capacity(sources.len());
-    for (k, (ti, shape)) in sources.iter().enumerate() {
-        let last_use = !sources[k + 1..].iter().any(|(o, _)| o == ti);
-        let data =
-            if last_use { std::mem::replace(&mut gm[*ti], TensorData::Bool(Vec::new())) } else { gm[*ti].clone() };
-        out.push((graph.results[k].name.clone(), Tensor { shape: shape.clone(), data }));
+    Ok(sources)
+}
+
+/// A copy of `t` in memory that Linux is asked to back with transparent huge pages (as global memory is):
+/// for callers that keep tensors across many launches, e.g. `kc bench`'s in-place steps.
+pub fn huge_copy(t: &Tensor) -> Tensor {
+    let mut z = Tensor::zeros(t.dtype(), t.shape.clone());
+    huge_pages(&mut z.data);
+    match (&mut z.data, &t.data) {
+        (TensorData::F32(d), TensorData::F32(s)) if d.len() == s.len() => d.copy_from_slice(s),
+        (TensorData::BF16(d), TensorData::BF16(s)) if d.len() == s.len() => d.copy_from_slice(s),
+        (TensorData::F16(d), TensorData::F16(s)) if d.len() == s.len() => d.copy_from_slice(s),
+        (TensorData::I32(d), TensorData::I32(s)) if d.len() == s.len() => d.copy_from_slice(s),
+        (TensorData::Bool(d), TensorData::Bool(s)) if d.len() == s.len() => d.copy_from_slice(s),
+        _ => return t.clone(),
     }
-    Ok(out)
+    z
 }
 
 /// Asks Linux for transparent huge pages on a large zeroed tensor (its pages are touched for the first time

@@ -9,6 +9,7 @@
 pub mod compare;
 pub mod gm;
 pub mod host;
+pub mod inplace;
 pub mod native;
 pub mod npy;
 pub mod random;

@@ -33,7 +33,9 @@
 //! zero) or a broken invariant (an access outside a buffer) records the failure's [`Site`] and values and
 //! returns. The other cores run on (their cross-core waits return at once); the launch then fails with the
 //! diagnostic of the first failing core in core order. Global memory is the executor's own copy of the
-//! arguments, so a failed launch leaves the caller's tensors as they were.
+//! arguments, so a failed launch leaves the caller's tensors as they were. [`run_in_place`] writes the
+//! caller's `inout` tensors directly only for programs that [`crate::inplace::plan`] shows cannot fail
+//! once started.
 
 use crate::gm::{self, Results};
 use crate::host::rowmath;
@@ -946,6 +948,137 @@ pub fn run(
         eprintln!("setup {:?} launches {:?} results {:?}", t1 - t0, t2 - t1, t2.elapsed());
     }
     Ok((r, stats))
+}
+
+/// How [`run_in_place`] ran a program.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// The `inout` tensors were updated in place.
+    InPlace,
+    /// The program ran on copies (the copy path of [`run`]), for this reason; the results then replaced the
+    /// `inout` arguments.
+    Copied(String),
+}
+
+/// Runs `prog` as [`run`] does, but updates the caller's `inout` tensors in `args` (each replaced by its
+/// final value) and returns only the other results, in order. When `plan` (from
+/// [`crate::inplace::plan`] on the compiled programs) allows it and every `inout` argument already has
+/// its parameter's dtype, the program writes the arguments' memory directly: no copy of them is made and
+/// no tensor is allocated for their results. The plan proves that such a run cannot fail once it has
+/// started (every check that could fail is made before the first launch), so a failure still leaves the
+/// arguments as they were. Otherwise the program runs on copies and its results are moved into `args`.
+pub fn run_in_place(
+    prog: &TileProgram,
+    graph: &Graph,
+    args: &mut Args,
+    launches: &[NativeLaunch<'_>],
+    plan: &Result<crate::inplace::Plan, String>,
+    threads: usize,
+    limits: &Limits,
+) -> Result<(Results, NativeStats, Mode), Vec<Diagnostic>> {
+    let why = match plan {
+        Ok(p) => p
+            .inout
+            .iter()
+            .find_map(|&(_, pi, t, _)| {
+                let name = &graph.params.get(pi)?.name;
+                let a = args.tensors.get(name)?;
+                let want = prog.tensors.get(t.0 as usize)?.dtype;
+                (a.dtype() != want).then(|| format!("the argument `{name}` is {}, not {want}", a.dtype()))
+            })
+            .map_or(Ok(p), Err),
+        Err(e) => Err(e.clone()),
+    };
+    let plan = match why {
+        Ok(p) if launches.len() == prog.launches.len() => p,
+        r => {
+            let why = r.err().unwrap_or_else(|| "the compiled launches do not match the program".to_string());
+            let (res, stats) = run(prog, graph, args, launches, threads, limits)?;
+            let mut rest = Vec::new();
+            for ((name, t), r) in res.into_iter().zip(&graph.results) {
+                match r.inout.and_then(|pi| graph.params.get(pi)) {
+                    Some(p) => {
+                        args.tensors.insert(p.name.clone(), t);
+                    }
+                    None => rest.push((name, t)),
+                }
+            }
+            return Ok((rest, stats, Mode::Copied(why)));
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let written = gm::written(prog);
+    let in_place: std::collections::BTreeSet<kc_ir::tile::TensorId> =
+        plan.inout.iter().flat_map(|&(_, _, p, o)| std::iter::once(p).chain(o)).collect();
+    let borrow = |t: kc_ir::tile::TensorId| {
+        in_place.contains(&t)
+            || (!written.contains(&t)
+                && match prog.tensors.get(t.0 as usize).map(|g| &g.role) {
+                    Some(TensorRole::Param(p)) => !graph.results.iter().any(|r| r.inout == Some(*p)),
+                    _ => false,
+                })
+    };
+    let (binding, mut mem) = gm::setup_borrowing(prog, graph, args, limits, "running", &borrow)?;
+    // Everything that could fail is checked before the first launch: the results' tensors, the threads.
+    let elems = |ti: usize| -> usize {
+        if in_place.contains(&kc_ir::tile::TensorId(ti as u32)) {
+            prog.tensors[ti].shape.iter().product::<u64>() as usize
+        } else {
+            mem[ti].len()
+        }
+    };
+    let sources = gm::result_sources(prog, graph, &binding, &elems)?;
+    for l in &prog.launches {
+        let n = threads.max(1).min(units(l).len()).max(1);
+        if n > 1 {
+            pool(n).map_err(|e| vec![gm::internal(graph.span, format!("cannot start {n} threads: {e}"))])?;
+        }
+    }
+    let mut ptrs: Vec<*mut u8> = mem.iter_mut().map(data_ptr).collect();
+    for (i, t) in prog.tensors.iter().enumerate() {
+        if let (TensorRole::Param(p), true) = (&t.role, mem[i].is_empty()) {
+            if in_place.contains(&kc_ir::tile::TensorId(i as u32)) {
+                continue;
+            }
+            let arg = graph.params.get(*p).and_then(|p| args.tensors.get(&p.name));
+            if let Some(a) = arg.filter(|a| a.dtype() == t.dtype && !a.data.is_empty()) {
+                ptrs[i] = const_ptr(&a.data) as *mut u8;
+            }
+        }
+    }
+    for &(_, pi, p, o) in &plan.inout {
+        let a = graph.params.get(pi).and_then(|p| args.tensors.get_mut(&p.name));
+        let Some(a) = a else {
+            return Err(vec![gm::internal(graph.span, format!("parameter #{pi} has no argument"))]);
+        };
+        let q = data_ptr(&mut a.data);
+        ptrs[p.0 as usize] = q;
+        if let Some(o) = o {
+            ptrs[o.0 as usize] = q;
+        }
+    }
+    let t1 = std::time::Instant::now();
+    let mut stats = NativeStats::default();
+    for (li, (l, nl)) in prog.launches.iter().zip(launches).enumerate() {
+        // Cannot fail (the plan's walk made every check the compiled code makes).
+        let max = run_launch(graph, li, l, nl, &ptrs, threads.max(1))?;
+        stats.max_cross_count.push(max);
+    }
+    let t2 = std::time::Instant::now();
+    let mut rest = Vec::new();
+    for (k, (ti, shape)) in sources.iter().enumerate() {
+        if graph.results[k].inout.is_some() {
+            continue;
+        }
+        let last_use = !sources[k + 1..].iter().any(|(o, _)| o == ti);
+        let data =
+            if last_use { std::mem::replace(&mut mem[*ti], TensorData::Bool(Vec::new())) } else { mem[*ti].clone() };
+        rest.push((graph.results[k].name.clone(), kc_ir::tensor::Tensor { shape: shape.clone(), data }));
+    }
+    if std::env::var_os("KC_TIME").is_some() {
+        eprintln!("in place: setup {:?} launches {:?} results {:?}", t1 - t0, t2 - t1, t2.elapsed());
+    }
+    Ok((rest, stats, Mode::InPlace))
 }
 
 fn const_ptr(d: &TensorData) -> *const u8 {

@@ -7,6 +7,7 @@ mod estimate;
 mod fusion;
 mod hints;
 mod huge;
+mod inplace;
 mod jit;
 mod kernels;
 mod props;

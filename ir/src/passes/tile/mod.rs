@@ -316,6 +316,16 @@ pub fn two_slot_loop(base: SVar, off: SVar, lo: SExpr, n: i64, stride: i64, slot
     Stmt::For { var: base, lo, hi: c(n), step: stride.saturating_mul(2), body }
 }
 
+/// [`two_slot_loop`] over `lo .. hi` (expressions, e.g. one core's contiguous part).
+pub fn two_slot_loop_to(base: SVar, off: SVar, lo: SExpr, hi: SExpr, stride: i64, slots: [Vec<Stmt>; 2]) -> Stmt {
+    let [first, second] = slots;
+    let mut body = vec![Stmt::Set { var: off, value: v(base) }];
+    body.extend(first);
+    body.push(Stmt::Set { var: off, value: add(v(off), c(stride)) });
+    body.push(Stmt::If { cond: lt(v(off), hi.clone()), then: second });
+    Stmt::For { var: base, lo, hi, step: stride.saturating_mul(2), body }
+}
+
 /// A region of a GM tensor, one row of `len` elements at `offset`.
 pub fn gm_row(t: TensorId, offset: SExpr) -> Region {
     Region { loc: Loc::Gm(t), offset, row_stride: c(0) }

@@ -1,6 +1,8 @@
 //! Elementwise vector groups: every member is elementwise over one shape, and every read is at the
 //! member's own indices (or of a scalar). The launch streams the flattened elements through UB in chunks,
-//! split across the vector cores (core `i` takes chunks `i`, `i + cores`, ...), two slots deep so that the
+//! split across the vector cores (core `i` takes chunks `i`, `i + cores`, ...; on a target with
+//! `contiguous_chunks`, such as the host, core `i` takes the contiguous chunks `i*k .. (i+1)*k`, slot 1 the
+//! chunk after slot 0's), two slots deep so that the
 //! copy-in of one chunk (MTE2), the vector work on another (V) and the copy-out of a third (MTE3) overlap:
 //!
 //! ```text
@@ -12,7 +14,10 @@
 //! Each flag pair is primed before the loop (the slots start free) and drained after it, so every wait
 //! has its set. Each input is read from global memory once and each stored value written once.
 
-use super::{bin, buf_region, c, gm_row, hint_error, tile_hints, two_slot_loop, v, GmPlan, LaunchBuilder, TileHint};
+use super::{
+    bin, buf_region, c, gm_row, hint_error, tile_hints, two_slot_loop, two_slot_loop_to, v, GmPlan, LaunchBuilder,
+    TileHint,
+};
 use crate::diag::Diagnostic;
 use crate::graph::{Expr, ExprKind, Graph, NodeKind, ValueId};
 use crate::launch::Binding;
@@ -156,7 +161,13 @@ fn elementwise_with(
     // A slot holds the chunk rounded up to 32 elements, so that every slot starts on UB's 32-byte alignment
     // whatever the dtype (a hinted chunk need not be a multiple of anything); the tail is never read.
     let slot_elems = (chunk as u64).next_multiple_of(32);
-    let cores = (target.vector_cores as i64).min((total + chunk - 1) / chunk).max(1) as u32;
+    let chunks = (total + chunk - 1) / chunk;
+    let mut cores = (target.vector_cores as i64).min(chunks).max(1) as u32;
+    // With contiguous parts, each core takes `per_core` chunks (the last core fewer): no core is left idle.
+    let per_core = (chunks.max(1) + cores as i64 - 1) / cores as i64;
+    if target.contiguous_chunks {
+        cores = ((chunks.max(1) + per_core - 1) / per_core).max(1) as u32;
+    }
 
     let mut lb = LaunchBuilder::new(target, name, Unit::Vector, 0, cores);
     let mut bufs: BTreeMap<ValueId, BufId> = BTreeMap::new();
@@ -195,7 +206,8 @@ fn elementwise_with(
         prog.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
         prog.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
     }
-    let stride = cores as i64 * chunk;
+    // Slot 1's chunk follows slot 0's: the next of the core's contiguous chunks, or `cores` chunks on.
+    let stride = if target.contiguous_chunks { chunk } else { cores as i64 * chunk };
     let mut slots: [Vec<Stmt>; 2] = Default::default();
     for slot in 0..2u32 {
         let ev = slot as u8;
@@ -238,7 +250,14 @@ fn elementwise_with(
         slots[slot as usize] = st;
     }
     let base = lb.svar("base");
-    prog.push(two_slot_loop(base, off, bin(SBin::Mul, SExpr::Core, c(chunk)), total, stride, slots));
+    if target.contiguous_chunks {
+        let part = per_core * chunk;
+        let lo = bin(SBin::Mul, SExpr::Core, c(part));
+        let hi = bin(SBin::Min, bin(SBin::Add, bin(SBin::Mul, SExpr::Core, c(part)), c(part)), c(total));
+        prog.push(two_slot_loop_to(base, off, lo, hi, stride, slots));
+    } else {
+        prog.push(two_slot_loop(base, off, bin(SBin::Mul, SExpr::Core, c(chunk)), total, stride, slots));
+    }
     for s in 0..2u8 {
         prog.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
         prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
