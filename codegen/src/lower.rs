@@ -741,7 +741,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 // Bit 1: `b` is in a GM tensor no statement of the launch writes, so the host routine may keep
                 // its packed form for the rest of the launch.
                 let b_const = matches!(b.loc, Loc::Gm(t) if !self.gm_written.contains(&t));
-                let acc = self.iconst(i64::from(*accumulate) | (i64::from(b_const) << 1));
+                // Bit 2: the same for `a`.
+                let a_const = matches!(a.loc, Loc::Gm(t) if !self.gm_written.contains(&t));
+                let acc = self.iconst(i64::from(*accumulate) | (i64::from(b_const) << 1) | (i64::from(a_const) << 2));
                 self.call("kc_mmad", &[pa, da, ra.stride, pb, db, rb.stride, pc, rc.stride, m, k, n, acc]);
             }
             Stmt::Vector { dst, rows, cols, expr } => self.vector(dst, rows, cols, expr)?,

@@ -268,7 +268,7 @@ pub unsafe fn mmad_raw(
     n: usize,
     accumulate: bool,
 ) {
-    let args = Args { a, a_dtype, lda, b, b_dtype, ldb, c, ldc, m, k, n, accumulate, b_const: false };
+    let args = Args { a, a_dtype, lda, b, b_dtype, ldb, c, ldc, m, k, n, accumulate, b_const: false, a_const: false };
     // SAFETY: the caller's guarantees.
     unsafe { dispatch(path, &args) }
 }
@@ -305,7 +305,8 @@ unsafe fn dispatch(path: Path, x: &Args) {
 /// negative. Never unwinds. `accumulate` is a set of bits: bit 0 accumulates into `c`; bit 1 says that `b`
 /// will not change until the thread's next [`clear_b_cache`], so the AMX path may keep its packed form and
 /// reuse it for the next call with the same `b` window (the JIT sets it for operands in GM tensors that no
-/// statement of the launch writes).
+/// statement of the launch writes); bit 2 says the same of `a` (kept when the AMX path packs `a`, which it
+/// does for an `a` read in place from a wide tensor).
 ///
 /// # Safety
 ///
@@ -344,6 +345,7 @@ pub unsafe extern "C" fn kc_mmad(
         n: u(n),
         accumulate: accumulate & 1 != 0,
         b_const: accumulate & 2 != 0,
+        a_const: accumulate & 4 != 0,
     };
     // SAFETY: the caller's guarantees.
     unsafe { dispatch(path(), &args) }
@@ -352,11 +354,63 @@ pub unsafe extern "C" fn kc_mmad(
 /// Forgets the packed `b` operands this thread kept (see `kc_mmad`'s `accumulate` bit 1). The executor
 /// calls it on each thread before a launch: a kept operand is valid only while its memory is unchanged.
 pub fn clear_b_cache() {
-    let _ = B_CACHE.try_with(|c| {
-        if let Ok(mut c) = c.try_borrow_mut() {
-            c.clear();
-        }
-    });
+    for cache in [&B_CACHE, &A_CACHE] {
+        let _ = cache.try_with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                // The buffers stay for the next launch (a fresh one would be zeroed and faulted in again).
+                for e in c.iter_mut() {
+                    e.0 = None;
+                }
+            }
+        });
+    }
+}
+
+/// A packed operand's key: (address, leading dimension, and its two sizes).
+type PackKey = (usize, usize, usize, usize);
+/// A thread's packed operands: an entry without a key is a free buffer.
+type PackCache = RefCell<Vec<(Option<PackKey>, Vec<Line>)>>;
+
+/// The packed form of the operand `key` in `cache` (`bytes` long), packed by `pack` into a free buffer if
+/// it is not there yet. When every entry holds an operand, all are forgotten first. `None` if the cache is
+/// unavailable (the thread is ending, or a borrow is active).
+#[cfg(target_arch = "x86_64")]
+fn packed(
+    cache: &'static std::thread::LocalKey<PackCache>,
+    key: PackKey,
+    bytes: usize,
+    pack: impl FnOnce(*mut u8),
+) -> Option<*const u8> {
+    cache
+        .try_with(|c| {
+            let mut c = c.try_borrow_mut().ok()?;
+            if let Some((_, v)) = c.iter().find(|(k, _)| *k == Some(key)) {
+                return Some(v.as_ptr().cast::<u8>());
+            }
+            let lines = bytes.div_ceil(64);
+            let i = match c.iter().position(|(k, _)| k.is_none()) {
+                Some(i) => i,
+                None if c.len() < B_CACHE_ENTRIES => {
+                    c.push((None, Vec::new()));
+                    c.len() - 1
+                }
+                None => {
+                    for e in c.iter_mut() {
+                        e.0 = None;
+                    }
+                    0
+                }
+            };
+            let (k, v) = &mut c[i];
+            if v.len() < lines {
+                v.resize(lines, Line([0; 64]));
+            }
+            pack(v.as_mut_ptr().cast::<u8>());
+            *k = Some(key);
+            Some(v.as_ptr().cast::<u8>())
+        })
+        .ok()
+        .flatten()
 }
 
 /// Packed `b` operands by (address, ldb, k, n): at most `B_CACHE_ENTRIES`, forgotten all at once when full.
@@ -364,7 +418,10 @@ pub fn clear_b_cache() {
 const B_CACHE_ENTRIES: usize = 64;
 
 thread_local! {
-    static B_CACHE: RefCell<Vec<((usize, usize, usize, usize), Vec<Line>)>> = const { RefCell::new(Vec::new()) };
+    static B_CACHE: PackCache = const { RefCell::new(Vec::new()) };
+    /// Packed `a` operands by (address, lda, m, k), kept like `B_CACHE` (`kc_mmad`'s `accumulate` bit 2): a
+    /// matmul's A tile is used once per column block, so packing it each time did the same work many times.
+    static A_CACHE: PackCache = const { RefCell::new(Vec::new()) };
 }
 
 /// The arguments of one call, checked and converted.
@@ -383,6 +440,8 @@ struct Args {
     accumulate: bool,
     /// `b` does not change until [`clear_b_cache`] is called on this thread: its packed form may be kept.
     b_const: bool,
+    /// The same for `a`.
+    a_const: bool,
 }
 
 /// Element `idx` of an operand of dtype `d`, as f32.
@@ -1054,23 +1113,9 @@ mod amx {
             let mut cached: Option<*const u8> = None;
             if x.b_const {
                 let key = (x.b as usize, x.ldb, k, n);
-                cached = super::B_CACHE
-                    .try_with(|c| {
-                        let mut c = c.try_borrow_mut().ok()?;
-                        if let Some((_, v)) = c.iter().find(|(kk, _)| *kk == key) {
-                            return Some(v.as_ptr().cast::<u8>());
-                        }
-                        if c.len() >= super::B_CACHE_ENTRIES {
-                            c.clear();
-                        }
-                        let mut v = vec![super::Line([0; 64]); b_bytes.div_ceil(64)];
-                        pack_b_vnni(x.b.cast(), x.ldb, k, n, kp, v.as_mut_ptr().cast());
-                        let p = v.as_ptr().cast::<u8>();
-                        c.push((key, v));
-                        Some(p)
-                    })
-                    .ok()
-                    .flatten();
+                cached = super::packed(&super::B_CACHE, key, b_bytes, |d| {
+                    pack_b_vnni(x.b.cast(), x.ldb, k, n, kp, d.cast())
+                });
             }
             let bp = match cached {
                 Some(p) => p.cast_mut(),
@@ -1080,13 +1125,24 @@ mod amx {
                 }
             };
             let a16 = x.a.cast::<u16>();
+            // A packed whole, kept per launch and thread when it does not change (A_CACHE).
+            let mut ap = ap;
             if a_in_place {
                 if m % 16 != 0 {
                     let i0 = m / 16 * 16;
                     pack_a(a16.add(i0 * x.lda), x.lda, m - i0, 16, k, kp, ap.cast());
                 }
             } else {
-                pack_a(a16, x.lda, m, mp, k, kp, ap.cast());
+                let mut cached: Option<*const u8> = None;
+                if x.a_const {
+                    let key = (x.a as usize, x.lda, m, k);
+                    cached =
+                        super::packed(&super::A_CACHE, key, a_bytes, |d| pack_a(a16, x.lda, m, mp, k, kp, d.cast()));
+                }
+                match cached {
+                    Some(p) => ap = p.cast_mut(),
+                    None => pack_a(a16, x.lda, m, mp, k, kp, ap.cast()),
+                }
             }
             // The A panel of the tile row starting at row `i0`, and its byte stride.
             let a_panel = |i0: usize| -> (*const u8, usize) {
@@ -1369,6 +1425,67 @@ mod tests {
         }
         clear_b_cache();
         assert_eq!(run(&b), reference(&b), "after clearing, the new contents");
+    }
+
+    /// The same for `a` (bit 2), packed when it is read from a wide tensor (here `lda` = 1024 elements): the
+    /// kept packing gives the same result, is used until cleared, and the buffers are reused after a clear
+    /// (also when more operands than the cache holds go through it).
+    #[test]
+    fn host_mmad_keeps_packed_a_until_cleared() {
+        let (m, k, n, lda) = (32usize, 64usize, 48usize, 1024usize);
+        let mut a: Vec<u16> = (0..m * lda).map(|i| bf16::from_f32(((i % 7) as f32) - 3.0).to_bits()).collect();
+        let b: Vec<u16> = (0..k * n).map(|i| bf16::from_f32(((i % 5) as f32) - 2.0).to_bits()).collect();
+        let reference = |a: &[u16], off: usize| -> Vec<f32> {
+            let mut c = vec![0f32; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    for p in 0..k {
+                        let x = bf16::from_bits(a[off + i * lda + p]).to_f32();
+                        c[i * n + j] += x * bf16::from_bits(b[p * n + j]).to_f32();
+                    }
+                }
+            }
+            c
+        };
+        let run = |a: &[u16], off: usize| -> Vec<f32> {
+            let mut c = vec![0f32; m * n];
+            let (mi, ki, ni) = (m as i64, k as i64, n as i64);
+            // SAFETY: the windows lie inside the vectors (off + (m - 1) lda + k ≤ m lda).
+            unsafe {
+                kc_mmad(
+                    a.as_ptr().add(off).cast(),
+                    1,
+                    lda as i64,
+                    b.as_ptr().cast(),
+                    1,
+                    ni,
+                    c.as_mut_ptr(),
+                    ni,
+                    mi,
+                    ki,
+                    ni,
+                    4,
+                )
+            };
+            c
+        };
+        clear_b_cache();
+        assert_eq!(run(&a, 0), reference(&a, 0));
+        assert_eq!(run(&a, 0), reference(&a, 0), "the kept packing gives the same result");
+        // More distinct operands than the cache holds: each still right.
+        for off in (0..200).map(|i| i * 4) {
+            assert_eq!(run(&a, off), reference(&a, off), "offset {off}");
+        }
+        let old = reference(&a, 8);
+        assert_eq!(run(&a, 8), old);
+        for x in a.iter_mut() {
+            *x = bf16::from_f32(1.0).to_bits();
+        }
+        if supported(Path::Amx) {
+            assert_eq!(run(&a, 8), old, "until the cache is cleared, the packed old a is used (the contract)");
+        }
+        clear_b_cache();
+        assert_eq!(run(&a, 8), reference(&a, 8), "after clearing, the new contents");
     }
 
     /// The JIT's entry point: codes, k = 0, and invalid arguments.
