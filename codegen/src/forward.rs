@@ -222,17 +222,7 @@ fn vexpr_reads(e: &VExpr, out: &mut BTreeSet<BufId>) {
             sexpr_reads(&r.offset, out);
         }
         VExpr::Scalar(s) => sexpr_reads(s, out),
-        VExpr::Unary(_, a) | VExpr::Cast(_, a) => vexpr_reads(a, out),
-        VExpr::Binary(_, a, b) => {
-            vexpr_reads(a, out);
-            vexpr_reads(b, out);
-        }
-        VExpr::Select(c, a, b) => {
-            vexpr_reads(c, out);
-            vexpr_reads(a, out);
-            vexpr_reads(b, out);
-        }
-        _ => {}
+        _ => e.children().into_iter().for_each(|c| vexpr_reads(c, out)),
     }
 }
 

@@ -2457,36 +2457,24 @@ fn cl_ty(t: Ty) -> Type {
     }
 }
 
-/// Whether an expression contains an integer division or remainder (which can fail, so it is not computed
-/// speculatively).
 /// The outermost column-dependent `exp` nodes of `e` (not those inside another's argument), in order.
 fn collect_exps<'e>(e: &'e VExpr, out: &mut Vec<&'e VExpr>) {
     if var_of(e) != Var::Elem {
         return;
     }
-    match e {
-        VExpr::Unary(UnOp::Exp, _) => out.push(e),
-        VExpr::Unary(_, a) | VExpr::Cast(_, a) => collect_exps(a, out),
-        VExpr::Binary(_, a, b) => {
-            collect_exps(a, out);
-            collect_exps(b, out);
-        }
-        VExpr::Select(c, a, b) => {
-            collect_exps(c, out);
-            collect_exps(a, out);
-            collect_exps(b, out);
-        }
-        _ => {}
+    if let VExpr::Unary(UnOp::Exp, _) = e {
+        out.push(e);
+        return;
+    }
+    for c in e.children() {
+        collect_exps(c, out);
     }
 }
 
+/// Whether an expression contains an integer division or remainder (which can fail, so it is not computed
+/// speculatively).
 fn has_div(e: &VExpr) -> bool {
-    match e {
-        VExpr::Binary(op, a, b) => matches!(op, BinOp::Div | BinOp::Mod) || has_div(a) || has_div(b),
-        VExpr::Unary(_, a) | VExpr::Cast(_, a) => has_div(a),
-        VExpr::Select(c, a, b) => has_div(c) || has_div(a) || has_div(b),
-        _ => false,
-    }
+    matches!(e, VExpr::Binary(BinOp::Div | BinOp::Mod, ..)) || e.children().into_iter().any(has_div)
 }
 
 /// The regions an expression reads: (0 element, 1 row broadcast, 2 column broadcast).
@@ -2495,17 +2483,7 @@ fn collect_reads<'e>(e: &'e VExpr, out: &mut Vec<(u8, &'e Region)>) {
         VExpr::Read(r) => out.push((0, r)),
         VExpr::ReadRow(r) => out.push((1, r)),
         VExpr::ReadCol(r) => out.push((2, r)),
-        VExpr::Unary(_, a) | VExpr::Cast(_, a) => collect_reads(a, out),
-        VExpr::Binary(_, a, b) => {
-            collect_reads(a, out);
-            collect_reads(b, out);
-        }
-        VExpr::Select(c, a, b) => {
-            collect_reads(c, out);
-            collect_reads(a, out);
-            collect_reads(b, out);
-        }
-        _ => {}
+        _ => e.children().into_iter().for_each(|c| collect_reads(c, out)),
     }
 }
 

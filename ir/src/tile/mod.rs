@@ -290,6 +290,18 @@ pub enum VExpr {
     Cast(DType, Box<VExpr>),
 }
 
+impl VExpr {
+    /// The operands of this node, in order (none for a leaf).
+    pub fn children(&self) -> Vec<&VExpr> {
+        match self {
+            VExpr::Unary(_, a) | VExpr::Cast(_, a) => vec![a],
+            VExpr::Binary(_, a, b) => vec![a, b],
+            VExpr::Select(c, a, b) => vec![c, a, b],
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// The data-dependent library operations, run by a vector core's scalar unit over a UB-resident block.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LibOp {
