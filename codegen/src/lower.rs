@@ -1494,14 +1494,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         for (_, e) in &stmts {
             self.hoist(e, Var::Const, &reads, at0, &mut consts)?;
         }
-        let (rv, cv) = match self.elem_vars {
-            Some(p) => p,
-            None => {
-                let p = (self.b.declare_var(types::I64), self.b.declare_var(types::I64));
-                self.elem_vars = Some(p);
-                p
-            }
-        };
+        let (rv, cv) = self.elem_vars();
         self.b.def_var(rv, zero);
         self.loop_while_fits(rv, 1, rows, 1, |g, r| {
             let mut row_vals = consts.clone();
@@ -1538,6 +1531,18 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 Ok(())
             })
         })
+    }
+
+    /// The row and column counters of vector statements (declared once, see `Gen::elem_vars`).
+    fn elem_vars(&mut self) -> (Variable, Variable) {
+        match self.elem_vars {
+            Some(p) => p,
+            None => {
+                let p = (self.b.declare_var(types::I64), self.b.declare_var(types::I64));
+                self.elem_vars = Some(p);
+                p
+            }
+        }
     }
 
     /// Stack slots holding the `f32x4` splats of the float and mask values of `vals` (see [`Gen::splats`]).
@@ -1621,14 +1626,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         self.hoist(expr, Var::Const, &reads, at0, &mut consts)?;
 
         // for r in 0..rows
-        let (rv, cv) = match self.elem_vars {
-            Some(p) => p,
-            None => {
-                let p = (self.b.declare_var(types::I64), self.b.declare_var(types::I64));
-                self.elem_vars = Some(p);
-                p
-            }
-        };
+        let (rv, cv) = self.elem_vars();
         // The column-dependent `exp`s, computed by chunks of columns with a host routine (16 lanes at a time).
         let mut exps = Vec::new();
         if simd {
