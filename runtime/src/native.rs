@@ -919,35 +919,71 @@ pub fn run(
     // Parameters no statement writes are read in place (the compiled code never writes them).
     // (Not an `inout` parameter: a result may be read back from it.)
     let written = gm::written(prog);
-    let borrow = |t: kc_ir::tile::TensorId| {
-        !written.contains(&t)
-            && match prog.tensors.get(t.0 as usize).map(|g| &g.role) {
-                Some(TensorRole::Param(p)) => !graph.results.iter().any(|r| r.inout == Some(*p)),
-                _ => false,
-            }
-    };
+    let borrow = |t: kc_ir::tile::TensorId| read_only_param(prog, graph, &written, t);
     let (binding, mut mem) = gm::setup_borrowing(prog, graph, args, limits, "running", &borrow)?;
-    let mut ptrs: Vec<*mut u8> = mem.iter_mut().map(data_ptr).collect();
-    for (i, t) in prog.tensors.iter().enumerate() {
-        if let (TensorRole::Param(p), true) = (&t.role, mem[i].is_empty()) {
-            let arg = graph.params.get(*p).and_then(|p| args.tensors.get(&p.name));
-            if let Some(a) = arg.filter(|a| a.dtype() == t.dtype && !a.data.is_empty()) {
-                ptrs[i] = const_ptr(&a.data) as *mut u8;
-            }
-        }
-    }
+    let ptrs = gm_ptrs(prog, graph, args, &mut mem, &|_| false);
     let t1 = std::time::Instant::now();
-    let mut stats = NativeStats::default();
-    for (li, (l, nl)) in prog.launches.iter().zip(launches).enumerate() {
-        let max = run_launch(graph, li, l, nl, &ptrs, threads.max(1))?;
-        stats.max_cross_count.push(max);
-    }
+    let stats = run_launches(prog, graph, launches, &ptrs, threads)?;
     let t2 = std::time::Instant::now();
     let r = gm::results(prog, graph, &binding, mem)?;
     if std::env::var_os("KC_TIME").is_some() {
         eprintln!("setup {:?} launches {:?} results {:?}", t1 - t0, t2 - t1, t2.elapsed());
     }
     Ok((r, stats))
+}
+
+/// Whether GM tensor `t` is a parameter no statement writes (`written`: [`gm::written`]) and no result is
+/// read back from (not an `inout`): the compiled code reads it where the caller's argument is.
+fn read_only_param(
+    prog: &TileProgram,
+    graph: &Graph,
+    written: &std::collections::BTreeSet<kc_ir::tile::TensorId>,
+    t: kc_ir::tile::TensorId,
+) -> bool {
+    !written.contains(&t)
+        && match prog.tensors.get(t.0 as usize).map(|g| &g.role) {
+            Some(TensorRole::Param(p)) => !graph.results.iter().any(|r| r.inout == Some(*p)),
+            _ => false,
+        }
+}
+
+/// The base address of every GM tensor: its entry of `mem`, or, for a parameter `setup_borrowing` left empty
+/// (borrowed), the caller's argument — except the tensors `skip` names (the caller points them itself).
+fn gm_ptrs(
+    prog: &TileProgram,
+    graph: &Graph,
+    args: &Args,
+    mem: &mut [TensorData],
+    skip: &dyn Fn(kc_ir::tile::TensorId) -> bool,
+) -> Vec<*mut u8> {
+    let mut ptrs: Vec<*mut u8> = mem.iter_mut().map(data_ptr).collect();
+    for (i, t) in prog.tensors.iter().enumerate() {
+        if let (TensorRole::Param(p), true) = (&t.role, mem[i].is_empty()) {
+            if skip(kc_ir::tile::TensorId(i as u32)) {
+                continue;
+            }
+            let arg = graph.params.get(*p).and_then(|p| args.tensors.get(&p.name));
+            if let Some(a) = arg.filter(|a| a.dtype() == t.dtype && !a.data.is_empty()) {
+                ptrs[i] = const_ptr(&a.data) as *mut u8;
+            }
+        }
+    }
+    ptrs
+}
+
+/// Runs the program's launches one after another on `ptrs`.
+fn run_launches(
+    prog: &TileProgram,
+    graph: &Graph,
+    launches: &[NativeLaunch<'_>],
+    ptrs: &[*mut u8],
+    threads: usize,
+) -> Result<NativeStats, Vec<Diagnostic>> {
+    let mut stats = NativeStats::default();
+    for (li, (l, nl)) in prog.launches.iter().zip(launches).enumerate() {
+        stats.max_cross_count.push(run_launch(graph, li, l, nl, ptrs, threads.max(1))?);
+    }
+    Ok(stats)
 }
 
 /// How [`run_in_place`] ran a program.
@@ -1010,14 +1046,7 @@ pub fn run_in_place(
     let written = gm::written(prog);
     let in_place: std::collections::BTreeSet<kc_ir::tile::TensorId> =
         plan.inout.iter().flat_map(|&(_, _, p, o)| std::iter::once(p).chain(o)).collect();
-    let borrow = |t: kc_ir::tile::TensorId| {
-        in_place.contains(&t)
-            || (!written.contains(&t)
-                && match prog.tensors.get(t.0 as usize).map(|g| &g.role) {
-                    Some(TensorRole::Param(p)) => !graph.results.iter().any(|r| r.inout == Some(*p)),
-                    _ => false,
-                })
-    };
+    let borrow = |t: kc_ir::tile::TensorId| in_place.contains(&t) || read_only_param(prog, graph, &written, t);
     let (binding, mut mem) = gm::setup_borrowing(prog, graph, args, limits, "running", &borrow)?;
     // Everything that could fail is checked before the first launch: the results' tensors, the threads.
     let elems = |ti: usize| -> usize {
@@ -1034,18 +1063,7 @@ pub fn run_in_place(
             pool(n).map_err(|e| vec![gm::internal(graph.span, format!("cannot start {n} threads: {e}"))])?;
         }
     }
-    let mut ptrs: Vec<*mut u8> = mem.iter_mut().map(data_ptr).collect();
-    for (i, t) in prog.tensors.iter().enumerate() {
-        if let (TensorRole::Param(p), true) = (&t.role, mem[i].is_empty()) {
-            if in_place.contains(&kc_ir::tile::TensorId(i as u32)) {
-                continue;
-            }
-            let arg = graph.params.get(*p).and_then(|p| args.tensors.get(&p.name));
-            if let Some(a) = arg.filter(|a| a.dtype() == t.dtype && !a.data.is_empty()) {
-                ptrs[i] = const_ptr(&a.data) as *mut u8;
-            }
-        }
-    }
+    let mut ptrs = gm_ptrs(prog, graph, args, &mut mem, &|t| in_place.contains(&t));
     for &(_, pi, p, o) in &plan.inout {
         let a = graph.params.get(pi).and_then(|p| args.tensors.get_mut(&p.name));
         let Some(a) = a else {
@@ -1058,12 +1076,8 @@ pub fn run_in_place(
         }
     }
     let t1 = std::time::Instant::now();
-    let mut stats = NativeStats::default();
-    for (li, (l, nl)) in prog.launches.iter().zip(launches).enumerate() {
-        // Cannot fail (the plan's walk made every check the compiled code makes).
-        let max = run_launch(graph, li, l, nl, &ptrs, threads.max(1))?;
-        stats.max_cross_count.push(max);
-    }
+    // Cannot fail (the plan's walk made every check the compiled code makes).
+    let stats = run_launches(prog, graph, launches, &ptrs, threads)?;
     let t2 = std::time::Instant::now();
     let mut rest = Vec::new();
     for (k, (ti, shape)) in sources.iter().enumerate() {

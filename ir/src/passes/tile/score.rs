@@ -1413,17 +1413,14 @@ fn build(
         p.tiles.iter().map(|z| Some((tiles[z].0, vexpr(body_of(*z)?, &cx)?))).collect()
     };
     let Some(tile_e) = tile_exprs(vj0) else { bail!() };
-    // The anchor over a diagonal block's left part (unmasked) and its right part (masked, from column `vw`).
-    let vw = lb.svar("vw");
-    let masked_split = match (p.causal, body_of(p.tiles[0]).map(|b| &b.kind)) {
-        (Some(_), Some(ExprKind::Select(_, val, _))) => {
-            (vexpr(val, &cx_tile(vj0))?, vexpr(body_of(p.tiles[0])?, &cx_tile_at(vj0, v(vw)))?)
-        }
-        _ => (VExpr::F32(0.0), VExpr::F32(0.0)),
-    };
-    // With the causal mask, the anchor without it: for the blocks whose columns all of this core's rows see.
+    // With the causal mask: the anchor without it (for the blocks whose columns all of this core's rows see,
+    // and a diagonal block's left part), and the anchor over a diagonal block's right part, from column `vw`.
     let open = match (p.causal, body_of(p.tiles[0]).map(|b| &b.kind)) {
-        (Some(e), Some(ExprKind::Select(_, val, _))) => Some((e, vexpr(val, &cx_tile(vj0))?)),
+        (Some(e), Some(ExprKind::Select(_, val, _))) => {
+            let vw = lb.svar("vw");
+            let masked = vexpr(body_of(p.tiles[0])?, &cx_tile_at(vj0, v(vw)))?;
+            Some((e, vexpr(val, &cx_tile(vj0))?, vw, masked))
+        }
         _ => None,
     };
     let mut epi = Vec::new();
@@ -1481,7 +1478,8 @@ fn build(
         t0.push(waitf(Mte2, V, EV_RAW));
         for (i, (b, e)) in tile_e.iter().enumerate() {
             match (&open, i) {
-                (Some((ce, oe)), 0) => {
+                (Some((ce, oe, vw, me_w)), 0) => {
+                    let vw = *vw;
                     // Every column of the block visible to this core's first row: no mask.
                     let last = add(v(vj0), sub(v(vcl), c(1)));
                     let first = add(row0.clone(), c(*ce));
@@ -1491,7 +1489,6 @@ fn build(
                     });
                     // Else the columns up to the first row's last visible one (`vw` of them) are seen by
                     // every row of the band: no mask there either; the mask only on the rest, the diagonal.
-                    let (oe_w, me_w) = &masked_split;
                     t0.push(Stmt::If {
                         cond: lt(first.clone(), last),
                         then: vec![
@@ -1499,7 +1496,7 @@ fn build(
                                 var: vw,
                                 value: bin(SBin::Max, c(0), min(v(vcl), sub(add(first, c(1)), v(vj0)))),
                             },
-                            Stmt::If { cond: lt(c(0), v(vw)), then: vec![vec_st(zb(*b, c(0)), v(vw), oe_w.clone())] },
+                            Stmt::If { cond: lt(c(0), v(vw)), then: vec![vec_st(zb(*b, c(0)), v(vw), oe.clone())] },
                             vec_st(zb(*b, v(vw)), sub(v(vcl), v(vw)), me_w.clone()),
                         ],
                     });
