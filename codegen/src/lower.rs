@@ -946,7 +946,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let slot = self.sexpr(slot)?;
                 let index = self.sexpr(index)?;
                 let (base, bdt, elems, slots, name) = self.buffer(*buf)?;
-                if bdt != DType::I32 {
+                if !matches!(bdt, DType::I32 | DType::F32) {
                     return Err(self.err(format!("a scalar read of buffer `{name}`, which holds {bdt}")));
                 }
                 let flat = self.b.ins().imul_imm_s(slot, elems as i64);

@@ -19,6 +19,8 @@
 //! Control that depends on data (a scalar read of an `i32` buffer, such as a grouped matmul's expert
 //! offsets) is followed through the integer tensors the caller provides ([`IntData`], e.g. the seeded random
 //! inputs `kc run --random` would use): a copy from such a tensor into a buffer carries the values along.
+//! A scalar read of an `f32` buffer (the sign of a float scalar argument, which the attention template
+//! branches on) follows the same way; a float scalar argument the caller does not give reads as 1.0.
 //! A read the walk cannot follow is an error, as is a walk longer than [`MAX_STEPS`] statements.
 
 use crate::diag::{Code, Diagnostic};
@@ -151,6 +153,16 @@ impl<'a> Walker<'a> {
         })
     }
 
+    /// The value a float scalar argument the caller did not give reads as: 1.0 (its bits), a positive
+    /// value like the scales and rates such arguments are (`kc run --random` draws them from `(0, 1)`). A
+    /// template that branches on a scalar's sign makes both arms the same work, so the choice does not
+    /// change an estimate.
+    fn float_scalar_default(&self, t: TensorId) -> Option<i64> {
+        let g = self.prog.tensors.get(t.0 as usize)?;
+        (g.shape.is_empty() && g.dtype == DType::F32 && matches!(g.role, TensorRole::Param(_)))
+            .then(|| i64::from(1.0f32.to_bits() as i32))
+    }
+
     fn elem_bytes(&self, loc: &Loc) -> u64 {
         match loc {
             Loc::Gm(t) => self.prog.tensors.get(t.0 as usize).map_or(4, |t| t.dtype.size_bytes() as u64),
@@ -195,10 +207,12 @@ impl<'a> Walker<'a> {
     }
 
     fn copy(&mut self, src: &Region, dst: &Region, rows: i64, cols: i64) -> Result<(), Diagnostic> {
-        // Integer values travel from a known GM tensor or a known buffer slot into a buffer slot.
+        // Integer values (and f32 words, as their bits) travel from a known GM tensor or a known buffer slot
+        // into a buffer slot.
         self.clobber(dst)?;
         let Loc::Buf { buf: dbuf, slot: dslot } = &dst.loc else { return Ok(()) };
-        let int_dst = self.launch.buffers.get(dbuf.0 as usize).is_some_and(|b| b.dtype == DType::I32);
+        let int_dst =
+            self.launch.buffers.get(dbuf.0 as usize).is_some_and(|b| matches!(b.dtype, DType::I32 | DType::F32));
         if !int_dst || rows.saturating_mul(cols) > 1 << 20 {
             return Ok(());
         }
@@ -210,9 +224,10 @@ impl<'a> Walker<'a> {
             for c in 0..cols {
                 let at = so + r * ss + c;
                 let v = match &src.loc {
-                    Loc::Gm(t) => {
-                        self.ints.get(t).and_then(|d| usize::try_from(at).ok().and_then(|i| d.get(i))).copied()
-                    }
+                    Loc::Gm(t) => match self.ints.get(t) {
+                        Some(d) => usize::try_from(at).ok().and_then(|i| d.get(i)).copied(),
+                        None => self.float_scalar_default(*t),
+                    },
                     Loc::Buf { buf, slot } => {
                         let s = self.eval(slot)?;
                         self.known.get(&(buf.0, s)).and_then(|m| m.get(&at)).copied()

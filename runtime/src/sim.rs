@@ -614,9 +614,9 @@ impl<'p> Core<'p> {
             }
             SExpr::Read { buf, slot, index } => {
                 let (bi, b) = self.buffer(ctx, *buf)?;
-                if b.dtype != DType::I32 {
+                if !matches!(b.dtype, DType::I32 | DType::F32) {
                     return bug(format!(
-                        "the scalar unit reads buffer `{}`, which holds {} (not i32)",
+                        "the scalar unit reads buffer `{}`, which holds {} (not i32 or f32)",
                         b.name, b.dtype
                     ));
                 }
@@ -626,6 +626,8 @@ impl<'p> Core<'p> {
                 let view = self.bufs.get(bi).and_then(|d| d.as_ref());
                 match view.and_then(|d| ops::load(d, p.flat(0, 0).ok()?)) {
                     Some(Val::I(x)) => x,
+                    // An f32 element reads as its bits (a signed 32-bit word).
+                    Some(Val::F(x)) => i64::from(x.to_bits() as i32),
                     _ => return bug(format!("the scalar unit reads element {index} of {}, outside it", p.what())),
                 }
             }

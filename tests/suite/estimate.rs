@@ -43,14 +43,14 @@ fn done_when_estimates() {
     assert!((0.8..=1.0 + 1e-9).contains(&frac), "adamw 64M at {:.1}% of the GM roofline", 100.0 * frac);
     assert_eq!(e.bound(), "GM", "AdamW is bound by global memory");
 
-    // Causal attention (B=1, H=32, G=8, S=T=4096, D=128): the issue asks for 50% of the cube peak over the
-    // unmasked work; the model puts this template at about 40% (docs/cost-model.md says why). This floor
-    // keeps what was reached; the cube work itself is about half of the unmasked square, as it must be.
+    // Causal attention (B=1, H=32, G=8, S=T=4096, D=128): at least 50% of the cube peak over the unmasked
+    // work (issue 4; docs/cost-model.md has the analysis); the cube work itself is about half of the
+    // unmasked square, as it must be.
     let dims = dims_of(&[("B", 1), ("H", 32), ("G", 8), ("S", 4096), ("T", 4096), ("D", 128)]);
     let (_, e) = estimate_at("attention", &dims, &t);
     let unmasked = 4.0 * 32.0 * 128.0 * 4096.0 * 4097.0 / 2.0;
     let frac = unmasked / (e.time_us() * 1e-6) / e.peak_cube_flops_per_s;
-    assert!(frac >= 0.38, "causal attention at {:.1}% of the cube peak over the unmasked work", 100.0 * frac);
+    assert!(frac >= 0.50, "causal attention at {:.1}% of the cube peak over the unmasked work", 100.0 * frac);
     assert!((e.cube_flops() as f64) < 1.05 * unmasked, "{} cube flops for {unmasked} unmasked", e.cube_flops());
 }
 

@@ -143,6 +143,72 @@ fn attention_noncausal_matches_and_does_exactly_two_matmuls_of_macs() {
     }
 }
 
+/// The vector cores fold the scale into the exponent (`exp(k·raw - k·max raw)`: no pass that scales the
+/// scores), taking the raw scores' minimum where `k < 0`, a branch on the sign the scalar unit reads from
+/// `k`'s bits (at |k| = 30 a shift by the wrong extreme overflows `exp`). Negative, zero and negative-zero
+/// scales match the interpreter, causal and not, on both targets' simulators and in the JIT: at a shape
+/// with several i-blocks and j-blocks (diagonal blocks among them), and at one with more tasks than cube
+/// cores, so that a core's last iterations of a task compute the next task's first blocks (tasks in
+/// flight, their statistics in alternating slots).
+#[test]
+fn attention_folds_scales_of_either_sign() {
+    use kc_ir::graph::ReduceOp;
+    use kc_ir::tile::Stmt;
+    let causal = common::kernel("attention", "attention");
+    let nc = compile_src("attention_nc", NONCAUSAL);
+    for g in [&causal, &nc] {
+        for target in TARGETS {
+            let target = Target::builtin(target).expect("builtin target");
+            // The second shape (36 tasks of up to 2 blocks, on 24 cube cores) once: causal, on the 910B.
+            let mut cases: Vec<(f32, (i64, i64, i64, i64, i64, i64))> =
+                [-30.0, -0.35, 0.0, -0.0, 30.0].iter().map(|&k| (k, (1, 2, 1, 130, 300, 16))).collect();
+            if std::ptr::eq(g, &causal) && target.name == "ascend910b" {
+                cases.push((-30.0, (3, 4, 2, 270, 270, 8)));
+            }
+            for (n, (scale, (b, h, gk, s, t, d))) in cases.into_iter().enumerate() {
+                let mut args = args_for(g, &attn_dims(b, h, gk, s, t, d), 20 + n as u64);
+                args.tensors.insert("scale".into(), kc_ir::tensor::Tensor::scalar_f32(scale));
+                let tp = tiled(g, &args, &target);
+                let l = &tp.launches[0];
+                let mins = common::count_stmts(&l.vector, &|s| matches!(s, Stmt::Reduce { op: ReduceOp::Min, .. }));
+                assert!(
+                    mins > 0,
+                    "{} on {}: the scale is not folded (no minimum of the raw scores)",
+                    g.name,
+                    target.name
+                );
+                // The look-ahead into the next task (run at the second shape: more tasks than cube cores).
+                let bm = l.buffers.iter().find(|x| x.name == "a_l0a").expect("q tile").shape[0] as i64;
+                let looks = common::count_stmts(
+                    &l.vector,
+                    &|s| matches!(s, Stmt::Set { var, .. } if l.svars[var.0 as usize] == "tpar_s"),
+                );
+                assert!(looks > 0, "{}: no look-ahead into the next task", g.name);
+                if d == 8 {
+                    assert!(b * h * ((s + bm - 1) / bm) > l.cube_cores as i64, "the shape must give a core two tasks");
+                }
+                compare(g, &tp, &args, &attn_tol);
+                let code = kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() })
+                    .unwrap_or_else(|e| panic!("{}: compile: {e:?}", g.name));
+                let (got, _) = code
+                    .run(&tp, g, &args, 2, &kc_ir::interp::Limits::default())
+                    .unwrap_or_else(|e| panic!("{}: jit: {e:?}", g.name));
+                for ((name, w), (_, j)) in common::run(g, &args).iter().zip(&got) {
+                    let (atol, rtol) = attn_tol(name);
+                    for (i, (a, b)) in w.to_f64_vec().iter().zip(j.to_f64_vec()).enumerate() {
+                        assert!(
+                            (a - b).abs() <= atol + rtol * a.abs() || *a == b,
+                            "{} on {}, scale {scale}: {name}[{i}]: interpreter {a}, jit {b}",
+                            g.name,
+                            target.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn causal_attention_skips_fully_masked_blocks() {
     let g = common::kernel("attention", "attention");

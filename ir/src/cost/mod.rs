@@ -524,6 +524,13 @@ fn loc_dtype(prog: &TileProgram, l: &Launch, loc: &Loc) -> DType {
     }
 }
 
+/// The copy of a loop body that is the tile IR's transposing load: one MTE1 copy of one column (`cols`
+/// 1) from L1 to L0A or L0B, the loop moving it along (the tiler's transposed operands).
+fn transposing_load<'p>(l: &Launch, body: &'p [Stmt]) -> Option<&'p Stmt> {
+    let [copy @ Stmt::Copy { pipe: Pipe::Mte1, src, dst, cols: SExpr::Const(1), .. }] = body else { return None };
+    (mem_name(l, &src.loc) == "l1" && matches!(mem_name(l, &dst.loc), "l0a" | "l0b")).then_some(copy)
+}
+
 fn copy_name(from: &str, to: &str) -> &'static str {
     match (from, to) {
         ("gm", "l1") => "copy gm->l1",
@@ -745,7 +752,30 @@ impl<'a> CoreSim<'a> {
                         ));
                     }
                     self.scalar(SCALAR_ISSUE);
-                    self.frames.push(Frame::Loop { var: *var, next: lo, hi, step: *step, body, done: 0 });
+                    if let Some(copy) = transposing_load(launch, body) {
+                        // The tile IR's transposing load: a loop of column copies L1 -> L0 (a row of the
+                        // stored operand becomes a column of the fractal layout), which MTE1 does as one
+                        // load with transpose. One instruction over all the bytes; the copies are counted.
+                        let Stmt::Copy { pipe, src, dst, rows, .. } = copy else { unreachable!() };
+                        let eb = loc_bytes(prog, launch, &src.loc).max(loc_bytes(prog, launch, &dst.loc));
+                        let mut bytes = 0u64;
+                        let mut i = lo;
+                        while i < hi {
+                            self.w.set(*var, i)?;
+                            self.w.step()?;
+                            *self.w.counts.stmts.entry(*pipe).or_default() += 1;
+                            bytes += self.w.eval(rows)?.max(0) as u64 * eb;
+                            self.w.leaf(copy)?;
+                            i = i.saturating_add(*step);
+                        }
+                        if bytes > 0 {
+                            let (from, to) = (mem_name(launch, &src.loc), mem_name(launch, &dst.loc));
+                            let cycles = costs.copy_cycles(from, to, bytes);
+                            self.run(rec, *pipe, cycles, copy_name(from, to), bytes);
+                        }
+                    } else {
+                        self.frames.push(Frame::Loop { var: *var, next: lo, hi, step: *step, body, done: 0 });
+                    }
                 }
                 Stmt::Set { var, value } => {
                     let v = self.w.eval(value)?;
@@ -789,7 +819,10 @@ impl<'a> CoreSim<'a> {
                 Stmt::Vector { dst, rows, cols, expr } => {
                     let (r, c) = (self.w.eval(rows)?, self.w.eval(cols)?);
                     let width = expr_width(launch, expr, loc_dtype(prog, launch, &dst.loc));
-                    let cycles = costs.vector_cycles(vector_ops(expr), r, c, width);
+                    // A window whose rows follow each other (a column of per-row values, say) is one run
+                    // of elements: its repeats are counted over all of them, not row by row.
+                    let (rr, rc) = if r > 1 && self.w.eval(&dst.row_stride)? == c { (1, r * c) } else { (r, c) };
+                    let cycles = costs.vector_cycles(vector_ops(expr), rr, rc, width);
                     self.scalar(SCALAR_ISSUE);
                     self.run(rec, Pipe::V, cycles, "vector", (r.max(0) * c.max(0)) as u64);
                     self.w.leaf(s)?;

@@ -228,7 +228,9 @@ pub enum SExpr {
     Core,
     Bin(SBin, Box<SExpr>, Box<SExpr>),
     /// An element of a buffer read by the scalar unit (data-dependent control or addressing): `buf`'s
-    /// slot `slot`, flat element `index`; an `i32` buffer.
+    /// slot `slot`, flat element `index`; an `i32` buffer, or an `f32` one whose element reads as its
+    /// IEEE-754 bits taken as a signed 32-bit integer (the scalar unit's view of the word: `< 0` is the sign
+    /// bit, how a template branches on the sign of a float scalar argument).
     Read {
         buf: BufId,
         slot: Box<SExpr>,

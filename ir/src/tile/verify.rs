@@ -682,9 +682,9 @@ impl<'a> Check<'a> {
                     )),
                     Some(b) => {
                         let name = self.pr.buf(*buf);
-                        if b.dtype != DType::I32 {
+                        if !matches!(b.dtype, DType::I32 | DType::F32) {
                             msgs.push(format!(
-                                "a scalar read of `{name}`, a {} buffer; scalar reads take i32",
+                                "a scalar read of `{name}`, a {} buffer; scalar reads take i32 or f32 (its bits)",
                                 b.dtype
                             ));
                         }

@@ -30,51 +30,74 @@
 //! diagonal) is multiplied and written band by band, each band only as wide as its rows see; the vector
 //! unit evaluates the mask only on such blocks (elsewhere the anchor without the `where`).
 //!
-//! Workspaces (GM, per cube core, independent of `S` and `T`), rings of three slots (block j in slot j % 3):
-//! `ws_s` 3 × `bm·bn` f32 (score tiles), `ws_p` 3 × `bm·bn` (p, in `v`'s dtype), `ws_o` 3 × `bm·Dv` f32
-//! (p·v tiles).
+//! The cube computes scores `LEAD` = 3 blocks ahead of its p·v products. A core's blocks form one stream
+//! across its tasks: in the online mode the last iterations of a task compute the next task's first
+//! blocks (S on the cube, SOFTMAX on the vector cores: *tasks in flight*), so neither unit waits for the
+//! other at a task boundary; `gb` is the stream index of the task's first block, and the rings below turn
+//! with the stream (block j of the task in slot `(gb + j) % RING`, RING = LEAD + 1).
+//!
+//! Workspaces (GM, per cube core, independent of `S` and `T`), rings of RING slots: `ws_s` RING × `bm·bn`
+//! f32 (score tiles), `ws_p` RING × `bm·bn` (p, in `v`'s dtype), `ws_o` RING × `bm·Dv` f32 (p·v tiles).
 //!
 //! ```text
 //! cube core, per task:                          vector core (its band of rows), per task:
-//!   q tile GM->L1->L0A                            m = -inf, l = 0, O = 0, x = X(m)
-//!   S(0); S(1)                                    SOFTMAX(0); SOFTMAX(1)
+//!   q tile GM->L1->L0A   (unless begun)           m = -inf, l = 0 (unless begun), O = 0, x = X(m)
+//!   S(0); S(1); S(2)     (those not begun)        SOFTMAX(0); SOFTMAX(1); SOFTMAX(2) (those not begun)
 //!   for j in 0..nj:                               for j in 0..nj:
-//!     if j+2 < nj: S(j+2)                           if j+2 < nj: SOFTMAX(j+2)
+//!     if j+3 < nj: S(j+3)                           if j+3 < nj: SOFTMAX(j+3)
+//!     [online] else: the next task's next block     [online] else: the next task's next block
+//!       (its q tile first), at most 3 of them         (its statistics started first), at most 3
 //!     PV(j)                                         [online] UPDATE(j)
 //!   [accumulate] FIX L0C -> ws_o; cross_set #2    [accumulate] cross_wait #2; ws_o -> UB
 //!                                                 o = O / l (online) ; epilogue ; stats ; MTE3 -> GM
 //! S(j):  per cube tile h of the block: k tile GM->L1[h]->L0B; mmad -> L0C (whole, or band by band);
-//!        FIX -> ws_s[j%3] (the same); then cross_set #0
-//! PV(j): v tiles GM->L1[h]; cross_wait #1; p tiles ws_p[j%3]->L1[h]; per h: L1->L0A/L0B, mmad -> L0C
-//!        (accumulating over h, and over j in accumulate mode); [online] FIX -> ws_o[j%3]; cross_set #2
-//! SOFTMAX(j): cross_wait #0; ws_s[j%3] -> UB; tile members (the anchor in place); m = max(m, rowmax z);
-//!        x_old = x; x = X(m); alpha[j%3] = l > 0 ? exp(x_old - x) : 0; e = exp(z - x) (in place of z in
+//!        FIX -> ws_s[slot] (the same); then cross_set #0
+//! PV(j): v tiles GM->L1[h]; cross_wait #1; p tiles ws_p[slot]->L1[h]; per h: L1->L0A/L0B, mmad -> L0C
+//!        (accumulating over h, and over j in accumulate mode); [online] FIX -> ws_o[slot]; cross_set #2
+//! SOFTMAX(j): cross_wait #0; ws_s[slot] -> UB; tile members (the anchor in place); m = max(m, rowmax z);
+//!        x_old = x; x = X(m); alpha[slot] = l > 0 ? exp(x_old - x) : 0; e = exp(z - x) (in place of z in
 //!        online mode); l = l·alpha + rowsum(e); p = e (online) or z (accumulate), cast to v's dtype;
-//!        UB -> ws_p[j%3]; cross_set #1
-//! UPDATE(j): cross_wait #2; ws_o[j%3] -> UB; O = O·alpha[j%3] + pv (skipped when the band sees no column
-//!        of block j: the cube left its rows of the p·v tile stale, and alpha is 1)
+//!        UB -> ws_p[slot]; cross_set #1
+//! UPDATE(j): cross_wait #2; ws_o[slot] -> UB; O = O·alpha[slot] + pv (skipped when the band sees no
+//!        column of block j: the cube left its rows of the p·v tile stale, and alpha is 1)
 //! ```
-//! Ring discipline: flag #0 (cube → vector) says a score tile is in `ws_s`, #1 (vector → cube, the cube
-//! core waits for all its vector cores) says `p` is in `ws_p` *and* hands back the `ws_s` slot it was
-//! computed from, #2 (cube → vector) says a `p·v` tile is in `ws_o`. The other slot hand-backs follow from
-//! the order of the two programs: the cube writes `ws_s[j%3]` for j+3 (in iteration j+1) after waiting for
-//! p(j); the vector cores write `ws_p[j%3]` for j+3 only after the cube's set of #0 for j+3, issued after its
-//! read of p(j); the cube writes `ws_o[j%3]` for j+3 after waiting for p(j+3), which the vector cores set
-//! after UPDATE(j). So the cube computes S(j+2) before it waits for p(j), and the vector cores have two
-//! blocks of scores in hand while the cube multiplies p(j)·v(j).
+//! Ring discipline (g: a block's index in the stream): flag #0 (cube → vector) says a score tile is in
+//! `ws_s`, #1 (vector → cube, the cube core waits for all its vector cores) says `p` is in `ws_p` *and*
+//! hands back the `ws_s` slot it was computed from, #2 (cube → vector) says a `p·v` tile is in `ws_o`. The
+//! other slot hand-backs follow from the order of the two programs, whose streams are the same block for
+//! block: the cube writes `ws_s` for g+RING (in the iteration after PV(g)) after waiting for p(g); the
+//! vector cores write `ws_p` for g+RING only after the cube's set of #0 for it, issued after its read of
+//! p(g); the cube writes `ws_o` for g+RING after waiting for p(g+RING), which the vector cores set after
+//! UPDATE(g). The lead is at most LEAD everywhere (a task with fewer blocks lends fewer to the next one).
+//! With tasks in flight the vector cores keep a task's statistics in a slot of their own (`tpar`, the
+//! task's parity on the core), and a task's stores to GM are waited for only by the next task's stores or
+//! the look-ahead that starts the statistics of the task after it (the same slot); the q tile in L0A is
+//! handed to the next task as soon as the last S of this one was issued. A look-ahead runs the stage with
+//! the next task's coordinates in the task registers (`bi`, `i0`, `rows`, ...), saved before and restored
+//! after.
 //!
 //! Within a core the pipes overlap: every on-chip tile has a "full" flag (producer pipe → consumer pipe)
 //! and a "free" flag (consumer → producer) per slot, the free flags primed before the task loop and drained
 //! after it. On the cube core the k, p and v tiles have two L1 slots (cube tile h of a block in slot h), so
-//! MTE2 loads the next tile while MTE1 and the cube work on the current one, and FixPipe writes S(j) while
-//! the cube multiplies; L0 holds one tile of each operand (q, k, p, v; S and O in L0C), which at 128 × 128
-//! fills L0A, L0B and L0C. On a vector core MTE2 loads a p·v tile while the vector unit works on scores;
+//! MTE2 loads the next tile while MTE1 and the cube work on the current one; L0 holds one tile of each
+//! operand (q, k, p, v), which at 128 × 128 fills L0A and L0B. In the online mode the score tiles and the
+//! p·v tiles take turns in one ring of two L0C tiles (`cc` counts the tiles taken: the n-th waits for
+//! FixPipe to have drained the (n-2)-th), so the cube multiplies into one while FixPipe writes the other;
+//! in the accumulate mode O stays in L0C over the whole task, with a tile of S beside it. On a vector core
+//! MTE2 loads a p·v tile while the vector unit works on scores;
 //! the score tiles (the raw scores, the anchor and e share one) are a ring of two UB slots where UB holds
 //! it (with fewer rows per block if need be, down to three quarters), turning once per block the core works
 //! on (`zc` counts them across tasks, so the free flag's n-th wait takes the n-th set), so MTE2 brings the
 //! next block's scores while the vector unit works on this one; MTE3 writes p while the vector unit goes
 //! on. On a diagonal block, the columns every row of the band sees are computed without the mask, which is
 //! evaluated only on the rest.
+//!
+//! The scale folded into the exponent: where the anchor is `k · Σ` (under the causal `where` or not) with
+//! `k` an f32 constant or scalar argument, the anchor is its only tile member and its maxima and
+//! `exp(z - x)` the only statistics over it (attention), the vector cores do not scale the blocks every row
+//! sees: `max_j k·raw = k · max_j raw` (`min_j raw` where k < 0: the scalar unit reads the sign of k from
+//! its bits, `kneg`) and `e = exp(k·raw - x)`, one multiply-add before the `exp`: a pass fewer per score
+//! element. The maxima are the same values (rounding is monotonic); diagonal blocks are computed as before.
 //!
 //! Numerics: the anchor and tile members are evaluated as the interpreter does (f32, the same
 //! expressions); the maxima are exact; `l` and `O` are summed block by block with rescaling (online
@@ -617,6 +640,38 @@ fn max_only(g: &Graph, x: ValueId, stats: &[(ValueId, Stat)]) -> bool {
 }
 
 /// Folds constant scalar arithmetic.
+/// The factor `k` of an anchor `k · Σ` (or `where(mask, k · Σ, -inf)`, the causal mask) whose scale the
+/// vector cores fold into the exponent (see the module comment): online mode, the anchor the only tile
+/// member, its maxima and `exp(z - x)` the only statistics over it, and `k` an f32 constant or an f32 scalar
+/// argument.
+fn scale_factor(g: &Graph, p: &Plan) -> Option<Expr> {
+    let anchor = p.tiles[0];
+    p.online?;
+    let sum_of_anchor = p.stats.iter().any(|(_, s)| matches!(s, Stat::SumExp { z, .. } if *z == anchor));
+    let maxima_of_anchor = p.stats.iter().all(|(_, s)| !matches!(s, Stat::Max(z) if *z != anchor));
+    if p.tiles.len() != 1 || !p.zext.is_empty() || p.pz != anchor || !sum_of_anchor || !maxima_of_anchor {
+        return None;
+    }
+    let NodeKind::Compute { body, .. } = &g.node(anchor).kind else { return None };
+    let val = match (&body.kind, p.causal) {
+        (ExprKind::Select(_, val, _), Some(_)) => val,
+        (_, Some(_)) => return None,
+        (_, None) => body,
+    };
+    let ExprKind::Binary(BinOp::Mul, a, b) = &val.kind else { return None };
+    let k = match (&a.kind, &b.kind) {
+        (ExprKind::Reduce { .. }, _) => b,
+        (_, ExprKind::Reduce { .. }) => a,
+        _ => return None,
+    };
+    let ok = match &k.kind {
+        ExprKind::Const(Const::F32(_)) => true,
+        ExprKind::Load { src, .. } => p.scalars.contains(src) && g.node(*src).dtype == DType::F32,
+        _ => false,
+    };
+    ok.then(|| (**k).clone())
+}
+
 fn fold(e: SExpr) -> SExpr {
     match e {
         SExpr::Bin(op, a, b) => match (fold(*a), fold(*b)) {
@@ -744,6 +799,8 @@ struct Cx<'a> {
     tile_off: SExpr,
     /// The slot of the score tiles (their UB ring).
     tile_slot: SExpr,
+    /// The slot of the statistics' rows (one per task in flight).
+    stat_slot: SExpr,
     bd: &'a Binding,
 }
 
@@ -770,7 +827,7 @@ fn vexpr(e: &Expr, cx: &Cx<'_>) -> Option<VExpr> {
             if let Some((b, st)) = cx.tiles.get(src) {
                 VExpr::Read(reg(Loc::Buf { buf: *b, slot: cx.tile_slot.clone() }, cx.tile_off.clone(), *st))
             } else if let Some(b) = cx.rows.get(src) {
-                VExpr::ReadRow(ub(*b, c(0), 1))
+                VExpr::ReadRow(reg(Loc::Buf { buf: *b, slot: cx.stat_slot.clone() }, c(0), 1))
             } else if let Some(b) = cx.scalars.get(src) {
                 VExpr::ReadRow(ub(*b, c(0), 0))
             } else {
@@ -809,7 +866,9 @@ fn r16(x: i64) -> i64 {
 /// Slots of the GM rings (scores, p, p·v tiles) and of `alpha`: block j in slot j % RING, so the cube core
 /// computes S(j+2) before it waits for p(j), and the vector cores work on block j+2 before the update with
 /// p(j)·v(j).
-const RING: i64 = 3;
+/// How many blocks ahead the cube computes scores (S(j+LEAD) before p(j)·v(j)); the rings hold one more.
+const LEAD: i64 = 3;
+const RING: i64 = LEAD + 1;
 
 // Flag events of the cube core. MTE2 <-> MTE1 (L1 tiles; `+ slot` for the double-buffered ones):
 const EV_A1: u8 = 0;
@@ -861,7 +920,12 @@ fn build(
     let ubcap = target.memory("ub")?.usable() as i64;
     let ratio = (target.vector_cores / target.cube_cores.max(1)).max(1) as i64;
     let online = p.online.is_some();
+    // Online mode: two tasks in flight on a core (the last iterations of a task compute the next task's
+    // first blocks), so the statistics have a slot per task.
+    let flat = online;
     let has_l = p.stats.iter().any(|(_, s)| matches!(s, Stat::SumExp { .. }));
+    // The anchor's scale, folded into the exponent (a row of the maxima of the raw scores more in UB).
+    let kfold = scale_factor(g, p);
     let fits = |bm: i64, bc: i64| {
         bm * d16 * esz + bm * bc * vsz <= l0a
             && d16 * bc * esz + bc * dv16 * vsz <= l0b
@@ -878,7 +942,9 @@ fn build(
         if !online && has_l {
             n += zs * r32(hr * bn * 4);
         }
-        n += (p.stats.len() as i64 + 1) * r32(hr * 4) + r32(RING * hr * 4) + 32 * p.scalars.len() as i64;
+        n += (p.stats.len() as i64 * if flat { 2 } else { 1 } + 1 + i64::from(kfold.is_some())) * r32(hr * 4)
+            + r32(RING * hr * 4)
+            + 32 * p.scalars.len() as i64;
         n += r32(hr * dv * 4) * if online { 2 } else { 1 };
         n += std::iter::once(&p.consumer)
             .chain(&p.epilogue)
@@ -932,8 +998,17 @@ fn build(
     let n0 = gm.tensors.len() as u32;
     let (ws_s, ws_p, ws_o) = (TensorId(n0), TensorId(n0 + 1), TensorId(n0 + 2));
     let (per_s, per_o) = (RING * bm * bn, RING * bm * dv);
-    // The ring slot of block `j`.
-    let ring = |j: SVar, per: i64| mul(bin(SBin::Mod, v(j), c(RING)), c(per));
+    // With tasks in flight, a core's blocks are one stream across its tasks: `gb` is the stream index of the
+    // task's first block, and the rings turn with the stream.
+    let gb = flat.then(|| (lb.svar("gb"), lb.svar("gb_s")));
+    // The ring slot of block `j` (of the task).
+    let ring = |j: SVar, per: i64| {
+        let at = match gb {
+            Some((g, _)) => add(v(g), v(j)),
+            None => v(j),
+        };
+        mul(bin(SBin::Mod, at, c(RING)), c(per))
+    };
     let ws = |nm: &str, dt: DType, per: i64| GmTensor {
         name: format!("{name}_{nm}"),
         dtype: dt,
@@ -955,8 +1030,39 @@ fn build(
     let p0 = lb.buffer("p_l0a", Mem::L0A, p.vop.dtype, sh(bm, bc), 1);
     let b0 = lb.buffer("b_l0b", Mem::L0B, p.b.dtype, sh(d, bc), 1);
     let v0 = lb.buffer("v_l0b", Mem::L0B, p.vop.dtype, sh(bc, dv), 1);
-    let sc = lb.buffer("s_l0c", Mem::L0C, DType::F32, sh(bm, bc), 1);
-    let oc = lb.buffer("o_l0c", Mem::L0C, DType::F32, sh(bm, dv), 1);
+    // L0C: with tasks in flight (and room for it), one ring of two tiles that the score tiles and the p·v
+    // tiles take in turn, so the cube multiplies into one while FixPipe drains the other (`cc` counts the
+    // tiles taken, `csl` is the current one's slot); else a tile of each.
+    let cw = bc.max(dv16);
+    let cring = (flat && 2 * bm * cw * 4 <= l0c).then(|| (lb.svar("cc"), lb.svar("csl")));
+    let (sc, oc) = match cring {
+        Some(_) => {
+            let b = lb.buffer("c_l0c", Mem::L0C, DType::F32, sh(bm, cw), 2);
+            (b, b)
+        }
+        None => (
+            lb.buffer("s_l0c", Mem::L0C, DType::F32, sh(bm, bc), 1),
+            lb.buffer("o_l0c", Mem::L0C, DType::F32, sh(bm, dv), 1),
+        ),
+    };
+    let l0c_slot = match cring {
+        Some((_, csl)) => v(csl),
+        None => c(0),
+    };
+    let lc =
+        |b: BufId, offset: SExpr, row_stride: i64| reg(Loc::Buf { buf: b, slot: l0c_slot.clone() }, offset, row_stride);
+    // The p·v tile's free and ready flags: the ring's (counted: the n-th use waits for the FIX of use n-2).
+    let ev_o = if cring.is_some() { EV_SC } else { EV_OC };
+    // Takes the ring's next tile.
+    let take_c = || -> Vec<Stmt> {
+        match cring {
+            Some((cc, csl)) => vec![
+                Stmt::Set { var: csl, value: bin(SBin::Mod, v(cc), c(2)) },
+                Stmt::Set { var: cc, value: add(v(cc), c(1)) },
+            ],
+            None => Vec::new(),
+        }
+    };
 
     let task = lb.svar("task");
     let tk = lb.svar("tk");
@@ -1001,13 +1107,15 @@ fn build(
             body: vec![Stmt::Set { var: tk, value: k }, Stmt::If { cond: lt(v(tk), c(tasks)), then: body }],
         }
     };
-    let coords = |q: &mut Vec<Stmt>| {
+    // The coordinates of task `t` (with the causal mask: the dealt index `tk`; else the task index) into
+    // `bi`, `i0`, `rows` and `njv`.
+    let coords_at = |q: &mut Vec<Stmt>, t: SExpr, njv: SVar| {
         if p.causal.is_some() {
-            q.push(Stmt::Set { var: bi, value: bin(SBin::Mod, v(tk), c(batches)) });
-            q.push(Stmt::Set { var: i0, value: mul(sub(c(nib - 1), bin(SBin::Div, v(tk), c(batches))), c(bm)) });
+            q.push(Stmt::Set { var: bi, value: bin(SBin::Mod, t.clone(), c(batches)) });
+            q.push(Stmt::Set { var: i0, value: mul(sub(c(nib - 1), bin(SBin::Div, t, c(batches))), c(bm)) });
         } else {
-            q.push(Stmt::Set { var: bi, value: bin(SBin::Div, v(task), c(nib)) });
-            q.push(Stmt::Set { var: i0, value: mul(bin(SBin::Mod, v(task), c(nib)), c(bm)) });
+            q.push(Stmt::Set { var: bi, value: bin(SBin::Div, t.clone(), c(nib)) });
+            q.push(Stmt::Set { var: i0, value: mul(bin(SBin::Mod, t, c(nib)), c(bm)) });
         }
         q.push(Stmt::Set { var: rows, value: min(c(bm), sub(c(s), v(i0))) });
         let n = match p.causal {
@@ -1015,7 +1123,43 @@ fn build(
             Some(e) => min(c(njall), bin(SBin::Div, add(add(v(i0), v(rows)), c(e + bn - 1)), c(bn))),
             None => c(njall),
         };
-        q.push(Stmt::Set { var: nj, value: n });
+        q.push(Stmt::Set { var: njv, value: n });
+    };
+    let coords = |q: &mut Vec<Stmt>| coords_at(q, v(if p.causal.is_some() { tk } else { task }), nj);
+    // Tasks in flight: `ahead` counts the next task's blocks begun in this one (at most two: the stream
+    // keeps its lead), `pre` this task's blocks begun in the previous one; `njn` is the next task's blocks.
+    let fl = flat.then(|| (lb.svar("ahead"), lb.svar("pre"), lb.svar("tkn"), lb.svar("njn")));
+    // Sets `tkn` and gives the condition that this core has a next task (`start`: the core's first task).
+    let next_task = |q: &mut Vec<Stmt>, start: SExpr, tkn: SVar| -> SExpr {
+        let nxt = add(v(task), c(cubes));
+        match p.causal {
+            None => {
+                q.push(Stmt::Set { var: tkn, value: nxt.clone() });
+                lt(nxt, c(tasks))
+            }
+            Some(_) => {
+                let r = bin(SBin::Div, nxt.clone(), c(cubes));
+                let odd = bin(SBin::Mod, r.clone(), c(2));
+                let k = add(add(mul(r, c(cubes)), start.clone()), mul(odd, sub(c(cubes - 1), mul(c(2), start))));
+                q.push(Stmt::Set { var: tkn, value: k });
+                min(lt(nxt, c(rounds * cubes)), lt(v(tkn), c(tasks)))
+            }
+        }
+    };
+    // The registers a look-ahead into the next task overwrites, each with its save register (`x_s`).
+    let mut saves: Vec<(SVar, SVar)> = Vec::new();
+    if flat {
+        for r in [bi, i0, rows, bbase] {
+            let name = format!("{}_s", lb.launch.svars[r.0 as usize]);
+            saves.push((r, lb.svar(name)));
+        }
+    }
+    // Runs `then` with the registers of `regs` saved before and restored after.
+    let saving = |regs: &[(SVar, SVar)], then: Vec<Stmt>| -> Vec<Stmt> {
+        let mut q: Vec<Stmt> = regs.iter().map(|&(r, sv)| Stmt::Set { var: sv, value: v(r) }).collect();
+        q.extend(then);
+        q.extend(regs.iter().map(|&(r, sv)| Stmt::Set { var: r, value: v(sv) }));
+        q
     };
     // A j-block's columns: with the causal mask, only those some row of the i-block sees (`j < i0 + rows +
     // e`); the columns after them are masked for every row and contribute nothing.
@@ -1089,11 +1233,12 @@ fn build(
             w.push(setf(Mte1, Mte2, EV_B1 + hu));
             w.push(setf(Mte1, M, EV_B0));
             w.push(waitf(Mte1, M, EV_B0));
+            w.extend(take_c());
             w.push(waitf(Fix, M, EV_SC));
             let mm = |r0: i64, m: SExpr, n: SExpr| Stmt::Mmad {
                 a: ub(a0, c(r0 * d), d),
                 b: ub(b0, c(0), bc),
-                c: ub(sc, c(r0 * bc), bc),
+                c: lc(sc, c(r0 * bc), bc),
                 m,
                 k: c(d),
                 n,
@@ -1105,7 +1250,7 @@ fn build(
             w.push(waitf(M, Fix, EV_SC));
             let fix = |r0: i64, rows: SExpr, cols: SExpr| Stmt::Copy {
                 pipe: Fix,
-                src: ub(sc, c(r0 * bc), bc),
+                src: lc(sc, c(r0 * bc), bc),
                 dst: reg(Loc::Gm(ws_s), add(add(own(SExpr::Core, per_s), ring(sj, bm * bn)), c(r0 * bn + h * bc)), bn),
                 rows,
                 cols,
@@ -1171,7 +1316,7 @@ fn build(
             let mm = |accumulate| Stmt::Mmad {
                 a: ub(p0, c(0), bc),
                 b: ub(v0, c(0), dv),
-                c: ub(oc, c(0), dv),
+                c: lc(oc, c(0), dv),
                 m: v(rows),
                 k: v(hcl),
                 n: c(dv),
@@ -1179,13 +1324,14 @@ fn build(
             };
             if online {
                 if h == 0 {
-                    w.push(waitf(Fix, M, EV_OC));
+                    w.extend(take_c());
+                    w.push(waitf(Fix, M, ev_o));
                 }
                 // A band without visible columns leaves its rows of O stale: its vector core skips the update.
                 let band_mm = |b: i64| Stmt::Mmad {
                     a: ub(p0, c(b * hr * bc), bc),
                     b: ub(v0, c(0), dv),
-                    c: ub(oc, c(b * hr * dv), dv),
+                    c: lc(oc, c(b * hr * dv), dv),
                     m: v(hrows),
                     k: v(hcols),
                     n: c(dv),
@@ -1203,16 +1349,16 @@ fn build(
             q.extend(when_live(h, w));
         }
         if online {
-            q.push(setf(M, Fix, EV_OC));
-            q.push(waitf(M, Fix, EV_OC));
+            q.push(setf(M, Fix, ev_o));
+            q.push(waitf(M, Fix, ev_o));
             q.push(Stmt::Copy {
                 pipe: Fix,
-                src: ub(oc, c(0), dv),
+                src: lc(oc, c(0), dv),
                 dst: reg(Loc::Gm(ws_o), add(own(SExpr::Core, per_o), ring(pj, bm * dv)), dv),
                 rows: v(rows),
                 cols: c(dv),
             });
-            q.push(setf(Fix, M, EV_OC));
+            q.push(setf(Fix, M, ev_o));
             q.push(Stmt::CrossSet { flag: F_O });
         }
         q
@@ -1235,45 +1381,108 @@ fn build(
         (M, Mte1, EV_P0),
         (M, Mte1, EV_V0),
         (Fix, M, EV_SC),
-        (Fix, M, EV_OC),
+        (Fix, M, ev_o),
     ];
     let mut cq = prime(&cube_free);
+    // The task's q tile into L0A (at `abase`).
+    let load_q = || {
+        vec![
+            waitf(Mte1, Mte2, EV_A1),
+            gm_to_l1(&p.a, v(abase), (v(i0), c(0)), (v(rows), c(d)), bs(a1, 0, c(0), a1_stride)),
+            setf(Mte2, Mte1, EV_A1),
+            waitf(Mte2, Mte1, EV_A1),
+            waitf(M, Mte1, EV_A0),
+            l1_to_l0(p.a.transposed, a1, 0, a1_stride, a0, d, (v(rows), c(d)), jj),
+            setf(Mte1, Mte2, EV_A1),
+            setf(Mte1, M, EV_A0),
+            waitf(Mte1, M, EV_A0),
+        ]
+    };
+    // `then` if block `k` (0 or 1) of this task was not begun in the previous one.
+    let unless_begun = |k: i64, then: Vec<Stmt>| -> Vec<Stmt> {
+        match fl {
+            Some((_, pre, ..)) => vec![Stmt::If { cond: bin(SBin::Le, v(pre), c(k)), then }],
+            None => then,
+        }
+    };
+    // The look-ahead of iteration `jb` (when the task has no block j+2 left): the next task's next block,
+    // `start` the core's first task; `regs` the registers to keep; `prep` sets the next task's state
+    // (its registers already moved to the next task's coordinates); `first` runs before its block 0;
+    // `stage` is the block's stage.
+    let look_ahead =
+        |start: SExpr, regs: &[(SVar, SVar)], prep: Vec<Stmt>, first: Vec<Stmt>, stage: Vec<Stmt>| -> Vec<Stmt> {
+            let Some((ahead, _, tkn, njn)) = fl else { return Vec::new() };
+            let mut q = Vec::new();
+            let has_next = next_task(&mut q, start, tkn);
+            let mut inner = Vec::new();
+            coords_at(&mut inner, v(tkn), njn);
+            let mut go = prep;
+            go.push(Stmt::If { cond: bin(SBin::Eq, v(ahead), c(0)), then: first });
+            go.extend(stage);
+            go.push(Stmt::Set { var: ahead, value: add(v(ahead), c(1)) });
+            inner.push(Stmt::If { cond: lt(v(ahead), min(c(LEAD), v(njn))), then: go });
+            q.push(Stmt::If { cond: has_next, then: saving(regs, inner) });
+            vec![Stmt::If { cond: bin(SBin::Le, v(nj), add(v(jb), c(LEAD))), then: q }]
+        };
     let mut body = Vec::new();
     coords(&mut body);
     body.push(Stmt::Set { var: abase, value: bases.0.clone() });
     body.push(Stmt::Set { var: bbase, value: bases.1.clone() });
     body.push(Stmt::Set { var: vbase, value: bases.2.clone() });
-    body.push(waitf(Mte1, Mte2, EV_A1));
-    body.push(gm_to_l1(&p.a, v(abase), (v(i0), c(0)), (v(rows), c(d)), bs(a1, 0, c(0), a1_stride)));
-    body.push(setf(Mte2, Mte1, EV_A1));
-    body.push(waitf(Mte2, Mte1, EV_A1));
-    body.push(waitf(M, Mte1, EV_A0));
-    body.push(l1_to_l0(p.a.transposed, a1, 0, a1_stride, a0, d, (v(rows), c(d)), jj));
-    body.push(setf(Mte1, Mte2, EV_A1));
-    body.push(setf(Mte1, M, EV_A0));
-    body.push(waitf(Mte1, M, EV_A0));
-    if !online {
-        body.push(waitf(Fix, M, EV_OC));
+    if let Some((ahead, pre, ..)) = fl {
+        body.push(Stmt::Set { var: pre, value: v(ahead) });
+        body.push(Stmt::Set { var: ahead, value: c(0) });
     }
-    body.extend(stage_s(c(0)));
-    body.push(Stmt::If { cond: lt(c(1), v(nj)), then: stage_s(c(1)) });
-    // Iteration j: S(j+2), then p(j)·v(j).
-    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(2)), v(nj)), then: stage_s(add(v(jb), c(2))) }];
+    let mut first = load_q();
+    if !online {
+        first.push(waitf(Fix, M, ev_o));
+    }
+    first.extend(stage_s(c(0)));
+    body.extend(unless_begun(0, first));
+    for k in 1..LEAD {
+        body.push(Stmt::If { cond: lt(c(k), v(nj)), then: unless_begun(k, stage_s(c(k))) });
+    }
+    // Iteration j: S(j+2) (or the next task's S(0) and S(1)), then p(j)·v(j).
+    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(LEAD)), v(nj)), then: stage_s(add(v(jb), c(LEAD))) }];
+    if let (Some((ahead, ..)), Some((g, g_s))) = (fl, gb) {
+        let mut regs = saves.clone();
+        regs.push((g, g_s));
+        let prep =
+            vec![Stmt::Set { var: g, value: add(v(g), v(nj)) }, Stmt::Set { var: bbase, value: bases.1.clone() }];
+        // This task's q tile is no longer needed (its last S was issued): the next one's takes L0A.
+        let mut first = vec![setf(M, Mte1, EV_A0), Stmt::Set { var: abase, value: bases.0.clone() }];
+        first.extend(load_q());
+        it.extend(look_ahead(SExpr::Core, &regs, prep, first, stage_s(v(ahead))));
+    }
     it.extend(stage_pv(v(jb)));
     body.push(Stmt::For { var: jb, lo: c(0), hi: v(nj), step: 1, body: it });
-    body.push(setf(M, Mte1, EV_A0));
+    match (fl, gb) {
+        (Some((ahead, ..)), Some((g, _))) => {
+            // Unless the next task's q tile took L0A already.
+            body.push(Stmt::If { cond: bin(SBin::Eq, v(ahead), c(0)), then: vec![setf(M, Mte1, EV_A0)] });
+            body.push(Stmt::Set { var: g, value: add(v(g), v(nj)) });
+        }
+        _ => body.push(setf(M, Mte1, EV_A0)),
+    }
     if !online {
-        body.push(setf(M, Fix, EV_OC));
-        body.push(waitf(M, Fix, EV_OC));
+        body.push(setf(M, Fix, ev_o));
+        body.push(waitf(M, Fix, ev_o));
         body.push(Stmt::Copy {
             pipe: Fix,
-            src: ub(oc, c(0), dv),
+            src: lc(oc, c(0), dv),
             dst: reg(Loc::Gm(ws_o), own(SExpr::Core, per_o), dv),
             rows: v(rows),
             cols: c(dv),
         });
-        body.push(setf(Fix, M, EV_OC));
+        body.push(setf(Fix, M, ev_o));
         body.push(Stmt::CrossSet { flag: F_O });
+    }
+    if let Some((cc, _)) = cring {
+        cq.push(Stmt::Set { var: cc, value: c(0) });
+    }
+    if let (Some((ahead, ..)), Some((g, _))) = (fl, gb) {
+        cq.push(Stmt::Set { var: g, value: c(0) });
+        cq.push(Stmt::Set { var: ahead, value: c(0) });
     }
     cq.push(task_loop(SExpr::Core, body));
     cq.extend(drain(&cube_free));
@@ -1306,9 +1515,16 @@ fn build(
         _ => None,
     };
     let p_ub = lb.buffer("p_ub", Mem::UB, p.vop.dtype, tile.clone(), 1);
+    // The statistics' rows: with tasks in flight, a slot per task (`tpar`, the task's parity on the core).
+    let tpar = flat.then(|| lb.svar("tpar"));
+    let sslot = match tpar {
+        Some(t) => v(t),
+        None => c(0),
+    };
     let mut rowb: BTreeMap<ValueId, BufId> = BTreeMap::new();
     for (x, _) in &p.stats {
-        rowb.insert(*x, lb.buffer(format!("{}_ub", label(*x)), Mem::UB, g.node(*x).dtype, sh(hr, 1), 1));
+        let b = lb.buffer(format!("{}_ub", label(*x)), Mem::UB, g.node(*x).dtype, sh(hr, 1), 1 + u32::from(flat));
+        rowb.insert(*x, b);
     }
     let x_old = lb.buffer("x_old_ub", Mem::UB, DType::F32, sh(hr, 1), 1);
     let alpha = lb.buffer("alpha_ub", Mem::UB, DType::F32, sh(RING * hr, 1), 1);
@@ -1355,6 +1571,7 @@ fn build(
         reduce: Some((raw, bn)),
         tile_off: off,
         tile_slot: zslot.clone(),
+        stat_slot: sslot.clone(),
         bd,
     };
     let cx_tile = |j0: SVar| cx_tile_at(j0, c(0));
@@ -1370,6 +1587,7 @@ fn build(
         reduce: None,
         tile_off: c(0),
         tile_slot: c(0),
+        stat_slot: sslot.clone(),
         bd,
     };
     let cx_out = Cx {
@@ -1384,6 +1602,7 @@ fn build(
         reduce: None,
         tile_off: c(0),
         tile_slot: c(0),
+        stat_slot: sslot.clone(),
         bd,
     };
     let body_of = |x: ValueId| match &g.node(x).kind {
@@ -1392,6 +1611,9 @@ fn build(
     };
     let vec_st = |dst: Region, cols: SExpr, expr: VExpr| Stmt::Vector { dst, rows: v(rc), cols, expr };
     let rr = |b: BufId| Box::new(VExpr::ReadRow(ub(b, c(0), 1)));
+    // The statistics' rows (a slot per task in flight, `tpar`).
+    let srow = |b: BufId| reg(Loc::Buf { buf: b, slot: sslot.clone() }, c(0), 1);
+    let rsrow = |b: BufId| Box::new(VExpr::ReadRow(srow(b)));
     // The shift statistic x (recomputed after every block) and the statistics it depends on.
     let shift = lstat.map(|(_, _, x)| x);
     let loop_elems: Vec<ValueId> =
@@ -1427,10 +1649,49 @@ fn build(
     for &x in &p.epilogue {
         epi.push((otiles[&x].0, vexpr(body_of(x)?, &cx_out)?));
     }
+    // The folded scale: `k` as a vector operand, its sign (known now, or read by the scalar unit once the
+    // scalars are in UB: `kneg`), and the row of the raw scores' maxima (minima where k < 0).
+    let kf = match &kfold {
+        None => None,
+        Some(k) => {
+            let neg = match &k.kind {
+                ExprKind::Const(Const::F32(x)) => Some(x.is_sign_negative()),
+                _ => None,
+            };
+            let sign_buf = match &k.kind {
+                ExprKind::Load { src, .. } => Some((*scal.get(src)?, lb.svar("kneg"))),
+                _ => None,
+            };
+            let rm = lb.buffer("rawmax_ub", Mem::UB, DType::F32, sh(hr, 1), 1);
+            Some((vexpr(k, &cx_row)?, neg, sign_buf, rm))
+        }
+    };
+    // With the causal mask, whether the block at `vj0` is seen whole by every row of this core (no mask,
+    // the scale folded) or is a diagonal block (the anchor evaluated in place, the mask on its right part).
+    let whole_block = || {
+        open.as_ref().map(|(ce, ..)| {
+            let last = add(v(vj0), sub(v(vcl), c(1)));
+            let first = add(row0.clone(), c(*ce));
+            (bin(SBin::Le, last.clone(), first.clone()), lt(first, last))
+        })
+    };
+    // `plain` on the blocks whose scale is folded, `diag` on the others (with the causal mask).
+    let by_block = |plain: Vec<Stmt>, diag: Vec<Stmt>| -> Vec<Stmt> {
+        match whole_block() {
+            None => plain,
+            Some((w, d)) => vec![Stmt::If { cond: w, then: plain }, Stmt::If { cond: d, then: diag }],
+        }
+    };
 
     // The score tiles' free flag counts their slots (the n-th wait takes the n-th set).
     let mut vec_free = vec![(V, Mte2, EV_RAW); zs as usize];
     vec_free.extend([(V, Mte2, EV_PV), (Mte3, V, EV_PUB)]);
+    if flat {
+        // A task's results and statistics are free once MTE3 stored them: waited for by the next task
+        // before it writes its own, or by the look-ahead before it starts the statistics of the task after
+        // it (the same slot).
+        vec_free.push((Mte3, V, EV_OUT));
+    }
     let mut vq = prime(&vec_free);
     if zs > 1 {
         vq.push(Stmt::Set { var: zc, value: c(0) });
@@ -1446,6 +1707,13 @@ fn build(
     }
     vq.push(setf(Mte2, V, EV_ONCE));
     vq.push(waitf(Mte2, V, EV_ONCE));
+    if let Some((_, None, Some((b, kneg)), _)) = &kf {
+        // The sign bit of k: its word read as a signed integer.
+        vq.push(setf(Mte2, Pipe::S, EV_ONCE));
+        vq.push(waitf(Mte2, Pipe::S, EV_ONCE));
+        let word = SExpr::Read { buf: *b, slot: Box::new(c(0)), index: Box::new(c(0)) };
+        vq.push(Stmt::Set { var: *kneg, value: lt(word, c(0)) });
+    }
     let softmax = |j: SExpr| -> Vec<Stmt> {
         let mut q = Vec::new();
         set_j_rows(&mut q, vj, vj0, vcl, j, add(row0.clone(), v(rc)));
@@ -1483,10 +1751,12 @@ fn build(
                     // Every column of the block visible to this core's first row: no mask.
                     let last = add(v(vj0), sub(v(vcl), c(1)));
                     let first = add(row0.clone(), c(*ce));
-                    t0.push(Stmt::If {
-                        cond: bin(SBin::Le, last.clone(), first.clone()),
-                        then: vec![vec_st(zb(*b, c(0)), v(vcl), oe.clone())],
-                    });
+                    if kf.is_none() {
+                        t0.push(Stmt::If {
+                            cond: bin(SBin::Le, last.clone(), first.clone()),
+                            then: vec![vec_st(zb(*b, c(0)), v(vcl), oe.clone())],
+                        });
+                    }
                     // Else the columns up to the first row's last visible one (`vw` of them) are seen by
                     // every row of the band: no mask there either; the mask only on the rest, the diagonal.
                     t0.push(Stmt::If {
@@ -1501,53 +1771,87 @@ fn build(
                         ],
                     });
                 }
+                // Without the mask, a folded scale leaves the raw scores as they are.
+                (None, 0) if kf.is_some() => {}
                 _ => t0.push(vec_st(zb(*b, c(0)), v(vcl), e.clone())),
             }
         }
         w.push(live(t0));
         if let Some(xs) = shift {
-            w.push(vec_st(ub(x_old, c(0), 1), c(1), VExpr::ReadRow(ub(rowb[&xs], c(0), 1))));
+            w.push(vec_st(ub(x_old, c(0), 1), c(1), VExpr::ReadRow(srow(rowb[&xs]))));
         }
         for (x, st) in &p.stats {
             if let Stat::Max(z) = st {
-                w.push(live(vec![Stmt::Reduce {
+                let whole = Stmt::Reduce {
                     op: ReduceOp::Max,
                     axis: 1,
                     src: zb(tiles[z].0, c(0)),
-                    dst: ub(rowb[x], c(0), 1),
+                    dst: srow(rowb[x]),
                     rows: v(rc),
                     cols: v(vcl),
                     accumulate: true,
-                }]));
+                };
+                let Some((kv, neg, sign, rm)) = &kf else {
+                    w.push(live(vec![whole]));
+                    continue;
+                };
+                // max_j k·raw = k · (max_j raw if k ≥ 0, else min_j raw): exact, as rounding is monotonic.
+                let red = |op| Stmt::Reduce {
+                    op,
+                    axis: 1,
+                    src: zb(raw, c(0)),
+                    dst: ub(*rm, c(0), 1),
+                    rows: v(rc),
+                    cols: v(vcl),
+                    accumulate: false,
+                };
+                let mut plain = match (neg, sign) {
+                    (Some(true), _) => vec![red(ReduceOp::Min)],
+                    (Some(false), _) | (None, None) => vec![red(ReduceOp::Max)],
+                    (None, Some((_, kneg))) => vec![
+                        Stmt::If { cond: bin(SBin::Eq, v(*kneg), c(1)), then: vec![red(ReduceOp::Min)] },
+                        Stmt::If { cond: bin(SBin::Eq, v(*kneg), c(0)), then: vec![red(ReduceOp::Max)] },
+                    ],
+                };
+                let scaled = VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), rr(*rm));
+                plain.push(vec_st(srow(rowb[x]), c(1), VExpr::Binary(BinOp::Max, rsrow(rowb[x]), Box::new(scaled))));
+                w.push(live(by_block(plain, vec![whole])));
             }
         }
         for (b, e) in &elem_loop {
-            w.push(vec_st(ub(*b, c(0), 1), c(1), e.clone()));
+            w.push(vec_st(srow(*b), c(1), e.clone()));
         }
         if let (Some((l, z, xs)), Some(e_ub)) = (lstat, e_ub) {
             let aslot = ring(vj, hr);
             // alpha = l > 0 ? exp(x_old - x) : 0 (nothing accumulated yet: l and O are 0).
             let a = VExpr::Select(
-                Box::new(VExpr::Binary(BinOp::Gt, rr(rowb[&l]), Box::new(VExpr::F32(0.0)))),
-                Box::new(VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, rr(x_old), rr(rowb[&xs]))))),
+                Box::new(VExpr::Binary(BinOp::Gt, rsrow(rowb[&l]), Box::new(VExpr::F32(0.0)))),
+                Box::new(VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, rr(x_old), rsrow(rowb[&xs]))))),
                 Box::new(VExpr::F32(0.0)),
             );
             w.push(vec_st(ub(alpha, aslot.clone(), 1), c(1), a));
-            let e = VExpr::Unary(
-                UnOp::Exp,
-                Box::new(VExpr::Binary(BinOp::Sub, Box::new(VExpr::Read(zb(tiles[&z].0, c(0)))), rr(rowb[&xs]))),
-            );
-            w.push(live(vec![vec_st(zb(e_ub, c(0)), v(vcl), e)]));
+            let exp_of =
+                |z: VExpr| VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, Box::new(z), rsrow(rowb[&xs]))));
+            let e = exp_of(VExpr::Read(zb(tiles[&z].0, c(0))));
+            match &kf {
+                None => w.push(live(vec![vec_st(zb(e_ub, c(0)), v(vcl), e)])),
+                // exp(k·raw - x): one multiply-add before the exp.
+                Some((kv, ..)) => {
+                    let scaled = VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), Box::new(VExpr::Read(zb(raw, c(0)))));
+                    let plain = vec![vec_st(zb(e_ub, c(0)), v(vcl), exp_of(scaled))];
+                    w.push(live(by_block(plain, vec![vec_st(zb(e_ub, c(0)), v(vcl), e)])));
+                }
+            }
             w.push(vec_st(
-                ub(rowb[&l], c(0), 1),
+                srow(rowb[&l]),
                 c(1),
-                VExpr::Binary(BinOp::Mul, rr(rowb[&l]), Box::new(VExpr::ReadRow(ub(alpha, aslot, 1)))),
+                VExpr::Binary(BinOp::Mul, rsrow(rowb[&l]), Box::new(VExpr::ReadRow(ub(alpha, aslot, 1)))),
             ));
             w.push(live(vec![Stmt::Reduce {
                 op: ReduceOp::Sum,
                 axis: 1,
                 src: zb(e_ub, c(0)),
-                dst: ub(rowb[&l], c(0), 1),
+                dst: srow(rowb[&l]),
                 rows: v(rc),
                 cols: v(vcl),
                 accumulate: true,
@@ -1624,27 +1928,48 @@ fn build(
     coords(&mut body);
     body.push(Stmt::Set { var: r0, value: mul(subc.clone(), c(hr)) });
     body.push(Stmt::Set { var: rc, value: min(c(hr), sub(v(rows), v(r0))) });
-    let mut init = Vec::new();
+    if let Some((ahead, pre, ..)) = fl {
+        body.push(Stmt::Set { var: pre, value: v(ahead) });
+        body.push(Stmt::Set { var: ahead, value: c(0) });
+    }
+    // The statistics' start values (in the task's slot), then O's.
+    let mut stats_init = Vec::new();
     for (x, st) in &p.stats {
         let v0 = match st {
             Stat::Max(_) => VExpr::F32(f32::NEG_INFINITY),
             Stat::SumExp { .. } => VExpr::F32(0.0),
             Stat::Elem => continue,
         };
-        init.push(vec_st(ub(rowb[x], c(0), 1), c(1), v0));
+        stats_init.push(vec_st(srow(rowb[x]), c(1), v0));
     }
     for (b, e) in &elem_loop {
-        init.push(vec_st(ub(*b, c(0), 1), c(1), e.clone()));
+        stats_init.push(vec_st(srow(*b), c(1), e.clone()));
     }
+    // With tasks in flight, the statistics of a task begun in the previous one were started there.
+    let mut init = unless_begun(0, stats_init.clone());
     if let Some(o) = oacc {
         init.push(vec_st(ub(o, c(0), dv), c(dv), VExpr::F32(0.0)));
     }
     body.push(Stmt::If { cond: lt(c(0), v(rc)), then: init });
-    body.extend(softmax(c(0)));
-    body.push(Stmt::If { cond: lt(c(1), v(nj)), then: softmax(c(1)) });
-    // Iteration j: the softmax of block j+2 (its scores were computed while the cube waited for p(j)), then
-    // the update with p(j)·v(j).
-    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(2)), v(nj)), then: softmax(add(v(jb), c(2))) }];
+    body.extend(unless_begun(0, softmax(c(0))));
+    for k in 1..LEAD {
+        body.push(Stmt::If { cond: lt(c(k), v(nj)), then: unless_begun(k, softmax(c(k))) });
+    }
+    // Iteration j: the softmax of block j+2 (its scores were computed while the cube waited for p(j)), or
+    // of the next task's first blocks, then the update with p(j)·v(j).
+    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(LEAD)), v(nj)), then: softmax(add(v(jb), c(LEAD))) }];
+    if let (Some((ahead, ..)), Some((g, g_s)), Some(tp)) = (fl, gb, tpar) {
+        // The vector cores have no k operand (`bbase`).
+        let mut regs: Vec<(SVar, SVar)> = saves.iter().copied().filter(|&(r, _)| r != bbase).collect();
+        regs.extend([(rc, lb.svar("rc_s")), (g, g_s), (tp, lb.svar("tpar_s"))]);
+        let prep = vec![
+            Stmt::Set { var: rc, value: min(c(hr), sub(v(rows), v(r0))) },
+            Stmt::Set { var: g, value: add(v(g), v(nj)) },
+            Stmt::Set { var: tp, value: sub(c(1), v(tp)) },
+        ];
+        let first = vec![waitf(Mte3, V, EV_OUT), Stmt::If { cond: lt(c(0), v(rc)), then: stats_init }];
+        it.extend(look_ahead(mine.clone(), &regs, prep, first, softmax(v(ahead))));
+    }
     if online {
         it.extend(update(v(jb)));
     }
@@ -1659,7 +1984,7 @@ fn build(
     // The consumer's value, then the epilogue and the final statistics.
     let (cb, _) = otiles[&p.consumer];
     let cons = match (p.online, oacc) {
-        (Some((l, _)), Some(o)) => VExpr::Binary(BinOp::Div, Box::new(VExpr::Read(ub(o, c(0), dv))), rr(rowb[&l])),
+        (Some((l, _)), Some(o)) => VExpr::Binary(BinOp::Div, Box::new(VExpr::Read(ub(o, c(0), dv))), rsrow(rowb[&l])),
         _ => VExpr::Read(ub(pv_ub, c(0), dv)),
     };
     fin.push(vec_st(ub(cb, c(0), dv), c(dv), cons));
@@ -1683,7 +2008,7 @@ fn build(
         fin.push(vec_st(ub(*b, c(0), dv), c(dv), e.clone()));
     }
     for (b, e) in &elem_all {
-        fin.push(vec_st(ub(*b, c(0), 1), c(1), e.clone()));
+        fin.push(vec_st(srow(*b), c(1), e.clone()));
     }
     fin.push(setf(V, Mte3, EV_OUT));
     fin.push(waitf(V, Mte3, EV_OUT));
@@ -1699,17 +2024,34 @@ fn build(
         } else if let Some(b) = rowb.get(x) {
             fin.push(Stmt::Copy {
                 pipe: Mte3,
-                src: ub(*b, c(0), 1),
+                src: srow(*b),
                 dst: reg(Loc::Gm(*tt), add(mul(v(bi), c(s)), row0.clone()), 1),
                 rows: v(rc),
                 cols: c(1),
             });
         }
     }
-    // The next task's statistics and results overwrite what MTE3 reads.
-    fin.push(setf(Mte3, V, EV_OUT));
-    fin.push(waitf(Mte3, V, EV_OUT));
-    body.push(Stmt::If { cond: lt(c(0), v(rc)), then: fin });
+    match fl {
+        None => {
+            // The next task's statistics and results overwrite what MTE3 reads.
+            fin.push(setf(Mte3, V, EV_OUT));
+            fin.push(waitf(Mte3, V, EV_OUT));
+            body.push(Stmt::If { cond: lt(c(0), v(rc)), then: fin });
+        }
+        Some((ahead, ..)) => {
+            // Unless the look-ahead waited for them already: the previous task's stores.
+            body.push(Stmt::If { cond: bin(SBin::Eq, v(ahead), c(0)), then: vec![waitf(Mte3, V, EV_OUT)] });
+            body.push(Stmt::If { cond: lt(c(0), v(rc)), then: fin });
+            body.push(setf(Mte3, V, EV_OUT));
+        }
+    }
+    if let (Some((ahead, ..)), Some((g, _)), Some(tp)) = (fl, gb, tpar) {
+        body.push(Stmt::Set { var: g, value: add(v(g), v(nj)) });
+        body.push(Stmt::Set { var: tp, value: sub(c(1), v(tp)) });
+        vq.push(Stmt::Set { var: g, value: c(0) });
+        vq.push(Stmt::Set { var: ahead, value: c(0) });
+        vq.push(Stmt::Set { var: tp, value: c(0) });
+    }
     vq.push(task_loop(mine.clone(), body));
     vq.extend(drain(&vec_free));
     lb.launch.vector = vq;
