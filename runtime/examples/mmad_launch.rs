@@ -14,6 +14,7 @@ struct Timespec {
 
 extern "C" {
     fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
 }
 
 /// This thread's CPU time in seconds (CLOCK_THREAD_CPUTIME_ID): less disturbed by other processes on a busy
@@ -35,7 +36,20 @@ fn main() {
     let b: Vec<u16> = (0..k * n).map(|i| half::bf16::from_f32(((i * 5 % 11) as f32 - 5.0) / 8.0).to_bits()).collect();
     let blk = |v: &str, d: usize| std::env::var(v).ok().and_then(|s| s.parse().ok()).unwrap_or(d);
     let (bm, bn, bk) = (blk("BM", 256), blk("BN", 256), blk("BK", 256));
-    let mut c = vec![0f32; bm * bn];
+    let mut c_vec = vec![0f32; bm * bn];
+    // HUGEC=1: C in a 2 MiB-aligned buffer backed by a huge page (as the executor's scratch is not).
+    let huge_c = std::env::var("HUGEC").is_ok();
+    let c: &mut [f32] = if huge_c {
+        let layout = std::alloc::Layout::from_size_align((bm * bn * 4).div_ceil(2 << 20) * (2 << 20), 2 << 20).unwrap();
+        // SAFETY: a non-zero size; the memory is zeroed, so valid f32s; leaked on purpose.
+        unsafe {
+            let p = std::alloc::alloc_zeroed(layout);
+            madvise(p.cast(), layout.size(), 14);
+            std::slice::from_raw_parts_mut(p.cast(), bm * bn)
+        }
+    } else {
+        &mut c_vec
+    };
     // SAME=1: every block reads the first column window of B (kept packed: the kernel's speed in cache).
     let same_env = std::env::var("SAME").unwrap_or_default();
     let same = same_env.contains('b');
