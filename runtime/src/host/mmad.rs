@@ -27,7 +27,8 @@
 //! 1. [`Path::Amx`] (x86-64 with AMX-TILE, AMX-BF16 and AVX-512BW, and the Linux kernel granting
 //!    `XFEATURE_XTILEDATA` through `arch_prctl(ARCH_REQ_XCOMP_PERM)`): bf16 × bf16 only; other dtypes take
 //!    the AVX-512 path. Tiles of 16 × 16 f32 of `c` are accumulated 2 × 2 at a time (`tmm0..3`) from two
-//!    16 × 32 bf16 tiles of `a` (`tmm4..5`) and two 16-pair × 16 tiles of `b` (`tmm6..7`) with `tdpbf16ps`.
+//!    16 × 32 bf16 tiles of `a` (`tmm4..5`) and two 16-pair × 16 tiles of `b` (`tmm6..7`, loaded with the
+//!    non-temporal hint of `tileloaddt1`: they are streamed) with `tdpbf16ps`.
 //!    `b` is packed per call into the VNNI layout (one panel per 16 columns, `k` padded to a multiple of
 //!    32; element `(p, j)` of a panel at `[(p / 2) * 32 + 2 j + p % 2]`) in a thread-local scratch buffer;
 //!    `a` is read in place (stride `lda * 2` bytes) when `k` is a multiple of 32, except a last partial
