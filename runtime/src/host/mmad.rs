@@ -27,7 +27,8 @@
 //! 1. [`Path::Amx`] (x86-64 with AMX-TILE, AMX-BF16 and AVX-512BW, and the Linux kernel granting
 //!    `XFEATURE_XTILEDATA` through `arch_prctl(ARCH_REQ_XCOMP_PERM)`): bf16 × bf16 only; other dtypes take
 //!    the AVX-512 path. Tiles of 16 × 16 f32 of `c` are accumulated 2 × 2 at a time (`tmm0..3`) from two
-//!    16 × 32 bf16 tiles of `a` (`tmm4..5`) and two 16-pair × 16 tiles of `b` (`tmm6..7`) with `tdpbf16ps`.
+//!    16 × 32 bf16 tiles of `a` (`tmm4..5`) and two 16-pair × 16 tiles of `b` (`tmm6..7`, loaded with the
+//!    non-temporal hint of `tileloaddt1`: they are streamed) with `tdpbf16ps`.
 //!    `b` is packed per call into the VNNI layout (one panel per 16 columns, `k` padded to a multiple of
 //!    32; element `(p, j)` of a panel at `[(p / 2) * 32 + 2 j + p % 2]`) in a thread-local scratch buffer;
 //!    `a` is read in place (stride `lda * 2` bytes) when `k` is a multiple of 32, except a last partial
@@ -44,7 +45,10 @@
 //! 3. [`Path::Portable`]: plain Rust, the reference described above.
 //!
 //! Scratch memory is thread-local, grows to the largest call seen and is reused: a steady-state call does not
-//! allocate.
+//! allocate. The packings kept for a launch (`kc_mmad`'s bits 1 and 2) go one after another into 2 MiB-aligned
+//! chunks of 8 MiB (or the entry's size) that Linux is asked to back with transparent huge pages: AMX tile
+//! loads read the packed panels at a 512-byte or 1 KiB row stride, and a launch's packings are megabytes, so
+//! with 4 KiB pages the tile loads kept walking new pages (10% of a 2048³ matmul).
 
 use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
@@ -357,10 +361,8 @@ pub fn clear_b_cache() {
     for cache in [&B_CACHE, &A_CACHE] {
         let _ = cache.try_with(|c| {
             if let Ok(mut c) = c.try_borrow_mut() {
-                // The buffers stay for the next launch (a fresh one would be zeroed and faulted in again).
-                for e in c.iter_mut() {
-                    e.0 = None;
-                }
+                // The memory stays for the next launch (fresh memory would be zeroed and faulted in again).
+                c.forget();
             }
         });
     }
@@ -368,12 +370,108 @@ pub fn clear_b_cache() {
 
 /// A packed operand's key: (address, leading dimension, and its two sizes).
 type PackKey = (usize, usize, usize, usize);
-/// A thread's packed operands: an entry without a key is a free buffer.
-type PackCache = RefCell<Vec<(Option<PackKey>, Vec<Line>)>>;
 
-/// The packed form of the operand `key` in `cache` (`bytes` long), packed by `pack` into a free buffer if
-/// it is not there yet. When every entry holds an operand, all are forgotten first. `None` if the cache is
-/// unavailable (the thread is ending, or a borrow is active).
+/// Memory for packed operands: 2 MiB-aligned chunks that the kernel is asked to back with huge pages
+/// (`madvise(MADV_HUGEPAGE)`), never freed while the thread lives.
+///
+/// Why huge pages: a launch's packed operands are megabytes (a 2048³ matmul keeps 8 MiB of each operand per
+/// thread), read back by AMX tile loads one 64-byte row per page-sized stride; with 4 KiB pages each block
+/// of tile loads walks new pages.
+struct Chunk {
+    ptr: *mut u8,
+    bytes: usize,
+}
+
+impl Chunk {
+    const ALIGN: usize = 2 << 20;
+
+    /// A chunk of at least `bytes` (rounded up to 2 MiB), or `None` if the allocation fails.
+    fn new(bytes: usize) -> Option<Chunk> {
+        let bytes = bytes.div_ceil(Self::ALIGN).max(1) * Self::ALIGN;
+        let layout = std::alloc::Layout::from_size_align(bytes, Self::ALIGN).ok()?;
+        // SAFETY: a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        if ptr.is_null() {
+            return None;
+        }
+        advise_huge(ptr, bytes);
+        Some(Chunk { ptr, bytes })
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `Chunk::new` with this layout.
+        unsafe {
+            std::alloc::dealloc(self.ptr, std::alloc::Layout::from_size_align_unchecked(self.bytes, Self::ALIGN))
+        };
+    }
+}
+
+/// Asks Linux to back `[ptr, ptr + bytes)` with transparent huge pages (a hint: ignored where unsupported).
+#[cfg(target_os = "linux")]
+fn advise_huge(ptr: *mut u8, bytes: usize) {
+    extern "C" {
+        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+    }
+    const MADV_HUGEPAGE: i32 = 14;
+    // SAFETY: the range is a live allocation of this process; the advice changes no contents.
+    unsafe { madvise(ptr.cast(), bytes, MADV_HUGEPAGE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge(_ptr: *mut u8, _bytes: usize) {}
+
+/// A thread's packed operands: entries placed one after another in the chunks (a bump allocator), all
+/// forgotten at once.
+#[derive(Default)]
+struct PackArena {
+    chunks: Vec<Chunk>,
+    /// The chunk and offset where the next entry goes.
+    at: (usize, usize),
+    /// (key, address) of the entries.
+    entries: Vec<(PackKey, *mut u8)>,
+}
+
+impl PackArena {
+    /// Forgets every entry; the chunks stay.
+    fn forget(&mut self) {
+        self.entries.clear();
+        self.at = (0, 0);
+    }
+
+    /// Room for `bytes` (64-byte aligned), in the current chunk or the next (allocated if needed).
+    fn alloc(&mut self, bytes: usize) -> Option<*mut u8> {
+        let bytes = bytes.div_ceil(64).max(1) * 64;
+        loop {
+            let (c, off) = self.at;
+            if c == self.chunks.len() {
+                self.chunks.push(Chunk::new(bytes.max(PACK_CHUNK_BYTES))?);
+            }
+            let chunk = &self.chunks[c];
+            if off + bytes <= chunk.bytes {
+                self.at = (c, off + bytes);
+                // SAFETY: inside the chunk.
+                return Some(unsafe { chunk.ptr.add(off) });
+            }
+            if off == 0 {
+                // Too small even when empty: replace it by one that holds the entry.
+                self.chunks[c] = Chunk::new(bytes)?;
+                continue;
+            }
+            self.at = (c + 1, 0);
+        }
+    }
+}
+
+/// The size of a packing chunk (a multiple of 2 MiB).
+const PACK_CHUNK_BYTES: usize = 8 << 20;
+
+type PackCache = RefCell<PackArena>;
+
+/// The packed form of the operand `key` in `cache` (`bytes` long), packed by `pack` into new room if it is
+/// not there yet. When the cache holds `B_CACHE_ENTRIES` operands, all are forgotten first. `None` if the
+/// cache is unavailable (the thread is ending, or a borrow is active) or memory for it cannot be had.
 #[cfg(target_arch = "x86_64")]
 fn packed(
     cache: &'static std::thread::LocalKey<PackCache>,
@@ -384,30 +482,16 @@ fn packed(
     cache
         .try_with(|c| {
             let mut c = c.try_borrow_mut().ok()?;
-            if let Some((_, v)) = c.iter().find(|(k, _)| *k == Some(key)) {
-                return Some(v.as_ptr().cast::<u8>());
+            if let Some(&(_, p)) = c.entries.iter().find(|(k, _)| *k == key) {
+                return Some(p.cast_const());
             }
-            let lines = bytes.div_ceil(64);
-            let i = match c.iter().position(|(k, _)| k.is_none()) {
-                Some(i) => i,
-                None if c.len() < B_CACHE_ENTRIES => {
-                    c.push((None, Vec::new()));
-                    c.len() - 1
-                }
-                None => {
-                    for e in c.iter_mut() {
-                        e.0 = None;
-                    }
-                    0
-                }
-            };
-            let (k, v) = &mut c[i];
-            if v.len() < lines {
-                v.resize(lines, Line([0; 64]));
+            if c.entries.len() >= B_CACHE_ENTRIES {
+                c.forget();
             }
-            pack(v.as_mut_ptr().cast::<u8>());
-            *k = Some(key);
-            Some(v.as_ptr().cast::<u8>())
+            let p = c.alloc(bytes)?;
+            pack(p);
+            c.entries.push((key, p));
+            Some(p.cast_const())
         })
         .ok()
         .flatten()
@@ -418,10 +502,10 @@ fn packed(
 const B_CACHE_ENTRIES: usize = 64;
 
 thread_local! {
-    static B_CACHE: PackCache = const { RefCell::new(Vec::new()) };
+    static B_CACHE: PackCache = RefCell::new(PackArena::default());
     /// Packed `a` operands by (address, lda, m, k), kept like `B_CACHE` (`kc_mmad`'s `accumulate` bit 2): a
     /// matmul's A tile is used once per column block, so packing it each time did the same work many times.
-    static A_CACHE: PackCache = const { RefCell::new(Vec::new()) };
+    static A_CACHE: PackCache = RefCell::new(PackArena::default());
 }
 
 /// The arguments of one call, checked and converted.
@@ -779,7 +863,10 @@ mod amx {
         }
     }
 
-    /// `tileloadd tmm{T}, [ptr + stride]` (16 rows of 64 bytes).
+    /// `tileloadd tmm{T}, [ptr + stride]` (16 rows of 64 bytes); for the B tiles (6 and 7) `tileloaddt1`, the
+    /// load with a non-temporal hint: a block's B panels are streamed (used once per pass over the rows of
+    /// `c`), while its A panels and C tiles are reused from L1, which the hint leaves to them (7% faster on a
+    /// matmul launch; the hint on the A tiles too is slower).
     #[inline(always)]
     unsafe fn load<const T: usize>(ptr: *const u8, stride: usize) {
         // SAFETY: the caller's: 16 rows of 64 bytes at `ptr` with `stride` are readable.
@@ -791,8 +878,8 @@ mod amx {
                 3 => asm!("tileloadd tmm3, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
                 4 => asm!("tileloadd tmm4, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
                 5 => asm!("tileloadd tmm5, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
-                6 => asm!("tileloadd tmm6, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
-                _ => asm!("tileloadd tmm7, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
+                6 => asm!("tileloaddt1 tmm6, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
+                _ => asm!("tileloaddt1 tmm7, [{}+{}*1]", in(reg) ptr, in(reg) stride, options(nostack, readonly)),
             }
         }
     }
@@ -1014,35 +1101,46 @@ mod amx {
         unsafe {
             let lo_idx = _mm512_loadu_si512(lo_idx.as_ptr().cast());
             let hi_idx = _mm512_loadu_si512(hi_idx.as_ptr().cast());
-            // Column chunk outer, so the stores run down two panels sequentially.
-            let mut j0 = 0;
-            while j0 < panels * 16 {
-                let mask = mask32(n - j0);
-                let q = j0 / 16;
-                let lo_dst = dst.add(q * pstride);
-                let hi_dst = if q + 1 < panels { Some(dst.add((q + 1) * pstride)) } else { None };
-                let src = b.add(j0);
-                for pp in 0..kp / 2 {
-                    let (r0, r1) = (2 * pp, 2 * pp + 1);
-                    let (x0, x1) = if r1 < k {
-                        (
-                            _mm512_maskz_loadu_epi16(mask, src.add(r0 * ldb).cast()),
-                            _mm512_maskz_loadu_epi16(mask, src.add(r1 * ldb).cast()),
-                        )
-                    } else if r0 < k {
-                        (_mm512_maskz_loadu_epi16(mask, src.add(r0 * ldb).cast()), _mm512_setzero_si512())
-                    } else {
-                        (_mm512_setzero_si512(), _mm512_setzero_si512())
-                    };
-                    _mm512_storeu_si512(lo_dst.add(pp * 32).cast(), _mm512_permutex2var_epi16(x0, lo_idx, x1));
-                    if let Some(hi_dst) = hi_dst {
-                        _mm512_storeu_si512(hi_dst.add(pp * 32).cast(), _mm512_permutex2var_epi16(x0, hi_idx, x1));
+            // Blocks of PACK_PAIRS row pairs, column chunks inside: the source is read as 2·PACK_PAIRS
+            // sequential row streams (a column chunk outer loop read it down the columns, a new line per load
+            // at the row stride, which the prefetchers do not follow: 4x slower than a copy), and each column
+            // chunk writes 2·PACK_PAIRS·64 contiguous bytes into each of two panels.
+            let mut pb = 0;
+            while pb < kp / 2 {
+                let pe = (pb + PACK_PAIRS).min(kp / 2);
+                let mut j0 = 0;
+                while j0 < panels * 16 {
+                    let mask = mask32(n - j0);
+                    let q = j0 / 16;
+                    let lo_dst = dst.add(q * pstride);
+                    let hi_dst = if q + 1 < panels { Some(dst.add((q + 1) * pstride)) } else { None };
+                    let src = b.add(j0);
+                    for pp in pb..pe {
+                        let (r0, r1) = (2 * pp, 2 * pp + 1);
+                        let (x0, x1) = if r1 < k {
+                            (
+                                _mm512_maskz_loadu_epi16(mask, src.add(r0 * ldb).cast()),
+                                _mm512_maskz_loadu_epi16(mask, src.add(r1 * ldb).cast()),
+                            )
+                        } else if r0 < k {
+                            (_mm512_maskz_loadu_epi16(mask, src.add(r0 * ldb).cast()), _mm512_setzero_si512())
+                        } else {
+                            (_mm512_setzero_si512(), _mm512_setzero_si512())
+                        };
+                        _mm512_storeu_si512(lo_dst.add(pp * 32).cast(), _mm512_permutex2var_epi16(x0, lo_idx, x1));
+                        if let Some(hi_dst) = hi_dst {
+                            _mm512_storeu_si512(hi_dst.add(pp * 32).cast(), _mm512_permutex2var_epi16(x0, hi_idx, x1));
+                        }
                     }
+                    j0 += 32;
                 }
-                j0 += 32;
+                pb = pe;
             }
         }
     }
+
+    /// Row pairs of `b` per block of [`pack_b_vnni`].
+    const PACK_PAIRS: usize = 16;
 
     /// Copies `rows` rows of `k` bf16 (row stride `lda`) to `dst` with row stride `kp`, zero-padded to `kp`
     /// columns and `rows_to` rows.
@@ -1486,6 +1584,90 @@ mod tests {
         }
         clear_b_cache();
         assert_eq!(run(&a, 8), reference(&a, 8), "after clearing, the new contents");
+    }
+
+    /// The arena of kept packings: entries are 64-byte aligned, do not overlap, fill a chunk before the next
+    /// one is used, an entry larger than a chunk gets a chunk of its own, and forgetting reuses the memory.
+    #[test]
+    fn host_mmad_pack_arena() {
+        let mut arena = PackArena::default();
+        let mut got: Vec<(usize, usize)> = Vec::new();
+        for bytes in [100, 64, 1 << 20, 3 << 20, 5, PACK_CHUNK_BYTES + 1, 7 << 20, 64] {
+            let p = arena.alloc(bytes).expect("memory") as usize;
+            assert_eq!(p % 64, 0, "aligned");
+            // SAFETY: the entry is `bytes` long: writing all of it must not disturb the others (checked below).
+            unsafe { std::ptr::write_bytes(p as *mut u8, got.len() as u8, bytes) };
+            got.push((p, bytes));
+        }
+        for (i, &(p, bytes)) in got.iter().enumerate() {
+            for &(q, qb) in &got[i + 1..] {
+                assert!(p + bytes <= q || q + qb <= p, "entries overlap");
+            }
+            // SAFETY: the entry's memory, written above.
+            let first_last = unsafe { (*(p as *const u8), *((p + bytes - 1) as *const u8)) };
+            assert_eq!(first_last, (i as u8, i as u8), "entry {i} was overwritten");
+        }
+        assert!(arena.chunks.iter().any(|c| c.bytes > PACK_CHUNK_BYTES), "the big entry got its own chunk");
+        let chunks = arena.chunks.len();
+        arena.forget();
+        assert_eq!(arena.alloc(100).map(|p| p as usize), Some(got[0].0), "forgetting starts over");
+        assert_eq!(arena.chunks.len(), chunks, "the chunks stay");
+    }
+
+    /// A kept `b` whose packing is larger than an arena chunk (here 2080 × 2100: 9 MiB packed), next to
+    /// small ones, computes the contract, from the cache too.
+    #[test]
+    fn host_mmad_keeps_large_packings() {
+        let (m, k, n) = (16usize, 2080usize, 2100usize);
+        let mut rng = SmallRng::seed_from_u64(9);
+        let a = Mat::random(&mut rng, Dtype::Bf16, m * k);
+        let b = Mat::random(&mut rng, Dtype::Bf16, k * n);
+        let mut want = vec![0f32; m * n];
+        mmad_with(Path::Portable, a.operand(), k, b.operand(), n, &mut want, n, (m, k, n), false);
+        clear_b_cache();
+        for round in 0..3 {
+            // A small kept operand between the large ones: the arena moves on to a new chunk and back.
+            let mut small = vec![0f32; 16 * 16];
+            let b_small = &b.bf16s[(round + 1) * 16..];
+            unsafe {
+                kc_mmad(
+                    a.bf16s.as_ptr().cast(),
+                    1,
+                    k as i64,
+                    b_small.as_ptr().cast(),
+                    1,
+                    n as i64,
+                    small.as_mut_ptr(),
+                    16,
+                    16,
+                    64,
+                    16,
+                    2,
+                )
+            };
+            let mut c = vec![0f32; m * n];
+            // SAFETY: the windows are the vectors' own.
+            unsafe {
+                kc_mmad(
+                    a.bf16s.as_ptr().cast(),
+                    1,
+                    k as i64,
+                    b.bf16s.as_ptr().cast(),
+                    1,
+                    n as i64,
+                    c.as_mut_ptr(),
+                    n as i64,
+                    m as i64,
+                    k as i64,
+                    n as i64,
+                    6,
+                )
+            };
+            for (i, (&g, &w)) in c.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "round {round}: c[{i}] = {g}, want {w}");
+            }
+        }
+        clear_b_cache();
     }
 
     /// The JIT's entry point: codes, k = 0, and invalid arguments.

@@ -1,0 +1,95 @@
+//! Times the host mmad as a host matmul launch calls it (`kc_runtime::host::mmad::kc_mmad`): `M × K × N` bf16
+//! in GM, 256 × 256 blocks of C in an f32 scratch, k windows of 256 read in place from GM with the "does not
+//! change" bits set (so the packed operands are kept for the launch), the caches cleared per launch as the
+//! executor does. Prints the best launch time (thread CPU time) of 7 and its TFLOP/s (the C conversion to bf16 not included).
+//! Run with `cargo run --release -p kc-runtime --example mmad_launch [M K N]`.
+
+use kc_runtime::host::mmad::{clear_b_cache, kc_mmad};
+
+#[repr(C)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+
+extern "C" {
+    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+}
+
+/// This thread's CPU time in seconds (CLOCK_THREAD_CPUTIME_ID): less disturbed by other processes on a busy
+/// machine than the wall clock.
+fn cpu_time() -> f64 {
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: a valid clock id and a valid output pointer.
+    unsafe { clock_gettime(3, &mut ts) };
+    ts.sec as f64 + ts.nsec as f64 * 1e-9
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().expect("M K N")).collect();
+    let (m, k, n) = match args[..] {
+        [m, k, n] => (m, k, n),
+        _ => (2048, 2048, 2048),
+    };
+    let a: Vec<u16> = (0..m * k).map(|i| half::bf16::from_f32(((i * 7 % 13) as f32 - 6.0) / 8.0).to_bits()).collect();
+    let b: Vec<u16> = (0..k * n).map(|i| half::bf16::from_f32(((i * 5 % 11) as f32 - 5.0) / 8.0).to_bits()).collect();
+    let blk = |v: &str, d: usize| std::env::var(v).ok().and_then(|s| s.parse().ok()).unwrap_or(d);
+    let (bm, bn, bk) = (blk("BM", 256), blk("BN", 256), blk("BK", 256));
+    let mut c_vec = vec![0f32; bm * bn];
+    // HUGEC=1: C in a 2 MiB-aligned buffer backed by a huge page (as the executor's scratch is not).
+    let huge_c = std::env::var("HUGEC").is_ok();
+    let c: &mut [f32] = if huge_c {
+        let layout = std::alloc::Layout::from_size_align((bm * bn * 4).div_ceil(2 << 20) * (2 << 20), 2 << 20).unwrap();
+        // SAFETY: a non-zero size; the memory is zeroed, so valid f32s; leaked on purpose.
+        unsafe {
+            let p = std::alloc::alloc_zeroed(layout);
+            madvise(p.cast(), layout.size(), 14);
+            std::slice::from_raw_parts_mut(p.cast(), bm * bn)
+        }
+    } else {
+        &mut c_vec
+    };
+    // SAME=1: every block reads the first column window of B (kept packed: the kernel's speed in cache).
+    let same_env = std::env::var("SAME").unwrap_or_default();
+    let same = same_env.contains('b');
+    let same_a = same_env.contains('a');
+    // KEEP: the "does not change" bits to pass (6: a and b, 2: b only, 4: a only, 0: none).
+    let keep: i64 = std::env::var("KEEP").ok().and_then(|s| s.parse().ok()).unwrap_or(6) | 1;
+    let mut sink = 0f32;
+    let mut best = f64::INFINITY;
+    for _ in 0..7 {
+        clear_b_cache();
+        let t = cpu_time();
+        for m0 in (0..m).step_by(bm) {
+            for n0 in (0..n).step_by(bn) {
+                let (rows, cols) = ((m - m0).min(bm), (n - n0).min(bn));
+                for k0 in (0..k).step_by(bk) {
+                    let kl = (k - k0).min(bk);
+                    let flags = (if k0 > 0 { 7 } else { 6 }) & keep;
+                    // SAFETY: the windows lie inside the vectors.
+                    unsafe {
+                        kc_mmad(
+                            a.as_ptr().add(if same_a { 0 } else { m0 * k + k0 }).cast(),
+                            1,
+                            k as i64,
+                            b.as_ptr().add(k0 * n + if same { 0 } else { n0 }).cast(),
+                            1,
+                            n as i64,
+                            c.as_mut_ptr(),
+                            bn as i64,
+                            rows as i64,
+                            kl as i64,
+                            cols as i64,
+                            flags,
+                        )
+                    };
+                }
+                sink += c[0];
+            }
+        }
+        best = best.min(cpu_time() - t);
+    }
+    let flops = 2.0 * (m * n * k) as f64;
+    println!("M={m} K={k} N={n}: best {:.2} ms, {:.3} TFLOP/s (sink {sink})", best * 1e3, flops / best / 1e12);
+}
