@@ -32,6 +32,12 @@
 //!   time, then the statement reads it from there; bf16 results go to an f32 scratch row that
 //!   [`kc_rt_f32_to_bf16`](kc_runtime::native::kc_rt_f32_to_bf16) rounds into the destination. Both routines
 //!   compute the bits of the inline code (`codegen/tests/math.rs`).
+//! - Row routines ([`RowForm`]): a vector statement `exp(src - s)` into `f32`, or `src op s` / `s op src`
+//!   (`+ - * /`) into `f32` or bf16, with `src` an element read of an `f32`/bf16 window and `s` a row-invariant
+//!   float, is one host call per row ([`rowmath::kc_rt_row_exp`], [`rowmath::kc_rt_row_scalar`], 16 lanes at
+//!   a time, the same bits); `exp(src - s)` followed by the row sum of its destination computes the sum in the
+//!   same call ([`Gen::exp_sum`]); in a chunked statement, an `exp` whose argument has that form is computed
+//!   from the source row straight into its scratch row.
 //! - Transcendental functions are inline `f32x4` code ([`crate::math`]: evaluated in f64 lanes and rounded
 //!   once, within 1 ulp of the interpreter); `min`/`max` propagate NaN as the interpreter does; bf16 and
 //!   f16 conversions are done in registers with round-to-nearest-even. `pow` and float `%` call `libm`

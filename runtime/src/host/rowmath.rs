@@ -1,4 +1,5 @@
-//! Row-wise float routines for JIT-compiled vector code: `exp` over a run of `f32`s in place, and the
+//! Row-wise float routines for JIT-compiled vector code: `exp` over a run of `f32`s in place, whole rows of
+//! the vector statements `exp(x - s)` (with the row's sum) and `x op s` (`s` a per-row value), and the
 //! reductions of a row (sum, max, min) to one `f32`.
 //!
 //! Cranelift emits 128-bit vectors only; these routines are plain Rust loops compiled a second time for
@@ -12,7 +13,17 @@
 //!   `exp` holds.
 //! - [`reduce_row`] folds a row into [`LANES`] (32) running lanes (element `c` into lane `c mod 32`, for the
 //!   first `32·⌊n/32⌋` elements), then folds the lanes in order, then the tail in order. Max and min propagate NaN
-//!   (as the interpreter's `nan_max`/`nan_min`), so their result is the interpreter's whatever the order.
+//!   (as the interpreter's `nan_max`/`nan_min`), so their result is the interpreter's whatever the order. It
+//!   requests the lines 4 KiB ahead of its reads (the hardware prefetcher stops at page boundaries, and a
+//!   row reduction is often the first touch of its tensor).
+//! - [`kc_rt_row_exp`] computes one row of `dst = exp(src - s)` (or `exp(src)`) from an `f32` or bf16 row, and,
+//!   for the JIT's fusion of such a statement with the row sum of its destination that follows it, that sum
+//!   in [`reduce_row`]'s order: the bits of the two statements run one after the other, in one pass.
+//! - [`kc_rt_row_scalar`] computes one row of `dst = src op s` or `s op src` (`+ - * /` in `f32`), from and to
+//!   `f32` or bf16 (rounded as the JIT rounds): softmax's normalization, for one.
+//!
+//! The row routines work by blocks of [`LANES`] elements, each loaded before it is stored, so a destination
+//! may be its source (the same window); they are given no other overlap.
 
 use kc_ir::graph::ReduceOp;
 
