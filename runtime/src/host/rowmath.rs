@@ -592,7 +592,15 @@ mod tests {
     #[test]
     fn row_scalar_is_the_scalar_operation_and_rounding() {
         let mut t = vec![0u16; 6];
-        let specials = [1.0f32, f32::NAN, 1.00390625, 1.01171875, -3.0e38, f32::from_bits(0x7F80_0001)];
+        // Ties to even (1 + 2^-8, 1 + 3·2^-8), a quiet and a signalling NaN, a large negative value.
+        let specials = [
+            1.0f32,
+            f32::NAN,
+            f32::from_bits(0x3F80_8000),
+            f32::from_bits(0x3F81_8000),
+            -3.0e38,
+            f32::from_bits(0x7F80_0001),
+        ];
         unsafe { crate::native::kc_rt_f32_to_bf16(t.as_mut_ptr(), specials.as_ptr() as *const u32, 6) };
         for (h, x) in t.iter().zip(specials) {
             assert_eq!(*h, bf16_bits(x));
