@@ -32,6 +32,12 @@
 //!   time, then the statement reads it from there; bf16 results go to an f32 scratch row that
 //!   [`kc_rt_f32_to_bf16`](kc_runtime::native::kc_rt_f32_to_bf16) rounds into the destination. Both routines
 //!   compute the bits of the inline code (`codegen/tests/math.rs`).
+//! - Row routines ([`RowForm`]): a vector statement `exp(src - s)` into `f32`, or `src op s` / `s op src`
+//!   (`+ - * /`) into `f32` or bf16, with `src` an element read of an `f32`/bf16 window and `s` a row-invariant
+//!   float, is one host call per row ([`rowmath::kc_rt_row_exp`], [`rowmath::kc_rt_row_scalar`], 16 lanes at
+//!   a time, the same bits); `exp(src - s)` followed by the row sum of its destination computes the sum in the
+//!   same call ([`Gen::exp_sum`]); in a chunked statement, an `exp` whose argument has that form is computed
+//!   from the source row straight into its scratch row.
 //! - Transcendental functions are inline `f32x4` code ([`crate::math`]: evaluated in f64 lanes and rounded
 //!   once, within 1 ulp of the interpreter); `min`/`max` propagate NaN as the interpreter does; bf16 and
 //!   f16 conversions are done in registers with round-to-nearest-even. `pow` and float `%` call `libm`
@@ -49,7 +55,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use kc_ir::diag::{Code, Diagnostic};
 use kc_ir::dtype::DType;
-use kc_ir::graph::{BinOp, Graph, UnOp};
+use kc_ir::graph::{BinOp, Graph, ReduceOp, UnOp};
 use kc_ir::interp::Limits;
 use kc_ir::launch::Args;
 use kc_ir::span::Span;
@@ -57,6 +63,7 @@ use kc_ir::tile::{
     BufId, Launch, LibOp, Loc, Region, SBin, SExpr, SVar, Stmt, TensorId, TensorRole, TileProgram, VExpr,
 };
 use kc_runtime::gm::Results;
+use kc_runtime::host::rowmath;
 use kc_runtime::native::{self, CoreFn, LibKind, NativeLaunch, NativeStats, Site};
 use std::collections::BTreeMap;
 
@@ -177,6 +184,8 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_reduce", native::kc_rt_reduce as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_exp_f32", kc_runtime::host::rowmath::kc_rt_exp_f32 as *const u8, vec![I64; 2], vec![]),
         ("kc_rt_f32_to_bf16", native::kc_rt_f32_to_bf16 as *const u8, vec![I64; 3], vec![]),
+        ("kc_rt_row_exp", rowmath::kc_rt_row_exp as *const u8, vec![I64, I64, I64, F32, I64, I64], vec![]),
+        ("kc_rt_row_scalar", rowmath::kc_rt_row_scalar as *const u8, vec![I64, I64, I64, F32, I64], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
@@ -565,9 +574,11 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         let mut i = 0;
         while i < body.len() {
             self.path.push(i);
-            let n = fusable_run(self.prog, self.launch, &body[i..]);
+            let mut n = fusable_run(self.prog, self.launch, &body[i..]);
             if n >= 2 {
                 self.vector_group(&body[i..i + n])?;
+            } else if self.exp_sum(&body[i..])? {
+                n = 2;
             } else {
                 self.stmt(&body[i])?;
             }
@@ -1371,6 +1382,93 @@ fn same_storage(a: &Region, b: &Region) -> bool {
     }
 }
 
+/// A vector statement that a host routine computes row by row, 16 lanes at a time ([`Gen::row_routine`]).
+enum RowForm<'e> {
+    /// `exp(src - s)` (or `exp(src)`) into `f32`: [`rowmath::kc_rt_row_exp`].
+    Exp { src: &'e Region, s: Option<&'e VExpr> },
+    /// `src op s`, or `s op src` (`swap`), `op` one of `+ - * /`, into `f32` or bf16:
+    /// [`rowmath::kc_rt_row_scalar`].
+    Scalar { src: &'e Region, s: &'e VExpr, op: BinOp, swap: bool },
+}
+
+/// The dtype of a region's storage.
+fn region_dtype(prog: &TileProgram, l: &Launch, r: &Region) -> Option<DType> {
+    match &r.loc {
+        Loc::Gm(t) => prog.tensors.get(t.0 as usize).map(|g| g.dtype),
+        Loc::Buf { buf, .. } => l.buffers.get(buf.0 as usize).map(|b| b.dtype),
+    }
+}
+
+/// `e` as a row-invariant float that computes nothing that can fail (no division).
+fn row_float(prog: &TileProgram, l: &Launch, e: &VExpr) -> bool {
+    var_of(e) != Var::Elem && ty_of(prog, l, e) == Some(Ty::F) && !has_div(e)
+}
+
+/// `e` as an element read of an `f32` or bf16 region.
+fn float_read<'e>(prog: &TileProgram, l: &Launch, e: &'e VExpr) -> Option<&'e Region> {
+    match e {
+        VExpr::Read(r) if matches!(region_dtype(prog, l, r), Some(DType::F32 | DType::BF16)) => Some(r),
+        _ => None,
+    }
+}
+
+/// An `exp`'s argument as `src - s` (`s` row-invariant) or `src`, `src` an element read of `f32`/bf16.
+fn exp_arg<'e>(prog: &TileProgram, l: &Launch, a: &'e VExpr) -> Option<(&'e Region, Option<&'e VExpr>)> {
+    if let Some(r) = float_read(prog, l, a) {
+        return Some((r, None));
+    }
+    match a {
+        VExpr::Binary(BinOp::Sub, x, s) if row_float(prog, l, s) => Some((float_read(prog, l, x)?, Some(&**s))),
+        _ => None,
+    }
+}
+
+/// The [`RowForm`] of a vector statement, when it has one and computing it row by row, a block of elements
+/// loaded before it is stored, reads what the statement reads: the source is the destination's window or
+/// in other storage (and not in a GM tensor that may share the destination's memory at another window), and
+/// the row value reads nothing the statement writes.
+fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -> Option<RowForm<'e>> {
+    let ddt = region_dtype(prog, l, dst)?;
+    let form = match expr {
+        VExpr::Unary(UnOp::Exp, a) if ddt == DType::F32 => {
+            let (src, s) = exp_arg(prog, l, a)?;
+            RowForm::Exp { src, s }
+        }
+        VExpr::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div), a, b)
+            if matches!(ddt, DType::F32 | DType::BF16) =>
+        {
+            if let (Some(src), true) = (float_read(prog, l, a), row_float(prog, l, b)) {
+                RowForm::Scalar { src, s: b, op: *op, swap: false }
+            } else if let (true, Some(src)) = (row_float(prog, l, a), float_read(prog, l, b)) {
+                RowForm::Scalar { src, s: a, op: *op, swap: true }
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    };
+    let (src, s) = match &form {
+        RowForm::Exp { src, s } => (*src, *s),
+        RowForm::Scalar { src, s, .. } => (*src, Some(*s)),
+    };
+    let aliased = |r: &Region| matches!(r.loc, Loc::Gm(t) if may_alias(prog, t));
+    let same_elems =
+        |a: &Region, b: &Region| norm(&a.offset) == norm(&b.offset) && norm(&a.row_stride) == norm(&b.row_stride);
+    if same_storage(src, dst) && !(src == dst || same_window(src, dst))
+        || aliased(src) && aliased(dst) && !same_elems(src, dst)
+    {
+        return None;
+    }
+    if let Some(s) = s {
+        let mut reads = Vec::new();
+        collect_reads(s, &mut reads);
+        if reads.iter().any(|(_, r)| same_storage(r, dst) || aliased(r) && aliased(dst)) {
+            return None;
+        }
+    }
+    Some(form)
+}
+
 /// How many statements from the start of `body` run as one fused element loop (see [`Gen::vector_group`]):
 /// consecutive `Vector` statements over the same `rows × cols` (the same expressions), each on the SIMD path
 /// into `f32`/`bf16` without a hazard of its own, such that fusing changes nothing any statement reads:
@@ -1571,6 +1669,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
     }
 
     fn vector(&mut self, dst: &'p Region, rows: &SExpr, cols: &SExpr, expr: &'p VExpr) -> Result<(), Diagnostic> {
+        if let Some(form) = row_form(self.prog, self.launch, dst, expr) {
+            return self.row_routine(dst, rows, cols, expr, &form, None);
+        }
         let rows = self.sexpr(rows)?;
         let cols = self.sexpr(cols)?;
         let d = self.region(dst, "the vector statement's destination")?;
@@ -1684,6 +1785,18 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 for (i, node) in exps.iter().enumerate() {
                     let VExpr::Unary(_, arg) = node else { unreachable!("only `exp` nodes are collected") };
                     let slot = g.exp_slot(i);
+                    if let Some((src, s)) = exp_arg(g.prog, g.launch, arg) {
+                        // `exp(src - s)`: straight from the source row into the scratch, one call.
+                        let x = g.read_res(&reads, src)?.clone();
+                        let ps = g.elem_addr(&x, Some(r), Some(cs));
+                        let base = g.b.ins().stack_addr(types::I64, slot, 0);
+                        let (f, sv) = g.row_exp_args(&x, s, &reads, &row_vals, r)?;
+                        let flags = g.iconst(f);
+                        let null = g.iconst(0);
+                        g.call("kc_rt_row_exp", &[base, ps, flags, sv, n, null]);
+                        done.push((*node as *const VExpr, slot));
+                        continue;
+                    }
                     g.b.def_var(cv, cs);
                     g.loop_while_fits(cv, 4, ce, 4, |g, c| {
                         let v = g.vx(arg, &reads, &row_vals, At { r, c, tail: false })?;
@@ -1732,6 +1845,148 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             self.call("kc_rt_copy", &[a]);
         }
         Ok(())
+    }
+
+    /// A vector statement `exp(src - s)` into `f32` ([`row_form`]) followed by the sum of its destination's
+    /// rows (the same window and sizes) into an `f32` buffer apart from both: one [`rowmath::kc_rt_row_exp`]
+    /// call per row computes the row and its sum, with the bits of the two statements run one after the other
+    /// (the sum in [`rowmath::reduce_row`]'s order). `false`: not such a pair (nothing emitted).
+    fn exp_sum(&mut self, body: &'p [Stmt]) -> Result<bool, Diagnostic> {
+        let [Stmt::Vector { dst, rows, cols, expr }, Stmt::Reduce { op: ReduceOp::Sum, axis: 1, src, dst: rd, rows: r2, cols: c2, accumulate }, ..] =
+            body
+        else {
+            return Ok(false);
+        };
+        if src != dst || r2 != rows || c2 != cols {
+            return Ok(false);
+        }
+        let Some(form @ RowForm::Exp { .. }) = row_form(self.prog, self.launch, dst, expr) else { return Ok(false) };
+        if self.loc_dtype(&rd.loc) != Some(DType::F32) || !matches!(rd.loc, Loc::Buf { .. }) {
+            return Ok(false);
+        }
+        let mut regions = Vec::new();
+        collect_reads(expr, &mut regions);
+        if same_storage(rd, dst) || regions.iter().any(|(_, r)| same_storage(r, rd)) {
+            return Ok(false);
+        }
+        self.row_routine(dst, rows, cols, expr, &form, Some((rd, *accumulate)))?;
+        Ok(true)
+    }
+
+    /// A vector statement of a [`RowForm`], one host call per row (16 lanes at a time, the bits of the inline
+    /// code); with `sum`, the sum of each row of the destination into that window too ([`Gen::exp_sum`]).
+    fn row_routine(
+        &mut self,
+        dst: &'p Region,
+        rows: &SExpr,
+        cols: &SExpr,
+        expr: &'p VExpr,
+        form: &RowForm<'p>,
+        sum: Option<(&'p Region, bool)>,
+    ) -> Result<(), Diagnostic> {
+        let rows = self.sexpr(rows)?;
+        let cols = self.sexpr(cols)?;
+        let d = self.region(dst, "the vector statement's destination")?;
+        self.check(&d, rows, cols);
+        let one = self.iconst(1);
+        let mut regions = Vec::new();
+        collect_reads(expr, &mut regions);
+        let mut reads: Reads = Vec::new();
+        for (kind, r) in regions {
+            let x = self.operand(kind, r, rows, cols, one)?;
+            reads.push((r as *const Region, x));
+        }
+        let acc = match sum {
+            Some((rd, accumulate)) => {
+                let x = self.region(rd, "the reduction's destination")?;
+                self.check(&x, rows, one);
+                Some((x, accumulate))
+            }
+            None => None,
+        };
+        let (src_r, s_expr) = match form {
+            RowForm::Exp { src, s } => (*src, *s),
+            RowForm::Scalar { src, s, .. } => (*src, Some(*s)),
+        };
+        let src = self.read_res(&reads, src_r)?.clone();
+        let zero = self.iconst(0);
+        let mut consts: BTreeMap<*const VExpr, SV> = BTreeMap::new();
+        if let Some(e) = s_expr {
+            self.hoist(e, Var::Const, &reads, At { r: zero, c: zero, tail: true }, &mut consts)?;
+        }
+        let (rv, _) = self.elem_vars();
+        self.b.def_var(rv, zero);
+        self.loop_while_fits(rv, 1, rows, 1, |g, r| {
+            let pd = g.elem_addr(&d, Some(r), None);
+            let ps = g.elem_addr(&src, Some(r), None);
+            match form {
+                RowForm::Exp { s, .. } => {
+                    let (mut f, sv) = g.row_exp_args(&src, *s, &reads, &consts, r)?;
+                    let sp = match &acc {
+                        Some((x, accumulate)) => {
+                            if *accumulate {
+                                f |= rowmath::ROW_EXP_ACC;
+                            }
+                            g.elem_addr(x, Some(r), None)
+                        }
+                        None => g.iconst(0),
+                    };
+                    let flags = g.iconst(f);
+                    g.call("kc_rt_row_exp", &[pd, ps, flags, sv, cols, sp]);
+                }
+                RowForm::Scalar { s, op, swap, .. } => {
+                    let zero = g.iconst(0);
+                    let sv = match g.sx(s, &reads, &consts, At { r, c: zero, tail: true })? {
+                        SV::F(v) => v,
+                        _ => return Err(g.err("a row value that is not a float")),
+                    };
+                    let code = match op {
+                        BinOp::Add => 0,
+                        BinOp::Sub => 1,
+                        BinOp::Mul => 2,
+                        _ => 3,
+                    };
+                    let mut f = code << rowmath::ROW_OP_SHIFT;
+                    if src.dtype == DType::BF16 {
+                        f |= rowmath::ROW_SRC_BF16;
+                    }
+                    if d.dtype == DType::BF16 {
+                        f |= rowmath::ROW_DST_BF16;
+                    }
+                    if *swap {
+                        f |= rowmath::ROW_SWAP;
+                    }
+                    let flags = g.iconst(f);
+                    g.call("kc_rt_row_scalar", &[pd, ps, flags, sv, cols]);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The flags and the subtrahend of a [`rowmath::kc_rt_row_exp`] call for `exp(src - s)` (or `exp(src)`) at
+    /// row `r`.
+    fn row_exp_args(
+        &mut self,
+        src: &Res,
+        s: Option<&VExpr>,
+        reads: &Reads,
+        hoisted: &BTreeMap<*const VExpr, SV>,
+        r: Value,
+    ) -> Result<(i64, Value), Diagnostic> {
+        let mut f = if src.dtype == DType::BF16 { rowmath::ROW_SRC_BF16 } else { 0 };
+        let sv = match s {
+            Some(e) => {
+                f |= rowmath::ROW_EXP_SUB;
+                let zero = self.iconst(0);
+                match self.sx(e, reads, hoisted, At { r, c: zero, tail: true })? {
+                    SV::F(v) => v,
+                    _ => return Err(self.err("a row value that is not a float")),
+                }
+            }
+            None => self.b.ins().f32const(0.0),
+        };
+        Ok((f, sv))
     }
 
     /// The columns `cv..limit` of row `r` of a vector statement: with SIMD, two vectors a step while 8 columns
@@ -2586,6 +2841,51 @@ mod tests {
         // A run stops at MAX_FUSED statements.
         let many: Vec<Stmt> = (0..MAX_FUSED + 4).map(|_| a_from_x.clone()).collect();
         assert_eq!(run(&many), MAX_FUSED);
+    }
+
+    #[test]
+    fn row_routines_take_only_rows_they_compute_as_written() {
+        let (prog, l) = setup();
+        let form = |dst: Region, e: VExpr| match row_form(&prog, &l, &dst, &e) {
+            None => "none",
+            Some(RowForm::Exp { s: None, .. }) => "exp",
+            Some(RowForm::Exp { s: Some(_), .. }) => "exp-sub",
+            Some(RowForm::Scalar { swap: false, .. }) => "scalar",
+            Some(RowForm::Scalar { swap: true, .. }) => "scalar-swapped",
+        };
+        let bx = |e: VExpr| Box::new(e);
+        let exp = |e: VExpr| VExpr::Unary(UnOp::Exp, bx(e));
+        let bin = |op, a: VExpr, b: VExpr| VExpr::Binary(op, bx(a), bx(b));
+        let x = || VExpr::Read(ub(0, 0));
+        let row = || VExpr::ReadRow(ub(2, 0));
+        assert_eq!(form(ub(1, 0), exp(x())), "exp");
+        assert_eq!(form(ub(1, 0), exp(bin(BinOp::Sub, x(), row()))), "exp-sub");
+        assert_eq!(form(ub(1, 0), exp(bin(BinOp::Sub, x(), VExpr::F32(2.0)))), "exp-sub");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Div, x(), row())), "scalar");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Sub, row(), x())), "scalar-swapped");
+        // In place, at the same window: each block is loaded before it is stored.
+        assert_eq!(form(ub(0, 0), bin(BinOp::Mul, x(), row())), "scalar");
+        // Not of the forms: the other operand varies along the row, `exp(s - x)`, min/max, a division in the
+        // row value (which could fail), a column broadcast.
+        assert_eq!(form(ub(1, 0), bin(BinOp::Div, x(), VExpr::Read(ub(2, 0)))), "none");
+        assert_eq!(form(ub(1, 0), exp(bin(BinOp::Sub, row(), x()))), "none");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Max, x(), row())), "none");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Mul, x(), bin(BinOp::Div, row(), VExpr::F32(2.0)))), "none");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Mul, VExpr::ReadCol(ub(0, 0)), row())), "none");
+        // The source at another window of the destination's buffer: a row would overwrite what a later row
+        // reads.
+        assert_eq!(form(ub(0, 16), bin(BinOp::Mul, x(), row())), "none");
+        // The row value read from the destination's storage: not taken.
+        assert_eq!(form(ub(2, 0), bin(BinOp::Mul, x(), row())), "none");
+        // GM tensors that may share memory (`x` and `y`): only at one window.
+        let gx = |o| VExpr::Read(gm(0, off(o)));
+        assert_eq!(form(gm(1, off(0)), bin(BinOp::Add, gx(0), row())), "scalar");
+        assert_eq!(form(gm(1, off(0)), bin(BinOp::Add, gx(16), row())), "none");
+        // An `exp` into a destination that is not f32.
+        let mut l2 = l.clone();
+        l2.buffers[1].dtype = DType::BF16;
+        assert!(row_form(&prog, &l2, &ub(1, 0), &exp(x())).is_none());
+        assert!(row_form(&prog, &l2, &ub(1, 0), &bin(BinOp::Div, x(), row())).is_some());
     }
 
     #[test]

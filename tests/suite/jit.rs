@@ -427,3 +427,68 @@ fn jit_exps_by_chunks_match_interpreter() {
         }
     }
 }
+
+/// Vector statements that a host routine computes row by row (`kc_rt_row_exp`, `kc_rt_row_scalar`):
+/// `exp(x - row value)` into f32 with and without the sum of its rows that follows it (softmax and
+/// logsumexp over f32 and bf16), `x op row value` and `row value op x` for `+ - * /` into f32 and bf16, and the
+/// `exp`s of a chunked statement read straight from their source row (cross-entropy's gradient). Rows of 1,
+/// prime widths around the routines' 32-element blocks and wider than a host buffer; inputs reaching `exp`'s
+/// overflow and underflow, infinities and zeros (NaN rows propagate as in the interpreter).
+#[test]
+fn jit_row_routines_match_interpreter() {
+    let src = "kernel sm(x: f32[R, C]) -> y: f32[R, C] { y = softmax(x, axis: -1); }\n\
+               kernel smb(b: bf16[R, C]) -> y: bf16[R, C] { y = softmax(b, axis: -1); }\n\
+               kernel lse(b: bf16[R, C]) -> y: f32[R] { y = logsumexp(b, axis: -1); }\n\
+               kernel ops(x: f32[R, C], b: bf16[R, C], s: f32[R]) \
+               -> (p: f32[R, C], q: bf16[R, C], u: bf16[R, C], v: f32[R, C]) {\n\
+               p[r, c] = x[r, c] / s[r];\n\
+               q[r, c] = s[r] - b[r, c];\n\
+               u[r, c] = b[r, c] * (s[r] + 1.0);\n\
+               v[r, c] = (s[r] * 2.0) / x[r, c];\n\
+               }\n\
+               kernel grad(b: bf16[R, C], t: i32[R]) -> d: bf16[R, C] {\n\
+               let l = logsumexp(b, axis: -1);\n\
+               d[r, c] = where(t[r] >= 0, exp(b[r, c] - l[r]) - f32(c == t[r]), 0.0);\n\
+               }\n";
+    let prog = common::compile_ok_src("rows", src);
+    let target = Target::builtin("host").expect("builtin target");
+    for g in &prog.kernels {
+        for (r, c) in [(3, 1), (2, 7), (4, 31), (2, 33), (3, 97), (5, 4099), (1, 70_001)] {
+            let dims: BTreeMap<String, i64> = [("R".to_string(), r), ("C".to_string(), c)].into();
+            let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+            let mut args = kc_runtime::random::random_args(g, &given, 11 + c as u64).expect("random inputs");
+            // Spread the float inputs over exp's range and put in specials, in every row but the last.
+            for (name, t) in args.tensors.iter_mut() {
+                if !matches!(t.dtype(), kc_ir::dtype::DType::F32 | kc_ir::dtype::DType::BF16) || name == "s" {
+                    continue;
+                }
+                let cols = c as usize;
+                let v: Vec<f32> = (0..t.len())
+                    .map(|i| {
+                        let x = t.get_f64(i) as f32;
+                        match (i / cols + 1 < r as usize, i % 37) {
+                            (true, 5) => 95.0,
+                            (true, 9) => -120.0,
+                            (true, 13) => f32::NEG_INFINITY,
+                            (true, 17) => 0.0,
+                            _ => x * 30.0,
+                        }
+                    })
+                    .collect();
+                *t = kc_ir::tensor::Tensor::from_f32_as(t.dtype(), t.shape.clone(), &v).expect("a tensor");
+            }
+            let want = common::run(g, &args);
+            let (_, tp, _) = tile_at(g, &dims, &target);
+            let compiled =
+                kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("{} at {dims:?}: {e:?}", g.name));
+            for threads in [1, 2] {
+                let (got, _) = compiled
+                    .run(&tp, g, &args, threads, &Limits::default())
+                    .unwrap_or_else(|e| panic!("{} at {dims:?}, {threads} threads: {e:?}", g.name));
+                for ((n, a), (_, b)) in got.iter().zip(&want) {
+                    assert_matches_within(&format!("{}.{n} at {dims:?}, {threads} threads", g.name), a, b, 0.25);
+                }
+            }
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! Row-wise float routines for JIT-compiled vector code: `exp` over a run of `f32`s in place, and the
+//! Row-wise float routines for JIT-compiled vector code: `exp` over a run of `f32`s in place, whole rows of
+//! the vector statements `exp(x - s)` (with the row's sum) and `x op s` (`s` a per-row value), and the
 //! reductions of a row (sum, max, min) to one `f32`.
 //!
 //! Cranelift emits 128-bit vectors only; these routines are plain Rust loops compiled a second time for
@@ -12,7 +13,17 @@
 //!   `exp` holds.
 //! - [`reduce_row`] folds a row into [`LANES`] (32) running lanes (element `c` into lane `c mod 32`, for the
 //!   first `32·⌊n/32⌋` elements), then folds the lanes in order, then the tail in order. Max and min propagate NaN
-//!   (as the interpreter's `nan_max`/`nan_min`), so their result is the interpreter's whatever the order.
+//!   (as the interpreter's `nan_max`/`nan_min`), so their result is the interpreter's whatever the order. It
+//!   requests the lines 4 KiB ahead of its reads (the hardware prefetcher stops at page boundaries, and a
+//!   row reduction is often the first touch of its tensor).
+//! - [`kc_rt_row_exp`] computes one row of `dst = exp(src - s)` (or `exp(src)`) from an `f32` or bf16 row, and,
+//!   for the JIT's fusion of such a statement with the row sum of its destination that follows it, that sum
+//!   in [`reduce_row`]'s order: the bits of the two statements run one after the other, in one pass.
+//! - [`kc_rt_row_scalar`] computes one row of `dst = src op s` or `s op src` (`+ - * /` in `f32`), from and to
+//!   `f32` or bf16 (rounded as the JIT rounds): softmax's normalization, for one.
+//!
+//! The row routines work by blocks of [`LANES`] elements, each loaded before it is stored, so a destination
+//! may be its source (the same window); they are given no other overlap.
 
 use kc_ir::graph::ReduceOp;
 
@@ -96,6 +107,270 @@ pub unsafe extern "C" fn kc_rt_exp_f32(p: *mut f32, n: i64) {
     exp_slice(v)
 }
 
+/// bf16 bits of an `f32`, rounded to nearest-even, NaN a quiet NaN: the bits of the JIT's inline rounding
+/// and of `kc_rt_f32_to_bf16`.
+#[inline(always)]
+pub fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1))) >> 16;
+    let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
+    if nan {
+        ((b >> 16) | 0x40) as u16
+    } else {
+        rounded as u16
+    }
+}
+
+/// Element `i` of a row of `f32`s (`BF16` false) or of bf16 bits (true), as an `f32`.
+#[inline(always)]
+unsafe fn load<const BF16: bool>(p: *const u8, i: usize) -> f32 {
+    // SAFETY: the caller's row holds element `i`.
+    unsafe {
+        if BF16 {
+            f32::from_bits(u32::from(*(p as *const u16).add(i)) << 16)
+        } else {
+            *(p as *const f32).add(i)
+        }
+    }
+}
+
+/// `dst[i] = e^(src[i] - s)` (`SUB`) or `e^src[i]` for `i < n`, by blocks of [`LANES`] elements (each block is
+/// loaded before it is stored, so `dst` may be `src`); with `SUM`, also the sum of the results in the order of
+/// [`reduce_row`] started from `acc` (the value the separate reduction would give).
+#[inline(always)]
+unsafe fn exp_row<const BF16: bool, const SUB: bool, const SUM: bool>(
+    dst: *mut f32,
+    src: *const u8,
+    s: f32,
+    n: usize,
+    acc: f32,
+) -> f32 {
+    let arg = |x: f32| if SUB { x - s } else { x };
+    let mut lanes = [0f32; LANES];
+    let full = n - n % LANES;
+    let mut i = 0;
+    // SAFETY (all accesses): the caller passes `n` elements each.
+    while i < full {
+        let mut x = [0f32; LANES];
+        for (j, v) in x.iter_mut().enumerate() {
+            *v = unsafe { load::<BF16>(src, i + j) };
+        }
+        for j in 0..LANES {
+            let e = exp_f32(arg(x[j]));
+            x[j] = e;
+            if SUM {
+                lanes[j] += e;
+            }
+        }
+        for (j, &v) in x.iter().enumerate() {
+            unsafe { *dst.add(i + j) = v };
+        }
+        i += LANES;
+    }
+    let mut tail = 0f32;
+    while i < n {
+        let e = exp_f32(arg(unsafe { load::<BF16>(src, i) }));
+        unsafe { *dst.add(i) = e };
+        if SUM {
+            tail += e;
+        }
+        i += 1;
+    }
+    let part = lanes.iter().fold(0f32, |a, &x| a + x);
+    (acc + part) + tail
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn exp_row_any(
+    dst: *mut f32,
+    src: *const u8,
+    bf16: bool,
+    sub: bool,
+    sum: bool,
+    s: f32,
+    n: usize,
+    acc: f32,
+) -> f32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match (bf16, sub, sum) {
+            (false, false, false) => exp_row::<false, false, false>(dst, src, s, n, acc),
+            (false, false, true) => exp_row::<false, false, true>(dst, src, s, n, acc),
+            (false, true, false) => exp_row::<false, true, false>(dst, src, s, n, acc),
+            (false, true, true) => exp_row::<false, true, true>(dst, src, s, n, acc),
+            (true, false, false) => exp_row::<true, false, false>(dst, src, s, n, acc),
+            (true, false, true) => exp_row::<true, false, true>(dst, src, s, n, acc),
+            (true, true, false) => exp_row::<true, true, false>(dst, src, s, n, acc),
+            (true, true, true) => exp_row::<true, true, true>(dst, src, s, n, acc),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn exp_row_avx512(
+    dst: *mut f32,
+    src: *const u8,
+    bf16: bool,
+    sub: bool,
+    sum: bool,
+    s: f32,
+    n: usize,
+    acc: f32,
+) -> f32 {
+    // SAFETY: forwarded from the caller.
+    unsafe { exp_row_any(dst, src, bf16, sub, sum, s, n, acc) }
+}
+
+/// Flags of [`kc_rt_row_exp`] and [`kc_rt_row_scalar`]: the source row is bf16 (otherwise `f32`).
+pub const ROW_SRC_BF16: i64 = 1;
+/// [`kc_rt_row_exp`]: subtract `s` before the `exp`.
+pub const ROW_EXP_SUB: i64 = 2;
+/// [`kc_rt_row_exp`]: add the row's sum to `*sum` (otherwise it replaces it).
+pub const ROW_EXP_ACC: i64 = 4;
+/// [`kc_rt_row_scalar`]: the destination row is bf16 (otherwise `f32`).
+pub const ROW_DST_BF16: i64 = 2;
+/// [`kc_rt_row_scalar`]: the operation is `s op x` (otherwise `x op s`).
+pub const ROW_SWAP: i64 = 4;
+/// [`kc_rt_row_scalar`]: the operation, `(flags >> ROW_OP_SHIFT) & 3`: add, sub, mul, div.
+pub const ROW_OP_SHIFT: i64 = 3;
+
+/// One row of a vector statement `dst = exp(src - s)` (or `exp(src)`), `f32` results from an `f32` or bf16
+/// row, with the operations of the JIT's inline code (the same bits): the subtraction in `f32`, then
+/// [`exp_f32`]. When `sum` is not null, the statement is followed by the sum of `dst`'s row into `*sum`,
+/// which this call computes too, in the order (and so with the bits) of [`reduce_row`]: from `*sum`
+/// ([`ROW_EXP_ACC`]) or from 0. `n ≤ 0`: no elements (the sum is still written).
+///
+/// # Safety
+/// `src` and `dst` point to `n` elements (they may be the same row, not otherwise overlapping); `sum` is null
+/// or points to a writable `f32` outside both.
+pub unsafe extern "C" fn kc_rt_row_exp(dst: *mut f32, src: *const u8, flags: i64, s: f32, n: i64, sum: *mut f32) {
+    let n = n.max(0) as usize;
+    let bf16 = flags & ROW_SRC_BF16 != 0;
+    let sub = flags & ROW_EXP_SUB != 0;
+    let want = !sum.is_null();
+    // SAFETY: `sum` is valid when not null.
+    let acc = if want && flags & ROW_EXP_ACC != 0 { unsafe { *sum } } else { 0.0 };
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the features were detected; the caller passes valid rows.
+        let v = unsafe { exp_row_avx512(dst, src, bf16, sub, want, s, n, acc) };
+        if want {
+            // SAFETY: as above.
+            unsafe { *sum = v };
+        }
+        return;
+    }
+    // SAFETY: the caller passes valid rows.
+    let v = unsafe { exp_row_any(dst, src, bf16, sub, want, s, n, acc) };
+    if want {
+        // SAFETY: as above.
+        unsafe { *sum = v };
+    }
+}
+
+/// `dst[i] = f(src[i])` for `i < n`, by blocks of [`LANES`] (loaded before stored: `dst` may be `src`), into
+/// `f32` or bf16 (rounded by [`bf16_bits`]).
+#[inline(always)]
+unsafe fn map_row<const SBF: bool, const DBF: bool>(dst: *mut u8, src: *const u8, n: usize, f: impl Fn(f32) -> f32) {
+    let store = |i: usize, v: f32| {
+        // SAFETY: the caller passes `n` elements.
+        unsafe {
+            if DBF {
+                *(dst as *mut u16).add(i) = bf16_bits(v);
+            } else {
+                *(dst as *mut f32).add(i) = v;
+            }
+        }
+    };
+    let full = n - n % LANES;
+    let mut i = 0;
+    // SAFETY (all loads): the caller passes `n` elements.
+    while i < full {
+        let mut x = [0f32; LANES];
+        for (j, v) in x.iter_mut().enumerate() {
+            *v = f(unsafe { load::<SBF>(src, i + j) });
+        }
+        for (j, &v) in x.iter().enumerate() {
+            store(i + j, v);
+        }
+        i += LANES;
+    }
+    while i < n {
+        store(i, f(unsafe { load::<SBF>(src, i) }));
+        i += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn scalar_row_dt<const SBF: bool, const DBF: bool>(
+    dst: *mut u8,
+    src: *const u8,
+    op: i64,
+    swap: bool,
+    s: f32,
+    n: usize,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match (op, swap) {
+            (0, false) => map_row::<SBF, DBF>(dst, src, n, |x| x + s),
+            (0, true) => map_row::<SBF, DBF>(dst, src, n, |x| s + x),
+            (1, false) => map_row::<SBF, DBF>(dst, src, n, |x| x - s),
+            (1, true) => map_row::<SBF, DBF>(dst, src, n, |x| s - x),
+            (2, false) => map_row::<SBF, DBF>(dst, src, n, |x| x * s),
+            (2, true) => map_row::<SBF, DBF>(dst, src, n, |x| s * x),
+            (_, false) => map_row::<SBF, DBF>(dst, src, n, |x| x / s),
+            (_, true) => map_row::<SBF, DBF>(dst, src, n, |x| s / x),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn scalar_row_any(dst: *mut u8, src: *const u8, flags: i64, s: f32, n: usize) {
+    let op = (flags >> ROW_OP_SHIFT) & 3;
+    let swap = flags & ROW_SWAP != 0;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match (flags & ROW_SRC_BF16 != 0, flags & ROW_DST_BF16 != 0) {
+            (false, false) => scalar_row_dt::<false, false>(dst, src, op, swap, s, n),
+            (false, true) => scalar_row_dt::<false, true>(dst, src, op, swap, s, n),
+            (true, false) => scalar_row_dt::<true, false>(dst, src, op, swap, s, n),
+            (true, true) => scalar_row_dt::<true, true>(dst, src, op, swap, s, n),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn scalar_row_avx512(dst: *mut u8, src: *const u8, flags: i64, s: f32, n: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { scalar_row_any(dst, src, flags, s, n) }
+}
+
+/// One row of a vector statement `dst = src op s` or `s op src` (`op` one of `+ - * /`, `s` the row's value of
+/// a row-invariant expression): the operation in `f32` on each element of an `f32` or bf16 row, the result
+/// stored as `f32` or rounded to bf16 — the bits of the JIT's inline code, 16 lanes at a time. `flags`:
+/// [`ROW_SRC_BF16`], [`ROW_DST_BF16`], [`ROW_SWAP`], the op at [`ROW_OP_SHIFT`]. Nothing when `n ≤ 0`.
+///
+/// # Safety
+/// `src` and `dst` point to `n` elements of their dtypes (the same row, or not overlapping).
+pub unsafe extern "C" fn kc_rt_row_scalar(dst: *mut u8, src: *const u8, flags: i64, s: f32, n: i64) {
+    if n <= 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the features were detected; the caller passes valid rows.
+        unsafe { scalar_row_avx512(dst, src, flags, s, n as usize) };
+        return;
+    }
+    // SAFETY: the caller passes valid rows.
+    unsafe { scalar_row_any(dst, src, flags, s, n as usize) }
+}
+
 #[inline(always)]
 fn nan_max(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
@@ -129,11 +404,37 @@ pub enum Row<'a> {
 /// latency of the adds.
 pub const LANES: usize = 32;
 
+/// How far ahead of a row reduction's reads the cache lines are requested, in bytes: the next 4 KiB page (the
+/// hardware prefetcher does not cross pages, and a reduction's row is often the first touch of its tensor's
+/// memory, as softmax's and cross-entropy's maxima are).
+const PREFETCH_BYTES: usize = 4096;
+
+/// Requests the cache lines [`PREFETCH_BYTES`] past a block of a row (a hint: addresses past the row's end,
+/// even unmapped ones, are harmless).
+#[inline(always)]
+fn prefetch_ahead<T>(block: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = block.as_ptr() as *const i8;
+        let bytes = std::mem::size_of_val(block);
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: a prefetch has no architectural effect and does not fault.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = block;
+}
+
 #[inline(always)]
 fn fold_lanes<T: Copy>(acc: f32, xs: &[T], get: impl Fn(T) -> f32, init: f32, comb: impl Fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [init; LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for ch in &mut chunks {
+        prefetch_ahead(ch);
         for j in 0..LANES {
             lanes[j] = comb(lanes[j], get(ch[j]));
         }
@@ -220,6 +521,130 @@ mod tests {
         assert_eq!(r(ReduceOp::Max, Row::Bf16(&bf)), bmax);
         assert_eq!(r(ReduceOp::Sum, Row::F32(&[])), 0.0);
         assert_eq!(r(ReduceOp::Max, Row::Bf16(&[])), f32::NEG_INFINITY);
+    }
+
+    /// Rows of awkward lengths with specials: NaN, ±inf, ±0, huge and tiny values, bf16-exact values.
+    fn rows() -> Vec<Vec<f32>> {
+        [0usize, 1, 7, 31, 32, 33, 97, 1000]
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|i| match i % 13 {
+                        3 => f32::NAN,
+                        5 => f32::INFINITY,
+                        6 => f32::NEG_INFINITY,
+                        7 => -0.0,
+                        8 => 3.0e38,
+                        9 => 1.0e-40,
+                        _ => ((i * 7919) % 211) as f32 * 0.731 - 77.0,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn row_exp_is_exp_then_the_row_sum_bit_for_bit() {
+        for xs in rows() {
+            let n = xs.len();
+            let bf: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
+            let widen = |h: u16| f32::from_bits(u32::from(h) << 16);
+            for (src_bf16, sub, acc) in
+                [(false, true, false), (true, true, true), (false, false, true), (true, false, false)]
+            {
+                let s = 1.75f32;
+                let want: Vec<f32> = (0..n)
+                    .map(|i| {
+                        let x = if src_bf16 { widen(bf[i]) } else { xs[i] };
+                        exp_f32(if sub { x - s } else { x })
+                    })
+                    .collect();
+                let start = 2.5f32;
+                let want_sum = reduce_row(ReduceOp::Sum, acc.then_some(start), Row::F32(&want)).unwrap();
+                let mut got = vec![0f32; n];
+                let mut sum = start;
+                let src = if src_bf16 { bf.as_ptr() as *const u8 } else { xs.as_ptr() as *const u8 };
+                let flags =
+                    i64::from(src_bf16) * ROW_SRC_BF16 + i64::from(sub) * ROW_EXP_SUB + i64::from(acc) * ROW_EXP_ACC;
+                unsafe { kc_rt_row_exp(got.as_mut_ptr(), src, flags, s, n as i64, &mut sum) };
+                for (a, b) in got.iter().zip(&want) {
+                    assert_eq!(a.to_bits(), b.to_bits(), "n {n}");
+                }
+                assert_eq!(sum.to_bits(), want_sum.to_bits(), "n {n}");
+                // In place, without the sum.
+                if !src_bf16 {
+                    let mut v = xs.clone();
+                    unsafe {
+                        kc_rt_row_exp(v.as_mut_ptr(), v.as_ptr() as *const u8, flags, s, n as i64, std::ptr::null_mut())
+                    };
+                    for (a, b) in v.iter().zip(&want) {
+                        assert_eq!(a.to_bits(), b.to_bits(), "n {n}");
+                    }
+                }
+            }
+        }
+        // No elements: the sum is still written.
+        let mut sum = 9.0f32;
+        unsafe { kc_rt_row_exp(std::ptr::null_mut(), std::ptr::null(), 0, 0.0, 0, &mut sum) };
+        assert_eq!(sum, 0.0);
+    }
+
+    #[test]
+    fn row_scalar_is_the_scalar_operation_and_rounding() {
+        let mut t = vec![0u16; 6];
+        // Ties to even (1 + 2^-8, 1 + 3·2^-8), a quiet and a signalling NaN, a large negative value.
+        let specials = [
+            1.0f32,
+            f32::NAN,
+            f32::from_bits(0x3F80_8000),
+            f32::from_bits(0x3F81_8000),
+            -3.0e38,
+            f32::from_bits(0x7F80_0001),
+        ];
+        unsafe { crate::native::kc_rt_f32_to_bf16(t.as_mut_ptr(), specials.as_ptr() as *const u32, 6) };
+        for (h, x) in t.iter().zip(specials) {
+            assert_eq!(*h, bf16_bits(x));
+        }
+        for xs in rows() {
+            let n = xs.len();
+            let bf: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
+            let widen = |h: u16| f32::from_bits(u32::from(h) << 16);
+            for op in 0..4i64 {
+                for swap in [false, true] {
+                    for (sbf, dbf) in [(false, false), (false, true), (true, false), (true, true)] {
+                        let s = -0.3f32;
+                        let f = |x: f32| {
+                            let (a, b) = if swap { (s, x) } else { (x, s) };
+                            match op {
+                                0 => a + b,
+                                1 => a - b,
+                                2 => a * b,
+                                _ => a / b,
+                            }
+                        };
+                        let want: Vec<f32> = (0..n).map(|i| f(if sbf { widen(bf[i]) } else { xs[i] })).collect();
+                        let flags = i64::from(sbf) * ROW_SRC_BF16
+                            + i64::from(dbf) * ROW_DST_BF16
+                            + i64::from(swap) * ROW_SWAP
+                            + (op << ROW_OP_SHIFT);
+                        let src = if sbf { bf.as_ptr() as *const u8 } else { xs.as_ptr() as *const u8 };
+                        if dbf {
+                            let mut got = vec![0u16; n];
+                            unsafe { kc_rt_row_scalar(got.as_mut_ptr() as *mut u8, src, flags, s, n as i64) };
+                            for (a, b) in got.iter().zip(&want) {
+                                assert_eq!(*a, bf16_bits(*b), "n {n} op {op}");
+                            }
+                        } else {
+                            let mut got = vec![0f32; n];
+                            unsafe { kc_rt_row_scalar(got.as_mut_ptr() as *mut u8, src, flags, s, n as i64) };
+                            for (a, b) in got.iter().zip(&want) {
+                                assert_eq!(a.to_bits(), b.to_bits(), "n {n} op {op}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
