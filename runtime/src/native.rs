@@ -1002,9 +1002,14 @@ fn run_launches(
     poison: bool,
 ) -> Result<NativeStats, Vec<Diagnostic>> {
     let mut stats = NativeStats::default();
+    let timed = std::env::var_os("KC_TIME").is_some();
     for (li, (l, nl)) in prog.launches.iter().zip(launches).enumerate() {
         let z = zero.and_then(|z| z.get(li)).map(|z| z.as_slice());
+        let t0 = std::time::Instant::now();
         stats.max_cross_count.push(run_launch(graph, li, l, nl, ptrs, threads.max(1), z, poison)?);
+        if timed {
+            eprintln!("  launch {li} `{}`: {:?}", l.name, t0.elapsed());
+        }
     }
     Ok(stats)
 }
