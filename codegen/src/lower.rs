@@ -94,7 +94,8 @@ pub struct Compiled {
     /// Whether the program may update its `inout` tensors in place, computed on first use.
     plan: std::sync::OnceLock<Result<kc_runtime::inplace::Plan, String>>,
     /// The GM memory kept from one call to the next, and what may be reused dirty
-    /// ([`kc_runtime::reuse::plan`], computed on the second call: a program run once does not pay for it).
+    /// ([`kc_runtime::reuse::plan`], computed on the second call: a program run once neither pays for the
+    /// walk nor keeps memory; the second call stores its memory, the third reuses it).
     arena: native::Arena,
     reuse: std::sync::OnceLock<kc_runtime::reuse::Plan>,
     calls: std::sync::atomic::AtomicUsize,

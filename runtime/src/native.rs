@@ -1024,8 +1024,8 @@ pub struct Arena {
     kept: Mutex<(bool, Vec<Option<TensorData>>)>,
 }
 
-/// What a call may reuse: the program's arena and, once computed, its plan (without one, the call's
-/// intermediates and workspaces are only stored for the next call, and every buffer is zeroed).
+/// What a call may reuse: the program's arena and, once computed, its plan (without one, nothing is
+/// reused or kept, and every buffer is zeroed: a program called once holds no memory after its call).
 #[derive(Copy, Clone)]
 pub struct Reuse<'a> {
     pub arena: &'a Arena,
@@ -1063,7 +1063,7 @@ impl<'a> Kept<'a> {
         let store: Vec<bool> = (0..n)
             .map(|t| {
                 matches!(prog.tensors[t].role, TensorRole::Intermediate(_) | TensorRole::Workspace { .. })
-                    && r.plan.is_none_or(|p| p.keep.get(t).copied().unwrap_or(false))
+                    && r.plan.is_some_and(|p| p.keep.get(t).copied().unwrap_or(false))
             })
             .collect();
         for (t, m) in mem.iter_mut().enumerate() {
