@@ -1370,6 +1370,7 @@ fn layout(l: &Launch, cube: bool, used: Option<&[bool]>, zero: Option<&[bool]>) 
 /// A failure of one core: (kind order, core index, site, values).
 type CoreFailure = (u8, u32, usize, [i64; 4]);
 
+#[allow(clippy::too_many_arguments)]
 fn run_launch(
     graph: &Graph,
     li: usize,
