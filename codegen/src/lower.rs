@@ -100,6 +100,13 @@ pub struct Compiled {
     pub asm: Vec<(String, String)>,
     /// Whether the program may update its `inout` tensors in place, computed on first use.
     plan: std::sync::OnceLock<Result<kc_runtime::inplace::Plan, String>>,
+    /// The GM memory kept from one call to the next, and what may be reused dirty
+    /// ([`kc_runtime::reuse::plan`], computed on the second call: a program run once neither pays for the
+    /// walk nor keeps memory; the second call stores its memory, the third reuses it).
+    arena: native::Arena,
+    reuse: std::sync::OnceLock<kc_runtime::reuse::Plan>,
+    calls: std::sync::atomic::AtomicUsize,
+    poison: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Compiled {
@@ -130,7 +137,34 @@ impl Compiled {
             .iter()
             .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
             .collect();
-        native::run(prog, graph, args, &launches, threads, limits)
+        native::run(prog, graph, args, &launches, threads, limits, Some(self.reuse(prog)))
+    }
+
+    /// What this call may reuse ([`native::Reuse`]): the arena, and from the second call on, the plan.
+    fn reuse(&self, prog: &TileProgram) -> native::Reuse<'_> {
+        let first = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+        let plan = (!first || self.reuse.get().is_some()).then(|| self.reuse_plan(prog));
+        native::Reuse { arena: &self.arena, plan, poison: self.poison.load(std::sync::atomic::Ordering::Relaxed) }
+    }
+
+    /// For tests: from now on, fill the memory a call gets back dirty with `0xFF` bytes first
+    /// ([`native::Reuse::poison`]), so that a read of it before a write would show in the results.
+    #[doc(hidden)]
+    pub fn poison_reused_memory(&self) {
+        self.poison.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What the program (`prog`: the one it was compiled from) may get back dirty
+    /// ([`kc_runtime::reuse::plan`]). Computed once.
+    pub fn reuse_plan(&self, prog: &TileProgram) -> &kc_runtime::reuse::Plan {
+        self.reuse.get_or_init(|| {
+            let launches: Vec<kc_runtime::inplace::Compiled<'_>> = self
+                .launches
+                .iter()
+                .map(|l| kc_runtime::inplace::Compiled { cube: &l.bodies.0, vector: &l.bodies.1, sites: &l.sites })
+                .collect();
+            kc_runtime::reuse::plan(prog, &launches).0
+        })
     }
 
     /// Whether the program (`prog`, lowered from `graph`: the ones it was compiled from) may update its
@@ -163,7 +197,7 @@ impl Compiled {
             .iter()
             .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
             .collect();
-        native::run_in_place(prog, graph, args, &launches, plan, threads, limits)
+        native::run_in_place(prog, graph, args, &launches, plan, threads, limits, Some(self.reuse(prog)))
     }
 }
 
@@ -268,6 +302,10 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
         clif: Vec::new(),
         asm: Vec::new(),
         plan: std::sync::OnceLock::new(),
+        arena: native::Arena::default(),
+        reuse: std::sync::OnceLock::new(),
+        calls: std::sync::atomic::AtomicUsize::new(0),
+        poison: std::sync::atomic::AtomicBool::new(false),
     };
     let mut ids: Vec<(Option<FuncId>, Option<FuncId>)> = Vec::new();
     for (li, l) in prog.launches.iter().enumerate() {

@@ -34,7 +34,9 @@ pub fn setup(
 /// [`setup`], except that a `Param` tensor for which `borrow` is true and whose argument already has the
 /// tensor's dtype is not copied: its entry is left empty (`Bool(vec![])`) and the caller reads the
 /// argument in place (for tensors that no statement writes, or updated in place); an `Output` tensor for
-/// which `borrow` is true is not allocated either (it is written into an `inout` argument's memory).
+/// which `borrow` is true is not allocated either (it is written into an `inout` argument's memory), nor
+/// is an intermediate or workspace for which `borrow` is true (the caller supplies memory of its own, of
+/// [`tensor_elems`] elements: the JIT executor's arena).
 pub fn setup_borrowing(
     prog: &TileProgram,
     graph: &Graph,
@@ -76,20 +78,7 @@ pub fn setup_borrowing(
     let mut sizes = Vec::with_capacity(prog.tensors.len());
     let mut total: u64 = 0;
     for (ti, t) in prog.tensors.iter().enumerate() {
-        let elems = match &t.role {
-            TensorRole::Workspace { per_core } => {
-                let cores = prog
-                    .launches
-                    .iter()
-                    .filter(|l| uses_tensor(l, TensorId(ti as u32)))
-                    .map(|l| u64::from(l.cube_cores) + u64::from(l.vector_cores))
-                    .max()
-                    .unwrap_or(0);
-                per_core.checked_mul(cores).map(|b| b / t.dtype.size_bytes() as u64)
-            }
-            _ => t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)),
-        };
-        let Some(elems) = elems.filter(|&n| n <= launch::MAX_ELEMENTS) else {
+        let Some(elems) = tensor_elems(prog, ti) else {
             return Err(ierr(format!("GM tensor `{}` has more than 2^40 elements", t.name)));
         };
         sizes.push(elems as usize);
@@ -198,7 +187,11 @@ pub fn setup_borrowing(
                     graph.results.len()
                 )))
             }
-            TensorRole::Output(_) if borrow(TensorId(gm.len() as u32)) => TensorData::Bool(Vec::new()),
+            TensorRole::Output(_) | TensorRole::Intermediate(_) | TensorRole::Workspace { .. }
+                if borrow(TensorId(gm.len() as u32)) =>
+            {
+                TensorData::Bool(Vec::new())
+            }
             _ => {
                 let mut z = Tensor::zeros(t.dtype, vec![elems]).data;
                 huge_pages(&mut z);
@@ -209,6 +202,26 @@ pub fn setup_borrowing(
     }
 
     Ok((binding, gm))
+}
+
+/// The elements GM tensor `ti` of `prog` holds (a workspace: `per_core` bytes for each core of the largest
+/// launch that uses it); `None` beyond [`launch::MAX_ELEMENTS`].
+pub fn tensor_elems(prog: &TileProgram, ti: usize) -> Option<u64> {
+    let t = prog.tensors.get(ti)?;
+    let elems = match &t.role {
+        TensorRole::Workspace { per_core } => {
+            let cores = prog
+                .launches
+                .iter()
+                .filter(|l| uses_tensor(l, TensorId(ti as u32)))
+                .map(|l| u64::from(l.cube_cores) + u64::from(l.vector_cores))
+                .max()
+                .unwrap_or(0);
+            per_core.checked_mul(cores).map(|b| b / t.dtype.size_bytes() as u64)
+        }
+        _ => t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)),
+    };
+    elems.filter(|&n| n <= launch::MAX_ELEMENTS)
 }
 
 /// The results: the final contents of the `Output(i)` tensors (`results[i]`; for an `inout` result without

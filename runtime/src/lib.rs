@@ -13,5 +13,6 @@ pub mod inplace;
 pub mod native;
 pub mod npy;
 pub mod random;
+pub mod reuse;
 pub mod sim;
 pub mod summary;

@@ -908,6 +908,7 @@ pub fn run(
     launches: &[NativeLaunch<'_>],
     threads: usize,
     limits: &Limits,
+    reuse: Option<Reuse<'_>>,
 ) -> Result<(Results, NativeStats), Vec<Diagnostic>> {
     if launches.len() != prog.launches.len() {
         return Err(vec![gm::internal(
@@ -915,15 +916,34 @@ pub fn run(
             format!("{} compiled launches for a program of {}", launches.len(), prog.launches.len()),
         )]);
     }
+    let mut kept = Kept::take(reuse, prog);
+    let r = run_kept(prog, graph, args, launches, threads, limits, &mut kept);
+    kept.put_back();
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_kept(
+    prog: &TileProgram,
+    graph: &Graph,
+    args: &Args,
+    launches: &[NativeLaunch<'_>],
+    threads: usize,
+    limits: &Limits,
+    kept: &mut Kept<'_>,
+) -> Result<(Results, NativeStats), Vec<Diagnostic>> {
     let t0 = std::time::Instant::now();
     // Parameters no statement writes are read in place (the compiled code never writes them).
     // (Not an `inout` parameter: a result may be read back from it.)
     let written = gm::written(prog);
-    let borrow = |t: kc_ir::tile::TensorId| read_only_param(prog, graph, &written, t);
+    let borrow = |t: kc_ir::tile::TensorId| read_only_param(prog, graph, &written, t) || kept.has(t);
     let (binding, mut mem) = gm::setup_borrowing(prog, graph, args, limits, "running", &borrow)?;
+    kept.lend(&mut mem);
     let ptrs = gm_ptrs(prog, graph, args, &mut mem, &|_| false);
     let t1 = std::time::Instant::now();
-    let stats = run_launches(prog, graph, launches, &ptrs, threads)?;
+    let stats = run_launches(prog, graph, launches, &ptrs, threads, kept.zero(), kept.poison);
+    kept.keep(&mut mem);
+    let stats = stats?;
     let t2 = std::time::Instant::now();
     let r = gm::results(prog, graph, &binding, mem)?;
     if std::env::var_os("KC_TIME").is_some() {
@@ -978,12 +998,133 @@ fn run_launches(
     launches: &[NativeLaunch<'_>],
     ptrs: &[*mut u8],
     threads: usize,
+    zero: Option<&[Vec<bool>]>,
+    poison: bool,
 ) -> Result<NativeStats, Vec<Diagnostic>> {
     let mut stats = NativeStats::default();
+    let timed = std::env::var_os("KC_TIME").is_some();
     for (li, (l, nl)) in prog.launches.iter().zip(launches).enumerate() {
-        stats.max_cross_count.push(run_launch(graph, li, l, nl, ptrs, threads.max(1))?);
+        let z = zero.and_then(|z| z.get(li)).map(|z| z.as_slice());
+        let t0 = std::time::Instant::now();
+        stats.max_cross_count.push(run_launch(graph, li, l, nl, ptrs, threads.max(1), z, poison)?);
+        if timed {
+            eprintln!("  launch {li} `{}`: {:?}", l.name, t0.elapsed());
+        }
     }
     Ok(stats)
+}
+
+/// Global memory a compiled program keeps from one call to the next: its intermediates and workspaces,
+/// allocated (and page-faulted) once instead of on every call. Which ones a call may take back, dirty,
+/// and which scratch buffers need no zeroing, is [`crate::reuse::plan`]'s proof; a concurrent call on
+/// the same program (the arena busy) gets fresh memory.
+#[derive(Default)]
+pub struct Arena {
+    /// Whether a call holds the arena, and per GM tensor its kept memory.
+    kept: Mutex<(bool, Vec<Option<TensorData>>)>,
+}
+
+/// What a call may reuse: the program's arena and, once computed, its plan (without one, nothing is
+/// reused or kept, and every buffer is zeroed: a program called once holds no memory after its call).
+#[derive(Copy, Clone)]
+pub struct Reuse<'a> {
+    pub arena: &'a Arena,
+    pub plan: Option<&'a crate::reuse::Plan>,
+    /// For tests: fill the memory handed out dirty (kept tensors, scratch buffers not zeroed) with `0xFF`
+    /// bytes (NaN in every float dtype) first, so that a read of it would show in the results.
+    pub poison: bool,
+}
+
+/// One call's hold on an arena.
+struct Kept<'a> {
+    arena: Option<&'a Arena>,
+    plan: Option<&'a crate::reuse::Plan>,
+    /// Per GM tensor: memory taken from the arena (for tensors the plan keeps, of the right size), then the
+    /// call's memory to store back.
+    mem: Vec<Option<TensorData>>,
+    /// Per GM tensor: whether it is stored back after the call.
+    store: Vec<bool>,
+    poison: bool,
+}
+
+impl<'a> Kept<'a> {
+    fn take(reuse: Option<Reuse<'a>>, prog: &TileProgram) -> Kept<'a> {
+        let none = Kept { arena: None, plan: None, mem: Vec::new(), store: Vec::new(), poison: false };
+        let Some(r) = reuse else { return none };
+        let Ok(mut guard) = r.arena.kept.try_lock() else { return none };
+        if guard.0 {
+            return none;
+        }
+        guard.0 = true;
+        let n = prog.tensors.len();
+        let mut mem = std::mem::take(&mut guard.1);
+        drop(guard);
+        mem.resize_with(n, || None);
+        let store: Vec<bool> = (0..n)
+            .map(|t| {
+                matches!(prog.tensors[t].role, TensorRole::Intermediate(_) | TensorRole::Workspace { .. })
+                    && r.plan.is_some_and(|p| p.keep.get(t).copied().unwrap_or(false))
+            })
+            .collect();
+        for (t, m) in mem.iter_mut().enumerate() {
+            // Only what the plan proves written before read is handed out, and only at its size and dtype.
+            let fits = m.as_ref().is_some_and(|d| {
+                let want = &prog.tensors[t];
+                let dtype = match d {
+                    TensorData::F32(_) => DType::F32,
+                    TensorData::BF16(_) => DType::BF16,
+                    TensorData::F16(_) => DType::F16,
+                    TensorData::I32(_) => DType::I32,
+                    TensorData::Bool(_) => DType::Bool,
+                };
+                dtype == want.dtype && gm::tensor_elems(prog, t) == Some(d.len() as u64)
+            });
+            if !(fits && r.plan.is_some_and(|p| p.keep.get(t).copied().unwrap_or(false))) {
+                *m = None;
+            }
+        }
+        if r.poison {
+            for d in mem.iter_mut().flatten() {
+                let n = d.len() * dtype_bytes(d);
+                // SAFETY: `n` bytes of the tensor's own storage; every bit pattern is a valid element.
+                unsafe { std::ptr::write_bytes(data_ptr(d), 0xFF, n) };
+            }
+        }
+        Kept { arena: Some(r.arena), plan: r.plan, mem, store, poison: r.poison }
+    }
+
+    fn has(&self, t: kc_ir::tile::TensorId) -> bool {
+        self.mem.get(t.0 as usize).is_some_and(|m| m.is_some())
+    }
+
+    /// Moves the taken memory into the call's global memory (the entries `setup_borrowing` left empty).
+    fn lend(&mut self, gm: &mut [TensorData]) {
+        for (m, g) in self.mem.iter_mut().zip(gm.iter_mut()) {
+            if let Some(d) = m.take() {
+                *g = d;
+            }
+        }
+    }
+
+    /// Takes back the memory to store once the launches are over (whether they failed or not: the plan's
+    /// tensors are written before they are read, whatever they held).
+    fn keep(&mut self, gm: &mut [TensorData]) {
+        for ((m, g), &st) in self.mem.iter_mut().zip(gm.iter_mut()).zip(&self.store) {
+            if st && !g.is_empty() {
+                *m = Some(std::mem::replace(g, TensorData::Bool(Vec::new())));
+            }
+        }
+    }
+
+    fn zero(&self) -> Option<&'a [Vec<bool>]> {
+        self.plan.map(|p| p.zero.as_slice())
+    }
+
+    fn put_back(self) {
+        if let Some(a) = self.arena {
+            *a.kept.lock().unwrap_or_else(|e| e.into_inner()) = (false, self.mem);
+        }
+    }
 }
 
 /// How [`run_in_place`] ran a program.
@@ -1011,6 +1152,7 @@ pub fn run_in_place(
     plan: &Result<crate::inplace::Plan, String>,
     threads: usize,
     limits: &Limits,
+    reuse: Option<Reuse<'_>>,
 ) -> Result<(Results, NativeStats, Mode), Vec<Diagnostic>> {
     let why = match plan {
         Ok(p) => p
@@ -1029,7 +1171,7 @@ pub fn run_in_place(
         Ok(p) if launches.len() == prog.launches.len() => p,
         r => {
             let why = r.err().unwrap_or_else(|| "the compiled launches do not match the program".to_string());
-            let (res, stats) = run(prog, graph, args, launches, threads, limits)?;
+            let (res, stats) = run(prog, graph, args, launches, threads, limits, reuse)?;
             let mut rest = Vec::new();
             for ((name, t), r) in res.into_iter().zip(&graph.results) {
                 match r.inout.and_then(|pi| graph.params.get(pi)) {
@@ -1042,12 +1184,31 @@ pub fn run_in_place(
             return Ok((rest, stats, Mode::Copied(why)));
         }
     };
+    let mut kept = Kept::take(reuse, prog);
+    let r = run_in_place_kept(prog, graph, args, launches, plan, threads, limits, &mut kept);
+    kept.put_back();
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in_place_kept(
+    prog: &TileProgram,
+    graph: &Graph,
+    args: &mut Args,
+    launches: &[NativeLaunch<'_>],
+    plan: &crate::inplace::Plan,
+    threads: usize,
+    limits: &Limits,
+    kept: &mut Kept<'_>,
+) -> Result<(Results, NativeStats, Mode), Vec<Diagnostic>> {
     let t0 = std::time::Instant::now();
     let written = gm::written(prog);
     let in_place: std::collections::BTreeSet<kc_ir::tile::TensorId> =
         plan.inout.iter().flat_map(|&(_, _, p, o)| std::iter::once(p).chain(o)).collect();
-    let borrow = |t: kc_ir::tile::TensorId| in_place.contains(&t) || read_only_param(prog, graph, &written, t);
+    let borrow =
+        |t: kc_ir::tile::TensorId| in_place.contains(&t) || read_only_param(prog, graph, &written, t) || kept.has(t);
     let (binding, mut mem) = gm::setup_borrowing(prog, graph, args, limits, "running", &borrow)?;
+    kept.lend(&mut mem);
     // Everything that could fail is checked before the first launch: the results' tensors, the threads.
     let elems = |ti: usize| -> usize {
         if in_place.contains(&kc_ir::tile::TensorId(ti as u32)) {
@@ -1077,7 +1238,9 @@ pub fn run_in_place(
     }
     let t1 = std::time::Instant::now();
     // Cannot fail (the plan's walk made every check the compiled code makes).
-    let stats = run_launches(prog, graph, launches, &ptrs, threads)?;
+    let stats = run_launches(prog, graph, launches, &ptrs, threads, kept.zero(), kept.poison);
+    kept.keep(&mut mem);
+    let stats = stats?;
     let t2 = std::time::Instant::now();
     let mut rest = Vec::new();
     for (k, (ti, shape)) in sources.iter().enumerate() {
@@ -1093,6 +1256,14 @@ pub fn run_in_place(
         eprintln!("in place: setup {:?} launches {:?} results {:?}", t1 - t0, t2 - t1, t2.elapsed());
     }
     Ok((rest, stats, Mode::InPlace))
+}
+
+fn dtype_bytes(d: &TensorData) -> usize {
+    match d {
+        TensorData::F32(_) | TensorData::I32(_) => 4,
+        TensorData::BF16(_) | TensorData::F16(_) => 2,
+        TensorData::Bool(_) => 1,
+    }
 }
 
 fn const_ptr(d: &TensorData) -> *const u8 {
@@ -1157,26 +1328,49 @@ fn units(l: &Launch) -> Vec<Unit> {
 }
 
 const ALIGN: usize = 64;
+
+thread_local! {
+    /// Each thread's scratch for the buffers of the cores it runs, kept across launches.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 const STACK_BYTES: usize = 1 << 20;
 
-/// Byte offsets of each buffer of one kind in a core's scratch, and the total.
-fn layout(l: &Launch, cube: bool, used: Option<&[bool]>) -> (Vec<Option<usize>>, usize) {
+/// A core's scratch: the byte offset of each buffer of its kind, the total, and the byte ranges that must
+/// hold zeros when the core starts.
+struct Layout {
+    offs: Vec<Option<usize>>,
+    bytes: usize,
+    zero: Vec<(usize, usize)>,
+}
+
+/// The scratch layout of one kind of core (`zero`: per buffer, whether it must start as zeros; `None`:
+/// all of them).
+fn layout(l: &Launch, cube: bool, used: Option<&[bool]>, zero: Option<&[bool]>) -> Layout {
     let mut off = 0usize;
     let mut offs = Vec::with_capacity(l.buffers.len());
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
     for (i, b) in l.buffers.iter().enumerate() {
         if b.mem.on_cube() == cube && used.is_none_or(|u| u.get(i).copied().unwrap_or(true)) {
             offs.push(Some(off));
-            off += (b.bytes() as usize).div_ceil(ALIGN) * ALIGN;
+            let bytes = (b.bytes() as usize).div_ceil(ALIGN) * ALIGN;
+            if zero.is_none_or(|z| z.get(i).copied().unwrap_or(true)) {
+                match ranges.last_mut() {
+                    Some(r) if r.1 == off => r.1 = off + bytes,
+                    _ => ranges.push((off, off + bytes)),
+                }
+            }
+            off += bytes;
         } else {
             offs.push(None);
         }
     }
-    (offs, off)
+    Layout { offs, bytes: off, zero: ranges }
 }
 
 /// A failure of one core: (kind order, core index, site, values).
 type CoreFailure = (u8, u32, usize, [i64; 4]);
 
+#[allow(clippy::too_many_arguments)]
 fn run_launch(
     graph: &Graph,
     li: usize,
@@ -1184,10 +1378,12 @@ fn run_launch(
     nl: &NativeLaunch<'_>,
     gm: &[*mut u8],
     threads: usize,
+    zero: Option<&[bool]>,
+    poison: bool,
 ) -> Result<u32, Vec<Diagnostic>> {
     let units = units(l);
-    let (cube_offs, cube_bytes) = layout(l, true, nl.used);
-    let (vec_offs, vec_bytes) = layout(l, false, nl.used);
+    let cube_layout = layout(l, true, nl.used, zero);
+    let vec_layout = layout(l, false, nl.used, zero);
     let abort = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
     let failures: Mutex<Vec<CoreFailure>> = Mutex::new(Vec::new());
@@ -1198,20 +1394,12 @@ fn run_launch(
         // Packed matrix operands kept by the host cube routine are valid for one launch only.
         crate::host::mmad::clear_b_cache();
         let mut stacks: Vec<DefaultStack> = Vec::new();
-        let mut scratch: Vec<u8> = Vec::new();
+        // The thread's scratch, kept from launch to launch (not page-faulted again).
+        let mut scratch: Vec<u8> = SCRATCH.with(|s| s.take());
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(unit) = units.get(i) else { break };
-            let r = run_unit(
-                unit,
-                nl,
-                gm,
-                (&cube_offs, cube_bytes),
-                (&vec_offs, vec_bytes),
-                &abort,
-                &mut stacks,
-                &mut scratch,
-            );
+            let r = run_unit(unit, nl, gm, &cube_layout, &vec_layout, &abort, &mut stacks, &mut scratch, poison);
             match r {
                 Ok((fails, max)) => {
                     max_count.fetch_max(max as usize, Ordering::Relaxed);
@@ -1225,6 +1413,7 @@ fn run_launch(
                 }
             }
         }
+        SCRATCH.with(|s| s.replace(scratch));
     };
     let threads = threads.min(units.len()).max(1);
     if threads == 1 {
@@ -1306,19 +1495,23 @@ fn run_unit(
     unit: &Unit,
     nl: &NativeLaunch<'_>,
     gm: Shared<*const *mut u8>,
-    cube_layout: (&[Option<usize>], usize),
-    vec_layout: (&[Option<usize>], usize),
+    cube_layout: &Layout,
+    vec_layout: &Layout,
     abort: &AtomicBool,
     stacks: &mut Vec<DefaultStack>,
     scratch: &mut Vec<u8>,
+    poison: bool,
 ) -> Result<(Vec<CoreFailure>, u32), String> {
     // The members: (kind 0 cube / 1 vector, core index, function, buffer offsets, bytes).
     let mut members: Vec<(u8, u32, Option<CoreFn>, &[Option<usize>], usize)> = Vec::new();
+    let mut layouts: Vec<&Layout> = Vec::new();
     if let Some(c) = unit.cube {
-        members.push((0, c, nl.cube, cube_layout.0, cube_layout.1));
+        members.push((0, c, nl.cube, &cube_layout.offs, cube_layout.bytes));
+        layouts.push(cube_layout);
     }
     for &v in &unit.vectors {
-        members.push((1, v, nl.vector, vec_layout.0, vec_layout.1));
+        members.push((1, v, nl.vector, &vec_layout.offs, vec_layout.bytes));
+        layouts.push(vec_layout);
     }
     let total: usize = members.iter().map(|m| m.4).sum::<usize>() + ALIGN;
     if scratch.len() < total {
@@ -1326,8 +1519,18 @@ fn run_unit(
     }
     let base = scratch.as_mut_ptr();
     let base = unsafe { base.add(base.align_offset(ALIGN)) };
-    // Buffers hold zeros when a core starts.
-    unsafe { std::ptr::write_bytes(base, 0, total - ALIGN) };
+    // Buffers hold zeros when a core starts (except those the program provably writes before it reads
+    // them: `crate::reuse`).
+    if poison {
+        unsafe { std::ptr::write_bytes(base, 0xFF, total - ALIGN) };
+    }
+    let mut at = 0usize;
+    for (m, lay) in members.iter().zip(&layouts) {
+        for &(a, b) in &lay.zero {
+            unsafe { std::ptr::write_bytes(base.add(at + a), 0, b - a) };
+        }
+        at += m.4;
+    }
     let n = members.len();
     let mut unit_state = UnitState {
         has_cube: unit.cube.is_some(),

@@ -12,6 +12,7 @@ mod jit;
 mod kernels;
 mod props;
 mod reference;
+mod reuse;
 mod robustness;
 mod snapshots;
 mod tiled;

@@ -1,0 +1,502 @@
+//! What memory a compiled program may get back dirty: the proof behind the executor's GM arena and its
+//! unzeroed scratch.
+//!
+//! Every executor starts a launch's on-chip buffers as zeros and every GM tensor that is not a parameter
+//! as zeros (the tile IR's semantics). Zeroing costs: a fresh intermediate or workspace is page-faulted
+//! and cleared by the kernel on every call (a `kc bench` of Muon touched 170 MB of them per call), and the
+//! scratch of every unit is cleared before its cores start. Neither is needed for memory that the program
+//! always writes before it reads it: its initial contents are never seen. [`plan`] proves this, per GM
+//! tensor and per launch buffer, by walking the compiled core programs with their concrete scalar values
+//! (as [`crate::inplace`] does, and with the same conventions: 64-bit wrapping arithmetic, floor division,
+//! loop bounds evaluated once):
+//!
+//! - **A buffer** belongs to one core, whose statements run in program order on the host. A launch's
+//!   buffer needs no zeroing when, on every core of its kind, every element a statement reads (a copy's
+//!   or a vector statement's source, an mmad's operands and its accumulator when it accumulates, a
+//!   reduction's source and its destination when it accumulates) was written by an earlier statement of
+//!   the same core into the same slot. A buffer a library operation writes is always zeroed (`bincount`
+//!   adds into its destination).
+//! - **A GM intermediate or workspace** may keep its memory from one call to the next (the executor's
+//!   arena, [`crate::native::Arena`]) when every element any statement reads was written before, in every
+//!   possible schedule: by an earlier launch (launches run in order), or earlier in the same launch by
+//!   the same core, or by the partner core of its unit ordered by cross-core flags (a cube core's write
+//!   followed by its `n`-th set of flag `f` comes before a vector partner's statements after its `n`-th
+//!   wait on `f`, and the other way round). Gathers read their whole source; a tensor a library
+//!   operation writes is never kept.
+//!
+//! A program the walk cannot follow (a scalar read of data: data-dependent control or addressing, or
+//! more than [`MAX_STEPS`] statements) gets the empty plan: every buffer zeroed, no tensor kept. A tensor
+//! whose in-launch orderings would cost more than [`MAX_CHECKS`] comparisons is not kept.
+
+use crate::inplace::Compiled;
+use crate::native::CROSS_FLAGS;
+use kc_ir::tile::{Launch, LibOp, Loc, Region, SBin, SExpr, Stmt, TensorRole, TileProgram, VExpr};
+use std::collections::BTreeMap;
+
+/// The most statements the walk executes.
+pub const MAX_STEPS: u64 = 1 << 23;
+/// The most (read, write) comparisons the in-launch ordering checks make.
+pub const MAX_CHECKS: u64 = 1 << 26;
+
+/// What a compiled program may get back dirty.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Per GM tensor: an intermediate or workspace whose every read element is written first (it may
+    /// keep its memory across calls, unzeroed).
+    pub keep: Vec<bool>,
+    /// Per launch, per buffer: whether the buffer must hold zeros when a core starts.
+    pub zero: Vec<Vec<bool>>,
+}
+
+impl Plan {
+    /// Nothing proven: every buffer zeroed, no tensor kept.
+    pub fn none(prog: &TileProgram) -> Plan {
+        Plan {
+            keep: vec![false; prog.tensors.len()],
+            zero: prog.launches.iter().map(|l| vec![true; l.buffers.len()]).collect(),
+        }
+    }
+}
+
+/// The plan of `prog` as compiled (`launches`: the core programs after copy forwarding), or the empty
+/// plan with the reason the walk stopped.
+pub fn plan(prog: &TileProgram, launches: &[Compiled<'_>]) -> (Plan, Option<String>) {
+    match walk(prog, launches) {
+        Ok(p) => (p, None),
+        Err(e) => (Plan::none(prog), Some(e)),
+    }
+}
+
+/// An access to a GM tensor inside a launch: (stream, statement number, cross-event position, start, end).
+type Span = (usize, u64, usize, u64, u64);
+
+struct Stream {
+    /// The unit it belongs to and its position in it (0 the cube core).
+    unit: usize,
+    member: usize,
+    /// Cross-core events so far: per flag, sets then waits (prefix counts, one entry per event + 1).
+    counts: Vec<[u32; 2 * CROSS_FLAGS]>,
+}
+
+struct Walk<'p> {
+    prog: &'p TileProgram,
+    regs: Vec<i64>,
+    steps: u64,
+    seq: u64,
+    /// Per GM tensor: elements written by earlier launches.
+    before: Vec<BTreeMap<u64, u64>>,
+    /// This launch's writes and its reads not covered by `before`, per GM tensor.
+    writes: Vec<Vec<Span>>,
+    gaps: Vec<Vec<Span>>,
+    keep: Vec<bool>,
+    /// The current stream: index, buffers written so far ((buffer, slot) -> elements), its zero needs.
+    stream: usize,
+    streams: Vec<Stream>,
+    written: BTreeMap<(u32, i64), BTreeMap<u64, u64>>,
+    zero: Vec<bool>,
+}
+
+fn walk(prog: &TileProgram, launches: &[Compiled<'_>]) -> Result<Plan, String> {
+    if launches.len() != prog.launches.len() {
+        return Err("the compiled launches do not match the program".into());
+    }
+    let n = prog.tensors.len();
+    let keep =
+        prog.tensors.iter().map(|t| matches!(t.role, TensorRole::Intermediate(_) | TensorRole::Workspace { .. }));
+    let mut w = Walk {
+        prog,
+        regs: Vec::new(),
+        steps: 0,
+        seq: 0,
+        before: vec![BTreeMap::new(); n],
+        writes: vec![Vec::new(); n],
+        gaps: vec![Vec::new(); n],
+        keep: keep.collect(),
+        stream: 0,
+        streams: Vec::new(),
+        written: BTreeMap::new(),
+        zero: Vec::new(),
+    };
+    let mut zero = Vec::with_capacity(prog.launches.len());
+    let mut checks: u64 = 0;
+    for (l, c) in prog.launches.iter().zip(launches) {
+        w.zero = vec![false; l.buffers.len()];
+        w.streams.clear();
+        let (cubes, vecs) = (l.cube_cores as usize, l.vector_cores as usize);
+        let ratio = if cubes == 0 { 0 } else { vecs / cubes };
+        for (body, cores, cube) in [(c.cube, cubes, true), (c.vector, vecs, false)] {
+            if body.is_empty() {
+                continue;
+            }
+            for core in 0..cores {
+                // The unit of the core, as the executor groups them (`native::units`).
+                let (unit, member) = if cube {
+                    (core, 0)
+                } else if ratio > 0 && core < cubes * ratio {
+                    (core / ratio, 1 + core % ratio)
+                } else {
+                    (cubes + core, 1)
+                };
+                w.stream = w.streams.len();
+                w.streams.push(Stream { unit, member, counts: vec![[0; 2 * CROSS_FLAGS]] });
+                w.regs = vec![0; l.svars.len()];
+                w.written.clear();
+                w.stmts(l, body, core as i64)?;
+            }
+        }
+        // Reads not written by earlier launches must be written earlier in this launch, in every schedule.
+        for t in 0..n {
+            let gaps = std::mem::take(&mut w.gaps[t]);
+            let writes = std::mem::take(&mut w.writes[t]);
+            if w.keep[t] && !gaps.is_empty() {
+                checks = checks.saturating_add(gaps.len() as u64 * writes.len() as u64);
+                if checks > MAX_CHECKS {
+                    w.keep[t] = false;
+                } else {
+                    for g in &gaps {
+                        let mut set = BTreeMap::new();
+                        for x in writes.iter().filter(|x| w.ordered(x, g)) {
+                            insert(&mut set, x.3, x.4);
+                        }
+                        if !covers(&set, g.3, g.4) {
+                            w.keep[t] = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            for x in &writes {
+                insert(&mut w.before[t], x.3, x.4);
+            }
+        }
+        zero.push(std::mem::take(&mut w.zero));
+    }
+    Ok(Plan { keep: w.keep, zero })
+}
+
+impl Walk<'_> {
+    /// Whether write `x` comes before read `r` in every schedule of the launch.
+    fn ordered(&self, x: &Span, r: &Span) -> bool {
+        if x.0 == r.0 {
+            return x.1 < r.1;
+        }
+        let (a, b) = (&self.streams[x.0], &self.streams[r.0]);
+        // Partners: a cube core and one of its vector cores (vector cores order only through their cube).
+        if a.unit != b.unit || (a.member != 0 && b.member != 0) {
+            return false;
+        }
+        let (ca, cb) = (&a.counts[x.2], &b.counts[r.2]);
+        // The write precedes the writer's next set of `f`, number `ca[f] + 1`; the reader has completed
+        // `cb[waits of f]` waits, each consuming one set of each partner.
+        (0..CROSS_FLAGS).any(|f| ca[f] < cb[CROSS_FLAGS + f])
+    }
+
+    fn stmts(&mut self, l: &Launch, body: &[Stmt], core: i64) -> Result<(), String> {
+        for s in body {
+            self.steps += 1;
+            if self.steps > MAX_STEPS {
+                return Err(format!("the program runs more than {MAX_STEPS} statements (not walked)"));
+            }
+            self.seq += 1;
+            match s {
+                Stmt::For { var, lo, hi, step, body } => {
+                    let lo = self.sexpr(lo, core)?;
+                    let hi = self.sexpr(hi, core)?;
+                    self.set(*var, lo)?;
+                    while self.get(*var)? < hi {
+                        self.stmts(l, body, core)?;
+                        let v = self.get(*var)?.wrapping_add(*step);
+                        self.set(*var, v)?;
+                    }
+                }
+                Stmt::Set { var, value } => {
+                    let v = self.sexpr(value, core)?;
+                    self.set(*var, v)?;
+                }
+                Stmt::If { cond, then } => {
+                    if self.sexpr(cond, core)? != 0 {
+                        self.stmts(l, then, core)?;
+                    }
+                }
+                Stmt::Copy { src, dst, rows, cols, .. } => {
+                    let (rows, cols) = (self.sexpr(rows, core)?, self.sexpr(cols, core)?);
+                    self.access(l, src, rows, cols, core, false)?;
+                    self.access(l, dst, rows, cols, core, true)?;
+                }
+                Stmt::Gather { src, col_offset, index, dst, rows, cols, .. } => {
+                    let (rows, cols) = (self.sexpr(rows, core)?, self.sexpr(cols, core)?);
+                    self.sexpr(col_offset, core)?;
+                    self.access(l, index, rows, 1, core, false)?;
+                    // The rows read are data: the whole source.
+                    let elems: u64 = self.prog.tensors.get(src.0 as usize).map_or(0, |t| t.shape.iter().product());
+                    self.gm(src.0 as usize, 0, 0, 1, elems as i64, false);
+                    self.access(l, dst, rows, cols, core, true)?;
+                }
+                Stmt::Mmad { a, b, c, m, k, n, accumulate } => {
+                    let (m, k, n) = (self.sexpr(m, core)?, self.sexpr(k, core)?, self.sexpr(n, core)?);
+                    self.access(l, a, m, k, core, false)?;
+                    self.access(l, b, k, n, core, false)?;
+                    if *accumulate {
+                        self.access(l, c, m, n, core, false)?;
+                    }
+                    self.access(l, c, m, n, core, true)?;
+                }
+                Stmt::Vector { dst, rows, cols, expr } => {
+                    let (rows, cols) = (self.sexpr(rows, core)?, self.sexpr(cols, core)?);
+                    let mut reads = Vec::new();
+                    let mut scalars = Vec::new();
+                    vreads(expr, &mut reads, &mut scalars);
+                    for e in scalars {
+                        self.sexpr(e, core)?;
+                    }
+                    for (kind, r) in reads {
+                        let (rr, cc) = match kind {
+                            0 => (rows, cols),
+                            1 => (rows, 1),
+                            _ => (1, cols),
+                        };
+                        self.access(l, r, rr, cc, core, false)?;
+                    }
+                    self.access(l, dst, rows, cols, core, true)?;
+                }
+                Stmt::Reduce { axis, src, dst, rows, cols, accumulate, .. } => {
+                    let (rows, cols) = (self.sexpr(rows, core)?, self.sexpr(cols, core)?);
+                    self.access(l, src, rows, cols, core, false)?;
+                    let (dr, dc) = if *axis == 1 { (rows, 1) } else { (1, cols) };
+                    if *accumulate {
+                        self.access(l, dst, dr, dc, core, false)?;
+                    }
+                    self.access(l, dst, dr, dc, core, true)?;
+                }
+                Stmt::Library { op, src, rows, cols, .. } => {
+                    let (rows, cols) = (self.sexpr(rows, core)?, self.sexpr(cols, core)?);
+                    self.access(l, src, rows, cols, core, false)?;
+                    let outs: Vec<&Region> = match op {
+                        LibOp::TopK { values, indices, .. } => values.iter().chain(indices.iter()).collect(),
+                        LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => vec![dst],
+                        LibOp::CumSum { dst, carry, .. } => std::iter::once(dst).chain(carry.iter()).collect(),
+                    };
+                    // Library outputs may accumulate: their buffers are zeroed, their tensors never kept.
+                    for r in outs {
+                        self.sexpr(&r.offset, core)?;
+                        self.sexpr(&r.row_stride, core)?;
+                        match &r.loc {
+                            Loc::Gm(t) => {
+                                if let Some(k) = self.keep.get_mut(t.0 as usize) {
+                                    *k = false;
+                                }
+                            }
+                            Loc::Buf { buf, slot } => {
+                                self.sexpr(slot, core)?;
+                                if let Some(z) = self.zero.get_mut(buf.0 as usize) {
+                                    *z = true;
+                                }
+                            }
+                        }
+                    }
+                }
+                Stmt::CrossSet { flag } | Stmt::CrossWait { flag } => {
+                    let f = *flag as usize;
+                    if f >= CROSS_FLAGS {
+                        return Err("a cross-core flag out of range".into());
+                    }
+                    let st = &mut self.streams[self.stream];
+                    let mut c = *st.counts.last().unwrap_or(&[0; 2 * CROSS_FLAGS]);
+                    let i = if matches!(s, Stmt::CrossSet { .. }) { f } else { CROSS_FLAGS + f };
+                    c[i] = c[i].saturating_add(1);
+                    st.counts.push(c);
+                }
+                Stmt::SetFlag { .. } | Stmt::WaitFlag { .. } | Stmt::Barrier { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, v: kc_ir::tile::SVar) -> Result<i64, String> {
+        self.regs.get(v.0 as usize).copied().ok_or_else(|| format!("register #{} is not declared", v.0))
+    }
+
+    fn set(&mut self, v: kc_ir::tile::SVar, x: i64) -> Result<(), String> {
+        let r = self.regs.get_mut(v.0 as usize).ok_or_else(|| format!("register #{} is not declared", v.0))?;
+        *r = x;
+        Ok(())
+    }
+
+    /// The value of a scalar expression, as the compiled code computes it.
+    fn sexpr(&self, e: &SExpr, core: i64) -> Result<i64, String> {
+        Ok(match e {
+            SExpr::Const(c) => *c,
+            SExpr::Var(v) => self.get(*v)?,
+            SExpr::Core => core,
+            SExpr::Bin(op, a, b) => {
+                let (a, b) = (self.sexpr(a, core)?, self.sexpr(b, core)?);
+                match op {
+                    SBin::Add => a.wrapping_add(b),
+                    SBin::Sub => a.wrapping_sub(b),
+                    SBin::Mul => a.wrapping_mul(b),
+                    SBin::Min => a.min(b),
+                    SBin::Max => a.max(b),
+                    SBin::Lt => i64::from(a < b),
+                    SBin::Le => i64::from(a <= b),
+                    SBin::Eq => i64::from(a == b),
+                    SBin::Div | SBin::Mod => {
+                        if b == 0 || (a == i64::MIN && b == -1) {
+                            return Err("a scalar division by zero".into());
+                        }
+                        if *op == SBin::Div {
+                            a.div_euclid(b) - i64::from(b < 0 && a.rem_euclid(b) != 0)
+                        } else {
+                            let r = a % b;
+                            if r != 0 && ((r < 0) != (b < 0)) {
+                                r + b
+                            } else {
+                                r
+                            }
+                        }
+                    }
+                }
+            }
+            SExpr::Read { .. } => return Err("a scalar read of data (data-dependent control or addressing)".into()),
+        })
+    }
+
+    /// Records a `rows × cols` window of `r`, read or written.
+    fn access(&mut self, _l: &Launch, r: &Region, rows: i64, cols: i64, core: i64, write: bool) -> Result<(), String> {
+        let offset = self.sexpr(&r.offset, core)?;
+        let stride = self.sexpr(&r.row_stride, core)?;
+        if rows <= 0 || cols <= 0 {
+            return Ok(());
+        }
+        if offset < 0 || stride < 0 {
+            return Err("a window at a negative offset or stride".into());
+        }
+        match &r.loc {
+            Loc::Gm(t) => self.gm(t.0 as usize, offset, stride, rows, cols, write),
+            Loc::Buf { buf, slot } => {
+                let slot = self.sexpr(slot, core)?;
+                let key = (buf.0, slot);
+                let b = buf.0 as usize;
+                if write {
+                    let set = self.written.entry(key).or_default();
+                    for_rows(offset, stride, rows, cols, |a, e| insert(set, a, e));
+                } else if self.zero.get(b) == Some(&false) {
+                    let empty = BTreeMap::new();
+                    let set = self.written.get(&key).unwrap_or(&empty);
+                    let (o, s, c) = (offset as u64, stride as u64, cols as u64);
+                    let mut ok = covers(set, o, o + (rows as u64 - 1) * s + c);
+                    if !ok {
+                        ok = true;
+                        for_rows(offset, stride, rows, cols, |a, e| ok &= covers(set, a, e));
+                    }
+                    if !ok {
+                        self.zero[b] = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn gm(&mut self, t: usize, offset: i64, stride: i64, rows: i64, cols: i64, write: bool) {
+        if !self.keep.get(t).copied().unwrap_or(false) {
+            return;
+        }
+        let pos = self.streams.get(self.stream).map_or(0, |s| s.counts.len() - 1);
+        let (stream, seq) = (self.stream, self.seq);
+        if write {
+            let v = &mut self.writes[t];
+            for_rows(offset, stride, rows, cols, |a, e| v.push((stream, seq, pos, a, e)));
+        } else {
+            let (before, gaps) = (&self.before[t], &mut self.gaps[t]);
+            // Most reads are of what earlier launches wrote whole: one look-up for the window's extent.
+            let (o, s, c) = (offset as u64, stride as u64, cols as u64);
+            if covers(before, o, o + (rows as u64 - 1) * s + c) {
+                return;
+            }
+            for_rows(offset, stride, rows, cols, |a, e| {
+                let mut x = a;
+                // The parts of [a, e) no earlier launch wrote.
+                let first = before.range(..=a).next_back().map(|(&s, &end)| (s, end));
+                for (s, end) in first.into_iter().chain(before.range(a + 1..e).map(|(&s, &end)| (s, end))) {
+                    if end <= x {
+                        continue;
+                    }
+                    if s > x {
+                        gaps.push((stream, seq, pos, x, s));
+                    }
+                    x = x.max(end);
+                    if x >= e {
+                        break;
+                    }
+                }
+                if x < e {
+                    gaps.push((stream, seq, pos, x, e));
+                }
+            });
+        }
+    }
+}
+
+/// Calls `f(start, end)` for the element runs of a window (one run when its rows are contiguous).
+fn for_rows(offset: i64, stride: i64, rows: i64, cols: i64, mut f: impl FnMut(u64, u64)) {
+    let (o, s, c) = (offset as u64, stride as u64, cols as u64);
+    if rows == 1 || stride == cols {
+        f(o, o + (rows as u64 - 1) * s + c);
+    } else {
+        for i in 0..rows as u64 {
+            f(o + i * s, o + i * s + c);
+        }
+    }
+}
+
+/// The regions a vector expression reads (0: the tile, 1: one value per row, 2: one per column) and its
+/// scalar-unit sub-expressions.
+fn vreads<'e>(e: &'e VExpr, out: &mut Vec<(u8, &'e Region)>, scalars: &mut Vec<&'e SExpr>) {
+    match e {
+        VExpr::Read(r) => out.push((0, r)),
+        VExpr::ReadRow(r) => out.push((1, r)),
+        VExpr::ReadCol(r) => out.push((2, r)),
+        VExpr::Scalar(s) => scalars.push(s),
+        VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Row | VExpr::Col => {}
+        _ => {
+            for c in e.children() {
+                vreads(c, out, scalars);
+            }
+        }
+    }
+}
+
+/// Adds `[a, b)` to a set of disjoint, non-touching intervals.
+fn insert(set: &mut BTreeMap<u64, u64>, mut a: u64, mut b: u64) {
+    if a >= b {
+        return;
+    }
+    let touching: Vec<(u64, u64)> = set.range(..=b).rev().take_while(|(_, &e)| e >= a).map(|(&s, &e)| (s, e)).collect();
+    for (s, e) in touching {
+        set.remove(&s);
+        a = a.min(s);
+        b = b.max(e);
+    }
+    set.insert(a, b);
+}
+
+/// Whether `[a, b)` lies inside one interval of the set (its intervals do not touch).
+fn covers(set: &BTreeMap<u64, u64>, a: u64, b: u64) -> bool {
+    a >= b || set.range(..=a).next_back().is_some_and(|(_, &e)| e >= b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage_of_intervals() {
+        let mut s = BTreeMap::new();
+        insert(&mut s, 10, 20);
+        insert(&mut s, 20, 30);
+        assert!(covers(&s, 10, 30) && covers(&s, 12, 13) && covers(&s, 5, 5));
+        assert!(!covers(&s, 9, 12) && !covers(&s, 25, 31));
+        insert(&mut s, 40, 50);
+        assert!(!covers(&s, 25, 45));
+    }
+}

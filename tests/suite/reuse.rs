@@ -1,0 +1,182 @@
+//! Memory a compiled program gets back dirty (`kc_runtime::reuse`, the executor's GM arena and unzeroed
+//! scratch): every kernel of `kernels/` and every fixture, called several times on one compiled program
+//! with that memory poisoned (`0xFF` bytes, NaN in every float dtype), gives the results of a run on
+//! fresh, zeroed memory, bit for bit; and the proof does keep Muon's intermediates and workspaces.
+
+use crate::common;
+use crate::tiled::{kernel_names, sizes, tile_at};
+use kc_ir::interp::Limits;
+use kc_ir::launch::Args;
+use kc_ir::target::Target;
+use kc_ir::tile::{Loc, Stmt, TensorRole, TileProgram};
+use kc_ir::Graph;
+use kc_runtime::native::{self, NativeLaunch};
+use std::collections::BTreeMap;
+
+/// A run on fresh memory: no arena, every buffer zeroed.
+fn fresh(
+    code: &kc_codegen::Compiled,
+    tp: &TileProgram,
+    g: &Graph,
+    args: &Args,
+    threads: usize,
+) -> Result<kc_runtime::gm::Results, String> {
+    let launches: Vec<NativeLaunch<'_>> = code
+        .launches
+        .iter()
+        .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
+        .collect();
+    native::run(tp, g, args, &launches, threads, &Limits::default(), None)
+        .map(|r| r.0)
+        .map_err(|e| format!("{:?}", e[0].code))
+}
+
+/// Calls `g` at `dims` on the host four times (seeds, 1 and 2 threads) with reused memory poisoned, each
+/// against a fresh run. Returns the plan, or `None` if no template tiles the kernel at these dims.
+fn same_as_fresh(g: &Graph, dims: &BTreeMap<String, i64>) -> Option<(TileProgram, kc_runtime::reuse::Plan)> {
+    let t = Target::builtin("host").expect("host");
+    let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+    let b = kc_ir::launch::bind_dims(g, dims).ok()?;
+    kc_ir::passes::tile::fuse_and_tile(g, &b, &t).ok()?;
+    let (_, tp, _) = tile_at(g, dims, &t);
+    let code =
+        kc_codegen::compile(&tp, &kc_codegen::Options::default()).unwrap_or_else(|e| panic!("{}: {e:?}", g.name));
+    code.poison_reused_memory();
+    for (seed, threads) in [(1u64, 1usize), (2, 2), (3, 1), (4, 2)] {
+        let args = kc_runtime::random::random_args(g, &given, seed).ok()?;
+        let want = fresh(&code, &tp, g, &args, threads);
+        let got =
+            code.run(&tp, g, &args, threads, &Limits::default()).map(|r| r.0).map_err(|e| format!("{:?}", e[0].code));
+        let what = format!("{} at {dims:?}, seed {seed}, {threads} threads", g.name);
+        match (want, got) {
+            (Ok(want), Ok(got)) => {
+                for ((name, w), (_, r)) in want.iter().zip(&got) {
+                    common::assert_same_bits(&format!("{what}: {name}"), w, r);
+                }
+            }
+            (w, r) => assert_eq!(w.err(), r.err(), "{what}: the same failure"),
+        }
+    }
+    let plan = code.reuse_plan(&tp).clone();
+    Some((tp, plan))
+}
+
+#[test]
+fn reused_memory_gives_the_results_of_fresh_memory() {
+    let s = sizes();
+    let (mut ran, mut kept, mut unzeroed) = (0, 0, 0);
+    let mut cases: Vec<(std::path::PathBuf, Vec<BTreeMap<String, i64>>)> = kernel_names()
+        .into_iter()
+        .map(|k| (common::kernel_path(&k), s.get(&k).map(|z| z.sim.clone()).unwrap_or_default()))
+        .collect();
+    for d in ["tests/data/ok", "tests/data/diff"] {
+        let mut files: Vec<_> = std::fs::read_dir(common::repo_root().join(d))
+            .expect("fixtures")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "ker"))
+            .collect();
+        files.sort();
+        cases.extend(files.into_iter().map(|f| (f, Vec::new())));
+    }
+    for (file, dims) in &cases {
+        let prog = common::compile_ok(file);
+        for g in &prog.kernels {
+            let mut all = dims.clone();
+            if all.is_empty() {
+                all = [7, 300].iter().map(|&n| g.dims.iter().map(|d| (d.clone(), n)).collect()).collect();
+            }
+            for d in &all {
+                if let Some((tp, plan)) = same_as_fresh(g, d) {
+                    ran += 1;
+                    kept += (0..tp.tensors.len())
+                        .filter(|&t| {
+                            plan.keep[t] && !matches!(tp.tensors[t].role, TensorRole::Param(_) | TensorRole::Output(_))
+                        })
+                        .count();
+                    unzeroed += plan.zero.iter().flatten().filter(|z| !**z).count();
+                }
+            }
+        }
+    }
+    assert!(ran >= 100, "only {ran} programs ran");
+    assert!(kept >= 50 && unzeroed >= 100, "{kept} tensors kept, {unzeroed} buffers unzeroed");
+}
+
+/// Muon at a size where its matmuls go through GM: every intermediate and workspace is proven written
+/// before it is read, and the matmul launches' accumulators need no zeroing.
+#[test]
+fn muon_keeps_its_intermediates_and_workspaces() {
+    let g = common::compile_ok(common::kernel_path("muon_orthogonalize")).kernels.remove(0);
+    let dims: BTreeMap<String, i64> = [("M".to_string(), 33), ("N".to_string(), 2100)].into_iter().collect();
+    let (tp, plan) = same_as_fresh(&g, &dims).expect("muon tiles");
+    let mut workspaces = 0;
+    for (t, x) in tp.tensors.iter().enumerate() {
+        match x.role {
+            TensorRole::Intermediate(_) => assert!(plan.keep[t], "`{}` is kept", x.name),
+            TensorRole::Workspace { .. } => {
+                workspaces += 1;
+                assert!(plan.keep[t], "`{}` is kept", x.name);
+            }
+            _ => {}
+        }
+    }
+    assert!(workspaces >= 5, "the matmuls' epilogues go through workspaces");
+    for (l, z) in tp.launches.iter().zip(&plan.zero) {
+        for (b, z) in l.buffers.iter().zip(z) {
+            if b.name.starts_with("c_l0c") {
+                assert!(!z, "{}: `{}` is written (mmad without accumulate) before it is read", l.name, b.name);
+            }
+        }
+    }
+}
+
+/// Removes the copies for which `drop` holds, in loops and branches too.
+fn drop_copies(body: &mut Vec<Stmt>, drop: &dyn Fn(&Loc, &Loc) -> bool) {
+    body.retain(|s| !matches!(s, Stmt::Copy { src, dst, .. } if drop(&src.loc, &dst.loc)));
+    for s in body.iter_mut() {
+        if let Stmt::For { body, .. } | Stmt::If { then: body, .. } = s {
+            drop_copies(body, drop);
+        }
+    }
+}
+
+/// Programs that do read memory before writing it (a tile program with a copy taken out: a buffer that no
+/// copy fills, an intermediate that no launch writes) see zeros on every call, poisoned or not: the proof
+/// finds those reads and the executor zeroes that memory.
+#[test]
+fn memory_read_before_it_is_written_is_zeroed_on_every_call() {
+    let g = common::compile_ok_src(
+        "reuse_unwritten",
+        "kernel k(x: f32[N]) -> y: f32[N] {\n    #[unfused]\n    let t: f32 = x * 2.0;\n    y = t + 1.0;\n}\n",
+    )
+    .kernels
+    .remove(0);
+    let dims: BTreeMap<String, i64> = [("N".to_string(), 1000)].into_iter().collect();
+    let (_, tp, _) = tile_at(&g, &dims, &Target::builtin("host").expect("host"));
+    let t = tp.tensors.iter().position(|x| matches!(x.role, TensorRole::Intermediate(_))).expect("t is stored");
+    assert_eq!(tp.launches.len(), 2, "t is written by one launch and read by the next");
+    for case in ["the copy of x into its buffer", "the copy of t into GM"] {
+        let mut bad = tp.clone();
+        for l in &mut bad.launches {
+            drop_copies(&mut l.vector, &|src, dst| match case {
+                "the copy of x into its buffer" => matches!(src, Loc::Gm(kc_ir::tile::TensorId(0))),
+                _ => *dst == Loc::Gm(kc_ir::tile::TensorId(t as u32)),
+            });
+        }
+        let code = kc_codegen::compile(&bad, &kc_codegen::Options::default()).expect("compiles");
+        code.poison_reused_memory();
+        let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+        for (seed, threads) in [(1u64, 1usize), (2, 2), (3, 1)] {
+            let args = kc_runtime::random::random_args(&g, &given, seed).expect("args");
+            let (r, _) = code.run(&bad, &g, &args, threads, &Limits::default()).expect("runs");
+            let y = r[0].1.to_f64_vec();
+            assert!(y.iter().all(|&v| v == 1.0), "without {case}, call {seed}: y = 0 * 2 + 1, not {:?}", &y[..4]);
+        }
+        let plan = code.reuse_plan(&bad);
+        match case {
+            "the copy of x into its buffer" => assert!(plan.zero[0].iter().any(|z| *z), "x's buffer is zeroed"),
+            _ => assert!(!plan.keep[t], "t is not kept"),
+        }
+    }
+}
