@@ -119,7 +119,7 @@ fn overlap(tl: &kc_ir::cost::timeline::Timeline, cube: bool, a: Pipe, b: Pipe) -
 }
 
 /// Double buffering shows in the timeline: a vector core's copies in overlap its vector work (AdamW), a
-/// cube core's copies in overlap its mmads (matmul).
+/// cube core's copies in overlap its mmads (matmul), and both in attention.
 #[test]
 fn double_buffering_overlaps_copies_and_compute() {
     let t = Target::builtin("ascend910b").expect("target");
@@ -145,6 +145,25 @@ fn double_buffering_overlaps_copies_and_compute() {
         .sum();
     let o = overlap(&tl, true, Pipe::Mte2, Pipe::M);
     assert!(o > 0.5 * busy_m, "matmul: MTE2 overlaps M for {o} of M's {busy_m} cycles");
+    // Attention: a vector core's score loads (a ring of two UB slots) overlap its vector work, and the cube
+    // core's k and v loads (two L1 slots) its mmads.
+    let dims = dims_of(&[("B", 1), ("H", 2), ("G", 1), ("S", 1024), ("T", 1024), ("D", 128)]);
+    let (tp, _) = estimate_at("attention", &dims, &t);
+    let (_, tl) = estimate(&tp, &t, &IntData::new(), true).expect("estimate");
+    let tl = tl.expect("timeline");
+    let busy = |cube: bool, p: Pipe| -> f64 {
+        tl.slices
+            .iter()
+            .filter(|s| s.core.cube == cube && s.core.index == 0 && s.pipe == p)
+            .map(|s| s.end - s.start)
+            .sum()
+    };
+    let o = overlap(&tl, false, Pipe::Mte2, Pipe::V);
+    let b2 = busy(false, Pipe::Mte2);
+    assert!(o > 0.5 * b2, "attention: a vector core's MTE2 overlaps V for {o} of MTE2's {b2} cycles");
+    let o = overlap(&tl, true, Pipe::Mte2, Pipe::M);
+    let bm = busy(true, Pipe::Mte2);
+    assert!(o > 0.3 * bm, "attention: the cube core's MTE2 overlaps M for {o} of MTE2's {bm} cycles");
 }
 
 /// The tiler keeps the candidate the model ranks first, and it is no slower (by the full estimate) than a
