@@ -218,7 +218,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_reduce", native::kc_rt_reduce as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_exp_f32", kc_runtime::host::rowmath::kc_rt_exp_f32 as *const u8, vec![I64; 2], vec![]),
         ("kc_rt_f32_to_bf16", native::kc_rt_f32_to_bf16 as *const u8, vec![I64; 3], vec![]),
-        ("kc_rt_row_exp", rowmath::kc_rt_row_exp as *const u8, vec![I64, I64, I64, F32, I64, I64], vec![]),
+        ("kc_rt_row_exp", rowmath::kc_rt_row_exp as *const u8, vec![I64, I64, I64, F32, F32, I64, I64], vec![]),
         ("kc_rt_row_scalar", rowmath::kc_rt_row_scalar as *const u8, vec![I64, I64, I64, F32, I64], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
@@ -1422,8 +1422,8 @@ fn same_storage(a: &Region, b: &Region) -> bool {
 
 /// A vector statement that a host routine computes row by row, 16 lanes at a time ([`Gen::row_routine`]).
 enum RowForm<'e> {
-    /// `exp(src - s)` (or `exp(src)`) into `f32`: [`rowmath::kc_rt_row_exp`].
-    Exp { src: &'e Region, s: Option<&'e VExpr> },
+    /// `exp(src - s)` (or `exp(src)`; `k·src` for `src` with `k`) into `f32`: [`rowmath::kc_rt_row_exp`].
+    Exp { src: &'e Region, s: Option<&'e VExpr>, k: Option<&'e VExpr> },
     /// `src op s`, or `s op src` (`swap`), `op` one of `+ - * /`, into `f32` or bf16:
     /// [`rowmath::kc_rt_row_scalar`].
     Scalar { src: &'e Region, s: &'e VExpr, op: BinOp, swap: bool },
@@ -1450,14 +1450,31 @@ fn float_read<'e>(prog: &TileProgram, l: &Launch, e: &'e VExpr) -> Option<&'e Re
     }
 }
 
-/// An `exp`'s argument as `src - s` (`s` row-invariant) or `src`, `src` an element read of `f32`/bf16.
-fn exp_arg<'e>(prog: &TileProgram, l: &Launch, a: &'e VExpr) -> Option<(&'e Region, Option<&'e VExpr>)> {
-    if let Some(r) = float_read(prog, l, a) {
-        return Some((r, None));
-    }
+/// The row value a [`rowmath::kc_rt_row_exp`] argument subtracts, and the one it multiplies by.
+type ExpArg<'e> = (&'e Region, Option<&'e VExpr>, Option<&'e VExpr>);
+
+/// An `exp`'s argument as `x - s` (`s` row-invariant) or `x`, where `x` is `src` or `k·src` (`k`
+/// row-invariant), `src` an element read of `f32`/bf16.
+fn exp_arg<'e>(prog: &TileProgram, l: &Launch, a: &'e VExpr) -> Option<ExpArg<'e>> {
+    let scaled = |x: &'e VExpr| -> Option<(&'e Region, Option<&'e VExpr>)> {
+        if let Some(r) = float_read(prog, l, x) {
+            return Some((r, None));
+        }
+        match x {
+            VExpr::Binary(BinOp::Mul, k, y) if row_float(prog, l, k) => Some((float_read(prog, l, y)?, Some(&**k))),
+            VExpr::Binary(BinOp::Mul, y, k) if row_float(prog, l, k) => Some((float_read(prog, l, y)?, Some(&**k))),
+            _ => None,
+        }
+    };
     match a {
-        VExpr::Binary(BinOp::Sub, x, s) if row_float(prog, l, s) => Some((float_read(prog, l, x)?, Some(&**s))),
-        _ => None,
+        VExpr::Binary(BinOp::Sub, x, s) if row_float(prog, l, s) => {
+            let (r, k) = scaled(x)?;
+            Some((r, Some(&**s), k))
+        }
+        _ => {
+            let (r, k) = scaled(a)?;
+            Some((r, None, k))
+        }
     }
 }
 
@@ -1469,8 +1486,8 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
     let ddt = region_dtype(prog, l, dst)?;
     let form = match expr {
         VExpr::Unary(UnOp::Exp, a) if ddt == DType::F32 => {
-            let (src, s) = exp_arg(prog, l, a)?;
-            RowForm::Exp { src, s }
+            let (src, s, k) = exp_arg(prog, l, a)?;
+            RowForm::Exp { src, s, k }
         }
         VExpr::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div), a, b)
             if matches!(ddt, DType::F32 | DType::BF16) =>
@@ -1485,9 +1502,9 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
         }
         _ => return None,
     };
-    let (src, s) = match &form {
-        RowForm::Exp { src, s } => (*src, *s),
-        RowForm::Scalar { src, s, .. } => (*src, Some(*s)),
+    let (src, s, k) = match &form {
+        RowForm::Exp { src, s, k } => (*src, *s, *k),
+        RowForm::Scalar { src, s, .. } => (*src, Some(*s), None),
     };
     let aliased = |r: &Region| matches!(r.loc, Loc::Gm(t) if may_alias(prog, t));
     let same_elems =
@@ -1497,9 +1514,9 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
     {
         return None;
     }
-    if let Some(s) = s {
+    for v in [s, k].into_iter().flatten() {
         let mut reads = Vec::new();
-        collect_reads(s, &mut reads);
+        collect_reads(v, &mut reads);
         if reads.iter().any(|(_, r)| same_storage(r, dst) || aliased(r) && aliased(dst)) {
             return None;
         }
@@ -1823,15 +1840,15 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 for (i, node) in exps.iter().enumerate() {
                     let VExpr::Unary(_, arg) = node else { unreachable!("only `exp` nodes are collected") };
                     let slot = g.exp_slot(i);
-                    if let Some((src, s)) = exp_arg(g.prog, g.launch, arg) {
-                        // `exp(src - s)`: straight from the source row into the scratch, one call.
+                    if let Some((src, s, k)) = exp_arg(g.prog, g.launch, arg) {
+                        // `exp(k·src - s)`: straight from the source row into the scratch, one call.
                         let x = g.read_res(&reads, src)?.clone();
                         let ps = g.elem_addr(&x, Some(r), Some(cs));
                         let base = g.b.ins().stack_addr(types::I64, slot, 0);
-                        let (f, sv) = g.row_exp_args(&x, s, &reads, &row_vals, r)?;
+                        let (f, sv, kv) = g.row_exp_args(&x, s, k, &reads, &row_vals, r)?;
                         let flags = g.iconst(f);
                         let null = g.iconst(0);
-                        g.call("kc_rt_row_exp", &[base, ps, flags, sv, n, null]);
+                        g.call("kc_rt_row_exp", &[base, ps, flags, sv, kv, n, null]);
                         done.push((*node as *const VExpr, slot));
                         continue;
                     }
@@ -1942,14 +1959,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             }
             None => None,
         };
-        let (src_r, s_expr) = match form {
-            RowForm::Exp { src, s } => (*src, *s),
-            RowForm::Scalar { src, s, .. } => (*src, Some(*s)),
+        let (src_r, s_expr, k_expr) = match form {
+            RowForm::Exp { src, s, k } => (*src, *s, *k),
+            RowForm::Scalar { src, s, .. } => (*src, Some(*s), None),
         };
         let src = self.read_res(&reads, src_r)?.clone();
         let zero = self.iconst(0);
         let mut consts: BTreeMap<*const VExpr, SV> = BTreeMap::new();
-        if let Some(e) = s_expr {
+        for e in [s_expr, k_expr].into_iter().flatten() {
             self.hoist(e, Var::Const, &reads, At { r: zero, c: zero, tail: true }, &mut consts)?;
         }
         let (rv, _) = self.elem_vars();
@@ -1958,8 +1975,8 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             let pd = g.elem_addr(&d, Some(r), None);
             let ps = g.elem_addr(&src, Some(r), None);
             match form {
-                RowForm::Exp { s, .. } => {
-                    let (mut f, sv) = g.row_exp_args(&src, *s, &reads, &consts, r)?;
+                RowForm::Exp { s, k, .. } => {
+                    let (mut f, sv, kv) = g.row_exp_args(&src, *s, *k, &reads, &consts, r)?;
                     let sp = match &acc {
                         Some((x, accumulate)) => {
                             if *accumulate {
@@ -1970,7 +1987,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                         None => g.iconst(0),
                     };
                     let flags = g.iconst(f);
-                    g.call("kc_rt_row_exp", &[pd, ps, flags, sv, cols, sp]);
+                    g.call("kc_rt_row_exp", &[pd, ps, flags, sv, kv, cols, sp]);
                 }
                 RowForm::Scalar { s, op, swap, .. } => {
                     let zero = g.iconst(0);
@@ -2002,29 +2019,34 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         })
     }
 
-    /// The flags and the subtrahend of a [`rowmath::kc_rt_row_exp`] call for `exp(src - s)` (or `exp(src)`) at
-    /// row `r`.
+    /// The flags, the subtrahend and the factor of a [`rowmath::kc_rt_row_exp`] call for `exp(k·src - s)` (or
+    /// without `k`, or `s`) at row `r`.
     fn row_exp_args(
         &mut self,
         src: &Res,
         s: Option<&VExpr>,
+        k: Option<&VExpr>,
         reads: &Reads,
         hoisted: &BTreeMap<*const VExpr, SV>,
         r: Value,
-    ) -> Result<(i64, Value), Diagnostic> {
+    ) -> Result<(i64, Value, Value), Diagnostic> {
         let mut f = if src.dtype == DType::BF16 { rowmath::ROW_SRC_BF16 } else { 0 };
-        let sv = match s {
-            Some(e) => {
-                f |= rowmath::ROW_EXP_SUB;
-                let zero = self.iconst(0);
-                match self.sx(e, reads, hoisted, At { r, c: zero, tail: true })? {
-                    SV::F(v) => v,
-                    _ => return Err(self.err("a row value that is not a float")),
+        let value = |g: &mut Self, e: Option<&VExpr>, flag: i64, f: &mut i64, none: f32| -> Result<Value, Diagnostic> {
+            match e {
+                Some(e) => {
+                    *f |= flag;
+                    let zero = g.iconst(0);
+                    match g.sx(e, reads, hoisted, At { r, c: zero, tail: true })? {
+                        SV::F(v) => Ok(v),
+                        _ => Err(g.err("a row value that is not a float")),
+                    }
                 }
+                None => Ok(g.b.ins().f32const(none)),
             }
-            None => self.b.ins().f32const(0.0),
         };
-        Ok((f, sv))
+        let sv = value(self, s, rowmath::ROW_EXP_SUB, &mut f, 0.0)?;
+        let kv = value(self, k, rowmath::ROW_EXP_MUL, &mut f, 1.0)?;
+        Ok((f, sv, kv))
     }
 
     /// The columns `cv..limit` of row `r` of a vector statement: with SIMD, two vectors a step while 8 columns
@@ -2886,8 +2908,10 @@ mod tests {
         let (prog, l) = setup();
         let form = |dst: Region, e: VExpr| match row_form(&prog, &l, &dst, &e) {
             None => "none",
-            Some(RowForm::Exp { s: None, .. }) => "exp",
-            Some(RowForm::Exp { s: Some(_), .. }) => "exp-sub",
+            Some(RowForm::Exp { s: None, k: None, .. }) => "exp",
+            Some(RowForm::Exp { s: Some(_), k: None, .. }) => "exp-sub",
+            Some(RowForm::Exp { s: Some(_), k: Some(_), .. }) => "exp-mul-sub",
+            Some(RowForm::Exp { s: None, k: Some(_), .. }) => "exp-mul",
             Some(RowForm::Scalar { swap: false, .. }) => "scalar",
             Some(RowForm::Scalar { swap: true, .. }) => "scalar-swapped",
         };
@@ -2899,6 +2923,12 @@ mod tests {
         assert_eq!(form(ub(1, 0), exp(x())), "exp");
         assert_eq!(form(ub(1, 0), exp(bin(BinOp::Sub, x(), row()))), "exp-sub");
         assert_eq!(form(ub(1, 0), exp(bin(BinOp::Sub, x(), VExpr::F32(2.0)))), "exp-sub");
+        // A row-invariant factor on the source (attention's folded scale), on either side.
+        assert_eq!(form(ub(1, 0), exp(bin(BinOp::Sub, bin(BinOp::Mul, row(), x()), row()))), "exp-mul-sub");
+        assert_eq!(form(ub(1, 0), exp(bin(BinOp::Mul, x(), VExpr::F32(0.5)))), "exp-mul");
+        // Not a factor: one that varies along the row, or a division (which could fail).
+        assert_eq!(form(ub(1, 0), exp(bin(BinOp::Sub, bin(BinOp::Mul, x(), x()), row()))), "none");
+        assert_eq!(form(ub(1, 0), exp(bin(BinOp::Mul, x(), bin(BinOp::Div, row(), VExpr::F32(2.0))))), "none");
         assert_eq!(form(ub(1, 0), bin(BinOp::Div, x(), row())), "scalar");
         assert_eq!(form(ub(1, 0), bin(BinOp::Sub, row(), x())), "scalar-swapped");
         // In place, at the same window: each block is loaded before it is stored.

@@ -48,6 +48,11 @@ pub struct Target {
     /// of work: a contiguous run is one sequential stream per tensor, which the CPU's prefetchers follow.
     #[serde(default)]
     pub contiguous_chunks: bool,
+    /// How many blocks ahead of its p·v products the score template's cube computes scores (the depth of
+    /// its rings: one slot more; default 3). Deeper hides more of the cube-to-vector latency on an NPU;
+    /// on the host every block in flight is cache footprint.
+    #[serde(default)]
+    pub score_lead: Option<u32>,
     pub memory: Vec<Memory>,
     pub cube: Cube,
     pub vector: Vector,

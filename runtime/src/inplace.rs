@@ -271,31 +271,7 @@ impl Walk<'_> {
             SExpr::Core => core,
             SExpr::Bin(op, a, b) => {
                 let (a, b) = (self.sexpr(l, a, core)?, self.sexpr(l, b, core)?);
-                match op {
-                    SBin::Add => a.wrapping_add(b),
-                    SBin::Sub => a.wrapping_sub(b),
-                    SBin::Mul => a.wrapping_mul(b),
-                    SBin::Min => a.min(b),
-                    SBin::Max => a.max(b),
-                    SBin::Lt => i64::from(a < b),
-                    SBin::Le => i64::from(a <= b),
-                    SBin::Eq => i64::from(a == b),
-                    SBin::Div | SBin::Mod => {
-                        if b == 0 || (a == i64::MIN && b == -1) {
-                            return Err("a scalar division by zero".into());
-                        }
-                        if *op == SBin::Div {
-                            a.div_euclid(b) - i64::from(b < 0 && a.rem_euclid(b) != 0)
-                        } else {
-                            let r = a % b;
-                            if r != 0 && ((r < 0) != (b < 0)) {
-                                r + b
-                            } else {
-                                r
-                            }
-                        }
-                    }
-                }
+                sbin(*op, a, b)?
             }
             SExpr::Read { .. } => return Err("a scalar read of data (data-dependent control or addressing)".into()),
         })
@@ -350,6 +326,36 @@ impl Walk<'_> {
     }
 }
 
+/// A scalar operation as the compiled code computes it: 64-bit wrapping arithmetic, floor division and
+/// remainder (a division by zero, or of the least value by -1, is an error).
+pub(crate) fn sbin(op: SBin, a: i64, b: i64) -> Result<i64, String> {
+    Ok(match op {
+        SBin::Add => a.wrapping_add(b),
+        SBin::Sub => a.wrapping_sub(b),
+        SBin::Mul => a.wrapping_mul(b),
+        SBin::Min => a.min(b),
+        SBin::Max => a.max(b),
+        SBin::Lt => i64::from(a < b),
+        SBin::Le => i64::from(a <= b),
+        SBin::Eq => i64::from(a == b),
+        SBin::Div | SBin::Mod => {
+            if b == 0 || (a == i64::MIN && b == -1) {
+                return Err("a scalar division by zero".into());
+            }
+            if op == SBin::Div {
+                a.div_euclid(b) - i64::from(b < 0 && a.rem_euclid(b) != 0)
+            } else {
+                let r = a % b;
+                if r != 0 && ((r < 0) != (b < 0)) {
+                    r + b
+                } else {
+                    r
+                }
+            }
+        }
+    })
+}
+
 /// The JIT's bounds check of a `rows × cols` window with `offset` and row stride `stride` in storage of
 /// `limit` elements: an empty window passes; negative sizes, offsets and strides fail.
 pub fn window_ok(offset: i64, stride: i64, rows: i64, cols: i64, limit: u64) -> bool {
@@ -368,23 +374,18 @@ pub fn window_ok(offset: i64, stride: i64, rows: i64, cols: i64, limit: u64) -> 
 
 /// The regions a vector expression reads (0: the tile, 1: one value per row, 2: one per column) and its
 /// scalar-unit sub-expressions.
-fn vreads<'e>(e: &'e VExpr, out: &mut Vec<(u8, &'e Region)>, scalars: &mut Vec<&'e SExpr>) {
+pub(crate) fn vreads<'e>(e: &'e VExpr, out: &mut Vec<(u8, &'e Region)>, scalars: &mut Vec<&'e SExpr>) {
     match e {
         VExpr::Read(r) => out.push((0, r)),
         VExpr::ReadRow(r) => out.push((1, r)),
         VExpr::ReadCol(r) => out.push((2, r)),
         VExpr::Scalar(s) => scalars.push(s),
-        VExpr::Unary(_, a) | VExpr::Cast(_, a) => vreads(a, out, scalars),
-        VExpr::Binary(_, a, b) => {
-            vreads(a, out, scalars);
-            vreads(b, out, scalars);
-        }
-        VExpr::Select(c, a, b) => {
-            vreads(c, out, scalars);
-            vreads(a, out, scalars);
-            vreads(b, out, scalars);
-        }
         VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Row | VExpr::Col => {}
+        _ => {
+            for c in e.children() {
+                vreads(c, out, scalars);
+            }
+        }
     }
 }
 
@@ -444,7 +445,8 @@ fn alias_ok(p: &[Span], o: &[Span], elems: u64) -> Result<(), String> {
 }
 
 /// Adds `[a, b)` to a set of disjoint, non-touching intervals.
-fn insert(set: &mut BTreeMap<u64, u64>, mut a: u64, mut b: u64) {
+/// Adds `[a, b)` to a set of disjoint, non-touching intervals.
+pub(crate) fn insert(set: &mut BTreeMap<u64, u64>, mut a: u64, mut b: u64) {
     if a >= b {
         return;
     }

@@ -28,9 +28,9 @@
 //! more than [`MAX_STEPS`] statements) gets the empty plan: every buffer zeroed, no tensor kept. A tensor
 //! whose in-launch orderings would cost more than [`MAX_CHECKS`] comparisons is not kept.
 
-use crate::inplace::Compiled;
+use crate::inplace::{insert, sbin, vreads, Compiled};
 use crate::native::CROSS_FLAGS;
-use kc_ir::tile::{Launch, LibOp, Loc, Region, SBin, SExpr, Stmt, TensorRole, TileProgram, VExpr};
+use kc_ir::tile::{Launch, LibOp, Loc, Region, SExpr, Stmt, TensorRole, TileProgram};
 use std::collections::BTreeMap;
 
 /// The most statements the walk executes.
@@ -330,31 +330,7 @@ impl Walk<'_> {
             SExpr::Core => core,
             SExpr::Bin(op, a, b) => {
                 let (a, b) = (self.sexpr(a, core)?, self.sexpr(b, core)?);
-                match op {
-                    SBin::Add => a.wrapping_add(b),
-                    SBin::Sub => a.wrapping_sub(b),
-                    SBin::Mul => a.wrapping_mul(b),
-                    SBin::Min => a.min(b),
-                    SBin::Max => a.max(b),
-                    SBin::Lt => i64::from(a < b),
-                    SBin::Le => i64::from(a <= b),
-                    SBin::Eq => i64::from(a == b),
-                    SBin::Div | SBin::Mod => {
-                        if b == 0 || (a == i64::MIN && b == -1) {
-                            return Err("a scalar division by zero".into());
-                        }
-                        if *op == SBin::Div {
-                            a.div_euclid(b) - i64::from(b < 0 && a.rem_euclid(b) != 0)
-                        } else {
-                            let r = a % b;
-                            if r != 0 && ((r < 0) != (b < 0)) {
-                                r + b
-                            } else {
-                                r
-                            }
-                        }
-                    }
-                }
+                sbin(*op, a, b)?
             }
             SExpr::Read { .. } => return Err("a scalar read of data (data-dependent control or addressing)".into()),
         })
@@ -447,37 +423,6 @@ fn for_rows(offset: i64, stride: i64, rows: i64, cols: i64, mut f: impl FnMut(u6
             f(o + i * s, o + i * s + c);
         }
     }
-}
-
-/// The regions a vector expression reads (0: the tile, 1: one value per row, 2: one per column) and its
-/// scalar-unit sub-expressions.
-fn vreads<'e>(e: &'e VExpr, out: &mut Vec<(u8, &'e Region)>, scalars: &mut Vec<&'e SExpr>) {
-    match e {
-        VExpr::Read(r) => out.push((0, r)),
-        VExpr::ReadRow(r) => out.push((1, r)),
-        VExpr::ReadCol(r) => out.push((2, r)),
-        VExpr::Scalar(s) => scalars.push(s),
-        VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Row | VExpr::Col => {}
-        _ => {
-            for c in e.children() {
-                vreads(c, out, scalars);
-            }
-        }
-    }
-}
-
-/// Adds `[a, b)` to a set of disjoint, non-touching intervals.
-fn insert(set: &mut BTreeMap<u64, u64>, mut a: u64, mut b: u64) {
-    if a >= b {
-        return;
-    }
-    let touching: Vec<(u64, u64)> = set.range(..=b).rev().take_while(|(_, &e)| e >= a).map(|(&s, &e)| (s, e)).collect();
-    for (s, e) in touching {
-        set.remove(&s);
-        a = a.min(s);
-        b = b.max(e);
-    }
-    set.insert(a, b);
 }
 
 /// Whether `[a, b)` lies inside one interval of the set (its intervals do not touch).

@@ -446,6 +446,7 @@ fn jit_row_routines_match_interpreter() {
                u[r, c] = b[r, c] * (s[r] + 1.0);\n\
                v[r, c] = (s[r] * 2.0) / x[r, c];\n\
                }\n\
+               kernel sexp(b: bf16[R, C], s: f32[R], k: f32) -> e: f32[R, C] { e[r, c] = exp(k * b[r, c] - s[r]); }\n\
                kernel grad(b: bf16[R, C], t: i32[R]) -> d: bf16[R, C] {\n\
                let l = logsumexp(b, axis: -1);\n\
                d[r, c] = where(t[r] >= 0, exp(b[r, c] - l[r]) - f32(c == t[r]), 0.0);\n\

@@ -138,14 +138,23 @@ unsafe fn load<const BF16: bool>(p: *const u8, i: usize) -> f32 {
 /// loaded before it is stored, so `dst` may be `src`); with `SUM`, also the sum of the results in the order of
 /// [`reduce_row`] started from `acc` (the value the separate reduction would give).
 #[inline(always)]
-unsafe fn exp_row<const BF16: bool, const SUB: bool, const SUM: bool>(
+unsafe fn exp_row<const BF16: bool, const SUB: bool, const SUM: bool, const MUL: bool>(
     dst: *mut f32,
     src: *const u8,
     s: f32,
+    k: f32,
     n: usize,
     acc: f32,
 ) -> f32 {
-    let arg = |x: f32| if SUB { x - s } else { x };
+    // `k·x - s` as the inline code computes it: the product rounded, then the difference.
+    let arg = |x: f32| {
+        let x = if MUL { k * x } else { x };
+        if SUB {
+            x - s
+        } else {
+            x
+        }
+    };
     let mut lanes = [0f32; LANES];
     let full = n - n % LANES;
     let mut i = 0;
@@ -188,21 +197,31 @@ unsafe fn exp_row_any(
     bf16: bool,
     sub: bool,
     sum: bool,
+    mul: bool,
     s: f32,
+    k: f32,
     n: usize,
     acc: f32,
 ) -> f32 {
     // SAFETY: forwarded from the caller.
     unsafe {
-        match (bf16, sub, sum) {
-            (false, false, false) => exp_row::<false, false, false>(dst, src, s, n, acc),
-            (false, false, true) => exp_row::<false, false, true>(dst, src, s, n, acc),
-            (false, true, false) => exp_row::<false, true, false>(dst, src, s, n, acc),
-            (false, true, true) => exp_row::<false, true, true>(dst, src, s, n, acc),
-            (true, false, false) => exp_row::<true, false, false>(dst, src, s, n, acc),
-            (true, false, true) => exp_row::<true, false, true>(dst, src, s, n, acc),
-            (true, true, false) => exp_row::<true, true, false>(dst, src, s, n, acc),
-            (true, true, true) => exp_row::<true, true, true>(dst, src, s, n, acc),
+        match (bf16, sub, sum, mul) {
+            (false, false, false, false) => exp_row::<false, false, false, false>(dst, src, s, k, n, acc),
+            (false, false, false, true) => exp_row::<false, false, false, true>(dst, src, s, k, n, acc),
+            (false, false, true, false) => exp_row::<false, false, true, false>(dst, src, s, k, n, acc),
+            (false, false, true, true) => exp_row::<false, false, true, true>(dst, src, s, k, n, acc),
+            (false, true, false, false) => exp_row::<false, true, false, false>(dst, src, s, k, n, acc),
+            (false, true, false, true) => exp_row::<false, true, false, true>(dst, src, s, k, n, acc),
+            (false, true, true, false) => exp_row::<false, true, true, false>(dst, src, s, k, n, acc),
+            (false, true, true, true) => exp_row::<false, true, true, true>(dst, src, s, k, n, acc),
+            (true, false, false, false) => exp_row::<true, false, false, false>(dst, src, s, k, n, acc),
+            (true, false, false, true) => exp_row::<true, false, false, true>(dst, src, s, k, n, acc),
+            (true, false, true, false) => exp_row::<true, false, true, false>(dst, src, s, k, n, acc),
+            (true, false, true, true) => exp_row::<true, false, true, true>(dst, src, s, k, n, acc),
+            (true, true, false, false) => exp_row::<true, true, false, false>(dst, src, s, k, n, acc),
+            (true, true, false, true) => exp_row::<true, true, false, true>(dst, src, s, k, n, acc),
+            (true, true, true, false) => exp_row::<true, true, true, false>(dst, src, s, k, n, acc),
+            (true, true, true, true) => exp_row::<true, true, true, true>(dst, src, s, k, n, acc),
         }
     }
 }
@@ -216,12 +235,14 @@ unsafe fn exp_row_avx512(
     bf16: bool,
     sub: bool,
     sum: bool,
+    mul: bool,
     s: f32,
+    k: f32,
     n: usize,
     acc: f32,
 ) -> f32 {
     // SAFETY: forwarded from the caller.
-    unsafe { exp_row_any(dst, src, bf16, sub, sum, s, n, acc) }
+    unsafe { exp_row_any(dst, src, bf16, sub, sum, mul, s, k, n, acc) }
 }
 
 /// Flags of [`kc_rt_row_exp`] and [`kc_rt_row_scalar`]: the source row is bf16 (otherwise `f32`).
@@ -230,6 +251,8 @@ pub const ROW_SRC_BF16: i64 = 1;
 pub const ROW_EXP_SUB: i64 = 2;
 /// [`kc_rt_row_exp`]: add the row's sum to `*sum` (otherwise it replaces it).
 pub const ROW_EXP_ACC: i64 = 4;
+/// [`kc_rt_row_exp`]: multiply by `k` first (`exp(k·x - s)`).
+pub const ROW_EXP_MUL: i64 = 8;
 /// [`kc_rt_row_scalar`]: the destination row is bf16 (otherwise `f32`).
 pub const ROW_DST_BF16: i64 = 2;
 /// [`kc_rt_row_scalar`]: the operation is `s op x` (otherwise `x op s`).
@@ -237,8 +260,9 @@ pub const ROW_SWAP: i64 = 4;
 /// [`kc_rt_row_scalar`]: the operation, `(flags >> ROW_OP_SHIFT) & 3`: add, sub, mul, div.
 pub const ROW_OP_SHIFT: i64 = 3;
 
-/// One row of a vector statement `dst = exp(src - s)` (or `exp(src)`), `f32` results from an `f32` or bf16
-/// row, with the operations of the JIT's inline code (the same bits): the subtraction in `f32`, then
+/// One row of a vector statement `dst = exp(src - s)` (or `exp(src)`, or either with `k·src` for `src`:
+/// [`ROW_EXP_MUL`]), `f32` results from an `f32` or bf16 row, with the operations of the JIT's inline code
+/// (the same bits): the product and the subtraction in `f32`, each rounded, then
 /// [`exp_f32`]. When `sum` is not null, the statement is followed by the sum of `dst`'s row into `*sum`,
 /// which this call computes too, in the order (and so with the bits) of [`reduce_row`]: from `*sum`
 /// ([`ROW_EXP_ACC`]) or from 0. `n ≤ 0`: no elements (the sum is still written).
@@ -246,17 +270,26 @@ pub const ROW_OP_SHIFT: i64 = 3;
 /// # Safety
 /// `src` and `dst` point to `n` elements (they may be the same row, not otherwise overlapping); `sum` is null
 /// or points to a writable `f32` outside both.
-pub unsafe extern "C" fn kc_rt_row_exp(dst: *mut f32, src: *const u8, flags: i64, s: f32, n: i64, sum: *mut f32) {
+pub unsafe extern "C" fn kc_rt_row_exp(
+    dst: *mut f32,
+    src: *const u8,
+    flags: i64,
+    s: f32,
+    k: f32,
+    n: i64,
+    sum: *mut f32,
+) {
     let n = n.max(0) as usize;
     let bf16 = flags & ROW_SRC_BF16 != 0;
     let sub = flags & ROW_EXP_SUB != 0;
+    let mul = flags & ROW_EXP_MUL != 0;
     let want = !sum.is_null();
     // SAFETY: `sum` is valid when not null.
     let acc = if want && flags & ROW_EXP_ACC != 0 { unsafe { *sum } } else { 0.0 };
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: the features were detected; the caller passes valid rows.
-        let v = unsafe { exp_row_avx512(dst, src, bf16, sub, want, s, n, acc) };
+        let v = unsafe { exp_row_avx512(dst, src, bf16, sub, want, mul, s, k, n, acc) };
         if want {
             // SAFETY: as above.
             unsafe { *sum = v };
@@ -264,7 +297,7 @@ pub unsafe extern "C" fn kc_rt_row_exp(dst: *mut f32, src: *const u8, flags: i64
         return;
     }
     // SAFETY: the caller passes valid rows.
-    let v = unsafe { exp_row_any(dst, src, bf16, sub, want, s, n, acc) };
+    let v = unsafe { exp_row_any(dst, src, bf16, sub, want, mul, s, k, n, acc) };
     if want {
         // SAFETY: as above.
         unsafe { *sum = v };
@@ -549,13 +582,20 @@ mod tests {
             let n = xs.len();
             let bf: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
             let widen = |h: u16| f32::from_bits(u32::from(h) << 16);
-            for (src_bf16, sub, acc) in
-                [(false, true, false), (true, true, true), (false, false, true), (true, false, false)]
-            {
-                let s = 1.75f32;
+            for (src_bf16, sub, acc, mul) in [
+                (false, true, false, false),
+                (true, true, true, false),
+                (false, false, true, false),
+                (true, false, false, false),
+                (false, true, true, true),
+                (true, true, false, true),
+                (false, false, false, true),
+            ] {
+                let (s, k) = (1.75f32, -0.3f32);
                 let want: Vec<f32> = (0..n)
                     .map(|i| {
                         let x = if src_bf16 { widen(bf[i]) } else { xs[i] };
+                        let x = if mul { k * x } else { x };
                         exp_f32(if sub { x - s } else { x })
                     })
                     .collect();
@@ -564,9 +604,11 @@ mod tests {
                 let mut got = vec![0f32; n];
                 let mut sum = start;
                 let src = if src_bf16 { bf.as_ptr() as *const u8 } else { xs.as_ptr() as *const u8 };
-                let flags =
-                    i64::from(src_bf16) * ROW_SRC_BF16 + i64::from(sub) * ROW_EXP_SUB + i64::from(acc) * ROW_EXP_ACC;
-                unsafe { kc_rt_row_exp(got.as_mut_ptr(), src, flags, s, n as i64, &mut sum) };
+                let flags = i64::from(src_bf16) * ROW_SRC_BF16
+                    + i64::from(sub) * ROW_EXP_SUB
+                    + i64::from(acc) * ROW_EXP_ACC
+                    + i64::from(mul) * ROW_EXP_MUL;
+                unsafe { kc_rt_row_exp(got.as_mut_ptr(), src, flags, s, k, n as i64, &mut sum) };
                 for (a, b) in got.iter().zip(&want) {
                     assert_eq!(a.to_bits(), b.to_bits(), "n {n}");
                 }
@@ -575,7 +617,15 @@ mod tests {
                 if !src_bf16 {
                     let mut v = xs.clone();
                     unsafe {
-                        kc_rt_row_exp(v.as_mut_ptr(), v.as_ptr() as *const u8, flags, s, n as i64, std::ptr::null_mut())
+                        kc_rt_row_exp(
+                            v.as_mut_ptr(),
+                            v.as_ptr() as *const u8,
+                            flags,
+                            s,
+                            k,
+                            n as i64,
+                            std::ptr::null_mut(),
+                        )
                     };
                     for (a, b) in v.iter().zip(&want) {
                         assert_eq!(a.to_bits(), b.to_bits(), "n {n}");
@@ -585,7 +635,7 @@ mod tests {
         }
         // No elements: the sum is still written.
         let mut sum = 9.0f32;
-        unsafe { kc_rt_row_exp(std::ptr::null_mut(), std::ptr::null(), 0, 0.0, 0, &mut sum) };
+        unsafe { kc_rt_row_exp(std::ptr::null_mut(), std::ptr::null(), 0, 0.0, 1.0, 0, &mut sum) };
         assert_eq!(sum, 0.0);
     }
 

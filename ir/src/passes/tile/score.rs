@@ -30,14 +30,15 @@
 //! diagonal) is multiplied and written band by band, each band only as wide as its rows see; the vector
 //! unit evaluates the mask only on such blocks (elsewhere the anchor without the `where`).
 //!
-//! The cube computes scores `LEAD` = 3 blocks ahead of its p·v products. A core's blocks form one stream
+//! The cube computes scores `lead` blocks ahead of its p·v products (3; the target may say otherwise:
+//! `score_lead`, 2 on the host). A core's blocks form one stream
 //! across its tasks: in the online mode the last iterations of a task compute the next task's first
 //! blocks (S on the cube, SOFTMAX on the vector cores: *tasks in flight*), so neither unit waits for the
 //! other at a task boundary; `gb` is the stream index of the task's first block, and the rings below turn
-//! with the stream (block j of the task in slot `(gb + j) % RING`, RING = LEAD + 1).
+//! with the stream (block j of the task in slot `(gb + j) % ring`, ring = lead + 1).
 //!
-//! Workspaces (GM, per cube core, independent of `S` and `T`), rings of RING slots: `ws_s` RING × `bm·bn`
-//! f32 (score tiles), `ws_p` RING × `bm·bn` (p, in `v`'s dtype), `ws_o` RING × `bm·Dv` f32 (p·v tiles).
+//! Workspaces (GM, per cube core, independent of `S` and `T`), rings of `ring` slots: `ws_s` ring × `bm·bn`
+//! f32 (score tiles), `ws_p` ring × `bm·bn` (p, in `v`'s dtype), `ws_o` ring × `bm·Dv` f32 (p·v tiles).
 //!
 //! ```text
 //! cube core, per task:                          vector core (its band of rows), per task:
@@ -65,10 +66,10 @@
 //! `ws_s`, #1 (vector → cube, the cube core waits for all its vector cores) says `p` is in `ws_p` *and*
 //! hands back the `ws_s` slot it was computed from, #2 (cube → vector) says a `p·v` tile is in `ws_o`. The
 //! other slot hand-backs follow from the order of the two programs, whose streams are the same block for
-//! block: the cube writes `ws_s` for g+RING (in the iteration after PV(g)) after waiting for p(g); the
-//! vector cores write `ws_p` for g+RING only after the cube's set of #0 for it, issued after its read of
-//! p(g); the cube writes `ws_o` for g+RING after waiting for p(g+RING), which the vector cores set after
-//! UPDATE(g). The lead is at most LEAD everywhere (a task with fewer blocks lends fewer to the next one).
+//! block: the cube writes `ws_s` for g+ring (in the iteration after PV(g)) after waiting for p(g); the
+//! vector cores write `ws_p` for g+ring only after the cube's set of #0 for it, issued after its read of
+//! p(g); the cube writes `ws_o` for g+ring after waiting for p(g+ring), which the vector cores set after
+//! UPDATE(g). The lead is at most `lead` everywhere (a task with fewer blocks lends fewer to the next one).
 //! With tasks in flight the vector cores keep a task's statistics in a slot of their own (`tpar`, the
 //! task's parity on the core), and a task's stores to GM are waited for only by the next task's stores or
 //! the look-ahead that starts the statistics of the task after it (the same slot); the q tile in L0A is
@@ -863,12 +864,10 @@ fn r16(x: i64) -> i64 {
     (x.max(1) + 15) / 16 * 16
 }
 
-/// Slots of the GM rings (scores, p, p·v tiles) and of `alpha`: block j in slot j % RING, so the cube core
-/// computes S(j+2) before it waits for p(j), and the vector cores work on block j+2 before the update with
-/// p(j)·v(j).
-/// How many blocks ahead the cube computes scores (S(j+LEAD) before p(j)·v(j)); the rings hold one more.
+/// How many blocks ahead the cube computes scores (S(j+lead) before p(j)·v(j)) unless the target says
+/// (`score_lead`); the GM rings (scores, p, p·v tiles) and `alpha` hold one block more (block j in slot
+/// j % ring).
 const LEAD: i64 = 3;
-const RING: i64 = LEAD + 1;
 
 // Flag events of the cube core. MTE2 <-> MTE1 (L1 tiles; `+ slot` for the double-buffered ones):
 const EV_A1: u8 = 0;
@@ -920,6 +919,8 @@ fn build(
     let ubcap = target.memory("ub")?.usable() as i64;
     let ratio = (target.vector_cores / target.cube_cores.max(1)).max(1) as i64;
     let online = p.online.is_some();
+    let lead = target.score_lead.map_or(LEAD, |l| i64::from(l.max(1)));
+    let ring_n = lead + 1;
     // Online mode: two tasks in flight on a core (the last iterations of a task compute the next task's
     // first blocks), so the statistics have a slot per task.
     let flat = online;
@@ -943,7 +944,7 @@ fn build(
             n += zs * r32(hr * bn * 4);
         }
         n += (p.stats.len() as i64 * if flat { 2 } else { 1 } + 1 + i64::from(kfold.is_some())) * r32(hr * 4)
-            + r32(RING * hr * 4)
+            + r32(ring_n * hr * 4)
             + 32 * p.scalars.len() as i64;
         n += r32(hr * dv * 4) * if online { 2 } else { 1 };
         n += std::iter::once(&p.consumer)
@@ -997,7 +998,7 @@ fn build(
     // Workspaces (tensor ids after the plan's).
     let n0 = gm.tensors.len() as u32;
     let (ws_s, ws_p, ws_o) = (TensorId(n0), TensorId(n0 + 1), TensorId(n0 + 2));
-    let (per_s, per_o) = (RING * bm * bn, RING * bm * dv);
+    let (per_s, per_o) = (ring_n * bm * bn, ring_n * bm * dv);
     // With tasks in flight, a core's blocks are one stream across its tasks: `gb` is the stream index of the
     // task's first block, and the rings turn with the stream.
     let gb = flat.then(|| (lb.svar("gb"), lb.svar("gb_s")));
@@ -1007,7 +1008,7 @@ fn build(
             Some((g, _)) => add(v(g), v(j)),
             None => v(j),
         };
-        mul(bin(SBin::Mod, at, c(RING)), c(per))
+        mul(bin(SBin::Mod, at, c(ring_n)), c(per))
     };
     let ws = |nm: &str, dt: DType, per: i64| GmTensor {
         name: format!("{name}_{nm}"),
@@ -1420,9 +1421,9 @@ fn build(
             go.push(Stmt::If { cond: bin(SBin::Eq, v(ahead), c(0)), then: first });
             go.extend(stage);
             go.push(Stmt::Set { var: ahead, value: add(v(ahead), c(1)) });
-            inner.push(Stmt::If { cond: lt(v(ahead), min(c(LEAD), v(njn))), then: go });
+            inner.push(Stmt::If { cond: lt(v(ahead), min(c(lead), v(njn))), then: go });
             q.push(Stmt::If { cond: has_next, then: saving(regs, inner) });
-            vec![Stmt::If { cond: bin(SBin::Le, v(nj), add(v(jb), c(LEAD))), then: q }]
+            vec![Stmt::If { cond: bin(SBin::Le, v(nj), add(v(jb), c(lead))), then: q }]
         };
     let mut body = Vec::new();
     coords(&mut body);
@@ -1439,11 +1440,11 @@ fn build(
     }
     first.extend(stage_s(c(0)));
     body.extend(unless_begun(0, first));
-    for k in 1..LEAD {
+    for k in 1..lead {
         body.push(Stmt::If { cond: lt(c(k), v(nj)), then: unless_begun(k, stage_s(c(k))) });
     }
     // Iteration j: S(j+2) (or the next task's S(0) and S(1)), then p(j)·v(j).
-    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(LEAD)), v(nj)), then: stage_s(add(v(jb), c(LEAD))) }];
+    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(lead)), v(nj)), then: stage_s(add(v(jb), c(lead))) }];
     if let (Some((ahead, ..)), Some((g, g_s))) = (fl, gb) {
         let mut regs = saves.clone();
         regs.push((g, g_s));
@@ -1527,7 +1528,7 @@ fn build(
         rowb.insert(*x, b);
     }
     let x_old = lb.buffer("x_old_ub", Mem::UB, DType::F32, sh(hr, 1), 1);
-    let alpha = lb.buffer("alpha_ub", Mem::UB, DType::F32, sh(RING * hr, 1), 1);
+    let alpha = lb.buffer("alpha_ub", Mem::UB, DType::F32, sh(ring_n * hr, 1), 1);
     let mut scal: BTreeMap<ValueId, BufId> = BTreeMap::new();
     for &x in &p.scalars {
         scal.insert(x, lb.buffer(format!("{}_ub", label(x)), Mem::UB, g.node(x).dtype, vec![8], 1));
@@ -1952,12 +1953,12 @@ fn build(
     }
     body.push(Stmt::If { cond: lt(c(0), v(rc)), then: init });
     body.extend(unless_begun(0, softmax(c(0))));
-    for k in 1..LEAD {
+    for k in 1..lead {
         body.push(Stmt::If { cond: lt(c(k), v(nj)), then: unless_begun(k, softmax(c(k))) });
     }
     // Iteration j: the softmax of block j+2 (its scores were computed while the cube waited for p(j)), or
     // of the next task's first blocks, then the update with p(j)·v(j).
-    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(LEAD)), v(nj)), then: softmax(add(v(jb), c(LEAD))) }];
+    let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(lead)), v(nj)), then: softmax(add(v(jb), c(lead))) }];
     if let (Some((ahead, ..)), Some((g, g_s)), Some(tp)) = (fl, gb, tpar) {
         // The vector cores have no k operand (`bbase`).
         let mut regs: Vec<(SVar, SVar)> = saves.iter().copied().filter(|&(r, _)| r != bbase).collect();
