@@ -108,14 +108,14 @@ pub fn plan(prog: &TileProgram, graph: &Graph, launches: &[Compiled<'_>]) -> Res
             pairs.insert(o, p);
         }
     }
-    let mut w = Walk { prog, regs: Vec::new(), steps: 0, seq: 0, stream: 0, spans: 0, watch, pairs };
+    let mut w = Walk { prog, regs: Regs(Vec::new()), steps: 0, seq: 0, stream: 0, spans: 0, watch, pairs };
     for (l, c) in prog.launches.iter().zip(launches) {
         for (body, cores) in [(c.cube, l.cube_cores), (c.vector, l.vector_cores)] {
             if body.is_empty() {
                 continue;
             }
             for core in 0..cores {
-                w.regs = vec![0; l.svars.len()];
+                w.regs = Regs(vec![0; l.svars.len()]);
                 w.stmts(l, body, i64::from(core))?;
                 w.stream += 1;
             }
@@ -146,7 +146,7 @@ type Span = (u32, u64, bool, u64, u64);
 
 struct Walk<'p> {
     prog: &'p TileProgram,
-    regs: Vec<i64>,
+    regs: Regs,
     steps: u64,
     seq: u64,
     /// One stream per (launch, kind, core): its statements run in order.
@@ -167,38 +167,38 @@ impl Walk<'_> {
             self.seq += 1;
             match s {
                 Stmt::For { var, lo, hi, step, body } => {
-                    let lo = self.sexpr(l, lo, core)?;
-                    let hi = self.sexpr(l, hi, core)?;
-                    self.set(*var, lo)?;
-                    while self.get(*var)? < hi {
+                    let lo = self.regs.eval(lo, core)?;
+                    let hi = self.regs.eval(hi, core)?;
+                    self.regs.set(*var, lo)?;
+                    while self.regs.get(*var)? < hi {
                         self.stmts(l, body, core)?;
-                        let v = self.get(*var)?.wrapping_add(*step);
-                        self.set(*var, v)?;
+                        let v = self.regs.get(*var)?.wrapping_add(*step);
+                        self.regs.set(*var, v)?;
                     }
                 }
                 Stmt::Set { var, value } => {
-                    let v = self.sexpr(l, value, core)?;
-                    self.set(*var, v)?;
+                    let v = self.regs.eval(value, core)?;
+                    self.regs.set(*var, v)?;
                 }
                 Stmt::If { cond, then } => {
-                    if self.sexpr(l, cond, core)? != 0 {
+                    if self.regs.eval(cond, core)? != 0 {
                         self.stmts(l, then, core)?;
                     }
                 }
                 Stmt::Copy { src, dst, rows, cols, .. } => {
-                    let rows = self.sexpr(l, rows, core)?;
-                    let cols = self.sexpr(l, cols, core)?;
+                    let rows = self.regs.eval(rows, core)?;
+                    let cols = self.regs.eval(cols, core)?;
                     self.access(l, src, rows, cols, core, false)?;
                     self.access(l, dst, rows, cols, core, true)?;
                 }
                 Stmt::Vector { dst, rows, cols, expr } => {
-                    let rows = self.sexpr(l, rows, core)?;
-                    let cols = self.sexpr(l, cols, core)?;
+                    let rows = self.regs.eval(rows, core)?;
+                    let cols = self.regs.eval(cols, core)?;
                     let mut reads = Vec::new();
                     let mut scalars = Vec::new();
                     vreads(expr, &mut reads, &mut scalars);
                     for e in scalars {
-                        self.sexpr(l, e, core)?;
+                        self.regs.eval(e, core)?;
                     }
                     let mut hazard = false;
                     for (kind, r) in reads {
@@ -223,8 +223,8 @@ impl Walk<'_> {
                         for (kind, r) in r2 {
                             if r.loc == Loc::Gm(p) {
                                 let same = kind == 0
-                                    && self.sexpr(l, &r.offset, core)? == self.sexpr(l, &dst.offset, core)?
-                                    && self.sexpr(l, &r.row_stride, core)? == self.sexpr(l, &dst.row_stride, core)?;
+                                    && self.regs.eval(&r.offset, core)? == self.regs.eval(&dst.offset, core)?
+                                    && self.regs.eval(&r.row_stride, core)? == self.regs.eval(&dst.row_stride, core)?;
                                 if !same {
                                     return Err(
                                         "a vector statement reads another window of the tensor it updates".into()
@@ -253,35 +253,11 @@ impl Walk<'_> {
         Ok(())
     }
 
-    fn get(&self, v: kc_ir::tile::SVar) -> Result<i64, String> {
-        self.regs.get(v.0 as usize).copied().ok_or_else(|| format!("register #{} is not declared", v.0))
-    }
-
-    fn set(&mut self, v: kc_ir::tile::SVar, x: i64) -> Result<(), String> {
-        let r = self.regs.get_mut(v.0 as usize).ok_or_else(|| format!("register #{} is not declared", v.0))?;
-        *r = x;
-        Ok(())
-    }
-
-    /// The value of a scalar expression, as the compiled code computes it.
-    fn sexpr(&self, l: &Launch, e: &SExpr, core: i64) -> Result<i64, String> {
-        Ok(match e {
-            SExpr::Const(c) => *c,
-            SExpr::Var(v) => self.get(*v)?,
-            SExpr::Core => core,
-            SExpr::Bin(op, a, b) => {
-                let (a, b) = (self.sexpr(l, a, core)?, self.sexpr(l, b, core)?);
-                sbin(*op, a, b)?
-            }
-            SExpr::Read { .. } => return Err("a scalar read of data (data-dependent control or addressing)".into()),
-        })
-    }
-
     /// Checks a `rows × cols` window of `r` as the compiled code does, and records it if its tensor is
     /// watched.
     fn access(&mut self, l: &Launch, r: &Region, rows: i64, cols: i64, core: i64, write: bool) -> Result<(), String> {
-        let offset = self.sexpr(l, &r.offset, core)?;
-        let stride = self.sexpr(l, &r.row_stride, core)?;
+        let offset = self.regs.eval(&r.offset, core)?;
+        let stride = self.regs.eval(&r.row_stride, core)?;
         let limit = match &r.loc {
             Loc::Gm(t) => {
                 let g = self.prog.tensors.get(t.0 as usize).ok_or("a GM tensor that does not exist")?;
@@ -292,7 +268,7 @@ impl Walk<'_> {
             }
             Loc::Buf { buf, slot } => {
                 let b = l.buffers.get(buf.0 as usize).ok_or("a buffer that does not exist")?;
-                let s = self.sexpr(l, slot, core)?;
+                let s = self.regs.eval(slot, core)?;
                 if s < 0 || s >= i64::from(b.slots) {
                     return Err(format!("a slot outside buffer `{}`", b.name));
                 }
@@ -326,9 +302,36 @@ impl Walk<'_> {
     }
 }
 
+/// A core's scalar registers during a walk of its compiled program, and scalar expressions over them as
+/// the compiled code computes them (a scalar read of data is not followed).
+pub(crate) struct Regs(pub(crate) Vec<i64>);
+
+impl Regs {
+    pub(crate) fn get(&self, v: kc_ir::tile::SVar) -> Result<i64, String> {
+        self.0.get(v.0 as usize).copied().ok_or_else(|| format!("register #{} is not declared", v.0))
+    }
+
+    pub(crate) fn set(&mut self, v: kc_ir::tile::SVar, x: i64) -> Result<(), String> {
+        let r = self.0.get_mut(v.0 as usize).ok_or_else(|| format!("register #{} is not declared", v.0))?;
+        *r = x;
+        Ok(())
+    }
+
+    /// The value of a scalar expression on core `core`.
+    pub(crate) fn eval(&self, e: &SExpr, core: i64) -> Result<i64, String> {
+        Ok(match e {
+            SExpr::Const(c) => *c,
+            SExpr::Var(v) => self.get(*v)?,
+            SExpr::Core => core,
+            SExpr::Bin(op, a, b) => sbin(*op, self.eval(a, core)?, self.eval(b, core)?)?,
+            SExpr::Read { .. } => return Err("a scalar read of data (data-dependent control or addressing)".into()),
+        })
+    }
+}
+
 /// A scalar operation as the compiled code computes it: 64-bit wrapping arithmetic, floor division and
 /// remainder (a division by zero, or of the least value by -1, is an error).
-pub(crate) fn sbin(op: SBin, a: i64, b: i64) -> Result<i64, String> {
+fn sbin(op: SBin, a: i64, b: i64) -> Result<i64, String> {
     Ok(match op {
         SBin::Add => a.wrapping_add(b),
         SBin::Sub => a.wrapping_sub(b),

@@ -28,9 +28,9 @@
 //! more than [`MAX_STEPS`] statements) gets the empty plan: every buffer zeroed, no tensor kept. A tensor
 //! whose in-launch orderings would cost more than [`MAX_CHECKS`] comparisons is not kept.
 
-use crate::inplace::{insert, sbin, vreads, Compiled};
+use crate::inplace::{insert, vreads, Compiled, Regs};
 use crate::native::CROSS_FLAGS;
-use kc_ir::tile::{Launch, LibOp, Loc, Region, SExpr, Stmt, TensorRole, TileProgram};
+use kc_ir::tile::{Launch, LibOp, Loc, Region, Stmt, TensorRole, TileProgram};
 use std::collections::BTreeMap;
 
 /// The most statements the walk executes.
@@ -80,7 +80,7 @@ struct Stream {
 
 struct Walk<'p> {
     prog: &'p TileProgram,
-    regs: Vec<i64>,
+    regs: Regs,
     steps: u64,
     seq: u64,
     /// Per GM tensor: elements written by earlier launches.
@@ -105,7 +105,7 @@ fn walk(prog: &TileProgram, launches: &[Compiled<'_>]) -> Result<Plan, String> {
         prog.tensors.iter().map(|t| matches!(t.role, TensorRole::Intermediate(_) | TensorRole::Workspace { .. }));
     let mut w = Walk {
         prog,
-        regs: Vec::new(),
+        regs: Regs(Vec::new()),
         steps: 0,
         seq: 0,
         before: vec![BTreeMap::new(); n],
@@ -139,7 +139,7 @@ fn walk(prog: &TileProgram, launches: &[Compiled<'_>]) -> Result<Plan, String> {
                 };
                 w.stream = w.streams.len();
                 w.streams.push(Stream { unit, member, counts: vec![[0; 2 * CROSS_FLAGS]] });
-                w.regs = vec![0; l.svars.len()];
+                w.regs = Regs(vec![0; l.svars.len()]);
                 w.written.clear();
                 w.stmts(l, body, core as i64)?;
             }
@@ -200,32 +200,32 @@ impl Walk<'_> {
             self.seq += 1;
             match s {
                 Stmt::For { var, lo, hi, step, body } => {
-                    let lo = self.sexpr(lo, core)?;
-                    let hi = self.sexpr(hi, core)?;
-                    self.set(*var, lo)?;
-                    while self.get(*var)? < hi {
+                    let lo = self.regs.eval(lo, core)?;
+                    let hi = self.regs.eval(hi, core)?;
+                    self.regs.set(*var, lo)?;
+                    while self.regs.get(*var)? < hi {
                         self.stmts(l, body, core)?;
-                        let v = self.get(*var)?.wrapping_add(*step);
-                        self.set(*var, v)?;
+                        let v = self.regs.get(*var)?.wrapping_add(*step);
+                        self.regs.set(*var, v)?;
                     }
                 }
                 Stmt::Set { var, value } => {
-                    let v = self.sexpr(value, core)?;
-                    self.set(*var, v)?;
+                    let v = self.regs.eval(value, core)?;
+                    self.regs.set(*var, v)?;
                 }
                 Stmt::If { cond, then } => {
-                    if self.sexpr(cond, core)? != 0 {
+                    if self.regs.eval(cond, core)? != 0 {
                         self.stmts(l, then, core)?;
                     }
                 }
                 Stmt::Copy { src, dst, rows, cols, .. } => {
-                    let (rows, cols) = (self.sexpr(rows, core)?, self.sexpr(cols, core)?);
+                    let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
                     self.access(l, src, rows, cols, core, false)?;
                     self.access(l, dst, rows, cols, core, true)?;
                 }
                 Stmt::Gather { src, col_offset, index, dst, rows, cols, .. } => {
-                    let (rows, cols) = (self.sexpr(rows, core)?, self.sexpr(cols, core)?);
-                    self.sexpr(col_offset, core)?;
+                    let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
+                    self.regs.eval(col_offset, core)?;
                     self.access(l, index, rows, 1, core, false)?;
                     // The rows read are data: the whole source.
                     let elems: u64 = self.prog.tensors.get(src.0 as usize).map_or(0, |t| t.shape.iter().product());
@@ -233,7 +233,7 @@ impl Walk<'_> {
                     self.access(l, dst, rows, cols, core, true)?;
                 }
                 Stmt::Mmad { a, b, c, m, k, n, accumulate } => {
-                    let (m, k, n) = (self.sexpr(m, core)?, self.sexpr(k, core)?, self.sexpr(n, core)?);
+                    let (m, k, n) = (self.regs.eval(m, core)?, self.regs.eval(k, core)?, self.regs.eval(n, core)?);
                     self.access(l, a, m, k, core, false)?;
                     self.access(l, b, k, n, core, false)?;
                     if *accumulate {
@@ -242,12 +242,12 @@ impl Walk<'_> {
                     self.access(l, c, m, n, core, true)?;
                 }
                 Stmt::Vector { dst, rows, cols, expr } => {
-                    let (rows, cols) = (self.sexpr(rows, core)?, self.sexpr(cols, core)?);
+                    let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
                     let mut reads = Vec::new();
                     let mut scalars = Vec::new();
                     vreads(expr, &mut reads, &mut scalars);
                     for e in scalars {
-                        self.sexpr(e, core)?;
+                        self.regs.eval(e, core)?;
                     }
                     for (kind, r) in reads {
                         let (rr, cc) = match kind {
@@ -260,7 +260,7 @@ impl Walk<'_> {
                     self.access(l, dst, rows, cols, core, true)?;
                 }
                 Stmt::Reduce { axis, src, dst, rows, cols, accumulate, .. } => {
-                    let (rows, cols) = (self.sexpr(rows, core)?, self.sexpr(cols, core)?);
+                    let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
                     self.access(l, src, rows, cols, core, false)?;
                     let (dr, dc) = if *axis == 1 { (rows, 1) } else { (1, cols) };
                     if *accumulate {
@@ -269,7 +269,7 @@ impl Walk<'_> {
                     self.access(l, dst, dr, dc, core, true)?;
                 }
                 Stmt::Library { op, src, rows, cols, .. } => {
-                    let (rows, cols) = (self.sexpr(rows, core)?, self.sexpr(cols, core)?);
+                    let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
                     self.access(l, src, rows, cols, core, false)?;
                     let outs: Vec<&Region> = match op {
                         LibOp::TopK { values, indices, .. } => values.iter().chain(indices.iter()).collect(),
@@ -278,8 +278,8 @@ impl Walk<'_> {
                     };
                     // Library outputs may accumulate: their buffers are zeroed, their tensors never kept.
                     for r in outs {
-                        self.sexpr(&r.offset, core)?;
-                        self.sexpr(&r.row_stride, core)?;
+                        self.regs.eval(&r.offset, core)?;
+                        self.regs.eval(&r.row_stride, core)?;
                         match &r.loc {
                             Loc::Gm(t) => {
                                 if let Some(k) = self.keep.get_mut(t.0 as usize) {
@@ -287,7 +287,7 @@ impl Walk<'_> {
                                 }
                             }
                             Loc::Buf { buf, slot } => {
-                                self.sexpr(slot, core)?;
+                                self.regs.eval(slot, core)?;
                                 if let Some(z) = self.zero.get_mut(buf.0 as usize) {
                                     *z = true;
                                 }
@@ -312,34 +312,10 @@ impl Walk<'_> {
         Ok(())
     }
 
-    fn get(&self, v: kc_ir::tile::SVar) -> Result<i64, String> {
-        self.regs.get(v.0 as usize).copied().ok_or_else(|| format!("register #{} is not declared", v.0))
-    }
-
-    fn set(&mut self, v: kc_ir::tile::SVar, x: i64) -> Result<(), String> {
-        let r = self.regs.get_mut(v.0 as usize).ok_or_else(|| format!("register #{} is not declared", v.0))?;
-        *r = x;
-        Ok(())
-    }
-
-    /// The value of a scalar expression, as the compiled code computes it.
-    fn sexpr(&self, e: &SExpr, core: i64) -> Result<i64, String> {
-        Ok(match e {
-            SExpr::Const(c) => *c,
-            SExpr::Var(v) => self.get(*v)?,
-            SExpr::Core => core,
-            SExpr::Bin(op, a, b) => {
-                let (a, b) = (self.sexpr(a, core)?, self.sexpr(b, core)?);
-                sbin(*op, a, b)?
-            }
-            SExpr::Read { .. } => return Err("a scalar read of data (data-dependent control or addressing)".into()),
-        })
-    }
-
     /// Records a `rows × cols` window of `r`, read or written.
     fn access(&mut self, _l: &Launch, r: &Region, rows: i64, cols: i64, core: i64, write: bool) -> Result<(), String> {
-        let offset = self.sexpr(&r.offset, core)?;
-        let stride = self.sexpr(&r.row_stride, core)?;
+        let offset = self.regs.eval(&r.offset, core)?;
+        let stride = self.regs.eval(&r.row_stride, core)?;
         if rows <= 0 || cols <= 0 {
             return Ok(());
         }
@@ -349,7 +325,7 @@ impl Walk<'_> {
         match &r.loc {
             Loc::Gm(t) => self.gm(t.0 as usize, offset, stride, rows, cols, write),
             Loc::Buf { buf, slot } => {
-                let slot = self.sexpr(slot, core)?;
+                let slot = self.regs.eval(slot, core)?;
                 let key = (buf.0, slot);
                 let b = buf.0 as usize;
                 if write {
