@@ -41,6 +41,7 @@
 //! f32 (score tiles), `ws_p` ring × `bm·bn` (p, in `v`'s dtype), `ws_o` ring × `bm·Dv` f32 (p·v tiles).
 //!
 //! ```text
+//! (lead = 3)
 //! cube core, per task:                          vector core (its band of rows), per task:
 //!   q tile GM->L1->L0A   (unless begun)           m = -inf, l = 0 (unless begun), O = 0, x = X(m)
 //!   S(0); S(1); S(2)     (those not begun)        SOFTMAX(0); SOFTMAX(1); SOFTMAX(2) (those not begun)
@@ -1399,14 +1400,14 @@ fn build(
             waitf(Mte1, M, EV_A0),
         ]
     };
-    // `then` if block `k` (0 or 1) of this task was not begun in the previous one.
+    // `then` if block `k` (< lead) of this task was not begun in the previous one.
     let unless_begun = |k: i64, then: Vec<Stmt>| -> Vec<Stmt> {
         match fl {
             Some((_, pre, ..)) => vec![Stmt::If { cond: bin(SBin::Le, v(pre), c(k)), then }],
             None => then,
         }
     };
-    // The look-ahead of iteration `jb` (when the task has no block j+2 left): the next task's next block,
+    // The look-ahead of iteration `jb` (when the task has no block j+lead left): the next task's next block,
     // `start` the core's first task; `regs` the registers to keep; `prep` sets the next task's state
     // (its registers already moved to the next task's coordinates); `first` runs before its block 0;
     // `stage` is the block's stage.
@@ -1443,7 +1444,7 @@ fn build(
     for k in 1..lead {
         body.push(Stmt::If { cond: lt(c(k), v(nj)), then: unless_begun(k, stage_s(c(k))) });
     }
-    // Iteration j: S(j+2) (or the next task's S(0) and S(1)), then p(j)·v(j).
+    // Iteration j: S(j+lead) (or the next task's next block), then p(j)·v(j).
     let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(lead)), v(nj)), then: stage_s(add(v(jb), c(lead))) }];
     if let (Some((ahead, ..)), Some((g, g_s))) = (fl, gb) {
         let mut regs = saves.clone();
@@ -1956,7 +1957,7 @@ fn build(
     for k in 1..lead {
         body.push(Stmt::If { cond: lt(c(k), v(nj)), then: unless_begun(k, softmax(c(k))) });
     }
-    // Iteration j: the softmax of block j+2 (its scores were computed while the cube waited for p(j)), or
+    // Iteration j: the softmax of block j+lead (its scores were computed while the cube waited for p(j)), or
     // of the next task's first blocks, then the update with p(j)·v(j).
     let mut it = vec![Stmt::If { cond: lt(add(v(jb), c(lead)), v(nj)), then: softmax(add(v(jb), c(lead))) }];
     if let (Some((ahead, ..)), Some((g, g_s)), Some(tp)) = (fl, gb, tpar) {
