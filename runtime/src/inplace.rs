@@ -302,6 +302,25 @@ impl Walk<'_> {
     }
 }
 
+/// Whether a program's control reads data: a scalar read in a register's value, a condition or a loop
+/// bound (where templates put them). The walks cannot follow it and would find out only on reaching it,
+/// possibly after walking much of a large program; this answers first.
+pub(crate) fn control_reads_data(body: &[Stmt]) -> bool {
+    fn reads(e: &SExpr) -> bool {
+        match e {
+            SExpr::Read { .. } => true,
+            SExpr::Bin(_, a, b) => reads(a) || reads(b),
+            SExpr::Const(_) | SExpr::Var(_) | SExpr::Core => false,
+        }
+    }
+    body.iter().any(|s| match s {
+        Stmt::Set { value, .. } => reads(value),
+        Stmt::If { cond, then } => reads(cond) || control_reads_data(then),
+        Stmt::For { lo, hi, body, .. } => reads(lo) || reads(hi) || control_reads_data(body),
+        _ => false,
+    })
+}
+
 /// A core's scalar registers during a walk of its compiled program, and scalar expressions over them as
 /// the compiled code computes them (a scalar read of data is not followed).
 pub(crate) struct Regs(pub(crate) Vec<i64>);
@@ -479,6 +498,26 @@ mod tests {
         assert!(overlaps(&s, 15, 16) && overlaps(&s, 0, 11) && !overlaps(&s, 20, 30) && overlaps(&s, 25, 35));
         insert(&mut s, 20, 30);
         assert_eq!(s.into_iter().collect::<Vec<_>>(), vec![(10, 40)]);
+    }
+
+    #[test]
+    fn control_that_reads_data_is_seen_before_a_walk() {
+        use kc_ir::tile::{BufId, SVar};
+        let read = SExpr::Read { buf: BufId(0), slot: Box::new(SExpr::Const(0)), index: Box::new(SExpr::Const(0)) };
+        let set = |value| Stmt::Set { var: SVar(0), value };
+        let lt0 = SExpr::Bin(SBin::Lt, Box::new(read.clone()), Box::new(SExpr::Const(0)));
+        assert!(!control_reads_data(&[set(SExpr::Const(1))]));
+        assert!(control_reads_data(&[set(lt0.clone())]));
+        // Nested in a loop's body or a condition.
+        let inner = vec![Stmt::If { cond: read.clone(), then: vec![] }];
+        assert!(control_reads_data(&[Stmt::For {
+            var: SVar(1),
+            lo: SExpr::Const(0),
+            hi: SExpr::Const(4),
+            step: 1,
+            body: inner
+        }]));
+        assert!(control_reads_data(&[Stmt::If { cond: SExpr::Const(1), then: vec![set(lt0)] }]));
     }
 
     #[test]

@@ -25,10 +25,11 @@
 //!   operation writes is never kept.
 //!
 //! A program the walk cannot follow (a scalar read of data: data-dependent control or addressing, or
-//! more than [`MAX_STEPS`] statements) gets the empty plan: every buffer zeroed, no tensor kept. A tensor
+//! more than [`MAX_STEPS`] statements) gets the empty plan: every buffer zeroed, no tensor kept (a read in
+//! the control is found before the walk: [`crate::inplace::control_reads_data`]). A tensor
 //! whose in-launch orderings would cost more than [`MAX_CHECKS`] comparisons is not kept.
 
-use crate::inplace::{insert, vreads, Compiled, Regs};
+use crate::inplace::{control_reads_data, insert, vreads, Compiled, Regs};
 use crate::native::CROSS_FLAGS;
 use kc_ir::tile::{Launch, LibOp, Loc, Region, Stmt, TensorRole, TileProgram};
 use std::collections::BTreeMap;
@@ -99,6 +100,9 @@ struct Walk<'p> {
 fn walk(prog: &TileProgram, launches: &[Compiled<'_>]) -> Result<Plan, String> {
     if launches.len() != prog.launches.len() {
         return Err("the compiled launches do not match the program".into());
+    }
+    if launches.iter().any(|c| control_reads_data(c.cube) || control_reads_data(c.vector)) {
+        return Err("a scalar read of data (data-dependent control or addressing)".into());
     }
     let n = prog.tensors.len();
     let keep =
