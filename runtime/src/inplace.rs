@@ -158,101 +158,6 @@ struct Walk<'p> {
 }
 
 impl Walk<'_> {
-    fn stmts(&mut self, l: &Launch, body: &[Stmt], core: i64) -> Result<(), String> {
-        for s in body {
-            self.steps += 1;
-            if self.steps > MAX_STEPS {
-                return Err(format!("the program runs more than {MAX_STEPS} statements (not walked)"));
-            }
-            self.seq += 1;
-            match s {
-                Stmt::For { var, lo, hi, step, body } => {
-                    let lo = self.regs.eval(lo, core)?;
-                    let hi = self.regs.eval(hi, core)?;
-                    self.regs.set(*var, lo)?;
-                    while self.regs.get(*var)? < hi {
-                        self.stmts(l, body, core)?;
-                        let v = self.regs.get(*var)?.wrapping_add(*step);
-                        self.regs.set(*var, v)?;
-                    }
-                }
-                Stmt::Set { var, value } => {
-                    let v = self.regs.eval(value, core)?;
-                    self.regs.set(*var, v)?;
-                }
-                Stmt::If { cond, then } => {
-                    if self.regs.eval(cond, core)? != 0 {
-                        self.stmts(l, then, core)?;
-                    }
-                }
-                Stmt::Copy { src, dst, rows, cols, .. } => {
-                    let rows = self.regs.eval(rows, core)?;
-                    let cols = self.regs.eval(cols, core)?;
-                    self.access(l, src, rows, cols, core, false)?;
-                    self.access(l, dst, rows, cols, core, true)?;
-                }
-                Stmt::Vector { dst, rows, cols, expr } => {
-                    let rows = self.regs.eval(rows, core)?;
-                    let cols = self.regs.eval(cols, core)?;
-                    let mut reads = Vec::new();
-                    let mut scalars = Vec::new();
-                    vreads(expr, &mut reads, &mut scalars);
-                    for e in scalars {
-                        self.regs.eval(e, core)?;
-                    }
-                    let mut hazard = false;
-                    for (kind, r) in reads {
-                        let (rr, cc) = match kind {
-                            0 => (rows, cols),
-                            1 => (rows, 1),
-                            _ => (1, cols),
-                        };
-                        self.access(l, r, rr, cc, core, false)?;
-                        if let (Loc::Buf { buf: a, .. }, Loc::Buf { buf: b, .. }) = (&r.loc, &dst.loc) {
-                            hazard |= a == b && !(kind == 0 && r == dst);
-                        }
-                    }
-                    // A statement that writes an aliased output while it reads its parameter reads and writes
-                    // element by element: only the same window is the same computation.
-                    if let Some(&p) = match dst.loc {
-                        Loc::Gm(o) => self.pairs.get(&o),
-                        Loc::Buf { .. } => None,
-                    } {
-                        let mut r2 = Vec::new();
-                        vreads(expr, &mut r2, &mut Vec::new());
-                        for (kind, r) in r2 {
-                            if r.loc == Loc::Gm(p) {
-                                let same = kind == 0
-                                    && self.regs.eval(&r.offset, core)? == self.regs.eval(&dst.offset, core)?
-                                    && self.regs.eval(&r.row_stride, core)? == self.regs.eval(&dst.row_stride, core)?;
-                                if !same {
-                                    return Err(
-                                        "a vector statement reads another window of the tensor it updates".into()
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    self.access(l, dst, rows, cols, core, true)?;
-                    if hazard {
-                        let Loc::Buf { buf, .. } = dst.loc else { return Err("a vector statement into GM".into()) };
-                        let elems = l.buffers.get(buf.0 as usize).map(|b| b.slot_elems()).unwrap_or(0);
-                        if rows.wrapping_mul(cols) > elems as i64 {
-                            return Err("a tile larger than its buffer".into());
-                        }
-                    }
-                }
-                Stmt::SetFlag { .. } | Stmt::WaitFlag { .. } | Stmt::Barrier { .. } => {}
-                Stmt::Gather { .. } => return Err("a gather (its indices are checked at run time)".into()),
-                Stmt::Mmad { .. } => return Err("an mmad".into()),
-                Stmt::Reduce { .. } => return Err("a reduction".into()),
-                Stmt::Library { .. } => return Err("a library operation".into()),
-                Stmt::CrossSet { .. } | Stmt::CrossWait { .. } => return Err("cross-core flags".into()),
-            }
-        }
-        Ok(())
-    }
-
     /// Checks a `rows × cols` window of `r` as the compiled code does, and records it if its tensor is
     /// watched.
     fn access(&mut self, l: &Launch, r: &Region, rows: i64, cols: i64, core: i64, write: bool) -> Result<(), String> {
@@ -302,6 +207,89 @@ impl Walk<'_> {
     }
 }
 
+impl ProgramWalk for Walk<'_> {
+    fn regs(&mut self) -> &mut Regs {
+        &mut self.regs
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            return Err(format!("the program runs more than {MAX_STEPS} statements (not walked)"));
+        }
+        self.seq += 1;
+        Ok(())
+    }
+
+    fn leaf(&mut self, l: &Launch, s: &Stmt, core: i64) -> Result<(), String> {
+        match s {
+            Stmt::For { .. } | Stmt::Set { .. } | Stmt::If { .. } => {}
+            Stmt::Copy { src, dst, rows, cols, .. } => {
+                let rows = self.regs.eval(rows, core)?;
+                let cols = self.regs.eval(cols, core)?;
+                self.access(l, src, rows, cols, core, false)?;
+                self.access(l, dst, rows, cols, core, true)?;
+            }
+            Stmt::Vector { dst, rows, cols, expr } => {
+                let rows = self.regs.eval(rows, core)?;
+                let cols = self.regs.eval(cols, core)?;
+                let mut reads = Vec::new();
+                let mut scalars = Vec::new();
+                vreads(expr, &mut reads, &mut scalars);
+                for e in scalars {
+                    self.regs.eval(e, core)?;
+                }
+                let mut hazard = false;
+                for (kind, r) in reads {
+                    let (rr, cc) = match kind {
+                        0 => (rows, cols),
+                        1 => (rows, 1),
+                        _ => (1, cols),
+                    };
+                    self.access(l, r, rr, cc, core, false)?;
+                    if let (Loc::Buf { buf: a, .. }, Loc::Buf { buf: b, .. }) = (&r.loc, &dst.loc) {
+                        hazard |= a == b && !(kind == 0 && r == dst);
+                    }
+                }
+                // A statement that writes an aliased output while it reads its parameter reads and writes
+                // element by element: only the same window is the same computation.
+                if let Some(&p) = match dst.loc {
+                    Loc::Gm(o) => self.pairs.get(&o),
+                    Loc::Buf { .. } => None,
+                } {
+                    let mut r2 = Vec::new();
+                    vreads(expr, &mut r2, &mut Vec::new());
+                    for (kind, r) in r2 {
+                        if r.loc == Loc::Gm(p) {
+                            let same = kind == 0
+                                && self.regs.eval(&r.offset, core)? == self.regs.eval(&dst.offset, core)?
+                                && self.regs.eval(&r.row_stride, core)? == self.regs.eval(&dst.row_stride, core)?;
+                            if !same {
+                                return Err("a vector statement reads another window of the tensor it updates".into());
+                            }
+                        }
+                    }
+                }
+                self.access(l, dst, rows, cols, core, true)?;
+                if hazard {
+                    let Loc::Buf { buf, .. } = dst.loc else { return Err("a vector statement into GM".into()) };
+                    let elems = l.buffers.get(buf.0 as usize).map(|b| b.slot_elems()).unwrap_or(0);
+                    if rows.wrapping_mul(cols) > elems as i64 {
+                        return Err("a tile larger than its buffer".into());
+                    }
+                }
+            }
+            Stmt::SetFlag { .. } | Stmt::WaitFlag { .. } | Stmt::Barrier { .. } => {}
+            Stmt::Gather { .. } => return Err("a gather (its indices are checked at run time)".into()),
+            Stmt::Mmad { .. } => return Err("an mmad".into()),
+            Stmt::Reduce { .. } => return Err("a reduction".into()),
+            Stmt::Library { .. } => return Err("a library operation".into()),
+            Stmt::CrossSet { .. } | Stmt::CrossWait { .. } => return Err("cross-core flags".into()),
+        }
+        Ok(())
+    }
+}
+
 /// Whether a program's control reads data: a scalar read in a register's value, a condition or a loop
 /// bound (where templates put them). The walks cannot follow it and would find out only on reaching it,
 /// possibly after walking much of a large program; this answers first.
@@ -319,6 +307,46 @@ pub(crate) fn control_reads_data(body: &[Stmt]) -> bool {
         Stmt::For { lo, hi, body, .. } => reads(lo) || reads(hi) || control_reads_data(body),
         _ => false,
     })
+}
+
+/// A walk of compiled core programs with their concrete scalar values (the in-place plan's, and
+/// [`crate::reuse`]'s): the control statements are run here, the others are the walk's own.
+pub(crate) trait ProgramWalk {
+    fn regs(&mut self) -> &mut Regs;
+    /// Counts a statement (a walk is bounded).
+    fn step(&mut self) -> Result<(), String>;
+    /// A statement other than `for`, `set` and `if`.
+    fn leaf(&mut self, l: &Launch, s: &Stmt, core: i64) -> Result<(), String>;
+
+    /// Walks `body` on core `core`, with the loop bounds evaluated once, as the compiled code does.
+    fn stmts(&mut self, l: &Launch, body: &[Stmt], core: i64) -> Result<(), String> {
+        for s in body {
+            self.step()?;
+            match s {
+                Stmt::For { var, lo, hi, step, body } => {
+                    let lo = self.regs().eval(lo, core)?;
+                    let hi = self.regs().eval(hi, core)?;
+                    self.regs().set(*var, lo)?;
+                    while self.regs().get(*var)? < hi {
+                        self.stmts(l, body, core)?;
+                        let v = self.regs().get(*var)?.wrapping_add(*step);
+                        self.regs().set(*var, v)?;
+                    }
+                }
+                Stmt::Set { var, value } => {
+                    let v = self.regs().eval(value, core)?;
+                    self.regs().set(*var, v)?;
+                }
+                Stmt::If { cond, then } => {
+                    if self.regs().eval(cond, core)? != 0 {
+                        self.stmts(l, then, core)?;
+                    }
+                }
+                _ => self.leaf(l, s, core)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A core's scalar registers during a walk of its compiled program, and scalar expressions over them as

@@ -29,7 +29,7 @@
 //! the control is found before the walk: [`crate::inplace::control_reads_data`]). A tensor
 //! whose in-launch orderings would cost more than [`MAX_CHECKS`] comparisons is not kept.
 
-use crate::inplace::{control_reads_data, insert, vreads, Compiled, Regs};
+use crate::inplace::{control_reads_data, insert, vreads, Compiled, ProgramWalk, Regs};
 use crate::native::CROSS_FLAGS;
 use kc_ir::tile::{Launch, LibOp, Loc, Region, Stmt, TensorRole, TileProgram};
 use std::collections::BTreeMap;
@@ -195,127 +195,6 @@ impl Walk<'_> {
         (0..CROSS_FLAGS).any(|f| ca[f] < cb[CROSS_FLAGS + f])
     }
 
-    fn stmts(&mut self, l: &Launch, body: &[Stmt], core: i64) -> Result<(), String> {
-        for s in body {
-            self.steps += 1;
-            if self.steps > MAX_STEPS {
-                return Err(format!("the program runs more than {MAX_STEPS} statements (not walked)"));
-            }
-            self.seq += 1;
-            match s {
-                Stmt::For { var, lo, hi, step, body } => {
-                    let lo = self.regs.eval(lo, core)?;
-                    let hi = self.regs.eval(hi, core)?;
-                    self.regs.set(*var, lo)?;
-                    while self.regs.get(*var)? < hi {
-                        self.stmts(l, body, core)?;
-                        let v = self.regs.get(*var)?.wrapping_add(*step);
-                        self.regs.set(*var, v)?;
-                    }
-                }
-                Stmt::Set { var, value } => {
-                    let v = self.regs.eval(value, core)?;
-                    self.regs.set(*var, v)?;
-                }
-                Stmt::If { cond, then } => {
-                    if self.regs.eval(cond, core)? != 0 {
-                        self.stmts(l, then, core)?;
-                    }
-                }
-                Stmt::Copy { src, dst, rows, cols, .. } => {
-                    let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
-                    self.access(l, src, rows, cols, core, false)?;
-                    self.access(l, dst, rows, cols, core, true)?;
-                }
-                Stmt::Gather { src, col_offset, index, dst, rows, cols, .. } => {
-                    let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
-                    self.regs.eval(col_offset, core)?;
-                    self.access(l, index, rows, 1, core, false)?;
-                    // The rows read are data: the whole source.
-                    let elems: u64 = self.prog.tensors.get(src.0 as usize).map_or(0, |t| t.shape.iter().product());
-                    self.gm(src.0 as usize, 0, 0, 1, elems as i64, false);
-                    self.access(l, dst, rows, cols, core, true)?;
-                }
-                Stmt::Mmad { a, b, c, m, k, n, accumulate } => {
-                    let (m, k, n) = (self.regs.eval(m, core)?, self.regs.eval(k, core)?, self.regs.eval(n, core)?);
-                    self.access(l, a, m, k, core, false)?;
-                    self.access(l, b, k, n, core, false)?;
-                    if *accumulate {
-                        self.access(l, c, m, n, core, false)?;
-                    }
-                    self.access(l, c, m, n, core, true)?;
-                }
-                Stmt::Vector { dst, rows, cols, expr } => {
-                    let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
-                    let mut reads = Vec::new();
-                    let mut scalars = Vec::new();
-                    vreads(expr, &mut reads, &mut scalars);
-                    for e in scalars {
-                        self.regs.eval(e, core)?;
-                    }
-                    for (kind, r) in reads {
-                        let (rr, cc) = match kind {
-                            0 => (rows, cols),
-                            1 => (rows, 1),
-                            _ => (1, cols),
-                        };
-                        self.access(l, r, rr, cc, core, false)?;
-                    }
-                    self.access(l, dst, rows, cols, core, true)?;
-                }
-                Stmt::Reduce { axis, src, dst, rows, cols, accumulate, .. } => {
-                    let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
-                    self.access(l, src, rows, cols, core, false)?;
-                    let (dr, dc) = if *axis == 1 { (rows, 1) } else { (1, cols) };
-                    if *accumulate {
-                        self.access(l, dst, dr, dc, core, false)?;
-                    }
-                    self.access(l, dst, dr, dc, core, true)?;
-                }
-                Stmt::Library { op, src, rows, cols, .. } => {
-                    let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
-                    self.access(l, src, rows, cols, core, false)?;
-                    let outs: Vec<&Region> = match op {
-                        LibOp::TopK { values, indices, .. } => values.iter().chain(indices.iter()).collect(),
-                        LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => vec![dst],
-                        LibOp::CumSum { dst, carry, .. } => std::iter::once(dst).chain(carry.iter()).collect(),
-                    };
-                    // Library outputs may accumulate: their buffers are zeroed, their tensors never kept.
-                    for r in outs {
-                        self.regs.eval(&r.offset, core)?;
-                        self.regs.eval(&r.row_stride, core)?;
-                        match &r.loc {
-                            Loc::Gm(t) => {
-                                if let Some(k) = self.keep.get_mut(t.0 as usize) {
-                                    *k = false;
-                                }
-                            }
-                            Loc::Buf { buf, slot } => {
-                                self.regs.eval(slot, core)?;
-                                if let Some(z) = self.zero.get_mut(buf.0 as usize) {
-                                    *z = true;
-                                }
-                            }
-                        }
-                    }
-                }
-                Stmt::CrossSet { flag } | Stmt::CrossWait { flag } => {
-                    let f = *flag as usize;
-                    if f >= CROSS_FLAGS {
-                        return Err("a cross-core flag out of range".into());
-                    }
-                    let st = &mut self.streams[self.stream];
-                    let mut c = *st.counts.last().unwrap_or(&[0; 2 * CROSS_FLAGS]);
-                    let i = if matches!(s, Stmt::CrossSet { .. }) { f } else { CROSS_FLAGS + f };
-                    c[i] = c[i].saturating_add(1);
-                    st.counts.push(c);
-                }
-                Stmt::SetFlag { .. } | Stmt::WaitFlag { .. } | Stmt::Barrier { .. } => {}
-            }
-        }
-        Ok(())
-    }
-
     /// Records a `rows × cols` window of `r`, read or written.
     fn access(&mut self, _l: &Launch, r: &Region, rows: i64, cols: i64, core: i64, write: bool) -> Result<(), String> {
         let offset = self.regs.eval(&r.offset, core)?;
@@ -390,6 +269,117 @@ impl Walk<'_> {
                 }
             });
         }
+    }
+}
+
+impl ProgramWalk for Walk<'_> {
+    fn regs(&mut self) -> &mut Regs {
+        &mut self.regs
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            return Err(format!("the program runs more than {MAX_STEPS} statements (not walked)"));
+        }
+        self.seq += 1;
+        Ok(())
+    }
+
+    fn leaf(&mut self, l: &Launch, s: &Stmt, core: i64) -> Result<(), String> {
+        match s {
+            Stmt::For { .. } | Stmt::Set { .. } | Stmt::If { .. } => {}
+            Stmt::Copy { src, dst, rows, cols, .. } => {
+                let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
+                self.access(l, src, rows, cols, core, false)?;
+                self.access(l, dst, rows, cols, core, true)?;
+            }
+            Stmt::Gather { src, col_offset, index, dst, rows, cols, .. } => {
+                let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
+                self.regs.eval(col_offset, core)?;
+                self.access(l, index, rows, 1, core, false)?;
+                // The rows read are data: the whole source.
+                let elems: u64 = self.prog.tensors.get(src.0 as usize).map_or(0, |t| t.shape.iter().product());
+                self.gm(src.0 as usize, 0, 0, 1, elems as i64, false);
+                self.access(l, dst, rows, cols, core, true)?;
+            }
+            Stmt::Mmad { a, b, c, m, k, n, accumulate } => {
+                let (m, k, n) = (self.regs.eval(m, core)?, self.regs.eval(k, core)?, self.regs.eval(n, core)?);
+                self.access(l, a, m, k, core, false)?;
+                self.access(l, b, k, n, core, false)?;
+                if *accumulate {
+                    self.access(l, c, m, n, core, false)?;
+                }
+                self.access(l, c, m, n, core, true)?;
+            }
+            Stmt::Vector { dst, rows, cols, expr } => {
+                let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
+                let mut reads = Vec::new();
+                let mut scalars = Vec::new();
+                vreads(expr, &mut reads, &mut scalars);
+                for e in scalars {
+                    self.regs.eval(e, core)?;
+                }
+                for (kind, r) in reads {
+                    let (rr, cc) = match kind {
+                        0 => (rows, cols),
+                        1 => (rows, 1),
+                        _ => (1, cols),
+                    };
+                    self.access(l, r, rr, cc, core, false)?;
+                }
+                self.access(l, dst, rows, cols, core, true)?;
+            }
+            Stmt::Reduce { axis, src, dst, rows, cols, accumulate, .. } => {
+                let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
+                self.access(l, src, rows, cols, core, false)?;
+                let (dr, dc) = if *axis == 1 { (rows, 1) } else { (1, cols) };
+                if *accumulate {
+                    self.access(l, dst, dr, dc, core, false)?;
+                }
+                self.access(l, dst, dr, dc, core, true)?;
+            }
+            Stmt::Library { op, src, rows, cols, .. } => {
+                let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
+                self.access(l, src, rows, cols, core, false)?;
+                let outs: Vec<&Region> = match op {
+                    LibOp::TopK { values, indices, .. } => values.iter().chain(indices.iter()).collect(),
+                    LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => vec![dst],
+                    LibOp::CumSum { dst, carry, .. } => std::iter::once(dst).chain(carry.iter()).collect(),
+                };
+                // Library outputs may accumulate: their buffers are zeroed, their tensors never kept.
+                for r in outs {
+                    self.regs.eval(&r.offset, core)?;
+                    self.regs.eval(&r.row_stride, core)?;
+                    match &r.loc {
+                        Loc::Gm(t) => {
+                            if let Some(k) = self.keep.get_mut(t.0 as usize) {
+                                *k = false;
+                            }
+                        }
+                        Loc::Buf { buf, slot } => {
+                            self.regs.eval(slot, core)?;
+                            if let Some(z) = self.zero.get_mut(buf.0 as usize) {
+                                *z = true;
+                            }
+                        }
+                    }
+                }
+            }
+            Stmt::CrossSet { flag } | Stmt::CrossWait { flag } => {
+                let f = *flag as usize;
+                if f >= CROSS_FLAGS {
+                    return Err("a cross-core flag out of range".into());
+                }
+                let st = &mut self.streams[self.stream];
+                let mut c = *st.counts.last().unwrap_or(&[0; 2 * CROSS_FLAGS]);
+                let i = if matches!(s, Stmt::CrossSet { .. }) { f } else { CROSS_FLAGS + f };
+                c[i] = c[i].saturating_add(1);
+                st.counts.push(c);
+            }
+            Stmt::SetFlag { .. } | Stmt::WaitFlag { .. } | Stmt::Barrier { .. } => {}
+        }
+        Ok(())
     }
 }
 
