@@ -248,3 +248,57 @@ fn tiling_gather_general_forms() {
         }
     }
 }
+
+/// A looped f32 reduction folds each step into its accumulator in one vector statement (`acc = acc op
+/// body`): max and min keep the interpreter's NaN rules and signed zeros, the sum its sequential order —
+/// on both simulators and under the JIT on the host, bit for bit, with NaN, infinities and both zeros in
+/// the gathered rows.
+#[test]
+fn looped_reductions_keep_nans_and_signed_zeros() {
+    let g = compile_src(
+        "loopnan",
+        "kernel loopnan(x: f32[R, M], idx: i32[T, J]) -> (a: f32[T, M], b: f32[T, M], s: f32[T, M]) {\n\
+         \x20   a[t, m] = max[j](x[idx[t, j], m]);\n\
+         \x20   b[t, m] = min[j](x[idx[t, j], m] * -1.0);\n\
+         \x20   s[t, m] = sum[j](x[idx[t, j], m] * 0.5);\n\
+         }\n",
+    );
+    let special = [f32::NAN, -0.0, 0.0, f32::INFINITY, f32::NEG_INFINITY, 1.5, -2.0];
+    for (t, r, m, j) in [(1, 3, 1, 1), (5, 7, 13, 3), (33, 11, 5, 4)] {
+        let mut rng = common::Rng::new((t * 31 + m) as u64);
+        let xv: Vec<f32> = (0..r * m)
+            .map(|_| {
+                if rng.int(0, 3) == 0 {
+                    special[rng.int(0, special.len() as i32) as usize]
+                } else {
+                    rng.uniform(-1.0, 1.0)
+                }
+            })
+            .collect();
+        let x = kc_ir::tensor::Tensor::from_f32_as(DType::F32, vec![r as usize, m as usize], &xv).expect("x");
+        let idx: Vec<i32> = (0..t * j).map(|_| rng.int(0, r as i32)).collect();
+        let args = common::args(&[("x", &x), ("idx", &common::i32_tensor(&[t as usize, j as usize], idx))], &[]);
+        for target in TARGETS {
+            check_args(&g, &args, target, &[], 0);
+        }
+        let host = Target::builtin("host").expect("host target");
+        let tp = common::tile_kernel(&g, &args, &host);
+        let loops = tp
+            .launches
+            .iter()
+            .map(|l| common::count_stmts(&l.vector, &|s| matches!(s, Stmt::Reduce { .. })))
+            .sum::<usize>();
+        assert_eq!(loops, 0, "the looped reductions are vector statements, not element-wise reduces");
+        let compiled =
+            kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() }).expect("compiles");
+        let want = common::run(&g, &args);
+        for threads in [1, 2] {
+            let (got, _) = compiled
+                .run(&tp, &g, &args, threads, &kc_ir::interp::Limits::default())
+                .unwrap_or_else(|e| panic!("jit: {e:?}"));
+            for ((n, w), (_, s)) in want.iter().zip(&got) {
+                common::assert_same_bits(&format!("loopnan.{n} (jit, {threads} threads) at {t}x{m}x{j}"), w, s);
+            }
+        }
+    }
+}

@@ -166,6 +166,15 @@ struct Red {
     looped: Option<Vec<i64>>,
 }
 
+impl Red {
+    /// Whether the body is computed into a temporary first: a looped f32 reduction folds each step's body
+    /// straight into its accumulator (`acc = acc + body`, or max/min: one elementwise pass, the reduction's
+    /// order and NaN rules), others reduce the temporary unless the body is direct.
+    fn needs_tmp(&self) -> bool {
+        !self.direct && !(self.looped.is_some() && self.dtype == DType::F32)
+    }
+}
+
 /// How one load of a member is read, in traversal order.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum LoadPlan {
@@ -545,7 +554,7 @@ fn rows_at(
             place(rt.saturating_mul(cols.width() as u64).saturating_mul(size(*m)), slots);
             for r in &plan.reds {
                 let sz = r.dtype.size_bytes() as u64;
-                if !r.direct {
+                if r.needs_tmp() {
                     place(rt.saturating_mul(r.width as u64).saturating_mul(sz), 1);
                 }
                 let out = if r.looped.is_some() { r.width as u64 } else { 1 };
@@ -628,7 +637,7 @@ fn rows_at(
         bufs.insert(*m, (id, slots));
         let mut rb = Vec::new();
         for (i, r) in plan.reds.iter().enumerate() {
-            let tmp = (!r.direct).then(|| {
+            let tmp = r.needs_tmp().then(|| {
                 lb.buffer(format!("{}_red{i}_body", label(*m)), Mem::UB, r.dtype, vec![rt as u64, r.width as u64], 1)
             });
             let ow = if r.looped.is_some() { r.width as u64 } else { 1 };
@@ -1155,7 +1164,6 @@ impl Translate<'_> {
         cols: &Cols,
     ) -> Option<VExpr> {
         let w = cols.width();
-        let tmp = rb.tmp?;
         let (it, regs) = rb.svars.split_first()?;
         if regs.len() != vs.len() || extents.len() != vs.len() {
             return None;
@@ -1175,17 +1183,36 @@ impl Translate<'_> {
             lbody.push(Stmt::Set { var: *r, value });
         }
         lbody.extend(inner_pre);
-        lbody.push(Stmt::Vector { dst: buf_region(tmp, 0, w), rows: v(self.len), cols: c(w), expr: bv });
-        let flat = |b: BufId| Region { loc: Loc::Buf { buf: b, slot: c(0) }, offset: c(0), row_stride: c(1) };
-        lbody.push(Stmt::Reduce {
-            op,
-            axis: 1,
-            src: flat(tmp),
-            dst: flat(rb.out),
-            rows: bin(SBin::Mul, v(self.len), c(w)),
-            cols: c(1),
-            accumulate: true,
-        });
+        match rb.tmp {
+            // Each step's body into a temporary, reduced into the accumulator element by element (an integer
+            // reduction: the reduction's own integer rules).
+            Some(tmp) => {
+                lbody.push(Stmt::Vector { dst: buf_region(tmp, 0, w), rows: v(self.len), cols: c(w), expr: bv });
+                let flat = |b: BufId| Region { loc: Loc::Buf { buf: b, slot: c(0) }, offset: c(0), row_stride: c(1) };
+                lbody.push(Stmt::Reduce {
+                    op,
+                    axis: 1,
+                    src: flat(tmp),
+                    dst: flat(rb.out),
+                    rows: bin(SBin::Mul, v(self.len), c(w)),
+                    cols: c(1),
+                    accumulate: true,
+                });
+            }
+            // f32: `acc = acc op body` in one pass ([`Red::needs_tmp`]); f32 add, max and min of vector
+            // statements are the reduction's (its NaN rules and signed zeros, the accumulator first).
+            None => {
+                let bop = match op {
+                    ReduceOp::Sum => BinOp::Add,
+                    ReduceOp::Max => BinOp::Max,
+                    ReduceOp::Min => BinOp::Min,
+                    _ => return None,
+                };
+                let acc = buf_region(rb.out, 0, w);
+                let expr = VExpr::Binary(bop, Box::new(VExpr::Read(acc.clone())), Box::new(bv));
+                lbody.push(Stmt::Vector { dst: acc, rows: v(self.len), cols: c(w), expr });
+            }
+        }
         self.pre.push(Stmt::Vector {
             dst: buf_region(rb.out, 0, w),
             rows: v(self.len),
