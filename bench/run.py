@@ -49,9 +49,9 @@ backward; the MoE stages) come from `kc run --out DIR --raw-bf16` on those input
   weights, moe_combine on experts' ys, permute's order and route's w. The peer is a PyTorch reference on
   the same x, gate and expert weights: sigmoid scores (f32), group-limited top-k, stable argsort by expert,
   a loop over the experts (SwiGLU: silu(x w1ᵀ) * (x w3ᵀ), then w2ᵀ), index_add weighted by w.
-  The layer runs at T = 1024 tokens (T·K = 8192 routed rows): at T = 4096 (32768 rows) moe_permute's
-  argsort row does not fit the unified buffer and kc refuses it (E0606: argsort/top-k rows wider than UB
-  need a multi-pass merge, not implemented; ir/src/passes/tile/library.rs).
+  The layer runs at the issue's T = 4096 tokens (T·K = 32768 routed rows; moe_permute's and moe_combine's
+  argsort rows are wider than the unified buffer, so kc sorts them in blocks and merges them:
+  ir/src/passes/tile/library.rs).
 
 `--verify` checks that each peer of the newer workloads computes what its kc kernel computes: both run at
 small sizes on the same inputs (kc with `kc run`), and the peer's results must match kc's within bf16
@@ -456,9 +456,8 @@ WORKLOADS = [
     ("muon", (1024, 4096), "kernels/muon_orthogonalize.ker", "M=1024,N=4096", None),
     ("rmsnorm_bwd", (8192, 4096), "kernels/rmsnorm_bwd.ker", "T=8192,D=4096", None),
     ("cross_entropy", (4096, 32768), "kernels/cross_entropy.ker", "N=4096,V=32768", None),
-    # T = 1024, not 4096: see the docstring (moe_permute's argsort over T·K rows is at most 8192 wide).
-    ("moe_layer", (1024, 2048, 64, 8, 1024), "kernels/moe_{route,permute,experts,combine}.ker",
-     "T=1024,M=2048,E=64,K=8,F=1024", None),
+    ("moe_layer", (4096, 2048, 64, 8, 1024), "kernels/moe_{route,permute,experts,combine}.ker",
+     "T=4096,M=2048,E=64,K=8,F=1024", None),
 ]
 
 # How the table names the sizes of a workload (the others: the sizes joined by x).

@@ -203,15 +203,16 @@ fn bf16_sources_and_empty_tensors() {
             let x = Tensor::new(vec![r, cc], TensorData::BF16(x)).expect("shape");
             let a = args(&[("x", x)], &[("K", k)]);
             if cc > 50_000 {
-                // Top-k and argsort rows that long are not tiled; the prefix sum is, in column tiles.
+                // Top-k rows that long are not tiled; the prefix sum is, in column tiles, and the argsort
+                // in merged blocks.
                 let target = Target::builtin(target).expect("target");
                 let f = fuse(&g, &FusionConfig::default());
                 let b = kc_ir::launch::bind(&g, &a).expect("bind");
                 let gm = plan_gm(&g, &f, &b).expect("gm");
                 for gr in &f.groups {
                     let l = library::library(&g, gr, "k", &gm, &target, &b);
-                    let cumsum = matches!(g.node(gr.nodes[0]).kind, kc_ir::NodeKind::CumSum { .. });
-                    assert_eq!(l.is_some(), cumsum);
+                    let topk = matches!(g.node(gr.nodes[0]).kind, kc_ir::NodeKind::TopK { .. });
+                    assert_eq!(l.is_some(), !topk);
                 }
                 continue;
             }
@@ -336,10 +337,11 @@ fn sources_that_are_not_reshapes_and_oversized_rows_are_not_tiled() {
 "#,
             &[("x", &[4, 6])],
         ),
-        // A row of argsort longer than UB needs a merge.
+        // A row of top-k longer than UB would need a merge of its own.
         (
-            r#"kernel k(x: f32[R, C]) -> y: i32[R, C] {
-    y = argsort(x);
+            r#"kernel k(x: f32[R, C]) -> y: i32[R, 3] {
+    let (_, i) = topk(x, 3);
+    y = i;
 }
 "#,
             &[("x", &[1, 200_000])],
@@ -403,5 +405,96 @@ fn moe_kernels_library_groups_tile_and_verify() {
             };
             common::verify_tiled(g, &tp, &target);
         }
+    }
+}
+
+/// A target like `base` with a UB of `ub` bytes, so that short rows are already wider than UB.
+fn small_ub(base: &str, ub: u64) -> Target {
+    let mut t = Target::builtin(base).expect("target");
+    for m in t.memory.iter_mut().filter(|m| m.name == "ub") {
+        m.capacity = ub;
+        m.reserved = 0;
+    }
+    t
+}
+
+/// Argsort rows wider than UB: blocks sorted on their own, then merge-split by odd-even transposition
+/// (`library::wide_argsort`). Bit for bit with the interpreter's stable sort — many ties, NaN and both
+/// zeros, bf16 and i32 keys, both directions — on both simulators and under the JIT (1 and 2 threads), with
+/// UBs small enough for 2 to 9 blocks a row (an odd and an even count, a short last block), and at the
+/// built-in targets' own sizes for the MoE kernels' flat index (T·K = 32768).
+#[test]
+fn argsort_rows_longer_than_ub_sort_and_merge_blocks() {
+    let g = compile(
+        r#"kernel k(x: f32[R, C], h: bf16[R, C], n: i32[R, C]) -> (up: i32[R, C], down: i32[R, C], hb: i32[R, C], ni: i32[R, C]) {
+    up = argsort(x);
+    down = argsort(x, descending: true);
+    hb = argsort(h);
+    ni = argsort(n, descending: true);
+}
+"#,
+    );
+    let special = [f32::NAN, -0.0, 0.0, f32::INFINITY, f32::NEG_INFINITY];
+    let data = |seed: u64, r: usize, c: usize| {
+        let mut rng = common::Rng::new(seed);
+        let x: Vec<f32> = (0..r * c)
+            .map(|_| {
+                if rng.int(0, 10) == 0 {
+                    special[rng.int(0, special.len() as i32) as usize]
+                } else {
+                    rng.int(-8, 8) as f32 * 0.5
+                }
+            })
+            .collect();
+        let h = Tensor::from_f32_as(DType::BF16, vec![r, c], &x).expect("h");
+        let n = common::i32_tensor(&[r, c], (0..r * c).map(|_| rng.int(0, 64)).collect());
+        let x = Tensor::new(vec![r, c], TensorData::F32(x)).expect("x");
+        args(&[("x", x), ("h", h), ("n", n)], &[])
+    };
+    let run = |target: &Target, a: &Args, min_blocks: usize| {
+        let tp = tile(&g, a, target);
+        common::verify_tiled(&g, &tp, target);
+        let sorts = tp
+            .launches
+            .iter()
+            .map(|l| common::count_stmts(&l.vector, &|s| matches!(s, Stmt::Gather { .. })))
+            .sum::<usize>();
+        assert!(sorts >= 8, "every argsort merges its blocks ({sorts} gathers)");
+        // How many blocks the first launch cut a row into: its block loop's bound.
+        let blocks = tp.launches[0].vector.iter().find_map(|s| match s {
+            Stmt::For { body, .. } => body.iter().find_map(|b| match b {
+                Stmt::For { hi: kc_ir::tile::SExpr::Const(n), .. } => Some(*n as usize),
+                _ => None,
+            }),
+            _ => None,
+        });
+        assert!(blocks.is_some_and(|b| b >= min_blocks), "{}: {blocks:?} blocks a row", target.name);
+        let want = common::run(&g, a);
+        let got = kc_runtime::sim::run(&tp, &g, a).unwrap_or_else(|e| panic!("sim: {e:?}"));
+        for ((n, w), (_, s)) in want.iter().zip(&got) {
+            common::assert_same_bits(&format!("{n} on {} (sim)", target.name), w, s);
+        }
+        let compiled =
+            kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() }).expect("jit");
+        for threads in [1, 2] {
+            let (got, _) = compiled
+                .run(&tp, &g, a, threads, &kc_ir::interp::Limits::default())
+                .unwrap_or_else(|e| panic!("jit: {e:?}"));
+            for ((n, w), (_, s)) in want.iter().zip(&got) {
+                common::assert_same_bits(&format!("{n} on {} (jit, {threads} threads)", target.name), w, s);
+            }
+        }
+    };
+    // UB of 2 KiB: blocks of 40 columns (f32 and i32 keys); 130 columns = 4 blocks, 250 = 7 (the last one
+    // short), 575 = 15.
+    for (seed, (r, c, min_blocks)) in [(3usize, 130usize, 4usize), (1, 250, 7), (2, 575, 15)].into_iter().enumerate() {
+        for base in ["ascend910b", "host"] {
+            run(&small_ub(base, 2048), &data(seed as u64, r, c), min_blocks);
+        }
+    }
+    // The targets' own UBs: T·K = 32768 keys in one row.
+    let a = data(9, 1, 32768);
+    for t in ["ascend910b", "ascend950", "host"] {
+        run(&Target::builtin(t).expect("target"), &a, 2);
     }
 }

@@ -29,8 +29,10 @@
 //!
 //! A prefix sum whose row does not fit UB is also tiled along the columns: each block of `Rt` rows runs
 //! over column tiles with a `carry` (`Rt × 1`, f32 or i32) that the vector unit zeroes before the block's
-//! first tile (V → S flag); the column tiles of a block are pipelined as above. Top-k and argsort rows
-//! that do not fit UB need a multi-pass merge, which is not done here: those groups give `None`.
+//! first tile (V → S flag); the column tiles of a block are pipelined as above. An argsort row that does
+//! not fit UB is sorted in blocks that are then merged ([`wide_argsort`]: odd-even transposition of
+//! merge-splits, in the output row, every address static). Top-k rows that do not fit UB would need a merge
+//! of their own, which is not done here: those groups give `None`.
 //!
 //! A histogram ([`LibOp::BinCount`]) runs on one vector core: its counts (`1 × n` i32, zeroed by the
 //! vector unit) stay in UB while the source streams through in pipelined, double-buffered chunks, then are
@@ -90,17 +92,39 @@ pub fn library(
                 .with_label(format!("k = {k}"))));
             }
             let op = RowOp::TopK { k, indices: *part == crate::graph::TopKPart::Indices };
-            rowwise(g, node_id, name, t, rows, cols, op, out, target)
+            rowwise(g, node_id, name, t, rows, cols, op, gm.tensors[t.0 as usize].dtype, out, target)
         }
         NodeKind::ArgSort { src, axis, descending } => {
             let (t, shape) = resolve(g, gm, b, *src)?;
             let (rows, cols) = rows_cols(&shape, *axis)?;
-            rowwise(g, node_id, name, t, rows, cols, RowOp::ArgSort { descending: *descending }, out, target)
+            rowwise(
+                g,
+                node_id,
+                name,
+                t,
+                rows,
+                cols,
+                RowOp::ArgSort { descending: *descending },
+                gm.tensors[t.0 as usize].dtype,
+                out,
+                target,
+            )
         }
         NodeKind::CumSum { src, axis, exclusive } => {
             let (t, shape) = resolve(g, gm, b, *src)?;
             let (rows, cols) = rows_cols(&shape, *axis)?;
-            rowwise(g, node_id, name, t, rows, cols, RowOp::CumSum { exclusive: *exclusive }, out, target)
+            rowwise(
+                g,
+                node_id,
+                name,
+                t,
+                rows,
+                cols,
+                RowOp::CumSum { exclusive: *exclusive },
+                gm.tensors[t.0 as usize].dtype,
+                out,
+                target,
+            )
         }
         _ => None,
     }
@@ -290,6 +314,7 @@ fn rowwise(
     rows: i64,
     cols: i64,
     op: RowOp,
+    key_dtype: DType,
     out: TensorId,
     target: &Target,
 ) -> Option<Result<Launch, Diagnostic>> {
@@ -381,8 +406,11 @@ fn rowwise(
         lb.launch.vector = prog;
         return Some(lb.finish("row blocks chosen by the tiler"));
     }
-    // A row does not fit UB. Top-k and argsort would need a multi-pass merge across column tiles (not done
-    // here); a prefix sum carries its running totals from tile to tile.
+    // A row does not fit UB. An argsort sorts blocks of the row and merges them ([`wide_argsort`]); a prefix
+    // sum carries its running totals from tile to tile. Top-k would need its own merge (not done here).
+    if let RowOp::ArgSort { descending } = op {
+        return wide_argsort(node_id, g, name, src, key_dtype, rows, cols, descending, out, target);
+    }
     let RowOp::CumSum { exclusive } = op else { return None };
     let rt = rows_per_core.clamp(1, 8);
     let per_col = 2 * rt as u64 * (isz + osz);
@@ -466,6 +494,173 @@ fn rowwise(
     }
     lb.launch.vector = prog;
     Some(lb.finish("row and column tiles chosen by the tiler"))
+}
+
+/// An argsort whose rows do not fit UB: a block sort of each row, in the output tensor's row as its working
+/// area (no workspace), on the vector cores' scalar units, row `r` on core `r % cores`.
+///
+/// The row is cut into `nb` blocks of `w` columns (the last one shorter). First each block is sorted on
+/// its own (its keys copied in, `argsort`, its indices shifted by the block's start) and its indices
+/// written to the block's place in the output row. Then `nb` rounds of odd-even transposition merge
+/// adjacent blocks: round `q` takes the pairs `(i, i + 1)` with `i ≡ q (mod 2)`, and each pair is
+/// *merge-split* — the two blocks' indices are copied in side by side, their keys gathered from the
+/// source by those indices, the `n` keys sorted (`argsort`, stable), the indices permuted by that order (a
+/// gather from the output row at the positions the order names) and written back, the lower block's share
+/// to the lower block. After `nb` rounds the row is sorted (odd-even transposition sorts `nb` items in `nb`
+/// rounds, and a network of merge-splits of sorted blocks sorts as its comparators would); it is stable,
+/// since merge-splits of adjacent blocks put equal keys of the lower block first and so never reorder
+/// equal keys (the order of equal keys is their order in the row at every step). Every address is static:
+/// no control reads data. The cost is `nb` rounds of about `nb / 2` sorts of `2w` keys each.
+#[allow(clippy::too_many_arguments)]
+fn wide_argsort(
+    node_id: ValueId,
+    g: &Graph,
+    name: &str,
+    src: TensorId,
+    key_dtype: DType,
+    rows: i64,
+    cols: i64,
+    descending: bool,
+    out: TensorId,
+    target: &Target,
+) -> Option<Result<Launch, Diagnostic>> {
+    let node = g.node(node_id);
+    let NodeKind::ArgSort { src: sv, .. } = &node.kind else { return None };
+    let in_dtype = g.node(*sv).dtype;
+    if node.dtype != DType::I32 || cols < 2 || rows < 1 {
+        return None;
+    }
+    let ub = target.memory("ub")?;
+    let (isz, ksz) = (in_dtype.size_bytes() as u64, key_dtype.size_bytes() as u64);
+    // Per column of a block: the block's own source (isz), then for a pair of blocks (2 per column) the
+    // indices, keys, order, positions and permuted indices (4 + ksz + 4 + 4 + 4 bytes each).
+    let per_col = isz + 2 * (16 + ksz);
+    let budget = ub.usable().saturating_sub(8 * ub.align);
+    let unit = padded(1, 4, ub.align).max(padded(1, isz, ub.align)).max(padded(1, ksz, ub.align)) as u64;
+    let w = ((budget / per_col) / unit * unit).min(i32::MAX as u64 / 4) as i64;
+    if w < 1 || w >= cols {
+        return None;
+    }
+    let nb = (cols + w - 1) / w;
+    let cores = (target.vector_cores as i64).min(rows).max(1) as u32;
+    let span = node.span;
+    let mut lb = LaunchBuilder::new(target, name, Unit::Vector, 0, cores);
+    let inb = lb.buffer("src_in", Mem::UB, in_dtype, vec![w as u64], 1);
+    let idx = lb.buffer("idx", Mem::UB, DType::I32, vec![2 * w as u64], 1);
+    let keys = lb.buffer("keys", Mem::UB, key_dtype, vec![2 * w as u64], 1);
+    let order = lb.buffer("order", Mem::UB, DType::I32, vec![2 * w as u64], 1);
+    let at = lb.buffer("at", Mem::UB, DType::I32, vec![2 * w as u64], 1);
+    let res = lb.buffer("res", Mem::UB, DType::I32, vec![2 * w as u64], 1);
+    let (r0, blk, q, i, n0, n1) =
+        (lb.svar("r0"), lb.svar("blk"), lb.svar("q"), lb.svar("i"), lb.svar("n0"), lb.svar("n1"));
+    let add = |a: SExpr, b: SExpr| bin(SBin::Add, a, b);
+    let mul = |a: SExpr, b: SExpr| bin(SBin::Mul, a, b);
+    let sub = |a: SExpr, b: SExpr| bin(SBin::Sub, a, b);
+    let row0 = || mul(v(r0), c(cols));
+    let col = |b: BufId| Region { loc: Loc::Buf { buf: b, slot: c(0) }, offset: c(0), row_stride: c(1) };
+    let in_out = |off: SExpr| gm_row(out, add(row0(), off));
+    let sync = |from: Pipe, to: Pipe| [Stmt::SetFlag { from, to, event: 0 }, Stmt::WaitFlag { from, to, event: 0 }];
+    // The sorted order, as a vector operand.
+    let ord = || VExpr::Read(col(order));
+
+    // 1. Each block sorted on its own: `n0` columns at `blk * w`.
+    let mut sort_blk = vec![Stmt::Set { var: n0, value: bin(SBin::Min, c(w), sub(c(cols), mul(v(blk), c(w)))) }];
+    sort_blk.push(Stmt::Copy {
+        pipe: Pipe::Mte2,
+        src: gm_row(src, add(row0(), mul(v(blk), c(w)))),
+        dst: col(inb),
+        rows: c(1),
+        cols: v(n0),
+    });
+    sort_blk.extend(sync(Pipe::Mte2, Pipe::S));
+    sort_blk.push(Stmt::Library {
+        op: LibOp::ArgSort { descending, dst: col(order) },
+        src: col(inb),
+        rows: c(1),
+        cols: v(n0),
+        span,
+    });
+    sort_blk.push(Stmt::Vector {
+        dst: col(res),
+        rows: c(1),
+        cols: v(n0),
+        expr: VExpr::Binary(BinOp::Add, Box::new(ord()), Box::new(VExpr::Scalar(mul(v(blk), c(w))))),
+    });
+    sort_blk.extend(sync(Pipe::V, Pipe::Mte3));
+    sort_blk.push(Stmt::Copy {
+        pipe: Pipe::Mte3,
+        src: col(res),
+        dst: in_out(mul(v(blk), c(w))),
+        rows: c(1),
+        cols: v(n0),
+    });
+    sort_blk.extend(sync(Pipe::Mte3, Pipe::S));
+
+    // 2. A merge-split of blocks `i` (n0 columns at `i * w`) and `i + 1` (n1 columns right after).
+    let lo = || mul(v(i), c(w));
+    let mut ms = vec![
+        Stmt::Set { var: n0, value: c(w) },
+        Stmt::Set { var: n1, value: bin(SBin::Min, c(w), sub(c(cols), mul(add(v(i), c(1)), c(w)))) },
+        Stmt::Copy { pipe: Pipe::Mte2, src: in_out(lo()), dst: col(idx), rows: c(1), cols: add(v(n0), v(n1)) },
+    ];
+    ms.extend(sync(Pipe::Mte2, Pipe::S));
+    // The pair's keys, from the source row by index (one key per gathered row).
+    ms.push(Stmt::Gather {
+        pipe: Pipe::Mte2,
+        src,
+        src_rows: cols as u64,
+        row_stride: 1,
+        col_offset: row0(),
+        index: col(idx),
+        dst: col(keys),
+        rows: add(v(n0), v(n1)),
+        cols: c(1),
+        span,
+    });
+    ms.extend(sync(Pipe::Mte2, Pipe::S));
+    ms.push(Stmt::Library {
+        op: LibOp::ArgSort { descending, dst: col(order) },
+        src: col(keys),
+        rows: c(1),
+        cols: add(v(n0), v(n1)),
+        span,
+    });
+    // The two blocks are adjacent, so the element at the order's position `p` is at column `i * w + p`.
+    ms.push(Stmt::Vector {
+        dst: col(at),
+        rows: c(1),
+        cols: add(v(n0), v(n1)),
+        expr: VExpr::Binary(BinOp::Add, Box::new(ord()), Box::new(VExpr::Scalar(lo()))),
+    });
+    ms.extend(sync(Pipe::V, Pipe::S));
+    ms.push(Stmt::Gather {
+        pipe: Pipe::Mte2,
+        src: out,
+        src_rows: cols as u64,
+        row_stride: 1,
+        col_offset: row0(),
+        index: col(at),
+        dst: col(res),
+        rows: add(v(n0), v(n1)),
+        cols: c(1),
+        span,
+    });
+    ms.extend(sync(Pipe::Mte2, Pipe::Mte3));
+    ms.push(Stmt::Copy { pipe: Pipe::Mte3, src: col(res), dst: in_out(lo()), rows: c(1), cols: add(v(n0), v(n1)) });
+    ms.extend(sync(Pipe::Mte3, Pipe::S));
+
+    let rbody = vec![
+        Stmt::For { var: blk, lo: c(0), hi: c(nb), step: 1, body: sort_blk },
+        Stmt::For {
+            var: q,
+            lo: c(0),
+            hi: c(nb),
+            step: 1,
+            body: vec![Stmt::For { var: i, lo: bin(SBin::Mod, v(q), c(2)), hi: c(nb - 1), step: 2, body: ms }],
+        },
+    ];
+    lb.launch.vector = vec![Stmt::For { var: r0, lo: SExpr::Core, hi: c(rows), step: cores as i64, body: rbody }];
+    Some(lb.finish("block sizes chosen by the tiler"))
 }
 
 /// A histogram of the `total` elements of `src` into `n` bins, on one vector core.
