@@ -337,63 +337,6 @@ unsafe fn map_row<const SBF: bool, const DBF: bool>(dst: *mut u8, src: *const u8
     }
 }
 
-/// How close (in units of the last place of the `f32` bits) the product `x·(1/s)` may come to a bf16
-/// rounding midpoint before [`div_row_bf16`] divides instead: the product is within 3 units of the rounded
-/// quotient (two roundings of relative error 2^-24 each, and half a unit for the quotient's own), up to 6
-/// across a power of two; 16 leaves room.
-const DIV_MARGIN: u32 = 16;
-
-/// `dst[i] = bf16(src[i] / s)` (the quotient rounded to `f32`, then to bf16 by [`bf16_bits`]) for `i < n`,
-/// with the bits of the division, by multiplying by `k = 1/s` where that gives the same bf16: the product
-/// `q = x·k` is within a few units of the last place of the rounded quotient (when `s`, `k` and `q` are
-/// normal and `q` is above the lowest binade and below the two highest), and two `f32`s that close round to the same bf16 unless a rounding midpoint of bf16 (low half
-/// `0x8000`) lies between them. So a block of [`LANES`] whose products all qualify (or are zero: then the
-/// quotient rounds to a zero of the same sign in bf16) and are more than [`DIV_MARGIN`] units from a
-/// midpoint stores the products' rounding; any other block (about 1 in 60 of random data), and any row whose
-/// `s` or `1/s` is not normal, divides. A multiplication costs about half a division on 16 lanes.
-#[inline(always)]
-unsafe fn div_row_bf16<const SBF: bool>(dst: *mut u8, src: *const u8, s: f32, n: usize) {
-    let k = 1.0 / s;
-    if !(s.is_normal() && k.is_normal()) {
-        // SAFETY: forwarded from the caller.
-        return unsafe { map_row::<SBF, true>(dst, src, n, |x| x / s) };
-    }
-    let dst = dst as *mut u16;
-    let full = n - n % LANES;
-    let mut i = 0;
-    // SAFETY (all accesses): the caller passes `n` elements each.
-    while i < full {
-        let mut x = [0f32; LANES];
-        for (j, v) in x.iter_mut().enumerate() {
-            *v = unsafe { load::<SBF>(src, i + j) };
-        }
-        let mut q = [0f32; LANES];
-        let mut bad = 0u32;
-        for j in 0..LANES {
-            q[j] = x[j] * k;
-            let b = q[j].to_bits();
-            let e = (b >> 23) & 0xFF;
-            let zero = b & 0x7FFF_FFFF == 0;
-            let near = (b & 0xFFFF).wrapping_sub(0x8000 - DIV_MARGIN) <= 2 * DIV_MARGIN;
-            let ok = zero || (e.wrapping_sub(2) < 251 && !near);
-            bad |= u32::from(!ok);
-        }
-        if bad != 0 {
-            for j in 0..LANES {
-                q[j] = x[j] / s;
-            }
-        }
-        for (j, &v) in q.iter().enumerate() {
-            unsafe { *dst.add(i + j) = bf16_bits(v) };
-        }
-        i += LANES;
-    }
-    while i < n {
-        unsafe { *dst.add(i) = bf16_bits(load::<SBF>(src, i) / s) };
-        i += 1;
-    }
-}
-
 #[inline(always)]
 unsafe fn scalar_row_dt<const SBF: bool, const DBF: bool>(
     dst: *mut u8,
@@ -412,7 +355,6 @@ unsafe fn scalar_row_dt<const SBF: bool, const DBF: bool>(
             (1, true) => map_row::<SBF, DBF>(dst, src, n, |x| s - x),
             (2, false) => map_row::<SBF, DBF>(dst, src, n, |x| x * s),
             (2, true) => map_row::<SBF, DBF>(dst, src, n, |x| s * x),
-            (_, false) if DBF => div_row_bf16::<SBF>(dst, src, s, n),
             (_, false) => map_row::<SBF, DBF>(dst, src, n, |x| x / s),
             (_, true) => map_row::<SBF, DBF>(dst, src, n, |x| s / x),
         }
@@ -753,79 +695,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// The bf16 division by a row value multiplies by the reciprocal where that gives the same bits: every
-    /// result must be the division's, for divisors of every kind (normal, with a subnormal or infinite
-    /// reciprocal, zero, infinite, NaN) and quotients near bf16 rounding midpoints, near the ends of the
-    /// exponent range, zero, subnormal, infinite or NaN.
-    #[test]
-    fn row_division_into_bf16_is_the_division_bit_for_bit() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        let divisors = [
-            1.0f32,
-            3.0,
-            -0.3,
-            7.123e-3,
-            4096.5,
-            1.0e30,
-            -3.0e-37,
-            1.5e-38,
-            1.0e-39,
-            3.0e38,
-            0.0,
-            -0.0,
-            f32::INFINITY,
-            f32::NAN,
-            f32::MIN_POSITIVE,
-            8.5e37,
-        ];
-        let mut checked = 0usize;
-        for &s in &divisors {
-            // Random bit patterns, values whose quotient lies at and around bf16 rounding midpoints, and
-            // specials; a length with a remainder past the blocks.
-            let mut xs: Vec<f32> = (0..4000).map(|_| f32::from_bits(next() as u32)).collect();
-            // Around the midpoints: any offset up to 64 units (most blocks divide), then only offsets just
-            // past the margin (the blocks multiply: the margin must cover the product's error).
-            for near in [true, false] {
-                for _ in 0..4000 {
-                    let r = next();
-                    let off = if near {
-                        (r % 129) as i32 - 64
-                    } else {
-                        let d = (DIV_MARGIN + 1 + (r % 32) as u32) as i32;
-                        if r & 1 << 40 != 0 {
-                            d
-                        } else {
-                            -d
-                        }
-                    };
-                    let q = (next() as u32 & 0xFFFF_0000 | 0x8000).wrapping_add(off as u32);
-                    xs.push(f32::from_bits(q) * s);
-                }
-            }
-            xs.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1.0e-45, -1.0e-40, 3.4e38, 1.0]);
-            for sbf in [false, true] {
-                let bf: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
-                let widen = |h: u16| f32::from_bits(u32::from(h) << 16);
-                let src = if sbf { bf.as_ptr() as *const u8 } else { xs.as_ptr() as *const u8 };
-                let flags = i64::from(sbf) * ROW_SRC_BF16 + ROW_DST_BF16 + (3 << ROW_OP_SHIFT);
-                let mut got = vec![0u16; xs.len()];
-                unsafe { kc_rt_row_scalar(got.as_mut_ptr() as *mut u8, src, flags, s, xs.len() as i64) };
-                for (i, &g) in got.iter().enumerate() {
-                    let x = if sbf { widen(bf[i]) } else { xs[i] };
-                    assert_eq!(g, bf16_bits(x / s), "{x:e} / {s:e}");
-                    checked += 1;
-                }
-            }
-        }
-        assert!(checked > 200_000);
     }
 
     #[test]
