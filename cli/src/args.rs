@@ -322,6 +322,11 @@ pub struct BenchArgs {
     /// Keep timing runs until this many seconds have passed (and --min-iterations are done; at most 10000 runs).
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_seconds)]
     pub min_time: f64,
+    /// Drop each call's results instead of giving them back to the compiled program: every call writes its
+    /// outputs into fresh memory (by default a call may write them into the previous call's results when it
+    /// provably writes them whole, as a caller that keeps its output buffers from step to step).
+    #[arg(long)]
+    pub fresh_outputs: bool,
     /// The file of the host's measured peaks (read by a bench, written by --calibrate).
     #[arg(long, value_name = "FILE", default_value = ".kc-peaks.json")]
     pub peaks: PathBuf,

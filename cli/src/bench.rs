@@ -93,7 +93,14 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
             (Backend::Jit, Some(code)) => {
                 let (r, _, m) = code.run_in_place(&tp, g, &mut state, threads, &limits)?;
                 mode.get_or_insert(m);
-                Ok(tensor_bytes(r.iter().map(|(_, t)| t)) + inout_bytes(&state))
+                let bytes = tensor_bytes(r.iter().map(|(_, t)| t)) + inout_bytes(&state);
+                // The results go back to the program, as a caller that keeps its output buffers from one
+                // step to the next would: the next call may write into them (when it provably writes
+                // them whole) instead of fresh pages the kernel must fault in and clear.
+                if !a.fresh_outputs {
+                    code.recycle(r);
+                }
+                Ok(bytes)
             }
             (Backend::Sim, _) => {
                 kc_runtime::sim::run_with(&tp, g, &args, &limits).map(|(r, _)| tensor_bytes(r.iter().map(|(_, t)| t)))
@@ -171,7 +178,7 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<(), Failure> {
                 "flop": flop, "bytes": bytes, "gflops": gflops, "gbps": gbps,
                 "matrix_fraction": matrix_fraction, "memory_fraction": memory_fraction,
                 "matrix_unit": peaks.as_ref().map(|_| unit.clone()),
-                "in_place": in_place,
+                "in_place": in_place, "fresh_outputs": a.fresh_outputs,
             });
             let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
             s.push('\n');

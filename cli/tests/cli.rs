@@ -454,6 +454,29 @@ fn bench_times_a_kernel_as_json() {
     assert!(v["gflops"].as_f64().unwrap() > 0.0 && v["gbps"].as_f64().unwrap() > 0.0);
     assert!(v["matrix_fraction"].is_null());
     assert!(stderr(&o).contains("kc bench --calibrate --threads 1"), "{}", stderr(&o));
+    assert_eq!(v["fresh_outputs"], false, "{v}");
+    // Softmax with its outputs in fresh memory on every call, as the JSON says.
+    let softmax = kernel_file("softmax.ker");
+    let fresh = [
+        "bench",
+        &softmax,
+        "--dims",
+        "N=7,D=300",
+        "--min-time",
+        "0",
+        "--min-iterations",
+        "3",
+        "--threads",
+        "1",
+        "--peaks",
+        &peaks,
+        "--format",
+        "json",
+        "--fresh-outputs",
+    ];
+    let o = kc(&d.0, &fresh);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(json_of(&o)["fresh_outputs"], true);
 
     // Calibrate (briefly), then the same bench reports the fractions of the roofline.
     let o = kc(&d.0, &["bench", "--calibrate", "--threads", "1", "--peaks", &peaks, "--calibrate-seconds", "0.05"]);

@@ -147,6 +147,13 @@ impl Compiled {
         native::Reuse { arena: &self.arena, plan, poison: self.poison.load(std::sync::atomic::Ordering::Relaxed) }
     }
 
+    /// Gives back results of earlier calls that the caller no longer needs ([`native::Arena::recycle`]): a
+    /// later call may write its outputs into their memory, when the reuse plan proves it writes them whole
+    /// before reading them.
+    pub fn recycle(&self, results: Results) {
+        self.arena.recycle(results.into_iter().map(|(_, t)| t.data));
+    }
+
     /// For tests: from now on, fill the memory a call gets back dirty with `0xFF` bytes first
     /// ([`native::Reuse::poison`]), so that a read of it before a write would show in the results.
     #[doc(hidden)]

@@ -916,7 +916,7 @@ pub fn run(
             format!("{} compiled launches for a program of {}", launches.len(), prog.launches.len()),
         )]);
     }
-    let mut kept = Kept::take(reuse, prog);
+    let mut kept = Kept::take(reuse, prog, graph);
     let r = run_kept(prog, graph, args, launches, threads, limits, &mut kept);
     kept.put_back();
     r
@@ -1022,6 +1022,26 @@ fn run_launches(
 pub struct Arena {
     /// Whether a call holds the arena, and per GM tensor its kept memory.
     kept: Mutex<(bool, Vec<Option<TensorData>>)>,
+    /// Results the caller gave back ([`Arena::recycle`]), newest last.
+    spare: Mutex<Vec<TensorData>>,
+}
+
+/// The most result tensors an [`Arena`] holds for reuse.
+const MAX_SPARE: usize = 8;
+
+impl Arena {
+    /// Gives back results of earlier calls that the caller no longer needs: a later call may write an
+    /// output of the same dtype and number of elements into one of them instead of fresh memory (whose
+    /// pages the kernel faults in and clears on every call: a third of a `kc bench` of softmax at
+    /// 8192×4096), when [`crate::reuse::plan`] proves that the program writes every element of that output
+    /// and reads none before writing it, so that its old contents are never seen. Keeps the
+    /// [`MAX_SPARE`] newest.
+    pub fn recycle(&self, results: impl IntoIterator<Item = TensorData>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.extend(results.into_iter().filter(|d| !d.is_empty()));
+        let extra = spare.len().saturating_sub(MAX_SPARE);
+        spare.drain(..extra);
+    }
 }
 
 /// What a call may reuse: the program's arena and, once computed, its plan (without one, nothing is
@@ -1033,6 +1053,16 @@ pub struct Reuse<'a> {
     /// For tests: fill the memory handed out dirty (kept tensors, scratch buffers not zeroed) with `0xFF`
     /// bytes (NaN in every float dtype) first, so that a read of it would show in the results.
     pub poison: bool,
+}
+
+fn data_dtype(d: &TensorData) -> DType {
+    match d {
+        TensorData::F32(_) => DType::F32,
+        TensorData::BF16(_) => DType::BF16,
+        TensorData::F16(_) => DType::F16,
+        TensorData::I32(_) => DType::I32,
+        TensorData::Bool(_) => DType::Bool,
+    }
 }
 
 /// One call's hold on an arena.
@@ -1048,7 +1078,7 @@ struct Kept<'a> {
 }
 
 impl<'a> Kept<'a> {
-    fn take(reuse: Option<Reuse<'a>>, prog: &TileProgram) -> Kept<'a> {
+    fn take(reuse: Option<Reuse<'a>>, prog: &TileProgram, graph: &Graph) -> Kept<'a> {
         let none = Kept { arena: None, plan: None, mem: Vec::new(), store: Vec::new(), poison: false };
         let Some(r) = reuse else { return none };
         let Ok(mut guard) = r.arena.kept.try_lock() else { return none };
@@ -1069,18 +1099,26 @@ impl<'a> Kept<'a> {
         for (t, m) in mem.iter_mut().enumerate() {
             // Only what the plan proves written before read is handed out, and only at its size and dtype.
             let fits = m.as_ref().is_some_and(|d| {
-                let want = &prog.tensors[t];
-                let dtype = match d {
-                    TensorData::F32(_) => DType::F32,
-                    TensorData::BF16(_) => DType::BF16,
-                    TensorData::F16(_) => DType::F16,
-                    TensorData::I32(_) => DType::I32,
-                    TensorData::Bool(_) => DType::Bool,
-                };
-                dtype == want.dtype && gm::tensor_elems(prog, t) == Some(d.len() as u64)
+                data_dtype(d) == prog.tensors[t].dtype && gm::tensor_elems(prog, t) == Some(d.len() as u64)
             });
             if !(fits && r.plan.is_some_and(|p| p.keep.get(t).copied().unwrap_or(false))) {
                 *m = None;
+            }
+        }
+        // Outputs the plan proves written whole before any read (not an `inout` result's, which may be
+        // written into its argument) get recycled memory of their dtype and size.
+        if let Some(p) = r.plan {
+            let mut spare = r.arena.spare.lock().unwrap_or_else(|e| e.into_inner());
+            for (t, m) in mem.iter_mut().enumerate() {
+                let x = &prog.tensors[t];
+                let TensorRole::Output(i) = x.role else { continue };
+                let inout = graph.results.get(i).is_none_or(|res| res.inout.is_some());
+                if inout || !p.outputs.get(t).copied().unwrap_or(false) || m.is_some() {
+                    continue;
+                }
+                let Some(elems) = gm::tensor_elems(prog, t) else { continue };
+                let found = spare.iter().rposition(|d| data_dtype(d) == x.dtype && d.len() as u64 == elems);
+                *m = found.map(|k| spare.remove(k));
             }
         }
         if r.poison {
@@ -1184,7 +1222,7 @@ pub fn run_in_place(
             return Ok((rest, stats, Mode::Copied(why)));
         }
     };
-    let mut kept = Kept::take(reuse, prog);
+    let mut kept = Kept::take(reuse, prog, graph);
     let r = run_in_place_kept(prog, graph, args, launches, plan, threads, limits, &mut kept);
     kept.put_back();
     r

@@ -24,6 +24,11 @@
 //!   wait on `f`, and the other way round). Gathers read their whole source; a tensor a library
 //!   operation writes is never kept.
 //!
+//! - **A GM output** (a result that is not an `inout` parameter's) may be written into memory the caller
+//!   gave back from an earlier call's results ([`crate::native::Arena::recycle`]), dirty, when every
+//!   element any statement reads was written before (as for an intermediate) and the launches write every
+//!   element of it: its initial contents are then never read nor returned.
+//!
 //! A program the walk cannot follow (a scalar read of data: data-dependent control or addressing, or
 //! more than [`MAX_STEPS`] statements) gets the empty plan: every buffer zeroed, no tensor kept (a read in
 //! the control is found before the walk: [`crate::inplace::control_reads_data`]). A tensor
@@ -47,6 +52,9 @@ pub struct Plan {
     pub keep: Vec<bool>,
     /// Per launch, per buffer: whether the buffer must hold zeros when a core starts.
     pub zero: Vec<Vec<bool>>,
+    /// Per GM tensor: an output whose every read element is written first and whose every element is
+    /// written (it may be written into recycled memory, unzeroed).
+    pub outputs: Vec<bool>,
 }
 
 impl Plan {
@@ -55,6 +63,7 @@ impl Plan {
         Plan {
             keep: vec![false; prog.tensors.len()],
             zero: prog.launches.iter().map(|l| vec![true; l.buffers.len()]).collect(),
+            outputs: vec![false; prog.tensors.len()],
         }
     }
 }
@@ -105,8 +114,11 @@ fn walk(prog: &TileProgram, launches: &[Compiled<'_>]) -> Result<Plan, String> {
         return Err("a scalar read of data (data-dependent control or addressing)".into());
     }
     let n = prog.tensors.len();
-    let keep =
-        prog.tensors.iter().map(|t| matches!(t.role, TensorRole::Intermediate(_) | TensorRole::Workspace { .. }));
+    // Outputs are followed as intermediates are, then must be written whole.
+    let keep = prog
+        .tensors
+        .iter()
+        .map(|t| matches!(t.role, TensorRole::Intermediate(_) | TensorRole::Workspace { .. } | TensorRole::Output(_)));
     let mut w = Walk {
         prog,
         regs: Regs(Vec::new()),
@@ -175,7 +187,16 @@ fn walk(prog: &TileProgram, launches: &[Compiled<'_>]) -> Result<Plan, String> {
         }
         zero.push(std::mem::take(&mut w.zero));
     }
-    Ok(Plan { keep: w.keep, zero })
+    let mut keep = w.keep;
+    let mut outputs = vec![false; n];
+    for (t, x) in prog.tensors.iter().enumerate() {
+        if let TensorRole::Output(_) = x.role {
+            let whole = crate::gm::tensor_elems(prog, t).is_some_and(|e| covers(&w.before[t], 0, e));
+            outputs[t] = keep[t] && whole;
+            keep[t] = false;
+        }
+    }
+    Ok(Plan { keep, zero, outputs })
 }
 
 impl Walk<'_> {

@@ -1,7 +1,8 @@
 //! Memory a compiled program gets back dirty (`kc_runtime::reuse`, the executor's GM arena and unzeroed
 //! scratch): every kernel of `kernels/` and every fixture, called several times on one compiled program
 //! with that memory poisoned (`0xFF` bytes, NaN in every float dtype), gives the results of a run on
-//! fresh, zeroed memory, bit for bit; and the proof does keep Muon's intermediates and workspaces.
+//! fresh, zeroed memory, bit for bit (each call's results are given back for the next call's outputs); and
+//! the proof does keep Muon's intermediates and workspaces.
 
 use crate::common;
 use crate::tiled::{kernel_names, sizes, tile_at};
@@ -53,6 +54,8 @@ fn same_as_fresh(g: &Graph, dims: &BTreeMap<String, i64>) -> Option<(TileProgram
                 for ((name, w), (_, r)) in want.iter().zip(&got) {
                     common::assert_same_bits(&format!("{what}: {name}"), w, r);
                 }
+                // The next call may write its outputs into these (poisoned first).
+                code.recycle(got);
             }
             (w, r) => assert_eq!(w.err(), r.err(), "{what}: the same failure"),
         }
@@ -64,7 +67,7 @@ fn same_as_fresh(g: &Graph, dims: &BTreeMap<String, i64>) -> Option<(TileProgram
 #[test]
 fn reused_memory_gives_the_results_of_fresh_memory() {
     let s = sizes();
-    let (mut ran, mut kept, mut unzeroed) = (0, 0, 0);
+    let (mut ran, mut kept, mut unzeroed, mut outputs) = (0, 0, 0, 0);
     let mut cases: Vec<(std::path::PathBuf, Vec<BTreeMap<String, i64>>)> = kernel_names()
         .into_iter()
         .map(|k| (common::kernel_path(&k), s.get(&k).map(|z| z.sim.clone()).unwrap_or_default()))
@@ -95,11 +98,13 @@ fn reused_memory_gives_the_results_of_fresh_memory() {
                         })
                         .count();
                     unzeroed += plan.zero.iter().flatten().filter(|z| !**z).count();
+                    outputs += plan.outputs.iter().filter(|o| **o).count();
                 }
             }
         }
     }
     assert!(ran >= 100, "only {ran} programs ran");
+    assert!(outputs >= 50, "only {outputs} outputs may be written into recycled memory");
     assert!(kept >= 50 && unzeroed >= 100, "{kept} tensors kept, {unzeroed} buffers unzeroed");
 }
 
@@ -179,4 +184,73 @@ fn memory_read_before_it_is_written_is_zeroed_on_every_call() {
             _ => assert!(!plan.keep[t], "t is not kept"),
         }
     }
+}
+
+/// An output the program does not write whole (a tile program whose copies into `y` cover only some of
+/// its rows) is never written into recycled memory: the rows it leaves alone stay zeros on every call,
+/// with the earlier results given back (and poisoned); the same program writing `y` whole does reuse them.
+#[test]
+fn outputs_not_written_whole_get_fresh_memory() {
+    let g = common::compile_ok_src("reuse_partial", "kernel k(x: f32[R, C]) -> y: f32[R, C] {\n    y = x * 2.0;\n}\n")
+        .kernels
+        .remove(0);
+    let dims: BTreeMap<String, i64> = [("R".to_string(), 100), ("C".to_string(), 3000)].into_iter().collect();
+    let (_, tp, _) = tile_at(&g, &dims, &Target::builtin("host").expect("host"));
+    let y = tp.tensors.iter().position(|x| matches!(x.role, TensorRole::Output(_))).expect("y");
+    // The copies into `y` inside branches (the second block of each double-buffered step) are taken out:
+    // some rows of `y` are written, the others never.
+    let mut bad = tp.clone();
+    let mut dropped = 0;
+    for l in &mut bad.launches {
+        let before = count_copies(&l.vector);
+        drop_copies_in_branches(&mut l.vector, y as u32);
+        dropped += before - count_copies(&l.vector);
+    }
+    assert!(dropped > 0, "the program copies into y in a branch");
+    let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+    for (prog, whole) in [(&tp, true), (&bad, false)] {
+        let code = kc_codegen::compile(prog, &kc_codegen::Options::default()).expect("compiles");
+        code.poison_reused_memory();
+        let mut ptrs = Vec::new();
+        for (seed, threads) in [(1u64, 1usize), (2, 2), (3, 1), (4, 1)] {
+            let args = kc_runtime::random::random_args(&g, &given, seed).expect("args");
+            let (r, _) = code.run(prog, &g, &args, threads, &Limits::default()).expect("runs");
+            let (x, got) = (args.tensors["x"].to_f64_vec(), r[0].1.to_f64_vec());
+            let (mut doubled, mut zeros) = (0, 0);
+            for (i, (&a, &b)) in x.iter().zip(&got).enumerate() {
+                // Each element is written (twice x) or left alone (zero), never poison from a recycled buffer.
+                assert!(b == a * 2.0 || (!whole && b == 0.0), "whole {whole}, call {seed}, element {i}: {b}");
+                doubled += usize::from(b == a * 2.0 && a != 0.0);
+                zeros += usize::from(b == 0.0 && a != 0.0);
+            }
+            assert!(doubled > 0 && (whole || zeros > 0), "whole {whole}: {doubled} written, {zeros} left zero");
+            if let kc_ir::tensor::TensorData::F32(v) = &r[0].1.data {
+                ptrs.push(v.as_ptr() as usize);
+            }
+            code.recycle(r);
+        }
+        assert_eq!(code.reuse_plan(prog).outputs[y], whole, "y may be recycled: {whole}");
+        let reused = ptrs.windows(2).any(|w| w[0] == w[1]);
+        assert_eq!(reused, whole, "a call wrote y into the memory of the previous call's y: {whole}");
+    }
+}
+
+fn drop_copies_in_branches(body: &mut [Stmt], y: u32) {
+    for s in body.iter_mut() {
+        match s {
+            Stmt::If { then, .. } => drop_copies(then, &|_, dst| *dst == Loc::Gm(kc_ir::tile::TensorId(y))),
+            Stmt::For { body, .. } => drop_copies_in_branches(body, y),
+            _ => {}
+        }
+    }
+}
+
+fn count_copies(body: &[Stmt]) -> usize {
+    body.iter()
+        .map(|s| match s {
+            Stmt::Copy { .. } => 1,
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => count_copies(body),
+            _ => 0,
+        })
+        .sum()
 }

@@ -41,19 +41,18 @@ const LN2_C2: f32 = -2.12194440e-4;
 pub fn exp_f32(x: f32) -> f32 {
     let x = if x < -150.0 { -150.0 } else { x };
     let x = if 89.0 < x { 89.0 } else { x };
-    let t = x * std::f32::consts::LOG2_E;
-    let tm = t + MAGIC32;
+    // Fused multiply-adds (`mul_add`, one rounding each), as the inline code's `fma`s.
+    let tm = x.mul_add(std::f32::consts::LOG2_E, MAGIC32);
     let nf = tm - MAGIC32;
     let ni = (tm.to_bits() as i32).wrapping_sub(MAGIC32.to_bits() as i32);
-    let r = x - nf * LN2_C1;
-    let r = r - nf * LN2_C2;
+    let r = nf.mul_add(-LN2_C1, x);
+    let r = nf.mul_add(-LN2_C2, r);
     let mut p = EXPF_P[5];
     for &c in EXPF_P[..5].iter().rev() {
-        p = p * r + c;
+        p = p.mul_add(r, c);
     }
     let r2 = r * r;
-    let p = p * r2;
-    let p = p + r;
+    let p = p.mul_add(r2, r);
     let p = p + 1.0;
     let n1 = ni >> 1;
     let n2 = ni.wrapping_sub(n1);
@@ -70,7 +69,7 @@ fn exp_slice(v: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 fn exp_slice_avx512(v: &mut [f32]) {
     exp_slice(v)
 }
@@ -81,6 +80,7 @@ fn has_avx512() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -228,7 +228,7 @@ unsafe fn exp_row_any(
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 unsafe fn exp_row_avx512(
     dst: *mut f32,
     src: *const u8,
@@ -377,7 +377,7 @@ unsafe fn scalar_row_any(dst: *mut u8, src: *const u8, flags: i64, s: f32, n: us
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 unsafe fn scalar_row_avx512(dst: *mut u8, src: *const u8, flags: i64, s: f32, n: usize) {
     // SAFETY: forwarded from the caller.
     unsafe { scalar_row_any(dst, src, flags, s, n) }
@@ -506,7 +506,7 @@ pub fn identity(op: ReduceOp) -> Option<f32> {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 fn reduce_row_avx512(op: ReduceOp, acc: Option<f32>, row: Row) -> Option<f32> {
     reduce_row_generic(op, acc, row)
 }
