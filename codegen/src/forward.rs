@@ -17,7 +17,8 @@
 //!    loop of column copies (`for j in 0..hi { copy slot(j) -> .., rows × 1 }`, the tiler's transposing
 //!    loads) that reads column `j` of the copied window (`hi` its columns, `rows` its rows) or row `j` as a
 //!    column (`hi` its rows, `rows` its columns), the sizes compared as written and unchanged since the
-//!    copy: the loop reads GM, and the copy into L1 goes.
+//!    copy: the loop reads GM, and the copy into L1 goes. A tensor that only the partner program writes
+//!    (attention's P, the backward's feeds) is forwarded the same way up to a `CrossWait` (see level 3).
 //! 3. **Vector reads.** The same for the vector unit: a `Copy` (same dtype) from a GM tensor that no
 //!    statement of the launch writes — or that only the partner program writes, with no `CrossWait` in
 //!    between (the partner cores run only while this one waits) — into a UB window `D`, followed in the
@@ -48,8 +49,8 @@ pub fn forward(prog: &TileProgram, launch: &Launch, body: &[Stmt]) -> Vec<Stmt> 
     let gm_written = gm_writes(&launch.cube).union(&gm_writes(&launch.vector)).copied().collect::<BTreeSet<_>>();
     let dt = Dtypes { prog, launch };
     l0(&mut out, &dt);
-    l1(&mut out, &gm_written, &dt);
     let own = gm_writes(body);
+    l1(&mut out, &gm_written, &own, &dt);
     vec_reads(&mut out, &gm_written, &own, &dt);
     // Vector statements run on vector cores only: the other program is the cube's.
     vec_writes(&mut out, launch, &launch.cube, &dt);
@@ -475,14 +476,16 @@ impl Fw<'_> {
 
 // ----- level 2: L1 slots filled from read-only GM -----
 
-fn l1(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, dt: &Dtypes<'_>) {
+fn l1(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, own: &BTreeSet<TensorId>, dt: &Dtypes<'_>) {
     for i in 0..body.len() {
         if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = &mut body[i] {
-            l1(b, gm_written, dt);
+            l1(b, gm_written, own, dt);
         }
         let Stmt::Copy { src, dst, rows, cols, .. } = &body[i] else { continue };
         let (Loc::Gm(t), Some(y)) = (&src.loc, buf_of(dst)) else { continue };
-        if gm_written.contains(t) || dst.offset != SExpr::Const(0) || !dt.same(src, dst) {
+        // A tensor the partner program writes (and this one does not): only up to a cross-core wait.
+        let yields = gm_written.contains(t);
+        if own.contains(t) || dst.offset != SExpr::Const(0) || !dt.same(src, dst) {
             continue;
         }
         let (src, dst, rows, cols) = (src.clone(), dst.clone(), rows.clone(), cols.clone());
@@ -504,6 +507,7 @@ fn l1(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, dt: &Dtypes<'_>) {
             size: (&rows, &cols),
             size_vars: &size_vars,
             sizes_held,
+            yields,
         };
         for s in body[i + 1..].iter_mut() {
             if !l.visit(s) {
@@ -524,6 +528,8 @@ struct L1<'a> {
     size: (&'a SExpr, &'a SExpr),
     size_vars: &'a BTreeSet<SVar>,
     sizes_held: std::cell::Cell<bool>,
+    /// The source is written by the partner program: a `CrossWait` ends the forwarding (see `vec_reads`).
+    yields: bool,
 }
 
 impl Walk for L1<'_> {
@@ -533,7 +539,7 @@ impl Walk for L1<'_> {
         if !set.is_disjoint(self.size_vars) {
             self.sizes_held.set(false);
         }
-        writes_buf_or_sets(s, self.y, self.vars)
+        writes_buf_or_sets(s, self.y, self.vars) || (self.yields && has_cross_wait(s))
     }
 
     /// Rewrites the mmad operands that read the slot, and the sources of column-copy loops that read it.
@@ -2051,6 +2057,29 @@ mod tests {
         });
         let out = forward(&p, &l, &l.cube);
         assert_eq!(fix(&out), 1, "{out:#?}");
+    }
+
+    #[test]
+    fn l1_windows_of_a_workspace_the_partner_writes_read_gm_until_a_cross_wait() {
+        for (mid, forwarded) in [(vec![], true), (vec![Stmt::CrossWait { flag: 1 }], false)] {
+            let (mut p, mut l) = column_loop(mid, 0, SExpr::Const(16), false);
+            // The vector cores write x (a workspace they fill for the cube core).
+            l.unit = Unit::Mixed;
+            l.cube_cores = 1;
+            l.vector_cores = 2;
+            l.vector = vec![Stmt::Copy {
+                pipe: Pipe::Mte3,
+                src: ub(0, 16),
+                dst: gm_at(0, SExpr::Const(0), 16),
+                rows: SExpr::Const(2),
+                cols: SExpr::Const(16),
+            }];
+            p.launches = vec![l.clone()];
+            let out = forward(&p, &l, &l.cube);
+            let src = loop_source(&out).expect("the loop");
+            assert_eq!(matches!(src.loc, Loc::Gm(TensorId(0))), forwarded, "{out:#?}");
+            assert_eq!(mte2_copies(&out), usize::from(!forwarded), "{out:#?}");
+        }
     }
 
     #[test]
