@@ -17,16 +17,24 @@
 //!    loop of column copies (`for j in 0..hi { copy slot(j) -> .., rows × 1 }`, the tiler's transposing
 //!    loads) that reads column `j` of the copied window (`hi` its columns, `rows` its rows) or row `j` as a
 //!    column (`hi` its rows, `rows` its columns), the sizes compared as written and unchanged since the
-//!    copy: the loop reads GM, and the copy into L1 goes.
+//!    copy: the loop reads GM, and the copy into L1 goes. A tensor that only the partner program writes
+//!    (attention's P, the backward's feeds) is forwarded the same way up to a `CrossWait` (see level 3).
 //! 3. **Vector reads.** The same for the vector unit: a `Copy` (same dtype) from a GM tensor that no
-//!    statement of the launch writes into a UB window `D`, followed in the same list (or inside `If`/`For`
-//!    bodies, checked whole) by `Vector` operands or `Reduce` sources that are exactly `D` with sizes that
+//!    statement of the launch writes — or that only the partner program writes, with no `CrossWait` in
+//!    between (the partner cores run only while this one waits) — into a UB window `D`, followed in the
+//!    same list (or inside `If`/`For` bodies, checked whole; or, for a copy inside `if C`, in later
+//!    `if C` statements) by `Vector` operands or `Reduce` sources that are exactly `D` with sizes that
 //!    stay inside the copied window, with nothing in between that writes the buffer or assigns a register
-//!    of the windows or sizes: the read goes to the copy's GM source (see `vec_reads`).
+//!    of the windows or sizes: the read goes to the copy's GM source; a statement that overwrites exactly
+//!    `D` element for element reads the source too, and the copy goes (see `vec_reads`).
 //! 4. **Vector writes.** A `Vector` statement writing a UB window that a following `Copy` moves unchanged
 //!    (or f32 → bf16/f16) to a GM tensor that nothing else in the launch reads or writes, when the buffer
 //!    has no other reader: the statement stores to GM and the copy goes (see `vec_writes`).
-//! 5. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
+//! 5. **Cube results.** An mmad (and the accumulating mmads after it) into an L0C window that a following
+//!    `Copy` moves unchanged to a GM tensor that nothing else in this program reads or writes, when L0C has
+//!    no other reader: the mmads accumulate in GM and the copy goes (see `mmad_writes`). The partner
+//!    program may read the tensor when no `CrossWait` lies in between (attention's score and P·V blocks).
+//! 6. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
 //!
 //! The result is the same (the same elements reach the mmad or the vector unit, and the same bits reach
 //! GM); only the host's work changes.
@@ -41,10 +49,14 @@ pub fn forward(prog: &TileProgram, launch: &Launch, body: &[Stmt]) -> Vec<Stmt> 
     let gm_written = gm_writes(&launch.cube).union(&gm_writes(&launch.vector)).copied().collect::<BTreeSet<_>>();
     let dt = Dtypes { prog, launch };
     l0(&mut out, &dt);
-    l1(&mut out, &gm_written, &dt);
-    vec_reads(&mut out, &gm_written, &dt);
+    let own = gm_writes(body);
+    l1(&mut out, &gm_written, &own, &dt);
+    vec_reads(&mut out, &gm_written, &own, &dt);
     // Vector statements run on vector cores only: the other program is the cube's.
     vec_writes(&mut out, launch, &launch.cube, &dt);
+    // The partner's program (for a body that is not the launch's own cube program, the cube's).
+    let other: &[Stmt] = if std::ptr::eq(body, launch.cube.as_slice()) { &launch.vector } else { &launch.cube };
+    mmad_writes(&mut out, body, other, &dt);
     // Buffers no longer read: drop the copies into them (which may leave their sources unread in turn).
     loop {
         let mut read = BTreeSet::new();
@@ -464,14 +476,16 @@ impl Fw<'_> {
 
 // ----- level 2: L1 slots filled from read-only GM -----
 
-fn l1(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, dt: &Dtypes<'_>) {
+fn l1(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, own: &BTreeSet<TensorId>, dt: &Dtypes<'_>) {
     for i in 0..body.len() {
         if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = &mut body[i] {
-            l1(b, gm_written, dt);
+            l1(b, gm_written, own, dt);
         }
         let Stmt::Copy { src, dst, rows, cols, .. } = &body[i] else { continue };
         let (Loc::Gm(t), Some(y)) = (&src.loc, buf_of(dst)) else { continue };
-        if gm_written.contains(t) || dst.offset != SExpr::Const(0) || !dt.same(src, dst) {
+        // A tensor the partner program writes (and this one does not): only up to a cross-core wait.
+        let yields = gm_written.contains(t);
+        if own.contains(t) || dst.offset != SExpr::Const(0) || !dt.same(src, dst) {
             continue;
         }
         let (src, dst, rows, cols) = (src.clone(), dst.clone(), rows.clone(), cols.clone());
@@ -493,6 +507,7 @@ fn l1(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, dt: &Dtypes<'_>) {
             size: (&rows, &cols),
             size_vars: &size_vars,
             sizes_held,
+            yields,
         };
         for s in body[i + 1..].iter_mut() {
             if !l.visit(s) {
@@ -513,6 +528,8 @@ struct L1<'a> {
     size: (&'a SExpr, &'a SExpr),
     size_vars: &'a BTreeSet<SVar>,
     sizes_held: std::cell::Cell<bool>,
+    /// The source is written by the partner program: a `CrossWait` ends the forwarding (see `vec_reads`).
+    yields: bool,
 }
 
 impl Walk for L1<'_> {
@@ -522,7 +539,7 @@ impl Walk for L1<'_> {
         if !set.is_disjoint(self.size_vars) {
             self.sizes_held.set(false);
         }
-        writes_buf_or_sets(s, self.y, self.vars)
+        writes_buf_or_sets(s, self.y, self.vars) || (self.yields && has_cross_wait(s))
     }
 
     /// Rewrites the mmad operands that read the slot, and the sources of column-copy loops that read it.
@@ -613,14 +630,13 @@ impl L1<'_> {
     }
 }
 
-// ----- level 3: vector reads of UB windows filled from read-only GM -----
+// ----- level 3: vector reads of UB windows filled from GM -----
 
-/// Forwards the vector unit's reads of UB windows that a copy filled from read-only GM.
+/// Forwards the vector unit's reads of UB windows that a copy filled from GM.
 ///
-/// A `Copy` (same dtype) from a GM tensor that no statement of the launch writes into a window `D` of a
-/// buffer `x`, with `rows × cols` = `R × C`, is followed in the same statement list by statements that
-/// read `D`. A later `Vector` operand `Read(D)` / `ReadRow(D)` / `ReadCol(D)` or `Reduce` source `D` reads
-/// the copy's source instead, when:
+/// A `Copy` (same dtype) from a GM tensor into a window `D` of a buffer `x`, with `rows × cols` = `R × C`,
+/// is followed by statements that read `D`. A later `Vector` operand `Read(D)` / `ReadRow(D)` /
+/// `ReadCol(D)` or `Reduce` source `D` reads the copy's source instead, when:
 /// - the read stays inside the copied window: the statement's sizes are `R × C` (syntactically; or both
 ///   are constants no larger), or, for a broadcast read, the broadcast axis is covered (a `ReadRow` reads
 ///   column 0 only, so the statement's column count need not match, but the copy must have copied at
@@ -630,43 +646,269 @@ impl L1<'_> {
 /// - nothing between the copy and the read writes `x` (which would change `D`), nor assigns a register
 ///   the windows or the sizes use (which would move `D` or the source); for a `For` loop or an `If`, its
 ///   whole body is checked, as the body may run many times;
-/// - the source cannot have changed: no statement of the launch (cube or vector program) writes the GM
-///   tensor, so its contents are fixed for the whole launch;
+/// - the source has not changed since the copy. Either no statement of the launch (cube or vector
+///   program) writes the GM tensor, so its contents are fixed for the whole launch; or only the *other*
+///   program writes it (a workspace the partner core fills: attention's score blocks, the cube's P·V) and
+///   no `CrossWait` lies between the copy and the read. A core's partners run on the same host thread as
+///   its coroutine and only while it is suspended, which happens only in a `CrossWait` (native.rs); this
+///   program never writes the tensor; and a core of another unit that wrote elements this core reads
+///   would race with the read in any schedule (no flag orders units; the verifier reports such a cube /
+///   vector pair), so the elements the copy read are the ones the later read sees;
 /// - the windows' offsets and sizes read no buffer (`SExpr::Read`), so they cannot change through a
 ///   buffer write either.
 ///
-/// A statement that itself writes `x` is left alone (a read of `x` in the statement that also writes it
-/// may see its own writes in the interpreter's element order; keeping the UB read keeps that behaviour),
-/// and ends the forwarding. The JIT checks each read region against its storage, so a GM operand is as
-/// valid as a UB one; the GM region lies inside the tensor because the copy read exactly that window.
-fn vec_reads(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, dt: &Dtypes<'_>) {
+/// The reads may follow the copy in its own statement list, or, when the copy is in the body of an
+/// `if C` (whose earlier statements assign no register of `C`, and `C` reads no buffer), in later
+/// `if C` statements of the enclosing list (they run exactly when the copy ran; `C`'s registers join
+/// those that must not change). A statement that writes `x` ends the forwarding. The one exception is a
+/// `Vector` statement that overwrites exactly `D` (same region, same `R × C` as written) and reads `x`
+/// only as `Read(D)`, element for element, in a list that runs whenever the copy ran: its reads go to
+/// the source too (each element reads its own position before it is written, so no element order can
+/// tell), and when no other read of `x` came between, the copy's values are never read: the copy goes.
+/// The JIT checks each read region against its storage, so a GM operand is as valid as a UB one; the GM
+/// region lies inside the tensor because the copy read exactly that window.
+fn vec_reads(body: &mut Vec<Stmt>, written: &BTreeSet<TensorId>, own: &BTreeSet<TensorId>, dt: &Dtypes<'_>) {
+    for s in body.iter_mut() {
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
+            vec_reads(b, written, own, dt);
+        }
+    }
+    // Copies followed by their reads in this list.
+    let mut dead = BTreeSet::new();
     for i in 0..body.len() {
-        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = &mut body[i] {
-            vec_reads(b, gm_written, dt);
+        let Some(c) = VecCopy::of(&body[i], written, own, dt, &BTreeSet::new()) else { continue };
+        let w = c.walker();
+        if w.list(&mut body[i + 1..], Run::Sure, None) == End::Overwritten && w.clean.get() {
+            dead.insert(i);
         }
-        let Stmt::Copy { src, dst, .. } = &body[i] else { continue };
-        let (Loc::Gm(t), Some(x)) = (&src.loc, buf_of(dst)) else { continue };
-        if gm_written.contains(t) || !dt.same(src, dst) {
+    }
+    drop_indices(body, &dead);
+    // Copies in the body of an `if C`, read in later `if C` statements of this list.
+    for i in 0..body.len() {
+        let (head, tail) = body.split_at_mut(i + 1);
+        let Stmt::If { cond, then } = &mut head[i] else { continue };
+        if has_read(cond) {
             continue;
         }
-        let mut dep = BTreeSet::new();
-        region_sexpr_reads(&body[i], &mut dep);
-        if !dep.is_empty() {
-            continue;
-        }
-        let Stmt::Copy { src, dst, rows, cols, .. } = &body[i] else { continue };
-        let (src, dst, rows, cols) = (src.clone(), dst.clone(), rows.clone(), cols.clone());
-        let mut vars = BTreeSet::new();
-        region_vars(&src, &mut vars);
-        region_vars(&dst, &mut vars);
-        svars(&rows, &mut vars);
-        svars(&cols, &mut vars);
-        let v = VecFw { x, dst: &dst, src: &src, rows: &rows, cols: &cols, vars: &vars };
-        for s in body[i + 1..].iter_mut() {
-            if !v.visit(s) {
+        let mut cvars = BTreeSet::new();
+        svars(cond, &mut cvars);
+        let mut dead = BTreeSet::new();
+        for k in 0..then.len() {
+            let mut set = BTreeSet::new();
+            then[..k].iter().for_each(|s| sets(s, &mut set));
+            if !set.is_disjoint(&cvars) {
                 break;
             }
+            let Some(c) = VecCopy::of(&then[k], written, own, dt, &cvars) else { continue };
+            let w = c.walker();
+            let mut end = w.list(&mut then[k + 1..], Run::Sure, None);
+            if end == End::Open {
+                end = w.list(tail, Run::Unrelated, Some(cond));
+            }
+            if end == End::Overwritten && w.clean.get() {
+                dead.insert(k);
+            }
         }
+        drop_indices(then, &dead);
+    }
+}
+
+fn drop_indices(body: &mut Vec<Stmt>, dead: &BTreeSet<usize>) {
+    let mut k = 0;
+    body.retain(|_| {
+        k += 1;
+        !dead.contains(&(k - 1))
+    });
+}
+
+/// Whether `s` (loop and branch bodies included) has a `CrossWait`: where the partner cores may run.
+fn has_cross_wait(s: &Stmt) -> bool {
+    match s {
+        Stmt::CrossWait { .. } => true,
+        Stmt::For { body, .. } | Stmt::If { then: body, .. } => body.iter().any(has_cross_wait),
+        _ => false,
+    }
+}
+
+/// A copy whose vector reads may be forwarded (see [`vec_reads`]).
+struct VecCopy {
+    x: BufId,
+    dst: Region,
+    src: Region,
+    rows: SExpr,
+    cols: SExpr,
+    vars: BTreeSet<SVar>,
+    /// The source is written by the other program: no `CrossWait` may come between.
+    partner: bool,
+}
+
+impl VecCopy {
+    fn of(
+        s: &Stmt,
+        written: &BTreeSet<TensorId>,
+        own: &BTreeSet<TensorId>,
+        dt: &Dtypes<'_>,
+        extra: &BTreeSet<SVar>,
+    ) -> Option<VecCopy> {
+        let Stmt::Copy { src, dst, rows, cols, .. } = s else { return None };
+        let (Loc::Gm(t), Some(x)) = (&src.loc, buf_of(dst)) else { return None };
+        // Written in the launch, but not by this program: by the partner's.
+        let by_partner = written.contains(t);
+        if own.contains(t) || !dt.same(src, dst) {
+            return None;
+        }
+        let mut dep = BTreeSet::new();
+        region_sexpr_reads(s, &mut dep);
+        if !dep.is_empty() {
+            return None;
+        }
+        let mut vars = extra.clone();
+        region_vars(src, &mut vars);
+        region_vars(dst, &mut vars);
+        svars(rows, &mut vars);
+        svars(cols, &mut vars);
+        Some(VecCopy {
+            x,
+            dst: dst.clone(),
+            src: src.clone(),
+            rows: rows.clone(),
+            cols: cols.clone(),
+            vars,
+            partner: by_partner,
+        })
+    }
+
+    fn walker(&self) -> CopyWalk<'_> {
+        CopyWalk {
+            fw: VecFw {
+                x: self.x,
+                dst: &self.dst,
+                src: &self.src,
+                rows: &self.rows,
+                cols: &self.cols,
+                vars: &self.vars,
+            },
+            yields: self.partner,
+            clean: std::cell::Cell::new(true),
+        }
+    }
+}
+
+/// How a statement's running relates to the copy's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// It runs whenever the copy ran (and only after it).
+    Sure,
+    /// It may run, and if it does, the copy ran before it.
+    Maybe,
+    /// It may run whether or not the copy ran.
+    Unrelated,
+}
+
+/// Where a forwarding walk stopped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum End {
+    /// The statements ran out: the copied window still holds the source.
+    Open,
+    /// A statement may change the window, the source or a register: nothing after it is forwarded.
+    Broken,
+    /// A statement that runs whenever the copy ran overwrote the whole window.
+    Overwritten,
+}
+
+struct CopyWalk<'a> {
+    fw: VecFw<'a>,
+    /// Whether a `CrossWait` ends the walk (a source the partner writes).
+    yields: bool,
+    /// No read of the buffer was left unforwarded.
+    clean: std::cell::Cell<bool>,
+}
+
+impl CopyWalk<'_> {
+    fn list(&self, list: &mut [Stmt], run: Run, guard: Option<&SExpr>) -> End {
+        for s in list {
+            let e = self.stmt(s, run, guard);
+            if e != End::Open {
+                return e;
+            }
+        }
+        End::Open
+    }
+
+    fn reads_x(&self, s: &Stmt) -> bool {
+        let mut r = BTreeSet::new();
+        reads_of(std::slice::from_ref(s), &mut r);
+        r.contains(&self.fw.x)
+    }
+
+    fn stmt(&self, s: &mut Stmt, run: Run, guard: Option<&SExpr>) -> End {
+        if self.yields && has_cross_wait(s) {
+            return End::Broken;
+        }
+        if let Some(e) = self.overwrite(s, run) {
+            return e;
+        }
+        if let Stmt::If { cond, then } = s {
+            let mut r = BTreeSet::new();
+            sexpr_reads(cond, &mut r);
+            if r.contains(&self.fw.x) {
+                return End::Broken;
+            }
+            let inner = match run {
+                Run::Unrelated if guard.is_some_and(|g| g == cond) => Run::Sure,
+                Run::Unrelated => Run::Unrelated,
+                Run::Sure | Run::Maybe => Run::Maybe,
+            };
+            // Taken statement by statement: its body may hold the overwrite.
+            for t in then.iter_mut() {
+                match self.stmt(t, inner, guard) {
+                    End::Open => {}
+                    End::Overwritten if inner == Run::Sure => return End::Overwritten,
+                    _ => return End::Broken,
+                }
+            }
+            return End::Open;
+        }
+        if self.fw.breaks(s) {
+            return End::Broken;
+        }
+        if run != Run::Unrelated {
+            self.fw.rewrite(s);
+        }
+        if self.reads_x(s) {
+            self.clean.set(false);
+        }
+        End::Open
+    }
+
+    /// A `Vector` statement that writes exactly the copied window: `Some` ends the walk (overwritten when it
+    /// runs whenever the copy ran and reads the buffer only as `Read(D)`, which then reads the source).
+    fn overwrite(&self, s: &mut Stmt, run: Run) -> Option<End> {
+        let Stmt::Vector { dst, rows, cols, expr } = s else { return None };
+        if buf_of(dst) != Some(self.fw.x) {
+            return None;
+        }
+        if *dst != *self.fw.dst || *rows != *self.fw.rows || *cols != *self.fw.cols || run != Run::Sure {
+            return Some(End::Broken);
+        }
+        let mut e = expr.clone();
+        self.fw.rewrite_expr(&mut e, rows, cols);
+        let mut r = BTreeSet::new();
+        vexpr_reads(&e, &mut r);
+        if r.contains(&self.fw.x) || broadcasts(expr, self.fw.x) {
+            return Some(End::Broken);
+        }
+        *expr = e;
+        Some(End::Overwritten)
+    }
+}
+
+/// Whether `e` reads buffer `x` through a broadcast (`ReadRow` / `ReadCol`).
+fn broadcasts(e: &VExpr, x: BufId) -> bool {
+    match e {
+        VExpr::ReadRow(r) | VExpr::ReadCol(r) => buf_of(r) == Some(x),
+        VExpr::Read(_) => false,
+        _ => e.children().into_iter().any(|c| broadcasts(c, x)),
     }
 }
 
@@ -813,7 +1055,10 @@ fn store_through(via: Option<DType>, to: Option<DType>) -> bool {
 /// The pairs `(i, j)` of a statement list where the `Vector` statement `i` writes a window `W` of buffer
 /// `y` and the `Copy` `j` copies exactly `W` (same sizes) to GM, with nothing in between that writes `y`
 /// or the copy's GM tensor, or assigns a register of the windows or sizes.
-fn store_pairs(body: &[Stmt], y: BufId) -> Vec<(usize, usize)> {
+///
+/// For a tensor of `no_wait` (one the partner program reads), a `CrossWait` in between also ends the search:
+/// the partner may run there and read the tensor.
+fn store_pairs(body: &[Stmt], y: BufId, no_wait: &BTreeSet<TensorId>) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     for (j, s) in body.iter().enumerate() {
         let Stmt::Copy { src, dst, rows, cols, .. } = s else { continue };
@@ -841,7 +1086,11 @@ fn store_pairs(body: &[Stmt], y: BufId) -> Vec<(usize, usize)> {
             writes(&body[i], &mut bufs, &mut gm);
             let mut set = BTreeSet::new();
             sets(&body[i], &mut set);
-            if !bufs.is_disjoint(&dep) || gm.contains(g) || !set.is_disjoint(&vars) {
+            if !bufs.is_disjoint(&dep)
+                || gm.contains(g)
+                || !set.is_disjoint(&vars)
+                || (no_wait.contains(g) && has_cross_wait(&body[i]))
+            {
                 break;
             }
         }
@@ -856,13 +1105,13 @@ fn store_pairs(body: &[Stmt], y: BufId) -> Vec<(usize, usize)> {
 }
 
 /// Makes every paired vector statement of `y` store to the copy's GM window and drops the copies.
-fn store_direct(body: &mut Vec<Stmt>, y: BufId) {
+fn store_direct(body: &mut Vec<Stmt>, y: BufId, no_wait: &BTreeSet<TensorId>) {
     for s in body.iter_mut() {
         if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
-            store_direct(b, y);
+            store_direct(b, y, no_wait);
         }
     }
-    let pairs = store_pairs(body, y);
+    let pairs = store_pairs(body, y, no_wait);
     let mut drop = BTreeSet::new();
     for (i, j) in pairs {
         let Stmt::Copy { dst: g, .. } = &body[j] else { continue };
@@ -887,18 +1136,22 @@ fn store_direct(body: &mut Vec<Stmt>, y: BufId) {
 /// writes `G` and the copy goes. This is done for a buffer `y` only when it holds for all of `y`, and:
 /// - after the rewrite nothing in the program reads `y` (its only readers were those copies), so the values
 ///   no longer stored there are never missed;
-/// - no statement of the launch (either program) reads `G`'s tensor, and after the rewrite no copy writes
-///   it, and the other program does not write it: the tensor's writes are exactly the rewritten statements,
-///   so storing earlier (at the vector statement instead of at the copy) is not observable within the
-///   launch, and the same elements get the same values;
+/// - no statement of this program reads `G`'s tensor, and after the rewrite no copy writes it, and the
+///   other program does not write it: the tensor's writes are exactly the rewritten statements, so storing
+///   earlier (at the vector statement instead of at the copy) is not observable by this core, and the same
+///   elements get the same values. The other program may read the tensor (a workspace the partner cube
+///   core reads: attention's P) when no `CrossWait` lies between the statement and its copy: the partner
+///   runs only while this core waits, so it sees the window before the statement or after the copy, as
+///   before; and a core of another unit reading the window would race with the copy in any schedule;
 /// - the values are the same bits: the copy moved them unchanged (same dtype) or converted an f32 buffer
 ///   to bf16/f16 with the rounding to nearest-even that the vector store into that dtype does (the vector
 ///   unit computes in f32, so storing into an f32 buffer first is exact).
 fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes<'_>) {
     let mut read = BTreeSet::new();
-    gm_reads(&launch.cube, &mut read);
     gm_reads(&launch.vector, &mut read);
     gm_reads(body, &mut read);
+    let mut other_read = BTreeSet::new();
+    gm_reads(other, &mut other_read);
     let other_written = gm_writes(other);
     // The candidate buffers: sources of copies to GM.
     fn copy_srcs(body: &[Stmt], out: &mut BTreeSet<BufId>) {
@@ -934,8 +1187,9 @@ fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes
         if !targets(body, y, dt, &mut gs) || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written) {
             continue;
         }
+        let no_wait = gs.intersection(&other_read).copied().collect();
         let mut new = body.clone();
-        store_direct(&mut new, y);
+        store_direct(&mut new, y, &no_wait);
         let mut r = BTreeSet::new();
         reads_of(&new, &mut r);
         if r.contains(&y) {
@@ -961,6 +1215,227 @@ fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes
         }
         copy_dsts(&new, &mut still);
         if !still.is_disjoint(&gs) {
+            continue;
+        }
+        *body = new;
+    }
+}
+
+// ----- level 5: mmad results stored straight to GM -----
+
+/// The chain of mmads whose result the `Copy` at `j` (of a window `W` of buffer `y` to GM) takes, in the
+/// same statement list: an mmad `W = a·b` at the chain's start, then only accumulating mmads `W += a·b`
+/// (directly in the list or at the top level of an `If`'s body) with the copy's `m × n`, and nothing else
+/// that reads or writes `y`, writes the copy's GM tensor, assigns a register of the windows or sizes, or
+/// (for a tensor of `no_wait`, one the partner program reads) waits on a cross-core flag. Returns the
+/// start and the positions of the chain's mmads (index in the list, index in the `If` body or `None`).
+fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -> Option<Vec<(usize, Option<usize>)>> {
+    let Stmt::Copy { src, dst, rows, cols, .. } = &body[j] else { return None };
+    let Loc::Gm(g) = &dst.loc else { return None };
+    if buf_of(src) != Some(y) {
+        return None;
+    }
+    let mut vars = BTreeSet::new();
+    region_vars(src, &mut vars);
+    region_vars(dst, &mut vars);
+    svars(rows, &mut vars);
+    svars(cols, &mut vars);
+    let mut dep = BTreeSet::new();
+    region_sexpr_reads(&body[j], &mut dep);
+    if !dep.is_empty() {
+        return None;
+    }
+    let into_w = |s: &Stmt, acc: bool| {
+        matches!(s, Stmt::Mmad { c, m, n, accumulate, .. }
+            if c == src && m == rows && n == cols && *accumulate == acc)
+    };
+    // Whether `s` touches what the chain needs unchanged (besides being one of its mmads).
+    let disturbs = |s: &Stmt| {
+        let (bufs, gm, set) = effects(s);
+        let mut r = BTreeSet::new();
+        reads_of(std::slice::from_ref(s), &mut r);
+        bufs.contains(&y)
+            || r.contains(&y)
+            || gm.contains(g)
+            || !set.is_disjoint(&vars)
+            || (no_wait.contains(g) && has_cross_wait(s))
+    };
+    let mut chain = Vec::new();
+    for i in (0..j).rev() {
+        let s = &body[i];
+        if into_w(s, false) {
+            // The mmad's own operands and sizes must not read the buffer or the tensor either.
+            let mut r = BTreeSet::new();
+            region_sexpr_reads(s, &mut r);
+            let mut gr = BTreeSet::new();
+            gm_reads(std::slice::from_ref(s), &mut gr);
+            let Stmt::Mmad { a, b, .. } = s else { return None };
+            if r.contains(&y) || gr.contains(g) || buf_of(a) == Some(y) || buf_of(b) == Some(y) {
+                return None;
+            }
+            chain.push((i, None));
+            return Some(chain);
+        }
+        if into_w(s, true) {
+            let Stmt::Mmad { a, b, .. } = s else { return None };
+            let mut gr = BTreeSet::new();
+            gm_reads(std::slice::from_ref(s), &mut gr);
+            gr.remove(g);
+            let mut r = BTreeSet::new();
+            region_sexpr_reads(s, &mut r);
+            if r.contains(&y)
+                || buf_of(a) == Some(y)
+                || buf_of(b) == Some(y)
+                || matches!(&a.loc, Loc::Gm(t) if t == g)
+                || matches!(&b.loc, Loc::Gm(t) if t == g)
+            {
+                return None;
+            }
+            chain.push((i, None));
+            continue;
+        }
+        if let Stmt::If { cond, then } = s {
+            let mut r = BTreeSet::new();
+            sexpr_reads(cond, &mut r);
+            if r.contains(&y) {
+                return None;
+            }
+            let mut inner = Vec::new();
+            for (k, t) in then.iter().enumerate() {
+                if into_w(t, true) {
+                    let Stmt::Mmad { a, b, .. } = t else { return None };
+                    let mut r = BTreeSet::new();
+                    region_sexpr_reads(t, &mut r);
+                    if r.contains(&y)
+                        || buf_of(a) == Some(y)
+                        || buf_of(b) == Some(y)
+                        || matches!(&a.loc, Loc::Gm(x) if x == g)
+                        || matches!(&b.loc, Loc::Gm(x) if x == g)
+                    {
+                        return None;
+                    }
+                    inner.push((i, Some(k)));
+                } else if disturbs(t) {
+                    return None;
+                }
+            }
+            chain.extend(inner);
+            continue;
+        }
+        if disturbs(s) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Makes every mmad chain of `y` (see [`mmad_chain`]) accumulate in the copy's GM window and drops the copies.
+fn mmad_direct(body: &mut Vec<Stmt>, y: BufId, no_wait: &BTreeSet<TensorId>) {
+    for s in body.iter_mut() {
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
+            mmad_direct(b, y, no_wait);
+        }
+    }
+    let mut drop = BTreeSet::new();
+    for j in 0..body.len() {
+        let Some(chain) = mmad_chain(body, j, y, no_wait) else { continue };
+        let Stmt::Copy { dst: g, .. } = &body[j] else { continue };
+        let g = g.clone();
+        for (i, k) in chain {
+            let s = match k {
+                None => &mut body[i],
+                Some(k) => match &mut body[i] {
+                    Stmt::If { then, .. } => &mut then[k],
+                    _ => continue,
+                },
+            };
+            if let Stmt::Mmad { c, .. } = s {
+                *c = g.clone();
+            }
+        }
+        drop.insert(j);
+    }
+    drop_indices(body, &drop);
+}
+
+/// Stores the cube's results straight into GM instead of through L0C and a fixpipe copy.
+///
+/// An mmad `W = a·b` of a window `W` of buffer `y`, possibly followed by accumulating mmads `W += a·b`, then
+/// a `Copy` of exactly `W` (same region, the mmads' `m × n` as the copy's `rows × cols`) to a GM window `G`
+/// of the same dtype (f32: the accumulation is the same in either place), with nothing else in between
+/// that reads or writes `y`, writes `G`'s tensor or assigns a register of the windows or sizes (see
+/// [`mmad_chain`]): the mmads write and accumulate in `G`, and the copy goes. Done for a buffer `y` only
+/// when after the rewrite nothing in the program reads `y`, no statement of this program reads `G`'s
+/// tensor, the other program does not write it, and no copy writes it any more: the rewritten mmads are
+/// its only writers, and storing earlier is not observable by this core. The other program may read the
+/// tensor (the vector cores read attention's score blocks and P·V results from it) when no `CrossWait`
+/// lies between the chain's start and its copy: the partner runs only while this core waits, so it sees
+/// `G` before the chain or after the copy, as before; a core of another unit that read `G` would race
+/// with the copy in any schedule.
+fn mmad_writes(body: &mut Vec<Stmt>, own: &[Stmt], other: &[Stmt], dt: &Dtypes<'_>) {
+    let mut read = BTreeSet::new();
+    gm_reads(own, &mut read);
+    gm_reads(body, &mut read);
+    let mut other_read = BTreeSet::new();
+    gm_reads(other, &mut other_read);
+    let other_written = gm_writes(other);
+    let mut ys = BTreeSet::new();
+    fn mmad_dsts(body: &[Stmt], out: &mut BTreeSet<BufId>) {
+        for s in body {
+            match s {
+                Stmt::For { body, .. } | Stmt::If { then: body, .. } => mmad_dsts(body, out),
+                Stmt::Mmad { c, .. } => out.extend(buf_of(c)),
+                _ => {}
+            }
+        }
+    }
+    mmad_dsts(body, &mut ys);
+    for y in ys {
+        fn targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId>) -> bool {
+            let mut ok = true;
+            for s in body {
+                match s {
+                    Stmt::For { body, .. } | Stmt::If { then: body, .. } => ok &= targets(body, y, dt, out),
+                    Stmt::Copy { src, dst, .. } if buf_of(src) == Some(y) => {
+                        match &dst.loc {
+                            Loc::Gm(g) => {
+                                out.insert(*g);
+                            }
+                            Loc::Buf { .. } => ok = false,
+                        }
+                        ok &= dt.same(src, dst);
+                    }
+                    _ => {}
+                }
+            }
+            ok
+        }
+        let mut gs = BTreeSet::new();
+        if !targets(body, y, dt, &mut gs) || gs.is_empty() || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written)
+        {
+            continue;
+        }
+        let no_wait = gs.intersection(&other_read).copied().collect();
+        let mut new = body.clone();
+        mmad_direct(&mut new, y, &no_wait);
+        let mut r = BTreeSet::new();
+        reads_of(&new, &mut r);
+        if r.contains(&y) {
+            continue;
+        }
+        // No copy (or other statement) writes the tensors any more besides the rewritten mmads.
+        fn other_writers(body: &[Stmt], gs: &BTreeSet<TensorId>) -> bool {
+            body.iter().any(|s| match s {
+                Stmt::For { body, .. } | Stmt::If { then: body, .. } => other_writers(body, gs),
+                Stmt::Mmad { .. } => false,
+                s => {
+                    let (mut b, mut g) = (BTreeSet::new(), BTreeSet::new());
+                    writes(s, &mut b, &mut g);
+                    !g.is_disjoint(gs)
+                }
+            })
+        }
+        if other_writers(&new, &gs) {
             continue;
         }
         *body = new;
@@ -1313,6 +1788,298 @@ mod tests {
         p.launches[0] = l.clone();
         let out = forward(&p, &l, &l.vector);
         assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. })), 1);
+    }
+
+    /// The launch of [`launch`] with a cube program: `cube` stands for the partner's statements (here only
+    /// what they touch matters).
+    fn mixed(mid: Vec<Stmt>, cube: Vec<Stmt>) -> (TileProgram, Launch) {
+        let (mut p, mut l) = launch(mid);
+        l.unit = Unit::Mixed;
+        l.cube_cores = 1;
+        l.vector_cores = 2;
+        l.cube = cube;
+        p.launches = vec![l.clone()];
+        (p, l)
+    }
+
+    fn mte2_copies(body: &[Stmt]) -> usize {
+        count(body, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte2, .. }))
+    }
+
+    #[test]
+    fn reads_of_a_workspace_the_partner_writes_go_to_gm_until_a_cross_wait() {
+        // The cube core writes x (a workspace it fills for the vector cores).
+        let fill = Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: ub(0, 16),
+            dst: gm_at(0, SExpr::Const(0), 16),
+            rows: SExpr::Const(2),
+            cols: SExpr::Const(16),
+        };
+        let (p, l) = mixed(vec![Stmt::CrossSet { flag: 1 }], vec![fill.clone()]);
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(mte2_copies(&out), 0, "{out:#?}");
+        let Some(Stmt::Vector { expr: VExpr::Binary(_, a, _), .. }) = vector_stmt(&out) else { panic!() };
+        assert!(matches!(&**a, VExpr::Read(Region { loc: Loc::Gm(TensorId(0)), .. })), "{out:#?}");
+        // A cross-core wait in between (directly or in a branch): the partner may write x there.
+        for mid in
+            [Stmt::CrossWait { flag: 0 }, Stmt::If { cond: SExpr::Const(1), then: vec![Stmt::CrossWait { flag: 0 }] }]
+        {
+            let (p, l) = mixed(vec![mid.clone()], vec![fill.clone()]);
+            let out = forward(&p, &l, &l.vector);
+            assert_eq!(mte2_copies(&out), 1, "{mid:?}");
+            let Some(Stmt::Vector { expr: VExpr::Binary(_, a, _), .. }) = vector_stmt(&out) else { panic!() };
+            assert!(matches!(&**a, VExpr::Read(Region { loc: Loc::Buf { .. }, .. })), "{mid:?}");
+        }
+        // Not for a tensor this program writes too (the other vector core may have written it).
+        let (p, mut l) = mixed(vec![], vec![fill]);
+        let Stmt::For { body, .. } = &mut l.vector[0] else { panic!() };
+        body.push(Stmt::Copy {
+            pipe: Pipe::Mte3,
+            src: ub(1, 16),
+            dst: gm_at(0, SExpr::Const(0), 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(16),
+        });
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(mte2_copies(&out), 1);
+    }
+
+    #[test]
+    fn results_the_partner_reads_are_stored_to_gm_unless_a_cross_wait_comes_first() {
+        // The cube core reads y (a workspace the vector cores fill for it).
+        let take = Stmt::Copy {
+            pipe: Pipe::Mte2,
+            src: gm_at(1, SExpr::Const(0), 16),
+            dst: ub(0, 16),
+            rows: SExpr::Const(2),
+            cols: SExpr::Const(16),
+        };
+        let mte3 = |body: &[Stmt]| count(body, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. }));
+        let (p, l) = mixed(vec![], vec![take.clone()]);
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(mte3(&out), 0, "{out:#?}");
+        let Some(Stmt::Vector { dst, .. }) = vector_stmt(&out) else { panic!() };
+        assert!(matches!(dst.loc, Loc::Gm(TensorId(1))));
+        // A wait between the statement and its copy: the cube may read y there, before the copy.
+        let (p, mut l) = mixed(vec![], vec![take]);
+        let Stmt::For { body, .. } = &mut l.vector[0] else { panic!() };
+        let at = body.len() - 1;
+        body.insert(at, Stmt::CrossWait { flag: 0 });
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(mte3(&out), 1, "{out:#?}");
+    }
+
+    #[test]
+    fn a_copy_in_a_branch_reaches_later_branches_and_goes_when_overwritten() {
+        let n = var(1);
+        let cond = SExpr::Bin(SBin::Lt, Box::new(SExpr::Const(0)), Box::new(n.clone()));
+        let copy = Stmt::Copy {
+            pipe: Pipe::Mte2,
+            src: gm_at(0, SExpr::Const(0), 16),
+            dst: ub(0, 16),
+            rows: n.clone(),
+            cols: SExpr::Const(16),
+        };
+        let over = |e: VExpr, rows: SExpr| Stmt::Vector {
+            dst: ub(0, 16),
+            rows,
+            cols: SExpr::Const(16),
+            expr: VExpr::Binary(BinOp::Add, Box::new(e), Box::new(VExpr::F32(1.0))),
+        };
+        let read_a = VExpr::Read(ub(0, 16));
+        let build = |mid: Vec<Stmt>, second: Stmt| {
+            let (p, mut l) = launch(vec![]);
+            let Stmt::For { body, .. } = &mut l.vector[0] else { panic!() };
+            // Set n; if 0 < n { copy x -> a }; mid; second; b = a * 2; copy b -> y
+            body[1] = Stmt::If { cond: cond.clone(), then: vec![copy.clone()] };
+            let mut tail = mid;
+            tail.push(second);
+            for (k, s) in tail.into_iter().enumerate() {
+                body.insert(2 + k, s);
+            }
+            (p, l)
+        };
+        let overwrite_source = |out: &[Stmt]| {
+            let mut srcs = Vec::new();
+            fn find(body: &[Stmt], out: &mut Vec<bool>) {
+                for s in body {
+                    match s {
+                        Stmt::Vector { dst, expr: VExpr::Binary(BinOp::Add, a, _), .. } if buf_of(dst).is_some() => {
+                            out.push(matches!(&**a, VExpr::Read(Region { loc: Loc::Gm(_), .. })));
+                        }
+                        Stmt::For { body, .. } | Stmt::If { then: body, .. } => find(body, out),
+                        _ => {}
+                    }
+                }
+            }
+            find(out, &mut srcs);
+            srcs
+        };
+        // Overwritten in a later `if 0 < n`: it reads x, and the copy goes; `b = a * 2` still reads `a`.
+        let guarded = Stmt::If { cond: cond.clone(), then: vec![over(read_a.clone(), n.clone())] };
+        let (p, l) = build(vec![Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: 0 }], guarded.clone());
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(mte2_copies(&out), 0, "{out:#?}");
+        assert_eq!(overwrite_source(&out), vec![true], "{out:#?}");
+        let Some(Stmt::For { body, .. }) = out.first() else { panic!() };
+        let mul = body.iter().find(|s| matches!(s, Stmt::Vector { expr: VExpr::Binary(BinOp::Mul, ..), .. }));
+        let Some(Stmt::Vector { expr: VExpr::Binary(_, a, _), .. }) = mul else { panic!("{out:#?}") };
+        assert!(matches!(&**a, VExpr::Read(Region { loc: Loc::Buf { .. }, .. })), "{out:#?}");
+        // Kept: `n` changes in between; the second branch has another condition; the overwrite covers fewer
+        // rows, or reads `a` through a broadcast; a read of `a` that is not forwarded comes first.
+        let other_cond = Stmt::If { cond: SExpr::Const(1), then: vec![over(read_a.clone(), n.clone())] };
+        let fewer = Stmt::If { cond: cond.clone(), then: vec![over(read_a.clone(), SExpr::Const(1))] };
+        let bcast = Stmt::If { cond: cond.clone(), then: vec![over(VExpr::ReadRow(ub(0, 16)), n.clone())] };
+        let unforwarded = Stmt::Vector {
+            dst: ub(1, 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(16),
+            expr: VExpr::Read(ub(0, 16)),
+        };
+        let cases = [
+            (vec![Stmt::Set { var: SVar(1), value: SExpr::Const(1) }], guarded.clone(), false),
+            (vec![], other_cond, false),
+            (vec![], fewer, false),
+            (vec![], bcast, false),
+            (vec![unforwarded], guarded, true),
+        ];
+        for (k, (mid, second, forwarded)) in cases.into_iter().enumerate() {
+            let (p, l) = build(mid, second);
+            let out = forward(&p, &l, &l.vector);
+            assert_eq!(mte2_copies(&out), 1, "case {k}: {out:#?}");
+            assert_eq!(overwrite_source(&out), vec![forwarded], "case {k}: {out:#?}");
+        }
+    }
+
+    /// A mixed launch whose cube program computes `c = x·x` into buffer 0 (standing for L0C), `mid` after
+    /// it, then copies the result to y (t1); the vector program reads y when `read_back`.
+    fn cube_store(mid: Vec<Stmt>, read_back: bool) -> (TileProgram, Launch) {
+        let mm = |acc: bool| Stmt::Mmad {
+            a: gm_at(0, SExpr::Const(0), 16),
+            b: gm_at(0, SExpr::Const(0), 16),
+            c: ub(0, 16),
+            m: SExpr::Const(2),
+            k: SExpr::Const(16),
+            n: SExpr::Const(16),
+            accumulate: acc,
+        };
+        let mut cube = vec![mm(false)];
+        cube.extend(mid.into_iter().map(|s| match s {
+            // A placeholder for the accumulating mmad.
+            Stmt::Barrier { .. } => mm(true),
+            Stmt::If { cond, then } if matches!(then[..], [Stmt::Barrier { .. }]) => {
+                Stmt::If { cond, then: vec![mm(true)] }
+            }
+            s => s,
+        }));
+        cube.push(Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: ub(0, 16),
+            dst: gm_at(1, SExpr::Const(0), 16),
+            rows: SExpr::Const(2),
+            cols: SExpr::Const(16),
+        });
+        let (mut p, mut l) = launch(vec![]);
+        l.unit = Unit::Mixed;
+        l.cube_cores = 1;
+        l.vector_cores = 2;
+        l.cube = cube;
+        l.vector = if read_back {
+            vec![Stmt::Copy {
+                pipe: Pipe::Mte2,
+                src: gm_at(1, SExpr::Const(0), 16),
+                dst: ub(1, 16),
+                rows: SExpr::Const(2),
+                cols: SExpr::Const(16),
+            }]
+        } else {
+            vec![]
+        };
+        p.launches = vec![l.clone()];
+        (p, l)
+    }
+
+    #[test]
+    fn cube_results_accumulate_in_gm_when_nothing_else_reads_them() {
+        let fix = |body: &[Stmt]| count(body, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Fix, .. }));
+        let in_gm = |body: &[Stmt]| count(body, &|s| matches!(s, Stmt::Mmad { c: Region { loc: Loc::Gm(_), .. }, .. }));
+        let barrier = || Stmt::Barrier { pipe: Pipe::M };
+        let flag = Stmt::SetFlag { from: Pipe::M, to: Pipe::Fix, event: 0 };
+        let wait = Stmt::CrossWait { flag: 0 };
+        // (mid, the vector cores read y, stored in GM, mmads writing GM)
+        let cases = [
+            (vec![flag.clone()], true, true, 1),
+            // An accumulating mmad directly and in a branch: the chain accumulates in GM.
+            (vec![barrier(), Stmt::If { cond: var(1), then: vec![barrier()] }], true, true, 3),
+            // A cross-core wait in between: the partner may read y there (but not if it never reads y).
+            (vec![wait.clone()], true, false, 0),
+            (vec![wait], false, true, 1),
+            // Another read of the buffer, or a register of the windows assigned: kept.
+            (
+                vec![Stmt::Copy {
+                    pipe: Pipe::Fix,
+                    src: ub(0, 16),
+                    dst: ub(1, 16),
+                    rows: SExpr::Const(1),
+                    cols: SExpr::Const(16),
+                }],
+                true,
+                false,
+                0,
+            ),
+            (
+                vec![Stmt::Vector {
+                    dst: ub(0, 16),
+                    rows: SExpr::Const(1),
+                    cols: SExpr::Const(1),
+                    expr: VExpr::F32(0.0),
+                }],
+                true,
+                false,
+                0,
+            ),
+        ];
+        for (k, (mid, read_back, stored, mmads)) in cases.into_iter().enumerate() {
+            let (p, l) = cube_store(mid, read_back);
+            let out = forward(&p, &l, &l.cube);
+            assert_eq!(fix(&out), usize::from(!stored), "case {k}: {out:#?}");
+            assert_eq!(in_gm(&out), mmads, "case {k}: {out:#?}");
+        }
+        // The cube program reads y itself: kept.
+        let (p, mut l) = cube_store(vec![], false);
+        l.cube.push(Stmt::Copy {
+            pipe: Pipe::Mte2,
+            src: gm_at(1, SExpr::Const(0), 16),
+            dst: ub(1, 16),
+            rows: SExpr::Const(2),
+            cols: SExpr::Const(16),
+        });
+        let out = forward(&p, &l, &l.cube);
+        assert_eq!(fix(&out), 1, "{out:#?}");
+    }
+
+    #[test]
+    fn l1_windows_of_a_workspace_the_partner_writes_read_gm_until_a_cross_wait() {
+        for (mid, forwarded) in [(vec![], true), (vec![Stmt::CrossWait { flag: 1 }], false)] {
+            let (mut p, mut l) = column_loop(mid, 0, SExpr::Const(16), false);
+            // The vector cores write x (a workspace they fill for the cube core).
+            l.unit = Unit::Mixed;
+            l.cube_cores = 1;
+            l.vector_cores = 2;
+            l.vector = vec![Stmt::Copy {
+                pipe: Pipe::Mte3,
+                src: ub(0, 16),
+                dst: gm_at(0, SExpr::Const(0), 16),
+                rows: SExpr::Const(2),
+                cols: SExpr::Const(16),
+            }];
+            p.launches = vec![l.clone()];
+            let out = forward(&p, &l, &l.cube);
+            let src = loop_source(&out).expect("the loop");
+            assert_eq!(matches!(src.loc, Loc::Gm(TensorId(0))), forwarded, "{out:#?}");
+            assert_eq!(mte2_copies(&out), usize::from(!forwarded), "{out:#?}");
+        }
     }
 
     #[test]

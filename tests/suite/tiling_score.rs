@@ -352,3 +352,73 @@ fn attention_backward_is_left_to_its_own_template() {
         }
     }
 }
+
+/// On the host, the vector cores read the cube's score blocks and P·V results where the cube wrote them
+/// (its workspaces) and store P straight into the workspace the cube reads, and the cube's mmads write
+/// their results into the workspaces: no hand-off copies in the compiled programs but the cube's read of
+/// P and the causal kernel's score blocks (copy forwarding across the partner, `codegen/src/forward.rs`). Checked at a
+/// shape with more tasks than the host's cube cores and more key blocks than the rings hold, so that a read
+/// forwarded past a cross-core wait would see a slot the cube has already refilled; the JIT, on 1 and 2
+/// threads, must match the interpreter.
+#[test]
+fn host_vector_cores_read_the_cubes_workspaces_in_place() {
+    use kc_ir::tile::{Loc, Region, Stmt, VExpr};
+    let target = Target::builtin("host").expect("host target");
+    let causal = common::kernel("attention", "attention");
+    let nc = compile_src("attention_nc", NONCAUSAL);
+    for (n, g) in [&causal, &nc].into_iter().enumerate() {
+        let args = args_for(g, &attn_dims(1, 6, 3, 300, 1100, 16), 40 + n as u64);
+        let tp = tiled(g, &args, &target);
+        let ws = |r: &Region| matches!(r.loc, Loc::Gm(t) if matches!(tp.tensors[t.0 as usize].role, TensorRole::Workspace { .. }));
+        fn reads(e: &VExpr, f: &dyn Fn(&Region) -> bool) -> bool {
+            match e {
+                VExpr::Read(r) | VExpr::ReadRow(r) | VExpr::ReadCol(r) => f(r),
+                _ => e.children().into_iter().any(|c| reads(c, f)),
+            }
+        }
+        let l = &tp.launches[0];
+        let blocks = common::count_stmts(&l.vector, &|s| matches!(s, Stmt::Copy { src, .. } if ws(src)));
+        assert!(blocks > 0, "{}: the tiled program hands blocks over through workspaces", g.name);
+        let code = kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() })
+            .unwrap_or_else(|e| panic!("{}: compile: {e:?}", g.name));
+        let vector = &code.launches[0].bodies.1;
+        let copies_in = common::count_stmts(vector, &|s| matches!(s, Stmt::Copy { src, .. } if ws(src)));
+        let copies_out = common::count_stmts(vector, &|s| matches!(s, Stmt::Copy { dst, .. } if ws(dst)));
+        let in_place = common::count_stmts(vector, &|s| match s {
+            Stmt::Vector { expr, .. } => reads(expr, &ws),
+            Stmt::Reduce { src, .. } => ws(src),
+            _ => false,
+        });
+        // The causal kernel's diagonal blocks are masked in place in UB, in a branch between the copy and
+        // the reads: its score blocks are still copied (its P·V blocks are not).
+        let left = if std::ptr::eq(g, &causal) { copies_in > 0 && copies_in < blocks } else { copies_in == 0 };
+        assert!(left, "{}: {copies_in} of {blocks} copies from workspaces left in the vector program", g.name);
+        assert_eq!(copies_out, 0, "{}: copies into workspaces left in the vector program", g.name);
+        assert!(in_place > 0, "{}: nothing reads a workspace in place", g.name);
+        let cube = &code.launches[0].bodies.0;
+        let fix = common::count_stmts(cube, &|s| matches!(s, Stmt::Copy { dst, .. } if ws(dst)));
+        let direct = common::count_stmts(cube, &|s| matches!(s, Stmt::Mmad { c, .. } if ws(c)));
+        // The causal kernel's diagonal blocks are computed and copied in row halves, under sizes assigned
+        // between the mmads and the copies: its L0C tiles keep a reader, and its cube keeps the copies.
+        if !std::ptr::eq(g, &causal) {
+            assert_eq!(fix, 0, "{}: the cube still copies its results into the workspaces", g.name);
+            assert!(direct > 0, "{}: no mmad writes a workspace", g.name);
+        }
+        let want = common::run(g, &args);
+        for threads in [1, 2] {
+            let (got, _) = code
+                .run(&tp, g, &args, threads, &kc_ir::interp::Limits::default())
+                .unwrap_or_else(|e| panic!("{}: jit: {e:?}", g.name));
+            for ((name, w), (_, j)) in want.iter().zip(&got) {
+                let (atol, rtol) = attn_tol(name);
+                for (i, (a, b)) in w.to_f64_vec().iter().zip(j.to_f64_vec()).enumerate() {
+                    assert!(
+                        (a - b).abs() <= atol + rtol * a.abs() || *a == b,
+                        "{} on host, {threads} threads: {name}[{i}]: interpreter {a}, jit {b}",
+                        g.name
+                    );
+                }
+            }
+        }
+    }
+}

@@ -202,3 +202,54 @@ fn large_d_smaller_blocks_or_capacity_error() {
     let e = tile(&g, &f, &b, &target).expect_err("D = 1100 does not fit L0C");
     assert_eq!(e.code, kc_ir::diag::Code::OverCapacity, "{e}");
 }
+
+/// On the host, the backward's hand-offs are read in place: the vector cores read the cube's score blocks
+/// in its workspace, and the cube's transposing loads read the feeds (`p`, `scale · ds`) where the vector
+/// cores stored them (copy forwarding across partners, `codegen/src/forward.rs`): no copy from a workspace
+/// into L1 or UB is left in the compiled programs. (The stores into the workspaces stay: two of them write
+/// one workspace at two offsets, which the pass does not prove disjoint.) The JIT, on 1 and 2 threads,
+/// matches the interpreter (tolerance as in [`check`]) at a shape with several blocks each way.
+#[test]
+fn host_hand_offs_read_the_workspaces_in_place() {
+    use kc_ir::tile::{Loc, Mem, Region, Stmt};
+    let g = graph();
+    let target = Target::builtin("host").expect("host target");
+    let d = dims(1, 4, 2, 150, 200, 32);
+    let a = args(&g, &d, 7);
+    let tp = tiled(&g, &a, &target);
+    let ws = |r: &Region| matches!(r.loc, Loc::Gm(t) if matches!(tp.tensors[t.0 as usize].role, TensorRole::Workspace { .. }));
+    let code = kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() })
+        .unwrap_or_else(|e| panic!("compile: {e:?}"));
+    let mut mixed = 0;
+    for (l, c) in tp.launches.iter().zip(&code.launches) {
+        // Copies from a workspace into L1 or UB (not the transposing loads into L0).
+        let staged = |body: &[Stmt]| {
+            common::count_stmts(body, &|s| match s {
+                Stmt::Copy { src, dst: Region { loc: Loc::Buf { buf, .. }, .. }, .. } => {
+                    ws(src) && matches!(l.buffers[buf.0 as usize].mem, Mem::L1 | Mem::UB)
+                }
+                _ => false,
+            })
+        };
+        if staged(&l.cube) + staged(&l.vector) == 0 {
+            continue;
+        }
+        mixed += 1;
+        let (cube, vector) = &c.bodies;
+        assert_eq!((staged(cube), staged(vector)), (0, 0), "{}: workspace reads still staged", l.name);
+    }
+    assert!(mixed > 0, "the tiled program hands blocks over through workspaces");
+    let want = common::run(&g, &a);
+    for threads in [1, 2] {
+        let (got, _) =
+            code.run(&tp, &g, &a, threads, &kc_ir::interp::Limits::default()).unwrap_or_else(|e| panic!("jit: {e:?}"));
+        for ((n, w), (_, j)) in want.iter().zip(&got) {
+            let (wv, jv) = (w.to_f64_vec(), j.to_f64_vec());
+            let big = wv.iter().fold(0f64, |m, x| m.max(x.abs()));
+            for (i, (a, b)) in wv.iter().zip(&jv).enumerate() {
+                let tol = big * 2f64.powi(-6) + 2.0 * bf16_ulp(*a);
+                assert!((a - b).abs() <= tol, "{n}[{i}], {threads} threads: interp {a} vs jit {b} (tolerance {tol})");
+            }
+        }
+    }
+}
