@@ -1071,8 +1071,9 @@ fn column_loop<'s>(s: &'s Stmt, dt: &Dtypes<'_>) -> Option<ColumnLoop<'s>> {
     if let Loc::Buf { slot, .. } = &src.loc {
         svars(slot, &mut fixed);
     }
-    let reads = [lo, hi, rows, &src.offset, &src.row_stride, &dst.offset, &dst.row_stride, slot].iter().any(|e| has_read(e))
-        || matches!(&src.loc, Loc::Buf { slot, .. } if has_read(slot));
+    let reads =
+        [lo, hi, rows, &src.offset, &src.row_stride, &dst.offset, &dst.row_stride, slot].iter().any(|e| has_read(e))
+            || matches!(&src.loc, Loc::Buf { slot, .. } if has_read(slot));
     if fixed.contains(var)
         || reads
         || !dt.same(src, dst)
@@ -1114,20 +1115,36 @@ fn transposed_pairs<'s>(body: &'s [Stmt], dt: &Dtypes<'_>, out: &mut Vec<(&'s St
             transposed_pairs(b, dt, out);
         }
         let Some(l) = column_loop(s, dt) else { continue };
-        for t in &body[i + 1..] {
-            if reads_loop(t, &l) {
-                out.push((s, t, ColumnLoop { vars: l.vars.clone(), ..l }));
-            }
-            let (bufs, gm, set) = effects(t);
-            let src_written = match &l.src.loc {
-                Loc::Buf { buf, .. } => bufs.contains(buf),
-                Loc::Gm(g) => gm.contains(g),
-            };
-            if bufs.contains(&l.buf) || src_written || !set.is_disjoint(&l.vars) {
-                break;
-            }
+        pair_after(s, &l, &body[i + 1..], out);
+    }
+}
+
+/// The mmads of `after` (and of the branches in it: an mmad under a condition on the k step, as the
+/// tiler writes the first step's) that read loop `s`'s window, up to the first statement that ends its
+/// validity; false once one did.
+fn pair_after<'s>(
+    s: &'s Stmt,
+    l: &ColumnLoop<'s>,
+    after: &'s [Stmt],
+    out: &mut Vec<(&'s Stmt, &'s Stmt, ColumnLoop<'s>)>,
+) -> bool {
+    for t in after {
+        if reads_loop(t, l) {
+            out.push((s, t, ColumnLoop { vars: l.vars.clone(), ..*l }));
+        }
+        if let Stmt::If { then, .. } = t {
+            pair_after(s, l, then, out);
+        }
+        let (bufs, gm, set) = effects(t);
+        let src_written = match &l.src.loc {
+            Loc::Buf { buf, .. } => bufs.contains(buf),
+            Loc::Gm(g) => gm.contains(g),
+        };
+        if bufs.contains(&l.buf) || src_written || !set.is_disjoint(&l.vars) {
+            return false;
         }
     }
+    true
 }
 
 /// Buffers read other than as the `b` operand of an mmad in `mmads` (by address).
@@ -1159,7 +1176,7 @@ fn reads_besides(body: &[Stmt], mmads: &BTreeSet<usize>, out: &mut BTreeSet<BufI
 /// in place: a loop `for j in lo..hi { copy src(j) -> D(j), rows × 1 }` that writes row `j - lo` of a
 /// `b` window `D` from the `j`-th element of each row of `src` (the tiler's transposing loads of Kᵀ,
 /// `xᵀ` and the grouped matmuls' weights, which L1 forwarding makes read GM directly), followed in the same
-/// statement list by mmads whose `b` is exactly `D` (`k` = `hi - lo`, `n` = `rows` as written), with nothing
+/// statement list (or in a branch of it) by mmads whose `b` is exactly `D` (`k` = `hi - lo`, `n` = `rows` as written), with nothing
 /// in between that writes `D`'s buffer or `src`'s storage or assigns a register of the windows and sizes.
 /// When every read of `D`'s buffer in the whole program is the `b` of such an mmad, the mmads read `src`
 /// transposed (`kc_mmad`'s bit 3) and the loops are skipped: the same elements reach the matrix unit, and the
@@ -1449,6 +1466,11 @@ mod tests {
         // The loop variable reassigned in between does not matter (the source is read at the loop's start).
         let set_j = Stmt::Set { var: SVar(0), value: SExpr::Const(3) };
         assert!(found(transposing(vec![set_j], var(1), vec![])).is_some());
+        // An mmad under a condition (the first k step's, as the tiler writes it).
+        let (p, mut l) = transposing(vec![], var(1), vec![]);
+        let mm = l.cube.pop().expect("the mmad");
+        l.cube.push(Stmt::If { cond: var(1), then: vec![flag.clone(), mm] });
+        assert!(found((p, l)).is_some());
         // Not when: the rows change in between; the mmad's n is not the loop's rows; the source is written in
         // between; the buffer is read in another way, or by an mmad with no loop of its own.
         let set_n = Stmt::Set { var: SVar(1), value: SExpr::Const(4) };

@@ -14,6 +14,13 @@
 //!   two operands may differ). Products and sums are in f32.
 //! - Any `m, k, n ≥ 0`. With `k == 0` and no accumulate the block of `c` is set to zero; with `m == 0` or
 //!   `n == 0` nothing is touched.
+//! - **Transposed `b`** ([`mmad_bt_with`], `kc_mmad`'s bit 3): `b` is given as its transpose, an `n × k`
+//!   row-major block with row stride `ldb` (`b[p][j]` at `b[j * ldb + p]`): a weight stored `[N, K]`, Kᵀ,
+//!   `xᵀ`. The AMX path packs its VNNI panels straight from those rows (a pair of k values of one column is
+//!   one 32-bit word of a row, so a panel is a 16 × 16 transpose of words, `pack_bt_vnni`), instead of the
+//!   caller materializing the transpose for it to repack; the other paths read it element by element. A
+//!   kept packing (bit 1) of a transposed `b` is made from its second use on (`seen_before`): a grouped
+//!   matmul's weight tiles are used once, and kept they only pushed the reused packings out of the caches.
 //! - The order of summation depends on the path. [`Path::Portable`] sums sequentially,
 //!   `acc = c_or_0; for p in 0..k { acc = acc + a_ip * b_pj }` with a rounded f32 product and a rounded f32
 //!   add per step, so it is bit-identical to the obvious scalar f32 loop. The vector paths reassociate
@@ -422,6 +429,11 @@ pub unsafe extern "C" fn kc_mmad(
 /// Forgets the packed `b` operands this thread kept (see `kc_mmad`'s `accumulate` bit 1). The executor
 /// calls it on each thread before a launch: a kept operand is valid only while its memory is unchanged.
 pub fn clear_b_cache() {
+    let _ = SEEN.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            s.clear();
+        }
+    });
     for cache in [&B_CACHE, &A_CACHE] {
         let _ = cache.try_with(|c| {
             if let Ok(mut c) = c.try_borrow_mut() {
@@ -561,6 +573,28 @@ fn packed(
         .flatten()
 }
 
+/// Whether the transposed `b` operand `key` was seen since the thread's last [`clear_b_cache`] (and records it
+/// if not): the last `SEEN_KEYS` keys are remembered.
+#[cfg(target_arch = "x86_64")]
+fn seen_before(key: PackKey) -> bool {
+    SEEN.try_with(|s| {
+        let Ok(mut s) = s.try_borrow_mut() else { return false };
+        if s.contains(&key) {
+            return true;
+        }
+        if s.len() >= SEEN_KEYS {
+            s.remove(0);
+        }
+        s.push(key);
+        false
+    })
+    .unwrap_or(false)
+}
+
+/// How many operand keys [`seen_before`] remembers.
+#[cfg(target_arch = "x86_64")]
+const SEEN_KEYS: usize = 256;
+
 /// Packed `b` operands by (address, ldb, k, n): at most `B_CACHE_ENTRIES`, forgotten all at once when full.
 #[cfg(target_arch = "x86_64")]
 const B_CACHE_ENTRIES: usize = 64;
@@ -570,6 +604,8 @@ thread_local! {
     /// Packed `a` operands by (address, lda, m, k), kept like `B_CACHE` (`kc_mmad`'s `accumulate` bit 2): a
     /// matmul's A tile is used once per column block, so packing it each time did the same work many times.
     static A_CACHE: PackCache = RefCell::new(PackArena::default());
+    /// The transposed `b` operands seen (see `seen_before`), oldest first.
+    static SEEN: RefCell<Vec<PackKey>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The arguments of one call, checked and converted.
@@ -1283,6 +1319,18 @@ mod amx {
                 let pdst = dst.add(q * pstride);
                 let mut p0 = 0;
                 while p0 < kp {
+                    // The rows of the panels ahead, at the same k (a transposed operand in GM is usually cold:
+                    // 16 short row streams a page apart, which the hardware prefetchers pick up late).
+                    if p0 < k {
+                        for ahead in if q == 0 { 1..3 } else { 2..3 } {
+                            let qa = q + ahead;
+                            if qa < panels {
+                                for j in 16 * qa..(16 * qa + 16).min(n) {
+                                    _mm_prefetch::<_MM_HINT_T0>(bt.add(j * ldbt + p0).cast());
+                                }
+                            }
+                        }
+                    }
                     let mut r = [_mm512_setzero_si512(); 16];
                     if p0 < k {
                         let mask = mask32(k - p0);
@@ -1377,9 +1425,12 @@ mod amx {
                     pack_b_vnni(x.b.cast(), x.ldb, k, n, kp, d.cast())
                 }
             };
-            if x.b_const {
-                // The layout is part of the key: the same window read transposed is another operand.
-                let key = (x.b as usize, x.ldb | (usize::from(x.b_trans) << 63), k, n);
+            // The layout is part of the key: the same window read transposed is another operand.
+            let key = (x.b as usize, x.ldb | (usize::from(x.b_trans) << 63), k, n);
+            // A transposed `b` is kept from its second use on: a grouped matmul's weight tiles are used once
+            // (kept, they only pushed the packings the core reuses out of its caches), x·xᵀ's and Kᵀ's
+            // panels many times.
+            if x.b_const && (!x.b_trans || super::seen_before(key)) {
                 cached = super::packed(&super::B_CACHE, key, b_bytes, pack_b);
             }
             let bp = match cached {
@@ -1707,7 +1758,9 @@ mod tests {
         if !supported(Path::Avx512) {
             return;
         }
-        for (k, n, pad) in [(1usize, 1usize, 0usize), (2, 3, 1), (31, 17, 0), (32, 16, 2), (33, 33, 5), (64, 48, 0), (100, 70, 3)] {
+        for (k, n, pad) in
+            [(1usize, 1usize, 0usize), (2, 3, 1), (31, 17, 0), (32, 16, 2), (33, 33, 5), (64, 48, 0), (100, 70, 3)]
+        {
             let kp = k.div_ceil(32).max(1) * 32;
             let ldbt = k + pad;
             let bt: Vec<u16> = (0..n * ldbt).map(|i| (i as u16).wrapping_mul(7919) | 1).collect();
@@ -1748,7 +1801,9 @@ mod tests {
             let (mi, ki, ni) = (m as i64, k as i64, n as i64);
             let ldb = if bits & 8 != 0 { ki } else { ni };
             // SAFETY: the three windows are the vectors' own (k == n, so both layouts span `w`).
-            unsafe { kc_mmad(a.as_ptr().cast(), 1, ki, w.as_ptr().cast(), 1, ldb, c.as_mut_ptr(), ni, mi, ki, ni, bits) };
+            unsafe {
+                kc_mmad(a.as_ptr().cast(), 1, ki, w.as_ptr().cast(), 1, ldb, c.as_mut_ptr(), ni, mi, ki, ni, bits)
+            };
             c
         };
         clear_b_cache();
