@@ -1040,20 +1040,29 @@ fn var_step(e: &SExpr, v: SVar) -> Option<i64> {
 struct ColumnLoop<'s> {
     var: SVar,
     lo: &'s SExpr,
-    hi: &'s SExpr,
-    rows: &'s SExpr,
-    src: &'s Region,
     dst: &'s Region,
-    /// The destination buffer and how far its window moves per column (the `b` row stride it makes).
+    /// The destination buffer.
     buf: BufId,
-    dstep: i64,
+    /// The `b` row stride the destination makes (the mmad's `b` must have it).
+    b_stride: SExpr,
+    /// The `k` and `n` of the window written (as written: the mmad's must be the same expressions).
+    k: SExpr,
+    n: SExpr,
+    /// The transposed `b` (`n × k`, contiguous along `k`), with the loop variable in it.
+    bt: Region,
     /// The registers the windows and sizes depend on (not the loop variable).
     vars: BTreeSet<SVar>,
 }
 
-/// `for var in lo..hi { copy src(var) -> dst(var), rows × 1 }` with `src` moving by one element per
-/// iteration (a row of `src` read along it), `dst` a buffer window of row stride 1 (a column becomes a row)
-/// moving by a constant, the two of one dtype, and nothing read from buffers in the scalar expressions.
+/// `for var in lo..hi { copy src(var) -> dst(var), rows × 1 }` into a buffer window `D`, the two of one dtype,
+/// nothing read from buffers in the scalar expressions, in one of two forms:
+/// - the `j`-th element of each row of `src` becomes row `j - lo` of `D` (`src` moves by one element per
+///   iteration and has a positive constant row stride; `D` is a column of row stride 1 moving by a
+///   constant, the `b` row stride): `b` is `(hi - lo) × rows`, its transpose is `src`'s rows (the grouped
+///   matmuls' weights, Muon's `xᵀ`);
+/// - row `j` of `src` (row stride 1, moving by a positive constant per iteration) becomes column `j - lo` of
+///   `D` (moving by one element, its row stride the `b` row stride): `b` is `rows × (hi - lo)`, its
+///   transpose is `src`'s rows at that step (attention's Kᵀ).
 fn column_loop<'s>(s: &'s Stmt, dt: &Dtypes<'_>) -> Option<ColumnLoop<'s>> {
     let Stmt::For { var, lo, hi, step: 1, body } = s else { return None };
     let [Stmt::Copy { src, dst, rows, cols: SExpr::Const(1), .. }] = body.as_slice() else { return None };
@@ -1074,34 +1083,40 @@ fn column_loop<'s>(s: &'s Stmt, dt: &Dtypes<'_>) -> Option<ColumnLoop<'s>> {
     let reads =
         [lo, hi, rows, &src.offset, &src.row_stride, &dst.offset, &dst.row_stride, slot].iter().any(|e| has_read(e))
             || matches!(&src.loc, Loc::Buf { slot, .. } if has_read(slot));
-    if fixed.contains(var)
-        || reads
-        || !dt.same(src, dst)
-        || var_step(&src.offset, *var) != Some(1)
-        || crate::lower::norm(&dst.row_stride) != SExpr::Const(1)
-        || src.loc == dst.loc
-    {
+    if fixed.contains(var) || reads || !dt.same(src, dst) || src.loc == dst.loc {
         return None;
     }
-    let dstep = var_step(&dst.offset, *var)?;
+    let norm = crate::lower::norm;
+    let trips = match lo {
+        SExpr::Const(0) => hi.clone(),
+        lo => SExpr::Bin(SBin::Sub, Box::new(hi.clone()), Box::new(lo.clone())),
+    };
+    let (sstep, dstep) = (var_step(&src.offset, *var)?, var_step(&dst.offset, *var)?);
+    let (src_rs, dst_rs) = (norm(&src.row_stride), norm(&dst.row_stride));
+    let (b_stride, k, n, bt_stride) = match (&src_rs, &dst_rs) {
+        // Columns of `src` become rows of `D`.
+        (SExpr::Const(rs), SExpr::Const(1)) if sstep == 1 && *rs > 0 => {
+            (SExpr::Const(dstep), trips, rows.clone(), src_rs.clone())
+        }
+        // Rows of `src` become columns of `D`.
+        (SExpr::Const(1), _) if dstep == 1 && sstep > 0 => (dst_rs.clone(), rows.clone(), trips, SExpr::Const(sstep)),
+        _ => return None,
+    };
     vars.remove(var);
-    Some(ColumnLoop { var: *var, lo, hi, rows, src, dst, buf: *buf, dstep, vars })
+    let bt = Region { loc: src.loc.clone(), offset: src.offset.clone(), row_stride: bt_stride };
+    Some(ColumnLoop { var: *var, lo, dst, buf: *buf, b_stride, k, n, bt, vars })
 }
 
-/// Whether `mm` reads, as its `b`, exactly the `k × n` window the loop wrote (`k` the loop's trip count as
-/// written, `n` its rows), and neither its `a` nor its `c` is in the loop's buffer.
+/// Whether `mm` reads, as its `b`, exactly the `k × n` window the loop wrote (its `k` and `n` the loop's as
+/// written), and neither its `a` nor its `c` is in the loop's buffer.
 fn reads_loop(mm: &Stmt, l: &ColumnLoop<'_>) -> bool {
     let Stmt::Mmad { a, b, c, k, n, .. } = mm else { return false };
     let n_ = crate::lower::norm;
-    let trips = match l.lo {
-        SExpr::Const(0) => l.hi.clone(),
-        lo => SExpr::Bin(SBin::Sub, Box::new(l.hi.clone()), Box::new(lo.clone())),
-    };
     b.loc == l.dst.loc
-        && n_(&b.row_stride) == SExpr::Const(l.dstep)
+        && n_(&b.row_stride) == n_(&l.b_stride)
         && n_(&b.offset) == n_(&subst(&l.dst.offset, l.var, l.lo))
-        && n_(k) == n_(&trips)
-        && n_(n) == n_(l.rows)
+        && n_(k) == n_(&l.k)
+        && n_(n) == n_(&l.n)
         && buf_of(a) != Some(l.buf)
         && buf_of(c) != Some(l.buf)
 }
@@ -1130,13 +1145,24 @@ fn pair_after<'s>(
 ) -> bool {
     for t in after {
         if reads_loop(t, l) {
-            out.push((s, t, ColumnLoop { vars: l.vars.clone(), ..*l }));
+            out.push((
+                s,
+                t,
+                ColumnLoop {
+                    vars: l.vars.clone(),
+                    k: l.k.clone(),
+                    n: l.n.clone(),
+                    b_stride: l.b_stride.clone(),
+                    bt: l.bt.clone(),
+                    ..*l
+                },
+            ));
         }
         if let Stmt::If { then, .. } = t {
             pair_after(s, l, then, out);
         }
         let (bufs, gm, set) = effects(t);
-        let src_written = match &l.src.loc {
+        let src_written = match &l.bt.loc {
             Loc::Buf { buf, .. } => bufs.contains(buf),
             Loc::Gm(g) => gm.contains(g),
         };
@@ -1197,8 +1223,7 @@ pub fn transposed_b(prog: &TileProgram, launch: &Launch, body: &[Stmt]) -> Trans
             continue;
         }
         out.loops.insert(l as *const Stmt as usize);
-        out.mmads
-            .insert(m as *const Stmt as usize, TransposedB { var: cl.var, lo: cl.lo.clone(), src: cl.src.clone() });
+        out.mmads.insert(m as *const Stmt as usize, TransposedB { var: cl.var, lo: cl.lo.clone(), src: cl.bt });
     }
     out
 }
@@ -1498,6 +1523,32 @@ mod tests {
             n: SExpr::Const(8),
             accumulate: true,
         };
+        // Rows of the source as columns of `b` (attention's Kᵀ): `for j in 0..8 { x row j -> column j }`,
+        // `k` = the copy's 16 rows, `n` = the loop's 8 trips; the transpose is x's rows (row stride 16).
+        let rows_form = |n: i64| {
+            let (p, mut l) = transposing(vec![], var(1), vec![]);
+            let j = var(0);
+            l.cube[1] = Stmt::For {
+                var: SVar(0),
+                lo: SExpr::Const(0),
+                hi: SExpr::Const(8),
+                step: 1,
+                body: vec![Stmt::Copy {
+                    pipe: Pipe::Mte1,
+                    src: gm_at(0, SExpr::Bin(SBin::Mul, Box::new(j.clone()), Box::new(SExpr::Const(16))), 1),
+                    dst: Region { loc: Loc::Buf { buf: BufId(1), slot: SExpr::Const(0) }, offset: j, ..ub(1, 16) },
+                    rows: SExpr::Const(16),
+                    cols: SExpr::Const(1),
+                }],
+            };
+            if let Some(Stmt::Mmad { k, n: nn, .. }) = l.cube.last_mut() {
+                (*k, *nn) = (SExpr::Const(16), SExpr::Const(n));
+            }
+            (p, l)
+        };
+        let (src, _) = found(rows_form(8)).expect("converted");
+        assert_eq!((src.loc, src.row_stride), (Loc::Gm(TensorId(0)), SExpr::Const(16)));
+        assert!(found(rows_form(7)).is_none(), "n is not the loop's trip count");
         assert!(found(transposing(vec![set_n], var(1), vec![])).is_none());
         assert!(found(transposing(vec![], SExpr::Const(7), vec![])).is_none());
         assert!(found(transposing(vec![write_x], var(1), vec![])).is_none());
