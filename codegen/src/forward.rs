@@ -40,7 +40,7 @@
 //! GM); only the host's work changes.
 
 use kc_ir::dtype::DType;
-use kc_ir::tile::{BufId, Launch, LibOp, Loc, Region, SExpr, SVar, Stmt, TensorId, TileProgram, VExpr};
+use kc_ir::tile::{BufId, Launch, LibOp, Loc, Region, SBin, SExpr, SVar, Stmt, TensorId, TileProgram, VExpr};
 use std::collections::BTreeSet;
 
 /// The program `body` of `launch` with its copies forwarded (for the kind of core whose buffers these are).
@@ -1457,6 +1457,263 @@ fn drop_dead(body: &mut Vec<Stmt>, read: &BTreeSet<BufId>) -> bool {
     dropped
 }
 
+// ----- transposed operands: a loop of column copies into an mmad's `b`, read in place instead -----
+
+/// The transposing loads the host's matrix unit reads in place ([`transposed_b`]): the loops to skip and,
+/// for each mmad (by the address of its statement), the loop's source window it reads as its transposed `b`.
+#[derive(Default, Debug)]
+pub struct Transposed {
+    /// The `For` statements (by address) whose copies the compiled code skips.
+    pub loops: BTreeSet<usize>,
+    /// For each converted `Mmad` (by address): its transposed `b`.
+    pub mmads: std::collections::BTreeMap<usize, TransposedB>,
+}
+
+/// An mmad's `b` as the transpose of a window: element `(p, j)` of `b` is element `(j, p)` of `src`
+/// evaluated with the loop variable `var` at `lo` (so `src`'s row stride steps along `b`'s columns and its
+/// elements along `b`'s rows).
+#[derive(Clone, Debug)]
+pub struct TransposedB {
+    pub var: SVar,
+    pub lo: SExpr,
+    pub src: Region,
+}
+
+/// `e` with `v` replaced by `by`.
+fn subst(e: &SExpr, v: SVar, by: &SExpr) -> SExpr {
+    match e {
+        SExpr::Var(x) if *x == v => by.clone(),
+        SExpr::Bin(op, a, b) => SExpr::Bin(*op, Box::new(subst(a, v, by)), Box::new(subst(b, v, by))),
+        SExpr::Read { buf, slot, index } => {
+            SExpr::Read { buf: *buf, slot: Box::new(subst(slot, v, by)), index: Box::new(subst(index, v, by)) }
+        }
+        _ => e.clone(),
+    }
+}
+
+/// `Some(k)` if `e` is `base + k·v` with `base` not mentioning `v`.
+fn var_step(e: &SExpr, v: SVar) -> Option<i64> {
+    let mut vs = BTreeSet::new();
+    svars(e, &mut vs);
+    if !vs.contains(&v) {
+        return Some(0);
+    }
+    match e {
+        SExpr::Var(_) => Some(1),
+        SExpr::Bin(SBin::Add, a, b) => var_step(a, v)?.checked_add(var_step(b, v)?),
+        SExpr::Bin(SBin::Sub, a, b) => var_step(a, v)?.checked_sub(var_step(b, v)?),
+        SExpr::Bin(SBin::Mul, a, b) => match (&**a, &**b) {
+            (SExpr::Const(k), x) | (x, SExpr::Const(k)) => var_step(x, v)?.checked_mul(*k),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A loop of column copies that writes the transpose of a window into a buffer: what an mmad's `b` may read
+/// instead.
+struct ColumnLoop<'s> {
+    var: SVar,
+    lo: &'s SExpr,
+    dst: &'s Region,
+    /// The destination buffer.
+    buf: BufId,
+    /// The `b` row stride the destination makes (the mmad's `b` must have it).
+    b_stride: SExpr,
+    /// The `k` and `n` of the window written (as written: the mmad's must be the same expressions).
+    k: SExpr,
+    n: SExpr,
+    /// The transposed `b` (`n × k`, contiguous along `k`), with the loop variable in it.
+    bt: Region,
+    /// The registers the windows and sizes depend on (not the loop variable).
+    vars: BTreeSet<SVar>,
+}
+
+/// `for var in lo..hi { copy src(var) -> dst(var), rows × 1 }` into a buffer window `D`, the two of one dtype,
+/// nothing read from buffers in the scalar expressions, in one of two forms:
+/// - the `j`-th element of each row of `src` becomes row `j - lo` of `D` (`src` moves by one element per
+///   iteration and has a positive constant row stride; `D` is a column of row stride 1 moving by a
+///   constant, the `b` row stride): `b` is `(hi - lo) × rows`, its transpose is `src`'s rows (the grouped
+///   matmuls' weights, Muon's `xᵀ`);
+/// - row `j` of `src` (row stride 1, moving by a positive constant per iteration) becomes column `j - lo` of
+///   `D` (moving by one element, its row stride the `b` row stride): `b` is `rows × (hi - lo)`, its
+///   transpose is `src`'s rows at that step (attention's Kᵀ).
+fn column_loop<'s>(s: &'s Stmt, dt: &Dtypes<'_>) -> Option<ColumnLoop<'s>> {
+    let Stmt::For { var, lo, hi, step: 1, body } = s else { return None };
+    let [Stmt::Copy { src, dst, rows, cols: SExpr::Const(1), .. }] = body.as_slice() else { return None };
+    let Loc::Buf { buf, slot } = &dst.loc else { return None };
+    let mut vars = BTreeSet::new();
+    region_vars(src, &mut vars);
+    region_vars(dst, &mut vars);
+    for e in [lo, hi, rows] {
+        svars(e, &mut vars);
+    }
+    let mut fixed = BTreeSet::new();
+    for e in [lo, hi, rows, &src.row_stride, &dst.row_stride, slot] {
+        svars(e, &mut fixed);
+    }
+    if let Loc::Buf { slot, .. } = &src.loc {
+        svars(slot, &mut fixed);
+    }
+    let reads =
+        [lo, hi, rows, &src.offset, &src.row_stride, &dst.offset, &dst.row_stride, slot].iter().any(|e| has_read(e))
+            || matches!(&src.loc, Loc::Buf { slot, .. } if has_read(slot));
+    if fixed.contains(var) || reads || !dt.same(src, dst) || src.loc == dst.loc {
+        return None;
+    }
+    let norm = crate::lower::norm;
+    let trips = match lo {
+        SExpr::Const(0) => hi.clone(),
+        lo => SExpr::Bin(SBin::Sub, Box::new(hi.clone()), Box::new(lo.clone())),
+    };
+    let (sstep, dstep) = (var_step(&src.offset, *var)?, var_step(&dst.offset, *var)?);
+    let (src_rs, dst_rs) = (norm(&src.row_stride), norm(&dst.row_stride));
+    let (b_stride, k, n, bt_stride) = match (&src_rs, &dst_rs) {
+        // Columns of `src` become rows of `D`.
+        (SExpr::Const(rs), SExpr::Const(1)) if sstep == 1 && *rs > 0 => {
+            (SExpr::Const(dstep), trips, rows.clone(), src_rs.clone())
+        }
+        // Rows of `src` become columns of `D`.
+        (SExpr::Const(1), _) if dstep == 1 && sstep > 0 => (dst_rs.clone(), rows.clone(), trips, SExpr::Const(sstep)),
+        _ => return None,
+    };
+    vars.remove(var);
+    let bt = Region { loc: src.loc.clone(), offset: src.offset.clone(), row_stride: bt_stride };
+    Some(ColumnLoop { var: *var, lo, dst, buf: *buf, b_stride, k, n, bt, vars })
+}
+
+/// Whether `mm` reads, as its `b`, exactly the `k × n` window the loop wrote (its `k` and `n` the loop's as
+/// written), and neither its `a` nor its `c` is in the loop's buffer.
+fn reads_loop(mm: &Stmt, l: &ColumnLoop<'_>) -> bool {
+    let Stmt::Mmad { a, b, c, k, n, .. } = mm else { return false };
+    let n_ = crate::lower::norm;
+    b.loc == l.dst.loc
+        && n_(&b.row_stride) == n_(&l.b_stride)
+        && n_(&b.offset) == n_(&subst(&l.dst.offset, l.var, l.lo))
+        && n_(k) == n_(&l.k)
+        && n_(n) == n_(&l.n)
+        && buf_of(a) != Some(l.buf)
+        && buf_of(c) != Some(l.buf)
+}
+
+/// Candidate pairs in one statement list (and, recursively, in the bodies of its loops and branches): each
+/// column loop with the mmads after it that read its window as their `b`, up to the first statement that
+/// writes the loop's buffer or its source's storage or assigns a register of its windows and sizes.
+fn transposed_pairs<'s>(body: &'s [Stmt], dt: &Dtypes<'_>, out: &mut Vec<(&'s Stmt, &'s Stmt, ColumnLoop<'s>)>) {
+    for (i, s) in body.iter().enumerate() {
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
+            transposed_pairs(b, dt, out);
+        }
+        let Some(l) = column_loop(s, dt) else { continue };
+        pair_after(s, &l, &body[i + 1..], out);
+    }
+}
+
+/// The mmads of `after` (and of the branches in it: an mmad under a condition on the k step, as the
+/// tiler writes the first step's) that read loop `s`'s window, up to the first statement that ends its
+/// validity; false once one did.
+fn pair_after<'s>(
+    s: &'s Stmt,
+    l: &ColumnLoop<'s>,
+    after: &'s [Stmt],
+    out: &mut Vec<(&'s Stmt, &'s Stmt, ColumnLoop<'s>)>,
+) -> bool {
+    for t in after {
+        if reads_loop(t, l) {
+            out.push((
+                s,
+                t,
+                ColumnLoop {
+                    vars: l.vars.clone(),
+                    k: l.k.clone(),
+                    n: l.n.clone(),
+                    b_stride: l.b_stride.clone(),
+                    bt: l.bt.clone(),
+                    ..*l
+                },
+            ));
+        }
+        if let Stmt::If { then, .. } = t {
+            pair_after(s, l, then, out);
+        }
+        let (bufs, gm, set) = effects(t);
+        let src_written = match &l.bt.loc {
+            Loc::Buf { buf, .. } => bufs.contains(buf),
+            Loc::Gm(g) => gm.contains(g),
+        };
+        if bufs.contains(&l.buf) || src_written || !set.is_disjoint(&l.vars) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Buffers read other than as the `b` operand of an mmad in `mmads` (by address).
+fn reads_besides(body: &[Stmt], mmads: &BTreeSet<usize>, out: &mut BTreeSet<BufId>) {
+    for s in body {
+        match s {
+            Stmt::Mmad { a, c, accumulate, .. } if mmads.contains(&(s as *const Stmt as usize)) => {
+                out.extend(buf_of(a));
+                if *accumulate {
+                    out.extend(buf_of(c));
+                }
+                region_sexpr_reads(s, out);
+            }
+            Stmt::For { lo, hi, body, .. } => {
+                sexpr_reads(lo, out);
+                sexpr_reads(hi, out);
+                reads_besides(body, mmads, out);
+            }
+            Stmt::If { cond, then } => {
+                sexpr_reads(cond, out);
+                reads_besides(then, mmads, out);
+            }
+            s => reads_of(std::slice::from_ref(s), out),
+        }
+    }
+}
+
+/// The transposing loads of `body` (a core program after [`forward`]) that the host's matrix unit can read
+/// in place: a loop `for j in lo..hi { copy src(j) -> D(j), rows × 1 }` that writes row `j - lo` of a
+/// `b` window `D` from the `j`-th element of each row of `src` (the tiler's transposing loads of Kᵀ,
+/// `xᵀ` and the grouped matmuls' weights, which L1 forwarding makes read GM directly), followed in the same
+/// statement list (or in a branch of it) by mmads whose `b` is exactly `D` (`k` = `hi - lo`, `n` = `rows` as written), with nothing
+/// in between that writes `D`'s buffer or `src`'s storage or assigns a register of the windows and sizes.
+/// When every read of `D`'s buffer in the whole program is the `b` of such an mmad, the mmads read `src`
+/// transposed (`kc_mmad`'s bit 3) and the loops are skipped: the same elements reach the matrix unit, and the
+/// buffer's contents are never read.
+pub fn transposed_b(prog: &TileProgram, launch: &Launch, body: &[Stmt]) -> Transposed {
+    let dt = Dtypes { prog, launch };
+    let mut pairs = Vec::new();
+    transposed_pairs(body, &dt, &mut pairs);
+    let mmads: BTreeSet<usize> = pairs.iter().map(|(_, m, _)| *m as *const Stmt as usize).collect();
+    let mut other = BTreeSet::new();
+    reads_besides(body, &mmads, &mut other);
+    // A buffer also read in another way (or by an mmad some loop does not pair with) keeps its copies.
+    let mut unpaired = BTreeSet::new();
+    unpaired_b_reads(body, &mmads, &mut unpaired);
+    let mut out = Transposed::default();
+    for (l, m, cl) in pairs {
+        if other.contains(&cl.buf) || unpaired.contains(&cl.buf) {
+            continue;
+        }
+        out.loops.insert(l as *const Stmt as usize);
+        out.mmads.insert(m as *const Stmt as usize, TransposedB { var: cl.var, lo: cl.lo.clone(), src: cl.bt });
+    }
+    out
+}
+
+/// The buffers read as the `b` of an mmad not in `mmads`.
+fn unpaired_b_reads(body: &[Stmt], mmads: &BTreeSet<usize>, out: &mut BTreeSet<BufId>) {
+    for s in body {
+        match s {
+            Stmt::Mmad { b, .. } if !mmads.contains(&(s as *const Stmt as usize)) => out.extend(buf_of(b)),
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => unpaired_b_reads(body, mmads, out),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1639,6 +1896,139 @@ mod tests {
             },
             _ => None,
         })
+    }
+
+    /// A cube launch with `x: f32[8, 16]` (t0) and `y` (t1): a loop `for j in 0..16` of column copies of x
+    /// (row `j` of L0B buffer 1 = column `j` of x's `n` rows, `n` = register 1 = 8), `mid` after it, then
+    /// `c (buffer 2) = a (buffer 0) · b (buffer 1)` with `k` = 16 and `n` as given, and `tail` at the end.
+    fn transposing(mid: Vec<Stmt>, n: SExpr, tail: Vec<Stmt>) -> (TileProgram, Launch) {
+        let (mut p, mut l) = launch(vec![]);
+        let buf = |name: &str, mem: Mem| Buffer {
+            name: name.into(),
+            mem,
+            dtype: DType::F32,
+            shape: vec![16, 16],
+            slots: 1,
+            layout: Layout::ND,
+            offset: 0,
+        };
+        let at = |b: u32, off: SExpr, ld: i64| Region {
+            loc: Loc::Buf { buf: BufId(b), slot: SExpr::Const(0) },
+            offset: off,
+            row_stride: SExpr::Const(ld),
+        };
+        let j = var(0);
+        let mut body = vec![
+            Stmt::Set { var: SVar(1), value: SExpr::Const(8) },
+            Stmt::For {
+                var: SVar(0),
+                lo: SExpr::Const(0),
+                hi: SExpr::Const(16),
+                step: 1,
+                body: vec![Stmt::Copy {
+                    pipe: Pipe::Mte1,
+                    src: gm_at(0, j.clone(), 16),
+                    dst: at(1, SExpr::Bin(SBin::Mul, Box::new(j), Box::new(SExpr::Const(16))), 1),
+                    rows: var(1),
+                    cols: SExpr::Const(1),
+                }],
+            },
+        ];
+        body.extend(mid);
+        body.push(Stmt::Mmad {
+            a: at(0, SExpr::Const(0), 16),
+            b: at(1, SExpr::Const(0), 16),
+            c: at(2, SExpr::Const(0), 16),
+            m: SExpr::Const(4),
+            k: SExpr::Const(16),
+            n,
+            accumulate: false,
+        });
+        body.extend(tail);
+        l.unit = Unit::Cube;
+        l.buffers = vec![buf("a", Mem::L0A), buf("b", Mem::L0B), buf("c", Mem::L0C)];
+        l.cube = body;
+        l.vector = vec![];
+        p.launches = vec![l.clone()];
+        (p, l)
+    }
+
+    #[test]
+    fn transposing_loops_feed_the_mmad_in_place() {
+        let found = |(p, l): (TileProgram, Launch)| {
+            let t = transposed_b(&p, &l, &l.cube);
+            assert_eq!(t.loops.len(), t.mmads.len());
+            t.mmads.values().next().map(|b| (b.src.clone(), b.lo.clone()))
+        };
+        let flag = Stmt::SetFlag { from: Pipe::Mte1, to: Pipe::M, event: 0 };
+        let (src, lo) = found(transposing(vec![flag.clone()], var(1), vec![])).expect("converted");
+        assert_eq!((src.loc, src.row_stride, lo), (Loc::Gm(TensorId(0)), SExpr::Const(16), SExpr::Const(0)));
+        // The loop variable reassigned in between does not matter (the source is read at the loop's start).
+        let set_j = Stmt::Set { var: SVar(0), value: SExpr::Const(3) };
+        assert!(found(transposing(vec![set_j], var(1), vec![])).is_some());
+        // An mmad under a condition (the first k step's, as the tiler writes it).
+        let (p, mut l) = transposing(vec![], var(1), vec![]);
+        let mm = l.cube.pop().expect("the mmad");
+        l.cube.push(Stmt::If { cond: var(1), then: vec![flag.clone(), mm] });
+        assert!(found((p, l)).is_some());
+        // Not when: the rows change in between; the mmad's n is not the loop's rows; the source is written in
+        // between; the buffer is read in another way, or by an mmad with no loop of its own.
+        let set_n = Stmt::Set { var: SVar(1), value: SExpr::Const(4) };
+        let at1 = Region { loc: Loc::Buf { buf: BufId(1), slot: SExpr::Const(0) }, ..ub(1, 16) };
+        let write_x = Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: Region { loc: Loc::Buf { buf: BufId(2), slot: SExpr::Const(0) }, ..ub(2, 16) },
+            dst: gm_at(0, SExpr::Const(0), 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(1),
+        };
+        let read_b = Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: at1.clone(),
+            dst: gm_at(1, SExpr::Const(0), 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(1),
+        };
+        let other_mmad = Stmt::Mmad {
+            a: Region { loc: Loc::Buf { buf: BufId(0), slot: SExpr::Const(0) }, ..ub(0, 16) },
+            b: at1,
+            c: Region { loc: Loc::Buf { buf: BufId(2), slot: SExpr::Const(0) }, ..ub(2, 16) },
+            m: SExpr::Const(4),
+            k: SExpr::Const(16),
+            n: SExpr::Const(8),
+            accumulate: true,
+        };
+        // Rows of the source as columns of `b` (attention's Kᵀ): `for j in 0..8 { x row j -> column j }`,
+        // `k` = the copy's 16 rows, `n` = the loop's 8 trips; the transpose is x's rows (row stride 16).
+        let rows_form = |n: i64| {
+            let (p, mut l) = transposing(vec![], var(1), vec![]);
+            let j = var(0);
+            l.cube[1] = Stmt::For {
+                var: SVar(0),
+                lo: SExpr::Const(0),
+                hi: SExpr::Const(8),
+                step: 1,
+                body: vec![Stmt::Copy {
+                    pipe: Pipe::Mte1,
+                    src: gm_at(0, SExpr::Bin(SBin::Mul, Box::new(j.clone()), Box::new(SExpr::Const(16))), 1),
+                    dst: Region { loc: Loc::Buf { buf: BufId(1), slot: SExpr::Const(0) }, offset: j, ..ub(1, 16) },
+                    rows: SExpr::Const(16),
+                    cols: SExpr::Const(1),
+                }],
+            };
+            if let Some(Stmt::Mmad { k, n: nn, .. }) = l.cube.last_mut() {
+                (*k, *nn) = (SExpr::Const(16), SExpr::Const(n));
+            }
+            (p, l)
+        };
+        let (src, _) = found(rows_form(8)).expect("converted");
+        assert_eq!((src.loc, src.row_stride), (Loc::Gm(TensorId(0)), SExpr::Const(16)));
+        assert!(found(rows_form(7)).is_none(), "n is not the loop's trip count");
+        assert!(found(transposing(vec![set_n], var(1), vec![])).is_none());
+        assert!(found(transposing(vec![], SExpr::Const(7), vec![])).is_none());
+        assert!(found(transposing(vec![write_x], var(1), vec![])).is_none());
+        assert!(found(transposing(vec![], var(1), vec![read_b])).is_none());
+        assert!(found(transposing(vec![], var(1), vec![flag, other_mmad])).is_none());
     }
 
     #[test]

@@ -468,6 +468,8 @@ struct Gen<'a, 'b, 'p> {
     /// computes it on every iteration; a load of the slot (folded into the instruction that uses it) is
     /// cheaper.
     splats: BTreeMap<*const VExpr, cranelift_codegen::ir::StackSlot>,
+    /// The transposing loads the matrix unit reads in place (`forward::transposed_b`), by statement address.
+    trans: crate::forward::Transposed,
 }
 
 /// The most row-invariant values of a statement splatted into `splat_slot`; further ones are splatted at
@@ -548,6 +550,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             out_scratch: None,
             splat_slot: None,
             splats: BTreeMap::new(),
+            trans: crate::forward::transposed_b(prog, launch, body),
         }
     }
 
@@ -698,6 +701,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 if *step <= 0 {
                     return Err(self.err(format!("a loop with step {step}")));
                 }
+                if self.trans.loops.contains(&(s as *const Stmt as usize)) {
+                    // Its mmads read the source transposed: only the loop variable ends as the loop leaves it.
+                    let v = self.var(*var)?;
+                    let (lo, hi) = (self.sexpr(lo)?, self.sexpr(hi)?);
+                    let end = self.b.ins().smax(lo, hi);
+                    self.b.def_var(v, end);
+                    return Ok(());
+                }
                 if *step == 1 && self.column_copies(*var, lo, hi, body)? {
                     return Ok(());
                 }
@@ -781,13 +792,31 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             Stmt::Mmad { a, b, c, m, k, n, accumulate } => {
                 let (m, k, n) = (self.sexpr(m)?, self.sexpr(k)?, self.sexpr(n)?);
                 let ra = self.region(a, "mmad's a")?;
-                let rb = self.region(b, "mmad's b")?;
+                // `b` as the transpose of its loop's source window (`n × k`), read with the loop variable at
+                // the loop's start (its registers are unchanged since the loop, `forward::transposed_b`).
+                let tb = self.trans.mmads.get(&(s as *const Stmt as usize)).cloned();
+                let (rb, b_loc) = match &tb {
+                    Some(t) => {
+                        let v = self.var(t.var)?;
+                        let now = self.b.use_var(v);
+                        let lo = self.sexpr(&t.lo)?;
+                        self.b.def_var(v, lo);
+                        let r = self.region(&t.src, "mmad's transposed b");
+                        self.b.def_var(v, now);
+                        (r?, &t.src.loc)
+                    }
+                    None => (self.region(b, "mmad's b")?, &b.loc),
+                };
                 let rc = self.region(c, "mmad's c")?;
                 if !ra.dtype.is_float() || !rb.dtype.is_float() || rc.dtype != DType::F32 {
                     return Err(self.err("an mmad of non-float operands or a non-f32 accumulator"));
                 }
                 self.check(&ra, m, k);
-                self.check(&rb, k, n);
+                if tb.is_some() {
+                    self.check(&rb, n, k);
+                } else {
+                    self.check(&rb, k, n);
+                }
                 self.check(&rc, m, n);
                 let pa = self.elem_addr(&ra, None, None);
                 let pb = self.elem_addr(&rb, None, None);
@@ -796,10 +825,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let db = self.iconst(native::dtype_code(rb.dtype));
                 // Bit 1: `b` is in a GM tensor no statement of the launch writes, so the host routine may keep
                 // its packed form for the rest of the launch.
-                let b_const = matches!(b.loc, Loc::Gm(t) if !self.gm_written.contains(&t));
-                // Bit 2: the same for `a`.
+                let b_const = matches!(b_loc, Loc::Gm(t) if !self.gm_written.contains(t));
+                // Bit 2: the same for `a`. Bit 3: `b` is given as its transpose.
                 let a_const = matches!(a.loc, Loc::Gm(t) if !self.gm_written.contains(&t));
-                let acc = self.iconst(i64::from(*accumulate) | (i64::from(b_const) << 1) | (i64::from(a_const) << 2));
+                let bits = i64::from(*accumulate)
+                    | (i64::from(b_const) << 1)
+                    | (i64::from(a_const) << 2)
+                    | (i64::from(tb.is_some()) << 3);
+                let acc = self.iconst(bits);
                 self.call("kc_mmad", &[pa, da, ra.stride, pb, db, rb.stride, pc, rc.stride, m, k, n, acc]);
             }
             Stmt::Vector { dst, rows, cols, expr } => self.vector(dst, rows, cols, expr)?,
@@ -1382,7 +1415,7 @@ const MAX_FUSED: usize = 16;
 
 /// `e` with `x + 0`, `0 + x`, `x * 1` and constant sums and products folded (copy forwarding writes a
 /// forwarded window's offset as `source offset + shift`), so that equal windows compare equal.
-fn norm(e: &SExpr) -> SExpr {
+pub(crate) fn norm(e: &SExpr) -> SExpr {
     match e {
         SExpr::Bin(op @ (SBin::Add | SBin::Mul), a, b) => {
             let (a, b) = (norm(a), norm(b));

@@ -46,6 +46,8 @@ pub struct Target {
     /// Elementwise launches give each core one contiguous run of chunks (core `i` takes chunks `i*k ..
     /// (i+1)*k`) instead of every `cores`-th chunk (default false). On the host a core is a thread's unit
     /// of work: a contiguous run is one sequential stream per tensor, which the CPU's prefetchers follow.
+    /// The grouped matmul template does the same with its work items (a core's items are consecutive, so
+    /// the n-blocks of a row tile share the packing of its rows).
     #[serde(default)]
     pub contiguous_chunks: bool,
     /// How many blocks ahead of its p·v products the score template's cube computes scores (the depth of
@@ -53,6 +55,12 @@ pub struct Target {
     /// on the host every block in flight is cache footprint.
     #[serde(default)]
     pub score_lead: Option<u32>,
+    /// The most rows of a grouped matmul's row tile (the grouped template, `moe_experts`; default 128). The
+    /// row tiles of an expert share its weight tiles, so an expert with more rows than a tile streams its
+    /// weights once per tile; on the host, where the experts have about 128 rows each, 128 split half of
+    /// them into a full tile and a sliver.
+    #[serde(default)]
+    pub grouped_rows: Option<u32>,
     pub memory: Vec<Memory>,
     pub cube: Cube,
     pub vector: Vector,

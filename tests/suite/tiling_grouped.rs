@@ -199,3 +199,87 @@ fn tiles_of_rows_not_rows() {
         }
     }
 }
+
+/// The JIT on the grouped matmul: the host reads the weights' transposing loads in place (the matrix unit's
+/// transposed-B mode, `kc_codegen::forward::transposed_b`). Compiled for the host and an NPU target, run on
+/// 1 and 2 threads, compared with the interpreter as `check` does, at awkward shapes (k and n not multiples
+/// of 16 or 32, one-row and empty segments, several k steps and n-blocks).
+fn check_jit(dims: (i64, i64, i64, i64), offsets: Option<Vec<i32>>, seed: u64) {
+    let g = kernel();
+    let args = inputs(&g, dims, offsets, seed);
+    let want = common::run(&g, &args);
+    let w = f64s(&want[0].1);
+    let mag = magnitudes(&args, dims);
+    for t in ["host", "ascend910b"] {
+        let target = Target::builtin(t).expect("target");
+        let tp = program(&g, &args, &target);
+        let compiled = kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() })
+            .unwrap_or_else(|e| panic!("compile at {dims:?} on {t}: {e:?}"));
+        for threads in [1, 2] {
+            let (got, _) = compiled
+                .run(&tp, &g, &args, threads, &Default::default())
+                .unwrap_or_else(|e| panic!("jit at {dims:?} on {t}, {threads} threads: {e:?}"));
+            let s = f64s(&got[0].1);
+            assert_eq!(w.len(), s.len());
+            for (i, (a, b)) in w.iter().zip(&s).enumerate() {
+                let tol = mag[i] / 256.0 + a.abs() / 128.0 + 1e-6;
+                assert!(
+                    (a - b).abs() <= tol,
+                    "ys[{i}] at {dims:?} on {t}, {threads} threads (offsets {:?}): interp {a} vs jit {b} (tol {tol})",
+                    f64s(&args.tensors["offsets"])
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn jit_matches_interpreter_at_awkward_shapes() {
+    let r = 41;
+    let cases: Vec<((i64, i64, i64, i64), Option<Vec<i32>>)> = vec![
+        ((1, 1, 1, 1), None),
+        ((13, 17, 19, 3), None),
+        ((37, 33, 47, 5), None),
+        // Several k steps and n-blocks, k and n not multiples of 16.
+        ((20, 300, 270, 3), None),
+        ((5, 530, 140, 2), None),
+        // One-row and empty segments.
+        ((r, 18, 20, 5), Some(vec![0, 1, 1, 2, 40, r as i32])),
+        ((r, 33, 17, 4), Some(vec![0, 0, 0, r as i32, r as i32])),
+        ((129, 40, 36, 2), Some(vec![0, 128, 129])),
+    ];
+    for (i, (dims, off)) in cases.into_iter().enumerate() {
+        check_jit(dims, off, 300 + i as u64);
+    }
+}
+
+/// The host's programs of the grouped matmul read every weight tile transposed in place: each cube launch
+/// has mmads whose `b` the matrix unit reads from the weights' rows, and no transposing loop is left to run.
+#[test]
+fn host_reads_the_weights_transposed_in_place() {
+    let g = kernel();
+    let args = inputs(&g, (40, 70, 50, 3), None, 9);
+    for t in ["host", "ascend910b"] {
+        let target = Target::builtin(t).expect("target");
+        let tp = program(&g, &args, &target);
+        for l in &tp.launches {
+            let body = kc_codegen::forward::forward(&tp, l, &l.cube);
+            let tr = kc_codegen::forward::transposed_b(&tp, l, &body);
+            let mmads = count_mmads(&body);
+            assert!(mmads > 0, "{}: no mmads on {t}", l.name);
+            assert_eq!(tr.mmads.len(), mmads, "{}: every mmad's b read transposed in place on {t}", l.name);
+            assert_eq!(tr.loops.len(), mmads, "{}: one skipped loop per mmad on {t}", l.name);
+        }
+    }
+}
+
+fn count_mmads(body: &[kc_ir::tile::Stmt]) -> usize {
+    use kc_ir::tile::Stmt;
+    body.iter()
+        .map(|s| match s {
+            Stmt::Mmad { .. } => 1,
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => count_mmads(body),
+            _ => 0,
+        })
+        .sum()
+}

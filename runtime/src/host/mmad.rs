@@ -14,6 +14,13 @@
 //!   two operands may differ). Products and sums are in f32.
 //! - Any `m, k, n ≥ 0`. With `k == 0` and no accumulate the block of `c` is set to zero; with `m == 0` or
 //!   `n == 0` nothing is touched.
+//! - **Transposed `b`** ([`mmad_bt_with`], `kc_mmad`'s bit 3): `b` is given as its transpose, an `n × k`
+//!   row-major block with row stride `ldb` (`b[p][j]` at `b[j * ldb + p]`): a weight stored `[N, K]`, Kᵀ,
+//!   `xᵀ`. The AMX path packs its VNNI panels straight from those rows (a pair of k values of one column is
+//!   one 32-bit word of a row, so a panel is a 16 × 16 transpose of words, `pack_bt_vnni`), instead of the
+//!   caller materializing the transpose for it to repack; the other paths read it element by element. A
+//!   kept packing (bit 1) of a transposed `b` is made from its second use on (`seen_before`): a grouped
+//!   matmul's weight tiles are used once, and kept they only pushed the reused packings out of the caches.
 //! - The order of summation depends on the path. [`Path::Portable`] sums sequentially,
 //!   `acc = c_or_0; for p in 0..k { acc = acc + a_ip * b_pj }` with a rounded f32 product and a rounded f32
 //!   add per step, so it is bit-identical to the obvious scalar f32 loop. The vector paths reassociate
@@ -272,8 +279,70 @@ pub unsafe fn mmad_raw(
     n: usize,
     accumulate: bool,
 ) {
-    let args = Args { a, a_dtype, lda, b, b_dtype, ldb, c, ldc, m, k, n, accumulate, b_const: false, a_const: false };
+    let args = Args {
+        a,
+        a_dtype,
+        lda,
+        b,
+        b_dtype,
+        ldb,
+        c,
+        ldc,
+        m,
+        k,
+        n,
+        accumulate,
+        b_const: false,
+        a_const: false,
+        b_trans: false,
+    };
     // SAFETY: the caller's guarantees.
+    unsafe { dispatch(path, &args) }
+}
+
+/// [`mmad_with`] with `b` given as its transpose `bt` (`n × k`, row-major, row stride `ldbt`): the contract's
+/// `b[p][j]` is `bt[j * ldbt + p]`. The matrix unit's transposed-B mode (`kc_mmad`'s bit 3).
+///
+/// # Panics
+///
+/// As [`mmad_with`], with `ldbt < k` (when `bt` has more than one row) and `bt`'s span checked instead.
+#[allow(clippy::too_many_arguments)]
+pub fn mmad_bt_with(
+    path: Path,
+    a: Operand,
+    lda: usize,
+    bt: Operand,
+    ldbt: usize,
+    c: &mut [f32],
+    ldc: usize,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+) {
+    assert!(m <= 1 || k == 0 || lda >= k, "mmad: lda {lda} < k {k}");
+    assert!(n <= 1 || k == 0 || ldbt >= k, "mmad: ldbt {ldbt} < k {k}");
+    assert!(m <= 1 || n == 0 || ldc >= n, "mmad: ldc {ldc} < n {n}");
+    assert!(a.len() >= span(m, k, lda), "mmad: a has {} elements, needs {}", a.len(), span(m, k, lda));
+    assert!(bt.len() >= span(n, k, ldbt), "mmad: bt has {} elements, needs {}", bt.len(), span(n, k, ldbt));
+    assert!(c.len() >= span(m, n, ldc), "mmad: c has {} elements, needs {}", c.len(), span(m, n, ldc));
+    let args = Args {
+        a: a.ptr(),
+        a_dtype: a.dtype(),
+        lda,
+        b: bt.ptr(),
+        b_dtype: bt.dtype(),
+        ldb: ldbt,
+        c: c.as_mut_ptr(),
+        ldc,
+        m,
+        k,
+        n,
+        accumulate,
+        b_const: false,
+        a_const: false,
+        b_trans: true,
+    };
+    // SAFETY: the asserts above keep every access inside the slices, and `c` (a unique borrow) cannot overlap
+    // `a` or `bt`.
     unsafe { dispatch(path, &args) }
 }
 
@@ -310,11 +379,12 @@ unsafe fn dispatch(path: Path, x: &Args) {
 /// will not change until the thread's next [`clear_b_cache`], so the AMX path may keep its packed form and
 /// reuse it for the next call with the same `b` window (the JIT sets it for operands in GM tensors that no
 /// statement of the launch writes); bit 2 says the same of `a` (kept when the AMX path packs `a`, which it
-/// does for an `a` read in place from a wide tensor).
+/// does for an `a` read in place from a wide tensor); bit 3 says that `b` is given as its transpose (`b[p][j]`
+/// at `b[j * ldb + p]`: an `n × k` block, row stride `ldb`), as [`mmad_bt_with`].
 ///
 /// # Safety
 ///
-/// As [`mmad_raw`].
+/// As [`mmad_raw`] (with bit 3: `b` valid for reads of the `n × k` block with row stride `ldb`).
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kc_mmad(
     a: *const u8,
@@ -350,6 +420,7 @@ pub unsafe extern "C" fn kc_mmad(
         accumulate: accumulate & 1 != 0,
         b_const: accumulate & 2 != 0,
         a_const: accumulate & 4 != 0,
+        b_trans: accumulate & 8 != 0,
     };
     // SAFETY: the caller's guarantees.
     unsafe { dispatch(path(), &args) }
@@ -358,6 +429,11 @@ pub unsafe extern "C" fn kc_mmad(
 /// Forgets the packed `b` operands this thread kept (see `kc_mmad`'s `accumulate` bit 1). The executor
 /// calls it on each thread before a launch: a kept operand is valid only while its memory is unchanged.
 pub fn clear_b_cache() {
+    let _ = SEEN.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            s.clear();
+        }
+    });
     for cache in [&B_CACHE, &A_CACHE] {
         let _ = cache.try_with(|c| {
             if let Ok(mut c) = c.try_borrow_mut() {
@@ -497,6 +573,28 @@ fn packed(
         .flatten()
 }
 
+/// Whether the transposed `b` operand `key` was seen since the thread's last [`clear_b_cache`] (and records it
+/// if not): the last `SEEN_KEYS` keys are remembered.
+#[cfg(target_arch = "x86_64")]
+fn seen_before(key: PackKey) -> bool {
+    SEEN.try_with(|s| {
+        let Ok(mut s) = s.try_borrow_mut() else { return false };
+        if s.contains(&key) {
+            return true;
+        }
+        if s.len() >= SEEN_KEYS {
+            s.remove(0);
+        }
+        s.push(key);
+        false
+    })
+    .unwrap_or(false)
+}
+
+/// How many operand keys [`seen_before`] remembers.
+#[cfg(target_arch = "x86_64")]
+const SEEN_KEYS: usize = 256;
+
 /// Packed `b` operands by (address, ldb, k, n): at most `B_CACHE_ENTRIES`, forgotten all at once when full.
 #[cfg(target_arch = "x86_64")]
 const B_CACHE_ENTRIES: usize = 64;
@@ -506,6 +604,8 @@ thread_local! {
     /// Packed `a` operands by (address, lda, m, k), kept like `B_CACHE` (`kc_mmad`'s `accumulate` bit 2): a
     /// matmul's A tile is used once per column block, so packing it each time did the same work many times.
     static A_CACHE: PackCache = RefCell::new(PackArena::default());
+    /// The transposed `b` operands seen (see `seen_before`), oldest first.
+    static SEEN: RefCell<Vec<PackKey>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The arguments of one call, checked and converted.
@@ -526,6 +626,9 @@ struct Args {
     b_const: bool,
     /// The same for `a`.
     a_const: bool,
+    /// `b` is given as its transpose: element `(p, j)` of `b` is at `b[j * ldb + p]` (an `n × k` row-major
+    /// block, row stride `ldb`).
+    b_trans: bool,
 }
 
 /// Element `idx` of an operand of dtype `d`, as f32.
@@ -545,6 +648,16 @@ unsafe fn load(ptr: *const u8, d: Dtype, idx: usize) -> f32 {
     }
 }
 
+/// The index of element `(p, j)` of `x`'s `b` (transposed or not).
+#[inline(always)]
+fn b_index(x: &Args, p: usize, j: usize) -> usize {
+    if x.b_trans {
+        j * x.ldb + p
+    } else {
+        p * x.ldb + j
+    }
+}
+
 /// The portable path: sequential sums in f32.
 ///
 /// # Safety
@@ -558,7 +671,7 @@ unsafe fn portable(x: &Args) {
                 let cij = x.c.add(i * x.ldc + j);
                 let mut acc = if x.accumulate { cij.read_unaligned() } else { 0.0 };
                 for p in 0..x.k {
-                    acc += load(x.a, x.a_dtype, i * x.lda + p) * load(x.b, x.b_dtype, p * x.ldb + j);
+                    acc += load(x.a, x.a_dtype, i * x.lda + p) * load(x.b, x.b_dtype, b_index(x, p, j));
                 }
                 cij.write_unaligned(acc);
             }
@@ -697,15 +810,29 @@ mod avx512 {
         unsafe {
             let bp = base;
             let ap = base.add(b_len);
-            for p in 0..k {
+            if x.b_trans {
+                // Each panel column is a row of the transpose, read along k.
                 for jb in 0..panels {
                     let j0 = jb * NR;
-                    convert32(
-                        x.b.add((p * x.ldb + j0) * x.b_dtype.size()),
-                        x.b_dtype,
-                        n - j0,
-                        bp.add((jb * k + p) * NR),
-                    );
+                    for p in 0..k {
+                        let dst = bp.add((jb * k + p) * NR);
+                        for jj in 0..NR {
+                            let j = j0 + jj;
+                            *dst.add(jj) = if j < n { super::load(x.b, x.b_dtype, j * x.ldb + p) } else { 0.0 };
+                        }
+                    }
+                }
+            } else {
+                for p in 0..k {
+                    for jb in 0..panels {
+                        let j0 = jb * NR;
+                        convert32(
+                            x.b.add((p * x.ldb + j0) * x.b_dtype.size()),
+                            x.b_dtype,
+                            n - j0,
+                            bp.add((jb * k + p) * NR),
+                        );
+                    }
                 }
             }
             let mut i0 = 0;
@@ -1139,6 +1266,88 @@ mod amx {
         }
     }
 
+    /// Transposes a 16 × 16 matrix of 32-bit words held as 16 rows in `r`.
+    #[inline(always)]
+    unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        // SAFETY: register operations only (AVX-512F, the caller's feature).
+        unsafe {
+            // Pairs of rows interleaved by words, then by double words: u[4g + c] holds, in its 128-bit lane L,
+            // column 4L + c of rows 4g .. 4g + 4.
+            let mut u = [_mm512_setzero_si512(); 16];
+            for g in 0..4 {
+                let (r0, r1, r2, r3) = (r[4 * g], r[4 * g + 1], r[4 * g + 2], r[4 * g + 3]);
+                let (t0, t1) = (_mm512_unpacklo_epi32(r0, r1), _mm512_unpackhi_epi32(r0, r1));
+                let (t2, t3) = (_mm512_unpacklo_epi32(r2, r3), _mm512_unpackhi_epi32(r2, r3));
+                u[4 * g] = _mm512_unpacklo_epi64(t0, t2);
+                u[4 * g + 1] = _mm512_unpackhi_epi64(t0, t2);
+                u[4 * g + 2] = _mm512_unpacklo_epi64(t1, t3);
+                u[4 * g + 3] = _mm512_unpackhi_epi64(t1, t3);
+            }
+            // Lanes gathered: column 4L + c is lane L of u[c], u[4 + c], u[8 + c], u[12 + c].
+            let mut out = [_mm512_setzero_si512(); 16];
+            for c in 0..4 {
+                let x = _mm512_shuffle_i32x4::<0x44>(u[c], u[4 + c]);
+                let y = _mm512_shuffle_i32x4::<0xEE>(u[c], u[4 + c]);
+                let x2 = _mm512_shuffle_i32x4::<0x44>(u[8 + c], u[12 + c]);
+                let y2 = _mm512_shuffle_i32x4::<0xEE>(u[8 + c], u[12 + c]);
+                out[c] = _mm512_shuffle_i32x4::<0x88>(x, x2);
+                out[4 + c] = _mm512_shuffle_i32x4::<0xDD>(x, x2);
+                out[8 + c] = _mm512_shuffle_i32x4::<0x88>(y, y2);
+                out[12 + c] = _mm512_shuffle_i32x4::<0xDD>(y, y2);
+            }
+            out
+        }
+    }
+
+    /// [`pack_b_vnni`] for a `b` given as its transpose `bt` (`n × k` bf16, row stride `ldbt`): the panels of
+    /// the same layout, packed straight from the rows of `bt`. A VNNI pair `(b[2pp][j], b[2pp + 1][j])` is
+    /// the 32-bit word `pp` of row `j` of `bt`, so a panel's 32 k values by 16 columns is a 16 × 16 transpose
+    /// of words: 16 rows of `bt` (64 bytes each, sequential streams) in, 16 panel rows out.
+    ///
+    /// # Safety
+    ///
+    /// `bt` readable for the `n × k` block, `dst` writable for `n.div_ceil(16) * kp * 16` u16; AVX-512BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_bt_vnni(bt: *const u16, ldbt: usize, k: usize, n: usize, kp: usize, dst: *mut u16) {
+        let panels = n.div_ceil(16);
+        let pstride = kp * 16;
+        // SAFETY: masked loads stay inside row `j < n`, columns `p < k`, of the block; stores inside `dst`.
+        unsafe {
+            for q in 0..panels {
+                let rows = (n - 16 * q).min(16);
+                let src = bt.add(16 * q * ldbt);
+                let pdst = dst.add(q * pstride);
+                let mut p0 = 0;
+                while p0 < kp {
+                    // The rows of the panels ahead, at the same k (a transposed operand in GM is usually cold:
+                    // 16 short row streams a page apart, which the hardware prefetchers pick up late).
+                    if p0 < k {
+                        for ahead in if q == 0 { 1..3 } else { 2..3 } {
+                            let qa = q + ahead;
+                            if qa < panels {
+                                for j in 16 * qa..(16 * qa + 16).min(n) {
+                                    _mm_prefetch::<_MM_HINT_T0>(bt.add(j * ldbt + p0).cast());
+                                }
+                            }
+                        }
+                    }
+                    let mut r = [_mm512_setzero_si512(); 16];
+                    if p0 < k {
+                        let mask = mask32(k - p0);
+                        for (j, rj) in r.iter_mut().enumerate().take(rows) {
+                            *rj = _mm512_maskz_loadu_epi16(mask, src.add(j * ldbt + p0).cast());
+                        }
+                    }
+                    let t = transpose16(r);
+                    for (i, ti) in t.iter().enumerate() {
+                        _mm512_storeu_si512(pdst.add((p0 / 2 + i) * 32).cast(), *ti);
+                    }
+                    p0 += 32;
+                }
+            }
+        }
+    }
+
     /// Row pairs of `b` per block of [`pack_b_vnni`].
     const PACK_PAIRS: usize = 16;
 
@@ -1209,16 +1418,25 @@ mod amx {
             let cp = base.add(b_bytes + a_bytes).cast::<f32>();
             // A `b` that does not change is packed once per launch and thread (B_CACHE).
             let mut cached: Option<*const u8> = None;
-            if x.b_const {
-                let key = (x.b as usize, x.ldb, k, n);
-                cached = super::packed(&super::B_CACHE, key, b_bytes, |d| {
+            let pack_b = |d: *mut u8| {
+                if x.b_trans {
+                    pack_bt_vnni(x.b.cast(), x.ldb, k, n, kp, d.cast())
+                } else {
                     pack_b_vnni(x.b.cast(), x.ldb, k, n, kp, d.cast())
-                });
+                }
+            };
+            // The layout is part of the key: the same window read transposed is another operand.
+            let key = (x.b as usize, x.ldb | (usize::from(x.b_trans) << 63), k, n);
+            // A transposed `b` is kept from its second use on: a grouped matmul's weight tiles are used once
+            // (kept, they only pushed the packings the core reuses out of its caches), x·xᵀ's and Kᵀ's
+            // panels many times.
+            if x.b_const && (!x.b_trans || super::seen_before(key)) {
+                cached = super::packed(&super::B_CACHE, key, b_bytes, pack_b);
             }
             let bp = match cached {
                 Some(p) => p.cast_mut(),
                 None => {
-                    pack_b_vnni(x.b.cast(), x.ldb, k, n, kp, bp.cast());
+                    pack_b(bp);
                     bp
                 }
             };
@@ -1378,9 +1596,27 @@ mod tests {
         pad: usize,
         acc: bool,
     ) {
-        let (lda, ldb, ldc) = (k + pad, n + 2 * pad, n + 3 * pad);
+        check_layout(path, rng, (m, k, n), ad, bd, pad, acc, false)
+    }
+
+    /// [`check`] with `b` given as its transpose (`n × k`, row stride `k + 2 * pad`) when `trans`.
+    #[allow(clippy::too_many_arguments)]
+    fn check_layout(
+        path: Path,
+        rng: &mut SmallRng,
+        (m, k, n): (usize, usize, usize),
+        ad: Dtype,
+        bd: Dtype,
+        pad: usize,
+        acc: bool,
+        trans: bool,
+    ) {
+        let (lda, ldc) = (k + pad, n + 3 * pad);
+        let ldb = if trans { k + 2 * pad } else { n + 2 * pad };
+        // Element (p, j) of b.
+        let bi = |p: usize, j: usize| if trans { j * ldb + p } else { p * ldb + j };
         let a = Mat::random(rng, ad, m * lda);
-        let b = Mat::random(rng, bd, k * ldb);
+        let b = Mat::random(rng, bd, if trans { n * ldb } else { k * ldb });
         let mut c: Vec<f32> = (0..m * ldc).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         for i in 0..m {
             for j in n..ldc {
@@ -1388,15 +1624,19 @@ mod tests {
             }
         }
         let c0 = c.clone();
-        mmad_with(path, a.operand(), lda, b.operand(), ldb, &mut c, ldc, (m, k, n), acc);
-        let what = format!("{path:?} {ad:?}x{bd:?} m={m} k={k} n={n} pad={pad} acc={acc}");
+        if trans {
+            mmad_bt_with(path, a.operand(), lda, b.operand(), ldb, &mut c, ldc, (m, k, n), acc);
+        } else {
+            mmad_with(path, a.operand(), lda, b.operand(), ldb, &mut c, ldc, (m, k, n), acc);
+        }
+        let what = format!("{path:?} {ad:?}x{bd:?} m={m} k={k} n={n} pad={pad} acc={acc} trans={trans}");
         for i in 0..m {
             for j in 0..n {
                 let init = if acc { c0[i * ldc + j] } else { 0.0 };
                 let (mut exact, mut mag) = (init as f64, init.abs() as f64);
                 let mut seq = init;
                 for p in 0..k {
-                    let (x, y) = (a.f32s[i * lda + p], b.f32s[p * ldb + j]);
+                    let (x, y) = (a.f32s[i * lda + p], b.f32s[bi(p, j)]);
                     exact += x as f64 * y as f64;
                     mag += (x as f64 * y as f64).abs();
                     seq += x * y;
@@ -1476,6 +1716,102 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The transposed-B mode on every path and dtype pair, at the shapes of `SHAPES` and around the AMX
+    /// blocking's edges (k and n not multiples of 16 or 32, one row, one column).
+    #[test]
+    fn host_mmad_transposed_b() {
+        let mut rng = SmallRng::seed_from_u64(23);
+        let dtypes = [Dtype::F32, Dtype::Bf16, Dtype::F16];
+        for path in Path::ALL {
+            if !available(path) {
+                continue;
+            }
+            for &shape in &SHAPES {
+                for ad in dtypes {
+                    for bd in dtypes {
+                        if path == Path::Amx && (ad != Dtype::Bf16 || bd != Dtype::Bf16) {
+                            continue;
+                        }
+                        for (pad, acc) in [(0, false), (3, true)] {
+                            check_layout(path, &mut rng, shape, ad, bd, pad, acc, true);
+                        }
+                    }
+                }
+            }
+            for m in [1, 16, 17, 33] {
+                for n in [1, 15, 16, 17, 31, 32, 33, 50] {
+                    for k in [1, 2, 3, 31, 32, 33, 63, 64, 65, 300] {
+                        check_layout(path, &mut rng, (m, k, n), Dtype::Bf16, Dtype::Bf16, k % 3, n % 2 == 0, true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The packing of a transposed `b` gives exactly the panels `pack_b_vnni` makes of the materialized
+    /// transpose (every element, the zero padding included).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn host_mmad_pack_bt_matches_pack_b() {
+        if !supported(Path::Avx512) {
+            return;
+        }
+        for (k, n, pad) in
+            [(1usize, 1usize, 0usize), (2, 3, 1), (31, 17, 0), (32, 16, 2), (33, 33, 5), (64, 48, 0), (100, 70, 3)]
+        {
+            let kp = k.div_ceil(32).max(1) * 32;
+            let ldbt = k + pad;
+            let bt: Vec<u16> = (0..n * ldbt).map(|i| (i as u16).wrapping_mul(7919) | 1).collect();
+            let b: Vec<u16> = (0..k * n).map(|i| bt[(i % n) * ldbt + i / n]).collect();
+            let len = n.div_ceil(16) * kp * 16;
+            let (mut want, mut got) = (vec![0xAAAAu16; len], vec![0x5555u16; len]);
+            // SAFETY: the blocks are the vectors' own; `want` and `got` hold the panels.
+            unsafe {
+                amx::pack_b_vnni(b.as_ptr(), n, k, n, kp, want.as_mut_ptr());
+                amx::pack_bt_vnni(bt.as_ptr(), ldbt, k, n, kp, got.as_mut_ptr());
+            }
+            assert_eq!(got, want, "k={k} n={n} pad={pad}");
+        }
+    }
+
+    /// The transposed mode through the JIT's entry point (bit 3), with its packing kept (bit 1): a kept
+    /// packing of the same window read the other way is not reused.
+    #[test]
+    fn host_mmad_entry_point_transposed() {
+        let (m, k, n) = (20usize, 48usize, 48usize);
+        let a: Vec<u16> = (0..m * k).map(|i| bf16::from_f32(((i % 7) as f32) - 3.0).to_bits()).collect();
+        let w: Vec<u16> = (0..k * n).map(|i| bf16::from_f32(((i % 5) as f32) - 2.0).to_bits()).collect();
+        let f = |x: u16| bf16::from_bits(x).to_f32();
+        let reference = |trans: bool| -> Vec<f32> {
+            let mut c = vec![0f32; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    for p in 0..k {
+                        let b = if trans { w[j * k + p] } else { w[p * n + j] };
+                        c[i * n + j] += f(a[i * k + p]) * f(b);
+                    }
+                }
+            }
+            c
+        };
+        let run = |bits: i64| -> Vec<f32> {
+            let mut c = vec![0f32; m * n];
+            let (mi, ki, ni) = (m as i64, k as i64, n as i64);
+            let ldb = if bits & 8 != 0 { ki } else { ni };
+            // SAFETY: the three windows are the vectors' own (k == n, so both layouts span `w`).
+            unsafe {
+                kc_mmad(a.as_ptr().cast(), 1, ki, w.as_ptr().cast(), 1, ldb, c.as_mut_ptr(), ni, mi, ki, ni, bits)
+            };
+            c
+        };
+        clear_b_cache();
+        assert_eq!(run(8), reference(true));
+        assert_eq!(run(2 | 8), reference(true));
+        assert_eq!(run(2), reference(false), "the kept transposed packing is another operand");
+        assert_eq!(run(2 | 8), reference(true));
+        clear_b_cache();
     }
 
     /// The AMX path on a non-bf16 pair falls back (and still computes the contract).

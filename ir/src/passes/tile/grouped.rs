@@ -37,6 +37,12 @@
 //!       cnt += 1
 //! ```
 //!
+//! On a target with `contiguous_chunks` (the host, where a core is a thread's unit of work) a core takes a
+//! contiguous run of items instead: a first walk over the experts counts them (`items`), and item `cnt`
+//! belongs to core `cnt · cubes / items`. A core's consecutive items are then the n-blocks of one row tile,
+//! which share its rows (the host's matrix unit packs them once). The row tiles are at most `bm` rows,
+//! 128 or the target's `grouped_rows` (256 on the host: an expert's rows in one tile).
+//!
 //! ITEM on the cube is `cube.rs`'s block with one `b` operand per matmul: `a = xs[t0.., k0..]` (rows of
 //! the expert's tile), `b_j = w_j[ex, n0.., k0..]` (transposed by MTE1 on the way to L0B), one L0C
 //! accumulator per matmul, and the same flags (MTE1->MTE2 and M->MTE1 primed twice: double-buffered k
@@ -268,7 +274,8 @@ fn base_blocks(
     let l0c = target.memory("l0c")?.usable() as i64 / nmm;
     let l1 = target.memory("l1")?.usable() as i64 - l1_fixed - 1024;
     let r16 = |x: i64| (x.max(1) + 15) / 16 * 16;
-    let (mut bm, mut bn) = (r16(r).min(128), r16(n).min(128));
+    let rows_cap = target.grouped_rows.map_or(128, |x| r16(i64::from(x)));
+    let (mut bm, mut bn) = (r16(r).min(rows_cap), r16(n).min(128));
     while bm * bn * 4 > l0c && (bm > 16 || bn > 16) {
         if bn >= bm {
             bn -= 16;
@@ -306,12 +313,16 @@ struct Walk {
     n0: SVar,
     cols: SVar,
     cnt: SVar,
+    /// The number of items, when each core takes a contiguous run of them (`Target::contiguous_chunks`).
+    total: Option<SVar>,
 }
 
 impl Walk {
-    fn new(lb: &mut LaunchBuilder<'_>, p: &str) -> Walk {
+    fn new(lb: &mut LaunchBuilder<'_>, p: &str, contiguous: bool) -> Walk {
+        let total = contiguous.then(|| lb.svar(format!("{p}items")));
         let mut s = |n: &str| lb.svar(format!("{p}{n}"));
         Walk {
+            total,
             ex: s("ex"),
             lo: s("lo"),
             hi: s("hi"),
@@ -342,10 +353,15 @@ impl Walk {
         let read = |i: SExpr| SExpr::Read { buf: off, slot: Box::new(c(0)), index: Box::new(i) };
         let clamp = |x: SExpr| min(c(p.r), max(c(0), x));
         let nbk = (n + bn - 1) / bn;
+        // Every `cubes`-th item, or (contiguous) the items `cnt` with `cnt · cubes / total` = the core.
+        let owner = match self.total {
+            None => bin(SBin::Mod, v(self.cnt), c(cubes as i64)),
+            Some(t) => bin(SBin::Div, mul(v(self.cnt), c(cubes as i64)), v(t)),
+        };
         let per_block = vec![
             Stmt::Set { var: self.n0, value: mul(v(self.nb), c(bn)) },
             Stmt::Set { var: self.cols, value: min(c(bn), sub(c(n), v(self.n0))) },
-            Stmt::If { cond: bin(SBin::Eq, bin(SBin::Mod, v(self.cnt), c(cubes as i64)), mine), then: item },
+            Stmt::If { cond: bin(SBin::Eq, owner, mine), then: item },
             Stmt::Set { var: self.cnt, value: add(v(self.cnt), c(1)) },
         ];
         let per_tile = vec![
@@ -358,11 +374,30 @@ impl Walk {
             Stmt::Set { var: self.prev, value: v(self.hi) },
             Stmt::For { var: self.t0, lo: v(self.lo), hi: v(self.hi), step: bm, body: per_tile },
         ];
-        vec![
+        let mut prog = Vec::new();
+        if let Some(t) = self.total {
+            // The items first: each expert's row tiles times the n-blocks (the walk's own bounds).
+            let count = vec![
+                Stmt::Set { var: self.lo, value: max(v(self.prev), clamp(read(v(self.ex)))) },
+                Stmt::Set { var: self.hi, value: max(v(self.lo), clamp(read(add(v(self.ex), c(1))))) },
+                Stmt::Set { var: self.prev, value: v(self.hi) },
+                Stmt::Set {
+                    var: t,
+                    value: add(v(t), mul(bin(SBin::Div, add(sub(v(self.hi), v(self.lo)), c(bm - 1)), c(bm)), c(nbk))),
+                },
+            ];
+            prog.extend([
+                Stmt::Set { var: self.prev, value: c(0) },
+                Stmt::Set { var: t, value: c(0) },
+                Stmt::For { var: self.ex, lo: c(0), hi: c(p.e), step: 1, body: count },
+            ]);
+        }
+        prog.extend([
             Stmt::Set { var: self.prev, value: c(0) },
             Stmt::Set { var: self.cnt, value: c(0) },
             Stmt::For { var: self.ex, lo: c(0), hi: c(p.e), step: 1, body: per_expert },
-        ]
+        ]);
+        prog
     }
 }
 
@@ -398,7 +433,8 @@ fn cube_program(lb: &mut LaunchBuilder<'_>, p: &Plan, mm: &Mm<'_>, cubes: u32, o
         (0..nmm).map(|j| lb.buffer(format!("b{j}_l0b"), Mem::L0B, p.dtype, vec![bk as u64, bn as u64], 2)).collect();
     let c0: Vec<BufId> =
         (0..nmm).map(|j| lb.buffer(format!("c{j}_l0c"), Mem::L0C, DType::F32, vec![bm as u64, bn as u64], 1)).collect();
-    let w = Walk::new(lb, "");
+    let contiguous = lb.target.contiguous_chunks;
+    let w = Walk::new(lb, "", contiguous);
     let kk = lb.svar("k0");
     let kl = lb.svar("klen");
     let it = lb.svar("it");
@@ -621,7 +657,8 @@ fn vector_program(
     let accs: Vec<BufId> =
         (0..nmm).map(|j| lb.buffer(format!("c{j}_ub"), Mem::UB, DType::F32, vec![hr as u64, bn as u64], 1)).collect();
     let h_ub = lb.buffer("h_ub", Mem::UB, p.dtype, vec![hr as u64, bn as u64], 1);
-    let w = Walk::new(lb, "v");
+    let contiguous = lb.target.contiguous_chunks;
+    let w = Walk::new(lb, "v", contiguous);
     let item = lb.svar("vitem");
     let r0 = lb.svar("r0");
     let rc = lb.svar("rc");
