@@ -1260,6 +1260,18 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
             || !set.is_disjoint(&vars)
             || (no_wait.contains(g) && has_cross_wait(s))
     };
+    // An accumulating mmad of the chain whose operands or sizes read the buffer, or whose operand is the
+    // tensor itself (or not an mmad at all).
+    let reads_itself = |s: &Stmt| {
+        let Stmt::Mmad { a, b, .. } = s else { return true };
+        let mut r = BTreeSet::new();
+        region_sexpr_reads(s, &mut r);
+        r.contains(&y)
+            || buf_of(a) == Some(y)
+            || buf_of(b) == Some(y)
+            || matches!(&a.loc, Loc::Gm(t) if t == g)
+            || matches!(&b.loc, Loc::Gm(t) if t == g)
+    };
     let mut chain = Vec::new();
     for i in (0..j).rev() {
         let s = &body[i];
@@ -1277,18 +1289,7 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
             return Some(chain);
         }
         if into_w(s, true) {
-            let Stmt::Mmad { a, b, .. } = s else { return None };
-            let mut gr = BTreeSet::new();
-            gm_reads(std::slice::from_ref(s), &mut gr);
-            gr.remove(g);
-            let mut r = BTreeSet::new();
-            region_sexpr_reads(s, &mut r);
-            if r.contains(&y)
-                || buf_of(a) == Some(y)
-                || buf_of(b) == Some(y)
-                || matches!(&a.loc, Loc::Gm(t) if t == g)
-                || matches!(&b.loc, Loc::Gm(t) if t == g)
-            {
+            if reads_itself(s) {
                 return None;
             }
             chain.push((i, None));
@@ -1303,15 +1304,7 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
             let mut inner = Vec::new();
             for (k, t) in then.iter().enumerate() {
                 if into_w(t, true) {
-                    let Stmt::Mmad { a, b, .. } = t else { return None };
-                    let mut r = BTreeSet::new();
-                    region_sexpr_reads(t, &mut r);
-                    if r.contains(&y)
-                        || buf_of(a) == Some(y)
-                        || buf_of(b) == Some(y)
-                        || matches!(&a.loc, Loc::Gm(x) if x == g)
-                        || matches!(&b.loc, Loc::Gm(x) if x == g)
-                    {
+                    if reads_itself(t) {
                         return None;
                     }
                     inner.push((i, Some(k)));
@@ -1752,6 +1745,24 @@ mod tests {
         SExpr::Var(SVar(v))
     }
 
+    /// An f32[16, 16] buffer of one slot in `mem`.
+    fn buf16(name: &str, mem: Mem) -> Buffer {
+        Buffer {
+            name: name.into(),
+            mem,
+            dtype: DType::F32,
+            shape: vec![16, 16],
+            slots: 1,
+            layout: Layout::ND,
+            offset: 0,
+        }
+    }
+
+    /// Buffer `b`'s slot 0 from element `off`, rows `ld` apart.
+    fn buf_at(b: u32, off: SExpr, ld: i64) -> Region {
+        Region { loc: Loc::Buf { buf: BufId(b), slot: SExpr::Const(0) }, offset: off, row_stride: SExpr::Const(ld) }
+    }
+
     /// A vector launch over `x: f32[8, 16]` (t0) into `y: f32[8, 16]` (t1), with UB buffers `a` (0) and `b` (1),
     /// f32[2, 16]; `mid` goes between the copy in and the vector statement.
     fn launch(mid: Vec<Stmt>) -> (TileProgram, Launch) {
@@ -1833,20 +1844,8 @@ mod tests {
     fn column_loop(mid: Vec<Stmt>, lo: i64, hi: SExpr, by_rows: bool) -> (TileProgram, Launch) {
         let (mut p, mut l) = launch(vec![]);
         let j = var(0);
-        let l1 = |name: &str| Buffer {
-            name: name.into(),
-            mem: Mem::L1,
-            dtype: DType::F32,
-            shape: vec![16, 16],
-            slots: 1,
-            layout: Layout::ND,
-            offset: 0,
-        };
-        let at = |b: u32, off: SExpr, ld: i64| Region {
-            loc: Loc::Buf { buf: BufId(b), slot: SExpr::Const(0) },
-            offset: off,
-            row_stride: SExpr::Const(ld),
-        };
+        let l1 = |name: &str| buf16(name, Mem::L1);
+        let at = buf_at;
         let mul = |a: SExpr, k: i64| SExpr::Bin(SBin::Mul, Box::new(a), Box::new(SExpr::Const(k)));
         let (src, dst, rows) = if by_rows {
             (at(0, mul(j.clone(), 16), 1), at(1, j.clone(), 16), SExpr::Const(16))
@@ -1903,20 +1902,8 @@ mod tests {
     /// `c (buffer 2) = a (buffer 0) · b (buffer 1)` with `k` = 16 and `n` as given, and `tail` at the end.
     fn transposing(mid: Vec<Stmt>, n: SExpr, tail: Vec<Stmt>) -> (TileProgram, Launch) {
         let (mut p, mut l) = launch(vec![]);
-        let buf = |name: &str, mem: Mem| Buffer {
-            name: name.into(),
-            mem,
-            dtype: DType::F32,
-            shape: vec![16, 16],
-            slots: 1,
-            layout: Layout::ND,
-            offset: 0,
-        };
-        let at = |b: u32, off: SExpr, ld: i64| Region {
-            loc: Loc::Buf { buf: BufId(b), slot: SExpr::Const(0) },
-            offset: off,
-            row_stride: SExpr::Const(ld),
-        };
+        let buf = buf16;
+        let at = buf_at;
         let j = var(0);
         let mut body = vec![
             Stmt::Set { var: SVar(1), value: SExpr::Const(8) },

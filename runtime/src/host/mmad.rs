@@ -241,17 +241,7 @@ pub fn mmad_with(
     (m, k, n): (usize, usize, usize),
     accumulate: bool,
 ) {
-    assert!(m <= 1 || k == 0 || lda >= k, "mmad: lda {lda} < k {k}");
-    assert!(k <= 1 || n == 0 || ldb >= n, "mmad: ldb {ldb} < n {n}");
-    assert!(m <= 1 || n == 0 || ldc >= n, "mmad: ldc {ldc} < n {n}");
-    assert!(a.len() >= span(m, k, lda), "mmad: a has {} elements, needs {}", a.len(), span(m, k, lda));
-    assert!(b.len() >= span(k, n, ldb), "mmad: b has {} elements, needs {}", b.len(), span(k, n, ldb));
-    assert!(c.len() >= span(m, n, ldc), "mmad: c has {} elements, needs {}", c.len(), span(m, n, ldc));
-    // SAFETY: the asserts above keep every access of the contract inside the slices, and `c` (a unique
-    // borrow) cannot overlap `a` or `b`.
-    unsafe {
-        mmad_raw(path, a.ptr(), a.dtype(), lda, b.ptr(), b.dtype(), ldb, c.as_mut_ptr(), ldc, m, k, n, accumulate)
-    }
+    checked(path, a, lda, b, ldb, c, ldc, (m, k, n), accumulate, false)
 }
 
 /// The multiply-accumulate of the module's contract on raw pointers, on `path` if it can run here: an
@@ -318,19 +308,44 @@ pub fn mmad_bt_with(
     (m, k, n): (usize, usize, usize),
     accumulate: bool,
 ) {
+    checked(path, a, lda, bt, ldbt, c, ldc, (m, k, n), accumulate, true)
+}
+
+/// [`mmad_with`] (`b_trans` false: `b` is `k × n`) or [`mmad_bt_with`] (true: `b` is `bt`, `n × k`): the
+/// slices' spans and row strides checked, then the call on raw pointers.
+#[allow(clippy::too_many_arguments)]
+fn checked(
+    path: Path,
+    a: Operand,
+    lda: usize,
+    b: Operand,
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    b_trans: bool,
+) {
+    let (b_rows, b_cols) = if b_trans { (n, k) } else { (k, n) };
+    let name = if b_trans { "bt" } else { "b" };
     assert!(m <= 1 || k == 0 || lda >= k, "mmad: lda {lda} < k {k}");
-    assert!(n <= 1 || k == 0 || ldbt >= k, "mmad: ldbt {ldbt} < k {k}");
+    assert!(b_rows <= 1 || b_cols == 0 || ldb >= b_cols, "mmad: ld{name} {ldb} < {}", if b_trans { "k" } else { "n" });
     assert!(m <= 1 || n == 0 || ldc >= n, "mmad: ldc {ldc} < n {n}");
     assert!(a.len() >= span(m, k, lda), "mmad: a has {} elements, needs {}", a.len(), span(m, k, lda));
-    assert!(bt.len() >= span(n, k, ldbt), "mmad: bt has {} elements, needs {}", bt.len(), span(n, k, ldbt));
+    assert!(
+        b.len() >= span(b_rows, b_cols, ldb),
+        "mmad: {name} has {} elements, needs {}",
+        b.len(),
+        span(b_rows, b_cols, ldb)
+    );
     assert!(c.len() >= span(m, n, ldc), "mmad: c has {} elements, needs {}", c.len(), span(m, n, ldc));
     let args = Args {
         a: a.ptr(),
         a_dtype: a.dtype(),
         lda,
-        b: bt.ptr(),
-        b_dtype: bt.dtype(),
-        ldb: ldbt,
+        b: b.ptr(),
+        b_dtype: b.dtype(),
+        ldb,
         c: c.as_mut_ptr(),
         ldc,
         m,
@@ -339,10 +354,10 @@ pub fn mmad_bt_with(
         accumulate,
         b_const: false,
         a_const: false,
-        b_trans: true,
+        b_trans,
     };
-    // SAFETY: the asserts above keep every access inside the slices, and `c` (a unique borrow) cannot overlap
-    // `a` or `bt`.
+    // SAFETY: the asserts above keep every access of the contract inside the slices, and `c` (a unique
+    // borrow) cannot overlap `a` or `b`.
     unsafe { dispatch(path, &args) }
 }
 
