@@ -276,7 +276,12 @@ fn base_blocks(
     let r16 = |x: i64| (x.max(1) + 15) / 16 * 16;
     let rows_cap = target.grouped_rows.map_or(128, |x| r16(i64::from(x)));
     let (mut bm, mut bn) = (r16(r).min(rows_cap), r16(n).min(128));
-    while bm * bn * 4 > l0c && (bm > 16 || bn > 16) {
+    // A mixed launch's vector cores hold their share of the tile's rows (`ceil(bm / ratio)`) of every
+    // accumulator (f32) and of `h` in UB (see `vector_program`), beside a few small buffers.
+    let ub = target.memory("ub")?.usable() as i64 - 1024;
+    let ratio = i64::from((target.vector_cores / target.cube_cores.max(1)).max(1));
+    let ub_fits = |bm: i64, bn: i64| (bm + ratio - 1) / ratio * bn * (4 * nmm + esize) <= ub;
+    while (bm * bn * 4 > l0c || !ub_fits(bm, bn)) && (bm > 16 || bn > 16) {
         if bn >= bm {
             bn -= 16;
         } else {
