@@ -55,7 +55,8 @@ pub struct Target {
     /// on the host every block in flight is cache footprint.
     #[serde(default)]
     pub score_lead: Option<u32>,
-    /// The most rows of a grouped matmul's row tile (the grouped template, `moe_experts`; default 128). The
+    /// The most rows of a grouped matmul's row tile (the grouped template, `moe_experts`; default 128; the
+    /// tiler takes fewer where the tile's accumulators would not fit L0C, or their vector share UB). The
     /// row tiles of an expert share its weight tiles, so an expert with more rows than a tile streams its
     /// weights once per tile; on the host, where the experts have about 128 rows each, 128 split half of
     /// them into a full tile and a sliver.
