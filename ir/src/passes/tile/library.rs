@@ -92,39 +92,17 @@ pub fn library(
                 .with_label(format!("k = {k}"))));
             }
             let op = RowOp::TopK { k, indices: *part == crate::graph::TopKPart::Indices };
-            rowwise(g, node_id, name, t, rows, cols, op, gm.tensors[t.0 as usize].dtype, out, target)
+            rowwise(g, node_id, name, gm, t, rows, cols, op, out, target)
         }
         NodeKind::ArgSort { src, axis, descending } => {
             let (t, shape) = resolve(g, gm, b, *src)?;
             let (rows, cols) = rows_cols(&shape, *axis)?;
-            rowwise(
-                g,
-                node_id,
-                name,
-                t,
-                rows,
-                cols,
-                RowOp::ArgSort { descending: *descending },
-                gm.tensors[t.0 as usize].dtype,
-                out,
-                target,
-            )
+            rowwise(g, node_id, name, gm, t, rows, cols, RowOp::ArgSort { descending: *descending }, out, target)
         }
         NodeKind::CumSum { src, axis, exclusive } => {
             let (t, shape) = resolve(g, gm, b, *src)?;
             let (rows, cols) = rows_cols(&shape, *axis)?;
-            rowwise(
-                g,
-                node_id,
-                name,
-                t,
-                rows,
-                cols,
-                RowOp::CumSum { exclusive: *exclusive },
-                gm.tensors[t.0 as usize].dtype,
-                out,
-                target,
-            )
+            rowwise(g, node_id, name, gm, t, rows, cols, RowOp::CumSum { exclusive: *exclusive }, out, target)
         }
         _ => None,
     }
@@ -310,11 +288,11 @@ fn rowwise(
     g: &Graph,
     node_id: ValueId,
     name: &str,
+    gm: &GmPlan,
     src: TensorId,
     rows: i64,
     cols: i64,
     op: RowOp,
-    key_dtype: DType,
     out: TensorId,
     target: &Target,
 ) -> Option<Result<Launch, Diagnostic>> {
@@ -409,6 +387,8 @@ fn rowwise(
     // A row does not fit UB. An argsort sorts blocks of the row and merges them ([`wide_argsort`]); a prefix
     // sum carries its running totals from tile to tile. Top-k would need its own merge (not done here).
     if let RowOp::ArgSort { descending } = op {
+        // The keys are gathered from `src` itself, in its own dtype.
+        let key_dtype = gm.tensors.get(src.0 as usize)?.dtype;
         return wide_argsort(node_id, g, name, src, key_dtype, rows, cols, descending, out, target);
     }
     let RowOp::CumSum { exclusive } = op else { return None };
