@@ -199,7 +199,7 @@ impl Lowerer<'_> {
             Some(Bind::Index(v)) => Some(Lowered::Val(TVal::scalar(Expr::new(ExprKind::Var(v), ScalarTy::I32, span)))),
             Some(Bind::Poison) => None,
             None => {
-                if self.kernel_names.contains(&id.name) {
+                if self.kernel_names.contains_key(&id.name) {
                     self.err(
                         Diagnostic::error(Code::NotAValue, span, format!("`{}` is a kernel, not a value", id.name))
                             .with_note("kernels cannot be called or read; put shared code in a `fn`"),

@@ -122,8 +122,7 @@ pub fn compile(sources: &mut SourceMap, root: FileId, loader: &dyn Loader) -> (P
         .collect();
     let mut program = Program::default();
     for k in kernels {
-        let mut lw = Lowerer::new(&fns, &std_fns, std_id);
-        lw.kernel_names = kernel_names.keys().cloned().collect();
+        let mut lw = Lowerer::new(&fns, &std_fns, std_id, &kernel_names);
         let graph = lw.kernel(k);
         let failed = lw.diags.iter().any(|d| d.is_error());
         // An error inside an unrolled loop or an inlined fn is reported once.
@@ -279,7 +278,7 @@ pub(crate) struct Lowerer<'a> {
     /// The span of each fn call being inlined.
     pub call_sites: Vec<Span>,
     /// The file's kernels (not values: a name that is one gets a clear error).
-    pub kernel_names: BTreeSet<String>,
+    pub kernel_names: &'a BTreeMap<String, Span>,
     /// Inside a branch of `where(c, a, b)`: element reads there may be guarded.
     pub masked: u32,
     /// The index variables being bound by the statements and reductions being lowered, whose uses count
@@ -297,6 +296,7 @@ impl<'a> Lowerer<'a> {
         fns: &'a BTreeMap<String, &'a ast::FnDef>,
         std_fns: &'a BTreeMap<String, &'a ast::FnDef>,
         std_file: FileId,
+        kernel_names: &'a BTreeMap<String, Span>,
     ) -> Lowerer<'a> {
         Lowerer {
             fns,
@@ -314,7 +314,7 @@ impl<'a> Lowerer<'a> {
             call_stack: Vec::new(),
             fn_files: Vec::new(),
             call_sites: Vec::new(),
-            kernel_names: BTreeSet::new(),
+            kernel_names,
             masked: 0,
             collecting: Vec::new(),
             too_big: false,
