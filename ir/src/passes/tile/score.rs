@@ -57,8 +57,8 @@
 //! PV(j): v tiles GM->L1[h]; cross_wait #1; p tiles ws_p[slot]->L1[h]; per h: L1->L0A/L0B, mmad -> L0C
 //!        (accumulating over h, and over j in accumulate mode); [online] FIX -> ws_o[slot]; cross_set #2
 //! SOFTMAX(j): cross_wait #0; ws_s[slot] -> UB; tile members (the anchor in place); m = max(m, rowmax z);
-//!        x_old = x; x = X(m); alpha[slot] = l > 0 ? exp(x_old - x) : 0; e = exp(z - x) (in place of z in
-//!        online mode); l = l·alpha + rowsum(e); p = e (online) or z (accumulate), cast to v's dtype;
+//!        x_old = x; x = X(m); alpha[slot] = l > 0 ? exp(x_old - x) : 0; l = l·alpha; e = exp(z - x) (in
+//!        place of z in online mode); l += rowsum(e); p = e (online) or z (accumulate), cast to v's dtype;
 //!        UB -> ws_p[slot]; cross_set #1
 //! UPDATE(j): cross_wait #2; ws_o[slot] -> UB; O = O·alpha[slot] + pv (skipped when the band sees no
 //!        column of block j: the cube left its rows of the p·v tile stale, and alpha is 1)
@@ -1832,24 +1832,17 @@ fn build(
                 Box::new(VExpr::F32(0.0)),
             );
             w.push(vec_st(ub(alpha, aslot.clone(), 1), c(1), a));
-            let exp_of =
-                |z: VExpr| VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, Box::new(z), rsrow(rowb[&xs]))));
-            let e = exp_of(VExpr::Read(zb(tiles[&z].0, c(0))));
-            match &kf {
-                None => w.push(live(vec![vec_st(zb(e_ub, c(0)), v(vcl), e)])),
-                // exp(k·raw - x): one multiply-add before the exp.
-                Some((kv, ..)) => {
-                    let scaled = VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), Box::new(VExpr::Read(zb(raw, c(0)))));
-                    let plain = vec![vec_st(zb(e_ub, c(0)), v(vcl), exp_of(scaled))];
-                    w.push(live(by_block(plain, vec![vec_st(zb(e_ub, c(0)), v(vcl), e)])));
-                }
-            }
+            // l = l·alpha first, so that the exp statement and the row sum that accumulates into l are one
+            // pair in one body (the host computes them in one pass: docs/jit.md, row routines).
             w.push(vec_st(
                 srow(rowb[&l]),
                 c(1),
                 VExpr::Binary(BinOp::Mul, rsrow(rowb[&l]), Box::new(VExpr::ReadRow(ub(alpha, aslot, 1)))),
             ));
-            w.push(live(vec![Stmt::Reduce {
+            let exp_of =
+                |z: VExpr| VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, Box::new(z), rsrow(rowb[&xs]))));
+            let e = exp_of(VExpr::Read(zb(tiles[&z].0, c(0))));
+            let sum = Stmt::Reduce {
                 op: ReduceOp::Sum,
                 axis: 1,
                 src: zb(e_ub, c(0)),
@@ -1857,7 +1850,16 @@ fn build(
                 rows: v(rc),
                 cols: v(vcl),
                 accumulate: true,
-            }]));
+            };
+            match &kf {
+                None => w.push(live(vec![vec_st(zb(e_ub, c(0)), v(vcl), e), sum])),
+                // exp(k·raw - x): one multiply-add before the exp.
+                Some((kv, ..)) => {
+                    let scaled = VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), Box::new(VExpr::Read(zb(raw, c(0)))));
+                    let plain = vec![vec_st(zb(e_ub, c(0)), v(vcl), exp_of(scaled)), sum.clone()];
+                    w.push(live(by_block(plain, vec![vec_st(zb(e_ub, c(0)), v(vcl), e), sum])));
+                }
+            }
         }
         let src = match (online, e_ub) {
             (true, Some(e)) => e,
