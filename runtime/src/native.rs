@@ -695,7 +695,7 @@ pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const
                 _ => ops::nan_min(a, x),
             };
             if axis == 1 {
-                // Row by row, 8 lanes at a time (`host::rowmath`, vectorized for the host).
+                // Row by row, 32 lanes at a time (`host::rowmath`, 16-lane vectors on AVX-512 hosts).
                 let n = cols.max(0) as usize;
                 for r in 0..rows {
                     let o = dst.idx(r, 0);
