@@ -12,7 +12,8 @@
 //!   bit for bit those of the inline code (`codegen/tests/math.rs` checks it), so the error bound of the inline
 //!   `exp` holds.
 //! - [`reduce_row`] folds a row into [`LANES`] (32) running lanes (element `c` into lane `c mod 32`, for the
-//!   first `32·⌊n/32⌋` elements), then folds the lanes in order, then the tail in order. Max and min propagate NaN
+//!   first `32·⌊n/32⌋` elements), then folds the lanes (in order for max and min, as a tree for the sum:
+//!   `sum_lanes`), then the tail in order. Max and min propagate NaN
 //!   (as the interpreter's `nan_max`/`nan_min`), so their result is the interpreter's whatever the order. It
 //!   requests the lines 4 KiB ahead of its reads (the hardware prefetcher stops at page boundaries, and a
 //!   row reduction is often the first touch of its tensor). Max and min are written with AVX-512
@@ -187,8 +188,7 @@ unsafe fn exp_row<const BF16: bool, const SUB: bool, const SUM: bool, const MUL:
         }
         i += 1;
     }
-    let part = lanes.iter().fold(0f32, |a, &x| a + x);
-    (acc + part) + tail
+    (acc + sum_lanes(lanes)) + tail
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -482,6 +482,37 @@ fn fold_lanes<T: Copy>(acc: f32, xs: &[T], get: impl Fn(T) -> f32, init: f32, co
     comb(comb(acc, part), tail)
 }
 
+/// The sum of a row's [`LANES`] running lanes, as a tree: lane `j` plus lane `j + 16`, then `j + 8`, `j + 4`,
+/// `j + 2`, `j + 1` (five dependent vector adds; the sequential fold of 32 lanes was a chain of 32 scalar adds,
+/// a third of a 256-element row's `exp` and sum).
+#[inline(always)]
+fn sum_lanes(mut w: [f32; LANES]) -> f32 {
+    let mut h = LANES / 2;
+    while h > 0 {
+        for j in 0..h {
+            w[j] += w[j + h];
+        }
+        h /= 2;
+    }
+    w[0]
+}
+
+/// A row's sum: element `c` into lane `c mod 32` (the first `32·⌊n/32⌋` elements), then `(acc + tree of the
+/// lanes) + the tail in order`.
+#[inline(always)]
+fn sum_fold<T: Copy>(acc: f32, xs: &[T], get: impl Fn(T) -> f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for ch in &mut chunks {
+        prefetch_ahead(ch);
+        for j in 0..LANES {
+            lanes[j] += get(ch[j]);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(0f32, |a, &x| a + get(x));
+    (acc + sum_lanes(lanes)) + tail
+}
+
 #[inline(always)]
 fn reduce_row_generic(op: ReduceOp, acc: Option<f32>, row: Row) -> Option<f32> {
     let bf = |h: u16| f32::from_bits(u32::from(h) << 16);
@@ -492,8 +523,8 @@ fn reduce_row_generic(op: ReduceOp, acc: Option<f32>, row: Row) -> Option<f32> {
         (ReduceOp::Max, Row::Bf16(x)) => fold_lanes(a, x, bf, id, nan_max),
         (ReduceOp::Min, Row::F32(x)) => fold_lanes(a, x, |v| v, id, nan_min),
         (ReduceOp::Min, Row::Bf16(x)) => fold_lanes(a, x, bf, id, nan_min),
-        (_, Row::F32(x)) => fold_lanes(a, x, |v| v, id, |a, b| a + b),
-        (_, Row::Bf16(x)) => fold_lanes(a, x, bf, id, |a, b| a + b),
+        (_, Row::F32(x)) => sum_fold(a, x, |v| v),
+        (_, Row::Bf16(x)) => sum_fold(a, x, bf),
     })
 }
 
@@ -616,7 +647,13 @@ mod tests {
         for (i, &x) in xs[..full].iter().enumerate() {
             lanes[i % LANES] += x;
         }
-        let mut want = lanes.iter().fold(0.0, |a, &b| a + b);
+        // The lanes summed as a tree: j + 16, then j + 8, ... (written out, not through `sum_lanes`).
+        for h in [16, 8, 4, 2, 1] {
+            for j in 0..h {
+                lanes[j] += lanes[j + h];
+            }
+        }
+        let mut want = 0.0 + lanes[0];
         let tail = xs[full..].iter().fold(0.0, |a, &b| a + b);
         want += tail;
         assert_eq!(r(ReduceOp::Sum, Row::F32(&xs)).to_bits(), want.to_bits());
