@@ -226,6 +226,12 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_exp_f32", kc_runtime::host::rowmath::kc_rt_exp_f32 as *const u8, vec![I64; 2], vec![]),
         ("kc_rt_f32_to_bf16", native::kc_rt_f32_to_bf16 as *const u8, vec![I64; 3], vec![]),
         ("kc_rt_row_exp", rowmath::kc_rt_row_exp as *const u8, vec![I64, I64, I64, F32, F32, I64, I64], vec![]),
+        (
+            "kc_rt_row_exp_bf",
+            rowmath::kc_rt_row_exp_bf as *const u8,
+            vec![I64, I64, I64, F32, F32, I64, I64, I64],
+            vec![],
+        ),
         ("kc_rt_row_scalar", rowmath::kc_rt_row_scalar as *const u8, vec![I64, I64, I64, F32, I64], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
@@ -625,8 +631,8 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             let mut n = fusable_run(self.prog, self.launch, &body[i..]);
             if n >= 2 {
                 self.vector_group(&body[i..i + n])?;
-            } else if self.exp_sum(&body[i..])? {
-                n = 2;
+            } else if let Some(k) = self.exp_sum(&body[i..])? {
+                n = k;
             } else {
                 self.stmt(&body[i])?;
             }
@@ -1765,7 +1771,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
 
     fn vector(&mut self, dst: &'p Region, rows: &SExpr, cols: &SExpr, expr: &'p VExpr) -> Result<(), Diagnostic> {
         if let Some(form) = row_form(self.prog, self.launch, dst, expr) {
-            return self.row_routine(dst, rows, cols, expr, &form, None);
+            return self.row_routine(dst, rows, cols, expr, &form, None, None);
         }
         let rows = self.sexpr(rows)?;
         let cols = self.sexpr(cols)?;
@@ -1945,27 +1951,59 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
     /// A vector statement `exp(src - s)` into `f32` ([`row_form`]) followed by the sum of its destination's
     /// rows (the same window and sizes) into an `f32` buffer apart from both: one [`rowmath::kc_rt_row_exp`]
     /// call per row computes the row and its sum, with the bits of the two statements run one after the other
-    /// (the sum in [`rowmath::reduce_row`]'s order). `false`: not such a pair (nothing emitted).
-    fn exp_sum(&mut self, body: &'p [Stmt]) -> Result<bool, Diagnostic> {
-        let [Stmt::Vector { dst, rows, cols, expr }, Stmt::Reduce { op: ReduceOp::Sum, axis: 1, src, dst: rd, rows: r2, cols: c2, accumulate }, ..] =
+    /// (the sum in [`rowmath::reduce_row`]'s order). When the next statement past any flag statements (no-ops
+    /// on the host) casts the exp's destination, the same window, to bf16 in a buffer apart from the others or
+    /// a GM tensor that no other may alias (attention's `p = e`, forwarded into the cube's workspace), the
+    /// same call stores that too ([`rowmath::kc_rt_row_exp_bf`]). The number of
+    /// statements done, or `None`: not such a pair (nothing emitted).
+    fn exp_sum(&mut self, body: &'p [Stmt]) -> Result<Option<usize>, Diagnostic> {
+        let [Stmt::Vector { dst, rows, cols, expr }, Stmt::Reduce { op: ReduceOp::Sum, axis: 1, src, dst: rd, rows: r2, cols: c2, accumulate }, rest @ ..] =
             body
         else {
-            return Ok(false);
+            return Ok(None);
         };
         if src != dst || r2 != rows || c2 != cols {
-            return Ok(false);
+            return Ok(None);
         }
-        let Some(form @ RowForm::Exp { .. }) = row_form(self.prog, self.launch, dst, expr) else { return Ok(false) };
+        let Some(form @ RowForm::Exp { .. }) = row_form(self.prog, self.launch, dst, expr) else { return Ok(None) };
         if self.loc_dtype(&rd.loc) != Some(DType::F32) || !matches!(rd.loc, Loc::Buf { .. }) {
-            return Ok(false);
+            return Ok(None);
         }
         let mut regions = Vec::new();
         collect_reads(expr, &mut regions);
         if same_storage(rd, dst) || regions.iter().any(|(_, r)| same_storage(r, rd)) {
-            return Ok(false);
+            return Ok(None);
         }
-        self.row_routine(dst, rows, cols, expr, &form, Some((rd, *accumulate)))?;
-        Ok(true)
+        let flags = rest.iter().take_while(|s| matches!(s, Stmt::SetFlag { .. } | Stmt::WaitFlag { .. })).count();
+        let conv = match rest.get(flags) {
+            Some(Stmt::Vector { dst: cd, rows: r3, cols: c3, expr: VExpr::Read(x) })
+                if x == dst
+                    && r3 == rows
+                    && c3 == cols
+                    && (match cd.loc {
+                        Loc::Buf { .. } => true,
+                        Loc::Gm(t) => !may_alias(self.prog, t),
+                    })
+                    && self.loc_dtype(&cd.loc) == Some(DType::BF16)
+                    && !same_storage(cd, dst)
+                    && !same_storage(cd, rd)
+                    && !regions.iter().any(|(_, r)| same_storage(r, cd)) =>
+            {
+                Some(cd)
+            }
+            _ => None,
+        };
+        self.row_routine(dst, rows, cols, expr, &form, Some((rd, *accumulate)), conv)?;
+        match conv {
+            // The flag statements between emit nothing on the host; they are compiled in order all the same.
+            Some(_) => {
+                for st in &rest[..flags] {
+                    self.stmt(st)?;
+                }
+                Ok(Some(3 + flags))
+            }
+            None => Ok(Some(2)),
+        }
     }
 
     /// A vector statement of a [`RowForm`], one host call per row (16 lanes at a time, the bits of the inline
@@ -1978,6 +2016,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         expr: &'p VExpr,
         form: &RowForm<'p>,
         sum: Option<(&'p Region, bool)>,
+        conv: Option<&'p Region>,
     ) -> Result<(), Diagnostic> {
         let rows = self.sexpr(rows)?;
         let cols = self.sexpr(cols)?;
@@ -1996,6 +2035,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let x = self.region(rd, "the reduction's destination")?;
                 self.check(&x, rows, one);
                 Some((x, accumulate))
+            }
+            None => None,
+        };
+        let conv = match conv {
+            Some(cd) => {
+                let x = self.region(cd, "the cast's destination")?;
+                self.check(&x, rows, cols);
+                Some(x)
             }
             None => None,
         };
@@ -2027,7 +2074,15 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                         None => g.iconst(0),
                     };
                     let flags = g.iconst(f);
-                    g.call("kc_rt_row_exp", &[pd, ps, flags, sv, kv, cols, sp]);
+                    match &conv {
+                        Some(x) => {
+                            let pb = g.elem_addr(x, Some(r), None);
+                            g.call("kc_rt_row_exp_bf", &[pd, ps, flags, sv, kv, cols, sp, pb]);
+                        }
+                        None => {
+                            g.call("kc_rt_row_exp", &[pd, ps, flags, sv, kv, cols, sp]);
+                        }
+                    }
                 }
                 RowForm::Scalar { s, op, swap, .. } => {
                     let zero = g.iconst(0);

@@ -148,6 +148,7 @@ unsafe fn exp_row<const BF16: bool, const SUB: bool, const SUM: bool, const MUL:
     k: f32,
     n: usize,
     acc: f32,
+    bf: *mut u16,
 ) -> f32 {
     // `k·x - s` as the inline code computes it: the product rounded, then the difference.
     let arg = |x: f32| {
@@ -177,12 +178,20 @@ unsafe fn exp_row<const BF16: bool, const SUB: bool, const SUM: bool, const MUL:
         for (j, &v) in x.iter().enumerate() {
             unsafe { *dst.add(i + j) = v };
         }
+        if !bf.is_null() {
+            for (j, &v) in x.iter().enumerate() {
+                unsafe { *bf.add(i + j) = bf16_bits(v) };
+            }
+        }
         i += LANES;
     }
     let mut tail = 0f32;
     while i < n {
         let e = exp_f32(arg(unsafe { load::<BF16>(src, i) }));
         unsafe { *dst.add(i) = e };
+        if !bf.is_null() {
+            unsafe { *bf.add(i) = bf16_bits(e) };
+        }
         if SUM {
             tail += e;
         }
@@ -204,26 +213,27 @@ unsafe fn exp_row_any(
     k: f32,
     n: usize,
     acc: f32,
+    bf: *mut u16,
 ) -> f32 {
     // SAFETY: forwarded from the caller.
     unsafe {
         match (bf16, sub, sum, mul) {
-            (false, false, false, false) => exp_row::<false, false, false, false>(dst, src, s, k, n, acc),
-            (false, false, false, true) => exp_row::<false, false, false, true>(dst, src, s, k, n, acc),
-            (false, false, true, false) => exp_row::<false, false, true, false>(dst, src, s, k, n, acc),
-            (false, false, true, true) => exp_row::<false, false, true, true>(dst, src, s, k, n, acc),
-            (false, true, false, false) => exp_row::<false, true, false, false>(dst, src, s, k, n, acc),
-            (false, true, false, true) => exp_row::<false, true, false, true>(dst, src, s, k, n, acc),
-            (false, true, true, false) => exp_row::<false, true, true, false>(dst, src, s, k, n, acc),
-            (false, true, true, true) => exp_row::<false, true, true, true>(dst, src, s, k, n, acc),
-            (true, false, false, false) => exp_row::<true, false, false, false>(dst, src, s, k, n, acc),
-            (true, false, false, true) => exp_row::<true, false, false, true>(dst, src, s, k, n, acc),
-            (true, false, true, false) => exp_row::<true, false, true, false>(dst, src, s, k, n, acc),
-            (true, false, true, true) => exp_row::<true, false, true, true>(dst, src, s, k, n, acc),
-            (true, true, false, false) => exp_row::<true, true, false, false>(dst, src, s, k, n, acc),
-            (true, true, false, true) => exp_row::<true, true, false, true>(dst, src, s, k, n, acc),
-            (true, true, true, false) => exp_row::<true, true, true, false>(dst, src, s, k, n, acc),
-            (true, true, true, true) => exp_row::<true, true, true, true>(dst, src, s, k, n, acc),
+            (false, false, false, false) => exp_row::<false, false, false, false>(dst, src, s, k, n, acc, bf),
+            (false, false, false, true) => exp_row::<false, false, false, true>(dst, src, s, k, n, acc, bf),
+            (false, false, true, false) => exp_row::<false, false, true, false>(dst, src, s, k, n, acc, bf),
+            (false, false, true, true) => exp_row::<false, false, true, true>(dst, src, s, k, n, acc, bf),
+            (false, true, false, false) => exp_row::<false, true, false, false>(dst, src, s, k, n, acc, bf),
+            (false, true, false, true) => exp_row::<false, true, false, true>(dst, src, s, k, n, acc, bf),
+            (false, true, true, false) => exp_row::<false, true, true, false>(dst, src, s, k, n, acc, bf),
+            (false, true, true, true) => exp_row::<false, true, true, true>(dst, src, s, k, n, acc, bf),
+            (true, false, false, false) => exp_row::<true, false, false, false>(dst, src, s, k, n, acc, bf),
+            (true, false, false, true) => exp_row::<true, false, false, true>(dst, src, s, k, n, acc, bf),
+            (true, false, true, false) => exp_row::<true, false, true, false>(dst, src, s, k, n, acc, bf),
+            (true, false, true, true) => exp_row::<true, false, true, true>(dst, src, s, k, n, acc, bf),
+            (true, true, false, false) => exp_row::<true, true, false, false>(dst, src, s, k, n, acc, bf),
+            (true, true, false, true) => exp_row::<true, true, false, true>(dst, src, s, k, n, acc, bf),
+            (true, true, true, false) => exp_row::<true, true, true, false>(dst, src, s, k, n, acc, bf),
+            (true, true, true, true) => exp_row::<true, true, true, true>(dst, src, s, k, n, acc, bf),
         }
     }
 }
@@ -242,9 +252,10 @@ unsafe fn exp_row_avx512(
     k: f32,
     n: usize,
     acc: f32,
+    bf: *mut u16,
 ) -> f32 {
     // SAFETY: forwarded from the caller.
-    unsafe { exp_row_any(dst, src, bf16, sub, sum, mul, s, k, n, acc) }
+    unsafe { exp_row_any(dst, src, bf16, sub, sum, mul, s, k, n, acc, bf) }
 }
 
 /// Flags of [`kc_rt_row_exp`] and [`kc_rt_row_scalar`]: the source row is bf16 (otherwise `f32`).
@@ -281,6 +292,27 @@ pub unsafe extern "C" fn kc_rt_row_exp(
     n: i64,
     sum: *mut f32,
 ) {
+    // SAFETY: forwarded from the caller.
+    unsafe { kc_rt_row_exp_bf(dst, src, flags, s, k, n, sum, std::ptr::null_mut()) }
+}
+
+/// [`kc_rt_row_exp`], and when `bf` is not null, the bf16 bits of each result ([`bf16_bits`], the JIT's
+/// rounding) into `bf[i]` too: the statement that casts the exp's destination to bf16 right after it
+/// (attention's `p = e`), computed in the same pass.
+///
+/// # Safety
+/// As [`kc_rt_row_exp`]; `bf` is null or points to `n` writable bf16s overlapping none of the others.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kc_rt_row_exp_bf(
+    dst: *mut f32,
+    src: *const u8,
+    flags: i64,
+    s: f32,
+    k: f32,
+    n: i64,
+    sum: *mut f32,
+    bf: *mut u16,
+) {
     let n = n.max(0) as usize;
     let bf16 = flags & ROW_SRC_BF16 != 0;
     let sub = flags & ROW_EXP_SUB != 0;
@@ -291,7 +323,7 @@ pub unsafe extern "C" fn kc_rt_row_exp(
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: the features were detected; the caller passes valid rows.
-        let v = unsafe { exp_row_avx512(dst, src, bf16, sub, want, mul, s, k, n, acc) };
+        let v = unsafe { exp_row_avx512(dst, src, bf16, sub, want, mul, s, k, n, acc, bf) };
         if want {
             // SAFETY: as above.
             unsafe { *sum = v };
@@ -299,7 +331,7 @@ pub unsafe extern "C" fn kc_rt_row_exp(
         return;
     }
     // SAFETY: the caller passes valid rows.
-    let v = unsafe { exp_row_any(dst, src, bf16, sub, want, mul, s, k, n, acc) };
+    let v = unsafe { exp_row_any(dst, src, bf16, sub, want, mul, s, k, n, acc, bf) };
     if want {
         // SAFETY: as above.
         unsafe { *sum = v };
@@ -767,6 +799,16 @@ mod tests {
                     assert_eq!(a.to_bits(), b.to_bits(), "n {n}");
                 }
                 assert_eq!(sum.to_bits(), want_sum.to_bits(), "n {n}");
+                // With the cast to bf16 in the same pass: the same f32 row and sum, and the row's bf16 bits.
+                let (mut got2, mut sum2, mut cast) = (vec![0f32; n], start, vec![0x5555u16; n]);
+                unsafe {
+                    kc_rt_row_exp_bf(got2.as_mut_ptr(), src, flags, s, k, n as i64, &mut sum2, cast.as_mut_ptr())
+                };
+                assert_eq!(sum2.to_bits(), want_sum.to_bits(), "n {n}");
+                for ((a, b), h) in got2.iter().zip(&want).zip(&cast) {
+                    assert_eq!(a.to_bits(), b.to_bits(), "n {n}");
+                    assert_eq!(*h, bf16_bits(*b), "n {n}: {b}");
+                }
                 // In place, without the sum.
                 if !src_bf16 {
                     let mut v = xs.clone();

@@ -1823,6 +1823,30 @@ fn build(
         for (b, e) in &elem_loop {
             w.push(vec_st(srow(*b), c(1), e.clone()));
         }
+        let src = match (online, e_ub) {
+            (true, Some(e)) => e,
+            _ => tiles[&p.pz].0,
+        };
+        // p = e (cast to v's dtype) once the previous p was stored, then p to the cube's workspace: right
+        // after the exp and its row sum, in their body, when p is e (the host computes the three in one pass
+        // and stores p straight into the workspace: docs/jit.md, row routines and copy forwarding).
+        let handoff = vec![
+            waitf(Mte3, V, EV_PUB),
+            vec_st(ub(p_ub, c(0), bn), v(vcl), VExpr::Read(zb(src, c(0)))),
+            // The score tile (raw, the anchor in place, e) is read for the last time.
+            setf(V, Mte2, EV_RAW),
+            setf(V, Mte3, EV_PUB),
+            waitf(V, Mte3, EV_PUB),
+            Stmt::Copy {
+                pipe: Mte3,
+                src: ub(p_ub, c(0), bn),
+                dst: reg(Loc::Gm(ws_p), add(add(own(mine.clone(), per_s), ring(vj, bm * bn)), mul(v(r0), c(bn))), bn),
+                rows: v(rc),
+                cols: v(vcl),
+            },
+            setf(Mte3, V, EV_PUB),
+        ];
+        let mut handed = false;
         if let (Some((l, z, xs)), Some(e_ub)) = (lstat, e_ub) {
             let aslot = ring(vj, hr);
             // alpha = l > 0 ? exp(x_old - x) : 0 (nothing accumulated yet: l and O are 0).
@@ -1851,36 +1875,25 @@ fn build(
                 cols: v(vcl),
                 accumulate: true,
             };
+            let tail = if src == e_ub {
+                handed = true;
+                handoff.clone()
+            } else {
+                Vec::new()
+            };
+            let body = |e: VExpr| [vec![vec_st(zb(e_ub, c(0)), v(vcl), e), sum.clone()], tail.clone()].concat();
             match &kf {
-                None => w.push(live(vec![vec_st(zb(e_ub, c(0)), v(vcl), e), sum])),
+                None => w.push(live(body(e))),
                 // exp(k·raw - x): one multiply-add before the exp.
                 Some((kv, ..)) => {
                     let scaled = VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), Box::new(VExpr::Read(zb(raw, c(0)))));
-                    let plain = vec![vec_st(zb(e_ub, c(0)), v(vcl), exp_of(scaled)), sum.clone()];
-                    w.push(live(by_block(plain, vec![vec_st(zb(e_ub, c(0)), v(vcl), e), sum])));
+                    w.push(live(by_block(body(exp_of(scaled)), body(e))));
                 }
             }
         }
-        let src = match (online, e_ub) {
-            (true, Some(e)) => e,
-            _ => tiles[&p.pz].0,
-        };
-        let mut t1 = Vec::new();
-        t1.push(waitf(Mte3, V, EV_PUB));
-        t1.push(vec_st(ub(p_ub, c(0), bn), v(vcl), VExpr::Read(zb(src, c(0)))));
-        // The score tile (raw, the anchor in place, e) is read for the last time.
-        t1.push(setf(V, Mte2, EV_RAW));
-        t1.push(setf(V, Mte3, EV_PUB));
-        t1.push(waitf(V, Mte3, EV_PUB));
-        t1.push(Stmt::Copy {
-            pipe: Mte3,
-            src: ub(p_ub, c(0), bn),
-            dst: reg(Loc::Gm(ws_p), add(add(own(mine.clone(), per_s), ring(vj, bm * bn)), mul(v(r0), c(bn))), bn),
-            rows: v(rc),
-            cols: v(vcl),
-        });
-        t1.push(setf(Mte3, V, EV_PUB));
-        w.push(live(t1));
+        if !handed {
+            w.push(live(handoff));
+        }
         q.push(Stmt::If { cond: lt(c(0), v(rc)), then: w });
         q.push(Stmt::CrossSet { flag: F_P });
         q
