@@ -20,7 +20,9 @@
 //!   for the JIT's fusion of such a statement with the row sum of its destination that follows it, that sum
 //!   in [`reduce_row`]'s order: the bits of the two statements run one after the other, in one pass.
 //! - [`kc_rt_row_scalar`] computes one row of `dst = src op s` or `s op src` (`+ - * /` in `f32`), from and to
-//!   `f32` or bf16 (rounded as the JIT rounds): softmax's normalization, for one.
+//!   `f32` or bf16 (rounded as the JIT rounds): softmax's normalization, for one. On AVX-512 its division
+//!   multiplies by the row's reciprocal and corrects once (the bits of the division, see `wide`), and a large
+//!   GM destination is stored with non-temporal stores ([`ROW_DST_STREAM`]).
 //!
 //! The row routines work by blocks of [`LANES`] elements, each loaded before it is stored, so a destination
 //! may be its source (the same window); they are given no other overlap.
