@@ -487,6 +487,10 @@ const SPLATS: usize = 32;
 /// whose bf16 results are rounded by `kc_rt_f32_to_bf16`.
 const EXP_CHUNK: i64 = 512;
 
+/// The smallest GM tensor whose row-routine stores go around the caches ([`Gen::streams`]): 16 MiB, more than
+/// the host's private caches hold, so that its lines would be evicted before anything reads them again.
+const STREAM_BYTES: u64 = 16 << 20;
+
 /// Loads and stores of the compiled code: not trapping (every window was checked), not known aligned.
 const TRUSTED: MemFlagsData = MemFlagsData::new().with_notrap();
 /// Bitcasts between vector shapes: lanes in little-endian order.
@@ -694,6 +698,15 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
     }
 
     /// The dtype of a window's storage (`None`: no such tensor or buffer).
+    /// Whether a row routine's stores to `dst` should bypass the caches ([`rowmath::ROW_DST_STREAM`]): `dst`
+    /// is a GM tensor of at least [`STREAM_BYTES`], which the launch does not read back from the caches.
+    fn streams(&self, dst: &Region) -> bool {
+        let Loc::Gm(t) = dst.loc else { return false };
+        let Some(g) = self.prog.tensors.get(t.0 as usize) else { return false };
+        let bytes = g.shape.iter().fold(g.dtype.size_bytes() as u64, |a, &d| a.saturating_mul(d));
+        bytes >= STREAM_BYTES
+    }
+
     fn loc_dtype(&self, l: &Loc) -> Option<DType> {
         match l {
             Loc::Gm(t) => self.prog.tensors.get(t.0 as usize).map(|g| g.dtype),
@@ -2105,6 +2118,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     }
                     if *swap {
                         f |= rowmath::ROW_SWAP;
+                    }
+                    if g.streams(dst) {
+                        f |= rowmath::ROW_DST_STREAM;
                     }
                     let flags = g.iconst(f);
                     g.call("kc_rt_row_scalar", &[pd, ps, flags, sv, cols]);

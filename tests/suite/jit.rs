@@ -428,6 +428,57 @@ fn jit_exps_by_chunks_match_interpreter() {
     }
 }
 
+/// Row routines whose destination is a GM tensor of 16 MiB or more store it with non-temporal stores
+/// (`ROW_DST_STREAM`, aligned to 64 bytes after a head of single elements): softmax in bf16 and a division by
+/// a per-row value in f32 (the reciprocal path), rows of an odd width so that each row starts at another
+/// alignment, on 1 and 2 threads, against the interpreter.
+#[test]
+fn jit_row_routines_streaming_large_outputs_match_interpreter() {
+    let src = "kernel smb(b: bf16[R, C]) -> y: bf16[R, C] { y = softmax(b, axis: -1); }\n\
+               kernel div(x: f32[R, C], s: f32[R]) -> p: f32[R, C] { p[r, c] = x[r, c] / (s[r] + 3.0); }\n";
+    let prog = common::compile_ok_src("stream", src);
+    let target = Target::builtin("host").expect("builtin target");
+    for (g, r) in prog.kernels.iter().zip([2050i64, 1025]) {
+        let c = 4099i64;
+        let dims: BTreeMap<String, i64> = [("R".to_string(), r), ("C".to_string(), c)].into();
+        let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+        let mut args = kc_runtime::random::random_args(g, &given, 5).expect("random inputs");
+        // Zeros and huge values now and then: lanes the reciprocal division leaves to the division.
+        for (name, t) in args.tensors.iter_mut() {
+            if name == "s" {
+                continue;
+            }
+            let v: Vec<f32> = (0..t.len())
+                .map(|i| match i % 1009 {
+                    3 => 0.0,
+                    7 => -3.0e30,
+                    _ => t.get_f64(i) as f32 * 8.0,
+                })
+                .collect();
+            *t = kc_ir::tensor::Tensor::from_f32_as(t.dtype(), t.shape.clone(), &v).expect("a tensor");
+        }
+        let bytes = (r * c) as usize * if g.name == "div" { 4 } else { 2 };
+        assert!(bytes >= 16 << 20, "{} is not large enough to stream", g.name);
+        let want = common::run(g, &args);
+        let (_, tp, _) = tile_at(g, &dims, &target);
+        let compiled = kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("{}: {e:?}", g.name));
+        for threads in [1, 2] {
+            let (got, _) = compiled
+                .run(&tp, g, &args, threads, &Limits::default())
+                .unwrap_or_else(|e| panic!("{}, {threads} threads: {e:?}", g.name));
+            for ((n, a), (_, b)) in got.iter().zip(&want) {
+                assert_matches_within(&format!("{}.{n}, {threads} threads", g.name), a, b, 0.25);
+                if g.name == "div" {
+                    // One division per element in both: the same bits, signs of zeros included.
+                    let bits =
+                        |t: &kc_ir::tensor::Tensor| t.to_f64_vec().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert!(bits(a) == bits(b), "div.{n}, {threads} threads: not the interpreter's bits");
+                }
+            }
+        }
+    }
+}
+
 /// Vector statements that a host routine computes row by row (`kc_rt_row_exp`, `kc_rt_row_scalar`):
 /// `exp(x - row value)` into f32 with and without the sum of its rows that follows it (softmax and
 /// logsumexp over f32 and bf16), `x op row value` and `row value op x` for `+ - * /` into f32 and bf16, and the

@@ -15,15 +15,17 @@
 //!   first `32·⌊n/32⌋` elements), then folds the lanes (in order for max and min, as a tree for the sum:
 //!   `sum_lanes`), then the tail in order. Max and min propagate NaN
 //!   (as the interpreter's `nan_max`/`nan_min`), so their result is the interpreter's whatever the order. It
-//!   requests the lines 4 KiB ahead of its reads (the hardware prefetcher stops at page boundaries, and a
-//!   row reduction is often the first touch of its tensor). Max and min are written with AVX-512
+//!   requests the lines 4 KiB ahead of its reads into L2 (the hardware prefetcher stops at page boundaries,
+//!   and a row reduction is often the first touch of its tensor). Max and min are written with AVX-512
 //!   intrinsics (`minmax_avx512`: `vmaxps` lanes and a NaN mask, the fold's bits; the compiler left the
 //!   fold's NaN branch scalar, 4 to 7 times slower than the sum); the sum is the vectorized loop.
 //! - [`kc_rt_row_exp`] computes one row of `dst = exp(src - s)` (or `exp(src)`) from an `f32` or bf16 row, and,
 //!   for the JIT's fusion of such a statement with the row sum of its destination that follows it, that sum
 //!   in [`reduce_row`]'s order: the bits of the two statements run one after the other, in one pass.
 //! - [`kc_rt_row_scalar`] computes one row of `dst = src op s` or `s op src` (`+ - * /` in `f32`), from and to
-//!   `f32` or bf16 (rounded as the JIT rounds): softmax's normalization, for one.
+//!   `f32` or bf16 (rounded as the JIT rounds): softmax's normalization, for one. On AVX-512 its division
+//!   multiplies by the row's reciprocal and corrects once (the bits of the division, see `wide`), and a large
+//!   GM destination is stored with non-temporal stores ([`ROW_DST_STREAM`]).
 //!
 //! The row routines work by blocks of [`LANES`] elements, each loaded before it is stored, so a destination
 //! may be its source (the same window); they are given no other overlap.
@@ -272,6 +274,9 @@ pub const ROW_DST_BF16: i64 = 2;
 pub const ROW_SWAP: i64 = 4;
 /// [`kc_rt_row_scalar`]: the operation, `(flags >> ROW_OP_SHIFT) & 3`: add, sub, mul, div.
 pub const ROW_OP_SHIFT: i64 = 3;
+/// [`kc_rt_row_scalar`]: the destination is a large tensor in global memory that the row's stores should not
+/// pull into the caches: non-temporal stores where the host has them (a hint: the results are the same).
+pub const ROW_DST_STREAM: i64 = 32;
 
 /// One row of a vector statement `dst = exp(src - s)` (or `exp(src)`, or either with `k·src` for `src`:
 /// [`ROW_EXP_MUL`]), `f32` results from an `f32` or bf16 row, with the operations of the JIT's inline code
@@ -414,7 +419,170 @@ unsafe fn scalar_row_any(dst: *mut u8, src: *const u8, flags: i64, s: f32, n: us
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 unsafe fn scalar_row_avx512(dst: *mut u8, src: *const u8, flags: i64, s: f32, n: usize) {
     // SAFETY: forwarded from the caller.
-    unsafe { scalar_row_any(dst, src, flags, s, n) }
+    unsafe {
+        if flags & ROW_SWAP == 0 {
+            let op = (flags >> ROW_OP_SHIFT) & 3;
+            let stream = flags & ROW_DST_STREAM != 0;
+            match (flags & ROW_SRC_BF16 != 0, flags & ROW_DST_BF16 != 0) {
+                (false, false) => return wide::scalar_row::<false, false>(dst, src, op, s, n, stream),
+                (false, true) => return wide::scalar_row::<false, true>(dst, src, op, s, n, stream),
+                (true, false) => return wide::scalar_row::<true, false>(dst, src, op, s, n, stream),
+                (true, true) => return wide::scalar_row::<true, true>(dst, src, op, s, n, stream),
+            }
+        }
+        scalar_row_any(dst, src, flags, s, n)
+    }
+}
+
+/// `x op s` rows with AVX-512 intrinsics (see [`kc_rt_row_scalar`]): the division by multiplying by the
+/// reciprocal and one correction step, and, on request, non-temporal stores.
+///
+/// The division: with `r = 1/s` rounded to nearest (one division per row), `q = x·r` rounded is within 1 ulp
+/// of `x/s`, the remainder `x - s·q` is exact in a fused multiply-add, and `q + rem·r` rounded (a second
+/// one) is `x/s` correctly rounded — Markstein's theorem, which holds when nothing under- or overflows. So
+/// the path is taken only for `2^-60 ≤ |s| ≤ 2^60` (per row) and for lanes with `2^-60 ≤ |x| ≤ 2^60`
+/// (finite, not zero, not subnormal: the quotient and the remainder stay normal); a vector with any other
+/// lane divides those lanes. The same bits as `x / s`, at the cost of three multiply-adds instead of a
+/// division (`vdivps` on 16 lanes: about 10 cycles of throughput, which bound softmax's last pass).
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use std::arch::x86_64::*;
+
+    /// `2^-60` and `2^60` as bits: the range of `|s|` and `|x|` where the reciprocal division is exact.
+    const SAFE_LO: i32 = 67 << 23;
+    const SAFE_HI: i32 = 187 << 23;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    unsafe fn load16<const SBF: bool>(p: *const u8, i: usize) -> __m512 {
+        // SAFETY: the caller's row holds elements `i..i + 16`.
+        unsafe {
+            if SBF {
+                let h = _mm256_loadu_si256(p.cast::<u16>().add(i).cast());
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            } else {
+                _mm512_loadu_ps(p.cast::<f32>().add(i))
+            }
+        }
+    }
+
+    /// [`super::bf16_bits`] on 16 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    fn bf16x16(v: __m512) -> __m256i {
+        let b = _mm512_castps_si512(v);
+        let hi = _mm512_srli_epi32::<16>(b);
+        let lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb)));
+        let mag = _mm512_and_si512(b, _mm512_set1_epi32(0x7FFF_FFFF));
+        let nan = _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32(0x7F80_0000));
+        let r = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+        _mm512_cvtepi32_epi16(r)
+    }
+
+    /// `x op s` on 16 lanes; `recip`: divide through `r` (see the module documentation).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    fn op16(x: __m512, op: i64, s: __m512, r: __m512, recip: bool) -> __m512 {
+        match op {
+            0 => _mm512_add_ps(x, s),
+            1 => _mm512_sub_ps(x, s),
+            2 => _mm512_mul_ps(x, s),
+            _ if recip => {
+                let q0 = _mm512_mul_ps(x, r);
+                let rem = _mm512_fnmadd_ps(q0, s, x);
+                let q = _mm512_fmadd_ps(rem, r, q0);
+                let mag = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7FFF_FFFF));
+                let ok = _mm512_cmple_epu32_mask(
+                    _mm512_sub_epi32(mag, _mm512_set1_epi32(SAFE_LO)),
+                    _mm512_set1_epi32(SAFE_HI - SAFE_LO),
+                );
+                if ok == 0xFFFF {
+                    q
+                } else {
+                    _mm512_mask_div_ps(q, !ok, x, s)
+                }
+            }
+            _ => _mm512_div_ps(x, s),
+        }
+    }
+
+    /// One element, as the portable code computes it.
+    #[inline(always)]
+    unsafe fn one<const SBF: bool, const DBF: bool>(dst: *mut u8, src: *const u8, op: i64, s: f32, i: usize) {
+        // SAFETY: the caller's rows hold element `i`.
+        unsafe {
+            let x = super::load::<SBF>(src, i);
+            let v = match op {
+                0 => x + s,
+                1 => x - s,
+                2 => x * s,
+                _ => x / s,
+            };
+            if DBF {
+                *dst.cast::<u16>().add(i) = super::bf16_bits(v);
+            } else {
+                *dst.cast::<f32>().add(i) = v;
+            }
+        }
+    }
+
+    /// `dst[i] = src[i] op s` for `i < n`: elements one at a time up to a 64-byte boundary of `dst`, then
+    /// blocks of 32 (loaded before stored, so `dst` may be `src`), stored with non-temporal stores when
+    /// `stream` (then fenced before returning), then the tail.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) unsafe fn scalar_row<const SBF: bool, const DBF: bool>(
+        dst: *mut u8,
+        src: *const u8,
+        op: i64,
+        s: f32,
+        n: usize,
+        stream: bool,
+    ) {
+        let size = if DBF { 2 } else { 4 };
+        let mag = (s.to_bits() & 0x7FFF_FFFF) as i32;
+        let recip = op == 3 && (SAFE_LO..=SAFE_HI).contains(&mag);
+        let sv = _mm512_set1_ps(s);
+        let rv = _mm512_set1_ps(1.0 / s);
+        let mut i = 0;
+        // SAFETY (all accesses): the caller passes `n` elements each.
+        unsafe {
+            while i < n && (dst as usize + i * size) % 64 != 0 {
+                one::<SBF, DBF>(dst, src, op, s, i);
+                i += 1;
+            }
+            while i + 32 <= n {
+                let a = op16(load16::<SBF>(src, i), op, sv, rv, recip);
+                let b = op16(load16::<SBF>(src, i + 16), op, sv, rv, recip);
+                if DBF {
+                    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bf16x16(a)), bf16x16(b));
+                    let p = dst.cast::<u16>().add(i).cast::<__m512i>();
+                    if stream {
+                        _mm512_stream_si512(p, v);
+                    } else {
+                        _mm512_store_si512(p, v);
+                    }
+                } else {
+                    let p = dst.cast::<f32>().add(i);
+                    if stream {
+                        _mm512_stream_ps(p, a);
+                        _mm512_stream_ps(p.add(16), b);
+                    } else {
+                        _mm512_store_ps(p, a);
+                        _mm512_store_ps(p.add(16), b);
+                    }
+                }
+                i += 32;
+            }
+            while i < n {
+                one::<SBF, DBF>(dst, src, op, s, i);
+                i += 1;
+            }
+            if stream {
+                _mm_sfence();
+            }
+        }
+    }
 }
 
 /// One row of a vector statement `dst = src op s` or `s op src` (`op` one of `+ - * /`, `s` the row's value of
@@ -476,19 +644,21 @@ pub const LANES: usize = 32;
 /// memory, as softmax's and cross-entropy's maxima are).
 const PREFETCH_BYTES: usize = 4096;
 
-/// Requests the cache lines [`PREFETCH_BYTES`] past a block of a row (a hint: addresses past the row's end,
+/// Requests the cache lines [`PREFETCH_BYTES`] past a block of a row into L2 (`prefetcht1`: a request into L1
+/// holds one of the core's few L1 fill buffers until the line arrives, which capped a row maximum's read
+/// from DRAM at about 6 GB/s; L2 requests have more in flight) (a hint: addresses past the row's end,
 /// even unmapped ones, are harmless).
 #[inline(always)]
 fn prefetch_ahead<T>(block: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
         let p = block.as_ptr() as *const i8;
         let bytes = std::mem::size_of_val(block);
         let mut off = 0;
         while off < bytes {
             // SAFETY: a prefetch has no architectural effect and does not fault.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + off)) };
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_BYTES + off)) };
             off += 64;
         }
     }
@@ -889,6 +1059,96 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The division through the reciprocal (and the streaming stores) give the bits of `x / s` for every
+    /// divisor class: both ends of the range where the reciprocal path is taken and past them, quotients
+    /// near overflow and underflow, zeros of both signs, subnormals, infinities, NaN; at every alignment of
+    /// the destination and length.
+    #[test]
+    fn row_division_is_the_division_bit_for_bit() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let p2 = |e: i32| f32::from_bits(((127 + e) as u32) << 23);
+        let mut divisors = vec![1.0f32, -1.0, 3.0, 0.3, -7.5e-3, 4096.0, 1.0e-30, 3.0e30, f32::MAX, f32::MIN_POSITIVE];
+        divisors.extend([p2(-60), p2(60), p2(-61), p2(61), -p2(-60), p2(60) * 1.5, p2(-60) * 0.75]);
+        divisors.extend([0.0, -0.0, 1.0e-40, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        divisors.extend([f32::from_bits(0x3FFF_FFFF), f32::from_bits(0x3F80_0001)]);
+        for _ in 0..40 {
+            let m = (rnd() as u32) & 0x7F_FFFF;
+            let e = (100 + rnd() % 55) as u32;
+            divisors.push(f32::from_bits((e << 23) | m) * if rnd() % 2 == 0 { 1.0 } else { -1.0 });
+        }
+        let n = 4096 + 77;
+        let xs: Vec<f32> = (0..n)
+            .map(|i| match i % 97 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::NAN,
+                3 => f32::INFINITY,
+                4 => -1.0e-41,
+                5 => p2(-60),
+                6 => p2(60),
+                7 => -p2(-61),
+                8 => p2(61),
+                9 => f32::MAX,
+                10 => f32::from_bits(0x0080_0001),
+                _ => {
+                    let m = (rnd() as u32) & 0x7F_FFFF;
+                    let e = (60 + rnd() % 135) as u32;
+                    f32::from_bits((e << 23) | m | if rnd() % 3 == 0 { 0x8000_0000 } else { 0 })
+                }
+            })
+            .collect();
+        let bf: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
+        let widen = |h: u16| f32::from_bits(u32::from(h) << 16);
+        let div = 3 << ROW_OP_SHIFT;
+        for &s in &divisors {
+            for sbf in [false, true] {
+                for stream in [false, true] {
+                    for (at, len) in [(0usize, n), (1, n - 1), (5, 1000), (31, 33), (2, 0), (3, 31)] {
+                        let want: Vec<f32> =
+                            (at..at + len).map(|i| if sbf { widen(bf[i]) } else { xs[i] } / s).collect();
+                        let src = if sbf { bf[at..].as_ptr() as *const u8 } else { xs[at..].as_ptr() as *const u8 };
+                        let mut flags = div + i64::from(sbf) * ROW_SRC_BF16;
+                        if stream {
+                            flags |= ROW_DST_STREAM;
+                        }
+                        let mut got = vec![0f32; len + 16];
+                        let d = got[at % 16..].as_mut_ptr() as *mut u8;
+                        unsafe { kc_rt_row_scalar(d, src, flags, s, len as i64) };
+                        for (a, b) in got[at % 16..at % 16 + len].iter().zip(&want) {
+                            assert_eq!(a.to_bits(), b.to_bits(), "{s:e}: {a:e} for {b:e}");
+                        }
+                        let mut got = vec![0u16; len + 32];
+                        let d = got[at % 32..].as_mut_ptr() as *mut u8;
+                        unsafe { kc_rt_row_scalar(d, src, flags | ROW_DST_BF16, s, len as i64) };
+                        for (a, b) in got[at % 32..at % 32 + len].iter().zip(&want) {
+                            assert_eq!(*a, bf16_bits(*b), "{s:e}: {b:e}");
+                        }
+                    }
+                }
+            }
+        }
+        // In place, f32 and bf16.
+        for &s in &divisors[..12] {
+            let mut v = xs.clone();
+            unsafe { kc_rt_row_scalar(v.as_mut_ptr() as *mut u8, v.as_ptr() as *const u8, div, s, n as i64) };
+            for (a, x) in v.iter().zip(&xs) {
+                assert_eq!(a.to_bits(), (x / s).to_bits());
+            }
+            let mut h = bf.clone();
+            let f = div | ROW_SRC_BF16 | ROW_DST_BF16 | ROW_DST_STREAM;
+            unsafe { kc_rt_row_scalar(h.as_mut_ptr() as *mut u8, h.as_ptr() as *const u8, f, s, n as i64) };
+            for (a, &x) in h.iter().zip(&bf) {
+                assert_eq!(*a, bf16_bits(widen(x) / s));
             }
         }
     }
