@@ -56,13 +56,21 @@ fn main() {
     let same_a = same_env.contains('a');
     // KEEP: the "does not change" bits to pass (6: a and b, 2: b only, 4: a only, 0: none).
     let keep: i64 = std::env::var("KEEP").ok().and_then(|s| s.parse().ok()).unwrap_or(6) | 1;
+    // COLS=1: the blocks column by column (consecutive blocks share their B panel, as a host launch's core
+    // takes them when its blocks run down a column); else row by row (consecutive blocks share A).
+    let cols_first = std::env::var("COLS").is_ok_and(|v| v == "1");
+    let order: Vec<(usize, usize)> = if cols_first {
+        (0..n).step_by(bn).flat_map(|n0| (0..m).step_by(bm).map(move |m0| (m0, n0))).collect()
+    } else {
+        (0..m).step_by(bm).flat_map(|m0| (0..n).step_by(bn).map(move |n0| (m0, n0))).collect()
+    };
     let mut sink = 0f32;
     let mut best = f64::INFINITY;
     for _ in 0..7 {
         clear_b_cache();
         let t = cpu_time();
-        for m0 in (0..m).step_by(bm) {
-            for n0 in (0..n).step_by(bn) {
+        for &(m0, n0) in &order {
+            {
                 let (rows, cols) = ((m - m0).min(bm), (n - n0).min(bn));
                 for k0 in (0..k).step_by(bk) {
                     let kl = (k - k0).min(bk);

@@ -544,3 +544,52 @@ fn jit_row_routines_match_interpreter() {
         }
     }
 }
+
+/// On a target with `contiguous_chunks` (the host) each cube core runs a contiguous run of a matmul's blocks
+/// instead of every `cores`-th one (`block_of` in the cube template). With more blocks than cores and a
+/// remainder (runs of unequal length), with an elementwise epilogue (whose vector cores must map each of
+/// their cube core's blocks the same way), and batched, the JIT still computes every block exactly once:
+/// it matches the interpreter on 1 and 2 threads.
+#[test]
+fn jit_matmul_contiguous_block_runs_match_interpreter() {
+    let kernels = [
+        "kernel k(a: bf16[M, K], b: bf16[K, N]) -> c: bf16[M, N] { c = a @ b; }",
+        "kernel k(a: bf16[M, K], b: bf16[K, N]) -> c: f32[M, N] { c = 3.0 * (a @ b) + 1.0; }",
+        "kernel k(a: bf16[B, M, K], b: bf16[B, K, N]) -> c: bf16[B, M, N] { c = a @ b; }",
+    ];
+    let mut mixed = 0;
+    for (ki, src) in kernels.iter().enumerate() {
+        let mut sources = kc_frontend::SourceMap::new();
+        let id = sources.add("runs.ker", *src);
+        let (program, diags) = kc_frontend::compile(&mut sources, id, &common::FsLoader);
+        assert!(diags.is_empty(), "{}", kc_frontend::render(&diags, &sources, false));
+        let g = program.kernels.into_iter().next().expect("one kernel");
+        for (m, k, n) in [(300, 64, 520), (530, 96, 270)] {
+            let dims: BTreeMap<String, i64> =
+                [("B", 3), ("M", m), ("K", k), ("N", n)].iter().map(|(d, v)| (d.to_string(), *v)).collect();
+            let dims: BTreeMap<String, i64> = dims.into_iter().filter(|(d, _)| g.dims.contains(d)).collect();
+            let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+            let args = kc_runtime::random::random_args(&g, &given, 7 + ki as u64).expect("random args");
+            let want = common::run(&g, &args);
+            for cubes in [4u32, 5, 16] {
+                let mut target = Target::builtin("host").expect("host target");
+                assert!(target.contiguous_chunks, "the host deals contiguous runs");
+                target.cube_cores = cubes;
+                target.vector_cores = 2 * cubes;
+                let (_, tp, _) = tile_at(&g, &dims, &target);
+                mixed += tp.launches.iter().filter(|l| l.cube_cores > 0 && l.vector_cores > 0).count();
+                let compiled = kc_codegen::compile(&tp, &opts()).expect("compiles");
+                for threads in [1, 2] {
+                    let (got, _) = compiled
+                        .run(&tp, &g, &args, threads, &Limits::default())
+                        .unwrap_or_else(|e| panic!("kernel {ki} at {dims:?}, {cubes} cores: {e:?}"));
+                    for ((name, a), (_, b)) in got.iter().zip(&want) {
+                        let what = format!("kernel {ki}.{name} at {dims:?}, {cubes} cores, {threads} threads");
+                        assert_matches_within(&what, a, b, 0.25);
+                    }
+                }
+            }
+        }
+    }
+    assert!(mixed > 0, "no launch ran an epilogue on vector cores");
+}

@@ -5,7 +5,8 @@
 //! Tiling (CANN's `TCubeTiling`): base blocks `bm × bn × bk`, multiples of the 16-wide fractal, with
 //! `bm·bn·4 ≤ L0C/2`, `bm·bk·2 ≤ L0A/2` and `bk·bn·2 ≤ L0B/2`; remainders are partial tiles (a smaller
 //! `rows × cols` window: nothing is padded in GM). The (batch, m-block, n-block) triples are dealt to the
-//! cube cores round-robin; K is not split across cores. Per block, on each cube core:
+//! cube cores round-robin, or on a target with `contiguous_chunks` (the host) as one contiguous run per
+//! core (`block_of`); K is not split across cores. Per block, on each cube core:
 //!
 //! ```text
 //! wait FIX->M                                   (L0C free: the previous block's result is out)
@@ -554,9 +555,11 @@ fn build(
     let jj = lb.svar("j");
 
     // The block's coordinates, from `blk`.
+    let contiguous = target.contiguous_chunks;
     let coords = |stmts: &mut Vec<Stmt>| {
-        stmts.push(Stmt::Set { var: bi, value: bin(SBin::Div, v(blk), c(mb * nbk)) });
-        let r = bin(SBin::Mod, v(blk), c(mb * nbk));
+        let lin = block_of(v(blk), blocks, cubes as i64, contiguous);
+        stmts.push(Stmt::Set { var: bi, value: bin(SBin::Div, lin.clone(), c(mb * nbk)) });
+        let r = bin(SBin::Mod, lin, c(mb * nbk));
         stmts.push(Stmt::Set { var: m0, value: mul(bin(SBin::Div, r.clone(), c(nbk)), c(bm)) });
         stmts.push(Stmt::Set { var: n0, value: mul(bin(SBin::Mod, r, c(nbk)), c(bn)) });
         stmts.push(Stmt::Set { var: rows, value: bin(SBin::Min, c(bm), bin(SBin::Sub, c(m), v(m0))) });
@@ -822,10 +825,12 @@ fn epilogue_program(
         Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 },
         Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::Mte2, event: 0 },
     ];
+    // The same block as the cube core's at this `blk` (see `block_of`).
+    let lin = block_of(v(blk), blocks, cubes as i64, lb.target.contiguous_chunks);
     let mut body = vec![
-        Stmt::Set { var: bi, value: bin(SBin::Div, v(blk), c(mb * nbk)) },
-        Stmt::Set { var: m0, value: mul(bin(SBin::Div, bin(SBin::Mod, v(blk), c(mb * nbk)), c(nbk)), c(bm)) },
-        Stmt::Set { var: n0, value: mul(bin(SBin::Mod, bin(SBin::Mod, v(blk), c(mb * nbk)), c(nbk)), c(bn)) },
+        Stmt::Set { var: bi, value: bin(SBin::Div, lin.clone(), c(mb * nbk)) },
+        Stmt::Set { var: m0, value: mul(bin(SBin::Div, bin(SBin::Mod, lin.clone(), c(mb * nbk)), c(nbk)), c(bm)) },
+        Stmt::Set { var: n0, value: mul(bin(SBin::Mod, bin(SBin::Mod, lin, c(mb * nbk)), c(nbk)), c(bn)) },
         Stmt::Set { var: rows, value: bin(SBin::Min, c(bm), bin(SBin::Sub, c(m), v(m0))) },
         Stmt::Set { var: cols, value: bin(SBin::Min, c(bn), bin(SBin::Sub, c(n), v(n0))) },
         Stmt::Set { var: r0, value: mul(sub, c(hr)) },
@@ -899,6 +904,24 @@ fn epilogue_program(
     prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });
     prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::Mte2, event: 0 });
     Some(prog)
+}
+
+/// The block (a row-major index over batch, m-block, n-block) that a core runs at loop value `blk`: the
+/// loop is `for blk in core .. blocks step cubes`, so `blk` is the core's `blk / cubes`-th block. Dealt
+/// round-robin, that block is `blk` itself. With the target's `contiguous_chunks` (the host, where a core is
+/// a unit of a thread's work) core `i` runs the consecutive blocks `i·q + min(i, r) ..` instead (`q, r =
+/// blocks / cubes, blocks % cubes`; core `i` has `q + (i < r)` of them either way): one after another its
+/// blocks go along a row of C, so they share their rows of `a` (which the host cube routine keeps packed,
+/// and which stay in the core's cache from one block to the next) and stream the columns of `b`.
+fn block_of(blk: SExpr, blocks: i64, cubes: i64, contiguous: bool) -> SExpr {
+    if !contiguous || cubes <= 1 {
+        return blk;
+    }
+    let (q, r) = (blocks / cubes, blocks % cubes);
+    let core = bin(SBin::Mod, blk.clone(), c(cubes));
+    let j = bin(SBin::Div, blk, c(cubes));
+    let start = if r == 0 { mul(core, c(q)) } else { add(mul(core.clone(), c(q)), bin(SBin::Min, core, c(r))) };
+    add(start, j)
 }
 
 fn mine_expr(ratio: u32) -> SExpr {
