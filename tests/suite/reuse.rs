@@ -298,7 +298,7 @@ fn grouped_programs_are_planned_for_each_calls_offsets() {
         let interp = kc_ir::interp::run(&g, &args).expect("interpreter");
         for (((name, w), (_, r)), (_, x)) in want.iter().zip(&got).zip(&interp) {
             common::assert_same_bits(&format!("{what}: {name}"), w, r);
-            crate::tiled::assert_matches_within(&format!("{what}: {name} vs the interpreter"), r, x, 0.05);
+            crate::tiled::assert_matches_within(&format!("{what}: {name} vs the interpreter"), r, x, 0.25);
         }
         code.recycle(got);
         let plan = code.reuse_plan_for(&tp, &g, &args);
