@@ -105,6 +105,11 @@ pub struct Compiled {
     /// walk nor keeps memory; the second call stores its memory, the third reuses it).
     arena: native::Arena,
     reuse: std::sync::OnceLock<kc_runtime::reuse::Plan>,
+    /// For a program whose control reads data: the GM tensors it may read ([`kc_runtime::reuse::control_sources`],
+    /// `None` when its control reads none), and the plans computed for the latest contents of these
+    /// tensors (a plan is only applied to calls with the very contents it was computed for).
+    control: std::sync::OnceLock<Option<std::collections::BTreeSet<TensorId>>>,
+    by_data: std::sync::Mutex<Vec<(Vec<u8>, std::sync::Arc<kc_runtime::reuse::Plan>)>>,
     calls: std::sync::atomic::AtomicUsize,
     poison: std::sync::atomic::AtomicBool,
 }
@@ -137,14 +142,110 @@ impl Compiled {
             .iter()
             .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
             .collect();
-        native::run(prog, graph, args, &launches, threads, limits, Some(self.reuse(prog)))
+        let plan = self.plan_for_call(prog, graph, args);
+        native::run(prog, graph, args, &launches, threads, limits, Some(self.reuse(plan.as_deref())))
     }
 
-    /// What this call may reuse ([`native::Reuse`]): the arena, and from the second call on, the plan.
-    fn reuse(&self, prog: &TileProgram) -> native::Reuse<'_> {
-        let first = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
-        let plan = (!first || self.reuse.get().is_some()).then(|| self.reuse_plan(prog));
+    /// What this call may reuse ([`native::Reuse`]): the arena, and the call's plan.
+    fn reuse<'a>(&'a self, plan: Option<&'a kc_runtime::reuse::Plan>) -> native::Reuse<'a> {
         native::Reuse { arena: &self.arena, plan, poison: self.poison.load(std::sync::atomic::Ordering::Relaxed) }
+    }
+
+    /// The plan for a call on `args`, from the second call on (a program run once neither pays for the
+    /// walk nor keeps memory): the program's plan, or for a program whose control reads data, the plan
+    /// for the call's contents of the tensors it reads ([`Self::reuse_plan_for`]).
+    fn plan_for_call(
+        &self,
+        prog: &TileProgram,
+        graph: &Graph,
+        args: &Args,
+    ) -> Option<std::borrow::Cow<'_, kc_runtime::reuse::Plan>> {
+        let first = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+        if first && self.reuse.get().is_none() && self.by_data.lock().map_or(true, |c| c.is_empty()) {
+            return None;
+        }
+        if self.control_sources().is_some() {
+            let p = self.reuse_plan_for(prog, graph, args);
+            return Some(std::borrow::Cow::Owned(p.as_ref().clone()));
+        }
+        Some(std::borrow::Cow::Borrowed(self.reuse_plan(prog)))
+    }
+
+    fn walked(&self) -> Vec<kc_runtime::inplace::Compiled<'_>> {
+        self.launches
+            .iter()
+            .map(|l| kc_runtime::inplace::Compiled { cube: &l.bodies.0, vector: &l.bodies.1, sites: &l.sites })
+            .collect()
+    }
+
+    /// The GM tensors the control may read, if it reads data.
+    fn control_sources(&self) -> Option<&std::collections::BTreeSet<TensorId>> {
+        self.control
+            .get_or_init(|| {
+                let l = self.walked();
+                kc_runtime::reuse::reads_data(&l).then(|| kc_runtime::reuse::control_sources(&l))
+            })
+            .as_ref()
+    }
+
+    /// What the program (`prog`, lowered from `graph`) may get back dirty on a call with `args`: for a
+    /// program whose control reads data, the plan for the call's contents of the tensors it reads
+    /// ([`kc_runtime::reuse::plan_with_data`]; kept for the [`MAX_PLANS_BY_DATA`] latest contents, each
+    /// found again only by the same bytes), else [`Self::reuse_plan`].
+    pub fn reuse_plan_for(
+        &self,
+        prog: &TileProgram,
+        graph: &Graph,
+        args: &Args,
+    ) -> std::sync::Arc<kc_runtime::reuse::Plan> {
+        let Some(sources) = self.control_sources() else {
+            return std::sync::Arc::new(self.reuse_plan(prog).clone());
+        };
+        // The contents the walk may read: parameters no statement writes (nor an `inout` result updates),
+        // as the call's GM holds them (the argument's own dtype: not converted), i32 or f32.
+        let written = kc_runtime::gm::written(prog);
+        let mut data = BTreeMap::new();
+        let mut key = Vec::new();
+        for &t in sources {
+            let Some(x) = prog.tensors.get(t.0 as usize) else { continue };
+            let TensorRole::Param(pi) = x.role else { continue };
+            if written.contains(&t) || graph.results.iter().any(|r| r.inout == Some(pi)) {
+                continue;
+            }
+            let Some(a) = graph.params.get(pi).and_then(|p| args.tensors.get(&p.name)) else { continue };
+            if a.dtype() != x.dtype || a.data.len() as u64 != x.shape.iter().product::<u64>() {
+                continue;
+            }
+            let bytes: Vec<u8> = match &a.data {
+                kc_ir::tensor::TensorData::I32(v) => v.iter().flat_map(|w| w.to_le_bytes()).collect(),
+                kc_ir::tensor::TensorData::F32(v) => v.iter().flat_map(|w| w.to_bits().to_le_bytes()).collect(),
+                _ => continue,
+            };
+            key.extend((t.0 as u64).to_le_bytes());
+            key.extend((bytes.len() as u64).to_le_bytes());
+            key.extend(bytes);
+            data.insert(t, &a.data);
+            if key.len() > MAX_DATA_KEY_BYTES {
+                return std::sync::Arc::new(kc_runtime::reuse::Plan::none(prog));
+            }
+        }
+        let cache = |c: &mut Vec<(Vec<u8>, std::sync::Arc<kc_runtime::reuse::Plan>)>| {
+            c.iter().position(|(k, _)| *k == key).map(|i| {
+                let e = c.remove(i);
+                let p = e.1.clone();
+                c.push(e);
+                p
+            })
+        };
+        if let Some(p) = cache(&mut self.by_data.lock().unwrap_or_else(|e| e.into_inner())) {
+            return p;
+        }
+        let plan = std::sync::Arc::new(kc_runtime::reuse::plan_with_data(prog, &self.walked(), &data).0);
+        let mut c = self.by_data.lock().unwrap_or_else(|e| e.into_inner());
+        c.push((key, plan.clone()));
+        let extra = c.len().saturating_sub(MAX_PLANS_BY_DATA);
+        c.drain(..extra);
+        plan
     }
 
     /// Gives back results of earlier calls that the caller no longer needs ([`native::Arena::recycle`]): a
@@ -164,14 +265,7 @@ impl Compiled {
     /// What the program (`prog`: the one it was compiled from) may get back dirty
     /// ([`kc_runtime::reuse::plan`]). Computed once.
     pub fn reuse_plan(&self, prog: &TileProgram) -> &kc_runtime::reuse::Plan {
-        self.reuse.get_or_init(|| {
-            let launches: Vec<kc_runtime::inplace::Compiled<'_>> = self
-                .launches
-                .iter()
-                .map(|l| kc_runtime::inplace::Compiled { cube: &l.bodies.0, vector: &l.bodies.1, sites: &l.sites })
-                .collect();
-            kc_runtime::reuse::plan(prog, &launches).0
-        })
+        self.reuse.get_or_init(|| kc_runtime::reuse::plan(prog, &self.walked()).0)
     }
 
     /// Whether the program (`prog`, lowered from `graph`: the ones it was compiled from) may update its
@@ -204,13 +298,20 @@ impl Compiled {
             .iter()
             .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
             .collect();
-        native::run_in_place(prog, graph, args, &launches, plan, threads, limits, Some(self.reuse(prog)))
+        let reuse = self.plan_for_call(prog, graph, args);
+        native::run_in_place(prog, graph, args, &launches, plan, threads, limits, Some(self.reuse(reuse.as_deref())))
     }
 }
 
 fn internal(span: Span, msg: impl Into<String>) -> Diagnostic {
     Diagnostic::error(Code::Internal, span, format!("internal error in the JIT code generator: {}", msg.into()))
 }
+
+/// The most contents of the tensors a program's control reads that keep their plan
+/// ([`Compiled::reuse_plan_for`]).
+pub const MAX_PLANS_BY_DATA: usize = 4;
+/// The most bytes of such contents that get a plan (a larger key gets the empty plan).
+pub const MAX_DATA_KEY_BYTES: usize = 1 << 16;
 
 /// The host routines the compiled code calls: (symbol, address, parameter types, result types).
 fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
@@ -317,6 +418,8 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
         plan: std::sync::OnceLock::new(),
         arena: native::Arena::default(),
         reuse: std::sync::OnceLock::new(),
+        control: std::sync::OnceLock::new(),
+        by_data: std::sync::Mutex::new(Vec::new()),
         calls: std::sync::atomic::AtomicUsize::new(0),
         poison: std::sync::atomic::AtomicBool::new(false),
     };

@@ -108,14 +108,14 @@ pub fn plan(prog: &TileProgram, graph: &Graph, launches: &[Compiled<'_>]) -> Res
             pairs.insert(o, p);
         }
     }
-    let mut w = Walk { prog, regs: Regs(Vec::new()), steps: 0, seq: 0, stream: 0, spans: 0, watch, pairs };
+    let mut w = Walk { prog, regs: Regs::new(0), steps: 0, seq: 0, stream: 0, spans: 0, watch, pairs };
     for (l, c) in prog.launches.iter().zip(launches) {
         for (body, cores) in [(c.cube, l.cube_cores), (c.vector, l.vector_cores)] {
             if body.is_empty() {
                 continue;
             }
             for core in 0..cores {
-                w.regs = Regs(vec![0; l.svars.len()]);
+                w.regs = Regs::new(l.svars.len());
                 w.stmts(l, body, i64::from(core))?;
                 w.stream += 1;
             }
@@ -317,12 +317,18 @@ pub(crate) trait ProgramWalk {
     fn step(&mut self) -> Result<(), String>;
     /// A statement other than `for`, `set` and `if`.
     fn leaf(&mut self, l: &Launch, s: &Stmt, core: i64) -> Result<(), String>;
+    /// A loop the walk handles as a whole (its effects the same as the iterations'), or `false` to walk
+    /// its iterations.
+    fn whole_loop(&mut self, _l: &Launch, _s: &Stmt, _core: i64) -> Result<bool, String> {
+        Ok(false)
+    }
 
     /// Walks `body` on core `core`, with the loop bounds evaluated once, as the compiled code does.
     fn stmts(&mut self, l: &Launch, body: &[Stmt], core: i64) -> Result<(), String> {
         for s in body {
             self.step()?;
             match s {
+                Stmt::For { .. } if self.whole_loop(l, s, core)? => {}
                 Stmt::For { var, lo, hi, step, body } => {
                     let lo = self.regs().eval(lo, core)?;
                     let hi = self.regs().eval(hi, core)?;
@@ -350,16 +356,26 @@ pub(crate) trait ProgramWalk {
 }
 
 /// A core's scalar registers during a walk of its compiled program, and scalar expressions over them as
-/// the compiled code computes them (a scalar read of data is not followed).
-pub(crate) struct Regs(pub(crate) Vec<i64>);
+/// the compiled code computes them. A scalar read of data is followed only where the walk knows the
+/// element ([`Regs::mem`]: [`crate::reuse`]'s walk with the call's data); otherwise it stops the walk.
+pub(crate) struct Regs {
+    pub(crate) vals: Vec<i64>,
+    /// Known elements of the buffers the control reads, per (buffer, slot): their 32-bit words as the
+    /// scalar unit loads them. `None`: nothing is known (every scalar read stops the walk).
+    pub(crate) mem: Option<BTreeMap<(u32, i64), Vec<Option<i32>>>>,
+}
 
 impl Regs {
+    pub(crate) fn new(n: usize) -> Regs {
+        Regs { vals: vec![0; n], mem: None }
+    }
+
     pub(crate) fn get(&self, v: kc_ir::tile::SVar) -> Result<i64, String> {
-        self.0.get(v.0 as usize).copied().ok_or_else(|| format!("register #{} is not declared", v.0))
+        self.vals.get(v.0 as usize).copied().ok_or_else(|| format!("register #{} is not declared", v.0))
     }
 
     pub(crate) fn set(&mut self, v: kc_ir::tile::SVar, x: i64) -> Result<(), String> {
-        let r = self.0.get_mut(v.0 as usize).ok_or_else(|| format!("register #{} is not declared", v.0))?;
+        let r = self.vals.get_mut(v.0 as usize).ok_or_else(|| format!("register #{} is not declared", v.0))?;
         *r = x;
         Ok(())
     }
@@ -371,7 +387,14 @@ impl Regs {
             SExpr::Var(v) => self.get(*v)?,
             SExpr::Core => core,
             SExpr::Bin(op, a, b) => sbin(*op, self.eval(a, core)?, self.eval(b, core)?)?,
-            SExpr::Read { .. } => return Err("a scalar read of data (data-dependent control or addressing)".into()),
+            SExpr::Read { buf, slot, index } => {
+                let no = || "a scalar read of data (data-dependent control or addressing)".to_string();
+                let mem = self.mem.as_ref().ok_or_else(no)?;
+                let (slot, index) = (self.eval(slot, core)?, self.eval(index, core)?);
+                let words = mem.get(&(buf.0, slot)).ok_or_else(no)?;
+                let w = usize::try_from(index).ok().and_then(|i| words.get(i)).copied().flatten();
+                i64::from(w.ok_or_else(|| "a scalar read of an element the walk does not know".to_string())?)
+            }
         })
     }
 }

@@ -36,13 +36,18 @@
 
 use crate::inplace::{control_reads_data, insert, vreads, Compiled, ProgramWalk, Regs};
 use crate::native::CROSS_FLAGS;
-use kc_ir::tile::{Launch, LibOp, Loc, Region, Stmt, TensorRole, TileProgram};
-use std::collections::BTreeMap;
+use kc_ir::dtype::DType;
+use kc_ir::tensor::TensorData;
+use kc_ir::tile::{BufId, Launch, LibOp, Loc, Region, SExpr, Stmt, TensorId, TensorRole, TileProgram};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The most statements the walk executes.
 pub const MAX_STEPS: u64 = 1 << 23;
 /// The most (read, write) comparisons the in-launch ordering checks make.
 pub const MAX_CHECKS: u64 = 1 << 26;
+/// The largest buffer slot, and the largest copy into one, whose elements a walk following the control's
+/// reads of data tracks.
+pub const MAX_CONTROL_ELEMS: u64 = 1 << 20;
 
 /// What a compiled program may get back dirty.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -71,9 +76,158 @@ impl Plan {
 /// The plan of `prog` as compiled (`launches`: the core programs after copy forwarding), or the empty
 /// plan with the reason the walk stopped.
 pub fn plan(prog: &TileProgram, launches: &[Compiled<'_>]) -> (Plan, Option<String>) {
-    match walk(prog, launches) {
+    plan_with_data(prog, launches, &BTreeMap::new())
+}
+
+/// The plan of `prog` as compiled, for one call whose GM tensors in `data` hold these contents. Only
+/// for a program whose control reads data ([`reads_data`]); `data` should hold the contents of every
+/// tensor of [`control_sources`] that no statement writes, as the call's GM holds them. A scalar read is
+/// followed when it reads an element the same core copied into its buffer from one of these tensors
+/// (and wrote nothing else over since); any other read of data stops the walk (the empty plan).
+///
+/// The plan is a proof for calls whose tensors of `data` hold exactly these contents: the caller must
+/// never apply it to a call with other contents.
+pub fn plan_with_data(
+    prog: &TileProgram,
+    launches: &[Compiled<'_>],
+    data: &BTreeMap<TensorId, &TensorData>,
+) -> (Plan, Option<String>) {
+    match walk(prog, launches, data) {
         Ok(p) => (p, None),
         Err(e) => (Plan::none(prog), Some(e)),
+    }
+}
+
+/// Whether the control of the compiled program reads data (a scalar read in a register's value, a
+/// condition or a loop bound): its plan then depends on the call's data ([`plan_with_data`]).
+pub fn reads_data(launches: &[Compiled<'_>]) -> bool {
+    launches.iter().any(|c| control_reads_data(c.cube) || control_reads_data(c.vector))
+}
+
+/// The GM tensors copied into a buffer that a scalar read names, in some launch: the data a walk of a
+/// program whose control reads data needs ([`plan_with_data`]).
+pub fn control_sources(launches: &[Compiled<'_>]) -> BTreeSet<TensorId> {
+    let mut out = BTreeSet::new();
+    for c in launches {
+        for body in [c.cube, c.vector] {
+            let mut bufs = BTreeSet::new();
+            read_bufs(body, &mut bufs);
+            copies_into(body, &bufs, &mut out);
+        }
+    }
+    out
+}
+
+/// The buffers the scalar expressions of `body` read.
+fn read_bufs(body: &[Stmt], out: &mut BTreeSet<BufId>) {
+    fn sexpr(e: &SExpr, out: &mut BTreeSet<BufId>) {
+        match e {
+            SExpr::Read { buf, slot, index } => {
+                out.insert(*buf);
+                sexpr(slot, out);
+                sexpr(index, out);
+            }
+            SExpr::Bin(_, a, b) => {
+                sexpr(a, out);
+                sexpr(b, out);
+            }
+            SExpr::Const(_) | SExpr::Var(_) | SExpr::Core => {}
+        }
+    }
+    fn region(r: &Region, out: &mut BTreeSet<BufId>) {
+        sexpr(&r.offset, out);
+        sexpr(&r.row_stride, out);
+        if let Loc::Buf { slot, .. } = &r.loc {
+            sexpr(slot, out);
+        }
+    }
+    for s in body {
+        match s {
+            Stmt::Set { value, .. } => sexpr(value, out),
+            Stmt::If { cond, then } => {
+                sexpr(cond, out);
+                read_bufs(then, out);
+            }
+            Stmt::For { lo, hi, body, .. } => {
+                sexpr(lo, out);
+                sexpr(hi, out);
+                read_bufs(body, out);
+            }
+            Stmt::Copy { src, dst, rows, cols, .. } => {
+                for r in [src, dst] {
+                    region(r, out);
+                }
+                sexpr(rows, out);
+                sexpr(cols, out);
+            }
+            Stmt::Gather { col_offset, index, dst, rows, cols, .. } => {
+                for e in [col_offset, rows, cols] {
+                    sexpr(e, out);
+                }
+                region(index, out);
+                region(dst, out);
+            }
+            Stmt::Mmad { a, b, c, m, k, n, .. } => {
+                for r in [a, b, c] {
+                    region(r, out);
+                }
+                for e in [m, k, n] {
+                    sexpr(e, out);
+                }
+            }
+            Stmt::Vector { dst, rows, cols, expr } => {
+                let (mut reads, mut scalars) = (Vec::new(), Vec::new());
+                vreads(expr, &mut reads, &mut scalars);
+                for (_, r) in reads {
+                    region(r, out);
+                }
+                for e in scalars {
+                    sexpr(e, out);
+                }
+                region(dst, out);
+                sexpr(rows, out);
+                sexpr(cols, out);
+            }
+            Stmt::Reduce { src, dst, rows, cols, .. } => {
+                region(src, out);
+                region(dst, out);
+                sexpr(rows, out);
+                sexpr(cols, out);
+            }
+            Stmt::Library { op, src, rows, cols, .. } => {
+                region(src, out);
+                sexpr(rows, out);
+                sexpr(cols, out);
+                let outs: Vec<&Region> = match op {
+                    LibOp::TopK { values, indices, .. } => values.iter().chain(indices.iter()).collect(),
+                    LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => vec![dst],
+                    LibOp::CumSum { dst, carry, .. } => std::iter::once(dst).chain(carry.iter()).collect(),
+                };
+                for r in outs {
+                    region(r, out);
+                }
+            }
+            Stmt::SetFlag { .. }
+            | Stmt::WaitFlag { .. }
+            | Stmt::Barrier { .. }
+            | Stmt::CrossSet { .. }
+            | Stmt::CrossWait { .. } => {}
+        }
+    }
+}
+
+/// Adds the GM tensors that `body` copies into one of `bufs`.
+fn copies_into(body: &[Stmt], bufs: &BTreeSet<BufId>, out: &mut BTreeSet<TensorId>) {
+    for s in body {
+        match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => copies_into(body, bufs, out),
+            Stmt::Copy {
+                src: Region { loc: Loc::Gm(t), .. }, dst: Region { loc: Loc::Buf { buf, .. }, .. }, ..
+            } if bufs.contains(buf) => {
+                out.insert(*t);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -104,13 +258,22 @@ struct Walk<'p> {
     streams: Vec<Stream>,
     written: BTreeMap<(u32, i64), BTreeMap<u64, u64>>,
     zero: Vec<bool>,
+    /// The call's data the control may read (empty: none), and the buffers the current stream's scalar
+    /// reads name (their known elements are `regs.mem`).
+    data: &'p BTreeMap<TensorId, &'p TensorData>,
+    ctl: BTreeSet<BufId>,
 }
 
-fn walk(prog: &TileProgram, launches: &[Compiled<'_>]) -> Result<Plan, String> {
+fn walk<'p>(
+    prog: &'p TileProgram,
+    launches: &[Compiled<'_>],
+    data: &'p BTreeMap<TensorId, &'p TensorData>,
+) -> Result<Plan, String> {
     if launches.len() != prog.launches.len() {
         return Err("the compiled launches do not match the program".into());
     }
-    if launches.iter().any(|c| control_reads_data(c.cube) || control_reads_data(c.vector)) {
+    let follow = reads_data(launches);
+    if follow && data.is_empty() {
         return Err("a scalar read of data (data-dependent control or addressing)".into());
     }
     let n = prog.tensors.len();
@@ -121,7 +284,7 @@ fn walk(prog: &TileProgram, launches: &[Compiled<'_>]) -> Result<Plan, String> {
         .map(|t| matches!(t.role, TensorRole::Intermediate(_) | TensorRole::Workspace { .. } | TensorRole::Output(_)));
     let mut w = Walk {
         prog,
-        regs: Regs(Vec::new()),
+        regs: Regs::new(0),
         steps: 0,
         seq: 0,
         before: vec![BTreeMap::new(); n],
@@ -132,6 +295,8 @@ fn walk(prog: &TileProgram, launches: &[Compiled<'_>]) -> Result<Plan, String> {
         streams: Vec::new(),
         written: BTreeMap::new(),
         zero: Vec::new(),
+        data,
+        ctl: BTreeSet::new(),
     };
     let mut zero = Vec::with_capacity(prog.launches.len());
     let mut checks: u64 = 0;
@@ -155,8 +320,13 @@ fn walk(prog: &TileProgram, launches: &[Compiled<'_>]) -> Result<Plan, String> {
                 };
                 w.stream = w.streams.len();
                 w.streams.push(Stream { unit, member, counts: vec![[0; 2 * CROSS_FLAGS]] });
-                w.regs = Regs(vec![0; l.svars.len()]);
+                w.regs = Regs::new(l.svars.len());
                 w.written.clear();
+                w.ctl.clear();
+                if follow {
+                    read_bufs(body, &mut w.ctl);
+                    w.regs.mem = Some(BTreeMap::new());
+                }
                 w.stmts(l, body, core as i64)?;
             }
         }
@@ -235,6 +405,19 @@ impl Walk<'_> {
                 if write {
                     let set = self.written.entry(key).or_default();
                     for_rows(offset, stride, rows, cols, |a, e| insert(set, a, e));
+                    if self.ctl.contains(buf) {
+                        // What a scalar read would find there is known only after a copy of data
+                        // ([`Walk::fill`]).
+                        let words = self.words(_l, *buf, slot)?;
+                        let mut inside = true;
+                        for_rows(offset, stride, rows, cols, |a, e| match words.get_mut(a as usize..e as usize) {
+                            Some(w) => w.fill(None),
+                            None => inside = false,
+                        });
+                        if !inside {
+                            return Err("a window outside its buffer slot".into());
+                        }
+                    }
                 } else if self.zero.get(b) == Some(&false) {
                     let empty = BTreeMap::new();
                     let set = self.written.get(&key).unwrap_or(&empty);
@@ -248,6 +431,64 @@ impl Walk<'_> {
                         self.zero[b] = true;
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The known elements of a slot of a buffer the control reads (all unknown at first).
+    fn words(&mut self, l: &Launch, buf: BufId, slot: i64) -> Result<&mut Vec<Option<i32>>, String> {
+        let b = l.buffers.get(buf.0 as usize).ok_or("a buffer that does not exist")?;
+        let elems = b.slot_elems();
+        if slot < 0 || slot >= i64::from(b.slots) {
+            return Err(format!("a slot outside buffer `{}`", b.name));
+        }
+        if elems > MAX_CONTROL_ELEMS {
+            return Err(format!("the control reads buffer `{}`, of more than {MAX_CONTROL_ELEMS} elements", b.name));
+        }
+        let mem = self.regs.mem.get_or_insert_with(BTreeMap::new);
+        Ok(mem.entry((buf.0, slot)).or_insert_with(|| vec![None; elems as usize]))
+    }
+
+    /// After a copy of `rows × cols` from GM tensor `t` (`src`) into a buffer the control reads (`dst`):
+    /// the elements copied are known when `t` is one of the call's data tensors, of the buffer's dtype.
+    fn fill(
+        &mut self,
+        l: &Launch,
+        t: TensorId,
+        src: &Region,
+        dst: &Region,
+        rows: i64,
+        cols: i64,
+        core: i64,
+    ) -> Result<(), String> {
+        let Loc::Buf { buf, slot } = &dst.loc else { return Ok(()) };
+        let Some(&d) = self.data.get(&t) else { return Ok(()) };
+        let dtype = l.buffers.get(buf.0 as usize).map(|b| b.dtype);
+        let bits = |i: usize| -> Option<i32> {
+            match (d, dtype) {
+                (TensorData::I32(v), Some(DType::I32)) => v.get(i).copied(),
+                (TensorData::F32(v), Some(DType::F32)) => v.get(i).map(|x| x.to_bits() as i32),
+                _ => None,
+            }
+        };
+        if rows <= 0 || cols <= 0 {
+            return Ok(());
+        }
+        if rows.saturating_mul(cols) > MAX_CONTROL_ELEMS as i64 {
+            return Err("a copy of more data than the walk follows".into());
+        }
+        let (so, ss) = (self.regs.eval(&src.offset, core)?, self.regs.eval(&src.row_stride, core)?);
+        let (dof, ds) = (self.regs.eval(&dst.offset, core)?, self.regs.eval(&dst.row_stride, core)?);
+        let slot = self.regs.eval(slot, core)?;
+        let words = self.words(l, *buf, slot)?;
+        for r in 0..rows {
+            for c in 0..cols {
+                let (s, o) = (so + r * ss + c, dof + r * ds + c);
+                let w = words.get_mut(usize::try_from(o).map_err(|_| "a negative buffer index")?);
+                let w = w.ok_or("a window outside its buffer slot")?;
+                // An element outside the tensor (the JIT's bounds check fails the call) stays unknown.
+                *w = usize::try_from(s).ok().and_then(bits);
             }
         }
         Ok(())
@@ -307,6 +548,51 @@ impl ProgramWalk for Walk<'_> {
         Ok(())
     }
 
+    /// A loop of column (or row) copies, `for j in lo..hi { copy src(j) -> dst(j), rows × cols }` with
+    /// each window moving by a constant step (the tiler's transposing loads, whose iterations would be
+    /// most of a grouped matmul's walk): the union of the iterations' windows is itself a window, and since
+    /// the copy reads another place than it writes, reading the union and then writing the union has the
+    /// iterations' effects on what the walk tracks. The loop variable ends as the loop leaves it.
+    fn whole_loop(&mut self, l: &Launch, s: &Stmt, core: i64) -> Result<bool, String> {
+        let Stmt::For { var, lo, hi, step: 1, body } = s else { return Ok(false) };
+        let [Stmt::Copy { src, dst, rows, cols, .. }] = body.as_slice() else { return Ok(false) };
+        let fixed = |e: &SExpr| !mentions(e, *var);
+        if src.loc == dst.loc
+            || !(fixed(rows) && fixed(cols) && fixed(&src.row_stride) && fixed(&dst.row_stride))
+            || [&src.loc, &dst.loc]
+                .iter()
+                .any(|x| matches!(x, Loc::Buf { buf, slot } if !fixed(slot) || self.ctl.contains(buf)))
+        {
+            return Ok(false);
+        }
+        let (Some(ks), Some(kd)) = (step_of(&src.offset, *var), step_of(&dst.offset, *var)) else { return Ok(false) };
+        let (lo, hi) = (self.regs.eval(lo, core)?, self.regs.eval(hi, core)?);
+        self.regs.set(*var, lo)?;
+        let (r, c) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
+        let n = hi.saturating_sub(lo);
+        let (Some(sw), Some(dw)) = (
+            union(self.regs.eval(&src.row_stride, core)?, ks, r, c, n),
+            union(self.regs.eval(&dst.row_stride, core)?, kd, r, c, n),
+        ) else {
+            return Ok(false);
+        };
+        if n > 0 {
+            self.step()?;
+            let at = |x: &Region, (stride, rows, cols): (i64, i64, i64)| {
+                let mut x = x.clone();
+                x.row_stride = SExpr::Const(stride);
+                (x, rows, cols)
+            };
+            // Offsets at `j = lo` (the register holds `lo`), strides and sizes of the unions.
+            let (s2, sr, sc) = at(src, sw);
+            let (d2, dr, dc) = at(dst, dw);
+            self.access(l, &s2, sr, sc, core, false)?;
+            self.access(l, &d2, dr, dc, core, true)?;
+            self.regs.set(*var, lo.wrapping_add(n))?;
+        }
+        Ok(true)
+    }
+
     fn leaf(&mut self, l: &Launch, s: &Stmt, core: i64) -> Result<(), String> {
         match s {
             Stmt::For { .. } | Stmt::Set { .. } | Stmt::If { .. } => {}
@@ -314,6 +600,11 @@ impl ProgramWalk for Walk<'_> {
                 let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
                 self.access(l, src, rows, cols, core, false)?;
                 self.access(l, dst, rows, cols, core, true)?;
+                if let (Loc::Gm(t), Loc::Buf { buf, .. }) = (&src.loc, &dst.loc) {
+                    if self.ctl.contains(buf) {
+                        self.fill(l, *t, src, dst, rows, cols, core)?;
+                    }
+                }
             }
             Stmt::Gather { src, col_offset, index, dst, rows, cols, .. } => {
                 let (rows, cols) = (self.regs.eval(rows, core)?, self.regs.eval(cols, core)?);
@@ -379,9 +670,12 @@ impl ProgramWalk for Walk<'_> {
                             }
                         }
                         Loc::Buf { buf, slot } => {
-                            self.regs.eval(slot, core)?;
+                            let slot = self.regs.eval(slot, core)?;
                             if let Some(z) = self.zero.get_mut(buf.0 as usize) {
                                 *z = true;
+                            }
+                            if self.ctl.contains(buf) {
+                                self.words(l, *buf, slot)?.fill(None);
                             }
                         }
                     }
@@ -401,6 +695,59 @@ impl ProgramWalk for Walk<'_> {
             Stmt::SetFlag { .. } | Stmt::WaitFlag { .. } | Stmt::Barrier { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// The union of the `rows × cols` windows of row stride `stride` at offsets `o + k·j`, `j` in `0..n`, as
+/// one window (row stride, rows, cols) at offset `o`, when it is one: columns (`cols == 1`) moving by one
+/// element lie side by side; windows that are one contiguous run each (one row, a column of row stride
+/// 1, or rows of stride `cols`) moving by `k > 0` are the rows of a window of row stride `k`.
+fn union(stride: i64, k: i64, rows: i64, cols: i64, n: i64) -> Option<(i64, i64, i64)> {
+    if n <= 0 || rows <= 0 || cols <= 0 {
+        return Some((stride, 0, 0));
+    }
+    if cols == 1 && k == 1 {
+        return Some((stride, rows, n));
+    }
+    // One run of `len` elements per window.
+    let len = if rows == 1 {
+        cols
+    } else if cols == 1 && stride == 1 {
+        rows
+    } else if stride == cols {
+        rows.checked_mul(cols)?
+    } else {
+        return None;
+    };
+    (k > 0).then_some((k, n, len))
+}
+
+/// Whether `e` mentions register `v`.
+fn mentions(e: &SExpr, v: kc_ir::tile::SVar) -> bool {
+    match e {
+        SExpr::Const(_) | SExpr::Core => false,
+        SExpr::Var(x) => *x == v,
+        SExpr::Bin(_, a, b) => mentions(a, v) || mentions(b, v),
+        SExpr::Read { slot, index, .. } => mentions(slot, v) || mentions(index, v),
+    }
+}
+
+/// `Some(k)` if `e` is `base + k·v` with `base` not mentioning `v`: sums and differences of such terms,
+/// and products of one with a constant.
+fn step_of(e: &SExpr, v: kc_ir::tile::SVar) -> Option<i64> {
+    use kc_ir::tile::SBin;
+    if !mentions(e, v) {
+        return Some(0);
+    }
+    match e {
+        SExpr::Var(x) if *x == v => Some(1),
+        SExpr::Bin(SBin::Add, a, b) => step_of(a, v)?.checked_add(step_of(b, v)?),
+        SExpr::Bin(SBin::Sub, a, b) => step_of(a, v)?.checked_sub(step_of(b, v)?),
+        SExpr::Bin(SBin::Mul, a, b) => match (&**a, &**b) {
+            (SExpr::Const(c), x) | (x, SExpr::Const(c)) => step_of(x, v)?.checked_mul(*c),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -254,3 +254,75 @@ fn count_copies(body: &[Stmt]) -> usize {
         })
         .sum()
 }
+
+/// A grouped matmul's control reads its `offsets`: its plan is computed for each call's offsets (and found
+/// again by their exact contents), keeps `h` and the workspace and writes `ys` into recycled memory, and
+/// the results on reused, poisoned memory are those of fresh memory bit for bit, and the interpreter's,
+/// as the offsets change from call to call (experts left empty, all rows in one expert). A plan for one content is never another's: full
+/// row tiles need no zeroed accumulator, a partial one reads rows no mmad wrote.
+#[test]
+fn grouped_programs_are_planned_for_each_calls_offsets() {
+    let g = common::compile_ok(common::kernel_path("moe_experts")).kernels.remove(0);
+    let dims: BTreeMap<String, i64> =
+        [("R", 512), ("M", 64), ("F", 48), ("E", 4)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let (_, tp, _) = tile_at(&g, &dims, &Target::builtin("host").expect("host"));
+    let code = kc_codegen::compile(&tp, &kc_codegen::Options::default()).expect("compiles");
+    code.poison_reused_memory();
+    let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+    let mut args = kc_runtime::random::random_args(&g, &given, 5).expect("args");
+    let role = |f: &dyn Fn(&TensorRole) -> bool| tp.tensors.iter().position(|x| f(&x.role)).expect("tensor");
+    let h = role(&|r| matches!(r, TensorRole::Intermediate(_)));
+    let ws = role(&|r| matches!(r, TensorRole::Workspace { .. }));
+    let ys = role(&|r| matches!(r, TensorRole::Output(_)));
+    // Whether some launch's accumulator (an L0C buffer) is zeroed.
+    let acc_zeroed = |p: &kc_runtime::reuse::Plan| {
+        tp.launches.iter().zip(&p.zero).any(|(l, z)| l.buffers.iter().zip(z).any(|(b, z)| b.name.contains("l0c") && *z))
+    };
+    let full = vec![0, 256, 256, 512, 512];
+    // (what, offsets, whether some row tile is partial: 512 rows in tiles of up to 256 per expert).
+    let cases: [(&str, Vec<i32>, bool); 7] = [
+        ("full tiles", full.clone(), false),
+        ("uneven", vec![0, 100, 260, 300, 512], true),
+        ("full tiles again", full.clone(), false),
+        ("all rows in one expert", vec![0, 0, 512, 512, 512], false),
+        ("all rows in the last expert", vec![0, 0, 0, 0, 512], false),
+        ("empty experts in the middle", vec![0, 300, 300, 300, 512], true),
+        ("uneven again", vec![0, 100, 260, 300, 512], true),
+    ];
+    for (i, (what, offsets, partial)) in cases.iter().enumerate() {
+        args.tensors
+            .insert("offsets".into(), kc_ir::tensor::Tensor::from_i32(vec![5], offsets.clone()).expect("offsets"));
+        let threads = 1 + i % 2;
+        let want = fresh(&code, &tp, &g, &args, threads).expect("fresh run");
+        let (got, _) = code.run(&tp, &g, &args, threads, &Limits::default()).expect("runs");
+        let interp = kc_ir::interp::run(&g, &args).expect("interpreter");
+        for (((name, w), (_, r)), (_, x)) in want.iter().zip(&got).zip(&interp) {
+            common::assert_same_bits(&format!("{what}: {name}"), w, r);
+            crate::tiled::assert_matches_within(&format!("{what}: {name} vs the interpreter"), r, x, 0.25);
+        }
+        code.recycle(got);
+        let plan = code.reuse_plan_for(&tp, &g, &args);
+        assert!(plan.keep[h] && plan.keep[ws], "{what}: h and the workspace are kept");
+        assert!(plan.outputs[ys], "{what}: ys is written whole before it is read");
+        assert_eq!(acc_zeroed(&plan), *partial, "{what}: the accumulators' zeroing");
+        assert_eq!(*plan, kc_runtime::reuse::plan_with_data(&tp, &walked(&code), &offsets_data(&tp, &args)).0);
+    }
+    // Without the data, the walk cannot follow the control.
+    assert_eq!(*code.reuse_plan(&tp), kc_runtime::reuse::Plan::none(&tp));
+}
+
+fn walked(code: &kc_codegen::Compiled) -> Vec<kc_runtime::inplace::Compiled<'_>> {
+    code.launches
+        .iter()
+        .map(|l| kc_runtime::inplace::Compiled { cube: &l.bodies.0, vector: &l.bodies.1, sites: &l.sites })
+        .collect()
+}
+
+/// The `offsets` argument as the walk's data.
+fn offsets_data<'a>(
+    tp: &TileProgram,
+    args: &'a Args,
+) -> BTreeMap<kc_ir::tile::TensorId, &'a kc_ir::tensor::TensorData> {
+    let t = tp.tensors.iter().position(|x| x.name == "offsets").expect("offsets");
+    [(kc_ir::tile::TensorId(t as u32), &args.tensors["offsets"].data)].into_iter().collect()
+}
