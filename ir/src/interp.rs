@@ -414,7 +414,7 @@ fn eval_node<'a>(
             let body = c.compile(body)?;
             let n = numel(shape).unwrap_or(0);
             let mut data = alloc(node.dtype, n);
-            let mut ev = Eval { graph, values, vars: vec![0; ext.len()] };
+            let mut ev = Eval { graph, values, vars: vec![0; ext.len()], sorted: Vec::new() };
             if n > 0 {
                 'elems: loop {
                     let v = match ev.eval(&body) {
@@ -782,6 +782,8 @@ struct Eval<'v, 'a> {
     graph: &'v Graph,
     values: &'v [Option<Cow<'a, Tensor>>],
     vars: Vec<i64>,
+    /// The `segment` offsets found sorted (checked once per node).
+    sorted: Vec<usize>,
 }
 
 impl Eval<'_, '_> {
@@ -847,13 +849,18 @@ impl Eval<'_, '_> {
             CE::Reduce { op, ty, vars, body, span } => self.reduce(*op, *ty, vars, body, *span),
             CE::Segment { src, value, span } => {
                 let v = self.int(value, *span)?;
-                let t = self.tensor(*src, *span)?;
+                // From the values, not through `self`: the sorted check below records into `self`.
+                let (values, graph) = (self.values, self.graph);
+                let t: &Tensor = match values.get(*src) {
+                    Some(Some(t)) => t,
+                    _ => return Err(ierr(*span, format!("value %{src} is missing"))),
+                };
                 let at = |i: usize| match load(t, i) {
                     Some(Val::I(x)) => Ok(x),
                     _ => Err(ierr(*span, format!("segment of a non-integer tensor %{src}"))),
                 };
                 let len = t.len();
-                let name = || node_name(self.graph, *src);
+                let name = || node_name(graph, *src);
                 if len < 2 {
                     return Err(Box::new(Diagnostic::error(
                         Code::IndexOutOfRange,
@@ -871,6 +878,26 @@ impl Eval<'_, '_> {
                         )
                         .with_label(format!("{v} is not in {first}..{last}")),
                     ));
+                }
+                if !self.sorted.contains(src) {
+                    for i in 0..len - 1 {
+                        let (a, b) = (at(i)?, at(i + 1)?);
+                        if a > b {
+                            return Err(Box::new(
+                                Diagnostic::error(
+                                    Code::IndexOutOfRange,
+                                    *span,
+                                    format!(
+                                        "the offsets of `{}` are not sorted: element {i} is {a}, element {} is {b}",
+                                        name(),
+                                        i + 1
+                                    ),
+                                )
+                                .with_label("segment needs sorted offsets"),
+                            ));
+                        }
+                    }
+                    self.sorted.push(*src);
                 }
                 // Invariant: src[lo] <= v < src[hi].
                 let (mut lo, mut hi) = (0usize, len - 1);
@@ -1504,9 +1531,10 @@ mod tests {
         // Too few offsets.
         let e = err1(&g, &args(vec![("offsets", it(vec![1], vec![0]))], vec![("R", 1)]));
         assert_eq!(e.code, Code::IndexOutOfRange);
-        // Unsorted data: no panic.
-        let out = run(&g, &args(vec![("offsets", it(vec![5], vec![0, 9, 1, 2, 10]))], vec![("R", 8)]));
-        assert!(out.is_ok());
+        // Unsorted offsets stop the kernel, naming the first unsorted pair.
+        let e = err1(&g, &args(vec![("offsets", it(vec![5], vec![0, 9, 1, 2, 10]))], vec![("R", 8)]));
+        assert_eq!((e.code, e.primary.span), (Code::IndexOutOfRange, sp(60, 70)));
+        assert!(e.message.contains("not sorted") && e.message.contains("element 1 is 9"), "{}", e.message);
     }
 
     // ----- library nodes -----

@@ -140,22 +140,38 @@ fn skewed_and_empty_experts() {
     }
 }
 
-/// Offsets that leave a row outside every segment: the interpreter stops with `IndexOutOfRange`, and so
-/// does the simulator.
+/// Offsets that leave a row outside every segment, and offsets that are not sorted (inside the rows' range
+/// or not): the interpreter stops with `IndexOutOfRange`, and so do the simulator and the JIT, at the
+/// segment's span (before this check, unsorted offsets gave the JIT other rows than the interpreter).
 #[test]
 fn rows_outside_the_offsets_are_the_interpreters_error() {
     let g = kernel();
     let dims = (9, 5, 6, 3);
-    for off in [vec![1, 3, 5, 9], vec![0, 3, 5, 8], vec![0, 0, 0, 0], vec![2, 2, 2, 2]] {
+    let unsorted = [vec![0, 5, 3, 9], vec![0, 9, 0, 9], vec![0, 2, 1, 9], vec![-7, 9, 4, 10]];
+    let outside = [vec![1, 3, 5, 9], vec![0, 3, 5, 8], vec![0, 0, 0, 0], vec![2, 2, 2, 2]];
+    for (k, off) in outside.iter().chain(&unsorted).enumerate() {
         let args = inputs(&g, dims, Some(off.clone()), 5);
         let ie = kc_ir::interp::run(&g, &args).expect_err("the interpreter refuses the offsets");
         assert_eq!(ie[0].code, Code::IndexOutOfRange, "{off:?}");
+        if k >= outside.len() {
+            assert!(ie[0].message.contains("not sorted"), "{off:?}: {}", ie[0].message);
+        }
         for t in TARGETS {
             let target = Target::builtin(t).expect("target");
             let tp = program(&g, &args, &target);
             let se = kc_runtime::sim::run(&tp, &g, &args).expect_err("the simulator refuses the offsets");
             assert_eq!(se[0].code, Code::IndexOutOfRange, "{off:?} on {t}: {se:?}");
             assert_eq!(se[0].primary.span, ie[0].primary.span, "{off:?} on {t}: the segment's span");
+        }
+        let target = Target::builtin("host").expect("target");
+        let tp = program(&g, &args, &target);
+        let compiled = kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() })
+            .unwrap_or_else(|e| panic!("compile for {off:?}: {e:?}"));
+        for threads in [1, 2] {
+            let je =
+                compiled.run(&tp, &g, &args, threads, &Default::default()).expect_err("the JIT refuses the offsets");
+            assert_eq!(je[0].code, Code::IndexOutOfRange, "{off:?}, {threads} threads: {je:?}");
+            assert_eq!(je[0].primary.span, ie[0].primary.span, "{off:?}: the segment's span");
         }
     }
 }

@@ -70,12 +70,12 @@
 //! `offsets[0] .. offsets[E]`, i.e. when `offsets[0] > 0` or `offsets[E] < R`. Every vector core of launch 1
 //! computes that condition first (an i32 0 or 1 in UB) and gathers element `condition` of a one-row view
 //! of `offsets`: an index 1 stops the kernel with `IndexOutOfRange` at the `segment` expression. The
-//! clamps above keep every access in bounds meanwhile.
+//! clamps above keep every access in bounds meanwhile. Unsorted offsets stop the kernel the same way, as
+//! the interpreter does: `order[e] = offsets[e] > offsets[e + 1]` (1 or 0), and the core gathers those `E`
+//! rows of the one-row view.
 //!
 //! Not handled (the template returns `None`): weights laid out `[E, K, N]`, operands of other dtypes,
-//! other members or stored values, a `segment` of anything but a parameter at the row index. Unsorted
-//! offsets are outside `segment`'s contract: each row is then computed at most once (the running `prev`),
-//! which is not the interpreter's bisection result for every row.
+//! other members or stored values, a `segment` of anything but a parameter at the row index.
 //!
 //! Rounding: the matmuls accumulate in f32 in k order and `epi` runs in f32, so `h` is the interpreter's
 //! `h` rounded to bf16; `ys` differs from the interpreter's (which multiplies the f32 `h`) by that rounding.
@@ -659,6 +659,8 @@ fn vector_program(
     let off = lb.buffer("offsets_ub", Mem::UB, DType::I32, vec![1, (p.e + 1) as u64], 1);
     let chk = lb.buffer("range_ub", Mem::UB, DType::I32, vec![1, 1], 1);
     let scratch = lb.buffer("range_probe_ub", Mem::UB, DType::I32, vec![1, 1], 1);
+    let order = lb.buffer("order_ub", Mem::UB, DType::I32, vec![1, p.e as u64], 1);
+    let order_probe = lb.buffer("order_probe_ub", Mem::UB, DType::I32, vec![p.e as u64, 1], 1);
     let accs: Vec<BufId> =
         (0..nmm).map(|j| lb.buffer(format!("c{j}_ub"), Mem::UB, DType::F32, vec![hr as u64, bn as u64], 1)).collect();
     let h_ub = lb.buffer("h_ub", Mem::UB, p.dtype, vec![hr as u64, bn as u64], 1);
@@ -710,6 +712,32 @@ fn vector_program(
         index: rg(bs(chk, c(0)), c(0), c(1)),
         dst: rg(bs(scratch, c(0)), c(0), c(1)),
         rows: c(1),
+        cols: c(1),
+        span: p.span,
+    });
+    // Sorted offsets: order[e] = 1 where offsets[e] > offsets[e + 1], else 0; gathering those rows of the
+    // 1-row view stops the kernel at the first unsorted pair, as the interpreter's check does.
+    let off_row = |at: i64| rg(bs(off, c(0)), c(at), c(p.e + 1));
+    prog.push(Stmt::Vector {
+        dst: rg(bs(order, c(0)), c(0), c(p.e)),
+        rows: c(1),
+        cols: c(p.e),
+        expr: VExpr::Select(
+            Box::new(VExpr::Binary(BinOp::Gt, Box::new(VExpr::Read(off_row(0))), Box::new(VExpr::Read(off_row(1))))),
+            Box::new(VExpr::I32(1)),
+            Box::new(VExpr::I32(0)),
+        ),
+    });
+    prog.extend(flag(Pipe::V, Pipe::S));
+    prog.push(Stmt::Gather {
+        pipe: Pipe::Mte2,
+        src: p.offsets,
+        src_rows: 1,
+        row_stride: 0,
+        col_offset: c(0),
+        index: rg(bs(order, c(0)), c(0), c(1)),
+        dst: rg(bs(order_probe, c(0)), c(0), c(1)),
+        rows: c(p.e),
         cols: c(1),
         span: p.span,
     });
