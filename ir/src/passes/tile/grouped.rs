@@ -703,18 +703,21 @@ fn vector_program(
         expr: VExpr::Select(Box::new(inside), Box::new(VExpr::I32(0)), Box::new(VExpr::I32(1))),
     });
     prog.extend(flag(Pipe::V, Pipe::S));
-    prog.push(Stmt::Gather {
+    // Gathers `rows` rows of a one-row view of `offsets` at the indices in `index` (0 or 1 each): an index
+    // 1 stops the kernel with `IndexOutOfRange` at the segment.
+    let probe = |index: BufId, dst: BufId, rows: i64| Stmt::Gather {
         pipe: Pipe::Mte2,
         src: p.offsets,
         src_rows: 1,
         row_stride: 0,
         col_offset: c(0),
-        index: rg(bs(chk, c(0)), c(0), c(1)),
-        dst: rg(bs(scratch, c(0)), c(0), c(1)),
-        rows: c(1),
+        index: rg(bs(index, c(0)), c(0), c(1)),
+        dst: rg(bs(dst, c(0)), c(0), c(1)),
+        rows: c(rows),
         cols: c(1),
         span: p.span,
-    });
+    };
+    prog.push(probe(chk, scratch, 1));
     // Sorted offsets: order[e] = 1 where offsets[e] > offsets[e + 1], else 0; gathering those rows of the
     // 1-row view stops the kernel at the first unsorted pair, as the interpreter's check does.
     let off_row = |at: i64| rg(bs(off, c(0)), c(at), c(p.e + 1));
@@ -729,18 +732,7 @@ fn vector_program(
         ),
     });
     prog.extend(flag(Pipe::V, Pipe::S));
-    prog.push(Stmt::Gather {
-        pipe: Pipe::Mte2,
-        src: p.offsets,
-        src_rows: 1,
-        row_stride: 0,
-        col_offset: c(0),
-        index: rg(bs(order, c(0)), c(0), c(1)),
-        dst: rg(bs(order_probe, c(0)), c(0), c(1)),
-        rows: c(p.e),
-        cols: c(1),
-        span: p.span,
-    });
+    prog.push(probe(order, order_probe, p.e));
     prog.push(Stmt::Set { var: item, value: c(0) });
     prog.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: 0 });
     prog.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });
