@@ -35,6 +35,13 @@
 //!    no other reader: the mmads accumulate in GM and the copy goes (see `mmad_writes`). The partner
 //!    program may read the tensor when no `CrossWait` lies in between (attention's score and P·V blocks).
 //! 6. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
+//! 7. A copy whose window a later copy in the same statement list overwrites exactly (same region and
+//!    sizes, as written) before anything reads the buffer or assigns a register of the window is dropped
+//!    (`drop_overwritten`): the tiler's consecutive loads into one L0 buffer, once the mmads between them
+//!    read the copies' sources.
+//! 8. A copy into a buffer whose only reads are the `b` operands of mmads that [`transposed_b`] converts
+//!    (their loops of column copies are skipped by the compiled code) is dropped, outside those loops
+//!    (`drop_transposed_only`; attention backward's loads of `q` and `dout` into L0B).
 //!
 //! The result is the same (the same elements reach the mmad or the vector unit, and the same bits reach
 //! GM); only the host's work changes.
@@ -57,14 +64,117 @@ pub fn forward(prog: &TileProgram, launch: &Launch, body: &[Stmt]) -> Vec<Stmt> 
     // The partner's program (for a body that is not the launch's own cube program, the cube's).
     let other: &[Stmt] = if std::ptr::eq(body, launch.cube.as_slice()) { &launch.vector } else { &launch.cube };
     mmad_writes(&mut out, body, other, &dt);
-    // Buffers no longer read: drop the copies into them (which may leave their sources unread in turn).
+    // Buffers no longer read: drop the copies into them (which may leave their sources unread in turn), the
+    // copies a later copy overwrites before any read, and the copies into buffers that only transposed
+    // mmads read (their loops of column copies are skipped by the compiled code, [`transposed_b`]).
     loop {
         let mut read = BTreeSet::new();
         reads_of(&out, &mut read);
-        if !drop_dead(&mut out, &read) {
+        let mut dropped = drop_dead(&mut out, &read);
+        dropped |= drop_overwritten(&mut out);
+        dropped |= drop_transposed_only(&mut out, &dt);
+        if !dropped {
             return out;
         }
     }
+}
+
+/// Drops the copies into a buffer window that a later copy in the same statement list overwrites exactly
+/// (the same region and sizes, as written) before any statement reads the buffer or assigns a register of
+/// the window or sizes: the first copy's data is never read. (The tiler loads one L0 buffer for consecutive
+/// mmads; once copy forwarding has redirected an mmad's operand to the copy's source, the load before the
+/// next one is dead.) True if any was dropped.
+fn drop_overwritten(body: &mut Vec<Stmt>) -> bool {
+    let mut dropped = false;
+    for s in body.iter_mut() {
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
+            dropped |= drop_overwritten(b);
+        }
+    }
+    let dead: Vec<bool> = (0..body.len())
+        .map(|i| {
+            let Stmt::Copy { dst, rows, cols, .. } = &body[i] else { return false };
+            let Some(buf) = buf_of(dst) else { return false };
+            let mut vars = BTreeSet::new();
+            region_vars(dst, &mut vars);
+            svars(rows, &mut vars);
+            svars(cols, &mut vars);
+            for t in &body[i + 1..] {
+                let mut read = BTreeSet::new();
+                reads_of(std::slice::from_ref(t), &mut read);
+                if read.contains(&buf) {
+                    return false;
+                }
+                if let Stmt::Copy { dst: d2, rows: r2, cols: c2, .. } = t {
+                    if d2 == dst && r2 == rows && c2 == cols {
+                        return true;
+                    }
+                }
+                let (_, _, set) = effects(t);
+                if !set.is_disjoint(&vars) {
+                    return false;
+                }
+            }
+            false
+        })
+        .collect();
+    if dead.iter().any(|&d| d) {
+        let mut k = dead.into_iter();
+        body.retain(|_| !k.next().unwrap_or(false));
+        dropped = true;
+    }
+    dropped
+}
+
+/// Drops the copies (outside the loops of column copies [`transposed_b`] converts) into buffers whose every
+/// read is the transposed `b` of a converted mmad: the compiled code skips those loops, and the mmads read the
+/// loops' sources, so nothing reads what the copies write (attention backward's `q` and `dout` loads into
+/// L0B for the `dk` and `dv` products, whose `b` copy forwarding already reads from GM). True if any was.
+fn drop_transposed_only(body: &mut Vec<Stmt>, dt: &Dtypes<'_>) -> bool {
+    let t = transposed_b(dt.prog, dt.launch, body);
+    if t.mmads.is_empty() {
+        return false;
+    }
+    let mmads: BTreeSet<usize> = t.mmads.keys().copied().collect();
+    let mut read = BTreeSet::new();
+    reads_besides(body, &mmads, &mut read);
+    unpaired_b_reads(body, &mmads, &mut read);
+    // The converted mmads' `b` buffers that nothing else reads.
+    let mut only = BTreeSet::new();
+    mmad_b_bufs(body, &mmads, &mut only);
+    only.retain(|b| !read.contains(b));
+    if only.is_empty() {
+        return false;
+    }
+    drop_copies_into(body, &only, &t.loops)
+}
+
+/// The buffers read as the `b` of an mmad in `mmads` (by address).
+fn mmad_b_bufs(body: &[Stmt], mmads: &BTreeSet<usize>, out: &mut BTreeSet<BufId>) {
+    for s in body {
+        match s {
+            Stmt::Mmad { b, .. } if mmads.contains(&(s as *const Stmt as usize)) => out.extend(buf_of(b)),
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => mmad_b_bufs(body, mmads, out),
+            _ => {}
+        }
+    }
+}
+
+/// Drops the copies into `bufs`, except inside the loops in `keep` (by address; their addresses are taken
+/// before this list's statements move). True if any was.
+fn drop_copies_into(body: &mut Vec<Stmt>, bufs: &BTreeSet<BufId>, keep: &BTreeSet<usize>) -> bool {
+    let mut dropped = false;
+    for s in body.iter_mut() {
+        if keep.contains(&(s as *const Stmt as usize)) {
+            continue;
+        }
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
+            dropped |= drop_copies_into(b, bufs, keep);
+        }
+    }
+    let before = body.len();
+    body.retain(|s| !matches!(s, Stmt::Copy { dst, .. } if buf_of(dst).is_some_and(|b| bufs.contains(&b))));
+    dropped | (body.len() != before)
 }
 
 /// The buffers a program reads or writes.
@@ -1938,6 +2048,89 @@ mod tests {
         l.vector = vec![];
         p.launches = vec![l.clone()];
         (p, l)
+    }
+
+    /// A copy of `x`'s row `r` (t0, 16 wide) into buffer `b`'s window at 0, `rows` × 16.
+    fn load_row(r: i64, b: u32, rows: SExpr) -> Stmt {
+        Stmt::Copy {
+            pipe: Pipe::Mte1,
+            src: gm_at(0, SExpr::Const(16 * r), 16),
+            dst: buf_at(b, SExpr::Const(0), 16),
+            rows,
+            cols: SExpr::Const(16),
+        }
+    }
+
+    #[test]
+    fn copies_overwritten_before_any_read_are_dropped() {
+        let flag = Stmt::SetFlag { from: Pipe::Mte1, to: Pipe::M, event: 0 };
+        let mmad = Stmt::Mmad {
+            a: buf_at(0, SExpr::Const(0), 16),
+            b: buf_at(1, SExpr::Const(0), 16),
+            c: buf_at(2, SExpr::Const(0), 16),
+            m: SExpr::Const(4),
+            k: SExpr::Const(16),
+            n: SExpr::Const(8),
+            accumulate: false,
+        };
+        let dropped = |mid: Vec<Stmt>| {
+            let mut body = vec![load_row(0, 0, var(1))];
+            body.extend(mid);
+            body.extend([load_row(1, 0, var(1)), mmad.clone()]);
+            let n = body.len();
+            // In a loop's body (as the tiler writes them).
+            let mut nested = vec![Stmt::For { var: SVar(0), lo: SExpr::Const(0), hi: SExpr::Const(2), step: 1, body }];
+            let changed = drop_overwritten(&mut nested);
+            let Stmt::For { body, .. } = &nested[0] else { unreachable!() };
+            assert_eq!(changed, body.len() == n - 1);
+            // The load of row 1 always stays.
+            assert!(body.iter().any(|s| matches!(s, Stmt::Copy { src, .. } if src.offset == SExpr::Const(16))));
+            changed
+        };
+        assert!(dropped(vec![]));
+        assert!(dropped(vec![flag.clone()]));
+        // Not when the buffer is read in between (an mmad, or a branch that copies from it), a register of the
+        // window or sizes is assigned in between, or the later copy writes other rows.
+        assert!(!dropped(vec![mmad.clone()]));
+        let read = Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: buf_at(0, SExpr::Const(0), 16),
+            dst: gm_at(1, SExpr::Const(0), 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(1),
+        };
+        assert!(!dropped(vec![Stmt::If { cond: var(1), then: vec![read] }]));
+        assert!(!dropped(vec![Stmt::Set { var: SVar(1), value: SExpr::Const(4) }]));
+        let mut body = vec![load_row(0, 0, var(1)), load_row(1, 0, SExpr::Const(2)), mmad];
+        assert!(!drop_overwritten(&mut body));
+        assert_eq!(body.len(), 3);
+    }
+
+    #[test]
+    fn copies_into_a_buffer_only_transposed_mmads_read_are_dropped() {
+        // After the mmad (whose `b` is the loop's transpose of x), a load of x's rows into the same L0B buffer
+        // (the backward's `q` for the `dk` product, whose `b` copy forwarding already reads from GM).
+        let late = load_row(0, 1, var(1));
+        let into_b = |body: &[Stmt]| {
+            body.iter().filter(|s| matches!(s, Stmt::Copy { dst, .. } if buf_of(dst) == Some(BufId(1)))).count()
+        };
+        let (p, l) = transposing(vec![], var(1), vec![late.clone()]);
+        let out = forward(&p, &l, &l.cube);
+        assert_eq!(into_b(&out), 0, "the load into L0B is dead: {out:#?}");
+        let t = transposed_b(&p, &l, &out);
+        assert_eq!((t.loops.len(), t.mmads.len()), (1, 1), "the loop is still converted");
+        assert!(loop_source(&out).is_some(), "the loop stays (the compiled code skips it)");
+        // Kept when something else reads the buffer.
+        let read_b = Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: buf_at(1, SExpr::Const(0), 16),
+            dst: gm_at(1, SExpr::Const(0), 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(1),
+        };
+        let (p, l) = transposing(vec![], var(1), vec![late, read_b]);
+        let out = forward(&p, &l, &l.cube);
+        assert_eq!(into_b(&out), 1);
     }
 
     #[test]
