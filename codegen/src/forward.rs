@@ -19,6 +19,9 @@
 //!    column (`hi` its rows, `rows` its columns), the sizes compared as written and unchanged since the
 //!    copy: the loop reads GM, and the copy into L1 goes. A tensor that only the partner program writes
 //!    (attention's P, the backward's feeds) is forwarded the same way up to a `CrossWait` (see level 3).
+//!    Writes into another slot of the buffer (a different constant slot) do not end the forwarding, and a
+//!    copy at the end of the body of an `if C` is forwarded into later `if C` statements of the enclosing
+//!    list (attention's second chunk of V and P, loaded and multiplied under `if 0 < hcl_1`).
 //! 3. **Vector reads.** The same for the vector unit: a `Copy` (same dtype) from a GM tensor that no
 //!    statement of the launch writes — or that only the partner program writes, with no `CrossWait` in
 //!    between (the partner cores run only while this one waits) — into a UB window `D`, followed in the
@@ -287,6 +290,30 @@ fn writes(s: &Stmt, bufs: &mut BTreeSet<BufId>, gm: &mut BTreeSet<TensorId>) {
             }
         },
         _ => {}
+    }
+}
+
+/// Whether `s` (loop and branch bodies included) may write slot `slot` of buffer `buf`: a write into another
+/// slot given by a different constant does not (slots do not overlap).
+fn writes_slot(s: &Stmt, buf: BufId, slot: &SExpr) -> bool {
+    let hits = |r: &Region| match &r.loc {
+        Loc::Buf { buf: b, slot: s2 } if *b == buf => {
+            !matches!((slot, s2), (SExpr::Const(x), SExpr::Const(y)) if x != y)
+        }
+        _ => false,
+    };
+    match s {
+        Stmt::For { body, .. } | Stmt::If { then: body, .. } => body.iter().any(|s| writes_slot(s, buf, slot)),
+        Stmt::Copy { dst, .. } | Stmt::Gather { dst, .. } | Stmt::Vector { dst, .. } | Stmt::Reduce { dst, .. } => {
+            hits(dst)
+        }
+        Stmt::Mmad { c, .. } => hits(c),
+        Stmt::Library { .. } => {
+            let (mut bufs, mut gm) = (BTreeSet::new(), BTreeSet::new());
+            writes(s, &mut bufs, &mut gm);
+            bufs.contains(&buf)
+        }
+        _ => false,
     }
 }
 
@@ -591,38 +618,109 @@ fn l1(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, own: &BTreeSet<TensorI
         if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = &mut body[i] {
             l1(b, gm_written, own, dt);
         }
-        let Stmt::Copy { src, dst, rows, cols, .. } = &body[i] else { continue };
-        let (Loc::Gm(t), Some(y)) = (&src.loc, buf_of(dst)) else { continue };
-        // A tensor the partner program writes (and this one does not): only up to a cross-core wait.
-        let yields = gm_written.contains(t);
-        if own.contains(t) || dst.offset != SExpr::Const(0) || !dt.same(src, dst) {
-            continue;
-        }
-        let (src, dst, rows, cols) = (src.clone(), dst.clone(), rows.clone(), cols.clone());
-        let Loc::Buf { slot, .. } = &dst.loc else { continue };
-        let slot = slot.clone();
-        let mut vars = BTreeSet::new();
-        region_vars(&src, &mut vars);
-        region_vars(&dst, &mut vars);
-        let mut size_vars = BTreeSet::new();
-        svars(&rows, &mut size_vars);
-        svars(&cols, &mut size_vars);
-        let sizes_held = (!has_read(&rows) && !has_read(&cols)).into();
-        let l = L1 {
-            y,
-            slot: &slot,
-            stride: &dst.row_stride,
-            src: &src,
-            vars: &vars,
-            size: (&rows, &cols),
-            size_vars: &size_vars,
-            sizes_held,
-            yields,
-        };
+        let Some(c) = L1Copy::of(&body[i], gm_written, own, dt, &BTreeSet::new()) else { continue };
+        let l = c.walker();
         for s in body[i + 1..].iter_mut() {
             if !l.visit(s) {
                 break;
             }
+        }
+    }
+    // Copies at the end of the body of an `if C` (nothing after them in it ends their validity), read in later
+    // `if C` statements of this list, which run exactly when the copy ran: the attention template's loads
+    // of a second chunk and its mmads, each under `if 0 < hcl_1`. `C` reads no buffer and its registers join
+    // those that must not change; the statements in between are checked as in the list itself.
+    for i in 0..body.len() {
+        let (head, tail) = body.split_at_mut(i + 1);
+        let Stmt::If { cond, then } = &head[i] else { continue };
+        if has_read(cond) {
+            continue;
+        }
+        let mut cvars = BTreeSet::new();
+        svars(cond, &mut cvars);
+        for k in 0..then.len() {
+            let mut set = BTreeSet::new();
+            then[..k].iter().for_each(|s| sets(s, &mut set));
+            if !set.is_disjoint(&cvars) {
+                break;
+            }
+            let Some(c) = L1Copy::of(&then[k], gm_written, own, dt, &cvars) else { continue };
+            let l = c.walker();
+            if then[k + 1..].iter().any(|s| l.breaks(s)) {
+                continue;
+            }
+            for s in tail.iter_mut() {
+                if l.breaks(s) {
+                    break;
+                }
+                if matches!(s, Stmt::If { cond: c2, .. } if c2 == cond) {
+                    l.rewrite(s);
+                }
+            }
+        }
+    }
+}
+
+/// A copy from GM into offset 0 of an L1 slot whose reads level 2 forwards (see [`l1`]).
+struct L1Copy {
+    y: BufId,
+    slot: SExpr,
+    src: Region,
+    dst: Region,
+    rows: SExpr,
+    cols: SExpr,
+    vars: BTreeSet<SVar>,
+    size_vars: BTreeSet<SVar>,
+    yields: bool,
+}
+
+impl L1Copy {
+    /// `s` as such a copy; `extra`: registers that must not change either (a branch's condition).
+    fn of(
+        s: &Stmt,
+        gm_written: &BTreeSet<TensorId>,
+        own: &BTreeSet<TensorId>,
+        dt: &Dtypes<'_>,
+        extra: &BTreeSet<SVar>,
+    ) -> Option<L1Copy> {
+        let Stmt::Copy { src, dst, rows, cols, .. } = s else { return None };
+        let (Loc::Gm(t), Some(y)) = (&src.loc, buf_of(dst)) else { return None };
+        // A tensor the partner program writes (and this one does not): only up to a cross-core wait.
+        let yields = gm_written.contains(t);
+        if own.contains(t) || dst.offset != SExpr::Const(0) || !dt.same(src, dst) {
+            return None;
+        }
+        let Loc::Buf { slot, .. } = &dst.loc else { return None };
+        let mut vars = extra.clone();
+        region_vars(src, &mut vars);
+        region_vars(dst, &mut vars);
+        let mut size_vars = BTreeSet::new();
+        svars(rows, &mut size_vars);
+        svars(cols, &mut size_vars);
+        Some(L1Copy {
+            y,
+            slot: slot.clone(),
+            src: src.clone(),
+            dst: dst.clone(),
+            rows: rows.clone(),
+            cols: cols.clone(),
+            vars,
+            size_vars,
+            yields,
+        })
+    }
+
+    fn walker(&self) -> L1<'_> {
+        L1 {
+            y: self.y,
+            slot: &self.slot,
+            stride: &self.dst.row_stride,
+            src: &self.src,
+            vars: &self.vars,
+            size: (&self.rows, &self.cols),
+            size_vars: &self.size_vars,
+            sizes_held: (!has_read(&self.rows) && !has_read(&self.cols)).into(),
+            yields: self.yields,
         }
     }
 }
@@ -649,7 +747,7 @@ impl Walk for L1<'_> {
         if !set.is_disjoint(self.size_vars) {
             self.sizes_held.set(false);
         }
-        writes_buf_or_sets(s, self.y, self.vars) || (self.yields && has_cross_wait(s))
+        writes_slot(s, self.y, self.slot) || !set.is_disjoint(self.vars) || (self.yields && has_cross_wait(s))
     }
 
     /// Rewrites the mmad operands that read the slot, and the sources of column-copy loops that read it.
