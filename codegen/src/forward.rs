@@ -2727,6 +2727,86 @@ mod tests {
         assert_eq!(fix(&out), 1, "{out:#?}");
     }
 
+    /// Level 2 across another slot's load and into a later branch of the same condition: `x` (t0) rows 0..n
+    /// into L1 slot 0, under `if 0 < n` rows 8.. into slot 1 (`slot1_dst` its slot), then an mmad reading slot
+    /// 0 and, under `if cond2`, one reading slot 1 (attention's two chunks of V and P).
+    #[test]
+    fn l1_forwarding_passes_other_slots_and_reaches_branches_of_the_same_condition() {
+        let run = |slot1_dst: i64, cond2: SExpr| {
+            let (mut p, mut l) = launch(vec![]);
+            let n = var(1);
+            let live = SExpr::Bin(SBin::Lt, Box::new(SExpr::Const(0)), Box::new(n.clone()));
+            let slot = |k: i64| Region {
+                loc: Loc::Buf { buf: BufId(0), slot: SExpr::Const(k) },
+                offset: SExpr::Const(0),
+                row_stride: SExpr::Const(16),
+            };
+            let load = |row: i64, k: i64| Stmt::Copy {
+                pipe: Pipe::Mte2,
+                src: gm_at(0, SExpr::Const(16 * row), 16),
+                dst: slot(k),
+                rows: n.clone(),
+                cols: SExpr::Const(16),
+            };
+            let mm = |k: i64, accumulate: bool| Stmt::Mmad {
+                a: slot(k),
+                b: gm_at(0, SExpr::Const(0), 16),
+                c: buf_at(1, SExpr::Const(0), 16),
+                m: n.clone(),
+                k: SExpr::Const(16),
+                n: SExpr::Const(16),
+                accumulate,
+            };
+            l.cube = vec![
+                Stmt::Set { var: SVar(1), value: SExpr::Const(8) },
+                load(0, 0),
+                Stmt::If { cond: live.clone(), then: vec![load(8, slot1_dst)] },
+                mm(0, false),
+                Stmt::If { cond: cond2, then: vec![mm(1, true)] },
+                Stmt::Copy {
+                    pipe: Pipe::Fix,
+                    src: buf_at(1, SExpr::Const(0), 16),
+                    dst: gm_at(1, SExpr::Const(0), 16),
+                    rows: SExpr::Const(8),
+                    cols: SExpr::Const(16),
+                },
+            ];
+            let mut l1 = buf16("l1", Mem::L1);
+            l1.slots = 2;
+            l.unit = Unit::Cube;
+            l.buffers = vec![l1, buf16("c", Mem::L0C)];
+            l.vector = vec![];
+            p.launches = vec![l.clone()];
+            let out = forward(&p, &l, &l.cube);
+            let mut a_rows = Vec::new();
+            #[allow(clippy::items_after_statements)]
+            fn collect(body: &[Stmt], out: &mut Vec<Option<SExpr>>) {
+                for s in body {
+                    match s {
+                        Stmt::Mmad { a, .. } => out.push(match &a.loc {
+                            Loc::Gm(_) => Some(a.offset.clone()),
+                            Loc::Buf { .. } => None,
+                        }),
+                        Stmt::If { then, .. } => collect(then, out),
+                        _ => {}
+                    }
+                }
+            }
+            collect(&out, &mut a_rows);
+            let add = |o: i64| Some(SExpr::Bin(SBin::Add, Box::new(SExpr::Const(o)), Box::new(SExpr::Const(0))));
+            let loads = count(&out, &|s| matches!(s, Stmt::Copy { dst, .. } if buf_of(dst) == Some(BufId(0))));
+            (a_rows.into_iter().map(|r| r == add(0) || r == add(128)).collect::<Vec<_>>(), loads)
+        };
+        let live = SExpr::Bin(SBin::Lt, Box::new(SExpr::Const(0)), Box::new(var(1)));
+        // Both read GM, and both loads go.
+        assert_eq!(run(1, live), (vec![true, true], 0));
+        // Another condition: the second chunk's mmad keeps its slot (so the buffer is still read: both loads
+        // stay).
+        assert_eq!(run(1, var(0)), (vec![true, false], 2));
+        // The branch loads slot 0 again: the first mmad keeps its slot.
+        assert_eq!(run(0, var(0)).0[0], false);
+    }
+
     #[test]
     fn l1_windows_of_a_workspace_the_partner_writes_read_gm_until_a_cross_wait() {
         for (mid, forwarded) in [(vec![], true), (vec![Stmt::CrossWait { flag: 1 }], false)] {
