@@ -1795,7 +1795,6 @@ mod tests {
                     abort: &abort,
                     failure: None,
                     reduce_windows: [(usize::MAX, 0, 0); 4],
-                    reduce_windows: [(usize::MAX, 0, 0); 4],
                 };
                 let mut ctx = CoreCtx { gm: std::ptr::null(), bufs: std::ptr::null(), core: 0, state: &mut st };
                 assert_eq!(unsafe { kc_rt_reduce(&mut ctx, 0, a.as_ptr()) }, STATUS_OK);

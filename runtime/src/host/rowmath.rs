@@ -1488,6 +1488,26 @@ mod tests {
         }
     }
 
+    /// A pending prefetch is handed out one row per call, then nothing; a row routine given one (even of
+    /// memory that is not mapped, a wrong guess of the reduction's predictor) computes the same results.
+    #[test]
+    fn pending_prefetch_rows_are_hints_only() {
+        prefetch_rows(0x1000, 130, 4096, 2);
+        assert_eq!(pending_row(), (0x1000, 3));
+        assert_eq!(pending_row(), (0x2000, 3));
+        assert_eq!(pending_row(), (0, 0));
+        let xs: Vec<f32> = (0..1000).map(|i| i as f32 * -0.05).collect();
+        let want: Vec<u32> = xs.iter().map(|&x| exp_f32(x - 1.0).to_bits()).collect();
+        for at in [0usize, 8, usize::MAX - 4095, xs.as_ptr() as usize] {
+            prefetch_rows(at, 1 << 20, 1 << 30, 3);
+            let (mut got, mut sum) = (vec![0f32; xs.len()], 0f32);
+            let flags = ROW_EXP_SUB;
+            unsafe { kc_rt_row_exp(got.as_mut_ptr(), xs.as_ptr() as *const u8, flags, 1.0, 1.0, 1000, &mut sum) };
+            assert!(got.iter().map(|x| x.to_bits()).eq(want.iter().copied()));
+        }
+        prefetch_rows(0, 0, 0, 0);
+    }
+
     #[test]
     fn exp_routine_is_the_scalar_formula_on_every_length() {
         for n in [0usize, 1, 5, 16, 17, 100] {
