@@ -27,6 +27,13 @@
 //!   multiplies by the row's reciprocal and corrects once (the bits of the division, see `wide`), and a large
 //!   GM destination is stored with non-temporal stores ([`ROW_DST_STREAM`]).
 //!
+//! - On AVX-512 hosts the row routines' `exp` ends in one `vscalefps` instead of the two-step scaling (the
+//!   same bits, see `wide::exp16`), and with AVX512-BF16 their bf16 results are rounded by
+//!   `vcvtne2ps2bf16` (the same bits: vectors with a subnormal lane, which it flushes, round the integer
+//!   way; `wide::cvt32`).
+//! - [`prefetch_rows`]: a row reduction's guess of the rows its loop reads next, which the next
+//!   [`kc_rt_row_exp`] calls of the thread request into L2 while they compute (a hint).
+//!
 //! The row routines work by blocks of [`LANES`] elements, each loaded before it is stored, so a destination
 //! may be its source (the same window); they are given no other overlap.
 
@@ -741,7 +748,9 @@ mod wide {
             let (mut l0, mut l1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             let mut i = 0;
             // A row to request meanwhile (`super::prefetch_rows`): line `j` with block `j`, the rest after.
-            let (pf, mut lines) = super::pending_row();
+            let (pf, lines) = super::pending_row();
+            // At most 64 lines past the row's blocks (a row routine shorter than the pending row).
+            let mut lines = lines.min(n / 32 + 64);
             let mut pl = pf as *const i8;
             while i + 32 <= n {
                 if lines > 0 {
