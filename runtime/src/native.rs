@@ -149,6 +149,9 @@ pub struct CoreState {
     sites: *const [Site],
     abort: *const AtomicBool,
     failure: Option<(usize, [i64; 4])>,
+    /// The last row window of each of a few row-reduction sites (`(site, first row's address, change since
+    /// the call before)`): see [`rowmath::prefetch_rows`].
+    reduce_windows: [(usize, usize, usize); 4],
 }
 
 /// Cross-core flag counters of a unit: `inbox[member][sender][flag]`.
@@ -697,6 +700,22 @@ pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const
             if axis == 1 {
                 // Row by row, 32 lanes at a time (`host::rowmath`, 16-lane vectors on AVX-512 hosts).
                 let n = cols.max(0) as usize;
+                if rows > 0 && n > 0 {
+                    // A site whose window moved by the same amount twice running (a loop over row tiles)
+                    // will likely read the window that far on next: the row routines that follow request it
+                    // into the cache while they compute (a hint, see `rowmath::prefetch_rows`).
+                    let esz = if src.d == DType::F32 { 4 } else { 2 };
+                    let first = (src.p as usize).wrapping_add((src.idx(0, 0) as usize).wrapping_mul(esz));
+                    let stride = if rows > 1 { (src.idx(1, 0) - src.idx(0, 0)) as usize * esz } else { 0 };
+                    let site = site as usize;
+                    let slot = st.reduce_windows.iter().position(|w| w.0 == site).unwrap_or(site % 4);
+                    let (old_site, last, moved) = st.reduce_windows[slot];
+                    let now = first.wrapping_sub(last);
+                    if old_site == site && now == moved && now != 0 {
+                        rowmath::prefetch_rows(first.wrapping_add(now), n * esz, stride, rows as usize);
+                    }
+                    st.reduce_windows[slot] = (site, first, if old_site == site { now } else { 0 });
+                }
                 for r in 0..rows {
                     let o = dst.idx(r, 0);
                     let acc = if accumulate { Some(*d.offset(o)) } else { None };
@@ -1598,6 +1617,7 @@ fn run_unit(
             sites: nl.sites as *const [Site],
             abort,
             failure: None,
+            reduce_windows: [(usize::MAX, 0, 0); 4],
         })
         .collect();
     let sp = states.as_mut_ptr();
@@ -1774,6 +1794,7 @@ mod tests {
                     sites: sites.as_slice() as *const [Site],
                     abort: &abort,
                     failure: None,
+                    reduce_windows: [(usize::MAX, 0, 0); 4],
                 };
                 let mut ctx = CoreCtx { gm: std::ptr::null(), bufs: std::ptr::null(), core: 0, state: &mut st };
                 assert_eq!(unsafe { kc_rt_reduce(&mut ctx, 0, a.as_ptr()) }, STATUS_OK);
