@@ -37,6 +37,8 @@
 //!    `Copy` moves unchanged to a GM tensor that nothing else in this program reads or writes, when L0C has
 //!    no other reader: the mmads accumulate in GM and the copy goes (see `mmad_writes`). The partner
 //!    program may read the tensor when no `CrossWait` lies in between (attention's score and P·V blocks).
+//!    Results of several buffers copied into one tensor go together when their windows are provably apart
+//!    (`disjoint_windows`: the backward's two score blocks in one workspace).
 //! 6. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
 //! 7. A copy whose window a later copy in the same statement list overwrites exactly (same region and
 //!    sizes, as written) before anything reads the buffer or assigns a register of the window is dropped
@@ -1591,56 +1593,170 @@ fn mmad_writes(body: &mut Vec<Stmt>, own: &[Stmt], other: &[Stmt], dt: &Dtypes<'
         }
     }
     mmad_dsts(body, &mut ys);
-    for y in ys {
-        fn targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId>) -> bool {
-            let mut ok = true;
-            for s in body {
-                match s {
-                    Stmt::For { body, .. } | Stmt::If { then: body, .. } => ok &= targets(body, y, dt, out),
-                    Stmt::Copy { src, dst, .. } if buf_of(src) == Some(y) => {
-                        match &dst.loc {
-                            Loc::Gm(g) => {
-                                out.insert(*g);
-                            }
-                            Loc::Buf { .. } => ok = false,
+    fn targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId>) -> bool {
+        let mut ok = true;
+        for s in body {
+            match s {
+                Stmt::For { body, .. } | Stmt::If { then: body, .. } => ok &= targets(body, y, dt, out),
+                Stmt::Copy { src, dst, .. } if buf_of(src) == Some(y) => {
+                    match &dst.loc {
+                        Loc::Gm(g) => {
+                            out.insert(*g);
                         }
-                        ok &= dt.same(src, dst);
+                        Loc::Buf { .. } => ok = false,
                     }
-                    _ => {}
+                    ok &= dt.same(src, dst);
                 }
+                _ => {}
             }
-            ok
         }
+        ok
+    }
+    // No copy (or other statement) writes the tensors any more besides the rewritten mmads.
+    fn other_writers(body: &[Stmt], gs: &BTreeSet<TensorId>) -> bool {
+        body.iter().any(|s| match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => other_writers(body, gs),
+            Stmt::Mmad { .. } => false,
+            s => {
+                let (mut b, mut g) = (BTreeSet::new(), BTreeSet::new());
+                writes(s, &mut b, &mut g);
+                !g.is_disjoint(gs)
+            }
+        })
+    }
+    // Rewrites the chains of every buffer of `ys` together, if then nothing reads them and only mmads write
+    // their tensors `gs`.
+    let rewrite = |body: &mut Vec<Stmt>, ys: &[BufId], gs: &BTreeSet<TensorId>| -> bool {
+        let no_wait = gs.intersection(&other_read).copied().collect();
+        let mut new = body.clone();
+        // A chain whose copy comes after another buffer's copy into the tensor is taken once that one is
+        // rewritten (its copy gone): as many rounds as buffers.
+        for _ in ys {
+            for &y in ys {
+                mmad_direct(&mut new, y, &no_wait);
+            }
+        }
+        let mut r = BTreeSet::new();
+        reads_of(&new, &mut r);
+        if ys.iter().any(|y| r.contains(y)) || other_writers(&new, gs) {
+            return false;
+        }
+        *body = new;
+        true
+    };
+    let mut left: Vec<(BufId, BTreeSet<TensorId>)> = Vec::new();
+    for y in ys {
         let mut gs = BTreeSet::new();
         if !targets(body, y, dt, &mut gs) || gs.is_empty() || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written)
         {
             continue;
         }
-        let no_wait = gs.intersection(&other_read).copied().collect();
-        let mut new = body.clone();
-        mmad_direct(&mut new, y, &no_wait);
-        let mut r = BTreeSet::new();
-        reads_of(&new, &mut r);
-        if r.contains(&y) {
-            continue;
+        if !rewrite(body, &[y], &gs) {
+            left.push((y, gs));
         }
-        // No copy (or other statement) writes the tensors any more besides the rewritten mmads.
-        fn other_writers(body: &[Stmt], gs: &BTreeSet<TensorId>) -> bool {
-            body.iter().any(|s| match s {
-                Stmt::For { body, .. } | Stmt::If { then: body, .. } => other_writers(body, gs),
-                Stmt::Mmad { .. } => false,
-                s => {
-                    let (mut b, mut g) = (BTreeSet::new(), BTreeSet::new());
-                    writes(s, &mut b, &mut g);
-                    !g.is_disjoint(gs)
-                }
-            })
-        }
-        if other_writers(&new, &gs) {
-            continue;
-        }
-        *body = new;
     }
+    // Buffers whose copies go into one tensor (the backward's two score blocks into one workspace, at two
+    // offsets): each alone leaves the other's copy writing the tensor, so they are rewritten together when
+    // their windows are provably disjoint ([`disjoint_windows`]).
+    while let Some((y, mut gs)) = left.pop() {
+        let mut group = vec![y];
+        loop {
+            let before = group.len();
+            left.retain(|(z, hs)| {
+                if hs.is_disjoint(&gs) {
+                    return true;
+                }
+                group.push(*z);
+                gs.extend(hs.iter().copied());
+                false
+            });
+            if group.len() == before {
+                break;
+            }
+        }
+        if group.len() > 1 && disjoint_windows(body, &group, dt) {
+            rewrite(body, &group, &gs);
+        }
+    }
+}
+
+/// `e` as `base + k` (`k` a constant; 0 when `e` has no constant term on the outside).
+fn split_const(e: &SExpr) -> (SExpr, i64) {
+    match e {
+        SExpr::Bin(SBin::Add, a, b) => match &**b {
+            SExpr::Const(k) => {
+                let (base, j) = split_const(a);
+                (base, j + k)
+            }
+            _ => (e.clone(), 0),
+        },
+        SExpr::Const(k) => (SExpr::Const(0), *k),
+        _ => (e.clone(), 0),
+    }
+}
+
+/// Whether the GM windows that the copies out of the buffers `ys` write lie apart for different buffers.
+/// The copies must all be in one statement list, with no register of their windows assigned between the
+/// first and the last, and each must read its buffer (of one slot) from offset 0 with the row stride it
+/// writes with, to a GM offset `base + k` with the same `base` for all: then a copy's window lies in
+/// `[base + k, base + k + E)`, `E` its buffer's elements (the source window lies in the buffer, which the
+/// JIT checks), and those intervals are compared for the copies of different buffers.
+fn disjoint_windows(body: &[Stmt], ys: &[BufId], dt: &Dtypes<'_>) -> bool {
+    let out_of = |s: &Stmt| match s {
+        Stmt::Copy { src, dst: Region { loc: Loc::Gm(_), .. }, .. } => buf_of(src).filter(|b| ys.contains(b)),
+        _ => None,
+    };
+    fn count(body: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
+        body.iter()
+            .map(|s| {
+                usize::from(f(s))
+                    + match s {
+                        Stmt::For { body, .. } | Stmt::If { then: body, .. } => count(body, f),
+                        _ => 0,
+                    }
+            })
+            .sum()
+    }
+    let total = count(body, &|s| out_of(s).is_some());
+    // The list that holds them all.
+    fn find<'s>(body: &'s [Stmt], f: &dyn Fn(&Stmt) -> bool, total: usize) -> Option<&'s [Stmt]> {
+        if body.iter().filter(|s| f(s)).count() == total {
+            return Some(body);
+        }
+        body.iter().find_map(|s| match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => find(body, f, total),
+            _ => None,
+        })
+    }
+    let Some(list) = find(body, &|s| out_of(s).is_some(), total) else { return false };
+    let at: Vec<usize> = (0..list.len()).filter(|&i| out_of(&list[i]).is_some()).collect();
+    let (Some(&first), Some(&last)) = (at.first(), at.last()) else { return false };
+    let mut spans: Vec<(BufId, TensorId, i64, i64)> = Vec::new();
+    let mut base: Option<SExpr> = None;
+    let mut vars = BTreeSet::new();
+    for &i in &at {
+        let Stmt::Copy { src, dst, .. } = &list[i] else { return false };
+        let (Some(y), Loc::Gm(g)) = (buf_of(src), &dst.loc) else { return false };
+        let buf = &dt.launch.buffers[y.0 as usize];
+        let norm = crate::lower::norm;
+        if buf.slots != 1 || src.offset != SExpr::Const(0) || norm(&src.row_stride) != norm(&dst.row_stride) {
+            return false;
+        }
+        let (b, k) = split_const(&dst.offset);
+        let b = norm(&b);
+        if base.get_or_insert_with(|| b.clone()) != &b {
+            return false;
+        }
+        region_vars(dst, &mut vars);
+        let elems: u64 = buf.shape.iter().product();
+        spans.push((y, *g, k, k + elems as i64));
+    }
+    let mut set = BTreeSet::new();
+    list[first..=last].iter().for_each(|s| sets(s, &mut set));
+    if !set.is_disjoint(&vars) {
+        return false;
+    }
+    spans.iter().all(|a| spans.iter().all(|b| a.0 == b.0 || a.1 != b.1 || a.3 <= b.2 || b.3 <= a.2))
 }
 
 // ----- dead copies -----
@@ -2666,6 +2782,46 @@ mod tests {
         };
         p.launches = vec![l.clone()];
         (p, l)
+    }
+
+    /// Two results copied into one tensor (the attention backward's score blocks into one workspace): each
+    /// chain alone leaves the other's copy writing the tensor; together they accumulate in GM when their
+    /// windows lie apart (the buffers' 32 elements at offsets 0 and `k`), not when they may overlap.
+    #[test]
+    fn two_results_into_one_tensor_go_to_gm_together_when_apart() {
+        let run = |k: i64| {
+            let mm = |b: u32| Stmt::Mmad {
+                a: gm_at(0, SExpr::Const(0), 16),
+                b: gm_at(0, SExpr::Const(0), 16),
+                c: ub(b, 16),
+                m: SExpr::Const(2),
+                k: SExpr::Const(16),
+                n: SExpr::Const(16),
+                accumulate: false,
+            };
+            let out = |b: u32, at: i64| Stmt::Copy {
+                pipe: Pipe::Fix,
+                src: ub(b, 16),
+                dst: gm_at(1, SExpr::Bin(SBin::Add, Box::new(SExpr::Core), Box::new(SExpr::Const(at))), 16),
+                rows: SExpr::Const(2),
+                cols: SExpr::Const(16),
+            };
+            let (mut p, mut l) = launch(vec![]);
+            l.unit = Unit::Mixed;
+            l.cube_cores = 1;
+            l.vector_cores = 2;
+            l.cube = vec![mm(0), mm(1), out(0, 0), out(1, k)];
+            l.vector = vec![];
+            p.launches = vec![l.clone()];
+            let out = forward(&p, &l, &l.cube);
+            let in_gm = count(&out, &|s| matches!(s, Stmt::Mmad { c: Region { loc: Loc::Gm(_), .. }, .. }));
+            let copies = count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Fix, .. }));
+            (in_gm, copies)
+        };
+        assert_eq!(run(32), (2, 0));
+        assert_eq!(run(64), (2, 0));
+        assert_eq!(run(16), (0, 2));
+        assert_eq!(run(-16), (0, 2));
     }
 
     #[test]
