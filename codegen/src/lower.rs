@@ -872,7 +872,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let a = self.words(&w);
                 self.call("kc_rt_copy", &[a]);
             }
-            Stmt::Gather { src, src_rows, row_stride, col_offset, index, dst, rows, cols, span, .. } => {
+            Stmt::Gather { src, src_rows, row_stride, col_offset, index, dst, rows, cols, span, error, .. } => {
                 let rows = self.sexpr(rows)?;
                 let cols = self.sexpr(cols)?;
                 let t = self.prog.tensor(*src);
@@ -900,7 +900,12 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 if *src_rows > 0 {
                     self.check(&src_res, n_rows, cols);
                 }
-                let site = self.site(Site::Gather { span: *span, tensor: t.name.clone(), src_rows: *src_rows });
+                let site = self.site(Site::Gather {
+                    span: *span,
+                    tensor: t.name.clone(),
+                    src_rows: *src_rows,
+                    error: error.clone(),
+                });
                 let mut w = self.region_words(&d);
                 let sp = self.gm[src.0 as usize];
                 let sdt = self.iconst(native::dtype_code(t.dtype));

@@ -111,7 +111,7 @@ pub enum Site {
     /// stride, rows, cols; `limit`: the storage's elements).
     Bounds { what: String, limit: u64 },
     /// A gather index outside `0..src_rows` (`vals`: the index, the row of the tile).
-    Gather { span: Span, tensor: String, src_rows: u64 },
+    Gather { span: Span, tensor: String, src_rows: u64, error: Option<String> },
     /// An integer division by zero in a vector statement, reported at the kernel's span as the simulator
     /// does (`vals`: the dividend, 0 for `/` and 1 for `%`).
     DivByZero,
@@ -152,6 +152,14 @@ pub struct CoreState {
     /// The last row window of each of a few row-reduction sites (`(site, first row's address, change since
     /// the call before)`): see [`rowmath::prefetch_rows`].
     reduce_windows: [(usize, usize, usize); 4],
+}
+
+/// The error of a gather whose index check carries its own words (`Stmt::Gather`'s `error`: the grouped
+/// template's checks of `segment`'s offsets), failing at row `row` of the gathered tile: `{row}` and
+/// `{next}` in the words become `row` and `row + 1`.
+pub fn gather_error(span: Span, error: &str, row: i64) -> Diagnostic {
+    let msg = error.replace("{row}", &row.to_string()).replace("{next}", &(row + 1).to_string());
+    Diagnostic::error(Code::IndexOutOfRange, span, msg).with_label("the segment's offsets")
 }
 
 /// Cross-core flag counters of a unit: `inbox[member][sender][flag]`.
@@ -1535,7 +1543,8 @@ fn describe(
                 v[2], v[3], v[0], v[1]
             ),
         ),
-        Some(Site::Gather { span, tensor, src_rows }) => Diagnostic::error(
+        Some(Site::Gather { span, error: Some(e), .. }) => gather_error(*span, e, v[1]),
+        Some(Site::Gather { span, tensor, src_rows, error: None }) => Diagnostic::error(
             Code::IndexOutOfRange,
             *span,
             format!("index {} is out of range for axis 0 of `{tensor}` (size {src_rows})", v[0]),

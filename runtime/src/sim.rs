@@ -843,7 +843,7 @@ fn exec<'p>(
             }
             *stats.elements.entry(*pipe).or_default() += (rows * cols) as u64;
         }
-        Stmt::Gather { pipe, src, src_rows, row_stride, col_offset, index, dst, rows, cols, span } => {
+        Stmt::Gather { pipe, src, src_rows, row_stride, col_offset, index, dst, rows, cols, span, error } => {
             let ti = src.0 as usize;
             let (Some(gt), Some(sd)) = (ctx.prog.tensors.get(ti), gm.get(ti)) else {
                 return bug(format!("GM tensor #{ti} does not exist"));
@@ -874,13 +874,16 @@ fn exec<'p>(
                     v => return bug(format!("a gather index of type {}", v.ty_name())),
                 };
                 if v < 0 || v >= n_rows {
-                    let d = Diagnostic::error(
-                        Code::IndexOutOfRange,
-                        *span,
-                        format!("index {v} is out of range for axis 0 of `{}` (size {src_rows})", gt.name),
-                    )
-                    .with_label(format!("index {v} out of 0..{src_rows}"))
-                    .with_note(format!("at row {r} of the gathered tile"));
+                    let d = match error {
+                        Some(e) => crate::native::gather_error(*span, e, r),
+                        None => Diagnostic::error(
+                            Code::IndexOutOfRange,
+                            *span,
+                            format!("index {v} is out of range for axis 0 of `{}` (size {src_rows})", gt.name),
+                        )
+                        .with_label(format!("index {v} out of 0..{src_rows}"))
+                        .with_note(format!("at row {r} of the gathered tile")),
+                    };
                     return Err(Box::new(Failure::Diag(d)));
                 }
                 for c in 0..cols {
@@ -1853,6 +1856,7 @@ mod tests {
             rows: c(n),
             cols: c(cols),
             span: sp(70, 80),
+            error: None,
         });
         prog.extend(sync(Pipe::Mte2, Pipe::Mte3, 0));
         prog.push(copy(Pipe::Mte3, bufr(yb, c(0), c(0), 8), gmr(yt, c(0), cols), c(n), c(cols)));

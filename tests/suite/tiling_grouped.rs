@@ -142,7 +142,8 @@ fn skewed_and_empty_experts() {
 
 /// Offsets that leave a row outside every segment, and offsets that are not sorted (inside the rows' range
 /// or not): the interpreter stops with `IndexOutOfRange`, and so do the simulator and the JIT, at the
-/// segment's span (before this check, unsorted offsets gave the JIT other rows than the interpreter).
+/// segment's span (before this check, unsorted offsets gave the JIT other rows than the interpreter), saying
+/// what is wrong with the offsets as the interpreter does (the first unsorted pair), not a gather's index.
 #[test]
 fn rows_outside_the_offsets_are_the_interpreters_error() {
     let g = kernel();
@@ -153,15 +154,23 @@ fn rows_outside_the_offsets_are_the_interpreters_error() {
         let args = inputs(&g, dims, Some(off.clone()), 5);
         let ie = kc_ir::interp::run(&g, &args).expect_err("the interpreter refuses the offsets");
         assert_eq!(ie[0].code, Code::IndexOutOfRange, "{off:?}");
-        if k >= outside.len() {
+        // The tensor's name as the interpreter gives it, and what the compiled checks must say.
+        let name = ie[0].message.split('`').nth(1).expect("a name in backticks").to_string();
+        let want = if k >= outside.len() {
             assert!(ie[0].message.contains("not sorted"), "{off:?}: {}", ie[0].message);
-        }
+            let i = (0..off.len() - 1).find(|&i| off[i] > off[i + 1]).expect("an unsorted pair");
+            assert!(ie[0].message.contains(&format!("element {i} is ")), "{off:?}: {}", ie[0].message);
+            format!("the offsets of `{name}` are not sorted: element {i} is greater than element {}", i + 1)
+        } else {
+            format!("rows 0..9 of the grouped matmul are not all inside the range offsets[0]..offsets[3] of `{name}`")
+        };
         for t in TARGETS {
             let target = Target::builtin(t).expect("target");
             let tp = program(&g, &args, &target);
             let se = kc_runtime::sim::run(&tp, &g, &args).expect_err("the simulator refuses the offsets");
             assert_eq!(se[0].code, Code::IndexOutOfRange, "{off:?} on {t}: {se:?}");
             assert_eq!(se[0].primary.span, ie[0].primary.span, "{off:?} on {t}: the segment's span");
+            assert_eq!(se[0].message, want, "{off:?} on {t}");
         }
         let target = Target::builtin("host").expect("target");
         let tp = program(&g, &args, &target);
@@ -172,6 +181,7 @@ fn rows_outside_the_offsets_are_the_interpreters_error() {
                 compiled.run(&tp, &g, &args, threads, &Default::default()).expect_err("the JIT refuses the offsets");
             assert_eq!(je[0].code, Code::IndexOutOfRange, "{off:?}, {threads} threads: {je:?}");
             assert_eq!(je[0].primary.span, ie[0].primary.span, "{off:?}: the segment's span");
+            assert_eq!(je[0].message, want, "{off:?}, {threads} threads");
         }
     }
 }

@@ -333,7 +333,8 @@ pub enum Stmt {
     /// col_offset` of `src` (a GM tensor) to row `r` of `dst`. `index` is in the core's own memory (UB on
     /// a vector core, L1 on a cube core). `index` is an i32 UB region read by the
     /// scalar unit (`index[r]` is its element `(r, 0)`); an index outside `0..src_rows` stops the kernel
-    /// with `span`'s error.
+    /// with `span`'s error: `error` when given (with `{row}` the failing row of the tile and `{next}` the one
+    /// after it; the grouped template's checks of `segment`'s offsets), else an index out of range.
     Gather {
         pipe: Pipe,
         src: TensorId,
@@ -345,6 +346,7 @@ pub enum Stmt {
         rows: SExpr,
         cols: SExpr,
         span: crate::span::Span,
+        error: Option<String>,
     },
     /// `c[m, n] (+)= Σ_k a[m, k] · b[k, n]` on the cube, in f32; `a` in L0A, `b` in L0B, `c` in L0C.
     Mmad { a: Region, b: Region, c: Region, m: SExpr, k: SExpr, n: SExpr, accumulate: bool },

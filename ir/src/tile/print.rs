@@ -407,14 +407,15 @@ impl Printer {
             Stmt::Copy { pipe, src, dst, rows, cols } => {
                 format!("copy.{} {} -> {}", pipe.name(), self.region(src, rows, cols), self.region(dst, rows, cols))
             }
-            Stmt::Gather { pipe, src, src_rows, row_stride, col_offset, index, dst, rows, cols, .. } => format!(
-                "gather.{} gm:{}[{} of {src_rows} rows, ld {row_stride}, cols {} +: {}] -> {}",
+            Stmt::Gather { pipe, src, src_rows, row_stride, col_offset, index, dst, rows, cols, error, .. } => format!(
+                "gather.{} gm:{}[{} of {src_rows} rows, ld {row_stride}, cols {} +: {}] -> {}{}",
                 pipe.name(),
                 self.tensor(*src),
                 self.window(index, &self.ext(rows), "1"),
                 self.sx(col_offset),
                 self.ext(cols),
-                self.region(dst, rows, cols)
+                self.region(dst, rows, cols),
+                error.as_ref().map_or(String::new(), |e| format!(" else error {e:?}"))
             ),
             Stmt::Mmad { a, b, c, m, k, n, accumulate } => format!(
                 "mmad {} {} {} * {}",
@@ -905,6 +906,7 @@ launch matmul_relu  mixed  grid 2 cube + 4 vector
                 rows: rows.clone(),
                 cols: c(128),
                 span: Span::default(),
+                error: None,
             },
             Stmt::Mmad {
                 a: buf(9, 0, c(0), 16),

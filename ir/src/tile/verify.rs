@@ -2035,6 +2035,7 @@ mod tests {
             rows: c(1),
             cols: c(128),
             span: Span::default(),
+            error: None,
         });
         l.vector.push(Stmt::Reduce {
             op: ReduceOp::ArgMax,

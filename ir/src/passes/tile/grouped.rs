@@ -106,6 +106,8 @@ pub fn grouped(
 struct Plan {
     span: Span,
     offsets: TensorId,
+    /// The offsets' tensor name, for the range and order checks' errors.
+    offsets_name: String,
     xs: TensorId,
     dtype: DType,
     /// The first matmul's weights, in the order the `h` body's reductions appear.
@@ -251,7 +253,23 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
     if !ok_shapes || hshape != [r, f] || r < 1 || m < 1 || f < 1 || e < 1 {
         return None;
     }
-    Some(Plan { span: value_span(sb), offsets, xs, dtype, w_h, h_body: hb.clone(), h, ys: ys_t, w2, r, m, f, e })
+    let offsets_name = gm.tensors.get(offsets.0 as usize).map_or_else(|| "offsets".to_string(), |t| t.name.clone());
+    Some(Plan {
+        span: value_span(sb),
+        offsets,
+        offsets_name,
+        xs,
+        dtype,
+        w_h,
+        h_body: hb.clone(),
+        h,
+        ys: ys_t,
+        w2,
+        r,
+        m,
+        f,
+        e,
+    })
 }
 
 fn value_span(e: &Expr) -> Span {
@@ -704,8 +722,15 @@ fn vector_program(
     });
     prog.extend(flag(Pipe::V, Pipe::S));
     // Gathers `rows` rows of a one-row view of `offsets` at the indices in `index` (0 or 1 each): an index
-    // 1 stops the kernel with `IndexOutOfRange` at the segment.
-    let probe = |index: BufId, dst: BufId, rows: i64| Stmt::Gather {
+    // 1 stops the kernel with `IndexOutOfRange` at the segment, with `error` (the interpreter's words).
+    let off_name = &p.offsets_name;
+    let outside = format!(
+        "rows 0..{} of the grouped matmul are not all inside the range offsets[0]..offsets[{}] of `{off_name}`",
+        p.r, p.e
+    );
+    let unsorted =
+        format!("the offsets of `{off_name}` are not sorted: element {{row}} is greater than element {{next}}");
+    let probe = |index: BufId, dst: BufId, rows: i64, error: &str| Stmt::Gather {
         pipe: Pipe::Mte2,
         src: p.offsets,
         src_rows: 1,
@@ -716,8 +741,9 @@ fn vector_program(
         rows: c(rows),
         cols: c(1),
         span: p.span,
+        error: Some(error.to_string()),
     };
-    prog.push(probe(chk, scratch, 1));
+    prog.push(probe(chk, scratch, 1, &outside));
     // Sorted offsets: order[e] = 1 where offsets[e] > offsets[e + 1], else 0; gathering those rows of the
     // 1-row view stops the kernel at the first unsorted pair, as the interpreter's check does.
     let off_row = |at: i64| rg(bs(off, c(0)), c(at), c(p.e + 1));
@@ -732,7 +758,7 @@ fn vector_program(
         ),
     });
     prog.extend(flag(Pipe::V, Pipe::S));
-    prog.push(probe(order, order_probe, p.e));
+    prog.push(probe(order, order_probe, p.e, &unsorted));
     prog.push(Stmt::Set { var: item, value: c(0) });
     prog.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: 0 });
     prog.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });

@@ -596,6 +596,7 @@ fn wide_argsort(
         rows: add(v(n0), v(n1)),
         cols: c(1),
         span,
+        error: None,
     });
     ms.extend(sync(Pipe::Mte2, Pipe::S));
     ms.push(Stmt::Library {
@@ -624,6 +625,7 @@ fn wide_argsort(
         rows: add(v(n0), v(n1)),
         cols: c(1),
         span,
+        error: None,
     });
     ms.extend(sync(Pipe::Mte2, Pipe::Mte3));
     ms.push(Stmt::Copy { pipe: Pipe::Mte3, src: col(res), dst: in_out(lo()), rows: c(1), cols: add(v(n0), v(n1)) });

@@ -1035,6 +1035,7 @@ impl Translate<'_> {
             rows,
             cols: ncols,
             span,
+            error: None,
         });
         self.pre.push(Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: GATHER_EVENT });
         self.pre.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: GATHER_EVENT });
