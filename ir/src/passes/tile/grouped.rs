@@ -39,9 +39,12 @@
 //!
 //! On a target with `contiguous_chunks` (the host, where a core is a thread's unit of work) a core takes a
 //! contiguous run of items instead: a first walk over the experts counts them (`items`), and item `cnt`
-//! belongs to core `cnt · cubes / items`. A core's consecutive items are then the n-blocks of one row tile,
-//! which share its rows (the host's matrix unit packs them once). The row tiles are at most `bm` rows,
-//! 128 or the target's `grouped_rows` (256 on the host: an expert's rows in one tile).
+//! belongs to core `cnt · cubes / items`, and the walk takes an expert's row tiles inside its n-blocks
+//! (`for n0 { for t0 { ... } }`): a core's consecutive items are the row tiles of one n-block, which read
+//! the same weight panels, so the host's matrix unit packs each panel once and keeps it while they pass
+//! (`packed_bt` in `runtime/src/host/mmad.rs`; the packed rows of the 2–3 row tiles are kept too). With the
+//! n-blocks innermost each panel was packed once per row tile. The row tiles are at most `bm` rows, 128 or
+//! the target's `grouped_rows` (256 on the host).
 //!
 //! ITEM on the cube is `cube.rs`'s block with one `b` operand per matmul: `a = xs[t0.., k0..]` (rows of
 //! the expert's tile), `b_j = w_j[ex, n0.., k0..]` (transposed by MTE1 on the way to L0B), one L0C
