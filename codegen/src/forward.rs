@@ -19,6 +19,9 @@
 //!    column (`hi` its rows, `rows` its columns), the sizes compared as written and unchanged since the
 //!    copy: the loop reads GM, and the copy into L1 goes. A tensor that only the partner program writes
 //!    (attention's P, the backward's feeds) is forwarded the same way up to a `CrossWait` (see level 3).
+//!    Writes into another slot of the buffer (a different constant slot) do not end the forwarding, and a
+//!    copy at the end of the body of an `if C` is forwarded into later `if C` statements of the enclosing
+//!    list (attention's second chunk of V and P, loaded and multiplied under `if 0 < hcl_1`).
 //! 3. **Vector reads.** The same for the vector unit: a `Copy` (same dtype) from a GM tensor that no
 //!    statement of the launch writes — or that only the partner program writes, with no `CrossWait` in
 //!    between (the partner cores run only while this one waits) — into a UB window `D`, followed in the
@@ -35,6 +38,13 @@
 //!    no other reader: the mmads accumulate in GM and the copy goes (see `mmad_writes`). The partner
 //!    program may read the tensor when no `CrossWait` lies in between (attention's score and P·V blocks).
 //! 6. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
+//! 7. A copy whose window a later copy in the same statement list overwrites exactly (same region and
+//!    sizes, as written) before anything reads the buffer or assigns a register of the window is dropped
+//!    (`drop_overwritten`): the tiler's consecutive loads into one L0 buffer, once the mmads between them
+//!    read the copies' sources.
+//! 8. A copy into a buffer whose only reads are the `b` operands of mmads that [`transposed_b`] converts
+//!    (their loops of column copies are skipped by the compiled code) is dropped, outside those loops
+//!    (`drop_transposed_only`; attention backward's loads of `q` and `dout` into L0B).
 //!
 //! The result is the same (the same elements reach the mmad or the vector unit, and the same bits reach
 //! GM); only the host's work changes.
@@ -57,14 +67,117 @@ pub fn forward(prog: &TileProgram, launch: &Launch, body: &[Stmt]) -> Vec<Stmt> 
     // The partner's program (for a body that is not the launch's own cube program, the cube's).
     let other: &[Stmt] = if std::ptr::eq(body, launch.cube.as_slice()) { &launch.vector } else { &launch.cube };
     mmad_writes(&mut out, body, other, &dt);
-    // Buffers no longer read: drop the copies into them (which may leave their sources unread in turn).
+    // Buffers no longer read: drop the copies into them (which may leave their sources unread in turn), the
+    // copies a later copy overwrites before any read, and the copies into buffers that only transposed
+    // mmads read (their loops of column copies are skipped by the compiled code, [`transposed_b`]).
     loop {
         let mut read = BTreeSet::new();
         reads_of(&out, &mut read);
-        if !drop_dead(&mut out, &read) {
+        let mut dropped = drop_dead(&mut out, &read);
+        dropped |= drop_overwritten(&mut out);
+        dropped |= drop_transposed_only(&mut out, &dt);
+        if !dropped {
             return out;
         }
     }
+}
+
+/// Drops the copies into a buffer window that a later copy in the same statement list overwrites exactly
+/// (the same region and sizes, as written) before any statement reads the buffer or assigns a register of
+/// the window or sizes: the first copy's data is never read. (The tiler loads one L0 buffer for consecutive
+/// mmads; once copy forwarding has redirected an mmad's operand to the copy's source, the load before the
+/// next one is dead.) True if any was dropped.
+fn drop_overwritten(body: &mut Vec<Stmt>) -> bool {
+    let mut dropped = false;
+    for s in body.iter_mut() {
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
+            dropped |= drop_overwritten(b);
+        }
+    }
+    let dead: Vec<bool> = (0..body.len())
+        .map(|i| {
+            let Stmt::Copy { dst, rows, cols, .. } = &body[i] else { return false };
+            let Some(buf) = buf_of(dst) else { return false };
+            let mut vars = BTreeSet::new();
+            region_vars(dst, &mut vars);
+            svars(rows, &mut vars);
+            svars(cols, &mut vars);
+            for t in &body[i + 1..] {
+                let mut read = BTreeSet::new();
+                reads_of(std::slice::from_ref(t), &mut read);
+                if read.contains(&buf) {
+                    return false;
+                }
+                if let Stmt::Copy { dst: d2, rows: r2, cols: c2, .. } = t {
+                    if d2 == dst && r2 == rows && c2 == cols {
+                        return true;
+                    }
+                }
+                let (_, _, set) = effects(t);
+                if !set.is_disjoint(&vars) {
+                    return false;
+                }
+            }
+            false
+        })
+        .collect();
+    if dead.iter().any(|&d| d) {
+        let mut k = dead.into_iter();
+        body.retain(|_| !k.next().unwrap_or(false));
+        dropped = true;
+    }
+    dropped
+}
+
+/// Drops the copies (outside the loops of column copies [`transposed_b`] converts) into buffers whose every
+/// read is the transposed `b` of a converted mmad: the compiled code skips those loops, and the mmads read the
+/// loops' sources, so nothing reads what the copies write (attention backward's `q` and `dout` loads into
+/// L0B for the `dk` and `dv` products, whose `b` copy forwarding already reads from GM). True if any was.
+fn drop_transposed_only(body: &mut Vec<Stmt>, dt: &Dtypes<'_>) -> bool {
+    let t = transposed_b(dt.prog, dt.launch, body);
+    if t.mmads.is_empty() {
+        return false;
+    }
+    let mmads: BTreeSet<usize> = t.mmads.keys().copied().collect();
+    let mut read = BTreeSet::new();
+    reads_besides(body, &mmads, &mut read);
+    unpaired_b_reads(body, &mmads, &mut read);
+    // The converted mmads' `b` buffers that nothing else reads.
+    let mut only = BTreeSet::new();
+    mmad_b_bufs(body, &mmads, &mut only);
+    only.retain(|b| !read.contains(b));
+    if only.is_empty() {
+        return false;
+    }
+    drop_copies_into(body, &only, &t.loops)
+}
+
+/// The buffers read as the `b` of an mmad in `mmads` (by address).
+fn mmad_b_bufs(body: &[Stmt], mmads: &BTreeSet<usize>, out: &mut BTreeSet<BufId>) {
+    for s in body {
+        match s {
+            Stmt::Mmad { b, .. } if mmads.contains(&(s as *const Stmt as usize)) => out.extend(buf_of(b)),
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => mmad_b_bufs(body, mmads, out),
+            _ => {}
+        }
+    }
+}
+
+/// Drops the copies into `bufs`, except inside the loops in `keep` (by address; their addresses are taken
+/// before this list's statements move). True if any was.
+fn drop_copies_into(body: &mut Vec<Stmt>, bufs: &BTreeSet<BufId>, keep: &BTreeSet<usize>) -> bool {
+    let mut dropped = false;
+    for s in body.iter_mut() {
+        if keep.contains(&(s as *const Stmt as usize)) {
+            continue;
+        }
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
+            dropped |= drop_copies_into(b, bufs, keep);
+        }
+    }
+    let before = body.len();
+    body.retain(|s| !matches!(s, Stmt::Copy { dst, .. } if buf_of(dst).is_some_and(|b| bufs.contains(&b))));
+    dropped | (body.len() != before)
 }
 
 /// The buffers a program reads or writes.
@@ -177,6 +290,30 @@ fn writes(s: &Stmt, bufs: &mut BTreeSet<BufId>, gm: &mut BTreeSet<TensorId>) {
             }
         },
         _ => {}
+    }
+}
+
+/// Whether `s` (loop and branch bodies included) may write slot `slot` of buffer `buf`: a write into another
+/// slot given by a different constant does not (slots do not overlap).
+fn writes_slot(s: &Stmt, buf: BufId, slot: &SExpr) -> bool {
+    let hits = |r: &Region| match &r.loc {
+        Loc::Buf { buf: b, slot: s2 } if *b == buf => {
+            !matches!((slot, s2), (SExpr::Const(x), SExpr::Const(y)) if x != y)
+        }
+        _ => false,
+    };
+    match s {
+        Stmt::For { body, .. } | Stmt::If { then: body, .. } => body.iter().any(|s| writes_slot(s, buf, slot)),
+        Stmt::Copy { dst, .. } | Stmt::Gather { dst, .. } | Stmt::Vector { dst, .. } | Stmt::Reduce { dst, .. } => {
+            hits(dst)
+        }
+        Stmt::Mmad { c, .. } => hits(c),
+        Stmt::Library { .. } => {
+            let (mut bufs, mut gm) = (BTreeSet::new(), BTreeSet::new());
+            writes(s, &mut bufs, &mut gm);
+            bufs.contains(&buf)
+        }
+        _ => false,
     }
 }
 
@@ -481,38 +618,109 @@ fn l1(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, own: &BTreeSet<TensorI
         if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = &mut body[i] {
             l1(b, gm_written, own, dt);
         }
-        let Stmt::Copy { src, dst, rows, cols, .. } = &body[i] else { continue };
-        let (Loc::Gm(t), Some(y)) = (&src.loc, buf_of(dst)) else { continue };
-        // A tensor the partner program writes (and this one does not): only up to a cross-core wait.
-        let yields = gm_written.contains(t);
-        if own.contains(t) || dst.offset != SExpr::Const(0) || !dt.same(src, dst) {
-            continue;
-        }
-        let (src, dst, rows, cols) = (src.clone(), dst.clone(), rows.clone(), cols.clone());
-        let Loc::Buf { slot, .. } = &dst.loc else { continue };
-        let slot = slot.clone();
-        let mut vars = BTreeSet::new();
-        region_vars(&src, &mut vars);
-        region_vars(&dst, &mut vars);
-        let mut size_vars = BTreeSet::new();
-        svars(&rows, &mut size_vars);
-        svars(&cols, &mut size_vars);
-        let sizes_held = (!has_read(&rows) && !has_read(&cols)).into();
-        let l = L1 {
-            y,
-            slot: &slot,
-            stride: &dst.row_stride,
-            src: &src,
-            vars: &vars,
-            size: (&rows, &cols),
-            size_vars: &size_vars,
-            sizes_held,
-            yields,
-        };
+        let Some(c) = L1Copy::of(&body[i], gm_written, own, dt, &BTreeSet::new()) else { continue };
+        let l = c.walker();
         for s in body[i + 1..].iter_mut() {
             if !l.visit(s) {
                 break;
             }
+        }
+    }
+    // Copies at the end of the body of an `if C` (nothing after them in it ends their validity), read in later
+    // `if C` statements of this list, which run exactly when the copy ran: the attention template's loads
+    // of a second chunk and its mmads, each under `if 0 < hcl_1`. `C` reads no buffer and its registers join
+    // those that must not change; the statements in between are checked as in the list itself.
+    for i in 0..body.len() {
+        let (head, tail) = body.split_at_mut(i + 1);
+        let Stmt::If { cond, then } = &head[i] else { continue };
+        if has_read(cond) {
+            continue;
+        }
+        let mut cvars = BTreeSet::new();
+        svars(cond, &mut cvars);
+        for k in 0..then.len() {
+            let mut set = BTreeSet::new();
+            then[..k].iter().for_each(|s| sets(s, &mut set));
+            if !set.is_disjoint(&cvars) {
+                break;
+            }
+            let Some(c) = L1Copy::of(&then[k], gm_written, own, dt, &cvars) else { continue };
+            let l = c.walker();
+            if then[k + 1..].iter().any(|s| l.breaks(s)) {
+                continue;
+            }
+            for s in tail.iter_mut() {
+                if l.breaks(s) {
+                    break;
+                }
+                if matches!(s, Stmt::If { cond: c2, .. } if c2 == cond) {
+                    l.rewrite(s);
+                }
+            }
+        }
+    }
+}
+
+/// A copy from GM into offset 0 of an L1 slot whose reads level 2 forwards (see [`l1`]).
+struct L1Copy {
+    y: BufId,
+    slot: SExpr,
+    src: Region,
+    dst: Region,
+    rows: SExpr,
+    cols: SExpr,
+    vars: BTreeSet<SVar>,
+    size_vars: BTreeSet<SVar>,
+    yields: bool,
+}
+
+impl L1Copy {
+    /// `s` as such a copy; `extra`: registers that must not change either (a branch's condition).
+    fn of(
+        s: &Stmt,
+        gm_written: &BTreeSet<TensorId>,
+        own: &BTreeSet<TensorId>,
+        dt: &Dtypes<'_>,
+        extra: &BTreeSet<SVar>,
+    ) -> Option<L1Copy> {
+        let Stmt::Copy { src, dst, rows, cols, .. } = s else { return None };
+        let (Loc::Gm(t), Some(y)) = (&src.loc, buf_of(dst)) else { return None };
+        // A tensor the partner program writes (and this one does not): only up to a cross-core wait.
+        let yields = gm_written.contains(t);
+        if own.contains(t) || dst.offset != SExpr::Const(0) || !dt.same(src, dst) {
+            return None;
+        }
+        let Loc::Buf { slot, .. } = &dst.loc else { return None };
+        let mut vars = extra.clone();
+        region_vars(src, &mut vars);
+        region_vars(dst, &mut vars);
+        let mut size_vars = BTreeSet::new();
+        svars(rows, &mut size_vars);
+        svars(cols, &mut size_vars);
+        Some(L1Copy {
+            y,
+            slot: slot.clone(),
+            src: src.clone(),
+            dst: dst.clone(),
+            rows: rows.clone(),
+            cols: cols.clone(),
+            vars,
+            size_vars,
+            yields,
+        })
+    }
+
+    fn walker(&self) -> L1<'_> {
+        L1 {
+            y: self.y,
+            slot: &self.slot,
+            stride: &self.dst.row_stride,
+            src: &self.src,
+            vars: &self.vars,
+            size: (&self.rows, &self.cols),
+            size_vars: &self.size_vars,
+            sizes_held: (!has_read(&self.rows) && !has_read(&self.cols)).into(),
+            yields: self.yields,
         }
     }
 }
@@ -539,7 +747,7 @@ impl Walk for L1<'_> {
         if !set.is_disjoint(self.size_vars) {
             self.sizes_held.set(false);
         }
-        writes_buf_or_sets(s, self.y, self.vars) || (self.yields && has_cross_wait(s))
+        writes_slot(s, self.y, self.slot) || !set.is_disjoint(self.vars) || (self.yields && has_cross_wait(s))
     }
 
     /// Rewrites the mmad operands that read the slot, and the sources of column-copy loops that read it.
@@ -1940,6 +2148,89 @@ mod tests {
         (p, l)
     }
 
+    /// A copy of `x`'s row `r` (t0, 16 wide) into buffer `b`'s window at 0, `rows` × 16.
+    fn load_row(r: i64, b: u32, rows: SExpr) -> Stmt {
+        Stmt::Copy {
+            pipe: Pipe::Mte1,
+            src: gm_at(0, SExpr::Const(16 * r), 16),
+            dst: buf_at(b, SExpr::Const(0), 16),
+            rows,
+            cols: SExpr::Const(16),
+        }
+    }
+
+    #[test]
+    fn copies_overwritten_before_any_read_are_dropped() {
+        let flag = Stmt::SetFlag { from: Pipe::Mte1, to: Pipe::M, event: 0 };
+        let mmad = Stmt::Mmad {
+            a: buf_at(0, SExpr::Const(0), 16),
+            b: buf_at(1, SExpr::Const(0), 16),
+            c: buf_at(2, SExpr::Const(0), 16),
+            m: SExpr::Const(4),
+            k: SExpr::Const(16),
+            n: SExpr::Const(8),
+            accumulate: false,
+        };
+        let dropped = |mid: Vec<Stmt>| {
+            let mut body = vec![load_row(0, 0, var(1))];
+            body.extend(mid);
+            body.extend([load_row(1, 0, var(1)), mmad.clone()]);
+            let n = body.len();
+            // In a loop's body (as the tiler writes them).
+            let mut nested = vec![Stmt::For { var: SVar(0), lo: SExpr::Const(0), hi: SExpr::Const(2), step: 1, body }];
+            let changed = drop_overwritten(&mut nested);
+            let Stmt::For { body, .. } = &nested[0] else { unreachable!() };
+            assert_eq!(changed, body.len() == n - 1);
+            // The load of row 1 always stays.
+            assert!(body.iter().any(|s| matches!(s, Stmt::Copy { src, .. } if src.offset == SExpr::Const(16))));
+            changed
+        };
+        assert!(dropped(vec![]));
+        assert!(dropped(vec![flag.clone()]));
+        // Not when the buffer is read in between (an mmad, or a branch that copies from it), a register of the
+        // window or sizes is assigned in between, or the later copy writes other rows.
+        assert!(!dropped(vec![mmad.clone()]));
+        let read = Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: buf_at(0, SExpr::Const(0), 16),
+            dst: gm_at(1, SExpr::Const(0), 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(1),
+        };
+        assert!(!dropped(vec![Stmt::If { cond: var(1), then: vec![read] }]));
+        assert!(!dropped(vec![Stmt::Set { var: SVar(1), value: SExpr::Const(4) }]));
+        let mut body = vec![load_row(0, 0, var(1)), load_row(1, 0, SExpr::Const(2)), mmad];
+        assert!(!drop_overwritten(&mut body));
+        assert_eq!(body.len(), 3);
+    }
+
+    #[test]
+    fn copies_into_a_buffer_only_transposed_mmads_read_are_dropped() {
+        // After the mmad (whose `b` is the loop's transpose of x), a load of x's rows into the same L0B buffer
+        // (the backward's `q` for the `dk` product, whose `b` copy forwarding already reads from GM).
+        let late = load_row(0, 1, var(1));
+        let into_b = |body: &[Stmt]| {
+            body.iter().filter(|s| matches!(s, Stmt::Copy { dst, .. } if buf_of(dst) == Some(BufId(1)))).count()
+        };
+        let (p, l) = transposing(vec![], var(1), vec![late.clone()]);
+        let out = forward(&p, &l, &l.cube);
+        assert_eq!(into_b(&out), 0, "the load into L0B is dead: {out:#?}");
+        let t = transposed_b(&p, &l, &out);
+        assert_eq!((t.loops.len(), t.mmads.len()), (1, 1), "the loop is still converted");
+        assert!(loop_source(&out).is_some(), "the loop stays (the compiled code skips it)");
+        // Kept when something else reads the buffer.
+        let read_b = Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: buf_at(1, SExpr::Const(0), 16),
+            dst: gm_at(1, SExpr::Const(0), 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(1),
+        };
+        let (p, l) = transposing(vec![], var(1), vec![late, read_b]);
+        let out = forward(&p, &l, &l.cube);
+        assert_eq!(into_b(&out), 1);
+    }
+
     #[test]
     fn transposing_loops_feed_the_mmad_in_place() {
         let found = |(p, l): (TileProgram, Launch)| {
@@ -2434,6 +2725,86 @@ mod tests {
         });
         let out = forward(&p, &l, &l.cube);
         assert_eq!(fix(&out), 1, "{out:#?}");
+    }
+
+    /// Level 2 across another slot's load and into a later branch of the same condition: `x` (t0) rows 0..n
+    /// into L1 slot 0, under `if 0 < n` rows 8.. into slot 1 (`slot1_dst` its slot), then an mmad reading slot
+    /// 0 and, under `if cond2`, one reading slot 1 (attention's two chunks of V and P).
+    #[test]
+    fn l1_forwarding_passes_other_slots_and_reaches_branches_of_the_same_condition() {
+        let run = |slot1_dst: i64, cond2: SExpr| {
+            let (mut p, mut l) = launch(vec![]);
+            let n = var(1);
+            let live = SExpr::Bin(SBin::Lt, Box::new(SExpr::Const(0)), Box::new(n.clone()));
+            let slot = |k: i64| Region {
+                loc: Loc::Buf { buf: BufId(0), slot: SExpr::Const(k) },
+                offset: SExpr::Const(0),
+                row_stride: SExpr::Const(16),
+            };
+            let load = |row: i64, k: i64| Stmt::Copy {
+                pipe: Pipe::Mte2,
+                src: gm_at(0, SExpr::Const(16 * row), 16),
+                dst: slot(k),
+                rows: n.clone(),
+                cols: SExpr::Const(16),
+            };
+            let mm = |k: i64, accumulate: bool| Stmt::Mmad {
+                a: slot(k),
+                b: gm_at(0, SExpr::Const(0), 16),
+                c: buf_at(1, SExpr::Const(0), 16),
+                m: n.clone(),
+                k: SExpr::Const(16),
+                n: SExpr::Const(16),
+                accumulate,
+            };
+            l.cube = vec![
+                Stmt::Set { var: SVar(1), value: SExpr::Const(8) },
+                load(0, 0),
+                Stmt::If { cond: live.clone(), then: vec![load(8, slot1_dst)] },
+                mm(0, false),
+                Stmt::If { cond: cond2, then: vec![mm(1, true)] },
+                Stmt::Copy {
+                    pipe: Pipe::Fix,
+                    src: buf_at(1, SExpr::Const(0), 16),
+                    dst: gm_at(1, SExpr::Const(0), 16),
+                    rows: SExpr::Const(8),
+                    cols: SExpr::Const(16),
+                },
+            ];
+            let mut l1 = buf16("l1", Mem::L1);
+            l1.slots = 2;
+            l.unit = Unit::Cube;
+            l.buffers = vec![l1, buf16("c", Mem::L0C)];
+            l.vector = vec![];
+            p.launches = vec![l.clone()];
+            let out = forward(&p, &l, &l.cube);
+            let mut a_rows = Vec::new();
+            #[allow(clippy::items_after_statements)]
+            fn collect(body: &[Stmt], out: &mut Vec<Option<SExpr>>) {
+                for s in body {
+                    match s {
+                        Stmt::Mmad { a, .. } => out.push(match &a.loc {
+                            Loc::Gm(_) => Some(a.offset.clone()),
+                            Loc::Buf { .. } => None,
+                        }),
+                        Stmt::If { then, .. } => collect(then, out),
+                        _ => {}
+                    }
+                }
+            }
+            collect(&out, &mut a_rows);
+            let add = |o: i64| Some(SExpr::Bin(SBin::Add, Box::new(SExpr::Const(o)), Box::new(SExpr::Const(0))));
+            let loads = count(&out, &|s| matches!(s, Stmt::Copy { dst, .. } if buf_of(dst) == Some(BufId(0))));
+            (a_rows.into_iter().map(|r| r == add(0) || r == add(128)).collect::<Vec<_>>(), loads)
+        };
+        let live = SExpr::Bin(SBin::Lt, Box::new(SExpr::Const(0)), Box::new(var(1)));
+        // Both read GM, and both loads go.
+        assert_eq!(run(1, live), (vec![true, true], 0));
+        // Another condition: the second chunk's mmad keeps its slot (so the buffer is still read: both loads
+        // stay).
+        assert_eq!(run(1, var(0)), (vec![true, false], 2));
+        // The branch loads slot 0 again: the first mmad keeps its slot.
+        assert_eq!(run(0, var(0)).0[0], false);
     }
 
     #[test]

@@ -334,6 +334,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
             vec![],
         ),
         ("kc_rt_row_scalar", rowmath::kc_rt_row_scalar as *const u8, vec![I64, I64, I64, F32, I64], vec![]),
+        ("kc_rt_row_axpy", rowmath::kc_rt_row_axpy as *const u8, vec![I64, I64, I64, I64, F32, I64], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
@@ -1589,6 +1590,8 @@ enum RowForm<'e> {
     /// `src op s`, or `s op src` (`swap`), `op` one of `+ - * /`, into `f32` or bf16:
     /// [`rowmath::kc_rt_row_scalar`].
     Scalar { src: &'e Region, s: &'e VExpr, op: BinOp, swap: bool },
+    /// `src · s + add` (or `s · src + add`: `swap`), all `f32`: [`rowmath::kc_rt_row_axpy`].
+    Axpy { src: &'e Region, s: &'e VExpr, add: &'e Region, swap: bool },
 }
 
 /// The dtype of a region's storage.
@@ -1640,6 +1643,21 @@ fn exp_arg<'e>(prog: &TileProgram, l: &Launch, a: &'e VExpr) -> Option<ExpArg<'e
     }
 }
 
+/// `m + y` as [`RowForm::Axpy`]: `m` is `x · s` or `s · x`, `x` and `y` element reads of `f32` regions, `s`
+/// row-invariant.
+fn axpy_form<'e>(prog: &TileProgram, l: &Launch, m: &'e VExpr, y: &'e VExpr) -> Option<RowForm<'e>> {
+    let f32_read = |e: &'e VExpr| float_read(prog, l, e).filter(|r| region_dtype(prog, l, r) == Some(DType::F32));
+    let add = f32_read(y)?;
+    let VExpr::Binary(BinOp::Mul, a, b) = m else { return None };
+    if let (Some(src), true) = (f32_read(a), row_float(prog, l, b)) {
+        Some(RowForm::Axpy { src, s: b, add, swap: false })
+    } else if let (true, Some(src)) = (row_float(prog, l, a), f32_read(b)) {
+        Some(RowForm::Axpy { src, s: a, add, swap: true })
+    } else {
+        None
+    }
+}
+
 /// The [`RowForm`] of a vector statement, when it has one and computing it row by row, a block of elements
 /// loaded before it is stored, reads what the statement reads: the source is the destination's window or
 /// in other storage (and not in a GM tensor that may share the destination's memory at another window), and
@@ -1650,6 +1668,9 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
         VExpr::Unary(UnOp::Exp, a) if ddt == DType::F32 => {
             let (src, s, k) = exp_arg(prog, l, a)?;
             RowForm::Exp { src, s, k }
+        }
+        VExpr::Binary(BinOp::Add, m, y) if ddt == DType::F32 && axpy_form(prog, l, m, y).is_some() => {
+            axpy_form(prog, l, m, y)?
         }
         VExpr::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div), a, b)
             if matches!(ddt, DType::F32 | DType::BF16) =>
@@ -1664,17 +1685,20 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
         }
         _ => return None,
     };
-    let (src, s, k) = match &form {
-        RowForm::Exp { src, s, k } => (*src, *s, *k),
-        RowForm::Scalar { src, s, .. } => (*src, Some(*s), None),
+    let (src, s, k, add) = match &form {
+        RowForm::Exp { src, s, k } => (*src, *s, *k, None),
+        RowForm::Scalar { src, s, .. } => (*src, Some(*s), None, None),
+        RowForm::Axpy { src, s, add, .. } => (*src, Some(*s), None, Some(*add)),
     };
     let aliased = |r: &Region| matches!(r.loc, Loc::Gm(t) if may_alias(prog, t));
     let same_elems =
         |a: &Region, b: &Region| norm(&a.offset) == norm(&b.offset) && norm(&a.row_stride) == norm(&b.row_stride);
-    if same_storage(src, dst) && !(src == dst || same_window(src, dst))
-        || aliased(src) && aliased(dst) && !same_elems(src, dst)
-    {
-        return None;
+    for src in [Some(src), add].into_iter().flatten() {
+        if same_storage(src, dst) && !(src == dst || same_window(src, dst))
+            || aliased(src) && aliased(dst) && !same_elems(src, dst)
+        {
+            return None;
+        }
     }
     for v in [s, k].into_iter().flatten() {
         let mut reads = Vec::new();
@@ -1886,7 +1910,10 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
     }
 
     fn vector(&mut self, dst: &'p Region, rows: &SExpr, cols: &SExpr, expr: &'p VExpr) -> Result<(), Diagnostic> {
-        if let Some(form) = row_form(self.prog, self.launch, dst, expr) {
+        // A row routine is one host call per row: not for rows narrower than its 16 lanes by construction
+        // (attention's column vectors `l = l · alpha`, one call per element before).
+        let narrow = matches!(cols, SExpr::Const(c) if *c < 16);
+        if let Some(form) = row_form(self.prog, self.launch, dst, expr).filter(|_| !narrow) {
             return self.row_routine(dst, rows, cols, expr, &form, None, None);
         }
         let rows = self.sexpr(rows)?;
@@ -2164,9 +2191,13 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         };
         let (src_r, s_expr, k_expr) = match form {
             RowForm::Exp { src, s, k } => (*src, *s, *k),
-            RowForm::Scalar { src, s, .. } => (*src, Some(*s), None),
+            RowForm::Scalar { src, s, .. } | RowForm::Axpy { src, s, .. } => (*src, Some(*s), None),
         };
         let src = self.read_res(&reads, src_r)?.clone();
+        let add = match form {
+            RowForm::Axpy { add, .. } => Some(self.read_res(&reads, add)?.clone()),
+            _ => None,
+        };
         let zero = self.iconst(0);
         let mut consts: BTreeMap<*const VExpr, SV> = BTreeMap::new();
         for e in [s_expr, k_expr].into_iter().flatten() {
@@ -2227,6 +2258,17 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     }
                     let flags = g.iconst(f);
                     g.call("kc_rt_row_scalar", &[pd, ps, flags, sv, cols]);
+                }
+                RowForm::Axpy { s, swap, .. } => {
+                    let zero = g.iconst(0);
+                    let sv = match g.sx(s, &reads, &consts, At { r, c: zero, tail: true })? {
+                        SV::F(v) => v,
+                        _ => return Err(g.err("a row value that is not a float")),
+                    };
+                    let Some(add) = &add else { return Err(g.err("a row update without its addend")) };
+                    let pa = g.elem_addr(add, Some(r), None);
+                    let flags = g.iconst(if *swap { rowmath::ROW_SWAP } else { 0 });
+                    g.call("kc_rt_row_axpy", &[pd, ps, pa, flags, sv, cols]);
                 }
             }
             Ok(())
@@ -3128,6 +3170,8 @@ mod tests {
             Some(RowForm::Exp { s: None, k: Some(_), .. }) => "exp-mul",
             Some(RowForm::Scalar { swap: false, .. }) => "scalar",
             Some(RowForm::Scalar { swap: true, .. }) => "scalar-swapped",
+            Some(RowForm::Axpy { swap: false, .. }) => "axpy",
+            Some(RowForm::Axpy { swap: true, .. }) => "axpy-swapped",
         };
         let bx = |e: VExpr| Box::new(e);
         let exp = |e: VExpr| VExpr::Unary(UnOp::Exp, bx(e));
@@ -3163,11 +3207,26 @@ mod tests {
         let gx = |o| VExpr::Read(gm(0, off(o)));
         assert_eq!(form(gm(1, off(0)), bin(BinOp::Add, gx(0), row())), "scalar");
         assert_eq!(form(gm(1, off(0)), bin(BinOp::Add, gx(16), row())), "none");
+        // `x · s + y` (attention's `o = o · alpha + p·v`), in place too; not when the addend varies the other
+        // way, is a row value, overlaps the destination at another window, or is added first.
+        let y = || VExpr::Read(ub(2, 0));
+        assert_eq!(form(ub(1, 0), bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())), "axpy");
+        assert_eq!(form(ub(0, 0), bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())), "axpy");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Add, bin(BinOp::Mul, row(), x()), y())), "axpy-swapped");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Add, bin(BinOp::Mul, x(), row()), row())), "none");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Add, bin(BinOp::Mul, x(), x()), y())), "none");
+        assert_eq!(form(ub(2, 16), bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())), "none");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Add, y(), bin(BinOp::Mul, x(), row()))), "none");
         // An `exp` into a destination that is not f32.
         let mut l2 = l.clone();
         l2.buffers[1].dtype = DType::BF16;
         assert!(row_form(&prog, &l2, &ub(1, 0), &exp(x())).is_none());
         assert!(row_form(&prog, &l2, &ub(1, 0), &bin(BinOp::Div, x(), row())).is_some());
+        // Only f32 rows in a row update.
+        assert!(row_form(&prog, &l2, &ub(1, 0), &bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())).is_none());
+        let mut l3 = l.clone();
+        l3.buffers[0].dtype = DType::BF16;
+        assert!(row_form(&prog, &l3, &ub(1, 0), &bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())).is_none());
     }
 
     #[test]

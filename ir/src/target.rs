@@ -63,6 +63,12 @@ pub struct Target {
     /// them into a full tile and a sliver.
     #[serde(default)]
     pub grouped_rows: Option<u32>,
+    /// The largest square block of the attention backward template (`attention_bwd`; default 64, and 32 or
+    /// 16 where 64 does not fit). Each block is a handful of `blk`-sized matmuls and a hand-off between the
+    /// cube and the vector cores, so on the host, where a call and a hand-off have a fixed cost, larger
+    /// blocks pay it less often.
+    #[serde(default)]
+    pub score_bwd_block: Option<u32>,
     pub memory: Vec<Memory>,
     pub cube: Cube,
     pub vector: Vector,

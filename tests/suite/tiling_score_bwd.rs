@@ -97,6 +97,24 @@ fn several_blocks_with_remainders() {
     for t in TARGETS {
         check(&dims(1, 2, 2, 130, 131, 64), t, 4);
     }
+    // The host's 128-wide blocks (`score_bwd_block`): a partial block each way, causal offset T - S = 70.
+    check(&dims(1, 2, 1, 230, 300, 48), "host", 4);
+}
+
+/// The host target takes 128 × 128 blocks (`score_bwd_block`), the NPU targets 64 × 64, and both fall back
+/// to smaller blocks when the sequence is shorter.
+#[test]
+fn block_size_follows_the_target() {
+    let g = graph();
+    let side = |target: &str, s: i64| -> u64 {
+        let target = Target::builtin(target).expect("target");
+        let tp = tiled(&g, &args(&g, &dims(1, 2, 1, s, s, 32), 1), &target);
+        let l = tp.launches.iter().find(|l| l.buffers.iter().any(|b| b.name == "s0_l0c")).expect("score launch");
+        l.buffers.iter().find(|b| b.name == "s0_l0c").expect("s0_l0c").shape[0]
+    };
+    assert_eq!(side("host", 300), 128);
+    assert_eq!(side("ascend910b", 300), 64);
+    assert_eq!(side("host", 40), 48);
 }
 
 #[test]
@@ -237,6 +255,16 @@ fn host_hand_offs_read_the_workspaces_in_place() {
         mixed += 1;
         let (cube, vector) = &c.bodies;
         assert_eq!((staged(cube), staged(vector)), (0, 0), "{}: workspace reads still staged", l.name);
+        // No whole-tile load into L0A/L0B is left but the one of `dout` for the `dv` product's `a` slot
+        // (`forward::drop_overwritten`, `drop_transposed_only`): the loads for the score products and the
+        // `q`/`dout` loads for the `dk`/`dv` products' `b` are dead once copy forwarding reads GM.
+        let l0_loads = common::count_stmts(cube, &|s| match s {
+            Stmt::Copy { dst: Region { loc: Loc::Buf { buf, .. }, .. }, cols, .. } => {
+                matches!(l.buffers[buf.0 as usize].mem, Mem::L0A | Mem::L0B) && *cols != kc_ir::tile::SExpr::Const(1)
+            }
+            _ => false,
+        });
+        assert!(l0_loads <= 1, "{}: {l0_loads} whole-tile loads into L0 left", l.name);
     }
     assert!(mixed > 0, "the tiled program hands blocks over through workspaces");
     let want = common::run(&g, &a);

@@ -44,7 +44,10 @@
 //!    block of rows, which is copied zero-padded to 16 rows; otherwise `a` is copied zero-padded to a
 //!    multiple of 32 columns. Edge tiles of `c` go through a scratch tile. Loops: k in chunks of 256 (so a
 //!    block's two A and two B panels, 32 KiB, stay in L1), then 32-row blocks of `c`, then 32-column
-//!    blocks. The tile configuration (palette 1, every tile 16 rows × 64 bytes) is loaded once per thread
+//!    blocks. A call whose kept `b` packing (bit 1) directly follows, in its arena, the one the thread's
+//!    previous call used (a matmul core walking its blocks along a row of C uses the kept packings in the
+//!    order they were packed) prefetches the next packing into L2, a few lines per k step of its second and
+//!    later row blocks, so the next call's first pass over the rows does not wait for its whole `b` from L3. The tile configuration (palette 1, every tile 16 rows × 64 bytes) is loaded once per thread
 //!    (a thread-local flag) and left loaded ([`release_tiles`] releases it): nothing else in the process
 //!    may change it.
 //! 2. [`Path::Avx512`] (AVX-512F and AVX-512BW): every dtype pair. `b` is converted to f32 and packed into
@@ -1202,6 +1205,25 @@ mod amx {
         }
     }
 
+    /// Lines (of 64 bytes) from `at` that a [`block`] prefetches into L2: `per_step` per k step, `lines` in all.
+    /// Prefetches never fault, so `at` need not be mapped.
+    #[derive(Copy, Clone)]
+    struct Prefetch {
+        at: *const u8,
+        per_step: usize,
+        lines: usize,
+    }
+
+    impl Prefetch {
+        const NONE: Prefetch = Prefetch { at: std::ptr::null(), per_step: 0, lines: 0 };
+    }
+
+    thread_local! {
+        /// The end of the kept B packing the thread's last AMX call used (0: none): a call whose kept packing
+        /// starts there follows the arena in order.
+        static LAST_B_END: Cell<usize> = const { Cell::new(0) };
+    }
+
     /// One block of `TM × TN` tiles of `c`: `a[ti]` is the 16-row A panel of tile row `ti` (row stride
     /// `a_stride` bytes, 64 bytes per k step), `b[tj]` the VNNI panel of tile column `tj` (1024 bytes per k
     /// step).
@@ -1217,6 +1239,7 @@ mod amx {
         steps: usize,
         ct: &[[CTile; 2]; 2],
         accumulate: bool,
+        pf: Prefetch,
     ) {
         // SAFETY: the caller's.
         unsafe {
@@ -1253,6 +1276,12 @@ mod amx {
                 }
             }
             for s in 0..steps {
+                // A few lines of the next call's B into L2, spread over the block's steps.
+                let mut l = s * pf.per_step;
+                while l < ((s + 1) * pf.per_step).min(pf.lines) {
+                    _mm_prefetch::<_MM_HINT_T1>(pf.at.wrapping_add(l * 64).cast());
+                    l += 1;
+                }
                 load::<4>(a[0].add(s * 64), a_stride);
                 if TM == 2 {
                     load::<5>(a[1].add(s * 64), a_stride);
@@ -1559,6 +1588,19 @@ mod amx {
                 cols: n.saturating_sub(j0).min(16),
                 tmp: cp.add(slot * 256),
             };
+            // The next call's B, when the kept packings are used in the order they were packed (a matmul
+            // launch's core walks its blocks along a row of C, and every row uses the same B windows in the same
+            // order: the packing after this one in the arena is the next call's): prefetched into L2 while
+            // this call runs its second and later passes over the rows of C (the first reads this call's B
+            // from L3). Without it, each call's first pass waited for its whole B from L3 (128 KiB in an
+            // eighth of the call).
+            let in_order = cached.is_some_and(|p| p as usize == LAST_B_END.with(|e| e.get()));
+            LAST_B_END.with(|e| e.set(cached.map_or(0, |p| p as usize + b_bytes)));
+            let row_pairs = m.div_ceil(32);
+            let pf_lines = if in_order && row_pairs > 1 { b_bytes / 64 } else { 0 };
+            // Spread over every k step of the blocks of the second and later row pairs, in all k chunks.
+            let pf_per_step = pf_lines.div_ceil(((row_pairs - 1) * n.div_ceil(32) * steps).max(1));
+            let mut pf_next = 0;
             // k in chunks of KC_STEPS steps, so a block's A and B panels stay in L1 (C is reloaded per chunk).
             let mut s0 = 0;
             loop {
@@ -1583,23 +1625,33 @@ mod amx {
                             [c_tile(i0, j0, 0), c_tile(i0, j0 + 16, 1)],
                             [c_tile(i0 + 16, j0, 2), c_tile(i0 + 16, j0 + 16, 3)],
                         ];
+                        let mut pf = Prefetch::NONE;
+                        if i0 > 0 && pf_next < pf_lines {
+                            // `wrapping_add`: the address past the arena's last packing is only prefetched.
+                            pf = Prefetch {
+                                at: bp.wrapping_add(b_bytes + pf_next * 64).cast_const(),
+                                per_step: pf_per_step,
+                                lines: (pf_lines - pf_next).min(pf_per_step * chunk),
+                            };
+                            pf_next += pf.lines;
+                        }
                         if a_stride != a1_stride {
                             // The second tile row is the packed tail and the first is in place: one at a time.
                             for (ti, (ap_, st)) in [(a0, a_stride), (a1, a1_stride)].into_iter().enumerate() {
                                 let row = [ct[ti], ct[ti]];
                                 if tn == 2 {
-                                    block::<1, 2>([ap_, ap_], st, b_pan, chunk, &row, acc);
+                                    block::<1, 2>([ap_, ap_], st, b_pan, chunk, &row, acc, pf);
                                 } else {
-                                    block::<1, 1>([ap_, ap_], st, b_pan, chunk, &row, acc);
+                                    block::<1, 1>([ap_, ap_], st, b_pan, chunk, &row, acc, pf);
                                 }
                             }
                         } else {
                             let a = [a0, a1];
                             match (tm, tn) {
-                                (2, 2) => block::<2, 2>(a, a_stride, b_pan, chunk, &ct, acc),
-                                (2, _) => block::<2, 1>(a, a_stride, b_pan, chunk, &ct, acc),
-                                (_, 2) => block::<1, 2>(a, a_stride, b_pan, chunk, &ct, acc),
-                                _ => block::<1, 1>(a, a_stride, b_pan, chunk, &ct, acc),
+                                (2, 2) => block::<2, 2>(a, a_stride, b_pan, chunk, &ct, acc, pf),
+                                (2, _) => block::<2, 1>(a, a_stride, b_pan, chunk, &ct, acc, pf),
+                                (_, 2) => block::<1, 2>(a, a_stride, b_pan, chunk, &ct, acc, pf),
+                                _ => block::<1, 1>(a, a_stride, b_pan, chunk, &ct, acc, pf),
                             }
                         }
                         j0 += 32;
@@ -2004,6 +2056,75 @@ mod tests {
         }
         clear_b_cache();
         assert_eq!(run(&b), reference(&b), "after clearing, the new contents");
+    }
+
+    /// Calls whose kept `b` packings are used in the order they were packed (each one prefetches the next
+    /// packing of the arena into L2 while it runs: a matmul launch walking its blocks along rows of C) give
+    /// the same bits as the same calls with nothing kept (no prefetch): a 4 × 3 grid of 64 × 80 blocks (the
+    /// last row of C partial), K = 600 in windows of 288 (two k chunks, the last partial), two passes over
+    /// the rows so that the second finds every packing kept and in order, the last prefetching past the
+    /// arena's last packing.
+    #[test]
+    fn host_mmad_prefetching_the_next_packing_changes_nothing() {
+        let (m, k, n) = (250usize, 600usize, 240usize);
+        let (bm, bk, bn) = (64usize, 288usize, 80usize);
+        let mut rng = SmallRng::seed_from_u64(5);
+        let a: Vec<u16> = (0..m * k).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect();
+        let b: Vec<u16> = (0..k * n).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect();
+        let run = |keep: i64| -> Vec<f32> {
+            clear_b_cache();
+            let mut c = vec![0f32; m * n];
+            for _pass in 0..2 {
+                for m0 in (0..m).step_by(bm) {
+                    for n0 in (0..n).step_by(bn) {
+                        for k0 in (0..k).step_by(bk) {
+                            let (rows, kl, cols) = ((m - m0).min(bm), (k - k0).min(bk), (n - n0).min(bn));
+                            let flags = i64::from(k0 > 0) | keep;
+                            // SAFETY: the windows lie inside the vectors.
+                            unsafe {
+                                kc_mmad(
+                                    a.as_ptr().add(m0 * k + k0).cast(),
+                                    1,
+                                    k as i64,
+                                    b.as_ptr().add(k0 * n + n0).cast(),
+                                    1,
+                                    n as i64,
+                                    c.as_mut_ptr().add(m0 * n + n0),
+                                    n as i64,
+                                    rows as i64,
+                                    kl as i64,
+                                    cols as i64,
+                                    flags,
+                                )
+                            };
+                        }
+                    }
+                }
+            }
+            clear_b_cache();
+            c
+        };
+        let kept = run(6);
+        let plain = run(0);
+        assert!(kept.iter().zip(&plain).all(|(x, y)| x.to_bits() == y.to_bits()), "kept and prefetched: other bits");
+        check_matmul_close(&a, &b, &plain, (m, k, n));
+    }
+
+    /// `c` (`m × n`, f32) is within f32 rounding of `a · b` (bf16, row-major).
+    fn check_matmul_close(a: &[u16], b: &[u16], c: &[f32], (m, k, n): (usize, usize, usize)) {
+        for i in 0..m {
+            for j in 0..n {
+                let (mut exact, mut mag) = (0f64, 0f64);
+                for p in 0..k {
+                    let x =
+                        bf16::from_bits(a[i * k + p]).to_f32() as f64 * bf16::from_bits(b[p * n + j]).to_f32() as f64;
+                    exact += x;
+                    mag += x.abs();
+                }
+                let err = (c[i * n + j] as f64 - exact).abs();
+                assert!(err <= 1e-5 * mag + 1e-30, "c[{i}][{j}] = {}, exact {exact}", c[i * n + j]);
+            }
+        }
     }
 
     /// The same for `a` (bit 2), packed when it is read from a wide tensor (here `lda` = 1024 elements): the

@@ -27,6 +27,13 @@
 //!   multiplies by the row's reciprocal and corrects once (the bits of the division, see `wide`), and a large
 //!   GM destination is stored with non-temporal stores ([`ROW_DST_STREAM`]).
 //!
+//! - On AVX-512 hosts the row routines' `exp` ends in one `vscalefps` instead of the two-step scaling (the
+//!   same bits, see `wide::exp16`), and with AVX512-BF16 their bf16 results are rounded by
+//!   `vcvtne2ps2bf16` (the same bits: vectors with a subnormal lane, which it flushes, round the integer
+//!   way; `wide::cvt32`).
+//! - [`prefetch_rows`]: a row reduction's guess of the rows its loop reads next, which the next
+//!   [`kc_rt_row_exp`] calls of the thread request into L2 while they compute (a hint).
+//!
 //! The row routines work by blocks of [`LANES`] elements, each loaded before it is stored, so a destination
 //! may be its source (the same window); they are given no other overlap.
 
@@ -76,7 +83,34 @@ fn exp_slice(v: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 fn exp_slice_avx512(v: &mut [f32]) {
-    exp_slice(v)
+    let n = v.len();
+    let p = v.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: `v` holds `n` elements; each block is read before it is written.
+    unsafe {
+        use std::arch::x86_64::*;
+        while i + 16 <= n {
+            _mm512_storeu_ps(p.add(i), wide::exp16(_mm512_loadu_ps(p.add(i))));
+            i += 16;
+        }
+    }
+    exp_slice(&mut v[i..])
+}
+
+/// The host has AVX512-BF16 and AVX512-DQ (with [`has_avx512`]'s features): `vcvtne2ps2bf16` rounds 32 lanes to bf16 in
+/// one instruction, with [`bf16_bits`]'s bits except for subnormal inputs (it flushes them to zero: those
+/// vectors take the integer rounding).
+fn has_bf16_cvt() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx512()
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn has_avx512() -> bool {
@@ -256,8 +290,53 @@ unsafe fn exp_row_avx512(
     acc: f32,
     bf: *mut u16,
 ) -> f32 {
-    // SAFETY: forwarded from the caller.
-    unsafe { exp_row_any(dst, src, bf16, sub, sum, mul, s, k, n, acc, bf) }
+    let cvt = has_bf16_cvt();
+    macro_rules! go {
+        ($($b:literal $u:literal $s:literal $m:literal),*) => {
+            match (bf16, sub, sum, mul) {
+                $(($b, $u, $s, $m) => if cvt {
+                    // SAFETY: forwarded from the caller; AVX512-BF16 was detected.
+                    unsafe { wide::exp_row_cvt::<$b, $u, $s, $m>(dst, src, s, k, n, acc, bf) }
+                } else {
+                    // SAFETY: forwarded from the caller; the features were detected.
+                    unsafe { wide::exp_row::<$b, $u, $s, $m>(dst, src, s, k, n, acc, bf) }
+                },)*
+            }
+        };
+    }
+    go!(false false false false, false false false true, false false true false, false false true true,
+        false true false false, false true false true, false true true false, false true true true,
+        true false false false, true false false true, true false true false, true false true true,
+        true true false false, true true false true, true true true false, true true true true)
+}
+
+thread_local! {
+    /// Rows to request into the cache while a later row routine computes: `(address, bytes per row, bytes
+    /// from row to row, rows)` (see [`prefetch_rows`]).
+    static PENDING: std::cell::Cell<(usize, usize, usize, usize)> = const { std::cell::Cell::new((0, 0, 0, 0)) };
+}
+
+/// Asks the row `exp` routines that run next on this thread to request `rows` rows of `bytes` bytes, from
+/// `at` and `stride` bytes apart, into L2: one row per call, one line per 32-element block, spread over
+/// the arithmetic. A row reduction calls it with the window its site will likely read next (a loop over
+/// row tiles: softmax's and cross-entropy's maxima, each a first touch of its rows from DRAM), so that the
+/// read from memory overlaps the `exp`s instead of stalling the next maximum. A hint only: a prefetch does
+/// not fault and changes no result, so a wrong guess (the end of a loop, freed memory) costs bandwidth only.
+pub fn prefetch_rows(at: usize, bytes: usize, stride: usize, rows: usize) {
+    PENDING.with(|p| p.set((at, bytes, stride, rows)));
+}
+
+/// The next pending row to request (address and lines), if any.
+#[inline]
+fn pending_row() -> (usize, usize) {
+    PENDING.with(|p| {
+        let (at, bytes, stride, rows) = p.get();
+        if rows == 0 {
+            return (0, 0);
+        }
+        p.set((at.wrapping_add(stride), bytes, stride, rows - 1));
+        (at, bytes.div_ceil(64))
+    })
 }
 
 /// Flags of [`kc_rt_row_exp`] and [`kc_rt_row_scalar`]: the source row is bf16 (otherwise `f32`).
@@ -425,8 +504,10 @@ unsafe fn scalar_row_avx512(dst: *mut u8, src: *const u8, flags: i64, s: f32, n:
             let stream = flags & ROW_DST_STREAM != 0;
             match (flags & ROW_SRC_BF16 != 0, flags & ROW_DST_BF16 != 0) {
                 (false, false) => return wide::scalar_row::<false, false>(dst, src, op, s, n, stream),
+                (false, true) if has_bf16_cvt() => return wide::scalar_row_cvt::<false>(dst, src, op, s, n, stream),
                 (false, true) => return wide::scalar_row::<false, true>(dst, src, op, s, n, stream),
                 (true, false) => return wide::scalar_row::<true, false>(dst, src, op, s, n, stream),
+                (true, true) if has_bf16_cvt() => return wide::scalar_row_cvt::<true>(dst, src, op, s, n, stream),
                 (true, true) => return wide::scalar_row::<true, true>(dst, src, op, s, n, stream),
             }
         }
@@ -539,14 +620,207 @@ mod wide {
         n: usize,
         stream: bool,
     ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { scalar_row_body::<SBF, DBF, false>(dst, src, op, s, n, stream) }
+    }
+
+    /// [`scalar_row`] into bf16, rounding with `vcvtne2ps2bf16` ([`cvt32`]).
+    ///
+    /// # Safety
+    /// As [`scalar_row`]; the host has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
+    pub(super) unsafe fn scalar_row_cvt<const SBF: bool>(
+        dst: *mut u8,
+        src: *const u8,
+        op: i64,
+        s: f32,
+        n: usize,
+        stream: bool,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { scalar_row_body::<SBF, true, true>(dst, src, op, s, n, stream) }
+    }
+
+    /// [`super::exp_f32`] on 16 lanes, with the same operations up to the polynomial; the last step, `(p·2^n1)·2^n2`
+    /// with `n1 + n2 = n` (two steps so that neither factor overflows), is `vscalefps(p, n)`, `p·2^n` rounded
+    /// once. The bits are the same: `p` lies in [0.7, 1.5] and `n` in [-217, 129] (the argument is clamped to
+    /// [-150, 89]), so `p·2^n1` with `|n1| ≤ 109` is a normal number, exact, and only the second product
+    /// rounds, to the same correctly rounded `p·2^n` (overflowing or underflowing alike); a NaN argument
+    /// gives `p`'s NaN in both. `n` is the float `tm - MAGIC`, equal to the integer the scalar code extracts
+    /// from `tm`'s bits. 15 vector instructions instead of 23; tested against the scalar formula.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) fn exp16(x: __m512) -> __m512 {
+        // `max(-150, x)` keeps `x` unless `-150 > x`, and a NaN `x` (the second operand): `x < -150 ? -150 : x`.
+        let x = _mm512_max_ps(_mm512_set1_ps(-150.0), x);
+        let x = _mm512_min_ps(_mm512_set1_ps(89.0), x);
+        let magic = _mm512_set1_ps(super::MAGIC32);
+        let tm = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), magic);
+        let nf = _mm512_sub_ps(tm, magic);
+        let r = _mm512_fmadd_ps(nf, _mm512_set1_ps(-super::LN2_C1), x);
+        let r = _mm512_fmadd_ps(nf, _mm512_set1_ps(-super::LN2_C2), r);
+        let mut p = _mm512_set1_ps(super::EXPF_P[5]);
+        for &c in super::EXPF_P[..5].iter().rev() {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let r2 = _mm512_mul_ps(r, r);
+        let p = _mm512_fmadd_ps(p, r2, r);
+        let p = _mm512_add_ps(p, _mm512_set1_ps(1.0));
+        _mm512_scalef_ps(p, nf)
+    }
+
+    /// 32 lanes (`a` then `b`) rounded to bf16 as [`bf16x16`] does: `vcvtne2ps2bf16` (round to nearest even,
+    /// a NaN truncated with its quiet bit set: the same bits) unless a lane is subnormal, which the
+    /// instruction flushes to zero; such a pair of vectors is rounded by [`bf16x16`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
+    fn cvt32(a: __m512, b: __m512) -> __m512i {
+        // fpclass bit 5: a denormal.
+        let sub = _mm512_fpclass_ps_mask::<0x20>(a) | _mm512_fpclass_ps_mask::<0x20>(b);
+        if sub == 0 {
+            // The first operand gives the upper 16 lanes.
+            unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)) }
+        } else {
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bf16x16(a)), bf16x16(b))
+        }
+    }
+
+    /// [`super::exp_row`] with intrinsics: blocks of 32 through [`exp16`] (both vectors loaded before either
+    /// is stored), the sum in two 16-lane vectors that are [`super::LANES`]' lanes in order, the tail and the
+    /// lanes' fold as the portable code does them.
+    ///
+    /// # Safety
+    /// As [`super::kc_rt_row_exp_bf`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) unsafe fn exp_row<const SBF: bool, const SUB: bool, const SUM: bool, const MUL: bool>(
+        dst: *mut f32,
+        src: *const u8,
+        s: f32,
+        k: f32,
+        n: usize,
+        acc: f32,
+        bf: *mut u16,
+    ) -> f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { exp_row_body::<SBF, SUB, SUM, MUL, false>(dst, src, s, k, n, acc, bf) }
+    }
+
+    /// [`exp_row`], the `bf` row rounded by [`cvt32`].
+    ///
+    /// # Safety
+    /// As [`super::kc_rt_row_exp_bf`]; the host has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
+    pub(super) unsafe fn exp_row_cvt<const SBF: bool, const SUB: bool, const SUM: bool, const MUL: bool>(
+        dst: *mut f32,
+        src: *const u8,
+        s: f32,
+        k: f32,
+        n: usize,
+        acc: f32,
+        bf: *mut u16,
+    ) -> f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { exp_row_body::<SBF, SUB, SUM, MUL, true>(dst, src, s, k, n, acc, bf) }
+    }
+
+    #[inline(always)]
+    unsafe fn exp_row_body<const SBF: bool, const SUB: bool, const SUM: bool, const MUL: bool, const CVT: bool>(
+        dst: *mut f32,
+        src: *const u8,
+        s: f32,
+        k: f32,
+        n: usize,
+        acc: f32,
+        bf: *mut u16,
+    ) -> f32 {
+        // SAFETY (all accesses): the caller passes `n` elements each, `bf` too when not null; the intrinsics'
+        // features are those of the two callers (this body is inlined into each).
+        unsafe {
+            let (sv, kv) = (_mm512_set1_ps(s), _mm512_set1_ps(k));
+            let arg = |x: __m512| {
+                let x = if MUL { _mm512_mul_ps(kv, x) } else { x };
+                if SUB {
+                    _mm512_sub_ps(x, sv)
+                } else {
+                    x
+                }
+            };
+            let (mut l0, mut l1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut i = 0;
+            // A row to request meanwhile (`super::prefetch_rows`): line `j` with block `j`, the rest after.
+            let (pf, lines) = super::pending_row();
+            // At most 64 lines past the row's blocks (a row routine shorter than the pending row).
+            let mut lines = lines.min(n / 32 + 64);
+            let mut pl = pf as *const i8;
+            while i + 32 <= n {
+                if lines > 0 {
+                    // SAFETY: a prefetch has no architectural effect and does not fault.
+                    _mm_prefetch::<_MM_HINT_T1>(pl);
+                    pl = pl.wrapping_add(64);
+                    lines -= 1;
+                }
+                let a = exp16(arg(load16::<SBF>(src, i)));
+                let b = exp16(arg(load16::<SBF>(src, i + 16)));
+                _mm512_storeu_ps(dst.add(i), a);
+                _mm512_storeu_ps(dst.add(i + 16), b);
+                if !bf.is_null() {
+                    let h = if CVT {
+                        cvt32(a, b)
+                    } else {
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bf16x16(a)), bf16x16(b))
+                    };
+                    _mm512_storeu_si512(bf.add(i).cast(), h);
+                }
+                if SUM {
+                    l0 = _mm512_add_ps(l0, a);
+                    l1 = _mm512_add_ps(l1, b);
+                }
+                i += 32;
+            }
+            while lines > 0 {
+                _mm_prefetch::<_MM_HINT_T1>(pl);
+                pl = pl.wrapping_add(64);
+                lines -= 1;
+            }
+            let mut lanes = [0f32; super::LANES];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), l0);
+            _mm512_storeu_ps(lanes.as_mut_ptr().add(16), l1);
+            let mut tail = 0f32;
+            while i < n {
+                let x = super::load::<SBF>(src, i);
+                let x = if MUL { k * x } else { x };
+                let e = super::exp_f32(if SUB { x - s } else { x });
+                *dst.add(i) = e;
+                if !bf.is_null() {
+                    *bf.add(i) = super::bf16_bits(e);
+                }
+                if SUM {
+                    tail += e;
+                }
+                i += 1;
+            }
+            (acc + super::sum_lanes(lanes)) + tail
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scalar_row_body<const SBF: bool, const DBF: bool, const CVT: bool>(
+        dst: *mut u8,
+        src: *const u8,
+        op: i64,
+        s: f32,
+        n: usize,
+        stream: bool,
+    ) {
         let size = if DBF { 2 } else { 4 };
         let mag = (s.to_bits() & 0x7FFF_FFFF) as i32;
         let recip = op == 3 && (SAFE_LO..=SAFE_HI).contains(&mag);
-        let sv = _mm512_set1_ps(s);
-        let rv = _mm512_set1_ps(1.0 / s);
-        let mut i = 0;
-        // SAFETY (all accesses): the caller passes `n` elements each.
+        // SAFETY (all accesses): the caller passes `n` elements each; the intrinsics' features are those of
+        // the two callers (this body is inlined into each).
         unsafe {
+            let sv = _mm512_set1_ps(s);
+            let rv = _mm512_set1_ps(1.0 / s);
+            let mut i = 0;
             while i < n && (dst as usize + i * size) % 64 != 0 {
                 one::<SBF, DBF>(dst, src, op, s, i);
                 i += 1;
@@ -555,7 +829,11 @@ mod wide {
                 let a = op16(load16::<SBF>(src, i), op, sv, rv, recip);
                 let b = op16(load16::<SBF>(src, i + 16), op, sv, rv, recip);
                 if DBF {
-                    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bf16x16(a)), bf16x16(b));
+                    let v = if CVT {
+                        cvt32(a, b)
+                    } else {
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bf16x16(a)), bf16x16(b))
+                    };
                     let p = dst.cast::<u16>().add(i).cast::<__m512i>();
                     if stream {
                         _mm512_stream_si512(p, v);
@@ -581,6 +859,72 @@ mod wide {
             if stream {
                 _mm_sfence();
             }
+        }
+    }
+}
+
+/// One row of a vector statement `dst = src · s + add` (or `s · src + add`: [`ROW_SWAP`]), `s` the row's value
+/// of a row-invariant expression, all `f32`: the product rounded, then the sum rounded (two operations, not a
+/// fused multiply-add: the bits of the JIT's inline code), 16 lanes at a time. Attention's rescaled
+/// accumulator, `o = o · alpha + p·v`. Nothing when `n ≤ 0`.
+///
+/// # Safety
+/// `dst`, `src` and `add` point to `n` `f32`s each; `dst` and `src`, or `dst` and `add`, may be the same row,
+/// otherwise none overlaps another.
+pub unsafe extern "C" fn kc_rt_row_axpy(dst: *mut f32, src: *const f32, add: *const f32, flags: i64, s: f32, n: i64) {
+    let n = n.max(0) as usize;
+    let swap = flags & ROW_SWAP != 0;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: forwarded from the caller; the CPU has AVX-512F.
+        unsafe { axpy_avx512(dst, src, add, swap, s, n) };
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { axpy_tail(dst, src, add, swap, s, 0, n) };
+}
+
+/// Elements `i..n` of [`kc_rt_row_axpy`], one at a time.
+///
+/// # Safety
+/// As [`kc_rt_row_axpy`].
+unsafe fn axpy_tail(dst: *mut f32, src: *const f32, add: *const f32, swap: bool, s: f32, i: usize, n: usize) {
+    for j in i..n {
+        // SAFETY: `j < n`; each element is read before it is written.
+        unsafe {
+            let x = *src.add(j);
+            let p = if swap { s * x } else { x * s };
+            *dst.add(j) = p + *add.add(j);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy_avx512(dst: *mut f32, src: *const f32, add: *const f32, swap: bool, s: f32, n: usize) {
+    use std::arch::x86_64::*;
+    let sv = _mm512_set1_ps(s);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`; a block is loaded whole before it is stored, so `dst` may be `src`'s or
+        // `add`'s row.
+        unsafe {
+            let x = _mm512_loadu_ps(src.add(i));
+            let y = _mm512_loadu_ps(add.add(i));
+            let p = if swap { _mm512_mul_ps(sv, x) } else { _mm512_mul_ps(x, sv) };
+            _mm512_storeu_ps(dst.add(i), _mm512_add_ps(p, y));
+        }
+        i += 16;
+    }
+    if i < n {
+        // The last `n - i` (< 16) elements through masked loads and stores (the same operations as the blocks).
+        let k: __mmask16 = (1u16 << (n - i)) - 1;
+        // SAFETY: the masks touch elements `i..n` only (masked-off lanes do not fault).
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(k, src.add(i));
+            let y = _mm512_maskz_loadu_ps(k, add.add(i));
+            let p = if swap { _mm512_mul_ps(sv, x) } else { _mm512_mul_ps(x, sv) };
+            _mm512_mask_storeu_ps(dst.add(i), k, _mm512_add_ps(p, y));
         }
     }
 }
@@ -874,6 +1218,55 @@ mod tests {
     /// fold: rows whose extreme is a zero of both signs (in the lanes and in the tail, in either order), a
     /// NaN in a lane or in the tail, an accumulator that is NaN or a zero, f32 and bf16 rows, every length
     /// around the 32 lanes.
+    /// `kc_rt_row_axpy` gives `x · s + y` with the product rounded, then the sum (not fused): NaNs, infinities, signed zeros, subnormals, lengths around the 16 lanes, `s` on either
+    /// side, and the destination being the source's row or the addend's.
+    #[test]
+    fn row_update_is_the_two_roundings() {
+        let special = [0.0f32, -0.0, 1.0, -1.5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, -3e38, 3.3e38];
+        let mut rng = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for n in [0usize, 1, 15, 16, 17, 33, 100] {
+            for s in [0.75f32, -0.0, f32::NAN, f32::INFINITY, 3.0e-39, 1.0000001] {
+                let mut xs: Vec<f32> = (0..n).map(|_| f32::from_bits(next() as u32)).collect();
+                let mut ys: Vec<f32> = (0..n).map(|_| f32::from_bits((next() >> 32) as u32)).collect();
+                for (i, v) in special.iter().enumerate() {
+                    if i < n {
+                        xs[i] = *v;
+                        ys[n - 1 - i] = special[(i * 3) % special.len()];
+                    }
+                }
+                for swap in [false, true] {
+                    // NaN payloads are not compared (the compiler may commute a scalar `+`): any NaN.
+                    let bits = |v: &f32| if v.is_nan() { f32::NAN.to_bits() } else { v.to_bits() };
+                    let want: Vec<u32> = xs
+                        .iter()
+                        .zip(&ys)
+                        .map(|(&x, &y)| {
+                            let p = if swap { s * x } else { x * s };
+                            bits(&(p + y))
+                        })
+                        .collect();
+                    let flags = if swap { ROW_SWAP } else { 0 };
+                    let mut out = vec![0f32; n];
+                    unsafe { kc_rt_row_axpy(out.as_mut_ptr(), xs.as_ptr(), ys.as_ptr(), flags, s, n as i64) };
+                    assert_eq!(out.iter().map(bits).collect::<Vec<_>>(), want, "n {n}, s {s}, swap {swap}");
+                    // In place on the source's row, and on the addend's.
+                    let mut a = xs.clone();
+                    unsafe { kc_rt_row_axpy(a.as_mut_ptr(), a.as_ptr(), ys.as_ptr(), flags, s, n as i64) };
+                    assert_eq!(a.iter().map(bits).collect::<Vec<_>>(), want);
+                    let mut b = ys.clone();
+                    unsafe { kc_rt_row_axpy(b.as_mut_ptr(), xs.as_ptr(), b.as_ptr(), flags, s, n as i64) };
+                    assert_eq!(b.iter().map(bits).collect::<Vec<_>>(), want);
+                }
+            }
+        }
+    }
+
     #[test]
     fn max_and_min_are_the_folds_bits() {
         let mut cases: Vec<Vec<f32>> = rows();
@@ -1151,6 +1544,92 @@ mod tests {
                 assert_eq!(*a, bf16_bits(widen(x) / s));
             }
         }
+    }
+
+    /// Every upper half of an `f32` (sign, exponent, 7 mantissa bits) with low halves around bf16's rounding
+    /// points, in a scrambled order (so 32-lane blocks mix classes: subnormals next to normals, NaNs next to
+    /// numbers).
+    fn sweep() -> Vec<f32> {
+        const LOW: [u32; 8] = [0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 0x4321, 0xC0DE];
+        let n = 65536 * LOW.len();
+        (0..n)
+            .map(|i| {
+                let j = (i * 40503) % n;
+                f32::from_bits(((j / LOW.len()) as u32) << 16 | LOW[j % LOW.len()])
+            })
+            .collect()
+    }
+
+    /// The AVX-512 `exp` (`vscalefps` for the two-step scaling) gives the scalar formula's bits on every class
+    /// of argument, NaNs included, over the whole range and densely where softmax's arguments lie (-220 to 100).
+    #[test]
+    fn vector_exp_is_the_scalar_formula_bit_for_bit() {
+        let mut xs = sweep();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..(1 << 20) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            xs.push(-220.0 + 320.0 * ((seed >> 40) as f32 / (1u64 << 24) as f32));
+        }
+        xs.extend([-150.0, -149.99, -87.5, -0.0, 0.0, 88.72, 88.73, 89.0, 89.01, f32::MIN, f32::MAX]);
+        let want: Vec<u32> = xs.iter().map(|&x| exp_f32(x).to_bits()).collect();
+        let mut got = xs.clone();
+        unsafe { kc_rt_exp_f32(got.as_mut_ptr(), got.len() as i64) };
+        for ((g, w), x) in got.iter().zip(&want).zip(&xs) {
+            assert_eq!(g.to_bits(), *w, "exp({x:e})");
+        }
+        // Through the row routine too (sum and bf16 rounding of the same results).
+        let (mut row, mut cast, mut sum) = (vec![0f32; xs.len()], vec![0u16; xs.len()], 0f32);
+        let src = xs.as_ptr() as *const u8;
+        unsafe { kc_rt_row_exp_bf(row.as_mut_ptr(), src, 0, 0.0, 1.0, xs.len() as i64, &mut sum, cast.as_mut_ptr()) };
+        for ((g, w), h) in row.iter().zip(&want).zip(&cast) {
+            assert_eq!(g.to_bits(), *w);
+            assert_eq!(*h, bf16_bits(f32::from_bits(*w)));
+        }
+    }
+
+    /// Rounding to bf16 (`vcvtne2ps2bf16` where the host has it) gives [`bf16_bits`] on every upper half of an
+    /// `f32` with the low halves around the rounding point: ties, NaNs (quieted, payload kept), infinities,
+    /// zeros and subnormals (which the instruction would flush), at every alignment, streamed or not.
+    #[test]
+    fn rounding_to_bf16_is_bf16_bits() {
+        let xs = sweep();
+        let bf: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
+        let mul = 2 << ROW_OP_SHIFT;
+        for at in [0usize, 3] {
+            for stream in [0, ROW_DST_STREAM] {
+                let n = xs.len() - at;
+                let mut got = vec![0u16; n];
+                let src = xs[at..].as_ptr() as *const u8;
+                unsafe {
+                    kc_rt_row_scalar(got.as_mut_ptr() as *mut u8, src, mul | ROW_DST_BF16 | stream, 1.0, n as i64)
+                };
+                for (i, (g, w)) in got.iter().zip(&bf[at..]).enumerate() {
+                    assert_eq!(*g, *w, "{:#010x}", xs[at + i].to_bits());
+                }
+            }
+        }
+    }
+
+    /// A pending prefetch is handed out one row per call, then nothing; a row routine given one (even of
+    /// memory that is not mapped, a wrong guess of the reduction's predictor) computes the same results.
+    #[test]
+    fn pending_prefetch_rows_are_hints_only() {
+        prefetch_rows(0x1000, 130, 4096, 2);
+        assert_eq!(pending_row(), (0x1000, 3));
+        assert_eq!(pending_row(), (0x2000, 3));
+        assert_eq!(pending_row(), (0, 0));
+        let xs: Vec<f32> = (0..1000).map(|i| i as f32 * -0.05).collect();
+        let want: Vec<u32> = xs.iter().map(|&x| exp_f32(x - 1.0).to_bits()).collect();
+        for at in [0usize, 8, usize::MAX - 4095, xs.as_ptr() as usize] {
+            prefetch_rows(at, 1 << 20, 1 << 30, 3);
+            let (mut got, mut sum) = (vec![0f32; xs.len()], 0f32);
+            let flags = ROW_EXP_SUB;
+            unsafe { kc_rt_row_exp(got.as_mut_ptr(), xs.as_ptr() as *const u8, flags, 1.0, 1.0, 1000, &mut sum) };
+            assert!(got.iter().map(|x| x.to_bits()).eq(want.iter().copied()));
+        }
+        prefetch_rows(0, 0, 0, 0);
     }
 
     #[test]

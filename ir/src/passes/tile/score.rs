@@ -1081,8 +1081,14 @@ fn build(
     let pcl = lb.svar("pcl");
     let jj = lb.svar("jj");
     let abase = lb.svar("abase");
-    let hj0 = lb.svar("hj0");
-    let hcl = lb.svar("hcl");
+    // Each chunk's first column and columns in registers of its own (`hj0`/`hcl` for chunk 0, `hj0_1`/`hcl_1`
+    // for chunk 1), set once per stage: the loads of a chunk and its mmads see the same registers unchanged
+    // in between, which is what lets the host read v and p where they are (copy forwarding,
+    // codegen/src/forward.rs) instead of copying them into L1.
+    let hj0s: Vec<SVar> =
+        (0..nh).map(|h| lb.svar(if h == 0 { "hj0".to_string() } else { format!("hj0_{h}") })).collect();
+    let hcls: Vec<SVar> =
+        (0..nh).map(|h| lb.svar(if h == 0 { "hcl".to_string() } else { format!("hcl_{h}") })).collect();
     let hrows = lb.svar("hrows");
     let hcols = lb.svar("hcols");
     let bbase = lb.svar("bbase");
@@ -1207,17 +1213,17 @@ fn build(
 
     // ---- The cube program.
     // A block of `bn` columns is `nh` chunks of `bc` (the L0 tiles' columns); chunk `h` uses L1 slot `h`.
-    // `chunk(h, j0, cl)` sets `hj0`/`hcl`: the chunk's first column and its columns (≤ 0: none).
+    // `chunk(h, j0, cl)` sets chunk `h`'s `hj0`/`hcl`: its first column and its columns (≤ 0: none).
     let chunk = |q: &mut Vec<Stmt>, h: i64, j0: SVar, cl: SVar| {
-        q.push(Stmt::Set { var: hj0, value: add(v(j0), c(h * bc)) });
-        q.push(Stmt::Set { var: hcl, value: min(c(bc), sub(v(cl), c(h * bc))) });
+        q.push(Stmt::Set { var: hj0s[h as usize], value: add(v(j0), c(h * bc)) });
+        q.push(Stmt::Set { var: hcls[h as usize], value: min(c(bc), sub(v(cl), c(h * bc))) });
     };
     // Chunk 0 always has columns; the others may not.
     let when_live = |h: i64, then: Vec<Stmt>| -> Vec<Stmt> {
         if h == 0 {
             then
         } else {
-            vec![Stmt::If { cond: lt(c(0), v(hcl)), then }]
+            vec![Stmt::If { cond: lt(c(0), v(hcls[h as usize])), then }]
         }
     };
     let stage_s = |j: SExpr| -> Vec<Stmt> {
@@ -1225,6 +1231,7 @@ fn build(
         set_j(&mut q, sj, sj0, scl, j);
         for h in 0..nh {
             let hu = h as u8;
+            let (hj0, hcl) = (hj0s[h as usize], hcls[h as usize]);
             chunk(&mut q, h, sj0, scl);
             let mut w = vec![waitf(Mte1, Mte2, EV_B1 + hu)];
             w.push(gm_to_l1(&p.b, v(bbase), (c(0), v(hj0)), (c(d), v(hcl)), bs(b1, h, c(0), b1_stride)));
@@ -1267,10 +1274,13 @@ fn build(
     let stage_pv = |j: SExpr| -> Vec<Stmt> {
         let mut q = Vec::new();
         set_j(&mut q, pj, pj0, pcl, j);
+        for h in 0..nh {
+            chunk(&mut q, h, pj0, pcl);
+        }
         // v's tiles do not depend on the vector cores: loaded before waiting for p.
         for h in 0..nh {
             let hu = h as u8;
-            chunk(&mut q, h, pj0, pcl);
+            let (hj0, hcl) = (hj0s[h as usize], hcls[h as usize]);
             let w = vec![
                 waitf(Mte1, Mte2, EV_V1 + hu),
                 gm_to_l1(&p.vop, v(vbase), (v(hj0), c(0)), (v(hcl), c(dv)), bs(v1, h, c(0), v1_stride)),
@@ -1281,7 +1291,7 @@ fn build(
         q.push(Stmt::CrossWait { flag: F_P });
         for h in 0..nh {
             let hu = h as u8;
-            chunk(&mut q, h, pj0, pcl);
+            let hcl = hcls[h as usize];
             let w = vec![
                 waitf(Mte1, Mte2, EV_P1 + hu),
                 Stmt::Copy {
@@ -1297,7 +1307,7 @@ fn build(
         }
         for h in 0..nh {
             let hu = h as u8;
-            chunk(&mut q, h, pj0, pcl);
+            let (hj0, hcl) = (hj0s[h as usize], hcls[h as usize]);
             let mut w = vec![waitf(Mte2, Mte1, EV_V1 + hu), waitf(M, Mte1, EV_V0)];
             w.push(l1_to_l0(p.vop.transposed, v1, h, v1_stride, v0, dv, (v(hcl), c(dv)), jj));
             w.push(setf(Mte1, Mte2, EV_V1 + hu));

@@ -21,8 +21,8 @@
 //! Two launches (one per side that has outputs), each a mixed launch with `ratio` vector cores per cube
 //! core. The column launch deals the `(b, g, j-block)` units to the cube cores round-robin and runs, per unit,
 //! every head `r` of the group and every `i`-block with unmasked entries; the row launch deals `(b, h,
-//! i-block)` units and runs every `j`-block with unmasked entries. Blocks are `blk × blk` (64, or 32/16 when
-//! `D` is large), partial at the edges; `D` is padded to 16 in the on-chip buffers only.
+//! i-block)` units and runs every `j`-block with unmasked entries. Blocks are `blk × blk` (the target's
+//! `score_bwd_block`: 64 by default, 128 on the host; smaller when `D` is large), partial at the edges; `D` is padded to 16 in the on-chip buffers only.
 //!
 //! ```text
 //! cube core, per unit:                               vector core (rows r0..r0+rc of the block), per step:
@@ -443,7 +443,13 @@ pub fn score_bwd(
 ) -> Option<Result<Tiled, Diagnostic>> {
     let p = analyze(g, group, gm, b)?;
     let mut last = None;
-    for blk in [64i64, 32, 16] {
+    let first = target.score_bwd_block.map_or(64, |x| r16(i64::from(x.max(16))));
+    let mut tried = Vec::new();
+    for blk in [first, 128, 64, 32, 16] {
+        if blk > first || tried.contains(&blk) {
+            continue;
+        }
+        tried.push(blk);
         let blk = blk.min(r16(p.s.max(p.t)));
         match build(g, name, gm, target, b, &p, blk) {
             Ok(t) => return Some(Ok(t)),
