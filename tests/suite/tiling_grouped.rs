@@ -299,6 +299,49 @@ fn host_reads_the_weights_transposed_in_place() {
     }
 }
 
+/// Whether a loop over register `outer` holds (at any depth) a loop over register `inner`.
+fn nested(l: &kc_ir::tile::Launch, body: &[kc_ir::tile::Stmt], outer: &str, inner: &str) -> bool {
+    use kc_ir::tile::Stmt;
+    fn has(l: &kc_ir::tile::Launch, body: &[Stmt], name: &str) -> bool {
+        body.iter().any(|s| match s {
+            Stmt::For { var, body, .. } => l.svars[var.0 as usize] == name || has(l, body, name),
+            Stmt::If { then, .. } => has(l, then, name),
+            _ => false,
+        })
+    }
+    body.iter().any(|s| match s {
+        Stmt::For { var, body, .. } => {
+            (l.svars[var.0 as usize] == outer && has(l, body, inner)) || nested(l, body, outer, inner)
+        }
+        Stmt::If { then, .. } => nested(l, then, outer, inner),
+        _ => false,
+    })
+}
+
+/// On the host (contiguous runs of items) an expert's row tiles are walked inside its n-blocks, so a core's
+/// consecutive items read the same weight panels, which the matrix unit packs once and keeps while the
+/// expert's row tiles pass (`packed_bt` in `runtime/src/host/mmad.rs`); on the NPU targets the n-blocks of a
+/// row tile stay innermost. The JIT matches the interpreter with an expert of two row tiles (a whole and a
+/// partial one) beside one of a partial tile, two n-blocks and two k steps, on 1 and 2 threads.
+#[test]
+fn host_walks_row_tiles_inside_n_blocks() {
+    let g = kernel();
+    let args = inputs(&g, (40, 70, 50, 3), None, 9);
+    for t in ["host", "ascend910b"] {
+        let target = Target::builtin(t).expect("target");
+        let tp = program(&g, &args, &target);
+        let host = t == "host";
+        for l in &tp.launches {
+            assert_eq!(nested(l, &l.cube, "nb", "t0"), host, "{}: cube walk on {t}", l.name);
+            assert_eq!(nested(l, &l.cube, "t0", "nb"), !host, "{}: cube walk on {t}", l.name);
+            if !l.vector.is_empty() {
+                assert_eq!(nested(l, &l.vector, "vnb", "vt0"), host, "{}: vector walk on {t}", l.name);
+            }
+        }
+    }
+    check_jit((300, 264, 140, 2), Some(vec![0, 290, 300]), 77);
+}
+
 fn count_mmads(body: &[kc_ir::tile::Stmt]) -> usize {
     use kc_ir::tile::Stmt;
     body.iter()

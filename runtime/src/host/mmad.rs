@@ -19,8 +19,10 @@
 //!   `xᵀ`. The AMX path packs its VNNI panels straight from those rows (a pair of k values of one column is
 //!   one 32-bit word of a row, so a panel is a 16 × 16 transpose of words, `pack_bt_vnni`), instead of the
 //!   caller materializing the transpose for it to repack; the other paths read it element by element. A
-//!   kept packing (bit 1) of a transposed `b` is made from its second use on (`seen_before`): a grouped
-//!   matmul's weight tiles are used once, and kept they only pushed the reused packings out of the caches.
+//!   kept packing (bit 1) of a transposed `b` is made from its second use on (`seen_before`), and from its
+//!   first once the thread's calls find kept ones again (`packed_bt`): a grouped matmul's weight tiles are
+//!   used once per row tile of their expert (once, or by 2–3 consecutive items), and kept when used once
+//!   they only pushed the reused packings out of the caches.
 //! - The order of summation depends on the path. [`Path::Portable`] sums sequentially,
 //!   `acc = c_or_0; for p in 0..k { acc = acc + a_ip * b_pj }` with a rounded f32 product and a rounded f32
 //!   add per step, so it is bit-identical to the obvious scalar f32 loop. The vector paths reassociate
@@ -447,6 +449,7 @@ pub unsafe extern "C" fn kc_mmad(
 /// Forgets the packed `b` operands this thread kept (see `kc_mmad`'s `accumulate` bit 1). The executor
 /// calls it on each thread before a launch: a kept operand is valid only while its memory is unchanged.
 pub fn clear_b_cache() {
+    let _ = KEEP_FIRST.try_with(|k| k.set(false));
     let _ = SEEN.try_with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
             s.clear();
@@ -525,6 +528,8 @@ struct PackArena {
     at: (usize, usize),
     /// (key, address) of the entries.
     entries: Vec<(PackKey, *mut u8)>,
+    /// Calls that found their operand here since the last [`PackArena::forget`].
+    hits: usize,
 }
 
 impl PackArena {
@@ -532,6 +537,35 @@ impl PackArena {
     fn forget(&mut self) {
         self.entries.clear();
         self.at = (0, 0);
+        self.hits = 0;
+    }
+
+    /// The entry of `key`, if kept (counted as a hit).
+    #[cfg(target_arch = "x86_64")]
+    fn find(&mut self, key: PackKey) -> Option<*const u8> {
+        let p = self.entries.iter().find(|(k, _)| *k == key).map(|&(_, p)| p.cast_const())?;
+        self.hits += 1;
+        Some(p)
+    }
+
+    /// Packs `key` by `pack` into new room and keeps it. When the arena holds `B_CACHE_ENTRIES` operands,
+    /// all are forgotten first; `on_full` is told how many calls found an entry since the last forget.
+    #[cfg(target_arch = "x86_64")]
+    fn insert(
+        &mut self,
+        key: PackKey,
+        bytes: usize,
+        pack: impl FnOnce(*mut u8),
+        on_full: impl FnOnce(usize),
+    ) -> Option<*const u8> {
+        if self.entries.len() >= B_CACHE_ENTRIES {
+            on_full(self.hits);
+            self.forget();
+        }
+        let p = self.alloc(bytes)?;
+        pack(p);
+        self.entries.push((key, p));
+        Some(p.cast_const())
     }
 
     /// Room for `bytes` (64-byte aligned), in the current chunk or the next (allocated if needed).
@@ -576,16 +610,45 @@ fn packed(
     cache
         .try_with(|c| {
             let mut c = c.try_borrow_mut().ok()?;
-            if let Some(&(_, p)) = c.entries.iter().find(|(k, _)| *k == key) {
-                return Some(p.cast_const());
+            if let Some(p) = c.find(key) {
+                return Some(p);
             }
-            if c.entries.len() >= B_CACHE_ENTRIES {
-                c.forget();
+            c.insert(key, bytes, pack, |_| {})
+        })
+        .ok()
+        .flatten()
+}
+
+/// The kept packing of a transposed `b` (`kc_mmad`'s bits 1 and 3), or `None` when it is not to be kept
+/// (the caller packs it into its scratch) or cannot be.
+///
+/// When to keep one: a grouped matmul's weight panels are used once per row tile of their expert, so
+/// once when every expert fits one row tile (its rows < `grouped_rows`) and 2 or 3 times, by consecutive
+/// items, when the experts have 256–660 rows (the benchmark's T = 4096); x·xᵀ's and Kᵀ's panels are used
+/// many times. Kept when used once, the packings only push the reused ones out of the caches (a new
+/// 64 KiB of arena per panel instead of the same scratch: +17% of packing time with one row tile per
+/// expert); packed again on their second use, the weights are packed twice. So a thread keeps them from
+/// their second use (`seen_before`) until its calls show reuse (a kept packing found again), and from
+/// then on from their first use, until the cache fills with no packing found again since it was last
+/// emptied (the reuse has stopped). Each launch starts over ([`clear_b_cache`]).
+#[cfg(target_arch = "x86_64")]
+fn packed_bt(key: PackKey, bytes: usize, pack: impl FnOnce(*mut u8)) -> Option<*const u8> {
+    B_CACHE
+        .try_with(|c| {
+            let mut c = c.try_borrow_mut().ok()?;
+            if let Some(p) = c.find(key) {
+                let _ = KEEP_FIRST.try_with(|k| k.set(true));
+                return Some(p);
             }
-            let p = c.alloc(bytes)?;
-            pack(p);
-            c.entries.push((key, p));
-            Some(p.cast_const())
+            let keep_first = KEEP_FIRST.try_with(Cell::get).unwrap_or(false);
+            if !keep_first && !seen_before(key) {
+                return None;
+            }
+            c.insert(key, bytes, pack, |hits| {
+                if hits == 0 {
+                    let _ = KEEP_FIRST.try_with(|k| k.set(false));
+                }
+            })
         })
         .ok()
         .flatten()
@@ -624,6 +687,8 @@ thread_local! {
     static A_CACHE: PackCache = RefCell::new(PackArena::default());
     /// The transposed `b` operands seen (see `seen_before`), oldest first.
     static SEEN: RefCell<Vec<PackKey>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread keeps a transposed `b` from its first use (see `packed_bt`).
+    static KEEP_FIRST: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The arguments of one call, checked and converted.
@@ -1471,11 +1536,13 @@ mod amx {
             };
             // The layout is part of the key: the same window read transposed is another operand.
             let key = (x.b as usize, x.ldb | (usize::from(x.b_trans) << 63), k, n);
-            // A transposed `b` is kept from its second use on: a grouped matmul's weight tiles are used once
-            // (kept, they only pushed the packings the core reuses out of its caches), x·xᵀ's and Kᵀ's
-            // panels many times.
-            if x.b_const && (!x.b_trans || super::seen_before(key)) {
-                cached = super::packed(&super::B_CACHE, key, b_bytes, pack_b);
+            // A transposed `b` is kept when it will be used again (`packed_bt`).
+            if x.b_const {
+                cached = if x.b_trans {
+                    super::packed_bt(key, b_bytes, pack_b)
+                } else {
+                    super::packed(&super::B_CACHE, key, b_bytes, pack_b)
+                };
             }
             let bp = match cached {
                 Some(p) => p.cast_mut(),
@@ -1878,6 +1945,69 @@ mod tests {
         assert_eq!(run(2 | 8), reference(true));
         assert_eq!(run(2), reference(false), "the kept transposed packing is another operand");
         assert_eq!(run(2 | 8), reference(true));
+        clear_b_cache();
+    }
+
+    /// When a transposed `b` (bits 1 and 3) is kept (`packed_bt`), seen through the contract: a kept
+    /// packing is used until the cache is cleared, so a window changed after a kept call still gives the old
+    /// result. Kept from the second use on; from the first once a kept packing was found again; from the
+    /// second again once the cache filled without a hit; and every launch (`clear_b_cache`) starts over.
+    #[test]
+    fn host_mmad_keeps_transposed_b_once_reused() {
+        if !supported(Path::Amx) {
+            return;
+        }
+        let (m, k, n) = (16usize, 32usize, 32usize);
+        let windows = 2 * B_CACHE_ENTRIES + 4;
+        let a: Vec<u16> = (0..m * k).map(|i| bf16::from_f32(((i % 7) as f32) - 3.0).to_bits()).collect();
+        let val = |v: f32| bf16::from_f32(v).to_bits();
+        let mut w: Vec<u16> = vec![val(1.0); windows * n * k];
+        let f = |x: u16| bf16::from_bits(x).to_f32();
+        // c = a · wᵀ for window `i` (w[i] holds one value `v`: c[r][j] = v · Σ_p a[r][p]).
+        let reference = |v: f32| -> Vec<f32> {
+            let mut c = vec![0f32; m * n];
+            for r in 0..m {
+                let s: f32 = (0..k).map(|p| f(a[r * k + p])).sum();
+                for j in 0..n {
+                    c[r * n + j] = v * s;
+                }
+            }
+            c
+        };
+        let run = |w: &[u16], i: usize| -> Vec<f32> {
+            let mut c = vec![0f32; m * n];
+            let (mi, ki, ni) = (m as i64, k as i64, n as i64);
+            let b = w[i * n * k..].as_ptr();
+            // SAFETY: `a` and `c` are the vectors' own; window `i` of `w` holds `n × k` elements.
+            unsafe { kc_mmad(a.as_ptr().cast(), 1, ki, b.cast(), 1, ki, c.as_mut_ptr(), ni, mi, ki, ni, 2 | 8) };
+            c
+        };
+        let set = |w: &mut Vec<u16>, i: usize, v: f32| w[i * n * k..(i + 1) * n * k].fill(val(v));
+        clear_b_cache();
+        // Window 0: its first use is not kept, its second is, its third finds it.
+        assert_eq!(run(&w, 0), reference(1.0));
+        set(&mut w, 0, 2.0);
+        assert_eq!(run(&w, 0), reference(2.0), "a first use is not kept");
+        set(&mut w, 0, 3.0);
+        assert_eq!(run(&w, 0), reference(2.0), "the second use is kept");
+        // Reuse seen: window 1 is kept from its first use.
+        assert_eq!(run(&w, 1), reference(1.0));
+        set(&mut w, 1, 2.0);
+        assert_eq!(run(&w, 1), reference(1.0), "after a hit, a first use is kept");
+        // Windows used once each fill the cache, then fill it again without a hit: first uses stop being kept.
+        for i in 2..2 + 2 * B_CACHE_ENTRIES {
+            assert_eq!(run(&w, i), reference(1.0));
+        }
+        let last = windows - 1;
+        assert_eq!(run(&w, last), reference(1.0));
+        set(&mut w, last, 2.0);
+        assert_eq!(run(&w, last), reference(2.0), "a cache filled without hits: first uses are not kept");
+        // A new launch starts over (nothing kept, first uses not kept).
+        clear_b_cache();
+        set(&mut w, 1, 4.0);
+        assert_eq!(run(&w, 1), reference(4.0), "cleared");
+        set(&mut w, 1, 5.0);
+        assert_eq!(run(&w, 1), reference(5.0), "a new launch keeps from the second use");
         clear_b_cache();
     }
 

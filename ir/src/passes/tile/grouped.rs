@@ -39,9 +39,12 @@
 //!
 //! On a target with `contiguous_chunks` (the host, where a core is a thread's unit of work) a core takes a
 //! contiguous run of items instead: a first walk over the experts counts them (`items`), and item `cnt`
-//! belongs to core `cnt · cubes / items`. A core's consecutive items are then the n-blocks of one row tile,
-//! which share its rows (the host's matrix unit packs them once). The row tiles are at most `bm` rows,
-//! 128 or the target's `grouped_rows` (256 on the host: an expert's rows in one tile).
+//! belongs to core `cnt · cubes / items`, and the walk takes an expert's row tiles inside its n-blocks
+//! (`for n0 { for t0 { ... } }`): a core's consecutive items are the row tiles of one n-block, which read
+//! the same weight panels, so the host's matrix unit packs each panel once and keeps it while they pass
+//! (`packed_bt` in `runtime/src/host/mmad.rs`; the packed rows of the 2–3 row tiles are kept too). With the
+//! n-blocks innermost each panel was packed once per row tile. The row tiles are at most `bm` rows, 128 or
+//! the target's `grouped_rows` (256 on the host).
 //!
 //! ITEM on the cube is `cube.rs`'s block with one `b` operand per matmul: `a = xs[t0.., k0..]` (rows of
 //! the expert's tile), `b_j = w_j[ex, n0.., k0..]` (transposed by MTE1 on the way to L0B), one L0C
@@ -381,21 +384,35 @@ impl Walk {
             None => bin(SBin::Mod, v(self.cnt), c(cubes as i64)),
             Some(t) => bin(SBin::Div, mul(v(self.cnt), c(cubes as i64)), v(t)),
         };
-        let per_block = vec![
+        let set_n0 = [
             Stmt::Set { var: self.n0, value: mul(v(self.nb), c(bn)) },
             Stmt::Set { var: self.cols, value: min(c(bn), sub(c(n), v(self.n0))) },
+        ];
+        let set_rows = Stmt::Set { var: self.rows, value: min(c(bm), sub(v(self.hi), v(self.t0))) };
+        let take = [
             Stmt::If { cond: bin(SBin::Eq, owner, mine), then: item },
             Stmt::Set { var: self.cnt, value: add(v(self.cnt), c(1)) },
         ];
-        let per_tile = vec![
-            Stmt::Set { var: self.rows, value: min(c(bm), sub(v(self.hi), v(self.t0))) },
-            Stmt::For { var: self.nb, lo: c(0), hi: c(nbk), step: 1, body: per_block },
-        ];
+        let tiles = if self.total.is_some() {
+            // Contiguous runs (the host): the row tiles of an n-block one after another, so a core's
+            // consecutive items read the same weight panels (the host's matrix unit packs them once and keeps
+            // them while its row tiles pass) and the expert's weights are read once.
+            let per_tile: Vec<Stmt> = std::iter::once(set_rows).chain(take).collect();
+            let per_block: Vec<Stmt> = set_n0
+                .into_iter()
+                .chain([Stmt::For { var: self.t0, lo: v(self.lo), hi: v(self.hi), step: bm, body: per_tile }])
+                .collect();
+            Stmt::For { var: self.nb, lo: c(0), hi: c(nbk), step: 1, body: per_block }
+        } else {
+            let per_block: Vec<Stmt> = set_n0.into_iter().chain(take).collect();
+            let per_tile = vec![set_rows, Stmt::For { var: self.nb, lo: c(0), hi: c(nbk), step: 1, body: per_block }];
+            Stmt::For { var: self.t0, lo: v(self.lo), hi: v(self.hi), step: bm, body: per_tile }
+        };
         let per_expert = vec![
             Stmt::Set { var: self.lo, value: max(v(self.prev), clamp(read(v(self.ex)))) },
             Stmt::Set { var: self.hi, value: max(v(self.lo), clamp(read(add(v(self.ex), c(1))))) },
             Stmt::Set { var: self.prev, value: v(self.hi) },
-            Stmt::For { var: self.t0, lo: v(self.lo), hi: v(self.hi), step: bm, body: per_tile },
+            tiles,
         ];
         let mut prog = Vec::new();
         if let Some(t) = self.total {
