@@ -663,6 +663,24 @@ fn l1(body: &mut [Stmt], gm_written: &BTreeSet<TensorId>, own: &BTreeSet<TensorI
     }
 }
 
+/// A same-dtype copy from a GM tensor this program does not write into a buffer: its source, destination,
+/// sizes, the buffer, and whether the partner program writes the tensor (then only up to a cross-core
+/// wait). What levels 2 and 3 forward from.
+#[allow(clippy::type_complexity)]
+fn gm_load<'s>(
+    s: &'s Stmt,
+    written: &BTreeSet<TensorId>,
+    own: &BTreeSet<TensorId>,
+    dt: &Dtypes<'_>,
+) -> Option<(&'s Region, &'s Region, &'s SExpr, &'s SExpr, BufId, bool)> {
+    let Stmt::Copy { src, dst, rows, cols, .. } = s else { return None };
+    let (Loc::Gm(t), Some(x)) = (&src.loc, buf_of(dst)) else { return None };
+    if own.contains(t) || !dt.same(src, dst) {
+        return None;
+    }
+    Some((src, dst, rows, cols, x, written.contains(t)))
+}
+
 /// A copy from GM into offset 0 of an L1 slot whose reads level 2 forwards (see [`l1`]).
 struct L1Copy {
     y: BufId,
@@ -685,11 +703,8 @@ impl L1Copy {
         dt: &Dtypes<'_>,
         extra: &BTreeSet<SVar>,
     ) -> Option<L1Copy> {
-        let Stmt::Copy { src, dst, rows, cols, .. } = s else { return None };
-        let (Loc::Gm(t), Some(y)) = (&src.loc, buf_of(dst)) else { return None };
-        // A tensor the partner program writes (and this one does not): only up to a cross-core wait.
-        let yields = gm_written.contains(t);
-        if own.contains(t) || dst.offset != SExpr::Const(0) || !dt.same(src, dst) {
+        let (src, dst, rows, cols, y, yields) = gm_load(s, gm_written, own, dt)?;
+        if dst.offset != SExpr::Const(0) {
             return None;
         }
         let Loc::Buf { slot, .. } = &dst.loc else { return None };
@@ -960,13 +975,7 @@ impl VecCopy {
         dt: &Dtypes<'_>,
         extra: &BTreeSet<SVar>,
     ) -> Option<VecCopy> {
-        let Stmt::Copy { src, dst, rows, cols, .. } = s else { return None };
-        let (Loc::Gm(t), Some(x)) = (&src.loc, buf_of(dst)) else { return None };
-        // Written in the launch, but not by this program: by the partner's.
-        let by_partner = written.contains(t);
-        if own.contains(t) || !dt.same(src, dst) {
-            return None;
-        }
+        let (src, dst, rows, cols, x, by_partner) = gm_load(s, written, own, dt)?;
         let mut dep = BTreeSet::new();
         region_sexpr_reads(s, &mut dep);
         if !dep.is_empty() {
