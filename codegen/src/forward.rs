@@ -32,7 +32,9 @@
 //!    `D` element for element reads the source too, and the copy goes (see `vec_reads`).
 //! 4. **Vector writes.** A `Vector` statement writing a UB window that a following `Copy` moves unchanged
 //!    (or f32 → bf16/f16) to a GM tensor that nothing else in the launch reads or writes, when the buffer
-//!    has no other reader: the statement stores to GM and the copy goes (see `vec_writes`).
+//!    has no other reader: the statement stores to GM and the copy goes (see `vec_writes`); the results
+//!    of several buffers copied into one tensor go together when their windows are provably apart
+//!    (`rewrite_groups`, `disjoint_windows`: the backward's two feeds in one workspace).
 //! 5. **Cube results.** An mmad (and the accumulating mmads after it) into an L0C window that a following
 //!    `Copy` moves unchanged to a GM tensor that nothing else in this program reads or writes, when L0C has
 //!    no other reader: the mmads accumulate in GM and the copy goes (see `mmad_writes`). The partner
@@ -1384,6 +1386,45 @@ fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes
     }
     let mut ys = BTreeSet::new();
     copy_srcs(body, &mut ys);
+    fn copy_dsts(body: &[Stmt], out: &mut BTreeSet<TensorId>) {
+        for s in body {
+            match s {
+                Stmt::For { body, .. } | Stmt::If { then: body, .. } => copy_dsts(body, out),
+                Stmt::Copy { dst: Region { loc: Loc::Gm(g), .. }, .. } => {
+                    out.insert(*g);
+                }
+                Stmt::Gather { .. } | Stmt::Mmad { .. } | Stmt::Reduce { .. } | Stmt::Library { .. } => {
+                    let (mut b, mut g) = (BTreeSet::new(), BTreeSet::new());
+                    writes(s, &mut b, &mut g);
+                    out.extend(g);
+                }
+                _ => {}
+            }
+        }
+    }
+    // Rewrites the statements of every buffer of `ys` together, if then nothing reads them and no copy writes
+    // their tensors `gs` (the rewritten statements are their only writers).
+    let rewrite = |body: &mut Vec<Stmt>, ys: &[BufId], gs: &BTreeSet<TensorId>| -> bool {
+        let no_wait = gs.intersection(&other_read).copied().collect();
+        let mut new = body.clone();
+        // A statement whose copy comes after another buffer's copy into the tensor is taken once that one
+        // is rewritten (its copy gone): as many rounds as buffers.
+        for _ in ys {
+            for &y in ys {
+                store_direct(&mut new, y, &no_wait);
+            }
+        }
+        let mut r = BTreeSet::new();
+        reads_of(&new, &mut r);
+        let mut still = BTreeSet::new();
+        copy_dsts(&new, &mut still);
+        if ys.iter().any(|y| r.contains(y)) || !still.is_disjoint(gs) {
+            return false;
+        }
+        *body = new;
+        true
+    };
+    let mut left: Vec<(BufId, BTreeSet<TensorId>)> = Vec::new();
     for y in ys {
         // The tensors the copies from `y` write, and whether the dtypes allow a direct store.
         fn targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId>) -> bool {
@@ -1406,37 +1447,44 @@ fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes
         if !targets(body, y, dt, &mut gs) || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written) {
             continue;
         }
-        let no_wait = gs.intersection(&other_read).copied().collect();
-        let mut new = body.clone();
-        store_direct(&mut new, y, &no_wait);
-        let mut r = BTreeSet::new();
-        reads_of(&new, &mut r);
-        if r.contains(&y) {
-            continue;
+        if !rewrite(body, &[y], &gs) {
+            left.push((y, gs));
         }
-        // No copy (of any buffer) writes the tensors any more: the rewritten statements are their only writers.
-        let mut still = BTreeSet::new();
-        fn copy_dsts(body: &[Stmt], out: &mut BTreeSet<TensorId>) {
-            for s in body {
-                match s {
-                    Stmt::For { body, .. } | Stmt::If { then: body, .. } => copy_dsts(body, out),
-                    Stmt::Copy { dst: Region { loc: Loc::Gm(g), .. }, .. } => {
-                        out.insert(*g);
-                    }
-                    Stmt::Gather { .. } | Stmt::Mmad { .. } | Stmt::Reduce { .. } | Stmt::Library { .. } => {
-                        let (mut b, mut g) = (BTreeSet::new(), BTreeSet::new());
-                        writes(s, &mut b, &mut g);
-                        out.extend(g);
-                    }
-                    _ => {}
+    }
+    // Buffers whose copies go into one tensor (the attention backward's two feeds into one workspace): each
+    // alone leaves the other's copy writing the tensor, so they are rewritten together when their windows
+    // are provably apart (as in `mmad_writes`).
+    rewrite_groups(body, left, dt, &mut |body, ys, gs| rewrite(body, ys, gs));
+}
+
+/// Takes the candidates `left` (a buffer and the tensors its copies write) in groups whose tensors meet and
+/// calls `rewrite` on each group of two or more whose copies' windows are provably apart
+/// ([`disjoint_windows`]).
+fn rewrite_groups(
+    body: &mut Vec<Stmt>,
+    mut left: Vec<(BufId, BTreeSet<TensorId>)>,
+    dt: &Dtypes<'_>,
+    rewrite: &mut dyn FnMut(&mut Vec<Stmt>, &[BufId], &BTreeSet<TensorId>) -> bool,
+) {
+    while let Some((y, mut gs)) = left.pop() {
+        let mut group = vec![y];
+        loop {
+            let before = group.len();
+            left.retain(|(z, hs)| {
+                if hs.is_disjoint(&gs) {
+                    return true;
                 }
+                group.push(*z);
+                gs.extend(hs.iter().copied());
+                false
+            });
+            if group.len() == before {
+                break;
             }
         }
-        copy_dsts(&new, &mut still);
-        if !still.is_disjoint(&gs) {
-            continue;
+        if group.len() > 1 && disjoint_windows(body, &group, dt) {
+            rewrite(body, &group, &gs);
         }
-        *body = new;
     }
 }
 
@@ -1667,26 +1715,7 @@ fn mmad_writes(body: &mut Vec<Stmt>, own: &[Stmt], other: &[Stmt], dt: &Dtypes<'
     // Buffers whose copies go into one tensor (the backward's two score blocks into one workspace, at two
     // offsets): each alone leaves the other's copy writing the tensor, so they are rewritten together when
     // their windows are provably disjoint ([`disjoint_windows`]).
-    while let Some((y, mut gs)) = left.pop() {
-        let mut group = vec![y];
-        loop {
-            let before = group.len();
-            left.retain(|(z, hs)| {
-                if hs.is_disjoint(&gs) {
-                    return true;
-                }
-                group.push(*z);
-                gs.extend(hs.iter().copied());
-                false
-            });
-            if group.len() == before {
-                break;
-            }
-        }
-        if group.len() > 1 && disjoint_windows(body, &group, dt) {
-            rewrite(body, &group, &gs);
-        }
-    }
+    rewrite_groups(body, left, dt, &mut |body, ys, gs| rewrite(body, ys, gs));
 }
 
 /// `e` as `base + k` (`k` a constant; 0 when `e` has no constant term on the outside).
@@ -2526,6 +2555,39 @@ mod tests {
         }
         let out = forward(&p, &l, &l.vector);
         assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte2, .. })), 1);
+    }
+
+    /// Two vector results copied into one tensor (the attention backward's two feeds into one workspace): each
+    /// alone leaves the other's copy writing the tensor; together they are stored straight into it when their
+    /// windows lie apart (the buffers' 32 elements at offsets 0 and `k`), not when they may overlap.
+    #[test]
+    fn two_vector_results_into_one_tensor_are_stored_together_when_apart() {
+        let run = |k: i64| {
+            let fill = |b: u32, v: f32| Stmt::Vector {
+                dst: ub(b, 16),
+                rows: SExpr::Const(2),
+                cols: SExpr::Const(16),
+                expr: VExpr::F32(v),
+            };
+            let out = |b: u32, at: i64| Stmt::Copy {
+                pipe: Pipe::Mte3,
+                src: ub(b, 16),
+                dst: gm_at(1, SExpr::Bin(SBin::Add, Box::new(SExpr::Core), Box::new(SExpr::Const(at))), 16),
+                rows: SExpr::Const(2),
+                cols: SExpr::Const(16),
+            };
+            let (mut p, mut l) = launch(vec![]);
+            l.vector = vec![fill(0, 1.0), fill(1, 2.0), out(0, 0), out(1, k)];
+            p.launches = vec![l.clone()];
+            let out = forward(&p, &l, &l.vector);
+            let in_gm = count(&out, &|s| matches!(s, Stmt::Vector { dst: Region { loc: Loc::Gm(_), .. }, .. }));
+            let copies = count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. }));
+            (in_gm, copies)
+        };
+        assert_eq!(run(32), (2, 0));
+        assert_eq!(run(40), (2, 0));
+        assert_eq!(run(16), (0, 2));
+        assert_eq!(run(-31), (0, 2));
     }
 
     #[test]

@@ -224,9 +224,9 @@ fn large_d_smaller_blocks_or_capacity_error() {
 /// On the host, the backward's hand-offs are read in place: the vector cores read the cube's score blocks
 /// in its workspace, and the cube's transposing loads read the feeds (`p`, `scale · ds`) where the vector
 /// cores stored them (copy forwarding across partners, `codegen/src/forward.rs`): no copy from a workspace
-/// into L1 or UB is left in the compiled programs, and the cube's score blocks are computed straight into
-/// their workspace (two blocks at two offsets of one workspace, proven apart: no fixpipe copy into a
-/// workspace is left; the vector cores' stores of the feeds stay). The JIT, on 1 and 2 threads,
+/// into L1 or UB is left in the compiled programs, and the cube's score blocks and the vector cores' feeds
+/// are computed straight into their workspaces (two blocks at two offsets of one workspace, proven apart: no
+/// copy into a workspace is left). The JIT, on 1 and 2 threads,
 /// matches the interpreter (tolerance as in [`check`]) at a shape with several blocks each way.
 #[test]
 fn host_hand_offs_read_the_workspaces_in_place() {
@@ -268,6 +268,9 @@ fn host_hand_offs_read_the_workspaces_in_place() {
         assert!(l0_loads <= 1, "{}: {l0_loads} whole-tile loads into L0 left", l.name);
         let fix_out = common::count_stmts(cube, &|s| matches!(s, Stmt::Copy { src, dst, .. } if ws(dst) && !ws(src)));
         assert_eq!(fix_out, 0, "{}: score blocks still copied into the workspace", l.name);
+        let feeds_out =
+            common::count_stmts(vector, &|s| matches!(s, Stmt::Copy { src, dst, .. } if ws(dst) && !ws(src)));
+        assert_eq!(feeds_out, 0, "{}: feeds still copied into the workspace", l.name);
     }
     assert!(mixed > 0, "the tiled program hands blocks over through workspaces");
     let want = common::run(&g, &a);
