@@ -873,28 +873,27 @@ mod wide {
 /// otherwise none overlaps another.
 pub unsafe extern "C" fn kc_rt_row_axpy(dst: *mut f32, src: *const f32, add: *const f32, flags: i64, s: f32, n: i64) {
     let n = n.max(0) as usize;
-    let swap = flags & ROW_SWAP != 0;
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: forwarded from the caller; the CPU has AVX-512F.
-        unsafe { axpy_avx512(dst, src, add, swap, s, n) };
+        unsafe { axpy_avx512(dst, src, add, flags & ROW_SWAP != 0, s, n) };
         return;
     }
     // SAFETY: forwarded from the caller.
-    unsafe { axpy_tail(dst, src, add, swap, s, 0, n) };
+    unsafe { axpy_scalar(dst, src, add, s, n) };
 }
 
-/// Elements `i..n` of [`kc_rt_row_axpy`], one at a time.
+/// [`kc_rt_row_axpy`] one element at a time (hosts without AVX-512). The operands' order (`ROW_SWAP`) only
+/// decides which NaN payload a NaN product carries, which scalar code does not fix anyway (the compiler may
+/// commute a `*`): the values are the same.
 ///
 /// # Safety
 /// As [`kc_rt_row_axpy`].
-unsafe fn axpy_tail(dst: *mut f32, src: *const f32, add: *const f32, swap: bool, s: f32, i: usize, n: usize) {
-    for j in i..n {
+unsafe fn axpy_scalar(dst: *mut f32, src: *const f32, add: *const f32, s: f32, n: usize) {
+    for j in 0..n {
         // SAFETY: `j < n`; each element is read before it is written.
         unsafe {
-            let x = *src.add(j);
-            let p = if swap { s * x } else { x * s };
-            *dst.add(j) = p + *add.add(j);
+            *dst.add(j) = *src.add(j) * s + *add.add(j);
         }
     }
 }
