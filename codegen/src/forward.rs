@@ -1718,6 +1718,19 @@ fn mmad_writes(body: &mut Vec<Stmt>, own: &[Stmt], other: &[Stmt], dt: &Dtypes<'
     rewrite_groups(body, left, dt, &mut |body, ys, gs| rewrite(body, ys, gs));
 }
 
+/// How many statements of `body` (loop and branch bodies included) satisfy `f`.
+fn count(body: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
+    body.iter()
+        .map(|s| {
+            usize::from(f(s))
+                + match s {
+                    Stmt::For { body, .. } | Stmt::If { then: body, .. } => count(body, f),
+                    _ => 0,
+                }
+        })
+        .sum()
+}
+
 /// `e` as `base + k` (`k` a constant; 0 when `e` has no constant term on the outside).
 fn split_const(e: &SExpr) -> (SExpr, i64) {
     match e {
@@ -1744,17 +1757,6 @@ fn disjoint_windows(body: &[Stmt], ys: &[BufId], dt: &Dtypes<'_>) -> bool {
         Stmt::Copy { src, dst: Region { loc: Loc::Gm(_), .. }, .. } => buf_of(src).filter(|b| ys.contains(b)),
         _ => None,
     };
-    fn count(body: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
-        body.iter()
-            .map(|s| {
-                usize::from(f(s))
-                    + match s {
-                        Stmt::For { body, .. } | Stmt::If { then: body, .. } => count(body, f),
-                        _ => 0,
-                    }
-            })
-            .sum()
-    }
     let total = count(body, &|s| out_of(s).is_some());
     // The list that holds them all.
     fn find<'s>(body: &'s [Stmt], f: &dyn Fn(&Stmt) -> bool, total: usize) -> Option<&'s [Stmt]> {
@@ -2074,18 +2076,6 @@ mod tests {
     use super::*;
     use kc_ir::graph::BinOp;
     use kc_ir::tile::{Buffer, GmTensor, Layout, Mem, Pipe, SBin, TensorRole, Unit};
-
-    fn count(body: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
-        body.iter()
-            .map(|s| {
-                usize::from(f(s))
-                    + match s {
-                        Stmt::For { body, .. } | Stmt::If { then: body, .. } => count(body, f),
-                        _ => 0,
-                    }
-            })
-            .sum()
-    }
 
     fn is_copy(s: &Stmt) -> bool {
         matches!(s, Stmt::Copy { .. })

@@ -1674,13 +1674,13 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
             let (src, s, k) = exp_arg(prog, l, a)?;
             RowForm::Exp { src, s, k }
         }
-        VExpr::Binary(BinOp::Add, m, y) if ddt == DType::F32 && axpy_form(prog, l, m, y).is_some() => {
-            axpy_form(prog, l, m, y)?
-        }
         VExpr::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div), a, b)
             if matches!(ddt, DType::F32 | DType::BF16) =>
         {
-            if let (Some(src), true) = (float_read(prog, l, a), row_float(prog, l, b)) {
+            let axpy = (*op == BinOp::Add && ddt == DType::F32).then(|| axpy_form(prog, l, a, b)).flatten();
+            if let Some(form) = axpy {
+                form
+            } else if let (Some(src), true) = (float_read(prog, l, a), row_float(prog, l, b)) {
                 RowForm::Scalar { src, s: b, op: *op, swap: false }
             } else if let (true, Some(src)) = (row_float(prog, l, a), float_read(prog, l, b)) {
                 RowForm::Scalar { src, s: a, op: *op, swap: true }
