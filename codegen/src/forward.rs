@@ -1454,18 +1454,16 @@ fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes
     // Buffers whose copies go into one tensor (the attention backward's two feeds into one workspace): each
     // alone leaves the other's copy writing the tensor, so they are rewritten together when their windows
     // are provably apart (as in `mmad_writes`).
-    rewrite_groups(body, left, dt, &mut |body, ys, gs| rewrite(body, ys, gs));
+    rewrite_groups(body, left, dt, rewrite);
 }
 
 /// Takes the candidates `left` (a buffer and the tensors its copies write) in groups whose tensors meet and
 /// calls `rewrite` on each group of two or more whose copies' windows are provably apart
 /// ([`disjoint_windows`]).
-fn rewrite_groups(
-    body: &mut Vec<Stmt>,
-    mut left: Vec<(BufId, BTreeSet<TensorId>)>,
-    dt: &Dtypes<'_>,
-    rewrite: &mut dyn FnMut(&mut Vec<Stmt>, &[BufId], &BTreeSet<TensorId>) -> bool,
-) {
+fn rewrite_groups<F>(body: &mut Vec<Stmt>, mut left: Vec<(BufId, BTreeSet<TensorId>)>, dt: &Dtypes<'_>, rewrite: F)
+where
+    F: Fn(&mut Vec<Stmt>, &[BufId], &BTreeSet<TensorId>) -> bool,
+{
     while let Some((y, mut gs)) = left.pop() {
         let mut group = vec![y];
         loop {
@@ -1715,7 +1713,7 @@ fn mmad_writes(body: &mut Vec<Stmt>, own: &[Stmt], other: &[Stmt], dt: &Dtypes<'
     // Buffers whose copies go into one tensor (the backward's two score blocks into one workspace, at two
     // offsets): each alone leaves the other's copy writing the tensor, so they are rewritten together when
     // their windows are provably disjoint ([`disjoint_windows`]).
-    rewrite_groups(body, left, dt, &mut |body, ys, gs| rewrite(body, ys, gs));
+    rewrite_groups(body, left, dt, rewrite);
 }
 
 /// How many statements of `body` (loop and branch bodies included) satisfy `f`.
