@@ -26,10 +26,11 @@
 //!   computed into a stack temporary first (a statement reads all its inputs before it writes).
 //! - In a SIMD statement, the row-invariant values are splatted once per row into a stack slot and loaded
 //!   where used (Cranelift would otherwise recompute them inside the column loops). A SIMD statement with
-//!   column-dependent `exp`s or a bf16 destination runs by chunks of [`EXP_CHUNK`] columns: the argument of
-//!   each `exp` goes to a scratch row (or straight into an f32 destination when the statement is one `exp`)
-//!   that [`kc_rt_exp_f32`](kc_runtime::host::rowmath::kc_rt_exp_f32) exponentiates in place 16 lanes at a
-//!   time, then the statement reads it from there; bf16 results go to an f32 scratch row that
+//!   column-dependent `exp`s (or `silu`s) or a bf16 destination runs by chunks of [`EXP_CHUNK`] columns: the
+//!   argument of each `exp` goes to a scratch row (or straight into an f32 destination when the statement is
+//!   one `exp`) that [`kc_rt_exp_f32`](kc_runtime::host::rowmath::kc_rt_exp_f32) exponentiates in place 16
+//!   lanes at a time (`silu`: [`kc_rt_silu_f32`](kc_runtime::host::rowmath::kc_rt_silu_f32)), then the
+//!   statement reads it from there; bf16 results go to an f32 scratch row that
 //!   [`kc_rt_f32_to_bf16`](kc_runtime::native::kc_rt_f32_to_bf16) rounds into the destination. Both routines
 //!   compute the bits of the inline code (`codegen/tests/math.rs`).
 //! - Row routines ([`RowForm`]): a vector statement `exp(src - s)` into `f32`, or `src op s` / `s op src`
@@ -325,6 +326,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_gather", native::kc_rt_gather as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_reduce", native::kc_rt_reduce as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_exp_f32", kc_runtime::host::rowmath::kc_rt_exp_f32 as *const u8, vec![I64; 2], vec![]),
+        ("kc_rt_silu_f32", rowmath::kc_rt_silu_f32 as *const u8, vec![I64; 2], vec![]),
         ("kc_rt_f32_to_bf16", native::kc_rt_f32_to_bf16 as *const u8, vec![I64; 3], vec![]),
         ("kc_rt_row_exp", rowmath::kc_rt_row_exp as *const u8, vec![I64, I64, I64, F32, F32, I64, I64], vec![]),
         (
@@ -586,7 +588,7 @@ struct Gen<'a, 'b, 'p> {
 /// their uses.
 const SPLATS: usize = 32;
 
-/// Columns per chunk of a vector statement whose `exp`s are computed by `kc_rt_exp_f32` (the arguments of a
+/// Columns per chunk of a vector statement whose `exp`s (`silu`s) are computed by `kc_rt_exp_f32` (`kc_rt_silu_f32`; the arguments of a
 /// chunk are written to a scratch row, 2 KiB, in L1, exponentiated in place 16 lanes at a time, then read) or
 /// whose bf16 results are rounded by `kc_rt_f32_to_bf16`.
 const EXP_CHUNK: i64 = 512;
@@ -1737,7 +1739,7 @@ fn fusable_run(prog: &TileProgram, l: &Launch, body: &[Stmt]) -> usize {
         if taken.len() >= MAX_FUSED || r2 != rows || c2 != cols || !simd_ok(prog, l, expr) {
             break;
         }
-        // A statement with column-dependent `exp`s runs alone: its `exp`s go by chunks through the host
+        // A statement with column-dependent `exp`s (`silu`s) runs alone: they go by chunks through the host
         // routine (16 lanes), which a fused loop does not do.
         let mut exps = Vec::new();
         collect_exps(expr, &mut exps);
@@ -2011,9 +2013,13 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let end = g.b.ins().iadd_imm_s(cs, EXP_CHUNK);
                 let ce = g.b.ins().smin(end, cols);
                 let n = g.b.ins().isub(ce, cs);
-                if let (VExpr::Unary(UnOp::Exp, arg), DType::F32) = (expr, target.dtype) {
-                    // The statement is one `exp` into f32: its argument straight into the destination, which
-                    // the routine then exponentiates in place.
+                let single = match (expr, target.dtype) {
+                    (VExpr::Unary(op, arg), DType::F32) => unary_routine(*op).map(|f| (f, arg)),
+                    _ => None,
+                };
+                if let Some((routine, arg)) = single {
+                    // The statement is one `exp` (or `silu`) into f32: its argument straight into the
+                    // destination, which the routine then computes in place.
                     g.b.def_var(cv, cs);
                     g.loop_while_fits(cv, 4, ce, 4, |g, c| {
                         let v = g.vx(arg, &reads, &row_vals, At { r, c, tail: false })?;
@@ -2027,14 +2033,15 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                         Ok(())
                     })?;
                     let base = g.elem_addr(&target, Some(r), Some(cs));
-                    g.call("kc_rt_exp_f32", &[base, n]);
+                    g.call(routine, &[base, n]);
                     return Ok(());
                 }
                 let mut done = Vec::new();
                 for (i, node) in exps.iter().enumerate() {
-                    let VExpr::Unary(_, arg) = node else { unreachable!("only `exp` nodes are collected") };
+                    let VExpr::Unary(op, arg) = node else { unreachable!("only unary nodes are collected") };
+                    let routine = unary_routine(*op).expect("only nodes with a routine are collected");
                     let slot = g.exp_slot(i);
-                    if let Some((src, s, k)) = exp_arg(g.prog, g.launch, arg) {
+                    if let (UnOp::Exp, Some((src, s, k))) = (op, exp_arg(g.prog, g.launch, arg)) {
                         // `exp(k·src - s)`: straight from the source row into the scratch, one call.
                         let x = g.read_res(&reads, src)?.clone();
                         let ps = g.elem_addr(&x, Some(r), Some(cs));
@@ -2061,7 +2068,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                         Ok(())
                     })?;
                     let base = g.b.ins().stack_addr(types::I64, slot, 0);
-                    g.call("kc_rt_exp_f32", &[base, n]);
+                    g.call(routine, &[base, n]);
                     done.push((*node as *const VExpr, slot));
                 }
                 g.exp_done = done;
@@ -3038,12 +3045,24 @@ fn collect_exps<'e>(e: &'e VExpr, out: &mut Vec<&'e VExpr>) {
     if var_of(e) != Var::Elem {
         return;
     }
-    if let VExpr::Unary(UnOp::Exp, _) = e {
-        out.push(e);
-        return;
+    if let VExpr::Unary(op, _) = e {
+        if unary_routine(*op).is_some() {
+            out.push(e);
+            return;
+        }
     }
     for c in e.children() {
         collect_exps(c, out);
+    }
+}
+
+/// The host routine that computes a unary operation in place over a scratch row of `f32`s, 16 lanes at a
+/// time, with the bits of the inline `f32x4` code: `exp` and `silu` (SwiGLU's gate).
+fn unary_routine(op: UnOp) -> Option<&'static str> {
+    match op {
+        UnOp::Exp => Some("kc_rt_exp_f32"),
+        UnOp::Silu => Some("kc_rt_silu_f32"),
+        _ => None,
     }
 }
 

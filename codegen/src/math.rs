@@ -7,8 +7,9 @@
 //! computed by splatting into a vector and extracting lane 0, so scalar tails get bit-identical results.
 //!
 //! `exp` in SIMD vector statements runs in the host routine `kc_runtime::host::rowmath::kc_rt_exp_f32`, which
-//! performs the operations of [`exp_f32x4`] (below) in the same order, 16 lanes at a time: the same bits
-//! (`codegen/tests/math.rs` checks it on every input class), so the same error bound.
+//! performs the operations of [`exp_f32x4`] (below) in the same order, 16 lanes at a time, and `silu` in
+//! `kc_rt_silu_f32`, which performs those of [`silu_f32x4`]: the same bits (`codegen/tests/math.rs` checks
+//! both on every input class), so the same error bounds.
 //!
 //! # Method
 //!

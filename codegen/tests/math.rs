@@ -544,7 +544,19 @@ fn half_conversions() {
 /// bound of `MAX_ULP` holds for it too.
 #[test]
 fn exp_routine_is_the_inline_exp() {
-    let (_module, fns) = jit(&[Kind::Un(UnOp::Exp)]);
+    routine_is_the_inline_op(UnOp::Exp, kc_runtime::host::rowmath::kc_rt_exp_f32);
+}
+
+/// `kc_rt_silu_f32` (the routine for the `silu`s of a vector statement: SwiGLU's gate) gives the inline
+/// `silu`'s bits on every input, the subnormal results of large negative arguments and the capped positive
+/// ones included.
+#[test]
+fn silu_routine_is_the_inline_silu() {
+    routine_is_the_inline_op(UnOp::Silu, kc_runtime::host::rowmath::kc_rt_silu_f32);
+}
+
+fn routine_is_the_inline_op(op: UnOp, routine: unsafe extern "C" fn(*mut f32, i64)) {
+    let (_module, fns) = jit(&[Kind::Un(op)]);
     let xs = inputs();
     let want = run(fns[0], &xs, &xs);
     let mut got: Vec<f32> = xs.iter().map(|&b| f32::from_bits(b)).collect();
@@ -554,7 +566,7 @@ fn exp_routine_is_the_inline_exp() {
     while at < got.len() {
         let n = len.min(got.len() - at);
         // SAFETY: `n` elements from `at` are inside `got`.
-        unsafe { kc_runtime::host::rowmath::kc_rt_exp_f32(got.as_mut_ptr().add(at), n as i64) };
+        unsafe { routine(got.as_mut_ptr().add(at), n as i64) };
         at += n;
         len = len * 7 % 1009 + 1;
     }
@@ -562,7 +574,7 @@ fn exp_routine_is_the_inline_exp() {
         let w = f32::from_bits(w);
         assert!(
             g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-            "exp({:e}): routine {g:e}, inline {w:e}",
+            "{op:?}({:e}): routine {g:e}, inline {w:e}",
             f32::from_bits(xs[i])
         );
     }

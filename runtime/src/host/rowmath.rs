@@ -10,7 +10,8 @@
 //! - [`kc_rt_exp_f32`] computes the same operations, in the same order, as the JIT's inline `f32x4` `exp`
 //!   (`kc_codegen::math`, Cephes `expf` with Cody–Waite reduction and two-step `2^n` scaling): the results are
 //!   bit for bit those of the inline code (`codegen/tests/math.rs` checks it), so the error bound of the inline
-//!   `exp` holds.
+//!   `exp` holds. [`kc_rt_silu_f32`] does the same for the inline `silu` (SwiGLU's gate), with its separate
+//!   multiplications and additions.
 //! - [`reduce_row`] folds a row into [`LANES`] (32) running lanes (element `c` into lane `c mod 32`, for the
 //!   first `32·⌊n/32⌋` elements), then folds the lanes (in order for max and min, as a tree for the sum:
 //!   `sum_lanes`), then the tail in order. Max and min propagate NaN
@@ -144,6 +145,84 @@ pub unsafe extern "C" fn kc_rt_exp_f32(p: *mut f32, n: i64) {
         return;
     }
     exp_slice(v)
+}
+
+/// `silu(x) = x/(1 + e^(−x))` by the operations of the JIT's inline `silu` (`kc_codegen::math`, `silu32`):
+/// `e = e^(−|x|)` (the argument capped at −20 for `x > 20`) from the separate-operation `exp` parts
+/// `(p, s1, s2)`, then `x/(1 + e)` for `x ≥ 0` and `((x·p)·s1)·s2 / (1 + e)` for `x < 0` (`x·e` below −150).
+#[inline(always)]
+pub fn silu_f32(x: f32) -> f32 {
+    let na = -x.abs();
+    let na = if x > 20.0 { -20.0 } else { na };
+    let t = if na < -150.0 { -150.0 } else { na };
+    let t = if 89.0 < t { 89.0 } else { t };
+    // Separate multiplications and additions, as the inline code's `exp` parts.
+    let tm = t * std::f32::consts::LOG2_E + MAGIC32;
+    let nf = tm - MAGIC32;
+    let ni = (tm.to_bits() as i32).wrapping_sub(MAGIC32.to_bits() as i32);
+    let r = t - nf * LN2_C1;
+    let r = r - nf * LN2_C2;
+    let mut p = EXPF_P[5];
+    for &c in EXPF_P[..5].iter().rev() {
+        p = p * r + c;
+    }
+    let p = p * (r * r);
+    let p = p + r;
+    let p = p + 1.0;
+    let n1 = ni >> 1;
+    let n2 = ni.wrapping_sub(n1);
+    let s1 = f32::from_bits((n1.wrapping_add(127) << 23) as u32);
+    let s2 = f32::from_bits((n2.wrapping_add(127) << 23) as u32);
+    let e = (p * s1) * s2;
+    let d = 1.0 + e;
+    let xp = ((x * p) * s1) * s2;
+    let xe = if x < -150.0 { x * e } else { xp };
+    let num = if x < 0.0 { xe } else { x };
+    num / d
+}
+
+/// `p[i] = silu(p[i])` for `i < n` (nothing when `n ≤ 0`), with the operations of the JIT's inline `silu`
+/// ([`silu_f32`]; 16 lanes at a time on AVX-512 hosts, the same bits).
+///
+/// # Safety
+/// `p` points to `n` writable `f32`s.
+pub unsafe extern "C" fn kc_rt_silu_f32(p: *mut f32, n: i64) {
+    if n <= 0 {
+        return;
+    }
+    // SAFETY: the caller passes `n` writable elements.
+    let v = unsafe { std::slice::from_raw_parts_mut(p, n as usize) };
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the features were detected.
+        unsafe { silu_slice_avx512(v) };
+        return;
+    }
+    silu_slice(v)
+}
+
+#[inline(always)]
+fn silu_slice(v: &mut [f32]) {
+    for x in v.iter_mut() {
+        *x = silu_f32(*x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+fn silu_slice_avx512(v: &mut [f32]) {
+    let n = v.len();
+    let p = v.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: `v` holds `n` elements; each block is read before it is written.
+    unsafe {
+        use std::arch::x86_64::*;
+        while i + 16 <= n {
+            _mm512_storeu_ps(p.add(i), wide::silu16(_mm512_loadu_ps(p.add(i))));
+            i += 16;
+        }
+    }
+    silu_slice(&mut v[i..])
 }
 
 /// bf16 bits of an `f32`, rounded to nearest-even, NaN a quiet NaN: the bits of the JIT's inline rounding
@@ -667,6 +746,48 @@ mod wide {
         let p = _mm512_fmadd_ps(p, r2, r);
         let p = _mm512_add_ps(p, _mm512_set1_ps(1.0));
         _mm512_scalef_ps(p, nf)
+    }
+
+    /// [`super::silu_f32`] on 16 lanes: the same operations in the same order (separate multiplications and
+    /// additions, the two-step scaling), so the same bits; the selects are mask blends of ordered compares,
+    /// as the inline code's `bitselect`s of `fcmp`s (a NaN lane compares false everywhere).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) fn silu16(x: __m512) -> __m512 {
+        let sign = _mm512_set1_epi32(i32::MIN);
+        // `-|x|`: the sign bit set (a `fneg` of the `fabs`).
+        let na = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), sign));
+        let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, _mm512_set1_ps(20.0));
+        let na = _mm512_mask_blend_ps(big, na, _mm512_set1_ps(-20.0));
+        // The clamps as in [`exp16`]: `t < -150 ? -150 : t`, then `89 < t ? 89 : t` (NaN passes).
+        let t = _mm512_max_ps(_mm512_set1_ps(-150.0), na);
+        let t = _mm512_min_ps(_mm512_set1_ps(89.0), t);
+        let magic = _mm512_set1_ps(super::MAGIC32);
+        let tm = _mm512_add_ps(_mm512_mul_ps(t, _mm512_set1_ps(std::f32::consts::LOG2_E)), magic);
+        let nf = _mm512_sub_ps(tm, magic);
+        let ni = _mm512_sub_epi32(_mm512_castps_si512(tm), _mm512_set1_epi32(super::MAGIC32.to_bits() as i32));
+        let r = _mm512_sub_ps(t, _mm512_mul_ps(nf, _mm512_set1_ps(super::LN2_C1)));
+        let r = _mm512_sub_ps(r, _mm512_mul_ps(nf, _mm512_set1_ps(super::LN2_C2)));
+        let mut p = _mm512_set1_ps(super::EXPF_P[5]);
+        for &c in super::EXPF_P[..5].iter().rev() {
+            p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
+        }
+        let p = _mm512_mul_ps(p, _mm512_mul_ps(r, r));
+        let p = _mm512_add_ps(p, r);
+        let p = _mm512_add_ps(p, _mm512_set1_ps(1.0));
+        let n1 = _mm512_srai_epi32::<1>(ni);
+        let n2 = _mm512_sub_epi32(ni, n1);
+        let bias = _mm512_set1_epi32(127);
+        let s1 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n1, bias)));
+        let s2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n2, bias)));
+        let e = _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+        let d = _mm512_add_ps(_mm512_set1_ps(1.0), e);
+        let xp = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(x, p), s1), s2);
+        let far = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-150.0));
+        let xe = _mm512_mask_blend_ps(far, xp, _mm512_mul_ps(x, e));
+        let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
+        let num = _mm512_mask_blend_ps(neg, x, xe);
+        _mm512_div_ps(num, d)
     }
 
     /// 32 lanes (`a` then `b`) rounded to bf16 as [`bf16x16`] does: `vcvtne2ps2bf16` (round to nearest even,
