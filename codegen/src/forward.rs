@@ -49,6 +49,9 @@
 //! 8. A copy into a buffer whose only reads are the `b` operands of mmads that [`transposed_b`] converts
 //!    (their loops of column copies are skipped by the compiled code) is dropped, outside those loops
 //!    (`drop_transposed_only`; attention backward's loads of `q` and `dout` into L0B).
+//! 9. A `Vector` statement that moves a GM window unchanged into UB (what level 3 leaves of a `let` that is
+//!    a matmul's result, attention backward's `dp = dp`) is a copy (`identity_copies`): level 3 runs again
+//!    and forwards its readers, and it goes with the other unread copies.
 //!
 //! The result is the same (the same elements reach the mmad or the vector unit, and the same bits reach
 //! GM); only the host's work changes.
@@ -66,6 +69,10 @@ pub fn forward(prog: &TileProgram, launch: &Launch, body: &[Stmt]) -> Vec<Stmt> 
     let own = gm_writes(body);
     l1(&mut out, &gm_written, &own, &dt);
     vec_reads(&mut out, &gm_written, &own, &dt);
+    // Statements that now move a GM window unchanged into UB are copies, whose reads are forwarded in turn.
+    if identity_copies(&mut out, &dt) {
+        vec_reads(&mut out, &gm_written, &own, &dt);
+    }
     // Vector statements run on vector cores only: the other program is the cube's.
     vec_writes(&mut out, launch, &launch.cube, &dt);
     // The partner's program (for a body that is not the launch's own cube program, the cube's).
@@ -938,6 +945,36 @@ fn vec_reads(body: &mut Vec<Stmt>, written: &BTreeSet<TensorId>, own: &BTreeSet<
         }
         drop_indices(then, &dead);
     }
+}
+
+/// Turns each `Vector` statement `D = Read(S)` with `S` a GM window and `D` a buffer window of the same
+/// dtype into the `Copy` of `S` to `D` with the same sizes: both set element `(r, c)` of `D` to element
+/// `(r, c)` of `S`, bit for bit (no arithmetic, no conversion; the windows are in different memories, so
+/// no element order can tell). Level 3 leaves such statements where a `let` is a matmul's result as it
+/// is (attention backward's `dp = dp`: its UB source forwarded to the cube's workspace); as copies,
+/// their own readers are forwarded to GM in turn and the copy goes when nothing reads it (the host's
+/// `kc_rt_copy` moves what stays). Whether any statement was turned.
+fn identity_copies(body: &mut [Stmt], dt: &Dtypes<'_>) -> bool {
+    let mut any = false;
+    for s in body.iter_mut() {
+        match s {
+            Stmt::For { body: b, .. } | Stmt::If { then: b, .. } => any |= identity_copies(b, dt),
+            Stmt::Vector { dst, rows, cols, expr: VExpr::Read(src) }
+                if matches!(src.loc, Loc::Gm(_)) && buf_of(dst).is_some() && dt.same(src, dst) =>
+            {
+                *s = Stmt::Copy {
+                    pipe: kc_ir::tile::Pipe::Mte2,
+                    src: src.clone(),
+                    dst: dst.clone(),
+                    rows: rows.clone(),
+                    cols: cols.clone(),
+                };
+                any = true;
+            }
+            _ => {}
+        }
+    }
+    any
 }
 
 fn drop_indices(body: &mut Vec<Stmt>, dead: &BTreeSet<usize>) {
@@ -2489,6 +2526,38 @@ mod tests {
         assert!(matches!(dst.loc, Loc::Gm(TensorId(1))));
         assert!(matches!(&**a, VExpr::Read(Region { loc: Loc::Gm(TensorId(0)), .. })));
         assert!(referenced(&out).is_empty());
+    }
+
+    /// `c = a` between the copy into `a` and `b = c * 2` (a `let` that is a matmul's result, as attention
+    /// backward's `dp`): level 3 makes it `c = x`, which is then a copy whose reader is forwarded too, so no
+    /// copy and no identity statement is left and `b` reads `x`; with a conversion (`c` bf16) it stays.
+    #[test]
+    fn identity_statements_from_gm_are_forwarded_as_copies() {
+        let run = |c_dtype: DType| {
+            let (p, mut l) = launch(vec![]);
+            let mut c = buf16("c", Mem::UB);
+            c.dtype = c_dtype;
+            l.buffers.push(c);
+            let Stmt::For { body, .. } = &mut l.vector[0] else { panic!() };
+            let at = body.iter().position(|s| matches!(s, Stmt::Vector { .. })).unwrap();
+            let Stmt::Vector { rows, expr: VExpr::Binary(_, a, _), .. } = &mut body[at] else { panic!() };
+            **a = VExpr::Read(ub(2, 16));
+            let rows = rows.clone();
+            let id = Stmt::Vector { dst: ub(2, 16), rows, cols: SExpr::Const(16), expr: VExpr::Read(ub(0, 16)) };
+            body.insert(at, id);
+            forward(&p, &l, &l.vector)
+        };
+        let out = run(DType::F32);
+        assert_eq!(count(&out, &is_copy), 0, "{out:#?}");
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Vector { .. })), 1, "{out:#?}");
+        let Some(Stmt::Vector { expr: VExpr::Binary(_, a, _), .. }) = vector_stmt(&out) else { panic!() };
+        assert!(matches!(&**a, VExpr::Read(Region { loc: Loc::Gm(TensorId(0)), .. })), "{out:#?}");
+        assert!(referenced(&out).is_empty());
+
+        let out = run(DType::BF16);
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Vector { .. })), 2, "{out:#?}");
+        let Some(Stmt::Vector { expr: VExpr::Binary(_, a, _), .. }) = vector_stmt(&out) else { panic!() };
+        assert!(matches!(&**a, VExpr::Read(Region { loc: Loc::Buf { buf: BufId(2), .. }, .. })), "{out:#?}");
     }
 
     #[test]
