@@ -16,7 +16,10 @@
 //! At least one column-side output is required (so the forward attention's group, whose output contracts
 //! over `j` only and whose `lse` is a reduction member, is left to the forward template). If the first score
 //! member is `where(j <= i + off, e, 0)` for a constant `off` (checked by evaluating the condition) and every
-//! member the outputs read is that member or a product with it, fully masked blocks are skipped.
+//! member the outputs read is that member or a product with it, fully masked blocks are skipped, and a
+//! vector core computes that member as `e` alone (no mask) on the blocks whose every row of its band sees
+//! every column — all but the diagonal ones (on the host, `exp(k·s − lse)` is then one row routine call
+//! per row instead of the routine and a 4-lane select).
 //!
 //! Two launches (one per side that has outputs), each a mixed launch with `ratio` vector cores per cube
 //! core. The column launch deals the `(b, g, j-block)` units to the cube cores round-robin and runs, per unit,
@@ -863,10 +866,24 @@ fn build_side(
     work.push(wait(Pipe::Mte3, Pipe::V, 0));
     let env = Env { bufs: &ub_mem, rows: &ub_row, scalars: &ub_sc, mm: &ub_mm, blk, bb, hh, grow, j0, bd };
     let mut mm_at = 0usize;
-    for &m in &p.members {
+    for (at, &m) in p.members.iter().enumerate() {
         let NodeKind::Compute { body, .. } = &g.node(m).kind else { return Err(internal(name, "member")) };
         let expr = vexpr(body, &env, &mut mm_at).ok_or_else(|| internal(name, "a member cannot be lowered"))?;
-        work.push(Stmt::Vector { dst: rg(bs(ub_mem[&m]), c(0), blk), rows: v(rc), cols: v(cols), expr });
+        let dst = rg(bs(ub_mem[&m]), c(0), blk);
+        match (at, p.causal, &expr) {
+            // The masked member `where(j <= i + off, e, 0)`: on a block whose every row of this core sees
+            // every column (the first row, `grow`, sees the last, `j0 + cols - 1`: all blocks but the
+            // diagonal ones) it is `e`, computed without the mask; the diagonal blocks keep it.
+            (0, Some(off), VExpr::Select(_, e, _)) => {
+                let last = sub(add(v(j0), v(cols)), c(1));
+                let seen = add(env.grow.clone(), c(off));
+                let plain = Stmt::Vector { dst: dst.clone(), rows: v(rc), cols: v(cols), expr: (**e).clone() };
+                work.push(Stmt::If { cond: bin(SBin::Le, last.clone(), seen.clone()), then: vec![plain] });
+                let masked = Stmt::Vector { dst, rows: v(rc), cols: v(cols), expr };
+                work.push(Stmt::If { cond: bin(SBin::Lt, seen, last), then: vec![masked] });
+            }
+            _ => work.push(Stmt::Vector { dst, rows: v(rc), cols: v(cols), expr }),
+        }
     }
     for (k, (m, sc)) in p.feeds.iter().enumerate() {
         let mut e = VExpr::Read(rg(bs(ub_mem[m]), c(0), blk));
