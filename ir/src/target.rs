@@ -69,6 +69,12 @@ pub struct Target {
     /// blocks pay it less often.
     #[serde(default)]
     pub score_bwd_block: Option<u32>,
+    /// The most bytes of buffers one block of the row-wise template (`rows`: softmax, normalizations) may
+    /// take when it holds more than one row (default: all of UB). On the host the passes over a block read
+    /// back what the pass before wrote (softmax's `exp` row, then its division), which a block of a few
+    /// rows finds in L1 and L2 instead of further out.
+    #[serde(default)]
+    pub row_block_bytes: Option<u64>,
     pub memory: Vec<Memory>,
     pub cube: Cube,
     pub vector: Vector,

@@ -1498,6 +1498,9 @@ fn run_launch(
             }
         }
         SCRATCH.with(|s| s.replace(scratch));
+        // The row routines' non-temporal stores are globally visible before the launch's end is signalled
+        // (another thread may read them in the next launch).
+        crate::host::rowmath::fence_streams();
     };
     let threads = threads.min(units.len()).max(1);
     if threads == 1 {

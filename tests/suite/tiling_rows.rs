@@ -262,3 +262,40 @@ fn tiling_rows_every_kernel_declines_or_verifies() {
     assert!(taken >= 5, "only {taken} groups tiled row-wise");
     assert!(compared >= 4, "only {compared} kernels compared");
 }
+
+/// A target's `row_block_bytes` caps a block of several rows, not one row: the host's 128 KiB gives softmax
+/// 8192 × 4096 blocks of 2 rows (its `exp` rows, 32 KiB of f32, stay in L1 for the division that reads them
+/// back; 4 rows fill UB without the cap), a cap below one row's buffers still gives blocks of one row (not the
+/// column-chunked mode), and no cap leaves UB the only limit. The blocks run in the simulator as the
+/// interpreter computes.
+#[test]
+fn tiling_rows_block_bytes_cap_blocks_of_several_rows() {
+    let prog = common::compile_ok(common::kernel_path("softmax"));
+    let g = &prog.kernels[0];
+    let given = kc_ir::launch::Args {
+        dims: [("N".to_string(), 8192i64), ("D".to_string(), 4096)].into_iter().collect(),
+        ..Default::default()
+    };
+    let args = kc_runtime::random::random_args(g, &given, 1).expect("args");
+    let block = |target: &Target| {
+        let (tp, n) = tile_rows(g, &args, target);
+        assert_eq!((tp.launches.len(), n), (1, 0));
+        let l = &tp.launches[0];
+        let rows = l.buffers.iter().find(|b| b.name == "e").expect("the exp buffer").shape[0];
+        let bytes: u64 = l.buffers.iter().filter(|b| b.mem == kc_ir::tile::Mem::UB).map(|b| b.bytes()).sum();
+        (rows, bytes)
+    };
+    let host = Target::builtin("host").expect("host");
+    assert_eq!(host.row_block_bytes, Some(128 << 10));
+    let (rows, bytes) = block(&host);
+    assert_eq!(rows, 2, "{bytes} bytes");
+    assert!(bytes <= 128 << 10, "{bytes} bytes");
+    let mut free = host.clone();
+    free.row_block_bytes = None;
+    assert_eq!(block(&free).0, 4);
+    let mut tight = host.clone();
+    tight.row_block_bytes = Some(1024);
+    assert_eq!(block(&tight).0, 1);
+    // Smaller sizes through the simulator: several blocks per core and a partial one, on the capped host.
+    check("softmax", &[("N", 203), ("D", 3000)], "host", 4);
+}

@@ -418,6 +418,26 @@ fn pending_row() -> (usize, usize) {
     })
 }
 
+thread_local! {
+    /// This thread made non-temporal stores that no fence has ordered yet (see [`fence_streams`]).
+    static STREAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Orders the thread's non-temporal stores ([`ROW_DST_STREAM`]) before its later stores: the row routines
+/// leave them unfenced, as the thread itself reads them back in program order anyway, and a fence after
+/// each row drained the write-combining buffers to memory 8192 times a softmax call, each time with
+/// nothing else in flight. Whoever hands the thread's results to another thread calls this first (the
+/// JIT's launch, at the end of each worker's share). Cheap when the thread made no such stores.
+pub fn fence_streams() {
+    if STREAMED.with(|s| s.replace(false)) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `sfence` has no operands; SSE is part of x86-64.
+        unsafe {
+            std::arch::x86_64::_mm_sfence()
+        };
+    }
+}
+
 /// Flags of [`kc_rt_row_exp`] and [`kc_rt_row_scalar`]: the source row is bf16 (otherwise `f32`).
 pub const ROW_SRC_BF16: i64 = 1;
 /// [`kc_rt_row_exp`]: subtract `s` before the `exp`.
@@ -433,7 +453,8 @@ pub const ROW_SWAP: i64 = 4;
 /// [`kc_rt_row_scalar`]: the operation, `(flags >> ROW_OP_SHIFT) & 3`: add, sub, mul, div.
 pub const ROW_OP_SHIFT: i64 = 3;
 /// [`kc_rt_row_scalar`]: the destination is a large tensor in global memory that the row's stores should not
-/// pull into the caches: non-temporal stores where the host has them (a hint: the results are the same).
+/// pull into the caches: non-temporal stores where the host has them (a hint: the results are the same),
+/// not fenced: before another thread reads the row, this thread calls [`fence_streams`].
 pub const ROW_DST_STREAM: i64 = 32;
 
 /// One row of a vector statement `dst = exp(src - s)` (or `exp(src)`, or either with `k·src` for `src`:
@@ -689,7 +710,7 @@ mod wide {
 
     /// `dst[i] = src[i] op s` for `i < n`: elements one at a time up to a 64-byte boundary of `dst`, then
     /// blocks of 32 (loaded before stored, so `dst` may be `src`), stored with non-temporal stores when
-    /// `stream` (then fenced before returning), then the tail.
+    /// `stream` (not fenced: see [`super::fence_streams`]), then the tail.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
     pub(super) unsafe fn scalar_row<const SBF: bool, const DBF: bool>(
         dst: *mut u8,
@@ -978,7 +999,8 @@ mod wide {
                 i += 1;
             }
             if stream {
-                _mm_sfence();
+                // Fenced by the caller (`super::fence_streams`) before another thread may read them.
+                super::STREAMED.with(|s| s.set(true));
             }
         }
     }

@@ -565,7 +565,8 @@ fn rows_at(
                 place(rt.saturating_mul(x.width as u64).saturating_mul(size(x.src)), 1);
             }
         }
-        at <= ub.usable()
+        // One row always may (otherwise the chunked mode below); more only within the target's block size.
+        at <= ub.usable() && (rt <= 1 || target.row_block_bytes.is_none_or(|cap| at <= cap))
     };
     if !fits(1) {
         // A tile hint asks for blocks of whole rows, which cannot be had here: an error, not a chunked
