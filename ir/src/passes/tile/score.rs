@@ -1188,7 +1188,11 @@ fn build(
     // the i-block's first row does not see its last column) is computed in row bands of `hr`, one per vector
     // core, each only as wide as its rows see; the other blocks at once. `band(h)` sets `hrows × hcols` of
     // band `h` of the block at `j0` with `cl` columns; `diag(j0, cl)` the condition.
-    let diag = |j0: SVar, cl: SVar| p.causal.map(|e| lt(add(v(i0), c(e)), sub(add(v(j0), v(cl)), c(1))));
+    // (`score_whole_diag`, the host: no bands, every block multiplied whole; the vector cores mask.)
+    let whole_diag = target.score_whole_diag;
+    let diag = |j0: SVar, cl: SVar| {
+        p.causal.filter(|_| !whole_diag).map(|e| lt(add(v(i0), c(e)), sub(add(v(j0), v(cl)), c(1))))
+    };
     let band = |q: &mut Vec<Stmt>, h: i64, j0: SVar, cl: SVar| {
         q.push(Stmt::Set { var: hrows, value: min(c(hr), sub(v(rows), c(h * hr))) });
         let e = p.causal.unwrap_or(0);
@@ -1688,12 +1692,20 @@ fn build(
         })
     };
     // `plain` on the blocks whose scale is folded, `diag` on the others (with the causal mask).
-    let by_block = |plain: Vec<Stmt>, diag: Vec<Stmt>| -> Vec<Stmt> {
-        match whole_block() {
-            None => plain,
-            Some((w, d)) => vec![Stmt::If { cond: w, then: plain }, Stmt::If { cond: d, then: diag }],
+    // `kind`: which of the two the caller's branch is (`Some(true)`: the folded blocks), or `None` (both,
+    // chosen here).
+    let by_block = |kind: Option<bool>, plain: Vec<Stmt>, diag: Vec<Stmt>| -> Vec<Stmt> {
+        match (whole_block(), kind) {
+            (None, _) | (Some(_), Some(true)) => plain,
+            (Some(_), Some(false)) => diag,
+            (Some((w, d)), None) => vec![Stmt::If { cond: w, then: plain }, Stmt::If { cond: d, then: diag }],
         }
     };
+    // With diagonal blocks multiplied whole (`score_whole_diag`, the host), the softmax of a block is one
+    // branch for the folded blocks and one for the diagonal ones, each written for its kind: the folded
+    // blocks' statements then read the scores where the cube wrote them (copy forwarding, level 3: the
+    // diagonal blocks' mask, written in place over part of the tile, keeps the copy on their branch only).
+    let split_softmax = whole_diag && whole_block().is_some();
 
     // The score tiles' free flag counts their slots (the n-th wait takes the n-th set).
     let mut vec_free = vec![(V, Mte2, EV_RAW); zs as usize];
@@ -1728,9 +1740,14 @@ fn build(
     }
     let softmax = |j: SExpr| -> Vec<Stmt> {
         let mut q = Vec::new();
-        set_j_rows(&mut q, vj, vj0, vcl, j, add(row0.clone(), v(rc)));
+        // A core's columns: those its rows see, or (diagonal blocks multiplied whole) those the i-block's
+        // rows see, the ones its rows do not masked (p = exp(-inf - x) = 0 where the cube's p·v reads it).
+        let row_end = if whole_diag { add(v(i0), v(rows)) } else { add(row0.clone(), v(rc)) };
+        set_j_rows(&mut q, vj, vj0, vcl, j, row_end);
         q.push(Stmt::CrossWait { flag: F_S });
         let live = |then: Vec<Stmt>| Stmt::If { cond: lt(c(0), v(vcl)), then };
+        // The work on the block, for the blocks of `kind` (as `by_block`).
+        let work = |kind: Option<bool>| -> Vec<Stmt> {
         let mut w = Vec::new();
         let mut t0 = Vec::new();
         if zs > 1 {
@@ -1763,25 +1780,28 @@ fn build(
                     // Every column of the block visible to this core's first row: no mask.
                     let last = add(v(vj0), sub(v(vcl), c(1)));
                     let first = add(row0.clone(), c(*ce));
-                    if kf.is_none() {
-                        t0.push(Stmt::If {
-                            cond: bin(SBin::Le, last.clone(), first.clone()),
-                            then: vec![vec_st(zb(*b, c(0)), v(vcl), oe.clone())],
-                        });
+                    let plain = vec![vec_st(zb(*b, c(0)), v(vcl), oe.clone())];
+                    if kf.is_none() && kind != Some(false) {
+                        match kind {
+                            Some(_) => t0.extend(plain),
+                            None => t0.push(Stmt::If { cond: bin(SBin::Le, last.clone(), first.clone()), then: plain }),
+                        }
                     }
                     // Else the columns up to the first row's last visible one (`vw` of them) are seen by
                     // every row of the band: no mask there either; the mask only on the rest, the diagonal.
-                    t0.push(Stmt::If {
-                        cond: lt(first.clone(), last),
-                        then: vec![
-                            Stmt::Set {
-                                var: vw,
-                                value: bin(SBin::Max, c(0), min(v(vcl), sub(add(first, c(1)), v(vj0)))),
-                            },
-                            Stmt::If { cond: lt(c(0), v(vw)), then: vec![vec_st(zb(*b, c(0)), v(vw), oe.clone())] },
-                            vec_st(zb(*b, v(vw)), sub(v(vcl), v(vw)), me_w.clone()),
-                        ],
-                    });
+                    let diag = vec![
+                        Stmt::Set {
+                            var: vw,
+                            value: bin(SBin::Max, c(0), min(v(vcl), sub(add(first.clone(), c(1)), v(vj0)))),
+                        },
+                        Stmt::If { cond: lt(c(0), v(vw)), then: vec![vec_st(zb(*b, c(0)), v(vw), oe.clone())] },
+                        vec_st(zb(*b, v(vw)), sub(v(vcl), v(vw)), me_w.clone()),
+                    ];
+                    match kind {
+                        Some(true) => {}
+                        Some(false) => t0.extend(diag),
+                        None => t0.push(Stmt::If { cond: lt(first, last), then: diag }),
+                    }
                 }
                 // Without the mask, a folded scale leaves the raw scores as they are.
                 (None, 0) if kf.is_some() => {}
@@ -1827,7 +1847,7 @@ fn build(
                 };
                 let scaled = VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), rr(*rm));
                 plain.push(vec_st(srow(rowb[x]), c(1), VExpr::Binary(BinOp::Max, rsrow(rowb[x]), Box::new(scaled))));
-                w.push(live(by_block(plain, vec![whole])));
+                w.push(live(by_block(kind, plain, vec![whole])));
             }
         }
         for (b, e) in &elem_loop {
@@ -1897,13 +1917,21 @@ fn build(
                 // exp(k·raw - x): one multiply-add before the exp.
                 Some((kv, ..)) => {
                     let scaled = VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), Box::new(VExpr::Read(zb(raw, c(0)))));
-                    w.push(live(by_block(body(exp_of(scaled)), body(e))));
+                    w.push(live(by_block(kind, body(exp_of(scaled)), body(e))));
                 }
             }
         }
         if !handed {
             w.push(live(handoff));
         }
+        w
+        };
+        let w = match whole_block() {
+            Some((wc, dc)) if split_softmax => {
+                vec![Stmt::If { cond: wc, then: work(Some(true)) }, Stmt::If { cond: dc, then: work(Some(false)) }]
+            }
+            _ => work(None),
+        };
         q.push(Stmt::If { cond: lt(c(0), v(rc)), then: w });
         q.push(Stmt::CrossSet { flag: F_P });
         q
