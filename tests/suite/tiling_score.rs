@@ -457,9 +457,7 @@ fn host_multiplies_diagonal_blocks_whole() {
         assert_eq!(bands(&tp), 0, "host: a diagonal block computed in bands");
         compare(&g, &tp, &args, &attn_tol);
         let l = &tp.launches[0];
-        let ws = |r: &Region| {
-            matches!(r.loc, Loc::Gm(t) if matches!(tp.tensors[t.0 as usize].role, TensorRole::Workspace { .. }))
-        };
+        let ws = |r: &Region| matches!(r.loc, Loc::Gm(t) if matches!(tp.tensors[t.0 as usize].role, TensorRole::Workspace { .. }));
         let into = |body: &[Stmt], mem: Mem, from_ws: bool| {
             common::count_stmts(body, &|s| match s {
                 Stmt::Copy { src, dst: Region { loc: Loc::Buf { buf, .. }, .. }, .. } => {
@@ -473,7 +471,9 @@ fn host_multiplies_diagonal_blocks_whole() {
         let (cube, vector) = &code.launches[0].bodies;
         // q's loads (at the task's start and in the look-ahead) are the only copies into L1 left.
         let q_loads = common::count_stmts(&l.cube, &|s| match s {
-            Stmt::Copy { dst: Region { loc: Loc::Buf { buf, .. }, .. }, .. } => l.buffers[buf.0 as usize].name == "a_l1",
+            Stmt::Copy { dst: Region { loc: Loc::Buf { buf, .. }, .. }, .. } => {
+                l.buffers[buf.0 as usize].name == "a_l1"
+            }
             _ => false,
         });
         assert_eq!(into(cube, Mem::L1, true), 0, "host: p staged through L1");
