@@ -75,6 +75,14 @@ pub struct Target {
     /// rows finds in L1 and L2 instead of further out.
     #[serde(default)]
     pub row_block_bytes: Option<u64>,
+    /// The score template multiplies a diagonal block of the causal mask (one whose first row does not see
+    /// all its columns) whole on the cube, and the vector cores mask the columns their rows do not see
+    /// (default false: band by band, one band of rows per vector core, each only as wide as its rows see,
+    /// which saves the NPU's cube the masked products). On the host the bands' sizes, assigned between the
+    /// loads and the mmads, kept copy forwarding from reading K, V and P where they are: the whole block
+    /// is one mmad that reads them in place.
+    #[serde(default)]
+    pub score_whole_diag: bool,
     pub memory: Vec<Memory>,
     pub cube: Cube,
     pub vector: Vector,

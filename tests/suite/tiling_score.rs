@@ -422,3 +422,78 @@ fn host_vector_cores_read_the_cubes_workspaces_in_place() {
         }
     }
 }
+
+/// The host multiplies the causal mask's diagonal blocks whole (`score_whole_diag` in host.toml): one
+/// mmad per cube tile, no bands of rows, and the vector cores mask the columns their rows do not see (p = 0
+/// there, which the cube's p·v reads). That keeps copy forwarding whole (`codegen/src/forward.rs`): the
+/// compiled cube reads q, k, v and p where they are (no copy into L1 but q's), and the vector cores read the
+/// scores in the workspace on the blocks their rows see whole (the diagonal blocks' mask, written in place,
+/// keeps their copy). The simulator and the JIT (1 and 2 threads) match the interpreter at shapes with
+/// partial i-blocks, `T > S` and bands that see none of a diagonal block's columns; the NPU targets keep
+/// their bands, and an NPU target with the option set passes the simulator's checks too.
+#[test]
+fn host_multiplies_diagonal_blocks_whole() {
+    use kc_ir::tile::{Loc, Mem, Region, SExpr, Stmt};
+    let g = common::kernel("attention", "attention");
+    let bands = |tp: &TileProgram| {
+        let l = &tp.launches[0];
+        common::count_stmts(
+            &l.cube,
+            &|s| matches!(s, Stmt::Mmad { m: SExpr::Var(x), .. } if l.svars[x.0 as usize] == "hrows"),
+        )
+    };
+    let host = Target::builtin("host").expect("host target");
+    assert!(host.score_whole_diag);
+    let mut npu = Target::builtin("ascend910b").expect("builtin target");
+    let args = args_for(&g, &attn_dims(1, 2, 1, 200, 330, 16), 40);
+    assert!(bands(&tiled(&g, &args, &npu)) > 0, "the NPU target's diagonal blocks are computed band by band");
+    npu.score_whole_diag = true;
+    let tp = tiled(&g, &args, &npu);
+    assert_eq!(bands(&tp), 0);
+    compare(&g, &tp, &args, &attn_tol);
+    for (seed, dims) in [attn_dims(1, 4, 2, 300, 300, 32), attn_dims(1, 2, 1, 200, 330, 16)].iter().enumerate() {
+        let args = args_for(&g, dims, 41 + seed as u64);
+        let tp = tiled(&g, &args, &host);
+        assert_eq!(bands(&tp), 0, "host: a diagonal block computed in bands");
+        compare(&g, &tp, &args, &attn_tol);
+        let l = &tp.launches[0];
+        let ws = |r: &Region| matches!(r.loc, Loc::Gm(t) if matches!(tp.tensors[t.0 as usize].role, TensorRole::Workspace { .. }));
+        let into = |body: &[Stmt], mem: Mem, from_ws: bool| {
+            common::count_stmts(body, &|s| match s {
+                Stmt::Copy { src, dst: Region { loc: Loc::Buf { buf, .. }, .. }, .. } => {
+                    l.buffers[buf.0 as usize].mem == mem && ws(src) == from_ws && matches!(src.loc, Loc::Gm(_))
+                }
+                _ => false,
+            })
+        };
+        let code = kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() })
+            .unwrap_or_else(|e| panic!("compile: {e:?}"));
+        let (cube, vector) = &code.launches[0].bodies;
+        // q's loads (at the task's start and in the look-ahead) are the only copies into L1 left.
+        let q_loads = common::count_stmts(&l.cube, &|s| match s {
+            Stmt::Copy { dst: Region { loc: Loc::Buf { buf, .. }, .. }, .. } => {
+                l.buffers[buf.0 as usize].name == "a_l1"
+            }
+            _ => false,
+        });
+        assert_eq!(into(cube, Mem::L1, true), 0, "host: p staged through L1");
+        assert_eq!(into(cube, Mem::L1, false), q_loads, "host: k or v staged through L1");
+        let (before, after) = (into(&l.vector, Mem::UB, true), into(vector, Mem::UB, true));
+        assert!(after > 0 && 2 * after <= before, "host: the scores' copies into UB: {before} -> {after}");
+        let want = common::run(&g, &args);
+        for threads in [1, 2] {
+            let (got, _) = code
+                .run(&tp, &g, &args, threads, &kc_ir::interp::Limits::default())
+                .unwrap_or_else(|e| panic!("jit: {e:?}"));
+            for ((name, w), (_, j)) in want.iter().zip(&got) {
+                let (atol, rtol) = attn_tol(name);
+                for (i, (a, b)) in w.to_f64_vec().iter().zip(j.to_f64_vec()).enumerate() {
+                    assert!(
+                        (a - b).abs() <= atol + rtol * a.abs() || *a == b,
+                        "host, {threads} threads, {dims:?}: {name}[{i}]: interpreter {a}, jit {b}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -28,7 +28,11 @@
 //! the blocks of an i-block to those with a visible column, and each block's columns to those its rows see
 //! (fully masked blocks are skipped). A cube tile whose first row does not see all its columns (the
 //! diagonal) is multiplied and written band by band, each band only as wide as its rows see; the vector
-//! unit evaluates the mask only on such blocks (elsewhere the anchor without the `where`).
+//! unit evaluates the mask only on such blocks (elsewhere the anchor without the `where`). A target may
+//! multiply diagonal blocks whole instead (`score_whole_diag`, the host): then a vector core takes the
+//! columns the i-block's rows see, masks those its own rows do not (p = 0 there, which the whole p·v mmad
+//! reads), and its softmax is one branch for the blocks its rows see whole and one for the diagonal ones:
+//! no register between the loads and the mmads changes, and the host reads every hand-off in place.
 //!
 //! The cube computes scores `lead` blocks ahead of its p·v products (3; the target may say otherwise:
 //! `score_lead`, 2 on the host). A core's blocks form one stream
@@ -1188,7 +1192,11 @@ fn build(
     // the i-block's first row does not see its last column) is computed in row bands of `hr`, one per vector
     // core, each only as wide as its rows see; the other blocks at once. `band(h)` sets `hrows × hcols` of
     // band `h` of the block at `j0` with `cl` columns; `diag(j0, cl)` the condition.
-    let diag = |j0: SVar, cl: SVar| p.causal.map(|e| lt(add(v(i0), c(e)), sub(add(v(j0), v(cl)), c(1))));
+    // (`score_whole_diag`, the host: no bands, every block multiplied whole; the vector cores mask.)
+    let whole_diag = target.score_whole_diag;
+    let diag = |j0: SVar, cl: SVar| {
+        p.causal.filter(|_| !whole_diag).map(|e| lt(add(v(i0), c(e)), sub(add(v(j0), v(cl)), c(1))))
+    };
     let band = |q: &mut Vec<Stmt>, h: i64, j0: SVar, cl: SVar| {
         q.push(Stmt::Set { var: hrows, value: min(c(hr), sub(v(rows), c(h * hr))) });
         let e = p.causal.unwrap_or(0);
@@ -1688,12 +1696,20 @@ fn build(
         })
     };
     // `plain` on the blocks whose scale is folded, `diag` on the others (with the causal mask).
-    let by_block = |plain: Vec<Stmt>, diag: Vec<Stmt>| -> Vec<Stmt> {
-        match whole_block() {
-            None => plain,
-            Some((w, d)) => vec![Stmt::If { cond: w, then: plain }, Stmt::If { cond: d, then: diag }],
+    // `kind`: which of the two the caller's branch is (`Some(true)`: the folded blocks), or `None` (both,
+    // chosen here).
+    let by_block = |kind: Option<bool>, plain: Vec<Stmt>, diag: Vec<Stmt>| -> Vec<Stmt> {
+        match (whole_block(), kind) {
+            (None, _) | (Some(_), Some(true)) => plain,
+            (Some(_), Some(false)) => diag,
+            (Some((w, d)), None) => vec![Stmt::If { cond: w, then: plain }, Stmt::If { cond: d, then: diag }],
         }
     };
+    // With diagonal blocks multiplied whole (`score_whole_diag`, the host), the softmax of a block is one
+    // branch for the folded blocks and one for the diagonal ones, each written for its kind: the folded
+    // blocks' statements then read the scores where the cube wrote them (copy forwarding, level 3: the
+    // diagonal blocks' mask, written in place over part of the tile, keeps the copy on their branch only).
+    let split_softmax = whole_diag && whole_block().is_some();
 
     // The score tiles' free flag counts their slots (the n-th wait takes the n-th set).
     let mut vec_free = vec![(V, Mte2, EV_RAW); zs as usize];
@@ -1728,182 +1744,210 @@ fn build(
     }
     let softmax = |j: SExpr| -> Vec<Stmt> {
         let mut q = Vec::new();
-        set_j_rows(&mut q, vj, vj0, vcl, j, add(row0.clone(), v(rc)));
+        // A core's columns: those its rows see, or (diagonal blocks multiplied whole) those the i-block's
+        // rows see, the ones its rows do not masked (p = exp(-inf - x) = 0 where the cube's p·v reads it).
+        let row_end = if whole_diag { add(v(i0), v(rows)) } else { add(row0.clone(), v(rc)) };
+        set_j_rows(&mut q, vj, vj0, vcl, j, row_end);
         q.push(Stmt::CrossWait { flag: F_S });
         let live = |then: Vec<Stmt>| Stmt::If { cond: lt(c(0), v(vcl)), then };
-        let mut w = Vec::new();
-        let mut t0 = Vec::new();
-        if zs > 1 {
-            t0.push(Stmt::Set { var: zsl, value: bin(SBin::Mod, v(zc), c(zs)) });
-            t0.push(Stmt::Set { var: zc, value: add(v(zc), c(1)) });
-        }
-        t0.push(waitf(V, Mte2, EV_RAW));
-        t0.push(Stmt::Copy {
-            pipe: Mte2,
-            src: reg(Loc::Gm(ws_s), add(add(own(mine.clone(), per_s), ring(vj, bm * bn)), mul(v(r0), c(bn))), bn),
-            dst: zb(raw, c(0)),
-            rows: v(rc),
-            cols: v(vcl),
-        });
-        for (b, tz) in &zext_ids {
+        // The work on the block, for the blocks of `kind` (as `by_block`).
+        let work = |kind: Option<bool>| -> Vec<Stmt> {
+            let mut w = Vec::new();
+            let mut t0 = Vec::new();
+            if zs > 1 {
+                t0.push(Stmt::Set { var: zsl, value: bin(SBin::Mod, v(zc), c(zs)) });
+                t0.push(Stmt::Set { var: zc, value: add(v(zc), c(1)) });
+            }
+            t0.push(waitf(V, Mte2, EV_RAW));
             t0.push(Stmt::Copy {
                 pipe: Mte2,
-                src: reg(Loc::Gm(*tz), add(mul(v(bi), c(s * t)), add(mul(row0.clone(), c(t)), v(vj0))), t),
-                dst: zb(*b, c(0)),
+                src: reg(Loc::Gm(ws_s), add(add(own(mine.clone(), per_s), ring(vj, bm * bn)), mul(v(r0), c(bn))), bn),
+                dst: zb(raw, c(0)),
                 rows: v(rc),
                 cols: v(vcl),
             });
-        }
-        t0.push(setf(Mte2, V, EV_RAW));
-        t0.push(waitf(Mte2, V, EV_RAW));
-        for (i, (b, e)) in tile_e.iter().enumerate() {
-            match (&open, i) {
-                (Some((ce, oe, vw, me_w)), 0) => {
-                    let vw = *vw;
-                    // Every column of the block visible to this core's first row: no mask.
-                    let last = add(v(vj0), sub(v(vcl), c(1)));
-                    let first = add(row0.clone(), c(*ce));
-                    if kf.is_none() {
-                        t0.push(Stmt::If {
-                            cond: bin(SBin::Le, last.clone(), first.clone()),
-                            then: vec![vec_st(zb(*b, c(0)), v(vcl), oe.clone())],
-                        });
-                    }
-                    // Else the columns up to the first row's last visible one (`vw` of them) are seen by
-                    // every row of the band: no mask there either; the mask only on the rest, the diagonal.
-                    t0.push(Stmt::If {
-                        cond: lt(first.clone(), last),
-                        then: vec![
+            for (b, tz) in &zext_ids {
+                t0.push(Stmt::Copy {
+                    pipe: Mte2,
+                    src: reg(Loc::Gm(*tz), add(mul(v(bi), c(s * t)), add(mul(row0.clone(), c(t)), v(vj0))), t),
+                    dst: zb(*b, c(0)),
+                    rows: v(rc),
+                    cols: v(vcl),
+                });
+            }
+            t0.push(setf(Mte2, V, EV_RAW));
+            t0.push(waitf(Mte2, V, EV_RAW));
+            for (i, (b, e)) in tile_e.iter().enumerate() {
+                match (&open, i) {
+                    (Some((ce, oe, vw, me_w)), 0) => {
+                        let vw = *vw;
+                        // Every column of the block visible to this core's first row: no mask.
+                        let last = add(v(vj0), sub(v(vcl), c(1)));
+                        let first = add(row0.clone(), c(*ce));
+                        let plain = vec![vec_st(zb(*b, c(0)), v(vcl), oe.clone())];
+                        if kf.is_none() && kind != Some(false) {
+                            match kind {
+                                Some(_) => t0.extend(plain),
+                                None => {
+                                    t0.push(Stmt::If { cond: bin(SBin::Le, last.clone(), first.clone()), then: plain })
+                                }
+                            }
+                        }
+                        // Else the columns up to the first row's last visible one (`vw` of them) are seen by
+                        // every row of the band: no mask there either; the mask only on the rest, the diagonal.
+                        let diag = vec![
                             Stmt::Set {
                                 var: vw,
-                                value: bin(SBin::Max, c(0), min(v(vcl), sub(add(first, c(1)), v(vj0)))),
+                                value: bin(SBin::Max, c(0), min(v(vcl), sub(add(first.clone(), c(1)), v(vj0)))),
                             },
                             Stmt::If { cond: lt(c(0), v(vw)), then: vec![vec_st(zb(*b, c(0)), v(vw), oe.clone())] },
                             vec_st(zb(*b, v(vw)), sub(v(vcl), v(vw)), me_w.clone()),
-                        ],
-                    });
+                        ];
+                        match kind {
+                            Some(true) => {}
+                            Some(false) => t0.extend(diag),
+                            None => t0.push(Stmt::If { cond: lt(first, last), then: diag }),
+                        }
+                    }
+                    // Without the mask, a folded scale leaves the raw scores as they are.
+                    (None, 0) if kf.is_some() => {}
+                    _ => t0.push(vec_st(zb(*b, c(0)), v(vcl), e.clone())),
                 }
-                // Without the mask, a folded scale leaves the raw scores as they are.
-                (None, 0) if kf.is_some() => {}
-                _ => t0.push(vec_st(zb(*b, c(0)), v(vcl), e.clone())),
             }
-        }
-        w.push(live(t0));
-        if let Some(xs) = shift {
-            w.push(vec_st(ub(x_old, c(0), 1), c(1), VExpr::ReadRow(srow(rowb[&xs]))));
-        }
-        for (x, st) in &p.stats {
-            if let Stat::Max(z) = st {
-                let whole = Stmt::Reduce {
-                    op: ReduceOp::Max,
+            w.push(live(t0));
+            if let Some(xs) = shift {
+                w.push(vec_st(ub(x_old, c(0), 1), c(1), VExpr::ReadRow(srow(rowb[&xs]))));
+            }
+            for (x, st) in &p.stats {
+                if let Stat::Max(z) = st {
+                    let whole = Stmt::Reduce {
+                        op: ReduceOp::Max,
+                        axis: 1,
+                        src: zb(tiles[z].0, c(0)),
+                        dst: srow(rowb[x]),
+                        rows: v(rc),
+                        cols: v(vcl),
+                        accumulate: true,
+                    };
+                    let Some((kv, neg, sign, rm)) = &kf else {
+                        w.push(live(vec![whole]));
+                        continue;
+                    };
+                    // max_j k·raw = k · (max_j raw if k ≥ 0, else min_j raw): exact, as rounding is monotonic.
+                    let red = |op| Stmt::Reduce {
+                        op,
+                        axis: 1,
+                        src: zb(raw, c(0)),
+                        dst: ub(*rm, c(0), 1),
+                        rows: v(rc),
+                        cols: v(vcl),
+                        accumulate: false,
+                    };
+                    let mut plain = match (neg, sign) {
+                        (Some(true), _) => vec![red(ReduceOp::Min)],
+                        (Some(false), _) | (None, None) => vec![red(ReduceOp::Max)],
+                        (None, Some((_, kneg))) => vec![
+                            Stmt::If { cond: bin(SBin::Eq, v(*kneg), c(1)), then: vec![red(ReduceOp::Min)] },
+                            Stmt::If { cond: bin(SBin::Eq, v(*kneg), c(0)), then: vec![red(ReduceOp::Max)] },
+                        ],
+                    };
+                    let scaled = VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), rr(*rm));
+                    plain.push(vec_st(
+                        srow(rowb[x]),
+                        c(1),
+                        VExpr::Binary(BinOp::Max, rsrow(rowb[x]), Box::new(scaled)),
+                    ));
+                    w.push(live(by_block(kind, plain, vec![whole])));
+                }
+            }
+            for (b, e) in &elem_loop {
+                w.push(vec_st(srow(*b), c(1), e.clone()));
+            }
+            let src = match (online, e_ub) {
+                (true, Some(e)) => e,
+                _ => tiles[&p.pz].0,
+            };
+            // p = e (cast to v's dtype) once the previous p was stored, then p to the cube's workspace: right
+            // after the exp and its row sum, in their body, when p is e (the host computes the three in one pass
+            // and stores p straight into the workspace: docs/jit.md, row routines and copy forwarding).
+            let handoff = vec![
+                waitf(Mte3, V, EV_PUB),
+                vec_st(ub(p_ub, c(0), bn), v(vcl), VExpr::Read(zb(src, c(0)))),
+                // The score tile (raw, the anchor in place, e) is read for the last time.
+                setf(V, Mte2, EV_RAW),
+                setf(V, Mte3, EV_PUB),
+                waitf(V, Mte3, EV_PUB),
+                Stmt::Copy {
+                    pipe: Mte3,
+                    src: ub(p_ub, c(0), bn),
+                    dst: reg(
+                        Loc::Gm(ws_p),
+                        add(add(own(mine.clone(), per_s), ring(vj, bm * bn)), mul(v(r0), c(bn))),
+                        bn,
+                    ),
+                    rows: v(rc),
+                    cols: v(vcl),
+                },
+                setf(Mte3, V, EV_PUB),
+            ];
+            let mut handed = false;
+            if let (Some((l, z, xs)), Some(e_ub)) = (lstat, e_ub) {
+                let aslot = ring(vj, hr);
+                // alpha = l > 0 ? exp(x_old - x) : 0 (nothing accumulated yet: l and O are 0).
+                let a = VExpr::Select(
+                    Box::new(VExpr::Binary(BinOp::Gt, rsrow(rowb[&l]), Box::new(VExpr::F32(0.0)))),
+                    Box::new(VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, rr(x_old), rsrow(rowb[&xs]))))),
+                    Box::new(VExpr::F32(0.0)),
+                );
+                w.push(vec_st(ub(alpha, aslot.clone(), 1), c(1), a));
+                // l = l·alpha first, so that the exp statement and the row sum that accumulates into l are one
+                // pair in one body (the host computes them in one pass: docs/jit.md, row routines).
+                w.push(vec_st(
+                    srow(rowb[&l]),
+                    c(1),
+                    VExpr::Binary(BinOp::Mul, rsrow(rowb[&l]), Box::new(VExpr::ReadRow(ub(alpha, aslot, 1)))),
+                ));
+                let exp_of = |z: VExpr| {
+                    VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, Box::new(z), rsrow(rowb[&xs]))))
+                };
+                let e = exp_of(VExpr::Read(zb(tiles[&z].0, c(0))));
+                let sum = Stmt::Reduce {
+                    op: ReduceOp::Sum,
                     axis: 1,
-                    src: zb(tiles[z].0, c(0)),
-                    dst: srow(rowb[x]),
+                    src: zb(e_ub, c(0)),
+                    dst: srow(rowb[&l]),
                     rows: v(rc),
                     cols: v(vcl),
                     accumulate: true,
                 };
-                let Some((kv, neg, sign, rm)) = &kf else {
-                    w.push(live(vec![whole]));
-                    continue;
+                let tail = if src == e_ub {
+                    handed = true;
+                    handoff.clone()
+                } else {
+                    Vec::new()
                 };
-                // max_j k·raw = k · (max_j raw if k ≥ 0, else min_j raw): exact, as rounding is monotonic.
-                let red = |op| Stmt::Reduce {
-                    op,
-                    axis: 1,
-                    src: zb(raw, c(0)),
-                    dst: ub(*rm, c(0), 1),
-                    rows: v(rc),
-                    cols: v(vcl),
-                    accumulate: false,
-                };
-                let mut plain = match (neg, sign) {
-                    (Some(true), _) => vec![red(ReduceOp::Min)],
-                    (Some(false), _) | (None, None) => vec![red(ReduceOp::Max)],
-                    (None, Some((_, kneg))) => vec![
-                        Stmt::If { cond: bin(SBin::Eq, v(*kneg), c(1)), then: vec![red(ReduceOp::Min)] },
-                        Stmt::If { cond: bin(SBin::Eq, v(*kneg), c(0)), then: vec![red(ReduceOp::Max)] },
-                    ],
-                };
-                let scaled = VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), rr(*rm));
-                plain.push(vec_st(srow(rowb[x]), c(1), VExpr::Binary(BinOp::Max, rsrow(rowb[x]), Box::new(scaled))));
-                w.push(live(by_block(plain, vec![whole])));
-            }
-        }
-        for (b, e) in &elem_loop {
-            w.push(vec_st(srow(*b), c(1), e.clone()));
-        }
-        let src = match (online, e_ub) {
-            (true, Some(e)) => e,
-            _ => tiles[&p.pz].0,
-        };
-        // p = e (cast to v's dtype) once the previous p was stored, then p to the cube's workspace: right
-        // after the exp and its row sum, in their body, when p is e (the host computes the three in one pass
-        // and stores p straight into the workspace: docs/jit.md, row routines and copy forwarding).
-        let handoff = vec![
-            waitf(Mte3, V, EV_PUB),
-            vec_st(ub(p_ub, c(0), bn), v(vcl), VExpr::Read(zb(src, c(0)))),
-            // The score tile (raw, the anchor in place, e) is read for the last time.
-            setf(V, Mte2, EV_RAW),
-            setf(V, Mte3, EV_PUB),
-            waitf(V, Mte3, EV_PUB),
-            Stmt::Copy {
-                pipe: Mte3,
-                src: ub(p_ub, c(0), bn),
-                dst: reg(Loc::Gm(ws_p), add(add(own(mine.clone(), per_s), ring(vj, bm * bn)), mul(v(r0), c(bn))), bn),
-                rows: v(rc),
-                cols: v(vcl),
-            },
-            setf(Mte3, V, EV_PUB),
-        ];
-        let mut handed = false;
-        if let (Some((l, z, xs)), Some(e_ub)) = (lstat, e_ub) {
-            let aslot = ring(vj, hr);
-            // alpha = l > 0 ? exp(x_old - x) : 0 (nothing accumulated yet: l and O are 0).
-            let a = VExpr::Select(
-                Box::new(VExpr::Binary(BinOp::Gt, rsrow(rowb[&l]), Box::new(VExpr::F32(0.0)))),
-                Box::new(VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, rr(x_old), rsrow(rowb[&xs]))))),
-                Box::new(VExpr::F32(0.0)),
-            );
-            w.push(vec_st(ub(alpha, aslot.clone(), 1), c(1), a));
-            // l = l·alpha first, so that the exp statement and the row sum that accumulates into l are one
-            // pair in one body (the host computes them in one pass: docs/jit.md, row routines).
-            w.push(vec_st(
-                srow(rowb[&l]),
-                c(1),
-                VExpr::Binary(BinOp::Mul, rsrow(rowb[&l]), Box::new(VExpr::ReadRow(ub(alpha, aslot, 1)))),
-            ));
-            let exp_of =
-                |z: VExpr| VExpr::Unary(UnOp::Exp, Box::new(VExpr::Binary(BinOp::Sub, Box::new(z), rsrow(rowb[&xs]))));
-            let e = exp_of(VExpr::Read(zb(tiles[&z].0, c(0))));
-            let sum = Stmt::Reduce {
-                op: ReduceOp::Sum,
-                axis: 1,
-                src: zb(e_ub, c(0)),
-                dst: srow(rowb[&l]),
-                rows: v(rc),
-                cols: v(vcl),
-                accumulate: true,
-            };
-            let tail = if src == e_ub {
-                handed = true;
-                handoff.clone()
-            } else {
-                Vec::new()
-            };
-            let body = |e: VExpr| [vec![vec_st(zb(e_ub, c(0)), v(vcl), e), sum.clone()], tail.clone()].concat();
-            match &kf {
-                None => w.push(live(body(e))),
-                // exp(k·raw - x): one multiply-add before the exp.
-                Some((kv, ..)) => {
-                    let scaled = VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), Box::new(VExpr::Read(zb(raw, c(0)))));
-                    w.push(live(by_block(body(exp_of(scaled)), body(e))));
+                let body = |e: VExpr| [vec![vec_st(zb(e_ub, c(0)), v(vcl), e), sum.clone()], tail.clone()].concat();
+                match &kf {
+                    None => w.push(live(body(e))),
+                    // exp(k·raw - x): one multiply-add before the exp.
+                    Some((kv, ..)) => {
+                        let scaled =
+                            VExpr::Binary(BinOp::Mul, Box::new(kv.clone()), Box::new(VExpr::Read(zb(raw, c(0)))));
+                        w.push(live(by_block(kind, body(exp_of(scaled)), body(e))));
+                    }
                 }
             }
-        }
-        if !handed {
-            w.push(live(handoff));
-        }
+            if !handed {
+                w.push(live(handoff));
+            }
+            w
+        };
+        let w = match whole_block() {
+            Some((wc, dc)) if split_softmax => {
+                vec![Stmt::If { cond: wc, then: work(Some(true)) }, Stmt::If { cond: dc, then: work(Some(false)) }]
+            }
+            _ => work(None),
+        };
         q.push(Stmt::If { cond: lt(c(0), v(rc)), then: w });
         q.push(Stmt::CrossSet { flag: F_P });
         q
