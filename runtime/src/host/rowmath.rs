@@ -101,31 +101,41 @@ fn exp_slice_avx512(v: &mut [f32]) {
 /// The host has AVX512-BF16 and AVX512-DQ (with [`has_avx512`]'s features): `vcvtne2ps2bf16` rounds 32 lanes to bf16 in
 /// one instruction, with [`bf16_bits`]'s bits except for subnormal inputs (it flushes them to zero: those
 /// vectors take the integer rounding).
+#[inline]
 fn has_bf16_cvt() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        has_avx512()
-            && std::arch::is_x86_feature_detected!("avx512bf16")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static HAS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx512()
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    });
+    *HAS
 }
 
+/// The host has AVX-512 (F, BW, VL) and FMA: the row routines' 16-lane paths. Detected once (every row
+/// routine call asks; four feature tests a call were about 0.7% of attention's samples).
+#[inline]
 fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static HAS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    });
+    *HAS
 }
 
 /// `p[i] = e^p[i]` for `i < n` (nothing when `n ≤ 0`), with the operations of the JIT's inline `exp`.
