@@ -35,7 +35,8 @@
 //!   compute the bits of the inline code (`codegen/tests/math.rs`).
 //! - Row routines ([`RowForm`]): a vector statement `exp(src - s)` into `f32`, or `src op s` / `s op src`
 //!   (`+ - * /`) into `f32` or bf16, with `src` an element read of an `f32`/bf16 window and `s` a row-invariant
-//!   float, is one host call per row ([`rowmath::kc_rt_row_exp`], [`rowmath::kc_rt_row_scalar`], 16 lanes at
+//!   float, or `silu(a) * b` of two `f32` rows into `f32` or bf16 (SwiGLU's gate), is one host call per row
+//!   ([`rowmath::kc_rt_row_exp`], [`rowmath::kc_rt_row_scalar`], [`rowmath::kc_rt_row_silu_mul`], 16 lanes at
 //!   a time, the same bits); `exp(src - s)` followed by the row sum of its destination computes the sum in the
 //!   same call ([`Gen::exp_sum`]); in a chunked statement, an `exp` whose argument has that form is computed
 //!   from the source row straight into its scratch row.
@@ -327,6 +328,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_reduce", native::kc_rt_reduce as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_exp_f32", kc_runtime::host::rowmath::kc_rt_exp_f32 as *const u8, vec![I64; 2], vec![]),
         ("kc_rt_silu_f32", rowmath::kc_rt_silu_f32 as *const u8, vec![I64; 2], vec![]),
+        ("kc_rt_row_silu_mul", rowmath::kc_rt_row_silu_mul as *const u8, vec![I64; 5], vec![]),
         ("kc_rt_f32_to_bf16", native::kc_rt_f32_to_bf16 as *const u8, vec![I64; 3], vec![]),
         ("kc_rt_row_exp", rowmath::kc_rt_row_exp as *const u8, vec![I64, I64, I64, F32, F32, I64, I64], vec![]),
         (
@@ -1599,6 +1601,8 @@ enum RowForm<'e> {
     Scalar { src: &'e Region, s: &'e VExpr, op: BinOp, swap: bool },
     /// `src · s + add` (or `s · src + add`: `swap`), all `f32`: [`rowmath::kc_rt_row_axpy`].
     Axpy { src: &'e Region, s: &'e VExpr, add: &'e Region, swap: bool },
+    /// `silu(src) · add`, both `f32`, into `f32` or bf16 (SwiGLU's gate): [`rowmath::kc_rt_row_silu_mul`].
+    SiluMul { src: &'e Region, add: &'e Region },
 }
 
 /// The dtype of a region's storage.
@@ -1676,6 +1680,14 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
             let (src, s, k) = exp_arg(prog, l, a)?;
             RowForm::Exp { src, s, k }
         }
+        VExpr::Binary(BinOp::Mul, a, b)
+            if matches!(ddt, DType::F32 | DType::BF16) && matches!(&**a, VExpr::Unary(UnOp::Silu, _)) =>
+        {
+            let VExpr::Unary(_, x) = &**a else { return None };
+            let f32_read =
+                |e: &'e VExpr| float_read(prog, l, e).filter(|r| region_dtype(prog, l, r) == Some(DType::F32));
+            RowForm::SiluMul { src: f32_read(x)?, add: f32_read(b)? }
+        }
         VExpr::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div), a, b)
             if matches!(ddt, DType::F32 | DType::BF16) =>
         {
@@ -1696,6 +1708,7 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
         RowForm::Exp { src, s, k } => (*src, *s, *k, None),
         RowForm::Scalar { src, s, .. } => (*src, Some(*s), None, None),
         RowForm::Axpy { src, s, add, .. } => (*src, Some(*s), None, Some(*add)),
+        RowForm::SiluMul { src, add } => (*src, None, None, Some(*add)),
     };
     let aliased = |r: &Region| matches!(r.loc, Loc::Gm(t) if may_alias(prog, t));
     let same_elems =
@@ -2204,10 +2217,11 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         let (src_r, s_expr, k_expr) = match form {
             RowForm::Exp { src, s, k } => (*src, *s, *k),
             RowForm::Scalar { src, s, .. } | RowForm::Axpy { src, s, .. } => (*src, Some(*s), None),
+            RowForm::SiluMul { src, .. } => (*src, None, None),
         };
         let src = self.read_res(&reads, src_r)?.clone();
         let add = match form {
-            RowForm::Axpy { add, .. } => Some(self.read_res(&reads, add)?.clone()),
+            RowForm::Axpy { add, .. } | RowForm::SiluMul { add, .. } => Some(self.read_res(&reads, add)?.clone()),
             _ => None,
         };
         let zero = self.iconst(0);
@@ -2281,6 +2295,13 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     let pa = g.elem_addr(add, Some(r), None);
                     let flags = g.iconst(if *swap { rowmath::ROW_SWAP } else { 0 });
                     g.call("kc_rt_row_axpy", &[pd, ps, pa, flags, sv, cols]);
+                }
+                RowForm::SiluMul { .. } => {
+                    let Some(add) = &add else { return Err(g.err("a gate without its other operand")) };
+                    let pa = g.elem_addr(add, Some(r), None);
+                    let f = if d.dtype == DType::BF16 { rowmath::ROW_SILU_DST_BF16 } else { 0 };
+                    let flags = g.iconst(f);
+                    g.call("kc_rt_row_silu_mul", &[pd, ps, pa, flags, cols]);
                 }
             }
             Ok(())
@@ -3196,6 +3217,7 @@ mod tests {
             Some(RowForm::Scalar { swap: true, .. }) => "scalar-swapped",
             Some(RowForm::Axpy { swap: false, .. }) => "axpy",
             Some(RowForm::Axpy { swap: true, .. }) => "axpy-swapped",
+            Some(RowForm::SiluMul { .. }) => "silu-mul",
         };
         let bx = |e: VExpr| Box::new(e);
         let exp = |e: VExpr| VExpr::Unary(UnOp::Exp, bx(e));
@@ -3241,11 +3263,20 @@ mod tests {
         assert_eq!(form(ub(1, 0), bin(BinOp::Add, bin(BinOp::Mul, x(), x()), y())), "none");
         assert_eq!(form(ub(2, 16), bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())), "none");
         assert_eq!(form(ub(1, 0), bin(BinOp::Add, y(), bin(BinOp::Mul, x(), row()))), "none");
+        // SwiGLU's gate `silu(x) · y`; not with the operands the other way, a row value, or `y` overlapping
+        // the destination at another window.
+        let silu = |e: VExpr| VExpr::Unary(UnOp::Silu, bx(e));
+        assert_eq!(form(ub(1, 0), bin(BinOp::Mul, silu(x()), y())), "silu-mul");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Mul, y(), silu(x()))), "none");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Mul, silu(x()), row())), "none");
+        assert_eq!(form(ub(2, 16), bin(BinOp::Mul, silu(x()), y())), "none");
         // An `exp` into a destination that is not f32.
         let mut l2 = l.clone();
         l2.buffers[1].dtype = DType::BF16;
         assert!(row_form(&prog, &l2, &ub(1, 0), &exp(x())).is_none());
         assert!(row_form(&prog, &l2, &ub(1, 0), &bin(BinOp::Div, x(), row())).is_some());
+        // A gate into bf16: the routine rounds.
+        assert!(row_form(&prog, &l2, &ub(1, 0), &bin(BinOp::Mul, silu(x()), y())).is_some());
         // Only f32 rows in a row update.
         assert!(row_form(&prog, &l2, &ub(1, 0), &bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())).is_none());
         let mut l3 = l.clone();

@@ -555,6 +555,53 @@ fn silu_routine_is_the_inline_silu() {
     routine_is_the_inline_op(UnOp::Silu, kc_runtime::host::rowmath::kc_rt_silu_f32);
 }
 
+/// `kc_rt_row_silu_mul` (SwiGLU's gate `silu(a) · b` in one pass) gives the bits of what the JIT computed
+/// before it: `kc_rt_silu_f32`, the product in `f32`, then `kc_rt_f32_to_bf16` for a bf16 destination, at
+/// every length (the 16-lane body and the tail), NaNs aside.
+#[test]
+fn gate_routine_is_silu_then_the_product() {
+    use kc_runtime::host::rowmath::{kc_rt_row_silu_mul, kc_rt_silu_f32, ROW_SILU_DST_BF16};
+    let xs = inputs();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let a: Vec<f32> = xs.iter().map(|&b| f32::from_bits(b)).collect();
+    let b: Vec<f32> = (0..a.len()).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+    let mut want = a.clone();
+    // SAFETY: `want` holds `want.len()` elements.
+    unsafe { kc_rt_silu_f32(want.as_mut_ptr(), want.len() as i64) };
+    for (w, y) in want.iter_mut().zip(&b) {
+        *w *= *y;
+    }
+    let mut want_bf = vec![0u16; a.len()];
+    // SAFETY: `want_bf` and `want` hold `a.len()` elements each.
+    unsafe { kc_runtime::native::kc_rt_f32_to_bf16(want_bf.as_mut_ptr().cast(), want.as_ptr().cast(), a.len() as i64) };
+    let mut got = vec![0f32; a.len()];
+    let mut got_bf = vec![0u16; a.len()];
+    let mut at = 0;
+    let mut len = 1;
+    while at < a.len() {
+        let n = len.min(a.len() - at);
+        // SAFETY: `n` elements from `at` are inside every vector.
+        unsafe {
+            kc_rt_row_silu_mul(got.as_mut_ptr().add(at).cast(), a.as_ptr().add(at), b.as_ptr().add(at), 0, n as i64);
+            let bf = got_bf.as_mut_ptr().add(at).cast();
+            kc_rt_row_silu_mul(bf, a.as_ptr().add(at), b.as_ptr().add(at), ROW_SILU_DST_BF16, n as i64);
+        }
+        at += n;
+        len = len * 7 % 1009 + 1;
+    }
+    for i in 0..a.len() {
+        let (g, w) = (got[i], want[i]);
+        assert!(
+            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+            "silu({:e})·{}: {g:e}, want {w:e}",
+            a[i],
+            b[i]
+        );
+        let nan = (want_bf[i] & 0x7FFF) > 0x7F80;
+        assert!(got_bf[i] == want_bf[i] || nan && (got_bf[i] & 0x7FFF) > 0x7F80, "bf16 of silu({:e})·{}", a[i], b[i]);
+    }
+}
+
 fn routine_is_the_inline_op(op: UnOp, routine: unsafe extern "C" fn(*mut f32, i64)) {
     let (_module, fns) = jit(&[Kind::Un(op)]);
     let xs = inputs();

@@ -821,6 +821,30 @@ mod wide {
         _mm512_div_ps(num, d)
     }
 
+    /// [`super::kc_rt_row_silu_mul`] on AVX-512: [`silu16`] of `a`, times `b`, rounded to bf16 by
+    /// [`bf16x16`] when `BF` (the bits of the portable loop); the tail as the portable code does it.
+    ///
+    /// # Safety
+    /// As [`super::kc_rt_row_silu_mul`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) unsafe fn silu_mul_row<const BF: bool>(dst: *mut u8, a: *const f32, b: *const f32, n: usize) {
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: `i + 16 <= n`; both operands are loaded before the block is stored.
+            unsafe {
+                let p = _mm512_mul_ps(silu16(_mm512_loadu_ps(a.add(i))), _mm512_loadu_ps(b.add(i)));
+                if BF {
+                    _mm256_storeu_si256(dst.cast::<u16>().add(i).cast(), bf16x16(p));
+                } else {
+                    _mm512_storeu_ps(dst.cast::<f32>().add(i), p);
+                }
+            }
+            i += 16;
+        }
+        // SAFETY: forwarded from the caller, from element `i` on.
+        unsafe { super::silu_mul_scalar::<BF>(dst, a, b, i, n) };
+    }
+
     /// 32 lanes (`a` then `b`) rounded to bf16 as [`bf16x16`] does: `vcvtne2ps2bf16` (round to nearest even,
     /// a NaN truncated with its quiet bit set: the same bits) unless a lane is subnormal, which the
     /// instruction flushes to zero; such a pair of vectors is rounded by [`bf16x16`].
@@ -1011,6 +1035,59 @@ mod wide {
             if stream {
                 // Fenced by the caller (`super::fence_streams`) before another thread may read them.
                 super::STREAMED.with(|s| s.set(true));
+            }
+        }
+    }
+}
+
+/// Flag of [`kc_rt_row_silu_mul`]: the destination row is bf16 (otherwise `f32`).
+pub const ROW_SILU_DST_BF16: i64 = 1;
+
+/// One row of a vector statement `dst = silu(a) · b` (SwiGLU's gate), `a` and `b` rows of `f32`, into `f32`
+/// or bf16 ([`ROW_SILU_DST_BF16`]): the bits of the JIT's chunked code (`silu` by [`kc_rt_silu_f32`], the
+/// product rounded to `f32`, then [`bf16_bits`]), 16 lanes at a time, in one pass. Nothing when `n ≤ 0`.
+///
+/// # Safety
+/// `a` and `b` point to `n` `f32`s, `dst` to `n` elements of its dtype; `dst` may be `a`'s or `b`'s row
+/// (as `f32`), otherwise none overlaps another.
+pub unsafe extern "C" fn kc_rt_row_silu_mul(dst: *mut u8, a: *const f32, b: *const f32, flags: i64, n: i64) {
+    let n = n.max(0) as usize;
+    let bf = flags & ROW_SILU_DST_BF16 != 0;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: forwarded from the caller; the features were detected.
+        unsafe {
+            if bf {
+                wide::silu_mul_row::<true>(dst, a, b, n)
+            } else {
+                wide::silu_mul_row::<false>(dst, a, b, n)
+            }
+        };
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if bf {
+            silu_mul_scalar::<true>(dst, a, b, 0, n)
+        } else {
+            silu_mul_scalar::<false>(dst, a, b, 0, n)
+        }
+    }
+}
+
+/// Elements `from..n` of [`kc_rt_row_silu_mul`], one at a time.
+///
+/// # Safety
+/// As [`kc_rt_row_silu_mul`].
+unsafe fn silu_mul_scalar<const BF: bool>(dst: *mut u8, a: *const f32, b: *const f32, from: usize, n: usize) {
+    for j in from..n {
+        // SAFETY: `j < n`; both operands are read before the element is written.
+        unsafe {
+            let p = silu_f32(*a.add(j)) * *b.add(j);
+            if BF {
+                *dst.cast::<u16>().add(j) = bf16_bits(p);
+            } else {
+                *dst.cast::<f32>().add(j) = p;
             }
         }
     }
