@@ -590,9 +590,9 @@ struct Gen<'a, 'b, 'p> {
 /// their uses.
 const SPLATS: usize = 32;
 
-/// Columns per chunk of a vector statement whose `exp`s (`silu`s) are computed by `kc_rt_exp_f32` (`kc_rt_silu_f32`; the arguments of a
-/// chunk are written to a scratch row, 2 KiB, in L1, exponentiated in place 16 lanes at a time, then read) or
-/// whose bf16 results are rounded by `kc_rt_f32_to_bf16`.
+/// Columns per chunk of a vector statement whose `exp`s (`silu`s) are computed by `kc_rt_exp_f32`
+/// (`kc_rt_silu_f32`; the arguments of a chunk are written to a scratch row, 2 KiB, in L1, computed in place
+/// 16 lanes at a time, then read) or whose bf16 results are rounded by `kc_rt_f32_to_bf16`.
 const EXP_CHUNK: i64 = 512;
 
 /// The smallest GM tensor whose row-routine stores go around the caches ([`Gen::streams`]): 16 MiB, more than
@@ -1654,10 +1654,15 @@ fn exp_arg<'e>(prog: &TileProgram, l: &Launch, a: &'e VExpr) -> Option<ExpArg<'e
     }
 }
 
+/// `e` as an element read of an `f32` region.
+fn f32_read<'e>(prog: &TileProgram, l: &Launch, e: &'e VExpr) -> Option<&'e Region> {
+    float_read(prog, l, e).filter(|r| region_dtype(prog, l, r) == Some(DType::F32))
+}
+
 /// `m + y` as [`RowForm::Axpy`]: `m` is `x · s` or `s · x`, `x` and `y` element reads of `f32` regions, `s`
 /// row-invariant.
 fn axpy_form<'e>(prog: &TileProgram, l: &Launch, m: &'e VExpr, y: &'e VExpr) -> Option<RowForm<'e>> {
-    let f32_read = |e: &'e VExpr| float_read(prog, l, e).filter(|r| region_dtype(prog, l, r) == Some(DType::F32));
+    let f32_read = |e: &'e VExpr| f32_read(prog, l, e);
     let add = f32_read(y)?;
     let VExpr::Binary(BinOp::Mul, a, b) = m else { return None };
     if let (Some(src), true) = (f32_read(a), row_float(prog, l, b)) {
@@ -1684,9 +1689,7 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
             if matches!(ddt, DType::F32 | DType::BF16) && matches!(&**a, VExpr::Unary(UnOp::Silu, _)) =>
         {
             let VExpr::Unary(_, x) = &**a else { return None };
-            let f32_read =
-                |e: &'e VExpr| float_read(prog, l, e).filter(|r| region_dtype(prog, l, r) == Some(DType::F32));
-            RowForm::SiluMul { src: f32_read(x)?, add: f32_read(b)? }
+            RowForm::SiluMul { src: f32_read(prog, l, x)?, add: f32_read(prog, l, b)? }
         }
         VExpr::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div), a, b)
             if matches!(ddt, DType::F32 | DType::BF16) =>

@@ -74,16 +74,36 @@ pub fn exp_f32(x: f32) -> f32 {
     (p * s1) * s2
 }
 
+/// `p[i] = f(p[i])` for `i < n` (nothing when `n ≤ 0`), `f` being [`exp_f32`] or, with `SILU`, [`silu_f32`]:
+/// 16 lanes at a time on AVX-512 hosts ([`wide::exp16`], [`wide::silu16`]: the same bits).
+///
+/// # Safety
+/// `p` points to `n` writable `f32`s.
+unsafe fn in_place<const SILU: bool>(p: *mut f32, n: i64) {
+    if n <= 0 {
+        return;
+    }
+    // SAFETY: the caller passes `n` writable elements.
+    let v = unsafe { std::slice::from_raw_parts_mut(p, n as usize) };
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the features were detected.
+        unsafe { in_place_avx512::<SILU>(v) };
+        return;
+    }
+    in_place_scalar::<SILU>(v)
+}
+
 #[inline(always)]
-fn exp_slice(v: &mut [f32]) {
+fn in_place_scalar<const SILU: bool>(v: &mut [f32]) {
     for x in v.iter_mut() {
-        *x = exp_f32(*x);
+        *x = if SILU { silu_f32(*x) } else { exp_f32(*x) };
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-fn exp_slice_avx512(v: &mut [f32]) {
+fn in_place_avx512<const SILU: bool>(v: &mut [f32]) {
     let n = v.len();
     let p = v.as_mut_ptr();
     let mut i = 0;
@@ -91,11 +111,12 @@ fn exp_slice_avx512(v: &mut [f32]) {
     unsafe {
         use std::arch::x86_64::*;
         while i + 16 <= n {
-            _mm512_storeu_ps(p.add(i), wide::exp16(_mm512_loadu_ps(p.add(i))));
+            let x = _mm512_loadu_ps(p.add(i));
+            _mm512_storeu_ps(p.add(i), if SILU { wide::silu16(x) } else { wide::exp16(x) });
             i += 16;
         }
     }
-    exp_slice(&mut v[i..])
+    in_place_scalar::<SILU>(&mut v[i..])
 }
 
 /// The host has AVX512-BF16 and AVX512-DQ (with [`has_avx512`]'s features): `vcvtne2ps2bf16` rounds 32 lanes to bf16 in
@@ -143,18 +164,8 @@ fn has_avx512() -> bool {
 /// # Safety
 /// `p` points to `n` writable `f32`s.
 pub unsafe extern "C" fn kc_rt_exp_f32(p: *mut f32, n: i64) {
-    if n <= 0 {
-        return;
-    }
-    // SAFETY: the caller passes `n` writable elements.
-    let v = unsafe { std::slice::from_raw_parts_mut(p, n as usize) };
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the features were detected.
-        unsafe { exp_slice_avx512(v) };
-        return;
-    }
-    exp_slice(v)
+    // SAFETY: forwarded from the caller.
+    unsafe { in_place::<false>(p, n) }
 }
 
 /// `silu(x) = x/(1 + e^(−x))` by the operations of the JIT's inline `silu` (`kc_codegen::math`, `silu32`):
@@ -197,42 +208,8 @@ pub fn silu_f32(x: f32) -> f32 {
 /// # Safety
 /// `p` points to `n` writable `f32`s.
 pub unsafe extern "C" fn kc_rt_silu_f32(p: *mut f32, n: i64) {
-    if n <= 0 {
-        return;
-    }
-    // SAFETY: the caller passes `n` writable elements.
-    let v = unsafe { std::slice::from_raw_parts_mut(p, n as usize) };
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the features were detected.
-        unsafe { silu_slice_avx512(v) };
-        return;
-    }
-    silu_slice(v)
-}
-
-#[inline(always)]
-fn silu_slice(v: &mut [f32]) {
-    for x in v.iter_mut() {
-        *x = silu_f32(*x);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-fn silu_slice_avx512(v: &mut [f32]) {
-    let n = v.len();
-    let p = v.as_mut_ptr();
-    let mut i = 0;
-    // SAFETY: `v` holds `n` elements; each block is read before it is written.
-    unsafe {
-        use std::arch::x86_64::*;
-        while i + 16 <= n {
-            _mm512_storeu_ps(p.add(i), wide::silu16(_mm512_loadu_ps(p.add(i))));
-            i += 16;
-        }
-    }
-    silu_slice(&mut v[i..])
+    // SAFETY: forwarded from the caller.
+    unsafe { in_place::<true>(p, n) }
 }
 
 /// bf16 bits of an `f32`, rounded to nearest-even, NaN a quiet NaN: the bits of the JIT's inline rounding
