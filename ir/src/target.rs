@@ -69,6 +69,12 @@ pub struct Target {
     /// blocks pay it less often.
     #[serde(default)]
     pub score_bwd_block: Option<u32>,
+    /// The largest k step (`bk`) of the matmul template's base blocks (default 256; 512 is the other size
+    /// tried). Each step is one mmad call on the host, whose matrix unit runs the whole step with its
+    /// accumulators in tiles: a deeper step moves the f32 block of C through memory, and looks up and
+    /// packs its operands, fewer times per FLOP. L0A and L0B must hold two slots of the deeper tiles.
+    #[serde(default)]
+    pub matmul_bk: Option<u32>,
     /// The most bytes of buffers one block of the row-wise template (`rows`: softmax, normalizations) may
     /// take when it holds more than one row (default: all of UB). On the host the passes over a block read
     /// back what the pass before wrote (softmax's `exp` row, then its division), which a block of a few

@@ -1,7 +1,9 @@
 //! Times the host mmad as a host matmul launch calls it (`kc_runtime::host::mmad::kc_mmad`): `M × K × N` bf16
-//! in GM, 256 × 256 blocks of C in an f32 scratch, k windows of 256 read in place from GM with the "does not
-//! change" bits set (so the packed operands are kept for the launch), the caches cleared per launch as the
-//! executor does. Prints the best launch time (thread CPU time) of 7 and its TFLOP/s (the C conversion to bf16 not included).
+//! in GM, 256 × 256 blocks of C in an f32 scratch (64-byte aligned, as the executor's buffers), k windows of
+//! 256 (`BK=512`: of 512, as the host tiling's; `BK=256,512`: both, in alternating launches) read in place
+//! from GM with the "does not change" bits set (so the packed operands are kept for the launch), the caches
+//! cleared per launch as the executor does. Prints the best and the median launch time (thread CPU time) of
+//! `ROUNDS` (7) and their TFLOP/s (the C conversion to bf16 not included).
 //! Run with `cargo run --release -p kc-runtime --example mmad_launch [M K N]`.
 
 use kc_runtime::host::mmad::{clear_b_cache, kc_mmad};
@@ -35,8 +37,11 @@ fn main() {
     let a: Vec<u16> = (0..m * k).map(|i| half::bf16::from_f32(((i * 7 % 13) as f32 - 6.0) / 8.0).to_bits()).collect();
     let b: Vec<u16> = (0..k * n).map(|i| half::bf16::from_f32(((i * 5 % 11) as f32 - 5.0) / 8.0).to_bits()).collect();
     let blk = |v: &str, d: usize| std::env::var(v).ok().and_then(|s| s.parse().ok()).unwrap_or(d);
-    let (bm, bn, bk) = (blk("BM", 256), blk("BN", 256), blk("BK", 256));
-    let mut c_vec = vec![0f32; bm * bn];
+    let (bm, bn) = (blk("BM", 256), blk("BN", 256));
+    // 64-byte aligned, as the executor's buffers (a `Vec` of this size starts 16 bytes into a page, and every
+    // tile row of C then straddles two lines).
+    let mut c_vec = vec![0f32; bm * bn + 16];
+    let c_off = c_vec.as_ptr().align_offset(64);
     // HUGEC=1: C in a 2 MiB-aligned buffer backed by a huge page (as the executor's scratch is not).
     let huge_c = std::env::var("HUGEC").is_ok();
     let c: &mut [f32] = if huge_c {
@@ -48,7 +53,7 @@ fn main() {
             std::slice::from_raw_parts_mut(p.cast(), bm * bn)
         }
     } else {
-        &mut c_vec
+        &mut c_vec[c_off..c_off + bm * bn]
     };
     // SAME=1: every block reads the first column window of B (kept packed: the kernel's speed in cache).
     let same_env = std::env::var("SAME").unwrap_or_default();
@@ -65,8 +70,16 @@ fn main() {
         (0..m).step_by(bm).flat_map(|m0| (0..n).step_by(bn).map(move |n0| (m0, n0))).collect()
     };
     let mut sink = 0f32;
-    let mut best = f64::INFINITY;
-    for _ in 0..7 {
+    // BK=256,512: the k windows of the calls; several sizes are timed in alternating launches.
+    let variants: Vec<usize> = std::env::var("BK")
+        .ok()
+        .map(|v| v.split(',').map(|x| x.parse().expect("BK=size,...")).collect())
+        .unwrap_or_else(|| vec![256]);
+    let rounds = blk("ROUNDS", 7);
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for r in 0..rounds * variants.len() {
+        let vi = r % variants.len();
+        let bk = variants[vi];
         clear_b_cache();
         let t = cpu_time();
         for &(m0, n0) in &order {
@@ -96,8 +109,18 @@ fn main() {
                 sink += c[0];
             }
         }
-        best = best.min(cpu_time() - t);
+        times[vi].push(cpu_time() - t);
     }
     let flops = 2.0 * (m * n * k) as f64;
-    println!("M={m} K={k} N={n}: best {:.2} ms, {:.3} TFLOP/s (sink {sink})", best * 1e3, flops / best / 1e12);
+    for (v, t) in variants.iter().zip(&mut times) {
+        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (best, med) = (t[0], t[t.len() / 2]);
+        println!(
+            "M={m} K={k} N={n} BK={v}: best {:.2} ms median {:.2} ({:.3} / {:.3} TFLOP/s) (sink {sink})",
+            best * 1e3,
+            med * 1e3,
+            flops / best / 1e12,
+            flops / med / 1e12
+        );
+    }
 }

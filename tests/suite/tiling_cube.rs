@@ -255,3 +255,40 @@ fn the_matmul_and_its_epilogue_are_both_stored() {
         }
     }
 }
+
+/// The host target's matmul base blocks are 512 deep in k (`matmul_bk`): one mmad call per 512 of K, which
+/// the host's matrix unit runs with its accumulators in tiles. The NPU targets keep 256. The deeper steps
+/// verify, simulate and run in the JIT (1 and 2 threads) to the interpreter's results. (Where K is not a
+/// multiple of 512 the cycle model prefers steps that divide it better, e.g. 192 for K = 1100.)
+#[test]
+fn host_matmul_steps_are_512_deep() {
+    let g = common::kernel("matmul", "matmul");
+    let depth = |tp: &TileProgram| -> u64 {
+        let l0a = tp.launches[0].buffers.iter().find(|b| b.mem == kc_ir::tile::Mem::L0A).expect("an L0A buffer");
+        l0a.shape[1]
+    };
+    let dims = [("M", 256), ("K", 1024), ("N", 256)];
+    let tp = check(&g, &dims, "host", 21);
+    assert_eq!(depth(&tp), 512, "host: 512-deep steps");
+    assert_eq!(depth(&check(&g, &dims, "ascend910b", 21)), 256, "the NPU targets: 256");
+    // The JIT on the host.
+    let target = Target::builtin("host").expect("host target");
+    let mut given = kc_ir::launch::Args::default();
+    given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let args = kc_runtime::random::random_args(&g, &given, 22).expect("random args");
+    let tp = tile(&g, &args, &target);
+    let want = common::run(&g, &args);
+    let code = kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() }).expect("compiles");
+    for threads in [1, 2] {
+        let (got, _) = code.run(&tp, &g, &args, threads, &Default::default()).expect("runs");
+        for ((n, w), (_, s)) in want.iter().zip(&got) {
+            let w = w.to_f64_vec();
+            // One bf16 unit, and the summation order of K terms (the matrix unit sums in its own order).
+            let absmax = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+            let order = absmax * 4.0 * 1024.0 * 2f64.powi(-24);
+            for (i, (a, b)) in w.iter().zip(&s.to_f64_vec()).enumerate() {
+                assert!((a - b).abs() <= bf16_ulp(*a) + order, "{n}[{i}] ({threads} threads): interp {a} vs jit {b}");
+            }
+        }
+    }
+}

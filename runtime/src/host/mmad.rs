@@ -42,9 +42,13 @@
 //!    32; element `(p, j)` of a panel at `[(p / 2) * 32 + 2 j + p % 2]`) in a thread-local scratch buffer;
 //!    `a` is read in place (stride `lda * 2` bytes) when `k` is a multiple of 32, except a last partial
 //!    block of rows, which is copied zero-padded to 16 rows; otherwise `a` is copied zero-padded to a
-//!    multiple of 32 columns. Edge tiles of `c` go through a scratch tile. Loops: k in chunks of 256 (so a
-//!    block's two A and two B panels, 32 KiB, stay in L1), then 32-row blocks of `c`, then 32-column
-//!    blocks. A call whose kept `b` packing (bit 1) directly follows, in its arena, the one the thread's
+//!    multiple of 32 columns and to 16 rows, chunk by chunk of k (each chunk's panels contiguous, so that
+//!    a 16-row tile load walks consecutive 1 KiB rows instead of rows one `k` apart, which alias in L1 when
+//!    `k` is a large power of two). Edge tiles of `c` go through a scratch tile. Loops: k in chunks of 512
+//!    (a block's two A panels, 32 KiB, stay in L1 while its B panels stream by, 2 KiB per step; the
+//!    accumulators stay in their tiles for the whole chunk, so `c` goes through memory once per 512 of k:
+//!    with chunks of 256 a 4096 × 1024 × 4096 launch's mmad time was 9% longer, see docs/perf.md), then
+//!    32-row blocks of `c`, then 32-column blocks. A call whose kept `b` packing (bit 1) directly follows, in its arena, the one the thread's
 //!    previous call used (a matmul core walking its blocks along a row of C uses the kept packings in the
 //!    order they were packed) prefetches the next packing into L2, a few lines per k step of its second and
 //!    later row blocks, so the next call's first pass over the rows does not wait for its whole `b` from L3. The tile configuration (palette 1, every tile 16 rows × 64 bytes) is loaded once per thread
@@ -1485,8 +1489,29 @@ mod amx {
         }
     }
 
-    /// k steps (of 32) per pass over `c`: a pair of A panels and a pair of B panels is then 32 KiB.
-    const KC_STEPS: usize = 8;
+    /// [`pack_a`] of all `m` rows (to `mp`) chunk by chunk of `kc` steps: the chunk of steps `s0..s0 + len` is
+    /// an `mp × 32·len` block at element `mp · 32 · s0`, so a chunk's A panels are contiguous.
+    ///
+    /// # Safety
+    ///
+    /// As [`pack_a`], `dst` writable for `mp * kp` u16.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn pack_a_chunks(a: *const u16, lda: usize, m: usize, mp: usize, k: usize, kc: usize, dst: *mut u16) {
+        let steps = k.div_ceil(32).max(1);
+        let mut s0 = 0;
+        while s0 < steps {
+            let len = (steps - s0).min(kc);
+            let p0 = s0 * 32;
+            // SAFETY: the caller's; columns from p0 on, the chunk's block inside dst.
+            unsafe { pack_a(a.add(p0), lda, m, mp, k.saturating_sub(p0).min(len * 32), len * 32, dst.add(mp * p0)) };
+            s0 += len;
+        }
+    }
+
+    /// k steps (of 32) per pass over `c`: a pair of A panels is then 32 KiB (in L1 with the streamed B panels
+    /// and the block's C tiles), and the accumulators go through memory once per 512 of k. The host target's
+    /// matmul tiles are 512 deep (`matmul_bk`), so a matmul's call is one chunk.
+    const KC_STEPS: usize = 16;
 
     /// The AMX path (bf16 × bf16).
     ///
@@ -1496,6 +1521,7 @@ mod amx {
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn mmad(x: &Args, s: &mut Scratch) {
         let (m, k, n) = (x.m, x.k, x.n);
+        let kc = KC_STEPS;
         let kp = k.div_ceil(32).max(1) * 32;
         let steps = k.div_ceil(32);
         let panels = n.div_ceil(16);
@@ -1563,22 +1589,24 @@ mod amx {
                 let mut cached: Option<*const u8> = None;
                 if x.a_const {
                     let key = (x.a as usize, x.lda, m, k);
-                    cached =
-                        super::packed(&super::A_CACHE, key, a_bytes, |d| pack_a(a16, x.lda, m, mp, k, kp, d.cast()));
+                    cached = super::packed(&super::A_CACHE, key, a_bytes, |d| {
+                        pack_a_chunks(a16, x.lda, m, mp, k, kc, d.cast())
+                    });
                 }
                 match cached {
                     Some(p) => ap = p.cast_mut(),
-                    None => pack_a(a16, x.lda, m, mp, k, kp, ap.cast()),
+                    None => pack_a_chunks(a16, x.lda, m, mp, k, kc, ap.cast()),
                 }
             }
             // The A panel of the tile row starting at row `i0`, and its byte stride.
-            let a_panel = |i0: usize| -> (*const u8, usize) {
+            let a_panel = |i0: usize, s0: usize, chunk: usize| -> (*const u8, usize) {
                 if !a_in_place {
-                    (ap.add(i0 * kp * 2).cast_const(), kp * 2)
+                    // Chunk-major: the chunk of steps s0.. is an mp x (chunk*32) block at mp*s0*32 elements.
+                    (ap.add((mp * s0 * 32 + i0 * chunk * 32) * 2).cast_const(), chunk * 64)
                 } else if i0 + 16 <= m {
-                    (x.a.add(i0 * x.lda * 2), x.lda * 2)
+                    (x.a.add(i0 * x.lda * 2 + s0 * 64), x.lda * 2)
                 } else {
-                    (ap.cast_const(), kp * 2)
+                    (ap.add(s0 * 64).cast_const(), kp * 2)
                 }
             };
             let c_tile = |i0: usize, j0: usize, slot: usize| CTile {
@@ -1601,10 +1629,10 @@ mod amx {
             // Spread over every k step of the blocks of the second and later row pairs, in all k chunks.
             let pf_per_step = pf_lines.div_ceil(((row_pairs - 1) * n.div_ceil(32) * steps).max(1));
             let mut pf_next = 0;
-            // k in chunks of KC_STEPS steps, so a block's A and B panels stay in L1 (C is reloaded per chunk).
+            // k in chunks of KC_STEPS steps, so a block's A panels stay in L1 (C is reloaded per chunk).
             let mut s0 = 0;
             loop {
-                let chunk = (steps - s0).min(KC_STEPS);
+                let chunk = (steps - s0).min(kc);
                 let acc = x.accumulate || s0 > 0;
                 let mut i0 = 0;
                 while i0 < m {
@@ -1617,10 +1645,8 @@ mod amx {
                             bp.add(q * kp * 32 + s0 * 1024).cast_const(),
                             bp.add((q + tn - 1) * kp * 32 + s0 * 1024).cast_const(),
                         ];
-                        let (a0, a_stride) = a_panel(i0);
-                        let a0 = a0.add(s0 * 64);
-                        let (a1, a1_stride) = a_panel(i0 + 16 * (tm - 1));
-                        let a1 = a1.add(s0 * 64);
+                        let (a0, a_stride) = a_panel(i0, s0, chunk);
+                        let (a1, a1_stride) = a_panel(i0 + 16 * (tm - 1), s0, chunk);
                         let ct = [
                             [c_tile(i0, j0, 0), c_tile(i0, j0 + 16, 1)],
                             [c_tile(i0 + 16, j0, 2), c_tile(i0 + 16, j0 + 16, 3)],
@@ -2186,6 +2212,82 @@ mod tests {
         }
         clear_b_cache();
         assert_eq!(run(&a, 8), reference(&a, 8), "after clearing, the new contents");
+    }
+
+    /// Calls deeper than one k chunk of the AMX path (512): `a` packed chunk by chunk (a wide `a`, so not
+    /// read in place), partial last chunks and k steps, partial tile rows and columns, with and without
+    /// accumulation, and kept packings (`kc_mmad`'s bits 1 and 2) of such an `a` and `b`.
+    #[test]
+    fn host_mmad_amx_long_k() {
+        let mut rng = SmallRng::seed_from_u64(13);
+        for path in Path::ALL {
+            if !available(path) {
+                continue;
+            }
+            for &(m, k, n) in &[(1, 513, 16), (17, 544, 33), (40, 1000, 20), (64, 1056, 48), (33, 1100, 17)] {
+                for (pad, acc) in [(0, false), (3, true)] {
+                    check(path, &mut rng, (m, k, n), Dtype::Bf16, Dtype::Bf16, pad, acc);
+                }
+            }
+        }
+        // Kept packings: the same call twice in a launch (the second finds both operands packed).
+        let (m, k, n) = (40usize, 1100usize, 40usize);
+        let a = Mat::random(&mut rng, Dtype::Bf16, m * k);
+        let b = Mat::random(&mut rng, Dtype::Bf16, k * n);
+        let mut want = vec![0f32; m * n];
+        mmad_with(Path::Portable, a.operand(), k, b.operand(), n, &mut want, n, (m, k, n), false);
+        clear_b_cache();
+        for round in 0..2 {
+            let mut c = vec![0f32; m * n];
+            // SAFETY: the blocks are the vectors' whole contents.
+            unsafe {
+                kc_mmad(
+                    a.bf16s.as_ptr().cast(),
+                    1,
+                    k as i64,
+                    b.bf16s.as_ptr().cast(),
+                    1,
+                    n as i64,
+                    c.as_mut_ptr(),
+                    n as i64,
+                    m as i64,
+                    k as i64,
+                    n as i64,
+                    6,
+                )
+            };
+            for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                assert!((got - w).abs() <= 1e-3 * (1.0 + w.abs()), "round {round}: c[{i}] = {got}, want {w}");
+            }
+        }
+        clear_b_cache();
+    }
+
+    /// On the AMX path a call's result does not depend on how k is split into calls: one call of k = 1024
+    /// gives the bits of two of 512 or four of 256 accumulating into `c` (the accumulators go through `c`
+    /// exactly, in f32, between chunks and calls). So the host tiling's k step (`matmul_bk`) changes no
+    /// result bit.
+    #[test]
+    fn host_mmad_amx_k_split_same_bits() {
+        if !available(Path::Amx) {
+            return;
+        }
+        let mut rng = SmallRng::seed_from_u64(17);
+        let (m, k, n) = (48usize, 1024usize, 80usize);
+        let a = Mat::random(&mut rng, Dtype::Bf16, m * k);
+        let b = Mat::random(&mut rng, Dtype::Bf16, k * n);
+        let run = |step: usize| -> Vec<u32> {
+            let mut c = vec![0f32; m * n];
+            for k0 in (0..k).step_by(step) {
+                let a_win = Operand::Bf16(&a.bf16s[k0..]);
+                let b_win = Operand::Bf16(&b.bf16s[k0 * n..]);
+                mmad_with(Path::Amx, a_win, k, b_win, n, &mut c, n, (m, step, n), k0 > 0);
+            }
+            c.iter().map(|v| v.to_bits()).collect()
+        };
+        let whole = run(1024);
+        assert_eq!(run(512), whole, "two calls of 512");
+        assert_eq!(run(256), whole, "four calls of 256");
     }
 
     /// The arena of kept packings: entries are 64-byte aligned, do not overlap, fill a chunk before the next

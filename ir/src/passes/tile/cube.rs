@@ -118,7 +118,7 @@ impl Blocks {
 }
 
 /// The candidate tilings of an `m × n × k` matmul with `esize`-byte inputs that fit the target: base blocks
-/// from 16 up to 256 (bm, bn) and 256 (bk) within L0A/L0B (two slots each) and L0C (one or two slots),
+/// from 16 up to 256 (bm, bn) and the target's `matmul_bk` (bk: 256 by default, 512 on the host) within L0A/L0B (two slots each) and L0C (one or two slots),
 /// L1 depths `kf` (multiples of `bk`, two slots of both operands within L1). Sizes past the (padded)
 /// problem are not tried.
 pub fn candidates(target: &Target, m: i64, n: i64, k: i64, esize: i64) -> Vec<Blocks> {
@@ -131,8 +131,9 @@ pub fn candidates(target: &Target, m: i64, n: i64, k: i64, esize: i64) -> Vec<Bl
         return Vec::new();
     };
     let r16 = |x: i64| (x.max(1) + 15) / 16 * 16;
+    let bk_top = target.matmul_bk.map_or(256, |x| i64::from(x).max(16));
     let sizes = |limit: i64, top: i64| -> Vec<i64> {
-        let mut v: Vec<i64> = [16, 32, 64, 128, 192, 256].into_iter().filter(|x| *x <= top).collect();
+        let mut v: Vec<i64> = [16, 32, 64, 128, 192, 256, 512].into_iter().filter(|x| *x <= top).collect();
         let cap = r16(limit);
         v.retain(|x| *x <= cap);
         if cap < top && !v.contains(&cap) {
@@ -148,7 +149,7 @@ pub fn candidates(target: &Target, m: i64, n: i64, k: i64, esize: i64) -> Vec<Bl
                 if bm * bn * 4 * l0c_slots as i64 > l0c {
                     continue;
                 }
-                for bk in sizes(k, 256).into_iter().filter(|x| *x >= 32 || k <= 16) {
+                for bk in sizes(k, bk_top).into_iter().filter(|x| *x >= 32 || k <= 16) {
                     if bm * bk * esize * 2 > l0a || bk * bn * esize * 2 > l0b {
                         continue;
                     }
