@@ -3,7 +3,9 @@
 //! 256 (`BK=512`: of 512, as the host tiling's; `BK=256,512`: both, in alternating launches) read in place
 //! from GM with the "does not change" bits set (so the packed operands are kept for the launch), the caches
 //! cleared per launch as the executor does. Prints the best and the median launch time (thread CPU time) of
-//! `ROUNDS` (7) and their TFLOP/s (the C conversion to bf16 not included).
+//! `ROUNDS` (7) and their TFLOP/s (the C conversion to bf16 not included, unless `COPY=1`: each finished
+//! block is then rounded into an `M × N` bf16 output inside the time). `CSLOTS=1,2`: consecutive blocks of C
+//! in one area, or alternating between two (the tiling's two L0C slots), timed alternately.
 //! Run with `cargo run --release -p kc-runtime --example mmad_launch [M K N]`.
 
 use kc_runtime::host::mmad::{clear_b_cache, kc_mmad};
@@ -40,20 +42,30 @@ fn main() {
     let (bm, bn) = (blk("BM", 256), blk("BN", 256));
     // 64-byte aligned, as the executor's buffers (a `Vec` of this size starts 16 bytes into a page, and every
     // tile row of C then straddles two lines).
-    let mut c_vec = vec![0f32; bm * bn + 16];
+    // CSLOTS=2: consecutive blocks of C alternate between two areas (the tiling's two L0C slots).
+    let cslots_list: Vec<usize> = std::env::var("CSLOTS")
+        .ok()
+        .map(|v| v.split(',').map(|x| x.parse::<usize>().expect("CSLOTS=n,...").max(1)).collect())
+        .unwrap_or_else(|| vec![1]);
+    let cslots = *cslots_list.iter().max().expect("a slot count");
+    // COPY=1: each finished block is rounded to bf16 into an M × N output (the FixPipe copy), in the time.
+    let copy_out = std::env::var("COPY").is_ok_and(|v| v == "1");
+    let mut out = vec![0u16; if copy_out { m * n } else { 0 }];
+    let mut c_vec = vec![0f32; bm * bn * cslots + 16];
     let c_off = c_vec.as_ptr().align_offset(64);
     // HUGEC=1: C in a 2 MiB-aligned buffer backed by a huge page (as the executor's scratch is not).
     let huge_c = std::env::var("HUGEC").is_ok();
     let c: &mut [f32] = if huge_c {
-        let layout = std::alloc::Layout::from_size_align((bm * bn * 4).div_ceil(2 << 20) * (2 << 20), 2 << 20).unwrap();
+        let layout =
+            std::alloc::Layout::from_size_align((bm * bn * cslots * 4).div_ceil(2 << 20) * (2 << 20), 2 << 20).unwrap();
         // SAFETY: a non-zero size; the memory is zeroed, so valid f32s; leaked on purpose.
         unsafe {
             let p = std::alloc::alloc_zeroed(layout);
             madvise(p.cast(), layout.size(), 14);
-            std::slice::from_raw_parts_mut(p.cast(), bm * bn)
+            std::slice::from_raw_parts_mut(p.cast(), bm * bn * cslots)
         }
     } else {
-        &mut c_vec[c_off..c_off + bm * bn]
+        &mut c_vec[c_off..c_off + bm * bn * cslots]
     };
     // SAME=1: every block reads the first column window of B (kept packed: the kernel's speed in cache).
     let same_env = std::env::var("SAME").unwrap_or_default();
@@ -71,18 +83,21 @@ fn main() {
     };
     let mut sink = 0f32;
     // BK=256,512: the k windows of the calls; several sizes are timed in alternating launches.
-    let variants: Vec<usize> = std::env::var("BK")
+    let bks: Vec<usize> = std::env::var("BK")
         .ok()
         .map(|v| v.split(',').map(|x| x.parse().expect("BK=size,...")).collect())
         .unwrap_or_else(|| vec![256]);
+    // Every (k window, C slots) pair, timed in alternating launches.
+    let variants: Vec<(usize, usize)> = bks.iter().flat_map(|&b| cslots_list.iter().map(move |&s| (b, s))).collect();
     let rounds = blk("ROUNDS", 7);
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for r in 0..rounds * variants.len() {
         let vi = r % variants.len();
-        let bk = variants[vi];
+        let (bk, cslots) = variants[vi];
         clear_b_cache();
         let t = cpu_time();
-        for &(m0, n0) in &order {
+        for (bi, &(m0, n0)) in order.iter().enumerate() {
+            let c = &mut c[(bi % cslots) * bm * bn..][..bm * bn];
             {
                 let (rows, cols) = ((m - m0).min(bm), (n - n0).min(bn));
                 for k0 in (0..k).step_by(bk) {
@@ -107,6 +122,14 @@ fn main() {
                     };
                 }
                 sink += c[0];
+                if copy_out {
+                    for i in 0..rows {
+                        let (src, dst) = (&c[i * bn..i * bn + cols], &mut out[(m0 + i) * n + n0..][..cols]);
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d = (s.to_bits() >> 16) as u16;
+                        }
+                    }
+                }
             }
         }
         times[vi].push(cpu_time() - t);
@@ -116,7 +139,7 @@ fn main() {
         t.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let (best, med) = (t[0], t[t.len() / 2]);
         println!(
-            "M={m} K={k} N={n} BK={v}: best {:.2} ms median {:.2} ({:.3} / {:.3} TFLOP/s) (sink {sink})",
+            "M={m} K={k} N={n} (BK, CSLOTS)={v:?}: best {:.2} ms median {:.2} ({:.3} / {:.3} TFLOP/s) (sink {sink})",
             best * 1e3,
             med * 1e3,
             flops / best / 1e12,
