@@ -17,7 +17,9 @@
 //!    loop of column copies (`for j in 0..hi { copy slot(j) -> .., rows × 1 }`, the tiler's transposing
 //!    loads) that reads column `j` of the copied window (`hi` its columns, `rows` its rows) or row `j` as a
 //!    column (`hi` its rows, `rows` its columns), the sizes compared as written and unchanged since the
-//!    copy: the loop reads GM, and the copy into L1 goes. A tensor that only the partner program writes
+//!    copy, or column `e + j` (the host's L0 k steps inside one L1 load) with `e` provably at least 0 and
+//!    `hi` provably `min(c, cols - e)` (see `L1::translate_column`): the loop reads GM, and the copy into L1
+//!    goes. A tensor that only the partner program writes
 //!    (attention's P, the backward's feeds) is forwarded the same way up to a `CrossWait` (see level 3).
 //!    Writes into another slot of the buffer (a different constant slot) do not end the forwarding, and a
 //!    copy at the end of the body of an `if C` is forwarded into later `if C` statements of the enclosing
