@@ -17,7 +17,9 @@
 //!    loop of column copies (`for j in 0..hi { copy slot(j) -> .., rows × 1 }`, the tiler's transposing
 //!    loads) that reads column `j` of the copied window (`hi` its columns, `rows` its rows) or row `j` as a
 //!    column (`hi` its rows, `rows` its columns), the sizes compared as written and unchanged since the
-//!    copy: the loop reads GM, and the copy into L1 goes. A tensor that only the partner program writes
+//!    copy, or column `e + j` (the host's L0 k steps inside one L1 load) with `e` provably at least 0 and
+//!    `hi` provably `min(c, cols - e)` (see `L1::translate_column`): the loop reads GM, and the copy into L1
+//!    goes. A tensor that only the partner program writes
 //!    (attention's P, the backward's feeds) is forwarded the same way up to a `CrossWait` (see level 3).
 //!    Writes into another slot of the buffer (a different constant slot) do not end the forwarding, and a
 //!    copy at the end of the body of an `if C` is forwarded into later `if C` statements of the enclosing
@@ -778,16 +780,68 @@ impl Walk for L1<'_> {
 
     /// Rewrites the mmad operands that read the slot, and the sources of column-copy loops that read it.
     fn rewrite(&self, s: &mut Stmt) {
+        self.rewrite_in(s, &BTreeSet::new(), &Defs::default());
+    }
+}
+
+/// The registers a statement list has assigned so far (`var = value`, `value` reading no buffer), while no
+/// later statement of the list assigned `var` or a register `value` reads: at this point of the list each
+/// such register holds its `value`, evaluated now.
+#[derive(Default, Clone)]
+struct Defs(Vec<(SVar, SExpr)>);
+
+impl Defs {
+    /// After statement `s` of the list: drops what `s` invalidates and records what it assigns.
+    fn after(&mut self, s: &Stmt) {
+        let mut set = BTreeSet::new();
+        sets(s, &mut set);
+        self.0.retain(|(v, e)| {
+            let mut used = BTreeSet::new();
+            svars(e, &mut used);
+            !set.contains(v) && used.is_disjoint(&set)
+        });
+        if let Stmt::Set { var, value } = s {
+            let mut used = BTreeSet::new();
+            svars(value, &mut used);
+            if !has_read(value) && !used.contains(var) {
+                self.0.push((*var, value.clone()));
+            }
+        }
+    }
+
+    /// What `e` equals at this point: `e`, or the value of the register it is.
+    fn value<'e>(&'e self, e: &'e SExpr) -> &'e SExpr {
+        match e {
+            SExpr::Var(v) => self.0.iter().rev().find(|(w, _)| w == v).map_or(e, |(_, x)| x),
+            _ => e,
+        }
+    }
+}
+
+impl L1<'_> {
+    /// [`Walk::rewrite`] with what holds at `s`: `nonneg`, registers that are at least 0 there (the
+    /// variables of the enclosing loops from a constant `lo >= 0` upward, which their bodies do not assign),
+    /// and `defs`, the values of the registers that `s`'s list assigned before it.
+    fn rewrite_in(&self, s: &mut Stmt, nonneg: &BTreeSet<SVar>, defs: &Defs) {
         if let Stmt::For { var, lo, hi, step: 1, body } = s {
             if let [Stmt::Copy { src, rows, cols: SExpr::Const(1), .. }] = &mut body[..] {
-                if let Some(g) = self.translate_column(*var, lo, hi, src, rows) {
+                if let Some(g) = self.translate_column(*var, lo, hi, src, rows, nonneg, defs) {
                     *src = g;
                     return;
                 }
             }
         }
         match s {
-            Stmt::For { body, .. } | Stmt::If { then: body, .. } => body.iter_mut().for_each(|t| self.rewrite(t)),
+            Stmt::For { var, lo, step, body, .. } => {
+                let mut inner = nonneg.clone();
+                let mut set = BTreeSet::new();
+                body.iter().for_each(|t| sets(t, &mut set));
+                if *step > 0 && matches!(lo, SExpr::Const(c) if *c >= 0) && !set.contains(var) {
+                    inner.insert(*var);
+                }
+                self.rewrite_list(body, &inner);
+            }
+            Stmt::If { then, .. } => self.rewrite_list(then, nonneg),
             Stmt::Mmad { a, b, .. } => {
                 for op in [a, b] {
                     if let Some(r) = self.translate(op) {
@@ -796,6 +850,15 @@ impl Walk for L1<'_> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Rewrites the statements of a loop or branch body in order, following the registers it assigns.
+    fn rewrite_list(&self, body: &mut [Stmt], nonneg: &BTreeSet<SVar>) {
+        let mut defs = Defs::default();
+        for t in body.iter_mut() {
+            self.rewrite_in(t, nonneg, &defs);
+            defs.after(t);
         }
     }
 }
@@ -809,7 +872,22 @@ impl L1<'_> {
     /// `(var, r)`) of the copied window, which holds that element of the GM source. The sizes are compared
     /// as written, so they must still hold (no register they read assigned since the copy), and the loop
     /// variable must start at 0.
-    fn translate_column(&self, var: SVar, lo: &SExpr, hi: &SExpr, r: &Region, rows: &SExpr) -> Option<Region> {
+    ///
+    /// A column read may also start `e` columns into the window (`src` at offset `e + var`, the tiler's
+    /// k steps of L0 inside one L1 load): then `e` must be a constant >= 0 or a register in `nonneg`, and
+    /// `hi` be (or be a register `defs` says holds) `min(c, cols - e)` with `cols` the copy's columns, so
+    /// that every column read, `e + var` for `0 <= var < hi`, lies in `[0, cols)`.
+    #[allow(clippy::too_many_arguments)]
+    fn translate_column(
+        &self,
+        var: SVar,
+        lo: &SExpr,
+        hi: &SExpr,
+        r: &Region,
+        rows: &SExpr,
+        nonneg: &BTreeSet<SVar>,
+        defs: &Defs,
+    ) -> Option<Region> {
         let Loc::Buf { buf, slot } = &r.loc else { return None };
         if *buf != self.y || slot != self.slot || *lo != SExpr::Const(0) || !self.sizes_held.get() {
             return None;
@@ -834,6 +912,37 @@ impl L1<'_> {
                 loc: self.src.loc.clone(),
                 offset: add(&self.src.offset, mul(v, &self.src.row_stride)),
                 row_stride: SExpr::Const(1),
+            })
+        } else if r.row_stride == *self.stride && rows == crows {
+            // `e + var` (either way round), `e` not reading `var`, at least 0.
+            let SExpr::Bin(kc_ir::tile::SBin::Add, x, y) = &r.offset else { return None };
+            let e = if **x == v {
+                &**y
+            } else if **y == v {
+                &**x
+            } else {
+                return None;
+            };
+            let mut used = BTreeSet::new();
+            svars(e, &mut used);
+            let e_nonneg = match e {
+                SExpr::Const(c) => *c >= 0,
+                SExpr::Var(w) => nonneg.contains(w),
+                _ => false,
+            };
+            if used.contains(&var) || has_read(e) || !e_nonneg {
+                return None;
+            }
+            // `hi` = `min(c, cols - e)`: `e + var < e + hi <= cols`.
+            let SExpr::Bin(kc_ir::tile::SBin::Min, m1, m2) = defs.value(hi) else { return None };
+            let bound = |m: &SExpr| matches!(m, SExpr::Bin(kc_ir::tile::SBin::Sub, c, d) if **c == *ccols && **d == *e);
+            if !bound(m1) && !bound(m2) {
+                return None;
+            }
+            Some(Region {
+                loc: self.src.loc.clone(),
+                offset: add(&self.src.offset, r.offset.clone()),
+                row_stride: self.src.row_stride.clone(),
             })
         } else {
             None
@@ -2514,6 +2623,73 @@ mod tests {
             let out = forward(&p, &l, &l.cube);
             let src = loop_source(&out).expect("the loop");
             assert!(matches!(src.loc, Loc::Buf { .. }), "lo {lo}, hi {hi:?}: {out:#?}");
+        }
+    }
+
+    /// A cube launch: `x: f32[8, 16]` (t0) copied whole into L1 buffer 0, then `for k in klo..16 step 8 {
+    /// kl = kl_value; mid; for j in 0..kl { column k + j of it -> row j of buffer 1 } }` (the tiler's L0
+    /// k steps inside one L1 load; `k` is register 2, `kl` register 3).
+    fn column_steps(klo: i64, kl_value: SExpr, mid: Vec<Stmt>) -> (TileProgram, Launch) {
+        let (mut p, mut l) = column_loop(vec![], 0, SExpr::Const(16), false);
+        let add = |a: SExpr, b: SExpr| SExpr::Bin(SBin::Add, Box::new(a), Box::new(b));
+        let mul = |a: SExpr, k: i64| SExpr::Bin(SBin::Mul, Box::new(a), Box::new(SExpr::Const(k)));
+        let pos = l.cube.iter().position(|s| matches!(s, Stmt::For { .. })).expect("the loop");
+        let mut inner = vec![Stmt::Set { var: SVar(3), value: kl_value }];
+        inner.extend(mid);
+        inner.push(Stmt::For {
+            var: SVar(0),
+            lo: SExpr::Const(0),
+            hi: var(3),
+            step: 1,
+            body: vec![Stmt::Copy {
+                pipe: Pipe::Mte1,
+                src: buf_at(0, add(var(2), var(0)), 16),
+                dst: buf_at(1, mul(var(0), 16), 1),
+                rows: var(1),
+                cols: SExpr::Const(1),
+            }],
+        });
+        l.cube[pos] = Stmt::For { var: SVar(2), lo: SExpr::Const(klo), hi: SExpr::Const(16), step: 8, body: inner };
+        p.launches = vec![l.clone()];
+        (p, l)
+    }
+
+    /// The source of the innermost loop's column copy.
+    fn inner_source(body: &[Stmt]) -> Option<&Region> {
+        body.iter().find_map(|s| match s {
+            Stmt::For { body, .. } => match &body[..] {
+                [Stmt::Copy { src, .. }] => Some(src),
+                _ => inner_source(body),
+            },
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn column_copy_loops_inside_the_copied_columns_read_gm() {
+        let min = |a: SExpr, b: SExpr| SExpr::Bin(SBin::Min, Box::new(a), Box::new(b));
+        let sub = |a: SExpr, b: SExpr| SExpr::Bin(SBin::Sub, Box::new(a), Box::new(b));
+        // `kl = min(8, 16 - k)`: columns `k + j < 16`, inside the copy's 16.
+        let kl = min(SExpr::Const(8), sub(SExpr::Const(16), var(2)));
+        let (p, l) = column_steps(0, kl.clone(), vec![]);
+        let out = forward(&p, &l, &l.cube);
+        let src = inner_source(&out).expect("the loop");
+        assert!(matches!(src.loc, Loc::Gm(TensorId(0))), "{out:#?}");
+        assert_eq!(src.row_stride, SExpr::Const(16));
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte2, .. })), 0, "{out:#?}");
+        // Not when the bound is not proven: `kl` without `- k`, `kl` or `k` assigned again before the loop, or
+        // `k` possibly negative.
+        let cases = [
+            (0, min(SExpr::Const(8), SExpr::Const(16)), vec![]),
+            (0, kl.clone(), vec![Stmt::Set { var: SVar(3), value: SExpr::Const(16) }]),
+            (0, kl.clone(), vec![Stmt::Set { var: SVar(2), value: SExpr::Const(8) }]),
+            (-8, kl.clone(), vec![]),
+        ];
+        for (klo, kl, mid) in cases {
+            let (p, l) = column_steps(klo, kl.clone(), mid.clone());
+            let out = forward(&p, &l, &l.cube);
+            let src = inner_source(&out).expect("the loop");
+            assert!(matches!(src.loc, Loc::Buf { .. }), "klo {klo}, kl {kl:?}, mid {mid:?}: {out:#?}");
         }
     }
 

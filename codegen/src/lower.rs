@@ -1599,7 +1599,8 @@ enum RowForm<'e> {
     /// `src op s`, or `s op src` (`swap`), `op` one of `+ - * /`, into `f32` or bf16:
     /// [`rowmath::kc_rt_row_scalar`].
     Scalar { src: &'e Region, s: &'e VExpr, op: BinOp, swap: bool },
-    /// `src · s + add` (or `s · src + add`: `swap`), all `f32`: [`rowmath::kc_rt_row_axpy`].
+    /// `src · s + add` (or `s · src + add`: `swap`), `add` `f32`, `src` `f32` or bf16, into `f32` or bf16:
+    /// [`rowmath::kc_rt_row_axpy`].
     Axpy { src: &'e Region, s: &'e VExpr, add: &'e Region, swap: bool },
     /// `silu(src) · add`, both `f32`, into `f32` or bf16 (SwiGLU's gate): [`rowmath::kc_rt_row_silu_mul`].
     SiluMul { src: &'e Region, add: &'e Region },
@@ -1659,15 +1660,15 @@ fn f32_read<'e>(prog: &TileProgram, l: &Launch, e: &'e VExpr) -> Option<&'e Regi
     float_read(prog, l, e).filter(|r| region_dtype(prog, l, r) == Some(DType::F32))
 }
 
-/// `m + y` as [`RowForm::Axpy`]: `m` is `x · s` or `s · x`, `x` and `y` element reads of `f32` regions, `s`
-/// row-invariant.
+/// `m + y` as [`RowForm::Axpy`]: `m` is `x · s` or `s · x`, `x` an element read of an `f32` or bf16 region,
+/// `y` one of an `f32` region, `s` row-invariant.
 fn axpy_form<'e>(prog: &TileProgram, l: &Launch, m: &'e VExpr, y: &'e VExpr) -> Option<RowForm<'e>> {
-    let f32_read = |e: &'e VExpr| f32_read(prog, l, e);
-    let add = f32_read(y)?;
+    let add = f32_read(prog, l, y)?;
+    let float_read = |e: &'e VExpr| float_read(prog, l, e);
     let VExpr::Binary(BinOp::Mul, a, b) = m else { return None };
-    if let (Some(src), true) = (f32_read(a), row_float(prog, l, b)) {
+    if let (Some(src), true) = (float_read(a), row_float(prog, l, b)) {
         Some(RowForm::Axpy { src, s: b, add, swap: false })
-    } else if let (true, Some(src)) = (row_float(prog, l, a), f32_read(b)) {
+    } else if let (true, Some(src)) = (row_float(prog, l, a), float_read(b)) {
         Some(RowForm::Axpy { src, s: a, add, swap: true })
     } else {
         None
@@ -1694,7 +1695,7 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
         VExpr::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div), a, b)
             if matches!(ddt, DType::F32 | DType::BF16) =>
         {
-            let axpy = (*op == BinOp::Add && ddt == DType::F32).then(|| axpy_form(prog, l, a, b)).flatten();
+            let axpy = (*op == BinOp::Add).then(|| axpy_form(prog, l, a, b)).flatten();
             if let Some(form) = axpy {
                 form
             } else if let (Some(src), true) = (float_read(prog, l, a), row_float(prog, l, b)) {
@@ -2296,7 +2297,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     };
                     let Some(add) = &add else { return Err(g.err("a row update without its addend")) };
                     let pa = g.elem_addr(add, Some(r), None);
-                    let flags = g.iconst(if *swap { rowmath::ROW_SWAP } else { 0 });
+                    let mut f = if *swap { rowmath::ROW_SWAP } else { 0 };
+                    if src.dtype == DType::BF16 {
+                        f |= rowmath::ROW_SRC_BF16;
+                    }
+                    if d.dtype == DType::BF16 {
+                        f |= rowmath::ROW_DST_BF16;
+                    }
+                    let flags = g.iconst(f);
                     g.call("kc_rt_row_axpy", &[pd, ps, pa, flags, sv, cols]);
                 }
                 RowForm::SiluMul { .. } => {
@@ -3280,11 +3288,16 @@ mod tests {
         assert!(row_form(&prog, &l2, &ub(1, 0), &bin(BinOp::Div, x(), row())).is_some());
         // A gate into bf16: the routine rounds.
         assert!(row_form(&prog, &l2, &ub(1, 0), &bin(BinOp::Mul, silu(x()), y())).is_some());
-        // Only f32 rows in a row update.
-        assert!(row_form(&prog, &l2, &ub(1, 0), &bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())).is_none());
+        // A row update into bf16 or from a bf16 source (Muon's `x = 3.4445 · x + b·x`): the routine widens and
+        // rounds; not with a bf16 addend.
+        let update = bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y());
+        assert!(matches!(row_form(&prog, &l2, &ub(1, 0), &update), Some(RowForm::Axpy { .. })));
         let mut l3 = l.clone();
         l3.buffers[0].dtype = DType::BF16;
-        assert!(row_form(&prog, &l3, &ub(1, 0), &bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())).is_none());
+        assert!(matches!(row_form(&prog, &l3, &ub(1, 0), &update), Some(RowForm::Axpy { .. })));
+        let mut l4 = l.clone();
+        l4.buffers[2].dtype = DType::BF16;
+        assert!(row_form(&prog, &l4, &ub(1, 0), &update).is_none());
     }
 
     #[test]

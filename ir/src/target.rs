@@ -89,6 +89,14 @@ pub struct Target {
     /// is one mmad that reads them in place.
     #[serde(default)]
     pub score_whole_diag: bool,
+    /// Without a mask, the score template deals each cube core consecutive tasks (core `c` of `cubes` takes
+    /// tasks `c·r .. (c+1)·r`, `r` rounds: one batch's i-blocks, then the next batch's, which shares its K
+    /// and V when the heads are grouped) instead of every `cubes`-th task (default false: the cores at one
+    /// time work on neighbouring i-blocks of the same batches, whose K and V an NPU's shared L2 holds once).
+    /// On the host a thread runs one core's tasks after another and its mmad keeps the K and V blocks it
+    /// packed (a few dozen: the blocks of one or two heads), which every `cubes`-th task would not find.
+    #[serde(default)]
+    pub score_blocked_tasks: bool,
     pub memory: Vec<Memory>,
     pub cube: Cube,
     pub vector: Vector,

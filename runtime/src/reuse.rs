@@ -32,7 +32,9 @@
 //! A program the walk cannot follow (a scalar read of data: data-dependent control or addressing, or
 //! more than [`MAX_STEPS`] statements) gets the empty plan: every buffer zeroed, no tensor kept (a read in
 //! the control is found before the walk: [`crate::inplace::control_reads_data`]). A tensor
-//! whose in-launch orderings would cost more than [`MAX_CHECKS`] comparisons is not kept.
+//! whose in-launch orderings would cost more than [`MAX_CHECKS`] comparisons is not kept (each read is
+//! compared with the writes that meet it, found by their windows: attention's workspaces, up to half a
+//! million row windows each at the benchmark's size, take a few million).
 
 use crate::inplace::{control_reads_data, insert, vreads, Compiled, ProgramWalk, Regs};
 use crate::native::CROSS_FLAGS;
@@ -43,7 +45,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The most statements the walk executes.
 pub const MAX_STEPS: u64 = 1 << 23;
-/// The most (read, write) comparisons the in-launch ordering checks make.
+/// The most look-ups and (read, write) comparisons the in-launch ordering checks make.
 pub const MAX_CHECKS: u64 = 1 << 26;
 /// The largest buffer slot, and the largest copy into one, whose elements a walk following the control's
 /// reads of data tracks.
@@ -334,22 +336,8 @@ fn walk<'p>(
         for t in 0..n {
             let gaps = std::mem::take(&mut w.gaps[t]);
             let writes = std::mem::take(&mut w.writes[t]);
-            if w.keep[t] && !gaps.is_empty() {
-                checks = checks.saturating_add(gaps.len() as u64 * writes.len() as u64);
-                if checks > MAX_CHECKS {
-                    w.keep[t] = false;
-                } else {
-                    for g in &gaps {
-                        let mut set = BTreeMap::new();
-                        for x in writes.iter().filter(|x| w.ordered(x, g)) {
-                            insert(&mut set, x.3, x.4);
-                        }
-                        if !covers(&set, g.3, g.4) {
-                            w.keep[t] = false;
-                            break;
-                        }
-                    }
-                }
+            if w.keep[t] && !gaps.is_empty() && !w.written_first(&writes, &gaps, &mut checks) {
+                w.keep[t] = false;
             }
             for x in &writes {
                 insert(&mut w.before[t], x.3, x.4);
@@ -370,6 +358,51 @@ fn walk<'p>(
 }
 
 impl Walk<'_> {
+    /// Whether every gap (`gaps`: the parts of reads no earlier launch wrote) is covered by `writes` of
+    /// this launch that come before it in every schedule ([`Walk::ordered`]). Only the writes that meet a
+    /// gap can cover any of it, so the writes are indexed by their window (start, end): a gap `[a, e)`
+    /// looks at the windows starting in `[a - longest, e)`, and at the writes of each until one is ordered
+    /// before it (the window is then covered). `checks` counts the look-ups and comparisons, across the
+    /// tensors of the walk: past [`MAX_CHECKS`] the tensor is not proven (false).
+    fn written_first(&self, writes: &[Span], gaps: &[Span], checks: &mut u64) -> bool {
+        let mut windows: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+        let mut longest = 0;
+        for (i, x) in writes.iter().enumerate() {
+            windows.entry((x.3, x.4)).or_default().push(i);
+            longest = longest.max(x.4 - x.3);
+        }
+        *checks = checks.saturating_add(writes.len() as u64);
+        for g in gaps {
+            let mut set = BTreeMap::new();
+            for (&(a, e), xs) in windows.range((g.3.saturating_sub(longest), 0)..(g.4, 0)) {
+                *checks = checks.saturating_add(1);
+                if *checks > MAX_CHECKS {
+                    return false;
+                }
+                if e <= g.3 {
+                    continue;
+                }
+                for &i in xs {
+                    *checks = checks.saturating_add(1);
+                    if *checks > MAX_CHECKS {
+                        return false;
+                    }
+                    if self.ordered(&writes[i], g) {
+                        insert(&mut set, a, e);
+                        break;
+                    }
+                }
+                if covers(&set, g.3, g.4) {
+                    break;
+                }
+            }
+            if !covers(&set, g.3, g.4) || *checks > MAX_CHECKS {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Whether write `x` comes before read `r` in every schedule of the launch.
     fn ordered(&self, x: &Span, r: &Span) -> bool {
         if x.0 == r.0 {

@@ -491,11 +491,13 @@ fn jit_row_routines_match_interpreter() {
                kernel smb(b: bf16[R, C]) -> y: bf16[R, C] { y = softmax(b, axis: -1); }\n\
                kernel lse(b: bf16[R, C]) -> y: f32[R] { y = logsumexp(b, axis: -1); }\n\
                kernel ops(x: f32[R, C], b: bf16[R, C], s: f32[R]) \
-               -> (p: f32[R, C], q: bf16[R, C], u: bf16[R, C], v: f32[R, C]) {\n\
+               -> (p: f32[R, C], q: bf16[R, C], u: bf16[R, C], v: f32[R, C], w: bf16[R, C], z: f32[R, C]) {\n\
                p[r, c] = x[r, c] / s[r];\n\
                q[r, c] = s[r] - b[r, c];\n\
                u[r, c] = b[r, c] * (s[r] + 1.0);\n\
                v[r, c] = (s[r] * 2.0) / x[r, c];\n\
+               w[r, c] = 3.4445 * b[r, c] + x[r, c];\n\
+               z[r, c] = b[r, c] * s[r] + x[r, c];\n\
                }\n\
                kernel sexp(b: bf16[R, C], s: f32[R], k: f32) -> e: f32[R, C] { e[r, c] = exp(k * b[r, c] - s[r]); }\n\
                kernel grad(b: bf16[R, C], t: i32[R]) -> d: bf16[R, C] {\n\

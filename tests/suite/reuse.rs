@@ -326,3 +326,39 @@ fn offsets_data<'a>(
     let t = tp.tensors.iter().position(|x| x.name == "offsets").expect("offsets");
     [(kc_ir::tile::TensorId(t as u32), &args.tensors["offsets"].data)].into_iter().collect()
 }
+
+/// Causal attention at a size where its workspaces hold tens of thousands of row windows (the hand-offs of
+/// S, P and P·V between a cube core and its vector cores): the proof compares each read with the writes
+/// that meet it, so every workspace is kept (a pairwise comparison of all reads with all writes gave up
+/// past its budget, and the workspaces, 38 MB at the benchmark's size, were zeroed on every call); the
+/// calls on poisoned reused memory give the fresh runs' bits.
+#[test]
+fn attention_keeps_its_workspaces() {
+    let g = common::compile_ok(common::kernel_path("attention")).kernels.remove(0);
+    let dims: BTreeMap<String, i64> = [("B", 1), ("H", 2), ("G", 1), ("S", 2048), ("T", 2048), ("D", 128)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let (_, tp, _) = tile_at(&g, &dims, &Target::builtin("host").expect("host"));
+    let code = kc_codegen::compile(&tp, &kc_codegen::Options::default()).expect("compiles");
+    code.poison_reused_memory();
+    let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+    let args = kc_runtime::random::random_args(&g, &given, 3).expect("args");
+    let want = fresh(&code, &tp, &g, &args, 1).expect("fresh run");
+    for threads in [1, 2, 1] {
+        let (got, _) = code.run(&tp, &g, &args, threads, &Limits::default()).expect("runs");
+        for ((name, w), (_, r)) in want.iter().zip(&got) {
+            common::assert_same_bits(&format!("{threads} threads: {name}"), w, r);
+        }
+        code.recycle(got);
+    }
+    let plan = code.reuse_plan_for(&tp, &g, &args);
+    let mut workspaces = 0;
+    for (t, x) in tp.tensors.iter().enumerate() {
+        if let TensorRole::Workspace { .. } = x.role {
+            workspaces += 1;
+            assert!(plan.keep[t], "`{}` is kept", x.name);
+        }
+    }
+    assert_eq!(workspaces, 3, "S, P and P·V go through workspaces");
+}

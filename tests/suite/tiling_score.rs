@@ -497,3 +497,56 @@ fn host_multiplies_diagonal_blocks_whole() {
         }
     }
 }
+
+/// Without a mask the host deals each cube core consecutive tasks (`score_blocked_tasks` in host.toml: a
+/// head's i-blocks in a row, so a thread's mmads find the K and V blocks they packed); the NPU targets keep
+/// dealing every `cubes`-th task. Either order computes every task once: the simulator and the JIT (1 and
+/// 2 threads) agree with the interpreter at shapes with fewer tasks than cores, with a partial last round,
+/// and with several rounds of tasks in flight.
+#[test]
+fn host_deals_consecutive_tasks_without_the_mask() {
+    let g = common::kernel("attention_full", "attention_full");
+    let host = Target::builtin("host").expect("host target");
+    assert!(host.score_blocked_tasks);
+    let mut npu = Target::builtin("ascend910b").expect("builtin target");
+    assert!(!npu.score_blocked_tasks);
+    let dealt = |tp: &TileProgram| {
+        let s = kc_ir::tile::print::print_program(tp);
+        s.contains("tk = core * ") && s.contains(" + task / ")
+    };
+    let shapes = [attn_dims(1, 2, 1, 40, 50, 16), attn_dims(2, 4, 2, 300, 260, 32), attn_dims(1, 8, 2, 520, 300, 16)];
+    for (seed, dims) in shapes.iter().enumerate() {
+        let args = args_for(&g, dims, 60 + seed as u64);
+        assert!(!dealt(&tiled(&g, &args, &npu)), "ascend910b, {dims:?}: tasks dealt round-robin");
+        npu.score_blocked_tasks = true;
+        let tp = tiled(&g, &args, &npu);
+        npu.score_blocked_tasks = false;
+        assert!(dealt(&tp), "ascend910b with the option, {dims:?}: consecutive tasks");
+        compare(&g, &tp, &args, &attn_tol);
+        let tp = tiled(&g, &args, &host);
+        assert!(dealt(&tp), "host, {dims:?}: consecutive tasks");
+        compare(&g, &tp, &args, &attn_tol);
+        let code = kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() })
+            .unwrap_or_else(|e| panic!("compile: {e:?}"));
+        let want = common::run(&g, &args);
+        for threads in [1, 2] {
+            let (got, _) = code
+                .run(&tp, &g, &args, threads, &kc_ir::interp::Limits::default())
+                .unwrap_or_else(|e| panic!("jit: {e:?}"));
+            for ((name, w), (_, j)) in want.iter().zip(&got) {
+                let (atol, rtol) = attn_tol(name);
+                for (i, (a, b)) in w.to_f64_vec().iter().zip(j.to_f64_vec()).enumerate() {
+                    assert!(
+                        (a - b).abs() <= atol + rtol * a.abs() || *a == b,
+                        "host, {threads} threads, {dims:?}: {name}[{i}]: interpreter {a}, jit {b}"
+                    );
+                }
+            }
+        }
+    }
+    // The causal kernel keeps its longest-first rounds on the host.
+    let causal = common::kernel("attention", "attention");
+    let args = args_for(&causal, &attn_dims(1, 4, 2, 300, 300, 32), 70);
+    let s = kc_ir::tile::print::print_program(&tiled(&causal, &args, &host));
+    assert!(!s.contains("tk = core * "), "causal: longest first");
+}

@@ -49,6 +49,12 @@ const LN2_C1: f32 = 0.693359375;
 #[allow(clippy::excessive_precision)]
 const LN2_C2: f32 = -2.12194440e-4;
 
+/// Arguments below this have `+0` for [`exp_f32`]: `x·log2(e)` rounds to `n ≤ -159`, and `p·2^n` with the
+/// polynomial's `p < 1.5` is below half the smallest subnormal. The AVX-512 `exp` does not compute them
+/// (`wide::exp16`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const EXP_ZERO_BELOW: f32 = -110.0;
+
 /// `e^x` by the operations of the JIT's inline `exp` (see the module documentation).
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
@@ -735,11 +741,21 @@ mod wide {
     /// rounds, to the same correctly rounded `p·2^n` (overflowing or underflowing alike); a NaN argument
     /// gives `p`'s NaN in both. `n` is the float `tm - MAGIC`, equal to the integer the scalar code extracts
     /// from `tm`'s bits. 15 vector instructions instead of 23; tested against the scalar formula.
+    ///
+    /// Lanes below [`super::EXP_ZERO_BELOW`] (a causal mask's `-inf` among them) are `+0` without the
+    /// `vscalefps`: they are computed from `0` and masked to zero, which is the formula's result for them
+    /// (`p·2^n` with `n ≤ -159` rounds to `+0`, [`super::exp_f32`] too), because an underflowing `vscalefps`
+    /// takes a microcode assist on Intel cores (about 60 times a normal one: a 16-lane `exp` of `-inf`s
+    /// measured 69 ns instead of 1.1) and masked-off lanes do not. Lanes whose result is subnormal (-104 to
+    /// -87) still take it: their bits need the instruction.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
     pub(super) fn exp16(x: __m512) -> __m512 {
-        // `max(-150, x)` keeps `x` unless `-150 > x`, and a NaN `x` (the second operand): `x < -150 ? -150 : x`.
-        let x = _mm512_max_ps(_mm512_set1_ps(-150.0), x);
+        // Not below the threshold, or a NaN (an unordered compare is true): the lanes computed.
+        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(super::EXP_ZERO_BELOW));
+        // `max(-150, x)` keeps `x` unless `-150 > x`, and a NaN `x` (the second operand): `x < -150 ? -150 : x`;
+        // the lanes not kept are 0 (any argument that does not underflow).
+        let x = _mm512_maskz_max_ps(keep, _mm512_set1_ps(-150.0), x);
         let x = _mm512_min_ps(_mm512_set1_ps(89.0), x);
         let magic = _mm512_set1_ps(super::MAGIC32);
         let tm = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), magic);
@@ -753,7 +769,7 @@ mod wide {
         let r2 = _mm512_mul_ps(r, r);
         let p = _mm512_fmadd_ps(p, r2, r);
         let p = _mm512_add_ps(p, _mm512_set1_ps(1.0));
-        _mm512_scalef_ps(p, nf)
+        _mm512_maskz_scalef_ps(keep, p, nf)
     }
 
     /// [`super::silu_f32`] on 16 lanes: the same operations in the same order (separate multiplications and
@@ -820,6 +836,41 @@ mod wide {
         }
         // SAFETY: forwarded from the caller, from element `i` on.
         unsafe { super::silu_mul_scalar::<BF>(dst, a, b, i, n) };
+    }
+
+    /// [`super::kc_rt_row_axpy`] with a bf16 source or destination on AVX-512: `src` widened ([`load16`]),
+    /// times `s`, plus `add`, stored as `f32` or rounded by [`bf16x16`] (the bits of the portable loop); the
+    /// tail as the portable code does it.
+    ///
+    /// # Safety
+    /// As [`super::kc_rt_row_axpy`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) unsafe fn axpy_row<const SBF: bool, const DBF: bool>(
+        dst: *mut u8,
+        src: *const u8,
+        add: *const f32,
+        swap: bool,
+        s: f32,
+        n: usize,
+    ) {
+        let sv = _mm512_set1_ps(s);
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: `i + 16 <= n`; both operands are loaded before the block is stored.
+            unsafe {
+                let x = load16::<SBF>(src, i);
+                let p = if swap { _mm512_mul_ps(sv, x) } else { _mm512_mul_ps(x, sv) };
+                let v = _mm512_add_ps(p, _mm512_loadu_ps(add.add(i)));
+                if DBF {
+                    _mm256_storeu_si256(dst.cast::<u16>().add(i).cast(), bf16x16(v));
+                } else {
+                    _mm512_storeu_ps(dst.cast::<f32>().add(i), v);
+                }
+            }
+            i += 16;
+        }
+        // SAFETY: forwarded from the caller, from element `i` on.
+        unsafe { super::axpy_scalar::<SBF, DBF>(dst, src, add, s, i, n) };
     }
 
     /// 32 lanes (`a` then `b`) rounded to bf16 as [`bf16x16`] does: `vcvtne2ps2bf16` (round to nearest even,
@@ -1071,36 +1122,66 @@ unsafe fn silu_mul_scalar<const BF: bool>(dst: *mut u8, a: *const f32, b: *const
 }
 
 /// One row of a vector statement `dst = src · s + add` (or `s · src + add`: [`ROW_SWAP`]), `s` the row's value
-/// of a row-invariant expression, all `f32`: the product rounded, then the sum rounded (two operations, not a
-/// fused multiply-add: the bits of the JIT's inline code), 16 lanes at a time. Attention's rescaled
-/// accumulator, `o = o · alpha + p·v`. Nothing when `n ≤ 0`.
+/// of a row-invariant expression, `add` `f32`, `src` `f32` or bf16 ([`ROW_SRC_BF16`]), `dst` `f32` or bf16
+/// ([`ROW_DST_BF16`]: rounded as [`bf16_bits`]): the product rounded, then the sum rounded (two operations,
+/// not a fused multiply-add: the bits of the JIT's inline code), 16 lanes at a time. Attention's rescaled
+/// accumulator, `o = o · alpha + p·v`; Muon's `x = 3.4445 · x + b·x` (bf16 `x`, the product in an `f32`
+/// workspace). Nothing when `n ≤ 0`.
 ///
 /// # Safety
-/// `dst`, `src` and `add` point to `n` `f32`s each; `dst` and `src`, or `dst` and `add`, may be the same row,
-/// otherwise none overlaps another.
-pub unsafe extern "C" fn kc_rt_row_axpy(dst: *mut f32, src: *const f32, add: *const f32, flags: i64, s: f32, n: i64) {
+/// `dst`, `src` and `add` point to `n` elements of their dtypes each; `dst` and `src` (same dtype), or `dst`
+/// and `add` (`dst` `f32`), may be the same row, otherwise none overlaps another.
+pub unsafe extern "C" fn kc_rt_row_axpy(dst: *mut u8, src: *const u8, add: *const f32, flags: i64, s: f32, n: i64) {
     let n = n.max(0) as usize;
+    let swap = flags & ROW_SWAP != 0;
+    let (sbf, dbf) = (flags & ROW_SRC_BF16 != 0, flags & ROW_DST_BF16 != 0);
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
-        // SAFETY: forwarded from the caller; the CPU has AVX-512F.
-        unsafe { axpy_avx512(dst, src, add, flags & ROW_SWAP != 0, s, n) };
+        // SAFETY: forwarded from the caller; the CPU has AVX-512F (and BW, VL: `has_avx512`).
+        unsafe {
+            match (sbf, dbf) {
+                (false, false) => axpy_avx512(dst.cast(), src.cast(), add, swap, s, n),
+                (false, true) => wide::axpy_row::<false, true>(dst, src, add, swap, s, n),
+                (true, false) => wide::axpy_row::<true, false>(dst, src, add, swap, s, n),
+                (true, true) => wide::axpy_row::<true, true>(dst, src, add, swap, s, n),
+            }
+        }
         return;
     }
     // SAFETY: forwarded from the caller.
-    unsafe { axpy_scalar(dst, src, add, s, n) };
+    unsafe {
+        match (sbf, dbf) {
+            (false, false) => axpy_scalar::<false, false>(dst, src, add, s, 0, n),
+            (false, true) => axpy_scalar::<false, true>(dst, src, add, s, 0, n),
+            (true, false) => axpy_scalar::<true, false>(dst, src, add, s, 0, n),
+            (true, true) => axpy_scalar::<true, true>(dst, src, add, s, 0, n),
+        }
+    }
 }
 
-/// [`kc_rt_row_axpy`] one element at a time (hosts without AVX-512). The operands' order (`ROW_SWAP`) only
-/// decides which NaN payload a NaN product carries, which scalar code does not fix anyway (the compiler may
-/// commute a `*`): the values are the same.
+/// Elements `from..n` of [`kc_rt_row_axpy`] one at a time (hosts without AVX-512, and the AVX-512 bf16 paths'
+/// tails). The operands' order (`ROW_SWAP`) only decides which NaN payload a NaN product carries, which
+/// scalar code does not fix anyway (the compiler may commute a `*`): the values are the same.
 ///
 /// # Safety
 /// As [`kc_rt_row_axpy`].
-unsafe fn axpy_scalar(dst: *mut f32, src: *const f32, add: *const f32, s: f32, n: usize) {
-    for j in 0..n {
+unsafe fn axpy_scalar<const SBF: bool, const DBF: bool>(
+    dst: *mut u8,
+    src: *const u8,
+    add: *const f32,
+    s: f32,
+    from: usize,
+    n: usize,
+) {
+    for j in from..n {
         // SAFETY: `j < n`; each element is read before it is written.
         unsafe {
-            *dst.add(j) = *src.add(j) * s + *add.add(j);
+            let v = load::<SBF>(src, j) * s + *add.add(j);
+            if DBF {
+                *dst.cast::<u16>().add(j) = bf16_bits(v);
+            } else {
+                *dst.cast::<f32>().add(j) = v;
+            }
         }
     }
 }
@@ -1459,15 +1540,120 @@ mod tests {
                         .collect();
                     let flags = if swap { ROW_SWAP } else { 0 };
                     let mut out = vec![0f32; n];
-                    unsafe { kc_rt_row_axpy(out.as_mut_ptr(), xs.as_ptr(), ys.as_ptr(), flags, s, n as i64) };
+                    unsafe {
+                        kc_rt_row_axpy(out.as_mut_ptr().cast(), xs.as_ptr().cast(), ys.as_ptr(), flags, s, n as i64)
+                    };
                     assert_eq!(out.iter().map(bits).collect::<Vec<_>>(), want, "n {n}, s {s}, swap {swap}");
                     // In place on the source's row, and on the addend's.
                     let mut a = xs.clone();
-                    unsafe { kc_rt_row_axpy(a.as_mut_ptr(), a.as_ptr(), ys.as_ptr(), flags, s, n as i64) };
+                    unsafe {
+                        kc_rt_row_axpy(a.as_mut_ptr().cast(), a.as_ptr().cast(), ys.as_ptr(), flags, s, n as i64)
+                    };
                     assert_eq!(a.iter().map(bits).collect::<Vec<_>>(), want);
                     let mut b = ys.clone();
-                    unsafe { kc_rt_row_axpy(b.as_mut_ptr(), xs.as_ptr(), b.as_ptr(), flags, s, n as i64) };
+                    unsafe {
+                        kc_rt_row_axpy(b.as_mut_ptr().cast(), xs.as_ptr().cast(), b.as_ptr(), flags, s, n as i64)
+                    };
                     assert_eq!(b.iter().map(bits).collect::<Vec<_>>(), want);
+                }
+            }
+        }
+    }
+
+    /// `kc_rt_row_axpy` with a bf16 source or destination gives the bits of the inline code: the source
+    /// widened, `x · s` rounded, plus `y` rounded, then (bf16 destination) rounded as `bf16_bits` — on random
+    /// bits and special values, lengths around the 16 lanes, `s` on either side, in place on the source's
+    /// row when both are bf16.
+    #[test]
+    fn row_update_with_bf16_rows_is_the_inline_codes_bits() {
+        let special = [0.0f32, -0.0, 1.0, -1.5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, -3e38, 3.3e38];
+        let mut rng = 0x2545f4914f6cdd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for n in [0usize, 1, 15, 16, 17, 33, 100] {
+            for s in [3.4445f32, -0.0, f32::NAN, f32::INFINITY, 3.0e-39, 1.0000001] {
+                let mut xs: Vec<f32> = (0..n).map(|_| f32::from_bits(next() as u32)).collect();
+                let mut ys: Vec<f32> = (0..n).map(|_| f32::from_bits((next() >> 32) as u32)).collect();
+                for (i, v) in special.iter().enumerate() {
+                    if i < n {
+                        xs[i] = *v;
+                        ys[n - 1 - i] = special[(i * 3) % special.len()];
+                    }
+                }
+                let xb: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
+                for (sbf, dbf) in [(false, true), (true, false), (true, true)] {
+                    for swap in [false, true] {
+                        let x_at = |i: usize| if sbf { f32::from_bits(u32::from(xb[i]) << 16) } else { xs[i] };
+                        // NaNs compare as any NaN (the compiler may commute a scalar `*`).
+                        let v: Vec<f32> = (0..n)
+                            .map(|i| {
+                                let p = if swap { s * x_at(i) } else { x_at(i) * s };
+                                p + ys[i]
+                            })
+                            .collect();
+                        let want: Vec<u32> = v
+                            .iter()
+                            .map(|&v| match (v.is_nan(), dbf) {
+                                (true, _) => u32::MAX,
+                                (false, true) => u32::from(bf16_bits(v)),
+                                (false, false) => v.to_bits(),
+                            })
+                            .collect();
+                        let mut flags = if swap { ROW_SWAP } else { 0 };
+                        if sbf {
+                            flags |= ROW_SRC_BF16;
+                        }
+                        if dbf {
+                            flags |= ROW_DST_BF16;
+                        }
+                        let src: *const u8 = if sbf { xb.as_ptr().cast() } else { xs.as_ptr().cast() };
+                        let got = |out: &[u8]| -> Vec<u32> {
+                            (0..n)
+                                .map(|i| {
+                                    let (bits, nan) = if dbf {
+                                        let h = u16::from_le_bytes([out[2 * i], out[2 * i + 1]]);
+                                        (u32::from(h), f32::from_bits(u32::from(h) << 16).is_nan())
+                                    } else {
+                                        let w = u32::from_le_bytes(out[4 * i..4 * i + 4].try_into().unwrap());
+                                        (w, f32::from_bits(w).is_nan())
+                                    };
+                                    if nan {
+                                        u32::MAX
+                                    } else {
+                                        bits
+                                    }
+                                })
+                                .collect()
+                        };
+                        let mut out = vec![0u8; n * if dbf { 2 } else { 4 }];
+                        unsafe { kc_rt_row_axpy(out.as_mut_ptr(), src, ys.as_ptr(), flags, s, n as i64) };
+                        assert_eq!(got(&out), want, "n {n}, s {s}, swap {swap}, bf16 src {sbf} dst {dbf}");
+                        let mut scalar = vec![0u8; out.len()];
+                        unsafe {
+                            match (sbf, dbf) {
+                                (false, true) => {
+                                    axpy_scalar::<false, true>(scalar.as_mut_ptr(), src, ys.as_ptr(), s, 0, n)
+                                }
+                                (true, false) => {
+                                    axpy_scalar::<true, false>(scalar.as_mut_ptr(), src, ys.as_ptr(), s, 0, n)
+                                }
+                                _ => axpy_scalar::<true, true>(scalar.as_mut_ptr(), src, ys.as_ptr(), s, 0, n),
+                            }
+                        }
+                        assert_eq!(got(&scalar), want, "portable: n {n}, s {s}, swap {swap}");
+                        if sbf && dbf {
+                            // In place on the source's row.
+                            let mut a = xb.clone();
+                            let p = a.as_mut_ptr();
+                            unsafe { kc_rt_row_axpy(p.cast(), p.cast_const().cast(), ys.as_ptr(), flags, s, n as i64) };
+                            let bytes: Vec<u8> = a.iter().flat_map(|h| h.to_le_bytes()).collect();
+                            assert_eq!(got(&bytes), want, "in place: n {n}, s {s}, swap {swap}");
+                        }
+                    }
                 }
             }
         }
@@ -1836,6 +2022,70 @@ mod tests {
             assert!(got.iter().map(|x| x.to_bits()).eq(want.iter().copied()));
         }
         prefetch_rows(0, 0, 0, 0);
+    }
+
+    /// What the AVX-512 `exp` relies on to skip its lanes below `EXP_ZERO_BELOW` (a causal mask's `-inf`s):
+    /// the scalar formula gives `+0` for every argument there (densely next to the threshold, sampled
+    /// below it, `-inf` and `f32::MIN`), and the vector routine gives those bits when such lanes sit among
+    /// ordinary ones in a row (sum and bf16 rounding included).
+    #[test]
+    fn exp_below_the_threshold_is_positive_zero() {
+        let edge = EXP_ZERO_BELOW.to_bits();
+        let mut xs: Vec<f32> = (1..=(1u32 << 18)).map(|i| f32::from_bits(edge + i)).collect();
+        // Every exponent below: the bit patterns from the dense part to `-inf`'s in 65536 steps.
+        let step = (f32::NEG_INFINITY.to_bits() - edge - (1 << 18)) / (1 << 16);
+        xs.extend((0..(1u32 << 16)).map(|i| f32::from_bits(edge + (1 << 18) + i * step)));
+        xs.extend([f32::NEG_INFINITY, f32::MIN, -150.0, -150.5, -110.000_01]);
+        for &x in &xs {
+            assert!(x < EXP_ZERO_BELOW, "{x:e}");
+            assert_eq!(exp_f32(x).to_bits(), 0, "exp({x:e})");
+        }
+        // Masked rows: every other lane -inf, then runs of either, around the threshold too.
+        let row: Vec<f32> = (0..999)
+            .map(|i| match i % 7 {
+                0 | 3 => f32::NEG_INFINITY,
+                1 => -0.25 * i as f32,
+                2 => EXP_ZERO_BELOW,
+                4 => -110.000_01,
+                5 => -95.0 - (i % 11) as f32,
+                _ => {
+                    if i % 2 == 0 {
+                        f32::NEG_INFINITY
+                    } else {
+                        1.5
+                    }
+                }
+            })
+            .collect();
+        let want: Vec<u32> = row.iter().map(|&x| exp_f32(x - 0.5).to_bits()).collect();
+        let (mut got, mut cast, mut sum) = (vec![7f32; row.len()], vec![0u16; row.len()], 0f32);
+        let src = row.as_ptr() as *const u8;
+        unsafe {
+            kc_rt_row_exp_bf(
+                got.as_mut_ptr(),
+                src,
+                ROW_EXP_SUB,
+                0.5,
+                1.0,
+                row.len() as i64,
+                &mut sum,
+                cast.as_mut_ptr(),
+            )
+        };
+        for ((g, w), h) in got.iter().zip(&want).zip(&cast) {
+            assert_eq!(g.to_bits(), *w);
+            assert_eq!(*h, bf16_bits(f32::from_bits(*w)));
+        }
+        let mut seq = 0f32;
+        let mut lanes = [0f32; LANES];
+        let whole = row.len() / LANES * LANES;
+        for (i, w) in want[..whole].iter().enumerate() {
+            lanes[i % LANES] += f32::from_bits(*w);
+        }
+        for w in &want[whole..] {
+            seq += f32::from_bits(*w);
+        }
+        assert_eq!(sum.to_bits(), (sum_lanes(lanes) + seq).to_bits());
     }
 
     #[test]

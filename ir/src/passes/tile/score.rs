@@ -1104,13 +1104,27 @@ fn build(
     // first, then core 0 last), so the cores' totals differ by little. Task `k` of round `r`, at position
     // `pos` (the core), is `r * cubes + pos` in even rounds and `r * cubes + cubes - 1 - pos` in odd ones.
     let rounds = (tasks + cubes - 1) / cubes;
+    // Without the mask, a target may deal each core consecutive tasks instead (`score_blocked_tasks`, the
+    // host): task `k` of round `r` at position `pos` is `pos * rounds + r`, so a core works through one
+    // batch's i-blocks (and the batches of one K/V head) in a row, and its calls find the K and V blocks
+    // they pack in the host mmad's cache.
+    let blocked = p.causal.is_none() && target.score_blocked_tasks;
+    // Whether the tasks are dealt through `tk` (else the task index is the task).
+    let dealt = p.causal.is_some() || blocked;
+    // The dealt task of loop index `t` (round `t / cubes`) for the core's first task `start`.
+    let deal = |t: SExpr, start: SExpr| -> SExpr {
+        let r = bin(SBin::Div, t, c(cubes));
+        if blocked {
+            return add(mul(start, c(rounds)), r);
+        }
+        let odd = bin(SBin::Mod, r.clone(), c(2));
+        add(add(mul(r, c(cubes)), start.clone()), mul(odd, sub(c(cubes - 1), mul(c(2), start))))
+    };
     let task_loop = |start: SExpr, body: Vec<Stmt>| -> Stmt {
-        if p.causal.is_none() {
+        if !dealt {
             return Stmt::For { var: task, lo: start, hi: c(tasks), step: cubes, body };
         }
-        let r = bin(SBin::Div, v(task), c(cubes));
-        let odd = bin(SBin::Mod, r.clone(), c(2));
-        let k = add(add(mul(r, c(cubes)), start.clone()), mul(odd, sub(c(cubes - 1), mul(c(2), start.clone()))));
+        let k = deal(v(task), start.clone());
         Stmt::For {
             var: task,
             lo: start,
@@ -1137,26 +1151,19 @@ fn build(
         };
         q.push(Stmt::Set { var: njv, value: n });
     };
-    let coords = |q: &mut Vec<Stmt>| coords_at(q, v(if p.causal.is_some() { tk } else { task }), nj);
+    let coords = |q: &mut Vec<Stmt>| coords_at(q, v(if dealt { tk } else { task }), nj);
     // Tasks in flight: `ahead` counts the next task's blocks begun in this one (at most two: the stream
     // keeps its lead), `pre` this task's blocks begun in the previous one; `njn` is the next task's blocks.
     let fl = flat.then(|| (lb.svar("ahead"), lb.svar("pre"), lb.svar("tkn"), lb.svar("njn")));
     // Sets `tkn` and gives the condition that this core has a next task (`start`: the core's first task).
     let next_task = |q: &mut Vec<Stmt>, start: SExpr, tkn: SVar| -> SExpr {
         let nxt = add(v(task), c(cubes));
-        match p.causal {
-            None => {
-                q.push(Stmt::Set { var: tkn, value: nxt.clone() });
-                lt(nxt, c(tasks))
-            }
-            Some(_) => {
-                let r = bin(SBin::Div, nxt.clone(), c(cubes));
-                let odd = bin(SBin::Mod, r.clone(), c(2));
-                let k = add(add(mul(r, c(cubes)), start.clone()), mul(odd, sub(c(cubes - 1), mul(c(2), start))));
-                q.push(Stmt::Set { var: tkn, value: k });
-                min(lt(nxt, c(rounds * cubes)), lt(v(tkn), c(tasks)))
-            }
+        if !dealt {
+            q.push(Stmt::Set { var: tkn, value: nxt.clone() });
+            return lt(nxt, c(tasks));
         }
+        q.push(Stmt::Set { var: tkn, value: deal(nxt.clone(), start) });
+        min(lt(nxt, c(rounds * cubes)), lt(v(tkn), c(tasks)))
     };
     // The registers a look-ahead into the next task overwrites, each with its save register (`x_s`).
     let mut saves: Vec<(SVar, SVar)> = Vec::new();
