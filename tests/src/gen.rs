@@ -1189,13 +1189,15 @@ pub fn generate(seed: u64) -> Program {
         sizes.insert("A".to_string(), *rng.pick(&[1, 2, 3]));
         sizes.insert("B".to_string(), *rng.pick(&[4097, 20011, 40003]));
     }
-    while !wide {
-        let a = *rng.pick(&SIZES);
-        let b = *rng.pick(&SIZES);
-        if a * b <= 20_000 {
-            sizes.insert("A".to_string(), a);
-            sizes.insert("B".to_string(), b);
-            break;
+    if !wide {
+        loop {
+            let a = *rng.pick(&SIZES);
+            let b = *rng.pick(&SIZES);
+            if a * b <= 20_000 {
+                sizes.insert("A".to_string(), a);
+                sizes.insert("B".to_string(), b);
+                break;
+            }
         }
     }
     let mut g = Gen {
