@@ -75,6 +75,11 @@ pub struct Target {
     /// packs its operands, fewer times per FLOP. L0A and L0B must hold two slots of the deeper tiles.
     #[serde(default)]
     pub matmul_bk: Option<u32>,
+    /// The most L0C slots the matmul template's candidates may take (default 2: the FixPipe copy of a block
+    /// overlaps the next block's mmads). On the host there is no FixPipe to overlap: a second slot only
+    /// doubles the accumulator block's footprint in the core's caches.
+    #[serde(default)]
+    pub matmul_l0c_slots: Option<u32>,
     /// The most bytes of buffers one block of the row-wise template (`rows`: softmax, normalizations) may
     /// take when it holds more than one row (default: all of UB). On the host the passes over a block read
     /// back what the pass before wrote (softmax's `exp` row, then its division), which a block of a few

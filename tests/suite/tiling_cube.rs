@@ -260,6 +260,27 @@ fn the_matmul_and_its_epilogue_are_both_stored() {
 /// the host's matrix unit runs with its accumulators in tiles. The NPU targets keep 256. The deeper steps
 /// verify, simulate and run in the JIT (1 and 2 threads) to the interpreter's results. (Where K is not a
 /// multiple of 512 the cycle model prefers steps that divide it better, e.g. 192 for K = 1100.)
+/// On the host a matmul's accumulator block has one L0C slot (`matmul_l0c_slots = 1`: the copy-out runs on
+/// the same thread as the mmads, so a second slot overlaps nothing and only takes cache), where the NPU
+/// target takes two (its FixPipe copies one block out while the cube fills the next). Both programs verify;
+/// the one-slot program's results are checked by `host_matmul_steps_are_512_deep` (same tiling, smaller).
+#[test]
+fn host_matmul_blocks_have_one_l0c_slot() {
+    let g = common::kernel("matmul", "matmul");
+    let mut given = kc_ir::launch::Args::default();
+    given.dims = [("M", 1024), ("K", 512), ("N", 1024)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let args = kc_runtime::random::random_args(&g, &given, 23).expect("random args");
+    let slots = |name: &str| -> u32 {
+        let target = Target::builtin(name).expect("builtin target");
+        let tp = tile(&g, &args, &target);
+        common::verify_tiled(&g, &tp, &target);
+        let l0c = tp.launches[0].buffers.iter().find(|b| b.mem == kc_ir::tile::Mem::L0C).expect("an L0C buffer");
+        l0c.slots
+    };
+    assert_eq!(slots("host"), 1, "host: one slot");
+    assert_eq!(slots("ascend910b"), 2, "the NPU target: two");
+}
+
 #[test]
 fn host_matmul_steps_are_512_deep() {
     let g = common::kernel("matmul", "matmul");

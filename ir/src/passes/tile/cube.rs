@@ -145,7 +145,7 @@ pub fn candidates(target: &Target, m: i64, n: i64, k: i64, esize: i64) -> Vec<Bl
     let mut out = Vec::new();
     for bm in sizes(m, 256) {
         for bn in sizes(n, 256) {
-            for l0c_slots in [1u32, 2] {
+            for l0c_slots in [1u32, 2].into_iter().filter(|&x| x <= target.matmul_l0c_slots.unwrap_or(2).max(1)) {
                 if bm * bn * 4 * l0c_slots as i64 > l0c {
                     continue;
                 }
