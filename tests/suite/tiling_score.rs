@@ -99,6 +99,25 @@ fn compare(
 /// when the running maximum grows, and rounds the probabilities to bf16 for the cube, where the
 /// interpreter sums `exp(s - lse)·v` over all `j` in order in f32: `o` (bf16) agrees to bf16 rounding, `lse`
 /// (f32, a log of a sum of positive terms) to a few f32 ulps of relative error.
+/// The compiled program `code` of `tp` run by the JIT on 1 and 2 threads agrees with the interpreter on
+/// every output, to attention's tolerances (`what`: the case, for the messages).
+fn jit_agrees(g: &Graph, tp: &TileProgram, args: &kc_ir::launch::Args, code: &kc_codegen::Compiled, what: &str) {
+    let want = common::run(g, args);
+    for threads in [1, 2] {
+        let (got, _) =
+            code.run(tp, g, args, threads, &kc_ir::interp::Limits::default()).unwrap_or_else(|e| panic!("jit: {e:?}"));
+        for ((name, w), (_, j)) in want.iter().zip(&got) {
+            let (atol, rtol) = attn_tol(name);
+            for (i, (a, b)) in w.to_f64_vec().iter().zip(j.to_f64_vec()).enumerate() {
+                assert!(
+                    (a - b).abs() <= atol + rtol * a.abs() || *a == b,
+                    "{what}, {threads} threads: {name}[{i}]: interpreter {a}, jit {b}"
+                );
+            }
+        }
+    }
+}
+
 fn attn_tol(name: &str) -> (f64, f64) {
     if name == "lse" {
         (1e-5, 1e-5)
@@ -480,21 +499,7 @@ fn host_multiplies_diagonal_blocks_whole() {
         assert_eq!(into(cube, Mem::L1, false), q_loads, "host: k or v staged through L1");
         let (before, after) = (into(&l.vector, Mem::UB, true), into(vector, Mem::UB, true));
         assert!(after > 0 && 2 * after <= before, "host: the scores' copies into UB: {before} -> {after}");
-        let want = common::run(&g, &args);
-        for threads in [1, 2] {
-            let (got, _) = code
-                .run(&tp, &g, &args, threads, &kc_ir::interp::Limits::default())
-                .unwrap_or_else(|e| panic!("jit: {e:?}"));
-            for ((name, w), (_, j)) in want.iter().zip(&got) {
-                let (atol, rtol) = attn_tol(name);
-                for (i, (a, b)) in w.to_f64_vec().iter().zip(j.to_f64_vec()).enumerate() {
-                    assert!(
-                        (a - b).abs() <= atol + rtol * a.abs() || *a == b,
-                        "host, {threads} threads, {dims:?}: {name}[{i}]: interpreter {a}, jit {b}"
-                    );
-                }
-            }
-        }
+        jit_agrees(&g, &tp, &args, &code, &format!("host, {dims:?}"));
     }
 }
 
@@ -528,21 +533,7 @@ fn host_deals_consecutive_tasks_without_the_mask() {
         compare(&g, &tp, &args, &attn_tol);
         let code = kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() })
             .unwrap_or_else(|e| panic!("compile: {e:?}"));
-        let want = common::run(&g, &args);
-        for threads in [1, 2] {
-            let (got, _) = code
-                .run(&tp, &g, &args, threads, &kc_ir::interp::Limits::default())
-                .unwrap_or_else(|e| panic!("jit: {e:?}"));
-            for ((name, w), (_, j)) in want.iter().zip(&got) {
-                let (atol, rtol) = attn_tol(name);
-                for (i, (a, b)) in w.to_f64_vec().iter().zip(j.to_f64_vec()).enumerate() {
-                    assert!(
-                        (a - b).abs() <= atol + rtol * a.abs() || *a == b,
-                        "host, {threads} threads, {dims:?}: {name}[{i}]: interpreter {a}, jit {b}"
-                    );
-                }
-            }
-        }
+        jit_agrees(&g, &tp, &args, &code, &format!("host, {dims:?}"));
     }
     // The causal kernel keeps its longest-first rounds on the host.
     let causal = common::kernel("attention", "attention");

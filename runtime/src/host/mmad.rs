@@ -2214,6 +2214,32 @@ mod tests {
         assert_eq!(run(&a, 8), reference(&a, 8), "after clearing, the new contents");
     }
 
+    /// `kc_mmad` of the whole `m × k` `a` and `k × n` `b` (both kept: code 6) into a fresh `c`, which must
+    /// be `want` to rounding (round `round` of a test's repeated calls).
+    fn kept_call_matches(a: &Mat, b: &Mat, (m, k, n): (usize, usize, usize), want: &[f32], round: usize) {
+        let mut c = vec![0f32; m * n];
+        // SAFETY: the blocks are the vectors' whole contents.
+        unsafe {
+            kc_mmad(
+                a.bf16s.as_ptr().cast(),
+                1,
+                k as i64,
+                b.bf16s.as_ptr().cast(),
+                1,
+                n as i64,
+                c.as_mut_ptr(),
+                n as i64,
+                m as i64,
+                k as i64,
+                n as i64,
+                6,
+            )
+        };
+        for (i, (&got, &w)) in c.iter().zip(want).enumerate() {
+            assert!((got - w).abs() <= 1e-3 * (1.0 + w.abs()), "round {round}: c[{i}] = {got}, want {w}");
+        }
+    }
+
     /// Calls deeper than one k chunk of the AMX path (512): `a` packed chunk by chunk (a wide `a`, so not
     /// read in place), partial last chunks and k steps, partial tile rows and columns, with and without
     /// accumulation, and kept packings (`kc_mmad`'s bits 1 and 2) of such an `a` and `b`.
@@ -2238,27 +2264,7 @@ mod tests {
         mmad_with(Path::Portable, a.operand(), k, b.operand(), n, &mut want, n, (m, k, n), false);
         clear_b_cache();
         for round in 0..2 {
-            let mut c = vec![0f32; m * n];
-            // SAFETY: the blocks are the vectors' whole contents.
-            unsafe {
-                kc_mmad(
-                    a.bf16s.as_ptr().cast(),
-                    1,
-                    k as i64,
-                    b.bf16s.as_ptr().cast(),
-                    1,
-                    n as i64,
-                    c.as_mut_ptr(),
-                    n as i64,
-                    m as i64,
-                    k as i64,
-                    n as i64,
-                    6,
-                )
-            };
-            for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
-                assert!((got - w).abs() <= 1e-3 * (1.0 + w.abs()), "round {round}: c[{i}] = {got}, want {w}");
-            }
+            kept_call_matches(&a, &b, (m, k, n), &want, round);
         }
         clear_b_cache();
     }
@@ -2349,27 +2355,7 @@ mod tests {
                     2,
                 )
             };
-            let mut c = vec![0f32; m * n];
-            // SAFETY: the windows are the vectors' own.
-            unsafe {
-                kc_mmad(
-                    a.bf16s.as_ptr().cast(),
-                    1,
-                    k as i64,
-                    b.bf16s.as_ptr().cast(),
-                    1,
-                    n as i64,
-                    c.as_mut_ptr(),
-                    n as i64,
-                    m as i64,
-                    k as i64,
-                    n as i64,
-                    6,
-                )
-            };
-            for (i, (&g, &w)) in c.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "round {round}: c[{i}] = {g}, want {w}");
-            }
+            kept_call_matches(&a, &b, (m, k, n), &want, round);
         }
         clear_b_cache();
     }

@@ -1501,32 +1501,37 @@ mod tests {
         assert_eq!(r(ReduceOp::Max, Row::Bf16(&[])), f32::NEG_INFINITY);
     }
 
-    /// The dispatched max and min (the AVX-512 routine where the host has it) give the bits of the generic
-    /// fold: rows whose extreme is a zero of both signs (in the lanes and in the tail, in either order), a
-    /// NaN in a lane or in the tail, an accumulator that is NaN or a zero, f32 and bf16 rows, every length
-    /// around the 32 lanes.
-    /// `kc_rt_row_axpy` gives `x · s + y` with the product rounded, then the sum (not fused): NaNs, infinities, signed zeros, subnormals, lengths around the 16 lanes, `s` on either
-    /// side, and the destination being the source's row or the addend's.
+    /// The source and addend rows of the row update tests: `n` random bit patterns each (xorshift on
+    /// `rng`), with special values (zeros of both signs, infinities, a NaN, a subnormal, values near the
+    /// overflow) at the source's start and the addend's end.
+    fn update_rows(rng: &mut u64, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let special = [0.0f32, -0.0, 1.0, -1.5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, -3e38, 3.3e38];
+        let mut next = || {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng
+        };
+        let mut xs: Vec<f32> = (0..n).map(|_| f32::from_bits(next() as u32)).collect();
+        let mut ys: Vec<f32> = (0..n).map(|_| f32::from_bits((next() >> 32) as u32)).collect();
+        for (i, v) in special.iter().enumerate() {
+            if i < n {
+                xs[i] = *v;
+                ys[n - 1 - i] = special[(i * 3) % special.len()];
+            }
+        }
+        (xs, ys)
+    }
+
+    /// `kc_rt_row_axpy` gives `x · s + y` with the product rounded, then the sum (not fused): NaNs,
+    /// infinities, signed zeros, subnormals, lengths around the 16 lanes, `s` on either side, and the
+    /// destination being the source's row or the addend's.
     #[test]
     fn row_update_is_the_two_roundings() {
-        let special = [0.0f32, -0.0, 1.0, -1.5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, -3e38, 3.3e38];
         let mut rng = 0x9e3779b97f4a7c15u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
         for n in [0usize, 1, 15, 16, 17, 33, 100] {
             for s in [0.75f32, -0.0, f32::NAN, f32::INFINITY, 3.0e-39, 1.0000001] {
-                let mut xs: Vec<f32> = (0..n).map(|_| f32::from_bits(next() as u32)).collect();
-                let mut ys: Vec<f32> = (0..n).map(|_| f32::from_bits((next() >> 32) as u32)).collect();
-                for (i, v) in special.iter().enumerate() {
-                    if i < n {
-                        xs[i] = *v;
-                        ys[n - 1 - i] = special[(i * 3) % special.len()];
-                    }
-                }
+                let (xs, ys) = update_rows(&mut rng, n);
                 for swap in [false, true] {
                     // NaN payloads are not compared (the compiler may commute a scalar `+`): any NaN.
                     let bits = |v: &f32| if v.is_nan() { f32::NAN.to_bits() } else { v.to_bits() };
@@ -1566,24 +1571,10 @@ mod tests {
     /// row when both are bf16.
     #[test]
     fn row_update_with_bf16_rows_is_the_inline_codes_bits() {
-        let special = [0.0f32, -0.0, 1.0, -1.5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, -3e38, 3.3e38];
         let mut rng = 0x2545f4914f6cdd1du64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
         for n in [0usize, 1, 15, 16, 17, 33, 100] {
             for s in [3.4445f32, -0.0, f32::NAN, f32::INFINITY, 3.0e-39, 1.0000001] {
-                let mut xs: Vec<f32> = (0..n).map(|_| f32::from_bits(next() as u32)).collect();
-                let mut ys: Vec<f32> = (0..n).map(|_| f32::from_bits((next() >> 32) as u32)).collect();
-                for (i, v) in special.iter().enumerate() {
-                    if i < n {
-                        xs[i] = *v;
-                        ys[n - 1 - i] = special[(i * 3) % special.len()];
-                    }
-                }
+                let (xs, ys) = update_rows(&mut rng, n);
                 let xb: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
                 for (sbf, dbf) in [(false, true), (true, false), (true, true)] {
                     for swap in [false, true] {
@@ -1659,6 +1650,10 @@ mod tests {
         }
     }
 
+    /// The dispatched max and min (the AVX-512 routine where the host has it) give the bits of the generic
+    /// fold: rows whose extreme is a zero of both signs (in the lanes and in the tail, in either order), a
+    /// NaN in a lane or in the tail, an accumulator that is NaN or a zero, f32 and bf16 rows, every length
+    /// around the 32 lanes.
     #[test]
     fn max_and_min_are_the_folds_bits() {
         let mut cases: Vec<Vec<f32>> = rows();
