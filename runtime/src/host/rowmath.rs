@@ -838,9 +838,9 @@ mod wide {
         unsafe { super::silu_mul_scalar::<BF>(dst, a, b, i, n) };
     }
 
-    /// [`super::kc_rt_row_axpy`] with a bf16 source or destination on AVX-512: `src` widened ([`load16`]),
-    /// times `s`, plus `add`, stored as `f32` or rounded by [`bf16x16`] (the bits of the portable loop); the
-    /// tail as the portable code does it.
+    /// [`super::kc_rt_row_axpy`] on AVX-512: `src` (`f32`, or bf16 widened by [`load16`]) times `s`, plus
+    /// `add`, stored as `f32` or rounded by [`bf16x16`] (the bits of the portable loop), 16 lanes at a time;
+    /// the tail as the portable code does it.
     ///
     /// # Safety
     /// As [`super::kc_rt_row_axpy`].
@@ -1140,7 +1140,7 @@ pub unsafe extern "C" fn kc_rt_row_axpy(dst: *mut u8, src: *const u8, add: *cons
         // SAFETY: forwarded from the caller; the CPU has AVX-512F (and BW, VL: `has_avx512`).
         unsafe {
             match (sbf, dbf) {
-                (false, false) => axpy_avx512(dst.cast(), src.cast(), add, swap, s, n),
+                (false, false) => wide::axpy_row::<false, false>(dst, src, add, swap, s, n),
                 (false, true) => wide::axpy_row::<false, true>(dst, src, add, swap, s, n),
                 (true, false) => wide::axpy_row::<true, false>(dst, src, add, swap, s, n),
                 (true, true) => wide::axpy_row::<true, true>(dst, src, add, swap, s, n),
@@ -1159,7 +1159,7 @@ pub unsafe extern "C" fn kc_rt_row_axpy(dst: *mut u8, src: *const u8, add: *cons
     }
 }
 
-/// Elements `from..n` of [`kc_rt_row_axpy`] one at a time (hosts without AVX-512, and the AVX-512 bf16 paths'
+/// Elements `from..n` of [`kc_rt_row_axpy`] one at a time (hosts without AVX-512, and the AVX-512 path's
 /// tails). The operands' order (`ROW_SWAP`) only decides which NaN payload a NaN product carries, which
 /// scalar code does not fix anyway (the compiler may commute a `*`): the values are the same.
 ///
@@ -1182,36 +1182,6 @@ unsafe fn axpy_scalar<const SBF: bool, const DBF: bool>(
             } else {
                 *dst.cast::<f32>().add(j) = v;
             }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn axpy_avx512(dst: *mut f32, src: *const f32, add: *const f32, swap: bool, s: f32, n: usize) {
-    use std::arch::x86_64::*;
-    let sv = _mm512_set1_ps(s);
-    let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: `i + 16 <= n`; a block is loaded whole before it is stored, so `dst` may be `src`'s or
-        // `add`'s row.
-        unsafe {
-            let x = _mm512_loadu_ps(src.add(i));
-            let y = _mm512_loadu_ps(add.add(i));
-            let p = if swap { _mm512_mul_ps(sv, x) } else { _mm512_mul_ps(x, sv) };
-            _mm512_storeu_ps(dst.add(i), _mm512_add_ps(p, y));
-        }
-        i += 16;
-    }
-    if i < n {
-        // The last `n - i` (< 16) elements through masked loads and stores (the same operations as the blocks).
-        let k: __mmask16 = (1u16 << (n - i)) - 1;
-        // SAFETY: the masks touch elements `i..n` only (masked-off lanes do not fault).
-        unsafe {
-            let x = _mm512_maskz_loadu_ps(k, src.add(i));
-            let y = _mm512_maskz_loadu_ps(k, add.add(i));
-            let p = if swap { _mm512_mul_ps(sv, x) } else { _mm512_mul_ps(x, sv) };
-            _mm512_mask_storeu_ps(dst.add(i), k, _mm512_add_ps(p, y));
         }
     }
 }
