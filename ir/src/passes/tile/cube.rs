@@ -44,6 +44,16 @@
 //! ahead of its vector cores by more than the hardware's 15 counts of a cross flag when it runs more than
 //! 15 blocks (the simulator does not cap counters).
 //!
+//! Symmetric products (a target with `symmetric_triangle`, the host): when the anchor and every stored member
+//! are provably symmetric in their last two axes ([`crate::passes::symmetry`]: Muon's `x @ transpose(x)`
+//! and `-4.775 * a + 2.0315 * (a @ a)`), the blocks are square and only the `mb (mb + 1) / 2` on and above
+//! the diagonal of each batch are dealt ([`block_coords`]). After storing an off-diagonal block at
+//! `(m0, n0)`, the same core writes it again at `(n0, m0)`, transposed, as a loop of column copies: FixPipe
+//! out of L0C on the direct path (column `j` of the block becomes row `n0 + j` of the result; the same f32
+//! values converted alike, so the same bits as computing the mirrored block), MTE3 out of the stored
+//! member's UB tile on the mixed path. The mirrored block is the computed transpose bit for bit where the
+//! mmads sum the same products in the same k order for `(i, j)` and `(j, i)`, as the host's do.
+//!
 //! The workspace tensor is not in the [`GmPlan`] the caller passes: the launch refers to it as tensor
 //! `gm.tensors.len()`, and [`matmul_with_workspace`] returns the [`GmTensor`] to append there.
 
