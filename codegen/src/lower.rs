@@ -768,7 +768,10 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             !mentions(&r.row_stride, var) && !matches!(&r.loc, Loc::Buf { slot, .. } if mentions(slot, var))
         };
         let (Some(ds), Some(ss)) = (step_of(&dst.offset, var), step_of(&src.offset, var)) else { return Ok(false) };
-        if !fixed(src) || !fixed(dst) || self.loc_dtype(&src.loc) != self.loc_dtype(&dst.loc) {
+        // The same dtype, or float to float (the runtime converts: a symmetric product's mirrored block).
+        let (sd, dd) = (self.loc_dtype(&src.loc), self.loc_dtype(&dst.loc));
+        let same = sd == dd || matches!((sd, dd), (Some(a), Some(b)) if a.is_float() && b.is_float());
+        if !fixed(src) || !fixed(dst) || !same {
             return Ok(false);
         }
         let v = self.var(var)?;

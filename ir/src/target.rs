@@ -102,6 +102,12 @@ pub struct Target {
     /// packed (a few dozen: the blocks of one or two heads), which every `cubes`-th task would not find.
     #[serde(default)]
     pub score_blocked_tasks: bool,
+    /// A matmul whose results are provably symmetric (`passes::symmetry`: `x @ transpose(x)`, `a @ a` with `a`
+    /// symmetric, elementwise maps of them) computes the blocks on and above the diagonal only and writes
+    /// each off-diagonal block a second time, transposed, in the mirrored place (default false: the NPU
+    /// targets compute every block, their FixPipe and MTE3 copies do not transpose).
+    #[serde(default)]
+    pub symmetric_triangle: bool,
     pub memory: Vec<Memory>,
     pub cube: Cube,
     pub vector: Vector,

@@ -451,8 +451,9 @@ fn to_bf16_avx512(dst: &mut [u16], src: &[u32]) {
 /// A loop of column copies as one call: `args` = `[dst, dst_dtype, dst_stride, src, src_dtype, src_stride,
 /// rows, n, dst_step, src_step]`: for `j < n`, the `rows × 1` column at element `j · dst_step` (from the first
 /// column's `(0, 0)`) of `dst` receives the one at `j · src_step` of `src` (the tiler's transposing loads, a
-/// row of one operand becoming a column of the other). Same dtypes only (the code generator calls it for
-/// no other); windows that overlap go column by column through [`kc_rt_copy`], which handles them.
+/// row of one operand becoming a column of the other), or converting between float dtypes (a symmetric
+/// product's mirrored block, from L0C); windows that overlap, and conversions other than a transpose into
+/// 16-bit runs, go column by column through [`kc_rt_copy`], which handles them.
 ///
 /// # Safety
 ///
@@ -467,6 +468,7 @@ pub unsafe extern "C" fn kc_rt_copy_cols(args: *const i64) {
     let es = src.d.size_bytes();
     // The byte ranges both windows span, all columns included.
     let span = |r: &Reg, step: i64| {
+        let es = r.d.size_bytes();
         let a = r.p as isize;
         let (lo, hi) = [
             0,
@@ -479,6 +481,39 @@ pub unsafe extern "C" fn kc_rt_copy_cols(args: *const i64) {
         (a + lo * es as isize, a + (hi + 1) * es as isize)
     };
     let ((s0, s1), (d0, d1)) = (span(&src, sstep), span(&dst, dstep));
+    // A converting transpose into 16-bit elements (a symmetric product's mirrored block, f32 in L0C to bf16
+    // rows of the result): the `rows × n` window converted row by row into a scratch tile (the same
+    // conversion as `kc_rt_copy`'s, so the same bits), then transposed as below.
+    #[cfg(target_arch = "x86_64")]
+    if dst.d != src.d
+        && dst.d.size_bytes() == 2
+        && dst.d.is_float()
+        && src.d.is_float()
+        && dst.stride == 1
+        && sstep == 1
+        && !(s0 < d1 && d0 < s1)
+    {
+        let (r, w) = (rows as usize, n as usize);
+        CONVERT_TILE.with(|t| {
+            let mut t = t.borrow_mut();
+            // Every element of the first `rows · n` is written below before it is read: no clearing.
+            if t.len() < r * w {
+                t.resize(r * w, 0);
+            }
+            // SAFETY: row `i` of the source window is `n` elements at `i · src.stride` (inside it, the
+            // caller's checks); the scratch row is `n` 16-bit elements at `i · n` of a `rows · n` vector.
+            // `transpose_u16` then reads the scratch's `rows × n` and writes the destination's `n` runs of
+            // `rows` elements, `dstep` apart (inside it); the two do not overlap (the scratch is ours).
+            unsafe {
+                for i in 0..r {
+                    let sp = src.p.offset(src.idx(i as i64, 0) * es as isize);
+                    convert_row(t.as_mut_ptr().add(i * w) as *mut u8, dst.d, sp, src.d, w);
+                }
+                transpose_u16_runs(dst.p as *mut u16, dstep as isize, t.as_ptr(), w as isize, w, r);
+            }
+        });
+        return;
+    }
     if dst.d != src.d || (s0 < d1 && d0 < s1) {
         for j in 0..n {
             let mut w = [0i64; 8];
@@ -507,7 +542,14 @@ pub unsafe extern "C" fn kc_rt_copy_cols(args: *const i64) {
     if es == 2 && dst.stride == 1 && sstep == 1 {
         // SAFETY: as below.
         unsafe {
-            transpose_u16(dst.p as *mut u16, dstep as isize, src.p as *const u16, src.stride, n as usize, rows as usize)
+            transpose_u16_runs(
+                dst.p as *mut u16,
+                dstep as isize,
+                src.p as *const u16,
+                src.stride,
+                n as usize,
+                rows as usize,
+            )
         };
         return;
     }
@@ -532,6 +574,11 @@ pub unsafe extern "C" fn kc_rt_copy_cols(args: *const i64) {
     }
 }
 
+thread_local! {
+    /// [`kc_rt_copy_cols`]'s converted tile (a thread's, kept: a mirrored block is 128 KiB).
+    static CONVERT_TILE: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `d[r * ld_d + j] = s[j * ld_s + r]` for `r < rows`, `j < n` (16-bit elements): 8 × 8 blocks transposed
 /// in SSE2 registers, the edges element by element.
 ///
@@ -540,12 +587,41 @@ pub unsafe extern "C" fn kc_rt_copy_cols(args: *const i64) {
 /// Both windows valid for those elements and disjoint.
 #[cfg(target_arch = "x86_64")]
 unsafe fn transpose_u16(d: *mut u16, ld_d: isize, s: *const u16, ld_s: isize, rows: usize, n: usize) {
+    unsafe { transpose_u16_order::<false>(d, ld_d, s, ld_s, rows, n) }
+}
+
+/// [`transpose_u16`] writing eight rows of `d` whole before the next eight (eight sequential streams):
+/// for rows of `d` far apart in memory (a mirrored block of a symmetric product, 2 KiB apart in a
+/// 1024-wide result), going down all rows of `d` for each 8 columns left every line to be fetched for
+/// writing once per 8 columns.
+///
+/// # Safety
+/// As [`transpose_u16`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn transpose_u16_runs(d: *mut u16, ld_d: isize, s: *const u16, ld_s: isize, rows: usize, n: usize) {
+    unsafe { transpose_u16_order::<true>(d, ld_d, s, ld_s, rows, n) }
+}
+
+/// [`transpose_u16`]'s body; `ROWS_OUTER`: the 8 × 8 blocks row band by row band of `d` (else column band
+/// by column band).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn transpose_u16_order<const ROWS_OUTER: bool>(
+    d: *mut u16,
+    ld_d: isize,
+    s: *const u16,
+    ld_s: isize,
+    rows: usize,
+    n: usize,
+) {
     use std::arch::x86_64::*;
     let (r8, n8) = (rows / 8 * 8, n / 8 * 8);
+    let (outer, inner) = if ROWS_OUTER { (r8, n8) } else { (n8, r8) };
     // SAFETY: the caller's; every access is at `r < rows`, `j < n`.
     unsafe {
-        for j0 in (0..n8).step_by(8) {
-            for r0 in (0..r8).step_by(8) {
+        for o0 in (0..outer).step_by(8) {
+            for i0 in (0..inner).step_by(8) {
+                let (j0, r0) = if ROWS_OUTER { (i0, o0) } else { (o0, i0) };
                 let ld = |k: usize| _mm_loadu_si128(s.offset((j0 + k) as isize * ld_s + r0 as isize) as *const __m128i);
                 let (x0, x1, x2, x3, x4, x5, x6, x7) = (ld(0), ld(1), ld(2), ld(3), ld(4), ld(5), ld(6), ld(7));
                 let (a0, a1) = (_mm_unpacklo_epi16(x0, x1), _mm_unpackhi_epi16(x0, x1));

@@ -44,6 +44,16 @@
 //! ahead of its vector cores by more than the hardware's 15 counts of a cross flag when it runs more than
 //! 15 blocks (the simulator does not cap counters).
 //!
+//! Symmetric products (a target with `symmetric_triangle`, the host): when the anchor and every stored member
+//! are provably symmetric in their last two axes ([`crate::passes::symmetry`]: Muon's `x @ transpose(x)`
+//! and `-4.775 * a + 2.0315 * (a @ a)`), the blocks are square and only the `mb (mb + 1) / 2` on and above
+//! the diagonal of each batch are dealt ([`block_coords`]). After storing an off-diagonal block at
+//! `(m0, n0)`, the same core writes it again at `(n0, m0)`, transposed, as a loop of column copies: FixPipe
+//! out of L0C on the direct path (column `j` of the block becomes row `n0 + j` of the result; the same f32
+//! values converted alike, so the same bits as computing the mirrored block), MTE3 out of the stored
+//! member's UB tile on the mixed path. The mirrored block is the computed transpose bit for bit where the
+//! mmads sum the same products in the same k order for `(i, j)` and `(j, i)`, as the host's do.
+//!
 //! The workspace tensor is not in the [`GmPlan`] the caller passes: the launch refers to it as tensor
 //! `gm.tensors.len()`, and [`matmul_with_workspace`] returns the [`GmTensor`] to append there.
 
@@ -182,7 +192,8 @@ fn lower_bound(target: &Target, p: &Plan, c: Blocks) -> f64 {
     let e = p.dtype.size_bytes() as u64;
     let (bm, bn, bk, kf) = (c.bm.min(p.m.max(1)), c.bn.min(p.n.max(1)), c.bk, c.kf);
     let batches: i64 = p.batch_dims.iter().product();
-    let blocks = batches * ((p.m + c.bm - 1) / c.bm) * ((p.n + c.bn - 1) / c.bn);
+    let blocks =
+        batches * block_count((p.m + c.bm - 1) / c.bm, (p.n + c.bn - 1) / c.bn, triangle(target, p, c.bm, c.bn));
     let cores = (target.cube_cores as i64).min(blocks).max(1);
     let per_core = ((blocks + cores - 1) / cores) as f64;
     let (k1, k0) = (((p.k + kf - 1) / kf) as f64, ((p.k + bk - 1) / bk) as f64);
@@ -217,7 +228,11 @@ fn tuned(
         let (l, ws) = build(g, group, name, gm, target, bd, p, blocks, Some(&h))?;
         return Ok((l, ws, Vec::new()));
     }
-    let cands = candidates(target, p.m, p.n, p.k, esize);
+    let mut cands = candidates(target, p.m, p.n, p.k, esize);
+    // A symmetric product takes square blocks, to compute one triangle of them.
+    if p.symmetric && target.symmetric_triangle && cands.iter().any(|c| c.bm == c.bn) {
+        cands.retain(|c| c.bm == c.bn);
+    }
     // Simulate the candidates with the best lower bounds; the others cannot do better than their bound.
     // Among equal bounds the deeper k steps come first (so a tie keeps fewer, larger copies and mmads).
     let mut scored: Vec<(f64, Blocks)> = cands.into_iter().map(|c| (lower_bound(target, p, c), c)).collect();
@@ -283,6 +298,10 @@ struct Plan {
     /// Whether FixPipe writes the results directly (no epilogue, or casts only).
     direct: bool,
     ext: BTreeMap<ValueId, Ext>,
+    /// Whether the anchor and every stored member are provably symmetric in their last two axes
+    /// ([`crate::passes::symmetry`]): on a target with `symmetric_triangle`, square base blocks, the blocks on
+    /// and above the diagonal computed and each off-diagonal one also written transposed (see [`build`]).
+    symmetric: bool,
 }
 
 /// Whether `idx` is exactly the variables `want`, in order.
@@ -413,6 +432,14 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
     if group.stored.iter().any(|s| !gm.of.contains_key(s) || !group.nodes.contains(s)) {
         return None;
     }
+    // Symmetry: a fact about the graph, proven once per group (one pass over the nodes up to the last stored
+    // member; only square products get there).
+    let symmetric = m == n && {
+        let last = group.stored.iter().copied().chain([anchor]).max().unwrap_or(anchor);
+        let sym = crate::passes::symmetry::symmetric_upto(g, last);
+        let at = |x: &ValueId| sym.get(x.index()).copied().unwrap_or(false);
+        at(&anchor) && group.stored.iter().all(at)
+    };
     Some(Plan {
         anchor,
         a,
@@ -425,6 +452,7 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
         epilogue: if direct { Vec::new() } else { epilogue },
         direct,
         ext,
+        symmetric,
     })
 }
 
@@ -530,7 +558,8 @@ fn build(
     let Blocks { bm, bn, bk, kf, l0c_slots } = blocks_;
     let (mb, nbk) = ((m + bm - 1) / bm, (n + bn - 1) / bn);
     let batches: i64 = p.batch_dims.iter().product();
-    let blocks = batches * mb * nbk;
+    let tri = triangle(target, p, bm, bn);
+    let blocks = batches * block_count(mb, nbk, tri);
     let ratio = (target.vector_cores / target.cube_cores.max(1)).max(1);
     let cubes = (target.cube_cores as i64).min(blocks).max(1) as u32;
     let (unit, vcores) = if p.direct { (Unit::Cube, 0) } else { (Unit::Mixed, cubes * ratio) };
@@ -557,12 +586,10 @@ fn build(
 
     // The block's coordinates, from `blk`.
     let contiguous = target.contiguous_chunks;
+    let tvars = tri.then(|| [lb.svar("tr"), lb.svar("tc"), lb.svar("ts")]);
     let coords = |stmts: &mut Vec<Stmt>| {
         let lin = block_of(v(blk), blocks, cubes as i64, contiguous);
-        stmts.push(Stmt::Set { var: bi, value: bin(SBin::Div, lin.clone(), c(mb * nbk)) });
-        let r = bin(SBin::Mod, lin, c(mb * nbk));
-        stmts.push(Stmt::Set { var: m0, value: mul(bin(SBin::Div, r.clone(), c(nbk)), c(bm)) });
-        stmts.push(Stmt::Set { var: n0, value: mul(bin(SBin::Mod, r, c(nbk)), c(bn)) });
+        block_coords(stmts, lin, [bi, m0, n0], tvars, (mb, nbk), (bm, bn));
         stmts.push(Stmt::Set { var: rows, value: bin(SBin::Min, c(bm), bin(SBin::Sub, c(m), v(m0))) });
         stmts.push(Stmt::Set { var: cols, value: bin(SBin::Min, c(bn), bin(SBin::Sub, c(n), v(n0))) });
     };
@@ -721,6 +748,7 @@ fn build(
     body.push(Stmt::For { var: kk, lo: c(0), hi: c(k), step: kf, body: step() });
     body.extend(flag(Pipe::M, Pipe::Fix));
     let out_off = add(mul(v(bi), c(m * n)), add(mul(v(m0), c(n)), v(n0)));
+    let mj = tri.then(|| lb.svar("mj"));
     if p.direct {
         for st in &group.stored {
             body.push(Stmt::Copy {
@@ -730,6 +758,29 @@ fn build(
                 rows: v(rows),
                 cols: v(cols),
             });
+        }
+        // An off-diagonal block of a symmetric product again, transposed: column j of L0C is row n0 + j of
+        // the result from column m0 (the same f32 values, converted alike: the same bits as computing it).
+        if let Some(mj) = mj {
+            let mut mirror = Vec::new();
+            for st in &group.stored {
+                mirror.push(Stmt::Copy {
+                    pipe: Pipe::Fix,
+                    src: region(bslot(c0, v(cs)), v(mj), c(bn)),
+                    dst: region(
+                        Loc::Gm(gm.of[st]),
+                        add(mul(v(bi), c(m * n)), add(mul(add(v(n0), v(mj)), c(n)), v(m0))),
+                        c(1),
+                    ),
+                    rows: v(rows),
+                    cols: c(1),
+                });
+            }
+            let mirror = mirror
+                .into_iter()
+                .map(|st| Stmt::For { var: mj, lo: c(0), hi: v(cols), step: 1, body: vec![st] })
+                .collect();
+            body.push(Stmt::If { cond: bin(SBin::Lt, v(m0), v(n0)), then: mirror });
         }
     } else {
         body.push(Stmt::Copy {
@@ -759,8 +810,9 @@ fn build(
     }
 
     if !p.direct {
-        let vector = epilogue_program(g, group, gm, bd, p, &mut lb, ws_id, (bm, bn), (mb, nbk), blocks, cubes, ratio)
-            .ok_or_else(|| internal("the epilogue cannot be lowered"))?;
+        let vector =
+            epilogue_program(g, group, gm, bd, p, &mut lb, ws_id, (bm, bn), (mb, nbk), blocks, cubes, ratio, tri)
+                .ok_or_else(|| internal("the epilogue cannot be lowered"))?;
         lb.launch.vector = vector;
     }
     lb.launch.cube = cube;
@@ -787,6 +839,7 @@ fn epilogue_program(
     blocks: i64,
     cubes: u32,
     ratio: u32,
+    tri: bool,
 ) -> Option<Vec<Stmt>> {
     let (m, n) = (p.m, p.n);
     let hr = (bm + ratio as i64 - 1) / ratio as i64;
@@ -828,16 +881,17 @@ fn epilogue_program(
     ];
     // The same block as the cube core's at this `blk` (see `block_of`).
     let lin = block_of(v(blk), blocks, cubes as i64, lb.target.contiguous_chunks);
-    let mut body = vec![
-        Stmt::Set { var: bi, value: bin(SBin::Div, lin.clone(), c(mb * nbk)) },
-        Stmt::Set { var: m0, value: mul(bin(SBin::Div, bin(SBin::Mod, lin.clone(), c(mb * nbk)), c(nbk)), c(bm)) },
-        Stmt::Set { var: n0, value: mul(bin(SBin::Mod, bin(SBin::Mod, lin, c(mb * nbk)), c(nbk)), c(bn)) },
+    let tvars = tri.then(|| [lb.svar("vtr"), lb.svar("vtc"), lb.svar("vts")]);
+    let mj = tri.then(|| lb.svar("vmj"));
+    let mut body = Vec::new();
+    block_coords(&mut body, lin, [bi, m0, n0], tvars, (mb, nbk), (bm, bn));
+    body.extend([
         Stmt::Set { var: rows, value: bin(SBin::Min, c(bm), bin(SBin::Sub, c(m), v(m0))) },
         Stmt::Set { var: cols, value: bin(SBin::Min, c(bn), bin(SBin::Sub, c(n), v(n0))) },
         Stmt::Set { var: r0, value: mul(sub, c(hr)) },
         Stmt::Set { var: rc, value: bin(SBin::Min, c(hr), bin(SBin::Sub, v(rows), v(r0))) },
         Stmt::CrossWait { flag: 0 },
-    ];
+    ]);
     // MTE2 refills the tiles once V has read them and MTE3 has stored them (a stored member may be the
     // anchor's own tile, which MTE2 writes).
     let mut work = vec![
@@ -897,6 +951,26 @@ fn epilogue_program(
             cols: v(cols),
         });
     }
+    // A symmetric product's off-diagonal block again, transposed: column j of the tile is row n0 + j of the
+    // result from column m0 + r0 (the bits just stored, in the mirrored place).
+    if let Some(mj) = mj {
+        let mut mirror = Vec::new();
+        for st in &group.stored {
+            let copy = Stmt::Copy {
+                pipe: Pipe::Mte3,
+                src: region(bslot(*bufs.get(st)?, c(0)), v(mj), c(bn)),
+                dst: region(
+                    Loc::Gm(*gm.of.get(st)?),
+                    add(mul(v(bi), c(m * n)), add(mul(add(v(n0), v(mj)), c(n)), row0.clone())),
+                    c(1),
+                ),
+                rows: v(rc),
+                cols: c(1),
+            };
+            mirror.push(Stmt::For { var: mj, lo: c(0), hi: v(cols), step: 1, body: vec![copy] });
+        }
+        work.push(Stmt::If { cond: bin(SBin::Lt, v(m0), v(n0)), then: mirror });
+    }
     work.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });
     work.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::Mte2, event: 0 });
     body.push(Stmt::If { cond: bin(SBin::Lt, c(0), v(rc)), then: work });
@@ -905,6 +979,54 @@ fn epilogue_program(
     prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });
     prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::Mte2, event: 0 });
     Some(prog)
+}
+
+/// Whether a launch with `bm × bn` base blocks computes one triangle of blocks: a symmetric product on a
+/// target with `symmetric_triangle`, square blocks.
+fn triangle(target: &Target, p: &Plan, bm: i64, bn: i64) -> bool {
+    p.symmetric && target.symmetric_triangle && bm == bn && p.m == p.n
+}
+
+/// The blocks of one batch: `mb × nbk`, or the `mb (mb + 1) / 2` on and above the diagonal.
+fn block_count(mb: i64, nbk: i64, tri: bool) -> i64 {
+    if tri {
+        mb * (mb + 1) / 2
+    } else {
+        mb * nbk
+    }
+}
+
+/// Statements setting `[bi, m0, n0]` to block `lin`'s batch, first row and first column. Row-major over
+/// (batch, m-block, n-block); with `tri` (registers for the triangle's row, column and side), block `t` of
+/// a batch's triangle (`mb` blocks a side) without a square root: row `r` (`mb - r` blocks, from the
+/// diagonal) and row `mb - 1 - r` (`r + 1` blocks) make one folded row of `mb + 1`, so `r = t / (mb + 1)`,
+/// `c = t % (mb + 1)`: the block is `(r, r + c)` if `c < mb - r`, else `(mb - 1 - r, c - 1)`.
+fn block_coords(
+    out: &mut Vec<Stmt>,
+    lin: SExpr,
+    [bi, m0, n0]: [SVar; 3],
+    tri: Option<[SVar; 3]>,
+    (mb, nbk): (i64, i64),
+    (bm, bn): (i64, i64),
+) {
+    let Some([tr, tc, ts]) = tri else {
+        out.push(Stmt::Set { var: bi, value: bin(SBin::Div, lin.clone(), c(mb * nbk)) });
+        let r = bin(SBin::Mod, lin, c(mb * nbk));
+        out.push(Stmt::Set { var: m0, value: mul(bin(SBin::Div, r.clone(), c(nbk)), c(bm)) });
+        out.push(Stmt::Set { var: n0, value: mul(bin(SBin::Mod, r, c(nbk)), c(bn)) });
+        return;
+    };
+    let per = block_count(mb, nbk, true);
+    out.push(Stmt::Set { var: bi, value: bin(SBin::Div, lin.clone(), c(per)) });
+    let t = bin(SBin::Mod, lin, c(per));
+    out.push(Stmt::Set { var: tr, value: bin(SBin::Div, t.clone(), c(mb + 1)) });
+    out.push(Stmt::Set { var: tc, value: bin(SBin::Mod, t, c(mb + 1)) });
+    out.push(Stmt::Set { var: ts, value: bin(SBin::Lt, v(tc), bin(SBin::Sub, c(mb), v(tr))) });
+    // Row: r if ts, else mb - 1 - r; column: r + c if ts, else c - 1.
+    let row = add(bin(SBin::Sub, c(mb - 1), v(tr)), mul(v(ts), add(mul(c(2), v(tr)), c(1 - mb))));
+    let col = add(bin(SBin::Sub, v(tc), c(1)), mul(v(ts), add(v(tr), c(1))));
+    out.push(Stmt::Set { var: m0, value: mul(row, c(bm)) });
+    out.push(Stmt::Set { var: n0, value: mul(col, c(bn)) });
 }
 
 /// The block (a row-major index over batch, m-block, n-block) that a core runs at loop value `blk`: the
