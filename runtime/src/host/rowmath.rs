@@ -1151,6 +1151,8 @@ pub unsafe extern "C" fn kc_rt_row_mask(
 ) {
     let n = n.max(0) as usize;
     let (mul, swap) = (flags & ROW_MASK_MUL != 0, flags & ROW_MASK_SWAP != 0);
+    // The operand order is the statement's (`x · k` and `k · x` differ in which NaN a product of two keeps).
+    #[allow(clippy::if_same_then_else)]
     let val = |x: f32| {
         if !mul {
             x

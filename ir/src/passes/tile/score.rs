@@ -31,7 +31,8 @@
 //! unit evaluates the mask only on such blocks (elsewhere the anchor without the `where`). A target may
 //! multiply diagonal blocks whole instead (`score_whole_diag`, the host): then a vector core takes the
 //! columns the i-block's rows see, masks those its own rows do not (p = 0 there, which the whole p·v mmad
-//! reads), and its softmax is one branch for the blocks its rows see whole and one for the diagonal ones:
+//! reads), and its softmax is one branch for the blocks its rows see whole and one for the diagonal ones,
+//! whose mask is one statement over the whole tile (it overwrites the copied scores element for element):
 //! no register between the loads and the mmads changes, and the host reads every hand-off in place.
 //!
 //! The cube computes scores `lead` blocks ahead of its p·v products (3; the target may say otherwise:
