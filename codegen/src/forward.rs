@@ -395,7 +395,7 @@ fn has_read(e: &SExpr) -> bool {
     !b.is_empty()
 }
 
-fn sexpr_reads(e: &SExpr, out: &mut BTreeSet<BufId>) {
+pub(crate) fn sexpr_reads(e: &SExpr, out: &mut BTreeSet<BufId>) {
     match e {
         SExpr::Read { buf, slot, index } => {
             out.insert(*buf);
@@ -411,7 +411,7 @@ fn sexpr_reads(e: &SExpr, out: &mut BTreeSet<BufId>) {
 }
 
 /// Buffers read by the scalar expressions of a statement's regions and sizes.
-fn region_sexpr_reads(s: &Stmt, out: &mut BTreeSet<BufId>) {
+pub(crate) fn region_sexpr_reads(s: &Stmt, out: &mut BTreeSet<BufId>) {
     let mut reg = |r: &Region| {
         sexpr_reads(&r.offset, out);
         sexpr_reads(&r.row_stride, out);
@@ -466,7 +466,7 @@ fn region_sexpr_reads(s: &Stmt, out: &mut BTreeSet<BufId>) {
 }
 
 /// Every buffer read anywhere in `body` (by any statement, scalar reads included).
-fn reads_of(body: &[Stmt], out: &mut BTreeSet<BufId>) {
+pub(crate) fn reads_of(body: &[Stmt], out: &mut BTreeSet<BufId>) {
     for s in body {
         region_sexpr_reads(s, out);
         match s {

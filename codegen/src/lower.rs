@@ -35,11 +35,15 @@
 //!   compute the bits of the inline code (`codegen/tests/math.rs`).
 //! - Row routines ([`RowForm`]): a vector statement `exp(src - s)` into `f32`, or `src op s` / `s op src`
 //!   (`+ - * /`) into `f32` or bf16, with `src` an element read of an `f32`/bf16 window and `s` a row-invariant
-//!   float, or `silu(a) * b` of two `f32` rows into `f32` or bf16 (SwiGLU's gate), is one host call per row
-//!   ([`rowmath::kc_rt_row_exp`], [`rowmath::kc_rt_row_scalar`], [`rowmath::kc_rt_row_silu_mul`], 16 lanes at
+//!   float, or `silu(a) * b` of two `f32` rows into `f32` or bf16 (SwiGLU's gate), or a causal mask
+//!   `where(a + c <= b, k · src, fill)` into `f32`, is one host call per row ([`rowmath::kc_rt_row_exp`],
+//!   [`rowmath::kc_rt_row_scalar`], [`rowmath::kc_rt_row_silu_mul`], [`rowmath::kc_rt_row_mask`], 16 lanes at
 //!   a time, the same bits); `exp(src - s)` followed by the row sum of its destination computes the sum in the
-//!   same call ([`Gen::exp_sum`]); in a chunked statement, an `exp` whose argument has that form is computed
+//!   same call ([`Gen::exp_sum`]), without storing the `exp`'s row when nothing reads it
+//!   ([`dead_exp_stores`]); in a chunked statement, an `exp` whose argument has that form is computed
 //!   from the source row straight into its scratch row.
+//! - Statements over a column of a UB buffer (`rows × 1`, `ld 1`) are compiled as statements over one row
+//!   ([`columns_as_rows`]), so that they run along the row's lanes.
 //! - Transcendental functions are inline `f32x4` code ([`crate::math`]: evaluated in f64 lanes and rounded
 //!   once, within 1 ulp of the interpreter); `min`/`max` propagate NaN as the interpreter does; bf16 and
 //!   f16 conversions are done in registers with round-to-nearest-even. `pow` and float `%` call `libm`
@@ -67,7 +71,7 @@ use kc_ir::tile::{
 use kc_runtime::gm::Results;
 use kc_runtime::host::rowmath;
 use kc_runtime::native::{self, CoreFn, LibKind, NativeLaunch, NativeStats, Site};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What to compile, and what to keep.
 #[derive(Clone, Debug, Default)]
@@ -90,6 +94,8 @@ pub struct CompiledLaunch {
     pub used: Vec<bool>,
     /// The core programs as compiled (after copy forwarding): cube, vector.
     pub bodies: (Vec<Stmt>, Vec<Stmt>),
+    /// The vector buffers whose `exp` rows the compiled code does not store ([`dead_exp_stores`]).
+    pub dead_exp: std::collections::BTreeSet<BufId>,
 }
 
 /// A compiled program. The machine code lives as long as this value.
@@ -338,6 +344,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
             vec![],
         ),
         ("kc_rt_row_scalar", rowmath::kc_rt_row_scalar as *const u8, vec![I64, I64, I64, F32, I64], vec![]),
+        ("kc_rt_row_mask", rowmath::kc_rt_row_mask as *const u8, vec![I64, I64, I64, I64, I64, F32, F32, I64], vec![]),
         ("kc_rt_row_axpy", rowmath::kc_rt_row_axpy as *const u8, vec![I64, I64, I64, I64, F32, I64], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
@@ -434,6 +441,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
         let mut pair = (None, None);
         let mut used = vec![false; l.buffers.len()];
         let mut bodies = (Vec::new(), Vec::new());
+        let mut dead_exp = std::collections::BTreeSet::new();
         for (cube, body, n) in [(true, &l.cube, l.cube_cores), (false, &l.vector, l.vector_cores)] {
             if n == 0 {
                 continue;
@@ -454,13 +462,20 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                     fns.insert(*name, module.declare_func_in_func(*id, &mut ctx.func));
                 }
                 let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-                let body = crate::forward::forward(prog, l, body);
+                let mut body = crate::forward::forward(prog, l, body);
+                if !cube {
+                    columns_as_rows(&mut body);
+                }
                 for b in crate::forward::referenced(&body) {
                     if let Some(u) = used.get_mut(b.0 as usize) {
                         *u = true;
                     }
                 }
                 let mut g = Gen::new(prog, l, &body, cube, &mut b, fns, &mut sites, &name);
+                if !cube {
+                    g.dead_exp = dead_exp_stores(prog, l, &body, &l.cube);
+                    dead_exp.clone_from(&g.dead_exp);
+                }
                 g.program(&body)?;
                 b.seal_all_blocks();
                 b.finalize(module.target_config());
@@ -488,7 +503,15 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
             }
         }
         ids.push(pair);
-        out.launches.push(CompiledLaunch { name: l.name.clone(), cube: None, vector: None, sites, used, bodies });
+        out.launches.push(CompiledLaunch {
+            name: l.name.clone(),
+            cube: None,
+            vector: None,
+            sites,
+            used,
+            bodies,
+            dead_exp,
+        });
     }
     module.finalize_definitions().map_err(|e| internal(span, format!("linking: {e}")))?;
     for (cl, (c, v)) in out.launches.iter_mut().zip(ids) {
@@ -584,6 +607,8 @@ struct Gen<'a, 'b, 'p> {
     splats: BTreeMap<*const VExpr, cranelift_codegen::ir::StackSlot>,
     /// The transposing loads the matrix unit reads in place (`forward::transposed_b`), by statement address.
     trans: crate::forward::Transposed,
+    /// The buffers whose [`ExpGroup`]s' `f32` rows are not stored ([`dead_exp_stores`]; vector programs).
+    dead_exp: std::collections::BTreeSet<BufId>,
 }
 
 /// The most row-invariant values of a statement splatted into `splat_slot`; further ones are splatted at
@@ -669,6 +694,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             splat_slot: None,
             splats: BTreeMap::new(),
             trans: crate::forward::transposed_b(prog, launch, body),
+            dead_exp: std::collections::BTreeSet::new(),
         }
     }
 
@@ -1607,6 +1633,243 @@ enum RowForm<'e> {
     Axpy { src: &'e Region, s: &'e VExpr, add: &'e Region, swap: bool },
     /// `silu(src) · add`, both `f32`, into `f32` or bf16 (SwiGLU's gate): [`rowmath::kc_rt_row_silu_mul`].
     SiluMul { src: &'e Region, add: &'e Region },
+    /// `where(a + c <= b, k · src, fill)` (or `src · k`: `swap`; `src` without `k`; `c + a`, or `c` without
+    /// `a`), `a` and `b` row-invariant integers, `k` and `fill` row-invariant floats, `src` `f32`, into `f32`
+    /// (causal attention's mask on a diagonal block): [`rowmath::kc_rt_row_mask`].
+    Mask { src: &'e Region, k: Option<&'e VExpr>, swap: bool, a: Option<&'e VExpr>, b: &'e VExpr, fill: &'e VExpr },
+}
+
+/// Rewrites each vector statement over a column of a buffer (`rows × 1`, the destination's rows one element
+/// apart: `ld 1`) as the same statement over one row (`1 × rows`), when every operand maps the same way:
+/// element `(r, 0)` becomes `(0, r)`, an element read `x[r, 0]` (`ld 1`) reads `x[0, r]`, a per-row read
+/// `x[r, 0]` is a per-column read `x[0, c]` (`ld 1`) or stays the one value it is (`ld 0`), a per-column read
+/// (`x[0, 0]` for the only column) is a per-row read of row 0, and the row index is the column index (the
+/// column index, 0, the constant 0). The statement computes the same values into the same elements, all read
+/// before any is written as before (the tile IR's semantics; the compiled code keeps them for either
+/// shape), but the JIT's code goes along a row 4 or 8 lanes at a time and calls the row routines, instead of
+/// one row, one lane, of code per element: attention's running maxima, sums and rescaling factors (`m`,
+/// `l`, `alpha`: 64 × 1 each, five statements per score block, 8192 blocks per call at the benchmark's
+/// size). Statements into GM keep their shape.
+fn columns_as_rows(body: &mut [Stmt]) {
+    fn one(e: &SExpr, k: i64) -> bool {
+        matches!(e, SExpr::Const(x) if *x == k)
+    }
+    /// `e` over `1 × rows`, or `None` if an operand does not map.
+    fn flip(e: &VExpr) -> Option<VExpr> {
+        Some(match e {
+            VExpr::Read(x) if one(&x.row_stride, 1) => VExpr::Read(x.clone()),
+            VExpr::ReadRow(x) if one(&x.row_stride, 1) => VExpr::ReadCol(x.clone()),
+            VExpr::ReadRow(x) if one(&x.row_stride, 0) => VExpr::ReadRow(x.clone()),
+            VExpr::ReadCol(x) => VExpr::ReadRow(x.clone()),
+            VExpr::Read(_) | VExpr::ReadRow(_) => return None,
+            VExpr::Row => VExpr::Col,
+            VExpr::Col => VExpr::I32(0),
+            VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Scalar(_) => e.clone(),
+            VExpr::Unary(op, a) => VExpr::Unary(*op, Box::new(flip(a)?)),
+            VExpr::Cast(t, a) => VExpr::Cast(*t, Box::new(flip(a)?)),
+            VExpr::Binary(op, a, b) => VExpr::Binary(*op, Box::new(flip(a)?), Box::new(flip(b)?)),
+            VExpr::Select(c, a, b) => VExpr::Select(Box::new(flip(c)?), Box::new(flip(a)?), Box::new(flip(b)?)),
+        })
+    }
+    for s in body.iter_mut() {
+        match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => columns_as_rows(body),
+            Stmt::Vector { dst, rows, cols, expr }
+                if one(cols, 1) && !one(rows, 1) && one(&dst.row_stride, 1) && matches!(dst.loc, Loc::Buf { .. }) =>
+            {
+                if let Some(e) = flip(expr) {
+                    *expr = e;
+                    *cols = std::mem::replace(rows, SExpr::Const(1));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A vector statement `exp(src - s)` into `f32` ([`row_form`]) followed by the sum of its destination's rows
+/// (the same window and sizes) into an `f32` buffer apart from both, and optionally, past flag statements,
+/// the cast of that window to bf16 into storage apart from the others (a buffer, or a GM tensor that no
+/// other may alias): the statements [`Gen::exp_sum`] computes in one host call per row.
+struct ExpGroup<'p> {
+    dst: &'p Region,
+    rows: &'p SExpr,
+    cols: &'p SExpr,
+    expr: &'p VExpr,
+    form: RowForm<'p>,
+    /// The sum's destination and whether it accumulates.
+    sum: (&'p Region, bool),
+    /// The cast's destination, if the group has the cast.
+    conv: Option<&'p Region>,
+    /// The flag statements between the sum and the cast (none without the cast).
+    flags: usize,
+}
+
+impl ExpGroup<'_> {
+    /// The statements of the group: the `exp`, the sum, and the flags and the cast if any.
+    fn len(&self) -> usize {
+        if self.conv.is_some() {
+            3 + self.flags
+        } else {
+            2
+        }
+    }
+}
+
+/// The [`ExpGroup`] at the start of `body`, if there is one.
+fn exp_group<'p>(prog: &TileProgram, l: &Launch, body: &'p [Stmt]) -> Option<ExpGroup<'p>> {
+    let [Stmt::Vector { dst, rows, cols, expr }, Stmt::Reduce { op: ReduceOp::Sum, axis: 1, src, dst: rd, rows: r2, cols: c2, accumulate }, rest @ ..] =
+        body
+    else {
+        return None;
+    };
+    if src != dst || r2 != rows || c2 != cols {
+        return None;
+    }
+    let form @ RowForm::Exp { .. } = row_form(prog, l, dst, expr)? else { return None };
+    if region_dtype(prog, l, rd) != Some(DType::F32) || !matches!(rd.loc, Loc::Buf { .. }) {
+        return None;
+    }
+    let mut regions = Vec::new();
+    collect_reads(expr, &mut regions);
+    if same_storage(rd, dst) || regions.iter().any(|(_, r)| same_storage(r, rd)) {
+        return None;
+    }
+    let flags = rest.iter().take_while(|s| matches!(s, Stmt::SetFlag { .. } | Stmt::WaitFlag { .. })).count();
+    let conv = match rest.get(flags) {
+        Some(Stmt::Vector { dst: cd, rows: r3, cols: c3, expr: VExpr::Read(x) })
+            if x == dst
+                && r3 == rows
+                && c3 == cols
+                && (match cd.loc {
+                    Loc::Buf { .. } => true,
+                    Loc::Gm(t) => !may_alias(prog, t),
+                })
+                && region_dtype(prog, l, cd) == Some(DType::BF16)
+                && !same_storage(cd, dst)
+                && !same_storage(cd, rd)
+                && !regions.iter().any(|(_, r)| same_storage(r, cd)) =>
+        {
+            Some(cd)
+        }
+        _ => None,
+    };
+    Some(ExpGroup {
+        dst,
+        rows,
+        cols,
+        expr,
+        form,
+        sum: (rd, *accumulate),
+        flags: if conv.is_some() { flags } else { 0 },
+        conv,
+    })
+}
+
+/// The buffers into which [`ExpGroup`]s of `body` (a vector program, as compiled: after copy forwarding)
+/// store `exp` rows that nothing reads: buffers of the core's own memory that `other` (the partner
+/// program) does not mention and that no statement of `body` reads except the group's own sum and cast of
+/// the `exp`'s window, which the group's host call computes from the values in its registers. The `f32`
+/// store of such a group is dead: every other statement that reads the buffer would have to be a read
+/// outside a group, and there is none (the groups' `exp`s themselves, their row values and window
+/// expressions count as reads). The statements are walked as [`Gen::stmts`] compiles them: a fused run
+/// ([`fusable_run`]) is ordinary statements, then a group, then a statement (loop and branch bodies
+/// likewise). Attention's `exp` rows (`raw_ub` without a mask: the scores read in the cube's workspace by
+/// copy forwarding, the exp's row sum and `p` computed in the same call) are such stores; the causal
+/// kernel's diagonal blocks read their masked scores in that buffer, and keep theirs.
+pub fn dead_exp_stores(prog: &TileProgram, l: &Launch, body: &[Stmt], other: &[Stmt]) -> BTreeSet<BufId> {
+    fn walk(prog: &TileProgram, l: &Launch, body: &[Stmt], groups: &mut BTreeSet<BufId>, read: &mut BTreeSet<BufId>) {
+        // A region's window expressions (offset, row stride, slot) read what their scalar reads read.
+        let window = |r: &Region, read: &mut BTreeSet<BufId>| {
+            crate::forward::sexpr_reads(&r.offset, read);
+            crate::forward::sexpr_reads(&r.row_stride, read);
+            if let Loc::Buf { slot, .. } = &r.loc {
+                crate::forward::sexpr_reads(slot, read);
+            }
+        };
+        let mut i = 0;
+        while i < body.len() {
+            let n = fusable_run(prog, l, &body[i..]);
+            if n >= 2 {
+                crate::forward::reads_of(&body[i..i + n], read);
+                i += n;
+                continue;
+            }
+            if let Some(g) = exp_group(prog, l, &body[i..]) {
+                match g.dst.loc {
+                    Loc::Buf { buf, .. } => {
+                        groups.insert(buf);
+                    }
+                    Loc::Gm(_) => {}
+                }
+                // The `exp` statement reads what it reads (its own window too, if it computes in place).
+                crate::forward::reads_of(&body[i..i + 1], read);
+                // The sum: its window expressions and sizes, and its destination if it accumulates.
+                crate::forward::region_sexpr_reads(&body[i + 1], read);
+                if g.sum.1 {
+                    if let Loc::Buf { buf, .. } = g.sum.0.loc {
+                        read.insert(buf);
+                    }
+                }
+                // The cast: its destination's and its source's window expressions and its sizes.
+                if g.conv.is_some() {
+                    let cast = &body[i + 2 + g.flags];
+                    crate::forward::region_sexpr_reads(cast, read);
+                    window(g.dst, read);
+                }
+                i += g.len();
+                continue;
+            }
+            match &body[i] {
+                Stmt::For { lo, hi, body: b, .. } => {
+                    crate::forward::sexpr_reads(lo, read);
+                    crate::forward::sexpr_reads(hi, read);
+                    walk(prog, l, b, groups, read);
+                }
+                Stmt::If { cond, then } => {
+                    crate::forward::sexpr_reads(cond, read);
+                    walk(prog, l, then, groups, read);
+                }
+                s => crate::forward::reads_of(std::slice::from_ref(s), read),
+            }
+            i += 1;
+        }
+    }
+    let (mut groups, mut read) = (BTreeSet::new(), BTreeSet::new());
+    walk(prog, l, body, &mut groups, &mut read);
+    let partner = crate::forward::referenced(other);
+    groups.retain(|b| !read.contains(b) && !partner.contains(b));
+    groups
+}
+
+/// `where(cond, t, fill)` as [`RowForm::Mask`]: `cond` is `a + c <= b` (`c + a`, or `c`), `a` and `b`
+/// row-invariant integers without divisions (which could fail: computed once per row, they must not fail
+/// where the element code would not run), `t` an element read of an `f32` region or its product with a
+/// row-invariant float, `fill` a row-invariant float.
+fn mask_form<'e>(
+    prog: &TileProgram,
+    l: &Launch,
+    cond: &'e VExpr,
+    t: &'e VExpr,
+    fill: &'e VExpr,
+) -> Option<RowForm<'e>> {
+    let int_row = |e: &VExpr| var_of(e) != Var::Elem && ty_of(prog, l, e) == Some(Ty::I) && !has_div(e);
+    let VExpr::Binary(BinOp::Le, lhs, b) = cond else { return None };
+    let a = match &**lhs {
+        VExpr::Col => None,
+        VExpr::Binary(BinOp::Add, x, y) if matches!(**y, VExpr::Col) && int_row(x) => Some(&**x),
+        VExpr::Binary(BinOp::Add, x, y) if matches!(**x, VExpr::Col) && int_row(y) => Some(&**y),
+        _ => return None,
+    };
+    if !int_row(b) || !row_float(prog, l, fill) {
+        return None;
+    }
+    let (src, k, swap) = match t {
+        VExpr::Binary(BinOp::Mul, k, x) if row_float(prog, l, k) => (f32_read(prog, l, x)?, Some(&**k), false),
+        VExpr::Binary(BinOp::Mul, x, k) if row_float(prog, l, k) => (f32_read(prog, l, x)?, Some(&**k), true),
+        _ => (f32_read(prog, l, t)?, None, false),
+    };
+    Some(RowForm::Mask { src, k, swap, a, b, fill })
 }
 
 /// The dtype of a region's storage.
@@ -1689,6 +1952,7 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
             let (src, s, k) = exp_arg(prog, l, a)?;
             RowForm::Exp { src, s, k }
         }
+        VExpr::Select(cond, t, fill) if ddt == DType::F32 => mask_form(prog, l, cond, t, fill)?,
         VExpr::Binary(BinOp::Mul, a, b)
             if matches!(ddt, DType::F32 | DType::BF16) && matches!(&**a, VExpr::Unary(UnOp::Silu, _)) =>
         {
@@ -1716,6 +1980,13 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
         RowForm::Scalar { src, s, .. } => (*src, Some(*s), None, None),
         RowForm::Axpy { src, s, add, .. } => (*src, Some(*s), None, Some(*add)),
         RowForm::SiluMul { src, add } => (*src, None, None, Some(*add)),
+        // The row values: `k`, `fill` (the integers `a` and `b` below).
+        RowForm::Mask { src, k, fill, .. } => (*src, *k, Some(*fill), None),
+    };
+    // A mask's integers read nothing the statement writes either.
+    let ints: Vec<&VExpr> = match &form {
+        RowForm::Mask { a, b, .. } => a.iter().copied().chain([*b]).collect(),
+        _ => Vec::new(),
     };
     let aliased = |r: &Region| matches!(r.loc, Loc::Gm(t) if may_alias(prog, t));
     let same_elems =
@@ -1727,7 +1998,7 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
             return None;
         }
     }
-    for v in [s, k].into_iter().flatten() {
+    for v in [s, k].into_iter().flatten().chain(ints) {
         let mut reads = Vec::new();
         collect_reads(v, &mut reads);
         if reads.iter().any(|(_, r)| same_storage(r, dst) || aliased(r) && aliased(dst)) {
@@ -2129,56 +2400,18 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
     /// (the sum in [`rowmath::reduce_row`]'s order). When the next statement past any flag statements (no-ops
     /// on the host) casts the exp's destination, the same window, to bf16 in a buffer apart from the others or
     /// a GM tensor that no other may alias (attention's `p = e`, forwarded into the cube's workspace), the
-    /// same call stores that too ([`rowmath::kc_rt_row_exp_bf`]). The number of
-    /// statements done, or `None`: not such a pair (nothing emitted).
+    /// same call stores that too ([`rowmath::kc_rt_row_exp_bf`]); see [`exp_group`]. When no statement of the
+    /// program reads the exp's destination buffer apart from such groups ([`dead_exp_stores`]), the call
+    /// does not store the `f32` row at all. The number of statements done, or `None`: not such a pair
+    /// (nothing emitted).
     fn exp_sum(&mut self, body: &'p [Stmt]) -> Result<Option<usize>, Diagnostic> {
-        let [Stmt::Vector { dst, rows, cols, expr }, Stmt::Reduce { op: ReduceOp::Sum, axis: 1, src, dst: rd, rows: r2, cols: c2, accumulate }, rest @ ..] =
-            body
-        else {
-            return Ok(None);
-        };
-        if src != dst || r2 != rows || c2 != cols {
-            return Ok(None);
+        let Some(g) = exp_group(self.prog, self.launch, body) else { return Ok(None) };
+        self.row_routine(g.dst, g.rows, g.cols, g.expr, &g.form, Some(g.sum), g.conv)?;
+        // The flag statements between emit nothing on the host; they are compiled in order all the same.
+        for st in &body[2..2 + g.flags] {
+            self.stmt(st)?;
         }
-        let Some(form @ RowForm::Exp { .. }) = row_form(self.prog, self.launch, dst, expr) else { return Ok(None) };
-        if self.loc_dtype(&rd.loc) != Some(DType::F32) || !matches!(rd.loc, Loc::Buf { .. }) {
-            return Ok(None);
-        }
-        let mut regions = Vec::new();
-        collect_reads(expr, &mut regions);
-        if same_storage(rd, dst) || regions.iter().any(|(_, r)| same_storage(r, rd)) {
-            return Ok(None);
-        }
-        let flags = rest.iter().take_while(|s| matches!(s, Stmt::SetFlag { .. } | Stmt::WaitFlag { .. })).count();
-        let conv = match rest.get(flags) {
-            Some(Stmt::Vector { dst: cd, rows: r3, cols: c3, expr: VExpr::Read(x) })
-                if x == dst
-                    && r3 == rows
-                    && c3 == cols
-                    && (match cd.loc {
-                        Loc::Buf { .. } => true,
-                        Loc::Gm(t) => !may_alias(self.prog, t),
-                    })
-                    && self.loc_dtype(&cd.loc) == Some(DType::BF16)
-                    && !same_storage(cd, dst)
-                    && !same_storage(cd, rd)
-                    && !regions.iter().any(|(_, r)| same_storage(r, cd)) =>
-            {
-                Some(cd)
-            }
-            _ => None,
-        };
-        self.row_routine(dst, rows, cols, expr, &form, Some((rd, *accumulate)), conv)?;
-        match conv {
-            // The flag statements between emit nothing on the host; they are compiled in order all the same.
-            Some(_) => {
-                for st in &rest[..flags] {
-                    self.stmt(st)?;
-                }
-                Ok(Some(3 + flags))
-            }
-            None => Ok(Some(2)),
-        }
+        Ok(Some(g.len()))
     }
 
     /// A vector statement of a [`RowForm`], one host call per row (16 lanes at a time, the bits of the inline
@@ -2225,6 +2458,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             RowForm::Exp { src, s, k } => (*src, *s, *k),
             RowForm::Scalar { src, s, .. } | RowForm::Axpy { src, s, .. } => (*src, Some(*s), None),
             RowForm::SiluMul { src, .. } => (*src, None, None),
+            RowForm::Mask { src, k, fill, .. } => (*src, *k, Some(*fill)),
         };
         let src = self.read_res(&reads, src_r)?.clone();
         let add = match form {
@@ -2238,11 +2472,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         }
         let (rv, _) = self.elem_vars();
         self.b.def_var(rv, zero);
+        // An exp group's row that nothing reads ([`dead_exp_stores`]): the call computes its sum and cast only.
+        let dead = sum.is_some() && matches!(dst.loc, Loc::Buf { buf, .. } if self.dead_exp.contains(&buf));
         self.loop_while_fits(rv, 1, rows, 1, |g, r| {
             let pd = g.elem_addr(&d, Some(r), None);
             let ps = g.elem_addr(&src, Some(r), None);
             match form {
                 RowForm::Exp { s, k, .. } => {
+                    let pd = if dead { g.iconst(0) } else { pd };
                     let (mut f, sv, kv) = g.row_exp_args(&src, *s, *k, &reads, &consts, r)?;
                     let sp = match &acc {
                         Some((x, accumulate)) => {
@@ -2309,6 +2546,34 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     }
                     let flags = g.iconst(f);
                     g.call("kc_rt_row_axpy", &[pd, ps, pa, flags, sv, cols]);
+                }
+                RowForm::Mask { k, swap, a, b, fill, .. } => {
+                    let zero = g.iconst(0);
+                    let at = At { r, c: zero, tail: true };
+                    let float = |g: &mut Self, e: &VExpr| match g.sx(e, &reads, &consts, at)? {
+                        SV::F(v) => Ok(v),
+                        _ => Err(g.err("a row value that is not a float")),
+                    };
+                    let int = |g: &mut Self, e: &VExpr| match g.sx(e, &reads, &consts, at)? {
+                        SV::I(v) => Ok(v),
+                        _ => Err(g.err("a row value that is not an integer")),
+                    };
+                    let kv = match k {
+                        Some(k) => float(g, k)?,
+                        None => g.b.ins().f32const(1.0),
+                    };
+                    let fv = float(g, fill)?;
+                    let av = match a {
+                        Some(a) => int(g, a)?,
+                        None => g.iconst(0),
+                    };
+                    let bv = int(g, b)?;
+                    let mut f = if k.is_some() { rowmath::ROW_MASK_MUL } else { 0 };
+                    if *swap {
+                        f |= rowmath::ROW_MASK_SWAP;
+                    }
+                    let flags = g.iconst(f);
+                    g.call("kc_rt_row_mask", &[pd, ps, flags, av, bv, kv, fv, cols]);
                 }
                 RowForm::SiluMul { .. } => {
                     let Some(add) = &add else { return Err(g.err("a gate without its other operand")) };
@@ -3232,6 +3497,9 @@ mod tests {
             Some(RowForm::Axpy { swap: false, .. }) => "axpy",
             Some(RowForm::Axpy { swap: true, .. }) => "axpy-swapped",
             Some(RowForm::SiluMul { .. }) => "silu-mul",
+            Some(RowForm::Mask { k: None, .. }) => "mask",
+            Some(RowForm::Mask { k: Some(_), swap: false, .. }) => "mask-mul",
+            Some(RowForm::Mask { k: Some(_), swap: true, .. }) => "mask-mul-swapped",
         };
         let bx = |e: VExpr| Box::new(e);
         let exp = |e: VExpr| VExpr::Unary(UnOp::Exp, bx(e));
@@ -3301,6 +3569,28 @@ mod tests {
         let mut l4 = l.clone();
         l4.buffers[2].dtype = DType::BF16;
         assert!(row_form(&prog, &l4, &ub(1, 0), &update).is_none());
+        // Causal attention's mask `where(a + c <= b + r, k · x, -inf)`, in place too; `c` alone or on the right;
+        // not with another comparison, a division in the integers (it could fail), a column-dependent `b`, a
+        // fill that varies along the row, or `x` overlapping the destination at another window.
+        let sc = |k: i64| VExpr::Scalar(off(k));
+        let le = |a: VExpr, b: VExpr| bin(BinOp::Le, a, b);
+        let masked = |c: VExpr, t: VExpr, f: VExpr| VExpr::Select(bx(c), bx(t), bx(f));
+        let causal = le(bin(BinOp::Add, sc(3), VExpr::Col), bin(BinOp::Add, sc(1), VExpr::Row));
+        let ninf = || VExpr::F32(f32::NEG_INFINITY);
+        assert_eq!(form(ub(1, 0), masked(causal.clone(), bin(BinOp::Mul, row(), x()), ninf())), "mask-mul");
+        assert_eq!(form(ub(0, 0), masked(causal.clone(), bin(BinOp::Mul, row(), x()), ninf())), "mask-mul");
+        assert_eq!(form(ub(1, 0), masked(causal.clone(), bin(BinOp::Mul, x(), row()), ninf())), "mask-mul-swapped");
+        assert_eq!(form(ub(1, 0), masked(le(VExpr::Col, VExpr::Row), x(), VExpr::F32(0.0))), "mask");
+        let right = le(bin(BinOp::Add, VExpr::Col, sc(3)), VExpr::Row);
+        assert_eq!(form(ub(1, 0), masked(right, x(), ninf())), "mask");
+        let lt = bin(BinOp::Lt, bin(BinOp::Add, sc(3), VExpr::Col), VExpr::Row);
+        assert_eq!(form(ub(1, 0), masked(lt, x(), ninf())), "none");
+        let div = le(VExpr::Col, bin(BinOp::Div, VExpr::Row, sc(0)));
+        assert_eq!(form(ub(1, 0), masked(div, x(), ninf())), "none");
+        let by_col = le(VExpr::Col, bin(BinOp::Add, VExpr::Row, VExpr::Col));
+        assert_eq!(form(ub(1, 0), masked(by_col, x(), ninf())), "none");
+        assert_eq!(form(ub(1, 0), masked(causal.clone(), x(), VExpr::Read(ub(2, 0)))), "none");
+        assert_eq!(form(ub(0, 16), masked(causal, x(), ninf())), "none");
     }
 
     #[test]

@@ -595,3 +595,94 @@ fn jit_matmul_contiguous_block_runs_match_interpreter() {
     }
     assert!(mixed > 0, "no launch ran an epilogue on vector cores");
 }
+
+/// The JIT compiles a vector statement over a column of a UB buffer (`rows × 1`, `ld 1`) as the statement
+/// over one row (`kc_codegen::lower::columns_as_rows`): element reads along the column, one value per row
+/// (`ld 1`, or `ld 0`: one value), one per column, the row and column indices, in place, with a read of the
+/// column shifted by one (all reads before any write), an `exp` (by the chunked routine), and a statement whose
+/// per-row read has another row stride (kept as a column). The JIT's results are the simulator's, bit for
+/// bit, on 1 and 2 threads.
+#[test]
+fn jit_column_statements_run_as_rows() {
+    use kc_ir::graph::{BinOp, UnOp};
+    use kc_ir::tile::{BufId, Buffer, Launch, Layout, Loc, Mem, Pipe, Region, SExpr, Stmt, Unit, VExpr};
+    use kc_ir::DType;
+    let g =
+        common::compile_ok_src("jit_colrows", "kernel cols(x: f32[16, 16]) -> y: f32[16, 16] {\n    y = x + 0.0;\n}\n")
+            .kernels
+            .remove(0);
+    let target = Target::builtin("host").expect("target");
+    let (_, tp, _) = tile_at(&g, &BTreeMap::new(), &target);
+    let c = SExpr::Const;
+    let buf = |name: &str| Buffer {
+        name: name.to_string(),
+        mem: Mem::UB,
+        dtype: DType::F32,
+        shape: vec![16, 16],
+        slots: 1,
+        layout: Layout::ND,
+        offset: 0,
+    };
+    let at = |b: u32, off: i64, ld: i64| Region {
+        loc: Loc::Buf { buf: BufId(b), slot: c(0) },
+        offset: c(off),
+        row_stride: c(ld),
+    };
+    let gm = |t: u32| Region { loc: Loc::Gm(kc_ir::tile::TensorId(t)), offset: c(0), row_stride: c(16) };
+    let bx = Box::new;
+    let bin = |op, a: VExpr, b: VExpr| VExpr::Binary(op, bx(a), bx(b));
+    // A column of buffer 1 (`f32[16, 16]` used as 256 elements): `rows` rows from element `off`.
+    let col = |off: i64, rows: i64, expr: VExpr| Stmt::Vector { dst: at(1, off, 1), rows: c(rows), cols: c(1), expr };
+    let int = |e: VExpr| VExpr::Cast(DType::F32, bx(e));
+    let vector = vec![
+        Stmt::Copy { pipe: Pipe::Mte2, src: gm(0), dst: at(0, 0, 16), rows: c(16), cols: c(16) },
+        Stmt::Vector { dst: at(1, 0, 16), rows: c(16), cols: c(16), expr: VExpr::F32(0.0) },
+        // Column 3 of x, one value per row with `ld 16`: kept as a column.
+        col(0, 16, VExpr::ReadRow(at(0, 3, 16))),
+        // One value per row along the column (`ld 1`), the row index, one value (`ld 0`), x[0, 0].
+        col(16, 16, bin(BinOp::Add, bin(BinOp::Mul, VExpr::ReadRow(at(1, 0, 1)), VExpr::F32(2.0)), int(VExpr::Row))),
+        col(32, 16, bin(BinOp::Sub, VExpr::Read(at(1, 16, 1)), VExpr::ReadRow(at(0, 5, 0)))),
+        col(48, 16, bin(BinOp::Add, VExpr::Read(at(1, 32, 1)), VExpr::ReadCol(at(0, 7, 16)))),
+        // exp of the column, in place.
+        col(64, 16, VExpr::Unary(UnOp::Exp, bx(bin(BinOp::Mul, VExpr::Read(at(1, 0, 1)), VExpr::F32(0.25))))),
+        col(64, 16, bin(BinOp::Mul, VExpr::Read(at(1, 64, 1)), VExpr::Read(at(1, 64, 1)))),
+        // Shifted by one in place: element r reads r + 1 as it was before the statement.
+        col(16, 15, VExpr::Read(at(1, 17, 1))),
+        // The column index (0 for the only column) and a select on the row.
+        col(
+            80,
+            13,
+            VExpr::Select(
+                bx(bin(BinOp::Lt, VExpr::Row, VExpr::I32(5))),
+                bx(int(VExpr::Col)),
+                bx(VExpr::Read(at(1, 48, 1))),
+            ),
+        ),
+        Stmt::Copy { pipe: Pipe::Mte3, src: at(1, 0, 16), dst: gm(1), rows: c(16), cols: c(16) },
+    ];
+    let mut p = tp.clone();
+    p.launches = vec![Launch {
+        name: "colrows".to_string(),
+        unit: Unit::Vector,
+        cube_cores: 0,
+        vector_cores: 1,
+        buffers: vec![buf("x_ub"), buf("y_ub")],
+        svars: Vec::new(),
+        cube: Vec::new(),
+        vector,
+    }];
+    let mut rng = common::Rng::new(11);
+    let x = common::rand_tensor(&mut rng, DType::F32, &[16, 16]);
+    let args = common::args(&[("x", &x)], &[]);
+    let want = kc_runtime::sim::run_with(&p, &g, &args, &Limits::default()).expect("simulates").0;
+    let compiled = kc_codegen::compile(&p, &opts()).expect("compiles");
+    let flipped = common::count_stmts(
+        &compiled.launches[0].bodies.1,
+        &|s| matches!(s, Stmt::Vector { rows: SExpr::Const(1), cols, .. } if *cols != SExpr::Const(1)),
+    );
+    assert_eq!(flipped, 7, "the column statements compiled as rows");
+    for threads in [1, 2] {
+        let got = compiled.run(&p, &g, &args, threads, &Limits::default()).expect("runs").0;
+        common::assert_same_bits(&format!("{threads} threads"), &want[0].1, &got[0].1);
+    }
+}

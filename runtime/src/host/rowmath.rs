@@ -246,8 +246,8 @@ unsafe fn load<const BF16: bool>(p: *const u8, i: usize) -> f32 {
 }
 
 /// `dst[i] = e^(src[i] - s)` (`SUB`) or `e^src[i]` for `i < n`, by blocks of [`LANES`] elements (each block is
-/// loaded before it is stored, so `dst` may be `src`); with `SUM`, also the sum of the results in the order of
-/// [`reduce_row`] started from `acc` (the value the separate reduction would give).
+/// loaded before it is stored, so `dst` may be `src`; a null `dst`: not stored); with `SUM`, also the sum of
+/// the results in the order of [`reduce_row`] started from `acc` (the value the separate reduction would give).
 #[inline(always)]
 unsafe fn exp_row<const BF16: bool, const SUB: bool, const SUM: bool, const MUL: bool>(
     dst: *mut f32,
@@ -283,8 +283,10 @@ unsafe fn exp_row<const BF16: bool, const SUB: bool, const SUM: bool, const MUL:
                 lanes[j] += e;
             }
         }
-        for (j, &v) in x.iter().enumerate() {
-            unsafe { *dst.add(i + j) = v };
+        if !dst.is_null() {
+            for (j, &v) in x.iter().enumerate() {
+                unsafe { *dst.add(i + j) = v };
+            }
         }
         if !bf.is_null() {
             for (j, &v) in x.iter().enumerate() {
@@ -296,7 +298,9 @@ unsafe fn exp_row<const BF16: bool, const SUB: bool, const SUM: bool, const MUL:
     let mut tail = 0f32;
     while i < n {
         let e = exp_f32(arg(unsafe { load::<BF16>(src, i) }));
-        unsafe { *dst.add(i) = e };
+        if !dst.is_null() {
+            unsafe { *dst.add(i) = e };
+        }
         if !bf.is_null() {
             unsafe { *bf.add(i) = bf16_bits(e) };
         }
@@ -457,9 +461,12 @@ pub const ROW_DST_STREAM: i64 = 32;
 /// which this call computes too, in the order (and so with the bits) of [`reduce_row`]: from `*sum`
 /// ([`ROW_EXP_ACC`]) or from 0. `n ≤ 0`: no elements (the sum is still written).
 ///
+/// A null `dst`: the results are not stored (the sum, and [`kc_rt_row_exp_bf`]'s bf16 row, are computed all
+/// the same): the JIT passes it for a row that no statement reads (`kc_codegen::lower::dead_exp_stores`).
+///
 /// # Safety
-/// `src` and `dst` point to `n` elements (they may be the same row, not otherwise overlapping); `sum` is null
-/// or points to a writable `f32` outside both.
+/// `src` and `dst` (unless null) point to `n` elements (they may be the same row, not otherwise overlapping);
+/// `sum` is null or points to a writable `f32` outside both.
 pub unsafe extern "C" fn kc_rt_row_exp(
     dst: *mut f32,
     src: *const u8,
@@ -873,6 +880,50 @@ mod wide {
         unsafe { super::axpy_scalar::<SBF, DBF>(dst, src, add, s, i, n) };
     }
 
+    /// [`super::kc_rt_row_mask`] on AVX-512 for a row whose first `keep` columns are kept: `k · src` (or
+    /// `src · k`, or `src`) 16 lanes at a time, the last block masked, then `fill`.
+    ///
+    /// # Safety
+    /// As [`super::kc_rt_row_mask`]; `keep <= n`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) unsafe fn mask_row(
+        dst: *mut f32,
+        src: *const f32,
+        mul: bool,
+        swap: bool,
+        k: f32,
+        fill: f32,
+        keep: usize,
+        n: usize,
+    ) {
+        let (kv, fv) = (_mm512_set1_ps(k), _mm512_set1_ps(fill));
+        let mut c = 0;
+        // SAFETY (all accesses): elements below `n` (masked lanes are neither read nor written); each block is
+        // loaded before it is stored.
+        unsafe {
+            while c < keep {
+                let m: __mmask16 = if keep - c >= 16 { 0xFFFF } else { (1u16 << (keep - c)) - 1 };
+                let x = _mm512_maskz_loadu_ps(m, src.add(c));
+                let v = if !mul {
+                    x
+                } else if swap {
+                    _mm512_mul_ps(x, kv)
+                } else {
+                    _mm512_mul_ps(kv, x)
+                };
+                _mm512_mask_storeu_ps(dst.add(c), m, v);
+                c += 16;
+            }
+            let mut c = keep;
+            while c < n {
+                let m: __mmask16 = if n - c >= 16 { 0xFFFF } else { (1u16 << (n - c)) - 1 };
+                _mm512_mask_storeu_ps(dst.add(c), m, fv);
+                c += 16;
+            }
+        }
+    }
+
     /// 32 lanes (`a` then `b`) rounded to bf16 as [`bf16x16`] does: `vcvtne2ps2bf16` (round to nearest even,
     /// a NaN truncated with its quiet bit set: the same bits) unless a lane is subnormal, which the
     /// instruction flushes to zero; such a pair of vectors is rounded by [`bf16x16`].
@@ -965,8 +1016,10 @@ mod wide {
                 }
                 let a = exp16(arg(load16::<SBF>(src, i)));
                 let b = exp16(arg(load16::<SBF>(src, i + 16)));
-                _mm512_storeu_ps(dst.add(i), a);
-                _mm512_storeu_ps(dst.add(i + 16), b);
+                if !dst.is_null() {
+                    _mm512_storeu_ps(dst.add(i), a);
+                    _mm512_storeu_ps(dst.add(i + 16), b);
+                }
                 if !bf.is_null() {
                     let h = if CVT {
                         cvt32(a, b)
@@ -994,7 +1047,9 @@ mod wide {
                 let x = super::load::<SBF>(src, i);
                 let x = if MUL { k * x } else { x };
                 let e = super::exp_f32(if SUB { x - s } else { x });
-                *dst.add(i) = e;
+                if !dst.is_null() {
+                    *dst.add(i) = e;
+                }
                 if !bf.is_null() {
                     *bf.add(i) = super::bf16_bits(e);
                 }
@@ -1065,6 +1120,65 @@ mod wide {
                 super::STREAMED.with(|s| s.set(true));
             }
         }
+    }
+}
+
+/// [`kc_rt_row_mask`]: the kept elements are `k · src` (otherwise `src`).
+pub const ROW_MASK_MUL: i64 = 1;
+/// [`kc_rt_row_mask`]: with [`ROW_MASK_MUL`], the product is `src · k` (otherwise `k · src`).
+pub const ROW_MASK_SWAP: i64 = 2;
+
+/// One row of a vector statement `where(a + c <= b, k · src, fill)` into `f32` (a causal mask: `c` the column,
+/// `a` and `b` the row's integers, `k` and `fill` its floats; without [`ROW_MASK_MUL`], `src` for `k · src`;
+/// with [`ROW_MASK_SWAP`], `src · k`): the operations of the JIT's inline code, so the same bits: the sum
+/// `a + c` wraps in 64 bits and compares signed; the product is one `f32` multiplication in the statement's
+/// operand order. The kept columns are a prefix of the row when `a + c` cannot wrap (the prefix `c ≤ b - a`,
+/// computed in 128 bits): 16 lanes at a time there, then `fill`; otherwise column by column. Nothing when
+/// `n ≤ 0`.
+///
+/// # Safety
+/// `src` and `dst` point to `n` `f32`s (the same row, or not overlapping).
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kc_rt_row_mask(
+    dst: *mut f32,
+    src: *const f32,
+    flags: i64,
+    a: i64,
+    b: i64,
+    k: f32,
+    fill: f32,
+    n: i64,
+) {
+    let n = n.max(0) as usize;
+    let (mul, swap) = (flags & ROW_MASK_MUL != 0, flags & ROW_MASK_SWAP != 0);
+    // The operand order is the statement's (`x · k` and `k · x` differ in which NaN a product of two keeps).
+    #[allow(clippy::if_same_then_else)]
+    let val = |x: f32| {
+        if !mul {
+            x
+        } else if swap {
+            x * k
+        } else {
+            k * x
+        }
+    };
+    if i128::from(a) + n as i128 > i128::from(i64::MAX) {
+        for c in 0..n {
+            // SAFETY: `c < n`; the element is read before it is written.
+            unsafe { *dst.add(c) = if a.wrapping_add(c as i64) <= b { val(*src.add(c)) } else { fill } };
+        }
+        return;
+    }
+    let keep = (i128::from(b) - i128::from(a) + 1).clamp(0, n as i128) as usize;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the features were detected; the caller passes `n` elements each, `keep <= n`.
+        unsafe { wide::mask_row(dst, src, mul, swap, k, fill, keep, n) };
+        return;
+    }
+    for c in 0..n {
+        // SAFETY: `c < n`; the element is read before it is written.
+        unsafe { *dst.add(c) = if c < keep { val(*src.add(c)) } else { fill } };
     }
 }
 
@@ -1729,6 +1843,19 @@ mod tests {
                     assert_eq!(a.to_bits(), b.to_bits(), "n {n}");
                     assert_eq!(*h, bf16_bits(*b), "n {n}: {b}");
                 }
+                // Without the f32 row (a null `dst`, the JIT's dead store): the same sum and bf16 row, and
+                // the source untouched (it may be the row the store would have overwritten).
+                let before: Vec<u32> = xs.iter().map(|x| x.to_bits()).collect();
+                let (mut sum3, mut cast3) = (start, vec![0x5555u16; n]);
+                unsafe {
+                    kc_rt_row_exp_bf(std::ptr::null_mut(), src, flags, s, k, n as i64, &mut sum3, cast3.as_mut_ptr())
+                };
+                assert_eq!(sum3.to_bits(), want_sum.to_bits(), "n {n}: the sum without the store");
+                assert_eq!(cast3, cast, "n {n}: the bf16 row without the store");
+                assert!(xs.iter().map(|x| x.to_bits()).eq(before), "n {n}: the source changed");
+                let mut sum4 = start;
+                unsafe { kc_rt_row_exp(std::ptr::null_mut(), src, flags, s, k, n as i64, &mut sum4) };
+                assert_eq!(sum4.to_bits(), want_sum.to_bits(), "n {n}: the sum alone");
                 // In place, without the sum.
                 if !src_bf16 {
                     let mut v = xs.clone();
@@ -1753,6 +1880,66 @@ mod tests {
         let mut sum = 9.0f32;
         unsafe { kc_rt_row_exp(std::ptr::null_mut(), std::ptr::null(), 0, 0.0, 1.0, 0, &mut sum) };
         assert_eq!(sum, 0.0);
+    }
+
+    #[test]
+    fn row_mask_is_the_select_of_the_inline_code() {
+        // Lengths around the 16-lane blocks; the kept prefix anywhere (none, inside, all), and sums that wrap.
+        let big = i64::MAX - 5;
+        let cases: [(i64, i64); 10] = [
+            (0, -1),
+            (0, 0),
+            (3, 20),
+            (-7, 9),
+            (100, 99),
+            (5, 1 << 40),
+            (big, i64::MAX),
+            (big, i64::MIN + 3),
+            (big, 0),
+            (i64::MIN, i64::MIN + 2),
+        ];
+        for n in [0usize, 1, 5, 15, 16, 17, 31, 33, 70] {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| match i % 7 {
+                    0 => f32::NAN,
+                    1 => -0.0,
+                    2 => f32::INFINITY,
+                    _ => (i as f32 - 20.0) * 0.37,
+                })
+                .collect();
+            for &(a, b) in &cases {
+                for flags in [0, ROW_MASK_MUL, ROW_MASK_MUL | ROW_MASK_SWAP] {
+                    let (k, fill) = (0.125f32, f32::NEG_INFINITY);
+                    let want: Vec<f32> = (0..n)
+                        .map(|c| {
+                            let x = xs[c];
+                            let v = if flags & ROW_MASK_MUL == 0 {
+                                x
+                            } else if flags & ROW_MASK_SWAP != 0 {
+                                x * k
+                            } else {
+                                k * x
+                            };
+                            if a.wrapping_add(c as i64) <= b {
+                                v
+                            } else {
+                                fill
+                            }
+                        })
+                        .collect();
+                    let mut got = vec![7.0f32; n];
+                    unsafe { kc_rt_row_mask(got.as_mut_ptr(), xs.as_ptr(), flags, a, b, k, fill, n as i64) };
+                    let mut inplace = xs.clone();
+                    unsafe { kc_rt_row_mask(inplace.as_mut_ptr(), inplace.as_ptr(), flags, a, b, k, fill, n as i64) };
+                    for c in 0..n {
+                        assert_eq!(got[c].to_bits(), want[c].to_bits(), "n {n} a {a} b {b} flags {flags} c {c}");
+                        assert_eq!(inplace[c].to_bits(), want[c].to_bits(), "in place: n {n} a {a} b {b} c {c}");
+                    }
+                }
+            }
+        }
+        // No elements: nothing touched.
+        unsafe { kc_rt_row_mask(std::ptr::null_mut(), std::ptr::null(), 0, 0, 5, 1.0, 0.0, -3) };
     }
 
     #[test]

@@ -31,7 +31,8 @@
 //! unit evaluates the mask only on such blocks (elsewhere the anchor without the `where`). A target may
 //! multiply diagonal blocks whole instead (`score_whole_diag`, the host): then a vector core takes the
 //! columns the i-block's rows see, masks those its own rows do not (p = 0 there, which the whole p·v mmad
-//! reads), and its softmax is one branch for the blocks its rows see whole and one for the diagonal ones:
+//! reads), and its softmax is one branch for the blocks its rows see whole and one for the diagonal ones,
+//! whose mask is one statement over the whole tile (it overwrites the copied scores element for element):
 //! no register between the loads and the mmads changes, and the host reads every hand-off in place.
 //!
 //! The cube computes scores `lead` blocks ahead of its p·v products (3; the target may say otherwise:
@@ -1802,14 +1803,23 @@ fn build(
                         }
                         // Else the columns up to the first row's last visible one (`vw` of them) are seen by
                         // every row of the band: no mask there either; the mask only on the rest, the diagonal.
-                        let diag = vec![
-                            Stmt::Set {
-                                var: vw,
-                                value: bin(SBin::Max, c(0), min(v(vcl), sub(add(first.clone(), c(1)), v(vj0)))),
-                            },
-                            Stmt::If { cond: lt(c(0), v(vw)), then: vec![vec_st(zb(*b, c(0)), v(vw), oe.clone())] },
-                            vec_st(zb(*b, v(vw)), sub(v(vcl), v(vw)), me_w.clone()),
-                        ];
+                        // With diagonal blocks multiplied whole (the host), the masked anchor over the whole
+                        // tile instead: it overwrites the copied window element for element, so it reads the
+                        // scores in the cube's workspace and the copy into UB goes (copy forwarding, level
+                        // 3), and its row routine (`kc_rt_row_mask`) keeps the prefix each row sees and fills
+                        // the rest (the same values: the columns below `vw` pass the mask).
+                        let diag = if whole_diag {
+                            vec![vec_st(zb(*b, c(0)), v(vcl), e.clone())]
+                        } else {
+                            vec![
+                                Stmt::Set {
+                                    var: vw,
+                                    value: bin(SBin::Max, c(0), min(v(vcl), sub(add(first.clone(), c(1)), v(vj0)))),
+                                },
+                                Stmt::If { cond: lt(c(0), v(vw)), then: vec![vec_st(zb(*b, c(0)), v(vw), oe.clone())] },
+                                vec_st(zb(*b, v(vw)), sub(v(vcl), v(vw)), me_w.clone()),
+                            ]
+                        };
                         match kind {
                             Some(true) => {}
                             Some(false) => t0.extend(diag),
