@@ -397,8 +397,12 @@ pub fn tile_kernel(g: &Graph, args: &Args, target: &kc_ir::target::Target) -> kc
 }
 
 /// Compiles `src` (written to a temporary file named after `name`), which must compile cleanly.
+/// Each call gets its own file (the tests run in parallel, and several modules compile kernels of the same
+/// name), removed once compiled.
 pub fn compile_ok_src(name: &str, src: &str) -> kc_ir::Program {
-    let path = std::env::temp_dir().join(format!("kc_suite_{}_{name}.ker", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("kc_suite_{}_{n}_{name}.ker", std::process::id()));
     std::fs::write(&path, src).expect("write the kernel");
     let prog = compile_ok(&path);
     let _ = std::fs::remove_file(&path);

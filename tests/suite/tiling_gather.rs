@@ -86,13 +86,9 @@ fn check(file: &str, dims: &[(&str, i64)], seed: u64) {
     }
 }
 
-/// Compiles a kernel given as source text (through a file in the temporary directory).
+/// Compiles a kernel given as source text ([`common::compile_ok_src`]).
 fn compile_src(name: &str, src: &str) -> Graph {
-    let path = std::env::temp_dir().join(format!("kc_tiling_gather_{}_{name}.ker", std::process::id()));
-    std::fs::write(&path, src).expect("write the kernel");
-    let prog = common::compile_ok(&path);
-    let _ = std::fs::remove_file(&path);
-    prog.kernels.into_iter().next().expect("one kernel")
+    common::compile_ok_src(name, src).kernels.into_iter().next().expect("one kernel")
 }
 
 /// `xs[r, m] = x[order[r] / K, m]` gathers whole rows; `offsets[e] = where(e == 0, 0, c[e - 1])` reads a

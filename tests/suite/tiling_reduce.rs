@@ -110,13 +110,9 @@ fn vector_cores(tp: &TileProgram) -> Vec<u32> {
     tp.launches.iter().map(|l| l.vector_cores).collect()
 }
 
-/// Compiles a kernel given as source text (through a file in the temporary directory).
+/// Compiles a kernel given as source text ([`common::compile_ok_src`]).
 fn compile_src(name: &str, src: &str) -> kc_ir::Program {
-    let path = std::env::temp_dir().join(format!("kc_tiling_reduce_{}_{name}.ker", std::process::id()));
-    std::fs::write(&path, src).expect("write the kernel");
-    let prog = common::compile_ok(&path);
-    let _ = std::fs::remove_file(&path);
-    prog
+    common::compile_ok_src(name, src)
 }
 
 /// Tiles the whole kernel with `tile()`.

@@ -64,13 +64,9 @@ fn check(file: &str, dims: &[(&str, i64)], target: &str, seed: u64) {
     check_prog(&common::compile_ok(common::kernel_path(file)), dims, target, seed, &[], 0);
 }
 
-/// Compiles a kernel given as source text (through a file in the temporary directory).
+/// Compiles a kernel given as source text ([`common::compile_ok_src`]).
 fn compile_src(name: &str, src: &str) -> kc_ir::Program {
-    let path = std::env::temp_dir().join(format!("kc_tiling_rows_{}_{name}.ker", std::process::id()));
-    std::fs::write(&path, src).expect("write the kernel");
-    let prog = common::compile_ok(&path);
-    let _ = std::fs::remove_file(&path);
-    prog
+    common::compile_ok_src(name, src)
 }
 
 #[test]

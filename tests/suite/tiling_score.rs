@@ -13,13 +13,9 @@ use kc_ir::Graph;
 
 const TARGETS: [&str; 2] = ["ascend910b", "ascend950"];
 
-/// Compiles a kernel given as text (through a file in the temp directory).
+/// Compiles a kernel given as source text ([`common::compile_ok_src`]).
 fn compile_src(name: &str, src: &str) -> Graph {
-    let dir = std::env::temp_dir().join(format!("kc-tiling-score-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(format!("{name}.ker"));
-    std::fs::write(&path, src).expect("write kernel");
-    let prog = common::compile_ok(&path);
+    let prog = common::compile_ok_src(name, src);
     prog.kernel(name).unwrap_or_else(|| panic!("no kernel `{name}`")).clone()
 }
 
