@@ -8,26 +8,14 @@
 //! in one area, or alternating between two (the tiling's two L0C slots), timed alternately.
 //! Run with `cargo run --release -p kc-runtime --example mmad_launch [M K N]`.
 
+mod common;
+
+use common::{clock, huge_zeroed, THREAD_CPU};
 use kc_runtime::host::mmad::{clear_b_cache, kc_mmad};
 
-#[repr(C)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-}
-
-/// This thread's CPU time in seconds (CLOCK_THREAD_CPUTIME_ID): less disturbed by other processes on a busy
-/// machine than the wall clock.
+/// This thread's CPU time in seconds.
 fn cpu_time() -> f64 {
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: a valid clock id and a valid output pointer.
-    unsafe { clock_gettime(3, &mut ts) };
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
+    clock(THREAD_CPU)
 }
 
 fn main() {
@@ -55,18 +43,8 @@ fn main() {
     let c_off = c_vec.as_ptr().align_offset(64);
     // HUGEC=1: C in a 2 MiB-aligned buffer backed by a huge page (as the executor's scratch is not).
     let huge_c = std::env::var("HUGEC").is_ok();
-    let c: &mut [f32] = if huge_c {
-        let layout =
-            std::alloc::Layout::from_size_align((bm * bn * cslots * 4).div_ceil(2 << 20) * (2 << 20), 2 << 20).unwrap();
-        // SAFETY: a non-zero size; the memory is zeroed, so valid f32s; leaked on purpose.
-        unsafe {
-            let p = std::alloc::alloc_zeroed(layout);
-            madvise(p.cast(), layout.size(), 14);
-            std::slice::from_raw_parts_mut(p.cast(), bm * bn * cslots)
-        }
-    } else {
-        &mut c_vec[c_off..c_off + bm * bn * cslots]
-    };
+    let c: &mut [f32] =
+        if huge_c { huge_zeroed(bm * bn * cslots) } else { &mut c_vec[c_off..c_off + bm * bn * cslots] };
     // SAME=1: every block reads the first column window of B (kept packed: the kernel's speed in cache).
     let same_env = std::env::var("SAME").unwrap_or_default();
     let same = same_env.contains('b');

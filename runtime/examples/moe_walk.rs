@@ -19,37 +19,15 @@
 //! Run with `cargo run --release -p kc-runtime --example moe_walk`; docs/perf.md ("MoE layer", session 13)
 //! has its figures.
 
+mod common;
+
+use common::{clock, huge_zeroed, THREAD_CPU, WALL};
 use kc_runtime::host::mmad::{clear_b_cache, kc_mmad};
-
-#[repr(C)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-}
-
-/// A clock's time in seconds (3: this thread's CPU time, 1: monotonic wall time).
-fn clock(id: i32) -> f64 {
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: a valid clock id and a valid output pointer.
-    unsafe { clock_gettime(id, &mut ts) };
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
-}
 
 /// `len` u16 in 2 MiB-aligned memory backed by huge pages (as `kc bench`'s copies of its inputs), filled
 /// with small bf16 values.
 fn huge(len: usize, seed: usize) -> &'static mut [u16] {
-    let layout = std::alloc::Layout::from_size_align((len * 2).div_ceil(2 << 20) * (2 << 20), 2 << 20).unwrap();
-    // SAFETY: a non-zero size; leaked on purpose; u16 has no invalid values.
-    let s: &mut [u16] = unsafe {
-        let p = std::alloc::alloc_zeroed(layout);
-        madvise(p.cast(), layout.size(), 14);
-        std::slice::from_raw_parts_mut(p.cast(), len)
-    };
+    let s: &mut [u16] = huge_zeroed(len);
     for (i, v) in s.iter_mut().enumerate() {
         *v = half::bf16::from_f32((((i + seed) * 7 % 13) as f32 - 6.0) / 16.0).to_bits();
     }
@@ -107,7 +85,7 @@ fn main() {
         let (mut cpu, mut wall) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             clear_b_cache();
-            let (t0c, t0w) = (clock(3), clock(1));
+            let (t0c, t0w) = (clock(THREAD_CPU), clock(WALL));
             for ex in 0..e {
                 let (lo, hi) = (offs[ex], offs[ex + 1]);
                 for n0 in (0..nn).step_by(bn) {
@@ -142,8 +120,8 @@ fn main() {
                     }
                 }
             }
-            cpu.push(clock(3) - t0c);
-            wall.push(clock(1) - t0w);
+            cpu.push(clock(THREAD_CPU) - t0c);
+            wall.push(clock(WALL) - t0w);
         }
         for t in [&mut cpu, &mut wall] {
             t.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -191,7 +169,7 @@ fn read_rates(ws: &[&[u16]], k: usize) {
         let mut ts = Vec::new();
         let mut sink = 0u64;
         for _ in 0..3 {
-            let t = clock(3);
+            let t = clock(THREAD_CPU);
             if order == "sequential" {
                 for w in ws {
                     sink = sink.wrapping_add(sum_words(w));
@@ -208,7 +186,7 @@ fn read_rates(ws: &[&[u16]], k: usize) {
                     }
                 }
             }
-            ts.push(clock(3) - t);
+            ts.push(clock(THREAD_CPU) - t);
         }
         ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!("read {order}: cpu median {:.1} ms ({:.2} GB/s) (sink {sink})", ts[1] * 1e3, bytes / ts[1] / 1e9);
