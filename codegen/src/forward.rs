@@ -53,7 +53,8 @@
 //!    (`drop_transposed_only`; attention backward's loads of `q` and `dout` into L0B).
 //! 9. A `Vector` statement that moves a GM window unchanged into UB (what level 3 leaves of a `let` that is
 //!    a matmul's result, attention backward's `dp = dp`) is a copy (`identity_copies`): level 3 runs again
-//!    and forwards its readers, and it goes with the other unread copies.
+//!    and forwards its readers, and it goes with the other unread copies. After level 4, one that stores a
+//!    UB window unchanged into GM (moe_permute's gathered rows) is a copy too (`identity_stores`).
 //!
 //! The result is the same (the same elements reach the mmad or the vector unit, and the same bits reach
 //! GM); only the host's work changes.
@@ -77,6 +78,8 @@ pub fn forward(prog: &TileProgram, launch: &Launch, body: &[Stmt]) -> Vec<Stmt> 
     }
     // Vector statements run on vector cores only: the other program is the cube's.
     vec_writes(&mut out, launch, &launch.cube, &dt);
+    // Statements that now store a buffer window unchanged into GM are copies.
+    identity_stores(&mut out, &dt);
     // The partner's program (for a body that is not the launch's own cube program, the cube's).
     let other: &[Stmt] = if std::ptr::eq(body, launch.cube.as_slice()) { &launch.vector } else { &launch.cube };
     mmad_writes(&mut out, body, other, &dt);
@@ -1084,6 +1087,36 @@ fn identity_copies(body: &mut [Stmt], dt: &Dtypes<'_>) -> bool {
         }
     }
     any
+}
+
+/// Turns each `Vector` statement `D = Read(S)` with `S` a buffer window and `D` a GM window of the same dtype
+/// into the `Copy` of `S` to `D` with the same sizes, as [`identity_copies`] the other way: what level 4
+/// leaves of a buffer stored unchanged into GM (moe_permute's gathered rows, `xs = xs_g0` then `xs`'s copy
+/// out). The host's copy moves the rows' bits as they are; the vector code widened every element to f32
+/// and rounded it back (the same bits, at several times the cost).
+fn identity_stores(body: &mut [Stmt], dt: &Dtypes<'_>) {
+    for s in body.iter_mut() {
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
+            identity_stores(b, dt);
+            continue;
+        }
+        let Stmt::Vector { dst, rows, cols, expr } = &*s else { continue };
+        // With one column, a row's value is its element (the tiler writes a one-column store that way).
+        let src = match expr {
+            VExpr::Read(src) => src,
+            VExpr::ReadRow(src) if *cols == SExpr::Const(1) => src,
+            _ => continue,
+        };
+        if matches!(dst.loc, Loc::Gm(_)) && buf_of(src).is_some() && dt.same(src, dst) {
+            *s = Stmt::Copy {
+                pipe: kc_ir::tile::Pipe::Mte3,
+                src: src.clone(),
+                dst: dst.clone(),
+                rows: rows.clone(),
+                cols: cols.clone(),
+            };
+        }
+    }
 }
 
 fn drop_indices(body: &mut Vec<Stmt>, dead: &BTreeSet<usize>) {

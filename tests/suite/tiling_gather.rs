@@ -14,7 +14,7 @@ use kc_ir::launch::Args;
 use kc_ir::passes::fuse::{fuse, FusionConfig, GroupKind};
 use kc_ir::passes::tile::{group_order, plan_gm, rows, tile_group};
 use kc_ir::target::Target;
-use kc_ir::tile::{Pipe, Stmt, TileProgram};
+use kc_ir::tile::{Loc, Pipe, Stmt, TensorId, TileProgram};
 use kc_ir::Graph;
 
 const TARGETS: [&str; 2] = ["ascend910b", "ascend950"];
@@ -294,6 +294,53 @@ fn looped_reductions_keep_nans_and_signed_zeros() {
                 .unwrap_or_else(|e| panic!("jit: {e:?}"));
             for ((n, w), (_, s)) in want.iter().zip(&got) {
                 common::assert_same_bits(&format!("loopnan.{n} (jit, {threads} threads) at {t}x{m}x{j}"), w, s);
+            }
+        }
+    }
+}
+
+/// On the host, moe_permute's gathered rows leave UB by a copy (`forward::identity_stores`): the vector
+/// statement that stored them into `xs` (what copy forwarding left of `xs = xs_g0` and `xs`'s copy out)
+/// widened every element to f32 and rounded it back. The JIT's results are the interpreter's, bit for bit,
+/// with NaNs (quiet and signalling, with payloads), infinities and both zeros among the rows, on 1 and 2
+/// threads.
+#[test]
+fn host_stores_gathered_rows_as_copies() {
+    let g = common::kernel("moe_permute", "moe_permute");
+    let host = Target::builtin("host").expect("host target");
+    let special: [u16; 8] = [0x7fc0, 0x7fc5, 0xffa1, 0x7f81, 0x8000, 0x0000, 0x7f80, 0xff80];
+    for (t, k, m, e) in [(1, 1, 1, 1), (9, 2, 40, 4), (13, 3, 77, 5)] {
+        let mut rng = common::Rng::new((t * 7 + m) as u64);
+        let xv: Vec<half::bf16> = (0..t * m)
+            .map(|_| {
+                if rng.int(0, 3) == 0 {
+                    half::bf16::from_bits(special[rng.int(0, special.len() as i32) as usize])
+                } else {
+                    half::bf16::from_f32(rng.uniform(-2.0, 2.0))
+                }
+            })
+            .collect();
+        let x = kc_ir::tensor::Tensor::new(vec![t, m], kc_ir::tensor::TensorData::BF16(xv)).expect("x");
+        let idx: Vec<i32> = (0..t * k).map(|_| rng.int(0, e as i32)).collect();
+        let args = common::args(&[("x", &x), ("idx", &common::i32_tensor(&[t, k], idx))], &[("E", e as i64)]);
+        let tp = common::tile_kernel(&g, &args, &host);
+        // The launch that writes `xs` stores it by copies only, after forwarding.
+        let xs = tp.tensors.iter().position(|x| x.name == "xs").expect("xs") as u32;
+        let to_xs = |s: &Stmt| matches!(s, Stmt::Copy { dst, .. } | Stmt::Vector { dst, .. } if dst.loc == Loc::Gm(TensorId(xs)));
+        let l = tp.launches.iter().find(|l| common::count_stmts(&l.vector, &to_xs) > 0).expect("a launch stores xs");
+        let fwd = kc_codegen::forward::forward(&tp, l, &l.vector);
+        let stores = |f: &dyn Fn(&Stmt) -> bool| common::count_stmts(&fwd, &|s| to_xs(s) && f(s));
+        assert!(stores(&|s| matches!(s, Stmt::Copy { .. })) > 0, "xs is stored by copies: {fwd:#?}");
+        assert_eq!(stores(&|s| matches!(s, Stmt::Vector { .. })), 0, "no vector statement stores xs: {fwd:#?}");
+        let compiled =
+            kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() }).expect("compiles");
+        let want = common::run(&g, &args);
+        for threads in [1, 2] {
+            let (got, _) = compiled
+                .run(&tp, &g, &args, threads, &kc_ir::interp::Limits::default())
+                .unwrap_or_else(|e| panic!("jit: {e:?}"));
+            for ((n, w), (_, s)) in want.iter().zip(&got) {
+                common::assert_same_bits(&format!("moe_permute.{n} (jit, {threads} threads) at {t}x{k}x{m}"), w, s);
             }
         }
     }
