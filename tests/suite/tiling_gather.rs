@@ -285,17 +285,7 @@ fn looped_reductions_keep_nans_and_signed_zeros() {
             .map(|l| common::count_stmts(&l.vector, &|s| matches!(s, Stmt::Reduce { .. })))
             .sum::<usize>();
         assert_eq!(loops, 0, "the looped reductions are vector statements, not element-wise reduces");
-        let compiled =
-            kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() }).expect("compiles");
-        let want = common::run(&g, &args);
-        for threads in [1, 2] {
-            let (got, _) = compiled
-                .run(&tp, &g, &args, threads, &kc_ir::interp::Limits::default())
-                .unwrap_or_else(|e| panic!("jit: {e:?}"));
-            for ((n, w), (_, s)) in want.iter().zip(&got) {
-                common::assert_same_bits(&format!("loopnan.{n} (jit, {threads} threads) at {t}x{m}x{j}"), w, s);
-            }
-        }
+        host_jit_same_bits(&g, &args, &tp, &format!("{t}x{m}x{j}"));
     }
 }
 
@@ -332,16 +322,22 @@ fn host_stores_gathered_rows_as_copies() {
         let stores = |f: &dyn Fn(&Stmt) -> bool| common::count_stmts(&fwd, &|s| to_xs(s) && f(s));
         assert!(stores(&|s| matches!(s, Stmt::Copy { .. })) > 0, "xs is stored by copies: {fwd:#?}");
         assert_eq!(stores(&|s| matches!(s, Stmt::Vector { .. })), 0, "no vector statement stores xs: {fwd:#?}");
-        let compiled =
-            kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() }).expect("compiles");
-        let want = common::run(&g, &args);
-        for threads in [1, 2] {
-            let (got, _) = compiled
-                .run(&tp, &g, &args, threads, &kc_ir::interp::Limits::default())
-                .unwrap_or_else(|e| panic!("jit: {e:?}"));
-            for ((n, w), (_, s)) in want.iter().zip(&got) {
-                common::assert_same_bits(&format!("moe_permute.{n} (jit, {threads} threads) at {t}x{k}x{m}"), w, s);
-            }
+        host_jit_same_bits(&g, &args, &tp, &format!("{t}x{k}x{m}"));
+    }
+}
+
+/// Compiles `tp` (tiled for the host) and runs it on 1 and 2 threads: every result is the interpreter's, bit
+/// for bit. `at` names the case in a failure.
+fn host_jit_same_bits(g: &Graph, args: &Args, tp: &TileProgram, at: &str) {
+    let compiled =
+        kc_codegen::compile(tp, &kc_codegen::Options { verify: true, ..Default::default() }).expect("compiles");
+    let want = common::run(g, args);
+    for threads in [1, 2] {
+        let (got, _) = compiled
+            .run(tp, g, args, threads, &kc_ir::interp::Limits::default())
+            .unwrap_or_else(|e| panic!("jit: {e:?}"));
+        for ((n, w), (_, s)) in want.iter().zip(&got) {
+            common::assert_same_bits(&format!("{}.{n} (jit, {threads} threads) at {at}", g.name), w, s);
         }
     }
 }
