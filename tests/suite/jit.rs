@@ -241,6 +241,17 @@ fn jit_cache_keys_by_source_dims_and_target() {
     assert!(!hit, "a failed build is not cached");
 }
 
+/// `y = x + 0.0` over `f32[16, 16]`, tiled for the host: the kernel and program that the hand-built launches
+/// below replace the launches of (`name` names the source file).
+fn host_copy_kernel(name: &str) -> (kc_ir::Graph, kc_ir::tile::TileProgram) {
+    let g = common::compile_ok_src(name, "kernel cols(x: f32[16, 16]) -> y: f32[16, 16] {\n    y = x + 0.0;\n}\n")
+        .kernels
+        .remove(0);
+    let target = Target::builtin("host").expect("target");
+    let (_, tp, _) = tile_at(&g, &BTreeMap::new(), &target);
+    (g, tp)
+}
+
 /// A loop of column copies (the tiler's transposing loads) runs as one call in the JIT: the same results as
 /// the loop run column by column (a body the call does not take), for a transpose, a loop whose windows
 /// overlap (shifting columns within one buffer, in order: the call goes column by column),
@@ -249,13 +260,7 @@ fn jit_cache_keys_by_source_dims_and_target() {
 fn jit_column_copy_loops_match_the_loop() {
     use kc_ir::tile::{Buffer, Launch, Layout, Loc, Mem, Pipe, Region, SExpr, SVar, Stmt, Unit};
     use kc_ir::{DType, Tensor};
-    let g =
-        common::compile_ok_src("jit_cols", "kernel cols(x: f32[16, 16]) -> y: f32[16, 16] {\n    y = x + 0.0;\n}\n")
-            .kernels
-            .remove(0);
-    let target = Target::builtin("host").expect("target");
-    let dims = BTreeMap::new();
-    let (_, tp, _) = tile_at(&g, &dims, &target);
+    let (g, tp) = host_copy_kernel("jit_cols");
     let buf = |name: &str, mem, dtype, slots| Buffer {
         name: name.to_string(),
         mem,
@@ -607,12 +612,7 @@ fn jit_column_statements_run_as_rows() {
     use kc_ir::graph::{BinOp, UnOp};
     use kc_ir::tile::{BufId, Buffer, Launch, Layout, Loc, Mem, Pipe, Region, SExpr, Stmt, Unit, VExpr};
     use kc_ir::DType;
-    let g =
-        common::compile_ok_src("jit_colrows", "kernel cols(x: f32[16, 16]) -> y: f32[16, 16] {\n    y = x + 0.0;\n}\n")
-            .kernels
-            .remove(0);
-    let target = Target::builtin("host").expect("target");
-    let (_, tp, _) = tile_at(&g, &BTreeMap::new(), &target);
+    let (g, tp) = host_copy_kernel("jit_colrows");
     let c = SExpr::Const;
     let buf = |name: &str| Buffer {
         name: name.to_string(),
