@@ -989,10 +989,18 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let b_const = matches!(b_loc, Loc::Gm(t) if !self.gm_written.contains(t));
                 // Bit 2: the same for `a`. Bit 3: `b` is given as its transpose.
                 let a_const = matches!(a.loc, Loc::Gm(t) if !self.gm_written.contains(&t));
+                // Bit 4: the transposed `b` is read from the same read-only tensor as `a` (`x @ transpose(x)`):
+                // its window is another block's `a`, so the host routine keeps its packing from the first use
+                // and makes the `a` packing of the window in the same pass.
+                let shares_a = tb.is_some()
+                    && a_const
+                    && b_const
+                    && matches!((&a.loc, b_loc), (Loc::Gm(x), Loc::Gm(y)) if x == y);
                 let bits = i64::from(*accumulate)
                     | (i64::from(b_const) << 1)
                     | (i64::from(a_const) << 2)
-                    | (i64::from(tb.is_some()) << 3);
+                    | (i64::from(tb.is_some()) << 3)
+                    | (i64::from(shares_a) << 4);
                 let acc = self.iconst(bits);
                 self.call("kc_mmad", &[pa, da, ra.stride, pb, db, rb.stride, pc, rc.stride, m, k, n, acc]);
             }

@@ -400,3 +400,61 @@ kernel gram_ns(x: bf16[M, N], y: bf16[M, N]) -> (b: bf16[M, M], c: bf16[M, M]) {
         }
     }
 }
+
+/// The flags of the host matrix routine's calls (`kc_mmad`: 12 arguments, the last its flag bits) in the
+/// Cranelift IR of `tp`'s launches.
+fn mmad_flags(tp: &TileProgram) -> Vec<i64> {
+    let opts = kc_codegen::Options { verify: true, keep_clif: true, keep_asm: false };
+    let code = kc_codegen::compile(tp, &opts).expect("compiles");
+    let mut flags = Vec::new();
+    for (_, body) in &code.clif {
+        for line in body.lines() {
+            let line = line.trim();
+            let Some(args) = line.strip_prefix("call fn") else { continue };
+            let Some((args, comment)) = args.split_once(')') else { continue };
+            if args.split(',').count() != 12 {
+                continue;
+            }
+            // The last argument is a constant, named in the comment after the call (`; ..., v308 = 30`).
+            let last = args.rsplit(',').next().unwrap_or("").trim().to_string();
+            let value = comment
+                .split(',')
+                .filter_map(|c| c.trim().trim_start_matches(';').trim().split_once(" = "))
+                .find(|(v, _)| *v == last)
+                .and_then(|(_, n)| n.trim().parse::<i64>().ok());
+            flags.push(value.expect("kc_mmad's flags are a constant"));
+        }
+    }
+    flags
+}
+
+/// `x @ transpose(x)` reads its transposed operand from the tensor its `a` comes from: the JIT tells the host
+/// routine so (`kc_mmad`'s bit 4, with bits 1 to 3), which keeps that packing from its first use and makes
+/// the `a` packing of the window with it. `x @ transpose(y)` and a product with a non-transposed operand
+/// do not get the bit.
+#[test]
+fn host_gram_products_share_their_packings() {
+    const SRC: &str = "
+kernel grams(x: bf16[M, N], y: bf16[M, N], w: bf16[N, M]) -> (a: bf16[M, M], c: bf16[M, M], d: bf16[M, M]) {
+    a = x @ transpose(x);
+    c = x @ transpose(y);
+    d = x @ w;
+}
+";
+    let g = compile_src("grams", SRC);
+    for (m, n) in [(300, 200), (64, 512)] {
+        let tp = check(&g, &[("M", m), ("N", n)], "host", 1);
+        assert_eq!(tp.launches.len(), 3);
+        for (l, want) in tp.launches.iter().zip([true, false, false]) {
+            let one = TileProgram { launches: vec![l.clone()], ..tp.clone() };
+            let flags = mmad_flags(&one);
+            assert!(!flags.is_empty(), "{}: no kc_mmad call found", l.name);
+            for f in flags {
+                assert_eq!(f & 16 != 0, want, "{} ({m} x {n}): flags {f}", l.name);
+                if want {
+                    assert_eq!(f & 30, 30, "{}: bit 4 comes with bits 1 to 3", l.name);
+                }
+            }
+        }
+    }
+}

@@ -294,6 +294,7 @@ pub unsafe fn mmad_raw(
         b_const: false,
         a_const: false,
         b_trans: false,
+        b_shares_a: false,
     };
     // SAFETY: the caller's guarantees.
     unsafe { dispatch(path, &args) }
@@ -364,6 +365,7 @@ fn checked(
         b_const: false,
         a_const: false,
         b_trans,
+        b_shares_a: false,
     };
     // SAFETY: the asserts above keep every access of the contract inside the slices, and `c` (a unique
     // borrow) cannot overlap `a` or `b`.
@@ -404,7 +406,10 @@ unsafe fn dispatch(path: Path, x: &Args) {
 /// reuse it for the next call with the same `b` window (the JIT sets it for operands in GM tensors that no
 /// statement of the launch writes); bit 2 says the same of `a` (kept when the AMX path packs `a`, which it
 /// does for an `a` read in place from a wide tensor); bit 3 says that `b` is given as its transpose (`b[p][j]`
-/// at `b[j * ldb + p]`: an `n × k` block, row stride `ldb`), as [`mmad_bt_with`].
+/// at `b[j * ldb + p]`: an `n × k` block, row stride `ldb`), as [`mmad_bt_with`]; bit 4 (with bits 1 and 3)
+/// says that the transposed `b`'s rows are rows of the read-only matrix the launch's `a` operands come from
+/// (`x @ transpose(x)`): its window is, or will be, another call's `a`, so its packing is kept from its
+/// first use and the `a` packing of the same window is made in the same pass ([`packed_bt_shared`]).
 ///
 /// # Safety
 ///
@@ -445,6 +450,7 @@ pub unsafe extern "C" fn kc_mmad(
         b_const: accumulate & 2 != 0,
         a_const: accumulate & 4 != 0,
         b_trans: accumulate & 8 != 0,
+        b_shares_a: accumulate & 16 != 0,
     };
     // SAFETY: the caller's guarantees.
     unsafe { dispatch(path(), &args) }
@@ -550,6 +556,12 @@ impl PackArena {
         let p = self.entries.iter().find(|(k, _)| *k == key).map(|&(_, p)| p.cast_const())?;
         self.hits += 1;
         Some(p)
+    }
+
+    /// Whether `key` is kept (not counted as a hit).
+    #[cfg(target_arch = "x86_64")]
+    fn contains(&self, key: PackKey) -> bool {
+        self.entries.iter().any(|(k, _)| *k == key)
     }
 
     /// Packs `key` by `pack` into new room and keeps it. When the arena holds `B_CACHE_ENTRIES` operands,
@@ -658,6 +670,65 @@ fn packed_bt(key: PackKey, bytes: usize, pack: impl FnOnce(*mut u8)) -> Option<*
         .flatten()
 }
 
+/// The kept packing of a transposed `b` whose rows are rows of the matrix the launch's `a` operands are read
+/// from (`kc_mmad`'s bit 4: in `x @ transpose(x)` block column `j`'s `b` window is block row `j`'s `a`
+/// window), or `None` when it cannot be kept (the caller packs it into its scratch).
+///
+/// Kept from its first use (every such window is read by the blocks of its column of the product, not
+/// once), and when `a_form` is given (the key and size of the `a` packing that a call reading the same
+/// window as its `a` makes and keeps in `A_CACHE`) and that packing is not kept yet, `pack(b_dst,
+/// Some(a_dst))` makes both in one pass over the window's rows, and the `a` packing is kept under that
+/// key: the call that reads the window as its `a` finds it instead of reading the rows again (x·xᵀ read
+/// each row panel of `x` twice a launch, once per form, and packed its transposed form twice). Valid
+/// because both packings are of the same bytes, which bit 1 says do not change until the next
+/// [`clear_b_cache`], which forgets both caches.
+#[cfg(target_arch = "x86_64")]
+fn packed_bt_shared(
+    key: PackKey,
+    bytes: usize,
+    a_form: Option<(PackKey, usize)>,
+    pack: impl FnOnce(*mut u8, Option<*mut u8>),
+) -> Option<*const u8> {
+    B_CACHE
+        .try_with(|c| {
+            let mut c = c.try_borrow_mut().ok()?;
+            if let Some(p) = c.find(key) {
+                return Some(p);
+            }
+            c.insert(
+                key,
+                bytes,
+                |b_dst| {
+                    let mut pack = Some(pack);
+                    if let Some((a_key, a_bytes)) = a_form {
+                        let _ = A_CACHE.try_with(|ac| {
+                            let Ok(mut ac) = ac.try_borrow_mut() else { return };
+                            if !ac.contains(a_key) {
+                                // `insert` calls the packing only once it has the room.
+                                let _ = ac.insert(
+                                    a_key,
+                                    a_bytes,
+                                    |a_dst| {
+                                        if let Some(pack) = pack.take() {
+                                            pack(b_dst, Some(a_dst))
+                                        }
+                                    },
+                                    |_| {},
+                                );
+                            }
+                        });
+                    }
+                    if let Some(pack) = pack.take() {
+                        pack(b_dst, None)
+                    }
+                },
+                |_| {},
+            )
+        })
+        .ok()
+        .flatten()
+}
+
 /// Whether the transposed `b` operand `key` was seen since the thread's last [`clear_b_cache`] (and records it
 /// if not): the last `SEEN_KEYS` keys are remembered.
 #[cfg(target_arch = "x86_64")]
@@ -716,6 +787,10 @@ struct Args {
     /// `b` is given as its transpose: element `(p, j)` of `b` is at `b[j * ldb + p]` (an `n × k` row-major
     /// block, row stride `ldb`).
     b_trans: bool,
+    /// With `b_trans` and `b_const`: the transposed `b`'s rows are rows of the matrix the launch's `a`
+    /// operands are read from (`kc_mmad`'s bit 4, x·xᵀ), so its window is another call's `a` (see
+    /// [`packed_bt_shared`]).
+    b_shares_a: bool,
 }
 
 /// Element `idx` of an operand of dtype `d`, as f32.
@@ -1422,9 +1497,34 @@ mod amx {
     /// `bt` readable for the `n × k` block, `dst` writable for `n.div_ceil(16) * kp * 16` u16; AVX-512BW.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn pack_bt_vnni(bt: *const u16, ldbt: usize, k: usize, n: usize, kp: usize, dst: *mut u16) {
+        // SAFETY: the caller's.
+        unsafe { pack_bt_vnni_a(bt, ldbt, k, n, kp, dst, None) }
+    }
+
+    /// [`pack_bt_vnni`], and with `a_dst` the same `n × k` window packed as a call reading it as its `a`
+    /// packs it ([`pack_a_chunks`] of `n` rows to `n` rounded up to 16, chunks of [`KC_STEPS`]) into
+    /// `a_dst`, from the same loads: a 16-row tile's 64-byte rows at k step `p0 / 32` are the A panel's rows
+    /// there (x·xᵀ's `b` windows are its `a` windows, [`super::packed_bt_shared`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`pack_bt_vnni`]; `a_dst` writable for `n.div_ceil(16) * 16 * kp` u16.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_bt_vnni_a(
+        bt: *const u16,
+        ldbt: usize,
+        k: usize,
+        n: usize,
+        kp: usize,
+        dst: *mut u16,
+        a_dst: Option<*mut u16>,
+    ) {
         let panels = n.div_ceil(16);
         let pstride = kp * 16;
-        // SAFETY: masked loads stay inside row `j < n`, columns `p < k`, of the block; stores inside `dst`.
+        let (mp, steps) = (panels * 16, kp / 32);
+        // SAFETY: masked loads stay inside row `j < n`, columns `p < k`, of the block; stores inside `dst`
+        // and `a_dst` (row `16 q + j < mp` of the chunk of `p0`, whose block of `mp × 32 len` u16 starts at
+        // `mp · 32 · s0` and ends at most at `mp · kp`).
         unsafe {
             for q in 0..panels {
                 let rows = (n - 16 * q).min(16);
@@ -1449,6 +1549,15 @@ mod amx {
                         let mask = mask32(k - p0);
                         for (j, rj) in r.iter_mut().enumerate().take(rows) {
                             *rj = _mm512_maskz_loadu_epi16(mask, src.add(j * ldbt + p0).cast());
+                        }
+                    }
+                    if let Some(a_dst) = a_dst {
+                        // The chunk of k steps holding step `p0 / 32`, as `pack_a_chunks` lays it out.
+                        let s0 = p0 / 32 / KC_STEPS * KC_STEPS;
+                        let len = (steps - s0).min(KC_STEPS);
+                        let chunk = a_dst.add(mp * s0 * 32 + (p0 - s0 * 32));
+                        for (j, rj) in r.iter().enumerate() {
+                            _mm512_storeu_si512(chunk.add((16 * q + j) * len * 32).cast(), *rj);
                         }
                     }
                     let t = transpose16(r);
@@ -1562,9 +1671,18 @@ mod amx {
             };
             // The layout is part of the key: the same window read transposed is another operand.
             let key = (x.b as usize, x.ldb | (usize::from(x.b_trans) << 63), k, n);
-            // A transposed `b` is kept when it will be used again (`packed_bt`).
+            // A transposed `b` is kept when it will be used again (`packed_bt`); one whose rows are other calls'
+            // `a` rows from its first use, packed in the `a` form too when such a call would pack it
+            // (`packed_bt_shared`).
             if x.b_const {
-                cached = if x.b_trans {
+                cached = if x.b_trans && x.b_shares_a {
+                    let a_packs = !(k % 32 == 0 && x.ldb * 2 <= 256);
+                    let np = panels * 16;
+                    let a_form = a_packs.then_some(((x.b as usize, x.ldb, n, k), np * kp * 2));
+                    super::packed_bt_shared(key, b_bytes, a_form, |d, a_d| {
+                        pack_bt_vnni_a(x.b.cast(), x.ldb, k, n, kp, d.cast(), a_d.map(|p| p.cast()))
+                    })
+                } else if x.b_trans {
                     super::packed_bt(key, b_bytes, pack_b)
                 } else {
                     super::packed(&super::B_CACHE, key, b_bytes, pack_b)
@@ -2034,6 +2152,131 @@ mod tests {
         assert_eq!(run(&w, 1), reference(4.0), "cleared");
         set(&mut w, 1, 5.0);
         assert_eq!(run(&w, 1), reference(5.0), "a new launch keeps from the second use");
+        clear_b_cache();
+    }
+
+    /// `x · xᵀ` by blocks of `blk` rows and k windows of `kw`, the transposed `b` flagged as rows of `a`'s
+    /// matrix (`kc_mmad`'s bit 4, with bits 1 to 3), the blocks on and above the diagonal row by row as the
+    /// host's triangle walks them: each block is the unflagged call's result bit for bit (the shared packing
+    /// of a window as `b` and as `a` is the one a call packing it alone makes). Odd row counts (a partial
+    /// last block and tile row), k with a partial last step and two chunks of the `a` packing, an `x` read
+    /// in place (`ld` ≤ 128), and more windows than the caches hold.
+    #[test]
+    fn host_mmad_shared_transposed_b_matches() {
+        let mut rng = SmallRng::seed_from_u64(14);
+        for (rows, k, ld, blk, kw) in [
+            (70usize, 600usize, 616usize, 32usize, 600usize),
+            (70, 600, 616, 32, 512),
+            (48, 40, 200, 16, 40),
+            (90, 64, 100, 48, 64),
+            (80, 600, 4100, 16, 32),
+        ] {
+            let x: Vec<u16> = (0..rows * ld).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect();
+            let call = |i0: usize, j0: usize, bits: i64| -> Vec<f32> {
+                let (m, n) = ((rows - i0).min(blk), (rows - j0).min(blk));
+                let mut c = vec![0f32; m * n];
+                let mut k0 = 0;
+                while k0 < k {
+                    let kl = (k - k0).min(kw);
+                    let acc = i64::from(k0 > 0);
+                    // SAFETY: rows `i0..i0 + m` and `j0..j0 + n`, columns `k0..k0 + kl` of `x` lie inside it
+                    // (`k ≤ ld`); `c` is the vector's own.
+                    unsafe {
+                        kc_mmad(
+                            x.as_ptr().add(i0 * ld + k0).cast(),
+                            1,
+                            ld as i64,
+                            x.as_ptr().add(j0 * ld + k0).cast(),
+                            1,
+                            ld as i64,
+                            c.as_mut_ptr(),
+                            n as i64,
+                            m as i64,
+                            kl as i64,
+                            n as i64,
+                            bits | acc,
+                        )
+                    };
+                    k0 += kl;
+                }
+                c
+            };
+            clear_b_cache();
+            let mut i0 = 0;
+            while i0 < rows {
+                let mut j0 = i0;
+                while j0 < rows {
+                    let want = call(i0, j0, 8);
+                    assert_eq!(call(i0, j0, 2 | 4 | 8 | 16), want, "rows {rows} k {k} ld {ld} block ({i0}, {j0})");
+                    j0 += blk;
+                }
+                i0 += blk;
+            }
+            // Again, every packing now found kept.
+            assert_eq!(call(blk, 0, 2 | 4 | 8 | 16), call(blk, 0, 8), "rows {rows} k {k}: a kept window");
+            clear_b_cache();
+        }
+    }
+
+    /// With bit 4, a transposed `b` is kept from its first use, and the `a` packing of its window is made
+    /// with it and used by the call that reads the window as its `a`: after `x`'s rows change (against the
+    /// contract, to see which packing a call uses), both still give the old rows' products until the
+    /// caches are cleared. Without bit 4 the first use is not kept and `a` is packed from the rows it reads.
+    #[test]
+    fn host_mmad_shared_transposed_b_packs_a_once() {
+        if !supported(Path::Amx) {
+            return;
+        }
+        let (k, ld, blk) = (64usize, 1024usize, 16usize);
+        let mut rng = SmallRng::seed_from_u64(15);
+        let mut x: Vec<u16> =
+            (0..2 * blk * ld).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect();
+        let call = |x: &[u16], i0: usize, j0: usize, bits: i64| -> Vec<f32> {
+            let mut c = vec![0f32; blk * blk];
+            let (b, k_, n) = (blk as i64, k as i64, blk as i64);
+            // SAFETY: rows `i0..i0 + blk` and `j0..j0 + blk`, columns `0..k` of `x` lie inside it.
+            unsafe {
+                kc_mmad(
+                    x.as_ptr().add(i0 * ld).cast(),
+                    1,
+                    ld as i64,
+                    x.as_ptr().add(j0 * ld).cast(),
+                    1,
+                    ld as i64,
+                    c.as_mut_ptr(),
+                    n,
+                    b,
+                    k_,
+                    n,
+                    bits,
+                )
+            };
+            c
+        };
+        let shared = 2 | 4 | 8 | 16;
+        clear_b_cache();
+        let old_01 = call(&x, 0, blk, 8);
+        let old_10 = call(&x, blk, 0, 8);
+        // Block (0, 1) packs rows blk..2 blk as `b`, and as the `a` of block (1, 0).
+        assert_eq!(call(&x, 0, blk, shared), old_01);
+        for v in &mut x[blk * ld..2 * blk * ld] {
+            *v = bf16::from_f32(0.5).to_bits();
+        }
+        assert_eq!(call(&x, 0, blk, shared), old_01, "the transposed b is kept from its first use");
+        assert_eq!(call(&x, blk, 0, shared), old_10, "the a packing made with it is used");
+        clear_b_cache();
+        let new_10 = call(&x, blk, 0, 8);
+        assert_ne!(new_10, old_10);
+        assert_eq!(call(&x, blk, 0, shared), new_10, "after clearing, the new rows");
+        // Without bit 4: the first use of a transposed b is not kept, and a is packed from its own rows.
+        clear_b_cache();
+        let new_01 = call(&x, 0, blk, 8);
+        assert_eq!(call(&x, 0, blk, 2 | 4 | 8), new_01);
+        for v in &mut x[blk * ld..2 * blk * ld] {
+            *v = bf16::from_f32(-0.25).to_bits();
+        }
+        assert_eq!(call(&x, 0, blk, 2 | 4 | 8), call(&x, 0, blk, 8), "without bit 4, a first use is not kept");
+        assert_eq!(call(&x, blk, 0, 2 | 4 | 8), call(&x, blk, 0, 8), "without bit 4, a is packed from its rows");
         clear_b_cache();
     }
 
