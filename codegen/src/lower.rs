@@ -992,10 +992,8 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 // Bit 4: the transposed `b` is read from the same read-only tensor as `a` (`x @ transpose(x)`):
                 // its window is another block's `a`, so the host routine keeps its packing from the first use
                 // and makes the `a` packing of the window in the same pass.
-                let shares_a = tb.is_some()
-                    && a_const
-                    && b_const
-                    && matches!((&a.loc, b_loc), (Loc::Gm(x), Loc::Gm(y)) if x == y);
+                let shares_a =
+                    tb.is_some() && a_const && b_const && matches!((&a.loc, b_loc), (Loc::Gm(x), Loc::Gm(y)) if x == y);
                 let bits = i64::from(*accumulate)
                     | (i64::from(b_const) << 1)
                     | (i64::from(a_const) << 2)

@@ -2171,7 +2171,8 @@ mod tests {
             (90, 64, 100, 48, 64),
             (80, 600, 4100, 16, 32),
         ] {
-            let x: Vec<u16> = (0..rows * ld).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect();
+            let x: Vec<u16> =
+                (0..rows * ld).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect();
             let call = |i0: usize, j0: usize, bits: i64| -> Vec<f32> {
                 let (m, n) = ((rows - i0).min(blk), (rows - j0).min(blk));
                 let mut c = vec![0f32; m * n];
