@@ -22,7 +22,9 @@
 //!   kept packing (bit 1) of a transposed `b` is made from its second use on (`seen_before`), and from its
 //!   first once the thread's calls find kept ones again (`packed_bt`): a grouped matmul's weight tiles are
 //!   used once per row tile of their expert (once, or by 2–3 consecutive items), and kept when used once
-//!   they only pushed the reused packings out of the caches.
+//!   they only pushed the reused packings out of the caches. A transposed `b` flagged as rows of the
+//!   matrix the `a` operands come from (bit 4, `x·xᵀ`) is kept from its first use, and its window's `a`
+//!   packing is made in the same pass and kept for the call that reads it as its `a` (`packed_bt_shared`).
 //! - The order of summation depends on the path. [`Path::Portable`] sums sequentially,
 //!   `acc = c_or_0; for p in 0..k { acc = acc + a_ip * b_pj }` with a rounded f32 product and a rounded f32
 //!   add per step, so it is bit-identical to the obvious scalar f32 loop. The vector paths reassociate
