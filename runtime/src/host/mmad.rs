@@ -1513,6 +1513,11 @@ mod amx {
     /// matmul tiles are 512 deep (`matmul_bk`), so a matmul's call is one chunk.
     const KC_STEPS: usize = 16;
 
+    /// The longest row stride (bytes) at which the AMX path reads `a` in place instead of packing it:
+    /// attention's P·V reads its bf16 probabilities, 256 to a row (512 bytes), where the vector cores
+    /// stored them; packing them again on every call was a tenth of the calls' samples.
+    const A_IN_PLACE_STRIDE: usize = 512;
+
     /// The AMX path (bf16 × bf16).
     ///
     /// # Safety
@@ -1529,8 +1534,9 @@ mod amx {
         // A in place only when k is a multiple of 32 and its rows are close together (a partial last tile row
         // is copied); else all of A is packed into tile rows. Read in place with a long row stride (a matmul
         // operand read straight from a 2048-wide GM tensor: a page per row), every tile load misses the TLB
-        // 16 times: packing (m·k moves for m·k·n work) made a 2048³ matmul 1.5x faster.
-        let a_in_place = k % 32 == 0 && x.lda * 2 <= 256;
+        // 16 times: packing (m·k moves for m·k·n work) made a 2048³ matmul 1.5x faster. Rows up to
+        // A_IN_PLACE_STRIDE bytes apart are close enough (a 16-row tile spans at most two pages).
+        let a_in_place = k % 32 == 0 && x.lda * 2 <= A_IN_PLACE_STRIDE;
         let a_rows = if a_in_place {
             if m % 16 != 0 {
                 16

@@ -990,6 +990,14 @@ fn build(
             None => (bm, 1),
         },
     };
+    // A target with wider cube tiles (`score_cube_cols`, the host) makes a block of two chunks one chunk
+    // where it fits: the same blocks (rows, columns) for the vector cores, so the same statistics and
+    // the same bits, and the cube's `p·v` runs the block's k in one mmad (a chunk's `p·v` accumulating onto
+    // the one before computes the same f32 sums, storing and reloading them in between).
+    let (bc, nh) = match target.score_cube_cols {
+        Some(cols) if nh == 2 && bn <= i64::from(cols) && fits(bm, bn) => (bn, 1),
+        _ => (bc, nh),
+    };
     let nb = p.nb;
     let nib = (s + bm - 1) / bm;
     let njall = (t + bn - 1) / bn;
