@@ -40,7 +40,8 @@
 //!    non-temporal hint of `tileloaddt1`: they are streamed) with `tdpbf16ps`.
 //!    `b` is packed per call into the VNNI layout (one panel per 16 columns, `k` padded to a multiple of
 //!    32; element `(p, j)` of a panel at `[(p / 2) * 32 + 2 j + p % 2]`) in a thread-local scratch buffer;
-//!    `a` is read in place (stride `lda * 2` bytes) when `k` is a multiple of 32, except a last partial
+//!    `a` is read in place (stride `lda * 2` bytes, at most 512: attention's P·V reads its 256-wide rows of
+//!    probabilities where they are) when `k` is a multiple of 32, except a last partial
 //!    block of rows, which is copied zero-padded to 16 rows; otherwise `a` is copied zero-padded to a
 //!    multiple of 32 columns and to 16 rows, chunk by chunk of k (each chunk's panels contiguous, so that
 //!    a 16-row tile load walks consecutive 1 KiB rows instead of rows one `k` apart, which alias in L1 when
@@ -1516,7 +1517,7 @@ mod amx {
     /// The longest row stride (bytes) at which the AMX path reads `a` in place instead of packing it:
     /// attention's P·V reads its bf16 probabilities, 256 to a row (512 bytes), where the vector cores
     /// stored them; packing them again on every call was a tenth of the calls' samples.
-    const A_IN_PLACE_STRIDE: usize = 512;
+    pub(super) const A_IN_PLACE_STRIDE: usize = 512;
 
     /// The AMX path (bf16 × bf16).
     ///
@@ -1878,6 +1879,56 @@ mod tests {
                 for n in [1, 16, 17, 32, 33, 48, 50] {
                     for k in [1, 2, 31, 32, 33, 64] {
                         check(path, &mut rng, (m, k, n), Dtype::Bf16, Dtype::Bf16, m % 3, n % 2 == 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AMX path reads `a` in place when its rows are at most `A_IN_PLACE_STRIDE` bytes apart (attention's
+    /// P·V: 256 bf16 to a row) and packs it otherwise: either way the same bits. The same `a` at a stride
+    /// read in place (up to the bound, including a partial last tile row, which is copied) and at a stride
+    /// past it (packed) gives the same `c`, accumulating or not.
+    #[test]
+    fn host_mmad_amx_reads_a_in_place_up_to_its_bound() {
+        if !available(Path::Amx) {
+            return;
+        }
+        let mut rng = SmallRng::seed_from_u64(31);
+        let packed_ld = amx::A_IN_PLACE_STRIDE / 2 + 8;
+        for (m, k, n) in [(128, 256, 128), (17, 256, 40), (33, 128, 16), (128, 64, 256), (5, 32, 7)] {
+            for lda in [k, k + 16, amx::A_IN_PLACE_STRIDE / 2] {
+                if lda < k {
+                    continue;
+                }
+                let a = Mat::random(&mut rng, Dtype::Bf16, m * lda);
+                // The same values at the longer stride, which the path packs.
+                let mut far = vec![bf16::from_f32(0.0); m * packed_ld];
+                for i in 0..m {
+                    far[i * packed_ld..i * packed_ld + k].copy_from_slice(&a.bf16s[i * lda..i * lda + k]);
+                }
+                let b = Mat::random(&mut rng, Dtype::Bf16, k * n);
+                for acc in [false, true] {
+                    let c0: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                    let (mut near, mut packed) = (c0.clone(), c0);
+                    mmad_with(Path::Amx, a.operand(), lda, b.operand(), n, &mut near, n, (m, k, n), acc);
+                    mmad_with(
+                        Path::Amx,
+                        Operand::Bf16(&far),
+                        packed_ld,
+                        b.operand(),
+                        n,
+                        &mut packed,
+                        n,
+                        (m, k, n),
+                        acc,
+                    );
+                    for (i, (x, y)) in near.iter().zip(&packed).enumerate() {
+                        assert_eq!(
+                            x.to_bits(),
+                            y.to_bits(),
+                            "m={m} k={k} n={n} lda={lda} acc={acc}: c[{i}] {x} vs {y}"
+                        );
                     }
                 }
             }
