@@ -94,6 +94,13 @@ pub struct Target {
     /// is one mmad that reads them in place.
     #[serde(default)]
     pub score_whole_diag: bool,
+    /// The most key columns of the score template's cube tile (default 128). A block of the vector cores'
+    /// columns is one or two cube tiles, each its own `q·kᵀ` and `p·v` mmads (`p·v` of the second
+    /// accumulating onto the first's). On the host, whose L0 buffers are nominal (the mmads read their
+    /// operands in place), one 256-column tile makes the block's `p·v` one mmad 256 deep: its f32
+    /// accumulators go through memory once instead of being stored, loaded back and stored again.
+    #[serde(default)]
+    pub score_cube_cols: Option<u32>,
     /// Without a mask, the score template deals each cube core consecutive tasks (core `c` of `cubes` takes
     /// tasks `c·r .. (c+1)·r`, `r` rounds: one batch's i-blocks, then the next batch's, which shares its K
     /// and V when the heads are grouped) instead of every `cubes`-th task (default false: the cores at one

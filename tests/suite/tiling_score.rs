@@ -503,6 +503,59 @@ fn host_multiplies_diagonal_blocks_whole() {
     }
 }
 
+/// The host's cube tiles are up to 256 key columns wide (`score_cube_cols` in host.toml): where the vector
+/// cores' block is two 128-column chunks, the host multiplies it as one (one q·kᵀ mmad and one p·v mmad 256
+/// deep, instead of a second chunk's p·v accumulating onto the first's through memory). The vector cores'
+/// blocks stay the same, so the JIT's results are the same bits with and without the option, on 1 and 2
+/// threads, causal or not, with partial blocks; they agree with the interpreter, and the NPU targets keep
+/// their chunks.
+#[test]
+fn host_multiplies_a_block_as_one_cube_chunk() {
+    use kc_ir::tile::Stmt;
+    let host = Target::builtin("host").expect("host target");
+    assert_eq!(host.score_cube_cols, Some(256));
+    for t in TARGETS {
+        assert_eq!(Target::builtin(t).expect("builtin target").score_cube_cols, None, "{t}");
+    }
+    let mut chunked = host.clone();
+    chunked.score_cube_cols = None;
+    let mmads = |tp: &TileProgram, acc: bool| {
+        common::count_stmts(
+            &tp.launches[0].cube,
+            &|s| matches!(s, Stmt::Mmad { accumulate, .. } if *accumulate || !acc),
+        )
+    };
+    let limits = kc_ir::interp::Limits::default();
+    for (n, name) in ["attention", "attention_full"].into_iter().enumerate() {
+        let g = common::kernel(name, name);
+        for (m, dims) in [attn_dims(1, 4, 2, 300, 300, 128), attn_dims(2, 2, 1, 130, 600, 64)].iter().enumerate() {
+            let args = args_for(&g, dims, 90 + 2 * n as u64 + m as u64);
+            let (tp, tp0) = (tiled(&g, &args, &host), tiled(&g, &args, &chunked));
+            assert!(mmads(&tp0, true) > 0, "{name} {dims:?}: without the option a second chunk accumulates");
+            assert_eq!(mmads(&tp, true), 0, "{name} {dims:?}: a block's p·v in one mmad");
+            assert!(mmads(&tp, false) < mmads(&tp0, false), "{name} {dims:?}: fewer mmads");
+            let compile = |tp: &TileProgram| {
+                kc_codegen::compile(tp, &kc_codegen::Options { verify: true, ..Default::default() })
+                    .unwrap_or_else(|e| panic!("compile: {e:?}"))
+            };
+            let (code, code0) = (compile(&tp), compile(&tp0));
+            for threads in [1, 2] {
+                let run = |code: &kc_codegen::Compiled, tp: &TileProgram| {
+                    code.run(tp, &g, &args, threads, &limits).unwrap_or_else(|e| panic!("jit: {e:?}")).0
+                };
+                for ((r, got), (_, want)) in run(&code, &tp).iter().zip(&run(&code0, &tp0)) {
+                    let (got, want) = (got.to_f64_vec(), want.to_f64_vec());
+                    assert_eq!(got.len(), want.len());
+                    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(x.to_bits(), y.to_bits(), "{name} {dims:?}, {threads} threads: {r}[{i}] {x} vs {y}");
+                    }
+                }
+            }
+            jit_agrees(&g, &tp, &args, &code, &format!("host, {name} {dims:?}"));
+        }
+    }
+}
+
 /// Without a mask the host deals each cube core consecutive tasks (`score_blocked_tasks` in host.toml: a
 /// head's i-blocks in a row, so a thread's mmads find the K and V blocks they packed); the NPU targets keep
 /// dealing every `cubes`-th task. Either order computes every task once: the simulator and the JIT (1 and

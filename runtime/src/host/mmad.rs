@@ -42,7 +42,8 @@
 //!    non-temporal hint of `tileloaddt1`: they are streamed) with `tdpbf16ps`.
 //!    `b` is packed per call into the VNNI layout (one panel per 16 columns, `k` padded to a multiple of
 //!    32; element `(p, j)` of a panel at `[(p / 2) * 32 + 2 j + p % 2]`) in a thread-local scratch buffer;
-//!    `a` is read in place (stride `lda * 2` bytes) when `k` is a multiple of 32, except a last partial
+//!    `a` is read in place (stride `lda * 2` bytes, at most 512: attention's P·V reads its 256-wide rows of
+//!    probabilities where they are) when `k` is a multiple of 32, except a last partial
 //!    block of rows, which is copied zero-padded to 16 rows; otherwise `a` is copied zero-padded to a
 //!    multiple of 32 columns and to 16 rows, chunk by chunk of k (each chunk's panels contiguous, so that
 //!    a 16-row tile load walks consecutive 1 KiB rows instead of rows one `k` apart, which alias in L1 when
@@ -1624,6 +1625,11 @@ mod amx {
     /// matmul tiles are 512 deep (`matmul_bk`), so a matmul's call is one chunk.
     const KC_STEPS: usize = 16;
 
+    /// The longest row stride (bytes) at which the AMX path reads `a` in place instead of packing it:
+    /// attention's P·V reads its bf16 probabilities, 256 to a row (512 bytes), where the vector cores
+    /// stored them; packing them again on every call was a tenth of the calls' samples.
+    pub(super) const A_IN_PLACE_STRIDE: usize = 512;
+
     /// The AMX path (bf16 × bf16).
     ///
     /// # Safety
@@ -1640,8 +1646,9 @@ mod amx {
         // A in place only when k is a multiple of 32 and its rows are close together (a partial last tile row
         // is copied); else all of A is packed into tile rows. Read in place with a long row stride (a matmul
         // operand read straight from a 2048-wide GM tensor: a page per row), every tile load misses the TLB
-        // 16 times: packing (m·k moves for m·k·n work) made a 2048³ matmul 1.5x faster.
-        let a_in_place = k % 32 == 0 && x.lda * 2 <= 256;
+        // 16 times: packing (m·k moves for m·k·n work) made a 2048³ matmul 1.5x faster. Rows up to
+        // A_IN_PLACE_STRIDE bytes apart are close enough (a 16-row tile spans at most two pages).
+        let a_in_place = k % 32 == 0 && x.lda * 2 <= A_IN_PLACE_STRIDE;
         let a_rows = if a_in_place {
             if m % 16 != 0 {
                 16
@@ -1992,6 +1999,56 @@ mod tests {
                 for n in [1, 16, 17, 32, 33, 48, 50] {
                     for k in [1, 2, 31, 32, 33, 64] {
                         check(path, &mut rng, (m, k, n), Dtype::Bf16, Dtype::Bf16, m % 3, n % 2 == 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AMX path reads `a` in place when its rows are at most `A_IN_PLACE_STRIDE` bytes apart (attention's
+    /// P·V: 256 bf16 to a row) and packs it otherwise: either way the same bits. The same `a` at a stride
+    /// read in place (up to the bound, including a partial last tile row, which is copied) and at a stride
+    /// past it (packed) gives the same `c`, accumulating or not.
+    #[test]
+    fn host_mmad_amx_reads_a_in_place_up_to_its_bound() {
+        if !available(Path::Amx) {
+            return;
+        }
+        let mut rng = SmallRng::seed_from_u64(31);
+        let packed_ld = amx::A_IN_PLACE_STRIDE / 2 + 8;
+        for (m, k, n) in [(128, 256, 128), (17, 256, 40), (33, 128, 16), (128, 64, 256), (5, 32, 7)] {
+            for lda in [k, k + 16, amx::A_IN_PLACE_STRIDE / 2] {
+                if lda < k {
+                    continue;
+                }
+                let a = Mat::random(&mut rng, Dtype::Bf16, m * lda);
+                // The same values at the longer stride, which the path packs.
+                let mut far = vec![bf16::from_f32(0.0); m * packed_ld];
+                for i in 0..m {
+                    far[i * packed_ld..i * packed_ld + k].copy_from_slice(&a.bf16s[i * lda..i * lda + k]);
+                }
+                let b = Mat::random(&mut rng, Dtype::Bf16, k * n);
+                for acc in [false, true] {
+                    let c0: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                    let (mut near, mut packed) = (c0.clone(), c0);
+                    mmad_with(Path::Amx, a.operand(), lda, b.operand(), n, &mut near, n, (m, k, n), acc);
+                    mmad_with(
+                        Path::Amx,
+                        Operand::Bf16(&far),
+                        packed_ld,
+                        b.operand(),
+                        n,
+                        &mut packed,
+                        n,
+                        (m, k, n),
+                        acc,
+                    );
+                    for (i, (x, y)) in near.iter().zip(&packed).enumerate() {
+                        assert_eq!(
+                            x.to_bits(),
+                            y.to_bits(),
+                            "m={m} k={k} n={n} lda={lda} acc={acc}: c[{i}] {x} vs {y}"
+                        );
                     }
                 }
             }

@@ -17,7 +17,8 @@
 //! - *epilogue* members elementwise over the consumer (with GM tiles of the consumer's shape or scalars);
 //! - the stored members are the consumer, epilogue members or statistics (never a tile member).
 //!
-//! Blocks: `bm` rows of `i` (≤ 128) by `bc` columns of `j` (≤ 128) per cube tile, the whole `k` (`D`) and
+//! Blocks: `bm` rows of `i` (≤ 128) by `bc` columns of `j` (≤ 128; a block's two chunks merged into one of
+//! up to `score_cube_cols` on the host) per cube tile, the whole `k` (`D`) and
 //! the whole `n` (`Dv`) at once, each a multiple of 16 and within L0 (the largest `bm·bc` that fits L0 and
 //! UB). A *block* is `bn = nh·bc` columns: `nh = 2` cube tiles where the vector cores' UB holds that width
 //! (else 1), so the online statistics, the p·v hand-off and O's rescaling happen once per two cube tiles. A
@@ -989,6 +990,14 @@ fn build(
             Some(m) => (m, 2),
             None => (bm, 1),
         },
+    };
+    // A target with wider cube tiles (`score_cube_cols`, the host) makes a block of two chunks one chunk
+    // where it fits: the same blocks (rows, columns) for the vector cores, so the same statistics and
+    // the same bits, and the cube's `p·v` runs the block's k in one mmad (a chunk's `p·v` accumulating onto
+    // the one before computes the same f32 sums, storing and reloading them in between).
+    let (bc, nh) = match target.score_cube_cols {
+        Some(cols) if nh == 2 && bn <= i64::from(cols) && fits(bm, bn) => (bn, 1),
+        _ => (bc, nh),
     };
     let nb = p.nb;
     let nib = (s + bm - 1) / bm;
