@@ -1630,6 +1630,12 @@ mod amx {
     /// stored them; packing them again on every call was a tenth of the calls' samples.
     pub(super) const A_IN_PLACE_STRIDE: usize = 512;
 
+    /// Whether [`mmad`] reads a bf16 `a` of depth `k` and row stride `lda` (elements) in place instead of
+    /// packing it: `k` a multiple of 32 and rows at most [`A_IN_PLACE_STRIDE`] bytes apart.
+    fn reads_a_in_place(k: usize, lda: usize) -> bool {
+        k % 32 == 0 && lda * 2 <= A_IN_PLACE_STRIDE
+    }
+
     /// The AMX path (bf16 × bf16).
     ///
     /// # Safety
@@ -1648,7 +1654,7 @@ mod amx {
         // operand read straight from a 2048-wide GM tensor: a page per row), every tile load misses the TLB
         // 16 times: packing (m·k moves for m·k·n work) made a 2048³ matmul 1.5x faster. Rows up to
         // A_IN_PLACE_STRIDE bytes apart are close enough (a 16-row tile spans at most two pages).
-        let a_in_place = k % 32 == 0 && x.lda * 2 <= A_IN_PLACE_STRIDE;
+        let a_in_place = reads_a_in_place(k, x.lda);
         let a_rows = if a_in_place {
             if m % 16 != 0 {
                 16
@@ -1685,7 +1691,8 @@ mod amx {
             // (`packed_bt_shared`).
             if x.b_const {
                 cached = if x.b_trans && x.b_shares_a {
-                    let a_packs = !(k % 32 == 0 && x.ldb * 2 <= 256);
+                    // The call reading this window as its `a` packs it unless it reads it in place.
+                    let a_packs = !reads_a_in_place(k, x.ldb);
                     let np = panels * 16;
                     let a_form = a_packs.then_some(((x.b as usize, x.ldb, n, k), np * kp * 2));
                     super::packed_bt_shared(key, b_bytes, a_form, |d, a_d| {
