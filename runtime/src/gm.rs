@@ -230,7 +230,7 @@ pub fn tensor_elems(prog: &TileProgram, ti: usize) -> Option<u64> {
 /// the running unit's area (cube core `q`, or vector core `v` with `v / ratio == q`: elements `q · e ..
 /// (q + 1) · e`), and the executor hands each thread one area of `e` elements that the units it runs reuse.
 pub fn unit_private_workspaces(prog: &TileProgram, l: &Launch) -> Vec<(usize, u64, usize)> {
-    if l.cube_cores == 0 || l.vector_cores % l.cube_cores != 0 {
+    if l.cube_cores == 0 || !l.vector_cores.is_multiple_of(l.cube_cores) {
         return Vec::new();
     }
     let mut out = Vec::new();
