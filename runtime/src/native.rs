@@ -1593,8 +1593,10 @@ fn run_launch(
             let Some(unit) = units.get(i) else { break };
             if poison && !nl.private.is_empty() {
                 // For tests: a unit that read its area before writing it would see NaNs, not an earlier unit's
-                // values.
-                areas.fill(0xFF);
+                // values. (Through the raw pointer the cores use: no reference to the areas is made while
+                // they hold pointers into them.)
+                // SAFETY: `areas.len()` bytes of the thread's own areas, which no core is using between units.
+                unsafe { std::ptr::write_bytes(areas.as_mut_ptr(), 0xFF, areas.len()) };
             }
             let r = run_unit(unit, nl, gm, &cube_layout, &vec_layout, &abort, &mut stacks, &mut scratch, poison);
             match r {
