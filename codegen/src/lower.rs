@@ -96,6 +96,9 @@ pub struct CompiledLaunch {
     pub bodies: (Vec<Stmt>, Vec<Stmt>),
     /// The vector buffers whose `exp` rows the compiled code does not store ([`dead_exp_stores`]).
     pub dead_exp: std::collections::BTreeSet<BufId>,
+    /// The unit-private workspaces the compiled code addresses per unit: `(tensor, elements, bytes of an
+    /// area)` ([`kc_runtime::gm::unit_private_workspaces`]).
+    pub private: Vec<(usize, u64, usize)>,
 }
 
 /// A compiled program. The machine code lives as long as this value.
@@ -148,7 +151,13 @@ impl Compiled {
         let launches: Vec<NativeLaunch<'_>> = self
             .launches
             .iter()
-            .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
+            .map(|l| NativeLaunch {
+                cube: l.cube,
+                vector: l.vector,
+                sites: &l.sites,
+                used: Some(&l.used),
+                private: &l.private,
+            })
             .collect();
         let plan = self.plan_for_call(prog, graph, args);
         native::run(prog, graph, args, &launches, threads, limits, Some(self.reuse(plan.as_deref())))
@@ -304,7 +313,13 @@ impl Compiled {
         let launches: Vec<NativeLaunch<'_>> = self
             .launches
             .iter()
-            .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
+            .map(|l| NativeLaunch {
+                cube: l.cube,
+                vector: l.vector,
+                sites: &l.sites,
+                used: Some(&l.used),
+                private: &l.private,
+            })
             .collect();
         let reuse = self.plan_for_call(prog, graph, args);
         native::run_in_place(prog, graph, args, &launches, plan, threads, limits, Some(self.reuse(reuse.as_deref())))
@@ -511,6 +526,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
             used,
             bodies,
             dead_exp,
+            private: kc_runtime::gm::unit_private_workspaces(prog, l),
         });
     }
     module.finalize_definitions().map_err(|e| internal(span, format!("linking: {e}")))?;
@@ -609,6 +625,10 @@ struct Gen<'a, 'b, 'p> {
     trans: crate::forward::Transposed,
     /// The buffers whose [`ExpGroup`]s' `f32` rows are not stored ([`dead_exp_stores`]; vector programs).
     dead_exp: std::collections::BTreeSet<BufId>,
+    /// The launch's unit-private workspaces ([`kc_runtime::gm::unit_private_workspaces`]), by tensor: the
+    /// first element of the running unit's area (computed on entry) and the area's elements. Their GM
+    /// pointer is the thread's own area, and every access is checked against that area.
+    private: BTreeMap<usize, (Value, u64)>,
 }
 
 /// The most row-invariant values of a statement splatted into `splat_slot`; further ones are splatted at
@@ -649,6 +669,22 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         let buf_arr = b.ins().load(types::I64, TRUSTED, ctx, native::CTX_BUFS);
         let core = b.ins().load(types::I64, TRUSTED, ctx, native::CTX_CORE);
         let gm = (0..prog.tensors.len()).map(|i| b.ins().load(types::I64, TRUSTED, gm_arr, (i * 8) as i32)).collect();
+        // A unit-private workspace's area: the unit's cube core `q` (a vector core's `core / ratio`) times the
+        // area's elements (`unit_private_workspaces` only names launches with a whole ratio).
+        let private = kc_runtime::gm::unit_private_workspaces(prog, launch)
+            .into_iter()
+            .map(|(t, e, _)| {
+                let q = if cube {
+                    core
+                } else {
+                    let ratio = i64::from(launch.vector_cores / launch.cube_cores.max(1)).max(1);
+                    let r = b.ins().iconst(types::I64, ratio);
+                    b.ins().sdiv(core, r)
+                };
+                let start = b.ins().imul_imm_s(q, e as i64);
+                (t, (start, e))
+            })
+            .collect();
         let used = crate::forward::referenced(body);
         let bufs = launch
             .buffers
@@ -695,6 +731,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             splats: BTreeMap::new(),
             trans: crate::forward::transposed_b(prog, launch, body),
             dead_exp: std::collections::BTreeSet::new(),
+            private,
         }
     }
 
@@ -839,6 +876,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
     /// is a GM tensor of at least [`STREAM_BYTES`], which the launch does not read back from the caches.
     fn streams(&self, dst: &Region) -> bool {
         let Loc::Gm(t) = dst.loc else { return false };
+        if self.private.contains_key(&(t.0 as usize)) {
+            return false;
+        }
         let Some(g) = self.prog.tensors.get(t.0 as usize) else { return false };
         let bytes = g.shape.iter().fold(g.dtype.size_bytes() as u64, |a, &d| a.saturating_mul(d));
         bytes >= STREAM_BYTES
@@ -908,6 +948,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             Stmt::Gather { src, src_rows, row_stride, col_offset, index, dst, rows, cols, span, error, .. } => {
                 let rows = self.sexpr(rows)?;
                 let cols = self.sexpr(cols)?;
+                if self.private.contains_key(&(src.0 as usize)) {
+                    return Err(self.err("a gather from a unit-private workspace"));
+                }
                 let t = self.prog.tensor(*src);
                 let d = self.region(dst, "the gather's destination")?;
                 let ix = self.region(index, "the gather's index")?;
@@ -1283,7 +1326,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
     fn gm_len(&self, t: TensorId) -> Result<u64, Diagnostic> {
         let g = self.prog.tensors.get(t.0 as usize).ok_or_else(|| self.err(format!("GM tensor #{}", t.0)))?;
         Ok(match g.role {
-            TensorRole::Workspace { per_core } => {
+            TensorRole::Workspace { per_core, .. } => {
                 let cores = self
                     .prog
                     .launches
@@ -1304,6 +1347,19 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         match &r.loc {
             Loc::Gm(t) => {
                 let g = self.prog.tensors.get(t.0 as usize).ok_or_else(|| self.err(format!("GM tensor #{}", t.0)))?;
+                // A unit-private workspace: the offset relative to the unit's area, bounded by the area (the
+                // thread's own, which the GM pointer is for this launch).
+                if let Some(&(start, e)) = self.private.get(&(t.0 as usize)) {
+                    let offset = self.b.ins().isub(offset, start);
+                    return Ok(Res {
+                        base: self.gm[t.0 as usize],
+                        dtype: g.dtype,
+                        offset,
+                        stride,
+                        limit: e,
+                        what: format!("{what} in this unit's area of workspace `{}` at {}", g.name, self.here()),
+                    });
+                }
                 let limit = self.gm_len(*t)?;
                 Ok(Res {
                     base: self.gm[t.0 as usize],

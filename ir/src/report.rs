@@ -525,7 +525,7 @@ pub fn report(
     let mut gm_intermediates = Vec::new();
     for (ti, t) in prog.tensors.iter().enumerate() {
         match t.role {
-            TensorRole::Workspace { per_core } => {
+            TensorRole::Workspace { per_core, .. } => {
                 let cores = prog
                     .launches
                     .iter()

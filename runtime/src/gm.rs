@@ -209,7 +209,7 @@ pub fn setup_borrowing(
 pub fn tensor_elems(prog: &TileProgram, ti: usize) -> Option<u64> {
     let t = prog.tensors.get(ti)?;
     let elems = match &t.role {
-        TensorRole::Workspace { per_core } => {
+        TensorRole::Workspace { per_core, .. } => {
             let cores = prog
                 .launches
                 .iter()
@@ -222,6 +222,28 @@ pub fn tensor_elems(prog: &TileProgram, ti: usize) -> Option<u64> {
         _ => t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)),
     };
     elems.filter(|&n| n <= launch::MAX_ELEMENTS)
+}
+
+/// The unit-private workspaces of launch `l` of `prog` (`TensorRole::Workspace` with `unit_private`, used
+/// by that launch only, in a launch with cube cores and a whole number of vector cores per cube core): per
+/// tensor, its index, the elements of one unit's area and its bytes. The host JIT addresses such a tensor relative to
+/// the running unit's area (cube core `q`, or vector core `v` with `v / ratio == q`: elements `q · e ..
+/// (q + 1) · e`), and the executor hands each thread one area of `e` elements that the units it runs reuse.
+pub fn unit_private_workspaces(prog: &TileProgram, l: &Launch) -> Vec<(usize, u64, usize)> {
+    if l.cube_cores == 0 || !l.vector_cores.is_multiple_of(l.cube_cores) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (ti, t) in prog.tensors.iter().enumerate() {
+        let TensorRole::Workspace { per_core, unit_private: true } = t.role else { continue };
+        let id = TensorId(ti as u32);
+        let users = prog.launches.iter().filter(|x| uses_tensor(x, id)).count();
+        let e = per_core / t.dtype.size_bytes() as u64;
+        if users == 1 && uses_tensor(l, id) && e > 0 && e <= launch::MAX_ELEMENTS {
+            out.push((ti, e, (e * t.dtype.size_bytes() as u64) as usize));
+        }
+    }
+    out
 }
 
 /// The results: the final contents of the `Output(i)` tensors (`results[i]`; for an `inout` result without

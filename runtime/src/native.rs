@@ -138,6 +138,10 @@ pub struct NativeLaunch<'a> {
     /// The buffers (by [`BufId`](kc_ir::tile::BufId)) the compiled code uses; only these get scratch
     /// memory (zeroed when a core starts). `None`: every buffer.
     pub used: Option<&'a [bool]>,
+    /// The unit-private workspaces the compiled code addresses relative to the running unit's area:
+    /// `(tensor, elements, bytes of an area)` ([`crate::gm::unit_private_workspaces`]). Each thread passes
+    /// its own area (kept from launch to launch, so warm) as these tensors' GM pointers.
+    pub private: &'a [(usize, u64, usize)],
 }
 
 /// The executor's state of one core, reached by host routines through [`CoreCtx::state`].
@@ -1492,6 +1496,8 @@ const ALIGN: usize = 64;
 thread_local! {
     /// Each thread's scratch for the buffers of the cores it runs, kept across launches.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's areas of the unit-private workspaces ([`NativeLaunch::private`]), kept across launches.
+    static AREAS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 const STACK_BYTES: usize = 1 << 20;
 
@@ -1549,6 +1555,7 @@ fn run_launch(
     let failures: Mutex<Vec<CoreFailure>> = Mutex::new(Vec::new());
     let deadlocks: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let max_count = AtomicUsize::new(0);
+    let n_gm = gm.len();
     let gm = Shared(gm.as_ptr());
     let work = || {
         // Packed matrix operands kept by the host cube routine are valid for one launch only.
@@ -1556,9 +1563,41 @@ fn run_launch(
         let mut stacks: Vec<DefaultStack> = Vec::new();
         // The thread's scratch, kept from launch to launch (not page-faulted again).
         let mut scratch: Vec<u8> = SCRATCH.with(|s| s.take());
+        // The unit-private workspaces: one area each for this thread, which the units it runs reuse in turn
+        // (each unit reads only what it wrote: `TensorRole::Workspace`'s `unit_private`), passed as these
+        // tensors' GM pointers to this thread's cores.
+        let mut areas: Vec<u8> = AREAS.with(|s| s.take());
+        let mut local: Vec<*mut u8> = Vec::new();
+        let gm = if nl.private.is_empty() {
+            gm
+        } else {
+            let total: usize = nl.private.iter().map(|p| p.2.next_multiple_of(ALIGN)).sum::<usize>() + ALIGN;
+            if areas.len() < total {
+                areas = vec![0u8; total];
+            }
+            // SAFETY: `gm` points to the caller's `n_gm` tensor pointers, alive for the launch.
+            local.extend_from_slice(unsafe { std::slice::from_raw_parts(gm.0, n_gm) });
+            let base = areas.as_mut_ptr();
+            // SAFETY (both `add`s): `total` bytes hold the alignment's `ALIGN` and then each area in turn.
+            let mut at = unsafe { base.add(base.align_offset(ALIGN)) };
+            for &(t, _, bytes) in nl.private {
+                if let Some(p) = local.get_mut(t) {
+                    *p = at;
+                }
+                at = unsafe { at.add(bytes.next_multiple_of(ALIGN)) };
+            }
+            Shared(local.as_ptr())
+        };
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(unit) = units.get(i) else { break };
+            if poison && !nl.private.is_empty() {
+                // For tests: a unit that read its area before writing it would see NaNs, not an earlier unit's
+                // values. (Through the raw pointer the cores use: no reference to the areas is made while
+                // they hold pointers into them.)
+                // SAFETY: `areas.len()` bytes of the thread's own areas, which no core is using between units.
+                unsafe { std::ptr::write_bytes(areas.as_mut_ptr(), 0xFF, areas.len()) };
+            }
             let r = run_unit(unit, nl, gm, &cube_layout, &vec_layout, &abort, &mut stacks, &mut scratch, poison);
             match r {
                 Ok((fails, max)) => {
@@ -1574,6 +1613,8 @@ fn run_launch(
             }
         }
         SCRATCH.with(|s| s.replace(scratch));
+        drop(local);
+        AREAS.with(|s| s.replace(areas));
         // The row routines' non-temporal stores are globally visible before the launch's end is signalled
         // (another thread may read them in the next launch).
         crate::host::rowmath::fence_streams();

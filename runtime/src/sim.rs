@@ -1902,7 +1902,8 @@ mod tests {
         let at = p.gm("a", DType::F32, &[m as u64, k as u64], TensorRole::Param(0));
         let bt = p.gm("b", DType::F32, &[k as u64, n as u64], TensorRole::Param(1));
         let yt = p.gm("y", DType::F32, &[m as u64, n as u64], TensorRole::Output(0));
-        let ws = p.gm("ws", DType::F32, &[], TensorRole::Workspace { per_core: (m * n * 4) as u64 });
+        let ws =
+            p.gm("ws", DType::F32, &[], TensorRole::Workspace { per_core: (m * n * 4) as u64, unit_private: false });
         let mut l = L::new("mixed", Unit::Mixed, 1, 2);
         let a1 = l.buf("a1", Mem::L1, DType::F32, &[m as u64, k as u64], 1);
         let b1 = l.buf("b1", Mem::L1, DType::F32, &[k as u64, n as u64], 1);

@@ -25,7 +25,13 @@ fn fresh(
     let launches: Vec<NativeLaunch<'_>> = code
         .launches
         .iter()
-        .map(|l| NativeLaunch { cube: l.cube, vector: l.vector, sites: &l.sites, used: Some(&l.used) })
+        .map(|l| NativeLaunch {
+            cube: l.cube,
+            vector: l.vector,
+            sites: &l.sites,
+            used: Some(&l.used),
+            private: &l.private,
+        })
         .collect();
     native::run(tp, g, args, &launches, threads, &Limits::default(), None)
         .map(|r| r.0)

@@ -313,7 +313,7 @@ fn report_done_when_figures() {
             tp.tensors
                 .iter()
                 .filter_map(|t| match t.role {
-                    kc_ir::tile::TensorRole::Workspace { per_core } => Some(per_core),
+                    kc_ir::tile::TensorRole::Workspace { per_core, .. } => Some(per_core),
                     _ => None,
                 })
                 .collect()

@@ -458,3 +458,104 @@ kernel grams(x: bf16[M, N], y: bf16[M, N], w: bf16[N, M]) -> (a: bf16[M, M], c: 
         }
     }
 }
+
+/// A mixed matmul's workspace is unit-private (`TensorRole::Workspace`'s `unit_private`: the unit of cube
+/// core `q` and its vector cores touches only area `q`, and reads only blocks it wrote), other workspaces
+/// (a reduction's partials, read by a second launch) are not, and the host JIT gives each thread one warm
+/// area that the units it runs reuse in turn (`kc_runtime::gm::unit_private_workspaces`). Its results are
+/// those of the whole workspace bit for bit (partial blocks, units of one and of several blocks, more units
+/// than threads, the areas poisoned before each unit, 1 and 2 threads); a workspace used by two launches
+/// gets no per-thread area; and an access outside the unit's area is a bounds failure of that area.
+#[test]
+fn host_mixed_matmul_workspaces_are_unit_private() {
+    const SRC: &str = "
+kernel ns_step(x: bf16[M, N], b: bf16[M, M]) -> (o: bf16[M, N], c: bf16[M, M]) {
+    let a: bf16 = x @ transpose(x);
+    c = -4.7750 * a + 2.0315 * (a @ a);
+    o = 3.4445 * x + b @ x;
+}
+";
+    use kc_ir::tile::TensorRole;
+    let g = compile_src("ns_step", SRC);
+    let host = Target::builtin("host").expect("host target");
+    let private_roles = |tp: &TileProgram| -> Vec<(String, bool)> {
+        tp.tensors
+            .iter()
+            .filter_map(|t| match t.role {
+                TensorRole::Workspace { unit_private, .. } => Some((t.name.clone(), unit_private)),
+                _ => None,
+            })
+            .collect()
+    };
+    // The role is the template's promise on every target; a reduction's partials (Muon's norm, combined by
+    // a second launch) make no such promise.
+    for npu in ["ascend910b", "ascend950"] {
+        let tp = check(&g, &[("M", 33), ("N", 70)], npu, 1);
+        let roles = private_roles(&tp);
+        assert_eq!(roles.iter().filter(|r| r.1).count(), 2, "{npu}: {roles:?}");
+    }
+    let muon = common::compile_ok(common::kernel_path("muon_orthogonalize")).kernels.remove(0);
+    let dims: std::collections::BTreeMap<String, i64> = [("M".to_string(), 1024), ("N".to_string(), 4096)].into();
+    let b = kc_ir::launch::bind_dims(&muon, &dims).expect("binds");
+    let (_, tp, _, _) = kc_ir::passes::tile::fuse_and_tile(&muon, &b, &host).expect("tiles");
+    let roles = private_roles(&tp);
+    assert_eq!(roles.iter().filter(|r| r.1).count(), 10, "Muon's mixed launches: {roles:?}");
+    assert!(roles.iter().any(|r| r.0.contains("partials") && !r.1), "the norm's partials: {roles:?}");
+    let tp = check(&g, &[("M", 33), ("N", 70)], "host", 1);
+    let roles = private_roles(&tp);
+    assert_eq!(roles.iter().filter(|r| r.1).count(), 2, "the two mixed launches' workspaces: {roles:?}");
+    for l in &tp.launches {
+        let private = kc_runtime::gm::unit_private_workspaces(&tp, l);
+        assert_eq!(!private.is_empty(), l.unit == Unit::Mixed, "{}: {private:?}", l.name);
+    }
+    // A workspace that a second launch uses too gets no per-thread area.
+    let mut twice = tp.clone();
+    let mixed = twice.launches.iter().position(|l| l.unit == Unit::Mixed).expect("a mixed launch");
+    let again = twice.launches[mixed].clone();
+    twice.launches.push(again);
+    assert!(kc_runtime::gm::unit_private_workspaces(&twice, &twice.launches[mixed]).is_empty());
+
+    let opts = kc_codegen::Options { verify: true, ..Default::default() };
+    // (33, 70): one partial block per launch; (300, 530): 3 x 3 blocks of b·x over 9 units; (700, 1100): 6 x 5
+    // blocks of b·x, two for most of the 16 units.
+    for (m, n, seed) in [(33, 70, 1), (300, 530, 2), (700, 1100, 3)] {
+        let mut given = kc_ir::launch::Args::default();
+        given.dims = [("M".to_string(), m), ("N".to_string(), n)].into_iter().collect();
+        let args = kc_runtime::random::random_args(&g, &given, seed).expect("random args");
+        let tp = tile(&g, &args, &host);
+        let mut whole = tp.clone();
+        for t in &mut whole.tensors {
+            if let TensorRole::Workspace { unit_private, .. } = &mut t.role {
+                *unit_private = false;
+            }
+        }
+        let code = kc_codegen::compile(&tp, &opts).expect("compiles");
+        assert!(code.launches.iter().filter(|l| !l.private.is_empty()).count() == 2, "{m} x {n}");
+        let whole_code = kc_codegen::compile(&whole, &opts).expect("compiles");
+        assert!(whole_code.launches.iter().all(|l| l.private.is_empty()));
+        let (want, _) = whole_code.run(&whole, &g, &args, 1, &Default::default()).expect("runs");
+        code.poison_reused_memory();
+        for threads in [1, 2, 1, 2] {
+            let (got, _) = code.run(&tp, &g, &args, threads, &Default::default()).expect("runs");
+            for ((name, w), (_, j)) in want.iter().zip(&got) {
+                common::assert_same_bits(&format!("{name} at {m} x {n}, {threads} threads"), w, j);
+            }
+        }
+    }
+
+    // A unit's area smaller than its blocks (a broken promise): the copy into it fails its bounds check.
+    let mut given = kc_ir::launch::Args::default();
+    given.dims = [("M".to_string(), 33), ("N".to_string(), 70)].into_iter().collect();
+    let args = kc_runtime::random::random_args(&g, &given, 1).expect("random args");
+    let mut small = tile(&g, &args, &host);
+    for t in &mut small.tensors {
+        if let TensorRole::Workspace { per_core, unit_private: true } = &mut t.role {
+            *per_core = 64;
+        }
+    }
+    let code = kc_codegen::compile(&small, &opts).expect("compiles");
+    for threads in [1, 2] {
+        let err = code.run(&small, &g, &args, threads, &Default::default()).err().expect("fails");
+        assert!(err[0].message.contains("this unit's area of workspace"), "{}", err[0].message);
+    }
+}

@@ -260,7 +260,7 @@ fn workspaces_are_bounded_and_the_scores_never_reach_gm() {
                 .tensors
                 .iter()
                 .filter_map(|t| match t.role {
-                    TensorRole::Workspace { per_core } => Some(per_core),
+                    TensorRole::Workspace { per_core, .. } => Some(per_core),
                     _ => None,
                 })
                 .collect();

@@ -138,7 +138,7 @@ fn no_score_tensor_in_gm_and_bounded_workspace() {
             for x in &tp.tensors {
                 // A workspace's shape is all its cores' areas; what one core uses is `per_core`.
                 let n: u64 = match x.role {
-                    TensorRole::Workspace { per_core } => per_core / x.dtype.size_bytes() as u64,
+                    TensorRole::Workspace { per_core, .. } => per_core / x.dtype.size_bytes() as u64,
                     _ => x.shape.iter().product(),
                 };
                 assert!(n < bhst, "tensor `{}` ({n} elements) is as large as a score tensor", x.name);
@@ -148,7 +148,7 @@ fn no_score_tensor_in_gm_and_bounded_workspace() {
                 .tensors
                 .iter()
                 .filter_map(|x| match x.role {
-                    TensorRole::Workspace { per_core } => Some(per_core),
+                    TensorRole::Workspace { per_core, .. } => Some(per_core),
                     _ => None,
                 })
                 .collect();

@@ -1041,7 +1041,7 @@ fn hbm_bytes(prog: &TileProgram, l: &Launch, target: &Target, traffic: u64, ws_w
     let mut footprint: u64 = 0;
     for t in seen.iter().filter_map(|t| prog.tensors.get(*t as usize)) {
         match t.role {
-            TensorRole::Workspace { per_core } => workspaces += per_core * (l.cube_cores + l.vector_cores) as u64,
+            TensorRole::Workspace { per_core, .. } => workspaces += per_core * (l.cube_cores + l.vector_cores) as u64,
             _ => footprint += t.shape.iter().product::<u64>() * t.dtype.size_bytes() as u64,
         }
     }

@@ -69,7 +69,15 @@ pub enum TensorRole {
     Intermediate(ValueId),
     /// A bounded hand-off area, `per_core` bytes for each cube and vector core of the launch that uses it
     /// (e.g. cube results on their way to the vector cores on a target without a direct path).
-    Workspace { per_core: u64 },
+    ///
+    /// `unit_private`: the tiler's promise that only one launch uses the area, that in it the cores of the
+    /// unit of cube core `q` (the cube core and the vector cores `v` with `v / ratio == q`, `ratio` the
+    /// launch's vector cores per cube core) touch only elements `q · e .. (q + 1) · e` (`e` the elements of
+    /// `per_core` bytes), and that such a unit reads only elements it wrote before, in the same launch.
+    /// The host JIT then gives each thread one warm area of `per_core` bytes that the units it runs reuse
+    /// in turn, instead of a cold area per core (each access's offset taken relative to its unit's area
+    /// and bounds-checked against that area: see docs/jit.md).
+    Workspace { per_core: u64, unit_private: bool },
 }
 
 /// The on-chip memories of a core.

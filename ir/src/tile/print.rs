@@ -97,7 +97,7 @@ pub fn print_program(p: &TileProgram) -> String {
                 TensorRole::Param(i) => format!("param {i}"),
                 TensorRole::Output(i) => format!("output {i}"),
                 TensorRole::Intermediate(v) => format!("intermediate %{}", v.0),
-                TensorRole::Workspace { per_core } => format!("workspace {per_core} B per core"),
+                TensorRole::Workspace { per_core, .. } => format!("workspace {per_core} B per core"),
             };
             let _ = writeln!(out, "  t{i} {}: {}  {role}", names[i], print_shape(t.dtype, &t.shape));
         }
@@ -740,7 +740,12 @@ pub(crate) mod tests {
             vector,
         };
         let mut tensors = matmul_tensors();
-        tensors.push(tensor("ws", DType::F32, &[2, 64, 64], TensorRole::Workspace { per_core: 16384 }));
+        tensors.push(tensor(
+            "ws",
+            DType::F32,
+            &[2, 64, 64],
+            TensorRole::Workspace { per_core: 16384, unit_private: false },
+        ));
         program("matmul_relu", "ascend910b", tensors, vec![launch])
     }
 

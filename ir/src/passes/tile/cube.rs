@@ -724,7 +724,10 @@ fn build(
         name: format!("{name}_ws"),
         dtype: DType::F32,
         shape: vec![(cubes + vcores) as u64, ws_elems as u64],
-        role: TensorRole::Workspace { per_core: (ws_elems * 4) as u64 },
+        // Unit-private: cube core `q` writes its blocks at `q * ws_elems + ..`, and its vector cores
+        // (`Core / ratio == q`) read each block after the cross flag that follows its FixPipe copy, within
+        // the block's own `rows x cols` window (see `epilogue_program`).
+        role: TensorRole::Workspace { per_core: (ws_elems * 4) as u64, unit_private: true },
     });
 
     // The cube program. L0C has `l0c_slots` slots: with two, the FixPipe of a block overlaps the next

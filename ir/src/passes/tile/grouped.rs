@@ -654,7 +654,7 @@ fn build(g: &Graph, name: &str, gm: &GmPlan, target: &Target, p: &Plan) -> Resul
         name: format!("{name}_ws"),
         dtype: DType::F32,
         shape: vec![(cubes + vcores) as u64, per_core as u64],
-        role: TensorRole::Workspace { per_core: (per_core * 4) as u64 },
+        role: TensorRole::Workspace { per_core: (per_core * 4) as u64, unit_private: false },
     };
     let h_name = g.node(p.h).name.clone().unwrap_or_else(|| format!("t{}", p.h.0));
     let h_t = GmTensor {

@@ -500,7 +500,7 @@ fn rank_key(prog: &TileProgram, target: &Target) -> String {
     for i in order {
         if let Some(t) = prog.tensors.get(i) {
             let role = match &t.role {
-                TensorRole::Workspace { per_core } => format!("ws{per_core}"),
+                TensorRole::Workspace { per_core, .. } => format!("ws{per_core}"),
                 _ => "gm".to_string(),
             };
             key.push_str(&format!("\n{} {:?} {role}", t.dtype, t.shape));

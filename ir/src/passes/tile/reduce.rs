@@ -675,7 +675,7 @@ fn whole(
             name: format!("{name}.partials{i}"),
             dtype: r.dtype,
             shape: vec![cores as u64],
-            role: TensorRole::Workspace { per_core: r.dtype.size_bytes() as u64 },
+            role: TensorRole::Workspace { per_core: r.dtype.size_bytes() as u64, unit_private: false },
         });
         prog.push(Stmt::Copy {
             pipe: Pipe::Mte3,

@@ -1029,7 +1029,7 @@ fn build(
         name: format!("{name}_{nm}"),
         dtype: dt,
         shape: vec![(cubes + vcores) as u64, per as u64],
-        role: TensorRole::Workspace { per_core: (per * dt.size_bytes() as i64) as u64 },
+        role: TensorRole::Workspace { per_core: (per * dt.size_bytes() as i64) as u64, unit_private: false },
     };
     let workspaces = vec![ws("ws_s", DType::F32, per_s), ws("ws_p", p.vop.dtype, per_s), ws("ws_o", DType::F32, per_o)];
 

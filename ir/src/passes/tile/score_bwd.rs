@@ -516,13 +516,13 @@ fn build(
             name: format!("{name}_ws_f"),
             dtype: DType::F32,
             shape: vec![max_cores as u64, wsf_elems as u64],
-            role: TensorRole::Workspace { per_core: (wsf_elems * 4) as u64 },
+            role: TensorRole::Workspace { per_core: (wsf_elems * 4) as u64, unit_private: false },
         },
         GmTensor {
             name: format!("{name}_ws_b"),
             dtype: DType::BF16,
             shape: vec![max_cores as u64, wsb_elems as u64],
-            role: TensorRole::Workspace { per_core: (wsb_elems * 2) as u64 },
+            role: TensorRole::Workspace { per_core: (wsb_elems * 2) as u64, unit_private: false },
         },
     ];
     let mut launches = Vec::new();
