@@ -42,7 +42,9 @@
 //!    no other reader: the mmads accumulate in GM and the copy goes (see `mmad_writes`). The partner
 //!    program may read the tensor when no `CrossWait` lies in between (attention's score and P·V blocks).
 //!    Results of several buffers copied into one tensor go together when their windows are provably apart
-//!    (`disjoint_windows`: the backward's two score blocks in one workspace).
+//!    (`disjoint_windows`: the backward's two score blocks in one workspace). The accumulating mmads may sit
+//!    in a loop of k steps between the first and the copy (the grouped matmul's item on the host: both
+//!    matmuls' chains in one loop, into one workspace).
 //! 6. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
 //! 7. A copy whose window a later copy in the same statement list overwrites exactly (same region and
 //!    sizes, as written) before anything reads the buffer or assigns a register of the window is dropped

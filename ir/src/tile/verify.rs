@@ -46,7 +46,10 @@
 //!   pipe, and the cross-core check and the flag balance (waits that would wait forever) are skipped.
 //! - Values read from buffers by the scalar unit ([`SExpr::Read`]) are data: they are unknown, and every
 //!   bound that depends on one is not checked (an access at an unknown place is taken to touch its whole
-//!   slot or tensor for ordering). A loop with an unknown bound runs its body once, with an unknown index;
+//!   slot or tensor for ordering; in the cross-core check, a copy or vector statement at a known place
+//!   whose rows are unknown but bounded — `min(c, x)`, directly or through registers — touches at most
+//!   `c` rows there: the grouped matmul's data-dependent tile rows in its two workspace areas). A loop
+//!   with an unknown bound runs its body once, with an unknown index;
 //!   an `if` with an unknown condition runs its body.
 //! - Ordering across cores is checked for GM tensors only; a copy into the other kind of core's memory
 //!   (`l0c -> ub`, `ub -> l1`) is bounds-checked but not ordered. Two cores of the same kind writing the same

@@ -68,6 +68,10 @@
 //! stores `h` with MTE3 and sets cross flag 1 (every vector core, even with no rows in its share: the cube
 //! core waits for all of them). The cube core waits flag 1 before writing an area and drains the two
 //! primes at the end. Within a vector core: V->MTE2 and MTE3->V primed once, as in `cube.rs`'s epilogue.
+//! On the host (`tile_rows_only`) the copies and the epilogue cover only the tile's rows (`rows`, and `rc`
+//! of a vector core's share), and the cube waits for the area at the start of the item instead of before
+//! its copies: with no `CrossWait` between the mmads and the copies, copy forwarding has the mmads
+//! accumulate in the area itself and the copies go (`codegen/src/forward.rs`, level 5).
 //!
 //! `segment`'s run-time errors: the interpreter stops with `IndexOutOfRange` when a row is outside
 //! `offsets[0] .. offsets[E]`, i.e. when `offsets[0] > 0` or `offsets[E] < R`. Every vector core of launch 1
