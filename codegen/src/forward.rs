@@ -42,7 +42,9 @@
 //!    no other reader: the mmads accumulate in GM and the copy goes (see `mmad_writes`). The partner
 //!    program may read the tensor when no `CrossWait` lies in between (attention's score and P·V blocks).
 //!    Results of several buffers copied into one tensor go together when their windows are provably apart
-//!    (`disjoint_windows`: the backward's two score blocks in one workspace).
+//!    (`disjoint_windows`: the backward's two score blocks in one workspace). The accumulating mmads may sit
+//!    in a loop of k steps between the first and the copy (the grouped matmul's item on the host: both
+//!    matmuls' chains in one loop, into one workspace).
 //! 6. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
 //! 7. A copy whose window a later copy in the same statement list overwrites exactly (same region and
 //!    sizes, as written) before anything reads the buffer or assigns a register of the window is dropped
@@ -1669,10 +1671,11 @@ where
 
 /// The chain of mmads whose result the `Copy` at `j` (of a window `W` of buffer `y` to GM) takes, in the
 /// same statement list: an mmad `W = a·b` at the chain's start, then only accumulating mmads `W += a·b`
-/// (directly in the list or at the top level of an `If`'s body) with the copy's `m × n`, and nothing else
+/// (directly in the list or at the top level of an `If`'s or a `For`'s body: a loop of k steps whose
+/// variable and bounds are none of the window's) with the copy's `m × n`, and nothing else
 /// that reads or writes `y`, writes the copy's GM tensor, assigns a register of the windows or sizes, or
 /// (for a tensor of `no_wait`, one the partner program reads) waits on a cross-core flag. Returns the
-/// start and the positions of the chain's mmads (index in the list, index in the `If` body or `None`).
+/// start and the positions of the chain's mmads (index in the list, index in the `If` or `For` body or `None`).
 fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -> Option<Vec<(usize, Option<usize>)>> {
     let Stmt::Copy { src, dst, rows, cols, .. } = &body[j] else { return None };
     let Loc::Gm(g) = &dst.loc else { return None };
@@ -1693,8 +1696,17 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
         matches!(s, Stmt::Mmad { c, m, n, accumulate, .. }
             if c == src && m == rows && n == cols && *accumulate == acc)
     };
-    // Whether `s` touches what the chain needs unchanged (besides being one of its mmads).
+    // Whether `s` touches what the chain needs unchanged (besides being one of its mmads). An mmad that
+    // already accumulates in the tensor is another buffer's chain rewritten before this one (the tiler's
+    // mmads write L0C): rewritten together only when the copies' windows are provably apart
+    // (`rewrite_groups`), so it writes none of this chain's window (h's two matmuls, whose k-step loop holds
+    // both chains).
     let disturbs = |s: &Stmt| {
+        if matches!(s, Stmt::Mmad { c: Region { loc: Loc::Gm(t), .. }, .. } if t == g) {
+            let mut r = BTreeSet::new();
+            reads_of(std::slice::from_ref(s), &mut r);
+            return r.contains(&y);
+        }
         let (bufs, gm, set) = effects(s);
         let mut r = BTreeSet::new();
         reads_of(std::slice::from_ref(s), &mut r);
@@ -1759,11 +1771,48 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
             chain.extend(inner);
             continue;
         }
+        if let Stmt::For { var, lo, hi, body: inner_body, .. } = s {
+            if let Some(inner) = loop_links(inner_body, &into_w, &reads_itself, &disturbs) {
+                // A loop of k steps (the grouped template's item): its accumulating mmads are links of the
+                // chain, however many times it runs, when its bounds and variable leave the window alone.
+                let mut r = BTreeSet::new();
+                sexpr_reads(lo, &mut r);
+                sexpr_reads(hi, &mut r);
+                if vars.contains(var) || r.contains(&y) {
+                    return None;
+                }
+                chain.extend(inner.into_iter().map(|k| (i, Some(k))));
+                continue;
+            }
+        }
         if disturbs(s) {
             return None;
         }
     }
     None
+}
+
+/// The positions of the chain's accumulating mmads at the top level of a loop body (see [`mmad_chain`]):
+/// `None` when the body has none (the loop is then judged whole), or when another of its statements
+/// disturbs the chain or a link reads the buffer or the tensor itself.
+fn loop_links(
+    body: &[Stmt],
+    into_w: &dyn Fn(&Stmt, bool) -> bool,
+    reads_itself: &dyn Fn(&Stmt) -> bool,
+    disturbs: &dyn Fn(&Stmt) -> bool,
+) -> Option<Vec<usize>> {
+    let mut links = Vec::new();
+    for (k, t) in body.iter().enumerate() {
+        if into_w(t, true) {
+            if reads_itself(t) {
+                return None;
+            }
+            links.push(k);
+        } else if disturbs(t) {
+            return None;
+        }
+    }
+    (!links.is_empty()).then_some(links)
 }
 
 /// Makes every mmad chain of `y` (see [`mmad_chain`]) accumulate in the copy's GM window and drops the copies.
@@ -1782,7 +1831,7 @@ fn mmad_direct(body: &mut Vec<Stmt>, y: BufId, no_wait: &BTreeSet<TensorId>) {
             let s = match k {
                 None => &mut body[i],
                 Some(k) => match &mut body[i] {
-                    Stmt::If { then, .. } => &mut then[k],
+                    Stmt::If { then: b, .. } | Stmt::For { body: b, .. } => &mut b[k],
                     _ => continue,
                 },
             };
@@ -3092,6 +3141,14 @@ mod tests {
             Stmt::If { cond, then } if matches!(then[..], [Stmt::Barrier { .. }]) => {
                 Stmt::If { cond, then: vec![mm(true)] }
             }
+            // A loop: its placeholders too.
+            Stmt::For { var, lo, hi, step, body } => Stmt::For {
+                var,
+                lo,
+                hi,
+                step,
+                body: body.into_iter().map(|s| if matches!(s, Stmt::Barrier { .. }) { mm(true) } else { s }).collect(),
+            },
             s => s,
         }));
         cube.push(Stmt::Copy {
@@ -3168,6 +3225,15 @@ mod tests {
         let barrier = || Stmt::Barrier { pipe: Pipe::M };
         let flag = Stmt::SetFlag { from: Pipe::M, to: Pipe::Fix, event: 0 };
         let wait = Stmt::CrossWait { flag: 0 };
+        let k_loop =
+            |var: SVar, body: Vec<Stmt>| Stmt::For { var, lo: SExpr::Const(0), hi: SExpr::Const(4), step: 1, body };
+        let read_y = || Stmt::Copy {
+            pipe: Pipe::Fix,
+            src: ub(0, 16),
+            dst: ub(1, 16),
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(16),
+        };
         // (mid, the vector cores read y, stored in GM, mmads writing GM)
         let cases = [
             (vec![flag.clone()], true, true, 1),
@@ -3175,7 +3241,19 @@ mod tests {
             (vec![barrier(), Stmt::If { cond: var(1), then: vec![barrier()] }], true, true, 3),
             // A cross-core wait in between: the partner may read y there (but not if it never reads y).
             (vec![wait.clone()], true, false, 0),
-            (vec![wait], false, true, 1),
+            (vec![wait.clone()], false, true, 1),
+            // A loop of k steps (the grouped matmul's item on the host): its accumulating mmads are links too,
+            // beside other statements that leave the window alone; not across a cross-core wait in the loop,
+            // nor when the loop reads the buffer back.
+            (
+                vec![k_loop(SVar(2), vec![flag.clone(), barrier(), Stmt::Set { var: SVar(3), value: var(1) }])],
+                true,
+                true,
+                2,
+            ),
+            (vec![barrier(), k_loop(SVar(2), vec![barrier()]), flag.clone()], true, true, 3),
+            (vec![k_loop(SVar(2), vec![barrier(), wait.clone()])], true, false, 0),
+            (vec![k_loop(SVar(2), vec![barrier(), read_y()])], true, false, 0),
             // Another read of the buffer, or a register of the windows assigned: kept.
             (
                 vec![Stmt::Copy {

@@ -379,3 +379,50 @@ fn grouped_row_tiles_fit_whatever_the_cap() {
         }
     }
 }
+
+/// On the host, launch 1's item waits for its workspace area before its first mmad, and its FixPipe copies
+/// move only the tile's rows (the mmads' `m`): copy forwarding then has both matmuls' mmad chains (the first
+/// k step, then the loop of the others) accumulate in the workspace area itself, and no copy out of L0C is
+/// left; the vector cores read, evaluate and store only the `rc` rows of their share. On an NPU target the
+/// wait stays just before the copies (the cube computes while its vector cores read the other area) and the
+/// copies move whole `bm`-row blocks. The JIT matches the interpreter with whole and partial row tiles, on 1
+/// and 2 threads (`check_jit`).
+#[test]
+fn host_accumulates_h_in_its_workspace() {
+    use kc_ir::tile::{Loc, Mem, Region, Stmt};
+    fn count(body: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
+        body.iter()
+            .map(|s| {
+                usize::from(f(s))
+                    + match s {
+                        Stmt::For { body, .. } | Stmt::If { then: body, .. } => count(body, f),
+                        _ => 0,
+                    }
+            })
+            .sum()
+    }
+    let g = kernel();
+    let dims = (300, 264, 140, 2);
+    let args = inputs(&g, dims, Some(vec![0, 290, 300]), 78);
+    for t in ["host", "ascend910b"] {
+        let host = t == "host";
+        let target = Target::builtin(t).expect("target");
+        let tp = program(&g, &args, &target);
+        let l = tp.launches.iter().find(|l| !l.vector.is_empty()).expect("the mixed launch of h");
+        let body = kc_codegen::forward::forward(&tp, l, &l.cube);
+        let l0c = |r: &Region| matches!(r.loc, Loc::Buf { buf, .. } if l.buffers[buf.0 as usize].mem == Mem::L0C);
+        let out_of_l0c = count(&body, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Fix, src, .. } if l0c(src)));
+        let in_gm = count(&body, &|s| matches!(s, Stmt::Mmad { c: Region { loc: Loc::Gm(_), .. }, .. }));
+        let mmads = count_mmads(&body);
+        assert_eq!(mmads, 4, "{t}: two matmuls, a first k step and a loop of the others");
+        assert_eq!(out_of_l0c, if host { 0 } else { 2 }, "{t}: copies out of L0C");
+        assert_eq!(in_gm, if host { mmads } else { 0 }, "{t}: mmads accumulating in the workspace");
+        // The vector cores' statement over their share: `rc` rows on the host, the static extent elsewhere.
+        let rc = l.svars.iter().position(|n| n == "rc").expect("rc") as u32;
+        let rows_rc =
+            count(&l.vector, &|s| matches!(s, Stmt::Vector { rows: kc_ir::tile::SExpr::Var(v), .. } if v.0 == rc));
+        assert_eq!(rows_rc, usize::from(host), "{t}: the epilogue over the tile's rows");
+    }
+    check_jit(dims, Some(vec![0, 290, 300]), 78);
+    check_jit((600, 64, 40, 3), Some(vec![0, 256, 270, 600]), 79);
+}

@@ -46,7 +46,10 @@
 //!   pipe, and the cross-core check and the flag balance (waits that would wait forever) are skipped.
 //! - Values read from buffers by the scalar unit ([`SExpr::Read`]) are data: they are unknown, and every
 //!   bound that depends on one is not checked (an access at an unknown place is taken to touch its whole
-//!   slot or tensor for ordering). A loop with an unknown bound runs its body once, with an unknown index;
+//!   slot or tensor for ordering; in the cross-core check, a copy or vector statement at a known place
+//!   whose rows are unknown but bounded — `min(c, x)`, directly or through registers — touches at most
+//!   `c` rows there: the grouped matmul's data-dependent tile rows in its two workspace areas). A loop
+//!   with an unknown bound runs its body once, with an unknown index;
 //!   an `if` with an unknown condition runs its body.
 //! - Ordering across cores is checked for GM tensors only; a copy into the other kind of core's memory
 //!   (`l0c -> ub`, `ub -> l1`) is bounds-checked but not ordered. Two cores of the same kind writing the same
@@ -301,6 +304,9 @@ struct CoreState<'a> {
     side: Side,
     core: i64,
     env: Vec<Option<i64>>,
+    /// An upper bound of each register whose value is unknown, when one is known (`min(c, x)`; see
+    /// [`Check::upper`]).
+    max: Vec<Option<i64>>,
     set: Vec<bool>,
     /// Enclosing loops: variable and value, for messages.
     loops: Vec<(SVar, Option<i64>)>,
@@ -319,6 +325,7 @@ impl<'a> CoreState<'a> {
             side,
             core,
             env: vec![None; nvars],
+            max: vec![None; nvars],
             set: vec![false; nvars],
             loops: Vec::new(),
             vc: [[0; NP]; NP],
@@ -414,6 +421,9 @@ struct Check<'a> {
     sampled: bool,
     steps: u64,
     exhausted: bool,
+    /// An upper bound of the rows of the copy or vector statement being checked when they are unknown:
+    /// its GM windows are then bounded for the cross-core check rather than taken whole (see `access`).
+    rows_max: Option<i64>,
     /// GM tensors both programs access, at least one writing.
     shared: BTreeSet<u32>,
     /// Cross-core logs of shared tensors: cube, vector.
@@ -445,6 +455,7 @@ impl<'a> Check<'a> {
             sampled: false,
             steps: 0,
             exhausted: false,
+            rows_max: None,
             shared: BTreeSet::new(),
             logs: [Vec::new(), Vec::new()],
             counts: [Vec::new(), Vec::new()],
@@ -1095,7 +1106,26 @@ impl<'a> Check<'a> {
         let i = v.0 as usize;
         if i < self.cs.env.len() {
             self.cs.env[i] = val;
+            self.cs.max[i] = val;
             self.cs.set[i] = true;
+        }
+    }
+
+    /// An upper bound of `e` without side effects: its value when known, else the smaller of the bounds of
+    /// a `min`'s operands (either suffices), a constant, or a register's bound (the grouped matmul's tile rows
+    /// `min(bm, hi - t0)` with `hi` and `t0` data). `None` when nothing bounds it.
+    fn upper(&self, e: &SExpr) -> Option<i64> {
+        if let Some(v) = quiet(e, &self.cs.env, self.cs.core) {
+            return Some(v);
+        }
+        match e {
+            SExpr::Const(c) => Some(*c),
+            SExpr::Var(v) => self.cs.max.get(v.0 as usize).copied().flatten(),
+            SExpr::Bin(SBin::Min, a, b) => match (self.upper(a), self.upper(b)) {
+                (Some(x), Some(y)) => Some(x.min(y)),
+                (x, y) => x.or(y),
+            },
+            _ => None,
         }
     }
 
@@ -1144,6 +1174,12 @@ impl<'a> Check<'a> {
                 Stmt::Set { var, value } => {
                     let v = self.eval(s, value);
                     self.assign(*var, v);
+                    if v.is_none() {
+                        let m = self.upper(value);
+                        if let Some(x) = self.cs.max.get_mut(var.0 as usize) {
+                            *x = m;
+                        }
+                    }
                 }
                 Stmt::If { cond, then } => {
                     if self.eval(s, cond) != Some(0) {
@@ -1290,6 +1326,23 @@ impl<'a> Check<'a> {
             }
             _ => Geo::Whole,
         };
+        // Unknown rows under a known bound (`rows_max`): the window of that many rows holds the access, so it
+        // stands for it in the cross-core check (an overlap with it is all an overlap with the access can be;
+        // nothing there is pruned by it); the bounds are not checked (the bound may pass the end where the
+        // rows do not), and the core's own history keeps the whole tensor (it prunes what a later access
+        // covers).
+        let cross_geo = match (geo, rv.off, rv.stride, rows, cols, self.rows_max.filter(|&r| r >= 1)) {
+            (Geo::Whole, Some(off), Some(stride), None, Some(cols), Some(r)) => {
+                let g = Geo::Win { off: off as i128, stride: stride as i128, rows: r as i128, cols: cols as i128 };
+                let (lo, hi) = g.span();
+                if lo < 0 || hi > elems {
+                    Geo::Whole
+                } else {
+                    g
+                }
+            }
+            _ => geo,
+        };
         if !record {
             return;
         }
@@ -1306,7 +1359,7 @@ impl<'a> Check<'a> {
                 self.logs[k].push(GmAccess {
                     core: self.cs.core as u32,
                     tensor: t,
-                    geo,
+                    geo: cross_geo,
                     write,
                     stmt: s,
                     sets: self.cs.sets,
@@ -1368,12 +1421,14 @@ impl<'a> Check<'a> {
     fn leaf(&mut self, s: &'a Stmt) {
         match s {
             Stmt::For { .. } | Stmt::Set { .. } | Stmt::If { .. } => {}
-            Stmt::Copy { pipe, src, dst, rows, cols } => {
-                let (rows, cols) = (self.eval(s, rows), self.eval(s, cols));
+            Stmt::Copy { pipe, src, dst, rows: rows_e, cols } => {
+                let (rows, cols) = (self.eval(s, rows_e), self.eval(s, cols));
                 let (src, dst) = (self.region(s, src), self.region(s, dst));
                 self.issue(*pipe);
+                self.rows_max = if rows.is_none() { self.upper(rows_e) } else { None };
                 self.access(s, "source", &src, rows, cols, false, *pipe);
                 self.access(s, "destination", &dst, rows, cols, true, *pipe);
+                self.rows_max = None;
             }
             Stmt::Gather { pipe, src, src_rows, row_stride, col_offset, index, dst, rows, cols, .. } => {
                 let (rows, cols) = (self.eval(s, rows), self.eval(s, cols));
@@ -1398,8 +1453,9 @@ impl<'a> Check<'a> {
                 }
                 self.access(s, "operand c", &c, m, n, true, Pipe::M);
             }
-            Stmt::Vector { dst, rows, cols, expr } => {
-                let (rows, cols) = (self.eval(s, rows), self.eval(s, cols));
+            Stmt::Vector { dst, rows: rows_e, cols, expr } => {
+                let (rows, cols) = (self.eval(s, rows_e), self.eval(s, cols));
+                self.rows_max = if rows.is_none() { self.upper(rows_e) } else { None };
                 let (mut regions, mut scalars) = (Vec::new(), Vec::new());
                 vreads(expr, &mut regions, &mut scalars);
                 for e in scalars {
@@ -1418,6 +1474,7 @@ impl<'a> Check<'a> {
                     self.access(s, "operand", r, rr, cc, false, Pipe::V);
                 }
                 self.access(s, "destination", &dst, rows, cols, true, Pipe::V);
+                self.rows_max = None;
             }
             Stmt::Reduce { axis, src, dst, rows, cols, accumulate, .. } => {
                 let (rows, cols) = (self.eval(s, rows), self.eval(s, cols));
