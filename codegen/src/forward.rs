@@ -1945,7 +1945,7 @@ fn mmad_writes(body: &mut Vec<Stmt>, own: &[Stmt], other: &[Stmt], dt: &Dtypes<'
 }
 
 /// How many statements of `body` (loop and branch bodies included) satisfy `f`.
-fn count(body: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
+pub fn count(body: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
     body.iter()
         .map(|s| {
             usize::from(f(s))

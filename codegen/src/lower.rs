@@ -139,6 +139,21 @@ unsafe impl Send for Compiled {}
 unsafe impl Sync for Compiled {}
 
 impl Compiled {
+    /// The launches as the runtime's executor takes them (their functions, check sites, used buffers and
+    /// unit-private workspaces).
+    pub fn native_launches(&self) -> Vec<NativeLaunch<'_>> {
+        self.launches
+            .iter()
+            .map(|l| NativeLaunch {
+                cube: l.cube,
+                vector: l.vector,
+                sites: &l.sites,
+                used: Some(&l.used),
+                private: &l.private,
+            })
+            .collect()
+    }
+
     /// Runs the program (lowered from `graph`) on `args` with `threads` host threads.
     pub fn run(
         &self,
@@ -148,17 +163,7 @@ impl Compiled {
         threads: usize,
         limits: &Limits,
     ) -> Result<(Results, NativeStats), Vec<Diagnostic>> {
-        let launches: Vec<NativeLaunch<'_>> = self
-            .launches
-            .iter()
-            .map(|l| NativeLaunch {
-                cube: l.cube,
-                vector: l.vector,
-                sites: &l.sites,
-                used: Some(&l.used),
-                private: &l.private,
-            })
-            .collect();
+        let launches = self.native_launches();
         let plan = self.plan_for_call(prog, graph, args);
         native::run(prog, graph, args, &launches, threads, limits, Some(self.reuse(plan.as_deref())))
     }
@@ -310,17 +315,7 @@ impl Compiled {
         limits: &Limits,
     ) -> Result<(Results, NativeStats, native::Mode), Vec<Diagnostic>> {
         let plan = self.in_place_plan(prog, graph);
-        let launches: Vec<NativeLaunch<'_>> = self
-            .launches
-            .iter()
-            .map(|l| NativeLaunch {
-                cube: l.cube,
-                vector: l.vector,
-                sites: &l.sites,
-                used: Some(&l.used),
-                private: &l.private,
-            })
-            .collect();
+        let launches = self.native_launches();
         let reuse = self.plan_for_call(prog, graph, args);
         native::run_in_place(prog, graph, args, &launches, plan, threads, limits, Some(self.reuse(reuse.as_deref())))
     }

@@ -11,7 +11,7 @@ use kc_ir::launch::Args;
 use kc_ir::target::Target;
 use kc_ir::tile::{Loc, Stmt, TensorRole, TileProgram};
 use kc_ir::Graph;
-use kc_runtime::native::{self, NativeLaunch};
+use kc_runtime::native;
 use std::collections::BTreeMap;
 
 /// A run on fresh memory: no arena, every buffer zeroed.
@@ -22,17 +22,7 @@ fn fresh(
     args: &Args,
     threads: usize,
 ) -> Result<kc_runtime::gm::Results, String> {
-    let launches: Vec<NativeLaunch<'_>> = code
-        .launches
-        .iter()
-        .map(|l| NativeLaunch {
-            cube: l.cube,
-            vector: l.vector,
-            sites: &l.sites,
-            used: Some(&l.used),
-            private: &l.private,
-        })
-        .collect();
+    let launches = code.native_launches();
     native::run(tp, g, args, &launches, threads, &Limits::default(), None)
         .map(|r| r.0)
         .map_err(|e| format!("{:?}", e[0].code))

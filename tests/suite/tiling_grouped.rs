@@ -389,18 +389,8 @@ fn grouped_row_tiles_fit_whatever_the_cap() {
 /// and 2 threads (`check_jit`).
 #[test]
 fn host_accumulates_h_in_its_workspace() {
+    use kc_codegen::forward::count;
     use kc_ir::tile::{Loc, Mem, Region, Stmt};
-    fn count(body: &[Stmt], f: &dyn Fn(&Stmt) -> bool) -> usize {
-        body.iter()
-            .map(|s| {
-                usize::from(f(s))
-                    + match s {
-                        Stmt::For { body, .. } | Stmt::If { then: body, .. } => count(body, f),
-                        _ => 0,
-                    }
-            })
-            .sum()
-    }
     let g = kernel();
     let dims = (300, 264, 140, 2);
     let args = inputs(&g, dims, Some(vec![0, 290, 300]), 78);
