@@ -2301,7 +2301,7 @@ fn unpaired_b_reads(body: &[Stmt], mmads: &BTreeSet<usize>, out: &mut BTreeSet<B
 mod tests {
     use super::*;
     use kc_ir::graph::BinOp;
-    use kc_ir::tile::{Buffer, GmTensor, Layout, Mem, Pipe, SBin, TensorRole, Unit};
+    use kc_ir::tile::{Buffer, GmTensor, Mem, Pipe, SBin, TensorRole, Unit};
 
     fn is_copy(s: &Stmt) -> bool {
         matches!(s, Stmt::Copy { .. })
@@ -2325,15 +2325,7 @@ mod tests {
 
     /// An f32[16, 16] buffer of one slot in `mem`.
     fn buf16(name: &str, mem: Mem) -> Buffer {
-        Buffer {
-            name: name.into(),
-            mem,
-            dtype: DType::F32,
-            shape: vec![16, 16],
-            slots: 1,
-            layout: Layout::ND,
-            offset: 0,
-        }
+        Buffer::single(name, mem, DType::F32, vec![16, 16])
     }
 
     /// Buffer `b`'s slot 0 from element `off`, rows `ld` apart.
@@ -2345,15 +2337,7 @@ mod tests {
     /// f32[2, 16]; `mid` goes between the copy in and the vector statement.
     fn launch(mid: Vec<Stmt>) -> (TileProgram, Launch) {
         let gm = |name: &str, role| GmTensor { name: name.into(), dtype: DType::F32, shape: vec![8, 16], role };
-        let buf = |name: &str| Buffer {
-            name: name.into(),
-            mem: Mem::UB,
-            dtype: DType::F32,
-            shape: vec![2, 16],
-            slots: 1,
-            layout: Layout::ND,
-            offset: 0,
-        };
+        let buf = |name: &str| Buffer::single(name, Mem::UB, DType::F32, vec![2, 16]);
         let rows = var(1);
         let off = SExpr::Bin(SBin::Mul, Box::new(var(0)), Box::new(SExpr::Const(16)));
         let mut body = vec![

@@ -452,6 +452,9 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
         let mut used = vec![false; l.buffers.len()];
         let mut bodies = (Vec::new(), Vec::new());
         let mut dead_exp = std::collections::BTreeSet::new();
+        // One list for the code that addresses these workspaces per unit and the executor that hands each
+        // thread its areas.
+        let private = kc_runtime::gm::unit_private_workspaces(prog, l);
         for (cube, body, n) in [(true, &l.cube, l.cube_cores), (false, &l.vector, l.vector_cores)] {
             if n == 0 {
                 continue;
@@ -481,7 +484,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                         *u = true;
                     }
                 }
-                let mut g = Gen::new(prog, l, &body, cube, &mut b, fns, &mut sites, &name);
+                let mut g = Gen::new(prog, l, &body, cube, &mut b, fns, &mut sites, &name, &private);
                 if !cube {
                     g.dead_exp = dead_exp_stores(prog, l, &body, &l.cube);
                     dead_exp.clone_from(&g.dead_exp);
@@ -521,7 +524,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
             used,
             bodies,
             dead_exp,
-            private: kc_runtime::gm::unit_private_workspaces(prog, l),
+            private,
         });
     }
     module.finalize_definitions().map_err(|e| internal(span, format!("linking: {e}")))?;
@@ -655,6 +658,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         fns: BTreeMap<&'static str, FuncRef>,
         sites: &'a mut Vec<Site>,
         name: &str,
+        private: &[(usize, u64, usize)],
     ) -> Self {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -666,20 +670,18 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         let gm = (0..prog.tensors.len()).map(|i| b.ins().load(types::I64, TRUSTED, gm_arr, (i * 8) as i32)).collect();
         // A unit-private workspace's area: the unit's cube core `q` (a vector core's `core / ratio`) times the
         // area's elements (`unit_private_workspaces` only names launches with a whole ratio).
-        let private = kc_runtime::gm::unit_private_workspaces(prog, launch)
-            .into_iter()
-            .map(|(t, e, _)| {
-                let q = if cube {
-                    core
-                } else {
-                    let ratio = i64::from(launch.vector_cores / launch.cube_cores.max(1)).max(1);
-                    let r = b.ins().iconst(types::I64, ratio);
-                    b.ins().sdiv(core, r)
-                };
-                let start = b.ins().imul_imm_s(q, e as i64);
-                (t, (start, e))
-            })
-            .collect();
+        let private = if private.is_empty() {
+            BTreeMap::new()
+        } else {
+            let q = if cube {
+                core
+            } else {
+                let ratio = i64::from(launch.vector_cores / launch.cube_cores.max(1)).max(1);
+                let r = b.ins().iconst(types::I64, ratio);
+                b.ins().sdiv(core, r)
+            };
+            private.iter().map(|&(t, e, _)| (t, (b.ins().imul_imm_s(q, e as i64), e))).collect()
+        };
         let used = crate::forward::referenced(body);
         let bufs = launch
             .buffers
@@ -3450,21 +3452,13 @@ fn sig(params: &[Type], rets: &[Type], module: &JITModule) -> Signature {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kc_ir::tile::{Buffer, GmTensor, Layout, Mem, Unit};
+    use kc_ir::tile::{Buffer, GmTensor, Mem, Unit};
 
     /// `x: f32[8, 16]` (t0, a parameter), `y: f32[8, 16]` (t1, a result: may share `x`'s memory), `s: f32[4]`
     /// (t2, a parameter that shares nothing); UB buffers 0, 1, 2 of f32[2, 16].
     fn setup() -> (TileProgram, Launch) {
         let gm = |name: &str, shape: Vec<u64>, role| GmTensor { name: name.into(), dtype: DType::F32, shape, role };
-        let buf = |name: &str| Buffer {
-            name: name.into(),
-            mem: Mem::UB,
-            dtype: DType::F32,
-            shape: vec![2, 16],
-            slots: 1,
-            layout: Layout::ND,
-            offset: 0,
-        };
+        let buf = |name: &str| Buffer::single(name, Mem::UB, DType::F32, vec![2, 16]);
         let prog = TileProgram {
             kernel: "k".into(),
             target: "host".into(),

@@ -610,19 +610,11 @@ fn jit_matmul_contiguous_block_runs_match_interpreter() {
 #[test]
 fn jit_column_statements_run_as_rows() {
     use kc_ir::graph::{BinOp, UnOp};
-    use kc_ir::tile::{BufId, Buffer, Launch, Layout, Loc, Mem, Pipe, Region, SExpr, Stmt, Unit, VExpr};
+    use kc_ir::tile::{BufId, Buffer, Launch, Loc, Mem, Pipe, Region, SExpr, Stmt, Unit, VExpr};
     use kc_ir::DType;
     let (g, tp) = host_copy_kernel("jit_colrows");
     let c = SExpr::Const;
-    let buf = |name: &str| Buffer {
-        name: name.to_string(),
-        mem: Mem::UB,
-        dtype: DType::F32,
-        shape: vec![16, 16],
-        slots: 1,
-        layout: Layout::ND,
-        offset: 0,
-    };
+    let buf = |name: &str| Buffer::single(name, Mem::UB, DType::F32, vec![16, 16]);
     let at = |b: u32, off: i64, ld: i64| Region {
         loc: Loc::Buf { buf: BufId(b), slot: c(0) },
         offset: c(off),

@@ -184,6 +184,12 @@ pub struct Buffer {
 }
 
 impl Buffer {
+    /// A buffer of one slot in `mem`, row-major (`ND`), not yet placed (offset 0): what hand-built programs
+    /// (tests, examples) declare before the buffer planner runs.
+    pub fn single(name: &str, mem: Mem, dtype: DType, shape: Vec<u64>) -> Buffer {
+        Buffer { name: name.to_string(), mem, dtype, shape, slots: 1, layout: Layout::ND, offset: 0 }
+    }
+
     pub fn slot_elems(&self) -> u64 {
         self.shape.iter().product()
     }
