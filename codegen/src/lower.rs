@@ -356,6 +356,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_row_scalar", rowmath::kc_rt_row_scalar as *const u8, vec![I64, I64, I64, F32, I64], vec![]),
         ("kc_rt_row_mask", rowmath::kc_rt_row_mask as *const u8, vec![I64, I64, I64, I64, I64, F32, F32, I64], vec![]),
         ("kc_rt_row_axpy", rowmath::kc_rt_row_axpy as *const u8, vec![I64, I64, I64, I64, F32, I64], vec![]),
+        ("kc_rt_rows_axpy", rowmath::kc_rt_rows_axpy as *const u8, vec![I64, F32], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
@@ -1511,6 +1512,13 @@ fn ty_of(prog: &TileProgram, l: &Launch, e: &VExpr) -> Option<Ty> {
     })
 }
 
+/// Whether a row routine of form `form` runs as one call for its block of rows ([`rowmath::kc_rt_rows_axpy`],
+/// which requests the rows ahead): `src · s + add` with `s` the same for every row (a constant or scalar
+/// registers: Muon's `3.4445 · x + b·x`). A per-row `s` (attention's `o · alpha`) stays a call per row.
+fn block_axpy(form: &RowForm<'_>) -> bool {
+    matches!(form, RowForm::Axpy { s, .. } if var_of(s) == Var::Const)
+}
+
 fn var_of(e: &VExpr) -> Var {
     match e {
         VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Scalar(_) => Var::Const,
@@ -2528,6 +2536,32 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         let mut consts: BTreeMap<*const VExpr, SV> = BTreeMap::new();
         for e in [s_expr, k_expr].into_iter().flatten() {
             self.hoist(e, Var::Const, &reads, At { r: zero, c: zero, tail: true }, &mut consts)?;
+        }
+        // `src · s + add` with `s` the same for every row: one call for the block, which requests the rows
+        // ahead of the one it computes ([`rowmath::kc_rt_rows_axpy`]; each row the call below would make).
+        if let RowForm::Axpy { s, swap, .. } = form {
+            if block_axpy(form) {
+                let sv = match self.sx(s, &reads, &consts, At { r: zero, c: zero, tail: true })? {
+                    SV::F(v) => v,
+                    _ => return Err(self.err("a row value that is not a float")),
+                };
+                let Some(add) = &add else { return Err(self.err("a row update without its addend")) };
+                let mut f = if *swap { rowmath::ROW_SWAP } else { 0 };
+                if src.dtype == DType::BF16 {
+                    f |= rowmath::ROW_SRC_BF16;
+                }
+                if d.dtype == DType::BF16 {
+                    f |= rowmath::ROW_DST_BF16;
+                }
+                let (pd, ps, pa) =
+                    (self.elem_addr(&d, None, None), self.elem_addr(&src, None, None), self.elem_addr(add, None, None));
+                let stride = |g: &mut Self, x: &Res| g.b.ins().imul_imm_s(x.stride, x.dtype.size_bytes() as i64);
+                let (sd, ss, sa) = (stride(self, &d), stride(self, &src), stride(self, add));
+                let flags = self.iconst(f);
+                let args = self.words(&[pd, ps, pa, sd, ss, sa, flags, rows, cols]);
+                self.call("kc_rt_rows_axpy", &[args, sv]);
+                return Ok(());
+            }
         }
         let (rv, _) = self.elem_vars();
         self.b.def_var(rv, zero);
@@ -3566,6 +3600,15 @@ mod tests {
         // Not a factor: one that varies along the row, or a division (which could fail).
         assert_eq!(form(ub(1, 0), exp(bin(BinOp::Sub, bin(BinOp::Mul, x(), x()), row()))), "none");
         assert_eq!(form(ub(1, 0), exp(bin(BinOp::Mul, x(), bin(BinOp::Div, row(), VExpr::F32(2.0))))), "none");
+        // `src · s + add`: one call for the block when `s` is the same for every row, a call per row otherwise.
+        let axpy =
+            |e: VExpr| row_form(&prog, &l, &ub(1, 0), &e).map(|f| (block_axpy(&f), matches!(f, RowForm::Axpy { .. })));
+        assert_eq!(
+            axpy(bin(BinOp::Add, bin(BinOp::Mul, VExpr::F32(3.4445), x()), VExpr::Read(gm(0, off(0))))),
+            Some((true, true))
+        );
+        assert_eq!(axpy(bin(BinOp::Add, bin(BinOp::Mul, x(), row()), VExpr::Read(gm(0, off(0))))), Some((false, true)));
+        assert_eq!(axpy(bin(BinOp::Div, x(), VExpr::F32(2.0))).map(|(b, _)| b), Some(false));
         assert_eq!(form(ub(1, 0), bin(BinOp::Div, x(), row())), "scalar");
         assert_eq!(form(ub(1, 0), bin(BinOp::Sub, row(), x())), "scalar-swapped");
         // In place, at the same window: each block is loaded before it is stored.

@@ -678,3 +678,54 @@ fn jit_column_statements_run_as_rows() {
         common::assert_same_bits(&format!("{threads} threads"), &want[0].1, &got[0].1);
     }
 }
+
+/// A mixed matmul launch's elementwise epilogue `o = c · x + b @ x` (Muon's `b·x` step) runs on the host as
+/// one row routine call per block of rows (`kc_rt_rows_axpy`, which requests the rows ahead); with a
+/// per-row factor it stays a call per row. On inputs whose products and sums are exact in f32 (small
+/// integers), so that the matmul's summation order cannot matter, the JIT gives the interpreter's bits
+/// exactly, bf16 and f32 results, odd shapes with partial blocks in both directions, on 1 and 2 threads.
+#[test]
+fn jit_mixed_epilogue_is_the_interpreters_bits() {
+    let src = "kernel bx(b: bf16[M, M], x: bf16[M, N]) -> o: bf16[M, N] { o = 3.4445 * x + b @ x; }\n\
+               kernel bxf(b: bf16[M, M], x: bf16[M, N]) -> o: f32[M, N] { o = x * -0.7 + b @ x; }\n\
+               kernel bxr(b: bf16[M, M], x: bf16[M, N], s: f32[M]) -> o: bf16[M, N] {\n\
+               let p = b @ x;\n\
+               o[r, c] = x[r, c] * s[r] + p[r, c];\n\
+               }\n";
+    let prog = common::compile_ok_src("mixed", src);
+    let target = Target::builtin("host").expect("builtin target");
+    for g in &prog.kernels {
+        for (m, n) in [(200i64, 300i64), (131, 517), (64, 16), (5, 3)] {
+            let dims: BTreeMap<String, i64> = [("M".to_string(), m), ("N".to_string(), n)].into();
+            let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+            let mut args = kc_runtime::random::random_args(g, &given, 7 + m as u64).expect("random inputs");
+            // Small integers: every product and partial sum of `b @ x` is exact in f32.
+            for (name, t) in args.tensors.iter_mut() {
+                let range = match name.as_str() {
+                    "b" => 5,
+                    "x" => 17,
+                    _ => continue,
+                };
+                let v: Vec<f32> = (0..t.len()).map(|i| ((i * 7919 + 13) % range) as f32 - (range / 2) as f32).collect();
+                *t = kc_ir::tensor::Tensor::from_f32_as(t.dtype(), t.shape.clone(), &v).expect("a tensor");
+            }
+            let want = common::run(g, &args);
+            let (_, tp, _) = tile_at(g, &dims, &target);
+            assert!(
+                tp.launches.iter().any(|l| l.cube_cores > 0 && l.vector_cores > 0),
+                "{} at {dims:?}: no mixed launch",
+                g.name
+            );
+            let compiled =
+                kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("{} at {dims:?}: {e:?}", g.name));
+            for threads in [1, 2] {
+                let (got, _) = compiled
+                    .run(&tp, g, &args, threads, &Limits::default())
+                    .unwrap_or_else(|e| panic!("{} at {dims:?}, {threads} threads: {e:?}", g.name));
+                for ((n, w), (_, j)) in want.iter().zip(&got) {
+                    common::assert_same_bits(&format!("{}.{n} at {dims:?}, {threads} threads", g.name), w, j);
+                }
+            }
+        }
+    }
+}

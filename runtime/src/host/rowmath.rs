@@ -1273,6 +1273,63 @@ pub unsafe extern "C" fn kc_rt_row_axpy(dst: *mut u8, src: *const u8, add: *cons
     }
 }
 
+/// How many rows ahead [`kc_rt_rows_axpy`] requests its source and destination rows.
+const AXPY_AHEAD: usize = 8;
+
+/// [`kc_rt_row_axpy`] over a block of rows, for a statement whose `s` is the same for every row: `args` =
+/// `[dst, src, add, dst_stride, src_stride, add_stride, flags, rows, cols]` (addresses of row 0, strides in
+/// bytes). Each row is exactly the call [`kc_rt_row_axpy`] makes for it (the same bits); besides, while a
+/// row is computed, the source row `AXPY_AHEAD` rows on is requested into L1 and the destination row that
+/// far on fetched for writing (`prefetchw`). A mixed matmul's epilogue (Muon's `x = 3.4445 · x + b·x`)
+/// reads and writes 512-byte rows 8 KiB apart in a 4096-wide tensor, a page apart, where the hardware
+/// prefetcher stops: per-row calls waited on the source's load and on the store's read for ownership of
+/// every row (three quarters of the routine's samples). Nothing when `rows` or `cols` is `≤ 0`.
+///
+/// # Safety
+/// `args` points to nine words; for every `r < rows`, the rows at `dst + r·dst_stride`, `src +
+/// r·src_stride` and `add + r·add_stride` are as [`kc_rt_row_axpy`] requires. Rows are computed in order,
+/// one call each, as the per-row calls did, so the effects are theirs however the rows overlap. The
+/// prefetches past the last row are not made (and would not fault anyway).
+pub unsafe extern "C" fn kc_rt_rows_axpy(args: *const i64, s: f32) {
+    // SAFETY: the caller passes nine words.
+    let w = unsafe { std::slice::from_raw_parts(args, 9) };
+    let (rows, cols) = (w[7], w[8]);
+    if rows <= 0 || cols <= 0 {
+        return;
+    }
+    let (dst, src, add) = (w[0] as *mut u8, w[1] as *const u8, w[2] as *const u8);
+    let (ds, ss, ad) = (w[3] as isize, w[4] as isize, w[5] as isize);
+    let flags = w[6];
+    let rows = rows as usize;
+    let sb = if flags & ROW_SRC_BF16 != 0 { 2 } else { 4 };
+    let db = if flags & ROW_DST_BF16 != 0 { 2 } else { 4 };
+    let (src_bytes, dst_bytes) = (cols as usize * sb, cols as usize * db);
+    for r in 0..rows {
+        #[cfg(target_arch = "x86_64")]
+        if r + AXPY_AHEAD < rows {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+            let a = (r + AXPY_AHEAD) as isize;
+            // Addresses only (wrapping arithmetic, never dereferenced here).
+            let (ps, pd) = (src.wrapping_offset(a * ss), dst.wrapping_offset(a * ds));
+            let mut o = 0;
+            while o < src_bytes {
+                // SAFETY: a prefetch is a hint: it reads nothing architecturally and never faults.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(ps.wrapping_add(o).cast()) };
+                o += 64;
+            }
+            let mut o = 0;
+            while o < dst_bytes {
+                // SAFETY: as above.
+                unsafe { _mm_prefetch::<_MM_HINT_ET0>(pd.wrapping_add(o).cast()) };
+                o += 64;
+            }
+        }
+        let r = r as isize;
+        // SAFETY: row `r` of each operand, as the caller promises.
+        unsafe { kc_rt_row_axpy(dst.offset(r * ds), src.offset(r * ss), add.offset(r * ad).cast(), flags, s, cols) };
+    }
+}
+
 /// Elements `from..n` of [`kc_rt_row_axpy`] one at a time (hosts without AVX-512, and the AVX-512 path's
 /// tails). The operands' order (`ROW_SWAP`) only decides which NaN payload a NaN product carries, which
 /// scalar code does not fix anyway (the compiler may commute a `*`): the values are the same.
@@ -1644,6 +1701,114 @@ mod tests {
                         kc_rt_row_axpy(b.as_mut_ptr().cast(), xs.as_ptr().cast(), b.as_ptr(), flags, s, n as i64)
                     };
                     assert_eq!(b.iter().map(bits).collect::<Vec<_>>(), want);
+                }
+            }
+        }
+    }
+
+    /// `kc_rt_rows_axpy` over a block is the per-row calls of `kc_rt_row_axpy` it replaces, bit for bit: every
+    /// dtype pairing, strided rows (a 4096-wide tensor's window and a contiguous workspace's), blocks shorter
+    /// and longer than the rows it requests ahead, widths around the 16 lanes, in place on the source's rows
+    /// (f32 or bf16) and on the addend's, and nothing for zero or negative sizes.
+    #[test]
+    fn block_update_is_the_rows_calls() {
+        let mut rng = 0x5851f42d4c957f2du64;
+        for (rows, cols) in [(1usize, 17usize), (3, 1), (9, 33), (20, 100), (70, 16)] {
+            for (sbf, dbf) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (sb, db) = (if sbf { 2 } else { 4 }, if dbf { 2 } else { 4 });
+                // Row strides in elements: the source and destination in a wider tensor, the addend contiguous.
+                let (ss, ds, ad) = (cols + 5, cols + 9, cols);
+                let mut bytes = |n: usize| -> Vec<u8> {
+                    (0..n)
+                        .map(|_| {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            // Exponent bits kept moderate: mostly normal values, some NaNs and infinities.
+                            (rng >> 40) as u8 & 0xbf
+                        })
+                        .collect()
+                };
+                let src = bytes(rows * ss * sb);
+                let add = bytes(rows * ad * 4);
+                let add: Vec<f32> = add.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let dst0 = bytes(rows * ds * db);
+                let flags = (if sbf { ROW_SRC_BF16 } else { 0 }) | (if dbf { ROW_DST_BF16 } else { 0 }) | ROW_SWAP;
+                let s = 3.4445f32;
+                let mut want = dst0.clone();
+                for r in 0..rows {
+                    unsafe {
+                        kc_rt_row_axpy(
+                            want.as_mut_ptr().add(r * ds * db),
+                            src.as_ptr().add(r * ss * sb),
+                            add.as_ptr().add(r * ad),
+                            flags,
+                            s,
+                            cols as i64,
+                        )
+                    };
+                }
+                let block = |d: *mut u8, sp: *const u8, (dst_s, src_s): (usize, usize), a: *const f32, n: i64| {
+                    let w = [
+                        d as i64,
+                        sp as i64,
+                        a as i64,
+                        dst_s as i64,
+                        src_s as i64,
+                        (ad * 4) as i64,
+                        flags,
+                        n,
+                        cols as i64,
+                    ];
+                    unsafe { kc_rt_rows_axpy(w.as_ptr(), s) };
+                };
+                let mut got = dst0.clone();
+                block(got.as_mut_ptr(), src.as_ptr(), (ds * db, ss * sb), add.as_ptr(), rows as i64);
+                assert_eq!(got, want, "{rows} x {cols}, bf16 source {sbf}, bf16 destination {dbf}");
+                // Zero or negative rows: nothing written.
+                let mut none = dst0.clone();
+                block(none.as_mut_ptr(), src.as_ptr(), (ds * db, ss * sb), add.as_ptr(), 0);
+                block(none.as_mut_ptr(), src.as_ptr(), (ds * db, ss * sb), add.as_ptr(), -3);
+                assert_eq!(none, dst0);
+                // In place on the source's rows (same dtype and stride).
+                if sbf == dbf {
+                    let mut inplace = src.clone();
+                    let mut want = src.clone();
+                    for r in 0..rows {
+                        unsafe {
+                            let p = want.as_mut_ptr().add(r * ss * sb);
+                            kc_rt_row_axpy(p, p, add.as_ptr().add(r * ad), flags, s, cols as i64)
+                        };
+                    }
+                    let p = inplace.as_mut_ptr();
+                    block(p, p, (ss * sb, ss * sb), add.as_ptr(), rows as i64);
+                    assert_eq!(inplace, want, "in place, {rows} x {cols}, bf16 {sbf}");
+                }
+                // In place on the addend's rows (an f32 destination with the addend's stride).
+                if !dbf {
+                    let mut inplace = add.clone();
+                    let mut want = add.clone();
+                    for r in 0..rows {
+                        unsafe {
+                            let p = want.as_mut_ptr().add(r * ad);
+                            kc_rt_row_axpy(p.cast(), src.as_ptr().add(r * ss * sb), p, flags, s, cols as i64)
+                        };
+                    }
+                    let p = inplace.as_mut_ptr();
+                    let w = [
+                        p as i64,
+                        src.as_ptr() as i64,
+                        p as i64,
+                        (ad * 4) as i64,
+                        (ss * sb) as i64,
+                        (ad * 4) as i64,
+                        flags,
+                        rows as i64,
+                        cols as i64,
+                    ];
+                    unsafe { kc_rt_rows_axpy(w.as_ptr(), s) };
+                    let b = |v: &Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(b(&inplace), b(&want), "in place on the addend, {rows} x {cols}, bf16 {sbf}");
                 }
             }
         }
