@@ -817,11 +817,7 @@ impl SharedPacks {
     /// Shared packings for one launch, empty: from a process-wide pool (their memory kept from launch to
     /// launch, already faulted in), returned to it when dropped.
     pub fn take() -> PooledPacks {
-        let mut p = shared_pool()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| Box::new(SharedPacks::new()));
+        let mut p = shared_pool().lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(SharedPacks::new);
         p.reset();
         PooledPacks(Some(p))
     }
@@ -931,13 +927,13 @@ impl SharedPacks {
 }
 
 /// [`SharedPacks`] taken from the pool for one launch; returned to it when dropped.
-pub struct PooledPacks(Option<Box<SharedPacks>>);
+pub struct PooledPacks(Option<SharedPacks>);
 
 impl std::ops::Deref for PooledPacks {
     type Target = SharedPacks;
     fn deref(&self) -> &SharedPacks {
         // Always `Some` until dropped.
-        self.0.as_deref().unwrap_or_else(|| unreachable!())
+        self.0.as_ref().unwrap_or_else(|| unreachable!())
     }
 }
 
@@ -949,8 +945,8 @@ impl Drop for PooledPacks {
     }
 }
 
-fn shared_pool() -> &'static std::sync::Mutex<Vec<Box<SharedPacks>>> {
-    static POOL: std::sync::Mutex<Vec<Box<SharedPacks>>> = std::sync::Mutex::new(Vec::new());
+fn shared_pool() -> &'static std::sync::Mutex<Vec<SharedPacks>> {
+    static POOL: std::sync::Mutex<Vec<SharedPacks>> = std::sync::Mutex::new(Vec::new());
     &POOL
 }
 
