@@ -1033,13 +1033,17 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 // Bit 4: the transposed `b` is read from the same read-only tensor as `a` (`x @ transpose(x)`):
                 // its window is another block's `a`, so the host routine keeps its packing from the first use
                 // and makes the `a` packing of the window in the same pass.
-                let shares_a =
-                    tb.is_some() && a_const && b_const && matches!((&a.loc, b_loc), (Loc::Gm(x), Loc::Gm(y)) if x == y);
+                // Bit 5: `a` and `b` are windows of the same read-only tensor (`x @ transpose(x)`, `a @ a`): each
+                // window is read by the blocks of its row and of its column, on any thread, so the host routine
+                // packs it once per launch into packings the launch's threads share.
+                let same_src = a_const && b_const && matches!((&a.loc, b_loc), (Loc::Gm(x), Loc::Gm(y)) if x == y);
+                let shares_a = tb.is_some() && same_src;
                 let bits = i64::from(*accumulate)
                     | (i64::from(b_const) << 1)
                     | (i64::from(a_const) << 2)
                     | (i64::from(tb.is_some()) << 3)
-                    | (i64::from(shares_a) << 4);
+                    | (i64::from(shares_a) << 4)
+                    | (i64::from(same_src) << 5);
                 let acc = self.iconst(bits);
                 self.call("kc_mmad", &[pa, da, ra.stride, pb, db, rb.stride, pc, rc.stride, m, k, n, acc]);
             }

@@ -1557,6 +1557,11 @@ fn run_launch(
     let max_count = AtomicUsize::new(0);
     let n_gm = gm.len();
     let gm = Shared(gm.as_ptr());
+    let threads = threads.min(units.len()).max(1);
+    // The packings of windows that the launch's threads all read (`kc_mmad`'s bit 5), made once for all of
+    // them: taken empty for this launch, and given back only after every thread has returned (`broadcast`
+    // returns then), so no thread reads a packing of another launch or of older data.
+    let shared_packs = (threads > 1).then(crate::host::mmad::SharedPacks::take);
     let work = || {
         // Packed matrix operands kept by the host cube routine are valid for one launch only.
         crate::host::mmad::clear_b_cache();
@@ -1588,7 +1593,7 @@ fn run_launch(
             }
             Shared(local.as_ptr())
         };
-        loop {
+        crate::host::mmad::with_shared(shared_packs.as_deref(), || loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(unit) = units.get(i) else { break };
             if poison && !nl.private.is_empty() {
@@ -1611,7 +1616,7 @@ fn run_launch(
                     deadlocks.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
                 }
             }
-        }
+        });
         SCRATCH.with(|s| s.replace(scratch));
         drop(local);
         AREAS.with(|s| s.replace(areas));
@@ -1619,7 +1624,6 @@ fn run_launch(
         // (another thread may read them in the next launch).
         crate::host::rowmath::fence_streams();
     };
-    let threads = threads.min(units.len()).max(1);
     if threads == 1 {
         work();
     } else {
@@ -1630,6 +1634,7 @@ fn run_launch(
             Err(e) => return Err(vec![gm::internal(graph.span, format!("cannot start {threads} threads: {e}"))]),
         }
     }
+    drop(shared_packs);
     let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     failures.sort_by_key(|f| (f.0, f.1));
     if let Some(&(kind, core, site, vals)) = failures.first() {

@@ -559,3 +559,68 @@ kernel ns_step(x: bf16[M, N], b: bf16[M, M]) -> (o: bf16[M, N], c: bf16[M, M]) {
         assert!(err[0].message.contains("this unit's area of workspace"), "{}", err[0].message);
     }
 }
+
+/// Products whose two operands are windows of the same read-only tensor (`x·xᵀ`, `a·a`, `s·s`) set
+/// `kc_mmad`'s bit 5 (with bits 1 and 2): on two or more threads the host routine packs each of their
+/// windows once per launch for all the launch's threads (`SharedPacks`, filled by whichever thread needs a
+/// window first), where each thread packed nearly every window for itself. `x·yᵀ` does not get the bit.
+/// On two threads the results are one thread's bit for bit (packing is a copy), and `s·s` and `x·yᵀ` are
+/// within rounding of the interpreter, at sizes with partial blocks and partial k steps.
+#[test]
+fn host_same_matrix_products_share_packings_across_threads() {
+    const SRC: &str = "
+kernel same(x: bf16[M, N], y: bf16[M, N], s: bf16[M, M]) -> (b: bf16[M, M], c: bf16[M, M], d: bf16[M, M]) {
+    let a: bf16 = x @ transpose(x);
+    b = -4.7750 * a + 2.0315 * (a @ a);
+    c = x @ transpose(y);
+    d = s @ s;
+}
+";
+    let g = compile_src("same", SRC);
+    let target = Target::builtin("host").expect("host target");
+    for (m, n, seed) in [(300, 200, 31), (200, 700, 32)] {
+        let dims = [("M", m), ("N", n)];
+        let mut given = kc_ir::launch::Args::default();
+        given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let args = kc_runtime::random::random_args(&g, &given, seed).expect("random args");
+        let tp = tile(&g, &args, &target);
+        assert_eq!(tp.launches.len(), 4);
+        for l in &tp.launches {
+            let one = TileProgram { launches: vec![l.clone()], ..tp.clone() };
+            let printed = kc_ir::tile::print::print_launch(&tp, l);
+            let want = !printed.contains("-> gm:c[");
+            let flags = mmad_flags(&one);
+            assert!(!flags.is_empty(), "{}: no kc_mmad call found", l.name);
+            for f in flags {
+                assert_eq!(f & 32 != 0, want, "{} ({m} x {n}): flags {f}", l.name);
+                if want {
+                    assert_eq!(f & 6, 6, "{}: bit 5 comes with bits 1 and 2", l.name);
+                }
+            }
+        }
+        let code =
+            kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() }).expect("compiles");
+        let (one, _) = code.run(&tp, &g, &args, 1, &Default::default()).expect("runs");
+        let interp = common::run(&g, &args);
+        for threads in [2, 3] {
+            // Twice: the second call's launches take the packings the first call's used, reset.
+            for call in 0..2 {
+                let (got, _) = code.run(&tp, &g, &args, threads, &Default::default()).expect("runs");
+                for ((name, w), (_, j)) in one.iter().zip(&got) {
+                    common::assert_same_bits(&format!("{name} {dims:?} {threads} threads, call {call}"), w, j);
+                }
+            }
+        }
+        for ((name, w), (_, j)) in interp.iter().zip(&one) {
+            if name == "b" {
+                continue; // a bf16 `a` rounded in another order can differ by an ulp, then squared
+            }
+            let (w, j) = (w.to_f64_vec(), j.to_f64_vec());
+            let absmax = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+            let order = absmax * 4.0 * 1024.0 * 2f64.powi(-24);
+            for (i, (a, b)) in w.iter().zip(&j).enumerate() {
+                assert!((a - b).abs() <= bf16_ulp(*a) + order, "{name}[{i}] {dims:?}: interp {a} vs jit {b}");
+            }
+        }
+    }
+}

@@ -25,6 +25,11 @@
 //!   they only pushed the reused packings out of the caches. A transposed `b` flagged as rows of the
 //!   matrix the `a` operands come from (bit 4, `x·xᵀ`) is kept from its first use, and its window's `a`
 //!   packing is made in the same pass and kept for the call that reads it as its `a` (`packed_bt_shared`).
+//! - **Packings shared by a launch's threads** (bit 5: `a` and `b` are windows of the same read-only matrix,
+//!   `x·xᵀ` and `a·a`): when the executor runs a launch on two or more threads it gives them one
+//!   [`SharedPacks`] ([`with_shared`]), and the kept packings of such calls go there, each window packed
+//!   once per launch by the first thread that needs it (the others wait for its flag), instead of once per
+//!   thread in the thread-local caches: every thread reads nearly every window of such a product.
 //! - The order of summation depends on the path. [`Path::Portable`] sums sequentially,
 //!   `acc = c_or_0; for p in 0..k { acc = acc + a_ip * b_pj }` with a rounded f32 product and a rounded f32
 //!   add per step, so it is bit-identical to the obvious scalar f32 loop. The vector paths reassociate
@@ -298,6 +303,7 @@ pub unsafe fn mmad_raw(
         a_const: false,
         b_trans: false,
         b_shares_a: false,
+        same_src: false,
     };
     // SAFETY: the caller's guarantees.
     unsafe { dispatch(path, &args) }
@@ -369,6 +375,7 @@ fn checked(
         a_const: false,
         b_trans,
         b_shares_a: false,
+        same_src: false,
     };
     // SAFETY: the asserts above keep every access of the contract inside the slices, and `c` (a unique
     // borrow) cannot overlap `a` or `b`.
@@ -412,7 +419,11 @@ unsafe fn dispatch(path: Path, x: &Args) {
 /// at `b[j * ldb + p]`: an `n × k` block, row stride `ldb`), as [`mmad_bt_with`]; bit 4 (with bits 1 and 3)
 /// says that the transposed `b`'s rows are rows of the read-only matrix the launch's `a` operands come from
 /// (`x @ transpose(x)`): its window is, or will be, another call's `a`, so its packing is kept from its
-/// first use and the `a` packing of the same window is made in the same pass ([`packed_bt_shared`]).
+/// first use and the `a` packing of the same window is made in the same pass ([`packed_bt_shared`]); bit 5
+/// (with bits 1 and 2) says that `a` and `b` are windows of the same read-only matrix (`x @ transpose(x)`,
+/// `a @ a`): every window is read by many blocks of the launch, on any thread, so when the executor gave
+/// the thread its launch's [`SharedPacks`] ([`with_shared`]) the kept packings of `a` and `b` go there and
+/// each window is packed once per launch, not once per thread.
 ///
 /// # Safety
 ///
@@ -454,6 +465,7 @@ pub unsafe extern "C" fn kc_mmad(
         a_const: accumulate & 4 != 0,
         b_trans: accumulate & 8 != 0,
         b_shares_a: accumulate & 16 != 0,
+        same_src: accumulate & 32 != 0,
     };
     // SAFETY: the caller's guarantees.
     unsafe { dispatch(path(), &args) }
@@ -732,6 +744,236 @@ fn packed_bt_shared(
         .flatten()
 }
 
+/// Packings shared by the threads of one launch (`kc_mmad`'s bit 5: `a` and `b` are windows of the same
+/// read-only GM tensor, Muon's `x·xᵀ` and `a·a`).
+///
+/// Why: in such a product every window is read by the blocks of its row of C (as `a`) and of its column
+/// (as `b`), and the threads take the launch's units in any order, so with thread-local caches
+/// ([`A_CACHE`], [`B_CACHE`]) each thread packed nearly every window: the packing did not split across
+/// threads (`x·xᵀ` and `a·a` ran only about 1.4× faster on two threads than on one). Here each window is
+/// packed once per launch, by whichever thread needs it first, into memory the launch's threads share.
+///
+/// Synchronization: the index (which windows have a slot, where their packing lies) is behind a mutex, held
+/// only to look up or claim a slot, never while packing. The thread that claims a slot packs it and then
+/// sets the slot's `ready` flag with `Release`; a thread that finds the slot loads the flag with `Acquire`
+/// (waiting until it is set) before reading the packing, so the packer's writes happen-before its reads. A
+/// packing is written only by its claimant, before its flag is set, and never again until
+/// [`SharedPacks::reset`], which takes `&mut self` (no thread of a launch holds a reference then: the
+/// executor resets it before the launch's threads start and after they have all returned). A claimant
+/// packs synchronously (no yield, no lock, no panic in the packing routines), so a waiter never waits on
+/// itself or on a thread that waits for it.
+///
+/// Validity: bit 1 and 2 promise that the operands do not change during the launch; every launch takes
+/// the packings from [`SharedPacks::take`], which resets them, so a new launch or changed data never finds
+/// an old packing.
+pub struct SharedPacks {
+    index: std::sync::Mutex<SharedIndex>,
+    /// Per slot: its packing is complete.
+    ready: Box<[std::sync::atomic::AtomicBool]>,
+    /// Packings made since the last reset (for tests and `KC_TIME`-style accounting).
+    packs: std::sync::atomic::AtomicUsize,
+}
+
+/// The index of a [`SharedPacks`]: slot `i` is `entries[i]`, `(form, key, packing)`; form 0 is an `a`
+/// packing (key as [`A_CACHE`]'s), 1 a `b` packing (key as [`B_CACHE`]'s).
+#[derive(Default)]
+struct SharedIndex {
+    arena: PackArena,
+    entries: Vec<(u8, PackKey, *mut u8)>,
+    /// The bytes of the entries.
+    bytes: usize,
+}
+
+// SAFETY: the arena's chunks are heap allocations owned by it (not tied to a thread), and the entries'
+// pointers point into them; every access goes through the mutex.
+unsafe impl Send for SharedIndex {}
+
+/// Slots of a [`SharedPacks`] (a launch that needs more packs the rest in its threads' own caches).
+const SHARED_SLOTS: usize = 1024;
+
+/// The most memory a [`SharedPacks`] gives its packings (more packs in the threads' own caches).
+const SHARED_BYTES: usize = 256 << 20;
+
+/// A slot's state as [`SharedPacks::claim`] finds it.
+#[cfg(target_arch = "x86_64")]
+enum Claim {
+    /// Packed (or being packed by another thread: wait for `ready[slot]`), at the pointer.
+    Found(usize, *const u8),
+    /// New: the caller packs it at the pointer, then calls [`SharedPacks::publish`].
+    Mine(usize, *mut u8),
+    /// No room: the caller packs it elsewhere.
+    Full,
+}
+
+impl SharedPacks {
+    fn new() -> SharedPacks {
+        SharedPacks {
+            index: std::sync::Mutex::new(SharedIndex::default()),
+            ready: (0..SHARED_SLOTS).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+            packs: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Shared packings for one launch, empty: from a process-wide pool (their memory kept from launch to
+    /// launch, already faulted in), returned to it when dropped.
+    pub fn take() -> PooledPacks {
+        let mut p = shared_pool().lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(SharedPacks::new);
+        p.reset();
+        PooledPacks(Some(p))
+    }
+
+    /// Forgets every packing (the memory stays).
+    fn reset(&mut self) {
+        let index = self.index.get_mut().unwrap_or_else(|e| e.into_inner());
+        for r in &mut self.ready[..index.entries.len()] {
+            *r.get_mut() = false;
+        }
+        index.entries.clear();
+        index.bytes = 0;
+        index.arena.forget();
+        *self.packs.get_mut() = 0;
+    }
+
+    /// How many packings were made since the launch began.
+    pub fn packings(&self) -> usize {
+        self.packs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Looks up the packing of `(form, key)`, claiming a new slot of `bytes` for it if it has none.
+    #[cfg(target_arch = "x86_64")]
+    fn claim(&self, form: u8, key: PackKey, bytes: usize) -> Claim {
+        let Ok(mut index) = self.index.lock() else { return Claim::Full };
+        if let Some(slot) = index.entries.iter().position(|&(f, k, _)| f == form && k == key) {
+            return Claim::Found(slot, index.entries[slot].2.cast_const());
+        }
+        let slot = index.entries.len();
+        if slot >= self.ready.len() || index.bytes + bytes > SHARED_BYTES {
+            return Claim::Full;
+        }
+        let Some(p) = index.arena.alloc(bytes) else { return Claim::Full };
+        index.bytes += bytes;
+        index.entries.push((form, key, p));
+        self.packs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Claim::Mine(slot, p)
+    }
+
+    /// Marks slot `slot`'s packing complete (its claimant, after writing it).
+    #[cfg(target_arch = "x86_64")]
+    fn publish(&self, slot: usize) {
+        self.ready[slot].store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Waits until slot `slot`'s packing is complete (another thread is writing it).
+    #[cfg(target_arch = "x86_64")]
+    fn wait(&self, slot: usize) {
+        let mut spins = 0u32;
+        while !self.ready[slot].load(std::sync::atomic::Ordering::Acquire) {
+            spins += 1;
+            if spins < 4096 {
+                std::hint::spin_loop();
+            } else {
+                // The packer may be descheduled on a loaded machine.
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// The packing of `(form, key)`, made by `pack` into new room if no thread of the launch made it yet, or
+    /// `None` when there is no room (the caller packs it in its own cache or scratch).
+    #[cfg(target_arch = "x86_64")]
+    fn packed(&self, form: u8, key: PackKey, bytes: usize, pack: impl FnOnce(*mut u8)) -> Option<*const u8> {
+        match self.claim(form, key, bytes) {
+            Claim::Found(slot, p) => {
+                self.wait(slot);
+                Some(p)
+            }
+            Claim::Mine(slot, p) => {
+                pack(p);
+                self.publish(slot);
+                Some(p.cast_const())
+            }
+            Claim::Full => None,
+        }
+    }
+
+    /// [`packed_bt_shared`] on these packings: the transposed `b` of `key`, and when `a_form` is given and no
+    /// thread has claimed that `a` packing yet, the `a` packing too, from the same pass over the rows.
+    #[cfg(target_arch = "x86_64")]
+    fn packed_bt_a(
+        &self,
+        key: PackKey,
+        bytes: usize,
+        a_form: Option<(PackKey, usize)>,
+        pack: impl FnOnce(*mut u8, Option<*mut u8>),
+    ) -> Option<*const u8> {
+        let (slot, p) = match self.claim(1, key, bytes) {
+            Claim::Found(slot, p) => {
+                self.wait(slot);
+                return Some(p);
+            }
+            Claim::Full => return None,
+            Claim::Mine(slot, p) => (slot, p),
+        };
+        match a_form.map(|(a_key, a_bytes)| self.claim(0, a_key, a_bytes)) {
+            Some(Claim::Mine(a_slot, a_p)) => {
+                pack(p, Some(a_p));
+                self.publish(a_slot);
+            }
+            _ => pack(p, None),
+        }
+        self.publish(slot);
+        Some(p.cast_const())
+    }
+}
+
+/// [`SharedPacks`] taken from the pool for one launch; returned to it when dropped.
+pub struct PooledPacks(Option<SharedPacks>);
+
+impl std::ops::Deref for PooledPacks {
+    type Target = SharedPacks;
+    fn deref(&self) -> &SharedPacks {
+        // Always `Some` until dropped.
+        self.0.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for PooledPacks {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            shared_pool().lock().unwrap_or_else(|e| e.into_inner()).push(p);
+        }
+    }
+}
+
+fn shared_pool() -> &'static std::sync::Mutex<Vec<SharedPacks>> {
+    static POOL: std::sync::Mutex<Vec<SharedPacks>> = std::sync::Mutex::new(Vec::new());
+    &POOL
+}
+
+/// Runs `f` with `packs` as this thread's shared packings (`kc_mmad`'s bit 5 packs into them; without, or
+/// with `None`, the thread's own caches), restoring the previous ones afterwards, also when `f` unwinds.
+pub fn with_shared<R>(packs: Option<&SharedPacks>, f: impl FnOnce() -> R) -> R {
+    struct Restore(*const SharedPacks);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = SHARED.try_with(|s| s.set(self.0));
+        }
+    }
+    let now = packs.map_or(std::ptr::null(), |p| p as *const SharedPacks);
+    let _restore = Restore(SHARED.try_with(|s| s.replace(now)).unwrap_or(std::ptr::null()));
+    f()
+}
+
+/// This thread's shared packings, if [`with_shared`] set some.
+#[cfg(target_arch = "x86_64")]
+fn shared_packs<'a>() -> Option<&'a SharedPacks> {
+    let p = SHARED.try_with(Cell::get).unwrap_or(std::ptr::null());
+    // SAFETY: set by `with_shared` from a reference that outlives its `f`, and reset before it returns; a
+    // call of the routine that reads it runs inside that `f` on this thread, and the reference is used only
+    // within the call.
+    unsafe { p.as_ref() }
+}
+
 /// Whether the transposed `b` operand `key` was seen since the thread's last [`clear_b_cache`] (and records it
 /// if not): the last `SEEN_KEYS` keys are remembered.
 #[cfg(target_arch = "x86_64")]
@@ -767,6 +1009,8 @@ thread_local! {
     static SEEN: RefCell<Vec<PackKey>> = const { RefCell::new(Vec::new()) };
     /// Whether this thread keeps a transposed `b` from its first use (see `packed_bt`).
     static KEEP_FIRST: Cell<bool> = const { Cell::new(false) };
+    /// The launch's shared packings while this thread runs its units (see `with_shared`), else null.
+    static SHARED: Cell<*const SharedPacks> = const { Cell::new(std::ptr::null()) };
 }
 
 /// The arguments of one call, checked and converted.
@@ -794,6 +1038,9 @@ struct Args {
     /// operands are read from (`kc_mmad`'s bit 4, x·xᵀ), so its window is another call's `a` (see
     /// [`packed_bt_shared`]).
     b_shares_a: bool,
+    /// With `a_const` and `b_const`: `a` and `b` are windows of the same matrix (`kc_mmad`'s bit 5, x·xᵀ
+    /// and a·a), so the kept packings go into the launch's [`SharedPacks`] when the thread has them.
+    same_src: bool,
 }
 
 /// Element `idx` of an operand of dtype `d`, as f32.
@@ -1689,19 +1936,26 @@ mod amx {
             // A transposed `b` is kept when it will be used again (`packed_bt`); one whose rows are other calls'
             // `a` rows from its first use, packed in the `a` form too when such a call would pack it
             // (`packed_bt_shared`).
+            // The launch's packings shared by its threads, for the windows of a matrix read as both operands.
+            let shared = if x.same_src && x.a_const && x.b_const { super::shared_packs() } else { None };
             if x.b_const {
                 cached = if x.b_trans && x.b_shares_a {
                     // The call reading this window as its `a` packs it unless it reads it in place.
                     let a_packs = !reads_a_in_place(k, x.ldb);
                     let np = panels * 16;
                     let a_form = a_packs.then_some(((x.b as usize, x.ldb, n, k), np * kp * 2));
-                    super::packed_bt_shared(key, b_bytes, a_form, |d, a_d| {
+                    let pack_both = |d: *mut u8, a_d: Option<*mut u8>| {
                         pack_bt_vnni_a(x.b.cast(), x.ldb, k, n, kp, d.cast(), a_d.map(|p| p.cast()))
-                    })
+                    };
+                    shared
+                        .and_then(|sp| sp.packed_bt_a(key, b_bytes, a_form, pack_both))
+                        .or_else(|| super::packed_bt_shared(key, b_bytes, a_form, pack_both))
                 } else if x.b_trans {
                     super::packed_bt(key, b_bytes, pack_b)
                 } else {
-                    super::packed(&super::B_CACHE, key, b_bytes, pack_b)
+                    shared
+                        .and_then(|sp| sp.packed(1, key, b_bytes, pack_b))
+                        .or_else(|| super::packed(&super::B_CACHE, key, b_bytes, pack_b))
                 };
             }
             let bp = match cached {
@@ -1723,9 +1977,10 @@ mod amx {
                 let mut cached: Option<*const u8> = None;
                 if x.a_const {
                     let key = (x.a as usize, x.lda, m, k);
-                    cached = super::packed(&super::A_CACHE, key, a_bytes, |d| {
-                        pack_a_chunks(a16, x.lda, m, mp, k, kc, d.cast())
-                    });
+                    let pack = |d: *mut u8| pack_a_chunks(a16, x.lda, m, mp, k, kc, d.cast());
+                    cached = shared
+                        .and_then(|sp| sp.packed(0, key, a_bytes, pack))
+                        .or_else(|| super::packed(&super::A_CACHE, key, a_bytes, pack));
                 }
                 match cached {
                     Some(p) => ap = p.cast_mut(),
@@ -2345,6 +2600,170 @@ mod tests {
         assert_eq!(call(&x, 0, blk, 2 | 4 | 8), call(&x, 0, blk, 8), "without bit 4, a first use is not kept");
         assert_eq!(call(&x, blk, 0, 2 | 4 | 8), call(&x, blk, 0, 8), "without bit 4, a is packed from its rows");
         clear_b_cache();
+    }
+
+    /// One call of a block of `x·xᵀ` (`trans`: `b` is rows `j0..` of `x`, transposed) or of `s·s` (`b` is
+    /// the window of `x` at rows `0..k`, columns `j0..`), `x` being `rows × ld` bf16 (`k ≤ ld`, and `k ≤ rows`
+    /// for `s·s`), the block's m and n at most `blk`, k in chunks of `kw`.
+    #[allow(clippy::too_many_arguments)]
+    fn square_call(
+        x: &[u16],
+        ld: usize,
+        rows: usize,
+        k: usize,
+        (i0, j0): (usize, usize),
+        blk: usize,
+        kw: usize,
+        trans: bool,
+        bits: i64,
+    ) -> Vec<f32> {
+        let (m, n) = ((rows - i0).min(blk), (rows - j0).min(blk));
+        let mut c = vec![0f32; m * n];
+        let mut k0 = 0;
+        while k0 < k {
+            let kl = (k - k0).min(kw);
+            let acc = i64::from(k0 > 0);
+            let b_at = if trans { j0 * ld + k0 } else { k0 * ld + j0 };
+            assert!(i0 * ld + k0 + (m - 1) * ld + kl <= x.len());
+            assert!(if trans { b_at + (n - 1) * ld + kl } else { b_at + (kl - 1) * ld + n } <= x.len());
+            // SAFETY: the windows of `a` (`m × kl` at row `i0`, column `k0`) and `b` lie inside `x` (asserted
+            // above); `c` is the vector's own.
+            unsafe {
+                kc_mmad(
+                    x.as_ptr().add(i0 * ld + k0).cast(),
+                    1,
+                    ld as i64,
+                    x.as_ptr().add(b_at).cast(),
+                    1,
+                    ld as i64,
+                    c.as_mut_ptr(),
+                    n as i64,
+                    m as i64,
+                    kl as i64,
+                    n as i64,
+                    bits | acc | if trans { 8 } else { 0 },
+                )
+            };
+            k0 += kl;
+        }
+        c
+    }
+
+    /// With bit 5 and the launch's [`SharedPacks`], two threads running a triangle of blocks in turns (as
+    /// the executor deals units) make each packing once between them — a window's `b` and `a` forms, once
+    /// per k chunk — and every block has the bits of the same call without kept packings. Odd shapes:
+    /// partial blocks and k chunks, `a` packed (rows more than 512 bytes apart).
+    #[test]
+    fn host_mmad_shared_packs_once_per_launch() {
+        if !supported(Path::Amx) {
+            return;
+        }
+        let mut rng = SmallRng::seed_from_u64(16);
+        for (rows, k, ld, blk, kw, trans) in [
+            (150usize, 600usize, 616usize, 32usize, 512usize, true),
+            (90, 64, 300, 48, 64, true),
+            (300, 300, 300, 64, 256, false),
+            (97, 97, 97 + 300, 32, 64, false),
+        ] {
+            let x: Vec<u16> =
+                (0..rows * ld).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect();
+            let mut blocks = Vec::new();
+            for i0 in (0..rows).step_by(blk) {
+                for j0 in (i0..rows).step_by(blk) {
+                    blocks.push((i0, j0));
+                }
+            }
+            let want: Vec<Vec<f32>> =
+                blocks.iter().map(|&ij| square_call(&x, ld, rows, k, ij, blk, kw, trans, 0)).collect();
+            let shared_bits = 2 | 4 | 32 | if trans { 16 } else { 0 };
+            for round in 0..2 {
+                let packs = SharedPacks::take();
+                let start = std::sync::Barrier::new(2);
+                let got: Vec<Vec<(usize, Vec<f32>)>> = std::thread::scope(|sc| {
+                    let hs: Vec<_> = (0..2)
+                        .map(|t| {
+                            let (x, blocks, packs, start) = (&x, &blocks, &*packs, &start);
+                            sc.spawn(move || {
+                                clear_b_cache();
+                                start.wait();
+                                with_shared(Some(packs), || {
+                                    (0..blocks.len())
+                                        .filter(|b| b % 2 == t)
+                                        .map(|b| {
+                                            (b, square_call(x, ld, rows, k, blocks[b], blk, kw, trans, shared_bits))
+                                        })
+                                        .collect::<Vec<_>>()
+                                })
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                for (b, c) in got.into_iter().flatten() {
+                    assert_eq!(c, want[b], "rows {rows} k {k} trans {trans} round {round} block {:?}", blocks[b]);
+                }
+                let windows = rows.div_ceil(blk) * k.div_ceil(kw);
+                let (b_windows, a_windows) = if trans {
+                    (windows, windows)
+                } else {
+                    // s·s: the b windows are the blocks' columns by k chunks, the a windows their rows by k chunks.
+                    (rows.div_ceil(blk) * k.div_ceil(kw), rows.div_ceil(blk) * k.div_ceil(kw))
+                };
+                assert_eq!(packs.packings(), b_windows + a_windows, "rows {rows} k {k} trans {trans}: packed once");
+            }
+        }
+    }
+
+    /// The packings of a launch's [`SharedPacks`] are found by another thread of the launch (after the rows
+    /// change, against the contract, to see which packing a call uses, the second thread still gets the old
+    /// rows' products), and a new launch's packings (taken anew) do not keep them: the new rows' products.
+    #[test]
+    fn host_mmad_shared_packs_are_shared_and_reset() {
+        if !supported(Path::Amx) {
+            return;
+        }
+        let (rows, k, ld, blk, kw) = (128usize, 128usize, 512usize, 32usize, 128usize);
+        let mut rng = SmallRng::seed_from_u64(17);
+        let mut x: Vec<u16> =
+            (0..rows * ld).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect();
+        for trans in [true, false] {
+            let bits = 2 | 4 | 32 | if trans { 16 } else { 0 };
+            let old = square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, 0);
+            let packs = SharedPacks::take();
+            let first = std::thread::scope(|sc| {
+                sc.spawn(|| with_shared(Some(&*packs), || square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, bits)))
+                    .join()
+                    .unwrap()
+            });
+            assert_eq!(first, old);
+            let made = packs.packings();
+            // `b` (rows blk..2 blk), with x·xᵀ its `a` form too, and `a` (rows 0..blk).
+            assert_eq!(made, if trans { 3 } else { 2 }, "trans {trans}: each window's packings once");
+            for v in &mut x[..] {
+                *v = bf16::from_f32(0.5).to_bits();
+            }
+            let second = std::thread::scope(|sc| {
+                sc.spawn(|| with_shared(Some(&*packs), || square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, bits)))
+                    .join()
+                    .unwrap()
+            });
+            assert_eq!(second, old, "trans {trans}: another thread of the launch reads the first one's packings");
+            assert_eq!(packs.packings(), made);
+            drop(packs);
+            let new = square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, 0);
+            assert_ne!(new, old);
+            let packs = SharedPacks::take();
+            assert_eq!(packs.packings(), 0);
+            let third = with_shared(Some(&*packs), || square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, bits));
+            assert_eq!(third, new, "trans {trans}: a new launch packs the new rows");
+            // Outside `with_shared` the thread's own caches (empty after clearing) are used.
+            clear_b_cache();
+            assert_eq!(square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, bits), new);
+            clear_b_cache();
+            for v in &mut x[..] {
+                *v = bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits();
+            }
+        }
     }
 
     /// The AMX path on a non-bf16 pair falls back (and still computes the contract).
