@@ -1960,11 +1960,18 @@ impl Shields {
         self.0.retain(|b, _| !bufs.contains(b));
     }
 
-    /// A plain vector statement wrote `dst`'s window of `rows × cols` whole.
+    /// A plain vector statement wrote `dst`'s window of `rows × cols` whole. A window whose expressions read
+    /// memory is no shield: the same expression may mean another window after a write that assigns nothing.
     fn overwrite(&mut self, dst: &Region, rows: &SExpr, cols: &SExpr) {
-        if let Loc::Buf { buf, .. } = dst.loc {
-            let sh = Shield { region: dst.clone(), rows: rows.clone(), cols: cols.clone(), cond: None };
-            self.0.insert(buf, sh);
+        if let Loc::Buf { buf, slot } = &dst.loc {
+            let mut mem = BTreeSet::new();
+            for e in [slot, &dst.offset, &dst.row_stride, rows, cols] {
+                crate::forward::sexpr_reads(e, &mut mem);
+            }
+            if mem.is_empty() {
+                let sh = Shield { region: dst.clone(), rows: rows.clone(), cols: cols.clone(), cond: None };
+                self.0.insert(*buf, sh);
+            }
         }
     }
 
