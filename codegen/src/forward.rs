@@ -278,7 +278,7 @@ fn sets(s: &Stmt, out: &mut BTreeSet<SVar>) {
 }
 
 /// The storage each statement writes: buffers and GM tensors.
-fn writes(s: &Stmt, bufs: &mut BTreeSet<BufId>, gm: &mut BTreeSet<TensorId>) {
+pub(crate) fn writes(s: &Stmt, bufs: &mut BTreeSet<BufId>, gm: &mut BTreeSet<TensorId>) {
     let mut w = |r: &Region| match &r.loc {
         Loc::Buf { buf, .. } => {
             bufs.insert(*buf);

@@ -1840,16 +1840,25 @@ fn exp_group<'p>(prog: &TileProgram, l: &Launch, body: &'p [Stmt]) -> Option<Exp
 /// The buffers into which [`ExpGroup`]s of `body` (a vector program, as compiled: after copy forwarding)
 /// store `exp` rows that nothing reads: buffers of the core's own memory that `other` (the partner
 /// program) does not mention and that no statement of `body` reads except the group's own sum and cast of
-/// the `exp`'s window, which the group's host call computes from the values in its registers. The `f32`
-/// store of such a group is dead: every other statement that reads the buffer would have to be a read
-/// outside a group, and there is none (the groups' `exp`s themselves, their row values and window
-/// expressions count as reads). The statements are walked as [`Gen::stmts`] compiles them: a fused run
-/// ([`fusable_run`]) is ordinary statements, then a group, then a statement (loop and branch bodies
+/// the `exp`'s window, which the group's host call computes from the values in its registers, and reads
+/// *shielded* by a covering overwrite (`Shields`). The `f32` store of such a group is dead: every other
+/// statement that reads the buffer would have to be a read outside a group, and there is none (the groups'
+/// `exp`s themselves, their row values and window expressions count as reads), or it reads values a plain
+/// statement wrote after every group. The statements are walked as [`Gen::stmts`] compiles them: a fused
+/// run ([`fusable_run`]) is ordinary statements, then a group, then a statement (loop and branch bodies
 /// likewise). Attention's `exp` rows (`raw_ub` without a mask: the scores read in the cube's workspace by
-/// copy forwarding, the exp's row sum and `p` computed in the same call) are such stores; the causal
-/// kernel's diagonal blocks read their masked scores in that buffer, and keep theirs.
+/// copy forwarding, the exp's row sum and `p` computed in the same call) are such stores; so are the causal
+/// kernel's: its diagonal blocks read their masked scores in that buffer, but only after the mask's
+/// statement has overwritten the whole window they read.
 pub fn dead_exp_stores(prog: &TileProgram, l: &Launch, body: &[Stmt], other: &[Stmt]) -> BTreeSet<BufId> {
-    fn walk(prog: &TileProgram, l: &Launch, body: &[Stmt], groups: &mut BTreeSet<BufId>, read: &mut BTreeSet<BufId>) {
+    fn walk(
+        prog: &TileProgram,
+        l: &Launch,
+        body: &[Stmt],
+        groups: &mut BTreeSet<BufId>,
+        read: &mut BTreeSet<BufId>,
+        sh: &mut Shields,
+    ) {
         // A region's window expressions (offset, row stride, slot) read what their scalar reads read.
         let window = |r: &Region, read: &mut BTreeSet<BufId>| {
             crate::forward::sexpr_reads(&r.offset, read);
@@ -1863,6 +1872,7 @@ pub fn dead_exp_stores(prog: &TileProgram, l: &Launch, body: &[Stmt], other: &[S
             let n = fusable_run(prog, l, &body[i..]);
             if n >= 2 {
                 crate::forward::reads_of(&body[i..i + n], read);
+                sh.written(&body[i..i + n]);
                 i += n;
                 continue;
             }
@@ -1873,8 +1883,9 @@ pub fn dead_exp_stores(prog: &TileProgram, l: &Launch, body: &[Stmt], other: &[S
                     }
                     Loc::Gm(_) => {}
                 }
-                // The `exp` statement reads what it reads (its own window too, if it computes in place).
-                crate::forward::reads_of(&body[i..i + 1], read);
+                // The `exp` statement reads what it reads (its own window too, if it computes in place:
+                // unless a plain statement overwrote that window last).
+                sh.reads(&body[i], read);
                 // The sum: its window expressions and sizes, and its destination if it accumulates.
                 crate::forward::region_sexpr_reads(&body[i + 1], read);
                 if g.sum.1 {
@@ -1888,6 +1899,8 @@ pub fn dead_exp_stores(prog: &TileProgram, l: &Launch, body: &[Stmt], other: &[S
                     crate::forward::region_sexpr_reads(cast, read);
                     window(g.dst, read);
                 }
+                // What the group writes (its `exp` rows among them) is no plain statement's any more.
+                sh.written(&body[i..i + g.len()]);
                 i += g.len();
                 continue;
             }
@@ -1895,22 +1908,175 @@ pub fn dead_exp_stores(prog: &TileProgram, l: &Launch, body: &[Stmt], other: &[S
                 Stmt::For { lo, hi, body: b, .. } => {
                     crate::forward::sexpr_reads(lo, read);
                     crate::forward::sexpr_reads(hi, read);
-                    walk(prog, l, b, groups, read);
+                    // The body runs again after itself and assigns its variable: nothing carries in or out.
+                    sh.clear();
+                    walk(prog, l, b, groups, read, &mut Shields::default());
                 }
                 Stmt::If { cond, then } => {
                     crate::forward::sexpr_reads(cond, read);
-                    walk(prog, l, then, groups, read);
+                    let mut inner = sh.enter(cond);
+                    walk(prog, l, then, groups, read, &mut inner);
+                    sh.leave(cond, then, inner);
                 }
-                s => crate::forward::reads_of(std::slice::from_ref(s), read),
+                s => {
+                    sh.reads(s, read);
+                    sh.written(std::slice::from_ref(s));
+                    if let Stmt::Vector { dst, rows, cols, .. } = s {
+                        sh.overwrite(dst, rows, cols);
+                    }
+                }
             }
             i += 1;
         }
     }
     let (mut groups, mut read) = (BTreeSet::new(), BTreeSet::new());
-    walk(prog, l, body, &mut groups, &mut read);
+    walk(prog, l, body, &mut groups, &mut read, &mut Shields::default());
     let partner = crate::forward::referenced(other);
     groups.retain(|b| !read.contains(b) && !partner.contains(b));
     groups
+}
+
+/// A window of a buffer that a plain vector statement (not an [`ExpGroup`]) wrote whole, at a point of
+/// [`dead_exp_stores`]' walk: its region and sizes as written, and `Some(c)` when it holds only where the
+/// branch condition `c` holds (the statement ran at the top level of an `if c` that ended since). A later
+/// statement that reads that buffer only through element reads of the same region over the same sizes reads
+/// what that statement wrote, not an `exp` group's row: its reads do not keep the groups' stores. A shield
+/// ends at any scalar assignment (the region's and sizes' registers, and `c`'s, keep their values while it
+/// lasts), at any other write of the buffer, and at a loop's boundary (a body runs after itself).
+#[derive(Clone, Default)]
+struct Shields(BTreeMap<BufId, Shield>);
+
+#[derive(Clone)]
+struct Shield {
+    region: Region,
+    rows: SExpr,
+    cols: SExpr,
+    cond: Option<SExpr>,
+}
+
+impl Shields {
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// After `stmts` ran: assignments end every shield, writes end their buffers'.
+    fn written(&mut self, stmts: &[Stmt]) {
+        if stmts.iter().any(has_set) {
+            self.0.clear();
+            return;
+        }
+        let (mut bufs, mut gm) = (BTreeSet::new(), BTreeSet::new());
+        for s in stmts {
+            crate::forward::writes(s, &mut bufs, &mut gm);
+        }
+        self.0.retain(|b, _| !bufs.contains(b));
+    }
+
+    /// A plain vector statement wrote `dst`'s window of `rows × cols` whole. A window whose expressions read
+    /// memory is no shield: the same expression may mean another window after a write that assigns nothing.
+    fn overwrite(&mut self, dst: &Region, rows: &SExpr, cols: &SExpr) {
+        if let Loc::Buf { buf, slot } = &dst.loc {
+            let mut mem = BTreeSet::new();
+            for e in [slot, &dst.offset, &dst.row_stride, rows, cols] {
+                crate::forward::sexpr_reads(e, &mut mem);
+            }
+            if mem.is_empty() {
+                let sh = Shield { region: dst.clone(), rows: rows.clone(), cols: cols.clone(), cond: None };
+                self.0.insert(*buf, sh);
+            }
+        }
+    }
+
+    /// The buffers `s` reads into `read`, but those whose every read in `s` is shielded.
+    fn reads(&self, s: &Stmt, read: &mut BTreeSet<BufId>) {
+        let mut here = BTreeSet::new();
+        crate::forward::reads_of(std::slice::from_ref(s), &mut here);
+        here.retain(|b| !self.covers(s, *b));
+        read.extend(here);
+    }
+
+    /// Whether every read of `b` in `s` reads the window of `b`'s unconditional shield.
+    fn covers(&self, s: &Stmt, b: BufId) -> bool {
+        let Some(sh) = self.0.get(&b).filter(|sh| sh.cond.is_none()) else { return false };
+        let mut scalar = BTreeSet::new();
+        crate::forward::region_sexpr_reads(s, &mut scalar);
+        if scalar.contains(&b) {
+            return false;
+        }
+        let same = |r: &Region, rows: &SExpr, cols: &SExpr| *r == sh.region && *rows == sh.rows && *cols == sh.cols;
+        match s {
+            Stmt::Vector { rows, cols, expr, .. } => vexpr_shielded(expr, b, &|r: &Region| same(r, rows, cols)),
+            Stmt::Reduce { src, dst, rows, cols, accumulate, .. } => {
+                let dst_read = *accumulate && matches!(dst.loc, Loc::Buf { buf, .. } if buf == b);
+                !dst_read && same(src, rows, cols)
+            }
+            _ => false,
+        }
+    }
+
+    /// The shields inside `if cond`: the unconditional ones, and those that hold where `cond` holds.
+    fn enter(&self, cond: &SExpr) -> Shields {
+        let mut inner = self.clone();
+        inner.0.retain(|_, sh| sh.cond.is_none() || sh.cond.as_ref() == Some(cond));
+        for sh in inner.0.values_mut() {
+            sh.cond = None;
+        }
+        inner
+    }
+
+    /// After `if cond { then }` (`inner`: the shields at the end of `then`): what the body may have assigned
+    /// or written ends the shields from before it; the body's unconditional shields hold after it where
+    /// `cond` holds (the body ran whole when it ran: `cond`'s registers are only assigned before them).
+    fn leave(&mut self, cond: &SExpr, then: &[Stmt], inner: Shields) {
+        self.written(then);
+        let mut cond_reads = BTreeSet::new();
+        crate::forward::sexpr_reads(cond, &mut cond_reads);
+        if !cond_reads.is_empty() {
+            // A condition that reads memory may change without an assignment.
+            return;
+        }
+        for (b, mut sh) in inner.0 {
+            if sh.cond.is_none() && !self.0.get(&b).is_some_and(|o| o.cond.is_none() && o.region == sh.region) {
+                sh.cond = Some(cond.clone());
+                self.0.insert(b, sh);
+            }
+        }
+    }
+}
+
+/// Whether `s` (loop and branch bodies included) assigns a scalar register.
+fn has_set(s: &Stmt) -> bool {
+    match s {
+        Stmt::Set { .. } => true,
+        Stmt::For { .. } => true,
+        Stmt::If { then, .. } => then.iter().any(has_set),
+        _ => false,
+    }
+}
+
+/// Whether every read of `b` in `e` is an element read of a region `ok` accepts (and `b` is in no scalar
+/// expression of `e`).
+fn vexpr_shielded(e: &VExpr, b: BufId, ok: &dyn Fn(&Region) -> bool) -> bool {
+    let scalar_free = |x: &SExpr| {
+        let mut r = BTreeSet::new();
+        crate::forward::sexpr_reads(x, &mut r);
+        !r.contains(&b)
+    };
+    match e {
+        VExpr::Read(r) | VExpr::ReadRow(r) | VExpr::ReadCol(r) => {
+            let mine = matches!(r.loc, Loc::Buf { buf, .. } if buf == b);
+            let slot_free = match &r.loc {
+                Loc::Buf { slot, .. } => scalar_free(slot),
+                Loc::Gm(_) => true,
+            };
+            scalar_free(&r.offset)
+                && scalar_free(&r.row_stride)
+                && slot_free
+                && (!mine || (matches!(e, VExpr::Read(_)) && ok(r)))
+        }
+        VExpr::Scalar(x) => scalar_free(x),
+        _ => e.children().into_iter().all(|c| vexpr_shielded(c, b, ok)),
+    }
 }
 
 /// `where(cond, t, fill)` as [`RowForm::Mask`]: `cond` is `a + c <= b` (`c + a`, or `c`), `a` and `b`
