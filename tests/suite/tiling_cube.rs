@@ -7,7 +7,7 @@ use kc_ir::dtype::DType;
 use kc_ir::passes::fuse::{fuse, FusionConfig, GroupKind};
 use kc_ir::passes::tile::{cube, group_order, plan_gm, vector};
 use kc_ir::target::Target;
-use kc_ir::tile::{TileProgram, Unit};
+use kc_ir::tile::{Launch, TileProgram, Unit};
 use kc_ir::Graph;
 
 /// Compiles a kernel given as source text ([`common::compile_ok_src`]).
@@ -457,6 +457,101 @@ kernel grams(x: bf16[M, N], y: bf16[M, N], w: bf16[N, M]) -> (a: bf16[M, M], c: 
             }
         }
     }
+}
+
+/// `s @ s` with `s` provably symmetric reads its `b` operand as the transpose of `s`'s rows on the host
+/// (`cube::symmetric_b`): the same values, and its windows are the ones the launch's blocks read as `a` from
+/// the same tensor, so the JIT flags its mmads as `x @ transpose(x)`'s (`kc_mmad`'s bit 4, with bits 1 to
+/// 3) and the routine packs each window once for both operands. Refused: `a @ y` and `y @ a` (one factor
+/// not `a`), `y @ y` (`y` not symmetric), and the NPU targets (no transposed `b` there). Results: the JIT's
+/// are the full, untransposed product's bit for bit (1 and 2 threads, partial blocks, one block), and the
+/// simulator and the JIT agree with the interpreter.
+#[test]
+fn host_squares_of_symmetric_values_share_their_packings() {
+    const SRC: &str = "
+kernel squares(x: bf16[M, N], y: bf16[M, M]) -> (b: bf16[M, M], e: bf16[M, M], c: bf16[M, M], f: bf16[M, M], d: bf16[M, M]) {
+    let a: bf16 = x @ transpose(x);
+    b = -4.7750 * a + 2.0315 * (a @ a);
+    e = a @ a;
+    c = a @ y;
+    f = y @ a;
+    d = y @ y;
+}
+";
+    let g = compile_src("squares", SRC);
+    let host = Target::builtin("host").expect("host target");
+    let mut full = host.clone();
+    full.symmetric_triangle = false;
+    // The launch that writes output `name`.
+    let launch_of = |tp: &TileProgram, name: &str| -> Launch {
+        let pat = format!("-> gm:{name}[");
+        let hits: Vec<&Launch> =
+            tp.launches.iter().filter(|l| kc_ir::tile::print::print_launch(tp, l).contains(&pat)).collect();
+        assert_eq!(hits.len(), 1, "one launch writes {name}");
+        hits[0].clone()
+    };
+    let flags_of = |tp: &TileProgram, name: &str| -> Vec<i64> {
+        let one = TileProgram { launches: vec![launch_of(tp, name)], ..tp.clone() };
+        let flags = mmad_flags(&one);
+        assert!(!flags.is_empty(), "{name}: no kc_mmad call found");
+        flags
+    };
+    for (m, n, seed) in [(300, 200, 1), (33, 70, 2), (128, 40, 3), (1, 17, 4)] {
+        let dims = [("M", m), ("N", n)];
+        let tp = check(&g, &dims, "host", seed);
+        for (name, shared) in [("b", true), ("e", true), ("a", true), ("c", false), ("f", false), ("d", false)] {
+            for f in flags_of(&tp, name) {
+                assert_eq!(f & 16 != 0, shared, "{name} ({m} x {n}): flags {f}");
+                if shared {
+                    assert_eq!(f & 30, 30, "{name}: bit 4 comes with bits 1 to 3");
+                } else {
+                    assert_eq!(f & 8, 0, "{name} ({m} x {n}): a plain b, flags {f}");
+                }
+            }
+        }
+        // Without the host's symmetric products, nothing is transposed.
+        let mut given = kc_ir::launch::Args::default();
+        given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let args = kc_runtime::random::random_args(&g, &given, seed).expect("random args");
+        let full_tp = tile(&g, &args, &full);
+        for name in ["b", "e"] {
+            assert!(flags_of(&full_tp, name).iter().all(|f| f & 24 == 0), "{name} without symmetric_triangle");
+        }
+        for name in ["b", "e"] {
+            assert!(column_loops(&launch_of(&tp, name)) > 0, "{name}: b transposed on the way to L0B");
+            assert_eq!(column_loops(&launch_of(&full_tp, name)), 0, "{name} without symmetric_triangle");
+        }
+        for name in ["c", "f", "d"] {
+            assert_eq!(column_loops(&launch_of(&tp, name)), 0, "{name}: a plain b");
+        }
+        for npu in ["ascend910b", "ascend950"] {
+            let tp = check(&g, &dims, npu, seed);
+            for name in ["b", "e"] {
+                assert_eq!(column_loops(&launch_of(&tp, name)), 0, "{npu}: {name} reads a plain b");
+            }
+        }
+        let opts = kc_codegen::Options { verify: true, ..Default::default() };
+        let code = kc_codegen::compile(&tp, &opts).expect("compiles");
+        let full_code = kc_codegen::compile(&full_tp, &opts).expect("compiles");
+        let (want, _) = full_code.run(&full_tp, &g, &args, 1, &Default::default()).expect("runs");
+        let interp = common::run(&g, &args);
+        for threads in [1, 2] {
+            let (got, _) = code.run(&tp, &g, &args, threads, &Default::default()).expect("runs");
+            for (((name, w), (_, j)), (_, i)) in want.iter().zip(&got).zip(&interp) {
+                common::assert_same_bits(&format!("{name} {dims:?} {threads} threads"), w, j);
+                crate::tiled::assert_matches_within(&format!("{name} {dims:?} {threads} threads"), j, i, 0.25);
+            }
+        }
+    }
+}
+
+/// The loops of MTE1 column copies in a launch's cube program (a transposed operand on its way to L0A / L0B).
+fn column_loops(l: &Launch) -> usize {
+    use kc_ir::tile::{Pipe, Stmt};
+    common::count_stmts(
+        &l.cube,
+        &|s| matches!(s, Stmt::For { body, .. } if matches!(body.as_slice(), [Stmt::Copy { pipe: Pipe::Mte1, .. }])),
+    )
 }
 
 /// A mixed matmul's workspace is unit-private (`TensorRole::Workspace`'s `unit_private`: the unit of cube

@@ -52,7 +52,8 @@
 //! out of L0C on the direct path (column `j` of the block becomes row `n0 + j` of the result; the same f32
 //! values converted alike, so the same bits as computing the mirrored block), MTE3 out of the stored
 //! member's UB tile on the mixed path. The mirrored block is the computed transpose bit for bit where the
-//! mmads sum the same products in the same k order for `(i, j)` and `(j, i)`, as the host's do.
+//! mmads sum the same products in the same k order for `(i, j)` and `(j, i)`, as the host's do. On such a
+//! target `s @ s` with `s` symmetric also reads its `b` as the transpose of `s`'s rows ([`symmetric_b`]).
 //!
 //! The workspace tensor is not in the [`GmPlan`] the caller passes: the launch refers to it as tensor
 //! `gm.tensors.len()`, and [`matmul_with_workspace`] returns the [`GmTensor`] to append there.
@@ -90,7 +91,7 @@ pub fn matmul_with_workspace(
     target: &Target,
     b: &Binding,
 ) -> Option<Result<(Launch, Option<GmTensor>), Diagnostic>> {
-    let plan = analyze(g, group, gm, b)?;
+    let plan = symmetric_b(analyze(g, group, gm, b)?, target);
     Some(tuned(g, group, name, gm, target, b, &plan).map(|(l, ws, _)| (l, ws)))
 }
 
@@ -103,7 +104,7 @@ pub fn matmul_tuned(
     target: &Target,
     b: &Binding,
 ) -> Option<Result<TunedLaunch, Diagnostic>> {
-    let plan = analyze(g, group, gm, b)?;
+    let plan = symmetric_b(analyze(g, group, gm, b)?, target);
     Some(tuned(g, group, name, gm, target, b, &plan))
 }
 
@@ -302,6 +303,24 @@ struct Plan {
     /// ([`crate::passes::symmetry`]): on a target with `symmetric_triangle`, square base blocks, the blocks on
     /// and above the diagonal computed and each off-diagonal one also written transposed (see [`build`]).
     symmetric: bool,
+    /// Whether the product is `s @ s` with `s` provably symmetric (both factors loads of the same value at
+    /// `[.., i, k]` and `[.., k, j]`): `b`'s window `s[k0.., n0..]` is then, element by element, the transpose
+    /// of the rows `s[n0.., k0..]`, the window a block of row `n0` reads as its `a` (see [`symmetric_b`]).
+    square_of_symmetric: bool,
+}
+
+/// On a target with `symmetric_triangle` (the host), `s @ s` with `s` symmetric reads its `b` operand as the
+/// transpose of `s`'s rows (`s[n0.., k0..]`, the same values bit for bit: `s[k, j] == s[j, k]`, which the
+/// symmetry proof guarantees in every executor, up to NaN payloads), so that, like `x @ transpose(x)`'s, its
+/// `b` windows are the windows other blocks read as `a` from the same tensor: the host JIT flags such an mmad
+/// (`kc_mmad`'s bit 4) and the routine packs each window of `s` once for both operands. The products and
+/// their order are unchanged, so are the results. The NPU targets keep the plain `b` (a transposed operand
+/// costs them an MTE1 transpose, and they share no packing).
+fn symmetric_b(mut p: Plan, target: &Target) -> Plan {
+    if target.symmetric_triangle && p.square_of_symmetric && !p.a.transposed && !p.b.transposed {
+        p.b.transposed = true;
+    }
+    p
 }
 
 /// Whether `idx` is exactly the variables `want`, in order.
@@ -358,9 +377,21 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
             None
         }
     };
-    let (a, bo) = match (operand(x, nb), operand(y, nb + 1)) {
-        (Some(a), Some(bo)) => (a, bo),
-        _ => (operand(y, nb)?, operand(x, nb + 1)?),
+    let ((a, bo), (a_src, b_src)) = match (operand(x, nb), operand(y, nb + 1)) {
+        (Some(a), Some(bo)) => ((a, bo), (x, y)),
+        _ => ((operand(y, nb)?, operand(x, nb + 1)?), (y, x)),
+    };
+    // `s @ s`: both factors the same value, `[.., i, k]` and `[.., k, j]`, square (`k == n`) and symmetric.
+    let square_of_symmetric = match (&a_src.kind, &b_src.kind) {
+        (ExprKind::Load { src: sa, .. }, ExprKind::Load { src: sb, .. }) => {
+            sa == sb
+                && a.tensor == bo.tensor
+                && !a.transposed
+                && !bo.transposed
+                && k == n
+                && crate::passes::symmetry::is_symmetric(g, *sb)
+        }
+        _ => false,
     };
     let (da, db) = (gm.tensors.get(a.tensor.0 as usize)?.dtype, gm.tensors.get(bo.tensor.0 as usize)?.dtype);
     if da != db || !matches!(da, DType::BF16 | DType::F16) || k < 1 {
@@ -453,6 +484,7 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
         direct,
         ext,
         symmetric,
+        square_of_symmetric,
     })
 }
 
