@@ -169,7 +169,7 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
                 None => c.program.kernels.iter().collect(),
             };
             let dims = dim_map(&a.dims)?;
-            for (name, _) in &dims {
+            for name in dims.keys() {
                 if !graphs.iter().any(|g| knows_dim(g, name)) {
                     return Err(Failure::Message(format!(
                         "--dims gives `{name}`, which no kernel built here has; their dims: {}",

@@ -1231,7 +1231,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     SBin::Le => self.cmp(IntCC::SignedLessThanOrEqual, a, b),
                     SBin::Eq => self.cmp(IntCC::Equal, a, b),
                     SBin::Div | SBin::Mod => {
-                        if let SExpr::Const(c) = **e_rhs(e) {
+                        if let SExpr::Const(c) = *e_rhs(e) {
                             if c > 0 {
                                 return Ok(self.floor_divmod_pos(a, b, *op == SBin::Div));
                             }
@@ -1477,7 +1477,7 @@ fn step_of(e: &SExpr, v: SVar) -> Option<i64> {
 }
 
 /// The right operand of a binary scalar expression.
-fn e_rhs(e: &SExpr) -> &Box<SExpr> {
+fn e_rhs(e: &SExpr) -> &SExpr {
     match e {
         SExpr::Bin(_, _, b) => b,
         _ => unreachable!("e_rhs of a non-binary expression"),
@@ -2255,6 +2255,7 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
 ///   updated in place, `kc_runtime::inplace`), every access of the run to such tensors is an
 ///   element-by-element access of the same window (offset and row stride): only accesses at the same element
 ///   keep the unfused order of each element.
+///
 /// 0 or 1: no fusion. At most [`MAX_FUSED`] statements (the check is quadratic in the run, and a long run
 /// keeps many values alive at once).
 fn fusable_run(prog: &TileProgram, l: &Launch, body: &[Stmt]) -> usize {
@@ -2653,6 +2654,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
 
     /// A vector statement of a [`RowForm`], one host call per row (16 lanes at a time, the bits of the inline
     /// code); with `sum`, the sum of each row of the destination into that window too ([`Gen::exp_sum`]).
+    #[allow(clippy::too_many_arguments)]
     fn row_routine(
         &mut self,
         dst: &'p Region,

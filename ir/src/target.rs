@@ -243,7 +243,7 @@ impl Target {
         if self.cube_cores == 0 || self.vector_cores == 0 {
             bad("cube_cores".into(), "a target needs at least one cube core and one vector core".into());
         }
-        if self.vector_cores % self.cube_cores.max(1) != 0 {
+        if !self.vector_cores.is_multiple_of(self.cube_cores.max(1)) {
             bad(
                 "vector_cores".into(),
                 format!("{} vector cores do not divide evenly among {} cube cores", self.vector_cores, self.cube_cores),

@@ -355,6 +355,9 @@ pub(crate) trait ProgramWalk {
     }
 }
 
+/// Known 32-bit words of buffers, per (buffer, slot) ([`Regs::mem`]).
+pub(crate) type KnownWords = BTreeMap<(u32, i64), Vec<Option<i32>>>;
+
 /// A core's scalar registers during a walk of its compiled program, and scalar expressions over them as
 /// the compiled code computes them. A scalar read of data is followed only where the walk knows the
 /// element ([`Regs::mem`]: [`crate::reuse`]'s walk with the call's data); otherwise it stops the walk.
@@ -362,7 +365,7 @@ pub(crate) struct Regs {
     pub(crate) vals: Vec<i64>,
     /// Known elements of the buffers the control reads, per (buffer, slot): their 32-bit words as the
     /// scalar unit loads them. `None`: nothing is known (every scalar read stops the walk).
-    pub(crate) mem: Option<BTreeMap<(u32, i64), Vec<Option<i32>>>>,
+    pub(crate) mem: Option<KnownWords>,
 }
 
 impl Regs {

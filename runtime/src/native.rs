@@ -1308,6 +1308,7 @@ pub enum Mode {
 /// no tensor is allocated for their results. The plan proves that such a run cannot fail once it has
 /// started (every check that could fail is made before the first launch), so a failure still leaves the
 /// arguments as they were. Otherwise the program runs on copies and its results are moved into `args`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_in_place(
     prog: &TileProgram,
     graph: &Graph,
@@ -1477,7 +1478,7 @@ struct Unit {
 
 fn units(l: &Launch) -> Vec<Unit> {
     let (c, v) = (l.cube_cores, l.vector_cores);
-    let ratio = if c == 0 { 0 } else { v / c };
+    let ratio = v.checked_div(c).unwrap_or(0);
     let mut out = Vec::new();
     let mut grouped = 0;
     for i in 0..c {
@@ -1713,6 +1714,7 @@ fn run_unit(
     poison: bool,
 ) -> Result<(Vec<CoreFailure>, u32), String> {
     // The members: (kind 0 cube / 1 vector, core index, function, buffer offsets, bytes).
+    #[allow(clippy::type_complexity)]
     let mut members: Vec<(u8, u32, Option<CoreFn>, &[Option<usize>], usize)> = Vec::new();
     let mut layouts: Vec<&Layout> = Vec::new();
     if let Some(c) = unit.cube {

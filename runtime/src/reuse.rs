@@ -306,7 +306,7 @@ fn walk<'p>(
         w.zero = vec![false; l.buffers.len()];
         w.streams.clear();
         let (cubes, vecs) = (l.cube_cores as usize, l.vector_cores as usize);
-        let ratio = if cubes == 0 { 0 } else { vecs / cubes };
+        let ratio = vecs.checked_div(cubes).unwrap_or(0);
         for (body, cores, cube) in [(c.cube, cubes, true), (c.vector, vecs, false)] {
             if body.is_empty() {
                 continue;
@@ -485,6 +485,7 @@ impl Walk<'_> {
 
     /// After a copy of `rows × cols` from GM tensor `t` (`src`) into a buffer the control reads (`dst`):
     /// the elements copied are known when `t` is one of the call's data tensors, of the buffer's dtype.
+    #[allow(clippy::too_many_arguments)]
     fn fill(
         &mut self,
         l: &Launch,

@@ -279,7 +279,7 @@ fn run_launch(
     // `vector_cores / cube_cores` was hoisted above its guard by rustc 1.95's release build (LLVM) and a
     // vector-only launch (cube_cores == 0) died of SIGFPE.
     let cube = std::hint::black_box(l.cube_cores);
-    let ratio = if cube == 0 { 0 } else { l.vector_cores / cube };
+    let ratio = l.vector_cores.checked_div(cube).unwrap_or(0);
     let ctx = Ctx { graph, prog, launch: l, cube_cores: l.cube_cores, vector_cores: l.vector_cores, ratio };
     let mut stats = LaunchStats { name: l.name.clone(), ..LaunchStats::default() };
     let mut cores: Vec<Core<'_>> = Vec::new();

@@ -231,7 +231,7 @@ pub fn check(
             // Both thread counts on the host; one, alternating with the seed, on the Ascend targets.
             let threads: &[usize] = if t == "host" {
                 &[1, 2]
-            } else if seed % 2 == 0 {
+            } else if seed.is_multiple_of(2) {
                 &[2]
             } else {
                 &[1]

@@ -989,6 +989,7 @@ impl Lowerer<'_> {
     }
 
     /// Checks a value against a storage type; converts i32 to float storage.
+    #[allow(clippy::wrong_self_convention)] // `self` is the lowering context, not the value converted
     fn to_storage(
         &mut self,
         tv: super::TVal,
@@ -1467,7 +1468,7 @@ impl Lowerer<'_> {
         a: super::TVal,
         span: Span,
     ) -> Option<super::TVal> {
-        let Some(dtype) = self.elem_type(&ty.elem) else { return None };
+        let dtype = self.elem_type(&ty.elem)?;
         let ok_ty = a.ty() == dtype.compute() || (a.ty() == ScalarTy::I32 && dtype.is_float());
         if !ok_ty {
             self.err(
@@ -1504,7 +1505,7 @@ impl Lowerer<'_> {
                     continue;
                 }
             }
-            let Some(want) = self.dim_of(d, None, false) else { return None };
+            let want = self.dim_of(d, None, false)?;
             let want = self.norm(&want);
             if self.dims_equal(&want, actual) == Some(false) {
                 self.err(

@@ -214,10 +214,8 @@ pub fn contraction(g: &Graph, v: ValueId) -> Option<Contraction> {
             let ax = axes_of(f);
             if b_axes.is_empty() && ax.iter().any(|x| !a_axes.contains(x))
                 || !b_axes.is_empty() && ax.iter().any(|x| b_axes.contains(x) && !a_axes.contains(x))
+                || b_axes.is_empty() && a_axes.iter().any(|x| !ax.contains(x))
             {
-                b_axes.extend(ax);
-                b_k.extend(k_of(f));
-            } else if b_axes.is_empty() && a_axes.iter().any(|x| !ax.contains(x)) {
                 b_axes.extend(ax);
                 b_k.extend(k_of(f));
             } else {
@@ -619,9 +617,9 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
     }
     // Rule 4: copies are inlined into their consumers (unless a result, hinted, or already grouped).
     let mut inlined: BTreeSet<ValueId> = BTreeSet::new();
-    for i in 0..n {
+    for (i, grp) in group_of.iter().enumerate().take(n) {
         let v = ValueId(i as u32);
-        if group_of[i].is_none() && is_copy(g, v) && !results.contains(&v) && !hinted(v) {
+        if grp.is_none() && is_copy(g, v) && !results.contains(&v) && !hinted(v) {
             inlined.insert(v);
         }
     }
@@ -711,9 +709,9 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
             parent[pr] = cr;
         }
     }
-    for i in 0..n {
-        if let Some(gid) = group_of[i] {
-            group_of[i] = Some(root(&mut parent, gid));
+    for slot in group_of.iter_mut().take(n) {
+        if let Some(gid) = *slot {
+            *slot = Some(root(&mut parent, gid));
         }
     }
     // Drop the emptied groups, renumbering in order of first member.
@@ -737,9 +735,8 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
                     inputs.push(o);
                 }
             }
-            let read_outside = cons[m.index()]
-                .iter()
-                .any(|c| reader_group(g, *c, &group_of, &inlined, &cons).iter().any(|x| *x != gid));
+            let read_outside =
+                cons[m.index()].iter().any(|c| reader_group(*c, &group_of, &inlined, &cons).iter().any(|x| *x != gid));
             if results.contains(m) || read_outside {
                 stored.push(*m);
             }
@@ -879,14 +876,13 @@ fn sources(g: &Graph, v: ValueId, inlined: &BTreeSet<ValueId>) -> Vec<ValueId> {
 
 /// The groups that read a value through a consumer (an inlined copy counts as its consumers' groups).
 fn reader_group(
-    g: &Graph,
     c: ValueId,
     group_of: &[Option<usize>],
     inlined: &BTreeSet<ValueId>,
     cons: &[Vec<ValueId>],
 ) -> Vec<usize> {
     if inlined.contains(&c) {
-        cons[c.index()].iter().flat_map(|x| reader_group(g, *x, group_of, inlined, cons)).collect()
+        cons[c.index()].iter().flat_map(|x| reader_group(*x, group_of, inlined, cons)).collect()
     } else {
         group_of[c.index()].into_iter().collect()
     }

@@ -1880,7 +1880,7 @@ mod amx {
     /// Whether [`mmad`] reads a bf16 `a` of depth `k` and row stride `lda` (elements) in place instead of
     /// packing it: `k` a multiple of 32 and rows at most [`A_IN_PLACE_STRIDE`] bytes apart.
     fn reads_a_in_place(k: usize, lda: usize) -> bool {
-        k % 32 == 0 && lda * 2 <= A_IN_PLACE_STRIDE
+        k.is_multiple_of(32) && lda * 2 <= A_IN_PLACE_STRIDE
     }
 
     /// The AMX path (bf16 × bf16).

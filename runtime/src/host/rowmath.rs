@@ -1080,7 +1080,7 @@ mod wide {
             let sv = _mm512_set1_ps(s);
             let rv = _mm512_set1_ps(1.0 / s);
             let mut i = 0;
-            while i < n && (dst as usize + i * size) % 64 != 0 {
+            while i < n && !(dst as usize + i * size).is_multiple_of(64) {
                 one::<SBF, DBF>(dst, src, op, s, i);
                 i += 1;
             }

@@ -603,6 +603,7 @@ pub fn fuse_and_tile(
 }
 
 /// [`tile_tuned`]; a failure says which group no template took, if that is what failed.
+#[allow(clippy::result_large_err)] // built once per failed tiling, never in a loop
 fn tile_or_fail(
     g: &Graph,
     f: &Fusion,

@@ -171,7 +171,7 @@ impl Red {
     /// straight into its accumulator (`acc = acc + body`, or max/min: one elementwise pass, the reduction's
     /// order and NaN rules), others reduce the temporary unless the body is direct.
     fn needs_tmp(&self) -> bool {
-        !self.direct && !(self.looped.is_some() && self.dtype == DType::F32)
+        !(self.direct || self.looped.is_some() && self.dtype == DType::F32)
     }
 }
 
