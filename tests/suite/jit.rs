@@ -87,6 +87,26 @@ fn jit_matches_interpreter_on_the_fixtures() {
     assert!(ran >= 15, "only {ran} fixture kernels ran under the JIT");
 }
 
+/// `tp` compiled once and run on 1 and 2 threads: each thread count with its results (`at` names the case
+/// in a failure).
+fn jit_on_1_and_2_threads(
+    g: &kc_ir::Graph,
+    tp: &kc_ir::tile::TileProgram,
+    args: &Args,
+    at: &str,
+) -> Vec<(usize, kc_runtime::gm::Results)> {
+    let compiled = kc_codegen::compile(tp, &opts()).unwrap_or_else(|e| panic!("{} at {at}: {e:?}", g.name));
+    [1, 2]
+        .into_iter()
+        .map(|threads| {
+            let (got, _) = compiled
+                .run(tp, g, args, threads, &Limits::default())
+                .unwrap_or_else(|e| panic!("{} at {at}, {threads} threads: {e:?}", g.name));
+            (threads, got)
+        })
+        .collect()
+}
+
 fn jit_run(g: &kc_ir::Graph, tp: &kc_ir::tile::TileProgram, args: &Args) -> Result<(), Vec<kc_ir::Diagnostic>> {
     let compiled = kc_codegen::compile(tp, &opts()).expect("compiles");
     compiled.run(tp, g, args, 2, &Limits::default()).map(|_| ())
@@ -538,12 +558,7 @@ fn jit_row_routines_match_interpreter() {
             }
             let want = common::run(g, &args);
             let (_, tp, _) = tile_at(g, &dims, &target);
-            let compiled =
-                kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("{} at {dims:?}: {e:?}", g.name));
-            for threads in [1, 2] {
-                let (got, _) = compiled
-                    .run(&tp, g, &args, threads, &Limits::default())
-                    .unwrap_or_else(|e| panic!("{} at {dims:?}, {threads} threads: {e:?}", g.name));
+            for (threads, got) in jit_on_1_and_2_threads(g, &tp, &args, &format!("{dims:?}")) {
                 for ((n, a), (_, b)) in got.iter().zip(&want) {
                     assert_matches_within(&format!("{}.{n} at {dims:?}, {threads} threads", g.name), a, b, 0.25);
                 }
@@ -716,12 +731,7 @@ fn jit_mixed_epilogue_is_the_interpreters_bits() {
                 "{} at {dims:?}: no mixed launch",
                 g.name
             );
-            let compiled =
-                kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("{} at {dims:?}: {e:?}", g.name));
-            for threads in [1, 2] {
-                let (got, _) = compiled
-                    .run(&tp, g, &args, threads, &Limits::default())
-                    .unwrap_or_else(|e| panic!("{} at {dims:?}, {threads} threads: {e:?}", g.name));
+            for (threads, got) in jit_on_1_and_2_threads(g, &tp, &args, &format!("{dims:?}")) {
                 for ((n, w), (_, j)) in want.iter().zip(&got) {
                     common::assert_same_bits(&format!("{}.{n} at {dims:?}, {threads} threads", g.name), w, j);
                 }

@@ -2494,35 +2494,8 @@ mod tests {
         ] {
             let x: Vec<u16> =
                 (0..rows * ld).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect();
-            let call = |i0: usize, j0: usize, bits: i64| -> Vec<f32> {
-                let (m, n) = ((rows - i0).min(blk), (rows - j0).min(blk));
-                let mut c = vec![0f32; m * n];
-                let mut k0 = 0;
-                while k0 < k {
-                    let kl = (k - k0).min(kw);
-                    let acc = i64::from(k0 > 0);
-                    // SAFETY: rows `i0..i0 + m` and `j0..j0 + n`, columns `k0..k0 + kl` of `x` lie inside it
-                    // (`k ≤ ld`); `c` is the vector's own.
-                    unsafe {
-                        kc_mmad(
-                            x.as_ptr().add(i0 * ld + k0).cast(),
-                            1,
-                            ld as i64,
-                            x.as_ptr().add(j0 * ld + k0).cast(),
-                            1,
-                            ld as i64,
-                            c.as_mut_ptr(),
-                            n as i64,
-                            m as i64,
-                            kl as i64,
-                            n as i64,
-                            bits | acc,
-                        )
-                    };
-                    k0 += kl;
-                }
-                c
-            };
+            // `square_call` flags the transposed `b` (bit 3) itself.
+            let call = |i0: usize, j0: usize, bits: i64| square_call(&x, ld, rows, k, (i0, j0), blk, kw, true, bits);
             clear_b_cache();
             let mut i0 = 0;
             while i0 < rows {
