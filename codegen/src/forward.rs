@@ -44,7 +44,9 @@
 //!    Results of several buffers copied into one tensor go together when their windows are provably apart
 //!    (`disjoint_windows`: the backward's two score blocks in one workspace). The accumulating mmads may sit
 //!    in a loop of k steps between the first and the copy (the grouped matmul's item on the host: both
-//!    matmuls' chains in one loop, into one workspace).
+//!    matmuls' chains in one loop, into one workspace), and the whole chain in the matmul template's nest
+//!    of k steps when its first iteration provably starts with the `=` mmad (`first_link`: a mixed
+//!    launch's workspace, Muon's `b·x`; an f32 result).
 //! 6. A buffer whose every read was forwarded is no longer read: the copies into it are dropped.
 //! 7. A copy whose window a later copy in the same statement list overwrites exactly (same region and
 //!    sizes, as written) before anything reads the buffer or assigns a register of the window is dropped
@@ -1676,7 +1678,7 @@ where
 /// that reads or writes `y`, writes the copy's GM tensor, assigns a register of the windows or sizes, or
 /// (for a tensor of `no_wait`, one the partner program reads) waits on a cross-core flag. Returns the
 /// start and the positions of the chain's mmads (index in the list, index in the `If` or `For` body or `None`).
-fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -> Option<Vec<(usize, Option<usize>)>> {
+fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -> Option<Vec<Vec<usize>>> {
     let Stmt::Copy { src, dst, rows, cols, .. } = &body[j] else { return None };
     let Loc::Gm(g) = &dst.loc else { return None };
     if buf_of(src) != Some(y) {
@@ -1728,27 +1730,30 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
             || matches!(&a.loc, Loc::Gm(t) if t == g)
             || matches!(&b.loc, Loc::Gm(t) if t == g)
     };
+    // A starting mmad whose own operands and sizes leave the buffer and the tensor alone.
+    let starts_ok = |s: &Stmt| {
+        let mut r = BTreeSet::new();
+        region_sexpr_reads(s, &mut r);
+        let mut gr = BTreeSet::new();
+        gm_reads(std::slice::from_ref(s), &mut gr);
+        let Stmt::Mmad { a, b, .. } = s else { return false };
+        !(r.contains(&y) || gr.contains(g) || buf_of(a) == Some(y) || buf_of(b) == Some(y))
+    };
     let mut chain = Vec::new();
     for i in (0..j).rev() {
         let s = &body[i];
         if into_w(s, false) {
-            // The mmad's own operands and sizes must not read the buffer or the tensor either.
-            let mut r = BTreeSet::new();
-            region_sexpr_reads(s, &mut r);
-            let mut gr = BTreeSet::new();
-            gm_reads(std::slice::from_ref(s), &mut gr);
-            let Stmt::Mmad { a, b, .. } = s else { return None };
-            if r.contains(&y) || gr.contains(g) || buf_of(a) == Some(y) || buf_of(b) == Some(y) {
+            if !starts_ok(s) {
                 return None;
             }
-            chain.push((i, None));
+            chain.push(vec![i]);
             return Some(chain);
         }
         if into_w(s, true) {
             if reads_itself(s) {
                 return None;
             }
-            chain.push((i, None));
+            chain.push(vec![i]);
             continue;
         }
         if let Stmt::If { cond, then } = s {
@@ -1763,7 +1768,7 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
                     if reads_itself(t) {
                         return None;
                     }
-                    inner.push((i, Some(k)));
+                    inner.push(vec![i, k]);
                 } else if disturbs(t) {
                     return None;
                 }
@@ -1781,8 +1786,43 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
                 if vars.contains(var) || r.contains(&y) {
                     return None;
                 }
-                chain.extend(inner.into_iter().map(|k| (i, Some(k))));
+                chain.extend(inner.into_iter().map(|k| vec![i, k]));
                 continue;
+            }
+            // A nest of k-step loops (the matmul template's `for k0 { for k2 { if k0 + k2 == 0 { W = a·b }
+            // if 0 < k0 + k2 { W += a·b } } }`): its links at any depth; with the chain's start among them
+            // when the nest's first mmad into `W` is provably that start (`first_link`).
+            let starts = |t: &Stmt| starts_ok(t);
+            let links = Links {
+                into_w: &into_w,
+                reads_itself: &reads_itself,
+                starts: &starts,
+                disturbs: &disturbs,
+                vars: &vars,
+                y,
+            };
+            if let Some((inner, start)) = nest_links(s, &links) {
+                if !inner.is_empty() {
+                    chain.extend(inner.into_iter().map(|mut p| {
+                        p.insert(0, i);
+                        p
+                    }));
+                    if !start {
+                        continue;
+                    }
+                    let is_link = |t: &Stmt| {
+                        if into_w(t, false) {
+                            Some(false)
+                        } else if into_w(t, true) {
+                            Some(true)
+                        } else {
+                            None
+                        }
+                    };
+                    let mut env = std::collections::BTreeMap::new();
+                    return matches!(first_link(std::slice::from_ref(s), &mut env, &is_link), First::Start)
+                        .then_some(chain);
+                }
             }
         }
         if disturbs(s) {
@@ -1790,6 +1830,178 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
         }
     }
     None
+}
+
+/// What [`nest_links`] checks a nest's statements with (the closures of [`mmad_chain`]).
+struct Links<'c> {
+    /// `s` is an mmad into the chain's window (`true`: accumulating).
+    into_w: &'c dyn Fn(&Stmt, bool) -> bool,
+    /// An accumulating link whose operands or sizes read the buffer or the tensor.
+    reads_itself: &'c dyn Fn(&Stmt) -> bool,
+    /// A starting link (`W = a·b`) whose operands and sizes leave the buffer and the tensor alone.
+    starts: &'c dyn Fn(&Stmt) -> bool,
+    /// `s` touches what the chain needs unchanged.
+    disturbs: &'c dyn Fn(&Stmt) -> bool,
+    /// The registers of the copy's windows and sizes.
+    vars: &'c BTreeSet<SVar>,
+    y: BufId,
+}
+
+/// The links of an mmad chain (see [`mmad_chain`]) in the loop or branch `s` at any depth: their paths from
+/// `s` (indices into the bodies) and whether one of them is a starting mmad (`W = a·b`). `None` when another
+/// statement of `s` disturbs the chain, a link reads the buffer or the tensor itself, a loop's variable is
+/// one of the window's registers, or a loop's bounds or a branch's condition read the buffer.
+fn nest_links(s: &Stmt, l: &Links<'_>) -> Option<(Vec<Vec<usize>>, bool)> {
+    let body = match s {
+        Stmt::For { var, lo, hi, body, .. } => {
+            let mut r = BTreeSet::new();
+            sexpr_reads(lo, &mut r);
+            sexpr_reads(hi, &mut r);
+            if l.vars.contains(var) || r.contains(&l.y) {
+                return None;
+            }
+            body
+        }
+        Stmt::If { cond, then } => {
+            let mut r = BTreeSet::new();
+            sexpr_reads(cond, &mut r);
+            if r.contains(&l.y) {
+                return None;
+            }
+            then
+        }
+        _ => return None,
+    };
+    let (mut links, mut start) = (Vec::new(), false);
+    for (k, t) in body.iter().enumerate() {
+        if (l.into_w)(t, true) {
+            if (l.reads_itself)(t) {
+                return None;
+            }
+            links.push(vec![k]);
+            continue;
+        }
+        if (l.into_w)(t, false) {
+            if !(l.starts)(t) {
+                return None;
+            }
+            links.push(vec![k]);
+            start = true;
+            continue;
+        }
+        if matches!(t, Stmt::For { .. } | Stmt::If { .. }) {
+            let (inner, st) = nest_links(t, l)?;
+            if !inner.is_empty() {
+                links.extend(inner.into_iter().map(|mut p| {
+                    p.insert(0, k);
+                    p
+                }));
+                start |= st;
+                continue;
+            }
+        }
+        if (l.disturbs)(t) {
+            return None;
+        }
+    }
+    Some((links, start))
+}
+
+/// Where walking the first iteration of a nest (see [`first_link`]) got to.
+#[derive(Debug, PartialEq)]
+enum First {
+    /// A starting link (`W = a·b`) that surely runs, before any other link.
+    Start,
+    /// The statements ran to their end with no link run.
+    Nothing,
+    /// An accumulating link may run first, or what runs is not known.
+    Unknown,
+}
+
+/// Walks `body` as it runs from its start, with the registers `env` knows (constants and loop variables set
+/// on the way; every other register unknown), until the first link (`is_link`: `Some(accumulate)`) of an
+/// mmad chain: `Start` when that is a starting link that surely runs and no link runs before it. Branches
+/// and loops holding links must have conditions and bounds the walk evaluates; a loop holding links that
+/// runs must reach the start in its first iteration. So in the matmul template's nest, with `k0` and `k2`
+/// starting at 0 and the inner bound `min(bk, k - k0)` evaluated at `k0 = 0`, the first mmad run is `if k0
+/// + k2 == 0 { W = a·b }`, whatever the later iterations do.
+fn first_link(
+    body: &[Stmt],
+    env: &mut std::collections::BTreeMap<SVar, i64>,
+    is_link: &dyn Fn(&Stmt) -> Option<bool>,
+) -> First {
+    let holds = |s: &Stmt| count(std::slice::from_ref(s), &|t| is_link(t).is_some()) > 0;
+    let forget = |s: &Stmt, env: &mut std::collections::BTreeMap<SVar, i64>| {
+        let mut set = BTreeSet::new();
+        sets(s, &mut set);
+        env.retain(|v, _| !set.contains(v));
+    };
+    for s in body {
+        if let Some(acc) = is_link(s) {
+            return if acc { First::Unknown } else { First::Start };
+        }
+        match s {
+            Stmt::Set { var, value } => match eval_known(value, env) {
+                Some(x) => {
+                    env.insert(*var, x);
+                }
+                None => {
+                    env.remove(var);
+                }
+            },
+            Stmt::If { cond, then } if holds(s) => match eval_known(cond, env) {
+                Some(0) => {}
+                Some(_) => match first_link(then, env, is_link) {
+                    First::Nothing => {}
+                    f => return f,
+                },
+                None => return First::Unknown,
+            },
+            Stmt::For { var, lo, hi, body: inner, .. } if holds(s) => {
+                match (eval_known(lo, env), eval_known(hi, env)) {
+                    (Some(lo), Some(hi)) if lo < hi => {
+                        env.insert(*var, lo);
+                        return match first_link(inner, env, is_link) {
+                            First::Start => First::Start,
+                            _ => First::Unknown,
+                        };
+                    }
+                    // A loop that does not run.
+                    (Some(_), Some(_)) => forget(s, env),
+                    _ => return First::Unknown,
+                }
+            }
+            _ => forget(s, env),
+        }
+    }
+    First::Nothing
+}
+
+/// The value of `e` from the registers `env` knows (`None`: it reads another register, a buffer or the core
+/// index, divides by 0 or overflows).
+fn eval_known(e: &SExpr, env: &std::collections::BTreeMap<SVar, i64>) -> Option<i64> {
+    match e {
+        SExpr::Const(c) => Some(*c),
+        SExpr::Var(v) => env.get(v).copied(),
+        SExpr::Core | SExpr::Read { .. } => None,
+        SExpr::Bin(op, a, b) => {
+            let (a, b) = (eval_known(a, env)?, eval_known(b, env)?);
+            match op {
+                SBin::Add => a.checked_add(b),
+                SBin::Sub => a.checked_sub(b),
+                SBin::Mul => a.checked_mul(b),
+                SBin::Div | SBin::Mod if b == 0 => None,
+                // `i64::MIN / -1` overflows.
+                SBin::Div => a.checked_div(b).map(|_| kc_ir::ops::floor_div(a, b)),
+                SBin::Mod => a.checked_rem(b).map(|_| kc_ir::ops::floor_mod(a, b)),
+                SBin::Min => Some(a.min(b)),
+                SBin::Max => Some(a.max(b)),
+                SBin::Lt => Some(i64::from(a < b)),
+                SBin::Le => Some(i64::from(a <= b)),
+                SBin::Eq => Some(i64::from(a == b)),
+            }
+        }
+    }
 }
 
 /// The positions of the chain's accumulating mmads at the top level of a loop body (see [`mmad_chain`]):
@@ -1815,6 +2027,19 @@ fn loop_links(
     (!links.is_empty()).then_some(links)
 }
 
+/// The statement at `path` (an index into `body`, then into the loop or branch bodies below it).
+fn at_path<'s>(body: &'s mut [Stmt], path: &[usize]) -> Option<&'s mut Stmt> {
+    let (&first, rest) = path.split_first()?;
+    let s = body.get_mut(first)?;
+    if rest.is_empty() {
+        return Some(s);
+    }
+    match s {
+        Stmt::If { then: b, .. } | Stmt::For { body: b, .. } => at_path(b, rest),
+        _ => None,
+    }
+}
+
 /// Makes every mmad chain of `y` (see [`mmad_chain`]) accumulate in the copy's GM window and drops the copies.
 fn mmad_direct(body: &mut Vec<Stmt>, y: BufId, no_wait: &BTreeSet<TensorId>) {
     for s in body.iter_mut() {
@@ -1827,15 +2052,8 @@ fn mmad_direct(body: &mut Vec<Stmt>, y: BufId, no_wait: &BTreeSet<TensorId>) {
         let Some(chain) = mmad_chain(body, j, y, no_wait) else { continue };
         let Stmt::Copy { dst: g, .. } = &body[j] else { continue };
         let g = g.clone();
-        for (i, k) in chain {
-            let s = match k {
-                None => &mut body[i],
-                Some(k) => match &mut body[i] {
-                    Stmt::If { then: b, .. } | Stmt::For { body: b, .. } => &mut b[k],
-                    _ => continue,
-                },
-            };
-            if let Stmt::Mmad { c, .. } = s {
+        for path in chain {
+            if let Some(Stmt::Mmad { c, .. }) = at_path(body, &path) {
                 *c = g.clone();
             }
         }
@@ -3280,6 +3498,115 @@ mod tests {
         });
         let out = forward(&p, &l, &l.cube);
         assert_eq!(fix(&out), 1, "{out:#?}");
+    }
+
+    /// The matmul template's nest of k steps, `for k0 in lo..hi step 16 { klen1 = min(16, 40 - k0); for k2 in
+    /// 0..klen1 step 8 { if k0 + k2 == 0 { W = x·x } if 0 < k0 + k2 { W += x·x } } }`, before the copy of `W`
+    /// to y: the whole chain accumulates in GM when the nest's first mmad surely is the `=` one (the walk of
+    /// its first iteration), not when an accumulating one may come first, when the nest may not run, when a
+    /// condition or bound the walk needs is unknown, or when the nest disturbs the chain.
+    #[test]
+    fn matmul_nests_accumulate_in_gm_when_their_first_mmad_starts_the_chain() {
+        let (k0, k2, klen1) = (SVar(2), SVar(3), SVar(4));
+        let c = SExpr::Const;
+        let bin = |op, a: SExpr, b: SExpr| SExpr::Bin(op, Box::new(a), Box::new(b));
+        let sum = || bin(SBin::Add, SExpr::Var(k0), SExpr::Var(k2));
+        let mm = |acc: bool| Stmt::Mmad {
+            a: gm_at(0, c(0), 16),
+            b: gm_at(0, c(0), 16),
+            c: ub(0, 16),
+            m: c(2),
+            k: SExpr::Var(SVar(5)),
+            n: c(16),
+            accumulate: acc,
+        };
+        // (the outer loop's bounds, klen1's value, the two branches' conditions, extra statements in the inner body)
+        struct Nest {
+            lo: SExpr,
+            hi: SExpr,
+            klen1: SExpr,
+            first: SExpr,
+            rest: SExpr,
+            swap: bool,
+            extra: Vec<Stmt>,
+        }
+        let standard = || Nest {
+            lo: c(0),
+            hi: c(40),
+            klen1: bin(SBin::Min, c(16), bin(SBin::Sub, c(40), SExpr::Var(k0))),
+            first: bin(SBin::Eq, sum(), c(0)),
+            rest: bin(SBin::Lt, c(0), sum()),
+            swap: false,
+            extra: vec![],
+        };
+        let run = |n: Nest| {
+            let (p, mut l) = cube_store(vec![], false);
+            let mut inner = vec![
+                Stmt::Set {
+                    var: SVar(5),
+                    value: bin(SBin::Min, c(8), bin(SBin::Sub, SExpr::Var(klen1), SExpr::Var(k2))),
+                },
+                Stmt::SetFlag { from: Pipe::Mte1, to: Pipe::M, event: 0 },
+            ];
+            let mut branches = vec![
+                Stmt::If { cond: n.first, then: vec![mm(false)] },
+                Stmt::If { cond: n.rest, then: vec![mm(true)] },
+            ];
+            if n.swap {
+                branches.reverse();
+            }
+            inner.extend(branches);
+            inner.extend(n.extra);
+            let nest = Stmt::For {
+                var: k0,
+                lo: n.lo,
+                hi: n.hi,
+                step: 16,
+                body: vec![
+                    Stmt::Set { var: klen1, value: n.klen1 },
+                    Stmt::For { var: k2, lo: c(0), hi: SExpr::Var(klen1), step: 8, body: inner },
+                ],
+            };
+            // cube_store's program: `W = x·x`, then the copy; the nest in place of the mmad.
+            assert!(matches!(l.cube[0], Stmt::Mmad { accumulate: false, .. }));
+            l.cube[0] = nest;
+            let out = forward(&p, &l, &l.cube);
+            let fix = count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Fix, .. }));
+            let in_gm = count(&out, &|s| matches!(s, Stmt::Mmad { c: Region { loc: Loc::Gm(_), .. }, .. }));
+            (fix, in_gm)
+        };
+        assert_eq!(run(standard()), (0, 2), "the template's nest");
+        // `W += ..` tested first but not run first: still the start first.
+        assert_eq!(run(Nest { swap: true, ..standard() }), (0, 2));
+        // A barrier, a flag and a register of neither window in the nest: no matter.
+        let extra = vec![Stmt::Barrier { pipe: Pipe::M }, Stmt::Set { var: SVar(6), value: c(1) }];
+        assert_eq!(run(Nest { extra, ..standard() }), (0, 2));
+        let refused = [
+            // The first iteration is k0 = 8: the accumulating mmad runs first.
+            Nest { lo: c(8), ..standard() },
+            // An accumulating mmad that runs in the first iteration, before the start.
+            Nest { rest: bin(SBin::Le, c(0), sum()), swap: true, ..standard() },
+            // The nest may not run (an unknown bound), or does not run.
+            Nest { hi: var(1), ..standard() },
+            Nest { hi: c(0), ..standard() },
+            // An inner bound or a condition the walk cannot evaluate.
+            Nest { klen1: bin(SBin::Min, c(16), var(1)), ..standard() },
+            Nest { first: bin(SBin::Eq, var(1), c(0)), ..standard() },
+            // The inner loop does not run in the first iteration.
+            Nest { klen1: bin(SBin::Min, c(16), bin(SBin::Sub, SExpr::Var(k0), c(1))), ..standard() },
+            // The nest reads the buffer, or writes it otherwise than by the chain's mmads.
+            Nest {
+                extra: vec![Stmt::Copy { pipe: Pipe::Fix, src: ub(0, 16), dst: ub(1, 16), rows: c(1), cols: c(16) }],
+                ..standard()
+            },
+            Nest {
+                extra: vec![Stmt::Vector { dst: ub(0, 16), rows: c(1), cols: c(1), expr: VExpr::F32(0.0) }],
+                ..standard()
+            },
+        ];
+        for (i, n) in refused.into_iter().enumerate() {
+            assert_eq!(run(n), (1, 0), "case {i}");
+        }
     }
 
     /// Level 2 across another slot's load and into a later branch of the same condition: `x` (t0) rows 0..n

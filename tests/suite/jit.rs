@@ -739,3 +739,49 @@ fn jit_mixed_epilogue_is_the_interpreters_bits() {
         }
     }
 }
+
+/// The matmul template's mmads, in its nest of k steps (`for k0 { for k2 { if k0 + k2 == 0 { = } if 0 < k0 +
+/// k2 { += } } }`), accumulate straight in the f32 GM window their block is copied to, with no copy out of
+/// L0C, when that copy moves the bits unchanged (`kc_codegen::forward`, level 5): a mixed launch's workspace
+/// (the epilogue `o = 3.4445 · y + a @ x`, Muon's `b·x`) and an f32 result; a bf16 result (a converting copy)
+/// keeps L0C. On inputs whose products and sums are exact in f32 (small integers), the JIT gives the
+/// interpreter's bits, on odd shapes with partial blocks and `k` not a multiple of the k step (one and
+/// several L1 loads), on 1 and 2 threads.
+#[test]
+fn jit_matmul_nests_accumulate_in_place_with_the_interpreters_bits() {
+    use kc_ir::tile::{Loc, Pipe, Region, Stmt};
+    let src = "kernel bxk(a: bf16[M, K], x: bf16[K, N], y: bf16[M, N]) -> o: bf16[M, N] { o = 3.4445 * y + a @ x; }\n\
+               kernel mmf(a: bf16[M, K], x: bf16[K, N]) -> o: f32[M, N] { o = a @ x; }\n\
+               kernel mmb(a: bf16[M, K], x: bf16[K, N]) -> o: bf16[M, N] { o = a @ x; }\n";
+    let prog = common::compile_ok_src("nests", src);
+    let target = Target::builtin("host").expect("builtin target");
+    for g in &prog.kernels {
+        for (m, k, n) in [(67i64, 1100i64, 301i64), (40, 1536, 130), (64, 512, 256), (5, 3, 7)] {
+            let dims: BTreeMap<String, i64> = [("M".to_string(), m), ("K".to_string(), k), ("N".to_string(), n)].into();
+            let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+            let mut args = kc_runtime::random::random_args(g, &given, 11 + k as u64).expect("random inputs");
+            // Small integers: every product and partial sum of `a @ x` is exact in f32.
+            for (name, t) in args.tensors.iter_mut() {
+                let range = if name == "a" { 5 } else { 17 };
+                let v: Vec<f32> = (0..t.len()).map(|i| ((i * 7919 + 13) % range) as f32 - (range / 2) as f32).collect();
+                *t = kc_ir::tensor::Tensor::from_f32_as(t.dtype(), t.shape.clone(), &v).expect("a tensor");
+            }
+            let want = common::run(g, &args);
+            let (_, tp, _) = tile_at(g, &dims, &target);
+            let compiled = kc_codegen::compile(&tp, &opts()).expect("compiles");
+            let cube = &compiled.launches.iter().find(|l| !l.bodies.0.is_empty()).expect("a cube launch").bodies.0;
+            let in_gm =
+                common::count_stmts(cube, &|s| matches!(s, Stmt::Mmad { c: Region { loc: Loc::Gm(_), .. }, .. }));
+            let mmads = common::count_stmts(cube, &|s| matches!(s, Stmt::Mmad { .. }));
+            let fix = common::count_stmts(cube, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Fix, .. }));
+            let forwarded = g.name != "mmb";
+            assert!(mmads > 0, "{} at {dims:?}: no mmad", g.name);
+            assert_eq!((in_gm, fix == 0), if forwarded { (mmads, true) } else { (0, false) }, "{} at {dims:?}", g.name);
+            for (threads, got) in jit_on_1_and_2_threads(g, &tp, &args, &format!("{dims:?}")) {
+                for ((name, w), (_, j)) in want.iter().zip(&got) {
+                    common::assert_same_bits(&format!("{}.{name} at {dims:?}, {threads} threads", g.name), w, j);
+                }
+            }
+        }
+    }
+}
