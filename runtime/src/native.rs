@@ -1573,6 +1573,9 @@ struct Handout {
 }
 
 impl Handout {
+    /// The most units a launch may have (a list's ends are 32-bit halves of one word).
+    const MAX_UNITS: usize = u32::MAX as usize;
+
     fn new(units: usize, threads: usize) -> Handout {
         let threads = threads.max(1);
         let lists = (0..threads)
@@ -1649,6 +1652,12 @@ fn run_launch(
     let n_gm = gm.len();
     let gm = Shared(gm.as_ptr());
     let threads = threads.min(units.len()).max(1);
+    if units.len() > Handout::MAX_UNITS {
+        return Err(vec![gm::internal(
+            graph.span,
+            format!("launch #{li} `{}` has {} units, more than the executor hands out", l.name, units.len()),
+        )]);
+    }
     let handout = Handout::new(units.len(), threads);
     // The packings of windows that the launch's threads all read (`kc_mmad`'s bit 5), made once for all of
     // them: taken empty for this launch, and given back only after every thread has returned (`broadcast`
