@@ -50,7 +50,7 @@ use kc_ir::ops::{self, Acc, CumAcc, Val};
 use kc_ir::span::Span;
 use kc_ir::tensor::TensorData;
 use kc_ir::tile::{Launch, TensorRole, TileProgram};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// A compiled core program.
@@ -1132,9 +1132,11 @@ fn run_launches(
     for (li, (l, nl)) in prog.launches.iter().zip(launches).enumerate() {
         let z = zero.and_then(|z| z.get(li)).map(|z| z.as_slice());
         let t0 = std::time::Instant::now();
-        stats.max_cross_count.push(run_launch(graph, li, l, nl, ptrs, threads.max(1), z, poison)?);
-        if timed {
-            eprintln!("  launch {li} `{}`: {:?}", l.name, t0.elapsed());
+        let cpu = timed.then(AtomicU64::default);
+        stats.max_cross_count.push(run_launch(graph, li, l, nl, ptrs, threads.max(1), z, poison, cpu.as_ref())?);
+        if let Some(cpu) = cpu {
+            let cpu = std::time::Duration::from_nanos(cpu.into_inner());
+            eprintln!("  launch {li} `{}`: {:?} (threads' CPU {:?})", l.name, t0.elapsed(), cpu);
         }
     }
     Ok(stats)
@@ -1534,6 +1536,97 @@ fn layout(l: &Launch, cube: bool, used: Option<&[bool]>, zero: Option<&[bool]>) 
     Layout { offs, bytes: off, zero: ranges }
 }
 
+/// The calling thread's CPU time in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`), for `KC_TIME`'s per-launch
+/// figures: on a loaded machine a launch's wall time includes the time its threads waited for a CPU, its
+/// threads' CPU time does not. 0 where unknown.
+fn thread_cpu_ns() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn clock_gettime(clock: i32, ts: *mut [i64; 2]) -> i32;
+        }
+        const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+        let mut ts = [0i64; 2];
+        // SAFETY: libc's `clock_gettime` (linked by std) writes one `struct timespec` (two 64-bit words on
+        // the 64-bit targets kc runs on) to the pointer it is given, a live local here.
+        if unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return (ts[0] as u64).saturating_mul(1_000_000_000).saturating_add(ts[1] as u64);
+        }
+    }
+    0
+}
+
+/// How a launch's units are handed to its threads. Unit `i` belongs to thread `i % threads`, which runs its
+/// own units in increasing order; a thread that has run out of its own takes the last unit left of the
+/// thread with the most left. Each unit runs exactly once. With balanced threads this is the order that
+/// taking units in turns gives, but it does not drift: a matmul's cores that walk the same columns of C
+/// (core `c` and `c + 2` of Muon's `b·x`) stay on one thread, which packs only those columns' windows of
+/// its `b` operand, where after one thread had taken two units in a row it took the other columns' cores
+/// and packed (nearly) every window too. A thread that starts late (woken late, preempted) loses its last
+/// units to the others instead of holding up the launch.
+struct Handout {
+    threads: usize,
+    /// Per thread, its remaining own units as `(front, back)`: indices `j` in `front..back` of units
+    /// `t + j * threads`, packed in one word (`front << 32 | back`) so that taking from either end is one
+    /// compare-and-swap.
+    lists: Vec<AtomicU64>,
+}
+
+impl Handout {
+    /// The most units a launch may have (a list's ends are 32-bit halves of one word).
+    const MAX_UNITS: usize = u32::MAX as usize;
+
+    fn new(units: usize, threads: usize) -> Handout {
+        let threads = threads.max(1);
+        let lists = (0..threads)
+            .map(|t| {
+                let own = units.saturating_sub(t).div_ceil(threads) as u64;
+                AtomicU64::new(own)
+            })
+            .collect();
+        Handout { threads, lists }
+    }
+
+    /// The next unit for thread `t`: its own first unit left, else the last one left of the thread with the
+    /// most left; `None` when every unit has been taken.
+    fn next(&self, t: usize) -> Option<usize> {
+        let t = t % self.threads;
+        if let Some(j) = Self::take(&self.lists[t], true) {
+            return Some(t + j * self.threads);
+        }
+        loop {
+            let (mut best, mut most) = (None, 0u64);
+            for (u, l) in self.lists.iter().enumerate() {
+                let w = l.load(Ordering::Acquire);
+                let left = (w & 0xFFFF_FFFF).saturating_sub(w >> 32);
+                if left > most {
+                    (best, most) = (Some(u), left);
+                }
+            }
+            let u = best?;
+            if let Some(j) = Self::take(&self.lists[u], false) {
+                return Some(u + j * self.threads);
+            }
+        }
+    }
+
+    /// Takes the front (`front == true`) or back index of one list, if it has any left.
+    fn take(l: &AtomicU64, front: bool) -> Option<usize> {
+        let mut w = l.load(Ordering::Acquire);
+        loop {
+            let (f, b) = (w >> 32, w & 0xFFFF_FFFF);
+            if f >= b {
+                return None;
+            }
+            let (new, j) = if front { ((f + 1) << 32 | b, f) } else { (f << 32 | (b - 1), b - 1) };
+            match l.compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(j as usize),
+                Err(cur) => w = cur,
+            }
+        }
+    }
+}
+
 /// A failure of one core: (kind order, core index, site, values).
 type CoreFailure = (u8, u32, usize, [i64; 4]);
 
@@ -1547,23 +1640,32 @@ fn run_launch(
     threads: usize,
     zero: Option<&[bool]>,
     poison: bool,
+    cpu: Option<&AtomicU64>,
 ) -> Result<u32, Vec<Diagnostic>> {
     let units = units(l);
     let cube_layout = layout(l, true, nl.used, zero);
     let vec_layout = layout(l, false, nl.used, zero);
     let abort = AtomicBool::new(false);
-    let next = AtomicUsize::new(0);
     let failures: Mutex<Vec<CoreFailure>> = Mutex::new(Vec::new());
     let deadlocks: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let max_count = AtomicUsize::new(0);
     let n_gm = gm.len();
     let gm = Shared(gm.as_ptr());
     let threads = threads.min(units.len()).max(1);
+    if units.len() > Handout::MAX_UNITS {
+        return Err(vec![gm::internal(
+            graph.span,
+            format!("launch #{li} `{}` has {} units, more than the executor hands out", l.name, units.len()),
+        )]);
+    }
+    let handout = Handout::new(units.len(), threads);
     // The packings of windows that the launch's threads all read (`kc_mmad`'s bit 5), made once for all of
     // them: taken empty for this launch, and given back only after every thread has returned (`broadcast`
     // returns then), so no thread reads a packing of another launch or of older data.
     let shared_packs = (threads > 1).then(crate::host::mmad::SharedPacks::take);
-    let work = || {
+    // `t`: the thread's index among the launch's threads.
+    let work = |t: usize| {
+        let cpu0 = cpu.map(|_| thread_cpu_ns());
         // Packed matrix operands kept by the host cube routine are valid for one launch only.
         crate::host::mmad::clear_b_cache();
         let mut stacks: Vec<DefaultStack> = Vec::new();
@@ -1594,27 +1696,27 @@ fn run_launch(
             }
             Shared(local.as_ptr())
         };
-        crate::host::mmad::with_shared(shared_packs.as_deref(), || loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(unit) = units.get(i) else { break };
-            if poison && !nl.private.is_empty() {
-                // For tests: a unit that read its area before writing it would see NaNs, not an earlier unit's
-                // values. (Through the raw pointer the cores use: no reference to the areas is made while
-                // they hold pointers into them.)
-                // SAFETY: `areas.len()` bytes of the thread's own areas, which no core is using between units.
-                unsafe { std::ptr::write_bytes(areas.as_mut_ptr(), 0xFF, areas.len()) };
-            }
-            let r = run_unit(unit, nl, gm, &cube_layout, &vec_layout, &abort, &mut stacks, &mut scratch, poison);
-            match r {
-                Ok((fails, max)) => {
-                    max_count.fetch_max(max as usize, Ordering::Relaxed);
-                    if !fails.is_empty() {
-                        failures.lock().unwrap_or_else(|e| e.into_inner()).extend(fails);
-                    }
+        crate::host::mmad::with_shared(shared_packs.as_deref(), || {
+            while let Some(unit) = handout.next(t).and_then(|i| units.get(i)) {
+                if poison && !nl.private.is_empty() {
+                    // For tests: a unit that read its area before writing it would see NaNs, not an earlier unit's
+                    // values. (Through the raw pointer the cores use: no reference to the areas is made while
+                    // they hold pointers into them.)
+                    // SAFETY: `areas.len()` bytes of the thread's own areas, which no core is using between units.
+                    unsafe { std::ptr::write_bytes(areas.as_mut_ptr(), 0xFF, areas.len()) };
                 }
-                Err(msg) => {
-                    abort.store(true, Ordering::Relaxed);
-                    deadlocks.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+                let r = run_unit(unit, nl, gm, &cube_layout, &vec_layout, &abort, &mut stacks, &mut scratch, poison);
+                match r {
+                    Ok((fails, max)) => {
+                        max_count.fetch_max(max as usize, Ordering::Relaxed);
+                        if !fails.is_empty() {
+                            failures.lock().unwrap_or_else(|e| e.into_inner()).extend(fails);
+                        }
+                    }
+                    Err(msg) => {
+                        abort.store(true, Ordering::Relaxed);
+                        deadlocks.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+                    }
                 }
             }
         });
@@ -1624,13 +1726,16 @@ fn run_launch(
         // The row routines' non-temporal stores are globally visible before the launch's end is signalled
         // (another thread may read them in the next launch).
         crate::host::rowmath::fence_streams();
+        if let (Some(cpu), Some(cpu0)) = (cpu, cpu0) {
+            cpu.fetch_add(thread_cpu_ns().saturating_sub(cpu0), Ordering::Relaxed);
+        }
     };
     if threads == 1 {
-        work();
+        work(0);
     } else {
         match pool(threads) {
             Ok(p) => {
-                p.broadcast(|_| work());
+                p.broadcast(|b| work(b.index()));
             }
             Err(e) => return Err(vec![gm::internal(graph.span, format!("cannot start {threads} threads: {e}"))]),
         }
@@ -2000,5 +2105,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every unit is handed out exactly once, whatever the numbers of units and threads and however the
+    /// threads interleave (threads taking units concurrently, some from others' lists).
+    #[test]
+    fn handout_gives_every_unit_once() {
+        for (units, threads) in [(0usize, 1usize), (1, 1), (7, 1), (16, 2), (17, 2), (36, 2), (5, 3), (100, 3), (2, 4)]
+        {
+            for _round in 0..20 {
+                let h = Handout::new(units, threads);
+                let got: Vec<Vec<usize>> = std::thread::scope(|sc| {
+                    let hs: Vec<_> = (0..threads)
+                        .map(|t| {
+                            let h = &h;
+                            sc.spawn(move || std::iter::from_fn(|| h.next(t)).collect::<Vec<_>>())
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                let mut all: Vec<usize> = got.concat();
+                all.sort_unstable();
+                assert_eq!(all, (0..units).collect::<Vec<_>>(), "{units} units, {threads} threads: {got:?}");
+                assert_eq!(h.next(0), None);
+            }
+        }
+    }
+
+    /// A thread runs its own units (`i % threads == t`) first, in increasing order, even when the threads
+    /// do not alternate (the drift that made both threads of Muon's `b·x` pack every window of `x`); then it
+    /// takes the others' last units, from the thread with the most left.
+    #[test]
+    fn handout_keeps_units_on_their_thread_and_steals_from_the_back() {
+        // Thread 0 takes three units in a row, then the threads alternate: each still gets only its own.
+        let h = Handout::new(16, 2);
+        let mut seq = vec![(0, h.next(0)), (0, h.next(0)), (0, h.next(0))];
+        for _ in 0..5 {
+            seq.push((1, h.next(1)));
+            seq.push((0, h.next(0)));
+        }
+        for (t, u) in &seq {
+            assert_eq!(u.map(|u| u % 2), Some(*t), "{seq:?}");
+        }
+        assert_eq!(
+            seq.iter().filter(|s| s.0 == 0).map(|s| s.1.unwrap()).collect::<Vec<_>>(),
+            [0, 2, 4, 6, 8, 10, 12, 14]
+        );
+        // Thread 0 has run out: it takes thread 1's last units while thread 1 goes on from its front.
+        assert_eq!(h.next(0), Some(15));
+        assert_eq!(h.next(1), Some(11));
+        assert_eq!(h.next(0), Some(13));
+        assert_eq!(h.next(1), None);
+        assert_eq!(h.next(0), None);
+        // Threads that never come (started late): thread 0 runs all of their units, each time the last one of
+        // the thread with the most left (the lower thread on a tie). Thread 1 owns 1 and 4, thread 2 owns 2, 5.
+        let h = Handout::new(7, 3);
+        let got: Vec<usize> = std::iter::from_fn(|| h.next(0)).collect();
+        assert_eq!(got, [0, 3, 6, 4, 5, 1, 2]);
     }
 }
