@@ -661,6 +661,138 @@ fn host_drops_exp_rows_that_nothing_reads() {
     }
 }
 
+/// On the host, the cube's mmads into the score workspace record each row's maximum as they store it and
+/// the vector program's `reduce.max` takes it instead of reading the row again
+/// (`kc_codegen::lower::row_max_tensors`, `kc_runtime::host::rowmax`): for both attention kernels (the
+/// causal one masks its diagonal blocks in UB, not in the workspace), and only for a tensor that the launch
+/// writes with mmads alone, at one constant row stride, and that a row maximum reads.
+#[test]
+fn host_mmads_record_the_score_row_maxima() {
+    use kc_ir::tile::{Loc, Region, SExpr, Stmt, VExpr};
+    let host = Target::builtin("host").expect("host target");
+    for g in [common::kernel("attention_full", "attention_full"), common::kernel("attention", "attention")] {
+        let args = args_for(&g, &attn_dims(1, 4, 2, 260, 300, 32), 90);
+        let tp = tiled(&g, &args, &host);
+        let l = &tp.launches[0];
+        let code = kc_codegen::compile(&tp, &kc_codegen::Options { verify: true, ..Default::default() })
+            .unwrap_or_else(|e| panic!("compile: {e:?}"));
+        let (cube, vector) = &code.launches[0].bodies;
+        let rec = |c: &[Stmt], v: &[Stmt]| kc_codegen::lower::row_max_tensors(&tp, c, v);
+        let ws = tp.tensors.iter().position(|t| t.name.ends_with("_ws_s")).expect("the score workspace");
+        let ws = kc_ir::tile::TensorId(ws as u32);
+        let got = rec(cube, vector);
+        assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![ws], "{}: recorded tensors", g.name);
+        // The programs as tiled (before copy forwarding) write the workspace with the fixpipe's copies.
+        assert!(rec(&l.cube, &l.vector).is_empty(), "{}: copies into the workspace", g.name);
+        // Any other write of the workspace, by either program, refuses it.
+        let write = Stmt::Vector {
+            dst: Region { loc: Loc::Gm(ws), offset: SExpr::Const(0), row_stride: SExpr::Const(got[&ws]) },
+            rows: SExpr::Const(1),
+            cols: SExpr::Const(1),
+            expr: VExpr::F32(0.0),
+        };
+        let mut v = vector.clone();
+        v.push(write.clone());
+        assert!(rec(cube, &v).is_empty(), "{}: a vector write", g.name);
+        let mut c = cube.clone();
+        c.push(write);
+        assert!(rec(&c, vector).is_empty(), "{}: a write by the cube program", g.name);
+        // An mmad or a maximum at another row stride, or no maximum along rows without accumulating.
+        fn edit(b: &mut [Stmt], f: &mut dyn FnMut(&mut Stmt)) {
+            for s in b {
+                match s {
+                    Stmt::For { body, .. } | Stmt::If { then: body, .. } => edit(body, f),
+                    s => f(s),
+                }
+            }
+        }
+        let mut c = cube.clone();
+        let mut once = true;
+        edit(&mut c, &mut |s| {
+            if let Stmt::Mmad { c, .. } = s {
+                if once && c.loc == Loc::Gm(ws) {
+                    c.row_stride = SExpr::Const(512);
+                    once = false;
+                }
+            }
+        });
+        assert!(!once && rec(&c, vector).is_empty(), "{}: an mmad at another stride", g.name);
+        let mut v = vector.clone();
+        edit(&mut v, &mut |s| {
+            if let Stmt::Reduce { op: kc_ir::graph::ReduceOp::Max, accumulate, .. } = s {
+                *accumulate = true;
+            }
+        });
+        assert!(rec(cube, &v).is_empty(), "{}: accumulating maxima", g.name);
+        let mut v = vector.clone();
+        edit(&mut v, &mut |s| {
+            if let Stmt::Reduce { op: op @ kc_ir::graph::ReduceOp::Max, .. } = s {
+                *op = kc_ir::graph::ReduceOp::Sum;
+            }
+        });
+        assert!(rec(cube, &v).is_empty(), "{}: no maximum", g.name);
+    }
+}
+
+/// The recorded row maxima give the bits of the maxima read from the rows: both attention kernels through
+/// the JIT with and without them (`Options::no_recorded_maxima`) agree byte for byte on 1 and 2 threads, with
+/// NaN scores (a NaN in `q`, an infinite product), scores of both signs of zero (zero rows of `q`), a
+/// negative scale (the minimum, which reads its rows), partial blocks and two heads per KV head; and with
+/// the interpreter where it is finite, NaN where it is NaN.
+#[test]
+fn recorded_row_maxima_keep_the_bits() {
+    let host = Target::builtin("host").expect("host target");
+    let kernels = [common::kernel("attention_full", "attention_full"), common::kernel("attention", "attention")];
+    for (n, g) in kernels.iter().enumerate() {
+        for (m, (dims, scale)) in
+            [(attn_dims(1, 4, 2, 290, 300, 64), 0.125f32), (attn_dims(2, 2, 1, 45, 520, 32), -0.25)].iter().enumerate()
+        {
+            let mut args = args_for(g, dims, 95 + 2 * n as u64 + m as u64);
+            let q = args.tensors.get_mut("q").expect("q");
+            let mut v: Vec<f32> = q.to_f64_vec().iter().map(|&x| x as f32).collect();
+            let d = *q.shape.last().expect("D");
+            // Row 3: a NaN; row 7: zeros (scores of zero); row 11: huge (infinite scores); row 12: one NaN late.
+            v[3 * d + 1] = f32::NAN;
+            v[7 * d..8 * d].iter_mut().for_each(|x| *x = 0.0);
+            v[11 * d..12 * d].iter_mut().for_each(|x| *x = 3.0e38);
+            v[13 * d - 1] = f32::NAN;
+            *q = kc_ir::tensor::Tensor::from_f32_as(q.dtype(), q.shape.clone(), &v).expect("q");
+            args.tensors.insert("scale".into(), kc_ir::tensor::Tensor::scalar_f32(*scale));
+            let tp = tiled(g, &args, &host);
+            let what = format!("{}, {dims:?}, scale {scale}", g.name);
+            let compile = |no| {
+                let o = kc_codegen::Options { verify: true, no_recorded_maxima: no, ..Default::default() };
+                kc_codegen::compile(&tp, &o).unwrap_or_else(|e| panic!("{what}: compile: {e:?}"))
+            };
+            let (with, without) = (compile(false), compile(true));
+            let want = common::run(g, &args);
+            for threads in [1, 2] {
+                let run = |c: &kc_codegen::Compiled| {
+                    c.run(&tp, g, &args, threads, &kc_ir::interp::Limits::default())
+                        .unwrap_or_else(|e| panic!("{what}: jit: {e:?}"))
+                        .0
+                };
+                let (a, b) = (run(&with), run(&without));
+                for (((name, x), (_, y)), (_, w)) in a.iter().zip(&b).zip(&want) {
+                    let bits =
+                        |t: &kc_ir::tensor::Tensor| t.to_f64_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert!(
+                        bits(x) == bits(y),
+                        "{what}, {threads} threads: {name} with and without the recorded maxima"
+                    );
+                    let (atol, rtol) = attn_tol(name);
+                    for (i, (p, q)) in w.to_f64_vec().iter().zip(x.to_f64_vec()).enumerate() {
+                        assert!(
+                            (p.is_nan() && q.is_nan()) || (p - q).abs() <= atol + rtol * p.abs() || *p == q,
+                            "{what}, {threads} threads: {name}[{i}]: interpreter {p}, jit {q}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The causal kernel's `exp` stores are dead because its diagonal blocks read `raw_ub` only where the mask's
 /// statement wrote it last: an assignment after the mask (a register of its window may have changed), a mask
 /// narrower than what is read, or a read outside the branch that ran the mask, each make them live again.

@@ -2,3 +2,4 @@
 
 pub mod mmad;
 pub mod rowmath;
+pub mod rowmax;
