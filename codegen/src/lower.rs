@@ -82,9 +82,6 @@ pub struct Options {
     pub keep_clif: bool,
     /// Keep each function's disassembly ([`Compiled::asm`]).
     pub keep_asm: bool,
-    /// Do not record row maxima in the mmads for the `reduce.max`s ([`row_max_tensors`]): every maximum
-    /// reads its rows (for tests that compare both).
-    pub no_recorded_maxima: bool,
 }
 
 /// One compiled launch: its two core functions and its failure sites.
@@ -362,7 +359,6 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_rows_axpy", rowmath::kc_rt_rows_axpy as *const u8, vec![I64, F32], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
-        ("kc_mmad_row_max", kc_runtime::host::mmad::kc_mmad_row_max as *const u8, vec![I64; 13], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
         ("kc_rt_fmodf", native::kc_rt_fmodf as *const u8, vec![F32, F32], vec![F32]),
     ]
@@ -460,11 +456,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
         // One list for the code that addresses these workspaces per unit and the executor that hands each
         // thread its areas.
         let private = kc_runtime::gm::unit_private_workspaces(prog, l);
-        // Both programs after copy forwarding: which GM tensors the cube's mmads record row maxima of for the
-        // vector program's `reduce.max`s depends on both.
-        let fwd = (crate::forward::forward(prog, l, &l.cube), crate::forward::forward(prog, l, &l.vector));
-        let row_max = if opts.no_recorded_maxima { BTreeMap::new() } else { row_max_tensors(prog, &fwd.0, &fwd.1) };
-        for (cube, body, n) in [(true, &fwd.0, l.cube_cores), (false, &fwd.1, l.vector_cores)] {
+        for (cube, body, n) in [(true, &l.cube, l.cube_cores), (false, &l.vector, l.vector_cores)] {
             if n == 0 {
                 continue;
             }
@@ -484,7 +476,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                     fns.insert(*name, module.declare_func_in_func(*id, &mut ctx.func));
                 }
                 let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-                let mut body = body.clone();
+                let mut body = crate::forward::forward(prog, l, body);
                 if !cube {
                     columns_as_rows(&mut body);
                 }
@@ -494,7 +486,6 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                     }
                 }
                 let mut g = Gen::new(prog, l, &body, cube, &mut b, fns, &mut sites, &name, &private);
-                g.row_max.clone_from(&row_max);
                 if !cube {
                     g.dead_exp = dead_exp_stores(prog, l, &body, &l.cube);
                     dead_exp.clone_from(&g.dead_exp);
@@ -602,9 +593,6 @@ struct Gen<'a, 'b, 'p> {
     name: String,
     /// The GM tensors some statement of the launch writes.
     gm_written: std::collections::BTreeSet<TensorId>,
-    /// The GM tensors whose rows' maxima the mmads record for the `reduce.max`s, by their row stride
-    /// ([`row_max_tensors`]).
-    row_max: BTreeMap<TensorId, i64>,
     /// The row and column counters of vector statements, shared by all of them (their loops never nest):
     /// Cranelift's SSA builder keeps a map over the blocks per variable, so a pair per statement would
     /// make a function of many statements quadratic in memory.
@@ -731,7 +719,6 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             path: Vec::new(),
             name: name.to_string(),
             gm_written: crate::forward::gm_written(launch),
-            row_max: BTreeMap::new(),
             elem_vars: None,
             chunk_var: None,
             exp_scratch: Vec::new(),
@@ -1058,16 +1045,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     | (i64::from(shares_a) << 4)
                     | (i64::from(same_src) << 5);
                 let acc = self.iconst(bits);
-                match self.recorded_col0(c, &rc) {
-                    // The window's first column in its rows, for the row maxima the call records.
-                    Some(col0) => {
-                        let args = [pa, da, ra.stride, pb, db, rb.stride, pc, rc.stride, m, k, n, acc, col0];
-                        self.call("kc_mmad_row_max", &args);
-                    }
-                    None => {
-                        self.call("kc_mmad", &[pa, da, ra.stride, pb, db, rb.stride, pc, rc.stride, m, k, n, acc]);
-                    }
-                }
+                self.call("kc_mmad", &[pa, da, ra.stride, pb, db, rb.stride, pc, rc.stride, m, k, n, acc]);
             }
             Stmt::Vector { dst, rows, cols, expr } => self.vector(dst, rows, cols, expr)?,
             Stmt::Reduce { op, axis, src, dst, rows, cols, accumulate } => {
@@ -1089,19 +1067,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let mut w = self.region_words(&d);
                 w.extend(self.region_words(&s));
                 let ax = self.iconst(i64::from(*axis));
-                // Bit 1 (a row maximum of a tensor whose mmads record them, `host::rowmax`): look the rows up,
-                // with the window's first column in its rows from bit 8.
-                let recorded = match (op, axis, accumulate) {
-                    (ReduceOp::Max, 1, false) => self.recorded_col0(src, &s),
-                    _ => None,
-                };
-                let acc = match recorded {
-                    Some(col0) => {
-                        let hi = self.b.ins().ishl_imm_s(col0, 8);
-                        self.b.ins().bor_imm_s(hi, 2)
-                    }
-                    None => self.iconst(i64::from(*accumulate)),
-                };
+                let acc = self.iconst(i64::from(*accumulate));
                 w.extend([rows, cols, ax, acc]);
                 let a = self.words(&w);
                 let sv = self.iconst(site);
@@ -1466,15 +1432,6 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         self.fail_if(bad, site, [r.offset, r.stride, rows, cols]);
     }
 
-    /// For a window of a tensor of [`Gen::row_max`]: its first column in the tensor's rows (the offset
-    /// modulo the row stride, computed), else `None`.
-    fn recorded_col0(&mut self, r: &Region, res: &Res) -> Option<Value> {
-        let Loc::Gm(t) = r.loc else { return None };
-        let ld = *self.row_max.get(&t)?;
-        // The offset is not negative (the window was checked) and `ld` is positive.
-        Some(self.b.ins().urem_imm_s(res.offset, ld))
-    }
-
     /// The address of element `(r, c)` of a region (`None` for 0).
     fn elem_addr(&mut self, x: &Res, r: Option<Value>, c: Option<Value>) -> Value {
         let mut flat = x.offset;
@@ -1489,75 +1446,6 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         let bytes = if sz == 1 { flat } else { self.b.ins().imul_imm_s(flat, sz) };
         self.b.ins().iadd(x.base, bytes)
     }
-}
-
-/// The GM tensors whose row maxima the host cube routine records as it stores them, for the vector
-/// program's `reduce.max`s over their rows (`kc_runtime::host::rowmax`), with their row stride: f32
-/// tensors that some `reduce.max` along rows (not accumulating) reads and that the launch (`cube` and
-/// `vector`, after copy forwarding) writes only with `mmad`s, every such `mmad` and `reduce.max` with the
-/// same constant row stride. Every write of the tensor then records what it wrote, which is what makes an
-/// entry the row's current maximum (see the runtime module).
-pub fn row_max_tensors(prog: &TileProgram, cube: &[Stmt], vector: &[Stmt]) -> BTreeMap<TensorId, i64> {
-    /// The row stride of a window of a GM tensor, if constant and positive.
-    fn ld(r: &Region) -> Option<i64> {
-        match r.row_stride {
-            SExpr::Const(v) if v > 0 => Some(v),
-            _ => None,
-        }
-    }
-    #[derive(Default)]
-    struct Seen {
-        /// Per tensor: the row stride of its mmads and maxima so far, `None` once refused.
-        ld: BTreeMap<TensorId, Option<i64>>,
-        /// Tensors a qualifying `reduce.max` reads.
-        maxed: BTreeSet<TensorId>,
-    }
-    impl Seen {
-        fn meet(&mut self, t: TensorId, ld: Option<i64>) {
-            let e = self.ld.entry(t).or_insert(ld);
-            if *e != ld {
-                *e = None;
-            }
-        }
-        fn walk(&mut self, body: &[Stmt]) {
-            for s in body {
-                match s {
-                    Stmt::For { body, .. } | Stmt::If { then: body, .. } => self.walk(body),
-                    Stmt::Mmad { c, .. } => {
-                        if let Loc::Gm(t) = c.loc {
-                            self.meet(t, ld(c));
-                        }
-                    }
-                    Stmt::Reduce { op: ReduceOp::Max, axis: 1, src, dst, accumulate: false, .. } => {
-                        if let Loc::Gm(t) = src.loc {
-                            self.meet(t, ld(src));
-                            self.maxed.insert(t);
-                        }
-                        if let Loc::Gm(t) = dst.loc {
-                            self.ld.insert(t, None);
-                        }
-                    }
-                    _ => {
-                        let (mut bufs, mut gm) = (BTreeSet::new(), BTreeSet::new());
-                        crate::forward::writes(s, &mut bufs, &mut gm);
-                        for t in gm {
-                            self.ld.insert(t, None);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let mut seen = Seen::default();
-    seen.walk(cube);
-    seen.walk(vector);
-    seen.ld
-        .into_iter()
-        .filter_map(|(t, ld)| Some((t, ld?)))
-        .filter(|(t, _)| {
-            seen.maxed.contains(t) && prog.tensors.get(t.0 as usize).is_some_and(|x| x.dtype == DType::F32)
-        })
-        .collect()
 }
 
 /// Whether `e` reads the scalar register `v`.

@@ -772,11 +772,7 @@ pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const
         let (Some(dst), Some(src)) = (Reg::at(args), Reg::at(args.add(3))) else {
             return fail(st, site as usize, [0; 4]);
         };
-        // Word 9: bit 0 accumulates; bit 1 says that the source's rows may have maxima recorded by the mmads
-        // that wrote them (`host::rowmax`), with the window's first column in its rows in the bits from 8.
-        let flags = *args.add(9);
-        let (rows, cols, axis, accumulate) = (*args.add(6), *args.add(7), *args.add(8), flags & 1 != 0);
-        let recorded = flags & 2 != 0 && axis == 1 && !accumulate && op == ReduceOp::Max && src.d == DType::F32;
+        let (rows, cols, axis, accumulate) = (*args.add(6), *args.add(7), *args.add(8), *args.add(9) != 0);
         let ty = src.d.compute();
         let (lines, len) = if axis == 1 { (rows, cols) } else { (cols, rows) };
         let at = |l: i64, i: i64| if axis == 1 { (l, i) } else { (i, l) };
@@ -827,18 +823,10 @@ pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const
                     }
                     st.reduce_windows[slot] = (site, first, if old_site == site { now } else { 0 });
                 }
-                let ld = src.stride;
                 for r in 0..rows {
                     let o = dst.idx(r, 0);
                     let acc = if accumulate { Some(*d.offset(o)) } else { None };
                     let at = src.idx(r, 0);
-                    if recorded && ld > 0 {
-                        let row = (src.p as *const f32).wrapping_offset(at);
-                        if let Some(v) = crate::host::rowmax::lookup(row, ld as usize, n, (flags >> 8) as usize) {
-                            *d.offset(o) = v;
-                            continue;
-                        }
-                    }
                     let row = if src.d == DType::F32 {
                         rowmath::Row::F32(std::slice::from_raw_parts((src.p as *const f32).offset(at), n))
                     } else {
@@ -1609,8 +1597,6 @@ fn run_launch(
         crate::host::mmad::with_shared(shared_packs.as_deref(), || loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(unit) = units.get(i) else { break };
-            // Row maxima recorded by the unit before are not this unit's (`host::rowmax`).
-            crate::host::rowmax::forget();
             if poison && !nl.private.is_empty() {
                 // For tests: a unit that read its area before writing it would see NaNs, not an earlier unit's
                 // values. (Through the raw pointer the cores use: no reference to the areas is made while

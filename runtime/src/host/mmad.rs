@@ -304,7 +304,6 @@ pub unsafe fn mmad_raw(
         b_trans: false,
         b_shares_a: false,
         same_src: false,
-        row_max: None,
     };
     // SAFETY: the caller's guarantees.
     unsafe { dispatch(path, &args) }
@@ -377,7 +376,6 @@ fn checked(
         b_trans,
         b_shares_a: false,
         same_src: false,
-        row_max: None,
     };
     // SAFETY: the asserts above keep every access of the contract inside the slices, and `c` (a unique
     // borrow) cannot overlap `a` or `b`.
@@ -408,26 +406,6 @@ unsafe fn dispatch(path: Path, x: &Args) {
             Path::Avx512 => with_scratch(|s| avx512::mmad(x, s)),
             _ => portable(x),
         }
-        // The AMX path records the row maxima as it stores each pair of tile rows; the others after the call.
-        #[cfg(target_arch = "x86_64")]
-        let recorded = path == Path::Amx;
-        #[cfg(not(target_arch = "x86_64"))]
-        let recorded = false;
-        if !recorded {
-            record_row_max(x, 0, x.m);
-        }
-    }
-}
-
-/// Records the maxima of rows `i0..i0 + rows` of `c` when the call asks for them (`kc_mmad_row_max`).
-///
-/// # Safety
-///
-/// As [`mmad_raw`]: the rows of `c` readable.
-unsafe fn record_row_max(x: &Args, i0: usize, rows: usize) {
-    if let Some(col0) = x.row_max {
-        // SAFETY: the caller's.
-        unsafe { super::rowmax::record(x.c.add(i0 * x.ldc), x.ldc, rows, x.n, col0) }
     }
 }
 
@@ -488,59 +466,6 @@ pub unsafe extern "C" fn kc_mmad(
         b_trans: accumulate & 8 != 0,
         b_shares_a: accumulate & 16 != 0,
         same_src: accumulate & 32 != 0,
-        row_max: None,
-    };
-    // SAFETY: the caller's guarantees.
-    unsafe { dispatch(path(), &args) }
-}
-
-/// [`kc_mmad`], recording the maxima of the rows of `c` it stores for the launch's `reduce.max`s
-/// ([`super::rowmax`]): `col0` is the first column of `c`'s window in rows of `ldc` elements (the JIT calls
-/// it for GM tensors that only such calls write). Does nothing if `col0` is negative.
-///
-/// # Safety
-///
-/// As [`kc_mmad`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn kc_mmad_row_max(
-    a: *const u8,
-    a_dtype: i64,
-    lda: i64,
-    b: *const u8,
-    b_dtype: i64,
-    ldb: i64,
-    c: *mut f32,
-    ldc: i64,
-    m: i64,
-    k: i64,
-    n: i64,
-    accumulate: i64,
-    col0: i64,
-) {
-    let (Some(ad), Some(bd)) = (Dtype::from_code(a_dtype), Dtype::from_code(b_dtype)) else { return };
-    if [lda, ldb, ldc, m, k, n, col0].iter().any(|&v| v < 0) {
-        return;
-    }
-    let u = |v: i64| v as usize;
-    let args = Args {
-        a,
-        a_dtype: ad,
-        lda: u(lda),
-        b,
-        b_dtype: bd,
-        ldb: u(ldb),
-        c,
-        ldc: u(ldc),
-        m: u(m),
-        k: u(k),
-        n: u(n),
-        accumulate: accumulate & 1 != 0,
-        b_const: accumulate & 2 != 0,
-        a_const: accumulate & 4 != 0,
-        b_trans: accumulate & 8 != 0,
-        b_shares_a: accumulate & 16 != 0,
-        same_src: accumulate & 32 != 0,
-        row_max: Some(u(col0)),
     };
     // SAFETY: the caller's guarantees.
     unsafe { dispatch(path(), &args) }
@@ -1116,9 +1041,6 @@ struct Args {
     /// With `a_const` and `b_const`: `a` and `b` are windows of the same matrix (`kc_mmad`'s bit 5, x·xᵀ
     /// and a·a), so the kept packings go into the launch's [`SharedPacks`] when the thread has them.
     same_src: bool,
-    /// `kc_mmad_row_max`: the first column of `c`'s window in rows of `ldc` elements, whose row maxima the
-    /// call records ([`super::rowmax`]) as it stores them.
-    row_max: Option<usize>,
 }
 
 /// Element `idx` of an operand of dtype `d`, as f32.
@@ -2148,10 +2070,6 @@ mod amx {
                             }
                         }
                         j0 += 32;
-                    }
-                    if s0 + chunk >= steps {
-                        // The row pair's final values, just stored (in L1).
-                        super::record_row_max(x, i0, (m - i0).min(32));
                     }
                     i0 += 32;
                 }

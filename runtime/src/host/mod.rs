@@ -2,4 +2,3 @@
 
 pub mod mmad;
 pub mod rowmath;
-pub mod rowmax;
