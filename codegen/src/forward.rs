@@ -1792,11 +1792,10 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
             // A nest of k-step loops (the matmul template's `for k0 { for k2 { if k0 + k2 == 0 { W = a·b }
             // if 0 < k0 + k2 { W += a·b } } }`): its links at any depth; with the chain's start among them
             // when the nest's first mmad into `W` is provably that start (`first_link`).
-            let starts = |t: &Stmt| starts_ok(t);
             let links = Links {
                 into_w: &into_w,
                 reads_itself: &reads_itself,
-                starts: &starts,
+                starts: &starts_ok,
                 disturbs: &disturbs,
                 vars: &vars,
                 y,

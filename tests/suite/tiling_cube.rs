@@ -428,6 +428,14 @@ fn mmad_flags(tp: &TileProgram) -> Vec<i64> {
     flags
 }
 
+/// [`mmad_flags`] of one launch of `tp` compiled alone; it must make at least one `kc_mmad` call.
+fn launch_mmad_flags(tp: &TileProgram, l: &Launch) -> Vec<i64> {
+    let one = TileProgram { launches: vec![l.clone()], ..tp.clone() };
+    let flags = mmad_flags(&one);
+    assert!(!flags.is_empty(), "{}: no kc_mmad call found", l.name);
+    flags
+}
+
 /// `x @ transpose(x)` reads its transposed operand from the tensor its `a` comes from: the JIT tells the host
 /// routine so (`kc_mmad`'s bit 4, with bits 1 to 3), which keeps that packing from its first use and makes
 /// the `a` packing of the window with it. `x @ transpose(y)` and a product with a non-transposed operand
@@ -446,10 +454,7 @@ kernel grams(x: bf16[M, N], y: bf16[M, N], w: bf16[N, M]) -> (a: bf16[M, M], c: 
         let tp = check(&g, &[("M", m), ("N", n)], "host", 1);
         assert_eq!(tp.launches.len(), 3);
         for (l, want) in tp.launches.iter().zip([true, false, false]) {
-            let one = TileProgram { launches: vec![l.clone()], ..tp.clone() };
-            let flags = mmad_flags(&one);
-            assert!(!flags.is_empty(), "{}: no kc_mmad call found", l.name);
-            for f in flags {
+            for f in launch_mmad_flags(&tp, l) {
                 assert_eq!(f & 16 != 0, want, "{} ({m} x {n}): flags {f}", l.name);
                 if want {
                     assert_eq!(f & 30, 30, "{}: bit 4 comes with bits 1 to 3", l.name);
@@ -490,12 +495,7 @@ kernel squares(x: bf16[M, N], y: bf16[M, M]) -> (b: bf16[M, M], e: bf16[M, M], c
         assert_eq!(hits.len(), 1, "one launch writes {name}");
         hits[0].clone()
     };
-    let flags_of = |tp: &TileProgram, name: &str| -> Vec<i64> {
-        let one = TileProgram { launches: vec![launch_of(tp, name)], ..tp.clone() };
-        let flags = mmad_flags(&one);
-        assert!(!flags.is_empty(), "{name}: no kc_mmad call found");
-        flags
-    };
+    let flags_of = |tp: &TileProgram, name: &str| -> Vec<i64> { launch_mmad_flags(tp, &launch_of(tp, name)) };
     for (m, n, seed) in [(300, 200, 1), (33, 70, 2), (128, 40, 3), (1, 17, 4)] {
         let dims = [("M", m), ("N", n)];
         let tp = check(&g, &dims, "host", seed);
@@ -681,12 +681,9 @@ kernel same(x: bf16[M, N], y: bf16[M, N], s: bf16[M, M]) -> (b: bf16[M, M], c: b
         let tp = tile(&g, &args, &target);
         assert_eq!(tp.launches.len(), 4);
         for l in &tp.launches {
-            let one = TileProgram { launches: vec![l.clone()], ..tp.clone() };
             let printed = kc_ir::tile::print::print_launch(&tp, l);
             let want = !printed.contains("-> gm:c[");
-            let flags = mmad_flags(&one);
-            assert!(!flags.is_empty(), "{}: no kc_mmad call found", l.name);
-            for f in flags {
+            for f in launch_mmad_flags(&tp, l) {
                 assert_eq!(f & 32 != 0, want, "{} ({m} x {n}): flags {f}", l.name);
                 if want {
                     assert_eq!(f & 6, 6, "{}: bit 5 comes with bits 1 and 2", l.name);
