@@ -1710,7 +1710,7 @@ enum RowForm<'e> {
     Mask { src: &'e Region, k: Option<&'e VExpr>, swap: bool, a: Option<&'e VExpr>, b: &'e VExpr, fill: &'e VExpr },
 }
 
-/// Rewrites each vector statement over a column of a buffer (`rows × 1`, the destination's rows one element
+/// Rewrites each vector statement over a column of a buffer or GM tensor (`rows × 1`, the destination's rows one element
 /// apart: `ld 1`) as the same statement over one row (`1 × rows`), when every operand maps the same way:
 /// element `(r, 0)` becomes `(0, r)`, an element read `x[r, 0]` (`ld 1`) reads `x[0, r]`, a per-row read
 /// `x[r, 0]` is a per-column read `x[0, c]` (`ld 1`) or stays the one value it is (`ld 0`), a per-column read
@@ -1720,7 +1720,9 @@ enum RowForm<'e> {
 /// shape), but the JIT's code goes along a row 4 or 8 lanes at a time and calls the row routines, instead of
 /// one row, one lane, of code per element: attention's running maxima, sums and rescaling factors (`m`,
 /// `l`, `alpha`: 64 × 1 each, five statements per score block, 8192 blocks per call at the benchmark's
-/// size). Statements into GM keep their shape.
+/// size). A column of a GM tensor (`ld 1`: consecutive elements) is flipped the same way: copy forwarding
+/// turns attention's `lse = log(l) + m` into a statement straight into the `lse` output, which ran one row
+/// (a 4-lane `log` of one value) per element.
 fn columns_as_rows(body: &mut [Stmt]) {
     fn one(e: &SExpr, k: i64) -> bool {
         matches!(e, SExpr::Const(x) if *x == k)
@@ -1745,9 +1747,7 @@ fn columns_as_rows(body: &mut [Stmt]) {
     for s in body.iter_mut() {
         match s {
             Stmt::For { body, .. } | Stmt::If { then: body, .. } => columns_as_rows(body),
-            Stmt::Vector { dst, rows, cols, expr }
-                if one(cols, 1) && !one(rows, 1) && one(&dst.row_stride, 1) && matches!(dst.loc, Loc::Buf { .. }) =>
-            {
+            Stmt::Vector { dst, rows, cols, expr } if one(cols, 1) && !one(rows, 1) && one(&dst.row_stride, 1) => {
                 if let Some(e) = flip(expr) {
                     *expr = e;
                     *cols = std::mem::replace(rows, SExpr::Const(1));

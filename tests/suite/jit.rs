@@ -616,12 +616,13 @@ fn jit_matmul_contiguous_block_runs_match_interpreter() {
     assert!(mixed > 0, "no launch ran an epilogue on vector cores");
 }
 
-/// The JIT compiles a vector statement over a column of a UB buffer (`rows × 1`, `ld 1`) as the statement
+/// The JIT compiles a vector statement over a column of a UB buffer or GM tensor (`rows × 1`, `ld 1`) as the statement
 /// over one row (`kc_codegen::lower::columns_as_rows`): element reads along the column, one value per row
 /// (`ld 1`, or `ld 0`: one value), one per column, the row and column indices, in place, with a read of the
-/// column shifted by one (all reads before any write), an `exp` (by the chunked routine), and a statement whose
-/// per-row read has another row stride (kept as a column). The JIT's results are the simulator's, bit for
-/// bit, on 1 and 2 threads.
+/// column shifted by one (all reads before any write), an `exp` (by the chunked routine), a `log` into a
+/// column of a GM tensor (`ld 1`: attention's `lse`, which ran one 4-lane `log` per element before), and a
+/// statement whose per-row read has another row stride (kept as a column). The JIT's results are the
+/// simulator's, bit for bit, on 1 and 2 threads.
 #[test]
 fn jit_column_statements_run_as_rows() {
     use kc_ir::graph::{BinOp, UnOp};
@@ -666,6 +667,14 @@ fn jit_column_statements_run_as_rows() {
             ),
         ),
         Stmt::Copy { pipe: Pipe::Mte3, src: at(1, 0, 16), dst: gm(1), rows: c(16), cols: c(16) },
+        // A column of the GM output (`ld 1`: 15 consecutive elements from element 17), as copy forwarding
+        // leaves attention's `lse = log(l) + m`: a log of a column plus one value per row.
+        Stmt::Vector {
+            dst: Region { loc: Loc::Gm(kc_ir::tile::TensorId(1)), offset: c(17), row_stride: c(1) },
+            rows: c(15),
+            cols: c(1),
+            expr: bin(BinOp::Add, VExpr::Unary(UnOp::Log, bx(VExpr::Read(at(1, 64, 1)))), VExpr::ReadRow(at(1, 16, 1))),
+        },
     ];
     let mut p = tp.clone();
     p.launches = vec![Launch {
@@ -687,7 +696,7 @@ fn jit_column_statements_run_as_rows() {
         &compiled.launches[0].bodies.1,
         &|s| matches!(s, Stmt::Vector { rows: SExpr::Const(1), cols, .. } if *cols != SExpr::Const(1)),
     );
-    assert_eq!(flipped, 7, "the column statements compiled as rows");
+    assert_eq!(flipped, 8, "the column statements compiled as rows (the GM column too)");
     for threads in [1, 2] {
         let got = compiled.run(&p, &g, &args, threads, &Limits::default()).expect("runs").0;
         common::assert_same_bits(&format!("{threads} threads"), &want[0].1, &got[0].1);
