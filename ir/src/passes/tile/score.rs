@@ -37,7 +37,7 @@
 //! no register between the loads and the mmads changes, and the host reads every hand-off in place.
 //!
 //! The cube computes scores `lead` blocks ahead of its p·v products (3; the target may say otherwise:
-//! `score_lead`, 2 on the host). A core's blocks form one stream
+//! `score_lead`, 1 on the host). A core's blocks form one stream
 //! across its tasks: in the online mode the last iterations of a task compute the next task's first
 //! blocks (S on the cube, SOFTMAX on the vector cores: *tasks in flight*), so neither unit waits for the
 //! other at a task boundary; `gb` is the stream index of the task's first block, and the rings below turn
