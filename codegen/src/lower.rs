@@ -339,6 +339,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_cross_set", native::kc_rt_cross_set as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_cross_wait", native::kc_rt_cross_wait as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_copy", native::kc_rt_copy as *const u8, vec![I64], vec![]),
+        ("kc_rt_zero", native::kc_rt_zero as *const u8, vec![I64], vec![]),
         ("kc_rt_copy_cols", native::kc_rt_copy_cols as *const u8, vec![I64], vec![]),
         ("kc_rt_gather", native::kc_rt_gather as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_reduce", native::kc_rt_reduce as *const u8, vec![I64; 3], vec![I32]),
@@ -1692,6 +1693,16 @@ fn same_storage(a: &Region, b: &Region) -> bool {
     }
 }
 
+/// Whether `expr` stored into `dtype` makes every byte of the element zero: the constant `+0.0` (not `-0.0`)
+/// into `f32`, bf16 or f16 (each rounds it to all-zero bits), or `0` into `i32` ([`native::kc_rt_zero`]).
+fn zero_bytes(expr: &VExpr, dtype: DType) -> bool {
+    match (expr, dtype) {
+        (VExpr::F32(x), DType::F32 | DType::BF16 | DType::F16) => x.to_bits() == 0,
+        (VExpr::I32(0), DType::I32) => true,
+        _ => false,
+    }
+}
+
 /// A vector statement that a host routine computes row by row, 16 lanes at a time ([`Gen::row_routine`]).
 enum RowForm<'e> {
     /// `exp(src - s)` (or `exp(src)`; `k·src` for `src` with `k`) into `f32`: [`rowmath::kc_rt_row_exp`].
@@ -2467,6 +2478,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             return Err(self.err(format!("a {ty:?} value stored into {} ({})", d.what, d.dtype)));
         }
         self.check(&d, rows, cols);
+        // Every byte of the result zero (`+0.0` into a float dtype, `0` into `i32`): cleared by `memset`.
+        if zero_bytes(expr, d.dtype) {
+            let mut w = self.region_words(&d);
+            w.extend([rows, cols]);
+            let a = self.words(&w);
+            self.call("kc_rt_zero", &[a]);
+            return Ok(());
+        }
         // Resolve and check every region read.
         let mut reads: Reads = Vec::new();
         let mut regions = Vec::new();
@@ -3738,6 +3757,20 @@ mod tests {
         // A run stops at MAX_FUSED statements.
         let many: Vec<Stmt> = (0..MAX_FUSED + 4).map(|_| a_from_x.clone()).collect();
         assert_eq!(run(&many), MAX_FUSED);
+    }
+
+    #[test]
+    fn zero_fills_are_only_all_zero_bytes() {
+        // `+0.0` rounds to all-zero bits in every float dtype; `-0.0` has its sign bit, other values other bits.
+        for d in [DType::F32, DType::BF16, DType::F16] {
+            assert!(zero_bytes(&VExpr::F32(0.0), d), "{d}");
+            assert!(!zero_bytes(&VExpr::F32(-0.0), d), "{d}");
+            assert!(!zero_bytes(&VExpr::F32(1e-45), d), "{d}");
+        }
+        assert!(zero_bytes(&VExpr::I32(0), DType::I32));
+        assert!(!zero_bytes(&VExpr::I32(1), DType::I32));
+        assert!(!zero_bytes(&VExpr::Bool(false), DType::Bool));
+        assert!(!zero_bytes(&VExpr::Row, DType::F32));
     }
 
     #[test]

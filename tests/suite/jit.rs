@@ -703,6 +703,85 @@ fn jit_column_statements_run_as_rows() {
     }
 }
 
+/// A vector statement of `+0.0` clears its window with `memset` (`kc_rt_zero`, `kc_codegen::lower::zero_bytes`):
+/// a window narrower than its rows' stride, one whose rows are contiguous, a bf16 one; `-0.0` (not every
+/// byte zero) stays the inline code's. Only the window changes: the JIT's results are the simulator's, bit
+/// for bit, on 1 and 2 threads, with the elements around each window kept.
+#[test]
+fn jit_zero_fills_clear_exactly_their_window() {
+    use kc_ir::tile::{BufId, Buffer, Launch, Loc, Mem, Pipe, Region, SExpr, Stmt, Unit, VExpr};
+    use kc_ir::DType;
+    let (g, tp) = host_copy_kernel("jit_zero");
+    let c = SExpr::Const;
+    let at = |b: u32, off: i64, ld: i64| Region {
+        loc: Loc::Buf { buf: BufId(b), slot: c(0) },
+        offset: c(off),
+        row_stride: c(ld),
+    };
+    let gm = |t: u32| Region { loc: Loc::Gm(kc_ir::tile::TensorId(t)), offset: c(0), row_stride: c(16) };
+    let fill = |b: u32, off: i64, ld: i64, rows: i64, cols: i64, v: f32| Stmt::Vector {
+        dst: at(b, off, ld),
+        rows: c(rows),
+        cols: c(cols),
+        expr: VExpr::F32(v),
+    };
+    let vector = vec![
+        Stmt::Copy { pipe: Pipe::Mte2, src: gm(0), dst: at(0, 0, 16), rows: c(16), cols: c(16) },
+        Stmt::Copy { pipe: Pipe::Mte2, src: gm(0), dst: at(1, 0, 16), rows: c(16), cols: c(16) },
+        // Rows 3..12, columns 2..13: narrower than the stride.
+        fill(0, 3 * 16 + 2, 16, 9, 11, 0.0),
+        // Rows 13 and 14 whole: one contiguous run.
+        fill(0, 13 * 16, 16, 2, 16, 0.0),
+        // A window read with another stride (rows of 5 elements, 7 apart) from element 1.
+        fill(0, 1, 7, 2, 5, 0.0),
+        // -0.0: the sign bit set, computed inline.
+        fill(0, 2 * 16 + 4, 16, 1, 9, -0.0),
+        // bf16: rows 1..4, columns 5..8 zero, then the buffer rounded back into row 0 and column 0 of the
+        // output's rows 12..15 (overwriting what the first fill cleared there).
+        fill(1, 16 + 5, 16, 3, 3, 0.0),
+        Stmt::Copy { pipe: Pipe::Mte3, src: at(0, 0, 16), dst: gm(1), rows: c(16), cols: c(16) },
+        Stmt::Copy {
+            pipe: Pipe::Mte3,
+            src: at(1, 16, 16),
+            dst: Region { loc: Loc::Gm(kc_ir::tile::TensorId(1)), offset: c(12 * 16), row_stride: c(16) },
+            rows: c(4),
+            cols: c(16),
+        },
+    ];
+    let mut p = tp.clone();
+    p.launches = vec![Launch {
+        name: "zero".to_string(),
+        unit: Unit::Vector,
+        cube_cores: 0,
+        vector_cores: 1,
+        buffers: vec![
+            Buffer::single("x_ub", Mem::UB, DType::F32, vec![16, 16]),
+            Buffer::single("h_ub", Mem::UB, DType::BF16, vec![16, 16]),
+        ],
+        svars: Vec::new(),
+        cube: Vec::new(),
+        vector,
+    }];
+    let mut rng = common::Rng::new(12);
+    let x = common::rand_tensor(&mut rng, DType::F32, &[16, 16]);
+    let args = common::args(&[("x", &x)], &[]);
+    let want = kc_runtime::sim::run_with(&p, &g, &args, &Limits::default()).expect("simulates").0;
+    let compiled = kc_codegen::compile(&p, &opts()).expect("compiles");
+    for threads in [1, 2] {
+        let got = compiled.run(&p, &g, &args, threads, &Limits::default()).expect("runs").0;
+        common::assert_same_bits(&format!("{threads} threads"), &want[0].1, &got[0].1);
+    }
+    // What the windows hold: zeros where filled (the -0.0 one with its sign), the input around them.
+    let (out, xs) = (want[0].1.to_f64_vec(), x.to_f64_vec());
+    let z = out.iter().filter(|v| **v == 0.0 && v.is_sign_positive()).count();
+    let nz = out[2 * 16 + 4..2 * 16 + 13].iter().filter(|v| **v == 0.0 && v.is_sign_negative()).count();
+    assert_eq!(nz, 9, "the -0.0 fill");
+    assert!(z >= 9 * 11, "the fills' zeros: {z}");
+    assert_eq!(out[2 * 16 + 2], xs[2 * 16 + 2], "the row above the first window");
+    assert_eq!(out[3 * 16 + 1], xs[3 * 16 + 1], "the column left of the first window");
+    assert_eq!(out[3 * 16 + 13], xs[3 * 16 + 13], "the column right of the first window");
+}
+
 /// A mixed matmul launch's elementwise epilogue `o = c · x + b @ x` (Muon's `b·x` step) runs on the host as
 /// one row routine call per block of rows (`kc_rt_rows_axpy`, which requests the rows ahead); with a
 /// per-row factor it stays a call per row. On inputs whose products and sums are exact in f32 (small
