@@ -1,0 +1,207 @@
+//! Whether AVX-512 work overlaps the AMX matrix unit's work on one core: times blocks of 2 × 2 AMX tiles
+//! (`tdpbf16ps`, operands in L1, the accumulators stored into a 128 KiB area as a 128 × 256 f32 score block
+//! is) with and without an `exp`-shaped instruction mix (the 16 operations of the row routines' `exp16`, two
+//! independent 16-lane chains a round) interleaved with their k steps, and the same work done one after
+//! the other (as kc's host runtime runs the cube's `mmad` call, then the vector code's `exp` rows). Prints
+//! ns per block, the best of 7 rounds of 20000 blocks (thread CPU time).
+//! Run with `cargo run --release -p kc-runtime --example amx_overlap [steps ...]` (k steps of 32 per block:
+//! 4 is attention's q·kᵀ at D = 128; default 4 and 16). Needs AMX (exits with a message otherwise).
+//!
+//! Session 17 (load 2–3): 4 k steps, dots and stores 187 ns a block, the `exp` mix alone (2 rounds a k
+//! step) 67 ns, interleaved 184 ns, one after the other 200 ns; 16 k steps: 516, 260, 519 and 851 ns. The
+//! `exp` work interleaved with the k steps hides behind the matrix unit entirely; run after the block, as
+//! kc runs a cube's call and then the vector code's rows (each a whole block, far more than the core's
+//! out-of-order window), it does not.
+
+#[allow(dead_code)] // the shared helpers this example does not use
+mod common;
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::common::{clock, THREAD_CPU};
+    use std::arch::asm;
+
+    #[repr(C, align(64))]
+    struct Cfg([u8; 64]);
+
+    /// Asks Linux for the tile state and loads palette 1 with eight 16 × 64-byte tiles.
+    pub fn setup() -> bool {
+        // The runtime's own check (CPUID, and the tile state permitted by the kernel).
+        if !kc_runtime::host::mmad::supported(kc_runtime::host::mmad::Path::Amx) {
+            return false;
+        }
+        let ret: i64;
+        // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); the kernel clobbers rcx and r11.
+        unsafe {
+            asm!("syscall", inlateout("rax") 158i64 => ret, in("rdi") 0x1023i64, in("rsi") 18i64,
+                lateout("rcx") _, lateout("r11") _, options(nostack));
+        }
+        if ret != 0 {
+            return false;
+        }
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+        }
+        let cfg = Cfg(c);
+        // SAFETY: a valid configuration; AMX is permitted.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg as *const Cfg, options(nostack, readonly)) };
+        true
+    }
+
+    /// One k step of a 2 × 2 block: two A tiles (rows `stride` bytes apart), two B tiles, four dots.
+    #[inline(always)]
+    unsafe fn step(a: *const u8, b: *const u8, stride: usize) {
+        // SAFETY: the caller's operands are 16 rows of 64 bytes each.
+        unsafe {
+            asm!(
+                "tileloadd tmm4, [{a}+{st}*1]",
+                "tileloadd tmm5, [{a2}+{st}*1]",
+                "tileloaddt1 tmm6, [{b}+{c64}*1]",
+                "tileloaddt1 tmm7, [{b2}+{c64}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a = in(reg) a, a2 = in(reg) a.add(16 * stride), st = in(reg) stride,
+                b = in(reg) b, b2 = in(reg) b.add(8192), c64 = in(reg) 64usize,
+                options(nostack));
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn zero4() {
+        // SAFETY: tile registers only.
+        unsafe { asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem)) };
+    }
+
+    /// The four accumulators into `c` (row stride `ldc` bytes).
+    #[inline(always)]
+    unsafe fn store4(c: *mut u8, ldc: usize) {
+        // SAFETY: the caller's: 32 rows of 128 bytes at `c`, `ldc` apart.
+        unsafe {
+            asm!(
+                "tilestored [{c}+{l}*1], tmm0", "tilestored [{c1}+{l}*1], tmm1",
+                "tilestored [{c2}+{l}*1], tmm2", "tilestored [{c3}+{l}*1], tmm3",
+                c = in(reg) c, c1 = in(reg) c.add(64), c2 = in(reg) c.add(16 * ldc), c3 = in(reg) c.add(16 * ldc + 64),
+                l = in(reg) ldc, options(nostack));
+        }
+    }
+
+    /// `n` rounds of two independent 16-lane `exp16`-shaped sequences (compare into a mask, masked max,
+    /// min, the range reduction's multiply-adds and subtraction, the degree-5 polynomial, `scalef`), on
+    /// registers only.
+    #[inline(always)]
+    unsafe fn exp_mix(n: usize) {
+        // SAFETY: registers only.
+        unsafe {
+            asm!(
+                "2:",
+                "vcmpps k1, zmm10, zmm11, 5", "vcmpps k2, zmm20, zmm11, 5",
+                "vmaxps zmm12{{k1}}{{z}}, zmm11, zmm10", "vmaxps zmm22{{k2}}{{z}}, zmm11, zmm20",
+                "vminps zmm12, zmm12, zmm13", "vminps zmm22, zmm22, zmm13",
+                "vfmadd213ps zmm14, zmm12, zmm15", "vfmadd213ps zmm24, zmm22, zmm15",
+                "vsubps zmm16, zmm14, zmm15", "vsubps zmm26, zmm24, zmm15",
+                "vfmadd231ps zmm12, zmm16, zmm13", "vfmadd231ps zmm22, zmm26, zmm13",
+                "vfmadd231ps zmm12, zmm16, zmm13", "vfmadd231ps zmm22, zmm26, zmm13",
+                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
+                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
+                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
+                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
+                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
+                "vmulps zmm18, zmm12, zmm12", "vmulps zmm28, zmm22, zmm22",
+                "vfmadd213ps zmm17, zmm18, zmm12", "vfmadd213ps zmm27, zmm28, zmm22",
+                "vaddps zmm17, zmm17, zmm13", "vaddps zmm27, zmm27, zmm13",
+                "vscalefps zmm19{{k1}}{{z}}, zmm17, zmm16", "vscalefps zmm29{{k2}}{{z}}, zmm27, zmm26",
+                "dec {n}", "jnz 2b",
+                n = inout(reg) n => _,
+                out("zmm12") _, out("zmm14") _, out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+                out("zmm22") _, out("zmm24") _, out("zmm26") _, out("zmm27") _, out("zmm28") _, out("zmm29") _,
+                out("k1") _, out("k2") _,
+                options(nostack, nomem));
+        }
+    }
+
+    /// 64-byte aligned zeroed bytes (leaked).
+    fn aligned(bytes: usize) -> *mut u8 {
+        let v = vec![0u8; bytes + 64].leak();
+        let off = v.as_ptr().align_offset(64);
+        v[off..].as_mut_ptr()
+    }
+
+    pub fn run(steps_list: &[usize]) {
+        const BLOCKS: usize = 20000;
+        let a = aligned(64 * 1024);
+        let b = aligned(32 * 1024);
+        // bf16 1.0 in every operand element: no subnormals, no NaNs.
+        for p in [a, b] {
+            let n = if p == a { 32 * 1024 } else { 16 * 1024 };
+            for i in 0..n {
+                // SAFETY: inside the allocations.
+                unsafe { p.cast::<u16>().add(i).write(0x3f80) };
+            }
+        }
+        let c = aligned(128 * 1024);
+        let forms = ["dots and stores", "exp mix alone", "interleaved", "one after the other"];
+        for &steps in steps_list {
+            let stride = steps * 64;
+            for (fi, form) in forms.iter().enumerate() {
+                let mut best = f64::MAX;
+                for _ in 0..7 {
+                    let t = clock(THREAD_CPU);
+                    for blk in 0..BLOCKS {
+                        // The block's 32 × 32 accumulators in a 128 × 256 f32 area (1 KiB rows).
+                        // SAFETY: every access lies inside the allocations above.
+                        unsafe {
+                            let cp = c.add((blk % 8) * 128 + (blk / 8 % 4) * 32 * 1024);
+                            match fi {
+                                0 => {
+                                    zero4();
+                                    for s in 0..steps {
+                                        step(a.add(s * 64), b.add(s * 1024), stride);
+                                    }
+                                    store4(cp, 1024);
+                                }
+                                1 => exp_mix(2 * steps),
+                                2 => {
+                                    zero4();
+                                    for s in 0..steps {
+                                        step(a.add(s * 64), b.add(s * 1024), stride);
+                                        exp_mix(2);
+                                    }
+                                    store4(cp, 1024);
+                                }
+                                _ => {
+                                    zero4();
+                                    for s in 0..steps {
+                                        step(a.add(s * 64), b.add(s * 1024), stride);
+                                    }
+                                    store4(cp, 1024);
+                                    exp_mix(2 * steps);
+                                }
+                            }
+                        }
+                    }
+                    best = best.min(clock(THREAD_CPU) - t);
+                }
+                println!("k steps {steps:2}, {form:20}: {:6.1} ns a block", best / BLOCKS as f64 * 1e9);
+            }
+        }
+    }
+}
+
+fn main() {
+    let steps: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().expect("k steps")).collect();
+    let steps = if steps.is_empty() { vec![4, 16] } else { steps };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if amx::setup() {
+            amx::run(&steps);
+            return;
+        }
+    }
+    let _ = steps;
+    println!("amx_overlap: this host has no AMX (or the kernel does not permit it)");
+}
