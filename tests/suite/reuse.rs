@@ -72,7 +72,7 @@ fn same_as_fresh(g: &Graph, dims: &BTreeMap<String, i64>) -> Option<(TileProgram
 #[test]
 fn reused_memory_gives_the_results_of_fresh_memory() {
     let s = sizes();
-    let (mut ran, mut kept, mut unzeroed, mut outputs) = (0, 0, 0, 0);
+    let (mut ran, mut kept, mut unzeroed, mut outputs, mut shared) = (0, 0, 0, 0, 0);
     let mut cases: Vec<(std::path::PathBuf, Vec<BTreeMap<String, i64>>)> = kernel_names()
         .into_iter()
         .map(|k| (common::kernel_path(&k), s.get(&k).map(|z| z.sim.clone()).unwrap_or_default()))
@@ -104,6 +104,7 @@ fn reused_memory_gives_the_results_of_fresh_memory() {
                         .count();
                     unzeroed += plan.zero.iter().flatten().filter(|z| !**z).count();
                     outputs += plan.outputs.iter().filter(|o| **o).count();
+                    shared += plan.share.iter().filter(|o| o.is_some()).count();
                 }
             }
         }
@@ -111,6 +112,8 @@ fn reused_memory_gives_the_results_of_fresh_memory() {
     assert!(ran >= 100, "only {ran} programs ran");
     assert!(outputs >= 50, "only {outputs} outputs may be written into recycled memory");
     assert!(kept >= 50 && unzeroed >= 100, "{kept} tensors kept, {unzeroed} buffers unzeroed");
+    // Muon at four sizes, moe_route, a fixture: the third and fourth calls ran on shared memory.
+    assert!(shared >= 20, "only {shared} intermediates use another's memory");
 }
 
 /// Muon at a size where its matmuls go through GM: every intermediate and workspace is proven written
