@@ -1092,10 +1092,11 @@ fn run_kept(
     // Parameters no statement writes are read in place (the compiled code never writes them).
     // (Not an `inout` parameter: a result may be read back from it.)
     let written = gm::written(prog);
-    let borrow = |t: kc_ir::tile::TensorId| read_only_param(prog, graph, &written, t) || kept.has(t);
+    let borrow = |t: kc_ir::tile::TensorId| read_only_param(prog, graph, &written, t) || kept.has(t) || kept.shares(t);
     let (binding, mut mem) = gm::setup_borrowing(prog, graph, args, limits, "running", &borrow)?;
     kept.lend(&mut mem);
-    let ptrs = gm_ptrs(prog, graph, args, &mut mem, &|_| false);
+    let mut ptrs = gm_ptrs(prog, graph, args, &mut mem, &|_| false);
+    kept.point_shared(&mut ptrs);
     let t1 = std::time::Instant::now();
     let stats = run_launches(prog, graph, launches, &ptrs, threads, kept.zero(), kept.poison);
     kept.keep(&mut mem);
@@ -1259,7 +1260,8 @@ impl<'a> Kept<'a> {
             let fits = m.as_ref().is_some_and(|d| {
                 data_dtype(d) == prog.tensors[t].dtype && gm::tensor_elems(prog, t) == Some(d.len() as u64)
             });
-            if !(fits && r.plan.is_some_and(|p| p.keep.get(t).copied().unwrap_or(false))) {
+            let shared = r.plan.is_some_and(|p| p.share.get(t).copied().flatten().is_some() && store[t]);
+            if !(fits && r.plan.is_some_and(|p| p.keep.get(t).copied().unwrap_or(false))) || shared {
                 *m = None;
             }
         }
@@ -1291,6 +1293,27 @@ impl<'a> Kept<'a> {
 
     fn has(&self, t: kc_ir::tile::TensorId) -> bool {
         self.mem.get(t.0 as usize).is_some_and(|m| m.is_some())
+    }
+
+    /// The kept intermediate whose memory `t` uses this call (`reuse::Plan::share`): both stored back (the
+    /// plan keeps them), so that memory is the owner's, taken from the arena or fresh.
+    fn owner(&self, t: usize) -> Option<usize> {
+        let o = self.plan?.share.get(t).copied().flatten()?;
+        (self.store.get(t) == Some(&true) && self.store.get(o) == Some(&true)).then_some(o)
+    }
+
+    /// Whether `t` uses another tensor's memory this call (it gets none of its own).
+    fn shares(&self, t: kc_ir::tile::TensorId) -> bool {
+        self.owner(t.0 as usize).is_some()
+    }
+
+    /// Points the tensors that share memory at their owner's.
+    fn point_shared(&self, ptrs: &mut [*mut u8]) {
+        for t in 0..ptrs.len() {
+            if let Some(o) = self.owner(t) {
+                ptrs[t] = ptrs[o];
+            }
+        }
     }
 
     /// Moves the taken memory into the call's global memory (the entries `setup_borrowing` left empty).
@@ -1402,8 +1425,9 @@ fn run_in_place_kept(
     let written = gm::written(prog);
     let in_place: std::collections::BTreeSet<kc_ir::tile::TensorId> =
         plan.inout.iter().flat_map(|&(_, _, p, o)| std::iter::once(p).chain(o)).collect();
-    let borrow =
-        |t: kc_ir::tile::TensorId| in_place.contains(&t) || read_only_param(prog, graph, &written, t) || kept.has(t);
+    let borrow = |t: kc_ir::tile::TensorId| {
+        in_place.contains(&t) || read_only_param(prog, graph, &written, t) || kept.has(t) || kept.shares(t)
+    };
     let (binding, mut mem) = gm::setup_borrowing(prog, graph, args, limits, "running", &borrow)?;
     kept.lend(&mut mem);
     // Everything that could fail is checked before the first launch: the results' tensors, the threads.
@@ -1433,6 +1457,7 @@ fn run_in_place_kept(
             ptrs[o.0 as usize] = q;
         }
     }
+    kept.point_shared(&mut ptrs);
     let t1 = std::time::Instant::now();
     // Cannot fail (the plan's walk made every check the compiled code makes).
     let stats = run_launches(prog, graph, launches, &ptrs, threads, kept.zero(), kept.poison);

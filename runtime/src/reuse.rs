@@ -62,6 +62,10 @@ pub struct Plan {
     /// Per GM tensor: an output whose every read element is written first and whose every element is
     /// written (it may be written into recycled memory, unzeroed).
     pub outputs: Vec<bool>,
+    /// Per GM tensor: the kept intermediate whose memory it uses instead of its own ([`share_dead`]): both
+    /// kept, of the same dtype and size, and every launch that names this one comes after every launch that
+    /// names the other (and the other tensors sharing that memory).
+    pub share: Vec<Option<usize>>,
 }
 
 impl Plan {
@@ -71,6 +75,7 @@ impl Plan {
             keep: vec![false; prog.tensors.len()],
             zero: prog.launches.iter().map(|l| vec![true; l.buffers.len()]).collect(),
             outputs: vec![false; prog.tensors.len()],
+            share: vec![None; prog.tensors.len()],
         }
     }
 }
@@ -354,7 +359,115 @@ fn walk<'p>(
             keep[t] = false;
         }
     }
-    Ok(Plan { keep, zero, outputs })
+    let share = share_dead(prog, launches, &keep);
+    Ok(Plan { keep, zero, outputs, share })
+}
+
+/// Which kept intermediates may use the memory of another (`Plan::share`): Muon's five steps each have
+/// their own `x`, `a` and `b` (48 MiB a call at 1024 × 4096), each written and read within a step or two,
+/// so every store of a step went to lines last touched a whole call earlier (cold: the mirrored blocks of
+/// the symmetric products, written 16 bytes to a line, cost 2 ns an element). With the memory shared, a
+/// step writes the lines the step before last used.
+///
+/// Why it is the same computation: a kept tensor (`keep`) has every element a statement reads written
+/// before in the call, by its own launches; its live range is the launches whose compiled statements name
+/// it. Launches run one after another, so when the ranges of the tensors sharing one memory are apart, no
+/// launch of one sees an element another wrote: each reads only what its own launches wrote since its
+/// first. Only intermediates share (not workspaces, whose areas the executor may give per thread, nor
+/// outputs and parameters, which are the caller's), the first of each group by order of first use keeps its
+/// own memory and the others point there; same dtype and size, so the addressing is the tensor's own.
+pub fn share_dead(prog: &TileProgram, launches: &[Compiled<'_>], keep: &[bool]) -> Vec<Option<usize>> {
+    let n = prog.tensors.len();
+    let mut share = vec![None; n];
+    // Per tensor, the first and last launch whose compiled statements name it.
+    let mut range: Vec<Option<(usize, usize)>> = vec![None; n];
+    for (li, c) in launches.iter().enumerate() {
+        let mut used = BTreeSet::new();
+        gm_named(c.cube, &mut used);
+        gm_named(c.vector, &mut used);
+        for t in used {
+            if let Some(r) = range.get_mut(t.0 as usize) {
+                *r = Some(r.map_or((li, li), |(a, _)| (a, li)));
+            }
+        }
+    }
+    let mut items: Vec<(usize, usize, usize)> = (0..n)
+        .filter(|&t| matches!(prog.tensors[t].role, TensorRole::Intermediate(_)) && keep.get(t) == Some(&true))
+        .filter_map(|t| range[t].map(|(a, b)| (a, b, t)))
+        .collect();
+    items.sort_unstable();
+    // Groups: (owner, dtype, elements, last launch of the group so far).
+    let mut groups: Vec<(usize, DType, Option<u64>, usize)> = Vec::new();
+    for (first, last, t) in items {
+        let (dt, elems) = (prog.tensors[t].dtype, crate::gm::tensor_elems(prog, t));
+        match groups.iter_mut().find(|g| g.1 == dt && g.2 == elems && elems.is_some() && g.3 < first) {
+            Some(g) => {
+                share[t] = Some(g.0);
+                g.3 = last;
+            }
+            None => groups.push((t, dt, elems, last)),
+        }
+    }
+    share
+}
+
+/// Adds every GM tensor that a region (or a gather's source) of `body` names.
+fn gm_named(body: &[Stmt], out: &mut BTreeSet<TensorId>) {
+    let region = |r: &Region, out: &mut BTreeSet<TensorId>| {
+        if let Loc::Gm(t) = r.loc {
+            out.insert(t);
+        }
+    };
+    for s in body {
+        match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => gm_named(body, out),
+            Stmt::Copy { src, dst, .. } | Stmt::Reduce { src, dst, .. } => {
+                region(src, out);
+                region(dst, out);
+            }
+            Stmt::Gather { src, index, dst, .. } => {
+                out.insert(*src);
+                region(index, out);
+                region(dst, out);
+            }
+            Stmt::Mmad { a, b, c, .. } => {
+                for r in [a, b, c] {
+                    region(r, out);
+                }
+            }
+            Stmt::Vector { dst, expr, .. } => {
+                let (mut reads, mut scalars) = (Vec::new(), Vec::new());
+                vreads(expr, &mut reads, &mut scalars);
+                for (_, r) in reads {
+                    region(r, out);
+                }
+                region(dst, out);
+            }
+            Stmt::Library { op, src, .. } => {
+                region(src, out);
+                match op {
+                    LibOp::TopK { values, indices, .. } => {
+                        for r in values.iter().chain(indices.iter()) {
+                            region(r, out);
+                        }
+                    }
+                    LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => region(dst, out),
+                    LibOp::CumSum { dst, carry, .. } => {
+                        region(dst, out);
+                        for r in carry.iter() {
+                            region(r, out);
+                        }
+                    }
+                }
+            }
+            Stmt::Set { .. }
+            | Stmt::SetFlag { .. }
+            | Stmt::WaitFlag { .. }
+            | Stmt::Barrier { .. }
+            | Stmt::CrossSet { .. }
+            | Stmt::CrossWait { .. } => {}
+        }
+    }
 }
 
 impl Walk<'_> {

@@ -1,8 +1,9 @@
 //! Memory a compiled program gets back dirty (`kc_runtime::reuse`, the executor's GM arena and unzeroed
 //! scratch): every kernel of `kernels/` and every fixture, called several times on one compiled program
 //! with that memory poisoned (`0xFF` bytes, NaN in every float dtype), gives the results of a run on
-//! fresh, zeroed memory, bit for bit (each call's results are given back for the next call's outputs); and
-//! the proof does keep Muon's intermediates and workspaces.
+//! fresh, zeroed memory, bit for bit (each call's results are given back for the next call's outputs, and
+//! kept intermediates whose launches are apart share memory); and the proof does keep Muon's intermediates
+//! and workspaces, and lets its steps' values share memory.
 
 use crate::common;
 use crate::tiled::{kernel_names, sizes, tile_at};
@@ -57,13 +58,21 @@ fn same_as_fresh(g: &Graph, dims: &BTreeMap<String, i64>) -> Option<(TileProgram
         }
     }
     let plan = code.reuse_plan(&tp).clone();
+    // Memory is shared only between kept intermediates (never a tensor read before it is written).
+    for (t, o) in plan.share.iter().enumerate().filter_map(|(t, o)| o.map(|o| (t, o))) {
+        for u in [t, o] {
+            let what = format!("{}: `{}` shares `{}`", g.name, tp.tensors[t].name, tp.tensors[o].name);
+            assert!(plan.keep[u] && matches!(tp.tensors[u].role, TensorRole::Intermediate(_)), "{what}");
+        }
+        assert_eq!(plan.share[o], None, "{}: an owner shares nothing", g.name);
+    }
     Some((tp, plan))
 }
 
 #[test]
 fn reused_memory_gives_the_results_of_fresh_memory() {
     let s = sizes();
-    let (mut ran, mut kept, mut unzeroed, mut outputs) = (0, 0, 0, 0);
+    let (mut ran, mut kept, mut unzeroed, mut outputs, mut shared) = (0, 0, 0, 0, 0);
     let mut cases: Vec<(std::path::PathBuf, Vec<BTreeMap<String, i64>>)> = kernel_names()
         .into_iter()
         .map(|k| (common::kernel_path(&k), s.get(&k).map(|z| z.sim.clone()).unwrap_or_default()))
@@ -95,6 +104,7 @@ fn reused_memory_gives_the_results_of_fresh_memory() {
                         .count();
                     unzeroed += plan.zero.iter().flatten().filter(|z| !**z).count();
                     outputs += plan.outputs.iter().filter(|o| **o).count();
+                    shared += plan.share.iter().filter(|o| o.is_some()).count();
                 }
             }
         }
@@ -102,6 +112,8 @@ fn reused_memory_gives_the_results_of_fresh_memory() {
     assert!(ran >= 100, "only {ran} programs ran");
     assert!(outputs >= 50, "only {outputs} outputs may be written into recycled memory");
     assert!(kept >= 50 && unzeroed >= 100, "{kept} tensors kept, {unzeroed} buffers unzeroed");
+    // Muon at four sizes, moe_route, a fixture: the third and fourth calls ran on shared memory.
+    assert!(shared >= 20, "only {shared} intermediates use another's memory");
 }
 
 /// Muon at a size where its matmuls go through GM: every intermediate and workspace is proven written
@@ -128,6 +140,51 @@ fn muon_keeps_its_intermediates_and_workspaces() {
             if b.name.starts_with("c_l0c") {
                 assert!(!z, "{}: `{}` is written (mmad without accumulate) before it is read", l.name, b.name);
             }
+        }
+    }
+}
+
+/// Muon at a size where its products are matmul launches (`x`, `a`, `b` in GM every step): the steps'
+/// values share memory where their launches are apart, and the reused, shared memory (poisoned) gives
+/// the results of fresh memory bit for bit (`same_as_fresh`, 1 and 2 threads; one block, and partial
+/// blocks of the triangles).
+#[test]
+fn muon_steps_share_memory() {
+    let g = common::compile_ok(common::kernel_path("muon_orthogonalize")).kernels.remove(0);
+    for m in [33, 300] {
+        let dims: BTreeMap<String, i64> = [("M".to_string(), m), ("N".to_string(), 4096)].into_iter().collect();
+        let (tp, plan) = same_as_fresh(&g, &dims).expect("muon tiles");
+        steps_share(&tp, &plan);
+    }
+}
+
+/// [`muon_steps_share_memory`]'s checks of the plan.
+fn steps_share(tp: &TileProgram, plan: &kc_runtime::reuse::Plan) {
+    // The steps' `x`, `a` and `b` use the memory of the same value two steps (`x`) or one step (`a`, `b`)
+    // earlier: their launches are apart. `x.1` is written by the launch that reads `x` last (`b·x`), so
+    // it has memory of its own; workspaces, parameters and outputs never share.
+    // The step's value of `name` (step 0 the first; the tile program names every step's value alike).
+    let id = |name: &str, step: usize| {
+        let mut at = tp.tensors.iter().enumerate().filter(|(_, x)| x.name == name).map(|(t, _)| t);
+        at.nth(step).unwrap_or_else(|| panic!("`{name}` of step {step}"))
+    };
+    for ((t, s), (o, so)) in [
+        (("x", 2), ("x", 0)),
+        (("x", 4), ("x", 0)),
+        (("x", 3), ("x", 1)),
+        (("a", 1), ("a", 0)),
+        (("a", 4), ("a", 0)),
+        (("b", 4), ("b", 0)),
+    ] {
+        assert_eq!(plan.share[id(t, s)], Some(id(o, so)), "`{t}` of step {s} uses the memory of `{o}` of step {so}");
+    }
+    for t in [id("x", 0), id("x", 1), id("a", 0), id("b", 0), id("g", 0), id("o", 0)] {
+        assert_eq!(plan.share[t], None, "`{}` has memory of its own", tp.tensors[t].name);
+    }
+    for (t, x) in tp.tensors.iter().enumerate() {
+        if let Some(o) = plan.share[t] {
+            assert!(matches!(x.role, TensorRole::Intermediate(_)), "`{}` shares: an intermediate", x.name);
+            assert_eq!((x.dtype, &x.shape), (tp.tensors[o].dtype, &tp.tensors[o].shape), "`{}`", x.name);
         }
     }
 }
