@@ -7,7 +7,7 @@ use kc_ir::interp::Limits;
 use kc_ir::launch::{self, Args, Binding};
 use kc_ir::span::Span;
 use kc_ir::tensor::{numel, Tensor, TensorData};
-use kc_ir::tile::{Launch, LibOp, Loc, Region, Stmt, TensorId, TensorRole, TileProgram, VExpr};
+use kc_ir::tile::{Launch, LibOp, Loc, Region, Stmt, TensorId, TensorRole, TileProgram};
 
 /// The most cores a launch may have.
 pub const MAX_CORES: u64 = 1 << 12;
@@ -371,6 +371,18 @@ fn fmt_shape_u64(s: &[u64]) -> String {
     format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
 }
 
+/// Calls `f` on each region a library operation writes (its results, and a scan's carry).
+fn library_writes<'a>(op: &'a LibOp, f: &mut impl FnMut(&'a Region)) {
+    match op {
+        LibOp::TopK { values, indices, .. } => values.iter().chain(indices.iter()).for_each(f),
+        LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => f(dst),
+        LibOp::CumSum { dst, carry, .. } => {
+            f(dst);
+            carry.iter().for_each(f);
+        }
+    }
+}
+
 /// The GM tensors some statement of the program writes (copies, gathers, vector statements, reductions,
 /// library operations and mmads into GM).
 pub fn written(prog: &TileProgram) -> std::collections::BTreeSet<TensorId> {
@@ -388,20 +400,7 @@ pub fn written(prog: &TileProgram) -> std::collections::BTreeSet<TensorId> {
                 | Stmt::Vector { dst, .. }
                 | Stmt::Reduce { dst, .. } => region(dst, out),
                 Stmt::Mmad { c, .. } => region(c, out),
-                Stmt::Library { op, .. } => match op {
-                    LibOp::TopK { values, indices, .. } => {
-                        for r in values.iter().chain(indices.iter()) {
-                            region(r, out);
-                        }
-                    }
-                    LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => region(dst, out),
-                    LibOp::CumSum { dst, carry, .. } => {
-                        region(dst, out);
-                        if let Some(c) = carry {
-                            region(c, out);
-                        }
-                    }
-                },
+                Stmt::Library { op, .. } => library_writes(op, &mut |r| region(r, out)),
                 _ => {}
             }
         }
@@ -416,46 +415,54 @@ pub fn written(prog: &TileProgram) -> std::collections::BTreeSet<TensorId> {
 
 /// Whether a launch reads or writes GM tensor `t`.
 pub fn uses_tensor(l: &Launch, t: TensorId) -> bool {
-    fn region(r: &Region, t: TensorId) -> bool {
-        r.loc == Loc::Gm(t)
-    }
-    fn vexpr(e: &VExpr, t: TensorId) -> bool {
-        match e {
-            VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Scalar(_) | VExpr::Row | VExpr::Col => false,
-            VExpr::Read(r) | VExpr::ReadRow(r) | VExpr::ReadCol(r) => region(r, t),
-            VExpr::Unary(_, a) | VExpr::Cast(_, a) => vexpr(a, t),
-            VExpr::Binary(_, a, b) => vexpr(a, t) || vexpr(b, t),
-            VExpr::Select(c, a, b) => vexpr(c, t) || vexpr(a, t) || vexpr(b, t),
+    let mut used = std::collections::BTreeSet::new();
+    named(&l.cube, &mut used);
+    named(&l.vector, &mut used);
+    used.contains(&t)
+}
+
+/// Adds every GM tensor that a statement of `body` reads or writes (a region in GM, or a gather's source).
+pub fn named(body: &[Stmt], out: &mut std::collections::BTreeSet<TensorId>) {
+    fn region(r: &Region, out: &mut std::collections::BTreeSet<TensorId>) {
+        if let Loc::Gm(t) = r.loc {
+            out.insert(t);
         }
     }
-    fn stmts(ss: &[Stmt], t: TensorId) -> bool {
-        ss.iter().any(|s| match s {
-            Stmt::For { body, .. } | Stmt::If { then: body, .. } => stmts(body, t),
-            Stmt::Copy { src, dst, .. } => region(src, t) || region(dst, t),
-            Stmt::Gather { src, index, dst, .. } => *src == t || region(index, t) || region(dst, t),
-            Stmt::Mmad { a, b, c, .. } => region(a, t) || region(b, t) || region(c, t),
-            Stmt::Vector { dst, expr, .. } => region(dst, t) || vexpr(expr, t),
-            Stmt::Reduce { src, dst, .. } => region(src, t) || region(dst, t),
+    for s in body {
+        match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => named(body, out),
+            Stmt::Copy { src, dst, .. } | Stmt::Reduce { src, dst, .. } => {
+                region(src, out);
+                region(dst, out);
+            }
+            Stmt::Gather { src, index, dst, .. } => {
+                out.insert(*src);
+                region(index, out);
+                region(dst, out);
+            }
+            Stmt::Mmad { a, b, c, .. } => {
+                for r in [a, b, c] {
+                    region(r, out);
+                }
+            }
+            Stmt::Vector { dst, expr, .. } => {
+                region(dst, out);
+                let (mut reads, mut scalars) = (Vec::new(), Vec::new());
+                crate::inplace::vreads(expr, &mut reads, &mut scalars);
+                for (_, r) in reads {
+                    region(r, out);
+                }
+            }
             Stmt::Library { op, src, .. } => {
-                region(src, t)
-                    || match op {
-                        LibOp::TopK { values, indices, .. } => {
-                            values.as_ref().is_some_and(|r| region(r, t))
-                                || indices.as_ref().is_some_and(|r| region(r, t))
-                        }
-                        LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => region(dst, t),
-                        LibOp::CumSum { dst, carry, .. } => {
-                            region(dst, t) || carry.as_ref().is_some_and(|r| region(r, t))
-                        }
-                    }
+                region(src, out);
+                library_writes(op, &mut |r| region(r, out));
             }
             Stmt::Set { .. }
             | Stmt::SetFlag { .. }
             | Stmt::WaitFlag { .. }
             | Stmt::Barrier { .. }
             | Stmt::CrossSet { .. }
-            | Stmt::CrossWait { .. } => false,
-        })
+            | Stmt::CrossWait { .. } => {}
+        }
     }
-    stmts(&l.cube, t) || stmts(&l.vector, t)
 }

@@ -383,8 +383,8 @@ pub fn share_dead(prog: &TileProgram, launches: &[Compiled<'_>], keep: &[bool]) 
     let mut range: Vec<Option<(usize, usize)>> = vec![None; n];
     for (li, c) in launches.iter().enumerate() {
         let mut used = BTreeSet::new();
-        gm_named(c.cube, &mut used);
-        gm_named(c.vector, &mut used);
+        crate::gm::named(c.cube, &mut used);
+        crate::gm::named(c.vector, &mut used);
         for t in used {
             if let Some(r) = range.get_mut(t.0 as usize) {
                 *r = Some(r.map_or((li, li), |(a, _)| (a, li)));
@@ -409,65 +409,6 @@ pub fn share_dead(prog: &TileProgram, launches: &[Compiled<'_>], keep: &[bool]) 
         }
     }
     share
-}
-
-/// Adds every GM tensor that a region (or a gather's source) of `body` names.
-fn gm_named(body: &[Stmt], out: &mut BTreeSet<TensorId>) {
-    let region = |r: &Region, out: &mut BTreeSet<TensorId>| {
-        if let Loc::Gm(t) = r.loc {
-            out.insert(t);
-        }
-    };
-    for s in body {
-        match s {
-            Stmt::For { body, .. } | Stmt::If { then: body, .. } => gm_named(body, out),
-            Stmt::Copy { src, dst, .. } | Stmt::Reduce { src, dst, .. } => {
-                region(src, out);
-                region(dst, out);
-            }
-            Stmt::Gather { src, index, dst, .. } => {
-                out.insert(*src);
-                region(index, out);
-                region(dst, out);
-            }
-            Stmt::Mmad { a, b, c, .. } => {
-                for r in [a, b, c] {
-                    region(r, out);
-                }
-            }
-            Stmt::Vector { dst, expr, .. } => {
-                let (mut reads, mut scalars) = (Vec::new(), Vec::new());
-                vreads(expr, &mut reads, &mut scalars);
-                for (_, r) in reads {
-                    region(r, out);
-                }
-                region(dst, out);
-            }
-            Stmt::Library { op, src, .. } => {
-                region(src, out);
-                match op {
-                    LibOp::TopK { values, indices, .. } => {
-                        for r in values.iter().chain(indices.iter()) {
-                            region(r, out);
-                        }
-                    }
-                    LibOp::ArgSort { dst, .. } | LibOp::BinCount { dst, .. } => region(dst, out),
-                    LibOp::CumSum { dst, carry, .. } => {
-                        region(dst, out);
-                        for r in carry.iter() {
-                            region(r, out);
-                        }
-                    }
-                }
-            }
-            Stmt::Set { .. }
-            | Stmt::SetFlag { .. }
-            | Stmt::WaitFlag { .. }
-            | Stmt::Barrier { .. }
-            | Stmt::CrossSet { .. }
-            | Stmt::CrossWait { .. } => {}
-        }
-    }
 }
 
 impl Walk<'_> {
