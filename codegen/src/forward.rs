@@ -1756,42 +1756,12 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
             chain.push(vec![i]);
             continue;
         }
-        if let Stmt::If { cond, then } = s {
-            let mut r = BTreeSet::new();
-            sexpr_reads(cond, &mut r);
-            if r.contains(&y) {
-                return None;
-            }
-            let mut inner = Vec::new();
-            for (k, t) in then.iter().enumerate() {
-                if into_w(t, true) {
-                    if reads_itself(t) {
-                        return None;
-                    }
-                    inner.push(vec![i, k]);
-                } else if disturbs(t) {
-                    return None;
-                }
-            }
-            chain.extend(inner);
-            continue;
-        }
-        if let Stmt::For { var, lo, hi, body: inner_body, .. } = s {
-            if let Some(inner) = loop_links(inner_body, &into_w, &reads_itself, &disturbs) {
-                // A loop of k steps (the grouped template's item): its accumulating mmads are links of the
-                // chain, however many times it runs, when its bounds and variable leave the window alone.
-                let mut r = BTreeSet::new();
-                sexpr_reads(lo, &mut r);
-                sexpr_reads(hi, &mut r);
-                if vars.contains(var) || r.contains(&y) {
-                    return None;
-                }
-                chain.extend(inner.into_iter().map(|k| vec![i, k]));
-                continue;
-            }
-            // A nest of k-step loops (the matmul template's `for k0 { for k2 { if k0 + k2 == 0 { W = a·b }
-            // if 0 < k0 + k2 { W += a·b } } }`): its links at any depth; with the chain's start among them
-            // when the nest's first mmad into `W` is provably that start (`first_link`).
+        if matches!(s, Stmt::If { .. } | Stmt::For { .. }) {
+            // A branch or loop holding links at any depth: a branch of accumulating mmads, a loop of k steps
+            // (the grouped template's item: its links count however many times it runs), the matmul
+            // template's nest (`for k0 { for k2 { if k0 + k2 == 0 { W = a·b } if 0 < k0 + k2 { W += a·b } } }`),
+            // with the chain's start among them when the nest's first mmad into `W` is provably that start
+            // (`first_link`).
             let links = Links {
                 into_w: &into_w,
                 reads_itself: &reads_itself,
@@ -1800,8 +1770,9 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
                 vars: &vars,
                 y,
             };
-            if let Some((inner, start)) = nest_links(s, &links) {
-                if !inner.is_empty() {
+            let branch = matches!(s, Stmt::If { .. });
+            match nest_links(s, &links) {
+                Some((inner, start)) if !inner.is_empty() => {
                     chain.extend(inner.into_iter().map(|mut p| {
                         p.insert(0, i);
                         p
@@ -1822,6 +1793,12 @@ fn mmad_chain(body: &[Stmt], j: usize, y: BufId, no_wait: &BTreeSet<TensorId>) -
                     return matches!(first_link(std::slice::from_ref(s), &mut env, &is_link), First::Start)
                         .then_some(chain);
                 }
+                // A branch without links whose condition and statements leave the chain alone.
+                Some(_) if branch => continue,
+                // A branch whose condition reads the buffer, or holding what disturbs the chain.
+                None if branch => return None,
+                // A loop without links (or not a nest of them): judged whole below.
+                _ => {}
             }
         }
         if disturbs(s) {
@@ -2001,29 +1978,6 @@ fn eval_known(e: &SExpr, env: &std::collections::BTreeMap<SVar, i64>) -> Option<
             }
         }
     }
-}
-
-/// The positions of the chain's accumulating mmads at the top level of a loop body (see [`mmad_chain`]):
-/// `None` when the body has none (the loop is then judged whole), or when another of its statements
-/// disturbs the chain or a link reads the buffer or the tensor itself.
-fn loop_links(
-    body: &[Stmt],
-    into_w: &dyn Fn(&Stmt, bool) -> bool,
-    reads_itself: &dyn Fn(&Stmt) -> bool,
-    disturbs: &dyn Fn(&Stmt) -> bool,
-) -> Option<Vec<usize>> {
-    let mut links = Vec::new();
-    for (k, t) in body.iter().enumerate() {
-        if into_w(t, true) {
-            if reads_itself(t) {
-                return None;
-            }
-            links.push(k);
-        } else if disturbs(t) {
-            return None;
-        }
-    }
-    (!links.is_empty()).then_some(links)
 }
 
 /// The statement at `path` (an index into `body`, then into the loop or branch bodies below it).
