@@ -12,6 +12,16 @@
 //! `exp` work interleaved with the k steps hides behind the matrix unit entirely; run after the block, as
 //! kc runs a cube's call and then the vector code's rows (each a whole block, far more than the core's
 //! out-of-order window), it does not.
+//!
+//! Session 18 added two forms: the block's `exp` work after its last k step but before its stores, and the
+//! previous block's stores, this block's k steps, then its `exp` work (the stores delayed by a block). At
+//! load 1.3: 4 k steps 176 / 64 / 177 / 204 / 199 / 202 ns, 8 steps 273 / 128 / 271 / 367 / 380 / 381,
+//! 16 steps 474 / 260 / 471 / 801 / 819 / 802 (the six forms in order). Neither new form hides anything:
+//! it is not the tile stores that stop the overlap but the distance: work after a block's dots waits for
+//! them, work between its k steps does not. A host `mmad` that ran its k steps from inside the vector
+//! routines' loops (one step per 32–128 row elements, the rest of the block inline, the cube's coroutine
+//! suspended in the call meanwhile) was built on this in session 18 and measured on attention without the
+//! mask: every spacing was 10–15% slower than the calls run whole (`docs/perf.md`).
 
 #[allow(dead_code)] // the shared helpers this example does not use
 mod common;
@@ -144,7 +154,7 @@ mod amx {
             }
         }
         let c = aligned(128 * 1024);
-        let forms = ["dots and stores", "exp mix alone", "interleaved", "one after the other"];
+        let forms = ["dots and stores", "exp mix alone", "interleaved", "one after the other", "exp before the stores", "store, next's dots, exp"];
         for &steps in steps_list {
             let stride = steps * 64;
             for (fi, form) in forms.iter().enumerate() {
@@ -173,12 +183,30 @@ mod amx {
                                     }
                                     store4(cp, 1024);
                                 }
-                                _ => {
+                                3 => {
                                     zero4();
                                     for s in 0..steps {
                                         step(a.add(s * 64), b.add(s * 1024), stride);
                                     }
                                     store4(cp, 1024);
+                                    exp_mix(2 * steps);
+                                }
+                                4 => {
+                                    zero4();
+                                    for s in 0..steps {
+                                        step(a.add(s * 64), b.add(s * 1024), stride);
+                                    }
+                                    exp_mix(2 * steps);
+                                    store4(cp, 1024);
+                                }
+                                _ => {
+                                    if blk > 0 {
+                                        store4(cp, 1024);
+                                    }
+                                    zero4();
+                                    for s in 0..steps {
+                                        step(a.add(s * 64), b.add(s * 1024), stride);
+                                    }
                                     exp_mix(2 * steps);
                                 }
                             }
