@@ -19,9 +19,14 @@
 //! 16 steps 474 / 260 / 471 / 801 / 819 / 802 (the six forms in order). Neither new form hides anything:
 //! it is not the tile stores that stop the overlap but the distance: work after a block's dots waits for
 //! them, work between its k steps does not. A host `mmad` that ran its k steps from inside the vector
-//! routines' loops (one step per 32–128 row elements, the rest of the block inline, the cube's coroutine
-//! suspended in the call meanwhile) was built on this in session 18 and measured on attention without the
-//! mask: every spacing was 10–15% slower than the calls run whole (`docs/perf.md`).
+//! routines' loops (the cube's coroutine suspended in the call meanwhile) was built on this in session 18
+//! and measured on attention: no gain (`docs/perf.md`).
+//!
+//! `run_mem`, the first four forms with attention's memory traffic (B streamed from a 1 MiB area in L2;
+//! the `exp` work reading and writing 128 KiB areas), shows why (load 1.2): 4 k steps 161 / 63 / 193 / 202
+//! ns, 8 steps 297 / 128 / 335 / 377. Interleaved, half of the `exp` work's time at 4 k steps (attention's
+//! `q·kᵀ`) and a third at 8 (`p·v`) still adds to the matrix unit's; run one after the other, a third of it
+//! is hidden already.
 
 #[allow(dead_code)] // the shared helpers this example does not use
 mod common;
@@ -134,6 +139,112 @@ mod amx {
         }
     }
 
+    /// [`exp_mix`]'s `n` rounds with their operands read from `src` and results written to `dst` (128
+    /// bytes each a round, as an `exp` row routine streams a score row in and a probability row out).
+    #[inline(always)]
+    unsafe fn exp_mem(n: usize, src: *const u8, dst: *mut u8) {
+        // SAFETY: the caller's: `n` rounds of 128 bytes at `src` and `dst`.
+        unsafe {
+            asm!(
+                "2:",
+                "vmovups zmm10, [{s}]", "vmovups zmm20, [{s}+64]",
+                "vcmpps k1, zmm10, zmm11, 5", "vcmpps k2, zmm20, zmm11, 5",
+                "vmaxps zmm12{{k1}}{{z}}, zmm11, zmm10", "vmaxps zmm22{{k2}}{{z}}, zmm11, zmm20",
+                "vminps zmm12, zmm12, zmm13", "vminps zmm22, zmm22, zmm13",
+                "vfmadd213ps zmm14, zmm12, zmm15", "vfmadd213ps zmm24, zmm22, zmm15",
+                "vsubps zmm16, zmm14, zmm15", "vsubps zmm26, zmm24, zmm15",
+                "vfmadd231ps zmm12, zmm16, zmm13", "vfmadd231ps zmm22, zmm26, zmm13",
+                "vfmadd231ps zmm12, zmm16, zmm13", "vfmadd231ps zmm22, zmm26, zmm13",
+                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
+                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
+                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
+                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
+                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
+                "vmulps zmm18, zmm12, zmm12", "vmulps zmm28, zmm22, zmm22",
+                "vfmadd213ps zmm17, zmm18, zmm12", "vfmadd213ps zmm27, zmm28, zmm22",
+                "vaddps zmm17, zmm17, zmm13", "vaddps zmm27, zmm27, zmm13",
+                "vscalefps zmm19{{k1}}{{z}}, zmm17, zmm16", "vscalefps zmm29{{k2}}{{z}}, zmm27, zmm26",
+                "vmovups [{d}], zmm19", "vmovups [{d}+64], zmm29",
+                "add {s}, 128", "add {d}, 128",
+                "dec {n}", "jnz 2b",
+                n = inout(reg) n => _, s = inout(reg) src => _, d = inout(reg) dst => _,
+                out("zmm10") _, out("zmm12") _, out("zmm14") _, out("zmm16") _, out("zmm17") _, out("zmm18") _,
+                out("zmm19") _, out("zmm20") _, out("zmm22") _, out("zmm24") _, out("zmm26") _, out("zmm27") _,
+                out("zmm28") _, out("zmm29") _, out("k1") _, out("k2") _,
+                options(nostack));
+        }
+    }
+
+    /// The forms again with memory where attention has it: B panels streamed from a 1 MiB area (packed
+    /// keys, in L2), and the `exp` work reading a 128 KiB score area and writing a 128 KiB one (the
+    /// previous block's scores and their probabilities) instead of registers.
+    pub fn run_mem(steps_list: &[usize]) {
+        const BLOCKS: usize = 20000;
+        let a = aligned(64 * 1024);
+        let b = aligned(1024 * 1024);
+        for i in 0..32 * 1024 {
+            // SAFETY: inside the allocation.
+            unsafe { a.cast::<u16>().add(i).write(0x3f80) };
+        }
+        for i in 0..512 * 1024 {
+            // SAFETY: inside the allocation.
+            unsafe { b.cast::<u16>().add(i).write(0x3f80) };
+        }
+        let c = aligned(128 * 1024);
+        let src = aligned(128 * 1024);
+        let dst = aligned(128 * 1024);
+        let forms = ["dots and stores (B in L2)", "exp rows alone (L2)", "interleaved", "one after the other"];
+        for &steps in steps_list {
+            let stride = steps * 64;
+            // Bytes of B a block reads (two panels), and of the exp rows a block's work streams.
+            let b_block = 2 * steps * 1024;
+            let e_block = 2 * steps * 128;
+            for (fi, form) in forms.iter().enumerate() {
+                let mut best = f64::MAX;
+                for _ in 0..7 {
+                    let t = clock(THREAD_CPU);
+                    for blk in 0..BLOCKS {
+                        // SAFETY: every access lies inside the allocations above.
+                        unsafe {
+                            let cp = c.add((blk % 8) * 128 + (blk / 8 % 4) * 32 * 1024);
+                            let bp = b.add(blk * b_block % (1024 * 1024 - b_block + 1) / 1024 * 1024);
+                            let eo = blk * e_block % (128 * 1024 - e_block + 1) / 128 * 128;
+                            let (sp, dp) = (src.add(eo), dst.add(eo));
+                            match fi {
+                                0 => {
+                                    zero4();
+                                    for s in 0..steps {
+                                        step(a.add(s * 64), bp.add(s * 1024), stride);
+                                    }
+                                    store4(cp, 1024);
+                                }
+                                1 => exp_mem(2 * steps, sp, dp),
+                                2 => {
+                                    zero4();
+                                    for s in 0..steps {
+                                        step(a.add(s * 64), bp.add(s * 1024), stride);
+                                        exp_mem(2, sp.add(s * 256), dp.add(s * 256));
+                                    }
+                                    store4(cp, 1024);
+                                }
+                                _ => {
+                                    zero4();
+                                    for s in 0..steps {
+                                        step(a.add(s * 64), bp.add(s * 1024), stride);
+                                    }
+                                    store4(cp, 1024);
+                                    exp_mem(2 * steps, sp, dp);
+                                }
+                            }
+                        }
+                    }
+                    best = best.min(clock(THREAD_CPU) - t);
+                }
+                println!("k steps {steps:2}, {form:26}: {:6.1} ns a block", best / BLOCKS as f64 * 1e9);
+            }
+        }
+    }
+
     /// 64-byte aligned zeroed bytes (leaked).
     fn aligned(bytes: usize) -> *mut u8 {
         let v = vec![0u8; bytes + 64].leak();
@@ -227,6 +338,7 @@ fn main() {
     {
         if amx::setup() {
             amx::run(&steps);
+            amx::run_mem(&steps);
             return;
         }
     }
