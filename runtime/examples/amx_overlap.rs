@@ -265,7 +265,14 @@ mod amx {
             }
         }
         let c = aligned(128 * 1024);
-        let forms = ["dots and stores", "exp mix alone", "interleaved", "one after the other", "exp before the stores", "store, next's dots, exp"];
+        let forms = [
+            "dots and stores",
+            "exp mix alone",
+            "interleaved",
+            "one after the other",
+            "exp before the stores",
+            "store, next's dots, exp",
+        ];
         for &steps in steps_list {
             let stride = steps * 64;
             for (fi, form) in forms.iter().enumerate() {
