@@ -105,6 +105,47 @@ mod amx {
         }
     }
 
+    /// One round of [`exp_mix`]: two independent 16-lane `exp16`-shaped sequences on `zmm10` and `zmm20`
+    /// (results in `zmm19` and `zmm29`), as one template string.
+    macro_rules! exp_round {
+        () => {
+            concat!(
+                "vcmpps k1, zmm10, zmm11, 5\n",
+                "vcmpps k2, zmm20, zmm11, 5\n",
+                "vmaxps zmm12{{k1}}{{z}}, zmm11, zmm10\n",
+                "vmaxps zmm22{{k2}}{{z}}, zmm11, zmm20\n",
+                "vminps zmm12, zmm12, zmm13\n",
+                "vminps zmm22, zmm22, zmm13\n",
+                "vfmadd213ps zmm14, zmm12, zmm15\n",
+                "vfmadd213ps zmm24, zmm22, zmm15\n",
+                "vsubps zmm16, zmm14, zmm15\n",
+                "vsubps zmm26, zmm24, zmm15\n",
+                "vfmadd231ps zmm12, zmm16, zmm13\n",
+                "vfmadd231ps zmm22, zmm26, zmm13\n",
+                "vfmadd231ps zmm12, zmm16, zmm13\n",
+                "vfmadd231ps zmm22, zmm26, zmm13\n",
+                "vfmadd213ps zmm17, zmm12, zmm13\n",
+                "vfmadd213ps zmm27, zmm22, zmm13\n",
+                "vfmadd213ps zmm17, zmm12, zmm13\n",
+                "vfmadd213ps zmm27, zmm22, zmm13\n",
+                "vfmadd213ps zmm17, zmm12, zmm13\n",
+                "vfmadd213ps zmm27, zmm22, zmm13\n",
+                "vfmadd213ps zmm17, zmm12, zmm13\n",
+                "vfmadd213ps zmm27, zmm22, zmm13\n",
+                "vfmadd213ps zmm17, zmm12, zmm13\n",
+                "vfmadd213ps zmm27, zmm22, zmm13\n",
+                "vmulps zmm18, zmm12, zmm12\n",
+                "vmulps zmm28, zmm22, zmm22\n",
+                "vfmadd213ps zmm17, zmm18, zmm12\n",
+                "vfmadd213ps zmm27, zmm28, zmm22\n",
+                "vaddps zmm17, zmm17, zmm13\n",
+                "vaddps zmm27, zmm27, zmm13\n",
+                "vscalefps zmm19{{k1}}{{z}}, zmm17, zmm16\n",
+                "vscalefps zmm29{{k2}}{{z}}, zmm27, zmm26",
+            )
+        };
+    }
+
     /// `n` rounds of two independent 16-lane `exp16`-shaped sequences (compare into a mask, masked max,
     /// min, the range reduction's multiply-adds and subtraction, the degree-5 polynomial, `scalef`), on
     /// registers only.
@@ -114,22 +155,7 @@ mod amx {
         unsafe {
             asm!(
                 "2:",
-                "vcmpps k1, zmm10, zmm11, 5", "vcmpps k2, zmm20, zmm11, 5",
-                "vmaxps zmm12{{k1}}{{z}}, zmm11, zmm10", "vmaxps zmm22{{k2}}{{z}}, zmm11, zmm20",
-                "vminps zmm12, zmm12, zmm13", "vminps zmm22, zmm22, zmm13",
-                "vfmadd213ps zmm14, zmm12, zmm15", "vfmadd213ps zmm24, zmm22, zmm15",
-                "vsubps zmm16, zmm14, zmm15", "vsubps zmm26, zmm24, zmm15",
-                "vfmadd231ps zmm12, zmm16, zmm13", "vfmadd231ps zmm22, zmm26, zmm13",
-                "vfmadd231ps zmm12, zmm16, zmm13", "vfmadd231ps zmm22, zmm26, zmm13",
-                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
-                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
-                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
-                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
-                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
-                "vmulps zmm18, zmm12, zmm12", "vmulps zmm28, zmm22, zmm22",
-                "vfmadd213ps zmm17, zmm18, zmm12", "vfmadd213ps zmm27, zmm28, zmm22",
-                "vaddps zmm17, zmm17, zmm13", "vaddps zmm27, zmm27, zmm13",
-                "vscalefps zmm19{{k1}}{{z}}, zmm17, zmm16", "vscalefps zmm29{{k2}}{{z}}, zmm27, zmm26",
+                exp_round!(),
                 "dec {n}", "jnz 2b",
                 n = inout(reg) n => _,
                 out("zmm12") _, out("zmm14") _, out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
@@ -148,22 +174,7 @@ mod amx {
             asm!(
                 "2:",
                 "vmovups zmm10, [{s}]", "vmovups zmm20, [{s}+64]",
-                "vcmpps k1, zmm10, zmm11, 5", "vcmpps k2, zmm20, zmm11, 5",
-                "vmaxps zmm12{{k1}}{{z}}, zmm11, zmm10", "vmaxps zmm22{{k2}}{{z}}, zmm11, zmm20",
-                "vminps zmm12, zmm12, zmm13", "vminps zmm22, zmm22, zmm13",
-                "vfmadd213ps zmm14, zmm12, zmm15", "vfmadd213ps zmm24, zmm22, zmm15",
-                "vsubps zmm16, zmm14, zmm15", "vsubps zmm26, zmm24, zmm15",
-                "vfmadd231ps zmm12, zmm16, zmm13", "vfmadd231ps zmm22, zmm26, zmm13",
-                "vfmadd231ps zmm12, zmm16, zmm13", "vfmadd231ps zmm22, zmm26, zmm13",
-                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
-                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
-                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
-                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
-                "vfmadd213ps zmm17, zmm12, zmm13", "vfmadd213ps zmm27, zmm22, zmm13",
-                "vmulps zmm18, zmm12, zmm12", "vmulps zmm28, zmm22, zmm22",
-                "vfmadd213ps zmm17, zmm18, zmm12", "vfmadd213ps zmm27, zmm28, zmm22",
-                "vaddps zmm17, zmm17, zmm13", "vaddps zmm27, zmm27, zmm13",
-                "vscalefps zmm19{{k1}}{{z}}, zmm17, zmm16", "vscalefps zmm29{{k2}}{{z}}, zmm27, zmm26",
+                exp_round!(),
                 "vmovups [{d}], zmm19", "vmovups [{d}+64], zmm29",
                 "add {s}, 128", "add {d}, 128",
                 "dec {n}", "jnz 2b",
