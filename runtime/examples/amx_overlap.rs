@@ -92,6 +92,19 @@ mod amx {
         unsafe { asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem)) };
     }
 
+    /// A block's accumulators zeroed and its `steps` k steps (A panels from `a`, `stride` bytes a row; B from
+    /// `b`).
+    #[inline(always)]
+    unsafe fn dots(a: *const u8, b: *const u8, steps: usize, stride: usize) {
+        // SAFETY: the caller's: the panels hold `steps` k steps.
+        unsafe {
+            zero4();
+            for s in 0..steps {
+                step(a.add(s * 64), b.add(s * 1024), stride);
+            }
+        }
+    }
+
     /// The four accumulators into `c` (row stride `ldc` bytes).
     #[inline(always)]
     unsafe fn store4(c: *mut u8, ldc: usize) {
@@ -190,7 +203,6 @@ mod amx {
     /// keys, in L2), and the `exp` work reading a 128 KiB score area and writing a 128 KiB one (the
     /// previous block's scores and their probabilities) instead of registers.
     pub fn run_mem(steps_list: &[usize]) {
-        const BLOCKS: usize = 20000;
         let a = aligned(64 * 1024);
         let b = aligned(1024 * 1024);
         for i in 0..32 * 1024 {
@@ -211,49 +223,55 @@ mod amx {
             let b_block = 2 * steps * 1024;
             let e_block = 2 * steps * 128;
             for (fi, form) in forms.iter().enumerate() {
-                let mut best = f64::MAX;
-                for _ in 0..7 {
-                    let t = clock(THREAD_CPU);
-                    for blk in 0..BLOCKS {
-                        // SAFETY: every access lies inside the allocations above.
-                        unsafe {
-                            let cp = c.add((blk % 8) * 128 + (blk / 8 % 4) * 32 * 1024);
-                            let bp = b.add(blk * b_block % (1024 * 1024 - b_block + 1) / 1024 * 1024);
-                            let eo = blk * e_block % (128 * 1024 - e_block + 1) / 128 * 128;
-                            let (sp, dp) = (src.add(eo), dst.add(eo));
-                            match fi {
-                                0 => {
-                                    zero4();
-                                    for s in 0..steps {
-                                        step(a.add(s * 64), bp.add(s * 1024), stride);
-                                    }
-                                    store4(cp, 1024);
+                let ns = time_blocks(|blk| {
+                    // SAFETY: every access lies inside the allocations above.
+                    unsafe {
+                        let cp = c.add((blk % 8) * 128 + (blk / 8 % 4) * 32 * 1024);
+                        let bp = b.add(blk * b_block % (1024 * 1024 - b_block + 1) / 1024 * 1024);
+                        let eo = blk * e_block % (128 * 1024 - e_block + 1) / 128 * 128;
+                        let (sp, dp) = (src.add(eo), dst.add(eo));
+                        match fi {
+                            0 => {
+                                dots(a, bp, steps, stride);
+                                store4(cp, 1024);
+                            }
+                            1 => exp_mem(2 * steps, sp, dp),
+                            2 => {
+                                zero4();
+                                for s in 0..steps {
+                                    step(a.add(s * 64), bp.add(s * 1024), stride);
+                                    exp_mem(2, sp.add(s * 256), dp.add(s * 256));
                                 }
-                                1 => exp_mem(2 * steps, sp, dp),
-                                2 => {
-                                    zero4();
-                                    for s in 0..steps {
-                                        step(a.add(s * 64), bp.add(s * 1024), stride);
-                                        exp_mem(2, sp.add(s * 256), dp.add(s * 256));
-                                    }
-                                    store4(cp, 1024);
-                                }
-                                _ => {
-                                    zero4();
-                                    for s in 0..steps {
-                                        step(a.add(s * 64), bp.add(s * 1024), stride);
-                                    }
-                                    store4(cp, 1024);
-                                    exp_mem(2 * steps, sp, dp);
-                                }
+                                store4(cp, 1024);
+                            }
+                            _ => {
+                                dots(a, bp, steps, stride);
+                                store4(cp, 1024);
+                                exp_mem(2 * steps, sp, dp);
                             }
                         }
                     }
-                    best = best.min(clock(THREAD_CPU) - t);
-                }
-                println!("k steps {steps:2}, {form:26}: {:6.1} ns a block", best / BLOCKS as f64 * 1e9);
+                });
+                println!("k steps {steps:2}, {form:26}: {ns:6.1} ns a block");
             }
         }
+    }
+
+    /// Blocks a round of [`time_blocks`].
+    const BLOCKS: usize = 20000;
+
+    /// The best of 7 rounds of `BLOCKS` calls of `block` (its argument the block's number), in ns a block of
+    /// the thread's CPU time.
+    fn time_blocks(mut block: impl FnMut(usize)) -> f64 {
+        let mut best = f64::MAX;
+        for _ in 0..7 {
+            let t = clock(THREAD_CPU);
+            for blk in 0..BLOCKS {
+                block(blk);
+            }
+            best = best.min(clock(THREAD_CPU) - t);
+        }
+        best / BLOCKS as f64 * 1e9
     }
 
     /// 64-byte aligned zeroed bytes (leaked).
@@ -264,7 +282,6 @@ mod amx {
     }
 
     pub fn run(steps_list: &[usize]) {
-        const BLOCKS: usize = 20000;
         let a = aligned(64 * 1024);
         let b = aligned(32 * 1024);
         // bf16 1.0 in every operand element: no subnormals, no NaNs.
@@ -287,63 +304,46 @@ mod amx {
         for &steps in steps_list {
             let stride = steps * 64;
             for (fi, form) in forms.iter().enumerate() {
-                let mut best = f64::MAX;
-                for _ in 0..7 {
-                    let t = clock(THREAD_CPU);
-                    for blk in 0..BLOCKS {
-                        // The block's 32 × 32 accumulators in a 128 × 256 f32 area (1 KiB rows).
-                        // SAFETY: every access lies inside the allocations above.
-                        unsafe {
-                            let cp = c.add((blk % 8) * 128 + (blk / 8 % 4) * 32 * 1024);
-                            match fi {
-                                0 => {
-                                    zero4();
-                                    for s in 0..steps {
-                                        step(a.add(s * 64), b.add(s * 1024), stride);
-                                    }
+                let ns = time_blocks(|blk| {
+                    // The block's 32 × 32 accumulators in a 128 × 256 f32 area (1 KiB rows).
+                    // SAFETY: every access lies inside the allocations above.
+                    unsafe {
+                        let cp = c.add((blk % 8) * 128 + (blk / 8 % 4) * 32 * 1024);
+                        match fi {
+                            0 => {
+                                dots(a, b, steps, stride);
+                                store4(cp, 1024);
+                            }
+                            1 => exp_mix(2 * steps),
+                            2 => {
+                                zero4();
+                                for s in 0..steps {
+                                    step(a.add(s * 64), b.add(s * 1024), stride);
+                                    exp_mix(2);
+                                }
+                                store4(cp, 1024);
+                            }
+                            3 => {
+                                dots(a, b, steps, stride);
+                                store4(cp, 1024);
+                                exp_mix(2 * steps);
+                            }
+                            4 => {
+                                dots(a, b, steps, stride);
+                                exp_mix(2 * steps);
+                                store4(cp, 1024);
+                            }
+                            _ => {
+                                if blk > 0 {
                                     store4(cp, 1024);
                                 }
-                                1 => exp_mix(2 * steps),
-                                2 => {
-                                    zero4();
-                                    for s in 0..steps {
-                                        step(a.add(s * 64), b.add(s * 1024), stride);
-                                        exp_mix(2);
-                                    }
-                                    store4(cp, 1024);
-                                }
-                                3 => {
-                                    zero4();
-                                    for s in 0..steps {
-                                        step(a.add(s * 64), b.add(s * 1024), stride);
-                                    }
-                                    store4(cp, 1024);
-                                    exp_mix(2 * steps);
-                                }
-                                4 => {
-                                    zero4();
-                                    for s in 0..steps {
-                                        step(a.add(s * 64), b.add(s * 1024), stride);
-                                    }
-                                    exp_mix(2 * steps);
-                                    store4(cp, 1024);
-                                }
-                                _ => {
-                                    if blk > 0 {
-                                        store4(cp, 1024);
-                                    }
-                                    zero4();
-                                    for s in 0..steps {
-                                        step(a.add(s * 64), b.add(s * 1024), stride);
-                                    }
-                                    exp_mix(2 * steps);
-                                }
+                                dots(a, b, steps, stride);
+                                exp_mix(2 * steps);
                             }
                         }
                     }
-                    best = best.min(clock(THREAD_CPU) - t);
-                }
-                println!("k steps {steps:2}, {form:20}: {:6.1} ns a block", best / BLOCKS as f64 * 1e9);
+                });
+                println!("k steps {steps:2}, {form:20}: {ns:6.1} ns a block");
             }
         }
     }
