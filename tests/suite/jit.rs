@@ -626,7 +626,7 @@ fn jit_matmul_contiguous_block_runs_match_interpreter() {
 #[test]
 fn jit_column_statements_run_as_rows() {
     use kc_ir::graph::{BinOp, UnOp};
-    use kc_ir::tile::{BufId, Buffer, Launch, Loc, Mem, Pipe, Region, SExpr, Stmt, Unit, VExpr};
+    use kc_ir::tile::{BufId, Buffer, Loc, Mem, Pipe, Region, SExpr, Stmt, VExpr};
     use kc_ir::DType;
     let (g, tp) = host_copy_kernel("jit_colrows");
     let c = SExpr::Const;
@@ -676,31 +676,48 @@ fn jit_column_statements_run_as_rows() {
             expr: bin(BinOp::Add, VExpr::Unary(UnOp::Log, bx(VExpr::Read(at(1, 64, 1)))), VExpr::ReadRow(at(1, 16, 1))),
         },
     ];
-    let mut p = tp.clone();
-    p.launches = vec![Launch {
-        name: "colrows".to_string(),
-        unit: Unit::Vector,
-        cube_cores: 0,
-        vector_cores: 1,
-        buffers: vec![buf("x_ub"), buf("y_ub")],
-        svars: Vec::new(),
-        cube: Vec::new(),
-        vector,
-    }];
-    let mut rng = common::Rng::new(11);
-    let x = common::rand_tensor(&mut rng, DType::F32, &[16, 16]);
-    let args = common::args(&[("x", &x)], &[]);
-    let want = kc_runtime::sim::run_with(&p, &g, &args, &Limits::default()).expect("simulates").0;
-    let compiled = kc_codegen::compile(&p, &opts()).expect("compiles");
+    let (_, _, compiled) = vector_launch_matches_sim(&g, &tp, "colrows", vec![buf("x_ub"), buf("y_ub")], vector, 11);
     let flipped = common::count_stmts(
         &compiled.launches[0].bodies.1,
         &|s| matches!(s, Stmt::Vector { rows: SExpr::Const(1), cols, .. } if *cols != SExpr::Const(1)),
     );
     assert_eq!(flipped, 8, "the column statements compiled as rows (the GM column too)");
+}
+
+/// `tp` with one launch, `name`, on one vector core (`buffers`, `vector`), run on a random `f32[16, 16]` `x`
+/// (from `seed`) by the simulator and by the JIT on 1 and 2 threads: the JIT's output is the simulator's
+/// bit for bit. Returns the input, the simulator's output and the compiled program.
+fn vector_launch_matches_sim(
+    g: &kc_ir::graph::Graph,
+    tp: &kc_ir::tile::TileProgram,
+    name: &str,
+    buffers: Vec<kc_ir::tile::Buffer>,
+    vector: Vec<kc_ir::tile::Stmt>,
+    seed: u64,
+) -> (kc_ir::tensor::Tensor, kc_ir::tensor::Tensor, kc_codegen::Compiled) {
+    use kc_ir::tile::{Launch, Unit};
+    let mut p = tp.clone();
+    p.launches = vec![Launch {
+        name: name.to_string(),
+        unit: Unit::Vector,
+        cube_cores: 0,
+        vector_cores: 1,
+        buffers,
+        svars: Vec::new(),
+        cube: Vec::new(),
+        vector,
+    }];
+    let mut rng = common::Rng::new(seed);
+    let x = common::rand_tensor(&mut rng, kc_ir::DType::F32, &[16, 16]);
+    let args = common::args(&[("x", &x)], &[]);
+    let want = kc_runtime::sim::run_with(&p, g, &args, &Limits::default()).expect("simulates").0;
+    let compiled = kc_codegen::compile(&p, &opts()).expect("compiles");
     for threads in [1, 2] {
-        let got = compiled.run(&p, &g, &args, threads, &Limits::default()).expect("runs").0;
+        let got = compiled.run(&p, g, &args, threads, &Limits::default()).expect("runs").0;
         common::assert_same_bits(&format!("{threads} threads"), &want[0].1, &got[0].1);
     }
+    let out = want.into_iter().next().expect("one output").1;
+    (x, out, compiled)
 }
 
 /// A vector statement of `+0.0` clears its window with `memset` (`kc_rt_zero`, `kc_codegen::lower::zero_bytes`):
@@ -709,7 +726,7 @@ fn jit_column_statements_run_as_rows() {
 /// for bit, on 1 and 2 threads, with the elements around each window kept.
 #[test]
 fn jit_zero_fills_clear_exactly_their_window() {
-    use kc_ir::tile::{BufId, Buffer, Launch, Loc, Mem, Pipe, Region, SExpr, Stmt, Unit, VExpr};
+    use kc_ir::tile::{BufId, Buffer, Loc, Mem, Pipe, Region, SExpr, Stmt, VExpr};
     use kc_ir::DType;
     let (g, tp) = host_copy_kernel("jit_zero");
     let c = SExpr::Const;
@@ -748,31 +765,13 @@ fn jit_zero_fills_clear_exactly_their_window() {
             cols: c(16),
         },
     ];
-    let mut p = tp.clone();
-    p.launches = vec![Launch {
-        name: "zero".to_string(),
-        unit: Unit::Vector,
-        cube_cores: 0,
-        vector_cores: 1,
-        buffers: vec![
-            Buffer::single("x_ub", Mem::UB, DType::F32, vec![16, 16]),
-            Buffer::single("h_ub", Mem::UB, DType::BF16, vec![16, 16]),
-        ],
-        svars: Vec::new(),
-        cube: Vec::new(),
-        vector,
-    }];
-    let mut rng = common::Rng::new(12);
-    let x = common::rand_tensor(&mut rng, DType::F32, &[16, 16]);
-    let args = common::args(&[("x", &x)], &[]);
-    let want = kc_runtime::sim::run_with(&p, &g, &args, &Limits::default()).expect("simulates").0;
-    let compiled = kc_codegen::compile(&p, &opts()).expect("compiles");
-    for threads in [1, 2] {
-        let got = compiled.run(&p, &g, &args, threads, &Limits::default()).expect("runs").0;
-        common::assert_same_bits(&format!("{threads} threads"), &want[0].1, &got[0].1);
-    }
+    let buffers = vec![
+        Buffer::single("x_ub", Mem::UB, DType::F32, vec![16, 16]),
+        Buffer::single("h_ub", Mem::UB, DType::BF16, vec![16, 16]),
+    ];
+    let (x, want, _) = vector_launch_matches_sim(&g, &tp, "zero", buffers, vector, 12);
     // What the windows hold: zeros where filled (the -0.0 one with its sign), the input around them.
-    let (out, xs) = (want[0].1.to_f64_vec(), x.to_f64_vec());
+    let (out, xs) = (want.to_f64_vec(), x.to_f64_vec());
     let z = out.iter().filter(|v| **v == 0.0 && v.is_sign_positive()).count();
     let nz = out[2 * 16 + 4..2 * 16 + 13].iter().filter(|v| **v == 0.0 && v.is_sign_negative()).count();
     assert_eq!(nz, 9, "the -0.0 fill");
