@@ -640,11 +640,72 @@ mod wide {
         unsafe {
             if SBF {
                 let h = _mm256_loadu_si256(p.cast::<u16>().add(i).cast());
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                widen16(_mm512_castsi256_si512(h), WIDEN_LO)
             } else {
                 _mm512_loadu_ps(p.cast::<f32>().add(i))
             }
         }
+    }
+
+    /// Elements `i..i + 16` and `i + 16..i + 32` as [`load16`] gives them; bf16 rows in one 64-byte load.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    unsafe fn load32<const SBF: bool>(p: *const u8, i: usize) -> (__m512, __m512) {
+        // SAFETY: the caller's row holds elements `i..i + 32`.
+        unsafe {
+            if SBF {
+                let h = _mm512_loadu_si512(p.cast::<u16>().add(i).cast());
+                (widen16(h, WIDEN_LO), widen16(h, WIDEN_HI))
+            } else {
+                (load16::<false>(p, i), load16::<false>(p, i + 16))
+            }
+        }
+    }
+
+    /// Word `j` of a 512-bit vector to word `2j + 1` (`WIDEN_LO`, for `j < 16`), and word `16 + j` to word
+    /// `2j + 1` (`WIDEN_HI`): [`widen16`]'s indices.
+    const WIDEN_LO: [u16; 32] = {
+        let mut ix = [0u16; 32];
+        let mut k = 0;
+        while k < 32 {
+            ix[k] = (k / 2) as u16;
+            k += 1;
+        }
+        ix
+    };
+    const WIDEN_HI: [u16; 32] = {
+        let mut ix = [0u16; 32];
+        let mut k = 0;
+        while k < 32 {
+            ix[k] = 16 + (k / 2) as u16;
+            k += 1;
+        }
+        ix
+    };
+
+    /// 16 bf16 words of `h` (the low or the high half, by `ix`: [`WIDEN_LO`] or [`WIDEN_HI`]) as `f32`: each
+    /// word into the upper half of its lane, the lower half zero (exact). One `vpermw` with a zeroing mask,
+    /// where `vpmovzxwd` and `vpslld` take two vector instructions (`exp`'s rows are bound by the vector
+    /// ports, not by memory). Written in `asm!`: LLVM turns the intrinsic's zeroing mask back into a
+    /// separate `vpandq`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    fn widen16(h: __m512i, ix: [u16; 32]) -> __m512 {
+        // SAFETY: `ix` holds 32 words: 64 bytes.
+        let ix = unsafe { _mm512_loadu_si512(ix.as_ptr().cast()) };
+        let out: __m512i;
+        // SAFETY: register operands only; AVX512-BW is enabled.
+        unsafe {
+            std::arch::asm!(
+                "vpermw {out}{{{k}}}{{z}}, {ix}, {h}",
+                out = out(zmm_reg) out,
+                k = in(kreg) 0xAAAA_AAAAu32,
+                ix = in(zmm_reg) ix,
+                h = in(zmm_reg) h,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        _mm512_castsi512_ps(out)
     }
 
     /// [`super::bf16_bits`] on 16 lanes.
@@ -661,14 +722,16 @@ mod wide {
         _mm512_cvtepi32_epi16(r)
     }
 
-    /// `x op s` on 16 lanes; `recip`: divide through `r` (see the module documentation).
+    /// `x op s` on 16 lanes; `recip`: divide through `r` (see the module documentation). Also whether every
+    /// lane is known normal: a division through `r` with every lane in the safe range, whose quotients lie
+    /// in `[2^-120, 2^120]` (so [`cvt32`] need not look for subnormals).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-    fn op16(x: __m512, op: i64, s: __m512, r: __m512, recip: bool) -> __m512 {
+    fn op16(x: __m512, op: i64, s: __m512, r: __m512, recip: bool) -> (__m512, bool) {
         match op {
-            0 => _mm512_add_ps(x, s),
-            1 => _mm512_sub_ps(x, s),
-            2 => _mm512_mul_ps(x, s),
+            0 => (_mm512_add_ps(x, s), false),
+            1 => (_mm512_sub_ps(x, s), false),
+            2 => (_mm512_mul_ps(x, s), false),
             _ if recip => {
                 let q0 = _mm512_mul_ps(x, r);
                 let rem = _mm512_fnmadd_ps(q0, s, x);
@@ -679,12 +742,12 @@ mod wide {
                     _mm512_set1_epi32(SAFE_HI - SAFE_LO),
                 );
                 if ok == 0xFFFF {
-                    q
+                    (q, true)
                 } else {
-                    _mm512_mask_div_ps(q, !ok, x, s)
+                    (_mm512_mask_div_ps(q, !ok, x, s), false)
                 }
             }
-            _ => _mm512_div_ps(x, s),
+            _ => (_mm512_div_ps(x, s), false),
         }
     }
 
@@ -747,7 +810,7 @@ mod wide {
     /// [-150, 89]), so `p·2^n1` with `|n1| ≤ 109` is a normal number, exact, and only the second product
     /// rounds, to the same correctly rounded `p·2^n` (overflowing or underflowing alike); a NaN argument
     /// gives `p`'s NaN in both. `n` is the float `tm - MAGIC`, equal to the integer the scalar code extracts
-    /// from `tm`'s bits. 15 vector instructions instead of 23; tested against the scalar formula.
+    /// from `tm`'s bits. 14 vector instructions instead of 23; tested against the scalar formula.
     ///
     /// Lanes below [`super::EXP_ZERO_BELOW`] (a causal mask's `-inf` among them) are `+0` without the
     /// `vscalefps`: they are computed from `0` and masked to zero, which is the formula's result for them
@@ -760,10 +823,12 @@ mod wide {
     pub(super) fn exp16(x: __m512) -> __m512 {
         // Not below the threshold, or a NaN (an unordered compare is true): the lanes computed.
         let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(super::EXP_ZERO_BELOW));
-        // `max(-150, x)` keeps `x` unless `-150 > x`, and a NaN `x` (the second operand): `x < -150 ? -150 : x`;
-        // the lanes not kept are 0 (any argument that does not underflow).
-        let x = _mm512_maskz_max_ps(keep, _mm512_set1_ps(-150.0), x);
-        let x = _mm512_min_ps(_mm512_set1_ps(89.0), x);
+        // The formula's clamps to [-150, 89] in one instruction: a kept lane is at least `EXP_ZERO_BELOW`
+        // (above -150) or a NaN, which `max(-150, x)` (`x < -150 ? -150 : x`) leaves alone, so only
+        // `min(89, x)` is left (`89 < x ? 89 : x`: a NaN `x`, the second operand, passes). The lanes not kept
+        // are 0 (any argument that does not underflow).
+        const { assert!(super::EXP_ZERO_BELOW > -150.0) };
+        let x = _mm512_maskz_min_ps(keep, _mm512_set1_ps(89.0), x);
         let magic = _mm512_set1_ps(super::MAGIC32);
         let tm = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), magic);
         let nf = _mm512_sub_ps(tm, magic);
@@ -940,6 +1005,14 @@ mod wide {
         }
     }
 
+    /// [`cvt32`] of lanes known to hold no subnormal: `vcvtne2ps2bf16` alone.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
+    fn cvt32_normal(a: __m512, b: __m512) -> __m512i {
+        // SAFETY: both types are 64 bytes of plain bits. The first operand gives the upper 16 lanes.
+        unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)) }
+    }
+
     /// [`super::exp_row`] with intrinsics: blocks of 32 through [`exp16`] (both vectors loaded before either
     /// is stored), the sum in two 16-lane vectors that are [`super::LANES`]' lanes in order, the tail and the
     /// lanes' fold as the portable code does them.
@@ -1014,8 +1087,8 @@ mod wide {
                     pl = pl.wrapping_add(64);
                     lines -= 1;
                 }
-                let a = exp16(arg(load16::<SBF>(src, i)));
-                let b = exp16(arg(load16::<SBF>(src, i + 16)));
+                let (a, b) = load32::<SBF>(src, i);
+                let (a, b) = (exp16(arg(a)), exp16(arg(b)));
                 if !dst.is_null() {
                     _mm512_storeu_ps(dst.add(i), a);
                     _mm512_storeu_ps(dst.add(i + 16), b);
@@ -1085,10 +1158,13 @@ mod wide {
                 i += 1;
             }
             while i + 32 <= n {
-                let a = op16(load16::<SBF>(src, i), op, sv, rv, recip);
-                let b = op16(load16::<SBF>(src, i + 16), op, sv, rv, recip);
+                let (a, b) = load32::<SBF>(src, i);
+                let (a, normal_a) = op16(a, op, sv, rv, recip);
+                let (b, normal_b) = op16(b, op, sv, rv, recip);
                 if DBF {
-                    let v = if CVT {
+                    let v = if CVT && normal_a && normal_b {
+                        cvt32_normal(a, b)
+                    } else if CVT {
                         cvt32(a, b)
                     } else {
                         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bf16x16(a)), bf16x16(b))
