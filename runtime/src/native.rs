@@ -853,19 +853,16 @@ pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const
                     }
                     st.reduce_windows[slot] = (site, first, if old_site == site { now } else { 0 });
                 }
-                for r in 0..rows {
-                    let o = dst.idx(r, 0);
-                    let acc = if accumulate { Some(*d.offset(o)) } else { None };
-                    let at = src.idx(r, 0);
-                    let row = if src.d == DType::F32 {
-                        rowmath::Row::F32(std::slice::from_raw_parts((src.p as *const f32).offset(at), n))
-                    } else {
-                        rowmath::Row::Bf16(std::slice::from_raw_parts((src.p as *const u16).offset(at), n))
-                    };
-                    let Some(v) = rowmath::reduce_row(op, acc, row) else {
+                if rows > 0 {
+                    let esz = if src.d == DType::F32 { 4 } else { 2 };
+                    let first = (src.p as *const u8).offset(src.idx(0, 0) * esz);
+                    let stride = (src.idx(1, 0) - src.idx(0, 0)) * esz;
+                    let acc = |r: usize| accumulate.then(|| *d.offset(dst.idx(r as i64, 0)));
+                    let out = |r: usize, v: f32| *d.offset(dst.idx(r as i64, 0)) = v;
+                    let bf16 = src.d == DType::BF16;
+                    if rowmath::reduce_rows(op, first, bf16, stride, n, rows as usize, acc, out).is_none() {
                         return fail(st, site as usize, [0; 4]);
-                    };
-                    *d.offset(o) = v;
+                    }
                 }
             } else {
                 let mut accs: Vec<f32> =

@@ -1667,6 +1667,125 @@ fn minmax_avx512<const MAX: bool>(acc: f32, row: Row) -> f32 {
     comb(comb(acc, part), tail)
 }
 
+/// [`reduce_row`] of `rows` rows of `n` elements (`f32`, or bf16 bits when `bf16`), row `r` at `src` plus
+/// `r · stride` bytes, into `out(r, value)`, with `acc(r)` as each row's accumulator; `None`: `op` is not one
+/// [`reduce_row`] computes. Max and min of rows whose length is a multiple of [`LANES`] go four rows at a
+/// time through [`minmax4_avx512`] on AVX-512 hosts: a short row's own chains are too short to hide the
+/// `vmaxps` latency and its horizontal fold (attention's 256-column score rows spent 70% of the routine
+/// there), and four rows' interleave.
+///
+/// # Safety
+/// Each row holds `n` readable elements.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn reduce_rows(
+    op: ReduceOp,
+    src: *const u8,
+    bf16: bool,
+    stride: isize,
+    n: usize,
+    rows: usize,
+    acc: impl Fn(usize) -> Option<f32>,
+    mut out: impl FnMut(usize, f32),
+) -> Option<()> {
+    // SAFETY: row `r` holds `n` elements (the caller's promise).
+    let row = |r: usize| unsafe {
+        let p = src.wrapping_offset(r as isize * stride);
+        if bf16 {
+            Row::Bf16(std::slice::from_raw_parts(p.cast::<u16>(), n))
+        } else {
+            Row::F32(std::slice::from_raw_parts(p.cast::<f32>(), n))
+        }
+    };
+    let mut r = 0;
+    #[cfg(target_arch = "x86_64")]
+    if matches!(op, ReduceOp::Max | ReduceOp::Min) && n > 0 && n.is_multiple_of(LANES) && has_avx512() {
+        let max = op == ReduceOp::Max;
+        while r + 4 <= rows {
+            let p = std::array::from_fn(|k| src.wrapping_offset((r + k) as isize * stride));
+            // SAFETY: the features were detected; each row holds `n` elements.
+            let ms = unsafe {
+                match (max, bf16) {
+                    (true, false) => minmax4_avx512::<true, false>(p, n),
+                    (true, true) => minmax4_avx512::<true, true>(p, n),
+                    (false, false) => minmax4_avx512::<false, false>(p, n),
+                    (false, true) => minmax4_avx512::<false, true>(p, n),
+                }
+            };
+            for (k, m) in ms.into_iter().enumerate() {
+                let a = acc(r + k);
+                // The blocks' extreme, unless a NaN or a zero (whose sign the fold's order decides) makes the
+                // row go through [`reduce_row`]; no tail (`n` is a multiple of LANES), so the row's result is
+                // `acc ∘ m`, as [`minmax_avx512`] combines it.
+                let v = match m {
+                    Some(m) if max => nan_max(a.unwrap_or(f32::NEG_INFINITY), m),
+                    Some(m) => nan_min(a.unwrap_or(f32::INFINITY), m),
+                    None => reduce_row(op, a, row(r + k))?,
+                };
+                out(r + k, v);
+            }
+            r += 4;
+        }
+    }
+    while r < rows {
+        out(r, reduce_row(op, acc(r), row(r))?);
+        r += 1;
+    }
+    Some(())
+}
+
+/// The max (`MAX`) or min of the elements of four rows of `n` elements (a multiple of [`LANES`], not 0;
+/// bf16 bits when `BF16`, else `f32`), the rows' blocks interleaved (eight independent `vmaxps` chains);
+/// `None` for a row holding a NaN or whose extreme is a zero. Without NaNs a row's extreme is one value
+/// whatever the order, and equal numbers have equal bits except the two zeros.
+///
+/// # Safety
+/// The host has AVX-512; each row holds `n` readable elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn minmax4_avx512<const MAX: bool, const BF16: bool>(p: [*const u8; 4], n: usize) -> [Option<f32>; 4] {
+    use std::arch::x86_64::*;
+    let id = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { f32::INFINITY });
+    let fold = |l: __m512, x: __m512| if MAX { _mm512_max_ps(x, l) } else { _mm512_min_ps(x, l) };
+    // Elements `i..i + 32` of a row as two vectors, in any order of lanes.
+    let load = |q: *const u8, i: usize| -> (__m512, __m512) {
+        // SAFETY: the row holds elements `i..i + 32`.
+        unsafe {
+            if BF16 {
+                // The odd elements (each 32-bit lane's upper word) with the lower word cleared, the even ones
+                // shifted up.
+                let h = _mm512_loadu_si512(q.cast::<u16>().add(i).cast());
+                let odd = _mm512_and_si512(h, _mm512_set1_epi32(-0x1_0000));
+                (_mm512_castsi512_ps(odd), _mm512_castsi512_ps(_mm512_slli_epi32::<16>(h)))
+            } else {
+                (_mm512_loadu_ps(q.cast::<f32>().add(i)), _mm512_loadu_ps(q.cast::<f32>().add(i + 16)))
+            }
+        }
+    };
+    // Spelled out per row: as arrays, the chains went through the stack every block.
+    let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (id, id, id, id, id, id, id, id);
+    let (mut n0, mut n1, mut n2, mut n3): (__mmask16, __mmask16, __mmask16, __mmask16) = (0, 0, 0, 0);
+    let mut i = 0;
+    while i < n {
+        let (x0, y0) = load(p[0], i);
+        let (x1, y1) = load(p[1], i);
+        let (x2, y2) = load(p[2], i);
+        let (x3, y3) = load(p[3], i);
+        n0 = _kor_mask16(n0, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x0, y0));
+        n1 = _kor_mask16(n1, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x1, y1));
+        n2 = _kor_mask16(n2, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x2, y2));
+        n3 = _kor_mask16(n3, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x3, y3));
+        (a0, b0, a1, b1) = (fold(a0, x0), fold(b0, y0), fold(a1, x1), fold(b1, y1));
+        (a2, b2, a3, b3) = (fold(a2, x2), fold(b2, y2), fold(a3, x3), fold(b3, y3));
+        i += LANES;
+    }
+    let each = |a: __m512, b: __m512, nan: __mmask16| {
+        let v = fold(a, b);
+        let m = if MAX { _mm512_reduce_max_ps(v) } else { _mm512_reduce_min_ps(v) };
+        (nan == 0 && m != 0.0).then_some(m)
+    };
+    [each(a0, b0, n0), each(a1, b1, n1), each(a2, b2, n2), each(a3, b3, n3)]
+}
+
 /// The sum, max or min of a row with [`LANES`] running lanes (see the module documentation), combined as
 /// `(acc ∘ lanes) ∘ tail` with `acc` (the identity of the op when `None`); `None` for other ops.
 pub fn reduce_row(op: ReduceOp, acc: Option<f32>, row: Row) -> Option<f32> {
@@ -2015,6 +2134,64 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `reduce_rows` gives each row's `reduce_row` bits: four rows at a time (with a NaN or a zero extreme in
+    /// some of them, the others plain), the rows left over, lengths a multiple of 32 and not, accumulators
+    /// that are NaN, a zero or a number, f32 and bf16 rows, rows apart by more than their length.
+    #[test]
+    fn reduce_rows_are_each_rows_reduction() {
+        let (n_rows, stride) = (11usize, 300usize);
+        for n in [0usize, 32, 64, 256, 33, 100] {
+            let mut xs = vec![0f32; n_rows * stride];
+            for r in 0..n_rows {
+                for c in 0..n {
+                    xs[r * stride + c] = -(((r * 31 + c * 7919) % 97) as f32) - 1.0 + (r % 2) as f32 * 50.0;
+                }
+                if n > 0 {
+                    match r % 5 {
+                        1 => xs[r * stride + (r * 13) % n] = f32::NAN,
+                        2 => {
+                            for c in 0..n {
+                                xs[r * stride + c] = -xs[r * stride + c].abs();
+                            }
+                            xs[r * stride + n / 2] = 0.0;
+                            xs[r * stride + n - 1] = -0.0;
+                        }
+                        3 => xs[r * stride + n - 1] = 1e30,
+                        _ => {}
+                    }
+                }
+            }
+            let bf: Vec<u16> = xs.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
+            let accs = [None, Some(0.0), Some(-0.0), Some(f32::NAN), Some(-5.0), Some(5.0)];
+            for op in [ReduceOp::Max, ReduceOp::Min, ReduceOp::Sum] {
+                for (ai, acc) in accs.iter().enumerate() {
+                    for bf16 in [false, true] {
+                        let acc_of = |r: usize| if r % 2 == 0 { *acc } else { accs[(ai + r) % accs.len()] };
+                        let mut got = vec![f32::from_bits(1); n_rows];
+                        let (src, esz) =
+                            if bf16 { (bf.as_ptr() as *const u8, 2) } else { (xs.as_ptr() as *const u8, 4) };
+                        let done = unsafe {
+                            reduce_rows(op, src, bf16, (stride * esz) as isize, n, n_rows, acc_of, |r, v| got[r] = v)
+                        };
+                        assert_eq!(done, Some(()));
+                        for r in 0..n_rows {
+                            let row = if bf16 {
+                                Row::Bf16(&bf[r * stride..r * stride + n])
+                            } else {
+                                Row::F32(&xs[r * stride..r * stride + n])
+                            };
+                            let want = reduce_row(op, acc_of(r), row).unwrap();
+                            assert_eq!(got[r].to_bits(), want.to_bits(), "{op:?} n {n} row {r} bf16 {bf16} acc {acc:?}");
+                        }
+                    }
+                }
+            }
+        }
+        let one = [1f32];
+        let none = unsafe { reduce_rows(ReduceOp::ArgMax, one.as_ptr().cast(), false, 0, 1, 1, |_| None, |_, _| {}) };
+        assert_eq!(none, None);
     }
 
     /// Rows of awkward lengths with specials: NaN, ±inf, ±0, huge and tiny values, bf16-exact values.
