@@ -1005,6 +1005,28 @@ mod wide {
         }
     }
 
+    /// `x / s` on 32 lanes (`a`, then `b`) through the reciprocal `r`, when the exponents `ea`, `eb` of each
+    /// pair of lanes (lane `j` of `a` and of `b`) have `ea² + eb² ≤ 59²`, so both lie in [-59, 59]
+    /// (`2^-59 ≤ |x| < 2^60`, inside [`op16`]'s range; `s`'s is the caller's). One check for the block:
+    /// `vgetexpps` of each vector, a multiply and a multiply-add (exact: integers below 2^17), a compare;
+    /// a NaN, a zero, an infinity or a subnormal in a lane fails it (a NaN or infinite exponent, or one
+    /// below -126). [`op16`] takes three instructions and a `kortest` a vector. `None`: the check failed,
+    /// [`op16`] divides the block. The quotients lie in `[2^-119, 2^119]`, normal.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) fn div32(a: __m512, b: __m512, s: __m512, r: __m512) -> Option<(__m512, __m512)> {
+        let (ea, eb) = (_mm512_getexp_ps(a), _mm512_getexp_ps(b));
+        let e = _mm512_fmadd_ps(eb, eb, _mm512_mul_ps(ea, ea));
+        if _mm512_cmp_ps_mask::<_CMP_LE_OQ>(e, _mm512_set1_ps(59.0 * 59.0)) != 0xFFFF {
+            return None;
+        }
+        let q = |x: __m512| {
+            let q0 = _mm512_mul_ps(x, r);
+            _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, s, x), r, q0)
+        };
+        Some((q(a), q(b)))
+    }
+
     /// [`cvt32`] of lanes known to hold no subnormal: `vcvtne2ps2bf16` alone.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
@@ -1159,10 +1181,16 @@ mod wide {
             }
             while i + 32 <= n {
                 let (a, b) = load32::<SBF>(src, i);
-                let (a, normal_a) = op16(a, op, sv, rv, recip);
-                let (b, normal_b) = op16(b, op, sv, rv, recip);
+                let fast = if recip { div32(a, b, sv, rv) } else { None };
+                let (a, b, normal) = match fast {
+                    Some((a, b)) => (a, b, true),
+                    None => {
+                        let ((a, normal_a), (b, normal_b)) = (op16(a, op, sv, rv, recip), op16(b, op, sv, rv, recip));
+                        (a, b, normal_a && normal_b)
+                    }
+                };
                 if DBF {
-                    let v = if CVT && normal_a && normal_b {
+                    let v = if CVT && normal {
                         cvt32_normal(a, b)
                     } else if CVT {
                         cvt32(a, b)
@@ -2134,6 +2162,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `wide::div32` answers for blocks whose pairs of lanes have exponents with `ea² + eb² ≤ 59²` (and no
+    /// other: zeros, subnormals, infinities, NaNs and larger exponents in a lane make it decline), and what
+    /// it answers is `x / s` bit for bit, for divisors across the reciprocal path's range.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn div32_is_the_division_where_it_answers() {
+        use std::arch::x86_64::*;
+        if !has_avx512() {
+            return;
+        }
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut answered, mut declined) = (0, 0);
+        for block in 0..20_000 {
+            let e_s = 67 + (rnd() % 121) as u32;
+            let s = f32::from_bits((e_s << 23) | (rnd() as u32 & 0x7F_FFFF)) * if rnd() % 2 == 0 { 1.0 } else { -1.0 };
+            let mut xs: Vec<f32> = (0..32)
+                .map(|_| {
+                    // Mostly exponents in [-40, 40] (every pair passes), a quarter of the blocks in [-67, 67].
+                    let e = if block % 4 == 0 { 60 + rnd() % 135 } else { 87 + rnd() % 81 } as u32;
+                    f32::from_bits((e << 23) | (rnd() as u32 & 0x7F_FFFF) | ((rnd() as u32 & 1) << 31))
+                })
+                .collect();
+            if block % 50 == 1 {
+                let special = [0.0, -0.0, f32::NAN, f32::INFINITY, 1e-40, f32::MAX];
+                xs[(rnd() % 32) as usize] = special[(rnd() % 6) as usize];
+            }
+            let exp = |x: f32| x.is_normal().then(|| ((x.to_bits() >> 23) & 0xFF) as i32 - 127);
+            let inside = (0..16).all(|j| match (exp(xs[j]), exp(xs[16 + j])) {
+                (Some(ea), Some(eb)) => ea * ea + eb * eb <= 59 * 59,
+                _ => false,
+            });
+            let got = unsafe {
+                let (a, b) = (_mm512_loadu_ps(xs.as_ptr()), _mm512_loadu_ps(xs.as_ptr().add(16)));
+                wide::div32(a, b, _mm512_set1_ps(s), _mm512_set1_ps(1.0 / s)).map(|(qa, qb)| {
+                    let mut q = [0f32; 32];
+                    _mm512_storeu_ps(q.as_mut_ptr(), qa);
+                    _mm512_storeu_ps(q.as_mut_ptr().add(16), qb);
+                    q
+                })
+            };
+            assert_eq!(got.is_some(), inside, "{xs:?}");
+            match got {
+                Some(q) => {
+                    answered += 1;
+                    for (x, q) in xs.iter().zip(q) {
+                        assert_eq!(q.to_bits(), (x / s).to_bits(), "{x:e} / {s:e}");
+                    }
+                }
+                None => declined += 1,
+            }
+        }
+        assert!(answered > 1000 && declined > 1000, "{answered} answered, {declined} declined");
     }
 
     /// `reduce_rows` gives each row's `reduce_row` bits: four rows at a time (with a NaN or a zero extreme in
