@@ -1865,6 +1865,16 @@ mod tests {
         assert_eq!(r(ReduceOp::Max, Row::Bf16(&[])), f32::NEG_INFINITY);
     }
 
+    /// A xorshift generator of the tests' random bits, from `seed` (not 0).
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     /// The source and addend rows of the row update tests: `n` random bit patterns each (xorshift on
     /// `rng`), with special values (zeros of both signs, infinities, a NaN, a subnormal, values near the
     /// overflow) at the source's start and the addend's end.
@@ -2174,13 +2184,7 @@ mod tests {
         if !has_avx512() {
             return;
         }
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = xorshift(0x2545_F491_4F6C_DD1Du64);
         let (mut answered, mut declined) = (0, 0);
         for block in 0..20_000 {
             let e_s = 67 + (rnd() % 121) as u32;
@@ -2512,13 +2516,7 @@ mod tests {
     /// the destination and length.
     #[test]
     fn row_division_is_the_division_bit_for_bit() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = xorshift(0x9E37_79B9_7F4A_7C15u64);
         let p2 = |e: i32| f32::from_bits(((127 + e) as u32) << 23);
         let mut divisors = vec![1.0f32, -1.0, 3.0, 0.3, -7.5e-3, 4096.0, 1.0e-30, 3.0e30, f32::MAX, f32::MIN_POSITIVE];
         divisors.extend([p2(-60), p2(60), p2(-61), p2(61), -p2(-60), p2(60) * 1.5, p2(-60) * 0.75]);
