@@ -722,24 +722,6 @@ impl Stages {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scalars_parse_by_dtype() {
-        assert_eq!(parse_scalar("x", DType::F32, "-inf").unwrap().get_f64(0), f64::NEG_INFINITY);
-        assert_eq!(parse_scalar("x", DType::F32, "1e-6").unwrap().get_f64(0), 1e-6f32 as f64);
-        assert_eq!(parse_scalar("x", DType::BF16, "0.1").unwrap().dtype(), DType::BF16);
-        assert_eq!(parse_scalar("n", DType::I32, "7").unwrap(), Tensor::scalar_i32(7));
-        assert!(parse_scalar("n", DType::I32, "1.5").is_err());
-        assert!(parse_scalar("n", DType::I32, "99999999999").is_err());
-        assert!(parse_scalar("b", DType::Bool, "yes").is_err());
-        assert_eq!(parse_scalar("b", DType::Bool, "true").unwrap().get_f64(0), 1.0);
-        assert!(parse_scalar("x", DType::F32, "abc").unwrap_err().contains("not a number"));
-    }
-}
-
 /// Adds to a refusal for memory (E0808 with a byte limit) where its limit came from and how to set it.
 pub fn memory_note(diags: Vec<Diagnostic>, inputs: &crate::args::InputArgs) -> Vec<Diagnostic> {
     diags
@@ -757,4 +739,22 @@ pub fn memory_note(diags: Vec<Diagnostic>, inputs: &crate::args::InputArgs) -> V
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalars_parse_by_dtype() {
+        assert_eq!(parse_scalar("x", DType::F32, "-inf").unwrap().get_f64(0), f64::NEG_INFINITY);
+        assert_eq!(parse_scalar("x", DType::F32, "1e-6").unwrap().get_f64(0), 1e-6f32 as f64);
+        assert_eq!(parse_scalar("x", DType::BF16, "0.1").unwrap().dtype(), DType::BF16);
+        assert_eq!(parse_scalar("n", DType::I32, "7").unwrap(), Tensor::scalar_i32(7));
+        assert!(parse_scalar("n", DType::I32, "1.5").is_err());
+        assert!(parse_scalar("n", DType::I32, "99999999999").is_err());
+        assert!(parse_scalar("b", DType::Bool, "yes").is_err());
+        assert_eq!(parse_scalar("b", DType::Bool, "true").unwrap().get_f64(0), 1.0);
+        assert!(parse_scalar("x", DType::F32, "abc").unwrap_err().contains("not a number"));
+    }
 }
