@@ -84,7 +84,7 @@ fn f32_data(t: &Tensor) -> &[f32] {
 
 #[test]
 fn tensors_past_2_pow_31_elements_are_addressed_in_64_bits() {
-    assert!(N * C > 1 << 31);
+    const { assert!(N * C > 1 << 31) };
     let prog = common::compile_ok_src("huge", SRC);
     let kernel = |name: &str| prog.kernel(name).unwrap_or_else(|| panic!("no kernel {name}"));
     let data: Vec<bf16> = (0..N * C).map(|i| bf16::from_f32(x_at(i / C, i % C))).collect();
