@@ -857,11 +857,29 @@ pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const
                     let esz = if src.d == DType::F32 { 4 } else { 2 };
                     let first = (src.p as *const u8).offset(src.idx(0, 0) * esz);
                     let stride = (src.idx(1, 0) - src.idx(0, 0)) * esz;
-                    let acc = |r: usize| accumulate.then(|| *d.offset(dst.idx(r as i64, 0)));
-                    let out = |r: usize, v: f32| *d.offset(dst.idx(r as i64, 0)) = v;
                     let bf16 = src.d == DType::BF16;
-                    if rowmath::reduce_rows(op, first, bf16, stride, n, rows as usize, acc, out).is_none() {
-                        return fail(st, site as usize, [0; 4]);
+                    // `reduce_rows` may read several rows before it writes their results: when the results'
+                    // window overlaps the rows' (not in the tiler's programs), one row at a time, each read
+                    // after the writes before it.
+                    let span = |a: isize, b: isize, len: isize| (a.min(b), a.max(b) + len);
+                    let last = rows - 1;
+                    let (s_lo, s_hi) = span(src.idx(0, 0) * esz, src.idx(last, 0) * esz, n as isize * esz);
+                    let (s_lo, s_hi) = (src.p as isize + s_lo, src.p as isize + s_hi);
+                    let (d_lo, d_hi) = span(dst.idx(0, 0) * 4, dst.idx(last, 0) * 4, 4);
+                    let (d_lo, d_hi) = (dst.p as isize + d_lo, dst.p as isize + d_hi);
+                    let apart = d_hi <= s_lo || s_hi <= d_lo;
+                    let step = if apart { rows as usize } else { 1 };
+                    let mut r0 = 0;
+                    while r0 < rows as usize {
+                        let count = step.min(rows as usize - r0);
+                        let at = |r: usize| dst.idx((r0 + r) as i64, 0);
+                        let acc = |r: usize| accumulate.then(|| *d.offset(at(r)));
+                        let out = |r: usize, v: f32| *d.offset(at(r)) = v;
+                        let from = first.wrapping_offset(r0 as isize * stride);
+                        if rowmath::reduce_rows(op, from, bf16, stride, n, count, acc, out).is_none() {
+                            return fail(st, site as usize, [0; 4]);
+                        }
+                        r0 += count;
                     }
                 }
             } else {
