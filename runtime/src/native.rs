@@ -837,26 +837,25 @@ pub unsafe extern "C" fn kc_rt_reduce(ctx: *mut CoreCtx, site: i64, args: *const
             if axis == 1 {
                 // Row by row, 32 lanes at a time (`host::rowmath`, 16-lane vectors on AVX-512 hosts).
                 let n = cols.max(0) as usize;
-                if rows > 0 && n > 0 {
-                    // A site whose window moved by the same amount twice running (a loop over row tiles)
-                    // will likely read the window that far on next: the row routines that follow request it
-                    // into the cache while they compute (a hint, see `rowmath::prefetch_rows`).
-                    let esz = if src.d == DType::F32 { 4 } else { 2 };
-                    let first = (src.p as usize).wrapping_add((src.idx(0, 0) as usize).wrapping_mul(esz));
-                    let stride = if rows > 1 { (src.idx(1, 0) - src.idx(0, 0)) as usize * esz } else { 0 };
-                    let site = site as usize;
-                    let slot = st.reduce_windows.iter().position(|w| w.0 == site).unwrap_or(site % 4);
-                    let (old_site, last, moved) = st.reduce_windows[slot];
-                    let now = first.wrapping_sub(last);
-                    if old_site == site && now == moved && now != 0 {
-                        rowmath::prefetch_rows(first.wrapping_add(now), n * esz, stride, rows as usize);
-                    }
-                    st.reduce_windows[slot] = (site, first, if old_site == site { now } else { 0 });
-                }
                 if rows > 0 {
-                    let esz = if src.d == DType::F32 { 4 } else { 2 };
+                    let esz: isize = if src.d == DType::F32 { 4 } else { 2 };
                     let first = (src.p as *const u8).offset(src.idx(0, 0) * esz);
                     let stride = (src.idx(1, 0) - src.idx(0, 0)) * esz;
+                    if n > 0 {
+                        // A site whose window moved by the same amount twice running (a loop over row tiles)
+                        // will likely read the window that far on next: the row routines that follow request
+                        // it into the cache while they compute (a hint, see `rowmath::prefetch_rows`).
+                        let at = first as usize;
+                        let site = site as usize;
+                        let slot = st.reduce_windows.iter().position(|w| w.0 == site).unwrap_or(site % 4);
+                        let (old_site, last, moved) = st.reduce_windows[slot];
+                        let now = at.wrapping_sub(last);
+                        if old_site == site && now == moved && now != 0 {
+                            let rstride = if rows > 1 { stride as usize } else { 0 };
+                            rowmath::prefetch_rows(at.wrapping_add(now), n * esz as usize, rstride, rows as usize);
+                        }
+                        st.reduce_windows[slot] = (site, at, if old_site == site { now } else { 0 });
+                    }
                     let bf16 = src.d == DType::BF16;
                     // `reduce_rows` may read several rows before it writes their results: when the results'
                     // window overlaps the rows' (not in the tiler's programs), one row at a time, each read

@@ -2275,7 +2275,11 @@ mod tests {
                                 Row::F32(&xs[r * stride..r * stride + n])
                             };
                             let want = reduce_row(op, acc_of(r), row).unwrap();
-                            assert_eq!(got[r].to_bits(), want.to_bits(), "{op:?} n {n} row {r} bf16 {bf16} acc {acc:?}");
+                            assert_eq!(
+                                got[r].to_bits(),
+                                want.to_bits(),
+                                "{op:?} n {n} row {r} bf16 {bf16} acc {acc:?}"
+                            );
                         }
                     }
                 }
