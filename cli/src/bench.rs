@@ -379,6 +379,7 @@ fn matrix_peak(threads: usize, secs: f64) -> (f64, &'static str) {
     const T: usize = 256;
     let unit = match path() {
         MPath::Amx => "amx",
+        MPath::Avx512Bf16 => "avx512-bf16",
         MPath::Avx512 => "avx512",
         MPath::Portable => "portable",
     };

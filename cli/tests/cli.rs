@@ -486,7 +486,7 @@ fn bench_times_a_kernel_as_json() {
     assert_eq!(p["threads"], 1);
     assert!(p["matrix_gflops"].as_f64().unwrap() > 0.0, "{file}");
     assert!(p["memory_gbps"].as_f64().unwrap() > 0.0, "{file}");
-    assert!(["amx", "avx512", "portable"].contains(&p["matrix_unit"].as_str().unwrap()), "{file}");
+    assert!(["amx", "avx512-bf16", "avx512", "portable"].contains(&p["matrix_unit"].as_str().unwrap()), "{file}");
     let o = kc(&d.0, &base);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("% of matrix peak") && stdout(&o).contains("% of memory bandwidth"), "{}", stdout(&o));

@@ -113,6 +113,8 @@ impl Dtype {
 pub enum Path {
     /// Intel AMX tiles (bf16 × bf16 only).
     Amx,
+    /// AVX512-BF16 `vdpbf16ps` (bf16 × bf16 only), with the AMX path's packings and loops.
+    Avx512Bf16,
     /// AVX-512 FMA micro-kernel (every dtype).
     Avx512,
     /// Plain Rust, sequential sums.
@@ -121,13 +123,14 @@ pub enum Path {
 
 impl Path {
     /// Every path, fastest first.
-    pub const ALL: [Path; 3] = [Path::Amx, Path::Avx512, Path::Portable];
+    pub const ALL: [Path; 4] = [Path::Amx, Path::Avx512Bf16, Path::Avx512, Path::Portable];
 }
 
 /// Whether `path` can run on this machine (for [`Path::Amx`]: the CPU has it and the kernel allowed it).
 pub fn supported(path: Path) -> bool {
     match path {
         Path::Amx => amx_ok(),
+        Path::Avx512Bf16 => avx512bf16_ok(),
         Path::Avx512 => avx512_ok(),
         Path::Portable => true,
     }
@@ -156,6 +159,17 @@ fn avx512_ok() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx512_ok() -> bool {
+    false
+}
+
+/// AVX-512F/BW with AVX512-BF16 (`vdpbf16ps`).
+#[cfg(target_arch = "x86_64")]
+fn avx512bf16_ok() -> bool {
+    avx512_ok() && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512bf16_ok() -> bool {
     false
 }
 
@@ -394,14 +408,17 @@ unsafe fn dispatch(path: Path, x: &Args) {
     let bf16 = x.a_dtype == Dtype::Bf16 && x.b_dtype == Dtype::Bf16;
     let path = match path {
         Path::Amx if bf16 && supported(Path::Amx) => Path::Amx,
-        Path::Amx | Path::Avx512 if supported(Path::Avx512) => Path::Avx512,
+        Path::Amx | Path::Avx512Bf16 if bf16 && supported(Path::Avx512Bf16) => Path::Avx512Bf16,
+        Path::Amx | Path::Avx512Bf16 | Path::Avx512 if supported(Path::Avx512) => Path::Avx512,
         _ => Path::Portable,
     };
     // SAFETY: the caller's guarantees, and the path was checked to be supported.
     unsafe {
         match path {
             #[cfg(target_arch = "x86_64")]
-            Path::Amx => with_scratch(|s| amx::mmad(x, s)),
+            Path::Amx => with_scratch(|s| amx::mmad(x, s, false)),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Bf16 => with_scratch(|s| amx::mmad(x, s, true)),
             #[cfg(target_arch = "x86_64")]
             Path::Avx512 => with_scratch(|s| avx512::mmad(x, s)),
             _ => portable(x),
@@ -1643,6 +1660,115 @@ mod amx {
         }
     }
 
+    /// [`block`] with AVX512-BF16 instead of AMX: the tiles `ct[ti][tj]` (`ti < ct.len()`, `tj < tn`) of
+    /// `c` += their A rows (tile row 0 at `a0` with byte stride `s0`, tile row 1 at `a1` with `s1`; 64 bytes
+    /// per k step) times the VNNI panels `b[tj]` (1024 bytes per k step), over `steps` k steps. `c` is read
+    /// and written in place with masks (no scratch tile), up to 8 rows at a time ([`dot_rows`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`block`] (the A rows of every valid row of `c` readable for `steps` k steps); AVX512-BF16.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn dot_block(
+        a0: *const u8,
+        s0: usize,
+        a1: *const u8,
+        s1: usize,
+        b: [*const u8; 2],
+        tn: usize,
+        steps: usize,
+        ct: &[[CTile; 2]],
+        accumulate: bool,
+        pf: Prefetch,
+    ) {
+        // SAFETY: the caller's; prefetches never fault.
+        unsafe {
+            for l in 0..pf.lines {
+                _mm_prefetch::<_MM_HINT_T1>(pf.at.wrapping_add(l * 64).cast());
+            }
+            let pairs = steps * 16;
+            for (ti, tiles) in ct.iter().enumerate() {
+                let (a, stride) = if ti == 0 { (a0, s0) } else { (a1, s1) };
+                let masks = [mask32(tiles[0].cols) as u16, mask32(tiles[1].cols) as u16];
+                let (c, ldc, rows) = (tiles[0].c, tiles[0].ldc, tiles[0].rows);
+                let mut r0 = 0;
+                while r0 < rows {
+                    let r = (rows - r0).min(8);
+                    let (a, c) = (a.add(r0 * stride), c.add(r0 * ldc));
+                    macro_rules! go {
+                        ($($r:literal)*) => {
+                            match (r, tn) {
+                                $(
+                                    ($r, 2) => dot_rows::<$r, 2>(a, stride, b, pairs, c, ldc, masks, accumulate),
+                                    ($r, _) => dot_rows::<$r, 1>(a, stride, b, pairs, c, ldc, masks, accumulate),
+                                )*
+                                _ => unreachable!(),
+                            }
+                        };
+                    }
+                    go!(1 2 3 4 5 6 7 8);
+                    r0 += r;
+                }
+            }
+        }
+    }
+
+    /// `R` rows of `c` (row stride `ldc`; `NP` panels of 16 columns, lanes masked by `masks`) = (with
+    /// `accumulate`: `c` +) the A rows at `a` (byte stride `stride`) times the VNNI panels `b[..NP]`, over
+    /// `pairs` k pairs: one `vdpbf16ps` per row and panel and pair, the pair of A elements broadcast.
+    ///
+    /// # Safety
+    ///
+    /// `R` A rows of `4 * pairs` bytes, `NP` panels of `64 * pairs` bytes readable; the masked rows of `c`
+    /// readable and writable; AVX512-BF16.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn dot_rows<const R: usize, const NP: usize>(
+        a: *const u8,
+        stride: usize,
+        b: [*const u8; 2],
+        pairs: usize,
+        c: *mut f32,
+        ldc: usize,
+        masks: [u16; 2],
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NP]; R];
+            if accumulate {
+                for (r, row) in acc.iter_mut().enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = _mm512_maskz_loadu_ps(masks[j], c.add(r * ldc + 16 * j));
+                    }
+                }
+            }
+            for t in 0..pairs {
+                let mut bv = [_mm512_setzero_si512(); NP];
+                for (j, v) in bv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_si512(b[j].add(t * 64).cast());
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_epi32(a.add(r * stride + 4 * t).cast::<i32>().read_unaligned());
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = _mm512_dpbf16_ps(
+                            *v,
+                            std::mem::transmute::<__m512i, __m512bh>(av),
+                            std::mem::transmute::<__m512i, __m512bh>(bv[j]),
+                        );
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    _mm512_mask_storeu_ps(c.add(r * ldc + 16 * j), masks[j], *v);
+                }
+            }
+        }
+    }
+
     /// Packs `b` (`k × n` bf16, row stride `ldb`) into the VNNI layout `tdpbf16ps` wants, one panel per 16
     /// columns (`n` rounded up to 16; zero-padded): panel `q` holds `kp / 2` rows of 64 bytes, row `pp`
     /// being `b[2pp][16q + j], b[2pp+1][16q + j]` for `j < 16`, interleaved. So element `(p, j)` of the
@@ -1883,13 +2009,14 @@ mod amx {
         k.is_multiple_of(32) && lda * 2 <= A_IN_PLACE_STRIDE
     }
 
-    /// The AMX path (bf16 × bf16).
+    /// The AMX path (bf16 × bf16), or with `dot` the AVX512-BF16 path: the same packings, caches and loops,
+    /// each block of `c` computed by [`dot_block`] instead of the tiles.
     ///
     /// # Safety
     ///
-    /// As [`super::mmad_raw`], and AMX supported and permitted.
+    /// As [`super::mmad_raw`], and AMX supported and permitted (with `dot`: AVX512-BF16 supported).
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn mmad(x: &Args, s: &mut Scratch) {
+    pub(super) unsafe fn mmad(x: &Args, s: &mut Scratch, dot: bool) {
         let (m, k, n) = (x.m, x.k, x.n);
         let kc = KC_STEPS;
         let kp = k.div_ceil(32).max(1) * 32;
@@ -1918,7 +2045,9 @@ mod amx {
         // SAFETY: scratch holds the three regions (each a multiple of 64 bytes); the blocks of `a`, `b`, `c`
         // are the caller's.
         unsafe {
-            configure();
+            if !dot {
+                configure();
+            }
             let bp = base;
             let ap = base.add(b_bytes);
             let cp = base.add(b_bytes + a_bytes).cast::<f32>();
@@ -2050,7 +2179,10 @@ mod amx {
                             };
                             pf_next += pf.lines;
                         }
-                        if a_stride != a1_stride {
+                        if dot {
+                            let ct = if tm == 2 { &ct[..] } else { &ct[..1] };
+                            dot_block(a0, a_stride, a1, a1_stride, b_pan, tn, chunk, ct, acc, pf);
+                        } else if a_stride != a1_stride {
                             // The second tile row is the packed tail and the first is in place: one at a time.
                             for (ti, (ap_, st)) in [(a0, a_stride), (a1, a1_stride)].into_iter().enumerate() {
                                 let row = [ct[ti], ct[ti]];
@@ -2206,6 +2338,20 @@ mod tests {
         }
     }
 
+    /// Whether this machine has a path with the packings and caches (AMX or AVX512-BF16).
+    fn packing_path() -> bool {
+        supported(Path::Amx) || supported(Path::Avx512Bf16)
+    }
+
+    /// The path with the packings this machine has: AMX if it has it, else AVX512-BF16.
+    fn tiled() -> Path {
+        if supported(Path::Amx) {
+            Path::Amx
+        } else {
+            Path::Avx512Bf16
+        }
+    }
+
     fn available(path: Path) -> bool {
         let ok = supported(path);
         if !ok {
@@ -2223,7 +2369,7 @@ mod tests {
         for &shape in &SHAPES {
             for ad in dtypes {
                 for bd in dtypes {
-                    if path == Path::Amx && (ad != Dtype::Bf16 || bd != Dtype::Bf16) {
+                    if matches!(path, Path::Amx | Path::Avx512Bf16) && (ad != Dtype::Bf16 || bd != Dtype::Bf16) {
                         continue;
                     }
                     for (pad, acc) in [(0, false), (0, true), (3, false), (5, true)] {
@@ -2247,6 +2393,11 @@ mod tests {
     #[test]
     fn host_mmad_amx() {
         all_dtypes(Path::Amx);
+    }
+
+    #[test]
+    fn host_mmad_avx512_bf16() {
+        all_dtypes(Path::Avx512Bf16);
     }
 
     /// Every size of the edge cases of the AMX blocking (tile rows, columns, k steps) around 16 and 32.
@@ -2273,7 +2424,7 @@ mod tests {
     /// past it (packed) gives the same `c`, accumulating or not.
     #[test]
     fn host_mmad_amx_reads_a_in_place_up_to_its_bound() {
-        if !available(Path::Amx) {
+        if !available(tiled()) {
             return;
         }
         let mut rng = SmallRng::seed_from_u64(31);
@@ -2293,18 +2444,8 @@ mod tests {
                 for acc in [false, true] {
                     let c0: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
                     let (mut near, mut packed) = (c0.clone(), c0);
-                    mmad_with(Path::Amx, a.operand(), lda, b.operand(), n, &mut near, n, (m, k, n), acc);
-                    mmad_with(
-                        Path::Amx,
-                        Operand::Bf16(&far),
-                        packed_ld,
-                        b.operand(),
-                        n,
-                        &mut packed,
-                        n,
-                        (m, k, n),
-                        acc,
-                    );
+                    mmad_with(tiled(), a.operand(), lda, b.operand(), n, &mut near, n, (m, k, n), acc);
+                    mmad_with(tiled(), Operand::Bf16(&far), packed_ld, b.operand(), n, &mut packed, n, (m, k, n), acc);
                     for (i, (x, y)) in near.iter().zip(&packed).enumerate() {
                         assert_eq!(
                             x.to_bits(),
@@ -2330,7 +2471,7 @@ mod tests {
             for &shape in &SHAPES {
                 for ad in dtypes {
                     for bd in dtypes {
-                        if path == Path::Amx && (ad != Dtype::Bf16 || bd != Dtype::Bf16) {
+                        if matches!(path, Path::Amx | Path::Avx512Bf16) && (ad != Dtype::Bf16 || bd != Dtype::Bf16) {
                             continue;
                         }
                         for (pad, acc) in [(0, false), (3, true)] {
@@ -2419,7 +2560,7 @@ mod tests {
     /// second again once the cache filled without a hit; and every launch (`clear_b_cache`) starts over.
     #[test]
     fn host_mmad_keeps_transposed_b_once_reused() {
-        if !supported(Path::Amx) {
+        if !packing_path() {
             return;
         }
         let (m, k, n) = (16usize, 32usize, 32usize);
@@ -2519,7 +2660,7 @@ mod tests {
     /// caches are cleared. Without bit 4 the first use is not kept and `a` is packed from the rows it reads.
     #[test]
     fn host_mmad_shared_transposed_b_packs_a_once() {
-        if !supported(Path::Amx) {
+        if !packing_path() {
             return;
         }
         let (k, ld, blk) = (64usize, 1024usize, 16usize);
@@ -2628,7 +2769,7 @@ mod tests {
     /// partial blocks and k chunks, `a` packed (rows more than 512 bytes apart).
     #[test]
     fn host_mmad_shared_packs_once_per_launch() {
-        if !supported(Path::Amx) {
+        if !packing_path() {
             return;
         }
         let mut rng = SmallRng::seed_from_u64(16);
@@ -2692,7 +2833,7 @@ mod tests {
     /// rows' products), and a new launch's packings (taken anew) do not keep them: the new rows' products.
     #[test]
     fn host_mmad_shared_packs_are_shared_and_reset() {
-        if !supported(Path::Amx) {
+        if !packing_path() {
             return;
         }
         let (rows, k, ld, blk, kw) = (128usize, 128usize, 512usize, 32usize, 128usize);
@@ -2745,6 +2886,8 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(3);
         check(Path::Amx, &mut rng, (17, 33, 40), Dtype::F16, Dtype::Bf16, 1, true);
         check(Path::Amx, &mut rng, (17, 33, 40), Dtype::F32, Dtype::F32, 0, false);
+        check(Path::Avx512Bf16, &mut rng, (17, 33, 40), Dtype::F16, Dtype::Bf16, 1, true);
+        check(Path::Avx512Bf16, &mut rng, (17, 33, 40), Dtype::F32, Dtype::F32, 0, false);
     }
 
     /// A `b` marked unchanging (bit 1 of `accumulate`) is packed once and reused while the thread's cache
@@ -2779,7 +2922,7 @@ mod tests {
         for x in b.iter_mut() {
             *x = bf16::from_f32(1.0).to_bits();
         }
-        if supported(Path::Amx) {
+        if packing_path() {
             assert_eq!(run(&b), old, "until the cache is cleared, the packed old b is used (the contract)");
         }
         clear_b_cache();
@@ -2909,7 +3052,7 @@ mod tests {
         for x in a.iter_mut() {
             *x = bf16::from_f32(1.0).to_bits();
         }
-        if supported(Path::Amx) {
+        if packing_path() {
             assert_eq!(run(&a, 8), old, "until the cache is cleared, the packed old a is used (the contract)");
         }
         clear_b_cache();
@@ -2977,7 +3120,7 @@ mod tests {
     /// result bit.
     #[test]
     fn host_mmad_amx_k_split_same_bits() {
-        if !available(Path::Amx) {
+        if !available(tiled()) {
             return;
         }
         let mut rng = SmallRng::seed_from_u64(17);
@@ -2989,7 +3132,7 @@ mod tests {
             for k0 in (0..k).step_by(step) {
                 let a_win = Operand::Bf16(&a.bf16s[k0..]);
                 let b_win = Operand::Bf16(&b.bf16s[k0 * n..]);
-                mmad_with(Path::Amx, a_win, k, b_win, n, &mut c, n, (m, step, n), k0 > 0);
+                mmad_with(tiled(), a_win, k, b_win, n, &mut c, n, (m, step, n), k0 > 0);
             }
             c.iter().map(|v| v.to_bits()).collect()
         };
