@@ -621,6 +621,9 @@ struct Gen<'a, 'b, 'p> {
     /// computes it on every iteration; a load of the slot (folded into the instruction that uses it) is
     /// cheaper.
     splats: BTreeMap<*const VExpr, cranelift_codegen::ir::StackSlot>,
+    /// In a column loop: the element operands of the statement being computed, loaded ahead by
+    /// [`Gen::preload`] (the read, the first column of its 4 lanes, the vector).
+    preloaded: Vec<(&'p VExpr, Value, Value)>,
     /// The transposing loads the matrix unit reads in place (`forward::transposed_b`), by statement address.
     trans: crate::forward::Transposed,
     /// The buffers whose [`ExpGroup`]s' `f32` rows are not stored ([`dead_exp_stores`]; vector programs).
@@ -728,6 +731,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             out_scratch: None,
             splat_slot: None,
             splats: BTreeMap::new(),
+            preloaded: Vec::new(),
             trans: crate::forward::transposed_b(prog, launch, body),
             dead_exp: std::collections::BTreeSet::new(),
             private,
@@ -2341,8 +2345,10 @@ fn fusable_run(prog: &TileProgram, l: &Launch, body: &[Stmt]) -> usize {
 
 impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
     /// A run of vector statements ([`fusable_run`]) as one element loop: every statement's regions are
-    /// resolved and checked first, then, for each row and each group of columns, the statements in order
-    /// (each stores its vectors before the next reads them). The memory streams of all the statements then
+    /// resolved and checked first, then, for each row and each group of 16 columns, every operand that no
+    /// earlier statement of the run may write is loaded ([`Gen::preload`]), and the statements run in order
+    /// (each stores its vectors before the next reads them; a later statement's read of an earlier one's
+    /// `f32` result takes the computed vectors). The memory streams of all the statements then
     /// advance together, and their loads overlap the arithmetic of the others (a statement alone streams
     /// one or two tensors while the others' streams wait).
     fn vector_group(&mut self, run: &'p [Stmt]) -> Result<(), Diagnostic> {
@@ -2369,6 +2375,14 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             }
             stmts.push((d, expr));
         }
+        let dsts: Vec<&Region> =
+            run.iter().filter_map(|s| if let Stmt::Vector { dst, .. } = s { Some(dst) } else { None }).collect();
+        let prog = self.prog;
+        // Whether a read of `x` may see what a write of `d` stores.
+        let overlaps = |x: &Region, d: &Region| {
+            same_storage(x, d)
+                || matches!((&x.loc, &d.loc), (Loc::Gm(a), Loc::Gm(b)) if may_alias(prog, *a) && may_alias(prog, *b))
+        };
         let mut consts: BTreeMap<*const VExpr, SV> = BTreeMap::new();
         let zero = self.iconst(0);
         let at0 = At { r: zero, c: zero, tail: true };
@@ -2384,19 +2398,47 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             }
             g.b.def_var(cv, zero);
             let splats = g.splat_slots(&row_vals);
-            for width in [8i64, 4] {
+            for width in [16i64, 4] {
                 g.loop_while_fits(cv, width, cols, width, |g, c| {
                     g.splats = splats.clone();
-                    for (d, e) in &stmts {
-                        let mut vals = Vec::new();
-                        for k in 0..width / 4 {
-                            let ck = g.b.ins().iadd_imm_s(c, 4 * k);
-                            vals.push((ck, g.vx(e, &reads, &row_vals, At { r, c: ck, tail: false })?));
+                    let cks: Vec<Value> = (0..width / 4).map(|k| g.b.ins().iadd_imm_s(c, 4 * k)).collect();
+                    // Every operand that no earlier statement of the run may write, loaded first, stream by
+                    // stream; an f32 result read by a later statement (at its own window, `fusable_run`) is
+                    // that statement's operand as computed, not reloaded.
+                    let mut early = Vec::new();
+                    for (si, (_, e)) in stmts.iter().enumerate() {
+                        let mut leaves = Vec::new();
+                        g.elem_leaves(e, &row_vals, &mut leaves);
+                        early.extend(leaves.into_iter().filter(|l| {
+                            let (VExpr::Read(x) | VExpr::ReadCol(x)) = l else { return false };
+                            !dsts[..si].iter().any(|d| overlaps(x, d))
+                        }));
+                    }
+                    g.preload(&early, &reads, &row_vals, r, &cks)?;
+                    let mut made: Vec<(&Region, Vec<Value>)> = Vec::new();
+                    for (si, (d, e)) in stmts.iter().enumerate() {
+                        let mut leaves = Vec::new();
+                        g.elem_leaves(e, &row_vals, &mut leaves);
+                        for l in leaves {
+                            let VExpr::Read(x) = l else { continue };
+                            if let Some((_, vs)) = made.iter().rev().find(|(w, _)| *w == x) {
+                                for (&ck, &v) in cks.iter().zip(vs) {
+                                    g.preloaded.push((l, ck, v));
+                                }
+                            }
                         }
-                        for (ck, v) in vals {
+                        let mut vals = Vec::new();
+                        for &ck in &cks {
+                            vals.push(g.vx(e, &reads, &row_vals, At { r, c: ck, tail: false })?);
+                        }
+                        for (&ck, &v) in cks.iter().zip(&vals) {
                             g.store_x4(d, r, ck, v);
                         }
+                        if d.dtype == DType::F32 {
+                            made.push((dsts[si], vals));
+                        }
                     }
+                    g.preloaded.clear();
                     g.splats.clear();
                     Ok(())
                 })?;
@@ -2901,8 +2943,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         Ok((f, sv, kv))
     }
 
-    /// The columns `cv..limit` of row `r` of a vector statement: with SIMD, two vectors a step while 8 columns
-    /// remain, then one while 4 remain, then one by one (all of them one by one without SIMD).
+    /// The columns `cv..limit` of row `r` of a vector statement: with SIMD, four vectors a step while 16
+    /// columns remain (their operands loaded first, [`Gen::preload`]), then one while 4 remain, then one by
+    /// one (all of them one by one without SIMD).
     #[allow(clippy::too_many_arguments)]
     fn columns(
         &mut self,
@@ -2916,14 +2959,18 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         simd: bool,
     ) -> Result<(), Diagnostic> {
         if simd {
-            for width in [8i64, 4] {
+            for width in [16i64, 4] {
                 self.loop_while_fits(cv, width, limit, width, |g, c| {
+                    let cks: Vec<Value> = (0..width / 4).map(|k| g.b.ins().iadd_imm_s(c, 4 * k)).collect();
+                    let mut leaves = Vec::new();
+                    g.elem_leaves(expr, row_vals, &mut leaves);
+                    g.preload(&leaves, reads, row_vals, r, &cks)?;
                     let mut vals = Vec::new();
-                    for k in 0..width / 4 {
-                        let ck = g.b.ins().iadd_imm_s(c, 4 * k);
+                    for &ck in &cks {
                         let v = g.vx(expr, reads, row_vals, At { r, c: ck, tail: false })?;
                         vals.push((ck, v));
                     }
+                    g.preloaded.clear();
                     for (ck, v) in vals {
                         g.store_x4(target, r, ck, v);
                     }
@@ -3331,6 +3378,51 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         }
     }
 
+    /// The element operands of `e`: the reads [`Gen::vx`] would load (not hoisted, not splatted, not an `exp`
+    /// of the chunk).
+    fn elem_leaves(&self, e: &'p VExpr, hoisted: &BTreeMap<*const VExpr, SV>, out: &mut Vec<&'p VExpr>) {
+        let p = e as *const VExpr;
+        if self.splats.contains_key(&p)
+            || hoisted.contains_key(&p)
+            || self.exp_done.iter().any(|(q, _)| std::ptr::eq(*q, e))
+            || var_of(e) != Var::Elem
+        {
+            return;
+        }
+        match e {
+            VExpr::Read(_) | VExpr::ReadCol(_) => out.push(e),
+            _ => e.children().into_iter().for_each(|c| self.elem_leaves(c, hoisted, out)),
+        }
+    }
+
+    /// Loads the element operands `leaves` for the 4-lane column groups `cks` of row `r`, one operand after
+    /// another (its groups back to back: a 64-byte line of an f32 stream in consecutive loads), into
+    /// [`Gen::preloaded`], where [`Gen::vx`] takes them; an operand equal to one loaded already (a region read
+    /// twice, here or by an earlier statement of the loop) is not loaded again. With the loads of a line
+    /// spread over the statements' arithmetic and interleaved with the other streams' loads and stores, a
+    /// Zen 4 core streaming tensors whose addresses agree modulo 4 KiB (adamw's 7) ran at half speed
+    /// (`docs/jit.md`).
+    fn preload(
+        &mut self,
+        leaves: &[&'p VExpr],
+        reads: &Reads,
+        hoisted: &BTreeMap<*const VExpr, SV>,
+        r: Value,
+        cks: &[Value],
+    ) -> Result<(), Diagnostic> {
+        for &leaf in leaves {
+            for &c in cks {
+                let known = self.preloaded.iter().find(|(p, d, _)| *d == c && *p == leaf).map(|&(_, _, v)| v);
+                let v = match known {
+                    Some(v) => v,
+                    None => self.vx(leaf, reads, hoisted, At { r, c, tail: false })?,
+                };
+                self.preloaded.push((leaf, c, v));
+            }
+        }
+        Ok(())
+    }
+
     /// Four lanes of a float or mask expression at columns `c..c+4` (lane 0 only in a tail). Masks are
     /// f32x4 values whose lanes are all ones or all zeros.
     fn vx(
@@ -3366,6 +3458,11 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         }
         Ok(match e {
             VExpr::Read(r) | VExpr::ReadCol(r) => {
+                if let Some(&(_, _, v)) =
+                    self.preloaded.iter().find(|(p, c, _)| std::ptr::eq(*p, e) && *c == at.c && !at.tail)
+                {
+                    return Ok(v);
+                }
                 let x = self.read_res(reads, r)?.clone();
                 let rr = if matches!(e, VExpr::Read(_)) { at.r } else { self.iconst(0) };
                 if at.tail {

@@ -453,6 +453,61 @@ fn jit_exps_by_chunks_match_interpreter() {
     }
 }
 
+/// A fused run of vector statements (`kc_codegen::lower`'s `vector_group`) loads the operands no earlier
+/// statement writes first, 16 columns a step, and takes an earlier statement's `f32` result from its
+/// vectors: here `g` read three times, the `f32` intermediates `m` and `u` read by later statements, the
+/// bf16 `t` (rounded, so loaded again after its store), and the in-place `p` and `m` (a parameter and the
+/// result that shares its memory). At widths that leave 16-, 4- and 1-column tails, on 1 and 2 threads:
+/// the interpreter's bits.
+#[test]
+fn jit_fused_statements_match_interpreter() {
+    let src = "kernel fused(p: inout f32[R, C], g: bf16[R, C], m: inout f32[R, C], s: f32) -> h: bf16[R, C] {\n\
+               m = 0.9 * m + 0.1 * g * g;\n\
+               let t: bf16 = m * s + g;\n\
+               let u = m / (t + 2.0);\n\
+               p = p * 0.5 - u * m;\n\
+               h = t + u;\n\
+               }\n";
+    let prog = common::compile_ok_src("fused", src);
+    let g = &prog.kernels[0];
+    let target = Target::builtin("host").expect("builtin target");
+    for (r, c) in [(1, 1), (3, 7), (2, 45), (5, 1031), (1, 70_001)] {
+        let dims: BTreeMap<String, i64> = [("R".to_string(), r), ("C".to_string(), c)].into();
+        let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+        let args = kc_runtime::random::random_args(g, &given, 11 + c as u64).expect("random inputs");
+        let want = common::run(g, &args);
+        let (_, tp, _) = tile_at(g, &dims, &target);
+        // The five statements are one run of consecutive vector statements (what the JIT fuses).
+        fn longest_run(body: &[kc_ir::tile::Stmt]) -> usize {
+            use kc_ir::tile::Stmt;
+            let (mut best, mut cur) = (0, 0);
+            for s in body {
+                cur = if matches!(s, Stmt::Vector { .. }) { cur + 1 } else { 0 };
+                best = best.max(cur);
+                let inner = match s {
+                    Stmt::For { body, .. } => longest_run(body),
+                    Stmt::If { then, .. } => longest_run(then),
+                    _ => 0,
+                };
+                best = best.max(inner);
+            }
+            best
+        }
+        assert!(longest_run(&tp.launches[0].vector) >= 5, "fused at {dims:?}: the five statements in one run");
+        let compiled = kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("fused at {dims:?}: {e:?}"));
+        for threads in [1, 2] {
+            let (got, _) = compiled
+                .run(&tp, g, &args, threads, &Limits::default())
+                .unwrap_or_else(|e| panic!("fused at {dims:?}, {threads} threads: {e:?}"));
+            assert_eq!(got.len(), want.len());
+            for ((n, a), (m, b)) in got.iter().zip(&want) {
+                assert_eq!(n, m);
+                common::assert_same_bits(&format!("fused.{n} at {dims:?}, {threads} threads"), b, a);
+            }
+        }
+    }
+}
+
 /// Row routines whose destination is a GM tensor of 16 MiB or more store it with non-temporal stores
 /// (`ROW_DST_STREAM`, aligned to 64 bytes after a head of single elements): softmax in bf16 and a division by
 /// a per-row value in f32 (the reciprocal path), rows of an odd width so that each row starts at another
