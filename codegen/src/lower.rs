@@ -3378,8 +3378,8 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         }
     }
 
-    /// The element operands of `e`: the reads [`Gen::vx`] would load (not hoisted, not splatted, not an `exp`
-    /// of the chunk).
+    /// The element operands of `e`: the float reads [`Gen::vx`] would load as vectors (not hoisted, not
+    /// splatted, not an `exp` of the chunk, not inside an integer comparison).
     fn elem_leaves(&self, e: &'p VExpr, hoisted: &BTreeMap<*const VExpr, SV>, out: &mut Vec<&'p VExpr>) {
         let p = e as *const VExpr;
         if self.splats.contains_key(&p)
@@ -3390,7 +3390,10 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             return;
         }
         match e {
-            VExpr::Read(_) | VExpr::ReadCol(_) => out.push(e),
+            VExpr::Read(_) | VExpr::ReadCol(_) if ty_of(self.prog, self.launch, e) == Some(Ty::F) => out.push(e),
+            VExpr::Read(_) | VExpr::ReadCol(_) => {}
+            // An integer comparison: `vx` evaluates its terms as scalars, loading nothing in vectors.
+            VExpr::Binary(_, x, _) if ty_of(self.prog, self.launch, x) == Some(Ty::I) => {}
             _ => e.children().into_iter().for_each(|c| self.elem_leaves(c, hoisted, out)),
         }
     }

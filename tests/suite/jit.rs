@@ -456,17 +456,17 @@ fn jit_exps_by_chunks_match_interpreter() {
 /// A fused run of vector statements (`kc_codegen::lower`'s `vector_group`) loads the operands no earlier
 /// statement writes first, 16 columns a step, and takes an earlier statement's `f32` result from its
 /// vectors: here `g` read three times, the `f32` intermediates `m` and `u` read by later statements, the
-/// bf16 `t` (rounded, so loaded again after its store), and the in-place `p` and `m` (a parameter and the
-/// result that shares its memory). At widths that leave 16-, 4- and 1-column tails, on 1 and 2 threads:
+/// bf16 `t` (rounded, so loaded again after its store), the in-place `p` and `m` (a parameter and the
+/// result that shares its memory), and comparisons of indices and of an `i32` tensor (no vector loads). At widths that leave 16-, 4- and 1-column tails, on 1 and 2 threads:
 /// the interpreter's bits.
 #[test]
 fn jit_fused_statements_match_interpreter() {
-    let src = "kernel fused(p: inout f32[R, C], g: bf16[R, C], m: inout f32[R, C], s: f32) -> h: bf16[R, C] {\n\
+    let src = "kernel fused(p: inout f32[R, C], g: bf16[R, C], m: inout f32[R, C], s: f32, k: i32[R, C]) -> h: bf16[R, C] {\n\
                m = 0.9 * m + 0.1 * g * g;\n\
                let t: bf16 = m * s + g;\n\
                let u = m / (t + 2.0);\n\
                p = p * 0.5 - u * m;\n\
-               h = t + u;\n\
+               h[r, c] = t[r, c] + where(c > r, u[r, c], 0.0 - u[r, c]) * where(k[r, c] > 0, 1.0, 0.5);\n\
                }\n";
     let prog = common::compile_ok_src("fused", src);
     let g = &prog.kernels[0];
@@ -477,7 +477,8 @@ fn jit_fused_statements_match_interpreter() {
         let args = kc_runtime::random::random_args(g, &given, 11 + c as u64).expect("random inputs");
         let want = common::run(g, &args);
         let (_, tp, _) = tile_at(g, &dims, &target);
-        // The five statements are one run of consecutive vector statements (what the JIT fuses).
+        // The five statements are consecutive vector statements of one shape (what the JIT fuses, those that
+        // qualify: `fusable_run`).
         fn longest_run(body: &[kc_ir::tile::Stmt]) -> usize {
             use kc_ir::tile::Stmt;
             let (mut best, mut cur) = (0, 0);
