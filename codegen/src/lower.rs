@@ -2405,21 +2405,27 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     // Every operand that no earlier statement of the run may write, loaded first, stream by
                     // stream; an f32 result read by a later statement (at its own window, `fusable_run`) is
                     // that statement's operand as computed, not reloaded.
-                    let mut early = Vec::new();
-                    for (si, (_, e)) in stmts.iter().enumerate() {
-                        let mut leaves = Vec::new();
-                        g.elem_leaves(e, &row_vals, &mut leaves);
-                        early.extend(leaves.into_iter().filter(|l| {
-                            let (VExpr::Read(x) | VExpr::ReadCol(x)) = l else { return false };
-                            !dsts[..si].iter().any(|d| overlaps(x, d))
-                        }));
-                    }
+                    let leaves: Vec<Vec<&'p VExpr>> = stmts
+                        .iter()
+                        .map(|(_, e)| {
+                            let mut l = Vec::new();
+                            g.elem_leaves(e, &row_vals, &mut l);
+                            l
+                        })
+                        .collect();
+                    let early: Vec<&'p VExpr> = (leaves.iter().enumerate())
+                        .flat_map(|(si, ls)| {
+                            let before = &dsts[..si];
+                            ls.iter().copied().filter(move |l| {
+                                let (VExpr::Read(x) | VExpr::ReadCol(x)) = l else { return false };
+                                !before.iter().any(|d| overlaps(x, d))
+                            })
+                        })
+                        .collect();
                     g.preload(&early, &reads, &row_vals, r, &cks)?;
                     let mut made: Vec<(&Region, Vec<Value>)> = Vec::new();
                     for (si, (d, e)) in stmts.iter().enumerate() {
-                        let mut leaves = Vec::new();
-                        g.elem_leaves(e, &row_vals, &mut leaves);
-                        for l in leaves {
+                        for &l in &leaves[si] {
                             let VExpr::Read(x) = l else { continue };
                             if let Some((_, vs)) = made.iter().rev().find(|(w, _)| *w == x) {
                                 for (&ck, &v) in cks.iter().zip(vs) {
