@@ -208,7 +208,8 @@ pub fn build(ctx: &Ctx, a: &BuildArgs) -> Result<(), Failure> {
                 }
                 if matches!(a.emit, Emit::Clif | Emit::Asm) {
                     let clif = a.emit == Emit::Clif;
-                    let opts = kc_codegen::Options { verify: true, keep_clif: clif, keep_asm: !clif };
+                    let opts =
+                        kc_codegen::Options { verify: true, keep_clif: clif, keep_asm: !clif, ..Default::default() };
                     let code = match kc_codegen::compile(&tp, &opts) {
                         Ok(c) => c,
                         Err(d) => {

@@ -84,6 +84,8 @@ pub fn forward(prog: &TileProgram, launch: &Launch, body: &[Stmt]) -> Vec<Stmt> 
     vec_writes(&mut out, launch, &launch.cube, &dt);
     // Statements that now store a buffer window unchanged into GM are copies.
     identity_stores(&mut out, &dt);
+    // Results read again and copied out: stored to GM by their fused loop too.
+    stores_beside(&mut out, launch, &launch.cube, &dt);
     // The partner's program (for a body that is not the launch's own cube program, the cube's).
     let other: &[Stmt] = if std::ptr::eq(body, launch.cube.as_slice()) { &launch.vector } else { &launch.cube };
     mmad_writes(&mut out, body, other, &dt);
@@ -1558,33 +1560,8 @@ fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes
     gm_reads(other, &mut other_read);
     let other_written = gm_writes(other);
     // The candidate buffers: sources of copies to GM.
-    fn copy_srcs(body: &[Stmt], out: &mut BTreeSet<BufId>) {
-        for s in body {
-            match s {
-                Stmt::For { body, .. } | Stmt::If { then: body, .. } => copy_srcs(body, out),
-                Stmt::Copy { src, dst: Region { loc: Loc::Gm(_), .. }, .. } => out.extend(buf_of(src)),
-                _ => {}
-            }
-        }
-    }
     let mut ys = BTreeSet::new();
     copy_srcs(body, &mut ys);
-    fn copy_dsts(body: &[Stmt], out: &mut BTreeSet<TensorId>) {
-        for s in body {
-            match s {
-                Stmt::For { body, .. } | Stmt::If { then: body, .. } => copy_dsts(body, out),
-                Stmt::Copy { dst: Region { loc: Loc::Gm(g), .. }, .. } => {
-                    out.insert(*g);
-                }
-                Stmt::Gather { .. } | Stmt::Mmad { .. } | Stmt::Reduce { .. } | Stmt::Library { .. } => {
-                    let (mut b, mut g) = (BTreeSet::new(), BTreeSet::new());
-                    writes(s, &mut b, &mut g);
-                    out.extend(g);
-                }
-                _ => {}
-            }
-        }
-    }
     // Rewrites the statements of every buffer of `ys` together, if then nothing reads them and no copy writes
     // their tensors `gs` (the rewritten statements are their only writers).
     let rewrite = |body: &mut Vec<Stmt>, ys: &[BufId], gs: &BTreeSet<TensorId>| -> bool {
@@ -1609,23 +1586,6 @@ fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes
     };
     let mut left: Vec<(BufId, BTreeSet<TensorId>)> = Vec::new();
     for y in ys {
-        // The tensors the copies from `y` write, and whether the dtypes allow a direct store.
-        fn targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId>) -> bool {
-            let mut ok = true;
-            for s in body {
-                match s {
-                    Stmt::For { body, .. } | Stmt::If { then: body, .. } => ok &= targets(body, y, dt, out),
-                    Stmt::Copy { src, dst, .. } if buf_of(src) == Some(y) => {
-                        if let Loc::Gm(g) = &dst.loc {
-                            out.insert(*g);
-                        }
-                        ok &= store_through(dt.of(src), dt.of(dst));
-                    }
-                    _ => {}
-                }
-            }
-            ok
-        }
         let mut gs = BTreeSet::new();
         if !targets(body, y, dt, &mut gs) || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written) {
             continue;
@@ -1638,6 +1598,126 @@ fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes
     // alone leaves the other's copy writing the tensor, so they are rewritten together when their windows
     // are provably apart (as in `mmad_writes`).
     rewrite_groups(body, left, dt, rewrite);
+}
+
+/// The buffers that copies to GM read.
+fn copy_srcs(body: &[Stmt], out: &mut BTreeSet<BufId>) {
+    for s in body {
+        match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => copy_srcs(body, out),
+            Stmt::Copy { src, dst: Region { loc: Loc::Gm(_), .. }, .. } => out.extend(buf_of(src)),
+            _ => {}
+        }
+    }
+}
+
+/// The GM tensors that copies (and gathers, mmads, reductions and library calls) write.
+fn copy_dsts(body: &[Stmt], out: &mut BTreeSet<TensorId>) {
+    for s in body {
+        match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => copy_dsts(body, out),
+            Stmt::Copy { dst: Region { loc: Loc::Gm(g), .. }, .. } => {
+                out.insert(*g);
+            }
+            Stmt::Gather { .. } | Stmt::Mmad { .. } | Stmt::Reduce { .. } | Stmt::Library { .. } => {
+                let (mut b, mut g) = (BTreeSet::new(), BTreeSet::new());
+                writes(s, &mut b, &mut g);
+                out.extend(g);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The tensors the copies from `y` write (into `out`), and whether the dtypes allow a direct store.
+fn targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId>) -> bool {
+    let mut ok = true;
+    for s in body {
+        match s {
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => ok &= targets(body, y, dt, out),
+            Stmt::Copy { src, dst, .. } if buf_of(src) == Some(y) => {
+                if let Loc::Gm(g) = &dst.loc {
+                    out.insert(*g);
+                }
+                ok &= store_through(dt.of(src), dt.of(dst));
+            }
+            _ => {}
+        }
+    }
+    ok
+}
+
+/// Level 4 for a buffer that other statements read too (AdamW's `m` and `v`, read again for the bias
+/// correction): a `Vector` statement writing a window `W` of an `f32` buffer `y`, paired with a copy of `W` to
+/// GM as [`vec_writes`] pairs them ([`store_pairs`]), and followed at once by another `Vector` statement of
+/// the same sizes (so the two are one fused element loop): an identity statement `G = W` goes right after it
+/// and the copy goes. The fused loop stores the computed vectors a second time, into `G`, instead of a pass
+/// over `W` after the loop. As for level 4, the tensor's writes are exactly the paired statements (every
+/// copy of `y` is rewritten, and no other copy writes the tensor), nothing in this program reads it, and the
+/// other program does not write it, so storing earlier is not observable; the identity reads `W` as stored
+/// (`f32`: the copy's bits, or its rounding into bf16/f16, which the vector store does the same way).
+fn stores_beside(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes<'_>) {
+    let mut read = BTreeSet::new();
+    gm_reads(&launch.vector, &mut read);
+    gm_reads(body, &mut read);
+    let mut other_read = BTreeSet::new();
+    gm_reads(other, &mut other_read);
+    let other_written = gm_writes(other);
+    let mut ys = BTreeSet::new();
+    copy_srcs(body, &mut ys);
+    for y in ys {
+        if launch.buffers.get(y.0 as usize).map(|b| b.dtype) != Some(DType::F32) {
+            continue;
+        }
+        let mut gs = BTreeSet::new();
+        if !targets(body, y, dt, &mut gs) || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written) {
+            continue;
+        }
+        let no_wait = gs.intersection(&other_read).copied().collect();
+        let mut new = body.clone();
+        beside(&mut new, y, &no_wait);
+        let mut still = BTreeSet::new();
+        copy_dsts(&new, &mut still);
+        if still.is_disjoint(&gs) {
+            *body = new;
+        }
+    }
+}
+
+/// [`stores_beside`]'s rewrite of the statement lists of `body` for buffer `y`.
+fn beside(body: &mut Vec<Stmt>, y: BufId, no_wait: &BTreeSet<TensorId>) {
+    for s in body.iter_mut() {
+        if let Stmt::For { body: b, .. } | Stmt::If { then: b, .. } = s {
+            beside(b, y, no_wait);
+        }
+    }
+    let mut add: Vec<(usize, Stmt)> = Vec::new();
+    let mut drop = BTreeSet::new();
+    for (i, j) in store_pairs(body, y, no_wait) {
+        let (Stmt::Vector { dst: w, rows, cols, .. }, Stmt::Copy { dst: g, .. }) = (&body[i], &body[j]) else {
+            continue;
+        };
+        let fused =
+            matches!(body.get(i + 1), Some(Stmt::Vector { rows: r2, cols: c2, .. }) if r2 == rows && c2 == cols);
+        if !fused || j == i + 1 {
+            continue;
+        }
+        let expr = VExpr::Read(w.clone());
+        add.push((i + 1, Stmt::Vector { dst: g.clone(), rows: rows.clone(), cols: cols.clone(), expr }));
+        drop.insert(j);
+    }
+    if add.is_empty() {
+        return;
+    }
+    let old = std::mem::take(body);
+    for (k, s) in old.into_iter().enumerate() {
+        for (_, a) in add.iter().filter(|(at, _)| *at == k) {
+            body.push(a.clone());
+        }
+        if !drop.contains(&k) {
+            body.push(s);
+        }
+    }
 }
 
 /// Takes the candidates `left` (a buffer and the tensors its copies write) in groups whose tensors meet and

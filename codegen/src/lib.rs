@@ -10,5 +10,12 @@ pub mod cache;
 pub mod forward;
 pub mod lower;
 pub mod math;
+mod wide;
 
 pub use lower::{compile, Compiled, CompiledLaunch, Options, MAX_STATEMENTS};
+
+/// Whether fused element loops are assembled for AVX-512 on this host (unless
+/// [`Options::portable_vectors`]): AVX-512F and BMI2.
+pub fn wide_available() -> bool {
+    wide::available()
+}

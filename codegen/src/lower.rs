@@ -82,6 +82,9 @@ pub struct Options {
     pub keep_clif: bool,
     /// Keep each function's disassembly ([`Compiled::asm`]).
     pub keep_asm: bool,
+    /// Compile fused element loops to Cranelift's 128-bit code even on a host with AVX-512 (`crate::wide`):
+    /// the same results, for comparing the two.
+    pub portable_vectors: bool,
 }
 
 /// One compiled launch: its two core functions and its failure sites.
@@ -123,6 +126,8 @@ pub struct Compiled {
     by_data: std::sync::Mutex<Vec<(Vec<u8>, std::sync::Arc<kc_runtime::reuse::Plan>)>>,
     calls: std::sync::atomic::AtomicUsize,
     poison: std::sync::atomic::AtomicBool,
+    /// How many fused element loops were assembled as AVX-512 routines (`crate::wide`).
+    pub wide_loops: usize,
 }
 
 impl Drop for Compiled {
@@ -446,7 +451,9 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
         by_data: std::sync::Mutex::new(Vec::new()),
         calls: std::sync::atomic::AtomicUsize::new(0),
         poison: std::sync::atomic::AtomicBool::new(false),
+        wide_loops: 0,
     };
+    let wide = !opts.portable_vectors && crate::wide::available();
     let mut ids: Vec<(Option<FuncId>, Option<FuncId>)> = Vec::new();
     for (li, l) in prog.launches.iter().enumerate() {
         let mut sites = Vec::new();
@@ -471,7 +478,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
             if opts.keep_asm {
                 ctx.set_disasm(true);
             }
-            {
+            let routines = {
                 let mut fns = BTreeMap::new();
                 for (name, id) in &host {
                     fns.insert(*name, module.declare_func_in_func(*id, &mut ctx.func));
@@ -491,7 +498,14 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                     g.dead_exp = dead_exp_stores(prog, l, &body, &l.cube);
                     dead_exp.clone_from(&g.dead_exp);
                 }
+                if wide {
+                    g.module = Some(&mut module);
+                    if !cube {
+                        g.dead_run = dead_run_stores(prog, l, &body, &l.cube);
+                    }
+                }
                 g.program(&body)?;
+                let routines = std::mem::take(&mut g.wide_out);
                 b.seal_all_blocks();
                 b.finalize(module.target_config());
                 if cube {
@@ -499,6 +513,17 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                 } else {
                     bodies.1 = body;
                 }
+                routines
+            };
+            out.wide_loops += routines.len();
+            for (rid, code) in routines {
+                if opts.keep_asm {
+                    let text = crate::wide::disassemble(&code);
+                    out.asm.push((format!("{name}: AVX-512 loop u0:{}", rid.as_u32()), text));
+                }
+                module
+                    .define_function_bytes(rid, 64, &code, &[])
+                    .map_err(|e| internal(span, format!("defining an AVX-512 loop of `{name}`: {e:?}")))?;
             }
             if opts.keep_clif {
                 out.clif.push((name.clone(), ctx.func.display().to_string()));
@@ -564,14 +589,14 @@ enum SV {
 
 /// The kind of a vector-expression node: how it varies over the tile.
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum Var {
+pub(crate) enum Var {
     Const,
     Row,
     Elem,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
-enum Ty {
+pub(crate) enum Ty {
     F,
     I,
     B,
@@ -632,6 +657,12 @@ struct Gen<'a, 'b, 'p> {
     /// first element of the running unit's area (computed on entry) and the area's elements. Their GM
     /// pointer is the thread's own area, and every access is checked against that area.
     private: BTreeMap<usize, (Value, u64)>,
+    /// The module, where fused element loops may be assembled for AVX-512 (`crate::wide`; `None`: not
+    /// on this host, or not asked for), and the routines assembled, defined once the function is.
+    module: Option<&'a mut JITModule>,
+    wide_out: Vec<(FuncId, Vec<u8>)>,
+    /// The buffers whose fused-run stores an AVX-512 run leaves out ([`dead_run_stores`]).
+    dead_run: BTreeSet<BufId>,
 }
 
 /// The most row-invariant values of a statement splatted into `splat_slot`; further ones are splatted at
@@ -735,6 +766,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             trans: crate::forward::transposed_b(prog, launch, body),
             dead_exp: std::collections::BTreeSet::new(),
             private,
+            module: None,
+            wide_out: Vec::new(),
+            dead_run: BTreeSet::new(),
         }
     }
 
@@ -1493,7 +1527,7 @@ fn e_rhs(e: &SExpr) -> &SExpr {
 // Vector statements.
 
 /// Per-node facts of a vector expression.
-fn ty_of(prog: &TileProgram, l: &Launch, e: &VExpr) -> Option<Ty> {
+pub(crate) fn ty_of(prog: &TileProgram, l: &Launch, e: &VExpr) -> Option<Ty> {
     let dt = |r: &Region| -> Option<DType> {
         match &r.loc {
             Loc::Gm(t) => prog.tensors.get(t.0 as usize).map(|g| g.dtype),
@@ -1528,7 +1562,7 @@ fn block_axpy(form: &RowForm<'_>) -> bool {
     matches!(form, RowForm::Axpy { s, .. } if var_of(s) == Var::Const)
 }
 
-fn var_of(e: &VExpr) -> Var {
+pub(crate) fn var_of(e: &VExpr) -> Var {
     match e {
         VExpr::F32(_) | VExpr::I32(_) | VExpr::Bool(_) | VExpr::Scalar(_) => Var::Const,
         VExpr::Row | VExpr::ReadRow(_) => Var::Row,
@@ -1671,7 +1705,7 @@ pub(crate) fn norm(e: &SExpr) -> SExpr {
 
 /// Whether two regions are the same window of the same storage (offsets and strides compared after
 /// [`norm`]).
-fn same_window(a: &Region, b: &Region) -> bool {
+pub(crate) fn same_window(a: &Region, b: &Region) -> bool {
     a.loc == b.loc && norm(&a.offset) == norm(&b.offset) && norm(&a.row_stride) == norm(&b.row_stride)
 }
 
@@ -1949,6 +1983,67 @@ pub fn dead_exp_stores(prog: &TileProgram, l: &Launch, body: &[Stmt], other: &[S
     let partner = crate::forward::referenced(other);
     groups.retain(|b| !read.contains(b) && !partner.contains(b));
     groups
+}
+
+/// The `f32` buffers into which fused runs ([`fusable_run`]) of `body` (a vector program, as compiled) store
+/// results that only their own runs read, each read an element read of exactly the window an earlier
+/// statement of the same run stored (`Region` equality): AdamW's `m`, `v`, `m_hat` and `v_hat`, which the
+/// later statements take from the computed vectors. Any other read (outside the runs, a row or column read,
+/// another window, a window expression or size that reads the buffer, or a mention by `other`, the partner
+/// program) keeps the buffer's stores. An AVX-512 run (`crate::wide`) forwards every such read from its
+/// registers, tails included, and does not store these results; the 128-bit loop stores them (its
+/// single-column tail reloads them).
+pub fn dead_run_stores(prog: &TileProgram, l: &Launch, body: &[Stmt], other: &[Stmt]) -> BTreeSet<BufId> {
+    fn walk(prog: &TileProgram, l: &Launch, body: &[Stmt], cands: &mut BTreeSet<BufId>, read: &mut BTreeSet<BufId>) {
+        let mut i = 0;
+        while i < body.len() {
+            let n = fusable_run(prog, l, &body[i..]);
+            if n >= 2 {
+                let run = &body[i..i + n];
+                for (k, s) in run.iter().enumerate() {
+                    let Stmt::Vector { dst, expr, .. } = s else { continue };
+                    crate::forward::region_sexpr_reads(s, read);
+                    let mut rs = Vec::new();
+                    collect_reads(expr, &mut rs);
+                    for (kind, r) in rs {
+                        let forwarded = kind == 0
+                            && run[..k].iter().any(|p| {
+                                matches!(p, Stmt::Vector { dst: d, .. }
+                                    if d == r && region_dtype(prog, l, d) == Some(DType::F32))
+                            });
+                        if let (false, Loc::Buf { buf, .. }) = (forwarded, &r.loc) {
+                            read.insert(*buf);
+                        }
+                    }
+                    if let Loc::Buf { buf, .. } = dst.loc {
+                        if region_dtype(prog, l, dst) == Some(DType::F32) {
+                            cands.insert(buf);
+                        }
+                    }
+                }
+                i += n;
+                continue;
+            }
+            match &body[i] {
+                Stmt::For { lo, hi, body: b, .. } => {
+                    crate::forward::sexpr_reads(lo, read);
+                    crate::forward::sexpr_reads(hi, read);
+                    walk(prog, l, b, cands, read);
+                }
+                Stmt::If { cond, then } => {
+                    crate::forward::sexpr_reads(cond, read);
+                    walk(prog, l, then, cands, read);
+                }
+                s => crate::forward::reads_of(std::slice::from_ref(s), read),
+            }
+            i += 1;
+        }
+    }
+    let (mut cands, mut read) = (BTreeSet::new(), BTreeSet::new());
+    walk(prog, l, body, &mut cands, &mut read);
+    let partner = crate::forward::referenced(other);
+    cands.retain(|b| !read.contains(b) && !partner.contains(b));
+    cands
 }
 
 /// A window of a buffer that a plain vector statement (not an [`ExpGroup`]) wrote whole, at a point of
@@ -2389,6 +2484,17 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         for (_, e) in &stmts {
             self.hoist(e, Var::Const, &reads, at0, &mut consts)?;
         }
+        if self.module.is_some() {
+            let dead = |r: &Region| matches!(r.loc, Loc::Buf { buf, .. } if self.dead_run.contains(&buf));
+            let ws: Vec<crate::wide::WStmt<'p>> = dsts
+                .iter()
+                .zip(&stmts)
+                .map(|(dst, (d, e))| crate::wide::WStmt { dst, dtype: d.dtype, expr: e, dead: dead(dst) })
+                .collect();
+            if let Some(rt) = crate::wide::assemble(self.prog, self.launch, &ws, &overlaps) {
+                return self.wide_rows(rt, rows, cols, &stmts, &reads, &consts);
+            }
+        }
         let (rv, cv) = self.elem_vars();
         self.b.def_var(rv, zero);
         self.loop_while_fits(rv, 1, rows, 1, |g, r| {
@@ -2460,6 +2566,61 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 Ok(())
             })
         })
+    }
+
+    /// A fused run as calls of its AVX-512 routine `rt` (`crate::wide`), one a row: for each row, the row's
+    /// hoisted values, then the routine's arguments (each stream's address at column 0 of the row, each
+    /// scalar as an `f32`) in a stack slot, and the call over the `cols` columns. The regions were resolved
+    /// and bounds-checked by the caller.
+    fn wide_rows(
+        &mut self,
+        rt: crate::wide::Routine<'p>,
+        rows: Value,
+        cols: Value,
+        stmts: &[(Res, &'p VExpr)],
+        reads: &Reads,
+        consts: &BTreeMap<*const VExpr, SV>,
+    ) -> Result<(), Diagnostic> {
+        let Some(module) = self.module.as_deref_mut() else { return Err(self.err("no module for an AVX-512 loop")) };
+        let mut sig = module.make_signature();
+        sig.params.extend([AbiParam::new(types::I64), AbiParam::new(types::I64)]);
+        let id = match module.declare_anonymous_function(&sig) {
+            Ok(id) => id,
+            Err(e) => return Err(self.err(format!("declaring an AVX-512 loop: {e}"))),
+        };
+        let fref = module.declare_func_in_func(id, self.b.func);
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, rt.args_bytes(), 3));
+        let zero = self.iconst(0);
+        let (rv, _) = self.elem_vars();
+        self.b.def_var(rv, zero);
+        self.loop_while_fits(rv, 1, rows, 1, |g, r| {
+            let mut row_vals = consts.clone();
+            for (_, e) in stmts {
+                g.hoist(e, Var::Row, reads, At { r, c: zero, tail: true }, &mut row_vals)?;
+            }
+            for (i, s) in rt.streams.iter().enumerate() {
+                let x = match s.dst {
+                    Some(si) => stmts[si].0.clone(),
+                    None => g.read_res(reads, s.region)?.clone(),
+                };
+                let a = g.elem_addr(&x, Some(if s.col { zero } else { r }), Some(zero));
+                g.b.ins().stack_store(types::I64, a, slot, (8 * i) as i32);
+            }
+            for (j, e) in rt.scalars.iter().enumerate() {
+                // As `Gen::splat` makes a vector of it.
+                let v = match row_vals.get(&(*e as *const VExpr)) {
+                    Some(SV::F(x)) => *x,
+                    Some(SV::I(x)) => g.b.ins().fcvt_from_sint(types::F32, *x),
+                    _ => return Err(g.err("a row value of an AVX-512 loop was not computed")),
+                };
+                g.b.ins().stack_store(types::I64, v, slot, rt.scalar_offset(j));
+            }
+            let p = g.b.ins().stack_addr(types::I64, slot, 0);
+            g.b.ins().call(fref, &[p, cols]);
+            Ok(())
+        })?;
+        self.wide_out.push((id, rt.code));
+        Ok(())
     }
 
     /// A vector statement's operand `r` (`kind` as [`collect_reads`] gives it), resolved and bounds-checked
@@ -3758,7 +3919,7 @@ fn unary_routine(op: UnOp) -> Option<&'static str> {
 
 /// Whether an expression contains an integer division or remainder (which can fail, so it is not computed
 /// speculatively).
-fn has_div(e: &VExpr) -> bool {
+pub(crate) fn has_div(e: &VExpr) -> bool {
     matches!(e, VExpr::Binary(BinOp::Div | BinOp::Mod, ..)) || e.children().into_iter().any(has_div)
 }
 

@@ -928,3 +928,71 @@ fn jit_matmul_nests_accumulate_in_place_with_the_interpreters_bits() {
         }
     }
 }
+
+/// A fused run assembled as an AVX-512 routine (`kc_codegen`'s `wide`, on hosts with AVX-512F): `f32` and
+/// bf16 operands and results (bf16 rounding of a result and of a `let: bf16`), an in-place `inout`, a row
+/// value (`s[r]`), a column vector (`b[c]`, the same for every row), a scalar parameter, and `abs`, `sqrt`,
+/// `rsqrt`, `relu`, `floor`, `ceil`, `min`/`max` (NaN-propagating), comparisons, `&&`/`||`/`!`, `where` and a
+/// boolean cast, over inputs with NaNs, infinities, signed zeros and subnormals, at widths with 16-column
+/// groups and 1–15-column tails, on 1 and 2 threads: the interpreter's bits, and the 128-bit loop's
+/// (`Options::portable_vectors`) to the NaN payload.
+#[test]
+fn jit_wide_loops_match_interpreter_and_the_128_bit_loop() {
+    let src = "kernel wide(p: inout f32[R, C], g: bf16[R, C], q: f32[R, C], b: f32[C], s: f32[R], k: f32) -> h: bf16[R, C] {\n\
+               p = p * 0.5 - sqrt(abs(q)) / (g + k);\n\
+               let t: bf16 = max(p, q) + min(g, -q) * rsqrt(relu(q) + 1.0);\n\
+               let u = where(p > t && !(q <= 0.0) || g == 1.0, floor(p), ceil(t)) + f32(q != t);\n\
+               h[r, c] = where(q[r, c] < 0.25, min(q[r, c], g[r, c]), where(q[r, c] < 0.5, max(g[r, c], -q[r, c]), \
+                         t[r, c] + u[r, c] * s[r] - b[c]));\n\
+               }\n\
+               kernel cmp(x: f32[R, C], y: bf16[R, C]) -> (e: f32[R, C], o: bf16[R, C]) {\n\
+               e = f32(x == y) + 2.0 * f32(x != y) + 4.0 * f32(x < y) + 8.0 * f32(x <= y) + 16.0 * f32(x > y) \
+                   + 32.0 * f32(x >= y) + 64.0 * f32(bool(x) && !bool(y) || x == 1.0);\n\
+               o = e * 0.5 + bf16(x) - f32(bool(y) != (x > 0.5));\n\
+               }\n";
+    let prog = common::compile_ok_src("wide", src);
+    let target = Target::builtin("host").expect("builtin target");
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 1.0e-40, -3.0e-39, 1.0, 3.0e38];
+    for (g, (r, c)) in
+        prog.kernels.iter().flat_map(|g| [(1, 1), (3, 15), (2, 16), (5, 17), (4, 45), (2, 1031)].map(|d| (g, d)))
+    {
+        let dims: BTreeMap<String, i64> = [("R".to_string(), r), ("C".to_string(), c)].into();
+        let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+        let mut args = kc_runtime::random::random_args(g, &given, 17 + c as u64).expect("random inputs");
+        // Every third element special, in a sequence of its own per tensor (any two tensors' specials meet).
+        for (ti, t) in args.tensors.values_mut().enumerate() {
+            let v: Vec<f32> = (0..t.len())
+                .map(|i| match i % 3 {
+                    0 => specials[(i / 3 + i / 27 * [1, 2, 4, 5, 7, 8][ti % 6]) % specials.len()],
+                    _ => t.get_f64(i) as f32 * 4.0,
+                })
+                .collect();
+            *t = kc_ir::tensor::Tensor::from_f32_as(t.dtype(), t.shape.clone(), &v).expect("a tensor");
+        }
+        let want = common::run(g, &args);
+        let (_, tp, _) = tile_at(g, &dims, &target);
+        let wide = kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("wide at {dims:?}: {e:?}"));
+        let narrow = kc_codegen::compile(&tp, &kc_codegen::Options { portable_vectors: true, ..opts() })
+            .unwrap_or_else(|e| panic!("wide at {dims:?}, 128-bit: {e:?}"));
+        assert_eq!(narrow.wide_loops, 0);
+        // (One column makes the statements row statements: `columns_as_rows`.)
+        if kc_codegen::wide_available() && c > 1 {
+            assert!(wide.wide_loops >= 1, "wide at {dims:?}: no loop was assembled for AVX-512");
+        }
+        for threads in [1, 2] {
+            let run = |c: &kc_codegen::Compiled| {
+                c.run(&tp, g, &args, threads, &Limits::default())
+                    .unwrap_or_else(|e| panic!("wide at {dims:?}, {threads} threads: {e:?}"))
+                    .0
+            };
+            let (got, base) = (run(&wide), run(&narrow));
+            assert_eq!(got.len(), want.len());
+            for (((n, a), (_, b)), (_, w)) in got.iter().zip(&want).zip(&base) {
+                common::assert_same_bits(&format!("wide.{n} at {dims:?}, {threads} threads"), b, a);
+                let bits =
+                    |t: &kc_ir::tensor::Tensor| -> Vec<u64> { t.to_f64_vec().iter().map(|x| x.to_bits()).collect() };
+                assert!(bits(a) == bits(w), "wide.{n} at {dims:?}, {threads} threads: not the 128-bit loop's bits");
+            }
+        }
+    }
+}

@@ -404,7 +404,7 @@ kernel gram_ns(x: bf16[M, N], y: bf16[M, N]) -> (b: bf16[M, M], c: bf16[M, M]) {
 /// The flags of the host matrix routine's calls (`kc_mmad`: 12 arguments, the last its flag bits) in the
 /// Cranelift IR of `tp`'s launches.
 fn mmad_flags(tp: &TileProgram) -> Vec<i64> {
-    let opts = kc_codegen::Options { verify: true, keep_clif: true, keep_asm: false };
+    let opts = kc_codegen::Options { verify: true, keep_clif: true, keep_asm: false, ..Default::default() };
     let code = kc_codegen::compile(tp, &opts).expect("compiles");
     let mut flags = Vec::new();
     for (_, body) in &code.clif {
