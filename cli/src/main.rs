@@ -16,6 +16,10 @@ use commands::{Ctx, Failure};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+/// Large blocks (tensors) start on 2 MiB boundaries: see `kc_runtime::alloc`.
+#[global_allocator]
+static ALLOC: kc_runtime::alloc::Aligned = kc_runtime::alloc::Aligned;
+
 /// The main thread's stack: deep but legal inputs must not overflow it.
 const STACK_BYTES: usize = 256 << 20;
 

@@ -6,6 +6,7 @@
 //!
 //! Like every crate but the CLI, it does no IO of its own: it turns bytes into tensors and back.
 
+pub mod alloc;
 pub mod compare;
 pub mod gm;
 pub mod host;
