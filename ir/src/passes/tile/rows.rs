@@ -60,7 +60,8 @@
 //! gathers and looped reductions (a group `[T, E]` whose member reads `groups[t, g]` under a sum over `g`
 //! becomes one row axis with `E` columns and a loop over `g`).
 //!
-//! The launch splits the row blocks across the vector cores (core `i` takes blocks `i`, `i + cores`, ...)
+//! The launch splits the row blocks across the vector cores (core `i` takes blocks `i`, `i + cores`, ...; on
+//! a target with `contiguous_chunks`, the host, a run of consecutive blocks, slot 1 the block after slot 0's)
 //! with the loop, slots and flag discipline of the elementwise template ([`super::vector`]):
 //!
 //! ```text
@@ -611,7 +612,14 @@ fn rows_at(
             forced.map_or(lo as i64, |f| f.clamp(1, lo as i64))
         }
     };
-    let cores = (target.vector_cores as i64).min(total / rt + (total % rt != 0) as i64).max(1) as u32;
+    let blocks = total / rt + (total % rt != 0) as i64;
+    let mut cores = (target.vector_cores as i64).min(blocks).max(1) as u32;
+    // With contiguous parts (the host), each core takes `per_core` consecutive row blocks (the last core
+    // fewer): a thread's rows follow one another in memory, which the hardware prefetchers follow.
+    let per_core = (blocks.max(1) + cores as i64 - 1) / cores as i64;
+    if target.contiguous_chunks {
+        cores = ((blocks.max(1) + per_core - 1) / per_core).max(1) as u32;
+    }
 
     // Buffers.
     let mut lb = LaunchBuilder::new(target, name, Unit::Vector, 0, cores);
@@ -699,7 +707,8 @@ fn rows_at(
         prog.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
         prog.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
     }
-    let stride = cores as i64 * rt;
+    // Slot 1's block follows slot 0's: the next of the core's consecutive blocks, or `cores` blocks on.
+    let stride = if target.contiguous_chunks { rt } else { cores as i64 * rt };
     let row_strides: Vec<i64> = (0..p).map(|k| prod(&rows_dims[k + 1..])).collect();
     let mut slots: [Vec<Stmt>; 2] = Default::default();
     for slot in 0..2u32 {
@@ -777,7 +786,14 @@ fn rows_at(
         slots[slot as usize] = st;
     }
     let base = lb.svar("base");
-    prog.push(super::two_slot_loop(base, off, bin(SBin::Mul, SExpr::Core, c(rt)), total, stride, slots));
+    if target.contiguous_chunks {
+        let part = per_core * rt;
+        let lo = bin(SBin::Mul, SExpr::Core, c(part));
+        let hi = bin(SBin::Min, bin(SBin::Add, bin(SBin::Mul, SExpr::Core, c(part)), c(part)), c(total));
+        prog.push(super::two_slot_loop_to(base, off, lo, hi, stride, slots));
+    } else {
+        prog.push(super::two_slot_loop(base, off, bin(SBin::Mul, SExpr::Core, c(rt)), total, stride, slots));
+    }
     for s in 0..2u8 {
         prog.push(Stmt::WaitFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
         prog.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: s });
