@@ -147,7 +147,8 @@ pub enum Emit {
     Tuning,
     /// The Cranelift IR of each core program as the JIT compiles it for the host (at the given --dims).
     Clif,
-    /// The host machine code of each core program (Cranelift's disassembly, at the given --dims).
+    /// The host machine code of each core program (Cranelift's disassembly, at the given --dims), then of each
+    /// fused loop assembled for AVX-512 on this host.
     Asm,
 }
 

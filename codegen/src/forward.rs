@@ -3195,6 +3195,53 @@ mod tests {
         assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. })), 1);
     }
 
+    /// A result read again by the next vector statement (of the same sizes) and copied out: the copy becomes
+    /// an identity statement right after the result's statement (the fused loop stores it to GM too), and
+    /// the result's buffer stays. Not for a bf16 buffer, nor when the next statement is not a vector
+    /// statement of the same sizes.
+    #[test]
+    fn results_read_again_are_stored_beside_by_their_fused_loop() {
+        let reread = |cols: i64| {
+            let (p, mut l) = launch(vec![]);
+            let Stmt::For { body, .. } = &mut l.vector[0] else { panic!() };
+            let at = body.iter().position(|s| matches!(s, Stmt::Vector { .. })).expect("the result's statement");
+            let rows = var(1);
+            let again = Stmt::Vector {
+                dst: ub(0, 16),
+                rows,
+                cols: SExpr::Const(cols),
+                expr: VExpr::Binary(BinOp::Add, Box::new(VExpr::Read(ub(1, 16))), Box::new(VExpr::F32(1.0))),
+            };
+            body.insert(at + 1, again);
+            (p, l)
+        };
+        let (p, l) = reread(16);
+        let out = forward(&p, &l, &l.vector);
+        let Stmt::For { body, .. } = &out[0] else { panic!() };
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. })), 0, "{out:#?}");
+        let at = body
+            .iter()
+            .position(|s| matches!(s, Stmt::Vector { dst, .. } if *dst == ub(1, 16)))
+            .expect("the result's statement stays");
+        assert!(
+            matches!(&body[at + 1], Stmt::Vector { dst: Region { loc: Loc::Gm(TensorId(1)), .. }, expr: VExpr::Read(r), .. } if *r == ub(1, 16)),
+            "{out:#?}"
+        );
+        assert!(matches!(&body[at + 2], Stmt::Vector { dst, .. } if *dst == ub(0, 16)), "{out:#?}");
+
+        // Another width: the two statements are not one fused loop.
+        let (p, l) = reread(8);
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. })), 1, "{out:#?}");
+
+        // A bf16 result buffer: its copy stays.
+        let (mut p, mut l) = reread(16);
+        l.buffers[1].dtype = DType::BF16;
+        p.launches[0] = l.clone();
+        let out = forward(&p, &l, &l.vector);
+        assert_eq!(count(&out, &|s| matches!(s, Stmt::Copy { pipe: Pipe::Mte3, .. })), 1, "{out:#?}");
+    }
+
     /// The launch of [`launch`] with a cube program: `cube` stands for the partner's statements (here only
     /// what they touch matters).
     fn mixed(mid: Vec<Stmt>, cube: Vec<Stmt>) -> (TileProgram, Launch) {

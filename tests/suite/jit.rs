@@ -996,3 +996,24 @@ fn jit_wide_loops_match_interpreter_and_the_128_bit_loop() {
         }
     }
 }
+
+/// `kc build --emit asm` shows each AVX-512 loop after Cranelift's code: adamw's, with its divisions and
+/// square root in zmm registers and its tail under the lane mask.
+#[test]
+fn jit_asm_shows_the_avx512_loops() {
+    if !kc_codegen::wide_available() {
+        return;
+    }
+    let prog = common::compile_ok(common::kernel_path("adamw"));
+    let g = &prog.kernels[0];
+    let dims: BTreeMap<String, i64> = [("N".to_string(), 5000)].into();
+    let (_, tp, _) = tile_at(g, &dims, &Target::builtin("host").expect("builtin target"));
+    let code = kc_codegen::compile(&tp, &kc_codegen::Options { keep_asm: true, ..opts() }).expect("compiles");
+    let loops: Vec<&String> = code.asm.iter().filter(|(n, _)| n.contains("AVX-512 loop")).map(|(_, t)| t).collect();
+    assert_eq!(loops.len(), code.wide_loops);
+    assert!(!loops.is_empty());
+    for t in loops {
+        assert!(t.contains("vdivps") && t.contains("vsqrtps") && t.contains("%zmm"), "{t}");
+        assert!(t.contains("{%k1}"), "no masked tail: {t}");
+    }
+}
