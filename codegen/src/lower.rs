@@ -516,10 +516,11 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                 routines
             };
             out.wide_loops += routines.len();
-            for (rid, code) in routines {
+            let mut loops_asm = Vec::new();
+            for (rid, code, ext) in routines {
                 if opts.keep_asm {
                     let text = crate::wide::disassemble(&code);
-                    out.asm.push((format!("{name}: AVX-512 loop u0:{}", rid.as_u32()), text));
+                    loops_asm.push((format!("{name}: AVX-512 loop `userextname{ext}`"), text));
                 }
                 module
                     .define_function_bytes(rid, 64, &code, &[])
@@ -535,6 +536,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                 if let Some(code) = ctx.compiled_code().and_then(|c| c.vcode.clone()) {
                     out.asm.push((name.clone(), code));
                 }
+                out.asm.extend(loops_asm);
             }
             if cube {
                 pair.0 = Some(id);
@@ -660,7 +662,8 @@ struct Gen<'a, 'b, 'p> {
     /// The module, where fused element loops may be assembled for AVX-512 (`crate::wide`; `None`: not
     /// on this host, or not asked for), and the routines assembled, defined once the function is.
     module: Option<&'a mut JITModule>,
-    wide_out: Vec<(FuncId, Vec<u8>)>,
+    /// (the routine, its code, the index of its external name in the calling function: `userextnameN`).
+    wide_out: Vec<(FuncId, Vec<u8>, usize)>,
     /// The buffers whose fused-run stores an AVX-512 run leaves out ([`dead_run_stores`]).
     dead_run: BTreeSet<BufId>,
 }
@@ -2589,6 +2592,10 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             Err(e) => return Err(self.err(format!("declaring an AVX-512 loop: {e}"))),
         };
         let fref = module.declare_func_in_func(id, self.b.func);
+        let ext = match &self.b.func.dfg.ext_funcs[fref].name {
+            cranelift_codegen::ir::ExternalName::User(r) => r.as_u32() as usize,
+            _ => usize::MAX,
+        };
         let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, rt.args_bytes(), 3));
         let zero = self.iconst(0);
         let (rv, _) = self.elem_vars();
@@ -2619,7 +2626,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             g.b.ins().call(fref, &[p, cols]);
             Ok(())
         })?;
-        self.wide_out.push((id, rt.code));
+        self.wide_out.push((id, rt.code, ext));
         Ok(())
     }
 
