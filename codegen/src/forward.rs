@@ -1553,15 +1553,7 @@ fn store_direct(body: &mut Vec<Stmt>, y: BufId, no_wait: &BTreeSet<TensorId>) {
 ///   to bf16/f16 with the rounding to nearest-even that the vector store into that dtype does (the vector
 ///   unit computes in f32, so storing into an f32 buffer first is exact).
 fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes<'_>) {
-    let mut read = BTreeSet::new();
-    gm_reads(&launch.vector, &mut read);
-    gm_reads(body, &mut read);
-    let mut other_read = BTreeSet::new();
-    gm_reads(other, &mut other_read);
-    let other_written = gm_writes(other);
-    // The candidate buffers: sources of copies to GM.
-    let mut ys = BTreeSet::new();
-    copy_srcs(body, &mut ys);
+    let StoreScope { read, other_read, other_written, ys } = StoreScope::of(body, launch, other);
     // Rewrites the statements of every buffer of `ys` together, if then nothing reads them and no copy writes
     // their tensors `gs` (the rewritten statements are their only writers).
     let rewrite = |body: &mut Vec<Stmt>, ys: &[BufId], gs: &BTreeSet<TensorId>| -> bool {
@@ -1598,6 +1590,29 @@ fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes
     // alone leaves the other's copy writing the tensor, so they are rewritten together when their windows
     // are provably apart (as in `mmad_writes`).
     rewrite_groups(body, left, dt, rewrite);
+}
+
+/// What level 4 ([`vec_writes`], [`stores_beside`]) checks a rewrite against: the GM tensors the launch's
+/// vector program or `body` reads, those the other program reads and writes, and the candidate buffers (the
+/// sources of copies to GM).
+struct StoreScope {
+    read: BTreeSet<TensorId>,
+    other_read: BTreeSet<TensorId>,
+    other_written: BTreeSet<TensorId>,
+    ys: BTreeSet<BufId>,
+}
+
+impl StoreScope {
+    fn of(body: &[Stmt], launch: &Launch, other: &[Stmt]) -> StoreScope {
+        let mut read = BTreeSet::new();
+        gm_reads(&launch.vector, &mut read);
+        gm_reads(body, &mut read);
+        let mut other_read = BTreeSet::new();
+        gm_reads(other, &mut other_read);
+        let mut ys = BTreeSet::new();
+        copy_srcs(body, &mut ys);
+        StoreScope { read, other_read, other_written: gm_writes(other), ys }
+    }
 }
 
 /// The buffers that copies to GM read.
@@ -1657,14 +1672,7 @@ fn targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId
 /// other program does not write it, so storing earlier is not observable; the identity reads `W` as stored
 /// (`f32`: the copy's bits, or its rounding into bf16/f16, which the vector store does the same way).
 fn stores_beside(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes<'_>) {
-    let mut read = BTreeSet::new();
-    gm_reads(&launch.vector, &mut read);
-    gm_reads(body, &mut read);
-    let mut other_read = BTreeSet::new();
-    gm_reads(other, &mut other_read);
-    let other_written = gm_writes(other);
-    let mut ys = BTreeSet::new();
-    copy_srcs(body, &mut ys);
+    let StoreScope { read, other_read, other_written, ys } = StoreScope::of(body, launch, other);
     for y in ys {
         if launch.buffers.get(y.0 as usize).map(|b| b.dtype) != Some(DType::F32) {
             continue;
