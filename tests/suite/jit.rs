@@ -935,7 +935,8 @@ fn jit_matmul_nests_accumulate_in_place_with_the_interpreters_bits() {
 /// `rsqrt`, `relu`, `floor`, `ceil`, `min`/`max` (NaN-propagating), comparisons, `&&`/`||`/`!`, `where` and a
 /// boolean cast, over inputs with NaNs, infinities, signed zeros and subnormals, at widths with 16-column
 /// groups and 1–15-column tails, on 1 and 2 threads: the interpreter's bits, and the 128-bit loop's
-/// (`Options::portable_vectors`) to the NaN payload.
+/// (`Options::portable_vectors`) to the NaN payload. `many` has more streams (14) than the routine keeps in
+/// registers (10): the others' pointers are read from its arguments at each use.
 #[test]
 fn jit_wide_loops_match_interpreter_and_the_128_bit_loop() {
     let src = "kernel wide(p: inout f32[R, C], g: bf16[R, C], q: f32[R, C], b: f32[C], s: f32[R], k: f32) -> h: bf16[R, C] {\n\
@@ -949,6 +950,12 @@ fn jit_wide_loops_match_interpreter_and_the_128_bit_loop() {
                e = f32(x == y) + 2.0 * f32(x != y) + 4.0 * f32(x < y) + 8.0 * f32(x <= y) + 16.0 * f32(x > y) \
                    + 32.0 * f32(x >= y) + 64.0 * f32(bool(x) && !bool(y) || x == 1.0);\n\
                o = e * 0.5 + bf16(x) - f32(bool(y) != (x > 0.5));\n\
+               }\n\
+               kernel many(a0: f32[R, C], a1: bf16[R, C], a2: f32[R, C], a3: f32[R, C], a4: bf16[R, C], \
+                 a5: f32[R, C], a6: f32[R, C], a7: f32[R, C], a8: bf16[R, C], a9: f32[R, C], a10: f32[R, C], \
+                 a11: f32[R, C]) -> (y: f32[R, C], z: bf16[R, C]) {\n\
+               y = a0 + a1 * a2 - a3 / a4 + a5 * a6 - a7 + a8 * a9 - a10 * a11;\n\
+               z = y * a0 - a11 + a1;\n\
                }\n";
     let prog = common::compile_ok_src("wide", src);
     let target = Target::builtin("host").expect("builtin target");
