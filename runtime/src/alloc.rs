@@ -9,8 +9,8 @@
 //! 8.6–9.6 ms with them 2 MiB-aligned, at equal offsets or 1,088 bytes apart; kc's adamw at 16.7 M parameters
 //! (one thread) went from 15.0 to 8.8–9.8 ms. The offsets differ so that a kernel streaming many tensors does
 //! not find them all in the same L1 sets (with every block at offset 0, rmsnorm's backward, which streams
-//! more tensors, went from 78–96 to 120–131 ms; staggered, it is as before within the noise). A block's place depends only on
-//! its layout and its address, so `dealloc` finds the memory it came from.
+//! more tensors, went from 78–96 to 120–131 ms; staggered, it is as before within the noise). A block's
+//! place depends only on its layout and its address, so `dealloc` finds the memory it came from.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
