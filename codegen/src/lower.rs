@@ -2223,7 +2223,7 @@ fn mask_form<'e>(
 }
 
 /// The dtype of a region's storage.
-fn region_dtype(prog: &TileProgram, l: &Launch, r: &Region) -> Option<DType> {
+pub(crate) fn region_dtype(prog: &TileProgram, l: &Launch, r: &Region) -> Option<DType> {
     match &r.loc {
         Loc::Gm(t) => prog.tensors.get(t.0 as usize).map(|g| g.dtype),
         Loc::Buf { buf, .. } => l.buffers.get(buf.0 as usize).map(|b| b.dtype),

@@ -22,7 +22,7 @@
 //! Anything else (an integer comparison of indices, `mod`, `pow`, a transcendental function, a boolean
 //! row value, more live values than registers) leaves the run to the 128-bit code.
 
-use crate::lower::{has_div, same_window, ty_of, var_of, Ty, Var};
+use crate::lower::{has_div, region_dtype, same_window, ty_of, var_of, Ty, Var};
 use iced_x86::code_asm::*;
 use iced_x86::IcedError;
 use kc_ir::dtype::DType;
@@ -520,11 +520,7 @@ impl<'p, 'x> Em<'p, 'x> {
                         return Ok(V::Z(z, false));
                     }
                 }
-                let dtype = match &r.loc {
-                    kc_ir::tile::Loc::Gm(t) => self.prog.tensors.get(t.0 as usize).map(|g| g.dtype),
-                    kc_ir::tile::Loc::Buf { buf, .. } => self.l.buffers.get(buf.0 as usize).map(|b| b.dtype),
-                };
-                let dtype = match dtype {
+                let dtype = match region_dtype(self.prog, self.l, r) {
                     Some(d @ (DType::F32 | DType::BF16)) => d,
                     _ => return Err(Fail),
                 };
