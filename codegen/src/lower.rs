@@ -85,6 +85,9 @@ pub struct Options {
     /// Compile fused element loops to Cranelift's 128-bit code even on a host with AVX-512 (`crate::wide`):
     /// the same results, for comparing the two.
     pub portable_vectors: bool,
+    /// Compile the statements of a softmax one at a time even where [`rowmath::kc_rt_softmax_rows`] would
+    /// take them in one call per block (`softmax_group`): the same results, for comparing the two.
+    pub split_softmax: bool,
 }
 
 /// One compiled launch: its two core functions and its failure sites.
@@ -128,6 +131,8 @@ pub struct Compiled {
     poison: std::sync::atomic::AtomicBool,
     /// How many fused element loops were assembled as AVX-512 routines (`crate::wide`).
     pub wide_loops: usize,
+    /// How many softmax groups the compiled code computes with one call a block (`softmax_group`).
+    pub softmax_groups: usize,
 }
 
 impl Drop for Compiled {
@@ -363,6 +368,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_row_mask", rowmath::kc_rt_row_mask as *const u8, vec![I64, I64, I64, I64, I64, F32, F32, I64], vec![]),
         ("kc_rt_row_axpy", rowmath::kc_rt_row_axpy as *const u8, vec![I64, I64, I64, I64, F32, I64], vec![]),
         ("kc_rt_rows_axpy", rowmath::kc_rt_rows_axpy as *const u8, vec![I64, F32], vec![]),
+        ("kc_rt_softmax_rows", rowmath::kc_rt_softmax_rows as *const u8, vec![I64], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
@@ -452,6 +458,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
         calls: std::sync::atomic::AtomicUsize::new(0),
         poison: std::sync::atomic::AtomicBool::new(false),
         wide_loops: 0,
+        softmax_groups: 0,
     };
     let wide = !opts.portable_vectors && crate::wide::available();
     let mut ids: Vec<(Option<FuncId>, Option<FuncId>)> = Vec::new();
@@ -495,6 +502,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                 }
                 let mut g = Gen::new(prog, l, &body, cube, &mut b, fns, &mut sites, &name, &private);
                 if !cube {
+                    g.softmax = !opts.split_softmax && rowmath::softmax_rows_fast();
                     g.dead_exp = dead_exp_stores(prog, l, &body, &l.cube);
                     dead_exp.clone_from(&g.dead_exp);
                 }
@@ -505,6 +513,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
                     }
                 }
                 g.program(&body)?;
+                out.softmax_groups += g.softmax_groups;
                 let routines = std::mem::take(&mut g.wide_out);
                 b.seal_all_blocks();
                 b.finalize(module.target_config());
@@ -666,6 +675,10 @@ struct Gen<'a, 'b, 'p> {
     wide_out: Vec<(FuncId, Vec<u8>, usize)>,
     /// The buffers whose fused-run stores an AVX-512 run leaves out ([`dead_run_stores`]).
     dead_run: BTreeSet<BufId>,
+    /// Compile softmax's statements as one call per block ([`softmax_group`]).
+    softmax: bool,
+    /// The softmax groups compiled.
+    softmax_groups: usize,
 }
 
 /// The most row-invariant values of a statement splatted into `splat_slot`; further ones are splatted at
@@ -772,6 +785,8 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             module: None,
             wide_out: Vec::new(),
             dead_run: BTreeSet::new(),
+            softmax: false,
+            softmax_groups: 0,
         }
     }
 
@@ -844,7 +859,11 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         while i < body.len() {
             self.path.push(i);
             let mut n = fusable_run(self.prog, self.launch, &body[i..]);
-            if n >= 2 {
+            let sm = if self.softmax { softmax_group(self.prog, self.launch, &body[i..]) } else { None };
+            if let Some(g) = sm {
+                self.softmax_rows(&g)?;
+                n = SoftmaxGroup::LEN;
+            } else if n >= 2 {
                 self.vector_group(&body[i..i + n])?;
             } else if let Some(k) = self.exp_sum(&body[i..])? {
                 n = k;
@@ -1808,6 +1827,93 @@ fn columns_as_rows(body: &mut [Stmt]) {
             _ => {}
         }
     }
+}
+
+/// The six statements of the standard library's `softmax` over the rows of a block, as the tiler emits
+/// them: `reduce.max axis 1 x -> mr`, `m = mr[r, 0]`, `e = exp(x - where(m[r, 0] == -inf, 0.0, m[r, 0]))`,
+/// `reduce.sum axis 1 e -> tr`, `t = tr[r, 0]`, `y = e / t[r, 0]`, over the same rows (and `x`'s columns),
+/// neither reduction accumulating; `x` `f32` or bf16, `y` bf16 (a buffer, or a GM tensor that no other may
+/// alias), the other five `f32` buffers; the seven in storage apart. [`Gen::softmax_rows`] computes them in
+/// one call of [`rowmath::kc_rt_softmax_rows`] a block.
+struct SoftmaxGroup<'p> {
+    x: &'p Region,
+    y: &'p Region,
+    e: &'p Region,
+    /// The maximum's window, its copy's, the sum's, its copy's.
+    small: [&'p Region; 4],
+    rows: &'p SExpr,
+    cols: &'p SExpr,
+}
+
+impl SoftmaxGroup<'_> {
+    /// The statements of a group.
+    const LEN: usize = 6;
+}
+
+/// The [`SoftmaxGroup`] at the start of `body`, if there is one.
+fn softmax_group<'p>(prog: &TileProgram, l: &Launch, body: &'p [Stmt]) -> Option<SoftmaxGroup<'p>> {
+    let [Stmt::Reduce { op: ReduceOp::Max, axis: 1, src: x, dst: mr, rows, cols, accumulate: false }, s1 @ Stmt::Vector { dst: m, .. }, Stmt::Vector { dst: e, rows: r2, cols: c2, expr: ex }, Stmt::Reduce { op: ReduceOp::Sum, axis: 1, src: e3, dst: tr, rows: r3, cols: c3, accumulate: false }, s4 @ Stmt::Vector { dst: t, .. }, Stmt::Vector { dst: y, rows: r5, cols: c5, expr: VExpr::Binary(BinOp::Div, ya, yb) }, ..] =
+        body
+    else {
+        return None;
+    };
+    let one = SExpr::Const(1);
+    // A copy `dst[r, 0] = src[r, 0]` over `rows × 1`, or as `columns_as_rows` turns it when both windows'
+    // rows are one element apart: `dst[0, c] = src[0, c]` over `1 × rows` (the same elements).
+    let copy = |s: &Stmt, src: &Region| match s {
+        Stmt::Vector { rows: r, cols: c, expr: VExpr::ReadRow(a), .. } => r == rows && *c == one && a == src,
+        Stmt::Vector { dst, rows: r, cols: c, expr: VExpr::ReadCol(a) } => {
+            *r == one && c == rows && a == src && a.row_stride == one && dst.row_stride == one
+        }
+        _ => false,
+    };
+    let sizes = [(r2, c2), (r3, c3), (r5, c5)];
+    if sizes.iter().any(|(r, c)| *r != rows || *c != cols) || !copy(s1, mr) || e3 != e || !copy(s4, tr) {
+        return None;
+    }
+    let row_of = |v: &VExpr, w: &Region| matches!(v, VExpr::ReadRow(r) if r == w);
+    if !matches!(&**ya, VExpr::Read(r) if r == e) || !row_of(yb, t) {
+        return None;
+    }
+    // `exp(x - where(m[r, 0] == -inf, 0.0, m[r, 0]))`
+    let VExpr::Unary(UnOp::Exp, arg) = ex else { return None };
+    let VExpr::Binary(BinOp::Sub, xa, sh) = &**arg else { return None };
+    let VExpr::Select(cond, zero, mb) = &**sh else { return None };
+    let VExpr::Binary(BinOp::Eq, ma, inf) = &**cond else { return None };
+    let is = |v: &VExpr, k: f32| matches!(v, VExpr::F32(c) if c.to_bits() == k.to_bits());
+    if !matches!(&**xa, VExpr::Read(r) if r == x)
+        || !row_of(ma, m)
+        || !row_of(mb, m)
+        || !is(inf, f32::NEG_INFINITY)
+        || !is(zero, 0.0)
+    {
+        return None;
+    }
+    let dt = |r: &Region| region_dtype(prog, l, r);
+    let buf_f32 = |r: &Region| matches!(r.loc, Loc::Buf { .. }) && dt(r) == Some(DType::F32);
+    if !matches!(dt(x), Some(DType::F32 | DType::BF16))
+        || dt(y) != Some(DType::BF16)
+        || ![mr, m, e, tr, t].into_iter().all(buf_f32)
+    {
+        return None;
+    }
+    // An in-place result (`y` the memory of `x`): the same elements, rows apart, so that each row's results
+    // are written after the row's reads and touch no other row (the call goes row by row). `y` may share
+    // the memory of another parameter: the group reads none.
+    let aliased = |r: &Region| matches!(r.loc, Loc::Gm(g) if may_alias(prog, g));
+    if aliased(x) && aliased(y) {
+        let apart = matches!((norm(&x.row_stride), cols), (SExpr::Const(s), SExpr::Const(c)) if s >= *c);
+        if norm(&x.offset) != norm(&y.offset) || norm(&x.row_stride) != norm(&y.row_stride) || !apart {
+            return None;
+        }
+    }
+    let all = [x, y, e, mr, m, tr, t];
+    for (i, a) in all.iter().enumerate() {
+        if all[i + 1..].iter().any(|b| same_storage(a, b)) {
+            return None;
+        }
+    }
+    Some(SoftmaxGroup { x, y, e, small: [mr, m, tr, t], rows, cols })
 }
 
 /// A vector statement `exp(src - s)` into `f32` ([`row_form`]) followed by the sum of its destination's rows
@@ -2877,6 +2983,45 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
     /// program reads the exp's destination buffer apart from such groups ([`dead_exp_stores`]), the call
     /// does not store the `f32` row at all. The number of statements done, or `None`: not such a pair
     /// (nothing emitted).
+    /// A [`SoftmaxGroup`]: its windows checked as each statement's would be, then one call of
+    /// [`rowmath::kc_rt_softmax_rows`] for the block.
+    fn softmax_rows(&mut self, g: &SoftmaxGroup<'p>) -> Result<(), Diagnostic> {
+        let rows = self.sexpr(g.rows)?;
+        let cols = self.sexpr(g.cols)?;
+        let one = self.iconst(1);
+        let x = self.region(g.x, "the reduction's source")?;
+        self.check(&x, rows, cols);
+        let e = self.region(g.e, "the vector statement's destination")?;
+        self.check(&e, rows, cols);
+        let y = self.region(g.y, "the vector statement's destination")?;
+        self.check(&y, rows, cols);
+        let mut words = Vec::new();
+        for r in [&x, &y, &e] {
+            let p = self.elem_addr(r, None, None);
+            let s = self.b.ins().imul_imm_s(r.stride, r.dtype.size_bytes() as i64);
+            words.extend([p, s]);
+        }
+        for (k, w) in g.small.iter().enumerate() {
+            let what = if k % 2 == 0 { "the reduction's destination" } else { "the vector statement's destination" };
+            let r = self.region(w, what)?;
+            self.check(&r, rows, one);
+            let p = self.elem_addr(&r, None, None);
+            let s = self.b.ins().imul_imm_s(r.stride, 4);
+            words.extend([p, s]);
+        }
+        let mut f = if x.dtype == DType::BF16 { rowmath::SOFTMAX_SRC_BF16 } else { 0 };
+        if self.streams(g.y) {
+            f |= rowmath::SOFTMAX_STREAM;
+        }
+        let flags = self.iconst(f);
+        words.extend([rows, cols, flags]);
+        debug_assert_eq!(words.len(), rowmath::SOFTMAX_WORDS);
+        let a = self.words(&words);
+        self.call("kc_rt_softmax_rows", &[a]);
+        self.softmax_groups += 1;
+        Ok(())
+    }
+
     fn exp_sum(&mut self, body: &'p [Stmt]) -> Result<Option<usize>, Diagnostic> {
         let Some(g) = exp_group(self.prog, self.launch, body) else { return Ok(None) };
         self.row_routine(g.dst, g.rows, g.cols, g.expr, &g.form, Some(g.sum), g.conv)?;

@@ -1024,3 +1024,63 @@ fn jit_asm_shows_the_avx512_loops() {
         assert!(t.contains("{%k1}"), "no masked tail: {t}");
     }
 }
+
+/// Softmax's statements in one call a block (`kc_rt_softmax_rows`, on an AVX512-BF16 host) give the bits of
+/// the statements compiled one at a time, and the interpreter's values within the tolerance: bf16 and `f32`
+/// sources, an in-place `inout`, widths that are and are not a multiple of 32, rows in and out of the fast
+/// path's range (a range over 40, NaN, infinities, a row of `-inf`, zeros), 1 and 2 threads.
+#[test]
+fn jit_softmax_rows_match_the_statements() {
+    let src = "kernel sm(x: bf16[R, C]) -> y: bf16[R, C] {\n y = softmax(x, axis: -1);\n}\n\
+               kernel sm32(x: f32[R, C]) -> y: bf16[R, C] {\n y = softmax(x, axis: -1);\n}\n\
+               kernel smi(x: inout bf16[R, C]) {\n x = softmax(x, axis: -1);\n}\n";
+    let prog = common::compile_ok_src("sm", src);
+    let target = Target::builtin("host").expect("builtin target");
+    for (g, (r, c)) in prog.kernels.iter().flat_map(|g| [(3, 32), (5, 100), (37, 256), (9, 4096)].map(|d| (g, d))) {
+        let dims: BTreeMap<String, i64> = [("R".to_string(), r), ("C".to_string(), c)].into();
+        let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+        let mut args = kc_runtime::random::random_args(g, &given, 5 + c as u64).expect("random inputs");
+        for t in args.tensors.values_mut() {
+            let v: Vec<f32> = (0..t.len())
+                .map(|i| {
+                    let (row, col) = (i / c as usize, i % c as usize);
+                    let x = t.get_f64(i) as f32 * 4.0;
+                    match row % 8 {
+                        1 => x * 20.0,
+                        2 if col == 7 => f32::NAN,
+                        3 if col == 3 => f32::INFINITY,
+                        4 if col % 5 == 0 => f32::NEG_INFINITY,
+                        5 => f32::NEG_INFINITY,
+                        6 if col % 2 == 0 => -0.0,
+                        6 => -x.abs(),
+                        _ => x,
+                    }
+                })
+                .collect();
+            *t = kc_ir::tensor::Tensor::from_f32_as(t.dtype(), t.shape.clone(), &v).expect("a tensor");
+        }
+        let want = common::run(g, &args);
+        let (_, tp, _) = tile_at(g, &dims, &target);
+        let whole = kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("{} at {dims:?}: {e:?}", g.name));
+        let split = kc_codegen::compile(&tp, &kc_codegen::Options { split_softmax: true, ..opts() })
+            .unwrap_or_else(|e| panic!("{} at {dims:?}, split: {e:?}", g.name));
+        assert_eq!(split.softmax_groups, 0);
+        if kc_runtime::host::rowmath::softmax_rows_fast() {
+            assert!(whole.softmax_groups >= 1, "{} at {dims:?}: no softmax group", g.name);
+        }
+        for threads in [1, 2] {
+            let run = |c: &kc_codegen::Compiled| {
+                c.run(&tp, g, &args, threads, &Limits::default())
+                    .unwrap_or_else(|e| panic!("{} at {dims:?}, {threads} threads: {e:?}", g.name))
+                    .0
+            };
+            let (got, base) = (run(&whole), run(&split));
+            assert_eq!(got.len(), want.len());
+            for (((n, a), (_, b)), (_, w)) in got.iter().zip(&base).zip(&want) {
+                let what = format!("{}.{n} at {dims:?}, {threads} threads", g.name);
+                common::assert_same_bits(&what, b, a);
+                assert_matches_within(&what, a, w, 0.25);
+            }
+        }
+    }
+}

@@ -40,6 +40,9 @@
 
 use kc_ir::graph::ReduceOp;
 
+mod softmax;
+pub use softmax::{kc_rt_softmax_rows, softmax_rows_fast, SOFTMAX_SRC_BF16, SOFTMAX_STREAM, SOFTMAX_WORDS};
+
 const MAGIC32: f32 = 12582912.0;
 #[allow(clippy::excessive_precision)]
 const EXPF_P: [f32; 6] =
@@ -630,8 +633,8 @@ mod wide {
     use std::arch::x86_64::*;
 
     /// `2^-60` and `2^60` as bits: the range of `|s|` and `|x|` where the reciprocal division is exact.
-    const SAFE_LO: i32 = 67 << 23;
-    const SAFE_HI: i32 = 187 << 23;
+    pub(super) const SAFE_LO: i32 = 67 << 23;
+    pub(super) const SAFE_HI: i32 = 187 << 23;
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
@@ -650,7 +653,7 @@ mod wide {
     /// Elements `i..i + 16` and `i + 16..i + 32` as [`load16`] gives them; bf16 rows in one 64-byte load.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-    unsafe fn load32<const SBF: bool>(p: *const u8, i: usize) -> (__m512, __m512) {
+    pub(super) unsafe fn load32<const SBF: bool>(p: *const u8, i: usize) -> (__m512, __m512) {
         // SAFETY: the caller's row holds elements `i..i + 32`.
         unsafe {
             if SBF {
@@ -1030,7 +1033,7 @@ mod wide {
     /// [`cvt32`] of lanes known to hold no subnormal: `vcvtne2ps2bf16` alone.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
-    fn cvt32_normal(a: __m512, b: __m512) -> __m512i {
+    pub(super) fn cvt32_normal(a: __m512, b: __m512) -> __m512i {
         // SAFETY: both types are 64 bytes of plain bits. The first operand gives the upper 16 lanes.
         unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)) }
     }
@@ -1866,7 +1869,7 @@ mod tests {
     }
 
     /// A xorshift generator of the tests' random bits, from `seed` (not 0).
-    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    pub(super) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
         move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;

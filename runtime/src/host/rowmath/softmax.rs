@@ -1,0 +1,580 @@
+//! Softmax over a block of rows in one call ([`kc_rt_softmax_rows`]): the six statements of the standard
+//! library's `softmax` (a row maximum, its copy, `exp(x - where(m == -inf, 0, m))` with its row sum, the
+//! sum's copy, the division into bf16) with the bits of the row routines that compute them one statement
+//! at a time, but with one row's division computed inside the next row's `exp` loop.
+//!
+//! Why: compiled statement by statement, softmax makes three passes a row: the maxima (a read from
+//! DRAM), the `exp`s (bound by the FMA pipes: about 13 cycles a block of 16 on Zen 4) and the division
+//! (bound by its non-temporal stores to DRAM). Interleaving the division with the next row's `exp`s lets
+//! the stores drain while the FMA pipes work. On rows whose arguments all lie in `[-40, 0]` (every row of
+//! logits whose range is under 40, checked per row from the row's minimum), the `exp`s skip the clamps
+//! and the zeroing mask (the same bits there: the clamps and the mask change nothing in that range) and
+//! the division skips its per-block range check (every quotient is normal and every dividend inside the
+//! reciprocal's exact range). Any other row takes the statement-by-statement routines.
+
+use super::*;
+
+/// [`kc_rt_softmax_rows`]' flags: the source rows are bf16 (otherwise `f32`).
+pub const SOFTMAX_SRC_BF16: i64 = 1;
+/// [`kc_rt_softmax_rows`]' flags: the results go to a large GM tensor by non-temporal stores (as
+/// [`ROW_DST_STREAM`]).
+pub const SOFTMAX_STREAM: i64 = 2;
+/// The number of words of [`kc_rt_softmax_rows`]' arguments.
+pub const SOFTMAX_WORDS: usize = 17;
+
+/// A row's arguments of the fast path lie in `[SOFTMAX_LOW, 0]`: `exp` of them is at least `2^-58`.
+const SOFTMAX_LOW: f32 = -40.0;
+
+/// Whether [`kc_rt_softmax_rows`] has its fast path on this host (AVX512-BF16): the JIT calls it only then,
+/// and compiles the statements one at a time elsewhere.
+pub fn softmax_rows_fast() -> bool {
+    has_bf16_cvt()
+}
+
+/// The arguments, addresses of row 0 and strides in bytes.
+struct Args {
+    x: *const u8,
+    xs: isize,
+    y: *mut u8,
+    ys: isize,
+    e: *mut f32,
+    es: isize,
+    /// The maximum's window, its copy's, the sum's, its copy's: `(address, stride)`.
+    small: [(*mut f32, isize); 4],
+    rows: usize,
+    n: usize,
+    bf16: bool,
+    stream: bool,
+}
+
+impl Args {
+    fn x(&self, r: usize) -> *const u8 {
+        self.x.wrapping_offset(r as isize * self.xs)
+    }
+    fn y(&self, r: usize) -> *mut u8 {
+        self.y.wrapping_offset(r as isize * self.ys)
+    }
+    fn e(&self, r: usize) -> *mut f32 {
+        self.e.cast::<u8>().wrapping_offset(r as isize * self.es).cast()
+    }
+    /// Element `r` of small window `k` (0: the maximum, 1: its copy, 2: the sum, 3: its copy).
+    fn at(&self, k: usize, r: usize) -> *mut f32 {
+        let (p, s) = self.small[k];
+        p.cast::<u8>().wrapping_offset(r as isize * s).cast()
+    }
+    /// The flags of the division's [`kc_rt_row_scalar`] call.
+    fn div_flags(&self) -> i64 {
+        (3 << ROW_OP_SHIFT) | ROW_DST_BF16 | if self.stream { ROW_DST_STREAM } else { 0 }
+    }
+    /// The flags of the `exp`'s [`kc_rt_row_exp`] call.
+    fn exp_flags(&self) -> i64 {
+        ROW_EXP_SUB | if self.bf16 { ROW_SRC_BF16 } else { 0 }
+    }
+}
+
+/// The value subtracted before the `exp`: `where(m == -inf, 0.0, m)`.
+fn shift(m: f32) -> f32 {
+    if m == f32::NEG_INFINITY {
+        0.0
+    } else {
+        m
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Rows the fast path computed (tests).
+    static FAST_ROWS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+thread_local! {
+    /// The last call's source address and how far it had moved from the call before (a loop over row
+    /// blocks: the next block is likely that far on again).
+    static LAST: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Softmax over `rows` rows of `n` elements: `args` = `[x, x_stride, y, y_stride, e, e_stride, mr,
+/// mr_stride, m, m_stride, tr, tr_stride, t, t_stride, rows, n, flags]` (addresses of row 0, strides in
+/// bytes; `flags`: [`SOFTMAX_SRC_BF16`], [`SOFTMAX_STREAM`]). The effects are those of the statements, in
+/// order, each over every row:
+///
+/// 1. `mr[r] = max(x[r, ..])` (`kc_rt_reduce`'s bits: [`reduce_rows`]);
+/// 2. `m[r] = mr[r]`;
+/// 3. `e[r, c] = exp(x[r, c] - where(m[r] == -inf, 0, m[r]))` and `tr[r] = sum(e[r, ..])` ([`kc_rt_row_exp`]);
+/// 4. `t[r] = tr[r]`;
+/// 5. `y[r, c] = bf16(e[r, c] / t[r])` ([`kc_rt_row_scalar`], non-temporal stores with [`SOFTMAX_STREAM`]:
+///    not fenced, see [`fence_streams`]).
+///
+/// On an AVX512-BF16 host, with rows of a multiple of 32 elements, `e`'s rows apart, the small windows' rows
+/// apart and `y`'s rows 64-byte aligned, the rows go one after the other (each statement's row `r` touches
+/// only row `r` of its windows, so the order of the effects does not matter) and a row's division runs in
+/// the next row's `exp` loop; otherwise the statements go one after the other.
+///
+/// # Safety
+/// `args` points to [`SOFTMAX_WORDS`] words; `x`'s rows hold `n` readable elements, `y`'s and `e`'s `n`
+/// writable ones, the small windows' one each, for every row; the seven windows do not overlap one
+/// another (except the small windows' rows among themselves, which the statement order handles).
+pub unsafe extern "C" fn kc_rt_softmax_rows(args: *const i64) {
+    // SAFETY: the caller passes SOFTMAX_WORDS words.
+    let w = unsafe { std::slice::from_raw_parts(args, SOFTMAX_WORDS) };
+    if w[14] <= 0 {
+        return;
+    }
+    let p = |k: usize| (w[k] as *mut f32, w[k + 1] as isize);
+    let a = Args {
+        x: w[0] as *const u8,
+        xs: w[1] as isize,
+        y: w[2] as *mut u8,
+        ys: w[3] as isize,
+        e: w[4] as *mut f32,
+        es: w[5] as isize,
+        small: [p(6), p(8), p(10), p(12)],
+        rows: w[14] as usize,
+        n: w[15].max(0) as usize,
+        bf16: w[16] & SOFTMAX_SRC_BF16 != 0,
+        stream: w[16] & SOFTMAX_STREAM != 0,
+    };
+    // The next block's rows to request while this one computes (a hint: never dereferenced here).
+    let at = a.x as usize;
+    let next = LAST.with(|l| {
+        let (last, moved) = l.get();
+        let now = at.wrapping_sub(last);
+        l.set((at, now));
+        (now == moved && now != 0).then(|| at.wrapping_add(now))
+    });
+    #[cfg(target_arch = "x86_64")]
+    if fast_shape(&a) && has_bf16_cvt() {
+        // SAFETY: the features were detected; the caller's promises hold.
+        unsafe {
+            if a.bf16 {
+                fast::rows::<true>(&a, next);
+            } else {
+                fast::rows::<false>(&a, next);
+            }
+        }
+        return;
+    }
+    let _ = next;
+    // SAFETY: the caller's promises.
+    unsafe { by_statement(&a) }
+}
+
+/// Whether the rows can go one after the other with the division interleaved (see [`kc_rt_softmax_rows`]).
+fn fast_shape(a: &Args) -> bool {
+    a.n >= LANES
+        && a.n.is_multiple_of(LANES)
+        && a.es >= (a.n * 4) as isize
+        && a.small.iter().all(|&(_, s)| s.unsigned_abs() >= 4)
+        && (a.y as usize).is_multiple_of(64)
+        && a.ys.unsigned_abs().is_multiple_of(64)
+}
+
+/// The five statements one after the other, each over every row, with the routines the JIT calls for them.
+///
+/// # Safety
+/// As [`kc_rt_softmax_rows`].
+unsafe fn by_statement(a: &Args) {
+    let n = a.n;
+    // SAFETY (all accesses): the caller's windows.
+    unsafe {
+        reduce_rows(ReduceOp::Max, a.x, a.bf16, a.xs, n, a.rows, |_| None, |r, v| *a.at(0, r) = v);
+        for r in 0..a.rows {
+            *a.at(1, r) = *a.at(0, r);
+        }
+        for r in 0..a.rows {
+            kc_rt_row_exp(a.e(r), a.x(r), a.exp_flags(), shift(*a.at(1, r)), 0.0, n as i64, a.at(2, r));
+        }
+        for r in 0..a.rows {
+            *a.at(3, r) = *a.at(2, r);
+        }
+        for r in 0..a.rows {
+            kc_rt_row_scalar(a.y(r), a.e(r).cast(), a.div_flags(), *a.at(3, r), n as i64);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fast {
+    use super::super::wide::{cvt32_normal, load32, SAFE_HI, SAFE_LO};
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Rows handled per round of maxima.
+    const CHUNK: usize = 8;
+
+    /// [`super::super::wide::exp16`] without its clamps and its zeroing mask: the same instructions, so
+    /// the same bits, for arguments in `[-110, 89]` (where the mask keeps every lane and `min(89, x)` is
+    /// `x`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    fn exp16_in_range(x: __m512) -> __m512 {
+        const { assert!(SOFTMAX_LOW >= -110.0) };
+        let magic = _mm512_set1_ps(MAGIC32);
+        let tm = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), magic);
+        let nf = _mm512_sub_ps(tm, magic);
+        let r = _mm512_fmadd_ps(nf, _mm512_set1_ps(-LN2_C1), x);
+        let r = _mm512_fmadd_ps(nf, _mm512_set1_ps(-LN2_C2), r);
+        let mut p = _mm512_set1_ps(EXPF_P[5]);
+        for &c in EXPF_P[..5].iter().rev() {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let r2 = _mm512_mul_ps(r, r);
+        let p = _mm512_fmadd_ps(p, r2, r);
+        let p = _mm512_add_ps(p, _mm512_set1_ps(1.0));
+        _mm512_scalef_ps(p, nf)
+    }
+
+    /// A row's maximum with [`reduce_rows`]' bits, and its minimum (any order: it only picks the path).
+    /// `None` for the maximum when it is NaN or a zero (the fold's order decides a zero's sign: the caller
+    /// asks [`reduce_rows`]).
+    ///
+    /// # Safety
+    /// The row holds `n` elements, a positive multiple of 32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    unsafe fn max_min<const SBF: bool>(x: *const u8, n: usize) -> (Option<f32>, f32) {
+        let (mut l0, mut l1) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
+        let (mut s0, mut s1) = (_mm512_set1_ps(f32::INFINITY), _mm512_set1_ps(f32::INFINITY));
+        let mut nan: __mmask16 = 0;
+        let mut i = 0;
+        while i < n {
+            // SAFETY: `i + 32 <= n`.
+            let (a, b) = unsafe { load32::<SBF>(x, i) };
+            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b);
+            // `minmax_avx512`'s fold: `vmaxps(x, lane)`.
+            l0 = _mm512_max_ps(a, l0);
+            l1 = _mm512_max_ps(b, l1);
+            s0 = _mm512_min_ps(a, s0);
+            s1 = _mm512_min_ps(b, s1);
+            i += 32;
+        }
+        let mn = _mm512_reduce_min_ps(_mm512_min_ps(s0, s1));
+        if nan != 0 {
+            return (None, mn);
+        }
+        let m = _mm512_reduce_max_ps(_mm512_max_ps(l1, l0));
+        ((m != 0.0).then_some(m), mn)
+    }
+
+    /// The division of a row into bf16, `y[c] = bf16(e[c] / t)`, 32 elements: `div32`'s arithmetic without
+    /// its check (the caller's row is inside the reciprocal's exact range).
+    #[inline(always)]
+    unsafe fn div_block(e: *const f32, y: *mut u8, i: usize, t: __m512, rt: __m512, stream: bool) {
+        // SAFETY: the caller's rows hold `i + 32` elements; `y` is 64-byte aligned.
+        unsafe {
+            let q = |x: __m512| {
+                let q0 = _mm512_mul_ps(x, rt);
+                _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, t, x), rt, q0)
+            };
+            let (a, b) = (_mm512_loadu_ps(e.add(i)), _mm512_loadu_ps(e.add(i + 16)));
+            let v = cvt32_normal(q(a), q(b));
+            let p = y.cast::<u16>().add(i).cast::<__m512i>();
+            if stream {
+                _mm512_stream_si512(p, v);
+            } else {
+                _mm512_store_si512(p, v);
+            }
+        }
+    }
+
+    /// A pending division: the row and its sum.
+    type Pending = Option<(usize, f32)>;
+
+    /// The rows of [`kc_rt_softmax_rows`] one after the other (see there), `next` the address of the next
+    /// block's first row to request meanwhile.
+    ///
+    /// # Safety
+    /// As [`kc_rt_softmax_rows`], with [`fast_shape`]; the host has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
+    pub(super) unsafe fn rows<const SBF: bool>(a: &Args, next: Option<usize>) {
+        let n = a.n;
+        let esz = if SBF { 2 } else { 4 };
+        let mut pend: Pending = None;
+        let mut r0 = 0;
+        while r0 < a.rows {
+            let k = CHUNK.min(a.rows - r0);
+            // Statements 1 and 2, and each row's path.
+            let mut rs = [(0f32, false); CHUNK];
+            for (j, slot) in rs.iter_mut().enumerate().take(k) {
+                let r = r0 + j;
+                // SAFETY: row `r` of each window.
+                unsafe {
+                    let (m, mn) = max_min::<SBF>(a.x(r), n);
+                    let m = match m {
+                        Some(m) => m,
+                        None => {
+                            let mut v = 0.0;
+                            reduce_rows(ReduceOp::Max, a.x(r), SBF, a.xs, n, 1, |_| None, |_, x| v = x);
+                            v
+                        }
+                    };
+                    *a.at(0, r) = m;
+                    *a.at(1, r) = m;
+                    let s = shift(m);
+                    // `x - s` for every `x` of the row lies in `[mn - s, m - s]` rounded (subtraction rounds
+                    // monotonically): `[-40, 0]` when `m` and `mn` are finite and `mn - s ≥ -40`.
+                    let fast = m.is_finite() && mn.is_finite() && mn - s >= SOFTMAX_LOW;
+                    *slot = (s, fast);
+                }
+            }
+            // Statements 3 to 5, row by row.
+            for (j, &(s, fast)) in rs.iter().enumerate().take(k) {
+                let r = r0 + j;
+                let pf = next.map(|p| p.wrapping_add(r * a.xs as usize));
+                // SAFETY: row `r` of each window, and the pending row's.
+                unsafe {
+                    let t = if fast {
+                        #[cfg(test)]
+                        FAST_ROWS.with(|c| c.set(c.get() + 1));
+                        exp_row::<SBF>(a, r, s, pend.take(), pf, esz)
+                    } else {
+                        if let Some(p) = pend.take() {
+                            div_row(a, p);
+                        }
+                        let mut t = 0.0;
+                        kc_rt_row_exp(a.e(r), a.x(r), a.exp_flags(), s, 0.0, n as i64, &mut t);
+                        t
+                    };
+                    *a.at(2, r) = t;
+                    *a.at(3, r) = t;
+                    // Every `e` of a fast row is in `[2^-58, 1]` and its sum in `[1, n]`: the quotients are
+                    // normal and the reciprocal division exact (`scalar_row_body`'s range).
+                    let mag = (t.to_bits() & 0x7FFF_FFFF) as i32;
+                    if fast && (SAFE_LO..=SAFE_HI).contains(&mag) {
+                        pend = Some((r, t));
+                    } else {
+                        kc_rt_row_scalar(a.y(r), a.e(r).cast(), a.div_flags(), t, n as i64);
+                    }
+                }
+            }
+            r0 += k;
+        }
+        if let Some(p) = pend {
+            // SAFETY: the pending row's windows.
+            unsafe { div_row(a, p) };
+        }
+        if a.stream {
+            STREAMED.with(|s| s.set(true));
+        }
+    }
+
+    /// A pending row's division alone.
+    ///
+    /// # Safety
+    /// As [`rows`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
+    unsafe fn div_row(a: &Args, (r, t): (usize, f32)) {
+        let (tv, rt) = (_mm512_set1_ps(t), _mm512_set1_ps(1.0 / t));
+        let (e, y) = (a.e(r), a.y(r));
+        let mut i = 0;
+        while i < a.n {
+            // SAFETY: row `r`'s `n` elements.
+            unsafe { div_block(e, y, i, tv, rt, a.stream) };
+            i += 32;
+        }
+    }
+
+    /// Row `r`'s `exp`s into `e` and their sum (`exp_row_body`'s order: lane `c mod 32`, the lanes' tree,
+    /// `(0 + tree) + 0`), with the pending row's division and a line of `pf` (a row of the next block) a
+    /// block.
+    ///
+    /// # Safety
+    /// As [`rows`]; row `r`'s arguments are in `[-40, 0]`; the pending row is another row of `e` and `y`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
+    unsafe fn exp_row<const SBF: bool>(
+        a: &Args,
+        r: usize,
+        s: f32,
+        pend: Pending,
+        pf: Option<usize>,
+        esz: usize,
+    ) -> f32 {
+        let n = a.n;
+        let (x, e) = (a.x(r), a.e(r));
+        let sv = _mm512_set1_ps(s);
+        let (mut l0, mut l1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let (pe, py, pt) = match pend {
+            Some((p, t)) => (a.e(p).cast_const(), a.y(p), t),
+            None => (std::ptr::null(), std::ptr::null_mut(), 1.0),
+        };
+        let (tv, rt) = (_mm512_set1_ps(pt), _mm512_set1_ps(1.0 / pt));
+        let mut i = 0;
+        // SAFETY (all accesses): rows of `n` elements; prefetches never fault.
+        unsafe {
+            while i < n {
+                if let Some(p) = pf {
+                    // One line of the next block's row per 64 bytes of this row read.
+                    let o = i * esz;
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o) as *const i8);
+                    if esz == 4 {
+                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o + 64) as *const i8);
+                    }
+                }
+                let (u, v) = load32::<SBF>(x, i);
+                let (u, v) = (exp16_in_range(_mm512_sub_ps(u, sv)), exp16_in_range(_mm512_sub_ps(v, sv)));
+                if !pe.is_null() {
+                    div_block(pe, py, i, tv, rt, a.stream);
+                }
+                _mm512_storeu_ps(e.add(i), u);
+                _mm512_storeu_ps(e.add(i + 16), v);
+                l0 = _mm512_add_ps(l0, u);
+                l1 = _mm512_add_ps(l1, v);
+                i += 32;
+            }
+            let mut lanes = [0f32; LANES];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), l0);
+            _mm512_storeu_ps(lanes.as_mut_ptr().add(16), l1);
+            (0.0 + sum_lanes(lanes)) + 0.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 64-byte aligned area of `bytes` bytes (zeroed), as `u64`s.
+    fn area(bytes: usize) -> Vec<u64> {
+        vec![0u64; bytes.div_ceil(8) + 16]
+    }
+
+    fn aligned(v: &mut [u64]) -> *mut u8 {
+        let p = v.as_mut_ptr().cast::<u8>();
+        p.wrapping_add(p.align_offset(64))
+    }
+
+    /// Row `kind` of `n` values: the paths' corners (see the test).
+    fn row(kind: usize, n: usize, rnd: &mut impl FnMut() -> u64) -> Vec<f32> {
+        let mut u = || (rnd() >> 40) as f32 / (1u64 << 24) as f32;
+        let mut v: Vec<f32> = match kind {
+            0 => (0..n).map(|_| (u() - 0.5) * 8.0).collect(),
+            1 => (0..n).map(|_| u() * -70.0 + 10.0).collect(),
+            // Just inside and just outside the fast path's range.
+            2 => (0..n).map(|i| if i % 7 == 0 { 3.0 - 39.9 } else { 3.0 - u() }).collect(),
+            3 => (0..n).map(|i| if i % 7 == 0 { 3.0 - 40.2 } else { 3.0 - u() }).collect(),
+            4 => vec![f32::NEG_INFINITY; n],
+            5 => (0..n).map(|i| if i % 2 == 0 { 0.0 } else { -0.0 }).collect(),
+            6 => (0..n).map(|i| if i % 3 == 0 { -0.0 } else { -u() }).collect(),
+            7 => vec![5.0; n],
+            8 => (0..n).map(|i| if i % 2 == 0 { 1e30 } else { -1e30 }).collect(),
+            9 => (0..n).map(|_| (u() - 0.5) * 1e-38).collect(),
+            _ => (0..n).map(|_| (u() - 0.5) * 8.0).collect(),
+        };
+        // Specials in a random place of some rows.
+        let at = (rnd() % n as u64) as usize;
+        match kind {
+            10 => v[at] = f32::NAN,
+            11 => v[at] = f32::INFINITY,
+            12 => v[at] = f32::NEG_INFINITY,
+            _ => {}
+        }
+        v
+    }
+
+    /// Runs `kc_rt_softmax_rows` (`whole`) or the statements one at a time over the same inputs, returning
+    /// every byte each wrote: `y`, `e` and the four small windows.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        whole: bool,
+        xs: &[f32],
+        rows: usize,
+        n: usize,
+        bf16: bool,
+        stream: bool,
+        y_skew: usize,
+        small_stride: isize,
+    ) -> Vec<u8> {
+        let esz = if bf16 { 2 } else { 4 };
+        let mut xa = area(rows * n * esz);
+        let x = aligned(&mut xa);
+        for (i, &v) in xs.iter().enumerate() {
+            // SAFETY: inside the area.
+            unsafe {
+                if bf16 {
+                    *x.cast::<u16>().add(i) = (v.to_bits() >> 16) as u16;
+                } else {
+                    *x.cast::<f32>().add(i) = v;
+                }
+            }
+        }
+        let y_bytes = rows * n * 2 + y_skew;
+        let mut ya = area(y_bytes);
+        let y = aligned(&mut ya).wrapping_add(y_skew);
+        // `e`'s rows 8 elements apart beyond `n`.
+        let es = (n + 8) * 4;
+        let mut ea = area(rows * es);
+        let e = aligned(&mut ea);
+        let span = (rows as isize * small_stride.abs()).max(1) as usize * 4 + 4;
+        let mut sa: Vec<Vec<u64>> = (0..4).map(|_| area(span)).collect();
+        let small: Vec<*mut u8> = sa.iter_mut().map(|v| aligned(v)).collect();
+        let start = |p: *mut u8| if small_stride < 0 { p.wrapping_add(span - 4) } else { p };
+        let mut w = vec![x as i64, (n * esz) as i64, y as i64, (n * 2) as i64, e as i64, es as i64];
+        for &p in &small {
+            w.extend([start(p) as i64, small_stride as i64 * 4]);
+        }
+        let flags = if bf16 { SOFTMAX_SRC_BF16 } else { 0 } | if stream { SOFTMAX_STREAM } else { 0 };
+        w.extend([rows as i64, n as i64, flags]);
+        // SAFETY: the windows above hold what the words say.
+        unsafe {
+            if whole {
+                kc_rt_softmax_rows(w.as_ptr());
+            } else {
+                let a = Args {
+                    x,
+                    xs: w[1] as isize,
+                    y,
+                    ys: w[3] as isize,
+                    e: e.cast(),
+                    es: es as isize,
+                    small: [0, 1, 2, 3].map(|k| (start(small[k]).cast::<f32>(), small_stride * 4)),
+                    rows,
+                    n,
+                    bf16,
+                    stream,
+                };
+                by_statement(&a);
+            }
+            fence_streams();
+            let mut out = std::slice::from_raw_parts(y, rows * n * 2).to_vec();
+            out.extend_from_slice(std::slice::from_raw_parts(e, rows * es));
+            for &p in &small {
+                out.extend_from_slice(std::slice::from_raw_parts(p, span));
+            }
+            out
+        }
+    }
+
+    /// The call's effects are the statements' to the bit (results, `exp` rows, maxima, sums, and what the
+    /// small windows hold when their rows coincide or run backwards), on every path: rows inside and
+    /// outside the fast range, NaN, infinities, a row of `-inf`, maxima that are zeros of either sign,
+    /// constant rows, huge and subnormal values; bf16 and `f32` sources; streamed or not; rows of a
+    /// multiple of 32 elements or not, `y` aligned or not; more rows than a round of maxima.
+    #[test]
+    fn softmax_rows_are_the_statements_bit_for_bit() {
+        let mut rnd = crate::host::rowmath::tests::xorshift(0x9E37_79B9_7F4A_7C15);
+        FAST_ROWS.with(|c| c.set(0));
+        let shapes = [(19, 4096), (13, 64), (3, 96), (5, 100), (1, 32), (4, 16)];
+        for (si, &(rows, n)) in shapes.iter().enumerate() {
+            for bf16 in [true, false] {
+                for (variant, (stream, y_skew, small_stride)) in
+                    [(true, 0, 1), (false, 0, 3), (true, 2, 1), (false, 0, 0), (true, 0, -1)].into_iter().enumerate()
+                {
+                    let mut xs = Vec::new();
+                    for r in 0..rows {
+                        let kind = (r + si + variant) % 14;
+                        xs.extend(row(kind, n, &mut rnd));
+                    }
+                    let got = run(true, &xs, rows, n, bf16, stream, y_skew, small_stride);
+                    let want = run(false, &xs, rows, n, bf16, stream, y_skew, small_stride);
+                    if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                        panic!("rows {rows}, n {n}, bf16 {bf16}, variant {variant}: byte {i} differs");
+                    }
+                }
+            }
+        }
+        // The fast path ran (on a host that has it), for most rows.
+        if softmax_rows_fast() {
+            assert!(FAST_ROWS.with(|c| c.get()) > 100, "{}", FAST_ROWS.with(|c| c.get()));
+        }
+    }
+}
