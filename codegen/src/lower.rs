@@ -369,6 +369,8 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_row_axpy", rowmath::kc_rt_row_axpy as *const u8, vec![I64, I64, I64, I64, F32, I64], vec![]),
         ("kc_rt_rows_axpy", rowmath::kc_rt_rows_axpy as *const u8, vec![I64, F32], vec![]),
         ("kc_rt_softmax_rows", rowmath::kc_rt_softmax_rows as *const u8, vec![I64], vec![]),
+        ("kc_rt_softmax_begin", rowmath::kc_rt_softmax_begin as *const u8, vec![], vec![]),
+        ("kc_rt_softmax_end", rowmath::kc_rt_softmax_end as *const u8, vec![], vec![]),
         ("kc_rt_library", native::kc_rt_library as *const u8, vec![I64; 3], vec![I32]),
         ("kc_mmad", kc_runtime::host::mmad::kc_mmad as *const u8, vec![I64; 12], vec![]),
         ("kc_rt_powf", native::kc_rt_powf as *const u8, vec![F32, F32], vec![F32]),
@@ -679,6 +681,8 @@ struct Gen<'a, 'b, 'p> {
     softmax: bool,
     /// The softmax groups compiled.
     softmax_groups: usize,
+    /// Compiling the body of a loop whose softmax calls carry a division to the next ([`carry_loop`]).
+    carry: bool,
 }
 
 /// The most row-invariant values of a statement splatted into `splat_slot`; further ones are splatted at
@@ -787,6 +791,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
             dead_run: BTreeSet::new(),
             softmax: false,
             softmax_groups: 0,
+            carry: false,
         }
     }
 
@@ -971,7 +976,17 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 let lo = self.sexpr(lo)?;
                 let hi = self.sexpr(hi)?;
                 self.b.def_var(v, lo);
+                // A loop of softmax groups: each call leaves its last row's division to the next.
+                let carry = self.softmax && !self.carry && carry_loop(self.prog, self.launch, body);
+                if carry {
+                    self.call("kc_rt_softmax_begin", &[]);
+                    self.carry = true;
+                }
                 self.loop_while_fits(v, 1, hi, *step, |g, _| g.stmts(body))?;
+                if carry {
+                    self.carry = false;
+                    self.call("kc_rt_softmax_end", &[]);
+                }
             }
             Stmt::Set { var, value } => {
                 let v = self.var(*var)?;
@@ -1848,6 +1863,42 @@ struct SoftmaxGroup<'p> {
 impl SoftmaxGroup<'_> {
     /// The statements of a group.
     const LEN: usize = 6;
+}
+
+/// Whether `body` (a loop's) is softmax groups ([`softmax_group`]), at least one, among statements that touch
+/// no memory (scalar assignments, flags, branches of the same), and no scalar expression in it reads a
+/// buffer: its groups' calls may each leave their last row's division to the next call, and the loop's end
+/// to [`rowmath::kc_rt_softmax_end`]. Nothing between two calls reads or writes what the division writes,
+/// and a call that would touch the carried rows first divides them (`kc_rt_softmax_rows`).
+fn carry_loop(prog: &TileProgram, l: &Launch, body: &[Stmt]) -> bool {
+    fn walk(prog: &TileProgram, l: &Launch, body: &[Stmt], groups: &mut usize, reads: &mut BTreeSet<BufId>) -> bool {
+        let mut i = 0;
+        while i < body.len() {
+            if softmax_group(prog, l, &body[i..]).is_some() {
+                for s in &body[i..i + SoftmaxGroup::LEN] {
+                    crate::forward::region_sexpr_reads(s, reads);
+                }
+                *groups += 1;
+                i += SoftmaxGroup::LEN;
+                continue;
+            }
+            match &body[i] {
+                Stmt::Set { value, .. } => crate::forward::sexpr_reads(value, reads),
+                Stmt::SetFlag { .. } | Stmt::WaitFlag { .. } => {}
+                Stmt::If { cond, then } => {
+                    crate::forward::sexpr_reads(cond, reads);
+                    if !walk(prog, l, then, groups, reads) {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+            i += 1;
+        }
+        true
+    }
+    let (mut groups, mut reads) = (0, BTreeSet::new());
+    walk(prog, l, body, &mut groups, &mut reads) && groups > 0 && reads.is_empty()
 }
 
 /// The [`SoftmaxGroup`] at the start of `body`, if there is one.
@@ -3012,6 +3063,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         let mut f = if x.dtype == DType::BF16 { rowmath::SOFTMAX_SRC_BF16 } else { 0 };
         if self.streams(g.y) {
             f |= rowmath::SOFTMAX_STREAM;
+        }
+        if self.carry {
+            f |= rowmath::SOFTMAX_CARRY;
         }
         let flags = self.iconst(f);
         words.extend([rows, cols, flags]);

@@ -41,7 +41,10 @@
 use kc_ir::graph::ReduceOp;
 
 mod softmax;
-pub use softmax::{kc_rt_softmax_rows, softmax_rows_fast, SOFTMAX_SRC_BF16, SOFTMAX_STREAM, SOFTMAX_WORDS};
+pub use softmax::{
+    kc_rt_softmax_begin, kc_rt_softmax_end, kc_rt_softmax_rows, softmax_rows_fast, SOFTMAX_CARRY, SOFTMAX_SRC_BF16,
+    SOFTMAX_STREAM, SOFTMAX_WORDS,
+};
 
 const MAGIC32: f32 = 12582912.0;
 #[allow(clippy::excessive_precision)]

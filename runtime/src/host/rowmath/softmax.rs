@@ -19,6 +19,10 @@ pub const SOFTMAX_SRC_BF16: i64 = 1;
 /// [`kc_rt_softmax_rows`]' flags: the results go to a large GM tensor by non-temporal stores (as
 /// [`ROW_DST_STREAM`]).
 pub const SOFTMAX_STREAM: i64 = 2;
+/// [`kc_rt_softmax_rows`]' flags: the call is one of a loop between [`kc_rt_softmax_begin`] and
+/// [`kc_rt_softmax_end`] whose other statements touch no memory: its last row's division is left to the
+/// next call of the loop (inside that call's first `exp` loop) or to [`kc_rt_softmax_end`].
+pub const SOFTMAX_CARRY: i64 = 4;
 /// The number of words of [`kc_rt_softmax_rows`]' arguments.
 pub const SOFTMAX_WORDS: usize = 17;
 
@@ -93,6 +97,85 @@ thread_local! {
     static LAST: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
 }
 
+/// A row's division left for later: its `e` row, its `y` row, its sum, its length, and whether `y` is
+/// streamed.
+#[derive(Clone, Copy)]
+struct Carried {
+    e: *const f32,
+    y: *mut u8,
+    t: f32,
+    n: usize,
+    stream: bool,
+}
+
+impl Carried {
+    /// Its `e` row's and its `y` row's bytes.
+    fn spans(&self) -> [(usize, usize); 2] {
+        [(self.e as usize, self.e as usize + self.n * 4), (self.y as usize, self.y as usize + self.n * 2)]
+    }
+}
+
+thread_local! {
+    /// `Some` between [`kc_rt_softmax_begin`] and [`kc_rt_softmax_end`], holding the division the last call
+    /// left, if any.
+    static CARRY: std::cell::Cell<Option<Option<Carried>>> = const { std::cell::Cell::new(None) };
+}
+
+/// The start of a loop whose softmax calls carry their last row's division to the next call
+/// ([`SOFTMAX_CARRY`]): forgets whatever an earlier loop left (one that a failed bounds check ended).
+pub extern "C" fn kc_rt_softmax_begin() {
+    CARRY.with(|c| c.set(Some(None)));
+}
+
+/// The end of such a loop: the division the last call left, then no carrying.
+///
+/// # Safety
+/// Called by the thread that ran the loop, right after it, the loop's windows still valid.
+pub unsafe extern "C" fn kc_rt_softmax_end() {
+    if let Some(Some(p)) = CARRY.with(|c| c.replace(None)) {
+        // SAFETY: a carried division was left by the fast path (AVX512-BF16) for rows still valid.
+        unsafe { flush(p) };
+    }
+}
+
+/// A carried division alone.
+///
+/// # Safety
+/// Its rows are valid; the host has AVX512-BF16 (the fast path left it).
+unsafe fn flush(p: Carried) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's.
+    unsafe {
+        fast::div_row(p)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+fn apart(a: (usize, usize), b: (usize, usize)) -> bool {
+    a.1 <= b.0 || b.1 <= a.0
+}
+
+/// Whether a carried division can run inside this call's first `exp` loop (or, if the first row is not a fast
+/// one, right after its maximum): the same row length, and no overlap with what the call touches until then,
+/// which the statements' order puts after the division: its `y` row apart from the first two rows of `x`
+/// (read by the first row's maximum and its loop), from the first `e` row and from the small windows' first
+/// elements (written); its `e` row apart from those elements and from the first `e` row, or that row itself
+/// (each block of it is read before the loop stores that block).
+fn fits(a: &Args, p: &Carried) -> bool {
+    let esz = if a.bf16 { 2 } else { 4 };
+    let row = |q: usize, bytes: usize| (q, q + bytes);
+    let e0 = row(a.e as usize, a.n * 4);
+    let small = a.small.map(|(q, _)| row(q as usize, 4));
+    // The second row of `x` (the first again when there is one row).
+    let x1 = if a.rows > 1 { a.x(1) } else { a.x };
+    let read = [row(a.x as usize, a.n * esz), row(x1 as usize, a.n * esz)];
+    let [pe, py] = p.spans();
+    let pe_ok = small.iter().all(|&w| apart(pe, w)) && (apart(pe, e0) || pe.0 == e0.0);
+    let py_ok = small.iter().chain(&read).chain([&e0]).all(|&w| apart(py, w));
+    p.n == a.n && pe_ok && py_ok
+}
+
 /// Softmax over `rows` rows of `n` elements: `args` = `[x, x_stride, y, y_stride, e, e_stride, mr,
 /// mr_stride, m, m_stride, tr, tr_stride, t, t_stride, rows, n, flags]` (addresses of row 0, strides in
 /// bytes; `flags`: [`SOFTMAX_SRC_BF16`], [`SOFTMAX_STREAM`]). The effects are those of the statements, in
@@ -142,21 +225,44 @@ pub unsafe extern "C" fn kc_rt_softmax_rows(args: *const i64) {
         l.set((at, now));
         (now == moved && now != 0).then(|| at.wrapping_add(now))
     });
+    // A division the loop's last call left (only with `SOFTMAX_CARRY` inside a loop; otherwise anything
+    // left is stale: forgotten).
+    let carrying = w[16] & SOFTMAX_CARRY != 0 && CARRY.with(|c| c.get()).is_some();
+    let mut incoming = if carrying { CARRY.with(|c| c.replace(Some(None))).flatten() } else { None };
+    if !carrying {
+        CARRY.with(|c| c.set(None));
+    }
     #[cfg(target_arch = "x86_64")]
     if fast_shape(&a) && has_bf16_cvt() {
-        // SAFETY: the features were detected; the caller's promises hold.
+        // SAFETY: the features were detected; the caller's promises hold, and the carried row's.
         unsafe {
-            if a.bf16 {
-                fast::rows::<true>(&a, next);
-            } else {
-                fast::rows::<false>(&a, next);
+            if let Some(p) = incoming.filter(|p| !fits(&a, p)) {
+                flush(p);
+                incoming = None;
             }
+            let left =
+                if a.bf16 { fast::rows::<true>(&a, next, incoming) } else { fast::rows::<false>(&a, next, incoming) };
+            if let Some(p) = left {
+                if carrying {
+                    CARRY.with(|c| c.set(Some(Some(p))));
+                } else {
+                    flush(p);
+                }
+            }
+        }
+        if a.stream {
+            STREAMED.with(|s| s.set(true));
         }
         return;
     }
     let _ = next;
-    // SAFETY: the caller's promises.
-    unsafe { by_statement(&a) }
+    // SAFETY: the caller's promises, and the carried row's.
+    unsafe {
+        if let Some(p) = incoming {
+            flush(p);
+        }
+        by_statement(&a)
+    }
 }
 
 /// Whether the rows can go one after the other with the division interleaved (see [`kc_rt_softmax_rows`]).
@@ -199,9 +305,6 @@ mod fast {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// Rows handled per round of maxima.
-    const CHUNK: usize = 8;
-
     /// [`super::super::wide::exp16`] without its clamps and its zeroing mask: the same instructions, so
     /// the same bits, for arguments in `[-110, 89]` (where the mask keeps every lane and `min(89, x)` is
     /// `x`).
@@ -224,36 +327,67 @@ mod fast {
         _mm512_scalef_ps(p, nf)
     }
 
-    /// A row's maximum with [`reduce_rows`]' bits, and its minimum (any order: it only picks the path).
-    /// `None` for the maximum when it is NaN or a zero (the fold's order decides a zero's sign: the caller
-    /// asks [`reduce_rows`]).
+    /// A row's maximum with [`reduce_rows`]' bits, `None` when it is NaN or a zero (the fold's order decides
+    /// a zero's sign: the caller asks [`reduce_rows`]), and its minimum (any order: it only picks the path).
+    type Scan = (Option<f32>, f32);
+
+    /// [`Scan`] of a row, 32 elements at a time: `minmax_avx512`'s lanes for the maximum (`vmaxps(x, lane)`)
+    /// and its NaN mask, and running minima.
+    struct Scanner {
+        l: [__m512; 2],
+        s: [__m512; 2],
+        nan: __mmask16,
+    }
+
+    impl Scanner {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+        fn new() -> Scanner {
+            let (lo, hi) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::INFINITY));
+            Scanner { l: [lo, lo], s: [hi, hi], nan: 0 }
+        }
+
+        /// Elements `i..i + 32` of row `x`.
+        ///
+        /// # Safety
+        /// The row holds them.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+        unsafe fn block<const SBF: bool>(&mut self, x: *const u8, i: usize) {
+            // SAFETY: the caller's.
+            let (a, b) = unsafe { load32::<SBF>(x, i) };
+            self.nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b);
+            self.l = [_mm512_max_ps(a, self.l[0]), _mm512_max_ps(b, self.l[1])];
+            self.s = [_mm512_min_ps(a, self.s[0]), _mm512_min_ps(b, self.s[1])];
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+        fn finish(&self) -> Scan {
+            let mn = _mm512_reduce_min_ps(_mm512_min_ps(self.s[0], self.s[1]));
+            if self.nan != 0 {
+                return (None, mn);
+            }
+            let m = _mm512_reduce_max_ps(_mm512_max_ps(self.l[1], self.l[0]));
+            ((m != 0.0).then_some(m), mn)
+        }
+    }
+
+    /// [`Scan`] of a row alone.
     ///
     /// # Safety
     /// The row holds `n` elements, a positive multiple of 32.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-    unsafe fn max_min<const SBF: bool>(x: *const u8, n: usize) -> (Option<f32>, f32) {
-        let (mut l0, mut l1) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
-        let (mut s0, mut s1) = (_mm512_set1_ps(f32::INFINITY), _mm512_set1_ps(f32::INFINITY));
-        let mut nan: __mmask16 = 0;
+    unsafe fn max_min<const SBF: bool>(x: *const u8, n: usize) -> Scan {
+        let mut scan = Scanner::new();
         let mut i = 0;
         while i < n {
             // SAFETY: `i + 32 <= n`.
-            let (a, b) = unsafe { load32::<SBF>(x, i) };
-            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b);
-            // `minmax_avx512`'s fold: `vmaxps(x, lane)`.
-            l0 = _mm512_max_ps(a, l0);
-            l1 = _mm512_max_ps(b, l1);
-            s0 = _mm512_min_ps(a, s0);
-            s1 = _mm512_min_ps(b, s1);
+            unsafe { scan.block::<SBF>(x, i) };
             i += 32;
         }
-        let mn = _mm512_reduce_min_ps(_mm512_min_ps(s0, s1));
-        if nan != 0 {
-            return (None, mn);
-        }
-        let m = _mm512_reduce_max_ps(_mm512_max_ps(l1, l0));
-        ((m != 0.0).then_some(m), mn)
+        scan.finish()
     }
 
     /// The division of a row into bf16, `y[c] = bf16(e[c] / t)`, 32 elements: `div32`'s arithmetic without
@@ -277,8 +411,8 @@ mod fast {
         }
     }
 
-    /// A pending division: the row and its sum.
-    type Pending = Option<(usize, f32)>;
+    /// A pending division.
+    type Pending = Option<Carried>;
 
     /// The rows of [`kc_rt_softmax_rows`] one after the other (see there), `next` the address of the next
     /// block's first row to request meanwhile.
@@ -286,101 +420,89 @@ mod fast {
     /// # Safety
     /// As [`kc_rt_softmax_rows`], with [`fast_shape`]; the host has AVX512-BF16.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
-    pub(super) unsafe fn rows<const SBF: bool>(a: &Args, next: Option<usize>) {
+    pub(super) unsafe fn rows<const SBF: bool>(a: &Args, next: Option<usize>, carried: Pending) -> Pending {
         let n = a.n;
         let esz = if SBF { 2 } else { 4 };
-        let mut pend: Pending = None;
-        let mut r0 = 0;
-        while r0 < a.rows {
-            let k = CHUNK.min(a.rows - r0);
-            // Statements 1 and 2, and each row's path.
-            let mut rs = [(0f32, false); CHUNK];
-            for (j, slot) in rs.iter_mut().enumerate().take(k) {
-                let r = r0 + j;
-                // SAFETY: row `r` of each window.
-                unsafe {
-                    let (m, mn) = max_min::<SBF>(a.x(r), n);
-                    let m = match m {
-                        Some(m) => m,
-                        None => {
-                            let mut v = 0.0;
-                            reduce_rows(ReduceOp::Max, a.x(r), SBF, a.xs, n, 1, |_| None, |_, x| v = x);
-                            v
-                        }
-                    };
-                    *a.at(0, r) = m;
-                    *a.at(1, r) = m;
-                    let s = shift(m);
-                    // `x - s` for every `x` of the row lies in `[mn - s, m - s]` rounded (subtraction rounds
-                    // monotonically): `[-40, 0]` when `m` and `mn` are finite and `mn - s ≥ -40`.
-                    let fast = m.is_finite() && mn.is_finite() && mn - s >= SOFTMAX_LOW;
-                    *slot = (s, fast);
-                }
-            }
-            // Statements 3 to 5, row by row.
-            for (j, &(s, fast)) in rs.iter().enumerate().take(k) {
-                let r = r0 + j;
-                let pf = next.map(|p| p.wrapping_add(r * a.xs as usize));
-                // SAFETY: row `r` of each window, and the pending row's.
-                unsafe {
-                    let t = if fast {
-                        #[cfg(test)]
-                        FAST_ROWS.with(|c| c.set(c.get() + 1));
-                        exp_row::<SBF>(a, r, s, pend.take(), pf, esz)
-                    } else {
-                        if let Some(p) = pend.take() {
-                            div_row(a, p);
-                        }
-                        let mut t = 0.0;
-                        kc_rt_row_exp(a.e(r), a.x(r), a.exp_flags(), s, 0.0, n as i64, &mut t);
-                        t
-                    };
-                    *a.at(2, r) = t;
-                    *a.at(3, r) = t;
-                    // Every `e` of a fast row is in `[2^-58, 1]` and its sum in `[1, n]`: the quotients are
-                    // normal and the reciprocal division exact (`scalar_row_body`'s range).
-                    let mag = (t.to_bits() & 0x7FFF_FFFF) as i32;
-                    if fast && (SAFE_LO..=SAFE_HI).contains(&mag) {
-                        pend = Some((r, t));
-                    } else {
-                        kc_rt_row_scalar(a.y(r), a.e(r).cast(), a.div_flags(), t, n as i64);
+        let mut pend: Pending = carried;
+        // Row `r`'s maximum and minimum when the previous row's `exp` loop scanned it.
+        let mut scanned: Option<Scan> = None;
+        for r in 0..a.rows {
+            let pf = next.map(|p| p.wrapping_add(r * a.xs as usize));
+            let following = (r + 1 < a.rows).then(|| a.x(r + 1));
+            // SAFETY: row `r` of each window, the pending row's, the next row of `x`.
+            unsafe {
+                // Statements 1 and 2.
+                let (m, mn) = scanned.take().unwrap_or_else(|| max_min::<SBF>(a.x(r), n));
+                let m = match m {
+                    Some(m) => m,
+                    None => {
+                        let mut v = 0.0;
+                        reduce_rows(ReduceOp::Max, a.x(r), SBF, a.xs, n, 1, |_| None, |_, x| v = x);
+                        v
                     }
+                };
+                *a.at(0, r) = m;
+                *a.at(1, r) = m;
+                let s = shift(m);
+                // `x - s` for every `x` of the row lies in `[mn - s, m - s]` rounded (subtraction rounds
+                // monotonically): `[-40, 0]` when `m` and `mn` are finite and `mn - s ≥ -40`.
+                let fast = m.is_finite() && mn.is_finite() && mn - s >= SOFTMAX_LOW;
+                // Statements 3 and 4.
+                let t = if fast {
+                    #[cfg(test)]
+                    FAST_ROWS.with(|c| c.set(c.get() + 1));
+                    let (t, scan) = exp_row::<SBF>(a, r, s, pend.take(), pf, esz, following);
+                    scanned = scan;
+                    t
+                } else {
+                    if let Some(p) = pend.take() {
+                        div_row(p);
+                    }
+                    let mut t = 0.0;
+                    kc_rt_row_exp(a.e(r), a.x(r), a.exp_flags(), s, 0.0, n as i64, &mut t);
+                    t
+                };
+                *a.at(2, r) = t;
+                *a.at(3, r) = t;
+                // Statement 5. Every `e` of a fast row is in `[2^-58, 1]` and its sum in `[1, n]`: the
+                // quotients are normal and the reciprocal division exact (`scalar_row_body`'s range).
+                let mag = (t.to_bits() & 0x7FFF_FFFF) as i32;
+                if fast && (SAFE_LO..=SAFE_HI).contains(&mag) {
+                    pend = Some(Carried { e: a.e(r), y: a.y(r), t, n, stream: a.stream });
+                } else {
+                    kc_rt_row_scalar(a.y(r), a.e(r).cast(), a.div_flags(), t, n as i64);
                 }
             }
-            r0 += k;
         }
-        if let Some(p) = pend {
-            // SAFETY: the pending row's windows.
-            unsafe { div_row(a, p) };
-        }
-        if a.stream {
-            STREAMED.with(|s| s.set(true));
-        }
+        pend
     }
 
     /// A pending row's division alone.
     ///
     /// # Safety
-    /// As [`rows`].
+    /// Its rows are valid; the host has AVX512-BF16.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
-    unsafe fn div_row(a: &Args, (r, t): (usize, f32)) {
-        let (tv, rt) = (_mm512_set1_ps(t), _mm512_set1_ps(1.0 / t));
-        let (e, y) = (a.e(r), a.y(r));
+    pub(super) unsafe fn div_row(p: Carried) {
+        let (tv, rt) = (_mm512_set1_ps(p.t), _mm512_set1_ps(1.0 / p.t));
         let mut i = 0;
-        while i < a.n {
-            // SAFETY: row `r`'s `n` elements.
-            unsafe { div_block(e, y, i, tv, rt, a.stream) };
+        while i < p.n {
+            // SAFETY: the row's `n` elements.
+            unsafe { div_block(p.e, p.y, i, tv, rt, p.stream) };
             i += 32;
+        }
+        if p.stream {
+            STREAMED.with(|s| s.set(true));
         }
     }
 
     /// Row `r`'s `exp`s into `e` and their sum (`exp_row_body`'s order: lane `c mod 32`, the lanes' tree,
-    /// `(0 + tree) + 0`), with the pending row's division and a line of `pf` (a row of the next block) a
-    /// block.
+    /// `(0 + tree) + 0`), with, a block of 32 at a time, the pending row's division, the [`Scan`] of the
+    /// `following` row (returned with the sum) and a line of `pf` (a row of the next block).
     ///
     /// # Safety
     /// As [`rows`]; row `r`'s arguments are in `[-40, 0]`; the pending row is another row of `e` and `y`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn exp_row<const SBF: bool>(
         a: &Args,
         r: usize,
@@ -388,16 +510,18 @@ mod fast {
         pend: Pending,
         pf: Option<usize>,
         esz: usize,
-    ) -> f32 {
+        following: Option<*const u8>,
+    ) -> (f32, Option<Scan>) {
         let n = a.n;
         let (x, e) = (a.x(r), a.e(r));
         let sv = _mm512_set1_ps(s);
         let (mut l0, mut l1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let (pe, py, pt) = match pend {
-            Some((p, t)) => (a.e(p).cast_const(), a.y(p), t),
-            None => (std::ptr::null(), std::ptr::null_mut(), 1.0),
+        let (pe, py, pt, ps) = match pend {
+            Some(p) => (p.e, p.y, p.t, p.stream),
+            None => (std::ptr::null(), std::ptr::null_mut(), 1.0, false),
         };
         let (tv, rt) = (_mm512_set1_ps(pt), _mm512_set1_ps(1.0 / pt));
+        let mut scan = Scanner::new();
         let mut i = 0;
         // SAFETY (all accesses): rows of `n` elements; prefetches never fault.
         unsafe {
@@ -413,7 +537,10 @@ mod fast {
                 let (u, v) = load32::<SBF>(x, i);
                 let (u, v) = (exp16_in_range(_mm512_sub_ps(u, sv)), exp16_in_range(_mm512_sub_ps(v, sv)));
                 if !pe.is_null() {
-                    div_block(pe, py, i, tv, rt, a.stream);
+                    div_block(pe, py, i, tv, rt, ps);
+                }
+                if let Some(f) = following {
+                    scan.block::<SBF>(f, i);
                 }
                 _mm512_storeu_ps(e.add(i), u);
                 _mm512_storeu_ps(e.add(i + 16), v);
@@ -424,7 +551,7 @@ mod fast {
             let mut lanes = [0f32; LANES];
             _mm512_storeu_ps(lanes.as_mut_ptr(), l0);
             _mm512_storeu_ps(lanes.as_mut_ptr().add(16), l1);
-            (0.0 + sum_lanes(lanes)) + 0.0
+            ((0.0 + sum_lanes(lanes)) + 0.0, following.map(|_| scan.finish()))
         }
     }
 }
@@ -575,6 +702,94 @@ mod tests {
         // The fast path ran (on a host that has it), for most rows.
         if softmax_rows_fast() {
             assert!(FAST_ROWS.with(|c| c.get()) > 100, "{}", FAST_ROWS.with(|c| c.get()));
+        }
+    }
+
+    /// A loop of calls that carry their last row's division ([`SOFTMAX_CARRY`]), blocks of 1 to 3 rows that
+    /// share one `e` area as the tiler's blocks do, gives the bits of the calls made one by one without
+    /// carrying: every `y`, every small window, the `e` area at the end; with `y` apart from `x` and in
+    /// place (`y` the memory of `x`), bf16 and `f32` sources, and a call of another width in the middle
+    /// (which takes the carried division first).
+    #[test]
+    fn carried_divisions_are_the_calls_bit_for_bit() {
+        let mut rnd = crate::host::rowmath::tests::xorshift(0x2545_F491_4F6C_DD1D);
+        let blocks = [2, 2, 1, 3, 2, 2, 1, 2, 3, 2, 2];
+        let rows: usize = blocks.iter().sum();
+        for (n, bf16, in_place, stream) in [
+            (4096, true, false, true),
+            (256, true, true, true),
+            (64, false, false, false),
+            (128, true, true, false),
+            (4096, false, false, true),
+        ] {
+            let esz = if bf16 { 2 } else { 4 };
+            let mut xs = Vec::new();
+            for r in 0..rows {
+                xs.extend(row((r * 5 + n) % 14, n, &mut rnd));
+            }
+            let go = |carry: bool| -> Vec<u8> {
+                let mut xa = area(rows * n * esz);
+                let x = aligned(&mut xa);
+                for (i, &v) in xs.iter().enumerate() {
+                    // SAFETY: inside the area.
+                    unsafe {
+                        if bf16 {
+                            *x.cast::<u16>().add(i) = (v.to_bits() >> 16) as u16;
+                        } else {
+                            *x.cast::<f32>().add(i) = v;
+                        }
+                    }
+                }
+                let mut ya = area(rows * n * 2);
+                // In place: `y` is `x`'s memory (bf16 only: the same elements).
+                let y = if in_place { x } else { aligned(&mut ya) };
+                let mut ea = area(3 * n * 4);
+                let e = aligned(&mut ea);
+                let mut sa: Vec<Vec<u64>> = (0..4).map(|_| area(rows * 4)).collect();
+                let small: Vec<*mut u8> = sa.iter_mut().map(|v| aligned(v)).collect();
+                // SAFETY: the windows below are inside the areas.
+                unsafe {
+                    if carry {
+                        kc_rt_softmax_begin();
+                    }
+                    let mut r0 = 0;
+                    for (b, &k) in blocks.iter().enumerate() {
+                        // The seventh block is one row of half the width.
+                        let width = if b == 6 { n / 2 } else { n };
+                        let mut w = vec![
+                            x.add(r0 * n * esz) as i64,
+                            (n * esz) as i64,
+                            y.add(r0 * n * 2) as i64,
+                            (n * 2) as i64,
+                            e as i64,
+                            (n * 4) as i64,
+                        ];
+                        for &p in &small {
+                            w.extend([p.add(r0 * 4) as i64, 4]);
+                        }
+                        let flags = if bf16 { SOFTMAX_SRC_BF16 } else { 0 }
+                            | if stream { SOFTMAX_STREAM } else { 0 }
+                            | if carry { SOFTMAX_CARRY } else { 0 };
+                        w.extend([k as i64, width as i64, flags]);
+                        kc_rt_softmax_rows(w.as_ptr());
+                        r0 += k;
+                    }
+                    if carry {
+                        kc_rt_softmax_end();
+                    }
+                    fence_streams();
+                    let mut out = std::slice::from_raw_parts(y, rows * n * 2).to_vec();
+                    out.extend_from_slice(std::slice::from_raw_parts(e, 3 * n * 4));
+                    for &p in &small {
+                        out.extend_from_slice(std::slice::from_raw_parts(p, rows * 4));
+                    }
+                    out
+                }
+            };
+            let (got, want) = (go(true), go(false));
+            if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                panic!("n {n}, bf16 {bf16}, in place {in_place}: byte {i} differs");
+            }
         }
     }
 }
