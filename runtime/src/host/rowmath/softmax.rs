@@ -570,6 +570,22 @@ mod tests {
         p.wrapping_add(p.align_offset(64))
     }
 
+    /// `xs` into `area` (aligned) as bf16 (the upper halves) or `f32`: the source rows.
+    fn source(area: &mut [u64], xs: &[f32], bf16: bool) -> *mut u8 {
+        let x = aligned(area);
+        for (i, &v) in xs.iter().enumerate() {
+            // SAFETY: the caller's area holds `xs` after its alignment.
+            unsafe {
+                if bf16 {
+                    *x.cast::<u16>().add(i) = (v.to_bits() >> 16) as u16;
+                } else {
+                    *x.cast::<f32>().add(i) = v;
+                }
+            }
+        }
+        x
+    }
+
     /// Row `kind` of `n` values: the paths' corners (see the test).
     fn row(kind: usize, n: usize, rnd: &mut impl FnMut() -> u64) -> Vec<f32> {
         let mut u = || (rnd() >> 40) as f32 / (1u64 << 24) as f32;
@@ -613,17 +629,7 @@ mod tests {
     ) -> Vec<u8> {
         let esz = if bf16 { 2 } else { 4 };
         let mut xa = area(rows * n * esz);
-        let x = aligned(&mut xa);
-        for (i, &v) in xs.iter().enumerate() {
-            // SAFETY: inside the area.
-            unsafe {
-                if bf16 {
-                    *x.cast::<u16>().add(i) = (v.to_bits() >> 16) as u16;
-                } else {
-                    *x.cast::<f32>().add(i) = v;
-                }
-            }
-        }
+        let x = source(&mut xa, xs, bf16);
         let y_bytes = rows * n * 2 + y_skew;
         let mut ya = area(y_bytes);
         let y = aligned(&mut ya).wrapping_add(y_skew);
@@ -729,17 +735,7 @@ mod tests {
             }
             let go = |carry: bool| -> Vec<u8> {
                 let mut xa = area(rows * n * esz);
-                let x = aligned(&mut xa);
-                for (i, &v) in xs.iter().enumerate() {
-                    // SAFETY: inside the area.
-                    unsafe {
-                        if bf16 {
-                            *x.cast::<u16>().add(i) = (v.to_bits() >> 16) as u16;
-                        } else {
-                            *x.cast::<f32>().add(i) = v;
-                        }
-                    }
-                }
+                let x = source(&mut xa, &xs, bf16);
                 let mut ya = area(rows * n * 2);
                 // In place: `y` is `x`'s memory (bf16 only: the same elements).
                 let y = if in_place { x } else { aligned(&mut ya) };
