@@ -1847,9 +1847,10 @@ fn columns_as_rows(body: &mut [Stmt]) {
 /// The six statements of the standard library's `softmax` over the rows of a block, as the tiler emits
 /// them: `reduce.max axis 1 x -> mr`, `m = mr[r, 0]`, `e = exp(x - where(m[r, 0] == -inf, 0.0, m[r, 0]))`,
 /// `reduce.sum axis 1 e -> tr`, `t = tr[r, 0]`, `y = e / t[r, 0]`, over the same rows (and `x`'s columns),
-/// neither reduction accumulating; `x` `f32` or bf16, `y` bf16 (a buffer, or a GM tensor that no other may
-/// alias), the other five `f32` buffers; the seven in storage apart. [`Gen::softmax_rows`] computes them in
-/// one call of [`rowmath::kc_rt_softmax_rows`] a block.
+/// neither reduction accumulating; `x` `f32` or bf16, `y` bf16 (a buffer or a GM tensor: if both may share
+/// memory with another tensor, `y` is `x`'s own elements, rows apart), the other five `f32` buffers; the
+/// seven in storage apart. [`Gen::softmax_rows`] computes them in one call of [`rowmath::kc_rt_softmax_rows`]
+/// a block.
 struct SoftmaxGroup<'p> {
     x: &'p Region,
     y: &'p Region,
@@ -1869,7 +1870,9 @@ impl SoftmaxGroup<'_> {
 /// no memory (scalar assignments, flags, branches of the same), and no scalar expression in it reads a
 /// buffer: its groups' calls may each leave their last row's division to the next call, and the loop's end
 /// to [`rowmath::kc_rt_softmax_end`]. Nothing between two calls reads or writes what the division writes,
-/// and a call that would touch the carried rows first divides them (`kc_rt_softmax_rows`).
+/// and a call that would touch the carried rows first divides them (`kc_rt_softmax_rows`). Nor does a
+/// cross-core wait suspend the core's coroutine in between (`native::kc_rt_cross_wait`), so the division
+/// the thread carries is this core's.
 fn carry_loop(prog: &TileProgram, l: &Launch, body: &[Stmt]) -> bool {
     fn walk(prog: &TileProgram, l: &Launch, body: &[Stmt], groups: &mut usize, reads: &mut BTreeSet<BufId>) -> bool {
         let mut i = 0;
@@ -3024,16 +3027,6 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         Ok(())
     }
 
-    /// A vector statement `exp(src - s)` into `f32` ([`row_form`]) followed by the sum of its destination's
-    /// rows (the same window and sizes) into an `f32` buffer apart from both: one [`rowmath::kc_rt_row_exp`]
-    /// call per row computes the row and its sum, with the bits of the two statements run one after the other
-    /// (the sum in [`rowmath::reduce_row`]'s order). When the next statement past any flag statements (no-ops
-    /// on the host) casts the exp's destination, the same window, to bf16 in a buffer apart from the others or
-    /// a GM tensor that no other may alias (attention's `p = e`, forwarded into the cube's workspace), the
-    /// same call stores that too ([`rowmath::kc_rt_row_exp_bf`]); see [`exp_group`]. When no statement of the
-    /// program reads the exp's destination buffer apart from such groups ([`dead_exp_stores`]), the call
-    /// does not store the `f32` row at all. The number of statements done, or `None`: not such a pair
-    /// (nothing emitted).
     /// A [`SoftmaxGroup`]: its windows checked as each statement's would be, then one call of
     /// [`rowmath::kc_rt_softmax_rows`] for the block.
     fn softmax_rows(&mut self, g: &SoftmaxGroup<'p>) -> Result<(), Diagnostic> {
@@ -3076,6 +3069,16 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         Ok(())
     }
 
+    /// A vector statement `exp(src - s)` into `f32` ([`row_form`]) followed by the sum of its destination's
+    /// rows (the same window and sizes) into an `f32` buffer apart from both: one [`rowmath::kc_rt_row_exp`]
+    /// call per row computes the row and its sum, with the bits of the two statements run one after the other
+    /// (the sum in [`rowmath::reduce_row`]'s order). When the next statement past any flag statements (no-ops
+    /// on the host) casts the exp's destination, the same window, to bf16 in a buffer apart from the others or
+    /// a GM tensor that no other may alias (attention's `p = e`, forwarded into the cube's workspace), the
+    /// same call stores that too ([`rowmath::kc_rt_row_exp_bf`]); see [`exp_group`]. When no statement of the
+    /// program reads the exp's destination buffer apart from such groups ([`dead_exp_stores`]), the call
+    /// does not store the `f32` row at all. The number of statements done, or `None`: not such a pair
+    /// (nothing emitted).
     fn exp_sum(&mut self, body: &'p [Stmt]) -> Result<Option<usize>, Diagnostic> {
         let Some(g) = exp_group(self.prog, self.launch, body) else { return Ok(None) };
         self.row_routine(g.dst, g.rows, g.cols, g.expr, &g.form, Some(g.sum), g.conv)?;

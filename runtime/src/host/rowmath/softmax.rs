@@ -10,7 +10,8 @@
 //! logits whose range is under 40, checked per row from the row's minimum), the `exp`s skip the clamps
 //! and the zeroing mask (the same bits there: the clamps and the mask change nothing in that range) and
 //! the division skips its per-block range check (every quotient is normal and every dividend inside the
-//! reciprocal's exact range). Any other row takes the statement-by-statement routines.
+//! reciprocal's exact range). Any other row takes the statement-by-statement routines. In a loop of such
+//! calls ([`SOFTMAX_CARRY`]) each call's last division is carried into the next call's first `exp` loop.
 
 use super::*;
 
