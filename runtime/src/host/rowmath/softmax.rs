@@ -789,4 +789,51 @@ mod tests {
             }
         }
     }
+
+    /// A loop that ends without [`kc_rt_softmax_end`] (a failed bounds check returns from the core's code)
+    /// leaves a carried division that no later call makes: a call without [`SOFTMAX_CARRY`], or the next
+    /// loop's [`kc_rt_softmax_begin`], forgets it, so nothing is written into the rows it named.
+    #[test]
+    fn a_stale_carried_division_is_forgotten() {
+        if !softmax_rows_fast() {
+            return;
+        }
+        let n = 64;
+        let xs: Vec<f32> = (0..2 * n).map(|i| (i % 13) as f32 * 0.25).collect();
+        let call = |x: *mut u8, y: *mut u8, e: *mut u8, small: *mut u8, carry: bool| {
+            let mut w = vec![x as i64, n as i64 * 2, y as i64, n as i64 * 2, e as i64, n as i64 * 4];
+            for k in 0..4 {
+                w.extend([small as i64 + k * 16, 4]);
+            }
+            w.extend([2, n as i64, SOFTMAX_SRC_BF16 | if carry { SOFTMAX_CARRY } else { 0 }]);
+            // SAFETY: the areas below hold the windows.
+            unsafe { kc_rt_softmax_rows(w.as_ptr()) };
+        };
+        let (mut xa, mut ya, mut ea, mut sa) = (area(2 * n * 2), area(2 * n * 2), area(2 * n * 4), area(64));
+        let (x, y, e, small) = (source(&mut xa, &xs, true), aligned(&mut ya), aligned(&mut ea), aligned(&mut sa));
+        for second in [false, true] {
+            // SAFETY: `y`'s two rows.
+            unsafe { std::ptr::write_bytes(y, 0xAB, 2 * n * 2) };
+            kc_rt_softmax_begin();
+            call(x, y, e, small, true);
+            // The loop is abandoned here: row 1's division is carried, row 0's is done.
+            // SAFETY: `y`'s rows.
+            let row = |r: usize| unsafe { std::slice::from_raw_parts(y.add(r * n * 2), n * 2).to_vec() };
+            assert!(row(0).iter().any(|&b| b != 0xAB) && row(1).iter().all(|&b| b == 0xAB));
+            let (mut xb, mut yb, mut eb, mut sb) = (area(2 * n * 2), area(2 * n * 2), area(2 * n * 4), area(64));
+            let other = (source(&mut xb, &xs, true), aligned(&mut yb), aligned(&mut eb), aligned(&mut sb));
+            if second {
+                // The next loop.
+                kc_rt_softmax_begin();
+                call(other.0, other.1, other.2, other.3, true);
+                // SAFETY: the loop's windows are valid.
+                unsafe { kc_rt_softmax_end() };
+            } else {
+                call(other.0, other.1, other.2, other.3, false);
+            }
+            fence_streams();
+            assert!(row(1).iter().all(|&b| b == 0xAB), "a stale division was made (second loop: {second})");
+        }
+    }
+
 }
