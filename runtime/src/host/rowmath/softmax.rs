@@ -835,5 +835,4 @@ mod tests {
             assert!(row(1).iter().all(|&b| b == 0xAB), "a stale division was made (second loop: {second})");
         }
     }
-
 }
