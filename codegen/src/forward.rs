@@ -1579,7 +1579,7 @@ fn vec_writes(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dtypes
     let mut left: Vec<(BufId, BTreeSet<TensorId>)> = Vec::new();
     for y in ys {
         let mut gs = BTreeSet::new();
-        if !targets(body, y, dt, &mut gs) || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written) {
+        if !store_targets(body, y, dt, &mut gs) || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written) {
             continue;
         }
         if !rewrite(body, &[y], &gs) {
@@ -1644,22 +1644,27 @@ fn copy_dsts(body: &[Stmt], out: &mut BTreeSet<TensorId>) {
     }
 }
 
-/// The tensors the copies from `y` write (into `out`), and whether the dtypes allow a direct store.
-fn targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId>) -> bool {
+/// The tensors the copies from `y` write (into `out`), and whether `allow(src, dst)` accepts every such copy.
+fn targets(body: &[Stmt], y: BufId, allow: &impl Fn(&Region, &Region) -> bool, out: &mut BTreeSet<TensorId>) -> bool {
     let mut ok = true;
     for s in body {
         match s {
-            Stmt::For { body, .. } | Stmt::If { then: body, .. } => ok &= targets(body, y, dt, out),
+            Stmt::For { body, .. } | Stmt::If { then: body, .. } => ok &= targets(body, y, allow, out),
             Stmt::Copy { src, dst, .. } if buf_of(src) == Some(y) => {
                 if let Loc::Gm(g) = &dst.loc {
                     out.insert(*g);
                 }
-                ok &= store_through(dt.of(src), dt.of(dst));
+                ok &= allow(src, dst);
             }
             _ => {}
         }
     }
     ok
+}
+
+/// [`targets`] for a direct store: the dtypes allow it (`f32` into bf16 too).
+fn store_targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId>) -> bool {
+    targets(body, y, &|s, d| store_through(dt.of(s), dt.of(d)), out)
 }
 
 /// Level 4 for a buffer that other statements read too (AdamW's `m` and `v`, read again for the bias
@@ -1678,7 +1683,7 @@ fn stores_beside(body: &mut Vec<Stmt>, launch: &Launch, other: &[Stmt], dt: &Dty
             continue;
         }
         let mut gs = BTreeSet::new();
-        if !targets(body, y, dt, &mut gs) || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written) {
+        if !store_targets(body, y, dt, &mut gs) || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written) {
             continue;
         }
         let no_wait = gs.intersection(&other_read).copied().collect();
@@ -2135,25 +2140,6 @@ fn mmad_writes(body: &mut Vec<Stmt>, own: &[Stmt], other: &[Stmt], dt: &Dtypes<'
         }
     }
     mmad_dsts(body, &mut ys);
-    fn targets(body: &[Stmt], y: BufId, dt: &Dtypes<'_>, out: &mut BTreeSet<TensorId>) -> bool {
-        let mut ok = true;
-        for s in body {
-            match s {
-                Stmt::For { body, .. } | Stmt::If { then: body, .. } => ok &= targets(body, y, dt, out),
-                Stmt::Copy { src, dst, .. } if buf_of(src) == Some(y) => {
-                    match &dst.loc {
-                        Loc::Gm(g) => {
-                            out.insert(*g);
-                        }
-                        Loc::Buf { .. } => ok = false,
-                    }
-                    ok &= dt.same(src, dst);
-                }
-                _ => {}
-            }
-        }
-        ok
-    }
     // No copy (or other statement) writes the tensors any more besides the rewritten mmads.
     fn other_writers(body: &[Stmt], gs: &BTreeSet<TensorId>) -> bool {
         body.iter().any(|s| match s {
@@ -2189,7 +2175,12 @@ fn mmad_writes(body: &mut Vec<Stmt>, own: &[Stmt], other: &[Stmt], dt: &Dtypes<'
     let mut left: Vec<(BufId, BTreeSet<TensorId>)> = Vec::new();
     for y in ys {
         let mut gs = BTreeSet::new();
-        if !targets(body, y, dt, &mut gs) || gs.is_empty() || !gs.is_disjoint(&read) || !gs.is_disjoint(&other_written)
+        // Copies into GM tensors only, of the same dtype.
+        let same_gm = |s: &Region, d: &Region| matches!(d.loc, Loc::Gm(_)) && dt.same(s, d);
+        if !targets(body, y, &same_gm, &mut gs)
+            || gs.is_empty()
+            || !gs.is_disjoint(&read)
+            || !gs.is_disjoint(&other_written)
         {
             continue;
         }
