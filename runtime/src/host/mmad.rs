@@ -2018,6 +2018,55 @@ mod amx {
         k.is_multiple_of(32) && lda * 2 <= A_IN_PLACE_STRIDE
     }
 
+    /// Whether the call computes a block on the diagonal of a symmetric product: `b` given as the transpose
+    /// of the very rows `a` reads (`a · aᵀ`: a diagonal block of `x · xᵀ`, or of `s @ s` with `s` symmetric,
+    /// whose `b` is read as `sᵀ`'s rows), so `c[i][j]` and `c[j][i]` are the same sum of the same products
+    /// in the same k order (a product of two bf16 is exact in f32, and each element's pairs are summed in
+    /// the order of k whatever its position): the same bits. With `accumulate`, only when the old `c` is
+    /// symmetric bit for bit too (a cheap check against the block's work: m² loads for m²·k products).
+    ///
+    /// # Safety
+    ///
+    /// With `accumulate`, `c`'s `m × m` block readable.
+    unsafe fn diagonal_of_symmetric(x: &Args) -> bool {
+        let tri = x.b_trans && x.a == x.b && x.lda == x.ldb && x.m == x.n && x.m > 32 && x.k > 0;
+        // SAFETY: the caller's.
+        tri && (!x.accumulate || unsafe { symmetric(x.c, x.ldc, x.m) })
+    }
+
+    /// Whether the `m × m` block at `c` (row stride `ldc`) equals its transpose bit for bit.
+    ///
+    /// # Safety
+    ///
+    /// The block readable.
+    unsafe fn symmetric(c: *const f32, ldc: usize, m: usize) -> bool {
+        // SAFETY: inside the block.
+        (1..m).all(|i| (0..i).all(|j| unsafe { (*c.add(i * ldc + j)).to_bits() == (*c.add(j * ldc + i)).to_bits() }))
+    }
+
+    /// Copies into every element `(i, j)` of the `m × m` block at `c` whose 32 × 32 block lies below the
+    /// diagonal (`j < i / 32 * 32`) its mirror image `(j, i)`, which lies above it.
+    ///
+    /// # Safety
+    ///
+    /// The block readable and writable.
+    unsafe fn mirror_lower_blocks(c: *mut f32, ldc: usize, m: usize) {
+        #[cfg(test)]
+        TRIANGLE_CALLS.with(|t| t.set(t.get() + 1));
+        for i in 32..m {
+            for j in 0..i / 32 * 32 {
+                // SAFETY: both inside the block.
+                unsafe { *c.add(i * ldc + j) = *c.add(j * ldc + i) };
+            }
+        }
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        /// The calls of this thread that computed a triangle of blocks ([`diagonal_of_symmetric`]).
+        pub(super) static TRIANGLE_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     /// The AMX path (bf16 × bf16), or with `dot` the AVX512-BF16 path: the same packings, caches and loops,
     /// each block of `c` computed by [`dot_block`] instead of the tiles.
     ///
@@ -2152,9 +2201,13 @@ mod amx {
             let in_order = cached.is_some_and(|p| p as usize == LAST_B_END.with(|e| e.get()));
             LAST_B_END.with(|e| e.set(cached.map_or(0, |p| p as usize + b_bytes)));
             let row_pairs = m.div_ceil(32);
+            // A block on the diagonal of a symmetric product (`x · xᵀ`, `s @ s`): its 32 × 32 blocks below
+            // the diagonal are not computed but copied from their mirror images after the k loop.
+            let tri = diagonal_of_symmetric(x);
             let pf_lines = if in_order && row_pairs > 1 { b_bytes / 64 } else { 0 };
             // Spread over every k step of the blocks of the second and later row pairs, in all k chunks.
-            let pf_per_step = pf_lines.div_ceil(((row_pairs - 1) * n.div_ceil(32) * steps).max(1));
+            let later_blocks = if tri { row_pairs * (row_pairs - 1) / 2 } else { (row_pairs - 1) * n.div_ceil(32) };
+            let pf_per_step = pf_lines.div_ceil((later_blocks * steps).max(1));
             let mut pf_next = 0;
             // k in chunks of KC_STEPS steps, so a block's A panels stay in L1 (C is reloaded per chunk).
             let mut s0 = 0;
@@ -2164,7 +2217,7 @@ mod amx {
                 let mut i0 = 0;
                 while i0 < m {
                     let tm = if m - i0 > 16 { 2 } else { 1 };
-                    let mut j0 = 0;
+                    let mut j0 = if tri { i0 } else { 0 };
                     while j0 < n {
                         let tn = if n - j0 > 16 { 2 } else { 1 };
                         let q = j0 / 16;
@@ -2218,6 +2271,9 @@ mod amx {
                 if s0 >= steps {
                     break;
                 }
+            }
+            if tri {
+                mirror_lower_blocks(x.c, x.ldc, m);
             }
         }
     }
@@ -2623,6 +2679,75 @@ mod tests {
         assert_eq!(run(&w, 1), reference(4.0), "cleared");
         set(&mut w, 1, 5.0);
         assert_eq!(run(&w, 1), reference(5.0), "a new launch keeps from the second use");
+        clear_b_cache();
+    }
+
+    /// A block on the diagonal of `x · xᵀ` (`b` the transpose of the very rows `a` reads) computes its 32 × 32
+    /// blocks on and above the diagonal and copies the ones below: every element is the bits of the same
+    /// call with `b` at a copy of the rows (which computes them all). Accumulating, it does so only into a
+    /// symmetric `c`; into another `c` it computes every block. Partial blocks (rows not a multiple of 32 or
+    /// 16), k with a partial step, the kept-packing bits.
+    #[test]
+    fn host_mmad_diagonal_block_computes_a_triangle() {
+        if !packing_path() {
+            return;
+        }
+        let mut rng = SmallRng::seed_from_u64(16);
+        for (m, k, ld, bits) in [
+            (128usize, 512usize, 4096usize, 8i64),
+            (128, 512, 4096, 2 | 4 | 8 | 16 | 32),
+            (70, 40, 40, 8),
+            (33, 64, 100, 8),
+            (100, 96, 96, 2 | 4 | 8),
+            (256, 256, 256, 8),
+        ] {
+            let x: Vec<u16> = (0..m * ld).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect();
+            let copy = x.clone();
+            let call = |b: &[u16], c: &mut [f32], acc: i64| {
+                clear_b_cache();
+                // SAFETY: `a` and `b` are `m` rows of `k` elements at row stride `ld` inside `x` and `b`;
+                // `c` is `m × m`.
+                unsafe {
+                    kc_mmad(
+                        x.as_ptr().cast(),
+                        1,
+                        ld as i64,
+                        b.as_ptr().cast(),
+                        1,
+                        ld as i64,
+                        c.as_mut_ptr(),
+                        m as i64,
+                        m as i64,
+                        k as i64,
+                        m as i64,
+                        bits | acc,
+                    )
+                }
+            };
+            let triangles = || amx::TRIANGLE_CALLS.with(|t| t.get());
+            let case = format!("m {m} k {k} ld {ld} bits {bits}");
+            // Overwriting.
+            let (mut want, mut got) = (vec![0f32; m * m], vec![0f32; m * m]);
+            let before = triangles();
+            call(&copy, &mut want, 0);
+            assert_eq!(triangles(), before, "{case}: rows elsewhere are not a diagonal block");
+            call(&x, &mut got, 0);
+            assert_eq!(triangles(), before + 1, "{case}: a triangle");
+            let bits_of = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits_of(&got), bits_of(&want), "{case}");
+            // Accumulating into the symmetric result: a triangle again.
+            call(&copy, &mut want, 1);
+            call(&x, &mut got, 1);
+            assert_eq!(triangles(), before + 2, "{case}: accumulating into a symmetric c");
+            assert_eq!(bits_of(&got), bits_of(&want), "{case}: accumulated");
+            // Into a c that is not symmetric: every block computed.
+            want[m * (m - 1)] += 1.0;
+            got[m * (m - 1)] += 1.0;
+            call(&copy, &mut want, 1);
+            call(&x, &mut got, 1);
+            assert_eq!(triangles(), before + 2, "{case}: c not symmetric");
+            assert_eq!(bits_of(&got), bits_of(&want), "{case}: accumulated into a c not symmetric");
+        }
         clear_b_cache();
     }
 
