@@ -2013,9 +2013,24 @@ mod amx {
     pub(super) const A_IN_PLACE_STRIDE: usize = 512;
 
     /// Whether [`mmad`] reads a bf16 `a` of depth `k` and row stride `lda` (elements) in place instead of
-    /// packing it: `k` a multiple of 32 and rows at most [`A_IN_PLACE_STRIDE`] bytes apart.
-    fn reads_a_in_place(k: usize, lda: usize) -> bool {
-        k.is_multiple_of(32) && lda * 2 <= A_IN_PLACE_STRIDE
+    /// packing it: `k` a multiple of 32, and on the AMX path rows at most [`A_IN_PLACE_STRIDE`] bytes apart.
+    /// The AVX512-BF16 path (`dot`) reads any stride in place: [`dot_rows`] reads 4 bytes of each of 8 rows a
+    /// k pair, streams the prefetchers follow whatever the stride, where a tile load touches 16 rows at once
+    /// (at a page a row, 16 TLB misses). Packing cost it more than it saved: Muon's `x · xᵀ` (rows 8 KiB
+    /// apart) 24.3 / 25.3 → 22.9 / 22.4 ms, MoE's experts (4 KiB) 2.47 / 2.24 → 2.15 / 2.10 s, plain
+    /// matmuls unchanged (one thread, alternating, session 23).
+    fn reads_a_in_place(k: usize, lda: usize, dot: bool) -> bool {
+        #[cfg(test)]
+        if PACK_A.with(|p| p.get()) {
+            return false;
+        }
+        k.is_multiple_of(32) && (dot || lda * 2 <= A_IN_PLACE_STRIDE)
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        /// Tests: pack every `a` on this thread, to compare a read in place with the packed form on any path.
+        pub(super) static PACK_A: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     /// Whether the call computes a block on the diagonal of a symmetric product: `b` given as the transpose
@@ -2081,12 +2096,13 @@ mod amx {
         let steps = k.div_ceil(32);
         let panels = n.div_ceil(16);
         let mp = m.div_ceil(16) * 16;
-        // A in place only when k is a multiple of 32 and its rows are close together (a partial last tile row
-        // is copied); else all of A is packed into tile rows. Read in place with a long row stride (a matmul
-        // operand read straight from a 2048-wide GM tensor: a page per row), every tile load misses the TLB
-        // 16 times: packing (m·k moves for m·k·n work) made a 2048³ matmul 1.5x faster. Rows up to
-        // A_IN_PLACE_STRIDE bytes apart are close enough (a 16-row tile spans at most two pages).
-        let a_in_place = reads_a_in_place(k, x.lda);
+        // A in place only when k is a multiple of 32 and, on the AMX path, its rows are close together (a
+        // partial last tile row is copied); else all of A is packed into tile rows. Read in place with a long
+        // row stride (a matmul operand read straight from a 2048-wide GM tensor: a page per row), every tile
+        // load misses the TLB 16 times: packing (m·k moves for m·k·n work) made a 2048³ matmul 1.5x faster
+        // with AMX. Rows up to A_IN_PLACE_STRIDE bytes apart are close enough (a 16-row tile spans at most two
+        // pages). The AVX512-BF16 path reads every stride in place (`reads_a_in_place`).
+        let a_in_place = reads_a_in_place(k, x.lda, dot);
         let a_rows = if a_in_place {
             if m % 16 != 0 {
                 16
@@ -2128,7 +2144,7 @@ mod amx {
             if x.b_const {
                 cached = if x.b_trans && x.b_shares_a {
                     // The call reading this window as its `a` packs it unless it reads it in place.
-                    let a_packs = !reads_a_in_place(k, x.ldb);
+                    let a_packs = !reads_a_in_place(k, x.ldb, dot);
                     let np = panels * 16;
                     let a_form = a_packs.then_some(((x.b as usize, x.ldb, n, k), np * kp * 2));
                     let pack_both = |d: *mut u8, a_d: Option<*mut u8>| {
@@ -2484,39 +2500,51 @@ mod tests {
     }
 
     /// The AMX path reads `a` in place when its rows are at most `A_IN_PLACE_STRIDE` bytes apart (attention's
-    /// P·V: 256 bf16 to a row) and packs it otherwise: either way the same bits. The same `a` at a stride
-    /// read in place (up to the bound, including a partial last tile row, which is copied) and at a stride
-    /// past it (packed) gives the same `c`, accumulating or not.
+    /// P·V: 256 bf16 to a row) and packs it otherwise; the AVX512-BF16 path reads every stride in place (k a
+    /// multiple of 32): either way the same bits. The same `a` at strides up to the bound, at a stride past
+    /// it (packed with AMX, in place without), and packed whatever its stride (`PACK_A`) gives the same `c`,
+    /// accumulating or not, a partial last tile row (copied) included.
     #[test]
-    fn host_mmad_amx_reads_a_in_place_up_to_its_bound() {
+    fn host_mmad_reads_a_in_place_or_packed_alike() {
         if !available(tiled()) {
             return;
         }
         let mut rng = SmallRng::seed_from_u64(31);
-        let packed_ld = amx::A_IN_PLACE_STRIDE / 2 + 8;
-        for (m, k, n) in [(128, 256, 128), (17, 256, 40), (33, 128, 16), (128, 64, 256), (5, 32, 7)] {
+        let far_ld = 4096 + 8;
+        for (m, k, n) in [(128, 256, 128), (17, 256, 40), (33, 128, 16), (128, 64, 256), (5, 32, 7), (40, 40, 24)] {
             for lda in [k, k + 16, amx::A_IN_PLACE_STRIDE / 2] {
                 if lda < k {
                     continue;
                 }
                 let a = Mat::random(&mut rng, Dtype::Bf16, m * lda);
-                // The same values at the longer stride, which the path packs.
-                let mut far = vec![bf16::from_f32(0.0); m * packed_ld];
+                // The same values at a stride past the bound.
+                let mut far = vec![bf16::from_f32(0.0); m * far_ld];
                 for i in 0..m {
-                    far[i * packed_ld..i * packed_ld + k].copy_from_slice(&a.bf16s[i * lda..i * lda + k]);
+                    far[i * far_ld..i * far_ld + k].copy_from_slice(&a.bf16s[i * lda..i * lda + k]);
                 }
                 let b = Mat::random(&mut rng, Dtype::Bf16, k * n);
                 for acc in [false, true] {
                     let c0: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-                    let (mut near, mut packed) = (c0.clone(), c0);
-                    mmad_with(tiled(), a.operand(), lda, b.operand(), n, &mut near, n, (m, k, n), acc);
-                    mmad_with(tiled(), Operand::Bf16(&far), packed_ld, b.operand(), n, &mut packed, n, (m, k, n), acc);
-                    for (i, (x, y)) in near.iter().zip(&packed).enumerate() {
-                        assert_eq!(
-                            x.to_bits(),
-                            y.to_bits(),
-                            "m={m} k={k} n={n} lda={lda} acc={acc}: c[{i}] {x} vs {y}"
-                        );
+                    let run = |a: Operand<'_>, lda: usize, pack: bool| {
+                        let mut c = c0.clone();
+                        amx::PACK_A.with(|p| p.set(pack));
+                        mmad_with(tiled(), a, lda, b.operand(), n, &mut c, n, (m, k, n), acc);
+                        amx::PACK_A.with(|p| p.set(false));
+                        c
+                    };
+                    let want = run(a.operand(), lda, false);
+                    for (what, got) in [
+                        ("far", run(Operand::Bf16(&far), far_ld, false)),
+                        ("packed", run(a.operand(), lda, true)),
+                        ("far packed", run(Operand::Bf16(&far), far_ld, true)),
+                    ] {
+                        for (i, (x, y)) in want.iter().zip(&got).enumerate() {
+                            assert_eq!(
+                                x.to_bits(),
+                                y.to_bits(),
+                                "m={m} k={k} n={n} lda={lda} acc={acc} {what}: c[{i}] {x} vs {y}"
+                            );
+                        }
                     }
                 }
             }
@@ -2797,6 +2825,7 @@ mod tests {
         if !packing_path() {
             return;
         }
+        let _pack = PackA::on();
         let (k, ld, blk) = (64usize, 1024usize, 16usize);
         let mut rng = SmallRng::seed_from_u64(15);
         let mut x: Vec<u16> =
@@ -2848,6 +2877,24 @@ mod tests {
         assert_eq!(call(&x, 0, blk, 2 | 4 | 8), call(&x, 0, blk, 8), "without bit 4, a first use is not kept");
         assert_eq!(call(&x, blk, 0, 2 | 4 | 8), call(&x, blk, 0, 8), "without bit 4, a is packed from its rows");
         clear_b_cache();
+    }
+
+    /// While alive, every `a` of this thread's calls is packed ([`amx::PACK_A`]), whatever its stride: the
+    /// tests of the packings' caches reach them on every path (the AVX512-BF16 path reads any `a` whose k is
+    /// a multiple of 32 in place).
+    struct PackA;
+
+    impl PackA {
+        fn on() -> PackA {
+            amx::PACK_A.with(|p| p.set(true));
+            PackA
+        }
+    }
+
+    impl Drop for PackA {
+        fn drop(&mut self) {
+            amx::PACK_A.with(|p| p.set(false));
+        }
     }
 
     /// One call of a block of `x·xᵀ` (`trans`: `b` is rows `j0..` of `x`, transposed) or of `s·s` (`b` is
@@ -2924,7 +2971,10 @@ mod tests {
             let want: Vec<Vec<f32>> =
                 blocks.iter().map(|&ij| square_call(&x, ld, rows, k, ij, blk, kw, trans, 0)).collect();
             let shared_bits = 2 | 4 | 32 | if trans { 16 } else { 0 };
-            for round in 0..2 {
+            // Rounds 0 and 1 with every `a` packed (the counts below); round 2 as the path chooses (an `a`
+            // read in place makes no packing: only the bits are checked).
+            for round in 0..3 {
+                let pack = round < 2;
                 let packs = SharedPacks::take();
                 let start = std::sync::Barrier::new(2);
                 let got: Vec<Vec<(usize, Vec<f32>)>> = std::thread::scope(|sc| {
@@ -2932,6 +2982,7 @@ mod tests {
                         .map(|t| {
                             let (x, blocks, packs, start) = (&x, &blocks, &*packs, &start);
                             sc.spawn(move || {
+                                let _pack = pack.then(PackA::on);
                                 clear_b_cache();
                                 start.wait();
                                 with_shared(Some(packs), || {
@@ -2949,6 +3000,9 @@ mod tests {
                 });
                 for (b, c) in got.into_iter().flatten() {
                     assert_eq!(c, want[b], "rows {rows} k {k} trans {trans} round {round} block {:?}", blocks[b]);
+                }
+                if !pack {
+                    continue;
                 }
                 let windows = rows.div_ceil(blk) * k.div_ceil(kw);
                 let (b_windows, a_windows) = if trans {
@@ -2970,6 +3024,7 @@ mod tests {
         if !packing_path() {
             return;
         }
+        let _pack = PackA::on();
         let (rows, k, ld, blk, kw) = (128usize, 128usize, 512usize, 32usize, 128usize);
         let mut rng = SmallRng::seed_from_u64(17);
         let mut x: Vec<u16> =
@@ -2979,9 +3034,12 @@ mod tests {
             let old = square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, 0);
             let packs = SharedPacks::take();
             let first = std::thread::scope(|sc| {
-                sc.spawn(|| with_shared(Some(&*packs), || square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, bits)))
-                    .join()
-                    .unwrap()
+                sc.spawn(|| {
+                    let _pack = PackA::on();
+                    with_shared(Some(&*packs), || square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, bits))
+                })
+                .join()
+                .unwrap()
             });
             assert_eq!(first, old);
             let made = packs.packings();
@@ -2991,9 +3049,12 @@ mod tests {
                 *v = bf16::from_f32(0.5).to_bits();
             }
             let second = std::thread::scope(|sc| {
-                sc.spawn(|| with_shared(Some(&*packs), || square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, bits)))
-                    .join()
-                    .unwrap()
+                sc.spawn(|| {
+                    let _pack = PackA::on();
+                    with_shared(Some(&*packs), || square_call(&x, ld, rows, k, (0, blk), blk, kw, trans, bits))
+                })
+                .join()
+                .unwrap()
             });
             assert_eq!(second, old, "trans {trans}: another thread of the launch reads the first one's packings");
             assert_eq!(packs.packings(), made);
@@ -3137,6 +3198,7 @@ mod tests {
     /// (also when more operands than the cache holds go through it).
     #[test]
     fn host_mmad_keeps_packed_a_until_cleared() {
+        let _pack = PackA::on();
         let (m, k, n, lda) = (32usize, 64usize, 48usize, 1024usize);
         let mut a: Vec<u16> = (0..m * lda).map(|i| bf16::from_f32(((i % 7) as f32) - 3.0).to_bits()).collect();
         let b: Vec<u16> = (0..k * n).map(|i| bf16::from_f32(((i % 5) as f32) - 2.0).to_bits()).collect();
