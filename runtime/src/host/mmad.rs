@@ -2127,7 +2127,10 @@ mod amx {
             let cp = base.add(b_bytes + a_bytes).cast::<f32>();
             // A `b` that does not change is packed once per launch and thread (B_CACHE).
             let mut cached: Option<*const u8> = None;
+            // Whether this call packs its `b` (not found kept).
+            let packs_b = Cell::new(false);
             let pack_b = |d: *mut u8| {
+                packs_b.set(true);
                 if x.b_trans {
                     pack_bt_vnni(x.b.cast(), x.ldb, k, n, kp, d.cast())
                 } else {
@@ -2148,6 +2151,7 @@ mod amx {
                     let np = panels * 16;
                     let a_form = a_packs.then_some(((x.b as usize, x.ldb, n, k), np * kp * 2));
                     let pack_both = |d: *mut u8, a_d: Option<*mut u8>| {
+                        packs_b.set(true);
                         pack_bt_vnni_a(x.b.cast(), x.ldb, k, n, kp, d.cast(), a_d.map(|p| p.cast()))
                     };
                     shared
@@ -2225,6 +2229,17 @@ mod amx {
             let later_blocks = if tri { row_pairs * (row_pairs - 1) / 2 } else { (row_pairs - 1) * n.div_ceil(32) };
             let pf_per_step = pf_lines.div_ceil((later_blocks * steps).max(1));
             let mut pf_next = 0;
+            // A transposed `b` this call packs: the same rows' next k window (the k columns after this call's,
+            // which the next call along k reads: MoE's expert weights, x·xᵀ's row windows) is prefetched into
+            // L2 over the first chunk's blocks, so the next call packs it from L2, not from 16 rows of DRAM a
+            // page apart in 64-byte pieces. Only when a row holds two windows; past the block's rows' end a
+            // prefetch (which never faults) only wastes a line.
+            let next_rows = if x.b_trans && packs_b.get() && 2 * k <= x.ldb { n } else { 0 };
+            let next_at = x.b.wrapping_add(k * 2);
+            let row_lines = (k * 2).div_ceil(64);
+            let first_blocks = if tri { row_pairs * (row_pairs + 1) / 2 } else { row_pairs * n.div_ceil(32) };
+            let next_per_block = next_rows.div_ceil(first_blocks.max(1));
+            let mut next_row = 0;
             // k in chunks of KC_STEPS steps, so a block's A panels stay in L1 (C is reloaded per chunk).
             let mut s0 = 0;
             loop {
@@ -2247,6 +2262,12 @@ mod amx {
                             [c_tile(i0, j0, 0), c_tile(i0, j0 + 16, 1)],
                             [c_tile(i0 + 16, j0, 2), c_tile(i0 + 16, j0 + 16, 3)],
                         ];
+                        for r in next_row..(next_row + next_per_block).min(next_rows) {
+                            for l in 0..row_lines {
+                                _mm_prefetch::<_MM_HINT_T1>(next_at.wrapping_add(r * x.ldb * 2 + l * 64).cast());
+                            }
+                        }
+                        next_row += next_per_block;
                         let mut pf = Prefetch::NONE;
                         if i0 > 0 && pf_next < pf_lines {
                             // `wrapping_add`: the address past the arena's last packing is only prefetched.
