@@ -2038,7 +2038,8 @@ mod amx {
     /// whose `b` is read as `sᵀ`'s rows), so `c[i][j]` and `c[j][i]` are the same sum of the same products
     /// in the same k order (a product of two bf16 is exact in f32, and each element's pairs are summed in
     /// the order of k whatever its position): the same bits. With `accumulate`, only when the old `c` is
-    /// symmetric bit for bit too (a cheap check against the block's work: m² loads for m²·k products).
+    /// symmetric bit for bit too where the copies go (a cheap check against the block's work: m² loads for
+    /// m²·k products).
     ///
     /// # Safety
     ///
@@ -2046,17 +2047,20 @@ mod amx {
     unsafe fn diagonal_of_symmetric(x: &Args) -> bool {
         let tri = x.b_trans && x.a == x.b && x.lda == x.ldb && x.m == x.n && x.m > 32 && x.k > 0;
         // SAFETY: the caller's.
-        tri && (!x.accumulate || unsafe { symmetric(x.c, x.ldc, x.m) })
+        tri && (!x.accumulate || unsafe { mirrors_upper_blocks(x.c, x.ldc, x.m) })
     }
 
-    /// Whether the `m × m` block at `c` (row stride `ldc`) equals its transpose bit for bit.
+    /// Whether every element of the `m × m` block at `c` (row stride `ldc`) that [`mirror_lower_blocks`]
+    /// writes equals, bit for bit, the element it copies.
     ///
     /// # Safety
     ///
     /// The block readable.
-    unsafe fn symmetric(c: *const f32, ldc: usize, m: usize) -> bool {
+    unsafe fn mirrors_upper_blocks(c: *const f32, ldc: usize, m: usize) -> bool {
         // SAFETY: inside the block.
-        (1..m).all(|i| (0..i).all(|j| unsafe { (*c.add(i * ldc + j)).to_bits() == (*c.add(j * ldc + i)).to_bits() }))
+        (32..m).all(|i| {
+            (0..i / 32 * 32).all(|j| unsafe { (*c.add(i * ldc + j)).to_bits() == (*c.add(j * ldc + i)).to_bits() })
+        })
     }
 
     /// Copies into every element `(i, j)` of the `m × m` block at `c` whose 32 × 32 block lies below the
