@@ -7,7 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(lex_parse compile pipeline)
+[ ${#targets[@]} -eq 0 ] && targets=(lex_parse compile pipeline jit)
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 

@@ -1,7 +1,7 @@
 //! Differential fuzzing of the JIT (`kc_codegen`, with `kc_runtime`'s host routines) against the reference
 //! interpreter. Inputs that compile without a diagnostic have each kernel (at most 4) launched on seeded
-//! random arguments at dims that the input's hash picks (every dim 3, 32 or 64, or a mix of 33, 64 and 17:
-//! the AVX-512 loops, softmax rows and mmad routines want multiples of 16, 32, 64), sometimes with NaN,
+//! random arguments at dims that the input's hash picks (`SETS`: the AVX-512 loops, softmax rows and mmad
+//! routines want multiples of 16, 32, 64, and their tails other sizes), sometimes with NaN,
 //! infinities, zeros and subnormals among the floats or an `i32` element out of any range. The interpreter
 //! runs under small limits (a launch it refuses for its limits is skipped). The kernel is then tiled for the
 //! host and for an Ascend target and compiled by the JIT twice: with the default options, and with
@@ -22,8 +22,20 @@ use kc_ir::launch::Args;
 use kc_ir::{Code, DType, Diagnostic, Graph, Tensor};
 use libfuzzer_sys::fuzz_target;
 
-/// The dim sets, by the input's hash: `SETS[k](i)` is the size of the `i`-th free dim.
-const SETS: [fn(usize) -> i64; 5] = [|_| 3, |_| 32, |_| 64, |i| [33, 64, 17][i % 3], |i| [16, 5, 128][i % 3]];
+/// The dim sets, by the input's hash: `SETS[k](i)` is the size of the `i`-th free dim. Multiples of 16, 32
+/// and 64 (AVX-512 vectors, softmax blocks, mmad tiles), odd tails, 1, rows wider than the exp routine's
+/// 512-column chunks. A set whose arguments would be too large falls back to every dim 16, then 3.
+const SETS: [fn(usize) -> i64; 9] = [
+    |_| 3,
+    |_| 32,
+    |_| 64,
+    |i| [33, 64, 17][i % 3],
+    |i| [16, 5, 128][i % 3],
+    |_| 1,
+    |i| [1031, 7, 2][i % 3],
+    |i| [48, 96, 31][i % 3],
+    |i| [2, 513, 9][i % 3],
+];
 /// The most elements the arguments of one launch may hold.
 const MAX_ELEMENTS: u64 = 1 << 18;
 /// The most tile statements of a program the target compiles (compile time grows faster than the program).
@@ -208,7 +220,10 @@ fuzz_target!(|data: &[u8]| {
     let set = SETS[h as usize % SETS.len()];
     let npu = if (h >> 4) % 2 == 0 { "ascend910b" } else { "ascend950" };
     for g in program.kernels.iter().take(4) {
-        let Some(given) = kc_fuzz::dims_by(g, set, MAX_ELEMENTS) else { continue };
+        let given = kc_fuzz::dims_by(g, set, MAX_ELEMENTS)
+            .or_else(|| kc_fuzz::dims_by(g, |_| 16, MAX_ELEMENTS))
+            .or_else(|| kc_fuzz::dims_by(g, |_| 3, MAX_ELEMENTS));
+        let Some(given) = given else { continue };
         let Ok(mut args) = kc_runtime::random::random_args(g, &given, h) else { continue };
         specials(&mut args, h, (h >> 5) % 4 == 0, (h >> 7) % 4 == 0, !kc_fuzz::exactness(g).inexact);
         check(g, &args, h, "host");
