@@ -216,12 +216,7 @@ fn check(g: &Graph, args: &Args, h: u64, target: &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut sources = kc_frontend::SourceMap::new();
-    let root = sources.add("fuzz.ker", kc_fuzz::text(data));
-    let (program, diags) = kc_frontend::compile(&mut sources, root, &kc_fuzz::MapLoader);
-    if !diags.is_empty() {
-        return;
-    }
+    let Some(program) = kc_fuzz::clean_program(data) else { return };
     let h = kc_fuzz::hash(data);
     let set = SETS[h as usize % SETS.len()];
     let npu = if (h >> 4) % 2 == 0 { "ascend910b" } else { "ascend950" };

@@ -7,12 +7,7 @@ use kc_ir::interp::Limits;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut sources = kc_frontend::SourceMap::new();
-    let root = sources.add("fuzz.ker", kc_fuzz::text(data));
-    let (program, diags) = kc_frontend::compile(&mut sources, root, &kc_fuzz::MapLoader);
-    if !diags.is_empty() {
-        return;
-    }
+    let Some(program) = kc_fuzz::clean_program(data) else { return };
     let limits = Limits { max_bytes: 64 << 20, max_work: 10_000_000 };
     let target = kc_ir::target::Target::builtin("ascend910b").expect("the built-in target");
     for g in &program.kernels {

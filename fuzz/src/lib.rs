@@ -8,6 +8,15 @@ pub fn text(data: &[u8]) -> String {
     String::from_utf8_lossy(data).into_owned()
 }
 
+/// The program of the input's text when it compiles ([`MapLoader`] resolving `use`) without any
+/// diagnostic: the targets that go past the frontend (`pipeline`, `jit`) take only those.
+pub fn clean_program(data: &[u8]) -> Option<kc_ir::Program> {
+    let mut sources = kc_frontend::SourceMap::new();
+    let root = sources.add("fuzz.ker", text(data));
+    let (program, diags) = kc_frontend::compile(&mut sources, root, &MapLoader);
+    diags.is_empty().then_some(program)
+}
+
 /// A `use` loader over a small fixed set of files, so that inputs reach `use` resolution, cycles and
 /// errors inside used files without touching the disk. Every other name is refused (E0020).
 pub struct MapLoader;
