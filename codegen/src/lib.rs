@@ -12,7 +12,7 @@ pub mod lower;
 pub mod math;
 mod wide;
 
-pub use lower::{compile, Compiled, CompiledLaunch, Options, MAX_STATEMENTS};
+pub use lower::{compile, program_statements, Compiled, CompiledLaunch, Options, MAX_STATEMENTS};
 
 /// Whether fused element loops are assembled for AVX-512 on this host (unless
 /// [`Options::portable_vectors`]): AVX-512F and BMI2.

@@ -395,6 +395,12 @@ fn count_stmts(body: &[Stmt]) -> usize {
         .sum()
 }
 
+/// The tile statements of `prog` in all its launches, loop bodies counted once: what [`compile`] holds against
+/// [`MAX_STATEMENTS`].
+pub fn program_statements(prog: &TileProgram) -> usize {
+    prog.launches.iter().map(|l| count_stmts(&l.cube) + count_stmts(&l.vector)).sum()
+}
+
 /// Compiles every launch of `prog`.
 pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnostic> {
     let span = Span::default();
@@ -403,7 +409,7 @@ pub fn compile(prog: &TileProgram, opts: &Options) -> Result<Compiled, Diagnosti
         |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| internal(span, format!("{k}: {e}")));
     // Cranelift's register allocation grows faster than the function: a program of tens of thousands of
     // statements (a long unrolled chain) would take minutes. Such a program is refused, with the way out.
-    let stmts: usize = prog.launches.iter().map(|l| count_stmts(&l.cube) + count_stmts(&l.vector)).sum();
+    let stmts = program_statements(prog);
     if stmts > MAX_STATEMENTS {
         return Err(Diagnostic::error(
             Code::ResourceLimit,

@@ -109,8 +109,7 @@ fn check(g: &Graph, args: &Args, h: u64, target: &str) {
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         panic!("{}: the tile program for {} does not verify:\n{}", g.name, target.name, msgs.join("\n"));
     }
-    let stmts: usize =
-        tp.launches.iter().map(|l| kc_fuzz::count_stmts(&l.cube) + kc_fuzz::count_stmts(&l.vector)).sum();
+    let stmts: usize = kc_codegen::program_statements(&tp);
     if stmts > MAX_STMTS {
         return trace(g, &target.name, "too many statements");
     }

@@ -257,55 +257,30 @@ pub fn matches_within(
     bf16_level: bool,
     chained: bool,
 ) -> Result<(), String> {
-    use kc_runtime::compare::rtol;
+    use kc_runtime::compare::{compare_with, rtol};
     if got.shape != want.shape || got.dtype() != want.dtype() {
         return Err(format!("{:?} {:?} vs {:?} {:?}", got.dtype(), got.shape, want.dtype(), want.shape));
     }
     let frac = if chained { 2.0 } else { 0.25 };
-    if !bf16_level || rtol(want.dtype()) == 0.0 {
-        let c = kc_runtime::compare::compare_within(got, want, frac);
-        return match c.first_bad {
-            None => Ok(()),
-            Some(i) => Err(format!(
-                "{} of {} elements differ; first at {i}: JIT {:e}, interpreter {:e}",
-                c.bad,
-                want.len(),
-                got.get_f64(i),
-                want.get_f64(i)
-            )),
-        };
-    }
-    let rt = rtol(kc_ir::DType::BF16).max(rtol(want.dtype()));
+    let own = rtol(want.dtype());
+    let rt = if bf16_level && own > 0.0 { rtol(kc_ir::DType::BF16).max(own) } else { own };
+    let c = compare_with(got, want, rt, frac);
+    let Some(i) = c.first_bad else { return Ok(()) };
+    // The `frac` the largest finite difference would need, for the message.
     let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
     let absmax = w.iter().filter(|x| x.is_finite()).fold(0.0f64, |a, x| a.max(x.abs()));
-    let bad: Vec<usize> = (0..w.len())
-        .filter(|&i| {
-            let (a, b) = (g[i], w[i]);
-            !if a.is_nan() || b.is_nan() {
-                a.is_nan() && b.is_nan()
-            } else if a.is_infinite() || b.is_infinite() {
-                a == b
-            } else {
-                (a - b).abs() <= rt * b.abs() + rt * absmax * frac
-            }
-        })
-        .collect();
-    // The `frac` the largest finite difference would need, for the message.
     let need = (0..w.len())
         .filter(|&i| g[i].is_finite() && w[i].is_finite())
         .map(|i| ((g[i] - w[i]).abs() - rt * w[i].abs()) / (rt * absmax))
         .fold(0.0f64, f64::max);
-    match bad.first() {
-        None => Ok(()),
-        Some(&i) => Err(format!(
-            "{} of {} elements differ (bf16 tolerance); first at {i}: JIT {:e}, interpreter {:e}; max |want| \
-             {absmax:e}, the largest difference needs frac {need:.3}",
-            bad.len(),
-            w.len(),
-            g[i],
-            w[i]
-        )),
-    }
+    Err(format!(
+        "{} of {} elements differ (rtol {rt:e}); first at {i}: JIT {:e}, interpreter {:e}; max |want| {absmax:e}, \
+         the largest difference needs frac {need:.3}",
+        c.bad,
+        w.len(),
+        g[i],
+        w[i]
+    ))
 }
 
 /// The first element where `a` and `b` differ in their bits (any NaN meets any NaN, as the suite's
@@ -335,20 +310,6 @@ pub fn same_results(a: &[(String, kc_ir::Tensor)], b: &[(String, kc_ir::Tensor)]
         same_bits(x, y).map_err(|e| format!("`{n}`: {e}"))?;
     }
     Ok(())
-}
-
-/// The statements of tile statements `s`, nested bodies included (what `kc_codegen::compile` counts against
-/// its `MAX_STATEMENTS`).
-pub fn count_stmts(s: &[kc_ir::tile::Stmt]) -> usize {
-    use kc_ir::tile::Stmt;
-    s.iter()
-        .map(|x| {
-            1 + match x {
-                Stmt::For { body, .. } | Stmt::If { then: body, .. } => count_stmts(body),
-                _ => 0,
-            }
-        })
-        .sum()
 }
 
 /// A 64-bit FNV-1a hash of the input: the fuzz targets' choices (dims, seeds, targets) follow from it.

@@ -44,13 +44,18 @@ pub fn compare(got: &Tensor, want: &Tensor) -> Comparison {
 
 /// [`compare`] with the `absmax` term scaled by `frac` (the tests use tighter or looser ones).
 pub fn compare_within(got: &Tensor, want: &Tensor, frac: f64) -> Comparison {
+    compare_with(got, want, rtol(want.dtype()), frac)
+}
+
+/// [`compare_within`] with the relative tolerance `rt` instead of the dtype's (bf16's for a result behind a
+/// bf16 rounding that may land one unit apart).
+pub fn compare_with(got: &Tensor, want: &Tensor, rt: f64, frac: f64) -> Comparison {
     let same_shape = got.shape == want.shape && got.dtype() == want.dtype();
     let mut c = Comparison { max_abs: 0.0, max_rel: 0.0, bad: 0, first_bad: None, same_shape };
     if !same_shape {
         return c;
     }
     let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
-    let rt = rtol(want.dtype());
     let absmax = w.iter().filter(|x| x.is_finite()).fold(0.0f64, |a, x| a.max(x.abs()));
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let ok = if a.is_nan() || b.is_nan() {
