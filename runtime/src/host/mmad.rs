@@ -2055,12 +2055,47 @@ mod amx {
     ///
     /// # Safety
     ///
-    /// The block readable.
+    /// The block readable; AVX-512F.
+    #[target_feature(enable = "avx512f")]
     unsafe fn mirrors_upper_blocks(c: *const f32, ldc: usize, m: usize) -> bool {
-        // SAFETY: inside the block.
-        (32..m).all(|i| {
-            (0..i / 32 * 32).all(|j| unsafe { (*c.add(i * ldc + j)).to_bits() == (*c.add(j * ldc + i)).to_bits() })
-        })
+        let mut same = true;
+        // SAFETY: the caller's (the tiles are inside the block).
+        unsafe {
+            lower_tiles(m, |i0, j0, rows| {
+                let mirror = mirror_tile(c, ldc, i0, j0, rows);
+                same &= (0..rows).all(|r| {
+                    let row = _mm512_loadu_si512(c.add((i0 + r) * ldc + j0).cast());
+                    _mm512_cmpneq_epi32_mask(row, mirror[r]) == 0
+                });
+            })
+        };
+        same
+    }
+
+    /// Calls `f(i0, j0, rows)` for every 16 × 16 tile (rows `i0 .. i0 + rows`, columns `j0 .. j0 + 16`) of
+    /// the elements `(i, j)` of an `m × m` block with `j < i / 32 * 32`: whole 16-column tiles, since the
+    /// bound is a multiple of 32 and the same for the 16 rows of a tile (`i0` is a multiple of 16).
+    fn lower_tiles(m: usize, mut f: impl FnMut(usize, usize, usize)) {
+        for i0 in (32..m).step_by(16) {
+            for j0 in (0..i0 / 32 * 32).step_by(16) {
+                f(i0, j0, (m - i0).min(16));
+            }
+        }
+    }
+
+    /// The mirror image of the tile [`lower_tiles`] names: row `r < rows` of the result is column `i0 + r`
+    /// of rows `j0 .. j0 + 16` (above the diagonal), as 16 words.
+    ///
+    /// # Safety
+    ///
+    /// Rows `j0 .. j0 + 16`, columns `i0 .. i0 + rows` of `c` (row stride `ldc`) readable; AVX-512F.
+    #[inline(always)]
+    unsafe fn mirror_tile(c: *const f32, ldc: usize, i0: usize, j0: usize, rows: usize) -> [__m512i; 16] {
+        let lanes = mask32(rows) as u16;
+        // SAFETY: the caller's; masked lanes are not read.
+        unsafe {
+            transpose16(std::array::from_fn(|q| _mm512_maskz_loadu_epi32(lanes, c.add((j0 + q) * ldc + i0).cast())))
+        }
     }
 
     /// Copies into every element `(i, j)` of the `m × m` block at `c` whose 32 × 32 block lies below the
@@ -2068,16 +2103,20 @@ mod amx {
     ///
     /// # Safety
     ///
-    /// The block readable and writable.
+    /// The block readable and writable; AVX-512F.
+    #[target_feature(enable = "avx512f")]
     unsafe fn mirror_lower_blocks(c: *mut f32, ldc: usize, m: usize) {
         #[cfg(test)]
         TRIANGLE_CALLS.with(|t| t.set(t.get() + 1));
-        for i in 32..m {
-            for j in 0..i / 32 * 32 {
-                // SAFETY: both inside the block.
-                unsafe { *c.add(i * ldc + j) = *c.add(j * ldc + i) };
-            }
-        }
+        // SAFETY: the caller's; a tile's mirror lies above the diagonal, apart from the tile.
+        unsafe {
+            lower_tiles(m, |i0, j0, rows| {
+                let mirror = mirror_tile(c, ldc, i0, j0, rows);
+                for (r, v) in mirror.iter().enumerate().take(rows) {
+                    _mm512_storeu_si512(c.add((i0 + r) * ldc + j0).cast(), *v);
+                }
+            })
+        };
     }
 
     #[cfg(test)]
@@ -2793,13 +2832,18 @@ mod tests {
             call(&x, &mut got, 1);
             assert_eq!(triangles(), before + 2, "{case}: accumulating into a symmetric c");
             assert_eq!(bits_of(&got), bits_of(&want), "{case}: accumulated");
-            // Into a c that is not symmetric: every block computed.
-            want[m * (m - 1)] += 1.0;
-            got[m * (m - 1)] += 1.0;
-            call(&copy, &mut want, 1);
-            call(&x, &mut got, 1);
-            assert_eq!(triangles(), before + 2, "{case}: c not symmetric");
-            assert_eq!(bits_of(&got), bits_of(&want), "{case}: accumulated into a c not symmetric");
+            // Into a c that is not symmetric (at the first, the last and a middle element the copies write;
+            // one bit of difference is enough): every block computed.
+            let last = m - 1;
+            for (i, j) in [(32, 0), (last, last / 32 * 32 - 1), (last / 2 + 16, (last / 2 + 16) / 32 * 32 / 2)] {
+                let (mut want, mut got) = (want.clone(), got.clone());
+                want[i * m + j] = f32::from_bits(want[i * m + j].to_bits() ^ 1);
+                got[i * m + j] = want[i * m + j];
+                call(&copy, &mut want, 1);
+                call(&x, &mut got, 1);
+                assert_eq!(triangles(), before + 2, "{case}: c not symmetric at ({i}, {j})");
+                assert_eq!(bits_of(&got), bits_of(&want), "{case}: accumulated into a c not symmetric");
+            }
         }
         clear_b_cache();
     }
