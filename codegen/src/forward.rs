@@ -3765,7 +3765,7 @@ mod tests {
         // stay).
         assert_eq!(run(1, var(0)), (vec![true, false], 2));
         // The branch loads slot 0 again: the first mmad keeps its slot.
-        assert_eq!(run(0, var(0)).0[0], false);
+        assert!(!run(0, var(0)).0[0]);
     }
 
     #[test]

@@ -144,7 +144,7 @@ mod tests {
             assert!(std::slice::from_raw_parts(small, 1000).iter().all(|&b| b == 7));
             let s = Layout::from_size_align(1000, 4).expect("layout");
             let back = a.realloc(small, s, 5 << 20);
-            assert!(back as usize % ALIGN < SPAN && back as usize % LINE == 0);
+            assert!(back as usize % ALIGN < SPAN && (back as usize).is_multiple_of(LINE));
             assert!(std::slice::from_raw_parts(back, 1000).iter().all(|&b| b == 7));
             a.dealloc(back, Layout::from_size_align(5 << 20, 4).expect("layout"));
             // A page-aligned request is left to the system, aligned as asked.

@@ -302,6 +302,70 @@ fn interval(e: &Expr, vars: &[IndexVar], ev: &dyn Fn(&Dim) -> Option<i64>) -> Op
     }
 }
 
+/// The parameters whose values must not be negative for the kernel's maths to stay defined: those that
+/// reach the argument of `sqrt`/`rsqrt`/`log`/`log2` or the base of `pow` through operations that keep a
+/// non-negative result non-negative when their operands are (rule (e)).
+fn nonnegative_params(graph: &Graph) -> std::collections::BTreeSet<usize> {
+    use kc_ir::{BinOp, ExprKind, NodeKind, UnOp};
+    // Nodes that must hold non-negative values; filled from consumers to producers.
+    let mut need = vec![false; graph.nodes.len()];
+    fn want(e: &kc_ir::Expr, need: &mut [bool]) {
+        match &e.kind {
+            ExprKind::Load { src, .. } => {
+                if let Some(n) = need.get_mut(src.index()) {
+                    *n = true;
+                }
+            }
+            ExprKind::Binary(BinOp::Add | BinOp::Div | BinOp::Max | BinOp::Min, a, b) => {
+                want(a, need);
+                want(b, need);
+            }
+            ExprKind::Binary(BinOp::Mul, a, b) if a != b => {
+                want(a, need);
+                want(b, need);
+            }
+            ExprKind::Binary(BinOp::Sub, a, _) => want(a, need),
+            ExprKind::Select(_, a, b) => {
+                want(a, need);
+                want(b, need);
+            }
+            ExprKind::Cast(_, a) => want(a, need),
+            ExprKind::Reduce { body, .. } => want(body, need),
+            _ => {}
+        }
+    }
+    fn roots(e: &kc_ir::Expr, need: &mut [bool]) {
+        match &e.kind {
+            ExprKind::Unary(UnOp::Sqrt | UnOp::Rsqrt | UnOp::Log | UnOp::Log2, a) => want(a, need),
+            ExprKind::Binary(BinOp::Pow, a, _) => want(a, need),
+            _ => {}
+        }
+        e.for_each_child(|c| roots(c, need));
+    }
+    for node in &graph.nodes {
+        if let NodeKind::Compute { body, .. } = &node.kind {
+            roots(body, &mut need);
+        }
+    }
+    for i in (0..graph.nodes.len()).rev() {
+        if !need[i] {
+            continue;
+        }
+        if let NodeKind::Compute { body, .. } = &graph.nodes[i].kind {
+            want(body, &mut need);
+        }
+    }
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| match n.kind {
+            NodeKind::Param(p) if need[i] => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,68 +595,4 @@ mod tests {
         let err = random_args(&g, &dims(&[("V", 3), ("D", 2)]), 0).unwrap_err();
         assert!(err.contains("dim `N` is not known: give it with --dims N=N"), "{err}");
     }
-}
-
-/// The parameters whose values must not be negative for the kernel's maths to stay defined: those that
-/// reach the argument of `sqrt`/`rsqrt`/`log`/`log2` or the base of `pow` through operations that keep a
-/// non-negative result non-negative when their operands are (rule (e)).
-fn nonnegative_params(graph: &Graph) -> std::collections::BTreeSet<usize> {
-    use kc_ir::{BinOp, ExprKind, NodeKind, UnOp};
-    // Nodes that must hold non-negative values; filled from consumers to producers.
-    let mut need = vec![false; graph.nodes.len()];
-    fn want(e: &kc_ir::Expr, need: &mut [bool]) {
-        match &e.kind {
-            ExprKind::Load { src, .. } => {
-                if let Some(n) = need.get_mut(src.index()) {
-                    *n = true;
-                }
-            }
-            ExprKind::Binary(BinOp::Add | BinOp::Div | BinOp::Max | BinOp::Min, a, b) => {
-                want(a, need);
-                want(b, need);
-            }
-            ExprKind::Binary(BinOp::Mul, a, b) if a != b => {
-                want(a, need);
-                want(b, need);
-            }
-            ExprKind::Binary(BinOp::Sub, a, _) => want(a, need),
-            ExprKind::Select(_, a, b) => {
-                want(a, need);
-                want(b, need);
-            }
-            ExprKind::Cast(_, a) => want(a, need),
-            ExprKind::Reduce { body, .. } => want(body, need),
-            _ => {}
-        }
-    }
-    fn roots(e: &kc_ir::Expr, need: &mut [bool]) {
-        match &e.kind {
-            ExprKind::Unary(UnOp::Sqrt | UnOp::Rsqrt | UnOp::Log | UnOp::Log2, a) => want(a, need),
-            ExprKind::Binary(BinOp::Pow, a, _) => want(a, need),
-            _ => {}
-        }
-        e.for_each_child(|c| roots(c, need));
-    }
-    for node in &graph.nodes {
-        if let NodeKind::Compute { body, .. } = &node.kind {
-            roots(body, &mut need);
-        }
-    }
-    for i in (0..graph.nodes.len()).rev() {
-        if !need[i] {
-            continue;
-        }
-        if let NodeKind::Compute { body, .. } = &graph.nodes[i].kind {
-            want(body, &mut need);
-        }
-    }
-    graph
-        .nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| match n.kind {
-            NodeKind::Param(p) if need[i] => Some(p),
-            _ => None,
-        })
-        .collect()
 }

@@ -603,8 +603,8 @@ fn random_inputs_keep_every_kernel_finite() {
     for (name, dims) in cases {
         let prog = common::compile_ok(common::repo_root().join("kernels").join(format!("{name}.ker")));
         let g = &prog.kernels[0];
-        let mut given = kc_ir::launch::Args::default();
-        given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let given =
+            kc_ir::launch::Args { dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(), ..Default::default() };
         let a = kc_runtime::random::random_args(g, &given, 11).unwrap_or_else(|e| panic!("{name}: {e}"));
         if *name == "adamw" {
             let v = &a.tensors["v"];

@@ -34,8 +34,8 @@ fn check(file: &str, dims: &[(&str, i64)], target: &str, seed: u64) {
     let prog = common::compile_ok(common::kernel_path(file));
     let target = Target::builtin(target).expect("builtin target");
     for g in &prog.kernels {
-        let mut given = kc_ir::launch::Args::default();
-        given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let given =
+            kc_ir::launch::Args { dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(), ..Default::default() };
         let args = kc_runtime::random::random_args(g, &given, seed).expect("random args");
         let tp = tile_elementwise(g, &args, &target);
         common::verify_tiled(g, &tp, &target);

@@ -59,8 +59,8 @@ fn bf16_ulp(x: f64) -> f64 {
 /// program.
 fn check(g: &Graph, dims: &[(&str, i64)], target: &str, seed: u64) -> TileProgram {
     let target = Target::builtin(target).expect("builtin target");
-    let mut given = kc_ir::launch::Args::default();
-    given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let given =
+        kc_ir::launch::Args { dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(), ..Default::default() };
     let args = kc_runtime::random::random_args(g, &given, seed).expect("random args");
     let tp = tile(g, &args, &target);
     common::verify_tiled(g, &tp, &target);
@@ -193,8 +193,10 @@ fn cores_run_several_blocks() {
 fn the_workspace_hand_off_needs_its_cross_flag() {
     let g = compile_src("epi", EPILOGUE);
     let target = Target::builtin("ascend910b").expect("target");
-    let mut given = kc_ir::launch::Args::default();
-    given.dims = [("T", 40), ("M", 24), ("E", 30)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let given = kc_ir::launch::Args {
+        dims: [("T", 40), ("M", 24), ("E", 30)].iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..Default::default()
+    };
     let args = kc_runtime::random::random_args(&g, &given, 1).expect("args");
     let mut tp = tile(&g, &args, &target);
     assert!(kc_ir::tile::verify::verify(&tp, &target).is_ok());
@@ -219,8 +221,10 @@ fn the_workspace_hand_off_needs_its_cross_flag() {
 fn f32_operands_are_declined() {
     let g = compile_src("mmf", "kernel mmf(a: f32[M, K], b: f32[K, N]) -> c: f32[M, N] {\n    c = a @ b;\n}\n");
     let target = Target::builtin("ascend910b").expect("target");
-    let mut given = kc_ir::launch::Args::default();
-    given.dims = [("M", 4), ("K", 4), ("N", 4)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let given = kc_ir::launch::Args {
+        dims: [("M", 4), ("K", 4), ("N", 4)].iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..Default::default()
+    };
     let args = kc_runtime::random::random_args(&g, &given, 1).expect("args");
     let f = fuse(&g, &FusionConfig::default());
     let b = kc_ir::launch::bind(&g, &args).expect("bind");
@@ -263,8 +267,10 @@ fn the_matmul_and_its_epilogue_are_both_stored() {
 #[test]
 fn host_matmul_blocks_have_one_l0c_slot() {
     let g = common::kernel("matmul", "matmul");
-    let mut given = kc_ir::launch::Args::default();
-    given.dims = [("M", 1024), ("K", 512), ("N", 1024)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let given = kc_ir::launch::Args {
+        dims: [("M", 1024), ("K", 512), ("N", 1024)].iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..Default::default()
+    };
     let args = kc_runtime::random::random_args(&g, &given, 23).expect("random args");
     let slots = |name: &str| -> u32 {
         let target = Target::builtin(name).expect("builtin target");
@@ -290,8 +296,8 @@ fn host_matmul_steps_are_512_deep() {
     assert_eq!(depth(&check(&g, &dims, "ascend910b", 21)), 256, "the NPU targets: 256");
     // The JIT on the host.
     let target = Target::builtin("host").expect("host target");
-    let mut given = kc_ir::launch::Args::default();
-    given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let given =
+        kc_ir::launch::Args { dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(), ..Default::default() };
     let args = kc_runtime::random::random_args(&g, &given, 22).expect("random args");
     let tp = tile(&g, &args, &target);
     let want = common::run(&g, &args);
@@ -383,8 +389,8 @@ kernel gram_ns(x: bf16[M, N], y: bf16[M, N]) -> (b: bf16[M, M], c: bf16[M, M]) {
             let tp = check(&g, &dims, npu, seed);
             assert!(!printed(&tp).iter().any(mirrored), "{npu}: every block");
         }
-        let mut given = kc_ir::launch::Args::default();
-        given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let given =
+            kc_ir::launch::Args { dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(), ..Default::default() };
         let args = kc_runtime::random::random_args(&g, &given, seed).expect("random args");
         let full_tp = tile(&g, &args, &full);
         assert!(!printed(&full_tp).iter().any(mirrored), "without symmetric_triangle: every block");
@@ -510,8 +516,8 @@ kernel squares(x: bf16[M, N], y: bf16[M, M]) -> (b: bf16[M, M], e: bf16[M, M], c
             }
         }
         // Without the host's symmetric products, nothing is transposed.
-        let mut given = kc_ir::launch::Args::default();
-        given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let given =
+            kc_ir::launch::Args { dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(), ..Default::default() };
         let args = kc_runtime::random::random_args(&g, &given, seed).expect("random args");
         let full_tp = tile(&g, &args, &full);
         for name in ["b", "e"] {
@@ -614,8 +620,10 @@ kernel ns_step(x: bf16[M, N], b: bf16[M, M]) -> (o: bf16[M, N], c: bf16[M, M]) {
     // (33, 70): one partial block per launch; (300, 530): 3 x 3 blocks of b·x over 9 units; (700, 1100): 6 x 5
     // blocks of b·x, two for most of the 16 units.
     for (m, n, seed) in [(33, 70, 1), (300, 530, 2), (700, 1100, 3)] {
-        let mut given = kc_ir::launch::Args::default();
-        given.dims = [("M".to_string(), m), ("N".to_string(), n)].into_iter().collect();
+        let given = kc_ir::launch::Args {
+            dims: [("M".to_string(), m), ("N".to_string(), n)].into_iter().collect(),
+            ..Default::default()
+        };
         let args = kc_runtime::random::random_args(&g, &given, seed).expect("random args");
         let tp = tile(&g, &args, &host);
         let mut whole = tp.clone();
@@ -639,8 +647,10 @@ kernel ns_step(x: bf16[M, N], b: bf16[M, M]) -> (o: bf16[M, N], c: bf16[M, M]) {
     }
 
     // A unit's area smaller than its blocks (a broken promise): the copy into it fails its bounds check.
-    let mut given = kc_ir::launch::Args::default();
-    given.dims = [("M".to_string(), 33), ("N".to_string(), 70)].into_iter().collect();
+    let given = kc_ir::launch::Args {
+        dims: [("M".to_string(), 33), ("N".to_string(), 70)].into_iter().collect(),
+        ..Default::default()
+    };
     let args = kc_runtime::random::random_args(&g, &given, 1).expect("random args");
     let mut small = tile(&g, &args, &host);
     for t in &mut small.tensors {
@@ -650,7 +660,7 @@ kernel ns_step(x: bf16[M, N], b: bf16[M, M]) -> (o: bf16[M, N], c: bf16[M, M]) {
     }
     let code = kc_codegen::compile(&small, &opts).expect("compiles");
     for threads in [1, 2] {
-        let err = code.run(&small, &g, &args, threads, &Default::default()).err().expect("fails");
+        let err = code.run(&small, &g, &args, threads, &Default::default()).expect_err("fails");
         assert!(err[0].message.contains("this unit's area of workspace"), "{}", err[0].message);
     }
 }
@@ -675,8 +685,8 @@ kernel same(x: bf16[M, N], y: bf16[M, N], s: bf16[M, M]) -> (b: bf16[M, M], c: b
     let target = Target::builtin("host").expect("host target");
     for (m, n, seed) in [(300, 200, 31), (200, 700, 32)] {
         let dims = [("M", m), ("N", n)];
-        let mut given = kc_ir::launch::Args::default();
-        given.dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let given =
+            kc_ir::launch::Args { dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(), ..Default::default() };
         let args = kc_runtime::random::random_args(&g, &given, seed).expect("random args");
         let tp = tile(&g, &args, &target);
         assert_eq!(tp.launches.len(), 4);

@@ -163,8 +163,7 @@ fn tiling_gather_cross_entropy_negative_targets() {
     for (n, v) in [(1, 1), (7, 1000), (13, 31), (50, 7)] {
         let mut rng = common::Rng::new((n * v) as u64);
         let logits = common::rand_tensor(&mut rng, DType::BF16, &[n as usize, v as usize]);
-        let target: Vec<i32> =
-            (0..n).map(|i| if i % 3 == 1 { -1 - (i % 5) as i32 } else { rng.int(0, v as i32) }).collect();
+        let target: Vec<i32> = (0..n).map(|i| if i % 3 == 1 { -1 - (i % 5) } else { rng.int(0, v) }).collect();
         let tt = common::i32_tensor(&[n as usize], target);
         let args = common::args(&[("logits", &logits), ("target", &tt)], &[]);
         for target in TARGETS {
@@ -229,7 +228,7 @@ fn tiling_gather_general_forms() {
     for (t, r, m, j) in [(1, 1, 1, 1), (7, 5, 13, 3), (3, 11, 2, 4), (70, 9, 3, 2)] {
         let mut rng = common::Rng::new((t * 100 + m) as u64);
         let x = common::rand_tensor(&mut rng, DType::F32, &[r as usize, m as usize]);
-        let idx: Vec<i32> = (0..t * j).map(|_| rng.int(0, r as i32)).collect();
+        let idx: Vec<i32> = (0..t * j).map(|_| rng.int(0, r)).collect();
         let n: Vec<i32> = (0..t * j).map(|_| rng.int(-50, 50)).collect();
         let args = common::args(
             &[
@@ -272,7 +271,7 @@ fn looped_reductions_keep_nans_and_signed_zeros() {
             })
             .collect();
         let x = kc_ir::tensor::Tensor::from_f32_as(DType::F32, vec![r as usize, m as usize], &xv).expect("x");
-        let idx: Vec<i32> = (0..t * j).map(|_| rng.int(0, r as i32)).collect();
+        let idx: Vec<i32> = (0..t * j).map(|_| rng.int(0, r)).collect();
         let args = common::args(&[("x", &x), ("idx", &common::i32_tensor(&[t as usize, j as usize], idx))], &[]);
         for target in TARGETS {
             check_args(&g, &args, target, &[], 0);
@@ -311,7 +310,7 @@ fn host_stores_gathered_rows_as_copies() {
             })
             .collect();
         let x = kc_ir::tensor::Tensor::new(vec![t, m], kc_ir::tensor::TensorData::BF16(xv)).expect("x");
-        let idx: Vec<i32> = (0..t * k).map(|_| rng.int(0, e as i32)).collect();
+        let idx: Vec<i32> = (0..t * k).map(|_| rng.int(0, e)).collect();
         let args = common::args(&[("x", &x), ("idx", &common::i32_tensor(&[t, k], idx))], &[("E", e as i64)]);
         let tp = common::tile_kernel(&g, &args, &host);
         // The launch that writes `xs` stores it by copies only, after forwarding.

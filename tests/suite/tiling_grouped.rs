@@ -116,8 +116,10 @@ fn several_k_steps_and_n_blocks() {
 
 #[test]
 fn skewed_and_empty_experts() {
+    // The dims `(R, M, F, E)`, named so that the cases' type reads at a glance.
+    type Dims = (i64, i64, i64, i64);
     let r = 41;
-    let cases: Vec<((i64, i64, i64, i64), Vec<i32>)> = vec![
+    let cases: Vec<(Dims, Vec<i32>)> = vec![
         // Every row in one expert: first, middle, last.
         ((r, 18, 20, 4), vec![0, r as i32, r as i32, r as i32, r as i32]),
         ((r, 18, 20, 4), vec![0, 0, r as i32, r as i32, r as i32]),
@@ -261,8 +263,10 @@ fn check_jit(dims: (i64, i64, i64, i64), offsets: Option<Vec<i32>>, seed: u64) {
 
 #[test]
 fn jit_matches_interpreter_at_awkward_shapes() {
+    // The dims `(R, M, F, E)`, named so that the cases' type reads at a glance.
+    type Dims = (i64, i64, i64, i64);
     let r = 41;
-    let cases: Vec<((i64, i64, i64, i64), Option<Vec<i32>>)> = vec![
+    let cases: Vec<(Dims, Option<Vec<i32>>)> = vec![
         ((1, 1, 1, 1), None),
         ((13, 17, 19, 3), None),
         ((37, 33, 47, 5), None),

@@ -169,13 +169,15 @@ fn attention_noncausal_matches_and_does_exactly_two_matmuls_of_macs() {
 fn attention_folds_scales_of_either_sign() {
     use kc_ir::graph::ReduceOp;
     use kc_ir::tile::Stmt;
+    // The dims `(B, H, G, S, T, D)` of `attn_dims`, named so that the cases' type reads at a glance.
+    type Dims = (i64, i64, i64, i64, i64, i64);
     let causal = common::kernel("attention", "attention");
     let nc = compile_src("attention_nc", NONCAUSAL);
     for g in [&causal, &nc] {
         for target in TARGETS {
             let target = Target::builtin(target).expect("builtin target");
             // The second shape (36 tasks of up to 2 blocks, on 24 cube cores) once: causal, on the 910B.
-            let mut cases: Vec<(f32, (i64, i64, i64, i64, i64, i64))> =
+            let mut cases: Vec<(f32, Dims)> =
                 [-30.0, -0.35, 0.0, -0.0, 30.0].iter().map(|&k| (k, (1, 2, 1, 130, 300, 16))).collect();
             if std::ptr::eq(g, &causal) && target.name == "ascend910b" {
                 cases.push((-30.0, (3, 4, 2, 270, 270, 8)));

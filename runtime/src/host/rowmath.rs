@@ -1919,6 +1919,9 @@ mod tests {
                         .iter()
                         .zip(&ys)
                         .map(|(&x, &y)| {
+                            // The operand order of `ROW_SWAP` on purpose (it decides a NaN product's payload);
+                            // Clippy takes the commuted products for the same block.
+                            #[allow(clippy::if_same_then_else)]
                             let p = if swap { s * x } else { x * s };
                             bits(&(p + y))
                         })
@@ -2070,6 +2073,9 @@ mod tests {
                         // NaNs compare as any NaN (the compiler may commute a scalar `*`).
                         let v: Vec<f32> = (0..n)
                             .map(|i| {
+                                // The operand order of `ROW_SWAP` on purpose (it decides a NaN product's payload);
+                                // Clippy takes the commuted products for the same block.
+                                #[allow(clippy::if_same_then_else)]
                                 let p = if swap { s * x_at(i) } else { x_at(i) * s };
                                 p + ys[i]
                             })
@@ -2194,7 +2200,8 @@ mod tests {
         let (mut answered, mut declined) = (0, 0);
         for block in 0..20_000 {
             let e_s = 67 + (rnd() % 121) as u32;
-            let s = f32::from_bits((e_s << 23) | (rnd() as u32 & 0x7F_FFFF)) * if rnd() % 2 == 0 { 1.0 } else { -1.0 };
+            let s = f32::from_bits((e_s << 23) | (rnd() as u32 & 0x7F_FFFF))
+                * if rnd().is_multiple_of(2) { 1.0 } else { -1.0 };
             let mut xs: Vec<f32> = (0..32)
                 .map(|_| {
                     // Mostly exponents in [-40, 40] (every pair passes), a quarter of the blocks in [-67, 67].
@@ -2266,7 +2273,7 @@ mod tests {
             for op in [ReduceOp::Max, ReduceOp::Min, ReduceOp::Sum] {
                 for (ai, acc) in accs.iter().enumerate() {
                     for bf16 in [false, true] {
-                        let acc_of = |r: usize| if r % 2 == 0 { *acc } else { accs[(ai + r) % accs.len()] };
+                        let acc_of = |r: usize| if r.is_multiple_of(2) { *acc } else { accs[(ai + r) % accs.len()] };
                         let mut got = vec![f32::from_bits(1); n_rows];
                         let (src, esz) =
                             if bf16 { (bf.as_ptr() as *const u8, 2) } else { (xs.as_ptr() as *const u8, 4) };
@@ -2433,6 +2440,9 @@ mod tests {
                     let want: Vec<f32> = (0..n)
                         .map(|c| {
                             let x = xs[c];
+                            // The operand order of `ROW_MASK_SWAP` on purpose, as in `kc_rt_row_mask` (`x · k` and
+                            // `k · x` differ in which NaN a product of two keeps).
+                            #[allow(clippy::if_same_then_else)]
                             let v = if flags & ROW_MASK_MUL == 0 {
                                 x
                             } else if flags & ROW_MASK_SWAP != 0 {
@@ -2535,7 +2545,7 @@ mod tests {
         for _ in 0..40 {
             let m = (rnd() as u32) & 0x7F_FFFF;
             let e = (100 + rnd() % 55) as u32;
-            divisors.push(f32::from_bits((e << 23) | m) * if rnd() % 2 == 0 { 1.0 } else { -1.0 });
+            divisors.push(f32::from_bits((e << 23) | m) * if rnd().is_multiple_of(2) { 1.0 } else { -1.0 });
         }
         let n = 4096 + 77;
         let xs: Vec<f32> = (0..n)
@@ -2554,7 +2564,7 @@ mod tests {
                 _ => {
                     let m = (rnd() as u32) & 0x7F_FFFF;
                     let e = (60 + rnd() % 135) as u32;
-                    f32::from_bits((e << 23) | m | if rnd() % 3 == 0 { 0x8000_0000 } else { 0 })
+                    f32::from_bits((e << 23) | m | if rnd().is_multiple_of(3) { 0x8000_0000 } else { 0 })
                 }
             })
             .collect();
