@@ -1797,7 +1797,7 @@ mod amx {
             lo_idx[t] = (from + t / 2) as u16;
             hi_idx[t] = (from + 16 + t / 2) as u16;
         }
-        // SAFETY: masked loads stay inside row `p < k` of the block; stores inside `dst`.
+        // SAFETY: masked loads stay inside row `p < k` of the block; stores inside `dst`; prefetches never fault.
         unsafe {
             let lo_idx = _mm512_loadu_si512(lo_idx.as_ptr().cast());
             let hi_idx = _mm512_loadu_si512(hi_idx.as_ptr().cast());
@@ -1805,9 +1805,18 @@ mod amx {
             // sequential row streams (a column chunk outer loop read it down the columns, a new line per load
             // at the row stride, which the prefetchers do not follow: 4x slower than a copy), and each column
             // chunk writes 2·PACK_PAIRS·64 contiguous bytes into each of two panels.
+            let row_lines = (n * 2).div_ceil(64);
             let mut pb = 0;
             while pb < kp / 2 {
                 let pe = (pb + PACK_PAIRS).min(kp / 2);
+                // The next block's rows are requested into L2 while this block is packed: each row's piece is
+                // a few lines on a page of its own (a 4096-wide tensor's rows are 8 KiB apart), which the
+                // hardware prefetcher does not fetch ahead, so the loads waited on memory row by row.
+                for r in (2 * pe).min(k)..(2 * (pe + PACK_PAIRS)).min(k) {
+                    for l in 0..row_lines {
+                        _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(r * ldb).cast::<u8>().wrapping_add(l * 64).cast());
+                    }
+                }
                 let mut j0 = 0;
                 while j0 < panels * 16 {
                     let mask = mask32(n - j0);
