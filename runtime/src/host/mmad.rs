@@ -1805,7 +1805,6 @@ mod amx {
             // sequential row streams (a column chunk outer loop read it down the columns, a new line per load
             // at the row stride, which the prefetchers do not follow: 4x slower than a copy), and each column
             // chunk writes 2·PACK_PAIRS·64 contiguous bytes into each of two panels.
-            let row_lines = (n * 2).div_ceil(64);
             let mut pb = 0;
             while pb < kp / 2 {
                 let pe = (pb + PACK_PAIRS).min(kp / 2);
@@ -1813,8 +1812,11 @@ mod amx {
                 // a few lines on a page of its own (a 4096-wide tensor's rows are 8 KiB apart), which the
                 // hardware prefetcher does not fetch ahead, so the loads waited on memory row by row.
                 for r in (2 * pe).min(k)..(2 * (pe + PACK_PAIRS)).min(k) {
-                    for l in 0..row_lines {
-                        _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(r * ldb).cast::<u8>().wrapping_add(l * 64).cast());
+                    // Every line of the row's `n` elements (which need not start a line).
+                    let row = b.wrapping_add(r * ldb).cast::<u8>();
+                    let skew = row as usize % 64;
+                    for l in 0..(skew + n * 2).div_ceil(64) {
+                        _mm_prefetch::<_MM_HINT_T1>(row.wrapping_sub(skew).wrapping_add(l * 64).cast());
                     }
                 }
                 let mut j0 = 0;
