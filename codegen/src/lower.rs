@@ -1791,9 +1791,9 @@ enum RowForm<'e> {
     /// `src op s`, or `s op src` (`swap`), `op` one of `+ - * /`, into `f32` or bf16:
     /// [`rowmath::kc_rt_row_scalar`].
     Scalar { src: &'e Region, s: &'e VExpr, op: BinOp, swap: bool },
-    /// `src · s + add` (or `s · src + add`: `swap`), `add` `f32`, `src` `f32` or bf16, into `f32` or bf16:
-    /// [`rowmath::kc_rt_row_axpy`].
-    Axpy { src: &'e Region, s: &'e VExpr, add: &'e Region, swap: bool },
+    /// `src · s + add` (or `s · src + add`: `swap`; `add + ` the product: `add_first`), `add` `f32`, `src`
+    /// `f32` or bf16, into `f32` or bf16: [`rowmath::kc_rt_row_axpy`].
+    Axpy { src: &'e Region, s: &'e VExpr, add: &'e Region, swap: bool, add_first: bool },
     /// `silu(src) · add`, both `f32`, into `f32` or bf16 (SwiGLU's gate): [`rowmath::kc_rt_row_silu_mul`].
     SiluMul { src: &'e Region, add: &'e Region },
     /// `where(a + c <= b, k · src, fill)` (or `src · k`: `swap`; `src` without `k`; `c + a`, or `c` without
@@ -2442,16 +2442,16 @@ fn f32_read<'e>(prog: &TileProgram, l: &Launch, e: &'e VExpr) -> Option<&'e Regi
     float_read(prog, l, e).filter(|r| region_dtype(prog, l, r) == Some(DType::F32))
 }
 
-/// `m + y` as [`RowForm::Axpy`]: `m` is `x · s` or `s · x`, `x` an element read of an `f32` or bf16 region,
-/// `y` one of an `f32` region, `s` row-invariant.
-fn axpy_form<'e>(prog: &TileProgram, l: &Launch, m: &'e VExpr, y: &'e VExpr) -> Option<RowForm<'e>> {
+/// `m + y` (with `add_first`, `y + m`) as [`RowForm::Axpy`]: `m` is `x · s` or `s · x`, `x` an element read
+/// of an `f32` or bf16 region, `y` one of an `f32` region, `s` row-invariant.
+fn axpy_form<'e>(prog: &TileProgram, l: &Launch, m: &'e VExpr, y: &'e VExpr, add_first: bool) -> Option<RowForm<'e>> {
     let add = f32_read(prog, l, y)?;
     let float_read = |e: &'e VExpr| float_read(prog, l, e);
     let VExpr::Binary(BinOp::Mul, a, b) = m else { return None };
     if let (Some(src), true) = (float_read(a), row_float(prog, l, b)) {
-        Some(RowForm::Axpy { src, s: b, add, swap: false })
+        Some(RowForm::Axpy { src, s: b, add, swap: false, add_first })
     } else if let (true, Some(src)) = (row_float(prog, l, a), float_read(b)) {
-        Some(RowForm::Axpy { src, s: a, add, swap: true })
+        Some(RowForm::Axpy { src, s: a, add, swap: true, add_first })
     } else {
         None
     }
@@ -2478,7 +2478,11 @@ fn row_form<'e>(prog: &TileProgram, l: &Launch, dst: &Region, expr: &'e VExpr) -
         VExpr::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div), a, b)
             if matches!(ddt, DType::F32 | DType::BF16) =>
         {
-            let axpy = (*op == BinOp::Add).then(|| axpy_form(prog, l, a, b)).flatten();
+            // The product first or second (a weighted sum's `acc + w · x`; the order only decides which
+            // NaN's payload a sum of two NaNs keeps, and the routine keeps the statement's order).
+            let axpy = (*op == BinOp::Add)
+                .then(|| axpy_form(prog, l, a, b, false).or_else(|| axpy_form(prog, l, b, a, true)))
+                .flatten();
             if let Some(form) = axpy {
                 form
             } else if let (Some(src), true) = (float_read(prog, l, a), row_float(prog, l, b)) {
@@ -3154,7 +3158,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
         }
         // `src · s + add` with `s` the same for every row: one call for the block, which requests the rows
         // ahead of the one it computes ([`rowmath::kc_rt_rows_axpy`]; each row the call below would make).
-        if let RowForm::Axpy { s, swap, .. } = form {
+        if let RowForm::Axpy { s, swap, add_first, .. } = form {
             if block_axpy(form) {
                 let sv = match self.sx(s, &reads, &consts, At { r: zero, c: zero, tail: true })? {
                     SV::F(v) => v,
@@ -3162,6 +3166,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 };
                 let Some(add) = &add else { return Err(self.err("a row update without its addend")) };
                 let mut f = if *swap { rowmath::ROW_SWAP } else { 0 };
+                if *add_first {
+                    f |= rowmath::ROW_ADD_FIRST;
+                }
                 if src.dtype == DType::BF16 {
                     f |= rowmath::ROW_SRC_BF16;
                 }
@@ -3237,7 +3244,7 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     let flags = g.iconst(f);
                     g.call("kc_rt_row_scalar", &[pd, ps, flags, sv, cols]);
                 }
-                RowForm::Axpy { s, swap, .. } => {
+                RowForm::Axpy { s, swap, add_first, .. } => {
                     let zero = g.iconst(0);
                     let sv = match g.sx(s, &reads, &consts, At { r, c: zero, tail: true })? {
                         SV::F(v) => v,
@@ -3246,6 +3253,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                     let Some(add) = &add else { return Err(g.err("a row update without its addend")) };
                     let pa = g.elem_addr(add, Some(r), None);
                     let mut f = if *swap { rowmath::ROW_SWAP } else { 0 };
+                    if *add_first {
+                        f |= rowmath::ROW_ADD_FIRST;
+                    }
                     if src.dtype == DType::BF16 {
                         f |= rowmath::ROW_SRC_BF16;
                     }
@@ -4266,8 +4276,10 @@ mod tests {
             Some(RowForm::Exp { s: None, k: Some(_), .. }) => "exp-mul",
             Some(RowForm::Scalar { swap: false, .. }) => "scalar",
             Some(RowForm::Scalar { swap: true, .. }) => "scalar-swapped",
-            Some(RowForm::Axpy { swap: false, .. }) => "axpy",
-            Some(RowForm::Axpy { swap: true, .. }) => "axpy-swapped",
+            Some(RowForm::Axpy { swap: false, add_first: false, .. }) => "axpy",
+            Some(RowForm::Axpy { swap: true, add_first: false, .. }) => "axpy-swapped",
+            Some(RowForm::Axpy { swap: false, add_first: true, .. }) => "add-axpy",
+            Some(RowForm::Axpy { swap: true, add_first: true, .. }) => "add-axpy-swapped",
             Some(RowForm::SiluMul { .. }) => "silu-mul",
             Some(RowForm::Mask { k: None, .. }) => "mask",
             Some(RowForm::Mask { k: Some(_), swap: false, .. }) => "mask-mul",
@@ -4316,8 +4328,9 @@ mod tests {
         let gx = |o| VExpr::Read(gm(0, off(o)));
         assert_eq!(form(gm(1, off(0)), bin(BinOp::Add, gx(0), row())), "scalar");
         assert_eq!(form(gm(1, off(0)), bin(BinOp::Add, gx(16), row())), "none");
-        // `x · s + y` (attention's `o = o · alpha + p·v`), in place too; not when the addend varies the other
-        // way, is a row value, overlaps the destination at another window, or is added first.
+        // `x · s + y` (attention's `o = o · alpha + p·v`), in place too, or `y + x · s` (a weighted sum's
+        // `acc + w · x`: the addend first, which the routine keeps); not when the addend varies the other way,
+        // is a row value, or overlaps the destination at another window.
         let y = || VExpr::Read(ub(2, 0));
         assert_eq!(form(ub(1, 0), bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())), "axpy");
         assert_eq!(form(ub(0, 0), bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())), "axpy");
@@ -4325,7 +4338,12 @@ mod tests {
         assert_eq!(form(ub(1, 0), bin(BinOp::Add, bin(BinOp::Mul, x(), row()), row())), "none");
         assert_eq!(form(ub(1, 0), bin(BinOp::Add, bin(BinOp::Mul, x(), x()), y())), "none");
         assert_eq!(form(ub(2, 16), bin(BinOp::Add, bin(BinOp::Mul, x(), row()), y())), "none");
-        assert_eq!(form(ub(1, 0), bin(BinOp::Add, y(), bin(BinOp::Mul, x(), row()))), "none");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Add, y(), bin(BinOp::Mul, x(), row()))), "add-axpy");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Add, y(), bin(BinOp::Mul, row(), x()))), "add-axpy-swapped");
+        assert_eq!(form(ub(0, 0), bin(BinOp::Add, y(), bin(BinOp::Mul, x(), row()))), "add-axpy");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Add, row(), bin(BinOp::Mul, x(), row()))), "none");
+        assert_eq!(form(ub(2, 16), bin(BinOp::Add, y(), bin(BinOp::Mul, x(), row()))), "none");
+        assert_eq!(form(ub(1, 0), bin(BinOp::Add, bin(BinOp::Mul, x(), row()), bin(BinOp::Mul, x(), row()))), "none");
         // SwiGLU's gate `silu(x) · y`; not with the operands the other way, a row value, or `y` overlapping
         // the destination at another window.
         let silu = |e: VExpr| VExpr::Unary(UnOp::Silu, bx(e));

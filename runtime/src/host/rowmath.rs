@@ -459,6 +459,9 @@ pub const ROW_OP_SHIFT: i64 = 3;
 /// pull into the caches: non-temporal stores where the host has them (a hint: the results are the same),
 /// not fenced: before another thread reads the row, this thread calls [`fence_streams`].
 pub const ROW_DST_STREAM: i64 = 32;
+/// [`kc_rt_row_axpy`]: the sum is `add + product` (otherwise `product + add`): the same value, the order
+/// deciding only which payload a sum of two NaNs keeps, as in the JIT's inline code.
+pub const ROW_ADD_FIRST: i64 = 64;
 
 /// One row of a vector statement `dst = exp(src - s)` (or `exp(src)`, or either with `k·src` for `src`:
 /// [`ROW_EXP_MUL`]), `f32` results from an `f32` or bf16 row, with the operations of the JIT's inline code
@@ -927,7 +930,7 @@ mod wide {
         dst: *mut u8,
         src: *const u8,
         add: *const f32,
-        swap: bool,
+        (swap, add_first): (bool, bool),
         s: f32,
         n: usize,
     ) {
@@ -938,7 +941,8 @@ mod wide {
             unsafe {
                 let x = load16::<SBF>(src, i);
                 let p = if swap { _mm512_mul_ps(sv, x) } else { _mm512_mul_ps(x, sv) };
-                let v = _mm512_add_ps(p, _mm512_loadu_ps(add.add(i)));
+                let a = _mm512_loadu_ps(add.add(i));
+                let v = if add_first { _mm512_add_ps(a, p) } else { _mm512_add_ps(p, a) };
                 if DBF {
                     _mm256_storeu_si256(dst.cast::<u16>().add(i).cast(), bf16x16(v));
                 } else {
@@ -1345,7 +1349,8 @@ unsafe fn silu_mul_scalar<const BF: bool>(dst: *mut u8, a: *const f32, b: *const
     }
 }
 
-/// One row of a vector statement `dst = src · s + add` (or `s · src + add`: [`ROW_SWAP`]), `s` the row's value
+/// One row of a vector statement `dst = src · s + add` (or `s · src + add`: [`ROW_SWAP`]; `add + ` the product:
+/// [`ROW_ADD_FIRST`], a weighted sum's `acc + w · x`, moe_combine's), `s` the row's value
 /// of a row-invariant expression, `add` `f32`, `src` `f32` or bf16 ([`ROW_SRC_BF16`]), `dst` `f32` or bf16
 /// ([`ROW_DST_BF16`]: rounded as [`bf16_bits`]): the product rounded, then the sum rounded (two operations,
 /// not a fused multiply-add: the bits of the JIT's inline code), 16 lanes at a time. Attention's rescaled
@@ -1357,17 +1362,17 @@ unsafe fn silu_mul_scalar<const BF: bool>(dst: *mut u8, a: *const f32, b: *const
 /// and `add` (`dst` `f32`), may be the same row, otherwise none overlaps another.
 pub unsafe extern "C" fn kc_rt_row_axpy(dst: *mut u8, src: *const u8, add: *const f32, flags: i64, s: f32, n: i64) {
     let n = n.max(0) as usize;
-    let swap = flags & ROW_SWAP != 0;
+    let order = (flags & ROW_SWAP != 0, flags & ROW_ADD_FIRST != 0);
     let (sbf, dbf) = (flags & ROW_SRC_BF16 != 0, flags & ROW_DST_BF16 != 0);
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: forwarded from the caller; the CPU has AVX-512F (and BW, VL: `has_avx512`).
         unsafe {
             match (sbf, dbf) {
-                (false, false) => wide::axpy_row::<false, false>(dst, src, add, swap, s, n),
-                (false, true) => wide::axpy_row::<false, true>(dst, src, add, swap, s, n),
-                (true, false) => wide::axpy_row::<true, false>(dst, src, add, swap, s, n),
-                (true, true) => wide::axpy_row::<true, true>(dst, src, add, swap, s, n),
+                (false, false) => wide::axpy_row::<false, false>(dst, src, add, order, s, n),
+                (false, true) => wide::axpy_row::<false, true>(dst, src, add, order, s, n),
+                (true, false) => wide::axpy_row::<true, false>(dst, src, add, order, s, n),
+                (true, true) => wide::axpy_row::<true, true>(dst, src, add, order, s, n),
             }
         }
         return;
@@ -1441,8 +1446,9 @@ pub unsafe extern "C" fn kc_rt_rows_axpy(args: *const i64, s: f32) {
 }
 
 /// Elements `from..n` of [`kc_rt_row_axpy`] one at a time (hosts without AVX-512, and the AVX-512 path's
-/// tails). The operands' order (`ROW_SWAP`) only decides which NaN payload a NaN product carries, which
-/// scalar code does not fix anyway (the compiler may commute a `*`): the values are the same.
+/// tails). The operands' order (`ROW_SWAP`, `ROW_ADD_FIRST`) only decides which NaN payload a NaN product
+/// or sum carries, which scalar code does not fix anyway (the compiler may commute a `*` or a `+`): the
+/// values are the same.
 ///
 /// # Safety
 /// As [`kc_rt_row_axpy`].
@@ -2057,9 +2063,9 @@ mod tests {
     }
 
     /// `kc_rt_row_axpy` with a bf16 source or destination gives the bits of the inline code: the source
-    /// widened, `x · s` rounded, plus `y` rounded, then (bf16 destination) rounded as `bf16_bits` — on random
-    /// bits and special values, lengths around the 16 lanes, `s` on either side, in place on the source's
-    /// row when both are bf16.
+    /// widened, `x · s` rounded, plus `y` rounded (or `y` plus it: `ROW_ADD_FIRST`), then (bf16 destination)
+    /// rounded as `bf16_bits` — on random bits and special values, lengths around the 16 lanes, `s` on either
+    /// side, in place on the source's row when both are bf16.
     #[test]
     fn row_update_with_bf16_rows_is_the_inline_codes_bits() {
         let mut rng = 0x2545f4914f6cdd1du64;
@@ -2068,7 +2074,7 @@ mod tests {
                 let (xs, ys) = update_rows(&mut rng, n);
                 let xb: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
                 for (sbf, dbf) in [(false, true), (true, false), (true, true)] {
-                    for swap in [false, true] {
+                    for (swap, add_first) in [(false, false), (true, false), (false, true), (true, true)] {
                         let x_at = |i: usize| if sbf { f32::from_bits(u32::from(xb[i]) << 16) } else { xs[i] };
                         // NaNs compare as any NaN (the compiler may commute a scalar `*`).
                         let v: Vec<f32> = (0..n)
@@ -2077,6 +2083,7 @@ mod tests {
                                 // Clippy takes the commuted products for the same block.
                                 #[allow(clippy::if_same_then_else)]
                                 let p = if swap { s * x_at(i) } else { x_at(i) * s };
+                                // With `ROW_ADD_FIRST` too: `y + p` is `p + y` but for a NaN's payload.
                                 p + ys[i]
                             })
                             .collect();
@@ -2089,6 +2096,9 @@ mod tests {
                             })
                             .collect();
                         let mut flags = if swap { ROW_SWAP } else { 0 };
+                        if add_first {
+                            flags |= ROW_ADD_FIRST;
+                        }
                         if sbf {
                             flags |= ROW_SRC_BF16;
                         }
