@@ -839,8 +839,8 @@ fn jit_zero_fills_clear_exactly_their_window() {
 
 /// A mixed matmul launch's elementwise epilogue `o = c · x + b @ x` (Muon's `b·x` step) runs on the host as
 /// one row routine call per block of rows (`kc_rt_rows_axpy`, which requests the rows ahead); with a
-/// per-row factor it stays a call per row, also with the product added second (`p + x · s`, a weighted
-/// sum's form: `ROW_ADD_FIRST`). On inputs whose products and sums are exact in f32 (small
+/// per-row factor it stays a call per row; either way also with the product added second (`p + x · s`, a
+/// weighted sum's form: `ROW_ADD_FIRST`). On inputs whose products and sums are exact in f32 (small
 /// integers), so that the matmul's summation order cannot matter, the JIT gives the interpreter's bits
 /// exactly, bf16 and f32 results, odd shapes with partial blocks in both directions, on 1 and 2 threads.
 #[test]
@@ -854,7 +854,8 @@ fn jit_mixed_epilogue_is_the_interpreters_bits() {
                kernel bxa(b: bf16[M, M], x: bf16[M, N], s: f32[M]) -> o: f32[M, N] {\n\
                let p = b @ x;\n\
                o[r, c] = p[r, c] + s[r] * x[r, c];\n\
-               }\n";
+               }\n\
+               kernel bxc(b: bf16[M, M], x: bf16[M, N]) -> o: bf16[M, N] { o = b @ x + 3.4445 * x; }\n";
     let prog = common::compile_ok_src("mixed", src);
     let target = Target::builtin("host").expect("builtin target");
     for g in &prog.kernels {
