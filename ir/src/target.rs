@@ -47,8 +47,9 @@ pub struct Target {
     /// (i+1)*k`) instead of every `cores`-th chunk (default false). On the host a core is a thread's unit
     /// of work: a contiguous run is one sequential stream per tensor, which the CPU's prefetchers follow.
     /// The grouped matmul template does the same with its work items (a core's items are consecutive, so
-    /// the n-blocks of a row tile share the packing of its rows), and the matmul template with its output
-    /// blocks (a core's blocks run along a row of C and share their rows of `a`).
+    /// the n-blocks of a row tile share the packing of its rows), the matmul template with its output
+    /// blocks (a core's blocks run along a row of C and share their rows of `a`), and the attention
+    /// backward template with its units (a core's units share their `k`/`v` or `q`/`dout` windows).
     #[serde(default)]
     pub contiguous_chunks: bool,
     /// How many blocks ahead of its p·v products the score template's cube computes scores (the depth of

@@ -672,6 +672,58 @@ fn jit_matmul_contiguous_block_runs_match_interpreter() {
     assert!(mixed > 0, "no launch ran an epilogue on vector cores");
 }
 
+/// The attention backward template on the host deals each cube core a contiguous run of its units (one
+/// head's i-blocks, one kv group's j-blocks from both ends in turn under the causal mask), with unit
+/// counts that do not divide among the cores (a remainder of units to the first cores) and that do; the
+/// results match the interpreter on 1 and 2 threads, with and without the mask, with the mask's offset
+/// (S < T). On an NPU target the units stay dealt round-robin (no `pos` register).
+#[test]
+fn jit_attention_backward_contiguous_units_match_interpreter() {
+    let causal = std::fs::read_to_string(common::kernel_path("attention_bwd")).expect("attention_bwd.ker");
+    let full = causal.replace(
+        "where(j <= i + (T - S),\n                              exp(scale * sum[d](q[b, h, i, d] * k[b, h / R, j, d]) - lse[b, h, i]),\n                              0.0)",
+        "exp(scale * sum[d](q[b, h, i, d] * k[b, h / R, j, d]) - lse[b, h, i])",
+    );
+    assert_ne!(full, causal, "the unmasked variant differs from the kernel");
+    for (ki, src) in [causal, full].iter().enumerate() {
+        let program = common::compile_ok_src("bwd_units", src);
+        let g = &program.kernels[0];
+        // Blocks of 32: row side 18 heads × 3 (or 2) i-blocks, column side 6 groups × 3 j-blocks.
+        for (s, t) in [(70i64, 70i64), (50, 80)] {
+            let dims: BTreeMap<String, i64> = [("B", 1), ("H", 18), ("G", 6), ("S", s), ("T", t), ("D", 16)]
+                .iter()
+                .map(|(d, v)| (d.to_string(), *v))
+                .collect();
+            let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+            let args = kc_runtime::random::random_args(g, &given, 31 + ki as u64).expect("random args");
+            let want = common::run(g, &args);
+            let npu = Target::builtin("ascend910b").expect("ascend910b");
+            let (_, tp, _) = tile_at(g, &dims, &npu);
+            assert!(tp.launches.iter().all(|l| !l.svars.iter().any(|v| v == "pos")), "round-robin on the NPU");
+            for cubes in [5u32, 16] {
+                let mut target = Target::builtin("host").expect("host target");
+                target.cube_cores = cubes;
+                target.vector_cores = 2 * cubes;
+                target.score_bwd_block = Some(32);
+                let (_, tp, _) = tile_at(g, &dims, &target);
+                let runs = tp.launches.iter().filter(|l| l.svars.iter().any(|v| v == "pos")).count();
+                assert_eq!(runs, 2, "both backward launches deal contiguous runs ({cubes} cores)");
+                let compiled = kc_codegen::compile(&tp, &opts()).expect("compiles");
+                for threads in [1, 2] {
+                    let (got, _) = compiled
+                        .run(&tp, g, &args, threads, &Limits::default())
+                        .unwrap_or_else(|e| panic!("kernel {ki} at {dims:?}, {cubes} cores: {e:?}"));
+                    assert_eq!(got.len(), want.len());
+                    for ((name, a), (_, b)) in got.iter().zip(&want) {
+                        let what = format!("kernel {ki}.{name} at {dims:?}, {cubes} cores, {threads} threads");
+                        assert_matches_within(&what, a, b, 0.25);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The JIT compiles a vector statement over a column of a UB buffer or GM tensor (`rows × 1`, `ld 1`) as the statement
 /// over one row (`kc_codegen::lower::columns_as_rows`): element reads along the column, one value per row
 /// (`ld 1`, or `ld 0`: one value), one per column, the row and column indices, in place, with a read of the

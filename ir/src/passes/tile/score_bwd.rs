@@ -24,7 +24,11 @@
 //! Two launches (one per side that has outputs), each a mixed launch with `ratio` vector cores per cube
 //! core. The column launch deals the `(b, g, j-block)` units to the cube cores round-robin and runs, per unit,
 //! every head `r` of the group and every `i`-block with unmasked entries; the row launch deals `(b, h,
-//! i-block)` units and runs every `j`-block with unmasked entries. Blocks are `blk × blk` (the target's
+//! i-block)` units and runs every `j`-block with unmasked entries. On a target with `contiguous_chunks`
+//! (the host) each core takes a contiguous run of units instead — one head's i-blocks, one group's j-blocks
+//! (taken from both ends in turn when causal, so that runs do equal work) — so that consecutive units read
+//! the same `k`/`v` (row side) or `q`/`dout` (column side) windows, which the host's matrix routine then
+//! finds packed. Blocks are `blk × blk` (the target's
 //! `score_bwd_block`: 64 by default, 128 on the host; smaller when `D` is large), partial at the edges; `D` is padded to 16 in the on-chip buffers only.
 //!
 //! ```text
@@ -630,15 +634,43 @@ fn build_side(
     let x = lb.svar("x");
     let r0 = lb.svar("r0");
     let rc = lb.svar("rc");
+    // On a target with `contiguous_chunks` (the host, where a cube core is a thread's unit of work and its
+    // units run one after another) core `k`'s `n`-th unit is item `k·q + min(k, rem) + n` of the side's
+    // `q·cubes + rem` items, so a core's items are consecutive: the i-blocks of one head (the row side),
+    // the j-blocks of one kv group (the column side), whose packed `k`/`v` (or `q`/`dout`) windows the next
+    // item finds in the matrix routine's cache instead of packing them again, and the cores of a causal
+    // row side do equal work. Elsewhere items are dealt round-robin (`pos` is the unit).
+    let items = units_of(side, p, ni, nj);
+    let pos = target.contiguous_chunks.then(|| lb.svar("pos"));
+    let item = || v(pos.unwrap_or(u));
 
     // The unit/step loop nest shared by both programs: `unit_pro`/`unit_epi` around the steps (cube only).
     let nest = |lo: SExpr, unit_pro: Vec<Stmt>, step: Vec<Stmt>, unit_epi: Vec<Stmt>| -> Stmt {
         let mut body = Vec::new();
+        if let Some(pos) = pos {
+            let (q, rem) = (items / cubes, items % cubes);
+            let mut value = add(mul(md(v(u), c(cubes)), c(q)), div(v(u), c(cubes)));
+            if rem > 0 {
+                value = add(value, min(md(v(u), c(cubes)), c(rem)));
+            }
+            body.push(Stmt::Set { var: pos, value });
+        }
         match side {
             Side::Col => {
-                body.push(Stmt::Set { var: bb, value: div(v(u), c(gg * nj)) });
-                body.push(Stmt::Set { var: gv, value: md(div(v(u), c(nj)), c(gg)) });
-                body.push(Stmt::Set { var: j0, value: mul(md(v(u), c(nj)), c(blk)) });
+                body.push(Stmt::Set { var: bb, value: div(item(), c(gg * nj)) });
+                body.push(Stmt::Set { var: gv, value: md(div(item(), c(nj)), c(gg)) });
+                // With contiguous items and a causal mask, a group's j-blocks go from both ends in turn (0,
+                // nj − 1, 1, nj − 2, …): a j-block's work falls with `j`, and a core's run of them — and the
+                // threads', which take every other core — would otherwise be all heavy or all light ones.
+                let jb = md(item(), c(nj));
+                let jb = match (pos, p.causal) {
+                    (Some(_), Some(_)) => {
+                        let half = div(jb.clone(), c(2));
+                        add(half.clone(), mul(md(jb, c(2)), sub(c(nj - 1), mul(half, c(2)))))
+                    }
+                    _ => jb,
+                };
+                body.push(Stmt::Set { var: j0, value: mul(jb, c(blk)) });
                 body.push(Stmt::Set { var: cols, value: min(c(blk), sub(c(t), v(j0))) });
                 body.extend(unit_pro);
                 let mut inner = vec![Stmt::Set { var: rows, value: min(c(blk), sub(c(s), v(i0))) }];
@@ -655,10 +687,10 @@ fn build_side(
                 body.push(Stmt::For { var: rv, lo: c(0), hi: c(r), step: 1, body: per_head });
             }
             Side::Row => {
-                body.push(Stmt::Set { var: bb, value: div(v(u), c(h * ni)) });
-                body.push(Stmt::Set { var: hh, value: md(div(v(u), c(ni)), c(h)) });
+                body.push(Stmt::Set { var: bb, value: div(item(), c(h * ni)) });
+                body.push(Stmt::Set { var: hh, value: md(div(item(), c(ni)), c(h)) });
                 body.push(Stmt::Set { var: gv, value: div(v(hh), c(r)) });
-                body.push(Stmt::Set { var: i0, value: mul(md(v(u), c(ni)), c(blk)) });
+                body.push(Stmt::Set { var: i0, value: mul(md(item(), c(ni)), c(blk)) });
                 body.push(Stmt::Set { var: rows, value: min(c(blk), sub(c(s), v(i0))) });
                 body.extend(unit_pro);
                 let mut inner = vec![Stmt::Set { var: cols, value: min(c(blk), sub(c(t), v(j0))) }];
@@ -672,7 +704,7 @@ fn build_side(
             }
         }
         body.extend(unit_epi);
-        Stmt::For { var: u, lo, hi: c(units_of(side, p, ni, nj)), step: cubes, body }
+        Stmt::For { var: u, lo, hi: c(items), step: cubes, body }
     };
     let row_off = || -> SExpr { mul(add(mul(add(mul(v(bb), c(h)), v(hh)), c(s)), v(i0)), c(d)) };
     let col_off = || -> SExpr { mul(add(mul(add(mul(v(bb), c(gg)), v(gv)), c(t)), v(j0)), c(d)) };
