@@ -58,7 +58,7 @@
 //! The workspace tensor is not in the [`GmPlan`] the caller passes: the launch refers to it as tensor
 //! `gm.tensors.len()`, and [`matmul_with_workspace`] returns the [`GmTensor`] to append there.
 
-use super::{add, bin, c, flag, mul, v, GmPlan, LaunchBuilder};
+use super::{add, bin, c, contiguous_item, flag, mul, v, GmPlan, LaunchBuilder};
 use crate::diag::Diagnostic;
 use crate::dtype::DType;
 use crate::graph::{Expr, ExprKind, Graph, NodeKind, ReduceOp, ValueId};
@@ -1064,22 +1064,18 @@ fn block_coords(
     out.push(Stmt::Set { var: n0, value: mul(col, c(bn)) });
 }
 
-/// The block (a row-major index over batch, m-block, n-block) that a core runs at loop value `blk`: the
-/// loop is `for blk in core .. blocks step cubes`, so `blk` is the core's `blk / cubes`-th block. Dealt
-/// round-robin, that block is `blk` itself. With the target's `contiguous_chunks` (the host, where a core is
-/// a unit of a thread's work) core `i` runs the consecutive blocks `i·q + min(i, r) ..` instead (`q, r =
-/// blocks / cubes, blocks % cubes`; core `i` has `q + (i < r)` of them either way): one after another its
-/// blocks go along a row of C, so they share their rows of `a` (which the host cube routine keeps packed,
-/// and which stay in the core's cache from one block to the next) and stream the columns of `b`.
+/// The block (a row-major index over batch, m-block, n-block) that a core runs at loop value `blk` of
+/// `for blk in core .. blocks step cubes`: `blk` itself dealt round-robin; with the target's
+/// `contiguous_chunks` (the host) the core's run of consecutive blocks ([`contiguous_item`]): one after
+/// another its blocks go along a row of C, so they share their rows of `a` (which the host cube routine
+/// keeps packed, and which stay in the core's cache from one block to the next) and stream the columns of
+/// `b`.
 fn block_of(blk: SExpr, blocks: i64, cubes: i64, contiguous: bool) -> SExpr {
-    if !contiguous || cubes <= 1 {
-        return blk;
+    if contiguous {
+        contiguous_item(blk, blocks, cubes)
+    } else {
+        blk
     }
-    let (q, r) = (blocks / cubes, blocks % cubes);
-    let core = bin(SBin::Mod, blk.clone(), c(cubes));
-    let j = bin(SBin::Div, blk, c(cubes));
-    let start = if r == 0 { mul(core, c(q)) } else { add(mul(core.clone(), c(q)), bin(SBin::Min, core, c(r))) };
-    add(start, j)
 }
 
 fn mine_expr(ratio: u32) -> SExpr {

@@ -285,6 +285,23 @@ pub fn min(a: SExpr, b: SExpr) -> SExpr {
     bin(SBin::Min, a, b)
 }
 
+/// The item that a core runs at loop value `u` of `for u in core .. items step cubes` when each core takes
+/// a contiguous run of the items (a target's `contiguous_chunks`: the host, where a core is a unit of a
+/// thread's work, its units run one after another): `u` is core `i = u % cubes`'s `u / cubes`-th item, and
+/// core `i` runs the consecutive items `i·q + min(i, r) ..` (`q, r = items / cubes, items % cubes`; core
+/// `i` has `q + (i < r)` of them either way, so this is a bijection of `0..items`). The matmul template's
+/// blocks and the attention backward template's units are dealt this way on such a target.
+pub fn contiguous_item(u: SExpr, items: i64, cubes: i64) -> SExpr {
+    if cubes <= 1 {
+        return u;
+    }
+    let (q, r) = (items / cubes, items % cubes);
+    let core = bin(SBin::Mod, u.clone(), c(cubes));
+    let n = bin(SBin::Div, u, c(cubes));
+    let start = if r == 0 { mul(core, c(q)) } else { add(mul(core.clone(), c(q)), bin(SBin::Min, core, c(r))) };
+    add(start, n)
+}
+
 /// `max(a, b)` on the scalar unit.
 pub fn max(a: SExpr, b: SExpr) -> SExpr {
     bin(SBin::Max, a, b)

@@ -62,7 +62,7 @@
 //! Not handled: several score contractions with different `D`, outputs with another epilogue than a
 //! scalar factor, score members read at shifted indices, `D` so large that even 16-wide blocks overflow L0C.
 
-use super::{add, bin, c, div, min, mul, sub, v, GmPlan, LaunchBuilder, Tiled};
+use super::{add, bin, c, contiguous_item, div, min, mul, sub, v, GmPlan, LaunchBuilder, Tiled};
 use crate::diag::Diagnostic;
 use crate::dtype::DType;
 use crate::graph::{BinOp, Const, Expr, ExprKind, Graph, NodeKind, ReduceOp, ValueId};
@@ -634,12 +634,10 @@ fn build_side(
     let x = lb.svar("x");
     let r0 = lb.svar("r0");
     let rc = lb.svar("rc");
-    // On a target with `contiguous_chunks` (the host, where a cube core is a thread's unit of work and its
-    // units run one after another) core `k`'s `n`-th unit is item `k·q + min(k, rem) + n` of the side's
-    // `q·cubes + rem` items, so a core's items are consecutive: the i-blocks of one head (the row side),
-    // the j-blocks of one kv group (the column side), whose packed `k`/`v` (or `q`/`dout`) windows the next
-    // item finds in the matrix routine's cache instead of packing them again, and the cores of a causal
-    // row side do equal work. Elsewhere items are dealt round-robin (`pos` is the unit).
+    // On a target with `contiguous_chunks` (the host) a core's items are consecutive (`contiguous_item`):
+    // the i-blocks of one head (the row side), the j-blocks of one kv group (the column side), whose packed
+    // `k`/`v` (or `q`/`dout`) windows the next item finds in the matrix routine's cache instead of packing
+    // them again. Elsewhere items are dealt round-robin (the item is the unit).
     let items = units_of(side, p, ni, nj);
     let pos = target.contiguous_chunks.then(|| lb.svar("pos"));
     let item = || v(pos.unwrap_or(u));
@@ -648,12 +646,7 @@ fn build_side(
     let nest = |lo: SExpr, unit_pro: Vec<Stmt>, step: Vec<Stmt>, unit_epi: Vec<Stmt>| -> Stmt {
         let mut body = Vec::new();
         if let Some(pos) = pos {
-            let (q, rem) = (items / cubes, items % cubes);
-            let mut value = add(mul(md(v(u), c(cubes)), c(q)), div(v(u), c(cubes)));
-            if rem > 0 {
-                value = add(value, min(md(v(u), c(cubes)), c(rem)));
-            }
-            body.push(Stmt::Set { var: pos, value });
+            body.push(Stmt::Set { var: pos, value: contiguous_item(v(u), items, cubes) });
         }
         match side {
             Side::Col => {
