@@ -102,10 +102,12 @@ pub struct Target {
     /// accumulators go through memory once instead of being stored, loaded back and stored again.
     #[serde(default)]
     pub score_cube_cols: Option<u32>,
-    /// Without a mask, the score template deals each cube core consecutive tasks (core `c` of `cubes` takes
-    /// tasks `c·r .. (c+1)·r`, `r` rounds: one batch's i-blocks, then the next batch's, which shares its K
-    /// and V when the heads are grouped) instead of every `cubes`-th task (default false: the cores at one
-    /// time work on neighbouring i-blocks of the same batches, whose K and V an NPU's shared L2 holds once).
+    /// The score template deals each cube core consecutive tasks (core `c` of `cubes` takes tasks `c·r ..
+    /// (c+1)·r`, `r` rounds: one batch's i-blocks, then the next batch's, which shares its K and V when the
+    /// heads are grouped; with the causal mask a batch's i-blocks from both ends in turn, the longest, the
+    /// shortest, the next longest.., so that runs of equal length do nearly equal work) instead of every
+    /// `cubes`-th task (default false: the cores at one time work on neighbouring i-blocks of the same
+    /// batches, whose K and V an NPU's shared L2 holds once; with the mask the longest i-blocks first).
     /// On the host a thread runs one core's tasks after another and its mmad keeps the K and V blocks it
     /// packed (a few dozen: the blocks of one or two heads), which every `cubes`-th task would not find.
     #[serde(default)]

@@ -25,7 +25,9 @@
 //! task is one (batch, i-block); the rows of an i-block are split between the `ratio` vector cores of the
 //! cube core (`hr = ⌈bm / ratio⌉` each, a *band*). Tasks are dealt to the cube cores round-robin; with the
 //! causal mask the longest (last) i-blocks first, in rounds of alternating direction, which balances the
-//! cores. A mask `where(j <= i + e, .., -inf)` with a constant `e ≥ 0` (causal attention, `e = T - S`) limits
+//! cores. A target may deal each core a run of consecutive tasks instead (`score_blocked_tasks`, the host:
+//! one batch's i-blocks, with the mask from both ends in turn, so that a run pairs long and short ones).
+//! A mask `where(j <= i + e, .., -inf)` with a constant `e ≥ 0` (causal attention, `e = T - S`) limits
 //! the blocks of an i-block to those with a visible column, and each block's columns to those its rows see
 //! (fully masked blocks are skipped). A cube tile whose first row does not see all its columns (the
 //! diagonal) is multiplied and written band by band, each band only as wide as its rows see; the vector
@@ -1114,11 +1116,13 @@ fn build(
     // first, then core 0 last), so the cores' totals differ by little. Task `k` of round `r`, at position
     // `pos` (the core), is `r * cubes + pos` in even rounds and `r * cubes + cubes - 1 - pos` in odd ones.
     let rounds = (tasks + cubes - 1) / cubes;
-    // Without the mask, a target may deal each core consecutive tasks instead (`score_blocked_tasks`, the
-    // host): task `k` of round `r` at position `pos` is `pos * rounds + r`, so a core works through one
-    // batch's i-blocks (and the batches of one K/V head) in a row, and its calls find the K and V blocks
-    // they pack in the host mmad's cache.
-    let blocked = p.causal.is_none() && target.score_blocked_tasks;
+    // A target may deal each core consecutive tasks instead (`score_blocked_tasks`, the host): task `k` of
+    // round `r` at position `pos` is `pos * rounds + r`, so a core works through one batch's i-blocks (and
+    // the batches of one K/V head) in a row, and its calls find the K and V blocks they pack in the host
+    // mmad's cache. With the mask the tasks are then batch-major too, a batch's i-blocks from both ends in
+    // turn (`nib - 1, 0, nib - 2, 1, ..`): any run of consecutive tasks pairs long i-blocks with short ones,
+    // so the cores' runs of equal length do nearly equal work.
+    let blocked = target.score_blocked_tasks;
     // Whether the tasks are dealt through `tk` (else the task index is the task).
     let dealt = p.causal.is_some() || blocked;
     // The dealt task of loop index `t` (round `t / cubes`) for the core's first task `start`.
@@ -1146,7 +1150,16 @@ fn build(
     // The coordinates of task `t` (with the causal mask: the dealt index `tk`; else the task index) into
     // `bi`, `i0`, `rows` and `njv`.
     let coords_at = |q: &mut Vec<Stmt>, t: SExpr, njv: SVar| {
-        if p.causal.is_some() {
+        if p.causal.is_some() && blocked {
+            // Position `q = t % nib` of the batch's zigzag: i-block `nib - 1 - q/2` for even `q`, `q/2` for
+            // odd, i.e. `nib - 1 - h + (q % 2)·(2h + 1 - nib)` with `h = q / 2`.
+            let q_at = bin(SBin::Mod, t.clone(), c(nib));
+            let h = bin(SBin::Div, q_at.clone(), c(2));
+            let odd = bin(SBin::Mod, q_at, c(2));
+            let blk = add(sub(c(nib - 1), h.clone()), mul(odd, add(mul(c(2), h), c(1 - nib))));
+            q.push(Stmt::Set { var: bi, value: bin(SBin::Div, t, c(nib)) });
+            q.push(Stmt::Set { var: i0, value: mul(blk, c(bm)) });
+        } else if p.causal.is_some() {
             q.push(Stmt::Set { var: bi, value: bin(SBin::Mod, t.clone(), c(batches)) });
             q.push(Stmt::Set { var: i0, value: mul(sub(c(nib - 1), bin(SBin::Div, t, c(batches))), c(bm)) });
         } else {
