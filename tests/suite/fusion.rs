@@ -137,7 +137,7 @@ fn moe_experts_is_a_grouped_matmul_chain() {
 fn unfused_hint_keeps_a_node_apart() {
     let (g, _) = fused("rmsnorm").remove(0);
     let rstd = ValueId(g.nodes.iter().position(|n| n.name.as_deref() == Some("rstd")).expect("rstd") as u32);
-    let f = fuse(&g, &FusionConfig { unfused: BTreeSet::from([rstd]), no_score: BTreeSet::new() });
+    let f = fuse(&g, &FusionConfig { unfused: BTreeSet::from([rstd]), ..Default::default() });
     let k = f.group_of[rstd.index()].expect("grouped");
     assert_eq!(f.groups[k].nodes, vec![rstd]);
     assert!(f.unfused.iter().any(|u| u.producer == rstd && u.reason.contains("schedule hint")));

@@ -53,6 +53,61 @@ fn jit_matches_interpreter() {
     }
 }
 
+/// A zero dim (`passes::empty`): every kernel of `kernels/`, with each of its dims set to 0 in turn (the
+/// others at a `sim` case's sizes), runs wherever the interpreter runs it, on every target and on 1 and 2
+/// threads, with the interpreter's results: empty outputs, and outputs of empty reductions (`a @ b` with
+/// `K = 0` is zeros, a mean over nothing NaN). Where the interpreter stops (a constraint, an index into an
+/// empty axis), the tiled program does not run to a result either.
+#[test]
+fn jit_matches_interpreter_with_a_zero_dim() {
+    let s = sizes();
+    let (mut ran, mut refused, mut filled) = (0, 0, 0);
+    for k in kernel_names() {
+        let prog = common::compile_ok(common::kernel_path(&k));
+        let base = s[&k].sim.get(1).unwrap_or(&s[&k].sim[0]);
+        for g in &prog.kernels {
+            for d in base.keys() {
+                let mut dims = base.clone();
+                dims.insert(d.clone(), 0);
+                let at = format!("{}.{} at {dims:?}", k, g.name);
+                let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+                // No random inputs at all (an index into an axis of size 0): nothing to compare.
+                let Ok(args) = kc_runtime::random::random_args(g, &given, 7) else { continue };
+                let want = kc_ir::interp::run(g, &args);
+                for t in ["ascend910b", "host"] {
+                    let target = Target::builtin(t).expect("builtin target");
+                    let tiled = kc_ir::launch::bind(g, &args)
+                        .map_err(|e| format!("{e:?}"))
+                        .and_then(|b| kc_ir::passes::tile::fuse_and_tile(g, &b, &target).map_err(|e| e.to_string()));
+                    let Ok(want) = &want else {
+                        // The interpreter stopped: the program must not produce results.
+                        if let Ok((_, tp, _, _)) = tiled {
+                            let compiled = kc_codegen::compile(&tp, &opts()).expect("compiles");
+                            let r = compiled.run(&tp, g, &args, 2, &Limits::default());
+                            assert!(r.is_err(), "{at} on {t}: the interpreter stops, the JIT ran");
+                        }
+                        refused += 1;
+                        continue;
+                    };
+                    let (_, tp, _, _) = tiled.unwrap_or_else(|e| panic!("{at} on {t}: {e}"));
+                    for (threads, got) in jit_on_1_and_2_threads(g, &tp, &args, &format!("{at} on {t}")) {
+                        assert_eq!(got.len(), want.len());
+                        for ((n, a), (_, b)) in got.iter().zip(want) {
+                            assert_matches_within(&format!("{at}.{n} on {t}, {threads} threads"), a, b, 0.25);
+                            if !b.is_empty() && t == "host" && threads == 1 {
+                                filled += 1;
+                            }
+                        }
+                    }
+                    ran += 1;
+                }
+            }
+        }
+    }
+    // 16 files, 18 kernels: most dims give a launch that runs; some break a constraint (`S <= T`, `H % G == 0`).
+    assert!(ran >= 80 && refused >= 8 && filled >= 20, "ran {ran}, refused {refused}, non-empty outputs {filled}");
+}
+
 /// Every kernel of the `tests/data/ok` fixtures that tiles at dims of 7 runs under the JIT and matches the
 /// interpreter (casts, integer division, masks, gathers, reductions, scalar outputs, ...).
 #[test]

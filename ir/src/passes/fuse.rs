@@ -40,6 +40,9 @@ pub struct FusionConfig {
     /// they were in at the sizes it was asked for, so they are fused by the other rules instead (see
     /// [`crate::passes::tile::fuse_and_tile`]).
     pub no_score: BTreeSet<ValueId>,
+    /// Nodes not to compute at the launch's dims (`crate::passes::empty`: no elements, or read only by such
+    /// nodes): in no group. A computed node that reads one lists it among its group's inputs.
+    pub skip: BTreeSet<ValueId>,
 }
 
 impl FusionConfig {
@@ -51,7 +54,7 @@ impl FusionConfig {
             .filter(|h| h.kind == HintKind::Unfused && h.node.index() < g.nodes.len())
             .map(|h| h.node)
             .collect();
-        FusionConfig { unfused, no_score: BTreeSet::new() }
+        FusionConfig { unfused, no_score: BTreeSet::new(), skip: BTreeSet::new() }
     }
 }
 
@@ -714,6 +717,14 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
             *slot = Some(root(&mut parent, gid));
         }
     }
+    // Nodes not computed at these dims leave their groups.
+    for v in &cfg.skip {
+        if let Some(slot) = group_of.get_mut(v.index()) {
+            if let Some(gid) = slot.take() {
+                groups[gid].1.remove(v);
+            }
+        }
+    }
     // Drop the emptied groups, renumbering in order of first member.
     let mut order: Vec<usize> = (0..groups.len()).filter(|&x| !groups[x].1.is_empty()).collect();
     order.sort_by_key(|&x| groups[x].1.iter().next().copied());
@@ -751,7 +762,8 @@ pub fn fuse(g: &Graph, cfg: &FusionConfig) -> Fusion {
             .copied();
         let space = widest.map(|w| g.node(w).shape.clone()).unwrap_or_default();
         let parallel = match kind {
-            GroupKind::Vector => *par,
+            // A group left with lower-rank members only (the others skipped) is parallel over what it has.
+            GroupKind::Vector => (*par).min(space.len()),
             GroupKind::Library => space.len().saturating_sub(1),
             _ => space.len().saturating_sub(2),
         };

@@ -89,6 +89,24 @@ pub fn plan_gm(g: &Graph, f: &Fusion, b: &Binding) -> Result<GmPlan, Diagnostic>
             of.insert(*v, id);
         }
     }
+    // Values a group reads that no group computes: nodes skipped at these dims (`passes::empty`), which
+    // have no elements (any other would have been computed): empty tensors, never written.
+    for gr in &f.groups {
+        for v in &gr.inputs {
+            if of.contains_key(v) || matches!(g.node(*v).kind, NodeKind::Param(_)) {
+                continue;
+            }
+            let node = g.node(*v);
+            let name = node.name.clone().unwrap_or_else(|| format!("t{}", v.0));
+            let shape = shape_of(b, &node.shape, &name)?;
+            if shape.iter().product::<u64>() != 0 {
+                continue;
+            }
+            let id = TensorId(tensors.len() as u32);
+            tensors.push(GmTensor { name, dtype: node.dtype, shape, role: TensorRole::Intermediate(*v) });
+            of.insert(*v, id);
+        }
+    }
     Ok(GmPlan { tensors, of })
 }
 
@@ -601,7 +619,11 @@ pub fn fuse_and_tile(
     b: &Binding,
     target: &Target,
 ) -> Result<(Fusion, TileProgram, Vec<usize>, Vec<Candidate>), Diagnostic> {
+    // At dims with a zero: empty reductions folded, nodes with no elements skipped (`passes::empty`).
+    let (folded, skip) = crate::passes::empty::specialize(g, b);
+    let g = folded.as_ref().unwrap_or(g);
     let mut cfg = crate::passes::fuse::FusionConfig::from_hints(g);
+    cfg.skip = skip;
     loop {
         let f = crate::passes::fuse::fuse(g, &cfg);
         match tile_or_fail(g, &f, b, target) {
