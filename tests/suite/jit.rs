@@ -108,8 +108,13 @@ fn jit_matches_interpreter_with_a_zero_dim() {
     assert!(ran >= 80 && refused >= 8 && filled >= 20, "ran {ran}, refused {refused}, non-empty outputs {filled}");
 }
 
-/// Every kernel of the `tests/data/ok` fixtures that tiles at dims of 7 runs under the JIT and matches the
-/// interpreter (casts, integer division, masks, gathers, reductions, scalar outputs, ...).
+/// The fixture kernels no template tiles at dims of 7 (E0606; docs/errors.md lists why; `order` tiles at
+/// 1, where its axis-0 library operations see rows of one element).
+const NOT_TILED: [&str; 7] = ["rescale", "join", "join_int", "order", "positions", "layouts", "linear"];
+
+/// Every kernel of the `tests/data/ok` fixtures but [`NOT_TILED`] tiles at dims of 7 and 1, runs under the JIT
+/// and matches the interpreter (casts, integer division, masks, gathers, reductions, scalar outputs, size-1
+/// broadcasts, reads through `squeeze` and `unsqueeze`, ...).
 #[test]
 fn jit_matches_interpreter_on_the_fixtures() {
     let dir = common::repo_root().join("tests/data/ok");
@@ -120,26 +125,36 @@ fn jit_matches_interpreter_on_the_fixtures() {
     for f in files.iter().filter(|p| p.extension().is_some_and(|e| e == "ker")) {
         let prog = common::compile_ok(f);
         for g in &prog.kernels {
-            let dims: BTreeMap<String, i64> = g.dims.iter().map(|d| (d.clone(), 7)).collect();
-            let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
-            let Ok(args) = kc_runtime::random::random_args(g, &given, 3) else { continue };
-            let Ok(want) = kc_ir::interp::run(g, &args) else { continue };
-            let Ok(b) = kc_ir::launch::bind(g, &args) else { continue };
-            // Kernels no template tiles yet (E0606) are the tiler's gaps, not the JIT's.
-            let Ok((_, tp, _, _)) = kc_ir::passes::tile::fuse_and_tile(g, &b, &target) else { continue };
-            let compiled = kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("{}: {e:?}", g.name));
-            for threads in [1, 2] {
-                let (got, _) = compiled
-                    .run(&tp, g, &args, threads, &Limits::default())
-                    .unwrap_or_else(|e| panic!("{} ({}): {e:?}", g.name, f.display()));
-                for ((n, a), (_, b)) in got.iter().zip(&want) {
-                    assert_matches_within(&format!("{}.{n} ({})", g.name, f.display()), a, b, 0.25);
+            // At 7, and at 1 (size-1 axes everywhere: a broadcast of a `[1, 1]` value is one element).
+            for n in [7, 1] {
+                let dims: BTreeMap<String, i64> = g.dims.iter().map(|d| (d.clone(), n)).collect();
+                let given = Args { tensors: BTreeMap::new(), dims: dims.clone() };
+                let Ok(args) = kc_runtime::random::random_args(g, &given, 3) else { continue };
+                let Ok(want) = kc_ir::interp::run(g, &args) else { continue };
+                let Ok(b) = kc_ir::launch::bind(g, &args) else { continue };
+                // The tiler's known gaps (E0606, docs/errors.md) are skipped; every other kernel must tile.
+                let tiled = kc_ir::passes::tile::fuse_and_tile(g, &b, &target);
+                if NOT_TILED.contains(&g.name.as_str()) {
+                    let now = n != 7 || tiled.is_err();
+                    assert!(now, "{} now tiles: take it off NOT_TILED (and docs/errors.md)", g.name);
+                    continue;
                 }
+                let at = format!("{} ({}) at {n}", g.name, f.display());
+                let (_, tp, _, _) = tiled.unwrap_or_else(|e| panic!("{at}: {e}"));
+                let compiled = kc_codegen::compile(&tp, &opts()).unwrap_or_else(|e| panic!("{at}: {e:?}"));
+                for threads in [1, 2] {
+                    let (got, _) = compiled
+                        .run(&tp, g, &args, threads, &Limits::default())
+                        .unwrap_or_else(|e| panic!("{at}: {e:?}"));
+                    for ((n, a), (_, b)) in got.iter().zip(&want) {
+                        assert_matches_within(&format!("{at}.{n}"), a, b, 0.25);
+                    }
+                }
+                ran += 1;
             }
-            ran += 1;
         }
     }
-    assert!(ran >= 15, "only {ran} fixture kernels ran under the JIT");
+    assert!(ran >= 36, "only {ran} fixture kernel runs under the JIT");
 }
 
 /// `tp` compiled once and run on 1 and 2 threads: each thread count with its results (`at` names the case

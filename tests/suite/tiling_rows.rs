@@ -97,12 +97,13 @@ fn tiling_rows_layernorm() {
 }
 
 /// RMSNorm backward: the row group (`c` and `dx`) is row-wise; `dw` reduces across rows and is left to
-/// another template.
+/// another template, except at `T = D = 1`, where every value it reads is one element (read as a scalar).
 #[test]
 fn tiling_rows_rmsnorm_bwd_row_group() {
     let prog = common::compile_ok(common::kernel_path("rmsnorm_bwd"));
     for target in TARGETS {
-        for (t, d) in [(1, 1), (7, 33), (100, 257)] {
+        check_prog(&prog, &[("T", 1), ("D", 1)], target, 3, &[], 0);
+        for (t, d) in [(7, 33), (100, 257)] {
             check_prog(&prog, &[("T", t), ("D", d)], target, 3, &["dw"], 1);
         }
     }

@@ -613,15 +613,38 @@ pub fn tile_tuned(g: &Graph, f: &Fusion, b: &Binding, target: &Target) -> Result
 /// Fuses `g` (honouring its hints) and tiles it. A score (flash) group that no template can tile at these
 /// sizes — a value too wide for the on-chip accumulators, say — is fused again by the other rules (its
 /// members become matmuls with epilogues and vector groups, with the score-shaped values in GM), and tiled
-/// again; any other failure is the error.
-pub fn fuse_and_tile(
-    g: &Graph,
-    b: &Binding,
-    target: &Target,
-) -> Result<(Fusion, TileProgram, Vec<usize>, Vec<Candidate>), Diagnostic> {
+/// again. Before fusing, the graph is specialized to the zero dims of `b` ([`crate::passes::empty`]); when
+/// a group is still left without a template, the kernel is fused and tiled once more with its loads read
+/// through copies ([`crate::passes::copies`]: `squeeze(mu)[n]` as `mu[n, 0]`); any other failure, or a
+/// second one, is the (first) error. The fusion returned is of the graph that tiled, whose node ids are
+/// `g`'s.
+pub fn fuse_and_tile(g: &Graph, b: &Binding, target: &Target) -> Result<FusedKernel, Diagnostic> {
     // At dims with a zero: empty reductions folded, nodes with no elements skipped (`passes::empty`).
     let (folded, skip) = crate::passes::empty::specialize(g, b);
     let g = folded.as_ref().unwrap_or(g);
+    match fuse_and_tile_graph(g, b, target, skip.clone()) {
+        // A group no template takes, with loads that name copies: once more on the graph that reads
+        // through them (`passes::copies`), the vector templates' form; the first error if that fails too.
+        Err((true, d)) => match crate::passes::copies::read_through(g) {
+            Some((through, unread)) => {
+                let skip = skip.into_iter().chain(unread).collect();
+                fuse_and_tile_graph(&through, b, target, skip).map_err(|_| d)
+            }
+            None => Err(d),
+        },
+        r => r.map_err(|(_, d)| d),
+    }
+}
+
+/// [`fuse_and_tile`] of `g` as it is, with the nodes `skip` not computed; a failure says whether it is a
+/// group no template took.
+#[allow(clippy::result_large_err)] // built once per failed tiling, never in a loop
+fn fuse_and_tile_graph(
+    g: &Graph,
+    b: &Binding,
+    target: &Target,
+    skip: std::collections::BTreeSet<ValueId>,
+) -> Result<FusedKernel, (bool, Diagnostic)> {
     let mut cfg = crate::passes::fuse::FusionConfig::from_hints(g);
     cfg.skip = skip;
     loop {
@@ -632,14 +655,18 @@ pub fn fuse_and_tile(
                 let gr = &f.groups[k];
                 if gr.kind != crate::passes::fuse::GroupKind::Score || gr.nodes.iter().all(|v| cfg.no_score.contains(v))
                 {
-                    return Err(d);
+                    return Err((true, d));
                 }
                 cfg.no_score.extend(gr.nodes.iter().copied());
             }
-            Err((None, d)) => return Err(d),
+            Err((None, d)) => return Err((false, d)),
         }
     }
 }
+
+/// A fused and tiled kernel: the fusion, the program, the fusion group of each launch, and the candidate
+/// tilings weighed.
+pub type FusedKernel = (Fusion, TileProgram, Vec<usize>, Vec<Candidate>);
 
 /// [`tile_tuned`]; a failure says which group no template took, if that is what failed.
 #[allow(clippy::result_large_err)] // built once per failed tiling, never in a loop

@@ -13,6 +13,12 @@
 //!   (`w[d]` in `y[t, d]`): copied once before the row loop, read with [`VExpr::ReadCol`];
 //! - of a scalar (rank 0): copied once, read with [`VExpr::ReadRow`] of a row-stride-0 region.
 //!
+//! Axes of size 1 hold no data: where a read fits none of these forms as written, its source's axes of
+//! size 1 (each read at 0: the constant or a variable of extent 1) and the reader's columns of extent 1
+//! are dropped and the forms tried again (`x[n, 0, d]` of an `[N, 1, D]` source is row-aligned in a member
+//! `[N, D, 1]`, `row[0, m]` of a `[1, M]` one a column broadcast); a source of size-1 axes only is one
+//! element, read as a scalar.
+//!
 //! Members read each other the same way, from their UB buffers. A reduction `op[vars](body)` in a member's
 //! body (sum, max or min; not nested) becomes a vector statement computing `body` into a `[Rt, W_red]` UB
 //! temporary (the reduction variables are its columns; skipped when `body` is a bare row-aligned read,
@@ -303,13 +309,61 @@ impl Member<'_> {
             let aligned = idx.len() - p == cols.vars.len()
                 && idx[p..].iter().zip(&cols.vars).all(|(e, k)| is_var(e, *k))
                 && inner == cols.extents.as_slice();
+            if aligned {
+                return Some(Src { kind: Kind::Rows, width: w });
+            }
+            // Axes of size 1 hold no data: the source's read at index 0 there, the columns' of extent 1,
+            // dropped on both sides (`x[n, 0, d]` of an `[N, 1, D]` source in a member `[N, D, 1]`), leave the
+            // same elements in the same order.
+            let (ki, kd) = self.squeezed(&idx[p..], inner)?;
+            let kc = cols.vars.iter().zip(&cols.extents).filter(|(_, e)| **e != 1).map(|(v, _)| *v).collect::<Vec<_>>();
+            let aligned = ki.len() == kc.len()
+                && ki.iter().zip(&kc).all(|(e, k)| is_var(e, *k))
+                && kd == cols.extents.iter().copied().filter(|e| *e != 1).collect::<Vec<_>>();
             return aligned.then_some(Src { kind: Kind::Rows, width: w });
         }
         let bcast = !cols.vars.is_empty()
             && idx.len() == cols.vars.len()
             && idx.iter().zip(&cols.vars).all(|(e, k)| is_var(e, *k))
             && sdims == cols.extents;
+        if bcast {
+            return Some(Src { kind: Kind::Cols, width: cols.width() });
+        }
+        // The same with the axes of size 1 dropped (`row[0, m]` of a `[1, M]` source in `y[n, m]`).
+        let (ki, kd) = self.squeezed(idx, &sdims)?;
+        if ki.is_empty() {
+            // Every axis of size 1: one element, at offset 0, as a scalar's.
+            return Some(Src { kind: Kind::Scalar, width: 1 });
+        }
+        let kc = cols.vars.iter().zip(&cols.extents).filter(|(_, e)| **e != 1).map(|(v, _)| *v).collect::<Vec<_>>();
+        let bcast = !kc.is_empty()
+            && ki.len() == kc.len()
+            && ki.iter().zip(&kc).all(|(e, k)| is_var(e, *k))
+            && kd == cols.extents.iter().copied().filter(|e| *e != 1).collect::<Vec<_>>();
         bcast.then_some(Src { kind: Kind::Cols, width: cols.width() })
+    }
+
+    /// `idx` and `dims` without the axes of size 1, each of which must be read at 0 (a constant 0 or a
+    /// variable of extent 1); `None` if one is not.
+    fn squeezed<'e>(&self, idx: &'e [Expr], dims: &[i64]) -> Option<(Vec<&'e Expr>, Vec<i64>)> {
+        let zero = |e: &Expr| match e.kind {
+            ExprKind::Const(Const::I32(0)) => true,
+            ExprKind::Var(x) => self.ext.get(x.index()) == Some(&1),
+            _ => false,
+        };
+        let mut ki = Vec::new();
+        let mut kd = Vec::new();
+        for (e, d) in idx.iter().zip(dims) {
+            if *d == 1 {
+                if !zero(e) {
+                    return None;
+                }
+            } else {
+                ki.push(e);
+                kd.push(*d);
+            }
+        }
+        Some((ki, kd))
     }
 
     /// Checks `e` under `cols` (and the looped reductions' variables `scalars`), recording the reads in
