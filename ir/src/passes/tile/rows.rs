@@ -64,7 +64,10 @@
 //!
 //! The group's own row axes are tried first with direct reads only; then `1..=parallel` leading axes with
 //! gathers and looped reductions (a group `[T, E]` whose member reads `groups[t, g]` under a sum over `g`
-//! becomes one row axis with `E` columns and a loop over `g`).
+//! becomes one row axis with `E` columns and a loop over `g`); last, for a group no form above takes, the
+//! same with gathers of plain reads too (a transposition `x[a, c, b]`, a broadcast over some row axes
+//! `g[n, 0]` in `y[b, n, m]`, `concat`'s second operand): correct, one element (or row) at a time, and only
+//! where the group would otherwise have no template at all.
 //!
 //! The launch splits the row blocks across the vector cores (core `i` takes blocks `i`, `i + cores`, ...; on
 //! a target with `contiguous_chunks`, the host, a run of consecutive blocks, slot 1 the block after slot 0's)
@@ -233,8 +236,20 @@ struct Member<'a> {
     rows: &'a [i64],
     /// Evaluated extents of every index variable of the member.
     ext: Vec<i64>,
-    /// Whether gathers and looped reductions may be used.
-    allow: bool,
+    /// Which gathers (and whether looped reductions) may be used.
+    allow: Gathers,
+}
+
+/// The reads a row-wise attempt may gather from GM, in the order the attempts are made.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Gathers {
+    /// None: direct reads only (no looped reductions either).
+    No,
+    /// Reads at computed indices (data, arithmetic) or a looped reduction's variable.
+    Computed,
+    /// Any read, plain variables in another order too (a transposition, a broadcast over some row axes),
+    /// one element at a time: the last resort, for groups no other form takes.
+    Plain,
 }
 
 fn dtype_of(t: ScalarTy) -> Option<DType> {
@@ -394,13 +409,14 @@ impl Member<'_> {
                 }
                 // A gather from GM: for an index computed from data or arithmetic, or a looped reduction's
                 // variable; a read at plain variables in another order (a transposition, a reduction across
-                // rows) is for a template that copies blocks, not one element at a time.
+                // rows) is for a template that copies blocks, not one element at a time, unless no form
+                // without it tiles the group (`Gathers::Plain`, the last attempt).
                 let plain = idx.iter().all(|x| match x.kind {
                     ExprKind::Var(v) => !scalars.contains(&v.index()),
                     ExprKind::Const(_) => true,
                     _ => false,
                 });
-                if !self.allow || plain {
+                if self.allow == Gathers::No || plain && self.allow != Gathers::Plain {
                     return None;
                 }
                 let sdims = eval_dims(self.b, &self.g.node(*src).shape)?;
@@ -448,7 +464,7 @@ impl Member<'_> {
                 let at = plan.reds.len();
                 if mentions(body, &cols.vars) {
                     // The body reads the member's columns: loop over the reduction variables.
-                    if !self.allow || prod(&extents) == i64::MAX {
+                    if self.allow == Gathers::No || prod(&extents) == i64::MAX {
                         return None;
                     }
                     plan.reds.push(Red { width: cols.width(), dtype, direct: false, looped: Some(extents) });
@@ -475,7 +491,8 @@ impl Member<'_> {
 ///
 /// The group's own row axes are tried first with only direct reads (the form the template had before
 /// gathers); then `1..=parallel` leading axes as rows (the rest become columns, so that a row gather reads
-/// whole rows and a reduction may read the group's later axes), with gathers and looped reductions.
+/// whole rows and a reduction may read the group's later axes), with gathers and looped reductions; then
+/// with gathers of plain reads as well.
 pub fn rows(
     g: &Graph,
     group: &Group,
@@ -501,13 +518,15 @@ pub fn rows_tuned(
     let p = group.parallel;
     let most = std::cell::Cell::new(None);
     // Each attempt reports its own most rows (an attempt that fails later must not leave its figure).
-    let attempt = |q: usize, allow: bool| {
+    let attempt = |q: usize, allow: Gathers| {
         most.set(None);
         rows_at(g, group, name, gm, target, b, q, allow, None, &most)
     };
-    let (q, allow, first) = match attempt(p, false) {
-        Some(r) => (p, false, r),
-        None => (1..=p).find_map(|q| attempt(q, true).map(|r| (q, true, r)))?,
+    let (q, allow, first) = match attempt(p, Gathers::No) {
+        Some(r) => (p, Gathers::No, r),
+        None => [Gathers::Computed, Gathers::Plain]
+            .into_iter()
+            .find_map(|a| (1..=p).find_map(|q| attempt(q, a).map(|r| (q, a, r))))?,
     };
     let first = match first {
         Ok(l) => l,
@@ -525,7 +544,8 @@ pub fn rows_tuned(
     Some(tuned.map(|t| t.unwrap_or((first, Vec::new()))))
 }
 
-/// The launch with the first `p` axes of the group's space as rows; `allow`: gathers and looped reductions.
+/// The launch with the first `p` axes of the group's space as rows; `allow`: the gathers (and looped
+/// reductions) it may use.
 #[allow(clippy::too_many_arguments)]
 fn rows_at(
     g: &Graph,
@@ -535,7 +555,7 @@ fn rows_at(
     target: &Target,
     b: &Binding,
     p: usize,
-    allow: bool,
+    allow: Gathers,
     forced: Option<i64>,
     most: &std::cell::Cell<Option<i64>>,
 ) -> Option<Result<Launch, Diagnostic>> {
