@@ -503,6 +503,26 @@ impl Expr {
         }
     }
 
+    /// Calls `f` on each direct sub-expression, mutably (the same children as [`Expr::for_each_child`]).
+    pub fn for_each_child_mut(&mut self, mut f: impl FnMut(&mut Expr)) {
+        match &mut self.kind {
+            ExprKind::Const(_) | ExprKind::Var(_) | ExprKind::Dim(_) => {}
+            ExprKind::Load { idx, .. } => idx.iter_mut().for_each(f),
+            ExprKind::Unary(_, a) | ExprKind::Cast(_, a) => f(a),
+            ExprKind::Binary(_, a, b) => {
+                f(a);
+                f(b)
+            }
+            ExprKind::Select(c, a, b) => {
+                f(c);
+                f(a);
+                f(b)
+            }
+            ExprKind::Reduce { body, .. } => f(body),
+            ExprKind::Segment { value, .. } => f(value),
+        }
+    }
+
     /// Visits this expression and every sub-expression, parents first.
     pub fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Expr)) {
         f(self);

@@ -75,26 +75,7 @@ fn pure_copy(g: &Graph, v: ValueId) -> Option<(ValueId, Vec<Expr>)> {
 fn rewrite(e: &mut Expr, copies: &[Option<(ValueId, Vec<Expr>)>]) -> bool {
     let mut changed = false;
     // Children first: index expressions may themselves load copies.
-    match &mut e.kind {
-        ExprKind::Const(_) | ExprKind::Var(_) | ExprKind::Dim(_) => {}
-        ExprKind::Load { idx, .. } => {
-            for x in idx.iter_mut() {
-                changed |= rewrite(x, copies);
-            }
-        }
-        ExprKind::Unary(_, a) | ExprKind::Cast(_, a) => changed |= rewrite(a, copies),
-        ExprKind::Binary(_, a, b) => {
-            changed |= rewrite(a, copies);
-            changed |= rewrite(b, copies);
-        }
-        ExprKind::Select(c, a, b) => {
-            changed |= rewrite(c, copies);
-            changed |= rewrite(a, copies);
-            changed |= rewrite(b, copies);
-        }
-        ExprKind::Reduce { body, .. } => changed |= rewrite(body, copies),
-        ExprKind::Segment { value, .. } => changed |= rewrite(value, copies),
-    }
+    e.for_each_child_mut(|x| changed |= rewrite(x, copies));
     // A bounded number of hops (each goes to an earlier node).
     for _ in 0..copies.len() {
         let ExprKind::Load { src, idx } = &e.kind else { break };
@@ -114,25 +95,9 @@ fn substitute(e: &Expr, args: &[Expr]) -> Expr {
         }
     }
     let mut out = e.clone();
-    match &mut out.kind {
-        ExprKind::Const(_) | ExprKind::Var(_) | ExprKind::Dim(_) => {}
-        ExprKind::Load { idx, .. } => {
-            for x in idx.iter_mut() {
-                *x = substitute(x, args);
-            }
-        }
-        ExprKind::Unary(_, a) | ExprKind::Cast(_, a) => **a = substitute(a, args),
-        ExprKind::Binary(_, a, b) => {
-            **a = substitute(a, args);
-            **b = substitute(b, args);
-        }
-        ExprKind::Select(c, a, b) => {
-            **c = substitute(c, args);
-            **a = substitute(a, args);
-            **b = substitute(b, args);
-        }
-        ExprKind::Reduce { body, .. } => **body = substitute(body, args),
-        ExprKind::Segment { value, .. } => **value = substitute(value, args),
-    }
+    out.for_each_child_mut(|x| {
+        let y = substitute(x, args);
+        *x = y;
+    });
     out
 }

@@ -76,22 +76,7 @@ fn fold(e: &mut Expr, vars: &[IndexVar], b: &Binding) {
             }
         }
     }
-    match &mut e.kind {
-        ExprKind::Const(_) | ExprKind::Var(_) | ExprKind::Dim(_) => {}
-        ExprKind::Load { idx, .. } => idx.iter_mut().for_each(|x| fold(x, vars, b)),
-        ExprKind::Unary(_, a) | ExprKind::Cast(_, a) => fold(a, vars, b),
-        ExprKind::Binary(_, a, c) => {
-            fold(a, vars, b);
-            fold(c, vars, b);
-        }
-        ExprKind::Select(c, x, y) => {
-            fold(c, vars, b);
-            fold(x, vars, b);
-            fold(y, vars, b);
-        }
-        ExprKind::Reduce { body, .. } => fold(body, vars, b),
-        ExprKind::Segment { value, .. } => fold(value, vars, b),
-    }
+    e.for_each_child_mut(|x| fold(x, vars, b));
 }
 
 /// The nodes not to compute: those with no elements, and those (not results) whose every reader is
