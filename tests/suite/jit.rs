@@ -54,8 +54,8 @@ fn jit_matches_interpreter() {
 }
 
 /// A zero dim (`passes::empty`): every kernel of `kernels/`, with each of its dims set to 0 in turn (the
-/// others at a `sim` case's sizes), runs wherever the interpreter runs it, on every target and on 1 and 2
-/// threads, with the interpreter's results: empty outputs, and outputs of empty reductions (`a @ b` with
+/// others at a `sim` case's sizes), runs wherever the interpreter runs it, on ascend910b and the host, on
+/// 1 and 2 threads, with the interpreter's results: empty outputs, and outputs of empty reductions (`a @ b` with
 /// `K = 0` is zeros, a mean over nothing NaN). Where the interpreter stops (a constraint, an index into an
 /// empty axis), the tiled program does not run to a result either.
 #[test]

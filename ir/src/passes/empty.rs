@@ -2,7 +2,7 @@
 //!
 //! The language gives every value a meaning at any dims, 0 included: a tensor with a zero dim has no
 //! elements, and a reduction over an empty range is its identity (`sum` 0, `max` `-inf`, `argmax` 0, ..;
-//! `docs/language.md`, 8.5). The interpreter follows that literally. The tiling templates assume work to
+//! `docs/language.md`, 9.6 and 13). The interpreter follows that literally. The tiling templates assume work to
 //! split (a matmul's `K` of at least 1, rows of at least one element), so before fusion a launch's graph is
 //! specialized to its dims:
 //! - **Empty reductions fold**: a `sum[k](..)` (or any reduction) whose range is empty at these dims is
@@ -32,9 +32,8 @@ pub fn specialize(g: &Graph, b: &Binding) -> (Option<Graph>, BTreeSet<ValueId>) 
             continue;
         }
         let out = folded.get_or_insert_with(|| g.clone());
-        if let NodeKind::Compute { vars, body } = &mut out.nodes[i].kind {
-            let vars = vars.clone();
-            fold(body, &vars, b);
+        if let NodeKind::Compute { body, .. } = &mut out.nodes[i].kind {
+            fold(body, vars, b);
         }
     }
     let skip = skipped(folded.as_ref().unwrap_or(g), b);

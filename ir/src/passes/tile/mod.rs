@@ -72,40 +72,24 @@ pub fn plan_gm(g: &Graph, f: &Fusion, b: &Binding) -> Result<GmPlan, Diagnostic>
         });
         of.entry(r.value).or_insert(id);
     }
-    for gr in &f.groups {
-        for v in &gr.stored {
-            if of.contains_key(v) {
-                continue;
-            }
-            let node = g.node(*v);
-            let name = node.name.clone().unwrap_or_else(|| format!("t{}", v.0));
-            let id = TensorId(tensors.len() as u32);
-            tensors.push(GmTensor {
-                name: name.clone(),
-                dtype: node.dtype,
-                shape: shape_of(b, &node.shape, &name)?,
-                role: TensorRole::Intermediate(*v),
-            });
-            of.insert(*v, id);
+    // Intermediates: the values the groups store, then the values a group reads that no group computes,
+    // the nodes skipped at these dims (`passes::empty`), which have no elements (any other would have been
+    // computed): empty tensors, never written.
+    let stored = f.groups.iter().flat_map(|gr| gr.stored.iter().map(|v| (*v, true)));
+    let unwritten = f.groups.iter().flat_map(|gr| gr.inputs.iter().map(|v| (*v, false)));
+    for (v, computed) in stored.chain(unwritten) {
+        if of.contains_key(&v) || matches!(g.node(v).kind, NodeKind::Param(_)) {
+            continue;
         }
-    }
-    // Values a group reads that no group computes: nodes skipped at these dims (`passes::empty`), which
-    // have no elements (any other would have been computed): empty tensors, never written.
-    for gr in &f.groups {
-        for v in &gr.inputs {
-            if of.contains_key(v) || matches!(g.node(*v).kind, NodeKind::Param(_)) {
-                continue;
-            }
-            let node = g.node(*v);
-            let name = node.name.clone().unwrap_or_else(|| format!("t{}", v.0));
-            let shape = shape_of(b, &node.shape, &name)?;
-            if shape.iter().product::<u64>() != 0 {
-                continue;
-            }
-            let id = TensorId(tensors.len() as u32);
-            tensors.push(GmTensor { name, dtype: node.dtype, shape, role: TensorRole::Intermediate(*v) });
-            of.insert(*v, id);
+        let node = g.node(v);
+        let name = node.name.clone().unwrap_or_else(|| format!("t{}", v.0));
+        let shape = shape_of(b, &node.shape, &name)?;
+        if !computed && shape.iter().product::<u64>() != 0 {
+            continue;
         }
+        let id = TensorId(tensors.len() as u32);
+        tensors.push(GmTensor { name, dtype: node.dtype, shape, role: TensorRole::Intermediate(v) });
+        of.insert(v, id);
     }
     Ok(GmPlan { tensors, of })
 }

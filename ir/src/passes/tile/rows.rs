@@ -297,6 +297,18 @@ fn row_split(idx: &[Expr], sdims: &[i64], cols: &Cols) -> Option<usize> {
     (tail && idx[..q].iter().all(|e| !mentions(e, &cols.vars))).then_some(q)
 }
 
+/// Whether the indices `idx` over axes `dims` (size-1 axes dropped, see [`Member::squeezed`]) are the
+/// columns' variables of extent other than 1, in order, over axes of their extents (`false` if no column
+/// is left: that is not a read of the columns).
+fn columns_in_order(idx: &[&Expr], dims: &[i64], cols: &Cols) -> bool {
+    let kept: Vec<(usize, i64)> =
+        cols.vars.iter().zip(&cols.extents).filter(|(_, e)| **e != 1).map(|(v, e)| (*v, *e)).collect();
+    !kept.is_empty()
+        && idx.len() == kept.len()
+        && dims.len() == kept.len()
+        && idx.iter().zip(dims).zip(&kept).all(|((x, d), (k, e))| is_var(x, *k) && d == e)
+}
+
 impl Member<'_> {
     /// How `src` is read at `idx` under the columns `cols`, or `None` if the read fits no pattern.
     fn classify(&self, src: ValueId, idx: &[Expr], cols: &Cols) -> Option<Src> {
@@ -331,11 +343,7 @@ impl Member<'_> {
             // dropped on both sides (`x[n, 0, d]` of an `[N, 1, D]` source in a member `[N, D, 1]`), leave the
             // same elements in the same order.
             let (ki, kd) = self.squeezed(&idx[p..], inner)?;
-            let kc = cols.vars.iter().zip(&cols.extents).filter(|(_, e)| **e != 1).map(|(v, _)| *v).collect::<Vec<_>>();
-            let aligned = ki.len() == kc.len()
-                && ki.iter().zip(&kc).all(|(e, k)| is_var(e, *k))
-                && kd == cols.extents.iter().copied().filter(|e| *e != 1).collect::<Vec<_>>();
-            return aligned.then_some(Src { kind: Kind::Rows, width: w });
+            return columns_in_order(&ki, &kd, cols).then_some(Src { kind: Kind::Rows, width: w });
         }
         let bcast = !cols.vars.is_empty()
             && idx.len() == cols.vars.len()
@@ -350,12 +358,7 @@ impl Member<'_> {
             // Every axis of size 1: one element, at offset 0, as a scalar's.
             return Some(Src { kind: Kind::Scalar, width: 1 });
         }
-        let kc = cols.vars.iter().zip(&cols.extents).filter(|(_, e)| **e != 1).map(|(v, _)| *v).collect::<Vec<_>>();
-        let bcast = !kc.is_empty()
-            && ki.len() == kc.len()
-            && ki.iter().zip(&kc).all(|(e, k)| is_var(e, *k))
-            && kd == cols.extents.iter().copied().filter(|e| *e != 1).collect::<Vec<_>>();
-        bcast.then_some(Src { kind: Kind::Cols, width: cols.width() })
+        columns_in_order(&ki, &kd, cols).then_some(Src { kind: Kind::Cols, width: cols.width() })
     }
 
     /// `idx` and `dims` without the axes of size 1, each of which must be read at 0 (a constant 0 or a
