@@ -10,7 +10,7 @@
 //!   `align`; layouts are the fractal formats of their memory (L0A zz, L0B zn, L0C and L1 nz, UB nd).
 //! - Which unit touches which memory: a copy's memories are a copy path of the target whose engine is the
 //!   copy's pipe (a copy into the other kind of core's memory, like `l0c -> ub` on a target that has it, is
-//!   issued by the core that owns the source); mmad reads L0A and L0B (bf16 or f16, the same) and writes L0C
+//!   issued by the core that owns the source); mmad reads L0A and L0B (bf16, f16 or f32, the same) and writes L0C
 //!   (f32); vector, reduce and library statements read and write UB only; a gather goes GM to UB or L1 on
 //!   MTE2 with an i32 index in the core's own memory; a cube program touches only cube memories and GM, a
 //!   vector program only UB and GM; each names only its core's pipes (cube: S, MTE1, MTE2, FIX, M; vector: S,
@@ -917,15 +917,16 @@ impl<'a> Check<'a> {
                     }
                 }
                 let (da, db, dc) = (self.region_dtype(a), self.region_dtype(b), self.region_dtype(c));
+                let takes = |d: DType| matches!(d, DType::BF16 | DType::F16 | DType::F32);
                 for (d, what) in [(da, "a"), (db, "b")] {
                     if let Some(d) = d {
-                        if !matches!(d, DType::BF16 | DType::F16) {
-                            msgs.push(format!("{what} is {d}, but mmad multiplies bf16 or f16"));
+                        if !takes(d) {
+                            msgs.push(format!("{what} is {d}, but mmad multiplies bf16, f16 or f32"));
                         }
                     }
                 }
                 if let (Some(x), Some(y)) = (da, db) {
-                    if x != y && matches!(x, DType::BF16 | DType::F16) && matches!(y, DType::BF16 | DType::F16) {
+                    if x != y && takes(x) && takes(y) {
                         msgs.push(format!("a is {x} and b is {y}; they must have one dtype"));
                     }
                 }
@@ -1943,8 +1944,16 @@ mod tests {
             *a = buf(0, 0, c(0), 64);
         }
         expect(&p, &["a is in l1, but mmad takes a from l0a"]);
-        expect(&p, &["b is f32, but mmad multiplies bf16 or f16"]);
+        expect(&p, &["a is bf16 and b is f32; they must have one dtype"]);
         expect(&p, &["c is bf16, but mmad accumulates in f32"]);
+        // f32 operands are the cube's f32 mode; integer ones are refused.
+        let mut p = matmul();
+        p.launches[0].buffers[2] = buffer("a_l0", Mem::L0A, DType::F32, &[64, 64], 1, 0);
+        p.launches[0].buffers[3] = buffer("b_l0", Mem::L0B, DType::F32, &[64, 64], 1, 0);
+        let msgs: Vec<String> = errors(&p).iter().map(|e| e.to_string()).collect();
+        assert!(!msgs.iter().any(|m| m.contains("mmad")), "{msgs:?}");
+        p.launches[0].buffers[3] = buffer("b_l0", Mem::L0B, DType::I32, &[64, 64], 1, 0);
+        expect(&p, &["b is i32, but mmad multiplies bf16, f16 or f32"]);
     }
 
     #[test]

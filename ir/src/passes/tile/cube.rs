@@ -1,6 +1,9 @@
 //! Matmul groups on the cube: `c[.., m, n] = Σ_k a[.., m, k] · b[.., k, n]` with both factors plain loads of
-//! bf16 or f16 GM tensors (either one may be transposed: `x @ transpose(w)` loads `w[n, k]`), leading batch
-//! axes iterated in an outer loop, and an optional elementwise epilogue.
+//! float GM tensors (either one may be transposed: `x @ transpose(w)` loads `w[n, k]`), leading batch
+//! axes iterated in an outer loop, and an optional elementwise epilogue. The cube multiplies bf16 or f16
+//! operands, or f32 ones in its f32 mode (a 512-byte fractal holds 16 × 8 of them, so a cycle does half
+//! the MACs); operands of two dtypes are multiplied in f32, the narrower one widened (exactly) by its copy
+//! into L1, as the interpreter widens it for the product.
 //!
 //! Tiling (CANN's `TCubeTiling`): base blocks `bm × bn × bk`, multiples of the 16-wide fractal, with
 //! `bm·bn·4 ≤ L0C/2`, `bm·bk·2 ≤ L0A/2` and `bk·bn·2 ≤ L0B/2`; remainders are partial tiles (a smaller
@@ -289,6 +292,7 @@ struct Plan {
     anchor: ValueId,
     a: Operand,
     b: Operand,
+    /// The operands' dtype in L1 and L0 (both the same: bf16, f16 or f32).
     dtype: DType,
     batch_dims: Vec<i64>,
     m: i64,
@@ -393,10 +397,15 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
         }
         _ => false,
     };
+    // The cube's operand dtype: the operands' own when they agree (bf16, f16, or f32: the cube's f32 mode,
+    // 16 × 8 fractals at half the MACs a cycle), else f32, a narrower operand widened exactly as it is
+    // copied into L1 (as the interpreter widens it for the product).
     let (da, db) = (gm.tensors.get(a.tensor.0 as usize)?.dtype, gm.tensors.get(bo.tensor.0 as usize)?.dtype);
-    if da != db || !matches!(da, DType::BF16 | DType::F16) || k < 1 {
+    let floats = [DType::BF16, DType::F16, DType::F32];
+    if !floats.contains(&da) || !floats.contains(&db) || k < 1 {
         return None;
     }
+    let dtype = if da == db { da } else { DType::F32 };
     if !node.dtype.is_float() {
         return None;
     }
@@ -475,7 +484,7 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
         anchor,
         a,
         b: bo,
-        dtype: da,
+        dtype,
         batch_dims: dims[..nb].to_vec(),
         m,
         n,
