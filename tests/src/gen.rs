@@ -485,8 +485,9 @@ impl Gen {
         let body = self.expr(&inner, depth.saturating_sub(2));
         self.in_reduction = false;
         let op = *self.rng.pick(&["sum", "max", "min", "mean"]);
-        // A sum of a product of two loads is a contraction, which the cube takes only of bf16 operands: an
-        // f32 one is a tiler gap (E0606). Sums here add instead.
+        // A sum of a product of two loads is a contraction, which the cube takes only in the forms that
+        // `contraction` makes (a sum here may be a matrix-vector product, or multiply expressions of loads:
+        // E0606). Sums here add instead.
         let body = if op == "sum" {
             x.join(&body, format!("{} + ({})", x.s, body.s), x.b + body.b)
         } else {
@@ -854,17 +855,26 @@ impl Gen {
         let lead: Vec<String> = if batched { vec![h.clone()] } else { vec![] };
         let sh =
             |xs: &[&String]| -> Vec<String> { lead.iter().cloned().chain(xs.iter().map(|s| (*s).clone())).collect() };
-        // The cube takes two bf16 (or two f16) operands read from memory.
-        let dt = if self.rng.chance(0.2) { "f16" } else { "bf16" };
-        let x = self.typed_param(&sh(&[&a, &k]), dt);
+        // The cube takes two operands read from memory: bf16, f16 or f32 (its f32 mode), or two dtypes (then
+        // multiplied in f32).
+        let (dx, dw) = match self.rng.below(10) {
+            0 | 1 => ("f16", "f16"),
+            2 => ("f32", "f32"),
+            3 => ("f32", "bf16"),
+            _ => ("bf16", "bf16"),
+        };
+        let x = self.typed_param(&sh(&[&a, &k]), dx);
         let form = self.rng.below(4);
         let (out_shape, e) = if form == 0 && !batched {
-            // Index notation.
-            let w = self.typed_param(&[k.clone(), b.clone()], dt);
+            // Index notation, maybe with a scale in the sum and more outside it (the vector cores' part).
+            let w = self.typed_param(&[k.clone(), b.clone()], dw);
             let kv = k.to_lowercase();
             let (av, bv) = (a.to_lowercase(), b.to_lowercase());
-            let s = format!("sum[{kv} in 0..{k}]({}[{av}, {kv}] * {}[{kv}, {bv}])", x.name, w.name);
-            let mut e = E::leaf(s, n as f64);
+            let mut s = format!("sum[{kv} in 0..{k}]({}[{av}, {kv}] * {}[{kv}, {bv}])", x.name, w.name);
+            if self.rng.chance(0.5) {
+                s = format!("sum[{kv} in 0..{k}]({}[{av}, {kv}] * {}[{kv}, {bv}] * 0.5) + 1.0", x.name, w.name);
+            }
+            let mut e = E::leaf(s, n as f64 + 1.0);
             e.det = false;
             e.terms = n;
             e.tb = 1.0;
@@ -872,10 +882,10 @@ impl Gen {
         } else {
             let xs = x.name.clone();
             let ws = if form == 1 {
-                let w = self.typed_param(&sh(&[&b, &k]), dt);
+                let w = self.typed_param(&sh(&[&b, &k]), dw);
                 format!("transpose({})", w.name)
             } else {
-                let w = self.typed_param(&sh(&[&k, &b]), dt);
+                let w = self.typed_param(&sh(&[&k, &b]), dw);
                 w.name
             };
             let mut e = E::leaf(format!("{xs} @ {ws}"), n as f64);

@@ -259,6 +259,36 @@ fn f32_and_mixed_operands_multiply_in_f32() {
     }
 }
 
+/// A contraction inside a larger expression (`tests/data/ok/contraction_forms.ker`: a bias, scales inside and
+/// outside the sum, an activation into a bf16 `let` read by another value, batched scaled scores) is one
+/// matmul launch: the cube's sum, the rest on the vector cores, matching the interpreter with remainders in
+/// every dim and K in several steps, on both targets.
+#[test]
+fn contractions_inside_expressions_run_on_the_cube() {
+    let prog = common::compile_ok(common::repo_root().join("tests/data/ok/contraction_forms.ker"));
+    let shapes: [&[(&str, i64)]; 2] = [
+        &[("T", 37), ("K", 150), ("F", 21), ("H", 2), ("S", 19), ("D", 40)],
+        &[("T", 1), ("K", 1), ("F", 1), ("H", 1), ("S", 1), ("D", 1)],
+    ];
+    let mut seen = 0;
+    for g in &prog.kernels {
+        for target in ["ascend910b", "ascend950"] {
+            for dims in shapes {
+                let dims: Vec<(&str, i64)> =
+                    dims.iter().copied().filter(|(d, _)| g.dims.iter().any(|x| x.as_str() == *d)).collect();
+                let tp = check(g, &dims, target, 7);
+                assert_eq!(tp.launches.len(), 1, "{}: one launch", g.name);
+                assert_eq!(tp.launches[0].unit, Unit::Mixed, "{}: the sum's wrapper runs on the vector cores", g.name);
+                assert!(
+                    common::count_stmts(&tp.launches[0].cube, &|s| matches!(s, kc_ir::tile::Stmt::Mmad { .. })) > 0
+                );
+            }
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+}
+
 const TWO_OUTPUTS: &str = "
 kernel two(x: bf16[T, M], w: bf16[M, E]) -> (h: f32[T, E], y: bf16[T, E]) {
     h = x @ w;

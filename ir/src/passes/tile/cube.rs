@@ -64,7 +64,8 @@
 use super::{add, bin, c, contiguous_item, flag, mul, v, GmPlan, LaunchBuilder};
 use crate::diag::Diagnostic;
 use crate::dtype::DType;
-use crate::graph::{Expr, ExprKind, Graph, NodeKind, ReduceOp, ValueId};
+use crate::dtype::ScalarTy;
+use crate::graph::{BinOp, Expr, ExprKind, Graph, NodeKind, ReduceOp, ValueId, VarId};
 use crate::launch::Binding;
 use crate::passes::fuse::{contraction, Group, GroupKind};
 use crate::target::Target;
@@ -302,6 +303,11 @@ struct Plan {
     epilogue: Vec<ValueId>,
     /// Whether FixPipe writes the results directly (no epilogue, or casts only).
     direct: bool,
+    /// The anchor's body when the contraction is a `sum` inside an elementwise expression of it
+    /// (`sum[k](x[m, k] * w[k, n]) + s[m, n]`, `.. * scale`), with that `sum` replaced by a read of the anchor
+    /// itself at its own indices: the vector cores evaluate it on each block, reading the sum (f32) from the
+    /// workspace, before the epilogue members, which see the anchor's value.
+    wrap: Option<Expr>,
     ext: BTreeMap<ValueId, Ext>,
     /// Whether the anchor and every stored member are provably symmetric in their last two axes
     /// ([`crate::passes::symmetry`]): on a target with `symmetric_triangle`, square base blocks, the blocks on
@@ -347,13 +353,45 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
     if con.batch != (0..nb).collect::<Vec<_>>() || con.m != vec![nb] || con.n != vec![nb + 1] {
         return None;
     }
-    let NodeKind::Compute { body, vars } = &node.kind else { return None };
-    let ExprKind::Reduce { op: ReduceOp::Sum, vars: ks, body: inner } = &body.kind else { return None };
+    let NodeKind::Compute { body: whole, vars } = &node.kind else { return None };
+    // The contraction: the whole body, or the one `sum` inside an elementwise expression of it.
+    let red = if matches!(whole.kind, ExprKind::Reduce { .. }) {
+        whole
+    } else {
+        let mut reds = Vec::new();
+        whole.walk(&mut |e| {
+            if matches!(e.kind, ExprKind::Reduce { .. } | ExprKind::Segment { .. }) {
+                reds.push(e);
+            }
+        });
+        let [red] = reds[..] else { return None };
+        red
+    };
+    let ExprKind::Reduce { op: ReduceOp::Sum, vars: ks, body: inner } = &red.kind else { return None };
     let kv = *ks.first()?;
-    if ks.len() != 1 || kv != con.k[0] {
+    if ks.len() != 1 || kv != con.k[0] || red.ty != ScalarTy::F32 {
         return None;
     }
-    let ExprKind::Binary(crate::graph::BinOp::Mul, x, y) = &inner.kind else { return None };
+    // The sum's factors: the two that read along k are the operands; the others (`scale`, `s[n]`: they do
+    // not depend on k) multiply the sum instead, in the wrapper (`Σ_k a·b·s` as `s · Σ_k a·b`: the same in
+    // exact arithmetic, and the cube's sums agree with the interpreter's to rounding only anyway).
+    let mut fs = Vec::new();
+    mul_factors(inner, &mut fs);
+    let uses_k = |e: &Expr| {
+        let mut u = false;
+        e.walk(&mut |x| u |= matches!(x.kind, ExprKind::Var(x) if x == kv));
+        u
+    };
+    let (ops, scales): (Vec<&Expr>, Vec<&Expr>) = fs.into_iter().partition(|f| uses_k(f));
+    let [x, y] = ops[..] else { return None };
+    if scales.iter().any(|f| f.ty != ScalarTy::F32) {
+        return None;
+    }
+    let wrap = (!std::ptr::eq(red, whole) || !scales.is_empty()).then(|| {
+        let mut w = whole.clone();
+        sum_as_anchor(&mut w, anchor, rank, &scales);
+        w
+    });
     let k = b.eval(&vars.get(kv.index())?.extent).ok()?;
     let dims: Vec<i64> = node.shape.iter().map(|d| b.eval(d).ok()).collect::<Option<Vec<_>>>()?;
     let (m, n) = (dims[nb], dims[nb + 1]);
@@ -413,7 +451,12 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
     let rank_vars: Vec<usize> = (0..rank).collect();
     let epilogue: Vec<ValueId> = group.nodes.iter().copied().filter(|x| *x != anchor).collect();
     let mut ext = BTreeMap::new();
-    let mut direct = true;
+    let mut direct = wrap.is_none();
+    if let Some(w) = &wrap {
+        if !epilogue_reads(g, group, gm, node, nb, w, &mut ext) {
+            return None;
+        }
+    }
     for mem in &epilogue {
         let mn = g.node(*mem);
         if mn.shape != node.shape || !mn.dtype.is_float() && mn.dtype != DType::I32 && mn.dtype != DType::Bool {
@@ -431,41 +474,7 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
         if !cast_only {
             direct = false;
         }
-        let mut ok = true;
-        body.walk(&mut |e| match &e.kind {
-            ExprKind::Reduce { .. } | ExprKind::Segment { .. } => ok = false,
-            ExprKind::Var(x) if x.index() >= rank => ok = false,
-            ExprKind::Load { src, idx } => {
-                if group.nodes.contains(src) {
-                    if !is_vars(idx, &rank_vars) {
-                        ok = false;
-                    }
-                    return;
-                }
-                if !gm.of.contains_key(src) {
-                    ok = false;
-                    return;
-                }
-                let s = g.node(*src);
-                let kind = if s.rank() == 0 {
-                    Ext::Scalar
-                } else if s.shape == node.shape && is_vars(idx, &rank_vars) {
-                    Ext::Tile
-                } else if s.rank() == 1 && s.shape[0] == node.shape[nb + 1] && is_vars(idx, &[nb + 1]) {
-                    Ext::Col
-                } else if s.rank() == 1 && s.shape[0] == node.shape[nb] && is_vars(idx, &[nb]) {
-                    Ext::Row
-                } else {
-                    ok = false;
-                    return;
-                };
-                if ext.insert(*src, kind).is_some_and(|old| old != kind) {
-                    ok = false;
-                }
-            }
-            _ => {}
-        });
-        if !ok {
+        if !epilogue_reads(g, group, gm, node, nb, body, &mut ext) {
             return None;
         }
     }
@@ -491,10 +500,94 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
         k,
         epilogue: if direct { Vec::new() } else { epilogue },
         direct,
+        wrap,
         ext,
         symmetric,
         square_of_symmetric,
     })
+}
+
+/// Replaces the `sum` in `e` (the one reduction of a wrapped contraction's body) by a read of the anchor at its
+/// own indices (`rank` of them), the value the workspace holds for the block, times the sum's `scales`.
+fn sum_as_anchor(e: &mut Expr, anchor: ValueId, rank: usize, scales: &[&Expr]) {
+    if matches!(e.kind, ExprKind::Reduce { .. }) {
+        let span = e.span;
+        let idx = (0..rank).map(|i| Expr { kind: ExprKind::Var(VarId(i as u32)), ty: ScalarTy::I32, span }).collect();
+        let mut x = Expr { kind: ExprKind::Load { src: anchor, idx }, ty: ScalarTy::F32, span };
+        for f in scales {
+            x = Expr {
+                kind: ExprKind::Binary(BinOp::Mul, Box::new(x), Box::new((*f).clone())),
+                ty: ScalarTy::F32,
+                span,
+            };
+        }
+        *e = x;
+        return;
+    }
+    e.for_each_child_mut(|x| sum_as_anchor(x, anchor, rank, scales));
+}
+
+/// The factors of a product (`a * b * c` as `[a, b, c]`).
+fn mul_factors<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match &e.kind {
+        ExprKind::Binary(BinOp::Mul, a, b) => {
+            mul_factors(a, out);
+            mul_factors(b, out);
+        }
+        _ => out.push(e),
+    }
+}
+
+/// Whether the vector cores can evaluate `body` (an epilogue member's, or the anchor's wrapper) on a block of
+/// `node`'s result: group members read at their own indices, values outside the group read from GM as a
+/// tile, a row or column vector or a scalar (recorded in `ext`), no reductions and no index variables but
+/// the result's.
+fn epilogue_reads(
+    g: &Graph,
+    group: &Group,
+    gm: &GmPlan,
+    node: &crate::graph::Node,
+    nb: usize,
+    body: &Expr,
+    ext: &mut BTreeMap<ValueId, Ext>,
+) -> bool {
+    let rank = node.rank();
+    let rank_vars: Vec<usize> = (0..rank).collect();
+    let mut ok = true;
+    body.walk(&mut |e| match &e.kind {
+        ExprKind::Reduce { .. } | ExprKind::Segment { .. } => ok = false,
+        ExprKind::Var(x) if x.index() >= rank => ok = false,
+        ExprKind::Load { src, idx } => {
+            if group.nodes.contains(src) {
+                if !is_vars(idx, &rank_vars) {
+                    ok = false;
+                }
+                return;
+            }
+            if !gm.of.contains_key(src) {
+                ok = false;
+                return;
+            }
+            let s = g.node(*src);
+            let kind = if s.rank() == 0 {
+                Ext::Scalar
+            } else if s.shape == node.shape && is_vars(idx, &rank_vars) {
+                Ext::Tile
+            } else if s.rank() == 1 && s.shape[0] == node.shape[nb + 1] && is_vars(idx, &[nb + 1]) {
+                Ext::Col
+            } else if s.rank() == 1 && s.shape[0] == node.shape[nb] && is_vars(idx, &[nb]) {
+                Ext::Row
+            } else {
+                ok = false;
+                return;
+            };
+            if ext.insert(*src, kind).is_some_and(|old| old != kind) {
+                ok = false;
+            }
+        }
+        _ => {}
+    });
+    ok
 }
 
 /// The base block (bm, bn) that the tile hints on a matmul group ask for, with the hint: a tile along the
@@ -907,6 +1000,11 @@ fn epilogue_program(
     for mem in &p.epilogue {
         bufs.insert(*mem, lb.buffer(format!("{}_ub", label(*mem)), Mem::UB, g.node(*mem).dtype, tile.clone(), 1));
     }
+    // A wrapped contraction's sum, in f32 as the workspace holds it, until the wrapper makes the anchor.
+    let acc = match &p.wrap {
+        Some(_) => lb.buffer(format!("{}_sum_ub", label(p.anchor)), Mem::UB, DType::F32, tile.clone(), 1),
+        None => bufs[&p.anchor],
+    };
     let blk = lb.svar("vblk");
     let bi = lb.svar("vbi");
     let m0 = lb.svar("vm0");
@@ -952,7 +1050,7 @@ fn epilogue_program(
             ),
             c(bn),
         ),
-        dst: region(bslot(bufs[&p.anchor], c(0)), c(0), c(bn)),
+        dst: region(bslot(acc, c(0)), c(0), c(bn)),
         rows: v(rc),
         cols: v(cols),
     });
@@ -979,6 +1077,14 @@ fn epilogue_program(
     work.push(Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::V, event: 0 });
     let rank = p.batch_dims.len() + 2;
     let env = Env { bufs: &bufs, ext: &p.ext, bd, bn, rank, batch_dims: &p.batch_dims, bi, row0: row0.clone(), n0 };
+    if let Some(w) = &p.wrap {
+        // The wrapper reads the sum where the anchor's reads point (`sum_as_anchor`).
+        let mut sums = bufs.clone();
+        sums.insert(p.anchor, acc);
+        let expr = vexpr(w, &Env { bufs: &sums, ..env.clone() })?;
+        let dst = region(bslot(bufs[&p.anchor], c(0)), c(0), c(bn));
+        work.push(Stmt::Vector { dst, rows: v(rc), cols: v(cols), expr });
+    }
     for mem in &p.epilogue {
         let NodeKind::Compute { body: e, .. } = &g.node(*mem).kind else { return None };
         let expr = vexpr(e, &env)?;
@@ -1092,6 +1198,7 @@ fn mine_expr(ratio: u32) -> SExpr {
 }
 
 /// What an epilogue body's translation needs.
+#[derive(Clone)]
 struct Env<'a> {
     bufs: &'a BTreeMap<ValueId, BufId>,
     ext: &'a BTreeMap<ValueId, Ext>,
@@ -1107,7 +1214,6 @@ struct Env<'a> {
 
 /// An epilogue member's body as a vector expression over the tile (`rc × cols` at `(row0, n0)`).
 fn vexpr(e: &Expr, env: &Env<'_>) -> Option<VExpr> {
-    use crate::graph::BinOp;
     let r = |x: &Expr| vexpr(x, env);
     let nb = env.rank - 2;
     Some(match &e.kind {
