@@ -1212,3 +1212,52 @@ fn jit_softmax_rows_match_the_statements() {
         }
     }
 }
+
+/// Argmax and argmin along an axis (the last, the first through gathers, of a 3-D tensor with `keepdim`)
+/// tile as row reductions: one pass over each row, its i32 position. On inputs full of ties (values from
+/// {0, 1, 2}) and with NaNs, the simulator and the JIT on 1 and 2 threads give the interpreter's positions
+/// exactly: the first extreme, the first NaN winning.
+#[test]
+fn argmax_and_argmin_along_an_axis_run_under_the_jit() {
+    use kc_ir::{DType, Tensor};
+    let prog = common::compile_ok_src(
+        "jit_arg",
+        "kernel last(x: f32[A, B]) -> (i: i32[A], j: i32[A]) {\n\
+         \x20   i = argmax(x, axis: -1);\n\
+         \x20   j = argmin(x * 2.0, axis: 1);\n\
+         }\n\
+         kernel first(x: bf16[A, B]) -> i: i32[B] {\n\
+         \x20   i = argmax(x, axis: 0);\n\
+         }\n\
+         kernel cube(x: f32[A, B, C]) -> (i: i32[A, B], j: i32[1, B, C]) {\n\
+         \x20   i = argmax(x, axis: -1);\n\
+         \x20   j = argmin(x, axis: 0, keepdim: true);\n\
+         }\n",
+    );
+    let target = Target::builtin("ascend910b").expect("target");
+    let mut rng = common::Rng::new(5);
+    let mut ran = 0;
+    for g in &prog.kernels {
+        for (a, bb, cc) in [(1, 1, 1), (7, 9, 5), (40, 300, 3), (3, 5000, 2)] {
+            let shape: Vec<usize> = if g.name == "cube" { vec![a, bb, cc] } else { vec![a, bb] };
+            let n: usize = shape.iter().product();
+            // Ties everywhere, and a NaN in about one row in three.
+            let vals: Vec<f32> =
+                (0..n).map(|_| if rng.int(0, 60) == 0 { f32::NAN } else { rng.int(0, 2) as f32 }).collect();
+            let dtype = if g.name == "first" { DType::BF16 } else { DType::F32 };
+            let x = Tensor::from_f32_as(dtype, shape.clone(), &vals).expect("tensor");
+            let dims: BTreeMap<String, i64> =
+                g.dims.iter().zip([a, bb, cc]).map(|(d, v)| (d.clone(), v as i64)).collect();
+            let (_, tp, _) = tile_at(g, &dims, &target);
+            let args = common::args(&[("x", &x)], &[]);
+            let want = kc_ir::interp::run(g, &args).expect("interp");
+            let sim = kc_runtime::sim::run(&tp, g, &args).expect("sim");
+            assert_eq!(sim, want, "{} at {shape:?}: the simulator", g.name);
+            for (threads, got) in jit_on_1_and_2_threads(g, &tp, &args, &format!("{shape:?}")) {
+                assert_eq!(got, want, "{} at {shape:?} on {threads} threads: the JIT", g.name);
+            }
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 12);
+}

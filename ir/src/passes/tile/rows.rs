@@ -131,7 +131,9 @@
 //!
 //! Not handled (the function returns `None`): segments, reductions across rows (a column reduction like
 //! RMSNorm backward's `dw[d] = sum[t](..)`) and reads at permuted plain variables (left to a template that
-//! copies blocks), nested reductions and reductions inside an index, argmax and argmin, gathers from a
+//! copies blocks), nested reductions and reductions inside an index, argmax and argmin other than in one pass
+//! over a whole row that fits UB (their result is the first extreme's position, so there is no chunked or
+//! looped form: a row too wide for UB is E0606), gathers from a
 //! member of the group or among more than `i32::MAX` rows (elements, for an element gather); and, for rows
 //! too wide for UB, anything outside the chunked mode's forms above (a row gather, a looped reduction, a gather in a
 //! full-width member or inside a reduction, a reduction in a full-width member, members of several widths).
@@ -174,6 +176,9 @@ struct Red {
     /// The body reads the member's own columns: a scalar loop over the reduction variables (their extents
     /// here), accumulating into an `[Rt, width]` buffer (`width` the member's columns).
     looped: Option<Vec<i64>>,
+    /// An argmax or argmin: one pass over the whole row (never looped or chunked), its result the i32
+    /// position in the row, which is the flat position over the reduction variables (the first outermost).
+    index: bool,
 }
 
 impl Red {
@@ -453,9 +458,10 @@ impl Member<'_> {
                 self.scan(x, cols, scalars, in_reduce, srcs, plan)
             }
             ExprKind::Reduce { op, vars, body } => {
-                if in_reduce || !matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) || vars.is_empty() {
+                if in_reduce || vars.is_empty() {
                     return None;
                 }
+                let index = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
                 let vs: Vec<usize> = vars.iter().map(|x| x.index()).collect();
                 let extents: Vec<i64> = vs.iter().map(|k| self.ext.get(*k).copied()).collect::<Option<_>>()?;
                 if vs.iter().any(|k| *k < self.p || cols.vars.contains(k) || scalars.contains(k))
@@ -466,16 +472,23 @@ impl Member<'_> {
                 let dtype = dtype_of(body.ty)?;
                 let at = plan.reds.len();
                 if mentions(body, &cols.vars) {
-                    // The body reads the member's columns: loop over the reduction variables.
-                    if self.allow == Gathers::No || prod(&extents) == i64::MAX {
+                    // The body reads the member's columns: loop over the reduction variables (not for an
+                    // index reduction, which has no accumulating form).
+                    if self.allow == Gathers::No || prod(&extents) == i64::MAX || index {
                         return None;
                     }
-                    plan.reds.push(Red { width: cols.width(), dtype, direct: false, looped: Some(extents) });
+                    plan.reds.push(Red {
+                        width: cols.width(),
+                        dtype,
+                        direct: false,
+                        looped: Some(extents),
+                        index: false,
+                    });
                     let sc: Vec<usize> = scalars.iter().copied().chain(vs).collect();
                     return self.scan(body, cols, &sc, true, srcs, plan);
                 }
                 let inner = Cols { vars: vs, extents };
-                plan.reds.push(Red { width: inner.width(), dtype, direct: false, looped: None });
+                plan.reds.push(Red { width: inner.width(), dtype, direct: false, looped: None, index });
                 let first_load = plan.loads.len();
                 self.scan(body, &inner, scalars, true, srcs, plan)?;
                 if let ExprKind::Load { src, .. } = &body.kind {
@@ -727,7 +740,8 @@ fn rows_at(
                 lb.buffer(format!("{}_red{i}_body", label(*m)), Mem::UB, r.dtype, vec![rt as u64, r.width as u64], 1)
             });
             let ow = if r.looped.is_some() { r.width as u64 } else { 1 };
-            let out = lb.buffer(format!("{}_red{i}", label(*m)), Mem::UB, r.dtype, vec![rt as u64, ow], 1);
+            let od = if r.index { DType::I32 } else { r.dtype };
+            let out = lb.buffer(format!("{}_red{i}", label(*m)), Mem::UB, od, vec![rt as u64, ow], 1);
             let svars = match &r.looped {
                 Some(ex) => std::iter::once(lb.svar(format!("{}_red{i}_it", label(*m))))
                     .chain((0..ex.len()).map(|k| lb.svar(format!("{}_red{i}_v{k}", label(*m)))))
@@ -1495,7 +1509,8 @@ fn chunked(
     for (m, cols, plan, ext) in members {
         let NodeKind::Compute { body, .. } = &g.node(*m).kind else { return None };
         nloads += count_loads(body);
-        if plan.reds.iter().any(|r| r.looped.is_some() || r.width != w) {
+        // Index reductions need the whole row in one pass.
+        if plan.reds.iter().any(|r| r.looped.is_some() || r.index || r.width != w) {
             return None;
         }
         if cols.width() == w {
