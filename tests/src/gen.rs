@@ -783,7 +783,23 @@ impl Gen {
         let full = self.wfull(&shape);
         let x = self.binary(x, full);
         let r = shape.len();
-        // (argmax and argmin: no template tiles them, E0606.)
+        // Argmax and argmin of values that every executor computes bit for bit (their positions must be
+        // equal): along an axis, or over everything.
+        if x.det && self.rng.chance(0.15) {
+            let op = *self.rng.pick(&["argmax", "argmin"]);
+            let n: u64 = shape.iter().map(|d| self.sizes[d] as u64).product();
+            if self.rng.chance(0.3) {
+                self.output(&[], E::leaf(format!("{op}({})", x.s), n as f64), false, true);
+            } else {
+                let ax = self.rng.below(r);
+                let axis = if self.rng.chance(0.5) { ax as i64 } else { ax as i64 - r as i64 };
+                let out: Vec<String> =
+                    shape.iter().enumerate().filter(|(i, _)| *i != ax).map(|(_, d)| d.clone()).collect();
+                let e = E::leaf(format!("{op}({}, axis: {axis})", x.s), self.sizes[&shape[ax]] as f64);
+                self.output(&out, e, false, true);
+            }
+            return;
+        }
         let op = *self.rng.pick(&["sum", "max", "min", "mean"]);
         if self.rng.chance(0.12) {
             // Over everything: a scalar.

@@ -55,7 +55,15 @@
 //! wait V->MTE2 #0, #1, #3;  wait MTE3->V #3
 //! ```
 //!
-//! Not handled (the function returns `None`): argmax/argmin, nested reductions, reductions over output
+//! **Argmax and argmin to a scalar** go the same way with a position beside each extreme: each chunk is
+//! reduced to its extreme (max or min) and that one's position in the chunk (`argmax`/`argmin`: the first
+//! one, a NaN beyond every number); a core keeps the one that comes first, by value, then by position
+//! (`before`: a NaN first, then the greater (smaller) value, then the lower position), starting from the
+//! identity at position `i32::MAX`; the combine takes the extreme of the partials, then the lowest position
+//! among the cores that hold it. So the result is the interpreter's position, bit for bit, on any number
+//! of cores and chunks.
+//!
+//! Not handled (the function returns `None`): argmax/argmin across rows (column reductions), nested reductions, reductions over output
 //! axes (row-wise reductions belong to [`super::rows`]), a reduction body reading a member of the group,
 //! reads through data, shifted or permuted indices, segments, groups without a reduction.
 
@@ -99,6 +107,43 @@ struct Red {
     streamed: BTreeSet<ValueId>,
 }
 
+impl Red {
+    /// Whether it is an argmax or argmin (whole-tensor only): `dtype` is then its values', and the result
+    /// the i32 flat position of the first extreme (see [`whole`]).
+    fn index(&self) -> bool {
+        matches!(self.op, ReduceOp::ArgMax | ReduceOp::ArgMin)
+    }
+
+    /// The reduction of the values: max for an argmax, min for an argmin, else its own.
+    fn value_op(&self) -> ReduceOp {
+        match self.op {
+            ReduceOp::ArgMax => ReduceOp::Max,
+            ReduceOp::ArgMin => ReduceOp::Min,
+            op => op,
+        }
+    }
+}
+
+/// `x != x`: whether `x` is NaN (never, for integers).
+fn nan(x: VExpr) -> VExpr {
+    ibin(BinOp::Ne, x.clone(), x)
+}
+
+/// Whether the extreme `cv` at position `ci` comes before the extreme `rv` at position `ri` in an argmax
+/// (`max`) or argmin: a NaN is beyond every number, and of equal values (or two NaNs) the lower position
+/// wins (the interpreter's first extreme, its first NaN).
+fn before(max: bool, cv: VExpr, ci: VExpr, rv: VExpr, ri: VExpr) -> VExpr {
+    let not = |x: VExpr| VExpr::Unary(crate::graph::UnOp::Not, Box::new(x));
+    let lower = ibin(BinOp::Lt, ci.clone(), ri.clone());
+    let beyond = ibin(if max { BinOp::Gt } else { BinOp::Lt }, cv.clone(), rv.clone());
+    let tie = ibin(BinOp::And, ibin(BinOp::Eq, cv.clone(), rv.clone()), lower.clone());
+    let cn = nan(cv);
+    let rn = nan(rv);
+    let when_nan = ibin(BinOp::And, cn.clone(), ibin(BinOp::Or, not(rn.clone()), lower));
+    let numbers = ibin(BinOp::And, ibin(BinOp::And, not(cn), not(rn)), ibin(BinOp::Or, beyond, tie));
+    ibin(BinOp::Or, when_nan, numbers)
+}
+
 struct Analysis {
     kinds: BTreeMap<ValueId, Kind>,
     /// All reductions, members in order, each member's in traversal order.
@@ -123,6 +168,16 @@ fn div_up(a: i64, b: i64) -> i64 {
 /// `a` rounded up to a multiple of `m > 0`.
 fn round_up(a: i64, m: i64) -> i64 {
     div_up(a, m).saturating_mul(m)
+}
+
+/// The value of an integer expression of constants and dims (`B * C`), if it is one.
+fn int_value(e: &Expr, b: &Binding) -> Option<i64> {
+    match &e.kind {
+        ExprKind::Const(Const::I32(x)) => Some(*x),
+        ExprKind::Dim(d) => b.eval(d).ok(),
+        ExprKind::Binary(BinOp::Mul, x, y) => int_value(x, b)?.checked_mul(int_value(y, b)?),
+        _ => None,
+    }
 }
 
 fn is_var(e: &Expr, k: usize) -> bool {
@@ -167,6 +222,32 @@ impl Scan<'_> {
         idx.len() == self.q() && idx.iter().enumerate().all(|(k, e)| is_var(e, k))
     }
 
+    /// Whether `idx` reads a source of dims `sd` in row-major order along the one variable of `r`, whose
+    /// extent is every element: `src[r0 / (B·C) % A, r0 / C % B, r0 / 1 % C]`, the form of an argmax or
+    /// argmin over a whole tensor (a flat position); as a flat stream, the same as a tile read.
+    fn flat_read(&self, idx: &[Expr], sd: &[i64], r: &Red) -> bool {
+        let [k] = r.vars[..] else { return false };
+        if idx.len() != sd.len() || prod(sd) != Some(r.n) {
+            return false;
+        }
+        let int = |e: &Expr| int_value(e, self.b);
+        idx.iter().enumerate().all(|(j, e)| {
+            let stride = prod(&sd[j + 1..]);
+            // `r0 / S % D`, or without the `% D` on the first axis, or without the `/ S` where it is 1.
+            let (quot, dim) = match &e.kind {
+                ExprKind::Binary(BinOp::Mod, q, d) => (&**q, int(d)),
+                _ if j == 0 => (e, Some(sd[0])),
+                _ => return false,
+            };
+            let by = match &quot.kind {
+                ExprKind::Binary(BinOp::Div, x, s) if is_var(x, k) => int(s),
+                _ if is_var(quot, k) => Some(1),
+                _ => None,
+            };
+            dim == Some(sd[j]) && by.is_some() && by == stride
+        })
+    }
+
     fn classify(&self, src: ValueId, idx: &[Expr], red: Option<&Red>) -> Option<Kind> {
         let sd = eval_dims(self.b, &self.g.node(src).shape)?;
         let q = self.q();
@@ -179,10 +260,11 @@ impl Scan<'_> {
                 let nv = r.vars.len();
                 if sd.is_empty() {
                     Some(Kind::Scalar)
-                } else if idx.len() == nv + q
-                    && idx[..nv].iter().zip(&r.vars).all(|(e, k)| is_var(e, *k))
-                    && self.out_vars(&idx[nv..])
-                    && sd[..] == [r.ext.as_slice(), self.out].concat()[..]
+                } else if q == 0 && self.flat_read(idx, &sd, r)
+                    || idx.len() == nv + q
+                        && idx[..nv].iter().zip(&r.vars).all(|(e, k)| is_var(e, *k))
+                        && self.out_vars(&idx[nv..])
+                        && sd[..] == [r.ext.as_slice(), self.out].concat()[..]
                 {
                     Some(Kind::Tile)
                 } else if q > 0 && idx.len() == nv && idx.iter().zip(&r.vars).all(|(e, k)| is_var(e, *k)) && sd == r.ext
@@ -238,7 +320,7 @@ impl Scan<'_> {
                 self.scan(x, red, an)
             }
             ExprKind::Reduce { op, vars, body } => {
-                if red.is_some() || !matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) || vars.is_empty() {
+                if red.is_some() || vars.is_empty() {
                     return None;
                 }
                 let vs: Vec<usize> = vars.iter().map(|x| x.index()).collect();
@@ -532,6 +614,10 @@ fn whole(
     b: &Binding,
     an: &Analysis,
 ) -> Option<Result<Tiled, Diagnostic>> {
+    // Positions are i32 (and `i32::MAX` marks none yet).
+    if an.reds.iter().any(|r| r.index() && r.n >= i64::from(i32::MAX)) {
+        return None;
+    }
     let ub = target.memory("ub")?;
     let align = ub.align.max(1);
     let size = |x: ValueId| g.node(x).dtype.size_bytes() as u64;
@@ -541,7 +627,7 @@ fn whole(
     // Chunk: a multiple of 256 elements whose buffers fit in UB; at least 1024 elements per core, so that
     // small inputs stay on one core (and one launch).
     let per_elem: u64 = tiles.iter().map(|s| size(*s) * 2).sum::<u64>() + dtypes.len() as u64 * 4;
-    let fixed = align * (an.kinds.len() + 2 * an.reds.len() + group.nodes.len() + 4) as u64;
+    let fixed = align * (an.kinds.len() + 5 * an.reds.len() + group.nodes.len() + 4) as u64;
     let cap = (ub.usable().saturating_sub(fixed) / per_elem.max(1) / 256 * 256).clamp(256, 16 * 1024) as i64;
     let maxn = an.reds.iter().map(|r| r.n).max().unwrap_or(0).max(1);
     let vc = target.vector_cores.max(1) as i64;
@@ -573,18 +659,40 @@ fn whole(
         .collect();
     let accs: Vec<BufId> =
         an.reds.iter().enumerate().map(|(i, r)| lb.buffer(format!("acc{i}"), Mem::UB, r.dtype, vec![1], 1)).collect();
+    // An argmax or argmin keeps the extreme so far (`acc`) and its position (`at`, from i32::MAX), and reduces
+    // each chunk to its extreme and that one's position in the chunk (`cv`, `ci`).
+    let mut at: BTreeMap<usize, [BufId; 3]> = BTreeMap::new();
+    for (i, r) in an.reds.iter().enumerate().filter(|(_, r)| r.index()) {
+        let one = |lb: &mut LaunchBuilder, n: String, d: DType| lb.buffer(n, Mem::UB, d, vec![1], 1);
+        let bs = [
+            one(&mut lb, format!("acc{i}_at"), DType::I32),
+            one(&mut lb, format!("chunk{i}_extreme"), r.dtype),
+            one(&mut lb, format!("chunk{i}_at"), DType::I32),
+        ];
+        at.insert(i, bs);
+    }
     let off = lb.svar("off");
     let len = lb.svar("len");
 
     let mut prog = load_scalars(an, &bufs, gm, 2);
-    for (r, acc) in an.reds.iter().zip(&accs) {
-        prog.push(Stmt::Vector { dst: buf_region(*acc, 0, 0), rows: c(1), cols: c(1), expr: identity(r.op, r.dtype) });
+    for (i, (r, acc)) in an.reds.iter().zip(&accs).enumerate() {
+        prog.push(Stmt::Vector {
+            dst: buf_region(*acc, 0, 0),
+            rows: c(1),
+            cols: c(1),
+            expr: identity(r.value_op(), r.dtype),
+        });
+        if let Some([p, _, _]) = at.get(&i) {
+            let expr = VExpr::I32(i32::MAX as i64);
+            prog.push(Stmt::Vector { dst: buf_region(*p, 0, 0), rows: c(1), cols: c(1), expr });
+        }
     }
     for s in 0..2u8 {
         prog.push(Stmt::SetFlag { from: Pipe::V, to: Pipe::Mte2, event: s });
     }
     let stride = cores * chunk;
-    for (r, acc) in an.reds.iter().zip(&accs) {
+    for (i, (r, acc)) in an.reds.iter().zip(&accs).enumerate() {
+        let index = at.get(&i).copied();
         let load = |slot: u32| -> Vec<Stmt> {
             r.streamed
                 .iter()
@@ -615,9 +723,9 @@ fn whole(
                 next: 0,
             };
             let expr = tr.vexpr(&r.body, Some(r))?;
-            Some(vec![
-                Stmt::Vector { dst: buf_region(t, 0, 0), rows: c(1), cols: v(len), expr },
-                Stmt::Reduce {
+            let mut st = vec![Stmt::Vector { dst: buf_region(t, 0, 0), rows: c(1), cols: v(len), expr }];
+            let Some([p, cv, ci]) = index else {
+                st.push(Stmt::Reduce {
                     op: r.op,
                     axis: 1,
                     src: buf_region(t, 0, 0),
@@ -625,8 +733,24 @@ fn whole(
                     rows: c(1),
                     cols: v(len),
                     accumulate: true,
-                },
-            ])
+                });
+                return Some(st);
+            };
+            // The chunk's extreme and its position, then the one before the other is kept: the position
+            // first (from the old extreme), then the extreme where the position moved (positions differ).
+            for (op, dst) in [(r.value_op(), cv), (r.op, ci)] {
+                let (src, dst) = (buf_region(t, 0, 0), buf_region(dst, 0, 0));
+                st.push(Stmt::Reduce { op, axis: 1, src, dst, rows: c(1), cols: v(len), accumulate: false });
+            }
+            let one = |b: BufId| VExpr::ReadRow(buf_region(b, 0, 0));
+            let gi = || ibin(BinOp::Add, one(ci), VExpr::Scalar(v(off)));
+            let take = before(r.op == ReduceOp::ArgMax, one(cv), gi(), one(*acc), one(p));
+            let expr = VExpr::Select(Box::new(take), Box::new(gi()), Box::new(one(p)));
+            st.push(Stmt::Vector { dst: buf_region(p, 0, 0), rows: c(1), cols: c(1), expr });
+            let moved = ibin(BinOp::Eq, one(p), gi());
+            let expr = VExpr::Select(Box::new(moved), Box::new(one(cv)), Box::new(one(*acc)));
+            st.push(Stmt::Vector { dst: buf_region(*acc, 0, 0), rows: c(1), cols: c(1), expr });
+            Some(st)
         };
         let lo = bin(SBin::Mul, SExpr::Core, c(chunk));
         prog.push(stream(&mut lb, lo, r.n, chunk, stride, off, len, &load, &mut work)?);
@@ -660,7 +784,8 @@ fn whole(
     };
 
     if single {
-        finish_members(&mut lb, &mut bufs, &accs, &mut prog)?;
+        let results: Vec<BufId> = accs.iter().enumerate().map(|(i, a)| at.get(&i).map_or(*a, |b| b[0])).collect();
+        finish_members(&mut lb, &mut bufs, &results, &mut prog)?;
         lb.launch.vector = prog;
         return Some(lb.finish("chunk sizes chosen by the tiler").map(Tiled::one));
     }
@@ -685,6 +810,26 @@ fn whole(
             cols: c(1),
         });
     }
+    // An argmax's or argmin's positions, after every reduction's extremes.
+    let wsa = gm.tensors.len() + workspaces.len();
+    let mut at_ws: BTreeMap<usize, TensorId> = BTreeMap::new();
+    for (i, [p, _, _]) in &at {
+        let id = TensorId((wsa + at_ws.len()) as u32);
+        workspaces.push(GmTensor {
+            name: format!("{name}.partials{i}_at"),
+            dtype: DType::I32,
+            shape: vec![cores as u64],
+            role: TensorRole::Workspace { per_core: 4, unit_private: false },
+        });
+        prog.push(Stmt::Copy {
+            pipe: Pipe::Mte3,
+            src: buf_region(*p, 0, 0),
+            dst: gm_row(id, SExpr::Core),
+            rows: c(1),
+            cols: c(1),
+        });
+        at_ws.insert(*i, id);
+    }
     lb.launch.vector = prog;
     let first = match lb.finish("chunk sizes chosen by the tiler") {
         Ok(l) => l,
@@ -702,6 +847,8 @@ fn whole(
     let mut prog = Vec::new();
     let mut parts = Vec::new();
     let mut combs = Vec::new();
+    // Per argmax or argmin: its partial positions, the candidates among them, and the combined position.
+    let mut part_at: BTreeMap<usize, [BufId; 3]> = BTreeMap::new();
     for (i, r) in an.reds.iter().enumerate() {
         let part = lb.buffer(format!("part{i}"), Mem::UB, r.dtype, padded(cores as u64, 4, align), 1);
         combs.push(lb.buffer(format!("comb{i}"), Mem::UB, r.dtype, vec![1], 1));
@@ -713,6 +860,19 @@ fn whole(
             cols: c(cores),
         });
         parts.push(part);
+        if let Some(id) = at_ws.get(&i) {
+            let pa = lb.buffer(format!("part{i}_at"), Mem::UB, DType::I32, padded(cores as u64, 4, align), 1);
+            let cand = lb.buffer(format!("cand{i}_at"), Mem::UB, DType::I32, padded(cores as u64, 4, align), 1);
+            let comb = lb.buffer(format!("comb{i}_at"), Mem::UB, DType::I32, vec![1], 1);
+            prog.push(Stmt::Copy {
+                pipe: Pipe::Mte2,
+                src: gm_row(*id, c(0)),
+                dst: buf_region(pa, 0, 0),
+                rows: c(1),
+                cols: c(cores),
+            });
+            part_at.insert(i, [pa, cand, comb]);
+        }
     }
     for (s, k) in &an.kinds {
         if *k == Kind::Scalar {
@@ -727,9 +887,10 @@ fn whole(
     }
     prog.push(Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: 0 });
     prog.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: 0 });
-    for ((r, part), comb) in an.reds.iter().zip(&parts).zip(&combs) {
+    let mut results = combs.clone();
+    for (i, ((r, part), comb)) in an.reds.iter().zip(&parts).zip(&combs).enumerate() {
         prog.push(Stmt::Reduce {
-            op: r.op,
+            op: r.value_op(),
             axis: 1,
             src: buf_region(*part, 0, 0),
             dst: buf_region(*comb, 0, 0),
@@ -737,8 +898,29 @@ fn whole(
             cols: c(cores),
             accumulate: false,
         });
+        // The lowest position among the cores whose extreme is the combined one (both NaN counts as equal).
+        if let Some([pa, cand, ca]) = part_at.get(&i) {
+            let (pv, cv) = (VExpr::Read(buf_region(*part, 0, 0)), VExpr::ReadRow(buf_region(*comb, 0, 0)));
+            let same = ibin(BinOp::Or, ibin(BinOp::Eq, pv.clone(), cv.clone()), ibin(BinOp::And, nan(pv), nan(cv)));
+            let expr = VExpr::Select(
+                Box::new(same),
+                Box::new(VExpr::Read(buf_region(*pa, 0, 0))),
+                Box::new(VExpr::I32(i32::MAX as i64)),
+            );
+            prog.push(Stmt::Vector { dst: buf_region(*cand, 0, 0), rows: c(1), cols: c(cores), expr });
+            prog.push(Stmt::Reduce {
+                op: ReduceOp::Min,
+                axis: 1,
+                src: buf_region(*cand, 0, 0),
+                dst: buf_region(*ca, 0, 0),
+                rows: c(1),
+                cols: c(cores),
+                accumulate: false,
+            });
+            results[i] = *ca;
+        }
     }
-    finish_members(&mut lb, &mut bufs, &combs, &mut prog)?;
+    finish_members(&mut lb, &mut bufs, &results, &mut prog)?;
     lb.launch.vector = prog;
     let second = match lb.finish("chunk sizes chosen by the tiler") {
         Ok(l) => l,
@@ -759,6 +941,10 @@ fn columns(
     out: &[i64],
     an: &Analysis,
 ) -> Option<Result<Tiled, Diagnostic>> {
+    // An argmax or argmin across rows has no accumulating form here.
+    if an.reds.iter().any(Red::index) {
+        return None;
+    }
     let ub = target.memory("ub")?;
     let align = ub.align.max(1);
     let size = |x: ValueId| g.node(x).dtype.size_bytes() as u64;
