@@ -329,13 +329,13 @@ fn sources_that_are_not_reshapes_and_oversized_rows_are_not_tiled() {
 "#,
             &[("x", &[4, 6])],
         ),
-        // Not along the last axis.
+        // Along another axis than the last, with lines longer than UB (no column tiles for strided lines).
         (
             r#"kernel k(x: f32[R, C]) -> y: f32[R, C] {
     y = cumsum(x, axis: 0);
 }
 "#,
-            &[("x", &[4, 6])],
+            &[("x", &[200_000, 2])],
         ),
         // A row of top-k longer than UB would need a merge of its own.
         (
@@ -362,6 +362,44 @@ fn sources_that_are_not_reshapes_and_oversized_rows_are_not_tiled() {
         // A vector group is not a library group.
         for gr in f.groups.iter().filter(|gr| gr.kind != GroupKind::Library) {
             assert!(library::library(&g, gr, "k", &gm, &target, &b).is_none());
+        }
+    }
+}
+
+/// Top-k, argsort and prefix sums along another axis than the last (`axis: 0` of a matrix, the middle
+/// axis of a 3-D tensor): each line is copied in, and its result out, as a column (a loop of column copies
+/// per block); blocks cross the outer index. Bit-exact against the interpreter on inputs with ties, on both
+/// NPU targets and the host, and under the JIT on 1 and 2 threads.
+#[test]
+fn library_ops_along_other_axes() {
+    let kernels = [
+        "kernel t(x: f32[N, D]) -> (v: f32[3, D], i: i32[3, D]) {\n    let (a, b) = topk(x, 3, axis: 0);\n    v = a;\n    i = b;\n}\n",
+        "kernel s(x: f32[A, N, D]) -> i: i32[A, N, D] {\n    i = argsort(x, axis: 1, descending: true);\n}\n",
+        "kernel c(x: f32[A, N, D]) -> y: f32[A, N, D] {\n    y = cumsum(x, axis: -2, exclusive: true);\n}\n",
+    ];
+    let mut rng = common::Rng::new(4);
+    for src in kernels {
+        let g = compile(src);
+        for (a, n, d) in [(1, 3, 1), (3, 37, 11), (2, 300, 45)] {
+            let shape: Vec<usize> = if g.name == "t" { vec![n, d] } else { vec![a, n, d] };
+            let a = args(&[("x", tied(&mut rng, &shape))], &[]);
+            for target in ["ascend910b", "ascend950", "host"] {
+                let tp = check(&g, &a, target);
+                assert!(!library_ops(&tp).is_empty(), "{}: a library launch", g.name);
+            }
+            let host = Target::builtin("host").expect("host");
+            let tp = tile(&g, &a, &host);
+            let opts = kc_codegen::Options { verify: true, ..Default::default() };
+            let compiled = kc_codegen::compile(&tp, &opts).expect("compiles");
+            let want = common::run(&g, &a);
+            for threads in [1, 2] {
+                let (got, _) = compiled
+                    .run(&tp, &g, &a, threads, &kc_ir::interp::Limits::default())
+                    .unwrap_or_else(|e| panic!("{} on {threads} threads: {e:?}", g.name));
+                for ((nm, w), (_, x)) in want.iter().zip(&got) {
+                    common::assert_same_bits(&format!("{}.{nm} {shape:?}, {threads} threads", g.name), w, x);
+                }
+            }
         }
     }
 }

@@ -8,8 +8,11 @@
 //! a float to f32 on the way, such as the `f32` view of a `bf16` source, is done by the copy into UB). Any
 //! other copy (a transpose, a slice, a narrowing or integer cast) gives `None`.
 //!
-//! Top-k, argsort and prefix sums run along the last axis: `rows` (the product of the other dims) ×
-//! `cols` (the axis). Blocks of `Rt` whole rows are split across the vector cores (core `i` takes blocks
+//! Top-k, argsort and prefix sums run along lines of the source: `rows` (the product of the other dims) ×
+//! `cols` (the axis). Along the last axis a block of lines is one copy each way; along another axis a
+//! line's elements lie `inner` apart (the product of the later dims), so each line of a block is copied
+//! in, and its result out, as a column (a loop of column copies, which the host JIT turns into transposing
+//! copies), and only whole lines that fit UB are taken. Blocks of `Rt` whole rows are split across the vector cores (core `i` takes blocks
 //! `i`, `i + cores`, ...), two UB slots deep and software-pipelined (see `pipelined`): the copy-in of
 //! the next block is issued before the library operation on the current one, because the scalar unit that
 //! runs the operation also issues every statement and stops at its waits:
@@ -82,7 +85,7 @@ pub fn library(
         NodeKind::TopK { src, k, axis, part } => {
             let k = b.eval(k).ok()?;
             let (t, shape) = resolve(g, gm, b, *src)?;
-            let (rows, cols) = rows_cols(&shape, *axis)?;
+            let (rows, cols, inner) = rows_cols(&shape, *axis)?;
             if k < 0 || k > cols {
                 return Some(Err(Diagnostic::error(
                     Code::ArgShape,
@@ -92,28 +95,33 @@ pub fn library(
                 .with_label(format!("k = {k}"))));
             }
             let op = RowOp::TopK { k, indices: *part == crate::graph::TopKPart::Indices };
-            rowwise(g, node_id, name, gm, t, rows, cols, op, out, target)
+            rowwise(g, node_id, name, gm, t, (rows, cols, inner), op, out, target)
         }
         NodeKind::ArgSort { src, axis, descending } => {
             let (t, shape) = resolve(g, gm, b, *src)?;
-            let (rows, cols) = rows_cols(&shape, *axis)?;
-            rowwise(g, node_id, name, gm, t, rows, cols, RowOp::ArgSort { descending: *descending }, out, target)
+            let (rows, cols, inner) = rows_cols(&shape, *axis)?;
+            let op = RowOp::ArgSort { descending: *descending };
+            rowwise(g, node_id, name, gm, t, (rows, cols, inner), op, out, target)
         }
         NodeKind::CumSum { src, axis, exclusive } => {
             let (t, shape) = resolve(g, gm, b, *src)?;
-            let (rows, cols) = rows_cols(&shape, *axis)?;
-            rowwise(g, node_id, name, gm, t, rows, cols, RowOp::CumSum { exclusive: *exclusive }, out, target)
+            let (rows, cols, inner) = rows_cols(&shape, *axis)?;
+            let op = RowOp::CumSum { exclusive: *exclusive };
+            rowwise(g, node_id, name, gm, t, (rows, cols, inner), op, out, target)
         }
         _ => None,
     }
 }
 
-/// `rows × cols` of a shape along its last axis; `None` for another axis.
-fn rows_cols(shape: &[i64], axis: usize) -> Option<(i64, i64)> {
-    if shape.is_empty() || axis + 1 != shape.len() {
+/// The lines of a shape along `axis`: their number `rows` (the product of the other dims), their length
+/// `cols` (the axis), and `inner`, the product of the dims after the axis (1 for the last axis), which is
+/// the stride of a line's elements: line `l` is elements `(l / inner) · cols · inner + l % inner + j · inner`.
+fn rows_cols(shape: &[i64], axis: usize) -> Option<(i64, i64, i64)> {
+    if axis >= shape.len() {
         return None;
     }
-    Some((shape[..axis].iter().product(), shape[axis]))
+    let inner = numel(&shape[axis + 1..])?;
+    Some((numel(&shape[..axis])?.checked_mul(inner)?, shape[axis], inner))
 }
 
 /// The stored tensor holding `src`'s elements in row-major order (from element 0), and `src`'s shape;
@@ -290,8 +298,7 @@ fn rowwise(
     name: &str,
     gm: &GmPlan,
     src: TensorId,
-    rows: i64,
-    cols: i64,
+    (rows, cols, inner): (i64, i64, i64),
     op: RowOp,
     out: TensorId,
     target: &Target,
@@ -328,20 +335,53 @@ fn rowwise(
         let outb = lb.buffer("out", Mem::UB, out_dtype, vec![rt as u64, ow as u64], 2);
         let pv = PipeVars::new(&mut lb);
         let (rn, ln) = (lb.svar("rn"), lb.svar("ln"));
+        // Lines along another axis than the last are strided: each is copied in (and its result out) as a
+        // column, one copy per line of the block (`line`, `lr`: the line and its row in the block).
+        let (line, lr) = (lb.svar("line"), lb.svar("lr"));
+        // The GM offset of the first element of line `l`, whose lines hold `len` elements.
+        let line_at = |l: SExpr, len: i64| {
+            let o = bin(SBin::Mul, bin(SBin::Div, l.clone(), c(inner)), c(len * inner));
+            bin(SBin::Add, o, bin(SBin::Mod, l, c(inner)))
+        };
+        let columns = |block: SVar, n: SVar, len: i64, copy: &dyn Fn(SExpr, SExpr) -> Stmt| Stmt::For {
+            var: lr,
+            lo: c(0),
+            hi: v(n),
+            step: 1,
+            body: vec![
+                Stmt::Set { var: line, value: bin(SBin::Add, v(block), v(lr)) },
+                copy(line_at(v(line), len), v(lr)),
+            ],
+        };
         let mut prog = Vec::new();
         for s in 0..2u8 {
             prog.push(Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::S, event: s });
         }
         let load = |slot: u32| {
-            vec![
-                Stmt::Set { var: ln, value: bin(SBin::Min, c(rt), bin(SBin::Sub, c(rows), v(pv.next))) },
+            let copy_in = if inner == 1 {
                 Stmt::Copy {
                     pipe: Pipe::Mte2,
                     src: Region { loc: Loc::Gm(src), offset: bin(SBin::Mul, v(pv.next), c(cols)), row_stride: c(cols) },
                     dst: buf_region(inb, slot, iw),
                     rows: v(ln),
                     cols: c(cols),
-                },
+                }
+            } else {
+                columns(pv.next, ln, cols, &|at, r| Stmt::Copy {
+                    pipe: Pipe::Mte2,
+                    src: Region { loc: Loc::Gm(src), offset: at, row_stride: c(inner) },
+                    dst: Region {
+                        loc: Loc::Buf { buf: inb, slot: c(slot as i64) },
+                        offset: bin(SBin::Mul, r, c(iw)),
+                        row_stride: c(1),
+                    },
+                    rows: c(cols),
+                    cols: c(1),
+                })
+            };
+            vec![
+                Stmt::Set { var: ln, value: bin(SBin::Min, c(rt), bin(SBin::Sub, c(rows), v(pv.next))) },
+                copy_in,
                 Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::S, event: slot as u8 },
             ]
         };
@@ -362,16 +402,30 @@ fn rowwise(
                 Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::S, event: ev },
                 Stmt::WaitFlag { from: Pipe::Mte3, to: Pipe::S, event: ev },
                 Stmt::Library { op: lop, src: buf_region(inb, slot, iw), rows: v(rn), cols: c(cols), span },
-                Stmt::Copy {
-                    pipe: Pipe::Mte3,
-                    src: buf_region(outb, slot, ow),
-                    dst: Region {
-                        loc: Loc::Gm(out),
-                        offset: bin(SBin::Mul, v(pv.pos), c(out_cols)),
-                        row_stride: c(out_cols),
-                    },
-                    rows: v(rn),
-                    cols: c(out_cols),
+                if inner == 1 {
+                    Stmt::Copy {
+                        pipe: Pipe::Mte3,
+                        src: buf_region(outb, slot, ow),
+                        dst: Region {
+                            loc: Loc::Gm(out),
+                            offset: bin(SBin::Mul, v(pv.pos), c(out_cols)),
+                            row_stride: c(out_cols),
+                        },
+                        rows: v(rn),
+                        cols: c(out_cols),
+                    }
+                } else {
+                    columns(pv.pos, rn, out_cols, &|at, r| Stmt::Copy {
+                        pipe: Pipe::Mte3,
+                        src: Region {
+                            loc: Loc::Buf { buf: outb, slot: c(slot as i64) },
+                            offset: bin(SBin::Mul, r, c(ow)),
+                            row_stride: c(1),
+                        },
+                        dst: Region { loc: Loc::Gm(out), offset: at, row_stride: c(inner) },
+                        rows: c(out_cols),
+                        cols: c(1),
+                    })
                 },
                 Stmt::SetFlag { from: Pipe::Mte3, to: Pipe::S, event: ev },
             ]
@@ -385,7 +439,11 @@ fn rowwise(
         return Some(lb.finish("row blocks chosen by the tiler"));
     }
     // A row does not fit UB. An argsort sorts blocks of the row and merges them ([`wide_argsort`]); a prefix
-    // sum carries its running totals from tile to tile. Top-k would need its own merge (not done here).
+    // sum carries its running totals from tile to tile. Top-k would need its own merge (not done here), and
+    // lines along another axis than the last are not taken in these modes.
+    if inner != 1 {
+        return None;
+    }
     if let RowOp::ArgSort { descending } = op {
         // The keys are gathered from `src` itself, in its own dtype.
         let key_dtype = gm.tensors.get(src.0 as usize)?.dtype;
