@@ -165,8 +165,8 @@ fn has_reduce(e: &Expr) -> bool {
     found
 }
 
-/// The factors of a product tree, flattened.
-fn factors<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
+/// The factors of a product tree, flattened (`a * b * c` as `[a, b, c]`).
+pub(crate) fn factors<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
     match &e.kind {
         ExprKind::Binary(BinOp::Mul, a, b) => {
             factors(a, out);

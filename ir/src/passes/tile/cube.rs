@@ -376,7 +376,7 @@ fn analyze(g: &Graph, group: &Group, gm: &GmPlan, b: &Binding) -> Option<Plan> {
     // not depend on k) multiply the sum instead, in the wrapper (`Σ_k a·b·s` as `s · Σ_k a·b`: the same in
     // exact arithmetic, and the cube's sums agree with the interpreter's to rounding only anyway).
     let mut fs = Vec::new();
-    mul_factors(inner, &mut fs);
+    crate::passes::fuse::factors(inner, &mut fs);
     let uses_k = |e: &Expr| {
         let mut u = false;
         e.walk(&mut |x| u |= matches!(x.kind, ExprKind::Var(x) if x == kv));
@@ -525,17 +525,6 @@ fn sum_as_anchor(e: &mut Expr, anchor: ValueId, rank: usize, scales: &[&Expr]) {
         return;
     }
     e.for_each_child_mut(|x| sum_as_anchor(x, anchor, rank, scales));
-}
-
-/// The factors of a product (`a * b * c` as `[a, b, c]`).
-fn mul_factors<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
-    match &e.kind {
-        ExprKind::Binary(BinOp::Mul, a, b) => {
-            mul_factors(a, out);
-            mul_factors(b, out);
-        }
-        _ => out.push(e),
-    }
 }
 
 /// Whether the vector cores can evaluate `body` (an epilogue member's, or the anchor's wrapper) on a block of

@@ -888,16 +888,18 @@ fn whole(
     prog.push(Stmt::SetFlag { from: Pipe::Mte2, to: Pipe::V, event: 0 });
     prog.push(Stmt::WaitFlag { from: Pipe::Mte2, to: Pipe::V, event: 0 });
     let mut results = combs.clone();
+    // `dst = op` of the `cores` partials in `src`.
+    let across = |op: ReduceOp, src: BufId, dst: BufId| Stmt::Reduce {
+        op,
+        axis: 1,
+        src: buf_region(src, 0, 0),
+        dst: buf_region(dst, 0, 0),
+        rows: c(1),
+        cols: c(cores),
+        accumulate: false,
+    };
     for (i, ((r, part), comb)) in an.reds.iter().zip(&parts).zip(&combs).enumerate() {
-        prog.push(Stmt::Reduce {
-            op: r.value_op(),
-            axis: 1,
-            src: buf_region(*part, 0, 0),
-            dst: buf_region(*comb, 0, 0),
-            rows: c(1),
-            cols: c(cores),
-            accumulate: false,
-        });
+        prog.push(across(r.value_op(), *part, *comb));
         // The lowest position among the cores whose extreme is the combined one (both NaN counts as equal).
         if let Some([pa, cand, ca]) = part_at.get(&i) {
             let (pv, cv) = (VExpr::Read(buf_region(*part, 0, 0)), VExpr::ReadRow(buf_region(*comb, 0, 0)));
@@ -908,15 +910,7 @@ fn whole(
                 Box::new(VExpr::I32(i32::MAX as i64)),
             );
             prog.push(Stmt::Vector { dst: buf_region(*cand, 0, 0), rows: c(1), cols: c(cores), expr });
-            prog.push(Stmt::Reduce {
-                op: ReduceOp::Min,
-                axis: 1,
-                src: buf_region(*cand, 0, 0),
-                dst: buf_region(*ca, 0, 0),
-                rows: c(1),
-                cols: c(cores),
-                accumulate: false,
-            });
+            prog.push(across(ReduceOp::Min, *cand, *ca));
             results[i] = *ca;
         }
     }
