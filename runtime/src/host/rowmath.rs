@@ -2667,6 +2667,30 @@ mod tests {
         }
     }
 
+    /// `silu16` (through [`kc_rt_silu_f32`] and the SwiGLU row routine) gives [`silu_f32`]'s bits: on every
+    /// class of argument over the whole range, and densely where gates lie.
+    #[test]
+    fn vector_silu_is_the_scalar_formula_bit_for_bit() {
+        let mut xs = sweep();
+        let mut rnd = xorshift(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..(1 << 20) {
+            xs.push(-200.0 + 400.0 * ((rnd() >> 40) as f32 / (1u64 << 24) as f32));
+        }
+        xs.extend([-150.0, -149.99, -20.0, -19.99, -0.0, 0.0, 1e-40, -1e-40, 20.0, 20.01, f32::MIN, f32::MAX]);
+        let want: Vec<u32> = xs.iter().map(|&x| silu_f32(x).to_bits()).collect();
+        let mut got = xs.clone();
+        unsafe { kc_rt_silu_f32(got.as_mut_ptr(), got.len() as i64) };
+        for ((g, w), x) in got.iter().zip(&want).zip(&xs) {
+            assert_eq!(g.to_bits(), *w, "silu({x:e})");
+        }
+        let ones = vec![1f32; xs.len()];
+        let mut row = vec![0f32; xs.len()];
+        unsafe { kc_rt_row_silu_mul(row.as_mut_ptr().cast(), xs.as_ptr(), ones.as_ptr(), 0, xs.len() as i64) };
+        for ((g, w), x) in row.iter().zip(&want).zip(&xs) {
+            assert_eq!(g.to_bits(), (f32::from_bits(*w) * 1.0).to_bits(), "silu({x:e}) * 1");
+        }
+    }
+
     /// Rounding to bf16 (`vcvtne2ps2bf16` where the host has it) gives [`bf16_bits`] on every upper half of an
     /// `f32` with the low halves around the rounding point: ties, NaNs (quieted, payload kept), infinities,
     /// zeros and subnormals (which the instruction would flush), at every alignment, streamed or not.
