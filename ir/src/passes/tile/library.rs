@@ -12,10 +12,10 @@
 //! `cols` (the axis). Along the last axis a block of lines is one copy each way; along another axis a
 //! line's elements lie `inner` apart (the product of the later dims), so each line of a block is copied
 //! in, and its result out, as a column (a loop of column copies, which the host JIT turns into transposing
-//! copies), and only whole lines that fit UB are taken. Blocks of `Rt` whole rows are split across the vector cores (core `i` takes blocks
-//! `i`, `i + cores`, ...), two UB slots deep and software-pipelined (see `pipelined`): the copy-in of
-//! the next block is issued before the library operation on the current one, because the scalar unit that
-//! runs the operation also issues every statement and stops at its waits:
+//! copies), and only whole lines that fit UB are taken. Blocks of `Rt` whole rows are split across the
+//! vector cores (core `i` takes blocks `i`, `i + cores`, ...), two UB slots deep and software-pipelined
+//! (see `pipelined`): the copy-in of the next block is issued before the library operation on the current
+//! one, because the scalar unit that runs the operation also issues every statement and stops at its waits:
 //!
 //! ```text
 //! set MTE3->S #0, #1                                   (prime: both output slots free)

@@ -63,9 +63,10 @@
 //! among the cores that hold it. So the result is the interpreter's position, bit for bit, on any number
 //! of cores and chunks.
 //!
-//! Not handled (the function returns `None`): argmax/argmin across rows (column reductions), nested reductions, reductions over output
-//! axes (row-wise reductions belong to [`super::rows`]), a reduction body reading a member of the group,
-//! reads through data, shifted or permuted indices, segments, groups without a reduction.
+//! Not handled (the function returns `None`): argmax/argmin across rows (column reductions), nested
+//! reductions, reductions over output axes (row-wise reductions belong to [`super::rows`]), a reduction
+//! body reading a member of the group, reads through data, shifted or permuted indices, segments, groups
+//! without a reduction.
 
 use super::{bin, buf_region, c, gm_row, v, GmPlan, LaunchBuilder, Tiled};
 use crate::diag::Diagnostic;
