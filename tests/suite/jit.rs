@@ -1212,6 +1212,18 @@ fn jit_softmax_rows_match_the_statements() {
     }
 }
 
+/// `tp` run on the input `x` by the simulator and by the JIT on 1 and 2 threads gives the interpreter's
+/// results exactly (`at` names the case in a failure).
+fn assert_exact_everywhere(g: &kc_ir::Graph, tp: &kc_ir::tile::TileProgram, x: &kc_ir::Tensor, at: &str) {
+    let args = common::args(&[("x", x)], &[]);
+    let want = kc_ir::interp::run(g, &args).expect("interp");
+    let sim = kc_runtime::sim::run(tp, g, &args).expect("sim");
+    assert_eq!(sim, want, "{} at {at}: the simulator", g.name);
+    for (threads, got) in jit_on_1_and_2_threads(g, tp, &args, at) {
+        assert_eq!(got, want, "{} at {at} on {threads} threads: the JIT", g.name);
+    }
+}
+
 /// Argmax and argmin along an axis (the last, the first through gathers, of a 3-D tensor with `keepdim`)
 /// tile as row reductions: one pass over each row, its i32 position. On inputs full of ties (values from
 /// {0, 1, 2}) and with NaNs, the simulator and the JIT on 1 and 2 threads give the interpreter's positions
@@ -1248,13 +1260,7 @@ fn argmax_and_argmin_along_an_axis_run_under_the_jit() {
             let dims: BTreeMap<String, i64> =
                 g.dims.iter().zip([a, bb, cc]).map(|(d, v)| (d.clone(), v as i64)).collect();
             let (_, tp, _) = tile_at(g, &dims, &target);
-            let args = common::args(&[("x", &x)], &[]);
-            let want = kc_ir::interp::run(g, &args).expect("interp");
-            let sim = kc_runtime::sim::run(&tp, g, &args).expect("sim");
-            assert_eq!(sim, want, "{} at {shape:?}: the simulator", g.name);
-            for (threads, got) in jit_on_1_and_2_threads(g, &tp, &args, &format!("{shape:?}")) {
-                assert_eq!(got, want, "{} at {shape:?} on {threads} threads: the JIT", g.name);
-            }
+            assert_exact_everywhere(g, &tp, &x, &format!("{shape:?}"));
             ran += 1;
         }
     }
@@ -1303,13 +1309,7 @@ fn argmax_and_argmin_to_a_scalar_run_under_the_jit() {
                     g.dims.iter().zip(&shape).map(|(d, v)| (d.clone(), *v as i64)).collect();
                 let (_, tp, _) = tile_at(g, &dims, &target);
                 launches.insert(tp.launches.len());
-                let args = common::args(&[("x", &x)], &[]);
-                let want = kc_ir::interp::run(g, &args).expect("interp");
-                let sim = kc_runtime::sim::run(&tp, g, &args).expect("sim");
-                assert_eq!(sim, want, "{} at {shape:?}, NaN 1 in {nan_every}: the simulator", g.name);
-                for (threads, got) in jit_on_1_and_2_threads(g, &tp, &args, &format!("{shape:?}")) {
-                    assert_eq!(got, want, "{} at {shape:?}, NaN 1 in {nan_every}, {threads} threads", g.name);
-                }
+                assert_exact_everywhere(g, &tp, &x, &format!("{shape:?}, NaN 1 in {nan_every}"));
             }
         }
     }

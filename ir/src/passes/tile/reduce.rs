@@ -628,7 +628,10 @@ fn whole(
     // Chunk: a multiple of 256 elements whose buffers fit in UB; at least 1024 elements per core, so that
     // small inputs stay on one core (and one launch).
     let per_elem: u64 = tiles.iter().map(|s| size(*s) * 2).sum::<u64>() + dtypes.len() as u64 * 4;
-    let fixed = align * (an.kinds.len() + 5 * an.reds.len() + group.nodes.len() + 4) as u64;
+    // Two small buffers per reduction, three more per argmax or argmin (its position, a chunk's extreme and
+    // position).
+    let indexes = an.reds.iter().filter(|r| r.index()).count();
+    let fixed = align * (an.kinds.len() + 2 * an.reds.len() + 3 * indexes + group.nodes.len() + 4) as u64;
     let cap = (ub.usable().saturating_sub(fixed) / per_elem.max(1) / 256 * 256).clamp(256, 16 * 1024) as i64;
     let maxn = an.reds.iter().map(|r| r.n).max().unwrap_or(0).max(1);
     let vc = target.vector_cores.max(1) as i64;
