@@ -349,6 +349,7 @@ fn host_routines() -> Vec<(&'static str, *const u8, Vec<Type>, Vec<Type>)> {
         ("kc_rt_cross_set", native::kc_rt_cross_set as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_cross_wait", native::kc_rt_cross_wait as *const u8, vec![I64; 3], vec![I32]),
         ("kc_rt_copy", native::kc_rt_copy as *const u8, vec![I64], vec![]),
+        ("kc_rt_copy_stream", native::kc_rt_copy_stream as *const u8, vec![I64], vec![]),
         ("kc_rt_zero", native::kc_rt_zero as *const u8, vec![I64], vec![]),
         ("kc_rt_copy_cols", native::kc_rt_copy_cols as *const u8, vec![I64], vec![]),
         ("kc_rt_gather", native::kc_rt_gather as *const u8, vec![I64; 3], vec![I32]),
@@ -1023,7 +1024,9 @@ impl<'a, 'b, 'p> Gen<'a, 'b, 'p> {
                 w.extend(self.region_words(&s));
                 w.extend([rows, cols]);
                 let a = self.words(&w);
-                self.call("kc_rt_copy", &[a]);
+                // Into a large GM tensor: past the caches (see `kc_rt_copy_stream`).
+                let routine = if self.streams(dst) { "kc_rt_copy_stream" } else { "kc_rt_copy" };
+                self.call(routine, &[a]);
             }
             Stmt::Gather { src, src_rows, row_stride, col_offset, index, dst, rows, cols, span, error, .. } => {
                 let rows = self.sexpr(rows)?;

@@ -426,6 +426,12 @@ thread_local! {
     static STREAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Records that this thread made non-temporal stores (outside the row routines: the JIT's streaming
+/// copies), for [`fence_streams`] to order.
+pub(crate) fn note_streams() {
+    STREAMED.with(|s| s.set(true));
+}
+
 /// Orders the thread's non-temporal stores ([`ROW_DST_STREAM`]) before its later stores: the row routines
 /// leave them unfenced, as the thread itself reads them back in program order anyway, and a fence after
 /// each row drained the write-combining buffers to memory 8192 times a softmax call, each time with
