@@ -10,7 +10,14 @@
 //! (one thread) went from 15.0 to 8.8–9.8 ms. The offsets differ so that a kernel streaming many tensors does
 //! not find them all in the same L1 sets (with every block at offset 0, rmsnorm's backward, which streams
 //! more tensors, went from 78–96 to 120–131 ms; staggered, it is as before within the noise). A block's
-//! place depends only on its layout and its address, so `dealloc` finds the memory it came from.
+//! place depends only on its layout and its address, so `dealloc` finds the 2 MiB boundary below it, and
+//! under that boundary the address of the memory it came from.
+//!
+//! The memory is taken at the system's own alignment and aligned here, so that a zeroed block comes from
+//! `calloc`: fresh pages, not written until the kernel writes them, which `gm::huge_pages` can still advise
+//! to be huge pages. Asked for 2 MiB alignment, the system allocator clears every byte itself: each large
+//! zeroed tensor (every intermediate and output) was written through once before its launch and mapped in
+//! 4 KiB pages. `kc bench` of `moe_experts` spent 3.5 s of its setup in that `memset`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,35 +53,50 @@ impl Aligned {
                 }
             };
         };
-        // SAFETY: a non-zero size.
-        let base = unsafe {
+        // SAFETY: a non-zero size. The system's memory at its own alignment: `calloc` for a zeroed block, which
+        // maps fresh pages for a large one and writes nothing (asked for 2 MiB alignment, `System` allocates
+        // and then clears every byte, touching every page before `gm::huge_pages` can advise them).
+        let raw = unsafe {
             if zeroed {
                 System.alloc_zeroed(big)
             } else {
                 System.alloc(big)
             }
         };
-        if base.is_null() {
-            return base;
+        if raw.is_null() {
+            return raw;
         }
+        // The first 2 MiB boundary with room for the address of `raw` in the 8 bytes below it.
+        let aligned = (raw as usize + HEADER).next_multiple_of(ALIGN);
         let off = NEXT.fetch_add(1, Ordering::Relaxed) % (SPAN / STAGGER) * STAGGER;
-        // SAFETY: inside the block taken (off < SPAN, which `big` adds).
-        unsafe { base.add(off) }
+        // SAFETY: `raw + HEADER <= aligned` and `aligned + off + l.size() <= raw + big.size()` (`placed`); the
+        // word below `aligned` is 8-aligned memory of the block taken, outside the block handed out.
+        unsafe {
+            let at = raw.add(aligned - raw as usize);
+            at.sub(HEADER).cast::<usize>().write(raw as usize);
+            at.add(off)
+        }
     }
 }
+
+/// The bytes below a placed block's 2 MiB boundary that hold the address the system gave.
+const HEADER: usize = 8;
 
 /// Whether a block of layout `l` is placed here, and the layout of the memory taken for it from the system.
 fn placed(l: Layout) -> Option<Layout> {
     if l.size() < LARGE || l.align() > LINE {
         return None;
     }
-    Layout::from_size_align(l.size().checked_add(SPAN)?, ALIGN).ok()
+    // Room for the boundary (at most ALIGN - 1 + HEADER past the system's address) and the offset (< SPAN);
+    // the system's own alignment (16), so that a zeroed block is `calloc`'s.
+    Layout::from_size_align(l.size().checked_add(SPAN + ALIGN)?, 16).ok()
 }
 
-// SAFETY: a placed block is `base + off` with `base` from `System` with layout `placed(l)` (2 MiB-aligned)
-// and `off < SPAN < ALIGN` a multiple of `LINE` (so the block is aligned for `l` and ends inside the memory
-// taken); `dealloc` gets the same `l` (the `GlobalAlloc` contract), recomputes `placed(l)` and recovers
-// `base` by rounding the pointer down to `ALIGN`. Other blocks go to `System` unchanged.
+// SAFETY: a placed block is `b + off` with `b` the first 2 MiB boundary at least `HEADER` bytes past `raw`,
+// the system's block of layout `placed(l)`, whose address is stored in the word below `b`, and `off < SPAN <
+// ALIGN` a multiple of `LINE` (so the block is aligned for `l` and ends inside the memory taken); `dealloc`
+// gets the same `l` (the `GlobalAlloc` contract), recomputes `placed(l)`, finds `b` by rounding the pointer
+// down to `ALIGN` and `raw` below it. Other blocks go to `System` unchanged.
 unsafe impl GlobalAlloc for Aligned {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         // SAFETY: forwarded contract (non-zero size).
@@ -93,8 +115,12 @@ unsafe impl GlobalAlloc for Aligned {
             None => unsafe { System.dealloc(p, l) },
             Some(big) => {
                 let off = p as usize % ALIGN;
-                // SAFETY: `p - off` is the base `alloc` got with `big`.
-                unsafe { System.dealloc(p.sub(off), big) }
+                // SAFETY: `p - off` is the 2 MiB boundary `take` chose (`off < SPAN < ALIGN`), and the word below
+                // it the address the system gave for `big`.
+                unsafe {
+                    let raw = p.sub(off).sub(HEADER).cast::<usize>().read() as *mut u8;
+                    System.dealloc(raw, big)
+                }
             }
         }
     }
