@@ -326,6 +326,11 @@ impl Reg {
     fn idx(&self, r: i64, c: i64) -> isize {
         r as isize * self.stride + c as isize
     }
+    /// The addresses `[start, end)` a window of `rows` (at least 1) rows of `cols` elements spans.
+    fn span(&self, rows: i64, cols: usize) -> (usize, usize) {
+        let a = self.p as usize;
+        (a, a + ((rows - 1) as usize * self.stride.max(0) as usize + cols) * self.d.size_bytes())
+    }
     unsafe fn get(&self, r: i64, c: i64) -> Val {
         unsafe { load(self.p, self.d, self.idx(r, c)) }
     }
@@ -382,11 +387,7 @@ pub unsafe extern "C" fn kc_rt_copy(args: *const i64) {
     let cols_u = cols as usize;
     let (ss, ds) = (src.d.size_bytes(), dst.d.size_bytes());
     // Overlapping windows (never made by the tiler) go through a copy of the source: reads before writes.
-    let span = |r: &Reg, es: usize| {
-        let a = r.p as usize;
-        (a, a + ((rows - 1) as usize * r.stride.max(0) as usize + cols_u) * es)
-    };
-    let ((s0, s1), (d0, d1)) = (span(&src, ss), span(&dst, ds));
+    let ((s0, s1), (d0, d1)) = (src.span(rows, cols_u), dst.span(rows, cols_u));
     if s0 < d1 && d0 < s1 {
         let n = (s1 - s0).div_ceil(8);
         let mut tmp = vec![0u64; n];
@@ -472,11 +473,7 @@ unsafe fn copy_stream_avx512(args: *const i64) -> bool {
     }
     let cols_u = cols as usize;
     let (ss, ds) = (src.d.size_bytes(), dst.d.size_bytes());
-    let span = |r: &Reg, es: usize| {
-        let a = r.p as usize;
-        (a, a + ((rows - 1) as usize * r.stride.max(0) as usize + cols_u) * es)
-    };
-    let ((s0, s1), (d0, d1)) = (span(&src, ss), span(&dst, ds));
+    let ((s0, s1), (d0, d1)) = (src.span(rows, cols_u), dst.span(rows, cols_u));
     if s0 < d1 && d0 < s1 {
         return false;
     }
