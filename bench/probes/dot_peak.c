@@ -5,7 +5,7 @@
 //
 //   gcc -O2 -mavx512f -mavx512bf16 bench/probes/dot_peak.c -o /tmp/dot_peak && /tmp/dot_peak
 //
-// Needs AVX512-BF16. Session 30 (AMD EPYC, Zen 5): 475-494 GFLOP/s at 3.8 GHz, two per cycle.
+// Needs AVX512-BF16. Session 30 (AMD EPYC, Zen 5): 474-498 GFLOP/s at 3.7-3.9 GHz, two per cycle.
 #include <stdio.h>
 #include <time.h>
 
